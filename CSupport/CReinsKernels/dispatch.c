@@ -1,0 +1,42 @@
+// dispatch.c — run-time choice of the instruction set the kernels use. The build is never specialised for the
+// machine it runs on (no -march=native): each kernel family has scalar code plus AVX2/AVX-512 variants compiled
+// with per-function target attributes, and picks one per call from rk_isa_active().
+#include "rk_internal.h"
+#include <stdatomic.h>
+
+static atomic_int active_isa = -1;
+
+int rk_isa_detected(void) {
+#if RK_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return RK_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return RK_ISA_AVX2;
+#endif
+    return RK_ISA_SCALAR;
+}
+
+int rk_isa_active(void) {
+    int isa = atomic_load_explicit(&active_isa, memory_order_relaxed);
+    if (isa < 0) {
+        isa = rk_isa_detected();
+        atomic_store_explicit(&active_isa, isa, memory_order_relaxed);
+    }
+    return isa;
+}
+
+int rk_isa_select(int isa) {
+    int best = rk_isa_detected();
+    if (isa < RK_ISA_SCALAR) isa = RK_ISA_SCALAR;
+    if (isa > best) isa = best;
+    atomic_store_explicit(&active_isa, isa, memory_order_relaxed);
+    return isa;
+}
+
+const char *rk_isa_name(int isa) {
+    switch (isa) {
+    case RK_ISA_AVX512: return "avx512";
+    case RK_ISA_AVX2: return "avx2";
+    default: return "scalar";
+    }
+}

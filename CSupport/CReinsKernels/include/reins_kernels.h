@@ -1,0 +1,178 @@
+// reins_kernels.h — the C kernels under ReinsTensor.
+//
+// Every differentiable op is a pair `rk_<op>_forward` / `rk_<op>_backward` beside a slow scalar `_ref` oracle that is
+// kept forever for tests. Conventions (after llm.c):
+//   - arguments: outputs first, then inputs, then weights, then sizes;
+//   - tensors are contiguous row-major float32; shapes use the letters B,T,C,NH,hs,V,L,P,r (N = rows = B*T, OC = out);
+//   - backward kernels ADD into gradient buffers and skip any gradient pointer that is NULL, so a frozen weight
+//     costs nothing;
+//   - C never allocates, prints or exits: the caller owns every buffer (including scratch) and C returns a status
+//     where input can be invalid.
+// SIMD variants (AVX-512, AVX2+FMA on x86-64; scalar everywhere) are chosen at run time, see rk_isa_*.
+#ifndef REINS_KERNELS_H
+#define REINS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------------------------------------------------------
+// Run-time CPU dispatch.
+typedef enum {
+    RK_ISA_SCALAR = 0,
+    RK_ISA_AVX2 = 1,   // AVX2 + FMA
+    RK_ISA_AVX512 = 2, // AVX-512 F
+} rk_isa;
+
+/// The best instruction set this CPU supports (and this build can use).
+int rk_isa_detected(void);
+/// The instruction set the kernels use now.
+int rk_isa_active(void);
+/// Select an instruction set no better than the detected one (for tests and benchmarks); returns the one now active.
+int rk_isa_select(int isa);
+/// A short name for an instruction set ("scalar", "avx2", "avx512").
+const char *rk_isa_name(int isa);
+
+// Status codes.
+#define RK_OK 0
+#define RK_ERR_INDEX -1 // an index (token id, class id) is out of range; *bad_row tells which row where given
+
+// ---------------------------------------------------------------------------------------------------------------
+// Linear: out (N,OC) = inp (N,C) · Wᵀ + bias.  W is (OC,C) when w_transposed == 0 (torch nn.Linear), and (C,OC)
+// when w_transposed == 1 (GPT-2 Conv1D), so neither layout is ever copied. bias may be NULL.
+void rk_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                       int N, int C, int OC, int w_transposed);
+void rk_linear_backward(float *dinp, float *dweight, float *dbias,
+                        const float *dout, const float *inp, const float *weight,
+                        int N, int C, int OC, int w_transposed);
+void rk_linear_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
+                           int N, int C, int OC, int w_transposed);
+void rk_linear_backward_ref(float *dinp, float *dweight, float *dbias,
+                            const float *dout, const float *inp, const float *weight,
+                            int N, int C, int OC, int w_transposed);
+/// out (N,C) += bias (C) broadcast over rows.
+void rk_add_bias(float *out, const float *bias, int N, int C);
+/// dbias (C) += column sums of dout (N,C).
+void rk_bias_backward(float *dbias, const float *dout, int N, int C);
+
+// ---------------------------------------------------------------------------------------------------------------
+// GELU. approx == 0: exact x·Φ(x) with erf (BERT); approx == 1: the tanh form (GPT-2 "gelu_new").
+void rk_gelu_forward(float *out, const float *inp, size_t n, int approx);
+void rk_gelu_backward(float *dinp, const float *dout, const float *inp, size_t n, int approx);
+void rk_gelu_forward_ref(float *out, const float *inp, size_t n, int approx);
+void rk_gelu_backward_ref(float *dinp, const float *dout, const float *inp, size_t n, int approx);
+/// Fused bias + GELU: out (N,C) = gelu(inp + bias). Backward adds into dinp and dbias (either may be NULL).
+void rk_bias_gelu_forward(float *out, const float *inp, const float *bias, int N, int C, int approx);
+void rk_bias_gelu_backward(float *dinp, float *dbias, const float *dout, const float *inp, const float *bias,
+                           int N, int C, int approx);
+void rk_bias_gelu_forward_ref(float *out, const float *inp, const float *bias, int N, int C, int approx);
+void rk_bias_gelu_backward_ref(float *dinp, float *dbias, const float *dout, const float *inp, const float *bias,
+                               int N, int C, int approx);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Layer norm over the last axis: out (N,C) = (inp - mean) · rstd · weight + bias; saves mean (N) and rstd (N).
+// weight and bias may be NULL (treated as 1 and 0).
+void rk_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                          const float *bias, int N, int C, float eps);
+void rk_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                           const float *weight, const float *mean, const float *rstd, int N, int C);
+void rk_layernorm_forward_ref(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                              const float *bias, int N, int C, float eps);
+void rk_layernorm_backward_ref(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                               const float *weight, const float *mean, const float *rstd, int N, int C);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Softmax over the last axis of (N,C); backward: dinp += out ⊙ (dout - Σ dout⊙out).
+void rk_softmax_forward(float *out, const float *inp, int N, int C);
+void rk_softmax_backward(float *dinp, const float *dout, const float *out, int N, int C);
+void rk_softmax_forward_ref(float *out, const float *inp, int N, int C);
+void rk_softmax_backward_ref(float *dinp, const float *dout, const float *out, int N, int C);
+
+/// Fused log-softmax + negative log-likelihood for logits (N,V) and targets (N). Writes each row's loss (0 for a
+/// target equal to ignore_index) and its log-sum-exp (kept for backward). Returns RK_ERR_INDEX (and *bad_row) if a
+/// target is neither ignore_index nor in [0, V); nothing is written then.
+int rk_crossentropy_forward(float *losses, float *lse, const float *logits, const int32_t *targets,
+                            int N, int V, int ignore_index, int *bad_row);
+/// dlogits (N,V) += scale · (softmax(logits) - onehot(target)) for each counted row; scale is dloss / count.
+void rk_crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                              float scale, int N, int V, int ignore_index);
+int rk_crossentropy_forward_ref(float *losses, float *lse, const float *logits, const int32_t *targets,
+                                int N, int V, int ignore_index, int *bad_row);
+void rk_crossentropy_backward_ref(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                                  float scale, int N, int V, int ignore_index);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Embedding: out (N,C) = table[ids] for table (V,C). Returns RK_ERR_INDEX (and *bad_row) for an id outside [0,V).
+int rk_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int V, int C, int *bad_row);
+/// dtable (V,C) += scatter of dout (N,C) by ids (ids are assumed checked by the forward).
+void rk_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C);
+int rk_embedding_forward_ref(float *out, const int32_t *ids, const float *table, int N, int V, int C, int *bad_row);
+void rk_embedding_backward_ref(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Scaled dot-product attention, heads already split.
+//   q (B,NH,T,hs), k and v (B,NH,Tk,hs), out (B,NH,T,hs), lse (B,NH,T) saved for backward.
+//   Tk may differ from T (key/value prefixes, KV cache). With causal != 0, query i sees key j only if
+//   j <= i + causal_offset (causal_offset = Tk - T for a cache or prefix). key_mask (B,Tk), nonzero = attend, may
+//   be NULL. A query row that sees no key gets out = 0 and lse = -inf.
+//   Only the heads bh in [bh_begin, bh_end) of the flattened B*NH are computed, so that the caller can spread
+//   heads over threads. scratch holds T*Tk floats per call (forward) and 2*T*Tk + T (backward).
+// The probabilities are not kept: backward recomputes them from lse, so memory is O(T) per head beyond the inputs.
+void rk_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                          const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
+                          int causal, int causal_offset, int bh_begin, int bh_end, float *scratch);
+void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                           const float *v, const float *out, const float *lse, const int32_t *key_mask,
+                           int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset,
+                           int bh_begin, int bh_end, float *scratch);
+void rk_attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
+                              int causal, int causal_offset);
+void rk_attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                               const float *v, const float *out, const float *lse, const int32_t *key_mask,
+                               int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset);
+
+// ---------------------------------------------------------------------------------------------------------------
+// LoRA linear (arXiv 2106.09685): out (N,OC) = inp (N,C)·Wᵀ + bias + scale · (inp·Aᵀ)·Bᵀ with A (r,C), B (OC,r).
+// xa (N,r) = inp·Aᵀ is saved for backward. W layout as in rk_linear_forward. scratch holds N*r floats (backward).
+// Backward adds into dinp, dweight, dbias, dA, dB; each may be NULL (a frozen base passes NULL for dW and db).
+void rk_lora_forward(float *out, float *xa, const float *inp, const float *weight, const float *bias,
+                     const float *A, const float *Bm, int N, int C, int OC, int r, float scale, int w_transposed);
+void rk_lora_backward(float *dinp, float *dweight, float *dbias, float *dA, float *dB, const float *dout,
+                      const float *inp, const float *weight, const float *A, const float *Bm, const float *xa,
+                      float *scratch, int N, int C, int OC, int r, float scale, int w_transposed);
+void rk_lora_forward_ref(float *out, float *xa, const float *inp, const float *weight, const float *bias,
+                         const float *A, const float *Bm, int N, int C, int OC, int r, float scale, int w_transposed);
+void rk_lora_backward_ref(float *dinp, float *dweight, float *dbias, float *dA, float *dB, const float *dout,
+                          const float *inp, const float *weight, const float *A, const float *Bm, const float *xa,
+                          int N, int C, int OC, int r, float scale, int w_transposed);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Dropout with a counter-based generator: element i is kept iff uniform(seed, offset + i) >= p, and kept elements
+// are scaled by 1/(1-p). The decision is a pure function of (seed, offset + i), so backward needs no saved mask
+// and any split of the work over threads gives the same result.
+void rk_dropout_forward(float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset);
+void rk_dropout_backward(float *dinp, const float *dout, size_t n, float p, uint64_t seed, uint64_t offset);
+void rk_dropout_forward_ref(float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t offset);
+/// The uniform number in [0,1) that dropout draws for counter value i.
+float rk_uniform(uint64_t seed, uint64_t i);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Optimizer. AdamW with decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101), in PyTorch's order:
+//   p -= lr·wd·p;  m = b1·m + (1-b1)·g;  v = b2·v + (1-b2)·g²;  p -= (lr/bc1) · m / (sqrt(v)/sqrt(bc2) + eps)
+// with g = grad · grad_scale (for clipping), bc1 = 1 - b1^t, bc2 = 1 - b2^t.
+void rk_adamw_step(float *param, float *m, float *v, const float *grad, size_t n, float lr, float beta1,
+                   float beta2, float eps, float weight_decay, float bc1, float bc2, float grad_scale);
+void rk_adamw_step_ref(float *param, float *m, float *v, const float *grad, size_t n, float lr, float beta1,
+                       float beta2, float eps, float weight_decay, float bc1, float bc2, float grad_scale);
+/// Σ x² accumulated in double (for global-norm clipping).
+double rk_sum_squares(const float *x, size_t n);
+double rk_sum_squares_ref(const float *x, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

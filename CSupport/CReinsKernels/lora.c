@@ -1,0 +1,69 @@
+// lora.c — the LoRA linear layer as one op (Hu et al., arXiv 2106.09685):
+//   out (N,OC) = inp (N,C)·Wᵀ + b + s·(inp·Aᵀ)·Bᵀ,  A (r,C), B (OC,r), xa = inp·Aᵀ (N,r) kept for backward
+// backward, with g = s·dout·B (N,r):
+//   dB += s·doutᵀ·xa;  dA += gᵀ·inp;  dinp += dout·W + g·A;  dW += doutᵀ·inp;  db += Σ_rows dout
+// A frozen base passes NULL for dW and db and pays for neither GEMM. Not here: LoRA dropout (a separate op on inp).
+#include "rk_internal.h"
+#include <cblas.h>
+
+void rk_lora_forward(float *out, float *xa, const float *inp, const float *weight, const float *bias,
+                     const float *A, const float *Bm, int N, int C, int OC, int r, float scale, int w_transposed) {
+    rk_linear_forward(out, inp, weight, bias, N, C, OC, w_transposed);
+    // xa (N,r) = inp · Aᵀ
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, C, 1.0f, inp, C, A, C, 0.0f, xa, r);
+    // out += s · xa · Bᵀ
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, r, scale, xa, r, Bm, r, 1.0f, out, OC);
+}
+
+// scratch (N,r)
+void rk_lora_backward(float *dinp, float *dweight, float *dbias, float *dA, float *dB, const float *dout,
+                      const float *inp, const float *weight, const float *A, const float *Bm, const float *xa,
+                      float *scratch, int N, int C, int OC, int r, float scale, int w_transposed) {
+    rk_linear_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, w_transposed);
+    // dB (OC,r) += s · doutᵀ · xa
+    if (dB) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, r, N, scale, dout, OC, xa, r, 1.0f, dB, r);
+    if (!dA && !dinp) return;
+    // g (N,r) = s · dout · B
+    float *g = scratch;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, OC, scale, dout, OC, Bm, r, 0.0f, g, r);
+    // dA (r,C) += gᵀ · inp
+    if (dA) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, C, N, 1.0f, g, r, inp, C, 1.0f, dA, C);
+    // dinp (N,C) += g · A
+    if (dinp) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, r, 1.0f, g, r, A, C, 1.0f, dinp, C);
+}
+
+// reference: the formula element by element, xa recomputed where needed.
+void rk_lora_forward_ref(float *out, float *xa, const float *inp, const float *weight, const float *bias,
+                         const float *A, const float *Bm, int N, int C, int OC, int r, float scale, int w_transposed) {
+    rk_linear_forward_ref(out, inp, weight, bias, N, C, OC, w_transposed);
+    for (int i = 0; i < N; i++) {
+        for (int a = 0; a < r; a++) {
+            float s = 0.0f;
+            for (int c = 0; c < C; c++) s += inp[RK_IDX(i, c, C)] * A[RK_IDX(a, c, C)];
+            xa[RK_IDX(i, a, r)] = s;
+        }
+        for (int o = 0; o < OC; o++) {
+            float s = 0.0f;
+            for (int a = 0; a < r; a++) s += xa[RK_IDX(i, a, r)] * Bm[RK_IDX(o, a, r)];
+            out[RK_IDX(i, o, OC)] += scale * s;
+        }
+    }
+}
+void rk_lora_backward_ref(float *dinp, float *dweight, float *dbias, float *dA, float *dB, const float *dout,
+                          const float *inp, const float *weight, const float *A, const float *Bm, const float *xa,
+                          int N, int C, int OC, int r, float scale, int w_transposed) {
+    rk_linear_backward_ref(dinp, dweight, dbias, dout, inp, weight, N, C, OC, w_transposed);
+    for (int i = 0; i < N; i++)
+        for (int a = 0; a < r; a++) {
+            float g = 0.0f; // g_ia = s · Σ_o dout_io B_oa
+            for (int o = 0; o < OC; o++) {
+                g += dout[RK_IDX(i, o, OC)] * Bm[RK_IDX(o, a, r)];
+                if (dB) dB[RK_IDX(o, a, r)] += scale * dout[RK_IDX(i, o, OC)] * xa[RK_IDX(i, a, r)];
+            }
+            g *= scale;
+            for (int c = 0; c < C; c++) {
+                if (dA) dA[RK_IDX(a, c, C)] += g * inp[RK_IDX(i, c, C)];
+                if (dinp) dinp[RK_IDX(i, c, C)] += g * A[RK_IDX(a, c, C)];
+            }
+        }
+}

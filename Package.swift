@@ -1,0 +1,33 @@
+// swift-tools-version: 6.1
+// Reins: steer pretrained language models on the CPU — full fine-tuning or small adapters on one frozen base.
+import PackageDescription
+
+let package = Package(
+    name: "Reins",
+    products: [
+        .library(name: "ReinsTensor", targets: ["ReinsTensor"]),
+        .library(name: "Reins", targets: ["Reins"]),
+    ],
+    targets: [
+        // OpenBLAS (cblas + LAPACKE) from the system; Debian: libopenblas-dev liblapacke-dev.
+        .systemLibrary(
+            name: "COpenBLAS",
+            path: "CSupport/COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev", "liblapacke-dev"])]
+        ),
+        // C kernels: forward/backward pairs with scalar oracles and run-time SIMD dispatch.
+        .target(
+            name: "CReinsKernels",
+            dependencies: ["COpenBLAS"],
+            path: "CSupport/CReinsKernels",
+            linkerSettings: [.linkedLibrary("m")]
+        ),
+        .target(name: "ReinsTensor", dependencies: ["CReinsKernels", "COpenBLAS"]),
+        .target(name: "Reins", dependencies: ["ReinsTensor"]),
+        .testTarget(
+            name: "ReinsTensorTests",
+            dependencies: ["ReinsTensor", "CReinsKernels"]
+        ),
+    ]
+)
