@@ -1,1 +1,159 @@
 import CReinsKernels
+import Foundation
+
+/// An n-dimensional array of `Float`s in contiguous row-major order, with optional reverse-mode autograd.
+///
+/// `Tensor` has value semantics: copies share one ``TensorStorage`` until one of them is written to, and then the
+/// writer gets its own copy (copy-on-write). Operations never modify their inputs. A tensor that requires a gradient
+/// carries a node of the autograd graph; see ``requiringGradient()`` and ``backward()``.
+public struct Tensor: @unchecked Sendable {
+    /// The size of each axis, outermost first.
+    public private(set) var shape: [Int]
+    /// The elements, shared between copies until written.
+    public private(set) var storage: TensorStorage
+    /// The autograd node: a leaf for a tensor that requires a gradient, an interior node for an op's result.
+    var node: GradNode?
+
+    /// The number of elements.
+    public var count: Int { storage.count }
+    /// The number of axes.
+    public var rank: Int { shape.count }
+
+    init(shape: [Int], storage: TensorStorage, node: GradNode? = nil) {
+        self.shape = shape
+        self.storage = storage
+        self.node = node
+    }
+
+    /// A tensor of the given shape whose elements are not yet written (for ops that overwrite every element).
+    init(uninitializedShape shape: [Int]) {
+        self.init(shape: shape, storage: TensorStorage(uninitializedCount: Tensor.elementCount(shape)))
+    }
+
+    /// A tensor holding `values` in row-major order.
+    ///
+    /// - Throws: ``TensorError/shapeMismatch(operation:detail:)`` if `values.count` is not the product of `shape`,
+    ///   ``TensorError/invalidArgument(operation:detail:)`` for a negative size.
+    public init(shape: [Int], values: [Float]) throws {
+        try Tensor.validate(shape: shape, operation: "Tensor(shape:values:)")
+        let n = Tensor.elementCount(shape)
+        guard values.count == n else {
+            throw TensorError.shapeMismatch(operation: "Tensor(shape:values:)",
+                                            detail: "\(values.count) values for shape \(shape) (\(n) elements)")
+        }
+        self.init(uninitializedShape: shape)
+        values.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: n) }
+    }
+
+    /// A one-dimensional tensor holding `values`.
+    public init(_ values: [Float]) {
+        self.init(uninitializedShape: [values.count])
+        values.withUnsafeBufferPointer { if let b = $0.baseAddress { storage.pointer.update(from: b, count: values.count) } }
+    }
+
+    /// A tensor with one element and no axes.
+    public init(scalar: Float) {
+        self.init(shape: [], storage: TensorStorage(count: 1, repeating: scalar))
+    }
+
+    // MARK: creation
+
+    /// A tensor of the given shape with every element equal to `value`.
+    public static func full(_ shape: [Int], _ value: Float) throws -> Tensor {
+        try validate(shape: shape, operation: "full")
+        return Tensor(shape: shape, storage: TensorStorage(count: elementCount(shape), repeating: value))
+    }
+    /// Zeros of the given shape.
+    public static func zeros(_ shape: [Int]) throws -> Tensor { try full(shape, 0) }
+    /// Ones of the given shape.
+    public static func ones(_ shape: [Int]) throws -> Tensor { try full(shape, 1) }
+
+    /// Normal samples `mean + std·z` from ``SeededGenerator``: the same seed gives the same tensor on every run.
+    public static func normal(_ shape: [Int], mean: Float = 0, std: Float = 1, seed: UInt64) throws -> Tensor {
+        try validate(shape: shape, operation: "normal")
+        var rng = SeededGenerator(seed: seed)
+        var t = Tensor(uninitializedShape: shape)
+        let p = t.storage.pointer
+        for i in 0..<t.count { p[i] = mean + std * rng.nextNormal() }
+        t.node = nil
+        return t
+    }
+
+    /// Uniform samples in `[low, high)` from ``SeededGenerator``.
+    public static func uniform(_ shape: [Int], low: Float = 0, high: Float = 1, seed: UInt64) throws -> Tensor {
+        try validate(shape: shape, operation: "uniform")
+        var rng = SeededGenerator(seed: seed)
+        let t = Tensor(uninitializedShape: shape)
+        let p = t.storage.pointer
+        for i in 0..<t.count { p[i] = low + (high - low) * rng.nextUniform() }
+        return t
+    }
+
+    // MARK: element access
+
+    /// The elements in row-major order.
+    public var scalars: [Float] { Array(UnsafeBufferPointer(start: storage.pointer, count: count)) }
+
+    /// The single element of a one-element tensor.
+    public var item: Float {
+        get throws {
+            guard count == 1 else {
+                throw TensorError.invalidArgument(operation: "item", detail: "tensor of shape \(shape) has \(count) elements")
+            }
+            return storage.pointer[0]
+        }
+    }
+
+    /// Reads the elements without copying.
+    public func withUnsafeBufferPointer<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        try body(UnsafeBufferPointer(start: storage.pointer, count: count))
+    }
+
+    /// Writes the elements in place, first copying the storage if another tensor shares it.
+    ///
+    /// Writing to a tensor that is part of an autograd graph does not change what backward uses: the graph keeps
+    /// its own reference to the old storage.
+    public mutating func withUnsafeMutableBufferPointer<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
+        if !isKnownUniquelyReferenced(&storage) { storage = TensorStorage(copying: storage) }
+        return try body(UnsafeMutableBufferPointer(start: storage.pointer, count: count))
+    }
+
+    /// The element at a multi-dimensional index (slow; for tests and small tensors).
+    public subscript(_ index: Int...) -> Float {
+        get { storage.pointer[flatIndex(index)] }
+        set {
+            let i = flatIndex(index)
+            withUnsafeMutableBufferPointer { $0[i] = newValue }
+        }
+    }
+
+    private func flatIndex(_ index: [Int]) -> Int {
+        precondition(index.count == shape.count, "index \(index) for a tensor of shape \(shape)")
+        var flat = 0
+        for (i, n) in zip(index, shape) {
+            precondition(i >= 0 && i < n, "index \(index) out of range for shape \(shape)")
+            flat = flat * n + i
+        }
+        return flat
+    }
+
+    // MARK: helpers
+
+    static func elementCount(_ shape: [Int]) -> Int { shape.reduce(1, *) }
+
+    static func validate(shape: [Int], operation: String) throws {
+        guard shape.allSatisfy({ $0 >= 0 }) else {
+            throw TensorError.invalidArgument(operation: operation, detail: "negative size in shape \(shape)")
+        }
+    }
+
+    /// The same values with no autograd history (a new leaf that does not require a gradient).
+    public func detached() -> Tensor { Tensor(shape: shape, storage: storage) }
+}
+
+extension Tensor: CustomStringConvertible {
+    public var description: String {
+        let shown = scalars.prefix(8).map { String(format: "%.5g", $0) }.joined(separator: ", ")
+        return "Tensor(shape: \(shape), [\(shown)\(count > 8 ? ", ..." : "")]\(requiresGradient ? ", requires gradient" : ""))"
+    }
+}

@@ -1,0 +1,89 @@
+import CReinsKernels
+
+extension Tensor {
+    /// Scaled dot-product attention over split heads (arXiv 1706.03762): `softmax(scale·Q·Kᵀ + mask)·V`.
+    ///
+    /// `query: [B, NH, T, hs]`, `key` and `value: [B, NH, Tk, hs]` (Tk may exceed T: key/value prefixes or a KV cache),
+    /// result `[B, NH, T, hs]`. With `causal`, query `i` sees key `j` only when `j <= i + causalOffset`
+    /// (`causalOffset` defaults to `Tk - T`). `keyMask: [B, Tk]`, nonzero = attend (padding masks). A query that sees
+    /// no key gets zeros. Heads run in parallel; only the log-sum-exp per query row is kept for backward, which
+    /// recomputes the probabilities and gives dQ, dK and dV (so learned prefixes get gradients).
+    /// - Parameters:
+    ///   - scale: defaults to `1/√hs`.
+    /// - Throws: ``TensorError/shapeMismatch(operation:detail:)`` for shapes that do not fit.
+    public static func attention(query: Tensor, key: Tensor, value: Tensor, causal: Bool = false, causalOffset: Int? = nil,
+                                 keyMask: IntTensor? = nil, scale: Float? = nil) throws -> Tensor {
+        guard query.rank == 4, key.rank == 4, value.shape == key.shape,
+              key.shape[0] == query.shape[0], key.shape[1] == query.shape[1], key.shape[3] == query.shape[3] else {
+            throw TensorError.shapeMismatch(operation: "attention", detail: "query \(query.shape), key \(key.shape), value \(value.shape); expected [B, NH, T, hs] and [B, NH, Tk, hs]")
+        }
+        let (B, NH, T, hs, Tk) = (query.shape[0], query.shape[1], query.shape[2], query.shape[3], key.shape[2])
+        if let keyMask, keyMask.shape != [B, Tk] {
+            throw TensorError.shapeMismatch(operation: "attention", detail: "key mask \(keyMask.shape), expected [\(B), \(Tk)]")
+        }
+        let offset = Int32(causalOffset ?? (Tk - T)), isCausal: Int32 = causal ? 1 : 0
+        let s = scale ?? 1 / Float(hs).squareRoot()
+        let result = Tensor(uninitializedShape: query.shape)
+        let lse = TensorStorage(uninitializedCount: B * NH * T)
+        let q = query.detached(), k = key.detached(), v = value.detached()
+        let mask = keyMask?.values ?? []
+        func withMask<R>(_ body: (UnsafePointer<Int32>?) -> R) -> R {
+            mask.withUnsafeBufferPointer { body(keyMask == nil ? nil : $0.baseAddress) }
+        }
+        let scratchPerChunk = T * Tk
+        let scratch = TensorStorage(uninitializedCount: Parallel.threadCount * scratchPerChunk)
+        withMask { m in
+            Parallel.forRanges(B * NH) { r, c in
+                rk_attention_forward(result.storage.pointer, lse.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, m,
+                                     Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), s, isCausal, offset,
+                                     Int32(r.lowerBound), Int32(r.upperBound), scratch.pointer + c * scratchPerChunk)
+            }
+        }
+        let output = result.detached()
+        return recording(result, inputs: [query, key, value]) { g, grads in
+            let perChunk = 2 * T * Tk + T
+            let scratch = TensorStorage(uninitializedCount: Parallel.threadCount * perChunk)
+            withMask { m in
+                Parallel.forRanges(B * NH) { r, c in
+                    rk_attention_backward(grads[0], grads[1], grads[2], g.storage.pointer, q.storage.pointer, k.storage.pointer,
+                                          v.storage.pointer, output.storage.pointer, lse.pointer, m, Int32(B), Int32(NH), Int32(T),
+                                          Int32(Tk), Int32(hs), s, isCausal, offset, Int32(r.lowerBound), Int32(r.upperBound),
+                                          scratch.pointer + c * perChunk)
+                }
+            }
+        }
+    }
+
+    /// A LoRA linear layer as one op (arXiv 2106.09685): `y = x·Wᵀ + b + scale·(x·Aᵀ)·Bᵀ`.
+    ///
+    /// `x: [..., C]`, `weight: [OC, C]` (or `[C, OC]` with `weightTransposed`), `loraA: [r, C]`, `loraB: [OC, r]`.
+    /// A frozen base (weight and bias not requiring gradients) costs no dW or db work in backward.
+    public static func loraLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, loraA: Tensor, loraB: Tensor,
+                                  scale: Float, weightTransposed: Bool = false) throws -> Tensor {
+        let (N, C) = x.rowsAndWidth
+        guard weight.rank == 2, weight.shape[weightTransposed ? 0 : 1] == C else {
+            throw TensorError.shapeMismatch(operation: "loraLinear", detail: "input \(x.shape) with weight \(weight.shape)")
+        }
+        let OC = weight.shape[weightTransposed ? 1 : 0]
+        guard loraA.rank == 2, loraA.shape[1] == C, loraB.shape == [OC, loraA.shape[0]] else {
+            throw TensorError.shapeMismatch(operation: "loraLinear", detail: "lora A \(loraA.shape) and B \(loraB.shape) for \(C) inputs and \(OC) outputs; expected [r, \(C)] and [\(OC), r]")
+        }
+        if let bias, bias.shape != [OC] {
+            throw TensorError.shapeMismatch(operation: "loraLinear", detail: "bias \(bias.shape) for \(OC) outputs")
+        }
+        let r = loraA.shape[0], wt: Int32 = weightTransposed ? 1 : 0
+        let result = Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
+        let xa = TensorStorage(uninitializedCount: N * r)
+        rk_lora_forward(result.storage.pointer, xa.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
+                        loraA.storage.pointer, loraB.storage.pointer, Int32(N), Int32(C), Int32(OC), Int32(r), scale, wt)
+        let xs = x.detached(), ws = weight.detached(), a = loraA.detached(), b = loraB.detached()
+        let hasBias = bias != nil
+        let inputs = [x, weight, loraA, loraB] + (bias.map { [$0] } ?? [])
+        return recording(result, inputs: inputs) { g, grads in
+            let scratch = TensorStorage(uninitializedCount: N * r)
+            rk_lora_backward(grads[0], grads[1], hasBias ? grads[4] : nil, grads[2], grads[3], g.storage.pointer, xs.storage.pointer,
+                             ws.storage.pointer, a.storage.pointer, b.storage.pointer, xa.pointer, scratch.pointer,
+                             Int32(N), Int32(C), Int32(OC), Int32(r), scale, wt)
+        }
+    }
+}

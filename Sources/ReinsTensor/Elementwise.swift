@@ -1,0 +1,182 @@
+import CReinsKernels
+import Foundation
+
+extension Tensor {
+    // MARK: binary
+
+    /// How a right operand broadcasts: the same shape, or a trailing block of the left shape repeated over rows
+    /// (a bias `[C]` over `[B, T, C]`, a scalar over anything).
+    private func broadcastRows(_ other: Tensor, _ operation: String) throws -> (rows: Int, width: Int) {
+        if other.shape == shape { return (1, count) }
+        if other.count == 1 { return (count, 1) }
+        if other.rank <= rank, Array(shape.suffix(other.rank)) == other.shape {
+            return (count / max(other.count, 1), other.count)
+        }
+        throw TensorError.shapeMismatch(operation: operation, detail: "\(shape) and \(other.shape): the right shape must equal the left or a trailing part of it")
+    }
+
+    private enum Binary { case add, subtract, multiply, divide }
+
+    private func binary(_ other: Tensor, _ op: Binary, _ name: String) throws -> Tensor {
+        let (rows, width) = try broadcastRows(other, name)
+        let result = Tensor(uninitializedShape: shape)
+        let a = storage.pointer, b = other.storage.pointer, o = result.storage.pointer
+        for r in 0..<rows {
+            let ar = a + r * width, orow = o + r * width
+            switch op {
+            case .add: for i in 0..<width { orow[i] = ar[i] + b[i] }
+            case .subtract: for i in 0..<width { orow[i] = ar[i] - b[i] }
+            case .multiply: for i in 0..<width { orow[i] = ar[i] * b[i] }
+            case .divide: for i in 0..<width { orow[i] = ar[i] / b[i] }
+            }
+        }
+        let lhs = detached(), rhs = other.detached()
+        return Tensor.recording(result, inputs: [self, other]) { g, grads in
+            let dy = g.storage.pointer, a = lhs.storage.pointer, b = rhs.storage.pointer
+            for r in 0..<rows {
+                let dyr = dy + r * width, ar = a + r * width
+                if let da = grads[0] {
+                    let dar = da + r * width
+                    switch op {
+                    case .add: for i in 0..<width { dar[i] += dyr[i] }
+                    case .subtract: for i in 0..<width { dar[i] += dyr[i] }
+                    case .multiply: for i in 0..<width { dar[i] += dyr[i] * b[i] }
+                    case .divide: for i in 0..<width { dar[i] += dyr[i] / b[i] }
+                    }
+                }
+                if let db = grads[1] {
+                    switch op {
+                    case .add: for i in 0..<width { db[i] += dyr[i] }
+                    case .subtract: for i in 0..<width { db[i] -= dyr[i] }
+                    case .multiply: for i in 0..<width { db[i] += dyr[i] * ar[i] }
+                    case .divide: for i in 0..<width { db[i] -= dyr[i] * ar[i] / (b[i] * b[i]) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Elementwise sum; `other` has this shape, a trailing part of it, or one element.
+    public func adding(_ other: Tensor) throws -> Tensor { try binary(other, .add, "add") }
+    /// Elementwise difference; broadcasting as in ``adding(_:)``.
+    public func subtracting(_ other: Tensor) throws -> Tensor { try binary(other, .subtract, "subtract") }
+    /// Elementwise product; broadcasting as in ``adding(_:)``.
+    public func multiplying(_ other: Tensor) throws -> Tensor { try binary(other, .multiply, "multiply") }
+    /// Elementwise quotient; broadcasting as in ``adding(_:)``.
+    public func dividing(_ other: Tensor) throws -> Tensor { try binary(other, .divide, "divide") }
+
+    public static func + (a: Tensor, b: Tensor) throws -> Tensor { try a.adding(b) }
+    public static func - (a: Tensor, b: Tensor) throws -> Tensor { try a.subtracting(b) }
+    public static func * (a: Tensor, b: Tensor) throws -> Tensor { try a.multiplying(b) }
+    public static func / (a: Tensor, b: Tensor) throws -> Tensor { try a.dividing(b) }
+
+    /// `self · factor + shift`, elementwise.
+    public func scaled(by factor: Float, shift: Float = 0) -> Tensor {
+        let result = Tensor(uninitializedShape: shape)
+        let x = storage.pointer, y = result.storage.pointer, n = count
+        for i in 0..<n { y[i] = x[i] * factor + shift }
+        return Tensor.recording(result, inputs: [self]) { g, grads in
+            guard let dx = grads[0] else { return }
+            let dy = g.storage.pointer
+            for i in 0..<n { dx[i] += dy[i] * factor }
+        }
+    }
+
+    public static prefix func - (a: Tensor) -> Tensor { a.scaled(by: -1) }
+
+    // MARK: unary
+
+    private enum Unary { case exp, log, tanh, relu, sigmoid, sqrt }
+
+    private func unary(_ op: Unary) -> Tensor {
+        let result = Tensor(uninitializedShape: shape)
+        let x = storage.pointer, y = result.storage.pointer, n = count
+        switch op {
+        case .exp: for i in 0..<n { y[i] = Foundation.exp(x[i]) }
+        case .log: for i in 0..<n { y[i] = Foundation.log(x[i]) }
+        case .tanh: for i in 0..<n { y[i] = Foundation.tanh(x[i]) }
+        case .relu: for i in 0..<n { y[i] = max(x[i], 0) }
+        case .sigmoid: for i in 0..<n { y[i] = 1 / (1 + Foundation.exp(-x[i])) }
+        case .sqrt: for i in 0..<n { y[i] = x[i].squareRoot() }
+        }
+        let input = detached(), output = result.detached()
+        return Tensor.recording(result, inputs: [self]) { g, grads in
+            guard let dx = grads[0] else { return }
+            let dy = g.storage.pointer, x = input.storage.pointer, y = output.storage.pointer
+            switch op {
+            case .exp: for i in 0..<n { dx[i] += dy[i] * y[i] }
+            case .log: for i in 0..<n { dx[i] += dy[i] / x[i] }
+            case .tanh: for i in 0..<n { dx[i] += dy[i] * (1 - y[i] * y[i]) }
+            case .relu: for i in 0..<n { dx[i] += x[i] > 0 ? dy[i] : 0 }
+            case .sigmoid: for i in 0..<n { dx[i] += dy[i] * y[i] * (1 - y[i]) }
+            case .sqrt: for i in 0..<n { dx[i] += dy[i] * 0.5 / y[i] }
+            }
+        }
+    }
+
+    /// eˣ elementwise.
+    public func exp() -> Tensor { unary(.exp) }
+    /// Natural logarithm elementwise.
+    public func log() -> Tensor { unary(.log) }
+    /// Hyperbolic tangent elementwise.
+    public func tanh() -> Tensor { unary(.tanh) }
+    /// max(x, 0) elementwise.
+    public func relu() -> Tensor { unary(.relu) }
+    /// 1 / (1 + e⁻ˣ) elementwise.
+    public func sigmoid() -> Tensor { unary(.sigmoid) }
+    /// √x elementwise.
+    public func sqrt() -> Tensor { unary(.sqrt) }
+
+    // MARK: reductions
+
+    /// The sum of all elements, as a scalar tensor.
+    public func sum() -> Tensor {
+        var s = 0.0
+        let x = storage.pointer, n = count
+        for i in 0..<n { s += Double(x[i]) }
+        return Tensor.recording(Tensor(scalar: Float(s)), inputs: [self]) { g, grads in
+            guard let dx = grads[0] else { return }
+            let d = g.storage.pointer[0]
+            for i in 0..<n { dx[i] += d }
+        }
+    }
+
+    /// The mean of all elements, as a scalar tensor.
+    public func mean() -> Tensor { sum().scaled(by: 1 / Float(max(count, 1))) }
+
+    /// Sums along `axis`, removing it (or keeping it with size 1).
+    public func sum(axis: Int, keepingAxis: Bool = false) throws -> Tensor {
+        let a = try normalized(axis: axis, operation: "sum(axis:)")
+        let outer = shape[..<a].reduce(1, *), n = shape[a], inner = shape[(a + 1)...].reduce(1, *)
+        var outShape = shape
+        if keepingAxis { outShape[a] = 1 } else { outShape.remove(at: a) }
+        let result = Tensor(shape: outShape, storage: TensorStorage(count: outer * inner, repeating: 0))
+        let x = storage.pointer, y = result.storage.pointer
+        for o in 0..<outer { for k in 0..<n { let row = x + (o * n + k) * inner, out = y + o * inner; for i in 0..<inner { out[i] += row[i] } } }
+        return Tensor.recording(result, inputs: [self]) { g, grads in
+            guard let dx = grads[0] else { return }
+            let dy = g.storage.pointer
+            for o in 0..<outer { for k in 0..<n { let row = dx + (o * n + k) * inner, d = dy + o * inner; for i in 0..<inner { row[i] += d[i] } } }
+        }
+    }
+
+    /// Means along `axis`.
+    public func mean(axis: Int, keepingAxis: Bool = false) throws -> Tensor {
+        let a = try normalized(axis: axis, operation: "mean(axis:)")
+        return try sum(axis: a, keepingAxis: keepingAxis).scaled(by: 1 / Float(max(shape[a], 1)))
+    }
+
+    /// The largest element (no gradient).
+    public func maximum() -> Float { scalars.max() ?? -.infinity }
+
+    /// The index of the largest element along the last axis, one per row (no gradient).
+    public func argmax() -> [Int] {
+        guard let width = shape.last, width > 0 else { return [] }
+        let x = storage.pointer
+        return (0..<(count / width)).map { r in
+            var best = 0
+            for j in 1..<width where x[r * width + j] > x[r * width + best] { best = j }
+            return best
+        }
+    }
+}

@@ -1,0 +1,48 @@
+import COpenBLAS
+import Dispatch
+import Foundation
+
+/// How ReinsTensor spreads work over cores.
+///
+/// Independent pieces (attention heads, row blocks) run on `DispatchQueue.concurrentPerform`. While they run,
+/// OpenBLAS is held to one thread so that our threads and its threads never fan out at the same time.
+public enum Parallel {
+    /// The number of worker threads ReinsTensor uses (the active processor count).
+    public static let threadCount = max(1, ProcessInfo.processInfo.activeProcessorCount)
+
+    /// Runs `body(chunk)` for `chunk` in `0..<chunks`, concurrently when there is more than one chunk.
+    ///
+    /// OpenBLAS calls inside `body` run single-threaded; the previous OpenBLAS thread count is restored afterwards.
+    public static func forEach(_ chunks: Int, _ body: (Int) -> Void) {
+        if chunks <= 1 || threadCount == 1 {
+            for c in 0..<chunks { body(c) }
+            return
+        }
+        let previous = openblas_get_num_threads()
+        openblas_set_num_threads(1)
+        // The chunks touch disjoint memory by contract; Dispatch cannot see that, hence the unchecked box.
+        withoutActuallyEscaping(body) { work in
+            let box = UncheckedBox(work)
+            DispatchQueue.concurrentPerform(iterations: chunks) { box.value($0) }
+        }
+        openblas_set_num_threads(previous)
+    }
+
+    /// Splits `0..<count` into at most `threadCount` contiguous ranges of at least `minimum` items and runs
+    /// `body(range, chunkIndex)` for each, concurrently.
+    public static func forRanges(_ count: Int, minimum: Int = 1, _ body: (Range<Int>, Int) -> Void) {
+        let chunks = max(1, min(threadCount, count / max(minimum, 1)))
+        let base = count / chunks, extra = count % chunks
+        forEach(chunks) { c in
+            let start = c * base + min(c, extra)
+            let end = start + base + (c < extra ? 1 : 0)
+            body(start..<end, c)
+        }
+    }
+}
+
+/// Carries a value across a concurrency boundary the compiler cannot verify (disjoint-memory parallel loops).
+struct UncheckedBox<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
