@@ -1,0 +1,243 @@
+import Foundation
+
+/// The element types a safetensors file can hold that Reins reads.
+public enum SafeTensorsDType: String, Sendable {
+    case float32 = "F32", float16 = "F16", bfloat16 = "BF16", int32 = "I32", int64 = "I64"
+
+    var byteCount: Int {
+        switch self {
+        case .float32, .int32: return 4
+        case .float16, .bfloat16: return 2
+        case .int64: return 8
+        }
+    }
+}
+
+/// Why a safetensors file could not be read or written. Each case names the file and, where relevant, the tensor.
+public enum SafeTensorsError: Error, Equatable, CustomStringConvertible {
+    case unreadable(path: String, reason: String)
+    case truncated(path: String, detail: String)
+    case malformedHeader(path: String, detail: String)
+    case unsupportedDType(path: String, tensor: String, dtype: String)
+    case badOffsets(path: String, tensor: String, detail: String)
+    case missingTensor(path: String, tensor: String)
+    case wrongDType(path: String, tensor: String, expected: String, found: String)
+    case unwritable(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .unreadable(path, reason): return "\(path): cannot read: \(reason)"
+        case let .truncated(path, detail): return "\(path): truncated safetensors file: \(detail)"
+        case let .malformedHeader(path, detail): return "\(path): malformed safetensors header: \(detail)"
+        case let .unsupportedDType(path, tensor, dtype): return "\(path): tensor '\(tensor)' has unsupported dtype \(dtype)"
+        case let .badOffsets(path, tensor, detail): return "\(path): tensor '\(tensor)': \(detail)"
+        case let .missingTensor(path, tensor): return "\(path): no tensor named '\(tensor)'"
+        case let .wrongDType(path, tensor, expected, found): return "\(path): tensor '\(tensor)' is \(found), expected \(expected)"
+        case let .unwritable(path, reason): return "\(path): cannot write: \(reason)"
+        }
+    }
+}
+
+/// A safetensors file: an 8-byte little-endian header length, a JSON header mapping each name to its dtype, shape and
+/// byte range, then the raw little-endian data.
+///
+/// Reading validates everything before any tensor is touched: the header length against the file size, the JSON,
+/// every dtype, that each byte range matches its shape, lies inside the data and overlaps no other. The file is
+/// memory-mapped, so opening a large checkpoint copies nothing until a tensor is asked for.
+public struct SafeTensorsFile: @unchecked Sendable {
+    /// One tensor's entry in the header.
+    public struct Entry: Sendable, Equatable {
+        public let dtype: SafeTensorsDType
+        public let shape: [Int]
+        /// Byte range within the data section.
+        public let range: Range<Int>
+    }
+
+    public let path: String
+    /// The entries by name.
+    public let entries: [String: Entry]
+    /// The `__metadata__` strings, if any.
+    public let metadata: [String: String]
+    private let data: Data
+    private let dataStart: Int
+
+    /// The tensor names in file order (by offset).
+    public var names: [String] { entries.sorted { $0.value.range.lowerBound < $1.value.range.lowerBound }.map(\.key) }
+
+    /// Opens and validates a safetensors file.
+    /// - Throws: ``SafeTensorsError`` naming the file and the problem.
+    public init(path: String) throws {
+        self.path = path
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
+            throw SafeTensorsError.unreadable(path: path, reason: error.localizedDescription)
+        }
+        guard data.count >= 8 else { throw SafeTensorsError.truncated(path: path, detail: "\(data.count) bytes, fewer than the 8-byte header length") }
+        let headerLength = data.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        guard headerLength <= UInt64(data.count - 8) else {
+            throw SafeTensorsError.truncated(path: path, detail: "header length \(headerLength) exceeds the \(data.count - 8) bytes after it")
+        }
+        let start = 8 + Int(headerLength)
+        let json: Any
+        do { json = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<start)) } catch {
+            throw SafeTensorsError.malformedHeader(path: path, detail: "not JSON (\(error.localizedDescription))")
+        }
+        guard let header = json as? [String: Any] else { throw SafeTensorsError.malformedHeader(path: path, detail: "not a JSON object") }
+        var entries: [String: Entry] = [:], metadata: [String: String] = [:]
+        let dataSize = data.count - start
+        for (name, value) in header {
+            if name == "__metadata__" {
+                guard let m = value as? [String: Any] else { throw SafeTensorsError.malformedHeader(path: path, detail: "__metadata__ is not an object") }
+                for (k, v) in m { metadata[k] = (v as? String) ?? "\(v)" }
+                continue
+            }
+            guard let info = value as? [String: Any], let dtypeName = info["dtype"] as? String,
+                  let shapeAny = info["shape"] as? [Any], let offsetsAny = info["data_offsets"] as? [Any], offsetsAny.count == 2 else {
+                throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' lacks dtype, shape or two data_offsets")
+            }
+            guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
+                throw SafeTensorsError.unsupportedDType(path: path, tensor: name, dtype: dtypeName)
+            }
+            let shape = try shapeAny.map { v -> Int in
+                guard let i = (v as? NSNumber)?.intValue, i >= 0 else { throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' has a bad shape") }
+                return i
+            }
+            let offsets = try offsetsAny.map { v -> Int in
+                guard let i = (v as? NSNumber)?.int64Value, i >= 0, i <= Int64(Int.max / 2) else { throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' has bad data_offsets") }
+                return Int(i)
+            }
+            guard offsets[0] <= offsets[1] else {
+                throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "data_offsets \(offsets) are reversed")
+            }
+            guard offsets[1] <= dataSize else {
+                throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "data_offsets \(offsets) run past the \(dataSize) data bytes")
+            }
+            let (elements, overflow) = shape.reduce((1, false)) { acc, d in let m = acc.0.multipliedReportingOverflow(by: d); return (m.partialValue, acc.1 || m.overflow) }
+            guard !overflow, elements.multipliedReportingOverflow(by: dtype.byteCount).partialValue == offsets[1] - offsets[0] else {
+                throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "\(offsets[1] - offsets[0]) bytes for shape \(shape) of \(dtype.rawValue)")
+            }
+            entries[name] = Entry(dtype: dtype, shape: shape, range: offsets[0]..<offsets[1])
+        }
+        let sorted = entries.sorted { $0.value.range.lowerBound < $1.value.range.lowerBound }
+        for (a, b) in zip(sorted, sorted.dropFirst()) where a.value.range.upperBound > b.value.range.lowerBound {
+            throw SafeTensorsError.badOffsets(path: path, tensor: b.key, detail: "bytes \(b.value.range) overlap tensor '\(a.key)' at \(a.value.range)")
+        }
+        self.entries = entries
+        self.metadata = metadata
+        self.data = data
+        self.dataStart = start
+    }
+
+    private func entry(_ name: String) throws -> Entry {
+        guard let e = entries[name] else { throw SafeTensorsError.missingTensor(path: path, tensor: name) }
+        return e
+    }
+
+    /// The tensor `name` converted to float32 (from F32, F16 or BF16).
+    public func tensor(_ name: String) throws -> Tensor {
+        let e = try entry(name)
+        guard e.dtype == .float32 || e.dtype == .float16 || e.dtype == .bfloat16 else {
+            throw SafeTensorsError.wrongDType(path: path, tensor: name, expected: "a float type (F32, F16, BF16)", found: e.dtype.rawValue)
+        }
+        let n = e.shape.reduce(1, *)
+        let t = Tensor(uninitializedShape: e.shape)
+        let out = t.storage.pointer
+        data.withUnsafeBytes { raw in
+            let base = raw.baseAddress!.advanced(by: dataStart + e.range.lowerBound)
+            switch e.dtype {
+            case .float32:
+                for i in 0..<n { out[i] = Float(bitPattern: UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
+            case .float16:
+                for i in 0..<n { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
+            case .bfloat16:
+                for i in 0..<n { out[i] = Float(bitPattern: UInt32(UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16) }
+            case .int32, .int64: break
+            }
+        }
+        return t
+    }
+
+    /// The integer tensor `name` (from I32, or I64 values that fit in Int32).
+    public func intTensor(_ name: String) throws -> IntTensor {
+        let e = try entry(name)
+        let n = e.shape.reduce(1, *)
+        var values = [Int32](repeating: 0, count: n)
+        switch e.dtype {
+        case .int32:
+            data.withUnsafeBytes { raw in
+                let base = raw.baseAddress!.advanced(by: dataStart + e.range.lowerBound)
+                for i in 0..<n { values[i] = Int32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)) }
+            }
+        case .int64:
+            var bad: Int64?
+            data.withUnsafeBytes { raw in
+                let base = raw.baseAddress!.advanced(by: dataStart + e.range.lowerBound)
+                for i in 0..<n {
+                    let v = Int64(littleEndian: base.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self))
+                    guard let v32 = Int32(exactly: v) else { bad = v; return }
+                    values[i] = v32
+                }
+            }
+            if let bad { throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "value \(bad) does not fit in Int32") }
+        default:
+            throw SafeTensorsError.wrongDType(path: path, tensor: name, expected: "an integer type (I32, I64)", found: e.dtype.rawValue)
+        }
+        return try IntTensor(shape: e.shape, values: values)
+    }
+
+    /// Writes float32 and int32 tensors as a safetensors file, atomically (a temporary file renamed into place).
+    public static func write(_ tensors: [String: Tensor], integers: [String: IntTensor] = [:], metadata: [String: String] = [:], to path: String) throws {
+        var header: [String: Any] = [:]
+        if !metadata.isEmpty { header["__metadata__"] = metadata }
+        var offset = 0
+        let floatNames = tensors.keys.sorted(), intNames = integers.keys.sorted()
+        for name in floatNames {
+            let t = tensors[name]!
+            header[name] = ["dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + 4 * t.count]]
+            offset += 4 * t.count
+        }
+        for name in intNames {
+            let t = integers[name]!
+            header[name] = ["dtype": "I32", "shape": t.shape, "data_offsets": [offset, offset + 4 * t.count]]
+            offset += 4 * t.count
+        }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        while json.count % 8 != 0 { json.append(0x20) } // pad with spaces so the data starts 8-byte aligned
+        var out = Data(capacity: 8 + json.count + offset)
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(json)
+        for name in floatNames {
+            tensors[name]!.withUnsafeBufferPointer { b in
+                for v in b { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+            }
+        }
+        for name in intNames {
+            for v in integers[name]!.values { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        }
+        try AtomicFile.write(out, to: path)
+    }
+}
+
+/// Writes files so that a crash midway never leaves a partial file: the bytes go to a temporary file in the same
+/// folder, which is flushed and then renamed over the destination.
+public enum AtomicFile {
+    public static func write(_ data: Data, to path: String) throws {
+        let url = URL(fileURLWithPath: path)
+        let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(ProcessInfo.processInfo.processIdentifier)-\(UInt32.random(in: 0...UInt32.max))")
+        do {
+            try data.write(to: temp)
+            let handle = try FileHandle(forWritingTo: temp)
+            try handle.synchronize()
+            try handle.close()
+            if rename(temp.path, url.path) != 0 {
+                throw SafeTensorsError.unwritable(path: path, reason: String(cString: strerror(errno)))
+            }
+        } catch let error as SafeTensorsError {
+            try? FileManager.default.removeItem(at: temp)
+            throw error
+        } catch {
+            try? FileManager.default.removeItem(at: temp)
+            throw SafeTensorsError.unwritable(path: path, reason: error.localizedDescription)
+        }
+    }
+}

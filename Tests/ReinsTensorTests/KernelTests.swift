@@ -1,0 +1,290 @@
+import CReinsKernels
+import Testing
+@testable import ReinsTensor
+
+/// Every kernel against its scalar `_ref` oracle, on awkward shapes, under each instruction set this CPU has.
+/// Serialized: the instruction set is process-wide state.
+@Suite(.serialized)
+struct KernelTests {
+    static let instructionSets = Array(Int32(0)...rk_isa_detected())
+
+    /// Runs `body` with the kernels forced to `isa`, then restores the best one.
+    func with(_ isa: Int32, _ body: () throws -> Void) rethrows {
+        #expect(rk_isa_select(isa) == isa)
+        defer { rk_isa_select(rk_isa_detected()) }
+        try body()
+    }
+
+    @Test(arguments: instructionSets)
+    func linearMatchesReference(isa: Int32) {
+        with(isa) {
+            for (N, C, OC) in [(1, 1, 1), (3, 7, 5), (17, 33, 9), (2, 70, 131)] {
+                for wt: Int32 in [0, 1] {
+                    let x = randomFloats(N * C, seed: 1), w = randomFloats(OC * C, seed: 2), b = randomFloats(OC, seed: 3)
+                    let g = randomFloats(N * OC, seed: 4)
+                    var y = [Float](repeating: 0, count: N * OC), yr = y
+                    rk_linear_forward(&y, x, w, b, Int32(N), Int32(C), Int32(OC), wt)
+                    rk_linear_forward_ref(&yr, x, w, b, Int32(N), Int32(C), Int32(OC), wt)
+                    expectClose(y, yr, "linear forward \(N)x\(C)->\(OC) wt=\(wt)")
+                    // Start from nonzero buffers: backward must add, not overwrite.
+                    var dx = randomFloats(N * C, seed: 5), dw = randomFloats(OC * C, seed: 6), db = randomFloats(OC, seed: 7)
+                    var dxr = dx, dwr = dw, dbr = db
+                    rk_linear_backward(&dx, &dw, &db, g, x, w, Int32(N), Int32(C), Int32(OC), wt)
+                    rk_linear_backward_ref(&dxr, &dwr, &dbr, g, x, w, Int32(N), Int32(C), Int32(OC), wt)
+                    expectClose(dx, dxr, "linear dx")
+                    expectClose(dw, dwr, "linear dw")
+                    expectClose(db, dbr, "linear db")
+                    // A frozen weight: NULL dW and db, the same dx.
+                    var dx2 = [Float](repeating: 0, count: N * C), dx2r = dx2
+                    rk_linear_backward(&dx2, nil, nil, g, x, w, Int32(N), Int32(C), Int32(OC), wt)
+                    rk_linear_backward_ref(&dx2r, nil, nil, g, x, w, Int32(N), Int32(C), Int32(OC), wt)
+                    expectClose(dx2, dx2r, "linear dx with frozen weight")
+                }
+            }
+        }
+    }
+
+    @Test(arguments: instructionSets)
+    func geluMatchesReference(isa: Int32) {
+        with(isa) {
+            for n in [1, 7, 8, 9, 31, 1001] {
+                for approx: Int32 in [0, 1] {
+                    let x = randomFloats(n, seed: UInt64(n), scale: 9), g = randomFloats(n, seed: 99)
+                    var y = [Float](repeating: 0, count: n), yr = y
+                    rk_gelu_forward(&y, x, n, approx)
+                    rk_gelu_forward_ref(&yr, x, n, approx)
+                    expectClose(y, yr, atol: 2e-6, rtol: 2e-6, "gelu forward n=\(n) approx=\(approx)")
+                    var dx = [Float](repeating: 0.5, count: n), dxr = dx
+                    rk_gelu_backward(&dx, g, x, n, approx)
+                    rk_gelu_backward_ref(&dxr, g, x, n, approx)
+                    expectClose(dx, dxr, atol: 2e-6, rtol: 2e-6, "gelu backward n=\(n) approx=\(approx)")
+                }
+            }
+            for (N, C) in [(1, 1), (3, 7), (4, 37), (2, 131)] {
+                for approx: Int32 in [0, 1] {
+                    let x = randomFloats(N * C, seed: 11, scale: 4), b = randomFloats(C, seed: 12), g = randomFloats(N * C, seed: 13)
+                    var y = [Float](repeating: 0, count: N * C), yr = y
+                    rk_bias_gelu_forward(&y, x, b, Int32(N), Int32(C), approx)
+                    rk_bias_gelu_forward_ref(&yr, x, b, Int32(N), Int32(C), approx)
+                    expectClose(y, yr, atol: 2e-6, rtol: 2e-6, "bias-gelu forward \(N)x\(C)")
+                    var dx = [Float](repeating: 0.25, count: N * C), db = [Float](repeating: -1, count: C), dxr = dx, dbr = db
+                    rk_bias_gelu_backward(&dx, &db, g, x, b, Int32(N), Int32(C), approx)
+                    rk_bias_gelu_backward_ref(&dxr, &dbr, g, x, b, Int32(N), Int32(C), approx)
+                    expectClose(dx, dxr, atol: 2e-6, rtol: 2e-6, "bias-gelu dx")
+                    expectClose(db, dbr, atol: 1e-5, rtol: 1e-5, "bias-gelu dbias")
+                }
+            }
+        }
+    }
+
+    @Test(arguments: instructionSets)
+    func layerNormMatchesReference(isa: Int32) {
+        with(isa) {
+            for (N, C) in [(1, 1), (3, 7), (5, 37), (2, 773)] {
+                let x = randomFloats(N * C, seed: 21, scale: 3).map { $0 + 1.5 }, w = randomFloats(C, seed: 22), b = randomFloats(C, seed: 23)
+                let g = randomFloats(N * C, seed: 24)
+                var y = [Float](repeating: 0, count: N * C), yr = y
+                var m = [Float](repeating: 0, count: N), s = m, mr = m, sr = m
+                rk_layernorm_forward(&y, &m, &s, x, w, b, Int32(N), Int32(C), 1e-5)
+                rk_layernorm_forward_ref(&yr, &mr, &sr, x, w, b, Int32(N), Int32(C), 1e-5)
+                expectClose(y, yr, atol: 1e-5, rtol: 1e-5, "layernorm forward \(N)x\(C)")
+                expectClose(m, mr, atol: 1e-6, rtol: 1e-5, "layernorm mean")
+                expectClose(s, sr, atol: 1e-5, rtol: 1e-5, "layernorm rstd")
+                var dx = randomFloats(N * C, seed: 25), dw = randomFloats(C, seed: 26), db = randomFloats(C, seed: 27)
+                var dxr = dx, dwr = dw, dbr = db
+                rk_layernorm_backward(&dx, &dw, &db, g, x, w, mr, sr, Int32(N), Int32(C))
+                rk_layernorm_backward_ref(&dxr, &dwr, &dbr, g, x, w, mr, sr, Int32(N), Int32(C))
+                expectClose(dx, dxr, atol: 1e-5, rtol: 1e-4, "layernorm dx")
+                expectClose(dw, dwr, atol: 1e-5, rtol: 1e-4, "layernorm dw")
+                expectClose(db, dbr, atol: 1e-5, rtol: 1e-4, "layernorm db")
+                // Only dx requested.
+                var dx2 = [Float](repeating: 0, count: N * C), dx2r = dx2
+                rk_layernorm_backward(&dx2, nil, nil, g, x, w, mr, sr, Int32(N), Int32(C))
+                rk_layernorm_backward_ref(&dx2r, nil, nil, g, x, w, mr, sr, Int32(N), Int32(C))
+                expectClose(dx2, dx2r, atol: 1e-5, rtol: 1e-4, "layernorm dx alone")
+            }
+        }
+    }
+
+    @Test(arguments: instructionSets)
+    func softmaxAndCrossEntropyMatchReference(isa: Int32) {
+        with(isa) {
+            for (N, C) in [(1, 1), (3, 7), (4, 29), (3, 1003)] {
+                let x = randomFloats(N * C, seed: 31, scale: 8), g = randomFloats(N * C, seed: 32)
+                var y = [Float](repeating: 0, count: N * C), yr = y
+                rk_softmax_forward(&y, x, Int32(N), Int32(C))
+                rk_softmax_forward_ref(&yr, x, Int32(N), Int32(C))
+                expectClose(y, yr, atol: 1e-7, rtol: 1e-5, "softmax forward \(N)x\(C)")
+                var dx = [Float](repeating: 1, count: N * C), dxr = dx
+                rk_softmax_backward(&dx, g, yr, Int32(N), Int32(C))
+                rk_softmax_backward_ref(&dxr, g, yr, Int32(N), Int32(C))
+                expectClose(dx, dxr, atol: 1e-6, rtol: 1e-5, "softmax backward")
+
+                let targets: [Int32] = (0..<N).map { $0 % 3 == 1 ? -100 : Int32(($0 * 7919) % C) }
+                var loss = [Float](repeating: 0, count: N), lse = loss, lossr = loss, lser = loss
+                #expect(rk_crossentropy_forward(&loss, &lse, x, targets, Int32(N), Int32(C), -100, nil) == RK_OK)
+                #expect(rk_crossentropy_forward_ref(&lossr, &lser, x, targets, Int32(N), Int32(C), -100, nil) == RK_OK)
+                expectClose(loss, lossr, atol: 1e-5, rtol: 1e-5, "cross-entropy losses")
+                expectClose(lse, lser, atol: 1e-5, rtol: 1e-6, "cross-entropy lse")
+                var dl = [Float](repeating: 0.1, count: N * C), dlr = dl
+                rk_crossentropy_backward(&dl, x, lser, targets, 0.7, Int32(N), Int32(C), -100)
+                rk_crossentropy_backward_ref(&dlr, x, lser, targets, 0.7, Int32(N), Int32(C), -100)
+                expectClose(dl, dlr, atol: 1e-6, rtol: 1e-5, "cross-entropy backward")
+            }
+            // A target out of range is a status, and names its row.
+            var loss = [Float](repeating: 0, count: 3), lse = loss, bad: Int32 = -1
+            #expect(rk_crossentropy_forward(&loss, &lse, [Float](repeating: 0, count: 12), [0, 1, 4], 3, 4, -100, &bad) == RK_ERR_INDEX)
+            #expect(bad == 2)
+        }
+    }
+
+    @Test func embeddingMatchesReference() {
+        let (V, C) = (11, 13)
+        let table = randomFloats(V * C, seed: 41), ids: [Int32] = [3, 0, 10, 3, 3, 7]
+        let N = ids.count, g = randomFloats(N * C, seed: 42)
+        var y = [Float](repeating: 0, count: N * C), yr = y
+        #expect(rk_embedding_forward(&y, ids, table, Int32(N), Int32(V), Int32(C), nil) == RK_OK)
+        #expect(rk_embedding_forward_ref(&yr, ids, table, Int32(N), Int32(V), Int32(C), nil) == RK_OK)
+        #expect(y == yr)
+        var dt = randomFloats(V * C, seed: 43), dtr = dt
+        rk_embedding_backward(&dt, g, ids, Int32(N), Int32(V), Int32(C))
+        rk_embedding_backward_ref(&dtr, g, ids, Int32(N), Int32(V), Int32(C))
+        expectClose(dt, dtr, atol: 1e-6, rtol: 1e-6, "embedding scatter-add (id 3 three times)")
+        var bad: Int32 = -1
+        #expect(rk_embedding_forward(&y, [1, 11, 2], table, 3, Int32(V), Int32(C), &bad) == RK_ERR_INDEX)
+        #expect(bad == 1)
+        #expect(rk_embedding_forward(&y, [-1], table, 1, Int32(V), Int32(C), &bad) == RK_ERR_INDEX)
+    }
+
+    struct AttentionCase: CustomTestStringConvertible, Sendable {
+        let B, NH, T, Tk, hs: Int
+        let causal: Bool
+        let masked: Bool
+        var testDescription: String { "B\(B) NH\(NH) T\(T) Tk\(Tk) hs\(hs)\(causal ? " causal" : "")\(masked ? " masked" : "")" }
+    }
+    static let attentionCases = [
+        AttentionCase(B: 1, NH: 1, T: 1, Tk: 1, hs: 1, causal: true, masked: false),
+        AttentionCase(B: 2, NH: 3, T: 5, Tk: 5, hs: 12, causal: true, masked: false),
+        AttentionCase(B: 2, NH: 3, T: 5, Tk: 9, hs: 12, causal: true, masked: true),   // prefix keys + padding
+        AttentionCase(B: 3, NH: 2, T: 1, Tk: 17, hs: 20, causal: true, masked: false), // one decode step on a KV cache
+        AttentionCase(B: 2, NH: 5, T: 13, Tk: 13, hs: 6, causal: false, masked: true), // BERT-style padding mask
+        AttentionCase(B: 1, NH: 2, T: 33, Tk: 40, hs: 24, causal: false, masked: false),
+    ]
+
+    @Test(arguments: attentionCases)
+    func attentionMatchesReference(_ c: AttentionCase) {
+        for isa in Self.instructionSets {
+            with(isa) { checkAttention(c) }
+        }
+    }
+
+    func checkAttention(_ c: AttentionCase) {
+        let (B, NH, T, Tk, hs) = (c.B, c.NH, c.T, c.Tk, c.hs)
+        let q = randomFloats(B * NH * T * hs, seed: 51, scale: 2), k = randomFloats(B * NH * Tk * hs, seed: 52, scale: 2)
+        let v = randomFloats(B * NH * Tk * hs, seed: 53), g = randomFloats(B * NH * T * hs, seed: 54)
+        // Batch 0 sees everything; later batches lose trailing keys; in the last batch every key is masked for
+        // short sequences, so some rows see nothing.
+        let mask: [Int32]? = c.masked ? (0..<(B * Tk)).map { i in Int32((i / Tk == 0 || i % Tk < Tk - 3 * (i / Tk)) ? 1 : 0) } : nil
+        let scale = 1 / Float(hs).squareRoot(), off = Int32(Tk - T), causal: Int32 = c.causal ? 1 : 0
+        var out = [Float](repeating: 0, count: B * NH * T * hs), outr = out
+        var lse = [Float](repeating: 0, count: B * NH * T), lser = lse
+        var scratch = [Float](repeating: 0, count: 2 * T * Tk + T)
+        // Two calls over halves of the heads: the split must not matter.
+        let half = Int32(B * NH / 2)
+        rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, 0, half, &scratch)
+        rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, half, Int32(B * NH), &scratch)
+        rk_attention_forward_ref(&outr, &lser, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off)
+        expectClose(out, outr, atol: 1e-5, rtol: 1e-4, "attention out \(c.testDescription)")
+        expectClose(lse, lser, atol: 1e-5, rtol: 1e-5, "attention lse")
+        var dq = randomFloats(q.count, seed: 55), dk = randomFloats(k.count, seed: 56), dv = randomFloats(v.count, seed: 57)
+        var dqr = dq, dkr = dk, dvr = dv
+        rk_attention_backward(&dq, &dk, &dv, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, 0, Int32(B * NH), &scratch)
+        rk_attention_backward_ref(&dqr, &dkr, &dvr, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off)
+        expectClose(dq, dqr, atol: 2e-5, rtol: 2e-4, "attention dq")
+        expectClose(dk, dkr, atol: 2e-5, rtol: 2e-4, "attention dk")
+        expectClose(dv, dvr, atol: 2e-5, rtol: 2e-4, "attention dv")
+        // Only dv wanted (a frozen query/key path).
+        var dv2 = [Float](repeating: 0, count: v.count), dv2r = dv2
+        rk_attention_backward(nil, nil, &dv2, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, 0, Int32(B * NH), &scratch)
+        rk_attention_backward_ref(nil, nil, &dv2r, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off)
+        expectClose(dv2, dv2r, atol: 2e-5, rtol: 2e-4, "attention dv alone")
+    }
+
+    @Test(arguments: instructionSets)
+    func loraMatchesReference(isa: Int32) {
+        with(isa) {
+            for (N, C, OC, r) in [(1, 1, 1, 1), (9, 13, 11, 3), (5, 37, 70, 8)] {
+                for wt: Int32 in [0, 1] {
+                    let x = randomFloats(N * C, seed: 61), w = randomFloats(OC * C, seed: 62), b = randomFloats(OC, seed: 63)
+                    let A = randomFloats(r * C, seed: 64), Bm = randomFloats(OC * r, seed: 65), g = randomFloats(N * OC, seed: 66)
+                    var y = [Float](repeating: 0, count: N * OC), yr = y, xa = [Float](repeating: 0, count: N * r), xar = xa
+                    rk_lora_forward(&y, &xa, x, w, b, A, Bm, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
+                    rk_lora_forward_ref(&yr, &xar, x, w, b, A, Bm, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
+                    expectClose(y, yr, "lora forward")
+                    expectClose(xa, xar, "lora xa")
+                    var dx = randomFloats(N * C, seed: 67), dA = randomFloats(r * C, seed: 68), dB = randomFloats(OC * r, seed: 69)
+                    var dxr = dx, dAr = dA, dBr = dB, scratch = [Float](repeating: 0, count: N * r)
+                    // The frozen base: no dW, no db.
+                    rk_lora_backward(&dx, nil, nil, &dA, &dB, g, x, w, A, Bm, xar, &scratch, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
+                    rk_lora_backward_ref(&dxr, nil, nil, &dAr, &dBr, g, x, w, A, Bm, xar, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
+                    expectClose(dx, dxr, "lora dx")
+                    expectClose(dA, dAr, "lora dA")
+                    expectClose(dB, dBr, "lora dB")
+                    var dw = [Float](repeating: 0, count: OC * C), db = [Float](repeating: 0, count: OC), dwr = dw, dbr = db
+                    rk_lora_backward(nil, &dw, &db, nil, nil, g, x, w, A, Bm, xar, &scratch, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
+                    rk_lora_backward_ref(nil, &dwr, &dbr, nil, nil, g, x, w, A, Bm, xar, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
+                    expectClose(dw, dwr, "lora dW (full fine-tuning)")
+                    expectClose(db, dbr, "lora db")
+                }
+            }
+        }
+    }
+
+    @Test(arguments: instructionSets)
+    func adamwAndNormMatchReference(isa: Int32) {
+        with(isa) {
+            for n in [1, 7, 8, 17, 1003] {
+                var p = randomFloats(n, seed: 71), m = randomFloats(n, seed: 72, scale: 0.1), v = randomFloats(n, seed: 73).map { $0 * $0 }
+                var pr = p, mr = m, vr = v
+                let g = randomFloats(n, seed: 74)
+                rk_adamw_step(&p, &m, &v, g, n, 1e-2, 0.9, 0.999, 1e-8, 0.1, 0.19, 0.002, 0.5)
+                rk_adamw_step_ref(&pr, &mr, &vr, g, n, 1e-2, 0.9, 0.999, 1e-8, 0.1, 0.19, 0.002, 0.5)
+                expectClose(p, pr, atol: 1e-6, rtol: 1e-5, "adamw param n=\(n)")
+                expectClose(m, mr, atol: 1e-7, rtol: 1e-6, "adamw m")
+                expectClose(v, vr, atol: 1e-7, rtol: 1e-6, "adamw v")
+                let s = rk_sum_squares(g, n), sr = rk_sum_squares_ref(g, n)
+                #expect(abs(s - sr) <= 1e-6 * sr, "sum of squares \(s) vs \(sr)")
+            }
+        }
+    }
+
+    @Test func dropoutMatchesReferenceAndKeepsItsRate() {
+        let n = 10_007
+        let x = randomFloats(n, seed: 81), g = randomFloats(n, seed: 82)
+        for p: Float in [0, 0.1, 0.5, 1] {
+            var y = [Float](repeating: 0, count: n), yr = y
+            rk_dropout_forward(&y, x, n, p, 42, 1000)
+            rk_dropout_forward_ref(&yr, x, n, p, 42, 1000)
+            expectClose(y, yr, atol: 1e-6, rtol: 1e-6, "dropout forward p=\(p)")
+            let kept = zip(y, x).filter { $0.0 != 0 || $0.1 == 0 }.count
+            #expect(abs(Double(kept) / Double(n) - Double(1 - p)) < 0.02, "kept \(kept) of \(n) at p=\(p)")
+            // Backward routes the gradient through exactly the kept elements with the same scale.
+            var dx = [Float](repeating: 0, count: n)
+            rk_dropout_backward(&dx, g, n, p, 42, 1000)
+            for i in stride(from: 0, to: n, by: 97) {
+                let expected: Float = yr[i] == 0 && x[i] != 0 ? 0 : g[i] / (1 - p)
+                #expect(abs(dx[i] - expected) <= 1e-5 * max(1, abs(expected)))
+            }
+        }
+        // Splitting the work by offset gives the same mask.
+        var whole = [Float](repeating: 0, count: n), parts = whole
+        rk_dropout_forward(&whole, x, n, 0.3, 7, 0)
+        parts.withUnsafeMutableBufferPointer { out in
+            x.withUnsafeBufferPointer { inp in
+                rk_dropout_forward(out.baseAddress, inp.baseAddress, 5000, 0.3, 7, 0)
+                rk_dropout_forward(out.baseAddress! + 5000, inp.baseAddress! + 5000, n - 5000, 0.3, 7, 5000)
+            }
+        }
+        #expect(whole == parts)
+    }
+}
