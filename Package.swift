@@ -7,6 +7,10 @@ let package = Package(
     products: [
         .library(name: "ReinsTensor", targets: ["ReinsTensor"]),
         .library(name: "Reins", targets: ["Reins"]),
+        .executable(name: "reins", targets: ["ReinsCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
     ],
     targets: [
         // OpenBLAS (cblas + LAPACKE) from the system; Debian: libopenblas-dev liblapacke-dev.
@@ -25,6 +29,10 @@ let package = Package(
         ),
         .target(name: "ReinsTensor", dependencies: ["CReinsKernels", "COpenBLAS"]),
         .target(name: "Reins", dependencies: ["ReinsTensor"]),
+        .executableTarget(
+            name: "ReinsCLI",
+            dependencies: ["Reins", "ReinsTensor", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .testTarget(
             name: "ReinsTensorTests",
             dependencies: ["ReinsTensor", "CReinsKernels"]

@@ -115,9 +115,14 @@ extension Tensor {
                 stack.removeLast()
             }
         }
-        // Seed the root: accumulate into a leaf, start an interior root fresh.
-        let rootGrad = root.gradientPointer()
-        seed.withUnsafeBufferPointer { s in for i in 0..<s.count { rootGrad[i] += s[i] } }
+        // Seed the root: a leaf accumulates; an interior root simply takes the seed (backward functions only read
+        // their node's gradient, so sharing the seed's storage is safe and saves a zero-fill and a copy).
+        if root.isLeaf || root.grad != nil {
+            let rootGrad = root.gradientPointer()
+            seed.withUnsafeBufferPointer { s in for i in 0..<s.count { rootGrad[i] += s[i] } }
+        } else {
+            root.grad = seed.detached()
+        }
         for n in order.reversed() where !n.isLeaf {
             guard let fn = n.backward else { throw TensorError.graphReleased }
             n.backward = nil

@@ -71,9 +71,15 @@ public final class AdamW {
             let state = moments[ObjectIdentifier(p)] ?? (TensorStorage(count: n, repeating: 0), TensorStorage(count: n, repeating: 0))
             moments[ObjectIdentifier(p)] = state
             let wd = decays(p) ? weightDecay : 0
+            let (lr, b1, b2, eps) = (learningRate, beta1, beta2, epsilon)
             p.value.withUnsafeMutableBufferPointer { w in
-                rk_adamw_step(w.baseAddress, state.m.pointer, state.v.pointer, g.storage.pointer, n, learningRate, beta1, beta2,
-                              epsilon, wd, bc1, bc2, gradientScale)
+                let pw = w.baseAddress!, pm = state.m.pointer, pv = state.v.pointer, pg = g.storage.pointer
+                // Memory-bound: large buffers are split over the cores, in chunks aligned to 16 floats.
+                Parallel.forRanges(n / 16 + 1, minimum: 1 << 14) { r, _ in
+                    let start = r.lowerBound * 16, end = Swift.min(r.upperBound * 16, n)
+                    guard start < end else { return }
+                    rk_adamw_step(pw + start, pm + start, pv + start, pg + start, end - start, lr, b1, b2, eps, wd, bc1, bc2, gradientScale)
+                }
             }
         }
     }

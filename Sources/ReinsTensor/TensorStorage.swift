@@ -1,8 +1,11 @@
 import Foundation
+import Synchronization
 
 /// A contiguous buffer of `Float`s that a ``Tensor`` shares until someone writes to it (copy-on-write).
 ///
-/// The memory is 64-byte aligned so that SIMD kernels and OpenBLAS see cache-line aligned rows.
+/// The memory is 64-byte aligned so that SIMD kernels and OpenBLAS see cache-line aligned rows. Freed buffers go
+/// to ``BufferCache`` and are reused by the next allocation of the same size, so a training step in steady state
+/// takes its activations and gradients from buffers the previous step released, with no fresh page faults.
 public final class TensorStorage: @unchecked Sendable {
     /// The first element.
     public let pointer: UnsafeMutablePointer<Float>
@@ -11,15 +14,18 @@ public final class TensorStorage: @unchecked Sendable {
 
     /// Allocates `count` elements; their values are undefined until written.
     init(uninitializedCount count: Int) {
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
-        self.pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        self.pointer = BufferCache.shared.take(count: count)
         self.count = count
     }
 
     /// Allocates `count` elements set to `value`.
     convenience init(count: Int, repeating value: Float) {
         self.init(uninitializedCount: count)
-        pointer.initialize(repeating: value, count: count)
+        if value == 0 {
+            memset(pointer, 0, count * MemoryLayout<Float>.stride)
+        } else {
+            pointer.update(repeating: value, count: count)
+        }
     }
 
     /// A copy of another storage.
@@ -28,5 +34,67 @@ public final class TensorStorage: @unchecked Sendable {
         pointer.update(from: other.pointer, count: count)
     }
 
-    deinit { UnsafeMutableRawPointer(pointer).deallocate() }
+    deinit { BufferCache.shared.give(pointer, count: count) }
+}
+
+/// Keeps released tensor buffers, keyed by element count, for reuse.
+///
+/// The cache holds at most ``limitBytes`` (default 2 GiB); beyond that released buffers are freed. Call ``trim()`` to
+/// return everything cached to the system.
+public final class BufferCache: Sendable {
+    public static let shared = BufferCache()
+
+    private struct State {
+        var free: [Int: [UInt]] = [:] // addresses, by element count
+        var cachedBytes = 0
+        var limitBytes = 2 << 30
+    }
+    private let state = Mutex(State())
+
+    /// The most bytes kept for reuse.
+    public var limitBytes: Int {
+        get { state.withLock { $0.limitBytes } }
+        set {
+            state.withLock { $0.limitBytes = max(0, newValue) }
+            if cachedBytes > newValue { trim() }
+        }
+    }
+
+    /// The bytes currently cached.
+    public var cachedBytes: Int { state.withLock { $0.cachedBytes } }
+
+    /// Frees every cached buffer.
+    public func trim() {
+        let buffers = state.withLock { s -> [UInt] in
+            let all = s.free.values.flatMap { $0 }
+            s.free = [:]
+            s.cachedBytes = 0
+            return all
+        }
+        for b in buffers { UnsafeMutableRawPointer(bitPattern: b)!.deallocate() }
+    }
+
+    func take(count: Int) -> UnsafeMutablePointer<Float> {
+        let bytes = max(count, 1) * MemoryLayout<Float>.stride
+        let reused = state.withLock { s -> UInt? in
+            guard let p = s.free[count]?.popLast() else { return nil }
+            s.cachedBytes -= bytes
+            return p
+        }
+        let raw = reused.flatMap { UnsafeMutableRawPointer(bitPattern: $0) } ?? UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        return raw.bindMemory(to: Float.self, capacity: max(count, 1))
+    }
+
+    func give(_ pointer: UnsafeMutablePointer<Float>, count: Int) {
+        let bytes = max(count, 1) * MemoryLayout<Float>.stride
+        let raw = UnsafeMutableRawPointer(pointer), address = UInt(bitPattern: raw)
+        // Tiny buffers are cheap to allocate; keep the cache for the ones that fault pages.
+        let kept = bytes >= 4096 && state.withLock { s -> Bool in
+            guard s.cachedBytes + bytes <= s.limitBytes else { return false }
+            s.free[count, default: []].append(address)
+            s.cachedBytes += bytes
+            return true
+        }
+        if !kept { raw.deallocate() }
+    }
 }

@@ -1,0 +1,45 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import ReinsTensor
+
+/// `reins kernels`: which instruction set the kernels use, and a verify-then-time pass over each op family.
+struct KernelsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernels",
+        abstract: "Check every compute kernel against its scalar reference, then time it (median of repeats)."
+    )
+
+    @Option(help: "Timed repeats per kernel; the median is reported.")
+    var repeats: Int = 7
+
+    @Option(help: "Only workloads whose name contains this text.")
+    var only: String?
+
+    func run() throws {
+        print("instruction set: \(Kernels.activeInstructionSet) (detected: \(Kernels.detectedInstructionSet)), threads: \(Parallel.threadCount)")
+        print("workload".padding(toLength: 56, withPad: " ", startingAt: 0) + "max |fast - reference|   median ms")
+        for (label, make) in KernelWorkload.gpt2Small where only.map({ label.contains($0) }) ?? true {
+            let check = try make()
+            let difference = try check.verify()
+            let ms = try median(repeats) { try check.run() }
+            let name = check.name.padding(toLength: 56, withPad: " ", startingAt: 0)
+            let rate = check.flops > 0 ? String(format: "   %.1f GFLOP/s", check.flops / ms / 1e6) : ""
+            print("\(name)\(String(format: "%-24.2e %9.3f", difference, ms))\(rate)")
+            guard difference <= check.tolerance else {
+                throw ValidationError("\(check.name): the fast kernel differs from the reference by \(difference) (tolerance \(check.tolerance))")
+            }
+        }
+    }
+
+    private func median(_ n: Int, _ body: () throws -> Void) rethrows -> Double {
+        try body() // warm-up
+        var times: [Double] = []
+        for _ in 0..<max(n, 1) {
+            let start = DispatchTime.now().uptimeNanoseconds
+            try body()
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
+        }
+        return times.sorted()[times.count / 2]
+    }
+}

@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct ReinsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reins",
+        abstract: "Steer pretrained language models on the CPU: fine-tune them, or train small adapters on one frozen base.",
+        subcommands: [KernelsCommand.self]
+    )
+}
