@@ -16,19 +16,28 @@ struct KernelsCommand: ParsableCommand {
     @Option(help: "Only workloads whose name contains this text.")
     var only: String?
 
+    @Flag(help: "Print one JSON object per workload instead of the table.")
+    var json = false
+
     func run() throws {
-        print("instruction set: \(Kernels.activeInstructionSet) (detected: \(Kernels.detectedInstructionSet)), threads: \(Parallel.threadCount)")
-        print("workload".padding(toLength: 56, withPad: " ", startingAt: 0) + "max |fast - reference|   median ms")
+        if !json {
+            print("instruction set: \(Kernels.activeInstructionSet) (detected: \(Kernels.detectedInstructionSet)), threads: \(Parallel.threadCount)")
+            print("workload".padding(toLength: 56, withPad: " ", startingAt: 0) + "max |fast - reference|   median ms")
+        }
         for (label, make) in KernelWorkload.gpt2Small where only.map({ label.contains($0) }) ?? true {
             let check = try make()
             let difference = try check.verify()
             let ms = try median(repeats) { try check.run() }
             let name = check.name.padding(toLength: 56, withPad: " ", startingAt: 0)
-            let rate = check.flops > 0 ? String(format: "   %.1f GFLOP/s", check.flops / ms / 1e6) : ""
-            print("\(name)\(String(format: "%-24.2e %9.3f", difference, ms))\(rate)")
             guard difference <= check.tolerance else {
                 throw ValidationError("\(check.name): the fast kernel differs from the reference by \(difference) (tolerance \(check.tolerance))")
             }
+            if json {
+                print("{\"name\": \"\(check.name)\", \"median_ms\": \(ms), \"max_difference\": \(difference), \"isa\": \"\(Kernels.activeInstructionSet)\"}")
+                continue
+            }
+            let rate = check.flops > 0 ? String(format: "   %.1f GFLOP/s", check.flops / ms / 1e6) : ""
+            print("\(name)\(String(format: "%-24.2e %9.3f", difference, ms))\(rate)")
         }
     }
 
