@@ -169,6 +169,7 @@ struct KernelTests {
         AttentionCase(B: 3, NH: 2, T: 1, Tk: 17, hs: 20, causal: true, masked: false), // one decode step on a KV cache
         AttentionCase(B: 2, NH: 5, T: 13, Tk: 13, hs: 6, causal: false, masked: true), // BERT-style padding mask
         AttentionCase(B: 1, NH: 2, T: 33, Tk: 40, hs: 24, causal: false, masked: false),
+        AttentionCase(B: 2, NH: 2, T: 45, Tk: 50, hs: 10, causal: true, masked: true),   // several causal row blocks
     ]
 
     @Test(arguments: attentionCases)
