@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Times every kernel workload in Reins and in PyTorch on this machine, in the same run, and prints a Markdown table
-with both medians and the ratio. The two sides alternate over several rounds so that a noisy neighbour hurts both
-alike; each figure is the median over rounds of the per-round medians.
+with both medians and the ratio. The two sides alternate workload by workload, over several rounds, so that a noisy
+neighbour hurts both alike; each figure is the median over rounds of the per-round medians.
 
     swift build -c release --product reins
     ~/.reins-reference/bin/python Benchmarks/Scripts/compare.py [--rounds 3] [--repeats 11] [--only TEXT]
@@ -29,18 +29,20 @@ def run_json(cmd):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=11)
+    ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--only", default=None)
     args = ap.parse_args()
-    only = ["--only", args.only] if args.only else []
-    reins_cmd = [os.path.join(ROOT, ".build", "release", "reins"), "kernels", "--json", "--repeats", str(args.repeats)] + only
-    torch_cmd = [sys.executable, os.path.join(HERE, "pytorch_kernels.py"), "--repeats", str(args.repeats)] + only
+    reins_bin = os.path.join(ROOT, ".build", "release", "reins")
+    labels = subprocess.run([reins_bin, "kernels", "--list"], check=True, capture_output=True, text=True).stdout.split("\n")
+    labels = [l for l in labels if l and (args.only is None or args.only in l)]
     reins, torch = {}, {}
     for r in range(args.rounds):
-        for name, ms in run_json(reins_cmd).items():
-            reins.setdefault(name, []).append(ms)
-        for name, ms in run_json(torch_cmd).items():
-            torch.setdefault(name, []).append(ms)
+        for label in labels:
+            common = ["--only", label, "--repeats", str(args.repeats)]
+            for name, ms in run_json([reins_bin, "kernels", "--json"] + common).items():
+                reins.setdefault(name, []).append(ms)
+            for name, ms in run_json([sys.executable, os.path.join(HERE, "pytorch_kernels.py")] + common).items():
+                torch.setdefault(name, []).append(ms)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     import torch as t
     cpu = platform.processor() or platform.machine()

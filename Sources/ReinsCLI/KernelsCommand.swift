@@ -19,7 +19,14 @@ struct KernelsCommand: ParsableCommand {
     @Flag(help: "Print one JSON object per workload instead of the table.")
     var json = false
 
+    @Flag(help: "List the workload labels (the texts --only matches) and exit.")
+    var list = false
+
     func run() throws {
+        if list {
+            for (label, _) in KernelWorkload.gpt2Small { print(label) }
+            return
+        }
         if !json {
             print("instruction set: \(Kernels.activeInstructionSet) (detected: \(Kernels.detectedInstructionSet)), threads: \(Parallel.threadCount)")
             print("workload".padding(toLength: 56, withPad: " ", startingAt: 0) + "max |fast - reference|   median ms")
