@@ -34,7 +34,10 @@ def main():
     args = ap.parse_args()
     reins_bin = os.path.join(ROOT, ".build", "release", "reins")
     labels = subprocess.run([reins_bin, "kernels", "--list"], check=True, capture_output=True, text=True).stdout.split("\n")
-    labels = [l for l in labels if l and (args.only is None or args.only in l)]
+    # ReinsTensor's matmul and raw cblas_sgemm on the same shape are timed together (round-robin in one process),
+    # selected by the shape they share.
+    labels = [l.removeprefix("matmul ") for l in labels
+              if l and not l.startswith("cblas_sgemm") and (args.only is None or args.only in l)]
     reins, torch = {}, {}
     for r in range(args.rounds):
         for label in labels:
@@ -56,12 +59,18 @@ def main():
     print("| workload | Reins median ms | PyTorch median ms | PyTorch / Reins |")
     print("|---|---:|---:|---:|")
     for name, times in reins.items():
+        if name.startswith("cblas_sgemm"):
+            continue
         rm = statistics.median(times)
-        if name in torch:
-            tm = statistics.median(torch[name])
-            print(f"| {name} | {rm:.3f} | {tm:.3f} | {tm / rm:.2f}x |")
-        else:
-            print(f"| {name} | {rm:.3f} | — | — |")
+        tm = statistics.median(torch[name]) if name in torch else float("nan")
+        print(f"| {name} | {rm:.3f} | {tm:.3f} | {tm / rm:.2f}x |")
+    print("\n| shape | ReinsTensor matmul ms | raw cblas_sgemm ms | ReinsTensor / raw GFLOP/s |")
+    print("|---|---:|---:|---:|")
+    for name, times in reins.items():
+        if name.startswith("cblas_sgemm"):
+            shape = name.removeprefix("cblas_sgemm ")
+            ours, raw = statistics.median(reins["matmul " + shape]), statistics.median(times)
+            print(f"| {shape} | {ours:.3f} | {raw:.3f} | {100 * raw / ours:.1f}% |")
 
 
 if __name__ == "__main__":
