@@ -1,6 +1,7 @@
 import COpenBLAS
 import Dispatch
 import Foundation
+import Synchronization
 
 /// How ReinsTensor spreads work over cores.
 ///
@@ -18,14 +19,34 @@ public enum Parallel {
             for c in 0..<chunks { body(c) }
             return
         }
-        let previous = openblas_get_num_threads()
-        openblas_set_num_threads(1)
+        holdBLASToOneThread()
+        defer { releaseBLAS() }
         // The chunks touch disjoint memory by contract; Dispatch cannot see that, hence the unchecked box.
         withoutActuallyEscaping(body) { work in
             let box = UncheckedBox(work)
             DispatchQueue.concurrentPerform(iterations: chunks) { box.value($0) }
         }
-        openblas_set_num_threads(previous)
+    }
+
+    /// Parallel regions may overlap (callers on several threads): the first one in saves OpenBLAS's thread count and
+    /// sets it to one, the last one out restores it.
+    private static let blasHold = Mutex<(depth: Int, saved: Int32)>((0, 1))
+
+    private static func holdBLASToOneThread() {
+        blasHold.withLock { hold in
+            if hold.depth == 0 {
+                hold.saved = openblas_get_num_threads()
+                openblas_set_num_threads(1)
+            }
+            hold.depth += 1
+        }
+    }
+
+    private static func releaseBLAS() {
+        blasHold.withLock { hold in
+            hold.depth -= 1
+            if hold.depth == 0 { openblas_set_num_threads(hold.saved) }
+        }
     }
 
     /// Splits `0..<count` into at most `threadCount` contiguous ranges of at least `minimum` items and runs
