@@ -33,9 +33,9 @@ let package = Package(
             name: "ReinsCLI",
             dependencies: ["Reins", "ReinsTensor", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        .testTarget(
-            name: "ReinsTensorTests",
-            dependencies: ["ReinsTensor", "CReinsKernels"]
-        ),
+        // One tolerance helper and the fixture locations, shared by the test targets.
+        .target(name: "ReinsTestSupport", dependencies: ["ReinsTensor"], path: "Tests/ReinsTestSupport"),
+        .testTarget(name: "ReinsTensorTests", dependencies: ["ReinsTensor", "CReinsKernels", "ReinsTestSupport"]),
+        .testTarget(name: "ReinsTests", dependencies: ["Reins", "ReinsTestSupport"]),
     ]
 )

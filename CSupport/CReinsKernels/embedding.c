@@ -17,10 +17,11 @@ int rk_embedding_forward(float *out, const int32_t *ids, const float *table, int
     for (int i = 0; i < N; i++) memcpy(out + RK_IDX(i, 0, C), table + RK_IDX(ids[i], 0, C), sizeof(float) * (size_t)C);
     return RK_OK;
 }
-void rk_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C) {
+void rk_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C, int padding_index) {
     (void)V;
     if (!dtable) return;
     for (int i = 0; i < N; i++) {
+        if (ids[i] == padding_index) continue;
         float *d = dtable + RK_IDX(ids[i], 0, C);
         const float *g = dout + RK_IDX(i, 0, C);
 #pragma clang loop vectorize(enable)
@@ -33,8 +34,10 @@ int rk_embedding_forward_ref(float *out, const int32_t *ids, const float *table,
         for (int j = 0; j < C; j++) out[RK_IDX(i, j, C)] = table[RK_IDX(ids[i], j, C)];
     return RK_OK;
 }
-void rk_embedding_backward_ref(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C) {
+void rk_embedding_backward_ref(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C,
+                               int padding_index) {
     (void)V;
     for (int i = 0; i < N; i++)
-        for (int j = 0; j < C; j++) dtable[RK_IDX(ids[i], j, C)] += dout[RK_IDX(i, j, C)];
+        for (int j = 0; j < C; j++)
+            if (ids[i] != padding_index) dtable[RK_IDX(ids[i], j, C)] += dout[RK_IDX(i, j, C)];
 }

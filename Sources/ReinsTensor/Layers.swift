@@ -187,8 +187,10 @@ extension Tensor {
     // MARK: embedding
 
     /// Rows of `table: [V, C]` picked by `ids`; the result has shape `ids.shape + [C]`.
+    ///
+    /// With `paddingIndex`, the row of that id gets no gradient (torch's `padding_idx`).
     /// - Throws: ``TensorError/indexOutOfRange(operation:position:value:limit:)`` for an id outside `0..<V`.
-    public static func embedding(_ ids: IntTensor, table: Tensor) throws -> Tensor {
+    public static func embedding(_ ids: IntTensor, table: Tensor, paddingIndex: Int? = nil) throws -> Tensor {
         guard table.rank == 2 else {
             throw TensorError.shapeMismatch(operation: "embedding", detail: "table must be [V, C], got \(table.shape)")
         }
@@ -204,7 +206,7 @@ extension Tensor {
         return recording(result, inputs: [table]) { g, grads in
             guard let dt = grads[0] else { return }
             ids.values.withUnsafeBufferPointer {
-                rk_embedding_backward(dt, g.storage.pointer, $0.baseAddress, Int32(N), Int32(V), Int32(C))
+                rk_embedding_backward(dt, g.storage.pointer, $0.baseAddress, Int32(N), Int32(V), Int32(C), Int32(paddingIndex ?? -1))
             }
         }
     }

@@ -1,5 +1,6 @@
 import Testing
 @testable import ReinsTensor
+import ReinsTestSupport
 
 struct AutogradTests {
     @Test func gradientsAccumulateUntilZeroed() throws {

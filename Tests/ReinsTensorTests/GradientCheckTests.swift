@@ -2,6 +2,7 @@ import CReinsKernels
 import Foundation
 import Testing
 @testable import ReinsTensor
+import ReinsTestSupport
 
 /// Double-precision forwards written from the definitions, independent of the kernels.
 enum Definitions {
@@ -133,7 +134,7 @@ struct GradientCheckTests {
         let (V, C) = (6, 5), ids: [Int32] = [2, 5, 2, 0]
         let table = randomFloats(V * C, seed: 14), g = randomFloats(ids.count * C, seed: 15)
         var dt = [Float](repeating: 0, count: V * C)
-        rk_embedding_backward(&dt, g, ids, Int32(ids.count), Int32(V), Int32(C))
+        rk_embedding_backward(&dt, g, ids, Int32(ids.count), Int32(V), Int32(C), -1)
         let G = doubles(g)
         let numeric = numericGradient(doubles(table)) { t in dot(G, ids.flatMap { id in (0..<C).map { t[Int(id) * C + $0] } }) }
         expectClose(dt, numeric, atol: 1e-6, rtol: 1e-5, "embedding dtable")

@@ -1,6 +1,7 @@
 import CReinsKernels
 import Testing
 @testable import ReinsTensor
+import ReinsTestSupport
 
 /// Every kernel against its scalar `_ref` oracle, on awkward shapes, under each instruction set this CPU has.
 /// Serialized: the instruction set is process-wide state.
@@ -147,9 +148,15 @@ struct KernelTests {
         #expect(rk_embedding_forward_ref(&yr, ids, table, Int32(N), Int32(V), Int32(C), nil) == RK_OK)
         #expect(y == yr)
         var dt = randomFloats(V * C, seed: 43), dtr = dt
-        rk_embedding_backward(&dt, g, ids, Int32(N), Int32(V), Int32(C))
-        rk_embedding_backward_ref(&dtr, g, ids, Int32(N), Int32(V), Int32(C))
+        rk_embedding_backward(&dt, g, ids, Int32(N), Int32(V), Int32(C), -1)
+        rk_embedding_backward_ref(&dtr, g, ids, Int32(N), Int32(V), Int32(C), -1)
         expectClose(dt, dtr, atol: 1e-6, rtol: 1e-6, "embedding scatter-add (id 3 three times)")
+        // A padding index: its row is left untouched, the others are as before.
+        var dp = [Float](repeating: 0, count: V * C), dpr = dp
+        rk_embedding_backward(&dp, g, ids, Int32(N), Int32(V), Int32(C), 3)
+        rk_embedding_backward_ref(&dpr, g, ids, Int32(N), Int32(V), Int32(C), 3)
+        expectClose(dp, dpr, atol: 1e-6, rtol: 1e-6, "embedding scatter-add with padding index")
+        #expect(dp[(3 * C)..<(4 * C)].allSatisfy { $0 == 0 } && dp[0..<C].contains { $0 != 0 })
         var bad: Int32 = -1
         #expect(rk_embedding_forward(&y, [1, 11, 2], table, 3, Int32(V), Int32(C), &bad) == RK_ERR_INDEX)
         #expect(bad == 1)

@@ -1,5 +1,6 @@
 import Testing
 @testable import ReinsTensor
+import ReinsTestSupport
 
 /// The ops, through the Tensor API and autograd, against PyTorch (Tests/Fixtures/make_fixtures.py).
 struct ReferenceTests {

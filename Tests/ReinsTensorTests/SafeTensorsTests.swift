@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import ReinsTensor
+import ReinsTestSupport
 
 struct SafeTensorsTests {
     /// A file from a header dictionary and a data section, to build broken files on purpose.

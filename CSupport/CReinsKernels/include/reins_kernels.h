@@ -107,10 +107,12 @@ void rk_crossentropy_backward_ref(float *dlogits, const float *logits, const flo
 // ---------------------------------------------------------------------------------------------------------------
 // Embedding: out (N,C) = table[ids] for table (V,C). Returns RK_ERR_INDEX (and *bad_row) for an id outside [0,V).
 int rk_embedding_forward(float *out, const int32_t *ids, const float *table, int N, int V, int C, int *bad_row);
-/// dtable (V,C) += scatter of dout (N,C) by ids (ids are assumed checked by the forward).
-void rk_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C);
+/// dtable (V,C) += scatter of dout (N,C) by ids (ids are assumed checked by the forward). Rows whose id equals
+/// padding_index get no gradient (torch's padding_idx); pass -1 for none.
+void rk_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C, int padding_index);
 int rk_embedding_forward_ref(float *out, const int32_t *ids, const float *table, int N, int V, int C, int *bad_row);
-void rk_embedding_backward_ref(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C);
+void rk_embedding_backward_ref(float *dtable, const float *dout, const int32_t *ids, int N, int V, int C,
+                               int padding_index);
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scaled dot-product attention, heads already split.

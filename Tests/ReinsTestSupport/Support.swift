@@ -1,10 +1,10 @@
 import Foundation
 import Testing
-@testable import ReinsTensor
+import ReinsTensor
 
 /// The one tolerance check for all tests: the shapes must agree, and every element must satisfy
 /// |actual - expected| <= atol + rtol·|expected|. A failure reports the largest difference and the first bad index.
-func expectClose(_ actual: [Float], _ expected: [Float], atol: Float = 1e-5, rtol: Float = 1e-4, _ what: String,
+public func expectClose(_ actual: [Float], _ expected: [Float], atol: Float = 1e-5, rtol: Float = 1e-4, _ what: String,
                  sourceLocation: SourceLocation = #_sourceLocation) {
     guard actual.count == expected.count else {
         Issue.record("\(what): \(actual.count) elements, expected \(expected.count)", sourceLocation: sourceLocation)
@@ -24,7 +24,7 @@ func expectClose(_ actual: [Float], _ expected: [Float], atol: Float = 1e-5, rto
     }
 }
 
-func expectClose(_ actual: Tensor, _ expected: Tensor, atol: Float = 1e-5, rtol: Float = 1e-4, _ what: String,
+public func expectClose(_ actual: Tensor, _ expected: Tensor, atol: Float = 1e-5, rtol: Float = 1e-4, _ what: String,
                  sourceLocation: SourceLocation = #_sourceLocation) {
     guard actual.shape == expected.shape else {
         Issue.record("\(what): shape \(actual.shape), expected \(expected.shape)", sourceLocation: sourceLocation)
@@ -34,19 +34,19 @@ func expectClose(_ actual: Tensor, _ expected: Tensor, atol: Float = 1e-5, rtol:
 }
 
 /// Double-precision version for finite-difference checks: the analytic (float) gradient against a Double estimate.
-func expectClose(_ actual: [Float], _ expected: [Double], atol: Double, rtol: Double, _ what: String,
+public func expectClose(_ actual: [Float], _ expected: [Double], atol: Double, rtol: Double, _ what: String,
                  sourceLocation: SourceLocation = #_sourceLocation) {
     expectClose(actual, expected.map { Float($0) }, atol: Float(atol), rtol: Float(rtol), what, sourceLocation: sourceLocation)
 }
 
 /// Seeded random floats in [-scale, scale).
-func randomFloats(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
+public func randomFloats(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
     var g = SeededGenerator(seed: seed)
     return (0..<n).map { _ in (g.nextUniform() * 2 - 1) * scale }
 }
 
 /// Central finite differences of a scalar function of a Double vector, in Double.
-func numericGradient(_ x: [Double], step h: Double = 1e-6, _ f: ([Double]) -> Double) -> [Double] {
+public func numericGradient(_ x: [Double], step h: Double = 1e-6, _ f: ([Double]) -> Double) -> [Double] {
     var x = x
     return x.indices.map { i in
         let keep = x[i]
@@ -59,20 +59,20 @@ func numericGradient(_ x: [Double], step h: Double = 1e-6, _ f: ([Double]) -> Do
     }
 }
 
-func dot(_ a: [Double], _ b: [Double]) -> Double { zip(a, b).reduce(0) { $0 + $1.0 * $1.1 } }
-func doubles(_ a: [Float]) -> [Double] { a.map(Double.init) }
+public func dot(_ a: [Double], _ b: [Double]) -> Double { zip(a, b).reduce(0) { $0 + $1.0 * $1.1 } }
+public func doubles(_ a: [Float]) -> [Double] { a.map(Double.init) }
 
-/// The committed PyTorch fixtures (see Tests/Fixtures/make_fixtures.py).
-enum Fixtures {
-    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+/// The committed PyTorch fixtures (see Tests/Fixtures/make_fixtures.py and make_model_fixtures.py).
+public enum Fixtures {
+    public static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
-    static func file(_ name: String) throws -> SafeTensorsFile {
+    public static func file(_ name: String) throws -> SafeTensorsFile {
         try SafeTensorsFile(path: directory.appendingPathComponent(name).path)
     }
 }
 
 /// A fresh temporary directory, removed by the caller.
-func temporaryDirectory() throws -> URL {
+public func temporaryDirectory() throws -> URL {
     let url = FileManager.default.temporaryDirectory.appendingPathComponent("reins-tests-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     return url

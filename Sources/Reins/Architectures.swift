@@ -1,0 +1,67 @@
+import Foundation
+import ReinsTensor
+
+/// A model built from a checkpoint's `architectures` entry, with the head that entry names.
+public enum PretrainedModel {
+    case gpt2(GPT2Model)
+    case gpt2LMHead(GPT2LMHeadModel)
+    case gpt2SequenceClassification(GPT2ForSequenceClassification)
+    case bert(BertModel)
+    case bertMaskedLM(BertForMaskedLM)
+    case bertSequenceClassification(BertForSequenceClassification)
+    case bertTokenClassification(BertForTokenClassification)
+    case bertQuestionAnswering(BertForQuestionAnswering)
+
+    /// The model as a ``Module`` (parameters, freezing, saving).
+    public var module: any Module {
+        switch self {
+        case let .gpt2(m): return m
+        case let .gpt2LMHead(m): return m
+        case let .gpt2SequenceClassification(m): return m
+        case let .bert(m): return m
+        case let .bertMaskedLM(m): return m
+        case let .bertSequenceClassification(m): return m
+        case let .bertTokenClassification(m): return m
+        case let .bertQuestionAnswering(m): return m
+        }
+    }
+
+    /// How to build each architecture and how its keys sit in a checkpoint: one table, one row per architecture.
+    typealias Builder = ([String: Any], String) throws -> PretrainedModel
+
+    static var table: [String: (build: Builder, options: LoadOptions)] {
+        let gpt2 = LoadOptions(basePrefix: "transformer", ignoredSuffixes: [".attn.bias", ".attn.masked_bias"])
+        let bert = LoadOptions(basePrefix: "bert", ignoredSuffixes: ["position_ids"])
+        var heads = bert
+        heads.ignoredPrefixes = ["pooler."] // task heads without a pooler may read a checkpoint that has one
+        return [
+            "GPT2Model": ({ .gpt2(try GPT2Model(try GPT2Config(json: $0, path: $1))) }, gpt2),
+            "GPT2LMHeadModel": ({ .gpt2LMHead(try GPT2LMHeadModel(try GPT2Config(json: $0, path: $1))) }, gpt2),
+            "GPT2ForSequenceClassification": ({ .gpt2SequenceClassification(try GPT2ForSequenceClassification(try GPT2Config(json: $0, path: $1))) }, gpt2),
+            "BertModel": ({ .bert(try BertModel(try BertConfig(json: $0, path: $1))) }, bert),
+            "BertForMaskedLM": ({ .bertMaskedLM(try BertForMaskedLM(try BertConfig(json: $0, path: $1))) }, heads),
+            "BertForSequenceClassification": ({ .bertSequenceClassification(try BertForSequenceClassification(try BertConfig(json: $0, path: $1))) }, bert),
+            "BertForTokenClassification": ({ .bertTokenClassification(try BertForTokenClassification(try BertConfig(json: $0, path: $1))) }, heads),
+            "BertForQuestionAnswering": ({ .bertQuestionAnswering(try BertForQuestionAnswering(try BertConfig(json: $0, path: $1))) }, heads),
+        ]
+    }
+
+    /// The architecture names Reins can build.
+    public static var knownArchitectures: [String] { table.keys.sorted() }
+
+    /// Loads a Hugging Face model directory, building the architecture its config names (or `architecture`).
+    /// - Parameters:
+    ///   - newlyInitialized: key prefixes the checkpoint may lack (a new task head on a base checkpoint).
+    /// - Throws: ``ModelError`` (unknown architecture, strict-loading mismatches, bad config), ``SafeTensorsError``.
+    public static func load(directory: URL, architecture: String? = nil, newlyInitialized: [String] = []) throws -> PretrainedModel {
+        let checkpoint = try Checkpoint(directory: directory)
+        let configPath = directory.appendingPathComponent("config.json").path
+        let name = architecture ?? ConfigReader(json: checkpoint.config, path: configPath).architectures.first ?? ""
+        guard let row = table[name] else { throw ModelError.unknownArchitecture(name.isEmpty ? "(none in config.json)" : name, known: knownArchitectures) }
+        let model = try row.build(checkpoint.config, configPath)
+        var options = row.options
+        options.newlyInitialized = newlyInitialized
+        try model.module.load(from: checkpoint, options: options)
+        return model
+    }
+}

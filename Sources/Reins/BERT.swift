@@ -1,0 +1,262 @@
+import Foundation
+import ReinsTensor
+
+/// The sizes of a BERT model, read from its `config.json`.
+public struct BertConfig: Sendable {
+    public var vocabularySize: Int
+    public var hidden: Int
+    public var layers: Int
+    public var heads: Int
+    public var intermediate: Int
+    public var positions: Int
+    public var typeCount: Int
+    public var activation: GELUApproximation
+    public var layerNormEpsilon: Float
+    public var labelCount: Int
+    /// The padding token, whose word embedding gets no gradient.
+    public var padTokenID: Int?
+
+    public init(json: [String: Any], path: String = "config.json") throws {
+        let c = ConfigReader(json: json, path: path)
+        vocabularySize = try c.int("vocab_size", default: 30522)
+        hidden = try c.int("hidden_size", default: 768)
+        layers = try c.int("num_hidden_layers", default: 12)
+        heads = try c.int("num_attention_heads", default: 12)
+        intermediate = try c.int("intermediate_size", default: 3072)
+        positions = try c.int("max_position_embeddings", default: 512)
+        typeCount = try c.int("type_vocab_size", default: 2)
+        activation = try geluForm(try c.string("hidden_act", default: "gelu"), path: path)
+        layerNormEpsilon = try c.float("layer_norm_eps", default: 1e-12)
+        labelCount = c.labelCount
+        padTokenID = json["pad_token_id"] is NSNull ? nil : (c.optionalInt("pad_token_id") ?? 0)
+        let embedding = try c.string("position_embedding_type", default: "absolute")
+        try c.require(embedding == "absolute", "position_embedding_type '\(embedding)' is not supported (absolute)")
+        try c.require(vocabularySize > 0 && positions > 0 && typeCount > 0 && intermediate > 0, "sizes must be positive")
+        try c.require(heads > 0 && hidden % heads == 0, "hidden_size \(hidden) is not divisible by num_attention_heads \(heads)")
+    }
+}
+
+/// Word + position + token-type embeddings, then layer norm.
+public final class BertEmbeddings: Module {
+    public let word: Embedding, position: Embedding, tokenType: Embedding
+    public let norm: LayerNorm
+
+    init(_ c: BertConfig, seed: UInt64) throws {
+        word = try Embedding(count: c.vocabularySize, size: c.hidden, paddingIndex: c.padTokenID, seed: seed)
+        position = try Embedding(count: c.positions, size: c.hidden, seed: seed + 1)
+        tokenType = try Embedding(count: c.typeCount, size: c.hidden, seed: seed + 2)
+        norm = try LayerNorm(c.hidden, eps: c.layerNormEpsilon)
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("word_embeddings", word)
+        visit.module("position_embeddings", position)
+        visit.module("token_type_embeddings", tokenType)
+        visit.module("LayerNorm", norm)
+    }
+}
+
+/// One BERT layer (post-LN): `h = LN(x + attn(x))`, `out = LN(h + ffn(h))`.
+public final class BertLayer: Module {
+    public let query: Linear, key: Linear, value: Linear, attentionOut: Linear
+    public let attentionNorm: LayerNorm
+    public let feedForwardIn: Linear, feedForwardOut: Linear
+    public let outputNorm: LayerNorm
+    let heads: Int
+    let activation: GELUApproximation
+
+    init(_ c: BertConfig, seed: UInt64) throws {
+        query = try Linear(inputs: c.hidden, outputs: c.hidden, seed: seed)
+        key = try Linear(inputs: c.hidden, outputs: c.hidden, seed: seed + 1)
+        value = try Linear(inputs: c.hidden, outputs: c.hidden, seed: seed + 2)
+        attentionOut = try Linear(inputs: c.hidden, outputs: c.hidden, seed: seed + 3)
+        attentionNorm = try LayerNorm(c.hidden, eps: c.layerNormEpsilon)
+        feedForwardIn = try Linear(inputs: c.hidden, outputs: c.intermediate, seed: seed + 4)
+        feedForwardOut = try Linear(inputs: c.intermediate, outputs: c.hidden, seed: seed + 5)
+        outputNorm = try LayerNorm(c.hidden, eps: c.layerNormEpsilon)
+        heads = c.heads
+        activation = c.activation
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("attention.self.query", query)
+        visit.module("attention.self.key", key)
+        visit.module("attention.self.value", value)
+        visit.module("attention.output.dense", attentionOut)
+        visit.module("attention.output.LayerNorm", attentionNorm)
+        visit.module("intermediate.dense", feedForwardIn)
+        visit.module("output.dense", feedForwardOut)
+        visit.module("output.LayerNorm", outputNorm)
+    }
+
+    func callAsFunction(_ x: Tensor, keyMask: IntTensor?) throws -> Tensor {
+        let a = try Tensor.attention(query: query(x).splittingHeads(heads), key: key(x).splittingHeads(heads),
+                                     value: value(x).splittingHeads(heads), keyMask: keyMask).mergingHeads()
+        let h = try attentionNorm(x + attentionOut(a))
+        let f = try Tensor.biasGELU(try Tensor.linear(h, weight: feedForwardIn.weight.value), bias: feedForwardIn.bias!.value, activation)
+        return try outputNorm(h + feedForwardOut(f))
+    }
+}
+
+/// The BERT encoder (Devlin et al., arXiv 1810.04805): bidirectional attention with a padding mask, token types,
+/// post-LN layers, and an optional pooler (tanh of a dense layer on [CLS]). Keys follow Hugging Face's `BertModel`.
+public final class BertModel: Module {
+    public let config: BertConfig
+    public let embeddings: BertEmbeddings
+    public let layers: [BertLayer]
+    public let pooler: Linear?
+
+    public init(_ config: BertConfig, pooler: Bool = true, seed: UInt64 = 0) throws {
+        self.config = config
+        embeddings = try BertEmbeddings(config, seed: seed)
+        layers = try (0..<config.layers).map { try BertLayer(config, seed: seed + 10 + UInt64($0) * 10) }
+        self.pooler = pooler ? try Linear(inputs: config.hidden, outputs: config.hidden, seed: seed + 5) : nil
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("embeddings", embeddings)
+        visit.modules("encoder.layer", layers)
+        visit.module("pooler.dense", pooler)
+    }
+
+    /// The last hidden states `[B, T, C]`.
+    /// - Parameters:
+    ///   - attentionMask: `[B, T]`, 1 for real tokens, 0 for padding (default: all 1).
+    ///   - tokenTypeIDs: `[B, T]` segment ids (default: all 0).
+    /// - Throws: ``ModelError`` for ids or types out of range, sequences longer than the positions, bad shapes.
+    public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+        guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        guard T <= config.positions else { throw ModelError.sequenceTooLong(length: T, maximum: config.positions) }
+        try checkTokens(ids, vocabularySize: config.vocabularySize)
+        for (name, t) in [("attention mask", attentionMask), ("token type ids", tokenTypeIDs)] {
+            if let t, t.shape != ids.shape { throw ModelError.badInput("\(name) \(t.shape) does not match input ids \(ids.shape)") }
+        }
+        let types = try tokenTypeIDs ?? IntTensor(shape: [B, T], values: [Int32](repeating: 0, count: B * T))
+        if let bad = types.values.firstIndex(where: { $0 < 0 || Int($0) >= config.typeCount }) {
+            throw ModelError.tokenTypeOutOfRange(position: bad, type: Int(types.values[bad]), typeCount: config.typeCount)
+        }
+        let positions = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) })
+        let e = try embeddings.word(ids) + embeddings.position(positions) + embeddings.tokenType(types)
+        var x = try embeddings.norm(e)
+        for layer in layers { x = try layer(x, keyMask: attentionMask) }
+        return x
+    }
+
+    /// The pooled [CLS] vector `[B, C]`: `tanh(dense(h[:, 0]))`.
+    public func pooled(_ hidden: Tensor) throws -> Tensor {
+        guard let pooler else { throw ModelError.badInput("this model was built without a pooler") }
+        let cls = try hidden.slice(axis: 1, 0..<1).reshaped([hidden.shape[0], hidden.shape[2]])
+        return try pooler(cls).tanh()
+    }
+}
+
+/// BERT with the masked-LM head: dense + activation + layer norm, then a decoder tied to the word embeddings.
+public final class BertForMaskedLM: Module {
+    public let bert: BertModel
+    public let transform: Linear
+    public let transformNorm: LayerNorm
+    public let decoderBias: Parameter
+
+    public init(_ config: BertConfig, seed: UInt64 = 0) throws {
+        bert = try BertModel(config, pooler: false, seed: seed)
+        transform = try Linear(inputs: config.hidden, outputs: config.hidden, seed: seed + 6)
+        transformNorm = try LayerNorm(config.hidden, eps: config.layerNormEpsilon)
+        decoderBias = Parameter("bias", try Tensor.zeros([config.vocabularySize]))
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("bert", bert)
+        visit.module("cls.predictions.transform.dense", transform)
+        visit.module("cls.predictions.transform.LayerNorm", transformNorm)
+        visit.parameter("cls.predictions.bias", decoderBias)
+        visit.parameter("cls.predictions.decoder.weight", bert.embeddings.word.weight)
+        visit.parameter("cls.predictions.decoder.bias", decoderBias)
+    }
+
+    /// Vocabulary logits `[B, T, V]`.
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+        let h = try bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        let t = try transformNorm(Tensor.biasGELU(try Tensor.linear(h, weight: transform.weight.value), bias: transform.bias!.value,
+                                                  bert.config.activation))
+        return try Tensor.linear(t, weight: bert.embeddings.word.weight.value, bias: decoderBias.value)
+    }
+}
+
+/// BERT with a classifier on the pooled [CLS] vector (single sentences, or pairs with token types).
+public final class BertForSequenceClassification: Module {
+    public let bert: BertModel
+    public let classifier: Linear
+
+    public init(_ config: BertConfig, seed: UInt64 = 0) throws {
+        bert = try BertModel(config, pooler: true, seed: seed)
+        classifier = try Linear(inputs: config.hidden, outputs: config.labelCount, seed: seed + 6)
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("bert", bert)
+        visit.module("classifier", classifier)
+    }
+
+    /// Class logits `[B, labels]`.
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+        try classifier(bert.pooled(bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)))
+    }
+}
+
+/// BERT with a per-token classifier (tagging).
+public final class BertForTokenClassification: Module {
+    public let bert: BertModel
+    public let classifier: Linear
+
+    public init(_ config: BertConfig, seed: UInt64 = 0) throws {
+        bert = try BertModel(config, pooler: false, seed: seed)
+        classifier = try Linear(inputs: config.hidden, outputs: config.labelCount, seed: seed + 6)
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("bert", bert)
+        visit.module("classifier", classifier)
+    }
+
+    /// Per-token logits `[B, T, labels]`.
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+        try classifier(bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
+    }
+}
+
+/// BERT for extractive question answering: per-token start and end logits.
+public final class BertForQuestionAnswering: Module {
+    public let bert: BertModel
+    public let outputs: Linear
+
+    public init(_ config: BertConfig, seed: UInt64 = 0) throws {
+        bert = try BertModel(config, pooler: false, seed: seed)
+        outputs = try Linear(inputs: config.hidden, outputs: 2, seed: seed + 6)
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("bert", bert)
+        visit.module("qa_outputs", outputs)
+    }
+
+    /// Start and end logits, each `[B, T]`.
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> (start: Tensor, end: Tensor) {
+        let both = try outputs(bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        return (try both.slice(axis: 2, 0..<1).reshaped([B, T]), try both.slice(axis: 2, 1..<2).reshaped([B, T]))
+    }
+
+    /// The best answer span per sequence: the `(start, end)` maximising `start + end` logits with
+    /// `start <= end < start + maxAnswerLength`, among positions where `allowed` is true (e.g. context tokens).
+    public static func bestSpan(start: [Float], end: [Float], allowed: [Bool]? = nil, maxAnswerLength: Int = 30) -> (start: Int, end: Int, score: Float)? {
+        var best: (Int, Int, Float)?
+        for s in start.indices where allowed?[s] ?? true {
+            for e in s..<min(end.count, s + max(maxAnswerLength, 1)) where allowed?[e] ?? true {
+                let score = start[s] + end[e]
+                if best == nil || score > best!.2 { best = (s, e, score) }
+            }
+        }
+        return best.map { (start: $0.0, end: $0.1, score: $0.2) }
+    }
+}

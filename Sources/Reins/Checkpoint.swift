@@ -1,0 +1,146 @@
+import Foundation
+import ReinsTensor
+
+/// A Hugging Face model directory: `config.json` plus `model.safetensors`, or shards listed in
+/// `model.safetensors.index.json`. Shard files are memory-mapped; a tensor is read (and converted to float32 from
+/// F32, F16 or BF16) only when asked for.
+public struct Checkpoint {
+    public let directory: URL
+    /// The parsed `config.json`.
+    public let config: [String: Any]
+    private let files: [SafeTensorsFile]
+    private let fileOfTensor: [String: Int]
+
+    /// Opens a checkpoint directory and validates every shard's header.
+    /// - Throws: ``ModelError/missingFile(path:)``, ``ModelError/badConfig(path:detail:)``, ``SafeTensorsError``.
+    public init(directory: URL) throws {
+        self.directory = directory
+        config = try Checkpoint.readJSON(directory.appendingPathComponent("config.json"))
+        let single = directory.appendingPathComponent("model.safetensors")
+        let index = directory.appendingPathComponent("model.safetensors.index.json")
+        var files: [SafeTensorsFile] = [], fileOfTensor: [String: Int] = [:]
+        if FileManager.default.fileExists(atPath: single.path) {
+            files = [try SafeTensorsFile(path: single.path)]
+            for name in files[0].entries.keys { fileOfTensor[name] = 0 }
+        } else if FileManager.default.fileExists(atPath: index.path) {
+            let json = try Checkpoint.readJSON(index)
+            guard let map = json["weight_map"] as? [String: String] else {
+                throw ModelError.badConfig(path: index.path, detail: "no weight_map object")
+            }
+            let shardNames = Array(Set(map.values)).sorted()
+            for shard in shardNames {
+                let path = directory.appendingPathComponent(shard).path
+                guard FileManager.default.fileExists(atPath: path) else { throw ModelError.missingFile(path: path) }
+                files.append(try SafeTensorsFile(path: path))
+            }
+            for (name, shard) in map {
+                let i = shardNames.firstIndex(of: shard)!
+                guard files[i].entries[name] != nil else {
+                    throw ModelError.badConfig(path: index.path, detail: "weight_map puts '\(name)' in \(shard), which does not hold it")
+                }
+                fileOfTensor[name] = i
+            }
+        } else {
+            throw ModelError.missingFile(path: single.path)
+        }
+        self.files = files
+        self.fileOfTensor = fileOfTensor
+    }
+
+    /// All tensor names.
+    public var tensorNames: [String] { Array(fileOfTensor.keys) }
+
+    /// The shape of a tensor, if present.
+    public func shape(_ name: String) -> [Int]? { fileOfTensor[name].flatMap { files[$0].entries[name]?.shape } }
+
+    /// A tensor as float32.
+    public func tensor(_ name: String) throws -> Tensor {
+        guard let i = fileOfTensor[name] else { throw SafeTensorsError.missingTensor(path: directory.path, tensor: name) }
+        return try files[i].tensor(name)
+    }
+
+    static func readJSON(_ url: URL) throws -> [String: Any] {
+        guard FileManager.default.fileExists(atPath: url.path) else { throw ModelError.missingFile(path: url.path) }
+        let data = try Data(contentsOf: url)
+        guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw ModelError.badConfig(path: url.path, detail: "not a JSON object")
+        }
+        return object
+    }
+}
+
+/// How a model's keys map onto a checkpoint's, for one load.
+public struct LoadOptions: Sendable {
+    /// The name of the base model inside head models (`transformer` for GPT-2, `bert` for BERT). A checkpoint may
+    /// store the base with or without this prefix; either loads.
+    public var basePrefix: String
+    /// Keys the checkpoint may lack because they are new (a freshly initialised task head): prefixes of keys.
+    public var newlyInitialized: [String] = []
+    /// Checkpoint tensors to skip silently: buffers such as `position_ids` or GPT-2's `attn.bias` mask (suffixes).
+    public var ignoredSuffixes: [String] = []
+    /// Checkpoint tensors that belong to parts this model does not have (other heads): prefixes of keys.
+    public var ignoredPrefixes: [String] = []
+}
+
+extension Module {
+    /// Copies every parameter from `checkpoint`, strictly: all missing, unexpected and mis-shaped tensors are collected
+    /// and reported together. Tied parameters (registered under two keys) load from whichever key is present.
+    /// - Throws: ``ModelError/checkpointMismatch(missing:unexpected:misshaped:)``, ``SafeTensorsError``.
+    public func load(from checkpoint: Checkpoint, options: LoadOptions) throws {
+        let names = Set(checkpoint.tensorNames)
+        let prefix = options.basePrefix + "."
+        // Does the checkpoint store the base under the prefix? Decide once, from the data.
+        let checkpointHasPrefix = names.contains { $0.hasPrefix(prefix) }
+        func checkpointKey(_ key: String) -> String {
+            if key.hasPrefix(prefix) { return checkpointHasPrefix ? key : String(key.dropFirst(prefix.count)) }
+            // A bare base model reading a head model's checkpoint: its keys are all base keys.
+            let modelHasHead = allParameterKeys().contains { $0.key.hasPrefix(prefix) }
+            return !modelHasHead && checkpointHasPrefix ? prefix + key : key
+        }
+        var groups: [ObjectIdentifier: (parameter: Parameter, keys: [String])] = [:], order: [ObjectIdentifier] = []
+        for (key, p) in allParameterKeys() {
+            let id = ObjectIdentifier(p)
+            if groups[id] == nil { order.append(id); groups[id] = (p, []) }
+            groups[id]!.keys.append(key)
+        }
+        var missing: [String] = [], misshaped: [String] = [], used = Set<String>()
+        var loads: [(Parameter, String)] = []
+        for id in order {
+            let (p, keys) = groups[id]!
+            let candidates = keys.map(checkpointKey)
+            for c in candidates where names.contains(c) { used.insert(c) }
+            guard let found = candidates.first(where: names.contains) else {
+                if !keys.contains(where: { k in options.newlyInitialized.contains { k.hasPrefix($0) } }) { missing.append(keys[0]) }
+                continue
+            }
+            let shape = checkpoint.shape(found)!
+            guard shape == p.value.shape else {
+                misshaped.append("\(found) is \(shape), expected \(p.value.shape)")
+                continue
+            }
+            loads.append((p, found))
+        }
+        let unexpected = names.subtracting(used).filter { n in
+            !options.ignoredSuffixes.contains { n.hasSuffix($0) } && !options.ignoredPrefixes.contains { n.hasPrefix($0) || n.hasPrefix(prefix + $0) }
+        }.sorted()
+        guard missing.isEmpty, misshaped.isEmpty, unexpected.isEmpty else {
+            throw ModelError.checkpointMismatch(missing: missing, unexpected: unexpected, misshaped: misshaped)
+        }
+        for (p, key) in loads {
+            let trainable = p.isTrainable
+            p.value = try checkpoint.tensor(key)
+            p.isTrainable = trainable
+        }
+    }
+
+    /// Writes `config.json` and `model.safetensors` (each atomically) to `directory`; tied parameters are stored once,
+    /// under their first key.
+    public func save(to directory: URL, config: [String: Any]) throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var tensors: [String: Tensor] = [:]
+        for (key, p) in namedParameters() { tensors[key] = p.value.detached() }
+        try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("model.safetensors").path)
+        let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try AtomicFile.write(json, to: directory.appendingPathComponent("config.json").path)
+    }
+}

@@ -1,0 +1,192 @@
+import Foundation
+import ReinsTensor
+
+/// The sizes of a GPT-2 model, read from its `config.json`.
+public struct GPT2Config: Sendable {
+    public var vocabularySize: Int
+    public var positions: Int
+    public var hidden: Int
+    public var layers: Int
+    public var heads: Int
+    public var inner: Int
+    public var activation: GELUApproximation
+    public var layerNormEpsilon: Float
+    public var labelCount: Int
+    public var padTokenID: Int?
+
+    public init(json: [String: Any], path: String = "config.json") throws {
+        let c = ConfigReader(json: json, path: path)
+        vocabularySize = try c.int("vocab_size", default: 50257)
+        positions = try c.int("n_positions", default: 1024)
+        hidden = try c.int("n_embd", default: 768)
+        layers = try c.int("n_layer", default: 12)
+        heads = try c.int("n_head", default: 12)
+        inner = try c.int("n_inner", default: 4 * hidden)
+        activation = try geluForm(try c.string("activation_function", default: "gelu_new"), path: path)
+        layerNormEpsilon = try c.float("layer_norm_epsilon", default: 1e-5)
+        labelCount = c.labelCount
+        padTokenID = c.optionalInt("pad_token_id")
+        try c.require(vocabularySize > 0 && positions > 0 && layers >= 0 && inner > 0, "sizes must be positive")
+        try c.require(heads > 0 && hidden % heads == 0, "n_embd \(hidden) is not divisible by n_head \(heads)")
+    }
+}
+
+/// One GPT-2 block (pre-LN): `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+public final class GPT2Block: Module {
+    public let ln1: LayerNorm, ln2: LayerNorm
+    /// Query, key and value in one `Conv1D` (`[C, 3C]`), then the output projection.
+    public let attentionIn: Linear, attentionOut: Linear
+    public let feedForwardIn: Linear, feedForwardOut: Linear
+    let heads: Int
+    let activation: GELUApproximation
+
+    init(_ config: GPT2Config, seed: UInt64) throws {
+        let C = config.hidden
+        ln1 = try LayerNorm(C, eps: config.layerNormEpsilon)
+        ln2 = try LayerNorm(C, eps: config.layerNormEpsilon)
+        attentionIn = try Linear(inputs: C, outputs: 3 * C, weightTransposed: true, seed: seed)
+        attentionOut = try Linear(inputs: C, outputs: C, weightTransposed: true, seed: seed + 1)
+        feedForwardIn = try Linear(inputs: C, outputs: config.inner, weightTransposed: true, seed: seed + 2)
+        feedForwardOut = try Linear(inputs: config.inner, outputs: C, weightTransposed: true, seed: seed + 3)
+        heads = config.heads
+        activation = config.activation
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("ln_1", ln1)
+        visit.module("attn.c_attn", attentionIn)
+        visit.module("attn.c_proj", attentionOut)
+        visit.module("ln_2", ln2)
+        visit.module("mlp.c_fc", feedForwardIn)
+        visit.module("mlp.c_proj", feedForwardOut)
+    }
+
+    /// `x: [B, T, C]`; `keyMask: [B, T]` (1 = real token).
+    func callAsFunction(_ x: Tensor, keyMask: IntTensor?) throws -> Tensor {
+        let C = x.shape[2]
+        let qkv = try attentionIn(ln1(x))
+        let q = try qkv.slice(axis: 2, 0..<C).splittingHeads(heads)
+        let k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
+        let v = try qkv.slice(axis: 2, (2 * C)..<(3 * C)).splittingHeads(heads)
+        let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask).mergingHeads()
+        let h = try x + attentionOut(a)
+        let f = try Tensor.biasGELU(try Tensor.linear(ln2(h), weight: feedForwardIn.weight.value, weightTransposed: true),
+                                    bias: feedForwardIn.bias!.value, activation)
+        return try h + feedForwardOut(f)
+    }
+}
+
+/// The GPT-2 transformer (arXiv: Radford et al. 2019): token and learned position embeddings, pre-LN blocks with
+/// causal attention, a final layer norm. Keys follow Hugging Face's `GPT2Model`.
+public final class GPT2Model: Module {
+    public let config: GPT2Config
+    public let tokenEmbedding: Embedding, positionEmbedding: Embedding
+    public let blocks: [GPT2Block]
+    public let finalNorm: LayerNorm
+
+    public init(_ config: GPT2Config, seed: UInt64 = 0) throws {
+        self.config = config
+        tokenEmbedding = try Embedding(count: config.vocabularySize, size: config.hidden, seed: seed)
+        positionEmbedding = try Embedding(count: config.positions, size: config.hidden, std: 0.01, seed: seed + 1)
+        blocks = try (0..<config.layers).map { try GPT2Block(config, seed: seed + 10 + UInt64($0) * 10) }
+        finalNorm = try LayerNorm(config.hidden, eps: config.layerNormEpsilon)
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("wte", tokenEmbedding)
+        visit.module("wpe", positionEmbedding)
+        visit.modules("h", blocks)
+        visit.module("ln_f", finalNorm)
+    }
+
+    /// The last hidden states `[B, T, C]` for `ids: [B, T]`.
+    /// - Parameters:
+    ///   - attentionMask: `[B, T]`, 1 for tokens to attend to, 0 for padding (default: all 1).
+    ///   - positionIDs: `[B, T]` (default: 0..<T in every row).
+    /// - Throws: ``ModelError`` for ids outside the vocabulary, sequences longer than the positions, bad shapes.
+    public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil) throws -> Tensor {
+        guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        guard T <= config.positions else { throw ModelError.sequenceTooLong(length: T, maximum: config.positions) }
+        try checkTokens(ids, vocabularySize: config.vocabularySize)
+        if let attentionMask, attentionMask.shape != ids.shape {
+            throw ModelError.badInput("attention mask \(attentionMask.shape) does not match input ids \(ids.shape)")
+        }
+        let positions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) })
+        if positions.shape != ids.shape { throw ModelError.badInput("position ids \(positions.shape) do not match input ids \(ids.shape)") }
+        if let bad = positions.values.firstIndex(where: { $0 < 0 || Int($0) >= config.positions }) {
+            throw ModelError.sequenceTooLong(length: Int(positions.values[bad]) + 1, maximum: config.positions)
+        }
+        var x = try tokenEmbedding(ids) + positionEmbedding(positions)
+        for block in blocks { x = try block(x, keyMask: attentionMask) }
+        return try finalNorm(x)
+    }
+}
+
+/// GPT-2 with the language-model head, tied to the token embedding (`lm_head.weight` is `transformer.wte.weight`).
+public final class GPT2LMHeadModel: Module {
+    public let transformer: GPT2Model
+
+    public init(_ config: GPT2Config, seed: UInt64 = 0) throws { transformer = try GPT2Model(config, seed: seed) }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("transformer", transformer)
+        visit.parameter("lm_head.weight", transformer.tokenEmbedding.weight)
+    }
+
+    /// Next-token logits `[B, T, V]`.
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil) throws -> Tensor {
+        let h = try transformer.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs)
+        return try Tensor.linear(h, weight: transformer.tokenEmbedding.weight.value)
+    }
+
+    /// The causal-LM loss: mean cross-entropy of the logits at position t against `labels` at t + 1 (labels equal to
+    /// -100 are skipped; by default the labels are the input ids).
+    public func loss(_ ids: IntTensor, labels: IntTensor? = nil, attentionMask: IntTensor? = nil) throws -> Tensor {
+        let labels = labels ?? ids
+        guard labels.shape == ids.shape else { throw ModelError.badInput("labels \(labels.shape) do not match input ids \(ids.shape)") }
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        let logits = try self.logits(ids, attentionMask: attentionMask)
+        let shifted = try logits.slice(axis: 1, 0..<(T - 1))
+        var targets: [Int32] = []
+        for b in 0..<B { targets += labels.values[(b * T + 1)..<((b + 1) * T)] }
+        return try Tensor.crossEntropy(logits: shifted, targets: IntTensor(targets))
+    }
+}
+
+/// GPT-2 with a sequence-classification head: the score of the last non-padding token.
+public final class GPT2ForSequenceClassification: Module {
+    public let transformer: GPT2Model
+    public let score: Linear
+
+    public init(_ config: GPT2Config, seed: UInt64 = 0) throws {
+        transformer = try GPT2Model(config, seed: seed)
+        score = try Linear(inputs: config.hidden, outputs: config.labelCount, bias: false, seed: seed + 7)
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("transformer", transformer)
+        visit.module("score", score)
+    }
+
+    /// Class logits `[B, labels]`, taken at each row's last token that is not `pad_token_id`.
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil) throws -> Tensor {
+        let (B, T) = (ids.shape.first ?? 0, ids.shape.count == 2 ? ids.shape[1] : 0)
+        let all = try score(transformer.hiddenStates(ids, attentionMask: attentionMask))
+        let pad = transformer.config.padTokenID
+        guard pad != nil || B == 1 else { throw ModelError.badInput("batches of more than one sequence need pad_token_id in the config") }
+        let rows = try (0..<B).map { b -> Tensor in
+            let row = ids.values[(b * T)..<((b + 1) * T)]
+            // As Hugging Face: the last position whose token is not the pad token (0 if every token is padding).
+            let last = pad.flatMap { p in row.indices.last { row[$0] != Int32(p) }.map { $0 - b * T } } ?? (T - 1)
+            return try all.slice(axis: 0, b..<(b + 1)).slice(axis: 1, last..<(last + 1))
+        }
+        return try Tensor.concatenate(rows, axis: 0).reshaped([B, score.outputs])
+    }
+}
+
+func checkTokens(_ ids: IntTensor, vocabularySize: Int) throws {
+    if let bad = ids.values.firstIndex(where: { $0 < 0 || Int($0) >= vocabularySize }) {
+        throw ModelError.tokenOutOfRange(position: bad, id: Int(ids.values[bad]), vocabularySize: vocabularySize)
+    }
+}

@@ -1,0 +1,150 @@
+import ReinsTensor
+
+/// A piece of a model that owns parameters and sub-modules, each registered explicitly under a stable key.
+///
+/// Keys match Hugging Face checkpoint names (`h.0.attn.c_attn.weight`), so loading and saving is a lookup, never a
+/// rename. Registration is explicit (no reflection): each module lists its own parameters and children in
+/// ``visitParameters(_:)`` in a fixed order, which makes parameter order deterministic.
+public protocol Module: AnyObject {
+    /// Calls `visit` for each parameter and child module, with the key relative to this module.
+    func visitParameters(_ visit: inout ParameterVisitor)
+}
+
+/// Walks a module tree, building full keys from the path.
+public struct ParameterVisitor {
+    private var prefix: [String] = []
+    fileprivate var found: [(key: String, parameter: Parameter)] = []
+
+    /// Visits one parameter under `name`.
+    public mutating func parameter(_ name: String, _ parameter: Parameter?) {
+        guard let parameter else { return }
+        found.append(((prefix + [name]).joined(separator: "."), parameter))
+    }
+
+    /// Visits a child module under `name`.
+    public mutating func module(_ name: String, _ module: (any Module)?) {
+        guard let module else { return }
+        prefix.append(name)
+        module.visitParameters(&self)
+        prefix.removeLast()
+    }
+
+    /// Visits a list of child modules as `name.0`, `name.1`, ...
+    public mutating func modules(_ name: String, _ modules: [any Module]) {
+        for (i, m) in modules.enumerated() { module("\(name).\(i)", m) }
+    }
+}
+
+extension Module {
+    /// Every parameter with its full key, in registration order. A parameter shared by two paths (tied weights)
+    /// appears once, under the first key.
+    public func namedParameters() -> [(key: String, parameter: Parameter)] {
+        var visitor = ParameterVisitor()
+        visitParameters(&visitor)
+        var seen = Set<ObjectIdentifier>()
+        return visitor.found.filter { seen.insert(ObjectIdentifier($0.parameter)).inserted }
+    }
+
+    /// Every key under which a parameter is registered, including the second key of a tied parameter.
+    public func allParameterKeys() -> [(key: String, parameter: Parameter)] {
+        var visitor = ParameterVisitor()
+        visitParameters(&visitor)
+        return visitor.found
+    }
+
+    /// The parameters in registration order.
+    public var parameters: [Parameter] { namedParameters().map(\.parameter) }
+
+    /// The parameters that receive gradients.
+    public var trainableParameters: [Parameter] { parameters.filter(\.isTrainable) }
+
+    /// The number of scalars in all parameters (tied weights counted once).
+    public var parameterCount: Int { parameters.reduce(0) { $0 + $1.value.count } }
+
+    /// The number of scalars that train.
+    public var trainableParameterCount: Int { trainableParameters.reduce(0) { $0 + $1.value.count } }
+
+    /// Freezes the parameters whose key satisfies `predicate` (all by default): they get no gradient and no
+    /// optimizer state.
+    public func freeze(where predicate: (String) -> Bool = { _ in true }) {
+        for (key, p) in namedParameters() where predicate(key) { p.isTrainable = false }
+    }
+
+    /// Unfreezes the parameters whose key satisfies `predicate` (all by default).
+    public func unfreeze(where predicate: (String) -> Bool = { _ in true }) {
+        for (key, p) in namedParameters() where predicate(key) { p.isTrainable = true }
+    }
+
+    /// Clears every gradient.
+    public func zeroGradients() { for p in parameters { p.zeroGradient() } }
+}
+
+// MARK: - Building blocks
+
+/// A dense layer `y = x·Wᵀ + b`, with the weight stored `[out, in]` (torch `nn.Linear`) or `[in, out]`
+/// (GPT-2's `Conv1D`, `weightTransposed`), so either checkpoint layout loads without a copy.
+public final class Linear: Module {
+    public let weight: Parameter
+    public let bias: Parameter?
+    public let weightTransposed: Bool
+    public let inputs: Int
+    public let outputs: Int
+
+    public init(inputs: Int, outputs: Int, bias: Bool = true, weightTransposed: Bool = false, std: Float = 0.02, seed: UInt64) throws {
+        self.inputs = inputs
+        self.outputs = outputs
+        self.weightTransposed = weightTransposed
+        weight = Parameter("weight", try Tensor.normal(weightTransposed ? [inputs, outputs] : [outputs, inputs], std: std, seed: seed))
+        self.bias = bias ? Parameter("bias", try Tensor.zeros([outputs])) : nil
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.parameter("weight", weight)
+        visit.parameter("bias", bias)
+    }
+
+    /// `x: [..., in]` to `[..., out]`.
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        try Tensor.linear(x, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
+    }
+}
+
+/// Layer normalisation over the last axis (arXiv 1607.06450).
+public final class LayerNorm: Module {
+    public let weight: Parameter
+    public let bias: Parameter
+    public let eps: Float
+
+    public init(_ size: Int, eps: Float) throws {
+        weight = Parameter("weight", try Tensor.ones([size]))
+        bias = Parameter("bias", try Tensor.zeros([size]))
+        self.eps = eps
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.parameter("weight", weight)
+        visit.parameter("bias", bias)
+    }
+
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        try Tensor.layerNorm(x, weight: weight.value, bias: bias.value, eps: eps)
+    }
+}
+
+/// A lookup table `[count, size]`; the row of `paddingIndex`, if any, gets no gradient (torch's `padding_idx`).
+public final class Embedding: Module {
+    public let weight: Parameter
+    public let paddingIndex: Int?
+
+    public init(count: Int, size: Int, paddingIndex: Int? = nil, std: Float = 0.02, seed: UInt64) throws {
+        weight = Parameter("weight", try Tensor.normal([count, size], std: std, seed: seed))
+        self.paddingIndex = paddingIndex
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) { visit.parameter("weight", weight) }
+
+    /// `ids: [...]` to `[..., size]`; throws for an id outside the table.
+    public func callAsFunction(_ ids: IntTensor) throws -> Tensor {
+        try Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+import Reins
+import ReinsTestSupport
+import Testing
+
+/// GPT-2 and BERT against Hugging Face transformers (Tests/Fixtures/make_model_fixtures.py): the outputs within 1e-4
+/// and the gradient of every parameter within about 1e-3 relative.
+struct ModelParityTests {
+    static func directory(_ name: String) -> URL { Fixtures.directory.appendingPathComponent("models/\(name)") }
+
+    struct Case {
+        let model: PretrainedModel
+        let io: SafeTensorsFile
+        init(_ name: String) throws {
+            model = try PretrainedModel.load(directory: ModelParityTests.directory(name))
+            io = try SafeTensorsFile(path: ModelParityTests.directory(name).appendingPathComponent("io.safetensors").path)
+        }
+        func ints(_ name: String) throws -> IntTensor { try io.intTensor(name) }
+        func optionalInts(_ name: String) throws -> IntTensor? { io.entries[name] == nil ? nil : try io.intTensor(name) }
+    }
+
+    /// Every parameter's gradient against `grad.<key>`, and no reference gradient left unmatched.
+    func expectGradients(_ c: Case, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let named = c.model.module.namedParameters()
+        for (key, p) in named {
+            guard c.io.entries["grad.\(key)"] != nil else {
+                Issue.record("no reference gradient for \(key)", sourceLocation: sourceLocation)
+                continue
+            }
+            guard let g = p.gradient else {
+                Issue.record("\(key) got no gradient", sourceLocation: sourceLocation)
+                continue
+            }
+            let expected = try c.io.tensor("grad.\(key)")
+            let scale = expected.scalars.map(abs).max() ?? 1
+            expectClose(g, expected, atol: 1e-4 * max(scale, 1e-3), rtol: 1e-3, "gradient of \(key)", sourceLocation: sourceLocation)
+        }
+        let keys = Set(named.map { "grad.\($0.key)" })
+        for name in c.io.entries.keys where name.hasPrefix("grad.") && !keys.contains(name) {
+            Issue.record("reference gradient \(name) matches no parameter", sourceLocation: sourceLocation)
+        }
+    }
+
+    func expectLoss(_ loss: Tensor, _ c: Case, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        expectClose([try loss.item], try c.io.tensor("loss").scalars, atol: 1e-5, rtol: 1e-5, "loss", sourceLocation: sourceLocation)
+        try loss.backward()
+    }
+
+    @Test func gpt2LanguageModel() throws {
+        let c = try Case("gpt2-lm")
+        guard case let .gpt2LMHead(model) = c.model else { Issue.record("built \(c.model)"); return }
+        let ids = try c.ints("input_ids"), mask = try c.ints("attention_mask")
+        let logits = try model.logits(ids, attentionMask: mask)
+        // Padding queries are compared nowhere: transformers lets a fully masked query attend everywhere, Reins gives it
+        // zeros. Real tokens never see padding keys, so all real positions must match.
+        let expected = try c.io.tensor("logits"), V = logits.shape[2]
+        for (i, keep) in mask.values.enumerated() where keep == 1 {
+            expectClose(Array(logits.scalars[(i * V)..<((i + 1) * V)]), Array(expected.scalars[(i * V)..<((i + 1) * V)]),
+                        atol: 1e-4, rtol: 1e-4, "logits at flat position \(i)")
+        }
+        try expectLoss(try model.loss(ids, labels: try c.ints("labels"), attentionMask: mask), c)
+        try expectGradients(c)
+    }
+
+    @Test func gpt2SequenceClassification() throws {
+        let c = try Case("gpt2-cls")
+        guard case let .gpt2SequenceClassification(model) = c.model else { Issue.record("built \(c.model)"); return }
+        let logits = try model.logits(try c.ints("input_ids"), attentionMask: try c.ints("attention_mask"))
+        expectClose(logits, try c.io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "class logits")
+        try expectLoss(try Tensor.crossEntropy(logits: logits, targets: try c.ints("labels")), c)
+        try expectGradients(c)
+    }
+
+    @Test func bertBaseWithPooler() throws {
+        let c = try Case("bert-base")
+        guard case let .bert(model) = c.model else { Issue.record("built \(c.model)"); return }
+        let h = try model.hiddenStates(try c.ints("input_ids"), attentionMask: try c.ints("attention_mask"), tokenTypeIDs: try c.ints("token_type_ids"))
+        expectClose(h, try c.io.tensor("last_hidden_state"), atol: 1e-4, rtol: 1e-4, "last hidden state")
+        let pooled = try model.pooled(h)
+        expectClose(pooled, try c.io.tensor("pooler_output"), atol: 1e-4, rtol: 1e-4, "pooler output")
+        // The fixture's loss: Σ h ⊙ linspace(-1, 1, C) + Σ pooled².
+        let C = h.shape[2]
+        let ramp = Tensor((0..<C).map { -1 + 2 * Float($0) / Float(C - 1) })
+        try expectLoss(try (h * ramp).sum() + (pooled * pooled).sum(), c)
+        try expectGradients(c)
+    }
+
+    @Test func bertMaskedLM() throws {
+        let c = try Case("bert-mlm")
+        guard case let .bertMaskedLM(model) = c.model else { Issue.record("built \(c.model)"); return }
+        let logits = try model.logits(try c.ints("input_ids"), attentionMask: try c.ints("attention_mask"), tokenTypeIDs: try c.ints("token_type_ids"))
+        expectClose(logits, try c.io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "vocabulary logits")
+        try expectLoss(try Tensor.crossEntropy(logits: logits, targets: try c.ints("labels")), c)
+        try expectGradients(c)
+    }
+
+    @Test func bertSequenceClassificationOnPairs() throws {
+        let c = try Case("bert-cls")
+        guard case let .bertSequenceClassification(model) = c.model else { Issue.record("built \(c.model)"); return }
+        let logits = try model.logits(try c.ints("input_ids"), attentionMask: try c.ints("attention_mask"), tokenTypeIDs: try c.ints("token_type_ids"))
+        expectClose(logits, try c.io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "class logits")
+        try expectLoss(try Tensor.crossEntropy(logits: logits, targets: try c.ints("labels")), c)
+        try expectGradients(c)
+    }
+
+    @Test func bertTokenClassification() throws {
+        let c = try Case("bert-tok")
+        guard case let .bertTokenClassification(model) = c.model else { Issue.record("built \(c.model)"); return }
+        let logits = try model.logits(try c.ints("input_ids"), attentionMask: try c.ints("attention_mask"), tokenTypeIDs: try c.ints("token_type_ids"))
+        expectClose(logits, try c.io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "tag logits")
+        try expectLoss(try Tensor.crossEntropy(logits: logits, targets: try c.ints("labels")), c)
+        try expectGradients(c)
+    }
+
+    @Test func bertQuestionAnswering() throws {
+        let c = try Case("bert-qa")
+        guard case let .bertQuestionAnswering(model) = c.model else { Issue.record("built \(c.model)"); return }
+        let (start, end) = try model.logits(try c.ints("input_ids"), attentionMask: try c.ints("attention_mask"), tokenTypeIDs: try c.ints("token_type_ids"))
+        expectClose(start, try c.io.tensor("start_logits"), atol: 1e-4, rtol: 1e-4, "start logits")
+        expectClose(end, try c.io.tensor("end_logits"), atol: 1e-4, rtol: 1e-4, "end logits")
+        // transformers: the mean of the start and end cross-entropies.
+        let loss = try (Tensor.crossEntropy(logits: start, targets: try c.ints("start_positions"))
+            + Tensor.crossEntropy(logits: end, targets: try c.ints("end_positions"))).scaled(by: 0.5)
+        try expectLoss(loss, c)
+        try expectGradients(c)
+    }
+
+    @Test func bestSpanRespectsOrderLengthAndAllowedPositions() {
+        let start: [Float] = [0, 5, 1, 9, 0], end: [Float] = [0, 1, 8, 0.5, 7]
+        // The best pair overall is (3, 4) = 16; (1, 2) = 13 and (3, 2) is not a span.
+        #expect(BertForQuestionAnswering.bestSpan(start: start, end: end)! == (3, 4, 16))
+        #expect(BertForQuestionAnswering.bestSpan(start: start, end: end, allowed: [true, true, true, true, false])! == (1, 2, 13))
+        #expect(BertForQuestionAnswering.bestSpan(start: start, end: end, maxAnswerLength: 1)! == (3, 3, 9.5))
+    }
+}
