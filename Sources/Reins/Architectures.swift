@@ -58,7 +58,7 @@ public enum PretrainedModel {
         let configPath = directory.appendingPathComponent("config.json").path
         let name = architecture ?? ConfigReader(json: checkpoint.config, path: configPath).architectures.first ?? ""
         guard let row = table[name] else { throw ModelError.unknownArchitecture(name.isEmpty ? "(none in config.json)" : name, known: knownArchitectures) }
-        let model = try row.build(checkpoint.config, configPath)
+        let model = try Initializer.$skipped.withValue(true) { try row.build(checkpoint.config, configPath) }
         var options = row.options
         options.newlyInitialized = newlyInitialized
         try model.module.load(from: checkpoint, options: options)

@@ -59,6 +59,12 @@ public struct Checkpoint {
         return try files[i].tensor(name)
     }
 
+    /// Converts a tensor to float32 straight into `buffer`.
+    public func read(_ name: String, into buffer: UnsafeMutableBufferPointer<Float>) throws {
+        guard let i = fileOfTensor[name] else { throw SafeTensorsError.missingTensor(path: directory.path, tensor: name) }
+        try files[i].read(name, into: buffer)
+    }
+
     static func readJSON(_ url: URL) throws -> [String: Any] {
         guard FileManager.default.fileExists(atPath: url.path) else { throw ModelError.missingFile(path: url.path) }
         let data = try Data(contentsOf: url)
@@ -85,6 +91,9 @@ public struct LoadOptions: Sendable {
 extension Module {
     /// Copies every parameter from `checkpoint`, strictly: all missing, unexpected and mis-shaped tensors are collected
     /// and reported together. Tied parameters (registered under two keys) load from whichever key is present.
+    ///
+    /// Parameters the options allow to be absent (``LoadOptions/newlyInitialized``) are initialised as Hugging Face
+    /// does: biases 0, layer-norm weights 1, other weights N(0, 0.02), drawn with a seed derived from the key.
     /// - Throws: ``ModelError/checkpointMismatch(missing:unexpected:misshaped:)``, ``SafeTensorsError``.
     public func load(from checkpoint: Checkpoint, options: LoadOptions) throws {
         let names = Set(checkpoint.tensorNames)
@@ -104,13 +113,17 @@ extension Module {
             groups[id]!.keys.append(key)
         }
         var missing: [String] = [], misshaped: [String] = [], used = Set<String>()
-        var loads: [(Parameter, String)] = []
+        var loads: [(Parameter, String)] = [], fresh: [(Parameter, String)] = []
         for id in order {
             let (p, keys) = groups[id]!
             let candidates = keys.map(checkpointKey)
             for c in candidates where names.contains(c) { used.insert(c) }
             guard let found = candidates.first(where: names.contains) else {
-                if !keys.contains(where: { k in options.newlyInitialized.contains { k.hasPrefix($0) } }) { missing.append(keys[0]) }
+                if keys.contains(where: { k in options.newlyInitialized.contains { k.hasPrefix($0) } }) {
+                    fresh.append((p, keys[0]))
+                } else {
+                    missing.append(keys[0])
+                }
                 continue
             }
             let shape = checkpoint.shape(found)!
@@ -126,11 +139,26 @@ extension Module {
         guard missing.isEmpty, misshaped.isEmpty, unexpected.isEmpty else {
             throw ModelError.checkpointMismatch(missing: missing, unexpected: unexpected, misshaped: misshaped)
         }
+        // Into the parameters' own buffers: no second copy of the model is ever allocated.
         for (p, key) in loads {
-            let trainable = p.isTrainable
-            p.value = try checkpoint.tensor(key)
-            p.isTrainable = trainable
+            try p.value.withUnsafeMutableBufferPointer { try checkpoint.read(key, into: $0) }
         }
+        for (p, key) in fresh { try initializeFresh(p, key: key) }
+    }
+
+    private func initializeFresh(_ p: Parameter, key: String) throws {
+        let trainable = p.isTrainable
+        let shape = p.value.shape
+        if key.hasSuffix("bias") {
+            p.value = try Tensor.zeros(shape)
+        } else if key.contains("LayerNorm") || key.contains("ln_") || key.contains("norm") {
+            p.value = try Tensor.ones(shape)
+        } else {
+            // FNV-1a of the key: the same head gets the same initial weights in every run.
+            let seed = key.utf8.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
+            p.value = try Tensor.normal(shape, std: 0.02, seed: seed)
+        }
+        p.isTrainable = trainable
     }
 
     /// Writes `config.json` and `model.safetensors` (each atomically) to `directory`; tied parameters are stored once,

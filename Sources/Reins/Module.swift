@@ -81,6 +81,16 @@ extension Module {
 
 // MARK: - Building blocks
 
+/// Initial values for new parameters. While a checkpoint is being loaded the draws are skipped (uninitialised
+/// buffers that the loader fills), since every value is about to be overwritten.
+enum Initializer {
+    @TaskLocal static var skipped = false
+
+    static func normal(_ shape: [Int], std: Float, seed: UInt64) throws -> Tensor {
+        skipped ? try Tensor.uninitialized(shape) : try Tensor.normal(shape, std: std, seed: seed)
+    }
+}
+
 /// A dense layer `y = x·Wᵀ + b`, with the weight stored `[out, in]` (torch `nn.Linear`) or `[in, out]`
 /// (GPT-2's `Conv1D`, `weightTransposed`), so either checkpoint layout loads without a copy.
 public final class Linear: Module {
@@ -94,7 +104,7 @@ public final class Linear: Module {
         self.inputs = inputs
         self.outputs = outputs
         self.weightTransposed = weightTransposed
-        weight = Parameter("weight", try Tensor.normal(weightTransposed ? [inputs, outputs] : [outputs, inputs], std: std, seed: seed))
+        weight = Parameter("weight", try Initializer.normal(weightTransposed ? [inputs, outputs] : [outputs, inputs], std: std, seed: seed))
         self.bias = bias ? Parameter("bias", try Tensor.zeros([outputs])) : nil
     }
 
@@ -137,7 +147,7 @@ public final class Embedding: Module {
     public let paddingIndex: Int?
 
     public init(count: Int, size: Int, paddingIndex: Int? = nil, std: Float = 0.02, seed: UInt64) throws {
-        weight = Parameter("weight", try Tensor.normal([count, size], std: std, seed: seed))
+        weight = Parameter("weight", try Initializer.normal([count, size], std: std, seed: seed))
         self.paddingIndex = paddingIndex
     }
 

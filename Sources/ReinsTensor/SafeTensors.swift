@@ -135,13 +135,21 @@ public struct SafeTensorsFile: @unchecked Sendable {
 
     /// The tensor `name` converted to float32 (from F32, F16 or BF16).
     public func tensor(_ name: String) throws -> Tensor {
+        let t = Tensor(uninitializedShape: try entry(name).shape)
+        try read(name, into: UnsafeMutableBufferPointer(start: t.storage.pointer, count: t.count))
+        return t
+    }
+
+    /// Converts the tensor `name` to float32 straight into `buffer`, which must hold exactly its elements.
+    public func read(_ name: String, into buffer: UnsafeMutableBufferPointer<Float>) throws {
         let e = try entry(name)
         guard e.dtype == .float32 || e.dtype == .float16 || e.dtype == .bfloat16 else {
             throw SafeTensorsError.wrongDType(path: path, tensor: name, expected: "a float type (F32, F16, BF16)", found: e.dtype.rawValue)
         }
         let n = e.shape.reduce(1, *)
-        let t = Tensor(uninitializedShape: e.shape)
-        let out = t.storage.pointer
+        guard buffer.count == n, let out = buffer.baseAddress ?? (n == 0 ? UnsafeMutablePointer<Float>(bitPattern: 64) : nil) else {
+            throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "\(n) elements do not fit a buffer of \(buffer.count)")
+        }
         data.withUnsafeBytes { raw in
             let base = raw.baseAddress!.advanced(by: dataStart + e.range.lowerBound)
             switch e.dtype {
@@ -154,7 +162,6 @@ public struct SafeTensorsFile: @unchecked Sendable {
             case .int32, .int64: break
             }
         }
-        return t
     }
 
     /// The integer tensor `name` (from I32, or I64 values that fit in Int32).

@@ -58,6 +58,13 @@ public struct Tensor: @unchecked Sendable {
 
     // MARK: creation
 
+    /// A tensor whose elements are not initialised: for buffers that are about to be overwritten in full (loading a
+    /// checkpoint). Reading it before writing gives unspecified values.
+    public static func uninitialized(_ shape: [Int]) throws -> Tensor {
+        try validate(shape: shape, operation: "uninitialized")
+        return Tensor(uninitializedShape: shape)
+    }
+
     /// A tensor of the given shape with every element equal to `value`.
     public static func full(_ shape: [Int], _ value: Float) throws -> Tensor {
         try validate(shape: shape, operation: "full")

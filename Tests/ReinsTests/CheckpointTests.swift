@@ -63,6 +63,13 @@ struct CheckpointTests {
         }
         let ids = try IntTensor(shape: [1, 3], values: [2, 9, 3])
         #expect(try cls.bert.hiddenStates(ids).scalars == bare.hiddenStates(ids).scalars)
+        // The new head is initialised as transformers does (N(0, 0.02) weights, zero bias), identically every time.
+        let w = cls.classifier.weight.value.scalars
+        let std = (w.map { $0 * $0 }.reduce(0, +) / Float(w.count)).squareRoot()
+        #expect(std > 0.01 && std < 0.04, "classifier weight std \(std)")
+        #expect(cls.classifier.bias!.value.scalars.allSatisfy { $0 == 0 })
+        guard case let .bertSequenceClassification(again) = try PretrainedModel.load(directory: base, architecture: "BertForSequenceClassification", newlyInitialized: ["classifier."]) else { return }
+        #expect(again.classifier.weight.value.scalars == w)
         // Without naming the new head, strict loading names what is missing.
         #expect(throws: ModelError.checkpointMismatch(missing: ["classifier.weight", "classifier.bias"], unexpected: [], misshaped: [])) {
             try PretrainedModel.load(directory: base, architecture: "BertForSequenceClassification")
