@@ -78,3 +78,22 @@ struct LogitsCommand: ParsableCommand {
         try SafeTensorsFile.write(outputs, to: output)
     }
 }
+
+/// `reins tokenize`: one text per line on standard input, one JSON array of ids per line on standard output.
+struct TokenizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tokenize",
+        abstract: "Encode lines of standard input as JSON arrays of token ids.",
+        discussion: "The tokenizer file is a vocab.txt (WordPiece, adds [CLS]/[SEP]), a vocab.json with merges.txt beside it (GPT-2 byte-level BPE), or a tokenizer.json of either kind."
+    )
+
+    @Option(help: "vocab.txt, vocab.json (with merges.txt beside it) or tokenizer.json.")
+    var tokenizer: String
+
+    func run() throws {
+        let tok = try AnyTokenizer(file: tokenizer)
+        while let line = readLine(strippingNewline: true) {
+            print("[" + (try tok.encode(line)).map(String.init).joined(separator: ", ") + "]")
+        }
+    }
+}

@@ -1,0 +1,249 @@
+import Foundation
+import Synchronization
+
+/// GPT-2's byte-level BPE tokenizer: split the text with GPT-2's pattern (contractions, letter runs, number runs,
+/// other-symbol runs, each optionally led by one space; whitespace runs), map every UTF-8 byte to a printable
+/// character, then merge adjacent symbols by rank until no listed merge applies. Special tokens such as
+/// `<|endoftext|>` are matched whole before any of that. Every byte is in the vocabulary, so no text is unknown.
+public final class BPETokenizer: @unchecked Sendable {
+    public let vocabulary: [String: Int32]
+    public let tokens: [String]
+    let ranks: [Pair: Int]
+    /// Special tokens, longest first, so that one that contains another wins.
+    let specials: [(text: String, id: Int32)]
+    private let cache = Mutex<[String: [Int32]]>([:])
+
+    struct Pair: Hashable { let a: String, b: String }
+
+    /// From `vocab.json` + `merges.txt`.
+    public convenience init(vocabularyFile: String, mergesFile: String) throws {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: vocabularyFile)) } catch {
+            throw TokenizerError.unreadable(path: vocabularyFile, detail: error.localizedDescription)
+        }
+        guard let vocab = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw TokenizerError.malformed(path: vocabularyFile, line: nil, detail: "not a JSON object of token -> id")
+        }
+        let text: String
+        do { text = try String(contentsOfFile: mergesFile, encoding: .utf8) } catch {
+            throw TokenizerError.unreadable(path: mergesFile, detail: error.localizedDescription)
+        }
+        var merges: [(String, String)] = []
+        for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let l = line.hasSuffix("\r") ? line.dropLast() : line
+            if l.isEmpty || (n == 0 && l.hasPrefix("#version")) { continue }
+            let parts = l.split(separator: " ", omittingEmptySubsequences: false)
+            guard parts.count == 2 else { throw TokenizerError.malformed(path: mergesFile, line: n + 1, detail: "a merge is two symbols separated by one space") }
+            merges.append((String(parts[0]), String(parts[1])))
+        }
+        let specials = vocab.keys.filter { $0.hasPrefix("<|") && $0.hasSuffix("|>") }
+        try self.init(vocab: vocab, merges: merges, specials: specials, source: vocabularyFile)
+    }
+
+    /// From a Hugging Face `tokenizer.json` whose model is BPE.
+    public convenience init(tokenizerJSON path: String) throws {
+        let json = try readTokenizerJSON(path)
+        guard let model = json["model"] as? [String: Any], (model["type"] as? String) == "BPE",
+              let vocab = model["vocab"] as? [String: Any], let rawMerges = model["merges"] as? [Any] else {
+            throw TokenizerError.malformed(path: path, line: nil, detail: "not a BPE tokenizer.json")
+        }
+        let merges = try rawMerges.enumerated().map { (i, m) -> (String, String) in
+            if let s = m as? String {
+                let parts = s.split(separator: " ", omittingEmptySubsequences: false)
+                if parts.count == 2 { return (String(parts[0]), String(parts[1])) }
+            } else if let a = m as? [String], a.count == 2 {
+                return (a[0], a[1])
+            }
+            throw TokenizerError.malformed(path: path, line: nil, detail: "merge \(i) is not a pair")
+        }
+        let added = (json["added_tokens"] as? [[String: Any]] ?? []).compactMap { $0["content"] as? String }
+        try self.init(vocab: vocab, merges: merges, specials: added, source: path)
+    }
+
+    init(vocab: [String: Any], merges: [(String, String)], specials: [String], source: String) throws {
+        var vocabulary: [String: Int32] = [:]
+        var maxID = -1
+        for (token, id) in vocab {
+            guard let i = (id as? NSNumber)?.intValue, i >= 0 else {
+                throw TokenizerError.malformed(path: source, line: nil, detail: "token '\(token)' has a bad id")
+            }
+            vocabulary[token] = Int32(i)
+            maxID = max(maxID, i)
+        }
+        var tokens = [String](repeating: "", count: maxID + 1)
+        for (t, i) in vocabulary { tokens[Int(i)] = t }
+        self.vocabulary = vocabulary
+        self.tokens = tokens
+        var ranks: [Pair: Int] = [:]
+        for (i, m) in merges.enumerated() where ranks[Pair(a: m.0, b: m.1)] == nil { ranks[Pair(a: m.0, b: m.1)] = i }
+        self.ranks = ranks
+        self.specials = specials.compactMap { s in vocabulary[s].map { (s, $0) } }.sorted { $0.text.count > $1.text.count }
+        for b in 0...255 where vocabulary[String(BPETokenizer.byteToCharacter[b])] == nil {
+            throw TokenizerError.malformed(path: source, line: nil, detail: "the vocabulary lacks byte \(b) ('\(BPETokenizer.byteToCharacter[b])')")
+        }
+    }
+
+    /// The id of `<|endoftext|>`, if present.
+    public var endOfText: Int32? { vocabulary["<|endoftext|>"] }
+
+    // MARK: encoding
+
+    /// The ids of `text` (GPT-2 adds no special tokens of its own).
+    public func encode(_ text: String) -> [Int32] {
+        var ids: [Int32] = []
+        for (piece, special) in splitSpecials(text) {
+            if let special { ids.append(special); continue }
+            for word in Self.preTokenize(piece) { ids += bpe(word) }
+        }
+        return ids
+    }
+
+    /// Encodes several texts; with `leftPadding` (for generation) shorter ones are padded on the left with `padID`.
+    public func encodeBatch(_ texts: [String], padID: Int32, leftPadding: Bool = true) -> Encoding2D {
+        let all = texts.map(encode)
+        let T = all.map(\.count).max() ?? 0
+        var ids: [Int32] = [], mask: [Int32] = []
+        for e in all {
+            let pad = [Int32](repeating: padID, count: T - e.count), zeros = [Int32](repeating: 0, count: T - e.count)
+            let ones = [Int32](repeating: 1, count: e.count)
+            ids += leftPadding ? pad + e : e + pad
+            mask += leftPadding ? zeros + ones : ones + zeros
+        }
+        return Encoding2D(batch: texts.count, length: T, ids: ids, attentionMask: mask)
+    }
+
+    /// Text from ids: the byte characters mapped back to bytes and decoded as UTF-8 (invalid sequences become U+FFFD).
+    public func decode(_ ids: [Int32]) -> String {
+        var bytes: [UInt8] = []
+        for id in ids where id >= 0 && Int(id) < tokens.count {
+            let t = tokens[Int(id)]
+            if specials.contains(where: { $0.id == id }) { bytes += Array(t.utf8); continue }
+            for ch in t.unicodeScalars {
+                if let b = BPETokenizer.characterToByte[ch] { bytes.append(b) } else { bytes += Array(String(ch).utf8) }
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    // MARK: the steps
+
+    func splitSpecials(_ text: String) -> [(String, Int32?)] {
+        guard !specials.isEmpty else { return [(text, nil)] }
+        var out: [(String, Int32?)] = [], rest = Substring(text)
+        while !rest.isEmpty {
+            var best: (range: Range<Substring.Index>, id: Int32)?
+            for s in specials {
+                if let r = rest.range(of: s.text), best == nil || r.lowerBound < best!.range.lowerBound { best = (r, s.id) }
+            }
+            guard let b = best else { out.append((String(rest), nil)); break }
+            if b.range.lowerBound > rest.startIndex { out.append((String(rest[..<b.range.lowerBound]), nil)) }
+            out.append(("", b.id))
+            rest = rest[b.range.upperBound...]
+        }
+        return out
+    }
+
+    /// GPT-2's pattern `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, scanned by hand.
+    static func preTokenize(_ text: String) -> [String] {
+        let s = Array(text.unicodeScalars)
+        var words: [String] = [], i = 0
+        func isLetter(_ c: Unicode.Scalar) -> Bool {
+            switch c.properties.generalCategory {
+            case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: return true
+            default: return false
+            }
+        }
+        func isNumber(_ c: Unicode.Scalar) -> Bool {
+            switch c.properties.generalCategory {
+            case .decimalNumber, .letterNumber, .otherNumber: return true
+            default: return false
+            }
+        }
+        func isSpace(_ c: Unicode.Scalar) -> Bool { c.properties.isWhitespace }
+        func isOther(_ c: Unicode.Scalar) -> Bool { !isSpace(c) && !isLetter(c) && !isNumber(c) }
+        func run(from j: Int, _ pred: (Unicode.Scalar) -> Bool) -> Int {
+            var k = j
+            while k < s.count && pred(s[k]) { k += 1 }
+            return k
+        }
+        while i < s.count {
+            // contractions
+            if s[i] == "'" {
+                let match = ["s", "t", "re", "ve", "m", "ll", "d"].map { Array($0.unicodeScalars) }.first { u in
+                    i + u.count < s.count && Array(s[(i + 1)...(i + u.count)]) == u
+                }
+                if let u = match {
+                    words.append(String(String.UnicodeScalarView(s[i...(i + u.count)])))
+                    i += u.count + 1
+                    continue
+                }
+            }
+            // an optional single space, then a run of letters, of numbers, or of other symbols
+            let j = s[i] == " " && i + 1 < s.count && !isSpace(s[i + 1]) ? i + 1 : i
+            if !isSpace(s[j]) {
+                let end = isLetter(s[j]) ? run(from: j, isLetter) : isNumber(s[j]) ? run(from: j, isNumber) : run(from: j, isOther)
+                words.append(String(String.UnicodeScalarView(s[i..<end])))
+                i = end
+                continue
+            }
+            // whitespace: leave the last space of a run for the word that follows it
+            let e = run(from: i, isSpace)
+            let cut = e < s.count && e - i >= 2 ? e - 1 : e
+            words.append(String(String.UnicodeScalarView(s[i..<cut])))
+            i = cut
+        }
+        return words
+    }
+
+    func bpe(_ word: String) -> [Int32] {
+        if let hit = cache.withLock({ $0[word] }) { return hit }
+        var symbols = word.utf8.map { String(BPETokenizer.byteToCharacter[Int($0)]) }
+        while symbols.count > 1 {
+            var best: (rank: Int, at: Int)?
+            for k in 0..<(symbols.count - 1) {
+                if let r = ranks[Pair(a: symbols[k], b: symbols[k + 1])], best == nil || r < best!.rank { best = (r, k) }
+            }
+            guard let b = best else { break }
+            // Merge every occurrence of that pair, left to right.
+            let (x, y) = (symbols[b.at], symbols[b.at + 1])
+            var merged: [String] = [], k = 0
+            while k < symbols.count {
+                if k + 1 < symbols.count && symbols[k] == x && symbols[k + 1] == y { merged.append(x + y); k += 2 } else { merged.append(symbols[k]); k += 1 }
+            }
+            symbols = merged
+        }
+        let ids = symbols.map { vocabulary[$0] ?? 0 }
+        cache.withLock { c in if c.count < 100_000 { c[word] = ids } }
+        return ids
+    }
+
+    /// GPT-2's reversible map from bytes to printable characters: printable Latin-1 bytes map to themselves, the rest
+    /// to U+0100 onwards in byte order.
+    static let byteToCharacter: [Character] = {
+        var printable = Array(33...126) + Array(161...172) + Array(174...255)
+        var chars = printable
+        var n = 0
+        for b in 0...255 where !printable.contains(b) {
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+        }
+        var table = [Character](repeating: " ", count: 256)
+        for (b, c) in zip(printable, chars) { table[b] = Character(Unicode.Scalar(UInt32(c))!) }
+        return table
+    }()
+
+    static let characterToByte: [Unicode.Scalar: UInt8] = {
+        var m: [Unicode.Scalar: UInt8] = [:]
+        for (b, c) in byteToCharacter.enumerated() { m[c.unicodeScalars.first!] = UInt8(b) }
+        return m
+    }()
+}
+
+/// A padded batch of ids `[batch, length]` and its attention mask.
+public struct Encoding2D: Sendable {
+    public let batch: Int
+    public let length: Int
+    public let ids: [Int32]
+    public let attentionMask: [Int32]
+}
