@@ -61,13 +61,22 @@ public final class GPT2Block: Module {
         visit.module("mlp.c_proj", feedForwardOut)
     }
 
-    /// `x: [B, T, C]`; `keyMask: [B, T]` (1 = real token).
-    func callAsFunction(_ x: Tensor, keyMask: IntTensor?) throws -> Tensor {
+    /// `x: [B, T, C]`; `keyMask: [B, Tk]` (1 = real token) over the cached and the new positions.
+    /// With a cache, the new keys and values are appended to it and the queries attend to all of them.
+    func callAsFunction(_ x: Tensor, keyMask: IntTensor?, cache: KVCache.Layer? = nil) throws -> Tensor {
         let C = x.shape[2]
         let qkv = try attentionIn(ln1(x))
         let q = try qkv.slice(axis: 2, 0..<C).splittingHeads(heads)
-        let k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
-        let v = try qkv.slice(axis: 2, (2 * C)..<(3 * C)).splittingHeads(heads)
+        var k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
+        var v = try qkv.slice(axis: 2, (2 * C)..<(3 * C)).splittingHeads(heads)
+        if let cache {
+            if let pk = cache.keys, let pv = cache.values {
+                k = try Tensor.concatenate([pk, k], axis: 2)
+                v = try Tensor.concatenate([pv, v], axis: 2)
+            }
+            cache.keys = k
+            cache.values = v
+        }
         let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask).mergingHeads()
         let h = try x + attentionOut(a)
         let f = try Tensor.biasGELU(try Tensor.linear(ln2(h), weight: feedForwardIn.weight.value, weightTransposed: true),
@@ -104,23 +113,43 @@ public final class GPT2Model: Module {
     ///   - attentionMask: `[B, T]`, 1 for tokens to attend to, 0 for padding (default: all 1).
     ///   - positionIDs: `[B, T]` (default: 0..<T in every row).
     /// - Throws: ``ModelError`` for ids outside the vocabulary, sequences longer than the positions, bad shapes.
-    public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil) throws -> Tensor {
+    ///   - cache: keys and values of earlier positions; the new ones are appended. The attention mask then covers the
+    ///     cached positions and the new ones, `[B, cached + T]`.
+    public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil,
+                             cache: KVCache? = nil) throws -> Tensor {
         guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
         let (B, T) = (ids.shape[0], ids.shape[1])
-        guard T <= config.positions else { throw ModelError.sequenceTooLong(length: T, maximum: config.positions) }
+        let past = cache?.length ?? 0
+        guard past + T <= config.positions else { throw ModelError.sequenceTooLong(length: past + T, maximum: config.positions) }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
-        if let attentionMask, attentionMask.shape != ids.shape {
-            throw ModelError.badInput("attention mask \(attentionMask.shape) does not match input ids \(ids.shape)")
+        if let attentionMask, attentionMask.shape != [B, past + T] {
+            throw ModelError.badInput("attention mask \(attentionMask.shape) does not match [batch, cached + new] = [\(B), \(past + T)]")
         }
-        let positions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) })
+        if let cache, cache.layers.count != blocks.count { throw ModelError.badInput("the KV cache has \(cache.layers.count) layers, the model \(blocks.count)") }
+        let positions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(past + $0 % T) })
         if positions.shape != ids.shape { throw ModelError.badInput("position ids \(positions.shape) do not match input ids \(ids.shape)") }
         if let bad = positions.values.firstIndex(where: { $0 < 0 || Int($0) >= config.positions }) {
             throw ModelError.sequenceTooLong(length: Int(positions.values[bad]) + 1, maximum: config.positions)
         }
         var x = try tokenEmbedding(ids) + positionEmbedding(positions)
-        for block in blocks { x = try block(x, keyMask: attentionMask) }
+        for (i, block) in blocks.enumerated() { x = try block(x, keyMask: attentionMask, cache: cache?.layers[i]) }
         return try finalNorm(x)
     }
+}
+
+/// The keys and values of every layer for the positions seen so far, so that generation feeds only new tokens.
+public final class KVCache {
+    public final class Layer {
+        /// `[B, NH, cached, hs]`
+        public internal(set) var keys: Tensor?
+        public internal(set) var values: Tensor?
+    }
+    public let layers: [Layer]
+
+    public init(layers: Int) { self.layers = (0..<layers).map { _ in Layer() } }
+
+    /// The number of cached positions.
+    public var length: Int { layers.first?.keys?.shape[2] ?? 0 }
 }
 
 /// GPT-2 with the language-model head, tied to the token embedding (`lm_head.weight` is `transformer.wte.weight`).
@@ -135,8 +164,8 @@ public final class GPT2LMHeadModel: Module {
     }
 
     /// Next-token logits `[B, T, V]`.
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil) throws -> Tensor {
-        let h = try transformer.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs)
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil, cache: KVCache? = nil) throws -> Tensor {
+        let h = try transformer.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs, cache: cache)
         return try Tensor.linear(h, weight: transformer.tokenEmbedding.weight.value)
     }
 

@@ -64,6 +64,18 @@ def gpt2():
     out = lm(input_ids=ids.long(), attention_mask=mask.long(), labels=labels)
     write("gpt2-lm", lm, {"input_ids": ids, "attention_mask": mask, "labels": labels.int()}, {"logits": out.logits}, out.loss)
 
+    # Greedy generation with the KV cache from left-padded prompts of different lengths.
+    prompts = [[5, 17, 42], [11, 0, 23, 7, 88], [64]]
+    L = max(map(len, prompts))
+    gen_ids = torch.tensor([[96] * (L - len(p)) + p for p in prompts])
+    gen_mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        seq = lm.generate(input_ids=gen_ids, attention_mask=gen_mask, max_new_tokens=12, do_sample=False,
+                          pad_token_id=96, eos_token_id=None)
+    save_file({"prompt_ids": gen_ids.int(), "attention_mask": gen_mask.int(), "sequences": seq.int()},
+              os.path.join(HERE, "gpt2-lm", "generate.safetensors"))
+    print("generate:", seq.tolist())
+
     cls = randomize(GPT2ForSequenceClassification(GPT2Config(**cfg, num_labels=3)))
     targets = torch.tensor([2, 0])
     out = cls(input_ids=ids.long(), attention_mask=mask.long(), labels=targets)

@@ -1,0 +1,131 @@
+import Foundation
+import ReinsTensor
+
+/// How to pick each next token.
+public struct GenerationOptions: Sendable {
+    /// The most tokens to add to each prompt.
+    public var maxNewTokens: Int
+    /// Greedy decoding (the most likely token); when false, sample with the settings below.
+    public var greedy: Bool
+    /// Logits are divided by this before sampling.
+    public var temperature: Float
+    /// Sample only among the `topK` most likely tokens.
+    public var topK: Int?
+    /// Sample only among the smallest set of most likely tokens whose probability reaches `topP` (nucleus sampling).
+    public var topP: Float?
+    /// Tokens already in the sequence get their logit divided (if positive) or multiplied (if negative) by this.
+    public var repetitionPenalty: Float
+    /// Seeds the sampler: the same seed gives the same text.
+    public var seed: UInt64
+    /// A sequence ends after emitting one of these (it is kept); the others go on.
+    public var stopTokens: Set<Int32>
+    /// The id used for left padding of batched prompts and after a sequence has stopped.
+    public var padID: Int32
+
+    public init(maxNewTokens: Int = 20, greedy: Bool = true, temperature: Float = 1, topK: Int? = nil, topP: Float? = nil,
+                repetitionPenalty: Float = 1, seed: UInt64 = 0, stopTokens: Set<Int32> = [], padID: Int32 = 0) {
+        self.maxNewTokens = maxNewTokens
+        self.greedy = greedy
+        self.temperature = temperature
+        self.topK = topK
+        self.topP = topP
+        self.repetitionPenalty = repetitionPenalty
+        self.seed = seed
+        self.stopTokens = stopTokens
+        self.padID = padID
+    }
+}
+
+extension GPT2LMHeadModel {
+    /// Continues each prompt, feeding only new tokens through the model (a KV cache keeps earlier keys and values).
+    ///
+    /// Prompts of different lengths are left-padded and masked; positions count real tokens only, so a padded prompt
+    /// continues exactly as it would alone. Processing order as in transformers: repetition penalty, temperature,
+    /// top-k, top-p, then argmax or a seeded draw.
+    /// - Returns: each prompt followed by its new tokens (without padding; a stop token, if emitted, is the last).
+    /// - Throws: ``ModelError`` if a prompt is empty, an id is out of range, or prompt + new tokens exceed the positions.
+    public func generate(prompts: [[Int32]], options: GenerationOptions = GenerationOptions()) throws -> [[Int32]] {
+        let config = transformer.config
+        guard !prompts.isEmpty, prompts.allSatisfy({ !$0.isEmpty }) else { throw ModelError.badInput("every prompt needs at least one token") }
+        guard options.temperature > 0 || options.greedy else { throw ModelError.badInput("temperature must be positive when sampling") }
+        let B = prompts.count, L = prompts.map(\.count).max()!
+        guard L + options.maxNewTokens <= config.positions else {
+            throw ModelError.sequenceTooLong(length: L + options.maxNewTokens, maximum: config.positions)
+        }
+        var ids: [Int32] = [], mask: [Int32] = [], positions: [Int32] = []
+        for p in prompts {
+            let pad = L - p.count
+            ids += [Int32](repeating: options.padID, count: pad) + p
+            mask += [Int32](repeating: 0, count: pad) + [Int32](repeating: 1, count: p.count)
+            positions += [Int32](repeating: 1, count: pad) + (0..<p.count).map(Int32.init)
+        }
+        var sequences = prompts, finished = [Bool](repeating: false, count: B)
+        var nextPosition = prompts.map { Int32($0.count) }
+        var rng = SeededGenerator(seed: options.seed)
+        let cache = KVCache(layers: config.layers)
+        try Autograd.withoutGradients {
+            var logits = try self.logits(try IntTensor(shape: [B, L], values: ids), attentionMask: try IntTensor(shape: [B, L], values: mask),
+                                         positionIDs: try IntTensor(shape: [B, L], values: positions), cache: cache)
+            var rows = (0..<B).map { b in (b * L + L - 1) } // the flat row of each sequence's last position
+            for _ in 0..<options.maxNewTokens {
+                let V = config.vocabularySize
+                var next = [Int32](repeating: options.padID, count: B)
+                logits.withUnsafeBufferPointer { all in
+                    for b in 0..<B where !finished[b] {
+                        var row = Array(all[(rows[b] * V)..<((rows[b] + 1) * V)])
+                        next[b] = Self.pick(&row, history: sequences[b], options: options, rng: &rng)
+                    }
+                }
+                for b in 0..<B where !finished[b] {
+                    sequences[b].append(next[b])
+                    if options.stopTokens.contains(next[b]) { finished[b] = true }
+                }
+                if finished.allSatisfy({ $0 }) { break }
+                var fullMask: [Int32] = []
+                let past = cache.length
+                for b in 0..<B { fullMask += mask[(b * past)..<((b + 1) * past)] + [1] }
+                mask = fullMask
+                logits = try self.logits(try IntTensor(shape: [B, 1], values: next), attentionMask: try IntTensor(shape: [B, past + 1], values: mask),
+                                         positionIDs: try IntTensor(shape: [B, 1], values: nextPosition), cache: cache)
+                nextPosition = nextPosition.map { $0 + 1 }
+                rows = Array(0..<B)
+            }
+        }
+        return sequences
+    }
+
+    /// One next token from one row of logits.
+    static func pick(_ logits: inout [Float], history: [Int32], options: GenerationOptions, rng: inout SeededGenerator) -> Int32 {
+        if options.repetitionPenalty != 1 {
+            for id in Set(history) where Int(id) < logits.count && id >= 0 {
+                let l = logits[Int(id)]
+                logits[Int(id)] = l < 0 ? l * options.repetitionPenalty : l / options.repetitionPenalty
+            }
+        }
+        if options.greedy {
+            var best = 0
+            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+            return Int32(best)
+        }
+        for i in logits.indices { logits[i] /= options.temperature }
+        var order = Array(logits.indices).sorted { logits[$0] > logits[$1] }
+        if let k = options.topK, k > 0, k < order.count { order = Array(order.prefix(k)) }
+        let top = logits[order[0]]
+        var probabilities = order.map { Foundation.exp(Double(logits[$0] - top)) }
+        let total = probabilities.reduce(0, +)
+        probabilities = probabilities.map { $0 / total }
+        if let p = options.topP, p < 1 {
+            // Keep the most likely tokens until their mass reaches p (always at least one).
+            var mass = 0.0, keep = 0
+            while keep < probabilities.count && (keep == 0 || mass < Double(p)) { mass += probabilities[keep]; keep += 1 }
+            order = Array(order.prefix(keep))
+            probabilities = Array(probabilities.prefix(keep)).map { $0 / mass }
+        }
+        var u = Double(rng.nextUniform()), chosen = order.last!
+        for (id, q) in zip(order, probabilities) {
+            u -= q
+            if u < 0 { chosen = id; break }
+        }
+        return Int32(chosen)
+    }
+}
