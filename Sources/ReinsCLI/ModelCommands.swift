@@ -97,3 +97,98 @@ struct TokenizeCommand: ParsableCommand {
         }
     }
 }
+
+/// `reins generate`: continue a prompt with a GPT-2 language model.
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "generate", abstract: "Continue a prompt with a GPT-2 language model (KV cache).")
+
+    @Option(help: "A GPT2LMHeadModel directory.") var model: String
+    @Option(help: "The prompt text (needs tokenizer files in the model directory).") var prompt: String?
+    @Option(help: "The prompt as comma-separated token ids, e.g. 5,17,42.") var promptIds: String?
+    @Option(help: "How many tokens to add.") var maxNewTokens: Int = 20
+    @Flag(help: "Pick the most likely token each step (the default unless --temperature, --top-k or --top-p is given).") var greedy = false
+    @Option(help: "Sampling temperature.") var temperature: Float?
+    @Option(help: "Sample among the k most likely tokens.") var topK: Int?
+    @Option(help: "Sample from the smallest set of tokens whose probability reaches p.") var topP: Float?
+    @Option(help: "Penalise tokens already present (1 = off).") var repetitionPenalty: Float = 1
+    @Option(help: "Sampling seed.") var seed: UInt64 = 0
+    @Option(help: "Stop after this token id (default: <|endoftext|> when the tokenizer has one).") var stopId: [Int32] = []
+    @Flag(help: "Print the JSON array of all ids (prompt included) as the last line.") var printIds = false
+
+    func run() throws {
+        let dir = URL(fileURLWithPath: model)
+        guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else { return }
+        let tokenizer = try tokenizerFile(in: dir).map { try AnyTokenizer(file: $0) }
+        let ids: [Int32]
+        if let promptIds {
+            ids = try promptIds.split(separator: ",").map { s in
+                guard let v = Int32(s.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("'\(s)' in --prompt-ids is not an integer") }
+                return v
+            }
+        } else if let prompt {
+            guard let tokenizer else { throw ValidationError("--prompt needs tokenizer files (tokenizer.json or vocab.json + merges.txt) in \(model); use --prompt-ids") }
+            ids = try tokenizer.encode(prompt)
+        } else {
+            throw ValidationError("give --prompt or --prompt-ids")
+        }
+        var stops = Set(stopId)
+        if stops.isEmpty, case let .bpe(t)? = tokenizer, let eot = t.endOfText { stops.insert(eot) }
+        let sampling = !greedy && (temperature != nil || topK != nil || topP != nil)
+        let options = GenerationOptions(maxNewTokens: maxNewTokens, greedy: !sampling, temperature: temperature ?? 1, topK: topK, topP: topP,
+                                        repetitionPenalty: repetitionPenalty, seed: seed, stopTokens: stops,
+                                        padID: lm.transformer.config.padTokenID.map(Int32.init) ?? 0)
+        let out = try lm.generate(prompts: [ids], options: options)[0]
+        if let tokenizer { print(tokenizer.decode(out)) }
+        if printIds || tokenizer == nil { print("[" + out.map(String.init).joined(separator: ", ") + "]") }
+    }
+}
+
+/// `reins fill-mask`: the most likely tokens for each [MASK].
+struct FillMaskCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "fill-mask", abstract: "Predict the tokens behind each [MASK] with a BERT masked-LM model.")
+
+    @Option(help: "A BertForMaskedLM directory with vocab.txt or tokenizer.json.") var model: String
+    @Option(help: "Candidates per mask.") var topK: Int = 5
+    @Argument(help: "Text containing [MASK].") var text: String
+
+    func run() throws {
+        let dir = URL(fileURLWithPath: model)
+        guard case let .bertMaskedLM(m) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM") else { return }
+        guard let file = tokenizerFile(in: dir), case let .wordPiece(tok) = try AnyTokenizer(file: file) else {
+            throw ValidationError("no WordPiece tokenizer (vocab.txt or tokenizer.json) in \(model)")
+        }
+        for (i, predictions) in try m.fillMask(text, tokenizer: tok, topK: topK).enumerated() {
+            print("mask \(i + 1):")
+            for p in predictions { print(String(format: "  %-20@ %.4f", p.token as NSString, p.probability)) }
+        }
+    }
+}
+
+/// `reins embed`: sentence embeddings, one JSON array per input line.
+struct EmbedCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "embed", abstract: "Mean-pooled, L2-normalised sentence embeddings of lines of standard input.")
+
+    @Option(help: "A BERT model directory with vocab.txt or tokenizer.json.") var model: String
+    @Option(help: "Truncate texts to this many tokens.") var maxLength: Int = 256
+    @Option(help: "Texts per forward pass.") var batchSize: Int = 32
+
+    func run() throws {
+        let dir = URL(fileURLWithPath: model)
+        guard case let .bert(m) = try PretrainedModel.load(directory: dir, architecture: "BertModel") else { return }
+        guard let file = tokenizerFile(in: dir), case let .wordPiece(tok) = try AnyTokenizer(file: file) else {
+            throw ValidationError("no WordPiece tokenizer (vocab.txt or tokenizer.json) in \(model)")
+        }
+        var lines: [String] = []
+        func flush() throws {
+            for e in try m.embed(lines, tokenizer: tok, maxLength: maxLength) {
+                print("[" + e.map { String(format: "%.7g", $0) }.joined(separator: ", ") + "]")
+            }
+            lines.removeAll()
+        }
+        while let line = readLine(strippingNewline: true) {
+            lines.append(line)
+            if lines.count == batchSize { try flush() }
+        }
+        try flush()
+    }
+}

@@ -73,3 +73,41 @@ struct GenerationTests {
         #expect(throws: ModelError.tokenOutOfRange(position: 1, id: 500, vocabularySize: 97)) { try model.generate(prompts: [[1, 500]]) }
     }
 }
+
+struct BertInferenceTests {
+    @Test func sentenceEmbeddingsAreMaskedMeansScaledToUnitLength() throws {
+        guard case let .bert(m) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-base")) else { return }
+        let io = try SafeTensorsFile(path: ModelParityTests.directory("bert-base").appendingPathComponent("io.safetensors").path)
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
+        let e = try m.sentenceEmbeddings(ids, attentionMask: mask, tokenTypeIDs: try io.intTensor("token_type_ids"))
+        // From the reference hidden states: the mean over real tokens, then unit length.
+        let h = try io.tensor("last_hidden_state").scalars
+        let (B, T, C) = (3, 9, 30)
+        for b in 0..<B {
+            var mean = [Float](repeating: 0, count: C)
+            let real = (0..<T).filter { mask.values[b * T + $0] == 1 }
+            for t in real { for c in 0..<C { mean[c] += h[(b * T + t) * C + c] / Float(real.count) } }
+            let norm = mean.map { $0 * $0 }.reduce(0, +).squareRoot()
+            expectClose(Array(e.scalars[(b * C)..<((b + 1) * C)]), mean.map { $0 / norm }, atol: 1e-5, rtol: 1e-4, "embedding \(b)")
+        }
+    }
+
+    @Test func fillMaskRanksTheMaskedPosition() throws {
+        guard case let .bertMaskedLM(m) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-mlm")) else { return }
+        // A vocabulary for the fixture's 101 ids: the five specials, then w5 ... w100.
+        let tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (5..<101).map { "w\($0)" }
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try tokens.joined(separator: "\n").write(to: dir.appendingPathComponent("vocab.txt"), atomically: true, encoding: .utf8)
+        let tok = try WordPieceTokenizer(vocabularyFile: dir.appendingPathComponent("vocab.txt").path)
+        let predictions = try m.fillMask("w14 [MASK] w16", tokenizer: tok, topK: 3)
+        #expect(predictions.count == 1 && predictions[0].count == 3)
+        // The same numbers straight from the logits at position 2 of [CLS] w14 [MASK] w16 [SEP].
+        let logits = try m.logits(try IntTensor(shape: [1, 5], values: [2, 14, 4, 16, 3]))
+        let row = Array(logits.scalars[(2 * 101)..<(3 * 101)])
+        let best = row.indices.max { row[$0] < row[$1] }!
+        #expect(predictions[0][0].id == Int32(best) && predictions[0][0].token == tokens[best])
+        #expect(predictions[0][0].probability >= predictions[0][1].probability)
+        #expect(throws: ModelError.badInput("the text has no [MASK]")) { try m.fillMask("w14 w16", tokenizer: tok) }
+    }
+}
