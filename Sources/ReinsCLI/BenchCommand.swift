@@ -1,0 +1,58 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Reins
+
+/// `reins bench`: whole-model timings that Benchmarks/Scripts/compare_models.py sets against PyTorch.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Time whole models: BERT-base forward (B=8, T=128), GPT-2-small greedy generation (prompt 32, 64 new tokens), MiniLM loading."
+    )
+
+    @Option(help: "Timed repeats; the median is reported.") var repeats: Int = 5
+    @Option(help: "Only workloads whose name contains this text.") var only: String?
+
+    func median(_ n: Int, _ body: () throws -> Void) rethrows -> Double {
+        try body() // warm-up
+        var t: [Double] = []
+        for _ in 0..<max(n, 1) {
+            let s = DispatchTime.now().uptimeNanoseconds
+            try body()
+            t.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
+        }
+        return t.sorted()[t.count / 2]
+    }
+
+    func report(_ name: String, _ ms: Double, perSecond: Double, unit: String) {
+        print("{\"name\": \"\(name)\", \"median_ms\": \(ms), \"per_second\": \(perSecond), \"unit\": \"\(unit)\"}")
+    }
+
+    func selected(_ name: String) -> Bool { only.map { name.contains($0) } ?? true }
+
+    func run() throws {
+        var rng = SeededGenerator(seed: 1)
+        if selected("BERT-base forward") {
+            let model = try BertModel(try BertConfig(json: [:]), pooler: true, seed: 1)
+            let (B, T) = (8, 128)
+            let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { _ in Int32(rng.next() % 30522) })
+            let mask = try IntTensor(shape: [B, T], values: [Int32](repeating: 1, count: B * T))
+            let ms = try median(repeats) { _ = try Autograd.withoutGradients { try model.hiddenStates(ids, attentionMask: mask) } }
+            report("BERT-base forward B8 T128", ms, perSecond: Double(B) / ms * 1000, unit: "sequences/s")
+        }
+        if selected("GPT-2-small greedy") {
+            let model = try GPT2LMHeadModel(try GPT2Config(json: [:]), seed: 2)
+            let prompt = (0..<32).map { _ in Int32(rng.next() % 50257) }
+            let options = GenerationOptions(maxNewTokens: 64)
+            let ms = try median(repeats) {
+                let out = try model.generate(prompts: [prompt], options: options)
+                guard out[0].count == 96 else { throw ValidationError("generated \(out[0].count - 32) tokens, not 64") }
+            }
+            report("GPT-2-small greedy generation prompt 32 + 64 new", ms, perSecond: 64 / ms * 1000, unit: "tokens/s")
+        }
+        if selected("MiniLM load"), let dir = PipModels.miniLM() {
+            let ms = try median(repeats) { _ = try PretrainedModel.load(directory: dir) }
+            report("MiniLM-L6 load", ms, perSecond: 1000 / ms, unit: "loads/s")
+        }
+    }
+}
