@@ -2,6 +2,7 @@
 // Not here: threading policy (OpenBLAS threads itself; callers decide how many threads it may use).
 #include "rk_internal.h"
 #include <cblas.h>
+#include <string.h>
 
 // ---- bias: out (N,C) += bias (C); dbias (C) += Σ_rows dout -----------------------------------------------------
 static void add_bias_scalar(float *out, const float *bias, int N, int C) {
@@ -68,6 +69,12 @@ void rk_bias_backward(float *dbias, const float *dout, int N, int C) {
 // inp is (N,C); weight is (OC,C), or (C,OC) if w_transposed; out is (N,OC).
 void rk_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                        int N, int C, int OC, int w_transposed) {
+    if (N == 1) { // one row (a decoding step): a matrix-vector product streams W once, which is all it can cost
+        if (bias) memcpy(out, bias, sizeof(float) * (size_t)OC);
+        cblas_sgemv(CblasRowMajor, w_transposed ? CblasTrans : CblasNoTrans, w_transposed ? C : OC, w_transposed ? OC : C,
+                    1.0f, weight, w_transposed ? OC : C, inp, 1, bias ? 1.0f : 0.0f, out, 1);
+        return;
+    }
     // out = inp · Wᵀ  (W (OC,C): transpose flag;  W (C,OC): plain product)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, w_transposed ? CblasNoTrans : CblasTrans, N, OC, C, 1.0f, inp, C,
                 weight, w_transposed ? OC : C, 0.0f, out, OC);

@@ -64,9 +64,11 @@ extension GPT2LMHeadModel {
         var rng = SeededGenerator(seed: options.seed)
         let cache = KVCache(layers: config.layers)
         try Autograd.withoutGradients {
-            var logits = try self.logits(try IntTensor(shape: [B, L], values: ids), attentionMask: try IntTensor(shape: [B, L], values: mask),
-                                         positionIDs: try IntTensor(shape: [B, L], values: positions), cache: cache)
-            var rows = (0..<B).map { b in (b * L + L - 1) } // the flat row of each sequence's last position
+            // The prompt in one pass; only its last position needs vocabulary logits.
+            let h = try transformer.hiddenStates(try IntTensor(shape: [B, L], values: ids), attentionMask: try IntTensor(shape: [B, L], values: mask),
+                                                 positionIDs: try IntTensor(shape: [B, L], values: positions), cache: cache)
+            var logits = try Tensor.linear(try h.slice(axis: 1, (L - 1)..<L), weight: transformer.tokenEmbedding.weight.value)
+            var rows = Array(0..<B)
             for _ in 0..<options.maxNewTokens {
                 let V = config.vocabularySize
                 var next = [Int32](repeating: options.padID, count: B)
