@@ -56,7 +56,11 @@ public enum PretrainedModel {
     public static func load(directory: URL, architecture: String? = nil, newlyInitialized: [String] = []) throws -> PretrainedModel {
         let checkpoint = try Checkpoint(directory: directory)
         let configPath = directory.appendingPathComponent("config.json").path
-        let name = architecture ?? ConfigReader(json: checkpoint.config, path: configPath).architectures.first ?? ""
+        // The config's `architectures`, else its `model_type` (gpt2: the LM head model, whose head is tied and so
+        // needs no extra tensor; bert: the bare model).
+        let byType = ["gpt2": "GPT2LMHeadModel", "bert": "BertModel"]
+        let name = architecture ?? ConfigReader(json: checkpoint.config, path: configPath).architectures.first
+            ?? (checkpoint.config["model_type"] as? String).flatMap { byType[$0] } ?? ""
         guard let row = table[name] else { throw ModelError.unknownArchitecture(name.isEmpty ? "(none in config.json)" : name, known: knownArchitectures) }
         let model = try Initializer.$skipped.withValue(true) { try row.build(checkpoint.config, configPath) }
         var options = row.options

@@ -103,6 +103,12 @@ struct CheckpointTests {
         #expect(throws: ModelError.unknownArchitecture("LlamaForCausalLM", known: PretrainedModel.knownArchitectures)) {
             try PretrainedModel.load(directory: unknown)
         }
+        let byType = try editedCopy(of: gpt2, in: dir, config: { $0["architectures"] = nil })
+        guard case .gpt2LMHead = try PretrainedModel.load(directory: byType) else { Issue.record("model_type fallback"); return }
+        let neither = try editedCopy(of: gpt2, in: dir, config: { $0["architectures"] = nil; $0["model_type"] = nil })
+        #expect(throws: ModelError.unknownArchitecture("(none in config.json)", known: PretrainedModel.knownArchitectures)) {
+            try PretrainedModel.load(directory: neither)
+        }
         let badConfig = try editedCopy(of: gpt2, in: dir, config: { $0["n_head"] = 7 })
         #expect { try PretrainedModel.load(directory: badConfig) } throws: { "\($0)".contains("not divisible by n_head 7") }
         #expect(throws: ModelError.missingFile(path: dir.appendingPathComponent("nothing/config.json").path)) {
