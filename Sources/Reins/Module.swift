@@ -14,6 +14,7 @@ public protocol Module: AnyObject {
 public struct ParameterVisitor {
     private var prefix: [String] = []
     fileprivate var found: [(key: String, parameter: Parameter)] = []
+    fileprivate var modules: [(key: String, module: any Module)] = []
 
     /// Visits one parameter under `name`.
     public mutating func parameter(_ name: String, _ parameter: Parameter?) {
@@ -25,6 +26,7 @@ public struct ParameterVisitor {
     public mutating func module(_ name: String, _ module: (any Module)?) {
         guard let module else { return }
         prefix.append(name)
+        modules.append((prefix.joined(separator: "."), module))
         module.visitParameters(&self)
         prefix.removeLast()
     }
@@ -50,6 +52,13 @@ extension Module {
         var visitor = ParameterVisitor()
         visitParameters(&visitor)
         return visitor.found
+    }
+
+    /// Every sub-module with its key (`h.0.attn.c_attn`), in registration order.
+    public func namedModules() -> [(key: String, module: any Module)] {
+        var visitor = ParameterVisitor()
+        visitParameters(&visitor)
+        return visitor.modules
     }
 
     /// The parameters in registration order.
@@ -93,12 +102,21 @@ enum Initializer {
 
 /// A dense layer `y = x·Wᵀ + b`, with the weight stored `[out, in]` (torch `nn.Linear`) or `[in, out]`
 /// (GPT-2's `Conv1D`, `weightTransposed`), so either checkpoint layout loads without a copy.
+///
+/// A linear layer is also an adapter insertion point: named LoRA adapters can be attached (``attachLoRA(_:_:)``), one
+/// of them active, and the active one merged into the weight for inference at no extra cost.
 public final class Linear: Module {
     public let weight: Parameter
     public let bias: Parameter?
     public let weightTransposed: Bool
     public let inputs: Int
     public let outputs: Int
+    /// Attached LoRA adapters by name.
+    public private(set) var loras: [String: LoRA] = [:]
+    /// The adapter used by the forward pass (`nil`: the base layer alone).
+    public var activeLoRA: String?
+    /// While an adapter is merged: its name and the base weight to restore bit for bit.
+    private var merged: (name: String, base: Tensor)?
 
     public init(inputs: Int, outputs: Int, bias: Bool = true, weightTransposed: Bool = false, std: Float = 0.02, seed: UInt64) throws {
         self.inputs = inputs
@@ -111,11 +129,92 @@ public final class Linear: Module {
     public func visitParameters(_ visit: inout ParameterVisitor) {
         visit.parameter("weight", weight)
         visit.parameter("bias", bias)
+        for name in loras.keys.sorted() {
+            visit.parameter("lora_A.\(name).weight", loras[name]!.a)
+            visit.parameter("lora_B.\(name).weight", loras[name]!.b)
+        }
+    }
+
+    /// The adapter that the forward pass applies on top of the (unmerged) weight.
+    var liveLoRA: LoRA? {
+        guard let name = activeLoRA, merged?.name != name else { return nil }
+        return loras[name]
     }
 
     /// `x: [..., in]` to `[..., out]`.
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        try Tensor.linear(x, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
+        if let lora = liveLoRA {
+            return try Tensor.loraLinear(x, weight: weight.value, bias: bias?.value, loraA: lora.a.value, loraB: lora.b.value,
+                                         scale: lora.scale, weightTransposed: weightTransposed)
+        }
+        return try Tensor.linear(x, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
+    }
+
+    /// Attaches a LoRA adapter under `name` (replacing one of that name) and makes it active.
+    public func attachLoRA(_ name: String, _ lora: LoRA) throws {
+        guard lora.a.value.shape == [lora.rank, inputs], lora.b.value.shape == [outputs, lora.rank] else {
+            throw ModelError.badInput("LoRA '\(name)': A \(lora.a.value.shape) and B \(lora.b.value.shape) do not fit a \(inputs) -> \(outputs) layer (expected [r, \(inputs)] and [\(outputs), r])")
+        }
+        if merged?.name == name { try unmerge() }
+        loras[name] = lora
+        activeLoRA = name
+    }
+
+    /// Removes an adapter (unmerging it first if needed).
+    public func detachLoRA(_ name: String) throws {
+        if merged?.name == name { try unmerge() }
+        loras[name] = nil
+        if activeLoRA == name { activeLoRA = nil }
+    }
+
+    /// Folds the active adapter into the weight, `W + s·B·A` (transposed for `[in, out]` storage), so that inference
+    /// costs what the base layer costs. The base weight is kept and restored exactly by ``unmerge()``.
+    public func merge() throws {
+        guard let name = activeLoRA, let lora = loras[name], merged == nil else { return }
+        let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale) // [out, in]
+        let base = weight.value.detached()
+        let update = weightTransposed ? try delta.transposed() : delta
+        let trainable = weight.isTrainable
+        weight.value = try Autograd.withoutGradients { try base + update }
+        weight.isTrainable = trainable
+        merged = (name, base)
+    }
+
+    /// Restores the weight from before ``merge()``, bit for bit.
+    public func unmerge() throws {
+        guard let m = merged else { return }
+        let trainable = weight.isTrainable
+        weight.value = m.base
+        weight.isTrainable = trainable
+        merged = nil
+    }
+
+    /// Whether an adapter is merged into the weight.
+    public var isMerged: Bool { merged != nil }
+}
+
+/// One LoRA adapter for one linear layer (Hu et al., arXiv 2106.09685): `y = W x + s·B·A·x` with `A: [r, in]`,
+/// `B: [out, r]`, `s = alpha / r` (or `alpha / √r` with rsLoRA). B starts at zero, so attaching changes nothing.
+public final class LoRA {
+    public let a: Parameter
+    public let b: Parameter
+    public let scale: Float
+    public var rank: Int { a.value.shape[0] }
+
+    /// New weights: A ~ U(-1/√in, 1/√in) as PEFT's default (Kaiming-uniform with a = √5), B = 0.
+    public init(inputs: Int, outputs: Int, rank: Int, alpha: Float, rsLoRA: Bool = false, seed: UInt64) throws {
+        guard rank > 0 else { throw ModelError.badInput("LoRA rank must be positive, got \(rank)") }
+        let bound = 1 / Float(inputs).squareRoot()
+        a = Parameter("lora_A", try Tensor.uniform([rank, inputs], low: -bound, high: bound, seed: seed))
+        b = Parameter("lora_B", try Tensor.zeros([outputs, rank]))
+        scale = rsLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank)
+    }
+
+    /// Given weights (loaded from a file).
+    public init(a: Tensor, b: Tensor, scale: Float) {
+        self.a = Parameter("lora_A", a)
+        self.b = Parameter("lora_B", b)
+        self.scale = scale
     }
 }
 

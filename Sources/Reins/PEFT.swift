@@ -1,0 +1,74 @@
+import Foundation
+import ReinsTensor
+
+/// PEFT's LoRA adapter directory: `adapter_config.json` + `adapter_model.safetensors`, with keys such as
+/// `base_model.model.transformer.h.0.attn.c_attn.lora_A.weight` (`[r, in]`) and `...lora_B.weight` (`[out, r]`), and
+/// task heads listed in `modules_to_save` stored under their own keys.
+public enum PEFTAdapter {
+    /// Loads a PEFT LoRA adapter into `model` under `name` and activates it; heads in `modules_to_save` overwrite the
+    /// model's. Strict: every tensor must land on a linear layer or head parameter of the right shape.
+    /// - Throws: ``ModelError`` naming the unknown module, the mis-shaped or unpaired tensor, or the bad config field.
+    public static func load(directory: URL, into model: any Module, name: String = "default") throws {
+        let configPath = directory.appendingPathComponent("adapter_config.json").path
+        let config = try Checkpoint.readJSON(directory.appendingPathComponent("adapter_config.json"))
+        let reader = ConfigReader(json: config, path: configPath)
+        let type = try reader.string("peft_type", default: "")
+        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported here (LORA)") }
+        let alpha = Float(try reader.float("lora_alpha", default: 8))
+        let rsLoRA = config["use_rslora"] as? Bool ?? false
+        let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
+        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
+        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
+        let file = try SafeTensorsFile(path: weightsPath)
+
+        let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
+        let parameters = Dictionary(model.namedParameters().map { ($0.key, $0.parameter) }, uniquingKeysWith: { a, _ in a })
+        var pairs: [String: (a: Tensor?, b: Tensor?)] = [:], heads: [(Parameter, Tensor, String)] = []
+        for key in file.names {
+            let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key
+            for part in ["lora_A", "lora_B"] where path.hasSuffix(".\(part).weight") {
+                let module = String(path.dropLast(".\(part).weight".count))
+                guard linears[module] != nil else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (no linear layer '\(module)' in the model)"], misshaped: [])
+                }
+                var pair = pairs[module] ?? (nil, nil)
+                if part == "lora_A" { pair.a = try file.tensor(key) } else { pair.b = try file.tensor(key) }
+                pairs[module] = pair
+            }
+            if !path.contains(".lora_") {
+                // A saved head (modules_to_save); PEFT may keep its wrapper name in the key.
+                let plain = path.replacingOccurrences(of: ".modules_to_save.\(name).", with: ".").replacingOccurrences(of: ".original_module.", with: ".")
+                guard let p = parameters[plain] else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (no parameter '\(plain)' in the model)"], misshaped: [])
+                }
+                let t = try file.tensor(key)
+                guard t.shape == p.value.shape else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(key) is \(t.shape), expected \(p.value.shape)"])
+                }
+                heads.append((p, t, plain))
+            }
+        }
+        var built: [(Linear, LoRA)] = []
+        for module in pairs.keys.sorted() {
+            guard let a = pairs[module]!.a, let b = pairs[module]!.b else {
+                throw ModelError.checkpointMismatch(missing: ["\(module).\(pairs[module]!.a == nil ? "lora_A" : "lora_B").weight"], unexpected: [], misshaped: [])
+            }
+            let layer = linears[module]!
+            let r = a.shape.first ?? 0
+            guard a.rank == 2, b.rank == 2, a.shape[1] == layer.inputs, b.shape == [layer.outputs, r], r > 0 else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [
+                    "\(module): lora_A \(a.shape) and lora_B \(b.shape) for a \(layer.inputs) -> \(layer.outputs) layer (expected [r, \(layer.inputs)] and [\(layer.outputs), r])"])
+            }
+            let moduleAlpha = alphaPattern.first { module == $0.key || module.hasSuffix("." + $0.key) }.flatMap { ConfigReader.number($0.value)?.floatValue } ?? alpha
+            let scale = rsLoRA ? moduleAlpha / Float(r).squareRoot() : moduleAlpha / Float(r)
+            built.append((layer, LoRA(a: a, b: b, scale: scale)))
+        }
+        guard !built.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no lora_A / lora_B tensors") }
+        for (layer, lora) in built { try layer.attachLoRA(name, lora) }
+        for (p, t, _) in heads {
+            let trainable = p.isTrainable
+            p.value = t
+            p.isTrainable = trainable
+        }
+    }
+}

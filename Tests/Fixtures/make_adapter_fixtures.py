@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""PEFT LoRA adapters on the tiny fixture models, with the logits PEFT gives. Run by hand, never in CI:
+
+    ~/.reins-reference/bin/python Tests/Fixtures/make_adapter_fixtures.py
+
+Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2 (../shared/tools/reference-venv.sh). Adapters are saved with
+`save_pretrained` (adapter_config.json + adapter_model.safetensors) to Tests/Fixtures/adapters/<name>/, beside
+expected.safetensors (inputs and logits). LoRA weights are random (B is not zero) so that the adapter matters.
+"""
+import os
+
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import BertForSequenceClassification, GPT2LMHeadModel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+torch.manual_seed(4242)
+
+
+def randomize_lora(model):
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn_like(p) * 0.3)
+            elif "modules_to_save" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+
+
+def save(name, peft_model, inputs, logits):
+    out = os.path.join(HERE, "adapters", name)
+    peft_model.save_pretrained(out, safe_serialization=True)
+    save_file({**{k: v.contiguous() for k, v in inputs.items()}, "logits": logits.detach().float().contiguous()},
+              os.path.join(out, "expected.safetensors"))
+    keys = sorted(load_file(os.path.join(out, "adapter_model.safetensors")).keys())
+    print(name, len(keys), "tensors, e.g.", keys[:2], keys[-1])
+
+
+def gpt2():
+    base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+    cfg = LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0,
+                     task_type="CAUSAL_LM")
+    m = get_peft_model(base, cfg)
+    randomize_lora(m)
+    m.eval()
+    ids = torch.tensor([[5, 17, 42, 95, 3, 8, 60], [11, 0, 23, 7, 88, 96, 96]], dtype=torch.int32)
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]], dtype=torch.int32)
+    with torch.no_grad():
+        logits = m(input_ids=ids.long(), attention_mask=mask.long()).logits
+    save("gpt2-lora", m, {"input_ids": ids, "attention_mask": mask}, logits)
+
+
+def bert():
+    base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
+    cfg = LoraConfig(r=2, lora_alpha=7, target_modules=["query", "value", "output.dense"], use_rslora=True,
+                     lora_dropout=0.0, modules_to_save=["classifier"], task_type="SEQ_CLS")
+    m = get_peft_model(base, cfg)
+    randomize_lora(m)
+    m.eval()
+    ids = torch.tensor([[2, 14, 15, 16, 3, 40, 41, 3, 0], [2, 50, 51, 3, 60, 3, 0, 0, 0]], dtype=torch.int32)
+    types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.int32)
+    mask = torch.tensor([[1] * 8 + [0], [1] * 6 + [0] * 3], dtype=torch.int32)
+    with torch.no_grad():
+        logits = m(input_ids=ids.long(), attention_mask=mask.long(), token_type_ids=types.long()).logits
+    save("bert-lora", m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, logits)
+
+
+if __name__ == "__main__":
+    gpt2()
+    bert()

@@ -1,0 +1,98 @@
+import Foundation
+import Reins
+import ReinsTestSupport
+import Testing
+
+/// LoRA at the projection insertion points, and PEFT adapters (Tests/Fixtures/make_adapter_fixtures.py).
+struct LoRATests {
+    static func adapter(_ name: String) -> URL { Fixtures.directory.appendingPathComponent("adapters/\(name)") }
+
+    func gpt2() throws -> GPT2LMHeadModel {
+        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")) else { throw ModelError.badInput("fixture") }
+        return m
+    }
+
+    @Test func peftGPT2AdapterReproducesPEFTLogits() throws {
+        let model = try gpt2()
+        try PEFTAdapter.load(directory: Self.adapter("gpt2-lora"), into: model)
+        let io = try SafeTensorsFile(path: Self.adapter("gpt2-lora").appendingPathComponent("expected.safetensors").path)
+        let logits = try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask"))
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "GPT-2 + LoRA (c_attn, c_fc) logits")
+        // Merged into the Conv1D weights, the same numbers at the base layer's cost; unmerged, the base comes back exactly.
+        let layers = model.namedModules().compactMap { $0.module as? Linear }.filter { !$0.loras.isEmpty }
+        #expect(layers.count == 4)
+        let before = layers.map { $0.weight.value.scalars }
+        for l in layers { try l.merge() }
+        expectClose(try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask")), logits,
+                    atol: 1e-5, rtol: 1e-5, "merged")
+        for l in layers { try l.unmerge() }
+        #expect(layers.map { $0.weight.value.scalars } == before)
+    }
+
+    @Test func peftBERTAdapterWithSavedHeadReproducesPEFTLogits() throws {
+        guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else { return }
+        try PEFTAdapter.load(directory: Self.adapter("bert-lora"), into: model)
+        let io = try SafeTensorsFile(path: Self.adapter("bert-lora").appendingPathComponent("expected.safetensors").path)
+        let logits = try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask"),
+                                      tokenTypeIDs: try io.intTensor("token_type_ids"))
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "BERT + LoRA (query, value, output.dense; rsLoRA) + head")
+        // "output.dense" matches both the attention output and the feed-forward output, as in PEFT: 4 targets x 2 layers.
+        #expect(model.namedModules().compactMap { $0.module as? Linear }.filter { !$0.loras.isEmpty }.count == 8)
+    }
+
+    @Test func freshLoRAStartsAsANoOpAndTrainsAlone() throws {
+        let model = try gpt2()
+        let ids = try IntTensor(shape: [1, 5], values: [5, 17, 42, 3, 8])
+        let base = try model.logits(ids).scalars
+        model.freeze()
+        let targets = model.namedModules().filter { $0.key.hasSuffix("attn.c_attn") }.compactMap { $0.module as? Linear }
+        for (i, l) in targets.enumerated() {
+            try l.attachLoRA("task", LoRA(inputs: l.inputs, outputs: l.outputs, rank: 4, alpha: 8, seed: UInt64(i)))
+        }
+        expectClose(try model.logits(ids).scalars, base, atol: 1e-6, rtol: 1e-6, "B = 0: attaching changes nothing")
+        // Trainable parameters: r·(in + out) per target.
+        #expect(model.trainableParameterCount == targets.count * 4 * (30 + 90))
+        let frozen = model.namedParameters().filter { !$0.parameter.isTrainable }.map { ($0.key, $0.parameter.value.scalars) }
+        let optimizer = AdamW(learningRate: 0.05, weightDecay: 0)
+        for _ in 0..<3 {
+            model.zeroGradients()
+            try model.loss(ids).backward()
+            for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == key.contains(".lora_"), "\(key)") }
+            optimizer.update(model.trainableParameters)
+        }
+        #expect(try model.logits(ids).scalars != base, "the adapter learned something")
+        for (key, values) in frozen { #expect(model.namedParameters().first { $0.key == key }!.parameter.value.scalars == values, "\(key) unchanged") }
+        // Switching the adapter off gives the base model back.
+        for l in targets { l.activeLoRA = nil }
+        expectClose(try model.logits(ids).scalars, base, atol: 1e-6, rtol: 1e-6, "adapter off")
+    }
+
+    @Test func mismatchedAdaptersThrowNamedErrors() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func copy(_ edit: (inout [String: Tensor]) throws -> Void) throws -> URL {
+            let out = dir.appendingPathComponent(UUID().uuidString)
+            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+            let src = Self.adapter("gpt2-lora")
+            try FileManager.default.copyItem(at: src.appendingPathComponent("adapter_config.json"), to: out.appendingPathComponent("adapter_config.json"))
+            let f = try SafeTensorsFile(path: src.appendingPathComponent("adapter_model.safetensors").path)
+            var t = try Dictionary(uniqueKeysWithValues: f.names.map { ($0, try f.tensor($0)) })
+            try edit(&t)
+            try SafeTensorsFile.write(t, to: out.appendingPathComponent("adapter_model.safetensors").path)
+            return out
+        }
+        let key = "base_model.model.transformer.h.0.attn.c_attn"
+        let unknown = try copy { $0["base_model.model.transformer.h.0.attn.c_nope.lora_A.weight"] = try Tensor.zeros([3, 30]) }
+        #expect { try PEFTAdapter.load(directory: unknown, into: try gpt2()) } throws: { "\($0)".contains("no linear layer 'transformer.h.0.attn.c_nope'") }
+        let unpaired = try copy { $0["\(key).lora_B.weight"] = nil }
+        #expect(throws: ModelError.checkpointMismatch(missing: ["transformer.h.0.attn.c_attn.lora_B.weight"], unexpected: [], misshaped: [])) {
+            try PEFTAdapter.load(directory: unpaired, into: try gpt2())
+        }
+        let wrongRank = try copy { $0["\(key).lora_B.weight"] = try Tensor.zeros([90, 5]) }
+        #expect { try PEFTAdapter.load(directory: wrongRank, into: try gpt2()) } throws: { "\($0)".contains("lora_A [3, 30] and lora_B [90, 5]") }
+        // Another base: the GPT-2 variant is 28 wide.
+        guard case let .gpt2LMHead(other) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-variant")) else { return }
+        #expect { try PEFTAdapter.load(directory: Self.adapter("gpt2-lora"), into: other) } throws: { "\($0)".contains("for a 28 -> 84 layer") }
+        #expect { try PEFTAdapter.load(directory: dir.appendingPathComponent("absent"), into: try gpt2()) } throws: { "\($0)".contains("adapter_config.json: no such file") }
+    }
+}
