@@ -52,9 +52,12 @@ struct LogitsCommand: ParsableCommand {
     var inputs: String
     @Option(help: "Where to write the output safetensors file.")
     var output: String
+    @Option(help: "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to apply.")
+    var adapter: String?
 
     func run() throws {
         let loaded = try PretrainedModel.load(directory: URL(fileURLWithPath: model))
+        if let adapter { try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: loaded.module) }
         let file = try SafeTensorsFile(path: inputs)
         let ids = try file.intTensor("input_ids")
         let mask = try file.entries["attention_mask"].map { _ in try file.intTensor("attention_mask") }
@@ -114,10 +117,12 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Sampling seed.") var seed: UInt64 = 0
     @Option(help: "Stop after this token id (default: <|endoftext|> when the tokenizer has one).") var stopId: [Int32] = []
     @Flag(help: "Print the JSON array of all ids (prompt included) as the last line.") var printIds = false
+    @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
 
     func run() throws {
         let dir = URL(fileURLWithPath: model)
         guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else { return }
+        if let adapter { try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: lm) }
         let tokenizer = try tokenizerFile(in: dir).map { try AnyTokenizer(file: $0) }
         let ids: [Int32]
         if let promptIds {
@@ -150,10 +155,12 @@ struct FillMaskCommand: ParsableCommand {
     @Option(help: "A BertForMaskedLM directory with vocab.txt or tokenizer.json.") var model: String
     @Option(help: "Candidates per mask.") var topK: Int = 5
     @Argument(help: "Text containing [MASK].") var text: String
+    @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
 
     func run() throws {
         let dir = URL(fileURLWithPath: model)
         guard case let .bertMaskedLM(m) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM") else { return }
+        if let adapter { try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: m) }
         guard let file = tokenizerFile(in: dir), case let .wordPiece(tok) = try AnyTokenizer(file: file) else {
             throw ValidationError("no WordPiece tokenizer (vocab.txt or tokenizer.json) in \(model)")
         }
@@ -171,10 +178,12 @@ struct EmbedCommand: ParsableCommand {
     @Option(help: "A BERT model directory with vocab.txt or tokenizer.json.") var model: String
     @Option(help: "Truncate texts to this many tokens.") var maxLength: Int = 256
     @Option(help: "Texts per forward pass.") var batchSize: Int = 32
+    @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
 
     func run() throws {
         let dir = URL(fileURLWithPath: model)
         guard case let .bert(m) = try PretrainedModel.load(directory: dir, architecture: "BertModel") else { return }
+        if let adapter { try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: m) }
         guard let file = tokenizerFile(in: dir), case let .wordPiece(tok) = try AnyTokenizer(file: file) else {
             throw ValidationError("no WordPiece tokenizer (vocab.txt or tokenizer.json) in \(model)")
         }
