@@ -71,14 +71,19 @@ public final class GPT2Block: Module {
         visit.module("mlp.c_proj", feedForwardOut)
     }
 
-    /// `x: [B, T, C]`; `keyMask: [B, Tk]` (1 = real token) over the cached and the new positions.
-    /// With a cache, the new keys and values are appended to it and the queries attend to all of them.
-    func callAsFunction(_ x: Tensor, keyMask: IntTensor?, cache: KVCache.Layer? = nil) throws -> Tensor {
+    /// `x: [B, T, C]`; `keyMask: [B, Tk]` (1 = real token) over the prefix, cached and new positions.
+    /// `prefix` (keys, values `[B, NH, P, hs]`) is prepended when nothing is cached yet (afterwards it is in the
+    /// cache). With a cache, the new keys and values are appended to it and the queries attend to all of them.
+    func callAsFunction(_ x: Tensor, keyMask: IntTensor?, cache: KVCache.Layer? = nil, prefix: (keys: Tensor, values: Tensor)? = nil) throws -> Tensor {
         let C = x.shape[2]
         let qkv = try attentionIn(ln1(x))
         let q = try qkv.slice(axis: 2, 0..<C).splittingHeads(heads)
         var k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
         var v = try qkv.slice(axis: 2, (2 * C)..<(3 * C)).splittingHeads(heads)
+        if let prefix, cache?.keys == nil {
+            k = try Tensor.concatenate([prefix.keys, k], axis: 2)
+            v = try Tensor.concatenate([prefix.values, v], axis: 2)
+        }
         if let cache {
             if let pk = cache.keys, let pv = cache.values {
                 k = try Tensor.concatenate([pk, k], axis: 2)
@@ -100,6 +105,21 @@ public final class GPT2Model: Module {
     public let tokenEmbedding: Embedding, positionEmbedding: Embedding
     public let blocks: [GPT2Block]
     public let finalNorm: LayerNorm
+    /// Prefix tuning (Li & Liang, arXiv 2101.00190), the key/value insertion point: `P` learned keys and values per
+    /// layer, stored as PEFT does (`[P, layers · 2 · C]`, layer l's keys in slot 2l and values in slot 2l + 1).
+    /// Every query attends to them; positions shift by `P`, as with PEFT on transformers.
+    public private(set) var prefix: Parameter?
+
+    /// Attaches learned prefixes `[P, layers · 2 · C]` (replacing any).
+    /// - Throws: ``ModelError/badInput(_:)`` for another shape.
+    public func attachPrefix(_ embeddings: Parameter) throws {
+        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == config.layers * 2 * config.hidden else {
+            throw ModelError.badInput("prefix \(embeddings.value.shape) does not fit this model: expected [P, \(config.layers * 2 * config.hidden)] (layers · 2 · hidden)")
+        }
+        prefix = embeddings
+    }
+
+    public func detachPrefix() { prefix = nil }
 
     public init(_ config: GPT2Config, seed: UInt64 = 0) throws {
         self.config = config
@@ -114,6 +134,21 @@ public final class GPT2Model: Module {
         visit.module("wpe", positionEmbedding)
         visit.modules("h", blocks)
         visit.module("ln_f", finalNorm)
+        visit.parameter("prompt_embeddings", prefix)
+    }
+
+    /// The prefix length `P` (0 without prefix tuning).
+    public var prefixLength: Int { prefix?.value.shape[0] ?? 0 }
+
+    /// Layer `l`'s prefix keys and values, `[B, NH, P, hs]` each.
+    func prefixKeysValues(layer l: Int, batch B: Int) throws -> (keys: Tensor, values: Tensor)? {
+        guard let p = prefix?.value else { return nil }
+        let (P, C, NH) = (p.shape[0], config.hidden, config.heads)
+        func slot(_ s: Int) throws -> Tensor {
+            let one = try p.slice(axis: 1, (s * C)..<((s + 1) * C)).reshaped([1, P, NH, C / NH]).permuted([0, 2, 1, 3])
+            return B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0)
+        }
+        return (try slot(2 * l), try slot(2 * l + 1))
     }
 
     /// The last hidden states `[B, T, C]` for `ids: [B, T]`.
@@ -128,15 +163,31 @@ public final class GPT2Model: Module {
                              tokenTypeIDs: IntTensor? = nil, cache: KVCache? = nil) throws -> Tensor {
         guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
         let (B, T) = (ids.shape[0], ids.shape[1])
-        let past = cache?.length ?? 0
-        guard past + T <= config.positions else { throw ModelError.sequenceTooLong(length: past + T, maximum: config.positions) }
+        let P = prefixLength
+        // Cached positions other than the prefix (the prefix enters the cache with the first pass).
+        let cached = cache?.length ?? 0
+        let past = cached > 0 ? cached - P : 0
+        guard P + past + T <= config.positions else { throw ModelError.sequenceTooLong(length: P + past + T, maximum: config.positions) }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
         if let attentionMask, attentionMask.shape != [B, past + T] {
             throw ModelError.badInput("attention mask \(attentionMask.shape) does not match [batch, cached + new] = [\(B), \(past + T)]")
         }
+        // The prefix is always attended to.
+        var keyMask = attentionMask
+        if P > 0, let m = attentionMask {
+            let width = past + T
+            var values: [Int32] = []
+            values.reserveCapacity(B * (P + width))
+            for b in 0..<B {
+                values += [Int32](repeating: 1, count: P)
+                values += m.values[(b * width)..<((b + 1) * width)]
+            }
+            keyMask = try IntTensor(shape: [B, P + width], values: values)
+        }
         if let cache, cache.layers.count != blocks.count { throw ModelError.badInput("the KV cache has \(cache.layers.count) layers, the model \(blocks.count)") }
-        let positions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(past + $0 % T) })
+        var positions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(past + $0 % T) })
         if positions.shape != ids.shape { throw ModelError.badInput("position ids \(positions.shape) do not match input ids \(ids.shape)") }
+        if P > 0 { positions = try IntTensor(shape: positions.shape, values: positions.values.map { $0 + Int32(P) }) }
         if let bad = positions.values.firstIndex(where: { $0 < 0 || Int($0) >= config.positions }) {
             throw ModelError.sequenceTooLong(length: Int(positions.values[bad]) + 1, maximum: config.positions)
         }
@@ -146,7 +197,9 @@ public final class GPT2Model: Module {
             try checkTokens(tokenTypeIDs, vocabularySize: config.vocabularySize)
             x = try x + tokenEmbedding(tokenTypeIDs)
         }
-        for (i, block) in blocks.enumerated() { x = try block(x, keyMask: attentionMask, cache: cache?.layers[i]) }
+        for (i, block) in blocks.enumerated() {
+            x = try block(x, keyMask: keyMask, cache: cache?.layers[i], prefix: try prefixKeysValues(layer: i, batch: B))
+        }
         return try finalNorm(x)
     }
 }

@@ -49,8 +49,9 @@ extension GPT2LMHeadModel {
         guard !prompts.isEmpty, prompts.allSatisfy({ !$0.isEmpty }) else { throw ModelError.badInput("every prompt needs at least one token") }
         guard options.temperature > 0 || options.greedy else { throw ModelError.badInput("temperature must be positive when sampling") }
         let B = prompts.count, L = prompts.map(\.count).max()!
-        guard L + options.maxNewTokens <= config.positions else {
-            throw ModelError.sequenceTooLong(length: L + options.maxNewTokens, maximum: config.positions)
+        let P = transformer.prefixLength
+        guard P + L + options.maxNewTokens <= config.positions else {
+            throw ModelError.sequenceTooLong(length: P + L + options.maxNewTokens, maximum: config.positions)
         }
         var ids: [Int32] = [], mask: [Int32] = [], positions: [Int32] = []
         for p in prompts {
@@ -84,7 +85,7 @@ extension GPT2LMHeadModel {
                 }
                 if finished.allSatisfy({ $0 }) { break }
                 var fullMask: [Int32] = []
-                let past = cache.length
+                let past = cache.length - P // the mask covers tokens, not the prefix
                 for b in 0..<B { fullMask += mask[(b * past)..<((b + 1) * past)] + [1] }
                 mask = fullMask
                 logits = try self.logits(try IntTensor(shape: [B, 1], values: next), attentionMask: try IntTensor(shape: [B, past + 1], values: mask),

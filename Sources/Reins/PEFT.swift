@@ -13,7 +13,8 @@ public enum PEFTAdapter {
         let config = try Checkpoint.readJSON(directory.appendingPathComponent("adapter_config.json"))
         let reader = ConfigReader(json: config, path: configPath)
         let type = try reader.string("peft_type", default: "")
-        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported here (LORA)") }
+        if type == "PREFIX_TUNING" { return try loadPrefix(directory: directory, config: reader, into: model) }
+        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING)") }
         let alpha = Float(try reader.float("lora_alpha", default: 8))
         let rsLoRA = config["use_rslora"] as? Bool ?? false
         let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
@@ -69,6 +70,40 @@ public enum PEFTAdapter {
             let trainable = p.isTrainable
             p.value = t
             p.isTrainable = trainable
+        }
+    }
+
+    /// PEFT prefix tuning: one tensor `prompt_embeddings` `[P, layers · 2 · hidden]`.
+    static func loadPrefix(directory: URL, config: ConfigReader, into model: any Module) throws {
+        let gpt2: GPT2Model
+        switch model {
+        case let m as GPT2LMHeadModel: gpt2 = m.transformer
+        case let m as GPT2ForSequenceClassification: gpt2 = m.transformer
+        case let m as GPT2Model: gpt2 = m
+        default: throw ModelError.badInput("prefix tuning is implemented for GPT-2 models only so far")
+        }
+        if config.json["prefix_projection"] as? Bool == true {
+            throw ModelError.badConfig(path: config.path, detail: "prefix_projection adapters store the projection MLP; only plain prefixes (prefix_projection false) load")
+        }
+        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
+        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
+        let file = try SafeTensorsFile(path: weightsPath)
+        guard file.entries["prompt_embeddings"] != nil else {
+            throw ModelError.checkpointMismatch(missing: ["prompt_embeddings"], unexpected: file.names.sorted(), misshaped: [])
+        }
+        let embeddings = try file.tensor("prompt_embeddings")
+        let c = gpt2.config
+        if let layers = config.optionalInt("num_layers"), layers != c.layers {
+            throw ModelError.badConfig(path: config.path, detail: "num_layers \(layers) does not match the model's \(c.layers)")
+        }
+        if let dim = config.optionalInt("token_dim"), dim != c.hidden {
+            throw ModelError.badConfig(path: config.path, detail: "token_dim \(dim) does not match the model's hidden size \(c.hidden)")
+        }
+        if let virtual = config.optionalInt("num_virtual_tokens"), virtual != embeddings.shape.first {
+            throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["prompt_embeddings is \(embeddings.shape), num_virtual_tokens is \(virtual)"])
+        }
+        do { try gpt2.attachPrefix(Parameter("prompt_embeddings", embeddings)) } catch let ModelError.badInput(detail) {
+            throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [detail])
         }
     }
 }

@@ -96,3 +96,31 @@ struct LoRATests {
         #expect { try PEFTAdapter.load(directory: dir.appendingPathComponent("absent"), into: try gpt2()) } throws: { "\($0)".contains("adapter_config.json: no such file") }
     }
 }
+
+struct PrefixTuningTests {
+    @Test func peftPrefixReproducesPEFTLogitsAndGenerationAgreesWithRecomputing() throws {
+        guard case let .gpt2LMHead(model) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")) else { return }
+        let dir = LoRATests.adapter("gpt2-prefix")
+        try PEFTAdapter.load(directory: dir, into: model)
+        #expect(model.transformer.prefixLength == 4)
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
+        expectClose(try model.logits(ids, attentionMask: mask), try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "GPT-2 + prefix logits")
+        // Generation with the KV cache (prefix in the cache) continues exactly as recomputing from scratch would.
+        let out = try model.generate(prompts: [[5, 17, 42]], options: GenerationOptions(maxNewTokens: 6))[0]
+        let full = try model.logits(try IntTensor(shape: [1, out.count - 1], values: Array(out.dropLast())))
+        let V = full.shape[2]
+        for t in 2..<(out.count - 1) {
+            let row = Array(full.scalars[(t * V)..<((t + 1) * V)])
+            #expect(Int32(row.indices.max { row[$0] < row[$1] }!) == out[t + 1], "step \(t)")
+        }
+        // The prefix gets gradients; nothing else does once the base is frozen.
+        model.freeze()
+        model.transformer.prefix!.isTrainable = true
+        try model.loss(ids, attentionMask: mask).backward()
+        for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == (key == "transformer.prompt_embeddings"), "\(key)") }
+        #expect(model.trainableParameterCount == 4 * 2 * 2 * 30)
+        // A prefix for another model size is refused with the shapes named.
+        #expect { try model.transformer.attachPrefix(Parameter("p", try Tensor.zeros([4, 100]))) } throws: { "\($0)".contains("expected [P, 120]") }
+    }
+}
