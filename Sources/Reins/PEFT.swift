@@ -106,4 +106,55 @@ public enum PEFTAdapter {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [detail])
         }
     }
+
+    /// Writes the adapter `name` of `model` in PEFT's layout: LoRA weights of every linear layer that has it (and the
+    /// model's prefix, as a separate PREFIX_TUNING adapter is not combined here), plus the parameters under
+    /// `modulesToSave` (task heads). Files are written atomically; the directory holds only adapter tensors and JSON.
+    /// - Parameters:
+    ///   - taskType: PEFT's `task_type` (`CAUSAL_LM`, `SEQ_CLS`, `TOKEN_CLS`, `QUESTION_ANS`, `FEATURE_EXTRACTION`).
+    public static func save(_ model: any Module, name: String = "default", to directory: URL, taskType: String? = nil,
+                            modulesToSave: [String] = [], baseModel: String? = nil) throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var tensors: [String: Tensor] = [:], config: [String: Any] = [
+            "peft_version": "0.21.2", "base_model_name_or_path": baseModel ?? NSNull(), "task_type": taskType ?? NSNull(),
+            "inference_mode": true, "revision": NSNull(),
+        ]
+        let layers = model.namedModules().compactMap { key, m -> (String, Linear, LoRA)? in
+            guard let l = m as? Linear, let lora = l.loras[name] else { return nil }
+            return (key, l, lora)
+        }
+        let gpt2 = (model as? GPT2LMHeadModel)?.transformer ?? (model as? GPT2ForSequenceClassification)?.transformer ?? (model as? GPT2Model)
+        if !layers.isEmpty {
+            let ranks = Set(layers.map { $0.2.rank })
+            let rank = layers.map { $0.2.rank }.max()!
+            // PEFT's scale is alpha / r; write alpha = scale · r per module so any scale round-trips.
+            let alphas = layers.map { $0.2.scale * Float($0.2.rank) }
+            config.merge([
+                "peft_type": "LORA", "r": rank, "lora_alpha": alphas[0], "use_rslora": false, "lora_dropout": 0.0, "bias": "none",
+                "target_modules": layers.map { $0.0 }, "fan_in_fan_out": layers.contains { $0.1.weightTransposed },
+                "rank_pattern": ranks.count > 1 ? Dictionary(uniqueKeysWithValues: layers.map { ($0.0, $0.2.rank) }) : [String: Int](),
+                "alpha_pattern": Set(alphas).count > 1 ? Dictionary(uniqueKeysWithValues: zip(layers.map { $0.0 }, alphas)) : [String: Float](),
+                "init_lora_weights": true, "modules_to_save": modulesToSave.isEmpty ? NSNull() : modulesToSave,
+            ]) { _, new in new }
+            for (key, _, lora) in layers {
+                tensors["base_model.model.\(key).lora_A.weight"] = lora.a.value.detached()
+                tensors["base_model.model.\(key).lora_B.weight"] = lora.b.value.detached()
+            }
+        } else if let gpt2, let prefix = gpt2.prefix {
+            let c = gpt2.config
+            config.merge([
+                "peft_type": "PREFIX_TUNING", "num_virtual_tokens": gpt2.prefixLength, "num_layers": c.layers, "token_dim": c.hidden,
+                "num_attention_heads": c.heads, "num_transformer_submodules": 1, "prefix_projection": false, "encoder_hidden_size": c.hidden,
+            ]) { _, new in new }
+            tensors["prompt_embeddings"] = prefix.value.detached()
+        } else {
+            throw ModelError.badInput("the model has no adapter named '\(name)' and no prefix")
+        }
+        for (key, p) in model.namedParameters() where modulesToSave.contains(where: { key == $0 || key.hasPrefix($0 + ".") }) {
+            tensors["base_model.model.\(key)"] = p.value.detached()
+        }
+        try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("adapter_model.safetensors").path)
+        let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try AtomicFile.write(json, to: directory.appendingPathComponent("adapter_config.json").path)
+    }
 }

@@ -124,3 +124,37 @@ struct PrefixTuningTests {
         #expect { try model.transformer.attachPrefix(Parameter("p", try Tensor.zeros([4, 100]))) } throws: { "\($0)".contains("expected [P, 120]") }
     }
 }
+
+struct AdapterFileTests {
+    /// Loads a PEFT fixture, saves it with Reins, loads that into a fresh base: same logits, PEFT's key names, and a
+    /// file of about 4 bytes per adapter parameter.
+    @Test(arguments: [("gpt2-lora", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-lora", "bert-cls", "SEQ_CLS", ["classifier"]),
+                      ("gpt2-prefix", "gpt2-lm", "CAUSAL_LM", [String]())])
+    func savedAdaptersRoundTripInPEFTLayout(adapter: String, base: String, task: String, heads: [String]) throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let first = try PretrainedModel.load(directory: ModelParityTests.directory(base)).module
+        try PEFTAdapter.load(directory: LoRATests.adapter(adapter), into: first)
+        try PEFTAdapter.save(first, to: dir, taskType: task, modulesToSave: heads)
+        if let keep = ProcessInfo.processInfo.environment["REINS_SAVE_ADAPTERS"] { // for check_reins_adapters_in_peft.py
+            try PEFTAdapter.save(first, to: URL(fileURLWithPath: keep).appendingPathComponent(adapter), taskType: task, modulesToSave: heads)
+        }
+        let second = try PretrainedModel.load(directory: ModelParityTests.directory(base))
+        try PEFTAdapter.load(directory: dir, into: second.module)
+        let io = try SafeTensorsFile(path: LoRATests.adapter(adapter).appendingPathComponent("expected.safetensors").path)
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
+        let logits: Tensor
+        switch second {
+        case let .gpt2LMHead(m): logits = try m.logits(ids, attentionMask: mask)
+        case let .bertSequenceClassification(m): logits = try m.logits(ids, attentionMask: mask, tokenTypeIDs: try io.intTensor("token_type_ids"))
+        default: Issue.record("unexpected architecture"); return
+        }
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(adapter) after save and load")
+        let ours = try SafeTensorsFile(path: dir.appendingPathComponent("adapter_model.safetensors").path)
+        let peft = try SafeTensorsFile(path: LoRATests.adapter(adapter).appendingPathComponent("adapter_model.safetensors").path)
+        #expect(Set(ours.names) == Set(peft.names), "PEFT's key names")
+        let parameters = ours.entries.values.map { $0.shape.reduce(1, *) }.reduce(0, +)
+        let bytes = try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent("adapter_model.safetensors").path)[.size] as! Int
+        #expect(bytes < 4 * parameters + 4096, "\(bytes) bytes for \(parameters) parameters")
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""By-hand check that adapters saved by Reins load in PEFT and give PEFT's own logits. Never run in CI:
+
+    REINS_SAVE_ADAPTERS=/tmp/reins-adapters swift test --filter AdapterFileTests
+    ~/.reins-reference/bin/python Tests/Fixtures/check_reins_adapters_in_peft.py /tmp/reins-adapters
+
+The test writes gpt2-lora/, bert-lora/ and gpt2-prefix/ there with `PEFTAdapter.save` after loading the PEFT fixtures.
+Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2.
+"""
+import os
+import sys
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import BertForSequenceClassification, GPT2LMHeadModel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+saved = sys.argv[1]
+for adapter, base, cls in [("gpt2-lora", "gpt2-lm", GPT2LMHeadModel), ("bert-lora", "bert-cls", BertForSequenceClassification),
+                           ("gpt2-prefix", "gpt2-lm", GPT2LMHeadModel)]:
+    model = PeftModel.from_pretrained(cls.from_pretrained(os.path.join(HERE, "models", base)), os.path.join(saved, adapter)).eval()
+    e = load_file(os.path.join(HERE, "adapters", adapter, "expected.safetensors"))
+    kw = {k: v.long() for k, v in e.items() if k != "logits"}
+    with torch.no_grad():
+        logits = model(**kw).logits
+    print(f"{adapter}: PEFT on the Reins-saved adapter, max |diff| vs PEFT's own = {(logits - e['logits']).abs().max().item():.2e}")
