@@ -62,6 +62,8 @@ public final class BertLayer: Module {
     public let attentionNorm: LayerNorm
     public let feedForwardIn: Linear, feedForwardOut: Linear
     public let outputNorm: LayerNorm
+    /// The layer's adapter insertion points.
+    public let adapters = BlockAdapters()
     let heads: Int
     let activation: Activation
 
@@ -87,13 +89,14 @@ public final class BertLayer: Module {
         visit.module("intermediate.dense", feedForwardIn)
         visit.module("output.dense", feedForwardOut)
         visit.module("output.LayerNorm", outputNorm)
+        visit.module("adapters", adapters)
     }
 
     func callAsFunction(_ x: Tensor, keyMask: IntTensor?) throws -> Tensor {
         let a = try Tensor.attention(query: query(x).splittingHeads(heads), key: key(x).splittingHeads(heads),
                                      value: value(x).splittingHeads(heads), keyMask: keyMask).mergingHeads()
-        let h = try attentionNorm(x + attentionOut(a))
-        return try outputNorm(h + feedForwardOut(activation.apply(h, feedForwardIn)))
+        let h = try attentionNorm(x + adapters.attention(attentionOut(a)))
+        return try outputNorm(h + adapters.feedForward(feedForwardOut(activation.apply(h, feedForwardIn))))
     }
 }
 

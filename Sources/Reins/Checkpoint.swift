@@ -162,11 +162,11 @@ extension Module {
     }
 
     /// Writes `config.json` and `model.safetensors` (each atomically) to `directory`; tied parameters are stored once,
-    /// under their first key.
+    /// under their first key. Attached adapters are not written (see ``PEFTAdapter/save(_:name:to:taskType:modulesToSave:baseModel:)``).
     public func save(to directory: URL, config: [String: Any]) throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var tensors: [String: Tensor] = [:]
-        for (key, p) in namedParameters() { tensors[key] = p.value.detached() }
+        for (key, p) in namedParameters() where !isAdapterKey(key) { tensors[key] = p.value.detached() }
         try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("model.safetensors").path)
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try AtomicFile.write(json, to: directory.appendingPathComponent("config.json").path)

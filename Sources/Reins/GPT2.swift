@@ -44,6 +44,8 @@ public final class GPT2Block: Module {
     /// Query, key and value in one `Conv1D` (`[C, 3C]`), then the output projection.
     public let attentionIn: Linear, attentionOut: Linear
     public let feedForwardIn: Linear, feedForwardOut: Linear
+    /// The block's adapter insertion points.
+    public let adapters = BlockAdapters()
     let heads: Int
     let activation: Activation
     let attentionScale: Float
@@ -69,6 +71,7 @@ public final class GPT2Block: Module {
         visit.module("ln_2", ln2)
         visit.module("mlp.c_fc", feedForwardIn)
         visit.module("mlp.c_proj", feedForwardOut)
+        visit.module("adapters", adapters)
     }
 
     /// `x: [B, T, C]`; `keyMask: [B, Tk]` (1 = real token) over the prefix, cached and new positions.
@@ -93,8 +96,8 @@ public final class GPT2Block: Module {
             cache.values = v
         }
         let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale).mergingHeads()
-        let h = try x + attentionOut(a)
-        return try h + feedForwardOut(activation.apply(ln2(h), feedForwardIn))
+        let h = try x + adapters.attention(attentionOut(a))
+        return try h + adapters.feedForward(feedForwardOut(activation.apply(ln2(h), feedForwardIn)))
     }
 }
 

@@ -31,6 +31,9 @@ struct CheckpointTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let model = try PretrainedModel.load(directory: gpt2)
         let config = try JSONSerialization.jsonObject(with: Data(contentsOf: gpt2.appendingPathComponent("config.json"))) as! [String: Any]
+        // An attached (inactive) adapter is not part of the base checkpoint.
+        try model.module.addBottleneckAdapter("task", placement: .pfeiffer, size: 30, bottleneck: 2)
+        model.module.activateAdapter(nil)
         try model.module.save(to: dir, config: config)
         let saved = try SafeTensorsFile(path: dir.appendingPathComponent("model.safetensors").path)
         #expect(saved.entries["lm_head.weight"] == nil && saved.entries["transformer.wte.weight"] != nil)

@@ -1,0 +1,136 @@
+import Foundation
+import ReinsTensor
+
+/// Named adapters at one insertion point, one of them active. Used by the blocks' fixed insertion points, so that many
+/// task adapters can sit on one frozen base and be switched at run time.
+public final class AdapterSlot<Adapter: Module>: Module {
+    public private(set) var adapters: [String: Adapter] = [:]
+    public var active: String?
+
+    public init() {}
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        for name in adapters.keys.sorted() { visit.module(name, adapters[name]) }
+    }
+
+    /// Adds (or replaces) `adapter` under `name` and activates it.
+    public func add(_ name: String, _ adapter: Adapter) {
+        adapters[name] = adapter
+        active = name
+    }
+
+    public func remove(_ name: String) {
+        adapters[name] = nil
+        if active == name { active = nil }
+    }
+
+    /// The active adapter, if any.
+    public var current: Adapter? { active.flatMap { adapters[$0] } }
+}
+
+/// A bottleneck adapter (Houlsby et al., arXiv 1902.00751): `h + W_up · f(W_down · h + b_down) + b_up`.
+///
+/// `W_up` and `b_up` start at zero, so a new adapter leaves the model unchanged. Houlsby places one after the attention
+/// output projection and one after the feed-forward network, each before its residual add; Pfeiffer only the second.
+public final class BottleneckAdapter: Module {
+    public let down: Linear
+    public let up: Linear
+    public let nonLinearity: NonLinearity
+
+    public enum NonLinearity: String, Sendable { case relu, gelu, tanh }
+
+    /// - Parameters:
+    ///   - size: the model width; `bottleneck`: the reduced width (e.g. size / 16).
+    public init(size: Int, bottleneck: Int, nonLinearity: NonLinearity = .relu, seed: UInt64) throws {
+        guard bottleneck > 0, size > 0 else { throw ModelError.badInput("bottleneck adapter sizes must be positive (\(size) -> \(bottleneck))") }
+        down = try Linear(inputs: size, outputs: bottleneck, std: 0.01, seed: seed)
+        up = try Linear(inputs: bottleneck, outputs: size, seed: seed + 1)
+        up.weight.value = try Tensor.zeros([size, bottleneck]).requiringGradient()
+        self.nonLinearity = nonLinearity
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("adapter_down", down)
+        visit.module("adapter_up", up)
+    }
+
+    public func callAsFunction(_ h: Tensor) throws -> Tensor {
+        let z = try down(h)
+        let a: Tensor
+        switch nonLinearity {
+        case .relu: a = z.relu()
+        case .gelu: a = z.gelu()
+        case .tanh: a = z.tanh()
+        }
+        return try h + up(a)
+    }
+}
+
+/// The adapter insertion points of one transformer block (GPT-2 block or BERT layer), each a named slot.
+public final class BlockAdapters: Module {
+    /// After the attention output projection, before the residual add (Houlsby's first adapter).
+    public let afterAttention = AdapterSlot<BottleneckAdapter>()
+    /// After the feed-forward network's second layer, before the residual add (Houlsby's second, Pfeiffer's only).
+    public let afterFeedForward = AdapterSlot<BottleneckAdapter>()
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("attention_adapter", afterAttention)
+        visit.module("output_adapter", afterFeedForward)
+    }
+
+    func attention(_ x: Tensor) throws -> Tensor { try afterAttention.current.map { try $0(x) } ?? x }
+    func feedForward(_ x: Tensor) throws -> Tensor { try afterFeedForward.current.map { try $0(x) } ?? x }
+}
+
+/// Where bottleneck adapters go.
+public enum BottleneckPlacement: Sendable {
+    /// After attention and after the feed-forward network (Houlsby).
+    case houlsby
+    /// After the feed-forward network only (Pfeiffer).
+    case pfeiffer
+}
+
+/// Whether a parameter key belongs to an adapter (LoRA weights, bottleneck adapters, prefixes) rather than to the
+/// base model: adapters are saved in their own directories, never into the base checkpoint.
+public func isAdapterKey(_ key: String) -> Bool {
+    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
+}
+
+extension Module {
+    /// Every block's adapter insertion points, in layer order.
+    public var blockAdapters: [BlockAdapters] { namedModules().compactMap { $0.module as? BlockAdapters } }
+
+    /// Adds a bottleneck adapter named `name` to every block (Houlsby: two per block, Pfeiffer: one) and activates it.
+    @discardableResult
+    public func addBottleneckAdapter(_ name: String, placement: BottleneckPlacement, size: Int, bottleneck: Int,
+                                     nonLinearity: BottleneckAdapter.NonLinearity = .relu, seed: UInt64 = 0) throws -> Int {
+        var added = 0
+        for (i, block) in blockAdapters.enumerated() {
+            if placement == .houlsby {
+                block.afterAttention.add(name, try BottleneckAdapter(size: size, bottleneck: bottleneck, nonLinearity: nonLinearity, seed: seed + UInt64(4 * i)))
+                added += 1
+            }
+            block.afterFeedForward.add(name, try BottleneckAdapter(size: size, bottleneck: bottleneck, nonLinearity: nonLinearity, seed: seed + UInt64(4 * i + 2)))
+            added += 1
+        }
+        return added
+    }
+
+    /// Makes `name` the active adapter at every insertion point that has one (LoRA layers and bottleneck slots), and
+    /// switches off the others; `nil` switches every adapter off.
+    public func activateAdapter(_ name: String?) {
+        for (_, m) in namedModules() {
+            if let l = m as? Linear { l.activeLoRA = name.flatMap { l.loras[$0] != nil ? $0 : nil } }
+            if let b = m as? BlockAdapters {
+                b.afterAttention.active = name.flatMap { b.afterAttention.adapters[$0] != nil ? $0 : nil }
+                b.afterFeedForward.active = name.flatMap { b.afterFeedForward.adapters[$0] != nil ? $0 : nil }
+            }
+        }
+    }
+
+    /// BitFit (Ben Zaken et al., arXiv 2106.10199): freezes everything except the biases (and, by `alsoTrain`, a head).
+    public func applyBitFit(alsoTrain: (String) -> Bool = { _ in false }) {
+        freeze()
+        unfreeze { $0.hasSuffix(".bias") || alsoTrain($0) }
+    }
+}
