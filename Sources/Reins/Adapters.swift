@@ -134,3 +134,45 @@ extension Module {
         unfreeze { $0.hasSuffix(".bias") || alsoTrain($0) }
     }
 }
+
+/// Prefix tuning (Li & Liang, arXiv 2101.00190), the attention key/value insertion point: `P` learned keys and values
+/// per layer that every query attends to, stored as PEFT does (`[P, layers · 2 · hidden]`, layer l's keys in slot 2l
+/// and values in slot 2l + 1). As PEFT on transformers, the model's positions then start at `P`.
+public final class Prefix {
+    public let embeddings: Parameter
+    let layers: Int, hidden: Int, heads: Int
+
+    /// - Throws: ``ModelError/badInput(_:)`` if `embeddings` is not `[P, layers · 2 · hidden]`.
+    public init(_ embeddings: Parameter, layers: Int, hidden: Int, heads: Int) throws {
+        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == layers * 2 * hidden else {
+            throw ModelError.badInput("prefix \(embeddings.value.shape) does not fit this model: expected [P, \(layers * 2 * hidden)] (layers · 2 · hidden)")
+        }
+        self.embeddings = embeddings
+        (self.layers, self.hidden, self.heads) = (layers, hidden, heads)
+    }
+
+    /// `P`.
+    public var length: Int { embeddings.value.shape[0] }
+
+    /// Layer `l`'s keys and values, `[B, NH, P, hs]` each.
+    func keysValues(layer l: Int, batch B: Int) throws -> (keys: Tensor, values: Tensor) {
+        let p = embeddings.value, P = length
+        func slot(_ s: Int) throws -> Tensor {
+            let one = try p.slice(axis: 1, (s * hidden)..<((s + 1) * hidden)).reshaped([1, P, heads, hidden / heads]).permuted([0, 2, 1, 3])
+            return B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0)
+        }
+        return (try slot(2 * l), try slot(2 * l + 1))
+    }
+
+    /// A `[B, width]` attention mask with `P` leading ones (the prefix is always attended to); `nil` stays `nil`.
+    func extend(_ mask: IntTensor?, batch B: Int, width: Int) throws -> IntTensor? {
+        guard let mask else { return nil }
+        var values: [Int32] = []
+        values.reserveCapacity(B * (length + width))
+        for b in 0..<B {
+            values += [Int32](repeating: 1, count: length)
+            values += mask.values[(b * width)..<((b + 1) * width)]
+        }
+        return try IntTensor(shape: [B, length + width], values: values)
+    }
+}

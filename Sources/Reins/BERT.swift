@@ -92,9 +92,13 @@ public final class BertLayer: Module {
         visit.module("adapters", adapters)
     }
 
-    func callAsFunction(_ x: Tensor, keyMask: IntTensor?) throws -> Tensor {
-        let a = try Tensor.attention(query: query(x).splittingHeads(heads), key: key(x).splittingHeads(heads),
-                                     value: value(x).splittingHeads(heads), keyMask: keyMask).mergingHeads()
+    func callAsFunction(_ x: Tensor, keyMask: IntTensor?, prefix: (keys: Tensor, values: Tensor)? = nil) throws -> Tensor {
+        var k = try key(x).splittingHeads(heads), v = try value(x).splittingHeads(heads)
+        if let prefix {
+            k = try Tensor.concatenate([prefix.keys, k], axis: 2)
+            v = try Tensor.concatenate([prefix.values, v], axis: 2)
+        }
+        let a = try Tensor.attention(query: query(x).splittingHeads(heads), key: k, value: v, keyMask: keyMask).mergingHeads()
         let h = try attentionNorm(x + adapters.attention(attentionOut(a)))
         return try outputNorm(h + adapters.feedForward(feedForwardOut(activation.apply(h, feedForwardIn))))
     }
@@ -107,6 +111,15 @@ public final class BertModel: Module {
     public let embeddings: BertEmbeddings
     public let layers: [BertLayer]
     public let pooler: Linear?
+    /// Learned key/value prefixes (prefix tuning), if attached.
+    public private(set) var prefix: Prefix?
+
+    /// Attaches learned prefixes `[P, layers · 2 · C]` (replacing any).
+    public func attachPrefix(_ embeddings: Parameter) throws {
+        prefix = try Prefix(embeddings, layers: config.layers, hidden: config.hidden, heads: config.heads)
+    }
+
+    public func detachPrefix() { prefix = nil }
 
     public init(_ config: BertConfig, pooler: Bool = true, seed: UInt64 = 0) throws {
         self.config = config
@@ -119,6 +132,7 @@ public final class BertModel: Module {
         visit.module("embeddings", embeddings)
         visit.modules("encoder.layer", layers)
         visit.module("pooler.dense", pooler)
+        visit.parameter("prompt_embeddings", prefix?.embeddings)
     }
 
     /// The last hidden states `[B, T, C]`.
@@ -129,7 +143,8 @@ public final class BertModel: Module {
     public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
         guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
         let (B, T) = (ids.shape[0], ids.shape[1])
-        guard T <= config.positions else { throw ModelError.sequenceTooLong(length: T, maximum: config.positions) }
+        let P = prefix?.length ?? 0
+        guard P + T <= config.positions else { throw ModelError.sequenceTooLong(length: P + T, maximum: config.positions) }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
         for (name, t) in [("attention mask", attentionMask), ("token type ids", tokenTypeIDs)] {
             if let t, t.shape != ids.shape { throw ModelError.badInput("\(name) \(t.shape) does not match input ids \(ids.shape)") }
@@ -138,10 +153,11 @@ public final class BertModel: Module {
         if let bad = types.values.firstIndex(where: { $0 < 0 || Int($0) >= config.typeCount }) {
             throw ModelError.tokenTypeOutOfRange(position: bad, type: Int(types.values[bad]), typeCount: config.typeCount)
         }
-        let positions = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) })
+        let positions = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(P + $0 % T) })
         let e = try embeddings.word(ids) + embeddings.position(positions) + embeddings.tokenType(types)
         var x = try embeddings.norm(e)
-        for layer in layers { x = try layer(x, keyMask: attentionMask) }
+        let keyMask = try prefix.map { try $0.extend(attentionMask, batch: B, width: T) } ?? attentionMask
+        for (i, layer) in layers.enumerated() { x = try layer(x, keyMask: keyMask, prefix: try prefix?.keysValues(layer: i, batch: B)) }
         return x
     }
 

@@ -108,18 +108,13 @@ public final class GPT2Model: Module {
     public let tokenEmbedding: Embedding, positionEmbedding: Embedding
     public let blocks: [GPT2Block]
     public let finalNorm: LayerNorm
-    /// Prefix tuning (Li & Liang, arXiv 2101.00190), the key/value insertion point: `P` learned keys and values per
-    /// layer, stored as PEFT does (`[P, layers · 2 · C]`, layer l's keys in slot 2l and values in slot 2l + 1).
-    /// Every query attends to them; positions shift by `P`, as with PEFT on transformers.
-    public private(set) var prefix: Parameter?
+    /// Learned key/value prefixes (prefix tuning), if attached.
+    public private(set) var prefix: Prefix?
 
     /// Attaches learned prefixes `[P, layers · 2 · C]` (replacing any).
     /// - Throws: ``ModelError/badInput(_:)`` for another shape.
     public func attachPrefix(_ embeddings: Parameter) throws {
-        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == config.layers * 2 * config.hidden else {
-            throw ModelError.badInput("prefix \(embeddings.value.shape) does not fit this model: expected [P, \(config.layers * 2 * config.hidden)] (layers · 2 · hidden)")
-        }
-        prefix = embeddings
+        prefix = try Prefix(embeddings, layers: config.layers, hidden: config.hidden, heads: config.heads)
     }
 
     public func detachPrefix() { prefix = nil }
@@ -137,22 +132,11 @@ public final class GPT2Model: Module {
         visit.module("wpe", positionEmbedding)
         visit.modules("h", blocks)
         visit.module("ln_f", finalNorm)
-        visit.parameter("prompt_embeddings", prefix)
+        visit.parameter("prompt_embeddings", prefix?.embeddings)
     }
 
     /// The prefix length `P` (0 without prefix tuning).
-    public var prefixLength: Int { prefix?.value.shape[0] ?? 0 }
-
-    /// Layer `l`'s prefix keys and values, `[B, NH, P, hs]` each.
-    func prefixKeysValues(layer l: Int, batch B: Int) throws -> (keys: Tensor, values: Tensor)? {
-        guard let p = prefix?.value else { return nil }
-        let (P, C, NH) = (p.shape[0], config.hidden, config.heads)
-        func slot(_ s: Int) throws -> Tensor {
-            let one = try p.slice(axis: 1, (s * C)..<((s + 1) * C)).reshaped([1, P, NH, C / NH]).permuted([0, 2, 1, 3])
-            return B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0)
-        }
-        return (try slot(2 * l), try slot(2 * l + 1))
-    }
+    public var prefixLength: Int { prefix?.length ?? 0 }
 
     /// The last hidden states `[B, T, C]` for `ids: [B, T]`.
     /// - Parameters:
@@ -176,17 +160,7 @@ public final class GPT2Model: Module {
             throw ModelError.badInput("attention mask \(attentionMask.shape) does not match [batch, cached + new] = [\(B), \(past + T)]")
         }
         // The prefix is always attended to.
-        var keyMask = attentionMask
-        if P > 0, let m = attentionMask {
-            let width = past + T
-            var values: [Int32] = []
-            values.reserveCapacity(B * (P + width))
-            for b in 0..<B {
-                values += [Int32](repeating: 1, count: P)
-                values += m.values[(b * width)..<((b + 1) * width)]
-            }
-            keyMask = try IntTensor(shape: [B, P + width], values: values)
-        }
+        let keyMask = try prefix.map { try $0.extend(attentionMask, batch: B, width: past + T) } ?? attentionMask
         if let cache, cache.layers.count != blocks.count { throw ModelError.badInput("the KV cache has \(cache.layers.count) layers, the model \(blocks.count)") }
         var positions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(past + $0 % T) })
         if positions.shape != ids.shape { throw ModelError.badInput("position ids \(positions.shape) do not match input ids \(ids.shape)") }
@@ -201,7 +175,7 @@ public final class GPT2Model: Module {
             x = try x + tokenEmbedding(tokenTypeIDs)
         }
         for (i, block) in blocks.enumerated() {
-            x = try block(x, keyMask: keyMask, cache: cache?.layers[i], prefix: try prefixKeysValues(layer: i, batch: B))
+            x = try block(x, keyMask: keyMask, cache: cache?.layers[i], prefix: try prefix?.keysValues(layer: i, batch: B))
         }
         return try finalNorm(x)
     }

@@ -75,12 +75,18 @@ public enum PEFTAdapter {
 
     /// PEFT prefix tuning: one tensor `prompt_embeddings` `[P, layers · 2 · hidden]`.
     static func loadPrefix(directory: URL, config: ConfigReader, into model: any Module) throws {
-        let gpt2: GPT2Model
+        let attach: (Parameter) throws -> Void
+        let (layers, hidden): (Int, Int)
         switch model {
-        case let m as GPT2LMHeadModel: gpt2 = m.transformer
-        case let m as GPT2ForSequenceClassification: gpt2 = m.transformer
-        case let m as GPT2Model: gpt2 = m
-        default: throw ModelError.badInput("prefix tuning is implemented for GPT-2 models only so far")
+        case let m as GPT2LMHeadModel: (attach, layers, hidden) = (m.transformer.attachPrefix, m.transformer.config.layers, m.transformer.config.hidden)
+        case let m as GPT2ForSequenceClassification: (attach, layers, hidden) = (m.transformer.attachPrefix, m.transformer.config.layers, m.transformer.config.hidden)
+        case let m as GPT2Model: (attach, layers, hidden) = (m.attachPrefix, m.config.layers, m.config.hidden)
+        case let m as BertModel: (attach, layers, hidden) = (m.attachPrefix, m.config.layers, m.config.hidden)
+        case let m as BertForSequenceClassification: (attach, layers, hidden) = (m.bert.attachPrefix, m.bert.config.layers, m.bert.config.hidden)
+        case let m as BertForTokenClassification: (attach, layers, hidden) = (m.bert.attachPrefix, m.bert.config.layers, m.bert.config.hidden)
+        case let m as BertForQuestionAnswering: (attach, layers, hidden) = (m.bert.attachPrefix, m.bert.config.layers, m.bert.config.hidden)
+        case let m as BertForMaskedLM: (attach, layers, hidden) = (m.bert.attachPrefix, m.bert.config.layers, m.bert.config.hidden)
+        default: throw ModelError.badInput("prefix tuning needs a GPT-2 or BERT model")
         }
         if config.json["prefix_projection"] as? Bool == true {
             throw ModelError.badConfig(path: config.path, detail: "prefix_projection adapters store the projection MLP; only plain prefixes (prefix_projection false) load")
@@ -92,18 +98,36 @@ public enum PEFTAdapter {
             throw ModelError.checkpointMismatch(missing: ["prompt_embeddings"], unexpected: file.names.sorted(), misshaped: [])
         }
         let embeddings = try file.tensor("prompt_embeddings")
-        let c = gpt2.config
-        if let layers = config.optionalInt("num_layers"), layers != c.layers {
-            throw ModelError.badConfig(path: config.path, detail: "num_layers \(layers) does not match the model's \(c.layers)")
+        if let n = config.optionalInt("num_layers"), n != layers {
+            throw ModelError.badConfig(path: config.path, detail: "num_layers \(n) does not match the model's \(layers)")
         }
-        if let dim = config.optionalInt("token_dim"), dim != c.hidden {
-            throw ModelError.badConfig(path: config.path, detail: "token_dim \(dim) does not match the model's hidden size \(c.hidden)")
+        if let dim = config.optionalInt("token_dim"), dim != hidden {
+            throw ModelError.badConfig(path: config.path, detail: "token_dim \(dim) does not match the model's hidden size \(hidden)")
         }
         if let virtual = config.optionalInt("num_virtual_tokens"), virtual != embeddings.shape.first {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["prompt_embeddings is \(embeddings.shape), num_virtual_tokens is \(virtual)"])
         }
-        do { try gpt2.attachPrefix(Parameter("prompt_embeddings", embeddings)) } catch let ModelError.badInput(detail) {
+        // Heads saved with a prompt-learning adapter sit under `base_model.` (no `.model`).
+        let parameters = Dictionary(model.namedParameters().map { ($0.key, $0.parameter) }, uniquingKeysWith: { a, _ in a })
+        var heads: [(Parameter, Tensor)] = []
+        for key in file.names where key != "prompt_embeddings" {
+            let plain = key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key
+            guard let p = parameters[plain] else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (no parameter '\(plain)' in the model)"], misshaped: [])
+            }
+            let t = try file.tensor(key)
+            guard t.shape == p.value.shape else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(key) is \(t.shape), expected \(p.value.shape)"])
+            }
+            heads.append((p, t))
+        }
+        do { try attach(Parameter("prompt_embeddings", embeddings)) } catch let ModelError.badInput(detail) {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [detail])
+        }
+        for (p, t) in heads {
+            let trainable = p.isTrainable
+            p.value = t
+            p.isTrainable = trainable
         }
     }
 
@@ -123,7 +147,12 @@ public enum PEFTAdapter {
             guard let l = m as? Linear, let lora = l.loras[name] else { return nil }
             return (key, l, lora)
         }
-        let gpt2 = (model as? GPT2LMHeadModel)?.transformer ?? (model as? GPT2ForSequenceClassification)?.transformer ?? (model as? GPT2Model)
+        let prefixOwner = ([model] + model.namedModules().map(\.module)).lazy.compactMap { m -> (prefix: Prefix, layers: Int, hidden: Int, heads: Int)? in
+            if let g = m as? GPT2Model, let p = g.prefix { return (p, g.config.layers, g.config.hidden, g.config.heads) }
+            if let b = m as? BertModel, let p = b.prefix { return (p, b.config.layers, b.config.hidden, b.config.heads) }
+            return nil
+        }.first
+        var headPrefix = "base_model.model."
         if !layers.isEmpty {
             let ranks = Set(layers.map { $0.2.rank })
             let rank = layers.map { $0.2.rank }.max()!
@@ -140,18 +169,19 @@ public enum PEFTAdapter {
                 tensors["base_model.model.\(key).lora_A.weight"] = lora.a.value.detached()
                 tensors["base_model.model.\(key).lora_B.weight"] = lora.b.value.detached()
             }
-        } else if let gpt2, let prefix = gpt2.prefix {
-            let c = gpt2.config
+        } else if let owner = prefixOwner {
             config.merge([
-                "peft_type": "PREFIX_TUNING", "num_virtual_tokens": gpt2.prefixLength, "num_layers": c.layers, "token_dim": c.hidden,
-                "num_attention_heads": c.heads, "num_transformer_submodules": 1, "prefix_projection": false, "encoder_hidden_size": c.hidden,
+                "peft_type": "PREFIX_TUNING", "num_virtual_tokens": owner.prefix.length, "num_layers": owner.layers, "token_dim": owner.hidden,
+                "num_attention_heads": owner.heads, "num_transformer_submodules": 1, "prefix_projection": false, "encoder_hidden_size": owner.hidden,
+                "modules_to_save": modulesToSave.isEmpty ? NSNull() : modulesToSave,
             ]) { _, new in new }
-            tensors["prompt_embeddings"] = prefix.value.detached()
+            tensors["prompt_embeddings"] = owner.prefix.embeddings.value.detached()
+            headPrefix = "base_model." // PEFT's prompt-learning models keep heads under base_model.
         } else {
             throw ModelError.badInput("the model has no adapter named '\(name)' and no prefix")
         }
         for (key, p) in model.namedParameters() where modulesToSave.contains(where: { key == $0 || key.hasPrefix($0 + ".") }) {
-            tensors["base_model.model.\(key)"] = p.value.detached()
+            tensors[headPrefix + key] = p.value.detached()
         }
         try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("adapter_model.safetensors").path)
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])

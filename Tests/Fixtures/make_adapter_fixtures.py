@@ -81,7 +81,27 @@ def gpt2_prefix():
     save("gpt2-prefix", m, {"input_ids": ids, "attention_mask": mask}, logits)
 
 
+def bert_prefix():
+    """Prefix tuning on BERT sequence classification, padded pairs; the classifier is saved with the adapter."""
+    base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
+    m = get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_CLS"))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "prompt_encoder" in n:
+                p.copy_(torch.randn_like(p) * 0.5)
+            elif "modules_to_save" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    m.eval()
+    ids = torch.tensor([[2, 14, 15, 16, 3, 40, 41, 3, 0], [2, 50, 51, 3, 60, 3, 0, 0, 0]], dtype=torch.int32)
+    types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.int32)
+    mask = torch.tensor([[1] * 8 + [0], [1] * 6 + [0] * 3], dtype=torch.int32)
+    with torch.no_grad():
+        logits = m(input_ids=ids.long(), attention_mask=mask.long(), token_type_ids=types.long()).logits
+    save("bert-prefix", m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, logits)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
     gpt2_prefix()
+    bert_prefix()

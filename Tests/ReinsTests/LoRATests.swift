@@ -98,6 +98,22 @@ struct LoRATests {
 }
 
 struct PrefixTuningTests {
+    @Test func peftPrefixOnBERTWithPaddingAndSavedHeadReproducesPEFTLogits() throws {
+        guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else { return }
+        let dir = LoRATests.adapter("bert-prefix")
+        try PEFTAdapter.load(directory: dir, into: model)
+        #expect(model.bert.prefix?.length == 3)
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
+        let logits = try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask"),
+                                      tokenTypeIDs: try io.intTensor("token_type_ids"))
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "BERT + prefix + head logits")
+        model.freeze()
+        model.bert.prefix!.embeddings.isTrainable = true
+        let loss = try Tensor.crossEntropy(logits: model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask")), targets: IntTensor([0, 1]))
+        try loss.backward()
+        for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == (key == "bert.prompt_embeddings"), "\(key)") }
+    }
+
     @Test func peftPrefixReproducesPEFTLogitsAndGenerationAgreesWithRecomputing() throws {
         guard case let .gpt2LMHead(model) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")) else { return }
         let dir = LoRATests.adapter("gpt2-prefix")
@@ -116,7 +132,7 @@ struct PrefixTuningTests {
         }
         // The prefix gets gradients; nothing else does once the base is frozen.
         model.freeze()
-        model.transformer.prefix!.isTrainable = true
+        model.transformer.prefix!.embeddings.isTrainable = true
         try model.loss(ids, attentionMask: mask).backward()
         for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == (key == "transformer.prompt_embeddings"), "\(key)") }
         #expect(model.trainableParameterCount == 4 * 2 * 2 * 30)
@@ -129,7 +145,7 @@ struct AdapterFileTests {
     /// Loads a PEFT fixture, saves it with Reins, loads that into a fresh base: same logits, PEFT's key names, and a
     /// file of about 4 bytes per adapter parameter.
     @Test(arguments: [("gpt2-lora", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-lora", "bert-cls", "SEQ_CLS", ["classifier"]),
-                      ("gpt2-prefix", "gpt2-lm", "CAUSAL_LM", [String]())])
+                      ("gpt2-prefix", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-prefix", "bert-cls", "SEQ_CLS", ["classifier"])])
     func savedAdaptersRoundTripInPEFTLayout(adapter: String, base: String, task: String, heads: [String]) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
