@@ -176,3 +176,56 @@ public final class Prefix {
         return try IntTensor(shape: [B, length + width], values: values)
     }
 }
+
+/// What a LoRA adapter targets and how it scales (one documented field each, as PEFT's `LoraConfig`).
+public struct LoRAConfig: Sendable {
+    /// The rank r.
+    public var rank: Int
+    /// α: the update is scaled by α / r (or α / √r with ``rsLoRA``).
+    public var alpha: Float
+    /// Rank-stabilised scaling α / √r (Kalajdzievski, arXiv 2312.03732).
+    public var rsLoRA: Bool
+    /// Linear layers to adapt, matched as PEFT does: a key equal to a target or ending in `.` + target
+    /// (`c_attn`, `query`, `attention.output.dense`).
+    public var targets: [String]
+    /// Only these layer numbers (the `.N.` in `h.N.` or `layer.N.`); all layers when `nil`.
+    public var layers: Set<Int>?
+
+    public init(rank: Int = 8, alpha: Float = 16, rsLoRA: Bool = false, targets: [String], layers: Set<Int>? = nil) {
+        (self.rank, self.alpha, self.rsLoRA, self.targets, self.layers) = (rank, alpha, rsLoRA, targets, layers)
+    }
+
+    func matches(_ key: String) -> Bool {
+        guard targets.contains(where: { key == $0 || key.hasSuffix("." + $0) }) else { return false }
+        guard let layers else { return true }
+        let parts = key.split(separator: ".")
+        for (i, p) in parts.enumerated() where (p == "h" || p == "layer") && i + 1 < parts.count {
+            if let n = Int(parts[i + 1]) { return layers.contains(n) }
+        }
+        return false
+    }
+}
+
+extension Module {
+    /// Attaches a new LoRA adapter named `name` to every linear layer `config` targets, and activates it.
+    /// - Returns: the keys of the adapted layers.
+    /// - Throws: ``ModelError/badInput(_:)`` if no layer matches (naming the targets).
+    @discardableResult
+    public func addLoRA(_ name: String, _ config: LoRAConfig, seed: UInt64 = 0) throws -> [String] {
+        let matched = namedModules().compactMap { key, m -> (String, Linear)? in (m as? Linear).flatMap { config.matches(key) ? (key, $0) : nil } }
+        guard !matched.isEmpty else {
+            throw ModelError.badInput("no linear layer matches the LoRA targets \(config.targets)\(config.layers.map { " in layers \($0.sorted())" } ?? "")")
+        }
+        for (i, (_, layer)) in matched.enumerated() {
+            try layer.attachLoRA(name, LoRA(inputs: layer.inputs, outputs: layer.outputs, rank: config.rank, alpha: config.alpha,
+                                            rsLoRA: config.rsLoRA, seed: seed &+ UInt64(i)))
+        }
+        return matched.map(\.0)
+    }
+
+    /// Folds the active LoRA adapter into every adapted layer (inference at the base model's cost).
+    public func mergeLoRA() throws { for (_, m) in namedModules() { try (m as? Linear)?.merge() } }
+
+    /// Undoes ``mergeLoRA()`` exactly.
+    public func unmergeLoRA() throws { for (_, m) in namedModules() { try (m as? Linear)?.unmerge() } }
+}
