@@ -48,6 +48,7 @@ extension GPT2LMHeadModel {
         let config = transformer.config
         guard !prompts.isEmpty, prompts.allSatisfy({ !$0.isEmpty }) else { throw ModelError.badInput("every prompt needs at least one token") }
         guard options.temperature > 0 || options.greedy else { throw ModelError.badInput("temperature must be positive when sampling") }
+        guard options.maxNewTokens >= 0 else { throw ModelError.badInput("maxNewTokens must not be negative, got \(options.maxNewTokens)") }
         let B = prompts.count, L = prompts.map(\.count).max()!
         let P = transformer.prefixLength
         guard P + L + options.maxNewTokens <= config.positions else {

@@ -70,6 +70,9 @@ struct GenerationTests {
             try model.generate(prompts: [[1, 2, 3, 4, 5]], options: GenerationOptions(maxNewTokens: 20))
         }
         #expect(throws: ModelError.self) { try model.generate(prompts: [[]]) }
+        #expect(throws: ModelError.badInput("maxNewTokens must not be negative, got -1")) {
+            try model.generate(prompts: [[1]], options: GenerationOptions(maxNewTokens: -1))
+        }
         #expect(throws: ModelError.tokenOutOfRange(position: 1, id: 500, vocabularySize: 97)) { try model.generate(prompts: [[1, 500]]) }
     }
 }
