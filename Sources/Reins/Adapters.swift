@@ -93,7 +93,7 @@ public enum BottleneckPlacement: Sendable {
 /// Whether a parameter key belongs to an adapter (LoRA weights, bottleneck adapters, prefixes) rather than to the
 /// base model: adapters are saved in their own directories, never into the base checkpoint.
 public func isAdapterKey(_ key: String) -> Bool {
-    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
+    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
 }
 
 extension Module {
@@ -120,7 +120,10 @@ extension Module {
     /// switches off the others; `nil` switches every adapter off.
     public func activateAdapter(_ name: String?) {
         for (_, m) in namedModules() {
-            if let l = m as? Linear { l.activeLoRA = name.flatMap { l.loras[$0] != nil ? $0 : nil } }
+            if let l = m as? Linear {
+                l.activeLoRA = name.flatMap { l.loras[$0] != nil ? $0 : nil }
+                l.activeIA3 = name.flatMap { l.ia3[$0] != nil ? $0 : nil }
+            }
             if let b = m as? BlockAdapters {
                 b.afterAttention.active = name.flatMap { b.afterAttention.adapters[$0] != nil ? $0 : nil }
                 b.afterFeedForward.active = name.flatMap { b.afterFeedForward.adapters[$0] != nil ? $0 : nil }

@@ -64,7 +64,7 @@ public enum Activation: Sendable, Equatable {
     func apply(_ x: Tensor, _ layer: Linear) throws -> Tensor {
         switch self {
         case let .gelu(form):
-            if layer.liveLoRA != nil { return try layer(x).gelu(form) } // the fused path would bypass the adapter
+            if layer.hasLiveAdapter { return try layer(x).gelu(form) } // the fused path would bypass the adapter
             let pre = try Tensor.linear(x, weight: layer.weight.value, weightTransposed: layer.weightTransposed)
             guard let bias = layer.bias else { return pre.gelu(form) }
             return try Tensor.biasGELU(pre, bias: bias.value, form)

@@ -115,6 +115,10 @@ public final class Linear: Module {
     public private(set) var loras: [String: LoRA] = [:]
     /// The adapter used by the forward pass (`nil`: the base layer alone).
     public var activeLoRA: String?
+    /// Attached IA3 vectors by name (Liu et al., arXiv 2205.05638).
+    public private(set) var ia3: [String: IA3] = [:]
+    /// The IA3 vector used by the forward pass.
+    public var activeIA3: String?
     /// While an adapter is merged: its name and the base weight to restore bit for bit.
     private var merged: (name: String, base: Tensor)?
 
@@ -133,6 +137,28 @@ public final class Linear: Module {
             visit.parameter("lora_A.\(name).weight", loras[name]!.a)
             visit.parameter("lora_B.\(name).weight", loras[name]!.b)
         }
+        for name in ia3.keys.sorted() { visit.parameter("ia3_l.\(name)", ia3[name]!.vector) }
+    }
+
+    var liveIA3: IA3? { activeIA3.flatMap { ia3[$0] } }
+
+    /// Whether an adapter changes this layer's forward pass (so fused paths that read the weight directly must not be used).
+    var hasLiveAdapter: Bool { liveLoRA != nil || liveIA3 != nil }
+
+    /// Attaches an IA3 vector under `name` and activates it: `[out]` rescales the output, `[in]` (a feed-forward layer)
+    /// rescales the input.
+    public func attachIA3(_ name: String, _ vector: IA3) throws {
+        let expected = vector.scalesInput ? inputs : outputs
+        guard vector.vector.value.shape == [expected] else {
+            throw ModelError.badInput("IA3 '\(name)': vector \(vector.vector.value.shape) does not fit the \(vector.scalesInput ? "input" : "output") of a \(inputs) -> \(outputs) layer (expected [\(expected)])")
+        }
+        ia3[name] = vector
+        activeIA3 = name
+    }
+
+    public func detachIA3(_ name: String) {
+        ia3[name] = nil
+        if activeIA3 == name { activeIA3 = nil }
     }
 
     /// The adapter that the forward pass applies on top of the (unmerged) weight.
@@ -143,11 +169,17 @@ public final class Linear: Module {
 
     /// `x: [..., in]` to `[..., out]`.
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        let scaling = liveIA3
+        let input = try scaling.flatMap { $0.scalesInput ? try x * $0.vector.value : nil } ?? x
+        let y: Tensor
         if let lora = liveLoRA {
-            return try Tensor.loraLinear(x, weight: weight.value, bias: bias?.value, loraA: lora.a.value, loraB: lora.b.value,
-                                         scale: lora.scale, weightTransposed: weightTransposed)
+            y = try Tensor.loraLinear(input, weight: weight.value, bias: bias?.value, loraA: lora.a.value, loraB: lora.b.value,
+                                      scale: lora.scale, weightTransposed: weightTransposed)
+        } else {
+            y = try Tensor.linear(input, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
         }
-        return try Tensor.linear(x, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
+        if let scaling, !scaling.scalesInput { return try y * scaling.vector.value }
+        return y
     }
 
     /// Attaches a LoRA adapter under `name` (replacing one of that name) and makes it active.
@@ -191,6 +223,24 @@ public final class Linear: Module {
 
     /// Whether an adapter is merged into the weight.
     public var isMerged: Bool { merged != nil }
+}
+
+/// An IA3 vector for one linear layer (Liu et al., arXiv 2205.05638): the layer's output (or, for feed-forward layers,
+/// its input) multiplied elementwise by a learned vector that starts at ones, so attaching changes nothing.
+public final class IA3 {
+    public let vector: Parameter
+    /// Whether the vector rescales the input (`[in]`, PEFT's feed-forward modules) rather than the output (`[out]`).
+    public let scalesInput: Bool
+
+    public init(size: Int, scalesInput: Bool) throws {
+        vector = Parameter("ia3_l", try Tensor.ones([size]))
+        self.scalesInput = scalesInput
+    }
+
+    public init(vector: Tensor, scalesInput: Bool) {
+        self.vector = Parameter("ia3_l", vector)
+        self.scalesInput = scalesInput
+    }
 }
 
 /// One LoRA adapter for one linear layer (Hu et al., arXiv 2106.09685): `y = W x + s·B·A·x` with `A: [r, in]`,

@@ -14,7 +14,8 @@ public enum PEFTAdapter {
         let reader = ConfigReader(json: config, path: configPath)
         let type = try reader.string("peft_type", default: "")
         if type == "PREFIX_TUNING" { return try loadPrefix(directory: directory, config: reader, into: model) }
-        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING)") }
+        if type == "IA3" { return try loadIA3(directory: directory, config: reader, into: model, name: name) }
+        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING, IA3)") }
         let alpha = Float(try reader.float("lora_alpha", default: 8))
         let rsLoRA = config["use_rslora"] as? Bool ?? false
         let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
@@ -131,6 +132,34 @@ public enum PEFTAdapter {
         }
     }
 
+    /// PEFT IA3: one tensor `<layer>.ia3_l` per adapted linear layer, `[out, 1]` (output scaling) or `[1, in]` (input
+    /// scaling, the `feedforward_modules`).
+    static func loadIA3(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
+        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
+        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
+        let file = try SafeTensorsFile(path: weightsPath)
+        let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
+        var built: [(Linear, IA3)] = []
+        for key in file.names {
+            let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key
+            guard path.hasSuffix(".ia3_l") else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (not an IA3 vector)"], misshaped: [])
+            }
+            let module = String(path.dropLast(".ia3_l".count))
+            guard let layer = linears[module] else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (no linear layer '\(module)' in the model)"], misshaped: [])
+            }
+            let t = try file.tensor(key)
+            let scalesInput = t.shape == [1, layer.inputs] && t.shape != [layer.outputs, 1]
+            guard t.shape == [layer.outputs, 1] || scalesInput else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(key) is \(t.shape), expected [\(layer.outputs), 1] or [1, \(layer.inputs)]"])
+            }
+            built.append((layer, IA3(vector: try t.reshaped([-1]).detached(), scalesInput: scalesInput)))
+        }
+        guard !built.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no ia3_l tensors") }
+        for (layer, v) in built { try layer.attachIA3(name, v) }
+    }
+
     /// Writes the adapter `name` of `model` in PEFT's layout: LoRA weights of every linear layer that has it (and the
     /// model's prefix, as a separate PREFIX_TUNING adapter is not combined here), plus the parameters under
     /// `modulesToSave` (task heads). Files are written atomically; the directory holds only adapter tensors and JSON.
@@ -146,6 +175,10 @@ public enum PEFTAdapter {
         let layers = model.namedModules().compactMap { key, m -> (String, Linear, LoRA)? in
             guard let l = m as? Linear, let lora = l.loras[name] else { return nil }
             return (key, l, lora)
+        }
+        let ia3Layers = model.namedModules().compactMap { key, m -> (String, IA3, Bool)? in
+            guard let l = m as? Linear, let v = l.ia3[name] else { return nil }
+            return (key, v, l.weightTransposed)
         }
         let prefixOwner = ([model] + model.namedModules().map(\.module)).lazy.compactMap { m -> (prefix: Prefix, layers: Int, hidden: Int, heads: Int)? in
             if let g = m as? GPT2Model, let p = g.prefix { return (p, g.config.layers, g.config.hidden, g.config.heads) }
@@ -168,6 +201,15 @@ public enum PEFTAdapter {
             for (key, _, lora) in layers {
                 tensors["base_model.model.\(key).lora_A.weight"] = lora.a.value.detached()
                 tensors["base_model.model.\(key).lora_B.weight"] = lora.b.value.detached()
+            }
+        } else if !ia3Layers.isEmpty {
+            config.merge([
+                "peft_type": "IA3", "target_modules": ia3Layers.map { $0.0 }, "feedforward_modules": ia3Layers.filter { $0.1.scalesInput }.map { $0.0 },
+                "fan_in_fan_out": ia3Layers.contains { $0.2 }, "init_ia3_weights": true,
+                "modules_to_save": modulesToSave.isEmpty ? NSNull() : modulesToSave,
+            ]) { _, new in new }
+            for (key, v, _) in ia3Layers {
+                tensors["base_model.model.\(key).ia3_l"] = try v.vector.value.reshaped(v.scalesInput ? [1, -1] : [-1, 1]).detached()
             }
         } else if let owner = prefixOwner {
             config.merge([

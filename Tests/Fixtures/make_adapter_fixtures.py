@@ -10,7 +10,7 @@ expected.safetensors (inputs and logits). LoRA weights are random (B is not zero
 import os
 
 import torch
-from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import BertForSequenceClassification, GPT2LMHeadModel
 
@@ -100,8 +100,26 @@ def bert_prefix():
     save("bert-prefix", m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, logits)
 
 
+def gpt2_ia3():
+    """IA3: learned vectors rescaling c_attn's output and the input of mlp.c_proj (a feed-forward module)."""
+    base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+    m = get_peft_model(base, IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
+                                       fan_in_fan_out=True, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "ia3_l" in n:
+                p.copy_(1 + torch.randn_like(p) * 0.3)
+    m.eval()
+    ids = torch.tensor([[5, 17, 42, 95, 3, 8, 60], [11, 0, 23, 7, 88, 96, 96]], dtype=torch.int32)
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]], dtype=torch.int32)
+    with torch.no_grad():
+        logits = m(input_ids=ids.long(), attention_mask=mask.long()).logits
+    save("gpt2-ia3", m, {"input_ids": ids, "attention_mask": mask}, logits)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
     gpt2_prefix()
     bert_prefix()
+    gpt2_ia3()
