@@ -93,7 +93,7 @@ public enum BottleneckPlacement: Sendable {
 /// Whether a parameter key belongs to an adapter (LoRA weights, bottleneck adapters, prefixes) rather than to the
 /// base model: adapters are saved in their own directories, never into the base checkpoint.
 public func isAdapterKey(_ key: String) -> Bool {
-    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
+    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings") || key.hasSuffix("prompt_tuning_embeddings")
 }
 
 extension Module {

@@ -119,6 +119,28 @@ public final class GPT2Model: Module {
 
     public func detachPrefix() { prefix = nil }
 
+    /// Prompt tuning (Lester et al., arXiv 2104.08691), the input-embedding insertion point: `P` learned vectors
+    /// `[P, C]` placed before the token embeddings. As PEFT does, they take positions 0..<P and the outputs include
+    /// them (`[B, P + T, ...]`).
+    public private(set) var prompt: Parameter?
+
+    /// Attaches learned prompt embeddings `[P, C]` (replacing any).
+    /// - Throws: ``ModelError/badInput(_:)`` for another shape.
+    public func attachPrompt(_ embeddings: Parameter) throws {
+        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == config.hidden else {
+            throw ModelError.badInput("prompt \(embeddings.value.shape) does not fit this model: expected [P, \(config.hidden)]")
+        }
+        prompt = embeddings
+    }
+
+    public func detachPrompt() { prompt = nil }
+
+    /// The number of prompt-tuning vectors (0 without).
+    public var promptLength: Int { prompt?.value.shape[0] ?? 0 }
+
+    /// Positions taken by virtual tokens (prefix and prompt) before the real ones.
+    var virtualLength: Int { prefixLength + promptLength }
+
     public init(_ config: GPT2Config, seed: UInt64 = 0) throws {
         self.config = config
         tokenEmbedding = try Embedding(count: config.vocabularySize, size: config.hidden, seed: seed)
@@ -133,6 +155,7 @@ public final class GPT2Model: Module {
         visit.modules("h", blocks)
         visit.module("ln_f", finalNorm)
         visit.parameter("prompt_embeddings", prefix?.embeddings)
+        visit.parameter("prompt_tuning_embeddings", prompt)
     }
 
     /// The prefix length `P` (0 without prefix tuning).
@@ -151,26 +174,44 @@ public final class GPT2Model: Module {
         guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
         let (B, T) = (ids.shape[0], ids.shape[1])
         let P = prefixLength
-        // Cached positions other than the prefix (the prefix enters the cache with the first pass).
+        // Cached token positions (prefix and prompt enter the cache with the first pass).
         let cached = cache?.length ?? 0
-        let past = cached > 0 ? cached - P : 0
-        guard P + past + T <= config.positions else { throw ModelError.sequenceTooLong(length: P + past + T, maximum: config.positions) }
+        let past = cached > 0 ? cached - P - promptLength : 0
+        let firstPass = cached == 0, Q = firstPass ? promptLength : 0 // prompt vectors in this pass
+        guard P + promptLength + past + T <= config.positions else {
+            throw ModelError.sequenceTooLong(length: P + promptLength + past + T, maximum: config.positions)
+        }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
         if let attentionMask, attentionMask.shape != [B, past + T] {
             throw ModelError.badInput("attention mask \(attentionMask.shape) does not match [batch, cached + new] = [\(B), \(past + T)]")
         }
         // The prefix is always attended to.
-        let keyMask = try prefix.map { try $0.extend(attentionMask, batch: B, width: past + T) } ?? attentionMask
+        // Virtual tokens are always attended to: ones for the prompt (this pass or cached) and the prefix.
+        var keyMask = attentionMask
+        if let m = attentionMask, promptLength > 0 {
+            var values: [Int32] = []
+            for b in 0..<B { values += [Int32](repeating: 1, count: promptLength) + m.values[(b * (past + T))..<((b + 1) * (past + T))] }
+            keyMask = try IntTensor(shape: [B, promptLength + past + T], values: values)
+        }
+        keyMask = try prefix.map { try $0.extend(keyMask, batch: B, width: promptLength + past + T) } ?? keyMask
         if let cache, cache.layers.count != blocks.count { throw ModelError.badInput("the KV cache has \(cache.layers.count) layers, the model \(blocks.count)") }
         var positions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(past + $0 % T) })
         if positions.shape != ids.shape { throw ModelError.badInput("position ids \(positions.shape) do not match input ids \(ids.shape)") }
-        if P > 0 { positions = try IntTensor(shape: positions.shape, values: positions.values.map { $0 + Int32(P) }) }
+        if P + promptLength > 0 { positions = try IntTensor(shape: positions.shape, values: positions.values.map { $0 + Int32(P + promptLength) }) }
         if let bad = positions.values.firstIndex(where: { $0 < 0 || Int($0) >= config.positions }) {
             throw ModelError.sequenceTooLong(length: Int(positions.values[bad]) + 1, maximum: config.positions)
         }
         var x = try tokenEmbedding(ids) + positionEmbedding(positions)
+        if Q > 0, let prompt {
+            // The prompt vectors at positions P..<P+Q (0..<Q without a prefix), before the tokens.
+            let promptPositions = try IntTensor(shape: [Q], values: (0..<Q).map { Int32(P + $0) })
+            let one = try (prompt.value + positionEmbedding(promptPositions)).reshaped([1, Q, config.hidden])
+            let tiled = B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0)
+            x = try Tensor.concatenate([tiled, x], axis: 1)
+        }
         if let tokenTypeIDs {
             guard tokenTypeIDs.shape == ids.shape else { throw ModelError.badInput("token type ids \(tokenTypeIDs.shape) do not match input ids \(ids.shape)") }
+            guard promptLength == 0 else { throw ModelError.badInput("token type ids are not supported together with prompt tuning") }
             try checkTokens(tokenTypeIDs, vocabularySize: config.vocabularySize)
             x = try x + tokenEmbedding(tokenTypeIDs)
         }
@@ -221,9 +262,11 @@ public final class GPT2LMHeadModel: Module {
         guard labels.shape == ids.shape else { throw ModelError.badInput("labels \(labels.shape) do not match input ids \(ids.shape)") }
         let (B, T) = (ids.shape[0], ids.shape[1])
         let logits = try self.logits(ids, attentionMask: attentionMask)
-        let shifted = try logits.slice(axis: 1, 0..<(T - 1))
+        // With Q prompt vectors the last of them predicts the first token (as PEFT, whose prompt labels are -100).
+        let Q = transformer.promptLength
+        let shifted = try logits.slice(axis: 1, (Q > 0 ? Q - 1 : 0)..<(Q + T - 1))
         var targets: [Int32] = []
-        for b in 0..<B { targets += labels.values[(b * T + 1)..<((b + 1) * T)] }
+        for b in 0..<B { targets += labels.values[(b * T + (Q > 0 ? 0 : 1))..<((b + 1) * T)] }
         return try Tensor.crossEntropy(logits: shifted, targets: IntTensor(targets))
     }
 }

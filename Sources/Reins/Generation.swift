@@ -50,7 +50,7 @@ extension GPT2LMHeadModel {
         guard options.temperature > 0 || options.greedy else { throw ModelError.badInput("temperature must be positive when sampling") }
         guard options.maxNewTokens >= 0 else { throw ModelError.badInput("maxNewTokens must not be negative, got \(options.maxNewTokens)") }
         let B = prompts.count, L = prompts.map(\.count).max()!
-        let P = transformer.prefixLength
+        let P = transformer.virtualLength
         guard P + L + options.maxNewTokens <= config.positions else {
             throw ModelError.sequenceTooLong(length: P + L + options.maxNewTokens, maximum: config.positions)
         }
@@ -69,7 +69,8 @@ extension GPT2LMHeadModel {
             // The prompt in one pass; only its last position needs vocabulary logits.
             let h = try transformer.hiddenStates(try IntTensor(shape: [B, L], values: ids), attentionMask: try IntTensor(shape: [B, L], values: mask),
                                                  positionIDs: try IntTensor(shape: [B, L], values: positions), cache: cache)
-            var logits = try Tensor.linear(try h.slice(axis: 1, (L - 1)..<L), weight: transformer.tokenEmbedding.weight.value)
+            let last = h.shape[1] - 1 // prompt vectors, if any, come first
+            var logits = try Tensor.linear(try h.slice(axis: 1, last..<(last + 1)), weight: transformer.tokenEmbedding.weight.value)
             var rows = Array(0..<B)
             for _ in 0..<options.maxNewTokens {
                 let V = config.vocabularySize
@@ -86,7 +87,7 @@ extension GPT2LMHeadModel {
                 }
                 if finished.allSatisfy({ $0 }) { break }
                 var fullMask: [Int32] = []
-                let past = cache.length - P // the mask covers tokens, not the prefix
+                let past = cache.length - P // the mask covers tokens, not the prefix or prompt
                 for b in 0..<B { fullMask += mask[(b * past)..<((b + 1) * past)] + [1] }
                 mask = fullMask
                 logits = try self.logits(try IntTensor(shape: [B, 1], values: next), attentionMask: try IntTensor(shape: [B, past + 1], values: mask),

@@ -15,7 +15,8 @@ public enum PEFTAdapter {
         let type = try reader.string("peft_type", default: "")
         if type == "PREFIX_TUNING" { return try loadPrefix(directory: directory, config: reader, into: model) }
         if type == "IA3" { return try loadIA3(directory: directory, config: reader, into: model, name: name) }
-        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING, IA3)") }
+        if type == "PROMPT_TUNING" { return try loadPrompt(directory: directory, config: reader, into: model) }
+        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING, IA3, PROMPT_TUNING)") }
         let alpha = Float(try reader.float("lora_alpha", default: 8))
         let rsLoRA = config["use_rslora"] as? Bool ?? false
         let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
@@ -160,6 +161,25 @@ public enum PEFTAdapter {
         for (layer, v) in built { try layer.attachIA3(name, v) }
     }
 
+    /// PEFT prompt tuning: one tensor `prompt_embeddings` `[P, hidden]` (GPT-2 models).
+    static func loadPrompt(directory: URL, config: ConfigReader, into model: any Module) throws {
+        guard let gpt2 = ([model] + model.namedModules().map(\.module)).lazy.compactMap({ $0 as? GPT2Model }).first else {
+            throw ModelError.badInput("prompt tuning is implemented for GPT-2 models only so far")
+        }
+        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
+        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
+        let file = try SafeTensorsFile(path: weightsPath)
+        guard file.entries["prompt_embeddings"] != nil else {
+            throw ModelError.checkpointMismatch(missing: ["prompt_embeddings"], unexpected: file.names.sorted(), misshaped: [])
+        }
+        if let extra = file.names.first(where: { $0 != "prompt_embeddings" }) {
+            throw ModelError.checkpointMismatch(missing: [], unexpected: [extra], misshaped: [])
+        }
+        do { try gpt2.attachPrompt(Parameter("prompt_tuning_embeddings", try file.tensor("prompt_embeddings"))) } catch let ModelError.badInput(detail) {
+            throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [detail])
+        }
+    }
+
     /// Writes the adapter `name` of `model` in PEFT's layout: LoRA weights of every linear layer that has it (and the
     /// model's prefix, as a separate PREFIX_TUNING adapter is not combined here), plus the parameters under
     /// `modulesToSave` (task heads). Files are written atomically; the directory holds only adapter tensors and JSON.
@@ -211,6 +231,13 @@ public enum PEFTAdapter {
             for (key, v, _) in ia3Layers {
                 tensors["base_model.model.\(key).ia3_l"] = try v.vector.value.reshaped(v.scalesInput ? [1, -1] : [-1, 1]).detached()
             }
+        } else if let gpt2 = ([model] + model.namedModules().map(\.module)).lazy.compactMap({ $0 as? GPT2Model }).first, let prompt = gpt2.prompt {
+            config.merge([
+                "peft_type": "PROMPT_TUNING", "num_virtual_tokens": gpt2.promptLength, "token_dim": gpt2.config.hidden,
+                "num_layers": gpt2.config.layers, "num_attention_heads": gpt2.config.heads, "num_transformer_submodules": 1,
+                "prompt_tuning_init": "RANDOM",
+            ]) { _, new in new }
+            tensors["prompt_embeddings"] = prompt.value.detached()
         } else if let owner = prefixOwner {
             config.merge([
                 "peft_type": "PREFIX_TUNING", "num_virtual_tokens": owner.prefix.length, "num_layers": owner.layers, "token_dim": owner.hidden,

@@ -10,7 +10,7 @@ expected.safetensors (inputs and logits). LoRA weights are random (B is not zero
 import os
 
 import torch
-from peft import IA3Config, LoraConfig, PrefixTuningConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import BertForSequenceClassification, GPT2LMHeadModel
 
@@ -117,9 +117,26 @@ def gpt2_ia3():
     save("gpt2-ia3", m, {"input_ids": ids, "attention_mask": mask}, logits)
 
 
+def gpt2_prompt():
+    """Prompt tuning: P learned input embeddings before the tokens; logits come back for all P + T positions."""
+    base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+    m = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=5, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "prompt_encoder" in n:
+                p.copy_(torch.randn_like(p) * 0.5)
+    m.eval()
+    ids = torch.tensor([[5, 17, 42, 95, 3, 8, 60], [11, 0, 23, 7, 88, 96, 96]], dtype=torch.int32)
+    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]], dtype=torch.int32)
+    with torch.no_grad():
+        logits = m(input_ids=ids.long(), attention_mask=mask.long()).logits
+    save("gpt2-prompt", m, {"input_ids": ids, "attention_mask": mask}, logits)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
     gpt2_prefix()
     bert_prefix()
     gpt2_ia3()
+    gpt2_prompt()
