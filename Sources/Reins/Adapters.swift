@@ -66,16 +66,80 @@ public final class BottleneckAdapter: Module {
     }
 }
 
+/// AdapterBias (Fu, Chen, Lee, Lee, arXiv 2205.00305): a token-dependent shift `α(z)·v` added to the feed-forward
+/// output, parallel to its second layer. `v` is one vector of the model width; `α` is a linear map from the FFN's
+/// intermediate activation `z` to one scalar per token (the authors' code reads that activation). `v` starts at zero,
+/// so attaching changes nothing.
+public final class AdapterBias: Module {
+    public let alpha: Linear
+    public let vector: Parameter
+
+    public init(intermediate: Int, size: Int, seed: UInt64) throws {
+        alpha = try Linear(inputs: intermediate, outputs: 1, std: 0.01, seed: seed)
+        vector = Parameter("adapter_vector", try Tensor.zeros([size]))
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("adapter_alpha", alpha)
+        visit.parameter("adapter_vector", vector)
+    }
+
+    /// The shift `[..., C]` for the intermediate activation `z: [..., I]`: the outer product of α(z) and v.
+    func shift(_ z: Tensor) throws -> Tensor {
+        let a = try alpha(z)                      // [..., 1]
+        let rows = a.count, C = vector.value.count
+        let outer = try Tensor.matmul(a.reshaped([rows, 1]), vector.value.reshaped([1, C]))
+        return try outer.reshaped(Array(a.shape.dropLast()) + [C])
+    }
+}
+
+/// A parallel adapter (He et al., arXiv 2110.04366): a bottleneck beside the feed-forward network, reading the FFN's
+/// input and adding `scale · W_up · f(W_down · h)` to its output. `W_up` starts at zero.
+public final class ParallelAdapter: Module {
+    public let down: Linear
+    public let up: Linear
+    public let scale: Float
+
+    public init(size: Int, bottleneck: Int, scale: Float = 4, seed: UInt64) throws {
+        guard bottleneck > 0 else { throw ModelError.badInput("parallel adapter bottleneck must be positive, got \(bottleneck)") }
+        down = try Linear(inputs: size, outputs: bottleneck, std: 0.01, seed: seed)
+        up = try Linear(inputs: bottleneck, outputs: size, seed: seed + 1)
+        up.weight.value = try Tensor.zeros([size, bottleneck]).requiringGradient()
+        self.scale = scale
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("adapter_down", down)
+        visit.module("adapter_up", up)
+    }
+
+    func delta(_ h: Tensor) throws -> Tensor { try up(down(h).relu()).scaled(by: scale) }
+}
+
 /// The adapter insertion points of one transformer block (GPT-2 block or BERT layer), each a named slot.
 public final class BlockAdapters: Module {
     /// After the attention output projection, before the residual add (Houlsby's first adapter).
     public let afterAttention = AdapterSlot<BottleneckAdapter>()
     /// After the feed-forward network's second layer, before the residual add (Houlsby's second, Pfeiffer's only).
     public let afterFeedForward = AdapterSlot<BottleneckAdapter>()
+    /// Parallel to the feed-forward network: AdapterBias on its intermediate activation.
+    public let feedForwardBias = AdapterSlot<AdapterBias>()
+    /// Parallel to the feed-forward network: a bottleneck reading the FFN's input.
+    public let parallelFeedForward = AdapterSlot<ParallelAdapter>()
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
         visit.module("attention_adapter", afterAttention)
         visit.module("output_adapter", afterFeedForward)
+        visit.module("adapter_bias", feedForwardBias)
+        visit.module("parallel_adapter", parallelFeedForward)
+    }
+
+    /// The feed-forward output `f` with the parallel insertion points added: `f + α(z)·v + parallel(h)`.
+    func parallel(_ f: Tensor, input h: Tensor, intermediate z: Tensor) throws -> Tensor {
+        var out = f
+        if let b = feedForwardBias.current { out = try out + b.shift(z) }
+        if let p = parallelFeedForward.current { out = try out + p.delta(h) }
+        return out
     }
 
     func attention(_ x: Tensor) throws -> Tensor { try afterAttention.current.map { try $0(x) } ?? x }
@@ -127,6 +191,8 @@ extension Module {
             if let b = m as? BlockAdapters {
                 b.afterAttention.active = name.flatMap { b.afterAttention.adapters[$0] != nil ? $0 : nil }
                 b.afterFeedForward.active = name.flatMap { b.afterFeedForward.adapters[$0] != nil ? $0 : nil }
+                b.feedForwardBias.active = name.flatMap { b.feedForwardBias.adapters[$0] != nil ? $0 : nil }
+                b.parallelFeedForward.active = name.flatMap { b.parallelFeedForward.adapters[$0] != nil ? $0 : nil }
             }
         }
     }
@@ -231,4 +297,24 @@ extension Module {
 
     /// Undoes ``mergeLoRA()`` exactly.
     public func unmergeLoRA() throws { for (_, m) in namedModules() { try (m as? Linear)?.unmerge() } }
+}
+
+extension Module {
+    /// Adds AdapterBias named `name` to every block (parallel to the FFN's second layer) and activates it.
+    @discardableResult
+    public func addAdapterBias(_ name: String, intermediate: Int, size: Int, seed: UInt64 = 0) throws -> Int {
+        for (i, block) in blockAdapters.enumerated() {
+            block.feedForwardBias.add(name, try AdapterBias(intermediate: intermediate, size: size, seed: seed + UInt64(i)))
+        }
+        return blockAdapters.count
+    }
+
+    /// Adds a parallel adapter named `name` beside every block's FFN and activates it.
+    @discardableResult
+    public func addParallelAdapter(_ name: String, size: Int, bottleneck: Int, scale: Float = 4, seed: UInt64 = 0) throws -> Int {
+        for (i, block) in blockAdapters.enumerated() {
+            block.parallelFeedForward.add(name, try ParallelAdapter(size: size, bottleneck: bottleneck, scale: scale, seed: seed + UInt64(2 * i)))
+        }
+        return blockAdapters.count
+    }
 }

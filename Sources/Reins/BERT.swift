@@ -100,7 +100,8 @@ public final class BertLayer: Module {
         }
         let a = try Tensor.attention(query: query(x).splittingHeads(heads), key: k, value: v, keyMask: keyMask).mergingHeads()
         let h = try attentionNorm(x + adapters.attention(attentionOut(a)))
-        return try outputNorm(h + adapters.feedForward(feedForwardOut(activation.apply(h, feedForwardIn))))
+        let z = try activation.apply(h, feedForwardIn)
+        return try outputNorm(h + adapters.feedForward(adapters.parallel(feedForwardOut(z), input: h, intermediate: z)))
     }
 }
 

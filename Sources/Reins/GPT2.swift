@@ -97,7 +97,9 @@ public final class GPT2Block: Module {
         }
         let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale).mergingHeads()
         let h = try x + adapters.attention(attentionOut(a))
-        return try h + adapters.feedForward(feedForwardOut(activation.apply(ln2(h), feedForwardIn)))
+        let normed = try ln2(h)
+        let z = try activation.apply(normed, feedForwardIn)
+        return try h + adapters.feedForward(adapters.parallel(feedForwardOut(z), input: normed, intermediate: z))
     }
 }
 
