@@ -36,18 +36,26 @@ def save(name, peft_model, inputs, logits):
     print(name, len(keys), "tensors, e.g.", keys[:2], keys[-1])
 
 
+GPT2_IDS = [[5, 17, 42, 95, 3, 8, 60], [11, 0, 23, 7, 88, 96, 96]]
+GPT2_MASK = [[1] * 7, [1, 1, 1, 1, 1, 0, 0]]
+
+
+def save_gpt2(name, m):
+    """The GPT-2 fixture batch (one row right-padded) through an adapted model, saved with its logits."""
+    m.eval()
+    ids, mask = torch.tensor(GPT2_IDS, dtype=torch.int32), torch.tensor(GPT2_MASK, dtype=torch.int32)
+    with torch.no_grad():
+        logits = m(input_ids=ids.long(), attention_mask=mask.long()).logits
+    save(name, m, {"input_ids": ids, "attention_mask": mask}, logits)
+
+
 def gpt2():
     base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
     cfg = LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0,
                      task_type="CAUSAL_LM")
     m = get_peft_model(base, cfg)
     randomize_lora(m)
-    m.eval()
-    ids = torch.tensor([[5, 17, 42, 95, 3, 8, 60], [11, 0, 23, 7, 88, 96, 96]], dtype=torch.int32)
-    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]], dtype=torch.int32)
-    with torch.no_grad():
-        logits = m(input_ids=ids.long(), attention_mask=mask.long()).logits
-    save("gpt2-lora", m, {"input_ids": ids, "attention_mask": mask}, logits)
+    save_gpt2("gpt2-lora", m)
 
 
 def bert():
@@ -73,12 +81,7 @@ def gpt2_prefix():
         for n, p in m.named_parameters():
             if "prompt_encoder" in n:
                 p.copy_(torch.randn_like(p) * 0.5)
-    m.eval()
-    ids = torch.tensor([[5, 17, 42, 95, 3, 8, 60], [11, 0, 23, 7, 88, 96, 96]], dtype=torch.int32)
-    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]], dtype=torch.int32)
-    with torch.no_grad():
-        logits = m(input_ids=ids.long(), attention_mask=mask.long()).logits
-    save("gpt2-prefix", m, {"input_ids": ids, "attention_mask": mask}, logits)
+    save_gpt2("gpt2-prefix", m)
 
 
 def bert_prefix():
@@ -109,12 +112,7 @@ def gpt2_ia3():
         for n, p in m.named_parameters():
             if "ia3_l" in n:
                 p.copy_(1 + torch.randn_like(p) * 0.3)
-    m.eval()
-    ids = torch.tensor([[5, 17, 42, 95, 3, 8, 60], [11, 0, 23, 7, 88, 96, 96]], dtype=torch.int32)
-    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]], dtype=torch.int32)
-    with torch.no_grad():
-        logits = m(input_ids=ids.long(), attention_mask=mask.long()).logits
-    save("gpt2-ia3", m, {"input_ids": ids, "attention_mask": mask}, logits)
+    save_gpt2("gpt2-ia3", m)
 
 
 def gpt2_prompt():
@@ -125,12 +123,7 @@ def gpt2_prompt():
         for n, p in m.named_parameters():
             if "prompt_encoder" in n:
                 p.copy_(torch.randn_like(p) * 0.5)
-    m.eval()
-    ids = torch.tensor([[5, 17, 42, 95, 3, 8, 60], [11, 0, 23, 7, 88, 96, 96]], dtype=torch.int32)
-    mask = torch.tensor([[1] * 7, [1, 1, 1, 1, 1, 0, 0]], dtype=torch.int32)
-    with torch.no_grad():
-        logits = m(input_ids=ids.long(), attention_mask=mask.long()).logits
-    save("gpt2-prompt", m, {"input_ids": ids, "attention_mask": mask}, logits)
+    save_gpt2("gpt2-prompt", m)
 
 
 if __name__ == "__main__":
