@@ -57,7 +57,7 @@ struct LogitsCommand: ParsableCommand {
 
     func run() throws {
         let loaded = try PretrainedModel.load(directory: URL(fileURLWithPath: model))
-        if let adapter { try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: loaded.module) }
+        if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: loaded.module) }
         let file = try SafeTensorsFile(path: inputs)
         let ids = try file.intTensor("input_ids")
         let mask = try file.entries["attention_mask"].map { _ in try file.intTensor("attention_mask") }
@@ -122,7 +122,7 @@ struct GenerateCommand: ParsableCommand {
     func run() throws {
         let dir = URL(fileURLWithPath: model)
         guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else { return }
-        if let adapter { try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: lm) }
+        if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: lm) }
         let tokenizer = try tokenizerFile(in: dir).map { try AnyTokenizer(file: $0) }
         let ids: [Int32]
         if let promptIds {
@@ -160,7 +160,7 @@ struct FillMaskCommand: ParsableCommand {
     func run() throws {
         let dir = URL(fileURLWithPath: model)
         guard case let .bertMaskedLM(m) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM") else { return }
-        if let adapter { try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: m) }
+        if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: m) }
         guard let file = tokenizerFile(in: dir), case let .wordPiece(tok) = try AnyTokenizer(file: file) else {
             throw ValidationError("no WordPiece tokenizer (vocab.txt or tokenizer.json) in \(model)")
         }
@@ -183,7 +183,7 @@ struct EmbedCommand: ParsableCommand {
     func run() throws {
         let dir = URL(fileURLWithPath: model)
         guard case let .bert(m) = try PretrainedModel.load(directory: dir, architecture: "BertModel") else { return }
-        if let adapter { try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: m) }
+        if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: m) }
         guard let file = tokenizerFile(in: dir), case let .wordPiece(tok) = try AnyTokenizer(file: file) else {
             throw ValidationError("no WordPiece tokenizer (vocab.txt or tokenizer.json) in \(model)")
         }

@@ -1,0 +1,100 @@
+import Foundation
+import ReinsTensor
+
+/// Adapter directories: PEFT's methods in PEFT's format (``PEFTAdapter``), and Reins's block adapters in the same
+/// two-file layout.
+///
+/// Reins's layout (`peft_type` `REINS_BLOCK_ADAPTERS`): `adapter_config.json` names the slots used and their settings;
+/// `adapter_model.safetensors` holds each adapter tensor under the model key without the adapter's name, e.g.
+/// `transformer.h.0.adapters.output_adapter.adapter_down.weight` (Houlsby/Pfeiffer after the FFN),
+/// `...attention_adapter...` (Houlsby after attention), `...adapter_bias.adapter_alpha.weight` and
+/// `...adapter_bias.adapter_vector` (AdapterBias), `...parallel_adapter.adapter_up.weight` (parallel adapter).
+/// Sizes come from the tensors' shapes.
+public enum AdapterFiles {
+    static let blockType = "REINS_BLOCK_ADAPTERS"
+
+    /// Loads any supported adapter directory into `model` under `name` and activates it.
+    public static func load(directory: URL, into model: any Module, name: String = "default") throws {
+        let configURL = directory.appendingPathComponent("adapter_config.json")
+        let config = try Checkpoint.readJSON(configURL)
+        guard (config["peft_type"] as? String) == blockType else { return try PEFTAdapter.load(directory: directory, into: model, name: name) }
+        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
+        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
+        let file = try SafeTensorsFile(path: weightsPath)
+        let nonLinearity = BottleneckAdapter.NonLinearity(rawValue: config["non_linearity"] as? String ?? "relu") ?? .relu
+        let scale = ConfigReader.number(config["parallel_scale"])?.floatValue ?? 4
+        let blocks = model.namedModules().compactMap { key, m in (m as? BlockAdapters).map { (key, $0) } }
+        var used = Set<String>()
+        func tensor(_ key: String) throws -> Tensor {
+            guard file.entries[key] != nil else { throw ModelError.checkpointMismatch(missing: [key], unexpected: [], misshaped: []) }
+            used.insert(key)
+            return try file.tensor(key)
+        }
+        var plans: [() throws -> Void] = []
+        for (prefix, block) in blocks {
+            for (slot, kind) in [("attention_adapter", 0), ("output_adapter", 1), ("parallel_adapter", 2), ("adapter_bias", 3)] {
+                let base = "\(prefix).\(slot)"
+                if kind == 3 {
+                    guard file.entries["\(base).adapter_vector"] != nil else { continue }
+                    let alphaW = try tensor("\(base).adapter_alpha.weight"), alphaB = try tensor("\(base).adapter_alpha.bias"), v = try tensor("\(base).adapter_vector")
+                    guard alphaW.rank == 2, alphaW.shape[0] == 1, alphaB.shape == [1], v.rank == 1 else {
+                        throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(base): alpha \(alphaW.shape), vector \(v.shape)"])
+                    }
+                    let adapter = try AdapterBias(intermediate: alphaW.shape[1], size: v.shape[0], seed: 0)
+                    plans.append {
+                        adapter.alpha.weight.value = alphaW.requiringGradient(); adapter.alpha.bias!.value = alphaB.requiringGradient()
+                        adapter.vector.value = v.requiringGradient()
+                        block.feedForwardBias.add(name, adapter)
+                    }
+                    continue
+                }
+                guard file.entries["\(base).adapter_down.weight"] != nil else { continue }
+                let dw = try tensor("\(base).adapter_down.weight"), db = try tensor("\(base).adapter_down.bias")
+                let uw = try tensor("\(base).adapter_up.weight"), ub = try tensor("\(base).adapter_up.bias")
+                guard dw.rank == 2, uw.shape == [dw.shape[1], dw.shape[0]], db.shape == [dw.shape[0]], ub.shape == [dw.shape[1]] else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(base): down \(dw.shape), up \(uw.shape)"])
+                }
+                let (m, size) = (dw.shape[0], dw.shape[1])
+                func fill(_ down: Linear, _ up: Linear) {
+                    down.weight.value = dw.requiringGradient(); down.bias!.value = db.requiringGradient()
+                    up.weight.value = uw.requiringGradient(); up.bias!.value = ub.requiringGradient()
+                }
+                if kind == 2 {
+                    let adapter = try ParallelAdapter(size: size, bottleneck: m, scale: scale, seed: 0)
+                    plans.append { fill(adapter.down, adapter.up); block.parallelFeedForward.add(name, adapter) }
+                } else {
+                    let adapter = try BottleneckAdapter(size: size, bottleneck: m, nonLinearity: nonLinearity, seed: 0)
+                    plans.append { fill(adapter.down, adapter.up); (kind == 0 ? block.afterAttention : block.afterFeedForward).add(name, adapter) }
+                }
+            }
+        }
+        let unexpected = Set(file.names).subtracting(used).sorted()
+        guard unexpected.isEmpty else { throw ModelError.checkpointMismatch(missing: [], unexpected: unexpected, misshaped: []) }
+        guard !plans.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no block adapter tensors") }
+        // Everything was read and checked for internal consistency before this point, so a failure attaches nothing.
+        // (An adapter whose width does not fit the model makes the forward pass throw a shape error naming the sizes.)
+        for plan in plans { try plan() }
+    }
+
+    /// Saves the block adapters named `name` (bottleneck, AdapterBias, parallel) in Reins's layout.
+    public static func saveBlockAdapters(_ model: any Module, name: String = "default", to directory: URL) throws {
+        var tensors: [String: Tensor] = [:], slots = Set<String>(), nonLinearity: String?, scale: Float?
+        for block in model.blockAdapters {
+            if let a = block.afterAttention.adapters[name] { slots.insert("attention_adapter"); nonLinearity = a.nonLinearity.rawValue }
+            if let a = block.afterFeedForward.adapters[name] { slots.insert("output_adapter"); nonLinearity = a.nonLinearity.rawValue }
+            if let a = block.parallelFeedForward.adapters[name] { slots.insert("parallel_adapter"); scale = a.scale }
+            if block.feedForwardBias.adapters[name] != nil { slots.insert("adapter_bias") }
+        }
+        for (key, p) in model.namedParameters() where key.contains(".adapters.") && key.contains(".\(name).") {
+            tensors[key.replacingOccurrences(of: ".\(name).", with: ".")] = p.value.detached()
+        }
+        guard !tensors.isEmpty else { throw ModelError.badInput("the model has no block adapter named '\(name)'") }
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("adapter_model.safetensors").path)
+        var config: [String: Any] = ["peft_type": blockType, "slots": slots.sorted(), "reins_version": Reins.version]
+        if let nonLinearity { config["non_linearity"] = nonLinearity }
+        if let scale { config["parallel_scale"] = scale }
+        try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
+                             to: directory.appendingPathComponent("adapter_config.json").path)
+    }
+}
