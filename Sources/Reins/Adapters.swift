@@ -157,7 +157,8 @@ public enum BottleneckPlacement: Sendable {
 /// Whether a parameter key belongs to an adapter (LoRA weights, bottleneck adapters, prefixes) rather than to the
 /// base model: adapters are saved in their own directories, never into the base checkpoint.
 public func isAdapterKey(_ key: String) -> Bool {
-    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings") || key.hasSuffix("prompt_tuning_embeddings")
+    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
+        || key.hasSuffix("prompt_tuning_embeddings") || key.contains("prefix_encoder.")
 }
 
 extension Module {
@@ -209,6 +210,9 @@ extension Module {
 /// and values in slot 2l + 1). As PEFT on transformers, the model's positions then start at `P`.
 public final class Prefix {
     public let embeddings: Parameter
+    /// The optional reparameterisation used while training (Li & Liang): `P` vectors of the model width passed through
+    /// `Linear(C, m) → tanh → Linear(m, layers · 2 · C)`. ``fold()`` replaces it by its output.
+    public private(set) var encoder: (seed: Parameter, first: Linear, second: Linear)?
     let layers: Int, hidden: Int, heads: Int
 
     /// - Throws: ``ModelError/badInput(_:)`` if `embeddings` is not `[P, layers · 2 · hidden]`.
@@ -220,12 +224,40 @@ public final class Prefix {
         (self.layers, self.hidden, self.heads) = (layers, hidden, heads)
     }
 
+    /// A prefix produced by an MLP from `P` learned vectors (prefix projection); `embeddings` is then derived.
+    public convenience init(reparameterizedLength P: Int, encoderHidden m: Int, layers: Int, hidden: Int, heads: Int, seed: UInt64) throws {
+        let first = try Linear(inputs: hidden, outputs: m, seed: seed), second = try Linear(inputs: m, outputs: layers * 2 * hidden, seed: seed + 1)
+        let input = Parameter("prefix_encoder.embedding", try Tensor.normal([P, hidden], seed: seed + 2))
+        try self.init(Parameter("prompt_embeddings", try Tensor.zeros([P, layers * 2 * hidden]), trainable: false), layers: layers, hidden: hidden, heads: heads)
+        encoder = (input, first, second)
+    }
+
     /// `P`.
     public var length: Int { embeddings.value.shape[0] }
 
+    /// The parameters that train: the encoder's while it exists, else the prefix itself.
+    public var parameters: [Parameter] {
+        guard let e = encoder else { return [embeddings] }
+        return [e.seed, e.first.weight, e.first.bias!, e.second.weight, e.second.bias!]
+    }
+
+    /// The prefix `[P, layers · 2 · C]` the attention sees.
+    func current() throws -> Tensor {
+        guard let e = encoder else { return embeddings.value }
+        return try e.second(e.first(e.seed.value).tanh())
+    }
+
+    /// Replaces the encoder by the plain prefix it produces (what is saved; inference then skips the MLP).
+    public func fold() throws {
+        guard encoder != nil else { return }
+        let folded = try Autograd.withoutGradients { try current() }
+        embeddings.value = folded.requiringGradient()
+        encoder = nil
+    }
+
     /// Layer `l`'s keys and values, `[B, NH, P, hs]` each.
     func keysValues(layer l: Int, batch B: Int) throws -> (keys: Tensor, values: Tensor) {
-        let p = embeddings.value, P = length
+        let p = try current(), P = length
         func slot(_ s: Int) throws -> Tensor {
             let one = try p.slice(axis: 1, (s * hidden)..<((s + 1) * hidden)).reshaped([1, P, heads, hidden / heads]).permuted([0, 2, 1, 3])
             return B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0)

@@ -121,6 +121,14 @@ public final class GPT2Model: Module {
 
     public func detachPrefix() { prefix = nil }
 
+    /// Attaches a prefix (for example one built with an MLP reparameterisation).
+    public func attach(_ prefix: Prefix) throws {
+        guard prefix.layers == config.layers, prefix.hidden == config.hidden, prefix.heads == config.heads else {
+            throw ModelError.badInput("the prefix was built for \(prefix.layers) layers of width \(prefix.hidden), the model has \(config.layers) of \(config.hidden)")
+        }
+        self.prefix = prefix
+    }
+
     /// Prompt tuning (Lester et al., arXiv 2104.08691), the input-embedding insertion point: `P` learned vectors
     /// `[P, C]` placed before the token embeddings. As PEFT does, they take positions 0..<P and the outputs include
     /// them (`[B, P + T, ...]`).
@@ -156,7 +164,12 @@ public final class GPT2Model: Module {
         visit.module("wpe", positionEmbedding)
         visit.modules("h", blocks)
         visit.module("ln_f", finalNorm)
-        visit.parameter("prompt_embeddings", prefix?.embeddings)
+        visit.parameter("prompt_embeddings", prefix?.encoder == nil ? prefix?.embeddings : nil)
+        if let e = prefix?.encoder {
+            visit.parameter("prefix_encoder.embedding", e.seed)
+            visit.module("prefix_encoder.transform.0", e.first)
+            visit.module("prefix_encoder.transform.2", e.second)
+        }
         visit.parameter("prompt_tuning_embeddings", prompt)
     }
 

@@ -244,7 +244,8 @@ public enum PEFTAdapter {
                 "num_attention_heads": owner.heads, "num_transformer_submodules": 1, "prefix_projection": false, "encoder_hidden_size": owner.hidden,
                 "modules_to_save": modulesToSave.isEmpty ? NSNull() : modulesToSave,
             ]) { _, new in new }
-            tensors["prompt_embeddings"] = owner.prefix.embeddings.value.detached()
+            // A reparameterised prefix is saved folded: the plain prefixes its MLP produces.
+            tensors["prompt_embeddings"] = try Autograd.withoutGradients { try owner.prefix.current() }.detached()
             headPrefix = "base_model." // PEFT's prompt-learning models keep heads under base_model.
         } else {
             throw ModelError.badInput("the model has no adapter named '\(name)' and no prefix")
