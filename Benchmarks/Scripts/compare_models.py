@@ -14,7 +14,9 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-WORKLOADS = ["BERT-base forward", "GPT-2-small greedy", "MiniLM load", "GPT-2-small train step full", "GPT-2-small train step LoRA"]
+WORKLOADS = ["BERT-base forward", "GPT-2-small greedy", "MiniLM load", "GPT-2-small train step full", "GPT-2-small train step LoRA",
+             "BERT-base train step full", "BERT-base train step LoRA", "BERT-base train step BitFit", "BERT-base train step Houlsby",
+             "BERT-base train step prefix"]
 
 
 def run(cmd):
@@ -26,10 +28,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", default=None, help="only workloads whose name contains this text")
     a = ap.parse_args()
     reins, torch, units, peaks = {}, {}, {}, {}
     for r in range(a.rounds):
-        for w in WORKLOADS:
+        for w in [w for w in WORKLOADS if a.only is None or a.only in w]:
             common = ["--only", w, "--repeats", str(a.repeats)]
             for row in run([os.path.join(ROOT, ".build", "release", "reins"), "bench"] + common):
                 reins.setdefault(row["name"], []).append(row["per_second"])

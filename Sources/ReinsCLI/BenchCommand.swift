@@ -74,6 +74,39 @@ struct BenchCommand: ParsableCommand {
             }
             report("GPT-2-small train step \(method) B4 T64 AdamW", ms, perSecond: Double(B * T) / ms * 1000, unit: "tokens/s")
         }
+        for method in ["full", "LoRA", "BitFit", "Houlsby", "prefix"] where selected("BERT-base train step \(method)") {
+            var json: [String: Any] = [:]
+            json["num_labels"] = 3
+            let model = try BertForSequenceClassification(try BertConfig(json: json), seed: 4)
+            switch method {
+            case "LoRA":
+                model.freeze()
+                try model.addLoRA("task", LoRAConfig(rank: 8, alpha: 16, targets: ["query", "value"]))
+                model.unfreeze { $0.hasPrefix("classifier.") }
+            case "BitFit":
+                model.applyBitFit(alsoTrain: { $0.hasPrefix("classifier.") })
+            case "Houlsby":
+                model.freeze()
+                try model.addBottleneckAdapter("task", placement: .houlsby, size: 768, bottleneck: 48)
+                model.unfreeze { $0.hasPrefix("classifier.") }
+            case "prefix":
+                model.freeze()
+                try model.bert.attachPrefix(Parameter("prompt_embeddings", try Tensor.normal([20, 12 * 2 * 768], std: 0.02, seed: 5)))
+                model.unfreeze { $0.hasPrefix("classifier.") }
+            default: break
+            }
+            let (B, T) = (8, 128)
+            let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { _ in Int32(rng.next() % 30522) })
+            let labels = IntTensor((0..<B).map { Int32($0 % 3) })
+            let optimizer = AdamW(learningRate: 1e-4, weightDecay: 0.01)
+            let parameters = model.trainableParameters
+            let ms = try median(repeats) {
+                for p in parameters { p.zeroGradient() }
+                try Tensor.crossEntropy(logits: model.logits(ids), targets: labels).backward()
+                optimizer.update(parameters)
+            }
+            report("BERT-base train step \(method) B8 T128 AdamW", ms, perSecond: Double(B) / ms * 1000, unit: "sequences/s")
+        }
         if selected("MiniLM load"), let dir = PipModels.miniLM() {
             let ms = try median(repeats) { _ = try PretrainedModel.load(directory: dir) }
             report("MiniLM-L6 load", ms, perSecond: 1000 / ms, unit: "loads/s")
