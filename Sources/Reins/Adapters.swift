@@ -255,14 +255,14 @@ public final class Prefix {
         encoder = nil
     }
 
-    /// Layer `l`'s keys and values, `[B, NH, P, hs]` each.
-    func keysValues(layer l: Int, batch B: Int) throws -> (keys: Tensor, values: Tensor) {
+    /// Every layer's keys and values, `[B, NH, P, hs]` each, from one evaluation of the prefix (and its MLP, if any).
+    func keysValues(batch B: Int) throws -> [(keys: Tensor, values: Tensor)] {
         let p = try current(), P = length
         func slot(_ s: Int) throws -> Tensor {
             let one = try p.slice(axis: 1, (s * hidden)..<((s + 1) * hidden)).reshaped([1, P, heads, hidden / heads]).permuted([0, 2, 1, 3])
             return B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0)
         }
-        return (try slot(2 * l), try slot(2 * l + 1))
+        return try (0..<layers).map { l in (try slot(2 * l), try slot(2 * l + 1)) }
     }
 
     /// A `[B, width]` attention mask with `P` leading ones (the prefix is always attended to); `nil` stays `nil`.

@@ -158,7 +158,8 @@ public final class BertModel: Module {
         let e = try embeddings.word(ids) + embeddings.position(positions) + embeddings.tokenType(types)
         var x = try embeddings.norm(e)
         let keyMask = try prefix.map { try $0.extend(attentionMask, batch: B, width: T) } ?? attentionMask
-        for (i, layer) in layers.enumerated() { x = try layer(x, keyMask: keyMask, prefix: try prefix?.keysValues(layer: i, batch: B)) }
+        let prefixes = try prefix?.keysValues(batch: B)
+        for (i, layer) in layers.enumerated() { x = try layer(x, keyMask: keyMask, prefix: prefixes?[i]) }
         return x
     }
 

@@ -100,14 +100,15 @@ extension Module {
         let prefix = options.basePrefix + "."
         // Does the checkpoint store the base under the prefix? Decide once, from the data.
         let checkpointHasPrefix = names.contains { $0.hasPrefix(prefix) }
+        let modelKeys = allParameterKeys()
+        // A bare base model reading a head model's checkpoint: all its keys are base keys.
+        let modelHasHead = modelKeys.contains { $0.key.hasPrefix(prefix) }
         func checkpointKey(_ key: String) -> String {
             if key.hasPrefix(prefix) { return checkpointHasPrefix ? key : String(key.dropFirst(prefix.count)) }
-            // A bare base model reading a head model's checkpoint: its keys are all base keys.
-            let modelHasHead = allParameterKeys().contains { $0.key.hasPrefix(prefix) }
             return !modelHasHead && checkpointHasPrefix ? prefix + key : key
         }
         var groups: [ObjectIdentifier: (parameter: Parameter, keys: [String])] = [:], order: [ObjectIdentifier] = []
-        for (key, p) in allParameterKeys() {
+        for (key, p) in modelKeys {
             let id = ObjectIdentifier(p)
             if groups[id] == nil { order.append(id); groups[id] = (p, []) }
             groups[id]!.keys.append(key)

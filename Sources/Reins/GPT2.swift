@@ -230,8 +230,10 @@ public final class GPT2Model: Module {
             try checkTokens(tokenTypeIDs, vocabularySize: config.vocabularySize)
             x = try x + tokenEmbedding(tokenTypeIDs)
         }
+        // The prefix enters the cache with the first pass; afterwards it is read from there.
+        let prefixes = firstPass ? try prefix?.keysValues(batch: B) : nil
         for (i, block) in blocks.enumerated() {
-            x = try block(x, keyMask: keyMask, cache: cache?.layers[i], prefix: try prefix?.keysValues(layer: i, batch: B))
+            x = try block(x, keyMask: keyMask, cache: cache?.layers[i], prefix: prefixes?[i])
         }
         return try finalNorm(x)
     }
