@@ -28,6 +28,16 @@ public final class AdapterSlot<Adapter: Module>: Module {
     public var current: Adapter? { active.flatMap { adapters[$0] } }
 }
 
+/// The down- and up-projection of a bottleneck (`size → bottleneck → size`), with the up-projection's weight and bias at
+/// zero so that the adapter starts as a no-op. Shared by the sequential and the parallel bottleneck adapters.
+func zeroStartBottleneck(size: Int, bottleneck: Int, seed: UInt64) throws -> (down: Linear, up: Linear) {
+    guard bottleneck > 0, size > 0 else { throw ModelError.badInput("bottleneck adapter sizes must be positive (\(size) -> \(bottleneck))") }
+    let down = try Linear(inputs: size, outputs: bottleneck, std: 0.01, seed: seed)
+    let up = try Linear(inputs: bottleneck, outputs: size, seed: seed + 1)
+    up.weight.value = try Tensor.zeros([size, bottleneck]).requiringGradient()
+    return (down, up)
+}
+
 /// A bottleneck adapter (Houlsby et al., arXiv 1902.00751): `h + W_up · f(W_down · h + b_down) + b_up`.
 ///
 /// `W_up` and `b_up` start at zero, so a new adapter leaves the model unchanged. Houlsby places one after the attention
@@ -42,10 +52,7 @@ public final class BottleneckAdapter: Module {
     /// - Parameters:
     ///   - size: the model width; `bottleneck`: the reduced width (e.g. size / 16).
     public init(size: Int, bottleneck: Int, nonLinearity: NonLinearity = .relu, seed: UInt64) throws {
-        guard bottleneck > 0, size > 0 else { throw ModelError.badInput("bottleneck adapter sizes must be positive (\(size) -> \(bottleneck))") }
-        down = try Linear(inputs: size, outputs: bottleneck, std: 0.01, seed: seed)
-        up = try Linear(inputs: bottleneck, outputs: size, seed: seed + 1)
-        up.weight.value = try Tensor.zeros([size, bottleneck]).requiringGradient()
+        (down, up) = try zeroStartBottleneck(size: size, bottleneck: bottleneck, seed: seed)
         self.nonLinearity = nonLinearity
     }
 
@@ -101,10 +108,7 @@ public final class ParallelAdapter: Module {
     public let scale: Float
 
     public init(size: Int, bottleneck: Int, scale: Float = 4, seed: UInt64) throws {
-        guard bottleneck > 0 else { throw ModelError.badInput("parallel adapter bottleneck must be positive, got \(bottleneck)") }
-        down = try Linear(inputs: size, outputs: bottleneck, std: 0.01, seed: seed)
-        up = try Linear(inputs: bottleneck, outputs: size, seed: seed + 1)
-        up.weight.value = try Tensor.zeros([size, bottleneck]).requiringGradient()
+        (down, up) = try zeroStartBottleneck(size: size, bottleneck: bottleneck, seed: seed)
         self.scale = scale
     }
 
