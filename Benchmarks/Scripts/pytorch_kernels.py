@@ -8,24 +8,16 @@ Pinned stack: torch==2.15.0 (see ../shared/tools/reference-venv.sh).
 """
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
+
+from timing import median_ms  # noqa: E402 (beside this script)
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
 
 
-def median_ms(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def workloads():

