@@ -49,6 +49,17 @@ def save_gpt2(name, m):
     save(name, m, {"input_ids": ids, "attention_mask": mask}, logits)
 
 
+def save_bert(name, m):
+    """The BERT fixture batch (sentence pairs, two padding lengths) through an adapted model, saved with its logits."""
+    m.eval()
+    ids = torch.tensor([[2, 14, 15, 16, 3, 40, 41, 3, 0], [2, 50, 51, 3, 60, 3, 0, 0, 0]], dtype=torch.int32)
+    types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.int32)
+    mask = torch.tensor([[1] * 8 + [0], [1] * 6 + [0] * 3], dtype=torch.int32)
+    with torch.no_grad():
+        logits = m(input_ids=ids.long(), attention_mask=mask.long(), token_type_ids=types.long()).logits
+    save(name, m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, logits)
+
+
 def gpt2():
     base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
     cfg = LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0,
@@ -64,13 +75,7 @@ def bert():
                      lora_dropout=0.0, modules_to_save=["classifier"], task_type="SEQ_CLS")
     m = get_peft_model(base, cfg)
     randomize_lora(m)
-    m.eval()
-    ids = torch.tensor([[2, 14, 15, 16, 3, 40, 41, 3, 0], [2, 50, 51, 3, 60, 3, 0, 0, 0]], dtype=torch.int32)
-    types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.int32)
-    mask = torch.tensor([[1] * 8 + [0], [1] * 6 + [0] * 3], dtype=torch.int32)
-    with torch.no_grad():
-        logits = m(input_ids=ids.long(), attention_mask=mask.long(), token_type_ids=types.long()).logits
-    save("bert-lora", m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, logits)
+    save_bert("bert-lora", m)
 
 
 def gpt2_prefix():
@@ -94,13 +99,7 @@ def bert_prefix():
                 p.copy_(torch.randn_like(p) * 0.5)
             elif "modules_to_save" in n:
                 p.add_(torch.randn_like(p) * 0.1)
-    m.eval()
-    ids = torch.tensor([[2, 14, 15, 16, 3, 40, 41, 3, 0], [2, 50, 51, 3, 60, 3, 0, 0, 0]], dtype=torch.int32)
-    types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.int32)
-    mask = torch.tensor([[1] * 8 + [0], [1] * 6 + [0] * 3], dtype=torch.int32)
-    with torch.no_grad():
-        logits = m(input_ids=ids.long(), attention_mask=mask.long(), token_type_ids=types.long()).logits
-    save("bert-prefix", m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, logits)
+    save_bert("bert-prefix", m)
 
 
 def gpt2_ia3():
