@@ -113,6 +113,39 @@ double rk_sum_squares(const float *x, size_t n) {
     return rk_sum_squares_ref(x, n);
 }
 
+// ---- SGD with momentum ----------------------------------------------------------------------------------------
+// Memory-bound like AdamW; one pass, written so the compiler vectorises it.
+void rk_sgd_step(float *param, float *buf, const float *grad, size_t n, float lr, float momentum, float weight_decay,
+                 int nesterov, int first, float grad_scale) {
+    if (momentum == 0.0f || !buf) {
+#pragma clang loop vectorize(enable)
+        for (size_t i = 0; i < n; i++) param[i] -= lr * (grad[i] * grad_scale + weight_decay * param[i]);
+        return;
+    }
+    float keep = first ? 0.0f : momentum; // the first step starts the buffer at g
+#pragma clang loop vectorize(enable)
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i] * grad_scale + weight_decay * param[i];
+        float b = keep * buf[i] + g;
+        buf[i] = b;
+        param[i] -= lr * (nesterov ? g + momentum * b : b);
+    }
+}
+// reference: the textbook branches, one element at a time.
+void rk_sgd_step_ref(float *param, float *buf, const float *grad, size_t n, float lr, float momentum, float weight_decay,
+                     int nesterov, int first, float grad_scale) {
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i] * grad_scale;
+        if (weight_decay != 0.0f) g = g + weight_decay * param[i];
+        if (momentum != 0.0f && buf) {
+            if (first) buf[i] = g;
+            else buf[i] = momentum * buf[i] + g;
+            g = nesterov ? g + momentum * buf[i] : buf[i];
+        }
+        param[i] = param[i] - lr * g;
+    }
+}
+
 // ---- dropout --------------------------------------------------------------------------------------------------
 // splitmix64 finaliser over (seed, counter): a stateless generator, so element i's draw never depends on how the
 // work was split. The top 24 bits give a float in [0,1) exactly.

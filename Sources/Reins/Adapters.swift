@@ -188,11 +188,16 @@ extension Module {
     /// Makes `name` the active adapter at every insertion point that has one (LoRA layers and bottleneck slots), and
     /// switches off the others; `nil` switches every adapter off.
     public func activateAdapter(_ name: String?) {
-        for (_, m) in namedModules() {
+        (self as? any TaskHeadModel)?.heads.activate(name)
+        for (_, m) in [("", self as any Module)] + namedModules() {
             if let l = m as? Linear {
                 l.activeLoRA = name.flatMap { l.loras[$0] != nil ? $0 : nil }
                 l.activeIA3 = name.flatMap { l.ia3[$0] != nil ? $0 : nil }
             }
+            if let l = m as? Linear { l.biases?.activate(name) }
+            if let n = m as? LayerNorm { n.biases.activate(name) }
+            if let g = m as? GPT2Model { g.prefixes.active = name.flatMap { g.prefixes.prefixes[$0] != nil ? $0 : nil } }
+            if let b = m as? BertModel { b.prefixes.active = name.flatMap { b.prefixes.prefixes[$0] != nil ? $0 : nil } }
             if let b = m as? BlockAdapters {
                 b.afterAttention.active = name.flatMap { b.afterAttention.adapters[$0] != nil ? $0 : nil }
                 b.afterFeedForward.active = name.flatMap { b.afterFeedForward.adapters[$0] != nil ? $0 : nil }
@@ -206,6 +211,33 @@ extension Module {
     public func applyBitFit(alsoTrain: (String) -> Bool = { _ in false }) {
         freeze()
         unfreeze { $0.hasSuffix(".bias") || alsoTrain($0) }
+    }
+}
+
+/// Named prefixes on one model, one active (an adapter set's prefix-tuning adapters).
+public final class PrefixSet {
+    public private(set) var prefixes: [String: Prefix] = [:]
+    public var active: String?
+
+    /// The active prefix, if any.
+    public var current: Prefix? { active.flatMap { prefixes[$0] } }
+
+    func add(_ name: String, _ prefix: Prefix) {
+        prefixes[name] = prefix
+        active = name
+    }
+
+    func add(_ name: String, _ prefix: Prefix, layers: Int, hidden: Int, heads: Int) throws {
+        guard prefix.layers == layers, prefix.hidden == hidden, prefix.heads == heads else {
+            throw ModelError.badInput("the prefix was built for \(prefix.layers) layers of width \(prefix.hidden), the model has \(layers) of \(hidden)")
+        }
+        add(name, prefix)
+    }
+
+    func remove(_ name: String?) {
+        guard let name else { prefixes = [:]; active = nil; return }
+        prefixes[name] = nil
+        if active == name { active = nil }
     }
 }
 
@@ -295,9 +327,11 @@ public struct LoRAConfig: Sendable {
     public var targets: [String]
     /// Only these layer numbers (the `.N.` in `h.N.` or `layer.N.`); all layers when `nil`.
     public var layers: Set<Int>?
+    /// Dropout on the adapter branch's input while training (`lora_dropout`).
+    public var dropout: Float
 
-    public init(rank: Int = 8, alpha: Float = 16, rsLoRA: Bool = false, targets: [String], layers: Set<Int>? = nil) {
-        (self.rank, self.alpha, self.rsLoRA, self.targets, self.layers) = (rank, alpha, rsLoRA, targets, layers)
+    public init(rank: Int = 8, alpha: Float = 16, rsLoRA: Bool = false, targets: [String], layers: Set<Int>? = nil, dropout: Float = 0) {
+        (self.rank, self.alpha, self.rsLoRA, self.targets, self.layers, self.dropout) = (rank, alpha, rsLoRA, targets, layers, dropout)
     }
 
     func matches(_ key: String) -> Bool {
@@ -321,9 +355,12 @@ extension Module {
         guard !matched.isEmpty else {
             throw ModelError.badInput("no linear layer matches the LoRA targets \(config.targets)\(config.layers.map { " in layers \($0.sorted())" } ?? "")")
         }
+        guard (0..<1).contains(config.dropout) else { throw ModelError.badInput("LoRA dropout \(config.dropout) is outside [0, 1)") }
         for (i, (_, layer)) in matched.enumerated() {
-            try layer.attachLoRA(name, LoRA(inputs: layer.inputs, outputs: layer.outputs, rank: config.rank, alpha: config.alpha,
-                                            rsLoRA: config.rsLoRA, seed: seed &+ UInt64(i)))
+            let lora = try LoRA(inputs: layer.inputs, outputs: layer.outputs, rank: config.rank, alpha: config.alpha,
+                                rsLoRA: config.rsLoRA, seed: seed &+ UInt64(i))
+            lora.dropout = config.dropout
+            try layer.attachLoRA(name, lora)
         }
         return matched.map(\.0)
     }

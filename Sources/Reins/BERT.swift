@@ -15,6 +15,12 @@ public struct BertConfig: Sendable {
     public var labelCount: Int
     /// The padding token, whose word embedding gets no gradient.
     public var padTokenID: Int?
+    /// Dropout in training mode (``TrainingMode``): after the embeddings and on each residual branch
+    /// (`hidden_dropout_prob`), on the attention probabilities (`attention_probs_dropout_prob`), and on a classifier's
+    /// input (`classifier_dropout`, by default the hidden dropout).
+    public var hiddenDropout: Float
+    public var attentionDropout: Float
+    public var classifierDropout: Float
 
     public init(json: [String: Any], path: String = "config.json") throws {
         let c = ConfigReader(json: json, path: path)
@@ -28,6 +34,10 @@ public struct BertConfig: Sendable {
         activation = try Activation(try c.string("hidden_act", default: "gelu"), path: path)
         layerNormEpsilon = try c.float("layer_norm_eps", default: 1e-12)
         labelCount = c.labelCount
+        hiddenDropout = try c.float("hidden_dropout_prob", default: 0.1)
+        attentionDropout = try c.float("attention_probs_dropout_prob", default: 0.1)
+        classifierDropout = json["classifier_dropout"] is NSNull ? hiddenDropout : try c.float("classifier_dropout", default: hiddenDropout)
+        try c.require([hiddenDropout, attentionDropout, classifierDropout].allSatisfy { (0..<1).contains($0) }, "dropout probabilities must be in [0, 1)")
         padTokenID = json["pad_token_id"] is NSNull ? nil : (c.optionalInt("pad_token_id") ?? 0)
         let embedding = try c.string("position_embedding_type", default: "absolute")
         try c.require(embedding == "absolute", "position_embedding_type '\(embedding)' is not supported (absolute)")
@@ -66,6 +76,7 @@ public final class BertLayer: Module {
     public let adapters = BlockAdapters()
     let heads: Int
     let activation: Activation
+    let dropout: Float, attentionDropout: Float
 
     init(_ c: BertConfig, seed: UInt64) throws {
         query = try Linear(inputs: c.hidden, outputs: c.hidden, seed: seed)
@@ -78,6 +89,7 @@ public final class BertLayer: Module {
         outputNorm = try LayerNorm(c.hidden, eps: c.layerNormEpsilon)
         heads = c.heads
         activation = c.activation
+        (dropout, attentionDropout) = (c.hiddenDropout, c.attentionDropout)
     }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
@@ -99,9 +111,10 @@ public final class BertLayer: Module {
             v = try Tensor.concatenate([prefix.values, v], axis: 2)
         }
         let a = try Tensor.attention(query: query(x).splittingHeads(heads), key: k, value: v, keyMask: keyMask).mergingHeads()
-        let h = try attentionNorm(x + adapters.attention(attentionOut(a)))
+        let h = try attentionNorm(x + adapters.attention(attentionOut(a).trainingDropout(dropout)))
         let z = try activation.apply(h, feedForwardIn)
-        return try outputNorm(h + adapters.feedForward(adapters.parallel(feedForwardOut(z), input: h, intermediate: z)))
+        let f = try feedForwardOut(z).trainingDropout(dropout)
+        return try outputNorm(h + adapters.feedForward(adapters.parallel(f, input: h, intermediate: z)))
     }
 }
 
@@ -112,15 +125,23 @@ public final class BertModel: Module {
     public let embeddings: BertEmbeddings
     public let layers: [BertLayer]
     public let pooler: Linear?
-    /// Learned key/value prefixes (prefix tuning), if attached.
-    public private(set) var prefix: Prefix?
+    /// Named learned key/value prefixes (prefix tuning), one active.
+    public let prefixes = PrefixSet()
+    /// The active prefix, if any.
+    public var prefix: Prefix? { prefixes.current }
 
-    /// Attaches learned prefixes `[P, layers · 2 · C]` (replacing any).
-    public func attachPrefix(_ embeddings: Parameter) throws {
-        prefix = try Prefix(embeddings, layers: config.layers, hidden: config.hidden, heads: config.heads)
+    /// Attaches learned prefixes `[P, layers · 2 · C]` under `name` (replacing one of that name) and activates them.
+    public func attachPrefix(_ embeddings: Parameter, name: String = "default") throws {
+        prefixes.add(name, try Prefix(embeddings, layers: config.layers, hidden: config.hidden, heads: config.heads))
     }
 
-    public func detachPrefix() { prefix = nil }
+    /// Removes the prefix `name` (every prefix when `nil`).
+    public func detachPrefix(_ name: String? = nil) { prefixes.remove(name) }
+
+    /// Attaches a prefix (for example one built with an MLP reparameterisation) under `name` and activates it.
+    public func attach(_ prefix: Prefix, name: String = "default") throws {
+        try prefixes.add(name, prefix, layers: config.layers, hidden: config.hidden, heads: config.heads)
+    }
 
     public init(_ config: BertConfig, pooler: Bool = true, seed: UInt64 = 0) throws {
         self.config = config
@@ -156,7 +177,7 @@ public final class BertModel: Module {
         }
         let positions = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(P + $0 % T) })
         let e = try embeddings.word(ids) + embeddings.position(positions) + embeddings.tokenType(types)
-        var x = try embeddings.norm(e)
+        var x = try embeddings.norm(e).trainingDropout(config.hiddenDropout)
         let keyMask = try prefix.map { try $0.extend(attentionMask, batch: B, width: T) } ?? attentionMask
         let prefixes = try prefix?.keysValues(batch: B)
         for (i, layer) in layers.enumerated() { x = try layer(x, keyMask: keyMask, prefix: prefixes?[i]) }
@@ -205,11 +226,20 @@ public final class BertForMaskedLM: Module {
 /// BERT with a classifier on the pooled [CLS] vector (single sentences, or pairs with token types).
 public final class BertForSequenceClassification: Module {
     public let bert: BertModel
-    public let classifier: Linear
+    /// The classifier in use: the model's own, or the active adapter's.
+    public var classifier: Linear { heads.current }
+    public let heads: Variants<Linear>
+    /// How a sequence becomes one vector: the pooler on [CLS] (BERT's recipe), or the mean of the token states.
+    public var pooling: Pooling
 
-    public init(_ config: BertConfig, seed: UInt64 = 0) throws {
-        bert = try BertModel(config, pooler: true, seed: seed)
-        classifier = try Linear(inputs: config.hidden, outputs: config.labelCount, seed: seed + 6)
+    public init(_ config: BertConfig, pooling: Pooling = .cls, seed: UInt64 = 0) throws {
+        bert = try BertModel(config, pooler: pooling == .cls, seed: seed)
+        heads = Variants(try Linear(inputs: config.hidden, outputs: config.labelCount, seed: seed + 6))
+        self.pooling = pooling
+    }
+
+    public func newHead(labels: Int, seed: UInt64) throws -> Linear {
+        try Linear(inputs: bert.config.hidden, outputs: labels, seed: seed)
     }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
@@ -219,18 +249,26 @@ public final class BertForSequenceClassification: Module {
 
     /// Class logits `[B, labels]`.
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
-        try classifier(bert.pooled(bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)))
+        let h = try bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        let pooled = try pooling == .cls ? bert.pooled(h) : Pooling.mean(h, attentionMask: attentionMask)
+        return try classifier(pooled.trainingDropout(bert.config.classifierDropout))
     }
 }
 
 /// BERT with a per-token classifier (tagging).
 public final class BertForTokenClassification: Module {
     public let bert: BertModel
-    public let classifier: Linear
+    /// The classifier in use: the model's own, or the active adapter's.
+    public var classifier: Linear { heads.current }
+    public let heads: Variants<Linear>
 
     public init(_ config: BertConfig, seed: UInt64 = 0) throws {
         bert = try BertModel(config, pooler: false, seed: seed)
-        classifier = try Linear(inputs: config.hidden, outputs: config.labelCount, seed: seed + 6)
+        heads = Variants(try Linear(inputs: config.hidden, outputs: config.labelCount, seed: seed + 6))
+    }
+
+    public func newHead(labels: Int, seed: UInt64) throws -> Linear {
+        try Linear(inputs: bert.config.hidden, outputs: labels, seed: seed)
     }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
@@ -240,18 +278,25 @@ public final class BertForTokenClassification: Module {
 
     /// Per-token logits `[B, T, labels]`.
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
-        try classifier(bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
+        let h = try bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        return try classifier(h.trainingDropout(bert.config.classifierDropout))
     }
 }
 
 /// BERT for extractive question answering: per-token start and end logits.
 public final class BertForQuestionAnswering: Module {
     public let bert: BertModel
-    public let outputs: Linear
+    /// The start/end head in use: the model's own, or the active adapter's.
+    public var outputs: Linear { heads.current }
+    public let heads: Variants<Linear>
 
     public init(_ config: BertConfig, seed: UInt64 = 0) throws {
         bert = try BertModel(config, pooler: false, seed: seed)
-        outputs = try Linear(inputs: config.hidden, outputs: 2, seed: seed + 6)
+        heads = Variants(try Linear(inputs: config.hidden, outputs: 2, seed: seed + 6))
+    }
+
+    public func newHead(labels: Int, seed: UInt64) throws -> Linear {
+        try Linear(inputs: bert.config.hidden, outputs: 2, seed: seed)
     }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {

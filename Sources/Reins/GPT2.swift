@@ -18,6 +18,11 @@ public struct GPT2Config: Sendable {
     public var scaleAttentionByLayer: Bool
     public var labelCount: Int
     public var padTokenID: Int?
+    /// Dropout in training mode (``TrainingMode``): after the embeddings (`embd_pdrop`), on each residual branch
+    /// (`resid_pdrop`) and on the attention probabilities (`attn_pdrop`).
+    public var embeddingDropout: Float
+    public var residualDropout: Float
+    public var attentionDropout: Float
 
     public init(json: [String: Any], path: String = "config.json") throws {
         let c = ConfigReader(json: json, path: path)
@@ -33,6 +38,10 @@ public struct GPT2Config: Sendable {
         scaleAttentionByLayer = c.json["scale_attn_by_inverse_layer_idx"] as? Bool ?? false
         labelCount = c.labelCount
         padTokenID = c.optionalInt("pad_token_id")
+        embeddingDropout = try c.float("embd_pdrop", default: 0.1)
+        residualDropout = try c.float("resid_pdrop", default: 0.1)
+        attentionDropout = try c.float("attn_pdrop", default: 0.1)
+        try c.require([embeddingDropout, residualDropout, attentionDropout].allSatisfy { (0..<1).contains($0) }, "dropout probabilities must be in [0, 1)")
         try c.require(vocabularySize > 0 && positions > 0 && layers >= 0 && inner > 0, "sizes must be positive")
         try c.require(heads > 0 && hidden % heads == 0, "n_embd \(hidden) is not divisible by n_head \(heads)")
     }
@@ -49,6 +58,7 @@ public final class GPT2Block: Module {
     let heads: Int
     let activation: Activation
     let attentionScale: Float
+    let dropout: Float, attentionDropout: Float
 
     init(_ config: GPT2Config, layer: Int, seed: UInt64) throws {
         let C = config.hidden
@@ -60,6 +70,7 @@ public final class GPT2Block: Module {
         feedForwardOut = try Linear(inputs: config.inner, outputs: C, weightTransposed: true, seed: seed + 3)
         heads = config.heads
         activation = config.activation
+        (dropout, attentionDropout) = (config.residualDropout, config.attentionDropout)
         let hs = Float(config.hidden / config.heads)
         attentionScale = (config.scaleAttentionWeights ? 1 / hs.squareRoot() : 1) / (config.scaleAttentionByLayer ? Float(layer + 1) : 1)
     }
@@ -96,10 +107,11 @@ public final class GPT2Block: Module {
             cache.values = v
         }
         let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale).mergingHeads()
-        let h = try x + adapters.attention(attentionOut(a))
+        let h = try x + adapters.attention(attentionOut(a).trainingDropout(dropout))
         let normed = try ln2(h)
         let z = try activation.apply(normed, feedForwardIn)
-        return try h + adapters.feedForward(adapters.parallel(feedForwardOut(z), input: normed, intermediate: z))
+        let f = try feedForwardOut(z).trainingDropout(dropout)
+        return try h + adapters.feedForward(adapters.parallel(f, input: normed, intermediate: z))
     }
 }
 
@@ -110,23 +122,23 @@ public final class GPT2Model: Module {
     public let tokenEmbedding: Embedding, positionEmbedding: Embedding
     public let blocks: [GPT2Block]
     public let finalNorm: LayerNorm
-    /// Learned key/value prefixes (prefix tuning), if attached.
-    public private(set) var prefix: Prefix?
+    /// Named learned key/value prefixes (prefix tuning), one active.
+    public let prefixes = PrefixSet()
+    /// The active prefix, if any.
+    public var prefix: Prefix? { prefixes.current }
 
-    /// Attaches learned prefixes `[P, layers · 2 · C]` (replacing any).
+    /// Attaches learned prefixes `[P, layers · 2 · C]` under `name` (replacing one of that name) and activates them.
     /// - Throws: ``ModelError/badInput(_:)`` for another shape.
-    public func attachPrefix(_ embeddings: Parameter) throws {
-        prefix = try Prefix(embeddings, layers: config.layers, hidden: config.hidden, heads: config.heads)
+    public func attachPrefix(_ embeddings: Parameter, name: String = "default") throws {
+        prefixes.add(name, try Prefix(embeddings, layers: config.layers, hidden: config.hidden, heads: config.heads))
     }
 
-    public func detachPrefix() { prefix = nil }
+    /// Removes the prefix `name` (every prefix when `nil`).
+    public func detachPrefix(_ name: String? = nil) { prefixes.remove(name) }
 
-    /// Attaches a prefix (for example one built with an MLP reparameterisation).
-    public func attach(_ prefix: Prefix) throws {
-        guard prefix.layers == config.layers, prefix.hidden == config.hidden, prefix.heads == config.heads else {
-            throw ModelError.badInput("the prefix was built for \(prefix.layers) layers of width \(prefix.hidden), the model has \(config.layers) of \(config.hidden)")
-        }
-        self.prefix = prefix
+    /// Attaches a prefix (for example one built with an MLP reparameterisation) under `name` and activates it.
+    public func attach(_ prefix: Prefix, name: String = "default") throws {
+        try prefixes.add(name, prefix, layers: config.layers, hidden: config.hidden, heads: config.heads)
     }
 
     /// Prompt tuning (Lester et al., arXiv 2104.08691), the input-embedding insertion point: `P` learned vectors
@@ -230,6 +242,7 @@ public final class GPT2Model: Module {
             try checkTokens(tokenTypeIDs, vocabularySize: config.vocabularySize)
             x = try x + tokenEmbedding(tokenTypeIDs)
         }
+        x = try x.trainingDropout(config.embeddingDropout)
         // The prefix enters the cache with the first pass; afterwards it is read from there.
         let prefixes = firstPass ? try prefix?.keysValues(batch: B) : nil
         for (i, block) in blocks.enumerated() {
@@ -291,11 +304,17 @@ public final class GPT2LMHeadModel: Module {
 /// GPT-2 with a sequence-classification head: the score of the last non-padding token.
 public final class GPT2ForSequenceClassification: Module {
     public let transformer: GPT2Model
-    public let score: Linear
+    /// The score head in use: the model's own, or the active adapter's.
+    public var score: Linear { heads.current }
+    public let heads: Variants<Linear>
 
     public init(_ config: GPT2Config, seed: UInt64 = 0) throws {
         transformer = try GPT2Model(config, seed: seed)
-        score = try Linear(inputs: config.hidden, outputs: config.labelCount, bias: false, seed: seed + 7)
+        heads = Variants(try Linear(inputs: config.hidden, outputs: config.labelCount, bias: false, seed: seed + 7))
+    }
+
+    public func newHead(labels: Int, seed: UInt64) throws -> Linear {
+        try Linear(inputs: transformer.config.hidden, outputs: labels, bias: false, seed: seed)
     }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {

@@ -107,7 +107,10 @@ enum Initializer {
 /// of them active, and the active one merged into the weight for inference at no extra cost.
 public final class Linear: Module {
     public let weight: Parameter
-    public let bias: Parameter?
+    /// The bias in use: the base's, or the active BitFit adapter's copy.
+    public var bias: Parameter? { biases?.current }
+    /// The base bias and its BitFit variants.
+    public let biases: ParameterVariants?
     public let weightTransposed: Bool
     public let inputs: Int
     public let outputs: Int
@@ -127,7 +130,7 @@ public final class Linear: Module {
         self.outputs = outputs
         self.weightTransposed = weightTransposed
         weight = Parameter("weight", try Initializer.normal(weightTransposed ? [inputs, outputs] : [outputs, inputs], std: std, seed: seed))
-        self.bias = bias ? Parameter("bias", try Tensor.zeros([outputs])) : nil
+        biases = bias ? ParameterVariants(Parameter("bias", try Tensor.zeros([outputs]))) : nil
     }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
@@ -172,7 +175,11 @@ public final class Linear: Module {
         let scaling = liveIA3
         let input = try scaling.flatMap { $0.scalesInput ? try x * $0.vector.value : nil } ?? x
         let y: Tensor
-        if let lora = liveLoRA {
+        if let lora = liveLoRA, lora.dropout > 0, TrainingMode.isActive {
+            // PEFT's lora_dropout acts on the low-rank branch's input only: W·x + s·B·A·drop(x).
+            let low = try Tensor.linear(Tensor.linear(input.trainingDropout(lora.dropout), weight: lora.a.value), weight: lora.b.value)
+            y = try Tensor.linear(input, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed) + low.scaled(by: lora.scale)
+        } else if let lora = liveLoRA {
             y = try Tensor.loraLinear(input, weight: weight.value, bias: bias?.value, loraA: lora.a.value, loraB: lora.b.value,
                                       scale: lora.scale, weightTransposed: weightTransposed)
         } else {
@@ -249,6 +256,8 @@ public final class LoRA {
     public let a: Parameter
     public let b: Parameter
     public let scale: Float
+    /// Dropout on the adapter branch's input in training mode (PEFT's `lora_dropout`).
+    public var dropout: Float = 0
     public var rank: Int { a.value.shape[0] }
 
     /// New weights: A ~ U(-1/√in, 1/√in) as PEFT's default (Kaiming-uniform with a = √5), B = 0.
@@ -271,12 +280,15 @@ public final class LoRA {
 /// Layer normalisation over the last axis (arXiv 1607.06450).
 public final class LayerNorm: Module {
     public let weight: Parameter
-    public let bias: Parameter
+    /// The bias in use: the base's, or the active BitFit adapter's copy.
+    public var bias: Parameter { biases.current }
+    /// The base bias and its BitFit variants.
+    public let biases: ParameterVariants
     public let eps: Float
 
     public init(_ size: Int, eps: Float) throws {
         weight = Parameter("weight", try Tensor.ones([size]))
-        bias = Parameter("bias", try Tensor.zeros([size]))
+        biases = ParameterVariants(Parameter("bias", try Tensor.zeros([size])))
         self.eps = eps
     }
 
@@ -307,3 +319,35 @@ public final class Embedding: Module {
         try Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
     }
 }
+
+/// A base value and named variants of it, one active: how adapters give each task its own biases (BitFit) or its own
+/// task head on one shared base. The active variant is registered under the base's key, so an adapter's biases and
+/// head train, save and load under the model's own keys (`...bias`, `classifier.weight`) while the base's stay
+/// untouched.
+public final class Variants<Value: AnyObject> {
+    public let base: Value
+    public private(set) var variants: [String: Value] = [:]
+    public var active: String?
+
+    init(_ base: Value) { self.base = base }
+
+    /// The active variant, or the base.
+    public var current: Value { active.flatMap { variants[$0] } ?? base }
+
+    /// Adds (or replaces) the variant `name` and activates it.
+    func add(_ name: String, _ value: Value) {
+        variants[name] = value
+        active = name
+    }
+
+    func remove(_ name: String) {
+        variants[name] = nil
+        if active == name { active = nil }
+    }
+
+    /// Activates `name` if there is a variant of that name, else the base.
+    func activate(_ name: String?) { active = name.flatMap { variants[$0] != nil ? $0 : nil } }
+}
+
+/// Biases with BitFit variants.
+public typealias ParameterVariants = Variants<Parameter>

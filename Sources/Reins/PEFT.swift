@@ -13,20 +13,21 @@ public enum PEFTAdapter {
         let config = try Checkpoint.readJSON(directory.appendingPathComponent("adapter_config.json"))
         let reader = ConfigReader(json: config, path: configPath)
         let type = try reader.string("peft_type", default: "")
-        if type == "PREFIX_TUNING" { return try loadPrefix(directory: directory, config: reader, into: model) }
+        if type == "PREFIX_TUNING" { return try loadPrefix(directory: directory, config: reader, into: model, name: name) }
         if type == "IA3" { return try loadIA3(directory: directory, config: reader, into: model, name: name) }
         if type == "PROMPT_TUNING" { return try loadPrompt(directory: directory, config: reader, into: model) }
         guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING, IA3, PROMPT_TUNING)") }
         let alpha = Float(try reader.float("lora_alpha", default: 8))
         let rsLoRA = config["use_rslora"] as? Bool ?? false
         let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
+        let dropout = try reader.float("lora_dropout", default: 0)
+        guard (0..<1).contains(dropout) else { throw ModelError.badConfig(path: configPath, detail: "lora_dropout \(dropout) is outside [0, 1)") }
         let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
         guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
         let file = try SafeTensorsFile(path: weightsPath)
 
         let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
-        let parameters = Dictionary(model.namedParameters().map { ($0.key, $0.parameter) }, uniquingKeysWith: { a, _ in a })
-        var pairs: [String: (a: Tensor?, b: Tensor?)] = [:], heads: [(Parameter, Tensor, String)] = []
+        var pairs: [String: (a: Tensor?, b: Tensor?)] = [:], heads: [(key: String, plain: String, tensor: Tensor)] = []
         for key in file.names {
             let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key
             for part in ["lora_A", "lora_B"] where path.hasSuffix(".\(part).weight") {
@@ -41,14 +42,7 @@ public enum PEFTAdapter {
             if !path.contains(".lora_") {
                 // A saved head (modules_to_save); PEFT may keep its wrapper name in the key.
                 let plain = path.replacingOccurrences(of: ".modules_to_save.\(name).", with: ".").replacingOccurrences(of: ".original_module.", with: ".")
-                guard let p = parameters[plain] else {
-                    throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (no parameter '\(plain)' in the model)"], misshaped: [])
-                }
-                let t = try file.tensor(key)
-                guard t.shape == p.value.shape else {
-                    throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(key) is \(t.shape), expected \(p.value.shape)"])
-                }
-                heads.append((p, t, plain))
+                heads.append((key, plain, try file.tensor(key)))
             }
         }
         var built: [(Linear, LoRA)] = []
@@ -64,32 +58,80 @@ public enum PEFTAdapter {
             }
             let moduleAlpha = alphaPattern.first { module == $0.key || module.hasSuffix("." + $0.key) }.flatMap { ConfigReader.number($0.value)?.floatValue } ?? alpha
             let scale = rsLoRA ? moduleAlpha / Float(r).squareRoot() : moduleAlpha / Float(r)
-            built.append((layer, LoRA(a: a, b: b, scale: scale)))
+            let lora = LoRA(a: a, b: b, scale: scale)
+            lora.dropout = dropout
+            built.append((layer, lora))
         }
         guard !built.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no lora_A / lora_B tensors") }
+        let installHeads = try headInstaller(heads, into: model, name: name)
         for (layer, lora) in built { try layer.attachLoRA(name, lora) }
-        for (p, t, _) in heads {
-            let trainable = p.isTrainable
-            p.value = t
-            p.isTrainable = trainable
+        installHeads()
+    }
+
+    /// Checks the task-head tensors saved with an adapter and returns what installs them (so that a bad file attaches
+    /// nothing). On a ``TaskHeadModel`` the head becomes the adapter's own head variant (its label count may differ
+    /// from the model's); any other saved module overwrites the model's parameter of that key.
+    static func headInstaller(_ entries: [(key: String, plain: String, tensor: Tensor)], into model: any Module, name: String) throws -> () -> Void {
+        guard !entries.isEmpty else { return {} }
+        var actions: [() -> Void] = []
+        var rest = entries
+        if let headed = model as? any TaskHeadModel {
+            let own = entries.filter { $0.plain.hasPrefix(headed.headKey + ".") }
+            rest = entries.filter { !$0.plain.hasPrefix(headed.headKey + ".") }
+            if let weight = own.first(where: { $0.plain == headed.headKey + ".weight" }) {
+                guard weight.tensor.rank == 2, weight.tensor.shape[0] > 0 else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(weight.key) is \(weight.tensor.shape), expected [labels, hidden]"])
+                }
+                let head = try headed.newHead(labels: weight.tensor.shape[0], seed: 0)
+                let parameters = Dictionary(uniqueKeysWithValues: head.namedParameters().map { ("\(headed.headKey).\($0.key)", $0.parameter) })
+                for e in own {
+                    guard let p = parameters[e.plain] else {
+                        throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(e.key) (no parameter '\(e.plain)' in the head)"], misshaped: [])
+                    }
+                    guard e.tensor.shape == p.value.shape else {
+                        throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(e.key) is \(e.tensor.shape), expected \(p.value.shape)"])
+                    }
+                }
+                let missing = parameters.keys.filter { k in !own.contains { $0.plain == k } }.sorted()
+                guard missing.isEmpty else { throw ModelError.checkpointMismatch(missing: missing, unexpected: [], misshaped: []) }
+                actions.append {
+                    for e in own { parameters[e.plain]!.value = e.tensor.detached().requiringGradient() }
+                    headed.heads.add(name, head)
+                }
+            } else if let e = own.first {
+                throw ModelError.checkpointMismatch(missing: ["\(headed.headKey).weight"], unexpected: [e.key], misshaped: [])
+            }
         }
+        let parameters = Dictionary(model.namedParameters().map { ($0.key, $0.parameter) }, uniquingKeysWith: { a, _ in a })
+        for e in rest {
+            guard let p = parameters[e.plain] else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(e.key) (no parameter '\(e.plain)' in the model)"], misshaped: [])
+            }
+            guard e.tensor.shape == p.value.shape else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(e.key) is \(e.tensor.shape), expected \(p.value.shape)"])
+            }
+            actions.append {
+                let trainable = p.isTrainable
+                p.value = e.tensor
+                p.isTrainable = trainable
+            }
+        }
+        return { for a in actions { a() } }
+    }
+
+    /// The GPT-2 or BERT encoder inside `model` that holds prefixes.
+    static func prefixHost(_ model: any Module) -> (set: PrefixSet, layers: Int, hidden: Int, heads: Int)? {
+        ([model] + model.namedModules().map(\.module)).lazy.compactMap { m -> (PrefixSet, Int, Int, Int)? in
+            if let g = m as? GPT2Model { return (g.prefixes, g.config.layers, g.config.hidden, g.config.heads) }
+            if let b = m as? BertModel { return (b.prefixes, b.config.layers, b.config.hidden, b.config.heads) }
+            return nil
+        }.first
     }
 
     /// PEFT prefix tuning: one tensor `prompt_embeddings` `[P, layers · 2 · hidden]`.
-    static func loadPrefix(directory: URL, config: ConfigReader, into model: any Module) throws {
-        let attach: (Parameter) throws -> Void
-        let (layers, hidden): (Int, Int)
-        switch model {
-        case let m as GPT2LMHeadModel: (attach, layers, hidden) = (m.transformer.attachPrefix, m.transformer.config.layers, m.transformer.config.hidden)
-        case let m as GPT2ForSequenceClassification: (attach, layers, hidden) = (m.transformer.attachPrefix, m.transformer.config.layers, m.transformer.config.hidden)
-        case let m as GPT2Model: (attach, layers, hidden) = (m.attachPrefix, m.config.layers, m.config.hidden)
-        case let m as BertModel: (attach, layers, hidden) = (m.attachPrefix, m.config.layers, m.config.hidden)
-        case let m as BertForSequenceClassification: (attach, layers, hidden) = (m.bert.attachPrefix, m.bert.config.layers, m.bert.config.hidden)
-        case let m as BertForTokenClassification: (attach, layers, hidden) = (m.bert.attachPrefix, m.bert.config.layers, m.bert.config.hidden)
-        case let m as BertForQuestionAnswering: (attach, layers, hidden) = (m.bert.attachPrefix, m.bert.config.layers, m.bert.config.hidden)
-        case let m as BertForMaskedLM: (attach, layers, hidden) = (m.bert.attachPrefix, m.bert.config.layers, m.bert.config.hidden)
-        default: throw ModelError.badInput("prefix tuning needs a GPT-2 or BERT model")
-        }
+    static func loadPrefix(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
+        guard let host = prefixHost(model) else { throw ModelError.badInput("prefix tuning needs a GPT-2 or BERT model") }
+        let (layers, hidden) = (host.layers, host.hidden)
         if config.json["prefix_projection"] as? Bool == true {
             throw ModelError.badConfig(path: config.path, detail: "prefix_projection adapters store the projection MLP; only plain prefixes (prefix_projection false) load")
         }
@@ -110,27 +152,18 @@ public enum PEFTAdapter {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["prompt_embeddings is \(embeddings.shape), num_virtual_tokens is \(virtual)"])
         }
         // Heads saved with a prompt-learning adapter sit under `base_model.` (no `.model`).
-        let parameters = Dictionary(model.namedParameters().map { ($0.key, $0.parameter) }, uniquingKeysWith: { a, _ in a })
-        var heads: [(Parameter, Tensor)] = []
-        for key in file.names where key != "prompt_embeddings" {
-            let plain = key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key
-            guard let p = parameters[plain] else {
-                throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (no parameter '\(plain)' in the model)"], misshaped: [])
-            }
-            let t = try file.tensor(key)
-            guard t.shape == p.value.shape else {
-                throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(key) is \(t.shape), expected \(p.value.shape)"])
-            }
-            heads.append((p, t))
+        let heads = try file.names.filter { $0 != "prompt_embeddings" }.map { key in
+            (key: key, plain: key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key,
+             tensor: try file.tensor(key))
         }
-        do { try attach(Parameter("prompt_embeddings", embeddings)) } catch let ModelError.badInput(detail) {
+        let installHeads = try headInstaller(heads, into: model, name: name)
+        do {
+            let prefix = try Prefix(Parameter("prompt_embeddings", embeddings), layers: host.layers, hidden: host.hidden, heads: host.heads)
+            host.set.add(name, prefix)
+        } catch let ModelError.badInput(detail) {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [detail])
         }
-        for (p, t) in heads {
-            let trainable = p.isTrainable
-            p.value = t
-            p.isTrainable = trainable
-        }
+        installHeads()
     }
 
     /// PEFT IA3: one tensor `<layer>.ia3_l` per adapted linear layer, `[out, 1]` (output scaling) or `[1, in]` (input
@@ -200,11 +233,10 @@ public enum PEFTAdapter {
             guard let l = m as? Linear, let v = l.ia3[name] else { return nil }
             return (key, v, l.weightTransposed)
         }
-        let prefixOwner = ([model] + model.namedModules().map(\.module)).lazy.compactMap { m -> (prefix: Prefix, layers: Int, hidden: Int, heads: Int)? in
-            if let g = m as? GPT2Model, let p = g.prefix { return (p, g.config.layers, g.config.hidden, g.config.heads) }
-            if let b = m as? BertModel, let p = b.prefix { return (p, b.config.layers, b.config.hidden, b.config.heads) }
-            return nil
-        }.first
+        let prefixOwner = prefixHost(model).flatMap { host -> (prefix: Prefix, layers: Int, hidden: Int, heads: Int)? in
+            guard let p = host.set.prefixes[name] ?? host.set.current else { return nil }
+            return (p, host.layers, host.hidden, host.heads)
+        }
         var headPrefix = "base_model.model."
         if !layers.isEmpty {
             let ranks = Set(layers.map { $0.2.rank })
@@ -212,7 +244,7 @@ public enum PEFTAdapter {
             // PEFT's scale is alpha / r; write alpha = scale · r per module so any scale round-trips.
             let alphas = layers.map { $0.2.scale * Float($0.2.rank) }
             config.merge([
-                "peft_type": "LORA", "r": rank, "lora_alpha": alphas[0], "use_rslora": false, "lora_dropout": 0.0, "bias": "none",
+                "peft_type": "LORA", "r": rank, "lora_alpha": alphas[0], "use_rslora": false, "lora_dropout": layers[0].2.dropout, "bias": "none",
                 "target_modules": layers.map { $0.0 }, "fan_in_fan_out": layers.contains { $0.1.weightTransposed },
                 "rank_pattern": ranks.count > 1 ? Dictionary(uniqueKeysWithValues: layers.map { ($0.0, $0.2.rank) }) : [String: Int](),
                 "alpha_pattern": Set(alphas).count > 1 ? Dictionary(uniqueKeysWithValues: zip(layers.map { $0.0 }, alphas)) : [String: Float](),

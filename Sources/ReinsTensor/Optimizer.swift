@@ -33,22 +33,95 @@ public final class Parameter: @unchecked Sendable {
     public func zeroGradient() { value.zeroGradient() }
 }
 
+/// What a training loop needs from an optimizer: one update over the trainable parameters, a learning rate that a
+/// schedule can set before each step, and a state that checkpoints save and restore exactly.
+public protocol Optimizer: AnyObject {
+    /// The learning rate of the next update.
+    var learningRate: Float { get set }
+    /// Updates taken so far.
+    var step: Int { get }
+    /// Applies one update to every trainable parameter that has a gradient, with gradients multiplied by
+    /// `gradientScale` (clipping, gradient accumulation).
+    func update(_ parameters: [Parameter], gradientScale: Float)
+    /// The state per parameter, keyed `<slot>.<key>` (e.g. `exp_avg.classifier.weight`), and the step.
+    func state(_ named: [(key: String, parameter: Parameter)]) -> (tensors: [String: Tensor], step: Int)
+    /// Restores ``state(_:)``; throws naming a missing or mis-shaped slot.
+    func restore(_ tensors: [String: Tensor], step: Int, _ named: [(key: String, parameter: Parameter)]) throws
+}
+
+/// Per-parameter optimizer buffers, created on a parameter's first update (so they exist only for trainable
+/// parameters that received a gradient).
+struct SlotStore {
+    let names: [String]
+    var buffers: [ObjectIdentifier: [TensorStorage]] = [:]
+
+    func buffers(for p: Parameter) -> [TensorStorage]? { buffers[ObjectIdentifier(p)] }
+
+    mutating func buffersOrNew(for p: Parameter) -> (buffers: [TensorStorage], isNew: Bool) {
+        if let b = buffers[ObjectIdentifier(p)] { return (b, false) }
+        let b = names.map { _ in TensorStorage(count: p.value.count, repeating: 0) }
+        buffers[ObjectIdentifier(p)] = b
+        return (b, true)
+    }
+
+    func export(_ named: [(key: String, parameter: Parameter)]) -> [String: Tensor] {
+        var out: [String: Tensor] = [:]
+        for (key, p) in named {
+            guard let b = buffers[ObjectIdentifier(p)] else { continue }
+            for (slot, storage) in zip(names, b) {
+                out["\(slot).\(key)"] = Tensor(shape: p.value.shape, storage: TensorStorage(copying: storage))
+            }
+        }
+        return out
+    }
+
+    mutating func restore(_ tensors: [String: Tensor], _ named: [(key: String, parameter: Parameter)]) throws {
+        var restored: [ObjectIdentifier: [TensorStorage]] = [:]
+        for (key, p) in named {
+            let found = names.map { tensors["\($0).\(key)"] }
+            if found.allSatisfy({ $0 == nil }) { continue } // never updated yet
+            var b: [TensorStorage] = []
+            for (slot, t) in zip(names, found) {
+                guard let t else { throw TensorError.invalidArgument(operation: "optimizer state", detail: "missing '\(slot).\(key)'") }
+                guard t.shape == p.value.shape else {
+                    throw TensorError.invalidArgument(operation: "optimizer state", detail: "'\(slot).\(key)' is \(t.shape), the parameter \(p.value.shape)")
+                }
+                b.append(TensorStorage(copying: t.storage))
+            }
+            restored[ObjectIdentifier(p)] = b
+        }
+        buffers = restored
+    }
+}
+
+/// Runs `body` over `[start, end)` chunks of a flat buffer of `n` floats, split over the cores when it is large
+/// (optimizer steps are memory-bound), in chunks aligned to 16 floats.
+func forChunks(_ n: Int, _ body: (Int, Int) -> Void) {
+    Parallel.forRanges(n / 16 + 1, minimum: 1 << 14) { r, _ in
+        let start = r.lowerBound * 16, end = Swift.min(r.upperBound * 16, n)
+        if start < end { body(start, end) }
+    }
+}
+
+/// Whether a parameter decays by default: matrices do; biases, layer-norm weights and other vectors do not (the
+/// usual "no decay for bias and LayerNorm.weight" rule, decided by shape so that it holds for adapters too).
+public func decaysByDefault(_ p: Parameter) -> Bool { p.value.rank >= 2 }
+
 /// AdamW (Loshchilov & Hutter, arXiv 1711.05101) with PyTorch's update order and defaults.
 ///
 /// `p ← p - lr·λ·p;  m ← β₁m + (1-β₁)g;  v ← β₂v + (1-β₂)g²;  p ← p - lr/(1-β₁ᵗ) · m / (√v/√(1-β₂ᵗ) + ε)`.
 /// One fused kernel call per parameter over its flat buffer; state exists only for trainable parameters.
-public final class AdamW {
+public final class AdamW: Optimizer {
     public var learningRate: Float
     public var beta1: Float
     public var beta2: Float
     public var epsilon: Float
     /// Decoupled weight decay λ, applied to parameters for which `decays` returns true.
     public var weightDecay: Float
-    /// Which parameters decay (by default: all).
+    /// Which parameters decay (by default: all; ``decaysByDefault(_:)`` leaves biases and norms out).
     public var decays: (Parameter) -> Bool
-    /// Steps taken so far.
     public private(set) var step = 0
-    private var moments: [ObjectIdentifier: (m: TensorStorage, v: TensorStorage)] = [:]
+    private var slots = SlotStore(names: ["exp_avg", "exp_avg_sq"])
 
     public init(learningRate: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8,
                 weightDecay: Float = 0.01, decays: @escaping (Parameter) -> Bool = { _ in true }) {
@@ -60,28 +133,73 @@ public final class AdamW {
         self.decays = decays
     }
 
-    /// Applies one update to every trainable parameter that has a gradient, with gradients multiplied by
-    /// `gradientScale` (the factor from ``clipGradientNorm(_:maxNorm:)``).
     public func update(_ parameters: [Parameter], gradientScale: Float = 1) {
         step += 1
         let bc1 = 1 - Float(pow(Double(beta1), Double(step))), bc2 = 1 - Float(pow(Double(beta2), Double(step)))
         for p in parameters where p.isTrainable {
             guard let g = p.gradient else { continue }
-            let n = p.value.count
-            let state = moments[ObjectIdentifier(p)] ?? (TensorStorage(count: n, repeating: 0), TensorStorage(count: n, repeating: 0))
-            moments[ObjectIdentifier(p)] = state
+            let state = slots.buffersOrNew(for: p).buffers
             let wd = decays(p) ? weightDecay : 0
             let (lr, b1, b2, eps) = (learningRate, beta1, beta2, epsilon)
             p.value.withUnsafeMutableBufferPointer { w in
-                let pw = w.baseAddress!, pm = state.m.pointer, pv = state.v.pointer, pg = g.storage.pointer
-                // Memory-bound: large buffers are split over the cores, in chunks aligned to 16 floats.
-                Parallel.forRanges(n / 16 + 1, minimum: 1 << 14) { r, _ in
-                    let start = r.lowerBound * 16, end = Swift.min(r.upperBound * 16, n)
-                    guard start < end else { return }
+                let pw = w.baseAddress!, pm = state[0].pointer, pv = state[1].pointer, pg = g.storage.pointer
+                forChunks(w.count) { start, end in
                     rk_adamw_step(pw + start, pm + start, pv + start, pg + start, end - start, lr, b1, b2, eps, wd, bc1, bc2, gradientScale)
                 }
             }
         }
+    }
+
+    public func state(_ named: [(key: String, parameter: Parameter)]) -> (tensors: [String: Tensor], step: Int) {
+        (slots.export(named), step)
+    }
+
+    public func restore(_ tensors: [String: Tensor], step: Int, _ named: [(key: String, parameter: Parameter)]) throws {
+        try slots.restore(tensors, named)
+        self.step = step
+    }
+}
+
+/// SGD with momentum as PyTorch's `torch.optim.SGD` (dampening 0): weight decay is added to the gradient,
+/// `b ← μb + g` (`b = g` on a parameter's first update), `p ← p - lr·b` (or `p ← p - lr·(g + μb)` with Nesterov).
+public final class SGD: Optimizer {
+    public var learningRate: Float
+    public var momentum: Float
+    public var weightDecay: Float
+    public var nesterov: Bool
+    /// Which parameters decay (by default: all).
+    public var decays: (Parameter) -> Bool
+    public private(set) var step = 0
+    private var slots = SlotStore(names: ["momentum_buffer"])
+
+    public init(learningRate: Float = 1e-2, momentum: Float = 0.9, weightDecay: Float = 0, nesterov: Bool = false,
+                decays: @escaping (Parameter) -> Bool = { _ in true }) {
+        (self.learningRate, self.momentum, self.weightDecay, self.nesterov, self.decays) = (learningRate, momentum, weightDecay, nesterov, decays)
+    }
+
+    public func update(_ parameters: [Parameter], gradientScale: Float = 1) {
+        step += 1
+        for p in parameters where p.isTrainable {
+            guard let g = p.gradient else { continue }
+            let (buffers, first) = momentum == 0 ? ([], true) : slots.buffersOrNew(for: p)
+            let wd = decays(p) ? weightDecay : 0
+            let (lr, mu, nest) = (learningRate, momentum, Int32(nesterov ? 1 : 0))
+            p.value.withUnsafeMutableBufferPointer { w in
+                let pw = w.baseAddress!, pb = buffers.first?.pointer, pg = g.storage.pointer
+                forChunks(w.count) { start, end in
+                    rk_sgd_step(pw + start, pb.map { $0 + start }, pg + start, end - start, lr, mu, wd, nest, first ? 1 : 0, gradientScale)
+                }
+            }
+        }
+    }
+
+    public func state(_ named: [(key: String, parameter: Parameter)]) -> (tensors: [String: Tensor], step: Int) {
+        (slots.export(named), step)
+    }
+
+    public func restore(_ tensors: [String: Tensor], step: Int, _ named: [(key: String, parameter: Parameter)]) throws {
+        try slots.restore(tensors, named)
+        self.step = step
     }
 }
 
@@ -112,4 +230,31 @@ public enum Kernels {
     public static var activeInstructionSet: String { String(cString: rk_isa_name(rk_isa_active())) }
     /// The best instruction set this CPU offers the kernels.
     public static var detectedInstructionSet: String { String(cString: rk_isa_name(rk_isa_detected())) }
+}
+
+/// How the learning rate changes over a run, as a factor of the base rate at each update (0-based), with Hugging
+/// Face's `get_*_schedule_with_warmup` formulas: during `warmup` updates the factor rises linearly from 0 (the first
+/// update uses factor 0, as there), then it stays at 1 (constant), falls linearly to 0 at `total`, or follows a half
+/// cosine to 0 at `total`.
+public enum LearningRateSchedule: Sendable, Equatable {
+    case constant(warmup: Int)
+    case linear(warmup: Int, total: Int)
+    case cosine(warmup: Int, total: Int)
+
+    /// The factor for update number `step` (0-based).
+    public func factor(step: Int) -> Float {
+        let warmup: Int
+        switch self {
+        case .constant(let w), .linear(let w, _), .cosine(let w, _): warmup = w
+        }
+        if step < warmup { return Float(step) / Float(max(1, warmup)) }
+        switch self {
+        case .constant: return 1
+        case .linear(_, let total):
+            return max(0, Float(total - step) / Float(max(1, total - warmup)))
+        case .cosine(_, let total):
+            let progress = Double(step - warmup) / Double(max(1, total - warmup))
+            return Float(max(0, 0.5 * (1 + cos(Double.pi * progress))))
+        }
+    }
 }

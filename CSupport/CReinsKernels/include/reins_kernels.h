@@ -171,6 +171,13 @@ void rk_adamw_step(float *param, float *m, float *v, const float *grad, size_t n
 void rk_adamw_step_ref(float *param, float *m, float *v, const float *grad, size_t n, float lr, float beta1,
                        float beta2, float eps, float weight_decay, float bc1, float bc2, float grad_scale);
 /// Σ x² accumulated in double (for global-norm clipping).
+// SGD with momentum and (coupled) weight decay, in PyTorch's order (dampening 0):
+//   g = grad·grad_scale + wd·p;  buf = g on the first step, else momentum·buf + g;  p -= lr·(nesterov ? g + momentum·buf : buf)
+// With momentum 0, buf may be NULL.
+void rk_sgd_step(float *param, float *buf, const float *grad, size_t n, float lr, float momentum, float weight_decay,
+                 int nesterov, int first, float grad_scale);
+void rk_sgd_step_ref(float *param, float *buf, const float *grad, size_t n, float lr, float momentum, float weight_decay,
+                     int nesterov, int first, float grad_scale);
 double rk_sum_squares(const float *x, size_t n);
 double rk_sum_squares_ref(const float *x, size_t n);
 
