@@ -9,7 +9,8 @@ import ReinsTensor
 /// `transformer.h.0.adapters.output_adapter.adapter_down.weight` (Houlsby/Pfeiffer after the FFN),
 /// `...attention_adapter...` (Houlsby after attention), `...adapter_bias.adapter_alpha.weight` and
 /// `...adapter_bias.adapter_vector` (AdapterBias), `...parallel_adapter.adapter_up.weight` (parallel adapter).
-/// Sizes come from the tensors' shapes.
+/// BitFit biases are stored under the model's bias keys (`bert.encoder.layer.0.output.dense.bias`) and the adapter's
+/// task head under the head's keys (`classifier.weight`). Sizes come from the tensors' shapes.
 public enum AdapterFiles {
     static let blockType = "REINS_BLOCK_ADAPTERS"
 
@@ -68,15 +69,19 @@ public enum AdapterFiles {
                 }
             }
         }
-        let unexpected = Set(file.names).subtracting(used).sorted()
-        guard unexpected.isEmpty else { throw ModelError.checkpointMismatch(missing: [], unexpected: unexpected, misshaped: []) }
-        guard !plans.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no block adapter tensors") }
+        // The rest: BitFit biases (model keys ending in .bias) and the adapter's task head; anything else is unexpected.
+        let rest = try Set(file.names).subtracting(used).sorted().map { (key: $0, plain: $0, tensor: try file.tensor($0)) }
+        let installRest = try PEFTAdapter.headInstaller(rest, into: model, name: name)
+        guard !plans.isEmpty || !rest.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no adapter tensors") }
         // Everything was read and checked for internal consistency before this point, so a failure attaches nothing.
         // (An adapter whose width does not fit the model makes the forward pass throw a shape error naming the sizes.)
         for plan in plans { try plan() }
+        installRest()
+        model.activateAdapter(name)
     }
 
-    /// Saves the block adapters named `name` (bottleneck, AdapterBias, parallel) in Reins's layout.
+    /// Saves the block adapters named `name` (bottleneck, AdapterBias, parallel), its BitFit biases and its task head in
+    /// Reins's layout.
     public static func saveBlockAdapters(_ model: any Module, name: String = "default", to directory: URL) throws {
         var tensors: [String: Tensor] = [:], slots = Set<String>(), nonLinearity: String?, scale: Float?
         for block in model.blockAdapters {
@@ -88,10 +93,23 @@ public enum AdapterFiles {
         for (key, p) in model.namedParameters() where key.contains(".adapters.") && key.contains(".\(name).") {
             tensors[key.replacingOccurrences(of: ".\(name).", with: ".")] = p.value.detached()
         }
-        guard !tensors.isEmpty else { throw ModelError.badInput("the model has no block adapter named '\(name)'") }
+        var bitFit = false
+        for (key, m) in model.namedModules() {
+            if let variant = (m as? Linear)?.biases?.variants[name] ?? (m as? LayerNorm)?.biases.variants[name] {
+                tensors[key + ".bias"] = variant.value.detached()
+                bitFit = true
+            }
+        }
+        var head: String?
+        if let headed = model as? any TaskHeadModel, let h = headed.heads.variants[name] {
+            for (key, p) in h.namedParameters() { tensors["\(headed.headKey).\(key)"] = p.value.detached() }
+            head = headed.headKey
+        }
+        guard !tensors.isEmpty else { throw ModelError.badInput("the model has no block adapter, BitFit biases or head named '\(name)'") }
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("adapter_model.safetensors").path)
-        var config: [String: Any] = ["peft_type": blockType, "slots": slots.sorted(), "reins_version": Reins.version]
+        var config: [String: Any] = ["peft_type": blockType, "slots": slots.sorted(), "bitfit": bitFit, "reins_version": Reins.version]
+        if let head { config["head"] = head }
         if let nonLinearity { config["non_linearity"] = nonLinearity }
         if let scale { config["parallel_scale"] = scale }
         try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),

@@ -102,8 +102,21 @@ public enum PEFTAdapter {
                 throw ModelError.checkpointMismatch(missing: ["\(headed.headKey).weight"], unexpected: [e.key], misshaped: [])
             }
         }
+        // Biases (PEFT's bias="all", or BitFit) become the adapter's own bias variants; the base keeps its biases.
+        let biasOwners = Dictionary(model.namedModules().compactMap { key, m -> (String, ParameterVariants)? in
+            if let l = m as? Linear, let b = l.biases { return (key + ".bias", b) }
+            if let n = m as? LayerNorm { return (key + ".bias", n.biases) }
+            return nil
+        }, uniquingKeysWith: { a, _ in a })
         let parameters = Dictionary(model.namedParameters().map { ($0.key, $0.parameter) }, uniquingKeysWith: { a, _ in a })
         for e in rest {
+            if let owner = biasOwners[e.plain] {
+                guard e.tensor.shape == owner.base.value.shape else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(e.key) is \(e.tensor.shape), expected \(owner.base.value.shape)"])
+                }
+                actions.append { owner.add(name, Parameter("bias", e.tensor.detached())) }
+                continue
+            }
             guard let p = parameters[e.plain] else {
                 throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(e.key) (no parameter '\(e.plain)' in the model)"], misshaped: [])
             }
@@ -254,6 +267,12 @@ public enum PEFTAdapter {
                 tensors["base_model.model.\(key).lora_A.weight"] = lora.a.value.detached()
                 tensors["base_model.model.\(key).lora_B.weight"] = lora.b.value.detached()
             }
+            // LoRA + BitFit: the adapter's own biases, as PEFT's bias="all" saves them.
+            for (key, m) in model.namedModules() {
+                let variant = (m as? Linear)?.biases?.variants[name] ?? (m as? LayerNorm)?.biases.variants[name]
+                if let variant { tensors["base_model.model.\(key).bias"] = variant.value.detached() }
+            }
+            if tensors.keys.contains(where: { $0.hasSuffix(".bias") }) { config["bias"] = "all" }
         } else if !ia3Layers.isEmpty {
             config.merge([
                 "peft_type": "IA3", "target_modules": ia3Layers.map { $0.0 }, "feedforward_modules": ia3Layers.filter { $0.1.scalesInput }.map { $0.0 },

@@ -1,0 +1,209 @@
+import Foundation
+import ReinsTensor
+
+/// A way to steer a model, by where it inserts trainable parameters (see each case's paper).
+public enum AdapterMethod: Sendable, Equatable {
+    /// Every weight trains (no adapter).
+    case full
+    /// Only biases train, as a per-adapter copy of every bias (Ben Zaken et al., arXiv 2106.10199).
+    case bitFit
+    /// Bottleneck adapters after attention and after the FFN (Houlsby et al., arXiv 1902.00751).
+    case houlsby(bottleneck: Int, nonLinearity: BottleneckAdapter.NonLinearity = .relu)
+    /// One bottleneck adapter after the FFN (Pfeiffer et al. 2020).
+    case pfeiffer(bottleneck: Int, nonLinearity: BottleneckAdapter.NonLinearity = .relu)
+    /// A token-dependent shift parallel to the FFN's second layer (Fu et al., arXiv 2205.00305).
+    case adapterBias
+    /// A scaled bottleneck parallel to the FFN (He et al., arXiv 2110.04366).
+    case parallel(bottleneck: Int, scale: Float = 4)
+    /// `length` learned keys and values per layer (Li & Liang, arXiv 2101.00190), optionally produced by an MLP of
+    /// width `projection` while training (folded into plain prefixes by ``Module/foldPrefixes()``).
+    case prefix(length: Int, projection: Int? = nil)
+    /// Low-rank updates of the targeted linear layers (Hu et al., arXiv 2106.09685).
+    case lora(LoRAConfig)
+    /// LoRA and BitFit in one adapter.
+    case loraBitFit(LoRAConfig)
+
+    /// A short name for tables and directories.
+    public var name: String {
+        switch self {
+        case .full: return "full"
+        case .bitFit: return "bitfit"
+        case .houlsby: return "houlsby"
+        case .pfeiffer: return "pfeiffer"
+        case .adapterBias: return "adapterbias"
+        case .parallel: return "parallel"
+        case .prefix: return "prefix"
+        case .lora: return "lora"
+        case .loraBitFit: return "lora+bitfit"
+        }
+    }
+}
+
+extension LoRAConfig: Equatable {
+    public static func == (a: LoRAConfig, b: LoRAConfig) -> Bool {
+        (a.rank, a.alpha, a.rsLoRA, a.targets, a.layers, a.dropout) == (b.rank, b.alpha, b.rsLoRA, b.targets, b.layers, b.dropout)
+    }
+}
+
+/// The encoder sizes adapters are built from.
+struct EncoderShape {
+    let hidden: Int, intermediate: Int, layers: Int, heads: Int
+    let prefixes: PrefixSet
+}
+
+extension Module {
+    var encoderShape: EncoderShape? {
+        for m in [self as any Module] + namedModules().map(\.module) {
+            if let g = m as? GPT2Model { return EncoderShape(hidden: g.config.hidden, intermediate: g.config.inner, layers: g.config.layers, heads: g.config.heads, prefixes: g.prefixes) }
+            if let b = m as? BertModel { return EncoderShape(hidden: b.config.hidden, intermediate: b.config.intermediate, layers: b.config.layers, heads: b.config.heads, prefixes: b.prefixes) }
+        }
+        return nil
+    }
+
+    /// Adds the adapter `name` of kind `method` to this model (one shared base may carry many), activates it, and
+    /// makes exactly its parameters trainable: the base and every other adapter are frozen. On a model with a task
+    /// head (``TaskHeadModel``), the adapter gets its own new head with `labels` outputs (default: the model's own
+    /// count), which trains with it. `.full` adds nothing and unfreezes everything (the head is the model's own).
+    /// - Returns: the number of trainable parameters.
+    /// - Throws: ``ModelError/badInput(_:)`` for a model without an encoder, bad sizes or LoRA targets that match nothing.
+    @discardableResult
+    public func addAdapter(_ name: String, _ method: AdapterMethod, labels: Int? = nil, seed: UInt64 = 0) throws -> Int {
+        if method == .full {
+            activateAdapter(nil)
+            unfreeze()
+            return trainableParameterCount
+        }
+        guard let shape = encoderShape else { throw ModelError.badInput("adapters need a GPT-2 or BERT model") }
+        let before = Set(namedParameters().map { ObjectIdentifier($0.parameter) })
+        switch method {
+        case .full: break
+        case .bitFit: addBitFit(name)
+        case let .houlsby(m, f): try addBottleneckAdapter(name, placement: .houlsby, size: shape.hidden, bottleneck: m, nonLinearity: f, seed: seed)
+        case let .pfeiffer(m, f): try addBottleneckAdapter(name, placement: .pfeiffer, size: shape.hidden, bottleneck: m, nonLinearity: f, seed: seed)
+        case .adapterBias: try addAdapterBias(name, intermediate: shape.intermediate, size: shape.hidden, seed: seed)
+        case let .parallel(m, scale): try addParallelAdapter(name, size: shape.hidden, bottleneck: m, scale: scale, seed: seed)
+        case let .prefix(length, projection):
+            guard length > 0 else { throw ModelError.badInput("a prefix needs at least one virtual token, got \(length)") }
+            let prefix: Prefix
+            if let m = projection {
+                prefix = try Prefix(reparameterizedLength: length, encoderHidden: m, layers: shape.layers, hidden: shape.hidden, heads: shape.heads, seed: seed)
+            } else {
+                let values = try Tensor.normal([length, shape.layers * 2 * shape.hidden], std: 0.02, seed: seed)
+                prefix = try Prefix(Parameter("prompt_embeddings", values), layers: shape.layers, hidden: shape.hidden, heads: shape.heads)
+            }
+            try shape.prefixes.add(name, prefix, layers: shape.layers, hidden: shape.hidden, heads: shape.heads)
+        case let .lora(config): try addLoRA(name, config, seed: seed)
+        case let .loraBitFit(config):
+            try addLoRA(name, config, seed: seed)
+            addBitFit(name)
+        }
+        if let headed = self as? any TaskHeadModel {
+            headed.heads.add(name, try headed.newHead(labels: labels ?? headed.heads.base.outputs, seed: seed &+ 7919))
+        }
+        activateAdapter(name)
+        freeze()
+        var added = namedParameters().map(\.parameter).filter { !before.contains(ObjectIdentifier($0)) }
+        if let prefix = shape.prefixes.prefixes[name] { added = prefix.parameters + added.filter { p in !prefix.parameters.contains { $0 === p } } }
+        for p in added { p.isTrainable = true }
+        if let prefix = shape.prefixes.prefixes[name], prefix.encoder != nil { prefix.embeddings.isTrainable = false }
+        return trainableParameterCount
+    }
+
+    /// Gives every bias of the base (linear layers and layer norms, not adapters or heads) a trainable copy named
+    /// `name`, and activates it.
+    func addBitFit(_ name: String) {
+        let headKey = (self as? any TaskHeadModel)?.headKey
+        for (key, m) in namedModules() where !key.contains(".adapters.") && !key.contains("prefix_encoder") && key != headKey {
+            if let l = m as? Linear, let b = l.biases { b.add(name, Parameter("bias", b.base.value.detached())) }
+            if let n = m as? LayerNorm { n.biases.add(name, Parameter("bias", n.biases.base.value.detached())) }
+        }
+    }
+
+    /// Removes the adapter `name` from every insertion point, with its head, biases and prefix.
+    public func deleteAdapter(_ name: String) throws {
+        (self as? any TaskHeadModel)?.heads.remove(name)
+        encoderShape?.prefixes.remove(name)
+        for (_, m) in namedModules() {
+            if let l = m as? Linear {
+                try l.detachLoRA(name)
+                l.detachIA3(name)
+                l.biases?.remove(name)
+            }
+            if let n = m as? LayerNorm { n.biases.remove(name) }
+            if let b = m as? BlockAdapters {
+                b.afterAttention.remove(name)
+                b.afterFeedForward.remove(name)
+                b.feedForwardBias.remove(name)
+                b.parallelFeedForward.remove(name)
+            }
+        }
+    }
+
+    /// The names of every adapter on this model, at any insertion point.
+    public var adapterNames: [String] {
+        var names = Set<String>()
+        if let headed = self as? any TaskHeadModel { names.formUnion(headed.heads.variants.keys) }
+        if let shape = encoderShape { names.formUnion(shape.prefixes.prefixes.keys) }
+        for (_, m) in namedModules() {
+            if let l = m as? Linear {
+                names.formUnion(l.loras.keys)
+                names.formUnion(l.ia3.keys)
+                if let b = l.biases { names.formUnion(b.variants.keys) }
+            }
+            if let b = m as? BlockAdapters {
+                names.formUnion(b.afterAttention.adapters.keys)
+                names.formUnion(b.afterFeedForward.adapters.keys)
+                names.formUnion(b.feedForwardBias.adapters.keys)
+                names.formUnion(b.parallelFeedForward.adapters.keys)
+            }
+        }
+        return names.sorted()
+    }
+
+    /// Replaces every prefix MLP by the plain prefixes it produces (what is saved and used for inference).
+    public func foldPrefixes() throws {
+        for prefix in encoderShape?.prefixes.prefixes.values.map({ $0 }) ?? [] { try prefix.fold() }
+    }
+
+    /// Saves the adapter `name` with its head: PEFT's layout for LoRA (with BitFit biases as PEFT's `bias: "all"`),
+    /// prefix tuning and IA3; Reins's layout (``AdapterFiles``) for bottleneck adapters, AdapterBias, parallel
+    /// adapters and BitFit. A prefix MLP is folded first. Written atomically, file by file.
+    public func saveAdapter(_ name: String, to directory: URL, baseModel: String? = nil) throws {
+        guard adapterNames.contains(name) else { throw ModelError.badInput("the model has no adapter named '\(name)' (it has \(adapterNames))") }
+        let previous = activeAdapterName
+        activateAdapter(name)
+        defer { activateAdapter(previous) }
+        let headed = self as? any TaskHeadModel
+        let heads = headed.flatMap { $0.heads.variants[name] != nil ? [$0.headKey] : nil } ?? []
+        let hasPEFT = namedModules().contains { ($0.module as? Linear).map { $0.loras[name] != nil || $0.ia3[name] != nil } ?? false }
+            || encoderShape?.prefixes.prefixes[name] != nil
+        if hasPEFT {
+            try encoderShape?.prefixes.prefixes[name]?.fold()
+            try PEFTAdapter.save(self, name: name, to: directory, taskType: taskType, modulesToSave: heads, baseModel: baseModel)
+        } else {
+            try AdapterFiles.saveBlockAdapters(self, name: name, to: directory)
+        }
+    }
+
+    /// The adapter active at the head (or, without adapter heads, at any insertion point), if any.
+    public var activeAdapterName: String? {
+        if let headed = self as? any TaskHeadModel, let a = headed.heads.active { return a }
+        if let p = encoderShape?.prefixes.active { return p }
+        for (_, m) in namedModules() {
+            if let l = m as? Linear, let a = l.activeLoRA ?? l.activeIA3 ?? l.biases?.active { return a }
+            if let b = m as? BlockAdapters, let a = b.afterAttention.active ?? b.afterFeedForward.active ?? b.feedForwardBias.active ?? b.parallelFeedForward.active { return a }
+        }
+        return nil
+    }
+
+    /// PEFT's `task_type` for this model.
+    var taskType: String? {
+        switch self {
+        case is GPT2LMHeadModel: return "CAUSAL_LM"
+        case is BertForSequenceClassification, is GPT2ForSequenceClassification: return "SEQ_CLS"
+        case is BertForTokenClassification: return "TOKEN_CLS"
+        case is BertForQuestionAnswering: return "QUESTION_ANS"
+        default: return "FEATURE_EXTRACTION"
+        }
+    }
+}
