@@ -65,7 +65,7 @@ public struct Checkpoint {
         try files[i].read(name, into: buffer)
     }
 
-    static func readJSON(_ url: URL) throws -> [String: Any] {
+    public static func readJSON(_ url: URL) throws -> [String: Any] {
         guard FileManager.default.fileExists(atPath: url.path) else { throw ModelError.missingFile(path: url.path) }
         let data = try Data(contentsOf: url)
         guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {

@@ -1,0 +1,132 @@
+import Foundation
+import ReinsTensor
+
+/// A text (or text pair) with a class label.
+public struct LabeledText: Sendable, Equatable {
+    public var text: String
+    public var pair: String?
+    public var label: Int
+
+    public init(text: String, pair: String? = nil, label: Int) { (self.text, self.pair, self.label) = (text, pair, label) }
+}
+
+/// A model that maps a padded batch to class logits `[B, labels]`.
+public protocol SequenceClassifier: Module {
+    func logits(_ ids: IntTensor, attentionMask: IntTensor?, tokenTypeIDs: IntTensor?) throws -> Tensor
+}
+
+extension BertForSequenceClassification: SequenceClassifier {}
+extension GPT2ForSequenceClassification: SequenceClassifier {}
+
+/// A tokenized example, unpadded.
+struct EncodedExample {
+    let ids: [Int32], types: [Int32]
+    let label: Int32
+}
+
+/// Right-pads encoded examples to the longest: ids, attention mask and token types `[B, T]`.
+func paddedBatch(_ rows: [EncodedExample], padID: Int32) throws -> (ids: IntTensor, mask: IntTensor, types: IntTensor, tokens: Int) {
+    let T = rows.map(\.ids.count).max() ?? 0
+    var ids: [Int32] = [], mask: [Int32] = [], types: [Int32] = []
+    for r in rows {
+        let pad = T - r.ids.count
+        ids += r.ids + [Int32](repeating: padID, count: pad)
+        mask += [Int32](repeating: 1, count: r.ids.count) + [Int32](repeating: 0, count: pad)
+        types += r.types + [Int32](repeating: 0, count: pad)
+    }
+    let shape = [rows.count, T]
+    return (try IntTensor(shape: shape, values: ids), try IntTensor(shape: shape, values: mask), try IntTensor(shape: shape, values: types),
+            rows.reduce(0) { $0 + $1.ids.count })
+}
+
+/// Sequence classification (single texts or pairs): cross-entropy on the class logits; evaluated by accuracy and
+/// macro-F1.
+public final class SequenceClassificationTask: TrainingTask {
+    public let classifier: any SequenceClassifier
+    public var model: any Module { classifier }
+    let train: [EncodedExample]
+    let evaluation: [EncodedExample]
+    let padID: Int32
+    /// Examples per evaluation batch.
+    public var evaluationBatchSize = 64
+
+    /// - Parameters:
+    ///   - encode: turns a text (and optional pair) into token ids and token types, truncated as the model allows.
+    /// - Throws: ``ModelError/badInput(_:)`` for a label outside `0..<labels` (naming the example), and encoding errors.
+    public init(model: any SequenceClassifier, labels: Int, train: [LabeledText], evaluation: [LabeledText], padID: Int32,
+                encode: (String, String?) throws -> (ids: [Int32], types: [Int32])) throws {
+        func prepare(_ set: [LabeledText], _ name: String) throws -> [EncodedExample] {
+            try set.enumerated().map { i, e in
+                guard (0..<labels).contains(e.label) else {
+                    throw ModelError.badInput("\(name) example \(i + 1) has label \(e.label), outside 0..<\(labels)")
+                }
+                let (ids, types) = try encode(e.text, e.pair)
+                return EncodedExample(ids: ids, types: types, label: Int32(e.label))
+            }
+        }
+        classifier = model
+        self.train = try prepare(train, "training")
+        self.evaluation = try prepare(evaluation, "evaluation")
+        self.padID = padID
+    }
+
+    public var trainingCount: Int { train.count }
+
+    public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
+        let rows = indices.map { train[$0] }
+        let b = try paddedBatch(rows, padID: padID)
+        let logits = try classifier.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
+        return (try Tensor.crossEntropy(logits: logits, targets: IntTensor(rows.map(\.label))), b.tokens)
+    }
+
+    /// Predicted classes for `examples`, in order (batched by similar length for speed).
+    func predict(_ examples: [EncodedExample]) throws -> [Int] {
+        var predictions = [Int](repeating: 0, count: examples.count)
+        let order = examples.indices.sorted { examples[$0].ids.count < examples[$1].ids.count }
+        for start in stride(from: 0, to: order.count, by: evaluationBatchSize) {
+            let chunk = Array(order[start..<min(start + evaluationBatchSize, order.count)])
+            let b = try paddedBatch(chunk.map { examples[$0] }, padID: padID)
+            let logits = try Autograd.withoutGradients { try classifier.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types) }
+            let L = logits.shape[1], values = logits.scalars
+            for (row, i) in chunk.enumerated() {
+                let r = values[(row * L)..<((row + 1) * L)]
+                predictions[i] = r.indices.max { r[$0] < r[$1] }! - row * L
+            }
+        }
+        return predictions
+    }
+
+    public func evaluate() throws -> [String: Double] {
+        guard !evaluation.isEmpty else { return [:] }
+        let predicted = try predict(evaluation)
+        let truth = evaluation.map { Int($0.label) }
+        return ["accuracy": Metrics.accuracy(predicted: predicted, truth: truth),
+                "macro_f1": Metrics.macroF1(predicted: predicted, truth: truth)]
+    }
+
+    public var primaryMetric: (name: String, higherIsBetter: Bool) { ("accuracy", true) }
+}
+
+extension BertForSequenceClassification {
+    /// A sequence classifier on a pretrained BERT checkpoint (any head-less or headed BERT directory), with a new
+    /// classifier of `labels` outputs initialised as transformers does.
+    /// - Parameters:
+    ///   - pooling: `.mean` averages the token states (for sentence-embedding models such as MiniLM, which were trained
+    ///     that way); `.cls` uses the checkpoint's pooler.
+    /// - Throws: ``ModelError`` for a checkpoint that does not fit (naming the tensors), ``SafeTensorsError``.
+    public static func pretrained(_ directory: URL, labels: Int, pooling: Pooling = .cls) throws -> BertForSequenceClassification {
+        guard labels > 0 else { throw ModelError.badInput("a classifier needs at least one label, got \(labels)") }
+        let checkpoint = try Checkpoint(directory: directory)
+        var json = checkpoint.config
+        json["num_labels"] = labels
+        json["id2label"] = nil
+        let model = try Initializer.$skipped.withValue(true) {
+            try BertForSequenceClassification(try BertConfig(json: json, path: directory.appendingPathComponent("config.json").path), pooling: pooling)
+        }
+        var options = LoadOptions(basePrefix: "bert", ignoredSuffixes: ["position_ids"])
+        options.newlyInitialized = ["classifier."] + (pooling == .cls ? ["bert.pooler."] : [])
+        options.ignoredPrefixes = pooling == .cls ? ["classifier."] : ["pooler.", "classifier."]
+        try model.load(from: checkpoint, options: options)
+        return model
+    }
+}

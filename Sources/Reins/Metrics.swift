@@ -1,0 +1,122 @@
+import Foundation
+
+/// Evaluation metrics, each defined as its usual reference implementation defines it (scikit-learn for accuracy and
+/// F1, the SQuAD script for exact match and token F1, sacrebleu for BLEU).
+public enum Metrics {
+    /// The fraction of positions where `predicted` equals `truth` (0 for empty input).
+    public static func accuracy<T: Equatable>(predicted: [T], truth: [T]) -> Double {
+        guard !truth.isEmpty, predicted.count == truth.count else { return 0 }
+        return Double(zip(predicted, truth).filter { $0 == $1 }.count) / Double(truth.count)
+    }
+
+    /// The unweighted mean of per-class F1 over every class that occurs in `truth` or `predicted`, as scikit-learn's
+    /// `f1_score(average="macro")` (a class with no true or predicted positives scores 0).
+    public static func macroF1(predicted: [Int], truth: [Int]) -> Double {
+        let classes = Set(predicted).union(truth)
+        guard !classes.isEmpty, predicted.count == truth.count else { return 0 }
+        var sum = 0.0
+        for c in classes {
+            var tp = 0.0, fp = 0.0, fn = 0.0
+            for (p, t) in zip(predicted, truth) {
+                if p == c && t == c { tp += 1 } else if p == c { fp += 1 } else if t == c { fn += 1 }
+            }
+            sum += tp == 0 ? 0 : 2 * tp / (2 * tp + fp + fn)
+        }
+        return sum / Double(classes.count)
+    }
+
+    /// Perplexity from a mean per-token negative log-likelihood (natural log).
+    public static func perplexity(meanNegativeLogLikelihood nll: Double) -> Double { exp(nll) }
+
+    // MARK: question answering (SQuAD v1.1 evaluation script's definitions)
+
+    /// Lower-cased, punctuation and the articles a/an/the removed, whitespace collapsed.
+    public static func normalizeAnswer(_ s: String) -> String {
+        let lower = s.lowercased()
+        let noPunct = String(lower.unicodeScalars.filter { !isASCIIPunctuation($0) }.map(Character.init))
+        let words = noPunct.split(whereSeparator: { $0.isWhitespace }).filter { !["a", "an", "the"].contains($0) }
+        return words.joined(separator: " ")
+    }
+
+    static func isASCIIPunctuation(_ u: Unicode.Scalar) -> Bool {
+        // Python's string.punctuation
+        "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~".unicodeScalars.contains(u)
+    }
+
+    /// 1 if the normalized strings are equal, else 0; the best over the reference answers.
+    public static func exactMatch(prediction: String, answers: [String]) -> Double {
+        answers.map { normalizeAnswer(prediction) == normalizeAnswer($0) ? 1.0 : 0.0 }.max() ?? 0
+    }
+
+    /// Token-overlap F1 of the normalized strings; the best over the reference answers.
+    public static func tokenF1(prediction: String, answers: [String]) -> Double {
+        answers.map { answer -> Double in
+            let p = normalizeAnswer(prediction).split(separator: " "), g = normalizeAnswer(answer).split(separator: " ")
+            var counts: [Substring: Int] = [:]
+            for t in g { counts[t, default: 0] += 1 }
+            var common = 0
+            for t in p where (counts[t] ?? 0) > 0 { common += 1; counts[t]! -= 1 }
+            guard common > 0 else { return 0 }
+            let precision = Double(common) / Double(p.count), recall = Double(common) / Double(g.count)
+            return 2 * precision * recall / (precision + recall)
+        }.max() ?? 0
+    }
+
+    // MARK: BLEU (Papineni et al. 2002), as sacrebleu's corpus_bleu with its default 13a tokenizer
+
+    /// Corpus BLEU in percent: clipped n-gram precisions (n = 1...4) pooled over the corpus, geometric mean, brevity
+    /// penalty against the closest reference length; no smoothing of a zero count ("exp" smoothing of sacrebleu only
+    /// affects sentence BLEU). `references[k][i]` is reference k for hypothesis i.
+    public static func bleu(hypotheses: [String], references: [[String]]) -> Double {
+        var matches = [Double](repeating: 0, count: 4), totals = [Double](repeating: 0, count: 4)
+        var hypLength = 0.0, refLength = 0.0
+        for (i, h) in hypotheses.enumerated() {
+            let hyp = tokenize13a(h)
+            let refs = references.compactMap { i < $0.count ? tokenize13a($0[i]) : nil }
+            hypLength += Double(hyp.count)
+            // The closest reference length; ties go to the shorter.
+            let lengths = refs.map(\.count).sorted()
+            let closest = lengths.min { (a: Int, b: Int) -> Bool in abs(a - hyp.count) < abs(b - hyp.count) }
+            refLength += Double(closest ?? 0)
+            for n in 1...4 {
+                let counts = ngrams(hyp, n)
+                var maxRef: [[Substring]: Int] = [:]
+                for r in refs { for (g, c) in ngrams(r, n) { maxRef[g] = max(maxRef[g] ?? 0, c) } }
+                for (g, c) in counts { matches[n - 1] += Double(min(c, maxRef[g] ?? 0)) }
+                totals[n - 1] += Double(max(0, hyp.count - n + 1))
+            }
+        }
+        guard hypLength > 0, !matches.contains(0) else { return 0 }
+        let logPrecision = (0..<4).reduce(0.0) { $0 + log(matches[$1] / totals[$1]) } / 4
+        let brevity = hypLength < refLength ? exp(1 - refLength / hypLength) : 1
+        return 100 * brevity * exp(logPrecision)
+    }
+
+    static func ngrams(_ tokens: [Substring], _ n: Int) -> [[Substring]: Int] {
+        var counts: [[Substring]: Int] = [:]
+        if tokens.count >= n { for i in 0...(tokens.count - n) { counts[Array(tokens[i..<(i + n)]), default: 0] += 1 } }
+        return counts
+    }
+
+    /// sacrebleu's 13a tokenizer (mteval-v13a): unescape a few entities, then four regular-expression passes —
+    /// split off the symbols `{|}~[\]^_` + "`" + ` !"#$%&()*+:;<=>?@/` (not the apostrophe or hyphen), split a period or comma
+    /// unless a digit precedes it, split one unless a digit follows it, split a hyphen after a digit — and split on
+    /// whitespace.
+    static func tokenize13a(_ line: String) -> [Substring] {
+        var s = line.replacingOccurrences(of: "<skipped>", with: "").replacingOccurrences(of: "-\n", with: "").replacingOccurrences(of: "\n", with: " ")
+        if s.contains("&") {
+            for (a, b) in [("&quot;", "\""), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")] { s = s.replacingOccurrences(of: a, with: b) }
+        }
+        for (pattern, template) in thirteenA {
+            s = pattern.stringByReplacingMatches(in: s, range: NSRange(s.startIndex..., in: s), withTemplate: template)
+        }
+        return s.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" })
+    }
+
+    nonisolated(unsafe) static let thirteenA: [(NSRegularExpression, String)] = [
+        (#"([\{-\~\[-\` -\&\(-\+\:-\@\/])"#, " $1 "),
+        (#"([^0-9])([\.,])"#, "$1 $2 "),
+        (#"([\.,])([^0-9])"#, " $1 $2"),
+        (#"([0-9])(-)"#, "$1 $2 "),
+    ].map { (try! NSRegularExpression(pattern: $0.0), $0.1) }
+}

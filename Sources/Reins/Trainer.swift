@@ -1,0 +1,298 @@
+import Foundation
+import ReinsTensor
+
+/// One task a ``Trainer`` can optimise: it turns a list of example indices into a loss, and scores the model on its
+/// evaluation data.
+public protocol TrainingTask: AnyObject {
+    /// The model being trained (its trainable parameters are what the optimizer updates).
+    var model: any Module { get }
+    /// The number of training examples.
+    var trainingCount: Int { get }
+    /// The mean loss over the examples `indices` (a scalar tensor), and how many real tokens they hold.
+    func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int)
+    /// Metrics on the evaluation data; the first key of ``primaryMetric`` decides the best checkpoint.
+    func evaluate() throws -> [String: Double]
+    /// The metric that decides the best checkpoint, and whether larger is better.
+    var primaryMetric: (name: String, higherIsBetter: Bool) { get }
+}
+
+/// The optimizer a run uses.
+public enum OptimizerKind: Sendable, Equatable {
+    case adamW(beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8)
+    case sgd(momentum: Float = 0.9, nesterov: Bool = false)
+}
+
+/// Everything that decides a training run (one documented field each).
+public struct TrainingOptions: Sendable {
+    /// Optimizer updates.
+    public var steps: Int
+    /// Examples per micro-batch.
+    public var batchSize: Int
+    /// Micro-batches whose gradients are summed (and averaged) before each update.
+    public var gradientAccumulation = 1
+    /// The base learning rate.
+    public var learningRate: Float
+    public var optimizer: OptimizerKind = .adamW()
+    /// Weight decay; by default (``decaysByDefault(_:)``) biases, norms and other vectors do not decay.
+    public var weightDecay: Float = 0.01
+    /// Set to decay every parameter, vectors included.
+    public var decayVectors = false
+    /// The learning-rate schedule shape; its warm-up and total come from ``warmupSteps`` and ``steps``.
+    public var schedule: ScheduleKind = .linear
+    public var warmupSteps = 0
+    /// Global-norm gradient clipping (nil: none).
+    public var clipNorm: Float? = 1
+    /// Seeds data order and dropout: the same seed gives the same run, bit for bit.
+    public var seed: UInt64 = 0
+    /// Evaluate every this many updates (and at the end); nil: only at the end.
+    public var evaluateEvery: Int?
+    /// Stop after this many evaluations without improvement of the primary metric (nil: never).
+    public var earlyStoppingPatience: Int?
+    /// Where checkpoints, the best adapter or model, and `metrics.jsonl` go (nil: nothing is written).
+    public var outputDirectory: URL?
+    /// Write a resumable checkpoint every this many updates (nil: at evaluations only).
+    public var checkpointEvery: Int?
+    /// The adapter being trained: the best result is saved as that adapter (with its head). Nil (full fine-tuning):
+    /// the trainable parameters are saved as a model file.
+    public var adapterName: String?
+
+    public enum ScheduleKind: String, Sendable { case constant, linear, cosine }
+
+    public init(steps: Int, batchSize: Int, learningRate: Float) {
+        (self.steps, self.batchSize, self.learningRate) = (steps, batchSize, learningRate)
+    }
+
+    var learningRateSchedule: LearningRateSchedule {
+        switch schedule {
+        case .constant: return .constant(warmup: warmupSteps)
+        case .linear: return .linear(warmup: warmupSteps, total: steps)
+        case .cosine: return .cosine(warmup: warmupSteps, total: steps)
+        }
+    }
+}
+
+/// What happened at one update, for progress bars and logs.
+public struct StepRecord: Sendable {
+    public var step: Int
+    public var loss: Double
+    public var learningRate: Double
+    public var gradientNorm: Double
+    public var tokensPerSecond: Double
+    public var elapsed: Double
+    /// Evaluation metrics, when this update was followed by an evaluation.
+    public var metrics: [String: Double]?
+}
+
+/// Why a run stopped early.
+public enum TrainingError: Error, CustomStringConvertible, Equatable {
+    case nonFiniteLoss(step: Int, loss: Double)
+    case badOptions(String)
+    case badCheckpoint(path: String, detail: String)
+
+    public var description: String {
+        switch self {
+        case let .nonFiniteLoss(step, loss):
+            return "the loss became \(loss) at step \(step); the run stopped and the last good checkpoint was kept (try a lower learning rate or clipping)"
+        case let .badOptions(detail): return "bad training options: \(detail)"
+        case let .badCheckpoint(path, detail): return "cannot resume from \(path): \(detail)"
+        }
+    }
+}
+
+/// The training loop shared by every task and adapter method: shuffled micro-batches, gradient accumulation,
+/// clipping, a schedule, AdamW or SGD over exactly the trainable parameters, seeded dropout, periodic evaluation
+/// keeping the best result, early stopping, a NaN guard, JSONL metrics and atomic, resumable checkpoints.
+///
+/// Reproducibility: the data order of epoch `e` is a shuffle seeded by `(seed, e)` and the dropout masks of update `s`
+/// are seeded by `(seed, s)`, so a run resumed from a checkpoint continues exactly as if never stopped.
+public final class Trainer {
+    public let task: any TrainingTask
+    public let options: TrainingOptions
+    public let optimizer: any Optimizer
+    /// Updates done so far.
+    public private(set) var step = 0
+    /// The best primary-metric value so far and its step.
+    public private(set) var best: (value: Double, step: Int)?
+    /// Every record so far (also written to `metrics.jsonl`).
+    public private(set) var history: [StepRecord] = []
+    /// Called after each update (progress bars).
+    public var onStep: ((StepRecord) -> Void)?
+    private var evaluationsWithoutImprovement = 0
+    private let parameters: [(key: String, parameter: Parameter)]
+
+    public init(task: any TrainingTask, options: TrainingOptions) throws {
+        guard options.steps > 0, options.batchSize > 0, options.gradientAccumulation > 0 else {
+            throw TrainingError.badOptions("steps, batch size and gradient accumulation must be positive")
+        }
+        guard task.trainingCount > 0 else { throw TrainingError.badOptions("there are no training examples") }
+        self.task = task
+        self.options = options
+        parameters = task.model.namedParameters().filter { $0.parameter.isTrainable }
+        guard !parameters.isEmpty else { throw TrainingError.badOptions("the model has no trainable parameters") }
+        let decayAll = options.decayVectors
+        let decays: (Parameter) -> Bool = { decayAll || decaysByDefault($0) }
+        switch options.optimizer {
+        case let .adamW(b1, b2, eps):
+            optimizer = AdamW(learningRate: options.learningRate, beta1: b1, beta2: b2, epsilon: eps, weightDecay: options.weightDecay, decays: decays)
+        case let .sgd(momentum, nesterov):
+            optimizer = SGD(learningRate: options.learningRate, momentum: momentum, weightDecay: options.weightDecay, nesterov: nesterov, decays: decays)
+        }
+    }
+
+    /// The example indices of micro-batch `micro` of update `step` (0-based): consecutive slices of per-epoch
+    /// shuffles.
+    func batch(step: Int, micro: Int) -> [Int] {
+        let n = task.trainingCount, size = options.batchSize
+        let start = (step * options.gradientAccumulation + micro) * size
+        return (start..<(start + size)).map { i in order(epoch: i / n)[i % n] }
+    }
+
+    private var epochOrder: (epoch: Int, order: [Int])?
+
+    /// A Fisher–Yates shuffle of the training indices seeded by `(seed, epoch)`.
+    func order(epoch: Int) -> [Int] {
+        if let c = epochOrder, c.epoch == epoch { return c.order }
+        var g = SeededGenerator(seed: options.seed &+ UInt64(epoch) &* 0x9E37_79B9)
+        var order = Array(0..<task.trainingCount)
+        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(g.next() % UInt64(i + 1))) }
+        epochOrder = (epoch, order)
+        return order
+    }
+
+    /// Runs until ``TrainingOptions/steps`` updates are done (or early stopping), evaluating and checkpointing as
+    /// configured.
+    /// - Throws: ``TrainingError/nonFiniteLoss(step:loss:)`` (the last checkpoint stays intact), task and file errors.
+    public func run() throws {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let trainable = parameters.map(\.parameter)
+        let log = options.outputDirectory.map { $0.appendingPathComponent("metrics.jsonl") }
+        if let dir = options.outputDirectory { try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true) }
+        while step < options.steps {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            for p in trainable { p.zeroGradient() }
+            var total = 0.0, tokens = 0
+            for micro in 0..<options.gradientAccumulation {
+                let indices = batch(step: step, micro: micro)
+                let dropoutSeed = options.seed &* 0x2545_F491_4F6C_DD1D &+ UInt64(step * options.gradientAccumulation + micro)
+                try TrainingMode.run(seed: dropoutSeed) {
+                    let (loss, n) = try task.loss(indices)
+                    total += Double(try loss.item)
+                    tokens += n
+                    try loss.backward(gradient: try Tensor(shape: loss.shape, values: [1 / Float(options.gradientAccumulation)]))
+                }
+            }
+            let loss = total / Double(options.gradientAccumulation)
+            guard loss.isFinite else { throw TrainingError.nonFiniteLoss(step: step + 1, loss: loss) }
+            let norm = options.clipNorm.map { clipGradientNorm(trainable, maxNorm: $0) } ?? Float.nan
+            optimizer.learningRate = options.learningRate * options.learningRateSchedule.factor(step: step)
+            optimizer.update(trainable, gradientScale: 1)
+            step += 1
+            let now = DispatchTime.now().uptimeNanoseconds
+            var record = StepRecord(step: step, loss: loss, learningRate: Double(optimizer.learningRate), gradientNorm: Double(norm),
+                                    tokensPerSecond: Double(tokens) / (Double(now - t0) / 1e9), elapsed: Double(now - start) / 1e9)
+            let evaluateNow = step == options.steps || options.evaluateEvery.map { step % $0 == 0 } ?? false
+            var stop = false
+            if evaluateNow {
+                let metrics = try Autograd.withoutGradients { try task.evaluate() }
+                record.metrics = metrics
+                let (name, higher) = task.primaryMetric
+                if let value = metrics[name] {
+                    if best == nil || (higher ? value > best!.value : value < best!.value) {
+                        best = (value, step)
+                        evaluationsWithoutImprovement = 0
+                        if let dir = options.outputDirectory { try saveBest(to: dir.appendingPathComponent("best")) }
+                    } else {
+                        evaluationsWithoutImprovement += 1
+                        if let patience = options.earlyStoppingPatience, evaluationsWithoutImprovement >= patience { stop = true }
+                    }
+                }
+            }
+            history.append(record)
+            if let log { try Trainer.append(record, to: log) }
+            onStep?(record)
+            if let dir = options.outputDirectory, evaluateNow || options.checkpointEvery.map({ step % $0 == 0 }) ?? false || stop {
+                try saveCheckpoint(to: dir.appendingPathComponent("checkpoint"))
+            }
+            if stop { break }
+        }
+    }
+
+    /// The trained parameters in their best state: the adapter (with its head) or, for full fine-tuning, the model.
+    func saveBest(to directory: URL) throws {
+        let model = task.model
+        if let name = options.adapterName {
+            try model.saveAdapter(name, to: directory)
+        } else {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try SafeTensorsFile.write(Dictionary(uniqueKeysWithValues: parameters.map { ($0.key, $0.parameter.value.detached()) }),
+                                      metadata: ["format": "pt"], to: directory.appendingPathComponent("model.safetensors").path)
+        }
+    }
+
+    /// Writes what resuming needs: the trainable parameters, the optimizer state, the step and the best result. Each
+    /// file is replaced atomically and the state file, written last, names what belongs to it.
+    public func saveCheckpoint(to directory: URL) throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let weights = Dictionary(uniqueKeysWithValues: parameters.map { ($0.key, $0.parameter.value.detached()) })
+        let state = optimizer.state(parameters)
+        // Parameters and optimizer state in one file, so they can never be out of step with each other.
+        var tensors = weights.mapKeys { "param." + $0 }
+        for (k, v) in state.tensors { tensors["optim." + k] = v }
+        try SafeTensorsFile.write(tensors, metadata: ["step": "\(step)"], to: directory.appendingPathComponent("training_state.safetensors").path)
+        var json: [String: Any] = ["step": step, "optimizer_step": state.step, "seed": String(options.seed),
+                                   "evaluations_without_improvement": evaluationsWithoutImprovement]
+        if let best { json["best"] = ["value": best.value, "step": best.step] }
+        try AtomicFile.write(try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]),
+                             to: directory.appendingPathComponent("trainer_state.json").path)
+    }
+
+    /// Restores a checkpoint written by ``saveCheckpoint(to:)`` into this trainer's model and optimizer.
+    /// - Throws: ``TrainingError/badCheckpoint(path:detail:)`` naming the missing or mis-shaped tensor.
+    public func resume(from directory: URL) throws {
+        let statePath = directory.appendingPathComponent("trainer_state.json")
+        let json = try Checkpoint.readJSON(statePath)
+        let file = try SafeTensorsFile(path: directory.appendingPathComponent("training_state.safetensors").path)
+        guard let s = json["step"] as? Int, let optimizerStep = json["optimizer_step"] as? Int, file.metadata["step"] == "\(s)" else {
+            throw TrainingError.badCheckpoint(path: directory.path, detail: "trainer_state.json and training_state.safetensors disagree or lack the step")
+        }
+        if let seed = json["seed"] as? String, seed != String(options.seed) {
+            throw TrainingError.badCheckpoint(path: directory.path, detail: "it was written with seed \(seed), this run has seed \(options.seed)")
+        }
+        var values: [(Parameter, Tensor)] = []
+        for (key, p) in parameters {
+            guard file.entries["param." + key] != nil else { throw TrainingError.badCheckpoint(path: directory.path, detail: "missing parameter '\(key)'") }
+            let t = try file.tensor("param." + key)
+            guard t.shape == p.value.shape else {
+                throw TrainingError.badCheckpoint(path: directory.path, detail: "'\(key)' is \(t.shape), the model's \(p.value.shape)")
+            }
+            values.append((p, t))
+        }
+        var optimizerState: [String: Tensor] = [:]
+        for name in file.names where name.hasPrefix("optim.") { optimizerState[String(name.dropFirst(6))] = try file.tensor(name) }
+        do { try optimizer.restore(optimizerState, step: optimizerStep, parameters) } catch {
+            throw TrainingError.badCheckpoint(path: directory.path, detail: "\(error)")
+        }
+        for (p, t) in values { p.value = t.detached().requiringGradient() }
+        step = s
+        evaluationsWithoutImprovement = json["evaluations_without_improvement"] as? Int ?? 0
+        if let b = json["best"] as? [String: Any], let v = (b["value"] as? NSNumber)?.doubleValue, let st = b["step"] as? Int { best = (v, st) }
+    }
+
+    static func append(_ record: StepRecord, to url: URL) throws {
+        var fields: [String: Any] = ["step": record.step, "loss": record.loss, "learning_rate": record.learningRate,
+                                     "tokens_per_second": record.tokensPerSecond, "elapsed_seconds": record.elapsed]
+        if record.gradientNorm.isFinite { fields["gradient_norm"] = record.gradientNorm }
+        if let m = record.metrics { fields["eval"] = m }
+        var line = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
+        line.append(0x0A)
+        if !FileManager.default.fileExists(atPath: url.path) { FileManager.default.createFile(atPath: url.path, contents: nil) }
+        let handle = try FileHandle(forWritingTo: url)
+        defer { try? handle.close() }
+        try handle.seekToEnd()
+        try handle.write(contentsOf: line)
+    }
+}
+
+extension Dictionary {
+    func mapKeys<K: Hashable>(_ f: (Key) -> K) -> [K: Value] { Dictionary<K, Value>(uniqueKeysWithValues: map { (f($0.key), $0.value) }) }
+}

