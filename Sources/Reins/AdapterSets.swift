@@ -109,6 +109,17 @@ extension Module {
         return trainableParameterCount
     }
 
+    /// Loads an adapter directory (PEFT's or Reins's layout, with its head) under `name`, activates it, and makes
+    /// exactly its parameters trainable (the base and other adapters are frozen), ready to train further.
+    public func loadAdapter(_ name: String, from directory: URL) throws {
+        let before = Set(namedParameters().map { ObjectIdentifier($0.parameter) })
+        try AdapterFiles.load(directory: directory, into: self, name: name)
+        activateAdapter(name)
+        let added = namedParameters().map(\.parameter).filter { !before.contains(ObjectIdentifier($0)) }
+        freeze()
+        for p in added { p.isTrainable = true }
+    }
+
     /// Gives every bias of the base (linear layers and layer norms, not adapters or heads) a trainable copy named
     /// `name`, and activates it.
     func addBitFit(_ name: String) {

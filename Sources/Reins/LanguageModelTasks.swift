@@ -1,0 +1,73 @@
+import Foundation
+import ReinsTensor
+
+/// A token sequence for causal-LM training; the first `promptLength` tokens are context only (no loss), which is
+/// instruction tuning's "loss on the completion only". `promptLength` 0 trains on every next token.
+public struct TokenSequence: Sendable, Equatable {
+    public var ids: [Int32]
+    public var promptLength: Int
+
+    public init(ids: [Int32], promptLength: Int = 0) { (self.ids, self.promptLength) = (ids, promptLength) }
+}
+
+/// Causal language modelling on GPT-2: next-token cross-entropy over the non-prompt, non-padding tokens; evaluated by
+/// perplexity.
+public final class CausalLMTask: TrainingTask {
+    public let languageModel: GPT2LMHeadModel
+    public var model: any Module { languageModel }
+    let train: [TokenSequence], evaluation: [TokenSequence]
+    let padID: Int32
+    /// Sequences per evaluation batch.
+    public var evaluationBatchSize = 16
+
+    /// - Throws: ``ModelError/badInput(_:)`` for an empty sequence or a prompt as long as its sequence (no token to learn).
+    public init(model: GPT2LMHeadModel, train: [TokenSequence], evaluation: [TokenSequence], padID: Int32) throws {
+        for (name, set) in [("training", train), ("evaluation", evaluation)] {
+            if let i = set.firstIndex(where: { $0.ids.count < 2 || $0.promptLength >= $0.ids.count || $0.promptLength < 0 }) {
+                throw ModelError.badInput("\(name) sequence \(i + 1) has \(set[i].ids.count) tokens and a prompt of \(set[i].promptLength): nothing to predict")
+            }
+        }
+        (languageModel, self.train, self.evaluation, self.padID) = (model, train, evaluation, padID)
+    }
+
+    public var trainingCount: Int { train.count }
+
+    /// Right-padded ids, mask and labels (-100 on padding and prompt tokens) `[B, T]`, and the number of predicted tokens.
+    func batch(_ rows: [TokenSequence]) throws -> (ids: IntTensor, mask: IntTensor, labels: IntTensor, predicted: Int) {
+        let T = rows.map(\.ids.count).max() ?? 0
+        var ids: [Int32] = [], mask: [Int32] = [], labels: [Int32] = [], predicted = 0
+        for r in rows {
+            let pad = T - r.ids.count
+            ids += r.ids + [Int32](repeating: padID, count: pad)
+            mask += [Int32](repeating: 1, count: r.ids.count) + [Int32](repeating: 0, count: pad)
+            labels += r.ids.enumerated().map { $0.offset < r.promptLength ? -100 : $0.element } + [Int32](repeating: -100, count: pad)
+            predicted += r.ids.count - max(r.promptLength, 1)
+        }
+        let shape = [rows.count, T]
+        return (try IntTensor(shape: shape, values: ids), try IntTensor(shape: shape, values: mask), try IntTensor(shape: shape, values: labels), predicted)
+    }
+
+    public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
+        let rows = indices.map { train[$0] }
+        let b = try batch(rows)
+        let mask: IntTensor? = b.mask.values.contains(0) ? b.mask : nil
+        return (try languageModel.loss(b.ids, labels: b.labels, attentionMask: mask), rows.reduce(0) { $0 + $1.ids.count })
+    }
+
+    public func evaluate() throws -> [String: Double] {
+        guard !evaluation.isEmpty else { return [:] }
+        var total = 0.0, count = 0
+        for start in stride(from: 0, to: evaluation.count, by: evaluationBatchSize) {
+            let rows = Array(evaluation[start..<min(start + evaluationBatchSize, evaluation.count)])
+            let b = try batch(rows)
+            let mask: IntTensor? = b.mask.values.contains(0) ? b.mask : nil
+            let loss = try Autograd.withoutGradients { try languageModel.loss(b.ids, labels: b.labels, attentionMask: mask) }
+            total += Double(try loss.item) * Double(b.predicted)
+            count += b.predicted
+        }
+        let nll = total / Double(max(count, 1))
+        return ["loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll)]
+    }
+
+    public var primaryMetric: (name: String, higherIsBetter: Bool) { ("perplexity", false) }
+}
