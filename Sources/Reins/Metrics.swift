@@ -102,11 +102,12 @@ public enum Metrics {
     /// split off the symbols `{|}~[\]^_` + "`" + ` !"#$%&()*+:;<=>?@/` (not the apostrophe or hyphen), split a period or comma
     /// unless a digit precedes it, split one unless a digit follows it, split a hyphen after a digit — and split on
     /// whitespace.
-    static func tokenize13a(_ line: String) -> [Substring] {
+    public static func tokenize13a(_ line: String) -> [Substring] {
         var s = line.replacingOccurrences(of: "<skipped>", with: "").replacingOccurrences(of: "-\n", with: "").replacingOccurrences(of: "\n", with: " ")
         if s.contains("&") {
             for (a, b) in [("&quot;", "\""), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")] { s = s.replacingOccurrences(of: a, with: b) }
         }
+        s = " \(s) " // as sacrebleu: the padding lets a final period split off after a digit
         for (pattern, template) in thirteenA {
             s = pattern.stringByReplacingMatches(in: s, range: NSRange(s.startIndex..., in: s), withTemplate: template)
         }

@@ -117,6 +117,9 @@ public final class Trainer {
     public private(set) var history: [StepRecord] = []
     /// Called after each update (progress bars).
     public var onStep: ((StepRecord) -> Void)?
+    /// Asked after each update (and its checkpoint): return true to stop the run there (e.g. on a signal). A later
+    /// ``resume(from:)`` continues it exactly.
+    public var shouldStop: ((StepRecord) -> Bool)?
     private var evaluationsWithoutImprovement = 0
     private let parameters: [(key: String, parameter: Parameter)]
 
@@ -213,7 +216,7 @@ public final class Trainer {
             if let dir = options.outputDirectory, evaluateNow || options.checkpointEvery.map({ step % $0 == 0 }) ?? false || stop {
                 try saveCheckpoint(to: dir.appendingPathComponent("checkpoint"))
             }
-            if stop { break }
+            if stop || shouldStop?(record) == true { break }
         }
     }
 

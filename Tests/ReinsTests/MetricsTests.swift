@@ -1,0 +1,31 @@
+import Foundation
+import Reins
+import ReinsTestSupport
+import Testing
+
+/// Metrics against scikit-learn, sacrebleu and the SQuAD script on fixed inputs (Tests/Fixtures/make_metric_fixtures.py).
+struct MetricsTests {
+    let json = try! JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.directory.appendingPathComponent("metrics/expected.json"))) as! [String: Any]
+
+    @Test func classificationMetricsMatchScikitLearn() {
+        let truth = json["truth"] as! [Int], predicted = json["predicted"] as! [Int]
+        #expect(abs(Metrics.accuracy(predicted: predicted, truth: truth) - (json["accuracy"] as! Double)) < 1e-12)
+        #expect(abs(Metrics.macroF1(predicted: predicted, truth: truth) - (json["macro_f1"] as! Double)) < 1e-12)
+    }
+
+    @Test func bleuMatchesSacreBLEU() {
+        let hyps = json["hypotheses"] as! [String], refs = json["references"] as! [[String]]
+        let tokens = json["tokens_13a"] as! [[String]]
+        for (h, t) in zip(hyps + refs[0] + refs[1], tokens) { #expect(Metrics.tokenize13a(h).map(String.init) == t, "13a tokens of \(h)") }
+        #expect(abs(Metrics.bleu(hypotheses: hyps, references: refs) - (json["bleu"] as! Double)) < 1e-9)
+        #expect(abs(Metrics.bleu(hypotheses: hyps, references: Array(refs.prefix(1))) - (json["bleu_single_reference"] as! Double)) < 1e-9)
+    }
+
+    @Test func questionAnsweringMetricsMatchSQuAD() {
+        for case let row as [String: Any] in json["qa"] as! [Any] {
+            let p = row["prediction"] as! String, a = row["answers"] as! [String]
+            #expect(Metrics.exactMatch(prediction: p, answers: a) == row["exact_match"] as! Double, "EM of \(p)")
+            #expect(abs(Metrics.tokenF1(prediction: p, answers: a) - (row["f1"] as! Double)) < 1e-12, "F1 of \(p)")
+        }
+    }
+}
