@@ -74,6 +74,8 @@ extension Module {
             return trainableParameterCount
         }
         guard let shape = encoderShape else { throw ModelError.badInput("adapters need a GPT-2 or BERT model") }
+        // Nothing is named `name` yet, so activating it shows the bare base; what appears after adding is the adapter.
+        activateAdapter(name)
         let before = Set(namedParameters().map { ObjectIdentifier($0.parameter) })
         switch method {
         case .full: break
@@ -112,6 +114,8 @@ extension Module {
     /// Loads an adapter directory (PEFT's or Reins's layout, with its head) under `name`, activates it, and makes
     /// exactly its parameters trainable (the base and other adapters are frozen), ready to train further.
     public func loadAdapter(_ name: String, from directory: URL) throws {
+        try? deleteAdapter(name)
+        activateAdapter(name) // the bare base: nothing is named `name` now
         let before = Set(namedParameters().map { ObjectIdentifier($0.parameter) })
         try AdapterFiles.load(directory: directory, into: self, name: name)
         activateAdapter(name)

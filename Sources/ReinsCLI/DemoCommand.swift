@@ -18,12 +18,12 @@ struct DemoCommand: ParsableCommand {
         """
     )
 
-    @Option(help: "Optimizer updates per method.") var steps = 150
+    @Option(help: "Optimizer updates per method.") var steps = 60
     @Option(help: "Examples per update.") var batchSize = 32
     @Option(help: "Training examples (a fixed sample of the training split).") var trainExamples = 8000
-    @Option(help: "Development examples (a fixed sample of the development split).") var devExamples = 800
+    @Option(help: "Development examples (a fixed sample of the development split).") var devExamples = 600
     @Option(help: "Tokens per example, [CLS] and [SEP] included.") var maxLength = 40
-    @Option(help: "Evaluate on the development sample every this many updates.") var evaluateEvery = 50
+    @Option(help: "Evaluate on the development sample every this many updates.") var evaluateEvery = 20
     @Option(help: "Comma-separated methods: full, bitfit, houlsby, pfeiffer, adapterbias, prefix, lora.")
     var methods = "full,bitfit,houlsby,pfeiffer,adapterbias,prefix,lora"
     @Option(help: "Where adapters, logs, the table and the plot go.") var output = "reins-demo"
@@ -80,6 +80,7 @@ struct DemoCommand: ParsableCommand {
         let counts = Dictionary(grouping: dev, by: \.label).mapValues(\.count)
         let majority = counts.max { $0.value < $1.value }!
         let chance = Double(majority.value) / Double(dev.count)
+        defer { fflush(nil) }
         print("WordNet: \(glosses.count) glosses, \(labels.count) supersenses; training on \(train.count), evaluating on \(dev.count) (majority class \(labels[majority.key]): \(pct(chance)))")
 
         let tokenizer = try WordPieceTokenizer(vocabularyFile: modelDir.appendingPathComponent("vocab.txt").path)
@@ -208,6 +209,7 @@ final class ProgressLine {
         } else if r.metrics != nil || (10 * r.step / max(total, 1)) != lastPrinted {
             lastPrinted = 10 * r.step / max(total, 1)
             print(line)
+            fflush(nil)
         }
     }
 

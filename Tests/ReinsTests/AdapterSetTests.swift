@@ -1,0 +1,83 @@
+import Foundation
+import Reins
+import ReinsTensor
+import ReinsTestSupport
+import Testing
+
+/// Many adapters on one frozen base: each trains alone, owns its head (with its own label count), switches at run
+/// time, saves and loads with its head, and leaves the base and the other adapters untouched.
+struct AdapterSetTests {
+    static let methods: [(String, AdapterMethod)] = [
+        ("bitfit", .bitFit), ("houlsby", .houlsby(bottleneck: 4)), ("pfeiffer", .pfeiffer(bottleneck: 5)),
+        ("adapterbias", .adapterBias), ("parallel", .parallel(bottleneck: 3)), ("prefix", .prefix(length: 2)),
+        ("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"]))),
+        ("lora+bitfit", .loraBitFit(LoRAConfig(rank: 2, alpha: 4, targets: ["attention.output.dense"]))),
+    ]
+
+    func task(_ model: BertForSequenceClassification, labels: Int) throws -> SequenceClassificationTask {
+        let examples = (0..<8).map { LabeledText(text: String($0), label: $0 % labels) }
+        return try SequenceClassificationTask(model: model, labels: labels, train: examples, evaluation: [], padID: 0) { t, _ in
+            let i = Int(t)!
+            return ((0..<(3 + i % 4)).map { Int32(2 + (i * 5 + $0 * 7) % 90) }, [Int32](repeating: 0, count: 3 + i % 4))
+        }
+    }
+
+    @Test func adaptersTrainAloneSwitchAndRoundTripWithTheirHeads() throws {
+        let model = try BottleneckAdapterTests().bert()
+        let ids = try IntTensor(shape: [2, 5], values: [2, 14, 15, 16, 3, 2, 50, 51, 3, 0])
+        let mask = try IntTensor(shape: [2, 5], values: [1, 1, 1, 1, 1, 1, 1, 1, 1, 0])
+        let baseLogits = try model.logits(ids, attentionMask: mask).scalars
+        let baseWeights = model.namedParameters().map { ($0.key, $0.parameter.value.scalars) }
+        var trained: [String: [Float]] = [:]
+        let dir = try temporaryDirectory()
+        for (i, (name, method)) in Self.methods.enumerated() {
+            let labels = 2 + i % 3 // every adapter its own label count
+            try model.addAdapter(name, method, labels: labels, seed: UInt64(i))
+            // Only this adapter (and its head) trains.
+            let trainable = Set(model.trainableParameters.map { ObjectIdentifier($0) })
+            let trainer = try Trainer(task: task(model, labels: labels), options: TrainingOptions(steps: 3, batchSize: 4, learningRate: 0.05))
+            try trainer.run()
+            for (key, p) in model.namedParameters() where !trainable.contains(ObjectIdentifier(p)) {
+                #expect(p.gradient == nil, "\(name): \(key) got a gradient")
+            }
+            let logits = try model.logits(ids, attentionMask: mask)
+            #expect(logits.shape == [2, labels])
+            trained[name] = logits.scalars
+            try model.saveAdapter(name, to: dir.appendingPathComponent(name))
+        }
+        // The base is untouched, with every adapter switched off.
+        model.activateAdapter(nil)
+        for (key, before) in baseWeights {
+            let now = model.namedParameters().first { $0.key == key }?.parameter.value.scalars
+            #expect(now == before, "base \(key) changed")
+        }
+        expectClose(try model.logits(ids, attentionMask: mask).scalars, baseLogits, atol: 1e-6, rtol: 0, "base logits")
+        // Switching back reproduces each adapter exactly; a fresh base with every adapter loaded does too.
+        let fresh = try BottleneckAdapterTests().bert()
+        for (name, _) in Self.methods {
+            model.activateAdapter(name)
+            expectClose(try model.logits(ids, attentionMask: mask).scalars, trained[name]!, atol: 1e-6, rtol: 0, "\(name) after switching")
+            try fresh.loadAdapter(name, from: dir.appendingPathComponent(name))
+        }
+        #expect(fresh.adapterNames == Self.methods.map(\.0).sorted())
+        for (name, _) in Self.methods {
+            fresh.activateAdapter(name)
+            expectClose(try fresh.logits(ids, attentionMask: mask).scalars, trained[name]!, atol: 1e-5, rtol: 1e-4, "\(name) loaded on a fresh base")
+        }
+        try model.deleteAdapter("houlsby")
+        #expect(!model.adapterNames.contains("houlsby"))
+        #expect(throws: ModelError.self) { try model.saveAdapter("houlsby", to: dir.appendingPathComponent("gone")) }
+    }
+
+    @Test func adapterFilesHoldOnlyAdapterTensors() throws {
+        let model = try BottleneckAdapterTests().bert()
+        let dir = try temporaryDirectory()
+        for (name, method) in Self.methods {
+            let count = try model.addAdapter(name, method, labels: 3)
+            try model.saveAdapter(name, to: dir.appendingPathComponent(name))
+            let file = try SafeTensorsFile(path: dir.appendingPathComponent("\(name)/adapter_model.safetensors").path)
+            let stored = file.names.reduce(0) { $0 + (file.entries[$1]!.shape.reduce(1, *)) }
+            #expect(stored == count, "\(name): \(stored) stored scalars, \(count) trainable")
+        }
+    }
+}
