@@ -1,0 +1,247 @@
+import ArgumentParser
+import Foundation
+import Reins
+import ReinsTensor
+
+/// What `train`, `eval` and `predict` share: the base model and the task.
+struct TaskOptions: ParsableArguments {
+    @Option(help: "Hugging Face model directory: BERT for classification, GPT-2 for causal-lm.") var model: String
+    @Option(help: "classification (single texts or pairs) or causal-lm (text, or prompt + completion).") var task = "classification"
+    @Option(help: "Class names in order, comma-separated (default: read from the model's labels.json, else integer labels).") var labels: String?
+    @Option(help: "Classification: field holding the text.") var textField = "text"
+    @Option(help: "Classification: field holding the second text of a pair.") var pairField: String?
+    @Option(help: "Classification: field holding the label.") var labelField = "label"
+    @Option(help: "Classification: cls (BERT's pooler) or mean (token average, for sentence-embedding models).") var pooling = "cls"
+    @Option(help: "Tokens per example.") var maxLength = 128
+
+    var taskKind: String { task.lowercased() }
+
+    func labelNames(extra: URL? = nil) throws -> [String] {
+        if let labels { return labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        for dir in [extra, URL(fileURLWithPath: model)].compactMap({ $0 }) {
+            let url = dir.appendingPathComponent("labels.json")
+            if let data = FileManager.default.contents(atPath: url.path), let names = try? JSONSerialization.jsonObject(with: data) as? [String] { return names }
+        }
+        return []
+    }
+
+    /// The classifier, and how to encode a text pair for it.
+    func classifier(labels: Int) throws -> (BertForSequenceClassification, WordPieceTokenizer) {
+        guard let pool = Pooling(rawValue: pooling) else { throw ValidationError("--pooling must be cls or mean") }
+        let dir = URL(fileURLWithPath: model)
+        let model = try BertForSequenceClassification.pretrained(dir, labels: labels, pooling: pool)
+        return (model, try WordPieceTokenizer(tokenizerFile: dir))
+    }
+
+    func encoder(_ tokenizer: WordPieceTokenizer, positions: Int) -> (String, String?) throws -> (ids: [Int32], types: [Int32]) {
+        let options = EncodingOptions(maxLength: min(maxLength, positions), padding: .none)
+        return { text, pair in
+            let e = try tokenizer.encode(text, pair: pair, options: options)
+            return (e.ids, e.typeIDs)
+        }
+    }
+
+    func languageModel() throws -> (GPT2LMHeadModel, AnyTokenizer) {
+        let dir = URL(fileURLWithPath: model)
+        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else { throw ValidationError("not a GPT-2 model") }
+        guard let file = tokenizerFile(in: dir) else { throw ValidationError("no tokenizer.json or vocab.json in \(dir.path)") }
+        return (m, try AnyTokenizer(file: file))
+    }
+
+    func sequences(_ url: URL, tokenizer: AnyTokenizer, positions: Int) throws -> [TokenSequence] {
+        try DataFiles.languageModeling(url).map { p, c in
+            let prompt = p.isEmpty ? [] : try tokenizer.encode(p)
+            let ids = Array((prompt + (try tokenizer.encode(c))).prefix(min(maxLength, positions)))
+            return TokenSequence(ids: ids, promptLength: min(prompt.count, max(ids.count - 1, 0)))
+        }
+    }
+}
+
+extension WordPieceTokenizer {
+    /// The tokenizer of a model directory: tokenizer.json if present, else vocab.txt.
+    convenience init(tokenizerFile dir: URL) throws {
+        let json = dir.appendingPathComponent("tokenizer.json")
+        if FileManager.default.fileExists(atPath: json.path) { try self.init(tokenizerJSON: json.path) } else {
+            try self.init(vocabularyFile: dir.appendingPathComponent("vocab.txt").path)
+        }
+    }
+}
+
+/// `reins train`: fine-tune fully or train an adapter, with evaluation, the best result kept, and resumable checkpoints.
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a task on a pretrained model: full fine-tuning or an adapter (bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, lora, lora+bitfit).",
+        discussion: "Writes OUTPUT/best (the best adapter with its head, or the model's trained tensors), OUTPUT/checkpoint (resume with --resume), OUTPUT/metrics.jsonl, OUTPUT/curves.svg and OUTPUT/labels.json."
+    )
+
+    @OptionGroup var taskOptions: TaskOptions
+    @Option(help: "full, bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, lora or lora+bitfit.") var method = "lora"
+    @Option(help: "Training data (.jsonl or .csv).") var train: String
+    @Option(help: "Evaluation data (.jsonl or .csv).") var eval: String?
+    @Option(help: "Optimizer updates (default: one epoch).") var steps: Int?
+    @Option(help: "Epochs, when --steps is not given.") var epochs = 1
+    @Option(help: "Examples per micro-batch.") var batchSize = 16
+    @Option(help: "Micro-batches per update.") var accumulation = 1
+    @Option(name: .customLong("lr"), help: "Learning rate.") var learningRate: Float = 1e-3
+    @Option(help: "adamw or sgd.") var optimizer = "adamw"
+    @Option(help: "SGD momentum.") var momentum: Float = 0.9
+    @Option(help: "Weight decay (not applied to biases and norms).") var weightDecay: Float = 0.01
+    @Option(help: "constant, linear or cosine.") var schedule = "linear"
+    @Option(help: "Warm-up updates.") var warmup = 0
+    @Option(help: "Global gradient-norm clipping (0: off).") var clip: Float = 1
+    @Option(help: "Evaluate every this many updates.") var evalEvery: Int?
+    @Option(help: "Stop after this many evaluations without improvement.") var patience: Int?
+    @Option(help: "LoRA rank.") var rank = 8
+    @Option(help: "LoRA alpha.") var alpha: Float = 16
+    @Option(help: "LoRA dropout.") var loraDropout: Float = 0
+    @Option(help: "LoRA target layers, comma-separated (default: query,value for BERT, c_attn for GPT-2).") var targets: String?
+    @Option(help: "Bottleneck size of Houlsby, Pfeiffer and parallel adapters.") var bottleneck = 64
+    @Option(help: "Prefix-tuning virtual tokens.") var prefixLength = 16
+    @Option(help: "Seed for data order, dropout and new weights.") var seed: UInt64 = 0
+    @Option(help: "Output directory.") var output: String
+    @Flag(help: "Continue from OUTPUT/checkpoint.") var resume = false
+
+    func adapterMethod(defaultTargets: [String]) throws -> AdapterMethod {
+        let lora = LoRAConfig(rank: rank, alpha: alpha, targets: targets.map { $0.split(separator: ",").map(String.init) } ?? defaultTargets, dropout: loraDropout)
+        switch method.lowercased() {
+        case "full": return .full
+        case "bitfit": return .bitFit
+        case "houlsby": return .houlsby(bottleneck: bottleneck)
+        case "pfeiffer": return .pfeiffer(bottleneck: bottleneck)
+        case "adapterbias": return .adapterBias
+        case "parallel": return .parallel(bottleneck: bottleneck)
+        case "prefix": return .prefix(length: prefixLength)
+        case "lora": return .lora(lora)
+        case "lora+bitfit": return .loraBitFit(lora)
+        default: throw ValidationError("unknown method '\(method)'")
+        }
+    }
+
+    func run() throws {
+        let out = URL(fileURLWithPath: output)
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        let task: any TrainingTask
+        let name = method.lowercased()
+        var adapterMethod: AdapterMethod
+        switch taskOptions.taskKind {
+        case "classification":
+            var labels = try taskOptions.labelNames()
+            var train = try DataFiles.classification(URL(fileURLWithPath: self.train), labels: labels, textField: taskOptions.textField,
+                                                     pairField: taskOptions.pairField, labelField: taskOptions.labelField)
+            if labels.isEmpty { labels = (0...(train.map(\.label).max() ?? 0)).map(String.init) }
+            let evaluation = try eval.map {
+                try DataFiles.classification(URL(fileURLWithPath: $0), labels: labels.allSatisfy { Int($0) != nil } ? [] : labels,
+                                             textField: taskOptions.textField, pairField: taskOptions.pairField, labelField: taskOptions.labelField)
+            } ?? []
+            train = train.map { $0 }
+            let (model, tokenizer) = try taskOptions.classifier(labels: labels.count)
+            adapterMethod = try self.adapterMethod(defaultTargets: ["query", "value"])
+            try model.addAdapter(name, adapterMethod, labels: labels.count, seed: seed)
+            task = try SequenceClassificationTask(model: model, labels: labels.count, train: train, evaluation: evaluation, padID: tokenizer.padID,
+                                                  encode: taskOptions.encoder(tokenizer, positions: model.bert.config.positions))
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: labels), to: out.appendingPathComponent("labels.json").path)
+        case "causal-lm":
+            let (model, tokenizer) = try taskOptions.languageModel()
+            adapterMethod = try self.adapterMethod(defaultTargets: ["c_attn"])
+            try model.addAdapter(name, adapterMethod, seed: seed)
+            let positions = model.transformer.config.positions
+            task = try CausalLMTask(model: model, train: try taskOptions.sequences(URL(fileURLWithPath: train), tokenizer: tokenizer, positions: positions),
+                                    evaluation: try eval.map { try taskOptions.sequences(URL(fileURLWithPath: $0), tokenizer: tokenizer, positions: positions) } ?? [],
+                                    padID: 0)
+        default: throw ValidationError("--task must be classification or causal-lm")
+        }
+        let updates = steps ?? max(1, epochs * task.trainingCount / (batchSize * accumulation))
+        var options = TrainingOptions(steps: updates, batchSize: batchSize, learningRate: learningRate)
+        options.gradientAccumulation = accumulation
+        options.optimizer = optimizer == "sgd" ? .sgd(momentum: momentum) : .adamW()
+        options.weightDecay = weightDecay
+        guard let kind = TrainingOptions.ScheduleKind(rawValue: schedule) else { throw ValidationError("--schedule must be constant, linear or cosine") }
+        options.schedule = kind
+        options.warmupSteps = warmup
+        options.clipNorm = clip > 0 ? clip : nil
+        options.evaluateEvery = evalEvery
+        options.earlyStoppingPatience = patience
+        options.seed = seed
+        options.outputDirectory = out
+        options.adapterName = adapterMethod == .full ? nil : name
+        let trainer = try Trainer(task: task, options: options)
+        if resume {
+            try trainer.resume(from: out.appendingPathComponent("checkpoint"))
+            print("Resumed at update \(trainer.step) of \(updates)")
+        } else {
+            try? FileManager.default.removeItem(at: out.appendingPathComponent("metrics.jsonl"))
+        }
+        print("\(name): \(fmt(task.model.trainableParameterCount)) trainable of \(fmt(task.model.parameterCount)) parameters, \(updates) updates of \(batchSize * accumulation)")
+        let progress = ProgressLine(label: name, total: updates)
+        trainer.onStep = { progress.update($0) }
+        try trainer.run()
+        progress.finish()
+        let history = trainer.history
+        let loss = SVGPlot.Panel(title: "training loss", xLabel: "update", yLabel: "loss",
+                                 series: [SVGPlot.Series(name: name, points: SVGPlot.smoothed(history.map { (Double($0.step), $0.loss) }))])
+        let metric = task.primaryMetric.name
+        let evalPanel = SVGPlot.Panel(title: "evaluation \(metric)", xLabel: "update", yLabel: metric,
+                                      series: [SVGPlot.Series(name: name, points: history.compactMap { h in h.metrics?[metric].map { (Double(h.step), $0) } })])
+        try AtomicFile.write(Data(SVGPlot.render([loss, evalPanel]).utf8), to: out.appendingPathComponent("curves.svg").path)
+        if let best = trainer.best { print("best \(metric) \(best.value) at update \(best.step) -> \(out.path)/best") }
+    }
+}
+
+/// `reins eval`: the task's metrics for a model (optionally with an adapter) on a data file.
+struct EvalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "eval", abstract: "Score a model or adapter on a data file (accuracy and macro-F1, or perplexity).")
+    @OptionGroup var taskOptions: TaskOptions
+    @Option(help: "An adapter directory (with its head) to apply.") var adapter: String?
+    @Option(help: "Data (.jsonl or .csv).") var data: String
+
+    func run() throws {
+        let metrics: [String: Double]
+        switch taskOptions.taskKind {
+        case "classification":
+            let labels = try taskOptions.labelNames(extra: adapter.map { URL(fileURLWithPath: $0).deletingLastPathComponent() })
+            let examples = try DataFiles.classification(URL(fileURLWithPath: data), labels: labels, textField: taskOptions.textField,
+                                                        pairField: taskOptions.pairField, labelField: taskOptions.labelField)
+            let count = labels.isEmpty ? (examples.map(\.label).max() ?? 0) + 1 : labels.count
+            let (model, tokenizer) = try taskOptions.classifier(labels: count)
+            if let adapter { try model.loadAdapter("adapter", from: URL(fileURLWithPath: adapter)) }
+            metrics = try SequenceClassificationTask(model: model, labels: model.classifier.outputs, train: [], evaluation: examples, padID: tokenizer.padID,
+                                                     encode: taskOptions.encoder(tokenizer, positions: model.bert.config.positions)).evaluate()
+        case "causal-lm":
+            let (model, tokenizer) = try taskOptions.languageModel()
+            if let adapter { try model.loadAdapter("adapter", from: URL(fileURLWithPath: adapter)) }
+            metrics = try CausalLMTask(model: model, train: [], evaluation: try taskOptions.sequences(URL(fileURLWithPath: data), tokenizer: tokenizer,
+                                                                                                       positions: model.transformer.config.positions), padID: 0).evaluate()
+        default: throw ValidationError("--task must be classification or causal-lm")
+        }
+        let json = try JSONSerialization.data(withJSONObject: metrics, options: [.sortedKeys])
+        print(String(decoding: json, as: UTF8.self))
+    }
+}
+
+/// `reins predict`: one JSON line per input record with the predicted label and its probability.
+struct PredictCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "predict", abstract: "Label texts with a classifier (a model plus an optional adapter); prints JSON lines.")
+    @OptionGroup var taskOptions: TaskOptions
+    @Option(help: "An adapter directory (with its head) to apply.") var adapter: String?
+    @Option(help: "Input texts (.jsonl or .csv, field --text-field).") var input: String
+
+    func run() throws {
+        guard taskOptions.taskKind == "classification" else { throw ValidationError("predict supports --task classification (use `reins generate` for text)") }
+        let labels = try taskOptions.labelNames(extra: adapter.map { URL(fileURLWithPath: $0).deletingLastPathComponent() })
+        let (model, tokenizer) = try taskOptions.classifier(labels: max(labels.count, 2))
+        if let adapter { try model.loadAdapter("adapter", from: URL(fileURLWithPath: adapter)) }
+        let encode = taskOptions.encoder(tokenizer, positions: model.bert.config.positions)
+        for record in try DataFiles.records(URL(fileURLWithPath: input)) {
+            let text = try record.require(taskOptions.textField)
+            let e = try encode(text, try taskOptions.pairField.map { try record.require($0) })
+            let shape = [1, e.ids.count]
+            let logits = try Autograd.withoutGradients {
+                try model.logits(IntTensor(shape: shape, values: e.ids), tokenTypeIDs: IntTensor(shape: shape, values: e.types))
+            }.softmax().scalars
+            let best = logits.indices.max { logits[$0] < logits[$1] }!
+            let row: [String: Any] = ["text": text, "label": best < labels.count ? labels[best] : String(best), "probability": Double(logits[best])]
+            print(String(decoding: try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys]), as: UTF8.self))
+        }
+    }
+}
