@@ -127,6 +127,11 @@ struct TrainCommand: ParsableCommand {
         switch taskOptions.taskKind {
         case "classification":
             var labels = try taskOptions.labelNames()
+            if labels.isEmpty {
+                // Names found in the training file, sorted (integer labels stay class indices).
+                let values = Set(try DataFiles.records(URL(fileURLWithPath: self.train)).map { try $0.require(taskOptions.labelField) })
+                if !values.allSatisfy({ Int($0) != nil }) { labels = values.sorted() }
+            }
             var train = try DataFiles.classification(URL(fileURLWithPath: self.train), labels: labels, textField: taskOptions.textField,
                                                      pairField: taskOptions.pairField, labelField: taskOptions.labelField)
             if labels.isEmpty { labels = (0...(train.map(\.label).max() ?? 0)).map(String.init) }
