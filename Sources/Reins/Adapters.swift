@@ -271,6 +271,15 @@ public final class Prefix {
     /// `P`.
     public var length: Int { embeddings.value.shape[0] }
 
+    /// Registers what trains, under PEFT's keys: the MLP (`prefix_encoder.*`) while it exists, else
+    /// `prompt_embeddings`.
+    func visitParameters(_ visit: inout ParameterVisitor) {
+        guard let e = encoder else { return visit.parameter("prompt_embeddings", embeddings) }
+        visit.parameter("prefix_encoder.embedding", e.seed)
+        visit.module("prefix_encoder.transform.0", e.first)
+        visit.module("prefix_encoder.transform.2", e.second)
+    }
+
     /// The parameters that train: the encoder's while it exists, else the prefix itself.
     public var parameters: [Parameter] {
         guard let e = encoder else { return [embeddings] }

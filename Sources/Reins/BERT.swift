@@ -154,7 +154,7 @@ public final class BertModel: Module {
         visit.module("embeddings", embeddings)
         visit.modules("encoder.layer", layers)
         visit.module("pooler.dense", pooler)
-        visit.parameter("prompt_embeddings", prefix?.embeddings)
+        prefix?.visitParameters(&visit)
     }
 
     /// The last hidden states `[B, T, C]`.

@@ -176,12 +176,7 @@ public final class GPT2Model: Module {
         visit.module("wpe", positionEmbedding)
         visit.modules("h", blocks)
         visit.module("ln_f", finalNorm)
-        visit.parameter("prompt_embeddings", prefix?.encoder == nil ? prefix?.embeddings : nil)
-        if let e = prefix?.encoder {
-            visit.parameter("prefix_encoder.embedding", e.seed)
-            visit.module("prefix_encoder.transform.0", e.first)
-            visit.module("prefix_encoder.transform.2", e.second)
-        }
+        prefix?.visitParameters(&visit)
         visit.parameter("prompt_tuning_embeddings", prompt)
     }
 

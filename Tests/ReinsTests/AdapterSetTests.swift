@@ -10,6 +10,7 @@ struct AdapterSetTests {
     static let methods: [(String, AdapterMethod)] = [
         ("bitfit", .bitFit), ("houlsby", .houlsby(bottleneck: 4)), ("pfeiffer", .pfeiffer(bottleneck: 5)),
         ("adapterbias", .adapterBias), ("parallel", .parallel(bottleneck: 3)), ("prefix", .prefix(length: 2)),
+        ("prefix-mlp", .prefix(length: 3, projection: 7)),
         ("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"]))),
         ("lora+bitfit", .loraBitFit(LoRAConfig(rank: 2, alpha: 4, targets: ["attention.output.dense"]))),
     ]
@@ -72,7 +73,7 @@ struct AdapterSetTests {
     @Test func adapterFilesHoldOnlyAdapterTensors() throws {
         let model = try BottleneckAdapterTests().bert()
         let dir = try temporaryDirectory()
-        for (name, method) in Self.methods {
+        for (name, method) in Self.methods where name != "prefix-mlp" { // its MLP trains; the folded prefix is saved
             let count = try model.addAdapter(name, method, labels: 3)
             try model.saveAdapter(name, to: dir.appendingPathComponent(name))
             let file = try SafeTensorsFile(path: dir.appendingPathComponent("\(name)/adapter_model.safetensors").path)
