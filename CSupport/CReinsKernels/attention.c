@@ -5,6 +5,8 @@
 //   dV += Pᵀ·dO;  dP = dO·Vᵀ;  D_i = dO_i·O_i (= Σ_j P_ij dP_ij);  dS = P ⊙ (dP - D);
 //   dQ += scale·dS·K;  dK += scale·dSᵀ·Q
 // Query i may see key j when (no causal mask or j <= i + causal_offset) and key_mask[b, j] != 0.
+// With dropout on the probabilities (mask M, kept entries scaled by 1/(1-p), M' = M/(1-p)): O = (P ⊙ M')·V, and
+//   dV += (P ⊙ M')ᵀ·dO;  dS = P ⊙ (dP ⊙ M' - D) with D_i = dO_i·O_i still (= Σ_j P_ij M'_ij dP_ij).
 #include "rk_internal.h"
 #include <cblas.h>
 #include <string.h>
@@ -34,6 +36,12 @@ static float softmax_row(float *s, const int32_t *kmask, int lim, int width) {
     return m + logf(sum);
 }
 
+// The dropout factor M'_ij of probability (bh, i, j): 1/(1-p) if kept, else 0.
+static inline float drop_factor(const rk_attention_dropout *d, size_t index) {
+    return rk_uniform(d->seed, d->offset + index) >= d->p ? 1.0f / (1.0f - d->p) : 0.0f;
+}
+static inline int dropping(const rk_attention_dropout *d) { return d && d->p > 0.0f; }
+
 // Query rows go in blocks of RK_ATTN_ROWS: under a causal mask a block only needs the keys its last row can see,
 // so the score and value GEMMs skip the masked upper triangle (about 40% of the work at T = 256).
 #define RK_ATTN_ROWS 32
@@ -41,7 +49,8 @@ static float softmax_row(float *s, const int32_t *kmask, int lim, int width) {
 // q (B,NH,T,hs), k v (B,NH,Tk,hs), out (B,NH,T,hs), lse (B,NH,T), key_mask (B,Tk); scratch T*Tk
 void rk_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
-                          int causal, int causal_offset, int bh_begin, int bh_end, float *scratch) {
+                          int causal, int causal_offset, const rk_attention_dropout *drop, int bh_begin, int bh_end,
+                          float *scratch) {
     (void)B;
     for (int bh = bh_begin; bh < bh_end; bh++) {
         int b = bh / NH;
@@ -61,9 +70,14 @@ void rk_attention_forward(float *out, float *lse, const float *q, const float *k
             // S (rows,kc) = scale · Q_block · K[:kc]ᵀ
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, scale, qh + RK_IDX(i0, 0, hs), hs, kh, hs,
                         0.0f, S, Tk);
-            for (int i = 0; i < rows; i++)
-                lse[RK_IDX(bh, i0 + i, T)] =
-                    softmax_row(S + RK_IDX(i, 0, Tk), km, visible_keys(i0 + i, Tk, causal, causal_offset), kc);
+            for (int i = 0; i < rows; i++) {
+                float *p = S + RK_IDX(i, 0, Tk);
+                lse[RK_IDX(bh, i0 + i, T)] = softmax_row(p, km, visible_keys(i0 + i, Tk, causal, causal_offset), kc);
+                if (dropping(drop)) {
+                    size_t base = ((size_t)bh * T + (size_t)(i0 + i)) * (size_t)Tk;
+                    for (int j = 0; j < kc; j++) p[j] *= drop_factor(drop, base + (size_t)j);
+                }
+            }
             // O_block (rows,hs) = P (rows,kc) · V[:kc]
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, kc, 1.0f, S, Tk, vh, hs, 0.0f,
                         oh + RK_IDX(i0, 0, hs), hs);
@@ -75,7 +89,7 @@ void rk_attention_forward(float *out, float *lse, const float *q, const float *k
 void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse, const int32_t *key_mask,
                            int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset,
-                           int bh_begin, int bh_end, float *scratch) {
+                           const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch) {
     (void)B;
     if (!dq && !dk && !dv) return;
     float *P = scratch, *dS = scratch + (size_t)T * Tk, *D = dS + (size_t)T * Tk;
@@ -100,9 +114,20 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
                         if (!km[j]) p[j] = 0.0f;
                 if (lim < kc) memset(p + lim, 0, sizeof(float) * (size_t)(kc - lim));
             }
-            // dV[:kc] += Pᵀ · dO_block
-            if (dv)
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kc, hs, rows, 1.0f, Pb, Tk, gb, hs, 1.0f, dv + ko, hs);
+            // dV[:kc] += (P ⊙ M')ᵀ · dO_block; with dropout the dropped P is built in dS's buffer first
+            if (dv) {
+                const float *Pv = Pb;
+                if (dropping(drop)) {
+                    for (int i = 0; i < rows; i++) {
+                        size_t base = ((size_t)bh * T + (size_t)(i0 + i)) * (size_t)Tk;
+                        const float *p = Pb + RK_IDX(i, 0, Tk);
+                        float *pd = dSb + RK_IDX(i, 0, Tk);
+                        for (int j = 0; j < kc; j++) pd[j] = p[j] * drop_factor(drop, base + (size_t)j);
+                    }
+                    Pv = dSb;
+                }
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kc, hs, rows, 1.0f, Pv, Tk, gb, hs, 1.0f, dv + ko, hs);
+            }
             if (!dq && !dk) continue;
             // dP (rows,kc) = dO_block · V[:kc]ᵀ, then dS = P ⊙ (dP - D) in place, D_i = dO_i · O_i
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, 1.0f, gb, hs, v + ko, hs, 0.0f, dSb, Tk);
@@ -113,8 +138,13 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
                 D[i0 + i] = d;
                 float *ds = dSb + RK_IDX(i, 0, Tk);
                 const float *p = Pb + RK_IDX(i, 0, Tk);
+                if (dropping(drop)) {
+                    size_t base = ((size_t)bh * T + (size_t)(i0 + i)) * (size_t)Tk;
+                    for (int j = 0; j < kc; j++) ds[j] = p[j] * (ds[j] * drop_factor(drop, base + (size_t)j) - d);
+                } else {
 #pragma clang loop vectorize(enable)
-                for (int j = 0; j < kc; j++) ds[j] = p[j] * (ds[j] - d);
+                    for (int j = 0; j < kc; j++) ds[j] = p[j] * (ds[j] - d);
+                }
             }
             // dQ_block += scale · dS · K[:kc];  dK[:kc] += scale · dSᵀ · Q_block
             if (dq)
@@ -151,7 +181,7 @@ static float ref_lse(const float *qi, const float *kh, const int32_t *km, int i,
 }
 void rk_attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
                               const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
-                              int causal, int causal_offset) {
+                              int causal, int causal_offset, const rk_attention_dropout *drop) {
     for (int bh = 0; bh < B * NH; bh++) {
         const float *kh = k + RK_IDX(bh, 0, (size_t)Tk * hs), *vh = v + RK_IDX(bh, 0, (size_t)Tk * hs);
         const int32_t *km = key_mask ? key_mask + RK_IDX(bh / NH, 0, Tk) : NULL;
@@ -165,6 +195,10 @@ void rk_attention_forward_ref(float *out, float *lse, const float *q, const floa
             for (int j = 0; j < Tk; j++) {
                 if (!ref_visible(i, j, km, Tk, causal, causal_offset)) continue;
                 float p = expf(ref_score(qi, kh + RK_IDX(j, 0, hs), hs, scale) - l);
+                if (dropping(drop)) {
+                    int kept = !(rk_uniform(drop->seed, drop->offset + ((size_t)bh * T + i) * Tk + j) < drop->p);
+                    p = kept ? p / (1.0f - drop->p) : 0.0f;
+                }
                 for (int c = 0; c < hs; c++) oi[c] += p * vh[RK_IDX(j, c, hs)];
             }
         }
@@ -172,7 +206,8 @@ void rk_attention_forward_ref(float *out, float *lse, const float *q, const floa
 }
 void rk_attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                const float *v, const float *out, const float *lse, const int32_t *key_mask,
-                               int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset) {
+                               int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset,
+                               const rk_attention_dropout *drop) {
     (void)out;
     for (int bh = 0; bh < B * NH; bh++) {
         size_t qo = RK_IDX(bh, 0, (size_t)T * hs), ko = RK_IDX(bh, 0, (size_t)Tk * hs);
@@ -181,21 +216,25 @@ void rk_attention_backward_ref(float *dq, float *dk, float *dv, const float *dou
             const float *qi = q + qo + RK_IDX(i, 0, hs), *gi = dout + qo + RK_IDX(i, 0, hs);
             float l = lse[RK_IDX(bh, i, T)];
             if (l == -INFINITY) continue;
-            // D_i = Σ_j P_ij dP_ij, here straight from the definition
+            // D_i = Σ_j P_ij dP_ij with dP_ij = M'_ij · dO_i·V_j, here straight from the definition
             float D = 0.0f;
             for (int j = 0; j < Tk; j++) {
                 if (!ref_visible(i, j, km, Tk, causal, causal_offset)) continue;
                 float p = expf(ref_score(qi, k + ko + RK_IDX(j, 0, hs), hs, scale) - l);
-                D += p * ref_score(gi, v + ko + RK_IDX(j, 0, hs), hs, 1.0f);
+                float m = 1.0f;
+                if (dropping(drop)) m = rk_uniform(drop->seed, drop->offset + ((size_t)bh * T + i) * Tk + j) < drop->p ? 0.0f : 1.0f / (1.0f - drop->p);
+                D += p * m * ref_score(gi, v + ko + RK_IDX(j, 0, hs), hs, 1.0f);
             }
             for (int j = 0; j < Tk; j++) {
                 if (!ref_visible(i, j, km, Tk, causal, causal_offset)) continue;
                 const float *kj = k + ko + RK_IDX(j, 0, hs), *vj = v + ko + RK_IDX(j, 0, hs);
                 float p = expf(ref_score(qi, kj, hs, scale) - l);
-                float dp = ref_score(gi, vj, hs, 1.0f);
+                float m = 1.0f;
+                if (dropping(drop)) m = rk_uniform(drop->seed, drop->offset + ((size_t)bh * T + i) * Tk + j) < drop->p ? 0.0f : 1.0f / (1.0f - drop->p);
+                float dp = m * ref_score(gi, vj, hs, 1.0f);
                 float ds = p * (dp - D);
                 for (int c = 0; c < hs; c++) {
-                    if (dv) dv[ko + RK_IDX(j, c, hs)] += p * gi[c];
+                    if (dv) dv[ko + RK_IDX(j, c, hs)] += p * m * gi[c];
                     if (dq) dq[qo + RK_IDX(i, c, hs)] += scale * ds * kj[c];
                     if (dk) dk[ko + RK_IDX(j, c, hs)] += scale * ds * qi[c];
                 }

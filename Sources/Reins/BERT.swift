@@ -110,7 +110,9 @@ public final class BertLayer: Module {
             k = try Tensor.concatenate([prefix.keys, k], axis: 2)
             v = try Tensor.concatenate([prefix.values, v], axis: 2)
         }
-        let a = try Tensor.attention(query: query(x).splittingHeads(heads), key: k, value: v, keyMask: keyMask).mergingHeads()
+        let q = try query(x).splittingHeads(heads)
+        let drop = attentionProbabilityDropout(attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
+        let a = try Tensor.attention(query: q, key: k, value: v, keyMask: keyMask, dropout: drop).mergingHeads()
         let h = try attentionNorm(x + adapters.attention(attentionOut(a).trainingDropout(dropout)))
         let z = try activation.apply(h, feedForwardIn)
         let f = try feedForwardOut(z).trainingDropout(dropout)

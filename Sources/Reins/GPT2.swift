@@ -106,7 +106,8 @@ public final class GPT2Block: Module {
             cache.keys = k
             cache.values = v
         }
-        let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale).mergingHeads()
+        let drop = attentionProbabilityDropout(attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
+        let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale, dropout: drop).mergingHeads()
         let h = try x + adapters.attention(attentionOut(a).trainingDropout(dropout))
         let normed = try ln2(h)
         let z = try activation.apply(normed, feedForwardIn)

@@ -40,6 +40,12 @@ public final class TrainingMode: @unchecked Sendable {
     }
 }
 
+/// The attention-probability dropout for `probabilities` entries in training mode (nil in inference or when `p` is 0).
+func attentionProbabilityDropout(_ p: Float, probabilities: Int) -> (p: Float, seed: UInt64, offset: UInt64)? {
+    guard p > 0, let draw = TrainingMode.draws(probabilities) else { return nil }
+    return (p, draw.seed, draw.offset)
+}
+
 extension Tensor {
     /// Dropout with probability `p` in training mode; `self` unchanged in inference or when `p` is 0.
     func trainingDropout(_ p: Float) throws -> Tensor {

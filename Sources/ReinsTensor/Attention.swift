@@ -10,9 +10,16 @@ extension Tensor {
     /// recomputes the probabilities and gives dQ, dK and dV (so learned prefixes get gradients).
     /// - Parameters:
     ///   - scale: defaults to `1/√hs`.
+    ///   - dropout: dropout on the probabilities (training), `(p, seed, offset)`: probability `(bh, i, j)` is kept iff
+    ///     the counter-based draw at `offset + (bh·T + i)·Tk + j` is at least `p`; nothing is stored for backward.
     /// - Throws: ``TensorError/shapeMismatch(operation:detail:)`` for shapes that do not fit.
     public static func attention(query: Tensor, key: Tensor, value: Tensor, causal: Bool = false, causalOffset: Int? = nil,
-                                 keyMask: IntTensor? = nil, scale: Float? = nil) throws -> Tensor {
+                                 keyMask: IntTensor? = nil, scale: Float? = nil,
+                                 dropout: (p: Float, seed: UInt64, offset: UInt64)? = nil) throws -> Tensor {
+        if let dropout, !(0..<1).contains(dropout.p) {
+            throw TensorError.invalidArgument(operation: "attention", detail: "dropout probability \(dropout.p) is outside [0, 1)")
+        }
+        var drop = rk_attention_dropout(p: dropout?.p ?? 0, seed: dropout?.seed ?? 0, offset: dropout?.offset ?? 0)
         guard query.rank == 4, key.rank == 4, value.shape == key.shape,
               key.shape[0] == query.shape[0], key.shape[1] == query.shape[1], key.shape[3] == query.shape[3] else {
             throw TensorError.shapeMismatch(operation: "attention", detail: "query \(query.shape), key \(key.shape), value \(value.shape); expected [B, NH, T, hs] and [B, NH, Tk, hs]")
@@ -35,7 +42,7 @@ extension Tensor {
         withMask { m in
             Parallel.forRanges(B * NH) { r, c in
                 rk_attention_forward(result.storage.pointer, lse.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, m,
-                                     Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), s, isCausal, offset,
+                                     Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), s, isCausal, offset, &drop,
                                      Int32(r.lowerBound), Int32(r.upperBound), scratch.pointer + c * scratchPerChunk)
             }
         }
@@ -47,7 +54,7 @@ extension Tensor {
                 Parallel.forRanges(B * NH) { r, c in
                     rk_attention_backward(grads[0], grads[1], grads[2], g.storage.pointer, q.storage.pointer, k.storage.pointer,
                                           v.storage.pointer, output.storage.pointer, lse.pointer, m, Int32(B), Int32(NH), Int32(T),
-                                          Int32(Tk), Int32(hs), s, isCausal, offset, Int32(r.lowerBound), Int32(r.upperBound),
+                                          Int32(Tk), Int32(hs), s, isCausal, offset, &drop, Int32(r.lowerBound), Int32(r.upperBound),
                                           scratch.pointer + c * perChunk)
                 }
             }

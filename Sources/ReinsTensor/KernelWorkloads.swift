@@ -65,12 +65,12 @@ extension KernelWorkload {
                 let n = B * NH * T * hs
                 var r = [Float](repeating: 0, count: n), lse = [Float](repeating: 0, count: B * NH * T)
                 rk_attention_forward_ref(&r, &lse, q.storage.pointer, k.storage.pointer, v.storage.pointer, nil, Int32(B), Int32(NH), Int32(T), Int32(T), Int32(hs),
-                                         1 / Float(hs).squareRoot(), 1, 0)
+                                         1 / Float(hs).squareRoot(), 1, 0, nil)
                 var worst = maxRelativeDifference(out.storage.pointer, r, n)
                 if backward, let dq = ql.gradient, let dk = kl.gradient, let dv = vl.gradient {
                     var rq = [Float](repeating: 0, count: n), rk = rq, rv = rq
                     rk_attention_backward_ref(&rq, &rk, &rv, g.storage.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, r, lse, nil,
-                                              Int32(B), Int32(NH), Int32(T), Int32(T), Int32(hs), 1 / Float(hs).squareRoot(), 1, 0)
+                                              Int32(B), Int32(NH), Int32(T), Int32(T), Int32(hs), 1 / Float(hs).squareRoot(), 1, 0, nil)
                     worst = Swift.max(worst, maxRelativeDifference(dq.storage.pointer, rq, n), maxRelativeDifference(dk.storage.pointer, rk, n),
                                       maxRelativeDifference(dv.storage.pointer, rv, n))
                 }

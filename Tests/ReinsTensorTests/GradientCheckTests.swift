@@ -50,7 +50,7 @@ enum Definitions {
         return total / Double(counted)
     }
     static func attention(_ q: [Double], _ k: [Double], _ v: [Double], mask: [Int32]?, B: Int, NH: Int, T: Int, Tk: Int, hs: Int,
-                          causal: Bool, offset: Int) -> [Double] {
+                          causal: Bool, offset: Int, dropout: (p: Float, seed: UInt64)? = nil) -> [Double] {
         var out = [Double](repeating: 0, count: B * NH * T * hs)
         let scale = 1 / Double(hs).squareRoot()
         for bh in 0..<(B * NH) { for i in 0..<T {
@@ -63,7 +63,11 @@ enum Definitions {
             let m = scores.max()!
             guard m > -.infinity else { continue }
             let e = scores.map { Foundation.exp($0 - m) }, z = e.reduce(0, +)
-            for j in 0..<Tk { for c in 0..<hs { out[(bh * T + i) * hs + c] += e[j] / z * v[(bh * Tk + j) * hs + c] } }
+            for j in 0..<Tk {
+                // dropout on the probability: kept iff the draw for (bh, i, j) is at least p, kept ones scaled by 1/(1-p)
+                let keep = dropout.map { rk_uniform($0.seed, UInt64((bh * T + i) * Tk + j)) >= $0.p ? 1 / (1 - Double($0.p)) : 0 } ?? 1
+                for c in 0..<hs { out[(bh * T + i) * hs + c] += e[j] / z * keep * v[(bh * Tk + j) * hs + c] }
+            }
         } }
         return out
     }
@@ -140,8 +144,9 @@ struct GradientCheckTests {
         expectClose(dt, numeric, atol: 1e-6, rtol: 1e-5, "embedding dtable")
     }
 
-    @Test(arguments: [(true, true), (true, false), (false, true)])
-    func attention(causal: Bool, masked: Bool) {
+    @Test(arguments: [(true, true, false), (true, false, false), (false, true, false), (true, true, true), (false, true, true)])
+    func attention(causal: Bool, masked: Bool, dropping: Bool) {
+        let drop = rk_attention_dropout(p: 0.3, seed: 77, offset: 0)
         let (B, NH, T, Tk, hs) = (2, 2, 3, 5, 3)
         let q = randomFloats(B * NH * T * hs, seed: 16, scale: 2), k = randomFloats(B * NH * Tk * hs, seed: 17, scale: 2)
         let v = randomFloats(B * NH * Tk * hs, seed: 18), g = randomFloats(B * NH * T * hs, seed: 19)
@@ -149,13 +154,19 @@ struct GradientCheckTests {
         let scale = 1 / Float(hs).squareRoot()
         var out = [Float](repeating: 0, count: q.count), lse = [Float](repeating: 0, count: B * NH * T)
         var scratch = [Float](repeating: 0, count: 2 * T * Tk + T)
-        rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal ? 1 : 0, Int32(Tk - T), 0, Int32(B * NH), &scratch)
         var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
-        rk_attention_backward(&dq, &dk, &dv, g, q, k, v, out, lse, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal ? 1 : 0, Int32(Tk - T), 0, Int32(B * NH), &scratch)
+        withUnsafePointer(to: drop) { d in
+            let d = dropping ? d : nil
+            rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal ? 1 : 0, Int32(Tk - T), d, 0, Int32(B * NH), &scratch)
+            rk_attention_backward(&dq, &dk, &dv, g, q, k, v, out, lse, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal ? 1 : 0, Int32(Tk - T), d, 0, Int32(B * NH), &scratch)
+        }
         let (Q, K, Vv, G) = (doubles(q), doubles(k), doubles(v), doubles(g))
         func f(_ q: [Double], _ k: [Double], _ v: [Double]) -> Double {
-            dot(G, Definitions.attention(q, k, v, mask: mask, B: B, NH: NH, T: T, Tk: Tk, hs: hs, causal: causal, offset: Tk - T))
+            dot(G, Definitions.attention(q, k, v, mask: mask, B: B, NH: NH, T: T, Tk: Tk, hs: hs, causal: causal, offset: Tk - T,
+                                         dropout: dropping ? (drop.p, drop.seed) : nil))
         }
+        expectClose(out, Definitions.attention(Q, K, Vv, mask: mask, B: B, NH: NH, T: T, Tk: Tk, hs: hs, causal: causal, offset: Tk - T,
+                                               dropout: dropping ? (drop.p, drop.seed) : nil).map(Float.init), atol: 1e-5, rtol: 1e-4, "attention out")
         expectClose(dq, numericGradient(Q) { f($0, K, Vv) }, atol: 1e-5, rtol: 1e-3, "attention dq")
         expectClose(dk, numericGradient(K) { f(Q, $0, Vv) }, atol: 1e-5, rtol: 1e-3, "attention dk")
         expectClose(dv, numericGradient(Vv) { f(Q, K, $0) }, atol: 1e-5, rtol: 1e-3, "attention dv")

@@ -182,11 +182,18 @@ struct KernelTests {
     @Test(arguments: attentionCases)
     func attentionMatchesReference(_ c: AttentionCase) {
         for isa in Self.instructionSets {
-            with(isa) { checkAttention(c) }
+            with(isa) {
+                checkAttention(c, dropout: nil)
+                checkAttention(c, dropout: rk_attention_dropout(p: 0.25, seed: 9, offset: 1000))
+            }
         }
     }
 
-    func checkAttention(_ c: AttentionCase) {
+    func checkAttention(_ c: AttentionCase, dropout: rk_attention_dropout?) {
+        withUnsafePointer(to: dropout ?? rk_attention_dropout()) { d in checkAttention(c, dropout.map { _ in d }) }
+    }
+
+    func checkAttention(_ c: AttentionCase, _ drop: UnsafePointer<rk_attention_dropout>?) {
         let (B, NH, T, Tk, hs) = (c.B, c.NH, c.T, c.Tk, c.hs)
         let q = randomFloats(B * NH * T * hs, seed: 51, scale: 2), k = randomFloats(B * NH * Tk * hs, seed: 52, scale: 2)
         let v = randomFloats(B * NH * Tk * hs, seed: 53), g = randomFloats(B * NH * T * hs, seed: 54)
@@ -199,22 +206,22 @@ struct KernelTests {
         var scratch = [Float](repeating: 0, count: 2 * T * Tk + T)
         // Two calls over halves of the heads: the split must not matter.
         let half = Int32(B * NH / 2)
-        rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, 0, half, &scratch)
-        rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, half, Int32(B * NH), &scratch)
-        rk_attention_forward_ref(&outr, &lser, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off)
-        expectClose(out, outr, atol: 1e-5, rtol: 1e-4, "attention out \(c.testDescription)")
+        rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, 0, half, &scratch)
+        rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, half, Int32(B * NH), &scratch)
+        rk_attention_forward_ref(&outr, &lser, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop)
+        expectClose(out, outr, atol: 1e-5, rtol: 1e-4, "attention out \(c.testDescription) dropout \(drop != nil)")
         expectClose(lse, lser, atol: 1e-5, rtol: 1e-5, "attention lse")
         var dq = randomFloats(q.count, seed: 55), dk = randomFloats(k.count, seed: 56), dv = randomFloats(v.count, seed: 57)
         var dqr = dq, dkr = dk, dvr = dv
-        rk_attention_backward(&dq, &dk, &dv, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, 0, Int32(B * NH), &scratch)
-        rk_attention_backward_ref(&dqr, &dkr, &dvr, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off)
+        rk_attention_backward(&dq, &dk, &dv, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, 0, Int32(B * NH), &scratch)
+        rk_attention_backward_ref(&dqr, &dkr, &dvr, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop)
         expectClose(dq, dqr, atol: 2e-5, rtol: 2e-4, "attention dq")
         expectClose(dk, dkr, atol: 2e-5, rtol: 2e-4, "attention dk")
         expectClose(dv, dvr, atol: 2e-5, rtol: 2e-4, "attention dv")
         // Only dv wanted (a frozen query/key path).
         var dv2 = [Float](repeating: 0, count: v.count), dv2r = dv2
-        rk_attention_backward(nil, nil, &dv2, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, 0, Int32(B * NH), &scratch)
-        rk_attention_backward_ref(nil, nil, &dv2r, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off)
+        rk_attention_backward(nil, nil, &dv2, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, 0, Int32(B * NH), &scratch)
+        rk_attention_backward_ref(nil, nil, &dv2r, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop)
         expectClose(dv2, dv2r, atol: 2e-5, rtol: 2e-4, "attention dv alone")
     }
 

@@ -123,19 +123,28 @@ void rk_embedding_backward_ref(float *dtable, const float *dout, const int32_t *
 //   Only the heads bh in [bh_begin, bh_end) of the flattened B*NH are computed, so that the caller can spread
 //   heads over threads. scratch holds T*Tk floats per call (forward) and 2*T*Tk + T (backward).
 // The probabilities are not kept: backward recomputes them from lse, so memory is O(T) per head beyond the inputs.
+// Dropout on the attention probabilities (training): probability P_ij of head bh is kept iff
+// rk_uniform(seed, offset + (bh·T + i)·Tk + j) >= p, and kept ones are scaled by 1/(1-p); drop may be NULL (none).
+// The mask is recomputed in backward, never stored.
+typedef struct rk_attention_dropout {
+    float p;
+    uint64_t seed, offset;
+} rk_attention_dropout;
 void rk_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
-                          int causal, int causal_offset, int bh_begin, int bh_end, float *scratch);
+                          int causal, int causal_offset, const rk_attention_dropout *drop, int bh_begin, int bh_end,
+                          float *scratch);
 void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse, const int32_t *key_mask,
                            int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset,
-                           int bh_begin, int bh_end, float *scratch);
+                           const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch);
 void rk_attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
                               const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
-                              int causal, int causal_offset);
+                              int causal, int causal_offset, const rk_attention_dropout *drop);
 void rk_attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                const float *v, const float *out, const float *lse, const int32_t *key_mask,
-                               int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset);
+                               int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset,
+                               const rk_attention_dropout *drop);
 
 // ---------------------------------------------------------------------------------------------------------------
 // LoRA linear (arXiv 2106.09685): out (N,OC) = inp (N,C)·Wᵀ + bias + scale · (inp·Aᵀ)·Bᵀ with A (r,C), B (OC,r).
