@@ -22,7 +22,11 @@ public enum AdapterFiles {
         let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
         guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
         let file = try SafeTensorsFile(path: weightsPath)
-        let nonLinearity = BottleneckAdapter.NonLinearity(rawValue: config["non_linearity"] as? String ?? "relu") ?? .relu
+        let nonLinearityName = config["non_linearity"] as? String ?? "relu"
+        guard let nonLinearity = BottleneckAdapter.NonLinearity(rawValue: nonLinearityName) else {
+            throw ModelError.badConfig(path: configURL.path, detail: "non_linearity '\(nonLinearityName)' is not supported (relu, gelu, tanh, swish)")
+        }
+        let readsNormalizedSum = config["original_ln_before"] as? Bool ?? false
         let scale = ConfigReader.number(config["parallel_scale"])?.floatValue ?? 4
         let blocks = model.namedModules().compactMap { key, m in (m as? BlockAdapters).map { (key, $0) } }
         var used = Set<String>()
@@ -65,6 +69,7 @@ public enum AdapterFiles {
                     plans.append { fill(adapter.down, adapter.up); block.parallelFeedForward.add(name, adapter) }
                 } else {
                     let adapter = try BottleneckAdapter(size: size, bottleneck: m, nonLinearity: nonLinearity, seed: 0)
+                    adapter.readsNormalizedSum = readsNormalizedSum
                     plans.append { fill(adapter.down, adapter.up); (kind == 0 ? block.afterAttention : block.afterFeedForward).add(name, adapter) }
                 }
             }
@@ -83,10 +88,14 @@ public enum AdapterFiles {
     /// Saves the block adapters named `name` (bottleneck, AdapterBias, parallel), its BitFit biases and its task head in
     /// Reins's layout.
     public static func saveBlockAdapters(_ model: any Module, name: String = "default", to directory: URL) throws {
-        var tensors: [String: Tensor] = [:], slots = Set<String>(), nonLinearity: String?, scale: Float?
+        var tensors: [String: Tensor] = [:], slots = Set<String>(), nonLinearity: String?, scale: Float?, normalizedSum = false
         for block in model.blockAdapters {
-            if let a = block.afterAttention.adapters[name] { slots.insert("attention_adapter"); nonLinearity = a.nonLinearity.rawValue }
-            if let a = block.afterFeedForward.adapters[name] { slots.insert("output_adapter"); nonLinearity = a.nonLinearity.rawValue }
+            for (slot, a) in [("attention_adapter", block.afterAttention.adapters[name]), ("output_adapter", block.afterFeedForward.adapters[name])] {
+                guard let a else { continue }
+                slots.insert(slot)
+                nonLinearity = a.nonLinearity.rawValue
+                normalizedSum = normalizedSum || a.readsNormalizedSum
+            }
             if let a = block.parallelFeedForward.adapters[name] { slots.insert("parallel_adapter"); scale = a.scale }
             if block.feedForwardBias.adapters[name] != nil { slots.insert("adapter_bias") }
         }
@@ -110,7 +119,7 @@ public enum AdapterFiles {
         try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("adapter_model.safetensors").path)
         var config: [String: Any] = ["peft_type": blockType, "slots": slots.sorted(), "bitfit": bitFit, "reins_version": Reins.version]
         if let head { config["head"] = head }
-        if let nonLinearity { config["non_linearity"] = nonLinearity }
+        if let nonLinearity { config["non_linearity"] = nonLinearity; config["original_ln_before"] = normalizedSum }
         if let scale { config["parallel_scale"] = scale }
         try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
                              to: directory.appendingPathComponent("adapter_config.json").path)

@@ -18,6 +18,8 @@ public enum AdapterMethod: Sendable, Equatable {
     /// `length` learned keys and values per layer (Li & Liang, arXiv 2101.00190), optionally produced by an MLP of
     /// width `projection` while training (folded into plain prefixes by ``Module/foldPrefixes()``).
     case prefix(length: Int, projection: Int? = nil)
+    /// `length` learned input vectors before the tokens (Lester et al., arXiv 2104.08691).
+    case promptTuning(length: Int)
     /// Low-rank updates of the targeted linear layers (Hu et al., arXiv 2106.09685).
     case lora(LoRAConfig)
     /// LoRA and BitFit in one adapter.
@@ -33,6 +35,7 @@ public enum AdapterMethod: Sendable, Equatable {
         case .adapterBias: return "adapterbias"
         case .parallel: return "parallel"
         case .prefix: return "prefix"
+        case .promptTuning: return "prompt"
         case .lora: return "lora"
         case .loraBitFit: return "lora+bitfit"
         }
@@ -49,13 +52,14 @@ extension LoRAConfig: Equatable {
 struct EncoderShape {
     let hidden: Int, intermediate: Int, layers: Int, heads: Int
     let prefixes: PrefixSet
+    let prompts: PromptSet
 }
 
 extension Module {
     var encoderShape: EncoderShape? {
         for m in [self as any Module] + namedModules().map(\.module) {
-            if let g = m as? GPT2Model { return EncoderShape(hidden: g.config.hidden, intermediate: g.config.inner, layers: g.config.layers, heads: g.config.heads, prefixes: g.prefixes) }
-            if let b = m as? BertModel { return EncoderShape(hidden: b.config.hidden, intermediate: b.config.intermediate, layers: b.config.layers, heads: b.config.heads, prefixes: b.prefixes) }
+            if let g = m as? GPT2Model { return EncoderShape(hidden: g.config.hidden, intermediate: g.config.inner, layers: g.config.layers, heads: g.config.heads, prefixes: g.prefixes, prompts: g.prompts) }
+            if let b = m as? BertModel { return EncoderShape(hidden: b.config.hidden, intermediate: b.config.intermediate, layers: b.config.layers, heads: b.config.heads, prefixes: b.prefixes, prompts: b.prompts) }
         }
         return nil
     }
@@ -94,6 +98,9 @@ extension Module {
                 prefix = try Prefix(Parameter("prompt_embeddings", values), layers: shape.layers, hidden: shape.hidden, heads: shape.heads)
             }
             try shape.prefixes.add(name, prefix, layers: shape.layers, hidden: shape.hidden, heads: shape.heads)
+        case let .promptTuning(length):
+            guard length > 0 else { throw ModelError.badInput("prompt tuning needs at least one virtual token, got \(length)") }
+            shape.prompts.add(name, Parameter("prompt_tuning_embeddings", try Tensor.normal([length, shape.hidden], std: 0.02, seed: seed)))
         case let .lora(config): try addLoRA(name, config, seed: seed)
         case let .loraBitFit(config):
             try addLoRA(name, config, seed: seed)
@@ -105,9 +112,9 @@ extension Module {
         activateAdapter(name)
         freeze()
         var added = namedParameters().map(\.parameter).filter { !before.contains(ObjectIdentifier($0)) }
-        if let prefix = shape.prefixes.prefixes[name] { added = prefix.parameters + added.filter { p in !prefix.parameters.contains { $0 === p } } }
+        if let prefix = shape.prefixes.members[name] { added = prefix.parameters + added.filter { p in !prefix.parameters.contains { $0 === p } } }
         for p in added { p.isTrainable = true }
-        if let prefix = shape.prefixes.prefixes[name], prefix.encoder != nil { prefix.embeddings.isTrainable = false }
+        if let prefix = shape.prefixes.members[name], prefix.encoder != nil { prefix.embeddings.isTrainable = false }
         return trainableParameterCount
     }
 
@@ -138,6 +145,7 @@ extension Module {
     public func deleteAdapter(_ name: String) throws {
         (self as? any TaskHeadModel)?.heads.remove(name)
         encoderShape?.prefixes.remove(name)
+        encoderShape?.prompts.remove(name)
         for (_, m) in namedModules() {
             if let l = m as? Linear {
                 try l.detachLoRA(name)
@@ -158,7 +166,7 @@ extension Module {
     public var adapterNames: [String] {
         var names = Set<String>()
         if let headed = self as? any TaskHeadModel { names.formUnion(headed.heads.variants.keys) }
-        if let shape = encoderShape { names.formUnion(shape.prefixes.prefixes.keys) }
+        if let shape = encoderShape { names.formUnion(shape.prefixes.members.keys); names.formUnion(shape.prompts.members.keys) }
         for (_, m) in namedModules() {
             if let l = m as? Linear {
                 names.formUnion(l.loras.keys)
@@ -177,7 +185,7 @@ extension Module {
 
     /// Replaces every prefix MLP by the plain prefixes it produces (what is saved and used for inference).
     public func foldPrefixes() throws {
-        for prefix in encoderShape?.prefixes.prefixes.values.map({ $0 }) ?? [] { try prefix.fold() }
+        for prefix in encoderShape?.prefixes.members.values.map({ $0 }) ?? [] { try prefix.fold() }
     }
 
     /// Saves the adapter `name` with its head: PEFT's layout for LoRA (with BitFit biases as PEFT's `bias: "all"`),
@@ -191,9 +199,9 @@ extension Module {
         let headed = self as? any TaskHeadModel
         let heads = headed.flatMap { $0.heads.variants[name] != nil ? [$0.headKey] : nil } ?? []
         let hasPEFT = namedModules().contains { ($0.module as? Linear).map { $0.loras[name] != nil || $0.ia3[name] != nil } ?? false }
-            || encoderShape?.prefixes.prefixes[name] != nil
+            || encoderShape?.prefixes.members[name] != nil || encoderShape?.prompts.members[name] != nil
         if hasPEFT {
-            try encoderShape?.prefixes.prefixes[name]?.fold()
+            try encoderShape?.prefixes.members[name]?.fold()
             try PEFTAdapter.save(self, name: name, to: directory, taskType: taskType, modulesToSave: heads, baseModel: baseModel)
         } else {
             try AdapterFiles.saveBlockAdapters(self, name: name, to: directory)
@@ -203,7 +211,7 @@ extension Module {
     /// The adapter active at the head (or, without adapter heads, at any insertion point), if any.
     public var activeAdapterName: String? {
         if let headed = self as? any TaskHeadModel, let a = headed.heads.active { return a }
-        if let p = encoderShape?.prefixes.active { return p }
+        if let p = encoderShape?.prefixes.active ?? encoderShape?.prompts.active { return p }
         for (_, m) in namedModules() {
             if let l = m as? Linear, let a = l.activeLoRA ?? l.activeIA3 ?? l.biases?.active { return a }
             if let b = m as? BlockAdapters, let a = b.afterAttention.active ?? b.afterFeedForward.active ?? b.feedForwardBias.active ?? b.parallelFeedForward.active { return a }

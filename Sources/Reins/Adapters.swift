@@ -46,8 +46,14 @@ public final class BottleneckAdapter: Module {
     public let down: Linear
     public let up: Linear
     public let nonLinearity: NonLinearity
+    /// What the bottleneck reads: the sublayer's output `h` (false, the default: `h + up(f(down(h)))`), or — as the
+    /// `adapters` library's `original_ln_before` (its Pfeiffer default) — the block's own layer norm of `h + x`,
+    /// `h + up(f(down(LN(h + x))))` (no norm in pre-LN blocks: `h + x`). The residual add and norm after it are the
+    /// block's own either way.
+    public var readsNormalizedSum = false
 
-    public enum NonLinearity: String, Sendable { case relu, gelu, tanh }
+    /// `swish` is x·sigmoid(x) (the `adapters` library's Houlsby default).
+    public enum NonLinearity: String, Sendable { case relu, gelu, tanh, swish }
 
     /// - Parameters:
     ///   - size: the model width; `bottleneck`: the reduced width (e.g. size / 16).
@@ -61,15 +67,25 @@ public final class BottleneckAdapter: Module {
         visit.module("adapter_up", up)
     }
 
-    public func callAsFunction(_ h: Tensor) throws -> Tensor {
-        let z = try down(h)
+    public func callAsFunction(_ h: Tensor) throws -> Tensor { try h + delta(h) }
+
+    /// `h + up(f(down(input)))` with the input this adapter reads (``readsNormalizedSum``): `h`, or the norm of `h + x`.
+    func callAsFunction(_ h: Tensor, residual x: Tensor, norm: LayerNorm?) throws -> Tensor {
+        guard readsNormalizedSum else { return try self(h) }
+        let sum = try h + x
+        return try h + delta(norm.map { try $0(sum) } ?? sum)
+    }
+
+    func delta(_ input: Tensor) throws -> Tensor {
+        let z = try down(input)
         let a: Tensor
         switch nonLinearity {
         case .relu: a = z.relu()
         case .gelu: a = z.gelu()
         case .tanh: a = z.tanh()
+        case .swish: a = try z * z.sigmoid()
         }
-        return try h + up(a)
+        return try up(a)
     }
 }
 
@@ -146,8 +162,15 @@ public final class BlockAdapters: Module {
         return out
     }
 
-    func attention(_ x: Tensor) throws -> Tensor { try afterAttention.current.map { try $0(x) } ?? x }
-    func feedForward(_ x: Tensor) throws -> Tensor { try afterFeedForward.current.map { try $0(x) } ?? x }
+    /// The attention sublayer's output `h` through the active "after attention" adapter; `residual` is the sublayer's
+    /// input and `norm` the block's norm after the residual add (nil in pre-LN blocks).
+    func attention(_ h: Tensor, residual: Tensor, norm: LayerNorm? = nil) throws -> Tensor {
+        try afterAttention.current.map { try $0(h, residual: residual, norm: norm) } ?? h
+    }
+    /// The same for the feed-forward sublayer and the "after FFN" adapter.
+    func feedForward(_ h: Tensor, residual: Tensor, norm: LayerNorm? = nil) throws -> Tensor {
+        try afterFeedForward.current.map { try $0(h, residual: residual, norm: norm) } ?? h
+    }
 }
 
 /// Where bottleneck adapters go.
@@ -172,14 +195,20 @@ extension Module {
     /// Adds a bottleneck adapter named `name` to every block (Houlsby: two per block, Pfeiffer: one) and activates it.
     @discardableResult
     public func addBottleneckAdapter(_ name: String, placement: BottleneckPlacement, size: Int, bottleneck: Int,
-                                     nonLinearity: BottleneckAdapter.NonLinearity = .relu, seed: UInt64 = 0) throws -> Int {
+                                     nonLinearity: BottleneckAdapter.NonLinearity = .relu, readsNormalizedSum: Bool = false,
+                                     seed: UInt64 = 0) throws -> Int {
         var added = 0
+        func make(_ s: UInt64) throws -> BottleneckAdapter {
+            let a = try BottleneckAdapter(size: size, bottleneck: bottleneck, nonLinearity: nonLinearity, seed: s)
+            a.readsNormalizedSum = readsNormalizedSum
+            return a
+        }
         for (i, block) in blockAdapters.enumerated() {
             if placement == .houlsby {
-                block.afterAttention.add(name, try BottleneckAdapter(size: size, bottleneck: bottleneck, nonLinearity: nonLinearity, seed: seed + UInt64(4 * i)))
+                block.afterAttention.add(name, try make(seed + UInt64(4 * i)))
                 added += 1
             }
-            block.afterFeedForward.add(name, try BottleneckAdapter(size: size, bottleneck: bottleneck, nonLinearity: nonLinearity, seed: seed + UInt64(4 * i + 2)))
+            block.afterFeedForward.add(name, try make(seed + UInt64(4 * i + 2)))
             added += 1
         }
         return added
@@ -196,8 +225,8 @@ extension Module {
             }
             if let l = m as? Linear { l.biases?.activate(name) }
             if let n = m as? LayerNorm { n.biases.activate(name) }
-            if let g = m as? GPT2Model { g.prefixes.active = name.flatMap { g.prefixes.prefixes[$0] != nil ? $0 : nil } }
-            if let b = m as? BertModel { b.prefixes.active = name.flatMap { b.prefixes.prefixes[$0] != nil ? $0 : nil } }
+            if let g = m as? GPT2Model { g.prefixes.activate(name); g.prompts.activate(name) }
+            if let b = m as? BertModel { b.prefixes.activate(name); b.prompts.activate(name) }
             if let b = m as? BlockAdapters {
                 b.afterAttention.active = name.flatMap { b.afterAttention.adapters[$0] != nil ? $0 : nil }
                 b.afterFeedForward.active = name.flatMap { b.afterFeedForward.adapters[$0] != nil ? $0 : nil }
@@ -214,30 +243,41 @@ extension Module {
     }
 }
 
-/// Named prefixes on one model, one active (an adapter set's prefix-tuning adapters).
-public final class PrefixSet {
-    public private(set) var prefixes: [String: Prefix] = [:]
+/// Named values at one insertion point that has no base value (prefixes, prompts), one active: an adapter set's
+/// prefix-tuning or prompt-tuning adapters.
+public final class NamedSet<Value: AnyObject> {
+    public private(set) var members: [String: Value] = [:]
     public var active: String?
 
-    /// The active prefix, if any.
-    public var current: Prefix? { active.flatMap { prefixes[$0] } }
+    /// The active value, if any.
+    public var current: Value? { active.flatMap { members[$0] } }
 
-    func add(_ name: String, _ prefix: Prefix) {
-        prefixes[name] = prefix
+    func add(_ name: String, _ value: Value) {
+        members[name] = value
         active = name
     }
 
+    func remove(_ name: String?) {
+        guard let name else { members = [:]; active = nil; return }
+        members[name] = nil
+        if active == name { active = nil }
+    }
+
+    /// Activates `name` if it exists here, else nothing.
+    func activate(_ name: String?) { active = name.flatMap { members[$0] != nil ? $0 : nil } }
+}
+
+/// Prefixes by adapter name.
+public typealias PrefixSet = NamedSet<Prefix>
+/// Prompt-tuning vectors `[P, C]` by adapter name.
+public typealias PromptSet = NamedSet<Parameter>
+
+extension NamedSet where Value == Prefix {
     func add(_ name: String, _ prefix: Prefix, layers: Int, hidden: Int, heads: Int) throws {
         guard prefix.layers == layers, prefix.hidden == hidden, prefix.heads == heads else {
             throw ModelError.badInput("the prefix was built for \(prefix.layers) layers of width \(prefix.hidden), the model has \(layers) of \(hidden)")
         }
         add(name, prefix)
-    }
-
-    func remove(_ name: String?) {
-        guard let name else { prefixes = [:]; active = nil; return }
-        prefixes[name] = nil
-        if active == name { active = nil }
     }
 }
 

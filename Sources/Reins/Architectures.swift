@@ -53,8 +53,12 @@ public enum PretrainedModel {
     /// - Parameters:
     ///   - newlyInitialized: key prefixes the checkpoint may lack (a new task head on a base checkpoint).
     /// - Throws: ``ModelError`` (unknown architecture, strict-loading mismatches, bad config), ``SafeTensorsError``.
-    public static func load(directory: URL, architecture: String? = nil, newlyInitialized: [String] = []) throws -> PretrainedModel {
-        let checkpoint = try Checkpoint(directory: directory)
+    ///   - configOverrides: config entries to replace (e.g. `num_labels` for a new head).
+    public static func load(directory: URL, architecture: String? = nil, newlyInitialized: [String] = [],
+                            configOverrides: [String: Any] = [:]) throws -> PretrainedModel {
+        var checkpoint = try Checkpoint(directory: directory)
+        for (k, v) in configOverrides { checkpoint.config[k] = v }
+        if configOverrides["num_labels"] != nil { checkpoint.config["id2label"] = nil; checkpoint.config["label2id"] = nil }
         let configPath = directory.appendingPathComponent("config.json").path
         // The config's `architectures`, else its `model_type` (gpt2: the LM head model, whose head is tied and so
         // needs no extra tensor; bert: the bare model).

@@ -113,10 +113,10 @@ public final class BertLayer: Module {
         let q = try query(x).splittingHeads(heads)
         let drop = attentionProbabilityDropout(attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
         let a = try Tensor.attention(query: q, key: k, value: v, keyMask: keyMask, dropout: drop).mergingHeads()
-        let h = try attentionNorm(x + adapters.attention(attentionOut(a).trainingDropout(dropout)))
+        let h = try attentionNorm(x + adapters.attention(attentionOut(a).trainingDropout(dropout), residual: x, norm: attentionNorm))
         let z = try activation.apply(h, feedForwardIn)
         let f = try feedForwardOut(z).trainingDropout(dropout)
-        return try outputNorm(h + adapters.feedForward(adapters.parallel(f, input: h, intermediate: z)))
+        return try outputNorm(h + adapters.feedForward(adapters.parallel(f, input: h, intermediate: z), residual: h, norm: outputNorm))
     }
 }
 
@@ -145,6 +145,36 @@ public final class BertModel: Module {
         try prefixes.add(name, prefix, layers: config.layers, hidden: config.hidden, heads: config.heads)
     }
 
+    /// Prompt tuning (Lester et al., arXiv 2104.08691), the input-embedding insertion point: `P` learned vectors
+    /// `[P, C]` placed before the token embeddings, as PEFT does on BERT: they take positions 0..<P (the tokens follow),
+    /// token type 0, are always attended to, and the hidden states include them (`[B, P + T, C]`; the pooler reads the
+    /// first virtual token).
+    public let prompts = PromptSet()
+    /// The active prompt, if any.
+    public var prompt: Parameter? { prompts.current }
+    /// The number of prompt vectors in the outputs (0 without a prompt).
+    public var promptLength: Int { prompt?.value.shape[0] ?? 0 }
+
+    /// Attaches learned prompt embeddings `[P, C]` under `name` and activates them.
+    public func attachPrompt(_ embeddings: Parameter, name: String = "default") throws {
+        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == config.hidden else {
+            throw ModelError.badInput("prompt \(embeddings.value.shape) does not fit this model: expected [P, \(config.hidden)]")
+        }
+        prompts.add(name, embeddings)
+    }
+
+    /// Removes the prompt `name` (every prompt when `nil`).
+    public func detachPrompt(_ name: String? = nil) { prompts.remove(name) }
+
+    /// The attention mask over prompt and tokens `[B, P + T]` (ones for the prompt), or `mask` without a prompt.
+    func maskWithPrompt(_ mask: IntTensor?, batch B: Int, length T: Int) throws -> IntTensor? {
+        let Q = promptLength
+        guard Q > 0 else { return mask }
+        var values: [Int32] = []
+        for b in 0..<B { values += [Int32](repeating: 1, count: Q) + (mask.map { Array($0.values[(b * T)..<((b + 1) * T)]) } ?? [Int32](repeating: 1, count: T)) }
+        return try IntTensor(shape: [B, Q + T], values: values)
+    }
+
     public init(_ config: BertConfig, pooler: Bool = true, seed: UInt64 = 0) throws {
         self.config = config
         embeddings = try BertEmbeddings(config, seed: seed)
@@ -157,9 +187,10 @@ public final class BertModel: Module {
         visit.modules("encoder.layer", layers)
         visit.module("pooler.dense", pooler)
         prefix?.visitParameters(&visit)
+        visit.parameter("prompt_tuning_embeddings", prompt)
     }
 
-    /// The last hidden states `[B, T, C]`.
+    /// The last hidden states `[B, T, C]` (`[B, P + T, C]` with a prompt).
     /// - Parameters:
     ///   - attentionMask: `[B, T]`, 1 for real tokens, 0 for padding (default: all 1).
     ///   - tokenTypeIDs: `[B, T]` segment ids (default: all 0).
@@ -167,8 +198,8 @@ public final class BertModel: Module {
     public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
         guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
         let (B, T) = (ids.shape[0], ids.shape[1])
-        let P = prefix?.length ?? 0
-        guard P + T <= config.positions else { throw ModelError.sequenceTooLong(length: P + T, maximum: config.positions) }
+        let P = prefix?.length ?? 0, Q = promptLength
+        guard P + Q + T <= config.positions else { throw ModelError.sequenceTooLong(length: P + Q + T, maximum: config.positions) }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
         for (name, t) in [("attention mask", attentionMask), ("token type ids", tokenTypeIDs)] {
             if let t, t.shape != ids.shape { throw ModelError.badInput("\(name) \(t.shape) does not match input ids \(ids.shape)") }
@@ -177,10 +208,22 @@ public final class BertModel: Module {
         if let bad = types.values.firstIndex(where: { $0 < 0 || Int($0) >= config.typeCount }) {
             throw ModelError.tokenTypeOutOfRange(position: bad, type: Int(types.values[bad]), typeCount: config.typeCount)
         }
-        let positions = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(P + $0 % T) })
-        let e = try embeddings.word(ids) + embeddings.position(positions) + embeddings.tokenType(types)
+        var words = try embeddings.word(ids)
+        var typeIDs = types
+        if Q > 0, let prompt {
+            // As PEFT: prompt vectors first, then the tokens; positions and token types run over both.
+            let one = try prompt.value.reshaped([1, Q, config.hidden])
+            words = try Tensor.concatenate([B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0), words], axis: 1)
+            var values: [Int32] = []
+            for b in 0..<B { values += [Int32](repeating: 0, count: Q) + types.values[(b * T)..<((b + 1) * T)] }
+            typeIDs = try IntTensor(shape: [B, Q + T], values: values)
+        }
+        let W = Q + T
+        let positions = try IntTensor(shape: [B, W], values: (0..<(B * W)).map { Int32(P + $0 % W) })
+        let e = try words + embeddings.position(positions) + embeddings.tokenType(typeIDs)
         var x = try embeddings.norm(e).trainingDropout(config.hiddenDropout)
-        let keyMask = try prefix.map { try $0.extend(attentionMask, batch: B, width: T) } ?? attentionMask
+        let withPrompt = try maskWithPrompt(attentionMask, batch: B, length: T)
+        let keyMask = try prefix.map { try $0.extend(withPrompt, batch: B, width: W) } ?? withPrompt
         let prefixes = try prefix?.keysValues(batch: B)
         for (i, layer) in layers.enumerated() { x = try layer(x, keyMask: keyMask, prefix: prefixes?[i]) }
         return x
@@ -252,7 +295,8 @@ public final class BertForSequenceClassification: Module {
     /// Class logits `[B, labels]`.
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
         let h = try bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
-        let pooled = try pooling == .cls ? bert.pooled(h) : Pooling.mean(h, attentionMask: attentionMask)
+        let pooled = try pooling == .cls ? bert.pooled(h)
+            : Pooling.mean(h, attentionMask: bert.maskWithPrompt(attentionMask, batch: ids.shape[0], length: ids.shape[1]))
         return try classifier(pooled.trainingDropout(bert.config.classifierDropout))
     }
 }

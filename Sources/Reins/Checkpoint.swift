@@ -7,7 +7,7 @@ import ReinsTensor
 public struct Checkpoint {
     public let directory: URL
     /// The parsed `config.json`.
-    public let config: [String: Any]
+    public var config: [String: Any]
     private let files: [SafeTensorsFile]
     private let fileOfTensor: [String: Int]
 

@@ -140,4 +140,35 @@ public enum DataFiles {
             return (try r.require("prompt"), try r.require("completion"))
         }
     }
+
+    /// Token-classification examples: `tokens` (words separated by spaces) and `tags` (one tag name per word, from
+    /// `tags`).
+    public static func taggedWords(_ url: URL, tags: [String]) throws -> [TaggedWords] {
+        try records(url).map { r in
+            let words = try r.require("tokens").split(separator: " ").map(String.init)
+            let names = try r.require("tags").split(separator: " ").map(String.init)
+            guard words.count == names.count else {
+                throw DataError.badValue(path: r.path, line: r.line, field: "tags", detail: "\(names.count) tags for \(words.count) tokens")
+            }
+            return TaggedWords(words: words, tags: try names.map { n in
+                guard let i = tags.firstIndex(of: n) else { throw DataError.badValue(path: r.path, line: r.line, field: "tags", detail: "'\(n)' is not one of \(tags)") }
+                return i
+            })
+        }
+    }
+
+    /// Question-answering examples: `question`, `context`, `answer` and `answer_start` (a character offset into the
+    /// context, where the answer text must occur).
+    public static func questionAnswers(_ url: URL) throws -> [QuestionAnswer] {
+        try records(url).map { r in
+            let context = try r.require("context"), answer = try r.require("answer")
+            guard let start = Int(try r.require("answer_start")), start >= 0, start <= context.count else {
+                throw DataError.badValue(path: r.path, line: r.line, field: "answer_start", detail: "not a character offset into the context")
+            }
+            guard context.dropFirst(start).hasPrefix(answer) else {
+                throw DataError.badValue(path: r.path, line: r.line, field: "answer", detail: "the context does not contain it at answer_start \(start)")
+            }
+            return QuestionAnswer(question: try r.require("question"), context: context, answer: answer, answerStart: start)
+        }
+    }
 }

@@ -108,11 +108,11 @@ public final class GPT2Block: Module {
         }
         let drop = attentionProbabilityDropout(attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
         let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale, dropout: drop).mergingHeads()
-        let h = try x + adapters.attention(attentionOut(a).trainingDropout(dropout))
+        let h = try x + adapters.attention(attentionOut(a).trainingDropout(dropout), residual: x)
         let normed = try ln2(h)
         let z = try activation.apply(normed, feedForwardIn)
         let f = try feedForwardOut(z).trainingDropout(dropout)
-        return try h + adapters.feedForward(adapters.parallel(f, input: normed, intermediate: z))
+        return try h + adapters.feedForward(adapters.parallel(f, input: normed, intermediate: z), residual: h)
     }
 }
 
@@ -145,18 +145,21 @@ public final class GPT2Model: Module {
     /// Prompt tuning (Lester et al., arXiv 2104.08691), the input-embedding insertion point: `P` learned vectors
     /// `[P, C]` placed before the token embeddings. As PEFT does, they take positions 0..<P and the outputs include
     /// them (`[B, P + T, ...]`).
-    public private(set) var prompt: Parameter?
+    public let prompts = PromptSet()
+    /// The active prompt, if any.
+    public var prompt: Parameter? { prompts.current }
 
-    /// Attaches learned prompt embeddings `[P, C]` (replacing any).
+    /// Attaches learned prompt embeddings `[P, C]` under `name` (replacing one of that name) and activates them.
     /// - Throws: ``ModelError/badInput(_:)`` for another shape.
-    public func attachPrompt(_ embeddings: Parameter) throws {
+    public func attachPrompt(_ embeddings: Parameter, name: String = "default") throws {
         guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == config.hidden else {
             throw ModelError.badInput("prompt \(embeddings.value.shape) does not fit this model: expected [P, \(config.hidden)]")
         }
-        prompt = embeddings
+        prompts.add(name, embeddings)
     }
 
-    public func detachPrompt() { prompt = nil }
+    /// Removes the prompt `name` (every prompt when `nil`).
+    public func detachPrompt(_ name: String? = nil) { prompts.remove(name) }
 
     /// The number of prompt-tuning vectors (0 without).
     public var promptLength: Int { prompt?.value.shape[0] ?? 0 }

@@ -15,7 +15,7 @@ public enum PEFTAdapter {
         let type = try reader.string("peft_type", default: "")
         if type == "PREFIX_TUNING" { return try loadPrefix(directory: directory, config: reader, into: model, name: name) }
         if type == "IA3" { return try loadIA3(directory: directory, config: reader, into: model, name: name) }
-        if type == "PROMPT_TUNING" { return try loadPrompt(directory: directory, config: reader, into: model) }
+        if type == "PROMPT_TUNING" { return try loadPrompt(directory: directory, config: reader, into: model, name: name) }
         guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING, IA3, PROMPT_TUNING)") }
         let alpha = Float(try reader.float("lora_alpha", default: 8))
         let rsLoRA = config["use_rslora"] as? Bool ?? false
@@ -207,23 +207,27 @@ public enum PEFTAdapter {
         for (layer, v) in built { try layer.attachIA3(name, v) }
     }
 
-    /// PEFT prompt tuning: one tensor `prompt_embeddings` `[P, hidden]` (GPT-2 models).
-    static func loadPrompt(directory: URL, config: ConfigReader, into model: any Module) throws {
-        guard let gpt2 = ([model] + model.namedModules().map(\.module)).lazy.compactMap({ $0 as? GPT2Model }).first else {
-            throw ModelError.badInput("prompt tuning is implemented for GPT-2 models only so far")
-        }
+    /// PEFT prompt tuning: one tensor `prompt_embeddings` `[P, hidden]` (GPT-2 and BERT models), and heads saved with it.
+    static func loadPrompt(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
+        guard let shape = model.encoderShape else { throw ModelError.badInput("prompt tuning needs a GPT-2 or BERT model") }
         let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
         guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
         let file = try SafeTensorsFile(path: weightsPath)
         guard file.entries["prompt_embeddings"] != nil else {
             throw ModelError.checkpointMismatch(missing: ["prompt_embeddings"], unexpected: file.names.sorted(), misshaped: [])
         }
-        if let extra = file.names.first(where: { $0 != "prompt_embeddings" }) {
-            throw ModelError.checkpointMismatch(missing: [], unexpected: [extra], misshaped: [])
+        let embeddings = try file.tensor("prompt_embeddings")
+        guard embeddings.rank == 2, embeddings.shape[0] > 0, embeddings.shape[1] == shape.hidden else {
+            throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["prompt_embeddings is \(embeddings.shape), expected [P, \(shape.hidden)]"])
         }
-        do { try gpt2.attachPrompt(Parameter("prompt_tuning_embeddings", try file.tensor("prompt_embeddings"))) } catch let ModelError.badInput(detail) {
-            throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [detail])
+        // Heads saved with a prompt-learning adapter sit under `base_model.` (no `.model`).
+        let heads = try file.names.filter { $0 != "prompt_embeddings" }.map { key in
+            (key: key, plain: key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key,
+             tensor: try file.tensor(key))
         }
+        let installHeads = try headInstaller(heads, into: model, name: name)
+        shape.prompts.add(name, Parameter("prompt_tuning_embeddings", embeddings))
+        installHeads()
     }
 
     /// Writes the adapter `name` of `model` in PEFT's layout: LoRA weights of every linear layer that has it (and the
@@ -247,7 +251,7 @@ public enum PEFTAdapter {
             return (key, v, l.weightTransposed)
         }
         let prefixOwner = prefixHost(model).flatMap { host -> (prefix: Prefix, layers: Int, hidden: Int, heads: Int)? in
-            guard let p = host.set.prefixes[name] ?? host.set.current else { return nil }
+            guard let p = host.set.members[name] ?? host.set.current else { return nil }
             return (p, host.layers, host.hidden, host.heads)
         }
         var headPrefix = "base_model.model."
@@ -282,13 +286,14 @@ public enum PEFTAdapter {
             for (key, v, _) in ia3Layers {
                 tensors["base_model.model.\(key).ia3_l"] = try v.vector.value.reshaped(v.scalesInput ? [1, -1] : [-1, 1]).detached()
             }
-        } else if let gpt2 = ([model] + model.namedModules().map(\.module)).lazy.compactMap({ $0 as? GPT2Model }).first, let prompt = gpt2.prompt {
+        } else if let shape = model.encoderShape, let prompt = shape.prompts.members[name] ?? shape.prompts.current {
             config.merge([
-                "peft_type": "PROMPT_TUNING", "num_virtual_tokens": gpt2.promptLength, "token_dim": gpt2.config.hidden,
-                "num_layers": gpt2.config.layers, "num_attention_heads": gpt2.config.heads, "num_transformer_submodules": 1,
-                "prompt_tuning_init": "RANDOM",
+                "peft_type": "PROMPT_TUNING", "num_virtual_tokens": prompt.value.shape[0], "token_dim": shape.hidden,
+                "num_layers": shape.layers, "num_attention_heads": shape.heads, "num_transformer_submodules": 1,
+                "prompt_tuning_init": "RANDOM", "modules_to_save": modulesToSave.isEmpty ? NSNull() : modulesToSave,
             ]) { _, new in new }
             tensors["prompt_embeddings"] = prompt.value.detached()
+            headPrefix = "base_model." 
         } else if let owner = prefixOwner {
             config.merge([
                 "peft_type": "PREFIX_TUNING", "num_virtual_tokens": owner.prefix.length, "num_layers": owner.layers, "token_dim": owner.hidden,

@@ -6,7 +6,7 @@ import ReinsTensor
 /// What `train`, `eval` and `predict` share: the base model and the task.
 struct TaskOptions: ParsableArguments {
     @Option(help: "Hugging Face model directory: BERT for classification, GPT-2 for causal-lm.") var model: String
-    @Option(help: "classification (single texts or pairs) or causal-lm (text, or prompt + completion).") var task = "classification"
+    @Option(help: "classification (text [+ pair], label), token-classification (tokens, tags: space-separated), qa (question, context, answer, answer_start), mlm (text) or causal-lm (text, or prompt + completion).") var task = "classification"
     @Option(help: "Class names in order, comma-separated (default: read from the model's labels.json, else integer labels).") var labels: String?
     @Option(help: "Classification: field holding the text.") var textField = "text"
     @Option(help: "Classification: field holding the second text of a pair.") var pairField: String?
@@ -154,7 +154,41 @@ struct TrainCommand: ParsableCommand {
             task = try CausalLMTask(model: model, train: try taskOptions.sequences(URL(fileURLWithPath: train), tokenizer: tokenizer, positions: positions),
                                     evaluation: try eval.map { try taskOptions.sequences(URL(fileURLWithPath: $0), tokenizer: tokenizer, positions: positions) } ?? [],
                                     padID: 0)
-        default: throw ValidationError("--task must be classification or causal-lm")
+        case "token-classification":
+            var labels = try taskOptions.labelNames()
+            let records = try DataFiles.records(URL(fileURLWithPath: self.train))
+            if labels.isEmpty { labels = Set(try records.flatMap { try $0.require("tags").split(separator: " ").map(String.init) }).sorted() }
+            let dir = URL(fileURLWithPath: taskOptions.model)
+            guard case let .bertTokenClassification(model) = try PretrainedModel.load(directory: dir, architecture: "BertForTokenClassification",
+                    newlyInitialized: ["classifier."], configOverrides: ["num_labels": labels.count]) else { throw ValidationError("not a BERT model") }
+            adapterMethod = try self.adapterMethod(defaultTargets: ["query", "value"])
+            try model.addAdapter(name, adapterMethod, labels: labels.count, seed: seed)
+            let tokenizer = try WordPieceTokenizer(tokenizerFile: dir)
+            task = try TokenClassificationTask(model: model, tokenizer: tokenizer, tags: labels.count,
+                                               train: try DataFiles.taggedWords(URL(fileURLWithPath: self.train), tags: labels),
+                                               evaluation: try eval.map { try DataFiles.taggedWords(URL(fileURLWithPath: $0), tags: labels) } ?? [],
+                                               maxLength: taskOptions.maxLength)
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: labels), to: out.appendingPathComponent("labels.json").path)
+        case "qa":
+            let dir = URL(fileURLWithPath: taskOptions.model)
+            guard case let .bertQuestionAnswering(model) = try PretrainedModel.load(directory: dir, architecture: "BertForQuestionAnswering",
+                    newlyInitialized: ["qa_outputs."]) else { throw ValidationError("not a BERT model") }
+            adapterMethod = try self.adapterMethod(defaultTargets: ["query", "value"])
+            try model.addAdapter(name, adapterMethod, seed: seed)
+            task = try QuestionAnsweringTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir),
+                                             train: try DataFiles.questionAnswers(URL(fileURLWithPath: self.train)),
+                                             evaluation: try eval.map { try DataFiles.questionAnswers(URL(fileURLWithPath: $0)) } ?? [],
+                                             maxLength: taskOptions.maxLength)
+        case "mlm":
+            let dir = URL(fileURLWithPath: taskOptions.model)
+            guard case let .bertMaskedLM(model) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM",
+                    newlyInitialized: ["cls."]) else { throw ValidationError("not a BERT model") }
+            adapterMethod = try self.adapterMethod(defaultTargets: ["query", "value"])
+            try model.addAdapter(name, adapterMethod, seed: seed)
+            let texts = { (path: String) throws -> [String] in try DataFiles.records(URL(fileURLWithPath: path)).map { try $0.require(taskOptions.textField) } }
+            task = try MaskedLMTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir), train: try texts(self.train),
+                                    evaluation: try eval.map(texts) ?? [], maxLength: taskOptions.maxLength)
+        default: throw ValidationError("--task must be classification, token-classification, qa, mlm or causal-lm")
         }
         let updates = steps ?? max(1, epochs * task.trainingCount / (batchSize * accumulation))
         var options = TrainingOptions(steps: updates, batchSize: batchSize, learningRate: learningRate)

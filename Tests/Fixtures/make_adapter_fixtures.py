@@ -125,6 +125,20 @@ def gpt2_prompt():
     save_gpt2("gpt2-prompt", m)
 
 
+def bert_prompt():
+    """Prompt tuning on BERT sequence classification: P input vectors before the tokens (positions 0..P-1, token type 0,
+    always attended to); the pooler reads the first virtual token; the classifier is saved with the adapter."""
+    base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
+    m = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=4, task_type="SEQ_CLS"))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "prompt_encoder" in n:
+                p.copy_(torch.randn_like(p) * 0.5)
+            elif "modules_to_save" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    save_bert("bert-prompt", m)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
@@ -132,3 +146,4 @@ if __name__ == "__main__":
     bert_prefix()
     gpt2_ia3()
     gpt2_prompt()
+    bert_prompt()

@@ -10,7 +10,7 @@ struct AdapterSetTests {
     static let methods: [(String, AdapterMethod)] = [
         ("bitfit", .bitFit), ("houlsby", .houlsby(bottleneck: 4)), ("pfeiffer", .pfeiffer(bottleneck: 5)),
         ("adapterbias", .adapterBias), ("parallel", .parallel(bottleneck: 3)), ("prefix", .prefix(length: 2)),
-        ("prefix-mlp", .prefix(length: 3, projection: 7)),
+        ("prefix-mlp", .prefix(length: 3, projection: 7)), ("prompt", .promptTuning(length: 3)),
         ("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"]))),
         ("lora+bitfit", .loraBitFit(LoRAConfig(rank: 2, alpha: 4, targets: ["attention.output.dense"]))),
     ]

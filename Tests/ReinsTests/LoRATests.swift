@@ -114,6 +114,24 @@ struct PrefixTuningTests {
         for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == (key == "bert.prompt_embeddings"), "\(key)") }
     }
 
+    @Test func peftPromptTuningOnBERTReproducesPEFTLogits() throws {
+        guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else { return }
+        let dir = LoRATests.adapter("bert-prompt")
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask"), types = try io.intTensor("token_type_ids")
+        try model.loadAdapter("prompt", from: dir)
+        #expect(model.bert.promptLength == 4)
+        expectClose(try model.logits(ids, attentionMask: mask, tokenTypeIDs: types), try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "BERT + prompt + head logits")
+        // Only the prompt and the head train.
+        try Tensor.crossEntropy(logits: model.logits(ids, attentionMask: mask, tokenTypeIDs: types), targets: IntTensor([0, 2])).backward()
+        for (key, p) in model.namedParameters() {
+            #expect((p.gradient != nil) == (key == "bert.prompt_tuning_embeddings" || key.hasPrefix("classifier.")), "\(key)")
+        }
+        // Switched off, the base model's own logits come back (the prompt's positions are gone).
+        model.activateAdapter(nil)
+        #expect(try model.bert.hiddenStates(ids, attentionMask: mask).shape == [2, 9, 30])
+    }
+
     @Test func peftPrefixReproducesPEFTLogitsAndGenerationAgreesWithRecomputing() throws {
         guard case let .gpt2LMHead(model) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")) else { return }
         let dir = LoRATests.adapter("gpt2-prefix")
@@ -146,7 +164,8 @@ struct AdapterFileTests {
     /// file of about 4 bytes per adapter parameter.
     @Test(arguments: [("gpt2-lora", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-lora", "bert-cls", "SEQ_CLS", ["classifier"]),
                       ("gpt2-prefix", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-prefix", "bert-cls", "SEQ_CLS", ["classifier"]),
-                      ("gpt2-ia3", "gpt2-lm", "CAUSAL_LM", [String]()), ("gpt2-prompt", "gpt2-lm", "CAUSAL_LM", [String]())])
+                      ("gpt2-ia3", "gpt2-lm", "CAUSAL_LM", [String]()), ("gpt2-prompt", "gpt2-lm", "CAUSAL_LM", [String]()),
+                      ("bert-prompt", "bert-cls", "SEQ_CLS", ["classifier"])])
     func savedAdaptersRoundTripInPEFTLayout(adapter: String, base: String, task: String, heads: [String]) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }

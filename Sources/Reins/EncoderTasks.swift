@@ -1,0 +1,264 @@
+import Foundation
+import ReinsTensor
+
+/// A sentence as words, each with a tag (for token classification such as named entities).
+public struct TaggedWords: Sendable, Equatable {
+    public var words: [String]
+    public var tags: [Int]
+    public init(words: [String], tags: [Int]) { (self.words, self.tags) = (words, tags) }
+}
+
+/// Token classification on BERT: each word's first word piece carries its tag, the other pieces and the special
+/// tokens are ignored (-100), as transformers' token-classification recipe does. Evaluated by word accuracy and
+/// macro-F1 over tags.
+public final class TokenClassificationTask: TrainingTask {
+    public let tagger: BertForTokenClassification
+    public var model: any Module { tagger }
+    let train: [EncodedTags], evaluation: [EncodedTags]
+    let padID: Int32
+
+    struct EncodedTags { let ids: [Int32]; let labels: [Int32] }
+
+    /// - Throws: ``ModelError/badInput(_:)`` naming the example whose words and tags differ in number or whose tag is
+    ///   out of range.
+    public init(model: BertForTokenClassification, tokenizer: WordPieceTokenizer, tags: Int, train: [TaggedWords],
+                evaluation: [TaggedWords], maxLength: Int) throws {
+        func encode(_ set: [TaggedWords], _ name: String) throws -> [EncodedTags] {
+            try set.enumerated().map { n, s in
+                guard s.words.count == s.tags.count else { throw ModelError.badInput("\(name) example \(n + 1): \(s.words.count) words but \(s.tags.count) tags") }
+                if let bad = s.tags.first(where: { !(0..<tags).contains($0) }) {
+                    throw ModelError.badInput("\(name) example \(n + 1): tag \(bad) outside 0..<\(tags)")
+                }
+                guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
+                    throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
+                }
+                var ids: [Int32] = [cls], labels: [Int32] = [-100]
+                for (word, tag) in zip(s.words, s.tags) {
+                    let pieces = tokenizer.pieces(word)
+                    guard !pieces.isEmpty, ids.count + pieces.count < maxLength else { continue }
+                    ids += pieces
+                    labels += [Int32(tag)] + [Int32](repeating: -100, count: pieces.count - 1)
+                }
+                return EncodedTags(ids: ids + [sep], labels: labels + [-100])
+            }
+        }
+        tagger = model
+        self.train = try encode(train, "training")
+        self.evaluation = try encode(evaluation, "evaluation")
+        padID = tokenizer.padID
+    }
+
+    public var trainingCount: Int { train.count }
+
+    func batch(_ rows: [EncodedTags]) throws -> (ids: IntTensor, mask: IntTensor, labels: IntTensor) {
+        let T = rows.map(\.ids.count).max() ?? 0
+        var ids: [Int32] = [], mask: [Int32] = [], labels: [Int32] = []
+        for r in rows {
+            let pad = T - r.ids.count
+            ids += r.ids + [Int32](repeating: padID, count: pad)
+            mask += [Int32](repeating: 1, count: r.ids.count) + [Int32](repeating: 0, count: pad)
+            labels += r.labels + [Int32](repeating: -100, count: pad)
+        }
+        return (try IntTensor(shape: [rows.count, T], values: ids), try IntTensor(shape: [rows.count, T], values: mask), IntTensor(labels))
+    }
+
+    public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
+        let rows = indices.map { train[$0] }
+        let b = try batch(rows)
+        let logits = try tagger.logits(b.ids, attentionMask: b.mask)
+        let L = logits.shape[2]
+        return (try Tensor.crossEntropy(logits: logits.reshaped([-1, L]), targets: b.labels), rows.reduce(0) { $0 + $1.ids.count })
+    }
+
+    public func evaluate() throws -> [String: Double] {
+        var predicted: [Int] = [], truth: [Int] = []
+        for start in stride(from: 0, to: evaluation.count, by: 32) {
+            let rows = Array(evaluation[start..<min(start + 32, evaluation.count)])
+            let b = try batch(rows)
+            let logits = try tagger.logits(b.ids, attentionMask: b.mask)
+            let L = logits.shape[2], values = logits.scalars
+            for (i, label) in b.labels.values.enumerated() where label != -100 {
+                let row = values[(i * L)..<((i + 1) * L)]
+                predicted.append(row.indices.max { row[$0] < row[$1] }! - i * L)
+                truth.append(Int(label))
+            }
+        }
+        return ["accuracy": Metrics.accuracy(predicted: predicted, truth: truth), "macro_f1": Metrics.macroF1(predicted: predicted, truth: truth)]
+    }
+
+    public var primaryMetric: (name: String, higherIsBetter: Bool) { ("macro_f1", true) }
+}
+
+/// A question over a context with its answer (`answerStart` is a character offset into the context).
+public struct QuestionAnswer: Sendable, Equatable {
+    public var question: String, context: String, answer: String, answerStart: Int
+    public init(question: String, context: String, answer: String, answerStart: Int) {
+        (self.question, self.context, self.answer, self.answerStart) = (question, context, answer, answerStart)
+    }
+}
+
+/// Extractive question answering on BERT: cross-entropy on the answer's first and last token (the mean of the two, as
+/// transformers); evaluated by exact match and token F1 of the best span's text (SQuAD definitions).
+///
+/// The answer span is located by tokenizing the context up to `answerStart` and the answer itself, so answers should
+/// start and end on word boundaries (as SQuAD's do); an answer cut off by `maxLength` is an error naming the example.
+public final class QuestionAnsweringTask: TrainingTask {
+    public let reader: BertForQuestionAnswering
+    public var model: any Module { reader }
+    let tokenizer: WordPieceTokenizer
+    let train: [EncodedQA], evaluation: [EncodedQA]
+
+    struct EncodedQA { let ids: [Int32]; let types: [Int32]; let start: Int; let end: Int; let contextStart: Int; let answer: String }
+
+    public init(model: BertForQuestionAnswering, tokenizer: WordPieceTokenizer, train: [QuestionAnswer], evaluation: [QuestionAnswer], maxLength: Int) throws {
+        func encode(_ set: [QuestionAnswer], _ name: String) throws -> [EncodedQA] {
+            try set.enumerated().map { n, e in
+                guard e.answerStart >= 0, e.answerStart <= e.context.count else {
+                    throw ModelError.badInput("\(name) example \(n + 1): answer_start \(e.answerStart) is outside the context")
+                }
+                guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
+                    throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
+                }
+                let q = tokenizer.pieces(e.question), before = tokenizer.pieces(String(e.context.prefix(e.answerStart)))
+                let answer = tokenizer.pieces(e.answer), context = tokenizer.pieces(e.context)
+                let contextStart = q.count + 2
+                let start = contextStart + before.count, end = start + answer.count - 1
+                let ids = Array(([cls] + q + [sep] + context).prefix(maxLength - 1)) + [sep]
+                guard !answer.isEmpty, end < ids.count - 1 else {
+                    throw ModelError.badInput("\(name) example \(n + 1): the answer does not fit in \(maxLength) tokens or is empty")
+                }
+                let types = [Int32](repeating: 0, count: contextStart) + [Int32](repeating: 1, count: ids.count - contextStart)
+                return EncodedQA(ids: ids, types: types, start: start, end: end, contextStart: contextStart, answer: e.answer)
+            }
+        }
+        reader = model
+        self.tokenizer = tokenizer
+        self.train = try encode(train, "training")
+        self.evaluation = try encode(evaluation, "evaluation")
+    }
+
+    public var trainingCount: Int { train.count }
+
+    func batch(_ rows: [EncodedQA]) throws -> (ids: IntTensor, mask: IntTensor, types: IntTensor) {
+        let T = rows.map(\.ids.count).max() ?? 0
+        var ids: [Int32] = [], mask: [Int32] = [], types: [Int32] = []
+        for r in rows {
+            let pad = T - r.ids.count
+            ids += r.ids + [Int32](repeating: tokenizer.padID, count: pad)
+            mask += [Int32](repeating: 1, count: r.ids.count) + [Int32](repeating: 0, count: pad)
+            types += r.types + [Int32](repeating: 0, count: pad)
+        }
+        let shape = [rows.count, T]
+        return (try IntTensor(shape: shape, values: ids), try IntTensor(shape: shape, values: mask), try IntTensor(shape: shape, values: types))
+    }
+
+    public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
+        let rows = indices.map { train[$0] }
+        let b = try batch(rows)
+        let (start, end) = try reader.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
+        let s = try Tensor.crossEntropy(logits: start, targets: IntTensor(rows.map { Int32($0.start) }))
+        let e = try Tensor.crossEntropy(logits: end, targets: IntTensor(rows.map { Int32($0.end) }))
+        return (try (s + e).scaled(by: 0.5), rows.reduce(0) { $0 + $1.ids.count })
+    }
+
+    public func evaluate() throws -> [String: Double] {
+        var em = 0.0, f1 = 0.0
+        for start in stride(from: 0, to: evaluation.count, by: 16) {
+            let rows = Array(evaluation[start..<min(start + 16, evaluation.count)])
+            let b = try batch(rows)
+            let (s, e) = try reader.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
+            let T = s.shape[1], sv = s.scalars, ev = e.scalars
+            for (i, r) in rows.enumerated() {
+                let allowed = (0..<T).map { $0 >= r.contextStart && $0 < r.ids.count - 1 }
+                let span = BertForQuestionAnswering.bestSpan(start: Array(sv[(i * T)..<((i + 1) * T)]), end: Array(ev[(i * T)..<((i + 1) * T)]), allowed: allowed)
+                let text = span.map { tokenizer.decode(Array(r.ids[$0.start...$0.end])) } ?? ""
+                em += Metrics.exactMatch(prediction: text, answers: [r.answer])
+                f1 += Metrics.tokenF1(prediction: text, answers: [r.answer])
+            }
+        }
+        let n = Double(max(evaluation.count, 1))
+        return ["exact_match": em / n, "f1": f1 / n]
+    }
+
+    public var primaryMetric: (name: String, higherIsBetter: Bool) { ("f1", true) }
+}
+
+/// Masked language modelling on BERT (Devlin et al., arXiv 1810.04805): 15% of the non-special tokens are chosen;
+/// of those 80% become [MASK], 10% a random token, 10% stay; the loss is on the chosen tokens. The choice for a
+/// training step is seeded by the step's training-mode seed, so a resumed run masks exactly as an uninterrupted one;
+/// evaluation masks with a fixed seed. Evaluated by the loss, its perplexity and the accuracy on the chosen tokens.
+public final class MaskedLMTask: TrainingTask {
+    public let masked: BertForMaskedLM
+    public var model: any Module { masked }
+    let train: [[Int32]], evaluation: [[Int32]]
+    let maskID: Int32, padID: Int32, special: Set<Int32>, vocabulary: Int
+    /// The fraction of tokens chosen (0.15).
+    public var probability = 0.15
+
+    public init(model: BertForMaskedLM, tokenizer: WordPieceTokenizer, train: [String], evaluation: [String], maxLength: Int) throws {
+        guard let mask = tokenizer.maskID else { throw ModelError.badInput("the tokenizer has no [MASK] token") }
+        let options = EncodingOptions(maxLength: maxLength, padding: .none)
+        masked = model
+        self.train = try train.map { try tokenizer.encode($0, options: options).ids }
+        self.evaluation = try evaluation.map { try tokenizer.encode($0, options: options).ids }
+        maskID = mask
+        padID = tokenizer.padID
+        special = Set(["[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"].compactMap { tokenizer.vocabulary[$0] })
+        vocabulary = model.bert.config.vocabularySize
+    }
+
+    public var trainingCount: Int { train.count }
+
+    /// Inputs with the 80/10/10 corruption, mask and labels (-100 where no loss), `[B, T]`.
+    func corrupt(_ rows: [[Int32]], seed: UInt64) throws -> (ids: IntTensor, mask: IntTensor, labels: IntTensor, chosen: Int) {
+        var g = SeededGenerator(seed: seed)
+        let T = rows.map(\.count).max() ?? 0
+        var ids: [Int32] = [], mask: [Int32] = [], labels: [Int32] = [], chosen = 0
+        for r in rows {
+            var row = r, lab = [Int32](repeating: -100, count: r.count)
+            let candidates = r.indices.filter { !special.contains(r[$0]) }
+            // At least one chosen token per sequence that has any, so every row contributes.
+            var picks = candidates.filter { _ in Double(g.next() >> 11) / Double(1 << 53) < probability }
+            if picks.isEmpty, let only = candidates.randomElement(using: &g) { picks = [only] }
+            for i in picks {
+                lab[i] = r[i]
+                let u = Double(g.next() >> 11) / Double(1 << 53)
+                if u < 0.8 { row[i] = maskID } else if u < 0.9 { row[i] = Int32(g.next() % UInt64(vocabulary)) }
+            }
+            chosen += picks.count
+            let pad = T - r.count
+            ids += row + [Int32](repeating: padID, count: pad)
+            mask += [Int32](repeating: 1, count: r.count) + [Int32](repeating: 0, count: pad)
+            labels += lab + [Int32](repeating: -100, count: pad)
+        }
+        return (try IntTensor(shape: [rows.count, T], values: ids), try IntTensor(shape: [rows.count, T], values: mask), IntTensor(labels), chosen)
+    }
+
+    public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
+        let rows = indices.map { train[$0] }
+        let seed = (TrainingMode.current?.seed ?? 0) &+ 0x5EED
+        let b = try corrupt(rows, seed: seed)
+        let logits = try masked.logits(b.ids, attentionMask: b.mask)
+        return (try Tensor.crossEntropy(logits: logits.reshaped([-1, vocabulary]), targets: b.labels), rows.reduce(0) { $0 + $1.count })
+    }
+
+    public func evaluate() throws -> [String: Double] {
+        var total = 0.0, count = 0, correct = 0
+        for start in stride(from: 0, to: evaluation.count, by: 16) {
+            let rows = Array(evaluation[start..<min(start + 16, evaluation.count)])
+            let b = try corrupt(rows, seed: 1234 &+ UInt64(start))
+            let logits = try masked.logits(b.ids, attentionMask: b.mask).reshaped([-1, vocabulary])
+            total += Double(try Tensor.crossEntropy(logits: logits, targets: b.labels).item) * Double(b.chosen)
+            count += b.chosen
+            let values = logits.scalars
+            for (i, label) in b.labels.values.enumerated() where label != -100 {
+                let row = values[(i * vocabulary)..<((i + 1) * vocabulary)]
+                if row.indices.max(by: { row[$0] < row[$1] })! - i * vocabulary == Int(label) { correct += 1 }
+            }
+        }
+        let nll = total / Double(max(count, 1))
+        return ["loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll), "accuracy": Double(correct) / Double(max(count, 1))]
+    }
+
+    public var primaryMetric: (name: String, higherIsBetter: Bool) { ("loss", false) }
+}

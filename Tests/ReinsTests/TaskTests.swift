@@ -1,0 +1,89 @@
+import Foundation
+import Reins
+import ReinsTensor
+import ReinsTestSupport
+import Testing
+
+/// The other trainers (masked LM, token classification, question answering) and BPE learning: data preparation
+/// exactly as their recipes define it, training that lowers the loss, named errors.
+struct TaskTests {
+    /// A tiny WordPiece vocabulary that fits the 101-token fixture models.
+    func tokenizer() throws -> WordPieceTokenizer {
+        let words = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "in", "park", "paris", "is", "capital", "of", "france",
+                     "where", "did", "john", "live", "lives", "who", "big", "red", "##s", "##ing", "play", "."]
+        let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+        let url = try temporaryDirectory().appendingPathComponent("vocab.txt")
+        try Data((vocab.joined(separator: "\n") + "\n").utf8).write(to: url)
+        return try WordPieceTokenizer(vocabularyFile: url.path)
+    }
+
+    func load<T>(_ name: String, _ pick: (PretrainedModel) -> T?) throws -> T {
+        guard let m = pick(try PretrainedModel.load(directory: ModelParityTests.directory(name))) else { throw ModelError.badInput("fixture \(name)") }
+        return m
+    }
+
+    func train(_ task: any TrainingTask, steps: Int = 15, lr: Float = 5e-3) throws -> Trainer {
+        var options = TrainingOptions(steps: steps, batchSize: 4, learningRate: lr)
+        options.clipNorm = nil
+        let trainer = try Trainer(task: task, options: options)
+        try trainer.run()
+        return trainer
+    }
+
+    @Test func maskedLMCorruptsAsBERTAndTrains() throws {
+        let model = try load("bert-mlm") { if case let .bertMaskedLM(m) = $0 { return m } else { return nil } }
+        let texts = (0..<12).map { i in ["the cat sat on the mat", "a dog ran in the park", "paris is the capital of france"][i % 3] }
+        let task = try MaskedLMTask(model: model, tokenizer: tokenizer(), train: texts, evaluation: texts, maxLength: 16)
+        let before = try task.evaluate()["loss"]!
+        let trainer = try train(task, steps: 30, lr: 1e-2)
+        #expect(try task.evaluate()["loss"]! < before, "masked-LM loss did not fall")
+        #expect(trainer.history.allSatisfy { $0.loss.isFinite })
+    }
+
+    @Test func tokenClassificationLabelsFirstPiecesOnly() throws {
+        let model = try load("bert-tok") { if case let .bertTokenClassification(m) = $0 { return m } else { return nil } }
+        let tags = model.classifier.outputs
+        let data = (0..<8).map { i in TaggedWords(words: ["john", "lives", "in", "paris"], tags: [1 % tags, 0, 0, 2 % tags]) }
+        let task = try TokenClassificationTask(model: model, tokenizer: tokenizer(), tags: tags, train: data, evaluation: data, maxLength: 16)
+        let before = try task.evaluate()["accuracy"]!
+        let trainer = try train(task, steps: 30, lr: 2e-2)
+        #expect(trainer.history.last!.loss < trainer.history.first!.loss)
+        #expect(try task.evaluate()["accuracy"]! >= before)
+        #expect(throws: ModelError.badInput("training example 1: 2 words but 1 tags")) {
+            try TokenClassificationTask(model: model, tokenizer: tokenizer(), tags: tags, train: [TaggedWords(words: ["a", "b"], tags: [0])], evaluation: [], maxLength: 8)
+        }
+    }
+
+    @Test func questionAnsweringFindsTheSpanAndTrains() throws {
+        let model = try load("bert-qa") { if case let .bertQuestionAnswering(m) = $0 { return m } else { return nil } }
+        let context = "john lives in paris . the cat sat on the mat"
+        let examples = (0..<8).map { i in
+            i % 2 == 0 ? QuestionAnswer(question: "where did john live", context: context, answer: "paris", answerStart: 14)
+                       : QuestionAnswer(question: "where sat the cat", context: context, answer: "the mat", answerStart: 37)
+        }
+        let task = try QuestionAnsweringTask(model: model, tokenizer: tokenizer(), train: examples, evaluation: Array(examples.prefix(2)), maxLength: 32)
+        let trainer = try train(task, steps: 40, lr: 2e-2)
+        #expect(trainer.history.last!.loss < trainer.history.first!.loss)
+        let metrics = try task.evaluate()
+        #expect(metrics["exact_match"] != nil && metrics["f1"]! >= metrics["exact_match"]!)
+        #expect(throws: ModelError.self) {
+            try QuestionAnsweringTask(model: model, tokenizer: tokenizer(), train: [QuestionAnswer(question: "q", context: "short", answer: "x", answerStart: 99)],
+                                      evaluation: [], maxLength: 8)
+        }
+    }
+
+    @Test func bpeLearnsAVocabularyThatRoundTrips() throws {
+        let text = String(repeating: "the cat sat on the mat. The cats sat! Der Käse, 3.14 — ünïcödé 🐈‍⬛ text\n", count: 40)
+        let learned = try BPETokenizer.learn(from: text, vocabularySize: 300)
+        #expect(learned.tokens.count == 300 && learned.tokens.last == "<|endoftext|>")
+        #expect(learned.merges.count == 300 - 257)
+        let dir = try temporaryDirectory()
+        try BPETokenizer.save(learned, to: dir)
+        let bpe = try BPETokenizer(vocabularyFile: dir.appendingPathComponent("vocab.json").path, mergesFile: dir.appendingPathComponent("merges.txt").path)
+        let sample = "the cat sat on the mat, ünïcödé 🐈‍⬛ and unseen words like zebra<|endoftext|>"
+        #expect(bpe.decode(bpe.encode(sample)) == sample)
+        #expect(bpe.encode(" cat").count == 1, "a frequent word is one token")
+        #expect(bpe.encode("<|endoftext|>") == [Int32(299)])
+        #expect(throws: TokenizerError.self) { try BPETokenizer.learn(from: text, vocabularySize: 100) }
+    }
+}
