@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct ReinsCommand: ParsableCommand {
@@ -7,4 +8,22 @@ struct ReinsCommand: ParsableCommand {
         abstract: "Steer pretrained language models on the CPU: fine-tune them, or train small adapters on one frozen base.",
         subcommands: [InfoCommand.self, TokenizeCommand.self, GenerateCommand.self, FillMaskCommand.self, EmbedCommand.self, LogitsCommand.self, AdaptersCommand.self, ExtractLoRACommand.self, KernelsCommand.self, BenchCommand.self, DemoCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, TokenizerCommand.self, PretrainCommand.self]
     )
+
+    static func main() {
+        shortenOpenBLASSpinning()
+        main(nil)
+    }
+
+    /// OpenBLAS's idle worker threads spin (sched_yield) for about 2^28 cycles after each GEMM before sleeping; between
+    /// GEMMs Reins runs its own kernels on every core, and the spinning threads take about 10% of a training step from
+    /// them on 2 cores (perf: __schedule from sched_yield). OpenBLAS reads OPENBLAS_THREAD_TIMEOUT only when the
+    /// library loads, before main, so the tool sets it (2^4 cycles) and re-executes itself once. A value already set by
+    /// the user is left alone; if re-executing fails, the tool simply runs as it is.
+    static func shortenOpenBLASSpinning() {
+        #if os(Linux)
+        guard getenv("OPENBLAS_THREAD_TIMEOUT") == nil else { return }
+        setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1)
+        execv("/proc/self/exe", CommandLine.unsafeArgv)
+        #endif
+    }
 }
