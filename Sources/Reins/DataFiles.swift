@@ -44,6 +44,22 @@ public enum DataFiles {
         return records
     }
 
+    /// The JSON objects of a JSON Lines file, as parsed (for logs such as `metrics.jsonl`).
+    /// - Throws: ``DataError`` naming the file and line of a line that is not a JSON object.
+    public static func jsonObjects(_ url: URL) throws -> [[String: Any]] {
+        guard let data = FileManager.default.contents(atPath: url.path) else { throw DataError.unreadable(path: url.path) }
+        var out: [[String: Any]] = []
+        for (i, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty { continue }
+            guard let object = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
+                throw DataError.malformed(path: url.path, line: i + 1, detail: "not a JSON object")
+            }
+            out.append(object)
+        }
+        return out
+    }
+
     static func jsonLines(_ text: String, path: String) throws -> [Record] {
         var out: [Record] = []
         for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {

@@ -19,6 +19,12 @@ public final class CausalLMTask: TrainingTask {
     let padID: Int32
     /// Sequences per evaluation batch.
     public var evaluationBatchSize = 16
+    /// Turns generated ids into text. When set, evaluation also completes each evaluation prompt greedily (as many new
+    /// tokens as its reference completion has, stopping at `stopTokens`) and scores the completions with corpus BLEU
+    /// against the references (``Metrics/bleu(hypotheses:references:)``).
+    public var decode: (([Int32]) -> String)?
+    /// Tokens that end a generated completion (e.g. `<|endoftext|>`).
+    public var stopTokens: Set<Int32> = []
 
     /// - Throws: ``ModelError/badInput(_:)`` for an empty sequence or a prompt as long as its sequence (no token to learn).
     public init(model: GPT2LMHeadModel, train: [TokenSequence], evaluation: [TokenSequence], padID: Int32) throws {
@@ -66,7 +72,19 @@ public final class CausalLMTask: TrainingTask {
             count += b.predicted
         }
         let nll = total / Double(max(count, 1))
-        return ["loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll)]
+        var metrics = ["loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll)]
+        let prompted = evaluation.filter { $0.promptLength > 0 }
+        if let decode, !prompted.isEmpty {
+            var hypotheses: [String] = [], references: [String] = []
+            for e in prompted {
+                let prompt = Array(e.ids.prefix(e.promptLength)), reference = Array(e.ids.dropFirst(e.promptLength))
+                let out = try languageModel.generate(prompts: [prompt], options: GenerationOptions(maxNewTokens: reference.count, stopTokens: stopTokens, padID: padID))[0]
+                hypotheses.append(decode(Array(out.dropFirst(prompt.count)).filter { !stopTokens.contains($0) }))
+                references.append(decode(reference.filter { !stopTokens.contains($0) }))
+            }
+            metrics["bleu"] = Metrics.bleu(hypotheses: hypotheses, references: [references])
+        }
+        return metrics
     }
 
     public var primaryMetric: (name: String, higherIsBetter: Bool) { ("perplexity", false) }

@@ -151,9 +151,11 @@ struct TrainCommand: ParsableCommand {
             adapterMethod = try self.adapterMethod(defaultTargets: ["c_attn"])
             try model.addAdapter(name, adapterMethod, seed: seed)
             let positions = model.transformer.config.positions
-            task = try CausalLMTask(model: model, train: try taskOptions.sequences(URL(fileURLWithPath: train), tokenizer: tokenizer, positions: positions),
-                                    evaluation: try eval.map { try taskOptions.sequences(URL(fileURLWithPath: $0), tokenizer: tokenizer, positions: positions) } ?? [],
-                                    padID: 0)
+            let lm = try CausalLMTask(model: model, train: try taskOptions.sequences(URL(fileURLWithPath: train), tokenizer: tokenizer, positions: positions),
+                                      evaluation: try eval.map { try taskOptions.sequences(URL(fileURLWithPath: $0), tokenizer: tokenizer, positions: positions) } ?? [],
+                                      padID: 0)
+            lm.decode = { tokenizer.decode($0) } // prompt/completion evaluation data is also scored by BLEU
+            task = lm
         case "token-classification":
             var labels = try taskOptions.labelNames()
             let records = try DataFiles.records(URL(fileURLWithPath: self.train))
@@ -282,5 +284,35 @@ struct PredictCommand: ParsableCommand {
             let row: [String: Any] = ["text": text, "label": best < labels.count ? labels[best] : String(best), "probability": Double(logits[best])]
             print(String(decoding: try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys]), as: UTF8.self))
         }
+    }
+}
+
+/// `reins plot`: one SVG comparing the training and evaluation curves of several runs.
+struct PlotCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "plot", abstract: "Compare runs: training loss and an evaluation metric from each RUN/metrics.jsonl, in one SVG.")
+    @Argument(help: "Run directories (each with metrics.jsonl) or metrics.jsonl files.") var runs: [String]
+    @Option(help: "The evaluation metric to plot.") var metric = "accuracy"
+    @Option(help: "The SVG to write.") var output = "runs.svg"
+
+    func run() throws {
+        var loss: [SVGPlot.Series] = [], evaluation: [SVGPlot.Series] = []
+        for run in runs {
+            var url = URL(fileURLWithPath: run)
+            if url.pathExtension != "jsonl" { url = url.appendingPathComponent("metrics.jsonl") }
+            let records = try DataFiles.jsonObjects(url)
+            let name = url.deletingLastPathComponent().lastPathComponent
+            loss.append(SVGPlot.Series(name: name, points: SVGPlot.smoothed(records.compactMap { r in
+                guard let s = r["step"] as? NSNumber, let l = r["loss"] as? NSNumber else { return nil }
+                return (s.doubleValue, l.doubleValue)
+            })))
+            evaluation.append(SVGPlot.Series(name: name, points: records.compactMap { r in
+                guard let s = r["step"] as? NSNumber, let m = (r["eval"] as? [String: Any])?[metric] as? NSNumber else { return nil }
+                return (s.doubleValue, m.doubleValue)
+            }))
+        }
+        let svg = SVGPlot.render([SVGPlot.Panel(title: "training loss (smoothed)", xLabel: "update", yLabel: "loss", series: loss),
+                                  SVGPlot.Panel(title: "evaluation \(metric)", xLabel: "update", yLabel: metric, series: evaluation)])
+        try AtomicFile.write(Data(svg.utf8), to: output)
+        print("wrote \(output) (\(runs.count) runs)")
     }
 }

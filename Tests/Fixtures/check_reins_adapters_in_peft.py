@@ -4,7 +4,7 @@
     REINS_SAVE_ADAPTERS=/tmp/reins-adapters swift test --filter AdapterFileTests
     ~/.reins-reference/bin/python Tests/Fixtures/check_reins_adapters_in_peft.py /tmp/reins-adapters
 
-The test writes gpt2-lora/, bert-lora/, gpt2-prefix/, bert-prefix/, gpt2-ia3/ and gpt2-prompt/ there with `PEFTAdapter.save` after loading the PEFT fixtures.
+The test writes gpt2-lora/, bert-lora/, gpt2-prefix/, bert-prefix/, gpt2-ia3/, gpt2-prompt/ and bert-prompt/ there with `PEFTAdapter.save` after loading the PEFT fixtures.
 Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2.
 """
 import os
@@ -19,7 +19,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 saved = sys.argv[1]
 for adapter, base, cls in [("gpt2-lora", "gpt2-lm", GPT2LMHeadModel), ("bert-lora", "bert-cls", BertForSequenceClassification),
                            ("gpt2-prefix", "gpt2-lm", GPT2LMHeadModel), ("bert-prefix", "bert-cls", BertForSequenceClassification),
-                           ("gpt2-ia3", "gpt2-lm", GPT2LMHeadModel), ("gpt2-prompt", "gpt2-lm", GPT2LMHeadModel)]:
+                           ("gpt2-ia3", "gpt2-lm", GPT2LMHeadModel), ("gpt2-prompt", "gpt2-lm", GPT2LMHeadModel),
+                           ("bert-prompt", "bert-cls", BertForSequenceClassification)]:
     model = PeftModel.from_pretrained(cls.from_pretrained(os.path.join(HERE, "models", base)), os.path.join(saved, adapter)).eval()
     e = load_file(os.path.join(HERE, "adapters", adapter, "expected.safetensors"))
     kw = {k: v.long() for k, v in e.items() if k != "logits"}

@@ -86,4 +86,25 @@ struct TaskTests {
         #expect(bpe.encode("<|endoftext|>") == [Int32(299)])
         #expect(throws: TokenizerError.self) { try BPETokenizer.learn(from: text, vocabularySize: 100) }
     }
+
+    @Test func causalLMLearnsOnlyTheCompletionAndScoresBLEU() throws {
+        let model = try BottleneckAdapterTests().gpt2()
+        let seq = TokenSequence(ids: [5, 17, 42, 95, 3, 8, 60], promptLength: 3)
+        let task = try CausalLMTask(model: model, train: [seq], evaluation: [seq], padID: 0)
+        // The loss is the mean cross-entropy of the completion tokens 95, 3, 8, 60 given everything before them.
+        let logits = try model.logits(try IntTensor(shape: [1, 7], values: seq.ids)).scalars
+        let V = logits.count / 7
+        var expected = 0.0
+        for t in 2..<6 {
+            let row = logits[(t * V)..<((t + 1) * V)].map(Double.init)
+            let m = row.max()!, lse = m + Foundation.log(row.reduce(0) { $0 + Foundation.exp($1 - m) })
+            expected += lse - row[Int(seq.ids[t + 1])]
+        }
+        #expect(abs(Double(try task.loss([0]).loss.item) - expected / 4) < 1e-4)
+        task.decode = { $0.map { "w\($0)" }.joined(separator: " ") }
+        let metrics = try task.evaluate()
+        #expect(metrics["bleu"].map { (0...100).contains($0) } == true)
+        #expect(abs(metrics["perplexity"]! - Foundation.exp(metrics["loss"]!)) < 1e-9)
+        #expect(throws: ModelError.self) { try CausalLMTask(model: model, train: [TokenSequence(ids: [1, 2], promptLength: 2)], evaluation: [], padID: 0) }
+    }
 }
