@@ -281,6 +281,56 @@ extension NamedSet where Value == Prefix {
     }
 }
 
+/// An encoder with the virtual-token insertion points: key/value prefixes in every layer and prompt vectors before the
+/// input embeddings, each a named set (one adapter each) with one member active.
+public protocol VirtualTokenHost: AnyObject {
+    var prefixes: PrefixSet { get }
+    var prompts: PromptSet { get }
+    /// Layers, width and heads, which prefixes and prompts must fit.
+    var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) { get }
+}
+
+extension GPT2Model { public var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) { (config.layers, config.hidden, config.heads) } }
+extension BertModel { public var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) { (config.layers, config.hidden, config.heads) } }
+
+extension VirtualTokenHost {
+    /// The active prefix, if any.
+    public var prefix: Prefix? { prefixes.current }
+    /// The active prompt, if any.
+    public var prompt: Parameter? { prompts.current }
+    /// The number of prompt vectors (0 without a prompt).
+    public var promptLength: Int { prompt?.value.shape[0] ?? 0 }
+
+    /// Attaches learned prefixes `[P, layers · 2 · C]` under `name` (replacing one of that name) and activates them.
+    /// - Throws: ``ModelError/badInput(_:)`` for another shape.
+    public func attachPrefix(_ embeddings: Parameter, name: String = "default") throws {
+        let s = virtualTokenShape
+        prefixes.add(name, try Prefix(embeddings, layers: s.layers, hidden: s.hidden, heads: s.heads))
+    }
+
+    /// Attaches a prefix (for example one built with an MLP reparameterisation) under `name` and activates it.
+    public func attach(_ prefix: Prefix, name: String = "default") throws {
+        let s = virtualTokenShape
+        try prefixes.add(name, prefix, layers: s.layers, hidden: s.hidden, heads: s.heads)
+    }
+
+    /// Removes the prefix `name` (every prefix when `nil`).
+    public func detachPrefix(_ name: String? = nil) { prefixes.remove(name) }
+
+    /// Attaches learned prompt embeddings `[P, C]` under `name` (replacing one of that name) and activates them.
+    /// - Throws: ``ModelError/badInput(_:)`` for another shape.
+    public func attachPrompt(_ embeddings: Parameter, name: String = "default") throws {
+        let C = virtualTokenShape.hidden
+        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == C else {
+            throw ModelError.badInput("prompt \(embeddings.value.shape) does not fit this model: expected [P, \(C)]")
+        }
+        prompts.add(name, embeddings)
+    }
+
+    /// Removes the prompt `name` (every prompt when `nil`).
+    public func detachPrompt(_ name: String? = nil) { prompts.remove(name) }
+}
+
 /// Prefix tuning (Li & Liang, arXiv 2101.00190), the attention key/value insertion point: `P` learned keys and values
 /// per layer that every query attends to, stored as PEFT does (`[P, layers · 2 · hidden]`, layer l's keys in slot 2l
 /// and values in slot 2l + 1). As PEFT on transformers, the model's positions then start at `P`.

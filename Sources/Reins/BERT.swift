@@ -122,49 +122,18 @@ public final class BertLayer: Module {
 
 /// The BERT encoder (Devlin et al., arXiv 1810.04805): bidirectional attention with a padding mask, token types,
 /// post-LN layers, and an optional pooler (tanh of a dense layer on [CLS]). Keys follow Hugging Face's `BertModel`.
-public final class BertModel: Module {
+public final class BertModel: Module, VirtualTokenHost {
     public let config: BertConfig
     public let embeddings: BertEmbeddings
     public let layers: [BertLayer]
     public let pooler: Linear?
-    /// Named learned key/value prefixes (prefix tuning), one active.
+    /// Named learned key/value prefixes (prefix tuning), one active (see ``VirtualTokenHost``).
     public let prefixes = PrefixSet()
-    /// The active prefix, if any.
-    public var prefix: Prefix? { prefixes.current }
-
-    /// Attaches learned prefixes `[P, layers · 2 · C]` under `name` (replacing one of that name) and activates them.
-    public func attachPrefix(_ embeddings: Parameter, name: String = "default") throws {
-        prefixes.add(name, try Prefix(embeddings, layers: config.layers, hidden: config.hidden, heads: config.heads))
-    }
-
-    /// Removes the prefix `name` (every prefix when `nil`).
-    public func detachPrefix(_ name: String? = nil) { prefixes.remove(name) }
-
-    /// Attaches a prefix (for example one built with an MLP reparameterisation) under `name` and activates it.
-    public func attach(_ prefix: Prefix, name: String = "default") throws {
-        try prefixes.add(name, prefix, layers: config.layers, hidden: config.hidden, heads: config.heads)
-    }
-
     /// Prompt tuning (Lester et al., arXiv 2104.08691), the input-embedding insertion point: `P` learned vectors
     /// `[P, C]` placed before the token embeddings, as PEFT does on BERT: they take positions 0..<P (the tokens follow),
     /// token type 0, are always attended to, and the hidden states include them (`[B, P + T, C]`; the pooler reads the
     /// first virtual token).
     public let prompts = PromptSet()
-    /// The active prompt, if any.
-    public var prompt: Parameter? { prompts.current }
-    /// The number of prompt vectors in the outputs (0 without a prompt).
-    public var promptLength: Int { prompt?.value.shape[0] ?? 0 }
-
-    /// Attaches learned prompt embeddings `[P, C]` under `name` and activates them.
-    public func attachPrompt(_ embeddings: Parameter, name: String = "default") throws {
-        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == config.hidden else {
-            throw ModelError.badInput("prompt \(embeddings.value.shape) does not fit this model: expected [P, \(config.hidden)]")
-        }
-        prompts.add(name, embeddings)
-    }
-
-    /// Removes the prompt `name` (every prompt when `nil`).
-    public func detachPrompt(_ name: String? = nil) { prompts.remove(name) }
 
     /// The attention mask over prompt and tokens `[B, P + T]` (ones for the prompt), or `mask` without a prompt.
     func maskWithPrompt(_ mask: IntTensor?, batch B: Int, length T: Int) throws -> IntTensor? {

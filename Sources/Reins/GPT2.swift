@@ -118,51 +118,17 @@ public final class GPT2Block: Module {
 
 /// The GPT-2 transformer (arXiv: Radford et al. 2019): token and learned position embeddings, pre-LN blocks with
 /// causal attention, a final layer norm. Keys follow Hugging Face's `GPT2Model`.
-public final class GPT2Model: Module {
+public final class GPT2Model: Module, VirtualTokenHost {
     public let config: GPT2Config
     public let tokenEmbedding: Embedding, positionEmbedding: Embedding
     public let blocks: [GPT2Block]
     public let finalNorm: LayerNorm
-    /// Named learned key/value prefixes (prefix tuning), one active.
+    /// Named learned key/value prefixes (prefix tuning), one active (see ``VirtualTokenHost``).
     public let prefixes = PrefixSet()
-    /// The active prefix, if any.
-    public var prefix: Prefix? { prefixes.current }
-
-    /// Attaches learned prefixes `[P, layers · 2 · C]` under `name` (replacing one of that name) and activates them.
-    /// - Throws: ``ModelError/badInput(_:)`` for another shape.
-    public func attachPrefix(_ embeddings: Parameter, name: String = "default") throws {
-        prefixes.add(name, try Prefix(embeddings, layers: config.layers, hidden: config.hidden, heads: config.heads))
-    }
-
-    /// Removes the prefix `name` (every prefix when `nil`).
-    public func detachPrefix(_ name: String? = nil) { prefixes.remove(name) }
-
-    /// Attaches a prefix (for example one built with an MLP reparameterisation) under `name` and activates it.
-    public func attach(_ prefix: Prefix, name: String = "default") throws {
-        try prefixes.add(name, prefix, layers: config.layers, hidden: config.hidden, heads: config.heads)
-    }
-
     /// Prompt tuning (Lester et al., arXiv 2104.08691), the input-embedding insertion point: `P` learned vectors
     /// `[P, C]` placed before the token embeddings. As PEFT does, they take positions 0..<P and the outputs include
     /// them (`[B, P + T, ...]`).
     public let prompts = PromptSet()
-    /// The active prompt, if any.
-    public var prompt: Parameter? { prompts.current }
-
-    /// Attaches learned prompt embeddings `[P, C]` under `name` (replacing one of that name) and activates them.
-    /// - Throws: ``ModelError/badInput(_:)`` for another shape.
-    public func attachPrompt(_ embeddings: Parameter, name: String = "default") throws {
-        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == config.hidden else {
-            throw ModelError.badInput("prompt \(embeddings.value.shape) does not fit this model: expected [P, \(config.hidden)]")
-        }
-        prompts.add(name, embeddings)
-    }
-
-    /// Removes the prompt `name` (every prompt when `nil`).
-    public func detachPrompt(_ name: String? = nil) { prompts.remove(name) }
-
-    /// The number of prompt-tuning vectors (0 without).
-    public var promptLength: Int { prompt?.value.shape[0] ?? 0 }
 
     /// Positions taken by virtual tokens (prefix and prompt) before the real ones.
     var virtualLength: Int { prefixLength + promptLength }
