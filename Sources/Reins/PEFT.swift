@@ -132,18 +132,9 @@ public enum PEFTAdapter {
         return { for a in actions { a() } }
     }
 
-    /// The GPT-2 or BERT encoder inside `model` that holds prefixes.
-    static func prefixHost(_ model: any Module) -> (set: PrefixSet, layers: Int, hidden: Int, heads: Int)? {
-        ([model] + model.namedModules().map(\.module)).lazy.compactMap { m -> (PrefixSet, Int, Int, Int)? in
-            if let g = m as? GPT2Model { return (g.prefixes, g.config.layers, g.config.hidden, g.config.heads) }
-            if let b = m as? BertModel { return (b.prefixes, b.config.layers, b.config.hidden, b.config.heads) }
-            return nil
-        }.first
-    }
-
     /// PEFT prefix tuning: one tensor `prompt_embeddings` `[P, layers · 2 · hidden]`.
     static func loadPrefix(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
-        guard let host = prefixHost(model) else { throw ModelError.badInput("prefix tuning needs a GPT-2 or BERT model") }
+        guard let host = model.encoderShape else { throw ModelError.badInput("prefix tuning needs a GPT-2 or BERT model") }
         let (layers, hidden) = (host.layers, host.hidden)
         if config.json["prefix_projection"] as? Bool == true {
             throw ModelError.badConfig(path: config.path, detail: "prefix_projection adapters store the projection MLP; only plain prefixes (prefix_projection false) load")
@@ -172,7 +163,7 @@ public enum PEFTAdapter {
         let installHeads = try headInstaller(heads, into: model, name: name)
         do {
             let prefix = try Prefix(Parameter("prompt_embeddings", embeddings), layers: host.layers, hidden: host.hidden, heads: host.heads)
-            host.set.add(name, prefix)
+            host.prefixes.add(name, prefix)
         } catch let ModelError.badInput(detail) {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [detail])
         }
@@ -250,8 +241,8 @@ public enum PEFTAdapter {
             guard let l = m as? Linear, let v = l.ia3[name] else { return nil }
             return (key, v, l.weightTransposed)
         }
-        let prefixOwner = prefixHost(model).flatMap { host -> (prefix: Prefix, layers: Int, hidden: Int, heads: Int)? in
-            guard let p = host.set.members[name] ?? host.set.current else { return nil }
+        let prefixOwner = model.encoderShape.flatMap { host -> (prefix: Prefix, layers: Int, hidden: Int, heads: Int)? in
+            guard let p = host.prefixes.members[name] ?? host.prefixes.current else { return nil }
             return (p, host.layers, host.hidden, host.heads)
         }
         var headPrefix = "base_model.model."
