@@ -81,4 +81,40 @@ struct AdapterSetTests {
             #expect(stored == count, "\(name): \(stored) stored scalars, \(count) trainable")
         }
     }
+
+    @Test func trainableCountsMatchTheirFormulas() throws {
+        // The BERT fixture: C = 30, I = 37, L = 2 layers, a 3-label head (C·3 + 3) per adapter.
+        let (C, I, L, head) = (30, 37, 2, 30 * 3 + 3)
+        let bitFit = L * (7 * C + I) + 2 * C // per layer q, k, v, o, both norms, FFN out (C each) and FFN in (I); embeddings norm and pooler
+        func bottleneck(_ m: Int) -> Int { C * m + m + m * C + C }
+        let expected: [String: Int] = [
+            "bitfit": bitFit, "houlsby": L * 2 * bottleneck(4), "pfeiffer": L * bottleneck(5), "adapterbias": L * (I + 1 + C),
+            "parallel": L * bottleneck(3), "prefix": 2 * L * 2 * C, "prefix-mlp": 3 * C + (C * 7 + 7) + (7 * L * 2 * C + L * 2 * C),
+            "prompt": 3 * C, "lora": L * 2 * (2 * C + C * 2), "lora+bitfit": L * (2 * C + C * 2) + bitFit,
+        ]
+        for (name, method) in Self.methods {
+            let model = try BottleneckAdapterTests().bert()
+            #expect(try model.addAdapter(name, method, labels: 3) == expected[name]! + head, "\(name)")
+        }
+    }
+
+    @Test func noOpMethodsChangeNothingAtAttachOnBothModelTypes() throws {
+        let noOps = Self.methods.filter { !["prefix", "prefix-mlp", "prompt"].contains($0.0) } // virtual tokens always act
+        let ids = try IntTensor(shape: [2, 5], values: [2, 14, 15, 16, 3, 2, 50, 51, 3, 0])
+        let mask = try IntTensor(shape: [2, 5], values: [1, 1, 1, 1, 1, 1, 1, 1, 1, 0])
+        let bert = try BottleneckAdapterTests().bert(), gpt2 = try BottleneckAdapterTests().gpt2()
+        let bertBase = try bert.bert.hiddenStates(ids, attentionMask: mask).scalars, gptBase = try gpt2.logits(ids, attentionMask: mask).scalars
+        for (name, method) in noOps {
+            try bert.addAdapter(name, method, labels: 3)
+            expectClose(try bert.bert.hiddenStates(ids, attentionMask: mask).scalars, bertBase, atol: 1e-6, rtol: 1e-6, "BERT \(name) at attach")
+            let gptMethod: AdapterMethod
+            switch method { // GPT-2's linear layers have other names
+            case .lora: gptMethod = .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["c_attn"]))
+            case .loraBitFit: gptMethod = .loraBitFit(LoRAConfig(rank: 2, alpha: 4, targets: ["mlp.c_proj"]))
+            default: gptMethod = method
+            }
+            try gpt2.addAdapter(name, gptMethod)
+            expectClose(try gpt2.logits(ids, attentionMask: mask).scalars, gptBase, atol: 1e-6, rtol: 1e-6, "GPT-2 \(name) at attach")
+        }
+    }
 }
