@@ -78,6 +78,7 @@ extension Module {
             return trainableParameterCount
         }
         guard let shape = encoderShape else { throw ModelError.badInput("adapters need a GPT-2 or BERT model") }
+        guard !adapterNames.contains(name) else { throw ModelError.badInput("the model already has an adapter named '\(name)'; delete it first") }
         // Nothing is named `name` yet, so activating it shows the bare base; what appears after adding is the adapter.
         activateAdapter(name)
         let before = Set(namedParameters().map { ObjectIdentifier($0.parameter) })

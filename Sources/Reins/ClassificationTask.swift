@@ -112,12 +112,14 @@ extension BertForSequenceClassification {
     /// classifier of `labels` outputs initialised as transformers does.
     /// - Parameters:
     ///   - pooling: `.mean` averages the token states (for sentence-embedding models such as MiniLM, which were trained
-    ///     that way); `.cls` uses the checkpoint's pooler.
+    ///     that way); `.cls` uses the checkpoint's pooler; nil: the config's `reins_pooling`, else `.cls`.
     /// - Throws: ``ModelError`` for a checkpoint that does not fit (naming the tensors), ``SafeTensorsError``.
-    public static func pretrained(_ directory: URL, labels: Int, pooling: Pooling = .cls) throws -> BertForSequenceClassification {
+    public static func pretrained(_ directory: URL, labels: Int, pooling: Pooling? = nil) throws -> BertForSequenceClassification {
         guard labels > 0 else { throw ModelError.badInput("a classifier needs at least one label, got \(labels)") }
         let checkpoint = try Checkpoint(directory: directory)
         var json = checkpoint.config
+        // A directory Reins saved after mean-pooled training says so (`reins_pooling`); otherwise BERT's pooler.
+        let pooling = pooling ?? (json["reins_pooling"] as? String).flatMap(Pooling.init(rawValue:)) ?? .cls
         json["num_labels"] = labels
         json["id2label"] = nil
         let model = try Initializer.$skipped.withValue(true) {

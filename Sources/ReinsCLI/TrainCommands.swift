@@ -11,7 +11,7 @@ struct TaskOptions: ParsableArguments {
     @Option(help: "Classification: field holding the text.") var textField = "text"
     @Option(help: "Classification: field holding the second text of a pair.") var pairField: String?
     @Option(help: "Classification: field holding the label.") var labelField = "label"
-    @Option(help: "Classification: cls (BERT's pooler) or mean (token average, for sentence-embedding models).") var pooling = "cls"
+    @Option(help: "Classification: cls (BERT's pooler) or mean (token average, for sentence-embedding models); default: the model config's reins_pooling, else cls.") var pooling: String?
     @Option(help: "Tokens per example.") var maxLength = 128
 
     var taskKind: String { task.lowercased() }
@@ -27,7 +27,10 @@ struct TaskOptions: ParsableArguments {
 
     /// The classifier, and how to encode a text pair for it.
     func classifier(labels: Int) throws -> (BertForSequenceClassification, WordPieceTokenizer) {
-        guard let pool = Pooling(rawValue: pooling) else { throw ValidationError("--pooling must be cls or mean") }
+        let pool = try pooling.map { p -> Pooling in
+            guard let v = Pooling(rawValue: p) else { throw ValidationError("--pooling must be cls or mean") }
+            return v
+        }
         let dir = URL(fileURLWithPath: model)
         let model = try BertForSequenceClassification.pretrained(dir, labels: labels, pooling: pool)
         return (model, try WordPieceTokenizer(tokenizerFile: dir))
@@ -225,6 +228,19 @@ struct TrainCommand: ParsableCommand {
         let evalPanel = SVGPlot.Panel(title: "evaluation \(metric)", xLabel: "update", yLabel: metric,
                                       series: [SVGPlot.Series(name: name, points: history.compactMap { h in h.metrics?[metric].map { (Double(h.step), $0) } })])
         try AtomicFile.write(Data(SVGPlot.render([loss, evalPanel]).utf8), to: out.appendingPathComponent("curves.svg").path)
+        if adapterMethod == .full, trainer.best != nil {
+            // Full fine-tuning: make best/ a complete model directory (config and tokenizer beside the weights).
+            let base = URL(fileURLWithPath: taskOptions.model), best = out.appendingPathComponent("best")
+            var config = try Checkpoint.readJSON(base.appendingPathComponent("config.json"))
+            if let headed = task.model as? any TaskHeadModel { config["num_labels"] = headed.heads.current.outputs; config["id2label"] = nil; config["label2id"] = nil }
+            config["architectures"] = [String(describing: type(of: task.model))]
+            if taskOptions.pooling == "mean" { config["reins_pooling"] = "mean" }
+            try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]), to: best.appendingPathComponent("config.json").path)
+            for name in ["vocab.txt", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"] {
+                let src = base.appendingPathComponent(name), dst = best.appendingPathComponent(name)
+                if FileManager.default.fileExists(atPath: src.path) { try? FileManager.default.removeItem(at: dst); try FileManager.default.copyItem(at: src, to: dst) }
+            }
+        }
         if let best = trainer.best { print("best \(metric) \(best.value) at update \(best.step) -> \(out.path)/best") }
     }
 }
