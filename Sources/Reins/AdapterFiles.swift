@@ -14,14 +14,78 @@ import ReinsTensor
 public enum AdapterFiles {
     static let blockType = "REINS_BLOCK_ADAPTERS"
 
-    /// Loads any supported adapter directory into `model` under `name` and activates it.
+    /// Loads any supported adapter directory into `model` under `name` and activates it: PEFT's, Reins's, or the
+    /// `adapters` library's (AdapterHub) bottleneck adapters (see ``loadAdapterHub(directory:config:into:name:)``).
     public static func load(directory: URL, into model: any Module, name: String = "default") throws {
         let configURL = directory.appendingPathComponent("adapter_config.json")
         let config = try Checkpoint.readJSON(configURL)
+        if config["config"] is [String: Any], config["peft_type"] == nil {
+            return try loadAdapterHub(directory: directory, config: config, into: model, name: name)
+        }
         guard (config["peft_type"] as? String) == blockType else { return try PEFTAdapter.load(directory: directory, into: model, name: name) }
         let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
         guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
         let file = try SafeTensorsFile(path: weightsPath)
+        try loadBlockAdapters(Dictionary(uniqueKeysWithValues: try file.names.map { ($0, try file.tensor($0)) }), config: config,
+                              configPath: configURL.path, weightsPath: weightsPath, into: model, name: name)
+    }
+
+    /// The `adapters` library's bottleneck adapters (Houlsby `DoubleSeqBnConfig`, Pfeiffer `SeqBnConfig`, or any
+    /// bottleneck config with the options Reins has) on BERT models, from a directory saved with
+    /// `save_adapter(..., use_safetensors=True)`: `adapter_config.json` + `adapter.safetensors`, and the task head from
+    /// `model_head.safetensors` when present. Its keys
+    /// (`bert.encoder.layer.0.output.adapters.NAME.adapter_down.0.weight`) map onto Reins's insertion points.
+    /// - Throws: ``ModelError`` naming an unsupported option (layer norms inside the adapter, gating, PHM, parallel
+    ///   form, scaling other than 1), a pickled (`.bin`) file, or a tensor that fits nowhere.
+    static func loadAdapterHub(directory: URL, config: [String: Any], into model: any Module, name: String) throws {
+        let configPath = directory.appendingPathComponent("adapter_config.json").path
+        let c = config["config"] as! [String: Any]
+        func flag(_ key: String) -> Bool? { c[key] as? Bool }
+        var unsupported: [String] = []
+        for key in ["ln_before", "ln_after", "use_gating", "phm_layer", "is_parallel", "adapter_residual_before_ln"] where flag(key) == true { unsupported.append("\(key)=true") }
+        if flag("original_ln_after") == false { unsupported.append("original_ln_after=false") }
+        if let r = c["residual_before_ln"], (r as? Bool) != true { unsupported.append("residual_before_ln=\(r)") }
+        if let s = ConfigReader.number(c["scaling"])?.doubleValue, s != 1 { unsupported.append("scaling=\(s)") }
+        if let a = c["architecture"] as? String, a != "bottleneck" { unsupported.append("architecture=\(a)") }
+        guard unsupported.isEmpty else {
+            throw ModelError.badConfig(path: configPath, detail: "unsupported adapters-library options: \(unsupported.joined(separator: ", "))")
+        }
+        let weightsPath = directory.appendingPathComponent("adapter.safetensors").path
+        guard FileManager.default.fileExists(atPath: weightsPath) else {
+            if FileManager.default.fileExists(atPath: directory.appendingPathComponent("pytorch_adapter.bin").path) {
+                throw ModelError.badConfig(path: configPath, detail: "the weights are a pickled pytorch_adapter.bin; save them with save_adapter(..., use_safetensors=True)")
+            }
+            throw ModelError.missingFile(path: weightsPath)
+        }
+        let hubName = config["name"] as? String ?? ""
+        var tensors: [String: Tensor] = [:]
+        let file = try SafeTensorsFile(path: weightsPath)
+        for key in file.names {
+            // <prefix>encoder.layer.L.{attention.output|output}.adapters.NAME.adapter_{down.0|up}.{weight|bias}
+            guard let range = key.range(of: ".adapters.\(hubName).") else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (not an adapter '\(hubName)' tensor)"], misshaped: [])
+            }
+            let site = String(key[..<range.lowerBound]), part = String(key[range.upperBound...]).replacingOccurrences(of: "adapter_down.0.", with: "adapter_down.")
+            let (layer, slot): (String, String)
+            if site.hasSuffix(".attention.output") { (layer, slot) = (String(site.dropLast(".attention.output".count)), "attention_adapter") }
+            else if site.hasSuffix(".output") { (layer, slot) = (String(site.dropLast(".output".count)), "output_adapter") }
+            else { throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (an insertion point Reins does not have)"], misshaped: []) }
+            let plain = model is BertModel && layer.hasPrefix("bert.") ? String(layer.dropFirst("bert.".count)) : layer
+            tensors["\(plain).adapters.\(slot).\(part)"] = try file.tensor(key)
+        }
+        let headPath = directory.appendingPathComponent("model_head.safetensors").path
+        if model is any TaskHeadModel, FileManager.default.fileExists(atPath: headPath) {
+            let head = try SafeTensorsFile(path: headPath)
+            for key in head.names { tensors[key] = try head.tensor(key) }
+        }
+        let reinsConfig: [String: Any] = ["non_linearity": c["non_linearity"] as? String ?? "relu", "original_ln_before": flag("original_ln_before") ?? false]
+        try loadBlockAdapters(tensors, config: reinsConfig, configPath: configPath, weightsPath: weightsPath, into: model, name: name)
+    }
+
+    /// Block adapters, BitFit biases and a head from tensors in Reins's layout (keys as ``AdapterFiles`` describes).
+    static func loadBlockAdapters(_ tensors: [String: Tensor], config: [String: Any], configPath: String, weightsPath: String,
+                                  into model: any Module, name: String) throws {
+        let configURL = URL(fileURLWithPath: configPath)
         let nonLinearityName = config["non_linearity"] as? String ?? "relu"
         guard let nonLinearity = BottleneckAdapter.NonLinearity(rawValue: nonLinearityName) else {
             throw ModelError.badConfig(path: configURL.path, detail: "non_linearity '\(nonLinearityName)' is not supported (relu, gelu, tanh, swish)")
@@ -31,16 +95,16 @@ public enum AdapterFiles {
         let blocks = model.namedModules().compactMap { key, m in (m as? BlockAdapters).map { (key, $0) } }
         var used = Set<String>()
         func tensor(_ key: String) throws -> Tensor {
-            guard file.entries[key] != nil else { throw ModelError.checkpointMismatch(missing: [key], unexpected: [], misshaped: []) }
+            guard let t = tensors[key] else { throw ModelError.checkpointMismatch(missing: [key], unexpected: [], misshaped: []) }
             used.insert(key)
-            return try file.tensor(key)
+            return t
         }
         var plans: [() throws -> Void] = []
         for (prefix, block) in blocks {
             for (slot, kind) in [("attention_adapter", 0), ("output_adapter", 1), ("parallel_adapter", 2), ("adapter_bias", 3)] {
                 let base = "\(prefix).\(slot)"
                 if kind == 3 {
-                    guard file.entries["\(base).adapter_vector"] != nil else { continue }
+                    guard tensors["\(base).adapter_vector"] != nil else { continue }
                     let alphaW = try tensor("\(base).adapter_alpha.weight"), alphaB = try tensor("\(base).adapter_alpha.bias"), v = try tensor("\(base).adapter_vector")
                     guard alphaW.rank == 2, alphaW.shape[0] == 1, alphaB.shape == [1], v.rank == 1 else {
                         throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(base): alpha \(alphaW.shape), vector \(v.shape)"])
@@ -53,7 +117,7 @@ public enum AdapterFiles {
                     }
                     continue
                 }
-                guard file.entries["\(base).adapter_down.weight"] != nil else { continue }
+                guard tensors["\(base).adapter_down.weight"] != nil else { continue }
                 let dw = try tensor("\(base).adapter_down.weight"), db = try tensor("\(base).adapter_down.bias")
                 let uw = try tensor("\(base).adapter_up.weight"), ub = try tensor("\(base).adapter_up.bias")
                 guard dw.rank == 2, uw.shape == [dw.shape[1], dw.shape[0]], db.shape == [dw.shape[0]], ub.shape == [dw.shape[1]] else {
@@ -75,7 +139,7 @@ public enum AdapterFiles {
             }
         }
         // The rest: BitFit biases (model keys ending in .bias) and the adapter's task head; anything else is unexpected.
-        let rest = try Set(file.names).subtracting(used).sorted().map { (key: $0, plain: $0, tensor: try file.tensor($0)) }
+        let rest = Set(tensors.keys).subtracting(used).sorted().map { (key: $0, plain: $0, tensor: tensors[$0]!) }
         let installRest = try PEFTAdapter.headInstaller(rest, into: model, name: name)
         guard !plans.isEmpty || !rest.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no adapter tensors") }
         // Everything was read and checked for internal consistency before this point, so a failure attaches nothing.

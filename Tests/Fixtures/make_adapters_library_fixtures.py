@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Bottleneck adapters made with the `adapters` library (AdapterHub) on the tiny BERT, converted to Reins's adapter
-layout, with the logits the library gives. Run by hand, never in CI:
+layout and in the library's own directory format (`hub/`, saved with use_safetensors=True), with the logits the
+library gives. Run by hand, never in CI:
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_adapters_library_fixtures.py
 
@@ -51,6 +52,8 @@ def make(name, config, non_linearity, original_ln_before):
                    "slots": sorted({k.split(".")[5] for k in tensors}), "source": f"adapters {adapters.__version__}"}, f, indent=2, sort_keys=True)
     save_file({"input_ids": ids.int(), "attention_mask": mask.int(), "token_type_ids": types.int(), "logits": logits.float()},
               os.path.join(out, "expected.safetensors"))
+    # The library's own directory (adapter_config.json + adapter.safetensors), which Reins also loads.
+    model.save_adapter(os.path.join(out, "hub"), name, use_safetensors=True)
     print(name, len(tensors), "tensors", logits.flatten()[:3])
 
 

@@ -26,4 +26,23 @@ struct AdapterHubParityTests {
         try again.loadAdapter("hub", from: out)
         expectClose(try again.logits(ids, attentionMask: mask, tokenTypeIDs: types), expected, atol: 1e-4, rtol: 1e-4, "\(name) after save and load")
     }
+
+    @Test(arguments: ["bert-houlsby-adapterhub", "bert-pfeiffer-adapterhub"])
+    func theLibrarysOwnDirectoryLoads(name: String) throws {
+        let dir = Fixtures.directory.appendingPathComponent("adapters/\(name)")
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
+        let model = try BottleneckAdapterTests().bert()
+        try model.loadAdapter("hub", from: dir.appendingPathComponent("hub"))
+        #expect(model.heads.variants["hub"] != nil, "the head from model_head.safetensors")
+        let logits = try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask"), tokenTypeIDs: try io.intTensor("token_type_ids"))
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(name) from the adapters library's directory")
+        // Options Reins does not have are refused by name.
+        let bad = try temporaryDirectory()
+        var config = try Checkpoint.readJSON(dir.appendingPathComponent("hub/adapter_config.json"))
+        var inner = config["config"] as! [String: Any]
+        inner["use_gating"] = true
+        config["config"] = inner
+        try JSONSerialization.data(withJSONObject: config).write(to: bad.appendingPathComponent("adapter_config.json"))
+        #expect { try model.loadAdapter("bad", from: bad) } throws: { "\($0)".contains("use_gating=true") }
+    }
 }
