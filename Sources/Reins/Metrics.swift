@@ -114,7 +114,7 @@ public enum Metrics {
         return s.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" || $0 == "\r" })
     }
 
-    nonisolated(unsafe) static let thirteenA: [(NSRegularExpression, String)] = [
+    static let thirteenA: [(NSRegularExpression, String)] = [
         (#"([\{-\~\[-\` -\&\(-\+\:-\@\/])"#, " $1 "),
         (#"([^0-9])([\.,])"#, "$1 $2 "),
         (#"([\.,])([^0-9])"#, " $1 $2"),

@@ -288,7 +288,7 @@ public final class Trainer {
         if let m = record.metrics { fields["eval"] = m }
         var line = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
         line.append(0x0A)
-        if !FileManager.default.fileExists(atPath: url.path) { FileManager.default.createFile(atPath: url.path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: url.path) { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
         let handle = try FileHandle(forWritingTo: url)
         defer { try? handle.close() }
         try handle.seekToEnd()
