@@ -40,8 +40,13 @@ public enum PEFTAdapter {
                 pairs[module] = pair
             }
             if !path.contains(".lora_") {
-                // A saved head (modules_to_save); PEFT may keep its wrapper name in the key.
-                let plain = path.replacingOccurrences(of: ".modules_to_save.\(name).", with: ".").replacingOccurrences(of: ".original_module.", with: ".")
+                // A saved head (modules_to_save) or, with bias="all", a bias. PEFT may keep its wrappers in the key:
+                // `.modules_to_save[.NAME].` (the trained copy), `.original_module.` (the untouched original, skipped),
+                // `.base_layer.` (the bias of a LoRA-wrapped layer).
+                if path.contains(".original_module.") { continue }
+                let plain = path.replacingOccurrences(of: ".modules_to_save.\(name).", with: ".").replacingOccurrences(of: ".modules_to_save.", with: ".")
+                    .replacingOccurrences(of: ".base_layer.", with: ".")
+                if heads.contains(where: { $0.plain == plain }) { continue } // the same tensor under two wrapper names
                 heads.append((key, plain, try file.tensor(key)))
             }
         }
@@ -262,10 +267,12 @@ public enum PEFTAdapter {
                 tensors["base_model.model.\(key).lora_A.weight"] = lora.a.value.detached()
                 tensors["base_model.model.\(key).lora_B.weight"] = lora.b.value.detached()
             }
-            // LoRA + BitFit: the adapter's own biases, as PEFT's bias="all" saves them.
+            // LoRA + BitFit: the adapter's own biases, as PEFT's bias="all" saves them (a LoRA-wrapped layer's bias under
+            // `.base_layer.bias`).
             for (key, m) in model.namedModules() {
                 let variant = (m as? Linear)?.biases?.variants[name] ?? (m as? LayerNorm)?.biases.variants[name]
-                if let variant { tensors["base_model.model.\(key).bias"] = variant.value.detached() }
+                let wrapped = (m as? Linear)?.loras[name] != nil
+                if let variant { tensors["base_model.model.\(key)\(wrapped ? ".base_layer" : "").bias"] = variant.value.detached() }
             }
             if tensors.keys.contains(where: { $0.hasSuffix(".bias") }) { config["bias"] = "all" }
         } else if !ia3Layers.isEmpty {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """By-hand check that adapters saved by Reins load in PEFT and give PEFT's own logits. Never run in CI:
 
-    REINS_SAVE_ADAPTERS=/tmp/reins-adapters swift test --filter AdapterFileTests
+    REINS_SAVE_ADAPTERS=/tmp/reins-adapters swift test --filter "AdapterFileTests|AdapterSetTests"
     ~/.reins-reference/bin/python Tests/Fixtures/check_reins_adapters_in_peft.py /tmp/reins-adapters
 
 The test writes gpt2-lora/, bert-lora/, gpt2-prefix/, bert-prefix/, gpt2-ia3/, gpt2-prompt/ and bert-prompt/ there with `PEFTAdapter.save` after loading the PEFT fixtures.
@@ -27,3 +27,12 @@ for adapter, base, cls in [("gpt2-lora", "gpt2-lm", GPT2LMHeadModel), ("bert-lor
     with torch.no_grad():
         logits = model(**kw).logits
     print(f"{adapter}: PEFT on the Reins-saved adapter, max |diff| vs PEFT's own = {(logits - e['logits']).abs().max().item():.2e}")
+
+# LoRA + BitFit trained in Reins (AdapterSetTests, with REINS_SAVE_ADAPTERS set): PEFT's bias="all" must give Reins's logits.
+combo = os.path.join(saved, "bert-lora-bitfit")
+if os.path.isdir(combo):
+    model = PeftModel.from_pretrained(BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")), combo).eval()
+    e = load_file(os.path.join(combo, "expected.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=e["input_ids"].long(), attention_mask=e["attention_mask"].long()).logits
+    print(f"bert-lora-bitfit: PEFT on the Reins-trained adapter, max |diff| vs Reins = {(logits - e['logits']).abs().max().item():.2e}")

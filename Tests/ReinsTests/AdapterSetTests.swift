@@ -117,4 +117,28 @@ struct AdapterSetTests {
             expectClose(try gpt2.logits(ids, attentionMask: mask).scalars, gptBase, atol: 1e-6, rtol: 1e-6, "GPT-2 \(name) at attach")
         }
     }
+
+    /// LoRA + BitFit in one adapter is saved as PEFT's LoRA with `bias: "all"`: the adapter's own biases under the
+    /// model's bias keys. (REINS_SAVE_ADAPTERS=dir also writes it there, with its inputs and logits, for
+    /// Tests/Fixtures/check_reins_adapters_in_peft.py.)
+    @Test func loraWithBitFitSavesAsPEFTBiasAll() throws {
+        let model = try BottleneckAdapterTests().bert()
+        try model.addAdapter("combo", .loraBitFit(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"])), labels: 3, seed: 3)
+        _ = try Trainer(task: task(model, labels: 3), options: TrainingOptions(steps: 3, batchSize: 4, learningRate: 0.05)).run()
+        let ids = try IntTensor(shape: [2, 5], values: [2, 14, 15, 16, 3, 2, 50, 51, 3, 0])
+        let mask = try IntTensor(shape: [2, 5], values: [1, 1, 1, 1, 1, 1, 1, 1, 1, 0])
+        let logits = try model.logits(ids, attentionMask: mask)
+        let dirs = [try temporaryDirectory()] + (ProcessInfo.processInfo.environment["REINS_SAVE_ADAPTERS"].map { [URL(fileURLWithPath: $0).appendingPathComponent("bert-lora-bitfit")] } ?? [])
+        for dir in dirs {
+            try model.saveAdapter("combo", to: dir)
+            try SafeTensorsFile.write(["logits": logits.detached()], integers: ["input_ids": ids, "attention_mask": mask], to: dir.appendingPathComponent("expected.safetensors").path)
+        }
+        let config = try Checkpoint.readJSON(dirs[0].appendingPathComponent("adapter_config.json"))
+        #expect(config["bias"] as? String == "all" && config["peft_type"] as? String == "LORA")
+        let file = try SafeTensorsFile(path: dirs[0].appendingPathComponent("adapter_model.safetensors").path)
+        #expect(file.names.contains("base_model.model.bert.encoder.layer.1.output.dense.bias"))
+        let fresh = try BottleneckAdapterTests().bert()
+        try fresh.loadAdapter("combo", from: dirs[0])
+        expectClose(try fresh.logits(ids, attentionMask: mask), logits, atol: 1e-6, rtol: 1e-6, "LoRA + BitFit after save and load")
+    }
 }
