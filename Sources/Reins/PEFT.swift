@@ -20,6 +20,10 @@ public enum PEFTAdapter {
         let alpha = Float(try reader.float("lora_alpha", default: 8))
         let rsLoRA = config["use_rslora"] as? Bool ?? false
         let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
+        // Variants that change the computation and that Reins does not implement are refused, never ignored.
+        for (flag, what) in [("use_dora", "DoRA (use_dora)"), ("lora_bias", "a bias on lora_B (lora_bias)")] where config[flag] as? Bool == true {
+            throw ModelError.badConfig(path: configPath, detail: "\(what) is not supported")
+        }
         let dropout = try reader.float("lora_dropout", default: 0)
         guard (0..<1).contains(dropout) else { throw ModelError.badConfig(path: configPath, detail: "lora_dropout \(dropout) is outside [0, 1)") }
         let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
@@ -38,6 +42,9 @@ public enum PEFTAdapter {
                 var pair = pairs[module] ?? (nil, nil)
                 if part == "lora_A" { pair.a = try file.tensor(key) } else { pair.b = try file.tensor(key) }
                 pairs[module] = pair
+            }
+            if path.contains(".lora_") && !path.hasSuffix(".lora_A.weight") && !path.hasSuffix(".lora_B.weight") {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (a LoRA tensor Reins does not implement)"], misshaped: [])
             }
             if !path.contains(".lora_") {
                 // A saved head (modules_to_save) or, with bias="all", a bias. PEFT may keep its wrappers in the key:

@@ -88,6 +88,13 @@ struct LoRATests {
         #expect(throws: ModelError.checkpointMismatch(missing: ["transformer.h.0.attn.c_attn.lora_B.weight"], unexpected: [], misshaped: [])) {
             try PEFTAdapter.load(directory: unpaired, into: try gpt2())
         }
+        let dora = try copy { $0["\(key).lora_magnitude_vector"] = try Tensor.ones([90]) }
+        #expect { try PEFTAdapter.load(directory: dora, into: try gpt2()) } throws: { "\($0)".contains("lora_magnitude_vector (a LoRA tensor Reins does not implement)") }
+        var config = try Checkpoint.readJSON(unpaired.appendingPathComponent("adapter_config.json"))
+        config["use_dora"] = true
+        let doraConfig = try copy { _ in }
+        try JSONSerialization.data(withJSONObject: config).write(to: doraConfig.appendingPathComponent("adapter_config.json"))
+        #expect { try PEFTAdapter.load(directory: doraConfig, into: try gpt2()) } throws: { "\($0)".contains("DoRA (use_dora) is not supported") }
         let wrongRank = try copy { $0["\(key).lora_B.weight"] = try Tensor.zeros([90, 5]) }
         #expect { try PEFTAdapter.load(directory: wrongRank, into: try gpt2()) } throws: { "\($0)".contains("lora_A [3, 30] and lora_B [90, 5]") }
         // Another base: the GPT-2 variant is 28 wide.
