@@ -273,6 +273,23 @@ struct KernelTests {
         }
     }
 
+    @Test func sgdMatchesReference() {
+        for n in [1, 7, 17, 1003] {
+            for (momentum, nesterov, decay) in [(Float(0), Int32(0), Float(0)), (0.9, 0, 0.01), (0.9, 1, 0.05)] {
+                var p = randomFloats(n, seed: 91), b = randomFloats(n, seed: 92, scale: 0.1)
+                var pr = p, br = b
+                // Two steps: the first starts the buffer at g, the second uses it.
+                for (first, seed) in [(Int32(1), UInt64(93)), (0, 94)] {
+                    let g = randomFloats(n, seed: seed)
+                    rk_sgd_step(&p, &b, g, n, 0.05, momentum, decay, nesterov, first, 0.7)
+                    rk_sgd_step_ref(&pr, &br, g, n, 0.05, momentum, decay, nesterov, first, 0.7)
+                }
+                expectClose(p, pr, atol: 1e-6, rtol: 1e-5, "sgd param n=\(n) momentum \(momentum) nesterov \(nesterov)")
+                if momentum > 0 { expectClose(b, br, atol: 1e-6, rtol: 1e-5, "sgd buffer") }
+            }
+        }
+    }
+
     @Test func dropoutMatchesReferenceAndKeepsItsRate() {
         let n = 10_007
         let x = randomFloats(n, seed: 81), g = randomFloats(n, seed: 82)
