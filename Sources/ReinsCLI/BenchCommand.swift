@@ -7,7 +7,7 @@ import Reins
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Time whole models: BERT-base forward (B=8, T=128), GPT-2-small greedy generation (prompt 32, 64 new tokens), MiniLM loading."
+        abstract: "Time whole models: BERT-base forward (B=8, T=128), GPT-2-small greedy generation (prompt 32, 64 new tokens), MiniLM loading, and training steps (GPT-2-small full and LoRA, B=4 T=64; BERT-base full, LoRA, BitFit, Houlsby, prefix, B=8 T=128)."
     )
 
     @Option(help: "Timed repeats; the median is reported.") var repeats: Int = 5
