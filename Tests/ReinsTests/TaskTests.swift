@@ -107,4 +107,26 @@ struct TaskTests {
         #expect(abs(metrics["perplexity"]! - Foundation.exp(metrics["loss"]!)) < 1e-9)
         #expect(throws: ModelError.self) { try CausalLMTask(model: model, train: [TokenSequence(ids: [1, 2], promptLength: 2)], evaluation: [], padID: 0) }
     }
+
+    @Test func gpt2SequenceClassificationTrainsAnAdapterWithItsOwnScoreHead() throws {
+        let model = try load("gpt2-cls") { if case let .gpt2SequenceClassification(m) = $0 { return m } else { return nil } }
+        try model.addAdapter("sentiment", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["c_attn"])), labels: 2, seed: 4)
+        let examples = (0..<8).map { i in LabeledText(text: String(i), label: i % 2) }
+        let task = try SequenceClassificationTask(model: model, labels: 2, train: examples, evaluation: examples, padID: 96) { t, _ in
+            let i = Int(t)!
+            return ((0..<(3 + i % 3)).map { Int32((i % 2 == 0 ? 5 : 50) + $0) }, [Int32](repeating: 0, count: 3 + i % 3))
+        }
+        let trainer = try train(task, steps: 30, lr: 3e-2)
+        #expect(trainer.history.last!.loss < trainer.history.first!.loss)
+        #expect(try task.evaluate()["accuracy"]! == 1, "two separable classes")
+        // Saved with its score head (PEFT's modules_to_save) and loaded onto a fresh base: the same logits.
+        let dir = try temporaryDirectory()
+        try model.saveAdapter("sentiment", to: dir)
+        let fresh = try load("gpt2-cls") { if case let .gpt2SequenceClassification(m) = $0 { return m } else { return nil } }
+        try fresh.loadAdapter("sentiment", from: dir)
+        let ids = try IntTensor(shape: [2, 4], values: [5, 6, 7, 96, 50, 51, 52, 53])
+        let mask = try IntTensor(shape: [2, 4], values: [1, 1, 1, 0, 1, 1, 1, 1])
+        expectClose(try fresh.logits(ids, attentionMask: mask), try model.logits(ids, attentionMask: mask), atol: 1e-6, rtol: 1e-6, "GPT-2 classifier after save and load")
+        #expect(fresh.score.outputs == 2)
+    }
 }
