@@ -87,11 +87,7 @@ public final class SequenceClassificationTask: TrainingTask {
             let chunk = Array(order[start..<min(start + evaluationBatchSize, order.count)])
             let b = try paddedBatch(chunk.map { examples[$0] }, padID: padID)
             let logits = try Autograd.withoutGradients { try classifier.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types) }
-            let L = logits.shape[1], values = logits.scalars
-            for (row, i) in chunk.enumerated() {
-                let r = values[(row * L)..<((row + 1) * L)]
-                predictions[i] = r.indices.max { r[$0] < r[$1] }! - row * L
-            }
+            for (row, best) in zip(chunk, logits.argmax()) { predictions[row] = best }
         }
         return predictions
     }

@@ -76,10 +76,8 @@ public final class TokenClassificationTask: TrainingTask {
             let rows = Array(evaluation[start..<min(start + 32, evaluation.count)])
             let b = try batch(rows)
             let logits = try tagger.logits(b.ids, attentionMask: b.mask)
-            let L = logits.shape[2], values = logits.scalars
-            for (i, label) in b.labels.values.enumerated() where label != -100 {
-                let row = values[(i * L)..<((i + 1) * L)]
-                predicted.append(row.indices.max { row[$0] < row[$1] }! - i * L)
+            for (best, label) in zip(logits.argmax(), b.labels.values) where label != -100 {
+                predicted.append(best)
                 truth.append(Int(label))
             }
         }
@@ -250,11 +248,7 @@ public final class MaskedLMTask: TrainingTask {
             let logits = try masked.logits(b.ids, attentionMask: b.mask).reshaped([-1, vocabulary])
             total += Double(try Tensor.crossEntropy(logits: logits, targets: b.labels).item) * Double(b.chosen)
             count += b.chosen
-            let values = logits.scalars
-            for (i, label) in b.labels.values.enumerated() where label != -100 {
-                let row = values[(i * vocabulary)..<((i + 1) * vocabulary)]
-                if row.indices.max(by: { row[$0] < row[$1] })! - i * vocabulary == Int(label) { correct += 1 }
-            }
+            for (best, label) in zip(logits.argmax(), b.labels.values) where label != -100 && best == Int(label) { correct += 1 }
         }
         let nll = total / Double(max(count, 1))
         return ["loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll), "accuracy": Double(correct) / Double(max(count, 1))]

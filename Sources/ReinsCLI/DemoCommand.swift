@@ -161,8 +161,8 @@ struct DemoCommand: ParsableCommand {
                 var votes: [String] = []
                 for name in adapterNames {
                     shared.activateAdapter(name)
-                    let logits = try Autograd.withoutGradients { try shared.logits(ids) }.scalars
-                    votes.append("\(name)=\(labels[logits.indices.max { logits[$0] < logits[$1] }!])")
+                    let best = try Autograd.withoutGradients { try shared.logits(ids) }.argmax()[0]
+                    votes.append("\(name)=\(labels[best])")
                 }
                 let text = gloss.text.count > 70 ? String(gloss.text.prefix(67)) + "..." : gloss.text
                 print("  \"\(text)\"\n    truth \(labels[gloss.supersense]); \(votes.joined(separator: " "))")

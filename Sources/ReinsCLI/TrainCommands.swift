@@ -295,9 +295,9 @@ struct PredictCommand: ParsableCommand {
             let shape = [1, e.ids.count]
             let logits = try Autograd.withoutGradients {
                 try model.logits(IntTensor(shape: shape, values: e.ids), tokenTypeIDs: IntTensor(shape: shape, values: e.types))
-            }.softmax().scalars
-            let best = logits.indices.max { logits[$0] < logits[$1] }!
-            let row: [String: Any] = ["text": text, "label": best < labels.count ? labels[best] : String(best), "probability": Double(logits[best])]
+            }.softmax()
+            let best = logits.argmax()[0]
+            let row: [String: Any] = ["text": text, "label": best < labels.count ? labels[best] : String(best), "probability": Double(logits.scalars[best])]
             print(String(decoding: try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys]), as: UTF8.self))
         }
     }
