@@ -24,19 +24,21 @@ struct EncodedExample {
     let label: Int32
 }
 
+/// Rows of different lengths right-padded with `pad` to the longest, as one `[B, T]` tensor (every task's batches).
+func rightPadded(_ rows: [[Int32]], with pad: Int32) throws -> IntTensor {
+    let T = rows.map(\.count).max() ?? 0
+    return try IntTensor(shape: [rows.count, T], values: rows.flatMap { $0 + [Int32](repeating: pad, count: T - $0.count) })
+}
+
+/// The attention mask of ``rightPadded(_:with:)``: 1 on each row's real tokens, 0 on the padding, `[B, T]`.
+func paddingMask(_ rows: [[Int32]]) throws -> IntTensor {
+    try rightPadded(rows.map { [Int32](repeating: 1, count: $0.count) }, with: 0)
+}
+
 /// Right-pads encoded examples to the longest: ids, attention mask and token types `[B, T]`.
 func paddedBatch(_ rows: [EncodedExample], padID: Int32) throws -> (ids: IntTensor, mask: IntTensor, types: IntTensor, tokens: Int) {
-    let T = rows.map(\.ids.count).max() ?? 0
-    var ids: [Int32] = [], mask: [Int32] = [], types: [Int32] = []
-    for r in rows {
-        let pad = T - r.ids.count
-        ids += r.ids + [Int32](repeating: padID, count: pad)
-        mask += [Int32](repeating: 1, count: r.ids.count) + [Int32](repeating: 0, count: pad)
-        types += r.types + [Int32](repeating: 0, count: pad)
-    }
-    let shape = [rows.count, T]
-    return (try IntTensor(shape: shape, values: ids), try IntTensor(shape: shape, values: mask), try IntTensor(shape: shape, values: types),
-            rows.reduce(0) { $0 + $1.ids.count })
+    let ids = rows.map(\.ids)
+    return (try rightPadded(ids, with: padID), try paddingMask(ids), try rightPadded(rows.map(\.types), with: 0), ids.reduce(0) { $0 + $1.count })
 }
 
 /// Sequence classification (single texts or pairs): cross-entropy on the class logits; evaluated by accuracy and

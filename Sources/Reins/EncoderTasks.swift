@@ -50,16 +50,10 @@ public final class TokenClassificationTask: TrainingTask {
 
     public var trainingCount: Int { train.count }
 
+    /// Ids and mask `[B, T]`, and the labels flattened `[B·T]` (-100 on padding).
     func batch(_ rows: [EncodedTags]) throws -> (ids: IntTensor, mask: IntTensor, labels: IntTensor) {
-        let T = rows.map(\.ids.count).max() ?? 0
-        var ids: [Int32] = [], mask: [Int32] = [], labels: [Int32] = []
-        for r in rows {
-            let pad = T - r.ids.count
-            ids += r.ids + [Int32](repeating: padID, count: pad)
-            mask += [Int32](repeating: 1, count: r.ids.count) + [Int32](repeating: 0, count: pad)
-            labels += r.labels + [Int32](repeating: -100, count: pad)
-        }
-        return (try IntTensor(shape: [rows.count, T], values: ids), try IntTensor(shape: [rows.count, T], values: mask), IntTensor(labels))
+        let ids = rows.map(\.ids)
+        return (try rightPadded(ids, with: padID), try paddingMask(ids), IntTensor(try rightPadded(rows.map(\.labels), with: -100).values))
     }
 
     public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
@@ -138,16 +132,8 @@ public final class QuestionAnsweringTask: TrainingTask {
     public var trainingCount: Int { train.count }
 
     func batch(_ rows: [EncodedQA]) throws -> (ids: IntTensor, mask: IntTensor, types: IntTensor) {
-        let T = rows.map(\.ids.count).max() ?? 0
-        var ids: [Int32] = [], mask: [Int32] = [], types: [Int32] = []
-        for r in rows {
-            let pad = T - r.ids.count
-            ids += r.ids + [Int32](repeating: tokenizer.padID, count: pad)
-            mask += [Int32](repeating: 1, count: r.ids.count) + [Int32](repeating: 0, count: pad)
-            types += r.types + [Int32](repeating: 0, count: pad)
-        }
-        let shape = [rows.count, T]
-        return (try IntTensor(shape: shape, values: ids), try IntTensor(shape: shape, values: mask), try IntTensor(shape: shape, values: types))
+        let ids = rows.map(\.ids)
+        return (try rightPadded(ids, with: tokenizer.padID), try paddingMask(ids), try rightPadded(rows.map(\.types), with: 0))
     }
 
     public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
@@ -210,8 +196,7 @@ public final class MaskedLMTask: TrainingTask {
     /// Inputs with the 80/10/10 corruption, mask and labels (-100 where no loss), `[B, T]`.
     func corrupt(_ rows: [[Int32]], seed: UInt64) throws -> (ids: IntTensor, mask: IntTensor, labels: IntTensor, chosen: Int) {
         var g = SeededGenerator(seed: seed)
-        let T = rows.map(\.count).max() ?? 0
-        var ids: [Int32] = [], mask: [Int32] = [], labels: [Int32] = [], chosen = 0
+        var inputs: [[Int32]] = [], labels: [[Int32]] = [], chosen = 0
         for r in rows {
             var row = r, lab = [Int32](repeating: -100, count: r.count)
             let candidates = r.indices.filter { !special.contains(r[$0]) }
@@ -224,12 +209,10 @@ public final class MaskedLMTask: TrainingTask {
                 if u < 0.8 { row[i] = maskID } else if u < 0.9 { row[i] = Int32(g.next() % UInt64(vocabulary)) }
             }
             chosen += picks.count
-            let pad = T - r.count
-            ids += row + [Int32](repeating: padID, count: pad)
-            mask += [Int32](repeating: 1, count: r.count) + [Int32](repeating: 0, count: pad)
-            labels += lab + [Int32](repeating: -100, count: pad)
+            inputs.append(row)
+            labels.append(lab)
         }
-        return (try IntTensor(shape: [rows.count, T], values: ids), try IntTensor(shape: [rows.count, T], values: mask), IntTensor(labels), chosen)
+        return (try rightPadded(inputs, with: padID), try paddingMask(rows), IntTensor(try rightPadded(labels, with: -100).values), chosen)
     }
 
     public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {

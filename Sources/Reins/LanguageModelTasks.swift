@@ -40,17 +40,10 @@ public final class CausalLMTask: TrainingTask {
 
     /// Right-padded ids, mask and labels (-100 on padding and prompt tokens) `[B, T]`, and the number of predicted tokens.
     func batch(_ rows: [TokenSequence]) throws -> (ids: IntTensor, mask: IntTensor, labels: IntTensor, predicted: Int) {
-        let T = rows.map(\.ids.count).max() ?? 0
-        var ids: [Int32] = [], mask: [Int32] = [], labels: [Int32] = [], predicted = 0
-        for r in rows {
-            let pad = T - r.ids.count
-            ids += r.ids + [Int32](repeating: padID, count: pad)
-            mask += [Int32](repeating: 1, count: r.ids.count) + [Int32](repeating: 0, count: pad)
-            labels += r.ids.enumerated().map { $0.offset < r.promptLength ? -100 : $0.element } + [Int32](repeating: -100, count: pad)
-            predicted += r.ids.count - max(r.promptLength, 1)
-        }
-        let shape = [rows.count, T]
-        return (try IntTensor(shape: shape, values: ids), try IntTensor(shape: shape, values: mask), try IntTensor(shape: shape, values: labels), predicted)
+        let ids = rows.map(\.ids)
+        let labels = rows.map { r in r.ids.enumerated().map { $0.offset < r.promptLength ? -100 : $0.element } }
+        let predicted = rows.reduce(0) { $0 + $1.ids.count - max($1.promptLength, 1) }
+        return (try rightPadded(ids, with: padID), try paddingMask(ids), try rightPadded(labels, with: -100), predicted)
     }
 
     public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
