@@ -48,26 +48,23 @@ public enum DataFiles {
     /// - Throws: ``DataError`` naming the file and line of a line that is not a JSON object.
     public static func jsonObjects(_ url: URL) throws -> [[String: Any]] {
         guard let data = FileManager.default.contents(atPath: url.path) else { throw DataError.unreadable(path: url.path) }
-        var out: [[String: Any]] = []
-        for (i, line) in String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let trimmed = line.trimmingCharacters(in: .whitespaces)
-            if trimmed.isEmpty { continue }
-            guard let object = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
-                throw DataError.malformed(path: url.path, line: i + 1, detail: "not a JSON object")
-            }
-            out.append(object)
-        }
-        return out
+        return try jsonObjectLines(String(decoding: data, as: UTF8.self), path: url.path).map(\.object)
     }
 
-    static func jsonLines(_ text: String, path: String) throws -> [Record] {
-        var out: [Record] = []
-        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+    /// Each non-blank line's JSON object with its line number.
+    static func jsonObjectLines(_ text: String, path: String) throws -> [(line: Int, object: [String: Any])] {
+        try text.split(separator: "\n", omittingEmptySubsequences: false).enumerated().compactMap { i, line in
             let trimmed = line.trimmingCharacters(in: .whitespaces)
-            if trimmed.isEmpty { continue }
+            if trimmed.isEmpty { return nil }
             guard let object = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
                 throw DataError.malformed(path: path, line: i + 1, detail: "not a JSON object")
             }
+            return (i + 1, object)
+        }
+    }
+
+    static func jsonLines(_ text: String, path: String) throws -> [Record] {
+        try jsonObjectLines(text, path: path).map { line, object in
             var fields: [String: String] = [:]
             for (k, v) in object {
                 switch v {
@@ -75,12 +72,11 @@ public enum DataFiles {
                 case let n as NSNumber: fields[k] = String(cString: n.objCType) == "c" ? (n.boolValue ? "true" : "false") : n.stringValue
                 case is NSNull: continue
                 default:
-                    throw DataError.badValue(path: path, line: i + 1, field: k, detail: "expected a string or a number")
+                    throw DataError.badValue(path: path, line: line, field: k, detail: "expected a string or a number")
                 }
             }
-            out.append(Record(line: i + 1, fields: fields, path: path))
+            return Record(line: line, fields: fields, path: path)
         }
-        return out
     }
 
     static func csv(_ text: String, path: String) throws -> [Record] {
