@@ -23,9 +23,7 @@ public enum AdapterFiles {
             return try loadAdapterHub(directory: directory, config: config, into: model, name: name)
         }
         guard (config["peft_type"] as? String) == blockType else { return try PEFTAdapter.load(directory: directory, into: model, name: name) }
-        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
-        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
-        let file = try SafeTensorsFile(path: weightsPath)
+        let (file, weightsPath) = try PEFTAdapter.weightsFile(directory)
         try loadBlockAdapters(Dictionary(uniqueKeysWithValues: try file.names.map { ($0, try file.tensor($0)) }), config: config,
                               configPath: configURL.path, weightsPath: weightsPath, into: model, name: name)
     }

@@ -26,9 +26,7 @@ public enum PEFTAdapter {
         }
         let dropout = try reader.float("lora_dropout", default: 0)
         guard (0..<1).contains(dropout) else { throw ModelError.badConfig(path: configPath, detail: "lora_dropout \(dropout) is outside [0, 1)") }
-        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
-        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
-        let file = try SafeTensorsFile(path: weightsPath)
+        let (file, weightsPath) = try weightsFile(directory)
 
         let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
         var pairs: [String: (a: Tensor?, b: Tensor?)] = [:], heads: [(key: String, plain: String, tensor: Tensor)] = []
@@ -144,6 +142,27 @@ public enum PEFTAdapter {
         return { for a in actions { a() } }
     }
 
+    /// The adapter's tensors file (`adapter_model.safetensors`), or ``ModelError/missingFile(path:)``.
+    static func weightsFile(_ directory: URL, named name: String = "adapter_model.safetensors") throws -> (SafeTensorsFile, String) {
+        let path = directory.appendingPathComponent(name).path
+        guard FileManager.default.fileExists(atPath: path) else { throw ModelError.missingFile(path: path) }
+        return (try SafeTensorsFile(path: path), path)
+    }
+
+    /// A prompt-learning adapter's (prefix or prompt tuning) `prompt_embeddings`, and what installs the heads saved
+    /// with it (under `base_model.`, without PEFT's `.model`), checked before anything is attached.
+    static func promptLearningTensors(directory: URL, into model: any Module, name: String) throws -> (Tensor, () -> Void) {
+        let (file, _) = try weightsFile(directory)
+        guard file.entries["prompt_embeddings"] != nil else {
+            throw ModelError.checkpointMismatch(missing: ["prompt_embeddings"], unexpected: file.names.sorted(), misshaped: [])
+        }
+        let heads = try file.names.filter { $0 != "prompt_embeddings" }.map { key in
+            (key: key, plain: key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key,
+             tensor: try file.tensor(key))
+        }
+        return (try file.tensor("prompt_embeddings"), try headInstaller(heads, into: model, name: name))
+    }
+
     /// PEFT prefix tuning: one tensor `prompt_embeddings` `[P, layers · 2 · hidden]`.
     static func loadPrefix(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
         guard let host = model.encoderShape else { throw ModelError.badInput("prefix tuning needs a GPT-2 or BERT model") }
@@ -151,13 +170,7 @@ public enum PEFTAdapter {
         if config.json["prefix_projection"] as? Bool == true {
             throw ModelError.badConfig(path: config.path, detail: "prefix_projection adapters store the projection MLP; only plain prefixes (prefix_projection false) load")
         }
-        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
-        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
-        let file = try SafeTensorsFile(path: weightsPath)
-        guard file.entries["prompt_embeddings"] != nil else {
-            throw ModelError.checkpointMismatch(missing: ["prompt_embeddings"], unexpected: file.names.sorted(), misshaped: [])
-        }
-        let embeddings = try file.tensor("prompt_embeddings")
+        let (embeddings, installHeads) = try promptLearningTensors(directory: directory, into: model, name: name)
         if let n = config.optionalInt("num_layers"), n != layers {
             throw ModelError.badConfig(path: config.path, detail: "num_layers \(n) does not match the model's \(layers)")
         }
@@ -167,12 +180,6 @@ public enum PEFTAdapter {
         if let virtual = config.optionalInt("num_virtual_tokens"), virtual != embeddings.shape.first {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["prompt_embeddings is \(embeddings.shape), num_virtual_tokens is \(virtual)"])
         }
-        // Heads saved with a prompt-learning adapter sit under `base_model.` (no `.model`).
-        let heads = try file.names.filter { $0 != "prompt_embeddings" }.map { key in
-            (key: key, plain: key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key,
-             tensor: try file.tensor(key))
-        }
-        let installHeads = try headInstaller(heads, into: model, name: name)
         do {
             let prefix = try Prefix(Parameter("prompt_embeddings", embeddings), layers: host.layers, hidden: host.hidden, heads: host.heads)
             host.prefixes.add(name, prefix)
@@ -185,9 +192,7 @@ public enum PEFTAdapter {
     /// PEFT IA3: one tensor `<layer>.ia3_l` per adapted linear layer, `[out, 1]` (output scaling) or `[1, in]` (input
     /// scaling, the `feedforward_modules`).
     static func loadIA3(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
-        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
-        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
-        let file = try SafeTensorsFile(path: weightsPath)
+        let (file, weightsPath) = try weightsFile(directory)
         let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
         var built: [(Linear, IA3)] = []
         for key in file.names {
@@ -213,22 +218,10 @@ public enum PEFTAdapter {
     /// PEFT prompt tuning: one tensor `prompt_embeddings` `[P, hidden]` (GPT-2 and BERT models), and heads saved with it.
     static func loadPrompt(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
         guard let shape = model.encoderShape else { throw ModelError.badInput("prompt tuning needs a GPT-2 or BERT model") }
-        let weightsPath = directory.appendingPathComponent("adapter_model.safetensors").path
-        guard FileManager.default.fileExists(atPath: weightsPath) else { throw ModelError.missingFile(path: weightsPath) }
-        let file = try SafeTensorsFile(path: weightsPath)
-        guard file.entries["prompt_embeddings"] != nil else {
-            throw ModelError.checkpointMismatch(missing: ["prompt_embeddings"], unexpected: file.names.sorted(), misshaped: [])
-        }
-        let embeddings = try file.tensor("prompt_embeddings")
+        let (embeddings, installHeads) = try promptLearningTensors(directory: directory, into: model, name: name)
         guard embeddings.rank == 2, embeddings.shape[0] > 0, embeddings.shape[1] == shape.hidden else {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["prompt_embeddings is \(embeddings.shape), expected [P, \(shape.hidden)]"])
         }
-        // Heads saved with a prompt-learning adapter sit under `base_model.` (no `.model`).
-        let heads = try file.names.filter { $0 != "prompt_embeddings" }.map { key in
-            (key: key, plain: key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key,
-             tensor: try file.tensor(key))
-        }
-        let installHeads = try headInstaller(heads, into: model, name: name)
         shape.prompts.add(name, Parameter("prompt_tuning_embeddings", embeddings))
         installHeads()
     }
