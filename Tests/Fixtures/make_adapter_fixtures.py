@@ -18,13 +18,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 torch.manual_seed(4242)
 
 
-def randomize_lora(model):
+def randomize(model, adapter_marker, scale, shift=0.0, heads=True):
+    """Replaces the adapter's tensors (names containing `adapter_marker`) by shift + scale * N(0, 1) and, with `heads`,
+    nudges the saved heads (modules_to_save) by 0.1 * N(0, 1), in parameter order, so that every tensor matters."""
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if "lora_" in n:
-                p.copy_(torch.randn_like(p) * 0.3)
-            elif "modules_to_save" in n:
+            if adapter_marker in n:
+                p.copy_(shift + torch.randn_like(p) * scale)
+            elif heads and "modules_to_save" in n:
                 p.add_(torch.randn_like(p) * 0.1)
+
+
+def randomize_lora(model):
+    randomize(model, "lora_", 0.3)
 
 
 def save(name, peft_model, inputs, logits):
@@ -82,10 +88,7 @@ def gpt2_prefix():
     """Prefix tuning (no projection): prompt_embeddings [P, L*2*C]; layer l takes slot 2l as keys, 2l+1 as values."""
     base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
     m = get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "prompt_encoder" in n:
-                p.copy_(torch.randn_like(p) * 0.5)
+    randomize(m, "prompt_encoder", 0.5, heads=False)
     save_gpt2("gpt2-prefix", m)
 
 
@@ -93,12 +96,7 @@ def bert_prefix():
     """Prefix tuning on BERT sequence classification, padded pairs; the classifier is saved with the adapter."""
     base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
     m = get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_CLS"))
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "prompt_encoder" in n:
-                p.copy_(torch.randn_like(p) * 0.5)
-            elif "modules_to_save" in n:
-                p.add_(torch.randn_like(p) * 0.1)
+    randomize(m, "prompt_encoder", 0.5)
     save_bert("bert-prefix", m)
 
 
@@ -107,10 +105,7 @@ def gpt2_ia3():
     base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
     m = get_peft_model(base, IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
                                        fan_in_fan_out=True, task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "ia3_l" in n:
-                p.copy_(1 + torch.randn_like(p) * 0.3)
+    randomize(m, "ia3_l", 0.3, shift=1.0, heads=False)
     save_gpt2("gpt2-ia3", m)
 
 
@@ -118,10 +113,7 @@ def gpt2_prompt():
     """Prompt tuning: P learned input embeddings before the tokens; logits come back for all P + T positions."""
     base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
     m = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=5, task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "prompt_encoder" in n:
-                p.copy_(torch.randn_like(p) * 0.5)
+    randomize(m, "prompt_encoder", 0.5, heads=False)
     save_gpt2("gpt2-prompt", m)
 
 
@@ -130,12 +122,7 @@ def bert_prompt():
     always attended to); the pooler reads the first virtual token; the classifier is saved with the adapter."""
     base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
     m = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=4, task_type="SEQ_CLS"))
-    with torch.no_grad():
-        for n, p in m.named_parameters():
-            if "prompt_encoder" in n:
-                p.copy_(torch.randn_like(p) * 0.5)
-            elif "modules_to_save" in n:
-                p.add_(torch.randn_like(p) * 0.1)
+    randomize(m, "prompt_encoder", 0.5)
     save_bert("bert-prompt", m)
 
 
