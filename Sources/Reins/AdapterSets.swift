@@ -79,9 +79,7 @@ extension Module {
         }
         guard let shape = encoderShape else { throw ModelError.badInput("adapters need a GPT-2 or BERT model") }
         guard !adapterNames.contains(name) else { throw ModelError.badInput("the model already has an adapter named '\(name)'; delete it first") }
-        // Nothing is named `name` yet, so activating it shows the bare base; what appears after adding is the adapter.
-        activateAdapter(name)
-        let before = Set(namedParameters().map { ObjectIdentifier($0.parameter) })
+        try trainingOnlyWhatAppears(under: name) {
         switch method {
         case .full: break
         case .bitFit: addBitFit(name)
@@ -110,26 +108,28 @@ extension Module {
         if let headed = self as? any TaskHeadModel {
             headed.heads.add(name, try headed.newHead(labels: labels ?? headed.heads.base.outputs, seed: seed &+ 7919))
         }
-        activateAdapter(name)
-        freeze()
-        var added = namedParameters().map(\.parameter).filter { !before.contains(ObjectIdentifier($0)) }
-        if let prefix = shape.prefixes.members[name] { added = prefix.parameters + added.filter { p in !prefix.parameters.contains { $0 === p } } }
-        for p in added { p.isTrainable = true }
-        if let prefix = shape.prefixes.members[name], prefix.encoder != nil { prefix.embeddings.isTrainable = false }
+        }
         return trainableParameterCount
+    }
+
+    /// Runs `attach` (which adds the adapter `name`) with the bare base showing, then activates `name`, freezes
+    /// everything and unfreezes exactly the parameters that appeared: the adapter's own, as registered (a prefix
+    /// registers its MLP while it has one), with its head and bias variants.
+    func trainingOnlyWhatAppears(under name: String, _ attach: () throws -> Void) throws {
+        activateAdapter(name) // nothing is named `name` yet: the bare base
+        let before = Set(namedParameters().map { ObjectIdentifier($0.parameter) })
+        try attach()
+        activateAdapter(name)
+        let added = namedParameters().map(\.parameter).filter { !before.contains(ObjectIdentifier($0)) }
+        freeze()
+        for p in added { p.isTrainable = true }
     }
 
     /// Loads an adapter directory (PEFT's or Reins's layout, with its head) under `name`, activates it, and makes
     /// exactly its parameters trainable (the base and other adapters are frozen), ready to train further.
     public func loadAdapter(_ name: String, from directory: URL) throws {
-        try? deleteAdapter(name)
-        activateAdapter(name) // the bare base: nothing is named `name` now
-        let before = Set(namedParameters().map { ObjectIdentifier($0.parameter) })
-        try AdapterFiles.load(directory: directory, into: self, name: name)
-        activateAdapter(name)
-        let added = namedParameters().map(\.parameter).filter { !before.contains(ObjectIdentifier($0)) }
-        freeze()
-        for p in added { p.isTrainable = true }
+        try? deleteAdapter(name) // loading replaces an adapter of that name
+        try trainingOnlyWhatAppears(under: name) { try AdapterFiles.load(directory: directory, into: self, name: name) }
     }
 
     /// Gives every bias of the base (linear layers and layer norms, not adapters or heads) a trainable copy named
