@@ -28,6 +28,17 @@ public enum Parallel {
         }
     }
 
+    /// Runs `body` with OpenBLAS held to one thread (nesting with the parallel regions' own holds).
+    ///
+    /// OpenBLAS may pick other kernels, and so round differently, at another thread count; a process whose thread
+    /// count changes under it (for example while other work runs parallel regions) can hold it to one thread to get
+    /// the same bits every time.
+    public static func withSingleThreadedBLAS<R>(_ body: () throws -> R) rethrows -> R {
+        holdBLASToOneThread()
+        defer { releaseBLAS() }
+        return try body()
+    }
+
     /// Parallel regions may overlap (callers on several threads): the first one in saves OpenBLAS's thread count and
     /// sets it to one, the last one out restores it.
     private static let blasHold = Mutex<(depth: Int, saved: Int32)>((0, 1))
