@@ -326,27 +326,25 @@ public final class Embedding: Module {
 /// untouched.
 public final class Variants<Value: AnyObject> {
     public let base: Value
-    public private(set) var variants: [String: Value] = [:]
-    public var active: String?
+    /// The named variants, one of them (or none: the base) active.
+    public let named = NamedSet<Value>()
 
     init(_ base: Value) { self.base = base }
 
+    public var variants: [String: Value] { named.members }
+    public var active: String? {
+        get { named.active }
+        set { named.active = newValue }
+    }
+
     /// The active variant, or the base.
-    public var current: Value { active.flatMap { variants[$0] } ?? base }
+    public var current: Value { named.current ?? base }
 
     /// Adds (or replaces) the variant `name` and activates it.
-    func add(_ name: String, _ value: Value) {
-        variants[name] = value
-        active = name
-    }
-
-    func remove(_ name: String) {
-        variants[name] = nil
-        if active == name { active = nil }
-    }
-
+    func add(_ name: String, _ value: Value) { named.add(name, value) }
+    func remove(_ name: String) { named.remove(name) }
     /// Activates `name` if there is a variant of that name, else the base.
-    func activate(_ name: String?) { active = name.flatMap { variants[$0] != nil ? $0 : nil } }
+    func activate(_ name: String?) { named.activate(name) }
 }
 
 /// Biases with BitFit variants.
