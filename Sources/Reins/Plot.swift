@@ -92,4 +92,14 @@ public enum SVGPlot {
     static func escape(_ s: String) -> String {
         s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
     }
+
+    /// Runs compared: the training loss (smoothed) and the evaluation `metric` of each run, side by side.
+    public static func runs(_ runs: [(name: String, history: [StepRecord])], metric: String) -> String {
+        render([
+            Panel(title: "training loss (smoothed)", xLabel: "update", yLabel: "loss",
+                  series: runs.map { r in Series(name: r.name, points: smoothed(r.history.map { (Double($0.step), $0.loss) })) }),
+            Panel(title: "evaluation \(metric)", xLabel: "update", yLabel: metric,
+                  series: runs.map { r in Series(name: r.name, points: r.history.compactMap { h in h.metrics?[metric].map { (Double(h.step), $0) } }) }),
+        ])
+    }
 }

@@ -81,6 +81,20 @@ public struct StepRecord: Sendable {
     public var elapsed: Double
     /// Evaluation metrics, when this update was followed by an evaluation.
     public var metrics: [String: Double]?
+
+    /// A record read back from a `metrics.jsonl` line (nil if it lacks the step or the loss).
+    public init?(json: [String: Any]) {
+        guard let step = json["step"] as? NSNumber, let loss = json["loss"] as? NSNumber else { return nil }
+        func number(_ key: String) -> Double { (json[key] as? NSNumber)?.doubleValue ?? .nan }
+        (self.step, self.loss) = (step.intValue, loss.doubleValue)
+        (learningRate, gradientNorm, tokensPerSecond, elapsed) = (number("learning_rate"), number("gradient_norm"), number("tokens_per_second"), number("elapsed_seconds"))
+        metrics = (json["eval"] as? [String: Any])?.compactMapValues { ($0 as? NSNumber)?.doubleValue }
+    }
+
+    init(step: Int, loss: Double, learningRate: Double, gradientNorm: Double, tokensPerSecond: Double, elapsed: Double, metrics: [String: Double]? = nil) {
+        (self.step, self.loss, self.learningRate, self.gradientNorm, self.tokensPerSecond, self.elapsed, self.metrics) =
+            (step, loss, learningRate, gradientNorm, tokensPerSecond, elapsed, metrics)
+    }
 }
 
 /// Why a run stopped early.

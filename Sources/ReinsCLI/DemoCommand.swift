@@ -142,11 +142,8 @@ struct DemoCommand: ParsableCommand {
         try AtomicFile.write(Data(table.utf8), to: out.appendingPathComponent("results.md").path)
 
         // The comparison plot.
-        let loss = SVGPlot.Panel(title: "training loss (smoothed)", xLabel: "update", yLabel: "cross-entropy",
-                                 series: rows.map { r in SVGPlot.Series(name: r.name, points: SVGPlot.smoothed(r.history.map { (Double($0.step), $0.loss) })) })
-        let accuracy = SVGPlot.Panel(title: "development accuracy", xLabel: "update", yLabel: "accuracy",
-                                     series: rows.map { r in SVGPlot.Series(name: r.name, points: r.history.compactMap { h in h.metrics?["accuracy"].map { (Double(h.step), $0) } }) })
-        try AtomicFile.write(Data(SVGPlot.render([loss, accuracy]).utf8), to: out.appendingPathComponent("comparison.svg").path)
+        let svg = SVGPlot.runs(rows.map { ($0.name, $0.history) }, metric: "accuracy")
+        try AtomicFile.write(Data(svg.utf8), to: out.appendingPathComponent("comparison.svg").path)
         print("Wrote \(out.path)/results.md, comparison.svg, adapters/<method>, runs/<method>/metrics.jsonl")
 
         // One fresh base, every saved adapter loaded onto it, switched per gloss.

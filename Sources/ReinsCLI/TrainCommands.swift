@@ -222,12 +222,8 @@ struct TrainCommand: ParsableCommand {
         try trainer.run()
         progress.finish()
         let history = trainer.history
-        let loss = SVGPlot.Panel(title: "training loss", xLabel: "update", yLabel: "loss",
-                                 series: [SVGPlot.Series(name: name, points: SVGPlot.smoothed(history.map { (Double($0.step), $0.loss) }))])
         let metric = task.primaryMetric.name
-        let evalPanel = SVGPlot.Panel(title: "evaluation \(metric)", xLabel: "update", yLabel: metric,
-                                      series: [SVGPlot.Series(name: name, points: history.compactMap { h in h.metrics?[metric].map { (Double(h.step), $0) } })])
-        try AtomicFile.write(Data(SVGPlot.render([loss, evalPanel]).utf8), to: out.appendingPathComponent("curves.svg").path)
+        try AtomicFile.write(Data(SVGPlot.runs([(name, history)], metric: metric).utf8), to: out.appendingPathComponent("curves.svg").path)
         if adapterMethod == .full, trainer.best != nil {
             // Full fine-tuning: make best/ a complete model directory (config and tokenizer beside the weights).
             let base = URL(fileURLWithPath: taskOptions.model), best = out.appendingPathComponent("best")
@@ -311,24 +307,12 @@ struct PlotCommand: ParsableCommand {
     @Option(help: "The SVG to write.") var output = "runs.svg"
 
     func run() throws {
-        var loss: [SVGPlot.Series] = [], evaluation: [SVGPlot.Series] = []
-        for run in runs {
+        let histories = try runs.map { run -> (name: String, history: [StepRecord]) in
             var url = URL(fileURLWithPath: run)
             if url.pathExtension != "jsonl" { url = url.appendingPathComponent("metrics.jsonl") }
-            let records = try DataFiles.jsonObjects(url)
-            let name = url.deletingLastPathComponent().lastPathComponent
-            loss.append(SVGPlot.Series(name: name, points: SVGPlot.smoothed(records.compactMap { r in
-                guard let s = r["step"] as? NSNumber, let l = r["loss"] as? NSNumber else { return nil }
-                return (s.doubleValue, l.doubleValue)
-            })))
-            evaluation.append(SVGPlot.Series(name: name, points: records.compactMap { r in
-                guard let s = r["step"] as? NSNumber, let m = (r["eval"] as? [String: Any])?[metric] as? NSNumber else { return nil }
-                return (s.doubleValue, m.doubleValue)
-            }))
+            return (url.deletingLastPathComponent().lastPathComponent, try DataFiles.jsonObjects(url).compactMap(StepRecord.init(json:)))
         }
-        let svg = SVGPlot.render([SVGPlot.Panel(title: "training loss (smoothed)", xLabel: "update", yLabel: "loss", series: loss),
-                                  SVGPlot.Panel(title: "evaluation \(metric)", xLabel: "update", yLabel: metric, series: evaluation)])
-        try AtomicFile.write(Data(svg.utf8), to: output)
+        try AtomicFile.write(Data(SVGPlot.runs(histories, metric: metric).utf8), to: output)
         print("wrote \(output) (\(runs.count) runs)")
     }
 }

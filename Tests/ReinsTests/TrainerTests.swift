@@ -59,6 +59,19 @@ struct TrainerTests {
         #expect(Array(whole.history.suffix(3)).map(\.loss) == resumed.history.map(\.loss))
     }
 
+    @Test func metricsLogReadsBackAsTheHistory() throws {
+        let dir = try temporaryDirectory()
+        let (trainer, _) = try run(steps: 4, output: dir)
+        let logged = try DataFiles.jsonObjects(dir.appendingPathComponent("metrics.jsonl")).compactMap(StepRecord.init(json:))
+        #expect(logged.map(\.step) == trainer.history.map(\.step) && logged.map(\.loss) == trainer.history.map(\.loss))
+        // Foundation's JSON writer keeps about 16 significant digits, so metrics come back within 1e-12.
+        for (a, b) in zip(logged, trainer.history) {
+            #expect(a.metrics?.keys.sorted() == b.metrics?.keys.sorted())
+            for (k, v) in b.metrics ?? [:] { #expect(abs(a.metrics![k]! - v) < 1e-12, "\(k) at step \(b.step)") }
+        }
+        #expect(SVGPlot.runs([("run", logged)], metric: "accuracy").contains("<polyline"))
+    }
+
     @Test func accumulationAveragesMicroBatches() throws {
         // Without dropout, 2 micro-batches of 2 give the update of one batch of 4 (same examples, same mean), up to
         // float rounding; 3 updates, so the optimizer state is exercised too.
