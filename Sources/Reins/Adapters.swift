@@ -329,6 +329,16 @@ extension VirtualTokenHost {
 
     /// Removes the prompt `name` (every prompt when `nil`).
     public func detachPrompt(_ name: String? = nil) { prompts.remove(name) }
+
+    /// The attention mask over prompt and tokens `[B, P + T]` (ones for the prompt; `mask` nil means all tokens are
+    /// real), or `mask` itself without a prompt.
+    func maskWithPrompt(_ mask: IntTensor?, batch B: Int, length T: Int) throws -> IntTensor? {
+        let Q = promptLength
+        guard Q > 0 else { return mask }
+        var values: [Int32] = []
+        for b in 0..<B { values += [Int32](repeating: 1, count: Q) + (mask.map { Array($0.values[(b * T)..<((b + 1) * T)]) } ?? [Int32](repeating: 1, count: T)) }
+        return try IntTensor(shape: [B, Q + T], values: values)
+    }
 }
 
 /// Prefix tuning (Li & Liang, arXiv 2101.00190), the attention key/value insertion point: `P` learned keys and values

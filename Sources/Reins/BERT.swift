@@ -135,15 +135,6 @@ public final class BertModel: Module, VirtualTokenHost {
     /// first virtual token).
     public let prompts = PromptSet()
 
-    /// The attention mask over prompt and tokens `[B, P + T]` (ones for the prompt), or `mask` without a prompt.
-    func maskWithPrompt(_ mask: IntTensor?, batch B: Int, length T: Int) throws -> IntTensor? {
-        let Q = promptLength
-        guard Q > 0 else { return mask }
-        var values: [Int32] = []
-        for b in 0..<B { values += [Int32](repeating: 1, count: Q) + (mask.map { Array($0.values[(b * T)..<((b + 1) * T)]) } ?? [Int32](repeating: 1, count: T)) }
-        return try IntTensor(shape: [B, Q + T], values: values)
-    }
-
     public init(_ config: BertConfig, pooler: Bool = true, seed: UInt64 = 0) throws {
         self.config = config
         embeddings = try BertEmbeddings(config, seed: seed)

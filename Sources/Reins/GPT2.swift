@@ -177,14 +177,8 @@ public final class GPT2Model: Module, VirtualTokenHost {
         if let attentionMask, attentionMask.shape != [B, past + T] {
             throw ModelError.badInput("attention mask \(attentionMask.shape) does not match [batch, cached + new] = [\(B), \(past + T)]")
         }
-        // The prefix is always attended to.
         // Virtual tokens are always attended to: ones for the prompt (this pass or cached) and the prefix.
-        var keyMask = attentionMask
-        if let m = attentionMask, promptLength > 0 {
-            var values: [Int32] = []
-            for b in 0..<B { values += [Int32](repeating: 1, count: promptLength) + m.values[(b * (past + T))..<((b + 1) * (past + T))] }
-            keyMask = try IntTensor(shape: [B, promptLength + past + T], values: values)
-        }
+        var keyMask = attentionMask == nil ? nil : try maskWithPrompt(attentionMask, batch: B, length: past + T)
         keyMask = try prefix.map { try $0.extend(keyMask, batch: B, width: promptLength + past + T) } ?? keyMask
         if let cache, cache.layers.count != blocks.count { throw ModelError.badInput("the KV cache has \(cache.layers.count) layers, the model \(blocks.count)") }
         var positions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(past + $0 % T) })
