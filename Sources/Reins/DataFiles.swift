@@ -44,13 +44,6 @@ public enum DataFiles {
         return records
     }
 
-    /// The JSON objects of a JSON Lines file, as parsed (for logs such as `metrics.jsonl`).
-    /// - Throws: ``DataError`` naming the file and line of a line that is not a JSON object.
-    public static func jsonObjects(_ url: URL) throws -> [[String: Any]] {
-        guard let data = FileManager.default.contents(atPath: url.path) else { throw DataError.unreadable(path: url.path) }
-        return try jsonObjectLines(String(decoding: data, as: UTF8.self), path: url.path).map(\.object)
-    }
-
     /// Each non-blank line's JSON object with its line number.
     static func jsonObjectLines(_ text: String, path: String) throws -> [(line: Int, object: [String: Any])] {
         try text.split(separator: "\n", omittingEmptySubsequences: false).enumerated().compactMap { i, line in

@@ -72,7 +72,7 @@ public struct TrainingOptions: Sendable {
 }
 
 /// What happened at one update, for progress bars and logs.
-public struct StepRecord: Sendable {
+public struct StepRecord: Sendable, Decodable {
     public var step: Int
     public var loss: Double
     public var learningRate: Double
@@ -82,18 +82,40 @@ public struct StepRecord: Sendable {
     /// Evaluation metrics, when this update was followed by an evaluation.
     public var metrics: [String: Double]?
 
-    /// A record read back from a `metrics.jsonl` line (nil if it lacks the step or the loss).
-    public init?(json: [String: Any]) {
-        guard let step = json["step"] as? NSNumber, let loss = json["loss"] as? NSNumber else { return nil }
-        func number(_ key: String) -> Double { (json[key] as? NSNumber)?.doubleValue ?? .nan }
-        (self.step, self.loss) = (step.intValue, loss.doubleValue)
-        (learningRate, gradientNorm, tokensPerSecond, elapsed) = (number("learning_rate"), number("gradient_norm"), number("tokens_per_second"), number("elapsed_seconds"))
-        metrics = (json["eval"] as? [String: Any])?.compactMapValues { ($0 as? NSNumber)?.doubleValue }
+    /// The records of a `metrics.jsonl` log, in order, every number exactly as it was written.
+    /// - Throws: ``DataError`` naming the file and line of a line that is not a step record.
+    public static func log(_ url: URL) throws -> [StepRecord] {
+        guard let data = FileManager.default.contents(atPath: url.path) else { throw DataError.unreadable(path: url.path) }
+        // JSONDecoder, not JSONSerialization: the latter reads some doubles back one unit in the last place off.
+        let decoder = JSONDecoder()
+        return try String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated()
+            .compactMap { i, line in
+                let trimmed = line.trimmingCharacters(in: .whitespaces)
+                if trimmed.isEmpty { return nil }
+                do { return try decoder.decode(StepRecord.self, from: Data(trimmed.utf8)) } catch {
+                    throw DataError.malformed(path: url.path, line: i + 1, detail: "not a step record (\(error))")
+                }
+            }
     }
 
     init(step: Int, loss: Double, learningRate: Double, gradientNorm: Double, tokensPerSecond: Double, elapsed: Double, metrics: [String: Double]? = nil) {
         (self.step, self.loss, self.learningRate, self.gradientNorm, self.tokensPerSecond, self.elapsed, self.metrics) =
             (step, loss, learningRate, gradientNorm, tokensPerSecond, elapsed, metrics)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case step, loss, learningRate = "learning_rate", gradientNorm = "gradient_norm"
+        case tokensPerSecond = "tokens_per_second", elapsed = "elapsed_seconds", metrics = "eval"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        (step, loss) = (try c.decode(Int.self, forKey: .step), try c.decode(Double.self, forKey: .loss))
+        learningRate = try c.decodeIfPresent(Double.self, forKey: .learningRate) ?? .nan
+        gradientNorm = try c.decodeIfPresent(Double.self, forKey: .gradientNorm) ?? .nan
+        tokensPerSecond = try c.decodeIfPresent(Double.self, forKey: .tokensPerSecond) ?? .nan
+        elapsed = try c.decodeIfPresent(Double.self, forKey: .elapsed) ?? .nan
+        metrics = try c.decodeIfPresent([String: Double].self, forKey: .metrics)
     }
 }
 
@@ -296,6 +318,7 @@ public final class Trainer {
     }
 
     static func append(_ record: StepRecord, to url: URL) throws {
+        // The keys are StepRecord.CodingKeys' raw values.
         var fields: [String: Any] = ["step": record.step, "loss": record.loss, "learning_rate": record.learningRate,
                                      "tokens_per_second": record.tokensPerSecond, "elapsed_seconds": record.elapsed]
         if record.gradientNorm.isFinite { fields["gradient_norm"] = record.gradientNorm }

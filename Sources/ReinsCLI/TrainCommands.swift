@@ -310,7 +310,7 @@ struct PlotCommand: ParsableCommand {
         let histories = try runs.map { run -> (name: String, history: [StepRecord]) in
             var url = URL(fileURLWithPath: run)
             if url.pathExtension != "jsonl" { url = url.appendingPathComponent("metrics.jsonl") }
-            return (url.deletingLastPathComponent().lastPathComponent, try DataFiles.jsonObjects(url).compactMap(StepRecord.init(json:)))
+            return (url.deletingLastPathComponent().lastPathComponent, try StepRecord.log(url))
         }
         try AtomicFile.write(Data(SVGPlot.runs(histories, metric: metric).utf8), to: output)
         print("wrote \(output) (\(runs.count) runs)")

@@ -62,14 +62,20 @@ struct TrainerTests {
     @Test func metricsLogReadsBackAsTheHistory() throws {
         let dir = try temporaryDirectory()
         let (trainer, _) = try run(steps: 4, output: dir)
-        let logged = try DataFiles.jsonObjects(dir.appendingPathComponent("metrics.jsonl")).compactMap(StepRecord.init(json:))
-        #expect(logged.map(\.step) == trainer.history.map(\.step) && logged.map(\.loss) == trainer.history.map(\.loss))
-        // Foundation's JSON writer keeps about 16 significant digits, so metrics come back within 1e-12.
-        for (a, b) in zip(logged, trainer.history) {
-            #expect(a.metrics?.keys.sorted() == b.metrics?.keys.sorted())
-            for (k, v) in b.metrics ?? [:] { #expect(abs(a.metrics![k]! - v) < 1e-12, "\(k) at step \(b.step)") }
+        let url = dir.appendingPathComponent("metrics.jsonl")
+        let logged = try StepRecord.log(url)
+        // Every number comes back bit for bit (the writer prints shortest round-trip forms, the reader parses exactly).
+        func fields(_ r: StepRecord) -> [UInt64] {
+            [UInt64(r.step), r.loss.bitPattern, r.learningRate.bitPattern, r.gradientNorm.bitPattern, r.tokensPerSecond.bitPattern,
+             r.elapsed.bitPattern] + (r.metrics ?? [:]).sorted { $0.key < $1.key }.map(\.value.bitPattern)
         }
+        #expect(logged.count == 4 && logged.map(fields) == trainer.history.map(fields))
+        #expect(logged.map { $0.metrics?.keys.sorted() } == trainer.history.map { $0.metrics?.keys.sorted() })
         #expect(SVGPlot.runs([("run", logged)], metric: "accuracy").contains("<polyline"))
+        // A line that is not a step record is named by file and line.
+        try Data("{\"step\": 1, \"loss\": 2.5}\n{\"loss\": 1}\n".utf8).write(to: url)
+        #expect(throws: DataError.self) { try StepRecord.log(url) }
+        do { _ = try StepRecord.log(url) } catch let DataError.malformed(path, line, _) { #expect(path == url.path && line == 2) }
     }
 
     @Test func accumulationAveragesMicroBatches() throws {
