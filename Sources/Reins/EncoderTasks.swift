@@ -10,19 +10,27 @@ public struct TaggedWords: Sendable, Equatable {
 
 /// Token classification on BERT: each word's first word piece carries its tag, the other pieces and the special
 /// tokens are ignored (-100), as transformers' token-classification recipe does. Evaluated by word accuracy and
-/// macro-F1 over tags.
+/// macro-F1 over tags, and — when the tag names follow the BIO / IOBES scheme (`B-PER`, `I-PER`, `O`, ...) — by
+/// entity-level precision, recall and F1 (seqeval's definitions, ``Metrics/entityScores(predicted:truth:)``), which
+/// then decides the best checkpoint.
 public final class TokenClassificationTask: TrainingTask {
     public let tagger: BertForTokenClassification
     public var model: any Module { tagger }
     let train: [EncodedTags], evaluation: [EncodedTags]
     let padID: Int32
+    /// The tag names when they mark entities (nil otherwise).
+    let entityTags: [String]?
 
     struct EncodedTags { let ids: [Int32]; let labels: [Int32] }
 
     /// - Throws: ``ModelError/badInput(_:)`` naming the example whose words and tags differ in number or whose tag is
     ///   out of range.
-    public init(model: BertForTokenClassification, tokenizer: WordPieceTokenizer, tags: Int, train: [TaggedWords],
-                evaluation: [TaggedWords], maxLength: Int) throws {
+    /// - Parameter tagNames: the names of tags `0..<tags`, if known; BIO / IOBES names add entity-level scores.
+    public init(model: BertForTokenClassification, tokenizer: WordPieceTokenizer, tags: Int, tagNames: [String]? = nil,
+                train: [TaggedWords], evaluation: [TaggedWords], maxLength: Int) throws {
+        if let tagNames, tagNames.count != tags { throw ModelError.badInput("\(tagNames.count) tag names for \(tags) tags") }
+        let marksEntities = tagNames?.contains { $0.count > 2 && "BIES".contains($0.first!) && $0.dropFirst().first == "-" } ?? false
+        entityTags = marksEntities ? tagNames : nil
         func encode(_ set: [TaggedWords], _ name: String) throws -> [EncodedTags] {
             try set.enumerated().map { n, s in
                 guard s.words.count == s.tags.count else { throw ModelError.badInput("\(name) example \(n + 1): \(s.words.count) words but \(s.tags.count) tags") }
@@ -66,19 +74,31 @@ public final class TokenClassificationTask: TrainingTask {
 
     public func evaluate() throws -> [String: Double] {
         var predicted: [Int] = [], truth: [Int] = []
+        var predictedTags: [[String]] = [], trueTags: [[String]] = [] // per sentence, for entity scores
         for start in stride(from: 0, to: evaluation.count, by: 32) {
             let rows = Array(evaluation[start..<min(start + 32, evaluation.count)])
             let b = try batch(rows)
             let logits = try tagger.logits(b.ids, attentionMask: b.mask)
-            for (best, label) in zip(logits.argmax(), b.labels.values) where label != -100 {
-                predicted.append(best)
-                truth.append(Int(label))
+            let best = logits.argmax(), T = b.ids.shape[1]
+            for r in rows.indices {
+                let words = (r * T..<(r + 1) * T).filter { b.labels.values[$0] != -100 }
+                predicted += words.map { best[$0] }
+                truth += words.map { Int(b.labels.values[$0]) }
+                if let names = entityTags {
+                    predictedTags.append(words.map { names[best[$0]] })
+                    trueTags.append(words.map { names[Int(b.labels.values[$0])] })
+                }
             }
         }
-        return ["accuracy": Metrics.accuracy(predicted: predicted, truth: truth), "macro_f1": Metrics.macroF1(predicted: predicted, truth: truth)]
+        var metrics = ["accuracy": Metrics.accuracy(predicted: predicted, truth: truth), "macro_f1": Metrics.macroF1(predicted: predicted, truth: truth)]
+        if entityTags != nil {
+            let e = Metrics.entityScores(predicted: predictedTags, truth: trueTags)
+            (metrics["entity_precision"], metrics["entity_recall"], metrics["entity_f1"]) = (e.precision, e.recall, e.f1)
+        }
+        return metrics
     }
 
-    public var primaryMetric: (name: String, higherIsBetter: Bool) { ("macro_f1", true) }
+    public var primaryMetric: (name: String, higherIsBetter: Bool) { (entityTags == nil ? "macro_f1" : "entity_f1", true) }
 }
 
 /// A question over a context with its answer (`answerStart` is a character offset into the context).

@@ -1,7 +1,7 @@
 import Foundation
 
 /// Evaluation metrics, each defined as its usual reference implementation defines it (scikit-learn for accuracy and
-/// F1, the SQuAD script for exact match and token F1, sacrebleu for BLEU).
+/// F1, seqeval for entity F1, the SQuAD script for exact match and token F1, sacrebleu for BLEU).
 public enum Metrics {
     /// The fraction of positions where `predicted` equals `truth` (0 for empty input).
     public static func accuracy<T: Equatable>(predicted: [T], truth: [T]) -> Double {
@@ -23,6 +23,53 @@ public enum Metrics {
             sum += tp == 0 ? 0 : 2 * tp / (2 * tp + fp + fn)
         }
         return sum / Double(classes.count)
+    }
+
+    /// A labelled span of a tag sequence: its type and its first and last positions.
+    public struct Entity: Hashable, Sendable {
+        public var type: String, first: Int, last: Int
+        public init(type: String, first: Int, last: Int) { (self.type, self.first, self.last) = (type, first, last) }
+    }
+
+    /// The entities of a tag sequence in the BIO / IOBES family (`B-PER`, `I-PER`, `E-PER`, `S-PER`, `O`), read as the
+    /// CoNLL evaluation script (and seqeval's default mode) reads them: an entity starts at `B` or `S`, at `I` or `E`
+    /// after `O`, `E` or `S`, or wherever the type changes; it ends before such a start or an `O`, and after `E` or `S`.
+    /// A tag without one of these prefixes (`PER`) is read as `I-PER` (seqeval defines no reading for it).
+    public static func entities(_ tags: [String]) -> [Entity] {
+        func split(_ tag: String) -> (prefix: Character, type: String) {
+            if tag == "O" || tag.isEmpty { return ("O", "") }
+            let parts = tag.split(separator: "-", maxSplits: 1)
+            if parts.count == 2, parts[0].count == 1, let p = parts[0].first, "BIES".contains(p) { return (p, String(parts[1])) }
+            return ("I", tag)
+        }
+        var result: [Entity] = []
+        var open: (type: String, first: Int)?
+        var previous: (prefix: Character, type: String) = ("O", "")
+        for (i, tag) in (tags + ["O"]).enumerated() {
+            let (p, type) = split(tag)
+            let (pp, ptype) = previous
+            let ends = pp == "E" || pp == "S" || (pp != "O" && (p == "B" || p == "S" || p == "O")) || (pp != "O" && ptype != type)
+            let starts = p == "B" || p == "S" || (p != "O" && (pp == "E" || pp == "S" || pp == "O")) || (p != "O" && ptype != type)
+            if ends, let o = open { result.append(Entity(type: o.type, first: o.first, last: i - 1)); open = nil }
+            if starts { open = (type, i) }
+            previous = (p, type)
+        }
+        return result
+    }
+
+    /// Entity-level precision, recall and F1, micro-averaged over every sequence (seqeval's default `f1_score`): an
+    /// entity counts only if its type and both ends match. 0 where a denominator is 0.
+    public static func entityScores(predicted: [[String]], truth: [[String]]) -> (precision: Double, recall: Double, f1: Double) {
+        var correct = 0, predictedCount = 0, trueCount = 0
+        for (p, t) in zip(predicted, truth) {
+            let (pe, te) = (entities(p), Set(entities(t)))
+            correct += pe.filter(te.contains).count
+            predictedCount += pe.count
+            trueCount += te.count
+        }
+        let precision = predictedCount == 0 ? 0 : Double(correct) / Double(predictedCount)
+        let recall = trueCount == 0 ? 0 : Double(correct) / Double(trueCount)
+        return (precision, recall, precision + recall == 0 ? 0 : 2 * precision * recall / (precision + recall))
     }
 
     /// Perplexity from a mean per-token negative log-likelihood (natural log).

@@ -16,13 +16,76 @@ struct TaskOptions: ParsableArguments {
 
     var taskKind: String { task.lowercased() }
 
-    func labelNames(extra: URL? = nil) throws -> [String] {
+    /// The class or tag names: `--labels`, else labels.json beside the adapter or in the model directory, else (when
+    /// `data` is given: training) the values found in it, sorted — integer class labels give "0"..."max".
+    /// Empty when none are known (classification then reads labels as class indices).
+    func labelNames(besideAdapter adapter: URL? = nil, foundIn data: URL? = nil) throws -> [String] {
         if let labels { return labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
-        for dir in [extra, URL(fileURLWithPath: model)].compactMap({ $0 }) {
+        for dir in [adapter?.deletingLastPathComponent(), URL(fileURLWithPath: model)].compactMap({ $0 }) {
             let url = dir.appendingPathComponent("labels.json")
             if let data = FileManager.default.contents(atPath: url.path), let names = try? JSONSerialization.jsonObject(with: data) as? [String] { return names }
         }
-        return []
+        guard let data else { return [] }
+        switch taskKind {
+        case "classification":
+            let values = Set(try DataFiles.records(data).map { try $0.require(labelField) })
+            let numbers = values.compactMap { Int($0) }
+            return numbers.count == values.count ? (0...max(numbers.max() ?? 0, 0)).map(String.init) : values.sorted()
+        case "token-classification":
+            return Set(try DataFiles.records(data).flatMap { try $0.require("tags").split(separator: " ").map(String.init) }).sorted()
+        default: return []
+        }
+    }
+
+    /// The model for the task, prepared by `prepare(model, labelCount)` (which adds or loads an adapter; `labelCount`
+    /// is nil for tasks whose head has a fixed size), and the task over the given training and evaluation files.
+    func makeTask(train: URL?, evaluation: URL?, labels: [String], prepare: (any Module, Int?) throws -> Void) throws -> any TrainingTask {
+        let dir = URL(fileURLWithPath: model)
+        switch taskKind {
+        case "classification":
+            // Integer labels are class indices; names are looked up in `labels`.
+            let names = labels.allSatisfy { Int($0) != nil } ? [] : labels
+            let read = { (url: URL) in
+                try DataFiles.classification(url, labels: names, textField: textField, pairField: pairField, labelField: labelField)
+            }
+            let (trainSet, evaluationSet) = (try train.map(read) ?? [], try evaluation.map(read) ?? [])
+            let count = labels.isEmpty ? ((trainSet + evaluationSet).map(\.label).max() ?? 0) + 1 : labels.count
+            let (model, tokenizer) = try classifier(labels: count)
+            try prepare(model, count)
+            return try SequenceClassificationTask(model: model, labels: model.classifier.outputs, train: trainSet, evaluation: evaluationSet,
+                                                  padID: tokenizer.padID, encode: encoder(tokenizer, positions: model.bert.config.positions))
+        case "token-classification":
+            guard !labels.isEmpty else { throw ValidationError("no tag names: pass --labels or keep the labels.json that reins train writes") }
+            guard case let .bertTokenClassification(model) = try PretrainedModel.load(directory: dir, architecture: "BertForTokenClassification",
+                    newlyInitialized: ["classifier."], configOverrides: ["num_labels": labels.count]) else { throw ValidationError("not a BERT model") }
+            try prepare(model, labels.count)
+            let read = { (url: URL) in try DataFiles.taggedWords(url, tags: labels) }
+            return try TokenClassificationTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir), tags: labels.count, tagNames: labels,
+                                               train: try train.map(read) ?? [], evaluation: try evaluation.map(read) ?? [], maxLength: maxLength)
+        case "qa":
+            guard case let .bertQuestionAnswering(model) = try PretrainedModel.load(directory: dir, architecture: "BertForQuestionAnswering",
+                    newlyInitialized: ["qa_outputs."]) else { throw ValidationError("not a BERT model") }
+            try prepare(model, nil)
+            return try QuestionAnsweringTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir),
+                                             train: try train.map(DataFiles.questionAnswers) ?? [],
+                                             evaluation: try evaluation.map(DataFiles.questionAnswers) ?? [], maxLength: maxLength)
+        case "mlm":
+            guard case let .bertMaskedLM(model) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM",
+                    newlyInitialized: ["cls."]) else { throw ValidationError("not a BERT model") }
+            try prepare(model, nil)
+            let texts = { (url: URL) throws -> [String] in try DataFiles.records(url).map { try $0.require(textField) } }
+            return try MaskedLMTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir), train: try train.map(texts) ?? [],
+                                    evaluation: try evaluation.map(texts) ?? [], maxLength: maxLength)
+        case "causal-lm":
+            let (model, tokenizer) = try languageModel()
+            try prepare(model, nil)
+            let positions = model.transformer.config.positions
+            let read = { (url: URL) in try sequences(url, tokenizer: tokenizer, positions: positions) }
+            let task = try CausalLMTask(model: model, train: try train.map(read) ?? [], evaluation: try evaluation.map(read) ?? [], padID: 0)
+            task.decode = { tokenizer.decode($0) } // prompt/completion evaluation data is also scored by BLEU
+            return task
+        default: throw ValidationError("--task must be classification, token-classification, qa, mlm or causal-lm")
+        }
     }
 
     /// The classifier, and how to encode a text pair for it.
@@ -124,77 +187,15 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         let out = URL(fileURLWithPath: output)
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
-        let task: any TrainingTask
         let name = method.lowercased()
-        var adapterMethod: AdapterMethod
-        switch taskOptions.taskKind {
-        case "classification":
-            var labels = try taskOptions.labelNames()
-            if labels.isEmpty {
-                // Names found in the training file, sorted (integer labels stay class indices).
-                let values = Set(try DataFiles.records(URL(fileURLWithPath: self.train)).map { try $0.require(taskOptions.labelField) })
-                if !values.allSatisfy({ Int($0) != nil }) { labels = values.sorted() }
-            }
-            var train = try DataFiles.classification(URL(fileURLWithPath: self.train), labels: labels, textField: taskOptions.textField,
-                                                     pairField: taskOptions.pairField, labelField: taskOptions.labelField)
-            if labels.isEmpty { labels = (0...(train.map(\.label).max() ?? 0)).map(String.init) }
-            let evaluation = try eval.map {
-                try DataFiles.classification(URL(fileURLWithPath: $0), labels: labels.allSatisfy { Int($0) != nil } ? [] : labels,
-                                             textField: taskOptions.textField, pairField: taskOptions.pairField, labelField: taskOptions.labelField)
-            } ?? []
-            train = train.map { $0 }
-            let (model, tokenizer) = try taskOptions.classifier(labels: labels.count)
-            adapterMethod = try self.adapterMethod(defaultTargets: ["query", "value"])
-            try model.addAdapter(name, adapterMethod, labels: labels.count, seed: seed)
-            task = try SequenceClassificationTask(model: model, labels: labels.count, train: train, evaluation: evaluation, padID: tokenizer.padID,
-                                                  encode: taskOptions.encoder(tokenizer, positions: model.bert.config.positions))
-            try AtomicFile.write(try JSONSerialization.data(withJSONObject: labels), to: out.appendingPathComponent("labels.json").path)
-        case "causal-lm":
-            let (model, tokenizer) = try taskOptions.languageModel()
-            adapterMethod = try self.adapterMethod(defaultTargets: ["c_attn"])
-            try model.addAdapter(name, adapterMethod, seed: seed)
-            let positions = model.transformer.config.positions
-            let lm = try CausalLMTask(model: model, train: try taskOptions.sequences(URL(fileURLWithPath: train), tokenizer: tokenizer, positions: positions),
-                                      evaluation: try eval.map { try taskOptions.sequences(URL(fileURLWithPath: $0), tokenizer: tokenizer, positions: positions) } ?? [],
-                                      padID: 0)
-            lm.decode = { tokenizer.decode($0) } // prompt/completion evaluation data is also scored by BLEU
-            task = lm
-        case "token-classification":
-            var labels = try taskOptions.labelNames()
-            let records = try DataFiles.records(URL(fileURLWithPath: self.train))
-            if labels.isEmpty { labels = Set(try records.flatMap { try $0.require("tags").split(separator: " ").map(String.init) }).sorted() }
-            let dir = URL(fileURLWithPath: taskOptions.model)
-            guard case let .bertTokenClassification(model) = try PretrainedModel.load(directory: dir, architecture: "BertForTokenClassification",
-                    newlyInitialized: ["classifier."], configOverrides: ["num_labels": labels.count]) else { throw ValidationError("not a BERT model") }
-            adapterMethod = try self.adapterMethod(defaultTargets: ["query", "value"])
-            try model.addAdapter(name, adapterMethod, labels: labels.count, seed: seed)
-            let tokenizer = try WordPieceTokenizer(tokenizerFile: dir)
-            task = try TokenClassificationTask(model: model, tokenizer: tokenizer, tags: labels.count,
-                                               train: try DataFiles.taggedWords(URL(fileURLWithPath: self.train), tags: labels),
-                                               evaluation: try eval.map { try DataFiles.taggedWords(URL(fileURLWithPath: $0), tags: labels) } ?? [],
-                                               maxLength: taskOptions.maxLength)
-            try AtomicFile.write(try JSONSerialization.data(withJSONObject: labels), to: out.appendingPathComponent("labels.json").path)
-        case "qa":
-            let dir = URL(fileURLWithPath: taskOptions.model)
-            guard case let .bertQuestionAnswering(model) = try PretrainedModel.load(directory: dir, architecture: "BertForQuestionAnswering",
-                    newlyInitialized: ["qa_outputs."]) else { throw ValidationError("not a BERT model") }
-            adapterMethod = try self.adapterMethod(defaultTargets: ["query", "value"])
-            try model.addAdapter(name, adapterMethod, seed: seed)
-            task = try QuestionAnsweringTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir),
-                                             train: try DataFiles.questionAnswers(URL(fileURLWithPath: self.train)),
-                                             evaluation: try eval.map { try DataFiles.questionAnswers(URL(fileURLWithPath: $0)) } ?? [],
-                                             maxLength: taskOptions.maxLength)
-        case "mlm":
-            let dir = URL(fileURLWithPath: taskOptions.model)
-            guard case let .bertMaskedLM(model) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM",
-                    newlyInitialized: ["cls."]) else { throw ValidationError("not a BERT model") }
-            adapterMethod = try self.adapterMethod(defaultTargets: ["query", "value"])
-            try model.addAdapter(name, adapterMethod, seed: seed)
-            let texts = { (path: String) throws -> [String] in try DataFiles.records(URL(fileURLWithPath: path)).map { try $0.require(taskOptions.textField) } }
-            task = try MaskedLMTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir), train: try texts(self.train),
-                                    evaluation: try eval.map(texts) ?? [], maxLength: taskOptions.maxLength)
-        default: throw ValidationError("--task must be classification, token-classification, qa, mlm or causal-lm")
+        let trainURL = URL(fileURLWithPath: train)
+        let labels = try taskOptions.labelNames(foundIn: trainURL)
+        var adapterMethod = AdapterMethod.full
+        let task = try taskOptions.makeTask(train: trainURL, evaluation: eval.map(URL.init(fileURLWithPath:)), labels: labels) { model, count in
+            adapterMethod = try self.adapterMethod(defaultTargets: model is GPT2LMHeadModel ? ["c_attn"] : ["query", "value"])
+            try model.addAdapter(name, adapterMethod, labels: count, seed: seed)
         }
+        if !labels.isEmpty { try AtomicFile.write(try JSONSerialization.data(withJSONObject: labels), to: out.appendingPathComponent("labels.json").path) }
         let updates = steps ?? max(1, epochs * task.trainingCount / (batchSize * accumulation))
         var options = TrainingOptions(steps: updates, batchSize: batchSize, learningRate: learningRate)
         options.gradientAccumulation = accumulation
@@ -243,31 +244,20 @@ struct TrainCommand: ParsableCommand {
 
 /// `reins eval`: the task's metrics for a model (optionally with an adapter) on a data file.
 struct EvalCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "eval", abstract: "Score a model or adapter on a data file (accuracy and macro-F1, or perplexity).")
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Score a model or adapter on a data file with its task's metrics (accuracy and macro-F1; exact match and F1; masked-token accuracy and perplexity; perplexity and BLEU).")
     @OptionGroup var taskOptions: TaskOptions
     @Option(help: "An adapter directory (with its head) to apply.") var adapter: String?
     @Option(help: "Data (.jsonl or .csv).") var data: String
 
     func run() throws {
-        let metrics: [String: Double]
-        switch taskOptions.taskKind {
-        case "classification":
-            let labels = try taskOptions.labelNames(extra: adapter.map { URL(fileURLWithPath: $0).deletingLastPathComponent() })
-            let examples = try DataFiles.classification(URL(fileURLWithPath: data), labels: labels, textField: taskOptions.textField,
-                                                        pairField: taskOptions.pairField, labelField: taskOptions.labelField)
-            let count = labels.isEmpty ? (examples.map(\.label).max() ?? 0) + 1 : labels.count
-            let (model, tokenizer) = try taskOptions.classifier(labels: count)
-            if let adapter { try model.loadAdapter("adapter", from: URL(fileURLWithPath: adapter)) }
-            metrics = try SequenceClassificationTask(model: model, labels: model.classifier.outputs, train: [], evaluation: examples, padID: tokenizer.padID,
-                                                     encode: taskOptions.encoder(tokenizer, positions: model.bert.config.positions)).evaluate()
-        case "causal-lm":
-            let (model, tokenizer) = try taskOptions.languageModel()
-            if let adapter { try model.loadAdapter("adapter", from: URL(fileURLWithPath: adapter)) }
-            metrics = try CausalLMTask(model: model, train: [], evaluation: try taskOptions.sequences(URL(fileURLWithPath: data), tokenizer: tokenizer,
-                                                                                                       positions: model.transformer.config.positions), padID: 0).evaluate()
-        default: throw ValidationError("--task must be classification or causal-lm")
+        let adapterURL = adapter.map(URL.init(fileURLWithPath:))
+        let task = try taskOptions.makeTask(train: nil, evaluation: URL(fileURLWithPath: data),
+                                            labels: try taskOptions.labelNames(besideAdapter: adapterURL)) { model, _ in
+            if let adapterURL { try model.loadAdapter("adapter", from: adapterURL) }
         }
-        let json = try JSONSerialization.data(withJSONObject: metrics, options: [.sortedKeys])
+        let json = try JSONSerialization.data(withJSONObject: try task.evaluate(), options: [.sortedKeys])
         print(String(decoding: json, as: UTF8.self))
     }
 }
@@ -281,7 +271,7 @@ struct PredictCommand: ParsableCommand {
 
     func run() throws {
         guard taskOptions.taskKind == "classification" else { throw ValidationError("predict supports --task classification (use `reins generate` for text)") }
-        let labels = try taskOptions.labelNames(extra: adapter.map { URL(fileURLWithPath: $0).deletingLastPathComponent() })
+        let labels = try taskOptions.labelNames(besideAdapter: adapter.map(URL.init(fileURLWithPath:)))
         let (model, tokenizer) = try taskOptions.classifier(labels: max(labels.count, 2))
         if let adapter { try model.loadAdapter("adapter", from: URL(fileURLWithPath: adapter)) }
         let encode = taskOptions.encoder(tokenizer, positions: model.bert.config.positions)

@@ -3,7 +3,8 @@
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_metric_fixtures.py
 
-Pinned: torch==2.15.0, transformers==4.57.6 (learning-rate schedules), scikit-learn==1.9.1 (accuracy_score, f1_score average="macro"), sacrebleu==2.6.0 (corpus_bleu, tokenizer 13a).
+Pinned: torch==2.15.0, transformers==4.57.6 (learning-rate schedules), scikit-learn==1.9.1 (accuracy_score, f1_score average="macro"), sacrebleu==2.6.0 (corpus_bleu, tokenizer 13a),
+seqeval==1.2.2 (entity precision, recall and F1, default mode).
 Exact match and token F1 follow the SQuAD v1.1 evaluation script's definitions, written out below as that script does.
 """
 import collections
@@ -16,6 +17,8 @@ import sacrebleu
 import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 from sklearn.metrics import accuracy_score, f1_score
+from seqeval.metrics import f1_score as entity_f1, precision_score as entity_precision, recall_score as entity_recall
+from seqeval.metrics.sequence_labeling import get_entities
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,6 +53,15 @@ def f1(p, g):
 qa = [("the Eiffel Tower", ["Eiffel Tower", "The Eiffel tower in Paris"]), ("in 1889.", ["1889"]),
       ("a big red dog", ["the red dog"]), ("nothing", ["something else"])]
 
+# Tag sequences with the usual mistakes: a wrong boundary, a wrong type, I- with no B-, a type change inside an
+# entity, IOBES tags, and adjacent entities of one type.
+tags_true = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "I-ORG", "O", "B-PER"],
+             ["B-MISC", "I-MISC", "B-MISC", "O"], ["S-PER", "O", "B-ORG", "I-ORG", "E-ORG", "O", "S-LOC"],
+             ["O", "O", "O"], ["I-LOC", "I-LOC", "O", "B-PER", "B-PER"]]
+tags_pred = [["B-PER", "I-PER", "O", "I-LOC"], ["O", "B-ORG", "I-ORG", "O", "O", "B-LOC"],
+             ["B-MISC", "I-MISC", "I-MISC", "O"], ["S-PER", "O", "B-ORG", "E-ORG", "E-ORG", "O", "B-LOC"],
+             ["B-PER", "O", "O"], ["I-LOC", "I-PER", "O", "B-PER", "I-PER"]]
+
 out = {
     "truth": truth, "predicted": pred,
     "accuracy": accuracy_score(truth, pred), "macro_f1": f1_score(truth, pred, average="macro"),
@@ -57,6 +69,10 @@ out = {
     "bleu": sacrebleu.corpus_bleu(hyps, refs, tokenize="13a").score,
     "bleu_single_reference": sacrebleu.corpus_bleu(hyps, refs[:1], tokenize="13a").score,
     "tokens_13a": [sacrebleu.tokenizers.tokenizer_13a.Tokenizer13a()(h).split() for h in hyps + refs[0] + refs[1]],
+    "entities": {"truth": tags_true, "predicted": tags_pred,
+                 "spans": [[[t, a, b] for t, a, b in get_entities(seq)] for seq in tags_true + tags_pred],
+                 "precision": entity_precision(tags_true, tags_pred), "recall": entity_recall(tags_true, tags_pred),
+                 "f1": entity_f1(tags_true, tags_pred)},
     "qa": [{"prediction": p, "answers": a, "exact_match": max(float(normalize(p) == normalize(x)) for x in a),
             "f1": max(f1(p, x) for x in a)} for p, a in qa],
 }

@@ -3,7 +3,7 @@ import Reins
 import ReinsTestSupport
 import Testing
 
-/// Metrics against scikit-learn, sacrebleu and the SQuAD script on fixed inputs (Tests/Fixtures/make_metric_fixtures.py).
+/// Metrics against scikit-learn, seqeval, sacrebleu and the SQuAD script on fixed inputs (Tests/Fixtures/make_metric_fixtures.py).
 struct MetricsTests {
     let json = try! JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.directory.appendingPathComponent("metrics/expected.json"))) as! [String: Any]
 
@@ -11,6 +11,20 @@ struct MetricsTests {
         let truth = json["truth"] as! [Int], predicted = json["predicted"] as! [Int]
         #expect(abs(Metrics.accuracy(predicted: predicted, truth: truth) - (json["accuracy"] as! Double)) < 1e-12)
         #expect(abs(Metrics.macroF1(predicted: predicted, truth: truth) - (json["macro_f1"] as! Double)) < 1e-12)
+    }
+
+    @Test func entityMetricsMatchSeqeval() {
+        let e = json["entities"] as! [String: Any]
+        let truth = e["truth"] as! [[String]], predicted = e["predicted"] as! [[String]]
+        // Every sequence's entities, as seqeval's get_entities reads them (type, first, last).
+        for (tags, spans) in zip(truth + predicted, e["spans"] as! [[[Any]]]) {
+            let expected = spans.map { Metrics.Entity(type: $0[0] as! String, first: $0[1] as! Int, last: $0[2] as! Int) }
+            #expect(Metrics.entities(tags) == expected, "entities of \(tags)")
+        }
+        let scores = Metrics.entityScores(predicted: predicted, truth: truth)
+        #expect(abs(scores.precision - (e["precision"] as! Double)) < 1e-12)
+        #expect(abs(scores.recall - (e["recall"] as! Double)) < 1e-12)
+        #expect(abs(scores.f1 - (e["f1"] as! Double)) < 1e-12)
     }
 
     @Test func bleuMatchesSacreBLEU() {

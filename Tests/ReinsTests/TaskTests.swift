@@ -54,6 +54,37 @@ struct TaskTests {
         }
     }
 
+    @Test func entityTagsAreScoredAsEntities() throws {
+        let model = try load("bert-tok") { if case let .bertTokenClassification(m) = $0 { return m } else { return nil } }
+        let tags = model.classifier.outputs
+        #expect(tags >= 3)
+        let names = Array(["O", "B-PER", "B-LOC", "I-PER", "I-LOC", "B-ORG", "I-ORG"].prefix(tags))
+        // Every word here is one word piece, so word i sits at position i + 1 after [CLS].
+        let sentences = [["john", "lives", "in", "paris"], ["the", "big", "red", "dog", "ran"], ["paris", "is", "the", "capital", "of", "france"]]
+        let tok = try tokenizer()
+        let predicted = try sentences.map { words in
+            let ids = try tok.encode(words.joined(separator: " ")).ids
+            let logits = try Autograd.withoutGradients { try model.logits(IntTensor(shape: [1, ids.count], values: ids)) }
+            return words.indices.map { logits.argmax()[$0 + 1] }
+        }
+        // Gold tags: the model's own for the first and last sentence, a lone B-PER for the middle one.
+        let gold = [predicted[0], [1] + [Int](repeating: 0, count: 4), predicted[2]]
+        let data = zip(sentences, gold).map { TaggedWords(words: $0, tags: $1) }
+        let task = try TokenClassificationTask(model: model, tokenizer: tok, tags: tags, tagNames: names, train: data, evaluation: data, maxLength: 16)
+        #expect(task.primaryMetric.name == "entity_f1")
+        let expected = Metrics.entityScores(predicted: predicted.map { $0.map { names[$0] } }, truth: gold.map { $0.map { names[$0] } })
+        #expect(expected.f1 > 0 && expected.f1 < 1, "the check needs both right and wrong entities: \(expected)")
+        let m = try task.evaluate()
+        #expect(m["entity_precision"] == expected.precision && m["entity_recall"] == expected.recall && m["entity_f1"] == expected.f1, "\(m)")
+        // Names that do not mark entities keep macro-F1 as the deciding metric; a wrong number of names is refused.
+        let plain = try TokenClassificationTask(model: model, tokenizer: tok, tags: tags, tagNames: (0..<tags).map { "tag\($0)" }, train: data, evaluation: data, maxLength: 16)
+        let plainMetrics = try plain.evaluate()
+        #expect(plain.primaryMetric.name == "macro_f1" && plainMetrics["entity_f1"] == nil && plainMetrics["accuracy"] == m["accuracy"])
+        #expect(throws: ModelError.badInput("2 tag names for \(tags) tags")) {
+            try TokenClassificationTask(model: model, tokenizer: tok, tags: tags, tagNames: ["O", "B-X"], train: data, evaluation: data, maxLength: 16)
+        }
+    }
+
     @Test func questionAnsweringFindsTheSpanAndTrains() throws {
         let model = try load("bert-qa") { if case let .bertQuestionAnswering(m) = $0 { return m } else { return nil } }
         let context = "john lives in paris . the cat sat on the mat"
