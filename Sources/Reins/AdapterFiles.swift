@@ -24,17 +24,17 @@ public enum AdapterFiles {
         }
         guard (config["peft_type"] as? String) == blockType else { return try PEFTAdapter.load(directory: directory, into: model, name: name) }
         let (file, weightsPath) = try PEFTAdapter.weightsFile(directory)
-        try loadBlockAdapters(Dictionary(uniqueKeysWithValues: try file.names.map { ($0, try file.tensor($0)) }), config: config,
+        try loadBlockAdapters(Dictionary(uniqueKeysWithValues: try file.tensorNames.map { ($0, try file.tensor($0)) }), config: config,
                               configPath: configURL.path, weightsPath: weightsPath, into: model, name: name)
     }
 
     /// The `adapters` library's bottleneck adapters (Houlsby `DoubleSeqBnConfig`, Pfeiffer `SeqBnConfig`, or any
-    /// bottleneck config with the options Reins has) on BERT models, from a directory saved with
-    /// `save_adapter(..., use_safetensors=True)`: `adapter_config.json` + `adapter.safetensors`, and the task head from
-    /// `model_head.safetensors` when present. Its keys
+    /// bottleneck config with the options Reins has) on BERT models, from a directory saved by `save_adapter`:
+    /// `adapter_config.json` + `adapter.safetensors` (or the pickled `pytorch_adapter.bin`, read without running it),
+    /// and the task head from `model_head.safetensors` (or `pytorch_model_head.bin`) when present. Its keys
     /// (`bert.encoder.layer.0.output.adapters.NAME.adapter_down.0.weight`) map onto Reins's insertion points.
     /// - Throws: ``ModelError`` naming an unsupported option (layer norms inside the adapter, gating, PHM, parallel
-    ///   form, scaling other than 1), a pickled (`.bin`) file, or a tensor that fits nowhere.
+    ///   form, scaling other than 1) or a tensor that fits nowhere; ``TorchCheckpointError`` for a bad pickled file.
     static func loadAdapterHub(directory: URL, config: [String: Any], into model: any Module, name: String) throws {
         let configPath = directory.appendingPathComponent("adapter_config.json").path
         let c = config["config"] as! [String: Any]
@@ -48,17 +48,11 @@ public enum AdapterFiles {
         guard unsupported.isEmpty else {
             throw ModelError.badConfig(path: configPath, detail: "unsupported adapters-library options: \(unsupported.joined(separator: ", "))")
         }
-        let weightsPath = directory.appendingPathComponent("adapter.safetensors").path
-        guard FileManager.default.fileExists(atPath: weightsPath) else {
-            if FileManager.default.fileExists(atPath: directory.appendingPathComponent("pytorch_adapter.bin").path) {
-                throw ModelError.badConfig(path: configPath, detail: "the weights are a pickled pytorch_adapter.bin; save them with save_adapter(..., use_safetensors=True)")
-            }
-            throw ModelError.missingFile(path: weightsPath)
-        }
+        // adapter.safetensors (use_safetensors=True), else the library's default pickled pytorch_adapter.bin.
+        let (file, weightsPath) = try PEFTAdapter.weightsFile(directory, named: "adapter.safetensors", pickled: "pytorch_adapter.bin")
         let hubName = config["name"] as? String ?? ""
         var tensors: [String: Tensor] = [:]
-        let file = try SafeTensorsFile(path: weightsPath)
-        for key in file.names {
+        for key in file.tensorNames.sorted() {
             // <prefix>encoder.layer.L.{attention.output|output}.adapters.NAME.adapter_{down.0|up}.{weight|bias}
             guard let range = key.range(of: ".adapters.\(hubName).") else {
                 throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (not an adapter '\(hubName)' tensor)"], misshaped: [])
@@ -71,10 +65,10 @@ public enum AdapterFiles {
             let plain = model is BertModel && layer.hasPrefix("bert.") ? String(layer.dropFirst("bert.".count)) : layer
             tensors["\(plain).adapters.\(slot).\(part)"] = try file.tensor(key)
         }
-        let headPath = directory.appendingPathComponent("model_head.safetensors").path
-        if model is any TaskHeadModel, FileManager.default.fileExists(atPath: headPath) {
-            let head = try SafeTensorsFile(path: headPath)
-            for key in head.names { tensors[key] = try head.tensor(key) }
+        let headFiles = ["model_head.safetensors", "pytorch_model_head.bin"]
+        if model is any TaskHeadModel, headFiles.contains(where: { FileManager.default.fileExists(atPath: directory.appendingPathComponent($0).path) }) {
+            let (head, _) = try PEFTAdapter.weightsFile(directory, named: headFiles[0], pickled: headFiles[1])
+            for key in head.tensorNames { tensors[key] = try head.tensor(key) }
         }
         let reinsConfig: [String: Any] = ["non_linearity": c["non_linearity"] as? String ?? "relu", "original_ln_before": flag("original_ln_before") ?? false]
         try loadBlockAdapters(tensors, config: reinsConfig, configPath: configPath, weightsPath: weightsPath, into: model, name: name)

@@ -2,13 +2,14 @@ import Foundation
 import ReinsTensor
 
 /// A Hugging Face model directory: `config.json` plus `model.safetensors`, or shards listed in
-/// `model.safetensors.index.json`. Shard files are memory-mapped; a tensor is read (and converted to float32 from
-/// F32, F16 or BF16) only when asked for.
+/// `model.safetensors.index.json`; without those, PyTorch's `pytorch_model.bin` or its shards listed in
+/// `pytorch_model.bin.index.json` (read by ``TorchCheckpoint``, which runs no code from the file). Files are
+/// memory-mapped; a tensor is read (and converted to float32 from F32, F16, BF16 or F64) only when asked for.
 public struct Checkpoint {
     public let directory: URL
     /// The parsed `config.json`.
     public var config: [String: Any]
-    private let files: [SafeTensorsFile]
+    private let files: [any TensorArchive]
     private let fileOfTensor: [String: Int]
 
     /// Opens a checkpoint directory and validates every shard's header.
@@ -16,12 +17,16 @@ public struct Checkpoint {
     public init(directory: URL) throws {
         self.directory = directory
         config = try Checkpoint.readJSON(directory.appendingPathComponent("config.json"))
-        let single = directory.appendingPathComponent("model.safetensors")
-        let index = directory.appendingPathComponent("model.safetensors.index.json")
-        var files: [SafeTensorsFile] = [], fileOfTensor: [String: Int] = [:]
+        func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: directory.appendingPathComponent(name).path) }
+        // safetensors first, as transformers does; the pickled format only when it is all there is.
+        let stem = exists("model.safetensors") || exists("model.safetensors.index.json") || !(exists("pytorch_model.bin") || exists("pytorch_model.bin.index.json"))
+            ? "model.safetensors" : "pytorch_model.bin"
+        let single = directory.appendingPathComponent(stem)
+        let index = directory.appendingPathComponent(stem + ".index.json")
+        var files: [any TensorArchive] = [], fileOfTensor: [String: Int] = [:]
         if FileManager.default.fileExists(atPath: single.path) {
-            files = [try SafeTensorsFile(path: single.path)]
-            for name in files[0].entries.keys { fileOfTensor[name] = 0 }
+            files = [try openTensorArchive(single.path)]
+            for name in files[0].tensorNames { fileOfTensor[name] = 0 }
         } else if FileManager.default.fileExists(atPath: index.path) {
             let json = try Checkpoint.readJSON(index)
             guard let map = json["weight_map"] as? [String: String] else {
@@ -31,11 +36,11 @@ public struct Checkpoint {
             for shard in shardNames {
                 let path = directory.appendingPathComponent(shard).path
                 guard FileManager.default.fileExists(atPath: path) else { throw ModelError.missingFile(path: path) }
-                files.append(try SafeTensorsFile(path: path))
+                files.append(try openTensorArchive(path))
             }
             for (name, shard) in map {
                 let i = shardNames.firstIndex(of: shard)!
-                guard files[i].entries[name] != nil else {
+                guard files[i].shape(name) != nil else {
                     throw ModelError.badConfig(path: index.path, detail: "weight_map puts '\(name)' in \(shard), which does not hold it")
                 }
                 fileOfTensor[name] = i
@@ -51,7 +56,7 @@ public struct Checkpoint {
     public var tensorNames: [String] { Array(fileOfTensor.keys) }
 
     /// The shape of a tensor, if present.
-    public func shape(_ name: String) -> [Int]? { fileOfTensor[name].flatMap { files[$0].entries[name]?.shape } }
+    public func shape(_ name: String) -> [Int]? { fileOfTensor[name].flatMap { files[$0].shape(name) } }
 
     /// A tensor as float32.
     public func tensor(_ name: String) throws -> Tensor {

@@ -30,7 +30,7 @@ public enum PEFTAdapter {
 
         let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
         var pairs: [String: (a: Tensor?, b: Tensor?)] = [:], heads: [(key: String, plain: String, tensor: Tensor)] = []
-        for key in file.names {
+        for key in file.tensorNames.sorted() {
             let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key
             for part in ["lora_A", "lora_B"] where path.hasSuffix(".\(part).weight") {
                 let module = String(path.dropLast(".\(part).weight".count))
@@ -142,21 +142,25 @@ public enum PEFTAdapter {
         return { for a in actions { a() } }
     }
 
-    /// The adapter's tensors file (`adapter_model.safetensors`), or ``ModelError/missingFile(path:)``.
-    static func weightsFile(_ directory: URL, named name: String = "adapter_model.safetensors") throws -> (SafeTensorsFile, String) {
-        let path = directory.appendingPathComponent(name).path
-        guard FileManager.default.fileExists(atPath: path) else { throw ModelError.missingFile(path: path) }
-        return (try SafeTensorsFile(path: path), path)
+    /// The adapter's tensors file: `adapter_model.safetensors`, else the pickled `adapter_model.bin` that older PEFT
+    /// versions wrote (read by ``TorchCheckpoint``, no code run); ``ModelError/missingFile(path:)`` if neither exists.
+    static func weightsFile(_ directory: URL, named name: String = "adapter_model.safetensors",
+                            pickled: String = "adapter_model.bin") throws -> (any TensorArchive, String) {
+        for candidate in [name, pickled] {
+            let path = directory.appendingPathComponent(candidate).path
+            if FileManager.default.fileExists(atPath: path) { return (try openTensorArchive(path), path) }
+        }
+        throw ModelError.missingFile(path: directory.appendingPathComponent(name).path)
     }
 
     /// A prompt-learning adapter's (prefix or prompt tuning) `prompt_embeddings`, and what installs the heads saved
     /// with it (under `base_model.`, without PEFT's `.model`), checked before anything is attached.
     static func promptLearningTensors(directory: URL, into model: any Module, name: String) throws -> (Tensor, () -> Void) {
         let (file, _) = try weightsFile(directory)
-        guard file.entries["prompt_embeddings"] != nil else {
-            throw ModelError.checkpointMismatch(missing: ["prompt_embeddings"], unexpected: file.names.sorted(), misshaped: [])
+        guard file.shape("prompt_embeddings") != nil else {
+            throw ModelError.checkpointMismatch(missing: ["prompt_embeddings"], unexpected: file.tensorNames.sorted(), misshaped: [])
         }
-        let heads = try file.names.filter { $0 != "prompt_embeddings" }.map { key in
+        let heads = try file.tensorNames.sorted().filter { $0 != "prompt_embeddings" }.map { key in
             (key: key, plain: key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key,
              tensor: try file.tensor(key))
         }
@@ -195,7 +199,7 @@ public enum PEFTAdapter {
         let (file, weightsPath) = try weightsFile(directory)
         let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
         var built: [(Linear, IA3)] = []
-        for key in file.names {
+        for key in file.tensorNames.sorted() {
             let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key
             guard path.hasSuffix(".ia3_l") else {
                 throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (not an IA3 vector)"], misshaped: [])

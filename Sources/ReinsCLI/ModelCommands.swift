@@ -7,7 +7,7 @@ import Reins
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "info", abstract: "Describe a Hugging Face model directory.")
 
-    @Option(help: "A model directory (config.json + model.safetensors).")
+    @Option(help: "A model directory (config.json + model.safetensors, or pytorch_model.bin).")
     var model: String
 
     func run() throws {
@@ -46,7 +46,7 @@ struct LogitsCommand: ParsableCommand {
         discussion: "LM heads write logits [B, T, V]; classification heads [B, labels]; token classification [B, T, labels]; question answering start_logits and end_logits [B, T]; a bare model last_hidden_state [B, T, C]. This is how Reins is checked against the Python stack."
     )
 
-    @Option(help: "A model directory (config.json + model.safetensors).")
+    @Option(help: "A model directory (config.json + model.safetensors, or pytorch_model.bin).")
     var model: String
     @Option(help: "A safetensors file with int32 input_ids [B, T] and optional attention_mask and token_type_ids.")
     var inputs: String

@@ -27,15 +27,17 @@ struct AdapterHubParityTests {
         expectClose(try again.logits(ids, attentionMask: mask, tokenTypeIDs: types), expected, atol: 1e-4, rtol: 1e-4, "\(name) after save and load")
     }
 
-    @Test(arguments: ["bert-houlsby-adapterhub", "bert-pfeiffer-adapterhub"])
-    func theLibrarysOwnDirectoryLoads(name: String) throws {
+    /// `hub` is saved with use_safetensors=True; `hub-pickled` as save_adapter's default writes it (pytorch_adapter.bin,
+    /// pytorch_model_head.bin: torch.save files, read without running them).
+    @Test(arguments: [("bert-houlsby-adapterhub", "hub"), ("bert-pfeiffer-adapterhub", "hub"), ("bert-houlsby-adapterhub", "hub-pickled")])
+    func theLibrarysOwnDirectoryLoads(name: String, saved: String) throws {
         let dir = Fixtures.directory.appendingPathComponent("adapters/\(name)")
         let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
         let model = try BottleneckAdapterTests().bert()
-        try model.loadAdapter("hub", from: dir.appendingPathComponent("hub"))
-        #expect(model.heads.variants["hub"] != nil, "the head from model_head.safetensors")
+        try model.loadAdapter("hub", from: dir.appendingPathComponent(saved))
+        #expect(model.heads.variants["hub"] != nil, "the head from the saved model head")
         let logits = try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask"), tokenTypeIDs: try io.intTensor("token_type_ids"))
-        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(name) from the adapters library's directory")
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(name) from the adapters library's \(saved) directory")
         // Options Reins does not have are refused by name.
         let bad = try temporaryDirectory()
         var config = try Checkpoint.readJSON(dir.appendingPathComponent("hub/adapter_config.json"))

@@ -29,9 +29,12 @@ struct LoRATests {
         #expect(layers.map { $0.weight.value.scalars } == before)
     }
 
-    @Test func peftBERTAdapterWithSavedHeadReproducesPEFTLogits() throws {
+    /// Also from the pickled adapter_model.bin that older PEFT versions wrote (the same tensors, torch.save).
+    @Test(arguments: ["bert-lora", "bert-lora/pickled"])
+    func peftBERTAdapterWithSavedHeadReproducesPEFTLogits(directory: String) throws {
         guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else { return }
-        try PEFTAdapter.load(directory: Self.adapter("bert-lora"), into: model)
+        #expect(FileManager.default.fileExists(atPath: Self.adapter(directory).appendingPathComponent("adapter_model.bin").path) == directory.hasSuffix("pickled"))
+        try PEFTAdapter.load(directory: Self.adapter(directory), into: model)
         let io = try SafeTensorsFile(path: Self.adapter("bert-lora").appendingPathComponent("expected.safetensors").path)
         let logits = try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask"),
                                       tokenTypeIDs: try io.intTensor("token_type_ids"))

@@ -97,6 +97,21 @@ struct ModelParityTests {
         try expectGradients(c)
     }
 
+    @Test func aPickledCheckpointLoadsAsItsSafetensorsTwin() throws {
+        // bert-cls saved by transformers with safe_serialization=False: config.json + pytorch_model.bin only.
+        #expect(!FileManager.default.fileExists(atPath: ModelParityTests.directory("bert-cls-bin").appendingPathComponent("model.safetensors").path))
+        guard case let .bertSequenceClassification(pickled) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls-bin")),
+              case let .bertSequenceClassification(reference) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else {
+            Issue.record("not BERT classifiers"); return
+        }
+        let a = pickled.namedParameters(), b = Dictionary(uniqueKeysWithValues: reference.namedParameters().map { ($0.key, $0.parameter) })
+        #expect(a.count == b.count && a.count > 10)
+        for (key, p) in a { #expect(p.value.scalars == b[key]?.value.scalars, "parameter \(key)") }
+        let c = try Case("bert-cls")
+        let logits = try pickled.logits(try c.ints("input_ids"), attentionMask: try c.ints("attention_mask"), tokenTypeIDs: try c.ints("token_type_ids"))
+        expectClose(logits, try c.io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "class logits from pytorch_model.bin")
+    }
+
     @Test func bertTokenClassification() throws {
         let c = try Case("bert-tok")
         guard case let .bertTokenClassification(model) = c.model else { Issue.record("built \(c.model)"); return }
