@@ -62,14 +62,21 @@ public struct TorchCheckpoint: @unchecked Sendable {
             guard let range = files.entries[prefix + "data/" + storage] else {
                 throw TorchCheckpointError.malformed(path: path, detail: "tensor '\(name)': storage \(storage) is not in the archive")
             }
-            let size = TorchCheckpoint.byteCount(dtype)
+            let size = TorchCheckpoint.byteCount(dtype), held = range.count / size
             guard shape.allSatisfy({ $0 >= 0 }), strides.allSatisfy({ $0 >= 0 }), shape.count == strides.count, offset >= 0 else {
                 throw TorchCheckpointError.malformed(path: path, detail: "tensor '\(name)': bad shape \(shape), strides \(strides) or offset \(offset)")
             }
-            // The last element a view reaches must lie inside its storage.
-            let last = shape.contains(0) ? offset - 1 : offset + zip(shape, strides).reduce(0) { $0 + ($1.0 - 1) * $1.1 }
-            guard (last + 1) * size <= range.count else {
-                throw TorchCheckpointError.malformed(path: path, detail: "tensor '\(name)' reaches element \(last) of storage \(storage), which holds \(range.count / size)")
+            // The view's elements and the last one it reaches must lie inside its storage (arithmetic checked for
+            // overflow: the numbers come from the file).
+            var count = 1, last = offset, fits = true
+            for (n, st) in zip(shape, strides) {
+                let (c, o1) = count.multipliedReportingOverflow(by: n)
+                let (reach, o2) = max(n - 1, 0).multipliedReportingOverflow(by: st)
+                let (l, o3) = last.addingReportingOverflow(reach)
+                (count, last, fits) = (c, l, fits && !o1 && !o2 && !o3)
+            }
+            guard fits, count <= held, count == 0 || last < held else {
+                throw TorchCheckpointError.malformed(path: path, detail: "tensor '\(name)' (shape \(shape), strides \(strides), offset \(offset)) does not fit storage \(storage) of \(held) elements")
             }
             entries[name] = Entry(dtype: dtype, shape: shape, strides: strides, storage: storage, offset: offset)
             storages[storage] = (range, dtype)
@@ -143,7 +150,7 @@ struct ZipDirectory {
         func fail(_ detail: String) -> TorchCheckpointError { .malformed(path: path, detail: "zip archive: \(detail)") }
         let count = data.count
         func u16(_ o: Int) throws -> Int {
-            guard o >= 0, o + 2 <= count else { throw fail("truncated at byte \(o)") }
+            guard o >= 0, o <= count - 2 else { throw fail("truncated at byte \(o)") }
             return Int(data[data.startIndex + o]) | Int(data[data.startIndex + o + 1]) << 8
         }
         func u32(_ o: Int) throws -> Int { try u16(o) | (u16(o + 2) << 16) }
@@ -190,7 +197,7 @@ struct ZipDirectory {
             guard method == 0 else { throw fail("entry \(name) is compressed (method \(method)); torch.save stores entries uncompressed") }
             guard try u32(local) == 0x0403_4b50 else { throw fail("bad local header for \(name)") }
             let start = try local + 30 + u16(local + 26) + u16(local + 28)
-            guard start + size <= count else { throw fail("entry \(name) runs past the end of the file") }
+            guard start <= count, size <= count - start else { throw fail("entry \(name) runs past the end of the file") }
             entries[name] = start..<(start + size)
             p += 46 + nameLength + extraLength + commentLength
         }
@@ -222,7 +229,7 @@ struct PickleReader {
     func fail(_ detail: String) -> TorchCheckpointError { .malformed(path: path, detail: "pickle: \(detail) (byte \(at))") }
 
     mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
-        guard n >= 0, at + n <= bytes.count else { throw fail("truncated") }
+        guard n >= 0, n <= bytes.count - at else { throw fail("truncated") }
         defer { at += n }
         return bytes[at..<(at + n)]
     }

@@ -48,7 +48,7 @@ print(sorted(os.listdir(os.path.join(HERE, "models", "bert-cls-bin"))))
 import zipfile
 evil = b"\x80\x02cos\nsystem\nq\x00X\x0b\x00\x00\x00echo pickleq\x01\x85q\x02Rq\x03."
 with zipfile.ZipFile(os.path.join(HERE, "pickle", "refused.bin"), "w", compression=zipfile.ZIP_STORED) as z:
-    z.writestr("refused/data.pkl", evil)
+    z.writestr(zipfile.ZipInfo("refused/data.pkl", date_time=(1980, 1, 1, 0, 0, 0)), evil)
 
 
 def pickled_twin(source, target, renames):
@@ -65,3 +65,32 @@ pickled_twin(os.path.join(ADAPTERS, "bert-lora"), os.path.join(ADAPTERS, "bert-l
              {"adapter_model.safetensors": "adapter_model.bin"})
 pickled_twin(os.path.join(ADAPTERS, "bert-houlsby-adapterhub", "hub"), os.path.join(ADAPTERS, "bert-houlsby-adapterhub", "hub-pickled"),
              {"adapter.safetensors": "pytorch_adapter.bin", "model_head.safetensors": "pytorch_model_head.bin"})
+
+# A tensor whose shape overflows any element count, over a 15-element storage: must be refused, not allocated.
+import collections
+import io
+import pickle
+
+
+class Storage:
+    pass
+
+
+class Rebuild:
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+class StoragePickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return ("storage", torch.FloatStorage, "0", "cpu", 15) if isinstance(obj, Storage) else None
+
+
+buf = io.BytesIO()
+StoragePickler(buf, protocol=2).dump({"huge": Rebuild(Storage(), 0, (2 ** 62, 4), (4, 1), False, collections.OrderedDict())})
+with zipfile.ZipFile(os.path.join(HERE, "pickle", "oversized.bin"), "w", compression=zipfile.ZIP_STORED) as z:
+    z.writestr(zipfile.ZipInfo("oversized/data.pkl", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+    z.writestr(zipfile.ZipInfo("oversized/data/0", date_time=(1980, 1, 1, 0, 0, 0)), b"\0" * 60)

@@ -32,6 +32,12 @@ struct TorchCheckpointTests {
         }
     }
 
+    @Test func aViewBeyondItsStorageIsRefused() throws {
+        // Shape (2^62, 4) over a 15-element storage: the element count overflows; nothing is allocated.
+        let path = dir.appendingPathComponent("oversized.bin").path
+        #expect { try TorchCheckpoint(path: path) } throws: { "\($0)".contains("tensor 'huge'") && "\($0)".contains("does not fit storage 0 of 15 elements") }
+    }
+
     @Test func truncatedAndDamagedFilesThrow() throws {
         let whole = try Data(contentsOf: dir.appendingPathComponent("tensors.bin"))
         let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("reins-pickle-\(UUID().uuidString).bin")
