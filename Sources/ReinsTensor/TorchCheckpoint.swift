@@ -121,8 +121,23 @@ public struct TorchCheckpoint: @unchecked Sendable {
             throw TorchCheckpointError.malformed(path: path, detail: "tensor '\(name)': \(n) elements do not fit a buffer of \(buffer.count)")
         }
         guard n > 0, let out = buffer.baseAddress, let range = storages[e.storage]?.range else { return }
+        // A contiguous view (the usual case) is one run of elements.
+        var contiguous = true, expected = 1
+        for (n, st) in zip(e.shape, e.strides).reversed() where n > 1 {
+            contiguous = contiguous && st == expected
+            expected *= n
+        }
         data.withUnsafeBytes { raw in
             let base = UnsafeRawPointer(raw.baseAddress!.advanced(by: range.lowerBound))
+            if contiguous && e.dtype == "Float" {
+                let from = base.advanced(by: 4 * e.offset)
+                for i in 0..<n { out[i] = Float(bitPattern: UInt32(littleEndian: from.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
+                return
+            }
+            if contiguous {
+                for i in 0..<n { out[i] = convert(base, e.offset + i) }
+                return
+            }
             // Walk the view in row-major order: an odometer over the shape, the storage index moved by the strides.
             var index = [Int](repeating: 0, count: e.shape.count)
             var position = e.offset
