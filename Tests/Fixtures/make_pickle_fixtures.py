@@ -8,7 +8,8 @@ Pinned: torch==2.15.0, transformers==4.57.6, safetensors==0.8.0 (the versions ..
 Writes Tests/Fixtures/pickle/tensors.bin — float32, float16, bfloat16 and float64 tensors, a transposed (strided) view,
 two views of one storage at different offsets, a 0-d tensor and an int64 tensor — with tensors_expected.safetensors
 holding each as a contiguous float32 copy; and Tests/Fixtures/models/bert-cls-bin, the bert-cls fixture saved by
-transformers as pytorch_model.bin (its logits are bert-cls's io.safetensors); and pickled twins of two adapter
+transformers as pytorch_model.bin, and as shards with pytorch_model.bin.index.json in models/bert-cls-bin-sharded (their
+logits are bert-cls's io.safetensors); and pickled twins of two adapter
 fixtures, as older PEFT and the adapters library's default save write them (`torch.save` of the same state dict):
 adapters/bert-lora/pickled (adapter_model.bin) and adapters/bert-houlsby-adapterhub/hub-pickled (pytorch_adapter.bin,
 pytorch_model_head.bin), whose expected logits are their safetensors siblings'.
@@ -42,6 +43,9 @@ save_file({k: v.float().contiguous() for k, v in tensors.items()}, os.path.join(
 
 model = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls"))
 model.save_pretrained(os.path.join(HERE, "models", "bert-cls-bin"), safe_serialization=False)
+# The same, sharded: pytorch_model-0000K-of-0000N.bin listed in pytorch_model.bin.index.json.
+model.save_pretrained(os.path.join(HERE, "models", "bert-cls-bin-sharded"), safe_serialization=False, max_shard_size="30KB")
+print(sorted(os.listdir(os.path.join(HERE, "models", "bert-cls-bin-sharded"))))
 print(sorted(os.listdir(os.path.join(HERE, "models", "bert-cls-bin"))))
 
 # A checkpoint whose pickle calls os.system("echo ...") when Python unpickles it: the reader must refuse it by name.

@@ -97,10 +97,13 @@ struct ModelParityTests {
         try expectGradients(c)
     }
 
-    @Test func aPickledCheckpointLoadsAsItsSafetensorsTwin() throws {
-        // bert-cls saved by transformers with safe_serialization=False: config.json + pytorch_model.bin only.
-        #expect(!FileManager.default.fileExists(atPath: ModelParityTests.directory("bert-cls-bin").appendingPathComponent("model.safetensors").path))
-        guard case let .bertSequenceClassification(pickled) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls-bin")),
+    /// bert-cls saved by transformers with safe_serialization=False: config.json + pytorch_model.bin, or three shards
+    /// listed in pytorch_model.bin.index.json.
+    @Test(arguments: ["bert-cls-bin", "bert-cls-bin-sharded"])
+    func aPickledCheckpointLoadsAsItsSafetensorsTwin(directory: String) throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: ModelParityTests.directory(directory).path)
+        #expect(!files.contains { $0.hasSuffix(".safetensors") } && files.filter { $0.hasSuffix(".bin") }.count == (directory.hasSuffix("sharded") ? 3 : 1))
+        guard case let .bertSequenceClassification(pickled) = try PretrainedModel.load(directory: ModelParityTests.directory(directory)),
               case let .bertSequenceClassification(reference) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else {
             Issue.record("not BERT classifiers"); return
         }
