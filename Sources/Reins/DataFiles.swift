@@ -162,15 +162,16 @@ public enum DataFiles {
         }
     }
 
-    /// Question-answering examples: `question`, `context`, `answer` and `answer_start` (a character offset into the
-    /// context, where the answer text must occur).
+    /// Question-answering examples: `question`, `context`, `answer` and `answer_start` (where the answer text occurs
+    /// in the context, counted in Unicode code points as Python's string indices and SQuAD count).
     public static func questionAnswers(_ url: URL) throws -> [QuestionAnswer] {
         try records(url).map { r in
             let context = try r.require("context"), answer = try r.require("answer")
-            guard let start = Int(try r.require("answer_start")), start >= 0, start <= context.count else {
+            let scalars = context.unicodeScalars
+            guard let start = Int(try r.require("answer_start")), start >= 0, start <= scalars.count else {
                 throw DataError.badValue(path: r.path, line: r.line, field: "answer_start", detail: "not a character offset into the context")
             }
-            guard context.dropFirst(start).hasPrefix(answer) else {
+            guard scalars.dropFirst(start).starts(with: answer.unicodeScalars) else {
                 throw DataError.badValue(path: r.path, line: r.line, field: "answer", detail: "the context does not contain it at answer_start \(start)")
             }
             return QuestionAnswer(question: try r.require("question"), context: context, answer: answer, answerStart: start)

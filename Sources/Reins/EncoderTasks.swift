@@ -101,7 +101,8 @@ public final class TokenClassificationTask: TrainingTask {
     public var primaryMetric: (name: String, higherIsBetter: Bool) { (entityTags == nil ? "macro_f1" : "entity_f1", true) }
 }
 
-/// A question over a context with its answer (`answerStart` is a character offset into the context).
+/// A question over a context with its answer (`answerStart`: where the answer starts in the context, in Unicode code
+/// points, as Python's string indices and SQuAD's `answer_start` count — not Swift `Character`s).
 public struct QuestionAnswer: Sendable, Equatable {
     public var question: String, context: String, answer: String, answerStart: Int
     public init(question: String, context: String, answer: String, answerStart: Int) {
@@ -125,13 +126,13 @@ public final class QuestionAnsweringTask: TrainingTask {
     public init(model: BertForQuestionAnswering, tokenizer: WordPieceTokenizer, train: [QuestionAnswer], evaluation: [QuestionAnswer], maxLength: Int) throws {
         func encode(_ set: [QuestionAnswer], _ name: String) throws -> [EncodedQA] {
             try set.enumerated().map { n, e in
-                guard e.answerStart >= 0, e.answerStart <= e.context.count else {
+                guard e.answerStart >= 0, e.answerStart <= e.context.unicodeScalars.count else {
                     throw ModelError.badInput("\(name) example \(n + 1): answer_start \(e.answerStart) is outside the context")
                 }
                 guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
                     throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
                 }
-                let q = tokenizer.pieces(e.question), before = tokenizer.pieces(String(e.context.prefix(e.answerStart)))
+                let q = tokenizer.pieces(e.question), before = tokenizer.pieces(String(e.context.unicodeScalars.prefix(e.answerStart)))
                 let answer = tokenizer.pieces(e.answer), context = tokenizer.pieces(e.context)
                 let contextStart = q.count + 2
                 let start = contextStart + before.count, end = start + answer.count - 1

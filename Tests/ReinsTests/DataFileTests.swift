@@ -41,6 +41,17 @@ struct DataFileTests {
         #expect(throws: DataError.unreadable(path: "/nonexistent/x.jsonl")) { try DataFiles.records(URL(fileURLWithPath: "/nonexistent/x.jsonl")) }
     }
 
+    @Test func answerStartCountsCodePointsAsSQuADDoes() throws {
+        // "e\u{301}" and "\r\n" are one Character each in Swift, two code points each in Python: "paris" starts at 21.
+        func record(_ start: Int) -> String { #"{"question": "where?", "context": "cafe\u0301\r\njohn lives in paris", "answer": "paris", "answer_start": \#(start)}"# }
+        let good = try write(record(21) + "\n", "qa.jsonl")
+        #expect(try DataFiles.questionAnswers(good).map(\.answerStart) == [21])
+        let bad = try write(record(19) + "\n", "bad.jsonl")
+        #expect(throws: DataError.badValue(path: bad.path, line: 1, field: "answer", detail: "the context does not contain it at answer_start 19")) {
+            try DataFiles.questionAnswers(bad)
+        }
+    }
+
     @Test func wordNetEntriesParseAndBadOnesAreNamed() throws {
         let dir = try temporaryDirectory()
         let noun = "  1 This software and database is provided\n02084071 05 n 03 dog 0 domestic_dog 0 Canis_familiaris 0 000 | a member of the genus Canis; \"the dog barked\"\n"

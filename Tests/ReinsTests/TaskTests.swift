@@ -1,5 +1,5 @@
 import Foundation
-import Reins
+@testable import Reins
 import ReinsTensor
 import ReinsTestSupport
 import Testing
@@ -87,14 +87,21 @@ struct TaskTests {
 
     @Test func questionAnsweringFindsTheSpanAndTrains() throws {
         let model = try load("bert-qa") { if case let .bertQuestionAnswering(m) = $0 { return m } else { return nil } }
-        let context = "john lives in paris . the cat sat on the mat"
+        // answer_start counts code points (as Python and SQuAD do): "e\u{301}" and "\r\n" are one Swift Character each
+        // but two code points, so counting Characters would misplace both answers by two.
+        let context = "cafe\u{301}\r\njohn lives in paris . the cat sat on the mat"
         let examples = (0..<8).map { i in
-            i % 2 == 0 ? QuestionAnswer(question: "where did john live", context: context, answer: "paris", answerStart: 14)
-                       : QuestionAnswer(question: "where sat the cat", context: context, answer: "the mat", answerStart: 37)
+            i % 2 == 0 ? QuestionAnswer(question: "where did john live", context: context, answer: "paris", answerStart: 21)
+                       : QuestionAnswer(question: "where sat the cat", context: context, answer: "the mat", answerStart: 44)
         }
         let task = try QuestionAnsweringTask(model: model, tokenizer: tokenizer(), train: examples, evaluation: Array(examples.prefix(2)), maxLength: 32)
         let trainer = try train(task, steps: 40, lr: 2e-2)
         #expect(trainer.history.last!.loss < trainer.history.first!.loss)
+        // The answer tokens are where answer_start says.
+        for (e, encoded) in zip(examples, task.train) {
+            let found = try tokenizer().decode(Array(encoded.ids[encoded.start...encoded.end]))
+            #expect(found == e.answer, "decoded \(found)")
+        }
         let metrics = try task.evaluate()
         #expect(metrics["exact_match"] != nil && metrics["f1"]! >= metrics["exact_match"]!)
         #expect(throws: ModelError.self) {
