@@ -17,6 +17,7 @@ public final class TokenClassificationTask: TrainingTask {
     public let tagger: BertForTokenClassification
     public var model: any Module { tagger }
     let train: [EncodedTags], evaluation: [EncodedTags]
+    let tokenizer: WordPieceTokenizer, maxLength: Int
     let padID: Int32
     /// The tag names when they mark entities (nil otherwise).
     let entityTags: [String]?
@@ -31,29 +32,45 @@ public final class TokenClassificationTask: TrainingTask {
         if let tagNames, tagNames.count != tags { throw ModelError.badInput("\(tagNames.count) tag names for \(tags) tags") }
         let marksEntities = tagNames?.contains { $0.count > 2 && "BIES".contains($0.first!) && $0.dropFirst().first == "-" } ?? false
         entityTags = marksEntities ? tagNames : nil
+        tagger = model
+        (self.tokenizer, self.maxLength, padID) = (tokenizer, maxLength, tokenizer.padID)
         func encode(_ set: [TaggedWords], _ name: String) throws -> [EncodedTags] {
             try set.enumerated().map { n, s in
                 guard s.words.count == s.tags.count else { throw ModelError.badInput("\(name) example \(n + 1): \(s.words.count) words but \(s.tags.count) tags") }
                 if let bad = s.tags.first(where: { !(0..<tags).contains($0) }) {
                     throw ModelError.badInput("\(name) example \(n + 1): tag \(bad) outside 0..<\(tags)")
                 }
-                guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
-                    throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
-                }
-                var ids: [Int32] = [cls], labels: [Int32] = [-100]
-                for (word, tag) in zip(s.words, s.tags) {
-                    let pieces = tokenizer.pieces(word)
-                    guard !pieces.isEmpty, ids.count + pieces.count < maxLength else { continue }
-                    ids += pieces
-                    labels += [Int32(tag)] + [Int32](repeating: -100, count: pieces.count - 1)
-                }
-                return EncodedTags(ids: ids + [sep], labels: labels + [-100])
+                let (ids, first) = try Self.pieces(s.words, tokenizer: tokenizer, maxLength: maxLength)
+                var labels = [Int32](repeating: -100, count: ids.count)
+                for (position, tag) in zip(first, s.tags) { if let position { labels[position] = Int32(tag) } }
+                return EncodedTags(ids: ids, labels: labels)
             }
         }
-        tagger = model
         self.train = try encode(train, "training")
         self.evaluation = try encode(evaluation, "evaluation")
-        padID = tokenizer.padID
+    }
+
+    /// `[CLS] pieces... [SEP]`, and each word's first piece's position (nil for a word with no pieces, or one that no
+    /// longer fits in `maxLength`).
+    static func pieces(_ words: [String], tokenizer: WordPieceTokenizer, maxLength: Int) throws -> (ids: [Int32], first: [Int?]) {
+        guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
+            throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
+        }
+        var ids: [Int32] = [cls], first: [Int?] = []
+        for word in words {
+            let p = tokenizer.pieces(word)
+            guard !p.isEmpty, ids.count + p.count < maxLength else { first.append(nil); continue }
+            first.append(ids.count)
+            ids += p
+        }
+        return (ids + [sep], first)
+    }
+
+    /// The predicted tag of each word (nil for a word with no word pieces or beyond `maxLength`).
+    public func tag(_ words: [String]) throws -> [Int?] {
+        let (ids, first) = try Self.pieces(words, tokenizer: tokenizer, maxLength: maxLength)
+        let best = try Autograd.withoutGradients { try tagger.logits(IntTensor(shape: [1, ids.count], values: ids)) }.argmax()
+        return first.map { $0.map { best[$0] } }
     }
 
     public var trainingCount: Int { train.count }
@@ -118,36 +135,56 @@ public struct QuestionAnswer: Sendable, Equatable {
 public final class QuestionAnsweringTask: TrainingTask {
     public let reader: BertForQuestionAnswering
     public var model: any Module { reader }
-    let tokenizer: WordPieceTokenizer
+    let tokenizer: WordPieceTokenizer, maxLength: Int
     let train: [EncodedQA], evaluation: [EncodedQA]
 
     struct EncodedQA { let ids: [Int32]; let types: [Int32]; let start: Int; let end: Int; let contextStart: Int; let answer: String }
 
     public init(model: BertForQuestionAnswering, tokenizer: WordPieceTokenizer, train: [QuestionAnswer], evaluation: [QuestionAnswer], maxLength: Int) throws {
+        reader = model
+        (self.tokenizer, self.maxLength) = (tokenizer, maxLength)
         func encode(_ set: [QuestionAnswer], _ name: String) throws -> [EncodedQA] {
             try set.enumerated().map { n, e in
                 guard e.answerStart >= 0, e.answerStart <= e.context.unicodeScalars.count else {
                     throw ModelError.badInput("\(name) example \(n + 1): answer_start \(e.answerStart) is outside the context")
                 }
-                guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
-                    throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
-                }
-                let q = tokenizer.pieces(e.question), before = tokenizer.pieces(String(e.context.unicodeScalars.prefix(e.answerStart)))
-                let answer = tokenizer.pieces(e.answer), context = tokenizer.pieces(e.context)
-                let contextStart = q.count + 2
-                let start = contextStart + before.count, end = start + answer.count - 1
-                let ids = Array(([cls] + q + [sep] + context).prefix(maxLength - 1)) + [sep]
-                guard !answer.isEmpty, end < ids.count - 1 else {
+                let pair = try Self.pieces(question: e.question, context: e.context, tokenizer: tokenizer, maxLength: maxLength)
+                let before = tokenizer.pieces(String(e.context.unicodeScalars.prefix(e.answerStart))), answer = tokenizer.pieces(e.answer)
+                let start = pair.contextStart + before.count, end = start + answer.count - 1
+                guard !answer.isEmpty, end < pair.ids.count - 1 else {
                     throw ModelError.badInput("\(name) example \(n + 1): the answer does not fit in \(maxLength) tokens or is empty")
                 }
-                let types = [Int32](repeating: 0, count: contextStart) + [Int32](repeating: 1, count: ids.count - contextStart)
-                return EncodedQA(ids: ids, types: types, start: start, end: end, contextStart: contextStart, answer: e.answer)
+                return EncodedQA(ids: pair.ids, types: pair.types, start: start, end: end, contextStart: pair.contextStart, answer: e.answer)
             }
         }
-        reader = model
-        self.tokenizer = tokenizer
         self.train = try encode(train, "training")
         self.evaluation = try encode(evaluation, "evaluation")
+    }
+
+    /// `[CLS] question [SEP] context [SEP]` cut to `maxLength`, its token types, and where the context starts.
+    static func pieces(question: String, context: String, tokenizer: WordPieceTokenizer, maxLength: Int) throws -> (ids: [Int32], types: [Int32], contextStart: Int) {
+        guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
+            throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
+        }
+        let q = tokenizer.pieces(question)
+        let contextStart = q.count + 2
+        guard contextStart < maxLength - 1 else { throw ModelError.badInput("the question alone fills \(maxLength) tokens") }
+        let ids = Array(([cls] + q + [sep] + tokenizer.pieces(context)).prefix(maxLength - 1)) + [sep]
+        return (ids, [Int32](repeating: 0, count: contextStart) + [Int32](repeating: 1, count: ids.count - contextStart), contextStart)
+    }
+
+    /// The best answer span in the context (as its word pieces decoded: lower-cased and normalised as the tokenizer
+    /// does) with its score (start logit + end logit), or nil if the context is empty.
+    public func answer(question: String, context: String) throws -> (text: String, score: Float)? {
+        let p = try Self.pieces(question: question, context: context, tokenizer: tokenizer, maxLength: maxLength)
+        let shape = [1, p.ids.count]
+        let (s, e) = try Autograd.withoutGradients {
+            try reader.logits(IntTensor(shape: shape, values: p.ids), tokenTypeIDs: IntTensor(shape: shape, values: p.types))
+        }
+        let allowed = p.ids.indices.map { $0 >= p.contextStart && $0 < p.ids.count - 1 }
+        return BertForQuestionAnswering.bestSpan(start: s.scalars, end: e.scalars, allowed: allowed).map {
+            (tokenizer.decode(Array(p.ids[$0.start...$0.end])), $0.score)
+        }
     }
 
     public var trainingCount: Int { train.count }

@@ -262,29 +262,54 @@ struct EvalCommand: ParsableCommand {
     }
 }
 
-/// `reins predict`: one JSON line per input record with the predicted label and its probability.
+/// `reins predict`: one JSON line per input record — a label and its probability, each word's tag, or an answer span.
 struct PredictCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "predict", abstract: "Label texts with a classifier (a model plus an optional adapter); prints JSON lines.")
+    static let configuration = CommandConfiguration(
+        commandName: "predict",
+        abstract: "Run a model (plus an optional adapter) on inputs; prints JSON lines: a label for classification, tags for token-classification (field tokens), an answer for qa (fields question, context).")
     @OptionGroup var taskOptions: TaskOptions
     @Option(help: "An adapter directory (with its head) to apply.") var adapter: String?
-    @Option(help: "Input texts (.jsonl or .csv, field --text-field).") var input: String
+    @Option(help: "Inputs (.jsonl or .csv).") var input: String
+
+    func emit(_ row: [String: Any]) throws {
+        print(String(decoding: try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys]), as: UTF8.self))
+    }
 
     func run() throws {
-        guard taskOptions.taskKind == "classification" else { throw ValidationError("predict supports --task classification (use `reins generate` for text)") }
-        let labels = try taskOptions.labelNames(besideAdapter: adapter.map(URL.init(fileURLWithPath:)))
-        let (model, tokenizer) = try taskOptions.classifier(labels: max(labels.count, 2))
-        if let adapter { try model.loadAdapter("adapter", from: URL(fileURLWithPath: adapter)) }
-        let encode = taskOptions.encoder(tokenizer, positions: model.bert.config.positions)
-        for record in try DataFiles.records(URL(fileURLWithPath: input)) {
-            let text = try record.require(taskOptions.textField)
-            let e = try encode(text, try taskOptions.pairField.map { try record.require($0) })
-            let shape = [1, e.ids.count]
-            let logits = try Autograd.withoutGradients {
-                try model.logits(IntTensor(shape: shape, values: e.ids), tokenTypeIDs: IntTensor(shape: shape, values: e.types))
-            }.softmax()
-            let best = logits.argmax()[0]
-            let row: [String: Any] = ["text": text, "label": best < labels.count ? labels[best] : String(best), "probability": Double(logits.scalars[best])]
-            print(String(decoding: try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys]), as: UTF8.self))
+        let adapterURL = adapter.map(URL.init(fileURLWithPath:))
+        let labels = try taskOptions.labelNames(besideAdapter: adapterURL)
+        let records = try DataFiles.records(URL(fileURLWithPath: input))
+        switch taskOptions.taskKind {
+        case "classification":
+            let (model, tokenizer) = try taskOptions.classifier(labels: max(labels.count, 2))
+            if let adapterURL { try model.loadAdapter("adapter", from: adapterURL) }
+            let encode = taskOptions.encoder(tokenizer, positions: model.bert.config.positions)
+            for record in records {
+                let text = try record.require(taskOptions.textField)
+                let e = try encode(text, try taskOptions.pairField.map { try record.require($0) })
+                let shape = [1, e.ids.count]
+                let logits = try Autograd.withoutGradients {
+                    try model.logits(IntTensor(shape: shape, values: e.ids), tokenTypeIDs: IntTensor(shape: shape, values: e.types))
+                }.softmax()
+                let best = logits.argmax()[0]
+                try emit(["text": text, "label": best < labels.count ? labels[best] : String(best), "probability": Double(logits.scalars[best])])
+            }
+        case "token-classification", "qa":
+            let task = try taskOptions.makeTask(train: nil, evaluation: nil, labels: labels) { model, _ in
+                if let adapterURL { try model.loadAdapter("adapter", from: adapterURL) }
+            }
+            for record in records {
+                if let tagger = task as? TokenClassificationTask {
+                    let words = try record.require("tokens").split(separator: " ").map(String.init)
+                    let tags = try tagger.tag(words).map { t -> Any in t.map { $0 < labels.count ? labels[$0] : String($0) } ?? NSNull() }
+                    try emit(["tokens": words, "tags": tags])
+                } else if let reader = task as? QuestionAnsweringTask {
+                    let question = try record.require("question"), context = try record.require("context")
+                    let found = try reader.answer(question: question, context: context)
+                    try emit(["question": question, "answer": found?.text ?? "", "score": found.map { Double($0.score) } ?? NSNull()])
+                }
+            }
+        default: throw ValidationError("predict supports --task classification, token-classification or qa (use `reins generate` and `reins fill-mask` for text)")
         }
     }
 }

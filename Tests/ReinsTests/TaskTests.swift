@@ -72,6 +72,7 @@ struct TaskTests {
         let data = zip(sentences, gold).map { TaggedWords(words: $0, tags: $1) }
         let task = try TokenClassificationTask(model: model, tokenizer: tok, tags: tags, tagNames: names, train: data, evaluation: data, maxLength: 16)
         #expect(task.primaryMetric.name == "entity_f1")
+        #expect(try sentences.map { try task.tag($0) } == predicted.map { $0.map(Optional.some) }, "tag(_:) gives the same argmax tags")
         let expected = Metrics.entityScores(predicted: predicted.map { $0.map { names[$0] } }, truth: gold.map { $0.map { names[$0] } })
         #expect(expected.f1 > 0 && expected.f1 < 1, "the check needs both right and wrong entities: \(expected)")
         let m = try task.evaluate()
@@ -104,6 +105,10 @@ struct TaskTests {
         }
         let metrics = try task.evaluate()
         #expect(metrics["exact_match"] != nil && metrics["f1"]! >= metrics["exact_match"]!)
+        // answer(question:context:) is the span evaluate() scores.
+        let answers = try examples.prefix(2).map { try #require(try task.answer(question: $0.question, context: $0.context)) }
+        let em = zip(answers, examples).map { Metrics.exactMatch(prediction: $0.text, answers: [$1.answer]) }.reduce(0, +) / 2
+        #expect(em == metrics["exact_match"] && answers.allSatisfy { $0.score.isFinite })
         #expect(throws: ModelError.self) {
             try QuestionAnsweringTask(model: model, tokenizer: tokenizer(), train: [QuestionAnswer(question: "q", context: "short", answer: "x", answerStart: 99)],
                                       evaluation: [], maxLength: 8)
