@@ -314,15 +314,20 @@ public final class Trainer {
         for (p, t) in values { p.value = t.detached().requiringGradient() }
         step = s
         evaluationsWithoutImprovement = json["evaluations_without_improvement"] as? Int ?? 0
-        if let b = json["best"] as? [String: Any], let v = (b["value"] as? NSNumber)?.doubleValue, let st = b["step"] as? Int { best = (v, st) }
+        // The best value through JSONDecoder, which reads doubles back exactly (a resumed run compares later
+        // evaluations against the same bits as an uninterrupted one).
+        struct Saved: Decodable { struct Best: Decodable { let value: Double, step: Int }; let best: Best? }
+        do {
+            if let b = try JSONDecoder().decode(Saved.self, from: Data(contentsOf: statePath)).best { best = (b.value, b.step) }
+        } catch { throw TrainingError.badCheckpoint(path: statePath.path, detail: "bad 'best' entry (\(error))") }
     }
 
     static func append(_ record: StepRecord, to url: URL) throws {
-        // The keys are StepRecord.CodingKeys' raw values.
-        var fields: [String: Any] = ["step": record.step, "loss": record.loss, "learning_rate": record.learningRate,
-                                     "tokens_per_second": record.tokensPerSecond, "elapsed_seconds": record.elapsed]
-        if record.gradientNorm.isFinite { fields["gradient_norm"] = record.gradientNorm }
-        if let m = record.metrics { fields["eval"] = m }
+        typealias Key = StepRecord.CodingKeys
+        var fields: [String: Any] = [Key.step.rawValue: record.step, Key.loss.rawValue: record.loss, Key.learningRate.rawValue: record.learningRate,
+                                     Key.tokensPerSecond.rawValue: record.tokensPerSecond, Key.elapsed.rawValue: record.elapsed]
+        if record.gradientNorm.isFinite { fields[Key.gradientNorm.rawValue] = record.gradientNorm }
+        if let m = record.metrics { fields[Key.metrics.rawValue] = m }
         var line = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
         line.append(0x0A)
         if !FileManager.default.fileExists(atPath: url.path) { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }

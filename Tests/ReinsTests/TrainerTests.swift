@@ -57,6 +57,8 @@ struct TrainerTests {
         #expect(resumedFinal.count == final.count && zip(resumedFinal, final).allSatisfy { $0.bitPattern == $1.bitPattern },
                 "parameters after a stop at 5 and a resume differ from an uninterrupted run")
         #expect(Array(whole.history.suffix(3)).map(\.loss) == resumed.history.map(\.loss))
+        // The best evaluation so far survives the stop exactly (it decides later "best" checkpoints).
+        #expect(whole.best != nil && resumed.best?.step == whole.best?.step && resumed.best?.value.bitPattern == whole.best?.value.bitPattern)
     }
 
     @Test func metricsLogReadsBackAsTheHistory() throws {
