@@ -7,7 +7,7 @@ import ReinsTensor
 struct TaskOptions: ParsableArguments {
     @Option(help: "Hugging Face model directory: BERT for classification, GPT-2 for causal-lm.") var model: String
     @Option(help: "classification (text [+ pair], label), token-classification (tokens, tags: space-separated), qa (question, context, answer, answer_start), mlm (text) or causal-lm (text, or prompt + completion).") var task = "classification"
-    @Option(help: "Class names in order, comma-separated (default: read from the model's labels.json, else integer labels).") var labels: String?
+    @Option(help: "Class names in order, comma-separated (default: labels.json beside the adapter or in the model directory; for training, the labels in the data; for eval and predict, the model config's id2label).") var labels: String?
     @Option(help: "Classification: field holding the text.") var textField = "text"
     @Option(help: "Classification: field holding the second text of a pair.") var pairField: String?
     @Option(help: "Classification: field holding the label.") var labelField = "label"
@@ -17,13 +17,22 @@ struct TaskOptions: ParsableArguments {
     var taskKind: String { task.lowercased() }
 
     /// The class or tag names: `--labels`, else labels.json beside the adapter or in the model directory, else (when
-    /// `data` is given: training) the values found in it, sorted — integer class labels give "0"..."max".
+    /// `data` is given: training) the values found in it, sorted — integer class labels give "0"..."max" — or (when it
+    /// is not: eval, predict) the model's config.json `id2label`.
     /// Empty when none are known (classification then reads labels as class indices).
     func labelNames(besideAdapter adapter: URL? = nil, foundIn data: URL? = nil) throws -> [String] {
         if let labels { return labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         for dir in [adapter?.deletingLastPathComponent(), URL(fileURLWithPath: model)].compactMap({ $0 }) {
             let url = dir.appendingPathComponent("labels.json")
             if let data = FileManager.default.contents(atPath: url.path), let names = try? JSONSerialization.jsonObject(with: data) as? [String] { return names }
+        }
+        // Scoring or predicting with a fine-tuned model: its own label map (config.json id2label), unless it holds only
+        // transformers' LABEL_i defaults. (Training names its classes from the data instead.)
+        if data == nil, let config = try? Checkpoint.readJSON(URL(fileURLWithPath: model).appendingPathComponent("config.json")),
+           let map = config["id2label"] as? [String: String], !map.isEmpty,
+           let names = Optional((0..<map.count).compactMap { map[String($0)] }), names.count == map.count,
+           names.enumerated().contains(where: { $0.element != "LABEL_\($0.offset)" }) {
+            return names
         }
         guard let data else { return [] }
         switch taskKind {
@@ -229,7 +238,14 @@ struct TrainCommand: ParsableCommand {
             // Full fine-tuning: make best/ a complete model directory (config and tokenizer beside the weights).
             let base = URL(fileURLWithPath: taskOptions.model), best = out.appendingPathComponent("best")
             var config = try Checkpoint.readJSON(base.appendingPathComponent("config.json"))
-            if let headed = task.model as? any TaskHeadModel { config["num_labels"] = headed.heads.current.outputs; config["id2label"] = nil; config["label2id"] = nil }
+            if let headed = task.model as? any TaskHeadModel {
+                // transformers' label maps, so that pipelines (and reins eval/predict) name the classes.
+                let count = headed.heads.current.outputs
+                let names = labels.count == count ? labels : (0..<count).map { "LABEL_\($0)" }
+                config["num_labels"] = count
+                config["id2label"] = Dictionary(uniqueKeysWithValues: names.enumerated().map { (String($0.offset), $0.element) })
+                config["label2id"] = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($0.element, $0.offset) })
+            }
             config["architectures"] = [String(describing: type(of: task.model))]
             if taskOptions.pooling == "mean" { config["reins_pooling"] = "mean" }
             try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]), to: best.appendingPathComponent("config.json").path)
