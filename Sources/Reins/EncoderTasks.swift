@@ -181,9 +181,15 @@ public final class QuestionAnsweringTask: TrainingTask {
         let (s, e) = try Autograd.withoutGradients {
             try reader.logits(IntTensor(shape: shape, values: p.ids), tokenTypeIDs: IntTensor(shape: shape, values: p.types))
         }
-        let allowed = p.ids.indices.map { $0 >= p.contextStart && $0 < p.ids.count - 1 }
-        return BertForQuestionAnswering.bestSpan(start: s.scalars, end: e.scalars, allowed: allowed).map {
-            (tokenizer.decode(Array(p.ids[$0.start...$0.end])), $0.score)
+        return bestAnswer(ids: p.ids, contextStart: p.contextStart, start: s.scalars, end: e.scalars)
+    }
+
+    /// The best span of a sequence's context (from `contextStart` to before the final [SEP]) under its start and end
+    /// logits (which may run past `ids` into padding), decoded, with its score.
+    func bestAnswer(ids: [Int32], contextStart: Int, start: [Float], end: [Float]) -> (text: String, score: Float)? {
+        let allowed = start.indices.map { $0 >= contextStart && $0 < ids.count - 1 }
+        return BertForQuestionAnswering.bestSpan(start: start, end: end, allowed: allowed).map {
+            (tokenizer.decode(Array(ids[$0.start...$0.end])), $0.score)
         }
     }
 
@@ -211,9 +217,8 @@ public final class QuestionAnsweringTask: TrainingTask {
             let (s, e) = try reader.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
             let T = s.shape[1], sv = s.scalars, ev = e.scalars
             for (i, r) in rows.enumerated() {
-                let allowed = (0..<T).map { $0 >= r.contextStart && $0 < r.ids.count - 1 }
-                let span = BertForQuestionAnswering.bestSpan(start: Array(sv[(i * T)..<((i + 1) * T)]), end: Array(ev[(i * T)..<((i + 1) * T)]), allowed: allowed)
-                let text = span.map { tokenizer.decode(Array(r.ids[$0.start...$0.end])) } ?? ""
+                let text = bestAnswer(ids: r.ids, contextStart: r.contextStart, start: Array(sv[(i * T)..<((i + 1) * T)]),
+                                      end: Array(ev[(i * T)..<((i + 1) * T)]))?.text ?? ""
                 em += Metrics.exactMatch(prediction: text, answers: [r.answer])
                 f1 += Metrics.tokenF1(prediction: text, answers: [r.answer])
             }
