@@ -36,9 +36,11 @@ func paddingMask(_ rows: [[Int32]]) throws -> IntTensor {
 }
 
 /// Right-pads encoded examples to the longest: ids, attention mask and token types `[B, T]`.
-func paddedBatch(_ rows: [EncodedExample], padID: Int32) throws -> (ids: IntTensor, mask: IntTensor, types: IntTensor, tokens: Int) {
+/// Token types are nil when the examples have none (GPT-2 is run without them: given, it would add their embeddings).
+func paddedBatch(_ rows: [EncodedExample], padID: Int32) throws -> (ids: IntTensor, mask: IntTensor, types: IntTensor?, tokens: Int) {
     let ids = rows.map(\.ids)
-    return (try rightPadded(ids, with: padID), try paddingMask(ids), try rightPadded(rows.map(\.types), with: 0), ids.reduce(0) { $0 + $1.count })
+    let types = rows.allSatisfy { $0.types.isEmpty } ? nil : try rightPadded(rows.map { $0.types.isEmpty ? [Int32](repeating: 0, count: $0.ids.count) : $0.types }, with: 0)
+    return (try rightPadded(ids, with: padID), try paddingMask(ids), types, ids.reduce(0) { $0 + $1.count })
 }
 
 /// Sequence classification (single texts or pairs): cross-entropy on the class logits; evaluated by accuracy and
@@ -53,8 +55,10 @@ public final class SequenceClassificationTask: TrainingTask {
     public var evaluationBatchSize = 64
 
     /// - Parameters:
-    ///   - encode: turns a text (and optional pair) into token ids and token types, truncated as the model allows.
-    /// - Throws: ``ModelError/badInput(_:)`` for a label outside `0..<labels` (naming the example), and encoding errors.
+    ///   - encode: turns a text (and optional pair) into token ids and token types (one per id, or none: GPT-2 takes
+    ///     none), truncated as the model allows.
+    /// - Throws: ``ModelError/badInput(_:)`` for a label outside `0..<labels` or token types that do not match the ids
+    ///   (naming the example), and encoding errors.
     public init(model: any SequenceClassifier, labels: Int, train: [LabeledText], evaluation: [LabeledText], padID: Int32,
                 encode: (String, String?) throws -> (ids: [Int32], types: [Int32])) throws {
         func prepare(_ set: [LabeledText], _ name: String) throws -> [EncodedExample] {
@@ -63,6 +67,9 @@ public final class SequenceClassificationTask: TrainingTask {
                     throw ModelError.badInput("\(name) example \(i + 1) has label \(e.label), outside 0..<\(labels)")
                 }
                 let (ids, types) = try encode(e.text, e.pair)
+                guard types.isEmpty || types.count == ids.count else {
+                    throw ModelError.badInput("\(name) example \(i + 1): \(types.count) token types for \(ids.count) ids")
+                }
                 return EncodedExample(ids: ids, types: types, label: Int32(e.label))
             }
         }

@@ -5,7 +5,7 @@ import ReinsTensor
 
 /// What `train`, `eval` and `predict` share: the base model and the task.
 struct TaskOptions: ParsableArguments {
-    @Option(help: "Hugging Face model directory: BERT for classification, GPT-2 for causal-lm.") var model: String
+    @Option(help: "Hugging Face model directory: BERT or GPT-2 for classification, BERT for token-classification, qa and mlm, GPT-2 for causal-lm.") var model: String
     @Option(help: "classification (text [+ pair], label), token-classification (tokens, tags: space-separated), qa (question, context, answer, answer_start), mlm (text) or causal-lm (text, or prompt + completion).") var task = "classification"
     @Option(help: "Class names in order, comma-separated (default: labels.json beside the adapter or in the model directory; for training, the labels in the data; for eval and predict, the model config's id2label).") var labels: String?
     @Option(help: "Classification: field holding the text.") var textField = "text"
@@ -59,10 +59,10 @@ struct TaskOptions: ParsableArguments {
             }
             let (trainSet, evaluationSet) = (try train.map(read) ?? [], try evaluation.map(read) ?? [])
             let count = labels.isEmpty ? ((trainSet + evaluationSet).map(\.label).max() ?? 0) + 1 : labels.count
-            let (model, tokenizer) = try classifier(labels: count)
+            let (model, encode, padID) = try classifier(labels: count)
             try prepare(model, count)
-            return try SequenceClassificationTask(model: model, labels: model.classifier.outputs, train: trainSet, evaluation: evaluationSet,
-                                                  padID: tokenizer.padID, encode: encoder(tokenizer, positions: model.bert.config.positions))
+            return try SequenceClassificationTask(model: model, labels: model.heads.current.outputs, train: trainSet, evaluation: evaluationSet,
+                                                  padID: padID, encode: encode)
         case "token-classification":
             guard !labels.isEmpty else { throw ValidationError("no tag names: pass --labels or keep the labels.json that reins train writes") }
             guard case let .bertTokenClassification(model) = try PretrainedModel.load(directory: dir, architecture: "BertForTokenClassification",
@@ -97,23 +97,35 @@ struct TaskOptions: ParsableArguments {
         }
     }
 
-    /// The classifier, and how to encode a text pair for it.
-    func classifier(labels: Int) throws -> (BertForSequenceClassification, WordPieceTokenizer) {
+    /// A sequence classifier with its head sized for `labels` — BERT (pooler or mean pooling) or GPT-2 (the last real
+    /// token; `pad_token_id` defaults to `<|endoftext|>`, as is usual for GPT-2) — how to encode a text (and its pair)
+    /// for it, and the padding id.
+    func classifier(labels: Int) throws -> (model: any SequenceClassifier & TaskHeadModel, encode: (String, String?) throws -> (ids: [Int32], types: [Int32]), padID: Int32) {
+        let dir = URL(fileURLWithPath: model)
+        if (try Checkpoint.readJSON(dir.appendingPathComponent("config.json")))["model_type"] as? String == "gpt2" {
+            guard let file = tokenizerFile(in: dir), case let .bpe(bpe) = try AnyTokenizer(file: file) else {
+                throw ValidationError("no byte-level BPE tokenizer (tokenizer.json or vocab.json) in \(dir.path)")
+            }
+            let config = try Checkpoint.readJSON(dir.appendingPathComponent("config.json"))
+            let pad = (config["pad_token_id"] as? Int) ?? bpe.endOfText.map(Int.init) ?? 0
+            guard case let .gpt2SequenceClassification(m) = try PretrainedModel.load(
+                    directory: dir, architecture: "GPT2ForSequenceClassification", newlyInitialized: ["score."],
+                    configOverrides: ["num_labels": labels, "pad_token_id": pad]) else { throw ValidationError("not a GPT-2 model") }
+            let limit = min(maxLength, m.transformer.config.positions)
+            // GPT-2 has no pair encoding (a pair is the two texts joined by a space) and takes no token types.
+            return (m, { text, pair in (Array(try bpe.encode(pair.map { text + " " + $0 } ?? text).prefix(limit)), []) }, Int32(pad))
+        }
         let pool = try pooling.map { p -> Pooling in
             guard let v = Pooling(rawValue: p) else { throw ValidationError("--pooling must be cls or mean") }
             return v
         }
-        let dir = URL(fileURLWithPath: model)
-        let model = try BertForSequenceClassification.pretrained(dir, labels: labels, pooling: pool)
-        return (model, try WordPieceTokenizer(tokenizerFile: dir))
-    }
-
-    func encoder(_ tokenizer: WordPieceTokenizer, positions: Int) -> (String, String?) throws -> (ids: [Int32], types: [Int32]) {
-        let options = EncodingOptions(maxLength: min(maxLength, positions), padding: .none)
-        return { text, pair in
+        let m = try BertForSequenceClassification.pretrained(dir, labels: labels, pooling: pool)
+        let tokenizer = try WordPieceTokenizer(tokenizerFile: dir)
+        let options = EncodingOptions(maxLength: min(maxLength, m.bert.config.positions), padding: .none)
+        return (m, { text, pair in
             let e = try tokenizer.encode(text, pair: pair, options: options)
             return (e.ids, e.typeIDs)
-        }
+        }, tokenizer.padID)
     }
 
     func languageModel() throws -> (GPT2LMHeadModel, AnyTokenizer) {
@@ -247,6 +259,7 @@ struct TrainCommand: ParsableCommand {
                 config["label2id"] = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($0.element, $0.offset) })
             }
             config["architectures"] = [String(describing: type(of: task.model))]
+            if let gpt = task.model as? GPT2ForSequenceClassification, let pad = gpt.transformer.config.padTokenID { config["pad_token_id"] = pad }
             if taskOptions.pooling == "mean" { config["reins_pooling"] = "mean" }
             try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]), to: best.appendingPathComponent("config.json").path)
             for name in ["vocab.txt", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"] {
@@ -297,15 +310,15 @@ struct PredictCommand: ParsableCommand {
         let records = try DataFiles.records(URL(fileURLWithPath: input))
         switch taskOptions.taskKind {
         case "classification":
-            let (model, tokenizer) = try taskOptions.classifier(labels: max(labels.count, 2))
+            let (model, encode, _) = try taskOptions.classifier(labels: max(labels.count, 2))
             if let adapterURL { try model.loadAdapter("adapter", from: adapterURL) }
-            let encode = taskOptions.encoder(tokenizer, positions: model.bert.config.positions)
             for record in records {
                 let text = try record.require(taskOptions.textField)
                 let e = try encode(text, try taskOptions.pairField.map { try record.require($0) })
                 let shape = [1, e.ids.count]
+                let types = e.types.isEmpty ? nil : try IntTensor(shape: shape, values: e.types)
                 let logits = try Autograd.withoutGradients {
-                    try model.logits(IntTensor(shape: shape, values: e.ids), tokenTypeIDs: IntTensor(shape: shape, values: e.types))
+                    try model.logits(IntTensor(shape: shape, values: e.ids), attentionMask: nil, tokenTypeIDs: types)
                 }.softmax()
                 let best = logits.argmax()[0]
                 try emit(["text": text, "label": best < labels.count ? labels[best] : String(best), "probability": Double(logits.scalars[best])])

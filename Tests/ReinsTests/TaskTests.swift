@@ -155,9 +155,16 @@ struct TaskTests {
         let model = try load("gpt2-cls") { if case let .gpt2SequenceClassification(m) = $0 { return m } else { return nil } }
         try model.addAdapter("sentiment", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["c_attn"])), labels: 2, seed: 4)
         let examples = (0..<8).map { i in LabeledText(text: String(i), label: i % 2) }
+        // No token types, as GPT-2 is run in transformers (given, they would add their embeddings).
         let task = try SequenceClassificationTask(model: model, labels: 2, train: examples, evaluation: examples, padID: 96) { t, _ in
             let i = Int(t)!
-            return ((0..<(3 + i % 3)).map { Int32((i % 2 == 0 ? 5 : 50) + $0) }, [Int32](repeating: 0, count: 3 + i % 3))
+            return ((0..<(3 + i % 3)).map { Int32((i % 2 == 0 ? 5 : 50) + $0) }, [])
+        }
+        // The task's loss is the cross-entropy of the model's own logits without token types.
+        let ids0 = try IntTensor(shape: [2, 4], values: [5, 6, 7, 96, 50, 51, 52, 53]), mask0 = try IntTensor(shape: [2, 4], values: [1, 1, 1, 0, 1, 1, 1, 1])
+        #expect(try task.loss([0, 1]).loss.scalars == (try Tensor.crossEntropy(logits: model.logits(ids0, attentionMask: mask0), targets: IntTensor([0, 1]))).scalars)
+        #expect(throws: ModelError.badInput("training example 1: 1 token types for 2 ids")) {
+            try SequenceClassificationTask(model: model, labels: 2, train: examples, evaluation: [], padID: 96) { _, _ in ([5, 6], [0]) }
         }
         let trainer = try train(task, steps: 30, lr: 3e-2)
         #expect(trainer.history.last!.loss < trainer.history.first!.loss)
