@@ -128,7 +128,8 @@ public struct QuestionAnswer: Sendable, Equatable {
 }
 
 /// Extractive question answering on BERT: cross-entropy on the answer's first and last token (the mean of the two, as
-/// transformers); evaluated by exact match and token F1 of the best span's text (SQuAD definitions).
+/// transformers); evaluated by exact match and token F1 of the best span (SQuAD definitions), whose text is cut from
+/// the context itself (original case and accents), whole tokenizer units at a time.
 ///
 /// The answer span is located by tokenizing the context up to `answerStart` and the answer itself, so answers should
 /// start and end on word boundaries (as SQuAD's do); an answer cut off by `maxLength` is an error naming the example.
@@ -138,7 +139,20 @@ public final class QuestionAnsweringTask: TrainingTask {
     let tokenizer: WordPieceTokenizer, maxLength: Int
     let train: [EncodedQA], evaluation: [EncodedQA]
 
-    struct EncodedQA { let ids: [Int32]; let types: [Int32]; let start: Int; let end: Int; let contextStart: Int; let answer: String }
+    struct EncodedQA { let pair: EncodedPair; let start: Int; let end: Int; let answer: String }
+
+    /// A question and context as the model reads them, and where each context piece came from in the context text.
+    struct EncodedPair {
+        let ids: [Int32], types: [Int32], contextStart: Int
+        let context: String
+        /// For the context's `i`-th piece: the range of the context it was cut from (a word, a punctuation mark, a CJK
+        /// character — the tokenizer's own units, so a word's pieces share its range).
+        let origins: [Range<String.Index>]
+        /// The context text the pieces `first...last` (positions in `ids`) were cut from.
+        func text(_ first: Int, _ last: Int) -> String {
+            String(context[origins[first - contextStart].lowerBound..<origins[last - contextStart].upperBound])
+        }
+    }
 
     public init(model: BertForQuestionAnswering, tokenizer: WordPieceTokenizer, train: [QuestionAnswer], evaluation: [QuestionAnswer], maxLength: Int) throws {
         reader = model
@@ -154,50 +168,68 @@ public final class QuestionAnsweringTask: TrainingTask {
                 guard !answer.isEmpty, end < pair.ids.count - 1 else {
                     throw ModelError.badInput("\(name) example \(n + 1): the answer does not fit in \(maxLength) tokens or is empty")
                 }
-                return EncodedQA(ids: pair.ids, types: pair.types, start: start, end: end, contextStart: pair.contextStart, answer: e.answer)
+                return EncodedQA(pair: pair, start: start, end: end, answer: e.answer)
             }
         }
         self.train = try encode(train, "training")
         self.evaluation = try encode(evaluation, "evaluation")
     }
 
-    /// `[CLS] question [SEP] context [SEP]` cut to `maxLength`, its token types, and where the context starts.
-    static func pieces(question: String, context: String, tokenizer: WordPieceTokenizer, maxLength: Int) throws -> (ids: [Int32], types: [Int32], contextStart: Int) {
+    /// `[CLS] question [SEP] context [SEP]` cut to `maxLength`, its token types, where the context starts, and where
+    /// each context piece came from. The context is cut into the tokenizer's own units first (whitespace-separated
+    /// words, punctuation marks and CJK characters on their own), so its pieces are exactly those of the whole text.
+    static func pieces(question: String, context: String, tokenizer: WordPieceTokenizer, maxLength: Int) throws -> EncodedPair {
         guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
             throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
         }
         let q = tokenizer.pieces(question)
         let contextStart = q.count + 2
         guard contextStart < maxLength - 1 else { throw ModelError.badInput("the question alone fills \(maxLength) tokens") }
-        let ids = Array(([cls] + q + [sep] + tokenizer.pieces(context)).prefix(maxLength - 1)) + [sep]
-        return (ids, [Int32](repeating: 0, count: contextStart) + [Int32](repeating: 1, count: ids.count - contextStart), contextStart)
+        var units: [Range<String.Index>] = [], open: String.Index?
+        let scalars = context.unicodeScalars
+        for i in scalars.indices {
+            let s = scalars[i]
+            let alone = WordPieceTokenizer.isPunctuation(s) || WordPieceTokenizer.isCJK(s.value)
+            if WordPieceTokenizer.isWhitespace(s) || alone, let o = open { units.append(o..<i); open = nil }
+            if alone { units.append(i..<scalars.index(after: i)) } else if !WordPieceTokenizer.isWhitespace(s), open == nil { open = i }
+        }
+        if let o = open { units.append(o..<context.endIndex) }
+        var contextIDs: [Int32] = [], origins: [Range<String.Index>] = []
+        for unit in units {
+            let p = tokenizer.pieces(String(context[unit]))
+            contextIDs += p
+            origins += [Range<String.Index>](repeating: unit, count: p.count)
+        }
+        let room = maxLength - 1 - contextStart
+        let kept = min(room, contextIDs.count)
+        let ids = [cls] + q + [sep] + contextIDs.prefix(kept) + [sep]
+        return EncodedPair(ids: ids, types: [Int32](repeating: 0, count: contextStart) + [Int32](repeating: 1, count: ids.count - contextStart),
+                           contextStart: contextStart, context: context, origins: Array(origins.prefix(kept)))
     }
 
-    /// The best answer span in the context (as its word pieces decoded: lower-cased and normalised as the tokenizer
-    /// does) with its score (start logit + end logit), or nil if the context is empty.
+    /// The best answer span in the context, as the context's own text (whole words: a span that starts or ends inside
+    /// a word takes all of it), with its score (start logit + end logit); nil if the context is empty.
     public func answer(question: String, context: String) throws -> (text: String, score: Float)? {
         let p = try Self.pieces(question: question, context: context, tokenizer: tokenizer, maxLength: maxLength)
         let shape = [1, p.ids.count]
         let (s, e) = try Autograd.withoutGradients {
             try reader.logits(IntTensor(shape: shape, values: p.ids), tokenTypeIDs: IntTensor(shape: shape, values: p.types))
         }
-        return bestAnswer(ids: p.ids, contextStart: p.contextStart, start: s.scalars, end: e.scalars)
+        return bestAnswer(p, start: s.scalars, end: e.scalars)
     }
 
     /// The best span of a sequence's context (from `contextStart` to before the final [SEP]) under its start and end
-    /// logits (which may run past `ids` into padding), decoded, with its score.
-    func bestAnswer(ids: [Int32], contextStart: Int, start: [Float], end: [Float]) -> (text: String, score: Float)? {
-        let allowed = start.indices.map { $0 >= contextStart && $0 < ids.count - 1 }
-        return BertForQuestionAnswering.bestSpan(start: start, end: end, allowed: allowed).map {
-            (tokenizer.decode(Array(ids[$0.start...$0.end])), $0.score)
-        }
+    /// logits (which may run past the ids into padding), as context text, with its score.
+    func bestAnswer(_ p: EncodedPair, start: [Float], end: [Float]) -> (text: String, score: Float)? {
+        let allowed = start.indices.map { $0 >= p.contextStart && $0 < p.ids.count - 1 }
+        return BertForQuestionAnswering.bestSpan(start: start, end: end, allowed: allowed).map { (p.text($0.start, $0.end), $0.score) }
     }
 
     public var trainingCount: Int { train.count }
 
     func batch(_ rows: [EncodedQA]) throws -> (ids: IntTensor, mask: IntTensor, types: IntTensor) {
-        let ids = rows.map(\.ids)
-        return (try rightPadded(ids, with: tokenizer.padID), try paddingMask(ids), try rightPadded(rows.map(\.types), with: 0))
+        let ids = rows.map(\.pair.ids)
+        return (try rightPadded(ids, with: tokenizer.padID), try paddingMask(ids), try rightPadded(rows.map(\.pair.types), with: 0))
     }
 
     public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
@@ -206,7 +238,7 @@ public final class QuestionAnsweringTask: TrainingTask {
         let (start, end) = try reader.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
         let s = try Tensor.crossEntropy(logits: start, targets: IntTensor(rows.map { Int32($0.start) }))
         let e = try Tensor.crossEntropy(logits: end, targets: IntTensor(rows.map { Int32($0.end) }))
-        return (try (s + e).scaled(by: 0.5), rows.reduce(0) { $0 + $1.ids.count })
+        return (try (s + e).scaled(by: 0.5), rows.reduce(0) { $0 + $1.pair.ids.count })
     }
 
     public func evaluate() throws -> [String: Double] {
@@ -217,8 +249,7 @@ public final class QuestionAnsweringTask: TrainingTask {
             let (s, e) = try reader.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
             let T = s.shape[1], sv = s.scalars, ev = e.scalars
             for (i, r) in rows.enumerated() {
-                let text = bestAnswer(ids: r.ids, contextStart: r.contextStart, start: Array(sv[(i * T)..<((i + 1) * T)]),
-                                      end: Array(ev[(i * T)..<((i + 1) * T)]))?.text ?? ""
+                let text = bestAnswer(r.pair, start: Array(sv[(i * T)..<((i + 1) * T)]), end: Array(ev[(i * T)..<((i + 1) * T)]))?.text ?? ""
                 em += Metrics.exactMatch(prediction: text, answers: [r.answer])
                 f1 += Metrics.tokenF1(prediction: text, answers: [r.answer])
             }

@@ -98,10 +98,10 @@ struct TaskTests {
         let task = try QuestionAnsweringTask(model: model, tokenizer: tokenizer(), train: examples, evaluation: Array(examples.prefix(2)), maxLength: 32)
         let trainer = try train(task, steps: 40, lr: 2e-2)
         #expect(trainer.history.last!.loss < trainer.history.first!.loss)
-        // The answer tokens are where answer_start says.
+        // The answer tokens are where answer_start says, and map back to the answer's own text.
         for (e, encoded) in zip(examples, task.train) {
-            let found = try tokenizer().decode(Array(encoded.ids[encoded.start...encoded.end]))
-            #expect(found == e.answer, "decoded \(found)")
+            let found = try tokenizer().decode(Array(encoded.pair.ids[encoded.start...encoded.end]))
+            #expect(found == e.answer && encoded.pair.text(encoded.start, encoded.end) == e.answer, "decoded \(found)")
         }
         let metrics = try task.evaluate()
         #expect(metrics["exact_match"] != nil && metrics["f1"]! >= metrics["exact_match"]!)
@@ -113,6 +113,27 @@ struct TaskTests {
             try QuestionAnsweringTask(model: model, tokenizer: tokenizer(), train: [QuestionAnswer(question: "q", context: "short", answer: "x", answerStart: 99)],
                                       evaluation: [], maxLength: 8)
         }
+    }
+
+    @Test func contextPiecesMapBackToTheContextText() throws {
+        let tok = try tokenizer()
+        let context = "Where?  The CAT sat,on the mat.\r\nJohn's dog (a big red one) ran in Paris \u{4E2D}\u{6587} cafe\u{301}."
+        let p = try QuestionAnsweringTask.pieces(question: "who", context: context, tokenizer: tok, maxLength: 64)
+        // The same pieces as tokenizing the whole context at once.
+        #expect(Array(p.ids[p.contextStart..<(p.ids.count - 1)]) == tok.pieces(context))
+        // Each piece's origin is a unit of the text that tokenizes to exactly the pieces that claim it, and the units
+        // cover every non-space character in order.
+        var units: [Range<String.Index>] = []
+        for r in p.origins where units.last != r { units.append(r) }
+        for r in units {
+            let claimed = p.origins.indices.filter { p.origins[$0] == r }.map { p.ids[p.contextStart + $0] }
+            #expect(tok.pieces(String(context[r])) == claimed, "unit \(context[r])")
+        }
+        #expect(units.map { String(context[$0]) }.joined() == String(context.unicodeScalars.filter { !$0.properties.isWhitespace }))
+        // A span's text is the context's own (case, accents and all).
+        let catID = try #require(tok.vocabulary["cat"]), parisID = try #require(tok.vocabulary["paris"])
+        let cat = try #require(p.ids.firstIndex(of: catID)), paris = try #require(p.ids.firstIndex(of: parisID))
+        #expect(p.text(cat, cat) == "CAT" && p.text(cat, paris).hasPrefix("CAT sat,on") && p.text(cat, paris).hasSuffix("ran in Paris"))
     }
 
     @Test func bpeLearnsAVocabularyThatRoundTrips() throws {
