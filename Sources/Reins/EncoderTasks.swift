@@ -131,8 +131,9 @@ public struct QuestionAnswer: Sendable, Equatable {
 /// transformers); evaluated by exact match and token F1 of the best span (SQuAD definitions), whose text is cut from
 /// the context itself (original case and accents), whole tokenizer units at a time.
 ///
-/// The answer span is located by tokenizing the context up to `answerStart` and the answer itself, so answers should
-/// start and end on word boundaries (as SQuAD's do); an answer cut off by `maxLength` is an error naming the example.
+/// The answer's tokens are the context pieces whose tokenizer units (words, punctuation marks, CJK characters) overlap
+/// its characters, so an answer that starts or ends inside a word takes the whole word; an answer cut off by
+/// `maxLength` is an error naming the example.
 public final class QuestionAnsweringTask: TrainingTask {
     public let reader: BertForQuestionAnswering
     public var model: any Module { reader }
@@ -163,12 +164,15 @@ public final class QuestionAnsweringTask: TrainingTask {
                     throw ModelError.badInput("\(name) example \(n + 1): answer_start \(e.answerStart) is outside the context")
                 }
                 let pair = try Self.pieces(question: e.question, context: e.context, tokenizer: tokenizer, maxLength: maxLength)
-                let before = tokenizer.pieces(String(e.context.unicodeScalars.prefix(e.answerStart))), answer = tokenizer.pieces(e.answer)
-                let start = pair.contextStart + before.count, end = start + answer.count - 1
-                guard !answer.isEmpty, end < pair.ids.count - 1 else {
+                // The answer's pieces: those whose units overlap its code points [answerStart, answerStart + length).
+                let scalars = e.context.unicodeScalars
+                func offset(_ i: String.Index) -> Int { scalars.distance(from: scalars.startIndex, to: i) }
+                let (first, last) = (e.answerStart, e.answerStart + e.answer.unicodeScalars.count)
+                let overlapping = pair.origins.indices.filter { offset(pair.origins[$0].upperBound) > first && offset(pair.origins[$0].lowerBound) < last }
+                guard let start = overlapping.first, let end = overlapping.last else {
                     throw ModelError.badInput("\(name) example \(n + 1): the answer does not fit in \(maxLength) tokens or is empty")
                 }
-                return EncodedQA(pair: pair, start: start, end: end, answer: e.answer)
+                return EncodedQA(pair: pair, start: pair.contextStart + start, end: pair.contextStart + end, answer: e.answer)
             }
         }
         self.train = try encode(train, "training")

@@ -103,6 +103,10 @@ struct TaskTests {
             let found = try tokenizer().decode(Array(encoded.pair.ids[encoded.start...encoded.end]))
             #expect(found == e.answer && encoded.pair.text(encoded.start, encoded.end) == e.answer, "decoded \(found)")
         }
+        // An answer that starts inside a word takes the whole word.
+        let inside = try QuestionAnsweringTask(model: model, tokenizer: tokenizer(), train: [QuestionAnswer(question: "who", context: "he met johnparis today", answer: "paris", answerStart: 11)],
+                                               evaluation: [], maxLength: 32)
+        #expect(inside.train[0].pair.text(inside.train[0].start, inside.train[0].end) == "johnparis")
         let metrics = try task.evaluate()
         #expect(metrics["exact_match"] != nil && metrics["f1"]! >= metrics["exact_match"]!)
         // answer(question:context:) is the span evaluate() scores.
