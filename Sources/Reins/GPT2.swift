@@ -281,16 +281,17 @@ public final class GPT2ForSequenceClassification: Module {
         visit.module("score", score)
     }
 
-    /// Class logits `[B, labels]`, taken at each row's last token that is not `pad_token_id`.
+    /// Class logits `[B, labels]`, taken at each row's last token that is not `pad_token_id` (with prompt tuning, the
+    /// hidden states start with the prompt vectors, so that token sits `promptLength` positions further on).
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
         let (B, T) = (ids.shape.first ?? 0, ids.shape.count == 2 ? ids.shape[1] : 0)
         let all = try score(transformer.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
-        let pad = transformer.config.padTokenID
+        let pad = transformer.config.padTokenID, shift = transformer.promptLength
         guard pad != nil || B == 1 else { throw ModelError.badInput("batches of more than one sequence need pad_token_id in the config") }
         let rows = try (0..<B).map { b -> Tensor in
             let row = ids.values[(b * T)..<((b + 1) * T)]
             // As Hugging Face: the last position whose token is not the pad token (0 if every token is padding).
-            let last = pad.flatMap { p in row.indices.last { row[$0] != Int32(p) }.map { $0 - b * T } } ?? (T - 1)
+            let last = shift + (pad.flatMap { p in row.indices.last { row[$0] != Int32(p) }.map { $0 - b * T } } ?? (T - 1))
             return try all.slice(axis: 0, b..<(b + 1)).slice(axis: 1, last..<(last + 1))
         }
         return try Tensor.concatenate(rows, axis: 0).reshaped([B, score.outputs])

@@ -176,6 +176,17 @@ struct TaskTests {
         #expect(throws: ModelError.self) { try CausalLMTask(model: model, train: [TokenSequence(ids: [1, 2], promptLength: 2)], evaluation: [], padID: 0) }
     }
 
+    @Test func gpt2ClassifierReadsTheLastRealTokenAfterAPrompt() throws {
+        let model = try load("gpt2-cls") { if case let .gpt2SequenceClassification(m) = $0 { return m } else { return nil } }
+        try model.transformer.attachPrompt(Parameter("prompt_embeddings", try Tensor.normal([3, model.transformer.config.hidden], std: 0.5, seed: 9)))
+        // Padded batch (pad 96): the score at each row's last real token, found after the 3 prompt vectors.
+        let ids = try IntTensor(shape: [2, 4], values: [5, 6, 7, 96, 50, 51, 52, 53]), mask = try IntTensor(shape: [2, 4], values: [1, 1, 1, 0, 1, 1, 1, 1])
+        let all = try model.score(model.transformer.hiddenStates(ids, attentionMask: mask)).scalars
+        let L = model.score.outputs, W = 3 + 4
+        let expected = Array(all[((0 * W + 3 + 2) * L)..<((0 * W + 3 + 2) * L + L)]) + Array(all[((1 * W + 3 + 3) * L)..<((1 * W + 3 + 3) * L + L)])
+        #expect(try model.logits(ids, attentionMask: mask).scalars == expected)
+    }
+
     @Test func gpt2SequenceClassificationTrainsAnAdapterWithItsOwnScoreHead() throws {
         let model = try load("gpt2-cls") { if case let .gpt2SequenceClassification(m) = $0 { return m } else { return nil } }
         try model.addAdapter("sentiment", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["c_attn"])), labels: 2, seed: 4)
