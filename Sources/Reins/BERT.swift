@@ -209,6 +209,14 @@ public final class BertModel: Module, VirtualTokenHost {
         return firstOnly && layers.isEmpty ? try x.slice(axis: 1, 0..<1) : x
     }
 
+    /// The last hidden states of the tokens, `[B, T, C]`: ``hiddenStates(_:attentionMask:tokenTypeIDs:)`` without the
+    /// prompt vectors' positions (for per-token heads).
+    public func tokenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+        let h = try hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        let Q = promptLength
+        return Q == 0 ? h : try h.slice(axis: 1, Q..<h.shape[1])
+    }
+
     /// The pooled [CLS] vector `[B, C]`: `tanh(dense(h[:, 0]))`.
     public func pooled(_ hidden: Tensor) throws -> Tensor {
         guard let pooler else { throw ModelError.badInput("this model was built without a pooler") }
@@ -303,9 +311,9 @@ public final class BertForTokenClassification: Module {
         visit.module("classifier", classifier)
     }
 
-    /// Per-token logits `[B, T, labels]`.
+    /// Per-token logits `[B, T, labels]` (with prompt tuning, for the tokens only, not the prompt vectors).
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
-        let h = try bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        let h = try bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
         return try classifier(h.trainingDropout(bert.config.classifierDropout))
     }
 }
@@ -331,9 +339,9 @@ public final class BertForQuestionAnswering: Module {
         visit.module("qa_outputs", outputs)
     }
 
-    /// Start and end logits, each `[B, T]`.
+    /// Start and end logits, each `[B, T]` (with prompt tuning, over the tokens only).
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> (start: Tensor, end: Tensor) {
-        let both = try outputs(bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
+        let both = try outputs(bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
         let (B, T) = (ids.shape[0], ids.shape[1])
         return (try both.slice(axis: 2, 0..<1).reshaped([B, T]), try both.slice(axis: 2, 1..<2).reshaped([B, T]))
     }

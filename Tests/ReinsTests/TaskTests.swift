@@ -187,6 +187,24 @@ struct TaskTests {
         #expect(try model.logits(ids, attentionMask: mask).scalars == expected)
     }
 
+    @Test func bertTokenHeadsSkipThePromptPositions() throws {
+        let tagger = try load("bert-tok") { if case let .bertTokenClassification(m) = $0 { return m } else { return nil } }
+        let reader = try load("bert-qa") { if case let .bertQuestionAnswering(m) = $0 { return m } else { return nil } }
+        let ids = try IntTensor(shape: [2, 5], values: [2, 14, 15, 16, 3, 2, 20, 21, 3, 0]), mask = try IntTensor(shape: [2, 5], values: [1, 1, 1, 1, 1, 1, 1, 1, 1, 0])
+        for bert in [tagger.bert, reader.bert] {
+            try bert.attachPrompt(Parameter("prompt_embeddings", try Tensor.normal([3, bert.config.hidden], std: 0.5, seed: 2)))
+        }
+        // One row per token, equal to the head on the hidden states after the 3 prompt positions.
+        let tags = try tagger.logits(ids, attentionMask: mask)
+        #expect(tags.shape == [2, 5, tagger.classifier.outputs])
+        #expect(tags.scalars == (try tagger.classifier(tagger.bert.hiddenStates(ids, attentionMask: mask).slice(axis: 1, 3..<8))).scalars)
+        let (start, end) = try reader.logits(ids, attentionMask: mask)
+        #expect(start.shape == [2, 5] && end.shape == [2, 5])
+        let both = try reader.outputs(reader.bert.hiddenStates(ids, attentionMask: mask).slice(axis: 1, 3..<8))
+        let (s0, e0) = (try both.slice(axis: 2, 0..<1).scalars, try both.slice(axis: 2, 1..<2).scalars)
+        #expect(start.scalars == s0 && end.scalars == e0)
+    }
+
     @Test func gpt2SequenceClassificationTrainsAnAdapterWithItsOwnScoreHead() throws {
         let model = try load("gpt2-cls") { if case let .gpt2SequenceClassification(m) = $0 { return m } else { return nil } }
         try model.addAdapter("sentiment", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["c_attn"])), labels: 2, seed: 4)
