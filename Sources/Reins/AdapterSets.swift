@@ -24,6 +24,11 @@ public enum AdapterMethod: Sendable, Equatable {
     case lora(LoRAConfig)
     /// LoRA and BitFit in one adapter.
     case loraBitFit(LoRAConfig)
+    /// IA3 (Liu et al., arXiv 2205.05638): learned vectors, starting at ones, that rescale the outputs of the targeted
+    /// linear layers, or their inputs for the `feedForward` ones (PEFT's `target_modules` / `feedforward_modules`,
+    /// matched as PEFT matches them; each feed-forward name must also be a target). Nil: PEFT's defaults — BERT
+    /// `key`, `value`, `output.dense` (feed-forward `output.dense`); GPT-2 `c_attn`, `mlp.c_proj` (feed-forward `mlp.c_proj`).
+    case ia3(targets: [String]? = nil, feedForward: [String]? = nil)
 
     /// A short name for tables and directories.
     public var name: String {
@@ -38,6 +43,7 @@ public enum AdapterMethod: Sendable, Equatable {
         case .promptTuning: return "prompt"
         case .lora: return "lora"
         case .loraBitFit: return "lora+bitfit"
+        case .ia3: return "ia3"
         }
     }
 }
@@ -104,6 +110,8 @@ extension Module {
         case let .loraBitFit(config):
             try addLoRA(name, config, seed: seed)
             addBitFit(name)
+        case let .ia3(targets, feedForward):
+            try addIA3(name, targets: targets, feedForward: feedForward)
         }
         if let headed = self as? any TaskHeadModel {
             headed.heads.add(name, try headed.newHead(labels: labels ?? headed.heads.base.outputs, seed: seed &+ 7919))

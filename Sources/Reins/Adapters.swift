@@ -474,6 +474,28 @@ extension Module {
         return matched.map(\.0)
     }
 
+    /// Attaches IA3 vectors named `name` (all ones: a no-op until trained) to the targeted linear layers and activates
+    /// them; see ``AdapterMethod/ia3(targets:feedForward:)`` for the names and defaults. Returns the layers' keys.
+    @discardableResult
+    public func addIA3(_ name: String, targets: [String]? = nil, feedForward: [String]? = nil) throws -> [String] {
+        let isGPT2 = namedModules().contains { $0.key.hasSuffix("attn.c_attn") }
+        let targets = targets ?? (isGPT2 ? ["c_attn", "mlp.c_proj"] : ["key", "value", "output.dense"])
+        let feedForward = feedForward ?? (isGPT2 ? ["mlp.c_proj"] : ["output.dense"])
+        if let stray = feedForward.first(where: { !targets.contains($0) }) {
+            throw ModelError.badInput("IA3 feed-forward module '\(stray)' is not among the targets \(targets)")
+        }
+        let scalesInput = LoRAConfig(targets: feedForward)
+        let matched = namedModules().compactMap { key, m -> (String, Linear)? in
+            (m as? Linear).flatMap { LoRAConfig(targets: targets).matches(key) ? (key, $0) : nil }
+        }
+        guard !matched.isEmpty else { throw ModelError.badInput("no linear layer matches the IA3 targets \(targets)") }
+        for (key, layer) in matched {
+            let input = scalesInput.matches(key)
+            try layer.attachIA3(name, try IA3(size: input ? layer.inputs : layer.outputs, scalesInput: input))
+        }
+        return matched.map(\.0)
+    }
+
     /// Folds the active LoRA adapter into every adapted layer (inference at the base model's cost).
     public func mergeLoRA() throws { for (_, m) in namedModules() { try (m as? Linear)?.merge() } }
 

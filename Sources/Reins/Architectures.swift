@@ -32,15 +32,19 @@ public enum PretrainedModel {
     static var table: [String: (build: Builder, options: LoadOptions)] {
         let gpt2 = LoadOptions(basePrefix: "transformer", ignoredSuffixes: [".attn.bias", ".attn.masked_bias"])
         let bert = LoadOptions(basePrefix: "bert", ignoredSuffixes: ["position_ids"])
-        var heads = bert
-        heads.ignoredPrefixes = ["pooler."] // task heads without a pooler may read a checkpoint that has one
+        // Task heads start from any pretrained checkpoint, as transformers lets them: the pretraining heads (`cls.`:
+        // masked LM and next-sentence; GPT-2's `lm_head.`) are not theirs, and heads without a pooler skip one.
+        var heads = bert, classifier = bert, gpt2Classifier = gpt2
+        heads.ignoredPrefixes = ["pooler.", "cls."]
+        classifier.ignoredPrefixes = ["cls."]
+        gpt2Classifier.ignoredPrefixes = ["lm_head."]
         return [
             "GPT2Model": ({ .gpt2(try GPT2Model(try GPT2Config(json: $0, path: $1))) }, gpt2),
             "GPT2LMHeadModel": ({ .gpt2LMHead(try GPT2LMHeadModel(try GPT2Config(json: $0, path: $1))) }, gpt2),
-            "GPT2ForSequenceClassification": ({ .gpt2SequenceClassification(try GPT2ForSequenceClassification(try GPT2Config(json: $0, path: $1))) }, gpt2),
+            "GPT2ForSequenceClassification": ({ .gpt2SequenceClassification(try GPT2ForSequenceClassification(try GPT2Config(json: $0, path: $1))) }, gpt2Classifier),
             "BertModel": ({ .bert(try BertModel(try BertConfig(json: $0, path: $1))) }, bert),
             "BertForMaskedLM": ({ .bertMaskedLM(try BertForMaskedLM(try BertConfig(json: $0, path: $1))) }, heads),
-            "BertForSequenceClassification": ({ .bertSequenceClassification(try BertForSequenceClassification(try BertConfig(json: $0, path: $1))) }, bert),
+            "BertForSequenceClassification": ({ .bertSequenceClassification(try BertForSequenceClassification(try BertConfig(json: $0, path: $1))) }, classifier),
             "BertForTokenClassification": ({ .bertTokenClassification(try BertForTokenClassification(try BertConfig(json: $0, path: $1))) }, heads),
             "BertForQuestionAnswering": ({ .bertQuestionAnswering(try BertForQuestionAnswering(try BertConfig(json: $0, path: $1))) }, heads),
         ]
@@ -71,5 +75,40 @@ public enum PretrainedModel {
         options.newlyInitialized = newlyInitialized
         try model.module.load(from: checkpoint, options: options)
         return model
+    }
+}
+
+extension PretrainedModel {
+    /// The base model for an adapter directory, with the head its PEFT `task_type` needs: a `SEQ_CLS` adapter trained
+    /// on `AutoModelForSequenceClassification` over a checkpoint saved as `BertModel` or `BertForMaskedLM` gets a
+    /// `BertForSequenceClassification` (GPT-2: `GPT2ForSequenceClassification`) with as many labels as the adapter's
+    /// saved head; `TOKEN_CLS` a token classifier; `QUESTION_ANS` a QA head; `CAUSAL_LM` GPT-2's LM head. Without a
+    /// task type, or when the checkpoint already has that head, this is ``load(directory:architecture:newlyInitialized:configOverrides:)``.
+    /// The new head's weights come from the adapter (``AdapterFiles/load(directory:into:name:)`` installs them).
+    public static func load(directory: URL, forAdapter adapter: URL) throws -> PretrainedModel {
+        let config = try Checkpoint.readJSON(directory.appendingPathComponent("config.json"))
+        let adapterConfig = (try? Checkpoint.readJSON(adapter.appendingPathComponent("adapter_config.json"))) ?? [:]
+        let isGPT2 = config["model_type"] as? String == "gpt2"
+        let wanted: (architecture: String, head: String)?
+        switch adapterConfig["task_type"] as? String {
+        case "SEQ_CLS": wanted = isGPT2 ? ("GPT2ForSequenceClassification", "score") : ("BertForSequenceClassification", "classifier")
+        case "TOKEN_CLS" where !isGPT2: wanted = ("BertForTokenClassification", "classifier")
+        case "QUESTION_ANS" where !isGPT2: wanted = ("BertForQuestionAnswering", "qa_outputs")
+        case "CAUSAL_LM" where isGPT2: wanted = ("GPT2LMHeadModel", "lm_head")
+        default: wanted = nil
+        }
+        let own = ConfigReader(json: config, path: directory.path).architectures.first
+        guard let wanted, own != wanted.architecture else { return try load(directory: directory) }
+        var overrides: [String: Any] = [:]
+        if wanted.head == "classifier" || wanted.head == "score" {
+            // As many labels as the adapter's saved head has rows (its weight is [labels, hidden]).
+            let (file, path) = try PEFTAdapter.weightsFile(adapter)
+            guard let key = file.tensorNames.sorted().first(where: { $0.contains(".\(wanted.head).") && $0.hasSuffix("weight") && !$0.contains("original_module") }),
+                  let labels = file.shape(key)?.first else {
+                throw ModelError.badConfig(path: path, detail: "a \(adapterConfig["task_type"] ?? "") adapter without its \(wanted.head) head (modules_to_save)")
+            }
+            overrides["num_labels"] = labels
+        }
+        return try load(directory: directory, architecture: wanted.architecture, newlyInitialized: [wanted.head + "."], configOverrides: overrides)
     }
 }

@@ -132,7 +132,8 @@ extension BertForSequenceClassification {
         }
         var options = LoadOptions(basePrefix: "bert", ignoredSuffixes: ["position_ids"])
         options.newlyInitialized = ["classifier."] + (pooling == .cls ? ["bert.pooler."] : [])
-        options.ignoredPrefixes = pooling == .cls ? ["classifier."] : ["pooler.", "classifier."]
+        // A checkpoint's own classifier is replaced; its pretraining heads (`cls.`, e.g. bert-base-uncased's masked LM) are not used.
+        options.ignoredPrefixes = (pooling == .cls ? ["classifier."] : ["pooler.", "classifier."]) + ["cls."]
         try model.load(from: checkpoint, options: options)
         return model
     }

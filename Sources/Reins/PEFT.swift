@@ -44,16 +44,7 @@ public enum PEFTAdapter {
             if path.contains(".lora_") && !path.hasSuffix(".lora_A.weight") && !path.hasSuffix(".lora_B.weight") {
                 throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (a LoRA tensor Reins does not implement)"], misshaped: [])
             }
-            if !path.contains(".lora_") {
-                // A saved head (modules_to_save) or, with bias="all", a bias. PEFT may keep its wrappers in the key:
-                // `.modules_to_save[.NAME].` (the trained copy), `.original_module.` (the untouched original, skipped),
-                // `.base_layer.` (the bias of a LoRA-wrapped layer).
-                if path.contains(".original_module.") { continue }
-                let plain = path.replacingOccurrences(of: ".modules_to_save.\(name).", with: ".").replacingOccurrences(of: ".modules_to_save.", with: ".")
-                    .replacingOccurrences(of: ".base_layer.", with: ".")
-                if heads.contains(where: { $0.plain == plain }) { continue } // the same tensor under two wrapper names
-                heads.append((key, plain, try file.tensor(key)))
-            }
+            if !path.contains(".lora_") { try collectHead(key, path: path, from: file, adapter: name, into: &heads) }
         }
         var built: [(Linear, LoRA)] = []
         for module in pairs.keys.sorted() {
@@ -193,16 +184,32 @@ public enum PEFTAdapter {
         installHeads()
     }
 
+    /// A saved head (modules_to_save) or, with bias="all", a bias. PEFT may keep its wrappers in the key:
+    /// `.modules_to_save[.NAME].` (the trained copy), `.original_module.` (the untouched original, skipped),
+    /// `.base_layer.` (the bias of an adapted layer).
+    static func collectHead(_ key: String, path: String, from file: any TensorArchive, adapter name: String,
+                            into heads: inout [(key: String, plain: String, tensor: Tensor)]) throws {
+        if path.contains(".original_module.") { return }
+        let plain = path.replacingOccurrences(of: ".modules_to_save.\(name).", with: ".").replacingOccurrences(of: ".modules_to_save.", with: ".")
+            .replacingOccurrences(of: ".base_layer.", with: ".")
+        if heads.contains(where: { $0.plain == plain }) { return } // the same tensor under two wrapper names
+        heads.append((key, plain, try file.tensor(key)))
+    }
+
     /// PEFT IA3: one tensor `<layer>.ia3_l` per adapted linear layer, `[out, 1]` (output scaling) or `[1, in]` (input
-    /// scaling, the `feedforward_modules`).
+    /// scaling, the `feedforward_modules`), and any heads saved with it.
     static func loadIA3(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
         let (file, weightsPath) = try weightsFile(directory)
         let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
-        var built: [(Linear, IA3)] = []
+        var built: [(Linear, IA3)] = [], heads: [(key: String, plain: String, tensor: Tensor)] = []
         for key in file.tensorNames.sorted() {
             let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key
             guard path.hasSuffix(".ia3_l") else {
-                throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (not an IA3 vector)"], misshaped: [])
+                if path.contains("ia3_") {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (an IA3 tensor Reins does not implement)"], misshaped: [])
+                }
+                try collectHead(key, path: path, from: file, adapter: name, into: &heads)
+                continue
             }
             let module = String(path.dropLast(".ia3_l".count))
             guard let layer = linears[module] else {
@@ -216,7 +223,9 @@ public enum PEFTAdapter {
             built.append((layer, IA3(vector: try t.reshaped([-1]).detached(), scalesInput: scalesInput)))
         }
         guard !built.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no ia3_l tensors") }
+        let installHeads = try headInstaller(heads, into: model, name: name)
         for (layer, v) in built { try layer.attachIA3(name, v) }
+        installHeads()
     }
 
     /// PEFT prompt tuning: one tensor `prompt_embeddings` `[P, hidden]` (GPT-2 and BERT models), and heads saved with it.

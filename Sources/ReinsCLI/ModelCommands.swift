@@ -56,7 +56,9 @@ struct LogitsCommand: ParsableCommand {
     var adapter: String?
 
     func run() throws {
-        let loaded = try PretrainedModel.load(directory: URL(fileURLWithPath: model))
+        // With an adapter, the head its task type needs (a SEQ_CLS adapter over a bare or masked-LM checkpoint, say).
+        let loaded = try adapter.map { try PretrainedModel.load(directory: URL(fileURLWithPath: model), forAdapter: URL(fileURLWithPath: $0)) }
+            ?? PretrainedModel.load(directory: URL(fileURLWithPath: model))
         if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: loaded.module) }
         let file = try SafeTensorsFile(path: inputs)
         let ids = try file.intTensor("input_ids")

@@ -158,12 +158,12 @@ extension WordPieceTokenizer {
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train a task on a pretrained model: full fine-tuning or an adapter (bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, lora, lora+bitfit).",
+        abstract: "Train a task on a pretrained model: full fine-tuning or an adapter (bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit, ia3).",
         discussion: "Writes OUTPUT/best (the best adapter with its head, or the model's trained tensors), OUTPUT/checkpoint (resume with --resume), OUTPUT/metrics.jsonl, OUTPUT/curves.svg and OUTPUT/labels.json."
     )
 
     @OptionGroup var taskOptions: TaskOptions
-    @Option(help: "full, bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, lora or lora+bitfit.") var method = "lora"
+    @Option(help: "full, bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit or ia3 (PEFT's default targets).") var method = "lora"
     @Option(help: "Training data (.jsonl or .csv).") var train: String
     @Option(help: "Evaluation data (.jsonl or .csv).") var eval: String?
     @Option(help: "Optimizer updates (default: one epoch).") var steps: Int?
@@ -184,7 +184,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "LoRA dropout.") var loraDropout: Float = 0
     @Option(help: "LoRA target layers, comma-separated (default: query,value for BERT, c_attn for GPT-2).") var targets: String?
     @Option(help: "Bottleneck size of Houlsby, Pfeiffer and parallel adapters.") var bottleneck = 64
-    @Option(help: "Prefix-tuning virtual tokens.") var prefixLength = 16
+    @Option(help: "Virtual tokens of prefix and prompt tuning.") var prefixLength = 16
     @Option(help: "Seed for data order, dropout and new weights.") var seed: UInt64 = 0
     @Option(help: "Output directory.") var output: String
     @Flag(help: "Continue from OUTPUT/checkpoint.") var resume = false
@@ -201,6 +201,8 @@ struct TrainCommand: ParsableCommand {
         case "prefix": return .prefix(length: prefixLength)
         case "lora": return .lora(lora)
         case "lora+bitfit": return .loraBitFit(lora)
+        case "ia3": return .ia3()
+        case "prompt": return .promptTuning(length: prefixLength)
         default: throw ValidationError("unknown method '\(method)'")
         }
     }

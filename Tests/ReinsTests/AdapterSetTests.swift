@@ -13,6 +13,7 @@ struct AdapterSetTests {
         ("prefix-mlp", .prefix(length: 3, projection: 7)), ("prompt", .promptTuning(length: 3)),
         ("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"]))),
         ("lora+bitfit", .loraBitFit(LoRAConfig(rank: 2, alpha: 4, targets: ["attention.output.dense"]))),
+        ("ia3", .ia3()),
     ]
 
     func task(_ model: BertForSequenceClassification, labels: Int) throws -> SequenceClassificationTask {
@@ -91,6 +92,8 @@ struct AdapterSetTests {
             "bitfit": bitFit, "houlsby": L * 2 * bottleneck(4), "pfeiffer": L * bottleneck(5), "adapterbias": L * (I + 1 + C),
             "parallel": L * bottleneck(3), "prefix": 2 * L * 2 * C, "prefix-mlp": 3 * C + (C * 7 + 7) + (7 * L * 2 * C + L * 2 * C),
             "prompt": 3 * C, "lora": L * 2 * (2 * C + C * 2), "lora+bitfit": L * (2 * C + C * 2) + bitFit,
+            // PEFT's BERT defaults: key and value outputs (C each); both output.dense layers scale their inputs (C, I).
+            "ia3": L * (3 * C + I),
         ]
         for (name, method) in Self.methods {
             let model = try BottleneckAdapterTests().bert()

@@ -115,6 +115,43 @@ struct ModelParityTests {
         expectClose(logits, try c.io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "class logits from pytorch_model.bin")
     }
 
+    @Test func taskHeadsStartFromAMaskedLMCheckpoint() throws {
+        // bert-base-uncased is saved as BertForMaskedLM: its cls.* pretraining head is skipped, as transformers does.
+        let dir = ModelParityTests.directory("bert-mlm")
+        let mlm = try PretrainedModel.load(directory: dir).module
+        let encoderKeys = Set(mlm.namedParameters().map(\.key).filter { $0.hasPrefix("bert.") && !$0.hasPrefix("bert.pooler.") })
+        let classifier = try BertForSequenceClassification.pretrained(dir, labels: 3)
+        for (architecture, head) in [("BertForTokenClassification", "classifier."), ("BertForQuestionAnswering", "qa_outputs."),
+                                     ("BertForSequenceClassification", "classifier.")] {
+            let m = try PretrainedModel.load(directory: dir, architecture: architecture, newlyInitialized: [head, "bert.pooler."]).module
+            // Every encoder weight is the checkpoint's.
+            let mine = Dictionary(uniqueKeysWithValues: m.namedParameters().map { ($0.key, $0.parameter.value.scalars) })
+            for (key, p) in mlm.namedParameters() where encoderKeys.contains(key) { #expect(mine[key] == p.value.scalars, "\(architecture) \(key)") }
+        }
+        #expect(classifier.classifier.outputs == 3)
+    }
+
+    @Test func anAdapterBringsItsHeadOntoABareCheckpoint() throws {
+        // The bert-cls weights saved as a bare BertModel (no classifier): the PEFT SEQ_CLS adapter says which head to
+        // build and holds it (modules_to_save), so the logits are PEFT's, as on the classifier checkpoint itself.
+        let source = try Checkpoint(directory: ModelParityTests.directory("bert-cls"))
+        let bare = try temporaryDirectory()
+        var config = source.config
+        config["architectures"] = ["BertModel"]
+        try JSONSerialization.data(withJSONObject: config).write(to: bare.appendingPathComponent("config.json"))
+        var tensors: [String: Tensor] = [:]
+        for name in source.tensorNames where !name.hasPrefix("classifier.") { tensors[String(name.dropFirst(name.hasPrefix("bert.") ? 5 : 0))] = try source.tensor(name) }
+        try SafeTensorsFile.write(tensors, to: bare.appendingPathComponent("model.safetensors").path)
+        let adapter = Fixtures.directory.appendingPathComponent("adapters/bert-lora")
+        guard case .bert = try PretrainedModel.load(directory: bare) else { Issue.record("the bare copy should load as BertModel"); return }
+        let loaded = try PretrainedModel.load(directory: bare, forAdapter: adapter)
+        guard case let .bertSequenceClassification(model) = loaded else { Issue.record("built \(loaded)"); return }
+        try AdapterFiles.load(directory: adapter, into: model)
+        let io = try SafeTensorsFile(path: adapter.appendingPathComponent("expected.safetensors").path)
+        let logits = try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask"), tokenTypeIDs: try io.intTensor("token_type_ids"))
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "PEFT SEQ_CLS adapter on a bare BertModel checkpoint")
+    }
+
     @Test func bertTokenClassification() throws {
         let c = try Case("bert-tok")
         guard case let .bertTokenClassification(model) = c.model else { Issue.record("built \(c.model)"); return }
