@@ -14,14 +14,15 @@ each step (before its update) goes to training/expected.json. Dropout is 0 in th
 
 The bottleneck adapters (Houlsby, Pfeiffer), AdapterBias and the parallel adapter are written here in plain PyTorch at
 the insertion points Reins documents (each BERT layer's attention-output and FFN-output dense layers, before the
-residual add and layer norm), and saved in Reins's adapter layout. LoRA and prefix tuning are PEFT's own.
+residual add and layer norm), and saved in Reins's adapter layout. LoRA, prefix tuning, prompt tuning and IA3 are
+PEFT's own.
 """
 import json
 import os
 import types
 
 import torch
-from peft import LoraConfig, PrefixTuningConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from safetensors.torch import save_file
 from transformers import BertForSequenceClassification, GPT2LMHeadModel, get_linear_schedule_with_warmup
 
@@ -181,13 +182,14 @@ def bitfit_run():
     return train(model, trainable, 3e-2, bert_batch())
 
 
-def peft_run(name, config, randomize):
+def peft_run(name, config, randomize, around=0.0):
+    """A PEFT adapter whose `randomize` tensors start at around + 0.3·N(0, 1) (not PEFT's no-op start)."""
     torch.manual_seed(7)
     model = get_peft_model(bert_base(), config)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if randomize in n:
-                p.copy_(torch.randn_like(p) * 0.3)
+                p.copy_(around + torch.randn_like(p) * 0.3)
     model.save_pretrained(os.path.join(OUT, name), safe_serialization=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     return train(model, trainable, 3e-2, bert_batch())
@@ -225,6 +227,9 @@ if __name__ == "__main__":
         "lora": peft_run("lora", LoraConfig(r=3, lora_alpha=6, target_modules=["query", "value"], lora_dropout=0.0,
                                             modules_to_save=["classifier"], task_type="SEQ_CLS"), "lora_B"),
         "prefix": peft_run("prefix", PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_CLS"), "prompt_encoder"),
+        "prompt": peft_run("prompt", PromptTuningConfig(num_virtual_tokens=3, task_type="SEQ_CLS"), "prompt_encoder"),
+        "ia3": peft_run("ia3", IA3Config(target_modules=["key", "value", "output.dense"], feedforward_modules=["output.dense"],
+                                         modules_to_save=["classifier"], task_type="SEQ_CLS"), "ia3_l", around=1.0),
         **gpt2_runs(),
     }
     with open(os.path.join(OUT, "expected.json"), "w") as f:
