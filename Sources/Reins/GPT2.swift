@@ -88,12 +88,23 @@ public final class GPT2Block: Module {
     /// `x: [B, T, C]`; `keyMask: [B, Tk]` (1 = real token) over the prefix, cached and new positions.
     /// `prefix` (keys, values `[B, NH, P, hs]`) is prepended when nothing is cached yet (afterwards it is in the
     /// cache). With a cache, the new keys and values are appended to it and the queries attend to all of them.
-    func callAsFunction(_ x: Tensor, keyMask: IntTensor?, cache: KVCache.Layer? = nil, prefix: (keys: Tensor, values: Tensor)? = nil) throws -> Tensor {
-        let C = x.shape[2]
-        let qkv = try attentionIn(ln1(x))
-        let q = try qkv.slice(axis: 2, 0..<C).splittingHeads(heads)
+    ///
+    /// With `rows` (one position per sequence, no cache), only those positions are computed: each attends to every key
+    /// up to and including itself (the prefix too), and the output is `[B, 1, C]`, equal to those rows of the full
+    /// block's output.
+    func callAsFunction(_ input: Tensor, keyMask: IntTensor?, cache: KVCache.Layer? = nil, prefix: (keys: Tensor, values: Tensor)? = nil,
+                        rows: [Int]? = nil) throws -> Tensor {
+        let C = input.shape[2]
+        let qkv = try attentionIn(ln1(input))
         var k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
         var v = try qkv.slice(axis: 2, (2 * C)..<(3 * C)).splittingHeads(heads)
+        // The block is per position after the keys and values: pick the rows asked for.
+        func pick(_ t: Tensor) throws -> Tensor {
+            guard let rows else { return t }
+            return try Tensor.concatenate(rows.enumerated().map { b, r in try t.slice(axis: 0, b..<(b + 1)).slice(axis: 1, r..<(r + 1)) }, axis: 0)
+        }
+        let x = try pick(input)
+        let q = try pick(qkv).slice(axis: 2, 0..<C).splittingHeads(heads)
         if let prefix, cache?.keys == nil {
             k = try Tensor.concatenate([prefix.keys, k], axis: 2)
             v = try Tensor.concatenate([prefix.values, v], axis: 2)
@@ -107,7 +118,17 @@ public final class GPT2Block: Module {
             cache.values = v
         }
         let drop = attentionProbabilityDropout(attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
-        let a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale, dropout: drop).mergingHeads()
+        let a: Tensor
+        if let rows {
+            // One query per sequence at its own position: the causal limit becomes a per-sequence key mask.
+            let (B, Tk) = (input.shape[0], k.shape[2]), P = Tk - input.shape[1]
+            var visible = [Int32](repeating: 0, count: B * Tk)
+            for b in 0..<B { for j in 0...(P + rows[b]) where keyMask?.values[b * Tk + j] ?? 1 != 0 { visible[b * Tk + j] = 1 } }
+            a = try Tensor.attention(query: q, key: k, value: v, keyMask: IntTensor(shape: [B, Tk], values: visible), scale: attentionScale,
+                                     dropout: drop).mergingHeads()
+        } else {
+            a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale, dropout: drop).mergingHeads()
+        }
         let h = try x + adapters.attention(attentionOut(a).trainingDropout(dropout), residual: x)
         let normed = try ln2(h)
         let z = try activation.apply(normed, feedForwardIn)
@@ -163,6 +184,24 @@ public final class GPT2Model: Module, VirtualTokenHost {
     ///     cached positions and the new ones, `[B, cached + T]`.
     public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil,
                              tokenTypeIDs: IntTensor? = nil, cache: KVCache? = nil) throws -> Tensor {
+        try encode(ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache, rows: nil)
+    }
+
+    /// The final hidden state at one position per sequence, `[B, 1, C]` (`positions[b]` counts the tokens of row `b`
+    /// from 0; with prompt tuning the prompt vectors come first and are not counted). Equal to those rows of
+    /// ``hiddenStates(_:attentionMask:positionIDs:tokenTypeIDs:cache:)``, for less work: the last block builds keys
+    /// and values for every position but runs its queries, projection and MLP on the chosen rows only.
+    public func hiddenStates(_ ids: IntTensor, at positions: [Int], attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+        let (B, T) = (ids.shape.first ?? 0, ids.shape.count == 2 ? ids.shape[1] : 0)
+        guard positions.count == B, positions.allSatisfy({ (0..<T).contains($0) }) else {
+            throw ModelError.badInput("positions \(positions) for \(B) sequences of \(T) tokens")
+        }
+        return try encode(ids, attentionMask: attentionMask, positionIDs: nil, tokenTypeIDs: tokenTypeIDs, cache: nil,
+                          rows: positions.map { $0 + promptLength })
+    }
+
+    private func encode(_ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, tokenTypeIDs: IntTensor?,
+                        cache: KVCache?, rows: [Int]?) throws -> Tensor {
         guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
         let (B, T) = (ids.shape[0], ids.shape[1])
         let P = prefixLength
@@ -205,7 +244,10 @@ public final class GPT2Model: Module, VirtualTokenHost {
         // The prefix enters the cache with the first pass; afterwards it is read from there.
         let prefixes = firstPass ? try prefix?.keysValues(batch: B) : nil
         for (i, block) in blocks.enumerated() {
-            x = try block(x, keyMask: keyMask, cache: cache?.layers[i], prefix: prefixes?[i])
+            x = try block(x, keyMask: keyMask, cache: cache?.layers[i], prefix: prefixes?[i], rows: i == blocks.count - 1 ? rows : nil)
+        }
+        if let rows, blocks.isEmpty {
+            x = try Tensor.concatenate(rows.enumerated().map { b, r in try x.slice(axis: 0, b..<(b + 1)).slice(axis: 1, r..<(r + 1)) }, axis: 0)
         }
         return try finalNorm(x)
     }
@@ -284,17 +326,17 @@ public final class GPT2ForSequenceClassification: Module {
     /// Class logits `[B, labels]`, taken at each row's last token that is not `pad_token_id` (with prompt tuning, the
     /// hidden states start with the prompt vectors, so that token sits `promptLength` positions further on).
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
-        let (B, T) = (ids.shape.first ?? 0, ids.shape.count == 2 ? ids.shape[1] : 0)
-        let all = try score(transformer.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
-        let pad = transformer.config.padTokenID, shift = transformer.promptLength
+        guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        let pad = transformer.config.padTokenID
         guard pad != nil || B == 1 else { throw ModelError.badInput("batches of more than one sequence need pad_token_id in the config") }
-        let rows = try (0..<B).map { b -> Tensor in
-            let row = ids.values[(b * T)..<((b + 1) * T)]
-            // As Hugging Face: the last position whose token is not the pad token (0 if every token is padding).
-            let last = shift + (pad.flatMap { p in row.indices.last { row[$0] != Int32(p) }.map { $0 - b * T } } ?? (T - 1))
-            return try all.slice(axis: 0, b..<(b + 1)).slice(axis: 1, last..<(last + 1))
+        // As Hugging Face: the last position whose token is not the pad token (0 if every token is padding). Only
+        // those rows go through the last block (``GPT2Model/hiddenStates(_:at:attentionMask:tokenTypeIDs:)``).
+        let last = (0..<B).map { b in
+            pad.flatMap { p in ids.values[(b * T)..<((b + 1) * T)].lastIndex { $0 != Int32(p) }.map { $0 - b * T } ?? 0 } ?? (T - 1)
         }
-        return try Tensor.concatenate(rows, axis: 0).reshaped([B, score.outputs])
+        let h = try transformer.hiddenStates(ids, at: last, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        return try score(h).reshaped([B, score.outputs])
     }
 }
 

@@ -184,7 +184,39 @@ struct TaskTests {
         let all = try model.score(model.transformer.hiddenStates(ids, attentionMask: mask)).scalars
         let L = model.score.outputs, W = 3 + 4
         let expected = Array(all[((0 * W + 3 + 2) * L)..<((0 * W + 3 + 2) * L + L)]) + Array(all[((1 * W + 3 + 3) * L)..<((1 * W + 3 + 3) * L + L)])
-        #expect(try model.logits(ids, attentionMask: mask).scalars == expected)
+        expectClose(try model.logits(ids, attentionMask: mask).scalars, expected, atol: 1e-6, rtol: 1e-5, "scores at the last real tokens")
+    }
+
+    @Test func gpt2LastRowsEqualTheFullLastBlock() throws {
+        let model = try load("gpt2-cls") { if case let .gpt2SequenceClassification(m) = $0 { return m } else { return nil } }
+        let gpt = model.transformer, C = gpt.config.hidden
+        let ids = try IntTensor(shape: [3, 5], values: [5, 6, 7, 96, 96, 50, 51, 52, 53, 54, 8, 96, 96, 96, 96])
+        let mask = try IntTensor(shape: [3, 5], values: [1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+        let rows = [2, 4, 0]
+        model.freeze()
+        try model.addAdapter("a", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["c_attn", "mlp.c_fc"])), labels: 2, seed: 1)
+        try gpt.attachPrefix(Parameter("prompt_embeddings", try Tensor.normal([2, gpt.config.layers * 2 * C], std: 0.5, seed: 2).requiringGradient()))
+        for (key, p) in model.namedParameters() where key.contains("lora_B") { p.value = try Tensor.normal(p.value.shape, std: 0.3, seed: 3).requiringGradient() }
+        for withPrompt in [false, true] {
+            if withPrompt { try gpt.attachPrompt(Parameter("prompt_tuning_embeddings", try Tensor.normal([3, C], std: 0.5, seed: 4).requiringGradient())) }
+            let trainable = gpt.namedParameters().map(\.parameter).filter { $0.value.requiresGradient } // the head is not in play
+            let weights = try Tensor.normal([3, 1, C], seed: 5)
+            func run(_ picked: Bool) throws -> ([Float], [[Float]]) {
+                for p in trainable { p.zeroGradient() }
+                let Q = gpt.promptLength
+                let out = try picked ? gpt.hiddenStates(ids, at: rows, attentionMask: mask)
+                    : Tensor.concatenate(rows.enumerated().map { b, r in
+                        try gpt.hiddenStates(ids, attentionMask: mask).slice(axis: 0, b..<(b + 1)).slice(axis: 1, (Q + r)..<(Q + r + 1))
+                    }, axis: 0)
+                try (out * weights).sum().backward()
+                return (out.scalars, try trainable.map { try #require($0.gradient).scalars })
+            }
+            let (full, fullGrads) = try run(false), (picked, pickedGrads) = try run(true)
+            #expect(trainable.count >= 3)
+            expectClose(picked, full, atol: 1e-5, rtol: 1e-5, "rows \(rows), prompt \(withPrompt)")
+            for (i, (a, b)) in zip(pickedGrads, fullGrads).enumerated() { expectClose(a, b, atol: 1e-5, rtol: 1e-4, "gradient \(i), prompt \(withPrompt)") }
+        }
+        #expect(throws: ModelError.self) { try gpt.hiddenStates(ids, at: [0, 5, 0], attentionMask: mask) }
     }
 
     @Test func bertTokenHeadsSkipThePromptPositions() throws {
