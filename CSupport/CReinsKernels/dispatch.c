@@ -4,9 +4,12 @@
 #include "rk_internal.h"
 #include <stdatomic.h>
 
-static atomic_int active_isa = -1;
+// The detected set, found once; a per-thread override (tests and benchmarks), so that forcing the scalar kernels on
+// one thread never changes what another thread computes.
+static atomic_int detected_isa = -1;
+static _Thread_local int isa_override = -1;
 
-int rk_isa_detected(void) {
+static int detect(void) {
 #if RK_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
@@ -16,20 +19,22 @@ int rk_isa_detected(void) {
     return RK_ISA_SCALAR;
 }
 
-int rk_isa_active(void) {
-    int isa = atomic_load_explicit(&active_isa, memory_order_relaxed);
+int rk_isa_detected(void) {
+    int isa = atomic_load_explicit(&detected_isa, memory_order_relaxed);
     if (isa < 0) {
-        isa = rk_isa_detected();
-        atomic_store_explicit(&active_isa, isa, memory_order_relaxed);
+        isa = detect();
+        atomic_store_explicit(&detected_isa, isa, memory_order_relaxed);
     }
     return isa;
 }
+
+int rk_isa_active(void) { return isa_override >= 0 ? isa_override : rk_isa_detected(); }
 
 int rk_isa_select(int isa) {
     int best = rk_isa_detected();
     if (isa < RK_ISA_SCALAR) isa = RK_ISA_SCALAR;
     if (isa > best) isa = best;
-    atomic_store_explicit(&active_isa, isa, memory_order_relaxed);
+    isa_override = isa == best ? -1 : isa;
     return isa;
 }
 

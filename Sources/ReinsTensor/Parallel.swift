@@ -1,4 +1,5 @@
 import COpenBLAS
+import CReinsKernels
 import Dispatch
 import Foundation
 import Synchronization
@@ -21,10 +22,18 @@ public enum Parallel {
         }
         holdBLASToOneThread()
         defer { releaseBLAS() }
+        // The kernels' instruction set is chosen per thread (rk_isa_select): the workers use the caller's.
+        let isa = rk_isa_active(), best = rk_isa_detected()
         // The chunks touch disjoint memory by contract; Dispatch cannot see that, hence the unchecked box.
         withoutActuallyEscaping(body) { work in
             let box = UncheckedBox(work)
-            DispatchQueue.concurrentPerform(iterations: chunks) { box.value($0) }
+            DispatchQueue.concurrentPerform(iterations: chunks) { c in
+                if isa == best { box.value(c); return }
+                let previous = rk_isa_active()
+                rk_isa_select(isa)
+                box.value(c)
+                rk_isa_select(previous)
+            }
         }
     }
 

@@ -1,3 +1,6 @@
+import Foundation
+import Dispatch
+import Synchronization
 import CReinsKernels
 import Testing
 @testable import ReinsTensor
@@ -14,6 +17,25 @@ struct KernelTests {
         #expect(rk_isa_select(isa) == isa)
         defer { rk_isa_select(rk_isa_detected()) }
         try body()
+    }
+
+    @Test func instructionSetChoiceIsPerThreadAndReachesParallelWorkers() throws {
+        let best = rk_isa_detected()
+        guard best > 0 else { return } // only the scalar kernels exist here: nothing to choose between
+        with(0) {
+            #expect(rk_isa_active() == 0)
+            // Another thread keeps the best kernels (tests running meanwhile are not switched under their feet)...
+            let seen = Mutex<Int32>(-1), done = DispatchSemaphore(value: 0)
+            let other = Thread { seen.withLock { $0 = rk_isa_active() }; done.signal() }
+            other.start()
+            done.wait()
+            #expect(seen.withLock { $0 } == best)
+            // ...while the workers of this thread's parallel regions use its choice.
+            let chunks = Mutex<[Int32]>([])
+            Parallel.forEach(8) { _ in let isa = rk_isa_active(); chunks.withLock { $0.append(isa) } }
+            #expect(chunks.withLock { $0 } == [Int32](repeating: 0, count: 8))
+        }
+        #expect(rk_isa_active() == best)
     }
 
     @Test(arguments: instructionSets)

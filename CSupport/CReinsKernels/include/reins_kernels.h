@@ -29,9 +29,10 @@ typedef enum {
 
 /// The best instruction set this CPU supports (and this build can use).
 int rk_isa_detected(void);
-/// The instruction set the kernels use now.
+/// The instruction set the kernels use now, on the calling thread.
 int rk_isa_active(void);
-/// Select an instruction set no better than the detected one (for tests and benchmarks); returns the one now active.
+/// Select an instruction set no better than the detected one for the calling thread (tests and benchmarks; ReinsTensor's
+/// parallel regions carry it to their workers); returns the one now active. Other threads are unaffected.
 int rk_isa_select(int isa);
 /// A short name for an instruction set ("scalar", "avx2", "avx512").
 const char *rk_isa_name(int isa);
