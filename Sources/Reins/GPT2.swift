@@ -99,12 +99,8 @@ public final class GPT2Block: Module {
         var k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
         var v = try qkv.slice(axis: 2, (2 * C)..<(3 * C)).splittingHeads(heads)
         // The block is per position after the keys and values: pick the rows asked for.
-        func pick(_ t: Tensor) throws -> Tensor {
-            guard let rows else { return t }
-            return try Tensor.concatenate(rows.enumerated().map { b, r in try t.slice(axis: 0, b..<(b + 1)).slice(axis: 1, r..<(r + 1)) }, axis: 0)
-        }
-        let x = try pick(input)
-        let q = try pick(qkv).slice(axis: 2, 0..<C).splittingHeads(heads)
+        let x = try rows.map { try input.positions($0) } ?? input
+        let q = try (rows.map { try qkv.positions($0) } ?? qkv).slice(axis: 2, 0..<C).splittingHeads(heads)
         if let prefix, cache?.keys == nil {
             k = try Tensor.concatenate([prefix.keys, k], axis: 2)
             v = try Tensor.concatenate([prefix.values, v], axis: 2)
@@ -246,9 +242,7 @@ public final class GPT2Model: Module, VirtualTokenHost {
         for (i, block) in blocks.enumerated() {
             x = try block(x, keyMask: keyMask, cache: cache?.layers[i], prefix: prefixes?[i], rows: i == blocks.count - 1 ? rows : nil)
         }
-        if let rows, blocks.isEmpty {
-            x = try Tensor.concatenate(rows.enumerated().map { b, r in try x.slice(axis: 0, b..<(b + 1)).slice(axis: 1, r..<(r + 1)) }, axis: 0)
-        }
+        if let rows, blocks.isEmpty { x = try x.positions(rows) }
         return try finalNorm(x)
     }
 }
@@ -343,5 +337,12 @@ public final class GPT2ForSequenceClassification: Module {
 func checkTokens(_ ids: IntTensor, vocabularySize: Int) throws {
     if let bad = ids.values.firstIndex(where: { $0 < 0 || Int($0) >= vocabularySize }) {
         throw ModelError.tokenOutOfRange(position: bad, id: Int(ids.values[bad]), vocabularySize: vocabularySize)
+    }
+}
+
+extension Tensor {
+    /// `[B, T, C]` to `[B, 1, C]`: row `b`'s position `positions[b]` (differentiable).
+    func positions(_ positions: [Int]) throws -> Tensor {
+        try Tensor.concatenate(positions.enumerated().map { b, t in try slice(axis: 0, b..<(b + 1)).slice(axis: 1, t..<(t + 1)) }, axis: 0)
     }
 }
