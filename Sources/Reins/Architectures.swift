@@ -84,7 +84,8 @@ extension PretrainedModel {
     /// `BertForSequenceClassification` (GPT-2: `GPT2ForSequenceClassification`) with as many labels as the adapter's
     /// saved head; `TOKEN_CLS` a token classifier; `QUESTION_ANS` a QA head; `CAUSAL_LM` GPT-2's LM head. Without a
     /// task type, or when the checkpoint already has that head, this is ``load(directory:architecture:newlyInitialized:configOverrides:)``.
-    /// The new head's weights come from the adapter (``AdapterFiles/load(directory:into:name:)`` installs them).
+    /// The new head's weights come from the adapter (``AdapterFiles/load(directory:into:name:)`` installs them). A GPT-2
+    /// classifier without `pad_token_id` uses `eos_token_id`, the usual choice.
     public static func load(directory: URL, forAdapter adapter: URL) throws -> PretrainedModel {
         let config = try Checkpoint.readJSON(directory.appendingPathComponent("config.json"))
         let adapterConfig = (try? Checkpoint.readJSON(adapter.appendingPathComponent("adapter_config.json"))) ?? [:]
@@ -108,6 +109,10 @@ extension PretrainedModel {
                 throw ModelError.badConfig(path: path, detail: "a \(adapterConfig["task_type"] ?? "") adapter without its \(wanted.head) head (modules_to_save)")
             }
             overrides["num_labels"] = labels
+            // GPT-2 checkpoints carry no pad token; PEFT users set the end-of-text token, as Reins's trainer does.
+            if isGPT2, config["pad_token_id"] == nil || config["pad_token_id"] is NSNull, let eos = config["eos_token_id"] as? Int {
+                overrides["pad_token_id"] = eos
+            }
         }
         return try load(directory: directory, architecture: wanted.architecture, newlyInitialized: [wanted.head + "."], configOverrides: overrides)
     }

@@ -152,6 +152,28 @@ struct ModelParityTests {
         expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "PEFT SEQ_CLS adapter on a bare BertModel checkpoint")
     }
 
+    @Test func aGPT2ClassifierAdapterBringsItsScoreHeadOntoAnLMCheckpoint() throws {
+        // An LM checkpoint without pad_token_id (as GPT-2's own): a SEQ_CLS adapter builds GPT2ForSequenceClassification
+        // with its saved score head, padding by eos_token_id.
+        let lm = try temporaryDirectory()
+        var config = try Checkpoint.readJSON(ModelParityTests.directory("gpt2-lm").appendingPathComponent("config.json"))
+        (config["pad_token_id"], config["eos_token_id"]) = (nil, 96)
+        try JSONSerialization.data(withJSONObject: config).write(to: lm.appendingPathComponent("config.json"))
+        try FileManager.default.copyItem(at: ModelParityTests.directory("gpt2-lm").appendingPathComponent("model.safetensors"), to: lm.appendingPathComponent("model.safetensors"))
+        guard case let .gpt2SequenceClassification(trained) = try PretrainedModel.load(directory: lm, architecture: "GPT2ForSequenceClassification",
+                newlyInitialized: ["score."], configOverrides: ["num_labels": 3, "pad_token_id": 96]) else { Issue.record("not a classifier"); return }
+        try trained.addAdapter("task", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["c_attn"])), labels: 2, seed: 1)
+        for (key, p) in trained.namedParameters() where key.contains("lora_B") { p.value = try Tensor.normal(p.value.shape, std: 0.3, seed: 2) }
+        let adapter = try temporaryDirectory()
+        try trained.saveAdapter("task", to: adapter)
+        let loaded = try PretrainedModel.load(directory: lm, forAdapter: adapter)
+        guard case let .gpt2SequenceClassification(model) = loaded else { Issue.record("built \(loaded)"); return }
+        try AdapterFiles.load(directory: adapter, into: model)
+        let ids = try IntTensor(shape: [2, 4], values: [5, 6, 7, 96, 50, 51, 52, 53]), mask = try IntTensor(shape: [2, 4], values: [1, 1, 1, 0, 1, 1, 1, 1])
+        #expect(model.transformer.config.padTokenID == 96 && model.score.outputs == 2)
+        expectClose(try model.logits(ids, attentionMask: mask), try trained.logits(ids, attentionMask: mask), atol: 1e-6, rtol: 1e-6, "GPT-2 SEQ_CLS adapter on an LM checkpoint")
+    }
+
     @Test func bertTokenClassification() throws {
         let c = try Case("bert-tok")
         guard case let .bertTokenClassification(model) = c.model else { Issue.record("built \(c.model)"); return }
