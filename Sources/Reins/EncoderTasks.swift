@@ -40,7 +40,7 @@ public final class TokenClassificationTask: TrainingTask {
                 if let bad = s.tags.first(where: { !(0..<tags).contains($0) }) {
                     throw ModelError.badInput("\(name) example \(n + 1): tag \(bad) outside 0..<\(tags)")
                 }
-                let (ids, first) = try Self.pieces(s.words, tokenizer: tokenizer, maxLength: maxLength)
+                let (ids, first) = Self.pieces(s.words, tokenizer: tokenizer, maxLength: maxLength)
                 var labels = [Int32](repeating: -100, count: ids.count)
                 for (position, tag) in zip(first, s.tags) { if let position { labels[position] = Int32(tag) } }
                 return EncodedTags(ids: ids, labels: labels)
@@ -52,23 +52,20 @@ public final class TokenClassificationTask: TrainingTask {
 
     /// `[CLS] pieces... [SEP]`, and each word's first piece's position (nil for a word with no pieces, or one that no
     /// longer fits in `maxLength`).
-    static func pieces(_ words: [String], tokenizer: WordPieceTokenizer, maxLength: Int) throws -> (ids: [Int32], first: [Int?]) {
-        guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
-            throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
-        }
-        var ids: [Int32] = [cls], first: [Int?] = []
+    static func pieces(_ words: [String], tokenizer: WordPieceTokenizer, maxLength: Int) -> (ids: [Int32], first: [Int?]) {
+        var ids: [Int32] = [tokenizer.cls], first: [Int?] = []
         for word in words {
             let p = tokenizer.pieces(word)
             guard !p.isEmpty, ids.count + p.count < maxLength else { first.append(nil); continue }
             first.append(ids.count)
             ids += p
         }
-        return (ids + [sep], first)
+        return (ids + [tokenizer.sep], first)
     }
 
     /// The predicted tag of each word (nil for a word with no word pieces or beyond `maxLength`).
     public func tag(_ words: [String]) throws -> [Int?] {
-        let (ids, first) = try Self.pieces(words, tokenizer: tokenizer, maxLength: maxLength)
+        let (ids, first) = Self.pieces(words, tokenizer: tokenizer, maxLength: maxLength)
         let best = try Autograd.withoutGradients { try tagger.logits(IntTensor(shape: [1, ids.count], values: ids)) }.argmax()
         return first.map { $0.map { best[$0] } }
     }
@@ -147,8 +144,8 @@ public final class QuestionAnsweringTask: TrainingTask {
         let ids: [Int32], types: [Int32], contextStart: Int
         let context: String
         /// For the context's `i`-th piece: the range of the context it was cut from (a word, a punctuation mark, a CJK
-        /// character — the tokenizer's own units, so a word's pieces share its range).
-        let origins: [Range<String.Index>]
+        /// character — the tokenizer's own units, so a word's pieces share its range), and the same range in code points.
+        let origins: [Range<String.Index>], offsets: [Range<Int>]
         /// The context text the pieces `first...last` (positions in `ids`) were cut from.
         func text(_ first: Int, _ last: Int) -> String {
             String(context[origins[first - contextStart].lowerBound..<origins[last - contextStart].upperBound])
@@ -165,10 +162,8 @@ public final class QuestionAnsweringTask: TrainingTask {
                 }
                 let pair = try Self.pieces(question: e.question, context: e.context, tokenizer: tokenizer, maxLength: maxLength)
                 // The answer's pieces: those whose units overlap its code points [answerStart, answerStart + length).
-                let scalars = e.context.unicodeScalars
-                func offset(_ i: String.Index) -> Int { scalars.distance(from: scalars.startIndex, to: i) }
-                let (first, last) = (e.answerStart, e.answerStart + e.answer.unicodeScalars.count)
-                let overlapping = pair.origins.indices.filter { offset(pair.origins[$0].upperBound) > first && offset(pair.origins[$0].lowerBound) < last }
+                let answer = e.answerStart..<(e.answerStart + e.answer.unicodeScalars.count)
+                let overlapping = pair.offsets.indices.filter { pair.offsets[$0].overlaps(answer) }
                 guard let start = overlapping.first, let end = overlapping.last else {
                     throw ModelError.badInput("\(name) example \(n + 1): the answer does not fit in \(maxLength) tokens or is empty")
                 }
@@ -183,32 +178,31 @@ public final class QuestionAnsweringTask: TrainingTask {
     /// each context piece came from. The context is cut into the tokenizer's own units first (whitespace-separated
     /// words, punctuation marks and CJK characters on their own), so its pieces are exactly those of the whole text.
     static func pieces(question: String, context: String, tokenizer: WordPieceTokenizer, maxLength: Int) throws -> EncodedPair {
-        guard let cls = tokenizer.vocabulary["[CLS]"], let sep = tokenizer.vocabulary["[SEP]"] else {
-            throw ModelError.badInput("the tokenizer has no [CLS] or [SEP]")
-        }
         let q = tokenizer.pieces(question)
         let contextStart = q.count + 2
         guard contextStart < maxLength - 1 else { throw ModelError.badInput("the question alone fills \(maxLength) tokens") }
-        var units: [Range<String.Index>] = [], open: String.Index?
+        // Units with their string ranges and code-point ranges, in one pass over the scalars.
+        var units: [(range: Range<String.Index>, offsets: Range<Int>)] = [], open: (index: String.Index, offset: Int)?
         let scalars = context.unicodeScalars
-        for i in scalars.indices {
+        for (offset, i) in scalars.indices.enumerated() {
             let s = scalars[i]
             let alone = WordPieceTokenizer.isPunctuation(s) || WordPieceTokenizer.isCJK(s.value)
-            if WordPieceTokenizer.isWhitespace(s) || alone, let o = open { units.append(o..<i); open = nil }
-            if alone { units.append(i..<scalars.index(after: i)) } else if !WordPieceTokenizer.isWhitespace(s), open == nil { open = i }
+            if WordPieceTokenizer.isWhitespace(s) || alone, let o = open { units.append((o.index..<i, o.offset..<offset)); open = nil }
+            if alone { units.append((i..<scalars.index(after: i), offset..<(offset + 1))) }
+            else if !WordPieceTokenizer.isWhitespace(s), open == nil { open = (i, offset) }
         }
-        if let o = open { units.append(o..<context.endIndex) }
-        var contextIDs: [Int32] = [], origins: [Range<String.Index>] = []
+        if let o = open { units.append((o.index..<context.endIndex, o.offset..<scalars.count)) }
+        var contextIDs: [Int32] = [], origins: [Range<String.Index>] = [], offsets: [Range<Int>] = []
         for unit in units {
-            let p = tokenizer.pieces(String(context[unit]))
+            let p = tokenizer.pieces(String(context[unit.range]))
             contextIDs += p
-            origins += [Range<String.Index>](repeating: unit, count: p.count)
+            origins += repeatElement(unit.range, count: p.count)
+            offsets += repeatElement(unit.offsets, count: p.count)
         }
-        let room = maxLength - 1 - contextStart
-        let kept = min(room, contextIDs.count)
-        let ids = [cls] + q + [sep] + contextIDs.prefix(kept) + [sep]
+        let kept = min(maxLength - 1 - contextStart, contextIDs.count)
+        let ids = [tokenizer.cls] + q + [tokenizer.sep] + contextIDs.prefix(kept) + [tokenizer.sep]
         return EncodedPair(ids: ids, types: [Int32](repeating: 0, count: contextStart) + [Int32](repeating: 1, count: ids.count - contextStart),
-                           contextStart: contextStart, context: context, origins: Array(origins.prefix(kept)))
+                           contextStart: contextStart, context: context, origins: Array(origins.prefix(kept)), offsets: Array(offsets.prefix(kept)))
     }
 
     /// The best answer span in the context, as the context's own text (whole words: a span that starts or ends inside

@@ -113,7 +113,7 @@ struct TaskOptions: ParsableArguments {
                     configOverrides: ["num_labels": labels, "pad_token_id": pad]) else { throw ValidationError("not a GPT-2 model") }
             let limit = min(maxLength, m.transformer.config.positions)
             // GPT-2 has no pair encoding (a pair is the two texts joined by a space) and takes no token types.
-            return (m, { text, pair in (Array(try bpe.encode(pair.map { text + " " + $0 } ?? text).prefix(limit)), []) }, Int32(pad))
+            return (m, { text, pair in (Array(bpe.encode(pair.map { text + " " + $0 } ?? text).prefix(limit)), []) }, Int32(pad))
         }
         let pool = try pooling.map { p -> Pooling in
             guard let v = Pooling(rawValue: p) else { throw ValidationError("--pooling must be cls or mean") }
