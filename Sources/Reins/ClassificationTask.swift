@@ -24,6 +24,13 @@ struct EncodedExample {
     let label: Int32
 }
 
+extension Array {
+    /// Consecutive runs of at most `size` elements and where each starts (every task's evaluation batches).
+    func batches(of size: Int) -> [(start: Int, rows: [Element])] {
+        stride(from: 0, to: count, by: Swift.max(size, 1)).map { ($0, Array(self[$0..<Swift.min($0 + size, count)])) }
+    }
+}
+
 /// Rows of different lengths right-padded with `pad` to the longest, as one `[B, T]` tensor (every task's batches).
 func rightPadded(_ rows: [[Int32]], with pad: Int32) throws -> IntTensor {
     let T = rows.map(\.count).max() ?? 0
@@ -92,8 +99,7 @@ public final class SequenceClassificationTask: TrainingTask {
     func predict(_ examples: [EncodedExample]) throws -> [Int] {
         var predictions = [Int](repeating: 0, count: examples.count)
         let order = examples.indices.sorted { examples[$0].ids.count < examples[$1].ids.count }
-        for start in stride(from: 0, to: order.count, by: evaluationBatchSize) {
-            let chunk = Array(order[start..<min(start + evaluationBatchSize, order.count)])
+        for (_, chunk) in order.batches(of: evaluationBatchSize) {
             let b = try paddedBatch(chunk.map { examples[$0] }, padID: padID)
             let logits = try Autograd.withoutGradients { try classifier.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types) }
             for (row, best) in zip(chunk, logits.argmax()) { predictions[row] = best }

@@ -89,8 +89,7 @@ public final class TokenClassificationTask: TrainingTask {
     public func evaluate() throws -> [String: Double] {
         var predicted: [Int] = [], truth: [Int] = []
         var predictedTags: [[String]] = [], trueTags: [[String]] = [] // per sentence, for entity scores
-        for start in stride(from: 0, to: evaluation.count, by: 32) {
-            let rows = Array(evaluation[start..<min(start + 32, evaluation.count)])
+        for (_, rows) in evaluation.batches(of: 32) {
             let b = try batch(rows)
             let logits = try tagger.logits(b.ids, attentionMask: b.mask)
             let best = logits.argmax(), T = b.ids.shape[1]
@@ -241,8 +240,7 @@ public final class QuestionAnsweringTask: TrainingTask {
 
     public func evaluate() throws -> [String: Double] {
         var em = 0.0, f1 = 0.0
-        for start in stride(from: 0, to: evaluation.count, by: 16) {
-            let rows = Array(evaluation[start..<min(start + 16, evaluation.count)])
+        for (_, rows) in evaluation.batches(of: 16) {
             let b = try batch(rows)
             let (s, e) = try reader.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
             let T = s.shape[1], sv = s.scalars, ev = e.scalars
@@ -317,8 +315,7 @@ public final class MaskedLMTask: TrainingTask {
 
     public func evaluate() throws -> [String: Double] {
         var total = 0.0, count = 0, correct = 0
-        for start in stride(from: 0, to: evaluation.count, by: 16) {
-            let rows = Array(evaluation[start..<min(start + 16, evaluation.count)])
+        for (start, rows) in evaluation.batches(of: 16) {
             let b = try corrupt(rows, seed: 1234 &+ UInt64(start))
             let logits = try masked.logits(b.ids, attentionMask: b.mask).reshaped([-1, vocabulary])
             total += Double(try Tensor.crossEntropy(logits: logits, targets: b.labels).item) * Double(b.chosen)

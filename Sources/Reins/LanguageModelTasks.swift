@@ -56,8 +56,7 @@ public final class CausalLMTask: TrainingTask {
     public func evaluate() throws -> [String: Double] {
         guard !evaluation.isEmpty else { return [:] }
         var total = 0.0, count = 0
-        for start in stride(from: 0, to: evaluation.count, by: evaluationBatchSize) {
-            let rows = Array(evaluation[start..<min(start + evaluationBatchSize, evaluation.count)])
+        for (_, rows) in evaluation.batches(of: evaluationBatchSize) {
             let b = try batch(rows)
             let mask: IntTensor? = b.mask.values.contains(0) ? b.mask : nil
             let loss = try Autograd.withoutGradients { try languageModel.loss(b.ids, labels: b.labels, attentionMask: mask) }
