@@ -54,10 +54,7 @@ struct PretrainCommand: ParsableCommand {
         let out = URL(fileURLWithPath: output)
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
         if let tokenizer {
-            for name in ["vocab.json", "merges.txt", "tokenizer.json"] {
-                let src = URL(fileURLWithPath: tokenizer).appendingPathComponent(name), dst = out.appendingPathComponent(name)
-                if FileManager.default.fileExists(atPath: src.path) { try? FileManager.default.removeItem(at: dst); try FileManager.default.copyItem(at: src, to: dst) }
-            }
+            try copyTokenizerFiles(from: URL(fileURLWithPath: tokenizer), to: out)
         } else {
             try BPETokenizer.save(try BPETokenizer.learn(from: corpus, vocabularySize: vocabularySize), to: out)
         }

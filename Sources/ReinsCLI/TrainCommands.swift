@@ -144,6 +144,16 @@ struct TaskOptions: ParsableArguments {
     }
 }
 
+/// Copies a model or tokenizer directory's tokenizer files (those present) into `destination`, replacing older copies.
+func copyTokenizerFiles(from source: URL, to destination: URL) throws {
+    for name in ["vocab.txt", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"] {
+        let src = source.appendingPathComponent(name), dst = destination.appendingPathComponent(name)
+        guard FileManager.default.fileExists(atPath: src.path) else { continue }
+        try? FileManager.default.removeItem(at: dst)
+        try FileManager.default.copyItem(at: src, to: dst)
+    }
+}
+
 extension WordPieceTokenizer {
     /// The tokenizer of a model directory: tokenizer.json if present, else vocab.txt.
     convenience init(tokenizerFile dir: URL) throws {
@@ -264,10 +274,7 @@ struct TrainCommand: ParsableCommand {
             if let gpt = task.model as? GPT2ForSequenceClassification, let pad = gpt.transformer.config.padTokenID { config["pad_token_id"] = pad }
             if taskOptions.pooling == "mean" { config["reins_pooling"] = "mean" }
             try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]), to: best.appendingPathComponent("config.json").path)
-            for name in ["vocab.txt", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"] {
-                let src = base.appendingPathComponent(name), dst = best.appendingPathComponent(name)
-                if FileManager.default.fileExists(atPath: src.path) { try? FileManager.default.removeItem(at: dst); try FileManager.default.copyItem(at: src, to: dst) }
-            }
+            try copyTokenizerFiles(from: base, to: best)
         }
         if let best = trainer.best { print("best \(metric) \(best.value) at update \(best.step) -> \(out.path)/best") }
     }
