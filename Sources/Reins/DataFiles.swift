@@ -44,15 +44,21 @@ public enum DataFiles {
         return records
     }
 
+    /// The non-blank lines of a JSON Lines text, trimmed, with their line numbers.
+    static func nonBlankLines(_ text: String) -> [(line: Int, text: String)] {
+        text.split(separator: "\n", omittingEmptySubsequences: false).enumerated().compactMap { i, line in
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            return trimmed.isEmpty ? nil : (i + 1, trimmed)
+        }
+    }
+
     /// Each non-blank line's JSON object with its line number.
     static func jsonObjectLines(_ text: String, path: String) throws -> [(line: Int, object: [String: Any])] {
-        try text.split(separator: "\n", omittingEmptySubsequences: false).enumerated().compactMap { i, line in
-            let trimmed = line.trimmingCharacters(in: .whitespaces)
-            if trimmed.isEmpty { return nil }
-            guard let object = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
-                throw DataError.malformed(path: path, line: i + 1, detail: "not a JSON object")
+        try nonBlankLines(text).map { line, text in
+            guard let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+                throw DataError.malformed(path: path, line: line, detail: "not a JSON object")
             }
-            return (i + 1, object)
+            return (line, object)
         }
     }
 

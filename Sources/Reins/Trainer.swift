@@ -88,14 +88,11 @@ public struct StepRecord: Sendable, Decodable {
         guard let data = FileManager.default.contents(atPath: url.path) else { throw DataError.unreadable(path: url.path) }
         // JSONDecoder, not JSONSerialization: the latter reads some doubles back one unit in the last place off.
         let decoder = JSONDecoder()
-        return try String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated()
-            .compactMap { i, line in
-                let trimmed = line.trimmingCharacters(in: .whitespaces)
-                if trimmed.isEmpty { return nil }
-                do { return try decoder.decode(StepRecord.self, from: Data(trimmed.utf8)) } catch {
-                    throw DataError.malformed(path: url.path, line: i + 1, detail: "not a step record (\(error))")
-                }
+        return try DataFiles.nonBlankLines(String(decoding: data, as: UTF8.self)).map { line, text in
+            do { return try decoder.decode(StepRecord.self, from: Data(text.utf8)) } catch {
+                throw DataError.malformed(path: url.path, line: line, detail: "not a step record (\(error))")
             }
+        }
     }
 
     init(step: Int, loss: Double, learningRate: Double, gradientNorm: Double, tokensPerSecond: Double, elapsed: Double, metrics: [String: Double]? = nil) {
@@ -278,23 +275,37 @@ public final class Trainer {
         var tensors = weights.mapKeys { "param." + $0 }
         for (k, v) in state.tensors { tensors["optim." + k] = v }
         try SafeTensorsFile.write(tensors, metadata: ["step": "\(step)"], to: directory.appendingPathComponent("training_state.safetensors").path)
-        var json: [String: Any] = ["step": step, "optimizer_step": state.step, "seed": String(options.seed),
-                                   "evaluations_without_improvement": evaluationsWithoutImprovement]
-        if let best { json["best"] = ["value": best.value, "step": best.step] }
-        try AtomicFile.write(try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys]),
-                             to: directory.appendingPathComponent("trainer_state.json").path)
+        let saved = SavedState(step: step, optimizerStep: state.step, seed: String(options.seed),
+                               evaluationsWithoutImprovement: evaluationsWithoutImprovement, best: best.map { .init(value: $0.value, step: $0.step) })
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFile.write(try encoder.encode(saved), to: directory.appendingPathComponent("trainer_state.json").path)
+    }
+
+    /// `trainer_state.json`, written and read with JSON(En|De)coder, which round-trip doubles exactly (a resumed run
+    /// compares later evaluations against the same bits as an uninterrupted one).
+    struct SavedState: Codable {
+        struct Best: Codable { let value: Double, step: Int }
+        let step: Int, optimizerStep: Int, seed: String?, evaluationsWithoutImprovement: Int?, best: Best?
+        enum CodingKeys: String, CodingKey {
+            case step, optimizerStep = "optimizer_step", seed, evaluationsWithoutImprovement = "evaluations_without_improvement", best
+        }
     }
 
     /// Restores a checkpoint written by ``saveCheckpoint(to:)`` into this trainer's model and optimizer.
     /// - Throws: ``TrainingError/badCheckpoint(path:detail:)`` naming the missing or mis-shaped tensor.
     public func resume(from directory: URL) throws {
         let statePath = directory.appendingPathComponent("trainer_state.json")
-        let json = try Checkpoint.readJSON(statePath)
+        guard let data = FileManager.default.contents(atPath: statePath.path) else { throw ModelError.missingFile(path: statePath.path) }
+        let saved: SavedState
+        do { saved = try JSONDecoder().decode(SavedState.self, from: data) } catch {
+            throw TrainingError.badCheckpoint(path: statePath.path, detail: "not a trainer state (\(error))")
+        }
         let file = try SafeTensorsFile(path: directory.appendingPathComponent("training_state.safetensors").path)
-        guard let s = json["step"] as? Int, let optimizerStep = json["optimizer_step"] as? Int, file.metadata["step"] == "\(s)" else {
+        guard file.metadata["step"] == "\(saved.step)" else {
             throw TrainingError.badCheckpoint(path: directory.path, detail: "trainer_state.json and training_state.safetensors disagree or lack the step")
         }
-        if let seed = json["seed"] as? String, seed != String(options.seed) {
+        if let seed = saved.seed, seed != String(options.seed) {
             throw TrainingError.badCheckpoint(path: directory.path, detail: "it was written with seed \(seed), this run has seed \(options.seed)")
         }
         var values: [(Parameter, Tensor)] = []
@@ -308,18 +319,13 @@ public final class Trainer {
         }
         var optimizerState: [String: Tensor] = [:]
         for name in file.names where name.hasPrefix("optim.") { optimizerState[String(name.dropFirst(6))] = try file.tensor(name) }
-        do { try optimizer.restore(optimizerState, step: optimizerStep, parameters) } catch {
+        do { try optimizer.restore(optimizerState, step: saved.optimizerStep, parameters) } catch {
             throw TrainingError.badCheckpoint(path: directory.path, detail: "\(error)")
         }
         for (p, t) in values { p.value = t.detached().requiringGradient() }
-        step = s
-        evaluationsWithoutImprovement = json["evaluations_without_improvement"] as? Int ?? 0
-        // The best value through JSONDecoder, which reads doubles back exactly (a resumed run compares later
-        // evaluations against the same bits as an uninterrupted one).
-        struct Saved: Decodable { struct Best: Decodable { let value: Double, step: Int }; let best: Best? }
-        do {
-            if let b = try JSONDecoder().decode(Saved.self, from: Data(contentsOf: statePath)).best { best = (b.value, b.step) }
-        } catch { throw TrainingError.badCheckpoint(path: statePath.path, detail: "bad 'best' entry (\(error))") }
+        step = saved.step
+        evaluationsWithoutImprovement = saved.evaluationsWithoutImprovement ?? 0
+        best = saved.best.map { ($0.value, $0.step) }
     }
 
     static func append(_ record: StepRecord, to url: URL) throws {
