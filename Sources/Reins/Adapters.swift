@@ -405,7 +405,7 @@ public final class Prefix {
         let p = try current(), P = length
         func slot(_ s: Int) throws -> Tensor {
             let one = try p.slice(axis: 1, (s * hidden)..<((s + 1) * hidden)).reshaped([1, P, heads, hidden / heads]).permuted([0, 2, 1, 3])
-            return B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0)
+            return try one.repeatedOverBatch(B)
         }
         return try (0..<layers).map { l in (try slot(2 * l), try slot(2 * l + 1)) }
     }
@@ -484,9 +484,10 @@ extension Module {
         if let stray = feedForward.first(where: { !targets.contains($0) }) {
             throw ModelError.badInput("IA3 feed-forward module '\(stray)' is not among the targets \(targets)")
         }
-        let scalesInput = LoRAConfig(targets: feedForward)
+        // PEFT matches IA3 targets as it matches LoRA's (a key equal to a target or ending in ".target").
+        let isTarget = LoRAConfig(targets: targets), scalesInput = LoRAConfig(targets: feedForward)
         let matched = namedModules().compactMap { key, m -> (String, Linear)? in
-            (m as? Linear).flatMap { LoRAConfig(targets: targets).matches(key) ? (key, $0) : nil }
+            (m as? Linear).flatMap { isTarget.matches(key) ? (key, $0) : nil }
         }
         guard !matched.isEmpty else { throw ModelError.badInput("no linear layer matches the IA3 targets \(targets)") }
         for (key, layer) in matched {
@@ -520,5 +521,13 @@ extension Module {
             block.parallelFeedForward.add(name, try ParallelAdapter(size: size, bottleneck: bottleneck, scale: scale, seed: seed + UInt64(2 * i)))
         }
         return blockAdapters.count
+    }
+}
+
+extension Tensor {
+    /// `[1, ...]` repeated to `[B, ...]` (differentiable: the gradients of the copies add up) — virtual tokens shared by
+    /// every sequence of a batch.
+    func repeatedOverBatch(_ B: Int) throws -> Tensor {
+        B == 1 ? self : try Tensor.concatenate([Tensor](repeating: self, count: B), axis: 0)
     }
 }

@@ -191,7 +191,7 @@ public final class BertModel: Module, VirtualTokenHost {
         if Q > 0, let prompt {
             // As PEFT: prompt vectors first, then the tokens; positions and token types run over both.
             let one = try prompt.value.reshaped([1, Q, config.hidden])
-            words = try Tensor.concatenate([B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0), words], axis: 1)
+            words = try Tensor.concatenate([one.repeatedOverBatch(B), words], axis: 1)
             var values: [Int32] = []
             for b in 0..<B { values += [Int32](repeating: 0, count: Q) + types.values[(b * T)..<((b + 1) * T)] }
             typeIDs = try IntTensor(shape: [B, Q + T], values: values)

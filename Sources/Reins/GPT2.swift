@@ -227,7 +227,7 @@ public final class GPT2Model: Module, VirtualTokenHost {
             // The prompt vectors at positions P..<P+Q (0..<Q without a prefix), before the tokens.
             let promptPositions = try IntTensor(shape: [Q], values: (0..<Q).map { Int32(P + $0) })
             let one = try (prompt.value + positionEmbedding(promptPositions)).reshaped([1, Q, config.hidden])
-            let tiled = B == 1 ? one : try Tensor.concatenate([Tensor](repeating: one, count: B), axis: 0)
+            let tiled = try one.repeatedOverBatch(B)
             x = try Tensor.concatenate([tiled, x], axis: 1)
         }
         if let tokenTypeIDs {
