@@ -197,10 +197,7 @@ void rk_attention_forward_ref(float *out, float *lse, const float *q, const floa
             for (int j = 0; j < Tk; j++) {
                 if (!ref_visible(i, j, km, Tk, causal, causal_offset)) continue;
                 float p = expf(ref_score(qi, kh + RK_IDX(j, 0, hs), hs, scale) - l);
-                if (dropping(drop)) {
-                    int kept = !(rk_uniform(drop->seed, drop->offset + ((size_t)bh * T + i) * Tk + j) < drop->p);
-                    p = kept ? p / (1.0f - drop->p) : 0.0f;
-                }
+                if (dropping(drop)) p *= drop_factor(drop, ((size_t)bh * T + i) * Tk + j);
                 for (int c = 0; c < hs; c++) oi[c] += p * vh[RK_IDX(j, c, hs)];
             }
         }
@@ -224,7 +221,7 @@ void rk_attention_backward_ref(float *dq, float *dk, float *dv, const float *dou
                 if (!ref_visible(i, j, km, Tk, causal, causal_offset)) continue;
                 float p = expf(ref_score(qi, k + ko + RK_IDX(j, 0, hs), hs, scale) - l);
                 float m = 1.0f;
-                if (dropping(drop)) m = rk_uniform(drop->seed, drop->offset + ((size_t)bh * T + i) * Tk + j) < drop->p ? 0.0f : 1.0f / (1.0f - drop->p);
+                if (dropping(drop)) m = drop_factor(drop, ((size_t)bh * T + i) * Tk + j);
                 D += p * m * ref_score(gi, v + ko + RK_IDX(j, 0, hs), hs, 1.0f);
             }
             for (int j = 0; j < Tk; j++) {
@@ -232,7 +229,7 @@ void rk_attention_backward_ref(float *dq, float *dk, float *dv, const float *dou
                 const float *kj = k + ko + RK_IDX(j, 0, hs), *vj = v + ko + RK_IDX(j, 0, hs);
                 float p = expf(ref_score(qi, kj, hs, scale) - l);
                 float m = 1.0f;
-                if (dropping(drop)) m = rk_uniform(drop->seed, drop->offset + ((size_t)bh * T + i) * Tk + j) < drop->p ? 0.0f : 1.0f / (1.0f - drop->p);
+                if (dropping(drop)) m = drop_factor(drop, ((size_t)bh * T + i) * Tk + j);
                 float dp = m * ref_score(gi, vj, hs, 1.0f);
                 float ds = p * (dp - D);
                 for (int c = 0; c < hs; c++) {
