@@ -21,7 +21,7 @@ extension BPETokenizer {
         var tokens = byteToCharacter.map { String($0) }
         // Words as symbol-id sequences, with their counts.
         var counts: [[Int32]: Int] = [:]
-        for (piece, _) in BPETokenizer.specialsFree(text, specials: specialTokens) {
+        for piece in BPETokenizer.specialsFree(text, specials: specialTokens) {
             for word in preTokenize(piece) {
                 counts[word.utf8.map { Int32($0) }, default: 0] += 1
             }
@@ -45,24 +45,23 @@ extension BPETokenizer {
             let id = Int32(tokens.count)
             tokens.append(chosen.merged)
             merges.append((tokens[Int(a)], tokens[Int(b)]))
-            for i in words.indices where words[i].symbols.count > 1 {
-                var s = words[i].symbols, out: [Int32] = [], j = 0
-                guard s.contains(a) else { continue }
+            for i in words.indices where words[i].symbols.count > 1 && words[i].symbols.contains(a) {
+                let s = words[i].symbols
+                var out: [Int32] = [], j = 0
                 while j < s.count {
                     if j + 1 < s.count && s[j] == a && s[j + 1] == b { out.append(id); j += 2 } else { out.append(s[j]); j += 1 }
                 }
-                s = out
-                words[i].symbols = s
+                words[i].symbols = out
             }
         }
         return Learned(tokens: tokens + specialTokens, merges: merges)
     }
 
     /// The text split around special tokens (which are not learned from).
-    static func specialsFree(_ text: String, specials: [String]) -> [(String, Int32?)] {
+    static func specialsFree(_ text: String, specials: [String]) -> [String] {
         var parts = [text]
         for special in specials { parts = parts.flatMap { $0.components(separatedBy: special) } }
-        return parts.map { ($0, nil) }
+        return parts
     }
 
     /// Writes `vocab.json` and `merges.txt` (GPT-2's layout, each atomically) to `directory`.
