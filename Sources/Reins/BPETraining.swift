@@ -27,31 +27,58 @@ extension BPETokenizer {
             }
         }
         var words = counts.map { (symbols: $0.key, count: $0.value) }
+        // Pair counts are kept up to date as merges rewrite words (only the words holding the merged pair change), and
+        // the next merge comes from a heap of candidates; an entry whose count has changed since it was pushed is
+        // stale and skipped.
+        var pairs: [UInt64: Int] = [:]
+        var holders: [UInt64: [Int]] = [:] // the words each pair occurs in (may list a word twice, or one it has left)
+        func key(_ a: Int32, _ b: Int32) -> UInt64 { UInt64(UInt32(a)) << 32 | UInt64(UInt32(b)) }
+        for (w, word) in words.enumerated() where word.symbols.count > 1 {
+            for i in 0..<(word.symbols.count - 1) {
+                let k = key(word.symbols[i], word.symbols[i + 1])
+                pairs[k, default: 0] += word.count
+                if holders[k]?.last != w { holders[k, default: []].append(w) }
+            }
+        }
+        var candidates = MergeCandidates()
+        func offer(_ k: UInt64) {
+            guard let count = pairs[k], count >= minimumFrequency else { return }
+            candidates.push(.init(count: count, merged: tokens[Int(k >> 32)] + tokens[Int(k & 0xFFFF_FFFF)], key: k))
+        }
+        for k in pairs.keys { offer(k) }
         var merges: [(String, String)] = []
+        var visited = [Int](repeating: -1, count: words.count) // the merge that last rewrote each word
         while tokens.count + specialTokens.count < vocabularySize {
-            var pairs: [UInt64: Int] = [:]
-            for w in words where w.symbols.count > 1 {
-                for i in 0..<(w.symbols.count - 1) {
-                    pairs[UInt64(UInt32(w.symbols[i])) << 32 | UInt64(UInt32(w.symbols[i + 1])), default: 0] += w.count
-                }
-            }
-            var best: (key: UInt64, count: Int, merged: String)?
-            for (key, count) in pairs where count >= minimumFrequency {
-                let merged = tokens[Int(key >> 32)] + tokens[Int(key & 0xFFFF_FFFF)]
-                if best == nil || count > best!.count || (count == best!.count && merged < best!.merged) { best = (key, count, merged) }
-            }
-            guard let chosen = best else { break }
+            guard let chosen = candidates.popValid(where: { pairs[$0.key] == $0.count }) else { break }
             let (a, b) = (Int32(chosen.key >> 32), Int32(chosen.key & 0xFFFF_FFFF))
-            let id = Int32(tokens.count)
+            let id = Int32(tokens.count), step = merges.count
             tokens.append(chosen.merged)
             merges.append((tokens[Int(a)], tokens[Int(b)]))
-            for i in words.indices where words[i].symbols.count > 1 && words[i].symbols.contains(a) {
-                let s = words[i].symbols
+            var changed = Set<UInt64>()
+            for w in holders.removeValue(forKey: chosen.key) ?? [] where visited[w] != step {
+                visited[w] = step
+                let s = words[w].symbols, n = words[w].count
                 var out: [Int32] = [], j = 0
                 while j < s.count {
                     if j + 1 < s.count && s[j] == a && s[j + 1] == b { out.append(id); j += 2 } else { out.append(s[j]); j += 1 }
                 }
-                words[i].symbols = out
+                guard out.count != s.count else { continue }
+                for i in 0..<(s.count - 1) {
+                    let k = key(s[i], s[i + 1])
+                    pairs[k]! -= n
+                    changed.insert(k)
+                }
+                for i in 0..<max(out.count - 1, 0) {
+                    let k = key(out[i], out[i + 1])
+                    pairs[k, default: 0] += n
+                    changed.insert(k)
+                    if out[i] == id || out[i + 1] == id { holders[k, default: []].append(w) }
+                }
+                words[w].symbols = out
+            }
+            // Every pair whose count moved gets an entry with its new count (its older entries are stale now).
+            for k in changed {
+                if pairs[k] == 0 { pairs[k] = nil } else { offer(k) }
             }
         }
         return Learned(tokens: tokens + specialTokens, merges: merges)
@@ -71,5 +98,51 @@ extension BPETokenizer {
         try AtomicFile.write(try JSONSerialization.data(withJSONObject: vocab, options: [.sortedKeys]), to: directory.appendingPathComponent("vocab.json").path)
         let merges = "#version: 0.2\n" + learned.merges.map { "\($0.0) \($0.1)" }.joined(separator: "\n") + "\n"
         try AtomicFile.write(Data(merges.utf8), to: directory.appendingPathComponent("merges.txt").path)
+    }
+}
+
+/// The pairs that may be merged next, most frequent first; among equally frequent pairs the one whose merged token
+/// sorts first (then the lower pair of ids), so that learning is deterministic. A binary max-heap with lazy deletion.
+struct MergeCandidates {
+    struct Entry {
+        var count: Int
+        var merged: String
+        var key: UInt64
+        /// Whether `self` is merged before `other`.
+        func precedes(_ other: Entry) -> Bool {
+            if count != other.count { return count > other.count }
+            if merged != other.merged { return merged < other.merged }
+            return key < other.key
+        }
+    }
+    private var heap: [Entry] = []
+
+    mutating func push(_ entry: Entry) {
+        heap.append(entry)
+        var i = heap.count - 1
+        while i > 0, heap[i].precedes(heap[(i - 1) / 2]) {
+            heap.swapAt(i, (i - 1) / 2)
+            i = (i - 1) / 2
+        }
+    }
+
+    /// Removes entries from the top until one satisfies `isCurrent` and returns it, or nil when none is left.
+    mutating func popValid(where isCurrent: (Entry) -> Bool) -> Entry? {
+        while let top = heap.first {
+            heap.swapAt(0, heap.count - 1)
+            heap.removeLast()
+            var i = 0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var best = i
+                if l < heap.count, heap[l].precedes(heap[best]) { best = l }
+                if r < heap.count, heap[r].precedes(heap[best]) { best = r }
+                if best == i { break }
+                heap.swapAt(i, best)
+                i = best
+            }
+            if isCurrent(top) { return top }
+        }
+        return nil
     }
 }
