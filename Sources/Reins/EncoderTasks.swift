@@ -125,10 +125,10 @@ public struct QuestionAnswer: Sendable, Equatable {
 
 /// Extractive question answering on BERT: cross-entropy on the answer's first and last token (the mean of the two, as
 /// transformers); evaluated by exact match and token F1 of the best span (SQuAD definitions), whose text is cut from
-/// the context itself (original case and accents), whole tokenizer units at a time.
+/// the context itself (original case and accents), piece by piece as transformers' offsets give it.
 ///
-/// The answer's tokens are the context pieces whose tokenizer units (words, punctuation marks, CJK characters) overlap
-/// its characters, so an answer that starts or ends inside a word takes the whole word; an answer cut off by
+/// The answer's tokens are the context pieces whose characters overlap the answer's, so an answer that starts or ends
+/// inside a piece takes the whole piece (and inside an unknown word, the whole word); an answer cut off by
 /// `maxLength` is an error naming the example.
 public final class QuestionAnsweringTask: TrainingTask {
     public let reader: BertForQuestionAnswering
@@ -142,12 +142,14 @@ public final class QuestionAnsweringTask: TrainingTask {
     struct EncodedPair {
         let ids: [Int32], types: [Int32], contextStart: Int
         let context: String
-        /// For the context's `i`-th piece: the range of the context it was cut from (a word, a punctuation mark, a CJK
-        /// character — the tokenizer's own units, so a word's pieces share its range), and the same range in code points.
+        /// For the context's `i`-th piece: the range of the context it was cut from, and the same range in code points.
+        /// A word's pieces each get their own characters (`un`, `##aff`, `##able` from "Unaffable"); where that
+        /// cannot be told (an unknown word, a character that normalizes into two pieces) they share the word's range.
         let origins: [Range<String.Index>], offsets: [Range<Int>]
         /// The context text the pieces `first...last` (positions in `ids`) were cut from.
         func text(_ first: Int, _ last: Int) -> String {
-            String(context[origins[first - contextStart].lowerBound..<origins[last - contextStart].upperBound])
+            // Scalar-wise: a piece may end inside a character (a letter and its combining marks are one character).
+            String(context.unicodeScalars[origins[first - contextStart].lowerBound..<origins[last - contextStart].upperBound])
         }
     }
 
@@ -195,8 +197,19 @@ public final class QuestionAnsweringTask: TrainingTask {
         for unit in units {
             let p = tokenizer.pieces(String(context[unit.range]))
             contextIDs += p
-            origins += repeatElement(unit.range, count: p.count)
-            offsets += repeatElement(unit.offsets, count: p.count)
+            // Each piece's own characters when they can be told (see `pieceStarts`), else the whole unit's.
+            let unitScalars = scalars[unit.range]
+            guard p.count > 1, let starts = tokenizer.pieceStarts(Array(unitScalars), pieces: p) else {
+                origins += repeatElement(unit.range, count: p.count)
+                offsets += repeatElement(unit.offsets, count: p.count)
+                continue
+            }
+            let bounds = starts + [unitScalars.count]
+            for k in p.indices {
+                let (lo, hi) = (k == 0 ? 0 : bounds[k], bounds[k + 1])
+                origins.append(scalars.index(unit.range.lowerBound, offsetBy: lo)..<scalars.index(unit.range.lowerBound, offsetBy: hi))
+                offsets.append((unit.offsets.lowerBound + lo)..<(unit.offsets.lowerBound + hi))
+            }
         }
         let kept = min(maxLength - 1 - contextStart, contextIDs.count)
         let ids = [tokenizer.cls] + q + [tokenizer.sep] + contextIDs.prefix(kept) + [tokenizer.sep]
@@ -204,8 +217,8 @@ public final class QuestionAnsweringTask: TrainingTask {
                            contextStart: contextStart, context: context, origins: Array(origins.prefix(kept)), offsets: Array(offsets.prefix(kept)))
     }
 
-    /// The best answer span in the context, as the context's own text (whole words: a span that starts or ends inside
-    /// a word takes all of it), with its score (start logit + end logit); nil if the context is empty.
+    /// The best answer span in the context, as the context's own text (from its first piece's first character to its
+    /// last piece's last), with its score (start logit + end logit); nil if the context is empty.
     public func answer(question: String, context: String) throws -> (text: String, score: Float)? {
         let p = try Self.pieces(question: question, context: context, tokenizer: tokenizer, maxLength: maxLength)
         let shape = [1, p.ids.count]

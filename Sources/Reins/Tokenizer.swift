@@ -212,6 +212,32 @@ public final class WordPieceTokenizer: Sendable {
         return result
     }
 
+    /// Where each of `pieces` — the pieces of `unit`, one word as the tokenizer cuts text — begins in the word's
+    /// scalars, or nil if that cannot be told. Normalization is followed scalar by scalar: a scalar it drops (a
+    /// control character, an accent removed by `stripAccents`) joins the piece before it. Nil for `[UNK]` (which
+    /// stands for a whole word) and when a piece boundary falls inside what one scalar normalizes to.
+    func pieceStarts(_ unit: [Unicode.Scalar], pieces: [Int32]) -> [Int]? {
+        guard !pieces.contains(unknown) else { return nil }
+        // How many normalized scalars each original scalar becomes, and how many each piece covers.
+        let widths = unit.map { normalize(String($0)).unicodeScalars.count }
+        let lengths = pieces.enumerated().map { k, id in
+            (k > 0 && tokens[Int(id)].hasPrefix("##") ? tokens[Int(id)].dropFirst(2) : Substring(tokens[Int(id)])).unicodeScalars.count
+        }
+        guard widths.reduce(0, +) == lengths.reduce(0, +) else { return nil }
+        var starts: [Int] = [], scalar = 0, produced = 0 // normalized scalars produced by unit[..<scalar]
+        var target = 0
+        for length in lengths {
+            while scalar < unit.count && produced + widths[scalar] <= target && !(produced == target && widths[scalar] > 0) {
+                produced += widths[scalar]
+                scalar += 1
+            }
+            guard produced == target else { return nil } // the boundary is inside one scalar's normalization
+            starts.append(scalar)
+            target += length
+        }
+        return starts
+    }
+
     static func preTokenize(_ text: String) -> [String] {
         var words: [String] = [], current = String.UnicodeScalarView()
         func flush() { if !current.isEmpty { words.append(String(current)); current = String.UnicodeScalarView() } }
