@@ -143,8 +143,8 @@ public final class QuestionAnsweringTask: TrainingTask {
         let ids: [Int32], types: [Int32], contextStart: Int
         let context: String
         /// For the context's `i`-th piece: the range of the context it was cut from, and the same range in code points.
-        /// A word's pieces each get their own characters (`un`, `##aff`, `##able` from "Unaffable"); where that
-        /// cannot be told (an unknown word, a character that normalizes into two pieces) they share the word's range.
+        /// A word's pieces each get their own characters (`un`, `##aff`, `##able` from "Unaffable"), as Hugging Face's
+        /// offsets; where that cannot be told (a character that normalizes into two pieces) they share the word's range.
         let origins: [Range<String.Index>], offsets: [Range<Int>]
         /// The context text the pieces `first...last` (positions in `ids`) were cut from.
         func text(_ first: Int, _ last: Int) -> String {
@@ -197,18 +197,16 @@ public final class QuestionAnsweringTask: TrainingTask {
         for unit in units {
             let p = tokenizer.pieces(String(context[unit.range]))
             contextIDs += p
-            // Each piece's own characters when they can be told (see `pieceStarts`), else the whole unit's.
+            // Each piece's own characters when they can be told (see `pieceSpans`), else the whole unit's.
             let unitScalars = scalars[unit.range]
-            guard p.count > 1, let starts = tokenizer.pieceStarts(Array(unitScalars), pieces: p) else {
+            guard let spans = tokenizer.pieceSpans(Array(unitScalars), pieces: p) else {
                 origins += repeatElement(unit.range, count: p.count)
                 offsets += repeatElement(unit.offsets, count: p.count)
                 continue
             }
-            let bounds = starts + [unitScalars.count]
-            for k in p.indices {
-                let (lo, hi) = (k == 0 ? 0 : bounds[k], bounds[k + 1])
-                origins.append(scalars.index(unit.range.lowerBound, offsetBy: lo)..<scalars.index(unit.range.lowerBound, offsetBy: hi))
-                offsets.append((unit.offsets.lowerBound + lo)..<(unit.offsets.lowerBound + hi))
+            for span in spans {
+                origins.append(scalars.index(unit.range.lowerBound, offsetBy: span.lowerBound)..<scalars.index(unit.range.lowerBound, offsetBy: span.upperBound))
+                offsets.append((unit.offsets.lowerBound + span.lowerBound)..<(unit.offsets.lowerBound + span.upperBound))
             }
         }
         let kept = min(maxLength - 1 - contextStart, contextIDs.count)

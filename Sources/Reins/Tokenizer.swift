@@ -212,30 +212,32 @@ public final class WordPieceTokenizer: Sendable {
         return result
     }
 
-    /// Where each of `pieces` — the pieces of `unit`, one word as the tokenizer cuts text — begins in the word's
-    /// scalars, or nil if that cannot be told. Normalization is followed scalar by scalar: a scalar it drops (a
-    /// control character, an accent removed by `stripAccents`) joins the piece before it. Nil for `[UNK]` (which
-    /// stands for a whole word) and when a piece boundary falls inside what one scalar normalizes to.
-    func pieceStarts(_ unit: [Unicode.Scalar], pieces: [Int32]) -> [Int]? {
+    /// The scalars of `unit` — one word as the tokenizer cuts text — that each of its `pieces` came from, as offsets
+    /// into the word, or nil if that cannot be told. Normalization is followed scalar by scalar and a piece spans
+    /// from the first to the last scalar that produced it, as Hugging Face's offsets do: a scalar normalization drops
+    /// (a control character, a combining accent under `stripAccents`) belongs to no piece when it falls between two.
+    /// `[UNK]` spans the word. Nil when a piece boundary falls inside what one scalar normalizes to.
+    func pieceSpans(_ unit: [Unicode.Scalar], pieces: [Int32]) -> [Range<Int>]? {
+        // How many normalized scalars each original scalar becomes (printable ASCII: one, without asking).
+        let widths = unit.map { s in (0x20..<0x7F).contains(s.value) ? 1 : normalize(String(s)).unicodeScalars.count }
+        var ends: [Int] = [] // normalized offset after each scalar
+        for w in widths { ends.append((ends.last ?? 0) + w) }
+        if pieces == [unknown] {
+            guard let first = widths.firstIndex(where: { $0 > 0 }), let last = widths.lastIndex(where: { $0 > 0 }) else { return nil }
+            return [first..<(last + 1)]
+        }
         guard !pieces.contains(unknown) else { return nil }
-        // How many normalized scalars each original scalar becomes, and how many each piece covers.
-        let widths = unit.map { normalize(String($0)).unicodeScalars.count }
-        let lengths = pieces.enumerated().map { k, id in
-            (k > 0 && tokens[Int(id)].hasPrefix("##") ? tokens[Int(id)].dropFirst(2) : Substring(tokens[Int(id)])).unicodeScalars.count
+        var spans: [Range<Int>] = [], from = 0 // normalized offset where the next piece begins
+        for (k, id) in pieces.enumerated() {
+            let token = tokens[Int(id)]
+            let to = from + (k > 0 && token.hasPrefix("##") ? token.dropFirst(2) : Substring(token)).unicodeScalars.count
+            // The scalar whose output begins at `from`, and the one whose output ends at `to`.
+            guard let first = widths.indices.first(where: { widths[$0] > 0 && ends[$0] - widths[$0] == from }),
+                  let last = widths.indices.first(where: { widths[$0] > 0 && ends[$0] == to }) else { return nil }
+            spans.append(first..<(last + 1))
+            from = to
         }
-        guard widths.reduce(0, +) == lengths.reduce(0, +) else { return nil }
-        var starts: [Int] = [], scalar = 0, produced = 0 // normalized scalars produced by unit[..<scalar]
-        var target = 0
-        for length in lengths {
-            while scalar < unit.count && produced + widths[scalar] <= target && !(produced == target && widths[scalar] > 0) {
-                produced += widths[scalar]
-                scalar += 1
-            }
-            guard produced == target else { return nil } // the boundary is inside one scalar's normalization
-            starts.append(scalar)
-            target += length
-        }
-        return starts
+        return from == ends.last ? spans : nil
     }
 
     static func preTokenize(_ text: String) -> [String] {

@@ -40,6 +40,13 @@ TEXTS = [
     "",
     "end of text <|endoftext|> then more<|endoftext|>",
 ]
+# Where each piece came from (character offsets, as question answering cuts answers): decomposed accents and control
+# characters that normalization drops, at piece boundaries and inside pieces.
+OFFSET_TEXTS = TEXTS + [
+    "cafe\u0301 Cafe\u0301s Pla\u0301ying",
+    "width\u0007bell sep\u200bzero \u0007abc",
+    "Café naïve RÉSUMÉ Ångström İstanbul ǅemal ﬁne",
+]
 PAIRS = [("Where is the fox?", "The quick brown fox jumps over the lazy dog."), ("short", "a much longer second text with many words in it")]
 
 
@@ -60,8 +67,9 @@ def wordpiece():
     truncated_single = [t.encode(x).ids for x in TEXTS]
     t.no_truncation()
     decoded = [t.decode(ids) for ids in single]
+    offsets = [{"text": x, "ids": e.ids, "offsets": e.offsets} for x in OFFSET_TEXTS for e in [t.encode(x, add_special_tokens=False)]]
     return {"texts": TEXTS, "ids": single, "pairs": pairs, "truncated_pairs_max9": truncated,
-            "truncated_max9": truncated_single, "decoded": decoded}
+            "truncated_max9": truncated_single, "decoded": decoded, "offsets": offsets}
 
 
 def bpe():

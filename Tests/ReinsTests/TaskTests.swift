@@ -124,13 +124,14 @@ struct TaskTests {
 
     @Test func contextPiecesMapBackToTheContextText() throws {
         let tok = try tokenizer()
-        let context = "Where?  The CATs sat,on the mat.\r\nJohn's dog (a big red one) ran in Paris \u{4E2D}\u{6587} cafe\u{301}. Pla\u{301}ying"
+        let context = "Where?  The CATs sat,on the mat.\r\nJohn's dog (a big red one) ran in Paris \u{4E2D}\u{6587} caf\u{E9}. Pla\u{301}ying"
         let p = try QuestionAnsweringTask.pieces(question: "who", context: context, tokenizer: tok, maxLength: 64)
         // The same pieces as tokenizing the whole context at once.
         #expect(Array(p.ids[p.contextStart..<(p.ids.count - 1)]) == tok.pieces(context))
         // Each piece's origin is the part of the text it was cut from: normalized, it is the piece's own string
         // ("CAT" for cat, "s" for ##s, "Pla\u{301}y" for play). [UNK] stands for a whole word. Together the origins
-        // cover every non-space character in order.
+        // cover every non-space character in order (normalization may also drop one at a piece edge, as Hugging Face
+        // does: contextPieceOffsetsMatchTokenizers).
         var segments: [Range<String.Index>] = []
         for (i, r) in p.origins.enumerated() {
             let id = p.ids[p.contextStart + i], token = tok.tokens[Int(id)]
@@ -163,6 +164,26 @@ struct TaskTests {
         #expect(bpe.encode(" cat").count == 1, "a frequent word is one token")
         #expect(bpe.encode("<|endoftext|>") == [Int32(299)])
         #expect(throws: TokenizerError.self) { try BPETokenizer.learn(from: text, vocabularySize: 100) }
+    }
+
+    /// The characters each context piece is cut from are Hugging Face's offsets (make_tokenizer_fixtures.py): texts
+    /// with CJK, emoji, accents precomposed and decomposed, control characters normalization drops, unknown words.
+    @Test func contextPieceOffsetsMatchTokenizers() throws {
+        let folder = Fixtures.directory.appendingPathComponent("tokenizers")
+        let tok = try WordPieceTokenizer(vocabularyFile: folder.appendingPathComponent("wordpiece/vocab.txt").path)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("expected.json"))) as! [String: Any]
+        let cases = (json["wordpiece"] as! [String: Any])["offsets"] as! [[String: Any]]
+        #expect(cases.count > 10)
+        var multiPieceWords = 0
+        for c in cases {
+            let text = c["text"] as! String, ids = (c["ids"] as! [Int]).map(Int32.init)
+            let expected = (c["offsets"] as! [[Int]]).map { $0[0]..<$0[1] }
+            let p = try QuestionAnsweringTask.pieces(question: "q", context: text, tokenizer: tok, maxLength: 512)
+            #expect(Array(p.ids[p.contextStart..<(p.ids.count - 1)]) == ids, "\(text.debugDescription)")
+            #expect(p.offsets == expected, "\(text.debugDescription)")
+            multiPieceWords += zip(expected, expected.dropFirst()).filter { $0.upperBound == $1.lowerBound }.count
+        }
+        #expect(multiPieceWords > 20, "the texts split words into several pieces")
     }
 
     /// The learner keeps pair counts incrementally; this recounts every pair before every merge, the plain way, with
