@@ -50,7 +50,7 @@ public enum AdapterMethod: Sendable, Equatable {
 
 extension LoRAConfig: Equatable {
     public static func == (a: LoRAConfig, b: LoRAConfig) -> Bool {
-        (a.rank, a.alpha, a.rsLoRA, a.targets, a.layers, a.dropout) == (b.rank, b.alpha, b.rsLoRA, b.targets, b.layers, b.dropout)
+        (a.rank, a.alpha, a.rsLoRA, a.targets, a.layers, a.dropout) == (b.rank, b.alpha, b.rsLoRA, b.targets, b.layers, b.dropout) && a.dora == b.dora
     }
 }
 

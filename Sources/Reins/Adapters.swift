@@ -184,7 +184,7 @@ public enum BottleneckPlacement: Sendable {
 /// Whether a parameter key belongs to an adapter (LoRA weights, bottleneck adapters, prefixes) rather than to the
 /// base model: adapters are saved in their own directories, never into the base checkpoint.
 public func isAdapterKey(_ key: String) -> Bool {
-    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
+    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".lora_magnitude_vector.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
         || key.hasSuffix("prompt_tuning_embeddings") || key.contains("prefix_encoder.")
 }
 
@@ -438,9 +438,14 @@ public struct LoRAConfig: Sendable {
     public var layers: Set<Int>?
     /// Dropout on the adapter branch's input while training (`lora_dropout`).
     public var dropout: Float
+    /// DoRA (Liu et al., arXiv 2402.09353; PEFT's `use_dora`): a learned magnitude per output on top of the low-rank
+    /// direction update; see ``LoRA``.
+    public var dora: Bool
 
-    public init(rank: Int = 8, alpha: Float = 16, rsLoRA: Bool = false, targets: [String], layers: Set<Int>? = nil, dropout: Float = 0) {
+    public init(rank: Int = 8, alpha: Float = 16, rsLoRA: Bool = false, targets: [String], layers: Set<Int>? = nil, dropout: Float = 0,
+                dora: Bool = false) {
         (self.rank, self.alpha, self.rsLoRA, self.targets, self.layers, self.dropout) = (rank, alpha, rsLoRA, targets, layers, dropout)
+        self.dora = dora
     }
 
     func matches(_ key: String) -> Bool {
@@ -467,7 +472,7 @@ extension Module {
         guard (0..<1).contains(config.dropout) else { throw ModelError.badInput("LoRA dropout \(config.dropout) is outside [0, 1)") }
         for (i, (_, layer)) in matched.enumerated() {
             let lora = try LoRA(inputs: layer.inputs, outputs: layer.outputs, rank: config.rank, alpha: config.alpha,
-                                rsLoRA: config.rsLoRA, seed: seed &+ UInt64(i))
+                                rsLoRA: config.rsLoRA, dora: config.dora, seed: seed &+ UInt64(i))
             lora.dropout = config.dropout
             try layer.attachLoRA(name, lora)
         }

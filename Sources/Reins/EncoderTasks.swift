@@ -195,11 +195,12 @@ public final class QuestionAnsweringTask: TrainingTask {
         if let o = open { units.append((o.index..<context.endIndex, o.offset..<scalars.count)) }
         var contextIDs: [Int32] = [], origins: [Range<String.Index>] = [], offsets: [Range<Int>] = []
         for unit in units {
-            let p = tokenizer.pieces(String(context[unit.range]))
+            // Scalar-wise (a unit may end inside a Character: a punctuation mark followed by a combining accent).
+            let unitScalars = Array(scalars[unit.range])
+            let p = tokenizer.pieces(String(String.UnicodeScalarView(unitScalars)))
             contextIDs += p
             // Each piece's own characters when they can be told (see `pieceSpans`), else the whole unit's.
-            let unitScalars = scalars[unit.range]
-            guard let spans = tokenizer.pieceSpans(Array(unitScalars), pieces: p) else {
+            guard let spans = tokenizer.pieceSpans(unitScalars, pieces: p) else {
                 origins += repeatElement(unit.range, count: p.count)
                 offsets += repeatElement(unit.offsets, count: p.count)
                 continue

@@ -139,6 +139,7 @@ public final class Linear: Module {
         for name in loras.keys.sorted() {
             visit.parameter("lora_A.\(name).weight", loras[name]!.a)
             visit.parameter("lora_B.\(name).weight", loras[name]!.b)
+            if let m = loras[name]!.magnitude { visit.parameter("lora_magnitude_vector.\(name)", m) }
         }
         for name in ia3.keys.sorted() { visit.parameter("ia3_l.\(name)", ia3[name]!.vector) }
     }
@@ -175,7 +176,9 @@ public final class Linear: Module {
         let scaling = liveIA3
         let input = try scaling.flatMap { $0.scalesInput ? try x * $0.vector.value : nil } ?? x
         let y: Tensor
-        if let lora = liveLoRA, lora.dropout > 0, TrainingMode.isActive {
+        if let lora = liveLoRA, let magnitude = lora.magnitude {
+            y = try doraForward(input, lora: lora, magnitude: magnitude.value)
+        } else if let lora = liveLoRA, lora.dropout > 0, TrainingMode.isActive {
             // PEFT's lora_dropout acts on the low-rank branch's input only: W·x + s·B·A·drop(x).
             let low = try Tensor.linear(Tensor.linear(input.trainingDropout(lora.dropout), weight: lora.a.value), weight: lora.b.value)
             y = try Tensor.linear(input, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed) + low.scaled(by: lora.scale)
@@ -189,12 +192,53 @@ public final class Linear: Module {
         return y
     }
 
-    /// Attaches a LoRA adapter under `name` (replacing one of that name) and makes it active.
+    /// DoRA's forward pass: `b + f ⊙ (W x + s·B·A·x)` with `f = m / ‖W + s·B·A‖` (the norm without gradient). With
+    /// dropout in training, as PEFT: `W x + b + (f - 1) ⊙ W·drop(x) + f ⊙ s·B·A·drop(x)`.
+    func doraForward(_ x: Tensor, lora: LoRA, magnitude: Tensor) throws -> Tensor {
+        let factor = try magnitude / doraNorm(lora)
+        let dropping = lora.dropout > 0 && TrainingMode.isActive
+        let dropped = dropping ? try x.trainingDropout(lora.dropout) : x
+        let directed = try Tensor.loraLinear(dropped, weight: weight.value, loraA: lora.a.value, loraB: lora.b.value,
+                                             scale: lora.scale, weightTransposed: weightTransposed) * factor
+        guard dropping else { return try bias.map { try directed + $0.value } ?? directed }
+        let base = try Tensor.linear(x, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
+        let droppedBase = try Tensor.linear(dropped, weight: weight.value, weightTransposed: weightTransposed)
+        return try base + directed - droppedBase
+    }
+
+    /// The norm of each output's row of `W + s·B·A` (DoRA's denominator), as a constant.
+    func doraNorm(_ lora: LoRA) throws -> Tensor {
+        try Autograd.withoutGradients {
+            let delta = try Tensor.matmul(lora.b.value, lora.a.value) // [out, in]
+            var norms = [Float](repeating: 0, count: outputs)
+            let (n, s, transposed) = (inputs, lora.scale, weightTransposed)
+            weight.value.withUnsafeBufferPointer { w in
+                delta.withUnsafeBufferPointer { d in
+                    for o in norms.indices {
+                        var sum: Double = 0
+                        for i in 0..<n {
+                            let v = Double(w[transposed ? i * norms.count + o : o * n + i]) + Double(s) * Double(d[o * n + i])
+                            sum += v * v
+                        }
+                        norms[o] = Float(sum.squareRoot())
+                    }
+                }
+            }
+            return try Tensor(shape: [outputs], values: norms)
+        }
+    }
+
+    /// Attaches a LoRA adapter under `name` (replacing one of that name) and makes it active. A new DoRA adapter gets
+    /// its magnitude here: the row norms of `W + s·B·A`, so that attaching changes nothing.
     public func attachLoRA(_ name: String, _ lora: LoRA) throws {
         guard lora.a.value.shape == [lora.rank, inputs], lora.b.value.shape == [outputs, lora.rank] else {
             throw ModelError.badInput("LoRA '\(name)': A \(lora.a.value.shape) and B \(lora.b.value.shape) do not fit a \(inputs) -> \(outputs) layer (expected [r, \(inputs)] and [\(outputs), r])")
         }
+        if let m = lora.magnitude, m.value.shape != [outputs] {
+            throw ModelError.badInput("DoRA '\(name)': magnitude \(m.value.shape) does not fit a layer with \(outputs) outputs (expected [\(outputs)])")
+        }
         if merged?.name == name { try unmerge() }
+        if lora.usesDoRA && lora.magnitude == nil { lora.magnitude = Parameter("lora_magnitude_vector", try doraNorm(lora)) }
         loras[name] = lora
         activeLoRA = name
     }
@@ -214,7 +258,12 @@ public final class Linear: Module {
         let base = weight.value.detached()
         let update = weightTransposed ? try delta.transposed() : delta
         let trainable = weight.isTrainable
-        weight.value = try Autograd.withoutGradients { try base + update }
+        weight.value = try Autograd.withoutGradients {
+            guard let m = lora.magnitude else { return try base + update }
+            // DoRA: W' = f ⊙ (W + s·B·A), f = m / ‖W + s·B·A‖ per output (a column of the [in, out] layout).
+            let factor = try m.value / doraNorm(lora)
+            return weightTransposed ? try (base + update) * factor : try ((base + update).transposed() * factor).transposed()
+        }
         weight.isTrainable = trainable
         merged = (name, base)
     }
@@ -252,6 +301,11 @@ public final class IA3 {
 
 /// One LoRA adapter for one linear layer (Hu et al., arXiv 2106.09685): `y = W x + s·B·A·x` with `A: [r, in]`,
 /// `B: [out, r]`, `s = alpha / r` (or `alpha / √r` with rsLoRA). B starts at zero, so attaching changes nothing.
+///
+/// With DoRA (Liu et al., arXiv 2402.09353; PEFT's `use_dora`) the adapted weight is split into a direction and a
+/// learned magnitude per output: `y = m ⊙ (W x + s·B·A·x) / ‖W + s·B·A‖ + b`, the norm taken over each output's row
+/// and treated as a constant in backward (the paper's section 4.3, as PEFT does). `m` starts at the base weight's row
+/// norms, so attaching still changes nothing.
 public final class LoRA {
     public let a: Parameter
     public let b: Parameter
@@ -259,21 +313,29 @@ public final class LoRA {
     /// Dropout on the adapter branch's input in training mode (PEFT's `lora_dropout`).
     public var dropout: Float = 0
     public var rank: Int { a.value.shape[0] }
+    /// Whether this is a DoRA adapter.
+    public let usesDoRA: Bool
+    /// DoRA's magnitude `m: [out]` (PEFT's `lora_magnitude_vector`); set from the base weight when a new DoRA adapter
+    /// is attached, nil for plain LoRA.
+    public internal(set) var magnitude: Parameter?
 
     /// New weights: A ~ U(-1/√in, 1/√in) as PEFT's default (Kaiming-uniform with a = √5), B = 0.
-    public init(inputs: Int, outputs: Int, rank: Int, alpha: Float, rsLoRA: Bool = false, seed: UInt64) throws {
+    public init(inputs: Int, outputs: Int, rank: Int, alpha: Float, rsLoRA: Bool = false, dora: Bool = false, seed: UInt64) throws {
         guard rank > 0 else { throw ModelError.badInput("LoRA rank must be positive, got \(rank)") }
         let bound = 1 / Float(inputs).squareRoot()
         a = Parameter("lora_A", try Tensor.uniform([rank, inputs], low: -bound, high: bound, seed: seed))
         b = Parameter("lora_B", try Tensor.zeros([outputs, rank]))
         scale = rsLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank)
+        usesDoRA = dora
     }
 
-    /// Given weights (loaded from a file).
-    public init(a: Tensor, b: Tensor, scale: Float) {
+    /// Given weights (loaded from a file); a `magnitude` makes it a DoRA adapter.
+    public init(a: Tensor, b: Tensor, scale: Float, magnitude: Tensor? = nil) {
         self.a = Parameter("lora_A", a)
         self.b = Parameter("lora_B", b)
         self.scale = scale
+        self.usesDoRA = magnitude != nil
+        self.magnitude = magnitude.map { Parameter("lora_magnitude_vector", $0) }
     }
 }
 

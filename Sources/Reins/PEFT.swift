@@ -21,8 +21,9 @@ public enum PEFTAdapter {
         let rsLoRA = config["use_rslora"] as? Bool ?? false
         let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
         // Variants that change the computation and that Reins does not implement are refused, never ignored.
-        for (flag, what) in [("use_dora", "DoRA (use_dora)"), ("lora_bias", "a bias on lora_B (lora_bias)")] where config[flag] as? Bool == true {
-            throw ModelError.badConfig(path: configPath, detail: "\(what) is not supported")
+        let dora = config["use_dora"] as? Bool ?? false
+        if config["lora_bias"] as? Bool == true {
+            throw ModelError.badConfig(path: configPath, detail: "a bias on lora_B (lora_bias) is not supported")
         }
         let dropout = try reader.float("lora_dropout", default: 0)
         guard (0..<1).contains(dropout) else { throw ModelError.badConfig(path: configPath, detail: "lora_dropout \(dropout) is outside [0, 1)") }
@@ -30,8 +31,16 @@ public enum PEFTAdapter {
 
         let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
         var pairs: [String: (a: Tensor?, b: Tensor?)] = [:], heads: [(key: String, plain: String, tensor: Tensor)] = []
+        var magnitudes: [String: Tensor] = [:] // DoRA
         for key in file.tensorNames.sorted() {
             let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key
+            if path.hasSuffix(".lora_magnitude_vector") {
+                guard dora else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (a DoRA magnitude, but use_dora is not set)"], misshaped: [])
+                }
+                magnitudes[String(path.dropLast(".lora_magnitude_vector".count))] = try file.tensor(key)
+                continue
+            }
             for part in ["lora_A", "lora_B"] where path.hasSuffix(".\(part).weight") {
                 let module = String(path.dropLast(".\(part).weight".count))
                 guard linears[module] != nil else {
@@ -59,11 +68,22 @@ public enum PEFTAdapter {
             }
             let moduleAlpha = alphaPattern.first { module == $0.key || module.hasSuffix("." + $0.key) }.flatMap { ConfigReader.number($0.value)?.floatValue } ?? alpha
             let scale = rsLoRA ? moduleAlpha / Float(r).squareRoot() : moduleAlpha / Float(r)
-            let lora = LoRA(a: a, b: b, scale: scale)
+            let magnitude = magnitudes.removeValue(forKey: module)
+            if dora {
+                guard let magnitude else { throw ModelError.checkpointMismatch(missing: ["\(module).lora_magnitude_vector (use_dora is set)"], unexpected: [], misshaped: []) }
+                guard magnitude.shape == [layer.outputs] else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [
+                        "\(module).lora_magnitude_vector \(magnitude.shape) for a layer with \(layer.outputs) outputs (expected [\(layer.outputs)])"])
+                }
+            }
+            let lora = LoRA(a: a, b: b, scale: scale, magnitude: magnitude)
             lora.dropout = dropout
             built.append((layer, lora))
         }
         guard !built.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no lora_A / lora_B tensors") }
+        if let stray = magnitudes.keys.sorted().first {
+            throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(stray).lora_magnitude_vector (no lora_A / lora_B beside it)"], misshaped: [])
+        }
         let installHeads = try headInstaller(heads, into: model, name: name)
         for (layer, lora) in built { try layer.attachLoRA(name, lora) }
         installHeads()
@@ -271,6 +291,7 @@ public enum PEFTAdapter {
             let alphas = layers.map { $0.2.scale * Float($0.2.rank) }
             config.merge([
                 "peft_type": "LORA", "r": rank, "lora_alpha": alphas[0], "use_rslora": false, "lora_dropout": layers[0].2.dropout, "bias": "none",
+                "use_dora": layers.contains { $0.2.magnitude != nil },
                 "target_modules": layers.map { $0.0 }, "fan_in_fan_out": layers.contains { $0.1.weightTransposed },
                 "rank_pattern": ranks.count > 1 ? Dictionary(uniqueKeysWithValues: layers.map { ($0.0, $0.2.rank) }) : [String: Int](),
                 "alpha_pattern": Set(alphas).count > 1 ? Dictionary(uniqueKeysWithValues: zip(layers.map { $0.0 }, alphas)) : [String: Float](),
@@ -279,6 +300,7 @@ public enum PEFTAdapter {
             for (key, _, lora) in layers {
                 tensors["base_model.model.\(key).lora_A.weight"] = lora.a.value.detached()
                 tensors["base_model.model.\(key).lora_B.weight"] = lora.b.value.detached()
+                if let m = lora.magnitude { tensors["base_model.model.\(key).lora_magnitude_vector"] = m.value.detached() }
             }
             // LoRA + BitFit: the adapter's own biases, as PEFT's bias="all" saves them (a LoRA-wrapped layer's bias under
             // `.base_layer.bias`).

@@ -192,6 +192,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "LoRA rank.") var rank = 8
     @Option(help: "LoRA alpha.") var alpha: Float = 16
     @Option(help: "LoRA dropout.") var loraDropout: Float = 0
+    @Flag(help: "DoRA: LoRA with a learned magnitude per output (PEFT's use_dora).") var dora = false
     @Option(help: "LoRA target layers, comma-separated (default: query,value for BERT, c_attn for GPT-2).") var targets: String?
     @Option(help: "Bottleneck size of Houlsby, Pfeiffer and parallel adapters.") var bottleneck = 64
     @Option(help: "Virtual tokens of prefix and prompt tuning.") var prefixLength = 16
@@ -200,7 +201,7 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Continue from OUTPUT/checkpoint.") var resume = false
 
     func adapterMethod(defaultTargets: [String]) throws -> AdapterMethod {
-        let lora = LoRAConfig(rank: rank, alpha: alpha, targets: targets.map { $0.split(separator: ",").map(String.init) } ?? defaultTargets, dropout: loraDropout)
+        let lora = LoRAConfig(rank: rank, alpha: alpha, targets: targets.map { $0.split(separator: ",").map(String.init) } ?? defaultTargets, dropout: loraDropout, dora: dora)
         switch method.lowercased() {
         case "full": return .full
         case "bitfit": return .bitFit

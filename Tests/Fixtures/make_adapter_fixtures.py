@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PEFT LoRA adapters on the tiny fixture models, with the logits PEFT gives. Run by hand, never in CI:
+"""PEFT adapters on the tiny fixture models, with the logits PEFT gives (and, for DoRA, gradients). Run by hand, never in CI:
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_adapter_fixtures.py
 
@@ -33,10 +33,10 @@ def randomize_lora(model):
     randomize(model, "lora_", 0.3)
 
 
-def save(name, peft_model, inputs, logits):
+def save(name, peft_model, inputs, logits, extra=None):
     out = os.path.join(HERE, "adapters", name)
     peft_model.save_pretrained(out, safe_serialization=True)
-    save_file({**{k: v.contiguous() for k, v in inputs.items()}, "logits": logits.detach().float().contiguous()},
+    save_file({**{k: v.contiguous() for k, v in inputs.items()}, "logits": logits.detach().float().contiguous(), **(extra or {})},
               os.path.join(out, "expected.safetensors"))
     keys = sorted(load_file(os.path.join(out, "adapter_model.safetensors")).keys())
     print(name, len(keys), "tensors, e.g.", keys[:2], keys[-1])
@@ -46,24 +46,50 @@ GPT2_IDS = [[5, 17, 42, 95, 3, 8, 60], [11, 0, 23, 7, 88, 96, 96]]
 GPT2_MASK = [[1] * 7, [1, 1, 1, 1, 1, 0, 0]]
 
 
-def save_gpt2(name, m):
+def adapter_gradients(m, logits):
+    """With `grads`: the gradients of sum(logits * W), W a fixed random weighting saved as `loss_weights`, for every
+    trainable tensor, saved as `grad:` + its key in adapter_model.safetensors."""
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(99))
+    m.zero_grad()
+    (logits * weights).sum().backward()
+    out = {"loss_weights": weights}
+    for n, p in m.named_parameters():
+        if p.requires_grad and p.grad is not None:
+            key = n.replace(".default", "")
+            key = key[: -len(".weight")] if key.endswith("lora_magnitude_vector.weight") else key
+            out["grad:" + key.replace("modules_to_save.", "")] = p.grad.detach().clone().contiguous()
+    return out
+
+
+def save_gpt2(name, m, grads=False):
     """The GPT-2 fixture batch (one row right-padded) through an adapted model, saved with its logits."""
     m.eval()
     ids, mask = torch.tensor(GPT2_IDS, dtype=torch.int32), torch.tensor(GPT2_MASK, dtype=torch.int32)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grads):
         logits = m(input_ids=ids.long(), attention_mask=mask.long()).logits
-    save(name, m, {"input_ids": ids, "attention_mask": mask}, logits)
+    save(name, m, {"input_ids": ids, "attention_mask": mask}, logits, adapter_gradients(m, logits) if grads else None)
 
 
-def save_bert(name, m):
+def save_bert(name, m, grads=False):
     """The BERT fixture batch (sentence pairs, two padding lengths) through an adapted model, saved with its logits."""
     m.eval()
     ids = torch.tensor([[2, 14, 15, 16, 3, 40, 41, 3, 0], [2, 50, 51, 3, 60, 3, 0, 0, 0]], dtype=torch.int32)
     types = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 0, 0, 0]], dtype=torch.int32)
     mask = torch.tensor([[1] * 8 + [0], [1] * 6 + [0] * 3], dtype=torch.int32)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grads):
         logits = m(input_ids=ids.long(), attention_mask=mask.long(), token_type_ids=types.long()).logits
-    save(name, m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, logits)
+    save(name, m, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, logits,
+         adapter_gradients(m, logits) if grads else None)
+
+
+def randomize_dora(model):
+    """A and B random (B is not zero), and the magnitudes moved off the base norms they start at."""
+    randomize(model, "lora_A", 0.3)
+    randomize(model, "lora_B", 0.3, heads=False)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_magnitude_vector" in n:
+                p.mul_(1 + 0.2 * torch.randn_like(p))
 
 
 def gpt2():
@@ -82,6 +108,26 @@ def bert():
     m = get_peft_model(base, cfg)
     randomize_lora(m)
     save_bert("bert-lora", m)
+
+
+def gpt2_dora():
+    """DoRA (use_dora) on GPT-2's Conv1D layers: the magnitude is per output, the norm over each output's column."""
+    base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+    cfg = LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "mlp.c_proj"], fan_in_fan_out=True, use_dora=True,
+                     lora_dropout=0.0, task_type="CAUSAL_LM")
+    m = get_peft_model(base, cfg)
+    randomize_dora(m)
+    save_gpt2("gpt2-dora", m, grads=True)
+
+
+def bert_dora():
+    """DoRA on BERT's query, value and output.dense, with the classifier saved beside it; gradients included."""
+    base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
+    cfg = LoraConfig(r=2, lora_alpha=7, target_modules=["query", "value", "output.dense"], use_dora=True,
+                     lora_dropout=0.0, modules_to_save=["classifier"], task_type="SEQ_CLS")
+    m = get_peft_model(base, cfg)
+    randomize_dora(m)
+    save_bert("bert-dora", m, grads=True)
 
 
 def gpt2_prefix():
@@ -134,3 +180,5 @@ if __name__ == "__main__":
     gpt2_ia3()
     gpt2_prompt()
     bert_prompt()
+    gpt2_dora()
+    bert_dora()

@@ -14,8 +14,8 @@ each step (before its update) goes to training/expected.json. Dropout is 0 in th
 
 The bottleneck adapters (Houlsby, Pfeiffer), AdapterBias and the parallel adapter are written here in plain PyTorch at
 the insertion points Reins documents (each BERT layer's attention-output and FFN-output dense layers, before the
-residual add and layer norm), and saved in Reins's adapter layout. LoRA, prefix tuning, prompt tuning and IA3 are
-PEFT's own.
+residual add and layer norm), and saved in Reins's adapter layout. LoRA, DoRA, prefix tuning, prompt tuning and IA3
+are PEFT's own.
 """
 import json
 import os
@@ -230,6 +230,8 @@ if __name__ == "__main__":
         "prompt": peft_run("prompt", PromptTuningConfig(num_virtual_tokens=3, task_type="SEQ_CLS"), "prompt_encoder"),
         "ia3": peft_run("ia3", IA3Config(target_modules=["key", "value", "output.dense"], feedforward_modules=["output.dense"],
                                          modules_to_save=["classifier"], task_type="SEQ_CLS"), "ia3_l", around=1.0),
+        "dora": peft_run("dora", LoraConfig(r=3, lora_alpha=6, target_modules=["query", "value"], use_dora=True, lora_dropout=0.0,
+                                            modules_to_save=["classifier"], task_type="SEQ_CLS"), "lora_B"),
         **gpt2_runs(),
     }
     with open(os.path.join(OUT, "expected.json"), "w") as f:

@@ -91,19 +91,140 @@ struct LoRATests {
         #expect(throws: ModelError.checkpointMismatch(missing: ["transformer.h.0.attn.c_attn.lora_B.weight"], unexpected: [], misshaped: [])) {
             try PEFTAdapter.load(directory: unpaired, into: try gpt2())
         }
+        // DoRA: a magnitude needs use_dora, use_dora needs a magnitude per layer, of the layer's output size.
         let dora = try copy { $0["\(key).lora_magnitude_vector"] = try Tensor.ones([90]) }
-        #expect { try PEFTAdapter.load(directory: dora, into: try gpt2()) } throws: { "\($0)".contains("lora_magnitude_vector (a LoRA tensor Reins does not implement)") }
+        #expect { try PEFTAdapter.load(directory: dora, into: try gpt2()) } throws: { "\($0)".contains("lora_magnitude_vector (a DoRA magnitude, but use_dora is not set)") }
         var config = try Checkpoint.readJSON(unpaired.appendingPathComponent("adapter_config.json"))
         config["use_dora"] = true
-        let doraConfig = try copy { _ in }
-        try JSONSerialization.data(withJSONObject: config).write(to: doraConfig.appendingPathComponent("adapter_config.json"))
-        #expect { try PEFTAdapter.load(directory: doraConfig, into: try gpt2()) } throws: { "\($0)".contains("DoRA (use_dora) is not supported") }
+        for (name, edit) in [("missing", { (t: inout [String: Tensor]) in }), ("misshaped", { (t: inout [String: Tensor]) in
+            for k in t.keys where k.hasSuffix(".lora_B.weight") {
+                t[k.replacingOccurrences(of: ".lora_B.weight", with: ".lora_magnitude_vector")] = try Tensor.ones([t[k]!.shape[0] - 1])
+            }
+        })] as [(String, (inout [String: Tensor]) throws -> Void)] {
+            let doraConfig = try copy(edit)
+            try JSONSerialization.data(withJSONObject: config).write(to: doraConfig.appendingPathComponent("adapter_config.json"))
+            #expect { try PEFTAdapter.load(directory: doraConfig, into: try gpt2()) } throws: {
+                "\($0)".contains(name == "missing" ? "transformer.h.0.attn.c_attn.lora_magnitude_vector (use_dora is set)"
+                                                   : "transformer.h.0.attn.c_attn.lora_magnitude_vector [89] for a layer with 90 outputs")
+            }
+        }
         let wrongRank = try copy { $0["\(key).lora_B.weight"] = try Tensor.zeros([90, 5]) }
         #expect { try PEFTAdapter.load(directory: wrongRank, into: try gpt2()) } throws: { "\($0)".contains("lora_A [3, 30] and lora_B [90, 5]") }
         // Another base: the GPT-2 variant is 28 wide.
         guard case let .gpt2LMHead(other) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-variant")) else { return }
         #expect { try PEFTAdapter.load(directory: Self.adapter("gpt2-lora"), into: other) } throws: { "\($0)".contains("for a 28 -> 84 layer") }
         #expect { try PEFTAdapter.load(directory: dir.appendingPathComponent("absent"), into: try gpt2()) } throws: { "\($0)".contains("adapter_config.json: no such file") }
+    }
+}
+
+/// DoRA (PEFT's `use_dora`): the adapted weight's direction from LoRA, its magnitude per output learned.
+struct DoRATests {
+    /// PEFT's DoRA adapters (make_adapter_fixtures.py, magnitudes moved off their start): PEFT's logits, and PEFT's
+    /// gradients of sum(logits · W) for every A, B, magnitude and head tensor.
+    @Test(arguments: ["gpt2-dora", "bert-dora"])
+    func peftDoRAReproducesPEFTLogitsAndGradients(adapter: String) throws {
+        let dir = LoRATests.adapter(adapter)
+        let loaded = try PretrainedModel.load(directory: ModelParityTests.directory(adapter.hasPrefix("gpt2") ? "gpt2-lm" : "bert-cls"))
+        let model = loaded.module
+        model.freeze()
+        try PEFTAdapter.load(directory: dir, into: model)
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
+        let logits: Tensor
+        switch loaded {
+        case let .gpt2LMHead(m): logits = try m.logits(ids, attentionMask: mask)
+        case let .bertSequenceClassification(m): logits = try m.logits(ids, attentionMask: mask, tokenTypeIDs: try io.intTensor("token_type_ids"))
+        default: Issue.record("unexpected architecture"); return
+        }
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(adapter) logits")
+        try (logits * io.tensor("loss_weights")).sum().backward()
+        let expected = Set(io.names.filter { $0.hasPrefix("grad:") })
+        let trained = model.namedParameters().filter(\.parameter.isTrainable)
+        #expect(Set(trained.map { "grad:base_model.model." + $0.key.replacingOccurrences(of: ".default", with: "") }) == expected)
+        #expect(trained.contains { $0.key.contains("lora_magnitude_vector") })
+        for (key, p) in trained {
+            let name = "grad:base_model.model." + key.replacingOccurrences(of: ".default", with: "")
+            guard expected.contains(name), let g = p.gradient else { Issue.record("\(key): no gradient to compare"); continue }
+            expectClose(g, try io.tensor(name), atol: 1e-5, rtol: 1e-3, "∂/∂\(key)")
+        }
+    }
+
+    /// A new DoRA adapter: a no-op at attach (the magnitudes are the base's row norms), r·(in + out) + out parameters
+    /// per layer, only adapter tensors train, merging gives the same logits and unmerging the base weight bit for bit,
+    /// and save -> load into a fresh base reproduces the trained adapter.
+    @Test func freshDoRAStartsAsANoOpTrainsMergesAndRoundTrips() throws {
+        let model = try LoRATests().gpt2()
+        let ids = try IntTensor(shape: [2, 5], values: [5, 17, 42, 3, 8, 9, 1, 77, 30, 2])
+        let base = try model.logits(ids).scalars
+        model.freeze()
+        let keys = try model.addLoRA("task", LoRAConfig(rank: 3, alpha: 6, targets: ["c_attn", "c_fc"], dora: true), seed: 5)
+        let layers = model.namedModules().filter { keys.contains($0.key) }.compactMap { $0.module as? Linear }
+        #expect(layers.count == 4)
+        expectClose(try model.logits(ids).scalars, base, atol: 1e-5, rtol: 1e-5, "attaching DoRA changes nothing")
+        #expect(model.trainableParameterCount == layers.map { 3 * ($0.inputs + $0.outputs) + $0.outputs }.reduce(0, +))
+        let startMagnitudes = layers.map { $0.loras["task"]!.magnitude!.value.scalars }
+        let frozen = model.namedParameters().filter { !$0.parameter.isTrainable }.map { ($0.key, $0.parameter.value.scalars) }
+        let optimizer = AdamW(learningRate: 0.05, weightDecay: 0)
+        for _ in 0..<3 {
+            model.zeroGradients()
+            try model.loss(ids).backward()
+            for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == key.contains(".lora_"), "\(key)") }
+            optimizer.update(model.trainableParameters)
+        }
+        let trained = try model.logits(ids)
+        #expect(trained.scalars != base, "the adapter learned something")
+        #expect(layers.map { $0.loras["task"]!.magnitude!.value.scalars } != startMagnitudes, "the magnitudes moved")
+        for (key, values) in frozen { #expect(model.namedParameters().first { $0.key == key }!.parameter.value.scalars == values, "\(key) unchanged") }
+        // Merged: W' = m ⊙ (W + s·B·A) / ‖W + s·B·A‖ per output, the same logits; unmerged: the base weight exactly.
+        let weights = layers.map { $0.weight.value.scalars }
+        for l in layers { try l.merge() }
+        expectClose(try model.logits(ids), trained, atol: 1e-5, rtol: 1e-4, "merged")
+        for l in layers { try l.unmerge() }
+        #expect(layers.map { $0.weight.value.scalars } == weights)
+        // Saved in PEFT's layout (use_dora, one lora_magnitude_vector per layer) and loaded into a fresh base.
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try PEFTAdapter.save(model, name: "task", to: dir, taskType: "CAUSAL_LM")
+        #expect(try Checkpoint.readJSON(dir.appendingPathComponent("adapter_config.json"))["use_dora"] as? Bool == true)
+        let file = try SafeTensorsFile(path: dir.appendingPathComponent("adapter_model.safetensors").path)
+        #expect(file.names.filter { $0.hasSuffix(".lora_magnitude_vector") }.count == 4)
+        let fresh = try LoRATests().gpt2()
+        try PEFTAdapter.load(directory: dir, into: fresh)
+        expectClose(try fresh.logits(ids), trained, atol: 1e-6, rtol: 1e-6, "after save and load")
+    }
+
+    /// With lora_dropout in training, PEFT's DoRA reads the dropped input in both terms it adds to the base output:
+    /// `W x + b + (f - 1) ⊙ W·drop(x) + f ⊙ s·B·A·drop(x)`, f = m / ‖W + s·B·A‖ (BERT's [out, in] layout here).
+    @Test func doraDropoutFollowsPEFTsFormula() throws {
+        let layer = try Linear(inputs: 7, outputs: 5, seed: 3)
+        layer.bias!.value = try Tensor.uniform([5], low: -1, high: 1, seed: 4)
+        let a = try Tensor.uniform([2, 7], low: -0.5, high: 0.5, seed: 5), b = try Tensor.uniform([5, 2], low: -0.5, high: 0.5, seed: 6)
+        let m = try Tensor.uniform([5], low: 0.5, high: 1.5, seed: 7)
+        let lora = LoRA(a: a, b: b, scale: 1.5, magnitude: m)
+        lora.dropout = 0.4
+        try layer.attachLoRA("d", lora)
+        let x = try Tensor.uniform([3, 7], low: -1, high: 1, seed: 8)
+        let y = try TrainingMode.run(seed: 11) { try layer(x) }
+        // The same mask: the layer's only dropout site draws from offset 0.
+        let xd = try x.dropout(0.4, seed: 11, offset: 0)
+        #expect(xd.scalars != x.scalars)
+        // f from the definition, row by row of W + s·B·A.
+        let w = layer.weight.value.scalars, delta = try Tensor.matmul(b, a).scalars
+        var f: [Float] = []
+        for o in 0..<5 {
+            var sum: Float = 0
+            for i in 0..<7 { let v = w[o * 7 + i] + 1.5 * delta[o * 7 + i]; sum += v * v }
+            f.append(m.scalars[o] / sum.squareRoot())
+        }
+        let factor = try Tensor(shape: [5], values: f)
+        let full = try Tensor.linear(x, weight: layer.weight.value, bias: layer.bias!.value)
+        let droppedBase = try Tensor.linear(xd, weight: layer.weight.value)
+        let low = try Tensor.linear(Tensor.linear(xd, weight: a), weight: b).scaled(by: 1.5)
+        let expected = try full + (droppedBase * factor - droppedBase) + low * factor
+        expectClose(y, expected, atol: 1e-5, rtol: 1e-5, "DoRA with dropout")
+        // Outside training the dropout is off: b + f ⊙ (W x + s·B·A·x).
+        let plain = try Tensor.linear(x, weight: layer.weight.value) + Tensor.linear(Tensor.linear(x, weight: a), weight: b).scaled(by: 1.5)
+        expectClose(try layer(x), try plain * factor + layer.bias!.value, atol: 1e-5, rtol: 1e-5, "DoRA in inference")
     }
 }
 
@@ -173,6 +294,7 @@ struct AdapterFileTests {
     /// Loads a PEFT fixture, saves it with Reins, loads that into a fresh base: same logits, PEFT's key names, and a
     /// file of about 4 bytes per adapter parameter.
     @Test(arguments: [("gpt2-lora", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-lora", "bert-cls", "SEQ_CLS", ["classifier"]),
+                      ("gpt2-dora", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-dora", "bert-cls", "SEQ_CLS", ["classifier"]),
                       ("gpt2-prefix", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-prefix", "bert-cls", "SEQ_CLS", ["classifier"]),
                       ("gpt2-ia3", "gpt2-lm", "CAUSAL_LM", [String]()), ("gpt2-prompt", "gpt2-lm", "CAUSAL_LM", [String]()),
                       ("bert-prompt", "bert-cls", "SEQ_CLS", ["classifier"])])

@@ -124,7 +124,7 @@ struct TaskTests {
 
     @Test func contextPiecesMapBackToTheContextText() throws {
         let tok = try tokenizer()
-        let context = "Where?  The CATs sat,on the mat.\r\nJohn's dog (a big red one) ran in Paris \u{4E2D}\u{6587} caf\u{E9}. Pla\u{301}ying"
+        let context = "Where?  The CATs sat,on the mat.\r\nJohn's dog (a big red one) ran in Paris \u{4E2D}\u{6587} caf\u{E9}. Pla\u{301}ying (\u{301}dog"
         let p = try QuestionAnsweringTask.pieces(question: "who", context: context, tokenizer: tok, maxLength: 64)
         // The same pieces as tokenizing the whole context at once.
         #expect(Array(p.ids[p.contextStart..<(p.ids.count - 1)]) == tok.pieces(context))
@@ -142,7 +142,9 @@ struct TaskTests {
             }
             if segments.last != r { segments.append(r) }
         }
-        #expect(segments.map { String(context.unicodeScalars[$0]) }.joined() == String(context.unicodeScalars.filter { !$0.properties.isWhitespace }))
+        // (The accent after the last "(" opens a word of its own, dropped before that word's only piece.)
+        let covered = String(context.unicodeScalars.filter { !$0.properties.isWhitespace }).replacingOccurrences(of: "(\u{301}", with: "(")
+        #expect(segments.map { String(context.unicodeScalars[$0]) }.joined() == covered)
         let playID = try #require(tok.vocabulary["play"]), play = try #require(p.ids.firstIndex(of: playID))
         #expect(p.text(play, play) == "Pla\u{301}y" && p.text(play + 1, play + 1) == "ing" && p.text(play, play + 1) == "Pla\u{301}ying")
         // A span's text is the context's own (case, accents and all).

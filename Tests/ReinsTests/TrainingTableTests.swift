@@ -39,7 +39,7 @@ struct TrainingTableTests {
         return o
     }
 
-    @Test(arguments: ["full", "full-sgd", "bitfit", "houlsby", "pfeiffer", "adapterbias", "parallel", "lora", "prefix", "prompt", "ia3"])
+    @Test(arguments: ["full", "full-sgd", "bitfit", "houlsby", "pfeiffer", "adapterbias", "parallel", "lora", "dora", "prefix", "prompt", "ia3"])
     func bertLossesMatchPyTorch(method: String) throws {
         let model = try BottleneckAdapterTests().bert()
         if !method.hasPrefix("full") { try model.loadAdapter("task", from: Self.directory.appendingPathComponent(method)) }
