@@ -206,25 +206,13 @@ public final class Linear: Module {
         return try base + directed - droppedBase
     }
 
-    /// The norm of each output's row of `W + s·B·A` (DoRA's denominator), as a constant.
+    /// The norm of each output's row of `W + s·B·A` (DoRA's denominator), as a constant. Computed on every call, as
+    /// PEFT does by default: merge the adapter for inference at the base layer's cost.
     func doraNorm(_ lora: LoRA) throws -> Tensor {
         try Autograd.withoutGradients {
-            let delta = try Tensor.matmul(lora.b.value, lora.a.value) // [out, in]
-            var norms = [Float](repeating: 0, count: outputs)
-            let (n, s, transposed) = (inputs, lora.scale, weightTransposed)
-            weight.value.withUnsafeBufferPointer { w in
-                delta.withUnsafeBufferPointer { d in
-                    for o in norms.indices {
-                        var sum: Double = 0
-                        for i in 0..<n {
-                            let v = Double(w[transposed ? i * norms.count + o : o * n + i]) + Double(s) * Double(d[o * n + i])
-                            sum += v * v
-                        }
-                        norms[o] = Float(sum.squareRoot())
-                    }
-                }
-            }
-            return try Tensor(shape: [outputs], values: norms)
+            let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale) // [out, in]
+            let adapted = try (weightTransposed ? weight.value.transposed() : weight.value) + delta
+            return try (adapted * adapted).sum(axis: 1).sqrt()
         }
     }
 
