@@ -21,38 +21,42 @@ extension Tensor {
         let (rows, width) = try broadcastRows(other, name)
         let result = Tensor(uninitializedShape: shape)
         let a = storage.pointer, b = other.storage.pointer, o = result.storage.pointer
-        for r in 0..<rows {
+        // Elementwise, so any cut gives the same bits: by rows when the right side repeats over rows, else by columns.
+        Tensor.spans(rows: rows, width: width) { r, cols in
             let ar = a + r * width, orow = o + r * width
             switch op {
-            case .add: for i in 0..<width { orow[i] = ar[i] + b[i] }
-            case .subtract: for i in 0..<width { orow[i] = ar[i] - b[i] }
-            case .multiply: for i in 0..<width { orow[i] = ar[i] * b[i] }
-            case .divide: for i in 0..<width { orow[i] = ar[i] / b[i] }
+            case .add: for i in cols { orow[i] = ar[i] + b[i] }
+            case .subtract: for i in cols { orow[i] = ar[i] - b[i] }
+            case .multiply: for i in cols { orow[i] = ar[i] * b[i] }
+            case .divide: for i in cols { orow[i] = ar[i] / b[i] }
             }
         }
         let lhs = detached(), rhs = other.detached()
         return Tensor.recording(result, inputs: [self, other]) { g, grads in
             let dy = g.storage.pointer, a = lhs.storage.pointer, b = rhs.storage.pointer
-            for r in 0..<rows {
-                let dyr = dy + r * width, ar = a + r * width
-                if let da = grads[0] {
-                    let dar = da + r * width
+            if let da = grads[0] {
+                Tensor.spans(rows: rows, width: width) { r, cols in
+                    let dyr = dy + r * width, dar = da + r * width
                     switch op {
-                    case .add: for i in 0..<width { dar[i] += dyr[i] }
-                    case .subtract: for i in 0..<width { dar[i] += dyr[i] }
-                    case .multiply: for i in 0..<width { dar[i] += dyr[i] * b[i] }
-                    case .divide: for i in 0..<width { dar[i] += dyr[i] / b[i] }
-                    }
-                }
-                if let db = grads[1] {
-                    switch op {
-                    case .add: for i in 0..<width { db[i] += dyr[i] }
-                    case .subtract: for i in 0..<width { db[i] -= dyr[i] }
-                    case .multiply: for i in 0..<width { db[i] += dyr[i] * ar[i] }
-                    case .divide: for i in 0..<width { db[i] -= dyr[i] * ar[i] / (b[i] * b[i]) }
+                    case .add: for i in cols { dar[i] += dyr[i] }
+                    case .subtract: for i in cols { dar[i] += dyr[i] }
+                    case .multiply: for i in cols { dar[i] += dyr[i] * b[i] }
+                    case .divide: for i in cols { dar[i] += dyr[i] / b[i] }
                     }
                 }
             }
+            guard let db = grads[1] else { return }
+            let accumulate = { (r: Int, cols: Range<Int>) in
+                let dyr = dy + r * width, ar = a + r * width
+                switch op {
+                case .add: for i in cols { db[i] += dyr[i] }
+                case .subtract: for i in cols { db[i] -= dyr[i] }
+                case .multiply: for i in cols { db[i] += dyr[i] * ar[i] }
+                case .divide: for i in cols { db[i] -= dyr[i] * ar[i] / (b[i] * b[i]) }
+                }
+            }
+            // Over repeated rows the right side's gradient is a sum: in row order, on one thread, for the same bits.
+            if rows == 1 { Tensor.spans(rows: 1, width: width, accumulate) } else { for r in 0..<rows { accumulate(r, 0..<width) } }
         }
     }
 
@@ -74,11 +78,21 @@ extension Tensor {
     public func scaled(by factor: Float, shift: Float = 0) -> Tensor {
         let result = Tensor(uninitializedShape: shape)
         let x = storage.pointer, y = result.storage.pointer, n = count
-        for i in 0..<n { y[i] = x[i] * factor + shift }
+        Parallel.forSpans(n) { r in for i in r { y[i] = x[i] * factor + shift } }
         return Tensor.recording(result, inputs: [self]) { g, grads in
             guard let dx = grads[0] else { return }
             let dy = g.storage.pointer
-            for i in 0..<n { dx[i] += dy[i] * factor }
+            Parallel.forSpans(n) { r in for i in r { dx[i] += dy[i] * factor } }
+        }
+    }
+
+    /// Runs `body(row, columns)` over a `rows × width` block, cut by rows when there are many or by columns when
+    /// there is one long row, one piece per thread for big blocks.
+    static func spans(rows: Int, width: Int, _ body: (Int, Range<Int>) -> Void) {
+        if rows == 1 {
+            Parallel.forSpans(width) { cols in body(0, cols) }
+        } else {
+            Parallel.forSpans(rows, grain: max(1, (1 << 15) / max(width, 1))) { rs in for r in rs { body(r, 0..<width) } }
         }
     }
 

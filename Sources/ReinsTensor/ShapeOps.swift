@@ -146,24 +146,28 @@ extension Tensor {
         // The innermost run: contiguous in both when the last axis stays last.
         let run = rank > 0 && axes[rank - 1] == rank - 1 ? shape[rank - 1] : 1
         let loopRank = run > 1 ? rank - 1 : rank
-        var index = [Int](repeating: 0, count: max(loopRank, 1))
-        var out = 0
-        while out < total {
-            var s = 0
-            for d in 0..<loopRank { s += index[d] * outStrides[d] }
-            if run > 1 {
-                if accumulate { for i in 0..<run { dst[out + i] += src[s + i] } } else { (dst + out).update(from: src + s, count: run) }
+        // Threads take contiguous ranges of runs in output order; each starts its index where its range starts.
+        Parallel.forSpans(total / run, grain: max(1, (1 << 15) / run)) { runs in
+            var index = [Int](repeating: 0, count: max(loopRank, 1))
+            var rest = runs.lowerBound
+            for d in stride(from: loopRank - 1, through: 0, by: -1) { index[d] = rest % outShape[d]; rest /= outShape[d] }
+            var out = runs.lowerBound * run
+            for _ in runs {
+                var s = 0
+                for d in 0..<loopRank { s += index[d] * outStrides[d] }
+                if run > 1 {
+                    if accumulate { for i in 0..<run { dst[out + i] += src[s + i] } } else { (dst + out).update(from: src + s, count: run) }
+                } else {
+                    if accumulate { dst[out] += src[s] } else { dst[out] = src[s] }
+                }
                 out += run
-            } else {
-                if accumulate { dst[out] += src[s] } else { dst[out] = src[s] }
-                out += 1
-            }
-            var d = loopRank - 1
-            while d >= 0 {
-                index[d] += 1
-                if index[d] < outShape[d] { break }
-                index[d] = 0
-                d -= 1
+                var d = loopRank - 1
+                while d >= 0 {
+                    index[d] += 1
+                    if index[d] < outShape[d] { break }
+                    index[d] = 0
+                    d -= 1
+                }
             }
         }
     }

@@ -21,10 +21,13 @@ public final class TensorStorage: @unchecked Sendable {
     /// Allocates `count` elements set to `value`.
     convenience init(count: Int, repeating value: Float) {
         self.init(uninitializedCount: count)
-        if value == 0 {
-            memset(pointer, 0, count * MemoryLayout<Float>.stride)
-        } else {
-            pointer.update(repeating: value, count: count)
+        let p = pointer
+        Parallel.forSpans(count, grain: 1 << 18) { r in
+            if value == 0 {
+                memset(p + r.lowerBound, 0, r.count * MemoryLayout<Float>.stride)
+            } else {
+                (p + r.lowerBound).update(repeating: value, count: r.count)
+            }
         }
     }
 

@@ -18,6 +18,52 @@ struct AutogradTests {
         expectClose(try #require(w.gradient).scalars, once, atol: 1e-6, rtol: 1e-6, "after zeroing, one pass")
     }
 
+    /// Big tensors take the multithreaded paths (elementwise ops cut by rows or columns, permuted copies cut by runs,
+    /// zero-filled gradient buffers cut in spans): values and gradients equal plain loops exactly.
+    @Test func bigElementwiseOpsAndPermutesEqualPlainLoops() throws {
+        let (rows, width) = (301, 777) // 233877 elements: several spans, no multiple of 8
+        let a = try Tensor.normal([rows, width], seed: 21).requiringGradient()
+        let same = try Tensor.normal([rows, width], seed: 22).requiringGradient()
+        let row = try Tensor.uniform([width], low: 0.5, high: 1.5, seed: 23).requiringGradient()
+        let weights = try Tensor.normal([rows, width], seed: 24)
+        let (x, y, v, w) = (a.scalars, same.scalars, row.scalars, weights.scalars)
+        let products = try (a * same) * weights, quotients = try a / row, sums = try a + row, scaledUp = a.scaled(by: 3, shift: 1)
+        #expect(products.scalars == (0..<x.count).map { (x[$0] * y[$0]) * w[$0] })
+        #expect(quotients.scalars == (0..<x.count).map { x[$0] / v[$0 % width] })
+        #expect(sums.scalars == (0..<x.count).map { x[$0] + v[$0 % width] })
+        #expect(scaledUp.scalars == x.map { $0 * 3 + 1 })
+        try (products.sum() + (quotients * weights).sum()).backward()
+        // d/da = y·w + w/v; d/dsame = x·w; d/drow = -Σ_rows w·x/v² (summed in row order)
+        #expect(try #require(a.gradient).scalars == (0..<x.count).map { y[$0] * w[$0] + w[$0] / v[$0 % width] })
+        #expect(try #require(same.gradient).scalars == (0..<x.count).map { x[$0] * w[$0] })
+        var rowGrad = [Float](repeating: 0, count: width)
+        for r in 0..<rows { for c in 0..<width { let i = r * width + c; rowGrad[c] -= w[i] * x[i] / (v[c] * v[c]) } }
+        #expect(try #require(row.gradient).scalars == rowGrad)
+        // A head split and merge on a [B, T, H·hs] activation, as attention does, and its gradient (the inverse permute).
+        let (B, T, H, hs) = (3, 67, 7, 97)
+        let act = try Tensor.normal([B, T, H * hs], seed: 25).requiringGradient()
+        let heads = try act.reshaped([B, T, H, hs]).permuted([0, 2, 1, 3])
+        let hv = heads.scalars, av = act.scalars
+        var expected = [Float](repeating: 0, count: hv.count)
+        for b in 0..<B { for h in 0..<H { for t in 0..<T { for c in 0..<hs {
+            expected[((b * H + h) * T + t) * hs + c] = av[((b * T + t) * H + h) * hs + c]
+        } } } }
+        #expect(hv == expected)
+        let g = try Tensor.normal(heads.shape, seed: 26)
+        try (heads * g).sum().backward()
+        let gv = g.scalars
+        var back = [Float](repeating: 0, count: av.count)
+        for b in 0..<B { for h in 0..<H { for t in 0..<T { for c in 0..<hs {
+            back[((b * T + t) * H + h) * hs + c] = gv[((b * H + h) * T + t) * hs + c]
+        } } } }
+        #expect(try #require(act.gradient).scalars == back)
+        // An axis order that moves the last axis (element by element) on a big tensor.
+        let moved = try Tensor.normal([41, 53, 97], seed: 27)
+        let t = try moved.permuted([2, 0, 1]), mv = moved.scalars
+        #expect(t.scalars == (0..<mv.count).map { i in let (k, rest) = (i / (41 * 53), i % (41 * 53)); return mv[(rest / 53 * 53 + rest % 53) * 97 + k] })
+        #expect(try Tensor.zeros([1 << 20]).scalars.allSatisfy { $0 == 0 })
+    }
+
     @Test func frozenInputsGetNoGradient() throws {
         let x = try Tensor.normal([3, 5], seed: 1)
         let frozen = try Tensor.normal([4, 5], seed: 2), bias = try Tensor.normal([4], seed: 3).requiringGradient()
