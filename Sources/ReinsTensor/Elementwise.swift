@@ -105,25 +105,29 @@ extension Tensor {
     private func unary(_ op: Unary) -> Tensor {
         let result = Tensor(uninitializedShape: shape)
         let x = storage.pointer, y = result.storage.pointer, n = count
-        switch op {
-        case .exp: for i in 0..<n { y[i] = Foundation.exp(x[i]) }
-        case .log: for i in 0..<n { y[i] = Foundation.log(x[i]) }
-        case .tanh: for i in 0..<n { y[i] = Foundation.tanh(x[i]) }
-        case .relu: for i in 0..<n { y[i] = max(x[i], 0) }
-        case .sigmoid: for i in 0..<n { y[i] = 1 / (1 + Foundation.exp(-x[i])) }
-        case .sqrt: for i in 0..<n { y[i] = x[i].squareRoot() }
+        Parallel.forSpans(n) { r in
+            switch op {
+            case .exp: for i in r { y[i] = Foundation.exp(x[i]) }
+            case .log: for i in r { y[i] = Foundation.log(x[i]) }
+            case .tanh: for i in r { y[i] = Foundation.tanh(x[i]) }
+            case .relu: for i in r { y[i] = max(x[i], 0) }
+            case .sigmoid: for i in r { y[i] = 1 / (1 + Foundation.exp(-x[i])) }
+            case .sqrt: for i in r { y[i] = x[i].squareRoot() }
+            }
         }
         let input = detached(), output = result.detached()
         return Tensor.recording(result, inputs: [self]) { g, grads in
             guard let dx = grads[0] else { return }
             let dy = g.storage.pointer, x = input.storage.pointer, y = output.storage.pointer
-            switch op {
-            case .exp: for i in 0..<n { dx[i] += dy[i] * y[i] }
-            case .log: for i in 0..<n { dx[i] += dy[i] / x[i] }
-            case .tanh: for i in 0..<n { dx[i] += dy[i] * (1 - y[i] * y[i]) }
-            case .relu: for i in 0..<n { dx[i] += x[i] > 0 ? dy[i] : 0 }
-            case .sigmoid: for i in 0..<n { dx[i] += dy[i] * y[i] * (1 - y[i]) }
-            case .sqrt: for i in 0..<n { dx[i] += dy[i] * 0.5 / y[i] }
+            Parallel.forSpans(n) { r in
+                switch op {
+                case .exp: for i in r { dx[i] += dy[i] * y[i] }
+                case .log: for i in r { dx[i] += dy[i] / x[i] }
+                case .tanh: for i in r { dx[i] += dy[i] * (1 - y[i] * y[i]) }
+                case .relu: for i in r { dx[i] += x[i] > 0 ? dy[i] : 0 }
+                case .sigmoid: for i in r { dx[i] += dy[i] * y[i] * (1 - y[i]) }
+                case .sqrt: for i in r { dx[i] += dy[i] * 0.5 / y[i] }
+                }
             }
         }
     }

@@ -21,7 +21,7 @@ extension Tensor {
         let n = count
         return Tensor.recording(result, inputs: [self]) { g, grads in
             guard let dx = grads[0] else { return }
-            g.withUnsafeBufferPointer { dy in for i in 0..<n { dx[i] += dy[i] } }
+            g.withUnsafeBufferPointer { dy in Parallel.forSpans(n) { r in for i in r { dx[i] += dy[i] } } }
         }
     }
 

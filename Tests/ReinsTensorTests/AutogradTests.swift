@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import ReinsTensor
 import ReinsTestSupport
@@ -32,6 +33,12 @@ struct AutogradTests {
         #expect(quotients.scalars == (0..<x.count).map { x[$0] / v[$0 % width] })
         #expect(sums.scalars == (0..<x.count).map { x[$0] + v[$0 % width] })
         #expect(scaledUp.scalars == x.map { $0 * 3 + 1 })
+        let squashed = try Tensor.normal([rows, width], seed: 28).requiringGradient()
+        let sq = squashed.scalars
+        let activated = squashed.tanh()
+        #expect(activated.scalars == sq.map { Foundation.tanh($0) })
+        try (activated * weights).sum().backward()
+        #expect(try #require(squashed.gradient).scalars == (0..<sq.count).map { w[$0] * (1 - Foundation.tanh(sq[$0]) * Foundation.tanh(sq[$0])) })
         try (products.sum() + (quotients * weights).sum()).backward()
         // d/da = y·w + w/v; d/dsame = x·w; d/drow = -Σ_rows w·x/v² (summed in row order)
         #expect(try #require(a.gradient).scalars == (0..<x.count).map { y[$0] * w[$0] + w[$0] / v[$0 % width] })
