@@ -106,23 +106,28 @@ extension Tensor {
         let result = Tensor(uninitializedShape: outShape)
         let dst = result.storage.pointer, rowWidth = outShape[a] * inner
         let widths = tensors.map { $0.shape[a] * inner }
-        var offset = 0
-        for (t, w) in zip(tensors, widths) {
-            let src = t.storage.pointer
-            for o in 0..<outer { (dst + o * rowWidth + offset).update(from: src + o * w, count: w) }
-            offset += w
+        let sources = tensors.map { $0.storage.pointer }
+        let grain = max(1, (1 << 15) / max(rowWidth, 1))
+        Parallel.forSpans(outer, grain: grain) { rows in
+            var offset = 0
+            for (src, w) in zip(sources, widths) {
+                for o in rows { (dst + o * rowWidth + offset).update(from: src + o * w, count: w) }
+                offset += w
+            }
         }
         return recording(result, inputs: tensors) { g, grads in
             let dy = g.storage.pointer
-            var offset = 0
-            for (dx, w) in zip(grads, widths) {
-                if let dx {
-                    for o in 0..<outer {
-                        let s = dy + o * rowWidth + offset, d = dx + o * w
-                        for i in 0..<w { d[i] += s[i] }
+            Parallel.forSpans(outer, grain: grain) { rows in
+                var offset = 0
+                for (dx, w) in zip(grads, widths) {
+                    if let dx {
+                        for o in rows {
+                            let s = dy + o * rowWidth + offset, d = dx + o * w
+                            for i in 0..<w { d[i] += s[i] }
+                        }
                     }
+                    offset += w
                 }
-                offset += w
             }
         }
     }

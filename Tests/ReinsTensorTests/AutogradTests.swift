@@ -68,6 +68,22 @@ struct AutogradTests {
         let moved = try Tensor.normal([41, 53, 97], seed: 27)
         let t = try moved.permuted([2, 0, 1]), mv = moved.scalars
         #expect(t.scalars == (0..<mv.count).map { i in let (k, rest) = (i / (41 * 53), i % (41 * 53)); return mv[(rest / 53 * 53 + rest % 53) * 97 + k] })
+        // Prefix keys joined to a layer's keys along the time axis, and the gradient split back.
+        let prefix = try Tensor.normal([B, H, 5, hs], seed: 29).requiringGradient()
+        let joined = try Tensor.concatenate([prefix, Tensor(shape: heads.shape, values: hv)], axis: 2)
+        let pv = prefix.scalars
+        var expectedJoin = [Float]()
+        for bh in 0..<(B * H) {
+            let p0 = bh * 5 * hs, h0 = bh * T * hs
+            expectedJoin.append(contentsOf: pv[p0..<(p0 + 5 * hs)])
+            expectedJoin.append(contentsOf: hv[h0..<(h0 + T * hs)])
+        }
+        #expect(joined.scalars == expectedJoin)
+        let jg = try Tensor.normal(joined.shape, seed: 30), jv = jg.scalars
+        try (joined * jg).sum().backward()
+        var prefixGrad = [Float]()
+        for bh in 0..<(B * H) { let j0 = bh * (5 + T) * hs; prefixGrad.append(contentsOf: jv[j0..<(j0 + 5 * hs)]) }
+        #expect(try #require(prefix.gradient).scalars == prefixGrad)
         #expect(try Tensor.zeros([1 << 20]).scalars.allSatisfy { $0 == 0 })
     }
 
