@@ -68,8 +68,9 @@ static inline RK_AVX2 __m256 rk_tanh256(__m256 x) {
     return _mm256_sub_ps(_mm256_set1_ps(1.0f),
                          _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
 }
-// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), with the sign restored.
-static inline RK_AVX2 __m256 rk_erf256(__m256 x) {
+// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7), with the sign restored; also e^{-x²} (which the
+// formula computes anyway) in *gauss unless gauss is NULL.
+static inline RK_AVX2 __m256 rk_erf_gauss256(__m256 x, __m256 *gauss) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     __m256 s = _mm256_and_ps(x, sign), a = _mm256_andnot_ps(sign, x);
     __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, _mm256_set1_ps(1.0f)));
@@ -79,9 +80,12 @@ static inline RK_AVX2 __m256 rk_erf256(__m256 x) {
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
     p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
     p = _mm256_mul_ps(p, t);
-    __m256 y = _mm256_fnmadd_ps(p, rk_exp256(_mm256_mul_ps(_mm256_xor_ps(a, sign), a)), _mm256_set1_ps(1.0f));
+    __m256 g = rk_exp256(_mm256_mul_ps(_mm256_xor_ps(a, sign), a));
+    if (gauss) *gauss = g;
+    __m256 y = _mm256_fnmadd_ps(p, g, _mm256_set1_ps(1.0f));
     return _mm256_or_ps(y, s);
 }
+static inline RK_AVX2 __m256 rk_erf256(__m256 x) { return rk_erf_gauss256(x, NULL); }
 
 // ---- AVX-512 --------------------------------------------------------------------------------------------------
 static inline RK_AVX512 __m512 rk_exp512(__m512 x) {
@@ -108,7 +112,7 @@ static inline RK_AVX512 __m512 rk_tanh512(__m512 x) {
     return _mm512_sub_ps(_mm512_set1_ps(1.0f),
                          _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
 }
-static inline RK_AVX512 __m512 rk_erf512(__m512 x) {
+static inline RK_AVX512 __m512 rk_erf_gauss512(__m512 x, __m512 *gauss) {
     __m512 a = _mm512_abs_ps(x);
     __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), a, _mm512_set1_ps(1.0f)));
     __m512 p = _mm512_set1_ps(1.061405429f);
@@ -117,12 +121,14 @@ static inline RK_AVX512 __m512 rk_erf512(__m512 x) {
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
     p = _mm512_mul_ps(p, t);
-    __m512 y = _mm512_fnmadd_ps(p, rk_exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a)),
-                                _mm512_set1_ps(1.0f));
+    __m512 g = rk_exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a));
+    if (gauss) *gauss = g;
+    __m512 y = _mm512_fnmadd_ps(p, g, _mm512_set1_ps(1.0f));
     // copy the sign of x onto y
     __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u));
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(y), sign));
 }
+static inline RK_AVX512 __m512 rk_erf512(__m512 x) { return rk_erf_gauss512(x, NULL); }
 #endif // RK_X86
 
 #endif
