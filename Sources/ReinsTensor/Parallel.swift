@@ -72,8 +72,6 @@ public enum Parallel {
     /// Runs `body` over `0..<count` cut into one contiguous range per thread when there are at least `grain` items per
     /// range (else as one range): for elementwise passes over big buffers, which one core cannot saturate memory with.
     public static func forSpans(_ count: Int, grain: Int = 1 << 15, _ body: (Range<Int>) -> Void) {
-        let chunks = min(threadCount, count / max(grain, 1))
-        guard chunks > 1 else { if count > 0 { body(0..<count) }; return }
         forRanges(count, minimum: grain) { range, _ in body(range) }
     }
 
