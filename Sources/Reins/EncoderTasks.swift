@@ -142,14 +142,16 @@ public final class QuestionAnsweringTask: TrainingTask {
     struct EncodedPair {
         let ids: [Int32], types: [Int32], contextStart: Int
         let context: String
-        /// For the context's `i`-th piece: the range of the context it was cut from, and the same range in code points.
-        /// A word's pieces each get their own characters (`un`, `##aff`, `##able` from "Unaffable"), as Hugging Face's
-        /// offsets; where that cannot be told (a character that normalizes into two pieces) they share the word's range.
-        let origins: [Range<String.Index>], offsets: [Range<Int>]
+        /// For the context's `i`-th piece: the code points of the context it was cut from. A word's pieces each get
+        /// their own characters (`un`, `##aff`, `##able` from "Unaffable"), as Hugging Face's offsets; where that cannot
+        /// be told (a character that normalizes into two pieces) they share the word's range.
+        let offsets: [Range<Int>]
         /// The context text the pieces `first...last` (positions in `ids`) were cut from.
         func text(_ first: Int, _ last: Int) -> String {
             // Scalar-wise: a piece may end inside a character (a letter and its combining marks are one character).
-            String(context.unicodeScalars[origins[first - contextStart].lowerBound..<origins[last - contextStart].upperBound])
+            let scalars = context.unicodeScalars, span = offsets[first - contextStart].lowerBound..<offsets[last - contextStart].upperBound
+            let start = scalars.index(scalars.startIndex, offsetBy: span.lowerBound)
+            return String(scalars[start..<scalars.index(start, offsetBy: span.count)])
         }
     }
 
@@ -182,38 +184,29 @@ public final class QuestionAnsweringTask: TrainingTask {
         let q = tokenizer.pieces(question)
         let contextStart = q.count + 2
         guard contextStart < maxLength - 1 else { throw ModelError.badInput("the question alone fills \(maxLength) tokens") }
-        // Units with their string ranges and code-point ranges, in one pass over the scalars.
-        var units: [(range: Range<String.Index>, offsets: Range<Int>)] = [], open: (index: String.Index, offset: Int)?
-        let scalars = context.unicodeScalars
-        for (offset, i) in scalars.indices.enumerated() {
-            let s = scalars[i]
+        // The units as code-point ranges, in one pass over the scalars (a unit may end inside a Swift Character: a
+        // punctuation mark followed by a combining accent).
+        let scalars = Array(context.unicodeScalars)
+        var units: [Range<Int>] = [], open: Int?
+        for (i, s) in scalars.enumerated() {
             let alone = WordPieceTokenizer.isPunctuation(s) || WordPieceTokenizer.isCJK(s.value)
-            if WordPieceTokenizer.isWhitespace(s) || alone, let o = open { units.append((o.index..<i, o.offset..<offset)); open = nil }
-            if alone { units.append((i..<scalars.index(after: i), offset..<(offset + 1))) }
-            else if !WordPieceTokenizer.isWhitespace(s), open == nil { open = (i, offset) }
+            if WordPieceTokenizer.isWhitespace(s) || alone, let o = open { units.append(o..<i); open = nil }
+            if alone { units.append(i..<(i + 1)) } else if !WordPieceTokenizer.isWhitespace(s), open == nil { open = i }
         }
-        if let o = open { units.append((o.index..<context.endIndex, o.offset..<scalars.count)) }
-        var contextIDs: [Int32] = [], origins: [Range<String.Index>] = [], offsets: [Range<Int>] = []
+        if let o = open { units.append(o..<scalars.count) }
+        var contextIDs: [Int32] = [], offsets: [Range<Int>] = []
         for unit in units {
-            // Scalar-wise (a unit may end inside a Character: a punctuation mark followed by a combining accent).
-            let unitScalars = Array(scalars[unit.range])
+            let unitScalars = Array(scalars[unit])
             let p = tokenizer.pieces(String(String.UnicodeScalarView(unitScalars)))
             contextIDs += p
             // Each piece's own characters when they can be told (see `pieceSpans`), else the whole unit's.
-            guard let spans = tokenizer.pieceSpans(unitScalars, pieces: p) else {
-                origins += repeatElement(unit.range, count: p.count)
-                offsets += repeatElement(unit.offsets, count: p.count)
-                continue
-            }
-            for span in spans {
-                origins.append(scalars.index(unit.range.lowerBound, offsetBy: span.lowerBound)..<scalars.index(unit.range.lowerBound, offsetBy: span.upperBound))
-                offsets.append((unit.offsets.lowerBound + span.lowerBound)..<(unit.offsets.lowerBound + span.upperBound))
-            }
+            offsets += tokenizer.pieceSpans(unitScalars, pieces: p)?.map { (unit.lowerBound + $0.lowerBound)..<(unit.lowerBound + $0.upperBound) }
+                ?? Array(repeating: unit, count: p.count)
         }
         let kept = min(maxLength - 1 - contextStart, contextIDs.count)
         let ids = [tokenizer.cls] + q + [tokenizer.sep] + contextIDs.prefix(kept) + [tokenizer.sep]
         return EncodedPair(ids: ids, types: [Int32](repeating: 0, count: contextStart) + [Int32](repeating: 1, count: ids.count - contextStart),
-                           contextStart: contextStart, context: context, origins: Array(origins.prefix(kept)), offsets: Array(offsets.prefix(kept)))
+                           contextStart: contextStart, context: context, offsets: Array(offsets.prefix(kept)))
     }
 
     /// The best answer span in the context, as the context's own text (from its first piece's first character to its

@@ -132,19 +132,19 @@ struct TaskTests {
         // ("CAT" for cat, "s" for ##s, "Pla\u{301}y" for play). [UNK] stands for a whole word. Together the origins
         // cover every non-space character in order (normalization may also drop one at a piece edge, as Hugging Face
         // does: contextPieceOffsetsMatchTokenizers).
-        var segments: [Range<String.Index>] = []
-        for (i, r) in p.origins.enumerated() {
-            let id = p.ids[p.contextStart + i], token = tok.tokens[Int(id)]
+        var segments: [(range: Range<Int>, text: String)] = []
+        for (i, r) in p.offsets.enumerated() {
+            let id = p.ids[p.contextStart + i], token = tok.tokens[Int(id)], origin = p.text(p.contextStart + i, p.contextStart + i)
             if id == tok.unknown {
-                #expect(tok.pieces(String(context.unicodeScalars[r])) == [tok.unknown])
+                #expect(tok.pieces(origin) == [tok.unknown])
             } else {
-                #expect(tok.normalize(String(context.unicodeScalars[r])) == (token.hasPrefix("##") ? String(token.dropFirst(2)) : token))
+                #expect(tok.normalize(origin) == (token.hasPrefix("##") ? String(token.dropFirst(2)) : token))
             }
-            if segments.last != r { segments.append(r) }
+            if segments.last?.range != r { segments.append((r, origin)) }
         }
         // (The accent after the last "(" opens a word of its own, dropped before that word's only piece.)
         let covered = String(context.unicodeScalars.filter { !$0.properties.isWhitespace }).replacingOccurrences(of: "(\u{301}", with: "(")
-        #expect(segments.map { String(context.unicodeScalars[$0]) }.joined() == covered)
+        #expect(segments.map(\.text).joined() == covered)
         let playID = try #require(tok.vocabulary["play"]), play = try #require(p.ids.firstIndex(of: playID))
         #expect(p.text(play, play) == "Pla\u{301}y" && p.text(play + 1, play + 1) == "ing" && p.text(play, play + 1) == "Pla\u{301}ying")
         // A span's text is the context's own (case, accents and all).
