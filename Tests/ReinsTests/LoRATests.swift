@@ -7,6 +7,16 @@ import Testing
 struct LoRATests {
     static func adapter(_ name: String) -> URL { Fixtures.directory.appendingPathComponent("adapters/\(name)") }
 
+    /// An adapter fixture's batch (expected.safetensors) through a GPT-2 LM or a BERT classifier.
+    static func fixtureLogits(_ model: PretrainedModel, _ io: SafeTensorsFile) throws -> Tensor {
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
+        switch model {
+        case let .gpt2LMHead(m): return try m.logits(ids, attentionMask: mask)
+        case let .bertSequenceClassification(m): return try m.logits(ids, attentionMask: mask, tokenTypeIDs: try io.intTensor("token_type_ids"))
+        default: throw ModelError.badInput("an adapter fixture for a GPT-2 LM or a BERT classifier")
+        }
+    }
+
     func gpt2() throws -> GPT2LMHeadModel {
         guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")) else { throw ModelError.badInput("fixture") }
         return m
@@ -129,13 +139,7 @@ struct DoRATests {
         model.freeze()
         try PEFTAdapter.load(directory: dir, into: model)
         let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
-        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
-        let logits: Tensor
-        switch loaded {
-        case let .gpt2LMHead(m): logits = try m.logits(ids, attentionMask: mask)
-        case let .bertSequenceClassification(m): logits = try m.logits(ids, attentionMask: mask, tokenTypeIDs: try io.intTensor("token_type_ids"))
-        default: Issue.record("unexpected architecture"); return
-        }
+        let logits = try LoRATests.fixtureLogits(loaded, io)
         expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(adapter) logits")
         try (logits * io.tensor("loss_weights")).sum().backward()
         let expected = Set(io.names.filter { $0.hasPrefix("grad:") })
@@ -310,13 +314,7 @@ struct AdapterFileTests {
         let second = try PretrainedModel.load(directory: ModelParityTests.directory(base))
         try PEFTAdapter.load(directory: dir, into: second.module)
         let io = try SafeTensorsFile(path: LoRATests.adapter(adapter).appendingPathComponent("expected.safetensors").path)
-        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
-        let logits: Tensor
-        switch second {
-        case let .gpt2LMHead(m): logits = try m.logits(ids, attentionMask: mask)
-        case let .bertSequenceClassification(m): logits = try m.logits(ids, attentionMask: mask, tokenTypeIDs: try io.intTensor("token_type_ids"))
-        default: Issue.record("unexpected architecture"); return
-        }
+        let logits = try LoRATests.fixtureLogits(second, io)
         expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(adapter) after save and load")
         let ours = try SafeTensorsFile(path: dir.appendingPathComponent("adapter_model.safetensors").path)
         let peft = try SafeTensorsFile(path: LoRATests.adapter(adapter).appendingPathComponent("adapter_model.safetensors").path)
