@@ -33,6 +33,14 @@ def randomize_lora(model):
     randomize(model, "lora_", 0.3)
 
 
+def gpt2_base():
+    return GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+
+
+def bert_base():
+    return BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
+
+
 def save(name, peft_model, inputs, logits, extra=None):
     out = os.path.join(HERE, "adapters", name)
     peft_model.save_pretrained(out, safe_serialization=True)
@@ -93,7 +101,7 @@ def randomize_dora(model):
 
 
 def gpt2():
-    base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+    base = gpt2_base()
     cfg = LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0,
                      task_type="CAUSAL_LM")
     m = get_peft_model(base, cfg)
@@ -102,7 +110,7 @@ def gpt2():
 
 
 def bert():
-    base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
+    base = bert_base()
     cfg = LoraConfig(r=2, lora_alpha=7, target_modules=["query", "value", "output.dense"], use_rslora=True,
                      lora_dropout=0.0, modules_to_save=["classifier"], task_type="SEQ_CLS")
     m = get_peft_model(base, cfg)
@@ -112,7 +120,7 @@ def bert():
 
 def gpt2_dora():
     """DoRA (use_dora) on GPT-2's Conv1D layers: the magnitude is per output, the norm over each output's column."""
-    base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+    base = gpt2_base()
     cfg = LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "mlp.c_proj"], fan_in_fan_out=True, use_dora=True,
                      lora_dropout=0.0, task_type="CAUSAL_LM")
     m = get_peft_model(base, cfg)
@@ -122,7 +130,7 @@ def gpt2_dora():
 
 def bert_dora():
     """DoRA on BERT's query, value and output.dense, with the classifier saved beside it; gradients included."""
-    base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
+    base = bert_base()
     cfg = LoraConfig(r=2, lora_alpha=7, target_modules=["query", "value", "output.dense"], use_dora=True,
                      lora_dropout=0.0, modules_to_save=["classifier"], task_type="SEQ_CLS")
     m = get_peft_model(base, cfg)
@@ -132,7 +140,7 @@ def bert_dora():
 
 def gpt2_prefix():
     """Prefix tuning (no projection): prompt_embeddings [P, L*2*C]; layer l takes slot 2l as keys, 2l+1 as values."""
-    base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+    base = gpt2_base()
     m = get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
     randomize(m, "prompt_encoder", 0.5, heads=False)
     save_gpt2("gpt2-prefix", m)
@@ -140,7 +148,7 @@ def gpt2_prefix():
 
 def bert_prefix():
     """Prefix tuning on BERT sequence classification, padded pairs; the classifier is saved with the adapter."""
-    base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
+    base = bert_base()
     m = get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_CLS"))
     randomize(m, "prompt_encoder", 0.5)
     save_bert("bert-prefix", m)
@@ -148,7 +156,7 @@ def bert_prefix():
 
 def gpt2_ia3():
     """IA3: learned vectors rescaling c_attn's output and the input of mlp.c_proj (a feed-forward module)."""
-    base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+    base = gpt2_base()
     m = get_peft_model(base, IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
                                        fan_in_fan_out=True, task_type="CAUSAL_LM"))
     randomize(m, "ia3_l", 0.3, shift=1.0, heads=False)
@@ -157,7 +165,7 @@ def gpt2_ia3():
 
 def gpt2_prompt():
     """Prompt tuning: P learned input embeddings before the tokens; logits come back for all P + T positions."""
-    base = GPT2LMHeadModel.from_pretrained(os.path.join(HERE, "models", "gpt2-lm")).eval()
+    base = gpt2_base()
     m = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=5, task_type="CAUSAL_LM"))
     randomize(m, "prompt_encoder", 0.5, heads=False)
     save_gpt2("gpt2-prompt", m)
@@ -166,7 +174,7 @@ def gpt2_prompt():
 def bert_prompt():
     """Prompt tuning on BERT sequence classification: P input vectors before the tokens (positions 0..P-1, token type 0,
     always attended to); the pooler reads the first virtual token; the classifier is saved with the adapter."""
-    base = BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
+    base = bert_base()
     m = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=4, task_type="SEQ_CLS"))
     randomize(m, "prompt_encoder", 0.5)
     save_bert("bert-prompt", m)
