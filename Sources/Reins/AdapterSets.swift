@@ -156,8 +156,8 @@ extension Module {
         encoderShape?.prefixes.remove(name)
         encoderShape?.prompts.remove(name)
         for (_, m) in namedModules() {
+            try (m as? any LoRAHost)?.detachLoRA(name)
             if let l = m as? Linear {
-                try l.detachLoRA(name)
                 l.detachIA3(name)
                 l.biases?.remove(name)
             }
@@ -177,8 +177,8 @@ extension Module {
         if let headed = self as? any TaskHeadModel { names.formUnion(headed.heads.variants.keys) }
         if let shape = encoderShape { names.formUnion(shape.prefixes.members.keys); names.formUnion(shape.prompts.members.keys) }
         for (_, m) in namedModules() {
+            if let l = m as? any LoRAHost { names.formUnion(l.loras.keys) }
             if let l = m as? Linear {
-                names.formUnion(l.loras.keys)
                 names.formUnion(l.ia3.keys)
                 if let b = l.biases { names.formUnion(b.variants.keys) }
             }
@@ -207,7 +207,7 @@ extension Module {
         defer { activateAdapter(previous) }
         let headed = self as? any TaskHeadModel
         let heads = headed.flatMap { $0.heads.variants[name] != nil ? [$0.headKey] : nil } ?? []
-        let hasPEFT = namedModules().contains { ($0.module as? Linear).map { $0.loras[name] != nil || $0.ia3[name] != nil } ?? false }
+        let hasPEFT = namedModules().contains { ($0.module as? any LoRAHost)?.loras[name] != nil || ($0.module as? Linear)?.ia3[name] != nil }
             || encoderShape?.prefixes.members[name] != nil || encoderShape?.prompts.members[name] != nil
         if hasPEFT {
             try encoderShape?.prefixes.members[name]?.fold()
@@ -222,7 +222,8 @@ extension Module {
         if let headed = self as? any TaskHeadModel, let a = headed.heads.active { return a }
         if let p = encoderShape?.prefixes.active ?? encoderShape?.prompts.active { return p }
         for (_, m) in namedModules() {
-            if let l = m as? Linear, let a = l.activeLoRA ?? l.activeIA3 ?? l.biases?.active { return a }
+            if let l = m as? any LoRAHost, let a = l.activeLoRA { return a }
+            if let l = m as? Linear, let a = l.activeIA3 ?? l.biases?.active { return a }
             if let b = m as? BlockAdapters, let a = b.afterAttention.active ?? b.afterFeedForward.active ?? b.feedForwardBias.active ?? b.parallelFeedForward.active { return a }
         }
         return nil

@@ -184,7 +184,7 @@ public enum BottleneckPlacement: Sendable {
 /// Whether a parameter key belongs to an adapter (LoRA weights, bottleneck adapters, prefixes) rather than to the
 /// base model: adapters are saved in their own directories, never into the base checkpoint.
 public func isAdapterKey(_ key: String) -> Bool {
-    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".lora_magnitude_vector.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
+    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".lora_embedding_A.") || key.contains(".lora_embedding_B.") || key.contains(".lora_magnitude_vector.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
         || key.hasSuffix("prompt_tuning_embeddings") || key.contains("prefix_encoder.")
 }
 
@@ -219,11 +219,11 @@ extension Module {
     public func activateAdapter(_ name: String?) {
         (self as? any TaskHeadModel)?.heads.activate(name)
         for (_, m) in [("", self as any Module)] + namedModules() {
+            if let l = m as? any LoRAHost { l.activeLoRA = name.flatMap { l.loras[$0] != nil ? $0 : nil } }
             if let l = m as? Linear {
-                l.activeLoRA = name.flatMap { l.loras[$0] != nil ? $0 : nil }
                 l.activeIA3 = name.flatMap { l.ia3[$0] != nil ? $0 : nil }
+                l.biases?.activate(name)
             }
-            if let l = m as? Linear { l.biases?.activate(name) }
             if let n = m as? LayerNorm { n.biases.activate(name) }
             if let g = m as? GPT2Model { g.prefixes.activate(name); g.prompts.activate(name) }
             if let b = m as? BertModel { b.prefixes.activate(name); b.prompts.activate(name) }
@@ -460,20 +460,29 @@ public struct LoRAConfig: Sendable {
 }
 
 extension Module {
-    /// Attaches a new LoRA adapter named `name` to every linear layer `config` targets, and activates it.
+    /// Attaches a new LoRA adapter named `name` to every linear layer and embedding table `config` targets (tables as
+    /// PEFT's `lora_embedding_A/B`, e.g. targets `wte` or `word_embeddings`), and activates it.
     /// - Returns: the keys of the adapted layers.
-    /// - Throws: ``ModelError/badInput(_:)`` if no layer matches (naming the targets).
+    /// - Throws: ``ModelError/badInput(_:)`` if no layer matches (naming the targets), or for DoRA or dropout on a table.
     @discardableResult
     public func addLoRA(_ name: String, _ config: LoRAConfig, seed: UInt64 = 0) throws -> [String] {
-        let matched = namedModules().compactMap { key, m -> (String, Linear)? in (m as? Linear).flatMap { config.matches(key) ? (key, $0) : nil } }
+        let matched = namedModules().compactMap { key, m -> (String, any LoRAHost)? in
+            (m as? any LoRAHost).flatMap { config.matches(key) ? (key, $0) : nil }
+        }
         guard !matched.isEmpty else {
-            throw ModelError.badInput("no linear layer matches the LoRA targets \(config.targets)\(config.layers.map { " in layers \($0.sorted())" } ?? "")")
+            throw ModelError.badInput("no linear layer or embedding matches the LoRA targets \(config.targets)\(config.layers.map { " in layers \($0.sorted())" } ?? "")")
         }
         guard (0..<1).contains(config.dropout) else { throw ModelError.badInput("LoRA dropout \(config.dropout) is outside [0, 1)") }
+        if let table = matched.first(where: { $0.1 is Embedding }), config.dora || config.dropout > 0 {
+            throw ModelError.badInput("LoRA target '\(table.0)' is an embedding table: \(config.dora ? "DoRA" : "dropout") is not supported there")
+        }
         for (i, (_, layer)) in matched.enumerated() {
-            let lora = try LoRA(inputs: layer.inputs, outputs: layer.outputs, rank: config.rank, alpha: config.alpha,
-                                rsLoRA: config.rsLoRA, dora: config.dora, seed: seed &+ UInt64(i))
-            lora.dropout = config.dropout
+            let seed = seed &+ UInt64(i)
+            let lora = layer is Embedding
+                ? try LoRA(embeddingCount: layer.loraInputs, size: layer.loraOutputs, rank: config.rank, alpha: config.alpha, rsLoRA: config.rsLoRA, seed: seed)
+                : try LoRA(inputs: layer.loraInputs, outputs: layer.loraOutputs, rank: config.rank, alpha: config.alpha,
+                           rsLoRA: config.rsLoRA, dora: config.dora, seed: seed)
+            if layer is Linear { lora.dropout = config.dropout }
             try layer.attachLoRA(name, lora)
         }
         return matched.map(\.0)
@@ -503,10 +512,21 @@ extension Module {
     }
 
     /// Folds the active LoRA adapter into every adapted layer (inference at the base model's cost).
-    public func mergeLoRA() throws { for (_, m) in namedModules() { try (m as? Linear)?.merge() } }
+    public func mergeLoRA() throws { for (_, m) in namedModules() { try (m as? any LoRAHost)?.merge() } }
+
+    /// The word-embedding table that this model's output layer also reads (GPT-2's and BERT's tied word predictions),
+    /// if any. A LoRA on it changes the lookup only (``Embedding/unadaptedWeight``), so a checkpoint with the adapter
+    /// merged into the shared table would not reproduce the adapted model.
+    public var tiedOutputEmbedding: Embedding? {
+        switch self {
+        case let m as GPT2LMHeadModel: return m.transformer.tokenEmbedding
+        case let m as BertForMaskedLM: return m.bert.embeddings.word
+        default: return nil
+        }
+    }
 
     /// Undoes ``mergeLoRA()`` exactly.
-    public func unmergeLoRA() throws { for (_, m) in namedModules() { try (m as? Linear)?.unmerge() } }
+    public func unmergeLoRA() throws { for (_, m) in namedModules() { try (m as? any LoRAHost)?.unmerge() } }
 }
 
 extension Module {

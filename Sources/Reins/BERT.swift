@@ -252,7 +252,7 @@ public final class BertForMaskedLM: Module {
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
         let h = try bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
         let t = try transformNorm(bert.config.activation.apply(h, transform))
-        return try Tensor.linear(t, weight: bert.embeddings.word.weight.value, bias: decoderBias.value)
+        return try Tensor.linear(t, weight: bert.embeddings.word.unadaptedWeight, bias: decoderBias.value)
     }
 }
 

@@ -277,7 +277,7 @@ public final class GPT2LMHeadModel: Module {
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
                        cache: KVCache? = nil) throws -> Tensor {
         let h = try transformer.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache)
-        return try Tensor.linear(h, weight: transformer.tokenEmbedding.weight.value)
+        return try Tensor.linear(h, weight: transformer.tokenEmbedding.unadaptedWeight)
     }
 
     /// The causal-LM loss: mean cross-entropy of the logits at position t against `labels` at t + 1 (labels equal to

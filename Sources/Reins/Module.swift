@@ -105,7 +105,7 @@ enum Initializer {
 ///
 /// A linear layer is also an adapter insertion point: named LoRA adapters can be attached (``attachLoRA(_:_:)``), one
 /// of them active, and the active one merged into the weight for inference at no extra cost.
-public final class Linear: Module {
+public final class Linear: Module, LoRAHost {
     public let weight: Parameter
     /// The bias in use: the base's, or the active BitFit adapter's copy.
     public var bias: Parameter? { biases?.current }
@@ -114,6 +114,8 @@ public final class Linear: Module {
     public let weightTransposed: Bool
     public let inputs: Int
     public let outputs: Int
+    public var loraInputs: Int { inputs }
+    public var loraOutputs: Int { outputs }
     /// Attached LoRA adapters by name.
     public private(set) var loras: [String: LoRA] = [:]
     /// The adapter used by the forward pass (`nil`: the base layer alone).
@@ -317,6 +319,15 @@ public final class LoRA {
         usesDoRA = dora
     }
 
+    /// New weights for an embedding table, as PEFT starts them: A = 0, B ~ N(0, 1) (the reverse of a linear layer's).
+    public init(embeddingCount count: Int, size: Int, rank: Int, alpha: Float, rsLoRA: Bool = false, seed: UInt64) throws {
+        guard rank > 0 else { throw ModelError.badInput("LoRA rank must be positive, got \(rank)") }
+        a = Parameter("lora_embedding_A", try Tensor.zeros([rank, count]))
+        b = Parameter("lora_embedding_B", try Tensor.normal([size, rank], std: 1, seed: seed))
+        scale = rsLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank)
+        usesDoRA = false
+    }
+
     /// Given weights (loaded from a file); a `magnitude` makes it a DoRA adapter.
     public init(a: Tensor, b: Tensor, scale: Float, magnitude: Tensor? = nil) {
         self.a = Parameter("lora_A", a)
@@ -353,21 +364,110 @@ public final class LayerNorm: Module {
 }
 
 /// A lookup table `[count, size]`; the row of `paddingIndex`, if any, gets no gradient (torch's `padding_idx`).
-public final class Embedding: Module {
+///
+/// An embedding table is also a LoRA insertion point, as PEFT's `lora_embedding_A` / `lora_embedding_B`: the looked-up
+/// row gets `s·B·A[:, id]` added, with `A: [r, count]` and `B: [size, r]` (the shapes of a LoRA on a `count -> size`
+/// linear layer applied to one-hot inputs). No dropout and no DoRA on tables.
+public final class Embedding: Module, LoRAHost {
     public let weight: Parameter
     public let paddingIndex: Int?
+    public let count: Int
+    public let size: Int
+    public private(set) var loras: [String: LoRA] = [:]
+    public var activeLoRA: String?
+    /// While an adapter is merged: its name and the base table to restore bit for bit.
+    private var merged: (name: String, base: Tensor)?
 
     public init(count: Int, size: Int, paddingIndex: Int? = nil, std: Float = 0.02, seed: UInt64) throws {
         weight = Parameter("weight", try Initializer.normal([count, size], std: std, seed: seed))
         self.paddingIndex = paddingIndex
+        self.count = count
+        self.size = size
     }
 
-    public func visitParameters(_ visit: inout ParameterVisitor) { visit.parameter("weight", weight) }
+    public var loraInputs: Int { count }
+    public var loraOutputs: Int { size }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.parameter("weight", weight)
+        for name in loras.keys.sorted() {
+            visit.parameter("lora_embedding_A.\(name)", loras[name]!.a)
+            visit.parameter("lora_embedding_B.\(name)", loras[name]!.b)
+        }
+    }
+
+    /// The table without the active adapter: what a tied output layer (GPT-2's and BERT's word predictions) reads, as
+    /// in PEFT, where LoRA changes the lookup only. Equal to ``weight`` unless an adapter is merged.
+    public var unadaptedWeight: Tensor { merged?.base ?? weight.value }
+
+    var liveLoRA: LoRA? {
+        guard let name = activeLoRA, merged?.name != name else { return nil }
+        return loras[name]
+    }
 
     /// `ids: [...]` to `[..., size]`; throws for an id outside the table.
     public func callAsFunction(_ ids: IntTensor) throws -> Tensor {
-        try Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
+        let rows = try Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
+        guard let lora = liveLoRA else { return rows }
+        let low = try Tensor.embedding(ids, table: lora.a.value.transposed(), paddingIndex: paddingIndex) // [..., r]
+        return try rows + Tensor.linear(low, weight: lora.b.value).scaled(by: lora.scale)
     }
+
+    /// Attaches a LoRA adapter under `name` (replacing one of that name) and makes it active.
+    public func attachLoRA(_ name: String, _ lora: LoRA) throws {
+        guard lora.a.value.shape == [lora.rank, count], lora.b.value.shape == [size, lora.rank] else {
+            throw ModelError.badInput("LoRA '\(name)': lora_embedding_A \(lora.a.value.shape) and lora_embedding_B \(lora.b.value.shape) do not fit a \(count) x \(size) embedding table (expected [r, \(count)] and [\(size), r])")
+        }
+        guard !lora.usesDoRA else { throw ModelError.badInput("LoRA '\(name)': DoRA on an embedding table is not supported") }
+        guard lora.dropout == 0 else { throw ModelError.badInput("LoRA '\(name)': dropout on an embedding table is not supported (PEFT applies none)") }
+        if merged?.name == name { try unmerge() }
+        loras[name] = lora
+        activeLoRA = name
+    }
+
+    public func detachLoRA(_ name: String) throws {
+        if merged?.name == name { try unmerge() }
+        loras[name] = nil
+        if activeLoRA == name { activeLoRA = nil }
+    }
+
+    /// Folds the active adapter into the table, `W + s·(B·A)ᵀ`; ``unadaptedWeight`` keeps the base for tied outputs.
+    public func merge() throws {
+        guard let name = activeLoRA, let lora = loras[name], merged == nil else { return }
+        let base = weight.value.detached()
+        let trainable = weight.isTrainable
+        weight.value = try Autograd.withoutGradients {
+            try base + Tensor.matmul(lora.a.value, lora.b.value, transposeA: true, transposeB: true).scaled(by: lora.scale)
+        }
+        weight.isTrainable = trainable
+        merged = (name, base)
+    }
+
+    public func unmerge() throws {
+        guard let m = merged else { return }
+        let trainable = weight.isTrainable
+        weight.value = m.base
+        weight.isTrainable = trainable
+        merged = nil
+    }
+
+    public var isMerged: Bool { merged != nil }
+}
+
+/// A layer that LoRA adapters attach to: a linear layer, or an embedding table. `A: [r, loraInputs]`,
+/// `B: [loraOutputs, r]`; one adapter active, which can be merged into the layer's weight and unmerged exactly.
+public protocol LoRAHost: AnyObject {
+    /// The weight the adapter merges into.
+    var weight: Parameter { get }
+    var loras: [String: LoRA] { get }
+    var activeLoRA: String? { get set }
+    var loraInputs: Int { get }
+    var loraOutputs: Int { get }
+    var isMerged: Bool { get }
+    func attachLoRA(_ name: String, _ lora: LoRA) throws
+    func detachLoRA(_ name: String) throws
+    func merge() throws
+    func unmerge() throws
 }
 
 /// A base value and named variants of it, one active: how adapters give each task its own biases (BitFit) or its own

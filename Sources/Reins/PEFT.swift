@@ -15,8 +15,9 @@ public enum PEFTAdapter {
         let type = try reader.string("peft_type", default: "")
         if type == "PREFIX_TUNING" { return try loadPrefix(directory: directory, config: reader, into: model, name: name) }
         if type == "IA3" { return try loadIA3(directory: directory, config: reader, into: model, name: name) }
-        if type == "PROMPT_TUNING" { return try loadPrompt(directory: directory, config: reader, into: model, name: name) }
-        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING, IA3, PROMPT_TUNING)") }
+        // P-tuning trains its virtual tokens through an encoder but saves them folded: loaded, it is prompt tuning.
+        if type == "PROMPT_TUNING" || type == "P_TUNING" { return try loadPrompt(directory: directory, config: reader, into: model, name: name) }
+        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING, IA3, PROMPT_TUNING, P_TUNING)") }
         let alpha = Float(try reader.float("lora_alpha", default: 8))
         let rsLoRA = config["use_rslora"] as? Bool ?? false
         let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
@@ -29,9 +30,11 @@ public enum PEFTAdapter {
         guard (0..<1).contains(dropout) else { throw ModelError.badConfig(path: configPath, detail: "lora_dropout \(dropout) is outside [0, 1)") }
         let (file, weightsPath) = try weightsFile(directory)
 
-        let linears = Dictionary(model.namedModules().compactMap { key, m in (m as? Linear).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
+        let hosts = Dictionary(model.namedModules().compactMap { key, m in (m as? any LoRAHost).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
         var pairs: [String: (a: Tensor?, b: Tensor?)] = [:], heads: [(key: String, plain: String, tensor: Tensor)] = []
         var magnitudes: [String: Tensor] = [:] // DoRA
+        // A linear layer's pair is `lora_A.weight` / `lora_B.weight`; an embedding table's `lora_embedding_A` / `_B`.
+        let suffixes = [(".lora_A.weight", true, false), (".lora_B.weight", false, false), (".lora_embedding_A", true, true), (".lora_embedding_B", false, true)]
         for key in file.tensorNames.sorted() {
             let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key
             if path.hasSuffix(".lora_magnitude_vector") {
@@ -41,46 +44,50 @@ public enum PEFTAdapter {
                 magnitudes[String(path.dropLast(".lora_magnitude_vector".count))] = try file.tensor(key)
                 continue
             }
-            for part in ["lora_A", "lora_B"] where path.hasSuffix(".\(part).weight") {
-                let module = String(path.dropLast(".\(part).weight".count))
-                guard linears[module] != nil else {
-                    throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (no linear layer '\(module)' in the model)"], misshaped: [])
+            if let (suffix, isA, isTable) = suffixes.first(where: { path.hasSuffix($0.0) }) {
+                let module = String(path.dropLast(suffix.count))
+                guard let host = hosts[module], (host is Embedding) == isTable else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (no \(isTable ? "embedding table" : "linear layer") '\(module)' in the model)"], misshaped: [])
                 }
                 var pair = pairs[module] ?? (nil, nil)
-                if part == "lora_A" { pair.a = try file.tensor(key) } else { pair.b = try file.tensor(key) }
+                if isA { pair.a = try file.tensor(key) } else { pair.b = try file.tensor(key) }
                 pairs[module] = pair
-            }
-            if path.contains(".lora_") && !path.hasSuffix(".lora_A.weight") && !path.hasSuffix(".lora_B.weight") {
+            } else if path.contains(".lora_") {
                 throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (a LoRA tensor Reins does not implement)"], misshaped: [])
+            } else {
+                try collectHead(key, path: path, from: file, adapter: name, into: &heads)
             }
-            if !path.contains(".lora_") { try collectHead(key, path: path, from: file, adapter: name, into: &heads) }
         }
-        var built: [(Linear, LoRA)] = []
+        var built: [(any LoRAHost, LoRA)] = []
         for module in pairs.keys.sorted() {
+            let layer = hosts[module]!, (aName, bName) = layer is Embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
             guard let a = pairs[module]!.a, let b = pairs[module]!.b else {
-                throw ModelError.checkpointMismatch(missing: ["\(module).\(pairs[module]!.a == nil ? "lora_A" : "lora_B").weight"], unexpected: [], misshaped: [])
+                throw ModelError.checkpointMismatch(missing: ["\(module).\(pairs[module]!.a == nil ? aName : bName)"], unexpected: [], misshaped: [])
             }
-            let layer = linears[module]!
+            let (inputs, outputs) = (layer.loraInputs, layer.loraOutputs)
             let r = a.shape.first ?? 0
-            guard a.rank == 2, b.rank == 2, a.shape[1] == layer.inputs, b.shape == [layer.outputs, r], r > 0 else {
+            guard a.rank == 2, b.rank == 2, a.shape[1] == inputs, b.shape == [outputs, r], r > 0 else {
                 throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [
-                    "\(module): lora_A \(a.shape) and lora_B \(b.shape) for a \(layer.inputs) -> \(layer.outputs) layer (expected [r, \(layer.inputs)] and [\(layer.outputs), r])"])
+                    "\(module): \(aName.replacingOccurrences(of: ".weight", with: "")) \(a.shape) and \(bName.replacingOccurrences(of: ".weight", with: "")) \(b.shape) for a \(inputs) -> \(outputs) \(layer is Embedding ? "table" : "layer") (expected [r, \(inputs)] and [\(outputs), r])"])
             }
             let moduleAlpha = alphaPattern.first { module == $0.key || module.hasSuffix("." + $0.key) }.flatMap { ConfigReader.number($0.value)?.floatValue } ?? alpha
             let scale = rsLoRA ? moduleAlpha / Float(r).squareRoot() : moduleAlpha / Float(r)
             let magnitude = magnitudes.removeValue(forKey: module)
             if dora {
+                guard !(layer is Embedding) else {
+                    throw ModelError.badConfig(path: configPath, detail: "use_dora with the embedding table '\(module)' is not supported (DoRA on linear layers only)")
+                }
                 guard let magnitude else { throw ModelError.checkpointMismatch(missing: ["\(module).lora_magnitude_vector (use_dora is set)"], unexpected: [], misshaped: []) }
-                guard magnitude.shape == [layer.outputs] else {
+                guard magnitude.shape == [outputs] else {
                     throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [
-                        "\(module).lora_magnitude_vector \(magnitude.shape) for a layer with \(layer.outputs) outputs (expected [\(layer.outputs)])"])
+                        "\(module).lora_magnitude_vector \(magnitude.shape) for a layer with \(outputs) outputs (expected [\(outputs)])"])
                 }
             }
             let lora = LoRA(a: a, b: b, scale: scale, magnitude: magnitude)
-            lora.dropout = dropout
+            if layer is Linear { lora.dropout = dropout } // PEFT applies no dropout on embedding tables
             built.append((layer, lora))
         }
-        guard !built.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no lora_A / lora_B tensors") }
+        guard !built.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no lora_A / lora_B (or lora_embedding_A / _B) tensors") }
         if let stray = magnitudes.keys.sorted().first {
             throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(stray).lora_magnitude_vector (no lora_A / lora_B beside it)"], misshaped: [])
         }
@@ -248,7 +255,8 @@ public enum PEFTAdapter {
         installHeads()
     }
 
-    /// PEFT prompt tuning: one tensor `prompt_embeddings` `[P, hidden]` (GPT-2 and BERT models), and heads saved with it.
+    /// PEFT prompt tuning (or P-tuning, saved the same way): one tensor `prompt_embeddings` `[P, hidden]` (GPT-2 and BERT
+    /// models), and heads saved with it.
     static func loadPrompt(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
         guard let shape = model.encoderShape else { throw ModelError.badInput("prompt tuning needs a GPT-2 or BERT model") }
         let (embeddings, installHeads) = try promptLearningTensors(directory: directory, into: model, name: name)
@@ -271,8 +279,8 @@ public enum PEFTAdapter {
             "peft_version": "0.21.2", "base_model_name_or_path": baseModel ?? NSNull(), "task_type": taskType ?? NSNull(),
             "inference_mode": true, "revision": NSNull(),
         ]
-        let layers = model.namedModules().compactMap { key, m -> (String, Linear, LoRA)? in
-            guard let l = m as? Linear, let lora = l.loras[name] else { return nil }
+        let layers = model.namedModules().compactMap { key, m -> (String, any LoRAHost, LoRA)? in
+            guard let l = m as? any LoRAHost, let lora = l.loras[name] else { return nil }
             return (key, l, lora)
         }
         let ia3Layers = model.namedModules().compactMap { key, m -> (String, IA3, Bool)? in
@@ -292,14 +300,15 @@ public enum PEFTAdapter {
             config.merge([
                 "peft_type": "LORA", "r": rank, "lora_alpha": alphas[0], "use_rslora": false, "lora_dropout": layers[0].2.dropout, "bias": "none",
                 "use_dora": layers.contains { $0.2.magnitude != nil },
-                "target_modules": layers.map { $0.0 }, "fan_in_fan_out": layers.contains { $0.1.weightTransposed },
+                "target_modules": layers.map { $0.0 }, "fan_in_fan_out": layers.contains { ($0.1 as? Linear)?.weightTransposed == true },
                 "rank_pattern": ranks.count > 1 ? Dictionary(uniqueKeysWithValues: layers.map { ($0.0, $0.2.rank) }) : [String: Int](),
                 "alpha_pattern": Set(alphas).count > 1 ? Dictionary(uniqueKeysWithValues: zip(layers.map { $0.0 }, alphas)) : [String: Float](),
                 "init_lora_weights": true, "modules_to_save": modulesToSave.isEmpty ? NSNull() : modulesToSave,
             ]) { _, new in new }
-            for (key, _, lora) in layers {
-                tensors["base_model.model.\(key).lora_A.weight"] = lora.a.value.detached()
-                tensors["base_model.model.\(key).lora_B.weight"] = lora.b.value.detached()
+            for (key, layer, lora) in layers {
+                let (a, b) = layer is Embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
+                tensors["base_model.model.\(key).\(a)"] = lora.a.value.detached()
+                tensors["base_model.model.\(key).\(b)"] = lora.b.value.detached()
                 if let m = lora.magnitude { tensors["base_model.model.\(key).lora_magnitude_vector"] = m.value.detached() }
             }
             // LoRA + BitFit: the adapter's own biases, as PEFT's bias="all" saves them (a LoRA-wrapped layer's bias under

@@ -68,8 +68,11 @@ struct AdaptersCommand: ParsableCommand {
             let dir = URL(fileURLWithPath: model)
             let loaded = try PretrainedModel.load(directory: dir)
             try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: loaded.module)
-            let layers = loaded.module.namedModules().compactMap { $0.module as? Linear }.filter { $0.activeLoRA != nil }
+            let layers = loaded.module.namedModules().compactMap { $0.module as? any LoRAHost }.filter { $0.activeLoRA != nil }
             guard !layers.isEmpty else { throw ValidationError("\(adapter) holds no LoRA weights to merge (prefixes cannot be merged)") }
+            if let tied = loaded.module.tiedOutputEmbedding, layers.contains(where: { $0 === tied }) {
+                throw ValidationError("\(adapter) adapts the word embeddings, which the output layer shares: a merged checkpoint would change the output layer too (use the adapter unmerged)")
+            }
             for l in layers {
                 try l.merge()
                 let merged = l.weight.value

@@ -10,7 +10,7 @@ expected.safetensors (inputs and logits). LoRA weights are random (B is not zero
 import os
 
 import torch
-from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import BertForSequenceClassification, GPT2LMHeadModel
 
@@ -180,6 +180,37 @@ def bert_prompt():
     save_bert("bert-prompt", m)
 
 
+def gpt2_lora_embedding():
+    """LoRA on the tied token embedding wte (lora_embedding_A [r, V], lora_embedding_B [C, r]; the output layer keeps
+    the base table) and on c_attn, with gradients."""
+    m = get_peft_model(gpt2_base(), LoraConfig(r=3, lora_alpha=5, target_modules=["wte", "c_attn"], fan_in_fan_out=True,
+                                               task_type="CAUSAL_LM"))
+    randomize_lora(m)
+    save_gpt2("gpt2-lora-embedding", m, grads=True)
+
+
+def bert_lora_embedding():
+    """LoRA on BERT's word (padding_idx 0) and token-type embeddings and on query, classifier saved, with gradients."""
+    m = get_peft_model(bert_base(), LoraConfig(r=2, lora_alpha=3, target_modules=["word_embeddings", "token_type_embeddings", "query"],
+                                               modules_to_save=["classifier"], task_type="SEQ_CLS"))
+    randomize_lora(m)
+    save_bert("bert-lora-embedding", m, grads=True)
+
+
+def gpt2_ptuning():
+    """P-tuning (PEFT's P_TUNING): virtual token embeddings through an MLP while training; saved folded, so a loaded
+    adapter is prompt tuning with those vectors."""
+    m = get_peft_model(gpt2_base(), PromptEncoderConfig(num_virtual_tokens=4, encoder_hidden_size=11, task_type="CAUSAL_LM"))
+    randomize(m, "prompt_encoder", 0.5, heads=False)
+    save_gpt2("gpt2-ptuning", m)
+
+
+def bert_ptuning():
+    m = get_peft_model(bert_base(), PromptEncoderConfig(num_virtual_tokens=3, encoder_hidden_size=13, task_type="SEQ_CLS"))
+    randomize(m, "prompt_encoder", 0.5)
+    save_bert("bert-ptuning", m)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
@@ -190,3 +221,7 @@ if __name__ == "__main__":
     bert_prompt()
     gpt2_dora()
     bert_dora()
+    gpt2_lora_embedding()
+    bert_lora_embedding()
+    gpt2_ptuning()
+    bert_ptuning()

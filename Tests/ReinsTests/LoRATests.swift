@@ -118,6 +118,20 @@ struct LoRATests {
                                                    : "transformer.h.0.attn.c_attn.lora_magnitude_vector [89] for a layer with 90 outputs")
             }
         }
+        // Embedding tables: lora_embedding_A / _B on a table of the right size only.
+        let notTable = try copy { $0["\(key).lora_embedding_A"] = try Tensor.zeros([3, 30]) }
+        #expect { try PEFTAdapter.load(directory: notTable, into: try gpt2()) } throws: { "\($0)".contains("no embedding table 'transformer.h.0.attn.c_attn'") }
+        let table = try copy {
+            $0["base_model.model.transformer.wte.lora_embedding_A"] = try Tensor.zeros([3, 96])
+            $0["base_model.model.transformer.wte.lora_embedding_B"] = try Tensor.zeros([30, 3])
+        }
+        #expect { try PEFTAdapter.load(directory: table, into: try gpt2()) } throws: {
+            "\($0)".contains("transformer.wte: lora_embedding_A [3, 96] and lora_embedding_B [30, 3] for a 97 -> 30 table")
+        }
+        let halfTable = try copy { $0["base_model.model.transformer.wte.lora_embedding_B"] = try Tensor.zeros([30, 3]) }
+        #expect(throws: ModelError.checkpointMismatch(missing: ["transformer.wte.lora_embedding_A"], unexpected: [], misshaped: [])) {
+            try PEFTAdapter.load(directory: halfTable, into: try gpt2())
+        }
         let wrongRank = try copy { $0["\(key).lora_B.weight"] = try Tensor.zeros([90, 5]) }
         #expect { try PEFTAdapter.load(directory: wrongRank, into: try gpt2()) } throws: { "\($0)".contains("lora_A [3, 30] and lora_B [90, 5]") }
         // Another base: the GPT-2 variant is 28 wide.
@@ -129,10 +143,11 @@ struct LoRATests {
 
 /// DoRA (PEFT's `use_dora`): the adapted weight's direction from LoRA, its magnitude per output learned.
 struct DoRATests {
-    /// PEFT's DoRA adapters (make_adapter_fixtures.py, magnitudes moved off their start): PEFT's logits, and PEFT's
+    /// PEFT's DoRA adapters (make_adapter_fixtures.py, magnitudes moved off their start) and LoRA on embedding tables
+    /// (GPT-2's tied wte; BERT's word table with its padding row, and its token-type table): PEFT's logits, and PEFT's
     /// gradients of sum(logits · W) for every A, B, magnitude and head tensor.
-    @Test(arguments: ["gpt2-dora", "bert-dora"])
-    func peftDoRAReproducesPEFTLogitsAndGradients(adapter: String) throws {
+    @Test(arguments: ["gpt2-dora", "bert-dora", "gpt2-lora-embedding", "bert-lora-embedding"])
+    func peftAdaptersReproducePEFTLogitsAndGradients(adapter: String) throws {
         let dir = LoRATests.adapter(adapter)
         let loaded = try PretrainedModel.load(directory: ModelParityTests.directory(adapter.hasPrefix("gpt2") ? "gpt2-lm" : "bert-cls"))
         let model = loaded.module
@@ -145,7 +160,7 @@ struct DoRATests {
         let expected = Set(io.names.filter { $0.hasPrefix("grad:") })
         let trained = model.namedParameters().filter(\.parameter.isTrainable)
         #expect(Set(trained.map { "grad:base_model.model." + $0.key.replacingOccurrences(of: ".default", with: "") }) == expected)
-        #expect(trained.contains { $0.key.contains("lora_magnitude_vector") })
+        #expect(trained.contains { $0.key.contains(adapter.hasSuffix("dora") ? "lora_magnitude_vector" : "lora_embedding_A") })
         for (key, p) in trained {
             let name = "grad:base_model.model." + key.replacingOccurrences(of: ".default", with: "")
             guard expected.contains(name), let g = p.gradient else { Issue.record("\(key): no gradient to compare"); continue }
@@ -294,6 +309,108 @@ struct PrefixTuningTests {
     }
 }
 
+/// LoRA on embedding tables (PEFT's `lora_embedding_A` / `lora_embedding_B`), and P-tuning adapters.
+struct EmbeddingLoRATests {
+    /// A new LoRA on GPT-2's tied wte and on c_attn: a no-op at attach, r·(V + C) parameters for the table, only adapter
+    /// tensors train, merged equals unmerged (the tied output layer keeps reading the base table, as in PEFT) and
+    /// unmerging restores the table bit for bit, greedy generation agrees with recomputing, and save -> load into a
+    /// fresh base reproduces the trained logits.
+    @Test func freshEmbeddingLoRATrainsMergesAndRoundTrips() throws {
+        let model = try LoRATests().gpt2()
+        let ids = try IntTensor(shape: [2, 5], values: [5, 17, 42, 3, 8, 9, 1, 77, 30, 2])
+        let base = try model.logits(ids).scalars
+        model.freeze()
+        #expect { try model.addLoRA("bad", LoRAConfig(rank: 2, targets: ["wte"], dora: true)) } throws: {
+            "\($0)".contains("'transformer.wte' is an embedding table: DoRA is not supported")
+        }
+        let keys = try model.addLoRA("task", LoRAConfig(rank: 3, alpha: 6, targets: ["wte", "c_attn"]), seed: 5)
+        #expect(keys.sorted() == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn", "transformer.wte"])
+        expectClose(try model.logits(ids).scalars, base, atol: 1e-6, rtol: 1e-6, "A = 0: attaching changes nothing")
+        #expect(model.trainableParameterCount == 3 * (97 + 30) + 2 * 3 * (30 + 90))
+        let frozen = model.namedParameters().filter { !$0.parameter.isTrainable }.map { ($0.key, $0.parameter.value.scalars) }
+        let optimizer = AdamW(learningRate: 0.05, weightDecay: 0)
+        for _ in 0..<3 {
+            model.zeroGradients()
+            try model.loss(ids).backward()
+            for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == key.contains(".lora_"), "\(key)") }
+            optimizer.update(model.trainableParameters)
+        }
+        let table = model.transformer.tokenEmbedding
+        #expect(table.loras["task"]!.a.value.scalars.contains { $0 != 0 }, "the table's A moved off zero")
+        let trained = try model.logits(ids)
+        #expect(trained.scalars != base, "the adapter learned something")
+        for (key, values) in frozen { #expect(model.namedParameters().first { $0.key == key }!.parameter.value.scalars == values, "\(key) unchanged") }
+        let generated = try model.generate(prompts: [[5, 17, 42]], options: GenerationOptions(maxNewTokens: 4))[0]
+        let recomputed = try model.logits(try IntTensor(shape: [1, generated.count - 1], values: Array(generated.dropLast())))
+        let V = recomputed.shape[2]
+        for t in 2..<(generated.count - 1) {
+            let row = Array(recomputed.scalars[(t * V)..<((t + 1) * V)])
+            #expect(Int32(row.indices.max { row[$0] < row[$1] }!) == generated[t + 1], "step \(t)")
+        }
+        #expect(model.tiedOutputEmbedding === table)
+        let before = table.weight.value.scalars
+        try model.mergeLoRA()
+        #expect(table.isMerged && table.weight.value.scalars != before)
+        expectClose(try model.logits(ids), trained, atol: 1e-5, rtol: 1e-5, "merged")
+        try model.unmergeLoRA()
+        #expect(table.weight.value.scalars == before)
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try PEFTAdapter.save(model, name: "task", to: dir, taskType: "CAUSAL_LM")
+        let file = try SafeTensorsFile(path: dir.appendingPathComponent("adapter_model.safetensors").path)
+        #expect(file.entries["base_model.model.transformer.wte.lora_embedding_A"]?.shape == [3, 97])
+        #expect(file.entries["base_model.model.transformer.wte.lora_embedding_B"]?.shape == [30, 3])
+        let fresh = try LoRATests().gpt2()
+        try PEFTAdapter.load(directory: dir, into: fresh)
+        expectClose(try fresh.logits(ids), trained, atol: 1e-6, rtol: 1e-6, "after save and load")
+    }
+
+    /// The lookup against plain loops: row + s·Σ_k B[:, k]·A[k, id]; the padding id's column of A gets no gradient (as
+    /// torch's `padding_idx` in PEFT's lookup), the others the sum over their positions.
+    @Test func embeddingLoRAEqualsPlainLoopsAndSkipsThePaddingColumn() throws {
+        let (V, C, r) = (7, 5, 2), s: Float = 1.5
+        let table = try Embedding(count: V, size: C, paddingIndex: 0, seed: 3)
+        table.weight.isTrainable = false
+        let lora = LoRA(a: try Tensor.normal([r, V], std: 1, seed: 4), b: try Tensor.normal([C, r], std: 1, seed: 5), scale: s)
+        try table.attachLoRA("task", lora)
+        let ids: [Int32] = [0, 3, 0, 5, 3]
+        let out = try table(try IntTensor(shape: [5], values: ids))
+        let (w, a, b) = (table.weight.value.scalars, lora.a.value.scalars, lora.b.value.scalars)
+        var expected: [Float] = []
+        for id in ids.map(Int.init) {
+            for c in 0..<C { expected.append(w[id * C + c] + s * (0..<r).map { b[c * r + $0] * a[$0 * V + id] }.reduce(0, +)) }
+        }
+        expectClose(out.scalars, expected, atol: 1e-6, rtol: 1e-6, "lookup")
+        try out.sum().backward()
+        let g = try #require(lora.a.gradient).scalars
+        for k in 0..<r {
+            #expect(g[k * V + 0] == 0, "padding column")
+            let bSum = (0..<C).map { b[$0 * r + k] }.reduce(0, +)
+            expectClose([g[k * V + 3], g[k * V + 5], g[k * V + 1]], [2 * s * bSum, s * bSum, 0], atol: 1e-5, rtol: 1e-5, "∂/∂A row \(k)")
+        }
+        #expect { try table.attachLoRA("wide", LoRA(a: try Tensor.zeros([r, V + 1]), b: try Tensor.zeros([C, r]), scale: 1)) } throws: {
+            "\($0)".contains("do not fit a 7 x 5 embedding table")
+        }
+    }
+
+    /// PEFT's P-tuning trains virtual tokens through an MLP and saves them folded (`prompt_embeddings`): loaded, it is
+    /// prompt tuning with PEFT's logits.
+    @Test(arguments: [("gpt2-ptuning", 4), ("bert-ptuning", 3)])
+    func peftPTuningLoadsAsPromptTuning(adapter: String, tokens: Int) throws {
+        let dir = LoRATests.adapter(adapter)
+        #expect(try Checkpoint.readJSON(dir.appendingPathComponent("adapter_config.json"))["peft_type"] as? String == "P_TUNING")
+        let loaded = try PretrainedModel.load(directory: ModelParityTests.directory(adapter.hasPrefix("gpt2") ? "gpt2-lm" : "bert-cls"))
+        try PEFTAdapter.load(directory: dir, into: loaded.module)
+        switch loaded {
+        case let .gpt2LMHead(m): #expect(m.transformer.promptLength == tokens)
+        case let .bertSequenceClassification(m): #expect(m.bert.promptLength == tokens)
+        default: Issue.record("unexpected model type")
+        }
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
+        expectClose(try LoRATests.fixtureLogits(loaded, io), try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(adapter) logits")
+    }
+}
+
 struct AdapterFileTests {
     /// Loads a PEFT fixture, saves it with Reins, loads that into a fresh base: same logits, PEFT's key names, and a
     /// file of about 4 bytes per adapter parameter.
@@ -301,7 +418,9 @@ struct AdapterFileTests {
                       ("gpt2-dora", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-dora", "bert-cls", "SEQ_CLS", ["classifier"]),
                       ("gpt2-prefix", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-prefix", "bert-cls", "SEQ_CLS", ["classifier"]),
                       ("gpt2-ia3", "gpt2-lm", "CAUSAL_LM", [String]()), ("gpt2-prompt", "gpt2-lm", "CAUSAL_LM", [String]()),
-                      ("bert-prompt", "bert-cls", "SEQ_CLS", ["classifier"])])
+                      ("bert-prompt", "bert-cls", "SEQ_CLS", ["classifier"]), ("gpt2-ptuning", "gpt2-lm", "CAUSAL_LM", [String]()),
+                      ("bert-ptuning", "bert-cls", "SEQ_CLS", ["classifier"]), ("gpt2-lora-embedding", "gpt2-lm", "CAUSAL_LM", [String]()),
+                      ("bert-lora-embedding", "bert-cls", "SEQ_CLS", ["classifier"])])
     func savedAdaptersRoundTripInPEFTLayout(adapter: String, base: String, task: String, heads: [String]) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
