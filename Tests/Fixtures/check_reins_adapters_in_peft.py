@@ -5,7 +5,7 @@
     ~/.reins-reference/bin/python Tests/Fixtures/check_reins_adapters_in_peft.py /tmp/reins-adapters
 
 The test writes gpt2-lora/, bert-lora/, gpt2-prefix/, bert-prefix/, gpt2-ia3/, gpt2-prompt/, bert-prompt/, gpt2-dora/,
-bert-dora/, gpt2-ptuning/, bert-ptuning/ (saved as prompt tuning), gpt2-lora-embedding/ and bert-lora-embedding/ there
+bert-dora/, gpt2-ptuning/, bert-ptuning/ (saved as prompt tuning), gpt2-lora-embedding/, bert-lora-embedding/ and bert-ia3/ there
 with `PEFTAdapter.save` after loading the PEFT fixtures.
 Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2.
 """
@@ -26,7 +26,8 @@ for adapter, base, cls in [("gpt2-lora", "gpt2-lm", GPT2LMHeadModel), ("bert-lor
                            ("bert-dora", "bert-cls", BertForSequenceClassification), ("gpt2-ptuning", "gpt2-lm", GPT2LMHeadModel),
                            ("bert-ptuning", "bert-cls", BertForSequenceClassification),
                            ("gpt2-lora-embedding", "gpt2-lm", GPT2LMHeadModel),
-                           ("bert-lora-embedding", "bert-cls", BertForSequenceClassification)]:
+                           ("bert-lora-embedding", "bert-cls", BertForSequenceClassification),
+                           ("bert-ia3", "bert-cls", BertForSequenceClassification)]:
     model = PeftModel.from_pretrained(cls.from_pretrained(os.path.join(HERE, "models", base)), os.path.join(saved, adapter)).eval()
     e = load_file(os.path.join(HERE, "adapters", adapter, "expected.safetensors"))
     kw = {k: v.long() for k, v in e.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -211,6 +211,15 @@ def bert_ptuning():
     save_bert("bert-ptuning", m)
 
 
+def bert_ia3():
+    """IA3 on BERT as PEFT's defaults for it: key and value outputs rescaled, the inputs of both output.dense layers
+    (attention output and feed-forward output: PEFT's suffix match takes both) rescaled; classifier saved; gradients."""
+    m = get_peft_model(bert_base(), IA3Config(target_modules=["key", "value", "output.dense"], feedforward_modules=["output.dense"],
+                                              modules_to_save=["classifier"], task_type="SEQ_CLS"))
+    randomize(m, "ia3_l", 0.3, shift=1.0)
+    save_bert("bert-ia3", m, grads=True)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
@@ -225,3 +234,4 @@ if __name__ == "__main__":
     bert_lora_embedding()
     gpt2_ptuning()
     bert_ptuning()
+    bert_ia3()

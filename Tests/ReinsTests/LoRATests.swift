@@ -53,6 +53,33 @@ struct LoRATests {
         #expect(model.namedModules().compactMap { $0.module as? Linear }.filter { !$0.loras.isEmpty }.count == 8)
     }
 
+    /// PEFT's DoRA adapters (make_adapter_fixtures.py, magnitudes moved off their start) and LoRA on embedding tables
+    /// (GPT-2's tied wte; BERT's word table with its padding row, and its token-type table), and IA3 on BERT: PEFT's
+    /// logits, and PEFT's gradients of sum(logits · W) for every A, B, magnitude, IA3 vector and head tensor.
+    @Test(arguments: ["gpt2-dora", "bert-dora", "gpt2-lora-embedding", "bert-lora-embedding", "bert-ia3"])
+    func peftAdaptersReproducePEFTLogitsAndGradients(adapter: String) throws {
+        let dir = LoRATests.adapter(adapter)
+        let loaded = try PretrainedModel.load(directory: ModelParityTests.directory(adapter.hasPrefix("gpt2") ? "gpt2-lm" : "bert-cls"))
+        let model = loaded.module
+        model.freeze()
+        try PEFTAdapter.load(directory: dir, into: model)
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
+        let logits = try LoRATests.fixtureLogits(loaded, io)
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(adapter) logits")
+        try (logits * io.tensor("loss_weights")).sum().backward()
+        let expected = Set(io.names.filter { $0.hasPrefix("grad:") })
+        let trained = model.namedParameters().filter(\.parameter.isTrainable)
+        #expect(Set(trained.map { "grad:base_model.model." + $0.key.replacingOccurrences(of: ".default", with: "") }) == expected)
+        #expect(trained.contains { $0.key.contains(adapter.hasSuffix("dora") ? "lora_magnitude_vector" : adapter.hasSuffix("ia3") ? "ia3_l" : "lora_embedding_A") })
+        for (key, p) in trained {
+            let name = "grad:base_model.model." + key.replacingOccurrences(of: ".default", with: "")
+            guard expected.contains(name), let g = p.gradient else { Issue.record("\(key): no gradient to compare"); continue }
+            // PEFT keeps an IA3 vector as [out, 1] or [1, in]; Reins as a plain vector.
+            let want = try io.tensor(name)
+            expectClose(g, key.contains(".ia3_l.") ? try want.reshaped(g.shape) : want, atol: 1e-5, rtol: 1e-3, "∂/∂\(key)")
+        }
+    }
+
     @Test func freshLoRAStartsAsANoOpAndTrainsAlone() throws {
         let model = try gpt2()
         let ids = try IntTensor(shape: [1, 5], values: [5, 17, 42, 3, 8])
@@ -143,31 +170,6 @@ struct LoRATests {
 
 /// DoRA (PEFT's `use_dora`): the adapted weight's direction from LoRA, its magnitude per output learned.
 struct DoRATests {
-    /// PEFT's DoRA adapters (make_adapter_fixtures.py, magnitudes moved off their start) and LoRA on embedding tables
-    /// (GPT-2's tied wte; BERT's word table with its padding row, and its token-type table): PEFT's logits, and PEFT's
-    /// gradients of sum(logits · W) for every A, B, magnitude and head tensor.
-    @Test(arguments: ["gpt2-dora", "bert-dora", "gpt2-lora-embedding", "bert-lora-embedding"])
-    func peftAdaptersReproducePEFTLogitsAndGradients(adapter: String) throws {
-        let dir = LoRATests.adapter(adapter)
-        let loaded = try PretrainedModel.load(directory: ModelParityTests.directory(adapter.hasPrefix("gpt2") ? "gpt2-lm" : "bert-cls"))
-        let model = loaded.module
-        model.freeze()
-        try PEFTAdapter.load(directory: dir, into: model)
-        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
-        let logits = try LoRATests.fixtureLogits(loaded, io)
-        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(adapter) logits")
-        try (logits * io.tensor("loss_weights")).sum().backward()
-        let expected = Set(io.names.filter { $0.hasPrefix("grad:") })
-        let trained = model.namedParameters().filter(\.parameter.isTrainable)
-        #expect(Set(trained.map { "grad:base_model.model." + $0.key.replacingOccurrences(of: ".default", with: "") }) == expected)
-        #expect(trained.contains { $0.key.contains(adapter.hasSuffix("dora") ? "lora_magnitude_vector" : "lora_embedding_A") })
-        for (key, p) in trained {
-            let name = "grad:base_model.model." + key.replacingOccurrences(of: ".default", with: "")
-            guard expected.contains(name), let g = p.gradient else { Issue.record("\(key): no gradient to compare"); continue }
-            expectClose(g, try io.tensor(name), atol: 1e-5, rtol: 1e-3, "∂/∂\(key)")
-        }
-    }
-
     /// A new DoRA adapter: a no-op at attach (the magnitudes are the base's row norms), r·(in + out) + out parameters
     /// per layer, only adapter tensors train, merging gives the same logits and unmerging the base weight bit for bit,
     /// and save -> load into a fresh base reproduces the trained adapter.
@@ -420,7 +422,7 @@ struct AdapterFileTests {
                       ("gpt2-ia3", "gpt2-lm", "CAUSAL_LM", [String]()), ("gpt2-prompt", "gpt2-lm", "CAUSAL_LM", [String]()),
                       ("bert-prompt", "bert-cls", "SEQ_CLS", ["classifier"]), ("gpt2-ptuning", "gpt2-lm", "CAUSAL_LM", [String]()),
                       ("bert-ptuning", "bert-cls", "SEQ_CLS", ["classifier"]), ("gpt2-lora-embedding", "gpt2-lm", "CAUSAL_LM", [String]()),
-                      ("bert-lora-embedding", "bert-cls", "SEQ_CLS", ["classifier"])])
+                      ("bert-lora-embedding", "bert-cls", "SEQ_CLS", ["classifier"]), ("bert-ia3", "bert-cls", "SEQ_CLS", ["classifier"])])
     func savedAdaptersRoundTripInPEFTLayout(adapter: String, base: String, task: String, heads: [String]) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
