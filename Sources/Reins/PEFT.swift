@@ -293,6 +293,10 @@ public enum PEFTAdapter {
         }
         var headPrefix = "base_model.model."
         if !layers.isEmpty {
+            // PEFT's config has one use_dora for every layer of an adapter.
+            if let plain = layers.first(where: { $0.2.magnitude == nil }), let dora = layers.first(where: { $0.2.magnitude != nil }) {
+                throw ModelError.badInput("adapter '\(name)' mixes DoRA ('\(dora.0)') and plain LoRA ('\(plain.0)') layers: PEFT's format has one use_dora for all of them")
+            }
             let ranks = Set(layers.map { $0.2.rank })
             let rank = layers.map { $0.2.rank }.max()!
             // PEFT's scale is alpha / r; write alpha = scale · r per module so any scale round-trips.

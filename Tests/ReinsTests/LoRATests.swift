@@ -212,6 +212,12 @@ struct DoRATests {
         let fresh = try LoRATests().gpt2()
         try PEFTAdapter.load(directory: dir, into: fresh)
         expectClose(try fresh.logits(ids), trained, atol: 1e-6, rtol: 1e-6, "after save and load")
+        // One plain LoRA layer in a DoRA adapter cannot be written in PEFT's layout (one use_dora per adapter).
+        let mlp = try #require(fresh.namedModules().first { $0.key == "transformer.h.0.mlp.c_proj" }?.module as? Linear)
+        try mlp.attachLoRA("default", LoRA(inputs: mlp.inputs, outputs: mlp.outputs, rank: 2, alpha: 2, seed: 1))
+        #expect { try PEFTAdapter.save(fresh, to: dir, taskType: "CAUSAL_LM") } throws: {
+            "\($0)".contains("mixes DoRA ('transformer.h.0.attn.c_attn') and plain LoRA ('transformer.h.0.mlp.c_proj') layers")
+        }
     }
 
     /// With lora_dropout in training, PEFT's DoRA reads the dropped input in both terms it adds to the base output:
