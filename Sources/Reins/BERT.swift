@@ -311,9 +311,11 @@ public final class BertForTokenClassification: Module {
         visit.module("classifier", classifier)
     }
 
-    /// Per-token logits `[B, T, labels]` (with prompt tuning, for the tokens only, not the prompt vectors).
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
-        let h = try bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+    /// Per-token logits `[B, T, labels]` (with prompt tuning, for the tokens only, not the prompt vectors; with
+    /// `includingPrompt`, `[B, P + T, labels]`, the virtual positions first, as PEFT returns them).
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil, includingPrompt: Bool = false) throws -> Tensor {
+        let h = try includingPrompt ? bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+                                    : bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
         return try classifier(h.trainingDropout(bert.config.classifierDropout))
     }
 }
@@ -339,10 +341,14 @@ public final class BertForQuestionAnswering: Module {
         visit.module("qa_outputs", outputs)
     }
 
-    /// Start and end logits, each `[B, T]` (with prompt tuning, over the tokens only).
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> (start: Tensor, end: Tensor) {
-        let both = try outputs(bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
-        let (B, T) = (ids.shape[0], ids.shape[1])
+    /// Start and end logits, each `[B, T]` (with prompt tuning, over the tokens only; with `includingPrompt`,
+    /// `[B, P + T]`, the virtual positions first, as PEFT returns them).
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
+                       includingPrompt: Bool = false) throws -> (start: Tensor, end: Tensor) {
+        let h = try includingPrompt ? bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+                                    : bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        let both = try outputs(h)
+        let (B, T) = (h.shape[0], h.shape[1])
         return (try both.slice(axis: 2, 0..<1).reshaped([B, T]), try both.slice(axis: 2, 1..<2).reshaped([B, T]))
     }
 

@@ -189,9 +189,7 @@ public enum PEFTAdapter {
     static func loadPrefix(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
         guard let host = model.encoderShape else { throw ModelError.badInput("prefix tuning needs a GPT-2 or BERT model") }
         let (layers, hidden) = (host.layers, host.hidden)
-        if config.json["prefix_projection"] as? Bool == true {
-            throw ModelError.badConfig(path: config.path, detail: "prefix_projection adapters store the projection MLP; only plain prefixes (prefix_projection false) load")
-        }
+        // With prefix_projection PEFT trains the prefixes through an MLP but saves what it produces, the same tensor.
         let (embeddings, installHeads) = try promptLearningTensors(directory: directory, into: model, name: name)
         if let n = config.optionalInt("num_layers"), n != layers {
             throw ModelError.badConfig(path: config.path, detail: "num_layers \(n) does not match the model's \(layers)")

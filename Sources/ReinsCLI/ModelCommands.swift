@@ -43,7 +43,7 @@ struct LogitsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "logits",
         abstract: "Run a model's head on int32 input_ids [B, T] (optional attention_mask, token_type_ids) and write float32 logits.",
-        discussion: "LM heads write logits [B, T, V]; classification heads [B, labels]; token classification [B, T, labels]; question answering start_logits and end_logits [B, T]; a bare model last_hidden_state [B, T, C]. This is how Reins is checked against the Python stack."
+        discussion: "LM heads write logits [B, T, V]; classification heads [B, labels]; token classification [B, T, labels]; question answering start_logits and end_logits [B, T]; a bare model last_hidden_state [B, T, C]. With a prompt-tuning adapter, per-token outputs also cover its P virtual positions, first ([B, P + T, ...]), as PEFT returns them. This is how Reins is checked against the Python stack."
     )
 
     @Option(help: "A model directory (config.json + model.safetensors, or pytorch_model.bin).")
@@ -73,9 +73,9 @@ struct LogitsCommand: ParsableCommand {
             case let .bert(m): outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
             case let .bertMaskedLM(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
             case let .bertSequenceClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .bertTokenClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
+            case let .bertTokenClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
             case let .bertQuestionAnswering(m):
-                let (start, end) = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
+                let (start, end) = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
                 outputs["start_logits"] = start
                 outputs["end_logits"] = end
             }

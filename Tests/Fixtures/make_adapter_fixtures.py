@@ -220,6 +220,18 @@ def bert_ia3():
     save_bert("bert-ia3", m, grads=True)
 
 
+def prefix_projection():
+    """Prefix tuning with prefix_projection: trained through an MLP, saved as the prefixes the MLP produces."""
+    m = get_peft_model(gpt2_base(), PrefixTuningConfig(num_virtual_tokens=3, prefix_projection=True, encoder_hidden_size=17,
+                                                       task_type="CAUSAL_LM"))
+    randomize(m, "prompt_encoder", 0.5, heads=False)
+    save_gpt2("gpt2-prefix-projection", m)
+    m = get_peft_model(bert_base(), PrefixTuningConfig(num_virtual_tokens=4, prefix_projection=True, encoder_hidden_size=9,
+                                                       task_type="SEQ_CLS"))
+    randomize(m, "prompt_encoder", 0.5)
+    save_bert("bert-prefix-projection", m)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
@@ -235,3 +247,4 @@ if __name__ == "__main__":
     gpt2_ptuning()
     bert_ptuning()
     bert_ia3()
+    prefix_projection()

@@ -428,7 +428,8 @@ struct AdapterFileTests {
                       ("gpt2-ia3", "gpt2-lm", "CAUSAL_LM", [String]()), ("gpt2-prompt", "gpt2-lm", "CAUSAL_LM", [String]()),
                       ("bert-prompt", "bert-cls", "SEQ_CLS", ["classifier"]), ("gpt2-ptuning", "gpt2-lm", "CAUSAL_LM", [String]()),
                       ("bert-ptuning", "bert-cls", "SEQ_CLS", ["classifier"]), ("gpt2-lora-embedding", "gpt2-lm", "CAUSAL_LM", [String]()),
-                      ("bert-lora-embedding", "bert-cls", "SEQ_CLS", ["classifier"]), ("bert-ia3", "bert-cls", "SEQ_CLS", ["classifier"])])
+                      ("bert-lora-embedding", "bert-cls", "SEQ_CLS", ["classifier"]), ("bert-ia3", "bert-cls", "SEQ_CLS", ["classifier"]),
+                      ("gpt2-prefix-projection", "gpt2-lm", "CAUSAL_LM", [String]()), ("bert-prefix-projection", "bert-cls", "SEQ_CLS", ["classifier"])])
     func savedAdaptersRoundTripInPEFTLayout(adapter: String, base: String, task: String, heads: [String]) throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
