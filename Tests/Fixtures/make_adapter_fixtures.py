@@ -12,7 +12,7 @@ import os
 import torch
 from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import BertForSequenceClassification, GPT2LMHeadModel
+from transformers import BertForSequenceClassification, BertForTokenClassification, GPT2LMHeadModel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 torch.manual_seed(4242)
@@ -232,6 +232,14 @@ def prefix_projection():
     save_bert("bert-prefix-projection", m)
 
 
+def bert_token_prompt():
+    """Prompt tuning on BERT token classification: PEFT's logits cover the P virtual positions too, [B, P + T, labels]."""
+    base = BertForTokenClassification.from_pretrained(os.path.join(HERE, "models", "bert-tok")).eval()
+    m = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=2, task_type="TOKEN_CLS"))
+    randomize(m, "prompt_encoder", 0.5)
+    save_bert("bert-tok-prompt", m)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
@@ -248,3 +256,4 @@ if __name__ == "__main__":
     bert_ptuning()
     bert_ia3()
     prefix_projection()
+    bert_token_prompt()

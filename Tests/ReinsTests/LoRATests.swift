@@ -290,6 +290,23 @@ struct PrefixTuningTests {
         #expect(try model.bert.hiddenStates(ids, attentionMask: mask).shape == [2, 9, 30])
     }
 
+    /// Token classification with a prompt: PEFT's logits cover the virtual positions first, `[B, P + T, labels]`
+    /// (`includingPrompt`, what `reins logits` writes); without it, the tokens' rows alone, the same numbers.
+    @Test func peftPromptTuningOnTokenClassificationReproducesPEFTLogits() throws {
+        guard case let .bertTokenClassification(model) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-tok")) else {
+            Issue.record("bert-tok is a token classifier"); return
+        }
+        let dir = LoRATests.adapter("bert-tok-prompt")
+        try PEFTAdapter.load(directory: dir, into: model)
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask"), types = try io.intTensor("token_type_ids")
+        let all = try model.logits(ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
+        #expect(all.shape == [2, 11, 5])
+        expectClose(all, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "BERT token classification + prompt, P + T positions")
+        expectClose(try model.logits(ids, attentionMask: mask, tokenTypeIDs: types), try all.slice(axis: 1, 2..<11),
+                    atol: 0, rtol: 0, "the tokens' rows")
+    }
+
     @Test func peftPrefixReproducesPEFTLogitsAndGenerationAgreesWithRecomputing() throws {
         guard case let .gpt2LMHead(model) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")) else { return }
         let dir = LoRATests.adapter("gpt2-prefix")
