@@ -482,7 +482,7 @@ extension Module {
                 ? try LoRA(embeddingCount: layer.loraInputs, size: layer.loraOutputs, rank: config.rank, alpha: config.alpha, rsLoRA: config.rsLoRA, seed: seed)
                 : try LoRA(inputs: layer.loraInputs, outputs: layer.loraOutputs, rank: config.rank, alpha: config.alpha,
                            rsLoRA: config.rsLoRA, dora: config.dora, seed: seed)
-            if layer is Linear { lora.dropout = config.dropout }
+            if !(layer is Embedding) { lora.dropout = config.dropout }
             try layer.attachLoRA(name, lora)
         }
         return matched.map(\.0)

@@ -231,12 +231,15 @@ public final class BertForMaskedLM: Module {
     public let transform: Linear
     public let transformNorm: LayerNorm
     public let decoderBias: Parameter
+    /// The decoder: the word embedding's table as its weight (and a LoRA insertion point, PEFT's `decoder`).
+    public let decoder: TiedOutput
 
     public init(_ config: BertConfig, seed: UInt64 = 0) throws {
         bert = try BertModel(config, pooler: false, seed: seed)
         transform = try Linear(inputs: config.hidden, outputs: config.hidden, seed: seed + 6)
         transformNorm = try LayerNorm(config.hidden, eps: config.layerNormEpsilon)
         decoderBias = Parameter("bias", try Tensor.zeros([config.vocabularySize]))
+        decoder = TiedOutput(table: bert.embeddings.word, bias: decoderBias)
     }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
@@ -244,15 +247,14 @@ public final class BertForMaskedLM: Module {
         visit.module("cls.predictions.transform.dense", transform)
         visit.module("cls.predictions.transform.LayerNorm", transformNorm)
         visit.parameter("cls.predictions.bias", decoderBias)
-        visit.parameter("cls.predictions.decoder.weight", bert.embeddings.word.weight)
-        visit.parameter("cls.predictions.decoder.bias", decoderBias)
+        visit.module("cls.predictions.decoder", decoder)
     }
 
     /// Vocabulary logits `[B, T, V]`.
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
         let h = try bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
         let t = try transformNorm(bert.config.activation.apply(h, transform))
-        return try Tensor.linear(t, weight: bert.embeddings.word.unadaptedWeight, bias: decoderBias.value)
+        return try decoder(t)
     }
 }
 

@@ -265,19 +265,24 @@ public final class KVCache {
 /// GPT-2 with the language-model head, tied to the token embedding (`lm_head.weight` is `transformer.wte.weight`).
 public final class GPT2LMHeadModel: Module {
     public let transformer: GPT2Model
+    /// The output layer: the token embedding's table as its weight (and a LoRA insertion point, PEFT's `lm_head`).
+    public let lmHead: TiedOutput
 
-    public init(_ config: GPT2Config, seed: UInt64 = 0) throws { transformer = try GPT2Model(config, seed: seed) }
+    public init(_ config: GPT2Config, seed: UInt64 = 0) throws {
+        transformer = try GPT2Model(config, seed: seed)
+        lmHead = TiedOutput(table: transformer.tokenEmbedding)
+    }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
         visit.module("transformer", transformer)
-        visit.parameter("lm_head.weight", transformer.tokenEmbedding.weight)
+        visit.module("lm_head", lmHead)
     }
 
     /// Next-token logits `[B, T, V]`.
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
                        cache: KVCache? = nil) throws -> Tensor {
         let h = try transformer.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache)
-        return try Tensor.linear(h, weight: transformer.tokenEmbedding.unadaptedWeight)
+        return try lmHead(h)
     }
 
     /// The causal-LM loss: mean cross-entropy of the logits at position t against `labels` at t + 1 (labels equal to

@@ -70,7 +70,7 @@ extension GPT2LMHeadModel {
             let h = try transformer.hiddenStates(try IntTensor(shape: [B, L], values: ids), attentionMask: try IntTensor(shape: [B, L], values: mask),
                                                  positionIDs: try IntTensor(shape: [B, L], values: positions), cache: cache)
             let last = h.shape[1] - 1 // prompt vectors, if any, come first
-            var logits = try Tensor.linear(try h.slice(axis: 1, last..<(last + 1)), weight: transformer.tokenEmbedding.unadaptedWeight)
+            var logits = try lmHead(try h.slice(axis: 1, last..<(last + 1)))
             var rows = Array(0..<B)
             for _ in 0..<options.maxNewTokens {
                 let V = config.vocabularySize

@@ -454,6 +454,69 @@ public final class Embedding: Module, LoRAHost {
     public var isMerged: Bool { merged != nil }
 }
 
+/// An output layer whose weight is a word-embedding table (GPT-2's `lm_head`, BERT's masked-LM decoder): `y = h·Wᵀ + b`
+/// with `W` the table's ``Embedding/unadaptedWeight``. A LoRA insertion point of its own, as PEFT's targets `lm_head`
+/// and `decoder` are (`A: [r, hidden]`, `B: [vocabulary, r]`). Such an adapter cannot be merged: the merged weight would
+/// also change the input lookups that share the table.
+public final class TiedOutput: Module, LoRAHost {
+    public let table: Embedding
+    public let bias: Parameter?
+    public var weight: Parameter { table.weight }
+    public private(set) var loras: [String: LoRA] = [:]
+    public var activeLoRA: String?
+    public var loraInputs: Int { table.size }
+    public var loraOutputs: Int { table.count }
+    public var isMerged: Bool { false }
+
+    init(table: Embedding, bias: Parameter? = nil) {
+        self.table = table
+        self.bias = bias
+    }
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.parameter("weight", table.weight)
+        visit.parameter("bias", bias)
+        for name in loras.keys.sorted() {
+            visit.parameter("lora_A.\(name).weight", loras[name]!.a)
+            visit.parameter("lora_B.\(name).weight", loras[name]!.b)
+        }
+    }
+
+    /// `h: [..., hidden]` to `[..., vocabulary]`.
+    public func callAsFunction(_ h: Tensor) throws -> Tensor {
+        let w = table.unadaptedWeight
+        guard let lora = activeLoRA.flatMap({ loras[$0] }) else { return try Tensor.linear(h, weight: w, bias: bias?.value) }
+        if lora.dropout > 0, TrainingMode.isActive {
+            let low = try Tensor.linear(Tensor.linear(h.trainingDropout(lora.dropout), weight: lora.a.value), weight: lora.b.value)
+            return try Tensor.linear(h, weight: w, bias: bias?.value) + low.scaled(by: lora.scale)
+        }
+        return try Tensor.loraLinear(h, weight: w, bias: bias?.value, loraA: lora.a.value, loraB: lora.b.value, scale: lora.scale)
+    }
+
+    public func attachLoRA(_ name: String, _ lora: LoRA) throws {
+        guard lora.a.value.shape == [lora.rank, loraInputs], lora.b.value.shape == [loraOutputs, lora.rank] else {
+            throw ModelError.badInput("LoRA '\(name)': A \(lora.a.value.shape) and B \(lora.b.value.shape) do not fit the \(loraInputs) -> \(loraOutputs) output layer (expected [r, \(loraInputs)] and [\(loraOutputs), r])")
+        }
+        guard !lora.usesDoRA else { throw ModelError.badInput("LoRA '\(name)': DoRA on the output layer tied to the word embeddings is not supported") }
+        loras[name] = lora
+        activeLoRA = name
+    }
+
+    public func detachLoRA(_ name: String) throws {
+        loras[name] = nil
+        if activeLoRA == name { activeLoRA = nil }
+    }
+
+    /// - Throws: ``ModelError/badInput(_:)`` while an adapter is active: its merged weight would change the input
+    ///   embeddings too.
+    public func merge() throws {
+        guard let name = activeLoRA else { return }
+        throw ModelError.badInput("LoRA '\(name)' on the output layer cannot be merged: its weight is the word-embedding table, which the input lookups share (use the adapter unmerged)")
+    }
+
+    public func unmerge() throws {}
+}
+
 /// A layer that LoRA adapters attach to: a linear layer, or an embedding table. `A: [r, loraInputs]`,
 /// `B: [loraOutputs, r]`; one adapter active, which can be merged into the layer's weight and unmerged exactly.
 public protocol LoRAHost: AnyObject {

@@ -84,7 +84,7 @@ public enum PEFTAdapter {
                 }
             }
             let lora = LoRA(a: a, b: b, scale: scale, magnitude: magnitude)
-            if layer is Linear { lora.dropout = dropout } // PEFT applies no dropout on embedding tables
+            if !(layer is Embedding) { lora.dropout = dropout } // PEFT applies no dropout on embedding tables
             built.append((layer, lora))
         }
         guard !built.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no lora_A / lora_B (or lora_embedding_A / _B) tensors") }
@@ -136,7 +136,8 @@ public enum PEFTAdapter {
             if let n = m as? LayerNorm { return (key + ".bias", n.biases) }
             return nil
         }, uniquingKeysWith: { a, _ in a })
-        let parameters = Dictionary(model.namedParameters().map { ($0.key, $0.parameter) }, uniquingKeysWith: { a, _ in a })
+        // Every key, a tied weight's second one too (PEFT saves `lm_head.base_layer.weight` beside a LoRA on lm_head).
+        let parameters = Dictionary(model.allParameterKeys().map { ($0.key, $0.parameter) }, uniquingKeysWith: { a, _ in a })
         for e in rest {
             if let owner = biasOwners[e.plain] {
                 guard e.tensor.shape == owner.base.value.shape else {

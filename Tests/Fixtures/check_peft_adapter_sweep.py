@@ -67,6 +67,8 @@ CASES = [
     ("gpt2-prompt", "gpt2-lm", GPT2LMHeadModel, GPT2, PromptTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM")),
     ("gpt2-lora-lm-head", "gpt2-lm", GPT2LMHeadModel, GPT2,
      LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "lm_head"], fan_in_fan_out=True, task_type="CAUSAL_LM")),
+    ("bert-mlm-lora-decoder", "bert-mlm", BertForMaskedLM, BERT,
+     LoraConfig(r=2, lora_alpha=4, target_modules=["decoder", "word_embeddings"])),
     ("gpt2-cls-dora-bias-all", "gpt2-cls", GPT2ForSequenceClassification, GPT2,
      LoraConfig(r=2, lora_alpha=4, target_modules=["c_fc", "mlp.c_proj"], use_dora=True, bias="all", fan_in_fan_out=True, task_type="SEQ_CLS")),
     ("gpt2-cls-prefix", "gpt2-cls", GPT2ForSequenceClassification, GPT2, PrefixTuningConfig(num_virtual_tokens=2, task_type="SEQ_CLS")),

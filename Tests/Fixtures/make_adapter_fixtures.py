@@ -240,6 +240,15 @@ def bert_token_prompt():
     save_bert("bert-tok-prompt", m)
 
 
+def gpt2_lora_lm_head():
+    """LoRA on GPT-2's lm_head (tied to wte: PEFT saves the output weight as lm_head.base_layer.weight beside A and B)
+    and on c_fc, with gradients."""
+    m = get_peft_model(gpt2_base(), LoraConfig(r=2, lora_alpha=3, target_modules=["lm_head", "c_fc"], fan_in_fan_out=True,
+                                               task_type="CAUSAL_LM"))
+    randomize_lora(m)
+    save_gpt2("gpt2-lora-lm-head", m, grads=True)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
@@ -257,3 +266,4 @@ if __name__ == "__main__":
     bert_ia3()
     prefix_projection()
     bert_token_prompt()
+    gpt2_lora_lm_head()
