@@ -17,7 +17,13 @@ public enum PEFTAdapter {
         if type == "IA3" { return try loadIA3(directory: directory, config: reader, into: model, name: name) }
         // P-tuning trains its virtual tokens through an encoder but saves them folded: loaded, it is prompt tuning.
         if type == "PROMPT_TUNING" || type == "P_TUNING" { return try loadPrompt(directory: directory, config: reader, into: model, name: name) }
-        guard type == "LORA" else { throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, PREFIX_TUNING, IA3, PROMPT_TUNING, P_TUNING)") }
+        // AdaLoRA (Zhang et al., arXiv 2303.10512) computes W x + α/(r₀ + 1e-5) · B·diag(E)·A·x with the ranks its
+        // allocation kept: loaded, it is LoRA with E folded into A (training continues as plain LoRA, saved as LORA).
+        let adaptive = type == "ADALORA"
+        guard type == "LORA" || adaptive else {
+            throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, ADALORA, PREFIX_TUNING, IA3, PROMPT_TUNING, P_TUNING)")
+        }
+        let initialRank = adaptive ? reader.optionalInt("init_r") ?? 12 : 0
         let alpha = Float(try reader.float("lora_alpha", default: 8))
         let rsLoRA = config["use_rslora"] as? Bool ?? false
         let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
@@ -32,11 +38,17 @@ public enum PEFTAdapter {
 
         let hosts = Dictionary(model.namedModules().compactMap { key, m in (m as? any LoRAHost).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
         var pairs: [String: (a: Tensor?, b: Tensor?)] = [:], heads: [(key: String, plain: String, tensor: Tensor)] = []
-        var magnitudes: [String: Tensor] = [:] // DoRA
-        // A linear layer's pair is `lora_A.weight` / `lora_B.weight`; an embedding table's `lora_embedding_A` / `_B`.
-        let suffixes = [(".lora_A.weight", true, false), (".lora_B.weight", false, false), (".lora_embedding_A", true, true), (".lora_embedding_B", false, true)]
+        var magnitudes: [String: Tensor] = [:], singularValues: [String: Tensor] = [:] // DoRA; AdaLoRA's E
+        // A linear layer's pair is `lora_A.weight` / `lora_B.weight` (AdaLoRA: `lora_A` / `lora_B`, beside `lora_E`); an
+        // embedding table's `lora_embedding_A` / `_B`.
+        let suffixes = adaptive ? [(".lora_A", true, false), (".lora_B", false, false)]
+            : [(".lora_A.weight", true, false), (".lora_B.weight", false, false), (".lora_embedding_A", true, true), (".lora_embedding_B", false, true)]
         for key in file.tensorNames.sorted() {
             let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key
+            if adaptive, path.hasSuffix(".lora_E") {
+                singularValues[String(path.dropLast(".lora_E".count))] = try file.tensor(key)
+                continue
+            }
             if path.hasSuffix(".lora_magnitude_vector") {
                 guard dora else {
                     throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (a DoRA magnitude, but use_dora is not set)"], misshaped: [])
@@ -71,7 +83,19 @@ public enum PEFTAdapter {
                     "\(module): \(aName.replacingOccurrences(of: ".weight", with: "")) \(a.shape) and \(bName.replacingOccurrences(of: ".weight", with: "")) \(b.shape) for a \(inputs) -> \(outputs) \(layer is Embedding ? "table" : "layer") (expected [r, \(inputs)] and [\(outputs), r])"])
             }
             let moduleAlpha = alphaPattern.first { module == $0.key || module.hasSuffix("." + $0.key) }.flatMap { ConfigReader.number($0.value)?.floatValue } ?? alpha
-            let scale = rsLoRA ? moduleAlpha / Float(r).squareRoot() : moduleAlpha / Float(r)
+            var scale = rsLoRA ? moduleAlpha / Float(r).squareRoot() : moduleAlpha / Float(r)
+            var loraA = a
+            if adaptive {
+                guard let e = singularValues.removeValue(forKey: module) else {
+                    throw ModelError.checkpointMismatch(missing: ["\(module).lora_E"], unexpected: [], misshaped: [])
+                }
+                guard e.shape == [r, 1] else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(module).lora_E \(e.shape) for rank \(r) (expected [\(r), 1])"])
+                }
+                let (values, width) = (e.scalars, a.shape[1])
+                loraA = try Tensor(shape: a.shape, values: a.scalars.enumerated().map { $0.element * values[$0.offset / width] })
+                scale = (alpha > 0 ? alpha : Float(r)) / (Float(initialRank) + 1e-5)
+            }
             let magnitude = magnitudes.removeValue(forKey: module)
             if dora {
                 guard !(layer is Embedding) else {
@@ -83,11 +107,14 @@ public enum PEFTAdapter {
                         "\(module).lora_magnitude_vector \(magnitude.shape) for a layer with \(outputs) outputs (expected [\(outputs)])"])
                 }
             }
-            let lora = LoRA(a: a, b: b, scale: scale, magnitude: magnitude)
+            let lora = LoRA(a: loraA, b: b, scale: scale, magnitude: magnitude)
             if !(layer is Embedding) { lora.dropout = dropout } // PEFT applies no dropout on embedding tables
             built.append((layer, lora))
         }
         guard !built.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no lora_A / lora_B (or lora_embedding_A / _B) tensors") }
+        if let stray = singularValues.keys.sorted().first {
+            throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(stray).lora_E (no lora_A / lora_B beside it)"], misshaped: [])
+        }
         if let stray = magnitudes.keys.sorted().first {
             throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(stray).lora_magnitude_vector (no lora_A / lora_B beside it)"], misshaped: [])
         }

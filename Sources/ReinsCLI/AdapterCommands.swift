@@ -50,7 +50,10 @@ struct AdaptersCommand: ParsableCommand {
             let count = file.entries.values.map { $0.shape.reduce(1, *) }.reduce(0, +)
             let bytes = (try FileManager.default.attributesOfItem(atPath: weights.path)[.size] as? Int ?? 0) + data.count
             print("method: \(config["peft_type"] as? String ?? "?")")
-            if let r = config["r"] { print("rank: \(r), alpha: \(config["lora_alpha"] ?? "?"), rsLoRA: \((config["use_rslora"] as? Bool) ?? false)\((config["use_dora"] as? Bool) == true ? ", DoRA" : "")") }
+            if config["peft_type"] as? String == "ADALORA" {
+                let kept = file.entries.filter { $0.key.hasSuffix(".lora_E") }.map { $0.value.shape.first ?? 0 }
+                print("initial rank: \(config["init_r"] ?? "?"), ranks kept: \(kept.reduce(0, +)) over \(kept.count) layers, alpha: \(config["lora_alpha"] ?? "?")")
+            } else if let r = config["r"] { print("rank: \(r), alpha: \(config["lora_alpha"] ?? "?"), rsLoRA: \((config["use_rslora"] as? Bool) ?? false)\((config["use_dora"] as? Bool) == true ? ", DoRA" : "")") }
             if let t = config["target_modules"] as? [String] { print("targets: \(t.joined(separator: ", "))") }
             if let p = config["num_virtual_tokens"] { print("virtual tokens: \(p)") }
             if let heads = config["modules_to_save"] as? [String], !heads.isEmpty { print("task head(s): \(Array(Set(heads)).sorted().joined(separator: ", "))") }

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import torch
-from peft import (IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model)
+from peft import (AdaLoraConfig, IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model)
 from safetensors.torch import load_file, save_file
 from transformers import (BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification,
                           BertModel, GPT2ForSequenceClassification, GPT2LMHeadModel)
@@ -69,6 +69,8 @@ CASES = [
      LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn", "lm_head"], fan_in_fan_out=True, task_type="CAUSAL_LM")),
     ("bert-mlm-lora-decoder", "bert-mlm", BertForMaskedLM, BERT,
      LoraConfig(r=2, lora_alpha=4, target_modules=["decoder", "word_embeddings"])),
+    ("gpt2-adalora", "gpt2-lm", GPT2LMHeadModel, GPT2,
+     AdaLoraConfig(init_r=3, total_step=10, lora_alpha=5, target_modules=["c_attn", "mlp.c_proj"], fan_in_fan_out=True, task_type="CAUSAL_LM")),
     ("gpt2-cls-dora-bias-all", "gpt2-cls", GPT2ForSequenceClassification, GPT2,
      LoraConfig(r=2, lora_alpha=4, target_modules=["c_fc", "mlp.c_proj"], use_dora=True, bias="all", fan_in_fan_out=True, task_type="SEQ_CLS")),
     ("gpt2-cls-prefix", "gpt2-cls", GPT2ForSequenceClassification, GPT2, PrefixTuningConfig(num_virtual_tokens=2, task_type="SEQ_CLS")),

@@ -10,7 +10,7 @@ expected.safetensors (inputs and logits). LoRA weights are random (B is not zero
 import os
 
 import torch
-from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+from peft import AdaLoraConfig, IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import BertForSequenceClassification, BertForTokenClassification, GPT2LMHeadModel
 
@@ -249,6 +249,29 @@ def gpt2_lora_lm_head():
     save_gpt2("gpt2-lora-lm-head", m, grads=True)
 
 
+def bert_adalora():
+    """AdaLoRA on BERT: random A, E, B, then rank allocation (importance from gradients, no weight updates) keeps 5 of the
+    4 x 4 ranks (1, 1, 2 and 1 per module); saved with the kept ranks (lora_A / lora_B / lora_E, rank_pattern). The
+    expected logits are those of the adapter loaded back with PeftModel.from_pretrained (equal to the in-memory ones)."""
+    m = get_peft_model(bert_base(), AdaLoraConfig(init_r=4, target_r=1, tinit=0, tfinal=0, deltaT=1, total_step=4, lora_alpha=6,
+                                                  target_modules=["query", "value"], modules_to_save=["classifier"], task_type="SEQ_CLS"))
+    randomize(m, "lora_", 0.4)
+    ids = torch.tensor([[2, 14, 15, 16, 3, 40, 41, 3, 0], [2, 50, 51, 3, 60, 3, 0, 0, 0]])
+    for step in range(3):
+        m.zero_grad()
+        m(input_ids=ids, labels=torch.tensor([0, 2])).loss.backward()
+        m.base_model.update_and_allocate(step)
+    save_bert("bert-adalora", m)
+    out = os.path.join(HERE, "adapters", "bert-adalora")
+    loaded = PeftModel.from_pretrained(bert_base(), out).eval()
+    expected = load_file(os.path.join(out, "expected.safetensors"))
+    with torch.no_grad():
+        logits = loaded(**{k: expected[k].long() for k in ("input_ids", "attention_mask", "token_type_ids")}).logits
+    print("bert-adalora: in-memory vs reloaded max |diff|", (logits - expected["logits"]).abs().max().item(),
+          "rank pattern", {k: sum(v) for k, v in loaded.peft_config["default"].rank_pattern.items()})
+    save_file({**expected, "logits": logits.contiguous()}, os.path.join(out, "expected.safetensors"))
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
@@ -267,3 +290,4 @@ if __name__ == "__main__":
     prefix_projection()
     bert_token_prompt()
     gpt2_lora_lm_head()
+    bert_adalora()

@@ -420,6 +420,32 @@ struct EmbeddingLoRATests {
         }
     }
 
+    /// PEFT's AdaLoRA after rank allocation: the kept ranks per module (1 to 2 of 4), E folded into A, the scale
+    /// α / (r₀ + 1e-5) of every module: PEFT's logits; a missing E is named.
+    @Test func peftAdaLoRALoadsAsTheLoRAItComputes() throws {
+        let dir = LoRATests.adapter("bert-adalora")
+        guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else {
+            Issue.record("bert-cls is a sequence classifier"); return
+        }
+        try PEFTAdapter.load(directory: dir, into: model)
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
+        expectClose(try model.logits(io.intTensor("input_ids"), attentionMask: io.intTensor("attention_mask"), tokenTypeIDs: io.intTensor("token_type_ids")),
+                    try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "BERT + AdaLoRA + head")
+        let adapted = model.namedModules().compactMap { $0.module as? Linear }.compactMap { $0.loras["default"] }
+        #expect(adapted.map(\.rank).sorted() == [1, 1, 1, 2])
+        #expect(adapted.allSatisfy { abs($0.scale - 6 / (4 + 1e-5)) < 1e-6 })
+        let broken = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: broken) }
+        try FileManager.default.copyItem(at: dir.appendingPathComponent("adapter_config.json"), to: broken.appendingPathComponent("adapter_config.json"))
+        let file = try SafeTensorsFile(path: dir.appendingPathComponent("adapter_model.safetensors").path)
+        var tensors = try Dictionary(uniqueKeysWithValues: file.names.map { ($0, try file.tensor($0)) })
+        tensors["base_model.model.bert.encoder.layer.1.attention.self.query.lora_E"] = nil
+        try SafeTensorsFile.write(tensors, to: broken.appendingPathComponent("adapter_model.safetensors").path)
+        #expect(throws: ModelError.checkpointMismatch(missing: ["bert.encoder.layer.1.attention.self.query.lora_E"], unexpected: [], misshaped: [])) {
+            try PEFTAdapter.load(directory: broken, into: try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")).module)
+        }
+    }
+
     /// A new LoRA on the tied output layer (GPT-2's lm_head): a no-op at attach, r·(C + V) parameters, only A and B get
     /// gradients (the shared table none), the input lookups are untouched, and merging is refused by name.
     @Test func freshOutputLayerLoRATrainsAloneAndRefusesToMerge() throws {
