@@ -517,13 +517,7 @@ extension Module {
     /// The word-embedding table that this model's output layer also reads (GPT-2's and BERT's tied word predictions),
     /// if any. A LoRA on it changes the lookup only (``Embedding/unadaptedWeight``), so a checkpoint with the adapter
     /// merged into the shared table would not reproduce the adapted model.
-    public var tiedOutputEmbedding: Embedding? {
-        switch self {
-        case let m as GPT2LMHeadModel: return m.transformer.tokenEmbedding
-        case let m as BertForMaskedLM: return m.bert.embeddings.word
-        default: return nil
-        }
-    }
+    public var tiedOutputEmbedding: Embedding? { namedModules().lazy.compactMap { $0.module as? TiedOutput }.first?.table }
 
     /// Undoes ``mergeLoRA()`` exactly.
     public func unmergeLoRA() throws { for (_, m) in namedModules() { try (m as? any LoRAHost)?.unmerge() } }
