@@ -1,16 +1,10 @@
-// linear.c — the dense layer y = x·Wᵀ + b on OpenBLAS sgemm, and the bias helpers it shares with other layers.
+// linear.c — the dense layer y = x·Wᵀ + b on OpenBLAS sgemm, and the bias gradient it shares with other layers.
 // Not here: threading policy (OpenBLAS threads itself; callers decide how many threads it may use).
 #include "rk_internal.h"
 #include <cblas.h>
 #include <string.h>
 
-// ---- bias: out (N,C) += bias (C); dbias (C) += Σ_rows dout -----------------------------------------------------
-static void add_bias_scalar(float *out, const float *bias, int N, int C) {
-    for (int i = 0; i < N; i++) {
-        float *o = out + RK_IDX(i, 0, C);
-        for (int j = 0; j < C; j++) o[j] += bias[j];
-    }
-}
+// ---- bias gradient: dbias (C) += Σ_rows dout ------------------------------------------------------------------
 static void bias_backward_scalar(float *dbias, const float *dout, int N, int C) {
     for (int i = 0; i < N; i++) {
         const float *d = dout + RK_IDX(i, 0, C);
@@ -18,14 +12,6 @@ static void bias_backward_scalar(float *dbias, const float *dout, int N, int C) 
     }
 }
 #if RK_X86
-static RK_AVX2 void add_bias_avx2(float *out, const float *bias, int N, int C) {
-    for (int i = 0; i < N; i++) {
-        float *o = out + RK_IDX(i, 0, C);
-        int j = 0;
-        for (; j + 8 <= C; j += 8) _mm256_storeu_ps(o + j, _mm256_add_ps(_mm256_loadu_ps(o + j), _mm256_loadu_ps(bias + j)));
-        for (; j < C; j++) o[j] += bias[j];
-    }
-}
 // Columns in blocks of 32 so that four accumulators stay in registers while the rows stream past.
 static RK_AVX2 void bias_backward_avx2(float *dbias, const float *dout, int N, int C) {
     int j = 0;
@@ -51,13 +37,6 @@ static RK_AVX2 void bias_backward_avx2(float *dbias, const float *dout, int N, i
 }
 #endif
 
-void rk_add_bias(float *out, const float *bias, int N, int C) {
-#if RK_X86
-    if (rk_isa_active() >= RK_ISA_AVX2) { add_bias_avx2(out, bias, N, C); return; }
-#endif
-    add_bias_scalar(out, bias, N, C);
-}
-
 void rk_bias_backward(float *dbias, const float *dout, int N, int C) {
 #if RK_X86
     if (rk_isa_active() >= RK_ISA_AVX2) { bias_backward_avx2(dbias, dout, N, C); return; }
@@ -75,10 +54,13 @@ void rk_linear_forward(float *out, const float *inp, const float *weight, const 
                     1.0f, weight, w_transposed ? OC : C, inp, 1, bias ? 1.0f : 0.0f, out, 1);
         return;
     }
-    // out = inp · Wᵀ  (W (OC,C): transpose flag;  W (C,OC): plain product)
+    // out = bias + inp · Wᵀ  (W (OC,C): transpose flag;  W (C,OC): plain product). The bias rows are written first
+    // and the product accumulated onto them (beta 1): one pass over the output fewer than zeroing it (beta 0) and
+    // adding the bias afterwards.
+    if (bias)
+        for (int i = 0; i < N; i++) memcpy(out + RK_IDX(i, 0, OC), bias, sizeof(float) * (size_t)OC);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, w_transposed ? CblasNoTrans : CblasTrans, N, OC, C, 1.0f, inp, C,
-                weight, w_transposed ? OC : C, 0.0f, out, OC);
-    if (bias) rk_add_bias(out, bias, N, OC);
+                weight, w_transposed ? OC : C, bias ? 1.0f : 0.0f, out, OC);
 }
 
 void rk_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,

@@ -54,8 +54,6 @@ void rk_linear_forward_ref(float *out, const float *inp, const float *weight, co
 void rk_linear_backward_ref(float *dinp, float *dweight, float *dbias,
                             const float *dout, const float *inp, const float *weight,
                             int N, int C, int OC, int w_transposed);
-/// out (N,C) += bias (C) broadcast over rows.
-void rk_add_bias(float *out, const float *bias, int N, int C);
 /// dbias (C) += column sums of dout (N,C).
 void rk_bias_backward(float *dbias, const float *dout, int N, int C);
 
