@@ -153,18 +153,16 @@ extension Module {
     }
 
     private func initializeFresh(_ p: Parameter, key: String) throws {
-        let trainable = p.isTrainable
         let shape = p.value.shape
         if key.hasSuffix("bias") {
-            p.value = try Tensor.zeros(shape)
+            p.replaceValue(try Tensor.zeros(shape))
         } else if key.contains("LayerNorm") || key.contains("ln_") || key.contains("norm") {
-            p.value = try Tensor.ones(shape)
+            p.replaceValue(try Tensor.ones(shape))
         } else {
             // FNV-1a of the key: the same head gets the same initial weights in every run.
             let seed = key.utf8.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
-            p.value = try Tensor.normal(shape, std: 0.02, seed: seed)
+            p.replaceValue(try Tensor.normal(shape, std: 0.02, seed: seed))
         }
-        p.isTrainable = trainable
     }
 
     /// Writes `config.json` and `model.safetensors` (each atomically) to `directory`; tied parameters are stored once,

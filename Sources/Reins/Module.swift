@@ -124,8 +124,8 @@ public final class Linear: Module, LoRAHost {
     public private(set) var ia3: [String: IA3] = [:]
     /// The IA3 vector used by the forward pass.
     public var activeIA3: String?
-    /// While an adapter is merged: its name and the base weight to restore bit for bit.
-    private var merged: (name: String, base: Tensor)?
+    /// While an adapter is merged: its name and the base weight to restore.
+    private var merged: MergedWeight?
 
     public init(inputs: Int, outputs: Int, bias: Bool = true, weightTransposed: Bool = false, std: Float = 0.02, seed: UInt64) throws {
         self.inputs = inputs
@@ -244,26 +244,19 @@ public final class Linear: Module, LoRAHost {
     /// costs what the base layer costs. The base weight is kept and restored exactly by ``unmerge()``.
     public func merge() throws {
         guard let name = activeLoRA, let lora = loras[name], merged == nil else { return }
-        let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale) // [out, in]
-        let base = weight.value.detached()
-        let update = weightTransposed ? try delta.transposed() : delta
-        let trainable = weight.isTrainable
-        weight.value = try Autograd.withoutGradients {
+        merged = try MergedWeight(name, into: weight) { base in
+            let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale) // [out, in]
+            let update = weightTransposed ? try delta.transposed() : delta
             guard let m = lora.magnitude else { return try base + update }
             // DoRA: W' = f ⊙ (W + s·B·A), f = m / ‖W + s·B·A‖ per output (a column of the [in, out] layout).
             let factor = try m.value / doraNorm(lora)
             return weightTransposed ? try (base + update) * factor : try ((base + update).transposed() * factor).transposed()
         }
-        weight.isTrainable = trainable
-        merged = (name, base)
     }
 
     /// Restores the weight from before ``merge()``, bit for bit.
     public func unmerge() throws {
-        guard let m = merged else { return }
-        let trainable = weight.isTrainable
-        weight.value = m.base
-        weight.isTrainable = trainable
+        merged?.restore(weight)
         merged = nil
     }
 
@@ -375,8 +368,8 @@ public final class Embedding: Module, LoRAHost {
     public let size: Int
     public private(set) var loras: [String: LoRA] = [:]
     public var activeLoRA: String?
-    /// While an adapter is merged: its name and the base table to restore bit for bit.
-    private var merged: (name: String, base: Tensor)?
+    /// While an adapter is merged: its name and the base table to restore.
+    private var merged: MergedWeight?
 
     public init(count: Int, size: Int, paddingIndex: Int? = nil, std: Float = 0.02, seed: UInt64) throws {
         weight = Parameter("weight", try Initializer.normal([count, size], std: std, seed: seed))
@@ -434,20 +427,13 @@ public final class Embedding: Module, LoRAHost {
     /// Folds the active adapter into the table, `W + s·(B·A)ᵀ`; ``unadaptedWeight`` keeps the base for tied outputs.
     public func merge() throws {
         guard let name = activeLoRA, let lora = loras[name], merged == nil else { return }
-        let base = weight.value.detached()
-        let trainable = weight.isTrainable
-        weight.value = try Autograd.withoutGradients {
+        merged = try MergedWeight(name, into: weight) { base in
             try base + Tensor.matmul(lora.a.value, lora.b.value, transposeA: true, transposeB: true).scaled(by: lora.scale)
         }
-        weight.isTrainable = trainable
-        merged = (name, base)
     }
 
     public func unmerge() throws {
-        guard let m = merged else { return }
-        let trainable = weight.isTrainable
-        weight.value = m.base
-        weight.isTrainable = trainable
+        merged?.restore(weight)
         merged = nil
     }
 
@@ -515,6 +501,21 @@ public final class TiedOutput: Module, LoRAHost {
     }
 
     public func unmerge() throws {}
+}
+
+/// A weight with a LoRA adapter folded into it: the adapter's name and the base value, restored bit for bit.
+struct MergedWeight {
+    let name: String
+    let base: Tensor
+
+    /// Replaces `weight`'s value by `fold(base)`, computed without gradients; the weight keeps whether it trains.
+    init(_ name: String, into weight: Parameter, _ fold: (Tensor) throws -> Tensor) throws {
+        let base = weight.value.detached()
+        weight.replaceValue(try Autograd.withoutGradients { try fold(base) })
+        (self.name, self.base) = (name, base)
+    }
+
+    func restore(_ weight: Parameter) { weight.replaceValue(base) }
 }
 
 /// A layer that LoRA adapters attach to: a linear layer, or an embedding table. `A: [r, loraInputs]`,

@@ -179,11 +179,7 @@ public enum PEFTAdapter {
             guard e.tensor.shape == p.value.shape else {
                 throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(e.key) is \(e.tensor.shape), expected \(p.value.shape)"])
             }
-            actions.append {
-                let trainable = p.isTrainable
-                p.value = e.tensor
-                p.isTrainable = trainable
-            }
+            actions.append { p.replaceValue(e.tensor) }
         }
         return { for a in actions { a() } }
     }

@@ -26,6 +26,13 @@ public final class Parameter: @unchecked Sendable {
         }
     }
 
+    /// Sets a new value and keeps whether the parameter trains (assigning ``value`` directly takes the new tensor's).
+    public func replaceValue(_ newValue: Tensor) {
+        let trainable = isTrainable
+        value = newValue
+        isTrainable = trainable
+    }
+
     /// The accumulated gradient, if a backward pass reached this parameter.
     public var gradient: Tensor? { value.gradient }
 
