@@ -17,6 +17,20 @@ struct LoRATests {
         }
     }
 
+    /// Three AdamW steps of the LM loss on `ids`: every step only LoRA tensors get gradients, and afterwards every
+    /// frozen tensor is bit-identical to before.
+    static func trainAdapterAlone(_ model: GPT2LMHeadModel, _ ids: IntTensor) throws {
+        let frozen = model.namedParameters().filter { !$0.parameter.isTrainable }.map { ($0.key, $0.parameter.value.scalars) }
+        let optimizer = AdamW(learningRate: 0.05, weightDecay: 0)
+        for _ in 0..<3 {
+            model.zeroGradients()
+            try model.loss(ids).backward()
+            for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == key.contains(".lora_"), "\(key)") }
+            optimizer.update(model.trainableParameters)
+        }
+        for (key, values) in frozen { #expect(model.namedParameters().first { $0.key == key }!.parameter.value.scalars == values, "\(key) unchanged") }
+    }
+
     func gpt2() throws -> GPT2LMHeadModel {
         guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")) else { throw ModelError.badInput("fixture") }
         return m
@@ -94,16 +108,8 @@ struct LoRATests {
         expectClose(try model.logits(ids).scalars, base, atol: 1e-6, rtol: 1e-6, "B = 0: attaching changes nothing")
         // Trainable parameters: r·(in + out) per target.
         #expect(model.trainableParameterCount == targets.count * 4 * (30 + 90))
-        let frozen = model.namedParameters().filter { !$0.parameter.isTrainable }.map { ($0.key, $0.parameter.value.scalars) }
-        let optimizer = AdamW(learningRate: 0.05, weightDecay: 0)
-        for _ in 0..<3 {
-            model.zeroGradients()
-            try model.loss(ids).backward()
-            for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == key.contains(".lora_"), "\(key)") }
-            optimizer.update(model.trainableParameters)
-        }
+        try LoRATests.trainAdapterAlone(model, ids)
         #expect(try model.logits(ids).scalars != base, "the adapter learned something")
-        for (key, values) in frozen { #expect(model.namedParameters().first { $0.key == key }!.parameter.value.scalars == values, "\(key) unchanged") }
         // Switching the adapter off gives the base model back.
         for l in targets { l.activeLoRA = nil }
         expectClose(try model.logits(ids).scalars, base, atol: 1e-6, rtol: 1e-6, "adapter off")
@@ -186,18 +192,10 @@ struct DoRATests {
         expectClose(try model.logits(ids).scalars, base, atol: 1e-5, rtol: 1e-5, "attaching DoRA changes nothing")
         #expect(model.trainableParameterCount == layers.map { 3 * ($0.inputs + $0.outputs) + $0.outputs }.reduce(0, +))
         let startMagnitudes = layers.map { $0.loras["task"]!.magnitude!.value.scalars }
-        let frozen = model.namedParameters().filter { !$0.parameter.isTrainable }.map { ($0.key, $0.parameter.value.scalars) }
-        let optimizer = AdamW(learningRate: 0.05, weightDecay: 0)
-        for _ in 0..<3 {
-            model.zeroGradients()
-            try model.loss(ids).backward()
-            for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == key.contains(".lora_"), "\(key)") }
-            optimizer.update(model.trainableParameters)
-        }
+        try LoRATests.trainAdapterAlone(model, ids)
         let trained = try model.logits(ids)
         #expect(trained.scalars != base, "the adapter learned something")
         #expect(layers.map { $0.loras["task"]!.magnitude!.value.scalars } != startMagnitudes, "the magnitudes moved")
-        for (key, values) in frozen { #expect(model.namedParameters().first { $0.key == key }!.parameter.value.scalars == values, "\(key) unchanged") }
         // Merged: W' = m ⊙ (W + s·B·A) / ‖W + s·B·A‖ per output, the same logits; unmerged: the base weight exactly.
         let weights = layers.map { $0.weight.value.scalars }
         for l in layers { try l.merge() }
@@ -354,19 +352,11 @@ struct EmbeddingLoRATests {
         #expect(keys.sorted() == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn", "transformer.wte"])
         expectClose(try model.logits(ids).scalars, base, atol: 1e-6, rtol: 1e-6, "A = 0: attaching changes nothing")
         #expect(model.trainableParameterCount == 3 * (97 + 30) + 2 * 3 * (30 + 90))
-        let frozen = model.namedParameters().filter { !$0.parameter.isTrainable }.map { ($0.key, $0.parameter.value.scalars) }
-        let optimizer = AdamW(learningRate: 0.05, weightDecay: 0)
-        for _ in 0..<3 {
-            model.zeroGradients()
-            try model.loss(ids).backward()
-            for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == key.contains(".lora_"), "\(key)") }
-            optimizer.update(model.trainableParameters)
-        }
+        try LoRATests.trainAdapterAlone(model, ids)
         let table = model.transformer.tokenEmbedding
         #expect(table.loras["task"]!.a.value.scalars.contains { $0 != 0 }, "the table's A moved off zero")
         let trained = try model.logits(ids)
         #expect(trained.scalars != base, "the adapter learned something")
-        for (key, values) in frozen { #expect(model.namedParameters().first { $0.key == key }!.parameter.value.scalars == values, "\(key) unchanged") }
         let generated = try model.generate(prompts: [[5, 17, 42]], options: GenerationOptions(maxNewTokens: 4))[0]
         let recomputed = try model.logits(try IntTensor(shape: [1, generated.count - 1], values: Array(generated.dropLast())))
         let V = recomputed.shape[2]
