@@ -82,7 +82,8 @@ public enum PEFTAdapter {
                 throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [
                     "\(module): \(aName.replacingOccurrences(of: ".weight", with: "")) \(a.shape) and \(bName.replacingOccurrences(of: ".weight", with: "")) \(b.shape) for a \(inputs) -> \(outputs) \(layer is Embedding ? "table" : "layer") (expected [r, \(inputs)] and [\(outputs), r])"])
             }
-            let moduleAlpha = alphaPattern.first { module == $0.key || module.hasSuffix("." + $0.key) }.flatMap { ConfigReader.number($0.value)?.floatValue } ?? alpha
+            let moduleAlpha = alphaPattern.keys.sorted { $0.count > $1.count }.first { patternMatches($0, module) }
+                .flatMap { ConfigReader.number(alphaPattern[$0]!)?.floatValue } ?? alpha
             var scale = rsLoRA ? moduleAlpha / Float(r).squareRoot() : moduleAlpha / Float(r)
             var loraA = a
             if adaptive {
@@ -121,6 +122,15 @@ public enum PEFTAdapter {
         let installHeads = try headInstaller(heads, into: model, name: name)
         for (layer, lora) in built { try layer.attachLoRA(name, lora) }
         installHeads()
+    }
+
+    /// Whether an `alpha_pattern` key names `module` as PEFT matches it: the key is a regular expression for the module
+    /// path's end, after a dot (`(.*\.)?(key)$`); a key that is no valid expression matches as plain text.
+    static func patternMatches(_ key: String, _ module: String) -> Bool {
+        guard let regex = try? NSRegularExpression(pattern: "^(.*\\.)?(\(key))$") else {
+            return module == key || module.hasSuffix("." + key)
+        }
+        return regex.firstMatch(in: module, range: NSRange(module.startIndex..., in: module)) != nil
     }
 
     /// Checks the task-head tensors saved with an adapter and returns what installs them (so that a bad file attaches

@@ -96,6 +96,26 @@ struct LoRATests {
         }
     }
 
+    /// `alpha_pattern` keys are regular expressions for the end of a module's path, as PEFT matches them.
+    @Test func alphaPatternKeysMatchAsPEFTsRegularExpressions() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let source = Self.adapter("bert-lora") // r = 2, lora_alpha 7, rsLoRA
+        try FileManager.default.copyItem(at: source.appendingPathComponent("adapter_model.safetensors"), to: dir.appendingPathComponent("adapter_model.safetensors"))
+        var config = try Checkpoint.readJSON(source.appendingPathComponent("adapter_config.json"))
+        config["alpha_pattern"] = [#"layer\.1\..*query"#: 9, "value": 1]
+        try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("adapter_config.json"))
+        guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else {
+            Issue.record("bert-cls is a sequence classifier"); return
+        }
+        try PEFTAdapter.load(directory: dir, into: model)
+        for (key, module) in model.namedModules() {
+            guard let lora = (module as? Linear)?.loras["default"] else { continue }
+            let alpha: Float = key == "bert.encoder.layer.1.attention.self.query" ? 9 : key.hasSuffix(".value") ? 1 : 7
+            #expect(abs(lora.scale - alpha / Float(2).squareRoot()) < 1e-6, "\(key)")
+        }
+    }
+
     @Test func freshLoRAStartsAsANoOpAndTrainsAlone() throws {
         let model = try gpt2()
         let ids = try IntTensor(shape: [1, 5], values: [5, 17, 42, 3, 8])
