@@ -116,16 +116,19 @@ public final class Linear: Module, LoRAHost {
     public let outputs: Int
     public var loraInputs: Int { inputs }
     public var loraOutputs: Int { outputs }
+    /// The attached LoRA adapters, the active one and the merged one.
+    var slots = LoRASlots()
     /// Attached LoRA adapters by name.
-    public private(set) var loras: [String: LoRA] = [:]
+    public var loras: [String: LoRA] { slots.adapters }
     /// The adapter used by the forward pass (`nil`: the base layer alone).
-    public var activeLoRA: String?
+    public var activeLoRA: String? {
+        get { slots.active }
+        set { slots.active = newValue }
+    }
     /// Attached IA3 vectors by name (Liu et al., arXiv 2205.05638).
     public private(set) var ia3: [String: IA3] = [:]
     /// The IA3 vector used by the forward pass.
     public var activeIA3: String?
-    /// While an adapter is merged: its name and the base weight to restore.
-    private var merged: MergedWeight?
 
     public init(inputs: Int, outputs: Int, bias: Bool = true, weightTransposed: Bool = false, std: Float = 0.02, seed: UInt64) throws {
         self.inputs = inputs
@@ -168,10 +171,7 @@ public final class Linear: Module, LoRAHost {
     }
 
     /// The adapter that the forward pass applies on top of the (unmerged) weight.
-    var liveLoRA: LoRA? {
-        guard let name = activeLoRA, merged?.name != name else { return nil }
-        return loras[name]
-    }
+    var liveLoRA: LoRA? { slots.live }
 
     /// `x: [..., in]` to `[..., out]`.
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
@@ -227,24 +227,17 @@ public final class Linear: Module, LoRAHost {
         if let m = lora.magnitude, m.value.shape != [outputs] {
             throw ModelError.badInput("DoRA '\(name)': magnitude \(m.value.shape) does not fit a layer with \(outputs) outputs (expected [\(outputs)])")
         }
-        if merged?.name == name { try unmerge() }
+        slots.attach(name, lora, weight: weight) // unmerges a merged adapter of that name first: the norm reads the base
         if lora.usesDoRA && lora.magnitude == nil { lora.magnitude = Parameter("lora_magnitude_vector", try doraNorm(lora)) }
-        loras[name] = lora
-        activeLoRA = name
     }
 
     /// Removes an adapter (unmerging it first if needed).
-    public func detachLoRA(_ name: String) throws {
-        if merged?.name == name { try unmerge() }
-        loras[name] = nil
-        if activeLoRA == name { activeLoRA = nil }
-    }
+    public func detachLoRA(_ name: String) throws { slots.detach(name, weight: weight) }
 
     /// Folds the active adapter into the weight, `W + s·B·A` (transposed for `[in, out]` storage), so that inference
     /// costs what the base layer costs. The base weight is kept and restored exactly by ``unmerge()``.
     public func merge() throws {
-        guard let name = activeLoRA, let lora = loras[name], merged == nil else { return }
-        merged = try MergedWeight(name, into: weight) { base in
+        try slots.merge(into: weight) { lora, base in
             let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale) // [out, in]
             let update = weightTransposed ? try delta.transposed() : delta
             guard let m = lora.magnitude else { return try base + update }
@@ -255,13 +248,10 @@ public final class Linear: Module, LoRAHost {
     }
 
     /// Restores the weight from before ``merge()``, bit for bit.
-    public func unmerge() throws {
-        merged?.restore(weight)
-        merged = nil
-    }
+    public func unmerge() throws { slots.unmerge(weight) }
 
     /// Whether an adapter is merged into the weight.
-    public var isMerged: Bool { merged != nil }
+    public var isMerged: Bool { slots.merged != nil }
 }
 
 /// An IA3 vector for one linear layer (Liu et al., arXiv 2205.05638): the layer's output (or, for feed-forward layers,
@@ -366,10 +356,12 @@ public final class Embedding: Module, LoRAHost {
     public let paddingIndex: Int?
     public let count: Int
     public let size: Int
-    public private(set) var loras: [String: LoRA] = [:]
-    public var activeLoRA: String?
-    /// While an adapter is merged: its name and the base table to restore.
-    private var merged: MergedWeight?
+    var slots = LoRASlots()
+    public var loras: [String: LoRA] { slots.adapters }
+    public var activeLoRA: String? {
+        get { slots.active }
+        set { slots.active = newValue }
+    }
 
     public init(count: Int, size: Int, paddingIndex: Int? = nil, std: Float = 0.02, seed: UInt64) throws {
         weight = Parameter("weight", try Initializer.normal([count, size], std: std, seed: seed))
@@ -391,17 +383,12 @@ public final class Embedding: Module, LoRAHost {
 
     /// The table without the active adapter: what a tied output layer (GPT-2's and BERT's word predictions) reads, as
     /// in PEFT, where LoRA changes the lookup only. Equal to ``weight`` unless an adapter is merged.
-    public var unadaptedWeight: Tensor { merged?.base ?? weight.value }
-
-    var liveLoRA: LoRA? {
-        guard let name = activeLoRA, merged?.name != name else { return nil }
-        return loras[name]
-    }
+    public var unadaptedWeight: Tensor { slots.merged?.base ?? weight.value }
 
     /// `ids: [...]` to `[..., size]`; throws for an id outside the table.
     public func callAsFunction(_ ids: IntTensor) throws -> Tensor {
         let rows = try Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
-        guard let lora = liveLoRA else { return rows }
+        guard let lora = slots.live else { return rows }
         let low = try Tensor.embedding(ids, table: lora.a.value.transposed(), paddingIndex: paddingIndex) // [..., r]
         return try rows + Tensor.linear(low, weight: lora.b.value).scaled(by: lora.scale)
     }
@@ -413,31 +400,21 @@ public final class Embedding: Module, LoRAHost {
         }
         guard !lora.usesDoRA else { throw ModelError.badInput("LoRA '\(name)': DoRA on an embedding table is not supported") }
         guard lora.dropout == 0 else { throw ModelError.badInput("LoRA '\(name)': dropout on an embedding table is not supported (PEFT applies none)") }
-        if merged?.name == name { try unmerge() }
-        loras[name] = lora
-        activeLoRA = name
+        slots.attach(name, lora, weight: weight)
     }
 
-    public func detachLoRA(_ name: String) throws {
-        if merged?.name == name { try unmerge() }
-        loras[name] = nil
-        if activeLoRA == name { activeLoRA = nil }
-    }
+    public func detachLoRA(_ name: String) throws { slots.detach(name, weight: weight) }
 
     /// Folds the active adapter into the table, `W + s·(B·A)ᵀ`; ``unadaptedWeight`` keeps the base for tied outputs.
     public func merge() throws {
-        guard let name = activeLoRA, let lora = loras[name], merged == nil else { return }
-        merged = try MergedWeight(name, into: weight) { base in
+        try slots.merge(into: weight) { lora, base in
             try base + Tensor.matmul(lora.a.value, lora.b.value, transposeA: true, transposeB: true).scaled(by: lora.scale)
         }
     }
 
-    public func unmerge() throws {
-        merged?.restore(weight)
-        merged = nil
-    }
+    public func unmerge() throws { slots.unmerge(weight) }
 
-    public var isMerged: Bool { merged != nil }
+    public var isMerged: Bool { slots.merged != nil }
 }
 
 /// An output layer whose weight is a word-embedding table (GPT-2's `lm_head`, BERT's masked-LM decoder): `y = h·Wᵀ + b`
@@ -448,8 +425,12 @@ public final class TiedOutput: Module, LoRAHost {
     public let table: Embedding
     public let bias: Parameter?
     public var weight: Parameter { table.weight }
-    public private(set) var loras: [String: LoRA] = [:]
-    public var activeLoRA: String?
+    var slots = LoRASlots()
+    public var loras: [String: LoRA] { slots.adapters }
+    public var activeLoRA: String? {
+        get { slots.active }
+        set { slots.active = newValue }
+    }
     public var loraInputs: Int { table.size }
     public var loraOutputs: Int { table.count }
     public var isMerged: Bool { false }
@@ -471,7 +452,7 @@ public final class TiedOutput: Module, LoRAHost {
     /// `h: [..., hidden]` to `[..., vocabulary]`.
     public func callAsFunction(_ h: Tensor) throws -> Tensor {
         let w = table.unadaptedWeight
-        guard let lora = activeLoRA.flatMap({ loras[$0] }) else { return try Tensor.linear(h, weight: w, bias: bias?.value) }
+        guard let lora = slots.live else { return try Tensor.linear(h, weight: w, bias: bias?.value) }
         if lora.dropout > 0, TrainingMode.isActive {
             let low = try Tensor.linear(Tensor.linear(h.trainingDropout(lora.dropout), weight: lora.a.value), weight: lora.b.value)
             return try Tensor.linear(h, weight: w, bias: bias?.value) + low.scaled(by: lora.scale)
@@ -484,14 +465,10 @@ public final class TiedOutput: Module, LoRAHost {
             throw ModelError.badInput("LoRA '\(name)': A \(lora.a.value.shape) and B \(lora.b.value.shape) do not fit the \(loraInputs) -> \(loraOutputs) output layer (expected [r, \(loraInputs)] and [\(loraOutputs), r])")
         }
         guard !lora.usesDoRA else { throw ModelError.badInput("LoRA '\(name)': DoRA on the output layer tied to the word embeddings is not supported") }
-        loras[name] = lora
-        activeLoRA = name
+        slots.attach(name, lora, weight: weight)
     }
 
-    public func detachLoRA(_ name: String) throws {
-        loras[name] = nil
-        if activeLoRA == name { activeLoRA = nil }
-    }
+    public func detachLoRA(_ name: String) throws { slots.detach(name, weight: weight) }
 
     /// - Throws: ``ModelError/badInput(_:)`` while an adapter is active: its merged weight would change the input
     ///   embeddings too.
@@ -516,6 +493,43 @@ struct MergedWeight {
     }
 
     func restore(_ weight: Parameter) { weight.replaceValue(base) }
+}
+
+/// The LoRA adapters attached to one layer: by name, one active, and the one folded into the layer's weight, if any.
+struct LoRASlots {
+    private(set) var adapters: [String: LoRA] = [:]
+    var active: String?
+    private(set) var merged: MergedWeight?
+
+    /// The active adapter unless it is merged: what the forward pass adds to the weight's output.
+    var live: LoRA? {
+        guard let name = active, merged?.name != name else { return nil }
+        return adapters[name]
+    }
+
+    /// Adds (or replaces, unmerging it first) the adapter `name` and activates it.
+    mutating func attach(_ name: String, _ lora: LoRA, weight: Parameter) {
+        if merged?.name == name { unmerge(weight) }
+        adapters[name] = lora
+        active = name
+    }
+
+    mutating func detach(_ name: String, weight: Parameter) {
+        if merged?.name == name { unmerge(weight) }
+        adapters[name] = nil
+        if active == name { active = nil }
+    }
+
+    /// Folds the active adapter into `weight` as `fold(adapter, base)`; nothing when none is active or one is merged.
+    mutating func merge(into weight: Parameter, _ fold: (LoRA, Tensor) throws -> Tensor) throws {
+        guard let name = active, let lora = adapters[name], merged == nil else { return }
+        merged = try MergedWeight(name, into: weight) { try fold(lora, $0) }
+    }
+
+    mutating func unmerge(_ weight: Parameter) {
+        merged?.restore(weight)
+        merged = nil
+    }
 }
 
 /// A layer that LoRA adapters attach to: a linear layer, or an embedding table. `A: [r, loraInputs]`,
