@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """By-hand check that adapters saved by Reins load in PEFT and give PEFT's own logits. Never run in CI:
 
-    REINS_SAVE_ADAPTERS=/tmp/reins-adapters swift test --filter "AdapterFileTests|AdapterSetTests"
+    REINS_SAVE_ADAPTERS=/tmp/reins-adapters swift test --filter "AdapterFileTests|AdapterSetTests|peftAdaLoRA"
     ~/.reins-reference/bin/python Tests/Fixtures/check_reins_adapters_in_peft.py /tmp/reins-adapters
 
 The test writes gpt2-lora/, bert-lora/, gpt2-prefix/, bert-prefix/, gpt2-ia3/, gpt2-prompt/, bert-prompt/, gpt2-dora/,
 bert-dora/, gpt2-ptuning/, bert-ptuning/ (saved as prompt tuning), gpt2-lora-embedding/, bert-lora-embedding/,
-bert-ia3/, gpt2-lora-lm-head/ and gpt2-/bert-prefix-projection/ there with `PEFTAdapter.save` after loading the PEFT
-fixtures.
+bert-ia3/, gpt2-lora-lm-head/, gpt2-/bert-prefix-projection/ and bert-adalora/ (saved as LoRA) there with
+`PEFTAdapter.save` after loading the PEFT fixtures.
 Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2.
 """
 import os
@@ -30,7 +30,8 @@ for adapter, base, cls in [("gpt2-lora", "gpt2-lm", GPT2LMHeadModel), ("bert-lor
                            ("bert-lora-embedding", "bert-cls", BertForSequenceClassification),
                            ("bert-ia3", "bert-cls", BertForSequenceClassification), ("gpt2-lora-lm-head", "gpt2-lm", GPT2LMHeadModel),
                            ("gpt2-prefix-projection", "gpt2-lm", GPT2LMHeadModel),
-                           ("bert-prefix-projection", "bert-cls", BertForSequenceClassification)]:
+                           ("bert-prefix-projection", "bert-cls", BertForSequenceClassification),
+                           ("bert-adalora", "bert-cls", BertForSequenceClassification)]:
     model = PeftModel.from_pretrained(cls.from_pretrained(os.path.join(HERE, "models", base)), os.path.join(saved, adapter)).eval()
     e = load_file(os.path.join(HERE, "adapters", adapter, "expected.safetensors"))
     kw = {k: v.long() for k, v in e.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -444,6 +444,18 @@ struct EmbeddingLoRATests {
         let adapted = model.namedModules().compactMap { $0.module as? Linear }.compactMap { $0.loras["default"] }
         #expect(adapted.map(\.rank).sorted() == [1, 1, 1, 2])
         #expect(adapted.allSatisfy { abs($0.scale - 6 / (4 + 1e-5)) < 1e-6 })
+        // Saved, it is a PEFT LoRA adapter (per-module ranks and alphas in rank_pattern / alpha_pattern) with the same logits.
+        let saved = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: saved) }
+        try PEFTAdapter.save(model, to: saved, taskType: "SEQ_CLS", modulesToSave: ["classifier"])
+        if let keep = ProcessInfo.processInfo.environment["REINS_SAVE_ADAPTERS"] { // for check_reins_adapters_in_peft.py
+            try PEFTAdapter.save(model, to: URL(fileURLWithPath: keep).appendingPathComponent("bert-adalora"), taskType: "SEQ_CLS", modulesToSave: ["classifier"])
+        }
+        #expect(try Checkpoint.readJSON(saved.appendingPathComponent("adapter_config.json"))["peft_type"] as? String == "LORA")
+        guard case let .bertSequenceClassification(fresh) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else { return }
+        try PEFTAdapter.load(directory: saved, into: fresh)
+        expectClose(try fresh.logits(io.intTensor("input_ids"), attentionMask: io.intTensor("attention_mask"), tokenTypeIDs: io.intTensor("token_type_ids")),
+                    try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "saved as LoRA and loaded back")
         let broken = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: broken) }
         try FileManager.default.copyItem(at: dir.appendingPathComponent("adapter_config.json"), to: broken.appendingPathComponent("adapter_config.json"))
