@@ -92,7 +92,7 @@ extension Tensor {
         if rows == 1 {
             Parallel.forSpans(width) { cols in body(0, cols) }
         } else {
-            Parallel.forSpans(rows, grain: max(1, (1 << 15) / max(width, 1))) { rs in for r in rs { body(r, 0..<width) } }
+            Parallel.forSpans(rows, grain: Parallel.rowGrain(width: width)) { rs in for r in rs { body(r, 0..<width) } }
         }
     }
 

@@ -102,7 +102,7 @@ extension Tensor {
         let stats = TensorStorage(uninitializedCount: 2 * N) // mean (N), then rstd (N)
         let px = x.storage.pointer, pw = weight.storage.pointer, pb = bias.storage.pointer, py = result.storage.pointer
         let mean = stats.pointer, rstd = stats.pointer + N
-        let minRows = max(1, (1 << 15) / max(C, 1)) // below ~32K elements a thread wake-up costs more than it saves
+        let minRows = Parallel.rowGrain(width: C)
         Parallel.forRanges(N, minimum: minRows) { r, _ in
             let o = r.lowerBound
             rk_layernorm_forward(py + o * C, mean + o, rstd + o, px + o * C, pw, pb, Int32(r.count), Int32(C), eps)

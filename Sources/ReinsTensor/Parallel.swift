@@ -71,9 +71,15 @@ public enum Parallel {
 
     /// Runs `body` over `0..<count` cut into one contiguous range per thread when there are at least `grain` items per
     /// range (else as one range): for elementwise passes over big buffers, which one core cannot saturate memory with.
-    public static func forSpans(_ count: Int, grain: Int = 1 << 15, _ body: (Range<Int>) -> Void) {
+    public static func forSpans(_ count: Int, grain: Int = spanGrain, _ body: (Range<Int>) -> Void) {
         forRanges(count, minimum: grain) { range, _ in body(range) }
     }
+
+    /// Elements per thread below which a thread wake-up costs more than it saves (~32K).
+    public static let spanGrain = 1 << 15
+
+    /// ``spanGrain`` in rows of `width` elements (at least one row): the grain for passes cut by rows.
+    public static func rowGrain(width: Int) -> Int { max(1, spanGrain / max(width, 1)) }
 
     /// Splits `0..<count` into at most `threadCount` contiguous ranges of at least `minimum` items and runs
     /// `body(range, chunkIndex)` for each, concurrently.

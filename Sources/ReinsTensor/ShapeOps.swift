@@ -107,7 +107,7 @@ extension Tensor {
         let dst = result.storage.pointer, rowWidth = outShape[a] * inner
         let widths = tensors.map { $0.shape[a] * inner }
         let sources = tensors.map { $0.storage.pointer }
-        let grain = max(1, (1 << 15) / max(rowWidth, 1))
+        let grain = Parallel.rowGrain(width: rowWidth)
         Parallel.forSpans(outer, grain: grain) { rows in
             var offset = 0
             for (src, w) in zip(sources, widths) {
@@ -152,7 +152,7 @@ extension Tensor {
         let run = rank > 0 && axes[rank - 1] == rank - 1 ? shape[rank - 1] : 1
         let loopRank = run > 1 ? rank - 1 : rank
         // Threads take contiguous ranges of runs in output order; each starts its index where its range starts.
-        Parallel.forSpans(total / run, grain: max(1, (1 << 15) / run)) { runs in
+        Parallel.forSpans(total / run, grain: Parallel.rowGrain(width: run)) { runs in
             var index = [Int](repeating: 0, count: max(loopRank, 1))
             var rest = runs.lowerBound
             for d in stride(from: loopRank - 1, through: 0, by: -1) { index[d] = rest % outShape[d]; rest /= outShape[d] }
