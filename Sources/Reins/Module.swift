@@ -141,11 +141,7 @@ public final class Linear: Module, LoRAHost {
     public func visitParameters(_ visit: inout ParameterVisitor) {
         visit.parameter("weight", weight)
         visit.parameter("bias", bias)
-        for name in loras.keys.sorted() {
-            visit.parameter("lora_A.\(name).weight", loras[name]!.a)
-            visit.parameter("lora_B.\(name).weight", loras[name]!.b)
-            if let m = loras[name]!.magnitude { visit.parameter("lora_magnitude_vector.\(name)", m) }
-        }
+        slots.visit(&visit)
         for name in ia3.keys.sorted() { visit.parameter("ia3_l.\(name)", ia3[name]!.vector) }
     }
 
@@ -180,13 +176,8 @@ public final class Linear: Module, LoRAHost {
         let y: Tensor
         if let lora = liveLoRA, let magnitude = lora.magnitude {
             y = try doraForward(input, lora: lora, magnitude: magnitude.value)
-        } else if let lora = liveLoRA, lora.dropout > 0, TrainingMode.isActive {
-            // PEFT's lora_dropout acts on the low-rank branch's input only: W·x + s·B·A·drop(x).
-            let low = try Tensor.linear(Tensor.linear(input.trainingDropout(lora.dropout), weight: lora.a.value), weight: lora.b.value)
-            y = try Tensor.linear(input, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed) + low.scaled(by: lora.scale)
         } else if let lora = liveLoRA {
-            y = try Tensor.loraLinear(input, weight: weight.value, bias: bias?.value, loraA: lora.a.value, loraB: lora.b.value,
-                                      scale: lora.scale, weightTransposed: weightTransposed)
+            y = try lora.forward(input, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
         } else {
             y = try Tensor.linear(input, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
         }
@@ -311,6 +302,16 @@ public final class LoRA {
         usesDoRA = false
     }
 
+    /// `x·Wᵀ + b + s·B·A·x` for a layer's weight and bias (not DoRA's). In training with ``dropout``, as PEFT's
+    /// lora_dropout, on the low-rank branch's input only: `W·x + b + s·B·A·drop(x)`.
+    func forward(_ x: Tensor, weight: Tensor, bias: Tensor?, weightTransposed: Bool = false) throws -> Tensor {
+        guard dropout > 0, TrainingMode.isActive else {
+            return try Tensor.loraLinear(x, weight: weight, bias: bias, loraA: a.value, loraB: b.value, scale: scale, weightTransposed: weightTransposed)
+        }
+        let low = try Tensor.linear(Tensor.linear(x.trainingDropout(dropout), weight: a.value), weight: b.value)
+        return try Tensor.linear(x, weight: weight, bias: bias, weightTransposed: weightTransposed) + low.scaled(by: scale)
+    }
+
     /// Given weights (loaded from a file); a `magnitude` makes it a DoRA adapter.
     public init(a: Tensor, b: Tensor, scale: Float, magnitude: Tensor? = nil) {
         self.a = Parameter("lora_A", a)
@@ -375,10 +376,7 @@ public final class Embedding: Module, LoRAHost {
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
         visit.parameter("weight", weight)
-        for name in loras.keys.sorted() {
-            visit.parameter("lora_embedding_A.\(name)", loras[name]!.a)
-            visit.parameter("lora_embedding_B.\(name)", loras[name]!.b)
-        }
+        slots.visit(&visit, table: true)
     }
 
     /// The table without the active adapter: what a tied output layer (GPT-2's and BERT's word predictions) reads, as
@@ -443,21 +441,14 @@ public final class TiedOutput: Module, LoRAHost {
     public func visitParameters(_ visit: inout ParameterVisitor) {
         visit.parameter("weight", table.weight)
         visit.parameter("bias", bias)
-        for name in loras.keys.sorted() {
-            visit.parameter("lora_A.\(name).weight", loras[name]!.a)
-            visit.parameter("lora_B.\(name).weight", loras[name]!.b)
-        }
+        slots.visit(&visit)
     }
 
     /// `h: [..., hidden]` to `[..., vocabulary]`.
     public func callAsFunction(_ h: Tensor) throws -> Tensor {
         let w = table.unadaptedWeight
         guard let lora = slots.live else { return try Tensor.linear(h, weight: w, bias: bias?.value) }
-        if lora.dropout > 0, TrainingMode.isActive {
-            let low = try Tensor.linear(Tensor.linear(h.trainingDropout(lora.dropout), weight: lora.a.value), weight: lora.b.value)
-            return try Tensor.linear(h, weight: w, bias: bias?.value) + low.scaled(by: lora.scale)
-        }
-        return try Tensor.loraLinear(h, weight: w, bias: bias?.value, loraA: lora.a.value, loraB: lora.b.value, scale: lora.scale)
+        return try lora.forward(h, weight: w, bias: bias?.value)
     }
 
     public func attachLoRA(_ name: String, _ lora: LoRA) throws {
@@ -507,6 +498,17 @@ struct LoRASlots {
         return adapters[name]
     }
 
+    /// Registers every adapter's tensors under PEFT's names: `lora_A.<name>.weight`, `lora_B.<name>.weight` and DoRA's
+    /// `lora_magnitude_vector.<name>`, or on an embedding table `lora_embedding_A.<name>` and `lora_embedding_B.<name>`.
+    func visit(_ visit: inout ParameterVisitor, table: Bool = false) {
+        for name in adapters.keys.sorted() {
+            let lora = adapters[name]!
+            visit.parameter(table ? "lora_embedding_A.\(name)" : "lora_A.\(name).weight", lora.a)
+            visit.parameter(table ? "lora_embedding_B.\(name)" : "lora_B.\(name).weight", lora.b)
+            visit.parameter("lora_magnitude_vector.\(name)", lora.magnitude)
+        }
+    }
+
     /// Adds (or replaces, unmerging it first) the adapter `name` and activates it.
     mutating func attach(_ name: String, _ lora: LoRA, weight: Parameter) {
         if merged?.name == name { unmerge(weight) }
@@ -532,8 +534,9 @@ struct LoRASlots {
     }
 }
 
-/// A layer that LoRA adapters attach to: a linear layer, or an embedding table. `A: [r, loraInputs]`,
-/// `B: [loraOutputs, r]`; one adapter active, which can be merged into the layer's weight and unmerged exactly.
+/// A layer that LoRA adapters attach to: a linear layer, an embedding table, or a tied output layer.
+/// `A: [r, loraInputs]`, `B: [loraOutputs, r]`; one adapter active, which can be merged into the layer's weight and
+/// unmerged exactly (except on a tied output layer, which refuses to merge).
 public protocol LoRAHost: AnyObject {
     /// The weight the adapter merges into.
     var weight: Parameter { get }
