@@ -101,72 +101,60 @@ def randomize_dora(model):
 
 
 def gpt2():
-    base = gpt2_base()
-    cfg = LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0,
-                     task_type="CAUSAL_LM")
-    m = get_peft_model(base, cfg)
+    m = get_peft_model(gpt2_base(), LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True,
+                                               lora_dropout=0.0, task_type="CAUSAL_LM"))
     randomize_lora(m)
     save_gpt2("gpt2-lora", m)
 
 
 def bert():
-    base = bert_base()
-    cfg = LoraConfig(r=2, lora_alpha=7, target_modules=["query", "value", "output.dense"], use_rslora=True,
-                     lora_dropout=0.0, modules_to_save=["classifier"], task_type="SEQ_CLS")
-    m = get_peft_model(base, cfg)
+    m = get_peft_model(bert_base(), LoraConfig(r=2, lora_alpha=7, target_modules=["query", "value", "output.dense"], use_rslora=True,
+                                               lora_dropout=0.0, modules_to_save=["classifier"], task_type="SEQ_CLS"))
     randomize_lora(m)
     save_bert("bert-lora", m)
 
 
 def gpt2_dora():
     """DoRA (use_dora) on GPT-2's Conv1D layers: the magnitude is per output, the norm over each output's column."""
-    base = gpt2_base()
-    cfg = LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "mlp.c_proj"], fan_in_fan_out=True, use_dora=True,
-                     lora_dropout=0.0, task_type="CAUSAL_LM")
-    m = get_peft_model(base, cfg)
+    m = get_peft_model(gpt2_base(), LoraConfig(r=3, lora_alpha=5, target_modules=["c_attn", "mlp.c_proj"], fan_in_fan_out=True,
+                                               use_dora=True, lora_dropout=0.0, task_type="CAUSAL_LM"))
     randomize_dora(m)
     save_gpt2("gpt2-dora", m, grads=True)
 
 
 def bert_dora():
     """DoRA on BERT's query, value and output.dense, with the classifier saved beside it; gradients included."""
-    base = bert_base()
-    cfg = LoraConfig(r=2, lora_alpha=7, target_modules=["query", "value", "output.dense"], use_dora=True,
-                     lora_dropout=0.0, modules_to_save=["classifier"], task_type="SEQ_CLS")
-    m = get_peft_model(base, cfg)
+    m = get_peft_model(bert_base(), LoraConfig(r=2, lora_alpha=7, target_modules=["query", "value", "output.dense"], use_dora=True,
+                                               lora_dropout=0.0, modules_to_save=["classifier"], task_type="SEQ_CLS"))
     randomize_dora(m)
     save_bert("bert-dora", m, grads=True)
 
 
 def gpt2_prefix():
     """Prefix tuning (no projection): prompt_embeddings [P, L*2*C]; layer l takes slot 2l as keys, 2l+1 as values."""
-    base = gpt2_base()
-    m = get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
+    m = get_peft_model(gpt2_base(), PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
     randomize(m, "prompt_encoder", 0.5, heads=False)
     save_gpt2("gpt2-prefix", m)
 
 
 def bert_prefix():
     """Prefix tuning on BERT sequence classification, padded pairs; the classifier is saved with the adapter."""
-    base = bert_base()
-    m = get_peft_model(base, PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_CLS"))
+    m = get_peft_model(bert_base(), PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_CLS"))
     randomize(m, "prompt_encoder", 0.5)
     save_bert("bert-prefix", m)
 
 
 def gpt2_ia3():
     """IA3: learned vectors rescaling c_attn's output and the input of mlp.c_proj (a feed-forward module)."""
-    base = gpt2_base()
-    m = get_peft_model(base, IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
-                                       fan_in_fan_out=True, task_type="CAUSAL_LM"))
+    m = get_peft_model(gpt2_base(), IA3Config(target_modules=["c_attn", "mlp.c_proj"], feedforward_modules=["mlp.c_proj"],
+                                              fan_in_fan_out=True, task_type="CAUSAL_LM"))
     randomize(m, "ia3_l", 0.3, shift=1.0, heads=False)
     save_gpt2("gpt2-ia3", m)
 
 
 def gpt2_prompt():
     """Prompt tuning: P learned input embeddings before the tokens; logits come back for all P + T positions."""
-    base = gpt2_base()
-    m = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=5, task_type="CAUSAL_LM"))
+    m = get_peft_model(gpt2_base(), PromptTuningConfig(num_virtual_tokens=5, task_type="CAUSAL_LM"))
     randomize(m, "prompt_encoder", 0.5, heads=False)
     save_gpt2("gpt2-prompt", m)
 
@@ -174,8 +162,7 @@ def gpt2_prompt():
 def bert_prompt():
     """Prompt tuning on BERT sequence classification: P input vectors before the tokens (positions 0..P-1, token type 0,
     always attended to); the pooler reads the first virtual token; the classifier is saved with the adapter."""
-    base = bert_base()
-    m = get_peft_model(base, PromptTuningConfig(num_virtual_tokens=4, task_type="SEQ_CLS"))
+    m = get_peft_model(bert_base(), PromptTuningConfig(num_virtual_tokens=4, task_type="SEQ_CLS"))
     randomize(m, "prompt_encoder", 0.5)
     save_bert("bert-prompt", m)
 
