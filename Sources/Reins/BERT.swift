@@ -210,10 +210,11 @@ public final class BertModel: Module, VirtualTokenHost {
     }
 
     /// The last hidden states of the tokens, `[B, T, C]`: ``hiddenStates(_:attentionMask:tokenTypeIDs:)`` without the
-    /// prompt vectors' positions (for per-token heads).
-    public func tokenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+    /// prompt vectors' positions (for per-token heads), or with them (`includingPrompt`, `[B, P + T, C]`, PEFT's layout).
+    public func tokenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
+                            includingPrompt: Bool = false) throws -> Tensor {
         let h = try hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
-        let Q = promptLength
+        let Q = includingPrompt ? 0 : promptLength
         return Q == 0 ? h : try h.slice(axis: 1, Q..<h.shape[1])
     }
 
@@ -316,8 +317,7 @@ public final class BertForTokenClassification: Module {
     /// Per-token logits `[B, T, labels]` (with prompt tuning, for the tokens only, not the prompt vectors; with
     /// `includingPrompt`, `[B, P + T, labels]`, the virtual positions first, as PEFT returns them).
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil, includingPrompt: Bool = false) throws -> Tensor {
-        let h = try includingPrompt ? bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
-                                    : bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        let h = try bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, includingPrompt: includingPrompt)
         return try classifier(h.trainingDropout(bert.config.classifierDropout))
     }
 }
@@ -347,8 +347,7 @@ public final class BertForQuestionAnswering: Module {
     /// `[B, P + T]`, the virtual positions first, as PEFT returns them).
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
                        includingPrompt: Bool = false) throws -> (start: Tensor, end: Tensor) {
-        let h = try includingPrompt ? bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
-                                    : bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        let h = try bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, includingPrompt: includingPrompt)
         let both = try outputs(h)
         let (B, T) = (h.shape[0], h.shape[1])
         return (try both.slice(axis: 2, 0..<1).reshaped([B, T]), try both.slice(axis: 2, 1..<2).reshaped([B, T]))
