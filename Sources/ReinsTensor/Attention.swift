@@ -30,7 +30,7 @@ extension Tensor {
         }
         let offset = Int32(causalOffset ?? (Tk - T)), isCausal: Int32 = causal ? 1 : 0
         let s = scale ?? 1 / Float(hs).squareRoot()
-        let result = Tensor(uninitializedShape: query.shape)
+        let result = try Tensor(uninitializedShape: query.shape)
         let lse = TensorStorage(uninitializedCount: B * NH * T)
         let q = query.detached(), k = key.detached(), v = value.detached()
         let mask = keyMask?.values ?? []
@@ -79,7 +79,7 @@ extension Tensor {
             throw TensorError.shapeMismatch(operation: "loraLinear", detail: "bias \(bias.shape) for \(OC) outputs")
         }
         let r = loraA.shape[0], wt: Int32 = weightTransposed ? 1 : 0
-        let result = Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
+        let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
         let xa = TensorStorage(uninitializedCount: N * r)
         rk_lora_forward(result.storage.pointer, xa.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
                         loraA.storage.pointer, loraB.storage.pointer, Int32(N), Int32(C), Int32(OC), Int32(r), scale, wt)

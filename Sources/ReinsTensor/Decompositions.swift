@@ -11,7 +11,7 @@ extension Tensor {
         }
         let (M, N) = (shape[0], shape[1]), K = Swift.min(M, N)
         var a = scalars // sgesdd overwrites its input
-        let u = Tensor(uninitializedShape: [M, K]), s = Tensor(uninitializedShape: [K]), vt = Tensor(uninitializedShape: [K, N])
+        let u = try Tensor(uninitializedShape: [M, K]), s = try Tensor(uninitializedShape: [K]), vt = try Tensor(uninitializedShape: [K, N])
         let info = a.withUnsafeMutableBufferPointer { p in
             LAPACKE_sgesdd(LAPACK_ROW_MAJOR, Int8(UInt8(ascii: "S")), Int32(M), Int32(N), p.baseAddress, Int32(N),
                            s.storage.pointer, u.storage.pointer, Int32(K), vt.storage.pointer, Int32(N))

@@ -19,7 +19,7 @@ extension Tensor {
 
     private func binary(_ other: Tensor, _ op: Binary, _ name: String) throws -> Tensor {
         let (rows, width) = try broadcastRows(other, name)
-        let result = Tensor(uninitializedShape: shape)
+        let result = try Tensor(uninitializedShape: shape)
         let a = storage.pointer, b = other.storage.pointer, o = result.storage.pointer
         // Elementwise, so any cut gives the same bits: by rows when the right side repeats over rows, else by columns.
         Tensor.spans(rows: rows, width: width) { r, cols in
@@ -76,7 +76,7 @@ extension Tensor {
 
     /// `self · factor + shift`, elementwise.
     public func scaled(by factor: Float, shift: Float = 0) -> Tensor {
-        let result = Tensor(uninitializedShape: shape)
+        let result = Tensor(uninitializedLike: self)
         let x = storage.pointer, y = result.storage.pointer, n = count
         Parallel.forSpans(n) { r in for i in r { y[i] = x[i] * factor + shift } }
         return Tensor.recording(result, inputs: [self]) { g, grads in
@@ -103,7 +103,7 @@ extension Tensor {
     private enum Unary { case exp, log, tanh, relu, sigmoid, sqrt }
 
     private func unary(_ op: Unary) -> Tensor {
-        let result = Tensor(uninitializedShape: shape)
+        let result = Tensor(uninitializedLike: self)
         let x = storage.pointer, y = result.storage.pointer, n = count
         Parallel.forSpans(n) { r in
             switch op {

@@ -30,7 +30,7 @@ extension Tensor {
         if let bias, bias.shape != [OC] {
             throw TensorError.shapeMismatch(operation: "linear", detail: "bias \(bias.shape) for \(OC) outputs")
         }
-        let result = Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
+        let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
         let wt: Int32 = weightTransposed ? 1 : 0
         rk_linear_forward(result.storage.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
                           Int32(N), Int32(C), Int32(OC), wt)
@@ -48,7 +48,7 @@ extension Tensor {
     /// GELU, elementwise (arXiv 1606.08415): `x·Φ(x)`, or `½x(1 + tanh(√(2/π)(x + 0.044715x³)))` with `.tanh`.
     public func gelu(_ approximation: GELUApproximation = .none) -> Tensor {
         let n = count, a = approximation.rawValue
-        let result = Tensor(uninitializedShape: shape)
+        let result = Tensor(uninitializedLike: self)
         let x = storage.pointer, y = result.storage.pointer
         Parallel.forRanges(n, minimum: 1 << 14) { r, _ in rk_gelu_forward(y + r.lowerBound, x + r.lowerBound, r.count, a) }
         let input = detached()
@@ -70,7 +70,7 @@ extension Tensor {
             throw TensorError.shapeMismatch(operation: "biasGELU", detail: "bias \(bias.shape) for input \(x.shape)")
         }
         let a = approximation.rawValue
-        let result = Tensor(uninitializedShape: x.shape)
+        let result = try Tensor(uninitializedShape: x.shape)
         let px = x.storage.pointer, pb = bias.storage.pointer, py = result.storage.pointer
         Parallel.forRanges(N, minimum: max(1, (1 << 14) / max(C, 1))) { r, _ in
             rk_bias_gelu_forward(py + r.lowerBound * C, px + r.lowerBound * C, pb, Int32(r.count), Int32(C), a)
@@ -98,7 +98,7 @@ extension Tensor {
         guard weight.shape == [C], bias.shape == [C] else {
             throw TensorError.shapeMismatch(operation: "layerNorm", detail: "weight \(weight.shape) and bias \(bias.shape) for input \(x.shape)")
         }
-        let result = Tensor(uninitializedShape: x.shape)
+        let result = try Tensor(uninitializedShape: x.shape)
         let stats = TensorStorage(uninitializedCount: 2 * N) // mean (N), then rstd (N)
         let px = x.storage.pointer, pw = weight.storage.pointer, pb = bias.storage.pointer, py = result.storage.pointer
         let mean = stats.pointer, rstd = stats.pointer + N
@@ -127,7 +127,7 @@ extension Tensor {
     /// Softmax over the last axis.
     public func softmax() -> Tensor {
         let (N, C) = rowsAndWidth
-        let result = Tensor(uninitializedShape: shape)
+        let result = Tensor(uninitializedLike: self)
         let x = storage.pointer, y = result.storage.pointer
         let minRows = max(1, 8192 / max(C, 1))
         Parallel.forRanges(N, minimum: minRows) { r, _ in
@@ -195,7 +195,7 @@ extension Tensor {
             throw TensorError.shapeMismatch(operation: "embedding", detail: "table must be [V, C], got \(table.shape)")
         }
         let V = table.shape[0], C = table.shape[1], N = ids.count
-        let result = Tensor(uninitializedShape: ids.shape + [C])
+        let result = try Tensor(uninitializedShape: ids.shape + [C])
         var badRow: Int32 = 0
         let status = ids.values.withUnsafeBufferPointer {
             rk_embedding_forward(result.storage.pointer, $0.baseAddress, table.storage.pointer, Int32(N), Int32(V), Int32(C), &badRow)
@@ -221,7 +221,7 @@ extension Tensor {
         guard p >= 0, p <= 1 else { throw TensorError.invalidArgument(operation: "dropout", detail: "probability \(p) is outside [0, 1]") }
         if p == 0 { return self }
         let n = count
-        let result = Tensor(uninitializedShape: shape)
+        let result = try Tensor(uninitializedShape: shape)
         rk_dropout_forward(result.storage.pointer, storage.pointer, n, p, seed, offset)
         return Tensor.recording(result, inputs: [self]) { g, grads in
             rk_dropout_backward(grads[0], g.storage.pointer, n, p, seed, offset)

@@ -20,7 +20,7 @@ extension Tensor {
             throw TensorError.shapeMismatch(operation: "matmul", detail: "\(a.shape)\(transposeA ? "ᵀ" : "") · \(b.shape)\(transposeB ? "ᵀ" : "")")
         }
         let batch = batchShape.reduce(1, *)
-        let result = Tensor(uninitializedShape: batchShape + [M, N])
+        let result = try Tensor(uninitializedShape: batchShape + [M, N])
         let tA = transposeA ? CblasTrans : CblasNoTrans, tB = transposeB ? CblasTrans : CblasNoTrans
         let lda = Int32(ac), ldb = Int32(bc)
         let pa = a.storage.pointer, pb = b.storage.pointer, pc = result.storage.pointer

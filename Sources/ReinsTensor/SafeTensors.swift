@@ -69,7 +69,7 @@ public struct SafeTensorsFile: @unchecked Sendable {
     public init(path: String) throws {
         self.path = path
         let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
+        do { data = try MappedFile.read(path) } catch {
             throw SafeTensorsError.unreadable(path: path, reason: error.localizedDescription)
         }
         guard data.count >= 8 else { throw SafeTensorsError.truncated(path: path, detail: "\(data.count) bytes, fewer than the 8-byte header length") }
@@ -98,13 +98,18 @@ public struct SafeTensorsFile: @unchecked Sendable {
             guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
                 throw SafeTensorsError.unsupportedDType(path: path, tensor: name, dtype: dtypeName)
             }
+            // Exact integers only: Foundation would wrap 2^64 + 30 to 30 and truncate 30.5 to 30.
             let shape = try shapeAny.map { v -> Int in
-                guard let i = (v as? NSNumber)?.intValue, i >= 0 else { throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' has a bad shape") }
+                guard let i = JSONNumber.exactInt(v), i >= 0 else {
+                    throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' has a bad shape \(shapeAny) (sizes are non-negative integers)")
+                }
                 return i
             }
             let offsets = try offsetsAny.map { v -> Int in
-                guard let i = (v as? NSNumber)?.int64Value, i >= 0, i <= Int64(Int.max / 2) else { throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' has bad data_offsets") }
-                return Int(i)
+                guard let i = JSONNumber.exactInt(v), i >= 0 else {
+                    throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' has bad data_offsets \(offsetsAny) (non-negative integers)")
+                }
+                return i
             }
             guard offsets[0] <= offsets[1] else {
                 throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "data_offsets \(offsets) are reversed")
@@ -112,8 +117,14 @@ public struct SafeTensorsFile: @unchecked Sendable {
             guard offsets[1] <= dataSize else {
                 throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "data_offsets \(offsets) run past the \(dataSize) data bytes")
             }
-            let (elements, overflow) = shape.reduce((1, false)) { acc, d in let m = acc.0.multipliedReportingOverflow(by: d); return (m.partialValue, acc.1 || m.overflow) }
-            guard !overflow, elements.multipliedReportingOverflow(by: dtype.byteCount).partialValue == offsets[1] - offsets[0] else {
+            // In checked arithmetic: a wrapped product could match a small byte range and make every later read
+            // run past the buffer it was given.
+            var bytes: Int? = dtype.byteCount
+            for d in shape {
+                let m = bytes?.multipliedReportingOverflow(by: d)
+                bytes = m.flatMap { $0.overflow ? nil : $0.partialValue }
+            }
+            guard let bytes, bytes == offsets[1] - offsets[0] else {
                 throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "\(offsets[1] - offsets[0]) bytes for shape \(shape) of \(dtype.rawValue)")
             }
             entries[name] = Entry(dtype: dtype, shape: shape, range: offsets[0]..<offsets[1])
@@ -135,7 +146,7 @@ public struct SafeTensorsFile: @unchecked Sendable {
 
     /// The tensor `name` converted to float32 (from F32, F16 or BF16).
     public func tensor(_ name: String) throws -> Tensor {
-        let t = Tensor(uninitializedShape: try entry(name).shape)
+        let t = try Tensor(uninitializedShape: try entry(name).shape, operation: "\(path): tensor '\(name)'")
         try read(name, into: UnsafeMutableBufferPointer(start: t.storage.pointer, count: t.count))
         return t
     }
@@ -150,7 +161,9 @@ public struct SafeTensorsFile: @unchecked Sendable {
         guard buffer.count == n, let out = buffer.baseAddress ?? (n == 0 ? UnsafeMutablePointer<Float>(bitPattern: 64) : nil) else {
             throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "\(n) elements do not fit a buffer of \(buffer.count)")
         }
+        guard n > 0 else { return }
         data.withUnsafeBytes { raw in
+            // Safe: the header check proved range = n × element size inside the data, and n > 0 so the file is not empty.
             let base = raw.baseAddress!.advanced(by: dataStart + e.range.lowerBound)
             switch e.dtype {
             case .float32:
@@ -167,9 +180,10 @@ public struct SafeTensorsFile: @unchecked Sendable {
     /// The integer tensor `name` (from I32, or I64 values that fit in Int32).
     public func intTensor(_ name: String) throws -> IntTensor {
         let e = try entry(name)
-        let n = e.shape.reduce(1, *)
+        let n = e.shape.reduce(1, *) // checked when the header was read
         var values = [Int32](repeating: 0, count: n)
         switch e.dtype {
+        case .int32 where n == 0, .int64 where n == 0: break
         case .int32:
             data.withUnsafeBytes { raw in
                 let base = raw.baseAddress!.advanced(by: dataStart + e.range.lowerBound)

@@ -32,7 +32,7 @@ extension Tensor {
         guard axes.count == rank, axes.sorted() == Array(0..<rank) else {
             throw TensorError.invalidArgument(operation: "permute", detail: "\(axes) is not a permutation of the \(rank) axes of \(shape)")
         }
-        let result = Tensor(uninitializedShape: axes.map { shape[$0] })
+        let result = try Tensor(uninitializedShape: axes.map { shape[$0] })
         Tensor.permuteCopy(from: storage.pointer, shape: shape, axes: axes, to: result.storage.pointer, accumulate: false)
         let inverse = axes.indices.map { axes.firstIndex(of: $0)! }
         let outShape = result.shape
@@ -77,7 +77,7 @@ extension Tensor {
         let outer = shape[..<a].reduce(1, *), inner = shape[(a + 1)...].reduce(1, *)
         var outShape = shape
         outShape[a] = range.count
-        let result = Tensor(uninitializedShape: outShape)
+        let result = try Tensor(uninitializedShape: outShape)
         let src = storage.pointer, dst = result.storage.pointer
         let full = shape[a], width = range.count * inner, start = range.lowerBound * inner
         for o in 0..<outer { (dst + o * width).update(from: src + o * full * inner + start, count: width) }
@@ -103,7 +103,7 @@ extension Tensor {
         let outer = first.shape[..<a].reduce(1, *), inner = first.shape[(a + 1)...].reduce(1, *)
         var outShape = first.shape
         outShape[a] = tensors.map { $0.shape[a] }.reduce(0, +)
-        let result = Tensor(uninitializedShape: outShape)
+        let result = try Tensor(uninitializedShape: outShape)
         let dst = result.storage.pointer, rowWidth = outShape[a] * inner
         let widths = tensors.map { $0.shape[a] * inner }
         let sources = tensors.map { $0.storage.pointer }

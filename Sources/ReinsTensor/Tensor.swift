@@ -26,8 +26,17 @@ public struct Tensor: @unchecked Sendable {
     }
 
     /// A tensor of the given shape whose elements are not yet written (for ops that overwrite every element).
-    init(uninitializedShape shape: [Int]) {
-        self.init(shape: shape, storage: TensorStorage(uninitializedCount: Tensor.elementCount(shape)))
+    ///
+    /// - Throws: ``TensorError/invalidArgument(operation:detail:)`` for a shape whose size overflows or exceeds
+    ///   ``Tensor/memoryLimitBytes`` (an op's result, e.g. the outer product of two long vectors, is checked too).
+    init(uninitializedShape shape: [Int], operation: String = "tensor") throws {
+        let n = try Tensor.checkedElementCount(shape, operation: operation)
+        self.init(shape: shape, storage: TensorStorage(uninitializedCount: n))
+    }
+
+    /// A tensor of `other`'s shape whose elements are not yet written. It needs no size check: `other` exists.
+    init(uninitializedLike other: Tensor) {
+        self.init(shape: other.shape, storage: TensorStorage(uninitializedCount: other.count))
     }
 
     /// A tensor holding `values` in row-major order.
@@ -41,13 +50,14 @@ public struct Tensor: @unchecked Sendable {
             throw TensorError.shapeMismatch(operation: "Tensor(shape:values:)",
                                             detail: "\(values.count) values for shape \(shape) (\(n) elements)")
         }
-        self.init(uninitializedShape: shape)
-        values.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: n) }
+        try self.init(uninitializedShape: shape)
+        values.withUnsafeBufferPointer { if let b = $0.baseAddress { storage.pointer.update(from: b, count: n) } }
     }
 
     /// A one-dimensional tensor holding `values`.
     public init(_ values: [Float]) {
-        self.init(uninitializedShape: [values.count])
+        // An array that exists already fits in memory, so no size check is needed.
+        self.init(shape: [values.count], storage: TensorStorage(uninitializedCount: values.count))
         values.withUnsafeBufferPointer { if let b = $0.baseAddress { storage.pointer.update(from: b, count: values.count) } }
     }
 
@@ -61,14 +71,13 @@ public struct Tensor: @unchecked Sendable {
     /// A tensor whose elements are not initialised: for buffers that are about to be overwritten in full (loading a
     /// checkpoint). Reading it before writing gives unspecified values.
     public static func uninitialized(_ shape: [Int]) throws -> Tensor {
-        try validate(shape: shape, operation: "uninitialized")
-        return Tensor(uninitializedShape: shape)
+        try Tensor(uninitializedShape: shape, operation: "uninitialized")
     }
 
     /// A tensor of the given shape with every element equal to `value`.
     public static func full(_ shape: [Int], _ value: Float) throws -> Tensor {
-        try validate(shape: shape, operation: "full")
-        return Tensor(shape: shape, storage: TensorStorage(count: elementCount(shape), repeating: value))
+        let n = try checkedElementCount(shape, operation: "full")
+        return Tensor(shape: shape, storage: TensorStorage(count: n, repeating: value))
     }
     /// Zeros of the given shape.
     public static func zeros(_ shape: [Int]) throws -> Tensor { try full(shape, 0) }
@@ -77,9 +86,8 @@ public struct Tensor: @unchecked Sendable {
 
     /// Normal samples `mean + std·z` from ``SeededGenerator``: the same seed gives the same tensor on every run.
     public static func normal(_ shape: [Int], mean: Float = 0, std: Float = 1, seed: UInt64) throws -> Tensor {
-        try validate(shape: shape, operation: "normal")
         var rng = SeededGenerator(seed: seed)
-        var t = Tensor(uninitializedShape: shape)
+        var t = try Tensor(uninitializedShape: shape, operation: "normal")
         let p = t.storage.pointer
         for i in 0..<t.count { p[i] = mean + std * rng.nextNormal() }
         t.node = nil
@@ -88,9 +96,8 @@ public struct Tensor: @unchecked Sendable {
 
     /// Uniform samples in `[low, high)` from ``SeededGenerator``.
     public static func uniform(_ shape: [Int], low: Float = 0, high: Float = 1, seed: UInt64) throws -> Tensor {
-        try validate(shape: shape, operation: "uniform")
         var rng = SeededGenerator(seed: seed)
-        let t = Tensor(uninitializedShape: shape)
+        let t = try Tensor(uninitializedShape: shape, operation: "uniform")
         let p = t.storage.pointer
         for i in 0..<t.count { p[i] = low + (high - low) * rng.nextUniform() }
         return t
@@ -126,19 +133,40 @@ public struct Tensor: @unchecked Sendable {
     }
 
     /// The element at a multi-dimensional index (slow; for tests and small tensors).
+    ///
+    /// This subscript **traps** on an index of the wrong rank or out of range, like `Array`'s; for indices that come
+    /// from outside the program use ``element(at:)`` and ``setElement(_:at:)``, which throw instead.
     public subscript(_ index: Int...) -> Float {
-        get { storage.pointer[flatIndex(index)] }
+        get {
+            guard let i = try? flatIndex(index) else { preconditionFailure("index \(index) out of range for shape \(shape)") }
+            return storage.pointer[i]
+        }
         set {
-            let i = flatIndex(index)
+            guard let i = try? flatIndex(index) else { preconditionFailure("index \(index) out of range for shape \(shape)") }
             withUnsafeMutableBufferPointer { $0[i] = newValue }
         }
     }
 
-    private func flatIndex(_ index: [Int]) -> Int {
-        precondition(index.count == shape.count, "index \(index) for a tensor of shape \(shape)")
+    /// The element at a multi-dimensional index.
+    /// - Throws: ``TensorError/invalidArgument(operation:detail:)`` for an index of the wrong rank or out of range.
+    public func element(at index: [Int]) throws -> Float { storage.pointer[try flatIndex(index)] }
+
+    /// Writes the element at a multi-dimensional index (copying the storage first if it is shared).
+    /// - Throws: ``TensorError/invalidArgument(operation:detail:)`` for an index of the wrong rank or out of range.
+    public mutating func setElement(_ value: Float, at index: [Int]) throws {
+        let i = try flatIndex(index)
+        withUnsafeMutableBufferPointer { $0[i] = value }
+    }
+
+    private func flatIndex(_ index: [Int]) throws -> Int {
+        guard index.count == shape.count else {
+            throw TensorError.invalidArgument(operation: "element", detail: "index \(index) for a tensor of shape \(shape)")
+        }
         var flat = 0
         for (i, n) in zip(index, shape) {
-            precondition(i >= 0 && i < n, "index \(index) out of range for shape \(shape)")
+            guard i >= 0 && i < n else {
+                throw TensorError.invalidArgument(operation: "element", detail: "index \(index) out of range for shape \(shape)")
+            }
             flat = flat * n + i
         }
         return flat
@@ -146,12 +174,45 @@ public struct Tensor: @unchecked Sendable {
 
     // MARK: helpers
 
+    /// The product of a shape whose sizes are already known to be valid (an existing tensor's).
     static func elementCount(_ shape: [Int]) -> Int { shape.reduce(1, *) }
 
-    static func validate(shape: [Int], operation: String) throws {
+    /// The most bytes one tensor may take: the machine's physical memory. A shape beyond it (a config or argument
+    /// set by hand, a size read from a file) is refused before anything is allocated, with the size named.
+    public static let memoryLimitBytes: Int = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+
+    /// The number of elements of `shape`, in checked arithmetic.
+    /// - Throws: ``TensorError/invalidArgument(operation:detail:)`` for a negative size, a product that overflows,
+    ///   or more float32 elements than ``memoryLimitBytes`` holds.
+    package static func checkedElementCount(_ shape: [Int], operation: String) throws -> Int {
         guard shape.allSatisfy({ $0 >= 0 }) else {
             throw TensorError.invalidArgument(operation: operation, detail: "negative size in shape \(shape)")
         }
+        var n = 1
+        for d in shape {
+            let (m, overflow) = n.multipliedReportingOverflow(by: d)
+            guard !overflow else {
+                throw TensorError.invalidArgument(operation: operation, detail: "shape \(shape) has more elements than an Int can count")
+            }
+            n = m
+        }
+        try checkMemory(elements: n, bytesPerElement: MemoryLayout<Float>.stride, what: "shape \(shape)", operation: operation)
+        return n
+    }
+
+    /// Refuses `elements` of `bytesPerElement` bytes beyond ``memoryLimitBytes``, naming the size.
+    package static func checkMemory(elements: Int, bytesPerElement: Int, what: String, operation: String) throws {
+        let (bytes, overflow) = elements.multipliedReportingOverflow(by: bytesPerElement)
+        guard !overflow, bytes <= memoryLimitBytes else {
+            let size = overflow ? "more than \(Int.max) bytes" : ByteCountFormatter.string(fromByteCount: Int64(bytes), countStyle: .binary)
+            throw TensorError.invalidArgument(
+                operation: operation,
+                detail: "\(what) needs \(size), more than this machine's \(ByteCountFormatter.string(fromByteCount: Int64(memoryLimitBytes), countStyle: .binary)) of memory")
+        }
+    }
+
+    static func validate(shape: [Int], operation: String) throws {
+        _ = try checkedElementCount(shape, operation: operation)
     }
 
     /// The same values with no autograd history (a new leaf that does not require a gradient).

@@ -44,7 +44,7 @@ public struct TorchCheckpoint: @unchecked Sendable {
     /// - Throws: ``TorchCheckpointError`` naming the file and the problem.
     public init(path: String) throws {
         self.path = path
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
+        do { data = try MappedFile.read(path) } catch {
             throw TorchCheckpointError.unreadable(path: path, reason: error.localizedDescription)
         }
         let files = try ZipDirectory(data, path: path)
@@ -98,7 +98,7 @@ public struct TorchCheckpoint: @unchecked Sendable {
     /// - Throws: ``SafeTensorsError/missingTensor(path:tensor:)``, or ``TorchCheckpointError`` for a non-float tensor.
     public func tensor(_ name: String) throws -> Tensor {
         guard let e = entries[name] else { throw SafeTensorsError.missingTensor(path: path, tensor: name) }
-        let t = Tensor(uninitializedShape: e.shape)
+        let t = try Tensor(uninitializedShape: e.shape, operation: "\(path): tensor '\(name)'")
         try read(name, into: UnsafeMutableBufferPointer(start: t.storage.pointer, count: t.count))
         return t
     }
@@ -232,12 +232,25 @@ indirect enum PickleValue {
 
 /// Runs the pickle opcodes a state dict uses (protocols 2 to 5), building values; any other opcode, any global
 /// outside the short list below, is an error.
+///
+/// Work and memory are bounded by the file: every opcode does work proportional to the bytes it reads or the items
+/// it pops (appends extend the list in place), and values nest at most ``maximumDepth`` deep, so neither building
+/// nor releasing them can run the stack out.
 struct PickleReader {
+    /// A value and how deeply containers nest inside it.
+    struct Item {
+        var value: PickleValue
+        var depth: Int
+    }
+
+    /// A state dict nests a handful of levels (dict, tensor arguments, shape tuples); this is far beyond that.
+    static let maximumDepth = 64
+
     let bytes: [UInt8]
     let path: String
     var at = 0
-    var stack: [PickleValue] = []
-    var memo: [Int: PickleValue] = [:]
+    var stack: [Item] = []
+    var memo: [Int: Item] = [:]
 
     init(_ data: Data, path: String) { (bytes, self.path) = ([UInt8](data), path) }
 
@@ -254,13 +267,21 @@ struct PickleReader {
         defer { at = end + 1 }
         return String(decoding: bytes[at..<end], as: UTF8.self)
     }
-    mutating func pop() throws -> PickleValue {
+    mutating func push(_ value: PickleValue) { stack.append(Item(value: value, depth: 0)) }
+    /// Pushes a container built from `children`, one level deeper than the deepest of them.
+    mutating func push(_ value: PickleValue, containing children: [Item]) throws {
+        let depth = 1 + (children.map(\.depth).max() ?? 0)
+        guard depth <= PickleReader.maximumDepth else { throw fail("values nest more than \(PickleReader.maximumDepth) deep") }
+        stack.append(Item(value: value, depth: depth))
+    }
+    mutating func popItem() throws -> Item {
         guard let v = stack.popLast() else { throw fail("stack underflow") }
         return v
     }
-    /// The values above the topmost mark (which is removed).
-    mutating func popMark() throws -> [PickleValue] {
-        guard let m = stack.lastIndex(where: { if case .mark = $0 { return true } else { return false } }) else { throw fail("no mark") }
+    mutating func pop() throws -> PickleValue { try popItem().value }
+    /// The items above the topmost mark (which is removed).
+    mutating func popMark() throws -> [Item] {
+        guard let m = stack.lastIndex(where: { if case .mark = $0.value { return true } else { return false } }) else { throw fail("no mark") }
         defer { stack.removeSubrange(m...) }
         return Array(stack[(m + 1)...])
     }
@@ -308,35 +329,35 @@ struct PickleReader {
             case 0x80: _ = try uint(1) // PROTO
             case 0x95: _ = try uint(8) // FRAME
             case 0x2E: return try pop() // STOP
-            case 0x7D: stack.append(.dict([])) // EMPTY_DICT
-            case 0x5D: stack.append(.list([])) // EMPTY_LIST
-            case 0x29: stack.append(.tuple([])) // EMPTY_TUPLE
-            case 0x28: stack.append(.mark) // MARK
-            case 0x4E: stack.append(.none) // NONE
-            case 0x88: stack.append(.bool(true))
-            case 0x89: stack.append(.bool(false))
-            case 0x4B: stack.append(.int(try uint(1))) // BININT1
-            case 0x4D: stack.append(.int(try uint(2))) // BININT2
-            case 0x4A: stack.append(.int(Int(Int32(truncatingIfNeeded: try uint(4))))) // BININT
+            case 0x7D: push(.dict([])) // EMPTY_DICT
+            case 0x5D: push(.list([])) // EMPTY_LIST
+            case 0x29: push(.tuple([])) // EMPTY_TUPLE
+            case 0x28: push(.mark) // MARK
+            case 0x4E: push(.none) // NONE
+            case 0x88: push(.bool(true))
+            case 0x89: push(.bool(false))
+            case 0x4B: push(.int(try uint(1))) // BININT1
+            case 0x4D: push(.int(try uint(2))) // BININT2
+            case 0x4A: push(.int(Int(Int32(truncatingIfNeeded: try uint(4))))) // BININT
             case 0x8A: // LONG1: little-endian two's complement of n bytes
                 let n = try uint(1)
                 guard n <= 8 else { throw fail("integer of \(n) bytes") }
                 let raw = try take(n)
                 var v = raw.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-                if n > 0, n < 8, raw.last! & 0x80 != 0 { v |= ~UInt64(0) << (8 * UInt64(n)) }
-                stack.append(.int(Int(truncatingIfNeeded: v)))
-            case 0x47: stack.append(.float(Double(bitPattern: try take(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }))) // BINFLOAT, big-endian
-            case 0x58: stack.append(.string(String(decoding: try take(try uint(4)), as: UTF8.self))) // BINUNICODE
-            case 0x8C: stack.append(.string(String(decoding: try take(try uint(1)), as: UTF8.self))) // SHORT_BINUNICODE
-            case 0x8D: stack.append(.string(String(decoding: try take(try uint(8)), as: UTF8.self))) // BINUNICODE8
-            case 0x55: stack.append(.string(String(decoding: try take(try uint(1)), as: UTF8.self))) // SHORT_BINSTRING
-            case 0x54: stack.append(.string(String(decoding: try take(try uint(4)), as: UTF8.self))) // BINSTRING
-            case 0x43: stack.append(.bytes(Data(try take(try uint(1))))) // SHORT_BINBYTES
-            case 0x42: stack.append(.bytes(Data(try take(try uint(4))))) // BINBYTES
-            case 0x63: stack.append(try global(try line(), try line())) // GLOBAL
+                if let top = raw.last, n < 8, top & 0x80 != 0 { v |= ~UInt64(0) << (8 * UInt64(n)) }
+                push(.int(Int(truncatingIfNeeded: v)))
+            case 0x47: push(.float(Double(bitPattern: try take(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }))) // BINFLOAT, big-endian
+            case 0x58: push(.string(String(decoding: try take(try uint(4)), as: UTF8.self))) // BINUNICODE
+            case 0x8C: push(.string(String(decoding: try take(try uint(1)), as: UTF8.self))) // SHORT_BINUNICODE
+            case 0x8D: push(.string(String(decoding: try take(try uint(8)), as: UTF8.self))) // BINUNICODE8
+            case 0x55: push(.string(String(decoding: try take(try uint(1)), as: UTF8.self))) // SHORT_BINSTRING
+            case 0x54: push(.string(String(decoding: try take(try uint(4)), as: UTF8.self))) // BINSTRING
+            case 0x43: push(.bytes(Data(try take(try uint(1))))) // SHORT_BINBYTES
+            case 0x42: push(.bytes(Data(try take(try uint(4))))) // BINBYTES
+            case 0x63: push(try global(try line(), try line())) // GLOBAL
             case 0x93: // STACK_GLOBAL
                 guard case let .string(name) = try pop(), case let .string(module) = try pop() else { throw fail("STACK_GLOBAL of non-strings") }
-                stack.append(try global(module, name))
+                push(try global(module, name))
             case 0x71: memo[try uint(1)] = stack.last // BINPUT
             case 0x72: memo[try uint(4)] = stack.last // LONG_BINPUT
             case 0x94: memo[memo.count] = stack.last // MEMOIZE
@@ -344,24 +365,34 @@ struct PickleReader {
                 let k = try uint(op == 0x68 ? 1 : 4)
                 guard let v = memo[k] else { throw fail("memo \(k) is empty") }
                 stack.append(v)
-            case 0x74: stack.append(.tuple(try popMark())) // TUPLE
-            case 0x85: stack.append(.tuple([try pop()])) // TUPLE1
-            case 0x86: let b = try pop(), a = try pop(); stack.append(.tuple([a, b])) // TUPLE2
-            case 0x87: let c = try pop(), b = try pop(), a = try pop(); stack.append(.tuple([a, b, c])) // TUPLE3
+            case 0x74: let items = try popMark(); try push(.tuple(items.map(\.value)), containing: items) // TUPLE
+            case 0x85: let a = try popItem(); try push(.tuple([a.value]), containing: [a]) // TUPLE1
+            case 0x86: let b = try popItem(), a = try popItem(); try push(.tuple([a.value, b.value]), containing: [a, b]) // TUPLE2
+            case 0x87: // TUPLE3
+                let c = try popItem(), b = try popItem(), a = try popItem()
+                try push(.tuple([a.value, b.value, c.value]), containing: [a, b, c])
             case 0x61, 0x65: // APPEND, APPENDS
-                let items = op == 0x61 ? [try pop()] : try popMark()
-                guard case let .list(l) = try pop() else { throw fail("APPEND to a non-list") }
-                stack.append(.list(l + items))
+                let items = op == 0x61 ? [try popItem()] : try popMark()
+                var target = try popItem()
+                guard case var .list(l) = target.value else { throw fail("APPEND to a non-list") }
+                target.value = .none // release the old box so that `l` is the only owner and grows in place
+                l.append(contentsOf: items.map(\.value))
+                try push(.list(l), containing: items + [Item(value: .none, depth: target.depth - 1)])
             case 0x73, 0x75: // SETITEM, SETITEMS
-                var items: [PickleValue] = []
-                if op == 0x73 { let v = try pop(), k = try pop(); items = [k, v] } else { items = try popMark() }
-                guard items.count % 2 == 0, case let .dict(d) = try pop() else { throw fail("SETITEMS on a non-dict") }
-                stack.append(.dict(d + stride(from: 0, to: items.count, by: 2).map { (items[$0], items[$0 + 1]) }))
+                var items: [Item] = []
+                if op == 0x73 { let v = try popItem(), k = try popItem(); items = [k, v] } else { items = try popMark() }
+                var target = try popItem()
+                guard items.count % 2 == 0, case var .dict(d) = target.value else { throw fail("SETITEMS on a non-dict") }
+                target.value = .none
+                d.append(contentsOf: stride(from: 0, to: items.count, by: 2).map { (items[$0].value, items[$0 + 1].value) })
+                try push(.dict(d), containing: items + [Item(value: .none, depth: target.depth - 1)])
             case 0x51: // BINPERSID: ('storage', type, key, location, numel)
                 guard case let .tuple(pid) = try pop(), pid.count >= 3, case .string("storage") = pid[0],
                       case let .storage(_, dtype) = pid[1], case let .string(key) = pid[2] else { throw fail("persistent id is not a storage") }
-                stack.append(.storage(key: key, dtype: dtype))
-            case 0x52: let args = try pop(), callable = try pop(); stack.append(try reduce(callable, args)) // REDUCE
+                push(.storage(key: key, dtype: dtype))
+            case 0x52: // REDUCE
+                let args = try popItem(), callable = try popItem()
+                try push(try reduce(callable.value, args.value), containing: [args])
             case 0x62: _ = try pop() // BUILD: object state (a state dict's _metadata, a tensor's hooks) is not needed
             default: throw fail(String(format: "unsupported opcode 0x%02x", op))
             }
@@ -391,7 +422,19 @@ extension SafeTensorsFile: TensorArchive {
 }
 
 /// Opens `path` by its contents: a zip archive (PK signature) as a PyTorch checkpoint, anything else as safetensors.
+///
+/// A pickle that is not inside a zip archive (PyTorch's format before 1.6) is refused by name, as is any non-zip
+/// file with a PyTorch extension, rather than being misread as a damaged safetensors file.
 public func openTensorArchive(_ path: String) throws -> any TensorArchive {
-    let head = FileHandle(forReadingAtPath: path).map { h in defer { try? h.close() }; return (try? h.read(upToCount: 2)) ?? Data() }
-    return head == Data([0x50, 0x4B]) ? try TorchCheckpoint(path: path) : try SafeTensorsFile(path: path)
+    let head = FileHandle(forReadingAtPath: path).map { h in defer { try? h.close() }; return (try? h.read(upToCount: 4)) ?? Data() }
+    if head?.prefix(2) == Data([0x50, 0x4B]) { return try TorchCheckpoint(path: path) }
+    // PROTO 2, then LONG1 of 10 bytes: the magic number legacy torch.save writes first.
+    if head == Data([0x80, 0x02, 0x8A, 0x0A]) {
+        throw TorchCheckpointError.unsupported(
+            path: path, detail: "a bare pickle (torch.save before PyTorch 1.6, or _use_new_zipfile_serialization=False); re-save it with a current PyTorch or as safetensors")
+    }
+    if [".bin", ".pt", ".pth"].contains(where: { path.hasSuffix($0) }) {
+        throw TorchCheckpointError.malformed(path: path, detail: "not a zip archive, so not a torch.save file")
+    }
+    return try SafeTensorsFile(path: path)
 }

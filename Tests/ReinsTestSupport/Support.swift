@@ -77,3 +77,37 @@ public func temporaryDirectory() throws -> URL {
     try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     return url
 }
+
+/// A zip archive of stored (uncompressed) entries, as `torch.save` writes them, for building damaged checkpoints in
+/// tests. CRCs are left zero: Reins's reader does not check them (the data is checked by its own bounds).
+public func storedZip(_ entries: [(name: String, data: Data)]) -> Data {
+    var out = Data(), central = Data()
+    func u16(_ v: Int, _ d: inout Data) { withUnsafeBytes(of: UInt16(truncatingIfNeeded: v).littleEndian) { d.append(contentsOf: $0) } }
+    func u32(_ v: Int, _ d: inout Data) { withUnsafeBytes(of: UInt32(truncatingIfNeeded: v).littleEndian) { d.append(contentsOf: $0) } }
+    for (name, data) in entries {
+        let offset = out.count, nameBytes = Data(name.utf8)
+        u32(0x0403_4b50, &out); u16(20, &out); u16(0, &out); u16(0, &out); u16(0, &out); u16(0, &out)
+        u32(0, &out); u32(data.count, &out); u32(data.count, &out); u16(nameBytes.count, &out); u16(0, &out)
+        out.append(nameBytes); out.append(data)
+        u32(0x0201_4b50, &central); u16(20, &central); u16(20, &central); u16(0, &central); u16(0, &central)
+        u16(0, &central); u16(0, &central); u32(0, &central); u32(data.count, &central); u32(data.count, &central)
+        u16(nameBytes.count, &central); u16(0, &central); u16(0, &central); u16(0, &central); u16(0, &central)
+        u32(0, &central); u32(offset, &central)
+        central.append(nameBytes)
+    }
+    let directoryOffset = out.count
+    out.append(central)
+    u32(0x0605_4b50, &out); u16(0, &out); u16(0, &out); u16(entries.count, &out); u16(entries.count, &out)
+    u32(central.count, &out); u32(directoryOffset, &out); u16(0, &out)
+    return out
+}
+
+/// A safetensors file from a header written as raw JSON text (so that numbers JSONSerialization cannot write, such
+/// as 2^64 + 30, can be tested) and a data section.
+public func rawSafeTensors(header: String, data: [UInt8]) -> Data {
+    var bytes = Data()
+    withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { bytes.append(contentsOf: $0) }
+    bytes.append(Data(header.utf8))
+    bytes.append(contentsOf: data)
+    return bytes
+}
