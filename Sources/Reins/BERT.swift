@@ -33,16 +33,37 @@ public struct BertConfig: Sendable {
         typeCount = try c.int("type_vocab_size", default: 2)
         activation = try Activation(try c.string("hidden_act", default: "gelu"), path: path)
         layerNormEpsilon = try c.float("layer_norm_eps", default: 1e-12)
-        labelCount = c.labelCount
+        labelCount = try c.labelCount()
         hiddenDropout = try c.float("hidden_dropout_prob", default: 0.1)
         attentionDropout = try c.float("attention_probs_dropout_prob", default: 0.1)
         classifierDropout = json["classifier_dropout"] is NSNull ? hiddenDropout : try c.float("classifier_dropout", default: hiddenDropout)
-        try c.require([hiddenDropout, attentionDropout, classifierDropout].allSatisfy { (0..<1).contains($0) }, "dropout probabilities must be in [0, 1)")
-        padTokenID = json["pad_token_id"] is NSNull ? nil : (c.optionalInt("pad_token_id") ?? 0)
+        padTokenID = json["pad_token_id"] is NSNull ? nil : (try c.optionalInt("pad_token_id") ?? 0)
         let embedding = try c.string("position_embedding_type", default: "absolute")
         try c.require(embedding == "absolute", "position_embedding_type '\(embedding)' is not supported (absolute)")
-        try c.require(vocabularySize > 0 && positions > 0 && typeCount > 0 && intermediate > 0, "sizes must be positive")
-        try c.require(heads > 0 && hidden % heads == 0, "hidden_size \(hidden) is not divisible by num_attention_heads \(heads)")
+        try validate(path: path)
+    }
+
+    /// Checks a config whether read from a file or set by hand; every model built from one calls it first.
+    /// - Throws: ``ModelError/badConfig(path:detail:)`` naming the field: a size that is not positive, heads that do
+    ///   not divide `hidden_size`, a pad token outside the vocabulary, a dropout outside [0, 1), or sizes whose
+    ///   weights would not fit in memory (counted before anything is allocated).
+    public func validate(path: String = "BertConfig") throws {
+        let check = ConfigCheck(path: path)
+        try check.positive(["vocab_size": vocabularySize, "hidden_size": hidden, "num_attention_heads": heads,
+                            "intermediate_size": intermediate, "max_position_embeddings": positions, "type_vocab_size": typeCount,
+                            "num_labels": labelCount])
+        try check.require(layers >= 0, "num_hidden_layers is \(layers); it must not be negative")
+        try check.require(hidden % heads == 0, "hidden_size \(hidden) is not divisible by num_attention_heads \(heads)")
+        try check.require(layerNormEpsilon.isFinite && layerNormEpsilon >= 0, "layer_norm_eps is \(layerNormEpsilon)")
+        try check.probabilities(["hidden_dropout_prob": hiddenDropout, "attention_probs_dropout_prob": attentionDropout,
+                                 "classifier_dropout": classifierDropout])
+        if let padTokenID {
+            try check.require((0..<vocabularySize).contains(padTokenID), "pad_token_id \(padTokenID) is outside the vocabulary of \(vocabularySize)")
+        }
+        let (C, I) = (hidden, intermediate)
+        // Embeddings and their norm, per layer (q, k, v, output, two norms, FFN in and out), pooler, a task head.
+        try check.fitsInMemory([[vocabularySize + positions + typeCount + 2, C], [layers, 4 * C * C + 4 * C + 4 * C + C * I + I + I * C + C],
+                                [C + 1, C], [labelCount, C]].map { $0.map { max($0, 0) } })
     }
 }
 
@@ -141,6 +162,7 @@ public final class BertModel: Module, VirtualTokenHost {
     public let prompts = PromptSet()
 
     public init(_ config: BertConfig, pooler: Bool = true, seed: UInt64 = 0) throws {
+        try config.validate()
         self.config = config
         embeddings = try BertEmbeddings(config, seed: seed)
         layers = try (0..<config.layers).map { try BertLayer(config, seed: seed + 10 + UInt64($0) * 10) }
@@ -221,6 +243,9 @@ public final class BertModel: Module, VirtualTokenHost {
     /// The pooled [CLS] vector `[B, C]`: `tanh(dense(h[:, 0]))`.
     public func pooled(_ hidden: Tensor) throws -> Tensor {
         guard let pooler else { throw ModelError.badInput("this model was built without a pooler") }
+        guard hidden.rank == 3, hidden.shape[1] > 0 else {
+            throw ModelError.badInput("pooled expects hidden states [batch, length >= 1, hidden], got \(hidden.shape)")
+        }
         let cls = try hidden.slice(axis: 1, 0..<1).reshaped([hidden.shape[0], hidden.shape[2]])
         return try pooler(cls).tanh()
     }
@@ -355,10 +380,15 @@ public final class BertForQuestionAnswering: Module {
 
     /// The best answer span per sequence: the `(start, end)` maximising `start + end` logits with
     /// `start <= end < start + maxAnswerLength`, among positions where `allowed` is true (e.g. context tokens).
-    public static func bestSpan(start: [Float], end: [Float], allowed: [Bool]? = nil, maxAnswerLength: Int = 30) -> (start: Int, end: Int, score: Float)? {
+    /// - Throws: ``ModelError/badInput(_:)`` when `start`, `end` and `allowed` differ in length.
+    public static func bestSpan(start: [Float], end: [Float], allowed: [Bool]? = nil, maxAnswerLength: Int = 30) throws -> (start: Int, end: Int, score: Float)? {
+        guard end.count == start.count, allowed.map({ $0.count == start.count }) ?? true else {
+            throw ModelError.badInput("bestSpan: \(start.count) start logits, \(end.count) end logits and \(allowed.map { "\($0.count)" } ?? "no") allowed flags must agree")
+        }
         var best: (Int, Int, Float)?
         for s in start.indices where allowed?[s] ?? true {
-            for e in s..<min(end.count, s + max(maxAnswerLength, 1)) where allowed?[e] ?? true {
+            let last = min(end.count, s.addingReportingOverflow(max(maxAnswerLength, 1)).overflow ? end.count : s + max(maxAnswerLength, 1))
+            for e in s..<last where allowed?[e] ?? true {
                 let score = start[s] + end[e]
                 if best == nil || score > best!.2 { best = (s, e, score) }
             }

@@ -13,16 +13,25 @@ struct ConfigReader {
         return n
     }
 
+    /// An integer entry, exactly: `2.7`, `true`, `"3"` and integers beyond 64 bits are errors, never truncated.
     func int(_ key: String, default value: Int? = nil) throws -> Int {
-        if let n = Self.number(json[key]) { return n.intValue }
-        if json[key] == nil || json[key] is NSNull, let value { return value }
-        throw ModelError.badConfig(path: path, detail: "'\(key)' is \(json[key] == nil ? "missing" : "not an integer")")
+        if let n = try optionalInt(key) { return n }
+        if let value { return value }
+        throw ModelError.badConfig(path: path, detail: "'\(key)' is missing")
     }
 
-    func optionalInt(_ key: String) -> Int? { Self.number(json[key])?.intValue }
+    /// An integer entry, or `nil` when it is absent or null.
+    func optionalInt(_ key: String) throws -> Int? {
+        guard let v = json[key], !(v is NSNull) else { return nil }
+        guard let n = JSONNumber.exactInt(v) else {
+            let shown = Self.number(v) == nil ? "" : " (\(v))" // a boolean prints as 1 or 0: say nothing rather than mislead
+            throw ModelError.badConfig(path: path, detail: "'\(key)' is not an integer\(shown)")
+        }
+        return n
+    }
 
     func float(_ key: String, default value: Float) throws -> Float {
-        if let n = Self.number(json[key]) { return n.floatValue }
+        if let n = JSONNumber.double(json[key]) { return Float(n) }
         if json[key] == nil || json[key] is NSNull { return value }
         throw ModelError.badConfig(path: path, detail: "'\(key)' is not a number")
     }
@@ -34,15 +43,57 @@ struct ConfigReader {
     }
 
     /// The number of labels: `id2label`'s size, else `num_labels`, else 2 (Hugging Face's default).
-    var labelCount: Int {
+    func labelCount() throws -> Int {
         if let m = json["id2label"] as? [String: Any], !m.isEmpty { return m.count }
-        return optionalInt("num_labels") ?? 2
+        return try optionalInt("num_labels") ?? 2
     }
 
     var architectures: [String] { json["architectures"] as? [String] ?? [] }
 
     func require(_ condition: Bool, _ detail: @autoclosure () -> String) throws {
         if !condition { throw ModelError.badConfig(path: path, detail: detail()) }
+    }
+}
+
+/// Checks shared by every model config, whether it was read from a file or set field by field: sizes that are
+/// positive, probabilities that are probabilities, and a parameter count that fits in memory, computed in checked
+/// arithmetic before anything is allocated.
+struct ConfigCheck {
+    let path: String
+
+    func require(_ condition: Bool, _ detail: @autoclosure () -> String) throws {
+        if !condition { throw ModelError.badConfig(path: path, detail: detail()) }
+    }
+
+    func positive(_ fields: KeyValuePairs<String, Int>) throws {
+        for (name, value) in fields where value <= 0 { throw ModelError.badConfig(path: path, detail: "\(name) is \(value); it must be positive") }
+    }
+
+    func probabilities(_ fields: KeyValuePairs<String, Float>) throws {
+        for (name, p) in fields where !(0..<1).contains(p) {
+            throw ModelError.badConfig(path: path, detail: "\(name) is \(p); dropout probabilities must be in [0, 1)")
+        }
+    }
+
+    /// `Σ Π term` parameters, refused when the product or sum overflows or the float32 weights exceed the memory limit.
+    func fitsInMemory(_ terms: [[Int]]) throws {
+        var total = 0, overflow = false
+        for term in terms {
+            var product = 1
+            for factor in term {
+                let (m, o) = product.multipliedReportingOverflow(by: factor)
+                (product, overflow) = (m, overflow || o)
+            }
+            let (s, o) = total.addingReportingOverflow(product)
+            (total, overflow) = (s, overflow || o)
+        }
+        do {
+            guard !overflow else { throw TensorError.invalidArgument(operation: "", detail: "more parameters than an Int can count") }
+            try Tensor.checkMemory(elements: total, bytesPerElement: MemoryLayout<Float>.stride, what: "\(total) parameters", operation: "")
+        } catch let error as TensorError {
+            guard case let .invalidArgument(_, detail) = error else { throw error }
+            throw ModelError.badConfig(path: path, detail: "the model's sizes are too large: \(detail)")
+        }
     }
 }
 

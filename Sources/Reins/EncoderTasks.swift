@@ -217,14 +217,14 @@ public final class QuestionAnsweringTask: TrainingTask {
         let (s, e) = try Autograd.withoutGradients {
             try reader.logits(IntTensor(shape: shape, values: p.ids), tokenTypeIDs: IntTensor(shape: shape, values: p.types))
         }
-        return bestAnswer(p, start: s.scalars, end: e.scalars)
+        return try bestAnswer(p, start: s.scalars, end: e.scalars)
     }
 
     /// The best span of a sequence's context (from `contextStart` to before the final [SEP]) under its start and end
     /// logits (which may run past the ids into padding), as context text, with its score.
-    func bestAnswer(_ p: EncodedPair, start: [Float], end: [Float]) -> (text: String, score: Float)? {
+    func bestAnswer(_ p: EncodedPair, start: [Float], end: [Float]) throws -> (text: String, score: Float)? {
         let allowed = start.indices.map { $0 >= p.contextStart && $0 < p.ids.count - 1 }
-        return BertForQuestionAnswering.bestSpan(start: start, end: end, allowed: allowed).map { (p.text($0.start, $0.end), $0.score) }
+        return try BertForQuestionAnswering.bestSpan(start: start, end: end, allowed: allowed).map { (p.text($0.start, $0.end), $0.score) }
     }
 
     public var trainingCount: Int { train.count }
@@ -250,7 +250,7 @@ public final class QuestionAnsweringTask: TrainingTask {
             let (s, e) = try reader.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
             let T = s.shape[1], sv = s.scalars, ev = e.scalars
             for (i, r) in rows.enumerated() {
-                let text = bestAnswer(r.pair, start: Array(sv[(i * T)..<((i + 1) * T)]), end: Array(ev[(i * T)..<((i + 1) * T)]))?.text ?? ""
+                let text = try bestAnswer(r.pair, start: Array(sv[(i * T)..<((i + 1) * T)]), end: Array(ev[(i * T)..<((i + 1) * T)]))?.text ?? ""
                 em += Metrics.exactMatch(prediction: text, answers: [r.answer])
                 f1 += Metrics.tokenF1(prediction: text, answers: [r.answer])
             }

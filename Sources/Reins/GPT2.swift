@@ -31,19 +31,40 @@ public struct GPT2Config: Sendable {
         hidden = try c.int("n_embd", default: 768)
         layers = try c.int("n_layer", default: 12)
         heads = try c.int("n_head", default: 12)
-        inner = try c.int("n_inner", default: 4 * hidden)
+        // The default is computed only when n_inner is absent, in checked arithmetic (n_embd comes from the file).
+        let fourTimes = hidden.multipliedReportingOverflow(by: 4)
+        inner = try c.optionalInt("n_inner") ?? (fourTimes.overflow ? -1 : fourTimes.partialValue)
         activation = try Activation(try c.string("activation_function", default: "gelu_new"), path: path)
         layerNormEpsilon = try c.float("layer_norm_epsilon", default: 1e-5)
         scaleAttentionWeights = c.json["scale_attn_weights"] as? Bool ?? true
         scaleAttentionByLayer = c.json["scale_attn_by_inverse_layer_idx"] as? Bool ?? false
-        labelCount = c.labelCount
-        padTokenID = c.optionalInt("pad_token_id")
+        labelCount = try c.labelCount()
+        padTokenID = try c.optionalInt("pad_token_id")
         embeddingDropout = try c.float("embd_pdrop", default: 0.1)
         residualDropout = try c.float("resid_pdrop", default: 0.1)
         attentionDropout = try c.float("attn_pdrop", default: 0.1)
-        try c.require([embeddingDropout, residualDropout, attentionDropout].allSatisfy { (0..<1).contains($0) }, "dropout probabilities must be in [0, 1)")
-        try c.require(vocabularySize > 0 && positions > 0 && layers >= 0 && inner > 0, "sizes must be positive")
-        try c.require(heads > 0 && hidden % heads == 0, "n_embd \(hidden) is not divisible by n_head \(heads)")
+        try validate(path: path)
+    }
+
+    /// Checks a config whether read from a file or set by hand; every model built from one calls it first.
+    /// - Throws: ``ModelError/badConfig(path:detail:)`` naming the field: a size that is not positive, heads that do
+    ///   not divide `n_embd`, a pad token outside the vocabulary, a dropout outside [0, 1), or sizes whose weights
+    ///   would not fit in memory (counted before anything is allocated).
+    public func validate(path: String = "GPT2Config") throws {
+        let check = ConfigCheck(path: path)
+        try check.positive(["vocab_size": vocabularySize, "n_positions": positions, "n_embd": hidden, "n_head": heads,
+                            "n_inner": inner, "num_labels": labelCount])
+        try check.require(layers >= 0, "n_layer is \(layers); it must not be negative")
+        try check.require(hidden % heads == 0, "n_embd \(hidden) is not divisible by n_head \(heads)")
+        try check.require(layerNormEpsilon.isFinite && layerNormEpsilon >= 0, "layer_norm_epsilon is \(layerNormEpsilon)")
+        try check.probabilities(["embd_pdrop": embeddingDropout, "resid_pdrop": residualDropout, "attn_pdrop": attentionDropout])
+        if let padTokenID {
+            try check.require((0..<vocabularySize).contains(padTokenID), "pad_token_id \(padTokenID) is outside the vocabulary of \(vocabularySize)")
+        }
+        let (C, I) = (hidden, inner)
+        // Embeddings, per block (two norms, qkv, output, FFN in and out), final norm, a classification head.
+        try check.fitsInMemory([[vocabularySize, C], [positions, C], [layers, 4 * C + 3 * C + 3 * C * C + C * C + C + C * I + I + I * C + C],
+                                [2, C], [labelCount, C]].map { $0.map { max($0, 0) } })
     }
 }
 
@@ -151,6 +172,7 @@ public final class GPT2Model: Module, VirtualTokenHost {
     var virtualLength: Int { prefixLength + promptLength }
 
     public init(_ config: GPT2Config, seed: UInt64 = 0) throws {
+        try config.validate()
         self.config = config
         tokenEmbedding = try Embedding(count: config.vocabularySize, size: config.hidden, seed: seed)
         positionEmbedding = try Embedding(count: config.positions, size: config.hidden, std: 0.01, seed: seed + 1)
@@ -290,10 +312,14 @@ public final class GPT2LMHeadModel: Module {
     public func loss(_ ids: IntTensor, labels: IntTensor? = nil, attentionMask: IntTensor? = nil) throws -> Tensor {
         let labels = labels ?? ids
         guard labels.shape == ids.shape else { throw ModelError.badInput("labels \(labels.shape) do not match input ids \(ids.shape)") }
+        guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
         let (B, T) = (ids.shape[0], ids.shape[1])
-        let logits = try self.logits(ids, attentionMask: attentionMask)
         // With Q prompt vectors the last of them predicts the first token (as PEFT, whose prompt labels are -100).
         let Q = transformer.promptLength
+        guard B > 0, T + (Q > 0 ? 1 : 0) >= 2 else {
+            throw ModelError.badInput("the causal-LM loss needs a batch of sequences of at least 2 tokens (one to predict from, one to predict), got \(ids.shape)")
+        }
+        let logits = try self.logits(ids, attentionMask: attentionMask)
         let shifted = try logits.slice(axis: 1, (Q > 0 ? Q - 1 : 0)..<(Q + T - 1))
         var targets: [Int32] = []
         for b in 0..<B { targets += labels.values[(b * T + (Q > 0 ? 0 : 1))..<((b + 1) * T)] }

@@ -51,8 +51,10 @@ extension GPT2LMHeadModel {
         guard options.maxNewTokens >= 0 else { throw ModelError.badInput("maxNewTokens must not be negative, got \(options.maxNewTokens)") }
         let B = prompts.count, L = prompts.map(\.count).max()!
         let P = transformer.virtualLength
-        guard P + L + options.maxNewTokens <= config.positions else {
-            throw ModelError.sequenceTooLong(length: P + L + options.maxNewTokens, maximum: config.positions)
+        // Compared by subtraction: maxNewTokens is the caller's and may be as large as Int.max.
+        guard options.maxNewTokens <= config.positions - P - L else {
+            let (total, overflow) = (P + L).addingReportingOverflow(options.maxNewTokens)
+            throw ModelError.sequenceTooLong(length: overflow ? Int.max : total, maximum: config.positions)
         }
         var ids: [Int32] = [], mask: [Int32] = [], positions: [Int32] = []
         for p in prompts {

@@ -12,7 +12,8 @@ public enum Metrics {
     /// The unweighted mean of per-class F1 over every class that occurs in `truth` or `predicted`, as scikit-learn's
     /// `f1_score(average="macro")` (a class with no true or predicted positives scores 0).
     public static func macroF1(predicted: [Int], truth: [Int]) -> Double {
-        let classes = Set(predicted).union(truth)
+        // Sorted: a Set's order changes from process to process, and so would the last bit of the sum.
+        let classes = Set(predicted).union(truth).sorted()
         guard !classes.isEmpty, predicted.count == truth.count else { return 0 }
         var sum = 0.0
         for c in classes {

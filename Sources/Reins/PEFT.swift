@@ -23,7 +23,7 @@ public enum PEFTAdapter {
         guard type == "LORA" || adaptive else {
             throw ModelError.badConfig(path: configPath, detail: "peft_type '\(type)' is not supported (LORA, ADALORA, PREFIX_TUNING, IA3, PROMPT_TUNING, P_TUNING)")
         }
-        let initialRank = adaptive ? reader.optionalInt("init_r") ?? 12 : 0
+        let initialRank = adaptive ? try reader.optionalInt("init_r") ?? 12 : 0
         let alpha = Float(try reader.float("lora_alpha", default: 8))
         let rsLoRA = config["use_rslora"] as? Bool ?? false
         let alphaPattern = config["alpha_pattern"] as? [String: Any] ?? [:]
@@ -225,13 +225,13 @@ public enum PEFTAdapter {
         let (layers, hidden) = (host.layers, host.hidden)
         // With prefix_projection PEFT trains the prefixes through an MLP but saves what it produces, the same tensor.
         let (embeddings, installHeads) = try promptLearningTensors(directory: directory, into: model, name: name)
-        if let n = config.optionalInt("num_layers"), n != layers {
+        if let n = try config.optionalInt("num_layers"), n != layers {
             throw ModelError.badConfig(path: config.path, detail: "num_layers \(n) does not match the model's \(layers)")
         }
-        if let dim = config.optionalInt("token_dim"), dim != hidden {
+        if let dim = try config.optionalInt("token_dim"), dim != hidden {
             throw ModelError.badConfig(path: config.path, detail: "token_dim \(dim) does not match the model's hidden size \(hidden)")
         }
-        if let virtual = config.optionalInt("num_virtual_tokens"), virtual != embeddings.shape.first {
+        if let virtual = try config.optionalInt("num_virtual_tokens"), virtual != embeddings.shape.first {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["prompt_embeddings is \(embeddings.shape), num_virtual_tokens is \(virtual)"])
         }
         do {

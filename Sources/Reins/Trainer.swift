@@ -118,14 +118,16 @@ public struct StepRecord: Sendable, Decodable {
 
 /// Why a run stopped early.
 public enum TrainingError: Error, CustomStringConvertible, Equatable {
-    case nonFiniteLoss(step: Int, loss: Double)
+    /// The loss at `step` was NaN or infinite; `checkpoint` is the last good checkpoint on disk, if any.
+    case nonFiniteLoss(step: Int, loss: Double, checkpoint: String?)
     case badOptions(String)
     case badCheckpoint(path: String, detail: String)
 
     public var description: String {
         switch self {
-        case let .nonFiniteLoss(step, loss):
-            return "the loss became \(loss) at step \(step); the run stopped and the last good checkpoint was kept (try a lower learning rate or clipping)"
+        case let .nonFiniteLoss(step, loss, checkpoint):
+            let kept = checkpoint.map { "the last good checkpoint is \($0)" } ?? "no checkpoint had been written"
+            return "the loss became \(loss) at step \(step); the run stopped and \(kept) (try a lower learning rate or clipping)"
         case let .badOptions(detail): return "bad training options: \(detail)"
         case let .badCheckpoint(path, detail): return "cannot resume from \(path): \(detail)"
         }
@@ -155,10 +157,50 @@ public final class Trainer {
     public var shouldStop: ((StepRecord) -> Bool)?
     private var evaluationsWithoutImprovement = 0
     private let parameters: [(key: String, parameter: Parameter)]
+    /// Called at each write boundary of a checkpoint or best-result save, before the write it names; a test throws
+    /// from it to stand for a process killed at that instant.
+    var writeBoundary: ((CheckpointWrite) throws -> Void)?
+
+    /// The instants at which a save can be interrupted, in order.
+    enum CheckpointWrite: CaseIterable {
+        /// Before the parameters and optimizer state of the new step are written to their own file.
+        case state
+        /// Before `trainer_state.json`, the manifest that makes the new state file the checkpoint, replaces the old one.
+        case manifest
+        /// Before the files of earlier checkpoints are removed.
+        case cleanup
+        /// Before the new best result, complete in a fresh directory, takes the place of the old one.
+        case bestSwap
+    }
 
     public init(task: any TrainingTask, options: TrainingOptions) throws {
         guard options.steps > 0, options.batchSize > 0, options.gradientAccumulation > 0 else {
             throw TrainingError.badOptions("steps, batch size and gradient accumulation must be positive")
+        }
+        // Every example index the run will form must be countable: steps × accumulation × batch size.
+        let (perStep, o1) = options.gradientAccumulation.multipliedReportingOverflow(by: options.batchSize)
+        let (_, o2) = perStep.multipliedReportingOverflow(by: options.steps)
+        guard !o1, !o2 else {
+            throw TrainingError.badOptions("\(options.steps) steps × \(options.gradientAccumulation) micro-batches × \(options.batchSize) examples is more examples than can be counted")
+        }
+        for (name, value) in [("evaluateEvery", options.evaluateEvery), ("checkpointEvery", options.checkpointEvery),
+                              ("earlyStoppingPatience", options.earlyStoppingPatience)] {
+            if let value, value <= 0 { throw TrainingError.badOptions("\(name) must be positive (or nil), got \(value)") }
+        }
+        guard options.learningRate.isFinite, options.learningRate >= 0 else {
+            throw TrainingError.badOptions("the learning rate must be a finite non-negative number, got \(options.learningRate)")
+        }
+        guard options.weightDecay.isFinite, options.warmupSteps >= 0 else {
+            throw TrainingError.badOptions("weight decay \(options.weightDecay) must be finite and warm-up steps \(options.warmupSteps) not negative")
+        }
+        if let clip = options.clipNorm, !(clip.isFinite && clip > 0) { throw TrainingError.badOptions("clipNorm must be positive and finite, got \(clip)") }
+        switch options.optimizer {
+        case let .adamW(b1, b2, eps):
+            guard (0..<1).contains(b1), (0..<1).contains(b2), eps.isFinite, eps > 0 else {
+                throw TrainingError.badOptions("AdamW needs betas in [0, 1) and a positive epsilon, got \(b1), \(b2), \(eps)")
+            }
+        case let .sgd(momentum, _):
+            guard momentum.isFinite, momentum >= 0 else { throw TrainingError.badOptions("SGD momentum must be finite and non-negative, got \(momentum)") }
         }
         guard task.trainingCount > 0 else { throw TrainingError.badOptions("there are no training examples") }
         self.task = task
@@ -202,7 +244,13 @@ public final class Trainer {
         let start = DispatchTime.now().uptimeNanoseconds
         let trainable = parameters.map(\.parameter)
         let log = options.outputDirectory.map { $0.appendingPathComponent("metrics.jsonl") }
-        if let dir = options.outputDirectory { try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true) }
+        if let dir = options.outputDirectory {
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            try DirectorySwap.recover(dir.appendingPathComponent("best"))
+            AtomicFile.removeStaleTemporaries(in: dir)
+        }
+        // A resumed run logs each step once: records after the checkpoint's step (and a line cut by a kill) go.
+        if let log { try Trainer.truncateLog(log, after: step) }
         while step < options.steps {
             let t0 = DispatchTime.now().uptimeNanoseconds
             for p in trainable { p.zeroGradient() }
@@ -218,7 +266,11 @@ public final class Trainer {
                 }
             }
             let loss = total / Double(options.gradientAccumulation)
-            guard loss.isFinite else { throw TrainingError.nonFiniteLoss(step: step + 1, loss: loss) }
+            guard loss.isFinite else {
+                let checkpoint = options.outputDirectory?.appendingPathComponent("checkpoint")
+                let saved = checkpoint.flatMap { FileManager.default.fileExists(atPath: $0.appendingPathComponent("trainer_state.json").path) ? $0.path : nil }
+                throw TrainingError.nonFiniteLoss(step: step + 1, loss: loss, checkpoint: saved)
+            }
             let norm = options.clipNorm.map { clipGradientNorm(trainable, maxNorm: $0) } ?? Float.nan
             optimizer.learningRate = options.learningRate * options.learningRateSchedule.factor(step: step)
             optimizer.update(trainable, gradientScale: 1)
@@ -254,19 +306,25 @@ public final class Trainer {
     }
 
     /// The trained parameters in their best state: the adapter (with its head) or, for full fine-tuning, the model.
+    /// Written whole into a fresh directory that then takes the old one's place (``DirectorySwap``), so a reader
+    /// never sees a half-written best result.
     func saveBest(to directory: URL) throws {
         let model = task.model
+        let fresh = try DirectorySwap.freshDirectory(for: directory)
         if let name = options.adapterName {
-            try model.saveAdapter(name, to: directory)
+            try model.saveAdapter(name, to: fresh)
         } else {
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             try SafeTensorsFile.write(Dictionary(uniqueKeysWithValues: parameters.map { ($0.key, $0.parameter.value.detached()) }),
-                                      metadata: ["format": "pt"], to: directory.appendingPathComponent("model.safetensors").path)
+                                      metadata: ["format": "pt"], to: fresh.appendingPathComponent("model.safetensors").path)
         }
+        try writeBoundary?(.bestSwap)
+        try DirectorySwap.replace(directory, with: fresh)
     }
 
-    /// Writes what resuming needs: the trainable parameters, the optimizer state, the step and the best result. Each
-    /// file is replaced atomically and the state file, written last, names what belongs to it.
+    /// Writes what resuming needs: the trainable parameters and the optimizer state of this step in a file of its own
+    /// (`training_state-STEP.safetensors`), then `trainer_state.json`, which names that file. The manifest is replaced
+    /// atomically and written last, so a kill at any instant leaves either the previous checkpoint or the new one,
+    /// whole; files of earlier checkpoints are removed only after it.
     public func saveCheckpoint(to directory: URL) throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let weights = Dictionary(uniqueKeysWithValues: parameters.map { ($0.key, $0.parameter.value.detached()) })
@@ -274,34 +332,72 @@ public final class Trainer {
         // Parameters and optimizer state in one file, so they can never be out of step with each other.
         var tensors = weights.mapKeys { "param." + $0 }
         for (k, v) in state.tensors { tensors["optim." + k] = v }
-        try SafeTensorsFile.write(tensors, metadata: ["step": "\(step)"], to: directory.appendingPathComponent("training_state.safetensors").path)
-        let saved = SavedState(step: step, optimizerStep: state.step, seed: String(options.seed),
+        let stateFile = "training_state-\(step).safetensors"
+        try writeBoundary?(.state)
+        try SafeTensorsFile.write(tensors, metadata: ["step": "\(step)"], to: directory.appendingPathComponent(stateFile).path)
+        let saved = SavedState(step: step, optimizerStep: state.step, seed: String(options.seed), stateFile: stateFile,
                                evaluationsWithoutImprovement: evaluationsWithoutImprovement, best: best.map { .init(value: $0.value, step: $0.step) })
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try encoder.encode(saved), to: directory.appendingPathComponent("trainer_state.json").path)
+        try writeBoundary?(.manifest)
+        try AtomicFile.write(try encoder.encode(saved), to: directory.appendingPathComponent(Trainer.manifestName).path)
+        try writeBoundary?(.cleanup)
+        Trainer.removeStaleStates(in: directory, keeping: stateFile)
+    }
+
+    static let manifestName = "trainer_state.json"
+    /// The state file of checkpoints written before the manifest named one.
+    static let legacyStateFile = "training_state.safetensors"
+
+    /// Removes state files that the manifest does not name and interrupted writes' temporary files.
+    static func removeStaleStates(in directory: URL, keeping current: String) {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        for name in names where name != current && name.hasPrefix("training_state") && name.hasSuffix(".safetensors") {
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))
+        }
+        AtomicFile.removeStaleTemporaries(in: directory)
+    }
+
+    /// Keeps the records of `metrics.jsonl` up to and including `step`, dropping later ones (a resumed run writes
+    /// them again) and any line a kill cut short. Replaced atomically; nothing to do when there is nothing to drop.
+    static func truncateLog(_ url: URL, after step: Int) throws {
+        guard let data = FileManager.default.contents(atPath: url.path) else { return }
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true)
+        let kept = lines.filter { line in
+            guard let record = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
+                  let s = JSONNumber.exactInt(record[StepRecord.CodingKeys.step.rawValue]) else { return false }
+            return s <= step
+        }
+        guard kept.count != lines.count || (data.last.map { $0 != 0x0A } ?? false) else { return }
+        try AtomicFile.write(Data(kept.map { $0 + "\n" }.joined().utf8), to: url.path)
     }
 
     /// `trainer_state.json`, written and read with JSON(En|De)coder, which round-trip doubles exactly (a resumed run
     /// compares later evaluations against the same bits as an uninterrupted one).
     struct SavedState: Codable {
         struct Best: Codable { let value: Double, step: Int }
-        let step: Int, optimizerStep: Int, seed: String?, evaluationsWithoutImprovement: Int?, best: Best?
+        let step: Int, optimizerStep: Int, seed: String?, stateFile: String?, evaluationsWithoutImprovement: Int?, best: Best?
         enum CodingKeys: String, CodingKey {
-            case step, optimizerStep = "optimizer_step", seed, evaluationsWithoutImprovement = "evaluations_without_improvement", best
+            case step, optimizerStep = "optimizer_step", seed, stateFile = "state_file"
+            case evaluationsWithoutImprovement = "evaluations_without_improvement", best
         }
     }
 
     /// Restores a checkpoint written by ``saveCheckpoint(to:)`` into this trainer's model and optimizer.
     /// - Throws: ``TrainingError/badCheckpoint(path:detail:)`` naming the missing or mis-shaped tensor.
     public func resume(from directory: URL) throws {
-        let statePath = directory.appendingPathComponent("trainer_state.json")
+        let statePath = directory.appendingPathComponent(Trainer.manifestName)
         guard let data = FileManager.default.contents(atPath: statePath.path) else { throw ModelError.missingFile(path: statePath.path) }
         let saved: SavedState
         do { saved = try JSONDecoder().decode(SavedState.self, from: data) } catch {
             throw TrainingError.badCheckpoint(path: statePath.path, detail: "not a trainer state (\(error))")
         }
-        let file = try SafeTensorsFile(path: directory.appendingPathComponent("training_state.safetensors").path)
+        let stateFile = saved.stateFile ?? Trainer.legacyStateFile
+        // The manifest names a file beside it, nothing else: no folders, no way out of the checkpoint directory.
+        guard !stateFile.isEmpty, !stateFile.contains("/"), !stateFile.hasPrefix(".") else {
+            throw TrainingError.badCheckpoint(path: statePath.path, detail: "state_file '\(stateFile)' is not a file name in the checkpoint directory")
+        }
+        let file = try SafeTensorsFile(path: directory.appendingPathComponent(stateFile).path)
         guard file.metadata["step"] == "\(saved.step)" else {
             throw TrainingError.badCheckpoint(path: directory.path, detail: "trainer_state.json and training_state.safetensors disagree or lack the step")
         }
@@ -326,6 +422,7 @@ public final class Trainer {
         step = saved.step
         evaluationsWithoutImprovement = saved.evaluationsWithoutImprovement ?? 0
         best = saved.best.map { ($0.value, $0.step) }
+        Trainer.removeStaleStates(in: directory, keeping: stateFile)
     }
 
     static func append(_ record: StepRecord, to url: URL) throws {

@@ -242,9 +242,27 @@ public struct SafeTensorsFile: @unchecked Sendable {
 /// Writes files so that a crash midway never leaves a partial file: the bytes go to a temporary file in the same
 /// folder, which is flushed and then renamed over the destination.
 public enum AtomicFile {
+    /// The name of a temporary file for `name`: `.NAME.tmp-PID-RANDOM`, so that a later run can tell whose it was.
+    static func temporaryName(for name: String) -> String {
+        ".\(name).tmp-\(ProcessInfo.processInfo.processIdentifier)-\(UInt32.random(in: 0...UInt32.max))"
+    }
+
+    /// Removes, from `directory`, temporary files and directories that writers killed midway left behind: those whose
+    /// process is no longer running (a live writer's are left alone).
+    public static func removeStaleTemporaries(in directory: URL) {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        for name in names where name.hasPrefix(".") {
+            guard let marker = name.range(of: ".tmp-", options: .backwards) else { continue }
+            let fields = name[marker.upperBound...].split(separator: "-")
+            guard fields.count == 2, let pid = Int32(fields[0]), UInt32(fields[1]) != nil else { continue }
+            if pid != ProcessInfo.processInfo.processIdentifier && kill(pid, 0) == 0 { continue } // still writing
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))
+        }
+    }
+
     public static func write(_ data: Data, to path: String) throws {
         let url = URL(fileURLWithPath: path)
-        let temp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(ProcessInfo.processInfo.processIdentifier)-\(UInt32.random(in: 0...UInt32.max))")
+        let temp = url.deletingLastPathComponent().appendingPathComponent(temporaryName(for: url.lastPathComponent))
         do {
             try data.write(to: temp)
             let handle = try FileHandle(forWritingTo: temp)
@@ -259,6 +277,51 @@ public enum AtomicFile {
         } catch {
             try? FileManager.default.removeItem(at: temp)
             throw SafeTensorsError.unwritable(path: path, reason: error.localizedDescription)
+        }
+    }
+}
+
+/// Replaces a directory by another, complete one, so that a reader finds the old directory or the new one, never a
+/// mix: the new one is written in full beside it first (``freshDirectory(for:)``), then the old one is renamed aside,
+/// the new one renamed into its place, and the old one removed. A kill between the two renames leaves only the
+/// aside copy; ``recover(_:)`` (called before each use) puts it back.
+public enum DirectorySwap {
+    static func aside(_ directory: URL) -> URL {
+        directory.deletingLastPathComponent().appendingPathComponent(".\(directory.lastPathComponent).previous")
+    }
+
+    /// A new empty directory beside `directory`, for its replacement to be written into.
+    public static func freshDirectory(for directory: URL) throws -> URL {
+        let parent = directory.deletingLastPathComponent()
+        let fresh = parent.appendingPathComponent(AtomicFile.temporaryName(for: directory.lastPathComponent))
+        do { try FileManager.default.createDirectory(at: fresh, withIntermediateDirectories: true) } catch {
+            throw SafeTensorsError.unwritable(path: fresh.path, reason: error.localizedDescription)
+        }
+        return fresh
+    }
+
+    /// Puts `fresh` in the place of `directory`.
+    public static func replace(_ directory: URL, with fresh: URL) throws {
+        let fm = FileManager.default, old = aside(directory)
+        try recover(directory)
+        try? fm.removeItem(at: old)
+        if fm.fileExists(atPath: directory.path), rename(directory.path, old.path) != 0 {
+            throw SafeTensorsError.unwritable(path: directory.path, reason: String(cString: strerror(errno)))
+        }
+        guard rename(fresh.path, directory.path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            _ = rename(old.path, directory.path)
+            throw SafeTensorsError.unwritable(path: directory.path, reason: reason)
+        }
+        try? fm.removeItem(at: old)
+    }
+
+    /// Restores the previous directory if a swap was interrupted between its two renames.
+    public static func recover(_ directory: URL) throws {
+        let fm = FileManager.default, old = aside(directory)
+        guard !fm.fileExists(atPath: directory.path), fm.fileExists(atPath: old.path) else { return }
+        guard rename(old.path, directory.path) == 0 else {
+            throw SafeTensorsError.unwritable(path: directory.path, reason: String(cString: strerror(errno)))
         }
     }
 }

@@ -120,8 +120,9 @@ struct TrainerTests {
         do {
             try trainer.run()
             Issue.record("a NaN loss did not stop the run")
-        } catch let TrainingError.nonFiniteLoss(step, loss) {
+        } catch let TrainingError.nonFiniteLoss(step, loss, checkpoint) {
             #expect(step == 4 && loss.isNaN)
+            #expect(checkpoint == dir.appendingPathComponent("checkpoint").path, "the message names the last good checkpoint")
         }
         let state = try Checkpoint.readJSON(dir.appendingPathComponent("checkpoint/trainer_state.json"))
         #expect(state["step"] as? Int == 3)
