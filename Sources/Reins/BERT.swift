@@ -62,8 +62,10 @@ public struct BertConfig: Sendable {
         }
         let (C, I) = (hidden, intermediate)
         // Embeddings and their norm, per layer (q, k, v, output, two norms, FFN in and out), pooler, a task head.
-        try check.fitsInMemory([[vocabularySize + positions + typeCount + 2, C], [layers, 4 * C * C + 4 * C + 4 * C + C * I + I + I * C + C],
-                                [C + 1, C], [labelCount, C]].map { $0.map { max($0, 0) } })
+        // Each term a list of factors, multiplied in checked arithmetic (the sizes may be anything).
+        let L = max(layers, 0)
+        try check.fitsInMemory([[vocabularySize, C], [positions, C], [typeCount, C], [2, C], [L, 4, C, C], [L, 8, C],
+                                [L, C, I], [L, I], [L, I, C], [L, C], [C, C], [C], [labelCount, C]])
     }
 }
 

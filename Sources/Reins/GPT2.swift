@@ -63,8 +63,10 @@ public struct GPT2Config: Sendable {
         }
         let (C, I) = (hidden, inner)
         // Embeddings, per block (two norms, qkv, output, FFN in and out), final norm, a classification head.
-        try check.fitsInMemory([[vocabularySize, C], [positions, C], [layers, 4 * C + 3 * C + 3 * C * C + C * C + C + C * I + I + I * C + C],
-                                [2, C], [labelCount, C]].map { $0.map { max($0, 0) } })
+        // Each term a list of factors, multiplied in checked arithmetic (the sizes may be anything).
+        let L = max(layers, 0)
+        try check.fitsInMemory([[vocabularySize, C], [positions, C], [L, 4, C], [L, 3, C, C], [L, 3, C], [L, C, C], [L, C],
+                                [L, C, I], [L, I], [L, I, C], [L, C], [2, C], [labelCount, C]])
     }
 }
 

@@ -17,7 +17,8 @@ struct TrainerTests {
     }
 
     /// A small BERT classification run with dropout on (the fixture config with dropout 0.1), LoRA + head.
-    func run(steps: Int, stopAt: Int? = nil, resumeFrom: URL? = nil, output: URL?, accumulation: Int = 1, batch: Int = 4, dropout: Double = 0.1) throws -> (Trainer, [Float]) {
+    func run(steps: Int, stopAt: Int? = nil, resumeFrom: URL? = nil, output: URL?, accumulation: Int = 1, batch: Int = 4, dropout: Double = 0.1,
+             prepare: (Trainer) -> Void = { _ in }) throws -> (Trainer, [Float]) {
         let model = try BottleneckAdapterTests().bert()
         // Turn on dropout everywhere (the fixture was saved with 0).
         let json: [String: Any] = try Checkpoint.readJSON(ModelParityTests.directory("bert-cls").appendingPathComponent("config.json"))
@@ -41,6 +42,7 @@ struct TrainerTests {
         let trainer = try Trainer(task: task, options: options)
         if let resumeFrom { try trainer.resume(from: resumeFrom) }
         if let stopAt { trainer.shouldStop = { $0.step == stopAt } }
+        prepare(trainer)
         try trainer.run()
         return (trainer, dropped.trainableParameters.flatMap(\.value.scalars))
     }
