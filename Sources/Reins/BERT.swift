@@ -54,6 +54,7 @@ public struct BertConfig: Sendable {
                             "num_labels": labelCount])
         try check.require(layers >= 0, "num_hidden_layers is \(layers); it must not be negative")
         try check.require(hidden % heads == 0, "hidden_size \(hidden) is not divisible by num_attention_heads \(heads)")
+        try check.require(vocabularySize <= Int(Int32.max), "vocab_size \(vocabularySize) does not fit 32-bit token ids")
         try check.require(layerNormEpsilon.isFinite && layerNormEpsilon >= 0, "layer_norm_eps is \(layerNormEpsilon)")
         try check.probabilities(["hidden_dropout_prob": hiddenDropout, "attention_probs_dropout_prob": attentionDropout,
                                  "classifier_dropout": classifierDropout])

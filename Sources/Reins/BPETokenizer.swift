@@ -60,27 +60,39 @@ public final class BPETokenizer: @unchecked Sendable {
         try self.init(vocab: vocab, merges: merges, specials: added, source: path)
     }
 
+    /// Ids may leave gaps (a vocabulary with tokens removed), but not more than this many beyond the entries: the id
+    /// table is sized by the largest id, and an id of 2^31 - 1 in a small file must not cost 34 GB.
+    static let maximumIDGap = 1 << 16
+
     init(vocab: [String: Any], merges: [(String, String)], specials: [String], source: String) throws {
         var vocabulary: [String: Int32] = [:]
         var maxID = -1
         for (token, id) in vocab {
-            guard let i = (id as? NSNumber)?.intValue, i >= 0 else {
-                throw TokenizerError.malformed(path: source, line: nil, detail: "token '\(token)' has a bad id")
+            guard let i = JSONNumber.exactInt(id), i >= 0, i < vocab.count + BPETokenizer.maximumIDGap else {
+                throw TokenizerError.malformed(path: source, line: nil,
+                                               detail: "token '\(token)' has id \(id), not an integer in 0..<\(vocab.count + BPETokenizer.maximumIDGap) (the vocabulary has \(vocab.count) entries)")
             }
-            vocabulary[token] = Int32(i)
+            vocabulary[token] = Int32(i) // fits: below the entry count plus 65,536
             maxID = max(maxID, i)
         }
         var tokens = [String](repeating: "", count: maxID + 1)
         for (t, i) in vocabulary { tokens[Int(i)] = t }
         self.vocabulary = vocabulary
         self.tokens = tokens
-        var ranks: [Pair: Int] = [:]
-        for (i, m) in merges.enumerated() where ranks[Pair(a: m.0, b: m.1)] == nil { ranks[Pair(a: m.0, b: m.1)] = i }
-        self.ranks = ranks
-        self.specials = specials.compactMap { s in vocabulary[s].map { (s, $0) } }.sorted { $0.text.count > $1.text.count }
         for b in 0...255 where vocabulary[String(BPETokenizer.byteToCharacter[b])] == nil {
             throw TokenizerError.malformed(path: source, line: nil, detail: "the vocabulary lacks byte \(b) ('\(BPETokenizer.byteToCharacter[b])')")
         }
+        var ranks: [Pair: Int] = [:]
+        for (i, m) in merges.enumerated() where ranks[Pair(a: m.0, b: m.1)] == nil {
+            // Every merge must make a token the vocabulary has (as `tokenizers` requires): otherwise its result would
+            // have no id and text would encode silently wrong.
+            guard vocabulary[m.0 + m.1] != nil else {
+                throw TokenizerError.malformed(path: source, line: nil, detail: "merge \(i) ('\(m.0)' + '\(m.1)') makes '\(m.0 + m.1)', which is not in the vocabulary")
+            }
+            ranks[Pair(a: m.0, b: m.1)] = i
+        }
+        self.ranks = ranks
+        self.specials = specials.compactMap { s in vocabulary[s].map { (s, $0) } }.sorted { $0.text.count > $1.text.count }
     }
 
     /// The id of `<|endoftext|>`, if present.
@@ -212,6 +224,8 @@ public final class BPETokenizer: @unchecked Sendable {
             }
             symbols = merged
         }
+        // Every symbol has an id: single bytes are checked to be in the vocabulary when loading, and so is every merge's
+        // result, which are the only symbols there can be. (The fallback is never taken.)
         let ids = symbols.map { vocabulary[$0] ?? 0 }
         cache.withLock { c in if c.count < 100_000 { c[word] = ids } }
         return ids

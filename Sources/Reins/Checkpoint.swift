@@ -34,12 +34,17 @@ public struct Checkpoint {
             }
             let shardNames = Array(Set(map.values)).sorted()
             for shard in shardNames {
+                // A shard is a file in the model directory, named plainly: no folders, no `..`, nothing absolute.
+                guard !shard.isEmpty, !shard.contains("/"), !shard.contains("\\"), shard != ".", shard != ".." else {
+                    throw ModelError.badConfig(path: index.path, detail: "weight_map names shard '\(shard)', which is not a file name in the model directory")
+                }
                 let path = directory.appendingPathComponent(shard).path
                 guard FileManager.default.fileExists(atPath: path) else { throw ModelError.missingFile(path: path) }
                 files.append(try openTensorArchive(path))
             }
+            let shardIndex = Dictionary(uniqueKeysWithValues: shardNames.enumerated().map { ($0.element, $0.offset) })
             for (name, shard) in map {
-                let i = shardNames.firstIndex(of: shard)!
+                guard let i = shardIndex[shard] else { continue } // cannot happen: shardNames holds every value of map
                 guard files[i].shape(name) != nil else {
                     throw ModelError.badConfig(path: index.path, detail: "weight_map puts '\(name)' in \(shard), which does not hold it")
                 }
@@ -72,7 +77,10 @@ public struct Checkpoint {
 
     public static func readJSON(_ url: URL) throws -> [String: Any] {
         guard FileManager.default.fileExists(atPath: url.path) else { throw ModelError.missingFile(path: url.path) }
-        let data = try Data(contentsOf: url)
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch {
+            throw ModelError.badConfig(path: url.path, detail: "cannot read: \(error.localizedDescription)")
+        }
         guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw ModelError.badConfig(path: url.path, detail: "not a JSON object")
         }
@@ -132,7 +140,7 @@ extension Module {
                 }
                 continue
             }
-            let shape = checkpoint.shape(found)!
+            let shape = checkpoint.shape(found)! // found is one of the checkpoint's names, so it has a shape
             guard shape == p.value.shape else {
                 misshaped.append("\(found) is \(shape), expected \(p.value.shape)")
                 continue

@@ -118,6 +118,9 @@ public enum DataFiles {
         }
     }
 
+    /// Integer class labels are class indices below this (token ids and class ids are `Int32` in batches).
+    public static let maximumClassIndex = Int(Int32.max)
+
     /// Classification examples: the text in `textField`, an optional second text in `pairField`, and the label in
     /// `labelField` — a name from `labels` or, when `labels` is empty, an integer class index (0-based).
     /// - Throws: ``DataError`` naming the file, line and field of a missing field or an unknown label.
@@ -129,6 +132,11 @@ public enum DataFiles {
             if labels.isEmpty {
                 guard let n = Int(raw), n >= 0 else {
                     throw DataError.badValue(path: r.path, line: r.line, field: labelField, detail: "'\(raw)' is not a class index (give --labels to use names)")
+                }
+                // A class index sizes the head (index + 1 outputs): refuse one no head could have before anything is built.
+                guard n < DataFiles.maximumClassIndex else {
+                    throw DataError.badValue(path: r.path, line: r.line, field: labelField,
+                                             detail: "class index \(n) is not below \(DataFiles.maximumClassIndex) (give --labels to use names)")
                 }
                 label = n
             } else {

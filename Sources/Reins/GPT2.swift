@@ -56,6 +56,7 @@ public struct GPT2Config: Sendable {
                             "n_inner": inner, "num_labels": labelCount])
         try check.require(layers >= 0, "n_layer is \(layers); it must not be negative")
         try check.require(hidden % heads == 0, "n_embd \(hidden) is not divisible by n_head \(heads)")
+        try check.require(vocabularySize <= Int(Int32.max), "vocab_size \(vocabularySize) does not fit 32-bit token ids")
         try check.require(layerNormEpsilon.isFinite && layerNormEpsilon >= 0, "layer_norm_epsilon is \(layerNormEpsilon)")
         try check.probabilities(["embd_pdrop": embeddingDropout, "resid_pdrop": residualDropout, "attn_pdrop": attentionDropout])
         if let padTokenID {

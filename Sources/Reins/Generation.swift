@@ -49,6 +49,12 @@ extension GPT2LMHeadModel {
         guard !prompts.isEmpty, prompts.allSatisfy({ !$0.isEmpty }) else { throw ModelError.badInput("every prompt needs at least one token") }
         guard options.temperature > 0 || options.greedy else { throw ModelError.badInput("temperature must be positive when sampling") }
         guard options.maxNewTokens >= 0 else { throw ModelError.badInput("maxNewTokens must not be negative, got \(options.maxNewTokens)") }
+        guard options.temperature.isFinite else { throw ModelError.badInput("temperature must be finite, got \(options.temperature)") }
+        if let k = options.topK, k < 1 { throw ModelError.badInput("topK must be at least 1, got \(k)") }
+        if let p = options.topP, !(p > 0 && p <= 1) { throw ModelError.badInput("topP must be in (0, 1], got \(p)") }
+        guard options.repetitionPenalty.isFinite, options.repetitionPenalty > 0 else {
+            throw ModelError.badInput("repetitionPenalty must be positive and finite, got \(options.repetitionPenalty)")
+        }
         let B = prompts.count, L = prompts.map(\.count).max()!
         let P = transformer.virtualLength
         // Compared by subtraction: maxNewTokens is the caller's and may be as large as Int.max.

@@ -52,6 +52,7 @@ extension BertForMaskedLM {
     /// The `topK` most likely tokens for each `[MASK]` in `text`, most likely first.
     /// - Throws: ``ModelError/badInput(_:)`` if the text has no `[MASK]`.
     public func fillMask(_ text: String, tokenizer: WordPieceTokenizer, topK: Int = 5) throws -> [[MaskPrediction]] {
+        guard topK >= 1 else { throw ModelError.badInput("topK must be at least 1, got \(topK)") }
         guard let mask = tokenizer.maskID else { throw TokenizerError.missingSpecialToken("[MASK]") }
         // Encode around the literal [MASK] markers so that they become the mask id, not word pieces.
         let parts = text.components(separatedBy: "[MASK]")

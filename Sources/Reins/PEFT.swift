@@ -37,6 +37,7 @@ public enum PEFTAdapter {
         let (file, weightsPath) = try weightsFile(directory)
 
         let hosts = Dictionary(model.namedModules().compactMap { key, m in (m as? any LoRAHost).map { (key, $0) } }, uniquingKeysWith: { a, _ in a })
+        let expectedRank = try checkLoRAConfig(reader, adaptive: adaptive, hostKeys: Array(hosts.keys))
         var pairs: [String: (a: Tensor?, b: Tensor?)] = [:], heads: [(key: String, plain: String, tensor: Tensor)] = []
         var magnitudes: [String: Tensor] = [:], singularValues: [String: Tensor] = [:] // DoRA; AdaLoRA's E
         // A linear layer's pair is `lora_A.weight` / `lora_B.weight` (AdaLoRA: `lora_A` / `lora_B`, beside `lora_E`); an
@@ -82,6 +83,10 @@ public enum PEFTAdapter {
                 throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [
                     "\(module): \(aName.replacingOccurrences(of: ".weight", with: "")) \(a.shape) and \(bName.replacingOccurrences(of: ".weight", with: "")) \(b.shape) for a \(inputs) -> \(outputs) \(layer is Embedding ? "table" : "layer") (expected [r, \(inputs)] and [\(outputs), r])"])
             }
+            if let wanted = expectedRank(module), wanted != r {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [
+                    "\(module): rank \(r) in the tensors, \(wanted) in adapter_config.json (r or rank_pattern)"])
+            }
             let moduleAlpha = alphaPattern.keys.sorted { $0.count > $1.count }.first { patternMatches($0, module) }
                 .flatMap { ConfigReader.number(alphaPattern[$0]!)?.floatValue } ?? alpha
             var scale = rsLoRA ? moduleAlpha / Float(r).squareRoot() : moduleAlpha / Float(r)
@@ -122,6 +127,60 @@ public enum PEFTAdapter {
         let installHeads = try headInstaller(heads, into: model, name: name)
         for (layer, lora) in built { try layer.attachLoRA(name, lora) }
         installHeads()
+    }
+
+    /// Checks what a LoRA `adapter_config.json` says against the model, as PEFT does when it builds the adapter:
+    /// `r` is a positive integer, `target_modules` names at least one layer the model has, and every index in
+    /// `layers_to_transform` is a layer of the model.
+    /// - Returns: the rank the config gives a module (`rank_pattern`, else `r`; nil for AdaLoRA, whose ranks vary).
+    /// - Throws: ``ModelError/badConfig(path:detail:)`` naming the field.
+    static func checkLoRAConfig(_ config: ConfigReader, adaptive: Bool, hostKeys: [String]) throws -> (String) -> Int? {
+        let r = try config.optionalInt("r")
+        if let r { try config.require(r > 0, "r is \(r); a LoRA rank must be positive") }
+        var rankPattern: [(key: String, rank: Int)] = []
+        // AdaLoRA's rank_pattern is its allocation's masks, not ranks: its ranks come from the tensors alone.
+        for (key, value) in adaptive ? [:] : config.json["rank_pattern"] as? [String: Any] ?? [:] {
+            guard let rank = JSONNumber.exactInt(value), rank > 0 else {
+                throw ModelError.badConfig(path: config.path, detail: "rank_pattern['\(key)'] is \(value); a LoRA rank must be a positive integer")
+            }
+            rankPattern.append((key, rank))
+        }
+        rankPattern.sort { $0.key.count > $1.key.count }
+        let targets = config.json["target_modules"]
+        if let pattern = targets as? String, pattern != "all-linear" {
+            let regex = try? NSRegularExpression(pattern: "^(?:\(pattern))$")
+            let matches = hostKeys.contains { key in
+                regex?.firstMatch(in: key, range: NSRange(key.startIndex..., in: key)) != nil || key == pattern
+            }
+            try config.require(matches, "target_modules '\(pattern)' matches no layer of the model")
+        } else if let names = targets as? [String], !names.isEmpty {
+            let matches = hostKeys.contains { key in names.contains { key == $0 || key.hasSuffix("." + $0) } }
+            try config.require(matches, "target_modules \(names) match no layer of the model")
+        }
+        let chosen: [Int]
+        switch config.json["layers_to_transform"] {
+        case nil, is NSNull: chosen = []
+        case let list as [Any]:
+            chosen = try list.map { v in
+                guard let i = JSONNumber.exactInt(v) else { throw ModelError.badConfig(path: config.path, detail: "layers_to_transform holds \(v), not a layer index") }
+                return i
+            }
+        default: chosen = [try config.int("layers_to_transform")]
+        }
+        if !chosen.isEmpty {
+            // The model's layer count from its layer paths (`h.3.`, `layer.3.`), as PEFT finds layer indices.
+            let layerIndex = try NSRegularExpression(pattern: "\\.(?:h|layer|layers|block|blocks)\\.(\\d+)\\.")
+            let count = hostKeys.compactMap { key -> Int? in
+                guard let m = layerIndex.firstMatch(in: key, range: NSRange(key.startIndex..., in: key)),
+                      let range = Range(m.range(at: 1), in: key) else { return nil }
+                return Int(key[range])
+            }.max().map { $0 + 1 } ?? 0
+            if let bad = chosen.first(where: { !(0..<count).contains($0) }) {
+                throw ModelError.badConfig(path: config.path, detail: "layers_to_transform names layer \(bad); the model has \(count) layers")
+            }
+        }
+        guard !adaptive else { return { _ in nil } }
+        return { module in rankPattern.first { patternMatches($0.key, module) }?.rank ?? r }
     }
 
     /// Whether an `alpha_pattern` key names `module` as PEFT matches it: the key is a regular expression for the module

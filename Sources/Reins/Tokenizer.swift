@@ -77,7 +77,7 @@ public final class WordPieceTokenizer: Sendable {
         }
         var tokens = [String](repeating: "", count: vocab.count)
         for (token, id) in vocab {
-            guard let i = (id as? NSNumber)?.intValue, i >= 0, i < vocab.count else {
+            guard let i = JSONNumber.exactInt(id), i >= 0, i < vocab.count else {
                 throw TokenizerError.malformed(path: path, line: nil, detail: "token '\(token)' has a bad id")
             }
             tokens[i] = token

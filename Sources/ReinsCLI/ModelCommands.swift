@@ -121,6 +121,14 @@ struct GenerateCommand: ParsableCommand {
     @Flag(help: "Print the JSON array of all ids (prompt included) as the last line.") var printIds = false
     @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
 
+    func validate() throws {
+        guard maxNewTokens >= 0 else { throw ValidationError("--max-new-tokens must not be negative, got \(maxNewTokens)") }
+        if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1, got \(topK)") }
+        if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
+        if let temperature, !(temperature.isFinite && temperature > 0) { throw ValidationError("--temperature must be positive, got \(temperature)") }
+        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else { throw ValidationError("--repetition-penalty must be positive, got \(repetitionPenalty)") }
+    }
+
     func run() throws {
         let dir = URL(fileURLWithPath: model)
         guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else { return }
@@ -159,6 +167,10 @@ struct FillMaskCommand: ParsableCommand {
     @Argument(help: "Text containing [MASK].") var text: String
     @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
 
+    func validate() throws {
+        guard topK >= 1 else { throw ValidationError("--top-k must be at least 1, got \(topK)") }
+    }
+
     func run() throws {
         let dir = URL(fileURLWithPath: model)
         guard case let .bertMaskedLM(m) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM") else { return }
@@ -181,6 +193,10 @@ struct EmbedCommand: ParsableCommand {
     @Option(help: "Truncate texts to this many tokens.") var maxLength: Int = 256
     @Option(help: "Texts per forward pass.") var batchSize: Int = 32
     @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
+
+    func validate() throws {
+        guard maxLength > 0, batchSize > 0 else { throw ValidationError("--max-length and --batch-size must be positive, got \(maxLength) and \(batchSize)") }
+    }
 
     func run() throws {
         let dir = URL(fileURLWithPath: model)

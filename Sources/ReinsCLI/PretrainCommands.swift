@@ -15,6 +15,12 @@ struct TokenizerTrainCommand: ParsableCommand {
     @Option(help: "Stop merging pairs rarer than this.") var minimumFrequency = 2
     @Option(help: "Output directory.") var output: String
 
+    func validate() throws {
+        guard vocabularySize > 0, minimumFrequency > 0 else {
+            throw ValidationError("--vocabulary-size and --minimum-frequency must be positive, got \(vocabularySize) and \(minimumFrequency)")
+        }
+    }
+
     func run() throws {
         guard let data = FileManager.default.contents(atPath: text) else { throw ValidationError("cannot read \(text)") }
         let learned = try BPETokenizer.learn(from: String(decoding: data, as: UTF8.self), vocabularySize: vocabularySize, minimumFrequency: minimumFrequency)
@@ -47,6 +53,16 @@ struct PretrainCommand: ParsableCommand {
     @Option(name: .customLong("lr"), help: "Peak learning rate (cosine schedule after 5% warm-up).") var learningRate: Float = 3e-3
     @Option(help: "Seed for weights, data order and dropout.") var seed: UInt64 = 0
     @Option(help: "Output directory.") var output: String
+
+    func validate() throws {
+        for (name, value) in [("--vocabulary-size", vocabularySize), ("--hidden", hidden), ("--heads", heads), ("--steps", steps),
+                              ("--batch-size", batchSize)] where value <= 0 {
+            throw ValidationError("\(name) must be positive, got \(value)")
+        }
+        guard layers >= 0 else { throw ValidationError("--layers must not be negative, got \(layers)") }
+        guard context >= 2 else { throw ValidationError("--context must be at least 2 tokens, got \(context)") }
+        guard learningRate.isFinite, learningRate >= 0 else { throw ValidationError("--lr must be a finite non-negative number, got \(learningRate)") }
+    }
 
     func run() throws {
         guard let data = FileManager.default.contents(atPath: text) else { throw ValidationError("cannot read \(text)") }
@@ -85,8 +101,9 @@ struct PretrainCommand: ParsableCommand {
         try trainer.run()
         progress.finish()
         try model.save(to: out, config: json)
-        let prompt = Array(ids.prefix(8))
-        let sample = try model.generate(prompts: [prompt], options: GenerationOptions(maxNewTokens: 40))[0]
+        // A sample that fits the context, however short it is (8 prompt tokens and 40 new ones when there is room).
+        let prompt = Array(ids.prefix(min(8, context - 1)))
+        let sample = try model.generate(prompts: [prompt], options: GenerationOptions(maxNewTokens: min(40, context - prompt.count)))[0]
         print("saved \(out.path) (config.json, model.safetensors, vocab.json, merges.txt)")
         print("sample: \(bpe.decode(sample))")
     }

@@ -16,6 +16,10 @@ struct TaskOptions: ParsableArguments {
 
     var taskKind: String { task.lowercased() }
 
+    func validate() throws {
+        guard maxLength > 0 else { throw ValidationError("--max-length must be positive, got \(maxLength)") }
+    }
+
     /// The class or tag names: `--labels`, else labels.json beside the adapter or in the model directory, else (when
     /// `data` is given: training) the values found in it, sorted — integer class labels give "0"..."max" — or (when it
     /// is not: eval, predict) the model's config.json `id2label`.
@@ -39,7 +43,14 @@ struct TaskOptions: ParsableArguments {
         case "classification":
             let values = Set(try DataFiles.records(data).map { try $0.require(labelField) })
             let numbers = values.compactMap { Int($0) }
-            return numbers.count == values.count ? (0...max(numbers.max() ?? 0, 0)).map(String.init) : values.sorted()
+            guard numbers.count == values.count else { return values.sorted() }
+            // Integer labels are class indices 0...max: refuse a max no head could have before naming every class.
+            let top = numbers.max() ?? 0
+            guard top < DataFiles.maximumClassIndex else {
+                throw ValidationError("\(data.path): class index \(top) in '\(labelField)' is not below \(DataFiles.maximumClassIndex) (give --labels to use names)")
+            }
+            try Tensor.checkMemory(elements: top + 1, bytesPerElement: MemoryLayout<String>.stride + 16, what: "\(top + 1) class names", operation: "\(data.path)")
+            return (0...max(top, 0)).map(String.init)
         case "token-classification":
             return Set(try DataFiles.records(data).flatMap { try $0.require("tags").split(separator: " ").map(String.init) }).sorted()
         default: return []
@@ -200,6 +211,23 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Output directory.") var output: String
     @Flag(help: "Continue from OUTPUT/checkpoint.") var resume = false
 
+    func validate() throws {
+        for (name, value) in [("--batch-size", batchSize), ("--accumulation", accumulation), ("--epochs", epochs), ("--rank", rank),
+                              ("--bottleneck", bottleneck), ("--prefix-length", prefixLength)] where value <= 0 {
+            throw ValidationError("\(name) must be positive, got \(value)")
+        }
+        for (name, value) in [("--steps", steps), ("--eval-every", evalEvery), ("--patience", patience)] {
+            if let value, value <= 0 { throw ValidationError("\(name) must be positive, got \(value)") }
+        }
+        guard warmup >= 0 else { throw ValidationError("--warmup must not be negative, got \(warmup)") }
+        guard ["adamw", "sgd"].contains(optimizer) else { throw ValidationError("--optimizer must be adamw or sgd, got '\(optimizer)'") }
+        for (name, value) in [("--lr", learningRate), ("--weight-decay", weightDecay), ("--clip", clip), ("--momentum", momentum), ("--alpha", alpha)]
+        where !(value.isFinite && value >= 0) {
+            throw ValidationError("\(name) must be a finite non-negative number, got \(value)")
+        }
+        guard (0..<1).contains(loraDropout) else { throw ValidationError("--lora-dropout must be in [0, 1), got \(loraDropout)") }
+    }
+
     func adapterMethod(defaultTargets: [String]) throws -> AdapterMethod {
         let lora = LoRAConfig(rank: rank, alpha: alpha, targets: targets.map { $0.split(separator: ",").map(String.init) } ?? defaultTargets, dropout: loraDropout, dora: dora)
         switch method.lowercased() {
@@ -226,14 +254,20 @@ struct TrainCommand: ParsableCommand {
         let labels = try taskOptions.labelNames(foundIn: trainURL)
         var adapterMethod = AdapterMethod.full
         let task = try taskOptions.makeTask(train: trainURL, evaluation: eval.map(URL.init(fileURLWithPath:)), labels: labels) { model, count in
-            adapterMethod = try self.adapterMethod(defaultTargets: model is GPT2LMHeadModel ? ["c_attn"] : ["query", "value"])
+            // PEFT's default LoRA targets: GPT-2's fused attention input, BERT's query and value.
+            let isGPT2 = model is GPT2LMHeadModel || model is GPT2ForSequenceClassification || model is GPT2Model
+            adapterMethod = try self.adapterMethod(defaultTargets: isGPT2 ? ["c_attn"] : ["query", "value"])
             try model.addAdapter(name, adapterMethod, labels: count, seed: seed)
         }
         if !labels.isEmpty { try AtomicFile.write(try JSONSerialization.data(withJSONObject: labels), to: out.appendingPathComponent("labels.json").path) }
-        let updates = steps ?? max(1, epochs * task.trainingCount / (batchSize * accumulation))
+        // In checked arithmetic: the three numbers are the user's.
+        let (perUpdate, o1) = batchSize.multipliedReportingOverflow(by: accumulation)
+        let (examples, o2) = epochs.multipliedReportingOverflow(by: task.trainingCount)
+        guard !o1, !o2 else { throw ValidationError("--epochs \(epochs), --batch-size \(batchSize) and --accumulation \(accumulation) are too large to count") }
+        let updates = steps ?? max(1, examples / perUpdate)
         var options = TrainingOptions(steps: updates, batchSize: batchSize, learningRate: learningRate)
         options.gradientAccumulation = accumulation
-        options.optimizer = optimizer == "sgd" ? .sgd(momentum: momentum) : .adamW()
+        options.optimizer = optimizer == "sgd" ? .sgd(momentum: momentum) : .adamW() // validate() allows only these two
         options.weightDecay = weightDecay
         guard let kind = TrainingOptions.ScheduleKind(rawValue: schedule) else { throw ValidationError("--schedule must be constant, linear or cosine") }
         options.schedule = kind

@@ -27,6 +27,9 @@ struct MalformedInputTests {
         #expect(performing: { try GPT2Model(c) }, throws: contains("n_embd 30 is not divisible by n_head 7"))
         c = try gpt2Config
         c.vocabularySize = 1 << 62 // once an overflow or an attempt to allocate exabytes
+        #expect(performing: { try GPT2LMHeadModel(c) }, throws: contains("does not fit 32-bit token ids"))
+        c.vocabularySize = 2_000_000_000
+        c.hidden = 300
         #expect(performing: { try GPT2LMHeadModel(c) }, throws: contains("too large"))
         c = try gpt2Config
         c.labelCount = 1_000_000_000_000
