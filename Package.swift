@@ -37,5 +37,8 @@ let package = Package(
         .target(name: "ReinsTestSupport", dependencies: ["ReinsTensor"], path: "Tests/ReinsTestSupport"),
         .testTarget(name: "ReinsTensorTests", dependencies: ["ReinsTensor", "CReinsKernels", "ReinsTestSupport"]),
         .testTarget(name: "ReinsTests", dependencies: ["Reins", "ReinsTestSupport"]),
+        // Runs the built `reins` tool as a user would (exit status, signal, message, time) on malformed files and
+        // arguments; depending on the tool's target makes `swift test` build it first.
+        .testTarget(name: "ReinsCLITests", dependencies: ["ReinsCLI", "Reins", "ReinsTestSupport"]),
     ]
 )

@@ -50,8 +50,11 @@ public enum LoRAExtraction {
             try linear.attachLoRA(name, LoRA(a: a.detached(), b: b.detached(), scale: 1))
             layers.append(Layer(key: key, rank: r, energyKept: total > 0 ? kept / total : 1))
         }
+        guard !layers.isEmpty else {
+            throw ModelError.badInput("no linear layer\(covered.isEmpty ? " to consider" : "'s weight differs between the base and the fine-tuned model"): there is nothing to extract")
+        }
         let others = baseParameters.filter { k, p in
-            !covered.contains(k) && tuned[k]!.value.scalars != p.value.scalars
+            !covered.contains(k) && tuned[k]!.value.scalars != p.value.scalars // every base key is in `tuned` (checked above)
         }.map(\.key)
         return Report(layers: layers, otherChangedParameters: others)
     }

@@ -11,7 +11,20 @@ struct ReinsCommand: ParsableCommand {
 
     static func main() {
         shortenOpenBLASSpinning()
-        main(nil)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            // One line for a failure, naming the file and the problem (ArgumentParser would add its usage text to
+            // argument errors); help and version requests print in full.
+            let code = exitCode(for: error)
+            guard code != .success else { exit(withError: error) }
+            let lines = fullMessage(for: error).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            var message = lines.first ?? "\(error)"
+            if !message.hasPrefix("Error:") { message = "Error: " + message }
+            FileHandle.standardError.write(Data((message + "\n").utf8))
+            Foundation.exit(code.rawValue)
+        }
     }
 
     /// OpenBLAS's idle worker threads spin (sched_yield) for about 2^28 cycles after each GEMM before sleeping; between

@@ -219,6 +219,9 @@ struct TrainCommand: ParsableCommand {
         for (name, value) in [("--steps", steps), ("--eval-every", evalEvery), ("--patience", patience)] {
             if let value, value <= 0 { throw ValidationError("\(name) must be positive, got \(value)") }
         }
+        guard !batchSize.multipliedReportingOverflow(by: accumulation).overflow else {
+            throw ValidationError("--batch-size \(batchSize) and --accumulation \(accumulation) are too large to count")
+        }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative, got \(warmup)") }
         guard ["adamw", "sgd"].contains(optimizer) else { throw ValidationError("--optimizer must be adamw or sgd, got '\(optimizer)'") }
         for (name, value) in [("--lr", learningRate), ("--weight-decay", weightDecay), ("--clip", clip), ("--momentum", momentum), ("--alpha", alpha)]
