@@ -36,7 +36,10 @@ let package = Package(
         // One tolerance helper and the fixture locations, shared by the test targets.
         .target(name: "ReinsTestSupport", dependencies: ["ReinsTensor"], path: "Tests/ReinsTestSupport"),
         .testTarget(name: "ReinsTensorTests", dependencies: ["ReinsTensor", "CReinsKernels", "ReinsTestSupport"]),
-        .testTarget(name: "ReinsTests", dependencies: ["Reins", "ReinsTestSupport"]),
+        .testTarget(name: "ReinsTests", dependencies: ["Reins", "ReinsTestSupport", "ReinsFuzzTargets"]),
+        // Every file reader as a fuzz target, shared by the mutation fuzz test and the libFuzzer harness (Tests/Fuzz/run.sh).
+        .target(name: "ReinsFuzzTargets", dependencies: ["Reins", "ReinsTensor"], path: "Tests/Fuzz/Targets"),
+        .executableTarget(name: "ReinsFuzz", dependencies: ["ReinsFuzzTargets"], path: "Tests/Fuzz/Harness"),
         // Runs the built `reins` tool as a user would (exit status, signal, message, time) on malformed files and
         // arguments; depending on the tool's target makes `swift test` build it first.
         .testTarget(name: "ReinsCLITests", dependencies: ["ReinsCLI", "Reins", "ReinsTestSupport"]),
