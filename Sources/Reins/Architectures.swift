@@ -28,8 +28,10 @@ public enum PretrainedModel {
 
     /// How to build each architecture and how its keys sit in a checkpoint: one table, one row per architecture.
     typealias Builder = ([String: Any], String) throws -> PretrainedModel
+    /// The parameter count a config implies, counted without building anything.
+    typealias Counter = ([String: Any], String) throws -> Int
 
-    static var table: [String: (build: Builder, options: LoadOptions)] {
+    static var table: [String: (build: Builder, count: Counter, options: LoadOptions)] {
         let gpt2 = LoadOptions(basePrefix: "transformer", ignoredSuffixes: [".attn.bias", ".attn.masked_bias"])
         let bert = LoadOptions(basePrefix: "bert", ignoredSuffixes: ["position_ids"])
         // Task heads start from any pretrained checkpoint, as transformers lets them: the pretraining heads (`cls.`:
@@ -38,15 +40,17 @@ public enum PretrainedModel {
         heads.ignoredPrefixes = ["pooler.", "cls."]
         classifier.ignoredPrefixes = ["cls."]
         gpt2Classifier.ignoredPrefixes = ["lm_head."]
+        let gpt2Count: Counter = { try GPT2Config(json: $0, path: $1).parameterCount }
+        let bertCount: Counter = { try BertConfig(json: $0, path: $1).parameterCount }
         return [
-            "GPT2Model": ({ .gpt2(try GPT2Model(try GPT2Config(json: $0, path: $1))) }, gpt2),
-            "GPT2LMHeadModel": ({ .gpt2LMHead(try GPT2LMHeadModel(try GPT2Config(json: $0, path: $1))) }, gpt2),
-            "GPT2ForSequenceClassification": ({ .gpt2SequenceClassification(try GPT2ForSequenceClassification(try GPT2Config(json: $0, path: $1))) }, gpt2Classifier),
-            "BertModel": ({ .bert(try BertModel(try BertConfig(json: $0, path: $1))) }, bert),
-            "BertForMaskedLM": ({ .bertMaskedLM(try BertForMaskedLM(try BertConfig(json: $0, path: $1))) }, heads),
-            "BertForSequenceClassification": ({ .bertSequenceClassification(try BertForSequenceClassification(try BertConfig(json: $0, path: $1))) }, classifier),
-            "BertForTokenClassification": ({ .bertTokenClassification(try BertForTokenClassification(try BertConfig(json: $0, path: $1))) }, heads),
-            "BertForQuestionAnswering": ({ .bertQuestionAnswering(try BertForQuestionAnswering(try BertConfig(json: $0, path: $1))) }, heads),
+            "GPT2Model": ({ .gpt2(try GPT2Model(try GPT2Config(json: $0, path: $1))) }, gpt2Count, gpt2),
+            "GPT2LMHeadModel": ({ .gpt2LMHead(try GPT2LMHeadModel(try GPT2Config(json: $0, path: $1))) }, gpt2Count, gpt2),
+            "GPT2ForSequenceClassification": ({ .gpt2SequenceClassification(try GPT2ForSequenceClassification(try GPT2Config(json: $0, path: $1))) }, gpt2Count, gpt2Classifier),
+            "BertModel": ({ .bert(try BertModel(try BertConfig(json: $0, path: $1))) }, bertCount, bert),
+            "BertForMaskedLM": ({ .bertMaskedLM(try BertForMaskedLM(try BertConfig(json: $0, path: $1))) }, bertCount, heads),
+            "BertForSequenceClassification": ({ .bertSequenceClassification(try BertForSequenceClassification(try BertConfig(json: $0, path: $1))) }, bertCount, classifier),
+            "BertForTokenClassification": ({ .bertTokenClassification(try BertForTokenClassification(try BertConfig(json: $0, path: $1))) }, bertCount, heads),
+            "BertForQuestionAnswering": ({ .bertQuestionAnswering(try BertForQuestionAnswering(try BertConfig(json: $0, path: $1))) }, bertCount, heads),
         ]
     }
 
@@ -70,6 +74,7 @@ public enum PretrainedModel {
         let name = architecture ?? ConfigReader(json: checkpoint.config, path: configPath).architectures.first
             ?? (checkpoint.config["model_type"] as? String).flatMap { byType[$0] } ?? ""
         guard let row = table[name] else { throw ModelError.unknownArchitecture(name.isEmpty ? "(none in config.json)" : name, known: knownArchitectures) }
+        try checkpoint.requireHolds(parameters: try row.count(checkpoint.config, configPath), configPath: configPath)
         let model = try Initializer.$skipped.withValue(true) { try row.build(checkpoint.config, configPath) }
         var options = row.options
         options.newlyInitialized = newlyInitialized

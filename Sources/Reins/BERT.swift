@@ -61,13 +61,20 @@ public struct BertConfig: Sendable {
         if let padTokenID {
             try check.require((0..<vocabularySize).contains(padTokenID), "pad_token_id \(padTokenID) is outside the vocabulary of \(vocabularySize)")
         }
-        let (C, I) = (hidden, intermediate)
-        // Embeddings and their norm, per layer (q, k, v, output, two norms, FFN in and out), pooler, a task head.
-        // Each term a list of factors, multiplied in checked arithmetic (the sizes may be anything).
-        let L = max(layers, 0)
-        try check.fitsInMemory([[vocabularySize, C], [positions, C], [typeCount, C], [2, C], [L, 4, C, C], [L, 8, C],
-                                [L, C, I], [L, I], [L, I, C], [L, C], [C, C], [C], [labelCount, C]])
+        try check.fitsInMemory(parameterTerms)
     }
+
+    /// The parameters of the model, a pooler and a task head, as products of sizes: embeddings and their norm, per
+    /// layer (q, k, v, output, two norms, FFN in and out), the pooler, the head. Multiplied in checked arithmetic.
+    var parameterTerms: [[Int]] {
+        let (C, I, L) = (hidden, intermediate, max(layers, 0))
+        return [[vocabularySize, C], [positions, C], [typeCount, C], [2, C], [L, 4, C, C], [L, 8, C],
+                [L, C, I], [L, I], [L, I, C], [L, C], [C, C], [C], [labelCount, C]]
+    }
+
+    /// About how many parameters the model has (with a pooler and a task head), counted without building it;
+    /// `Int.max` when the sizes overflow.
+    public var parameterCount: Int { ConfigCheck.count(parameterTerms) ?? .max }
 }
 
 /// Word + position + token-type embeddings, then layer norm.

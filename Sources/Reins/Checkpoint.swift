@@ -60,6 +60,23 @@ public struct Checkpoint {
     /// All tensor names.
     public var tensorNames: [String] { Array(fileOfTensor.keys) }
 
+    /// The number of elements of every tensor together (each already checked against its file's size when opened).
+    public var elementCount: Int {
+        tensorNames.reduce(0) { total, name in total &+ (shape(name)?.reduce(1, &*) ?? 0) }
+    }
+
+    /// Refuses a config that implies far more weights than this checkpoint holds — damaged or hostile — before
+    /// anything is allocated for it. New task heads may add weights the checkpoint lacks, hence the allowance:
+    /// twice the checkpoint plus 16M parameters.
+    /// - Throws: ``ModelError/badConfig(path:detail:)`` with both counts.
+    public func requireHolds(parameters implied: Int, configPath: String) throws {
+        let held = elementCount
+        let allowance = held > Int.max / 4 ? Int.max : 2 * held + (1 << 24)
+        guard implied <= allowance else {
+            throw ModelError.badConfig(path: configPath, detail: "the config implies \(implied) parameters, but the checkpoint holds \(held)")
+        }
+    }
+
     /// The shape of a tensor, if present.
     public func shape(_ name: String) -> [Int]? { fileOfTensor[name].flatMap { files[$0].shape(name) } }
 

@@ -133,9 +133,10 @@ extension BertForSequenceClassification {
         let pooling = pooling ?? (json["reins_pooling"] as? String).flatMap(Pooling.init(rawValue:)) ?? .cls
         json["num_labels"] = labels
         json["id2label"] = nil
-        let model = try Initializer.$skipped.withValue(true) {
-            try BertForSequenceClassification(try BertConfig(json: json, path: directory.appendingPathComponent("config.json").path), pooling: pooling)
-        }
+        let configPath = directory.appendingPathComponent("config.json").path
+        let config = try BertConfig(json: json, path: configPath)
+        try checkpoint.requireHolds(parameters: config.parameterCount, configPath: configPath)
+        let model = try Initializer.$skipped.withValue(true) { try BertForSequenceClassification(config, pooling: pooling) }
         var options = LoadOptions(basePrefix: "bert", ignoredSuffixes: ["position_ids"])
         options.newlyInitialized = ["classifier."] + (pooling == .cls ? ["bert.pooler."] : [])
         // A checkpoint's own classifier is replaced; its pretraining heads (`cls.`, e.g. bert-base-uncased's masked LM) are not used.

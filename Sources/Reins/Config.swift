@@ -75,20 +75,28 @@ struct ConfigCheck {
         }
     }
 
-    /// `Σ Π term` parameters, refused when the product or sum overflows or the float32 weights exceed the memory limit.
-    func fitsInMemory(_ terms: [[Int]]) throws {
-        var total = 0, overflow = false
+    /// `Σ Π term` in checked arithmetic; nil when it overflows.
+    static func count(_ terms: [[Int]]) -> Int? {
+        var total = 0
         for term in terms {
             var product = 1
             for factor in term {
-                let (m, o) = product.multipliedReportingOverflow(by: factor)
-                (product, overflow) = (m, overflow || o)
+                let (m, o) = product.multipliedReportingOverflow(by: max(factor, 0))
+                guard !o else { return nil }
+                product = m
             }
             let (s, o) = total.addingReportingOverflow(product)
-            (total, overflow) = (s, overflow || o)
+            guard !o else { return nil }
+            total = s
         }
+        return total
+    }
+
+    /// `Σ Π term` parameters, refused when the product or sum overflows or the float32 weights exceed the memory limit.
+    func fitsInMemory(_ terms: [[Int]]) throws {
+        let total = ConfigCheck.count(terms) ?? 0
         do {
-            guard !overflow else { throw TensorError.invalidArgument(operation: "", detail: "more parameters than an Int can count") }
+            guard ConfigCheck.count(terms) != nil else { throw TensorError.invalidArgument(operation: "", detail: "more parameters than an Int can count") }
             try Tensor.checkMemory(elements: total, bytesPerElement: MemoryLayout<Float>.stride, what: "\(total) parameters", operation: "")
         } catch let error as TensorError {
             guard case let .invalidArgument(_, detail) = error else { throw error }

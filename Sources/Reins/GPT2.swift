@@ -62,13 +62,20 @@ public struct GPT2Config: Sendable {
         if let padTokenID {
             try check.require((0..<vocabularySize).contains(padTokenID), "pad_token_id \(padTokenID) is outside the vocabulary of \(vocabularySize)")
         }
-        let (C, I) = (hidden, inner)
-        // Embeddings, per block (two norms, qkv, output, FFN in and out), final norm, a classification head.
-        // Each term a list of factors, multiplied in checked arithmetic (the sizes may be anything).
-        let L = max(layers, 0)
-        try check.fitsInMemory([[vocabularySize, C], [positions, C], [L, 4, C], [L, 3, C, C], [L, 3, C], [L, C, C], [L, C],
-                                [L, C, I], [L, I], [L, I, C], [L, C], [2, C], [labelCount, C]])
+        try check.fitsInMemory(parameterTerms)
     }
+
+    /// The parameters of the model and a classification head, as products of sizes: embeddings, per block (two
+    /// norms, qkv, output, FFN in and out), the final norm, the head. Multiplied in checked arithmetic by the caller.
+    var parameterTerms: [[Int]] {
+        let (C, I, L) = (hidden, inner, max(layers, 0))
+        return [[vocabularySize, C], [positions, C], [L, 4, C], [L, 3, C, C], [L, 3, C], [L, C, C], [L, C],
+                [L, C, I], [L, I], [L, I, C], [L, C], [2, C], [labelCount, C]]
+    }
+
+    /// About how many parameters the model has (with a classification head), counted without building it; `Int.max`
+    /// when the sizes overflow.
+    public var parameterCount: Int { ConfigCheck.count(parameterTerms) ?? .max }
 }
 
 /// One GPT-2 block (pre-LN): `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.

@@ -31,7 +31,7 @@ public struct Tensor: @unchecked Sendable {
     ///   ``Tensor/memoryLimitBytes`` (an op's result, e.g. the outer product of two long vectors, is checked too).
     init(uninitializedShape shape: [Int], operation: String = "tensor") throws {
         let n = try Tensor.checkedElementCount(shape, operation: operation)
-        self.init(shape: shape, storage: TensorStorage(uninitializedCount: n))
+        self.init(shape: shape, storage: try TensorStorage(checkedCount: n))
     }
 
     /// A tensor of `other`'s shape whose elements are not yet written. It needs no size check: `other` exists.
@@ -76,8 +76,9 @@ public struct Tensor: @unchecked Sendable {
 
     /// A tensor of the given shape with every element equal to `value`.
     public static func full(_ shape: [Int], _ value: Float) throws -> Tensor {
-        let n = try checkedElementCount(shape, operation: "full")
-        return Tensor(shape: shape, storage: TensorStorage(count: n, repeating: value))
+        var t = try Tensor(uninitializedShape: shape, operation: "full")
+        t.fill(value)
+        return t
     }
     /// Zeros of the given shape.
     public static func zeros(_ shape: [Int]) throws -> Tensor { try full(shape, 0) }
@@ -214,6 +215,9 @@ public struct Tensor: @unchecked Sendable {
     static func validate(shape: [Int], operation: String) throws {
         _ = try checkedElementCount(shape, operation: operation)
     }
+
+    /// Sets every element of a tensor that owns its fresh storage (creation only).
+    private mutating func fill(_ value: Float) { storage.fill(value) }
 
     /// The same values with no autograd history (a new leaf that does not require a gradient).
     public func detached() -> Tensor { Tensor(shape: shape, storage: storage) }

@@ -18,9 +18,25 @@ public final class TensorStorage: @unchecked Sendable {
         self.count = count
     }
 
+    /// Allocates `count` elements, throwing rather than trapping when the system refuses the memory (a limit set with
+    /// `ulimit -v`, or a machine already full): the path of every tensor whose size comes from a caller.
+    init(checkedCount count: Int) throws {
+        guard let p = BufferCache.shared.takeIfAvailable(count: count) else {
+            throw TensorError.invalidArgument(
+                operation: "allocation", detail: "the system refused \(ByteCountFormatter.string(fromByteCount: Int64(count) * 4, countStyle: .binary)) for \(count) elements")
+        }
+        self.pointer = p
+        self.count = count
+    }
+
     /// Allocates `count` elements set to `value`.
     convenience init(count: Int, repeating value: Float) {
         self.init(uninitializedCount: count)
+        fill(value)
+    }
+
+    /// Sets every element to `value`, on every core for large buffers.
+    func fill(_ value: Float) {
         let p = pointer
         Parallel.forSpans(count, grain: 1 << 18) { r in
             if value == 0 {
@@ -77,27 +93,33 @@ public final class BufferCache: Sendable {
         for b in buffers { UnsafeMutableRawPointer(bitPattern: b)!.deallocate() }
     }
 
-    func take(count: Int) -> UnsafeMutablePointer<Float> {
+    /// A buffer from the cache or a fresh one, or nil when the system has no memory for it.
+    func takeIfAvailable(count: Int) -> UnsafeMutablePointer<Float>? {
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
-        let reused = state.withLock { s -> UInt? in
+        if let reused = state.withLock({ s -> UInt? in
             guard let p = s.free[count]?.popLast() else { return nil }
             s.cachedBytes -= bytes
             return p
+        }), let raw = UnsafeMutableRawPointer(bitPattern: reused) {
+            return raw.bindMemory(to: Float.self, capacity: max(count, 1))
         }
-        let raw = reused.flatMap { UnsafeMutableRawPointer(bitPattern: $0) } ?? BufferCache.allocate(bytes: bytes)
+        // posix_memalign reports failure where allocate(byteCount:alignment:) would trap; free() (which deallocate()
+        // calls on Linux) releases either.
+        var raw: UnsafeMutableRawPointer?
+        let alignment = bytes >= 4 * (2 << 20) ? 2 << 20 : 64
+        guard posix_memalign(&raw, alignment, bytes) == 0, let raw else { return nil }
+        #if os(Linux)
+        if alignment > 64 { _ = madvise(raw, bytes, MADV_HUGEPAGE) }
+        #endif
         return raw.bindMemory(to: Float.self, capacity: max(count, 1))
     }
 
-    /// Large buffers are aligned to 2 MiB and offered to the kernel for transparent huge pages: streaming through
-    /// hundreds of megabytes (optimizer state, logits) then costs far fewer TLB misses.
-    private static func allocate(bytes: Int) -> UnsafeMutableRawPointer {
-        let huge = 2 << 20
-        guard bytes >= 4 * huge else { return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64) }
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: huge)
-        #if os(Linux)
-        _ = madvise(raw, bytes, MADV_HUGEPAGE)
-        #endif
-        return raw
+    /// A buffer for sizes that follow from tensors that already exist (scratch space, copies): when even that fails the
+    /// process is out of memory, and Swift's allocator stops it with a message.
+    func take(count: Int) -> UnsafeMutablePointer<Float> {
+        if let p = takeIfAvailable(count: count) { return p }
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
+        return raw.bindMemory(to: Float.self, capacity: max(count, 1))
     }
 
     func give(_ pointer: UnsafeMutablePointer<Float>, count: Int) {

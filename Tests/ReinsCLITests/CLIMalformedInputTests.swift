@@ -95,6 +95,13 @@ struct CLIMalformedInputTests {
         try expectRefusal(["info", "--model", try model("gpt2-lm", in: dir, ["n_layer": 1_000_000_000]).path], mentioning: "too large")
         try expectRefusal(["info", "--model", try model("bert-cls", in: dir, ["vocab_size": 1_000_000_000_000]).path], mentioning: "vocab_size")
         try expectRefusal(["info", "--model", try model("gpt2-lm", in: dir, ["n_head": 0]).path], mentioning: "n_head is 0")
+        // Sizes that fit in memory but not the checkpoint beside them: refused before gigabytes are allocated for them.
+        try expectRefusal(["info", "--model", try model("gpt2-lm", in: dir, ["n_layer": 100_000]).path], mentioning: "implies", "the checkpoint holds")
+        let data = dir.appendingPathComponent("train.jsonl")
+        try #"{"text": "a b", "label": 1}"#.write(to: data, atomically: true, encoding: .utf8)
+        let big = try model("bert-cls", in: dir, ["num_hidden_layers": 100_000])
+        try fm.copyItem(at: Fixtures.directory.appendingPathComponent("tokenizers/wordpiece/vocab.txt"), to: big.appendingPathComponent("vocab.txt"))
+        try expectRefusal(["train", "--model", big.path, "--train", data.path, "--output", dir.appendingPathComponent("run").path], mentioning: "implies")
 
         // A safetensors entry whose byte count wraps to the 4 bytes present (once a write past a 4-byte buffer).
         let wrapped = try model("gpt2-lm", in: dir)

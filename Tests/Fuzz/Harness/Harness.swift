@@ -23,10 +23,19 @@ public func fuzzOneInput(_ bytes: UnsafePointer<UInt8>?, _ count: Int) -> CInt {
     return 0
 }
 
-#if !REINS_LIBFUZZER
+/// libFuzzer's entry when its own `main` is not used (SwiftPM names this target's entry point itself).
+@_silgen_name("LLVMFuzzerRunDriver")
+func runFuzzDriver(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+                   _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
+
 @main
-struct Replay {
+struct Harness {
     static func main() throws {
+        #if REINS_LIBFUZZER
+        var argc = CommandLine.argc
+        var argv = CommandLine.unsafeArgv
+        exit(runFuzzDriver(&argc, &argv, fuzzOneInput))
+        #else
         let arguments = Array(CommandLine.arguments.dropFirst())
         guard let name = arguments.first, let target = ReaderFuzzTarget(rawValue: name) else {
             print("usage: ReinsFuzz TARGET FILE...   (TARGET: \(ReaderFuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")))")
@@ -36,6 +45,6 @@ struct Replay {
             let accepted = target.run(try Data(contentsOf: URL(fileURLWithPath: file)), scratch: scratch, fixtures: fixtures)
             print("\(file): \(accepted ? "accepted" : "refused with an error")")
         }
+        #endif
     }
 }
-#endif
