@@ -1,4 +1,5 @@
 import Foundation
+import ReinsTensor
 import Synchronization
 
 /// GPT-2's byte-level BPE tokenizer: split the text with GPT-2's pattern (contractions, letter runs, number runs,
@@ -18,14 +19,14 @@ public final class BPETokenizer: @unchecked Sendable {
     /// From `vocab.json` + `merges.txt`.
     public convenience init(vocabularyFile: String, mergesFile: String) throws {
         let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: vocabularyFile)) } catch {
+        do { data = try FileBytes.read(vocabularyFile) } catch {
             throw TokenizerError.unreadable(path: vocabularyFile, detail: error.localizedDescription)
         }
         guard let vocab = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw TokenizerError.malformed(path: vocabularyFile, line: nil, detail: "not a JSON object of token -> id")
         }
         let text: String
-        do { text = try String(contentsOfFile: mergesFile, encoding: .utf8) } catch {
+        do { text = try FileBytes.text(mergesFile) } catch {
             throw TokenizerError.unreadable(path: mergesFile, detail: error.localizedDescription)
         }
         var merges: [(String, String)] = []

@@ -95,7 +95,7 @@ public struct Checkpoint {
     public static func readJSON(_ url: URL) throws -> [String: Any] {
         guard FileManager.default.fileExists(atPath: url.path) else { throw ModelError.missingFile(path: url.path) }
         let data: Data
-        do { data = try Data(contentsOf: url) } catch {
+        do { data = try FileBytes.read(url.path) } catch {
             throw ModelError.badConfig(path: url.path, detail: "cannot read: \(error.localizedDescription)")
         }
         guard let object = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {

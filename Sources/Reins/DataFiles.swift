@@ -1,4 +1,5 @@
 import Foundation
+import ReinsTensor
 
 /// Why a data file cannot be used; every case names the file, and the line and field where it applies.
 public enum DataError: Error, CustomStringConvertible, Equatable {
@@ -37,7 +38,7 @@ public enum DataFiles {
     /// Every record of a `.jsonl` or `.csv` file (by extension; anything else is read as JSON Lines).
     /// - Throws: ``DataError`` naming the file and line of a malformed record, or an empty file.
     public static func records(_ url: URL) throws -> [Record] {
-        guard let data = FileManager.default.contents(atPath: url.path) else { throw DataError.unreadable(path: url.path) }
+        guard let data = FileBytes.contents(url.path) else { throw DataError.unreadable(path: url.path) }
         let text = String(decoding: data, as: UTF8.self)
         let records = url.pathExtension.lowercased() == "csv" ? try csv(text, path: url.path) : try jsonLines(text, path: url.path)
         guard !records.isEmpty else { throw DataError.empty(path: url.path) }

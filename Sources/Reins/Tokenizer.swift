@@ -1,4 +1,5 @@
 import Foundation
+import ReinsTensor
 
 /// The ids of one encoded text (or text pair), ready for a model.
 public struct Encoding: Equatable, Sendable {
@@ -59,7 +60,7 @@ public final class WordPieceTokenizer: Sendable {
     /// From a `vocab.txt` (one token per line; the line number is the id).
     public convenience init(vocabularyFile path: String, lowercase: Bool = true, stripAccents: Bool? = nil) throws {
         let text: String
-        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+        do { text = try FileBytes.text(path) } catch {
             throw TokenizerError.unreadable(path: path, detail: error.localizedDescription)
         }
         var lines = text.components(separatedBy: "\n")
@@ -300,7 +301,7 @@ public final class WordPieceTokenizer: Sendable {
 
 func readTokenizerJSON(_ path: String) throws -> [String: Any] {
     let data: Data
-    do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+    do { data = try FileBytes.read(path) } catch {
         throw TokenizerError.unreadable(path: path, detail: error.localizedDescription)
     }
     guard let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {

@@ -85,7 +85,7 @@ public struct StepRecord: Sendable, Decodable {
     /// The records of a `metrics.jsonl` log, in order, every number exactly as it was written.
     /// - Throws: ``DataError`` naming the file and line of a line that is not a step record.
     public static func log(_ url: URL) throws -> [StepRecord] {
-        guard let data = FileManager.default.contents(atPath: url.path) else { throw DataError.unreadable(path: url.path) }
+        guard let data = FileBytes.contents(url.path) else { throw DataError.unreadable(path: url.path) }
         // JSONDecoder, not JSONSerialization: the latter reads some doubles back one unit in the last place off.
         let decoder = JSONDecoder()
         return try DataFiles.nonBlankLines(String(decoding: data, as: UTF8.self)).map { line, text in
@@ -361,7 +361,7 @@ public final class Trainer {
     /// Keeps the records of `metrics.jsonl` up to and including `step`, dropping later ones (a resumed run writes
     /// them again) and any line a kill cut short. Replaced atomically; nothing to do when there is nothing to drop.
     static func truncateLog(_ url: URL, after step: Int) throws {
-        guard let data = FileManager.default.contents(atPath: url.path) else { return }
+        guard let data = FileBytes.contents(url.path) else { return }
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true)
         let kept = lines.filter { line in
             guard let record = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
@@ -387,7 +387,7 @@ public final class Trainer {
     /// - Throws: ``TrainingError/badCheckpoint(path:detail:)`` naming the missing or mis-shaped tensor.
     public func resume(from directory: URL) throws {
         let statePath = directory.appendingPathComponent(Trainer.manifestName)
-        guard let data = FileManager.default.contents(atPath: statePath.path) else { throw ModelError.missingFile(path: statePath.path) }
+        guard let data = FileBytes.contents(statePath.path) else { throw ModelError.missingFile(path: statePath.path) }
         let saved: SavedState
         do { saved = try JSONDecoder().decode(SavedState.self, from: data) } catch {
             throw TrainingError.badCheckpoint(path: statePath.path, detail: "not a trainer state (\(error))")

@@ -1,4 +1,5 @@
 import Foundation
+import ReinsTensor
 
 /// WordNet glosses labelled with their supersense, read from the `data.noun`, `data.verb`, `data.adj` and
 /// `data.adv` files that Debian's `wordnet-base` installs in `/usr/share/wordnet`.
@@ -58,7 +59,7 @@ public enum WordNet {
         var all: [Gloss] = []
         for name in ["data.noun", "data.verb", "data.adj", "data.adv"] {
             let path = directory.appendingPathComponent(name).path
-            guard let data = FileManager.default.contents(atPath: path) else { throw LoadError.missing(path: path) }
+            guard let data = FileBytes.contents(path) else { throw LoadError.missing(path: path) }
             let text = String(decoding: data, as: UTF8.self)
             for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
                 if line.isEmpty || line.hasPrefix("  ") { continue } // licence header

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ReinsTensor
 import Reins
 
 /// `reins extract-lora`: a LoRA adapter from a full fine-tune and its base.
@@ -43,7 +44,7 @@ struct AdaptersCommand: ParsableCommand {
 
         func run() throws {
             let dir = URL(fileURLWithPath: directory)
-            let data = try Data(contentsOf: dir.appendingPathComponent("adapter_config.json"))
+            let data = try FileBytes.read(dir.appendingPathComponent("adapter_config.json").path)
             guard let config = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw ValidationError("adapter_config.json is not an object") }
             let weights = dir.appendingPathComponent("adapter_model.safetensors")
             let file = try SafeTensorsFile(path: weights.path)
@@ -82,7 +83,7 @@ struct AdaptersCommand: ParsableCommand {
                 try l.detachLoRA(l.activeLoRA!)   // detaching unmerges: put the merged weight back, without the adapter
                 l.weight.value = merged
             }
-            let config = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("config.json"))) as? [String: Any] ?? [:]
+            let config = try JSONSerialization.jsonObject(with: FileBytes.read(dir.appendingPathComponent("config.json").path)) as? [String: Any] ?? [:]
             try loaded.module.save(to: URL(fileURLWithPath: output), config: config)
             print("merged \(layers.count) layers into \(output)")
         }

@@ -22,7 +22,7 @@ struct TokenizerTrainCommand: ParsableCommand {
     }
 
     func run() throws {
-        guard let data = FileManager.default.contents(atPath: text) else { throw ValidationError("cannot read \(text)") }
+        guard let data = FileBytes.contents(text) else { throw ValidationError("cannot read \(text)") }
         let learned = try BPETokenizer.learn(from: String(decoding: data, as: UTF8.self), vocabularySize: vocabularySize, minimumFrequency: minimumFrequency)
         let dir = URL(fileURLWithPath: output)
         try BPETokenizer.save(learned, to: dir)
@@ -65,7 +65,7 @@ struct PretrainCommand: ParsableCommand {
     }
 
     func run() throws {
-        guard let data = FileManager.default.contents(atPath: text) else { throw ValidationError("cannot read \(text)") }
+        guard let data = FileBytes.contents(text) else { throw ValidationError("cannot read \(text)") }
         let corpus = String(decoding: data, as: UTF8.self)
         let out = URL(fileURLWithPath: output)
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)

@@ -28,7 +28,7 @@ struct TaskOptions: ParsableArguments {
         if let labels { return labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         for dir in [adapter?.deletingLastPathComponent(), URL(fileURLWithPath: model)].compactMap({ $0 }) {
             let url = dir.appendingPathComponent("labels.json")
-            if let data = FileManager.default.contents(atPath: url.path), let names = try? JSONSerialization.jsonObject(with: data) as? [String] { return names }
+            if let data = FileBytes.contents(url.path), let names = try? JSONSerialization.jsonObject(with: data) as? [String] { return names }
         }
         // Scoring or predicting with a fine-tuned model: its own label map (config.json id2label), unless it holds only
         // transformers' LABEL_i defaults. (Training names its classes from the data instead.)
