@@ -143,10 +143,17 @@ public final class BPETokenizer: @unchecked Sendable {
     func splitSpecials(_ text: String) -> [(String, Int32?)] {
         guard !specials.isEmpty else { return [(text, nil)] }
         var out: [(String, Int32?)] = [], rest = Substring(text)
+        // Each special's next occurrence at or after the cursor, searched again only once the cursor passes it: the
+        // work is one scan of the text per special, however many specials the text holds.
+        var next: [Range<Substring.Index>?] = specials.map { rest.range(of: $0.text) }
         while !rest.isEmpty {
+            for k in specials.indices where next[k].map({ $0.lowerBound < rest.startIndex }) ?? false {
+                next[k] = rest.range(of: specials[k].text)
+            }
+            // The earliest occurrence; among occurrences at the same place, the longest special (they are sorted so).
             var best: (range: Range<Substring.Index>, id: Int32)?
-            for s in specials {
-                if let r = rest.range(of: s.text), best == nil || r.lowerBound < best!.range.lowerBound { best = (r, s.id) }
+            for (k, s) in specials.enumerated() {
+                if let r = next[k], best.map({ r.lowerBound < $0.range.lowerBound }) ?? true { best = (r, s.id) }
             }
             guard let b = best else { out.append((String(rest), nil)); break }
             if b.range.lowerBound > rest.startIndex { out.append((String(rest[..<b.range.lowerBound]), nil)) }
@@ -208,28 +215,68 @@ public final class BPETokenizer: @unchecked Sendable {
         return words
     }
 
+    /// The ids of one pre-tokenized word: its bytes as symbols, then the lowest-ranked adjacent pair merged, leftmost
+    /// first, until no listed pair remains. A heap of candidate pairs over a linked list of symbols makes this
+    /// O(n log n) in the word's length (a word may be a megabyte of letters). Merging one pair at a time gives what
+    /// merging every occurrence of the best pair at once gives: a pair a merge creates always ranks after that merge.
     func bpe(_ word: String) -> [Int32] {
         if let hit = cache.withLock({ $0[word] }) { return hit }
         var symbols = word.utf8.map { String(BPETokenizer.byteToCharacter[Int($0)]) }
-        while symbols.count > 1 {
-            var best: (rank: Int, at: Int)?
-            for k in 0..<(symbols.count - 1) {
-                if let r = ranks[Pair(a: symbols[k], b: symbols[k + 1])], best == nil || r < best!.rank { best = (r, k) }
-            }
-            guard let b = best else { break }
-            // Merge every occurrence of that pair, left to right.
-            let (x, y) = (symbols[b.at], symbols[b.at + 1])
-            var merged: [String] = [], k = 0
-            while k < symbols.count {
-                if k + 1 < symbols.count && symbols[k] == x && symbols[k + 1] == y { merged.append(x + y); k += 2 } else { merged.append(symbols[k]); k += 1 }
-            }
-            symbols = merged
+        let n = symbols.count
+        var next = Array(1...max(n, 1)), previous = Array(-1..<max(n - 1, 0)), alive = [Bool](repeating: true, count: n)
+        if n > 0 { next[n - 1] = -1 }
+        var heap = PairHeap()
+        func consider(_ i: Int) {
+            guard i >= 0, next[i] >= 0, let r = ranks[Pair(a: symbols[i], b: symbols[next[i]])] else { return }
+            heap.push(rank: r, at: i)
+        }
+        for i in 0..<max(n - 1, 0) { consider(i) }
+        while let (rank, i) = heap.pop() {
+            // Stale entries (a symbol merged away, or changed since) are skipped.
+            guard alive[i], next[i] >= 0, ranks[Pair(a: symbols[i], b: symbols[next[i]])] == rank else { continue }
+            let j = next[i]
+            symbols[i] += symbols[j]
+            alive[j] = false
+            next[i] = next[j]
+            if next[j] >= 0 { previous[next[j]] = i }
+            consider(previous[i])
+            consider(i)
         }
         // Every symbol has an id: single bytes are checked to be in the vocabulary when loading, and so is every merge's
         // result, which are the only symbols there can be. (The fallback is never taken.)
-        let ids = symbols.map { vocabulary[$0] ?? 0 }
+        let ids = symbols.indices.filter { alive[$0] }.map { vocabulary[symbols[$0]] ?? 0 }
         cache.withLock { c in if c.count < 100_000 { c[word] = ids } }
         return ids
+    }
+
+    /// A binary min-heap of (rank, position): the lowest rank first, the leftmost among equal ranks.
+    struct PairHeap {
+        private var items: [(rank: Int, at: Int)] = []
+
+        private func less(_ a: Int, _ b: Int) -> Bool { (items[a].rank, items[a].at) < (items[b].rank, items[b].at) }
+
+        mutating func push(rank: Int, at: Int) {
+            items.append((rank, at))
+            var c = items.count - 1
+            while c > 0, less(c, (c - 1) / 2) { items.swapAt(c, (c - 1) / 2); c = (c - 1) / 2 }
+        }
+
+        mutating func pop() -> (Int, Int)? {
+            guard let top = items.first else { return nil }
+            items.swapAt(0, items.count - 1)
+            items.removeLast()
+            var p = 0
+            while true {
+                let l = 2 * p + 1, r = l + 1
+                var m = p
+                if l < items.count, less(l, m) { m = l }
+                if r < items.count, less(r, m) { m = r }
+                if m == p { break }
+                items.swapAt(p, m)
+                p = m
+            }
+            return (top.rank, top.at)
+        }
     }
 
     /// GPT-2's reversible map from bytes to printable characters: printable Latin-1 bytes map to themselves, the rest

@@ -105,6 +105,20 @@ struct MalformedInputTests {
         #expect(performing: { try Trainer(task: task, options: options { $0.optimizer = .adamW(beta1: 1) }) }, throws: contains("betas"))
     }
 
+    @Test func tokenizingHugeWordsAndManySpecialTokensTakesLinearishTime() throws {
+        let bpe = Fixtures.directory.appendingPathComponent("tokenizers/bpe")
+        let tokenizer = try BPETokenizer(vocabularyFile: bpe.appendingPathComponent("vocab.json").path, mergesFile: bpe.appendingPathComponent("merges.txt").path)
+        // One 300,000-letter word (pre-tokenization keeps a letter run whole) and 20,000 special tokens: once
+        // quadratic in the word and in the number of specials.
+        let word = String(repeating: "thequickbrownfox", count: 18_750)
+        let specials = String(repeating: "ab<|endoftext|>", count: 20_000)
+        let start = Date()
+        let ids = tokenizer.encode(word)
+        #expect(tokenizer.decode(ids) == word)
+        #expect(tokenizer.encode(specials).filter { $0 == tokenizer.endOfText }.count == 20_000)
+        #expect(Date().timeIntervalSince(start) < 20, "took \(Date().timeIntervalSince(start)) s")
+    }
+
     @Test func macroF1SumsItsClassesInAFixedOrder() {
         // The same value to the last bit whatever order a Set would give: the per-class scores summed by class.
         let truth = (0..<300).map { ($0 * 7) % 23 }, predicted = (0..<300).map { ($0 * 5) % 23 }
