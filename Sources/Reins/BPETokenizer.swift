@@ -1,6 +1,5 @@
 import Foundation
 import ReinsTensor
-import Synchronization
 
 /// GPT-2's byte-level BPE tokenizer: split the text with GPT-2's pattern (contractions, letter runs, number runs,
 /// other-symbol runs, each optionally led by one space; whitespace runs), map every UTF-8 byte to a printable
@@ -12,7 +11,7 @@ public final class BPETokenizer: @unchecked Sendable {
     let ranks: [Pair: Int]
     /// Special tokens, longest first, so that one that contains another wins.
     let specials: [(text: String, id: Int32)]
-    private let cache = Mutex<[String: [Int32]]>([:])
+    private let cache = Locked<[String: [Int32]]>([:])
 
     struct Pair: Hashable { let a: String, b: String }
 

@@ -2,7 +2,6 @@ import COpenBLAS
 import CReinsKernels
 import Dispatch
 import Foundation
-import Synchronization
 
 /// How ReinsTensor spreads work over cores.
 ///
@@ -50,7 +49,7 @@ public enum Parallel {
 
     /// Parallel regions may overlap (callers on several threads): the first one in saves OpenBLAS's thread count and
     /// sets it to one, the last one out restores it.
-    private static let blasHold = Mutex<(depth: Int, saved: Int32)>((0, 1))
+    private static let blasHold = Locked<(depth: Int, saved: Int32)>((0, 1))
 
     private static func holdBLASToOneThread() {
         blasHold.withLock { hold in

@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// A contiguous buffer of `Float`s that a ``Tensor`` shares until someone writes to it (copy-on-write).
 ///
@@ -68,7 +67,7 @@ public final class BufferCache: Sendable {
         var cachedBytes = 0
         var limitBytes = 2 << 30
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// The most bytes kept for reuse.
     public var limitBytes: Int {

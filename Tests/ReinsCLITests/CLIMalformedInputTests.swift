@@ -45,8 +45,8 @@ struct CLIMalformedInputTests {
         if process.isRunning { process.terminate() }
         process.waitUntilExit()
         return Outcome(status: process.terminationStatus, signaled: process.terminationReason == .uncaughtSignal,
-                       stdout: String(decoding: try Data(contentsOf: outURL), as: UTF8.self),
-                       stderr: String(decoding: try Data(contentsOf: errURL), as: UTF8.self), seconds: Date().timeIntervalSince(start))
+                       stdout: String(decoding: try FileBytes.read(outURL.path), as: UTF8.self),
+                       stderr: String(decoding: try FileBytes.read(errURL.path), as: UTF8.self), seconds: Date().timeIntervalSince(start))
     }
 
     /// Expects a clean refusal: non-zero exit, no signal, within 10 s, and one line on standard error that contains

@@ -22,7 +22,7 @@ struct TrainingFaultTests {
         #expect(throws: Killed.self) {
             _ = try Parallel.withSingleThreadedBLAS {
                 try trainer.run(steps: 8, output: dir) { t in
-                    t.writeBoundary = { stage in
+                    t.writeBoundary = { [unowned t] stage in
                         if stage == boundary && t.step >= from { fired = true; throw Killed() }
                     }
                 }

@@ -1,0 +1,3 @@
+import Testing
+import Lib
+@Test func returnsOne() { #expect(Lib.one() == 1) }
