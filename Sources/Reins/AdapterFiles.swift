@@ -37,7 +37,9 @@ public enum AdapterFiles {
     ///   form, scaling other than 1) or a tensor that fits nowhere; ``TorchCheckpointError`` for a bad pickled file.
     static func loadAdapterHub(directory: URL, config: [String: Any], into model: any Module, name: String) throws {
         let configPath = directory.appendingPathComponent("adapter_config.json").path
-        let c = config["config"] as! [String: Any]
+        guard let c = config["config"] as? [String: Any] else {
+            throw ModelError.badConfig(path: configPath, detail: "'config' is not an object")
+        }
         func flag(_ key: String) -> Bool? { c[key] as? Bool }
         var unsupported: [String] = []
         for key in ["ln_before", "ln_after", "use_gating", "phm_layer", "is_parallel", "adapter_residual_before_ln"] where flag(key) == true { unsupported.append("\(key)=true") }

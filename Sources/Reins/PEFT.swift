@@ -73,6 +73,7 @@ public enum PEFTAdapter {
         }
         var built: [(any LoRAHost, LoRA)] = []
         for module in pairs.keys.sorted() {
+            // `pairs` only holds modules found in `hosts` (checked when each tensor was read).
             let layer = hosts[module]!, (aName, bName) = layer is Embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
             guard let a = pairs[module]!.a, let b = pairs[module]!.b else {
                 throw ModelError.checkpointMismatch(missing: ["\(module).\(pairs[module]!.a == nil ? aName : bName)"], unexpected: [], misshaped: [])

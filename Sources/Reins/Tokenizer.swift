@@ -17,6 +17,8 @@ public enum TokenizerError: Error, Equatable, CustomStringConvertible {
     case malformed(path: String, line: Int?, detail: String)
     case missingSpecialToken(String)
     case tooLongForPair(maximum: Int)
+    /// An argument the tokenizer cannot use (mismatched pairs, an impossible padding length).
+    case badInput(String)
 
     public var description: String {
         switch self {
@@ -24,6 +26,7 @@ public enum TokenizerError: Error, Equatable, CustomStringConvertible {
         case let .malformed(path, line, detail): return "\(path)\(line.map { ":\($0)" } ?? ""): \(detail)"
         case let .missingSpecialToken(t): return "the vocabulary has no \(t) token"
         case let .tooLongForPair(maximum): return "a maximum length of \(maximum) leaves no room for a text pair and its special tokens"
+        case let .badInput(detail): return detail
         }
     }
 }
@@ -154,7 +157,17 @@ public final class WordPieceTokenizer: Sendable {
     }
 
     /// Encodes texts (or pairs) and pads them to a common length with `[PAD]` (type 0, mask 0).
+    /// - Throws: ``TokenizerError`` for pairs that do not match the texts one for one, or padding to a length that
+    ///   would not fit in memory.
     public func encodeBatch(_ texts: [String], pairs: [String]? = nil, options: EncodingOptions = EncodingOptions()) throws -> [Encoding] {
+        if let pairs, pairs.count != texts.count {
+            throw TokenizerError.badInput("\(pairs.count) pair texts for \(texts.count) texts")
+        }
+        if options.padding == .maxLength, let maxLength = options.maxLength {
+            do {
+                try Tensor.checkMemory(elements: maxLength, bytesPerElement: texts.count * 24, what: "padding \(texts.count) texts to \(maxLength) tokens", operation: "encodeBatch")
+            } catch { throw TokenizerError.badInput("\(error)") }
+        }
         var out = try texts.indices.map { try encode(texts[$0], pair: pairs?[$0], options: options) }
         let target: Int
         switch options.padding {

@@ -228,11 +228,11 @@ public struct SafeTensorsFile: @unchecked Sendable {
         withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
         out.append(json)
         for name in floatNames {
-            tensors[name]!.withUnsafeBufferPointer { b in
+            tensors[name]!.withUnsafeBufferPointer { b in // names are the dictionary's own keys
                 for v in b { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
             }
         }
-        for name in intNames {
+        for name in intNames { // names are the dictionary's own keys
             for v in integers[name]!.values { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         }
         try AtomicFile.write(out, to: path)

@@ -52,7 +52,7 @@ public struct TorchCheckpoint: @unchecked Sendable {
             throw TorchCheckpointError.malformed(path: path, detail: "no data.pkl in the archive (an old, non-zip torch.save file?)")
         }
         let prefix = String(pickleName.dropLast("data.pkl".count))
-        var reader = PickleReader(data[files.entries[pickleName]!], path: path)
+        var reader = PickleReader(data[files.entries[pickleName]!], path: path) // pickleName is one of the entries' keys
         let top = try reader.run()
         guard case let .dict(items) = top else { throw TorchCheckpointError.unsupported(path: path, detail: "the pickle is not a dict of tensors") }
         var entries: [String: Entry] = [:], storages: [String: (range: Range<Int>, dtype: String)] = [:]
