@@ -116,6 +116,10 @@ public struct LoadOptions: Sendable {
     public var ignoredSuffixes: [String] = []
     /// Checkpoint tensors that belong to parts this model does not have (other heads): prefixes of keys.
     public var ignoredPrefixes: [String] = []
+    /// Model parameters initialised fresh whatever the checkpoint holds under their keys (a new task head over a
+    /// checkpoint that has its own, perhaps of another size): prefixes of keys. They must also be under
+    /// ``newlyInitialized``, and the checkpoint's tensors under ``ignoredPrefixes``.
+    public var replaced: [String] = []
 }
 
 extension Module {
@@ -147,7 +151,9 @@ extension Module {
         var loads: [(Parameter, String)] = [], fresh: [(Parameter, String)] = []
         for id in order {
             let (p, keys) = groups[id]!
-            let candidates = keys.map(checkpointKey)
+            // Parameters this load replaces start fresh even where the checkpoint has a tensor of that name.
+            let replaced = keys.contains { k in options.replaced.contains { k.hasPrefix($0) } }
+            let candidates = replaced ? [] : keys.map(checkpointKey)
             for c in candidates where names.contains(c) { used.insert(c) }
             guard let found = candidates.first(where: names.contains) else {
                 if keys.contains(where: { k in options.newlyInitialized.contains { k.hasPrefix($0) } }) {

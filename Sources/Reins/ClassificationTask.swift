@@ -141,6 +141,7 @@ extension BertForSequenceClassification {
         options.newlyInitialized = ["classifier."] + (pooling == .cls ? ["bert.pooler."] : [])
         // A checkpoint's own classifier is replaced; its pretraining heads (`cls.`, e.g. bert-base-uncased's masked LM) are not used.
         options.ignoredPrefixes = (pooling == .cls ? ["classifier."] : ["pooler.", "classifier."]) + ["cls."]
+        options.replaced = ["classifier."]
         try model.load(from: checkpoint, options: options)
         return model
     }

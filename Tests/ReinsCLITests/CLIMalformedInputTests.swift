@@ -86,6 +86,16 @@ struct CLIMalformedInputTests {
         return url
     }
 
+    /// The BERT classifier fixture with a WordPiece vocabulary of its size (the fixture vocabulary's first 101 tokens).
+    func bertWithTokenizer(in dir: URL) throws -> URL {
+        let bert = try model("bert-cls", in: dir)
+        let vocabulary = try String(contentsOf: Fixtures.directory.appendingPathComponent("tokenizers/wordpiece/vocab.txt"), encoding: .utf8)
+        let size = try #require(try Checkpoint.readJSON(bert.appendingPathComponent("config.json"))["vocab_size"] as? Int)
+        try (vocabulary.split(separator: "\n").prefix(size).joined(separator: "\n") + "\n")
+            .write(to: bert.appendingPathComponent("vocab.txt"), atomically: true, encoding: .utf8)
+        return bert
+    }
+
     @Test func malformedConfigsAndCheckpointsAreRefusedByName() throws {
         let dir = try temporaryDirectory()
         defer { try? fm.removeItem(at: dir) }
@@ -177,6 +187,41 @@ struct CLIMalformedInputTests {
         try expectRefusal(train, mentioning: "train.jsonl", "class index 9223372036854775807")
         try #"{"text": "a b", "label": 1000000000000}"#.write(to: data, atomically: true, encoding: .utf8)
         try expectRefusal(train, mentioning: "train.jsonl", "class index 1000000000000")
+    }
+
+    @Test func sizesThatCannotFitAreRefusedWithTheSizeNamed() throws {
+        let dir = try temporaryDirectory()
+        defer { try? fm.removeItem(at: dir) }
+        let bert = try bertWithTokenizer(in: dir)
+        let data = dir.appendingPathComponent("train.jsonl")
+        try (0..<4).map { #"{"text": "hello world \#($0)", "label": \#($0 % 2)}"# }.joined(separator: "\n").write(to: data, atomically: true, encoding: .utf8)
+        let train = ["train", "--model", bert.path, "--train", data.path, "--output", dir.appendingPathComponent("run").path, "--steps", "1"]
+        // LoRA A of [10^9, 30] floats, 10^12 virtual tokens: once allocated until the allocator gave up.
+        try expectRefusal(train + ["--method", "lora", "--rank", "1000000000"], mentioning: "more than this machine's")
+        try expectRefusal(train + ["--method", "prefix", "--prefix-length", "1000000000000"], mentioning: "more than this machine's")
+        // An output below a regular file cannot be created: a named error, nothing else written.
+        let file = dir.appendingPathComponent("plain-file")
+        try Data("x".utf8).write(to: file)
+        try expectRefusal(["train", "--model", bert.path, "--train", data.path, "--output", file.appendingPathComponent("run").path], mentioning: "plain-file")
+    }
+
+    @Test func smallButValidRequestsWork() throws {
+        let dir = try temporaryDirectory()
+        defer { try? fm.removeItem(at: dir) }
+        // A context below 48 tokens once trained and saved, then failed at its sample (8 prompt + 40 new tokens).
+        let corpus = dir.appendingPathComponent("corpus.txt")
+        try String(repeating: "the cat sat on the mat and the dog ran to the cat. ", count: 40).write(to: corpus, atomically: true, encoding: .utf8)
+        let pre = try reins(["pretrain", corpus.path, "--context", "10", "--steps", "2", "--layers", "1", "--hidden", "8", "--heads", "2",
+                             "--batch-size", "2", "--vocabulary-size", "300", "--output", dir.appendingPathComponent("gpt").path])
+        #expect(pre.status == 0 && !pre.signaled, "\(pre.stderr)")
+        #expect(pre.stdout.contains("sample:"), "\(pre.stdout)")
+        // A blank line in predict's input is skipped, not fatal.
+        let bert = try bertWithTokenizer(in: dir)
+        let input = dir.appendingPathComponent("in.jsonl")
+        try "{\"text\": \"hello\"}\n\n   \n{\"text\": \"world\"}\n".write(to: input, atomically: true, encoding: .utf8)
+        let predicted = try reins(["predict", "--model", bert.path, "--input", input.path, "--labels", "a,b,c"])
+        #expect(predicted.status == 0, "\(predicted.stderr)")
+        #expect(predicted.stdout.split(separator: "\n").count == 2, "\(predicted.stdout)")
     }
 
     @Test func adapterConfigsThatPEFTRefusesAreRefused() throws {
