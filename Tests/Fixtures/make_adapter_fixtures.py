@@ -3,7 +3,7 @@
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_adapter_fixtures.py
 
-Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2 (../shared/tools/reference-venv.sh). Adapters are saved with
+Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2 (Tests/Fixtures/reference-venv.sh). Adapters are saved with
 `save_pretrained` (adapter_config.json + adapter_model.safetensors) to Tests/Fixtures/adapters/<name>/, beside
 expected.safetensors (inputs and logits). LoRA weights are random (B is not zero) so that the adapter matters.
 """

@@ -5,7 +5,7 @@ library gives. Run by hand, never in CI:
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_adapters_library_fixtures.py
 
-Pinned: torch==2.15.0, transformers==4.57.6, adapters (the version ../shared/tools/reference-venv.sh installs).
+Pinned: torch==2.15.0, transformers==4.57.6, adapters (the version Tests/Fixtures/reference-venv.sh installs).
 Houlsby is the library's DoubleSeqBnConfig (after attention and after the FFN, swish, reading the sublayer output);
 Pfeiffer is SeqBnConfig (after the FFN, relu, reading the block's layer norm of output + residual:
 original_ln_before=True). Weights are random (the up-projections are not zero) so that the adapters matter.

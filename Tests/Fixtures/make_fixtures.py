@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the reference fixtures that Reins's tests compare against. Run by hand, never in CI:
 
-    ../shared/tools/reference-venv.sh && ~/.reins-reference/bin/python Tests/Fixtures/make_fixtures.py
+    bash Tests/Fixtures/reference-venv.sh && ~/.reins-reference/bin/python Tests/Fixtures/make_fixtures.py
 
 Pinned reference stack (the versions reference-venv.sh installs):
     torch==2.15.0  transformers==4.57.6  peft==0.21.2  tokenizers==0.22.2  safetensors==0.8.0  numpy==2.4.6

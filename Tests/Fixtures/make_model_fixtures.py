@@ -3,7 +3,7 @@
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_model_fixtures.py
 
-Pinned reference stack (the versions ../shared/tools/reference-venv.sh installs):
+Pinned reference stack (the versions Tests/Fixtures/reference-venv.sh installs):
     torch==2.15.0  transformers==4.57.6  safetensors==0.8.0
 
 Each model goes to Tests/Fixtures/models/<name>/ as config.json + model.safetensors (save_pretrained), with

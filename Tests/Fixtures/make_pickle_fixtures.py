@@ -3,7 +3,7 @@
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_pickle_fixtures.py
 
-Pinned: torch==2.15.0, transformers==4.57.6, safetensors==0.8.0 (the versions ../shared/tools/reference-venv.sh installs).
+Pinned: torch==2.15.0, transformers==4.57.6, safetensors==0.8.0 (the versions Tests/Fixtures/reference-venv.sh installs).
 
 Writes Tests/Fixtures/pickle/tensors.bin — float32, float16, bfloat16 and float64 tensors, a transposed (strided) view,
 two views of one storage at different offsets, a 0-d tensor and an int64 tensor — with tensors_expected.safetensors

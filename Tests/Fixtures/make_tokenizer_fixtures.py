@@ -5,7 +5,7 @@ tokens). Run by hand, never in CI:
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_tokenizer_fixtures.py
 
-Pinned: tokenizers==0.22.2 (see ../shared/tools/reference-venv.sh).
+Pinned: tokenizers==0.22.2 (see Tests/Fixtures/reference-venv.sh).
 """
 import json
 import os

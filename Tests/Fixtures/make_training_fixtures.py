@@ -4,7 +4,7 @@ models. Run by hand, never in CI:
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_training_fixtures.py
 
-Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2 (../shared/tools/reference-venv.sh).
+Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2 (Tests/Fixtures/reference-venv.sh).
 
 Each method starts from a saved initial state in Tests/Fixtures/training/<method>/ (an adapter directory with its head,
 or nothing for full fine-tuning) and trains for 10 steps on one fixed batch: AdamW (betas 0.9/0.999, eps 1e-8, weight
