@@ -224,16 +224,17 @@ public final class BPETokenizer: @unchecked Sendable {
         let n = symbols.count
         var next = Array(1...max(n, 1)), previous = Array(-1..<max(n - 1, 0)), alive = [Bool](repeating: true, count: n)
         if n > 0 { next[n - 1] = -1 }
-        var heap = PairHeap()
+        var heap = LazyHeap<PairCandidate>()
         func consider(_ i: Int) {
             guard i >= 0, next[i] >= 0, let r = ranks[Pair(a: symbols[i], b: symbols[next[i]])] else { return }
-            heap.push(rank: r, at: i)
+            heap.push(PairCandidate(rank: r, at: i))
         }
         for i in 0..<max(n - 1, 0) { consider(i) }
-        while let (rank, i) = heap.pop() {
-            // Stale entries (a symbol merged away, or changed since) are skipped.
-            guard alive[i], next[i] >= 0, ranks[Pair(a: symbols[i], b: symbols[next[i]])] == rank else { continue }
-            let j = next[i]
+        // Stale entries (a symbol merged away, or changed since it was pushed) are skipped.
+        while let candidate = heap.popValid(where: { c in
+            alive[c.at] && next[c.at] >= 0 && ranks[Pair(a: symbols[c.at], b: symbols[next[c.at]])] == c.rank
+        }) {
+            let (i, j) = (candidate.at, next[candidate.at])
             symbols[i] += symbols[j]
             alive[j] = false
             next[i] = next[j]
@@ -248,34 +249,10 @@ public final class BPETokenizer: @unchecked Sendable {
         return ids
     }
 
-    /// A binary min-heap of (rank, position): the lowest rank first, the leftmost among equal ranks.
-    struct PairHeap {
-        private var items: [(rank: Int, at: Int)] = []
-
-        private func less(_ a: Int, _ b: Int) -> Bool { (items[a].rank, items[a].at) < (items[b].rank, items[b].at) }
-
-        mutating func push(rank: Int, at: Int) {
-            items.append((rank, at))
-            var c = items.count - 1
-            while c > 0, less(c, (c - 1) / 2) { items.swapAt(c, (c - 1) / 2); c = (c - 1) / 2 }
-        }
-
-        mutating func pop() -> (Int, Int)? {
-            guard let top = items.first else { return nil }
-            items.swapAt(0, items.count - 1)
-            items.removeLast()
-            var p = 0
-            while true {
-                let l = 2 * p + 1, r = l + 1
-                var m = p
-                if l < items.count, less(l, m) { m = l }
-                if r < items.count, less(r, m) { m = r }
-                if m == p { break }
-                items.swapAt(p, m)
-                p = m
-            }
-            return (top.rank, top.at)
-        }
+    /// A pair that may be merged next while encoding: the lowest rank first, the leftmost among equal ranks.
+    struct PairCandidate: HeapOrdered {
+        let rank: Int, at: Int
+        func precedes(_ other: PairCandidate) -> Bool { (rank, at) < (other.rank, other.at) }
     }
 
     /// GPT-2's reversible map from bytes to printable characters: printable Latin-1 bytes map to themselves, the rest

@@ -40,7 +40,7 @@ extension BPETokenizer {
                 if holders[k]?.last != w { holders[k, default: []].append(w) }
             }
         }
-        var candidates = MergeCandidates()
+        var candidates = LazyHeap<MergeCandidate>()
         func offer(_ k: UInt64) {
             guard let count = pairs[k], count >= minimumFrequency else { return }
             candidates.push(.init(count: count, merged: tokens[Int(k >> 32)] + tokens[Int(k & 0xFFFF_FFFF)], key: k))
@@ -101,20 +101,29 @@ extension BPETokenizer {
     }
 }
 
-/// The pairs that may be merged next, most frequent first; among equally frequent pairs the one whose merged token
-/// sorts first (then the lower pair of ids), so that learning is deterministic. A binary max-heap with lazy deletion.
-struct MergeCandidates {
-    struct Entry {
-        var count: Int
-        var merged: String
-        var key: UInt64
-        /// Whether `self` is merged before `other`.
-        func precedes(_ other: Entry) -> Bool {
-            if count != other.count { return count > other.count }
-            if merged != other.merged { return merged < other.merged }
-            return key < other.key
-        }
+/// A pair that may be merged next while learning: most frequent first; among equally frequent pairs the one whose
+/// merged token sorts first (then the lower pair of ids), so that learning is deterministic.
+struct MergeCandidate: HeapOrdered {
+    var count: Int
+    var merged: String
+    var key: UInt64
+
+    func precedes(_ other: MergeCandidate) -> Bool {
+        if count != other.count { return count > other.count }
+        if merged != other.merged { return merged < other.merged }
+        return key < other.key
     }
+}
+
+/// What can be kept in a ``LazyHeap``: an order in which entries come out.
+protocol HeapOrdered {
+    /// Whether `self` comes out before `other`.
+    func precedes(_ other: Self) -> Bool
+}
+
+/// A binary heap with lazy deletion: entries that went stale since they were pushed stay in it and are skipped when
+/// they reach the top (cheaper than finding and removing them). Learning merges and applying them both use one.
+struct LazyHeap<Entry: HeapOrdered> {
     private var heap: [Entry] = []
 
     mutating func push(_ entry: Entry) {
