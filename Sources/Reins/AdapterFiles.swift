@@ -54,6 +54,7 @@ public enum AdapterFiles {
         let (file, weightsPath) = try PEFTAdapter.weightsFile(directory, named: "adapter.safetensors", pickled: "pytorch_adapter.bin")
         let hubName = config["name"] as? String ?? ""
         var tensors: [String: Tensor] = [:]
+        let bareEncoder = !model.namedModules().contains { $0.key.hasPrefix("bert.") }
         for key in file.tensorNames.sorted() {
             // <prefix>encoder.layer.L.{attention.output|output}.adapters.NAME.adapter_{down.0|up}.{weight|bias}
             guard let range = key.range(of: ".adapters.\(hubName).") else {
@@ -64,7 +65,8 @@ public enum AdapterFiles {
             if site.hasSuffix(".attention.output") { (layer, slot) = (String(site.dropLast(".attention.output".count)), "attention_adapter") }
             else if site.hasSuffix(".output") { (layer, slot) = (String(site.dropLast(".output".count)), "output_adapter") }
             else { throw ModelError.checkpointMismatch(missing: [], unexpected: ["\(key) (an insertion point Reins does not have)"], misshaped: []) }
-            let plain = model is BertModel && layer.hasPrefix("bert.") ? String(layer.dropFirst("bert.".count)) : layer
+            // The `adapters` library keys a head model's encoder under `bert.`; a bare encoder's keys have no prefix.
+            let plain = bareEncoder && layer.hasPrefix("bert.") ? String(layer.dropFirst("bert.".count)) : layer
             tensors["\(plain).adapters.\(slot).\(part)"] = try file.tensor(key)
         }
         let headFiles = ["model_head.safetensors", "pytorch_model_head.bin"]

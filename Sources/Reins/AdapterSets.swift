@@ -62,10 +62,14 @@ struct EncoderShape {
 }
 
 extension Module {
+    /// The sizes adapters are built for, from the first module that hosts virtual tokens (an encoder or decoder
+    /// stack), whatever the model.
     var encoderShape: EncoderShape? {
         for m in [self as any Module] + namedModules().map(\.module) {
-            if let g = m as? GPT2Model { return EncoderShape(hidden: g.config.hidden, intermediate: g.config.inner, layers: g.config.layers, heads: g.config.heads, prefixes: g.prefixes, prompts: g.prompts) }
-            if let b = m as? BertModel { return EncoderShape(hidden: b.config.hidden, intermediate: b.config.intermediate, layers: b.config.layers, heads: b.config.heads, prefixes: b.prefixes, prompts: b.prompts) }
+            guard let host = m as? any VirtualTokenHost else { continue }
+            let s = host.virtualTokenShape
+            return EncoderShape(hidden: s.hidden, intermediate: host.feedForwardSize, layers: s.layers, heads: s.heads,
+                                prefixes: host.prefixes, prompts: host.prompts)
         }
         return nil
     }
@@ -83,7 +87,7 @@ extension Module {
             unfreeze()
             return trainableParameterCount
         }
-        guard let shape = encoderShape else { throw ModelError.badInput("adapters need a GPT-2 or BERT model") }
+        guard let shape = encoderShape else { throw ModelError.badInput("adapters need a model with transformer blocks (a VirtualTokenHost, such as GPT2Model or BertModel)") }
         guard !adapterNames.contains(name) else { throw ModelError.badInput("the model already has an adapter named '\(name)'; delete it first") }
         try trainingOnlyWhatAppears(under: name) {
         switch method {
@@ -150,48 +154,6 @@ extension Module {
         }
     }
 
-    /// Removes the adapter `name` from every insertion point, with its head, biases and prefix.
-    public func deleteAdapter(_ name: String) throws {
-        (self as? any TaskHeadModel)?.heads.remove(name)
-        encoderShape?.prefixes.remove(name)
-        encoderShape?.prompts.remove(name)
-        for (_, m) in namedModules() {
-            try (m as? any LoRAHost)?.detachLoRA(name)
-            if let l = m as? Linear {
-                l.detachIA3(name)
-                l.biases?.remove(name)
-            }
-            if let n = m as? LayerNorm { n.biases.remove(name) }
-            if let b = m as? BlockAdapters {
-                b.afterAttention.remove(name)
-                b.afterFeedForward.remove(name)
-                b.feedForwardBias.remove(name)
-                b.parallelFeedForward.remove(name)
-            }
-        }
-    }
-
-    /// The names of every adapter on this model, at any insertion point.
-    public var adapterNames: [String] {
-        var names = Set<String>()
-        if let headed = self as? any TaskHeadModel { names.formUnion(headed.heads.variants.keys) }
-        if let shape = encoderShape { names.formUnion(shape.prefixes.members.keys); names.formUnion(shape.prompts.members.keys) }
-        for (_, m) in namedModules() {
-            if let l = m as? any LoRAHost { names.formUnion(l.loras.keys) }
-            if let l = m as? Linear {
-                names.formUnion(l.ia3.keys)
-                if let b = l.biases { names.formUnion(b.variants.keys) }
-            }
-            if let b = m as? BlockAdapters {
-                names.formUnion(b.afterAttention.adapters.keys)
-                names.formUnion(b.afterFeedForward.adapters.keys)
-                names.formUnion(b.feedForwardBias.adapters.keys)
-                names.formUnion(b.parallelFeedForward.adapters.keys)
-            }
-        }
-        return names.sorted()
-    }
-
     /// Replaces every prefix MLP by the plain prefixes it produces (what is saved and used for inference).
     public func foldPrefixes() throws {
         for prefix in encoderShape?.prefixes.members.values.map({ $0 }) ?? [] { try prefix.fold() }
@@ -217,26 +179,17 @@ extension Module {
         }
     }
 
-    /// The adapter active at the head (or, without adapter heads, at any insertion point), if any.
-    public var activeAdapterName: String? {
-        if let headed = self as? any TaskHeadModel, let a = headed.heads.active { return a }
-        if let p = encoderShape?.prefixes.active ?? encoderShape?.prompts.active { return p }
-        for (_, m) in namedModules() {
-            if let l = m as? any LoRAHost, let a = l.activeLoRA { return a }
-            if let l = m as? Linear, let a = l.activeIA3 ?? l.biases?.active { return a }
-            if let b = m as? BlockAdapters, let a = b.afterAttention.active ?? b.afterFeedForward.active ?? b.feedForwardBias.active ?? b.parallelFeedForward.active { return a }
-        }
-        return nil
-    }
-
-    /// PEFT's `task_type` for this model.
-    var taskType: String? {
-        switch self {
-        case is GPT2LMHeadModel: return "CAUSAL_LM"
-        case is BertForSequenceClassification, is GPT2ForSequenceClassification: return "SEQ_CLS"
-        case is BertForTokenClassification: return "TOKEN_CLS"
-        case is BertForQuestionAnswering: return "QUESTION_ANS"
-        default: return "FEATURE_EXTRACTION"
-        }
-    }
+    /// PEFT's `task_type` for this model (`FEATURE_EXTRACTION` for a model without a task of its own).
+    var taskType: String? { (self as? any PEFTTaskModel)?.peftTaskType ?? "FEATURE_EXTRACTION" }
 }
+
+/// A model with a PEFT task type, written into the `adapter_config.json` of its adapters.
+public protocol PEFTTaskModel: Module {
+    var peftTaskType: String { get }
+}
+
+extension GPT2LMHeadModel: PEFTTaskModel { public var peftTaskType: String { "CAUSAL_LM" } }
+extension GPT2ForSequenceClassification: PEFTTaskModel { public var peftTaskType: String { "SEQ_CLS" } }
+extension BertForSequenceClassification: PEFTTaskModel { public var peftTaskType: String { "SEQ_CLS" } }
+extension BertForTokenClassification: PEFTTaskModel { public var peftTaskType: String { "TOKEN_CLS" } }
+extension BertForQuestionAnswering: PEFTTaskModel { public var peftTaskType: String { "QUESTION_ANS" } }

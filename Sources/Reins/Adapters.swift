@@ -214,28 +214,6 @@ extension Module {
         return added
     }
 
-    /// Makes `name` the active adapter at every insertion point that has one (LoRA layers and bottleneck slots), and
-    /// switches off the others; `nil` switches every adapter off.
-    public func activateAdapter(_ name: String?) {
-        (self as? any TaskHeadModel)?.heads.activate(name)
-        for (_, m) in [("", self as any Module)] + namedModules() {
-            if let l = m as? any LoRAHost { l.activeLoRA = name.flatMap { l.loras[$0] != nil ? $0 : nil } }
-            if let l = m as? Linear {
-                l.activeIA3 = name.flatMap { l.ia3[$0] != nil ? $0 : nil }
-                l.biases?.activate(name)
-            }
-            if let n = m as? LayerNorm { n.biases.activate(name) }
-            if let g = m as? GPT2Model { g.prefixes.activate(name); g.prompts.activate(name) }
-            if let b = m as? BertModel { b.prefixes.activate(name); b.prompts.activate(name) }
-            if let b = m as? BlockAdapters {
-                b.afterAttention.active = name.flatMap { b.afterAttention.adapters[$0] != nil ? $0 : nil }
-                b.afterFeedForward.active = name.flatMap { b.afterFeedForward.adapters[$0] != nil ? $0 : nil }
-                b.feedForwardBias.active = name.flatMap { b.feedForwardBias.adapters[$0] != nil ? $0 : nil }
-                b.parallelFeedForward.active = name.flatMap { b.parallelFeedForward.adapters[$0] != nil ? $0 : nil }
-            }
-        }
-    }
-
     /// BitFit (Ben Zaken et al., arXiv 2106.10199): freezes everything except the biases (and, by `alsoTrain`, a head).
     public func applyBitFit(alsoTrain: (String) -> Bool = { _ in false }) {
         freeze()
@@ -264,7 +242,7 @@ public final class NamedSet<Value: AnyObject> {
     }
 
     /// Activates `name` if it exists here, else nothing.
-    func activate(_ name: String?) { active = name.flatMap { members[$0] != nil ? $0 : nil } }
+    public func activate(_ name: String?) { active = name.flatMap { members[$0] != nil ? $0 : nil } }
 }
 
 /// Prefixes by adapter name.
@@ -288,8 +266,12 @@ public protocol VirtualTokenHost: AnyObject {
     var prompts: PromptSet { get }
     /// Layers, width and heads, which prefixes and prompts must fit.
     var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) { get }
+    /// The width of the feed-forward network's hidden layer (what AdapterBias reads).
+    var feedForwardSize: Int { get }
 }
 
+extension GPT2Model { public var feedForwardSize: Int { config.inner } }
+extension BertModel { public var feedForwardSize: Int { config.intermediate } }
 extension GPT2Model { public var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) { (config.layers, config.hidden, config.heads) } }
 extension BertModel { public var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) { (config.layers, config.hidden, config.heads) } }
 

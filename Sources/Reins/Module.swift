@@ -575,7 +575,7 @@ public final class Variants<Value: AnyObject> {
     func add(_ name: String, _ value: Value) { named.add(name, value) }
     func remove(_ name: String) { named.remove(name) }
     /// Activates `name` if there is a variant of that name, else the base.
-    func activate(_ name: String?) { named.activate(name) }
+    public func activate(_ name: String?) { named.activate(name) }
 }
 
 /// Biases with BitFit variants.
