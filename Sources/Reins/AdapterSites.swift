@@ -15,18 +15,32 @@ public protocol AdapterSite {
     func activate(_ name: String?)
     /// Removes the adapter `name` from this site (nothing when it has none of that name).
     func removeAdapter(_ name: String) throws
+    /// The parameters the adapter `name` holds at this site (none when it has none here).
+    func parameters(of name: String) -> [Parameter]
+}
+
+/// The parameters of a value kept at a site: a parameter itself, a module's, a prefix's.
+func adapterParameters(_ value: AnyObject?) -> [Parameter] {
+    switch value {
+    case let p as Parameter: return [p]
+    case let m as any Module: return m.parameters
+    case let p as Prefix: return p.parameters
+    default: return []
+    }
 }
 
 extension NamedSet: AdapterSite {
     public var adapterNames: [String] { members.keys.sorted() }
     public var activeAdapter: String? { active }
     public func removeAdapter(_ name: String) { remove(name) }
+    public func parameters(of name: String) -> [Parameter] { adapterParameters(members[name]) }
 }
 
 extension Variants: AdapterSite {
     public var adapterNames: [String] { named.adapterNames }
     public var activeAdapter: String? { active }
     public func removeAdapter(_ name: String) { remove(name) }
+    public func parameters(of name: String) -> [Parameter] { adapterParameters(variants[name]) }
 }
 
 extension AdapterSlot: AdapterSite {
@@ -34,6 +48,7 @@ extension AdapterSlot: AdapterSite {
     public var activeAdapter: String? { active }
     public func activate(_ name: String?) { active = name.flatMap { adapters[$0] != nil ? $0 : nil } }
     public func removeAdapter(_ name: String) { remove(name) }
+    public func parameters(of name: String) -> [Parameter] { adapters[name]?.parameters ?? [] }
 }
 
 /// The LoRA adapters of a linear layer, an embedding table or a tied output layer, as a site.
@@ -43,6 +58,7 @@ struct LoRASite: AdapterSite {
     var activeAdapter: String? { host.activeLoRA }
     func activate(_ name: String?) { host.activeLoRA = name.flatMap { host.loras[$0] != nil ? $0 : nil } }
     func removeAdapter(_ name: String) throws { try host.detachLoRA(name) }
+    func parameters(of name: String) -> [Parameter] { host.loras[name].map { [$0.a, $0.b] + ($0.magnitude.map { [$0] } ?? []) } ?? [] }
 }
 
 /// The IA3 vectors of a linear layer, as a site.
@@ -52,6 +68,7 @@ struct IA3Site: AdapterSite {
     var activeAdapter: String? { layer.activeIA3 }
     func activate(_ name: String?) { layer.activeIA3 = name.flatMap { layer.ia3[$0] != nil ? $0 : nil } }
     func removeAdapter(_ name: String) { layer.detachIA3(name) }
+    func parameters(of name: String) -> [Parameter] { layer.ia3[name].map { [$0.vector] } ?? [] }
 }
 
 /// A module that holds adapter sites of its own (its children's are found by walking the tree).
@@ -97,4 +114,25 @@ extension Module {
 
     /// The adapter applied at the first site that applies one (sites are activated together, so it is the one in use).
     public var activeAdapterName: String? { adapterSites.lazy.compactMap(\.activeAdapter).first }
+
+    /// Every parameter the adapter `name` holds, at every site (its head and BitFit biases included), each once.
+    public func parameters(ofAdapter name: String) -> [Parameter] {
+        var seen = Set<ObjectIdentifier>()
+        return adapterSites.flatMap { $0.parameters(of: name) }.filter { seen.insert(ObjectIdentifier($0)).inserted }
+    }
+
+    /// Runs `body` on the bare base: no adapter applied at any site and no LoRA merged into a weight; then puts every
+    /// site and merge back as it was.
+    public func withBareBase<R>(_ body: () throws -> R) throws -> R {
+        let sites = adapterSites, active = sites.map(\.activeAdapter)
+        let merged = ([self as any Module] + namedModules().map(\.module)).compactMap { $0 as? any LoRAHost }.filter(\.isMerged)
+        for host in merged { try host.unmerge() }
+        for site in sites { site.activate(nil) }
+        defer {
+            for (site, name) in zip(sites, active) { site.activate(name) }
+            // Folding the same adapter back into the weight it was folded into before cannot fail on shapes.
+            for host in merged { try? host.merge() }
+        }
+        return try body()
+    }
 }

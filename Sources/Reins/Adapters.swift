@@ -181,13 +181,6 @@ public enum BottleneckPlacement: Sendable {
     case pfeiffer
 }
 
-/// Whether a parameter key belongs to an adapter (LoRA weights, bottleneck adapters, prefixes) rather than to the
-/// base model: adapters are saved in their own directories, never into the base checkpoint.
-public func isAdapterKey(_ key: String) -> Bool {
-    key.contains(".lora_A.") || key.contains(".lora_B.") || key.contains(".lora_embedding_A.") || key.contains(".lora_embedding_B.") || key.contains(".lora_magnitude_vector.") || key.contains(".ia3_l.") || key.contains(".adapters.") || key.hasSuffix("prompt_embeddings")
-        || key.hasSuffix("prompt_tuning_embeddings") || key.contains("prefix_encoder.")
-}
-
 extension Module {
     /// Every block's adapter insertion points, in layer order.
     public var blockAdapters: [BlockAdapters] { namedModules().compactMap { $0.module as? BlockAdapters } }

@@ -197,11 +197,15 @@ extension Module {
     }
 
     /// Writes `config.json` and `model.safetensors` (each atomically) to `directory`; tied parameters are stored once,
-    /// under their first key. Attached adapters are not written (see ``PEFTAdapter/save(_:name:to:taskType:modulesToSave:baseModel:)``).
+    /// under their first key. It writes the base only: no adapter's tensors, and never an active adapter's head, BitFit
+    /// biases or merged LoRA in place of the base's own (see ``Module/saveAdapter(_:to:baseModel:)`` for adapters).
     public func save(to directory: URL, config: [String: Any]) throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let owned = Set(adapterNames.flatMap { parameters(ofAdapter: $0) }.map(ObjectIdentifier.init))
         var tensors: [String: Tensor] = [:]
-        for (key, p) in namedParameters() where !isAdapterKey(key) { tensors[key] = p.value.detached() }
+        try withBareBase {
+            for (key, p) in namedParameters() where !owned.contains(ObjectIdentifier(p)) { tensors[key] = p.value.detached() }
+        }
         try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("model.safetensors").path)
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try AtomicFile.write(json, to: directory.appendingPathComponent("config.json").path)

@@ -653,7 +653,7 @@ struct PrefixReparameterizationTests {
         try prefix.fold()
         #expect(prefix.encoder == nil)
         expectClose(try model.logits(ids), logits, atol: 1e-6, rtol: 1e-6, "folded in place")
-        let adapterCount: Int = model.namedParameters().filter { isAdapterKey($0.key) }.map { $0.parameter.value.count }.reduce(0, +)
+        let adapterCount: Int = model.adapterNames.flatMap { model.parameters(ofAdapter: $0) }.map { $0.value.count }.reduce(0, +)
         #expect(adapterCount == 4 * 2 * 2 * 30)
     }
 }
