@@ -22,7 +22,16 @@ public enum AdapterFiles {
         if config["config"] is [String: Any], config["peft_type"] == nil {
             return try loadAdapterHub(directory: directory, config: config, into: model, name: name)
         }
-        guard (config["peft_type"] as? String) == blockType else { return try PEFTAdapter.load(directory: directory, into: model, name: name) }
+        guard (config["peft_type"] as? String) == blockType else {
+            try PEFTAdapter.load(directory: directory, into: model, name: name)
+            // The part of a combined adapter that PEFT's format cannot hold, saved beside it in Reins's layout.
+            let companion = directory.appendingPathComponent(companionConfig)
+            guard FileManager.default.fileExists(atPath: companion.path) else { return }
+            let companionConfigJSON = try Checkpoint.readJSON(companion)
+            let (file, weightsPath) = try PEFTAdapter.weightsFile(directory, named: companionWeights, pickled: companionWeights)
+            return try loadBlockAdapters(Dictionary(uniqueKeysWithValues: try file.tensorNames.map { ($0, try file.tensor($0)) }), config: companionConfigJSON,
+                                         configPath: companion.path, weightsPath: weightsPath, into: model, name: name)
+        }
         let (file, weightsPath) = try PEFTAdapter.weightsFile(directory)
         try loadBlockAdapters(Dictionary(uniqueKeysWithValues: try file.tensorNames.map { ($0, try file.tensor($0)) }), config: config,
                               configPath: configURL.path, weightsPath: weightsPath, into: model, name: name)
@@ -145,10 +154,18 @@ public enum AdapterFiles {
         model.activateAdapter(name)
     }
 
+    /// The files of the part of an adapter that PEFT's format cannot hold, beside PEFT's own files (an adapter that
+    /// combines LoRA with a bottleneck adapter, say): Reins's layout under these names. PEFT ignores them.
+    static let companionConfig = "reins_adapter_config.json", companionWeights = "reins_adapter_model.safetensors"
+
     /// Saves the block adapters named `name` (bottleneck, AdapterBias, parallel), its BitFit biases and its task head in
-    /// Reins's layout.
-    public static func saveBlockAdapters(_ model: any Module, name: String = "default", to directory: URL) throws {
+    /// Reins's layout — or, as a `companion` beside PEFT's files, whatever of them is not in `excluding`.
+    /// - Returns: the parameters whose values were written.
+    @discardableResult
+    public static func saveBlockAdapters(_ model: any Module, name: String = "default", to directory: URL, companion: Bool = false,
+                                         excluding: Set<ObjectIdentifier> = []) throws -> Set<ObjectIdentifier> {
         var tensors: [String: Tensor] = [:], slots = Set<String>(), nonLinearity: String?, scale: Float?, normalizedSum = false
+        var written = Set<ObjectIdentifier>()
         for block in model.blockAdapters {
             for (slot, a) in [("attention_adapter", block.afterAttention.adapters[name]), ("output_adapter", block.afterFeedForward.adapters[name])] {
                 guard let a else { continue }
@@ -159,29 +176,41 @@ public enum AdapterFiles {
             if let a = block.parallelFeedForward.adapters[name] { slots.insert("parallel_adapter"); scale = a.scale }
             if block.feedForwardBias.adapters[name] != nil { slots.insert("adapter_bias") }
         }
-        for (key, p) in model.namedParameters() where key.contains(".adapters.") && key.contains(".\(name).") {
-            tensors[key.replacingOccurrences(of: ".\(name).", with: ".")] = p.value.detached()
+        // A block slot registers its adapters as `<block>.adapters.<slot>.<name>.<part>`: the name is the component
+        // after the slot, matched whole (an adapter named `1` is not the `1` of `h.1`), and found by identity.
+        let blockParameters = Set(model.blockAdapters.flatMap { b in b.ownAdapterSites.flatMap { $0.parameters(of: name) } }.map(ObjectIdentifier.init))
+        for (key, p) in model.namedParameters() where blockParameters.contains(ObjectIdentifier(p)) {
+            var parts = key.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+            guard let at = parts.lastIndex(of: "adapters"), at + 2 < parts.count, parts[at + 2] == name else { continue }
+            parts.remove(at: at + 2)
+            tensors[parts.joined(separator: ".")] = p.value.detached()
+            written.insert(ObjectIdentifier(p))
         }
         var bitFit = false
         for (key, m) in model.namedModules() {
-            if let variant = (m as? Linear)?.biases?.variants[name] ?? (m as? LayerNorm)?.biases.variants[name] {
+            if let variant = (m as? Linear)?.biases?.variants[name] ?? (m as? LayerNorm)?.biases.variants[name], !excluding.contains(ObjectIdentifier(variant)) {
                 tensors[key + ".bias"] = variant.value.detached()
+                written.insert(ObjectIdentifier(variant))
                 bitFit = true
             }
         }
         var head: String?
-        if let headed = model as? any TaskHeadModel, let h = headed.heads.variants[name] {
-            for (key, p) in h.namedParameters() { tensors["\(headed.headKey).\(key)"] = p.value.detached() }
+        if let headed = model as? any TaskHeadModel, let h = headed.heads.variants[name], !h.parameters.contains(where: { excluding.contains(ObjectIdentifier($0)) }) {
+            for (key, p) in h.namedParameters() { tensors["\(headed.headKey).\(key)"] = p.value.detached(); written.insert(ObjectIdentifier(p)) }
             head = headed.headKey
         }
-        guard !tensors.isEmpty else { throw ModelError.badInput("the model has no block adapter, BitFit biases or head named '\(name)'") }
+        guard !tensors.isEmpty else {
+            if companion { return [] }
+            throw ModelError.badInput("the model has no block adapter, BitFit biases or head named '\(name)'")
+        }
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("adapter_model.safetensors").path)
+        try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent(companion ? companionWeights : "adapter_model.safetensors").path)
         var config: [String: Any] = ["peft_type": blockType, "slots": slots.sorted(), "bitfit": bitFit, "reins_version": Reins.version]
         if let head { config["head"] = head }
         if let nonLinearity { config["non_linearity"] = nonLinearity; config["original_ln_before"] = normalizedSum }
         if let scale { config["parallel_scale"] = scale }
         try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
-                             to: directory.appendingPathComponent("adapter_config.json").path)
+                             to: directory.appendingPathComponent(companion ? companionConfig : "adapter_config.json").path)
+        return written
     }
 }

@@ -160,22 +160,42 @@ extension Module {
     }
 
     /// Saves the adapter `name` with its head: PEFT's layout for LoRA (with BitFit biases as PEFT's `bias: "all"`),
-    /// prefix tuning and IA3; Reins's layout (``AdapterFiles``) for bottleneck adapters, AdapterBias, parallel
-    /// adapters and BitFit. A prefix MLP is folded first. Written atomically, file by file.
+    /// prefix tuning, prompt tuning and IA3; Reins's layout (``AdapterFiles``) for bottleneck adapters, AdapterBias,
+    /// parallel adapters and BitFit. An adapter that combines the two kinds (LoRA and a Houlsby adapter under one
+    /// name, say) is saved whole: PEFT's files for its PEFT part, Reins's layout beside them
+    /// (`reins_adapter_config.json`, `reins_adapter_model.safetensors`, which PEFT ignores) for the rest. A prefix MLP
+    /// is folded first. Written atomically, file by file.
+    /// - Throws: ``ModelError/badInput(_:)`` when the adapter does not exist, or holds tensors neither format can
+    ///   carry (say LoRA and IA3 under one name: PEFT's config has one `peft_type`) — named, and nothing is lost silently.
     public func saveAdapter(_ name: String, to directory: URL, baseModel: String? = nil) throws {
         guard adapterNames.contains(name) else { throw ModelError.badInput("the model has no adapter named '\(name)' (it has \(adapterNames))") }
         let previous = activeAdapterName
         activateAdapter(name)
         defer { activateAdapter(previous) }
+        try encoderShape?.prefixes.members[name]?.fold()
+        let owned = parameters(ofAdapter: name)
         let headed = self as? any TaskHeadModel
         let heads = headed.flatMap { $0.heads.variants[name] != nil ? [$0.headKey] : nil } ?? []
         let hasPEFT = namedModules().contains { ($0.module as? any LoRAHost)?.loras[name] != nil || ($0.module as? Linear)?.ia3[name] != nil }
             || encoderShape?.prefixes.members[name] != nil || encoderShape?.prompts.members[name] != nil
+        var written = Set<ObjectIdentifier>()
         if hasPEFT {
-            try encoderShape?.prefixes.members[name]?.fold()
-            try PEFTAdapter.save(self, name: name, to: directory, taskType: taskType, modulesToSave: heads, baseModel: baseModel)
+            written = try PEFTAdapter.save(self, name: name, to: directory, taskType: taskType, modulesToSave: heads, baseModel: baseModel)
+            let companion = directory.appendingPathComponent(AdapterFiles.companionConfig)
+            if owned.contains(where: { !written.contains(ObjectIdentifier($0)) }) {
+                written.formUnion(try AdapterFiles.saveBlockAdapters(self, name: name, to: directory, companion: true, excluding: written))
+            } else if FileManager.default.fileExists(atPath: companion.path) {
+                // A companion from an earlier save of another adapter to this directory would be read with this one.
+                try FileManager.default.removeItem(at: companion)
+                try? FileManager.default.removeItem(at: directory.appendingPathComponent(AdapterFiles.companionWeights))
+            }
         } else {
-            try AdapterFiles.saveBlockAdapters(self, name: name, to: directory)
+            written = try AdapterFiles.saveBlockAdapters(self, name: name, to: directory)
+        }
+        let keys = Dictionary(namedParameters().map { (ObjectIdentifier($0.parameter), $0.key) }, uniquingKeysWith: { a, _ in a })
+        let missing = owned.filter { !written.contains(ObjectIdentifier($0)) }.map { keys[ObjectIdentifier($0)] ?? "?" }.sorted()
+        guard missing.isEmpty else {
+            throw ModelError.badInput("adapter '\(name)' was not saved whole: no adapter file format holds \(missing.joined(separator: ", ")) together with the rest of it (PEFT's format has one method per adapter; save these under their own adapter name)")
         }
     }
 

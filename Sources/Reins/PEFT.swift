@@ -364,9 +364,11 @@ public enum PEFTAdapter {
     /// `modulesToSave` (task heads). Files are written atomically; the directory holds only adapter tensors and JSON.
     /// - Parameters:
     ///   - taskType: PEFT's `task_type` (`CAUSAL_LM`, `SEQ_CLS`, `TOKEN_CLS`, `QUESTION_ANS`, `FEATURE_EXTRACTION`).
+    @discardableResult
     public static func save(_ model: any Module, name: String = "default", to directory: URL, taskType: String? = nil,
-                            modulesToSave: [String] = [], baseModel: String? = nil) throws {
+                            modulesToSave: [String] = [], baseModel: String? = nil) throws -> Set<ObjectIdentifier> {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        var written = Set<ObjectIdentifier>() // the parameters whose values went into the file
         var tensors: [String: Tensor] = [:], config: [String: Any] = [
             "peft_version": "0.21.2", "base_model_name_or_path": baseModel ?? NSNull(), "task_type": taskType ?? NSNull(),
             "inference_mode": true, "revision": NSNull(),
@@ -405,14 +407,18 @@ public enum PEFTAdapter {
                 let (a, b) = layer is Embedding ? ("lora_embedding_A", "lora_embedding_B") : ("lora_A.weight", "lora_B.weight")
                 tensors["base_model.model.\(key).\(a)"] = lora.a.value.detached()
                 tensors["base_model.model.\(key).\(b)"] = lora.b.value.detached()
-                if let m = lora.magnitude { tensors["base_model.model.\(key).lora_magnitude_vector"] = m.value.detached() }
+                written.formUnion([ObjectIdentifier(lora.a), ObjectIdentifier(lora.b)])
+                if let m = lora.magnitude { tensors["base_model.model.\(key).lora_magnitude_vector"] = m.value.detached(); written.insert(ObjectIdentifier(m)) }
             }
             // LoRA + BitFit: the adapter's own biases, as PEFT's bias="all" saves them (a LoRA-wrapped layer's bias under
             // `.base_layer.bias`).
             for (key, m) in model.namedModules() {
                 let variant = (m as? Linear)?.biases?.variants[name] ?? (m as? LayerNorm)?.biases.variants[name]
                 let wrapped = (m as? Linear)?.loras[name] != nil
-                if let variant { tensors["base_model.model.\(key)\(wrapped ? ".base_layer" : "").bias"] = variant.value.detached() }
+                if let variant {
+                    tensors["base_model.model.\(key)\(wrapped ? ".base_layer" : "").bias"] = variant.value.detached()
+                    written.insert(ObjectIdentifier(variant))
+                }
             }
             if tensors.keys.contains(where: { $0.hasSuffix(".bias") }) { config["bias"] = "all" }
         } else if !ia3Layers.isEmpty {
@@ -423,6 +429,7 @@ public enum PEFTAdapter {
             ]) { _, new in new }
             for (key, v, _) in ia3Layers {
                 tensors["base_model.model.\(key).ia3_l"] = try v.vector.value.reshaped(v.scalesInput ? [1, -1] : [-1, 1]).detached()
+                written.insert(ObjectIdentifier(v.vector))
             }
         } else if let shape = model.encoderShape, let prompt = shape.prompts.members[name] ?? shape.prompts.current {
             config.merge([
@@ -431,6 +438,7 @@ public enum PEFTAdapter {
                 "prompt_tuning_init": "RANDOM", "modules_to_save": modulesToSave.isEmpty ? NSNull() : modulesToSave,
             ]) { _, new in new }
             tensors["prompt_embeddings"] = prompt.value.detached()
+            written.insert(ObjectIdentifier(prompt))
             headPrefix = "base_model." 
         } else if let owner = prefixOwner {
             config.merge([
@@ -440,15 +448,18 @@ public enum PEFTAdapter {
             ]) { _, new in new }
             // A reparameterised prefix is saved folded: the plain prefixes its MLP produces.
             tensors["prompt_embeddings"] = try Autograd.withoutGradients { try owner.prefix.current() }.detached()
+            written.formUnion(owner.prefix.parameters.map(ObjectIdentifier.init))
             headPrefix = "base_model." // PEFT's prompt-learning models keep heads under base_model.
         } else {
             throw ModelError.badInput("the model has no adapter named '\(name)' and no prefix")
         }
         for (key, p) in model.namedParameters() where modulesToSave.contains(where: { key == $0 || key.hasPrefix($0 + ".") }) {
             tensors[headPrefix + key] = p.value.detached()
+            written.insert(ObjectIdentifier(p))
         }
         try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("adapter_model.safetensors").path)
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try AtomicFile.write(json, to: directory.appendingPathComponent("adapter_config.json").path)
+        return written
     }
 }
