@@ -29,14 +29,17 @@ let package = Package(
         ),
         .target(name: "ReinsTensor", dependencies: ["CReinsKernels", "COpenBLAS"]),
         .target(name: "Reins", dependencies: ["ReinsTensor"]),
+        // The demo's data (WordNet supersenses) and the real models pip packages ship: used by the CLI's demo and the
+        // tests, not part of the library a user imports.
+        .target(name: "ReinsDemoData", dependencies: ["Reins", "ReinsTensor"]),
         .executableTarget(
             name: "ReinsCLI",
-            dependencies: ["Reins", "ReinsTensor", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["Reins", "ReinsTensor", "ReinsDemoData", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // One tolerance helper and the fixture locations, shared by the test targets.
         .target(name: "ReinsTestSupport", dependencies: ["ReinsTensor"], path: "Tests/ReinsTestSupport"),
         .testTarget(name: "ReinsTensorTests", dependencies: ["ReinsTensor", "CReinsKernels", "ReinsTestSupport"]),
-        .testTarget(name: "ReinsTests", dependencies: ["Reins", "ReinsTestSupport", "ReinsFuzzTargets"]),
+        .testTarget(name: "ReinsTests", dependencies: ["Reins", "ReinsTestSupport", "ReinsFuzzTargets", "ReinsDemoData"]),
         // Every file reader as a fuzz target, shared by the mutation fuzz test and the libFuzzer harness (Tests/Fuzz/run.sh).
         .target(name: "ReinsFuzzTargets", dependencies: ["Reins", "ReinsTensor"], path: "Tests/Fuzz/Targets"),
         .executableTarget(name: "ReinsFuzz", dependencies: ["ReinsFuzzTargets"], path: "Tests/Fuzz/Harness"),

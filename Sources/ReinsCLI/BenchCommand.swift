@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Reins
+import ReinsDemoData
 
 /// `reins bench`: whole-model timings that Benchmarks/Scripts/compare_models.py sets against PyTorch.
 struct BenchCommand: ParsableCommand {

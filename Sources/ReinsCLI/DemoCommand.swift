@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import Reins
+import ReinsDemoData
 import ReinsTensor
 
 /// `reins demo`: every steering method on one real frozen base (MiniLM-L6) and real data (WordNet supersenses).

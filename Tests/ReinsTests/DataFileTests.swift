@@ -1,5 +1,6 @@
 import Foundation
 import Reins
+import ReinsDemoData
 import ReinsTestSupport
 import Testing
 
