@@ -41,9 +41,17 @@ def bert_base():
     return BertForSequenceClassification.from_pretrained(os.path.join(HERE, "models", "bert-cls")).eval()
 
 
+def drop_model_card(directory):
+    """PEFT writes a README.md model card (boilerplate, with this machine's paths) beside every adapter: not a fixture."""
+    card = os.path.join(directory, "README.md")
+    if os.path.exists(card):
+        os.remove(card)
+
+
 def save(name, peft_model, inputs, logits, extra=None):
     out = os.path.join(HERE, "adapters", name)
     peft_model.save_pretrained(out, safe_serialization=True)
+    drop_model_card(out)
     save_file({**{k: v.contiguous() for k, v in inputs.items()}, "logits": logits.detach().float().contiguous(), **(extra or {})},
               os.path.join(out, "expected.safetensors"))
     keys = sorted(load_file(os.path.join(out, "adapter_model.safetensors")).keys())

@@ -39,6 +39,13 @@ BERT_LABELS = [0, 2, 1, 1, 0, 2]
 GPT2_IDS = [[5, 17, 42, 95, 3, 8, 60, 1, 2], [11, 0, 23, 7, 88, 96, 41, 9, 13], [4, 4, 31, 77, 50, 21, 6, 90, 33]]
 
 
+
+def drop_model_card(directory):
+    """PEFT writes a README.md model card (boilerplate, with this machine's paths) beside every adapter: not a fixture."""
+    card = os.path.join(directory, "README.md")
+    if os.path.exists(card):
+        os.remove(card)
+
 def bert_batch():
     ids = torch.tensor(BERT_IDS)
     return dict(input_ids=ids, token_type_ids=torch.tensor(BERT_TYPES), attention_mask=(ids != 0).long(),
@@ -191,6 +198,7 @@ def peft_run(name, config, randomize, around=0.0):
             if randomize in n:
                 p.copy_(around + torch.randn_like(p) * 0.3)
     model.save_pretrained(os.path.join(OUT, name), safe_serialization=True)
+    drop_model_card(os.path.join(OUT, name))
     trainable = [p for p in model.parameters() if p.requires_grad]
     return train(model, trainable, 3e-2, bert_batch())
 
@@ -209,6 +217,7 @@ def gpt2_runs():
             if "lora_B" in n:
                 p.copy_(torch.randn_like(p) * 0.3)
     model.save_pretrained(os.path.join(OUT, "gpt2-lora"), safe_serialization=True)
+    drop_model_card(os.path.join(OUT, "gpt2-lora"))
     lora = train(model, [p for p in model.parameters() if p.requires_grad], 1e-2, batch)
     return {"gpt2-full": full, "gpt2-lora": lora}
 

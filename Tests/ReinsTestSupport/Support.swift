@@ -66,6 +66,9 @@ public func doubles(_ a: [Float]) -> [Double] { a.map(Double.init) }
 public enum Fixtures {
     public static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
+    /// A fixture model directory (`Tests/Fixtures/models/NAME`).
+    public static func model(_ name: String) -> URL { directory.appendingPathComponent("models/\(name)") }
+
     public static func file(_ name: String) throws -> SafeTensorsFile {
         try SafeTensorsFile(path: directory.appendingPathComponent(name).path)
     }

@@ -67,7 +67,7 @@ struct AdapterSaveTests {
         #expect(try model.logits(ids).scalars != baseLogits.scalars)
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        try model.save(to: dir, config: try Checkpoint.readJSON(ModelParityTests.directory("bert-cls").appendingPathComponent("config.json")))
+        try model.save(to: dir, config: try Checkpoint.readJSON(Fixtures.model("bert-cls").appendingPathComponent("config.json")))
         guard case let .bertSequenceClassification(reloaded) = try PretrainedModel.load(directory: dir) else { throw ModelError.badInput("kind") }
         expectClose(try reloaded.logits(ids), baseLogits, atol: 1e-6, rtol: 1e-6, "the base saved while an adapter is active and merged")
         // The model itself is as it was: the adapter still active and merged.

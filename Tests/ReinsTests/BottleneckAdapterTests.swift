@@ -5,11 +5,11 @@ import Testing
 
 struct BottleneckAdapterTests {
     func gpt2() throws -> GPT2LMHeadModel {
-        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")) else { throw ModelError.badInput("fixture") }
+        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else { throw ModelError.badInput("fixture") }
         return m
     }
     func bert() throws -> BertForSequenceClassification {
-        guard case let .bertSequenceClassification(m) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else { throw ModelError.badInput("fixture") }
+        guard case let .bertSequenceClassification(m) = try PretrainedModel.load(directory: Fixtures.model("bert-cls")) else { throw ModelError.badInput("fixture") }
         return m
     }
 
@@ -80,109 +80,5 @@ struct BottleneckAdapterTests {
         try layer.attachLoRA("combo", LoRA(inputs: layer.inputs, outputs: layer.outputs, rank: 2, alpha: 4, seed: 3))
         lm.applyBitFit(alsoTrain: { $0.contains(".lora_") })
         #expect(lm.trainableParameterCount == biases.map { $0.parameter.value.count }.reduce(0, +) + 2 * (30 + 90))
-    }
-}
-
-struct LoRAConfigTests {
-    @Test func targetsFollowPEFTMatchingAndLayersNarrowThem() throws {
-        guard case let .bertSequenceClassification(m) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else { return }
-        let keys = try m.addLoRA("a", LoRAConfig(rank: 2, targets: ["query", "output.dense"]))
-        #expect(keys == ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.output.dense", "bert.encoder.layer.0.output.dense",
-                         "bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.attention.output.dense", "bert.encoder.layer.1.output.dense"])
-        let one = try m.addLoRA("b", LoRAConfig(rank: 4, alpha: 8, targets: ["value"], layers: [1]))
-        #expect(one == ["bert.encoder.layer.1.attention.self.value"])
-        #expect(throws: ModelError.self) { try m.addLoRA("c", LoRAConfig(targets: ["c_attn"])) }
-        // Parameter count: r · (in + out) per adapted layer (C = 30, intermediate 37).
-        m.freeze()
-        m.unfreeze { $0.contains(".lora_A.a.") || $0.contains(".lora_B.a.") }
-        // Per layer: query 30 -> 30, attention.output.dense 30 -> 30, output.dense 37 -> 30; two layers, r = 2.
-        #expect(m.trainableParameterCount == 2 * 2 * ((30 + 30) + (30 + 30) + (37 + 30)))
-        // Merged equals unmerged; unmerging restores the base exactly.
-        m.activateAdapter("a")
-        for (key, p) in m.namedParameters() where key.contains("lora_B.a.") { p.value = try Tensor.normal(p.value.shape, std: 0.3, seed: 9).requiringGradient() }
-        let ids = try IntTensor(shape: [1, 5], values: [2, 14, 15, 16, 3])
-        let live = try m.logits(ids)
-        let weights = m.namedParameters().filter { $0.key.hasSuffix("dense.weight") }.map { $0.parameter.value.scalars }
-        try m.mergeLoRA()
-        expectClose(try m.logits(ids), live, atol: 1e-5, rtol: 1e-5, "merged")
-        try m.unmergeLoRA()
-        #expect(m.namedParameters().filter { $0.key.hasSuffix("dense.weight") }.map { $0.parameter.value.scalars } == weights)
-    }
-}
-
-struct ParallelInsertionPointTests {
-    /// AdapterBias and the parallel adapter on both model families: no change at attach, only they train, counts.
-    @Test(arguments: ["AdapterBias", "parallel"])
-    func startAsNoOpsAndTrainAlone(method: String) throws {
-        let (C, I, L, m) = (30, 37, 2, 6)
-        guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")),
-              case let .bertSequenceClassification(cls) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else { return }
-        let ids = try IntTensor(shape: [1, 5], values: [2, 14, 15, 16, 3])
-        for model in [lm as any Module, cls] {
-            func run() throws -> Tensor {
-                if let lm = model as? GPT2LMHeadModel { return try lm.loss(ids) }
-                return try Tensor.crossEntropy(logits: (model as! BertForSequenceClassification).logits(ids), targets: IntTensor([1]))
-            }
-            let before = try run().item
-            model.freeze()
-            if method == "AdapterBias" { try model.addAdapterBias("t", intermediate: I, size: C) } else { try model.addParallelAdapter("t", size: C, bottleneck: m) }
-            #expect(abs(try run().item - before) < 1e-6, "\(method): nothing changes at attach")
-            let perLayer = method == "AdapterBias" ? (I + 1) + C : (C * m + m) + (m * C + C)
-            #expect(model.trainableParameterCount == L * perLayer)
-            try run().backward()
-            for (key, p) in model.namedParameters() {
-                #expect((p.gradient != nil) == key.contains(method == "AdapterBias" ? ".adapter_bias." : ".parallel_adapter."), "\(key)")
-            }
-            // Once v (or W_up) moves, the output moves; switching the adapter off restores it.
-            for (key, p) in model.namedParameters() where key.hasSuffix("adapter_vector") || key.hasSuffix("adapter_alpha.weight") || key.contains("parallel_adapter.t.adapter_up.weight") {
-                p.value = try Tensor.normal(p.value.shape, std: 0.5, seed: 3).requiringGradient()
-            }
-            #expect(abs(try run().item - before) > 1e-4)
-            model.activateAdapter(nil)
-            #expect(abs(try run().item - before) < 1e-6)
-        }
-    }
-}
-
-struct BlockAdapterFileTests {
-    @Test func blockAdaptersRoundTripAndBadFilesAreNamed() throws {
-        func load() throws -> GPT2LMHeadModel {
-            guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: ModelParityTests.directory("gpt2-lm")) else { throw ModelError.badInput("fixture") }
-            return m
-        }
-        let model = try load()
-        try model.addBottleneckAdapter("t", placement: .houlsby, size: 30, bottleneck: 4, nonLinearity: .tanh)
-        try model.addAdapterBias("t", intermediate: 37, size: 30)
-        try model.addParallelAdapter("t", size: 30, bottleneck: 3, scale: 2)
-        for (i, (key, p)) in model.namedParameters().enumerated() where key.contains(".adapters.") {
-            p.value = try Tensor.normal(p.value.shape, std: 0.3, seed: UInt64(i)).requiringGradient()
-        }
-        let ids = try IntTensor(shape: [1, 5], values: [5, 17, 42, 3, 8])
-        let expected = try model.logits(ids)
-        let dir = try temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        try AdapterFiles.saveBlockAdapters(model, name: "t", to: dir)
-        let fresh = try load()
-        try AdapterFiles.load(directory: dir, into: fresh, name: "restored")
-        expectClose(try fresh.logits(ids), expected, atol: 1e-6, rtol: 1e-6, "block adapters after save and load")
-        // Only adapter tensors and JSON: 4 bytes per adapter parameter plus the header.
-        let count = model.namedParameters().filter { $0.key.contains(".adapters.") }.map { $0.parameter.value.count }.reduce(0, +)
-        let bytes = try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent("adapter_model.safetensors").path)[.size] as! Int
-        #expect(bytes >= 4 * count && bytes < 4 * count + 8192)
-
-        // A missing tensor and an unexpected one are named.
-        let file = try SafeTensorsFile(path: dir.appendingPathComponent("adapter_model.safetensors").path)
-        var tensors = try Dictionary(uniqueKeysWithValues: file.names.map { ($0, try file.tensor($0)) })
-        tensors["transformer.h.1.adapters.output_adapter.adapter_up.bias"] = nil
-        try SafeTensorsFile.write(tensors, to: dir.appendingPathComponent("adapter_model.safetensors").path)
-        #expect(throws: ModelError.checkpointMismatch(missing: ["transformer.h.1.adapters.output_adapter.adapter_up.bias"], unexpected: [], misshaped: [])) {
-            try AdapterFiles.load(directory: dir, into: try load())
-        }
-        tensors["transformer.h.1.adapters.output_adapter.adapter_up.bias"] = try Tensor.zeros([30])
-        tensors["transformer.h.9.adapters.output_adapter.adapter_up.bias"] = try Tensor.zeros([30])
-        try SafeTensorsFile.write(tensors, to: dir.appendingPathComponent("adapter_model.safetensors").path)
-        #expect(throws: ModelError.checkpointMismatch(missing: [], unexpected: ["transformer.h.9.adapters.output_adapter.adapter_up.bias (no parameter 'transformer.h.9.adapters.output_adapter.adapter_up.bias' in the model)"], misshaped: [])) {
-            try AdapterFiles.load(directory: dir, into: try load())
-        }
     }
 }

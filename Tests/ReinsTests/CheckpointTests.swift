@@ -4,7 +4,7 @@ import ReinsTestSupport
 import Testing
 
 struct CheckpointTests {
-    let gpt2 = ModelParityTests.directory("gpt2-lm")
+    let gpt2 = Fixtures.model("gpt2-lm")
 
     /// A copy of a fixture checkpoint whose tensors and config are changed by `edit`.
     func editedCopy(of source: URL, in dir: URL, config: (inout [String: Any]) -> Void = { _ in },
@@ -60,7 +60,7 @@ struct CheckpointTests {
     }
 
     @Test func baseAndHeadCheckpointsLoadEitherWay() throws {
-        let base = ModelParityTests.directory("bert-base")
+        let base = Fixtures.model("bert-base")
         // A base checkpoint (no `bert.` prefix) under a new classification head.
         let head = try PretrainedModel.load(directory: base, architecture: "BertForSequenceClassification", newlyInitialized: ["classifier."])
         guard case let .bertSequenceClassification(cls) = head, case let .bert(bare) = try PretrainedModel.load(directory: base) else {
@@ -83,7 +83,7 @@ struct CheckpointTests {
         guard case .gpt2 = try PretrainedModel.load(directory: gpt2, architecture: "GPT2Model") else { Issue.record("not GPT2Model"); return }
         // A classification checkpoint into the bare BERT model: the classifier is unexpected, and named.
         #expect(throws: ModelError.checkpointMismatch(missing: [], unexpected: ["classifier.bias", "classifier.weight"], misshaped: [])) {
-            try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls"), architecture: "BertModel")
+            try PretrainedModel.load(directory: Fixtures.model("bert-cls"), architecture: "BertModel")
         }
     }
 
@@ -130,7 +130,7 @@ struct CheckpointTests {
 
     @Test func badInputsThrowNamedErrors() throws {
         guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: gpt2),
-              case let .bertSequenceClassification(bert) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else {
+              case let .bertSequenceClassification(bert) = try PretrainedModel.load(directory: Fixtures.model("bert-cls")) else {
             Issue.record("wrong architectures built"); return
         }
         #expect(throws: ModelError.tokenOutOfRange(position: 2, id: 97, vocabularySize: 97)) {
@@ -155,7 +155,7 @@ struct CheckpointTests {
     }
 
     @Test func freezingAndCounting() throws {
-        guard case let .bertSequenceClassification(m) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else {
+        guard case let .bertSequenceClassification(m) = try PretrainedModel.load(directory: Fixtures.model("bert-cls")) else {
             Issue.record("wrong architecture"); return
         }
         let total = m.parameterCount
@@ -171,16 +171,5 @@ struct CheckpointTests {
         for (key, p) in m.namedParameters() {
             #expect((p.gradient != nil) == (key.hasPrefix("classifier.") || key.hasSuffix(".bias")), "\(key)")
         }
-    }
-}
-
-struct ConfigTests {
-    /// Integers 0 and 1 are numbers, not booleans (on Linux an NSNumber 1 also casts to Bool).
-    @Test func smallIntegersAreNotBooleans() throws {
-        let json = try JSONSerialization.jsonObject(with: Data(#"{"vocab_size": 50, "hidden_size": 8, "num_attention_heads": 1, "num_hidden_layers": 1, "intermediate_size": 16, "pad_token_id": 1, "num_labels": 1, "type_vocab_size": 1, "layer_norm_eps": 1}"#.utf8)) as! [String: Any]
-        let c = try BertConfig(json: json)
-        #expect(c.padTokenID == 1 && c.labelCount == 1 && c.typeCount == 1 && c.heads == 1 && c.layers == 1 && c.layerNormEpsilon == 1)
-        let bad = try JSONSerialization.jsonObject(with: Data(#"{"num_hidden_layers": true}"#.utf8)) as! [String: Any]
-        #expect { try BertConfig(json: bad, path: "c.json") } throws: { "\($0)" == "c.json: 'num_hidden_layers' is not an integer" }
     }
 }

@@ -6,14 +6,12 @@ import Testing
 /// GPT-2 and BERT against Hugging Face transformers (Tests/Fixtures/make_model_fixtures.py): the outputs within 1e-4
 /// and the gradient of every parameter within about 1e-3 relative.
 struct ModelParityTests {
-    static func directory(_ name: String) -> URL { Fixtures.directory.appendingPathComponent("models/\(name)") }
-
     struct Case {
         let model: PretrainedModel
         let io: SafeTensorsFile
         init(_ name: String) throws {
-            model = try PretrainedModel.load(directory: ModelParityTests.directory(name))
-            io = try SafeTensorsFile(path: ModelParityTests.directory(name).appendingPathComponent("io.safetensors").path)
+            model = try PretrainedModel.load(directory: Fixtures.model(name))
+            io = try SafeTensorsFile(path: Fixtures.model(name).appendingPathComponent("io.safetensors").path)
         }
         func ints(_ name: String) throws -> IntTensor { try io.intTensor(name) }
         func optionalInts(_ name: String) throws -> IntTensor? { io.entries[name] == nil ? nil : try io.intTensor(name) }
@@ -101,10 +99,10 @@ struct ModelParityTests {
     /// listed in pytorch_model.bin.index.json.
     @Test(arguments: ["bert-cls-bin", "bert-cls-bin-sharded"])
     func aPickledCheckpointLoadsAsItsSafetensorsTwin(directory: String) throws {
-        let files = try FileManager.default.contentsOfDirectory(atPath: ModelParityTests.directory(directory).path)
+        let files = try FileManager.default.contentsOfDirectory(atPath: Fixtures.model(directory).path)
         #expect(!files.contains { $0.hasSuffix(".safetensors") } && files.filter { $0.hasSuffix(".bin") }.count == (directory.hasSuffix("sharded") ? 3 : 1))
-        guard case let .bertSequenceClassification(pickled) = try PretrainedModel.load(directory: ModelParityTests.directory(directory)),
-              case let .bertSequenceClassification(reference) = try PretrainedModel.load(directory: ModelParityTests.directory("bert-cls")) else {
+        guard case let .bertSequenceClassification(pickled) = try PretrainedModel.load(directory: Fixtures.model(directory)),
+              case let .bertSequenceClassification(reference) = try PretrainedModel.load(directory: Fixtures.model("bert-cls")) else {
             Issue.record("not BERT classifiers"); return
         }
         let a = pickled.namedParameters(), b = Dictionary(uniqueKeysWithValues: reference.namedParameters().map { ($0.key, $0.parameter) })
@@ -117,7 +115,7 @@ struct ModelParityTests {
 
     @Test func taskHeadsStartFromAMaskedLMCheckpoint() throws {
         // bert-base-uncased is saved as BertForMaskedLM: its cls.* pretraining head is skipped, as transformers does.
-        let dir = ModelParityTests.directory("bert-mlm")
+        let dir = Fixtures.model("bert-mlm")
         let mlm = try PretrainedModel.load(directory: dir).module
         let encoderKeys = Set(mlm.namedParameters().map(\.key).filter { $0.hasPrefix("bert.") && !$0.hasPrefix("bert.pooler.") })
         let classifier = try BertForSequenceClassification.pretrained(dir, labels: 3)
@@ -134,7 +132,7 @@ struct ModelParityTests {
     @Test func anAdapterBringsItsHeadOntoABareCheckpoint() throws {
         // The bert-cls weights saved as a bare BertModel (no classifier): the PEFT SEQ_CLS adapter says which head to
         // build and holds it (modules_to_save), so the logits are PEFT's, as on the classifier checkpoint itself.
-        let source = try Checkpoint(directory: ModelParityTests.directory("bert-cls"))
+        let source = try Checkpoint(directory: Fixtures.model("bert-cls"))
         let bare = try temporaryDirectory()
         var config = source.config
         config["architectures"] = ["BertModel"]
@@ -156,10 +154,10 @@ struct ModelParityTests {
         // An LM checkpoint without pad_token_id (as GPT-2's own): a SEQ_CLS adapter builds GPT2ForSequenceClassification
         // with its saved score head, padding by eos_token_id.
         let lm = try temporaryDirectory()
-        var config = try Checkpoint.readJSON(ModelParityTests.directory("gpt2-lm").appendingPathComponent("config.json"))
+        var config = try Checkpoint.readJSON(Fixtures.model("gpt2-lm").appendingPathComponent("config.json"))
         (config["pad_token_id"], config["eos_token_id"]) = (nil, 96)
         try JSONSerialization.data(withJSONObject: config).write(to: lm.appendingPathComponent("config.json"))
-        try FileManager.default.copyItem(at: ModelParityTests.directory("gpt2-lm").appendingPathComponent("model.safetensors"), to: lm.appendingPathComponent("model.safetensors"))
+        try FileManager.default.copyItem(at: Fixtures.model("gpt2-lm").appendingPathComponent("model.safetensors"), to: lm.appendingPathComponent("model.safetensors"))
         guard case let .gpt2SequenceClassification(trained) = try PretrainedModel.load(directory: lm, architecture: "GPT2ForSequenceClassification",
                 newlyInitialized: ["score."], configOverrides: ["num_labels": 3, "pad_token_id": 96]) else { Issue.record("not a classifier"); return }
         try trained.addAdapter("task", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["c_attn"])), labels: 2, seed: 1)

@@ -18,7 +18,7 @@ struct TaskTests {
     }
 
     func load<T>(_ name: String, _ pick: (PretrainedModel) -> T?) throws -> T {
-        guard let m = pick(try PretrainedModel.load(directory: ModelParityTests.directory(name))) else { throw ModelError.badInput("fixture \(name)") }
+        guard let m = pick(try PretrainedModel.load(directory: Fixtures.model(name))) else { throw ModelError.badInput("fixture \(name)") }
         return m
     }
 

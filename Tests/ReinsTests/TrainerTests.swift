@@ -21,7 +21,7 @@ struct TrainerTests {
              prepare: (Trainer) -> Void = { _ in }) throws -> (Trainer, [Float]) {
         let model = try BottleneckAdapterTests().bert()
         // Turn on dropout everywhere (the fixture was saved with 0).
-        let json: [String: Any] = try Checkpoint.readJSON(ModelParityTests.directory("bert-cls").appendingPathComponent("config.json"))
+        let json: [String: Any] = try Checkpoint.readJSON(Fixtures.model("bert-cls").appendingPathComponent("config.json"))
             .merging(["hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout]) { _, b in b }
         let dropped = try BertForSequenceClassification(try BertConfig(json: json))
         for ((_, p), (_, q)) in zip(dropped.namedParameters(), model.namedParameters()) { p.value = q.value.detached() }
