@@ -18,7 +18,7 @@ extension Tensor {
     private enum Binary { case add, subtract, multiply, divide }
 
     private func binary(_ other: Tensor, _ op: Binary, _ name: String) throws -> Tensor {
-        let (rows, width) = try broadcastRows(other, name)
+        guard let (rows, width) = try? broadcastRows(other, name) else { return try broadcastBinary(other, op, name) }
         let result = try Tensor(uninitializedShape: shape)
         let a = storage.pointer, b = other.storage.pointer, o = result.storage.pointer
         // Elementwise, so any cut gives the same bits: by rows when the right side repeats over rows, else by columns.
@@ -60,7 +60,67 @@ extension Tensor {
         }
     }
 
-    /// Elementwise sum; `other` has this shape, a trailing part of it, or one element.
+    /// NumPy's broadcasting, for the shapes the fast paths above do not cover (`[2, 3, 4] * [2, 3, 1]`, `[3] + [2, 3]`):
+    /// shapes aligned at the right, each axis equal or 1 on one side. One pass over the output with each operand's
+    /// offset moved by its strides (0 along a broadcast axis); backward sums each operand's gradient over the axes it
+    /// was broadcast along, in output order (deterministic).
+    private func broadcastBinary(_ other: Tensor, _ op: Binary, _ name: String) throws -> Tensor {
+        let rank = max(shape.count, other.shape.count)
+        let a = [Int](repeating: 1, count: rank - shape.count) + shape, b = [Int](repeating: 1, count: rank - other.shape.count) + other.shape
+        var out: [Int] = []
+        for (x, y) in zip(a, b) {
+            guard x == y || x == 1 || y == 1 else {
+                throw TensorError.shapeMismatch(operation: name, detail: "\(shape) and \(other.shape) do not broadcast (axes must be equal or 1)")
+            }
+            out.append(x == 1 ? y : x)
+        }
+        func strides(_ s: [Int]) -> [Int] {
+            var st = [Int](repeating: 0, count: rank), step = 1
+            for d in stride(from: rank - 1, through: 0, by: -1) { st[d] = s[d] == 1 ? 0 : step; step *= s[d] }
+            return st
+        }
+        let (sa, sb) = (strides(a), strides(b))
+        let result = try Tensor(uninitializedShape: out, operation: name)
+        /// Calls `body(i, offsetA, offsetB)` for every output element in row-major order.
+        func walk(_ body: (Int, Int, Int) -> Void) {
+            var index = [Int](repeating: 0, count: rank), oa = 0, ob = 0
+            for i in 0..<result.count {
+                body(i, oa, ob)
+                var d = rank - 1
+                while d >= 0 {
+                    index[d] += 1; oa += sa[d]; ob += sb[d]
+                    if index[d] < out[d] { break }
+                    oa -= sa[d] * out[d]; ob -= sb[d] * out[d]; index[d] = 0
+                    d -= 1
+                }
+            }
+        }
+        let x = storage.pointer, y = other.storage.pointer, o = result.storage.pointer
+        walk { i, ia, ib in
+            switch op {
+            case .add: o[i] = x[ia] + y[ib]
+            case .subtract: o[i] = x[ia] - y[ib]
+            case .multiply: o[i] = x[ia] * y[ib]
+            case .divide: o[i] = x[ia] / y[ib]
+            }
+        }
+        let lhs = detached(), rhs = other.detached()
+        return Tensor.recording(result, inputs: [self, other]) { g, grads in
+            let dy = g.storage.pointer, x = lhs.storage.pointer, y = rhs.storage.pointer
+            let (da, db) = (grads[0], grads[1])
+            walk { i, ia, ib in
+                switch op {
+                case .add: da?[ia] += dy[i]; db?[ib] += dy[i]
+                case .subtract: da?[ia] += dy[i]; db?[ib] -= dy[i]
+                case .multiply: da?[ia] += dy[i] * y[ib]; db?[ib] += dy[i] * x[ia]
+                case .divide: da?[ia] += dy[i] / y[ib]; db?[ib] -= dy[i] * x[ia] / (y[ib] * y[ib])
+                }
+            }
+        }
+    }
+
+    /// Elementwise sum, broadcasting as NumPy does (the same shape, a trailing part, one element and a row of rows
+    /// take fast paths).
     public func adding(_ other: Tensor) throws -> Tensor { try binary(other, .add, "add") }
     /// Elementwise difference; broadcasting as in ``adding(_:)``.
     public func subtracting(_ other: Tensor) throws -> Tensor { try binary(other, .subtract, "subtract") }
