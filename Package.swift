@@ -11,6 +11,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        // `swift package generate-documentation --target Reins` builds the DocC catalog (Sources/Reins/Reins.docc).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
     ],
     targets: [
         // OpenBLAS (cblas + LAPACKE) from the system; Debian: libopenblas-dev liblapacke-dev.
@@ -40,6 +42,8 @@ let package = Package(
         .target(name: "ReinsTestSupport", dependencies: ["ReinsTensor"], path: "Tests/ReinsTestSupport"),
         .testTarget(name: "ReinsTensorTests", dependencies: ["ReinsTensor", "CReinsKernels", "ReinsTestSupport"]),
         .testTarget(name: "ReinsTests", dependencies: ["Reins", "ReinsTestSupport", "ReinsFuzzTargets", "ReinsDemoData"]),
+        // The public API as a user sees it: no @testable import (the DocC article's example lives here).
+        .testTarget(name: "ReinsAPITests", dependencies: ["Reins", "ReinsTensor"]),
         // Every file reader as a fuzz target, shared by the mutation fuzz test and the libFuzzer harness (Tests/Fuzz/run.sh).
         .target(name: "ReinsFuzzTargets", dependencies: ["Reins", "ReinsTensor"], path: "Tests/Fuzz/Targets"),
         .executableTarget(name: "ReinsFuzz", dependencies: ["ReinsFuzzTargets"], path: "Tests/Fuzz/Harness"),

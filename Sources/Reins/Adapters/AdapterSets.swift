@@ -87,17 +87,25 @@ extension Module {
             unfreeze()
             return trainableParameterCount
         }
-        guard let shape = encoderShape else { throw ModelError.badInput("adapters need a model with transformer blocks (a VirtualTokenHost, such as GPT2Model or BertModel)") }
+        // LoRA, DoRA, IA3 and BitFit go on any model's layers; the block and virtual-token methods need its blocks.
+        let blocks = encoderShape
+        func shape() throws -> EncoderShape {
+            guard let blocks else {
+                throw ModelError.badInput("\(method.name) adapters need a model with transformer blocks (a VirtualTokenHost, such as GPT2Model or BertModel); LoRA, DoRA, IA3 and BitFit work on any model")
+            }
+            return blocks
+        }
         guard !adapterNames.contains(name) else { throw ModelError.badInput("the model already has an adapter named '\(name)'; delete it first") }
         try trainingOnlyWhatAppears(under: name) {
         switch method {
         case .full: break
         case .bitFit: addBitFit(name)
-        case let .houlsby(m, f): try addBottleneckAdapter(name, placement: .houlsby, size: shape.hidden, bottleneck: m, nonLinearity: f, seed: seed)
-        case let .pfeiffer(m, f): try addBottleneckAdapter(name, placement: .pfeiffer, size: shape.hidden, bottleneck: m, nonLinearity: f, seed: seed)
-        case .adapterBias: try addAdapterBias(name, intermediate: shape.intermediate, size: shape.hidden, seed: seed)
-        case let .parallel(m, scale): try addParallelAdapter(name, size: shape.hidden, bottleneck: m, scale: scale, seed: seed)
+        case let .houlsby(m, f): try addBottleneckAdapter(name, placement: .houlsby, size: shape().hidden, bottleneck: m, nonLinearity: f, seed: seed)
+        case let .pfeiffer(m, f): try addBottleneckAdapter(name, placement: .pfeiffer, size: shape().hidden, bottleneck: m, nonLinearity: f, seed: seed)
+        case .adapterBias: try addAdapterBias(name, intermediate: shape().intermediate, size: shape().hidden, seed: seed)
+        case let .parallel(m, scale): try addParallelAdapter(name, size: shape().hidden, bottleneck: m, scale: scale, seed: seed)
         case let .prefix(length, projection):
+            let shape = try shape()
             guard length > 0 else { throw ModelError.badInput("a prefix needs at least one virtual token, got \(length)") }
             let prefix: Prefix
             if let m = projection {
@@ -108,6 +116,7 @@ extension Module {
             }
             try shape.prefixes.add(name, prefix, layers: shape.layers, hidden: shape.hidden, heads: shape.heads)
         case let .promptTuning(length):
+            let shape = try shape()
             guard length > 0 else { throw ModelError.badInput("prompt tuning needs at least one virtual token, got \(length)") }
             shape.prompts.add(name, Parameter("prompt_tuning_embeddings", try Tensor.normal([length, shape.hidden], std: 0.02, seed: seed)))
         case let .lora(config): try addLoRA(name, config, seed: seed)

@@ -120,6 +120,14 @@ public struct LoadOptions: Sendable {
     /// checkpoint that has its own, perhaps of another size): prefixes of keys. They must also be under
     /// ``newlyInitialized``, and the checkpoint's tensors under ``ignoredPrefixes``.
     public var replaced: [String] = []
+
+    /// - Parameters:
+    ///   - basePrefix: the base model's key inside head models (`transformer`, `bert`; empty for a model of your own).
+    public init(basePrefix: String = "", newlyInitialized: [String] = [], ignoredSuffixes: [String] = [], ignoredPrefixes: [String] = [],
+                replaced: [String] = []) {
+        (self.basePrefix, self.newlyInitialized, self.ignoredSuffixes) = (basePrefix, newlyInitialized, ignoredSuffixes)
+        (self.ignoredPrefixes, self.replaced) = (ignoredPrefixes, replaced)
+    }
 }
 
 extension Module {
@@ -190,9 +198,8 @@ extension Module {
         } else if key.contains("LayerNorm") || key.contains("ln_") || key.contains("norm") {
             p.replaceValue(try Tensor.ones(shape))
         } else {
-            // FNV-1a of the key: the same head gets the same initial weights in every run.
-            let seed = key.utf8.reduce(UInt64(0xcbf2_9ce4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
-            p.replaceValue(try Tensor.normal(shape, std: 0.02, seed: seed))
+            // The same head gets the same initial weights in every run.
+            p.replaceValue(try Tensor.normal(shape, std: 0.02, seed: seed(forKey: key)))
         }
     }
 

@@ -110,6 +110,15 @@ public enum Activation: Sendable, Equatable {
     case gelu(GELUApproximation)
     case relu
 
+    /// The Hugging Face name of this activation (`gelu`, `gelu_new`, `relu`).
+    public var name: String {
+        switch self {
+        case .gelu(.none): return "gelu"
+        case .gelu(.tanh): return "gelu_new"
+        case .relu: return "relu"
+        }
+    }
+
     init(_ name: String, path: String) throws {
         switch name {
         case "gelu": self = .gelu(.none)

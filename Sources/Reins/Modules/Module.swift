@@ -130,7 +130,9 @@ public final class Linear: Module, LoRAHost {
     /// The IA3 vector used by the forward pass.
     public var activeIA3: String?
 
-    public init(inputs: Int, outputs: Int, bias: Bool = true, weightTransposed: Bool = false, std: Float = 0.02, seed: UInt64) throws {
+    /// A layer of N(0, `std`) weights drawn from `seed` and zero biases (``Module/initializeParameters(seed:)`` redraws
+    /// a whole model's from its keys).
+    public init(inputs: Int, outputs: Int, bias: Bool = true, weightTransposed: Bool = false, std: Float = 0.02, seed: UInt64 = 0) throws {
         self.inputs = inputs
         self.outputs = outputs
         self.weightTransposed = weightTransposed
@@ -331,7 +333,9 @@ public final class LayerNorm: Module {
     public let biases: ParameterVariants
     public let eps: Float
 
-    public init(_ size: Int, eps: Float) throws {
+    /// `eps` defaults to PyTorch's `nn.LayerNorm` default.
+    public init(_ size: Int, eps: Float = 1e-5) throws {
+        guard size > 0, eps.isFinite, eps >= 0 else { throw ModelError.badInput("LayerNorm needs a positive size and a finite eps >= 0, got \(size) and \(eps)") }
         weight = Parameter("weight", try Tensor.ones([size]))
         biases = ParameterVariants(Parameter("bias", try Tensor.zeros([size])))
         self.eps = eps
@@ -364,7 +368,7 @@ public final class Embedding: Module, LoRAHost {
         set { slots.active = newValue }
     }
 
-    public init(count: Int, size: Int, paddingIndex: Int? = nil, std: Float = 0.02, seed: UInt64) throws {
+    public init(count: Int, size: Int, paddingIndex: Int? = nil, std: Float = 0.02, seed: UInt64 = 0) throws {
         weight = Parameter("weight", try Initializer.normal([count, size], std: std, seed: seed))
         self.paddingIndex = paddingIndex
         self.count = count

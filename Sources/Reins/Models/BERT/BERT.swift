@@ -22,6 +22,31 @@ public struct BertConfig: Sendable {
     public var attentionDropout: Float
     public var classifierDropout: Float
 
+    /// A config from its fields, with BERT-base's values as defaults.
+    /// - Throws: ``ModelError/badConfig(path:detail:)`` for sizes that do not make a model (see ``validate(path:)``).
+    public init(vocabularySize: Int = 30522, hidden: Int = 768, layers: Int = 12, heads: Int = 12, intermediate: Int = 3072,
+                positions: Int = 512, typeCount: Int = 2, activation: Activation = .gelu(.none), layerNormEpsilon: Float = 1e-12,
+                labelCount: Int = 2, padTokenID: Int? = 0, hiddenDropout: Float = 0.1, attentionDropout: Float = 0.1,
+                classifierDropout: Float? = nil) throws {
+        (self.vocabularySize, self.hidden, self.layers, self.heads, self.intermediate) = (vocabularySize, hidden, layers, heads, intermediate)
+        (self.positions, self.typeCount, self.activation, self.layerNormEpsilon) = (positions, typeCount, activation, layerNormEpsilon)
+        (self.labelCount, self.padTokenID) = (labelCount, padTokenID)
+        (self.hiddenDropout, self.attentionDropout, self.classifierDropout) = (hiddenDropout, attentionDropout, classifierDropout ?? hiddenDropout)
+        try validate()
+    }
+
+    /// The config as Hugging Face's `config.json` holds it (`model_type` `bert`), for ``Module/save(to:config:)``.
+    public var json: [String: Any] {
+        [
+            "model_type": "bert", "vocab_size": vocabularySize, "hidden_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "intermediate_size": intermediate, "max_position_embeddings": positions,
+            "type_vocab_size": typeCount, "hidden_act": activation.name, "layer_norm_eps": layerNormEpsilon, "num_labels": labelCount,
+            "pad_token_id": padTokenID.map { $0 as Any } ?? NSNull(), "hidden_dropout_prob": hiddenDropout,
+            "attention_probs_dropout_prob": attentionDropout, "classifier_dropout": classifierDropout,
+            "position_embedding_type": "absolute",
+        ]
+    }
+
     public init(json: [String: Any], path: String = "config.json") throws {
         let c = ConfigReader(json: json, path: path)
         vocabularySize = try c.int("vocab_size", default: 30522)
@@ -109,7 +134,10 @@ public final class BertLayer: Module {
     let activation: Activation
     let dropout: Float, attentionDropout: Float
 
-    init(_ c: BertConfig, seed: UInt64) throws {
+    /// A layer of `c`'s sizes.
+    /// - Throws: ``ModelError/badConfig(path:detail:)`` for a config that does not make a model.
+    public init(_ c: BertConfig, seed: UInt64 = 0) throws {
+        try c.validate()
         query = try Linear(inputs: c.hidden, outputs: c.hidden, seed: seed)
         key = try Linear(inputs: c.hidden, outputs: c.hidden, seed: seed + 1)
         value = try Linear(inputs: c.hidden, outputs: c.hidden, seed: seed + 2)
@@ -137,8 +165,11 @@ public final class BertLayer: Module {
 
     /// - Parameter leading: with a count `n`, only the first `n` positions are computed (their queries still attend to
     ///   every key): the output is `[B, n, C]`, equal to the first `n` rows of the full layer's output.
-    func callAsFunction(_ input: Tensor, keyMask: IntTensor?, prefix: (keys: Tensor, values: Tensor)? = nil,
-                        leading: Int? = nil) throws -> Tensor {
+    public func callAsFunction(_ input: Tensor, keyMask: IntTensor? = nil, prefix: (keys: Tensor, values: Tensor)? = nil,
+                               leading: Int? = nil) throws -> Tensor {
+        guard input.rank == 3, input.shape[2] == query.inputs else {
+            throw ModelError.badInput("a BERT layer takes [batch, length, \(query.inputs)], got \(input.shape)")
+        }
         var k = try key(input).splittingHeads(heads), v = try value(input).splittingHeads(heads)
         if let prefix {
             k = try Tensor.concatenate([prefix.keys, k], axis: 2)

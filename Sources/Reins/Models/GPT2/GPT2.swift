@@ -24,6 +24,34 @@ public struct GPT2Config: Sendable {
     public var residualDropout: Float
     public var attentionDropout: Float
 
+    /// A config from its fields, with GPT-2 small's values as defaults (`inner` defaults to 4 × `hidden`).
+    /// - Throws: ``ModelError/badConfig(path:detail:)`` for sizes that do not make a model (see ``validate(path:)``).
+    public init(vocabularySize: Int = 50257, positions: Int = 1024, hidden: Int = 768, layers: Int = 12, heads: Int = 12,
+                inner: Int? = nil, activation: Activation = .gelu(.tanh), layerNormEpsilon: Float = 1e-5,
+                scaleAttentionWeights: Bool = true, scaleAttentionByLayer: Bool = false, labelCount: Int = 2, padTokenID: Int? = nil,
+                embeddingDropout: Float = 0.1, residualDropout: Float = 0.1, attentionDropout: Float = 0.1) throws {
+        let fourTimes = hidden.multipliedReportingOverflow(by: 4)
+        (self.vocabularySize, self.positions, self.hidden, self.layers, self.heads) = (vocabularySize, positions, hidden, layers, heads)
+        self.inner = inner ?? (fourTimes.overflow ? -1 : fourTimes.partialValue)
+        (self.activation, self.layerNormEpsilon) = (activation, layerNormEpsilon)
+        (self.scaleAttentionWeights, self.scaleAttentionByLayer) = (scaleAttentionWeights, scaleAttentionByLayer)
+        (self.labelCount, self.padTokenID) = (labelCount, padTokenID)
+        (self.embeddingDropout, self.residualDropout, self.attentionDropout) = (embeddingDropout, residualDropout, attentionDropout)
+        try validate()
+    }
+
+    /// The config as Hugging Face's `config.json` holds it (`model_type` `gpt2`), for ``Module/save(to:config:)``.
+    public var json: [String: Any] {
+        var j: [String: Any] = [
+            "model_type": "gpt2", "vocab_size": vocabularySize, "n_positions": positions, "n_embd": hidden, "n_layer": layers,
+            "n_head": heads, "n_inner": inner, "activation_function": activation.name, "layer_norm_epsilon": layerNormEpsilon,
+            "scale_attn_weights": scaleAttentionWeights, "scale_attn_by_inverse_layer_idx": scaleAttentionByLayer,
+            "num_labels": labelCount, "embd_pdrop": embeddingDropout, "resid_pdrop": residualDropout, "attn_pdrop": attentionDropout,
+        ]
+        if let padTokenID { j["pad_token_id"] = padTokenID }
+        return j
+    }
+
     public init(json: [String: Any], path: String = "config.json") throws {
         let c = ConfigReader(json: json, path: path)
         vocabularySize = try c.int("vocab_size", default: 50257)
@@ -91,7 +119,10 @@ public final class GPT2Block: Module {
     let attentionScale: Float
     let dropout: Float, attentionDropout: Float
 
-    init(_ config: GPT2Config, layer: Int, seed: UInt64) throws {
+    /// A block of `config`'s sizes; `layer` (0-based) matters only with `scale_attn_by_inverse_layer_idx`.
+    /// - Throws: ``ModelError/badConfig(path:detail:)`` for a config that does not make a model.
+    public init(_ config: GPT2Config, layer: Int = 0, seed: UInt64 = 0) throws {
+        try config.validate()
         let C = config.hidden
         ln1 = try LayerNorm(C, eps: config.layerNormEpsilon)
         ln2 = try LayerNorm(C, eps: config.layerNormEpsilon)
@@ -123,8 +154,11 @@ public final class GPT2Block: Module {
     /// With `rows` (one position per sequence, no cache), only those positions are computed: each attends to every key
     /// up to and including itself (the prefix too), and the output is `[B, 1, C]`, equal to those rows of the full
     /// block's output.
-    func callAsFunction(_ input: Tensor, keyMask: IntTensor?, cache: KVCache.Layer? = nil, prefix: (keys: Tensor, values: Tensor)? = nil,
-                        rows: [Int]? = nil) throws -> Tensor {
+    public func callAsFunction(_ input: Tensor, keyMask: IntTensor? = nil, cache: KVCache.Layer? = nil,
+                               prefix: (keys: Tensor, values: Tensor)? = nil, rows: [Int]? = nil) throws -> Tensor {
+        guard input.rank == 3, input.shape[2] == attentionOut.outputs else {
+            throw ModelError.badInput("a GPT-2 block takes [batch, length, \(attentionOut.outputs)], got \(input.shape)")
+        }
         let C = input.shape[2]
         let qkv = try attentionIn(ln1(input))
         var k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
