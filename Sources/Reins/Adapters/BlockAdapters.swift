@@ -1,0 +1,127 @@
+import Foundation
+import ReinsTensor
+
+/// Named adapters at one insertion point, one of them active. Used by the blocks' fixed insertion points, so that many
+/// task adapters can sit on one frozen base and be switched at run time.
+public final class AdapterSlot<Adapter: Module>: Module {
+    public private(set) var adapters: [String: Adapter] = [:]
+    public var active: String?
+
+    public init() {}
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        for name in adapters.keys.sorted() { visit.module(name, adapters[name]) }
+    }
+
+    /// Adds (or replaces) `adapter` under `name` and activates it.
+    public func add(_ name: String, _ adapter: Adapter) {
+        adapters[name] = adapter
+        active = name
+    }
+
+    public func remove(_ name: String) {
+        adapters[name] = nil
+        if active == name { active = nil }
+    }
+
+    /// The active adapter, if any.
+    public var current: Adapter? { active.flatMap { adapters[$0] } }
+}
+
+/// The adapter insertion points of one transformer block (GPT-2 block or BERT layer), each a named slot.
+public final class BlockAdapters: Module {
+    /// After the attention output projection, before the residual add (Houlsby's first adapter).
+    public let afterAttention = AdapterSlot<BottleneckAdapter>()
+    /// After the feed-forward network's second layer, before the residual add (Houlsby's second, Pfeiffer's only).
+    public let afterFeedForward = AdapterSlot<BottleneckAdapter>()
+    /// Parallel to the feed-forward network: AdapterBias on its intermediate activation.
+    public let feedForwardBias = AdapterSlot<AdapterBias>()
+    /// Parallel to the feed-forward network: a bottleneck reading the FFN's input.
+    public let parallelFeedForward = AdapterSlot<ParallelAdapter>()
+
+    public func visitParameters(_ visit: inout ParameterVisitor) {
+        visit.module("attention_adapter", afterAttention)
+        visit.module("output_adapter", afterFeedForward)
+        visit.module("adapter_bias", feedForwardBias)
+        visit.module("parallel_adapter", parallelFeedForward)
+    }
+
+    /// The feed-forward output `f` with the parallel insertion points added: `f + α(z)·v + parallel(h)`.
+    func parallel(_ f: Tensor, input h: Tensor, intermediate z: Tensor) throws -> Tensor {
+        var out = f
+        if let b = feedForwardBias.current { out = try out + b.shift(z) }
+        if let p = parallelFeedForward.current { out = try out + p.delta(h) }
+        return out
+    }
+
+    /// The attention sublayer's output `h` through the active "after attention" adapter; `residual` is the sublayer's
+    /// input and `norm` the block's norm after the residual add (nil in pre-LN blocks).
+    func attention(_ h: Tensor, residual: Tensor, norm: LayerNorm? = nil) throws -> Tensor {
+        try afterAttention.current.map { try $0(h, residual: residual, norm: norm) } ?? h
+    }
+    /// The same for the feed-forward sublayer and the "after FFN" adapter.
+    func feedForward(_ h: Tensor, residual: Tensor, norm: LayerNorm? = nil) throws -> Tensor {
+        try afterFeedForward.current.map { try $0(h, residual: residual, norm: norm) } ?? h
+    }
+}
+
+/// Where bottleneck adapters go.
+public enum BottleneckPlacement: Sendable {
+    /// After attention and after the feed-forward network (Houlsby).
+    case houlsby
+    /// After the feed-forward network only (Pfeiffer).
+    case pfeiffer
+}
+
+extension Module {
+    /// Every block's adapter insertion points, in layer order.
+    public var blockAdapters: [BlockAdapters] { namedModules().compactMap { $0.module as? BlockAdapters } }
+
+    /// Adds a bottleneck adapter named `name` to every block (Houlsby: two per block, Pfeiffer: one) and activates it.
+    @discardableResult
+    public func addBottleneckAdapter(_ name: String, placement: BottleneckPlacement, size: Int, bottleneck: Int,
+                                     nonLinearity: BottleneckAdapter.NonLinearity = .relu, readsNormalizedSum: Bool = false,
+                                     seed: UInt64 = 0) throws -> Int {
+        var added = 0
+        func make(_ s: UInt64) throws -> BottleneckAdapter {
+            let a = try BottleneckAdapter(size: size, bottleneck: bottleneck, nonLinearity: nonLinearity, seed: s)
+            a.readsNormalizedSum = readsNormalizedSum
+            return a
+        }
+        for (i, block) in blockAdapters.enumerated() {
+            if placement == .houlsby {
+                block.afterAttention.add(name, try make(seed + UInt64(4 * i)))
+                added += 1
+            }
+            block.afterFeedForward.add(name, try make(seed + UInt64(4 * i + 2)))
+            added += 1
+        }
+        return added
+    }
+
+    /// BitFit (Ben Zaken et al., arXiv 2106.10199): freezes everything except the biases (and, by `alsoTrain`, a head).
+    public func applyBitFit(alsoTrain: (String) -> Bool = { _ in false }) {
+        freeze()
+        unfreeze { $0.hasSuffix(".bias") || alsoTrain($0) }
+    }
+}
+
+extension Module {
+    /// Adds AdapterBias named `name` to every block (parallel to the FFN's second layer) and activates it.
+    @discardableResult
+    public func addAdapterBias(_ name: String, intermediate: Int, size: Int, seed: UInt64 = 0) throws -> Int {
+        for (i, block) in blockAdapters.enumerated() {
+            block.feedForwardBias.add(name, try AdapterBias(intermediate: intermediate, size: size, seed: seed + UInt64(i)))
+        }
+        return blockAdapters.count
+    }
+
+    /// Adds a parallel adapter named `name` beside every block's FFN and activates it.
+    @discardableResult
+    public func addParallelAdapter(_ name: String, size: Int, bottleneck: Int, scale: Float = 4, seed: UInt64 = 0) throws -> Int {
+        for (i, block) in blockAdapters.enumerated() {
+            block.parallelFeedForward.add(name, try ParallelAdapter(size: size, bottleneck: bottleneck, scale: scale, seed: seed + UInt64(2 * i)))
+        }
+        return blockAdapters.count
+    }
+}
