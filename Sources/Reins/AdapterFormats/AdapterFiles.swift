@@ -104,43 +104,57 @@ public enum AdapterFiles {
             used.insert(key)
             return t
         }
-        var plans: [() throws -> Void] = []
+        /// A bottleneck's four tensors under `base` (down and up, weight and bias), checked against each other; nil
+        /// when the file has none there.
+        func bottleneck(_ base: String) throws -> (down: (Tensor, Tensor), up: (Tensor, Tensor))? {
+            guard tensors["\(base).adapter_down.weight"] != nil else { return nil }
+            let dw = try tensor("\(base).adapter_down.weight"), db = try tensor("\(base).adapter_down.bias")
+            let uw = try tensor("\(base).adapter_up.weight"), ub = try tensor("\(base).adapter_up.bias")
+            guard dw.rank == 2, uw.shape == [dw.shape[1], dw.shape[0]], db.shape == [dw.shape[0]], ub.shape == [dw.shape[1]] else {
+                throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(base): down \(dw.shape), up \(uw.shape)"])
+            }
+            return ((dw, db), (uw, ub))
+        }
+        func fill(_ layer: Linear, _ values: (Tensor, Tensor)) {
+            layer.weight.value = values.0.requiringGradient()
+            layer.biases?.base.value = values.1.requiringGradient()
+        }
+        func sequential(_ base: String) throws -> BottleneckAdapter? {
+            guard let t = try bottleneck(base) else { return nil }
+            let adapter = try BottleneckAdapter(size: t.down.0.shape[1], bottleneck: t.down.0.shape[0], nonLinearity: nonLinearity, seed: 0)
+            adapter.readsNormalizedSum = readsNormalizedSum
+            fill(adapter.down, t.down)
+            fill(adapter.up, t.up)
+            return adapter
+        }
+        // Each block slot of Reins's layout: its key, and what reads its adapter and installs it in a block. One row a
+        // slot; a new block adapter kind is one more row.
+        let slots: [(key: String, read: (String, BlockAdapters) throws -> (() -> Void)?)] = [
+            ("attention_adapter", { base, block in try sequential(base).map { a in { block.afterAttention.add(name, a) } } }),
+            ("output_adapter", { base, block in try sequential(base).map { a in { block.afterFeedForward.add(name, a) } } }),
+            ("parallel_adapter", { base, block in
+                guard let t = try bottleneck(base) else { return nil }
+                let adapter = try ParallelAdapter(size: t.down.0.shape[1], bottleneck: t.down.0.shape[0], scale: scale, seed: 0)
+                fill(adapter.down, t.down)
+                fill(adapter.up, t.up)
+                return { block.parallelFeedForward.add(name, adapter) }
+            }),
+            ("adapter_bias", { base, block in
+                guard tensors["\(base).adapter_vector"] != nil else { return nil }
+                let alphaW = try tensor("\(base).adapter_alpha.weight"), alphaB = try tensor("\(base).adapter_alpha.bias"), v = try tensor("\(base).adapter_vector")
+                guard alphaW.rank == 2, alphaW.shape[0] == 1, alphaB.shape == [1], v.rank == 1 else {
+                    throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(base): alpha \(alphaW.shape), vector \(v.shape)"])
+                }
+                let adapter = try AdapterBias(intermediate: alphaW.shape[1], size: v.shape[0], seed: 0)
+                fill(adapter.alpha, (alphaW, alphaB))
+                adapter.vector.value = v.requiringGradient()
+                return { block.feedForwardBias.add(name, adapter) }
+            }),
+        ]
+        var plans: [() -> Void] = []
         for (prefix, block) in blocks {
-            for (slot, kind) in [("attention_adapter", 0), ("output_adapter", 1), ("parallel_adapter", 2), ("adapter_bias", 3)] {
-                let base = "\(prefix).\(slot)"
-                if kind == 3 {
-                    guard tensors["\(base).adapter_vector"] != nil else { continue }
-                    let alphaW = try tensor("\(base).adapter_alpha.weight"), alphaB = try tensor("\(base).adapter_alpha.bias"), v = try tensor("\(base).adapter_vector")
-                    guard alphaW.rank == 2, alphaW.shape[0] == 1, alphaB.shape == [1], v.rank == 1 else {
-                        throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(base): alpha \(alphaW.shape), vector \(v.shape)"])
-                    }
-                    let adapter = try AdapterBias(intermediate: alphaW.shape[1], size: v.shape[0], seed: 0)
-                    plans.append {
-                        adapter.alpha.weight.value = alphaW.requiringGradient(); adapter.alpha.bias!.value = alphaB.requiringGradient()
-                        adapter.vector.value = v.requiringGradient()
-                        block.feedForwardBias.add(name, adapter)
-                    }
-                    continue
-                }
-                guard tensors["\(base).adapter_down.weight"] != nil else { continue }
-                let dw = try tensor("\(base).adapter_down.weight"), db = try tensor("\(base).adapter_down.bias")
-                let uw = try tensor("\(base).adapter_up.weight"), ub = try tensor("\(base).adapter_up.bias")
-                guard dw.rank == 2, uw.shape == [dw.shape[1], dw.shape[0]], db.shape == [dw.shape[0]], ub.shape == [dw.shape[1]] else {
-                    throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["\(base): down \(dw.shape), up \(uw.shape)"])
-                }
-                let (m, size) = (dw.shape[0], dw.shape[1])
-                func fill(_ down: Linear, _ up: Linear) {
-                    down.weight.value = dw.requiringGradient(); down.bias!.value = db.requiringGradient()
-                    up.weight.value = uw.requiringGradient(); up.bias!.value = ub.requiringGradient()
-                }
-                if kind == 2 {
-                    let adapter = try ParallelAdapter(size: size, bottleneck: m, scale: scale, seed: 0)
-                    plans.append { fill(adapter.down, adapter.up); block.parallelFeedForward.add(name, adapter) }
-                } else {
-                    let adapter = try BottleneckAdapter(size: size, bottleneck: m, nonLinearity: nonLinearity, seed: 0)
-                    adapter.readsNormalizedSum = readsNormalizedSum
-                    plans.append { fill(adapter.down, adapter.up); (kind == 0 ? block.afterAttention : block.afterFeedForward).add(name, adapter) }
-                }
+            for slot in slots {
+                if let install = try slot.read("\(prefix).\(slot.key)", block) { plans.append(install) }
             }
         }
         // The rest: BitFit biases (model keys ending in .bias) and the adapter's task head; anything else is unexpected.
@@ -149,7 +163,7 @@ public enum AdapterFiles {
         guard !plans.isEmpty || !rest.isEmpty else { throw ModelError.badConfig(path: weightsPath, detail: "no adapter tensors") }
         // Everything was read and checked for internal consistency before this point, so a failure attaches nothing.
         // (An adapter whose width does not fit the model makes the forward pass throw a shape error naming the sizes.)
-        for plan in plans { try plan() }
+        for plan in plans { plan() }
         installRest()
         model.activateAdapter(name)
     }
