@@ -7,26 +7,34 @@ import Reins
 struct ExtractLoRACommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "extract-lora",
-        abstract: "Build a rank-r LoRA adapter (PEFT format) from a fully fine-tuned checkpoint and its base, by truncated SVD of each weight change."
+        abstract:
+            "Build a rank-r LoRA adapter (PEFT format) from a fully fine-tuned checkpoint and its base, by truncated SVD of each weight change."
     )
 
     @Option(help: "The base model directory.") var base: String
     @Option(help: "The fully fine-tuned model directory (same architecture and sizes).") var finetuned: String
     @Option(help: "The LoRA rank.") var rank: Int = 8
-    @Option(help: "Only linear layers whose key contains one of these comma-separated texts (default: all).") var targets: String?
+    @Option(help: "Only linear layers whose key contains one of these comma-separated texts (default: all).")
+    var targets: String?
     @Option(help: "Where to write adapter_config.json and adapter_model.safetensors.") var output: String
 
     func run() throws {
         let baseModel = try PretrainedModel.load(directory: URL(fileURLWithPath: base))
         let tuned = try PretrainedModel.load(directory: URL(fileURLWithPath: finetuned))
         let wanted = targets?.split(separator: ",").map(String.init)
-        let report = try LoRAExtraction.extract(base: baseModel.module, fineTuned: tuned.module, rank: rank,
-                                                targets: { key in wanted.map { $0.contains { key.contains($0) } } ?? true })
+        let report = try LoRAExtraction.extract(
+            base: baseModel.module, fineTuned: tuned.module, rank: rank,
+            targets: { key in wanted.map { $0.contains { key.contains($0) } } ?? true })
         for layer in report.layers {
-            print(String(format: "%-48@ rank %3d   energy kept %7.3f%%", layer.key as NSString, layer.rank, 100 * layer.energyKept))
+            print(
+                String(
+                    format: "%-48@ rank %3d   energy kept %7.3f%%", layer.key as NSString, layer.rank,
+                    100 * layer.energyKept))
         }
         if !report.otherChangedParameters.isEmpty {
-            print("not carried by LoRA (changed outside linear weights): \(report.otherChangedParameters.joined(separator: ", "))")
+            print(
+                "not carried by LoRA (changed outside linear weights): \(report.otherChangedParameters.joined(separator: ", "))"
+            )
         }
         try PEFTAdapter.save(baseModel.module, to: URL(fileURLWithPath: output), baseModel: base)
         print("wrote \(output): \(report.layers.count) layers")
@@ -35,35 +43,49 @@ struct ExtractLoRACommand: ParsableCommand {
 
 /// `reins adapters show|merge`.
 struct AdaptersCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "adapters", abstract: "Inspect or merge adapter directories.",
-                                                    subcommands: [Show.self, Merge.self])
+    static let configuration = CommandConfiguration(
+        commandName: "adapters", abstract: "Inspect or merge adapter directories.",
+        subcommands: [Show.self, Merge.self])
 
     struct Show: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Method, targets, parameter count and size of an adapter directory.")
+        static let configuration = CommandConfiguration(
+            abstract: "Method, targets, parameter count and size of an adapter directory.")
         @Argument(help: "An adapter directory (adapter_config.json + adapter_model.safetensors).") var directory: String
 
         func run() throws {
             let dir = URL(fileURLWithPath: directory)
             let data = try FileBytes.read(dir.appendingPathComponent("adapter_config.json").path)
-            guard let config = try JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw ValidationError("adapter_config.json is not an object") }
+            guard let config = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                throw ValidationError("adapter_config.json is not an object")
+            }
             let weights = dir.appendingPathComponent("adapter_model.safetensors")
             let file = try SafeTensorsFile(path: weights.path)
             let count = file.entries.values.map { $0.shape.reduce(1, *) }.reduce(0, +)
-            let bytes = (try FileManager.default.attributesOfItem(atPath: weights.path)[.size] as? Int ?? 0) + data.count
+            let bytes =
+                (try FileManager.default.attributesOfItem(atPath: weights.path)[.size] as? Int ?? 0) + data.count
             print("method: \(config["peft_type"] as? String ?? "?")")
             if config["peft_type"] as? String == "ADALORA" {
                 let kept = file.entries.filter { $0.key.hasSuffix(".lora_E") }.map { $0.value.shape.first ?? 0 }
-                print("initial rank: \(config["init_r"] ?? "?"), ranks kept: \(kept.reduce(0, +)) over \(kept.count) layers, alpha: \(config["lora_alpha"] ?? "?")")
-            } else if let r = config["r"] { print("rank: \(r), alpha: \(config["lora_alpha"] ?? "?"), rsLoRA: \((config["use_rslora"] as? Bool) ?? false)\((config["use_dora"] as? Bool) == true ? ", DoRA" : "")") }
+                print(
+                    "initial rank: \(config["init_r"] ?? "?"), ranks kept: \(kept.reduce(0, +)) over \(kept.count) layers, alpha: \(config["lora_alpha"] ?? "?")"
+                )
+            } else if let r = config["r"] {
+                print(
+                    "rank: \(r), alpha: \(config["lora_alpha"] ?? "?"), rsLoRA: \((config["use_rslora"] as? Bool) ?? false)\((config["use_dora"] as? Bool) == true ? ", DoRA" : "")"
+                )
+            }
             if let t = config["target_modules"] as? [String] { print("targets: \(t.joined(separator: ", "))") }
             if let p = config["num_virtual_tokens"] { print("virtual tokens: \(p)") }
-            if let heads = config["modules_to_save"] as? [String], !heads.isEmpty { print("task head(s): \(Array(Set(heads)).sorted().joined(separator: ", "))") }
+            if let heads = config["modules_to_save"] as? [String], !heads.isEmpty {
+                print("task head(s): \(Array(Set(heads)).sorted().joined(separator: ", "))")
+            }
             print("tensors: \(file.entries.count), parameters: \(count), size on disk: \(bytes) bytes")
         }
     }
 
     struct Merge: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Fold a LoRA adapter into its base and write a full model directory.")
+        static let configuration = CommandConfiguration(
+            abstract: "Fold a LoRA adapter into its base and write a full model directory.")
         @Option(help: "The base model directory.") var model: String
         @Option(help: "The LoRA adapter directory.") var adapter: String
         @Option(help: "Where to write the merged model (config.json + model.safetensors).") var output: String
@@ -72,18 +94,26 @@ struct AdaptersCommand: ParsableCommand {
             let dir = URL(fileURLWithPath: model)
             let loaded = try PretrainedModel.load(directory: dir)
             try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: loaded.module)
-            let layers = loaded.module.namedModules().compactMap { $0.module as? any LoRAHost }.filter { $0.activeLoRA != nil }
-            guard !layers.isEmpty else { throw ValidationError("\(adapter) holds no LoRA weights to merge (prefixes cannot be merged)") }
+            let layers = loaded.module.namedModules().compactMap { $0.module as? any LoRAHost }.filter {
+                $0.activeLoRA != nil
+            }
+            guard !layers.isEmpty else {
+                throw ValidationError("\(adapter) holds no LoRA weights to merge (prefixes cannot be merged)")
+            }
             if let tied = loaded.module.tiedOutputEmbedding, layers.contains(where: { $0 === tied }) {
-                throw ValidationError("\(adapter) adapts the word embeddings, which the output layer shares: a merged checkpoint would change the output layer too (use the adapter unmerged)")
+                throw ValidationError(
+                    "\(adapter) adapts the word embeddings, which the output layer shares: a merged checkpoint would change the output layer too (use the adapter unmerged)"
+                )
             }
             for l in layers {
                 try l.merge()
                 let merged = l.weight.value
-                try l.detachLoRA(l.activeLoRA!)   // detaching unmerges: put the merged weight back, without the adapter
+                try l.detachLoRA(l.activeLoRA!)  // detaching unmerges: put the merged weight back, without the adapter
                 l.weight.value = merged
             }
-            let config = try JSONSerialization.jsonObject(with: FileBytes.read(dir.appendingPathComponent("config.json").path)) as? [String: Any] ?? [:]
+            let config =
+                try JSONSerialization.jsonObject(with: FileBytes.read(dir.appendingPathComponent("config.json").path))
+                as? [String: Any] ?? [:]
             try loaded.module.save(to: URL(fileURLWithPath: output), config: config)
             print("merged \(layers.count) layers into \(output)")
         }

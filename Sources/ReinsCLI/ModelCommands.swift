@@ -5,7 +5,8 @@ import Reins
 
 /// `reins info --model DIR`: the architecture, its sizes and parameter count.
 struct InfoCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "info", abstract: "Describe a Hugging Face model directory.")
+    static let configuration = CommandConfiguration(
+        commandName: "info", abstract: "Describe a Hugging Face model directory.")
 
     @Option(help: "A model directory (config.json + model.safetensors, or pytorch_model.bin).")
     var model: String
@@ -18,15 +19,20 @@ struct InfoCommand: ParsableCommand {
         switch loaded {
         case let .gpt2(x): print(gpt2Summary("GPT2Model", x.config))
         case let .gpt2LMHead(x): print(gpt2Summary("GPT2LMHeadModel", x.transformer.config))
-        case let .gpt2SequenceClassification(x): print(gpt2Summary("GPT2ForSequenceClassification", x.transformer.config) + ", labels \(x.score.outputs)")
+        case let .gpt2SequenceClassification(x):
+            print(gpt2Summary("GPT2ForSequenceClassification", x.transformer.config) + ", labels \(x.score.outputs)")
         case let .bert(x): print(bertSummary("BertModel", x.config))
         case let .bertMaskedLM(x): print(bertSummary("BertForMaskedLM", x.bert.config))
-        case let .bertSequenceClassification(x): print(bertSummary("BertForSequenceClassification", x.bert.config) + ", labels \(x.classifier.outputs)")
-        case let .bertTokenClassification(x): print(bertSummary("BertForTokenClassification", x.bert.config) + ", labels \(x.classifier.outputs)")
+        case let .bertSequenceClassification(x):
+            print(bertSummary("BertForSequenceClassification", x.bert.config) + ", labels \(x.classifier.outputs)")
+        case let .bertTokenClassification(x):
+            print(bertSummary("BertForTokenClassification", x.bert.config) + ", labels \(x.classifier.outputs)")
         case let .bertQuestionAnswering(x): print(bertSummary("BertForQuestionAnswering", x.bert.config))
         }
         print(String(format: "loaded in %.1f ms", elapsed))
-        print("parameters: \(m.parameterCount) (\(String(format: "%.1f", Double(m.parameterCount) * 4 / 1_048_576)) MiB as float32), tensors: \(m.namedParameters().count)")
+        print(
+            "parameters: \(m.parameterCount) (\(String(format: "%.1f", Double(m.parameterCount) * 4 / 1_048_576)) MiB as float32), tensors: \(m.namedParameters().count)"
+        )
     }
 
     func gpt2Summary(_ name: String, _ c: GPT2Config) -> String {
@@ -42,8 +48,10 @@ struct InfoCommand: ParsableCommand {
 struct LogitsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "logits",
-        abstract: "Run a model's head on int32 input_ids [B, T] (optional attention_mask, token_type_ids) and write float32 logits.",
-        discussion: "LM heads write logits [B, T, V]; classification heads [B, labels]; token classification [B, T, labels]; question answering start_logits and end_logits [B, T]; a bare model last_hidden_state [B, T, C]. With a prompt-tuning adapter, per-token outputs also cover its P virtual positions, first ([B, P + T, ...]), as PEFT returns them. This is how Reins is checked against the Python stack."
+        abstract:
+            "Run a model's head on int32 input_ids [B, T] (optional attention_mask, token_type_ids) and write float32 logits.",
+        discussion:
+            "LM heads write logits [B, T, V]; classification heads [B, labels]; token classification [B, T, labels]; question answering start_logits and end_logits [B, T]; a bare model last_hidden_state [B, T, C]. With a prompt-tuning adapter, per-token outputs also cover its P virtual positions, first ([B, P + T, ...]), as PEFT returns them. This is how Reins is checked against the Python stack."
     )
 
     @Option(help: "A model directory (config.json + model.safetensors, or pytorch_model.bin).")
@@ -57,7 +65,10 @@ struct LogitsCommand: ParsableCommand {
 
     func run() throws {
         // With an adapter, the head its task type needs (a SEQ_CLS adapter over a bare or masked-LM checkpoint, say).
-        let loaded = try adapter.map { try PretrainedModel.load(directory: URL(fileURLWithPath: model), forAdapter: URL(fileURLWithPath: $0)) }
+        let loaded =
+            try adapter.map {
+                try PretrainedModel.load(directory: URL(fileURLWithPath: model), forAdapter: URL(fileURLWithPath: $0))
+            }
             ?? PretrainedModel.load(directory: URL(fileURLWithPath: model))
         if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: loaded.module) }
         let file = try SafeTensorsFile(path: inputs)
@@ -67,13 +78,18 @@ struct LogitsCommand: ParsableCommand {
         var outputs: [String: Tensor] = [:]
         try Autograd.withoutGradients {
             switch loaded {
-            case let .gpt2(m): outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
+            case let .gpt2(m):
+                outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
             case let .gpt2LMHead(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .gpt2SequenceClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .bert(m): outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
+            case let .gpt2SequenceClassification(m):
+                outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
+            case let .bert(m):
+                outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
             case let .bertMaskedLM(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .bertSequenceClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .bertTokenClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
+            case let .bertSequenceClassification(m):
+                outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
+            case let .bertTokenClassification(m):
+                outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
             case let .bertQuestionAnswering(m):
                 let (start, end) = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
                 outputs["start_logits"] = start
@@ -89,7 +105,8 @@ struct TokenizeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tokenize",
         abstract: "Encode lines of standard input as JSON arrays of token ids.",
-        discussion: "The tokenizer file is a vocab.txt (WordPiece, adds [CLS]/[SEP]), a vocab.json with merges.txt beside it (GPT-2 byte-level BPE), or a tokenizer.json of either kind."
+        discussion:
+            "The tokenizer file is a vocab.txt (WordPiece, adds [CLS]/[SEP]), a vocab.json with merges.txt beside it (GPT-2 byte-level BPE), or a tokenizer.json of either kind."
     )
 
     @Option(help: "vocab.txt, vocab.json (with merges.txt beside it) or tokenizer.json.")
@@ -105,43 +122,59 @@ struct TokenizeCommand: ParsableCommand {
 
 /// `reins generate`: continue a prompt with a GPT-2 language model.
 struct GenerateCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "generate", abstract: "Continue a prompt with a GPT-2 language model (KV cache).")
+    static let configuration = CommandConfiguration(
+        commandName: "generate", abstract: "Continue a prompt with a GPT-2 language model (KV cache).")
 
     @Option(help: "A GPT2LMHeadModel directory.") var model: String
     @Option(help: "The prompt text (needs tokenizer files in the model directory).") var prompt: String?
     @Option(help: "The prompt as comma-separated token ids, e.g. 5,17,42.") var promptIds: String?
     @Option(help: "How many tokens to add.") var maxNewTokens: Int = 20
-    @Flag(help: "Pick the most likely token each step (the default unless --temperature, --top-k or --top-p is given).") var greedy = false
+    @Flag(help: "Pick the most likely token each step (the default unless --temperature, --top-k or --top-p is given).")
+    var greedy = false
     @Option(help: "Sampling temperature.") var temperature: Float?
     @Option(help: "Sample among the k most likely tokens.") var topK: Int?
     @Option(help: "Sample from the smallest set of tokens whose probability reaches p.") var topP: Float?
     @Option(help: "Penalise tokens already present (1 = off).") var repetitionPenalty: Float = 1
     @Option(help: "Sampling seed.") var seed: UInt64 = 0
-    @Option(help: "Stop after this token id (default: <|endoftext|> when the tokenizer has one).") var stopId: [Int32] = []
+    @Option(help: "Stop after this token id (default: <|endoftext|> when the tokenizer has one).") var stopId: [Int32] =
+        []
     @Flag(help: "Print the JSON array of all ids (prompt included) as the last line.") var printIds = false
     @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
 
     func validate() throws {
-        guard maxNewTokens >= 0 else { throw ValidationError("--max-new-tokens must not be negative, got \(maxNewTokens)") }
+        guard maxNewTokens >= 0 else {
+            throw ValidationError("--max-new-tokens must not be negative, got \(maxNewTokens)")
+        }
         if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1, got \(topK)") }
         if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
-        if let temperature, !(temperature.isFinite && temperature > 0) { throw ValidationError("--temperature must be positive, got \(temperature)") }
-        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else { throw ValidationError("--repetition-penalty must be positive, got \(repetitionPenalty)") }
+        if let temperature, !(temperature.isFinite && temperature > 0) {
+            throw ValidationError("--temperature must be positive, got \(temperature)")
+        }
+        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else {
+            throw ValidationError("--repetition-penalty must be positive, got \(repetitionPenalty)")
+        }
     }
 
     func run() throws {
         let dir = URL(fileURLWithPath: model)
-        guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else { return }
+        guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel")
+        else { return }
         if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: lm) }
         let tokenizer = try tokenizerFile(in: dir).map { try AnyTokenizer(file: $0) }
         let ids: [Int32]
         if let promptIds {
             ids = try promptIds.split(separator: ",").map { s in
-                guard let v = Int32(s.trimmingCharacters(in: .whitespaces)) else { throw ValidationError("'\(s)' in --prompt-ids is not an integer") }
+                guard let v = Int32(s.trimmingCharacters(in: .whitespaces)) else {
+                    throw ValidationError("'\(s)' in --prompt-ids is not an integer")
+                }
                 return v
             }
         } else if let prompt {
-            guard let tokenizer else { throw ValidationError("--prompt needs tokenizer files (tokenizer.json or vocab.json + merges.txt) in \(model); use --prompt-ids") }
+            guard let tokenizer else {
+                throw ValidationError(
+                    "--prompt needs tokenizer files (tokenizer.json or vocab.json + merges.txt) in \(model); use --prompt-ids"
+                )
+            }
             ids = try tokenizer.encode(prompt)
         } else {
             throw ValidationError("give --prompt or --prompt-ids")
@@ -149,9 +182,10 @@ struct GenerateCommand: ParsableCommand {
         var stops = Set(stopId)
         if stops.isEmpty, case let .bpe(t)? = tokenizer, let eot = t.endOfText { stops.insert(eot) }
         let sampling = !greedy && (temperature != nil || topK != nil || topP != nil)
-        let options = GenerationOptions(maxNewTokens: maxNewTokens, greedy: !sampling, temperature: temperature ?? 1, topK: topK, topP: topP,
-                                        repetitionPenalty: repetitionPenalty, seed: seed, stopTokens: stops,
-                                        padID: lm.transformer.config.padTokenID.map(Int32.init) ?? 0)
+        let options = GenerationOptions(
+            maxNewTokens: maxNewTokens, greedy: !sampling, temperature: temperature ?? 1, topK: topK, topP: topP,
+            repetitionPenalty: repetitionPenalty, seed: seed, stopTokens: stops,
+            padID: lm.transformer.config.padTokenID.map(Int32.init) ?? 0)
         let out = try lm.generate(prompts: [ids], options: options)[0]
         if let tokenizer { print(tokenizer.decode(out)) }
         if printIds || tokenizer == nil { print("[" + out.map(String.init).joined(separator: ", ") + "]") }
@@ -160,7 +194,8 @@ struct GenerateCommand: ParsableCommand {
 
 /// `reins fill-mask`: the most likely tokens for each [MASK].
 struct FillMaskCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "fill-mask", abstract: "Predict the tokens behind each [MASK] with a BERT masked-LM model.")
+    static let configuration = CommandConfiguration(
+        commandName: "fill-mask", abstract: "Predict the tokens behind each [MASK] with a BERT masked-LM model.")
 
     @Option(help: "A BertForMaskedLM directory with vocab.txt or tokenizer.json.") var model: String
     @Option(help: "Candidates per mask.") var topK: Int = 5
@@ -173,7 +208,8 @@ struct FillMaskCommand: ParsableCommand {
 
     func run() throws {
         let dir = URL(fileURLWithPath: model)
-        guard case let .bertMaskedLM(m) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM") else { return }
+        guard case let .bertMaskedLM(m) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM")
+        else { return }
         if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: m) }
         guard let file = tokenizerFile(in: dir), case let .wordPiece(tok) = try AnyTokenizer(file: file) else {
             throw ValidationError("no WordPiece tokenizer (vocab.txt or tokenizer.json) in \(model)")
@@ -187,7 +223,8 @@ struct FillMaskCommand: ParsableCommand {
 
 /// `reins embed`: sentence embeddings, one JSON array per input line.
 struct EmbedCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "embed", abstract: "Mean-pooled, L2-normalised sentence embeddings of lines of standard input.")
+    static let configuration = CommandConfiguration(
+        commandName: "embed", abstract: "Mean-pooled, L2-normalised sentence embeddings of lines of standard input.")
 
     @Option(help: "A BERT model directory with vocab.txt or tokenizer.json.") var model: String
     @Option(help: "Truncate texts to this many tokens.") var maxLength: Int = 256
@@ -195,7 +232,9 @@ struct EmbedCommand: ParsableCommand {
     @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
 
     func validate() throws {
-        guard maxLength > 0, batchSize > 0 else { throw ValidationError("--max-length and --batch-size must be positive, got \(maxLength) and \(batchSize)") }
+        guard maxLength > 0, batchSize > 0 else {
+            throw ValidationError("--max-length and --batch-size must be positive, got \(maxLength) and \(batchSize)")
+        }
     }
 
     func run() throws {

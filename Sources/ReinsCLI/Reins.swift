@@ -5,8 +5,14 @@ import Foundation
 struct ReinsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reins",
-        abstract: "Steer pretrained language models on the CPU: fine-tune them, or train small adapters on one frozen base.",
-        subcommands: [InfoCommand.self, TokenizeCommand.self, GenerateCommand.self, FillMaskCommand.self, EmbedCommand.self, LogitsCommand.self, AdaptersCommand.self, ExtractLoRACommand.self, KernelsCommand.self, BenchCommand.self, DemoCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, TokenizerCommand.self, PretrainCommand.self, PlotCommand.self]
+        abstract:
+            "Steer pretrained language models on the CPU: fine-tune them, or train small adapters on one frozen base.",
+        subcommands: [
+            InfoCommand.self, TokenizeCommand.self, GenerateCommand.self, FillMaskCommand.self, EmbedCommand.self,
+            LogitsCommand.self, AdaptersCommand.self, ExtractLoRACommand.self, KernelsCommand.self, BenchCommand.self,
+            DemoCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, TokenizerCommand.self,
+            PretrainCommand.self, PlotCommand.self,
+        ]
     )
 
     static func main() {
@@ -19,7 +25,8 @@ struct ReinsCommand: ParsableCommand {
             // argument errors); help and version requests print in full.
             let code = exitCode(for: error)
             guard code != .success else { exit(withError: error) }
-            let lines = fullMessage(for: error).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            let lines = fullMessage(for: error).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.isEmpty }
             var message = lines.first ?? "\(error)"
             if !message.hasPrefix("Error:") { message = "Error: " + message }
             FileHandle.standardError.write(Data((message + "\n").utf8))
@@ -34,9 +41,9 @@ struct ReinsCommand: ParsableCommand {
     /// the user is left alone; if re-executing fails, the tool simply runs as it is.
     static func shortenOpenBLASSpinning() {
         #if os(Linux)
-        guard getenv("OPENBLAS_THREAD_TIMEOUT") == nil else { return }
-        setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1)
-        execv("/proc/self/exe", CommandLine.unsafeArgv)
+            guard getenv("OPENBLAS_THREAD_TIMEOUT") == nil else { return }
+            setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1)
+            execv("/proc/self/exe", CommandLine.unsafeArgv)
         #endif
     }
 }

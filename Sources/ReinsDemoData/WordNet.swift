@@ -12,7 +12,8 @@ public enum WordNet {
     public static let supersenses = [
         "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
         "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
-        "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession",
+        "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant",
+        "noun.possession",
         "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
         "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption",
         "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
@@ -47,7 +48,8 @@ public enum WordNet {
         public var description: String {
             switch self {
             case let .missing(path):
-                return "\(path) not found: install WordNet with `apt-get install wordnet-base` (or set REINS_WORDNET_DIR)"
+                return
+                    "\(path) not found: install WordNet with `apt-get install wordnet-base` (or set REINS_WORDNET_DIR)"
             case let .malformed(path, line, detail): return "\(path):\(line): \(detail)"
             }
         }
@@ -62,7 +64,7 @@ public enum WordNet {
             guard let data = FileBytes.contents(path) else { throw LoadError.missing(path: path) }
             let text = String(decoding: data, as: UTF8.self)
             for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-                if line.isEmpty || line.hasPrefix("  ") { continue } // licence header
+                if line.isEmpty || line.hasPrefix("  ") { continue }  // licence header
                 all.append(try parse(line, path: path, line: i + 1))
             }
         }
@@ -70,11 +72,16 @@ public enum WordNet {
     }
 
     static func parse(_ line: Substring, path: String, line number: Int) throws -> Gloss {
-        guard let bar = line.firstIndex(of: "|") else { throw LoadError.malformed(path: path, line: number, detail: "no '|' before the gloss") }
+        guard let bar = line.firstIndex(of: "|") else {
+            throw LoadError.malformed(path: path, line: number, detail: "no '|' before the gloss")
+        }
         let fields = line[..<bar].split(separator: " ")
-        guard fields.count >= 6, let offset = Int(fields[0]), let lex = Int(fields[1]), supersenses.indices.contains(lex),
-              let pos = fields[2].first, "nvasr".contains(pos) else {
-            throw LoadError.malformed(path: path, line: number, detail: "expected 'offset lex_filenum ss_type w_cnt word ...'")
+        guard fields.count >= 6, let offset = Int(fields[0]), let lex = Int(fields[1]),
+            supersenses.indices.contains(lex),
+            let pos = fields[2].first, "nvasr".contains(pos)
+        else {
+            throw LoadError.malformed(
+                path: path, line: number, detail: "expected 'offset lex_filenum ss_type w_cnt word ...'")
         }
         var gloss = line[line.index(after: bar)...].trimmingCharacters(in: .whitespaces)
         if let example = gloss.range(of: "; \"") { gloss = String(gloss[..<example.lowerBound]) }
@@ -87,7 +94,7 @@ public enum WordNet {
     /// A fixed split: a gloss is in the development set when a hash of its part of speech and offset falls in the
     /// last `developmentPercent` of 100 buckets. The same database always gives the same split.
     public static func isDevelopment(_ g: Gloss, developmentPercent: Int = 10) -> Bool {
-        var h: UInt64 = 0xCBF2_9CE4_8422_2325 // FNV-1a over "pos:offset"
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325  // FNV-1a over "pos:offset"
         for b in "\(g.partOfSpeech):\(g.offset)".utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
         return Int(h % 100) >= 100 - developmentPercent
     }

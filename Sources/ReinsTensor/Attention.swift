@@ -13,20 +13,29 @@ extension Tensor {
     ///   - dropout: dropout on the probabilities (training), `(p, seed, offset)`: probability `(bh, i, j)` is kept iff
     ///     the counter-based draw at `offset + (bh·T + i)·Tk + j` is at least `p`; nothing is stored for backward.
     /// - Throws: ``TensorError/shapeMismatch(operation:detail:)`` for shapes that do not fit.
-    public static func attention(query: Tensor, key: Tensor, value: Tensor, causal: Bool = false, causalOffset: Int? = nil,
-                                 keyMask: IntTensor? = nil, scale: Float? = nil,
-                                 dropout: (p: Float, seed: UInt64, offset: UInt64)? = nil) throws -> Tensor {
+    public static func attention(
+        query: Tensor, key: Tensor, value: Tensor, causal: Bool = false, causalOffset: Int? = nil,
+        keyMask: IntTensor? = nil, scale: Float? = nil,
+        dropout: (p: Float, seed: UInt64, offset: UInt64)? = nil
+    ) throws -> Tensor {
         if let dropout, !(0..<1).contains(dropout.p) {
-            throw TensorError.invalidArgument(operation: "attention", detail: "dropout probability \(dropout.p) is outside [0, 1)")
+            throw TensorError.invalidArgument(
+                operation: "attention", detail: "dropout probability \(dropout.p) is outside [0, 1)")
         }
         var drop = rk_attention_dropout(p: dropout?.p ?? 0, seed: dropout?.seed ?? 0, offset: dropout?.offset ?? 0)
         guard query.rank == 4, key.rank == 4, value.shape == key.shape,
-              key.shape[0] == query.shape[0], key.shape[1] == query.shape[1], key.shape[3] == query.shape[3] else {
-            throw TensorError.shapeMismatch(operation: "attention", detail: "query \(query.shape), key \(key.shape), value \(value.shape); expected [B, NH, T, hs] and [B, NH, Tk, hs]")
+            key.shape[0] == query.shape[0], key.shape[1] == query.shape[1], key.shape[3] == query.shape[3]
+        else {
+            throw TensorError.shapeMismatch(
+                operation: "attention",
+                detail:
+                    "query \(query.shape), key \(key.shape), value \(value.shape); expected [B, NH, T, hs] and [B, NH, Tk, hs]"
+            )
         }
         let (B, NH, T, hs, Tk) = (query.shape[0], query.shape[1], query.shape[2], query.shape[3], key.shape[2])
         if let keyMask, keyMask.shape != [B, Tk] {
-            throw TensorError.shapeMismatch(operation: "attention", detail: "key mask \(keyMask.shape), expected [\(B), \(Tk)]")
+            throw TensorError.shapeMismatch(
+                operation: "attention", detail: "key mask \(keyMask.shape), expected [\(B), \(Tk)]")
         }
         let offset = Int32(causalOffset ?? (Tk - T)), isCausal: Int32 = causal ? 1 : 0
         let s = scale ?? 1 / Float(hs).squareRoot()
@@ -41,9 +50,10 @@ extension Tensor {
         let scratch = TensorStorage(uninitializedCount: Parallel.threadCount * scratchPerChunk)
         withMask { m in
             Parallel.forRanges(B * NH) { r, c in
-                rk_attention_forward(result.storage.pointer, lse.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, m,
-                                     Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), s, isCausal, offset, &drop,
-                                     Int32(r.lowerBound), Int32(r.upperBound), scratch.pointer + c * scratchPerChunk)
+                rk_attention_forward(
+                    result.storage.pointer, lse.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, m,
+                    Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), s, isCausal, offset, &drop,
+                    Int32(r.lowerBound), Int32(r.upperBound), scratch.pointer + c * scratchPerChunk)
             }
         }
         let output = result.detached()
@@ -52,10 +62,11 @@ extension Tensor {
             let scratch = TensorStorage(uninitializedCount: Parallel.threadCount * perChunk)
             withMask { m in
                 Parallel.forRanges(B * NH) { r, c in
-                    rk_attention_backward(grads[0], grads[1], grads[2], g.storage.pointer, q.storage.pointer, k.storage.pointer,
-                                          v.storage.pointer, output.storage.pointer, lse.pointer, m, Int32(B), Int32(NH), Int32(T),
-                                          Int32(Tk), Int32(hs), s, isCausal, offset, &drop, Int32(r.lowerBound), Int32(r.upperBound),
-                                          scratch.pointer + c * perChunk)
+                    rk_attention_backward(
+                        grads[0], grads[1], grads[2], g.storage.pointer, q.storage.pointer, k.storage.pointer,
+                        v.storage.pointer, output.storage.pointer, lse.pointer, m, Int32(B), Int32(NH), Int32(T),
+                        Int32(Tk), Int32(hs), s, isCausal, offset, &drop, Int32(r.lowerBound), Int32(r.upperBound),
+                        scratch.pointer + c * perChunk)
                 }
             }
         }
@@ -65,15 +76,22 @@ extension Tensor {
     ///
     /// `x: [..., C]`, `weight: [OC, C]` (or `[C, OC]` with `weightTransposed`), `loraA: [r, C]`, `loraB: [OC, r]`.
     /// A frozen base (weight and bias not requiring gradients) costs no dW or db work in backward.
-    public static func loraLinear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, loraA: Tensor, loraB: Tensor,
-                                  scale: Float, weightTransposed: Bool = false) throws -> Tensor {
+    public static func loraLinear(
+        _ x: Tensor, weight: Tensor, bias: Tensor? = nil, loraA: Tensor, loraB: Tensor,
+        scale: Float, weightTransposed: Bool = false
+    ) throws -> Tensor {
         let (N, C) = x.rowsAndWidth
         guard weight.rank == 2, weight.shape[weightTransposed ? 0 : 1] == C else {
-            throw TensorError.shapeMismatch(operation: "loraLinear", detail: "input \(x.shape) with weight \(weight.shape)")
+            throw TensorError.shapeMismatch(
+                operation: "loraLinear", detail: "input \(x.shape) with weight \(weight.shape)")
         }
         let OC = weight.shape[weightTransposed ? 1 : 0]
         guard loraA.rank == 2, loraA.shape[1] == C, loraB.shape == [OC, loraA.shape[0]] else {
-            throw TensorError.shapeMismatch(operation: "loraLinear", detail: "lora A \(loraA.shape) and B \(loraB.shape) for \(C) inputs and \(OC) outputs; expected [r, \(C)] and [\(OC), r]")
+            throw TensorError.shapeMismatch(
+                operation: "loraLinear",
+                detail:
+                    "lora A \(loraA.shape) and B \(loraB.shape) for \(C) inputs and \(OC) outputs; expected [r, \(C)] and [\(OC), r]"
+            )
         }
         if let bias, bias.shape != [OC] {
             throw TensorError.shapeMismatch(operation: "loraLinear", detail: "bias \(bias.shape) for \(OC) outputs")
@@ -81,16 +99,18 @@ extension Tensor {
         let r = loraA.shape[0], wt: Int32 = weightTransposed ? 1 : 0
         let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
         let xa = TensorStorage(uninitializedCount: N * r)
-        rk_lora_forward(result.storage.pointer, xa.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
-                        loraA.storage.pointer, loraB.storage.pointer, Int32(N), Int32(C), Int32(OC), Int32(r), scale, wt)
+        rk_lora_forward(
+            result.storage.pointer, xa.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
+            loraA.storage.pointer, loraB.storage.pointer, Int32(N), Int32(C), Int32(OC), Int32(r), scale, wt)
         let xs = x.detached(), ws = weight.detached(), a = loraA.detached(), b = loraB.detached()
         let hasBias = bias != nil
         let inputs = [x, weight, loraA, loraB] + (bias.map { [$0] } ?? [])
         return recording(result, inputs: inputs) { g, grads in
             let scratch = TensorStorage(uninitializedCount: N * r)
-            rk_lora_backward(grads[0], grads[1], hasBias ? grads[4] : nil, grads[2], grads[3], g.storage.pointer, xs.storage.pointer,
-                             ws.storage.pointer, a.storage.pointer, b.storage.pointer, xa.pointer, scratch.pointer,
-                             Int32(N), Int32(C), Int32(OC), Int32(r), scale, wt)
+            rk_lora_backward(
+                grads[0], grads[1], hasBias ? grads[4] : nil, grads[2], grads[3], g.storage.pointer, xs.storage.pointer,
+                ws.storage.pointer, a.storage.pointer, b.storage.pointer, xa.pointer, scratch.pointer,
+                Int32(N), Int32(C), Int32(OC), Int32(r), scale, wt)
         }
     }
 }

@@ -32,7 +32,9 @@ final class GradNode {
 
     /// The gradient buffer, created as zeros on first use.
     func gradientPointer() -> UnsafeMutablePointer<Float> {
-        if grad == nil { grad = Tensor(shape: shape, storage: TensorStorage(count: Tensor.elementCount(shape), repeating: 0)) }
+        if grad == nil {
+            grad = Tensor(shape: shape, storage: TensorStorage(count: Tensor.elementCount(shape), repeating: 0))
+        }
         return grad!.storage.pointer
     }
 }
@@ -92,7 +94,8 @@ extension Tensor {
     /// Back-propagates `seed` (∂loss/∂self, same shape as self) through the graph.
     public func backward(gradient seed: Tensor) throws {
         guard seed.shape == shape else {
-            throw TensorError.shapeMismatch(operation: "backward(gradient:)", detail: "gradient \(seed.shape) for tensor \(shape)")
+            throw TensorError.shapeMismatch(
+                operation: "backward(gradient:)", detail: "gradient \(seed.shape) for tensor \(shape)")
         }
         guard let root = node else { throw TensorError.noGradientGraph }
         if !root.isLeaf && root.backward == nil { throw TensorError.graphReleased }
@@ -108,7 +111,9 @@ extension Tensor {
         while let (n, next) = stack.last {
             if next < n.parents.count {
                 stack[stack.count - 1].1 += 1
-                if let p = n.parents[next], !p.isLeaf, visited.insert(ObjectIdentifier(p)).inserted { stack.append((p, 0)) }
+                if let p = n.parents[next], !p.isLeaf, visited.insert(ObjectIdentifier(p)).inserted {
+                    stack.append((p, 0))
+                }
                 if let p = n.parents[next], p.isLeaf { visited.insert(ObjectIdentifier(p)) }
             } else {
                 order.append(n)

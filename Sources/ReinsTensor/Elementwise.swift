@@ -12,7 +12,9 @@ extension Tensor {
         if other.rank <= rank, Array(shape.suffix(other.rank)) == other.shape {
             return (count / max(other.count, 1), other.count)
         }
-        throw TensorError.shapeMismatch(operation: operation, detail: "\(shape) and \(other.shape): the right shape must equal the left or a trailing part of it")
+        throw TensorError.shapeMismatch(
+            operation: operation,
+            detail: "\(shape) and \(other.shape): the right shape must equal the left or a trailing part of it")
     }
 
     private enum Binary { case add, subtract, multiply, divide }
@@ -56,7 +58,11 @@ extension Tensor {
                 }
             }
             // Over repeated rows the right side's gradient is a sum: in row order, on one thread, for the same bits.
-            if rows == 1 { Tensor.spans(rows: 1, width: width, accumulate) } else { for r in 0..<rows { accumulate(r, 0..<width) } }
+            if rows == 1 {
+                Tensor.spans(rows: 1, width: width, accumulate)
+            } else {
+                for r in 0..<rows { accumulate(r, 0..<width) }
+            }
         }
     }
 
@@ -66,11 +72,13 @@ extension Tensor {
     /// was broadcast along, in output order (deterministic).
     private func broadcastBinary(_ other: Tensor, _ op: Binary, _ name: String) throws -> Tensor {
         let rank = max(shape.count, other.shape.count)
-        let a = [Int](repeating: 1, count: rank - shape.count) + shape, b = [Int](repeating: 1, count: rank - other.shape.count) + other.shape
+        let a = [Int](repeating: 1, count: rank - shape.count) + shape,
+            b = [Int](repeating: 1, count: rank - other.shape.count) + other.shape
         var out: [Int] = []
         for (x, y) in zip(a, b) {
             guard x == y || x == 1 || y == 1 else {
-                throw TensorError.shapeMismatch(operation: name, detail: "\(shape) and \(other.shape) do not broadcast (axes must be equal or 1)")
+                throw TensorError.shapeMismatch(
+                    operation: name, detail: "\(shape) and \(other.shape) do not broadcast (axes must be equal or 1)")
             }
             out.append(x == 1 ? y : x)
         }
@@ -230,11 +238,19 @@ extension Tensor {
         if keepingAxis { outShape[a] = 1 } else { outShape.remove(at: a) }
         let result = Tensor(shape: outShape, storage: TensorStorage(count: outer * inner, repeating: 0))
         let x = storage.pointer, y = result.storage.pointer
-        for o in 0..<outer { for k in 0..<n { let row = x + (o * n + k) * inner, out = y + o * inner; for i in 0..<inner { out[i] += row[i] } } }
+        for o in 0..<outer {
+            for k in 0..<n {
+                let row = x + (o * n + k) * inner, out = y + o * inner; for i in 0..<inner { out[i] += row[i] }
+            }
+        }
         return Tensor.recording(result, inputs: [self]) { g, grads in
             guard let dx = grads[0] else { return }
             let dy = g.storage.pointer
-            for o in 0..<outer { for k in 0..<n { let row = dx + (o * n + k) * inner, d = dy + o * inner; for i in 0..<inner { row[i] += d[i] } } }
+            for o in 0..<outer {
+                for k in 0..<n {
+                    let row = dx + (o * n + k) * inner, d = dy + o * inner; for i in 0..<inner { row[i] += d[i] }
+                }
+            }
         }
     }
 

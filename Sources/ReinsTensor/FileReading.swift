@@ -11,7 +11,7 @@ package enum JSONNumber {
     package static func exactInt(_ value: Any?) -> Int? {
         guard let n = value as? NSNumber, !(n is NSDecimalNumber) else { return nil }
         switch String(cString: n.objCType) {
-        case "c", "B": return nil // a JSON boolean
+        case "c", "B": return nil  // a JSON boolean
         case "d", "f":
             let d = n.doubleValue
             guard d.isFinite, d == d.rounded(), abs(d) < 9_007_199_254_740_992 else { return nil }
@@ -53,7 +53,9 @@ package enum FileBytes {
     /// - Throws: Foundation's error for a missing, unreadable or directory path.
     package static func read(_ path: String) throws -> Data {
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
-        if (attributes[.type] as? FileAttributeType) == .typeRegular, let size = attributes[.size] as? NSNumber, size.intValue == 0 {
+        if (attributes[.type] as? FileAttributeType) == .typeRegular, let size = attributes[.size] as? NSNumber,
+            size.intValue == 0
+        {
             return Data()
         }
         return try Data(contentsOf: URL(fileURLWithPath: path))
@@ -66,7 +68,8 @@ package enum FileBytes {
     /// - Throws: Foundation's error for an unreadable file, or one that is not UTF-8.
     package static func text(_ path: String) throws -> String {
         guard let text = String(data: try read(path), encoding: .utf8) else {
-            throw CocoaError(.fileReadInapplicableStringEncoding, userInfo: [NSLocalizedDescriptionKey: "not UTF-8 text"])
+            throw CocoaError(
+                .fileReadInapplicableStringEncoding, userInfo: [NSLocalizedDescriptionKey: "not UTF-8 text"])
         }
         return text
     }

@@ -25,12 +25,16 @@ func maxRelativeDifference(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
 extension KernelWorkload {
     /// Matmul through ``Tensor/matmul(_:_:transposeA:transposeB:)`` with the weight as `[out, in]` (transpose flag).
     public static func matmul(rows: Int, inputs: Int, outputs: Int) throws -> KernelWorkload {
-        let x = try Tensor.normal([rows, inputs], seed: 1), w = try Tensor.normal([outputs, inputs], std: 0.02, seed: 2)
-        return KernelWorkload(name: "matmul \(rows)x\(inputs) -> \(outputs)", flops: 2.0 * Double(rows * inputs * outputs), tolerance: 1e-4,
+        let x = try Tensor.normal([rows, inputs], seed: 1),
+            w = try Tensor.normal([outputs, inputs], std: 0.02, seed: 2)
+        return KernelWorkload(
+            name: "matmul \(rows)x\(inputs) -> \(outputs)", flops: 2.0 * Double(rows * inputs * outputs),
+            tolerance: 1e-4,
             verify: {
                 let y = try Tensor.matmul(x, w, transposeB: true)
                 var r = [Float](repeating: 0, count: rows * outputs)
-                rk_linear_forward_ref(&r, x.storage.pointer, w.storage.pointer, nil, Int32(rows), Int32(inputs), Int32(outputs), 0)
+                rk_linear_forward_ref(
+                    &r, x.storage.pointer, w.storage.pointer, nil, Int32(rows), Int32(inputs), Int32(outputs), 0)
                 return maxRelativeDifference(y.storage.pointer, r, r.count)
             },
             run: { _ = try Tensor.matmul(x, w, transposeB: true) })
@@ -38,41 +42,58 @@ extension KernelWorkload {
 
     /// Raw `cblas_sgemm` on the same shapes as ``matmul(rows:inputs:outputs:)`` (the ceiling ReinsTensor is held to).
     public static func rawSgemm(rows: Int, inputs: Int, outputs: Int) throws -> KernelWorkload {
-        let x = try Tensor.normal([rows, inputs], seed: 1), w = try Tensor.normal([outputs, inputs], std: 0.02, seed: 2)
+        let x = try Tensor.normal([rows, inputs], seed: 1),
+            w = try Tensor.normal([outputs, inputs], std: 0.02, seed: 2)
         let y = try Tensor.zeros([rows, outputs])
-        return KernelWorkload(name: "cblas_sgemm \(rows)x\(inputs) -> \(outputs)", flops: 2.0 * Double(rows * inputs * outputs), tolerance: 0,
+        return KernelWorkload(
+            name: "cblas_sgemm \(rows)x\(inputs) -> \(outputs)", flops: 2.0 * Double(rows * inputs * outputs),
+            tolerance: 0,
             verify: { 0 },
             run: {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outputs), Int32(inputs), 1,
-                            x.storage.pointer, Int32(inputs), w.storage.pointer, Int32(inputs), 0, y.storage.pointer, Int32(outputs))
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outputs), Int32(inputs), 1,
+                    x.storage.pointer, Int32(inputs), w.storage.pointer, Int32(inputs), 0, y.storage.pointer,
+                    Int32(outputs))
             })
     }
 
     /// Causal self-attention `[B, NH, T, hs]`, forward only or forward + backward (dQ, dK, dV).
-    public static func attention(batch B: Int, heads NH: Int, length T: Int, headSize hs: Int, backward: Bool) throws -> KernelWorkload {
-        let q = try Tensor.normal([B, NH, T, hs], seed: 3), k = try Tensor.normal([B, NH, T, hs], seed: 4), v = try Tensor.normal([B, NH, T, hs], seed: 5)
+    public static func attention(batch B: Int, heads NH: Int, length T: Int, headSize hs: Int, backward: Bool) throws
+        -> KernelWorkload
+    {
+        let q = try Tensor.normal([B, NH, T, hs], seed: 3), k = try Tensor.normal([B, NH, T, hs], seed: 4),
+            v = try Tensor.normal([B, NH, T, hs], seed: 5)
         let g = try Tensor.normal([B, NH, T, hs], seed: 6)
-        let flops = 4.0 * Double(B * NH * T * T * hs) * (backward ? 3.5 : 1) / 2 // causal: about half the scores matter
+        let flops = 4.0 * Double(B * NH * T * T * hs) * (backward ? 3.5 : 1) / 2  // causal: about half the scores matter
         func pass() throws -> (Tensor, Tensor, Tensor, Tensor) {
-            let (ql, kl, vl) = backward ? (q.requiringGradient(), k.requiringGradient(), v.requiringGradient()) : (q, k, v)
+            let (ql, kl, vl) =
+                backward ? (q.requiringGradient(), k.requiringGradient(), v.requiringGradient()) : (q, k, v)
             let out = try Tensor.attention(query: ql, key: kl, value: vl, causal: true)
             if backward { try out.backward(gradient: g) }
             return (out, ql, kl, vl)
         }
-        return KernelWorkload(name: "attention \(backward ? "fwd+bwd" : "fwd") B\(B) NH\(NH) T\(T) hs\(hs) causal", flops: flops, tolerance: 1e-4,
+        return KernelWorkload(
+            name: "attention \(backward ? "fwd+bwd" : "fwd") B\(B) NH\(NH) T\(T) hs\(hs) causal", flops: flops,
+            tolerance: 1e-4,
             verify: {
                 let (out, ql, kl, vl) = try pass()
                 let n = B * NH * T * hs
                 var r = [Float](repeating: 0, count: n), lse = [Float](repeating: 0, count: B * NH * T)
-                rk_attention_forward_ref(&r, &lse, q.storage.pointer, k.storage.pointer, v.storage.pointer, nil, Int32(B), Int32(NH), Int32(T), Int32(T), Int32(hs),
-                                         1 / Float(hs).squareRoot(), 1, 0, nil)
+                rk_attention_forward_ref(
+                    &r, &lse, q.storage.pointer, k.storage.pointer, v.storage.pointer, nil, Int32(B), Int32(NH),
+                    Int32(T), Int32(T), Int32(hs),
+                    1 / Float(hs).squareRoot(), 1, 0, nil)
                 var worst = maxRelativeDifference(out.storage.pointer, r, n)
                 if backward, let dq = ql.gradient, let dk = kl.gradient, let dv = vl.gradient {
                     var rq = [Float](repeating: 0, count: n), rk = rq, rv = rq
-                    rk_attention_backward_ref(&rq, &rk, &rv, g.storage.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, r, lse, nil,
-                                              Int32(B), Int32(NH), Int32(T), Int32(T), Int32(hs), 1 / Float(hs).squareRoot(), 1, 0, nil)
-                    worst = Swift.max(worst, maxRelativeDifference(dq.storage.pointer, rq, n), maxRelativeDifference(dk.storage.pointer, rk, n),
-                                      maxRelativeDifference(dv.storage.pointer, rv, n))
+                    rk_attention_backward_ref(
+                        &rq, &rk, &rv, g.storage.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, r,
+                        lse, nil,
+                        Int32(B), Int32(NH), Int32(T), Int32(T), Int32(hs), 1 / Float(hs).squareRoot(), 1, 0, nil)
+                    worst = Swift.max(
+                        worst, maxRelativeDifference(dq.storage.pointer, rq, n),
+                        maxRelativeDifference(dk.storage.pointer, rk, n),
+                        maxRelativeDifference(dv.storage.pointer, rv, n))
                 }
                 return worst
             },
@@ -81,7 +102,8 @@ extension KernelWorkload {
 
     /// Layer norm over `[rows, C]`, forward + backward (dx, dw, db).
     public static func layerNorm(rows: Int, channels C: Int) throws -> KernelWorkload {
-        let x = try Tensor.normal([rows, C], seed: 7), w = try Tensor.normal([C], seed: 8), b = try Tensor.normal([C], seed: 9)
+        let x = try Tensor.normal([rows, C], seed: 7), w = try Tensor.normal([C], seed: 8),
+            b = try Tensor.normal([C], seed: 9)
         let g = try Tensor.normal([rows, C], seed: 10)
         func pass() throws -> (Tensor, Tensor) {
             let xl = x.requiringGradient()
@@ -89,13 +111,18 @@ extension KernelWorkload {
             try y.backward(gradient: g)
             return (y, xl)
         }
-        return KernelWorkload(name: "layer norm fwd+bwd \(rows)x\(C)", flops: 0, tolerance: 1e-4,
+        return KernelWorkload(
+            name: "layer norm fwd+bwd \(rows)x\(C)", flops: 0, tolerance: 1e-4,
             verify: {
                 let (y, xl) = try pass()
                 var r = [Float](repeating: 0, count: rows * C), m = [Float](repeating: 0, count: rows), s = m, dx = r
-                rk_layernorm_forward_ref(&r, &m, &s, x.storage.pointer, w.storage.pointer, b.storage.pointer, Int32(rows), Int32(C), 1e-5)
-                rk_layernorm_backward_ref(&dx, nil, nil, g.storage.pointer, x.storage.pointer, w.storage.pointer, m, s, Int32(rows), Int32(C))
-                return Swift.max(maxRelativeDifference(y.storage.pointer, r, r.count), maxRelativeDifference(xl.gradient!.storage.pointer, dx, dx.count))
+                rk_layernorm_forward_ref(
+                    &r, &m, &s, x.storage.pointer, w.storage.pointer, b.storage.pointer, Int32(rows), Int32(C), 1e-5)
+                rk_layernorm_backward_ref(
+                    &dx, nil, nil, g.storage.pointer, x.storage.pointer, w.storage.pointer, m, s, Int32(rows), Int32(C))
+                return Swift.max(
+                    maxRelativeDifference(y.storage.pointer, r, r.count),
+                    maxRelativeDifference(xl.gradient!.storage.pointer, dx, dx.count))
             },
             run: { _ = try pass() })
     }
@@ -109,14 +136,17 @@ extension KernelWorkload {
             try y.backward(gradient: g)
             return (y, xl)
         }
-        return KernelWorkload(name: "GELU (tanh) fwd+bwd \(rows)x\(C)", flops: 0, tolerance: 1e-5,
+        return KernelWorkload(
+            name: "GELU (tanh) fwd+bwd \(rows)x\(C)", flops: 0, tolerance: 1e-5,
             verify: {
                 let (y, xl) = try pass()
                 let n = rows * C
                 var r = [Float](repeating: 0, count: n), dx = r
                 rk_gelu_forward_ref(&r, x.storage.pointer, n, 1)
                 rk_gelu_backward_ref(&dx, g.storage.pointer, x.storage.pointer, n, 1)
-                return Swift.max(maxRelativeDifference(y.storage.pointer, r, n), maxRelativeDifference(xl.gradient!.storage.pointer, dx, n))
+                return Swift.max(
+                    maxRelativeDifference(y.storage.pointer, r, n),
+                    maxRelativeDifference(xl.gradient!.storage.pointer, dx, n))
             },
             run: { _ = try pass() })
     }
@@ -131,14 +161,20 @@ extension KernelWorkload {
             try loss.backward()
             return (loss, l)
         }
-        return KernelWorkload(name: "softmax cross-entropy fwd+bwd \(rows)x\(V)", flops: 0, tolerance: 1e-5,
+        return KernelWorkload(
+            name: "softmax cross-entropy fwd+bwd \(rows)x\(V)", flops: 0, tolerance: 1e-5,
             verify: {
                 let (loss, l) = try pass()
-                var losses = [Float](repeating: 0, count: rows), lse = losses, d = [Float](repeating: 0, count: rows * V)
-                _ = rk_crossentropy_forward_ref(&losses, &lse, logits.storage.pointer, targets.values, Int32(rows), Int32(V), -100, nil)
-                rk_crossentropy_backward_ref(&d, logits.storage.pointer, lse, targets.values, 1 / Float(rows), Int32(rows), Int32(V), -100)
+                var losses = [Float](repeating: 0, count: rows), lse = losses,
+                    d = [Float](repeating: 0, count: rows * V)
+                _ = rk_crossentropy_forward_ref(
+                    &losses, &lse, logits.storage.pointer, targets.values, Int32(rows), Int32(V), -100, nil)
+                rk_crossentropy_backward_ref(
+                    &d, logits.storage.pointer, lse, targets.values, 1 / Float(rows), Int32(rows), Int32(V), -100)
                 let mean = losses.reduce(0, +) / Float(rows)
-                return Swift.max(abs(try loss.item - mean) / (1 + abs(mean)), maxRelativeDifference(l.gradient!.storage.pointer, d, d.count))
+                return Swift.max(
+                    abs(try loss.item - mean) / (1 + abs(mean)),
+                    maxRelativeDifference(l.gradient!.storage.pointer, d, d.count))
             },
             run: { _ = try pass() })
     }
@@ -146,27 +182,39 @@ extension KernelWorkload {
     /// A linear layer forward + backward with a frozen weight: LoRA of rank `rank`, or the plain base layer when
     /// `rank == 0` (the base is then trainable, as in full fine-tuning).
     public static func lora(rows: Int, inputs C: Int, outputs OC: Int, rank r: Int) throws -> KernelWorkload {
-        let x = try Tensor.normal([rows, C], seed: 14), w = try Tensor.normal([OC, C], std: 0.02, seed: 15), b = try Tensor.normal([OC], seed: 16)
-        let a = try Tensor.normal([Swift.max(r, 1), C], std: 0.02, seed: 17), bm = try Tensor.normal([OC, Swift.max(r, 1)], std: 0.02, seed: 18)
+        let x = try Tensor.normal([rows, C], seed: 14), w = try Tensor.normal([OC, C], std: 0.02, seed: 15),
+            b = try Tensor.normal([OC], seed: 16)
+        let a = try Tensor.normal([Swift.max(r, 1), C], std: 0.02, seed: 17),
+            bm = try Tensor.normal([OC, Swift.max(r, 1)], std: 0.02, seed: 18)
         let g = try Tensor.normal([rows, OC], seed: 19)
         func pass() throws -> Tensor {
             let xl = x.requiringGradient()
-            let y = r == 0
+            let y =
+                r == 0
                 ? try Tensor.linear(xl, weight: w.requiringGradient(), bias: b.requiringGradient())
-                : try Tensor.loraLinear(xl, weight: w, bias: b, loraA: a.requiringGradient(), loraB: bm.requiringGradient(), scale: 2)
+                : try Tensor.loraLinear(
+                    xl, weight: w, bias: b, loraA: a.requiringGradient(), loraB: bm.requiringGradient(), scale: 2)
             try y.backward(gradient: g)
             return y
         }
-        return KernelWorkload(name: r == 0 ? "linear fwd+bwd (trainable) \(rows)x\(C) -> \(OC)" : "LoRA r=\(r) fwd+bwd (frozen base) \(rows)x\(C) -> \(OC)",
-                              flops: 0, tolerance: 1e-4,
+        return KernelWorkload(
+            name: r == 0
+                ? "linear fwd+bwd (trainable) \(rows)x\(C) -> \(OC)"
+                : "LoRA r=\(r) fwd+bwd (frozen base) \(rows)x\(C) -> \(OC)",
+            flops: 0, tolerance: 1e-4,
             verify: {
                 let y = try pass()
-                var ref = [Float](repeating: 0, count: rows * OC), xa = [Float](repeating: 0, count: rows * Swift.max(r, 1))
+                var ref = [Float](repeating: 0, count: rows * OC),
+                    xa = [Float](repeating: 0, count: rows * Swift.max(r, 1))
                 if r == 0 {
-                    rk_linear_forward_ref(&ref, x.storage.pointer, w.storage.pointer, b.storage.pointer, Int32(rows), Int32(C), Int32(OC), 0)
+                    rk_linear_forward_ref(
+                        &ref, x.storage.pointer, w.storage.pointer, b.storage.pointer, Int32(rows), Int32(C), Int32(OC),
+                        0)
                 } else {
-                    rk_lora_forward_ref(&ref, &xa, x.storage.pointer, w.storage.pointer, b.storage.pointer, a.storage.pointer, bm.storage.pointer,
-                                        Int32(rows), Int32(C), Int32(OC), Int32(r), 2, 0)
+                    rk_lora_forward_ref(
+                        &ref, &xa, x.storage.pointer, w.storage.pointer, b.storage.pointer, a.storage.pointer,
+                        bm.storage.pointer,
+                        Int32(rows), Int32(C), Int32(OC), Int32(r), 2, 0)
                 }
                 return maxRelativeDifference(y.storage.pointer, ref, ref.count)
             },
@@ -177,18 +225,23 @@ extension KernelWorkload {
     public static func adamw(count n: Int) throws -> KernelWorkload {
         let p = Parameter("flat", try Tensor.normal([n], std: 0.02, seed: 20))
         let grad = try Tensor.normal([n], std: 0.01, seed: 21)
-        try (p.value * grad).sum().backward() // gives p the gradient `grad`
+        try (p.value * grad).sum().backward()  // gives p the gradient `grad`
         let opt = AdamW(learningRate: 1e-4, weightDecay: 0.1)
-        return KernelWorkload(name: "AdamW step over \(n / 1_000_000)M parameters", flops: 0, tolerance: 1e-6,
+        return KernelWorkload(
+            name: "AdamW step over \(n / 1_000_000)M parameters", flops: 0, tolerance: 1e-6,
             verify: {
                 let m = 100_003
                 var pr = Array(UnsafeBufferPointer(start: p.value.storage.pointer, count: m))
                 var mr = [Float](repeating: 0, count: m), vr = mr
                 let check = AdamW(learningRate: 1e-4, weightDecay: 0.1)
                 let sample = Parameter("sample", try Tensor(shape: [m], values: pr))
-                try (sample.value * Tensor(shape: [m], values: Array(UnsafeBufferPointer(start: grad.storage.pointer, count: m)))).sum().backward()
+                try
+                    (sample.value
+                    * Tensor(shape: [m], values: Array(UnsafeBufferPointer(start: grad.storage.pointer, count: m))))
+                    .sum().backward()
                 check.update([sample])
-                rk_adamw_step_ref(&pr, &mr, &vr, grad.storage.pointer, m, 1e-4, 0.9, 0.999, 1e-8, 0.1, 1 - 0.9, 1 - 0.999, 1)
+                rk_adamw_step_ref(
+                    &pr, &mr, &vr, grad.storage.pointer, m, 1e-4, 0.9, 0.999, 1e-8, 0.1, 1 - 0.9, 1 - 0.999, 1)
                 return maxRelativeDifference(sample.value.storage.pointer, pr, m)
             },
             run: { opt.update([p]) })
@@ -204,8 +257,10 @@ extension KernelWorkload {
             list.append(("matmul 256x\(i) -> \(o)", { try matmul(rows: 256, inputs: i, outputs: o) }))
             list.append(("cblas_sgemm 256x\(i) -> \(o)", { try rawSgemm(rows: 256, inputs: i, outputs: o) }))
         }
-        list.append(("attention fwd B4", { try attention(batch: 4, heads: 12, length: 256, headSize: 64, backward: false) }))
-        list.append(("attention fwd+bwd B4", { try attention(batch: 4, heads: 12, length: 256, headSize: 64, backward: true) }))
+        list.append(
+            ("attention fwd B4", { try attention(batch: 4, heads: 12, length: 256, headSize: 64, backward: false) }))
+        list.append(
+            ("attention fwd+bwd B4", { try attention(batch: 4, heads: 12, length: 256, headSize: 64, backward: true) }))
         list.append(("layer norm", { try layerNorm(rows: 256, channels: 768) }))
         list.append(("GELU", { try gelu(rows: 256, channels: 3072) }))
         list.append(("cross-entropy", { try crossEntropy(rows: 256, vocabulary: 50257) }))

@@ -21,10 +21,16 @@ extension Tensor {
     /// `x: [..., C]`, `weight: [OC, C]` (or `[C, OC]` with `weightTransposed`, GPT-2's `Conv1D`), `bias: [OC]`.
     /// Backward computes dX, dW and db each only if that input requires a gradient.
     /// - Throws: ``TensorError/shapeMismatch(operation:detail:)`` when the sizes do not fit.
-    public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, weightTransposed: Bool = false) throws -> Tensor {
+    public static func linear(_ x: Tensor, weight: Tensor, bias: Tensor? = nil, weightTransposed: Bool = false) throws
+        -> Tensor
+    {
         let (N, C) = x.rowsAndWidth
         guard weight.rank == 2, weight.shape[weightTransposed ? 0 : 1] == C, x.rank >= 1 else {
-            throw TensorError.shapeMismatch(operation: "linear", detail: "input \(x.shape) with weight \(weight.shape)\(weightTransposed ? " (stored [in, out])" : " (stored [out, in])")")
+            throw TensorError.shapeMismatch(
+                operation: "linear",
+                detail:
+                    "input \(x.shape) with weight \(weight.shape)\(weightTransposed ? " (stored [in, out])" : " (stored [out, in])")"
+            )
         }
         let OC = weight.shape[weightTransposed ? 1 : 0]
         if let bias, bias.shape != [OC] {
@@ -32,14 +38,16 @@ extension Tensor {
         }
         let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
         let wt: Int32 = weightTransposed ? 1 : 0
-        rk_linear_forward(result.storage.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
-                          Int32(N), Int32(C), Int32(OC), wt)
+        rk_linear_forward(
+            result.storage.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
+            Int32(N), Int32(C), Int32(OC), wt)
         let xs = x.detached(), ws = weight.detached()
         var inputs = [x, weight]
         if let bias { inputs.append(bias) }
         return recording(result, inputs: inputs) { g, grads in
-            rk_linear_backward(grads[0], grads[1], grads.count > 2 ? grads[2] : nil, g.storage.pointer,
-                               xs.storage.pointer, ws.storage.pointer, Int32(N), Int32(C), Int32(OC), wt)
+            rk_linear_backward(
+                grads[0], grads[1], grads.count > 2 ? grads[2] : nil, g.storage.pointer,
+                xs.storage.pointer, ws.storage.pointer, Int32(N), Int32(C), Int32(OC), wt)
         }
     }
 
@@ -50,7 +58,9 @@ extension Tensor {
         let n = count, a = approximation.rawValue
         let result = Tensor(uninitializedLike: self)
         let x = storage.pointer, y = result.storage.pointer
-        Parallel.forRanges(n, minimum: 1 << 14) { r, _ in rk_gelu_forward(y + r.lowerBound, x + r.lowerBound, r.count, a) }
+        Parallel.forRanges(n, minimum: 1 << 14) { r, _ in
+            rk_gelu_forward(y + r.lowerBound, x + r.lowerBound, r.count, a)
+        }
         let input = detached()
         return Tensor.recording(result, inputs: [self]) { g, grads in
             guard let dx = grads[0] else { return }
@@ -64,7 +74,8 @@ extension Tensor {
     /// GELU of `x + bias` in one pass (the first feed-forward layer's bias fused with its activation).
     ///
     /// `x: [..., C]`, `bias: [C]`.
-    public static func biasGELU(_ x: Tensor, bias: Tensor, _ approximation: GELUApproximation = .none) throws -> Tensor {
+    public static func biasGELU(_ x: Tensor, bias: Tensor, _ approximation: GELUApproximation = .none) throws -> Tensor
+    {
         let (N, C) = x.rowsAndWidth
         guard bias.shape == [C] else {
             throw TensorError.shapeMismatch(operation: "biasGELU", detail: "bias \(bias.shape) for input \(x.shape)")
@@ -81,8 +92,9 @@ extension Tensor {
             // Rows in parallel; each chunk sums its own dbias, added up afterwards.
             let partial = PartialSums(chunks: Parallel.threadCount, width: grads[1] == nil ? 0 : C)
             Parallel.forRanges(N, minimum: max(1, (1 << 14) / max(C, 1))) { r, c in
-                rk_bias_gelu_backward(grads[0].map { $0 + r.lowerBound * C }, partial.buffer(c), dy + r.lowerBound * C,
-                                      px + r.lowerBound * C, pb, Int32(r.count), Int32(C), a)
+                rk_bias_gelu_backward(
+                    grads[0].map { $0 + r.lowerBound * C }, partial.buffer(c), dy + r.lowerBound * C,
+                    px + r.lowerBound * C, pb, Int32(r.count), Int32(C), a)
             }
             partial.add(into: grads[1])
         }
@@ -96,10 +108,11 @@ extension Tensor {
     public static func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, eps: Float = 1e-5) throws -> Tensor {
         let (N, C) = x.rowsAndWidth
         guard weight.shape == [C], bias.shape == [C] else {
-            throw TensorError.shapeMismatch(operation: "layerNorm", detail: "weight \(weight.shape) and bias \(bias.shape) for input \(x.shape)")
+            throw TensorError.shapeMismatch(
+                operation: "layerNorm", detail: "weight \(weight.shape) and bias \(bias.shape) for input \(x.shape)")
         }
         let result = try Tensor(uninitializedShape: x.shape)
-        let stats = TensorStorage(uninitializedCount: 2 * N) // mean (N), then rstd (N)
+        let stats = TensorStorage(uninitializedCount: 2 * N)  // mean (N), then rstd (N)
         let px = x.storage.pointer, pw = weight.storage.pointer, pb = bias.storage.pointer, py = result.storage.pointer
         let mean = stats.pointer, rstd = stats.pointer + N
         let minRows = Parallel.rowGrain(width: C)
@@ -114,8 +127,9 @@ extension Tensor {
             let db = PartialSums(chunks: Parallel.threadCount, width: grads[2] == nil ? 0 : C)
             Parallel.forRanges(N, minimum: minRows) { r, c in
                 let o = r.lowerBound
-                rk_layernorm_backward(grads[0].map { $0 + o * C }, dw.buffer(c), db.buffer(c), dy + o * C, px + o * C, pw,
-                                      stats.pointer + o, stats.pointer + N + o, Int32(r.count), Int32(C))
+                rk_layernorm_backward(
+                    grads[0].map { $0 + o * C }, dw.buffer(c), db.buffer(c), dy + o * C, px + o * C, pw,
+                    stats.pointer + o, stats.pointer + N + o, Int32(r.count), Int32(C))
             }
             dw.add(into: grads[1])
             db.add(into: grads[2])
@@ -152,18 +166,21 @@ extension Tensor {
     public static func crossEntropy(logits: Tensor, targets: IntTensor, ignoreIndex: Int32 = -100) throws -> Tensor {
         let (N, V) = logits.rowsAndWidth
         guard targets.count == N else {
-            throw TensorError.shapeMismatch(operation: "crossEntropy", detail: "\(targets.count) targets for logits \(logits.shape) (\(N) rows)")
+            throw TensorError.shapeMismatch(
+                operation: "crossEntropy", detail: "\(targets.count) targets for logits \(logits.shape) (\(N) rows)")
         }
         if let bad = targets.values.firstIndex(where: { $0 != ignoreIndex && ($0 < 0 || Int($0) >= V) }) {
-            throw TensorError.indexOutOfRange(operation: "crossEntropy", position: bad, value: Int(targets.values[bad]), limit: V)
+            throw TensorError.indexOutOfRange(
+                operation: "crossEntropy", position: bad, value: Int(targets.values[bad]), limit: V)
         }
-        let saved = TensorStorage(uninitializedCount: 2 * N) // per-row losses (N), then log-sum-exp (N)
+        let saved = TensorStorage(uninitializedCount: 2 * N)  // per-row losses (N), then log-sum-exp (N)
         let px = logits.storage.pointer
         targets.values.withUnsafeBufferPointer { t in
             guard let tp = t.baseAddress else { return }
             Parallel.forRanges(N, minimum: max(1, 8192 / max(V, 1))) { r, _ in
-                _ = rk_crossentropy_forward(saved.pointer + r.lowerBound, saved.pointer + N + r.lowerBound,
-                                            px + r.lowerBound * V, tp + r.lowerBound, Int32(r.count), Int32(V), ignoreIndex, nil)
+                _ = rk_crossentropy_forward(
+                    saved.pointer + r.lowerBound, saved.pointer + N + r.lowerBound,
+                    px + r.lowerBound * V, tp + r.lowerBound, Int32(r.count), Int32(V), ignoreIndex, nil)
             }
         }
         let counted = targets.values.reduce(0) { $0 + ($1 == ignoreIndex ? 0 : 1) }
@@ -177,8 +194,9 @@ extension Tensor {
             targets.values.withUnsafeBufferPointer { t in
                 Parallel.forRanges(N, minimum: max(1, 8192 / max(V, 1))) { r, _ in
                     let o = r.lowerBound
-                    rk_crossentropy_backward(dx + o * V, px + o * V, saved.pointer + N + o, t.baseAddress! + o, scale,
-                                             Int32(r.count), Int32(V), ignoreIndex)
+                    rk_crossentropy_backward(
+                        dx + o * V, px + o * V, saved.pointer + N + o, t.baseAddress! + o, scale,
+                        Int32(r.count), Int32(V), ignoreIndex)
                 }
             }
         }
@@ -198,15 +216,18 @@ extension Tensor {
         let result = try Tensor(uninitializedShape: ids.shape + [C])
         var badRow: Int32 = 0
         let status = ids.values.withUnsafeBufferPointer {
-            rk_embedding_forward(result.storage.pointer, $0.baseAddress, table.storage.pointer, Int32(N), Int32(V), Int32(C), &badRow)
+            rk_embedding_forward(
+                result.storage.pointer, $0.baseAddress, table.storage.pointer, Int32(N), Int32(V), Int32(C), &badRow)
         }
         guard status == RK_OK else {
-            throw TensorError.indexOutOfRange(operation: "embedding", position: Int(badRow), value: Int(ids.values[Int(badRow)]), limit: V)
+            throw TensorError.indexOutOfRange(
+                operation: "embedding", position: Int(badRow), value: Int(ids.values[Int(badRow)]), limit: V)
         }
         return recording(result, inputs: [table]) { g, grads in
             guard let dt = grads[0] else { return }
             ids.values.withUnsafeBufferPointer {
-                rk_embedding_backward(dt, g.storage.pointer, $0.baseAddress, Int32(N), Int32(V), Int32(C), Int32(paddingIndex ?? -1))
+                rk_embedding_backward(
+                    dt, g.storage.pointer, $0.baseAddress, Int32(N), Int32(V), Int32(C), Int32(paddingIndex ?? -1))
             }
         }
     }
@@ -218,7 +239,9 @@ extension Tensor {
     /// The mask is a pure function of `(seed, offset + index)`, so the same seed reproduces it exactly and backward
     /// needs no stored mask. `p = 0` returns `self` unchanged.
     public func dropout(_ p: Float, seed: UInt64, offset: UInt64 = 0) throws -> Tensor {
-        guard p >= 0, p <= 1 else { throw TensorError.invalidArgument(operation: "dropout", detail: "probability \(p) is outside [0, 1]") }
+        guard p >= 0, p <= 1 else {
+            throw TensorError.invalidArgument(operation: "dropout", detail: "probability \(p) is outside [0, 1]")
+        }
         if p == 0 { return self }
         let n = count
         let result = try Tensor(uninitializedShape: shape)

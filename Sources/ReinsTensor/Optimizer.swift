@@ -86,12 +86,16 @@ struct SlotStore {
         var restored: [ObjectIdentifier: [TensorStorage]] = [:]
         for (key, p) in named {
             let found = names.map { tensors["\($0).\(key)"] }
-            if found.allSatisfy({ $0 == nil }) { continue } // never updated yet
+            if found.allSatisfy({ $0 == nil }) { continue }  // never updated yet
             var b: [TensorStorage] = []
             for (slot, t) in zip(names, found) {
-                guard let t else { throw TensorError.invalidArgument(operation: "optimizer state", detail: "missing '\(slot).\(key)'") }
+                guard let t else {
+                    throw TensorError.invalidArgument(operation: "optimizer state", detail: "missing '\(slot).\(key)'")
+                }
                 guard t.shape == p.value.shape else {
-                    throw TensorError.invalidArgument(operation: "optimizer state", detail: "'\(slot).\(key)' is \(t.shape), the parameter \(p.value.shape)")
+                    throw TensorError.invalidArgument(
+                        operation: "optimizer state",
+                        detail: "'\(slot).\(key)' is \(t.shape), the parameter \(p.value.shape)")
                 }
                 b.append(TensorStorage(copying: t.storage))
             }
@@ -130,8 +134,10 @@ public final class AdamW: Optimizer {
     public private(set) var step = 0
     private var slots = SlotStore(names: ["exp_avg", "exp_avg_sq"])
 
-    public init(learningRate: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8,
-                weightDecay: Float = 0.01, decays: @escaping (Parameter) -> Bool = { _ in true }) {
+    public init(
+        learningRate: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8,
+        weightDecay: Float = 0.01, decays: @escaping (Parameter) -> Bool = { _ in true }
+    ) {
         self.learningRate = learningRate
         self.beta1 = beta1
         self.beta2 = beta2
@@ -151,7 +157,9 @@ public final class AdamW: Optimizer {
             p.value.withUnsafeMutableBufferPointer { w in
                 let pw = w.baseAddress!, pm = state[0].pointer, pv = state[1].pointer, pg = g.storage.pointer
                 forChunks(w.count) { start, end in
-                    rk_adamw_step(pw + start, pm + start, pv + start, pg + start, end - start, lr, b1, b2, eps, wd, bc1, bc2, gradientScale)
+                    rk_adamw_step(
+                        pw + start, pm + start, pv + start, pg + start, end - start, lr, b1, b2, eps, wd, bc1, bc2,
+                        gradientScale)
                 }
             }
         }
@@ -179,9 +187,13 @@ public final class SGD: Optimizer {
     public private(set) var step = 0
     private var slots = SlotStore(names: ["momentum_buffer"])
 
-    public init(learningRate: Float = 1e-2, momentum: Float = 0.9, weightDecay: Float = 0, nesterov: Bool = false,
-                decays: @escaping (Parameter) -> Bool = { _ in true }) {
-        (self.learningRate, self.momentum, self.weightDecay, self.nesterov, self.decays) = (learningRate, momentum, weightDecay, nesterov, decays)
+    public init(
+        learningRate: Float = 1e-2, momentum: Float = 0.9, weightDecay: Float = 0, nesterov: Bool = false,
+        decays: @escaping (Parameter) -> Bool = { _ in true }
+    ) {
+        (self.learningRate, self.momentum, self.weightDecay, self.nesterov, self.decays) = (
+            learningRate, momentum, weightDecay, nesterov, decays
+        )
     }
 
     public func update(_ parameters: [Parameter], gradientScale: Float = 1) {
@@ -194,7 +206,9 @@ public final class SGD: Optimizer {
             p.value.withUnsafeMutableBufferPointer { w in
                 let pw = w.baseAddress!, pb = buffers.first?.pointer, pg = g.storage.pointer
                 forChunks(w.count) { start, end in
-                    rk_sgd_step(pw + start, pb.map { $0 + start }, pg + start, end - start, lr, mu, wd, nest, first ? 1 : 0, gradientScale)
+                    rk_sgd_step(
+                        pw + start, pb.map { $0 + start }, pg + start, end - start, lr, mu, wd, nest, first ? 1 : 0,
+                        gradientScale)
                 }
             }
         }

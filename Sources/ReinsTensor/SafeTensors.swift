@@ -29,10 +29,12 @@ public enum SafeTensorsError: Error, Equatable, CustomStringConvertible {
         case let .unreadable(path, reason): return "\(path): cannot read: \(reason)"
         case let .truncated(path, detail): return "\(path): truncated safetensors file: \(detail)"
         case let .malformedHeader(path, detail): return "\(path): malformed safetensors header: \(detail)"
-        case let .unsupportedDType(path, tensor, dtype): return "\(path): tensor '\(tensor)' has unsupported dtype \(dtype)"
+        case let .unsupportedDType(path, tensor, dtype):
+            return "\(path): tensor '\(tensor)' has unsupported dtype \(dtype)"
         case let .badOffsets(path, tensor, detail): return "\(path): tensor '\(tensor)': \(detail)"
         case let .missingTensor(path, tensor): return "\(path): no tensor named '\(tensor)'"
-        case let .wrongDType(path, tensor, expected, found): return "\(path): tensor '\(tensor)' is \(found), expected \(expected)"
+        case let .wrongDType(path, tensor, expected, found):
+            return "\(path): tensor '\(tensor)' is \(found), expected \(expected)"
         case let .unwritable(path, reason): return "\(path): cannot write: \(reason)"
         }
     }
@@ -72,28 +74,41 @@ public struct SafeTensorsFile: @unchecked Sendable {
         do { data = try MappedFile.read(path) } catch {
             throw SafeTensorsError.unreadable(path: path, reason: error.localizedDescription)
         }
-        guard data.count >= 8 else { throw SafeTensorsError.truncated(path: path, detail: "\(data.count) bytes, fewer than the 8-byte header length") }
-        let headerLength = data.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        guard data.count >= 8 else {
+            throw SafeTensorsError.truncated(
+                path: path, detail: "\(data.count) bytes, fewer than the 8-byte header length")
+        }
+        let headerLength = data.prefix(8).enumerated().reduce(UInt64(0)) {
+            $0 | UInt64($1.element) << (8 * UInt64($1.offset))
+        }
         guard headerLength <= UInt64(data.count - 8) else {
-            throw SafeTensorsError.truncated(path: path, detail: "header length \(headerLength) exceeds the \(data.count - 8) bytes after it")
+            throw SafeTensorsError.truncated(
+                path: path, detail: "header length \(headerLength) exceeds the \(data.count - 8) bytes after it")
         }
         let start = 8 + Int(headerLength)
         let json: Any
         do { json = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<start)) } catch {
             throw SafeTensorsError.malformedHeader(path: path, detail: "not JSON (\(error.localizedDescription))")
         }
-        guard let header = json as? [String: Any] else { throw SafeTensorsError.malformedHeader(path: path, detail: "not a JSON object") }
+        guard let header = json as? [String: Any] else {
+            throw SafeTensorsError.malformedHeader(path: path, detail: "not a JSON object")
+        }
         var entries: [String: Entry] = [:], metadata: [String: String] = [:]
         let dataSize = data.count - start
         for (name, value) in header {
             if name == "__metadata__" {
-                guard let m = value as? [String: Any] else { throw SafeTensorsError.malformedHeader(path: path, detail: "__metadata__ is not an object") }
+                guard let m = value as? [String: Any] else {
+                    throw SafeTensorsError.malformedHeader(path: path, detail: "__metadata__ is not an object")
+                }
                 for (k, v) in m { metadata[k] = (v as? String) ?? "\(v)" }
                 continue
             }
             guard let info = value as? [String: Any], let dtypeName = info["dtype"] as? String,
-                  let shapeAny = info["shape"] as? [Any], let offsetsAny = info["data_offsets"] as? [Any], offsetsAny.count == 2 else {
-                throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' lacks dtype, shape or two data_offsets")
+                let shapeAny = info["shape"] as? [Any], let offsetsAny = info["data_offsets"] as? [Any],
+                offsetsAny.count == 2
+            else {
+                throw SafeTensorsError.malformedHeader(
+                    path: path, detail: "entry '\(name)' lacks dtype, shape or two data_offsets")
             }
             guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
                 throw SafeTensorsError.unsupportedDType(path: path, tensor: name, dtype: dtypeName)
@@ -101,21 +116,27 @@ public struct SafeTensorsFile: @unchecked Sendable {
             // Exact integers only: Foundation would wrap 2^64 + 30 to 30 and truncate 30.5 to 30.
             let shape = try shapeAny.map { v -> Int in
                 guard let i = JSONNumber.exactInt(v), i >= 0 else {
-                    throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' has a bad shape \(shapeAny) (sizes are non-negative integers)")
+                    throw SafeTensorsError.malformedHeader(
+                        path: path,
+                        detail: "entry '\(name)' has a bad shape \(shapeAny) (sizes are non-negative integers)")
                 }
                 return i
             }
             let offsets = try offsetsAny.map { v -> Int in
                 guard let i = JSONNumber.exactInt(v), i >= 0 else {
-                    throw SafeTensorsError.malformedHeader(path: path, detail: "entry '\(name)' has bad data_offsets \(offsetsAny) (non-negative integers)")
+                    throw SafeTensorsError.malformedHeader(
+                        path: path, detail: "entry '\(name)' has bad data_offsets \(offsetsAny) (non-negative integers)"
+                    )
                 }
                 return i
             }
             guard offsets[0] <= offsets[1] else {
-                throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "data_offsets \(offsets) are reversed")
+                throw SafeTensorsError.badOffsets(
+                    path: path, tensor: name, detail: "data_offsets \(offsets) are reversed")
             }
             guard offsets[1] <= dataSize else {
-                throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "data_offsets \(offsets) run past the \(dataSize) data bytes")
+                throw SafeTensorsError.badOffsets(
+                    path: path, tensor: name, detail: "data_offsets \(offsets) run past the \(dataSize) data bytes")
             }
             // In checked arithmetic: a wrapped product could match a small byte range and make every later read
             // run past the buffer it was given.
@@ -125,13 +146,17 @@ public struct SafeTensorsFile: @unchecked Sendable {
                 bytes = m.flatMap { $0.overflow ? nil : $0.partialValue }
             }
             guard let bytes, bytes == offsets[1] - offsets[0] else {
-                throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "\(offsets[1] - offsets[0]) bytes for shape \(shape) of \(dtype.rawValue)")
+                throw SafeTensorsError.badOffsets(
+                    path: path, tensor: name,
+                    detail: "\(offsets[1] - offsets[0]) bytes for shape \(shape) of \(dtype.rawValue)")
             }
             entries[name] = Entry(dtype: dtype, shape: shape, range: offsets[0]..<offsets[1])
         }
         let sorted = entries.sorted { $0.value.range.lowerBound < $1.value.range.lowerBound }
         for (a, b) in zip(sorted, sorted.dropFirst()) where a.value.range.upperBound > b.value.range.lowerBound {
-            throw SafeTensorsError.badOffsets(path: path, tensor: b.key, detail: "bytes \(b.value.range) overlap tensor '\(a.key)' at \(a.value.range)")
+            throw SafeTensorsError.badOffsets(
+                path: path, tensor: b.key,
+                detail: "bytes \(b.value.range) overlap tensor '\(a.key)' at \(a.value.range)")
         }
         self.entries = entries
         self.metadata = metadata
@@ -155,11 +180,15 @@ public struct SafeTensorsFile: @unchecked Sendable {
     public func read(_ name: String, into buffer: UnsafeMutableBufferPointer<Float>) throws {
         let e = try entry(name)
         guard e.dtype == .float32 || e.dtype == .float16 || e.dtype == .bfloat16 else {
-            throw SafeTensorsError.wrongDType(path: path, tensor: name, expected: "a float type (F32, F16, BF16)", found: e.dtype.rawValue)
+            throw SafeTensorsError.wrongDType(
+                path: path, tensor: name, expected: "a float type (F32, F16, BF16)", found: e.dtype.rawValue)
         }
         let n = e.shape.reduce(1, *)
-        guard buffer.count == n, let out = buffer.baseAddress ?? (n == 0 ? UnsafeMutablePointer<Float>(bitPattern: 64) : nil) else {
-            throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "\(n) elements do not fit a buffer of \(buffer.count)")
+        guard buffer.count == n,
+            let out = buffer.baseAddress ?? (n == 0 ? UnsafeMutablePointer<Float>(bitPattern: 64) : nil)
+        else {
+            throw SafeTensorsError.badOffsets(
+                path: path, tensor: name, detail: "\(n) elements do not fit a buffer of \(buffer.count)")
         }
         guard n > 0 else { return }
         data.withUnsafeBytes { raw in
@@ -167,11 +196,23 @@ public struct SafeTensorsFile: @unchecked Sendable {
             let base = raw.baseAddress!.advanced(by: dataStart + e.range.lowerBound)
             switch e.dtype {
             case .float32:
-                for i in 0..<n { out[i] = Float(bitPattern: UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
+                for i in 0..<n {
+                    out[i] = Float(
+                        bitPattern: UInt32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+                }
             case .float16:
-                for i in 0..<n { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))) }
+                for i in 0..<n {
+                    out[i] = Float(
+                        Float16(
+                            bitPattern: UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+                        ))
+                }
             case .bfloat16:
-                for i in 0..<n { out[i] = Float(bitPattern: UInt32(UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16) }
+                for i in 0..<n {
+                    out[i] = Float(
+                        bitPattern: UInt32(
+                            UInt16(littleEndian: base.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) << 16)
+                }
             case .int32, .int64: break
             }
         }
@@ -180,14 +221,16 @@ public struct SafeTensorsFile: @unchecked Sendable {
     /// The integer tensor `name` (from I32, or I64 values that fit in Int32).
     public func intTensor(_ name: String) throws -> IntTensor {
         let e = try entry(name)
-        let n = e.shape.reduce(1, *) // checked when the header was read
+        let n = e.shape.reduce(1, *)  // checked when the header was read
         var values = [Int32](repeating: 0, count: n)
         switch e.dtype {
         case .int32 where n == 0, .int64 where n == 0: break
         case .int32:
             data.withUnsafeBytes { raw in
                 let base = raw.baseAddress!.advanced(by: dataStart + e.range.lowerBound)
-                for i in 0..<n { values[i] = Int32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)) }
+                for i in 0..<n {
+                    values[i] = Int32(littleEndian: base.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self))
+                }
             }
         case .int64:
             var bad: Int64?
@@ -199,15 +242,22 @@ public struct SafeTensorsFile: @unchecked Sendable {
                     values[i] = v32
                 }
             }
-            if let bad { throw SafeTensorsError.badOffsets(path: path, tensor: name, detail: "value \(bad) does not fit in Int32") }
+            if let bad {
+                throw SafeTensorsError.badOffsets(
+                    path: path, tensor: name, detail: "value \(bad) does not fit in Int32")
+            }
         default:
-            throw SafeTensorsError.wrongDType(path: path, tensor: name, expected: "an integer type (I32, I64)", found: e.dtype.rawValue)
+            throw SafeTensorsError.wrongDType(
+                path: path, tensor: name, expected: "an integer type (I32, I64)", found: e.dtype.rawValue)
         }
         return try IntTensor(shape: e.shape, values: values)
     }
 
     /// Writes float32 and int32 tensors as a safetensors file, atomically (a temporary file renamed into place).
-    public static func write(_ tensors: [String: Tensor], integers: [String: IntTensor] = [:], metadata: [String: String] = [:], to path: String) throws {
+    public static func write(
+        _ tensors: [String: Tensor], integers: [String: IntTensor] = [:], metadata: [String: String] = [:],
+        to path: String
+    ) throws {
         var header: [String: Any] = [:]
         if !metadata.isEmpty { header["__metadata__"] = metadata }
         var offset = 0
@@ -223,16 +273,16 @@ public struct SafeTensorsFile: @unchecked Sendable {
             offset += 4 * t.count
         }
         var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
-        while json.count % 8 != 0 { json.append(0x20) } // pad with spaces so the data starts 8-byte aligned
+        while json.count % 8 != 0 { json.append(0x20) }  // pad with spaces so the data starts 8-byte aligned
         var out = Data(capacity: 8 + json.count + offset)
         withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
         out.append(json)
         for name in floatNames {
-            tensors[name]!.withUnsafeBufferPointer { b in // names are the dictionary's own keys
+            tensors[name]!.withUnsafeBufferPointer { b in  // names are the dictionary's own keys
                 for v in b { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
             }
         }
-        for name in intNames { // names are the dictionary's own keys
+        for name in intNames {  // names are the dictionary's own keys
             for v in integers[name]!.values { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         }
         try AtomicFile.write(out, to: path)
@@ -255,7 +305,7 @@ public enum AtomicFile {
             guard let marker = name.range(of: ".tmp-", options: .backwards) else { continue }
             let fields = name[marker.upperBound...].split(separator: "-")
             guard fields.count == 2, let pid = Int32(fields[0]), UInt32(fields[1]) != nil else { continue }
-            if pid != ProcessInfo.processInfo.processIdentifier && kill(pid, 0) == 0 { continue } // still writing
+            if pid != ProcessInfo.processInfo.processIdentifier && kill(pid, 0) == 0 { continue }  // still writing
             try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))
         }
     }

@@ -9,7 +9,8 @@ extension Tensor {
         if let free = target.firstIndex(of: -1) {
             let known = target.enumerated().filter { $0.offset != free }.map(\.element).reduce(1, *)
             guard known > 0, count % known == 0 else {
-                throw TensorError.shapeMismatch(operation: "reshape", detail: "cannot infer -1 in \(newShape) for \(count) elements")
+                throw TensorError.shapeMismatch(
+                    operation: "reshape", detail: "cannot infer -1 in \(newShape) for \(count) elements")
             }
             target[free] = count / known
         }
@@ -30,10 +31,12 @@ extension Tensor {
     /// - Throws: ``TensorError/invalidArgument(operation:detail:)`` unless `axes` is a permutation of `0..<rank`.
     public func permuted(_ axes: [Int]) throws -> Tensor {
         guard axes.count == rank, axes.sorted() == Array(0..<rank) else {
-            throw TensorError.invalidArgument(operation: "permute", detail: "\(axes) is not a permutation of the \(rank) axes of \(shape)")
+            throw TensorError.invalidArgument(
+                operation: "permute", detail: "\(axes) is not a permutation of the \(rank) axes of \(shape)")
         }
         let result = try Tensor(uninitializedShape: axes.map { shape[$0] })
-        Tensor.permuteCopy(from: storage.pointer, shape: shape, axes: axes, to: result.storage.pointer, accumulate: false)
+        Tensor.permuteCopy(
+            from: storage.pointer, shape: shape, axes: axes, to: result.storage.pointer, accumulate: false)
         let inverse = axes.indices.map { axes.firstIndex(of: $0)! }
         let outShape = result.shape
         return Tensor.recording(result, inputs: [self]) { g, grads in
@@ -45,7 +48,8 @@ extension Tensor {
     /// Swaps the last two axes: `[..., M, N]` to `[..., N, M]`.
     public func transposed() throws -> Tensor {
         guard rank >= 2 else {
-            throw TensorError.invalidArgument(operation: "transpose", detail: "needs at least 2 axes, shape is \(shape)")
+            throw TensorError.invalidArgument(
+                operation: "transpose", detail: "needs at least 2 axes, shape is \(shape)")
         }
         var axes = Array(0..<rank)
         axes.swapAt(rank - 1, rank - 2)
@@ -55,7 +59,9 @@ extension Tensor {
     /// Splits the channels into heads: `[B, T, NH·hs]` to `[B, NH, T, hs]`.
     public func splittingHeads(_ heads: Int) throws -> Tensor {
         guard rank == 3, heads > 0, shape[2] % heads == 0 else {
-            throw TensorError.shapeMismatch(operation: "splitHeads", detail: "\(shape) into \(heads) heads; expected [B, T, C] with C divisible by the head count")
+            throw TensorError.shapeMismatch(
+                operation: "splitHeads",
+                detail: "\(shape) into \(heads) heads; expected [B, T, C] with C divisible by the head count")
         }
         return try reshaped([shape[0], shape[1], heads, shape[2] / heads]).permuted([0, 2, 1, 3])
     }
@@ -72,7 +78,8 @@ extension Tensor {
     public func slice(axis: Int, _ range: Range<Int>) throws -> Tensor {
         let a = try normalized(axis: axis, operation: "slice")
         guard range.lowerBound >= 0, range.upperBound <= shape[a] else {
-            throw TensorError.invalidArgument(operation: "slice", detail: "range \(range) on axis \(a) of size \(shape[a])")
+            throw TensorError.invalidArgument(
+                operation: "slice", detail: "range \(range) on axis \(a) of size \(shape[a])")
         }
         let outer = shape[..<a].reduce(1, *), inner = shape[(a + 1)...].reduce(1, *)
         var outShape = shape
@@ -97,8 +104,12 @@ extension Tensor {
             throw TensorError.invalidArgument(operation: "concatenate", detail: "no tensors")
         }
         let a = try first.normalized(axis: axis, operation: "concatenate")
-        for t in tensors where t.rank != first.rank || t.shape.enumerated().contains(where: { $0.offset != a && $0.element != first.shape[$0.offset] }) {
-            throw TensorError.shapeMismatch(operation: "concatenate", detail: "\(t.shape) does not fit \(first.shape) along axis \(a)")
+        for t in tensors
+        where t.rank != first.rank
+            || t.shape.enumerated().contains(where: { $0.offset != a && $0.element != first.shape[$0.offset] })
+        {
+            throw TensorError.shapeMismatch(
+                operation: "concatenate", detail: "\(t.shape) does not fit \(first.shape) along axis \(a)")
         }
         let outer = first.shape[..<a].reduce(1, *), inner = first.shape[(a + 1)...].reduce(1, *)
         var outShape = first.shape
@@ -141,12 +152,16 @@ extension Tensor {
     }
 
     /// Copies (or adds) `src` of `shape` into `dst` with axes reordered; rows along an unmoved last axis are copied whole.
-    static func permuteCopy(from src: UnsafePointer<Float>, shape: [Int], axes: [Int], to dst: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    static func permuteCopy(
+        from src: UnsafePointer<Float>, shape: [Int], axes: [Int], to dst: UnsafeMutablePointer<Float>, accumulate: Bool
+    ) {
         let rank = shape.count
         let total = shape.reduce(1, *)
         guard total > 0 else { return }
         var strides = [Int](repeating: 1, count: rank)
-        if rank > 1 { for i in stride(from: rank - 2, through: 0, by: -1) { strides[i] = strides[i + 1] * shape[i + 1] } }
+        if rank > 1 {
+            for i in stride(from: rank - 2, through: 0, by: -1) { strides[i] = strides[i + 1] * shape[i + 1] }
+        }
         let outShape = axes.map { shape[$0] }, outStrides = axes.map { strides[$0] }
         // The innermost run: contiguous in both when the last axis stays last.
         let run = rank > 0 && axes[rank - 1] == rank - 1 ? shape[rank - 1] : 1
@@ -155,13 +170,19 @@ extension Tensor {
         Parallel.forSpans(total / run, grain: Parallel.rowGrain(width: run)) { runs in
             var index = [Int](repeating: 0, count: max(loopRank, 1))
             var rest = runs.lowerBound
-            for d in stride(from: loopRank - 1, through: 0, by: -1) { index[d] = rest % outShape[d]; rest /= outShape[d] }
+            for d in stride(from: loopRank - 1, through: 0, by: -1) {
+                index[d] = rest % outShape[d]; rest /= outShape[d]
+            }
             var out = runs.lowerBound * run
             for _ in runs {
                 var s = 0
                 for d in 0..<loopRank { s += index[d] * outStrides[d] }
                 if run > 1 {
-                    if accumulate { for i in 0..<run { dst[out + i] += src[s + i] } } else { (dst + out).update(from: src + s, count: run) }
+                    if accumulate {
+                        for i in 0..<run { dst[out + i] += src[s + i] }
+                    } else {
+                        (dst + out).update(from: src + s, count: run)
+                    }
                 } else {
                     if accumulate { dst[out] += src[s] } else { dst[out] = src[s] }
                 }

@@ -47,8 +47,9 @@ public struct Tensor: @unchecked Sendable {
         try Tensor.validate(shape: shape, operation: "Tensor(shape:values:)")
         let n = Tensor.elementCount(shape)
         guard values.count == n else {
-            throw TensorError.shapeMismatch(operation: "Tensor(shape:values:)",
-                                            detail: "\(values.count) values for shape \(shape) (\(n) elements)")
+            throw TensorError.shapeMismatch(
+                operation: "Tensor(shape:values:)",
+                detail: "\(values.count) values for shape \(shape) (\(n) elements)")
         }
         try self.init(uninitializedShape: shape)
         values.withUnsafeBufferPointer { if let b = $0.baseAddress { storage.pointer.update(from: b, count: n) } }
@@ -58,7 +59,9 @@ public struct Tensor: @unchecked Sendable {
     public init(_ values: [Float]) {
         // An array that exists already fits in memory, so no size check is needed.
         self.init(shape: [values.count], storage: TensorStorage(uninitializedCount: values.count))
-        values.withUnsafeBufferPointer { if let b = $0.baseAddress { storage.pointer.update(from: b, count: values.count) } }
+        values.withUnsafeBufferPointer {
+            if let b = $0.baseAddress { storage.pointer.update(from: b, count: values.count) }
+        }
     }
 
     /// A tensor with one element and no axes.
@@ -113,7 +116,8 @@ public struct Tensor: @unchecked Sendable {
     public var item: Float {
         get throws {
             guard count == 1 else {
-                throw TensorError.invalidArgument(operation: "item", detail: "tensor of shape \(shape) has \(count) elements")
+                throw TensorError.invalidArgument(
+                    operation: "item", detail: "tensor of shape \(shape) has \(count) elements")
             }
             return storage.pointer[0]
         }
@@ -128,7 +132,9 @@ public struct Tensor: @unchecked Sendable {
     ///
     /// Writing to a tensor that is part of an autograd graph does not change what backward uses: the graph keeps
     /// its own reference to the old storage.
-    public mutating func withUnsafeMutableBufferPointer<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
+    public mutating func withUnsafeMutableBufferPointer<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R)
+        rethrows -> R
+    {
         if !isKnownUniquelyReferenced(&storage) { storage = TensorStorage(copying: storage) }
         return try body(UnsafeMutableBufferPointer(start: storage.pointer, count: count))
     }
@@ -139,11 +145,15 @@ public struct Tensor: @unchecked Sendable {
     /// from outside the program use ``element(at:)`` and ``setElement(_:at:)``, which throw instead.
     public subscript(_ index: Int...) -> Float {
         get {
-            guard let i = try? flatIndex(index) else { preconditionFailure("index \(index) out of range for shape \(shape)") }
+            guard let i = try? flatIndex(index) else {
+                preconditionFailure("index \(index) out of range for shape \(shape)")
+            }
             return storage.pointer[i]
         }
         set {
-            guard let i = try? flatIndex(index) else { preconditionFailure("index \(index) out of range for shape \(shape)") }
+            guard let i = try? flatIndex(index) else {
+                preconditionFailure("index \(index) out of range for shape \(shape)")
+            }
             withUnsafeMutableBufferPointer { $0[i] = newValue }
         }
     }
@@ -161,12 +171,14 @@ public struct Tensor: @unchecked Sendable {
 
     private func flatIndex(_ index: [Int]) throws -> Int {
         guard index.count == shape.count else {
-            throw TensorError.invalidArgument(operation: "element", detail: "index \(index) for a tensor of shape \(shape)")
+            throw TensorError.invalidArgument(
+                operation: "element", detail: "index \(index) for a tensor of shape \(shape)")
         }
         var flat = 0
         for (i, n) in zip(index, shape) {
             guard i >= 0 && i < n else {
-                throw TensorError.invalidArgument(operation: "element", detail: "index \(index) out of range for shape \(shape)")
+                throw TensorError.invalidArgument(
+                    operation: "element", detail: "index \(index) out of range for shape \(shape)")
             }
             flat = flat * n + i
         }
@@ -193,11 +205,13 @@ public struct Tensor: @unchecked Sendable {
         for d in shape {
             let (m, overflow) = n.multipliedReportingOverflow(by: d)
             guard !overflow else {
-                throw TensorError.invalidArgument(operation: operation, detail: "shape \(shape) has more elements than an Int can count")
+                throw TensorError.invalidArgument(
+                    operation: operation, detail: "shape \(shape) has more elements than an Int can count")
             }
             n = m
         }
-        try checkMemory(elements: n, bytesPerElement: MemoryLayout<Float>.stride, what: "shape \(shape)", operation: operation)
+        try checkMemory(
+            elements: n, bytesPerElement: MemoryLayout<Float>.stride, what: "shape \(shape)", operation: operation)
         return n
     }
 
@@ -205,10 +219,15 @@ public struct Tensor: @unchecked Sendable {
     package static func checkMemory(elements: Int, bytesPerElement: Int, what: String, operation: String) throws {
         let (bytes, overflow) = elements.multipliedReportingOverflow(by: bytesPerElement)
         guard !overflow, bytes <= memoryLimitBytes else {
-            let size = overflow ? "more than \(Int.max) bytes" : ByteCountFormatter.string(fromByteCount: Int64(bytes), countStyle: .binary)
+            let size =
+                overflow
+                ? "more than \(Int.max) bytes"
+                : ByteCountFormatter.string(fromByteCount: Int64(bytes), countStyle: .binary)
             throw TensorError.invalidArgument(
                 operation: operation,
-                detail: "\(what) needs \(size), more than this machine's \(ByteCountFormatter.string(fromByteCount: Int64(memoryLimitBytes), countStyle: .binary)) of memory")
+                detail:
+                    "\(what) needs \(size), more than this machine's \(ByteCountFormatter.string(fromByteCount: Int64(memoryLimitBytes), countStyle: .binary)) of memory"
+            )
         }
     }
 
@@ -226,6 +245,7 @@ public struct Tensor: @unchecked Sendable {
 extension Tensor: CustomStringConvertible {
     public var description: String {
         let shown = scalars.prefix(8).map { String(format: "%.5g", $0) }.joined(separator: ", ")
-        return "Tensor(shape: \(shape), [\(shown)\(count > 8 ? ", ..." : "")]\(requiresGradient ? ", requires gradient" : ""))"
+        return
+            "Tensor(shape: \(shape), [\(shown)\(count > 8 ? ", ..." : "")]\(requiresGradient ? ", requires gradient" : ""))"
     }
 }

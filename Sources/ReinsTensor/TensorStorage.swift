@@ -22,7 +22,10 @@ public final class TensorStorage: @unchecked Sendable {
     init(checkedCount count: Int) throws {
         guard let p = BufferCache.shared.takeIfAvailable(count: count) else {
             throw TensorError.invalidArgument(
-                operation: "allocation", detail: "the system refused \(ByteCountFormatter.string(fromByteCount: Int64(count) * 4, countStyle: .binary)) for \(count) elements")
+                operation: "allocation",
+                detail:
+                    "the system refused \(ByteCountFormatter.string(fromByteCount: Int64(count) * 4, countStyle: .binary)) for \(count) elements"
+            )
         }
         self.pointer = p
         self.count = count
@@ -63,7 +66,7 @@ public final class BufferCache: Sendable {
     public static let shared = BufferCache()
 
     private struct State {
-        var free: [Int: [UInt]] = [:] // addresses, by element count
+        var free: [Int: [UInt]] = [:]  // addresses, by element count
         var cachedBytes = 0
         var limitBytes = 2 << 30
     }
@@ -108,7 +111,7 @@ public final class BufferCache: Sendable {
         let alignment = bytes >= 4 * (2 << 20) ? 2 << 20 : 64
         guard posix_memalign(&raw, alignment, bytes) == 0, let raw else { return nil }
         #if os(Linux)
-        if alignment > 64 { _ = madvise(raw, bytes, MADV_HUGEPAGE) }
+            if alignment > 64 { _ = madvise(raw, bytes, MADV_HUGEPAGE) }
         #endif
         return raw.bindMemory(to: Float.self, capacity: max(count, 1))
     }
@@ -125,12 +128,14 @@ public final class BufferCache: Sendable {
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
         let raw = UnsafeMutableRawPointer(pointer), address = UInt(bitPattern: raw)
         // Tiny buffers are cheap to allocate; keep the cache for the ones that fault pages.
-        let kept = bytes >= 4096 && state.withLock { s -> Bool in
-            guard s.cachedBytes + bytes <= s.limitBytes else { return false }
-            s.free[count, default: []].append(address)
-            s.cachedBytes += bytes
-            return true
-        }
+        let kept =
+            bytes >= 4096
+            && state.withLock { s -> Bool in
+                guard s.cachedBytes + bytes <= s.limitBytes else { return false }
+                s.free[count, default: []].append(address)
+                s.cachedBytes += bytes
+                return true
+            }
         if !kept { raw.deallocate() }
     }
 }

@@ -49,22 +49,29 @@ public struct TorchCheckpoint: @unchecked Sendable {
         }
         let files = try ZipDirectory(data, path: path)
         guard let pickleName = files.entries.keys.filter({ $0.hasSuffix("/data.pkl") || $0 == "data.pkl" }).min() else {
-            throw TorchCheckpointError.malformed(path: path, detail: "no data.pkl in the archive (an old, non-zip torch.save file?)")
+            throw TorchCheckpointError.malformed(
+                path: path, detail: "no data.pkl in the archive (an old, non-zip torch.save file?)")
         }
         let prefix = String(pickleName.dropLast("data.pkl".count))
-        var reader = PickleReader(data[files.entries[pickleName]!], path: path) // pickleName is one of the entries' keys
+        var reader = PickleReader(data[files.entries[pickleName]!], path: path)  // pickleName is one of the entries' keys
         let top = try reader.run()
-        guard case let .dict(items) = top else { throw TorchCheckpointError.unsupported(path: path, detail: "the pickle is not a dict of tensors") }
+        guard case let .dict(items) = top else {
+            throw TorchCheckpointError.unsupported(path: path, detail: "the pickle is not a dict of tensors")
+        }
         var entries: [String: Entry] = [:], storages: [String: (range: Range<Int>, dtype: String)] = [:]
         for (key, value) in items {
             guard case let .string(name) = key else { continue }
             guard case let .tensor(storage, dtype, offset, shape, strides) = value else { continue }
             guard let range = files.entries[prefix + "data/" + storage] else {
-                throw TorchCheckpointError.malformed(path: path, detail: "tensor '\(name)': storage \(storage) is not in the archive")
+                throw TorchCheckpointError.malformed(
+                    path: path, detail: "tensor '\(name)': storage \(storage) is not in the archive")
             }
             let size = TorchCheckpoint.byteCount(dtype), held = range.count / size
-            guard shape.allSatisfy({ $0 >= 0 }), strides.allSatisfy({ $0 >= 0 }), shape.count == strides.count, offset >= 0 else {
-                throw TorchCheckpointError.malformed(path: path, detail: "tensor '\(name)': bad shape \(shape), strides \(strides) or offset \(offset)")
+            guard shape.allSatisfy({ $0 >= 0 }), strides.allSatisfy({ $0 >= 0 }), shape.count == strides.count,
+                offset >= 0
+            else {
+                throw TorchCheckpointError.malformed(
+                    path: path, detail: "tensor '\(name)': bad shape \(shape), strides \(strides) or offset \(offset)")
             }
             // The view's elements and the last one it reaches must lie inside its storage (arithmetic checked for
             // overflow: the numbers come from the file).
@@ -76,7 +83,11 @@ public struct TorchCheckpoint: @unchecked Sendable {
                 (count, last, fits) = (c, l, fits && !o1 && !o2 && !o3)
             }
             guard fits, count <= held, count == 0 || last < held else {
-                throw TorchCheckpointError.malformed(path: path, detail: "tensor '\(name)' (shape \(shape), strides \(strides), offset \(offset)) does not fit storage \(storage) of \(held) elements")
+                throw TorchCheckpointError.malformed(
+                    path: path,
+                    detail:
+                        "tensor '\(name)' (shape \(shape), strides \(strides), offset \(offset)) does not fit storage \(storage) of \(held) elements"
+                )
             }
             entries[name] = Entry(dtype: dtype, shape: shape, strides: strides, storage: storage, offset: offset)
             storages[storage] = (range, dtype)
@@ -108,17 +119,36 @@ public struct TorchCheckpoint: @unchecked Sendable {
         guard let e = entries[name] else { throw SafeTensorsError.missingTensor(path: path, tensor: name) }
         let convert: (UnsafeRawPointer, Int) -> Float
         switch e.dtype {
-        case "Float": convert = { Float(bitPattern: UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4 * $1, as: UInt32.self))) }
-        case "Half": convert = { Float(Float16(bitPattern: UInt16(littleEndian: $0.loadUnaligned(fromByteOffset: 2 * $1, as: UInt16.self)))) }
-        case "BFloat16": convert = { Float(bitPattern: UInt32(UInt16(littleEndian: $0.loadUnaligned(fromByteOffset: 2 * $1, as: UInt16.self))) << 16) }
-        case "Double": convert = { Float(Double(bitPattern: UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8 * $1, as: UInt64.self)))) }
+        case "Float":
+            convert = {
+                Float(bitPattern: UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: 4 * $1, as: UInt32.self)))
+            }
+        case "Half":
+            convert = {
+                Float(
+                    Float16(bitPattern: UInt16(littleEndian: $0.loadUnaligned(fromByteOffset: 2 * $1, as: UInt16.self)))
+                )
+            }
+        case "BFloat16":
+            convert = {
+                Float(
+                    bitPattern: UInt32(UInt16(littleEndian: $0.loadUnaligned(fromByteOffset: 2 * $1, as: UInt16.self)))
+                        << 16)
+            }
+        case "Double":
+            convert = {
+                Float(
+                    Double(bitPattern: UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8 * $1, as: UInt64.self))))
+            }
         case "Long": convert = { Float(Int64(littleEndian: $0.loadUnaligned(fromByteOffset: 8 * $1, as: Int64.self))) }
         case "Int": convert = { Float(Int32(littleEndian: $0.loadUnaligned(fromByteOffset: 4 * $1, as: Int32.self))) }
-        default: throw TorchCheckpointError.unsupported(path: path, detail: "tensor '\(name)' has element type \(e.dtype)")
+        default:
+            throw TorchCheckpointError.unsupported(path: path, detail: "tensor '\(name)' has element type \(e.dtype)")
         }
         let n = e.shape.reduce(1, *)
         guard buffer.count == n else {
-            throw TorchCheckpointError.malformed(path: path, detail: "tensor '\(name)': \(n) elements do not fit a buffer of \(buffer.count)")
+            throw TorchCheckpointError.malformed(
+                path: path, detail: "tensor '\(name)': \(n) elements do not fit a buffer of \(buffer.count)")
         }
         guard n > 0, let out = buffer.baseAddress, let range = storages[e.storage]?.range else { return }
         // A contiguous view (the usual case) is one run of elements.
@@ -131,7 +161,10 @@ public struct TorchCheckpoint: @unchecked Sendable {
             let base = UnsafeRawPointer(raw.baseAddress!.advanced(by: range.lowerBound))
             if contiguous && e.dtype == "Float" {
                 let from = base.advanced(by: 4 * e.offset)
-                for i in 0..<n { out[i] = Float(bitPattern: UInt32(littleEndian: from.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self))) }
+                for i in 0..<n {
+                    out[i] = Float(
+                        bitPattern: UInt32(littleEndian: from.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+                }
                 return
             }
             if contiguous {
@@ -183,8 +216,10 @@ struct ZipDirectory {
         }
         guard end >= 0 else { throw fail("no end-of-central-directory record (not a zip file, or truncated)") }
         var entryCount = try u16(end + 10), directoryOffset = try u32(end + 16)
-        if entryCount == 0xFFFF || directoryOffset == 0xFFFF_FFFF { // ZIP64: the locator sits just before the record
-            guard end >= 20, try u32(end - 20) == 0x0706_4b50 else { throw fail("ZIP64 fields without a ZIP64 locator") }
+        if entryCount == 0xFFFF || directoryOffset == 0xFFFF_FFFF {  // ZIP64: the locator sits just before the record
+            guard end >= 20, try u32(end - 20) == 0x0706_4b50 else {
+                throw fail("ZIP64 fields without a ZIP64 locator")
+            }
             let record = try u64(end - 20 + 8)
             guard try u32(record) == 0x0606_4b50 else { throw fail("bad ZIP64 end-of-central-directory record") }
             (entryCount, directoryOffset) = (try u64(record + 32), try u64(record + 48))
@@ -196,23 +231,28 @@ struct ZipDirectory {
             var size = try u32(p + 20), local = try u32(p + 42)
             let nameLength = try u16(p + 28), extraLength = try u16(p + 30), commentLength = try u16(p + 32)
             guard p + 46 + nameLength <= count else { throw fail("truncated central directory") }
-            let name = String(decoding: data[(data.startIndex + p + 46)..<(data.startIndex + p + 46 + nameLength)], as: UTF8.self)
+            let name = String(
+                decoding: data[(data.startIndex + p + 46)..<(data.startIndex + p + 46 + nameLength)], as: UTF8.self)
             // ZIP64 extra field (id 1): the 64-bit sizes and offset that did not fit, in this order.
             var e = p + 46 + nameLength
             while e + 4 <= p + 46 + nameLength + extraLength {
                 let id = try u16(e), length = try u16(e + 2)
                 if id == 1 {
                     var f = e + 4
-                    if try u32(p + 24) == 0xFFFF_FFFF { f += 8 } // uncompressed size comes first
+                    if try u32(p + 24) == 0xFFFF_FFFF { f += 8 }  // uncompressed size comes first
                     if try u32(p + 20) == 0xFFFF_FFFF { size = try u64(f); f += 8 }
                     if try u32(p + 42) == 0xFFFF_FFFF { local = try u64(f) }
                 }
                 e += 4 + length
             }
-            guard method == 0 else { throw fail("entry \(name) is compressed (method \(method)); torch.save stores entries uncompressed") }
+            guard method == 0 else {
+                throw fail("entry \(name) is compressed (method \(method)); torch.save stores entries uncompressed")
+            }
             guard try u32(local) == 0x0403_4b50 else { throw fail("bad local header for \(name)") }
             let start = try local + 30 + u16(local + 26) + u16(local + 28)
-            guard start <= count, size <= count - start else { throw fail("entry \(name) runs past the end of the file") }
+            guard start <= count, size <= count - start else {
+                throw fail("entry \(name) runs past the end of the file")
+            }
             entries[name] = start..<(start + size)
             p += 46 + nameLength + extraLength + commentLength
         }
@@ -254,7 +294,9 @@ struct PickleReader {
 
     init(_ data: Data, path: String) { (bytes, self.path) = ([UInt8](data), path) }
 
-    func fail(_ detail: String) -> TorchCheckpointError { .malformed(path: path, detail: "pickle: \(detail) (byte \(at))") }
+    func fail(_ detail: String) -> TorchCheckpointError {
+        .malformed(path: path, detail: "pickle: \(detail) (byte \(at))")
+    }
 
     mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
         guard n >= 0, n <= bytes.count - at else { throw fail("truncated") }
@@ -271,7 +313,9 @@ struct PickleReader {
     /// Pushes a container built from `children`, one level deeper than the deepest of them.
     mutating func push(_ value: PickleValue, containing children: [Item]) throws {
         let depth = 1 + (children.map(\.depth).max() ?? 0)
-        guard depth <= PickleReader.maximumDepth else { throw fail("values nest more than \(PickleReader.maximumDepth) deep") }
+        guard depth <= PickleReader.maximumDepth else {
+            throw fail("values nest more than \(PickleReader.maximumDepth) deep")
+        }
         stack.append(Item(value: value, depth: depth))
     }
     mutating func popItem() throws -> Item {
@@ -281,22 +325,29 @@ struct PickleReader {
     mutating func pop() throws -> PickleValue { try popItem().value }
     /// The items above the topmost mark (which is removed).
     mutating func popMark() throws -> [Item] {
-        guard let m = stack.lastIndex(where: { if case .mark = $0.value { return true } else { return false } }) else { throw fail("no mark") }
+        guard let m = stack.lastIndex(where: { if case .mark = $0.value { return true } else { return false } }) else {
+            throw fail("no mark")
+        }
         defer { stack.removeSubrange(m...) }
         return Array(stack[(m + 1)...])
     }
 
-    static let storageTypes = ["FloatStorage": "Float", "HalfStorage": "Half", "BFloat16Storage": "BFloat16", "DoubleStorage": "Double",
-                               "LongStorage": "Long", "IntStorage": "Int", "ShortStorage": "Short", "CharStorage": "Char",
-                               "ByteStorage": "Byte", "BoolStorage": "Bool"]
-    static let allowedGlobals: Set<String> = ["collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor",
-                                              "torch._utils._rebuild_parameter"]
+    static let storageTypes = [
+        "FloatStorage": "Float", "HalfStorage": "Half", "BFloat16Storage": "BFloat16", "DoubleStorage": "Double",
+        "LongStorage": "Long", "IntStorage": "Int", "ShortStorage": "Short", "CharStorage": "Char",
+        "ByteStorage": "Byte", "BoolStorage": "Bool",
+    ]
+    static let allowedGlobals: Set<String> = [
+        "collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor",
+        "torch._utils._rebuild_parameter",
+    ]
 
     mutating func global(_ module: String, _ name: String) throws -> PickleValue {
         let full = "\(module).\(name)"
         if module == "torch", let dtype = PickleReader.storageTypes[name] { return .storage(key: "", dtype: dtype) }
         guard PickleReader.allowedGlobals.contains(full) else {
-            throw TorchCheckpointError.unsupported(path: path, detail: "the pickle refers to \(full), which a state dict does not need (refused, not run)")
+            throw TorchCheckpointError.unsupported(
+                path: path, detail: "the pickle refers to \(full), which a state dict does not need (refused, not run)")
         }
         return .global(full)
     }
@@ -305,15 +356,26 @@ struct PickleReader {
         guard case let .global(name) = callable, case let .tuple(a) = args else { throw fail("REDUCE on a non-global") }
         func ints(_ v: PickleValue) throws -> [Int] {
             guard case let .tuple(items) = v else { throw fail("\(name): expected a tuple of integers") }
-            return try items.map { if case let .int(i) = $0 { return i } else { throw fail("\(name): expected an integer") } }
+            return try items.map {
+                if case let .int(i) = $0 { return i } else { throw fail("\(name): expected an integer") }
+            }
         }
         switch name {
         case "collections.OrderedDict":
             if a.isEmpty { return .dict([]) }
             guard case let .list(pairs) = a[0] else { throw fail("OrderedDict of a non-list") }
-            return .dict(try pairs.map { if case let .tuple(kv) = $0, kv.count == 2 { return (kv[0], kv[1]) } else { throw fail("OrderedDict pair") } })
+            return .dict(
+                try pairs.map {
+                    if case let .tuple(kv) = $0, kv.count == 2 {
+                        return (kv[0], kv[1])
+                    } else {
+                        throw fail("OrderedDict pair")
+                    }
+                })
         case "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor":
-            guard a.count >= 4, case let .storage(key, dtype) = a[0], case let .int(offset) = a[1] else { throw fail("\(name): bad arguments") }
+            guard a.count >= 4, case let .storage(key, dtype) = a[0], case let .int(offset) = a[1] else {
+                throw fail("\(name): bad arguments")
+            }
             return .tensor(storage: key, dtype: dtype, offset: offset, shape: try ints(a[2]), strides: try ints(a[3]))
         case "torch._utils._rebuild_parameter":
             guard let data = a.first else { throw fail("\(name): no data") }
@@ -326,74 +388,85 @@ struct PickleReader {
         while true {
             let op = try uint(1)
             switch op {
-            case 0x80: _ = try uint(1) // PROTO
-            case 0x95: _ = try uint(8) // FRAME
-            case 0x2E: return try pop() // STOP
-            case 0x7D: push(.dict([])) // EMPTY_DICT
-            case 0x5D: push(.list([])) // EMPTY_LIST
-            case 0x29: push(.tuple([])) // EMPTY_TUPLE
-            case 0x28: push(.mark) // MARK
-            case 0x4E: push(.none) // NONE
+            case 0x80: _ = try uint(1)  // PROTO
+            case 0x95: _ = try uint(8)  // FRAME
+            case 0x2E: return try pop()  // STOP
+            case 0x7D: push(.dict([]))  // EMPTY_DICT
+            case 0x5D: push(.list([]))  // EMPTY_LIST
+            case 0x29: push(.tuple([]))  // EMPTY_TUPLE
+            case 0x28: push(.mark)  // MARK
+            case 0x4E: push(.none)  // NONE
             case 0x88: push(.bool(true))
             case 0x89: push(.bool(false))
-            case 0x4B: push(.int(try uint(1))) // BININT1
-            case 0x4D: push(.int(try uint(2))) // BININT2
-            case 0x4A: push(.int(Int(Int32(truncatingIfNeeded: try uint(4))))) // BININT
-            case 0x8A: // LONG1: little-endian two's complement of n bytes
+            case 0x4B: push(.int(try uint(1)))  // BININT1
+            case 0x4D: push(.int(try uint(2)))  // BININT2
+            case 0x4A: push(.int(Int(Int32(truncatingIfNeeded: try uint(4)))))  // BININT
+            case 0x8A:  // LONG1: little-endian two's complement of n bytes
                 let n = try uint(1)
                 guard n <= 8 else { throw fail("integer of \(n) bytes") }
                 let raw = try take(n)
                 var v = raw.reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
                 if let top = raw.last, n < 8, top & 0x80 != 0 { v |= ~UInt64(0) << (8 * UInt64(n)) }
                 push(.int(Int(truncatingIfNeeded: v)))
-            case 0x47: push(.float(Double(bitPattern: try take(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }))) // BINFLOAT, big-endian
-            case 0x58: push(.string(String(decoding: try take(try uint(4)), as: UTF8.self))) // BINUNICODE
-            case 0x8C: push(.string(String(decoding: try take(try uint(1)), as: UTF8.self))) // SHORT_BINUNICODE
-            case 0x8D: push(.string(String(decoding: try take(try uint(8)), as: UTF8.self))) // BINUNICODE8
-            case 0x55: push(.string(String(decoding: try take(try uint(1)), as: UTF8.self))) // SHORT_BINSTRING
-            case 0x54: push(.string(String(decoding: try take(try uint(4)), as: UTF8.self))) // BINSTRING
-            case 0x43: push(.bytes(Data(try take(try uint(1))))) // SHORT_BINBYTES
-            case 0x42: push(.bytes(Data(try take(try uint(4))))) // BINBYTES
-            case 0x63: push(try global(try line(), try line())) // GLOBAL
-            case 0x93: // STACK_GLOBAL
-                guard case let .string(name) = try pop(), case let .string(module) = try pop() else { throw fail("STACK_GLOBAL of non-strings") }
+            case 0x47: push(.float(Double(bitPattern: try take(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) })))  // BINFLOAT, big-endian
+            case 0x58: push(.string(String(decoding: try take(try uint(4)), as: UTF8.self)))  // BINUNICODE
+            case 0x8C: push(.string(String(decoding: try take(try uint(1)), as: UTF8.self)))  // SHORT_BINUNICODE
+            case 0x8D: push(.string(String(decoding: try take(try uint(8)), as: UTF8.self)))  // BINUNICODE8
+            case 0x55: push(.string(String(decoding: try take(try uint(1)), as: UTF8.self)))  // SHORT_BINSTRING
+            case 0x54: push(.string(String(decoding: try take(try uint(4)), as: UTF8.self)))  // BINSTRING
+            case 0x43: push(.bytes(Data(try take(try uint(1)))))  // SHORT_BINBYTES
+            case 0x42: push(.bytes(Data(try take(try uint(4)))))  // BINBYTES
+            case 0x63: push(try global(try line(), try line()))  // GLOBAL
+            case 0x93:  // STACK_GLOBAL
+                guard case let .string(name) = try pop(), case let .string(module) = try pop() else {
+                    throw fail("STACK_GLOBAL of non-strings")
+                }
                 push(try global(module, name))
-            case 0x71: memo[try uint(1)] = stack.last // BINPUT
-            case 0x72: memo[try uint(4)] = stack.last // LONG_BINPUT
-            case 0x94: memo[memo.count] = stack.last // MEMOIZE
-            case 0x68, 0x6A: // BINGET, LONG_BINGET
+            case 0x71: memo[try uint(1)] = stack.last  // BINPUT
+            case 0x72: memo[try uint(4)] = stack.last  // LONG_BINPUT
+            case 0x94: memo[memo.count] = stack.last  // MEMOIZE
+            case 0x68, 0x6A:  // BINGET, LONG_BINGET
                 let k = try uint(op == 0x68 ? 1 : 4)
                 guard let v = memo[k] else { throw fail("memo \(k) is empty") }
                 stack.append(v)
-            case 0x74: let items = try popMark(); try push(.tuple(items.map(\.value)), containing: items) // TUPLE
-            case 0x85: let a = try popItem(); try push(.tuple([a.value]), containing: [a]) // TUPLE1
-            case 0x86: let b = try popItem(), a = try popItem(); try push(.tuple([a.value, b.value]), containing: [a, b]) // TUPLE2
-            case 0x87: // TUPLE3
+            case 0x74: let items = try popMark(); try push(.tuple(items.map(\.value)), containing: items)  // TUPLE
+            case 0x85: let a = try popItem(); try push(.tuple([a.value]), containing: [a])  // TUPLE1
+            case 0x86:
+                let b = try popItem(), a = try popItem(); try push(.tuple([a.value, b.value]), containing: [a, b])  // TUPLE2
+            case 0x87:  // TUPLE3
                 let c = try popItem(), b = try popItem(), a = try popItem()
                 try push(.tuple([a.value, b.value, c.value]), containing: [a, b, c])
-            case 0x61, 0x65: // APPEND, APPENDS
+            case 0x61, 0x65:  // APPEND, APPENDS
                 let items = op == 0x61 ? [try popItem()] : try popMark()
                 var target = try popItem()
                 guard case var .list(l) = target.value else { throw fail("APPEND to a non-list") }
-                target.value = .none // release the old box so that `l` is the only owner and grows in place
+                target.value = .none  // release the old box so that `l` is the only owner and grows in place
                 l.append(contentsOf: items.map(\.value))
                 try push(.list(l), containing: items + [Item(value: .none, depth: target.depth - 1)])
-            case 0x73, 0x75: // SETITEM, SETITEMS
+            case 0x73, 0x75:  // SETITEM, SETITEMS
                 var items: [Item] = []
-                if op == 0x73 { let v = try popItem(), k = try popItem(); items = [k, v] } else { items = try popMark() }
+                if op == 0x73 {
+                    let v = try popItem(), k = try popItem(); items = [k, v]
+                } else {
+                    items = try popMark()
+                }
                 var target = try popItem()
-                guard items.count % 2 == 0, case var .dict(d) = target.value else { throw fail("SETITEMS on a non-dict") }
+                guard items.count % 2 == 0, case var .dict(d) = target.value else {
+                    throw fail("SETITEMS on a non-dict")
+                }
                 target.value = .none
-                d.append(contentsOf: stride(from: 0, to: items.count, by: 2).map { (items[$0].value, items[$0 + 1].value) })
+                d.append(
+                    contentsOf: stride(from: 0, to: items.count, by: 2).map { (items[$0].value, items[$0 + 1].value) })
                 try push(.dict(d), containing: items + [Item(value: .none, depth: target.depth - 1)])
-            case 0x51: // BINPERSID: ('storage', type, key, location, numel)
+            case 0x51:  // BINPERSID: ('storage', type, key, location, numel)
                 guard case let .tuple(pid) = try pop(), pid.count >= 3, case .string("storage") = pid[0],
-                      case let .storage(_, dtype) = pid[1], case let .string(key) = pid[2] else { throw fail("persistent id is not a storage") }
+                    case let .storage(_, dtype) = pid[1], case let .string(key) = pid[2]
+                else { throw fail("persistent id is not a storage") }
                 push(.storage(key: key, dtype: dtype))
-            case 0x52: // REDUCE
+            case 0x52:  // REDUCE
                 let args = try popItem(), callable = try popItem()
                 try push(try reduce(callable.value, args.value), containing: [args])
-            case 0x62: _ = try pop() // BUILD: object state (a state dict's _metadata, a tensor's hooks) is not needed
+            case 0x62: _ = try pop()  // BUILD: object state (a state dict's _metadata, a tensor's hooks) is not needed
             default: throw fail(String(format: "unsupported opcode 0x%02x", op))
             }
         }
@@ -426,12 +499,17 @@ extension SafeTensorsFile: TensorArchive {
 /// A pickle that is not inside a zip archive (PyTorch's format before 1.6) is refused by name, as is any non-zip
 /// file with a PyTorch extension, rather than being misread as a damaged safetensors file.
 public func openTensorArchive(_ path: String) throws -> any TensorArchive {
-    let head = FileHandle(forReadingAtPath: path).map { h in defer { try? h.close() }; return (try? h.read(upToCount: 4)) ?? Data() }
+    let head = FileHandle(forReadingAtPath: path).map { h in
+        defer { try? h.close() }; return (try? h.read(upToCount: 4)) ?? Data()
+    }
     if head?.prefix(2) == Data([0x50, 0x4B]) { return try TorchCheckpoint(path: path) }
     // PROTO 2, then LONG1 of 10 bytes: the magic number legacy torch.save writes first.
     if head == Data([0x80, 0x02, 0x8A, 0x0A]) {
         throw TorchCheckpointError.unsupported(
-            path: path, detail: "a bare pickle (torch.save before PyTorch 1.6, or _use_new_zipfile_serialization=False); re-save it with a current PyTorch or as safetensors")
+            path: path,
+            detail:
+                "a bare pickle (torch.save before PyTorch 1.6, or _use_new_zipfile_serialization=False); re-save it with a current PyTorch or as safetensors"
+        )
     }
     if [".bin", ".pt", ".pth"].contains(where: { path.hasSuffix($0) }) {
         throw TorchCheckpointError.malformed(path: path, detail: "not a zip archive, so not a torch.save file")

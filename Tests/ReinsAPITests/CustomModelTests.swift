@@ -15,8 +15,9 @@ final class TinyClassifier: Module {
     let head: Linear
 
     init(vocabulary: Int, width: Int, depth: Int, heads: Int, classes: Int, maxLength: Int) throws {
-        let config = try BertConfig(vocabularySize: vocabulary, hidden: width, layers: depth, heads: heads,
-                                    intermediate: 4 * width, positions: maxLength, attentionDropout: 0)
+        let config = try BertConfig(
+            vocabularySize: vocabulary, hidden: width, layers: depth, heads: heads,
+            intermediate: 4 * width, positions: maxLength, attentionDropout: 0)
         tokens = try Embedding(count: vocabulary, size: width)
         positions = try Embedding(count: maxLength, size: width)
         layers = try (0..<depth).map { _ in try BertLayer(config) }
@@ -64,7 +65,9 @@ struct CustomModelTests {
         func step(_ seed: UInt64, _ parameters: [Parameter]) throws -> Float {
             let (ids, labels) = try batch(seed)
             for p in parameters { p.zeroGradient() }
-            let loss = try TrainingMode.run(seed: seed) { try Tensor.crossEntropy(logits: model.logits(ids), targets: labels) }
+            let loss = try TrainingMode.run(seed: seed) {
+                try Tensor.crossEntropy(logits: model.logits(ids), targets: labels)
+            }
             try loss.backward()
             optimizer.update(parameters)
             return try loss.item
@@ -97,7 +100,8 @@ struct CustomModelTests {
         try fresh.loadAdapter("task", from: dir.appendingPathComponent("task"))
         let reloaded = try fresh.logits(ids)
         #expect(reloaded.shape == expected.shape)
-        #expect(zip(reloaded.scalars, expected.scalars).allSatisfy { abs($0 - $1) <= 1e-5 }, "logits after save and load")
+        #expect(
+            zip(reloaded.scalars, expected.scalars).allSatisfy { abs($0 - $1) <= 1e-5 }, "logits after save and load")
     }
 
     @Test func anUnregisteredLayerIsReported() throws {

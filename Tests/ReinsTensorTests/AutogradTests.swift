@@ -12,7 +12,8 @@ struct AutogradTests {
         let once = try #require(w.gradient).scalars
         try loss().backward()
         // Tight tolerance, not equality: GEMM rounding may change with OpenBLAS's thread count between passes.
-        expectClose(try #require(w.gradient).scalars, once.map { 2 * $0 }, atol: 1e-6, rtol: 1e-6, "two passes accumulate")
+        expectClose(
+            try #require(w.gradient).scalars, once.map { 2 * $0 }, atol: 1e-6, rtol: 1e-6, "two passes accumulate")
         w.zeroGradient()
         #expect(w.gradient == nil)
         try loss().backward()
@@ -22,13 +23,14 @@ struct AutogradTests {
     /// Big tensors take the multithreaded paths (elementwise ops cut by rows or columns, permuted copies cut by runs,
     /// zero-filled gradient buffers cut in spans): values and gradients equal plain loops exactly.
     @Test func bigElementwiseOpsAndPermutesEqualPlainLoops() throws {
-        let (rows, width) = (301, 777) // 233877 elements: several spans, no multiple of 8
+        let (rows, width) = (301, 777)  // 233877 elements: several spans, no multiple of 8
         let a = try Tensor.normal([rows, width], seed: 21).requiringGradient()
         let same = try Tensor.normal([rows, width], seed: 22).requiringGradient()
         let row = try Tensor.uniform([width], low: 0.5, high: 1.5, seed: 23).requiringGradient()
         let weights = try Tensor.normal([rows, width], seed: 24)
         let (x, y, v, w) = (a.scalars, same.scalars, row.scalars, weights.scalars)
-        let products = try (a * same) * weights, quotients = try a / row, sums = try a + row, scaledUp = a.scaled(by: 3, shift: 1)
+        let products = try (a * same) * weights, quotients = try a / row, sums = try a + row,
+            scaledUp = a.scaled(by: 3, shift: 1)
         #expect(products.scalars == (0..<x.count).map { (x[$0] * y[$0]) * w[$0] })
         #expect(quotients.scalars == (0..<x.count).map { x[$0] / v[$0 % width] })
         #expect(sums.scalars == (0..<x.count).map { x[$0] + v[$0 % width] })
@@ -38,7 +40,9 @@ struct AutogradTests {
         let activated = squashed.tanh()
         #expect(activated.scalars == sq.map { Foundation.tanh($0) })
         try (activated * weights).sum().backward()
-        #expect(try #require(squashed.gradient).scalars == (0..<sq.count).map { w[$0] * (1 - Foundation.tanh(sq[$0]) * Foundation.tanh(sq[$0])) })
+        #expect(
+            try #require(squashed.gradient).scalars
+                == (0..<sq.count).map { w[$0] * (1 - Foundation.tanh(sq[$0]) * Foundation.tanh(sq[$0])) })
         try (products.sum() + (quotients * weights).sum()).backward()
         // d/da = y·w + w/v; d/dsame = x·w; d/drow = -Σ_rows w·x/v² (summed in row order)
         #expect(try #require(a.gradient).scalars == (0..<x.count).map { y[$0] * w[$0] + w[$0] / v[$0 % width] })
@@ -52,22 +56,38 @@ struct AutogradTests {
         let heads = try act.reshaped([B, T, H, hs]).permuted([0, 2, 1, 3])
         let hv = heads.scalars, av = act.scalars
         var expected = [Float](repeating: 0, count: hv.count)
-        for b in 0..<B { for h in 0..<H { for t in 0..<T { for c in 0..<hs {
-            expected[((b * H + h) * T + t) * hs + c] = av[((b * T + t) * H + h) * hs + c]
-        } } } }
+        for b in 0..<B {
+            for h in 0..<H {
+                for t in 0..<T {
+                    for c in 0..<hs {
+                        expected[((b * H + h) * T + t) * hs + c] = av[((b * T + t) * H + h) * hs + c]
+                    }
+                }
+            }
+        }
         #expect(hv == expected)
         let g = try Tensor.normal(heads.shape, seed: 26)
         try (heads * g).sum().backward()
         let gv = g.scalars
         var back = [Float](repeating: 0, count: av.count)
-        for b in 0..<B { for h in 0..<H { for t in 0..<T { for c in 0..<hs {
-            back[((b * T + t) * H + h) * hs + c] = gv[((b * H + h) * T + t) * hs + c]
-        } } } }
+        for b in 0..<B {
+            for h in 0..<H {
+                for t in 0..<T {
+                    for c in 0..<hs {
+                        back[((b * T + t) * H + h) * hs + c] = gv[((b * H + h) * T + t) * hs + c]
+                    }
+                }
+            }
+        }
         #expect(try #require(act.gradient).scalars == back)
         // An axis order that moves the last axis (element by element) on a big tensor.
         let moved = try Tensor.normal([41, 53, 97], seed: 27)
         let t = try moved.permuted([2, 0, 1]), mv = moved.scalars
-        #expect(t.scalars == (0..<mv.count).map { i in let (k, rest) = (i / (41 * 53), i % (41 * 53)); return mv[(rest / 53 * 53 + rest % 53) * 97 + k] })
+        #expect(
+            t.scalars
+                == (0..<mv.count).map { i in
+                    let (k, rest) = (i / (41 * 53), i % (41 * 53)); return mv[(rest / 53 * 53 + rest % 53) * 97 + k]
+                })
         // Prefix keys joined to a layer's keys along the time axis, and the gradient split back.
         let prefix = try Tensor.normal([B, H, 5, hs], seed: 29).requiringGradient()
         let joined = try Tensor.concatenate([prefix, Tensor(shape: heads.shape, values: hv)], axis: 2)
@@ -113,18 +133,32 @@ struct AutogradTests {
         try s.backward()
         #expect(throws: TensorError.graphReleased) { try s.backward() }
         #expect(throws: TensorError.self) { try Tensor.matmul(w, try Tensor.zeros([3, 2])) }
-        #expect(throws: TensorError.self) { try Tensor.linear(try Tensor.zeros([2, 3]), weight: try Tensor.zeros([4, 2])) }
-        #expect(throws: TensorError.self) { try Tensor.layerNorm(try Tensor.zeros([2, 3]), weight: try Tensor.ones([4]), bias: try Tensor.zeros([3])) }
+        #expect(throws: TensorError.self) {
+            try Tensor.linear(try Tensor.zeros([2, 3]), weight: try Tensor.zeros([4, 2]))
+        }
+        #expect(throws: TensorError.self) {
+            try Tensor.layerNorm(try Tensor.zeros([2, 3]), weight: try Tensor.ones([4]), bias: try Tensor.zeros([3]))
+        }
         #expect(throws: TensorError.self) { try Tensor.zeros([2, 3]) + Tensor.zeros([2]) }
-        #expect(throws: TensorError.self) { try Tensor.attention(query: try Tensor.zeros([1, 2, 3, 4]), key: try Tensor.zeros([1, 2, 3, 5]), value: try Tensor.zeros([1, 2, 3, 5])) }
-        #expect(throws: TensorError.self) { try Tensor.attention(query: try Tensor.zeros([1, 1, 2, 4]), key: try Tensor.zeros([1, 1, 3, 4]), value: try Tensor.zeros([1, 1, 3, 4]), keyMask: IntTensor([1, 1])) }
+        #expect(throws: TensorError.self) {
+            try Tensor.attention(
+                query: try Tensor.zeros([1, 2, 3, 4]), key: try Tensor.zeros([1, 2, 3, 5]),
+                value: try Tensor.zeros([1, 2, 3, 5]))
+        }
+        #expect(throws: TensorError.self) {
+            try Tensor.attention(
+                query: try Tensor.zeros([1, 1, 2, 4]), key: try Tensor.zeros([1, 1, 3, 4]),
+                value: try Tensor.zeros([1, 1, 3, 4]), keyMask: IntTensor([1, 1]))
+        }
         #expect(throws: TensorError.indexOutOfRange(operation: "embedding", position: 1, value: 7, limit: 7)) {
             try Tensor.embedding(IntTensor([0, 7]), table: try Tensor.zeros([7, 3]))
         }
         #expect(throws: TensorError.indexOutOfRange(operation: "crossEntropy", position: 0, value: -2, limit: 3)) {
             try Tensor.crossEntropy(logits: try Tensor.zeros([1, 3]), targets: IntTensor([-2]))
         }
-        #expect(throws: TensorError.self) { try Tensor.crossEntropy(logits: try Tensor.zeros([2, 3]), targets: IntTensor([1])) }
+        #expect(throws: TensorError.self) {
+            try Tensor.crossEntropy(logits: try Tensor.zeros([2, 3]), targets: IntTensor([1]))
+        }
         #expect(throws: TensorError.self) { try Tensor.zeros([2, 3]).reshaped([4, 2]) }
         #expect(throws: TensorError.self) { try Tensor(shape: [2, 2], values: [1, 2, 3]) }
         #expect(throws: TensorError.self) { try Tensor.zeros([-1]) }
@@ -136,8 +170,8 @@ struct AutogradTests {
         let x0 = try Tensor.uniform([2, 3, 4], low: 0.5, high: 1.5, seed: 6)
         let w = try Tensor.normal([4], seed: 7), other = try Tensor.uniform([2, 3, 4], low: 0.5, high: 2, seed: 8)
         func f(_ x: Tensor) throws -> Tensor {
-            let a = try x.permuted([2, 0, 1]).reshaped([4, 6]).transposed()          // [6, 4]
-            let b = try Tensor.concatenate([a.slice(axis: 0, 1..<4), a.slice(axis: 0, 0..<2).exp()], axis: 0) // [5, 4]
+            let a = try x.permuted([2, 0, 1]).reshaped([4, 6]).transposed()  // [6, 4]
+            let b = try Tensor.concatenate([a.slice(axis: 0, 1..<4), a.slice(axis: 0, 0..<2).exp()], axis: 0)  // [5, 4]
             let c = try (b * w).tanh() + b.log() - b.sqrt() / b.sigmoid()
             let d = try c.sum(axis: 0).relu().mean() + c.mean(axis: 1).scaled(by: 0.3).sum()
             let e = try (x / other).softmax().sum(axis: -1, keepingAxis: true).mean()
@@ -164,9 +198,14 @@ struct AutogradTests {
             let b = try Tensor.normal(tb ? [2, N, K] : [2, K, N], seed: 10).requiringGradient()
             let c = try Tensor.matmul(a, b, transposeA: ta, transposeB: tb)
             #expect(c.shape == [2, M, N])
-            let at = ta ? try a.detached().transposed() : a.detached(), bt = tb ? try b.detached().transposed() : b.detached()
+            let at = ta ? try a.detached().transposed() : a.detached(),
+                bt = tb ? try b.detached().transposed() : b.detached()
             var expected = [Float](repeating: 0, count: 2 * M * N)
-            for n in 0..<2 { for i in 0..<M { for j in 0..<N { for k in 0..<K { expected[(n * M + i) * N + j] += at[n, i, k] * bt[n, k, j] } } } }
+            for n in 0..<2 {
+                for i in 0..<M {
+                    for j in 0..<N { for k in 0..<K { expected[(n * M + i) * N + j] += at[n, i, k] * bt[n, k, j] } }
+                }
+            }
             expectClose(c.scalars, expected, "matmul ta=\(ta) tb=\(tb)")
             let g = try Tensor.normal([2, M, N], seed: 11)
             try (c * g).sum().backward()
@@ -203,7 +242,7 @@ struct AutogradTests {
 
     @Test func clippingScalesToMaxNorm() throws {
         let p = Parameter("w", try Tensor.ones([4]))
-        try p.value.scaled(by: 3).sum().backward() // gradient 3 everywhere, norm 6
+        try p.value.scaled(by: 3).sum().backward()  // gradient 3 everywhere, norm 6
         let norm = clipGradientNorm([p], maxNorm: 1.5)
         #expect(abs(norm - 6) < 1e-5)
         expectClose(try #require(p.gradient), try Tensor.full([4], 0.75), atol: 1e-5, rtol: 1e-5, "clipped gradient")

@@ -21,18 +21,22 @@ struct KernelTests {
 
     @Test func instructionSetChoiceIsPerThreadAndReachesParallelWorkers() throws {
         let best = rk_isa_detected()
-        guard best > 0 else { return } // only the scalar kernels exist here: nothing to choose between
+        guard best > 0 else { return }  // only the scalar kernels exist here: nothing to choose between
         with(0) {
             #expect(rk_isa_active() == 0)
             // Another thread keeps the best kernels (tests running meanwhile are not switched under their feet)...
             let seen = Mutex<Int32>(-1), done = DispatchSemaphore(value: 0)
-            let other = Thread { seen.withLock { $0 = rk_isa_active() }; done.signal() }
+            let other = Thread {
+                seen.withLock { $0 = rk_isa_active() }; done.signal()
+            }
             other.start()
             done.wait()
             #expect(seen.withLock { $0 } == best)
             // ...while the workers of this thread's parallel regions use its choice.
             let chunks = Mutex<[Int32]>([])
-            Parallel.forEach(8) { _ in let isa = rk_isa_active(); chunks.withLock { $0.append(isa) } }
+            Parallel.forEach(8) { _ in
+                let isa = rk_isa_active(); chunks.withLock { $0.append(isa) }
+            }
             #expect(chunks.withLock { $0 } == [Int32](repeating: 0, count: 8))
         }
         #expect(rk_isa_active() == best)
@@ -41,16 +45,18 @@ struct KernelTests {
     @Test(arguments: instructionSets)
     func linearMatchesReference(isa: Int32) {
         with(isa) {
-            for (N, C, OC) in [(1, 1, 1), (1, 33, 17), (3, 7, 5), (17, 33, 9), (2, 70, 131)] { // N = 1 takes the sgemv path
+            for (N, C, OC) in [(1, 1, 1), (1, 33, 17), (3, 7, 5), (17, 33, 9), (2, 70, 131)] {  // N = 1 takes the sgemv path
                 for wt: Int32 in [0, 1] {
-                    let x = randomFloats(N * C, seed: 1), w = randomFloats(OC * C, seed: 2), b = randomFloats(OC, seed: 3)
+                    let x = randomFloats(N * C, seed: 1), w = randomFloats(OC * C, seed: 2),
+                        b = randomFloats(OC, seed: 3)
                     let g = randomFloats(N * OC, seed: 4)
                     var y = [Float](repeating: 0, count: N * OC), yr = y
                     rk_linear_forward(&y, x, w, b, Int32(N), Int32(C), Int32(OC), wt)
                     rk_linear_forward_ref(&yr, x, w, b, Int32(N), Int32(C), Int32(OC), wt)
                     expectClose(y, yr, "linear forward \(N)x\(C)->\(OC) wt=\(wt)")
                     // Start from nonzero buffers: backward must add, not overwrite.
-                    var dx = randomFloats(N * C, seed: 5), dw = randomFloats(OC * C, seed: 6), db = randomFloats(OC, seed: 7)
+                    var dx = randomFloats(N * C, seed: 5), dw = randomFloats(OC * C, seed: 6),
+                        db = randomFloats(OC, seed: 7)
                     var dxr = dx, dwr = dw, dbr = db
                     rk_linear_backward(&dx, &dw, &db, g, x, w, Int32(N), Int32(C), Int32(OC), wt)
                     rk_linear_backward_ref(&dxr, &dwr, &dbr, g, x, w, Int32(N), Int32(C), Int32(OC), wt)
@@ -85,12 +91,14 @@ struct KernelTests {
             }
             for (N, C) in [(1, 1), (3, 7), (4, 37), (2, 131)] {
                 for approx: Int32 in [0, 1] {
-                    let x = randomFloats(N * C, seed: 11, scale: 4), b = randomFloats(C, seed: 12), g = randomFloats(N * C, seed: 13)
+                    let x = randomFloats(N * C, seed: 11, scale: 4), b = randomFloats(C, seed: 12),
+                        g = randomFloats(N * C, seed: 13)
                     var y = [Float](repeating: 0, count: N * C), yr = y
                     rk_bias_gelu_forward(&y, x, b, Int32(N), Int32(C), approx)
                     rk_bias_gelu_forward_ref(&yr, x, b, Int32(N), Int32(C), approx)
                     expectClose(y, yr, atol: 2e-6, rtol: 2e-6, "bias-gelu forward \(N)x\(C)")
-                    var dx = [Float](repeating: 0.25, count: N * C), db = [Float](repeating: -1, count: C), dxr = dx, dbr = db
+                    var dx = [Float](repeating: 0.25, count: N * C), db = [Float](repeating: -1, count: C), dxr = dx,
+                        dbr = db
                     rk_bias_gelu_backward(&dx, &db, g, x, b, Int32(N), Int32(C), approx)
                     rk_bias_gelu_backward_ref(&dxr, &dbr, g, x, b, Int32(N), Int32(C), approx)
                     expectClose(dx, dxr, atol: 2e-6, rtol: 2e-6, "bias-gelu dx")
@@ -104,7 +112,8 @@ struct KernelTests {
     func layerNormMatchesReference(isa: Int32) {
         with(isa) {
             for (N, C) in [(1, 1), (3, 7), (5, 37), (2, 773)] {
-                let x = randomFloats(N * C, seed: 21, scale: 3).map { $0 + 1.5 }, w = randomFloats(C, seed: 22), b = randomFloats(C, seed: 23)
+                let x = randomFloats(N * C, seed: 21, scale: 3).map { $0 + 1.5 }, w = randomFloats(C, seed: 22),
+                    b = randomFloats(C, seed: 23)
                 let g = randomFloats(N * C, seed: 24)
                 var y = [Float](repeating: 0, count: N * C), yr = y
                 var m = [Float](repeating: 0, count: N), s = m, mr = m, sr = m
@@ -156,7 +165,9 @@ struct KernelTests {
             }
             // A target out of range is a status, and names its row.
             var loss = [Float](repeating: 0, count: 3), lse = loss, bad: Int32 = -1
-            #expect(rk_crossentropy_forward(&loss, &lse, [Float](repeating: 0, count: 12), [0, 1, 4], 3, 4, -100, &bad) == RK_ERR_INDEX)
+            #expect(
+                rk_crossentropy_forward(&loss, &lse, [Float](repeating: 0, count: 12), [0, 1, 4], 3, 4, -100, &bad)
+                    == RK_ERR_INDEX)
             #expect(bad == 2)
         }
     }
@@ -189,16 +200,18 @@ struct KernelTests {
         let B, NH, T, Tk, hs: Int
         let causal: Bool
         let masked: Bool
-        var testDescription: String { "B\(B) NH\(NH) T\(T) Tk\(Tk) hs\(hs)\(causal ? " causal" : "")\(masked ? " masked" : "")" }
+        var testDescription: String {
+            "B\(B) NH\(NH) T\(T) Tk\(Tk) hs\(hs)\(causal ? " causal" : "")\(masked ? " masked" : "")"
+        }
     }
     static let attentionCases = [
         AttentionCase(B: 1, NH: 1, T: 1, Tk: 1, hs: 1, causal: true, masked: false),
         AttentionCase(B: 2, NH: 3, T: 5, Tk: 5, hs: 12, causal: true, masked: false),
-        AttentionCase(B: 2, NH: 3, T: 5, Tk: 9, hs: 12, causal: true, masked: true),   // prefix keys + padding
-        AttentionCase(B: 3, NH: 2, T: 1, Tk: 17, hs: 20, causal: true, masked: false), // one decode step on a KV cache
-        AttentionCase(B: 2, NH: 5, T: 13, Tk: 13, hs: 6, causal: false, masked: true), // BERT-style padding mask
+        AttentionCase(B: 2, NH: 3, T: 5, Tk: 9, hs: 12, causal: true, masked: true),  // prefix keys + padding
+        AttentionCase(B: 3, NH: 2, T: 1, Tk: 17, hs: 20, causal: true, masked: false),  // one decode step on a KV cache
+        AttentionCase(B: 2, NH: 5, T: 13, Tk: 13, hs: 6, causal: false, masked: true),  // BERT-style padding mask
         AttentionCase(B: 1, NH: 2, T: 33, Tk: 40, hs: 24, causal: false, masked: false),
-        AttentionCase(B: 2, NH: 2, T: 45, Tk: 50, hs: 10, causal: true, masked: true),   // several causal row blocks
+        AttentionCase(B: 2, NH: 2, T: 45, Tk: 50, hs: 10, causal: true, masked: true),  // several causal row blocks
     ]
 
     @Test(arguments: attentionCases)
@@ -217,33 +230,49 @@ struct KernelTests {
 
     func checkAttention(_ c: AttentionCase, _ drop: UnsafePointer<rk_attention_dropout>?) {
         let (B, NH, T, Tk, hs) = (c.B, c.NH, c.T, c.Tk, c.hs)
-        let q = randomFloats(B * NH * T * hs, seed: 51, scale: 2), k = randomFloats(B * NH * Tk * hs, seed: 52, scale: 2)
+        let q = randomFloats(B * NH * T * hs, seed: 51, scale: 2),
+            k = randomFloats(B * NH * Tk * hs, seed: 52, scale: 2)
         let v = randomFloats(B * NH * Tk * hs, seed: 53), g = randomFloats(B * NH * T * hs, seed: 54)
         // Batch 0 sees everything; later batches lose trailing keys; in the last batch every key is masked for
         // short sequences, so some rows see nothing.
-        let mask: [Int32]? = c.masked ? (0..<(B * Tk)).map { i in Int32((i / Tk == 0 || i % Tk < Tk - 3 * (i / Tk)) ? 1 : 0) } : nil
+        let mask: [Int32]? =
+            c.masked ? (0..<(B * Tk)).map { i in Int32((i / Tk == 0 || i % Tk < Tk - 3 * (i / Tk)) ? 1 : 0) } : nil
         let scale = 1 / Float(hs).squareRoot(), off = Int32(Tk - T), causal: Int32 = c.causal ? 1 : 0
         var out = [Float](repeating: 0, count: B * NH * T * hs), outr = out
         var lse = [Float](repeating: 0, count: B * NH * T), lser = lse
         var scratch = [Float](repeating: 0, count: 2 * T * Tk + T)
         // Two calls over halves of the heads: the split must not matter.
         let half = Int32(B * NH / 2)
-        rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, 0, half, &scratch)
-        rk_attention_forward(&out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, half, Int32(B * NH), &scratch)
-        rk_attention_forward_ref(&outr, &lser, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop)
+        rk_attention_forward(
+            &out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, 0,
+            half, &scratch)
+        rk_attention_forward(
+            &out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop,
+            half, Int32(B * NH), &scratch)
+        rk_attention_forward_ref(
+            &outr, &lser, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop)
         expectClose(out, outr, atol: 1e-5, rtol: 1e-4, "attention out \(c.testDescription) dropout \(drop != nil)")
         expectClose(lse, lser, atol: 1e-5, rtol: 1e-5, "attention lse")
-        var dq = randomFloats(q.count, seed: 55), dk = randomFloats(k.count, seed: 56), dv = randomFloats(v.count, seed: 57)
+        var dq = randomFloats(q.count, seed: 55), dk = randomFloats(k.count, seed: 56),
+            dv = randomFloats(v.count, seed: 57)
         var dqr = dq, dkr = dk, dvr = dv
-        rk_attention_backward(&dq, &dk, &dv, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, 0, Int32(B * NH), &scratch)
-        rk_attention_backward_ref(&dqr, &dkr, &dvr, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop)
+        rk_attention_backward(
+            &dq, &dk, &dv, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
+            causal, off, drop, 0, Int32(B * NH), &scratch)
+        rk_attention_backward_ref(
+            &dqr, &dkr, &dvr, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
+            causal, off, drop)
         expectClose(dq, dqr, atol: 2e-5, rtol: 2e-4, "attention dq")
         expectClose(dk, dkr, atol: 2e-5, rtol: 2e-4, "attention dk")
         expectClose(dv, dvr, atol: 2e-5, rtol: 2e-4, "attention dv")
         // Only dv wanted (a frozen query/key path).
         var dv2 = [Float](repeating: 0, count: v.count), dv2r = dv2
-        rk_attention_backward(nil, nil, &dv2, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, 0, Int32(B * NH), &scratch)
-        rk_attention_backward_ref(nil, nil, &dv2r, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop)
+        rk_attention_backward(
+            nil, nil, &dv2, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
+            causal, off, drop, 0, Int32(B * NH), &scratch)
+        rk_attention_backward_ref(
+            nil, nil, &dv2r, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
+            causal, off, drop)
         expectClose(dv2, dv2r, atol: 2e-5, rtol: 2e-4, "attention dv alone")
     }
 
@@ -252,24 +281,37 @@ struct KernelTests {
         with(isa) {
             for (N, C, OC, r) in [(1, 1, 1, 1), (9, 13, 11, 3), (5, 37, 70, 8)] {
                 for wt: Int32 in [0, 1] {
-                    let x = randomFloats(N * C, seed: 61), w = randomFloats(OC * C, seed: 62), b = randomFloats(OC, seed: 63)
-                    let A = randomFloats(r * C, seed: 64), Bm = randomFloats(OC * r, seed: 65), g = randomFloats(N * OC, seed: 66)
-                    var y = [Float](repeating: 0, count: N * OC), yr = y, xa = [Float](repeating: 0, count: N * r), xar = xa
+                    let x = randomFloats(N * C, seed: 61), w = randomFloats(OC * C, seed: 62),
+                        b = randomFloats(OC, seed: 63)
+                    let A = randomFloats(r * C, seed: 64), Bm = randomFloats(OC * r, seed: 65),
+                        g = randomFloats(N * OC, seed: 66)
+                    var y = [Float](repeating: 0, count: N * OC), yr = y, xa = [Float](repeating: 0, count: N * r),
+                        xar = xa
                     rk_lora_forward(&y, &xa, x, w, b, A, Bm, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
                     rk_lora_forward_ref(&yr, &xar, x, w, b, A, Bm, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
                     expectClose(y, yr, "lora forward")
                     expectClose(xa, xar, "lora xa")
-                    var dx = randomFloats(N * C, seed: 67), dA = randomFloats(r * C, seed: 68), dB = randomFloats(OC * r, seed: 69)
+                    var dx = randomFloats(N * C, seed: 67), dA = randomFloats(r * C, seed: 68),
+                        dB = randomFloats(OC * r, seed: 69)
                     var dxr = dx, dAr = dA, dBr = dB, scratch = [Float](repeating: 0, count: N * r)
                     // The frozen base: no dW, no db.
-                    rk_lora_backward(&dx, nil, nil, &dA, &dB, g, x, w, A, Bm, xar, &scratch, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
-                    rk_lora_backward_ref(&dxr, nil, nil, &dAr, &dBr, g, x, w, A, Bm, xar, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
+                    rk_lora_backward(
+                        &dx, nil, nil, &dA, &dB, g, x, w, A, Bm, xar, &scratch, Int32(N), Int32(C), Int32(OC), Int32(r),
+                        0.75, wt)
+                    rk_lora_backward_ref(
+                        &dxr, nil, nil, &dAr, &dBr, g, x, w, A, Bm, xar, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75,
+                        wt)
                     expectClose(dx, dxr, "lora dx")
                     expectClose(dA, dAr, "lora dA")
                     expectClose(dB, dBr, "lora dB")
-                    var dw = [Float](repeating: 0, count: OC * C), db = [Float](repeating: 0, count: OC), dwr = dw, dbr = db
-                    rk_lora_backward(nil, &dw, &db, nil, nil, g, x, w, A, Bm, xar, &scratch, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
-                    rk_lora_backward_ref(nil, &dwr, &dbr, nil, nil, g, x, w, A, Bm, xar, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75, wt)
+                    var dw = [Float](repeating: 0, count: OC * C), db = [Float](repeating: 0, count: OC), dwr = dw,
+                        dbr = db
+                    rk_lora_backward(
+                        nil, &dw, &db, nil, nil, g, x, w, A, Bm, xar, &scratch, Int32(N), Int32(C), Int32(OC), Int32(r),
+                        0.75, wt)
+                    rk_lora_backward_ref(
+                        nil, &dwr, &dbr, nil, nil, g, x, w, A, Bm, xar, Int32(N), Int32(C), Int32(OC), Int32(r), 0.75,
+                        wt)
                     expectClose(dw, dwr, "lora dW (full fine-tuning)")
                     expectClose(db, dbr, "lora db")
                 }
@@ -281,7 +323,8 @@ struct KernelTests {
     func adamwAndNormMatchReference(isa: Int32) {
         with(isa) {
             for n in [1, 7, 8, 17, 1003] {
-                var p = randomFloats(n, seed: 71), m = randomFloats(n, seed: 72, scale: 0.1), v = randomFloats(n, seed: 73).map { $0 * $0 }
+                var p = randomFloats(n, seed: 71), m = randomFloats(n, seed: 72, scale: 0.1),
+                    v = randomFloats(n, seed: 73).map { $0 * $0 }
                 var pr = p, mr = m, vr = v
                 let g = randomFloats(n, seed: 74)
                 rk_adamw_step(&p, &m, &v, g, n, 1e-2, 0.9, 0.999, 1e-8, 0.1, 0.19, 0.002, 0.5)

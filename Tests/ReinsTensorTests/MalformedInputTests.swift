@@ -13,8 +13,12 @@ struct MalformedInputTests {
         #expect(performing: { try Tensor.zeros(huge) }, throws: contains("more elements than an Int can count"))
         #expect(performing: { try Tensor.normal([1 << 40], seed: 1) }, throws: contains("more than this machine's"))
         #expect(performing: { try Tensor.uninitialized([-1, 2]) }, throws: contains("negative size"))
-        #expect(performing: { try IntTensor(shape: huge, values: []) }, throws: contains("more elements than an Int can count"))
-        #expect(performing: { try Tensor.zeros([3, 4]).reshaped(huge) }, throws: contains("more elements than an Int can count"))
+        #expect(
+            performing: { try IntTensor(shape: huge, values: []) },
+            throws: contains("more elements than an Int can count"))
+        #expect(
+            performing: { try Tensor.zeros([3, 4]).reshaped(huge) },
+            throws: contains("more elements than an Int can count"))
         // An op's result is checked too: the outer product of two long vectors.
         let a = try Tensor.zeros([1 << 20, 1]), b = try Tensor.zeros([1, 1 << 20])
         #expect(performing: { try Tensor.matmul(a, b) }, throws: contains("more than this machine's"))
@@ -39,20 +43,35 @@ struct MalformedInputTests {
             return try SafeTensorsFile(path: url.path)
         }
         // 4 × (2^62 + 1) bytes wraps to 4: it once passed the size check and the read wrote past a 4-byte buffer.
-        #expect(performing: { try open(#"{"a":{"dtype":"F32","shape":[4611686018427387905],"data_offsets":[0,4]}}"#, 4) },
-                throws: contains("bytes for shape [4611686018427387905]"))
+        #expect(
+            performing: { try open(#"{"a":{"dtype":"F32","shape":[4611686018427387905],"data_offsets":[0,4]}}"#, 4) },
+            throws: contains("bytes for shape [4611686018427387905]"))
         // JSON integers beyond 64 bits once wrapped (2^64 + 30 read as 30), fractions were truncated.
-        #expect(performing: { try open(#"{"a":{"dtype":"F32","shape":[18446744073709551646],"data_offsets":[0,120]}}"#, 120) },
-                throws: contains("bad shape"))
-        #expect(performing: { try open(#"{"a":{"dtype":"F32","shape":[30],"data_offsets":[18446744073709551616,18446744073709551736]}}"#, 120) },
-                throws: contains("bad data_offsets"))
-        #expect(performing: { try open(#"{"a":{"dtype":"F32","shape":[30.5],"data_offsets":[0,120]}}"#, 120) }, throws: contains("bad shape"))
-        #expect(performing: { try open(#"{"a":{"dtype":"F32","shape":[true],"data_offsets":[0,4]}}"#, 4) }, throws: contains("bad shape"))
+        #expect(
+            performing: {
+                try open(#"{"a":{"dtype":"F32","shape":[18446744073709551646],"data_offsets":[0,120]}}"#, 120)
+            },
+            throws: contains("bad shape"))
+        #expect(
+            performing: {
+                try open(
+                    #"{"a":{"dtype":"F32","shape":[30],"data_offsets":[18446744073709551616,18446744073709551736]}}"#,
+                    120)
+            },
+            throws: contains("bad data_offsets"))
+        #expect(
+            performing: { try open(#"{"a":{"dtype":"F32","shape":[30.5],"data_offsets":[0,120]}}"#, 120) },
+            throws: contains("bad shape"))
+        #expect(
+            performing: { try open(#"{"a":{"dtype":"F32","shape":[true],"data_offsets":[0,4]}}"#, 4) },
+            throws: contains("bad shape"))
         // Integral floats are exact and still read.
         #expect(try open(#"{"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}}"#, 8).entries["a"]?.shape == [2])
         // An empty file is a named error (and is not memory-mapped: mapping zero bytes leaks in Foundation).
         try Data().write(to: url)
-        #expect(performing: { try SafeTensorsFile(path: url.path) }, throws: contains("fewer than the 8-byte header length"))
+        #expect(
+            performing: { try SafeTensorsFile(path: url.path) }, throws: contains("fewer than the 8-byte header length")
+        )
         #expect(performing: { try SafeTensorsFile(path: dir.path) }, throws: contains("cannot read"))
     }
 
@@ -68,11 +87,15 @@ struct MalformedInputTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         // 10^6 nested one-tuples (2 MB), and 300,000 nested dicts: once a stack overflow in parsing and teardown.
         let tuples = [0x80, 0x02, 0x4E] + [UInt8](repeating: 0x85, count: 1_000_000) + [0x2E]
-        #expect(performing: { try TorchCheckpoint(path: checkpoint(pickle: tuples, in: dir)) }, throws: contains("nest more than 64 deep"))
+        #expect(
+            performing: { try TorchCheckpoint(path: checkpoint(pickle: tuples, in: dir)) },
+            throws: contains("nest more than 64 deep"))
         var dicts: [UInt8] = [0x80, 0x02, 0x7D]
-        for _ in 0..<300_000 { dicts += [0x4B, 0x01, 0x7D] } // key 1, a new empty dict: the value of the next SETITEM
+        for _ in 0..<300_000 { dicts += [0x4B, 0x01, 0x7D] }  // key 1, a new empty dict: the value of the next SETITEM
         dicts += [UInt8](repeating: 0x73, count: 300_000) + [0x2E]
-        #expect(performing: { try TorchCheckpoint(path: checkpoint(pickle: dicts, in: dir)) }, throws: contains("nest more than 64 deep"))
+        #expect(
+            performing: { try TorchCheckpoint(path: checkpoint(pickle: dicts, in: dir)) },
+            throws: contains("nest more than 64 deep"))
     }
 
     @Test func longFlatPicklesParseInLinearTime() throws {
@@ -93,7 +116,8 @@ struct MalformedInputTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let legacy = dir.appendingPathComponent("pytorch_model.bin")
         // The start of a pre-1.6 torch.save file: a protocol-2 pickle of its magic number.
-        try Data([0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19, 0x2E]).write(to: legacy)
+        try Data([0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8, 0x50, 0x19, 0x2E]).write(
+            to: legacy)
         #expect(performing: { try openTensorArchive(legacy.path) }, throws: contains("before PyTorch 1.6"))
         try Data("not a checkpoint at all".utf8).write(to: legacy)
         #expect(performing: { try openTensorArchive(legacy.path) }, throws: contains("not a zip archive"))

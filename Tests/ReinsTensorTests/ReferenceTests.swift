@@ -16,11 +16,13 @@ struct ReferenceTests {
         let y = x.gelu(approximation)
         expectClose(y, try fx.tensor("gelu_\(name).y"), atol: 1e-5, rtol: 1e-4, "gelu \(name)")
         try backward(y, try fx.tensor("gelu.g"))
-        expectClose(try #require(x.gradient), try fx.tensor("gelu_\(name).dx"), atol: 1e-5, rtol: 1e-3, "gelu \(name) dx")
+        expectClose(
+            try #require(x.gradient), try fx.tensor("gelu_\(name).dx"), atol: 1e-5, rtol: 1e-3, "gelu \(name) dx")
     }
 
     @Test func layerNorm() throws {
-        let x = try fx.tensor("ln.x").requiringGradient(), w = try fx.tensor("ln.w").requiringGradient(), b = try fx.tensor("ln.b").requiringGradient()
+        let x = try fx.tensor("ln.x").requiringGradient(), w = try fx.tensor("ln.w").requiringGradient(),
+            b = try fx.tensor("ln.b").requiringGradient()
         let y = try Tensor.layerNorm(x, weight: w, bias: b, eps: 1e-5)
         expectClose(y, try fx.tensor("ln.y"), atol: 1e-5, rtol: 1e-4, "layer norm")
         try backward(y, try fx.tensor("ln.g"))
@@ -42,26 +44,32 @@ struct ReferenceTests {
         let loss = try Tensor.crossEntropy(logits: logits, targets: try fx.intTensor("ce.targets"))
         expectClose([try loss.item], try fx.tensor("ce.loss").scalars, atol: 1e-5, rtol: 1e-5, "cross-entropy loss")
         try loss.backward()
-        expectClose(try #require(logits.gradient), try fx.tensor("ce.dlogits"), atol: 1e-6, rtol: 1e-3, "cross-entropy dlogits")
+        expectClose(
+            try #require(logits.gradient), try fx.tensor("ce.dlogits"), atol: 1e-6, rtol: 1e-3, "cross-entropy dlogits")
     }
 
     @Test(arguments: [("causal", true), ("full", false)])
     func attention(name: String, causal: Bool) throws {
         let q = try fx.tensor("attn.q").requiringGradient(), k = try fx.tensor("attn.k").requiringGradient()
         let v = try fx.tensor("attn.v").requiringGradient()
-        let out = try Tensor.attention(query: q, key: k, value: v, causal: causal, keyMask: try fx.intTensor("attn.key_mask"))
+        let out = try Tensor.attention(
+            query: q, key: k, value: v, causal: causal, keyMask: try fx.intTensor("attn.key_mask"))
         expectClose(out, try fx.tensor("attn_\(name).out"), atol: 1e-5, rtol: 1e-4, "attention \(name)")
         try backward(out, try fx.tensor("attn.g"))
-        expectClose(try #require(q.gradient), try fx.tensor("attn_\(name).dq"), atol: 1e-5, rtol: 1e-3, "attention \(name) dq")
-        expectClose(try #require(k.gradient), try fx.tensor("attn_\(name).dk"), atol: 1e-5, rtol: 1e-3, "attention \(name) dk")
-        expectClose(try #require(v.gradient), try fx.tensor("attn_\(name).dv"), atol: 1e-5, rtol: 1e-3, "attention \(name) dv")
+        expectClose(
+            try #require(q.gradient), try fx.tensor("attn_\(name).dq"), atol: 1e-5, rtol: 1e-3, "attention \(name) dq")
+        expectClose(
+            try #require(k.gradient), try fx.tensor("attn_\(name).dk"), atol: 1e-5, rtol: 1e-3, "attention \(name) dk")
+        expectClose(
+            try #require(v.gradient), try fx.tensor("attn_\(name).dv"), atol: 1e-5, rtol: 1e-3, "attention \(name) dv")
     }
 
     @Test func loraLinearWithFrozenBase() throws {
         let x = try fx.tensor("lora.x").requiringGradient()
-        let w = try fx.tensor("lora.w"), b = try fx.tensor("lora.b") // frozen: no gradient
+        let w = try fx.tensor("lora.w"), b = try fx.tensor("lora.b")  // frozen: no gradient
         let a = try fx.tensor("lora.a").requiringGradient(), bm = try fx.tensor("lora.bm").requiringGradient()
-        let y = try Tensor.loraLinear(x, weight: w, bias: b, loraA: a, loraB: bm, scale: try fx.tensor("lora.scale").item)
+        let y = try Tensor.loraLinear(
+            x, weight: w, bias: b, loraA: a, loraB: bm, scale: try fx.tensor("lora.scale").item)
         expectClose(y, try fx.tensor("lora.y"), atol: 1e-5, rtol: 1e-4, "lora linear")
         try backward(y, try fx.tensor("lora.g"))
         expectClose(try #require(x.gradient), try fx.tensor("lora.dx"), atol: 1e-5, rtol: 1e-3, "lora dx")
@@ -73,8 +81,9 @@ struct ReferenceTests {
     @Test func mlpClassifier() throws {
         let names = ["table", "w1", "b1", "w2", "b2"]
         let p = try Dictionary(uniqueKeysWithValues: names.map { ($0, try fx.tensor("mlp.\($0)").requiringGradient()) })
-        let h = try Tensor.biasGELU(try Tensor.linear(try Tensor.embedding(try fx.intTensor("mlp.ids"), table: p["table"]!), weight: p["w1"]!),
-                                    bias: p["b1"]!, .tanh)
+        let h = try Tensor.biasGELU(
+            try Tensor.linear(try Tensor.embedding(try fx.intTensor("mlp.ids"), table: p["table"]!), weight: p["w1"]!),
+            bias: p["b1"]!, .tanh)
         let logits = try Tensor.linear(h, weight: p["w2"]!, bias: p["b2"]!)
         expectClose(logits, try fx.tensor("mlp.logits"), atol: 1e-5, rtol: 1e-4, "mlp logits")
         let loss = try Tensor.crossEntropy(logits: logits, targets: try fx.intTensor("mlp.targets"))
@@ -87,10 +96,11 @@ struct ReferenceTests {
 
     @Test func causalAttentionBlock() throws {
         let names = ["x", "lw", "lb", "wqkv", "bqkv", "wp", "bp"]
-        let p = try Dictionary(uniqueKeysWithValues: names.map { ($0, try fx.tensor("block.\($0)").requiringGradient()) })
+        let p = try Dictionary(
+            uniqueKeysWithValues: names.map { ($0, try fx.tensor("block.\($0)").requiringGradient()) })
         let (C, NH) = (15, 3)
         let h = try Tensor.layerNorm(p["x"]!, weight: p["lw"]!, bias: p["lb"]!)
-        let qkv = try Tensor.linear(h, weight: p["wqkv"]!, bias: p["bqkv"]!, weightTransposed: true) // Conv1D layout
+        let qkv = try Tensor.linear(h, weight: p["wqkv"]!, bias: p["bqkv"]!, weightTransposed: true)  // Conv1D layout
         let q = try qkv.slice(axis: -1, 0..<C).splittingHeads(NH)
         let k = try qkv.slice(axis: -1, C..<(2 * C)).splittingHeads(NH)
         let v = try qkv.slice(axis: -1, (2 * C)..<(3 * C)).splittingHeads(NH)
@@ -99,7 +109,8 @@ struct ReferenceTests {
         expectClose(out, try fx.tensor("block.out"), atol: 1e-5, rtol: 1e-4, "block output")
         try backward(out, try fx.tensor("block.g"))
         for n in names {
-            expectClose(try #require(p[n]!.gradient), try fx.tensor("block.d\(n)"), atol: 1e-5, rtol: 1e-3, "block d\(n)")
+            expectClose(
+                try #require(p[n]!.gradient), try fx.tensor("block.d\(n)"), atol: 1e-5, rtol: 1e-3, "block d\(n)")
         }
     }
 
@@ -108,7 +119,7 @@ struct ReferenceTests {
         let opt = AdamW(learningRate: 1e-2, beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weightDecay: 0.1)
         for t in 0..<3 {
             param.zeroGradient()
-            try (param.value * fx.tensor("adamw.g\(t)")).sum().backward() // ∂/∂p Σ p⊙g = g
+            try (param.value * fx.tensor("adamw.g\(t)")).sum().backward()  // ∂/∂p Σ p⊙g = g
             opt.update([param])
         }
         expectClose(param.value, try fx.tensor("adamw.p3"), atol: 1e-6, rtol: 1e-5, "AdamW after 3 steps")

@@ -8,7 +8,8 @@ struct TensorTests {
         #expect(try Tensor.normal([5, 7], seed: 3).scalars == Tensor.normal([5, 7], seed: 3).scalars)
         #expect(try Tensor.normal([5, 7], seed: 3).scalars != Tensor.normal([5, 7], seed: 4).scalars)
         let n = try Tensor.normal([20000], mean: 1, std: 2, seed: 5).scalars
-        let mean = n.reduce(0, +) / Float(n.count), variance = n.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Float(n.count)
+        let mean = n.reduce(0, +) / Float(n.count),
+            variance = n.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Float(n.count)
         #expect(abs(mean - 1) < 0.05 && abs(variance.squareRoot() - 2) < 0.05)
         let u = try Tensor.uniform([1000], low: -1, high: 3, seed: 6).scalars
         #expect(u.allSatisfy { $0 >= -1 && $0 < 3 })
@@ -38,7 +39,9 @@ struct TensorTests {
 /// differences in Double, for shapes the row fast path does not cover.
 struct BroadcastingTests {
     /// `op(a, b)` with NumPy's rules, in Double, by plain loops.
-    func reference(_ a: [Double], _ sa: [Int], _ b: [Double], _ sb: [Int], _ op: (Double, Double) -> Double) -> ([Double], [Int]) {
+    func reference(_ a: [Double], _ sa: [Int], _ b: [Double], _ sb: [Int], _ op: (Double, Double) -> Double) -> (
+        [Double], [Int]
+    ) {
         let rank = max(sa.count, sb.count)
         let pa = [Int](repeating: 1, count: rank - sa.count) + sa, pb = [Int](repeating: 1, count: rank - sb.count) + sb
         let out = zip(pa, pb).map { max($0, $1) }
@@ -56,16 +59,19 @@ struct BroadcastingTests {
         return (y, out)
     }
 
-    @Test(arguments: [([2, 3, 4], [2, 3, 1]), ([3], [2, 3]), ([2, 1, 5], [3, 1]), ([1, 4], [3, 1]), ([2, 3, 1], [1, 3, 7])])
+    @Test(arguments: [
+        ([2, 3, 4], [2, 3, 1]), ([3], [2, 3]), ([2, 1, 5], [3, 1]), ([1, 4], [3, 1]), ([2, 3, 1], [1, 3, 7]),
+    ])
     func broadcastsLikeNumPyWithGradients(shapes: ([Int], [Int])) throws {
         let (sa, sb) = shapes
-        let a = randomFloats(sa.reduce(1, *), seed: 3), b = randomFloats(sb.reduce(1, *), seed: 4).map { $0 + 2 } // away from 0 for division
+        let a = randomFloats(sa.reduce(1, *), seed: 3), b = randomFloats(sb.reduce(1, *), seed: 4).map { $0 + 2 }  // away from 0 for division
         let ops: [(String, (Tensor, Tensor) throws -> Tensor, (Double, Double) -> Double)] = [
             ("add", { try $0 + $1 }, { $0 + $1 }), ("subtract", { try $0 - $1 }, { $0 - $1 }),
             ("multiply", { try $0 * $1 }, { $0 * $1 }), ("divide", { try $0 / $1 }, { $0 / $1 }),
         ]
         for (name, op, definition) in ops {
-            let x = try Tensor(shape: sa, values: a).requiringGradient(), y = try Tensor(shape: sb, values: b).requiringGradient()
+            let x = try Tensor(shape: sa, values: a).requiringGradient(),
+                y = try Tensor(shape: sb, values: b).requiringGradient()
             let z = try op(x, y)
             let (expected, shape) = reference(doubles(a), sa, doubles(b), sb, definition)
             #expect(z.shape == shape, "\(name) \(sa) \(sb)")
@@ -73,8 +79,12 @@ struct BroadcastingTests {
             let g = randomFloats(z.count, seed: 9)
             try z.backward(gradient: try Tensor(shape: z.shape, values: g))
             let loss = { (u: [Double], v: [Double]) in dot(reference(u, sa, v, sb, definition).0, doubles(g)) }
-            expectClose(try #require(x.gradient).scalars, numericGradient(doubles(a)) { loss($0, doubles(b)) }, atol: 1e-4, rtol: 1e-3, "d\(name)/da \(sa) \(sb)")
-            expectClose(try #require(y.gradient).scalars, numericGradient(doubles(b)) { loss(doubles(a), $0) }, atol: 1e-4, rtol: 1e-3, "d\(name)/db \(sa) \(sb)")
+            expectClose(
+                try #require(x.gradient).scalars, numericGradient(doubles(a)) { loss($0, doubles(b)) }, atol: 1e-4,
+                rtol: 1e-3, "d\(name)/da \(sa) \(sb)")
+            expectClose(
+                try #require(y.gradient).scalars, numericGradient(doubles(b)) { loss(doubles(a), $0) }, atol: 1e-4,
+                rtol: 1e-3, "d\(name)/db \(sa) \(sb)")
         }
         #expect(throws: TensorError.self) { try Tensor.zeros([2, 3]) + Tensor.zeros([4, 3, 2]) }
     }

@@ -13,7 +13,9 @@ struct TorchCheckpointTests {
         #expect(Set(file.tensorNames) == Set(expected.entries.keys))
         // Strided views, two views of one storage, float16, bfloat16, float64, a 0-d tensor and int64 among them.
         #expect(file.entries["transposed"]?.shape == [6, 4] && file.entries["scalar"]?.shape == [])
-        #expect(file.entries["shared_a"]?.dtype == "Float" && file.entries["half"]?.dtype == "Half" && file.entries["ids"]?.dtype == "Long")
+        #expect(
+            file.entries["shared_a"]?.dtype == "Float" && file.entries["half"]?.dtype == "Half"
+                && file.entries["ids"]?.dtype == "Long")
         for name in expected.entries.keys {
             let a = try file.tensor(name), b = try expected.tensor(name)
             #expect(a.shape == b.shape, "shape of \(name)")
@@ -27,7 +29,11 @@ struct TorchCheckpointTests {
 
     @Test func codeInThePickleIsRefusedByName() throws {
         let path = dir.appendingPathComponent("refused.bin").path
-        #expect(throws: TorchCheckpointError.unsupported(path: path, detail: "the pickle refers to os.system, which a state dict does not need (refused, not run)")) {
+        #expect(
+            throws: TorchCheckpointError.unsupported(
+                path: path,
+                detail: "the pickle refers to os.system, which a state dict does not need (refused, not run)")
+        ) {
             try TorchCheckpoint(path: path)
         }
     }
@@ -35,7 +41,9 @@ struct TorchCheckpointTests {
     @Test func aViewBeyondItsStorageIsRefused() throws {
         // Shape (2^62, 4) over a 15-element storage: the element count overflows; nothing is allocated.
         let path = dir.appendingPathComponent("oversized.bin").path
-        #expect { try TorchCheckpoint(path: path) } throws: { "\($0)".contains("tensor 'huge'") && "\($0)".contains("does not fit storage 0 of 15 elements") }
+        #expect { try TorchCheckpoint(path: path) } throws: {
+            "\($0)".contains("tensor 'huge'") && "\($0)".contains("does not fit storage 0 of 15 elements")
+        }
     }
 
     @Test func truncatedAndDamagedFilesThrow() throws {

@@ -4,8 +4,10 @@ import ReinsTensor
 
 /// The one tolerance check for all tests: the shapes must agree, and every element must satisfy
 /// |actual - expected| <= atol + rtol·|expected|. A failure reports the largest difference and the first bad index.
-public func expectClose(_ actual: [Float], _ expected: [Float], atol: Float = 1e-5, rtol: Float = 1e-4, _ what: String,
-                 sourceLocation: SourceLocation = #_sourceLocation) {
+public func expectClose(
+    _ actual: [Float], _ expected: [Float], atol: Float = 1e-5, rtol: Float = 1e-4, _ what: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+) {
     guard actual.count == expected.count else {
         Issue.record("\(what): \(actual.count) elements, expected \(expected.count)", sourceLocation: sourceLocation)
         return
@@ -13,19 +15,22 @@ public func expectClose(_ actual: [Float], _ expected: [Float], atol: Float = 1e
     var worst: Float = 0, firstBad: Int?
     for i in actual.indices {
         let d = abs(actual[i] - expected[i])
-        if !(d <= atol + rtol * abs(expected[i])) { // also catches NaN
+        if !(d <= atol + rtol * abs(expected[i])) {  // also catches NaN
             if firstBad == nil { firstBad = i }
             worst = max(worst, d.isNaN ? .infinity : d)
         }
     }
     if let firstBad {
-        Issue.record("\(what): max difference \(worst); first bad index \(firstBad): \(actual[firstBad]) vs expected \(expected[firstBad])",
-                     sourceLocation: sourceLocation)
+        Issue.record(
+            "\(what): max difference \(worst); first bad index \(firstBad): \(actual[firstBad]) vs expected \(expected[firstBad])",
+            sourceLocation: sourceLocation)
     }
 }
 
-public func expectClose(_ actual: Tensor, _ expected: Tensor, atol: Float = 1e-5, rtol: Float = 1e-4, _ what: String,
-                 sourceLocation: SourceLocation = #_sourceLocation) {
+public func expectClose(
+    _ actual: Tensor, _ expected: Tensor, atol: Float = 1e-5, rtol: Float = 1e-4, _ what: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+) {
     guard actual.shape == expected.shape else {
         Issue.record("\(what): shape \(actual.shape), expected \(expected.shape)", sourceLocation: sourceLocation)
         return
@@ -34,9 +39,12 @@ public func expectClose(_ actual: Tensor, _ expected: Tensor, atol: Float = 1e-5
 }
 
 /// Double-precision version for finite-difference checks: the analytic (float) gradient against a Double estimate.
-public func expectClose(_ actual: [Float], _ expected: [Double], atol: Double, rtol: Double, _ what: String,
-                 sourceLocation: SourceLocation = #_sourceLocation) {
-    expectClose(actual, expected.map { Float($0) }, atol: Float(atol), rtol: Float(rtol), what, sourceLocation: sourceLocation)
+public func expectClose(
+    _ actual: [Float], _ expected: [Double], atol: Double, rtol: Double, _ what: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+) {
+    expectClose(
+        actual, expected.map { Float($0) }, atol: Float(atol), rtol: Float(rtol), what, sourceLocation: sourceLocation)
 }
 
 /// Seeded random floats in [-scale, scale).
@@ -64,7 +72,8 @@ public func doubles(_ a: [Float]) -> [Double] { a.map(Double.init) }
 
 /// The committed PyTorch fixtures (see Tests/Fixtures/make_fixtures.py and make_model_fixtures.py).
 public enum Fixtures {
-    public static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    public static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
     /// A fixture model directory (`Tests/Fixtures/models/NAME`).
     public static func model(_ name: String) -> URL { directory.appendingPathComponent("models/\(name)") }
@@ -85,8 +94,12 @@ public func temporaryDirectory() throws -> URL {
 /// tests. CRCs are left zero: Reins's reader does not check them (the data is checked by its own bounds).
 public func storedZip(_ entries: [(name: String, data: Data)]) -> Data {
     var out = Data(), central = Data()
-    func u16(_ v: Int, _ d: inout Data) { withUnsafeBytes(of: UInt16(truncatingIfNeeded: v).littleEndian) { d.append(contentsOf: $0) } }
-    func u32(_ v: Int, _ d: inout Data) { withUnsafeBytes(of: UInt32(truncatingIfNeeded: v).littleEndian) { d.append(contentsOf: $0) } }
+    func u16(_ v: Int, _ d: inout Data) {
+        withUnsafeBytes(of: UInt16(truncatingIfNeeded: v).littleEndian) { d.append(contentsOf: $0) }
+    }
+    func u32(_ v: Int, _ d: inout Data) {
+        withUnsafeBytes(of: UInt32(truncatingIfNeeded: v).littleEndian) { d.append(contentsOf: $0) }
+    }
     for (name, data) in entries {
         let offset = out.count, nameBytes = Data(name.utf8)
         u32(0x0403_4b50, &out); u16(20, &out); u16(0, &out); u16(0, &out); u16(0, &out); u16(0, &out)

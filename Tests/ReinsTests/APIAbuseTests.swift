@@ -23,9 +23,13 @@ struct APIAbuseTests {
             out.append((good, nil, nil))
             for v in Self.badValues { if let bad = ids(shape, value: v) { out.append((bad, nil, nil)) } }
             for maskShape in [shape, [1, 1], [2, 5], [0]] {
-                for m in [Int32(0), 1, 2, -1] { if let mask = ids(maskShape, value: m) { out.append((good, mask, nil)) } }
+                for m in [Int32(0), 1, 2, -1] {
+                    if let mask = ids(maskShape, value: m) { out.append((good, mask, nil)) }
+                }
             }
-            for t in [Int32(0), 1, 2, -1, .max] { if let types = ids(shape, value: t) { out.append((good, nil, types)) } }
+            for t in [Int32(0), 1, 2, -1, .max] {
+                if let types = ids(shape, value: t) { out.append((good, nil, types)) }
+            }
             if let types = ids([3, 1]) { out.append((good, nil, types)) }
         }
         return out
@@ -44,10 +48,16 @@ struct APIAbuseTests {
             }
         }
         for prompts in [[], [[]], [[1], []], [[-1]], [[97]], [[Int32.max]], [[1, 2], [3]]] as [[[Int32]]] {
-            for options in [GenerationOptions(maxNewTokens: 3), GenerationOptions(maxNewTokens: -1), GenerationOptions(maxNewTokens: 3, padID: -7),
-                            GenerationOptions(maxNewTokens: 3, greedy: false, temperature: 0), GenerationOptions(maxNewTokens: 3, greedy: false, topK: 0),
-                            GenerationOptions(maxNewTokens: 3, greedy: false, topP: 0), GenerationOptions(maxNewTokens: 3, greedy: false, topP: .nan),
-                            GenerationOptions(maxNewTokens: 3, repetitionPenalty: 0), GenerationOptions(maxNewTokens: 3, stopTokens: [-1, 500])] {
+            for options in [
+                GenerationOptions(maxNewTokens: 3), GenerationOptions(maxNewTokens: -1),
+                GenerationOptions(maxNewTokens: 3, padID: -7),
+                GenerationOptions(maxNewTokens: 3, greedy: false, temperature: 0),
+                GenerationOptions(maxNewTokens: 3, greedy: false, topK: 0),
+                GenerationOptions(maxNewTokens: 3, greedy: false, topP: 0),
+                GenerationOptions(maxNewTokens: 3, greedy: false, topP: .nan),
+                GenerationOptions(maxNewTokens: 3, repetitionPenalty: 0),
+                GenerationOptions(maxNewTokens: 3, stopTokens: [-1, 500]),
+            ] {
                 do { _ = try lm.generate(prompts: prompts, options: options) } catch { thrown += 1 }
             }
         }
@@ -59,9 +69,17 @@ struct APIAbuseTests {
         var thrown = 0
         for (x, mask, types) in inputs() {
             do { _ = try classifier.logits(x, attentionMask: mask, tokenTypeIDs: types) } catch { thrown += 1 }
-            do { _ = try classifier.bert.hiddenStates(x, attentionMask: mask, tokenTypeIDs: types) } catch { thrown += 1 }
-            do { _ = try classifier.bert.firstHiddenState(x, attentionMask: mask, tokenTypeIDs: types) } catch { thrown += 1 }
-            if let mask { do { _ = try classifier.bert.sentenceEmbeddings(x, attentionMask: mask, tokenTypeIDs: types) } catch { thrown += 1 } }
+            do { _ = try classifier.bert.hiddenStates(x, attentionMask: mask, tokenTypeIDs: types) } catch {
+                thrown += 1
+            }
+            do { _ = try classifier.bert.firstHiddenState(x, attentionMask: mask, tokenTypeIDs: types) } catch {
+                thrown += 1
+            }
+            if let mask {
+                do { _ = try classifier.bert.sentenceEmbeddings(x, attentionMask: mask, tokenTypeIDs: types) } catch {
+                    thrown += 1
+                }
+            }
         }
         for shape in [[0], [2, 0, 30], [1, 1, 5], [2, 3, 30], [0, 0, 0]] {
             do { _ = try classifier.bert.pooled(try Tensor.zeros(shape)) } catch { thrown += 1 }
@@ -70,7 +88,8 @@ struct APIAbuseTests {
     }
 
     @Test func tokenizersWithBadOptionsThrowOrReturn() throws {
-        let wordpiece = try WordPieceTokenizer(vocabularyFile: Fixtures.directory.appendingPathComponent("tokenizers/wordpiece/vocab.txt").path)
+        let wordpiece = try WordPieceTokenizer(
+            vocabularyFile: Fixtures.directory.appendingPathComponent("tokenizers/wordpiece/vocab.txt").path)
         for maxLength in [nil, 0, 1, 2, 3, -1, .max] as [Int?] {
             for padding in [EncodingOptions.Padding.none, .longest, .maxLength] {
                 let options = EncodingOptions(maxLength: maxLength, padding: padding)
@@ -81,7 +100,9 @@ struct APIAbuseTests {
         }
         _ = wordpiece.decode([-1, 0, 5, .max, .min])
         let bpe = Fixtures.directory.appendingPathComponent("tokenizers/bpe")
-        let gpt = try BPETokenizer(vocabularyFile: bpe.appendingPathComponent("vocab.json").path, mergesFile: bpe.appendingPathComponent("merges.txt").path)
+        let gpt = try BPETokenizer(
+            vocabularyFile: bpe.appendingPathComponent("vocab.json").path,
+            mergesFile: bpe.appendingPathComponent("merges.txt").path)
         _ = gpt.decode([-1, 0, .max, .min])
         _ = gpt.encodeBatch([], padID: -1)
         _ = gpt.encodeBatch(["", "a"], padID: .max, leftPadding: false)

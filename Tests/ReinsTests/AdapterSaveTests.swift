@@ -30,7 +30,8 @@ struct AdapterSaveTests {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         try model.saveAdapter("task", to: dir)
-        #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("reins_adapter_model.safetensors").path))
+        #expect(
+            FileManager.default.fileExists(atPath: dir.appendingPathComponent("reins_adapter_model.safetensors").path))
         let fresh = try BottleneckAdapterTests().gpt2()
         try fresh.loadAdapter("task", from: dir)
         expectClose(try fresh.logits(ids), expected, atol: 1e-6, rtol: 1e-6, "LoRA + Houlsby after save and load")
@@ -61,15 +62,23 @@ struct AdapterSaveTests {
         // Once wrote the active adapter's head and BitFit biases (and a merged LoRA) in place of the base's own.
         let model = try BottleneckAdapterTests().bert()
         let baseLogits = try model.logits(ids)
-        try model.addAdapter("task", .loraBitFit(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"])), labels: 3)
+        try model.addAdapter(
+            "task", .loraBitFit(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"])), labels: 3)
         try randomize(model, seed: 21)
-        for case let layer as any LoRAHost in model.namedModules().map(\.module) where !layer.loras.isEmpty { try layer.merge() }
+        for case let layer as any LoRAHost in model.namedModules().map(\.module) where !layer.loras.isEmpty {
+            try layer.merge()
+        }
         #expect(try model.logits(ids).scalars != baseLogits.scalars)
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        try model.save(to: dir, config: try Checkpoint.readJSON(Fixtures.model("bert-cls").appendingPathComponent("config.json")))
-        guard case let .bertSequenceClassification(reloaded) = try PretrainedModel.load(directory: dir) else { throw ModelError.badInput("kind") }
-        expectClose(try reloaded.logits(ids), baseLogits, atol: 1e-6, rtol: 1e-6, "the base saved while an adapter is active and merged")
+        try model.save(
+            to: dir, config: try Checkpoint.readJSON(Fixtures.model("bert-cls").appendingPathComponent("config.json")))
+        guard case let .bertSequenceClassification(reloaded) = try PretrainedModel.load(directory: dir) else {
+            throw ModelError.badInput("kind")
+        }
+        expectClose(
+            try reloaded.logits(ids), baseLogits, atol: 1e-6, rtol: 1e-6,
+            "the base saved while an adapter is active and merged")
         // The model itself is as it was: the adapter still active and merged.
         #expect(model.activeAdapterName == "task")
         #expect(model.namedModules().contains { ($0.module as? any LoRAHost)?.isMerged == true })
@@ -81,6 +90,8 @@ struct AdapterSaveTests {
         try model.addIA3("task")
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        #expect(performing: { try model.saveAdapter("task", to: dir) }, throws: { "\($0)".contains("was not saved whole") && "\($0)".contains("ia3_l.task") })
+        #expect(
+            performing: { try model.saveAdapter("task", to: dir) },
+            throws: { "\($0)".contains("was not saved whole") && "\($0)".contains("ia3_l.task") })
     }
 }

@@ -6,7 +6,9 @@ import Testing
 struct BlockAdapterFileTests {
     @Test func blockAdaptersRoundTripAndBadFilesAreNamed() throws {
         func load() throws -> GPT2LMHeadModel {
-            guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else { throw ModelError.badInput("fixture") }
+            guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else {
+                throw ModelError.badInput("fixture")
+            }
             return m
         }
         let model = try load()
@@ -25,8 +27,11 @@ struct BlockAdapterFileTests {
         try AdapterFiles.load(directory: dir, into: fresh, name: "restored")
         expectClose(try fresh.logits(ids), expected, atol: 1e-6, rtol: 1e-6, "block adapters after save and load")
         // Only adapter tensors and JSON: 4 bytes per adapter parameter plus the header.
-        let count = model.namedParameters().filter { $0.key.contains(".adapters.") }.map { $0.parameter.value.count }.reduce(0, +)
-        let bytes = try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent("adapter_model.safetensors").path)[.size] as! Int
+        let count = model.namedParameters().filter { $0.key.contains(".adapters.") }.map { $0.parameter.value.count }
+            .reduce(0, +)
+        let bytes =
+            try FileManager.default.attributesOfItem(
+                atPath: dir.appendingPathComponent("adapter_model.safetensors").path)[.size] as! Int
         #expect(bytes >= 4 * count && bytes < 4 * count + 8192)
 
         // A missing tensor and an unexpected one are named.
@@ -34,13 +39,22 @@ struct BlockAdapterFileTests {
         var tensors = try Dictionary(uniqueKeysWithValues: file.names.map { ($0, try file.tensor($0)) })
         tensors["transformer.h.1.adapters.output_adapter.adapter_up.bias"] = nil
         try SafeTensorsFile.write(tensors, to: dir.appendingPathComponent("adapter_model.safetensors").path)
-        #expect(throws: ModelError.checkpointMismatch(missing: ["transformer.h.1.adapters.output_adapter.adapter_up.bias"], unexpected: [], misshaped: [])) {
+        #expect(
+            throws: ModelError.checkpointMismatch(
+                missing: ["transformer.h.1.adapters.output_adapter.adapter_up.bias"], unexpected: [], misshaped: [])
+        ) {
             try AdapterFiles.load(directory: dir, into: try load())
         }
         tensors["transformer.h.1.adapters.output_adapter.adapter_up.bias"] = try Tensor.zeros([30])
         tensors["transformer.h.9.adapters.output_adapter.adapter_up.bias"] = try Tensor.zeros([30])
         try SafeTensorsFile.write(tensors, to: dir.appendingPathComponent("adapter_model.safetensors").path)
-        #expect(throws: ModelError.checkpointMismatch(missing: [], unexpected: ["transformer.h.9.adapters.output_adapter.adapter_up.bias (no parameter 'transformer.h.9.adapters.output_adapter.adapter_up.bias' in the model)"], misshaped: [])) {
+        #expect(
+            throws: ModelError.checkpointMismatch(
+                missing: [],
+                unexpected: [
+                    "transformer.h.9.adapters.output_adapter.adapter_up.bias (no parameter 'transformer.h.9.adapters.output_adapter.adapter_up.bias' in the model)"
+                ], misshaped: [])
+        ) {
             try AdapterFiles.load(directory: dir, into: try load())
         }
     }

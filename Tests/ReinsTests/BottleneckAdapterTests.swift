@@ -5,11 +5,14 @@ import Testing
 
 struct BottleneckAdapterTests {
     func gpt2() throws -> GPT2LMHeadModel {
-        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else { throw ModelError.badInput("fixture") }
+        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else {
+            throw ModelError.badInput("fixture")
+        }
         return m
     }
     func bert() throws -> BertForSequenceClassification {
-        guard case let .bertSequenceClassification(m) = try PretrainedModel.load(directory: Fixtures.model("bert-cls")) else { throw ModelError.badInput("fixture") }
+        guard case let .bertSequenceClassification(m) = try PretrainedModel.load(directory: Fixtures.model("bert-cls"))
+        else { throw ModelError.badInput("fixture") }
         return m
     }
 

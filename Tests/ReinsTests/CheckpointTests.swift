@@ -7,15 +7,19 @@ struct CheckpointTests {
     let gpt2 = Fixtures.model("gpt2-lm")
 
     /// A copy of a fixture checkpoint whose tensors and config are changed by `edit`.
-    func editedCopy(of source: URL, in dir: URL, config: (inout [String: Any]) -> Void = { _ in },
-                    tensors edit: (inout [String: Tensor]) throws -> Void = { _ in }) throws -> URL {
+    func editedCopy(
+        of source: URL, in dir: URL, config: (inout [String: Any]) -> Void = { _ in },
+        tensors edit: (inout [String: Tensor]) throws -> Void = { _ in }
+    ) throws -> URL {
         let out = dir.appendingPathComponent(UUID().uuidString)
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
         let file = try SafeTensorsFile(path: source.appendingPathComponent("model.safetensors").path)
         var tensors = try Dictionary(uniqueKeysWithValues: file.names.map { ($0, try file.tensor($0)) })
         try edit(&tensors)
         try SafeTensorsFile.write(tensors, to: out.appendingPathComponent("model.safetensors").path)
-        var json = try JSONSerialization.jsonObject(with: Data(contentsOf: source.appendingPathComponent("config.json"))) as! [String: Any]
+        var json =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: source.appendingPathComponent("config.json")))
+            as! [String: Any]
         config(&json)
         try JSONSerialization.data(withJSONObject: json).write(to: out.appendingPathComponent("config.json"))
         return out
@@ -30,7 +34,9 @@ struct CheckpointTests {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let model = try PretrainedModel.load(directory: gpt2)
-        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: gpt2.appendingPathComponent("config.json"))) as! [String: Any]
+        let config =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: gpt2.appendingPathComponent("config.json")))
+            as! [String: Any]
         // An attached (inactive) adapter is not part of the base checkpoint.
         try model.module.addBottleneckAdapter("task", placement: .pfeiffer, size: 30, bottleneck: 2)
         model.module.activateAdapter(nil)
@@ -38,7 +44,9 @@ struct CheckpointTests {
         let saved = try SafeTensorsFile(path: dir.appendingPathComponent("model.safetensors").path)
         #expect(saved.entries["lm_head.weight"] == nil && saved.entries["transformer.wte.weight"] != nil)
         // Equal up to rounding: OpenBLAS may block a GEMM differently when tests run in parallel change its threads.
-        expectClose(try gpt2Logits(PretrainedModel.load(directory: dir)), try gpt2Logits(model), atol: 1e-6, rtol: 1e-6, "logits after save and load")
+        expectClose(
+            try gpt2Logits(PretrainedModel.load(directory: dir)), try gpt2Logits(model), atol: 1e-6, rtol: 1e-6,
+            "logits after save and load")
     }
 
     @Test func shardedCheckpointsLoad() throws {
@@ -49,40 +57,60 @@ struct CheckpointTests {
         var map: [String: String] = [:]
         for (i, part) in [Array(names.prefix(10)), Array(names.dropFirst(10))].enumerated() {
             let shard = "model-0000\(i + 1)-of-00002.safetensors"
-            try SafeTensorsFile.write(try Dictionary(uniqueKeysWithValues: part.map { ($0, try file.tensor($0)) }),
-                                      to: dir.appendingPathComponent(shard).path)
+            try SafeTensorsFile.write(
+                try Dictionary(uniqueKeysWithValues: part.map { ($0, try file.tensor($0)) }),
+                to: dir.appendingPathComponent(shard).path)
             for n in part { map[n] = shard }
         }
-        try JSONSerialization.data(withJSONObject: ["metadata": [:], "weight_map": map]).write(to: dir.appendingPathComponent("model.safetensors.index.json"))
-        try FileManager.default.copyItem(at: gpt2.appendingPathComponent("config.json"), to: dir.appendingPathComponent("config.json"))
-        expectClose(try gpt2Logits(PretrainedModel.load(directory: dir)), try gpt2Logits(PretrainedModel.load(directory: gpt2)),
-                    atol: 1e-6, rtol: 1e-6, "logits from shards")
+        try JSONSerialization.data(withJSONObject: ["metadata": [:], "weight_map": map]).write(
+            to: dir.appendingPathComponent("model.safetensors.index.json"))
+        try FileManager.default.copyItem(
+            at: gpt2.appendingPathComponent("config.json"), to: dir.appendingPathComponent("config.json"))
+        expectClose(
+            try gpt2Logits(PretrainedModel.load(directory: dir)), try gpt2Logits(PretrainedModel.load(directory: gpt2)),
+            atol: 1e-6, rtol: 1e-6, "logits from shards")
     }
 
     @Test func baseAndHeadCheckpointsLoadEitherWay() throws {
         let base = Fixtures.model("bert-base")
         // A base checkpoint (no `bert.` prefix) under a new classification head.
-        let head = try PretrainedModel.load(directory: base, architecture: "BertForSequenceClassification", newlyInitialized: ["classifier."])
-        guard case let .bertSequenceClassification(cls) = head, case let .bert(bare) = try PretrainedModel.load(directory: base) else {
+        let head = try PretrainedModel.load(
+            directory: base, architecture: "BertForSequenceClassification", newlyInitialized: ["classifier."])
+        guard case let .bertSequenceClassification(cls) = head,
+            case let .bert(bare) = try PretrainedModel.load(directory: base)
+        else {
             Issue.record("wrong architectures built"); return
         }
         let ids = try IntTensor(shape: [1, 3], values: [2, 9, 3])
-        expectClose(try cls.bert.hiddenStates(ids).scalars, try bare.hiddenStates(ids).scalars, atol: 1e-6, rtol: 1e-6, "same encoder")
+        expectClose(
+            try cls.bert.hiddenStates(ids).scalars, try bare.hiddenStates(ids).scalars, atol: 1e-6, rtol: 1e-6,
+            "same encoder")
         // The new head is initialised as transformers does (N(0, 0.02) weights, zero bias), identically every time.
         let w = cls.classifier.weight.value.scalars
         let std = (w.map { $0 * $0 }.reduce(0, +) / Float(w.count)).squareRoot()
         #expect(std > 0.01 && std < 0.04, "classifier weight std \(std)")
         #expect(cls.classifier.bias!.value.scalars.allSatisfy { $0 == 0 })
-        guard case let .bertSequenceClassification(again) = try PretrainedModel.load(directory: base, architecture: "BertForSequenceClassification", newlyInitialized: ["classifier."]) else { return }
+        guard
+            case let .bertSequenceClassification(again) = try PretrainedModel.load(
+                directory: base, architecture: "BertForSequenceClassification", newlyInitialized: ["classifier."])
+        else { return }
         #expect(again.classifier.weight.value.scalars == w)
         // Without naming the new head, strict loading names what is missing.
-        #expect(throws: ModelError.checkpointMismatch(missing: ["classifier.weight", "classifier.bias"], unexpected: [], misshaped: [])) {
+        #expect(
+            throws: ModelError.checkpointMismatch(
+                missing: ["classifier.weight", "classifier.bias"], unexpected: [], misshaped: [])
+        ) {
             try PretrainedModel.load(directory: base, architecture: "BertForSequenceClassification")
         }
         // A head checkpoint (`transformer.` prefix) into the bare GPT-2 model.
-        guard case .gpt2 = try PretrainedModel.load(directory: gpt2, architecture: "GPT2Model") else { Issue.record("not GPT2Model"); return }
+        guard case .gpt2 = try PretrainedModel.load(directory: gpt2, architecture: "GPT2Model") else {
+            Issue.record("not GPT2Model"); return
+        }
         // A classification checkpoint into the bare BERT model: the classifier is unexpected, and named.
-        #expect(throws: ModelError.checkpointMismatch(missing: [], unexpected: ["classifier.bias", "classifier.weight"], misshaped: [])) {
+        #expect(
+            throws: ModelError.checkpointMismatch(
+                missing: [], unexpected: ["classifier.bias", "classifier.weight"], misshaped: [])
+        ) {
             try PretrainedModel.load(directory: Fixtures.model("bert-cls"), architecture: "BertModel")
         }
     }
@@ -91,15 +119,26 @@ struct CheckpointTests {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let missing = try editedCopy(of: gpt2, in: dir, tensors: { $0["transformer.h.1.mlp.c_fc.bias"] = nil })
-        #expect(throws: ModelError.checkpointMismatch(missing: ["transformer.h.1.mlp.c_fc.bias"], unexpected: [], misshaped: [])) {
+        #expect(
+            throws: ModelError.checkpointMismatch(
+                missing: ["transformer.h.1.mlp.c_fc.bias"], unexpected: [], misshaped: [])
+        ) {
             try PretrainedModel.load(directory: missing)
         }
-        let misshaped = try editedCopy(of: gpt2, in: dir, tensors: { $0["transformer.ln_f.weight"] = try Tensor.ones([31]) })
-        #expect(throws: ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: ["transformer.ln_f.weight is [31], expected [30]"])) {
+        let misshaped = try editedCopy(
+            of: gpt2, in: dir, tensors: { $0["transformer.ln_f.weight"] = try Tensor.ones([31]) })
+        #expect(
+            throws: ModelError.checkpointMismatch(
+                missing: [], unexpected: [], misshaped: ["transformer.ln_f.weight is [31], expected [30]"])
+        ) {
             try PretrainedModel.load(directory: misshaped)
         }
-        let extra = try editedCopy(of: gpt2, in: dir, tensors: { $0["transformer.h.2.ln_1.weight"] = try Tensor.ones([30]) })
-        #expect(throws: ModelError.checkpointMismatch(missing: [], unexpected: ["transformer.h.2.ln_1.weight"], misshaped: [])) {
+        let extra = try editedCopy(
+            of: gpt2, in: dir, tensors: { $0["transformer.h.2.ln_1.weight"] = try Tensor.ones([30]) })
+        #expect(
+            throws: ModelError.checkpointMismatch(
+                missing: [], unexpected: ["transformer.h.2.ln_1.weight"], misshaped: [])
+        ) {
             try PretrainedModel.load(directory: extra)
         }
         let unknown = try editedCopy(of: gpt2, in: dir, config: { $0["architectures"] = ["LlamaForCausalLM"] })
@@ -107,13 +146,23 @@ struct CheckpointTests {
             try PretrainedModel.load(directory: unknown)
         }
         let byType = try editedCopy(of: gpt2, in: dir, config: { $0["architectures"] = nil })
-        guard case .gpt2LMHead = try PretrainedModel.load(directory: byType) else { Issue.record("model_type fallback"); return }
-        let neither = try editedCopy(of: gpt2, in: dir, config: { $0["architectures"] = nil; $0["model_type"] = nil })
-        #expect(throws: ModelError.unknownArchitecture("(none in config.json)", known: PretrainedModel.knownArchitectures)) {
+        guard case .gpt2LMHead = try PretrainedModel.load(directory: byType) else {
+            Issue.record("model_type fallback"); return
+        }
+        let neither = try editedCopy(
+            of: gpt2, in: dir,
+            config: {
+                $0["architectures"] = nil; $0["model_type"] = nil
+            })
+        #expect(
+            throws: ModelError.unknownArchitecture("(none in config.json)", known: PretrainedModel.knownArchitectures)
+        ) {
             try PretrainedModel.load(directory: neither)
         }
         let badConfig = try editedCopy(of: gpt2, in: dir, config: { $0["n_head"] = 7 })
-        #expect { try PretrainedModel.load(directory: badConfig) } throws: { "\($0)".contains("not divisible by n_head 7") }
+        #expect { try PretrainedModel.load(directory: badConfig) } throws: {
+            "\($0)".contains("not divisible by n_head 7")
+        }
         #expect(throws: ModelError.missingFile(path: dir.appendingPathComponent("nothing/config.json").path)) {
             try PretrainedModel.load(directory: dir.appendingPathComponent("nothing"))
         }
@@ -130,7 +179,8 @@ struct CheckpointTests {
 
     @Test func badInputsThrowNamedErrors() throws {
         guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: gpt2),
-              case let .bertSequenceClassification(bert) = try PretrainedModel.load(directory: Fixtures.model("bert-cls")) else {
+            case let .bertSequenceClassification(bert) = try PretrainedModel.load(directory: Fixtures.model("bert-cls"))
+        else {
             Issue.record("wrong architectures built"); return
         }
         #expect(throws: ModelError.tokenOutOfRange(position: 2, id: 97, vocabularySize: 97)) {
@@ -146,16 +196,21 @@ struct CheckpointTests {
             try bert.logits(try IntTensor(shape: [1, 41], values: [Int32](repeating: 1, count: 41)))
         }
         #expect(throws: ModelError.tokenTypeOutOfRange(position: 1, type: 2, typeCount: 2)) {
-            try bert.logits(try IntTensor(shape: [1, 2], values: [1, 2]), tokenTypeIDs: try IntTensor(shape: [1, 2], values: [0, 2]))
+            try bert.logits(
+                try IntTensor(shape: [1, 2], values: [1, 2]),
+                tokenTypeIDs: try IntTensor(shape: [1, 2], values: [0, 2]))
         }
         #expect(throws: ModelError.self) {
-            try bert.logits(try IntTensor(shape: [1, 2], values: [1, 2]), attentionMask: try IntTensor(shape: [1, 3], values: [1, 1, 1]))
+            try bert.logits(
+                try IntTensor(shape: [1, 2], values: [1, 2]),
+                attentionMask: try IntTensor(shape: [1, 3], values: [1, 1, 1]))
         }
         #expect(throws: ModelError.self) { try lm.logits(IntTensor([1, 2, 3])) }
     }
 
     @Test func freezingAndCounting() throws {
-        guard case let .bertSequenceClassification(m) = try PretrainedModel.load(directory: Fixtures.model("bert-cls")) else {
+        guard case let .bertSequenceClassification(m) = try PretrainedModel.load(directory: Fixtures.model("bert-cls"))
+        else {
             Issue.record("wrong architecture"); return
         }
         let total = m.parameterCount

@@ -13,7 +13,8 @@ struct DoRATests {
         let ids = try IntTensor(shape: [2, 5], values: [5, 17, 42, 3, 8, 9, 1, 77, 30, 2])
         let base = try model.logits(ids).scalars
         model.freeze()
-        let keys = try model.addLoRA("task", LoRAConfig(rank: 3, alpha: 6, targets: ["c_attn", "c_fc"], dora: true), seed: 5)
+        let keys = try model.addLoRA(
+            "task", LoRAConfig(rank: 3, alpha: 6, targets: ["c_attn", "c_fc"], dora: true), seed: 5)
         let layers = model.namedModules().filter { keys.contains($0.key) }.compactMap { $0.module as? Linear }
         #expect(layers.count == 4)
         expectClose(try model.logits(ids).scalars, base, atol: 1e-5, rtol: 1e-5, "attaching DoRA changes nothing")
@@ -43,7 +44,8 @@ struct DoRATests {
         let mlp = try #require(fresh.namedModules().first { $0.key == "transformer.h.0.mlp.c_proj" }?.module as? Linear)
         try mlp.attachLoRA("default", LoRA(inputs: mlp.inputs, outputs: mlp.outputs, rank: 2, alpha: 2, seed: 1))
         #expect { try PEFTAdapter.save(fresh, to: dir, taskType: "CAUSAL_LM") } throws: {
-            "\($0)".contains("mixes DoRA ('transformer.h.0.attn.c_attn') and plain LoRA ('transformer.h.0.mlp.c_proj') layers")
+            "\($0)".contains(
+                "mixes DoRA ('transformer.h.0.attn.c_attn') and plain LoRA ('transformer.h.0.mlp.c_proj') layers")
         }
     }
 
@@ -52,7 +54,8 @@ struct DoRATests {
     @Test func doraDropoutFollowsPEFTsFormula() throws {
         let layer = try Linear(inputs: 7, outputs: 5, seed: 3)
         layer.bias!.value = try Tensor.uniform([5], low: -1, high: 1, seed: 4)
-        let a = try Tensor.uniform([2, 7], low: -0.5, high: 0.5, seed: 5), b = try Tensor.uniform([5, 2], low: -0.5, high: 0.5, seed: 6)
+        let a = try Tensor.uniform([2, 7], low: -0.5, high: 0.5, seed: 5),
+            b = try Tensor.uniform([5, 2], low: -0.5, high: 0.5, seed: 6)
         let m = try Tensor.uniform([5], low: 0.5, high: 1.5, seed: 7)
         let lora = LoRA(a: a, b: b, scale: 1.5, magnitude: m)
         lora.dropout = 0.4
@@ -77,7 +80,9 @@ struct DoRATests {
         let expected = try full + (droppedBase * factor - droppedBase) + low * factor
         expectClose(y, expected, atol: 1e-5, rtol: 1e-5, "DoRA with dropout")
         // Outside training the dropout is off: b + f ⊙ (W x + s·B·A·x).
-        let plain = try Tensor.linear(x, weight: layer.weight.value) + Tensor.linear(Tensor.linear(x, weight: a), weight: b).scaled(by: 1.5)
+        let plain =
+            try Tensor.linear(x, weight: layer.weight.value)
+            + Tensor.linear(Tensor.linear(x, weight: a), weight: b).scaled(by: 1.5)
         expectClose(try layer(x), try plain * factor + layer.bias!.value, atol: 1e-5, rtol: 1e-5, "DoRA in inference")
     }
 }

@@ -12,7 +12,8 @@ struct GenerationTests {
             throw ModelError.badInput("the fixture is not a GPT-2 LM")
         }
         model = m
-        reference = try SafeTensorsFile(path: Fixtures.model("gpt2-lm").appendingPathComponent("generate.safetensors").path)
+        reference = try SafeTensorsFile(
+            path: Fixtures.model("gpt2-lm").appendingPathComponent("generate.safetensors").path)
     }
 
     /// The prompts of the fixture, padding removed.
@@ -25,7 +26,8 @@ struct GenerationTests {
     @Test func greedyMatchesTransformersOnLeftPaddedBatches() throws {
         let prompts = try prompts()
         let out = try model.generate(prompts: prompts, options: GenerationOptions(maxNewTokens: 12, padID: 96))
-        let seq = try reference.intTensor("sequences"), width = seq.shape[1], L = try reference.intTensor("prompt_ids").shape[1]
+        let seq = try reference.intTensor("sequences"), width = seq.shape[1],
+            L = try reference.intTensor("prompt_ids").shape[1]
         for (b, p) in prompts.enumerated() {
             let expected = Array(seq.values[(b * width + L)..<((b + 1) * width)])
             #expect(Array(out[b].dropFirst(p.count)) == expected, "prompt \(b)")
@@ -38,10 +40,15 @@ struct GenerationTests {
         let ids: [Int32] = [5, 17, 42, 3, 8, 60, 11]
         let full = try model.logits(try IntTensor(shape: [1, 7], values: ids))
         let cache = KVCache(layers: 2)
-        var stepped: [Float] = try model.logits(try IntTensor(shape: [1, 4], values: Array(ids.prefix(4))), cache: cache).scalars
+        var stepped: [Float] = try model.logits(
+            try IntTensor(shape: [1, 4], values: Array(ids.prefix(4))), cache: cache
+        ).scalars
         for (i, id) in ids.dropFirst(4).enumerated() {
-            stepped += try model.logits(try IntTensor(shape: [1, 1], values: [id]), attentionMask: try IntTensor(shape: [1, 5 + i], values: [Int32](repeating: 1, count: 5 + i)),
-                                        cache: cache).scalars
+            stepped += try model.logits(
+                try IntTensor(shape: [1, 1], values: [id]),
+                attentionMask: try IntTensor(shape: [1, 5 + i], values: [Int32](repeating: 1, count: 5 + i)),
+                cache: cache
+            ).scalars
         }
         expectClose(stepped, full.scalars, atol: 1e-5, rtol: 1e-5, "logits with the KV cache")
         #expect(cache.length == 7)
@@ -73,6 +80,8 @@ struct GenerationTests {
         #expect(throws: ModelError.badInput("maxNewTokens must not be negative, got -1")) {
             try model.generate(prompts: [[1]], options: GenerationOptions(maxNewTokens: -1))
         }
-        #expect(throws: ModelError.tokenOutOfRange(position: 1, id: 500, vocabularySize: 97)) { try model.generate(prompts: [[1, 500]]) }
+        #expect(throws: ModelError.tokenOutOfRange(position: 1, id: 500, vocabularySize: 97)) {
+            try model.generate(prompts: [[1, 500]])
+        }
     }
 }

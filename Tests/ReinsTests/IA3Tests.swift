@@ -5,13 +5,18 @@ import Testing
 
 struct IA3Tests {
     @Test func peftIA3ReproducesPEFTLogitsStartsAsANoOpAndTrainsAlone() throws {
-        guard case let .gpt2LMHead(model) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else { return }
+        guard case let .gpt2LMHead(model) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else {
+            return
+        }
         let ids = try IntTensor(shape: [1, 5], values: [5, 17, 42, 3, 8])
         let base = try model.logits(ids).scalars
         try PEFTAdapter.load(directory: LoRATests.adapter("gpt2-ia3"), into: model)
-        let io = try SafeTensorsFile(path: LoRATests.adapter("gpt2-ia3").appendingPathComponent("expected.safetensors").path)
-        expectClose(try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask")), try io.tensor("logits"),
-                    atol: 1e-4, rtol: 1e-4, "GPT-2 + IA3 (c_attn output, mlp.c_proj input) logits")
+        let io = try SafeTensorsFile(
+            path: LoRATests.adapter("gpt2-ia3").appendingPathComponent("expected.safetensors").path)
+        expectClose(
+            try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask")),
+            try io.tensor("logits"),
+            atol: 1e-4, rtol: 1e-4, "GPT-2 + IA3 (c_attn output, mlp.c_proj input) logits")
         // A fresh IA3 adapter (vectors of ones) changes nothing; only its vectors train: 3C per c_attn + 4C per c_proj input.
         model.activateAdapter(nil)
         model.freeze()
@@ -23,7 +28,11 @@ struct IA3Tests {
         expectClose(try model.logits(ids).scalars, base, atol: 1e-6, rtol: 1e-6, "ones: nothing changes")
         #expect(model.trainableParameterCount == 2 * (90 + 37))
         try model.loss(ids).backward()
-        for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == key.contains(".ia3_l.fresh"), "\(key)") }
-        #expect(throws: ModelError.self) { try model.transformer.blocks[0].attentionIn.attachIA3("bad", IA3(size: 7, scalesInput: false)) }
+        for (key, p) in model.namedParameters() {
+            #expect((p.gradient != nil) == key.contains(".ia3_l.fresh"), "\(key)")
+        }
+        #expect(throws: ModelError.self) {
+            try model.transformer.blocks[0].attentionIn.attachIA3("bad", IA3(size: 7, scalesInput: false))
+        }
     }
 }

@@ -5,7 +5,10 @@ import Testing
 
 /// Metrics against scikit-learn, seqeval, sacrebleu and the SQuAD script on fixed inputs (Tests/Fixtures/make_metric_fixtures.py).
 struct MetricsTests {
-    let json = try! JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.directory.appendingPathComponent("metrics/expected.json"))) as! [String: Any]
+    let json =
+        try! JSONSerialization.jsonObject(
+            with: Data(contentsOf: Fixtures.directory.appendingPathComponent("metrics/expected.json")))
+        as! [String: Any]
 
     @Test func classificationMetricsMatchScikitLearn() {
         let truth = json["truth"] as! [Int], predicted = json["predicted"] as! [Int]
@@ -18,7 +21,9 @@ struct MetricsTests {
         let truth = e["truth"] as! [[String]], predicted = e["predicted"] as! [[String]]
         // Every sequence's entities, as seqeval's get_entities reads them (type, first, last).
         for (tags, spans) in zip(truth + predicted, e["spans"] as! [[[Any]]]) {
-            let expected = spans.map { Metrics.Entity(type: $0[0] as! String, first: $0[1] as! Int, last: $0[2] as! Int) }
+            let expected = spans.map {
+                Metrics.Entity(type: $0[0] as! String, first: $0[1] as! Int, last: $0[2] as! Int)
+            }
             #expect(Metrics.entities(tags) == expected, "entities of \(tags)")
         }
         let scores = Metrics.entityScores(predicted: predicted, truth: truth)
@@ -30,9 +35,14 @@ struct MetricsTests {
     @Test func bleuMatchesSacreBLEU() {
         let hyps = json["hypotheses"] as! [String], refs = json["references"] as! [[String]]
         let tokens = json["tokens_13a"] as! [[String]]
-        for (h, t) in zip(hyps + refs[0] + refs[1], tokens) { #expect(Metrics.tokenize13a(h).map(String.init) == t, "13a tokens of \(h)") }
+        for (h, t) in zip(hyps + refs[0] + refs[1], tokens) {
+            #expect(Metrics.tokenize13a(h).map(String.init) == t, "13a tokens of \(h)")
+        }
         #expect(abs(Metrics.bleu(hypotheses: hyps, references: refs) - (json["bleu"] as! Double)) < 1e-9)
-        #expect(abs(Metrics.bleu(hypotheses: hyps, references: Array(refs.prefix(1))) - (json["bleu_single_reference"] as! Double)) < 1e-9)
+        #expect(
+            abs(
+                Metrics.bleu(hypotheses: hyps, references: Array(refs.prefix(1)))
+                    - (json["bleu_single_reference"] as! Double)) < 1e-9)
     }
 
     @Test func questionAnsweringMetricsMatchSQuAD() {

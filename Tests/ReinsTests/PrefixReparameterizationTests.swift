@@ -6,7 +6,9 @@ import Testing
 struct PrefixReparameterizationTests {
     @Test func theMLPTrainsAndIsFoldedIntoPlainPrefixesWhenSaved() throws {
         func load() throws -> GPT2LMHeadModel {
-            guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else { throw ModelError.badInput("fixture") }
+            guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else {
+                throw ModelError.badInput("fixture")
+            }
             return m
         }
         let model = try load()
@@ -15,7 +17,9 @@ struct PrefixReparameterizationTests {
         try model.transformer.attach(prefix)
         let ids = try IntTensor(shape: [1, 5], values: [5, 17, 42, 3, 8])
         try model.loss(ids).backward()
-        for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == key.contains("prefix_encoder."), "\(key)") }
+        for (key, p) in model.namedParameters() {
+            #expect((p.gradient != nil) == key.contains("prefix_encoder."), "\(key)")
+        }
         let encoderCount: Int = 4 * 30 + (30 * 7 + 7) + (7 * 120 + 120)
         #expect(model.trainableParameterCount == encoderCount)
         let logits = try model.logits(ids)
@@ -30,7 +34,8 @@ struct PrefixReparameterizationTests {
         try prefix.fold()
         #expect(prefix.encoder == nil)
         expectClose(try model.logits(ids), logits, atol: 1e-6, rtol: 1e-6, "folded in place")
-        let adapterCount: Int = model.adapterNames.flatMap { model.parameters(ofAdapter: $0) }.map { $0.value.count }.reduce(0, +)
+        let adapterCount: Int = model.adapterNames.flatMap { model.parameters(ofAdapter: $0) }.map { $0.value.count }
+            .reduce(0, +)
         #expect(adapterCount == 4 * 2 * 2 * 30)
     }
 }

@@ -5,33 +5,51 @@ import Testing
 
 struct PrefixTuningTests {
     @Test func peftPrefixOnBERTWithPaddingAndSavedHeadReproducesPEFTLogits() throws {
-        guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: Fixtures.model("bert-cls")) else { return }
+        guard
+            case let .bertSequenceClassification(model) = try PretrainedModel.load(
+                directory: Fixtures.model("bert-cls"))
+        else { return }
         let dir = LoRATests.adapter("bert-prefix")
         try PEFTAdapter.load(directory: dir, into: model)
         #expect(model.bert.prefix?.length == 3)
         let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
-        let logits = try model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask"),
-                                      tokenTypeIDs: try io.intTensor("token_type_ids"))
+        let logits = try model.logits(
+            try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask"),
+            tokenTypeIDs: try io.intTensor("token_type_ids"))
         expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "BERT + prefix + head logits")
         model.freeze()
         model.bert.prefix!.embeddings.isTrainable = true
-        let loss = try Tensor.crossEntropy(logits: model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask")), targets: IntTensor([0, 1]))
+        let loss = try Tensor.crossEntropy(
+            logits: model.logits(try io.intTensor("input_ids"), attentionMask: try io.intTensor("attention_mask")),
+            targets: IntTensor([0, 1]))
         try loss.backward()
-        for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == (key == "bert.prompt_embeddings"), "\(key)") }
+        for (key, p) in model.namedParameters() {
+            #expect((p.gradient != nil) == (key == "bert.prompt_embeddings"), "\(key)")
+        }
     }
 
     @Test func peftPromptTuningOnBERTReproducesPEFTLogits() throws {
-        guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: Fixtures.model("bert-cls")) else { return }
+        guard
+            case let .bertSequenceClassification(model) = try PretrainedModel.load(
+                directory: Fixtures.model("bert-cls"))
+        else { return }
         let dir = LoRATests.adapter("bert-prompt")
         let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
-        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask"), types = try io.intTensor("token_type_ids")
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask"),
+            types = try io.intTensor("token_type_ids")
         try model.loadAdapter("prompt", from: dir)
         #expect(model.bert.promptLength == 4)
-        expectClose(try model.logits(ids, attentionMask: mask, tokenTypeIDs: types), try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "BERT + prompt + head logits")
+        expectClose(
+            try model.logits(ids, attentionMask: mask, tokenTypeIDs: types), try io.tensor("logits"), atol: 1e-4,
+            rtol: 1e-4, "BERT + prompt + head logits")
         // Only the prompt and the head train.
-        try Tensor.crossEntropy(logits: model.logits(ids, attentionMask: mask, tokenTypeIDs: types), targets: IntTensor([0, 2])).backward()
+        try Tensor.crossEntropy(
+            logits: model.logits(ids, attentionMask: mask, tokenTypeIDs: types), targets: IntTensor([0, 2])
+        ).backward()
         for (key, p) in model.namedParameters() {
-            #expect((p.gradient != nil) == (key == "bert.prompt_tuning_embeddings" || key.hasPrefix("classifier.")), "\(key)")
+            #expect(
+                (p.gradient != nil) == (key == "bert.prompt_tuning_embeddings" || key.hasPrefix("classifier.")),
+                "\(key)")
         }
         // Switched off, the base model's own logits come back (the prompt's positions are gone).
         model.activateAdapter(nil)
@@ -41,28 +59,36 @@ struct PrefixTuningTests {
     /// Token classification with a prompt: PEFT's logits cover the virtual positions first, `[B, P + T, labels]`
     /// (`includingPrompt`, what `reins logits` writes); without it, the tokens' rows alone, the same numbers.
     @Test func peftPromptTuningOnTokenClassificationReproducesPEFTLogits() throws {
-        guard case let .bertTokenClassification(model) = try PretrainedModel.load(directory: Fixtures.model("bert-tok")) else {
+        guard case let .bertTokenClassification(model) = try PretrainedModel.load(directory: Fixtures.model("bert-tok"))
+        else {
             Issue.record("bert-tok is a token classifier"); return
         }
         let dir = LoRATests.adapter("bert-tok-prompt")
         try PEFTAdapter.load(directory: dir, into: model)
         let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
-        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask"), types = try io.intTensor("token_type_ids")
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask"),
+            types = try io.intTensor("token_type_ids")
         let all = try model.logits(ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
         #expect(all.shape == [2, 11, 5])
-        expectClose(all, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "BERT token classification + prompt, P + T positions")
-        expectClose(try model.logits(ids, attentionMask: mask, tokenTypeIDs: types), try all.slice(axis: 1, 2..<11),
-                    atol: 0, rtol: 0, "the tokens' rows")
+        expectClose(
+            all, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "BERT token classification + prompt, P + T positions")
+        expectClose(
+            try model.logits(ids, attentionMask: mask, tokenTypeIDs: types), try all.slice(axis: 1, 2..<11),
+            atol: 0, rtol: 0, "the tokens' rows")
     }
 
     @Test func peftPrefixReproducesPEFTLogitsAndGenerationAgreesWithRecomputing() throws {
-        guard case let .gpt2LMHead(model) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else { return }
+        guard case let .gpt2LMHead(model) = try PretrainedModel.load(directory: Fixtures.model("gpt2-lm")) else {
+            return
+        }
         let dir = LoRATests.adapter("gpt2-prefix")
         try PEFTAdapter.load(directory: dir, into: model)
         #expect(model.transformer.prefixLength == 4)
         let io = try SafeTensorsFile(path: dir.appendingPathComponent("expected.safetensors").path)
         let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
-        expectClose(try model.logits(ids, attentionMask: mask), try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "GPT-2 + prefix logits")
+        expectClose(
+            try model.logits(ids, attentionMask: mask), try io.tensor("logits"), atol: 1e-4, rtol: 1e-4,
+            "GPT-2 + prefix logits")
         // Generation with the KV cache (prefix in the cache) continues exactly as recomputing from scratch would.
         let out = try model.generate(prompts: [[5, 17, 42]], options: GenerationOptions(maxNewTokens: 6))[0]
         let full = try model.logits(try IntTensor(shape: [1, out.count - 1], values: Array(out.dropLast())))
@@ -75,9 +101,13 @@ struct PrefixTuningTests {
         model.freeze()
         model.transformer.prefix!.embeddings.isTrainable = true
         try model.loss(ids, attentionMask: mask).backward()
-        for (key, p) in model.namedParameters() { #expect((p.gradient != nil) == (key == "transformer.prompt_embeddings"), "\(key)") }
+        for (key, p) in model.namedParameters() {
+            #expect((p.gradient != nil) == (key == "transformer.prompt_embeddings"), "\(key)")
+        }
         #expect(model.trainableParameterCount == 4 * 2 * 2 * 30)
         // A prefix for another model size is refused with the shapes named.
-        #expect { try model.transformer.attachPrefix(Parameter("p", try Tensor.zeros([4, 100]))) } throws: { "\($0)".contains("expected [P, 120]") }
+        #expect { try model.transformer.attachPrefix(Parameter("p", try Tensor.zeros([4, 100]))) } throws: {
+            "\($0)".contains("expected [P, 120]")
+        }
     }
 }

@@ -10,7 +10,9 @@ struct TokenizerTests {
     let expected: [String: Any]
 
     init() throws {
-        expected = try JSONSerialization.jsonObject(with: Data(contentsOf: Self.folder.appendingPathComponent("expected.json"))) as! [String: Any]
+        expected =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: Self.folder.appendingPathComponent("expected.json"))) as! [String: Any]
     }
 
     func section(_ name: String) -> [String: Any] { expected[name] as! [String: Any] }
@@ -19,13 +21,17 @@ struct TokenizerTests {
     @Test(arguments: ["vocab.txt", "tokenizer.json"])
     func wordPieceMatchesTokenizers(file: String) throws {
         let path = Self.folder.appendingPathComponent("wordpiece/\(file)").path
-        let tok = file == "vocab.txt" ? try WordPieceTokenizer(vocabularyFile: path) : try WordPieceTokenizer(tokenizerJSON: path)
+        let tok =
+            file == "vocab.txt"
+            ? try WordPieceTokenizer(vocabularyFile: path) : try WordPieceTokenizer(tokenizerJSON: path)
         let s = section("wordpiece"), texts = s["texts"] as! [String]
         for (text, ids) in zip(texts, idLists(s["ids"])) {
             #expect(try tok.encode(text).ids == ids, "\(text.debugDescription)")
         }
         for (text, ids) in zip(texts, idLists(s["truncated_max9"])) {
-            #expect(try tok.encode(text, options: EncodingOptions(maxLength: 9)).ids == ids, "truncated \(text.debugDescription)")
+            #expect(
+                try tok.encode(text, options: EncodingOptions(maxLength: 9)).ids == ids,
+                "truncated \(text.debugDescription)")
         }
         for (key, options) in [("pairs", EncodingOptions()), ("truncated_pairs_max9", EncodingOptions(maxLength: 9))] {
             for p in s[key] as! [[String: Any]] {
@@ -43,7 +49,9 @@ struct TokenizerTests {
         let tok = try WordPieceTokenizer(vocabularyFile: Self.folder.appendingPathComponent("wordpiece/vocab.txt").path)
         let batch = try tok.encodeBatch(["the dog", "the quick brown fox jumps"])
         #expect(batch[0].ids.count == batch[1].ids.count)
-        #expect(batch[0].attentionMask.suffix(3) == [0, 0, 0] && batch[0].ids.suffix(3) == [tok.padID, tok.padID, tok.padID])
+        #expect(
+            batch[0].attentionMask.suffix(3) == [0, 0, 0]
+                && batch[0].ids.suffix(3) == [tok.padID, tok.padID, tok.padID])
         #expect(batch[1].attentionMask.allSatisfy { $0 == 1 })
         let fixed = try tok.encodeBatch(["the dog"], options: EncodingOptions(maxLength: 10, padding: .maxLength))
         #expect(fixed[0].ids.count == 10)
@@ -52,8 +60,11 @@ struct TokenizerTests {
     @Test(arguments: ["vocab.json", "tokenizer.json"])
     func byteLevelBPEMatchesTokenizers(file: String) throws {
         let dir = Self.folder.appendingPathComponent("bpe")
-        let tok = file == "vocab.json"
-            ? try BPETokenizer(vocabularyFile: dir.appendingPathComponent("vocab.json").path, mergesFile: dir.appendingPathComponent("merges.txt").path)
+        let tok =
+            file == "vocab.json"
+            ? try BPETokenizer(
+                vocabularyFile: dir.appendingPathComponent("vocab.json").path,
+                mergesFile: dir.appendingPathComponent("merges.txt").path)
             : try BPETokenizer(tokenizerJSON: dir.appendingPathComponent("tokenizer.json").path)
         let s = section("bpe")
         for (text, ids) in zip(s["texts"] as! [String], idLists(s["ids"])) {
@@ -71,16 +82,25 @@ struct TokenizerTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let vocab = dir.appendingPathComponent("vocab.txt")
         try "[PAD]\n[CLS]\n[SEP]\nhello\n".write(to: vocab, atomically: true, encoding: .utf8)
-        #expect(throws: TokenizerError.missingSpecialToken("[UNK]")) { try WordPieceTokenizer(vocabularyFile: vocab.path) }
-        #expect { try WordPieceTokenizer(vocabularyFile: dir.appendingPathComponent("absent.txt").path) } throws: { "\($0)".contains("cannot read") }
+        #expect(throws: TokenizerError.missingSpecialToken("[UNK]")) {
+            try WordPieceTokenizer(vocabularyFile: vocab.path)
+        }
+        #expect { try WordPieceTokenizer(vocabularyFile: dir.appendingPathComponent("absent.txt").path) } throws: {
+            "\($0)".contains("cannot read")
+        }
         let merges = dir.appendingPathComponent("merges.txt"), json = dir.appendingPathComponent("vocab.json")
         try "#version: 0.2\na b\nthree parts here\n".write(to: merges, atomically: true, encoding: .utf8)
         try "{\"a\": 0}".write(to: json, atomically: true, encoding: .utf8)
-        #expect(throws: TokenizerError.malformed(path: merges.path, line: 3, detail: "a merge is two symbols separated by one space")) {
+        #expect(
+            throws: TokenizerError.malformed(
+                path: merges.path, line: 3, detail: "a merge is two symbols separated by one space")
+        ) {
             try BPETokenizer(vocabularyFile: json.path, mergesFile: merges.path)
         }
         try "#version: 0.2\na b\n".write(to: merges, atomically: true, encoding: .utf8)
-        #expect { try BPETokenizer(vocabularyFile: json.path, mergesFile: merges.path) } throws: { "\($0)".contains("lacks byte") }
+        #expect { try BPETokenizer(vocabularyFile: json.path, mergesFile: merges.path) } throws: {
+            "\($0)".contains("lacks byte")
+        }
         try "not json".write(to: json, atomically: true, encoding: .utf8)
         #expect { try BPETokenizer(tokenizerJSON: json.path) } throws: { "\($0)".contains("not a JSON object") }
     }

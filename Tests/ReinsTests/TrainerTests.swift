@@ -8,26 +8,43 @@ import Testing
 /// accumulation, seeded dropout, the NaN guard and clear errors.
 struct TrainerTests {
     @Test func schedulesMatchTransformers() throws {
-        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: Fixtures.directory.appendingPathComponent("metrics/expected.json"))) as! [String: Any]
+        let json =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: Fixtures.directory.appendingPathComponent("metrics/expected.json")))
+            as! [String: Any]
         let expected = json["schedules"] as! [String: [Double]]
-        let schedules: [String: LearningRateSchedule] = ["constant": .constant(warmup: 3), "linear": .linear(warmup: 3, total: 11), "cosine": .cosine(warmup: 3, total: 11)]
+        let schedules: [String: LearningRateSchedule] = [
+            "constant": .constant(warmup: 3), "linear": .linear(warmup: 3, total: 11),
+            "cosine": .cosine(warmup: 3, total: 11),
+        ]
         for (name, schedule) in schedules {
-            expectClose((0..<13).map { schedule.factor(step: $0) }, expected[name]!.map(Float.init), atol: 1e-7, rtol: 0, "\(name) schedule")
+            expectClose(
+                (0..<13).map { schedule.factor(step: $0) }, expected[name]!.map(Float.init), atol: 1e-7, rtol: 0,
+                "\(name) schedule")
         }
     }
 
     /// A small BERT classification run with dropout on (the fixture config with dropout 0.1), LoRA + head.
-    func run(steps: Int, stopAt: Int? = nil, resumeFrom: URL? = nil, output: URL?, accumulation: Int = 1, batch: Int = 4, dropout: Double = 0.1,
-             prepare: (Trainer) -> Void = { _ in }) throws -> (Trainer, [Float]) {
+    func run(
+        steps: Int, stopAt: Int? = nil, resumeFrom: URL? = nil, output: URL?, accumulation: Int = 1, batch: Int = 4,
+        dropout: Double = 0.1,
+        prepare: (Trainer) -> Void = { _ in }
+    ) throws -> (Trainer, [Float]) {
         let model = try BottleneckAdapterTests().bert()
         // Turn on dropout everywhere (the fixture was saved with 0).
-        let json: [String: Any] = try Checkpoint.readJSON(Fixtures.model("bert-cls").appendingPathComponent("config.json"))
-            .merging(["hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout]) { _, b in b }
+        let json: [String: Any] = try Checkpoint.readJSON(
+            Fixtures.model("bert-cls").appendingPathComponent("config.json")
+        )
+        .merging(["hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout]) { _, b in b }
         let dropped = try BertForSequenceClassification(try BertConfig(json: json))
         for ((_, p), (_, q)) in zip(dropped.namedParameters(), model.namedParameters()) { p.value = q.value.detached() }
-        try dropped.addAdapter("task", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"], dropout: Float(dropout) * 2)), labels: 3, seed: 5)
+        try dropped.addAdapter(
+            "task", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"], dropout: Float(dropout) * 2)),
+            labels: 3, seed: 5)
         let examples = (0..<10).map { LabeledText(text: String($0), label: $0 % 3) }
-        let task = try SequenceClassificationTask(model: dropped, labels: 3, train: examples, evaluation: Array(examples.prefix(4)), padID: 0) { text, _ in
+        let task = try SequenceClassificationTask(
+            model: dropped, labels: 3, train: examples, evaluation: Array(examples.prefix(4)), padID: 0
+        ) { text, _ in
             let i = Int(text)!
             return ((0..<(4 + i % 5)).map { Int32(2 + (i * 7 + $0 * 3) % 90) }, [Int32](repeating: 0, count: 4 + i % 5))
         }
@@ -54,13 +71,18 @@ struct TrainerTests {
         let dir = try temporaryDirectory()
         let (stopped, _) = try Parallel.withSingleThreadedBLAS { try run(steps: 8, stopAt: 5, output: dir) }
         #expect(stopped.step == 5)
-        let (resumed, resumedFinal) = try Parallel.withSingleThreadedBLAS { try run(steps: 8, resumeFrom: dir.appendingPathComponent("checkpoint"), output: nil) }
+        let (resumed, resumedFinal) = try Parallel.withSingleThreadedBLAS {
+            try run(steps: 8, resumeFrom: dir.appendingPathComponent("checkpoint"), output: nil)
+        }
         #expect(resumed.step == 8)
-        #expect(resumedFinal.count == final.count && zip(resumedFinal, final).allSatisfy { $0.bitPattern == $1.bitPattern },
-                "parameters after a stop at 5 and a resume differ from an uninterrupted run")
+        #expect(
+            resumedFinal.count == final.count && zip(resumedFinal, final).allSatisfy { $0.bitPattern == $1.bitPattern },
+            "parameters after a stop at 5 and a resume differ from an uninterrupted run")
         #expect(Array(whole.history.suffix(3)).map(\.loss) == resumed.history.map(\.loss))
         // The best evaluation so far survives the stop exactly (it decides later "best" checkpoints).
-        #expect(whole.best != nil && resumed.best?.step == whole.best?.step && resumed.best?.value.bitPattern == whole.best?.value.bitPattern)
+        #expect(
+            whole.best != nil && resumed.best?.step == whole.best?.step
+                && resumed.best?.value.bitPattern == whole.best?.value.bitPattern)
     }
 
     @Test func metricsLogReadsBackAsTheHistory() throws {
@@ -70,8 +92,11 @@ struct TrainerTests {
         let logged = try StepRecord.log(url)
         // Every number comes back bit for bit (the writer prints shortest round-trip forms, the reader parses exactly).
         func fields(_ r: StepRecord) -> [UInt64] {
-            [UInt64(r.step), r.loss.bitPattern, r.learningRate.bitPattern, r.gradientNorm.bitPattern, r.tokensPerSecond.bitPattern,
-             r.elapsed.bitPattern] + (r.metrics ?? [:]).sorted { $0.key < $1.key }.map(\.value.bitPattern)
+            [
+                UInt64(r.step), r.loss.bitPattern, r.learningRate.bitPattern, r.gradientNorm.bitPattern,
+                r.tokensPerSecond.bitPattern,
+                r.elapsed.bitPattern,
+            ] + (r.metrics ?? [:]).sorted { $0.key < $1.key }.map(\.value.bitPattern)
         }
         #expect(logged.count == 4 && logged.map(fields) == trainer.history.map(fields))
         #expect(logged.map { $0.metrics?.keys.sorted() } == trainer.history.map { $0.metrics?.keys.sorted() })
@@ -79,7 +104,9 @@ struct TrainerTests {
         // A line that is not a step record is named by file and line.
         try Data("{\"step\": 1, \"loss\": 2.5}\n{\"loss\": 1}\n".utf8).write(to: url)
         #expect(throws: DataError.self) { try StepRecord.log(url) }
-        do { _ = try StepRecord.log(url) } catch let DataError.malformed(path, line, _) { #expect(path == url.path && line == 2) }
+        do { _ = try StepRecord.log(url) } catch let DataError.malformed(path, line, _) {
+            #expect(path == url.path && line == 2)
+        }
     }
 
     @Test func accumulationAveragesMicroBatches() throws {
@@ -91,8 +118,10 @@ struct TrainerTests {
     }
 
     @Test func dropoutIsSeededAndOnlyInTrainingMode() throws {
-        let json: [String: Any] = ["vocab_size": 100, "hidden_size": 12, "num_hidden_layers": 1, "num_attention_heads": 3,
-                                   "intermediate_size": 20, "max_position_embeddings": 16, "hidden_dropout_prob": 0.3]
+        let json: [String: Any] = [
+            "vocab_size": 100, "hidden_size": 12, "num_hidden_layers": 1, "num_attention_heads": 3,
+            "intermediate_size": 20, "max_position_embeddings": 16, "hidden_dropout_prob": 0.3,
+        ]
         let model = try BertModel(try BertConfig(json: json), seed: 3)
         let ids = try IntTensor(shape: [1, 5], values: [2, 5, 9, 11, 3])
         let plain = try model.hiddenStates(ids).scalars
@@ -108,7 +137,9 @@ struct TrainerTests {
         let model = try BottleneckAdapterTests().bert()
         try model.addAdapter("task", .bitFit, labels: 3)
         let examples = (0..<4).map { LabeledText(text: String($0), label: $0 % 3) }
-        let task = try SequenceClassificationTask(model: model, labels: 3, train: examples, evaluation: [], padID: 0) { t, _ in ([2, Int32(t)! + 5, 3], [0, 0, 0]) }
+        let task = try SequenceClassificationTask(model: model, labels: 3, train: examples, evaluation: [], padID: 0) {
+            t, _ in ([2, Int32(t)! + 5, 3], [0, 0, 0])
+        }
         var options = TrainingOptions(steps: 6, batchSize: 2, learningRate: 1e-3)
         let dir = try temporaryDirectory()
         options.outputDirectory = dir
@@ -117,14 +148,18 @@ struct TrainerTests {
         let trainer = try Trainer(task: task, options: options)
         trainer.onStep = { record in
             // Poison a trainable bias after step 3: the next loss is NaN.
-            if record.step == 3 { model.classifier.bias!.value = try! Tensor(shape: [3], values: [.nan, 0, 0]).requiringGradient() }
+            if record.step == 3 {
+                model.classifier.bias!.value = try! Tensor(shape: [3], values: [.nan, 0, 0]).requiringGradient()
+            }
         }
         do {
             try trainer.run()
             Issue.record("a NaN loss did not stop the run")
         } catch let TrainingError.nonFiniteLoss(step, loss, checkpoint) {
             #expect(step == 4 && loss.isNaN)
-            #expect(checkpoint == dir.appendingPathComponent("checkpoint").path, "the message names the last good checkpoint")
+            #expect(
+                checkpoint == dir.appendingPathComponent("checkpoint").path,
+                "the message names the last good checkpoint")
         }
         let state = try Checkpoint.readJSON(dir.appendingPathComponent("checkpoint/trainer_state.json"))
         #expect(state["step"] as? Int == 3)
@@ -132,12 +167,16 @@ struct TrainerTests {
 
     @Test func badOptionsAndCheckpointsAreNamed() throws {
         let model = try BottleneckAdapterTests().bert()
-        let task = try SequenceClassificationTask(model: model, labels: 3, train: [LabeledText(text: "a", label: 1)], evaluation: [], padID: 0) { _, _ in ([2, 3], [0, 0]) }
+        let task = try SequenceClassificationTask(
+            model: model, labels: 3, train: [LabeledText(text: "a", label: 1)], evaluation: [], padID: 0
+        ) { _, _ in ([2, 3], [0, 0]) }
         #expect(throws: TrainingError.badOptions("steps, batch size and gradient accumulation must be positive")) {
             try Trainer(task: task, options: TrainingOptions(steps: 0, batchSize: 1, learningRate: 1))
         }
         #expect(throws: ModelError.badInput("training example 1 has label 7, outside 0..<3")) {
-            try SequenceClassificationTask(model: model, labels: 3, train: [LabeledText(text: "a", label: 7)], evaluation: [], padID: 0) { _, _ in ([2, 3], [0, 0]) }
+            try SequenceClassificationTask(
+                model: model, labels: 3, train: [LabeledText(text: "a", label: 7)], evaluation: [], padID: 0
+            ) { _, _ in ([2, 3], [0, 0]) }
         }
         let trainer = try Trainer(task: task, options: TrainingOptions(steps: 1, batchSize: 1, learningRate: 1))
         #expect(throws: (any Error).self) { try trainer.resume(from: try temporaryDirectory()) }

@@ -33,15 +33,18 @@ struct TrainingFaultTests {
             try trainer.run(steps: 8, resumeFrom: dir.appendingPathComponent("checkpoint"), output: dir)
         }
         #expect(resumed.step == 8)
-        #expect(final.count == whole.count && zip(final, whole).allSatisfy { $0.bitPattern == $1.bitPattern },
-                "killed before \(boundary) and resumed: the parameters differ from an uninterrupted run")
+        #expect(
+            final.count == whole.count && zip(final, whole).allSatisfy { $0.bitPattern == $1.bitPattern },
+            "killed before \(boundary) and resumed: the parameters differ from an uninterrupted run")
         let steps = try StepRecord.log(dir.appendingPathComponent("metrics.jsonl")).map(\.step)
         #expect(steps == Array(1...8), "each step logged once, got \(steps)")
-        let left = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("checkpoint").path).sorted()
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("checkpoint").path)
+            .sorted()
         #expect(left == ["trainer_state.json", "training_state-8.safetensors"])
         let top = try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted()
         #expect(top == ["best", "checkpoint", "metrics.jsonl"], "no stale temporaries: \(top)")
-        #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("best/adapter_model.safetensors").path))
+        #expect(
+            FileManager.default.fileExists(atPath: dir.appendingPathComponent("best/adapter_model.safetensors").path))
     }
 
     @Test func aSwapCutBetweenItsRenamesIsRecovered() throws {
@@ -80,7 +83,8 @@ struct TrainingFaultTests {
         var json = try Checkpoint.readJSON(manifest)
         json["state_file"] = "../../etc/passwd"
         try JSONSerialization.data(withJSONObject: json).write(to: manifest)
-        #expect(performing: { try trainer.resume(from: dir.appendingPathComponent("checkpoint")) },
-                throws: { "\($0)".contains("is not a file name in the checkpoint directory") })
+        #expect(
+            performing: { try trainer.resume(from: dir.appendingPathComponent("checkpoint")) },
+            throws: { "\($0)".contains("is not a file name in the checkpoint directory") })
     }
 }

@@ -23,18 +23,23 @@ let benchmarks: @Sendable () -> Void = {
     )
     for (name, make) in KernelWorkload.gpt2Small {
         let slot = Slot()
-        Benchmark(name, closure: { benchmark in
-            guard let workload = slot.workload else { return }
-            for _ in benchmark.scaledIterations { try workload.run() }
-        }, setup: {
-            let workload = try make()
-            let difference = try workload.verify()
-            guard difference <= workload.tolerance else {
-                throw VerificationFailed(description: "\(workload.name): differs from the reference by \(difference)")
-            }
-            slot.workload = workload
-        }, teardown: {
-            slot.workload = nil
-        })
+        Benchmark(
+            name,
+            closure: { benchmark in
+                guard let workload = slot.workload else { return }
+                for _ in benchmark.scaledIterations { try workload.run() }
+            },
+            setup: {
+                let workload = try make()
+                let difference = try workload.verify()
+                guard difference <= workload.tolerance else {
+                    throw VerificationFailed(
+                        description: "\(workload.name): differs from the reference by \(difference)")
+                }
+                slot.workload = workload
+            },
+            teardown: {
+                slot.workload = nil
+            })
     }
 }

@@ -21,7 +21,7 @@ public final class AdapterBias: Module {
 
     /// The shift `[..., C]` for the intermediate activation `z: [..., I]`: the outer product of α(z) and v.
     func shift(_ z: Tensor) throws -> Tensor {
-        let a = try alpha(z)                      // [..., 1]
+        let a = try alpha(z)  // [..., 1]
         let rows = a.count, C = vector.value.count
         let outer = try Tensor.matmul(a.reshaped([rows, 1]), vector.value.reshaped([1, C]))
         return try outer.reshaped(Array(a.shape.dropLast()) + [C])

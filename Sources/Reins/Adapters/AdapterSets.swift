@@ -50,7 +50,9 @@ public enum AdapterMethod: Sendable, Equatable {
 
 extension LoRAConfig: Equatable {
     public static func == (a: LoRAConfig, b: LoRAConfig) -> Bool {
-        (a.rank, a.alpha, a.rsLoRA, a.targets, a.layers, a.dropout) == (b.rank, b.alpha, b.rsLoRA, b.targets, b.layers, b.dropout) && a.dora == b.dora
+        (a.rank, a.alpha, a.rsLoRA, a.targets, a.layers, a.dropout) == (
+            b.rank, b.alpha, b.rsLoRA, b.targets, b.layers, b.dropout
+        ) && a.dora == b.dora
     }
 }
 
@@ -68,8 +70,9 @@ extension Module {
         for m in [self as any Module] + namedModules().map(\.module) {
             guard let host = m as? any VirtualTokenHost else { continue }
             let s = host.virtualTokenShape
-            return EncoderShape(hidden: s.hidden, intermediate: host.feedForwardSize, layers: s.layers, heads: s.heads,
-                                prefixes: host.prefixes, prompts: host.prompts)
+            return EncoderShape(
+                hidden: s.hidden, intermediate: host.feedForwardSize, layers: s.layers, heads: s.heads,
+                prefixes: host.prefixes, prompts: host.prompts)
         }
         return nil
     }
@@ -81,7 +84,8 @@ extension Module {
     /// - Returns: the number of trainable parameters.
     /// - Throws: ``ModelError/badInput(_:)`` for a model without an encoder, bad sizes or LoRA targets that match nothing.
     @discardableResult
-    public func addAdapter(_ name: String, _ method: AdapterMethod, labels: Int? = nil, seed: UInt64 = 0) throws -> Int {
+    public func addAdapter(_ name: String, _ method: AdapterMethod, labels: Int? = nil, seed: UInt64 = 0) throws -> Int
+    {
         if method == .full {
             activateAdapter(nil)
             unfreeze()
@@ -91,44 +95,66 @@ extension Module {
         let blocks = encoderShape
         func shape() throws -> EncoderShape {
             guard let blocks else {
-                throw ModelError.badInput("\(method.name) adapters need a model with transformer blocks (a VirtualTokenHost, such as GPT2Model or BertModel); LoRA, DoRA, IA3 and BitFit work on any model")
+                throw ModelError.badInput(
+                    "\(method.name) adapters need a model with transformer blocks (a VirtualTokenHost, such as GPT2Model or BertModel); LoRA, DoRA, IA3 and BitFit work on any model"
+                )
             }
             return blocks
         }
-        guard !adapterNames.contains(name) else { throw ModelError.badInput("the model already has an adapter named '\(name)'; delete it first") }
+        guard !adapterNames.contains(name) else {
+            throw ModelError.badInput("the model already has an adapter named '\(name)'; delete it first")
+        }
         try trainingOnlyWhatAppears(under: name) {
-        switch method {
-        case .full: break
-        case .bitFit: addBitFit(name)
-        case let .houlsby(m, f): try addBottleneckAdapter(name, placement: .houlsby, size: shape().hidden, bottleneck: m, nonLinearity: f, seed: seed)
-        case let .pfeiffer(m, f): try addBottleneckAdapter(name, placement: .pfeiffer, size: shape().hidden, bottleneck: m, nonLinearity: f, seed: seed)
-        case .adapterBias: try addAdapterBias(name, intermediate: shape().intermediate, size: shape().hidden, seed: seed)
-        case let .parallel(m, scale): try addParallelAdapter(name, size: shape().hidden, bottleneck: m, scale: scale, seed: seed)
-        case let .prefix(length, projection):
-            let shape = try shape()
-            guard length > 0 else { throw ModelError.badInput("a prefix needs at least one virtual token, got \(length)") }
-            let prefix: Prefix
-            if let m = projection {
-                prefix = try Prefix(reparameterizedLength: length, encoderHidden: m, layers: shape.layers, hidden: shape.hidden, heads: shape.heads, seed: seed)
-            } else {
-                let values = try Tensor.normal([length, shape.layers * 2 * shape.hidden], std: 0.02, seed: seed)
-                prefix = try Prefix(Parameter("prompt_embeddings", values), layers: shape.layers, hidden: shape.hidden, heads: shape.heads)
+            switch method {
+            case .full: break
+            case .bitFit: addBitFit(name)
+            case let .houlsby(m, f):
+                try addBottleneckAdapter(
+                    name, placement: .houlsby, size: shape().hidden, bottleneck: m, nonLinearity: f, seed: seed)
+            case let .pfeiffer(m, f):
+                try addBottleneckAdapter(
+                    name, placement: .pfeiffer, size: shape().hidden, bottleneck: m, nonLinearity: f, seed: seed)
+            case .adapterBias:
+                try addAdapterBias(name, intermediate: shape().intermediate, size: shape().hidden, seed: seed)
+            case let .parallel(m, scale):
+                try addParallelAdapter(name, size: shape().hidden, bottleneck: m, scale: scale, seed: seed)
+            case let .prefix(length, projection):
+                let shape = try shape()
+                guard length > 0 else {
+                    throw ModelError.badInput("a prefix needs at least one virtual token, got \(length)")
+                }
+                let prefix: Prefix
+                if let m = projection {
+                    prefix = try Prefix(
+                        reparameterizedLength: length, encoderHidden: m, layers: shape.layers, hidden: shape.hidden,
+                        heads: shape.heads, seed: seed)
+                } else {
+                    let values = try Tensor.normal([length, shape.layers * 2 * shape.hidden], std: 0.02, seed: seed)
+                    prefix = try Prefix(
+                        Parameter("prompt_embeddings", values), layers: shape.layers, hidden: shape.hidden,
+                        heads: shape.heads)
+                }
+                try shape.prefixes.add(name, prefix, layers: shape.layers, hidden: shape.hidden, heads: shape.heads)
+            case let .promptTuning(length):
+                let shape = try shape()
+                guard length > 0 else {
+                    throw ModelError.badInput("prompt tuning needs at least one virtual token, got \(length)")
+                }
+                shape.prompts.add(
+                    name,
+                    Parameter(
+                        "prompt_tuning_embeddings", try Tensor.normal([length, shape.hidden], std: 0.02, seed: seed)))
+            case let .lora(config): try addLoRA(name, config, seed: seed)
+            case let .loraBitFit(config):
+                try addLoRA(name, config, seed: seed)
+                addBitFit(name)
+            case let .ia3(targets, feedForward):
+                try addIA3(name, targets: targets, feedForward: feedForward)
             }
-            try shape.prefixes.add(name, prefix, layers: shape.layers, hidden: shape.hidden, heads: shape.heads)
-        case let .promptTuning(length):
-            let shape = try shape()
-            guard length > 0 else { throw ModelError.badInput("prompt tuning needs at least one virtual token, got \(length)") }
-            shape.prompts.add(name, Parameter("prompt_tuning_embeddings", try Tensor.normal([length, shape.hidden], std: 0.02, seed: seed)))
-        case let .lora(config): try addLoRA(name, config, seed: seed)
-        case let .loraBitFit(config):
-            try addLoRA(name, config, seed: seed)
-            addBitFit(name)
-        case let .ia3(targets, feedForward):
-            try addIA3(name, targets: targets, feedForward: feedForward)
-        }
-        if let headed = self as? any TaskHeadModel {
-            headed.heads.add(name, try headed.newHead(labels: labels ?? headed.heads.base.outputs, seed: seed &+ 7919))
-        }
+            if let headed = self as? any TaskHeadModel {
+                headed.heads.add(
+                    name, try headed.newHead(labels: labels ?? headed.heads.base.outputs, seed: seed &+ 7919))
+            }
         }
         return trainableParameterCount
     }
@@ -137,7 +163,7 @@ extension Module {
     /// everything and unfreezes exactly the parameters that appeared: the adapter's own, as registered (a prefix
     /// registers its MLP while it has one), with its head and bias variants.
     func trainingOnlyWhatAppears(under name: String, _ attach: () throws -> Void) throws {
-        activateAdapter(name) // nothing is named `name` yet: the bare base
+        activateAdapter(name)  // nothing is named `name` yet: the bare base
         let before = Set(namedParameters().map { ObjectIdentifier($0.parameter) })
         try attach()
         activateAdapter(name)
@@ -149,7 +175,7 @@ extension Module {
     /// Loads an adapter directory (PEFT's or Reins's layout, with its head) under `name`, activates it, and makes
     /// exactly its parameters trainable (the base and other adapters are frozen), ready to train further.
     public func loadAdapter(_ name: String, from directory: URL) throws {
-        try? deleteAdapter(name) // loading replaces an adapter of that name
+        try? deleteAdapter(name)  // loading replaces an adapter of that name
         try trainingOnlyWhatAppears(under: name) { try AdapterFiles.load(directory: directory, into: self, name: name) }
     }
 
@@ -157,7 +183,8 @@ extension Module {
     /// `name`, and activates it.
     func addBitFit(_ name: String) {
         let headKey = (self as? any TaskHeadModel)?.headKey
-        for (key, m) in namedModules() where !key.contains(".adapters.") && !key.contains("prefix_encoder") && key != headKey {
+        for (key, m) in namedModules()
+        where !key.contains(".adapters.") && !key.contains("prefix_encoder") && key != headKey {
             if let l = m as? Linear, let b = l.biases { b.add(name, Parameter("bias", b.base.value.detached())) }
             if let n = m as? LayerNorm { n.biases.add(name, Parameter("bias", n.biases.base.value.detached())) }
         }
@@ -177,7 +204,9 @@ extension Module {
     /// - Throws: ``ModelError/badInput(_:)`` when the adapter does not exist, or holds tensors neither format can
     ///   carry (say LoRA and IA3 under one name: PEFT's config has one `peft_type`) — named, and nothing is lost silently.
     public func saveAdapter(_ name: String, to directory: URL, baseModel: String? = nil) throws {
-        guard adapterNames.contains(name) else { throw ModelError.badInput("the model has no adapter named '\(name)' (it has \(adapterNames))") }
+        guard adapterNames.contains(name) else {
+            throw ModelError.badInput("the model has no adapter named '\(name)' (it has \(adapterNames))")
+        }
         let previous = activeAdapterName
         activateAdapter(name)
         defer { activateAdapter(previous) }
@@ -185,14 +214,20 @@ extension Module {
         let owned = parameters(ofAdapter: name)
         let headed = self as? any TaskHeadModel
         let heads = headed.flatMap { $0.heads.variants[name] != nil ? [$0.headKey] : nil } ?? []
-        let hasPEFT = namedModules().contains { ($0.module as? any LoRAHost)?.loras[name] != nil || ($0.module as? Linear)?.ia3[name] != nil }
+        let hasPEFT =
+            namedModules().contains {
+                ($0.module as? any LoRAHost)?.loras[name] != nil || ($0.module as? Linear)?.ia3[name] != nil
+            }
             || encoderShape?.prefixes.members[name] != nil || encoderShape?.prompts.members[name] != nil
         var written = Set<ObjectIdentifier>()
         if hasPEFT {
-            written = try PEFTAdapter.save(self, name: name, to: directory, taskType: taskType, modulesToSave: heads, baseModel: baseModel)
+            written = try PEFTAdapter.save(
+                self, name: name, to: directory, taskType: taskType, modulesToSave: heads, baseModel: baseModel)
             let companion = directory.appendingPathComponent(AdapterFiles.companionConfig)
             if owned.contains(where: { !written.contains(ObjectIdentifier($0)) }) {
-                written.formUnion(try AdapterFiles.saveBlockAdapters(self, name: name, to: directory, companion: true, excluding: written))
+                written.formUnion(
+                    try AdapterFiles.saveBlockAdapters(
+                        self, name: name, to: directory, companion: true, excluding: written))
             } else if FileManager.default.fileExists(atPath: companion.path) {
                 // A companion from an earlier save of another adapter to this directory would be read with this one.
                 try FileManager.default.removeItem(at: companion)
@@ -201,10 +236,14 @@ extension Module {
         } else {
             written = try AdapterFiles.saveBlockAdapters(self, name: name, to: directory)
         }
-        let keys = Dictionary(namedParameters().map { (ObjectIdentifier($0.parameter), $0.key) }, uniquingKeysWith: { a, _ in a })
-        let missing = owned.filter { !written.contains(ObjectIdentifier($0)) }.map { keys[ObjectIdentifier($0)] ?? "?" }.sorted()
+        let keys = Dictionary(
+            namedParameters().map { (ObjectIdentifier($0.parameter), $0.key) }, uniquingKeysWith: { a, _ in a })
+        let missing = owned.filter { !written.contains(ObjectIdentifier($0)) }.map { keys[ObjectIdentifier($0)] ?? "?" }
+            .sorted()
         guard missing.isEmpty else {
-            throw ModelError.badInput("adapter '\(name)' was not saved whole: no adapter file format holds \(missing.joined(separator: ", ")) together with the rest of it (PEFT's format has one method per adapter; save these under their own adapter name)")
+            throw ModelError.badInput(
+                "adapter '\(name)' was not saved whole: no adapter file format holds \(missing.joined(separator: ", ")) together with the rest of it (PEFT's format has one method per adapter; save these under their own adapter name)"
+            )
         }
     }
 

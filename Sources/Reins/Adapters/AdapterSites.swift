@@ -58,7 +58,9 @@ struct LoRASite: AdapterSite {
     var activeAdapter: String? { host.activeLoRA }
     func activate(_ name: String?) { host.activeLoRA = name.flatMap { host.loras[$0] != nil ? $0 : nil } }
     func removeAdapter(_ name: String) throws { try host.detachLoRA(name) }
-    func parameters(of name: String) -> [Parameter] { host.loras[name].map { [$0.a, $0.b] + ($0.magnitude.map { [$0] } ?? []) } ?? [] }
+    func parameters(of name: String) -> [Parameter] {
+        host.loras[name].map { [$0.a, $0.b] + ($0.magnitude.map { [$0] } ?? []) } ?? []
+    }
 }
 
 /// The IA3 vectors of a linear layer, as a site.
@@ -78,13 +80,17 @@ public protocol AdapterSiteOwner: Module {
 }
 
 extension Linear: AdapterSiteOwner {
-    public var ownAdapterSites: [any AdapterSite] { [LoRASite(host: self), IA3Site(layer: self)] + (biases.map { [$0] } ?? []) }
+    public var ownAdapterSites: [any AdapterSite] {
+        [LoRASite(host: self), IA3Site(layer: self)] + (biases.map { [$0] } ?? [])
+    }
 }
 extension Embedding: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [LoRASite(host: self)] } }
 extension TiedOutput: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [LoRASite(host: self)] } }
 extension LayerNorm: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [biases] } }
 extension BlockAdapters: AdapterSiteOwner {
-    public var ownAdapterSites: [any AdapterSite] { [afterAttention, afterFeedForward, feedForwardBias, parallelFeedForward] }
+    public var ownAdapterSites: [any AdapterSite] {
+        [afterAttention, afterFeedForward, feedForwardBias, parallelFeedForward]
+    }
 }
 extension GPT2Model: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [prefixes, prompts] } }
 extension BertModel: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [prefixes, prompts] } }
@@ -96,7 +102,9 @@ extension GPT2ForSequenceClassification: AdapterSiteOwner { public var ownAdapte
 extension Module {
     /// Every adapter site in the model: this module's own, then each sub-module's in registration order.
     public var adapterSites: [any AdapterSite] {
-        ([self as any Module] + namedModules().map(\.module)).flatMap { ($0 as? any AdapterSiteOwner)?.ownAdapterSites ?? [] }
+        ([self as any Module] + namedModules().map(\.module)).flatMap {
+            ($0 as? any AdapterSiteOwner)?.ownAdapterSites ?? []
+        }
     }
 
     /// Applies the adapter `name` at every site that has it and no adapter elsewhere (`nil`: the bare base).
@@ -125,7 +133,8 @@ extension Module {
     /// site and merge back as it was.
     public func withBareBase<R>(_ body: () throws -> R) throws -> R {
         let sites = adapterSites, active = sites.map(\.activeAdapter)
-        let merged = ([self as any Module] + namedModules().map(\.module)).compactMap { $0 as? any LoRAHost }.filter(\.isMerged)
+        let merged = ([self as any Module] + namedModules().map(\.module)).compactMap { $0 as? any LoRAHost }.filter(
+            \.isMerged)
         for host in merged { try host.unmerge() }
         for site in sites { site.activate(nil) }
         defer {

@@ -79,9 +79,11 @@ extension Module {
 
     /// Adds a bottleneck adapter named `name` to every block (Houlsby: two per block, Pfeiffer: one) and activates it.
     @discardableResult
-    public func addBottleneckAdapter(_ name: String, placement: BottleneckPlacement, size: Int, bottleneck: Int,
-                                     nonLinearity: BottleneckAdapter.NonLinearity = .relu, readsNormalizedSum: Bool = false,
-                                     seed: UInt64 = 0) throws -> Int {
+    public func addBottleneckAdapter(
+        _ name: String, placement: BottleneckPlacement, size: Int, bottleneck: Int,
+        nonLinearity: BottleneckAdapter.NonLinearity = .relu, readsNormalizedSum: Bool = false,
+        seed: UInt64 = 0
+    ) throws -> Int {
         var added = 0
         func make(_ s: UInt64) throws -> BottleneckAdapter {
             let a = try BottleneckAdapter(size: size, bottleneck: bottleneck, nonLinearity: nonLinearity, seed: s)
@@ -111,16 +113,20 @@ extension Module {
     @discardableResult
     public func addAdapterBias(_ name: String, intermediate: Int, size: Int, seed: UInt64 = 0) throws -> Int {
         for (i, block) in blockAdapters.enumerated() {
-            block.feedForwardBias.add(name, try AdapterBias(intermediate: intermediate, size: size, seed: seed + UInt64(i)))
+            block.feedForwardBias.add(
+                name, try AdapterBias(intermediate: intermediate, size: size, seed: seed + UInt64(i)))
         }
         return blockAdapters.count
     }
 
     /// Adds a parallel adapter named `name` beside every block's FFN and activates it.
     @discardableResult
-    public func addParallelAdapter(_ name: String, size: Int, bottleneck: Int, scale: Float = 4, seed: UInt64 = 0) throws -> Int {
+    public func addParallelAdapter(_ name: String, size: Int, bottleneck: Int, scale: Float = 4, seed: UInt64 = 0)
+        throws -> Int
+    {
         for (i, block) in blockAdapters.enumerated() {
-            block.parallelFeedForward.add(name, try ParallelAdapter(size: size, bottleneck: bottleneck, scale: scale, seed: seed + UInt64(2 * i)))
+            block.parallelFeedForward.add(
+                name, try ParallelAdapter(size: size, bottleneck: bottleneck, scale: scale, seed: seed + UInt64(2 * i)))
         }
         return blockAdapters.count
     }

@@ -4,7 +4,9 @@ import ReinsTensor
 /// The down- and up-projection of a bottleneck (`size → bottleneck → size`), with the up-projection's weight and bias at
 /// zero so that the adapter starts as a no-op. Shared by the sequential and the parallel bottleneck adapters.
 func zeroStartBottleneck(size: Int, bottleneck: Int, seed: UInt64) throws -> (down: Linear, up: Linear) {
-    guard bottleneck > 0, size > 0 else { throw ModelError.badInput("bottleneck adapter sizes must be positive (\(size) -> \(bottleneck))") }
+    guard bottleneck > 0, size > 0 else {
+        throw ModelError.badInput("bottleneck adapter sizes must be positive (\(size) -> \(bottleneck))")
+    }
     let down = try Linear(inputs: size, outputs: bottleneck, std: 0.01, seed: seed)
     let up = try Linear(inputs: bottleneck, outputs: size, seed: seed + 1)
     up.weight.value = try Tensor.zeros([size, bottleneck]).requiringGradient()

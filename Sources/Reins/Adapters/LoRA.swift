@@ -22,7 +22,9 @@ public final class LoRA {
     public internal(set) var magnitude: Parameter?
 
     /// New weights: A ~ U(-1/√in, 1/√in) as PEFT's default (Kaiming-uniform with a = √5), B = 0.
-    public init(inputs: Int, outputs: Int, rank: Int, alpha: Float, rsLoRA: Bool = false, dora: Bool = false, seed: UInt64) throws {
+    public init(
+        inputs: Int, outputs: Int, rank: Int, alpha: Float, rsLoRA: Bool = false, dora: Bool = false, seed: UInt64
+    ) throws {
         guard rank > 0 else { throw ModelError.badInput("LoRA rank must be positive, got \(rank)") }
         let bound = 1 / Float(inputs).squareRoot()
         a = Parameter("lora_A", try Tensor.uniform([rank, inputs], low: -bound, high: bound, seed: seed))
@@ -32,7 +34,9 @@ public final class LoRA {
     }
 
     /// New weights for an embedding table, as PEFT starts them: A = 0, B ~ N(0, 1) (the reverse of a linear layer's).
-    public init(embeddingCount count: Int, size: Int, rank: Int, alpha: Float, rsLoRA: Bool = false, seed: UInt64) throws {
+    public init(embeddingCount count: Int, size: Int, rank: Int, alpha: Float, rsLoRA: Bool = false, seed: UInt64)
+        throws
+    {
         guard rank > 0 else { throw ModelError.badInput("LoRA rank must be positive, got \(rank)") }
         a = Parameter("lora_embedding_A", try Tensor.zeros([rank, count]))
         b = Parameter("lora_embedding_B", try Tensor.normal([size, rank], std: 1, seed: seed))
@@ -44,10 +48,13 @@ public final class LoRA {
     /// lora_dropout, on the low-rank branch's input only: `W·x + b + s·B·A·drop(x)`.
     func forward(_ x: Tensor, weight: Tensor, bias: Tensor?, weightTransposed: Bool = false) throws -> Tensor {
         guard dropout > 0, TrainingMode.isActive else {
-            return try Tensor.loraLinear(x, weight: weight, bias: bias, loraA: a.value, loraB: b.value, scale: scale, weightTransposed: weightTransposed)
+            return try Tensor.loraLinear(
+                x, weight: weight, bias: bias, loraA: a.value, loraB: b.value, scale: scale,
+                weightTransposed: weightTransposed)
         }
         let low = try Tensor.linear(Tensor.linear(x.trainingDropout(dropout), weight: a.value), weight: b.value)
-        return try Tensor.linear(x, weight: weight, bias: bias, weightTransposed: weightTransposed) + low.scaled(by: scale)
+        return try Tensor.linear(x, weight: weight, bias: bias, weightTransposed: weightTransposed)
+            + low.scaled(by: scale)
     }
 
     /// Given weights (loaded from a file); a `magnitude` makes it a DoRA adapter.
@@ -159,9 +166,14 @@ public struct LoRAConfig: Sendable {
     /// direction update; see ``LoRA``.
     public var dora: Bool
 
-    public init(rank: Int = 8, alpha: Float = 16, rsLoRA: Bool = false, targets: [String], layers: Set<Int>? = nil, dropout: Float = 0,
-                dora: Bool = false) {
-        (self.rank, self.alpha, self.rsLoRA, self.targets, self.layers, self.dropout) = (rank, alpha, rsLoRA, targets, layers, dropout)
+    public init(
+        rank: Int = 8, alpha: Float = 16, rsLoRA: Bool = false, targets: [String], layers: Set<Int>? = nil,
+        dropout: Float = 0,
+        dora: Bool = false
+    ) {
+        (self.rank, self.alpha, self.rsLoRA, self.targets, self.layers, self.dropout) = (
+            rank, alpha, rsLoRA, targets, layers, dropout
+        )
         self.dora = dora
     }
 
@@ -187,18 +199,28 @@ extension Module {
             (m as? any LoRAHost).flatMap { config.matches(key) ? (key, $0) : nil }
         }
         guard !matched.isEmpty else {
-            throw ModelError.badInput("no linear layer or embedding matches the LoRA targets \(config.targets)\(config.layers.map { " in layers \($0.sorted())" } ?? "")")
+            throw ModelError.badInput(
+                "no linear layer or embedding matches the LoRA targets \(config.targets)\(config.layers.map { " in layers \($0.sorted())" } ?? "")"
+            )
         }
-        guard (0..<1).contains(config.dropout) else { throw ModelError.badInput("LoRA dropout \(config.dropout) is outside [0, 1)") }
+        guard (0..<1).contains(config.dropout) else {
+            throw ModelError.badInput("LoRA dropout \(config.dropout) is outside [0, 1)")
+        }
         if let table = matched.first(where: { $0.1 is Embedding }), config.dora || config.dropout > 0 {
-            throw ModelError.badInput("LoRA target '\(table.0)' is an embedding table: \(config.dora ? "DoRA" : "dropout") is not supported there")
+            throw ModelError.badInput(
+                "LoRA target '\(table.0)' is an embedding table: \(config.dora ? "DoRA" : "dropout") is not supported there"
+            )
         }
         for (i, (_, layer)) in matched.enumerated() {
             let seed = seed &+ UInt64(i)
-            let lora = layer is Embedding
-                ? try LoRA(embeddingCount: layer.loraInputs, size: layer.loraOutputs, rank: config.rank, alpha: config.alpha, rsLoRA: config.rsLoRA, seed: seed)
-                : try LoRA(inputs: layer.loraInputs, outputs: layer.loraOutputs, rank: config.rank, alpha: config.alpha,
-                           rsLoRA: config.rsLoRA, dora: config.dora, seed: seed)
+            let lora =
+                layer is Embedding
+                ? try LoRA(
+                    embeddingCount: layer.loraInputs, size: layer.loraOutputs, rank: config.rank, alpha: config.alpha,
+                    rsLoRA: config.rsLoRA, seed: seed)
+                : try LoRA(
+                    inputs: layer.loraInputs, outputs: layer.loraOutputs, rank: config.rank, alpha: config.alpha,
+                    rsLoRA: config.rsLoRA, dora: config.dora, seed: seed)
             if !(layer is Embedding) { lora.dropout = config.dropout }
             try layer.attachLoRA(name, lora)
         }
@@ -211,7 +233,9 @@ extension Module {
     /// The word-embedding table that this model's output layer also reads (GPT-2's and BERT's tied word predictions),
     /// if any. A LoRA on it changes the lookup only (``Embedding/unadaptedWeight``), so a checkpoint with the adapter
     /// merged into the shared table would not reproduce the adapted model.
-    public var tiedOutputEmbedding: Embedding? { namedModules().lazy.compactMap { $0.module as? TiedOutput }.first?.table }
+    public var tiedOutputEmbedding: Embedding? {
+        namedModules().lazy.compactMap { $0.module as? TiedOutput }.first?.table
+    }
 
     /// Undoes ``mergeLoRA()`` exactly.
     public func unmergeLoRA() throws { for (_, m) in namedModules() { try (m as? any LoRAHost)?.unmerge() } }

@@ -33,7 +33,9 @@ public typealias PromptSet = NamedSet<Parameter>
 extension NamedSet where Value == Prefix {
     func add(_ name: String, _ prefix: Prefix, layers: Int, hidden: Int, heads: Int) throws {
         guard prefix.layers == layers, prefix.hidden == hidden, prefix.heads == heads else {
-            throw ModelError.badInput("the prefix was built for \(prefix.layers) layers of width \(prefix.hidden), the model has \(layers) of \(hidden)")
+            throw ModelError.badInput(
+                "the prefix was built for \(prefix.layers) layers of width \(prefix.hidden), the model has \(layers) of \(hidden)"
+            )
         }
         add(name, prefix)
     }
@@ -52,8 +54,16 @@ public protocol VirtualTokenHost: AnyObject {
 
 extension GPT2Model { public var feedForwardSize: Int { config.inner } }
 extension BertModel { public var feedForwardSize: Int { config.intermediate } }
-extension GPT2Model { public var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) { (config.layers, config.hidden, config.heads) } }
-extension BertModel { public var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) { (config.layers, config.hidden, config.heads) } }
+extension GPT2Model {
+    public var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) {
+        (config.layers, config.hidden, config.heads)
+    }
+}
+extension BertModel {
+    public var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) {
+        (config.layers, config.hidden, config.heads)
+    }
+}
 
 extension VirtualTokenHost {
     /// The active prefix, if any.
@@ -98,7 +108,11 @@ extension VirtualTokenHost {
         let Q = promptLength
         guard Q > 0 else { return mask }
         var values: [Int32] = []
-        for b in 0..<B { values += [Int32](repeating: 1, count: Q) + (mask.map { Array($0.values[(b * T)..<((b + 1) * T)]) } ?? [Int32](repeating: 1, count: T)) }
+        for b in 0..<B {
+            values +=
+                [Int32](repeating: 1, count: Q)
+                + (mask.map { Array($0.values[(b * T)..<((b + 1) * T)]) } ?? [Int32](repeating: 1, count: T))
+        }
         return try IntTensor(shape: [B, Q + T], values: values)
     }
 }
@@ -115,18 +129,27 @@ public final class Prefix {
 
     /// - Throws: ``ModelError/badInput(_:)`` if `embeddings` is not `[P, layers · 2 · hidden]`.
     public init(_ embeddings: Parameter, layers: Int, hidden: Int, heads: Int) throws {
-        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0, embeddings.value.shape[1] == layers * 2 * hidden else {
-            throw ModelError.badInput("prefix \(embeddings.value.shape) does not fit this model: expected [P, \(layers * 2 * hidden)] (layers · 2 · hidden)")
+        guard embeddings.value.rank == 2, embeddings.value.shape[0] > 0,
+            embeddings.value.shape[1] == layers * 2 * hidden
+        else {
+            throw ModelError.badInput(
+                "prefix \(embeddings.value.shape) does not fit this model: expected [P, \(layers * 2 * hidden)] (layers · 2 · hidden)"
+            )
         }
         self.embeddings = embeddings
         (self.layers, self.hidden, self.heads) = (layers, hidden, heads)
     }
 
     /// A prefix produced by an MLP from `P` learned vectors (prefix projection); `embeddings` is then derived.
-    public convenience init(reparameterizedLength P: Int, encoderHidden m: Int, layers: Int, hidden: Int, heads: Int, seed: UInt64) throws {
-        let first = try Linear(inputs: hidden, outputs: m, seed: seed), second = try Linear(inputs: m, outputs: layers * 2 * hidden, seed: seed + 1)
+    public convenience init(
+        reparameterizedLength P: Int, encoderHidden m: Int, layers: Int, hidden: Int, heads: Int, seed: UInt64
+    ) throws {
+        let first = try Linear(inputs: hidden, outputs: m, seed: seed),
+            second = try Linear(inputs: m, outputs: layers * 2 * hidden, seed: seed + 1)
         let input = Parameter("prefix_encoder.embedding", try Tensor.normal([P, hidden], seed: seed + 2))
-        try self.init(Parameter("prompt_embeddings", try Tensor.zeros([P, layers * 2 * hidden]), trainable: false), layers: layers, hidden: hidden, heads: heads)
+        try self.init(
+            Parameter("prompt_embeddings", try Tensor.zeros([P, layers * 2 * hidden]), trainable: false),
+            layers: layers, hidden: hidden, heads: heads)
         encoder = (input, first, second)
     }
 
@@ -166,7 +189,8 @@ public final class Prefix {
     func keysValues(batch B: Int) throws -> [(keys: Tensor, values: Tensor)] {
         let p = try current(), P = length
         func slot(_ s: Int) throws -> Tensor {
-            let one = try p.slice(axis: 1, (s * hidden)..<((s + 1) * hidden)).reshaped([1, P, heads, hidden / heads]).permuted([0, 2, 1, 3])
+            let one = try p.slice(axis: 1, (s * hidden)..<((s + 1) * hidden)).reshaped([1, P, heads, hidden / heads])
+                .permuted([0, 2, 1, 3])
             return try one.repeatedOverBatch(B)
         }
         return try (0..<layers).map { l in (try slot(2 * l), try slot(2 * l + 1)) }

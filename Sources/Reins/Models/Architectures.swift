@@ -44,13 +44,29 @@ public enum PretrainedModel {
         let bertCount: Counter = { try BertConfig(json: $0, path: $1).parameterCount }
         return [
             "GPT2Model": ({ .gpt2(try GPT2Model(try GPT2Config(json: $0, path: $1))) }, gpt2Count, gpt2),
-            "GPT2LMHeadModel": ({ .gpt2LMHead(try GPT2LMHeadModel(try GPT2Config(json: $0, path: $1))) }, gpt2Count, gpt2),
-            "GPT2ForSequenceClassification": ({ .gpt2SequenceClassification(try GPT2ForSequenceClassification(try GPT2Config(json: $0, path: $1))) }, gpt2Count, gpt2Classifier),
+            "GPT2LMHeadModel": (
+                { .gpt2LMHead(try GPT2LMHeadModel(try GPT2Config(json: $0, path: $1))) }, gpt2Count, gpt2
+            ),
+            "GPT2ForSequenceClassification": (
+                { .gpt2SequenceClassification(try GPT2ForSequenceClassification(try GPT2Config(json: $0, path: $1))) },
+                gpt2Count, gpt2Classifier
+            ),
             "BertModel": ({ .bert(try BertModel(try BertConfig(json: $0, path: $1))) }, bertCount, bert),
-            "BertForMaskedLM": ({ .bertMaskedLM(try BertForMaskedLM(try BertConfig(json: $0, path: $1))) }, bertCount, heads),
-            "BertForSequenceClassification": ({ .bertSequenceClassification(try BertForSequenceClassification(try BertConfig(json: $0, path: $1))) }, bertCount, classifier),
-            "BertForTokenClassification": ({ .bertTokenClassification(try BertForTokenClassification(try BertConfig(json: $0, path: $1))) }, bertCount, heads),
-            "BertForQuestionAnswering": ({ .bertQuestionAnswering(try BertForQuestionAnswering(try BertConfig(json: $0, path: $1))) }, bertCount, heads),
+            "BertForMaskedLM": (
+                { .bertMaskedLM(try BertForMaskedLM(try BertConfig(json: $0, path: $1))) }, bertCount, heads
+            ),
+            "BertForSequenceClassification": (
+                { .bertSequenceClassification(try BertForSequenceClassification(try BertConfig(json: $0, path: $1))) },
+                bertCount, classifier
+            ),
+            "BertForTokenClassification": (
+                { .bertTokenClassification(try BertForTokenClassification(try BertConfig(json: $0, path: $1))) },
+                bertCount, heads
+            ),
+            "BertForQuestionAnswering": (
+                { .bertQuestionAnswering(try BertForQuestionAnswering(try BertConfig(json: $0, path: $1))) }, bertCount,
+                heads
+            ),
         ]
     }
 
@@ -62,18 +78,26 @@ public enum PretrainedModel {
     ///   - newlyInitialized: key prefixes the checkpoint may lack (a new task head on a base checkpoint).
     /// - Throws: ``ModelError`` (unknown architecture, strict-loading mismatches, bad config), ``SafeTensorsError``.
     ///   - configOverrides: config entries to replace (e.g. `num_labels` for a new head).
-    public static func load(directory: URL, architecture: String? = nil, newlyInitialized: [String] = [],
-                            configOverrides: [String: Any] = [:]) throws -> PretrainedModel {
+    public static func load(
+        directory: URL, architecture: String? = nil, newlyInitialized: [String] = [],
+        configOverrides: [String: Any] = [:]
+    ) throws -> PretrainedModel {
         var checkpoint = try Checkpoint(directory: directory)
         for (k, v) in configOverrides { checkpoint.config[k] = v }
-        if configOverrides["num_labels"] != nil { checkpoint.config["id2label"] = nil; checkpoint.config["label2id"] = nil }
+        if configOverrides["num_labels"] != nil {
+            checkpoint.config["id2label"] = nil; checkpoint.config["label2id"] = nil
+        }
         let configPath = directory.appendingPathComponent("config.json").path
         // The config's `architectures`, else its `model_type` (gpt2: the LM head model, whose head is tied and so
         // needs no extra tensor; bert: the bare model).
         let byType = ["gpt2": "GPT2LMHeadModel", "bert": "BertModel"]
-        let name = architecture ?? ConfigReader(json: checkpoint.config, path: configPath).architectures.first
+        let name =
+            architecture ?? ConfigReader(json: checkpoint.config, path: configPath).architectures.first
             ?? (checkpoint.config["model_type"] as? String).flatMap { byType[$0] } ?? ""
-        guard let row = table[name] else { throw ModelError.unknownArchitecture(name.isEmpty ? "(none in config.json)" : name, known: knownArchitectures) }
+        guard let row = table[name] else {
+            throw ModelError.unknownArchitecture(
+                name.isEmpty ? "(none in config.json)" : name, known: knownArchitectures)
+        }
         try checkpoint.requireHolds(parameters: try row.count(checkpoint.config, configPath), configPath: configPath)
         let model = try Initializer.$skipped.withValue(true) { try row.build(checkpoint.config, configPath) }
         var options = row.options
@@ -97,7 +121,9 @@ extension PretrainedModel {
         let isGPT2 = config["model_type"] as? String == "gpt2"
         let wanted: (architecture: String, head: String)?
         switch adapterConfig["task_type"] as? String {
-        case "SEQ_CLS": wanted = isGPT2 ? ("GPT2ForSequenceClassification", "score") : ("BertForSequenceClassification", "classifier")
+        case "SEQ_CLS":
+            wanted =
+                isGPT2 ? ("GPT2ForSequenceClassification", "score") : ("BertForSequenceClassification", "classifier")
         case "TOKEN_CLS" where !isGPT2: wanted = ("BertForTokenClassification", "classifier")
         case "QUESTION_ANS" where !isGPT2: wanted = ("BertForQuestionAnswering", "qa_outputs")
         case "CAUSAL_LM" where isGPT2: wanted = ("GPT2LMHeadModel", "lm_head")
@@ -109,16 +135,28 @@ extension PretrainedModel {
         if wanted.head == "classifier" || wanted.head == "score" {
             // As many labels as the adapter's saved head has rows (its weight is [labels, hidden]).
             let (file, path) = try PEFTAdapter.weightsFile(adapter)
-            guard let key = file.tensorNames.sorted().first(where: { $0.contains(".\(wanted.head).") && $0.hasSuffix("weight") && !$0.contains("original_module") }),
-                  let labels = file.shape(key)?.first else {
-                throw ModelError.badConfig(path: path, detail: "a \(adapterConfig["task_type"] ?? "") adapter without its \(wanted.head) head (modules_to_save)")
+            guard
+                let key = file.tensorNames.sorted().first(where: {
+                    $0.contains(".\(wanted.head).") && $0.hasSuffix("weight") && !$0.contains("original_module")
+                }),
+                let labels = file.shape(key)?.first
+            else {
+                throw ModelError.badConfig(
+                    path: path,
+                    detail:
+                        "a \(adapterConfig["task_type"] ?? "") adapter without its \(wanted.head) head (modules_to_save)"
+                )
             }
             overrides["num_labels"] = labels
             // GPT-2 checkpoints carry no pad token; PEFT users set the end-of-text token, as Reins's trainer does.
-            if isGPT2, config["pad_token_id"] == nil || config["pad_token_id"] is NSNull, let eos = config["eos_token_id"] as? Int {
+            if isGPT2, config["pad_token_id"] == nil || config["pad_token_id"] is NSNull,
+                let eos = config["eos_token_id"] as? Int
+            {
                 overrides["pad_token_id"] = eos
             }
         }
-        return try load(directory: directory, architecture: wanted.architecture, newlyInitialized: [wanted.head + "."], configOverrides: overrides)
+        return try load(
+            directory: directory, architecture: wanted.architecture, newlyInitialized: [wanted.head + "."],
+            configOverrides: overrides)
     }
 }

@@ -17,9 +17,13 @@ public struct Checkpoint {
     public init(directory: URL) throws {
         self.directory = directory
         config = try Checkpoint.readJSON(directory.appendingPathComponent("config.json"))
-        func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: directory.appendingPathComponent(name).path) }
+        func exists(_ name: String) -> Bool {
+            FileManager.default.fileExists(atPath: directory.appendingPathComponent(name).path)
+        }
         // safetensors first, as transformers does; the pickled format only when it is all there is.
-        let stem = exists("model.safetensors") || exists("model.safetensors.index.json") || !(exists("pytorch_model.bin") || exists("pytorch_model.bin.index.json"))
+        let stem =
+            exists("model.safetensors") || exists("model.safetensors.index.json")
+                || !(exists("pytorch_model.bin") || exists("pytorch_model.bin.index.json"))
             ? "model.safetensors" : "pytorch_model.bin"
         let single = directory.appendingPathComponent(stem)
         let index = directory.appendingPathComponent(stem + ".index.json")
@@ -36,7 +40,9 @@ public struct Checkpoint {
             for shard in shardNames {
                 // A shard is a file in the model directory, named plainly: no folders, no `..`, nothing absolute.
                 guard !shard.isEmpty, !shard.contains("/"), !shard.contains("\\"), shard != ".", shard != ".." else {
-                    throw ModelError.badConfig(path: index.path, detail: "weight_map names shard '\(shard)', which is not a file name in the model directory")
+                    throw ModelError.badConfig(
+                        path: index.path,
+                        detail: "weight_map names shard '\(shard)', which is not a file name in the model directory")
                 }
                 let path = directory.appendingPathComponent(shard).path
                 guard FileManager.default.fileExists(atPath: path) else { throw ModelError.missingFile(path: path) }
@@ -44,9 +50,10 @@ public struct Checkpoint {
             }
             let shardIndex = Dictionary(uniqueKeysWithValues: shardNames.enumerated().map { ($0.element, $0.offset) })
             for (name, shard) in map {
-                guard let i = shardIndex[shard] else { continue } // cannot happen: shardNames holds every value of map
+                guard let i = shardIndex[shard] else { continue }  // cannot happen: shardNames holds every value of map
                 guard files[i].shape(name) != nil else {
-                    throw ModelError.badConfig(path: index.path, detail: "weight_map puts '\(name)' in \(shard), which does not hold it")
+                    throw ModelError.badConfig(
+                        path: index.path, detail: "weight_map puts '\(name)' in \(shard), which does not hold it")
                 }
                 fileOfTensor[name] = i
             }
@@ -73,7 +80,8 @@ public struct Checkpoint {
         let held = elementCount
         let allowance = held > Int.max / 4 ? Int.max : 2 * held + (1 << 24)
         guard implied <= allowance else {
-            throw ModelError.badConfig(path: configPath, detail: "the config implies \(implied) parameters, but the checkpoint holds \(held)")
+            throw ModelError.badConfig(
+                path: configPath, detail: "the config implies \(implied) parameters, but the checkpoint holds \(held)")
         }
     }
 
@@ -82,13 +90,17 @@ public struct Checkpoint {
 
     /// A tensor as float32.
     public func tensor(_ name: String) throws -> Tensor {
-        guard let i = fileOfTensor[name] else { throw SafeTensorsError.missingTensor(path: directory.path, tensor: name) }
+        guard let i = fileOfTensor[name] else {
+            throw SafeTensorsError.missingTensor(path: directory.path, tensor: name)
+        }
         return try files[i].tensor(name)
     }
 
     /// Converts a tensor to float32 straight into `buffer`.
     public func read(_ name: String, into buffer: UnsafeMutableBufferPointer<Float>) throws {
-        guard let i = fileOfTensor[name] else { throw SafeTensorsError.missingTensor(path: directory.path, tensor: name) }
+        guard let i = fileOfTensor[name] else {
+            throw SafeTensorsError.missingTensor(path: directory.path, tensor: name)
+        }
         try files[i].read(name, into: buffer)
     }
 
@@ -123,8 +135,11 @@ public struct LoadOptions: Sendable {
 
     /// - Parameters:
     ///   - basePrefix: the base model's key inside head models (`transformer`, `bert`; empty for a model of your own).
-    public init(basePrefix: String = "", newlyInitialized: [String] = [], ignoredSuffixes: [String] = [], ignoredPrefixes: [String] = [],
-                replaced: [String] = []) {
+    public init(
+        basePrefix: String = "", newlyInitialized: [String] = [], ignoredSuffixes: [String] = [],
+        ignoredPrefixes: [String] = [],
+        replaced: [String] = []
+    ) {
         (self.basePrefix, self.newlyInitialized, self.ignoredSuffixes) = (basePrefix, newlyInitialized, ignoredSuffixes)
         (self.ignoredPrefixes, self.replaced) = (ignoredPrefixes, replaced)
     }
@@ -171,7 +186,7 @@ extension Module {
                 }
                 continue
             }
-            let shape = checkpoint.shape(found)! // found is one of the checkpoint's names, so it has a shape
+            let shape = checkpoint.shape(found)!  // found is one of the checkpoint's names, so it has a shape
             guard shape == p.value.shape else {
                 misshaped.append("\(found) is \(shape), expected \(p.value.shape)")
                 continue
@@ -179,7 +194,8 @@ extension Module {
             loads.append((p, found))
         }
         let unexpected = names.subtracting(used).filter { n in
-            !options.ignoredSuffixes.contains { n.hasSuffix($0) } && !options.ignoredPrefixes.contains { n.hasPrefix($0) || n.hasPrefix(prefix + $0) }
+            !options.ignoredSuffixes.contains { n.hasSuffix($0) }
+                && !options.ignoredPrefixes.contains { n.hasPrefix($0) || n.hasPrefix(prefix + $0) }
         }.sorted()
         guard missing.isEmpty, misshaped.isEmpty, unexpected.isEmpty else {
             throw ModelError.checkpointMismatch(missing: missing, unexpected: unexpected, misshaped: misshaped)
@@ -211,9 +227,12 @@ extension Module {
         let owned = Set(adapterNames.flatMap { parameters(ofAdapter: $0) }.map(ObjectIdentifier.init))
         var tensors: [String: Tensor] = [:]
         try withBareBase {
-            for (key, p) in namedParameters() where !owned.contains(ObjectIdentifier(p)) { tensors[key] = p.value.detached() }
+            for (key, p) in namedParameters() where !owned.contains(ObjectIdentifier(p)) {
+                tensors[key] = p.value.detached()
+            }
         }
-        try SafeTensorsFile.write(tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("model.safetensors").path)
+        try SafeTensorsFile.write(
+            tensors, metadata: ["format": "pt"], to: directory.appendingPathComponent("model.safetensors").path)
         let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         try AtomicFile.write(json, to: directory.appendingPathComponent("config.json").path)
     }

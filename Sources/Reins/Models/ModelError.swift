@@ -15,16 +15,20 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .missingFile(path): return "\(path): no such file"
         case let .badConfig(path, detail): return "\(path): \(detail)"
-        case let .unknownArchitecture(name, known): return "unknown architecture '\(name)'; known: \(known.joined(separator: ", "))"
+        case let .unknownArchitecture(name, known):
+            return "unknown architecture '\(name)'; known: \(known.joined(separator: ", "))"
         case let .checkpointMismatch(missing, unexpected, misshaped):
             var parts: [String] = []
             if !missing.isEmpty { parts.append("missing tensors: \(missing.joined(separator: ", "))") }
             if !unexpected.isEmpty { parts.append("unexpected tensors: \(unexpected.joined(separator: ", "))") }
             if !misshaped.isEmpty { parts.append("mis-shaped tensors: \(misshaped.joined(separator: ", "))") }
             return "checkpoint does not fit the model: " + parts.joined(separator: "; ")
-        case let .sequenceTooLong(length, maximum): return "sequence of \(length) tokens is longer than the model's \(maximum) positions"
-        case let .tokenOutOfRange(position, id, size): return "token id \(id) at position \(position) is outside the vocabulary of \(size)"
-        case let .tokenTypeOutOfRange(position, type, count): return "token type \(type) at position \(position) is outside 0..<\(count)"
+        case let .sequenceTooLong(length, maximum):
+            return "sequence of \(length) tokens is longer than the model's \(maximum) positions"
+        case let .tokenOutOfRange(position, id, size):
+            return "token id \(id) at position \(position) is outside the vocabulary of \(size)"
+        case let .tokenTypeOutOfRange(position, type, count):
+            return "token type \(type) at position \(position) is outside 0..<\(count)"
         case let .badInput(detail): return detail
         }
     }

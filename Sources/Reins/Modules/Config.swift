@@ -24,7 +24,7 @@ struct ConfigReader {
     func optionalInt(_ key: String) throws -> Int? {
         guard let v = json[key], !(v is NSNull) else { return nil }
         guard let n = JSONNumber.exactInt(v) else {
-            let shown = Self.number(v) == nil ? "" : " (\(v))" // a boolean prints as 1 or 0: say nothing rather than mislead
+            let shown = Self.number(v) == nil ? "" : " (\(v))"  // a boolean prints as 1 or 0: say nothing rather than mislead
             throw ModelError.badConfig(path: path, detail: "'\(key)' is not an integer\(shown)")
         }
         return n
@@ -66,7 +66,9 @@ struct ConfigCheck {
     }
 
     func positive(_ fields: KeyValuePairs<String, Int>) throws {
-        for (name, value) in fields where value <= 0 { throw ModelError.badConfig(path: path, detail: "\(name) is \(value); it must be positive") }
+        for (name, value) in fields where value <= 0 {
+            throw ModelError.badConfig(path: path, detail: "\(name) is \(value); it must be positive")
+        }
     }
 
     func probabilities(_ fields: KeyValuePairs<String, Float>) throws {
@@ -96,8 +98,12 @@ struct ConfigCheck {
     func fitsInMemory(_ terms: [[Int]]) throws {
         let total = ConfigCheck.count(terms) ?? 0
         do {
-            guard ConfigCheck.count(terms) != nil else { throw TensorError.invalidArgument(operation: "", detail: "more parameters than an Int can count") }
-            try Tensor.checkMemory(elements: total, bytesPerElement: MemoryLayout<Float>.stride, what: "\(total) parameters", operation: "")
+            guard ConfigCheck.count(terms) != nil else {
+                throw TensorError.invalidArgument(operation: "", detail: "more parameters than an Int can count")
+            }
+            try Tensor.checkMemory(
+                elements: total, bytesPerElement: MemoryLayout<Float>.stride, what: "\(total) parameters", operation: ""
+            )
         } catch let error as TensorError {
             guard case let .invalidArgument(_, detail) = error else { throw error }
             throw ModelError.badConfig(path: path, detail: "the model's sizes are too large: \(detail)")
@@ -124,7 +130,9 @@ public enum Activation: Sendable, Equatable {
         case "gelu": self = .gelu(.none)
         case "gelu_new", "gelu_pytorch_tanh", "gelu_fast": self = .gelu(.tanh)
         case "relu": self = .relu
-        default: throw ModelError.badConfig(path: path, detail: "activation '\(name)' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)")
+        default:
+            throw ModelError.badConfig(
+                path: path, detail: "activation '\(name)' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)")
         }
     }
 
@@ -132,7 +140,7 @@ public enum Activation: Sendable, Equatable {
     func apply(_ x: Tensor, _ layer: Linear) throws -> Tensor {
         switch self {
         case let .gelu(form):
-            if layer.hasLiveAdapter { return try layer(x).gelu(form) } // the fused path would bypass the adapter
+            if layer.hasLiveAdapter { return try layer(x).gelu(form) }  // the fused path would bypass the adapter
             let pre = try Tensor.linear(x, weight: layer.weight.value, weightTransposed: layer.weightTransposed)
             guard let bias = layer.bias else { return pre.gelu(form) }
             return try Tensor.biasGELU(pre, bias: bias.value, form)

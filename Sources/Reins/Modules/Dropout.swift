@@ -8,7 +8,9 @@ public final class Dropout: Module {
 
     /// - Throws: ``ModelError/badInput(_:)`` for a probability outside [0, 1).
     public init(_ probability: Float) throws {
-        guard (0..<1).contains(probability) else { throw ModelError.badInput("dropout probability \(probability) is outside [0, 1)") }
+        guard (0..<1).contains(probability) else {
+            throw ModelError.badInput("dropout probability \(probability) is outside [0, 1)")
+        }
         self.probability = probability
     }
 

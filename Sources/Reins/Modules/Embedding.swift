@@ -41,17 +41,24 @@ public final class Embedding: Module, LoRAHost {
     public func callAsFunction(_ ids: IntTensor) throws -> Tensor {
         let rows = try Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
         guard let lora = slots.live else { return rows }
-        let low = try Tensor.embedding(ids, table: lora.a.value.transposed(), paddingIndex: paddingIndex) // [..., r]
+        let low = try Tensor.embedding(ids, table: lora.a.value.transposed(), paddingIndex: paddingIndex)  // [..., r]
         return try rows + Tensor.linear(low, weight: lora.b.value).scaled(by: lora.scale)
     }
 
     /// Attaches a LoRA adapter under `name` (replacing one of that name) and makes it active.
     public func attachLoRA(_ name: String, _ lora: LoRA) throws {
         guard lora.a.value.shape == [lora.rank, count], lora.b.value.shape == [size, lora.rank] else {
-            throw ModelError.badInput("LoRA '\(name)': lora_embedding_A \(lora.a.value.shape) and lora_embedding_B \(lora.b.value.shape) do not fit a \(count) x \(size) embedding table (expected [r, \(count)] and [\(size), r])")
+            throw ModelError.badInput(
+                "LoRA '\(name)': lora_embedding_A \(lora.a.value.shape) and lora_embedding_B \(lora.b.value.shape) do not fit a \(count) x \(size) embedding table (expected [r, \(count)] and [\(size), r])"
+            )
         }
-        guard !lora.usesDoRA else { throw ModelError.badInput("LoRA '\(name)': DoRA on an embedding table is not supported") }
-        guard lora.dropout == 0 else { throw ModelError.badInput("LoRA '\(name)': dropout on an embedding table is not supported (PEFT applies none)") }
+        guard !lora.usesDoRA else {
+            throw ModelError.badInput("LoRA '\(name)': DoRA on an embedding table is not supported")
+        }
+        guard lora.dropout == 0 else {
+            throw ModelError.badInput(
+                "LoRA '\(name)': dropout on an embedding table is not supported (PEFT applies none)")
+        }
         slots.attach(name, lora, weight: weight)
     }
 
@@ -60,7 +67,8 @@ public final class Embedding: Module, LoRAHost {
     /// Folds the active adapter into the table, `W + s·(B·A)ᵀ`; ``unadaptedWeight`` keeps the base for tied outputs.
     public func merge() throws {
         try slots.merge(into: weight) { lora, base in
-            try base + Tensor.matmul(lora.a.value, lora.b.value, transposeA: true, transposeB: true).scaled(by: lora.scale)
+            try base
+                + Tensor.matmul(lora.a.value, lora.b.value, transposeA: true, transposeB: true).scaled(by: lora.scale)
         }
     }
 
@@ -107,9 +115,14 @@ public final class TiedOutput: Module, LoRAHost {
 
     public func attachLoRA(_ name: String, _ lora: LoRA) throws {
         guard lora.a.value.shape == [lora.rank, loraInputs], lora.b.value.shape == [loraOutputs, lora.rank] else {
-            throw ModelError.badInput("LoRA '\(name)': A \(lora.a.value.shape) and B \(lora.b.value.shape) do not fit the \(loraInputs) -> \(loraOutputs) output layer (expected [r, \(loraInputs)] and [\(loraOutputs), r])")
+            throw ModelError.badInput(
+                "LoRA '\(name)': A \(lora.a.value.shape) and B \(lora.b.value.shape) do not fit the \(loraInputs) -> \(loraOutputs) output layer (expected [r, \(loraInputs)] and [\(loraOutputs), r])"
+            )
         }
-        guard !lora.usesDoRA else { throw ModelError.badInput("LoRA '\(name)': DoRA on the output layer tied to the word embeddings is not supported") }
+        guard !lora.usesDoRA else {
+            throw ModelError.badInput(
+                "LoRA '\(name)': DoRA on the output layer tied to the word embeddings is not supported")
+        }
         slots.attach(name, lora, weight: weight)
     }
 
@@ -119,7 +132,9 @@ public final class TiedOutput: Module, LoRAHost {
     ///   embeddings too.
     public func merge() throws {
         guard let name = activeLoRA else { return }
-        throw ModelError.badInput("LoRA '\(name)' on the output layer cannot be merged: its weight is the word-embedding table, which the input lookups share (use the adapter unmerged)")
+        throw ModelError.badInput(
+            "LoRA '\(name)' on the output layer cannot be merged: its weight is the word-embedding table, which the input lookups share (use the adapter unmerged)"
+        )
     }
 
     public func unmerge() throws {}

@@ -12,7 +12,9 @@ public final class LayerNorm: Module {
 
     /// `eps` defaults to PyTorch's `nn.LayerNorm` default.
     public init(_ size: Int, eps: Float = 1e-5) throws {
-        guard size > 0, eps.isFinite, eps >= 0 else { throw ModelError.badInput("LayerNorm needs a positive size and a finite eps >= 0, got \(size) and \(eps)") }
+        guard size > 0, eps.isFinite, eps >= 0 else {
+            throw ModelError.badInput("LayerNorm needs a positive size and a finite eps >= 0, got \(size) and \(eps)")
+        }
         weight = Parameter("weight", try Tensor.ones([size]))
         biases = ParameterVariants(Parameter("bias", try Tensor.zeros([size])))
         self.eps = eps

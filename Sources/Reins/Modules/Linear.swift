@@ -33,11 +33,16 @@ public final class Linear: Module, LoRAHost {
 
     /// A layer of N(0, `std`) weights drawn from `seed` and zero biases (``Module/initializeParameters(seed:)`` redraws
     /// a whole model's from its keys).
-    public init(inputs: Int, outputs: Int, bias: Bool = true, weightTransposed: Bool = false, std: Float = 0.02, seed: UInt64 = 0) throws {
+    public init(
+        inputs: Int, outputs: Int, bias: Bool = true, weightTransposed: Bool = false, std: Float = 0.02,
+        seed: UInt64 = 0
+    ) throws {
         self.inputs = inputs
         self.outputs = outputs
         self.weightTransposed = weightTransposed
-        weight = Parameter("weight", try Initializer.normal(weightTransposed ? [inputs, outputs] : [outputs, inputs], std: std, seed: seed))
+        weight = Parameter(
+            "weight",
+            try Initializer.normal(weightTransposed ? [inputs, outputs] : [outputs, inputs], std: std, seed: seed))
         biases = bias ? ParameterVariants(Parameter("bias", try Tensor.zeros([outputs]))) : nil
     }
 
@@ -58,7 +63,9 @@ public final class Linear: Module, LoRAHost {
     public func attachIA3(_ name: String, _ vector: IA3) throws {
         let expected = vector.scalesInput ? inputs : outputs
         guard vector.vector.value.shape == [expected] else {
-            throw ModelError.badInput("IA3 '\(name)': vector \(vector.vector.value.shape) does not fit the \(vector.scalesInput ? "input" : "output") of a \(inputs) -> \(outputs) layer (expected [\(expected)])")
+            throw ModelError.badInput(
+                "IA3 '\(name)': vector \(vector.vector.value.shape) does not fit the \(vector.scalesInput ? "input" : "output") of a \(inputs) -> \(outputs) layer (expected [\(expected)])"
+            )
         }
         ia3[name] = vector
         activeIA3 = name
@@ -94,8 +101,10 @@ public final class Linear: Module, LoRAHost {
         let factor = try magnitude / doraNorm(lora)
         let dropping = lora.dropout > 0 && TrainingMode.isActive
         let dropped = dropping ? try x.trainingDropout(lora.dropout) : x
-        let directed = try Tensor.loraLinear(dropped, weight: weight.value, loraA: lora.a.value, loraB: lora.b.value,
-                                             scale: lora.scale, weightTransposed: weightTransposed) * factor
+        let directed =
+            try Tensor.loraLinear(
+                dropped, weight: weight.value, loraA: lora.a.value, loraB: lora.b.value,
+                scale: lora.scale, weightTransposed: weightTransposed) * factor
         guard dropping else { return try bias.map { try directed + $0.value } ?? directed }
         let base = try Tensor.linear(x, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
         let droppedBase = try Tensor.linear(dropped, weight: weight.value, weightTransposed: weightTransposed)
@@ -106,7 +115,7 @@ public final class Linear: Module, LoRAHost {
     /// PEFT does by default: merge the adapter for inference at the base layer's cost.
     func doraNorm(_ lora: LoRA) throws -> Tensor {
         try Autograd.withoutGradients {
-            let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale) // [out, in]
+            let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale)  // [out, in]
             let adapted = try (weightTransposed ? weight.value.transposed() : weight.value) + delta
             return try (adapted * adapted).sum(axis: 1).sqrt()
         }
@@ -116,13 +125,19 @@ public final class Linear: Module, LoRAHost {
     /// its magnitude here: the row norms of `W + s·B·A`, so that attaching changes nothing.
     public func attachLoRA(_ name: String, _ lora: LoRA) throws {
         guard lora.a.value.shape == [lora.rank, inputs], lora.b.value.shape == [outputs, lora.rank] else {
-            throw ModelError.badInput("LoRA '\(name)': A \(lora.a.value.shape) and B \(lora.b.value.shape) do not fit a \(inputs) -> \(outputs) layer (expected [r, \(inputs)] and [\(outputs), r])")
+            throw ModelError.badInput(
+                "LoRA '\(name)': A \(lora.a.value.shape) and B \(lora.b.value.shape) do not fit a \(inputs) -> \(outputs) layer (expected [r, \(inputs)] and [\(outputs), r])"
+            )
         }
         if let m = lora.magnitude, m.value.shape != [outputs] {
-            throw ModelError.badInput("DoRA '\(name)': magnitude \(m.value.shape) does not fit a layer with \(outputs) outputs (expected [\(outputs)])")
+            throw ModelError.badInput(
+                "DoRA '\(name)': magnitude \(m.value.shape) does not fit a layer with \(outputs) outputs (expected [\(outputs)])"
+            )
         }
-        slots.attach(name, lora, weight: weight) // unmerges a merged adapter of that name first: the norm reads the base
-        if lora.usesDoRA && lora.magnitude == nil { lora.magnitude = Parameter("lora_magnitude_vector", try doraNorm(lora)) }
+        slots.attach(name, lora, weight: weight)  // unmerges a merged adapter of that name first: the norm reads the base
+        if lora.usesDoRA && lora.magnitude == nil {
+            lora.magnitude = Parameter("lora_magnitude_vector", try doraNorm(lora))
+        }
     }
 
     /// Removes an adapter (unmerging it first if needed).
@@ -132,12 +147,13 @@ public final class Linear: Module, LoRAHost {
     /// costs what the base layer costs. The base weight is kept and restored exactly by ``unmerge()``.
     public func merge() throws {
         try slots.merge(into: weight) { lora, base in
-            let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale) // [out, in]
+            let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale)  // [out, in]
             let update = weightTransposed ? try delta.transposed() : delta
             guard let m = lora.magnitude else { return try base + update }
             // DoRA: W' = f ⊙ (W + s·B·A), f = m / ‖W + s·B·A‖ per output (a column of the [in, out] layout).
             let factor = try m.value / doraNorm(lora)
-            return weightTransposed ? try (base + update) * factor : try ((base + update).transposed() * factor).transposed()
+            return weightTransposed
+                ? try (base + update) * factor : try ((base + update).transposed() * factor).transposed()
         }
     }
 

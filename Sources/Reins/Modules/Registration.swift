@@ -18,12 +18,19 @@ extension Module {
             let fresh: [(Parameter?, (String) throws -> Tensor)]
             switch module {
             case let l as Linear:
-                fresh = [(l.weight, { try Tensor.normal(l.weight.value.shape, std: 0.02, seed: seed(forKey: $0, base)) }),
-                         (l.biases?.base, { _ in try Tensor.zeros([l.outputs]) })]
+                fresh = [
+                    (l.weight, { try Tensor.normal(l.weight.value.shape, std: 0.02, seed: seed(forKey: $0, base)) }),
+                    (l.biases?.base, { _ in try Tensor.zeros([l.outputs]) }),
+                ]
             case let e as Embedding:
-                fresh = [(e.weight, { try Tensor.normal(e.weight.value.shape, std: 0.02, seed: seed(forKey: $0, base)) })]
+                fresh = [
+                    (e.weight, { try Tensor.normal(e.weight.value.shape, std: 0.02, seed: seed(forKey: $0, base)) })
+                ]
             case let n as LayerNorm:
-                fresh = [(n.weight, { _ in try Tensor.ones(n.weight.value.shape) }), (n.biases.base, { _ in try Tensor.zeros(n.weight.value.shape) })]
+                fresh = [
+                    (n.weight, { _ in try Tensor.ones(n.weight.value.shape) }),
+                    (n.biases.base, { _ in try Tensor.zeros(n.weight.value.shape) }),
+                ]
             default: fresh = []
             }
             for case let (p?, make) in fresh where !adapterOwned.contains(ObjectIdentifier(p)) {
@@ -41,17 +48,23 @@ extension Module {
         let registeredModules = Set(modules.map { ObjectIdentifier($0.1) })
         // Every parameter any site can hold counts as registered (an inactive adapter's, a head variant).
         var registered = Set(allParameterKeys().map { ObjectIdentifier($0.parameter) })
-        for site in adapterSites { for name in site.adapterNames { registered.formUnion(site.parameters(of: name).map(ObjectIdentifier.init)) } }
+        for site in adapterSites {
+            for name in site.adapterNames { registered.formUnion(site.parameters(of: name).map(ObjectIdentifier.init)) }
+        }
         var missing: [String] = []
         for (key, module) in modules {
             for child in Mirror(reflecting: module).children {
                 guard let label = child.label else { continue }
                 let values: [Any] = (child.value as? [Any]) ?? [child.value]
                 for value in values {
-                    let unwrapped = Mirror(reflecting: value).displayStyle == .optional ? Mirror(reflecting: value).children.first?.value : value
+                    let unwrapped =
+                        Mirror(reflecting: value).displayStyle == .optional
+                        ? Mirror(reflecting: value).children.first?.value : value
                     if let p = unwrapped as? Parameter, !registered.contains(ObjectIdentifier(p)) {
                         missing.append(key.isEmpty ? label : "\(key).\(label)")
-                    } else if let m = unwrapped as? any Module, !registeredModules.contains(ObjectIdentifier(m)), !m.parameters.isEmpty {
+                    } else if let m = unwrapped as? any Module, !registeredModules.contains(ObjectIdentifier(m)),
+                        !m.parameters.isEmpty
+                    {
                         missing.append(key.isEmpty ? label : "\(key).\(label)")
                     }
                 }

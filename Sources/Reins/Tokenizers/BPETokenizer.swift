@@ -33,7 +33,10 @@ public final class BPETokenizer: @unchecked Sendable {
             let l = line.hasSuffix("\r") ? line.dropLast() : line
             if l.isEmpty || (n == 0 && l.hasPrefix("#version")) { continue }
             let parts = l.split(separator: " ", omittingEmptySubsequences: false)
-            guard parts.count == 2 else { throw TokenizerError.malformed(path: mergesFile, line: n + 1, detail: "a merge is two symbols separated by one space") }
+            guard parts.count == 2 else {
+                throw TokenizerError.malformed(
+                    path: mergesFile, line: n + 1, detail: "a merge is two symbols separated by one space")
+            }
             merges.append((String(parts[0]), String(parts[1])))
         }
         let specials = vocab.keys.filter { $0.hasPrefix("<|") && $0.hasSuffix("|>") }
@@ -44,7 +47,8 @@ public final class BPETokenizer: @unchecked Sendable {
     public convenience init(tokenizerJSON path: String) throws {
         let json = try readTokenizerJSON(path)
         guard let model = json["model"] as? [String: Any], (model["type"] as? String) == "BPE",
-              let vocab = model["vocab"] as? [String: Any], let rawMerges = model["merges"] as? [Any] else {
+            let vocab = model["vocab"] as? [String: Any], let rawMerges = model["merges"] as? [Any]
+        else {
             throw TokenizerError.malformed(path: path, line: nil, detail: "not a BPE tokenizer.json")
         }
         let merges = try rawMerges.enumerated().map { (i, m) -> (String, String) in
@@ -69,10 +73,13 @@ public final class BPETokenizer: @unchecked Sendable {
         var maxID = -1
         for (token, id) in vocab {
             guard let i = JSONNumber.exactInt(id), i >= 0, i < vocab.count + BPETokenizer.maximumIDGap else {
-                throw TokenizerError.malformed(path: source, line: nil,
-                                               detail: "token '\(token)' has id \(id), not an integer in 0..<\(vocab.count + BPETokenizer.maximumIDGap) (the vocabulary has \(vocab.count) entries)")
+                throw TokenizerError.malformed(
+                    path: source, line: nil,
+                    detail:
+                        "token '\(token)' has id \(id), not an integer in 0..<\(vocab.count + BPETokenizer.maximumIDGap) (the vocabulary has \(vocab.count) entries)"
+                )
             }
-            vocabulary[token] = Int32(i) // fits: below the entry count plus 65,536
+            vocabulary[token] = Int32(i)  // fits: below the entry count plus 65,536
             maxID = max(maxID, i)
         }
         var tokens = [String](repeating: "", count: maxID + 1)
@@ -80,19 +87,25 @@ public final class BPETokenizer: @unchecked Sendable {
         self.vocabulary = vocabulary
         self.tokens = tokens
         for b in 0...255 where vocabulary[String(BPETokenizer.byteToCharacter[b])] == nil {
-            throw TokenizerError.malformed(path: source, line: nil, detail: "the vocabulary lacks byte \(b) ('\(BPETokenizer.byteToCharacter[b])')")
+            throw TokenizerError.malformed(
+                path: source, line: nil, detail: "the vocabulary lacks byte \(b) ('\(BPETokenizer.byteToCharacter[b])')"
+            )
         }
         var ranks: [Pair: Int] = [:]
         for (i, m) in merges.enumerated() where ranks[Pair(a: m.0, b: m.1)] == nil {
             // Every merge must make a token the vocabulary has (as `tokenizers` requires): otherwise its result would
             // have no id and text would encode silently wrong.
             guard vocabulary[m.0 + m.1] != nil else {
-                throw TokenizerError.malformed(path: source, line: nil, detail: "merge \(i) ('\(m.0)' + '\(m.1)') makes '\(m.0 + m.1)', which is not in the vocabulary")
+                throw TokenizerError.malformed(
+                    path: source, line: nil,
+                    detail: "merge \(i) ('\(m.0)' + '\(m.1)') makes '\(m.0 + m.1)', which is not in the vocabulary")
             }
             ranks[Pair(a: m.0, b: m.1)] = i
         }
         self.ranks = ranks
-        self.specials = specials.compactMap { s in vocabulary[s].map { (s, $0) } }.sorted { $0.text.count > $1.text.count }
+        self.specials = specials.compactMap { s in vocabulary[s].map { (s, $0) } }.sorted {
+            $0.text.count > $1.text.count
+        }
     }
 
     /// The id of `<|endoftext|>`, if present.
@@ -200,7 +213,9 @@ public final class BPETokenizer: @unchecked Sendable {
             // an optional single space, then a run of letters, of numbers, or of other symbols
             let j = s[i] == " " && i + 1 < s.count && !isSpace(s[i + 1]) ? i + 1 : i
             if !isSpace(s[j]) {
-                let end = isLetter(s[j]) ? run(from: j, isLetter) : isNumber(s[j]) ? run(from: j, isNumber) : run(from: j, isOther)
+                let end =
+                    isLetter(s[j])
+                    ? run(from: j, isLetter) : isNumber(s[j]) ? run(from: j, isNumber) : run(from: j, isOther)
                 words.append(String(String.UnicodeScalarView(s[i..<end])))
                 i = end
                 continue

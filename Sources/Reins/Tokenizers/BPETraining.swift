@@ -13,10 +13,16 @@ extension BPETokenizer {
     /// or no pair occurs `minimumFrequency` times. Ties go to the pair whose merged token sorts first, so the result
     /// is deterministic.
     /// - Throws: ``TokenizerError`` if `vocabularySize` cannot hold the 256 bytes and the special tokens.
-    public static func learn(from text: String, vocabularySize: Int, minimumFrequency: Int = 2,
-                             specialTokens: [String] = ["<|endoftext|>"]) throws -> Learned {
+    public static func learn(
+        from text: String, vocabularySize: Int, minimumFrequency: Int = 2,
+        specialTokens: [String] = ["<|endoftext|>"]
+    ) throws -> Learned {
         guard vocabularySize >= 256 + specialTokens.count else {
-            throw TokenizerError.malformed(path: "(training)", line: nil, detail: "vocabulary size \(vocabularySize) cannot hold the 256 bytes and \(specialTokens.count) special tokens")
+            throw TokenizerError.malformed(
+                path: "(training)", line: nil,
+                detail:
+                    "vocabulary size \(vocabularySize) cannot hold the 256 bytes and \(specialTokens.count) special tokens"
+            )
         }
         var tokens = byteToCharacter.map { String($0) }
         // Words as symbol-id sequences, with their counts.
@@ -31,7 +37,7 @@ extension BPETokenizer {
         // the next merge comes from a heap of candidates; an entry whose count has changed since it was pushed is
         // stale and skipped.
         var pairs: [UInt64: Int] = [:]
-        var holders: [UInt64: [Int]] = [:] // the words each pair occurs in (may list a word twice, or one it has left)
+        var holders: [UInt64: [Int]] = [:]  // the words each pair occurs in (may list a word twice, or one it has left)
         func key(_ a: Int32, _ b: Int32) -> UInt64 { UInt64(UInt32(a)) << 32 | UInt64(UInt32(b)) }
         for (w, word) in words.enumerated() where word.symbols.count > 1 {
             for i in 0..<(word.symbols.count - 1) {
@@ -47,7 +53,7 @@ extension BPETokenizer {
         }
         for k in pairs.keys { offer(k) }
         var merges: [(String, String)] = []
-        var visited = [Int](repeating: -1, count: words.count) // the merge that last rewrote each word
+        var visited = [Int](repeating: -1, count: words.count)  // the merge that last rewrote each word
         while tokens.count + specialTokens.count < vocabularySize {
             guard let chosen = candidates.popValid(where: { pairs[$0.key] == $0.count }) else { break }
             let (a, b) = (Int32(chosen.key >> 32), Int32(chosen.key & 0xFFFF_FFFF))
@@ -60,7 +66,11 @@ extension BPETokenizer {
                 let s = words[w].symbols, n = words[w].count
                 var out: [Int32] = [], j = 0
                 while j < s.count {
-                    if j + 1 < s.count && s[j] == a && s[j + 1] == b { out.append(id); j += 2 } else { out.append(s[j]); j += 1 }
+                    if j + 1 < s.count && s[j] == a && s[j + 1] == b {
+                        out.append(id); j += 2
+                    } else {
+                        out.append(s[j]); j += 1
+                    }
                 }
                 guard out.count != s.count else { continue }
                 for i in 0..<(s.count - 1) {
@@ -95,7 +105,9 @@ extension BPETokenizer {
     public static func save(_ learned: Learned, to directory: URL) throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let vocab = Dictionary(uniqueKeysWithValues: learned.tokens.enumerated().map { ($0.element, $0.offset) })
-        try AtomicFile.write(try JSONSerialization.data(withJSONObject: vocab, options: [.sortedKeys]), to: directory.appendingPathComponent("vocab.json").path)
+        try AtomicFile.write(
+            try JSONSerialization.data(withJSONObject: vocab, options: [.sortedKeys]),
+            to: directory.appendingPathComponent("vocab.json").path)
         let merges = "#version: 0.2\n" + learned.merges.map { "\($0.0) \($0.1)" }.joined(separator: "\n") + "\n"
         try AtomicFile.write(Data(merges.utf8), to: directory.appendingPathComponent("merges.txt").path)
     }

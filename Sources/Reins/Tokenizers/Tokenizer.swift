@@ -25,7 +25,8 @@ public enum TokenizerError: Error, Equatable, CustomStringConvertible {
         case let .unreadable(path, detail): return "\(path): cannot read: \(detail)"
         case let .malformed(path, line, detail): return "\(path)\(line.map { ":\($0)" } ?? ""): \(detail)"
         case let .missingSpecialToken(t): return "the vocabulary has no \(t) token"
-        case let .tooLongForPair(maximum): return "a maximum length of \(maximum) leaves no room for a text pair and its special tokens"
+        case let .tooLongForPair(maximum):
+            return "a maximum length of \(maximum) leaves no room for a text pair and its special tokens"
         case let .badInput(detail): return detail
         }
     }
@@ -68,15 +69,17 @@ public final class WordPieceTokenizer: Sendable {
         }
         var lines = text.components(separatedBy: "\n")
         if lines.last == "" { lines.removeLast() }
-        try self.init(tokens: lines.map { $0.hasSuffix("\r") ? String($0.dropLast()) : $0 }, lowercase: lowercase,
-                      stripAccents: stripAccents ?? lowercase, source: path)
+        try self.init(
+            tokens: lines.map { $0.hasSuffix("\r") ? String($0.dropLast()) : $0 }, lowercase: lowercase,
+            stripAccents: stripAccents ?? lowercase, source: path)
     }
 
     /// From a Hugging Face `tokenizer.json` whose model is WordPiece.
     public convenience init(tokenizerJSON path: String) throws {
         let json = try readTokenizerJSON(path)
         guard let model = json["model"] as? [String: Any], (model["type"] as? String) == "WordPiece",
-              let vocab = model["vocab"] as? [String: Any] else {
+            let vocab = model["vocab"] as? [String: Any]
+        else {
             throw TokenizerError.malformed(path: path, line: nil, detail: "not a WordPiece tokenizer.json")
         }
         var tokens = [String](repeating: "", count: vocab.count)
@@ -126,7 +129,9 @@ public final class WordPieceTokenizer: Sendable {
     ///
     /// Pairs are truncated as Hugging Face's `longest_first`: the shorter text keeps its length if the longer one can
     /// absorb the cut, otherwise both are cut to half of the room (the second gets the odd one).
-    public func encode(_ text: String, pair: String? = nil, options: EncodingOptions = EncodingOptions()) throws -> Encoding {
+    public func encode(_ text: String, pair: String? = nil, options: EncodingOptions = EncodingOptions()) throws
+        -> Encoding
+    {
         var a = pieces(text), b = pair.map(pieces)
         let specials = options.addSpecialTokens ? (b == nil ? 2 : 3) : 0
         if let maxLength = options.maxLength, a.count + (b?.count ?? 0) + specials > maxLength {
@@ -153,19 +158,25 @@ public final class WordPieceTokenizer: Sendable {
             ids += b; types += [Int32](repeating: 1, count: b.count)
             if options.addSpecialTokens { ids.append(sep); types.append(1) }
         }
-        return Encoding(ids: ids, typeIDs: types, attentionMask: [Int32](repeating: 1, count: ids.count), tokens: ids.map { tokens[Int($0)] })
+        return Encoding(
+            ids: ids, typeIDs: types, attentionMask: [Int32](repeating: 1, count: ids.count),
+            tokens: ids.map { tokens[Int($0)] })
     }
 
     /// Encodes texts (or pairs) and pads them to a common length with `[PAD]` (type 0, mask 0).
     /// - Throws: ``TokenizerError`` for pairs that do not match the texts one for one, or padding to a length that
     ///   would not fit in memory.
-    public func encodeBatch(_ texts: [String], pairs: [String]? = nil, options: EncodingOptions = EncodingOptions()) throws -> [Encoding] {
+    public func encodeBatch(_ texts: [String], pairs: [String]? = nil, options: EncodingOptions = EncodingOptions())
+        throws -> [Encoding]
+    {
         if let pairs, pairs.count != texts.count {
             throw TokenizerError.badInput("\(pairs.count) pair texts for \(texts.count) texts")
         }
         if options.padding == .maxLength, let maxLength = options.maxLength {
             do {
-                try Tensor.checkMemory(elements: maxLength, bytesPerElement: texts.count * 24, what: "padding \(texts.count) texts to \(maxLength) tokens", operation: "encodeBatch")
+                try Tensor.checkMemory(
+                    elements: maxLength, bytesPerElement: texts.count * 24,
+                    what: "padding \(texts.count) texts to \(maxLength) tokens", operation: "encodeBatch")
             } catch { throw TokenizerError.badInput("\(error)") }
         }
         var out = try texts.indices.map { try encode(texts[$0], pair: pairs?[$0], options: options) }
@@ -195,8 +206,10 @@ public final class WordPieceTokenizer: Sendable {
             if skipSpecialTokens && specials.contains(id) { continue }
             let t = tokens[Int(id)]
             var piece = t.hasPrefix("##") ? String(t.dropFirst(2)) : (first ? t : " " + t)
-            for (from, to) in [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-                               (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")] {
+            for (from, to) in [
+                (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+                (" do not", " don't"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"),
+            ] {
                 piece = piece.replacingOccurrences(of: from, with: to)
             }
             text += piece
@@ -218,9 +231,11 @@ public final class WordPieceTokenizer: Sendable {
         }
         var result = String(out)
         if stripAccents {
-            result = String(String.UnicodeScalarView(result.decomposedStringWithCanonicalMapping.unicodeScalars.filter {
-                $0.properties.generalCategory != .nonspacingMark
-            }))
+            result = String(
+                String.UnicodeScalarView(
+                    result.decomposedStringWithCanonicalMapping.unicodeScalars.filter {
+                        $0.properties.generalCategory != .nonspacingMark
+                    }))
         }
         if lowercase { result = result.lowercased() }
         return result
@@ -234,20 +249,23 @@ public final class WordPieceTokenizer: Sendable {
     func pieceSpans(_ unit: [Unicode.Scalar], pieces: [Int32]) -> [Range<Int>]? {
         // How many normalized scalars each original scalar becomes (printable ASCII: one, without asking).
         let widths = unit.map { s in (0x20..<0x7F).contains(s.value) ? 1 : normalize(String(s)).unicodeScalars.count }
-        var ends: [Int] = [] // normalized offset after each scalar
+        var ends: [Int] = []  // normalized offset after each scalar
         for w in widths { ends.append((ends.last ?? 0) + w) }
         if pieces == [unknown] {
-            guard let first = widths.firstIndex(where: { $0 > 0 }), let last = widths.lastIndex(where: { $0 > 0 }) else { return nil }
+            guard let first = widths.firstIndex(where: { $0 > 0 }), let last = widths.lastIndex(where: { $0 > 0 })
+            else { return nil }
             return [first..<(last + 1)]
         }
         guard !pieces.contains(unknown) else { return nil }
-        var spans: [Range<Int>] = [], from = 0 // normalized offset where the next piece begins
+        var spans: [Range<Int>] = [], from = 0  // normalized offset where the next piece begins
         for (k, id) in pieces.enumerated() {
             let token = tokens[Int(id)]
-            let to = from + (k > 0 && token.hasPrefix("##") ? token.dropFirst(2) : Substring(token)).unicodeScalars.count
+            let to =
+                from + (k > 0 && token.hasPrefix("##") ? token.dropFirst(2) : Substring(token)).unicodeScalars.count
             // The scalar whose output begins at `from`, and the one whose output ends at `to`.
             guard let first = widths.indices.first(where: { widths[$0] > 0 && ends[$0] - widths[$0] == from }),
-                  let last = widths.indices.first(where: { widths[$0] > 0 && ends[$0] == to }) else { return nil }
+                let last = widths.indices.first(where: { widths[$0] > 0 && ends[$0] == to })
+            else { return nil }
             spans.append(first..<(last + 1))
             from = to
         }
@@ -258,7 +276,13 @@ public final class WordPieceTokenizer: Sendable {
         var words: [String] = [], current = String.UnicodeScalarView()
         func flush() { if !current.isEmpty { words.append(String(current)); current = String.UnicodeScalarView() } }
         for s in text.unicodeScalars {
-            if isWhitespace(s) { flush() } else if isPunctuation(s) { flush(); words.append(String(s)) } else { current.append(s) }
+            if isWhitespace(s) {
+                flush()
+            } else if isPunctuation(s) {
+                flush(); words.append(String(s))
+            } else {
+                current.append(s)
+            }
         }
         flush()
         return words
@@ -297,10 +321,13 @@ public final class WordPieceTokenizer: Sendable {
 
     static func isPunctuation(_ s: Unicode.Scalar) -> Bool {
         let v = s.value
-        if (33...47).contains(v) || (58...64).contains(v) || (91...96).contains(v) || (123...126).contains(v) { return true }
+        if (33...47).contains(v) || (58...64).contains(v) || (91...96).contains(v) || (123...126).contains(v) {
+            return true
+        }
         switch s.properties.generalCategory {
         case .connectorPunctuation, .dashPunctuation, .openPunctuation, .closePunctuation, .initialPunctuation,
-             .finalPunctuation, .otherPunctuation: return true
+            .finalPunctuation, .otherPunctuation:
+            return true
         default: return false
         }
     }
@@ -338,12 +365,18 @@ public enum AnyTokenizer {
             switch (json["model"] as? [String: Any])?["type"] as? String {
             case "WordPiece": self = .wordPiece(try WordPieceTokenizer(tokenizerJSON: path))
             case "BPE": self = .bpe(try BPETokenizer(tokenizerJSON: path))
-            case let other: throw TokenizerError.malformed(path: path, line: nil, detail: "model type \(other ?? "(none)") is not WordPiece or BPE")
+            case let other:
+                throw TokenizerError.malformed(
+                    path: path, line: nil, detail: "model type \(other ?? "(none)") is not WordPiece or BPE")
             }
         case "json":
-            self = .bpe(try BPETokenizer(vocabularyFile: path, mergesFile: url.deletingLastPathComponent().appendingPathComponent("merges.txt").path))
+            self = .bpe(
+                try BPETokenizer(
+                    vocabularyFile: path,
+                    mergesFile: url.deletingLastPathComponent().appendingPathComponent("merges.txt").path))
         default:
-            throw TokenizerError.unreadable(path: path, detail: "expected vocab.txt, vocab.json (with merges.txt) or tokenizer.json")
+            throw TokenizerError.unreadable(
+                path: path, detail: "expected vocab.txt, vocab.json (with merges.txt) or tokenizer.json")
         }
     }
 

@@ -7,7 +7,9 @@ public struct LabeledText: Sendable, Equatable {
     public var pair: String?
     public var label: Int
 
-    public init(text: String, pair: String? = nil, label: Int) { (self.text, self.pair, self.label) = (text, pair, label) }
+    public init(text: String, pair: String? = nil, label: Int) {
+        (self.text, self.pair, self.label) = (text, pair, label)
+    }
 }
 
 /// A model that maps a padded batch to class logits `[B, labels]`.
@@ -34,7 +36,8 @@ extension Array {
 /// Rows of different lengths right-padded with `pad` to the longest, as one `[B, T]` tensor (every task's batches).
 func rightPadded(_ rows: [[Int32]], with pad: Int32) throws -> IntTensor {
     let T = rows.map(\.count).max() ?? 0
-    return try IntTensor(shape: [rows.count, T], values: rows.flatMap { $0 + [Int32](repeating: pad, count: T - $0.count) })
+    return try IntTensor(
+        shape: [rows.count, T], values: rows.flatMap { $0 + [Int32](repeating: pad, count: T - $0.count) })
 }
 
 /// The attention mask of ``rightPadded(_:with:)``: 1 on each row's real tokens, 0 on the padding, `[B, T]`.
@@ -44,9 +47,15 @@ func paddingMask(_ rows: [[Int32]]) throws -> IntTensor {
 
 /// Right-pads encoded examples to the longest: ids, attention mask and token types `[B, T]`.
 /// Token types are nil when the examples have none (GPT-2 is run without them: given, it would add their embeddings).
-func paddedBatch(_ rows: [EncodedExample], padID: Int32) throws -> (ids: IntTensor, mask: IntTensor, types: IntTensor?, tokens: Int) {
+func paddedBatch(_ rows: [EncodedExample], padID: Int32) throws -> (
+    ids: IntTensor, mask: IntTensor, types: IntTensor?, tokens: Int
+) {
     let ids = rows.map(\.ids)
-    let types = rows.allSatisfy { $0.types.isEmpty } ? nil : try rightPadded(rows.map { $0.types.isEmpty ? [Int32](repeating: 0, count: $0.ids.count) : $0.types }, with: 0)
+    let types =
+        rows.allSatisfy { $0.types.isEmpty }
+        ? nil
+        : try rightPadded(
+            rows.map { $0.types.isEmpty ? [Int32](repeating: 0, count: $0.ids.count) : $0.types }, with: 0)
     return (try rightPadded(ids, with: padID), try paddingMask(ids), types, ids.reduce(0) { $0 + $1.count })
 }
 
@@ -66,8 +75,10 @@ public final class SequenceClassificationTask: TrainingTask {
     ///     none), truncated as the model allows.
     /// - Throws: ``ModelError/badInput(_:)`` for a label outside `0..<labels` or token types that do not match the ids
     ///   (naming the example), and encoding errors.
-    public init(model: any SequenceClassifier, labels: Int, train: [LabeledText], evaluation: [LabeledText], padID: Int32,
-                encode: (String, String?) throws -> (ids: [Int32], types: [Int32])) throws {
+    public init(
+        model: any SequenceClassifier, labels: Int, train: [LabeledText], evaluation: [LabeledText], padID: Int32,
+        encode: (String, String?) throws -> (ids: [Int32], types: [Int32])
+    ) throws {
         func prepare(_ set: [LabeledText], _ name: String) throws -> [EncodedExample] {
             try set.enumerated().map { i, e in
                 guard (0..<labels).contains(e.label) else {
@@ -75,7 +86,8 @@ public final class SequenceClassificationTask: TrainingTask {
                 }
                 let (ids, types) = try encode(e.text, e.pair)
                 guard types.isEmpty || types.count == ids.count else {
-                    throw ModelError.badInput("\(name) example \(i + 1): \(types.count) token types for \(ids.count) ids")
+                    throw ModelError.badInput(
+                        "\(name) example \(i + 1): \(types.count) token types for \(ids.count) ids")
                 }
                 return EncodedExample(ids: ids, types: types, label: Int32(e.label))
             }
@@ -101,7 +113,9 @@ public final class SequenceClassificationTask: TrainingTask {
         let order = examples.indices.sorted { examples[$0].ids.count < examples[$1].ids.count }
         for (_, chunk) in order.batches(of: evaluationBatchSize) {
             let b = try paddedBatch(chunk.map { examples[$0] }, padID: padID)
-            let logits = try Autograd.withoutGradients { try classifier.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types) }
+            let logits = try Autograd.withoutGradients {
+                try classifier.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
+            }
             for (row, best) in zip(chunk, logits.argmax()) { predictions[row] = best }
         }
         return predictions
@@ -111,8 +125,10 @@ public final class SequenceClassificationTask: TrainingTask {
         guard !evaluation.isEmpty else { return [:] }
         let predicted = try predict(evaluation)
         let truth = evaluation.map { Int($0.label) }
-        return ["accuracy": Metrics.accuracy(predicted: predicted, truth: truth),
-                "macro_f1": Metrics.macroF1(predicted: predicted, truth: truth)]
+        return [
+            "accuracy": Metrics.accuracy(predicted: predicted, truth: truth),
+            "macro_f1": Metrics.macroF1(predicted: predicted, truth: truth),
+        ]
     }
 
     public var primaryMetric: (name: String, higherIsBetter: Bool) { ("accuracy", true) }
@@ -125,7 +141,9 @@ extension BertForSequenceClassification {
     ///   - pooling: `.mean` averages the token states (for sentence-embedding models such as MiniLM, which were trained
     ///     that way); `.cls` uses the checkpoint's pooler; nil: the config's `reins_pooling`, else `.cls`.
     /// - Throws: ``ModelError`` for a checkpoint that does not fit (naming the tensors), ``SafeTensorsError``.
-    public static func pretrained(_ directory: URL, labels: Int, pooling: Pooling? = nil) throws -> BertForSequenceClassification {
+    public static func pretrained(_ directory: URL, labels: Int, pooling: Pooling? = nil) throws
+        -> BertForSequenceClassification
+    {
         guard labels > 0 else { throw ModelError.badInput("a classifier needs at least one label, got \(labels)") }
         let checkpoint = try Checkpoint(directory: directory)
         var json = checkpoint.config
@@ -136,7 +154,9 @@ extension BertForSequenceClassification {
         let configPath = directory.appendingPathComponent("config.json").path
         let config = try BertConfig(json: json, path: configPath)
         try checkpoint.requireHolds(parameters: config.parameterCount, configPath: configPath)
-        let model = try Initializer.$skipped.withValue(true) { try BertForSequenceClassification(config, pooling: pooling) }
+        let model = try Initializer.$skipped.withValue(true) {
+            try BertForSequenceClassification(config, pooling: pooling)
+        }
         var options = LoadOptions(basePrefix: "bert", ignoredSuffixes: ["position_ids"])
         options.newlyInitialized = ["classifier."] + (pooling == .cls ? ["bert.pooler."] : [])
         // A checkpoint's own classifier is replaced; its pretraining heads (`cls.`, e.g. bert-base-uncased's masked LM) are not used.

@@ -40,7 +40,9 @@ public enum DataFiles {
     public static func records(_ url: URL) throws -> [Record] {
         guard let data = FileBytes.contents(url.path) else { throw DataError.unreadable(path: url.path) }
         let text = String(decoding: data, as: UTF8.self)
-        let records = url.pathExtension.lowercased() == "csv" ? try csv(text, path: url.path) : try jsonLines(text, path: url.path)
+        let records =
+            url.pathExtension.lowercased() == "csv"
+            ? try csv(text, path: url.path) : try jsonLines(text, path: url.path)
         guard !records.isEmpty else { throw DataError.empty(path: url.path) }
         return records
     }
@@ -69,7 +71,8 @@ public enum DataFiles {
             for (k, v) in object {
                 switch v {
                 case let s as String: fields[k] = s
-                case let n as NSNumber: fields[k] = String(cString: n.objCType) == "c" ? (n.boolValue ? "true" : "false") : n.stringValue
+                case let n as NSNumber:
+                    fields[k] = String(cString: n.objCType) == "c" ? (n.boolValue ? "true" : "false") : n.stringValue
                 case is NSNull: continue
                 default:
                     throw DataError.badValue(path: path, line: line, field: k, detail: "expected a string or a number")
@@ -90,13 +93,21 @@ public enum DataFiles {
         }
         while let c = iterator.next() {
             if quoted {
-                if c == "\"" { quoted = false; afterQuote = true } else { if c == "\n" || c == "\r\n" { line += 1 }; cell.append(c) }
+                if c == "\"" {
+                    quoted = false; afterQuote = true
+                } else {
+                    if c == "\n" || c == "\r\n" { line += 1 }; cell.append(c)
+                }
                 continue
             }
             switch c {
             case "\"":
-                if afterQuote { cell.append("\""); quoted = true; afterQuote = false } // "" inside quotes
-                else if cell.isEmpty { quoted = true } else {
+                if afterQuote {
+                    cell.append("\""); quoted = true; afterQuote = false
+                }  // "" inside quotes
+                else if cell.isEmpty {
+                    quoted = true
+                } else {
                     throw DataError.malformed(path: path, line: line, detail: "a quote inside an unquoted cell")
                 }
             case ",": cells.append(cell); cell = ""; afterQuote = false
@@ -104,7 +115,9 @@ public enum DataFiles {
                 endRow(); line += 1; rowLine = line; afterQuote = false
             case "\r": continue
             default:
-                if afterQuote { throw DataError.malformed(path: path, line: line, detail: "text after a closing quote") }
+                if afterQuote {
+                    throw DataError.malformed(path: path, line: line, detail: "text after a closing quote")
+                }
                 cell.append(c)
             }
         }
@@ -113,9 +126,13 @@ public enum DataFiles {
         guard let header = rows.first else { return [] }
         return try rows.dropFirst().map { row in
             guard row.cells.count == header.cells.count else {
-                throw DataError.malformed(path: path, line: row.line, detail: "\(row.cells.count) cells, the header has \(header.cells.count)")
+                throw DataError.malformed(
+                    path: path, line: row.line, detail: "\(row.cells.count) cells, the header has \(header.cells.count)"
+                )
             }
-            return Record(line: row.line, fields: Dictionary(zip(header.cells, row.cells), uniquingKeysWith: { a, _ in a }), path: path)
+            return Record(
+                line: row.line, fields: Dictionary(zip(header.cells, row.cells), uniquingKeysWith: { a, _ in a }),
+                path: path)
         }
     }
 
@@ -125,28 +142,37 @@ public enum DataFiles {
     /// Classification examples: the text in `textField`, an optional second text in `pairField`, and the label in
     /// `labelField` — a name from `labels` or, when `labels` is empty, an integer class index (0-based).
     /// - Throws: ``DataError`` naming the file, line and field of a missing field or an unknown label.
-    public static func classification(_ url: URL, labels: [String], textField: String = "text", pairField: String? = nil,
-                                      labelField: String = "label") throws -> [LabeledText] {
+    public static func classification(
+        _ url: URL, labels: [String], textField: String = "text", pairField: String? = nil,
+        labelField: String = "label"
+    ) throws -> [LabeledText] {
         try records(url).map { r in
             let raw = try r.require(labelField)
             let label: Int
             if labels.isEmpty {
                 guard let n = Int(raw), n >= 0 else {
-                    throw DataError.badValue(path: r.path, line: r.line, field: labelField, detail: "'\(raw)' is not a class index (give --labels to use names)")
+                    throw DataError.badValue(
+                        path: r.path, line: r.line, field: labelField,
+                        detail: "'\(raw)' is not a class index (give --labels to use names)")
                 }
                 // A class index sizes the head (index + 1 outputs): refuse one no head could have before anything is built.
                 guard n < DataFiles.maximumClassIndex else {
-                    throw DataError.badValue(path: r.path, line: r.line, field: labelField,
-                                             detail: "class index \(n) is not below \(DataFiles.maximumClassIndex) (give --labels to use names)")
+                    throw DataError.badValue(
+                        path: r.path, line: r.line, field: labelField,
+                        detail:
+                            "class index \(n) is not below \(DataFiles.maximumClassIndex) (give --labels to use names)")
                 }
                 label = n
             } else {
                 guard let n = labels.firstIndex(of: raw) else {
-                    throw DataError.badValue(path: r.path, line: r.line, field: labelField, detail: "'\(raw)' is not one of the labels \(labels)")
+                    throw DataError.badValue(
+                        path: r.path, line: r.line, field: labelField,
+                        detail: "'\(raw)' is not one of the labels \(labels)")
                 }
                 label = n
             }
-            return LabeledText(text: try r.require(textField), pair: try pairField.map { try r.require($0) }, label: label)
+            return LabeledText(
+                text: try r.require(textField), pair: try pairField.map { try r.require($0) }, label: label)
         }
     }
 
@@ -168,12 +194,18 @@ public enum DataFiles {
             let words = try r.require("tokens").split(separator: " ").map(String.init)
             let names = try r.require("tags").split(separator: " ").map(String.init)
             guard words.count == names.count else {
-                throw DataError.badValue(path: r.path, line: r.line, field: "tags", detail: "\(names.count) tags for \(words.count) tokens")
+                throw DataError.badValue(
+                    path: r.path, line: r.line, field: "tags", detail: "\(names.count) tags for \(words.count) tokens")
             }
-            return TaggedWords(words: words, tags: try names.map { n in
-                guard let i = tags.firstIndex(of: n) else { throw DataError.badValue(path: r.path, line: r.line, field: "tags", detail: "'\(n)' is not one of \(tags)") }
-                return i
-            })
+            return TaggedWords(
+                words: words,
+                tags: try names.map { n in
+                    guard let i = tags.firstIndex(of: n) else {
+                        throw DataError.badValue(
+                            path: r.path, line: r.line, field: "tags", detail: "'\(n)' is not one of \(tags)")
+                    }
+                    return i
+                })
         }
     }
 
@@ -184,12 +216,17 @@ public enum DataFiles {
             let context = try r.require("context"), answer = try r.require("answer")
             let scalars = context.unicodeScalars
             guard let start = Int(try r.require("answer_start")), start >= 0, start <= scalars.count else {
-                throw DataError.badValue(path: r.path, line: r.line, field: "answer_start", detail: "not a character offset into the context")
+                throw DataError.badValue(
+                    path: r.path, line: r.line, field: "answer_start", detail: "not a character offset into the context"
+                )
             }
             guard scalars.dropFirst(start).starts(with: answer.unicodeScalars) else {
-                throw DataError.badValue(path: r.path, line: r.line, field: "answer", detail: "the context does not contain it at answer_start \(start)")
+                throw DataError.badValue(
+                    path: r.path, line: r.line, field: "answer",
+                    detail: "the context does not contain it at answer_start \(start)")
             }
-            return QuestionAnswer(question: try r.require("question"), context: context, answer: answer, answerStart: start)
+            return QuestionAnswer(
+                question: try r.require("question"), context: context, answer: answer, answerStart: start)
         }
     }
 }

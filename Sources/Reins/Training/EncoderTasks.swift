@@ -27,16 +27,24 @@ public final class TokenClassificationTask: TrainingTask {
     /// - Throws: ``ModelError/badInput(_:)`` naming the example whose words and tags differ in number or whose tag is
     ///   out of range.
     /// - Parameter tagNames: the names of tags `0..<tags`, if known; BIO / IOBES names add entity-level scores.
-    public init(model: BertForTokenClassification, tokenizer: WordPieceTokenizer, tags: Int, tagNames: [String]? = nil,
-                train: [TaggedWords], evaluation: [TaggedWords], maxLength: Int) throws {
-        if let tagNames, tagNames.count != tags { throw ModelError.badInput("\(tagNames.count) tag names for \(tags) tags") }
-        let marksEntities = tagNames?.contains { $0.count > 2 && "BIES".contains($0.first!) && $0.dropFirst().first == "-" } ?? false
+    public init(
+        model: BertForTokenClassification, tokenizer: WordPieceTokenizer, tags: Int, tagNames: [String]? = nil,
+        train: [TaggedWords], evaluation: [TaggedWords], maxLength: Int
+    ) throws {
+        if let tagNames, tagNames.count != tags {
+            throw ModelError.badInput("\(tagNames.count) tag names for \(tags) tags")
+        }
+        let marksEntities =
+            tagNames?.contains { $0.count > 2 && "BIES".contains($0.first!) && $0.dropFirst().first == "-" } ?? false
         entityTags = marksEntities ? tagNames : nil
         tagger = model
         (self.tokenizer, self.maxLength, padID) = (tokenizer, maxLength, tokenizer.padID)
         func encode(_ set: [TaggedWords], _ name: String) throws -> [EncodedTags] {
             try set.enumerated().map { n, s in
-                guard s.words.count == s.tags.count else { throw ModelError.badInput("\(name) example \(n + 1): \(s.words.count) words but \(s.tags.count) tags") }
+                guard s.words.count == s.tags.count else {
+                    throw ModelError.badInput(
+                        "\(name) example \(n + 1): \(s.words.count) words but \(s.tags.count) tags")
+                }
                 if let bad = s.tags.first(where: { !(0..<tags).contains($0) }) {
                     throw ModelError.badInput("\(name) example \(n + 1): tag \(bad) outside 0..<\(tags)")
                 }
@@ -52,7 +60,9 @@ public final class TokenClassificationTask: TrainingTask {
 
     /// `[CLS] pieces... [SEP]`, and each word's first piece's position (nil for a word with no pieces, or one that no
     /// longer fits in `maxLength`).
-    static func pieces(_ words: [String], tokenizer: WordPieceTokenizer, maxLength: Int) -> (ids: [Int32], first: [Int?]) {
+    static func pieces(_ words: [String], tokenizer: WordPieceTokenizer, maxLength: Int) -> (
+        ids: [Int32], first: [Int?]
+    ) {
         var ids: [Int32] = [tokenizer.cls], first: [Int?] = []
         for word in words {
             let p = tokenizer.pieces(word)
@@ -66,7 +76,8 @@ public final class TokenClassificationTask: TrainingTask {
     /// The predicted tag of each word (nil for a word with no word pieces or beyond `maxLength`).
     public func tag(_ words: [String]) throws -> [Int?] {
         let (ids, first) = Self.pieces(words, tokenizer: tokenizer, maxLength: maxLength)
-        let best = try Autograd.withoutGradients { try tagger.logits(IntTensor(shape: [1, ids.count], values: ids)) }.argmax()
+        let best = try Autograd.withoutGradients { try tagger.logits(IntTensor(shape: [1, ids.count], values: ids)) }
+            .argmax()
         return first.map { $0.map { best[$0] } }
     }
 
@@ -75,7 +86,10 @@ public final class TokenClassificationTask: TrainingTask {
     /// Ids and mask `[B, T]`, and the labels flattened `[B·T]` (-100 on padding).
     func batch(_ rows: [EncodedTags]) throws -> (ids: IntTensor, mask: IntTensor, labels: IntTensor) {
         let ids = rows.map(\.ids)
-        return (try rightPadded(ids, with: padID), try paddingMask(ids), IntTensor(try rightPadded(rows.map(\.labels), with: -100).values))
+        return (
+            try rightPadded(ids, with: padID), try paddingMask(ids),
+            IntTensor(try rightPadded(rows.map(\.labels), with: -100).values)
+        )
     }
 
     public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
@@ -83,12 +97,15 @@ public final class TokenClassificationTask: TrainingTask {
         let b = try batch(rows)
         let logits = try tagger.logits(b.ids, attentionMask: b.mask)
         let L = logits.shape[2]
-        return (try Tensor.crossEntropy(logits: logits.reshaped([-1, L]), targets: b.labels), rows.reduce(0) { $0 + $1.ids.count })
+        return (
+            try Tensor.crossEntropy(logits: logits.reshaped([-1, L]), targets: b.labels),
+            rows.reduce(0) { $0 + $1.ids.count }
+        )
     }
 
     public func evaluate() throws -> [String: Double] {
         var predicted: [Int] = [], truth: [Int] = []
-        var predictedTags: [[String]] = [], trueTags: [[String]] = [] // per sentence, for entity scores
+        var predictedTags: [[String]] = [], trueTags: [[String]] = []  // per sentence, for entity scores
         for (_, rows) in evaluation.batches(of: 32) {
             let b = try batch(rows)
             let logits = try tagger.logits(b.ids, attentionMask: b.mask)
@@ -103,15 +120,22 @@ public final class TokenClassificationTask: TrainingTask {
                 }
             }
         }
-        var metrics = ["accuracy": Metrics.accuracy(predicted: predicted, truth: truth), "macro_f1": Metrics.macroF1(predicted: predicted, truth: truth)]
+        var metrics = [
+            "accuracy": Metrics.accuracy(predicted: predicted, truth: truth),
+            "macro_f1": Metrics.macroF1(predicted: predicted, truth: truth),
+        ]
         if entityTags != nil {
             let e = Metrics.entityScores(predicted: predictedTags, truth: trueTags)
-            (metrics["entity_precision"], metrics["entity_recall"], metrics["entity_f1"]) = (e.precision, e.recall, e.f1)
+            (metrics["entity_precision"], metrics["entity_recall"], metrics["entity_f1"]) = (
+                e.precision, e.recall, e.f1
+            )
         }
         return metrics
     }
 
-    public var primaryMetric: (name: String, higherIsBetter: Bool) { (entityTags == nil ? "macro_f1" : "entity_f1", true) }
+    public var primaryMetric: (name: String, higherIsBetter: Bool) {
+        (entityTags == nil ? "macro_f1" : "entity_f1", true)
+    }
 }
 
 /// A question over a context with its answer (`answerStart`: where the answer starts in the context, in Unicode code
@@ -149,28 +173,36 @@ public final class QuestionAnsweringTask: TrainingTask {
         /// The context text the pieces `first...last` (positions in `ids`) were cut from.
         func text(_ first: Int, _ last: Int) -> String {
             // Scalar-wise: a piece may end inside a character (a letter and its combining marks are one character).
-            let scalars = context.unicodeScalars, span = offsets[first - contextStart].lowerBound..<offsets[last - contextStart].upperBound
+            let scalars = context.unicodeScalars,
+                span = offsets[first - contextStart].lowerBound..<offsets[last - contextStart].upperBound
             let start = scalars.index(scalars.startIndex, offsetBy: span.lowerBound)
             return String(scalars[start..<scalars.index(start, offsetBy: span.count)])
         }
     }
 
-    public init(model: BertForQuestionAnswering, tokenizer: WordPieceTokenizer, train: [QuestionAnswer], evaluation: [QuestionAnswer], maxLength: Int) throws {
+    public init(
+        model: BertForQuestionAnswering, tokenizer: WordPieceTokenizer, train: [QuestionAnswer],
+        evaluation: [QuestionAnswer], maxLength: Int
+    ) throws {
         reader = model
         (self.tokenizer, self.maxLength) = (tokenizer, maxLength)
         func encode(_ set: [QuestionAnswer], _ name: String) throws -> [EncodedQA] {
             try set.enumerated().map { n, e in
                 guard e.answerStart >= 0, e.answerStart <= e.context.unicodeScalars.count else {
-                    throw ModelError.badInput("\(name) example \(n + 1): answer_start \(e.answerStart) is outside the context")
+                    throw ModelError.badInput(
+                        "\(name) example \(n + 1): answer_start \(e.answerStart) is outside the context")
                 }
-                let pair = try Self.pieces(question: e.question, context: e.context, tokenizer: tokenizer, maxLength: maxLength)
+                let pair = try Self.pieces(
+                    question: e.question, context: e.context, tokenizer: tokenizer, maxLength: maxLength)
                 // The answer's pieces: those whose units overlap its code points [answerStart, answerStart + length).
                 let answer = e.answerStart..<(e.answerStart + e.answer.unicodeScalars.count)
                 let overlapping = pair.offsets.indices.filter { pair.offsets[$0].overlaps(answer) }
                 guard let start = overlapping.first, let end = overlapping.last else {
-                    throw ModelError.badInput("\(name) example \(n + 1): the answer does not fit in \(maxLength) tokens or is empty")
+                    throw ModelError.badInput(
+                        "\(name) example \(n + 1): the answer does not fit in \(maxLength) tokens or is empty")
                 }
-                return EncodedQA(pair: pair, start: pair.contextStart + start, end: pair.contextStart + end, answer: e.answer)
+                return EncodedQA(
+                    pair: pair, start: pair.contextStart + start, end: pair.contextStart + end, answer: e.answer)
             }
         }
         self.train = try encode(train, "training")
@@ -180,10 +212,14 @@ public final class QuestionAnsweringTask: TrainingTask {
     /// `[CLS] question [SEP] context [SEP]` cut to `maxLength`, its token types, where the context starts, and where
     /// each context piece came from. The context is cut into the tokenizer's own units first (whitespace-separated
     /// words, punctuation marks and CJK characters on their own), so its pieces are exactly those of the whole text.
-    static func pieces(question: String, context: String, tokenizer: WordPieceTokenizer, maxLength: Int) throws -> EncodedPair {
+    static func pieces(question: String, context: String, tokenizer: WordPieceTokenizer, maxLength: Int) throws
+        -> EncodedPair
+    {
         let q = tokenizer.pieces(question)
         let contextStart = q.count + 2
-        guard contextStart < maxLength - 1 else { throw ModelError.badInput("the question alone fills \(maxLength) tokens") }
+        guard contextStart < maxLength - 1 else {
+            throw ModelError.badInput("the question alone fills \(maxLength) tokens")
+        }
         // The units as code-point ranges, in one pass over the scalars (a unit may end inside a Swift Character: a
         // punctuation mark followed by a combining accent).
         let scalars = Array(context.unicodeScalars)
@@ -200,13 +236,18 @@ public final class QuestionAnsweringTask: TrainingTask {
             let p = tokenizer.pieces(String(String.UnicodeScalarView(unitScalars)))
             contextIDs += p
             // Each piece's own characters when they can be told (see `pieceSpans`), else the whole unit's.
-            offsets += tokenizer.pieceSpans(unitScalars, pieces: p)?.map { (unit.lowerBound + $0.lowerBound)..<(unit.lowerBound + $0.upperBound) }
+            offsets +=
+                tokenizer.pieceSpans(unitScalars, pieces: p)?.map {
+                    (unit.lowerBound + $0.lowerBound)..<(unit.lowerBound + $0.upperBound)
+                }
                 ?? Array(repeating: unit, count: p.count)
         }
         let kept = min(maxLength - 1 - contextStart, contextIDs.count)
         let ids = [tokenizer.cls] + q + [tokenizer.sep] + contextIDs.prefix(kept) + [tokenizer.sep]
-        return EncodedPair(ids: ids, types: [Int32](repeating: 0, count: contextStart) + [Int32](repeating: 1, count: ids.count - contextStart),
-                           contextStart: contextStart, context: context, offsets: Array(offsets.prefix(kept)))
+        return EncodedPair(
+            ids: ids,
+            types: [Int32](repeating: 0, count: contextStart) + [Int32](repeating: 1, count: ids.count - contextStart),
+            contextStart: contextStart, context: context, offsets: Array(offsets.prefix(kept)))
     }
 
     /// The best answer span in the context, as the context's own text (from its first piece's first character to its
@@ -215,7 +256,8 @@ public final class QuestionAnsweringTask: TrainingTask {
         let p = try Self.pieces(question: question, context: context, tokenizer: tokenizer, maxLength: maxLength)
         let shape = [1, p.ids.count]
         let (s, e) = try Autograd.withoutGradients {
-            try reader.logits(IntTensor(shape: shape, values: p.ids), tokenTypeIDs: IntTensor(shape: shape, values: p.types))
+            try reader.logits(
+                IntTensor(shape: shape, values: p.ids), tokenTypeIDs: IntTensor(shape: shape, values: p.types))
         }
         return try bestAnswer(p, start: s.scalars, end: e.scalars)
     }
@@ -224,14 +266,19 @@ public final class QuestionAnsweringTask: TrainingTask {
     /// logits (which may run past the ids into padding), as context text, with its score.
     func bestAnswer(_ p: EncodedPair, start: [Float], end: [Float]) throws -> (text: String, score: Float)? {
         let allowed = start.indices.map { $0 >= p.contextStart && $0 < p.ids.count - 1 }
-        return try BertForQuestionAnswering.bestSpan(start: start, end: end, allowed: allowed).map { (p.text($0.start, $0.end), $0.score) }
+        return try BertForQuestionAnswering.bestSpan(start: start, end: end, allowed: allowed).map {
+            (p.text($0.start, $0.end), $0.score)
+        }
     }
 
     public var trainingCount: Int { train.count }
 
     func batch(_ rows: [EncodedQA]) throws -> (ids: IntTensor, mask: IntTensor, types: IntTensor) {
         let ids = rows.map(\.pair.ids)
-        return (try rightPadded(ids, with: tokenizer.padID), try paddingMask(ids), try rightPadded(rows.map(\.pair.types), with: 0))
+        return (
+            try rightPadded(ids, with: tokenizer.padID), try paddingMask(ids),
+            try rightPadded(rows.map(\.pair.types), with: 0)
+        )
     }
 
     public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
@@ -250,7 +297,10 @@ public final class QuestionAnsweringTask: TrainingTask {
             let (s, e) = try reader.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
             let T = s.shape[1], sv = s.scalars, ev = e.scalars
             for (i, r) in rows.enumerated() {
-                let text = try bestAnswer(r.pair, start: Array(sv[(i * T)..<((i + 1) * T)]), end: Array(ev[(i * T)..<((i + 1) * T)]))?.text ?? ""
+                let text =
+                    try bestAnswer(
+                        r.pair, start: Array(sv[(i * T)..<((i + 1) * T)]), end: Array(ev[(i * T)..<((i + 1) * T)]))?
+                    .text ?? ""
                 em += Metrics.exactMatch(prediction: text, answers: [r.answer])
                 f1 += Metrics.tokenF1(prediction: text, answers: [r.answer])
             }
@@ -274,7 +324,9 @@ public final class MaskedLMTask: TrainingTask {
     /// The fraction of tokens chosen (0.15).
     public var probability = 0.15
 
-    public init(model: BertForMaskedLM, tokenizer: WordPieceTokenizer, train: [String], evaluation: [String], maxLength: Int) throws {
+    public init(
+        model: BertForMaskedLM, tokenizer: WordPieceTokenizer, train: [String], evaluation: [String], maxLength: Int
+    ) throws {
         guard let mask = tokenizer.maskID else { throw ModelError.badInput("the tokenizer has no [MASK] token") }
         let options = EncodingOptions(maxLength: maxLength, padding: .none)
         masked = model
@@ -289,7 +341,9 @@ public final class MaskedLMTask: TrainingTask {
     public var trainingCount: Int { train.count }
 
     /// Inputs with the 80/10/10 corruption, mask and labels (-100 where no loss), `[B, T]`.
-    func corrupt(_ rows: [[Int32]], seed: UInt64) throws -> (ids: IntTensor, mask: IntTensor, labels: IntTensor, chosen: Int) {
+    func corrupt(_ rows: [[Int32]], seed: UInt64) throws -> (
+        ids: IntTensor, mask: IntTensor, labels: IntTensor, chosen: Int
+    ) {
         var g = SeededGenerator(seed: seed)
         var inputs: [[Int32]] = [], labels: [[Int32]] = [], chosen = 0
         for r in rows {
@@ -307,7 +361,10 @@ public final class MaskedLMTask: TrainingTask {
             inputs.append(row)
             labels.append(lab)
         }
-        return (try rightPadded(inputs, with: padID), try paddingMask(rows), IntTensor(try rightPadded(labels, with: -100).values), chosen)
+        return (
+            try rightPadded(inputs, with: padID), try paddingMask(rows),
+            IntTensor(try rightPadded(labels, with: -100).values), chosen
+        )
     }
 
     public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
@@ -315,7 +372,10 @@ public final class MaskedLMTask: TrainingTask {
         let seed = (TrainingMode.current?.seed ?? 0) &+ 0x5EED
         let b = try corrupt(rows, seed: seed)
         let logits = try masked.logits(b.ids, attentionMask: b.mask)
-        return (try Tensor.crossEntropy(logits: logits.reshaped([-1, vocabulary]), targets: b.labels), rows.reduce(0) { $0 + $1.count })
+        return (
+            try Tensor.crossEntropy(logits: logits.reshaped([-1, vocabulary]), targets: b.labels),
+            rows.reduce(0) { $0 + $1.count }
+        )
     }
 
     public func evaluate() throws -> [String: Double] {
@@ -325,10 +385,15 @@ public final class MaskedLMTask: TrainingTask {
             let logits = try masked.logits(b.ids, attentionMask: b.mask).reshaped([-1, vocabulary])
             total += Double(try Tensor.crossEntropy(logits: logits, targets: b.labels).item) * Double(b.chosen)
             count += b.chosen
-            for (best, label) in zip(logits.argmax(), b.labels.values) where label != -100 && best == Int(label) { correct += 1 }
+            for (best, label) in zip(logits.argmax(), b.labels.values) where label != -100 && best == Int(label) {
+                correct += 1
+            }
         }
         let nll = total / Double(max(count, 1))
-        return ["loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll), "accuracy": Double(correct) / Double(max(count, 1))]
+        return [
+            "loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll),
+            "accuracy": Double(correct) / Double(max(count, 1)),
+        ]
     }
 
     public var primaryMetric: (name: String, higherIsBetter: Bool) { ("loss", false) }

@@ -29,8 +29,12 @@ public final class CausalLMTask: TrainingTask {
     /// - Throws: ``ModelError/badInput(_:)`` for an empty sequence or a prompt as long as its sequence (no token to learn).
     public init(model: GPT2LMHeadModel, train: [TokenSequence], evaluation: [TokenSequence], padID: Int32) throws {
         for (name, set) in [("training", train), ("evaluation", evaluation)] {
-            if let i = set.firstIndex(where: { $0.ids.count < 2 || $0.promptLength >= $0.ids.count || $0.promptLength < 0 }) {
-                throw ModelError.badInput("\(name) sequence \(i + 1) has \(set[i].ids.count) tokens and a prompt of \(set[i].promptLength): nothing to predict")
+            if let i = set.firstIndex(where: {
+                $0.ids.count < 2 || $0.promptLength >= $0.ids.count || $0.promptLength < 0
+            }) {
+                throw ModelError.badInput(
+                    "\(name) sequence \(i + 1) has \(set[i].ids.count) tokens and a prompt of \(set[i].promptLength): nothing to predict"
+                )
             }
         }
         (languageModel, self.train, self.evaluation, self.padID) = (model, train, evaluation, padID)
@@ -50,7 +54,9 @@ public final class CausalLMTask: TrainingTask {
         let rows = indices.map { train[$0] }
         let b = try batch(rows)
         let mask: IntTensor? = b.mask.values.contains(0) ? b.mask : nil
-        return (try languageModel.loss(b.ids, labels: b.labels, attentionMask: mask), rows.reduce(0) { $0 + $1.ids.count })
+        return (
+            try languageModel.loss(b.ids, labels: b.labels, attentionMask: mask), rows.reduce(0) { $0 + $1.ids.count }
+        )
     }
 
     public func evaluate() throws -> [String: Double] {
@@ -59,7 +65,9 @@ public final class CausalLMTask: TrainingTask {
         for (_, rows) in evaluation.batches(of: evaluationBatchSize) {
             let b = try batch(rows)
             let mask: IntTensor? = b.mask.values.contains(0) ? b.mask : nil
-            let loss = try Autograd.withoutGradients { try languageModel.loss(b.ids, labels: b.labels, attentionMask: mask) }
+            let loss = try Autograd.withoutGradients {
+                try languageModel.loss(b.ids, labels: b.labels, attentionMask: mask)
+            }
             total += Double(try loss.item) * Double(b.predicted)
             count += b.predicted
         }
@@ -70,7 +78,9 @@ public final class CausalLMTask: TrainingTask {
             var hypotheses: [String] = [], references: [String] = []
             for e in prompted {
                 let prompt = Array(e.ids.prefix(e.promptLength)), reference = Array(e.ids.dropFirst(e.promptLength))
-                let out = try languageModel.generate(prompts: [prompt], options: GenerationOptions(maxNewTokens: reference.count, stopTokens: stopTokens, padID: padID))[0]
+                let out = try languageModel.generate(
+                    prompts: [prompt],
+                    options: GenerationOptions(maxNewTokens: reference.count, stopTokens: stopTokens, padID: padID))[0]
                 hypotheses.append(decode(Array(out.dropFirst(prompt.count)).filter { !stopTokens.contains($0) }))
                 references.append(decode(reference.filter { !stopTokens.contains($0) }))
             }

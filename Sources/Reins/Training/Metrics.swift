@@ -40,7 +40,9 @@ public enum Metrics {
         func split(_ tag: String) -> (prefix: Character, type: String) {
             if tag == "O" || tag.isEmpty { return ("O", "") }
             let parts = tag.split(separator: "-", maxSplits: 1)
-            if parts.count == 2, parts[0].count == 1, let p = parts[0].first, "BIES".contains(p) { return (p, String(parts[1])) }
+            if parts.count == 2, parts[0].count == 1, let p = parts[0].first, "BIES".contains(p) {
+                return (p, String(parts[1]))
+            }
             return ("I", tag)
         }
         var result: [Entity] = []
@@ -49,8 +51,12 @@ public enum Metrics {
         for (i, tag) in (tags + ["O"]).enumerated() {
             let (p, type) = split(tag)
             let (pp, ptype) = previous
-            let ends = pp == "E" || pp == "S" || (pp != "O" && (p == "B" || p == "S" || p == "O")) || (pp != "O" && ptype != type)
-            let starts = p == "B" || p == "S" || (p != "O" && (pp == "E" || pp == "S" || pp == "O")) || (p != "O" && ptype != type)
+            let ends =
+                pp == "E" || pp == "S" || (pp != "O" && (p == "B" || p == "S" || p == "O"))
+                || (pp != "O" && ptype != type)
+            let starts =
+                p == "B" || p == "S" || (p != "O" && (pp == "E" || pp == "S" || pp == "O"))
+                || (p != "O" && ptype != type)
             if ends, let o = open { result.append(Entity(type: o.type, first: o.first, last: i - 1)); open = nil }
             if starts { open = (type, i) }
             previous = (p, type)
@@ -60,7 +66,9 @@ public enum Metrics {
 
     /// Entity-level precision, recall and F1, micro-averaged over every sequence (seqeval's default `f1_score`): an
     /// entity counts only if its type and both ends match. 0 where a denominator is 0.
-    public static func entityScores(predicted: [[String]], truth: [[String]]) -> (precision: Double, recall: Double, f1: Double) {
+    public static func entityScores(predicted: [[String]], truth: [[String]]) -> (
+        precision: Double, recall: Double, f1: Double
+    ) {
         var correct = 0, predictedCount = 0, trueCount = 0
         for (p, t) in zip(predicted, truth) {
             let (pe, te) = (entities(p), Set(entities(t)))
@@ -151,11 +159,14 @@ public enum Metrics {
     /// unless a digit precedes it, split one unless a digit follows it, split a hyphen after a digit — and split on
     /// whitespace.
     public static func tokenize13a(_ line: String) -> [Substring] {
-        var s = line.replacingOccurrences(of: "<skipped>", with: "").replacingOccurrences(of: "-\n", with: "").replacingOccurrences(of: "\n", with: " ")
+        var s = line.replacingOccurrences(of: "<skipped>", with: "").replacingOccurrences(of: "-\n", with: "")
+            .replacingOccurrences(of: "\n", with: " ")
         if s.contains("&") {
-            for (a, b) in [("&quot;", "\""), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")] { s = s.replacingOccurrences(of: a, with: b) }
+            for (a, b) in [("&quot;", "\""), ("&amp;", "&"), ("&lt;", "<"), ("&gt;", ">")] {
+                s = s.replacingOccurrences(of: a, with: b)
+            }
         }
-        s = " \(s) " // as sacrebleu: the padding lets a final period split off after a digit
+        s = " \(s) "  // as sacrebleu: the padding lets a final period split off after a digit
         for (pattern, template) in thirteenA {
             s = pattern.stringByReplacingMatches(in: s, range: NSRange(s.startIndex..., in: s), withTemplate: template)
         }
@@ -167,5 +178,5 @@ public enum Metrics {
         (#"([^0-9])([\.,])"#, "$1 $2 "),
         (#"([\.,])([^0-9])"#, " $1 $2"),
         (#"([0-9])(-)"#, "$1 $2 "),
-    ].map { (try! NSRegularExpression(pattern: $0.0), $0.1) } // constant patterns, valid (the metric tests compile them)
+    ].map { (try! NSRegularExpression(pattern: $0.0), $0.1) }  // constant patterns, valid (the metric tests compile them)
 }

@@ -95,7 +95,10 @@ public struct StepRecord: Sendable, Decodable {
         }
     }
 
-    init(step: Int, loss: Double, learningRate: Double, gradientNorm: Double, tokensPerSecond: Double, elapsed: Double, metrics: [String: Double]? = nil) {
+    init(
+        step: Int, loss: Double, learningRate: Double, gradientNorm: Double, tokensPerSecond: Double, elapsed: Double,
+        metrics: [String: Double]? = nil
+    ) {
         (self.step, self.loss, self.learningRate, self.gradientNorm, self.tokensPerSecond, self.elapsed, self.metrics) =
             (step, loss, learningRate, gradientNorm, tokensPerSecond, elapsed, metrics)
     }
@@ -127,7 +130,8 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
         switch self {
         case let .nonFiniteLoss(step, loss, checkpoint):
             let kept = checkpoint.map { "the last good checkpoint is \($0)" } ?? "no checkpoint had been written"
-            return "the loss became \(loss) at step \(step); the run stopped and \(kept) (try a lower learning rate or clipping)"
+            return
+                "the loss became \(loss) at step \(step); the run stopped and \(kept) (try a lower learning rate or clipping)"
         case let .badOptions(detail): return "bad training options: \(detail)"
         case let .badCheckpoint(path, detail): return "cannot resume from \(path): \(detail)"
         }
@@ -181,26 +185,40 @@ public final class Trainer {
         let (perStep, o1) = options.gradientAccumulation.multipliedReportingOverflow(by: options.batchSize)
         let (_, o2) = perStep.multipliedReportingOverflow(by: options.steps)
         guard !o1, !o2 else {
-            throw TrainingError.badOptions("\(options.steps) steps × \(options.gradientAccumulation) micro-batches × \(options.batchSize) examples is more examples than can be counted")
+            throw TrainingError.badOptions(
+                "\(options.steps) steps × \(options.gradientAccumulation) micro-batches × \(options.batchSize) examples is more examples than can be counted"
+            )
         }
-        for (name, value) in [("evaluateEvery", options.evaluateEvery), ("checkpointEvery", options.checkpointEvery),
-                              ("earlyStoppingPatience", options.earlyStoppingPatience)] {
-            if let value, value <= 0 { throw TrainingError.badOptions("\(name) must be positive (or nil), got \(value)") }
+        for (name, value) in [
+            ("evaluateEvery", options.evaluateEvery), ("checkpointEvery", options.checkpointEvery),
+            ("earlyStoppingPatience", options.earlyStoppingPatience),
+        ] {
+            if let value, value <= 0 {
+                throw TrainingError.badOptions("\(name) must be positive (or nil), got \(value)")
+            }
         }
         guard options.learningRate.isFinite, options.learningRate >= 0 else {
-            throw TrainingError.badOptions("the learning rate must be a finite non-negative number, got \(options.learningRate)")
+            throw TrainingError.badOptions(
+                "the learning rate must be a finite non-negative number, got \(options.learningRate)")
         }
         guard options.weightDecay.isFinite, options.warmupSteps >= 0 else {
-            throw TrainingError.badOptions("weight decay \(options.weightDecay) must be finite and warm-up steps \(options.warmupSteps) not negative")
+            throw TrainingError.badOptions(
+                "weight decay \(options.weightDecay) must be finite and warm-up steps \(options.warmupSteps) not negative"
+            )
         }
-        if let clip = options.clipNorm, !(clip.isFinite && clip > 0) { throw TrainingError.badOptions("clipNorm must be positive and finite, got \(clip)") }
+        if let clip = options.clipNorm, !(clip.isFinite && clip > 0) {
+            throw TrainingError.badOptions("clipNorm must be positive and finite, got \(clip)")
+        }
         switch options.optimizer {
         case let .adamW(b1, b2, eps):
             guard (0..<1).contains(b1), (0..<1).contains(b2), eps.isFinite, eps > 0 else {
-                throw TrainingError.badOptions("AdamW needs betas in [0, 1) and a positive epsilon, got \(b1), \(b2), \(eps)")
+                throw TrainingError.badOptions(
+                    "AdamW needs betas in [0, 1) and a positive epsilon, got \(b1), \(b2), \(eps)")
             }
         case let .sgd(momentum, _):
-            guard momentum.isFinite, momentum >= 0 else { throw TrainingError.badOptions("SGD momentum must be finite and non-negative, got \(momentum)") }
+            guard momentum.isFinite, momentum >= 0 else {
+                throw TrainingError.badOptions("SGD momentum must be finite and non-negative, got \(momentum)")
+            }
         }
         guard task.trainingCount > 0 else { throw TrainingError.badOptions("there are no training examples") }
         self.task = task
@@ -211,9 +229,13 @@ public final class Trainer {
         let decays: (Parameter) -> Bool = { decayAll || decaysByDefault($0) }
         switch options.optimizer {
         case let .adamW(b1, b2, eps):
-            optimizer = AdamW(learningRate: options.learningRate, beta1: b1, beta2: b2, epsilon: eps, weightDecay: options.weightDecay, decays: decays)
+            optimizer = AdamW(
+                learningRate: options.learningRate, beta1: b1, beta2: b2, epsilon: eps,
+                weightDecay: options.weightDecay, decays: decays)
         case let .sgd(momentum, nesterov):
-            optimizer = SGD(learningRate: options.learningRate, momentum: momentum, weightDecay: options.weightDecay, nesterov: nesterov, decays: decays)
+            optimizer = SGD(
+                learningRate: options.learningRate, momentum: momentum, weightDecay: options.weightDecay,
+                nesterov: nesterov, decays: decays)
         }
     }
 
@@ -257,18 +279,23 @@ public final class Trainer {
             var total = 0.0, tokens = 0
             for micro in 0..<options.gradientAccumulation {
                 let indices = batch(step: step, micro: micro)
-                let dropoutSeed = options.seed &* 0x2545_F491_4F6C_DD1D &+ UInt64(step * options.gradientAccumulation + micro)
+                let dropoutSeed =
+                    options.seed &* 0x2545_F491_4F6C_DD1D &+ UInt64(step * options.gradientAccumulation + micro)
                 try TrainingMode.run(seed: dropoutSeed) {
                     let (loss, n) = try task.loss(indices)
                     total += Double(try loss.item)
                     tokens += n
-                    try loss.backward(gradient: try Tensor(shape: loss.shape, values: [1 / Float(options.gradientAccumulation)]))
+                    try loss.backward(
+                        gradient: try Tensor(shape: loss.shape, values: [1 / Float(options.gradientAccumulation)]))
                 }
             }
             let loss = total / Double(options.gradientAccumulation)
             guard loss.isFinite else {
                 let checkpoint = options.outputDirectory?.appendingPathComponent("checkpoint")
-                let saved = checkpoint.flatMap { FileManager.default.fileExists(atPath: $0.appendingPathComponent("trainer_state.json").path) ? $0.path : nil }
+                let saved = checkpoint.flatMap {
+                    FileManager.default.fileExists(atPath: $0.appendingPathComponent("trainer_state.json").path)
+                        ? $0.path : nil
+                }
                 throw TrainingError.nonFiniteLoss(step: step + 1, loss: loss, checkpoint: saved)
             }
             let norm = options.clipNorm.map { clipGradientNorm(trainable, maxNorm: $0) } ?? Float.nan
@@ -276,8 +303,9 @@ public final class Trainer {
             optimizer.update(trainable, gradientScale: 1)
             step += 1
             let now = DispatchTime.now().uptimeNanoseconds
-            var record = StepRecord(step: step, loss: loss, learningRate: Double(optimizer.learningRate), gradientNorm: Double(norm),
-                                    tokensPerSecond: Double(tokens) / (Double(now - t0) / 1e9), elapsed: Double(now - start) / 1e9)
+            var record = StepRecord(
+                step: step, loss: loss, learningRate: Double(optimizer.learningRate), gradientNorm: Double(norm),
+                tokensPerSecond: Double(tokens) / (Double(now - t0) / 1e9), elapsed: Double(now - start) / 1e9)
             let evaluateNow = step == options.steps || options.evaluateEvery.map { step % $0 == 0 } ?? false
             var stop = false
             if evaluateNow {
@@ -291,14 +319,18 @@ public final class Trainer {
                         if let dir = options.outputDirectory { try saveBest(to: dir.appendingPathComponent("best")) }
                     } else {
                         evaluationsWithoutImprovement += 1
-                        if let patience = options.earlyStoppingPatience, evaluationsWithoutImprovement >= patience { stop = true }
+                        if let patience = options.earlyStoppingPatience, evaluationsWithoutImprovement >= patience {
+                            stop = true
+                        }
                     }
                 }
             }
             history.append(record)
             if let log { try Trainer.append(record, to: log) }
             onStep?(record)
-            if let dir = options.outputDirectory, evaluateNow || options.checkpointEvery.map({ step % $0 == 0 }) ?? false || stop {
+            if let dir = options.outputDirectory,
+                evaluateNow || options.checkpointEvery.map({ step % $0 == 0 }) ?? false || stop
+            {
                 try saveCheckpoint(to: dir.appendingPathComponent("checkpoint"))
             }
             if stop || shouldStop?(record) == true { break }
@@ -314,8 +346,9 @@ public final class Trainer {
         if let name = options.adapterName {
             try model.saveAdapter(name, to: fresh)
         } else {
-            try SafeTensorsFile.write(Dictionary(uniqueKeysWithValues: parameters.map { ($0.key, $0.parameter.value.detached()) }),
-                                      metadata: ["format": "pt"], to: fresh.appendingPathComponent("model.safetensors").path)
+            try SafeTensorsFile.write(
+                Dictionary(uniqueKeysWithValues: parameters.map { ($0.key, $0.parameter.value.detached()) }),
+                metadata: ["format": "pt"], to: fresh.appendingPathComponent("model.safetensors").path)
         }
         try writeBoundary?(.bestSwap)
         try DirectorySwap.replace(directory, with: fresh)
@@ -334,9 +367,12 @@ public final class Trainer {
         for (k, v) in state.tensors { tensors["optim." + k] = v }
         let stateFile = "training_state-\(step).safetensors"
         try writeBoundary?(.state)
-        try SafeTensorsFile.write(tensors, metadata: ["step": "\(step)"], to: directory.appendingPathComponent(stateFile).path)
-        let saved = SavedState(step: step, optimizerStep: state.step, seed: String(options.seed), stateFile: stateFile,
-                               evaluationsWithoutImprovement: evaluationsWithoutImprovement, best: best.map { .init(value: $0.value, step: $0.step) })
+        try SafeTensorsFile.write(
+            tensors, metadata: ["step": "\(step)"], to: directory.appendingPathComponent(stateFile).path)
+        let saved = SavedState(
+            step: step, optimizerStep: state.step, seed: String(options.seed), stateFile: stateFile,
+            evaluationsWithoutImprovement: evaluationsWithoutImprovement,
+            best: best.map { .init(value: $0.value, step: $0.step) })
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeBoundary?(.manifest)
@@ -365,7 +401,8 @@ public final class Trainer {
         let lines = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true)
         let kept = lines.filter { line in
             guard let record = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
-                  let s = JSONNumber.exactInt(record[StepRecord.CodingKeys.step.rawValue]) else { return false }
+                let s = JSONNumber.exactInt(record[StepRecord.CodingKeys.step.rawValue])
+            else { return false }
             return s <= step
         }
         guard kept.count != lines.count || (data.last.map { $0 != 0x0A } ?? false) else { return }
@@ -376,7 +413,8 @@ public final class Trainer {
     /// compares later evaluations against the same bits as an uninterrupted one).
     struct SavedState: Codable {
         struct Best: Codable { let value: Double, step: Int }
-        let step: Int, optimizerStep: Int, seed: String?, stateFile: String?, evaluationsWithoutImprovement: Int?, best: Best?
+        let step: Int, optimizerStep: Int, seed: String?, stateFile: String?, evaluationsWithoutImprovement: Int?,
+            best: Best?
         enum CodingKeys: String, CodingKey {
             case step, optimizerStep = "optimizer_step", seed, stateFile = "state_file"
             case evaluationsWithoutImprovement = "evaluations_without_improvement", best
@@ -395,26 +433,36 @@ public final class Trainer {
         let stateFile = saved.stateFile ?? Trainer.legacyStateFile
         // The manifest names a file beside it, nothing else: no folders, no way out of the checkpoint directory.
         guard !stateFile.isEmpty, !stateFile.contains("/"), !stateFile.hasPrefix(".") else {
-            throw TrainingError.badCheckpoint(path: statePath.path, detail: "state_file '\(stateFile)' is not a file name in the checkpoint directory")
+            throw TrainingError.badCheckpoint(
+                path: statePath.path, detail: "state_file '\(stateFile)' is not a file name in the checkpoint directory"
+            )
         }
         let file = try SafeTensorsFile(path: directory.appendingPathComponent(stateFile).path)
         guard file.metadata["step"] == "\(saved.step)" else {
-            throw TrainingError.badCheckpoint(path: directory.path, detail: "trainer_state.json and training_state.safetensors disagree or lack the step")
+            throw TrainingError.badCheckpoint(
+                path: directory.path,
+                detail: "trainer_state.json and training_state.safetensors disagree or lack the step")
         }
         if let seed = saved.seed, seed != String(options.seed) {
-            throw TrainingError.badCheckpoint(path: directory.path, detail: "it was written with seed \(seed), this run has seed \(options.seed)")
+            throw TrainingError.badCheckpoint(
+                path: directory.path, detail: "it was written with seed \(seed), this run has seed \(options.seed)")
         }
         var values: [(Parameter, Tensor)] = []
         for (key, p) in parameters {
-            guard file.entries["param." + key] != nil else { throw TrainingError.badCheckpoint(path: directory.path, detail: "missing parameter '\(key)'") }
+            guard file.entries["param." + key] != nil else {
+                throw TrainingError.badCheckpoint(path: directory.path, detail: "missing parameter '\(key)'")
+            }
             let t = try file.tensor("param." + key)
             guard t.shape == p.value.shape else {
-                throw TrainingError.badCheckpoint(path: directory.path, detail: "'\(key)' is \(t.shape), the model's \(p.value.shape)")
+                throw TrainingError.badCheckpoint(
+                    path: directory.path, detail: "'\(key)' is \(t.shape), the model's \(p.value.shape)")
             }
             values.append((p, t))
         }
         var optimizerState: [String: Tensor] = [:]
-        for name in file.names where name.hasPrefix("optim.") { optimizerState[String(name.dropFirst(6))] = try file.tensor(name) }
+        for name in file.names where name.hasPrefix("optim.") {
+            optimizerState[String(name.dropFirst(6))] = try file.tensor(name)
+        }
         do { try optimizer.restore(optimizerState, step: saved.optimizerStep, parameters) } catch {
             throw TrainingError.badCheckpoint(path: directory.path, detail: "\(error)")
         }
@@ -427,13 +475,18 @@ public final class Trainer {
 
     static func append(_ record: StepRecord, to url: URL) throws {
         typealias Key = StepRecord.CodingKeys
-        var fields: [String: Any] = [Key.step.rawValue: record.step, Key.loss.rawValue: record.loss, Key.learningRate.rawValue: record.learningRate,
-                                     Key.tokensPerSecond.rawValue: record.tokensPerSecond, Key.elapsed.rawValue: record.elapsed]
+        var fields: [String: Any] = [
+            Key.step.rawValue: record.step, Key.loss.rawValue: record.loss,
+            Key.learningRate.rawValue: record.learningRate,
+            Key.tokensPerSecond.rawValue: record.tokensPerSecond, Key.elapsed.rawValue: record.elapsed,
+        ]
         if record.gradientNorm.isFinite { fields[Key.gradientNorm.rawValue] = record.gradientNorm }
         if let m = record.metrics { fields[Key.metrics.rawValue] = m }
         var line = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
         line.append(0x0A)
-        if !FileManager.default.fileExists(atPath: url.path) { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: url.path) {
+            _ = FileManager.default.createFile(atPath: url.path, contents: nil)
+        }
         let handle = try FileHandle(forWritingTo: url)
         defer { try? handle.close() }
         try handle.seekToEnd()
@@ -442,5 +495,7 @@ public final class Trainer {
 }
 
 extension Dictionary {
-    func mapKeys<K: Hashable>(_ f: (Key) -> K) -> [K: Value] { Dictionary<K, Value>(uniqueKeysWithValues: map { (f($0.key), $0.value) }) }
+    func mapKeys<K: Hashable>(_ f: (Key) -> K) -> [K: Value] {
+        Dictionary<K, Value>(uniqueKeysWithValues: map { (f($0.key), $0.value) })
+    }
 }

@@ -35,7 +35,8 @@ public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
         try? FileManager.default.removeItem(at: model)
         try FileManager.default.createDirectory(at: model, withIntermediateDirectories: true)
         for name in ["config.json", "model.safetensors"] {
-            try FileManager.default.copyItem(at: fixtures.appendingPathComponent("models/gpt2-lm/\(name)"), to: model.appendingPathComponent(name))
+            try FileManager.default.copyItem(
+                at: fixtures.appendingPathComponent("models/gpt2-lm/\(name)"), to: model.appendingPathComponent(name))
         }
         return model
     }
@@ -45,7 +46,11 @@ public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
         case .safetensors:
             let file = try SafeTensorsFile(path: try write(data, "x.safetensors", in: dir).path)
             for (name, entry) in file.entries {
-                if entry.dtype == .int32 || entry.dtype == .int64 { _ = try file.intTensor(name) } else { _ = try file.tensor(name) }
+                if entry.dtype == .int32 || entry.dtype == .int64 {
+                    _ = try file.intTensor(name)
+                } else {
+                    _ = try file.tensor(name)
+                }
             }
         case .torchCheckpoint:
             let file = try TorchCheckpoint(path: try write(data, "x.bin", in: dir).path)
@@ -79,10 +84,14 @@ public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
             try FileManager.default.createDirectory(at: adapter, withIntermediateDirectories: true)
             let source = fixtures.appendingPathComponent("adapters/gpt2-lora")
             for name in ["adapter_config.json", "adapter_model.safetensors"] {
-                try FileManager.default.copyItem(at: source.appendingPathComponent(name), to: adapter.appendingPathComponent(name))
+                try FileManager.default.copyItem(
+                    at: source.appendingPathComponent(name), to: adapter.appendingPathComponent(name))
             }
-            try data.write(to: adapter.appendingPathComponent(self == .adapterConfig ? "adapter_config.json" : "adapter_model.safetensors"))
-            let model = try PretrainedModel.load(directory: try gpt2Model(in: dir, fixtures: fixtures), forAdapter: adapter)
+            try data.write(
+                to: adapter.appendingPathComponent(
+                    self == .adapterConfig ? "adapter_config.json" : "adapter_model.safetensors"))
+            let model = try PretrainedModel.load(
+                directory: try gpt2Model(in: dir, fixtures: fixtures), forAdapter: adapter)
             try AdapterFiles.load(directory: adapter, into: model.module)
         case .dataJSONL, .dataCSV:
             let url = try write(data, self == .dataCSV ? "data.csv" : "data.jsonl", in: dir)
@@ -98,31 +107,46 @@ public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
     }
 
     /// Texts every accepted tokenizer encodes: digits, accents, CJK, emoji, whitespace runs, special-token look-alikes.
-    static let texts = ["Hello, world! It's 2026.", "naïve café ÅÄÖ", "東京は日本の首都", "🙂👍🏽 x", "  \t\n  spaced   out ",
-                        "[CLS] <|endoftext|> [MASK]", String(repeating: "ab", count: 300)]
+    static let texts = [
+        "Hello, world! It's 2026.", "naïve café ÅÄÖ", "東京は日本の首都", "🙂👍🏽 x", "  \t\n  spaced   out ",
+        "[CLS] <|endoftext|> [MASK]", String(repeating: "ab", count: 300),
+    ]
 
     /// Valid files to start mutating from, from the committed fixtures.
     public func seeds(fixtures: URL) throws -> [Data] {
         func file(_ path: String) throws -> Data { try Data(contentsOf: fixtures.appendingPathComponent(path)) }
         switch self {
-        case .safetensors: return [try file("models/gpt2-lm/generate.safetensors"), try file("pickle/tensors_expected.safetensors"),
-                                   try file("adapters/gpt2-lora/adapter_model.safetensors")]
-        case .torchCheckpoint: return [try file("pickle/tensors.bin"), try file("pickle/oversized.bin"), try file("pickle/refused.bin")]
+        case .safetensors:
+            return [
+                try file("models/gpt2-lm/generate.safetensors"), try file("pickle/tensors_expected.safetensors"),
+                try file("adapters/gpt2-lora/adapter_model.safetensors"),
+            ]
+        case .torchCheckpoint:
+            return [try file("pickle/tensors.bin"), try file("pickle/oversized.bin"), try file("pickle/refused.bin")]
         case .modelConfig: return [try file("models/gpt2-lm/config.json"), try file("models/bert-cls/config.json")]
         case .checkpointDirectory: return [try file("models/gpt2-lm/config.json")]
-        case .tokenizerJSON: return [try file("tokenizers/bpe/tokenizer.json"), try file("tokenizers/wordpiece/tokenizer.json")]
+        case .tokenizerJSON:
+            return [try file("tokenizers/bpe/tokenizer.json"), try file("tokenizers/wordpiece/tokenizer.json")]
         case .vocabularyText: return [try file("tokenizers/wordpiece/vocab.txt")]
-        case .bpeFiles: return [try file("tokenizers/bpe/vocab.json") + Data([0]) + (try file("tokenizers/bpe/merges.txt"))]
+        case .bpeFiles:
+            return [try file("tokenizers/bpe/vocab.json") + Data([0]) + (try file("tokenizers/bpe/merges.txt"))]
         case .adapterConfig: return [try file("adapters/gpt2-lora/adapter_config.json")]
         case .adapterWeights: return [try file("adapters/gpt2-lora/adapter_model.safetensors")]
         case .dataJSONL:
-            return [Data(#"""
-            {"text": "a good day", "pair": "yes", "label": "a", "tokens": "New York", "tags": "B-X I-X", "question": "who?", "context": "me", "answer": "me", "answer_start": 0, "prompt": "Q", "completion": "A"}
-            {"text": "bad", "label": 1}
-            """#.utf8)]
+            return [
+                Data(
+                    #"""
+                    {"text": "a good day", "pair": "yes", "label": "a", "tokens": "New York", "tags": "B-X I-X", "question": "who?", "context": "me", "answer": "me", "answer_start": 0, "prompt": "Q", "completion": "A"}
+                    {"text": "bad", "label": 1}
+                    """#.utf8)
+            ]
         case .dataCSV: return [Data("text,label,tokens,tags\n\"a, quoted\"\"x\"\"\",1,a b,O O\nplain,0,c,B-X\n".utf8)]
         case .metricsLog:
-            return [Data(#"{"elapsed_seconds":0.5,"gradient_norm":1.25,"learning_rate":0.001,"loss":2.5,"step":1,"tokens_per_second":100}"#.utf8 + Array("\n".utf8))]
+            return [
+                Data(
+                    #"{"elapsed_seconds":0.5,"gradient_norm":1.25,"learning_rate":0.001,"loss":2.5,"step":1,"tokens_per_second":100}"#
+                        .utf8 + Array("\n".utf8))
+            ]
         }
     }
 }
@@ -136,8 +160,10 @@ public struct Mutator {
 
     mutating func below(_ n: Int) -> Int { n <= 0 ? 0 : Int(rng.next() % UInt64(n)) }
 
-    static let numbers = ["-1", "0", "1", "2147483647", "4294967296", "9223372036854775807", "18446744073709551616", "1e400",
-                          "2.5", "-0", "1e-400", "999999999999", "4611686018427387905", "null", "true", "\"7\"", "[]", "{}"]
+    static let numbers = [
+        "-1", "0", "1", "2147483647", "4294967296", "9223372036854775807", "18446744073709551616", "1e400",
+        "2.5", "-0", "1e-400", "999999999999", "4611686018427387905", "null", "true", "\"7\"", "[]", "{}",
+    ]
     static let bytes: [UInt8] = [0, 0xFF, 0x7F, 0x80, 0x0A, 0x22, 0x5C, 0x7B, 0x5B, 0x2C, 0x3A, 0x30, 0x39, 0x2D]
 
     /// One to four mutations of `data`.
@@ -178,7 +204,8 @@ public struct Mutator {
         default:
             // Drop a JSON member: from a quote after a '{' or ',' to the next ','.
             let starts = d.indices.filter { $0 + 1 < d.count && (d[$0] == 0x7B || d[$0] == 0x2C) && d[$0 + 1] == 0x22 }
-            guard let s = starts.isEmpty ? nil : starts[below(starts.count)], let e = d[(s + 1)...].firstIndex(of: 0x2C) else { return }
+            guard let s = starts.isEmpty ? nil : starts[below(starts.count)], let e = d[(s + 1)...].firstIndex(of: 0x2C)
+            else { return }
             d.removeSubrange((s + 1)...e)
         }
     }

@@ -24,14 +24,23 @@ public struct BertConfig: Sendable {
 
     /// A config from its fields, with BERT-base's values as defaults.
     /// - Throws: ``ModelError/badConfig(path:detail:)`` for sizes that do not make a model (see ``validate(path:)``).
-    public init(vocabularySize: Int = 30522, hidden: Int = 768, layers: Int = 12, heads: Int = 12, intermediate: Int = 3072,
-                positions: Int = 512, typeCount: Int = 2, activation: Activation = .gelu(.none), layerNormEpsilon: Float = 1e-12,
-                labelCount: Int = 2, padTokenID: Int? = 0, hiddenDropout: Float = 0.1, attentionDropout: Float = 0.1,
-                classifierDropout: Float? = nil) throws {
-        (self.vocabularySize, self.hidden, self.layers, self.heads, self.intermediate) = (vocabularySize, hidden, layers, heads, intermediate)
-        (self.positions, self.typeCount, self.activation, self.layerNormEpsilon) = (positions, typeCount, activation, layerNormEpsilon)
+    public init(
+        vocabularySize: Int = 30522, hidden: Int = 768, layers: Int = 12, heads: Int = 12, intermediate: Int = 3072,
+        positions: Int = 512, typeCount: Int = 2, activation: Activation = .gelu(.none),
+        layerNormEpsilon: Float = 1e-12,
+        labelCount: Int = 2, padTokenID: Int? = 0, hiddenDropout: Float = 0.1, attentionDropout: Float = 0.1,
+        classifierDropout: Float? = nil
+    ) throws {
+        (self.vocabularySize, self.hidden, self.layers, self.heads, self.intermediate) = (
+            vocabularySize, hidden, layers, heads, intermediate
+        )
+        (self.positions, self.typeCount, self.activation, self.layerNormEpsilon) = (
+            positions, typeCount, activation, layerNormEpsilon
+        )
         (self.labelCount, self.padTokenID) = (labelCount, padTokenID)
-        (self.hiddenDropout, self.attentionDropout, self.classifierDropout) = (hiddenDropout, attentionDropout, classifierDropout ?? hiddenDropout)
+        (self.hiddenDropout, self.attentionDropout, self.classifierDropout) = (
+            hiddenDropout, attentionDropout, classifierDropout ?? hiddenDropout
+        )
         try validate()
     }
 
@@ -40,7 +49,8 @@ public struct BertConfig: Sendable {
         [
             "model_type": "bert", "vocab_size": vocabularySize, "hidden_size": hidden, "num_hidden_layers": layers,
             "num_attention_heads": heads, "intermediate_size": intermediate, "max_position_embeddings": positions,
-            "type_vocab_size": typeCount, "hidden_act": activation.name, "layer_norm_eps": layerNormEpsilon, "num_labels": labelCount,
+            "type_vocab_size": typeCount, "hidden_act": activation.name, "layer_norm_eps": layerNormEpsilon,
+            "num_labels": labelCount,
             "pad_token_id": padTokenID.map { $0 as Any } ?? NSNull(), "hidden_dropout_prob": hiddenDropout,
             "attention_probs_dropout_prob": attentionDropout, "classifier_dropout": classifierDropout,
             "position_embedding_type": "absolute",
@@ -61,7 +71,9 @@ public struct BertConfig: Sendable {
         labelCount = try c.labelCount()
         hiddenDropout = try c.float("hidden_dropout_prob", default: 0.1)
         attentionDropout = try c.float("attention_probs_dropout_prob", default: 0.1)
-        classifierDropout = json["classifier_dropout"] is NSNull ? hiddenDropout : try c.float("classifier_dropout", default: hiddenDropout)
+        classifierDropout =
+            json["classifier_dropout"] is NSNull
+            ? hiddenDropout : try c.float("classifier_dropout", default: hiddenDropout)
         padTokenID = json["pad_token_id"] is NSNull ? nil : (try c.optionalInt("pad_token_id") ?? 0)
         let embedding = try c.string("position_embedding_type", default: "absolute")
         try c.require(embedding == "absolute", "position_embedding_type '\(embedding)' is not supported (absolute)")
@@ -74,17 +86,24 @@ public struct BertConfig: Sendable {
     ///   weights would not fit in memory (counted before anything is allocated).
     public func validate(path: String = "BertConfig") throws {
         let check = ConfigCheck(path: path)
-        try check.positive(["vocab_size": vocabularySize, "hidden_size": hidden, "num_attention_heads": heads,
-                            "intermediate_size": intermediate, "max_position_embeddings": positions, "type_vocab_size": typeCount,
-                            "num_labels": labelCount])
+        try check.positive([
+            "vocab_size": vocabularySize, "hidden_size": hidden, "num_attention_heads": heads,
+            "intermediate_size": intermediate, "max_position_embeddings": positions, "type_vocab_size": typeCount,
+            "num_labels": labelCount,
+        ])
         try check.require(layers >= 0, "num_hidden_layers is \(layers); it must not be negative")
         try check.require(hidden % heads == 0, "hidden_size \(hidden) is not divisible by num_attention_heads \(heads)")
-        try check.require(vocabularySize <= Int(Int32.max), "vocab_size \(vocabularySize) does not fit 32-bit token ids")
+        try check.require(
+            vocabularySize <= Int(Int32.max), "vocab_size \(vocabularySize) does not fit 32-bit token ids")
         try check.require(layerNormEpsilon.isFinite && layerNormEpsilon >= 0, "layer_norm_eps is \(layerNormEpsilon)")
-        try check.probabilities(["hidden_dropout_prob": hiddenDropout, "attention_probs_dropout_prob": attentionDropout,
-                                 "classifier_dropout": classifierDropout])
+        try check.probabilities([
+            "hidden_dropout_prob": hiddenDropout, "attention_probs_dropout_prob": attentionDropout,
+            "classifier_dropout": classifierDropout,
+        ])
         if let padTokenID {
-            try check.require((0..<vocabularySize).contains(padTokenID), "pad_token_id \(padTokenID) is outside the vocabulary of \(vocabularySize)")
+            try check.require(
+                (0..<vocabularySize).contains(padTokenID),
+                "pad_token_id \(padTokenID) is outside the vocabulary of \(vocabularySize)")
         }
         try check.fitsInMemory(parameterTerms)
     }
@@ -93,8 +112,10 @@ public struct BertConfig: Sendable {
     /// layer (q, k, v, output, two norms, FFN in and out), the pooler, the head. Multiplied in checked arithmetic.
     var parameterTerms: [[Int]] {
         let (C, I, L) = (hidden, intermediate, max(layers, 0))
-        return [[vocabularySize, C], [positions, C], [typeCount, C], [2, C], [L, 4, C, C], [L, 8, C],
-                [L, C, I], [L, I], [L, I, C], [L, C], [C, C], [C], [labelCount, C]]
+        return [
+            [vocabularySize, C], [positions, C], [typeCount, C], [2, C], [L, 4, C, C], [L, 8, C],
+            [L, C, I], [L, I], [L, I, C], [L, C], [C, C], [C], [labelCount, C],
+        ]
     }
 
     /// About how many parameters the model has (with a pooler and a task head), counted without building it;
@@ -165,8 +186,10 @@ public final class BertLayer: Module {
 
     /// - Parameter leading: with a count `n`, only the first `n` positions are computed (their queries still attend to
     ///   every key): the output is `[B, n, C]`, equal to the first `n` rows of the full layer's output.
-    public func callAsFunction(_ input: Tensor, keyMask: IntTensor? = nil, prefix: (keys: Tensor, values: Tensor)? = nil,
-                               leading: Int? = nil) throws -> Tensor {
+    public func callAsFunction(
+        _ input: Tensor, keyMask: IntTensor? = nil, prefix: (keys: Tensor, values: Tensor)? = nil,
+        leading: Int? = nil
+    ) throws -> Tensor {
         guard input.rank == 3, input.shape[2] == query.inputs else {
             throw ModelError.badInput("a BERT layer takes [batch, length, \(query.inputs)], got \(input.shape)")
         }
@@ -178,12 +201,15 @@ public final class BertLayer: Module {
         // Everything after the keys and values is per position: the rows not asked for are never computed.
         let x = try leading.map { try input.slice(axis: 1, 0..<$0) } ?? input
         let q = try query(x).splittingHeads(heads)
-        let drop = attentionProbabilityDropout(attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
+        let drop = attentionProbabilityDropout(
+            attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
         let a = try Tensor.attention(query: q, key: k, value: v, keyMask: keyMask, dropout: drop).mergingHeads()
-        let h = try attentionNorm(x + adapters.attention(attentionOut(a).trainingDropout(dropout), residual: x, norm: attentionNorm))
+        let h = try attentionNorm(
+            x + adapters.attention(attentionOut(a).trainingDropout(dropout), residual: x, norm: attentionNorm))
         let z = try activation.apply(h, feedForwardIn)
         let f = try feedForwardOut(z).trainingDropout(dropout)
-        return try outputNorm(h + adapters.feedForward(adapters.parallel(f, input: h, intermediate: z), residual: h, norm: outputNorm))
+        return try outputNorm(
+            h + adapters.feedForward(adapters.parallel(f, input: h, intermediate: z), residual: h, norm: outputNorm))
     }
 }
 
@@ -223,7 +249,9 @@ public final class BertModel: Module, VirtualTokenHost {
     ///   - attentionMask: `[B, T]`, 1 for real tokens, 0 for padding (default: all 1).
     ///   - tokenTypeIDs: `[B, T]` segment ids (default: all 0).
     /// - Throws: ``ModelError`` for ids or types out of range, sequences longer than the positions, bad shapes.
-    public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+    public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws
+        -> Tensor
+    {
         try encode(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, firstOnly: false)
     }
 
@@ -232,22 +260,33 @@ public final class BertModel: Module, VirtualTokenHost {
     /// for less work: the last layer still builds keys and values for every position, but its queries, attention
     /// output and feed-forward run on one row per sequence (about 7% of BERT-base's matrix products, forward and
     /// backward). Same parameters and errors as ``hiddenStates(_:attentionMask:tokenTypeIDs:)``.
-    public func firstHiddenState(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+    public func firstHiddenState(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil)
+        throws -> Tensor
+    {
         try encode(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, firstOnly: true)
     }
 
-    private func encode(_ ids: IntTensor, attentionMask: IntTensor?, tokenTypeIDs: IntTensor?, firstOnly: Bool) throws -> Tensor {
-        guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
+    private func encode(_ ids: IntTensor, attentionMask: IntTensor?, tokenTypeIDs: IntTensor?, firstOnly: Bool) throws
+        -> Tensor
+    {
+        guard ids.shape.count == 2 else {
+            throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
+        }
         let (B, T) = (ids.shape[0], ids.shape[1])
         let P = prefix?.length ?? 0, Q = promptLength
-        guard P + Q + T <= config.positions else { throw ModelError.sequenceTooLong(length: P + Q + T, maximum: config.positions) }
+        guard P + Q + T <= config.positions else {
+            throw ModelError.sequenceTooLong(length: P + Q + T, maximum: config.positions)
+        }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
         for (name, t) in [("attention mask", attentionMask), ("token type ids", tokenTypeIDs)] {
-            if let t, t.shape != ids.shape { throw ModelError.badInput("\(name) \(t.shape) does not match input ids \(ids.shape)") }
+            if let t, t.shape != ids.shape {
+                throw ModelError.badInput("\(name) \(t.shape) does not match input ids \(ids.shape)")
+            }
         }
         let types = try tokenTypeIDs ?? IntTensor(shape: [B, T], values: [Int32](repeating: 0, count: B * T))
         if let bad = types.values.firstIndex(where: { $0 < 0 || Int($0) >= config.typeCount }) {
-            throw ModelError.tokenTypeOutOfRange(position: bad, type: Int(types.values[bad]), typeCount: config.typeCount)
+            throw ModelError.tokenTypeOutOfRange(
+                position: bad, type: Int(types.values[bad]), typeCount: config.typeCount)
         }
         var words = try embeddings.word(ids)
         var typeIDs = types
@@ -267,15 +306,18 @@ public final class BertModel: Module, VirtualTokenHost {
         let keyMask = try prefix.map { try $0.extend(withPrompt, batch: B, width: W) } ?? withPrompt
         let prefixes = try prefix?.keysValues(batch: B)
         for (i, layer) in layers.enumerated() {
-            x = try layer(x, keyMask: keyMask, prefix: prefixes?[i], leading: firstOnly && i == layers.count - 1 ? 1 : nil)
+            x = try layer(
+                x, keyMask: keyMask, prefix: prefixes?[i], leading: firstOnly && i == layers.count - 1 ? 1 : nil)
         }
         return firstOnly && layers.isEmpty ? try x.slice(axis: 1, 0..<1) : x
     }
 
     /// The last hidden states of the tokens, `[B, T, C]`: ``hiddenStates(_:attentionMask:tokenTypeIDs:)`` without the
     /// prompt vectors' positions (for per-token heads), or with them (`includingPrompt`, `[B, P + T, C]`, PEFT's layout).
-    public func tokenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
-                            includingPrompt: Bool = false) throws -> Tensor {
+    public func tokenStates(
+        _ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
+        includingPrompt: Bool = false
+    ) throws -> Tensor {
         let h = try hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
         let Q = includingPrompt ? 0 : promptLength
         return Q == 0 ? h : try h.slice(axis: 1, Q..<h.shape[1])
@@ -318,7 +360,9 @@ public final class BertForMaskedLM: Module {
     }
 
     /// Vocabulary logits `[B, T, V]`.
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws
+        -> Tensor
+    {
         let h = try bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
         let t = try transformNorm(bert.config.activation.apply(h, transform))
         return try decoder(t)
@@ -350,11 +394,15 @@ public final class BertForSequenceClassification: Module {
     }
 
     /// Class logits `[B, labels]`.
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
-        let pooled = try pooling == .cls
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws
+        -> Tensor
+    {
+        let pooled =
+            try pooling == .cls
             ? bert.pooled(bert.firstHiddenState(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs))
-            : Pooling.mean(bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs),
-                           attentionMask: bert.maskWithPrompt(attentionMask, batch: ids.shape[0], length: ids.shape[1]))
+            : Pooling.mean(
+                bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs),
+                attentionMask: bert.maskWithPrompt(attentionMask, batch: ids.shape[0], length: ids.shape[1]))
         return try classifier(pooled.trainingDropout(bert.config.classifierDropout))
     }
 }
@@ -382,8 +430,11 @@ public final class BertForTokenClassification: Module {
 
     /// Per-token logits `[B, T, labels]` (with prompt tuning, for the tokens only, not the prompt vectors; with
     /// `includingPrompt`, `[B, P + T, labels]`, the virtual positions first, as PEFT returns them).
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil, includingPrompt: Bool = false) throws -> Tensor {
-        let h = try bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, includingPrompt: includingPrompt)
+    public func logits(
+        _ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil, includingPrompt: Bool = false
+    ) throws -> Tensor {
+        let h = try bert.tokenStates(
+            ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, includingPrompt: includingPrompt)
         return try classifier(h.trainingDropout(bert.config.classifierDropout))
     }
 }
@@ -411,9 +462,12 @@ public final class BertForQuestionAnswering: Module {
 
     /// Start and end logits, each `[B, T]` (with prompt tuning, over the tokens only; with `includingPrompt`,
     /// `[B, P + T]`, the virtual positions first, as PEFT returns them).
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
-                       includingPrompt: Bool = false) throws -> (start: Tensor, end: Tensor) {
-        let h = try bert.tokenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, includingPrompt: includingPrompt)
+    public func logits(
+        _ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
+        includingPrompt: Bool = false
+    ) throws -> (start: Tensor, end: Tensor) {
+        let h = try bert.tokenStates(
+            ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, includingPrompt: includingPrompt)
         let both = try outputs(h)
         let (B, T) = (h.shape[0], h.shape[1])
         return (try both.slice(axis: 2, 0..<1).reshaped([B, T]), try both.slice(axis: 2, 1..<2).reshaped([B, T]))
@@ -422,13 +476,19 @@ public final class BertForQuestionAnswering: Module {
     /// The best answer span per sequence: the `(start, end)` maximising `start + end` logits with
     /// `start <= end < start + maxAnswerLength`, among positions where `allowed` is true (e.g. context tokens).
     /// - Throws: ``ModelError/badInput(_:)`` when `start`, `end` and `allowed` differ in length.
-    public static func bestSpan(start: [Float], end: [Float], allowed: [Bool]? = nil, maxAnswerLength: Int = 30) throws -> (start: Int, end: Int, score: Float)? {
+    public static func bestSpan(start: [Float], end: [Float], allowed: [Bool]? = nil, maxAnswerLength: Int = 30) throws
+        -> (start: Int, end: Int, score: Float)?
+    {
         guard end.count == start.count, allowed.map({ $0.count == start.count }) ?? true else {
-            throw ModelError.badInput("bestSpan: \(start.count) start logits, \(end.count) end logits and \(allowed.map { "\($0.count)" } ?? "no") allowed flags must agree")
+            throw ModelError.badInput(
+                "bestSpan: \(start.count) start logits, \(end.count) end logits and \(allowed.map { "\($0.count)" } ?? "no") allowed flags must agree"
+            )
         }
         var best: (Int, Int, Float)?
         for s in start.indices where allowed?[s] ?? true {
-            let last = min(end.count, s.addingReportingOverflow(max(maxAnswerLength, 1)).overflow ? end.count : s + max(maxAnswerLength, 1))
+            let last = min(
+                end.count,
+                s.addingReportingOverflow(max(maxAnswerLength, 1)).overflow ? end.count : s + max(maxAnswerLength, 1))
             for e in s..<last where allowed?[e] ?? true {
                 let score = start[s] + end[e]
                 if best == nil || score > best!.2 { best = (s, e, score) }

@@ -7,8 +7,12 @@ extension BertModel {
     /// - Parameters:
     ///   - ids, attentionMask: `[B, T]`.
     /// - Returns: `[B, C]`.
-    public func sentenceEmbeddings(_ ids: IntTensor, attentionMask: IntTensor, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
-        let h = try Autograd.withoutGradients { try hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs) }
+    public func sentenceEmbeddings(_ ids: IntTensor, attentionMask: IntTensor, tokenTypeIDs: IntTensor? = nil) throws
+        -> Tensor
+    {
+        let h = try Autograd.withoutGradients {
+            try hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
+        }
         let (B, T, C) = (h.shape[0], h.shape[1], h.shape[2])
         var out = [Float](repeating: 0, count: B * C)
         h.withUnsafeBufferPointer { x in
@@ -31,7 +35,8 @@ extension BertModel {
     /// Embeds texts with `tokenizer` (truncated to `maxLength` tokens, padded per batch).
     public func embed(_ texts: [String], tokenizer: WordPieceTokenizer, maxLength: Int = 256) throws -> [[Float]] {
         guard !texts.isEmpty else { return [] }
-        let batch = try tokenizer.encodeBatch(texts, options: EncodingOptions(maxLength: min(maxLength, config.positions)))
+        let batch = try tokenizer.encodeBatch(
+            texts, options: EncodingOptions(maxLength: min(maxLength, config.positions)))
         let T = batch[0].ids.count
         let ids = try IntTensor(shape: [texts.count, T], values: batch.flatMap(\.ids))
         let mask = try IntTensor(shape: [texts.count, T], values: batch.flatMap(\.attentionMask))
@@ -63,7 +68,9 @@ extension BertForMaskedLM {
             if i < parts.count - 1 { ids.append(mask) }
         }
         ids.append(tokenizer.sep)
-        let logits = try Autograd.withoutGradients { try self.logits(try IntTensor(shape: [1, ids.count], values: ids)) }
+        let logits = try Autograd.withoutGradients {
+            try self.logits(try IntTensor(shape: [1, ids.count], values: ids))
+        }
         let V = logits.shape[2], all = logits.scalars
         return ids.indices.filter { ids[$0] == mask }.map { t in
             let row = all[(t * V)..<((t + 1) * V)], top = row.max()!

@@ -26,27 +26,37 @@ public struct GPT2Config: Sendable {
 
     /// A config from its fields, with GPT-2 small's values as defaults (`inner` defaults to 4 × `hidden`).
     /// - Throws: ``ModelError/badConfig(path:detail:)`` for sizes that do not make a model (see ``validate(path:)``).
-    public init(vocabularySize: Int = 50257, positions: Int = 1024, hidden: Int = 768, layers: Int = 12, heads: Int = 12,
-                inner: Int? = nil, activation: Activation = .gelu(.tanh), layerNormEpsilon: Float = 1e-5,
-                scaleAttentionWeights: Bool = true, scaleAttentionByLayer: Bool = false, labelCount: Int = 2, padTokenID: Int? = nil,
-                embeddingDropout: Float = 0.1, residualDropout: Float = 0.1, attentionDropout: Float = 0.1) throws {
+    public init(
+        vocabularySize: Int = 50257, positions: Int = 1024, hidden: Int = 768, layers: Int = 12, heads: Int = 12,
+        inner: Int? = nil, activation: Activation = .gelu(.tanh), layerNormEpsilon: Float = 1e-5,
+        scaleAttentionWeights: Bool = true, scaleAttentionByLayer: Bool = false, labelCount: Int = 2,
+        padTokenID: Int? = nil,
+        embeddingDropout: Float = 0.1, residualDropout: Float = 0.1, attentionDropout: Float = 0.1
+    ) throws {
         let fourTimes = hidden.multipliedReportingOverflow(by: 4)
-        (self.vocabularySize, self.positions, self.hidden, self.layers, self.heads) = (vocabularySize, positions, hidden, layers, heads)
+        (self.vocabularySize, self.positions, self.hidden, self.layers, self.heads) = (
+            vocabularySize, positions, hidden, layers, heads
+        )
         self.inner = inner ?? (fourTimes.overflow ? -1 : fourTimes.partialValue)
         (self.activation, self.layerNormEpsilon) = (activation, layerNormEpsilon)
         (self.scaleAttentionWeights, self.scaleAttentionByLayer) = (scaleAttentionWeights, scaleAttentionByLayer)
         (self.labelCount, self.padTokenID) = (labelCount, padTokenID)
-        (self.embeddingDropout, self.residualDropout, self.attentionDropout) = (embeddingDropout, residualDropout, attentionDropout)
+        (self.embeddingDropout, self.residualDropout, self.attentionDropout) = (
+            embeddingDropout, residualDropout, attentionDropout
+        )
         try validate()
     }
 
     /// The config as Hugging Face's `config.json` holds it (`model_type` `gpt2`), for ``Module/save(to:config:)``.
     public var json: [String: Any] {
         var j: [String: Any] = [
-            "model_type": "gpt2", "vocab_size": vocabularySize, "n_positions": positions, "n_embd": hidden, "n_layer": layers,
-            "n_head": heads, "n_inner": inner, "activation_function": activation.name, "layer_norm_epsilon": layerNormEpsilon,
+            "model_type": "gpt2", "vocab_size": vocabularySize, "n_positions": positions, "n_embd": hidden,
+            "n_layer": layers,
+            "n_head": heads, "n_inner": inner, "activation_function": activation.name,
+            "layer_norm_epsilon": layerNormEpsilon,
             "scale_attn_weights": scaleAttentionWeights, "scale_attn_by_inverse_layer_idx": scaleAttentionByLayer,
-            "num_labels": labelCount, "embd_pdrop": embeddingDropout, "resid_pdrop": residualDropout, "attn_pdrop": attentionDropout,
+            "num_labels": labelCount, "embd_pdrop": embeddingDropout, "resid_pdrop": residualDropout,
+            "attn_pdrop": attentionDropout,
         ]
         if let padTokenID { j["pad_token_id"] = padTokenID }
         return j
@@ -80,15 +90,23 @@ public struct GPT2Config: Sendable {
     ///   would not fit in memory (counted before anything is allocated).
     public func validate(path: String = "GPT2Config") throws {
         let check = ConfigCheck(path: path)
-        try check.positive(["vocab_size": vocabularySize, "n_positions": positions, "n_embd": hidden, "n_head": heads,
-                            "n_inner": inner, "num_labels": labelCount])
+        try check.positive([
+            "vocab_size": vocabularySize, "n_positions": positions, "n_embd": hidden, "n_head": heads,
+            "n_inner": inner, "num_labels": labelCount,
+        ])
         try check.require(layers >= 0, "n_layer is \(layers); it must not be negative")
         try check.require(hidden % heads == 0, "n_embd \(hidden) is not divisible by n_head \(heads)")
-        try check.require(vocabularySize <= Int(Int32.max), "vocab_size \(vocabularySize) does not fit 32-bit token ids")
-        try check.require(layerNormEpsilon.isFinite && layerNormEpsilon >= 0, "layer_norm_epsilon is \(layerNormEpsilon)")
-        try check.probabilities(["embd_pdrop": embeddingDropout, "resid_pdrop": residualDropout, "attn_pdrop": attentionDropout])
+        try check.require(
+            vocabularySize <= Int(Int32.max), "vocab_size \(vocabularySize) does not fit 32-bit token ids")
+        try check.require(
+            layerNormEpsilon.isFinite && layerNormEpsilon >= 0, "layer_norm_epsilon is \(layerNormEpsilon)")
+        try check.probabilities([
+            "embd_pdrop": embeddingDropout, "resid_pdrop": residualDropout, "attn_pdrop": attentionDropout,
+        ])
         if let padTokenID {
-            try check.require((0..<vocabularySize).contains(padTokenID), "pad_token_id \(padTokenID) is outside the vocabulary of \(vocabularySize)")
+            try check.require(
+                (0..<vocabularySize).contains(padTokenID),
+                "pad_token_id \(padTokenID) is outside the vocabulary of \(vocabularySize)")
         }
         try check.fitsInMemory(parameterTerms)
     }
@@ -97,8 +115,10 @@ public struct GPT2Config: Sendable {
     /// norms, qkv, output, FFN in and out), the final norm, the head. Multiplied in checked arithmetic by the caller.
     var parameterTerms: [[Int]] {
         let (C, I, L) = (hidden, inner, max(layers, 0))
-        return [[vocabularySize, C], [positions, C], [L, 4, C], [L, 3, C, C], [L, 3, C], [L, C, C], [L, C],
-                [L, C, I], [L, I], [L, I, C], [L, C], [2, C], [labelCount, C]]
+        return [
+            [vocabularySize, C], [positions, C], [L, 4, C], [L, 3, C, C], [L, 3, C], [L, C, C], [L, C],
+            [L, C, I], [L, I], [L, I, C], [L, C], [2, C], [labelCount, C],
+        ]
     }
 
     /// About how many parameters the model has (with a classification head), counted without building it; `Int.max`
@@ -134,7 +154,9 @@ public final class GPT2Block: Module {
         activation = config.activation
         (dropout, attentionDropout) = (config.residualDropout, config.attentionDropout)
         let hs = Float(config.hidden / config.heads)
-        attentionScale = (config.scaleAttentionWeights ? 1 / hs.squareRoot() : 1) / (config.scaleAttentionByLayer ? Float(layer + 1) : 1)
+        attentionScale =
+            (config.scaleAttentionWeights ? 1 / hs.squareRoot() : 1)
+            / (config.scaleAttentionByLayer ? Float(layer + 1) : 1)
     }
 
     public func visitParameters(_ visit: inout ParameterVisitor) {
@@ -154,10 +176,13 @@ public final class GPT2Block: Module {
     /// With `rows` (one position per sequence, no cache), only those positions are computed: each attends to every key
     /// up to and including itself (the prefix too), and the output is `[B, 1, C]`, equal to those rows of the full
     /// block's output.
-    public func callAsFunction(_ input: Tensor, keyMask: IntTensor? = nil, cache: KVCache.Layer? = nil,
-                               prefix: (keys: Tensor, values: Tensor)? = nil, rows: [Int]? = nil) throws -> Tensor {
+    public func callAsFunction(
+        _ input: Tensor, keyMask: IntTensor? = nil, cache: KVCache.Layer? = nil,
+        prefix: (keys: Tensor, values: Tensor)? = nil, rows: [Int]? = nil
+    ) throws -> Tensor {
         guard input.rank == 3, input.shape[2] == attentionOut.outputs else {
-            throw ModelError.badInput("a GPT-2 block takes [batch, length, \(attentionOut.outputs)], got \(input.shape)")
+            throw ModelError.badInput(
+                "a GPT-2 block takes [batch, length, \(attentionOut.outputs)], got \(input.shape)")
         }
         let C = input.shape[2]
         let qkv = try attentionIn(ln1(input))
@@ -178,17 +203,24 @@ public final class GPT2Block: Module {
             cache.keys = k
             cache.values = v
         }
-        let drop = attentionProbabilityDropout(attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
+        let drop = attentionProbabilityDropout(
+            attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
         let a: Tensor
         if let rows {
             // One query per sequence at its own position: the causal limit becomes a per-sequence key mask.
             let (B, Tk) = (input.shape[0], k.shape[2]), P = Tk - input.shape[1]
             var visible = [Int32](repeating: 0, count: B * Tk)
-            for b in 0..<B { for j in 0...(P + rows[b]) where keyMask?.values[b * Tk + j] ?? 1 != 0 { visible[b * Tk + j] = 1 } }
-            a = try Tensor.attention(query: q, key: k, value: v, keyMask: IntTensor(shape: [B, Tk], values: visible), scale: attentionScale,
-                                     dropout: drop).mergingHeads()
+            for b in 0..<B {
+                for j in 0...(P + rows[b]) where keyMask?.values[b * Tk + j] ?? 1 != 0 { visible[b * Tk + j] = 1 }
+            }
+            a = try Tensor.attention(
+                query: q, key: k, value: v, keyMask: IntTensor(shape: [B, Tk], values: visible), scale: attentionScale,
+                dropout: drop
+            ).mergingHeads()
         } else {
-            a = try Tensor.attention(query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale, dropout: drop).mergingHeads()
+            a = try Tensor.attention(
+                query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale, dropout: drop
+            ).mergingHeads()
         }
         let h = try x + adapters.attention(attentionOut(a).trainingDropout(dropout), residual: x)
         let normed = try ln2(h)
@@ -244,47 +276,66 @@ public final class GPT2Model: Module, VirtualTokenHost {
     /// - Throws: ``ModelError`` for ids outside the vocabulary, sequences longer than the positions, bad shapes.
     ///   - cache: keys and values of earlier positions; the new ones are appended. The attention mask then covers the
     ///     cached positions and the new ones, `[B, cached + T]`.
-    public func hiddenStates(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil,
-                             tokenTypeIDs: IntTensor? = nil, cache: KVCache? = nil) throws -> Tensor {
-        try encode(ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache, rows: nil)
+    public func hiddenStates(
+        _ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil,
+        tokenTypeIDs: IntTensor? = nil, cache: KVCache? = nil
+    ) throws -> Tensor {
+        try encode(
+            ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache,
+            rows: nil)
     }
 
     /// The final hidden state at one position per sequence, `[B, 1, C]` (`positions[b]` counts the tokens of row `b`
     /// from 0; with prompt tuning the prompt vectors come first and are not counted). Equal to those rows of
     /// ``hiddenStates(_:attentionMask:positionIDs:tokenTypeIDs:cache:)``, for less work: the last block builds keys
     /// and values for every position but runs its queries, projection and MLP on the chosen rows only.
-    public func hiddenStates(_ ids: IntTensor, at positions: [Int], attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
+    public func hiddenStates(
+        _ ids: IntTensor, at positions: [Int], attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil
+    ) throws -> Tensor {
         let (B, T) = (ids.shape.first ?? 0, ids.shape.count == 2 ? ids.shape[1] : 0)
         guard positions.count == B, positions.allSatisfy({ (0..<T).contains($0) }) else {
             throw ModelError.badInput("positions \(positions) for \(B) sequences of \(T) tokens")
         }
-        return try encode(ids, attentionMask: attentionMask, positionIDs: nil, tokenTypeIDs: tokenTypeIDs, cache: nil,
-                          rows: positions.map { $0 + promptLength })
+        return try encode(
+            ids, attentionMask: attentionMask, positionIDs: nil, tokenTypeIDs: tokenTypeIDs, cache: nil,
+            rows: positions.map { $0 + promptLength })
     }
 
-    private func encode(_ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, tokenTypeIDs: IntTensor?,
-                        cache: KVCache?, rows: [Int]?) throws -> Tensor {
-        guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
+    private func encode(
+        _ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, tokenTypeIDs: IntTensor?,
+        cache: KVCache?, rows: [Int]?
+    ) throws -> Tensor {
+        guard ids.shape.count == 2 else {
+            throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
+        }
         let (B, T) = (ids.shape[0], ids.shape[1])
         let P = prefixLength
         // Cached token positions (prefix and prompt enter the cache with the first pass).
         let cached = cache?.length ?? 0
         let past = cached > 0 ? cached - P - promptLength : 0
-        let firstPass = cached == 0, Q = firstPass ? promptLength : 0 // prompt vectors in this pass
+        let firstPass = cached == 0, Q = firstPass ? promptLength : 0  // prompt vectors in this pass
         guard P + promptLength + past + T <= config.positions else {
             throw ModelError.sequenceTooLong(length: P + promptLength + past + T, maximum: config.positions)
         }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
         if let attentionMask, attentionMask.shape != [B, past + T] {
-            throw ModelError.badInput("attention mask \(attentionMask.shape) does not match [batch, cached + new] = [\(B), \(past + T)]")
+            throw ModelError.badInput(
+                "attention mask \(attentionMask.shape) does not match [batch, cached + new] = [\(B), \(past + T)]")
         }
         // Virtual tokens are always attended to: ones for the prompt (this pass or cached) and the prefix.
         var keyMask = attentionMask == nil ? nil : try maskWithPrompt(attentionMask, batch: B, length: past + T)
         keyMask = try prefix.map { try $0.extend(keyMask, batch: B, width: promptLength + past + T) } ?? keyMask
-        if let cache, cache.layers.count != blocks.count { throw ModelError.badInput("the KV cache has \(cache.layers.count) layers, the model \(blocks.count)") }
+        if let cache, cache.layers.count != blocks.count {
+            throw ModelError.badInput("the KV cache has \(cache.layers.count) layers, the model \(blocks.count)")
+        }
         var positions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(past + $0 % T) })
-        if positions.shape != ids.shape { throw ModelError.badInput("position ids \(positions.shape) do not match input ids \(ids.shape)") }
-        if P + promptLength > 0 { positions = try IntTensor(shape: positions.shape, values: positions.values.map { $0 + Int32(P + promptLength) }) }
+        if positions.shape != ids.shape {
+            throw ModelError.badInput("position ids \(positions.shape) do not match input ids \(ids.shape)")
+        }
+        if P + promptLength > 0 {
+            positions = try IntTensor(
+                shape: positions.shape, values: positions.values.map { $0 + Int32(P + promptLength) })
+        }
         if let bad = positions.values.firstIndex(where: { $0 < 0 || Int($0) >= config.positions }) {
             throw ModelError.sequenceTooLong(length: Int(positions.values[bad]) + 1, maximum: config.positions)
         }
@@ -297,8 +348,12 @@ public final class GPT2Model: Module, VirtualTokenHost {
             x = try Tensor.concatenate([tiled, x], axis: 1)
         }
         if let tokenTypeIDs {
-            guard tokenTypeIDs.shape == ids.shape else { throw ModelError.badInput("token type ids \(tokenTypeIDs.shape) do not match input ids \(ids.shape)") }
-            guard promptLength == 0 else { throw ModelError.badInput("token type ids are not supported together with prompt tuning") }
+            guard tokenTypeIDs.shape == ids.shape else {
+                throw ModelError.badInput("token type ids \(tokenTypeIDs.shape) do not match input ids \(ids.shape)")
+            }
+            guard promptLength == 0 else {
+                throw ModelError.badInput("token type ids are not supported together with prompt tuning")
+            }
             try checkTokens(tokenTypeIDs, vocabularySize: config.vocabularySize)
             x = try x + tokenEmbedding(tokenTypeIDs)
         }
@@ -306,7 +361,9 @@ public final class GPT2Model: Module, VirtualTokenHost {
         // The prefix enters the cache with the first pass; afterwards it is read from there.
         let prefixes = firstPass ? try prefix?.keysValues(batch: B) : nil
         for (i, block) in blocks.enumerated() {
-            x = try block(x, keyMask: keyMask, cache: cache?.layers[i], prefix: prefixes?[i], rows: i == blocks.count - 1 ? rows : nil)
+            x = try block(
+                x, keyMask: keyMask, cache: cache?.layers[i], prefix: prefixes?[i],
+                rows: i == blocks.count - 1 ? rows : nil)
         }
         if let rows, blocks.isEmpty { x = try x.positions(rows) }
         return try finalNorm(x)
@@ -345,9 +402,13 @@ public final class GPT2LMHeadModel: Module {
     }
 
     /// Next-token logits `[B, T, V]`.
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil,
-                       cache: KVCache? = nil) throws -> Tensor {
-        let h = try transformer.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache)
+    public func logits(
+        _ ids: IntTensor, attentionMask: IntTensor? = nil, positionIDs: IntTensor? = nil,
+        tokenTypeIDs: IntTensor? = nil,
+        cache: KVCache? = nil
+    ) throws -> Tensor {
+        let h = try transformer.hiddenStates(
+            ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache)
         return try lmHead(h)
     }
 
@@ -355,13 +416,19 @@ public final class GPT2LMHeadModel: Module {
     /// -100 are skipped; by default the labels are the input ids).
     public func loss(_ ids: IntTensor, labels: IntTensor? = nil, attentionMask: IntTensor? = nil) throws -> Tensor {
         let labels = labels ?? ids
-        guard labels.shape == ids.shape else { throw ModelError.badInput("labels \(labels.shape) do not match input ids \(ids.shape)") }
-        guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
+        guard labels.shape == ids.shape else {
+            throw ModelError.badInput("labels \(labels.shape) do not match input ids \(ids.shape)")
+        }
+        guard ids.shape.count == 2 else {
+            throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
+        }
         let (B, T) = (ids.shape[0], ids.shape[1])
         // With Q prompt vectors the last of them predicts the first token (as PEFT, whose prompt labels are -100).
         let Q = transformer.promptLength
         guard B > 0, T + (Q > 0 ? 1 : 0) >= 2 else {
-            throw ModelError.badInput("the causal-LM loss needs a batch of sequences of at least 2 tokens (one to predict from, one to predict), got \(ids.shape)")
+            throw ModelError.badInput(
+                "the causal-LM loss needs a batch of sequences of at least 2 tokens (one to predict from, one to predict), got \(ids.shape)"
+            )
         }
         let logits = try self.logits(ids, attentionMask: attentionMask)
         let shifted = try logits.slice(axis: 1, (Q > 0 ? Q - 1 : 0)..<(Q + T - 1))
@@ -394,15 +461,22 @@ public final class GPT2ForSequenceClassification: Module {
 
     /// Class logits `[B, labels]`, taken at each row's last token that is not `pad_token_id` (with prompt tuning, the
     /// hidden states start with the prompt vectors, so that token sits `promptLength` positions further on).
-    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws -> Tensor {
-        guard ids.shape.count == 2 else { throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)") }
+    public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws
+        -> Tensor
+    {
+        guard ids.shape.count == 2 else {
+            throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
+        }
         let (B, T) = (ids.shape[0], ids.shape[1])
         let pad = transformer.config.padTokenID
-        guard pad != nil || B == 1 else { throw ModelError.badInput("batches of more than one sequence need pad_token_id in the config") }
+        guard pad != nil || B == 1 else {
+            throw ModelError.badInput("batches of more than one sequence need pad_token_id in the config")
+        }
         // As Hugging Face: the last position whose token is not the pad token (0 if every token is padding). Only
         // those rows go through the last block (``GPT2Model/hiddenStates(_:at:attentionMask:tokenTypeIDs:)``).
         let last = (0..<B).map { b in
-            pad.flatMap { p in ids.values[(b * T)..<((b + 1) * T)].lastIndex { $0 != Int32(p) }.map { $0 - b * T } ?? 0 } ?? (T - 1)
+            pad.flatMap { p in ids.values[(b * T)..<((b + 1) * T)].lastIndex { $0 != Int32(p) }.map { $0 - b * T } ?? 0
+            } ?? (T - 1)
         }
         let h = try transformer.hiddenStates(ids, at: last, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
         return try score(h).reshaped([B, score.outputs])
@@ -418,6 +492,7 @@ func checkTokens(_ ids: IntTensor, vocabularySize: Int) throws {
 extension Tensor {
     /// `[B, T, C]` to `[B, 1, C]`: row `b`'s position `positions[b]` (differentiable).
     func positions(_ positions: [Int]) throws -> Tensor {
-        try Tensor.concatenate(positions.enumerated().map { b, t in try slice(axis: 0, b..<(b + 1)).slice(axis: 1, t..<(t + 1)) }, axis: 0)
+        try Tensor.concatenate(
+            positions.enumerated().map { b, t in try slice(axis: 0, b..<(b + 1)).slice(axis: 1, t..<(t + 1)) }, axis: 0)
     }
 }

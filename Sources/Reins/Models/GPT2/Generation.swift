@@ -22,8 +22,10 @@ public struct GenerationOptions: Sendable {
     /// The id used for left padding of batched prompts and after a sequence has stopped.
     public var padID: Int32
 
-    public init(maxNewTokens: Int = 20, greedy: Bool = true, temperature: Float = 1, topK: Int? = nil, topP: Float? = nil,
-                repetitionPenalty: Float = 1, seed: UInt64 = 0, stopTokens: Set<Int32> = [], padID: Int32 = 0) {
+    public init(
+        maxNewTokens: Int = 20, greedy: Bool = true, temperature: Float = 1, topK: Int? = nil, topP: Float? = nil,
+        repetitionPenalty: Float = 1, seed: UInt64 = 0, stopTokens: Set<Int32> = [], padID: Int32 = 0
+    ) {
         self.maxNewTokens = maxNewTokens
         self.greedy = greedy
         self.temperature = temperature
@@ -46,10 +48,18 @@ extension GPT2LMHeadModel {
     /// - Throws: ``ModelError`` if a prompt is empty, an id is out of range, or prompt + new tokens exceed the positions.
     public func generate(prompts: [[Int32]], options: GenerationOptions = GenerationOptions()) throws -> [[Int32]] {
         let config = transformer.config
-        guard !prompts.isEmpty, prompts.allSatisfy({ !$0.isEmpty }) else { throw ModelError.badInput("every prompt needs at least one token") }
-        guard options.temperature > 0 || options.greedy else { throw ModelError.badInput("temperature must be positive when sampling") }
-        guard options.maxNewTokens >= 0 else { throw ModelError.badInput("maxNewTokens must not be negative, got \(options.maxNewTokens)") }
-        guard options.temperature.isFinite else { throw ModelError.badInput("temperature must be finite, got \(options.temperature)") }
+        guard !prompts.isEmpty, prompts.allSatisfy({ !$0.isEmpty }) else {
+            throw ModelError.badInput("every prompt needs at least one token")
+        }
+        guard options.temperature > 0 || options.greedy else {
+            throw ModelError.badInput("temperature must be positive when sampling")
+        }
+        guard options.maxNewTokens >= 0 else {
+            throw ModelError.badInput("maxNewTokens must not be negative, got \(options.maxNewTokens)")
+        }
+        guard options.temperature.isFinite else {
+            throw ModelError.badInput("temperature must be finite, got \(options.temperature)")
+        }
         if let k = options.topK, k < 1 { throw ModelError.badInput("topK must be at least 1, got \(k)") }
         if let p = options.topP, !(p > 0 && p <= 1) { throw ModelError.badInput("topP must be in (0, 1], got \(p)") }
         guard options.repetitionPenalty.isFinite, options.repetitionPenalty > 0 else {
@@ -75,9 +85,10 @@ extension GPT2LMHeadModel {
         let cache = KVCache(layers: config.layers)
         try Autograd.withoutGradients {
             // The prompt in one pass; only its last position needs vocabulary logits.
-            let h = try transformer.hiddenStates(try IntTensor(shape: [B, L], values: ids), attentionMask: try IntTensor(shape: [B, L], values: mask),
-                                                 positionIDs: try IntTensor(shape: [B, L], values: positions), cache: cache)
-            let last = h.shape[1] - 1 // prompt vectors, if any, come first
+            let h = try transformer.hiddenStates(
+                try IntTensor(shape: [B, L], values: ids), attentionMask: try IntTensor(shape: [B, L], values: mask),
+                positionIDs: try IntTensor(shape: [B, L], values: positions), cache: cache)
+            let last = h.shape[1] - 1  // prompt vectors, if any, come first
             var logits = try lmHead(try h.slice(axis: 1, last..<(last + 1)))
             var rows = Array(0..<B)
             for _ in 0..<options.maxNewTokens {
@@ -95,11 +106,13 @@ extension GPT2LMHeadModel {
                 }
                 if finished.allSatisfy({ $0 }) { break }
                 var fullMask: [Int32] = []
-                let past = cache.length - P // the mask covers tokens, not the prefix or prompt
+                let past = cache.length - P  // the mask covers tokens, not the prefix or prompt
                 for b in 0..<B { fullMask += mask[(b * past)..<((b + 1) * past)] + [1] }
                 mask = fullMask
-                logits = try self.logits(try IntTensor(shape: [B, 1], values: next), attentionMask: try IntTensor(shape: [B, past + 1], values: mask),
-                                         positionIDs: try IntTensor(shape: [B, 1], values: nextPosition), cache: cache)
+                logits = try self.logits(
+                    try IntTensor(shape: [B, 1], values: next),
+                    attentionMask: try IntTensor(shape: [B, past + 1], values: mask),
+                    positionIDs: try IntTensor(shape: [B, 1], values: nextPosition), cache: cache)
                 nextPosition = nextPosition.map { $0 + 1 }
                 rows = Array(0..<B)
             }
@@ -108,7 +121,9 @@ extension GPT2LMHeadModel {
     }
 
     /// One next token from one row of logits.
-    static func pick(_ logits: inout [Float], history: [Int32], options: GenerationOptions, rng: inout SeededGenerator) -> Int32 {
+    static func pick(_ logits: inout [Float], history: [Int32], options: GenerationOptions, rng: inout SeededGenerator)
+        -> Int32
+    {
         if options.repetitionPenalty != 1 {
             for id in Set(history) where Int(id) < logits.count && id >= 0 {
                 let l = logits[Int(id)]
@@ -130,7 +145,9 @@ extension GPT2LMHeadModel {
         if let p = options.topP, p < 1 {
             // Keep the most likely tokens until their mass reaches p (always at least one).
             var mass = 0.0, keep = 0
-            while keep < probabilities.count && (keep == 0 || mass < Double(p)) { mass += probabilities[keep]; keep += 1 }
+            while keep < probabilities.count && (keep == 0 || mass < Double(p)) {
+                mass += probabilities[keep]; keep += 1
+            }
             order = Array(order.prefix(keep))
             probabilities = Array(probabilities.prefix(keep)).map { $0 / mass }
         }
