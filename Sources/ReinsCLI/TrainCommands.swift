@@ -339,9 +339,8 @@ struct TrainCommand: ParsableCommand {
         let task = try taskOptions.makeTask(
             train: trainURL, evaluation: eval.map(URL.init(fileURLWithPath:)), labels: labels
         ) { model, count in
-            // PEFT's default LoRA targets: GPT-2's fused attention input, BERT's query and value.
-            let isGPT2 = model is GPT2LMHeadModel || model is GPT2ForSequenceClassification || model is GPT2Model
-            adapterMethod = try self.adapterMethod(defaultTargets: isGPT2 ? ["c_attn"] : ["query", "value"])
+            // PEFT's default LoRA targets for the model's type (AdapterDefaults); a model without any must name them.
+            adapterMethod = try self.adapterMethod(defaultTargets: (try? model.defaultLoRATargets()) ?? [])
             try model.addAdapter(name, adapterMethod, labels: count, seed: seed)
         }
         if !labels.isEmpty {

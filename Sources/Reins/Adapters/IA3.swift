@@ -24,9 +24,11 @@ extension Module {
     /// them; see ``AdapterMethod/ia3(targets:feedForward:)`` for the names and defaults. Returns the layers' keys.
     @discardableResult
     public func addIA3(_ name: String, targets: [String]? = nil, feedForward: [String]? = nil) throws -> [String] {
-        let isGPT2 = namedModules().contains { $0.key.hasSuffix("attn.c_attn") }
-        let targets = targets ?? (isGPT2 ? ["c_attn", "mlp.c_proj"] : ["key", "value", "output.dense"])
-        let feedForward = feedForward ?? (isGPT2 ? ["mlp.c_proj"] : ["output.dense"])
+        let defaults = modelType.flatMap { AdapterDefaults.ia3Targets[$0] }
+        guard let targets = targets ?? defaults?.targets else {
+            throw ModelError.badInput("no default IA3 targets for this model: name the layers to scale")
+        }
+        let feedForward = feedForward ?? defaults?.feedForward ?? []
         if let stray = feedForward.first(where: { !targets.contains($0) }) {
             throw ModelError.badInput("IA3 feed-forward module '\(stray)' is not among the targets \(targets)")
         }

@@ -50,7 +50,12 @@ public protocol VirtualTokenHost: AnyObject {
     var virtualTokenShape: (layers: Int, hidden: Int, heads: Int) { get }
     /// The width of the feed-forward network's hidden layer (what AdapterBias reads).
     var feedForwardSize: Int { get }
+    /// Hugging Face's `model_type` (`gpt2`, `bert`): the key of the default-target tables (``AdapterDefaults``).
+    var modelType: String { get }
 }
+
+extension GPT2Model { public var modelType: String { "gpt2" } }
+extension BertModel { public var modelType: String { "bert" } }
 
 extension GPT2Model { public var feedForwardSize: Int { config.inner } }
 extension BertModel { public var feedForwardSize: Int { config.intermediate } }
