@@ -57,7 +57,7 @@ extension Module {
                 guard let label = child.label else { continue }
                 let values: [Any] = (child.value as? [Any]) ?? [child.value]
                 for value in values {
-                    let unwrapped =
+                    let unwrapped: Any? =
                         Mirror(reflecting: value).displayStyle == .optional
                         ? Mirror(reflecting: value).children.first?.value : value
                     if let p = unwrapped as? Parameter, !registered.contains(ObjectIdentifier(p)) {
