@@ -16,14 +16,18 @@ public enum AdapterDefaults {
 extension Module {
     /// The model type of the first block stack in the model (`gpt2`, `bert`), if it has one.
     public var modelType: String? {
-        ([self as any Module] + namedModules().map(\.module)).lazy.compactMap { ($0 as? any VirtualTokenHost)?.modelType }.first
+        ([self as any Module] + namedModules().map(\.module)).lazy.compactMap {
+            ($0 as? any VirtualTokenHost)?.modelType
+        }.first
     }
 
     /// LoRA's default targets for this model.
     /// - Throws: ``ModelError/badInput(_:)`` for a model with no default (name the targets instead).
     public func defaultLoRATargets() throws -> [String] {
         guard let type = modelType, let targets = AdapterDefaults.loraTargets[type] else {
-            throw ModelError.badInput("no default LoRA targets for this model (\(modelType ?? "no known model type")): name the layers to adapt")
+            throw ModelError.badInput(
+                "no default LoRA targets for this model (\(modelType ?? "no known model type")): name the layers to adapt"
+            )
         }
         return targets
     }

@@ -46,7 +46,7 @@ extension Variants: AdapterSite {
 extension AdapterSlot: AdapterSite {
     public var adapterNames: [String] { adapters.keys.sorted() }
     public var activeAdapter: String? { active }
-    public func activate(_ name: String?) { active = name.flatMap { adapters[$0] != nil ? $0 : nil } }
+    public func activate(_ name: String?) { named.activate(name) }
     public func removeAdapter(_ name: String) { remove(name) }
     public func parameters(of name: String) -> [Parameter] { adapters[name]?.parameters ?? [] }
 }
@@ -68,7 +68,7 @@ struct IA3Site: AdapterSite {
     let layer: Linear
     var adapterNames: [String] { layer.ia3.keys.sorted() }
     var activeAdapter: String? { layer.activeIA3 }
-    func activate(_ name: String?) { layer.activeIA3 = name.flatMap { layer.ia3[$0] != nil ? $0 : nil } }
+    func activate(_ name: String?) { layer.ia3Vectors.activate(name) }
     func removeAdapter(_ name: String) { layer.detachIA3(name) }
     func parameters(of name: String) -> [Parameter] { layer.ia3[name].map { [$0.vector] } ?? [] }
 }

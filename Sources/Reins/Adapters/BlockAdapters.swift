@@ -4,8 +4,13 @@ import ReinsTensor
 /// Named adapters at one insertion point, one of them active. Used by the blocks' fixed insertion points, so that many
 /// task adapters can sit on one frozen base and be switched at run time.
 public final class AdapterSlot<Adapter: Module>: Module {
-    public private(set) var adapters: [String: Adapter] = [:]
-    public var active: String?
+    /// The adapters by name, one active.
+    public let named = NamedSet<Adapter>()
+    public var adapters: [String: Adapter] { named.members }
+    public var active: String? {
+        get { named.active }
+        set { named.activate(newValue) }
+    }
 
     public init() {}
 
@@ -14,18 +19,12 @@ public final class AdapterSlot<Adapter: Module>: Module {
     }
 
     /// Adds (or replaces) `adapter` under `name` and activates it.
-    public func add(_ name: String, _ adapter: Adapter) {
-        adapters[name] = adapter
-        active = name
-    }
+    public func add(_ name: String, _ adapter: Adapter) { named.add(name, adapter) }
 
-    public func remove(_ name: String) {
-        adapters[name] = nil
-        if active == name { active = nil }
-    }
+    public func remove(_ name: String) { named.remove(name) }
 
     /// The active adapter, if any.
-    public var current: Adapter? { active.flatMap { adapters[$0] } }
+    public var current: Adapter? { named.current }
 }
 
 /// The adapter insertion points of one transformer block (GPT-2 block or BERT layer), each a named slot.

@@ -86,8 +86,13 @@ public protocol LoRAHost: AnyObject {
 
 /// The LoRA adapters attached to one layer: by name, one active, and the one folded into the layer's weight, if any.
 struct LoRASlots {
-    private(set) var adapters: [String: LoRA] = [:]
-    var active: String?
+    /// The adapters by name, one active.
+    let named = NamedSet<LoRA>()
+    var adapters: [String: LoRA] { named.members }
+    var active: String? {
+        get { named.active }
+        nonmutating set { named.activate(newValue) }
+    }
     private(set) var merged: MergedWeight?
 
     /// The active adapter unless it is merged: what the forward pass adds to the weight's output.
@@ -110,14 +115,12 @@ struct LoRASlots {
     /// Adds (or replaces, unmerging it first) the adapter `name` and activates it.
     mutating func attach(_ name: String, _ lora: LoRA, weight: Parameter) {
         if merged?.name == name { unmerge(weight) }
-        adapters[name] = lora
-        active = name
+        named.add(name, lora)
     }
 
     mutating func detach(_ name: String, weight: Parameter) {
         if merged?.name == name { unmerge(weight) }
-        adapters[name] = nil
-        if active == name { active = nil }
+        named.remove(name)
     }
 
     /// Folds the active adapter into `weight` as `fold(adapter, base)`; nothing when none is active or one is merged.

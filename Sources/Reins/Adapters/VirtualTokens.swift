@@ -1,30 +1,6 @@
 import Foundation
 import ReinsTensor
 
-/// Named values at one insertion point that has no base value (prefixes, prompts), one active: an adapter set's
-/// prefix-tuning or prompt-tuning adapters.
-public final class NamedSet<Value: AnyObject> {
-    public private(set) var members: [String: Value] = [:]
-    public var active: String?
-
-    /// The active value, if any.
-    public var current: Value? { active.flatMap { members[$0] } }
-
-    func add(_ name: String, _ value: Value) {
-        members[name] = value
-        active = name
-    }
-
-    func remove(_ name: String?) {
-        guard let name else { members = [:]; active = nil; return }
-        members[name] = nil
-        if active == name { active = nil }
-    }
-
-    /// Activates `name` if it exists here, else nothing.
-    public func activate(_ name: String?) { active = name.flatMap { members[$0] != nil ? $0 : nil } }
-}
-
 /// Prefixes by adapter name.
 public typealias PrefixSet = NamedSet<Prefix>
 /// Prompt-tuning vectors `[P, C]` by adapter name.

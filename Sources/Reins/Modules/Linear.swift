@@ -26,10 +26,14 @@ public final class Linear: Module, LoRAHost {
         get { slots.active }
         set { slots.active = newValue }
     }
-    /// Attached IA3 vectors by name (Liu et al., arXiv 2205.05638).
-    public private(set) var ia3: [String: IA3] = [:]
+    /// Attached IA3 vectors by name (Liu et al., arXiv 2205.05638), one active.
+    let ia3Vectors = NamedSet<IA3>()
+    public var ia3: [String: IA3] { ia3Vectors.members }
     /// The IA3 vector used by the forward pass.
-    public var activeIA3: String?
+    public var activeIA3: String? {
+        get { ia3Vectors.active }
+        set { ia3Vectors.activate(newValue) }
+    }
 
     /// A layer of N(0, `std`) weights drawn from `seed` and zero biases (``Module/initializeParameters(seed:)`` redraws
     /// a whole model's from its keys).
@@ -53,7 +57,7 @@ public final class Linear: Module, LoRAHost {
         for name in ia3.keys.sorted() { visit.parameter("ia3_l.\(name)", ia3[name]!.vector) }
     }
 
-    var liveIA3: IA3? { activeIA3.flatMap { ia3[$0] } }
+    var liveIA3: IA3? { ia3Vectors.current }
 
     /// Whether an adapter changes this layer's forward pass (so fused paths that read the weight directly must not be used).
     var hasLiveAdapter: Bool { liveLoRA != nil || liveIA3 != nil }
@@ -67,13 +71,11 @@ public final class Linear: Module, LoRAHost {
                 "IA3 '\(name)': vector \(vector.vector.value.shape) does not fit the \(vector.scalesInput ? "input" : "output") of a \(inputs) -> \(outputs) layer (expected [\(expected)])"
             )
         }
-        ia3[name] = vector
-        activeIA3 = name
+        ia3Vectors.add(name, vector)
     }
 
     public func detachIA3(_ name: String) {
-        ia3[name] = nil
-        if activeIA3 == name { activeIA3 = nil }
+        ia3Vectors.remove(name)
     }
 
     /// The adapter that the forward pass applies on top of the (unmerged) weight.
