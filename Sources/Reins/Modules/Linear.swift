@@ -59,8 +59,12 @@ public final class Linear: Module, LoRAHost {
 
     var liveIA3: IA3? { ia3Vectors.current }
 
+    /// The adapters the forward pass applies, innermost first: a LoRA (or DoRA) computes the product itself, IA3
+    /// scales around whatever is inside it. Each adapter's computation is its own (``LinearAdapter``).
+    var liveAdapters: [any LinearAdapter] { [liveLoRA as (any LinearAdapter)?, liveIA3].compactMap { $0 } }
+
     /// Whether an adapter changes this layer's forward pass (so fused paths that read the weight directly must not be used).
-    var hasLiveAdapter: Bool { liveLoRA != nil || liveIA3 != nil }
+    var hasLiveAdapter: Bool { !liveAdapters.isEmpty }
 
     /// Attaches an IA3 vector under `name` and activates it: `[out]` rescales the output, `[in]` (a feed-forward layer)
     /// rescales the input.
@@ -83,44 +87,14 @@ public final class Linear: Module, LoRAHost {
 
     /// `x: [..., in]` to `[..., out]`.
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        let scaling = liveIA3
-        let input = try scaling.flatMap { $0.scalesInput ? try x * $0.vector.value : nil } ?? x
-        let y: Tensor
-        if let lora = liveLoRA, let magnitude = lora.magnitude {
-            y = try doraForward(input, lora: lora, magnitude: magnitude.value)
-        } else if let lora = liveLoRA {
-            y = try lora.forward(input, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
-        } else {
-            y = try Tensor.linear(input, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
+        var forward: (Tensor) throws -> Tensor = { [self] in
+            try Tensor.linear($0, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
         }
-        if let scaling, !scaling.scalesInput { return try y * scaling.vector.value }
-        return y
-    }
-
-    /// DoRA's forward pass: `b + f ⊙ (W x + s·B·A·x)` with `f = m / ‖W + s·B·A‖` (the norm without gradient). With
-    /// dropout in training, as PEFT: `W x + b + (f - 1) ⊙ W·drop(x) + f ⊙ s·B·A·drop(x)`.
-    func doraForward(_ x: Tensor, lora: LoRA, magnitude: Tensor) throws -> Tensor {
-        let factor = try magnitude / doraNorm(lora)
-        let dropping = lora.dropout > 0 && TrainingMode.isActive
-        let dropped = dropping ? try x.trainingDropout(lora.dropout) : x
-        let directed =
-            try Tensor.loraLinear(
-                dropped, weight: weight.value, loraA: lora.a.value, loraB: lora.b.value,
-                scale: lora.scale, weightTransposed: weightTransposed) * factor
-        guard dropping else { return try bias.map { try directed + $0.value } ?? directed }
-        let base = try Tensor.linear(x, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
-        let droppedBase = try Tensor.linear(dropped, weight: weight.value, weightTransposed: weightTransposed)
-        return try base + directed - droppedBase
-    }
-
-    /// The norm of each output's row of `W + s·B·A` (DoRA's denominator), as a constant. Computed on every call, as
-    /// PEFT does by default: merge the adapter for inference at the base layer's cost.
-    func doraNorm(_ lora: LoRA) throws -> Tensor {
-        try Autograd.withoutGradients {
-            let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale)  // [out, in]
-            let adapted = try (weightTransposed ? weight.value.transposed() : weight.value) + delta
-            return try (adapted * adapted).sum(axis: 1).sqrt()
+        for adapter in liveAdapters {
+            let inner = forward
+            forward = { [self] in try adapter.forward($0, layer: self, inner: inner) }
         }
+        return try forward(x)
     }
 
     /// Attaches a LoRA adapter under `name` (replacing one of that name) and makes it active. A new DoRA adapter gets
@@ -138,7 +112,7 @@ public final class Linear: Module, LoRAHost {
         }
         slots.attach(name, lora, weight: weight)  // unmerges a merged adapter of that name first: the norm reads the base
         if lora.usesDoRA && lora.magnitude == nil {
-            lora.magnitude = Parameter("lora_magnitude_vector", try doraNorm(lora))
+            lora.magnitude = Parameter("lora_magnitude_vector", try lora.doraNorm(on: self))
         }
     }
 
@@ -148,15 +122,7 @@ public final class Linear: Module, LoRAHost {
     /// Folds the active adapter into the weight, `W + s·B·A` (transposed for `[in, out]` storage), so that inference
     /// costs what the base layer costs. The base weight is kept and restored exactly by ``unmerge()``.
     public func merge() throws {
-        try slots.merge(into: weight) { lora, base in
-            let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale)  // [out, in]
-            let update = weightTransposed ? try delta.transposed() : delta
-            guard let m = lora.magnitude else { return try base + update }
-            // DoRA: W' = f ⊙ (W + s·B·A), f = m / ‖W + s·B·A‖ per output (a column of the [in, out] layout).
-            let factor = try m.value / doraNorm(lora)
-            return weightTransposed
-                ? try (base + update) * factor : try ((base + update).transposed() * factor).transposed()
-        }
+        try slots.merge(into: weight) { lora, base in try lora.folded(into: base, of: self) }
     }
 
     /// Restores the weight from before ``merge()``, bit for bit.

@@ -1,0 +1,66 @@
+import Foundation
+import ReinsTensor
+
+/// An adapter that changes what a linear layer computes. The layer applies its live adapters innermost first, each
+/// given the input and the rest of the layer inside it (`inner`: the plain product, or an adapter around it), so the
+/// base layer holds no adapter's arithmetic and no adapter can be skipped by one path of the layer's and not another.
+protocol LinearAdapter: AnyObject {
+    func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor
+}
+
+extension LoRA: LinearAdapter {
+    /// `W x + b + s·B·A·x` in one fused pass (the product inside is replaced, not wrapped), or DoRA's.
+    func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor {
+        if let magnitude { return try doraForward(x, layer: layer, magnitude: magnitude.value) }
+        return try forward(
+            x, weight: layer.weight.value, bias: layer.bias?.value, weightTransposed: layer.weightTransposed)
+    }
+
+    /// DoRA's forward pass: `b + f ⊙ (W x + s·B·A·x)` with `f = m / ‖W + s·B·A‖` (the norm without gradient). With
+    /// dropout in training, as PEFT: `W x + b + (f - 1) ⊙ W·drop(x) + f ⊙ s·B·A·drop(x)`.
+    func doraForward(_ x: Tensor, layer: Linear, magnitude: Tensor) throws -> Tensor {
+        let (weight, bias, weightTransposed, lora) = (layer.weight, layer.bias, layer.weightTransposed, self)
+        let factor = try magnitude / doraNorm(on: layer)
+        let dropping = lora.dropout > 0 && TrainingMode.isActive
+        let dropped = dropping ? try x.trainingDropout(lora.dropout) : x
+        let directed =
+            try Tensor.loraLinear(
+                dropped, weight: weight.value, loraA: lora.a.value, loraB: lora.b.value,
+                scale: lora.scale, weightTransposed: weightTransposed) * factor
+        guard dropping else { return try bias.map { try directed + $0.value } ?? directed }
+        let base = try Tensor.linear(x, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
+        let droppedBase = try Tensor.linear(dropped, weight: weight.value, weightTransposed: weightTransposed)
+        return try base + directed - droppedBase
+    }
+
+    /// The norm of each output's row of `W + s·B·A` (DoRA's denominator), as a constant. Computed on every call, as
+    /// PEFT does by default: merge the adapter for inference at the base layer's cost.
+    func doraNorm(on layer: Linear) throws -> Tensor {
+        let (weight, weightTransposed, lora) = (layer.weight, layer.weightTransposed, self)
+        return try Autograd.withoutGradients {
+            let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale)  // [out, in]
+            let adapted = try (weightTransposed ? weight.value.transposed() : weight.value) + delta
+            return try (adapted * adapted).sum(axis: 1).sqrt()
+        }
+    }
+}
+
+extension LoRA {
+    /// `base` with this adapter folded in: `W + s·B·A` (transposed for `[in, out]` storage), or DoRA's
+    /// `f ⊙ (W + s·B·A)` with `f = m / ‖W + s·B·A‖` per output (a column of the `[in, out]` layout).
+    func folded(into base: Tensor, of layer: Linear) throws -> Tensor {
+        let delta = try Tensor.matmul(b.value, a.value).scaled(by: scale)  // [out, in]
+        let update = layer.weightTransposed ? try delta.transposed() : delta
+        guard let m = magnitude else { return try base + update }
+        let factor = try m.value / doraNorm(on: layer)
+        return layer.weightTransposed
+            ? try (base + update) * factor : try ((base + update).transposed() * factor).transposed()
+    }
+}
+
+extension IA3: LinearAdapter {
+    /// The layer's output scaled by the vector, or (a feed-forward layer's) its input.
+    func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor {
+        scalesInput ? try inner(x * vector.value) : try inner(x) * vector.value
+    }
+}
