@@ -58,6 +58,15 @@ extension LoRA {
     }
 }
 
+extension LoRA {
+    /// An embedding table's rows with the adapter's: `row + s·B·A[:, id]` (PEFT's `lora_embedding_A/B`; the padding
+    /// id's column of A gets no gradient).
+    func lookup(_ ids: IntTensor, rows: Tensor, paddingIndex: Int?) throws -> Tensor {
+        let low = try Tensor.embedding(ids, table: a.value.transposed(), paddingIndex: paddingIndex)  // [..., r]
+        return try rows + Tensor.linear(low, weight: b.value).scaled(by: scale)
+    }
+}
+
 extension IA3: LinearAdapter {
     /// The layer's output scaled by the vector, or (a feed-forward layer's) its input.
     func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor {

@@ -40,9 +40,7 @@ public final class Embedding: Module, LoRAHost {
     /// `ids: [...]` to `[..., size]`; throws for an id outside the table.
     public func callAsFunction(_ ids: IntTensor) throws -> Tensor {
         let rows = try Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
-        guard let lora = slots.live else { return rows }
-        let low = try Tensor.embedding(ids, table: lora.a.value.transposed(), paddingIndex: paddingIndex)  // [..., r]
-        return try rows + Tensor.linear(low, weight: lora.b.value).scaled(by: lora.scale)
+        return try slots.live?.lookup(ids, rows: rows, paddingIndex: paddingIndex) ?? rows
     }
 
     /// Attaches a LoRA adapter under `name` (replacing one of that name) and makes it active.
