@@ -148,7 +148,7 @@ extension Module {
             case let .loraBitFit(config):
                 try addLoRA(name, config, seed: seed)
                 addBitFit(name)
-            case let .ia3(targets, feedForward):
+                case let .ia3(targets, feedForward):
                 try addIA3(name, targets: targets, feedForward: feedForward)
             }
             if let headed = self as? any TaskHeadModel {
@@ -214,11 +214,8 @@ extension Module {
         let owned = parameters(ofAdapter: name)
         let headed = self as? any TaskHeadModel
         let heads = headed.flatMap { $0.heads.variants[name] != nil ? [$0.headKey] : nil } ?? []
-        let hasPEFT =
-            namedModules().contains {
-                ($0.module as? any LoRAHost)?.loras[name] != nil || ($0.module as? Linear)?.ia3[name] != nil
-            }
-            || encoderShape?.prefixes.members[name] != nil || encoderShape?.prompts.members[name] != nil
+        // A PEFT method is present when one of PEFT's writers has a part of this adapter to write.
+        let hasPEFT = try PEFTAdapter.savers.contains { try $0.save(self, name) != nil }
         var written = Set<ObjectIdentifier>()
         if hasPEFT {
             written = try PEFTAdapter.save(

@@ -20,7 +20,7 @@ public protocol AdapterSite {
 }
 
 /// The parameters of a value kept at a site: a parameter itself, a module's, a prefix's.
-func adapterParameters(_ value: AnyObject?) -> [Parameter] {
+func adapterParameters(_ value: Any?) -> [Parameter] {
     switch value {
     case let p as Parameter: return [p]
     case let m as any Module: return m.parameters
@@ -81,8 +81,18 @@ public protocol AdapterSiteOwner: Module {
 
 extension Linear: AdapterSiteOwner {
     public var ownAdapterSites: [any AdapterSite] {
-        [LoRASite(host: self), IA3Site(layer: self)] + (biases.map { [$0] } ?? [])
+        [LoRASite(host: self), IA3Site(layer: self), LinearMethodSite(layer: self)] + (biases.map { [$0] } ?? [])
     }
+}
+
+/// The other linear-adapter methods of a layer (``Linear/methods``), as a site.
+struct LinearMethodSite: AdapterSite {
+    let layer: Linear
+    var adapterNames: [String] { layer.methods.adapterNames }
+    var activeAdapter: String? { layer.methods.active }
+    func activate(_ name: String?) { layer.methods.activate(name) }
+    func removeAdapter(_ name: String) { layer.methods.remove(name) }
+    func parameters(of name: String) -> [Parameter] { layer.methods.members[name]?.parameters ?? [] }
 }
 extension Embedding: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [LoRASite(host: self)] } }
 extension TiedOutput: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [LoRASite(host: self)] } }

@@ -4,13 +4,26 @@ import ReinsTensor
 /// An adapter that changes what a linear layer computes. The layer applies its live adapters innermost first, each
 /// given the input and the rest of the layer inside it (`inner`: the plain product, or an adapter around it), so the
 /// base layer holds no adapter's arithmetic and no adapter can be skipped by one path of the layer's and not another.
-protocol LinearAdapter: AnyObject {
+public protocol LinearAdapter: AnyObject {
+    /// The layer's output for `x` with this adapter applied around `inner` (the layer's product, or the adapters
+    /// inside this one).
     func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor
+}
+
+/// A linear-layer adapter method beyond the built-in LoRA and IA3 (LoHa, ...), kept in each layer's generic
+/// ``Linear/methods`` site: it registers its tensors itself (under PEFT's names) and checks that it fits the layer.
+public protocol LinearAdapterMethod: LinearAdapter {
+    /// Its trainable tensors.
+    var parameters: [Parameter] { get }
+    /// Registers its tensors for the adapter `name` (keys relative to the layer, e.g. `hada_w1_a.<name>`).
+    func visitParameters(_ visit: inout ParameterVisitor, name: String)
+    /// Throws a named error when its shapes do not fit `layer`.
+    func check(fits layer: Linear) throws
 }
 
 extension LoRA: LinearAdapter {
     /// `W x + b + s·B·A·x` in one fused pass (the product inside is replaced, not wrapped), or DoRA's.
-    func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor {
+    public func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor {
         if let magnitude { return try doraForward(x, layer: layer, magnitude: magnitude.value) }
         return try forward(
             x, weight: layer.weight.value, bias: layer.bias?.value, weightTransposed: layer.weightTransposed)
@@ -69,7 +82,7 @@ extension LoRA {
 
 extension IA3: LinearAdapter {
     /// The layer's output scaled by the vector, or (a feed-forward layer's) its input.
-    func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor {
+    public func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor {
         scalesInput ? try inner(x * vector.value) : try inner(x) * vector.value
     }
 }

@@ -3,7 +3,7 @@ import Foundation
 /// Named values, at most one active: the one container behind every adapter site — the adapters of a block slot
 /// (``AdapterSlot``), a layer's LoRA adapters and IA3 vectors, prefixes and prompts, and the named variants of a base
 /// value (``Variants``: BitFit biases, task heads).
-public final class NamedSet<Value: AnyObject> {
+public final class NamedSet<Value> {
     public private(set) var members: [String: Value] = [:]
     public var active: String?
 

@@ -29,6 +29,8 @@ public final class Linear: Module, LoRAHost {
     /// Attached IA3 vectors by name (Liu et al., arXiv 2205.05638), one active.
     let ia3Vectors = NamedSet<IA3>()
     public var ia3: [String: IA3] { ia3Vectors.members }
+    /// Other linear-adapter methods by name (LoHa, ...), one active: the generic site a new method plugs into.
+    public let methods = NamedSet<any LinearAdapterMethod>()
     /// The IA3 vector used by the forward pass.
     public var activeIA3: String? {
         get { ia3Vectors.active }
@@ -55,13 +57,23 @@ public final class Linear: Module, LoRAHost {
         visit.parameter("bias", bias)
         slots.visit(&visit)
         for name in ia3.keys.sorted() { visit.parameter("ia3_l.\(name)", ia3[name]!.vector) }
+        for name in methods.members.keys.sorted() { methods.members[name]!.visitParameters(&visit, name: name) }
     }
 
     var liveIA3: IA3? { ia3Vectors.current }
 
     /// The adapters the forward pass applies, innermost first: a LoRA (or DoRA) computes the product itself, IA3
     /// scales around whatever is inside it. Each adapter's computation is its own (``LinearAdapter``).
-    var liveAdapters: [any LinearAdapter] { [liveLoRA as (any LinearAdapter)?, liveIA3].compactMap { $0 } }
+    var liveAdapters: [any LinearAdapter] {
+        [liveLoRA as (any LinearAdapter)?, methods.current, liveIA3].compactMap { $0 }
+    }
+
+    /// Attaches a linear-adapter method under `name` (replacing one of that name) and activates it.
+    /// - Throws: the method's own error when it does not fit this layer.
+    public func attach(_ name: String, _ adapter: any LinearAdapterMethod) throws {
+        try adapter.check(fits: self)
+        methods.add(name, adapter)
+    }
 
     /// Whether an adapter changes this layer's forward pass (so fused paths that read the weight directly must not be used).
     var hasLiveAdapter: Bool { !liveAdapters.isEmpty }
