@@ -242,7 +242,7 @@ struct TrainCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract:
-            "Train a task on a pretrained model: full fine-tuning or an adapter (bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit, ia3).",
+            "Train a task on a pretrained model: full fine-tuning or an adapter (bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit, ia3, loha).",
         discussion:
             "Writes OUTPUT/best (the best adapter with its head, or the model's trained tensors), OUTPUT/checkpoint (resume with --resume), OUTPUT/metrics.jsonl, OUTPUT/curves.svg and OUTPUT/labels.json."
     )
@@ -250,7 +250,7 @@ struct TrainCommand: ParsableCommand {
     @OptionGroup var taskOptions: TaskOptions
     @Option(
         help:
-            "full, bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit or ia3 (PEFT's default targets)."
+            "full, bitfit, houlsby, pfeiffer, adapterbias, parallel, prefix, prompt, lora, lora+bitfit, ia3 or loha (PEFT's default targets; loha takes --rank, --alpha and --targets as LoRA does)."
     ) var method = "lora"
     @Option(help: "Training data (.jsonl or .csv).") var train: String
     @Option(help: "Evaluation data (.jsonl or .csv).") var eval: String?
@@ -324,6 +324,7 @@ struct TrainCommand: ParsableCommand {
         case "lora": return .lora(lora)
         case "lora+bitfit": return .loraBitFit(lora)
         case "ia3": return .ia3()
+        case "loha": return .loha(LoHaConfig(rank: rank, alpha: alpha, targets: lora.targets))
         case "prompt": return .promptTuning(length: prefixLength)
         default: throw ValidationError("unknown method '\(method)'")
         }

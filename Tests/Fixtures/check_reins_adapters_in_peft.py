@@ -6,7 +6,7 @@
 
 The test writes gpt2-lora/, bert-lora/, gpt2-prefix/, bert-prefix/, gpt2-ia3/, gpt2-prompt/, bert-prompt/, gpt2-dora/,
 bert-dora/, gpt2-ptuning/, bert-ptuning/ (saved as prompt tuning), gpt2-lora-embedding/, bert-lora-embedding/,
-bert-ia3/, gpt2-lora-lm-head/, gpt2-/bert-prefix-projection/ and bert-adalora/ (saved as LoRA) there with
+bert-ia3/, gpt2-lora-lm-head/, gpt2-/bert-prefix-projection/, bert-adalora/ (saved as LoRA) and bert-loha/ there with
 `PEFTAdapter.save` after loading the PEFT fixtures.
 Pinned: torch==2.15.0, transformers==4.57.6, peft==0.21.2.
 """
@@ -31,7 +31,8 @@ for adapter, base, cls in [("gpt2-lora", "gpt2-lm", GPT2LMHeadModel), ("bert-lor
                            ("bert-ia3", "bert-cls", BertForSequenceClassification), ("gpt2-lora-lm-head", "gpt2-lm", GPT2LMHeadModel),
                            ("gpt2-prefix-projection", "gpt2-lm", GPT2LMHeadModel),
                            ("bert-prefix-projection", "bert-cls", BertForSequenceClassification),
-                           ("bert-adalora", "bert-cls", BertForSequenceClassification)]:
+                           ("bert-adalora", "bert-cls", BertForSequenceClassification),
+                           ("bert-loha", "bert-cls", BertForSequenceClassification)]:
     model = PeftModel.from_pretrained(cls.from_pretrained(os.path.join(HERE, "models", base)), os.path.join(saved, adapter)).eval()
     e = load_file(os.path.join(HERE, "adapters", adapter, "expected.safetensors"))
     kw = {k: v.long() for k, v in e.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

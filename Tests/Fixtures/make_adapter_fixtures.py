@@ -10,7 +10,7 @@ expected.safetensors (inputs and logits). LoRA weights are random (B is not zero
 import os
 
 import torch
-from peft import AdaLoraConfig, IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+from peft import AdaLoraConfig, IA3Config, LoHaConfig, LoraConfig, PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import BertForSequenceClassification, BertForTokenClassification, GPT2LMHeadModel
 
@@ -267,6 +267,16 @@ def bert_adalora():
     save_file({**expected, "logits": logits.contiguous()}, os.path.join(out, "expected.safetensors"))
 
 
+def bert_loha():
+    """LoHa on BERT's query and value (r = 3, alpha = 5: scale 5/3), every factor random, classifier saved; gradients.
+    Seeded on its own, so that it regenerates the same whatever runs before it."""
+    torch.manual_seed(31)
+    m = get_peft_model(bert_base(), LoHaConfig(r=3, alpha=5, target_modules=["query", "value"], modules_to_save=["classifier"],
+                                               task_type="SEQ_CLS"))
+    randomize(m, "hada_", 0.3)
+    save_bert("bert-loha", m, grads=True)
+
+
 if __name__ == "__main__":
     gpt2()
     bert()
@@ -286,3 +296,4 @@ if __name__ == "__main__":
     bert_token_prompt()
     gpt2_lora_lm_head()
     bert_adalora()
+    bert_loha()

@@ -19,6 +19,7 @@ struct AdapterFileTests {
         ("gpt2-prefix-projection", "gpt2-lm", "CAUSAL_LM", [String]()),
         ("bert-prefix-projection", "bert-cls", "SEQ_CLS", ["classifier"]),
         ("gpt2-lora-lm-head", "gpt2-lm", "CAUSAL_LM", [String]()),
+        ("bert-loha", "bert-cls", "SEQ_CLS", ["classifier"]),
     ])
     func savedAdaptersRoundTripInPEFTLayout(adapter: String, base: String, task: String, heads: [String]) throws {
         let dir = try temporaryDirectory()

@@ -93,6 +93,7 @@ struct LoRATests {
     /// logits, and PEFT's gradients of sum(logits · W) for every A, B, magnitude, IA3 vector and head tensor.
     @Test(arguments: [
         "gpt2-dora", "bert-dora", "gpt2-lora-embedding", "bert-lora-embedding", "bert-ia3", "gpt2-lora-lm-head",
+        "bert-loha",
     ])
     func peftAdaptersReproducePEFTLogitsAndGradients(adapter: String) throws {
         let dir = LoRATests.adapter(adapter)
@@ -112,6 +113,7 @@ struct LoRATests {
                 == expected)
         let marker = [
             "dora": "lora_magnitude_vector", "ia3": "ia3_l", "embedding": "lora_embedding_A", "head": "lm_head.lora_A",
+            "loha": "hada_w2_b",
         ]
         #expect(trained.contains { $0.key.contains(marker.first { adapter.hasSuffix($0.key) }!.value) })
         for (key, p) in trained {

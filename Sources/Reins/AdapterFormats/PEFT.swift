@@ -31,6 +31,7 @@ public enum PEFTAdapter {
             "LORA": { try loadLoRA(directory: $0, config: $1, into: $2, name: $3, adaptive: false) },
             "ADALORA": { try loadLoRA(directory: $0, config: $1, into: $2, name: $3, adaptive: true) },
             "IA3": loadIA3,
+        "LOHA": loadLoHa,
             "PREFIX_TUNING": loadPrefix,
             // P-tuning trains its virtual tokens through an encoder but saves them folded: loaded, it is prompt tuning.
             "PROMPT_TUNING": loadPrompt, "P_TUNING": loadPrompt,
@@ -197,7 +198,7 @@ public enum PEFTAdapter {
     /// a method; its writer lives in the method's file).
     static var savers: [(peftType: String, save: Saver)] {
         [
-            ("LORA", saveLoRA), ("IA3", saveIA3), ("PROMPT_TUNING", savePrompt), ("PREFIX_TUNING", savePrefix),
+            ("LORA", saveLoRA), ("IA3", saveIA3), ("LOHA", saveLoHa), ("PROMPT_TUNING", savePrompt), ("PREFIX_TUNING", savePrefix),
         ]
     }
 }

@@ -29,6 +29,8 @@ public enum AdapterMethod: Sendable, Equatable {
     /// matched as PEFT matches them; each feed-forward name must also be a target). Nil: PEFT's defaults — BERT
     /// `key`, `value`, `output.dense` (feed-forward `output.dense`); GPT-2 `c_attn`, `mlp.c_proj` (feed-forward `mlp.c_proj`).
     case ia3(targets: [String]? = nil, feedForward: [String]? = nil)
+    /// LoHa (arXiv 2108.06098): a Hadamard product of two low-rank updates on the targeted linear layers.
+    case loha(LoHaConfig)
 
     /// A short name for tables and directories.
     public var name: String {
@@ -44,6 +46,7 @@ public enum AdapterMethod: Sendable, Equatable {
         case .lora: return "lora"
         case .loraBitFit: return "lora+bitfit"
         case .ia3: return "ia3"
+        case .loha: return "loha"
         }
     }
 }
@@ -148,7 +151,8 @@ extension Module {
             case let .loraBitFit(config):
                 try addLoRA(name, config, seed: seed)
                 addBitFit(name)
-                case let .ia3(targets, feedForward):
+            case let .loha(config): try addLoHa(name, config, seed: seed)
+            case let .ia3(targets, feedForward):
                 try addIA3(name, targets: targets, feedForward: feedForward)
             }
             if let headed = self as? any TaskHeadModel {
