@@ -76,24 +76,30 @@ struct LogitsCommand: ParsableCommand {
         let mask = try file.entries["attention_mask"].map { _ in try file.intTensor("attention_mask") }
         let types = try file.entries["token_type_ids"].map { _ in try file.intTensor("token_type_ids") }
         var outputs: [String: Tensor] = [:]
-        try Autograd.withoutGradients {
-            switch loaded {
-            case let .gpt2(m):
-                outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .gpt2LMHead(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .gpt2SequenceClassification(m):
-                outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .bert(m):
-                outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .bertMaskedLM(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .bertSequenceClassification(m):
-                outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
-            case let .bertTokenClassification(m):
-                outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
-            case let .bertQuestionAnswering(m):
-                let (start, end) = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
-                outputs["start_logits"] = start
-                outputs["end_logits"] = end
+        // A batch the model cannot take is a problem of the inputs file: name it.
+        try naming(inputs) {
+            try Autograd.withoutGradients {
+                switch loaded {
+                case let .gpt2(m):
+                    outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
+                case let .gpt2LMHead(m): outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
+                case let .gpt2SequenceClassification(m):
+                    outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
+                case let .bert(m):
+                    outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask, tokenTypeIDs: types)
+                case let .bertMaskedLM(m):
+                    outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
+                case let .bertSequenceClassification(m):
+                    outputs["logits"] = try m.logits(ids, attentionMask: mask, tokenTypeIDs: types)
+                case let .bertTokenClassification(m):
+                    outputs["logits"] = try m.logits(
+                        ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
+                case let .bertQuestionAnswering(m):
+                    let (start, end) = try m.logits(
+                        ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
+                    outputs["start_logits"] = start
+                    outputs["end_logits"] = end
+                }
             }
         }
         try SafeTensorsFile.write(outputs, to: output)

@@ -47,3 +47,15 @@ struct ReinsCommand: ParsableCommand {
         #endif
     }
 }
+
+/// A failure in `body` reported as a problem of the file at `path` (prefixed with it, unless the message names it).
+struct FileProblem: Error, CustomStringConvertible {
+    let description: String
+}
+
+func naming<R>(_ path: String, _ body: () throws -> R) throws -> R {
+    do { return try body() } catch {
+        let message = "\(error)"
+        throw message.contains(path) ? error : FileProblem(description: "\(path): \(message)")
+    }
+}

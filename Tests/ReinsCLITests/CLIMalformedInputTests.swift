@@ -179,6 +179,40 @@ struct CLIMalformedInputTests {
         try expectRefusal(["info", "--model", legacy.path], mentioning: "pytorch_model.bin", "nest more than")
     }
 
+    @Test func inputBatchesTheModelCannotTakeNameTheirFile() throws {
+        let dir = try temporaryDirectory()
+        defer { try? fm.removeItem(at: dir) }
+        let lm = try model("gpt2-lm", in: dir)
+        let cases: [(String, [String: IntTensor], String)] = [
+            (
+                "out-of-range", ["input_ids": try IntTensor(shape: [1, 3], values: [1, 2, 500])],
+                "outside the vocabulary"
+            ),
+            ("rank-3", ["input_ids": try IntTensor(shape: [1, 2, 2], values: [1, 2, 3, 4])], "[batch, length]"),
+            (
+                "mask",
+                [
+                    "input_ids": try IntTensor(shape: [1, 3], values: [1, 2, 3]),
+                    "attention_mask": try IntTensor(shape: [2, 3], values: [1, 1, 1, 1, 1, 1]),
+                ], "attention mask"
+            ),
+            (
+                "too-long", ["input_ids": try IntTensor(shape: [1, 30], values: [Int32](repeating: 1, count: 30))],
+                "positions"
+            ),
+        ]
+        for (name, tensors, problem) in cases {
+            let inputs = dir.appendingPathComponent("\(name).safetensors")
+            try SafeTensorsFile.write([:], integers: tensors, to: inputs.path)
+            try expectRefusal(
+                [
+                    "logits", "--model", lm.path, "--inputs", inputs.path, "--output",
+                    dir.appendingPathComponent("o.safetensors").path,
+                ],
+                mentioning: "\(name).safetensors", problem)
+        }
+    }
+
     @Test func malformedTokenizersAreRefusedByName() throws {
         let dir = try temporaryDirectory()
         defer { try? fm.removeItem(at: dir) }
