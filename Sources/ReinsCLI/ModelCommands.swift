@@ -119,7 +119,7 @@ struct TokenizeCommand: ParsableCommand {
     var tokenizer: String
 
     func run() throws {
-        let tok = try AnyTokenizer(file: tokenizer)
+        let tok = try naming(tokenizer) { try AnyTokenizer(file: tokenizer) }
         while let line = readLine(strippingNewline: true) {
             print("[" + (try tok.encode(line)).map(String.init).joined(separator: ", ") + "]")
         }

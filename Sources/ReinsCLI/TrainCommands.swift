@@ -229,10 +229,14 @@ extension WordPieceTokenizer {
     /// The tokenizer of a model directory: tokenizer.json if present, else vocab.txt.
     convenience init(tokenizerFile dir: URL) throws {
         let json = dir.appendingPathComponent("tokenizer.json")
-        if FileManager.default.fileExists(atPath: json.path) {
-            try self.init(tokenizerJSON: json.path)
-        } else {
-            try self.init(vocabularyFile: dir.appendingPathComponent("vocab.txt").path)
+        let vocabulary = dir.appendingPathComponent("vocab.txt")
+        let useJSON = FileManager.default.fileExists(atPath: json.path)
+        let path = useJSON ? json.path : vocabulary.path
+        do {
+            if useJSON { try self.init(tokenizerJSON: path) } else { try self.init(vocabularyFile: path) }
+        } catch {
+            // Name the file, as every failure of the tool does.
+            throw "\(error)".contains(path) ? error : FileProblem(description: "\(path): \(error)")
         }
     }
 }
