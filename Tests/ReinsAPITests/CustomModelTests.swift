@@ -104,6 +104,23 @@ struct CustomModelTests {
             zip(reloaded.scalars, expected.scalars).allSatisfy { abs($0 - $1) <= 1e-5 }, "logits after save and load")
     }
 
+    @Test func blocksAndATiedOutputMakeALanguageModel() throws {
+        // A two-block decoder from GPT-2's public blocks, its output layer tied to the token table.
+        let config = try GPT2Config(vocabularySize: 13, positions: 9, hidden: 12, layers: 2, heads: 3)
+        let tokens = try Embedding(count: 13, size: 12)
+        let blocks = try (0..<2).map { try GPT2Block(config, layer: $0) }
+        let norm = try LayerNorm(12)
+        let output = TiedOutput(table: tokens)
+        let ids = try IntTensor(shape: [2, 5], values: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+        var h = try tokens(ids)
+        for block in blocks { h = try block(h) }
+        let logits = try output(norm(h))
+        #expect(logits.shape == [2, 5, 13])
+        #expect(
+            performing: { try blocks[0](try Tensor.zeros([2, 5, 7])) },
+            throws: { "\($0)".contains("[batch, length, 12]") })
+    }
+
     @Test func anUnregisteredLayerIsReported() throws {
         final class Forgetful: Module {
             let used = try! Linear(inputs: 3, outputs: 2)

@@ -93,7 +93,9 @@ public final class TiedOutput: Module, LoRAHost {
     public var loraOutputs: Int { table.count }
     public var isMerged: Bool { false }
 
-    init(table: Embedding, bias: Parameter? = nil) {
+    /// An output layer that reads `table` (`[count, size]`) as its weight — logits over the table's rows, tied to the
+    /// input embeddings as GPT-2's and BERT's are — with an optional bias `[count]`.
+    public init(table: Embedding, bias: Parameter? = nil) {
         self.table = table
         self.bias = bias
     }
