@@ -92,6 +92,7 @@ struct AdapterSaveTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         #expect(
             performing: { try model.saveAdapter("task", to: dir) },
-            throws: { "\($0)".contains("was not saved whole") && "\($0)".contains("ia3_l.task") })
+            throws: { "\($0)".contains("was not saved") && "\($0)".contains("ia3_l.task") })
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).isEmpty, "a refused save writes nothing")
     }
 }

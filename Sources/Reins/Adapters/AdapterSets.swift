@@ -220,22 +220,23 @@ extension Module {
         let heads = headed.flatMap { $0.heads.variants[name] != nil ? [$0.headKey] : nil } ?? []
         // A PEFT method is present when one of PEFT's writers has a part of this adapter to write.
         let hasPEFT = try PEFTAdapter.savers.contains { try $0.save(self, name) != nil }
+        // Everything is written into a staging folder first and moved into `directory` file by file (each rename
+        // atomic) only once the whole adapter is known to be in it: a refused save leaves `directory` as it was.
+        try FileManager.default.createDirectory(
+            at: directory.deletingLastPathComponent(), withIntermediateDirectories: true)
+        let staging = try DirectorySwap.freshDirectory(for: directory)
+        defer { try? FileManager.default.removeItem(at: staging) }
         var written = Set<ObjectIdentifier>()
         if hasPEFT {
             written = try PEFTAdapter.save(
-                self, name: name, to: directory, taskType: taskType, modulesToSave: heads, baseModel: baseModel)
-            let companion = directory.appendingPathComponent(AdapterFiles.companionConfig)
+                self, name: name, to: staging, taskType: taskType, modulesToSave: heads, baseModel: baseModel)
             if owned.contains(where: { !written.contains(ObjectIdentifier($0)) }) {
                 written.formUnion(
                     try AdapterFiles.saveBlockAdapters(
-                        self, name: name, to: directory, companion: true, excluding: written))
-            } else if FileManager.default.fileExists(atPath: companion.path) {
-                // A companion from an earlier save of another adapter to this directory would be read with this one.
-                try FileManager.default.removeItem(at: companion)
-                try? FileManager.default.removeItem(at: directory.appendingPathComponent(AdapterFiles.companionWeights))
+                        self, name: name, to: staging, companion: true, excluding: written))
             }
         } else {
-            written = try AdapterFiles.saveBlockAdapters(self, name: name, to: directory)
+            written = try AdapterFiles.saveBlockAdapters(self, name: name, to: staging)
         }
         let keys = Dictionary(
             namedParameters().map { (ObjectIdentifier($0.parameter), $0.key) }, uniquingKeysWith: { a, _ in a })
@@ -243,8 +244,21 @@ extension Module {
             .sorted()
         guard missing.isEmpty else {
             throw ModelError.badInput(
-                "adapter '\(name)' was not saved whole: no adapter file format holds \(missing.joined(separator: ", ")) together with the rest of it (PEFT's format has one method per adapter; save these under their own adapter name)"
+                "adapter '\(name)' was not saved (nothing was written): no adapter file format holds \(missing.joined(separator: ", ")) together with the rest of it (PEFT's format has one method per adapter; save these under their own adapter name)"
             )
+        }
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let produced = try FileManager.default.contentsOfDirectory(atPath: staging.path)
+        // A companion left by an earlier save of another adapter here would be read with this one.
+        for stale in [AdapterFiles.companionConfig, AdapterFiles.companionWeights] where !produced.contains(stale) {
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(stale))
+        }
+        for file in produced.sorted() {
+            guard rename(staging.appendingPathComponent(file).path, directory.appendingPathComponent(file).path) == 0
+            else {
+                throw SafeTensorsError.unwritable(
+                    path: directory.appendingPathComponent(file).path, reason: String(cString: strerror(errno)))
+            }
         }
     }
 
