@@ -69,8 +69,16 @@ struct TaskOptions: ParsableArguments {
                     "\(data.path): class index \(top) in '\(labelField)' is not below \(DataFiles.maximumClassIndex) (give --labels to use names)"
                 )
             }
+            // What so many classes cost before anything is built: a name each, and a head row each of the model's
+            // width with its gradient and two AdamW moments (16 bytes a weight).
+            let config =
+                (try? Checkpoint.readJSON(URL(fileURLWithPath: model).appendingPathComponent("config.json"))) ?? [:]
+            let width = JSONNumber.exactInt(config["hidden_size"] ?? config["n_embd"]) ?? 1
+            let (perClass, o) = (max(width, 1) + 1).multipliedReportingOverflow(by: 16)
             try Tensor.checkMemory(
-                elements: top + 1, bytesPerElement: MemoryLayout<String>.stride + 16, what: "\(top + 1) class names",
+                elements: top + 1, bytesPerElement: o ? Int.max : perClass + MemoryLayout<String>.stride + 16,
+                what:
+                    "\(top + 1) classes (integer labels are class indices; the head and its optimizer state included)",
                 operation: "\(data.path)")
             return (0...max(top, 0)).map(String.init)
         case "token-classification":
