@@ -305,7 +305,8 @@ public enum AtomicFile {
             guard let marker = name.range(of: ".tmp-", options: .backwards) else { continue }
             let fields = name[marker.upperBound...].split(separator: "-")
             guard fields.count == 2, let pid = Int32(fields[0]), UInt32(fields[1]) != nil else { continue }
-            if pid != ProcessInfo.processInfo.processIdentifier && kill(pid, 0) == 0 { continue }  // still writing
+            // A writer that still runs (kill answers, or refuses us: it exists) keeps its file; ESRCH means gone.
+            if pid != ProcessInfo.processInfo.processIdentifier && !(kill(pid, 0) == -1 && errno == ESRCH) { continue }
             try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))
         }
     }
