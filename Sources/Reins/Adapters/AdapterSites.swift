@@ -5,7 +5,8 @@ import ReinsTensor
 /// block slot (after attention, after the FFN, parallel to it), the key/value prefix, the input prompt, a task head.
 ///
 /// Every site keeps its adapters by name with at most one active, so the operations on a whole model — list the
-/// adapters, activate one, remove one — are one walk over its sites (``Module/adapterSites``), whatever the model.
+/// adapters, add, activate, deactivate, merge and remove one, enumerate its parameters — are one walk over its sites
+/// (``Module/adapterSites``), whatever the model.
 public protocol AdapterSite {
     /// The names of the adapters at this site.
     var adapterNames: [String] { get }
@@ -17,6 +18,37 @@ public protocol AdapterSite {
     func removeAdapter(_ name: String) throws
     /// The parameters the adapter `name` holds at this site (none when it has none here).
     func parameters(of name: String) -> [Parameter]
+    /// Adds (or replaces) `adapter` under `name` and activates it.
+    /// - Throws: ``ModelError/badInput(_:)`` when `adapter` is not of the kind this site holds, or does not fit.
+    func add(_ name: String, _ adapter: Any) throws
+    /// Folds the adapter `name` into the base so that inference costs what the base costs (``unmerge()`` restores the
+    /// base exactly).
+    /// - Throws: ``ModelError/badInput(_:)`` when this kind of adapter cannot be folded into the base.
+    func merge(_ name: String) throws
+    /// Restores the base from before ``merge(_:)``; nothing when nothing is merged.
+    func unmerge() throws
+    /// Whether ``merge(_:)`` can fold this site's adapters into the base.
+    var foldsIntoBase: Bool { get }
+}
+
+extension AdapterSite {
+    /// Adapters that change activations, not weights, are not folded into the base.
+    public func merge(_ name: String) throws {
+        guard adapterNames.contains(name) else { return }
+        throw ModelError.badInput(
+            "adapter '\(name)': \(Self.self) adapters are not folded into the base (only LoRA is)")
+    }
+    public func unmerge() throws {}
+    public var foldsIntoBase: Bool { false }
+}
+
+/// The one way a site adds a value: of its own kind, or a named error.
+func typed<Value>(_ adapter: Any, for name: String, at site: String) throws -> Value {
+    guard let value = adapter as? Value else {
+        throw ModelError.badInput(
+            "adapter '\(name)': a \(type(of: adapter)) does not go into \(site) (it holds \(Value.self))")
+    }
+    return value
 }
 
 /// The parameters of a value kept at a site: a parameter itself, a module's, a prefix's.
@@ -34,6 +66,9 @@ extension NamedSet: AdapterSite {
     public var activeAdapter: String? { active }
     public func removeAdapter(_ name: String) { remove(name) }
     public func parameters(of name: String) -> [Parameter] { adapterParameters(members[name]) }
+    public func add(_ name: String, _ adapter: Any) throws {
+        add(name, try typed(adapter, for: name, at: "a named set") as Value)
+    }
 }
 
 extension Variants: AdapterSite {
@@ -41,6 +76,9 @@ extension Variants: AdapterSite {
     public var activeAdapter: String? { active }
     public func removeAdapter(_ name: String) { remove(name) }
     public func parameters(of name: String) -> [Parameter] { adapterParameters(variants[name]) }
+    public func add(_ name: String, _ adapter: Any) throws {
+        add(name, try typed(adapter, for: name, at: "a variant set") as Value)
+    }
 }
 
 extension AdapterSlot: AdapterSite {
@@ -49,6 +87,9 @@ extension AdapterSlot: AdapterSite {
     public func activate(_ name: String?) { named.activate(name) }
     public func removeAdapter(_ name: String) { remove(name) }
     public func parameters(of name: String) -> [Parameter] { adapters[name]?.parameters ?? [] }
+    public func add(_ name: String, _ adapter: Any) throws {
+        add(name, try typed(adapter, for: name, at: "a block slot") as Adapter)
+    }
 }
 
 /// The LoRA adapters of a linear layer, an embedding table or a tied output layer, as a site.
@@ -58,6 +99,17 @@ struct LoRASite: AdapterSite {
     var activeAdapter: String? { host.activeLoRA }
     func activate(_ name: String?) { host.activeLoRA = name.flatMap { host.loras[$0] != nil ? $0 : nil } }
     func removeAdapter(_ name: String) throws { try host.detachLoRA(name) }
+    func add(_ name: String, _ adapter: Any) throws {
+        try host.attachLoRA(name, try typed(adapter, for: name, at: "a LoRA site"))
+    }
+    func merge(_ name: String) throws {
+        guard host.loras[name] != nil else { return }
+        try host.unmerge()
+        host.activeLoRA = name
+        try host.merge()
+    }
+    func unmerge() throws { try host.unmerge() }
+    var foldsIntoBase: Bool { true }
     func parameters(of name: String) -> [Parameter] {
         host.loras[name].map { [$0.a, $0.b] + ($0.magnitude.map { [$0] } ?? []) } ?? []
     }
@@ -70,6 +122,9 @@ struct IA3Site: AdapterSite {
     var activeAdapter: String? { layer.activeIA3 }
     func activate(_ name: String?) { layer.ia3Vectors.activate(name) }
     func removeAdapter(_ name: String) { layer.detachIA3(name) }
+    func add(_ name: String, _ adapter: Any) throws {
+        try layer.attachIA3(name, try typed(adapter, for: name, at: "an IA3 site"))
+    }
     func parameters(of name: String) -> [Parameter] { layer.ia3[name].map { [$0.vector] } ?? [] }
 }
 
@@ -92,6 +147,10 @@ struct LinearMethodSite: AdapterSite {
     var activeAdapter: String? { layer.methods.active }
     func activate(_ name: String?) { layer.methods.activate(name) }
     func removeAdapter(_ name: String) { layer.methods.remove(name) }
+    func add(_ name: String, _ adapter: Any) throws {
+        try layer.attach(
+            name, try typed(adapter, for: name, at: "a linear layer's method site") as any LinearAdapterMethod)
+    }
     func parameters(of name: String) -> [Parameter] { layer.methods.members[name]?.parameters ?? [] }
 }
 extension Embedding: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [LoRASite(host: self)] } }
@@ -132,6 +191,21 @@ extension Module {
 
     /// The adapter applied at the first site that applies one (sites are activated together, so it is the one in use).
     public var activeAdapterName: String? { adapterSites.lazy.compactMap(\.activeAdapter).first }
+
+    /// Folds the adapter `name` into the base at every site that holds it, for inference at the base's cost;
+    /// ``unmergeAdapters()`` restores the base exactly.
+    /// - Throws: ``ModelError/badInput(_:)`` naming the kind of site, when part of the adapter cannot be folded (a
+    ///   bottleneck adapter, a prefix): then nothing is merged.
+    public func mergeAdapter(_ name: String) throws {
+        let sites = adapterSites.filter { $0.adapterNames.contains(name) }
+        guard !sites.isEmpty else { throw ModelError.badInput("the model has no adapter named '\(name)'") }
+        if let kept = sites.first(where: { !$0.foldsIntoBase }) { try kept.merge(name) }  // throws, naming the site
+        activateAdapter(name)
+        for site in sites { try site.merge(name) }
+    }
+
+    /// Restores every weight an adapter was merged into, bit for bit.
+    public func unmergeAdapters() throws { for site in adapterSites { try site.unmerge() } }
 
     /// Every parameter the adapter `name` holds, at every site (its head and BitFit biases included), each once.
     public func parameters(ofAdapter name: String) -> [Parameter] {
