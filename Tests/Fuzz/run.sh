@@ -17,7 +17,10 @@ if [ ${#readers[@]} -eq 0 ]; then
     readers=(safetensors torchCheckpoint modelConfig checkpointDirectory tokenizerJSON vocabularyText bpeFiles
              adapterConfig adapterWeights dataJSONL dataCSV metricsLog)
 fi
-swift build --product ReinsFuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DREINS_LIBFUZZER
+# (The linker's "cannot export local symbol" warnings about ASan's own helpers are noise: filtered out.)
+swift build --product ReinsFuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DREINS_LIBFUZZER \
+    2>&1 | grep -v "Cannot export local symbol" || true
+test -x .build-fuzz/debug/ReinsFuzz
 mkdir -p Tests/Fuzz/Crashes
 for reader in "${readers[@]}"; do
     work=.build-fuzz/corpus/$reader
