@@ -4,7 +4,10 @@
 // Backward recomputes P from lse (nothing of size T·Tk is kept between the passes):
 //   dV += Pᵀ·dO;  dP = dO·Vᵀ;  D_i = dO_i·O_i (= Σ_j P_ij dP_ij);  dS = P ⊙ (dP - D);
 //   dQ += scale·dS·K;  dK += scale·dSᵀ·Q
-// Query i may see key j when (no causal mask or j <= i + causal_offset) and key_mask[b, j] != 0.
+// Query i may see key j when (no causal mask or j <= i + causal_offset), key_mask[b, j] != 0 and, with a sliding
+// window w > 0 under the causal mask, j > i + causal_offset - w.
+// Grouped-query attention: query head h reads key/value head h / (NH / NKV) of its batch row, in place (K and V are
+// never copied per query head); dK and dV of a key/value head sum the gradients of its whole group.
 // With dropout on the probabilities (mask M, kept entries scaled by 1/(1-p), M' = M/(1-p)): O = (P ⊙ M')·V, and
 //   dV += (P ⊙ M')ᵀ·dO;  dS = P ⊙ (dP ⊙ M' - D) with D_i = dO_i·O_i still (= Σ_j P_ij M'_ij dP_ij).
 #include "rk_internal.h"
@@ -17,10 +20,22 @@ static inline int visible_keys(int i, int Tk, int causal, int causal_offset) {
     long lim = (long)i + causal_offset + 1;
     return lim < 0 ? 0 : (lim > Tk ? Tk : (int)lim);
 }
+// The first key query i may see: those before it fall out of the sliding window (0 without one).
+static inline int first_key(int i, int Tk, int causal, int causal_offset, int window) {
+    if (!causal || window <= 0) return 0;
+    long lo = (long)i + causal_offset - window + 1;
+    return lo < 0 ? 0 : (lo > Tk ? Tk : (int)lo);
+}
+// Where head bh's keys and values start: its group's key/value head in the same batch row.
+static inline size_t kv_offset(int bh, int NH, int NKV, int Tk, int hs) {
+    int b = bh / NH, h = bh % NH;
+    return RK_IDX((size_t)b * NKV + (size_t)(h / (NH / NKV)), 0, (size_t)Tk * hs);
+}
 
-// Turns the first lim scores of row s into probabilities in place and zeroes s[lim..<width) (the columns the value
-// GEMM reads); returns the row's log-sum-exp, or -inf (and a zero row) if no key is visible.
-static float softmax_row(float *s, const int32_t *kmask, int lim, int width) {
+// Turns scores lo..<lim of row s into probabilities in place and zeroes the rest of s[0..<width) (the columns the
+// value GEMM reads); returns the row's log-sum-exp, or -inf (and a zero row) if no key is visible.
+static float softmax_row(float *s, const int32_t *kmask, int lo, int lim, int width) {
+    for (int j = 0; j < lo && j < lim; j++) s[j] = -INFINITY;
     if (kmask)
         for (int j = 0; j < lim; j++)
             if (!kmask[j]) s[j] = -INFINITY;
@@ -48,16 +63,16 @@ static inline int dropping(const rk_attention_dropout *d) { return d && d->p > 0
 // Without a causal mask every row sees every key, so all T rows form one block: 4x fewer (and larger) GEMM calls.
 static inline int row_block(int T, int causal) { return causal ? RK_ATTN_ROWS : (T > 0 ? T : 1); }
 
-// q (B,NH,T,hs), k v (B,NH,Tk,hs), out (B,NH,T,hs), lse (B,NH,T), key_mask (B,Tk); scratch T*Tk
+// q (B,NH,T,hs), k v (B,NKV,Tk,hs), out (B,NH,T,hs), lse (B,NH,T), key_mask (B,Tk); scratch T*Tk
 void rk_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                          const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
-                          int causal, int causal_offset, const rk_attention_dropout *drop, int bh_begin, int bh_end,
-                          float *scratch) {
+                          const int32_t *key_mask, int B, int NH, int NKV, int T, int Tk, int hs, float scale,
+                          int causal, int causal_offset, int window, const rk_attention_dropout *drop, int bh_begin,
+                          int bh_end, float *scratch) {
     (void)B;
     for (int bh = bh_begin; bh < bh_end; bh++) {
         int b = bh / NH;
-        const float *qh = q + RK_IDX(bh, 0, (size_t)T * hs), *kh = k + RK_IDX(bh, 0, (size_t)Tk * hs),
-                    *vh = v + RK_IDX(bh, 0, (size_t)Tk * hs);
+        size_t ko = kv_offset(bh, NH, NKV, Tk, hs);
+        const float *qh = q + RK_IDX(bh, 0, (size_t)T * hs), *kh = k + ko, *vh = v + ko;
         float *oh = out + RK_IDX(bh, 0, (size_t)T * hs);
         const int32_t *km = key_mask ? key_mask + RK_IDX(b, 0, Tk) : NULL;
         for (int i0 = 0; i0 < T; i0 += row_block(T, causal)) {
@@ -74,7 +89,9 @@ void rk_attention_forward(float *out, float *lse, const float *q, const float *k
                         0.0f, S, Tk);
             for (int i = 0; i < rows; i++) {
                 float *p = S + RK_IDX(i, 0, Tk);
-                lse[RK_IDX(bh, i0 + i, T)] = softmax_row(p, km, visible_keys(i0 + i, Tk, causal, causal_offset), kc);
+                lse[RK_IDX(bh, i0 + i, T)] =
+                    softmax_row(p, km, first_key(i0 + i, Tk, causal, causal_offset, window),
+                                visible_keys(i0 + i, Tk, causal, causal_offset), kc);
                 if (dropping(drop)) {
                     size_t base = ((size_t)bh * T + (size_t)(i0 + i)) * (size_t)Tk;
                     for (int j = 0; j < kc; j++) p[j] *= drop_factor(drop, base + (size_t)j);
@@ -87,17 +104,18 @@ void rk_attention_forward(float *out, float *lse, const float *q, const float *k
     }
 }
 
-// scratch: 2*T*Tk + T
+// scratch: 2*T*Tk + T. dk and dv of a key/value head gather its whole group: callers that split heads over threads
+// split at group boundaries (multiples of NH / NKV).
 void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse, const int32_t *key_mask,
-                           int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset,
-                           const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch) {
+                           int B, int NH, int NKV, int T, int Tk, int hs, float scale, int causal, int causal_offset,
+                           int window, const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch) {
     (void)B;
     if (!dq && !dk && !dv) return;
     float *P = scratch, *dS = scratch + (size_t)T * Tk, *D = dS + (size_t)T * Tk;
     for (int bh = bh_begin; bh < bh_end; bh++) {
         int b = bh / NH;
-        size_t qo = RK_IDX(bh, 0, (size_t)T * hs), ko = RK_IDX(bh, 0, (size_t)Tk * hs);
+        size_t qo = RK_IDX(bh, 0, (size_t)T * hs), ko = kv_offset(bh, NH, NKV, Tk, hs);
         const int32_t *km = key_mask ? key_mask + RK_IDX(b, 0, Tk) : NULL;
         for (int i0 = 0; i0 < T; i0 += row_block(T, causal)) {
             int rows = T - i0 < row_block(T, causal) ? T - i0 : row_block(T, causal);
@@ -111,6 +129,8 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
                 float *p = Pb + RK_IDX(i, 0, Tk), l = lse[RK_IDX(bh, i0 + i, T)];
                 int lim = l == -INFINITY ? 0 : visible_keys(i0 + i, Tk, causal, causal_offset);
                 if (lim > 0) rk__row_expsum(p, p, l, lim);
+                for (int j = 0, lo = first_key(i0 + i, Tk, causal, causal_offset, window); j < lo && j < lim; j++)
+                    p[j] = 0.0f;
                 if (km)
                     for (int j = 0; j < lim; j++)
                         if (!km[j]) p[j] = 0.0f;
@@ -159,8 +179,8 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
 }
 
 // ---- reference: one query row at a time, scores recomputed wherever needed -----------------------------------
-static int ref_visible(int i, int j, const int32_t *km, int Tk, int causal, int off) {
-    return j < visible_keys(i, Tk, causal, off) && (!km || km[j]);
+static int ref_visible(int i, int j, const int32_t *km, int Tk, int causal, int off, int w) {
+    return j < visible_keys(i, Tk, causal, off) && j >= first_key(i, Tk, causal, off, w) && (!km || km[j]);
 }
 static float ref_score(const float *qi, const float *kj, int hs, float scale) {
     float s = 0.0f;
@@ -168,34 +188,34 @@ static float ref_score(const float *qi, const float *kj, int hs, float scale) {
     return s * scale;
 }
 static float ref_lse(const float *qi, const float *kh, const int32_t *km, int i, int Tk, int hs, float scale,
-                     int causal, int off) {
+                     int causal, int off, int w) {
     float m = -INFINITY;
     for (int j = 0; j < Tk; j++)
-        if (ref_visible(i, j, km, Tk, causal, off)) {
+        if (ref_visible(i, j, km, Tk, causal, off, w)) {
             float s = ref_score(qi, kh + RK_IDX(j, 0, hs), hs, scale);
             m = s > m ? s : m;
         }
     if (m == -INFINITY) return -INFINITY;
     float sum = 0.0f;
     for (int j = 0; j < Tk; j++)
-        if (ref_visible(i, j, km, Tk, causal, off)) sum += expf(ref_score(qi, kh + RK_IDX(j, 0, hs), hs, scale) - m);
+        if (ref_visible(i, j, km, Tk, causal, off, w)) sum += expf(ref_score(qi, kh + RK_IDX(j, 0, hs), hs, scale) - m);
     return m + logf(sum);
 }
 void rk_attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
-                              const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
-                              int causal, int causal_offset, const rk_attention_dropout *drop) {
+                              const int32_t *key_mask, int B, int NH, int NKV, int T, int Tk, int hs, float scale,
+                              int causal, int causal_offset, int window, const rk_attention_dropout *drop) {
     for (int bh = 0; bh < B * NH; bh++) {
-        const float *kh = k + RK_IDX(bh, 0, (size_t)Tk * hs), *vh = v + RK_IDX(bh, 0, (size_t)Tk * hs);
+        const float *kh = k + kv_offset(bh, NH, NKV, Tk, hs), *vh = v + kv_offset(bh, NH, NKV, Tk, hs);
         const int32_t *km = key_mask ? key_mask + RK_IDX(bh / NH, 0, Tk) : NULL;
         for (int i = 0; i < T; i++) {
             const float *qi = q + RK_IDX(bh, 0, (size_t)T * hs) + RK_IDX(i, 0, hs);
             float *oi = out + RK_IDX(bh, 0, (size_t)T * hs) + RK_IDX(i, 0, hs);
-            float l = ref_lse(qi, kh, km, i, Tk, hs, scale, causal, causal_offset);
+            float l = ref_lse(qi, kh, km, i, Tk, hs, scale, causal, causal_offset, window);
             lse[RK_IDX(bh, i, T)] = l;
             for (int c = 0; c < hs; c++) oi[c] = 0.0f;
             if (l == -INFINITY) continue;
             for (int j = 0; j < Tk; j++) {
-                if (!ref_visible(i, j, km, Tk, causal, causal_offset)) continue;
+                if (!ref_visible(i, j, km, Tk, causal, causal_offset, window)) continue;
                 float p = expf(ref_score(qi, kh + RK_IDX(j, 0, hs), hs, scale) - l);
                 if (dropping(drop)) p *= drop_factor(drop, ((size_t)bh * T + i) * Tk + j);
                 for (int c = 0; c < hs; c++) oi[c] += p * vh[RK_IDX(j, c, hs)];
@@ -205,11 +225,11 @@ void rk_attention_forward_ref(float *out, float *lse, const float *q, const floa
 }
 void rk_attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                const float *v, const float *out, const float *lse, const int32_t *key_mask,
-                               int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset,
-                               const rk_attention_dropout *drop) {
+                               int B, int NH, int NKV, int T, int Tk, int hs, float scale, int causal,
+                               int causal_offset, int window, const rk_attention_dropout *drop) {
     (void)out;
     for (int bh = 0; bh < B * NH; bh++) {
-        size_t qo = RK_IDX(bh, 0, (size_t)T * hs), ko = RK_IDX(bh, 0, (size_t)Tk * hs);
+        size_t qo = RK_IDX(bh, 0, (size_t)T * hs), ko = kv_offset(bh, NH, NKV, Tk, hs);
         const int32_t *km = key_mask ? key_mask + RK_IDX(bh / NH, 0, Tk) : NULL;
         for (int i = 0; i < T; i++) {
             const float *qi = q + qo + RK_IDX(i, 0, hs), *gi = dout + qo + RK_IDX(i, 0, hs);
@@ -218,14 +238,14 @@ void rk_attention_backward_ref(float *dq, float *dk, float *dv, const float *dou
             // D_i = Σ_j P_ij dP_ij with dP_ij = M'_ij · dO_i·V_j, here straight from the definition
             float D = 0.0f;
             for (int j = 0; j < Tk; j++) {
-                if (!ref_visible(i, j, km, Tk, causal, causal_offset)) continue;
+                if (!ref_visible(i, j, km, Tk, causal, causal_offset, window)) continue;
                 float p = expf(ref_score(qi, k + ko + RK_IDX(j, 0, hs), hs, scale) - l);
                 float m = 1.0f;
                 if (dropping(drop)) m = drop_factor(drop, ((size_t)bh * T + i) * Tk + j);
                 D += p * m * ref_score(gi, v + ko + RK_IDX(j, 0, hs), hs, 1.0f);
             }
             for (int j = 0; j < Tk; j++) {
-                if (!ref_visible(i, j, km, Tk, causal, causal_offset)) continue;
+                if (!ref_visible(i, j, km, Tk, causal, causal_offset, window)) continue;
                 const float *kj = k + ko + RK_IDX(j, 0, hs), *vj = v + ko + RK_IDX(j, 0, hs);
                 float p = expf(ref_score(qi, kj, hs, scale) - l);
                 float m = 1.0f;

@@ -3,11 +3,14 @@ import CReinsKernels
 extension Tensor {
     /// Scaled dot-product attention over split heads (arXiv 1706.03762): `softmax(scale·Q·Kᵀ + mask)·V`.
     ///
-    /// `query: [B, NH, T, hs]`, `key` and `value: [B, NH, Tk, hs]` (Tk may exceed T: key/value prefixes or a KV cache),
-    /// result `[B, NH, T, hs]`. With `causal`, query `i` sees key `j` only when `j <= i + causalOffset`
-    /// (`causalOffset` defaults to `Tk - T`). `keyMask: [B, Tk]`, nonzero = attend (padding masks). A query that sees
-    /// no key gets zeros. Heads run in parallel; only the log-sum-exp per query row is kept for backward, which
-    /// recomputes the probabilities and gives dQ, dK and dV (so learned prefixes get gradients).
+    /// `query: [B, NH, T, hs]`, `key` and `value: [B, NKV, Tk, hs]` (Tk may exceed T: key/value prefixes or a KV
+    /// cache), result `[B, NH, T, hs]`. With fewer key/value heads than query heads (grouped-query attention, NKV
+    /// dividing NH), query head `h` reads key/value head `h / (NH / NKV)` in place, never a per-head copy. With
+    /// `causal`, query `i` sees key `j` only when `j <= i + causalOffset` (`causalOffset` defaults to `Tk - T`) and,
+    /// with a sliding `window` (Mistral), `j > i + causalOffset - window`. `keyMask: [B, Tk]`, nonzero = attend
+    /// (padding masks). A query that sees no key gets zeros. Heads run in parallel; only the log-sum-exp per query row
+    /// is kept for backward, which recomputes the probabilities and gives dQ, dK and dV (so learned prefixes get
+    /// gradients).
     /// - Parameters:
     ///   - scale: defaults to `1/√hs`.
     ///   - dropout: dropout on the probabilities (training), `(p, seed, offset)`: probability `(bh, i, j)` is kept iff
@@ -16,7 +19,7 @@ extension Tensor {
     public static func attention(
         query: Tensor, key: Tensor, value: Tensor, causal: Bool = false, causalOffset: Int? = nil,
         keyMask: IntTensor? = nil, scale: Float? = nil,
-        dropout: (p: Float, seed: UInt64, offset: UInt64)? = nil
+        dropout: (p: Float, seed: UInt64, offset: UInt64)? = nil, window: Int? = nil
     ) throws -> Tensor {
         if let dropout, !(0..<1).contains(dropout.p) {
             throw TensorError.invalidArgument(
@@ -24,15 +27,22 @@ extension Tensor {
         }
         var drop = rk_attention_dropout(p: dropout?.p ?? 0, seed: dropout?.seed ?? 0, offset: dropout?.offset ?? 0)
         guard query.rank == 4, key.rank == 4, value.shape == key.shape,
-            key.shape[0] == query.shape[0], key.shape[1] == query.shape[1], key.shape[3] == query.shape[3]
+            key.shape[0] == query.shape[0], key.shape[1] > 0, query.shape[1] % key.shape[1] == 0,
+            key.shape[3] == query.shape[3]
         else {
             throw TensorError.shapeMismatch(
                 operation: "attention",
                 detail:
-                    "query \(query.shape), key \(key.shape), value \(value.shape); expected [B, NH, T, hs] and [B, NH, Tk, hs]"
+                    "query \(query.shape), key \(key.shape), value \(value.shape); expected [B, NH, T, hs] and [B, NKV, Tk, hs] with NKV dividing NH"
             )
         }
+        if let window, window < 1 {
+            throw TensorError.invalidArgument(operation: "attention", detail: "sliding window \(window) is not positive")
+        }
         let (B, NH, T, hs, Tk) = (query.shape[0], query.shape[1], query.shape[2], query.shape[3], key.shape[2])
+        let NKV = key.shape[1], group = NH / NKV
+        // A window longer than any sequence is no window (and keeps the count in 32 bits).
+        let slidingWindow = Int32(causal ? min(window ?? 0, Tk + T + 1) : 0)
         if let keyMask, keyMask.shape != [B, Tk] {
             throw TensorError.shapeMismatch(
                 operation: "attention", detail: "key mask \(keyMask.shape), expected [\(B), \(Tk)]")
@@ -52,8 +62,9 @@ extension Tensor {
             Parallel.forRanges(B * NH) { r, c in
                 rk_attention_forward(
                     result.storage.pointer, lse.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, m,
-                    Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), s, isCausal, offset, &drop,
-                    Int32(r.lowerBound), Int32(r.upperBound), scratch.pointer + c * scratchPerChunk)
+                    Int32(B), Int32(NH), Int32(NKV), Int32(T), Int32(Tk), Int32(hs), s, isCausal, offset,
+                    slidingWindow, &drop, Int32(r.lowerBound), Int32(r.upperBound),
+                    scratch.pointer + c * scratchPerChunk)
             }
         }
         let output = result.detached()
@@ -61,12 +72,13 @@ extension Tensor {
             let perChunk = 2 * T * Tk + T
             let scratch = TensorStorage(uninitializedCount: Parallel.threadCount * perChunk)
             withMask { m in
-                Parallel.forRanges(B * NH) { r, c in
+                // Split at group boundaries: the heads of a group add into the same dK and dV.
+                Parallel.forRanges(B * NKV) { r, c in
                     rk_attention_backward(
                         grads[0], grads[1], grads[2], g.storage.pointer, q.storage.pointer, k.storage.pointer,
-                        v.storage.pointer, output.storage.pointer, lse.pointer, m, Int32(B), Int32(NH), Int32(T),
-                        Int32(Tk), Int32(hs), s, isCausal, offset, &drop, Int32(r.lowerBound), Int32(r.upperBound),
-                        scratch.pointer + c * perChunk)
+                        v.storage.pointer, output.storage.pointer, lse.pointer, m, Int32(B), Int32(NH), Int32(NKV),
+                        Int32(T), Int32(Tk), Int32(hs), s, isCausal, offset, slidingWindow, &drop,
+                        Int32(r.lowerBound * group), Int32(r.upperBound * group), scratch.pointer + c * perChunk)
                 }
             }
         }

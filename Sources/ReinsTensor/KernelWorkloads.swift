@@ -57,12 +57,14 @@ extension KernelWorkload {
             })
     }
 
-    /// Causal self-attention `[B, NH, T, hs]`, forward only or forward + backward (dQ, dK, dV).
-    public static func attention(batch B: Int, heads NH: Int, length T: Int, headSize hs: Int, backward: Bool) throws
-        -> KernelWorkload
-    {
-        let q = try Tensor.normal([B, NH, T, hs], seed: 3), k = try Tensor.normal([B, NH, T, hs], seed: 4),
-            v = try Tensor.normal([B, NH, T, hs], seed: 5)
+    /// Causal self-attention `[B, NH, T, hs]`, forward only or forward + backward (dQ, dK, dV); with `kvHeads` below
+    /// `NH`, grouped-query attention (keys and values `[B, kvHeads, T, hs]`).
+    public static func attention(
+        batch B: Int, heads NH: Int, kvHeads: Int? = nil, length T: Int, headSize hs: Int, backward: Bool
+    ) throws -> KernelWorkload {
+        let NKV = kvHeads ?? NH
+        let q = try Tensor.normal([B, NH, T, hs], seed: 3), k = try Tensor.normal([B, NKV, T, hs], seed: 4),
+            v = try Tensor.normal([B, NKV, T, hs], seed: 5)
         let g = try Tensor.normal([B, NH, T, hs], seed: 6)
         let flops = 4.0 * Double(B * NH * T * T * hs) * (backward ? 3.5 : 1) / 2  // causal: about half the scores matter
         func pass() throws -> (Tensor, Tensor, Tensor, Tensor) {
@@ -73,7 +75,9 @@ extension KernelWorkload {
             return (out, ql, kl, vl)
         }
         return KernelWorkload(
-            name: "attention \(backward ? "fwd+bwd" : "fwd") B\(B) NH\(NH) T\(T) hs\(hs) causal", flops: flops,
+            name:
+                "attention \(backward ? "fwd+bwd" : "fwd") B\(B) NH\(NH)\(NKV == NH ? "" : " NKV\(NKV)") T\(T) hs\(hs) causal",
+            flops: flops,
             tolerance: 1e-4,
             verify: {
                 let (out, ql, kl, vl) = try pass()
@@ -81,19 +85,19 @@ extension KernelWorkload {
                 var r = [Float](repeating: 0, count: n), lse = [Float](repeating: 0, count: B * NH * T)
                 rk_attention_forward_ref(
                     &r, &lse, q.storage.pointer, k.storage.pointer, v.storage.pointer, nil, Int32(B), Int32(NH),
-                    Int32(T), Int32(T), Int32(hs),
-                    1 / Float(hs).squareRoot(), 1, 0, nil)
+                    Int32(NKV), Int32(T), Int32(T), Int32(hs), 1 / Float(hs).squareRoot(), 1, 0, 0, nil)
                 var worst = maxRelativeDifference(out.storage.pointer, r, n)
                 if backward, let dq = ql.gradient, let dk = kl.gradient, let dv = vl.gradient {
-                    var rq = [Float](repeating: 0, count: n), rk = rq, rv = rq
+                    let nkv = B * NKV * T * hs
+                    var rq = [Float](repeating: 0, count: n), rk = [Float](repeating: 0, count: nkv), rv = rk
                     rk_attention_backward_ref(
                         &rq, &rk, &rv, g.storage.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, r,
-                        lse, nil,
-                        Int32(B), Int32(NH), Int32(T), Int32(T), Int32(hs), 1 / Float(hs).squareRoot(), 1, 0, nil)
+                        lse, nil, Int32(B), Int32(NH), Int32(NKV), Int32(T), Int32(T), Int32(hs),
+                        1 / Float(hs).squareRoot(), 1, 0, 0, nil)
                     worst = Swift.max(
                         worst, maxRelativeDifference(dq.storage.pointer, rq, n),
-                        maxRelativeDifference(dk.storage.pointer, rk, n),
-                        maxRelativeDifference(dv.storage.pointer, rv, n))
+                        maxRelativeDifference(dk.storage.pointer, rk, nkv),
+                        maxRelativeDifference(dv.storage.pointer, rv, nkv))
                 }
                 return worst
             },

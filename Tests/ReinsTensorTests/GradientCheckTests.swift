@@ -54,18 +54,25 @@ enum Definitions {
         }
         return total / Double(counted)
     }
+    /// With `kvHeads` below NH, query head h of row b reads key/value head `b·NKV + h / (NH / NKV)`; with a `window`
+    /// (causal only), query i also needs `j > i + offset - window`.
     static func attention(
         _ q: [Double], _ k: [Double], _ v: [Double], mask: [Int32]?, B: Int, NH: Int, T: Int, Tk: Int, hs: Int,
-        causal: Bool, offset: Int, dropout: (p: Float, seed: UInt64)? = nil
+        causal: Bool, offset: Int, dropout: (p: Float, seed: UInt64)? = nil, kvHeads: Int? = nil, window: Int = 0
     ) -> [Double] {
         var out = [Double](repeating: 0, count: B * NH * T * hs)
         let scale = 1 / Double(hs).squareRoot()
+        let NKV = kvHeads ?? NH
         for bh in 0..<(B * NH) {
+            let kvh = (bh / NH) * NKV + (bh % NH) / (NH / NKV)
             for i in 0..<T {
                 var scores = [Double](repeating: -.infinity, count: Tk)
-                for j in 0..<Tk where (!causal || j <= i + offset) && (mask?[(bh / NH) * Tk + j] ?? 1) != 0 {
+                for j in 0..<Tk
+                where (!causal || (j <= i + offset && (window == 0 || j > i + offset - window)))
+                    && (mask?[(bh / NH) * Tk + j] ?? 1) != 0
+                {
                     var s = 0.0
-                    for c in 0..<hs { s += q[(bh * T + i) * hs + c] * k[(bh * Tk + j) * hs + c] }
+                    for c in 0..<hs { s += q[(bh * T + i) * hs + c] * k[(kvh * Tk + j) * hs + c] }
                     scores[j] = s * scale
                 }
                 let m = scores.max()!
@@ -77,7 +84,7 @@ enum Definitions {
                         dropout.map {
                             rk_uniform($0.seed, UInt64((bh * T + i) * Tk + j)) >= $0.p ? 1 / (1 - Double($0.p)) : 0
                         } ?? 1
-                    for c in 0..<hs { out[(bh * T + i) * hs + c] += e[j] / z * keep * v[(bh * Tk + j) * hs + c] }
+                    for c in 0..<hs { out[(bh * T + i) * hs + c] += e[j] / z * keep * v[(kvh * Tk + j) * hs + c] }
                 }
             }
         }
@@ -199,11 +206,12 @@ struct GradientCheckTests {
         withUnsafePointer(to: drop) { d in
             let d = dropping ? d : nil
             rk_attention_forward(
-                &out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal ? 1 : 0,
-                Int32(Tk - T), d, 0, Int32(B * NH), &scratch)
+                &out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
+                causal ? 1 : 0,
+                Int32(Tk - T), 0, d, 0, Int32(B * NH), &scratch)
             rk_attention_backward(
-                &dq, &dk, &dv, g, q, k, v, out, lse, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
-                causal ? 1 : 0, Int32(Tk - T), d, 0, Int32(B * NH), &scratch)
+                &dq, &dk, &dv, g, q, k, v, out, lse, mask, Int32(B), Int32(NH), Int32(NH), Int32(T), Int32(Tk),
+                Int32(hs), scale, causal ? 1 : 0, Int32(Tk - T), 0, d, 0, Int32(B * NH), &scratch)
         }
         let (Q, K, Vv, G) = (doubles(q), doubles(k), doubles(v), doubles(g))
         func f(_ q: [Double], _ k: [Double], _ v: [Double]) -> Double {

@@ -200,8 +200,12 @@ struct KernelTests {
         let B, NH, T, Tk, hs: Int
         let causal: Bool
         let masked: Bool
+        /// Key/value heads (grouped-query attention when below NH) and a sliding window (0: none).
+        var NKV = 0, window = 0
+        var kvHeads: Int { NKV == 0 ? NH : NKV }
         var testDescription: String {
-            "B\(B) NH\(NH) T\(T) Tk\(Tk) hs\(hs)\(causal ? " causal" : "")\(masked ? " masked" : "")"
+            "B\(B) NH\(NH) NKV\(kvHeads) T\(T) Tk\(Tk) hs\(hs)\(causal ? " causal" : "")\(masked ? " masked" : "")"
+                + (window > 0 ? " window \(window)" : "")
         }
     }
     static let attentionCases = [
@@ -212,6 +216,12 @@ struct KernelTests {
         AttentionCase(B: 2, NH: 5, T: 13, Tk: 13, hs: 6, causal: false, masked: true),  // BERT-style padding mask
         AttentionCase(B: 1, NH: 2, T: 33, Tk: 40, hs: 24, causal: false, masked: false),
         AttentionCase(B: 2, NH: 2, T: 45, Tk: 50, hs: 10, causal: true, masked: true),  // several causal row blocks
+        // Grouped-query attention: 9 query heads over 3 key/value heads (SmolLM2's ratio), multi-query, a window.
+        AttentionCase(B: 2, NH: 9, T: 37, Tk: 37, hs: 10, causal: true, masked: true, NKV: 3),
+        AttentionCase(B: 2, NH: 6, T: 3, Tk: 11, hs: 6, causal: true, masked: false, NKV: 1),  // decode on a cache
+        AttentionCase(B: 1, NH: 4, T: 5, Tk: 7, hs: 14, causal: false, masked: true, NKV: 2),
+        AttentionCase(B: 2, NH: 6, T: 41, Tk: 45, hs: 6, causal: true, masked: true, NKV: 2, window: 9),
+        AttentionCase(B: 1, NH: 2, T: 7, Tk: 7, hs: 4, causal: true, masked: false, window: 1),
     ]
 
     @Test(arguments: attentionCases)
@@ -229,10 +239,10 @@ struct KernelTests {
     }
 
     func checkAttention(_ c: AttentionCase, _ drop: UnsafePointer<rk_attention_dropout>?) {
-        let (B, NH, T, Tk, hs) = (c.B, c.NH, c.T, c.Tk, c.hs)
+        let (B, NH, NKV, T, Tk, hs) = (c.B, c.NH, c.kvHeads, c.T, c.Tk, c.hs)
         let q = randomFloats(B * NH * T * hs, seed: 51, scale: 2),
-            k = randomFloats(B * NH * Tk * hs, seed: 52, scale: 2)
-        let v = randomFloats(B * NH * Tk * hs, seed: 53), g = randomFloats(B * NH * T * hs, seed: 54)
+            k = randomFloats(B * NKV * Tk * hs, seed: 52, scale: 2)
+        let v = randomFloats(B * NKV * Tk * hs, seed: 53), g = randomFloats(B * NH * T * hs, seed: 54)
         // Batch 0 sees everything; later batches lose trailing keys; in the last batch every key is masked for
         // short sequences, so some rows see nothing.
         let mask: [Int32]? =
@@ -241,38 +251,42 @@ struct KernelTests {
         var out = [Float](repeating: 0, count: B * NH * T * hs), outr = out
         var lse = [Float](repeating: 0, count: B * NH * T), lser = lse
         var scratch = [Float](repeating: 0, count: 2 * T * Tk + T)
-        // Two calls over halves of the heads: the split must not matter.
-        let half = Int32(B * NH / 2)
+        let w = Int32(c.window), (nh, nkv) = (Int32(NH), Int32(NKV))
+        // Two calls over halves of the heads (backward: at a group boundary): the split must not matter.
+        let half = Int32(B * NH / 2), groupHalf = Int32((B * NKV / 2) * (NH / NKV))
         rk_attention_forward(
-            &out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop, 0,
+            &out, &lse, q, k, v, mask, Int32(B), nh, nkv, Int32(T), Int32(Tk), Int32(hs), scale, causal, off, w, drop, 0,
             half, &scratch)
         rk_attention_forward(
-            &out, &lse, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop,
+            &out, &lse, q, k, v, mask, Int32(B), nh, nkv, Int32(T), Int32(Tk), Int32(hs), scale, causal, off, w, drop,
             half, Int32(B * NH), &scratch)
         rk_attention_forward_ref(
-            &outr, &lser, q, k, v, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale, causal, off, drop)
+            &outr, &lser, q, k, v, mask, Int32(B), nh, nkv, Int32(T), Int32(Tk), Int32(hs), scale, causal, off, w, drop)
         expectClose(out, outr, atol: 1e-5, rtol: 1e-4, "attention out \(c.testDescription) dropout \(drop != nil)")
         expectClose(lse, lser, atol: 1e-5, rtol: 1e-5, "attention lse")
         var dq = randomFloats(q.count, seed: 55), dk = randomFloats(k.count, seed: 56),
             dv = randomFloats(v.count, seed: 57)
         var dqr = dq, dkr = dk, dvr = dv
         rk_attention_backward(
-            &dq, &dk, &dv, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
-            causal, off, drop, 0, Int32(B * NH), &scratch)
+            &dq, &dk, &dv, g, q, k, v, outr, lser, mask, Int32(B), nh, nkv, Int32(T), Int32(Tk), Int32(hs), scale,
+            causal, off, w, drop, 0, groupHalf, &scratch)
+        rk_attention_backward(
+            &dq, &dk, &dv, g, q, k, v, outr, lser, mask, Int32(B), nh, nkv, Int32(T), Int32(Tk), Int32(hs), scale,
+            causal, off, w, drop, groupHalf, Int32(B * NH), &scratch)
         rk_attention_backward_ref(
-            &dqr, &dkr, &dvr, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
-            causal, off, drop)
+            &dqr, &dkr, &dvr, g, q, k, v, outr, lser, mask, Int32(B), nh, nkv, Int32(T), Int32(Tk), Int32(hs), scale,
+            causal, off, w, drop)
         expectClose(dq, dqr, atol: 2e-5, rtol: 2e-4, "attention dq")
         expectClose(dk, dkr, atol: 2e-5, rtol: 2e-4, "attention dk")
         expectClose(dv, dvr, atol: 2e-5, rtol: 2e-4, "attention dv")
         // Only dv wanted (a frozen query/key path).
         var dv2 = [Float](repeating: 0, count: v.count), dv2r = dv2
         rk_attention_backward(
-            nil, nil, &dv2, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
-            causal, off, drop, 0, Int32(B * NH), &scratch)
+            nil, nil, &dv2, g, q, k, v, outr, lser, mask, Int32(B), nh, nkv, Int32(T), Int32(Tk), Int32(hs), scale,
+            causal, off, w, drop, 0, Int32(B * NH), &scratch)
         rk_attention_backward_ref(
-            nil, nil, &dv2r, g, q, k, v, outr, lser, mask, Int32(B), Int32(NH), Int32(T), Int32(Tk), Int32(hs), scale,
-            causal, off, drop)
+            nil, nil, &dv2r, g, q, k, v, outr, lser, mask, Int32(B), nh, nkv, Int32(T), Int32(Tk), Int32(hs), scale,
+            causal, off, w, drop)
         expectClose(dv2, dv2r, atol: 2e-5, rtol: 2e-4, "attention dv alone")
     }
 

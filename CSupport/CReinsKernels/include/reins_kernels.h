@@ -115,12 +115,15 @@ void rk_embedding_backward_ref(float *dtable, const float *dout, const int32_t *
 
 // ---------------------------------------------------------------------------------------------------------------
 // Scaled dot-product attention, heads already split.
-//   q (B,NH,T,hs), k and v (B,NH,Tk,hs), out (B,NH,T,hs), lse (B,NH,T) saved for backward.
-//   Tk may differ from T (key/value prefixes, KV cache). With causal != 0, query i sees key j only if
-//   j <= i + causal_offset (causal_offset = Tk - T for a cache or prefix). key_mask (B,Tk), nonzero = attend, may
-//   be NULL. A query row that sees no key gets out = 0 and lse = -inf.
-//   Only the heads bh in [bh_begin, bh_end) of the flattened B*NH are computed, so that the caller can spread
-//   heads over threads. scratch holds T*Tk floats per call (forward) and 2*T*Tk + T (backward).
+//   q (B,NH,T,hs), k and v (B,NKV,Tk,hs), out (B,NH,T,hs), lse (B,NH,T) saved for backward.
+//   Grouped-query attention: NKV divides NH and query head h reads key/value head h / (NH / NKV), in place (NKV = NH
+//   is multi-head attention, NKV = 1 multi-query). Tk may differ from T (key/value prefixes, KV cache). With
+//   causal != 0, query i sees key j only if j <= i + causal_offset (causal_offset = Tk - T for a cache or prefix) and,
+//   with a sliding window > 0 (Mistral), j > i + causal_offset - window; window 0 is none. key_mask (B,Tk), nonzero =
+//   attend, may be NULL. A query row that sees no key gets out = 0 and lse = -inf.
+//   Only the query heads bh in [bh_begin, bh_end) of the flattened B*NH are computed, so that the caller can spread
+//   heads over threads; backward adds a group's dK and dV from every head of the group, so its split points must be
+//   multiples of NH / NKV. scratch holds T*Tk floats per call (forward) and 2*T*Tk + T (backward).
 // The probabilities are not kept: backward recomputes them from lse, so memory is O(T) per head beyond the inputs.
 // Dropout on the attention probabilities (training): probability P_ij of head bh is kept iff
 // rk_uniform(seed, offset + (bh·T + i)·Tk + j) >= p, and kept ones are scaled by 1/(1-p); drop may be NULL (none).
@@ -130,20 +133,54 @@ typedef struct rk_attention_dropout {
     uint64_t seed, offset;
 } rk_attention_dropout;
 void rk_attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                          const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
-                          int causal, int causal_offset, const rk_attention_dropout *drop, int bh_begin, int bh_end,
-                          float *scratch);
+                          const int32_t *key_mask, int B, int NH, int NKV, int T, int Tk, int hs, float scale,
+                          int causal, int causal_offset, int window, const rk_attention_dropout *drop, int bh_begin,
+                          int bh_end, float *scratch);
 void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse, const int32_t *key_mask,
-                           int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset,
-                           const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch);
+                           int B, int NH, int NKV, int T, int Tk, int hs, float scale, int causal, int causal_offset,
+                           int window, const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch);
 void rk_attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
-                              const int32_t *key_mask, int B, int NH, int T, int Tk, int hs, float scale,
-                              int causal, int causal_offset, const rk_attention_dropout *drop);
+                              const int32_t *key_mask, int B, int NH, int NKV, int T, int Tk, int hs, float scale,
+                              int causal, int causal_offset, int window, const rk_attention_dropout *drop);
 void rk_attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                const float *v, const float *out, const float *lse, const int32_t *key_mask,
-                               int B, int NH, int T, int Tk, int hs, float scale, int causal, int causal_offset,
-                               const rk_attention_dropout *drop);
+                               int B, int NH, int NKV, int T, int Tk, int hs, float scale, int causal,
+                               int causal_offset, int window, const rk_attention_dropout *drop);
+
+// ---------------------------------------------------------------------------------------------------------------
+// RMSNorm over the last axis (Zhang & Sennrich, arXiv 1910.07467; Llama): out (N,C) = inp · rstd · weight with
+// rstd = 1/√(mean(inp²) + eps), saved per row (N). weight may be NULL (1).
+void rk_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void rk_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                         const float *rstd, int N, int C);
+void rk_rmsnorm_forward_ref(float *out, float *rstd, const float *inp, const float *weight, int N, int C, float eps);
+void rk_rmsnorm_backward_ref(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                             const float *rstd, int N, int C);
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rotary position embeddings (Su et al., arXiv 2104.09864) in the "rotate half" layout of Hugging Face's Llama, fused
+// with splitting heads: inp (B,T,NH,hs) — a projection's output — to out (B,NH,T,hs). With h = hs/2 and d < h:
+//   out[d] = x[d]·cos[d] - x[d+h]·sin[d];  out[d+h] = x[d+h]·cos[d] + x[d]·sin[d]
+// cos and sin (B,T,h) hold each row's angles (positions · inverse frequencies), so left padding, KV-cache offsets
+// and frequency scaling are the caller's. hs must be even. Backward applies the transposed rotation and adds into
+// dinp (B,T,NH,hs).
+void rk_rope_forward(float *out, const float *inp, const float *cos, const float *sin, int B, int T, int NH, int hs);
+void rk_rope_backward(float *dinp, const float *dout, const float *cos, const float *sin, int B, int T, int NH,
+                      int hs);
+void rk_rope_forward_ref(float *out, const float *inp, const float *cos, const float *sin, int B, int T, int NH,
+                         int hs);
+void rk_rope_backward_ref(float *dinp, const float *dout, const float *cos, const float *sin, int B, int T, int NH,
+                          int hs);
+
+// ---------------------------------------------------------------------------------------------------------------
+// SwiGLU (Shazeer, arXiv 2002.05202): out = silu(gate) ⊙ up with silu(x) = x·σ(x), over n elements; with up NULL,
+// plain SiLU. Backward adds into dgate and dup (either may be NULL):
+//   dgate += dout·up·σ(g)·(1 + g·(1 - σ(g)));  dup += dout·silu(g)
+void rk_swiglu_forward(float *out, const float *gate, const float *up, size_t n);
+void rk_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
+void rk_swiglu_forward_ref(float *out, const float *gate, const float *up, size_t n);
+void rk_swiglu_backward_ref(float *dgate, float *dup, const float *dout, const float *gate, const float *up, size_t n);
 
 // ---------------------------------------------------------------------------------------------------------------
 // LoRA linear (arXiv 2106.09685): out (N,OC) = inp (N,C)·Wᵀ + bias + scale · (inp·Aᵀ)·Bᵀ with A (r,C), B (OC,r).
