@@ -28,6 +28,13 @@ struct InfoCommand: ParsableCommand {
         case let .bertTokenClassification(x):
             print(bertSummary("BertForTokenClassification", x.bert.config) + ", labels \(x.classifier.outputs)")
         case let .bertQuestionAnswering(x): print(bertSummary("BertForQuestionAnswering", x.bert.config))
+        case let .llama(x): print(llamaSummary("LlamaModel", x.config))
+        case let .llamaCausalLM(x):
+            print(
+                llamaSummary("LlamaForCausalLM", x.model.config)
+                    + (x.model.config.tieWordEmbeddings ? ", output tied to the embeddings" : ", untied output layer"))
+        case let .llamaSequenceClassification(x):
+            print(llamaSummary("LlamaForSequenceClassification", x.model.config) + ", labels \(x.score.outputs)")
         }
         print(String(format: "loaded in %.1f ms", elapsed))
         print(
@@ -37,6 +44,18 @@ struct InfoCommand: ParsableCommand {
 
     func gpt2Summary(_ name: String, _ c: GPT2Config) -> String {
         "architecture: \(name) (GPT-2, causal, pre-LN)\nlayers \(c.layers), hidden \(c.hidden), heads \(c.heads) (head size \(c.hidden / c.heads)), feed-forward \(c.inner), vocabulary \(c.vocabularySize), positions \(c.positions)"
+    }
+
+    func llamaSummary(_ name: String, _ c: LlamaConfig) -> String {
+        let attention =
+            c.keyValueHeads == c.heads
+            ? "\(c.heads) heads" : "\(c.heads) query heads, \(c.keyValueHeads) key/value heads (grouped-query)"
+        let rope =
+            "rotary θ \(c.ropeTheta)"
+            + (c.ropeScaling.map { if case .linear = $0 { ", linear scaling" } else { ", llama3 scaling" } } ?? "")
+        return
+            "architecture: \(name) (\(c.modelType), causal, pre-RMSNorm, SwiGLU)\nlayers \(c.layers), hidden \(c.hidden), \(attention), head size \(c.headSize), feed-forward \(c.intermediate), vocabulary \(c.vocabularySize), positions \(c.positions), \(rope)"
+            + (c.slidingWindow.map { ", sliding window \($0)" } ?? "") + (c.qkvBias ? ", q/k/v bias" : "")
     }
 
     func bertSummary(_ name: String, _ c: BertConfig) -> String {
@@ -99,6 +118,9 @@ struct LogitsCommand: ParsableCommand {
                         ids, attentionMask: mask, tokenTypeIDs: types, includingPrompt: true)
                     outputs["start_logits"] = start
                     outputs["end_logits"] = end
+                case let .llama(m): outputs["last_hidden_state"] = try m.hiddenStates(ids, attentionMask: mask)
+                case let .llamaCausalLM(m): outputs["logits"] = try m.logits(ids, attentionMask: mask)
+                case let .llamaSequenceClassification(m): outputs["logits"] = try m.logits(ids, attentionMask: mask)
                 }
             }
         }
@@ -126,12 +148,13 @@ struct TokenizeCommand: ParsableCommand {
     }
 }
 
-/// `reins generate`: continue a prompt with a GPT-2 language model.
+/// `reins generate`: continue a prompt with a causal language model.
 struct GenerateCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "generate", abstract: "Continue a prompt with a GPT-2 language model (KV cache).")
+        commandName: "generate",
+        abstract: "Continue a prompt with a causal language model: GPT-2 or a Llama-family decoder (KV cache).")
 
-    @Option(help: "A GPT2LMHeadModel directory.") var model: String
+    @Option(help: "A GPT2LMHeadModel or Llama/Qwen2/Mistral ForCausalLM directory.") var model: String
     @Option(help: "The prompt text (needs tokenizer files in the model directory).") var prompt: String?
     @Option(help: "The prompt as comma-separated token ids, e.g. 5,17,42.") var promptIds: String?
     @Option(help: "How many tokens to add.") var maxNewTokens: Int = 20
@@ -163,8 +186,7 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let dir = URL(fileURLWithPath: model)
-        guard case let .gpt2LMHead(lm) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel")
-        else { return }
+        let lm = try loadCausalLanguageModel(dir)
         if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: lm) }
         let tokenizer = try tokenizerFile(in: dir).map { try AnyTokenizer(file: $0) }
         let ids: [Int32]
@@ -186,12 +208,13 @@ struct GenerateCommand: ParsableCommand {
             throw ValidationError("give --prompt or --prompt-ids")
         }
         var stops = Set(stopId)
+        if stops.isEmpty, let llama = lm as? LlamaForCausalLM { stops.formUnion(llama.model.config.eosTokenIDs.map(Int32.init)) }
         if stops.isEmpty, case let .bpe(t)? = tokenizer, let eot = t.endOfText { stops.insert(eot) }
         let sampling = !greedy && (temperature != nil || topK != nil || topP != nil)
         let options = GenerationOptions(
             maxNewTokens: maxNewTokens, greedy: !sampling, temperature: temperature ?? 1, topK: topK, topP: topP,
             repetitionPenalty: repetitionPenalty, seed: seed, stopTokens: stops,
-            padID: lm.transformer.config.padTokenID.map(Int32.init) ?? 0)
+            padID: lm.padTokenID.map(Int32.init) ?? 0)
         let out = try lm.generate(prompts: [ids], options: options)[0]
         if let tokenizer { print(tokenizer.decode(out)) }
         if printIds || tokenizer == nil { print("[" + out.map(String.init).joined(separator: ", ") + "]") }
@@ -262,5 +285,22 @@ struct EmbedCommand: ParsableCommand {
             if lines.count == batchSize { try flush() }
         }
         try flush()
+    }
+}
+
+/// The causal language model in a directory: GPT-2's LM head model, or a Llama-family `ForCausalLM`.
+func loadCausalLanguageModel(_ dir: URL) throws -> any CausalLanguageModel {
+    let config = try Checkpoint.readJSON(dir.appendingPathComponent("config.json"))
+    switch config["model_type"] as? String {
+    case "llama", "qwen2", "mistral":
+        let family = ["llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"][config["model_type"] as! String]!
+        guard case let .llamaCausalLM(m) = try PretrainedModel.load(directory: dir, architecture: "\(family)ForCausalLM")
+        else { throw ValidationError("\(dir.path) is not a causal language model") }
+        return m
+    default:
+        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else {
+            throw ValidationError("\(dir.path) is not a causal language model")
+        }
+        return m
     }
 }

@@ -26,9 +26,9 @@ extension PEFTAdapter {
     /// PEFT prefix tuning: one tensor `prompt_embeddings` `[P, layers · 2 · hidden]`.
     static func loadPrefix(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
         guard let host = model.encoderShape else {
-            throw ModelError.badInput("prefix tuning needs a GPT-2 or BERT model")
+            throw ModelError.badInput("prefix tuning needs a model with transformer blocks (GPT-2, BERT, Llama)")
         }
-        let (layers, hidden) = (host.layers, host.hidden)
+        let (layers, hidden) = (host.layers, host.prefixWidth)
         // With prefix_projection PEFT trains the prefixes through an MLP but saves what it produces, the same tensor.
         let (embeddings, installHeads) = try promptLearningTensors(directory: directory, into: model, name: name)
         if let n = try config.optionalInt("num_layers"), n != layers {
@@ -46,7 +46,8 @@ extension PEFTAdapter {
         }
         do {
             let prefix = try Prefix(
-                Parameter("prompt_embeddings", embeddings), layers: host.layers, hidden: host.hidden, heads: host.heads)
+                Parameter("prompt_embeddings", embeddings), layers: host.layers, hidden: host.prefixWidth,
+                heads: host.prefixHeads)
             host.prefixes.add(name, prefix)
         } catch let ModelError.badInput(detail) {
             throw ModelError.checkpointMismatch(missing: [], unexpected: [], misshaped: [detail])
@@ -58,7 +59,7 @@ extension PEFTAdapter {
     /// models), and heads saved with it.
     static func loadPrompt(directory: URL, config: ConfigReader, into model: any Module, name: String) throws {
         guard let shape = model.encoderShape else {
-            throw ModelError.badInput("prompt tuning needs a GPT-2 or BERT model")
+            throw ModelError.badInput("prompt tuning needs a model with transformer blocks (GPT-2, BERT, Llama)")
         }
         let (embeddings, installHeads) = try promptLearningTensors(directory: directory, into: model, name: name)
         guard embeddings.rank == 2, embeddings.shape[0] > 0, embeddings.shape[1] == shape.hidden else {
@@ -93,7 +94,7 @@ extension PEFTAdapter {
         let prefixOwner = model.encoderShape.flatMap {
             host -> (prefix: Prefix, layers: Int, hidden: Int, heads: Int)? in
             guard let p = host.prefixes.members[name] ?? host.prefixes.current else { return nil }
-            return (p, host.layers, host.hidden, host.heads)
+            return (p, host.layers, host.prefixWidth, host.prefixHeads)
         }
         guard let owner = prefixOwner else { return nil }
         var part = PEFTPart()

@@ -62,6 +62,8 @@ extension LoRAConfig: Equatable {
 /// The encoder sizes adapters are built from.
 struct EncoderShape {
     let hidden: Int, intermediate: Int, layers: Int, heads: Int
+    /// Each layer's prefix width and heads (the key/value heads' under grouped-query attention).
+    let prefixWidth: Int, prefixHeads: Int
     let prefixes: PrefixSet
     let prompts: PromptSet
 }
@@ -72,9 +74,10 @@ extension Module {
     var encoderShape: EncoderShape? {
         for m in [self as any Module] + namedModules().map(\.module) {
             guard let host = m as? any VirtualTokenHost else { continue }
-            let s = host.virtualTokenShape
+            let s = host.virtualTokenShape, p = host.prefixShape
             return EncoderShape(
                 hidden: s.hidden, intermediate: host.feedForwardSize, layers: s.layers, heads: s.heads,
+                prefixWidth: p.width, prefixHeads: p.heads,
                 prefixes: host.prefixes, prompts: host.prompts)
         }
         return nil
@@ -129,15 +132,17 @@ extension Module {
                 let prefix: Prefix
                 if let m = projection {
                     prefix = try Prefix(
-                        reparameterizedLength: length, encoderHidden: m, layers: shape.layers, hidden: shape.hidden,
-                        heads: shape.heads, seed: seed)
+                        reparameterizedLength: length, encoderHidden: m, layers: shape.layers,
+                        hidden: shape.prefixWidth, heads: shape.prefixHeads, seed: seed)
                 } else {
-                    let values = try Tensor.normal([length, shape.layers * 2 * shape.hidden], std: 0.02, seed: seed)
+                    let values = try Tensor.normal(
+                        [length, shape.layers * 2 * shape.prefixWidth], std: 0.02, seed: seed)
                     prefix = try Prefix(
-                        Parameter("prompt_embeddings", values), layers: shape.layers, hidden: shape.hidden,
-                        heads: shape.heads)
+                        Parameter("prompt_embeddings", values), layers: shape.layers, hidden: shape.prefixWidth,
+                        heads: shape.prefixHeads)
                 }
-                try shape.prefixes.add(name, prefix, layers: shape.layers, hidden: shape.hidden, heads: shape.heads)
+                try shape.prefixes.add(
+                    name, prefix, layers: shape.layers, hidden: shape.prefixWidth, heads: shape.prefixHeads)
             case let .promptTuning(length):
                 let shape = try shape()
                 guard length > 0 else {

@@ -28,6 +28,16 @@ public protocol VirtualTokenHost: AnyObject {
     var feedForwardSize: Int { get }
     /// Hugging Face's `model_type` (`gpt2`, `bert`): the key of the default-target tables (``AdapterDefaults``).
     var modelType: String { get }
+    /// Layers, width and heads of each layer's key/value prefix: the model's width and heads, except under
+    /// grouped-query attention, where PEFT builds prefixes for the key/value heads only.
+    var prefixShape: (layers: Int, width: Int, heads: Int) { get }
+}
+
+extension VirtualTokenHost {
+    public var prefixShape: (layers: Int, width: Int, heads: Int) {
+        let s = virtualTokenShape
+        return (s.layers, s.hidden, s.heads)
+    }
 }
 
 extension GPT2Model { public var modelType: String { "gpt2" } }
@@ -57,14 +67,14 @@ extension VirtualTokenHost {
     /// Attaches learned prefixes `[P, layers · 2 · C]` under `name` (replacing one of that name) and activates them.
     /// - Throws: ``ModelError/badInput(_:)`` for another shape.
     public func attachPrefix(_ embeddings: Parameter, name: String = "default") throws {
-        let s = virtualTokenShape
-        prefixes.add(name, try Prefix(embeddings, layers: s.layers, hidden: s.hidden, heads: s.heads))
+        let s = prefixShape
+        prefixes.add(name, try Prefix(embeddings, layers: s.layers, hidden: s.width, heads: s.heads))
     }
 
     /// Attaches a prefix (for example one built with an MLP reparameterisation) under `name` and activates it.
     public func attach(_ prefix: Prefix, name: String = "default") throws {
-        let s = virtualTokenShape
-        try prefixes.add(name, prefix, layers: s.layers, hidden: s.hidden, heads: s.heads)
+        let s = prefixShape
+        try prefixes.add(name, prefix, layers: s.layers, hidden: s.width, heads: s.heads)
     }
 
     /// Removes the prefix `name` (every prefix when `nil`).

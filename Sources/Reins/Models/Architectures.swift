@@ -11,6 +11,10 @@ public enum PretrainedModel {
     case bertSequenceClassification(BertForSequenceClassification)
     case bertTokenClassification(BertForTokenClassification)
     case bertQuestionAnswering(BertForQuestionAnswering)
+    /// Llama, Qwen2, Mistral and SmolLM2 checkpoints (`LlamaForCausalLM`, `Qwen2ForCausalLM`, `MistralForCausalLM`).
+    case llama(LlamaModel)
+    case llamaCausalLM(LlamaForCausalLM)
+    case llamaSequenceClassification(LlamaForSequenceClassification)
 
     /// The model as a ``Module`` (parameters, freezing, saving).
     public var module: any Module {
@@ -23,6 +27,9 @@ public enum PretrainedModel {
         case let .bertSequenceClassification(m): return m
         case let .bertTokenClassification(m): return m
         case let .bertQuestionAnswering(m): return m
+        case let .llama(m): return m
+        case let .llamaCausalLM(m): return m
+        case let .llamaSequenceClassification(m): return m
         }
     }
 
@@ -40,9 +47,27 @@ public enum PretrainedModel {
         heads.ignoredPrefixes = ["pooler.", "cls."]
         classifier.ignoredPrefixes = ["cls."]
         gpt2Classifier.ignoredPrefixes = ["lm_head."]
+        // Llama-family checkpoints: the base under `model.`; very old ones also store the rotary inverse frequencies.
+        let llama = LoadOptions(basePrefix: "model", ignoredSuffixes: ["rotary_emb.inv_freq"])
+        var llamaClassifier = llama
+        llamaClassifier.ignoredPrefixes = ["lm_head."]
+        let llamaCount: Counter = { try LlamaConfig(json: $0, path: $1).parameterCount }
         let gpt2Count: Counter = { try GPT2Config(json: $0, path: $1).parameterCount }
         let bertCount: Counter = { try BertConfig(json: $0, path: $1).parameterCount }
-        return [
+        var rows: [String: (build: Builder, count: Counter, options: LoadOptions)] = [:]
+        for family in ["Llama", "Qwen2", "Mistral"] {
+            rows["\(family)Model"] = ({ .llama(try LlamaModel(try LlamaConfig(json: $0, path: $1))) }, llamaCount, llama)
+            rows["\(family)ForCausalLM"] = (
+                { .llamaCausalLM(try LlamaForCausalLM(try LlamaConfig(json: $0, path: $1))) }, llamaCount, llama
+            )
+            rows["\(family)ForSequenceClassification"] = (
+                {
+                    .llamaSequenceClassification(
+                        try LlamaForSequenceClassification(try LlamaConfig(json: $0, path: $1)))
+                }, llamaCount, llamaClassifier
+            )
+        }
+        let others: [String: (build: Builder, count: Counter, options: LoadOptions)] = [
             "GPT2Model": ({ .gpt2(try GPT2Model(try GPT2Config(json: $0, path: $1))) }, gpt2Count, gpt2),
             "GPT2LMHeadModel": (
                 { .gpt2LMHead(try GPT2LMHeadModel(try GPT2Config(json: $0, path: $1))) }, gpt2Count, gpt2
@@ -68,6 +93,7 @@ public enum PretrainedModel {
                 heads
             ),
         ]
+        return rows.merging(others) { a, _ in a }
     }
 
     /// The architecture names Reins can build.
@@ -90,7 +116,10 @@ public enum PretrainedModel {
         let configPath = directory.appendingPathComponent("config.json").path
         // The config's `architectures`, else its `model_type` (gpt2: the LM head model, whose head is tied and so
         // needs no extra tensor; bert: the bare model).
-        let byType = ["gpt2": "GPT2LMHeadModel", "bert": "BertModel"]
+        let byType = [
+            "gpt2": "GPT2LMHeadModel", "bert": "BertModel", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+            "mistral": "MistralForCausalLM",
+        ]
         let name =
             architecture ?? ConfigReader(json: checkpoint.config, path: configPath).architectures.first
             ?? (checkpoint.config["model_type"] as? String).flatMap { byType[$0] } ?? ""
@@ -119,8 +148,11 @@ extension PretrainedModel {
         let config = try Checkpoint.readJSON(directory.appendingPathComponent("config.json"))
         let adapterConfig = (try? Checkpoint.readJSON(adapter.appendingPathComponent("adapter_config.json"))) ?? [:]
         let isGPT2 = config["model_type"] as? String == "gpt2"
+        let llamaFamily = ["llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"][config["model_type"] as? String ?? ""]
         let wanted: (architecture: String, head: String)?
         switch adapterConfig["task_type"] as? String {
+        case "SEQ_CLS" where llamaFamily != nil: wanted = ("\(llamaFamily!)ForSequenceClassification", "score")
+        case "CAUSAL_LM" where llamaFamily != nil: wanted = ("\(llamaFamily!)ForCausalLM", "lm_head")
         case "SEQ_CLS":
             wanted =
                 isGPT2 ? ("GPT2ForSequenceClassification", "score") : ("BertForSequenceClassification", "classifier")
@@ -149,7 +181,7 @@ extension PretrainedModel {
             }
             overrides["num_labels"] = labels
             // GPT-2 checkpoints carry no pad token; PEFT users set the end-of-text token, as Reins's trainer does.
-            if isGPT2, config["pad_token_id"] == nil || config["pad_token_id"] is NSNull,
+            if isGPT2 || llamaFamily != nil, config["pad_token_id"] == nil || config["pad_token_id"] is NSNull,
                 let eos = config["eos_token_id"] as? Int
             {
                 overrides["pad_token_id"] = eos

@@ -10,10 +10,10 @@ public struct TokenSequence: Sendable, Equatable {
     public init(ids: [Int32], promptLength: Int = 0) { (self.ids, self.promptLength) = (ids, promptLength) }
 }
 
-/// Causal language modelling on GPT-2: next-token cross-entropy over the non-prompt, non-padding tokens; evaluated by
+/// Causal language modelling on a decoder (GPT-2, Llama family): next-token cross-entropy over the non-prompt, non-padding tokens; evaluated by
 /// perplexity.
 public final class CausalLMTask: TrainingTask {
-    public let languageModel: GPT2LMHeadModel
+    public let languageModel: any CausalLanguageModel
     public var model: any Module { languageModel }
     let train: [TokenSequence], evaluation: [TokenSequence]
     let padID: Int32
@@ -27,7 +27,7 @@ public final class CausalLMTask: TrainingTask {
     public var stopTokens: Set<Int32> = []
 
     /// - Throws: ``ModelError/badInput(_:)`` for an empty sequence or a prompt as long as its sequence (no token to learn).
-    public init(model: GPT2LMHeadModel, train: [TokenSequence], evaluation: [TokenSequence], padID: Int32) throws {
+    public init(model: any CausalLanguageModel, train: [TokenSequence], evaluation: [TokenSequence], padID: Int32) throws {
         for (name, set) in [("training", train), ("evaluation", evaluation)] {
             if let i = set.firstIndex(where: {
                 $0.ids.count < 2 || $0.promptLength >= $0.ids.count || $0.promptLength < 0

@@ -411,31 +411,6 @@ public final class GPT2LMHeadModel: Module {
             ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache)
         return try lmHead(h)
     }
-
-    /// The causal-LM loss: mean cross-entropy of the logits at position t against `labels` at t + 1 (labels equal to
-    /// -100 are skipped; by default the labels are the input ids).
-    public func loss(_ ids: IntTensor, labels: IntTensor? = nil, attentionMask: IntTensor? = nil) throws -> Tensor {
-        let labels = labels ?? ids
-        guard labels.shape == ids.shape else {
-            throw ModelError.badInput("labels \(labels.shape) do not match input ids \(ids.shape)")
-        }
-        guard ids.shape.count == 2 else {
-            throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
-        }
-        let (B, T) = (ids.shape[0], ids.shape[1])
-        // With Q prompt vectors the last of them predicts the first token (as PEFT, whose prompt labels are -100).
-        let Q = transformer.promptLength
-        guard B > 0, T + (Q > 0 ? 1 : 0) >= 2 else {
-            throw ModelError.badInput(
-                "the causal-LM loss needs a batch of sequences of at least 2 tokens (one to predict from, one to predict), got \(ids.shape)"
-            )
-        }
-        let logits = try self.logits(ids, attentionMask: attentionMask)
-        let shifted = try logits.slice(axis: 1, (Q > 0 ? Q - 1 : 0)..<(Q + T - 1))
-        var targets: [Int32] = []
-        for b in 0..<B { targets += labels.values[(b * T + (Q > 0 ? 0 : 1))..<((b + 1) * T)] }
-        return try Tensor.crossEntropy(logits: shifted, targets: IntTensor(targets))
-    }
 }
 
 /// GPT-2 with a sequence-classification head: the score of the last non-padding token.

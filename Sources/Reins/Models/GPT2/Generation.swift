@@ -38,7 +38,82 @@ public struct GenerationOptions: Sendable {
     }
 }
 
-extension GPT2LMHeadModel {
+/// A decoder with a language-model head: what generation, the causal-LM loss and causal-LM training need (GPT-2 and
+/// the Llama family).
+public protocol CausalLanguageModel: Module {
+    /// The final hidden states `[B, T, C]` (with prompt tuning, `[B, P + T, C]` on the first pass).
+    func decoderStates(_ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, cache: KVCache?) throws
+        -> Tensor
+    /// Vocabulary logits for hidden states `[..., C]`.
+    func outputLogits(_ hidden: Tensor) throws -> Tensor
+    var vocabularySize: Int { get }
+    var layerCount: Int { get }
+    /// The most positions the model embeds (`nil`: no position table, as with rotary embeddings).
+    var positionLimit: Int? { get }
+    /// Virtual tokens before the real ones: prefix and prompt.
+    var virtualTokenCount: Int { get }
+    /// Prompt-tuning vectors, which come first in the outputs.
+    var promptTokenCount: Int { get }
+    /// The config's `pad_token_id`, if any.
+    var padTokenID: Int? { get }
+}
+
+extension GPT2LMHeadModel: CausalLanguageModel {
+    public func decoderStates(_ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, cache: KVCache?)
+        throws -> Tensor
+    {
+        try transformer.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs, cache: cache)
+    }
+    public func outputLogits(_ hidden: Tensor) throws -> Tensor { try lmHead(hidden) }
+    public var vocabularySize: Int { transformer.config.vocabularySize }
+    public var layerCount: Int { transformer.config.layers }
+    public var positionLimit: Int? { transformer.config.positions }
+    public var virtualTokenCount: Int { transformer.virtualLength }
+    public var promptTokenCount: Int { transformer.promptLength }
+    public var padTokenID: Int? { transformer.config.padTokenID }
+}
+
+extension LlamaForCausalLM: CausalLanguageModel {
+    public func decoderStates(_ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, cache: KVCache?)
+        throws -> Tensor
+    {
+        try model.hiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs, cache: cache)
+    }
+    public func outputLogits(_ hidden: Tensor) throws -> Tensor { try lmHead(hidden) }
+    public var vocabularySize: Int { model.config.vocabularySize }
+    public var layerCount: Int { model.config.layers }
+    public var positionLimit: Int? { nil }
+    public var virtualTokenCount: Int { model.virtualLength }
+    public var promptTokenCount: Int { model.promptLength }
+    public var padTokenID: Int? { model.config.padTokenID }
+}
+
+extension CausalLanguageModel {
+    /// The causal-LM loss: mean cross-entropy of the logits at position t against `labels` at t + 1 (labels equal to
+    /// -100 are skipped; by default the labels are the input ids).
+    public func loss(_ ids: IntTensor, labels: IntTensor? = nil, attentionMask: IntTensor? = nil) throws -> Tensor {
+        let labels = labels ?? ids
+        guard labels.shape == ids.shape else {
+            throw ModelError.badInput("labels \(labels.shape) do not match input ids \(ids.shape)")
+        }
+        guard ids.shape.count == 2 else {
+            throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
+        }
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        // With Q prompt vectors the last of them predicts the first token (as PEFT, whose prompt labels are -100).
+        let Q = promptTokenCount
+        guard B > 0, T + (Q > 0 ? 1 : 0) >= 2 else {
+            throw ModelError.badInput(
+                "the causal-LM loss needs a batch of sequences of at least 2 tokens (one to predict from, one to predict), got \(ids.shape)"
+            )
+        }
+        let h = try decoderStates(ids, attentionMask: attentionMask, positionIDs: nil, cache: nil)
+        let logits = try outputLogits(h.slice(axis: 1, (Q > 0 ? Q - 1 : 0)..<(Q + T - 1)))
+        var targets: [Int32] = []
+        for b in 0..<B { targets += labels.values[(b * T + (Q > 0 ? 0 : 1))..<((b + 1) * T)] }
+        return try Tensor.crossEntropy(logits: logits, targets: IntTensor(targets))
+    }
+
     /// Continues each prompt, feeding only new tokens through the model (a KV cache keeps earlier keys and values).
     ///
     /// Prompts of different lengths are left-padded and masked; positions count real tokens only, so a padded prompt
@@ -47,7 +122,6 @@ extension GPT2LMHeadModel {
     /// - Returns: each prompt followed by its new tokens (without padding; a stop token, if emitted, is the last).
     /// - Throws: ``ModelError`` if a prompt is empty, an id is out of range, or prompt + new tokens exceed the positions.
     public func generate(prompts: [[Int32]], options: GenerationOptions = GenerationOptions()) throws -> [[Int32]] {
-        let config = transformer.config
         guard !prompts.isEmpty, prompts.allSatisfy({ !$0.isEmpty }) else {
             throw ModelError.badInput("every prompt needs at least one token")
         }
@@ -66,11 +140,13 @@ extension GPT2LMHeadModel {
             throw ModelError.badInput("repetitionPenalty must be positive and finite, got \(options.repetitionPenalty)")
         }
         let B = prompts.count, L = prompts.map(\.count).max()!
-        let P = transformer.virtualLength
-        // Compared by subtraction: maxNewTokens is the caller's and may be as large as Int.max.
-        guard options.maxNewTokens <= config.positions - P - L else {
+        let P = virtualTokenCount
+        // Compared by subtraction: maxNewTokens is the caller's and may be as large as Int.max. Without a position
+        // table the bound is what 32-bit positions can count.
+        let limit = positionLimit ?? Int(Int32.max)
+        guard options.maxNewTokens <= limit - P - L else {
             let (total, overflow) = (P + L).addingReportingOverflow(options.maxNewTokens)
-            throw ModelError.sequenceTooLong(length: overflow ? Int.max : total, maximum: config.positions)
+            throw ModelError.sequenceTooLong(length: overflow ? Int.max : total, maximum: limit)
         }
         var ids: [Int32] = [], mask: [Int32] = [], positions: [Int32] = []
         for p in prompts {
@@ -82,22 +158,22 @@ extension GPT2LMHeadModel {
         var sequences = prompts, finished = [Bool](repeating: false, count: B)
         var nextPosition = prompts.map { Int32($0.count) }
         var rng = SeededGenerator(seed: options.seed)
-        let cache = KVCache(layers: config.layers)
+        let cache = KVCache(layers: layerCount)
         try Autograd.withoutGradients {
             // The prompt in one pass; only its last position needs vocabulary logits.
-            let h = try transformer.hiddenStates(
+            let h = try decoderStates(
                 try IntTensor(shape: [B, L], values: ids), attentionMask: try IntTensor(shape: [B, L], values: mask),
                 positionIDs: try IntTensor(shape: [B, L], values: positions), cache: cache)
             let last = h.shape[1] - 1  // prompt vectors, if any, come first
-            var logits = try lmHead(try h.slice(axis: 1, last..<(last + 1)))
+            var logits = try outputLogits(try h.slice(axis: 1, last..<(last + 1)))
             var rows = Array(0..<B)
             for _ in 0..<options.maxNewTokens {
-                let V = config.vocabularySize
+                let V = vocabularySize
                 var next = [Int32](repeating: options.padID, count: B)
                 logits.withUnsafeBufferPointer { all in
                     for b in 0..<B where !finished[b] {
                         var row = Array(all[(rows[b] * V)..<((rows[b] + 1) * V)])
-                        next[b] = Self.pick(&row, history: sequences[b], options: options, rng: &rng)
+                        next[b] = pickToken(&row, history: sequences[b], options: options, rng: &rng)
                     }
                 }
                 for b in 0..<B where !finished[b] {
@@ -109,53 +185,54 @@ extension GPT2LMHeadModel {
                 let past = cache.length - P  // the mask covers tokens, not the prefix or prompt
                 for b in 0..<B { fullMask += mask[(b * past)..<((b + 1) * past)] + [1] }
                 mask = fullMask
-                logits = try self.logits(
-                    try IntTensor(shape: [B, 1], values: next),
-                    attentionMask: try IntTensor(shape: [B, past + 1], values: mask),
-                    positionIDs: try IntTensor(shape: [B, 1], values: nextPosition), cache: cache)
+                logits = try outputLogits(
+                    decoderStates(
+                        try IntTensor(shape: [B, 1], values: next),
+                        attentionMask: try IntTensor(shape: [B, past + 1], values: mask),
+                        positionIDs: try IntTensor(shape: [B, 1], values: nextPosition), cache: cache))
                 nextPosition = nextPosition.map { $0 + 1 }
                 rows = Array(0..<B)
             }
         }
         return sequences
     }
+}
 
-    /// One next token from one row of logits.
-    static func pick(_ logits: inout [Float], history: [Int32], options: GenerationOptions, rng: inout SeededGenerator)
-        -> Int32
-    {
-        if options.repetitionPenalty != 1 {
-            for id in Set(history) where Int(id) < logits.count && id >= 0 {
-                let l = logits[Int(id)]
-                logits[Int(id)] = l < 0 ? l * options.repetitionPenalty : l / options.repetitionPenalty
-            }
+/// One next token from one row of logits.
+func pickToken(_ logits: inout [Float], history: [Int32], options: GenerationOptions, rng: inout SeededGenerator)
+    -> Int32
+{
+    if options.repetitionPenalty != 1 {
+        for id in Set(history) where Int(id) < logits.count && id >= 0 {
+            let l = logits[Int(id)]
+            logits[Int(id)] = l < 0 ? l * options.repetitionPenalty : l / options.repetitionPenalty
         }
-        if options.greedy {
-            var best = 0
-            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
-            return Int32(best)
-        }
-        for i in logits.indices { logits[i] /= options.temperature }
-        var order = Array(logits.indices).sorted { logits[$0] > logits[$1] }
-        if let k = options.topK, k > 0, k < order.count { order = Array(order.prefix(k)) }
-        let top = logits[order[0]]
-        var probabilities = order.map { Foundation.exp(Double(logits[$0] - top)) }
-        let total = probabilities.reduce(0, +)
-        probabilities = probabilities.map { $0 / total }
-        if let p = options.topP, p < 1 {
-            // Keep the most likely tokens until their mass reaches p (always at least one).
-            var mass = 0.0, keep = 0
-            while keep < probabilities.count && (keep == 0 || mass < Double(p)) {
-                mass += probabilities[keep]; keep += 1
-            }
-            order = Array(order.prefix(keep))
-            probabilities = Array(probabilities.prefix(keep)).map { $0 / mass }
-        }
-        var u = Double(rng.nextUniform()), chosen = order.last!
-        for (id, q) in zip(order, probabilities) {
-            u -= q
-            if u < 0 { chosen = id; break }
-        }
-        return Int32(chosen)
     }
+    if options.greedy {
+        var best = 0
+        for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+        return Int32(best)
+    }
+    for i in logits.indices { logits[i] /= options.temperature }
+    var order = Array(logits.indices).sorted { logits[$0] > logits[$1] }
+    if let k = options.topK, k > 0, k < order.count { order = Array(order.prefix(k)) }
+    let top = logits[order[0]]
+    var probabilities = order.map { Foundation.exp(Double(logits[$0] - top)) }
+    let total = probabilities.reduce(0, +)
+    probabilities = probabilities.map { $0 / total }
+    if let p = options.topP, p < 1 {
+        // Keep the most likely tokens until their mass reaches p (always at least one).
+        var mass = 0.0, keep = 0
+        while keep < probabilities.count && (keep == 0 || mass < Double(p)) {
+            mass += probabilities[keep]; keep += 1
+        }
+        order = Array(order.prefix(keep))
+        probabilities = Array(probabilities.prefix(keep)).map { $0 / mass }
+    }
+    var u = Double(rng.nextUniform()), chosen = order.last!
+    for (id, q) in zip(order, probabilities) {
+        u -= q
+        if u < 0 { chosen = id; break }
+    }
+    return Int32(chosen)
 }

@@ -1,0 +1,130 @@
+import Foundation
+import Testing
+import ReinsTensor
+import ReinsTestSupport
+@testable import Reins
+
+/// Llama-family decoders against transformers (make_llama_fixtures.py): tiny Llama (grouped-query attention, untied
+/// output, llama3 rope scaling), Qwen2 (q/k/v biases, tied output, one key/value head) and Mistral (sliding window,
+/// linear rope scaling): logits of a left-padded batch, the causal-LM loss and every parameter's gradient on a
+/// right-padded batch, and greedy generation of a left-padded batch with the KV cache.
+struct LlamaTests {
+    static func io(_ name: String) throws -> SafeTensorsFile {
+        try SafeTensorsFile(path: Fixtures.model(name).appendingPathComponent("io.safetensors").path)
+    }
+
+    static func causalLM(_ name: String) throws -> LlamaForCausalLM {
+        guard case let .llamaCausalLM(m) = try PretrainedModel.load(directory: Fixtures.model(name)) else {
+            throw ModelError.badInput("\(name) did not load as a causal LM")
+        }
+        return m
+    }
+
+    @Test(arguments: ["llama-tiny", "qwen2-tiny", "mistral-tiny"])
+    func logitsLossGradientsAndGenerationMatchTransformers(name: String) throws {
+        let model = try Self.causalLM(name)
+        let io = try Self.io(name)
+        let logits = try Autograd.withoutGradients {
+            try model.logits(io.intTensor("input_ids"), attentionMask: io.intTensor("attention_mask"))
+        }
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(name) logits")
+
+        // The loss on a right-padded batch (labels -100 on padding) and the gradient of every parameter.
+        let ids = try io.intTensor("train_ids"), mask = try io.intTensor("train_mask")
+        let labels = try IntTensor(
+            shape: ids.shape, values: zip(ids.values, mask.values).map { $1 == 0 ? -100 : $0 })
+        let loss = try model.loss(ids, labels: labels, attentionMask: mask)
+        #expect(abs(try loss.item - io.tensor("loss").scalars[0]) < 1e-5, "\(name) loss")
+        try loss.backward()
+        let grads = io.names.filter { $0.hasPrefix("grad.") }
+        let keys = model.allParameterKeys()
+        #expect(grads.count == Set(keys.map { ObjectIdentifier($0.parameter) }).count, "\(name): every parameter")
+        for g in grads {
+            let key = String(g.dropFirst("grad.".count))
+            guard let p = keys.first(where: { $0.key == key })?.parameter, let gradient = p.gradient else {
+                Issue.record("\(name): no gradient for \(key)"); continue
+            }
+            expectClose(gradient, try io.tensor(g), atol: 1e-5, rtol: 1e-3, "\(name) ∂/∂\(key)")
+        }
+
+        // Greedy continuation of a left-padded batch: transformers' ids.
+        let generated = try io.intTensor("generated"), prompts = try io.intTensor("prompts")
+        let P = prompts.shape[1], total = generated.shape[1]
+        let rows = (0..<prompts.shape[0]).map { b in prompts.values[(b * P)..<((b + 1) * P)].filter { $0 >= 0 } }
+        let out = try model.generate(
+            prompts: rows.map(Array.init),
+            options: GenerationOptions(maxNewTokens: total - P, padID: Int32(model.model.config.padTokenID ?? 0)))
+        for (b, row) in out.enumerated() {
+            let expected = generated.values[(b * total)..<((b + 1) * total)].suffix(total - P)
+            #expect(Array(row.suffix(total - P)) == Array(expected), "\(name) row \(b) greedy ids")
+        }
+    }
+
+    @Test func sequenceClassificationReadsTheLastNonPadToken() throws {
+        guard case let .llamaSequenceClassification(m) = try PretrainedModel.load(directory: Fixtures.model("llama-cls"))
+        else { Issue.record("llama-cls did not load as a classifier"); return }
+        let io = try Self.io("llama-cls")
+        let logits = try Autograd.withoutGradients {
+            try m.logits(io.intTensor("input_ids"), attentionMask: io.intTensor("attention_mask"))
+        }
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "llama-cls logits")
+    }
+
+    /// The incremental path (prompt, then one token at a time through the cache) equals one full pass.
+    @Test func cachedDecodingEqualsOneFullPass() throws {
+        let model = try Self.causalLM("mistral-tiny")  // the sliding window must hold across the cache too
+        let ids: [Int32] = [5, 17, 42, 3, 8, 60, 11, 9]
+        try Autograd.withoutGradients {
+            let full = try model.logits(IntTensor(shape: [1, 8], values: ids))
+            let cache = KVCache(layers: model.layerCount)
+            var steps = [try model.logits(IntTensor(shape: [1, 5], values: Array(ids[0..<5])), cache: cache)]
+            for t in 5..<8 {
+                steps.append(
+                    try model.logits(
+                        IntTensor(shape: [1, 1], values: [ids[t]]), positionIDs: IntTensor(shape: [1, 1], values: [Int32(t)]),
+                        cache: cache))
+            }
+            expectClose(try Tensor.concatenate(steps, axis: 1), full, atol: 1e-5, rtol: 1e-4, "cached vs full")
+        }
+    }
+}
+
+/// PEFT adapters on a Llama (make_llama_fixtures.py): LoRA on every linear layer (PEFT's q_proj ... down_proj names),
+/// DoRA, IA3 with PEFT's Llama defaults, prefix tuning with grouped-query heads (the prefix has the key/value heads'
+/// width, as PEFT builds it) and prompt tuning: PEFT's logits on a left-padded batch, its loss and its gradients.
+struct LlamaAdapterTests {
+    @Test(arguments: ["llama-lora", "llama-dora", "llama-ia3", "llama-prefix", "llama-prompt"])
+    func peftAdaptersOnLlamaMatchPEFT(adapter: String) throws {
+        let dir = Fixtures.directory.appendingPathComponent("adapters/\(adapter)")
+        let model = try LlamaTests.causalLM("llama-tiny")
+        model.freeze()
+        try AdapterFiles.load(directory: dir, into: model)
+        let io = try SafeTensorsFile(path: dir.appendingPathComponent("io.safetensors").path)
+        let logits = try Autograd.withoutGradients {
+            try model.logits(io.intTensor("input_ids"), attentionMask: io.intTensor("attention_mask"))
+        }
+        expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(adapter) logits")
+
+        let ids = try io.intTensor("train_ids"), mask = try io.intTensor("train_mask")
+        let labels = try IntTensor(shape: ids.shape, values: zip(ids.values, mask.values).map { $1 == 0 ? -100 : $0 })
+        let loss = try model.loss(ids, labels: labels, attentionMask: mask)
+        #expect(abs(try loss.item - io.tensor("loss").scalars[0]) < 1e-5, "\(adapter) loss")
+        try loss.backward()
+        let expected = io.names.filter { $0.hasPrefix("grad.") }.sorted()
+        let trained = model.namedParameters().filter(\.parameter.isTrainable)
+        #expect(trained.count == expected.count, "\(adapter): \(trained.map(\.key)) vs \(expected)")
+        for (key, p) in trained {
+            // PEFT's key for a tuner tensor is the model's path under base_model.model (a DoRA magnitude is a module
+            // there, with a `.weight`); virtual tokens have one tensor.
+            let name =
+                expected.count == 1
+                ? expected[0]
+                : "grad.base_model.model." + key + (key.hasSuffix("lora_magnitude_vector.default") ? ".weight" : "")
+            guard expected.contains(name), let g = p.gradient else {
+                Issue.record("\(adapter): \(key) has no PEFT gradient to compare (\(name))"); continue
+            }
+            let want = try io.tensor(name)
+            expectClose(g, try want.reshaped(g.shape), atol: 1e-5, rtol: 1e-3, "\(adapter) ∂/∂\(key)")
+        }
+    }
+}
