@@ -128,3 +128,71 @@ struct LlamaAdapterTests {
         }
     }
 }
+
+/// Every adapter method at every Llama insertion point (q/k/v/o, gate/up/down, embeddings, tied and untied output
+/// layers, after attention, after the FFN, parallel, key/value prefix with grouped-query heads, input prompt, biases):
+/// each trains alone on a causal-LM task, leaves the base untouched, and saves and loads to the same logits.
+struct LlamaAdapterMethodTests {
+    static let everyLinear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    static func methods(tied: Bool) -> [(String, AdapterMethod)] {
+        var m: [(String, AdapterMethod)] = [
+            ("houlsby", .houlsby(bottleneck: 4)), ("pfeiffer", .pfeiffer(bottleneck: 5)),
+            ("adapterbias", .adapterBias), ("parallel", .parallel(bottleneck: 3)), ("prefix", .prefix(length: 2)),
+            ("prefix-mlp", .prefix(length: 3, projection: 7)), ("prompt", .promptTuning(length: 3)),
+            ("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: everyLinear))),
+            ("lora-defaults", .lora(LoRAConfig(rank: 3, alpha: 6, targets: []))),
+            ("dora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["o_proj", "up_proj"], dora: true))),
+            ("lora-embedding-head", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["embed_tokens", "lm_head"]))),
+            ("ia3", .ia3()), ("loha", .loha(LoHaConfig(rank: 2, alpha: 4, targets: ["q_proj", "down_proj"]))),
+        ]
+        if tied { m.append(("bitfit", .bitFit)) }  // Qwen2's q/k/v biases
+        return m
+    }
+
+    @Test(arguments: ["llama-tiny", "qwen2-tiny"])
+    func everyMethodTrainsAloneSavesAndLoads(base: String) throws {
+        let model = try LlamaTests.causalLM(base)
+        let ids = try IntTensor(shape: [2, 5], values: [2, 14, 15, 16, 3, 0, 0, 50, 51, 3])
+        let mask = try IntTensor(shape: [2, 5], values: [1, 1, 1, 1, 1, 0, 0, 1, 1, 1])
+        let baseLogits = try model.logits(ids, attentionMask: mask).scalars
+        let baseWeights = model.namedParameters().map { ($0.key, $0.parameter.value.scalars) }
+        let sequences = (0..<8).map { i in TokenSequence(ids: (0..<(4 + i % 3)).map { Int32(3 + (i * 7 + $0 * 5) % 90) }) }
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var trained: [String: [Float]] = [:]
+        let methods = Self.methods(tied: base.hasPrefix("qwen2"))
+        for (i, (name, method)) in methods.enumerated() {
+            let config: AdapterMethod
+            if case let .lora(c) = method, c.targets.isEmpty {
+                config = .lora(LoRAConfig(rank: c.rank, alpha: c.alpha, targets: try model.defaultLoRATargets()))
+            } else {
+                config = method
+            }
+            try model.addAdapter(name, config, seed: UInt64(i + 1))
+            let trainable = Set(model.trainableParameters.map { ObjectIdentifier($0) })
+            #expect(!trainable.isEmpty, "\(name) trains something")
+            let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: 0)
+            try Trainer(task: task, options: TrainingOptions(steps: 2, batchSize: 4, learningRate: 0.05)).run()
+            for (key, p) in model.namedParameters() where !trainable.contains(ObjectIdentifier(p)) {
+                #expect(p.gradient == nil, "\(name): \(key) got a gradient")
+            }
+            let logits = try model.logits(ids, attentionMask: mask)
+            trained[name] = logits.scalars
+            #expect(trained[name] != baseLogits, "\(name) changed the model")
+            try model.saveAdapter(name, to: dir.appendingPathComponent(name))
+        }
+        model.activateAdapter(nil)
+        for (key, before) in baseWeights {
+            #expect(model.namedParameters().first { $0.key == key }?.parameter.value.scalars == before, "base \(key)")
+        }
+        expectClose(try model.logits(ids, attentionMask: mask).scalars, baseLogits, atol: 1e-6, rtol: 0, "base")
+        let fresh = try LlamaTests.causalLM(base)
+        for (name, _) in methods {
+            try fresh.loadAdapter(name, from: dir.appendingPathComponent(name))
+            fresh.activateAdapter(name)
+            expectClose(
+                try fresh.logits(ids, attentionMask: mask).scalars, trained[name]!, atol: 1e-5, rtol: 1e-4,
+                "\(base) \(name) loaded on a fresh base")
+        }
+    }
+}

@@ -5,11 +5,17 @@ import ReinsTensor
 /// (a new model family is one row in each).
 public enum AdapterDefaults {
     /// LoRA's default targets (PEFT's `TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
-    public static let loraTargets: [String: [String]] = ["gpt2": ["c_attn"], "bert": ["query", "value"]]
+    public static let loraTargets: [String: [String]] = [
+        "gpt2": ["c_attn"], "bert": ["query", "value"], "llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"],
+        "mistral": ["q_proj", "v_proj"],
+    ]
     /// IA3's default targets and, among them, the feed-forward ones whose input it scales (PEFT's IA3 mappings).
     public static let ia3Targets: [String: (targets: [String], feedForward: [String])] = [
         "gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
         "bert": (["key", "value", "output.dense"], ["output.dense"]),
+        "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
+        "qwen2": (["q_proj", "v_proj", "down_proj"], ["down_proj"]),
+        "mistral": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
     ]
 }
 

@@ -278,6 +278,8 @@ public protocol PEFTTaskModel: Module {
 
 extension GPT2LMHeadModel: PEFTTaskModel { public var peftTaskType: String { "CAUSAL_LM" } }
 extension GPT2ForSequenceClassification: PEFTTaskModel { public var peftTaskType: String { "SEQ_CLS" } }
+extension LlamaForCausalLM: PEFTTaskModel { public var peftTaskType: String { "CAUSAL_LM" } }
+extension LlamaForSequenceClassification: PEFTTaskModel { public var peftTaskType: String { "SEQ_CLS" } }
 extension BertForSequenceClassification: PEFTTaskModel { public var peftTaskType: String { "SEQ_CLS" } }
 extension BertForTokenClassification: PEFTTaskModel { public var peftTaskType: String { "TOKEN_CLS" } }
 extension BertForQuestionAnswering: PEFTTaskModel { public var peftTaskType: String { "QUESTION_ANS" } }

@@ -163,6 +163,10 @@ extension BlockAdapters: AdapterSiteOwner {
 }
 extension GPT2Model: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [prefixes, prompts] } }
 extension BertModel: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [prefixes, prompts] } }
+extension LlamaModel: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [prefixes, prompts] } }
+extension LlamaForSequenceClassification: AdapterSiteOwner {
+    public var ownAdapterSites: [any AdapterSite] { [heads] }
+}
 extension BertForSequenceClassification: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [heads] } }
 extension BertForTokenClassification: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [heads] } }
 extension BertForQuestionAnswering: AdapterSiteOwner { public var ownAdapterSites: [any AdapterSite] { [heads] } }

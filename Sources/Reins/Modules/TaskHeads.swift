@@ -17,6 +17,7 @@ extension BertForSequenceClassification: TaskHeadModel { public var headKey: Str
 extension BertForTokenClassification: TaskHeadModel { public var headKey: String { "classifier" } }
 extension BertForQuestionAnswering: TaskHeadModel { public var headKey: String { "qa_outputs" } }
 extension GPT2ForSequenceClassification: TaskHeadModel { public var headKey: String { "score" } }
+extension LlamaForSequenceClassification: TaskHeadModel { public var headKey: String { "score" } }
 
 /// How a sequence-classification model turns token states into one vector.
 public enum Pooling: String, Sendable {
