@@ -291,13 +291,12 @@ struct EmbedCommand: ParsableCommand {
 /// The causal language model in a directory: GPT-2's LM head model, or a Llama-family `ForCausalLM`.
 func loadCausalLanguageModel(_ dir: URL) throws -> any CausalLanguageModel {
     let config = try Checkpoint.readJSON(dir.appendingPathComponent("config.json"))
-    switch config["model_type"] as? String {
-    case "llama", "qwen2", "mistral":
-        let family = ["llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"][config["model_type"] as! String]!
+    let families = ["llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"]
+    if let family = families[config["model_type"] as? String ?? ""] {
         guard case let .llamaCausalLM(m) = try PretrainedModel.load(directory: dir, architecture: "\(family)ForCausalLM")
         else { throw ValidationError("\(dir.path) is not a causal language model") }
         return m
-    default:
+    } else {
         guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else {
             throw ValidationError("\(dir.path) is not a causal language model")
         }
