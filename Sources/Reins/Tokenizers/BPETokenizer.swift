@@ -11,6 +11,10 @@ public final class BPETokenizer: @unchecked Sendable {
     let ranks: [Pair: Int]
     /// Special tokens, longest first, so that one that contains another wins.
     let specials: [(text: String, id: Int32)]
+    /// Normalizer, pre-tokenizer and post-processor (GPT-2's unless a `tokenizer.json` says otherwise).
+    let pipeline: TextPipeline
+    /// A pre-tokenized word that is itself in the vocabulary is one token, without merging (`ignore_merges`, Llama 3).
+    let ignoreMerges: Bool
     private let cache = Locked<[String: [Int32]]>([:])
 
     struct Pair: Hashable { let a: String, b: String }
@@ -61,14 +65,31 @@ public final class BPETokenizer: @unchecked Sendable {
             throw TokenizerError.malformed(path: path, line: nil, detail: "merge \(i) is not a pair")
         }
         let added = (json["added_tokens"] as? [[String: Any]] ?? []).compactMap { $0["content"] as? String }
-        try self.init(vocab: vocab, merges: merges, specials: added, source: path)
+        // Model options that change the result and that a byte-level BPE does not use are refused, never ignored.
+        if model["byte_fallback"] as? Bool == true {
+            throw TokenizerError.malformed(
+                path: path, line: nil,
+                detail: "byte_fallback (a SentencePiece-style BPE) is not supported; Reins reads byte-level BPE")
+        }
+        for key in ["continuing_subword_prefix", "end_of_word_suffix", "dropout"] {
+            if let v = model[key], !(v is NSNull), (v as? String) != "" {
+                throw TokenizerError.malformed(path: path, line: nil, detail: "the BPE model's \(key) is not supported")
+            }
+        }
+        try self.init(
+            vocab: vocab, merges: merges, specials: added, source: path,
+            pipeline: TextPipeline(tokenizerJSON: json, path: path), ignoreMerges: model["ignore_merges"] as? Bool ?? false)
     }
 
     /// Ids may leave gaps (a vocabulary with tokens removed), but not more than this many beyond the entries: the id
     /// table is sized by the largest id, and an id of 2^31 - 1 in a small file must not cost 34 GB.
     static let maximumIDGap = 1 << 16
 
-    init(vocab: [String: Any], merges: [(String, String)], specials: [String], source: String) throws {
+    init(
+        vocab: [String: Any], merges: [(String, String)], specials: [String], source: String,
+        pipeline: TextPipeline = .gpt2, ignoreMerges: Bool = false
+    ) throws {
+        (self.pipeline, self.ignoreMerges) = (pipeline, ignoreMerges)
         var vocabulary: [String: Int32] = [:]
         var maxID = -1
         for (token, id) in vocab {
@@ -106,6 +127,10 @@ public final class BPETokenizer: @unchecked Sendable {
         self.specials = specials.compactMap { s in vocabulary[s].map { (s, $0) } }.sorted {
             $0.text.count > $1.text.count
         }
+        for token in pipeline.prefix + pipeline.suffix where vocabulary[token] == nil {
+            throw TokenizerError.malformed(
+                path: source, line: nil, detail: "the post-processor adds '\(token)', which is not in the vocabulary")
+        }
     }
 
     /// The id of `<|endoftext|>`, if present.
@@ -113,19 +138,24 @@ public final class BPETokenizer: @unchecked Sendable {
 
     // MARK: encoding
 
-    /// The ids of `text` (GPT-2 adds no special tokens of its own).
-    public func encode(_ text: String) -> [Int32] {
-        var ids: [Int32] = []
+    /// The ids of `text`, with the special tokens the post-processor adds (a Llama 3 BOS; GPT-2 adds none) unless
+    /// `addingSpecialTokens` is false (text rendered by a chat template already holds them).
+    public func encode(_ text: String, addingSpecialTokens: Bool = true) -> [Int32] {
+        var ids: [Int32] = addingSpecialTokens ? pipeline.prefix.compactMap { vocabulary[$0] } : []
         for (piece, special) in splitSpecials(text) {
             if let special { ids.append(special); continue }
-            for word in Self.preTokenize(piece) { ids += bpe(word) }
+            for word in pipeline.split(piece) { ids += bpe(word) }
         }
+        if addingSpecialTokens { ids += pipeline.suffix.compactMap { vocabulary[$0] } }
         return ids
     }
 
+    /// The id of a token, if the vocabulary has it.
+    public func id(of token: String) -> Int32? { vocabulary[token] }
+
     /// Encodes several texts; with `leftPadding` (for generation) shorter ones are padded on the left with `padID`.
     public func encodeBatch(_ texts: [String], padID: Int32, leftPadding: Bool = true) -> Encoding2D {
-        let all = texts.map(encode)
+        let all = texts.map { encode($0) }
         let T = all.map(\.count).max() ?? 0
         var ids: [Int32] = [], mask: [Int32] = []
         for e in all {
@@ -236,6 +266,7 @@ public final class BPETokenizer: @unchecked Sendable {
     func bpe(_ word: String) -> [Int32] {
         if let hit = cache.withLock({ $0[word] }) { return hit }
         var symbols = word.utf8.map { String(BPETokenizer.byteToCharacter[Int($0)]) }
+        if ignoreMerges, let whole = vocabulary[symbols.joined()] { return [whole] }
         let n = symbols.count
         var next = Array(1...max(n, 1)), previous = Array(-1..<max(n - 1, 0)), alive = [Bool](repeating: true, count: n)
         if n > 0 { next[n - 1] = -1 }
