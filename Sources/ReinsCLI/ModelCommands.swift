@@ -169,6 +169,11 @@ struct GenerateCommand: ParsableCommand {
         []
     @Flag(help: "Print the JSON array of all ids (prompt included) as the last line.") var printIds = false
     @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
+    @Flag(
+        help:
+            "Treat --prompt as a user message: format it with the model's chat template (tokenizer_config.json) and print only the answer."
+    ) var chat = false
+    @Option(help: "With --chat: a system message first.") var system: String?
 
     func validate() throws {
         guard maxNewTokens >= 0 else {
@@ -188,6 +193,7 @@ struct GenerateCommand: ParsableCommand {
         let dir = URL(fileURLWithPath: model)
         let lm = try loadCausalLanguageModel(dir)
         if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: lm) }
+        if chat { return try runChat(lm, dir) }
         let tokenizer = try tokenizerFile(in: dir).map { try AnyTokenizer(file: $0) }
         let ids: [Int32]
         if let promptIds {
@@ -218,6 +224,94 @@ struct GenerateCommand: ParsableCommand {
         let out = try lm.generate(prompts: [ids], options: options)[0]
         if let tokenizer { print(tokenizer.decode(out)) }
         if printIds || tokenizer == nil { print("[" + out.map(String.init).joined(separator: ", ") + "]") }
+    }
+
+    var sampling: GenerationOptions {
+        let sample = !greedy && (temperature != nil || topK != nil || topP != nil)
+        return GenerationOptions(
+            maxNewTokens: maxNewTokens, greedy: !sample, temperature: temperature ?? 1, topK: topK, topP: topP,
+            repetitionPenalty: repetitionPenalty, seed: seed)
+    }
+
+    /// `--chat`: one user turn through the chat template; the answer alone is printed.
+    func runChat(_ lm: any CausalLanguageModel, _ dir: URL) throws {
+        guard let prompt, promptIds == nil else { throw ValidationError("--chat takes --prompt (text), not --prompt-ids") }
+        let format = try naming(dir.appendingPathComponent("tokenizer_config.json").path) { try ChatFormat(directory: dir) }
+        let messages = (system.map { [ChatTemplate.Message(role: "system", content: $0)] } ?? []) + [
+            .init(role: "user", content: prompt)
+        ]
+        let ids = try format.prompt(messages)
+        var options = sampling
+        options.stopTokens = format.stopTokens.union(stopId)
+        options.padID = lm.padTokenID.map(Int32.init) ?? 0
+        let out = try lm.generate(prompts: [ids], options: options)[0]
+        let answer = out.dropFirst(ids.count).filter { !options.stopTokens.contains($0) }
+        print(format.tokenizer.decode(Array(answer)))
+        if printIds { print("[" + out.map(String.init).joined(separator: ", ") + "]") }
+    }
+}
+
+/// `reins chat`: talk to an instruction model (with an adapter, if given), the answer streamed as it is generated.
+struct ChatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "chat",
+        abstract: "Chat with a causal language model through its chat template, streaming each answer.",
+        discussion:
+            "Reads one user message per line of standard input (an empty line or end of input ends the chat); the conversation so far is the context of each answer."
+    )
+
+    @Option(help: "A Llama-family (or GPT-2) model directory with tokenizer.json and a chat template.") var model: String
+    @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
+    @Option(help: "A system message first.") var system: String?
+    @Option(help: "The most tokens per answer.") var maxNewTokens: Int = 256
+    @Option(help: "Sampling temperature (default: greedy).") var temperature: Float?
+    @Option(help: "Sample among the k most likely tokens.") var topK: Int?
+    @Option(help: "Sample from the smallest set of tokens whose probability reaches p.") var topP: Float?
+    @Option(help: "Penalise tokens already present (1 = off).") var repetitionPenalty: Float = 1
+    @Option(help: "Sampling seed.") var seed: UInt64 = 0
+
+    func validate() throws {
+        guard maxNewTokens > 0 else { throw ValidationError("--max-new-tokens must be positive, got \(maxNewTokens)") }
+        if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1, got \(topK)") }
+        if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
+        if let temperature, !(temperature.isFinite && temperature > 0) {
+            throw ValidationError("--temperature must be positive, got \(temperature)")
+        }
+        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else {
+            throw ValidationError("--repetition-penalty must be positive, got \(repetitionPenalty)")
+        }
+    }
+
+    func run() throws {
+        let dir = URL(fileURLWithPath: model)
+        let lm = try loadCausalLanguageModel(dir)
+        if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: lm) }
+        let format = try naming(dir.appendingPathComponent("tokenizer_config.json").path) { try ChatFormat(directory: dir) }
+        let sample = temperature != nil || topK != nil || topP != nil
+        let options = GenerationOptions(
+            maxNewTokens: maxNewTokens, greedy: !sample, temperature: temperature ?? 1, topK: topK, topP: topP,
+            repetitionPenalty: repetitionPenalty, seed: seed, stopTokens: format.stopTokens,
+            padID: lm.padTokenID.map(Int32.init) ?? 0)
+        var messages = system.map { [ChatTemplate.Message(role: "system", content: $0)] } ?? []
+        while let line = readLine(strippingNewline: true), !line.trimmingCharacters(in: .whitespaces).isEmpty {
+            messages.append(.init(role: "user", content: line))
+            let ids = try format.prompt(messages)
+            var answer: [Int32] = [], shown = ""
+            _ = try lm.generate(prompts: [ids], options: options) { _, token in
+                guard !format.stopTokens.contains(token) else { return }
+                answer.append(token)
+                // Print what is new once it decodes whole (a character may span tokens).
+                let text = format.tokenizer.decode(answer)
+                if !text.hasSuffix("\u{FFFD}"), text.count > shown.count, text.hasPrefix(shown) {
+                    print(text.dropFirst(shown.count), terminator: "")
+                    fflush(nil)
+                    shown = text
+                }
+            }
+            let text = format.tokenizer.decode(answer)
+            print(text.dropFirst(shown.hasPrefix(text) ? text.count : shown.count))
+            messages.append(.init(role: "assistant", content: text))
+        }
     }
 }
 

@@ -7,11 +7,11 @@ import ReinsTensor
 struct TaskOptions: ParsableArguments {
     @Option(
         help:
-            "Hugging Face model directory: BERT or GPT-2 for classification, BERT for token-classification, qa and mlm, GPT-2 for causal-lm."
+            "Hugging Face model directory: BERT or GPT-2 for classification, BERT for token-classification, qa and mlm, GPT-2 or a Llama-family model (Llama, Qwen2, Mistral, SmolLM2) for causal-lm and instruction."
     ) var model: String
     @Option(
         help:
-            "classification (text [+ pair], label), token-classification (tokens, tags: space-separated), qa (question, context, answer, answer_start), mlm (text) or causal-lm (text, or prompt + completion)."
+            "classification (text [+ pair], label), token-classification (tokens, tags: space-separated), qa (question, context, answer, answer_start), mlm (text), causal-lm (text, or prompt + completion) or instruction (messages: [{role, content}], or prompt + completion; formatted by the model's chat template, loss on the assistant turns only)."
     ) var task = "classification"
     @Option(
         help:
@@ -151,13 +151,35 @@ struct TaskOptions: ParsableArguments {
         case "causal-lm":
             let (model, tokenizer) = try languageModel()
             try prepare(model, nil)
-            let positions = model.transformer.config.positions
+            let positions = model.positionLimit ?? maxLength
             let read = { (url: URL) in try sequences(url, tokenizer: tokenizer, positions: positions) }
             let task = try CausalLMTask(
-                model: model, train: try train.map(read) ?? [], evaluation: try evaluation.map(read) ?? [], padID: 0)
+                model: model, train: try train.map(read) ?? [], evaluation: try evaluation.map(read) ?? [],
+                padID: Int32(model.padTokenID ?? 0))
             task.decode = { tokenizer.decode($0) }  // prompt/completion evaluation data is also scored by BLEU
             return task
-        default: throw ValidationError("--task must be classification, token-classification, qa, mlm or causal-lm")
+        case "instruction":
+            let model = try loadCausalLanguageModel(dir)
+            let format = try naming(dir.appendingPathComponent("tokenizer_config.json").path) {
+                try ChatFormat(directory: dir)
+            }
+            try prepare(model, nil)
+            let limit = min(maxLength, model.positionLimit ?? maxLength)
+            let read = { (url: URL) throws -> [TokenSequence] in
+                try DataFiles.conversations(url).enumerated().map { k, conversation in
+                    try naming("\(url.path): conversation \(k + 1)") {
+                        try format.trainingSequence(conversation, maxLength: limit)
+                    }
+                }
+            }
+            let task = try CausalLMTask(
+                model: model, train: try train.map(read) ?? [], evaluation: try evaluation.map(read) ?? [],
+                padID: Int32(model.padTokenID ?? 0))
+            task.stopTokens = format.stopTokens
+            return task
+        default:
+            throw ValidationError(
+                "--task must be classification, token-classification, qa, mlm, causal-lm or instruction")
         }
     }
 
@@ -203,11 +225,9 @@ struct TaskOptions: ParsableArguments {
         )
     }
 
-    func languageModel() throws -> (GPT2LMHeadModel, AnyTokenizer) {
+    func languageModel() throws -> (any CausalLanguageModel, AnyTokenizer) {
         let dir = URL(fileURLWithPath: model)
-        guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else {
-            throw ValidationError("not a GPT-2 model")
-        }
+        let m = try loadCausalLanguageModel(dir)
         guard let file = tokenizerFile(in: dir) else {
             throw ValidationError("no tokenizer.json or vocab.json in \(dir.path)")
         }
@@ -225,7 +245,9 @@ struct TaskOptions: ParsableArguments {
 
 /// Copies a model or tokenizer directory's tokenizer files (those present) into `destination`, replacing older copies.
 func copyTokenizerFiles(from source: URL, to destination: URL) throws {
-    for name in ["vocab.txt", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"] {
+    for name in [
+        "vocab.txt", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "chat_template.jinja",
+    ] {
         let src = source.appendingPathComponent(name), dst = destination.appendingPathComponent(name)
         guard FileManager.default.fileExists(atPath: src.path) else { continue }
         try? FileManager.default.removeItem(at: dst)
@@ -417,7 +439,10 @@ struct TrainCommand: ParsableCommand {
                 config["label2id"] = Dictionary(
                     uniqueKeysWithValues: names.enumerated().map { ($0.element, $0.offset) })
             }
-            config["architectures"] = [String(describing: type(of: task.model))]
+            // A Llama-family model keeps its checkpoint's own name (Qwen2ForCausalLM, MistralForCausalLM, ...).
+            if !(task.model is LlamaForCausalLM) {
+                config["architectures"] = [String(describing: type(of: task.model))]
+            }
             if let gpt = task.model as? GPT2ForSequenceClassification, let pad = gpt.transformer.config.padTokenID {
                 config["pad_token_id"] = pad
             }

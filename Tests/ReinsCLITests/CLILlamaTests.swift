@@ -55,3 +55,62 @@ struct CLILlamaTests {
         #expect(o.stdout.contains("llama3 scaling"), "\(o.stdout)")
     }
 }
+
+/// Instruction tuning through the tool: `reins train --task instruction` on a chat model directory (config,
+/// tokenizer.json, tokenizer_config.json with the chat template), then `reins generate --chat` and `reins chat`.
+struct CLIInstructionTests {
+    let cli = CLIMalformedInputTests()
+
+    @Test func trainThenChat() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let tokenizers = Fixtures.directory.appendingPathComponent("tokenizers")
+        let chat =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: tokenizers.appendingPathComponent("chat.json")))
+            as? [String: Any] ?? [:]
+        let template =
+            ((chat["templates"] as? [String: Any])?["smollm2"] as? [String: Any])?["template"] as? String ?? ""
+        let base = dir.appendingPathComponent("base")
+        let tok = try BPETokenizer(tokenizerJSON: tokenizers.appendingPathComponent("smollm/tokenizer.json").path)
+        let eos = Int(tok.id(of: "<|im_end|>") ?? 0)
+        let config = try LlamaConfig(
+            vocabularySize: tok.tokens.count, hidden: 36, intermediate: 52, layers: 2, heads: 6, keyValueHeads: 2,
+            positions: 128, ropeTheta: 10000, tieWordEmbeddings: true, eosTokenIDs: [eos])
+        var json = config.json
+        json["architectures"] = ["LlamaForCausalLM"]
+        try LlamaForCausalLM(config, seed: 5).save(to: base, config: json)
+        try FileManager.default.copyItem(
+            at: tokenizers.appendingPathComponent("smollm/tokenizer.json"),
+            to: base.appendingPathComponent("tokenizer.json"))
+        try JSONSerialization.data(withJSONObject: [
+            "chat_template": template, "eos_token": "<|im_end|>", "bos_token": "<|im_start|>",
+        ]).write(to: base.appendingPathComponent("tokenizer_config.json"))
+        let data = dir.appendingPathComponent("train.jsonl")
+        try Data(
+            String(
+                repeating:
+                    #"{"messages": [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}]}"#
+                    + "\n", count: 4
+            ).utf8
+        ).write(to: data)
+        let out = dir.appendingPathComponent("run")
+        let trained = try cli.reins(
+            [
+                "train", "--model", base.path, "--task", "instruction", "--method", "full", "--train", data.path, "--eval",
+                data.path,
+                "--steps", "40", "--batch-size", "4", "--lr", "0.01", "--output", out.path,
+            ], timeout: 120)
+        #expect(trained.status == 0, "\(trained.stderr)")
+        // Full fine-tuning writes a complete model directory, chat template included.
+        let model = out.appendingPathComponent("best").path
+        let answer = try cli.reins([
+            "generate", "--model", model, "--chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "8",
+        ])
+        #expect(answer.status == 0, "\(answer.stderr)")
+        #expect(answer.stdout == "Paris.\n")
+        let talk = try cli.reins(
+            ["chat", "--model", model, "--max-new-tokens", "8"], stdin: "What is the capital of France?\n\n")
+        #expect(talk.status == 0, "\(talk.stderr)")
+        #expect(talk.stdout == "Paris.\n")
+    }
+}

@@ -187,6 +187,35 @@ public enum DataFiles {
         }
     }
 
+    /// Conversations for instruction tuning: each record's `messages` (a list of `{role, content}`), or a `prompt` and
+    /// a `completion` (a user turn and the assistant's answer).
+    /// - Throws: ``DataError`` naming the line of a record with neither, or a message without a string role or content.
+    public static func conversations(_ url: URL) throws -> [[ChatTemplate.Message]] {
+        guard let data = FileBytes.contents(url.path) else { throw DataError.unreadable(path: url.path) }
+        let lines = try jsonObjectLines(String(decoding: data, as: UTF8.self), path: url.path)
+        guard !lines.isEmpty else { throw DataError.empty(path: url.path) }
+        return try lines.map { line, object in
+            if let messages = object["messages"] {
+                guard let list = messages as? [[String: Any]], !list.isEmpty else {
+                    throw DataError.badValue(
+                        path: url.path, line: line, field: "messages", detail: "expected a non-empty list of {role, content}")
+                }
+                return try list.enumerated().map { k, m in
+                    guard let role = m["role"] as? String, let content = m["content"] as? String else {
+                        throw DataError.badValue(
+                            path: url.path, line: line, field: "messages",
+                            detail: "message \(k + 1) needs a string role and a string content")
+                    }
+                    return ChatTemplate.Message(role: role, content: content)
+                }
+            }
+            guard let prompt = object["prompt"] as? String, let completion = object["completion"] as? String else {
+                throw DataError.missingField(path: url.path, line: line, field: "messages (or prompt and completion)")
+            }
+            return [.init(role: "user", content: prompt), .init(role: "assistant", content: completion)]
+        }
+    }
+
     /// Token-classification examples: `tokens` (words separated by spaces) and `tags` (one tag name per word, from
     /// `tags`).
     public static func taggedWords(_ url: URL, tags: [String]) throws -> [TaggedWords] {

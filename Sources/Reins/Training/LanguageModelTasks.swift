@@ -2,12 +2,32 @@ import Foundation
 import ReinsTensor
 
 /// A token sequence for causal-LM training; the first `promptLength` tokens are context only (no loss), which is
-/// instruction tuning's "loss on the completion only". `promptLength` 0 trains on every next token.
+/// instruction tuning's "loss on the completion only". `promptLength` 0 trains on every next token. A conversation
+/// marks the tokens to learn one by one instead (`trainedTokens`: the assistant turns).
 public struct TokenSequence: Sendable, Equatable {
     public var ids: [Int32]
     public var promptLength: Int
+    /// Per token, whether it is predicted with loss (nil: every token after the prompt).
+    public var trainedTokens: [Bool]?
 
     public init(ids: [Int32], promptLength: Int = 0) { (self.ids, self.promptLength) = (ids, promptLength) }
+
+    /// A sequence whose loss covers exactly the tokens marked in `trainedTokens` (as many marks as ids).
+    public init(ids: [Int32], trainedTokens: [Bool]) {
+        (self.ids, self.promptLength, self.trainedTokens) = (ids, 0, trainedTokens)
+    }
+
+    /// The label of each position: the id where it is learned, -100 elsewhere.
+    var labels: [Int32] {
+        if let t = trainedTokens { return zip(ids, t).map { $1 ? $0 : -100 } }
+        return ids.enumerated().map { $0.offset < promptLength ? -100 : $0.element }
+    }
+
+    /// How many next-token predictions carry loss (the first token is never predicted).
+    var predictedCount: Int {
+        if let t = trainedTokens { return t.dropFirst().filter { $0 }.count }
+        return ids.count - max(promptLength, 1)
+    }
 }
 
 /// Causal language modelling on a decoder (GPT-2, Llama family): next-token cross-entropy over the non-prompt, non-padding tokens; evaluated by
@@ -29,8 +49,9 @@ public final class CausalLMTask: TrainingTask {
     /// - Throws: ``ModelError/badInput(_:)`` for an empty sequence or a prompt as long as its sequence (no token to learn).
     public init(model: any CausalLanguageModel, train: [TokenSequence], evaluation: [TokenSequence], padID: Int32) throws {
         for (name, set) in [("training", train), ("evaluation", evaluation)] {
-            if let i = set.firstIndex(where: {
-                $0.ids.count < 2 || $0.promptLength >= $0.ids.count || $0.promptLength < 0
+            if let i = set.firstIndex(where: { s in
+                s.ids.count < 2 || s.promptLength >= s.ids.count || s.promptLength < 0
+                    || s.trainedTokens.map { t in t.count != s.ids.count || !t.dropFirst().contains(true) } ?? false
             }) {
                 throw ModelError.badInput(
                     "\(name) sequence \(i + 1) has \(set[i].ids.count) tokens and a prompt of \(set[i].promptLength): nothing to predict"
@@ -45,8 +66,8 @@ public final class CausalLMTask: TrainingTask {
     /// Right-padded ids, mask and labels (-100 on padding and prompt tokens) `[B, T]`, and the number of predicted tokens.
     func batch(_ rows: [TokenSequence]) throws -> (ids: IntTensor, mask: IntTensor, labels: IntTensor, predicted: Int) {
         let ids = rows.map(\.ids)
-        let labels = rows.map { r in r.ids.enumerated().map { $0.offset < r.promptLength ? -100 : $0.element } }
-        let predicted = rows.reduce(0) { $0 + $1.ids.count - max($1.promptLength, 1) }
+        let labels = rows.map(\.labels)
+        let predicted = rows.reduce(0) { $0 + $1.predictedCount }
         return (try rightPadded(ids, with: padID), try paddingMask(ids), try rightPadded(labels, with: -100), predicted)
     }
 

@@ -121,7 +121,10 @@ extension CausalLanguageModel {
     /// top-k, top-p, then argmax or a seeded draw.
     /// - Returns: each prompt followed by its new tokens (without padding; a stop token, if emitted, is the last).
     /// - Throws: ``ModelError`` if a prompt is empty, an id is out of range, or prompt + new tokens exceed the positions.
-    public func generate(prompts: [[Int32]], options: GenerationOptions = GenerationOptions()) throws -> [[Int32]] {
+    /// - Parameter onToken: called with (sequence, token) as each new token is chosen, for streaming.
+    public func generate(
+        prompts: [[Int32]], options: GenerationOptions = GenerationOptions(), onToken: ((Int, Int32) -> Void)? = nil
+    ) throws -> [[Int32]] {
         guard !prompts.isEmpty, prompts.allSatisfy({ !$0.isEmpty }) else {
             throw ModelError.badInput("every prompt needs at least one token")
         }
@@ -178,6 +181,7 @@ extension CausalLanguageModel {
                 }
                 for b in 0..<B where !finished[b] {
                     sequences[b].append(next[b])
+                    onToken?(b, next[b])
                     if options.stopTokens.contains(next[b]) { finished[b] = true }
                 }
                 if finished.allSatisfy({ $0 }) { break }
