@@ -141,9 +141,18 @@ struct CheckpointTests {
         ) {
             try PretrainedModel.load(directory: extra)
         }
-        let unknown = try editedCopy(of: gpt2, in: dir, config: { $0["architectures"] = ["LlamaForCausalLM"] })
-        #expect(throws: ModelError.unknownArchitecture("LlamaForCausalLM", known: PretrainedModel.knownArchitectures)) {
+        let unknown = try editedCopy(of: gpt2, in: dir, config: { $0["architectures"] = ["FalconForCausalLM"] })
+        #expect(throws: ModelError.unknownArchitecture("FalconForCausalLM", known: PretrainedModel.knownArchitectures)) {
             try PretrainedModel.load(directory: unknown)
+        }
+        // A known architecture over another family's config is named as such.
+        let mismatched = try editedCopy(of: gpt2, in: dir, config: { $0["architectures"] = ["LlamaForCausalLM"] })
+        #expect(
+            throws: ModelError.badConfig(
+                path: mismatched.appendingPathComponent("config.json").path,
+                detail: "model_type 'gpt2' is not a Llama-family decoder (llama, qwen2, mistral)")
+        ) {
+            try PretrainedModel.load(directory: mismatched)
         }
         let byType = try editedCopy(of: gpt2, in: dir, config: { $0["architectures"] = nil })
         guard case .gpt2LMHead = try PretrainedModel.load(directory: byType) else {

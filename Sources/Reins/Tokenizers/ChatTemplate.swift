@@ -153,6 +153,10 @@ public indirect enum ChatValue: Sendable {
 
     /// JSON as Python's `json.dumps(ensure_ascii=False)` writes it (transformers' `tojson`).
     func json(indent: Int?, level: Int = 0) throws -> String {
+        if let indent, !(0...32).contains(indent) {
+            throw ChatTemplateError.unsupported("tojson(indent=\(indent)): an indent outside 0...32")
+        }
+        guard level < 64 else { throw ChatTemplateError.runtime("tojson of a value nested deeper than 64") }
         let (nl, pad, inner) =
             indent.map { ("\n", String(repeating: " ", count: $0 * level), String(repeating: " ", count: $0 * (level + 1))) }
             ?? ("", "", "")
@@ -391,6 +395,9 @@ struct ChatExpressionParser {
     var words: [ChatWord]
     var at = 0
     let source: String
+    /// Nesting so far: bounded, so that a hostile template cannot exhaust the stack.
+    var depth = 0
+    static let maximumDepth = 64
 
     init(_ source: String) throws {
         self.source = source
@@ -416,6 +423,11 @@ struct ChatExpressionParser {
     }
 
     mutating func expression() throws -> ChatExpr {
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= Self.maximumDepth else {
+            throw ChatTemplateError.unsupported("expressions nested deeper than \(Self.maximumDepth)")
+        }
         let value = try orExpression()
         if accept(.name("if")) {
             let condition = try orExpression()
@@ -435,7 +447,12 @@ struct ChatExpressionParser {
         return left
     }
     mutating func notExpression() throws -> ChatExpr {
-        if accept(.name("not")) { return .unary("not", try notExpression()) }
+        if accept(.name("not")) {
+            depth += 1
+            defer { depth -= 1 }
+            guard depth <= Self.maximumDepth else { throw ChatTemplateError.unsupported("a chain of 'not' deeper than 64") }
+            return .unary("not", try notExpression())
+        }
         return try comparison()
     }
     mutating func comparison() throws -> ChatExpr {
@@ -489,6 +506,11 @@ struct ChatExpressionParser {
         return left
     }
     mutating func unary() throws -> ChatExpr {
+        if peek() == .op("-") || peek() == .op("+") {
+            depth += 1
+            defer { depth -= 1 }
+            guard depth <= Self.maximumDepth else { throw ChatTemplateError.unsupported("a chain of signs deeper than 64") }
+        }
         if accept(.op("-")) { return .unary("-", try unary()) }
         if accept(.op("+")) { return try unary() }
         return try postfix(try primary())
@@ -597,11 +619,17 @@ struct ChatExpressionParser {
 struct ChatParser {
     let tokens: [ChatToken]
     var at = 0
+    var depth = 0
 
     init(tokens: [ChatToken]) { self.tokens = tokens }
 
     /// Statements up to one whose first word is in `terminators` (left for the caller to read).
     mutating func parseBody(until terminators: Set<String>) throws -> [ChatNode] {
+        depth += 1
+        defer { depth -= 1 }
+        guard depth <= ChatExpressionParser.maximumDepth else {
+            throw ChatTemplateError.unsupported("blocks nested deeper than \(ChatExpressionParser.maximumDepth)")
+        }
         var nodes: [ChatNode] = []
         while at < tokens.count {
             switch tokens[at] {
@@ -693,6 +721,9 @@ struct ChatParser {
 
 struct ChatContext {
     var scopes: [[String: ChatValue]]
+    /// Statements run so far: a template that loops for too long (or writes too much) is stopped, not waited on.
+    var steps = 0
+    static let maximumSteps = 2_000_000, maximumOutput = 16 << 20
 
     func lookup(_ name: String) -> ChatValue {
         for s in scopes.reversed() { if let v = s[name] { return v } }
@@ -706,6 +737,11 @@ enum ChatInterpreter {
 
     static func run(_ nodes: [ChatNode], _ context: inout ChatContext, _ out: inout String) throws {
         for node in nodes {
+            context.steps += 1
+            guard context.steps <= ChatContext.maximumSteps, out.utf8.count <= ChatContext.maximumOutput else {
+                throw ChatTemplateError.runtime(
+                    "the template ran more than \(ChatContext.maximumSteps) statements or wrote more than 16 MB")
+            }
             switch node {
             case let .text(t): out += t
             case let .output(e): out += try evaluate(e, &context).printed
@@ -905,7 +941,12 @@ enum ChatInterpreter {
                     return .int(op == "//" ? q : x - q * y)
                 }
             }
-            if op == "*", case let .string(s) = a, case let .int(n) = b { return .string(String(repeating: s, count: max(n, 0))) }
+            if op == "*", case let .string(s) = a, case let .int(n) = b {
+                guard n <= (1 << 20) / max(s.utf8.count, 1) else {
+                    throw ChatTemplateError.runtime("a string repeated \(n) times is too long")
+                }
+                return .string(String(repeating: s, count: max(n, 0)))
+            }
             guard let x = number(a), let y = number(b), !a.isString, !b.isString else {
                 throw ChatTemplateError.runtime("cannot apply \(op) to \(a.repr) and \(b.repr)")
             }

@@ -68,6 +68,9 @@ struct TextPipeline: @unchecked Sendable {
                     } else {
                         throw fail("a Split pattern is neither Regex nor String")
                     }
+                    if let problem = Self.backtrackingHazard(source) {
+                        throw fail("the Split pattern \(source.debugDescription) \(problem)")
+                    }
                     do {
                         let regex = try Regex(source).matchingSemantics(.unicodeScalar)
                         return .split(regex, removeMatches: behavior == "Removed")
@@ -106,6 +109,43 @@ struct TextPipeline: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// Why a pattern could make the backtracking matcher take exponential time (a repeated group that itself
+    /// repeats something, as in `(a+)+`), or nil. The patterns tokenizers ship have no such group; a file that does is
+    /// refused rather than risk a hang.
+    static func backtrackingHazard(_ pattern: String) -> String? {
+        let s = Array(pattern.unicodeScalars)
+        var stack: [Bool] = [false]  // per open group: whether it holds a quantifier
+        var i = 0, inClass = false
+        func quantifierAt(_ k: Int) -> Bool { k < s.count && (s[k] == "*" || s[k] == "+" || s[k] == "{" || s[k] == "?") }
+        func unbounded(_ k: Int) -> Bool {
+            guard k < s.count else { return false }
+            if s[k] == "*" || s[k] == "+" { return true }
+            guard s[k] == "{" else { return false }
+            var j = k + 1
+            while j < s.count, s[j] != "}" { j += 1 }
+            let inside = String(String.UnicodeScalarView(s[(k + 1)..<min(j, s.count)]))
+            let parts = inside.split(separator: ",", omittingEmptySubsequences: false)
+            return parts.count == 2 && (parts[1].isEmpty || (Int(parts[1]) ?? 0) > 16)
+        }
+        while i < s.count {
+            let c = s[i]
+            if c == "\\" { i += 2; if !inClass, quantifierAt(i) { stack[stack.count - 1] = true }; continue }
+            if inClass { if c == "]" { inClass = false; if quantifierAt(i + 1) { stack[stack.count - 1] = true } }; i += 1; continue }
+            switch c {
+            case "[": inClass = true
+            case "(": stack.append(false)
+            case ")":
+                let inner = stack.count > 1 ? stack.removeLast() : false
+                if inner && unbounded(i + 1) { return "repeats a group that itself repeats (exponential backtracking)" }
+                if quantifierAt(i + 1) || inner { stack[stack.count - 1] = true }
+            case "*", "+", "{": stack[stack.count - 1] = true
+            default: if quantifierAt(i + 1) { stack[stack.count - 1] = true }
+            }
+            i += 1
+        }
+        return nil
     }
 
     /// The pieces BPE encodes separately, in order.

@@ -9,7 +9,7 @@ import ReinsTensor
 /// (`Tests/Fuzz/run.sh`), so that both exercise exactly the same code.
 public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
     case safetensors, torchCheckpoint, modelConfig, checkpointDirectory, tokenizerJSON, vocabularyText, bpeFiles
-    case adapterConfig, adapterWeights, dataJSONL, dataCSV, metricsLog
+    case adapterConfig, adapterWeights, dataJSONL, dataCSV, metricsLog, chatTemplate
 
     /// Runs the reader on `data`, using `scratch` (an empty directory of the caller's) for files.
     /// - Returns: whether the reader accepted the input.
@@ -57,8 +57,9 @@ public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
             for name in file.tensorNames { _ = try? file.tensor(name) }
         case .modelConfig:
             let json = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
-            _ = try? GPT2Config(json: json)
-            _ = try BertConfig(json: json)
+            // Accepted when any family reads it (each reader runs on every input).
+            let gpt2 = try? GPT2Config(json: json), llama = try? LlamaConfig(json: json)
+            if gpt2 == nil && llama == nil { _ = try BertConfig(json: json) } else { _ = try? BertConfig(json: json) }
         case .checkpointDirectory:
             // A config.json beside the fixture's weights: the whole load, model building included.
             let model = try gpt2Model(in: dir, fixtures: fixtures)
@@ -100,9 +101,19 @@ public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
             _ = try? DataFiles.taggedWords(url, tags: ["O", "B-X", "I-X"])
             _ = try? DataFiles.questionAnswers(url)
             _ = try? DataFiles.languageModeling(url)
+            _ = try? DataFiles.conversations(url)
             _ = try DataFiles.records(url)
         case .metricsLog:
             _ = try StepRecord.log(try write(data, "metrics.jsonl", in: dir))
+        case .chatTemplate:
+            let template = try ChatTemplate(String(decoding: data, as: UTF8.self))
+            let messages: [ChatTemplate.Message] = [
+                .init(role: "system", content: "Be brief."), .init(role: "user", content: "Hi 🙂"),
+                .init(role: "assistant", content: "Hello"), .init(role: "user", content: "Bye"),
+            ]
+            let tools = try ChatValue(jsonText: #"[{"type": "function", "function": {"name": "f", "parameters": {}}}]"#)
+            _ = try? template.render(messages, addGenerationPrompt: true, variables: ["tools": tools])
+            _ = try template.render(Array(messages.prefix(2)), variables: ["bos_token": .string("<s>")])
         }
     }
 
@@ -123,10 +134,18 @@ public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
             ]
         case .torchCheckpoint:
             return [try file("pickle/tensors.bin"), try file("pickle/oversized.bin"), try file("pickle/refused.bin")]
-        case .modelConfig: return [try file("models/gpt2-lm/config.json"), try file("models/bert-cls/config.json")]
+        case .modelConfig:
+            return try ["gpt2-lm", "bert-cls", "llama-tiny", "qwen2-tiny", "mistral-tiny"].map {
+                try file("models/\($0)/config.json")
+            }
         case .checkpointDirectory: return [try file("models/gpt2-lm/config.json")]
         case .tokenizerJSON:
-            return [try file("tokenizers/bpe/tokenizer.json"), try file("tokenizers/wordpiece/tokenizer.json")]
+            return try ["bpe", "wordpiece", "llama3", "qwen2", "smollm"].map { try file("tokenizers/\($0)/tokenizer.json") }
+        case .chatTemplate:
+            let chat = try JSONSerialization.jsonObject(with: try file("tokenizers/chat.json")) as? [String: Any] ?? [:]
+            return (chat["templates"] as? [String: Any] ?? [:]).keys.sorted().compactMap {
+                (((chat["templates"] as? [String: Any])?[$0] as? [String: Any])?["template"] as? String).map { Data($0.utf8) }
+            }
         case .vocabularyText: return [try file("tokenizers/wordpiece/vocab.txt")]
         case .bpeFiles:
             return [try file("tokenizers/bpe/vocab.json") + Data([0]) + (try file("tokenizers/bpe/merges.txt"))]
