@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 WORKLOADS = ["BERT-base forward", "GPT-2-small greedy", "MiniLM load", "GPT-2-small train step full", "GPT-2-small train step LoRA",
              "BERT-base train step full", "BERT-base train step LoRA", "BERT-base train step BitFit", "BERT-base train step Houlsby",
-             "BERT-base train step prefix"]
+             "BERT-base train step prefix", "SmolLM2-135M train step LoRA", "SmolLM2-135M greedy"]
 
 
 def run(cmd):

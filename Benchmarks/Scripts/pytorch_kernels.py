@@ -39,6 +39,21 @@ def workloads():
     yield f"attention fwd B{B} NH{NH} T{T} hs{hs} causal", attn_fwd
     yield f"attention fwd+bwd B{B} NH{NH} T{T} hs{hs} causal", attn_bwd
 
+    # Grouped-query attention at SmolLM2-135M's heads: 9 query heads over 3 key/value heads (enable_gqa).
+    qg, gg3 = torch.randn(4, 9, 256, 64), torch.randn(4, 9, 256, 64)
+    kg, vg = torch.randn(4, 3, 256, 64), torch.randn(4, 3, 256, 64)
+
+    def gqa_fwd():
+        with torch.no_grad():
+            F.scaled_dot_product_attention(qg, kg, vg, is_causal=True, enable_gqa=True)
+
+    def gqa_bwd():
+        ql, kl, vl = (t.clone().requires_grad_() for t in (qg, kg, vg))
+        F.scaled_dot_product_attention(ql, kl, vl, is_causal=True, enable_gqa=True).backward(gg3)
+
+    yield "attention fwd B4 NH9 NKV3 T256 hs64 causal", gqa_fwd
+    yield "attention fwd+bwd B4 NH9 NKV3 T256 hs64 causal", gqa_bwd
+
     x, w, b, gy = torch.randn(256, 768), torch.randn(768), torch.randn(768), torch.randn(256, 768)
 
     def ln():
@@ -46,6 +61,22 @@ def workloads():
         F.layer_norm(xl, (768,), wl, bl, eps=1e-5).backward(gy)
 
     yield "layer norm fwd+bwd 256x768", ln
+
+    xr, wr, gr = torch.randn(1024, 576), torch.randn(576), torch.randn(1024, 576)
+
+    def rms():
+        xl, wl = xr.clone().requires_grad_(), wr.clone().requires_grad_()
+        F.rms_norm(xl, (576,), wl, eps=1e-5).backward(gr)
+
+    yield "RMSNorm fwd+bwd 1024x576", rms
+
+    gs, us, gsw = torch.randn(1024, 1536) * 2, torch.randn(1024, 1536), torch.randn(1024, 1536)
+
+    def swiglu():
+        gl, ul = gs.clone().requires_grad_(), us.clone().requires_grad_()
+        (F.silu(gl) * ul).backward(gsw)
+
+    yield "SwiGLU fwd+bwd 1024x1536", swiglu
 
     xg, gg = torch.randn(256, 3072) * 2, torch.randn(256, 3072)
 

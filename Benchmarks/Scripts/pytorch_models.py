@@ -25,6 +25,14 @@ def report(name, ms, per_second, unit):
     print(json.dumps({"name": name, "median_ms": round(ms, 3), "per_second": per_second, "unit": unit}), flush=True)
 
 
+def smollm2_config():
+    """SmolLM2-135M's sizes (random weights): 30 layers, width 576, 9 query and 3 key/value heads, tied output."""
+    from transformers import LlamaConfig
+    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                       rope_theta=100000.0, tie_word_embeddings=True, hidden_act="silu")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
@@ -73,6 +81,36 @@ def main():
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps({"name": f"GPT-2-small train step {method} B4 T64 AdamW", "median_ms": round(ms, 3),
                           "per_second": 256 / ms * 1000, "unit": "tokens/s", "peak_rss_mb": peak}), flush=True)
+
+    if sel("SmolLM2-135M train step LoRA"):
+        from peft import LoraConfig, get_peft_model
+        from transformers import LlamaForCausalLM
+        m = get_peft_model(LlamaForCausalLM(smollm2_config()).train(),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+        ids = torch.randint(0, 49152, (4, 256))
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            m(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+
+        ms = median_ms(step, a.repeats)
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"name": "SmolLM2-135M train step LoRA q,v r8 B4 T256 AdamW", "median_ms": round(ms, 3),
+                          "per_second": 1024 / ms * 1000, "unit": "tokens/s", "peak_rss_mb": peak}), flush=True)
+
+    if sel("SmolLM2-135M greedy"):
+        from transformers import LlamaForCausalLM
+        m = LlamaForCausalLM(smollm2_config()).eval()
+        prompt = torch.randint(0, 49152, (1, 64))
+        gen = lambda: m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=128,
+                                 min_new_tokens=128, do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
+        with torch.no_grad():
+            ms = median_ms(gen, a.repeats)
+        report("SmolLM2-135M greedy generation prompt 64 + 128 new", ms, 128 / ms * 1000, "tokens/s")
 
     for method in ("full", "LoRA", "BitFit", "Houlsby", "prefix"):
         if not sel(f"BERT-base train step {method}"):

@@ -9,7 +9,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract:
-            "Time whole models: BERT-base forward (B=8, T=128), GPT-2-small greedy generation (prompt 32, 64 new tokens), MiniLM loading, and training steps (GPT-2-small full and LoRA, B=4 T=64; BERT-base full, LoRA, BitFit, Houlsby, prefix, B=8 T=128)."
+            "Time whole models: BERT-base forward (B=8, T=128), GPT-2-small greedy generation (prompt 32, 64 new tokens), MiniLM loading, training steps (GPT-2-small full and LoRA, B=4 T=64; BERT-base full, LoRA, BitFit, Houlsby, prefix, B=8 T=128), and a SmolLM2-135M-shaped Llama (random weights): LoRA r=8 on q/v training step (B=4, T=256) and greedy generation (prompt 64, 128 new tokens)."
     )
 
     @Option(help: "Timed repeats; the median is reported.") var repeats: Int = 5
@@ -117,6 +117,34 @@ struct BenchCommand: ParsableCommand {
             report(
                 "BERT-base train step \(method) B8 T128 AdamW", ms, perSecond: Double(B) / ms * 1000,
                 unit: "sequences/s")
+        }
+        if selected("SmolLM2-135M train step LoRA") {
+            // SmolLM2-135M's sizes (LlamaConfig's defaults): 30 layers, width 576, 9 query and 3 key/value heads.
+            let model = try LlamaForCausalLM(try LlamaConfig(), seed: 6)
+            model.freeze()
+            try model.addLoRA("task", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]))
+            let (B, T) = (4, 256)
+            let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { _ in Int32(rng.next() % 49152) })
+            let optimizer = AdamW(learningRate: 1e-4, weightDecay: 0.01)
+            let parameters = model.trainableParameters
+            let ms = try median(repeats) {
+                for p in parameters { p.zeroGradient() }
+                try model.loss(ids).backward()
+                optimizer.update(parameters)
+            }
+            report(
+                "SmolLM2-135M train step LoRA q,v r8 B4 T256 AdamW", ms, perSecond: Double(B * T) / ms * 1000,
+                unit: "tokens/s")
+        }
+        if selected("SmolLM2-135M greedy") {
+            let model = try LlamaForCausalLM(try LlamaConfig(), seed: 7)
+            let prompt = (0..<64).map { _ in Int32(rng.next() % 49152) }
+            let options = GenerationOptions(maxNewTokens: 128)
+            let ms = try median(repeats) {
+                let out = try model.generate(prompts: [prompt], options: options)
+                guard out[0].count == 192 else { throw ValidationError("generated \(out[0].count - 64) tokens, not 128") }
+            }
+            report("SmolLM2-135M greedy generation prompt 64 + 128 new", ms, perSecond: 128 / ms * 1000, unit: "tokens/s")
         }
         if selected("MiniLM load"), let dir = PipModels.miniLM() {
             let ms = try median(repeats) { _ = try PretrainedModel.load(directory: dir) }

@@ -155,6 +155,57 @@ extension KernelWorkload {
             run: { _ = try pass() })
     }
 
+    /// RMSNorm over `[rows, C]`, forward + backward (dX).
+    public static func rmsNorm(rows: Int, channels C: Int) throws -> KernelWorkload {
+        let x = try Tensor.normal([rows, C], seed: 31), w = try Tensor.normal([C], seed: 32)
+        let g = try Tensor.normal([rows, C], seed: 33)
+        func pass() throws -> (Tensor, Tensor) {
+            let xl = x.requiringGradient()
+            let y = try Tensor.rmsNorm(xl, weight: w.requiringGradient(), eps: 1e-5)
+            try y.backward(gradient: g)
+            return (y, xl)
+        }
+        return KernelWorkload(
+            name: "RMSNorm fwd+bwd \(rows)x\(C)", flops: 0, tolerance: 1e-4,
+            verify: {
+                let (y, xl) = try pass()
+                var r = [Float](repeating: 0, count: rows * C), s = [Float](repeating: 0, count: rows), dx = r
+                rk_rmsnorm_forward_ref(&r, &s, x.storage.pointer, w.storage.pointer, Int32(rows), Int32(C), 1e-5)
+                rk_rmsnorm_backward_ref(
+                    &dx, nil, g.storage.pointer, x.storage.pointer, w.storage.pointer, s, Int32(rows), Int32(C))
+                return Swift.max(
+                    maxRelativeDifference(y.storage.pointer, r, r.count),
+                    maxRelativeDifference(xl.gradient!.storage.pointer, dx, dx.count))
+            },
+            run: { _ = try pass() })
+    }
+
+    /// SwiGLU `silu(gate)·up` over `[rows, C]`, forward + backward (both inputs).
+    public static func swiGLU(rows: Int, channels C: Int) throws -> KernelWorkload {
+        let gate = try Tensor.normal([rows, C], std: 2, seed: 34), up = try Tensor.normal([rows, C], seed: 35)
+        let g = try Tensor.normal([rows, C], seed: 36)
+        func pass() throws -> (Tensor, Tensor, Tensor) {
+            let gl = gate.requiringGradient(), ul = up.requiringGradient()
+            let y = try Tensor.swiGLU(gate: gl, up: ul)
+            try y.backward(gradient: g)
+            return (y, gl, ul)
+        }
+        return KernelWorkload(
+            name: "SwiGLU fwd+bwd \(rows)x\(C)", flops: 0, tolerance: 1e-5,
+            verify: {
+                let (y, gl, ul) = try pass()
+                let n = rows * C
+                var r = [Float](repeating: 0, count: n), dg = r, du = r
+                rk_swiglu_forward_ref(&r, gate.storage.pointer, up.storage.pointer, n)
+                rk_swiglu_backward_ref(&dg, &du, g.storage.pointer, gate.storage.pointer, up.storage.pointer, n)
+                return Swift.max(
+                    maxRelativeDifference(y.storage.pointer, r, n),
+                    maxRelativeDifference(gl.gradient!.storage.pointer, dg, n),
+                    maxRelativeDifference(ul.gradient!.storage.pointer, du, n))
+            },
+            run: { _ = try pass() })
+    }
+
     /// Softmax cross-entropy over `[rows, V]`, forward + backward.
     public static func crossEntropy(rows: Int, vocabulary V: Int) throws -> KernelWorkload {
         let logits = try Tensor.normal([rows, V], std: 2, seed: 13)
@@ -265,7 +316,20 @@ extension KernelWorkload {
             ("attention fwd B4", { try attention(batch: 4, heads: 12, length: 256, headSize: 64, backward: false) }))
         list.append(
             ("attention fwd+bwd B4", { try attention(batch: 4, heads: 12, length: 256, headSize: 64, backward: true) }))
+        // Grouped-query attention at SmolLM2-135M's heads (9 query, 3 key/value, head size 64).
+        list.append(
+            (
+                "attention GQA fwd B4",
+                { try attention(batch: 4, heads: 9, kvHeads: 3, length: 256, headSize: 64, backward: false) }
+            ))
+        list.append(
+            (
+                "attention GQA fwd+bwd B4",
+                { try attention(batch: 4, heads: 9, kvHeads: 3, length: 256, headSize: 64, backward: true) }
+            ))
         list.append(("layer norm", { try layerNorm(rows: 256, channels: 768) }))
+        list.append(("RMSNorm", { try rmsNorm(rows: 1024, channels: 576) }))
+        list.append(("SwiGLU", { try swiGLU(rows: 1024, channels: 1536) }))
         list.append(("GELU", { try gelu(rows: 256, channels: 3072) }))
         list.append(("cross-entropy", { try crossEntropy(rows: 256, vocabulary: 50257) }))
         list.append(("linear", { try lora(rows: 256, inputs: 768, outputs: 2304, rank: 0) }))
