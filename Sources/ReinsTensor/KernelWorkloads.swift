@@ -319,12 +319,12 @@ extension KernelWorkload {
         // Grouped-query attention at SmolLM2-135M's heads (9 query, 3 key/value, head size 64).
         list.append(
             (
-                "attention GQA fwd B4",
+                "attention fwd B4 NH9 NKV3",
                 { try attention(batch: 4, heads: 9, kvHeads: 3, length: 256, headSize: 64, backward: false) }
             ))
         list.append(
             (
-                "attention GQA fwd+bwd B4",
+                "attention fwd+bwd B4 NH9 NKV3",
                 { try attention(batch: 4, heads: 9, kvHeads: 3, length: 256, headSize: 64, backward: true) }
             ))
         list.append(("layer norm", { try layerNorm(rows: 256, channels: 768) }))

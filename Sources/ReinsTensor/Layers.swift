@@ -41,13 +41,15 @@ extension Tensor {
         rk_linear_forward(
             result.storage.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
             Int32(N), Int32(C), Int32(OC), wt)
-        let xs = x.detached(), ws = weight.detached()
+        // The input is needed only for dW: a frozen weight lets it go as soon as the forward pass is done with it
+        // (with an adapted frozen base, most layers' inputs are never kept).
+        let xs = weight.requiresGradient ? x.detached() : nil, ws = weight.detached()
         var inputs = [x, weight]
         if let bias { inputs.append(bias) }
         return recording(result, inputs: inputs) { g, grads in
             rk_linear_backward(
                 grads[0], grads[1], grads.count > 2 ? grads[2] : nil, g.storage.pointer,
-                xs.storage.pointer, ws.storage.pointer, Int32(N), Int32(C), Int32(OC), wt)
+                xs?.storage.pointer, ws.storage.pointer, Int32(N), Int32(C), Int32(OC), wt)
         }
     }
 

@@ -213,3 +213,39 @@ struct DecoderKernelTests {
         expectClose(dv, numericGradient(V) { dot(G, f(Q, K, $0)) }, atol: 1e-5, rtol: 1e-3, "gqa dv")
     }
 }
+
+/// The fused output layer + cross-entropy equals the two ops it replaces: the loss and the gradients of the input,
+/// the weight and the bias, with ignored rows, a last chunk shorter than the others, and no row counted at all.
+struct LinearCrossEntropyTests {
+    @Test(arguments: [1, 4, 64])
+    func equalsLinearThenCrossEntropy(chunkRows: Int) throws {
+        let (N, C, V) = (11, 13, 37)
+        let x = try Tensor.normal([N, C], seed: 1), w = try Tensor.normal([V, C], std: 0.3, seed: 2)
+        let b = try Tensor.normal([V], seed: 3)
+        let targets = IntTensor((0..<N).map { $0 % 4 == 3 ? -100 : Int32(($0 * 7) % V) })
+        func run(_ fused: Bool) throws -> (Float, [Float], [Float], [Float]) {
+            let xl = x.requiringGradient(), wl = w.requiringGradient(), bl = b.requiringGradient()
+            let loss =
+                fused
+                ? try Tensor.linearCrossEntropy(xl, weight: wl, bias: bl, targets: targets, chunkRows: chunkRows)
+                : try Tensor.crossEntropy(logits: Tensor.linear(xl, weight: wl, bias: bl), targets: targets)
+            try loss.backward(gradient: Tensor(scalar: 2.5))
+            return (
+                try loss.item, xl.gradient?.scalars ?? [], wl.gradient?.scalars ?? [], bl.gradient?.scalars ?? []
+            )
+        }
+        let (l1, dx1, dw1, db1) = try run(true), (l2, dx2, dw2, db2) = try run(false)
+        #expect(abs(l1 - l2) < 1e-5)
+        expectClose(dx1, dx2, atol: 1e-6, rtol: 1e-4, "dx")
+        expectClose(dw1, dw2, atol: 1e-6, rtol: 1e-4, "dw")
+        expectClose(db1, db2, atol: 1e-6, rtol: 1e-4, "db")
+        #expect(dx1.count == N * C && dw1.count == V * C && db1.count == V)
+    }
+
+    @Test func refusesBadTargetsAndCountsNothingAsNaN() throws {
+        let x = try Tensor.normal([2, 3], seed: 1), w = try Tensor.normal([5, 3], seed: 2)
+        #expect(throws: TensorError.self) { try Tensor.linearCrossEntropy(x, weight: w, targets: IntTensor([0, 5])) }
+        #expect(throws: TensorError.self) { try Tensor.linearCrossEntropy(x, weight: w, targets: IntTensor([0])) }
+        #expect(try Tensor.linearCrossEntropy(x, weight: w, targets: IntTensor([-100, -100])).item.isNaN)
+    }
+}

@@ -56,6 +56,22 @@ public protocol CausalLanguageModel: Module {
     var promptTokenCount: Int { get }
     /// The config's `pad_token_id`, if any.
     var padTokenID: Int? { get }
+    /// The output layer's weight `[V, C]` and bias when it is a plain product (no adapter changes it), so that the loss
+    /// can run it fused with the cross-entropy without holding the logits; nil otherwise.
+    var plainOutputLayer: (weight: Tensor, bias: Tensor?)? { get }
+}
+
+extension Linear {
+    /// The weight `[out, in]` and bias when no adapter changes this layer's product.
+    var plainProduct: (weight: Tensor, bias: Tensor?)? {
+        hasLiveAdapter || weightTransposed ? nil : (weight.value, bias?.value)
+    }
+}
+
+extension TiedOutput {
+    var plainProduct: (weight: Tensor, bias: Tensor?)? {
+        slots.live == nil ? (table.unadaptedWeight, bias?.value) : nil
+    }
 }
 
 extension GPT2LMHeadModel: CausalLanguageModel {
@@ -71,6 +87,7 @@ extension GPT2LMHeadModel: CausalLanguageModel {
     public var virtualTokenCount: Int { transformer.virtualLength }
     public var promptTokenCount: Int { transformer.promptLength }
     public var padTokenID: Int? { transformer.config.padTokenID }
+    public var plainOutputLayer: (weight: Tensor, bias: Tensor?)? { lmHead.plainProduct }
 }
 
 extension LlamaForCausalLM: CausalLanguageModel {
@@ -86,6 +103,9 @@ extension LlamaForCausalLM: CausalLanguageModel {
     public var virtualTokenCount: Int { model.virtualLength }
     public var promptTokenCount: Int { model.promptLength }
     public var padTokenID: Int? { model.config.padTokenID }
+    public var plainOutputLayer: (weight: Tensor, bias: Tensor?)? {
+        (lmHead as? Linear)?.plainProduct ?? (lmHead as? TiedOutput)?.plainProduct
+    }
 }
 
 extension CausalLanguageModel {
@@ -108,10 +128,14 @@ extension CausalLanguageModel {
             )
         }
         let h = try decoderStates(ids, attentionMask: attentionMask, positionIDs: nil, cache: nil)
-        let logits = try outputLogits(h.slice(axis: 1, (Q > 0 ? Q - 1 : 0)..<(Q + T - 1)))
+        let predicting = try h.slice(axis: 1, (Q > 0 ? Q - 1 : 0)..<(Q + T - 1))
         var targets: [Int32] = []
         for b in 0..<B { targets += labels.values[(b * T + (Q > 0 ? 0 : 1))..<((b + 1) * T)] }
-        return try Tensor.crossEntropy(logits: logits, targets: IntTensor(targets))
+        // A plain output layer runs fused with the loss, chunk by chunk: the [B, T, V] logits are never held.
+        if let (weight, bias) = plainOutputLayer {
+            return try Tensor.linearCrossEntropy(predicting, weight: weight, bias: bias, targets: IntTensor(targets))
+        }
+        return try Tensor.crossEntropy(logits: outputLogits(predicting), targets: IntTensor(targets))
     }
 
     /// Continues each prompt, feeding only new tokens through the model (a KV cache keeps earlier keys and values).

@@ -1,0 +1,96 @@
+import COpenBLAS
+import CReinsKernels
+import Foundation
+
+extension Tensor {
+    /// The mean cross-entropy of `x·Wᵀ + b` against `targets`, without ever holding the logits: rows go through in
+    /// chunks, each chunk's logits live only while its loss and its gradients are taken, and what backward needs —
+    /// dX (and dW, db when they train) for a loss gradient of 1 — is accumulated on the way. Backward then only scales
+    /// them. Equal to ``linear(_:weight:bias:weightTransposed:)`` followed by
+    /// ``crossEntropy(logits:targets:ignoreIndex:)``, for a language model's output layer over a large vocabulary:
+    /// `N × V` floats for the logits and as many for their gradient are never allocated.
+    ///
+    /// `x: [N, C]` (or `[..., C]`), `weight: [V, C]`, `bias: [V]`, `targets: [N]` (`ignoreIndex` rows skipped).
+    /// - Throws: ``TensorError`` for shapes that do not fit or a target outside `0..<V`.
+    public static func linearCrossEntropy(
+        _ x: Tensor, weight: Tensor, bias: Tensor? = nil, targets: IntTensor, ignoreIndex: Int32 = -100,
+        chunkRows: Int = 64
+    ) throws -> Tensor {
+        let (N, C) = x.rowsAndWidth
+        guard weight.rank == 2, weight.shape[1] == C, targets.count == N else {
+            throw TensorError.shapeMismatch(
+                operation: "linearCrossEntropy",
+                detail: "input \(x.shape), weight \(weight.shape) ([V, C]), \(targets.count) targets")
+        }
+        let V = weight.shape[0]
+        if let bias, bias.shape != [V] {
+            throw TensorError.shapeMismatch(operation: "linearCrossEntropy", detail: "bias \(bias.shape) for \(V) outputs")
+        }
+        if let bad = targets.values.firstIndex(where: { $0 != ignoreIndex && ($0 < 0 || Int($0) >= V) }) {
+            throw TensorError.indexOutOfRange(
+                operation: "linearCrossEntropy", position: bad, value: Int(targets.values[bad]), limit: V)
+        }
+        let counted = targets.values.reduce(0) { $0 + ($1 == ignoreIndex ? 0 : 1) }
+        let rows = Swift.max(1, Swift.min(chunkRows, N))
+        try Tensor.checkMemory(
+            elements: 2 * rows * V, bytesPerElement: 4, what: "two chunks of \(rows) × \(V) logits",
+            operation: "linearCrossEntropy")
+        let logits = TensorStorage(uninitializedCount: rows * V), dlogits = TensorStorage(uninitializedCount: rows * V)
+        let losses = TensorStorage(uninitializedCount: rows), lse = TensorStorage(uninitializedCount: rows)
+        // The gradients for a loss gradient of 1, kept for backward (only those that are wanted).
+        let wantX = x.requiresGradient, wantW = weight.requiresGradient, wantB = bias?.requiresGradient ?? false
+        let dX = wantX ? TensorStorage(count: N * C, repeating: 0) : nil
+        let dW = wantW ? TensorStorage(count: V * C, repeating: 0) : nil
+        let dB = wantB ? TensorStorage(count: V, repeating: 0) : nil
+        let scale = counted == 0 ? 0 : 1 / Float(counted)
+        var total = 0.0
+        let px = x.storage.pointer, pw = weight.storage.pointer
+        targets.values.withUnsafeBufferPointer { t in
+            guard let tp = t.baseAddress else { return }
+            for r0 in stride(from: 0, to: N, by: rows) {
+                let n = Swift.min(rows, N - r0)
+                // logits (n, V) = x[r0..<r0+n] · Wᵀ + b
+                if let bias {
+                    for i in 0..<n { memcpy(logits.pointer + i * V, bias.storage.pointer, V * 4) }
+                }
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(V), Int32(C), 1, px + r0 * C, Int32(C),
+                    pw, Int32(C), bias == nil ? 0 : 1, logits.pointer, Int32(V))
+                let grain = Swift.max(1, 8192 / Swift.max(V, 1))
+                memset(dlogits.pointer, 0, n * V * 4)
+                Parallel.forRanges(n, minimum: grain) { r, _ in
+                    let o = r.lowerBound
+                    _ = rk_crossentropy_forward(
+                        losses.pointer + o, lse.pointer + o, logits.pointer + o * V, tp + r0 + o, Int32(r.count),
+                        Int32(V), ignoreIndex, nil)
+                    rk_crossentropy_backward(
+                        dlogits.pointer + o * V, logits.pointer + o * V, lse.pointer + o, tp + r0 + o, scale,
+                        Int32(r.count), Int32(V), ignoreIndex)
+                }
+                for i in 0..<n { total += Double(losses.pointer[i]) }
+                // dX rows (n, C) = dlogits · W;  dW (V, C) += dlogitsᵀ · x rows;  db += column sums
+                if let dX {
+                    cblas_sgemm(
+                        CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(C), Int32(V), 1, dlogits.pointer,
+                        Int32(V), pw, Int32(C), 0, dX.pointer + r0 * C, Int32(C))
+                }
+                if let dW {
+                    cblas_sgemm(
+                        CblasRowMajor, CblasTrans, CblasNoTrans, Int32(V), Int32(C), Int32(n), 1, dlogits.pointer,
+                        Int32(V), px + r0 * C, Int32(C), 1, dW.pointer, Int32(C))
+                }
+                if let dB { rk_bias_backward(dB.pointer, dlogits.pointer, Int32(n), Int32(V)) }
+            }
+        }
+        let loss = Tensor(scalar: counted == 0 ? .nan : Float(total / Double(counted)))
+        let inputs = [x, weight] + (bias.map { [$0] } ?? [])
+        return recording(loss, inputs: inputs) { g, grads in
+            let s = g.storage.pointer[0]
+            for (k, saved) in [dX, dW, dB].enumerated() where k < grads.count {
+                guard let target = grads[k], let saved else { continue }
+                let count = k == 0 ? N * C : k == 1 ? V * C : V
+                cblas_saxpy(Int32(count), s, saved.pointer, 1, target, 1)
+            }
+        }
+    }
+}
