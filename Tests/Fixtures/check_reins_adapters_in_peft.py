@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """By-hand check that adapters saved by Reins load in PEFT and give PEFT's own logits. Never run in CI:
 
-    REINS_SAVE_ADAPTERS=/tmp/reins-adapters swift test --filter "AdapterFileTests|AdapterSetTests|peftAdaLoRA"
+    REINS_SAVE_ADAPTERS=/tmp/reins-adapters swift test --filter "AdapterFileTests|AdapterSetTests|peftAdaLoRA|LlamaAdapterTests"
     ~/.reins-reference/bin/python Tests/Fixtures/check_reins_adapters_in_peft.py /tmp/reins-adapters
 
 The test writes gpt2-lora/, bert-lora/, gpt2-prefix/, bert-prefix/, gpt2-ia3/, gpt2-prompt/, bert-prompt/, gpt2-dora/,
@@ -38,6 +38,18 @@ for adapter, base, cls in [("gpt2-lora", "gpt2-lm", GPT2LMHeadModel), ("bert-lor
     kw = {k: v.long() for k, v in e.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
         logits = model(**kw).logits
+    print(f"{adapter}: PEFT on the Reins-saved adapter, max |diff| vs PEFT's own = {(logits - e['logits']).abs().max().item():.2e}")
+
+# Adapters on a Llama (LlamaAdapterTests saves each PEFT fixture again with REINS_SAVE_ADAPTERS set): PEFT's logits.
+from transformers import LlamaForCausalLM
+for adapter in ["llama-lora", "llama-dora", "llama-ia3", "llama-prefix", "llama-prompt"]:
+    if not os.path.isdir(os.path.join(saved, adapter)):
+        continue
+    model = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(os.path.join(HERE, "models", "llama-tiny")),
+                                      os.path.join(saved, adapter)).eval()
+    e = load_file(os.path.join(HERE, "adapters", adapter, "io.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=e["input_ids"].long(), attention_mask=e["attention_mask"].long()).logits
     print(f"{adapter}: PEFT on the Reins-saved adapter, max |diff| vs PEFT's own = {(logits - e['logits']).abs().max().item():.2e}")
 
 # LoRA + BitFit trained in Reins (AdapterSetTests, with REINS_SAVE_ADAPTERS set): PEFT's bias="all" must give Reins's logits.

@@ -104,6 +104,18 @@ struct LlamaAdapterTests {
             try model.logits(io.intTensor("input_ids"), attentionMask: io.intTensor("attention_mask"))
         }
         expectClose(logits, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(adapter) logits")
+        // Saved again by Reins, it loads back to the same logits (check_reins_adapters_in_peft.py loads these saves in
+        // PEFT when REINS_SAVE_ADAPTERS names a directory).
+        let name = try #require(model.activeAdapterName)
+        let keep = ProcessInfo.processInfo.environment["REINS_SAVE_ADAPTERS"].map { URL(fileURLWithPath: $0) }
+        let saved = try (keep ?? temporaryDirectory()).appendingPathComponent(adapter)
+        try model.saveAdapter(name, to: saved)
+        let again = try LlamaTests.causalLM("llama-tiny")
+        try AdapterFiles.load(directory: saved, into: again)
+        expectClose(
+            try Autograd.withoutGradients {
+                try again.logits(io.intTensor("input_ids"), attentionMask: io.intTensor("attention_mask"))
+            }, logits, atol: 1e-6, rtol: 1e-6, "\(adapter) saved by Reins and loaded again")
 
         let ids = try io.intTensor("train_ids"), mask = try io.intTensor("train_mask")
         let labels = try IntTensor(shape: ids.shape, values: zip(ids.values, mask.values).map { $1 == 0 ? -100 : $0 })
