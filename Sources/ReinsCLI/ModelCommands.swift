@@ -179,14 +179,8 @@ struct GenerateCommand: ParsableCommand {
         guard maxNewTokens >= 0 else {
             throw ValidationError("--max-new-tokens must not be negative, got \(maxNewTokens)")
         }
-        if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1, got \(topK)") }
-        if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
-        if let temperature, !(temperature.isFinite && temperature > 0) {
-            throw ValidationError("--temperature must be positive, got \(temperature)")
-        }
-        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else {
-            throw ValidationError("--repetition-penalty must be positive, got \(repetitionPenalty)")
-        }
+        try validateSampling(
+            topK: topK, topP: topP, temperature: temperature, repetitionPenalty: repetitionPenalty)
     }
 
     func run() throws {
@@ -272,14 +266,8 @@ struct ChatCommand: ParsableCommand {
 
     func validate() throws {
         guard maxNewTokens > 0 else { throw ValidationError("--max-new-tokens must be positive, got \(maxNewTokens)") }
-        if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1, got \(topK)") }
-        if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
-        if let temperature, !(temperature.isFinite && temperature > 0) {
-            throw ValidationError("--temperature must be positive, got \(temperature)")
-        }
-        guard repetitionPenalty.isFinite, repetitionPenalty > 0 else {
-            throw ValidationError("--repetition-penalty must be positive, got \(repetitionPenalty)")
-        }
+        try validateSampling(
+            topK: topK, topP: topP, temperature: temperature, repetitionPenalty: repetitionPenalty)
     }
 
     func run() throws {
@@ -395,5 +383,17 @@ func loadCausalLanguageModel(_ dir: URL) throws -> any CausalLanguageModel {
             throw ValidationError("\(dir.path) is not a causal language model")
         }
         return m
+    }
+}
+
+/// The sampling options `generate` and `chat` share, checked the same way.
+func validateSampling(topK: Int?, topP: Float?, temperature: Float?, repetitionPenalty: Float) throws {
+    if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1, got \(topK)") }
+    if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be in (0, 1], got \(topP)") }
+    if let temperature, !(temperature.isFinite && temperature > 0) {
+        throw ValidationError("--temperature must be positive, got \(temperature)")
+    }
+    guard repetitionPenalty.isFinite, repetitionPenalty > 0 else {
+        throw ValidationError("--repetition-penalty must be positive, got \(repetitionPenalty)")
     }
 }

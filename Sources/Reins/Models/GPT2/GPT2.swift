@@ -439,22 +439,29 @@ public final class GPT2ForSequenceClassification: Module {
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil, tokenTypeIDs: IntTensor? = nil) throws
         -> Tensor
     {
-        guard ids.shape.count == 2 else {
-            throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
-        }
-        let (B, T) = (ids.shape[0], ids.shape[1])
-        let pad = transformer.config.padTokenID
-        guard pad != nil || B == 1 else {
-            throw ModelError.badInput("batches of more than one sequence need pad_token_id in the config")
-        }
-        // As Hugging Face: the last position whose token is not the pad token (0 if every token is padding). Only
-        // those rows go through the last block (``GPT2Model/hiddenStates(_:at:attentionMask:tokenTypeIDs:)``).
-        let last = (0..<B).map { b in
-            pad.flatMap { p in ids.values[(b * T)..<((b + 1) * T)].lastIndex { $0 != Int32(p) }.map { $0 - b * T } ?? 0
-            } ?? (T - 1)
-        }
+        // Only the rows read go through the last block (``GPT2Model/hiddenStates(_:at:attentionMask:tokenTypeIDs:)``).
+        let last = try lastRealTokens(ids, padTokenID: transformer.config.padTokenID)
         let h = try transformer.hiddenStates(ids, at: last, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
-        return try score(h).reshaped([B, score.outputs])
+        return try score(h).reshaped([last.count, score.outputs])
+    }
+}
+
+/// Where a decoder's sequence classifier reads each row, as transformers does: the last position whose token is not
+/// the pad token (0 if every token is padding; the last position when the config has no pad token, which only a
+/// batch of one may lack).
+/// - Throws: ``ModelError/badInput(_:)`` for ids that are not `[batch, length]`, or a batch of several rows without a
+///   pad token.
+func lastRealTokens(_ ids: IntTensor, padTokenID pad: Int?) throws -> [Int] {
+    guard ids.shape.count == 2 else {
+        throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
+    }
+    let (B, T) = (ids.shape[0], ids.shape[1])
+    guard pad != nil || B == 1 else {
+        throw ModelError.badInput("batches of more than one sequence need pad_token_id in the config")
+    }
+    return (0..<B).map { b in
+        pad.map { p in ids.values[(b * T)..<((b + 1) * T)].lastIndex { $0 != Int32(p) }.map { $0 - b * T } ?? 0 }
+            ?? (T - 1)
     }
 }
 

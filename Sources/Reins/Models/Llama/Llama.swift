@@ -282,24 +282,12 @@ public final class LlamaForSequenceClassification: Module {
         visit.module("score", score)
     }
 
-    /// Class logits `[B, labels]`.
+    /// Class logits `[B, labels]`, read at each row's last token that is not `pad_token_id` (with prompt tuning the
+    /// prompt vectors come first).
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil) throws -> Tensor {
-        guard ids.shape.count == 2 else {
-            throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
-        }
-        let (B, T) = (ids.shape[0], ids.shape[1])
-        let pad = model.config.padTokenID
-        guard pad != nil || B == 1 else {
-            throw ModelError.badInput("batches of more than one sequence need pad_token_id in the config")
-        }
-        // transformers: the last position whose token is not the pad token (0 if every token is padding; T - 1
-        // without a pad token). With prompt tuning the prompt vectors come first.
-        let last = (0..<B).map { b in
-            pad.map { p in ids.values[(b * T)..<((b + 1) * T)].lastIndex { $0 != Int32(p) }.map { $0 - b * T } ?? 0 }
-                ?? (T - 1)
-        }
+        let last = try lastRealTokens(ids, padTokenID: model.config.padTokenID)
         let h = try model.hiddenStates(ids, attentionMask: attentionMask)
         let picked = try h.positions(last.map { $0 + model.promptLength })
-        return try score(picked).reshaped([B, score.outputs])
+        return try score(picked).reshaped([last.count, score.outputs])
     }
 }
