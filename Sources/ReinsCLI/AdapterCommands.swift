@@ -111,9 +111,7 @@ struct AdaptersCommand: ParsableCommand {
                 try l.detachLoRA(l.activeLoRA!)  // detaching unmerges: put the merged weight back, without the adapter
                 l.weight.value = merged
             }
-            let config =
-                try JSONSerialization.jsonObject(with: FileBytes.read(dir.appendingPathComponent("config.json").path))
-                as? [String: Any] ?? [:]
+            let config = try Checkpoint.modelConfig(dir)
             try loaded.module.save(to: URL(fileURLWithPath: output), config: config)
             print("merged \(layers.count) layers into \(output)")
         }

@@ -136,7 +136,7 @@ struct DemoCommand: ParsableCommand {
             let adapterDir = out.appendingPathComponent("adapters/\(name)")
             try? FileManager.default.removeItem(at: adapterDir)
             if recipe.method == .full {
-                var config = try Checkpoint.readJSON(modelDir.appendingPathComponent("config.json"))
+                var config = try Checkpoint.modelConfig(modelDir)
                 config["architectures"] = ["BertForSequenceClassification"]
                 config["num_labels"] = labels.count
                 config["id2label"] = Dictionary(

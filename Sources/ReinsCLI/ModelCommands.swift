@@ -8,7 +8,7 @@ struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info", abstract: "Describe a Hugging Face model directory.")
 
-    @Option(help: "A model directory (config.json + model.safetensors, or pytorch_model.bin).")
+    @Option(help: "A model directory (config.json + model.safetensors, or pytorch_model.bin), or a .gguf file.")
     var model: String
 
     func run() throws {
@@ -73,7 +73,7 @@ struct LogitsCommand: ParsableCommand {
             "LM heads write logits [B, T, V]; classification heads [B, labels]; token classification [B, T, labels]; question answering start_logits and end_logits [B, T]; a bare model last_hidden_state [B, T, C]. With a prompt-tuning adapter, per-token outputs also cover its P virtual positions, first ([B, P + T, ...]), as PEFT returns them. This is how Reins is checked against the Python stack."
     )
 
-    @Option(help: "A model directory (config.json + model.safetensors, or pytorch_model.bin).")
+    @Option(help: "A model directory (config.json + model.safetensors, or pytorch_model.bin), or a .gguf file.")
     var model: String
     @Option(help: "A safetensors file with int32 input_ids [B, T] and optional attention_mask and token_type_ids.")
     var inputs: String
@@ -134,10 +134,10 @@ struct TokenizeCommand: ParsableCommand {
         commandName: "tokenize",
         abstract: "Encode lines of standard input as JSON arrays of token ids.",
         discussion:
-            "The tokenizer file is a vocab.txt (WordPiece, adds [CLS]/[SEP]), a vocab.json with merges.txt beside it (GPT-2 byte-level BPE), or a tokenizer.json of either kind."
+            "The tokenizer file is a vocab.txt (WordPiece, adds [CLS]/[SEP]), a vocab.json with merges.txt beside it (GPT-2 byte-level BPE), a tokenizer.json of either kind, or a GGUF model file (its byte-level BPE tokenizer)."
     )
 
-    @Option(help: "vocab.txt, vocab.json (with merges.txt beside it) or tokenizer.json.")
+    @Option(help: "vocab.txt, vocab.json (with merges.txt beside it), tokenizer.json or a model .gguf file.")
     var tokenizer: String
 
     func run() throws {
@@ -154,7 +154,8 @@ struct GenerateCommand: ParsableCommand {
         commandName: "generate",
         abstract: "Continue a prompt with a causal language model: GPT-2 or a Llama-family decoder (KV cache).")
 
-    @Option(help: "A GPT2LMHeadModel or Llama/Qwen2/Mistral ForCausalLM directory.") var model: String
+    @Option(help: "A GPT2LMHeadModel or Llama/Qwen2/Mistral ForCausalLM directory, or a Llama/Qwen2 .gguf file.")
+    var model: String
     @Option(help: "The prompt text (needs tokenizer files in the model directory).") var prompt: String?
     @Option(help: "The prompt as comma-separated token ids, e.g. 5,17,42.") var promptIds: String?
     @Option(help: "How many tokens to add.") var maxNewTokens: Int = 20
@@ -175,6 +176,11 @@ struct GenerateCommand: ParsableCommand {
     ) var chat = false
     @Option(help: "With --chat: a system message first.") var system: String?
 
+    @Flag(
+        help:
+            "For a GGUF model: compute with the dequantized weights in float32 (the reference; default: integer dot products against 8-bit activations when decoding)."
+    ) var exact = false
+
     func validate() throws {
         guard maxNewTokens >= 0 else {
             throw ValidationError("--max-new-tokens must not be negative, got \(maxNewTokens)")
@@ -185,7 +191,7 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         let dir = URL(fileURLWithPath: model)
-        let lm = try loadCausalLanguageModel(dir)
+        let lm = try loadCausalLanguageModel(dir, exact: exact)
         if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: lm) }
         if chat { return try runChat(lm, dir) }
         let tokenizer = try tokenizerFile(in: dir).map { try AnyTokenizer(file: $0) }
@@ -254,7 +260,8 @@ struct ChatCommand: ParsableCommand {
             "Reads one user message per line of standard input (an empty line or end of input ends the chat); the conversation so far is the context of each answer."
     )
 
-    @Option(help: "A Llama-family (or GPT-2) model directory with tokenizer.json and a chat template.") var model: String
+    @Option(help: "A Llama-family (or GPT-2) model directory with tokenizer.json and a chat template, or a .gguf file.")
+    var model: String
     @Option(help: "A PEFT adapter directory to apply.") var adapter: String?
     @Option(help: "A system message first.") var system: String?
     @Option(help: "The most tokens per answer.") var maxNewTokens: Int = 256
@@ -264,6 +271,11 @@ struct ChatCommand: ParsableCommand {
     @Option(help: "Penalise tokens already present (1 = off).") var repetitionPenalty: Float = 1
     @Option(help: "Sampling seed.") var seed: UInt64 = 0
 
+    @Flag(
+        help:
+            "For a GGUF model: compute with the dequantized weights in float32 (the reference; default: integer dot products against 8-bit activations when decoding)."
+    ) var exact = false
+
     func validate() throws {
         guard maxNewTokens > 0 else { throw ValidationError("--max-new-tokens must be positive, got \(maxNewTokens)") }
         try validateSampling(
@@ -272,7 +284,7 @@ struct ChatCommand: ParsableCommand {
 
     func run() throws {
         let dir = URL(fileURLWithPath: model)
-        let lm = try loadCausalLanguageModel(dir)
+        let lm = try loadCausalLanguageModel(dir, exact: exact)
         if let adapter { try AdapterFiles.load(directory: URL(fileURLWithPath: adapter), into: lm) }
         let format = try naming(dir.appendingPathComponent("tokenizer_config.json").path) { try ChatFormat(directory: dir) }
         let sample = temperature != nil || topK != nil || topP != nil
@@ -371,12 +383,20 @@ struct EmbedCommand: ParsableCommand {
 }
 
 /// The causal language model in a directory: GPT-2's LM head model, or a Llama-family `ForCausalLM`.
-func loadCausalLanguageModel(_ dir: URL) throws -> any CausalLanguageModel {
-    let config = try Checkpoint.readJSON(dir.appendingPathComponent("config.json"))
+/// A GPT-2 or Llama-family causal LM. A GGUF file's quantized weights stay in their blocks; `exact` computes their
+/// products in float32 from the dequantized weights (else integer dot products when decoding); `dequantized` holds
+/// them as float32 instead (trainable).
+func loadCausalLanguageModel(_ dir: URL, exact: Bool = false, dequantized: Bool = false) throws
+    -> any CausalLanguageModel
+{
+    let config = try Checkpoint.modelConfig(dir)
     let families = ["llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"]
     if let family = families[config["model_type"] as? String ?? ""] {
-        guard case let .llamaCausalLM(m) = try PretrainedModel.load(directory: dir, architecture: "\(family)ForCausalLM")
+        guard
+            case let .llamaCausalLM(m) = try PretrainedModel.load(
+                directory: dir, architecture: "\(family)ForCausalLM", quantized: !dequantized)
         else { throw ValidationError("\(dir.path) is not a causal language model") }
+        if exact { m.setQuantizedRoute(.exact) }
         return m
     } else {
         guard case let .gpt2LMHead(m) = try PretrainedModel.load(directory: dir, architecture: "GPT2LMHeadModel") else {

@@ -7,7 +7,7 @@ import ReinsTensor
 struct TaskOptions: ParsableArguments {
     @Option(
         help:
-            "Hugging Face model directory: BERT or GPT-2 for classification, BERT for token-classification, qa and mlm, GPT-2 or a Llama-family model (Llama, Qwen2, Mistral, SmolLM2) for causal-lm and instruction."
+            "Hugging Face model directory: BERT or GPT-2 for classification, BERT for token-classification, qa and mlm, GPT-2 or a Llama-family model (Llama, Qwen2, Mistral, SmolLM2; a directory or a .gguf file) for causal-lm and instruction."
     ) var model: String
     @Option(
         help:
@@ -25,6 +25,10 @@ struct TaskOptions: ParsableArguments {
             "Classification: cls (BERT's pooler) or mean (token average, for sentence-embedding models); default: the model config's reins_pooling, else cls."
     ) var pooling: String?
     @Option(help: "Tokens per example.") var maxLength = 128
+    @Flag(
+        help:
+            "For a GGUF model: train on its weights dequantized to float32 (needed for full fine-tuning); by default the base stays in its quantized blocks, frozen, and adapters train beside it (QLoRA)."
+    ) var exact = false
 
     var taskKind: String { task.lowercased() }
 
@@ -49,7 +53,7 @@ struct TaskOptions: ParsableArguments {
         // Scoring or predicting with a fine-tuned model: its own label map (config.json id2label), unless it holds only
         // transformers' LABEL_i defaults. (Training names its classes from the data instead.)
         if data == nil,
-            let config = try? Checkpoint.readJSON(URL(fileURLWithPath: model).appendingPathComponent("config.json")),
+            let config = try? Checkpoint.modelConfig(URL(fileURLWithPath: model)),
             let map = config["id2label"] as? [String: String], !map.isEmpty,
             let names = Optional((0..<map.count).compactMap { map[String($0)] }), names.count == map.count,
             names.enumerated().contains(where: { $0.element != "LABEL_\($0.offset)" })
@@ -72,7 +76,7 @@ struct TaskOptions: ParsableArguments {
             // What so many classes cost before anything is built: a name each, and a head row each of the model's
             // width with its gradient and two AdamW moments (16 bytes a weight).
             let config =
-                (try? Checkpoint.readJSON(URL(fileURLWithPath: model).appendingPathComponent("config.json"))) ?? [:]
+                (try? Checkpoint.modelConfig(URL(fileURLWithPath: model))) ?? [:]
             let width = JSONNumber.exactInt(config["hidden_size"] ?? config["n_embd"]) ?? 1
             let (perClass, o) = (max(width, 1) + 1).multipliedReportingOverflow(by: 16)
             try Tensor.checkMemory(
@@ -159,7 +163,7 @@ struct TaskOptions: ParsableArguments {
             task.decode = { tokenizer.decode($0) }  // prompt/completion evaluation data is also scored by BLEU
             return task
         case "instruction":
-            let model = try loadCausalLanguageModel(dir)
+            let model = try loadCausalLanguageModel(dir, dequantized: exact)
             let format = try naming(dir.appendingPathComponent("tokenizer_config.json").path) {
                 try ChatFormat(directory: dir)
             }
@@ -191,11 +195,11 @@ struct TaskOptions: ParsableArguments {
         encode: (String, String?) throws -> (ids: [Int32], types: [Int32]), padID: Int32
     ) {
         let dir = URL(fileURLWithPath: model)
-        if (try Checkpoint.readJSON(dir.appendingPathComponent("config.json")))["model_type"] as? String == "gpt2" {
+        if (try Checkpoint.modelConfig(dir))["model_type"] as? String == "gpt2" {
             guard let file = tokenizerFile(in: dir), case let .bpe(bpe) = try AnyTokenizer(file: file) else {
                 throw ValidationError("no byte-level BPE tokenizer (tokenizer.json or vocab.json) in \(dir.path)")
             }
-            let config = try Checkpoint.readJSON(dir.appendingPathComponent("config.json"))
+            let config = try Checkpoint.modelConfig(dir)
             let pad = (config["pad_token_id"] as? Int) ?? bpe.endOfText.map(Int.init) ?? 0
             guard
                 case let .gpt2SequenceClassification(m) = try PretrainedModel.load(
@@ -227,7 +231,7 @@ struct TaskOptions: ParsableArguments {
 
     func languageModel() throws -> (any CausalLanguageModel, AnyTokenizer) {
         let dir = URL(fileURLWithPath: model)
-        let m = try loadCausalLanguageModel(dir)
+        let m = try loadCausalLanguageModel(dir, dequantized: exact)
         guard let file = tokenizerFile(in: dir) else {
             throw ValidationError("no tokenizer.json or vocab.json in \(dir.path)")
         }
@@ -376,6 +380,11 @@ struct TrainCommand: ParsableCommand {
         ) { model, count in
             // PEFT's default LoRA targets for the model's type (AdapterDefaults); a model without any must name them.
             adapterMethod = try self.adapterMethod(defaultTargets: (try? model.defaultLoRATargets()) ?? [])
+            if case .full = adapterMethod, model.holdsQuantizedWeights {
+                throw ValidationError(
+                    "full fine-tuning trains every weight, and this base's weights are quantized (frozen); add --exact to train on them dequantized to float32, or choose an adapter method"
+                )
+            }
             try model.addAdapter(name, adapterMethod, labels: count, seed: seed)
         }
         if !labels.isEmpty {
@@ -428,7 +437,7 @@ struct TrainCommand: ParsableCommand {
         if adapterMethod == .full, trainer.best != nil {
             // Full fine-tuning: make best/ a complete model directory (config and tokenizer beside the weights).
             let base = URL(fileURLWithPath: taskOptions.model), best = out.appendingPathComponent("best")
-            var config = try Checkpoint.readJSON(base.appendingPathComponent("config.json"))
+            var config = try Checkpoint.modelConfig(base)
             if let headed = task.model as? any TaskHeadModel {
                 // transformers' label maps, so that pipelines (and reins eval/predict) name the classes.
                 let count = headed.heads.current.outputs

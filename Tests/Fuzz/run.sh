@@ -15,7 +15,7 @@ shift || true
 readers=("$@")
 if [ ${#readers[@]} -eq 0 ]; then
     readers=(safetensors torchCheckpoint modelConfig checkpointDirectory tokenizerJSON vocabularyText bpeFiles
-             adapterConfig adapterWeights dataJSONL dataCSV metricsLog chatTemplate)
+             adapterConfig adapterWeights dataJSONL dataCSV metricsLog chatTemplate gguf)
 fi
 # (The linker's "cannot export local symbol" warnings about ASan's own helpers are noise: filtered out.)
 swift build --product ReinsFuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DREINS_LIBFUZZER \

@@ -99,9 +99,35 @@ struct TokenizerTests {
         }
         try "#version: 0.2\na b\n".write(to: merges, atomically: true, encoding: .utf8)
         #expect { try BPETokenizer(vocabularyFile: json.path, mergesFile: merges.path) } throws: {
-            "\($0)".contains("lacks byte")
+            "\($0)".contains("which is not in the vocabulary")
         }
         try "not json".write(to: json, atomically: true, encoding: .utf8)
         #expect { try BPETokenizer(tokenizerJSON: json.path) } throws: { "\($0)".contains("not a JSON object") }
+    }
+
+    /// A vocabulary may lack bytes its training text never had (SmolLM2's lacks some control bytes): such a byte
+    /// encodes as the unknown token when the model names one, and is dropped when it does not, as `tokenizers` does.
+    @Test func aByteMissingFromTheVocabularyIsTheUnknownTokenOrDropped() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var json = try JSONSerialization.jsonObject(
+            with: Data(contentsOf: Fixtures.directory.appendingPathComponent("tokenizers/smollm/tokenizer.json")))
+            as! [String: Any]
+        var model = json["model"] as! [String: Any]
+        var vocab = model["vocab"] as! [String: Any]
+        let missing = "\u{104}"  // byte 4 (U+0004) as byte-level BPE writes it
+        #expect(vocab[missing] != nil)
+        vocab[missing] = nil
+        model["vocab"] = vocab
+        for unk in ["<|endoftext|>", nil] as [String?] {
+            model["unk_token"] = unk ?? NSNull()
+            json["model"] = model
+            let path = dir.appendingPathComponent("tokenizer.json")
+            try JSONSerialization.data(withJSONObject: json).write(to: path)
+            let t = try BPETokenizer(tokenizerJSON: path.path)
+            // The pre-tokenizer isolates the byte: "a", "\u{4}", "b".
+            let expected = t.encode("a") + (unk.flatMap { t.id(of: $0) }.map { [$0] } ?? []) + t.encode("b")
+            #expect(t.encode("a\u{4}b") == expected, "unknown token \(unk ?? "none")")
+        }
     }
 }

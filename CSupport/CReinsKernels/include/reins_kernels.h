@@ -40,6 +40,7 @@ const char *rk_isa_name(int isa);
 // Status codes.
 #define RK_OK 0
 #define RK_ERR_INDEX -1 // an index (token id, class id) is out of range; *bad_row tells which row where given
+#define RK_ERR_ARG -2   // an argument the kernel does not accept (an unknown type, a size that is not whole blocks)
 
 // ---------------------------------------------------------------------------------------------------------------
 // Linear: out (N,OC) = inp (N,C) · Wᵀ + bias.  W is (OC,C) when w_transposed == 0 (torch nn.Linear), and (C,OC)
@@ -225,6 +226,41 @@ void rk_sgd_step_ref(float *param, float *buf, const float *grad, size_t n, floa
                      int nesterov, int first, float grad_scale);
 double rk_sum_squares(const float *x, size_t n);
 double rk_sum_squares_ref(const float *x, size_t n);
+
+// ---------------------------------------------------------------------------------------------------------------
+// GGUF / llama.cpp tensor types (ggml's numbering) and their block formats.
+typedef enum {
+    RK_GGML_F32 = 0, RK_GGML_F16 = 1, RK_GGML_Q4_0 = 2, RK_GGML_Q4_1 = 3, RK_GGML_Q5_0 = 6, RK_GGML_Q5_1 = 7,
+    RK_GGML_Q8_0 = 8, RK_GGML_Q4_K = 12, RK_GGML_Q5_K = 13, RK_GGML_Q6_K = 14, RK_GGML_BF16 = 30,
+} rk_ggml_type;
+/// Elements per block of a type (1 for F32/F16/BF16), or 0 for a type these kernels do not read.
+size_t rk_quant_block_elements(int type);
+/// Bytes per block of a type, or 0 for a type these kernels do not read.
+size_t rk_quant_block_bytes(int type);
+/// IEEE half precision to single, exactly.
+float rk_half_to_float(uint16_t h);
+/// out (n) = the n elements of `src` (n / block_elements blocks of `type`), bit-identical to the `gguf` Python
+/// package's dequantization. Returns RK_ERR_ARG for an unknown type or n not a whole number of blocks.
+int rk_dequantize(float *out, const void *src, size_t n, int type);
+int rk_dequantize_ref(float *out, const void *src, size_t n, int type);
+
+/// Activations quantized to 8-bit blocks of 32 (for products with quantized weights): the scale d = max|x|/127, the
+/// values round(x/d) to nearest even, and the sums of the first and last 16 values.
+typedef struct {
+    float d;
+    int16_t sum16[2];
+    int8_t q[32];
+} rk_q8_block;
+/// out (N × C/32 blocks) = x (N,C) in 8-bit blocks. C must be a multiple of 32 (RK_ERR_ARG otherwise).
+int rk_quantize_q8(rk_q8_block *out, const float *x, int N, int C);
+void rk_quantize_q8_ref(rk_q8_block *out, const float *x, int N, int C);
+/// out (N,OC) columns [row_begin, row_end) = xq · Wᵀ, W (OC,C) in blocks of `type` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+/// Q5_K, Q6_K), xq from rk_quantize_q8 over the same C; integer dot products per block, float scales per block.
+/// Returns RK_ERR_ARG for another type or C not whole blocks.
+int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, int N, int C, int OC, int row_begin,
+                  int row_end);
+int rk_qmatmul_q8_ref(float *out, const rk_q8_block *xq, const void *w, int type, int N, int C, int OC,
+                      int row_begin, int row_end);
 
 #ifdef __cplusplus
 }

@@ -25,6 +25,12 @@ extension LoRA: LinearAdapter {
     /// `W x + b + s·B·A·x` in one fused pass (the product inside is replaced, not wrapped), or DoRA's.
     public func forward(_ x: Tensor, layer: Linear, inner: (Tensor) throws -> Tensor) throws -> Tensor {
         if let magnitude { return try doraForward(x, layer: layer, magnitude: magnitude.value) }
+        if layer.quantizedWeight != nil {
+            // A quantized base: its own product, plus the low-rank update (dropout on the update's input only).
+            let input = dropout > 0 && TrainingMode.isActive ? try x.trainingDropout(dropout) : x
+            let low = try Tensor.linear(Tensor.linear(input, weight: a.value), weight: b.value)
+            return try layer.baseProduct(x, bias: layer.bias?.value) + low.scaled(by: scale)
+        }
         return try forward(
             x, weight: layer.weight.value, bias: layer.bias?.value, weightTransposed: layer.weightTransposed)
     }
@@ -36,6 +42,12 @@ extension LoRA: LinearAdapter {
         let factor = try magnitude / doraNorm(on: layer)
         let dropping = lora.dropout > 0 && TrainingMode.isActive
         let dropped = dropping ? try x.trainingDropout(lora.dropout) : x
+        if layer.quantizedWeight != nil {
+            let low = try Tensor.linear(Tensor.linear(dropped, weight: lora.a.value), weight: lora.b.value)
+            let directed = try (layer.baseProduct(dropped, bias: nil) + low.scaled(by: lora.scale)) * factor
+            guard dropping else { return try bias.map { try directed + $0.value } ?? directed }
+            return try layer.baseProduct(x, bias: bias?.value) + directed - layer.baseProduct(dropped, bias: nil)
+        }
         let directed =
             try Tensor.loraLinear(
                 dropped, weight: weight.value, loraA: lora.a.value, loraB: lora.b.value,
@@ -49,10 +61,11 @@ extension LoRA: LinearAdapter {
     /// The norm of each output's row of `W + s·B·A` (DoRA's denominator), as a constant. Computed on every call, as
     /// PEFT does by default: merge the adapter for inference at the base layer's cost.
     func doraNorm(on layer: Linear) throws -> Tensor {
-        let (weight, weightTransposed, lora) = (layer.weight, layer.weightTransposed, self)
+        let (weightTransposed, lora) = (layer.weightTransposed, self)
         return try Autograd.withoutGradients {
             let delta = try Tensor.matmul(lora.b.value, lora.a.value).scaled(by: lora.scale)  // [out, in]
-            let adapted = try (weightTransposed ? weight.value.transposed() : weight.value) + delta
+            let dense = try layer.denseWeight()
+            let adapted = try (weightTransposed ? dense.transposed() : dense) + delta
             return try (adapted * adapted).sum(axis: 1).sqrt()
         }
     }

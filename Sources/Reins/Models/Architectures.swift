@@ -104,16 +104,18 @@ public enum PretrainedModel {
     ///   - newlyInitialized: key prefixes the checkpoint may lack (a new task head on a base checkpoint).
     /// - Throws: ``ModelError`` (unknown architecture, strict-loading mismatches, bad config), ``SafeTensorsError``.
     ///   - configOverrides: config entries to replace (e.g. `num_labels` for a new head).
+    ///   - quantized: for a GGUF file, keep every quantized weight in its blocks (frozen, ``Linear/quantize(_:)``)
+    ///     instead of dequantizing it to float32; ignored for other checkpoints.
     public static func load(
         directory: URL, architecture: String? = nil, newlyInitialized: [String] = [],
-        configOverrides: [String: Any] = [:]
+        configOverrides: [String: Any] = [:], quantized: Bool = false
     ) throws -> PretrainedModel {
         var checkpoint = try Checkpoint(directory: directory)
         for (k, v) in configOverrides { checkpoint.config[k] = v }
         if configOverrides["num_labels"] != nil {
             checkpoint.config["id2label"] = nil; checkpoint.config["label2id"] = nil
         }
-        let configPath = directory.appendingPathComponent("config.json").path
+        let configPath = checkpoint.configPath
         // The config's `architectures`, else its `model_type` (gpt2: the LM head model, whose head is tied and so
         // needs no extra tensor; bert: the bare model).
         let byType = [
@@ -131,6 +133,9 @@ public enum PretrainedModel {
         let model = try Initializer.$skipped.withValue(true) { try row.build(checkpoint.config, configPath) }
         var options = row.options
         options.newlyInitialized = newlyInitialized
+        if quantized, let archive = checkpoint.ggufArchive {
+            options.quantized = try GGUFModel.installQuantized(archive, into: model.module)
+        }
         try model.module.load(from: checkpoint, options: options)
         return model
     }
@@ -145,7 +150,7 @@ extension PretrainedModel {
     /// The new head's weights come from the adapter (``AdapterFiles/load(directory:into:name:)`` installs them). A GPT-2
     /// classifier without `pad_token_id` uses `eos_token_id`, the usual choice.
     public static func load(directory: URL, forAdapter adapter: URL) throws -> PretrainedModel {
-        let config = try Checkpoint.readJSON(directory.appendingPathComponent("config.json"))
+        let config = try Checkpoint.modelConfig(directory)
         let adapterConfig = (try? Checkpoint.readJSON(adapter.appendingPathComponent("adapter_config.json"))) ?? [:]
         let isGPT2 = config["model_type"] as? String == "gpt2"
         let llamaFamily = ["llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"][config["model_type"] as? String ?? ""]

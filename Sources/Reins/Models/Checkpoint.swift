@@ -14,9 +14,18 @@ public struct Checkpoint {
 
     /// Opens a checkpoint directory and validates every shard's header.
     /// - Throws: ``ModelError/missingFile(path:)``, ``ModelError/badConfig(path:detail:)``, ``SafeTensorsError``.
+    /// `directory` may also be a GGUF file (``GGUFModel``): its metadata is the config, its tensors are read
+    /// dequantized under the model's keys.
     public init(directory: URL) throws {
         self.directory = directory
-        config = try Checkpoint.readJSON(directory.appendingPathComponent("config.json"))
+        if GGUFModel.isGGUF(directory.path) {
+            let parts = try GGUFModel.checkpointParts(try GGUFFile(path: directory.path))
+            config = parts.config
+            files = [parts.archive]
+            fileOfTensor = Dictionary(uniqueKeysWithValues: parts.archive.tensorNames.map { ($0, 0) })
+            return
+        }
+        config = try Checkpoint.modelConfig(directory)
         func exists(_ name: String) -> Bool {
             FileManager.default.fileExists(atPath: directory.appendingPathComponent(name).path)
         }
@@ -64,6 +73,14 @@ public struct Checkpoint {
         self.fileOfTensor = fileOfTensor
     }
 
+    /// Where the config came from: `config.json` in the directory, or the GGUF file itself.
+    public var configPath: String {
+        GGUFModel.isGGUF(directory.path) ? directory.path : directory.appendingPathComponent("config.json").path
+    }
+
+    /// The GGUF file's tensors under the model's keys, when this checkpoint is a GGUF file.
+    var ggufArchive: GGUFArchive? { files.first as? GGUFArchive }
+
     /// All tensor names.
     public var tensorNames: [String] { Array(fileOfTensor.keys) }
 
@@ -104,6 +121,12 @@ public struct Checkpoint {
         try files[i].read(name, into: buffer)
     }
 
+    /// The config of a model: `config.json` in a directory, or the one a GGUF file's metadata describes.
+    public static func modelConfig(_ model: URL) throws -> [String: Any] {
+        if GGUFModel.isGGUF(model.path) { return try GGUFModel.config(of: try GGUFFile(path: model.path)) }
+        return try readJSON(model.appendingPathComponent("config.json"))
+    }
+
     public static func readJSON(_ url: URL) throws -> [String: Any] {
         guard FileManager.default.fileExists(atPath: url.path) else { throw ModelError.missingFile(path: url.path) }
         let data: Data
@@ -132,6 +155,9 @@ public struct LoadOptions: Sendable {
     /// checkpoint that has its own, perhaps of another size): prefixes of keys. They must also be under
     /// ``newlyInitialized``, and the checkpoint's tensors under ``ignoredPrefixes``.
     public var replaced: [String] = []
+    /// Checkpoint tensors already installed in their quantized blocks (``Linear/quantize(_:)``): neither read nor
+    /// reported.
+    public var quantized: Set<String> = []
 
     /// - Parameters:
     ///   - basePrefix: the base model's key inside head models (`transformer`, `bert`; empty for a model of your own).
@@ -186,6 +212,7 @@ extension Module {
                 }
                 continue
             }
+            if options.quantized.contains(found) { continue }
             let shape = checkpoint.shape(found)!  // found is one of the checkpoint's names, so it has a shape
             guard shape == p.value.shape else {
                 misshaped.append("\(found) is \(shape), expected \(p.value.shape)")
@@ -223,6 +250,13 @@ extension Module {
     /// under their first key. It writes the base only: no adapter's tensors, and never an active adapter's head, BitFit
     /// biases or merged LoRA in place of the base's own (see ``Module/saveAdapter(_:to:baseModel:)`` for adapters).
     public func save(to directory: URL, config: [String: Any]) throws {
+        if let key = namedModules().first(where: { m in
+            (m.module as? Linear)?.quantizedWeight != nil || (m.module as? Embedding)?.quantizedTable != nil
+        })?.key {
+            throw ModelError.badInput(
+                "'\(key)' holds a quantized weight, which a float32 safetensors checkpoint cannot store; load the base with --exact to save it in float32"
+            )
+        }
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let owned = Set(adapterNames.flatMap { parameters(ofAdapter: $0) }.map(ObjectIdentifier.init))
         var tensors: [String: Tensor] = [:]

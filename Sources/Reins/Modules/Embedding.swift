@@ -33,13 +33,32 @@ public final class Embedding: Module, LoRAHost {
         slots.visit(&visit, table: true)
     }
 
+    /// The frozen table kept in its quantized blocks (a GGUF base), or nil; ``weight`` then holds no values.
+    public private(set) var quantizedTable: QuantizedMatrix?
+    /// How a tied output layer's products with ``quantizedTable`` are computed.
+    public var quantizedRoute: QuantizedRoute = .automatic
+
+    /// Keeps the table as `matrix` (`[count, size]` in blocks) instead of float32, frozen.
+    /// - Throws: ``ModelError/badInput(_:)`` when the matrix does not fit.
+    public func quantize(_ matrix: QuantizedMatrix) throws {
+        guard matrix.rows == count, matrix.columns == size else {
+            throw ModelError.badInput(
+                "a \(matrix.type) matrix [\(matrix.rows), \(matrix.columns)] does not fit a \(count) x \(size) embedding table")
+        }
+        guard slots.merged == nil else { throw ModelError.badInput("a table with a merged adapter cannot be quantized") }
+        quantizedTable = matrix
+        weight.replaceValue(try Tensor.zeros([0]))
+    }
+
     /// The table without the active adapter: what a tied output layer (GPT-2's and BERT's word predictions) reads, as
     /// in PEFT, where LoRA changes the lookup only. Equal to ``weight`` unless an adapter is merged.
     public var unadaptedWeight: Tensor { slots.merged?.base ?? weight.value }
 
     /// `ids: [...]` to `[..., size]`; throws for an id outside the table.
     public func callAsFunction(_ ids: IntTensor) throws -> Tensor {
-        let rows = try Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
+        let rows =
+            try quantizedTable.map { try Tensor.quantizedEmbedding(ids, table: $0) }
+            ?? Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
         return try slots.live?.lookup(ids, rows: rows, paddingIndex: paddingIndex) ?? rows
     }
 
@@ -108,6 +127,11 @@ public final class TiedOutput: Module, LoRAHost {
 
     /// `h: [..., hidden]` to `[..., vocabulary]`.
     public func callAsFunction(_ h: Tensor) throws -> Tensor {
+        if let q = table.quantizedTable {
+            let base = try Tensor.quantizedLinear(h, weight: q, bias: bias?.value, route: table.quantizedRoute)
+            guard let lora = slots.live else { return base }
+            return try base + Tensor.linear(Tensor.linear(h, weight: lora.a.value), weight: lora.b.value).scaled(by: lora.scale)
+        }
         let w = table.unadaptedWeight
         guard let lora = slots.live else { return try Tensor.linear(h, weight: w, bias: bias?.value) }
         return try lora.forward(h, weight: w, bias: bias?.value)

@@ -97,11 +97,39 @@ public final class Linear: Module, LoRAHost {
     /// The adapter that the forward pass applies on top of the (unmerged) weight.
     var liveLoRA: LoRA? { slots.live }
 
+    /// The frozen base weight kept in its quantized blocks (a GGUF base, QLoRA), or nil; ``weight`` then holds no
+    /// values. Adapters train beside it in float32.
+    public private(set) var quantizedWeight: QuantizedMatrix?
+    /// How products with ``quantizedWeight`` are computed (``QuantizedRoute/exact``: float32 from the dequantized
+    /// weight).
+    public var quantizedRoute: QuantizedRoute = .automatic
+
+    /// Keeps the base weight as `matrix` (`[out, in]` in blocks) instead of float32, frozen: the float32 values are
+    /// released.
+    /// - Throws: ``ModelError/badInput(_:)`` when the matrix does not fit the layer or the layer is stored `[in, out]`.
+    public func quantize(_ matrix: QuantizedMatrix) throws {
+        guard !weightTransposed, matrix.rows == outputs, matrix.columns == inputs else {
+            throw ModelError.badInput(
+                "a \(matrix.type) matrix [\(matrix.rows), \(matrix.columns)] does not fit a \(inputs) -> \(outputs) layer\(weightTransposed ? " stored [in, out]" : "")"
+            )
+        }
+        guard !isMerged else { throw ModelError.badInput("a layer with a merged adapter cannot be quantized") }
+        quantizedWeight = matrix
+        weight.replaceValue(try Tensor.zeros([0]))
+    }
+
+    /// The base product `x·Wᵀ (+ bias)`, through the quantized weight when there is one.
+    func baseProduct(_ x: Tensor, bias: Tensor?) throws -> Tensor {
+        if let q = quantizedWeight { return try Tensor.quantizedLinear(x, weight: q, bias: bias, route: quantizedRoute) }
+        return try Tensor.linear(x, weight: weight.value, bias: bias, weightTransposed: weightTransposed)
+    }
+
+    /// The base weight as float32 in its stored layout (dequantized on each call for a quantized layer).
+    func denseWeight() throws -> Tensor { try quantizedWeight?.dequantized() ?? weight.value }
+
     /// `x: [..., in]` to `[..., out]`.
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        var forward: (Tensor) throws -> Tensor = { [self] in
-            try Tensor.linear($0, weight: weight.value, bias: bias?.value, weightTransposed: weightTransposed)
-        }
+        var forward: (Tensor) throws -> Tensor = { [self] in try baseProduct($0, bias: bias?.value) }
         for adapter in liveAdapters {
             let inner = forward
             forward = { [self] in try adapter.forward($0, layer: self, inner: inner) }
@@ -134,6 +162,11 @@ public final class Linear: Module, LoRAHost {
     /// Folds the active adapter into the weight, `W + s·B·A` (transposed for `[in, out]` storage), so that inference
     /// costs what the base layer costs. The base weight is kept and restored exactly by ``unmerge()``.
     public func merge() throws {
+        if quantizedWeight != nil, activeLoRA != nil {
+            throw ModelError.badInput(
+                "merging an adapter into a quantized base weight is refused: it would need re-quantizing, which loses the adapter's precision; keep the adapter separate, or load the base with --exact and merge into float32"
+            )
+        }
         try slots.merge(into: weight) { lora, base in try lora.folded(into: base, of: self) }
     }
 

@@ -78,16 +78,21 @@ public final class BPETokenizer: @unchecked Sendable {
         }
         try self.init(
             vocab: vocab, merges: merges, specials: added, source: path,
-            pipeline: TextPipeline(tokenizerJSON: json, path: path), ignoreMerges: model["ignore_merges"] as? Bool ?? false)
+            pipeline: TextPipeline(tokenizerJSON: json, path: path), ignoreMerges: model["ignore_merges"] as? Bool ?? false,
+            unknownToken: model["unk_token"] as? String)
     }
 
     /// Ids may leave gaps (a vocabulary with tokens removed), but not more than this many beyond the entries: the id
     /// table is sized by the largest id, and an id of 2^31 - 1 in a small file must not cost 34 GB.
     static let maximumIDGap = 1 << 16
 
+    /// The id a byte missing from the vocabulary encodes as (the model's unknown token), or nil: such a byte is then
+    /// dropped, as `tokenizers` drops it.
+    let unknownID: Int32?
+
     init(
         vocab: [String: Any], merges: [(String, String)], specials: [String], source: String,
-        pipeline: TextPipeline = .gpt2, ignoreMerges: Bool = false
+        pipeline: TextPipeline = .gpt2, ignoreMerges: Bool = false, unknownToken: String? = nil
     ) throws {
         (self.pipeline, self.ignoreMerges) = (pipeline, ignoreMerges)
         var vocabulary: [String: Int32] = [:]
@@ -107,10 +112,15 @@ public final class BPETokenizer: @unchecked Sendable {
         for (t, i) in vocabulary { tokens[Int(i)] = t }
         self.vocabulary = vocabulary
         self.tokens = tokens
-        for b in 0...255 where vocabulary[String(BPETokenizer.byteToCharacter[b])] == nil {
-            throw TokenizerError.malformed(
-                path: source, line: nil, detail: "the vocabulary lacks byte \(b) ('\(BPETokenizer.byteToCharacter[b])')"
-            )
+        // A vocabulary may lack bytes that never occur in its training text (SmolLM2's lacks some control bytes).
+        if let unknownToken {
+            guard let id = vocabulary[unknownToken] else {
+                throw TokenizerError.malformed(
+                    path: source, line: nil, detail: "the unknown token '\(unknownToken)' is not in the vocabulary")
+            }
+            unknownID = id
+        } else {
+            unknownID = nil
         }
         var ranks: [Pair: Int] = [:]
         for (i, m) in merges.enumerated() where ranks[Pair(a: m.0, b: m.1)] == nil {
@@ -288,9 +298,9 @@ public final class BPETokenizer: @unchecked Sendable {
             consider(previous[i])
             consider(i)
         }
-        // Every symbol has an id: single bytes are checked to be in the vocabulary when loading, and so is every merge's
-        // result, which are the only symbols there can be. (The fallback is never taken.)
-        let ids = symbols.indices.filter { alive[$0] }.map { vocabulary[symbols[$0]] ?? 0 }
+        // Every merge's result is in the vocabulary (checked when loading); a single byte may not be, and then encodes
+        // as the unknown token, or is dropped when there is none.
+        let ids = symbols.indices.filter { alive[$0] }.compactMap { vocabulary[symbols[$0]] ?? unknownID }
         cache.withLock { c in if c.count < 100_000 { c[word] = ids } }
         return ids
     }

@@ -20,6 +20,10 @@ public struct ChatFormat: @unchecked Sendable {
     /// - Throws: ``TokenizerError`` when the directory has no byte-level BPE tokenizer.json or no chat template, and
     ///   ``ChatTemplateError`` for a template Reins cannot run.
     public init(directory: URL) throws {
+        if GGUFModel.isGGUF(directory.path) {
+            self = try ChatFormat(gguf: try GGUFFile(path: directory.path))
+            return
+        }
         let tokenizerPath = directory.appendingPathComponent("tokenizer.json").path
         tokenizer = try BPETokenizer(tokenizerJSON: tokenizerPath)
         let configPath = directory.appendingPathComponent("tokenizer_config.json").path
@@ -44,7 +48,7 @@ public struct ChatFormat: @unchecked Sendable {
             if let value { variables[key] = .string(value) }
         }
         if case let .string(eos)? = variables["eos_token"], let id = tokenizer.id(of: eos) { stopTokens.insert(id) }
-        if let model = try? Checkpoint.readJSON(directory.appendingPathComponent("config.json")) {
+        if let model = try? Checkpoint.modelConfig(directory) {
             let ids = (model["eos_token_id"] as? [Any]) ?? (model["eos_token_id"].map { [$0] } ?? [])
             for id in ids { if let n = JSONNumber.exactInt(id), let i = Int32(exactly: n) { stopTokens.insert(i) } }
         }

@@ -355,9 +355,14 @@ public enum AnyTokenizer {
     case wordPiece(WordPieceTokenizer)
     case bpe(BPETokenizer)
 
-    /// `vocab.txt` (WordPiece), `vocab.json` with `merges.txt` beside it (BPE), or a `tokenizer.json` of either kind.
+    /// `vocab.txt` (WordPiece), `vocab.json` with `merges.txt` beside it (BPE), a `tokenizer.json` of either kind, or
+    /// a GGUF model file (its byte-level BPE tokenizer).
     public init(file path: String) throws {
         let url = URL(fileURLWithPath: path)
+        if GGUFModel.isGGUF(path) {
+            self = .bpe(try BPETokenizer(gguf: try GGUFFile(path: path)))
+            return
+        }
         switch url.pathExtension {
         case "txt": self = .wordPiece(try WordPieceTokenizer(vocabularyFile: path))
         case "json" where url.lastPathComponent == "tokenizer.json":

@@ -9,7 +9,7 @@ import ReinsTensor
 /// (`Tests/Fuzz/run.sh`), so that both exercise exactly the same code.
 public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
     case safetensors, torchCheckpoint, modelConfig, checkpointDirectory, tokenizerJSON, vocabularyText, bpeFiles
-    case adapterConfig, adapterWeights, dataJSONL, dataCSV, metricsLog, chatTemplate
+    case adapterConfig, adapterWeights, dataJSONL, dataCSV, metricsLog, chatTemplate, gguf
 
     /// Runs the reader on `data`, using `scratch` (an empty directory of the caller's) for files.
     /// - Returns: whether the reader accepted the input.
@@ -105,6 +105,21 @@ public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
             _ = try DataFiles.records(url)
         case .metricsLog:
             _ = try StepRecord.log(try write(data, "metrics.jsonl", in: dir))
+        case .gguf:
+            // The reader, every tensor dequantized, then whatever the metadata describes: config, tokenizer, chat
+            // format, and the model itself with its quantized weights kept in blocks.
+            let url = try write(data, "x.gguf", in: dir)
+            let file = try GGUFFile(path: url.path)
+            for name in file.tensorNames { _ = try file.tensor(name) }
+            if let tokenizer = try? BPETokenizer(gguf: file) {
+                for text in Self.texts { _ = tokenizer.decode(tokenizer.encode(text)) }
+            }
+            _ = try? ChatFormat(gguf: file)
+            if (try? GGUFModel.config(of: file)) != nil {
+                if case let .llamaCausalLM(m)? = try? PretrainedModel.load(directory: url, quantized: true) {
+                    _ = try? Autograd.withoutGradients { try m.logits(IntTensor(shape: [1, 3], values: [1, 2, 3])) }
+                }
+            }
         case .chatTemplate:
             let template = try ChatTemplate(String(decoding: data, as: UTF8.self))
             let messages: [ChatTemplate.Message] = [
@@ -146,6 +161,7 @@ public enum ReaderFuzzTarget: String, CaseIterable, Sendable {
             return (chat["templates"] as? [String: Any] ?? [:]).keys.sorted().compactMap {
                 (((chat["templates"] as? [String: Any])?[$0] as? [String: Any])?["template"] as? String).map { Data($0.utf8) }
             }
+        case .gguf: return [try file("gguf/blocks.gguf"), try file("gguf/qwen2-tiny.gguf")]
         case .vocabularyText: return [try file("tokenizers/wordpiece/vocab.txt")]
         case .bpeFiles:
             return [try file("tokenizers/bpe/vocab.json") + Data([0]) + (try file("tokenizers/bpe/merges.txt"))]

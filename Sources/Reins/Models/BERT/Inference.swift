@@ -84,6 +84,7 @@ extension BertForMaskedLM {
 
 /// Finds the tokenizer files in a model directory: `tokenizer.json`, else `vocab.txt`, else `vocab.json`.
 public func tokenizerFile(in directory: URL) -> String? {
+    if GGUFModel.isGGUF(directory.path) { return directory.path }  // a GGUF model carries its tokenizer
     for name in ["tokenizer.json", "vocab.txt", "vocab.json"] {
         let path = directory.appendingPathComponent(name).path
         if FileManager.default.fileExists(atPath: path) { return path }

@@ -64,13 +64,13 @@ public protocol CausalLanguageModel: Module {
 extension Linear {
     /// The weight `[out, in]` and bias when no adapter changes this layer's product.
     var plainProduct: (weight: Tensor, bias: Tensor?)? {
-        hasLiveAdapter || weightTransposed ? nil : (weight.value, bias?.value)
+        hasLiveAdapter || weightTransposed || quantizedWeight != nil ? nil : (weight.value, bias?.value)
     }
 }
 
 extension TiedOutput {
     var plainProduct: (weight: Tensor, bias: Tensor?)? {
-        slots.live == nil ? (table.unadaptedWeight, bias?.value) : nil
+        slots.live == nil && table.quantizedTable == nil ? (table.unadaptedWeight, bias?.value) : nil
     }
 }
 

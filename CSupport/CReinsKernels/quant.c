@@ -1,0 +1,202 @@
+// quant.c — llama.cpp's (GGUF's) block formats: element counts, byte sizes and dequantization to float32.
+//
+// A quantized row is a run of blocks; each block holds 32 (Q4_0 .. Q8_0) or 256 (the K types) elements as small
+// integers with one or two half-precision scales. Dequantization follows the formats' definitions value for value,
+// in float32 with one rounding per operation, as the `gguf` Python package computes them (d·q, then + m or - m·dmin as
+// a separate step), so the results are bit-identical to it. Contraction into fused multiply-adds would change the
+// last bit and is switched off for this file.
+#include "rk_internal.h"
+#include <string.h>
+
+#pragma STDC FP_CONTRACT OFF
+
+size_t rk_quant_block_elements(int type) {
+    switch (type) {
+    case RK_GGML_F32: case RK_GGML_F16: case RK_GGML_BF16: return 1;
+    case RK_GGML_Q4_0: case RK_GGML_Q4_1: case RK_GGML_Q5_0: case RK_GGML_Q5_1: case RK_GGML_Q8_0: return 32;
+    case RK_GGML_Q4_K: case RK_GGML_Q5_K: case RK_GGML_Q6_K: return 256;
+    default: return 0;
+    }
+}
+
+size_t rk_quant_block_bytes(int type) {
+    switch (type) {
+    case RK_GGML_F32: return 4;
+    case RK_GGML_F16: case RK_GGML_BF16: return 2;
+    case RK_GGML_Q4_0: return 18;
+    case RK_GGML_Q4_1: return 20;
+    case RK_GGML_Q5_0: return 22;
+    case RK_GGML_Q5_1: return 24;
+    case RK_GGML_Q8_0: return 34;
+    case RK_GGML_Q4_K: return 144;
+    case RK_GGML_Q5_K: return 176;
+    case RK_GGML_Q6_K: return 210;
+    default: return 0;
+    }
+}
+
+// IEEE half to single, exactly (subnormals, infinities and NaNs included), without relying on _Float16.
+float rk_half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu, bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else { // subnormal: normalise
+        int e = -1;
+        do { man <<= 1; e++; } while ((man & 0x400u) == 0);
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FFu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t load16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t load32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline float half_at(const uint8_t *p) { return rk_half_to_float(load16(p)); }
+
+// The 6-bit scale and minimum of sub-block j (0..7) of a Q4_K / Q5_K block, from its 12 packed bytes: bytes 0-3 hold
+// the low six bits of scales 0-3, bytes 4-7 those of minimums 0-3; bytes 8-11 hold the low four bits of scales 4-7
+// (low nibble) and minimums 4-7 (high nibble), whose top two bits are the top bits of bytes 0-3 and 4-7.
+static inline void k_scale_min(const uint8_t *s, int j, uint8_t *sc, uint8_t *mn) {
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4));
+        *mn = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+// One block of each type into 32 or 256 floats.
+static void deq_q4_0(float *y, const uint8_t *b) {
+    float d = half_at(b);
+    const uint8_t *qs = b + 2;
+    for (int j = 0; j < 16; j++) {
+        y[j] = d * (float)((int)(qs[j] & 0x0F) - 8);
+        y[j + 16] = d * (float)((int)(qs[j] >> 4) - 8);
+    }
+}
+static void deq_q4_1(float *y, const uint8_t *b) {
+    float d = half_at(b), m = half_at(b + 2);
+    const uint8_t *qs = b + 4;
+    for (int j = 0; j < 16; j++) {
+        float lo = d * (float)(qs[j] & 0x0F), hi = d * (float)(qs[j] >> 4);
+        y[j] = lo + m;
+        y[j + 16] = hi + m;
+    }
+}
+static void deq_q5_0(float *y, const uint8_t *b) {
+    float d = half_at(b);
+    uint32_t qh = load32(b + 2);
+    const uint8_t *qs = b + 6;
+    for (int j = 0; j < 16; j++) {
+        int lo = (qs[j] & 0x0F) | (int)(((qh >> j) & 1u) << 4);
+        int hi = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
+        y[j] = d * (float)(lo - 16);
+        y[j + 16] = d * (float)(hi - 16);
+    }
+}
+static void deq_q5_1(float *y, const uint8_t *b) {
+    float d = half_at(b), m = half_at(b + 2);
+    uint32_t qh = load32(b + 4);
+    const uint8_t *qs = b + 8;
+    for (int j = 0; j < 16; j++) {
+        int lo = (qs[j] & 0x0F) | (int)(((qh >> j) & 1u) << 4);
+        int hi = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1u) << 4);
+        float a = d * (float)lo, c = d * (float)hi;
+        y[j] = a + m;
+        y[j + 16] = c + m;
+    }
+}
+static void deq_q8_0(float *y, const uint8_t *b) {
+    float d = half_at(b);
+    const int8_t *qs = (const int8_t *)(b + 2);
+    for (int j = 0; j < 32; j++) y[j] = (float)qs[j] * d;
+}
+// Q4_K: d, dmin, 12 scale bytes, 128 bytes of nibbles. Chunk c (32 bytes) holds sub-block 2c in its low nibbles and
+// 2c+1 in its high nibbles; element = (d·scale)·q - (dmin·min).
+static void deq_q4_k(float *y, const uint8_t *b) {
+    float d = half_at(b), dmin = half_at(b + 2);
+    const uint8_t *sc = b + 4, *qs = b + 16;
+    for (int c = 0; c < 4; c++) {
+        uint8_t s0, m0, s1, m1;
+        k_scale_min(sc, 2 * c, &s0, &m0);
+        k_scale_min(sc, 2 * c + 1, &s1, &m1);
+        float d0 = d * (float)s0, dm0 = dmin * (float)m0, d1 = d * (float)s1, dm1 = dmin * (float)m1;
+        for (int l = 0; l < 32; l++) {
+            float a = d0 * (float)(qs[32 * c + l] & 0x0F), e = d1 * (float)(qs[32 * c + l] >> 4);
+            y[64 * c + l] = a - dm0;
+            y[64 * c + 32 + l] = e - dm1;
+        }
+    }
+}
+// Q5_K: as Q4_K plus 32 bytes of high bits: bit s of byte l is the fifth bit of element l of sub-block s.
+static void deq_q5_k(float *y, const uint8_t *b) {
+    float d = half_at(b), dmin = half_at(b + 2);
+    const uint8_t *sc = b + 4, *qh = b + 16, *qs = b + 48;
+    for (int c = 0; c < 4; c++) {
+        uint8_t s0, m0, s1, m1;
+        k_scale_min(sc, 2 * c, &s0, &m0);
+        k_scale_min(sc, 2 * c + 1, &s1, &m1);
+        float d0 = d * (float)s0, dm0 = dmin * (float)m0, d1 = d * (float)s1, dm1 = dmin * (float)m1;
+        for (int l = 0; l < 32; l++) {
+            int lo = (qs[32 * c + l] & 0x0F) | (((qh[l] >> (2 * c)) & 1) << 4);
+            int hi = (qs[32 * c + l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4);
+            float a = d0 * (float)lo, e = d1 * (float)hi;
+            y[64 * c + l] = a - dm0;
+            y[64 * c + 32 + l] = e - dm1;
+        }
+    }
+}
+// Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 signed scales (one per 16 elements), d. In each half h of
+// 128 elements, element r takes nibble r/64 of ql[64h + r%64] and bit pair r/32 of qh[32h + r%32]; value
+// (d·scale)·(q - 32).
+static void deq_q6_k(float *y, const uint8_t *b) {
+    const uint8_t *ql = b, *qh = b + 128;
+    const int8_t *sc = (const int8_t *)(b + 192);
+    float d = half_at(b + 208);
+    for (int h = 0; h < 2; h++) {
+        for (int r = 0; r < 128; r++) {
+            int lo = (ql[64 * h + (r & 63)] >> (4 * (r >> 6))) & 0x0F;
+            int hi = (qh[32 * h + (r & 31)] >> (2 * (r >> 5))) & 3;
+            int i = 128 * h + r;
+            float ds = d * (float)sc[i >> 4];
+            y[i] = ds * (float)((lo | (hi << 4)) - 32);
+        }
+    }
+}
+
+int rk_dequantize_ref(float *out, const void *src, size_t n, int type) {
+    size_t be = rk_quant_block_elements(type), bb = rk_quant_block_bytes(type);
+    if (be == 0 || n % be != 0) return RK_ERR_ARG;
+    const uint8_t *p = (const uint8_t *)src;
+    size_t blocks = n / be;
+    for (size_t k = 0; k < blocks; k++, p += bb, out += be) {
+        switch (type) {
+        case RK_GGML_F32: { uint32_t u = load32(p); memcpy(out, &u, 4); break; }
+        case RK_GGML_F16: out[0] = half_at(p); break;
+        case RK_GGML_BF16: { uint32_t u = (uint32_t)load16(p) << 16; memcpy(out, &u, 4); break; }
+        case RK_GGML_Q4_0: deq_q4_0(out, p); break;
+        case RK_GGML_Q4_1: deq_q4_1(out, p); break;
+        case RK_GGML_Q5_0: deq_q5_0(out, p); break;
+        case RK_GGML_Q5_1: deq_q5_1(out, p); break;
+        case RK_GGML_Q8_0: deq_q8_0(out, p); break;
+        case RK_GGML_Q4_K: deq_q4_k(out, p); break;
+        case RK_GGML_Q5_K: deq_q5_k(out, p); break;
+        case RK_GGML_Q6_K: deq_q6_k(out, p); break;
+        default: return RK_ERR_ARG;
+        }
+    }
+    return RK_OK;
+}
+
+int rk_dequantize(float *out, const void *src, size_t n, int type) {
+    // The block loops above are already the bit-exact definition; the compiler vectorises the simple ones.
+    return rk_dequantize_ref(out, src, n, type);
+}

@@ -1,0 +1,238 @@
+import Foundation
+import ReinsTensor
+
+/// Llama-family models, their tokenizers and chat templates read from GGUF files (llama.cpp's format), as Hugging
+/// Face checkpoints: the `llama.*` / `qwen2.*` metadata becomes a `config.json`, tensor names become the model's keys,
+/// and the query and key rows that llama.cpp's converter reorders for its rotary layout are put back in Hugging Face's
+/// order. Wherever Reins takes `--model DIR` it also takes `--model FILE.gguf`.
+public enum GGUFModel {
+    /// True when `path` is a regular file that starts with GGUF's magic.
+    public static func isGGUF(_ path: String) -> Bool {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue,
+            let h = FileHandle(forReadingAtPath: path)
+        else { return false }
+        defer { try? h.close() }
+        return (try? h.read(upToCount: 4)) == Data("GGUF".utf8)
+    }
+
+    /// The architectures Reins builds from GGUF, by `general.architecture`.
+    static let families: [String: (modelType: String, architecture: String, permutesQK: Bool)] = [
+        "llama": ("llama", "LlamaForCausalLM", true),
+        "qwen2": ("qwen2", "Qwen2ForCausalLM", false),
+    ]
+
+    /// The Hugging Face `config.json` a GGUF file's metadata describes.
+    /// - Throws: ``GGUFError`` for missing metadata, ``ModelError/badConfig(path:detail:)`` naming an architecture or
+    ///   option Reins does not build.
+    public static func config(of file: GGUFFile) throws -> [String: Any] {
+        let arch = try file.string("general.architecture")
+        guard let family = families[arch] else {
+            throw ModelError.badConfig(path: file.path, detail: "GGUF architecture '\(arch)' is not supported (Reins builds \(families.keys.sorted().joined(separator: ", ")))")
+        }
+        func key(_ k: String) -> String { "\(arch).\(k)" }
+        let heads = try file.int(key("attention.head_count"))
+        let hidden = try file.int(key("embedding_length"))
+        var config: [String: Any] = [
+            "model_type": family.modelType, "architectures": [family.architecture],
+            "hidden_size": hidden,
+            "intermediate_size": try file.int(key("feed_forward_length")),
+            "num_hidden_layers": try file.int(key("block_count")),
+            "num_attention_heads": heads,
+            "num_key_value_heads": file.metadata[key("attention.head_count_kv")] == nil
+                ? heads : try file.int(key("attention.head_count_kv")),
+            "rms_norm_eps": try file.double(key("attention.layer_norm_rms_epsilon")),
+            "rope_theta": file.metadata[key("rope.freq_base")] == nil ? 10000.0 : try file.double(key("rope.freq_base")),
+            "max_position_embeddings": try file.int(key("context_length")),
+            "hidden_act": "silu",
+            "tie_word_embeddings": file.tensorsByName["output.weight"] == nil,
+        ]
+        guard let embedding = file.tensorsByName["token_embd.weight"], embedding.dimensions.count == 2 else {
+            throw GGUFError.missingTensor(path: file.path, tensor: "token_embd.weight")
+        }
+        config["vocab_size"] = embedding.dimensions[1]
+        if file.metadata[key("vocab_size")] != nil, try file.int(key("vocab_size")) != embedding.dimensions[1] {
+            throw GGUFError.malformed(
+                path: file.path,
+                detail: "\(key("vocab_size")) is \(try file.int(key("vocab_size"))) but token_embd.weight has \(embedding.dimensions[1]) rows")
+        }
+        if file.metadata[key("attention.key_length")] != nil {
+            let k = try file.int(key("attention.key_length"))
+            let v = file.metadata[key("attention.value_length")] == nil ? k : try file.int(key("attention.value_length"))
+            guard k == v else {
+                throw ModelError.badConfig(path: file.path, detail: "key length \(k) differs from value length \(v), which Llama attention does not support")
+            }
+            config["head_dim"] = k
+        }
+        let headDim = (config["head_dim"] as? Int) ?? (heads > 0 ? hidden / heads : 0)
+        if file.metadata[key("rope.dimension_count")] != nil {
+            let rotary = try file.int(key("rope.dimension_count"))
+            guard rotary == headDim else {
+                throw ModelError.badConfig(path: file.path, detail: "rotary embeddings over \(rotary) of \(headDim) head dimensions (partial rotary) is not supported")
+            }
+        }
+        if let type = file.metadata[key("rope.scaling.type")]?.string, type != "none" {
+            guard type == "linear" else {
+                throw ModelError.badConfig(path: file.path, detail: "rope scaling '\(type)' from GGUF is not supported (Reins reads linear)")
+            }
+            config["rope_scaling"] = ["type": "linear", "factor": try file.double(key("rope.scaling.factor"))]
+        }
+        if file.tensorsByName["rope_freqs.weight"] != nil {
+            throw ModelError.badConfig(path: file.path, detail: "per-frequency rotary factors (rope_freqs.weight, Llama 3.1 scaling) from GGUF are not supported yet")
+        }
+        let layer0 = "blk.0."
+        if family.modelType == "llama" {
+            config["attention_bias"] = file.tensorsByName[layer0 + "attn_q.bias"] != nil
+            config["mlp_bias"] = file.tensorsByName[layer0 + "ffn_gate.bias"] != nil
+        }
+        for (gguf, hf) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")]
+        where file.metadata[gguf]?.int != nil {
+            config[hf] = file.metadata[gguf]!.int!
+        }
+        return config
+    }
+
+    /// GGUF tensor names by the model's keys, for a model of `layers` blocks.
+    static func keyMap(of file: GGUFFile, layers: Int) -> [String: String] {
+        var map: [String: String] = [
+            "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+            "lm_head.weight": "output.weight",
+        ]
+        let parts = [
+            ("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm"), ("self_attn.q_proj", "attn_q"),
+            ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
+            ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"),
+        ]
+        for l in 0..<layers {
+            for (hf, gguf) in parts {
+                for suffix in ["weight", "bias"] {
+                    map["model.layers.\(l).\(hf).\(suffix)"] = "blk.\(l).\(gguf).\(suffix)"
+                }
+            }
+        }
+        return map.filter { file.tensorsByName[$0.value] != nil }
+    }
+
+    /// Installs every quantized matrix of `archive` in the layer of `model` it belongs to (a linear layer's weight,
+    /// an embedding table), frozen and in its blocks; returns their checkpoint keys, for the float load to skip.
+    static func installQuantized(_ archive: GGUFArchive, into model: any Module) throws -> Set<String> {
+        var installed: Set<String> = []
+        for (key, module) in model.namedModules() {
+            let weightKey = key.isEmpty ? "weight" : key + ".weight"
+            if let linear = module as? Linear, let q = try archive.quantizedMatrix(weightKey) {
+                try linear.quantize(q)
+                installed.insert(weightKey)
+            } else if let table = module as? Embedding, let q = try archive.quantizedMatrix(weightKey) {
+                try table.quantize(q)
+                installed.insert(weightKey)
+            }
+        }
+        // A tied output layer reads the embedding's table: its key is the same tensor.
+        if installed.contains("model.embed_tokens.weight") { installed.insert("lm_head.weight") }
+        return installed
+    }
+
+    /// A GGUF file as a checkpoint: its config and its tensors under the model's keys.
+    public static func checkpointParts(_ file: GGUFFile) throws -> (config: [String: Any], archive: any TensorArchive) {
+        let config = try config(of: file)
+        let layers = config["num_hidden_layers"] as? Int ?? 0
+        let map = keyMap(of: file, layers: layers)
+        let mapped = Set(map.values)
+        // Every tensor must be one the model uses: an extra one would mean a part Reins does not build.
+        if let extra = file.tensorInfos.map(\.name).first(where: { !mapped.contains($0) }) {
+            throw ModelError.badConfig(path: file.path, detail: "tensor '\(extra)' has no place in a \(config["model_type"] ?? "") model")
+        }
+        var heads: [String: Int] = [:]
+        if families[try file.string("general.architecture")]?.permutesQK == true {
+            for l in 0..<layers {
+                for suffix in ["weight", "bias"] {
+                    heads["model.layers.\(l).self_attn.q_proj.\(suffix)"] = config["num_attention_heads"] as? Int
+                    heads["model.layers.\(l).self_attn.k_proj.\(suffix)"] = config["num_key_value_heads"] as? Int
+                }
+            }
+        }
+        return (config, GGUFArchive(file: file, names: map, headsOfPermuted: heads))
+    }
+}
+
+/// A GGUF file's tensors under a model's keys, dequantized to float32 on reading; the query and key rows llama.cpp
+/// interleaves per head (pairs of rotary halves) are put back in halves.
+struct GGUFArchive: TensorArchive {
+    let file: GGUFFile
+    /// GGUF name by model key.
+    let names: [String: String]
+    /// Head counts of the projections whose rows are permuted (query: attention heads; key: key/value heads).
+    let headsOfPermuted: [String: Int]
+
+    var path: String { file.path }
+    var tensorNames: [String] { Array(names.keys) }
+    func shape(_ name: String) -> [Int]? { names[name].flatMap { file.tensorsByName[$0]?.shape } }
+
+    func tensor(_ name: String) throws -> Tensor {
+        guard let shape = shape(name) else { throw GGUFError.missingTensor(path: file.path, tensor: name) }
+        var t = try Tensor.zeros(shape)
+        try t.withUnsafeMutableBufferPointer { try read(name, into: $0) }
+        return t
+    }
+
+    /// The weight under model key `name` in its quantized blocks (rows in Hugging Face's order), or nil when it is
+    /// stored as floats (F32, F16, BF16) or is not a matrix.
+    func quantizedMatrix(_ name: String) throws -> QuantizedMatrix? {
+        guard let gguf = names[name], let info = file.tensorsByName[gguf], info.type.isQuantized,
+            info.dimensions.count == 2
+        else { return nil }
+        let matrix = try file.quantizedMatrix(gguf)
+        guard let heads = headsOfPermuted[name] else { return matrix }
+        let rows = matrix.rows
+        guard heads > 0, rows % (2 * heads) == 0 else {
+            throw GGUFError.malformed(
+                path: file.path, detail: "tensor '\(gguf)' has \(rows) rows, not whole pairs for \(heads) heads")
+        }
+        let headSize = rows / heads, half = headSize / 2
+        var order = [Int](repeating: 0, count: rows)
+        for h in 0..<heads {
+            for i in 0..<half { for j in 0..<2 { order[h * headSize + j * half + i] = h * headSize + 2 * i + j } }
+        }
+        return try matrix.reorderingRows(order)
+    }
+
+    func read(_ name: String, into buffer: UnsafeMutableBufferPointer<Float>) throws {
+        guard let gguf = names[name] else { throw GGUFError.missingTensor(path: file.path, tensor: name) }
+        guard let heads = headsOfPermuted[name] else { return try file.read(gguf, into: buffer) }
+        let shape = try file.info(gguf).shape
+        let rows = shape[0], columns = shape.count > 1 ? shape[1] : 1
+        guard heads > 0, rows % (2 * heads) == 0 else {
+            throw GGUFError.malformed(
+                path: file.path, detail: "tensor '\(gguf)' has \(rows) rows, not whole pairs for \(heads) heads")
+        }
+        var stored = [Float](repeating: 0, count: buffer.count)
+        try stored.withUnsafeMutableBufferPointer { try file.read(gguf, into: $0) }
+        let headSize = rows / heads, half = headSize / 2
+        // Stored row h·hs + 2i + j holds Hugging Face's row h·hs + j·hs/2 + i.
+        for h in 0..<heads {
+            for i in 0..<half {
+                for j in 0..<2 {
+                    let from = (h * headSize + 2 * i + j) * columns, to = (h * headSize + j * half + i) * columns
+                    for c in 0..<columns { buffer[to + c] = stored[from + c] }
+                }
+            }
+        }
+    }
+}
+
+extension Module {
+    /// Sets how every quantized weight of this model computes its products (``QuantizedRoute``).
+    public func setQuantizedRoute(_ route: QuantizedRoute) {
+        for (_, module) in namedModules() {
+            (module as? Linear)?.quantizedRoute = route
+            (module as? Embedding)?.quantizedRoute = route
+        }
+    }
+
+    /// Whether any weight of this model is held in quantized blocks.
+    public var holdsQuantizedWeights: Bool {
+        namedModules().contains { m in
+            (m.module as? Linear)?.quantizedWeight != nil || (m.module as? Embedding)?.quantizedTable != nil
+        }
+    }
+}

@@ -1,0 +1,182 @@
+import COpenBLAS
+import CReinsKernels
+import Foundation
+
+/// A frozen weight matrix `[rows, columns]` (PyTorch's `[out, in]`) kept in its GGUF blocks: no float32 copy of it
+/// is ever held. Its bytes are a slice of the memory-mapped file, or (for rows reordered on loading) its own copy.
+public final class QuantizedMatrix: @unchecked Sendable {
+    public let type: GGMLType
+    public let rows: Int
+    public let columns: Int
+    /// Bytes per row: whole blocks.
+    public let rowBytes: Int
+    private let data: Data
+    private let offset: Int
+
+    /// Wraps `rows × rowBytes` bytes of `data` from `offset`.
+    /// - Throws: ``TensorError/invalidArgument(operation:detail:)`` for a type Reins cannot read, rows that are not whole
+    ///   blocks, or bytes that do not hold the matrix.
+    public init(type: GGMLType, rows: Int, columns: Int, data: Data, offset: Int = 0) throws {
+        let op = "QuantizedMatrix"
+        guard let be = type.blockElements, let bb = type.blockBytes else {
+            throw TensorError.invalidArgument(operation: op, detail: "type \(type) is not one Reins reads")
+        }
+        guard rows > 0, columns > 0, columns % be == 0 else {
+            throw TensorError.invalidArgument(
+                operation: op, detail: "\(rows) x \(columns) is not whole \(type) blocks of \(be) per row")
+        }
+        let rowBytes = columns / be * bb
+        let (total, overflow) = rows.multipliedReportingOverflow(by: rowBytes)
+        guard !overflow, offset >= 0, offset <= data.count, total <= data.count - offset else {
+            throw TensorError.invalidArgument(operation: op, detail: "\(data.count) bytes do not hold \(rows) rows of \(rowBytes)")
+        }
+        (self.type, self.rows, self.columns, self.rowBytes, self.data, self.offset) = (type, rows, columns, rowBytes, data, offset)
+    }
+
+    /// The stored bytes, for `body`.
+    public func withBytes<R>(_ body: (UnsafeRawPointer) throws -> R) rethrows -> R {
+        try data.withUnsafeBytes { raw in try body(raw.baseAddress!.advanced(by: offset)) }  // rows > 0: never empty
+    }
+
+    /// The same matrix with its rows in another order: row `i` of the result is row `order[i]` of this one (a copy of
+    /// the blocks; nothing is dequantized).
+    public func reorderingRows(_ order: [Int]) throws -> QuantizedMatrix {
+        guard order.count == rows, Set(order).count == rows, order.allSatisfy({ (0..<rows).contains($0) }) else {
+            throw TensorError.invalidArgument(operation: "reorderingRows", detail: "not a permutation of \(rows) rows")
+        }
+        var copy = Data(count: rows * rowBytes)
+        copy.withUnsafeMutableBytes { out in
+            withBytes { src in
+                for (i, r) in order.enumerated() {
+                    (out.baseAddress! + i * rowBytes).copyMemory(from: src + r * rowBytes, byteCount: rowBytes)
+                }
+            }
+        }
+        return try QuantizedMatrix(type: type, rows: rows, columns: columns, data: copy)
+    }
+
+    /// Rows `range` dequantized (bit-identical to the `gguf` package) into `out`, `range.count × columns` floats.
+    public func dequantizeRows(_ range: Range<Int>, into out: UnsafeMutablePointer<Float>) {
+        withBytes { src in
+            Parallel.forRanges(range.count, minimum: max(1, 16384 / columns)) { r, _ in
+                _ = rk_dequantize(
+                    out + r.lowerBound * columns, src + (range.lowerBound + r.lowerBound) * rowBytes,
+                    r.count * columns, Int32(type.rawValue))
+            }
+        }
+    }
+
+    /// The whole matrix as float32 (for comparisons and exports; a model never keeps this).
+    public func dequantized() throws -> Tensor {
+        let t = try Tensor(uninitializedShape: [rows, columns], operation: "QuantizedMatrix.dequantized")
+        dequantizeRows(0..<rows, into: t.storage.pointer)
+        return t
+    }
+
+    /// Elements held.
+    public var elementCount: Int { rows * columns }
+    /// Bytes held.
+    public var byteCount: Int { rows * rowBytes }
+}
+
+/// How a product with a quantized weight is computed.
+public enum QuantizedRoute: Sendable {
+    /// Float32 from the dequantized weight (panels of rows dequantized, then sgemm): the reference.
+    case exact
+    /// Integer dot products against 8-bit blocks of the input for few rows (decoding), the float route otherwise.
+    case automatic
+}
+
+extension Tensor {
+    /// Rows of the weight dequantized per panel in the float route: a panel of ~1M floats stays in cache-sized reach
+    /// and bounds the scratch memory whatever the layer's size.
+    static let quantizedPanelElements = 1 << 20
+    /// Up to this many input rows the automatic route uses integer dot products.
+    public static let integerRouteMaximumRows = 8
+
+    /// `x: [..., in]` to `[..., out]` through a quantized frozen weight `[out, in]` (+ bias). The weight gets no
+    /// gradient; the input's gradient flows through it (dX = dY·W, by dequantized panels), as adapter training needs.
+    public static func quantizedLinear(
+        _ x: Tensor, weight: QuantizedMatrix, bias: Tensor? = nil, route: QuantizedRoute = .automatic
+    ) throws -> Tensor {
+        let (N, C) = x.rowsAndWidth
+        let OC = weight.rows
+        guard x.rank >= 1, C == weight.columns else {
+            throw TensorError.shapeMismatch(
+                operation: "quantizedLinear", detail: "input \(x.shape) with a \(weight.type) weight [\(OC), \(weight.columns)]")
+        }
+        if let bias, bias.shape != [OC] {
+            throw TensorError.shapeMismatch(operation: "quantizedLinear", detail: "bias \(bias.shape) for \(OC) outputs")
+        }
+        let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
+        let out = result.storage.pointer
+        if N > 0 {
+            if route == .automatic && N <= integerRouteMaximumRows && C % 32 == 0 {
+                let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
+                let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
+                _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
+                weight.withBytes { w in
+                    Parallel.forRanges(OC, minimum: 64) { r, _ in
+                        _ = rk_qmatmul_q8(
+                            out, xq, w, Int32(weight.type.rawValue), Int32(N), Int32(C), Int32(OC),
+                            Int32(r.lowerBound), Int32(r.upperBound))
+                    }
+                }
+            } else {
+                try forEachPanel(of: weight) { rows, panel in
+                    cblas_sgemm(
+                        CblasRowMajor, CblasNoTrans, CblasTrans, Int32(N), Int32(rows.count), Int32(C), 1,
+                        x.storage.pointer, Int32(C), panel, Int32(C), 0, out + rows.lowerBound, Int32(OC))
+                }
+            }
+            if let bias {
+                let b = bias.storage.pointer
+                for n in 0..<N { for o in 0..<OC { out[n * OC + o] += b[o] } }
+            }
+        }
+        var inputs = [x]
+        if let bias { inputs.append(bias) }
+        return recording(result, inputs: inputs) { g, grads in
+            let dy = g.storage.pointer
+            if let dx = grads[0], N > 0 {
+                try? forEachPanel(of: weight) { rows, panel in
+                    cblas_sgemm(
+                        CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(N), Int32(C), Int32(rows.count), 1,
+                        dy + rows.lowerBound, Int32(OC), panel, Int32(C), 1, dx, Int32(C))
+                }
+            }
+            if grads.count > 1, let db = grads[1] { rk_bias_backward(db, dy, Int32(N), Int32(OC)) }
+        }
+    }
+
+    /// Dequantizes `weight` panel by panel into one scratch buffer and hands each to `body` (rows, panel floats).
+    static func forEachPanel(
+        of weight: QuantizedMatrix, _ body: (Range<Int>, UnsafeMutablePointer<Float>) -> Void
+    ) throws {
+        let panelRows = max(1, min(weight.rows, quantizedPanelElements / weight.columns))
+        let scratch = try Tensor(uninitializedShape: [panelRows, weight.columns], operation: "quantizedLinear panel")
+        var start = 0
+        while start < weight.rows {
+            let rows = start..<min(weight.rows, start + panelRows)
+            weight.dequantizeRows(rows, into: scratch.storage.pointer)
+            body(rows, scratch.storage.pointer)
+            start = rows.upperBound
+        }
+    }
+}
+
+extension Tensor {
+    /// Rows of a quantized frozen table for `ids: [...]`: `[..., columns]`, each row dequantized as the `gguf` package
+    /// does. No gradient reaches the table.
+    /// - Throws: ``TensorError/indexOutOfRange(operation:position:value:limit:)`` for an id outside the table.
+    public static func quantizedEmbedding(_ ids: IntTensor, table: QuantizedMatrix) throws -> Tensor {
+        let C = table.columns
+        for (i, id) in ids.values.enumerated() where id < 0 || Int(id) >= table.rows {
+            throw TensorError.indexOutOfRange(operation: "embedding", position: i, value: Int(id), limit: table.rows)
+        }
+        let result = try Tensor(uninitializedShape: ids.shape + [C])
+        let out = result.storage.pointer
+        for (i, id) in ids.values.enumerated() { table.dequantizeRows(Int(id)..<(Int(id) + 1), into: out + i * C) }
+        return result
+    }
+}

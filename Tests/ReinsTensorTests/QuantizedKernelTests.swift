@@ -1,0 +1,186 @@
+import CReinsKernels
+import Foundation
+import Testing
+import ReinsTestSupport
+@testable import ReinsTensor
+
+/// Products with weights kept in GGUF blocks: the 8-bit activation blocks and the integer-dot kernel against their
+/// scalar oracles on every instruction set and every type, both routes of `quantizedLinear` against the float32
+/// product with the dequantized weight (values and input gradients), and the input gradient against finite differences.
+@Suite(.serialized)
+struct QuantizedKernelTests {
+    static let types: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
+
+    /// Random blocks of `type` for a `[rows, columns]` matrix, with valid half-precision scales of a size that gives
+    /// weights of about ±0.1.
+    static func randomMatrix(_ type: GGMLType, rows: Int, columns: Int, seed: UInt64) throws -> QuantizedMatrix {
+        let be = type.blockElements!, bb = type.blockBytes!
+        let blocks = rows * columns / be
+        var g = SeededGenerator(seed: seed)
+        var bytes = (0..<(blocks * bb)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
+        let (offsets, scale): ([Int], Float) =
+            switch type {
+            case .q4_0: ([0], 0.01)
+            case .q4_1, .q5_1: ([0, 2], 0.006)
+            case .q5_0: ([0], 0.005)
+            case .q8_0: ([0], 0.0008)
+            case .q4_K, .q5_K: ([0, 2], 0.0002)
+            default: ([208], 0.00003)
+            }
+        for k in 0..<blocks {
+            for o in offsets {
+                let v = Float16((g.nextUniform() + 0.5) * scale * (g.nextUniform() < 0.5 ? -1 : 1)).bitPattern
+                bytes[k * bb + o] = UInt8(v & 0xFF)
+                bytes[k * bb + o + 1] = UInt8(v >> 8)
+            }
+        }
+        return try QuantizedMatrix(type: type, rows: rows, columns: columns, data: Data(bytes))
+    }
+
+    static func blocks(_ x: [Float], rows: Int, columns: Int, reference: Bool) -> [rk_q8_block] {
+        var out = [rk_q8_block](repeating: rk_q8_block(), count: rows * columns / 32)
+        if reference { rk_quantize_q8_ref(&out, x, Int32(rows), Int32(columns)) } else {
+            _ = rk_quantize_q8(&out, x, Int32(rows), Int32(columns))
+        }
+        return out
+    }
+
+    @Test func activationBlocksMatchTheScalarOracleOnEveryInstructionSet() {
+        var x = randomFloats(5 * 96, seed: 3, scale: 2)
+        for j in 32..<64 { x[j] = 0 }  // an all-zero block: scale 0, values 0
+        x[100] = 0.5 / 127 * 3  // values exactly halfway between two steps round to even
+        let reference = Self.blocks(x, rows: 5, columns: 96, reference: true)
+        for isa in Int32(0)...rk_isa_detected() {
+            let active = rk_isa_select(isa)
+            defer { rk_isa_select(rk_isa_detected()) }
+            let got = Self.blocks(x, rows: 5, columns: 96, reference: false)
+            for (a, b) in zip(got, reference) {
+                #expect(a.d == b.d && a.sum16.0 == b.sum16.0 && a.sum16.1 == b.sum16.1, "isa \(active)")
+                #expect(withUnsafeBytes(of: a.q) { Array($0) } == withUnsafeBytes(of: b.q) { Array($0) }, "isa \(active)")
+            }
+        }
+        #expect(reference[1].d == 0 && reference[1].sum16.0 == 0)
+        // Each value is x/d rounded, and d = max|x|/127.
+        let b = reference[0]
+        let amax = x[0..<32].map(abs).max()!
+        #expect(b.d == amax / 127)
+        let q = withUnsafeBytes(of: b.q) { Array($0.bindMemory(to: Int8.self)) }
+        for j in 0..<32 { #expect(Float(q[j]) == (x[j] * (1 / b.d)).rounded(.toNearestOrEven)) }
+    }
+
+    @Test(arguments: QuantizedKernelTests.types)
+    func integerDotsMatchTheOracleAndTheFloatProduct(type: GGMLType) throws {
+        let C = type.blockElements! == 256 ? 512 : 96, OC = 37, N = 3
+        let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue))
+        let x = randomFloats(N * C, seed: 11, scale: 1)
+        let xq = Self.blocks(x, rows: N, columns: C, reference: true)
+        var reference = [Float](repeating: .nan, count: N * OC)
+        let status = w.withBytes { rk_qmatmul_q8_ref(&reference, xq, $0, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, Int32(OC)) }
+        #expect(status == RK_OK)
+        // The oracle is the float product of the dequantized weight with the dequantized 8-bit activations.
+        let dense = try w.dequantized().scalars
+        var xBack = [Float](repeating: 0, count: N * C)
+        for n in 0..<N {
+            for k in 0..<(C / 32) {
+                let b = xq[n * (C / 32) + k]
+                let q = withUnsafeBytes(of: b.q) { Array($0.bindMemory(to: Int8.self)) }
+                for j in 0..<32 { xBack[n * C + 32 * k + j] = Float(q[j]) * b.d }
+            }
+        }
+        var exact = [Float](repeating: 0, count: N * OC), approx = exact
+        for n in 0..<N {
+            for o in 0..<OC {
+                var s: Double = 0, t: Double = 0
+                for c in 0..<C {
+                    s += Double(dense[o * C + c]) * Double(xBack[n * C + c])
+                    t += Double(dense[o * C + c]) * Double(x[n * C + c])
+                }
+                exact[n * OC + o] = Float(s)
+                approx[n * OC + o] = Float(t)
+            }
+        }
+        expectClose(reference, exact, atol: 1e-4, rtol: 1e-4, "\(type) oracle vs float product of the 8-bit input")
+        // Against the float input, the 8-bit rounding of x costs at most half a step per element.
+        let scale = approx.map(abs).max()!
+        expectClose(reference, approx, atol: 0.02 * scale, rtol: 0, "\(type) vs the float input")
+        for isa in Int32(0)...rk_isa_detected() {
+            let active = rk_isa_select(isa)
+            defer { rk_isa_select(rk_isa_detected()) }
+            var got = [Float](repeating: .nan, count: N * OC)
+            // Two row ranges, as two threads would split it.
+            w.withBytes { p in
+                _ = rk_qmatmul_q8(&got, xq, p, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, 20)
+                _ = rk_qmatmul_q8(&got, xq, p, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 20, Int32(OC))
+            }
+            expectClose(got, reference, atol: 1e-5, rtol: 1e-5, "\(type) on isa \(active)")
+        }
+    }
+
+    @Test func kernelsRefuseWhatTheyCannotCompute() {
+        var out = [Float](repeating: 0, count: 4)
+        var blocks = [rk_q8_block](repeating: rk_q8_block(), count: 1)
+        #expect(rk_quantize_q8(&blocks, out, 1, 4) == RK_ERR_ARG)
+        #expect(rk_qmatmul_q8(&out, blocks, [UInt8](repeating: 0, count: 64), Int32(GGMLType.f16.rawValue), 1, 32, 1, 0, 1) == RK_ERR_ARG)
+        #expect(rk_qmatmul_q8(&out, blocks, [UInt8](repeating: 0, count: 64), Int32(GGMLType.q4_K.rawValue), 1, 32, 1, 0, 1) == RK_ERR_ARG)
+        #expect(rk_dequantize(&out, [UInt8](repeating: 0, count: 64), 3, Int32(GGMLType.q8_0.rawValue)) == RK_ERR_ARG)
+        #expect(rk_dequantize(&out, [UInt8](repeating: 0, count: 64), 4, 99) == RK_ERR_ARG)
+    }
+
+    @Test(arguments: [GGMLType.q4_1, .q8_0, .q6_K])
+    func quantizedLinearEqualsTheDequantizedProductWithGradients(type: GGMLType) throws {
+        let C = type.blockElements! == 256 ? 256 : 96, OC = 45
+        let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
+        let dense = try w.dequantized()
+        let bias = try Tensor(shape: [OC], values: randomFloats(OC, seed: 9)).requiringGradient()
+        for rows in [3, 13] {  // the integer route for few rows, the float route for more
+            let x = try Tensor(shape: [rows, C], values: randomFloats(rows * C, seed: 7)).requiringGradient()
+            let upstream = try Tensor(shape: [rows, OC], values: randomFloats(rows * OC, seed: 8))
+            bias.zeroGradient()
+            let reference = try Tensor.linear(x, weight: dense, bias: bias)
+            try (reference * upstream).sum().backward()
+            // Copies of the values: the gradient buffers are zeroed and reused below.
+            let (dxRef, dbRef) = (x.gradient!.scalars, bias.gradient!.scalars)
+            for route in [QuantizedRoute.exact, .automatic] {
+                x.zeroGradient(); bias.zeroGradient()
+                let y = try Tensor.quantizedLinear(x, weight: w, bias: bias, route: route)
+                let integer = route == .automatic && rows <= Tensor.integerRouteMaximumRows
+                let scale = reference.scalars.map(abs).max()!
+                if integer {
+                    expectClose(y, reference, atol: 0.02 * scale, rtol: 0, "\(type) \(rows) rows integer route")
+                } else {
+                    expectClose(y, reference, atol: 1e-5, rtol: 1e-5, "\(type) \(rows) rows float route")
+                }
+                try (y * upstream).sum().backward()
+                expectClose(x.gradient!.scalars, dxRef, atol: 1e-5, rtol: 1e-5, "\(type) \(rows) rows dX (\(route))")
+                expectClose(bias.gradient!.scalars, dbRef, atol: 1e-5, rtol: 1e-5, "\(type) \(rows) rows db (\(route))")
+            }
+        }
+    }
+
+    @Test func inputGradientMatchesFiniteDifferences() throws {
+        let (N, C, OC) = (2, 64, 7)
+        let w = try Self.randomMatrix(.q5_1, rows: OC, columns: C, seed: 21)
+        let x0 = randomFloats(N * C, seed: 22), up = randomFloats(N * OC, seed: 23)
+        let x = try Tensor(shape: [N, C], values: x0).requiringGradient()
+        let y = try Tensor.quantizedLinear(x, weight: w, route: .exact)
+        try (y * Tensor(shape: [N, OC], values: up)).sum().backward()
+        let numeric = numericGradient(doubles(x0), step: 1e-2) { v in
+            let t = try! Tensor(shape: [N, C], values: v.map(Float.init))
+            let out = try! Autograd.withoutGradients { try Tensor.quantizedLinear(t, weight: w, route: .exact) }
+            return dot(doubles(out.scalars), doubles(up))
+        }
+        expectClose(x.gradient!.scalars, numeric, atol: 1e-3, rtol: 1e-3, "dX vs finite differences")
+    }
+
+    @Test func embeddingRowsAreTheDequantizedRows() throws {
+        let table = try Self.randomMatrix(.q8_0, rows: 11, columns: 64, seed: 31)
+        let dense = try table.dequantized().scalars
+        let ids = try IntTensor(shape: [2, 2], values: [3, 0, 10, 3])
+        let rows = try Tensor.quantizedEmbedding(ids, table: table).scalars
+        for (i, id) in ids.values.enumerated() {
+            #expect(Array(rows[(i * 64)..<((i + 1) * 64)]) == Array(dense[(Int(id) * 64)..<((Int(id) + 1) * 64)]))
+        }
+        #expect(throws: TensorError.self) { _ = try Tensor.quantizedEmbedding(IntTensor([11]), table: table) }
+        #expect(throws: TensorError.self) { _ = try Tensor.quantizedEmbedding(IntTensor([-1]), table: table) }
+    }
+}
