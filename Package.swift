@@ -49,6 +49,6 @@ let package = Package(
         .executableTarget(name: "ReinsFuzz", dependencies: ["ReinsFuzzTargets"], path: "Tests/Fuzz/Harness"),
         // Runs the built `reins` tool as a user would (exit status, signal, message, time) on malformed files and
         // arguments; depending on the tool's target makes `swift test` build it first.
-        .testTarget(name: "ReinsCLITests", dependencies: ["ReinsCLI", "Reins", "ReinsTestSupport"]),
+        .testTarget(name: "ReinsCLITests", dependencies: ["ReinsCLI", "Reins", "ReinsTestSupport", "ReinsDemoData"]),
     ]
 )

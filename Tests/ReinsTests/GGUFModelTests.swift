@@ -124,3 +124,104 @@ struct GGUFModelTests {
         }
     }
 }
+
+/// A GGUF base kept in its quantized blocks: the exact route equals the dequantized float32 model, the integer route
+/// stays close, every adapter method trains beside the frozen quantized weights (QLoRA) and reloads, and what cannot
+/// work on quantized weights (merging, saving the base as float32, full fine-tuning) is refused by name.
+struct QuantizedBaseTests {
+    static func quantized(_ name: String) throws -> LlamaForCausalLM {
+        guard case let .llamaCausalLM(m) = try PretrainedModel.load(directory: GGUFModelTests.file(name), quantized: true)
+        else { throw ModelError.badInput("\(name) did not load as a causal LM") }
+        return m
+    }
+
+    @Test(arguments: ["llama-tiny", "qwen2-tiny"])
+    func exactRouteEqualsTheDequantizedModelAndTheIntegerRouteStaysClose(name: String) throws {
+        let dense = try GGUFModelTests.causalLM(GGUFModelTests.file(name))
+        let model = try Self.quantized(name)
+        #expect(model.holdsQuantizedWeights && !dense.holdsQuantizedWeights)
+        // Only what the file stores as floats (norms, biases, an F16 matrix) is float32: no copy of the quantized ones.
+        let file = try GGUFFile(path: GGUFModelTests.file(name).path)
+        let stored = file.tensorInfos.filter { !$0.type.isQuantized }.reduce(0) { $0 + $1.elementCount }
+        let floats = model.namedParameters().reduce(0) { $0 + $1.parameter.value.count }
+        #expect(floats == stored, "\(floats) float32 values held, the file stores \(stored) as floats")
+        let io = try GGUFModelTests.expected(name)
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
+        let reference = try Autograd.withoutGradients { try dense.logits(ids, attentionMask: mask) }
+        model.setQuantizedRoute(.exact)
+        let exact = try Autograd.withoutGradients { try model.logits(ids, attentionMask: mask) }
+        expectClose(exact, reference, atol: 1e-5, rtol: 1e-5, "\(name) exact route")
+        expectClose(exact, try io.tensor("logits"), atol: 1e-4, rtol: 1e-4, "\(name) exact route vs transformers")
+        // Decoding one row at a time takes the integer route: 8-bit activations cost a little precision.
+        model.setQuantizedRoute(.automatic)
+        let row = try IntTensor(shape: [1, 1], values: [ids.values[0]])
+        let a = try Autograd.withoutGradients { try model.logits(row).scalars }
+        let e = try Autograd.withoutGradients { try dense.logits(row).scalars }
+        let spread = e.map(abs).max()!
+        expectClose(a, e, atol: 0.05 * spread, rtol: 0, "\(name) integer route, one token")
+        // Greedy ids with the exact route: transformers'.
+        model.setQuantizedRoute(.exact)
+        let generated = try io.intTensor("generated").values
+        let out = try model.generate(
+            prompts: [Array(generated.prefix(7))], options: GenerationOptions(maxNewTokens: generated.count - 7, padID: 0))
+        #expect(out[0] == generated, "\(name) exact-route greedy ids")
+    }
+
+    @Test(arguments: ["llama-tiny", "qwen2-tiny"])
+    func everyMethodTrainsOnTheQuantizedBaseSavesAndLoads(base: String) throws {
+        let model = try Self.quantized(base)
+        let ids = try IntTensor(shape: [2, 5], values: [2, 14, 15, 16, 3, 0, 0, 50, 51, 3])
+        let mask = try IntTensor(shape: [2, 5], values: [1, 1, 1, 1, 1, 0, 0, 1, 1, 1])
+        let baseLogits = try model.logits(ids, attentionMask: mask).scalars
+        let sequences = (0..<8).map { i in TokenSequence(ids: (0..<(4 + i % 3)).map { Int32(3 + (i * 7 + $0 * 5) % 90) }) }
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var trained: [String: [Float]] = [:]
+        let methods = LlamaAdapterMethodTests.methods(tied: base.hasPrefix("qwen2"))
+        for (i, (name, method)) in methods.enumerated() {
+            let config: AdapterMethod
+            if case let .lora(c) = method, c.targets.isEmpty {
+                config = .lora(LoRAConfig(rank: c.rank, alpha: c.alpha, targets: try model.defaultLoRATargets()))
+            } else {
+                config = method
+            }
+            try model.addAdapter(name, config, seed: UInt64(i + 1))
+            let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: 0)
+            try Trainer(task: task, options: TrainingOptions(steps: 3, batchSize: 8, learningRate: 0.05)).run()
+            let logits = try model.logits(ids, attentionMask: mask)
+            trained[name] = logits.scalars
+            #expect(trained[name] != baseLogits, "\(base) \(name) changed the model")
+            try model.saveAdapter(name, to: dir.appendingPathComponent(name))
+        }
+        model.activateAdapter(nil)
+        expectClose(try model.logits(ids, attentionMask: mask).scalars, baseLogits, atol: 1e-6, rtol: 0, "base untouched")
+        let fresh = try Self.quantized(base)
+        for (name, _) in methods {
+            try fresh.loadAdapter(name, from: dir.appendingPathComponent(name))
+            fresh.activateAdapter(name)
+            expectClose(
+                try fresh.logits(ids, attentionMask: mask).scalars, trained[name]!, atol: 1e-5, rtol: 1e-4,
+                "\(base) \(name) loaded on a fresh quantized base")
+        }
+    }
+
+    @Test func whatQuantizedWeightsCannotDoIsRefusedByName() throws {
+        let model = try Self.quantized("llama-tiny")
+        try model.addAdapter("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["q_proj"])), seed: 1)
+        let q = model.model.layers[0].attention.queryProjection
+        do {
+            try q.merge()
+            Issue.record("merged into a quantized weight")
+        } catch {
+            #expect("\(error)".contains("quantized"), "\(error)")
+        }
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        do {
+            try model.save(to: dir, config: [:])
+            Issue.record("saved quantized weights as float32")
+        } catch {
+            #expect("\(error)".contains("quantized"), "\(error)")
+        }
+    }
+}
