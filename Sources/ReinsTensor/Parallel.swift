@@ -2,6 +2,7 @@ import COpenBLAS
 import CReinsKernels
 import Dispatch
 import Foundation
+import Synchronization
 
 /// How ReinsTensor spreads work over cores.
 ///
@@ -25,13 +26,17 @@ public enum Parallel {
         let isa = rk_isa_active(), best = rk_isa_detected()
         // The chunks touch disjoint memory by contract; Dispatch cannot see that, hence the unchecked box.
         withoutActuallyEscaping(body) { work in
-            let box = UncheckedBox(work)
-            DispatchQueue.concurrentPerform(iterations: chunks) { c in
-                if isa == best { box.value(c); return }
+            let run: (Int) -> Void = { c in
+                if isa == best { work(c); return }
                 let previous = rk_isa_active()
                 rk_isa_select(isa)
-                box.value(c)
+                work(c)
                 rk_isa_select(previous)
+            }
+            if !SpinPool.shared.run(chunks, run) {
+                // Busy (a region inside a region, or regions from several threads at once): Dispatch's pool.
+                let box = UncheckedBox(run)
+                DispatchQueue.concurrentPerform(iterations: chunks) { c in box.value(c) }
             }
         }
     }
@@ -97,4 +102,82 @@ public enum Parallel {
 struct UncheckedBox<Value>: @unchecked Sendable {
     let value: Value
     init(_ value: Value) { self.value = value }
+}
+
+/// Persistent worker threads for parallel regions. Decoding runs hundreds of short regions per token (each layer's
+/// products, norms, attention); waking a sleeping thread for each costs tens of microseconds in a VM, more than the
+/// work. A worker here spins on the next region for a while (``spinLimit`` relax instructions, ~50 µs) before it
+/// sleeps, so back-to-back regions start at once. The caller runs chunk 0 itself; worker `i` runs chunk `i + 1`.
+final class SpinPool: @unchecked Sendable {
+    static let shared = SpinPool(workers: Parallel.threadCount - 1)
+    static let spinLimit = 20_000
+
+    private let workers: Int
+    private let generation = Atomic<Int>(0)
+    private let pending = Atomic<Int>(0)
+    private let sleepers = Atomic<Int>(0)
+    private let wake = DispatchSemaphore(value: 0)
+    private let busy = Atomic<Bool>(false)
+    // Written by the caller before it publishes a generation (release), read by workers after they see it (acquire).
+    private var job: ((Int) -> Void)?
+    private var chunks = 0
+
+    init(workers: Int) {
+        self.workers = max(0, workers)
+        for i in 0..<self.workers {
+            let thread = Thread { [unowned self] in self.work(index: i) }
+            thread.name = "reins-worker-\(i + 1)"
+            thread.start()
+        }
+    }
+
+    /// Runs `body(c)` for `c` in `0..<chunks` on the caller and the workers; false (nothing run) when the pool is
+    /// already running a region or has too few workers.
+    func run(_ chunks: Int, _ body: (Int) -> Void) -> Bool {
+        guard chunks - 1 <= workers, busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
+        else { return false }
+        defer { busy.store(false, ordering: .releasing) }
+        withoutActuallyEscaping(body) { work in
+            job = work
+            self.chunks = chunks
+            pending.store(chunks - 1, ordering: .relaxed)
+            generation.add(1, ordering: .releasing)
+            for _ in 0..<sleepers.load(ordering: .acquiring) { wake.signal() }
+            work(0)
+            while pending.load(ordering: .acquiring) > 0 { rk_cpu_relax() }
+            job = nil
+        }
+        return true
+    }
+
+    private func work(index: Int) {
+        var seen = 0
+        while true {
+            var spins = 0
+            while generation.load(ordering: .acquiring) == seen {
+                spins += 1
+                if spins < Self.spinLimit { rk_cpu_relax(); continue }
+                // Sleep until the next region; checked again after announcing it, so a region published meanwhile is
+                // never missed (an extra signal only makes a later wait return early, and the loop checks again).
+                sleepers.add(1, ordering: .sequentiallyConsistent)
+                if generation.load(ordering: .sequentiallyConsistent) == seen { wake.wait() }
+                sleepers.subtract(1, ordering: .sequentiallyConsistent)
+                spins = 0
+            }
+            seen = generation.load(ordering: .acquiring)
+            let c = index + 1
+            if c < chunks {
+                invoke(c)
+                pending.subtract(1, ordering: .releasing)
+            }
+        }
+    }
+
+    /// Runs the current region's chunk `c`. A function of its own so that the worker's reference to the region's
+    /// closure ends when it returns, before the caller is told the chunk is done (the caller's
+    /// `withoutActuallyEscaping` checks that no reference outlives the region).
+    @inline(never)
+    private func invoke(_ c: Int) {
+        job?(c)
+    }
 }

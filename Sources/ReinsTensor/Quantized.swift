@@ -83,7 +83,9 @@ public final class QuantizedMatrix: @unchecked Sendable {
 public enum QuantizedRoute: Sendable {
     /// Float32 from the dequantized weight (panels of rows dequantized, then sgemm): the reference.
     case exact
-    /// Integer dot products against 8-bit blocks of the input for few rows (decoding), the float route otherwise.
+    /// Integer dot products against 8-bit blocks of the input (as llama.cpp computes) when no gradient is being
+    /// recorded (prompts, decoding, evaluation) or for a few rows; the float route while training, so that adapters
+    /// train against the exact products.
     case automatic
 }
 
@@ -91,7 +93,7 @@ extension Tensor {
     /// Rows of the weight dequantized per panel in the float route: a panel of ~1M floats stays in cache-sized reach
     /// and bounds the scratch memory whatever the layer's size.
     static let quantizedPanelElements = 1 << 20
-    /// Up to this many input rows the automatic route uses integer dot products.
+    /// Up to this many input rows the automatic route uses integer dot products even while training.
     public static let integerRouteMaximumRows = 8
 
     /// `x: [..., in]` to `[..., out]` through a quantized frozen weight `[out, in]` (+ bias). The weight gets no
@@ -111,7 +113,7 @@ extension Tensor {
         let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
         let out = result.storage.pointer
         if N > 0 {
-            if route == .automatic && N <= integerRouteMaximumRows && C % 32 == 0 {
+            if route == .automatic && C % 32 == 0 && (N <= integerRouteMaximumRows || !Autograd.isRecording) {
                 let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
                 let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
                 _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))

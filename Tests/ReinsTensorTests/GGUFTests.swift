@@ -7,6 +7,7 @@ import ReinsTestSupport
 /// The GGUF reader against the `gguf` Python package (make_gguf_fixtures.py): every tensor type Reins reads, as
 /// random blocks (one half-precision subnormal scale, negative scales), dequantized bit for bit as `gguf` does; and
 /// malformed files refused by name.
+@Suite(.serialized)
 struct GGUFTests {
     static let blocks = Fixtures.directory.appendingPathComponent("gguf/blocks.gguf").path
 
@@ -20,7 +21,7 @@ struct GGUFTests {
             #expect(t.shape == e.shape, "\(name) shape")
             let same = zip(t.scalars, e.scalars).allSatisfy { $0.bitPattern == $1.bitPattern }
             #expect(same, "\(name): dequantized values differ from gguf's")
-            // The scalar oracle gives the same bits as the dispatched kernel.
+            // The scalar oracle, and the dispatched kernel on every instruction set, give the same bits.
             let info = try file.info(name)
             var ref = [Float](repeating: .nan, count: info.elementCount)
             let status = try file.withRawBytes(name) { raw in
@@ -28,6 +29,15 @@ struct GGUFTests {
             }
             #expect(status == RK_OK)
             #expect(zip(ref, e.scalars).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(name) reference")
+            for isa in Int32(0)...rk_isa_detected() {
+                #expect(rk_isa_select(isa) == isa)
+                defer { rk_isa_select(rk_isa_detected()) }
+                var got = [Float](repeating: .nan, count: info.elementCount)
+                _ = try file.withRawBytes(name) { raw in
+                    rk_dequantize(&got, raw.baseAddress!, info.elementCount, Int32(info.type.rawValue))
+                }
+                #expect(zip(got, e.scalars).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(name) on isa \(isa)")
+            }
         }
         #expect(try file.info("q4_k").type == .q4_K)
         #expect(try file.info("q6_k").dimensions == [512, 3])

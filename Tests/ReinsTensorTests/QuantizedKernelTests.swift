@@ -55,7 +55,7 @@ struct QuantizedKernelTests {
             defer { rk_isa_select(rk_isa_detected()) }
             let got = Self.blocks(x, rows: 5, columns: 96, reference: false)
             for (a, b) in zip(got, reference) {
-                #expect(a.d == b.d && a.sum16.0 == b.sum16.0 && a.sum16.1 == b.sum16.1, "isa \(active)")
+                #expect(a.d == b.d && a.ds == b.ds && a.sum16.0 == b.sum16.0 && a.sum16.1 == b.sum16.1, "isa \(active)")
                 #expect(withUnsafeBytes(of: a.q) { Array($0) } == withUnsafeBytes(of: b.q) { Array($0) }, "isa \(active)")
             }
         }

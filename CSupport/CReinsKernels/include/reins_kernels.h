@@ -34,6 +34,16 @@ int rk_isa_active(void);
 /// Select an instruction set no better than the detected one for the calling thread (tests and benchmarks; ReinsTensor's
 /// parallel regions carry it to their workers); returns the one now active. Other threads are unaffected.
 int rk_isa_select(int isa);
+/// Whether the CPU has AVX-512 VNNI (with BW and VL): the AVX-512 level of the quantized products then uses it.
+int rk_cpu_has_vnni(void);
+/// A hint to the CPU that the calling thread is spinning on a flag (PAUSE on x86, YIELD on arm64).
+static inline void rk_cpu_relax(void) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 /// A short name for an instruction set ("scalar", "avx2", "avx512").
 const char *rk_isa_name(int isa);
 
@@ -245,9 +255,11 @@ int rk_dequantize(float *out, const void *src, size_t n, int type);
 int rk_dequantize_ref(float *out, const void *src, size_t n, int type);
 
 /// Activations quantized to 8-bit blocks of 32 (for products with quantized weights): the scale d = max|x|/127, the
-/// values round(x/d) to nearest even, and the sums of the first and last 16 values.
+/// values round(x/d) to nearest even, the sums of the first and last 16 values, and d times their total (what a
+/// weight block's minimum multiplies).
 typedef struct {
     float d;
+    float ds;
     int16_t sum16[2];
     int8_t q[32];
 } rk_q8_block;
