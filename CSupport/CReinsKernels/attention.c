@@ -68,10 +68,19 @@ void rk_attention_forward(float *out, float *lse, const float *q, const float *k
                           const int32_t *key_mask, int B, int NH, int NKV, int T, int Tk, int hs, float scale,
                           int causal, int causal_offset, int window, const rk_attention_dropout *drop, int bh_begin,
                           int bh_end, float *scratch) {
+    rk_attention_forward_rows(out, lse, q, k, v, key_mask, B, NH, NKV, T, Tk, Tk, hs, scale, causal, causal_offset,
+                              window, drop, bh_begin, bh_end, scratch);
+}
+
+// The same with k and v (B,NKV,kv_rows,hs) of which each head's first Tk rows are keys (a KV cache with room to grow).
+void rk_attention_forward_rows(float *out, float *lse, const float *q, const float *k, const float *v,
+                               const int32_t *key_mask, int B, int NH, int NKV, int T, int Tk, int kv_rows, int hs,
+                               float scale, int causal, int causal_offset, int window,
+                               const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch) {
     (void)B;
     for (int bh = bh_begin; bh < bh_end; bh++) {
         int b = bh / NH;
-        size_t ko = kv_offset(bh, NH, NKV, Tk, hs);
+        size_t ko = kv_offset(bh, NH, NKV, kv_rows, hs);
         const float *qh = q + RK_IDX(bh, 0, (size_t)T * hs), *kh = k + ko, *vh = v + ko;
         float *oh = out + RK_IDX(bh, 0, (size_t)T * hs);
         const int32_t *km = key_mask ? key_mask + RK_IDX(b, 0, Tk) : NULL;

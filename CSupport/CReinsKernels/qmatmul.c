@@ -317,3 +317,30 @@ int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, in
 #endif
     return rk_qmatmul_q8_ref(out, xq, w, type, N, C, OC, row_begin, row_end);
 }
+
+// ---- the exact route for a few rows: float32 products with each weight block dequantized on the fly -------------
+// out (N,OC) columns [row_begin, row_end) = x (N,C) · Wᵀ with W's blocks dequantized exactly as rk_dequantize does
+// (the same values the float route's panels hold), one block at a time into a buffer the size of a block, so
+// decoding with exact products reads each weight once per token and holds no panel.
+int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, int C, int OC, int row_begin,
+                   int row_end) {
+    size_t be = rk_quant_block_elements(type), bb = rk_quant_block_bytes(type);
+    if (be == 0 || C % (int)be != 0 || N > 8) return RK_ERR_ARG;
+    size_t row_bytes = (size_t)C / be * bb;
+    float block[256], acc[8];
+    for (int o = row_begin; o < row_end; o++) {
+        const uint8_t *wo = (const uint8_t *)w + (size_t)o * row_bytes;
+        for (int n = 0; n < N; n++) acc[n] = 0.0f;
+        for (size_t k = 0; k < (size_t)C / be; k++) {
+            rk_dequantize(block, wo + k * bb, be, type);
+            for (int n = 0; n < N; n++) {
+                const float *xn = x + RK_IDX(n, k * be, C);
+                float s = 0.0f;
+                for (size_t j = 0; j < be; j++) s += block[j] * xn[j];
+                acc[n] += s;
+            }
+        }
+        for (int n = 0; n < N; n++) out[RK_IDX(n, o, OC)] = acc[n];
+    }
+    return RK_OK;
+}

@@ -19,7 +19,7 @@ extension Tensor {
     public static func attention(
         query: Tensor, key: Tensor, value: Tensor, causal: Bool = false, causalOffset: Int? = nil,
         keyMask: IntTensor? = nil, scale: Float? = nil,
-        dropout: (p: Float, seed: UInt64, offset: UInt64)? = nil, window: Int? = nil
+        dropout: (p: Float, seed: UInt64, offset: UInt64)? = nil, window: Int? = nil, keyLength: Int? = nil
     ) throws -> Tensor {
         if let dropout, !(0..<1).contains(dropout.p) {
             throw TensorError.invalidArgument(
@@ -39,7 +39,17 @@ extension Tensor {
         if let window, window < 1 {
             throw TensorError.invalidArgument(operation: "attention", detail: "sliding window \(window) is not positive")
         }
-        let (B, NH, T, hs, Tk) = (query.shape[0], query.shape[1], query.shape[2], query.shape[3], key.shape[2])
+        let (B, NH, T, hs) = (query.shape[0], query.shape[1], query.shape[2], query.shape[3])
+        // With `keyLength`, key and value hold room for more rows than are filled (an inference-time KV cache).
+        let kvRows = key.shape[2], Tk = keyLength ?? kvRows
+        guard (0...kvRows).contains(Tk) else {
+            throw TensorError.invalidArgument(
+                operation: "attention", detail: "key length \(Tk) is outside the \(kvRows) rows of the keys")
+        }
+        if Tk != kvRows, Autograd.isRecording, [query, key, value].contains(where: \.requiresGradient) {
+            throw TensorError.invalidArgument(
+                operation: "attention", detail: "a partly filled key cache is for inference: compute without gradients")
+        }
         let NKV = key.shape[1], group = NH / NKV
         // A window longer than any sequence is no window (and keeps the count in 32 bits).
         let slidingWindow = Int32(causal ? min(window ?? 0, Tk + T + 1) : 0)
@@ -60,13 +70,14 @@ extension Tensor {
         let scratch = TensorStorage(uninitializedCount: Parallel.threadCount * scratchPerChunk)
         withMask { m in
             Parallel.forRanges(B * NH) { r, c in
-                rk_attention_forward(
+                rk_attention_forward_rows(
                     result.storage.pointer, lse.pointer, q.storage.pointer, k.storage.pointer, v.storage.pointer, m,
-                    Int32(B), Int32(NH), Int32(NKV), Int32(T), Int32(Tk), Int32(hs), s, isCausal, offset,
+                    Int32(B), Int32(NH), Int32(NKV), Int32(T), Int32(Tk), Int32(kvRows), Int32(hs), s, isCausal, offset,
                     slidingWindow, &drop, Int32(r.lowerBound), Int32(r.upperBound),
                     scratch.pointer + c * scratchPerChunk)
             }
         }
+        if Tk != kvRows { return result }
         let output = result.detached()
         return recording(result, inputs: [query, key, value]) { g, grads in
             let perChunk = 2 * T * Tk + T

@@ -124,6 +124,15 @@ extension Tensor {
                             Int32(r.lowerBound), Int32(r.upperBound))
                     }
                 }
+            } else if N <= integerRouteMaximumRows {
+                // Exact products for a few rows (decoding with --exact): each block dequantized as it is read.
+                weight.withBytes { w in
+                    Parallel.forRanges(OC, minimum: 64) { r, _ in
+                        _ = rk_qmatvec_f32(
+                            out, x.storage.pointer, w, Int32(weight.type.rawValue), Int32(N), Int32(C), Int32(OC),
+                            Int32(r.lowerBound), Int32(r.upperBound))
+                    }
+                }
             } else {
                 try forEachPanel(of: weight) { rows, panel in
                     cblas_sgemm(

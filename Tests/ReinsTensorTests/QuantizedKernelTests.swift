@@ -103,6 +103,15 @@ struct QuantizedKernelTests {
         // Against the float input, the 8-bit rounding of x costs at most half a step per element.
         let scale = approx.map(abs).max()!
         expectClose(reference, approx, atol: 0.02 * scale, rtol: 0, "\(type) vs the float input")
+        // The exact route for few rows: float products with the dequantized weight.
+        for isa in Int32(0)...rk_isa_detected() {
+            rk_isa_select(isa)
+            defer { rk_isa_select(rk_isa_detected()) }
+            var f32 = [Float](repeating: .nan, count: N * OC)
+            let s = w.withBytes { rk_qmatvec_f32(&f32, x, $0, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, Int32(OC)) }
+            #expect(s == RK_OK)
+            expectClose(f32, approx, atol: 1e-5, rtol: 1e-5, "\(type) exact route on isa \(isa)")
+        }
         for isa in Int32(0)...rk_isa_detected() {
             let active = rk_isa_select(isa)
             defer { rk_isa_select(rk_isa_detected()) }
@@ -182,5 +191,39 @@ struct QuantizedKernelTests {
         }
         #expect(throws: TensorError.self) { _ = try Tensor.quantizedEmbedding(IntTensor([11]), table: table) }
         #expect(throws: TensorError.self) { _ = try Tensor.quantizedEmbedding(IntTensor([-1]), table: table) }
+    }
+}
+
+/// Attention over a key cache with room to grow (`keyLength` below the rows held): equal to attention over exactly the
+/// filled rows; refused while recording gradients and for a length outside the rows.
+struct PartlyFilledKeyCacheTests {
+    @Test func attentionReadsOnlyTheFilledRows() throws {
+        let (B, NH, NKV, T, hs, filled, rows) = (2, 6, 2, 3, 5, 7, 11)
+        let q = try Tensor(shape: [B, NH, T, hs], values: randomFloats(B * NH * T * hs, seed: 1))
+        var kFull = randomFloats(B * NKV * rows * hs, seed: 2), vFull = randomFloats(B * NKV * rows * hs, seed: 3)
+        var kExact: [Float] = [], vExact: [Float] = []
+        for h in 0..<(B * NKV) {
+            kExact += kFull[(h * rows * hs)..<((h * rows + filled) * hs)]
+            vExact += vFull[(h * rows * hs)..<((h * rows + filled) * hs)]
+            for r in filled..<rows { for j in 0..<hs { kFull[(h * rows + r) * hs + j] = .nan; vFull[(h * rows + r) * hs + j] = .nan } }
+        }
+        let mask = try IntTensor(shape: [B, filled], values: [1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1])
+        try Autograd.withoutGradients {
+            let expected = try Tensor.attention(
+                query: q, key: Tensor(shape: [B, NKV, filled, hs], values: kExact),
+                value: Tensor(shape: [B, NKV, filled, hs], values: vExact), causal: true, keyMask: mask, window: 4)
+            let got = try Tensor.attention(
+                query: q, key: Tensor(shape: [B, NKV, rows, hs], values: kFull),
+                value: Tensor(shape: [B, NKV, rows, hs], values: vFull), causal: true, keyMask: mask, window: 4,
+                keyLength: filled)
+            #expect(got.scalars == expected.scalars)
+        }
+        let k = try Tensor(shape: [B, NKV, rows, hs], values: kFull)
+        #expect(throws: TensorError.self) {
+            _ = try Tensor.attention(query: q, key: k, value: k, causal: true, keyLength: rows + 1)
+        }
+        #expect(throws: TensorError.self) {
+            _ = try Tensor.attention(query: q.requiringGradient(), key: k, value: k, causal: true, keyLength: filled)
+        }
     }
 }

@@ -147,6 +147,12 @@ void rk_attention_forward(float *out, float *lse, const float *q, const float *k
                           const int32_t *key_mask, int B, int NH, int NKV, int T, int Tk, int hs, float scale,
                           int causal, int causal_offset, int window, const rk_attention_dropout *drop, int bh_begin,
                           int bh_end, float *scratch);
+/// The forward pass with k and v (B,NKV,kv_rows,hs), kv_rows >= Tk, each head's first Tk rows being its keys and
+/// values (a KV cache with room to grow, appended in place).
+void rk_attention_forward_rows(float *out, float *lse, const float *q, const float *k, const float *v,
+                               const int32_t *key_mask, int B, int NH, int NKV, int T, int Tk, int kv_rows, int hs,
+                               float scale, int causal, int causal_offset, int window,
+                               const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch);
 void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                            const float *v, const float *out, const float *lse, const int32_t *key_mask,
                            int B, int NH, int NKV, int T, int Tk, int hs, float scale, int causal, int causal_offset,
@@ -273,6 +279,11 @@ int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, in
                   int row_end);
 int rk_qmatmul_q8_ref(float *out, const rk_q8_block *xq, const void *w, int type, int N, int C, int OC,
                       int row_begin, int row_end);
+/// out (N,OC) columns [row_begin, row_end) = x (N,C) · Wᵀ in float32, each weight block dequantized (as rk_dequantize)
+/// as it is read: the exact route for up to 8 rows (decoding). RK_ERR_ARG for an unknown type, C not whole blocks or
+/// N > 8.
+int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, int C, int OC, int row_begin,
+                   int row_end);
 
 #ifdef __cplusplus
 }

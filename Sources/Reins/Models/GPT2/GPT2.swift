@@ -200,8 +200,7 @@ public final class GPT2Block: Module {
                 k = try Tensor.concatenate([pk, k], axis: 2)
                 v = try Tensor.concatenate([pv, v], axis: 2)
             }
-            cache.keys = k
-            cache.values = v
+            cache.set(k, v)
         }
         let drop = attentionProbabilityDropout(
             attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
@@ -373,16 +372,65 @@ public final class GPT2Model: Module, VirtualTokenHost {
 /// The keys and values of every layer for the positions seen so far, so that generation feeds only new tokens.
 public final class KVCache {
     public final class Layer {
-        /// `[B, NH, cached, hs]`
+        /// `[B, NH, rows, hs]`: the first ``length`` rows of each head are cached keys (values). GPT-2 keeps exactly
+        /// `length` rows; the Llama family, decoding without gradients, keeps room to grow and appends in place.
         public internal(set) var keys: Tensor?
         public internal(set) var values: Tensor?
+        /// The number of cached positions.
+        public internal(set) var length = 0
+        /// Rows to reserve when the storage is first made (a hint: generation knows its total length).
+        var reserve = 0
+
+        /// Replaces the cache by exactly `keys` and `values` (`[B, NH, T, hs]`).
+        func set(_ k: Tensor, _ v: Tensor) {
+            (keys, values, length) = (k, v, k.shape[2])
+        }
+
+        /// Appends `k` and `v` (`[B, NH, T, hs]`) in place, growing the storage (to the reserve, else by doubling)
+        /// when it is full: no copy of the whole cache per token, and no buffer left behind per length.
+        func append(_ k: Tensor, _ v: Tensor) throws {
+            let (B, NH, T, hs) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3])
+            let rows = keys?.shape[2] ?? 0
+            if keys == nil || length + T > rows || keys!.shape[0] != B || keys!.shape[1] != NH || keys!.shape[3] != hs {
+                let capacity = max(length + T, reserve, 2 * rows)
+                var (newKeys, newValues) = (try Tensor.zeros([B, NH, capacity, hs]), try Tensor.zeros([B, NH, capacity, hs]))
+                if let keys, let values, length > 0 {
+                    try copyRows(from: keys, rows: rows, into: &newKeys, capacity: capacity, count: length, at: 0)
+                    try copyRows(from: values, rows: rows, into: &newValues, capacity: capacity, count: length, at: 0)
+                }
+                (keys, values) = (newKeys, newValues)
+            }
+            let capacity = keys!.shape[2]
+            try copyRows(from: k, rows: T, into: &keys!, capacity: capacity, count: T, at: length)
+            try copyRows(from: v, rows: T, into: &values!, capacity: capacity, count: T, at: length)
+            length += T
+        }
+
+        /// Copies the first `count` rows of each head of `source` (`rows` per head) to rows `at...` of `target`.
+        private func copyRows(from source: Tensor, rows: Int, into target: inout Tensor, capacity: Int, count: Int, at: Int) throws {
+            let heads = source.shape[0] * source.shape[1], hs = source.shape[3]
+            source.withUnsafeBufferPointer { src in
+                target.withUnsafeMutableBufferPointer { dst in
+                    for h in 0..<heads {
+                        for r in 0..<count {
+                            let s = (h * rows + r) * hs, d = (h * capacity + at + r) * hs
+                            for j in 0..<hs { dst[d + j] = src[s + j] }
+                        }
+                    }
+                }
+            }
+        }
     }
     public let layers: [Layer]
 
-    public init(layers: Int) { self.layers = (0..<layers).map { _ in Layer() } }
+    /// - Parameter reserve: rows to make room for at once (prompt plus new tokens), so the storage never regrows.
+    public init(layers: Int, reserve: Int = 0) {
+        self.layers = (0..<layers).map { _ in Layer() }
+        for l in self.layers { l.reserve = reserve }
+    }
 
     /// The number of cached positions.
-    public var length: Int { layers.first?.keys?.shape[2] ?? 0 }
+    public var length: Int { layers.first?.length ?? 0 }
 }
 
 /// GPT-2 with the language-model head, tied to the token embedding (`lm_head.weight` is `transformer.wte.weight`).

@@ -59,6 +59,9 @@ public protocol CausalLanguageModel: Module {
     /// The output layer's weight `[V, C]` and bias when it is a plain product (no adapter changes it), so that the loss
     /// can run it fused with the cross-entropy without holding the logits; nil otherwise.
     var plainOutputLayer: (weight: Tensor, bias: Tensor?)? { get }
+    /// The output layer's weight when it is a quantized frozen matrix with nothing else to it (no adapter, no bias):
+    /// the loss then runs it fused with the cross-entropy, panel by panel.
+    var quantizedOutputLayer: QuantizedMatrix? { get }
 }
 
 extension Linear {
@@ -88,6 +91,7 @@ extension GPT2LMHeadModel: CausalLanguageModel {
     public var promptTokenCount: Int { transformer.promptLength }
     public var padTokenID: Int? { transformer.config.padTokenID }
     public var plainOutputLayer: (weight: Tensor, bias: Tensor?)? { lmHead.plainProduct }
+    public var quantizedOutputLayer: QuantizedMatrix? { nil }
 }
 
 extension LlamaForCausalLM: CausalLanguageModel {
@@ -105,6 +109,11 @@ extension LlamaForCausalLM: CausalLanguageModel {
     public var padTokenID: Int? { model.config.padTokenID }
     public var plainOutputLayer: (weight: Tensor, bias: Tensor?)? {
         (lmHead as? Linear)?.plainProduct ?? (lmHead as? TiedOutput)?.plainProduct
+    }
+    public var quantizedOutputLayer: QuantizedMatrix? {
+        if let l = lmHead as? Linear, !l.hasLiveAdapter, l.bias == nil { return l.quantizedWeight }
+        if let t = lmHead as? TiedOutput, t.slots.live == nil, t.bias == nil { return t.table.quantizedTable }
+        return nil
     }
 }
 
@@ -134,6 +143,9 @@ extension CausalLanguageModel {
         // A plain output layer runs fused with the loss, chunk by chunk: the [B, T, V] logits are never held.
         if let (weight, bias) = plainOutputLayer {
             return try Tensor.linearCrossEntropy(predicting, weight: weight, bias: bias, targets: IntTensor(targets))
+        }
+        if let weight = quantizedOutputLayer {
+            return try Tensor.quantizedLinearCrossEntropy(predicting, weight: weight, targets: IntTensor(targets))
         }
         return try Tensor.crossEntropy(logits: outputLogits(predicting), targets: IntTensor(targets))
     }
@@ -185,7 +197,7 @@ extension CausalLanguageModel {
         var sequences = prompts, finished = [Bool](repeating: false, count: B)
         var nextPosition = prompts.map { Int32($0.count) }
         var rng = SeededGenerator(seed: options.seed)
-        let cache = KVCache(layers: layerCount)
+        let cache = KVCache(layers: layerCount, reserve: min(virtualTokenCount + L + options.maxNewTokens, 4096))
         try Autograd.withoutGradients {
             // The prompt in one pass; only its last position needs vocabulary logits.
             let h = try decoderStates(

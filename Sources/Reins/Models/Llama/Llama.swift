@@ -105,18 +105,25 @@ public final class LlamaDecoderLayer: Module {
             k = try Tensor.concatenate([prefix.keys, k], axis: 2)
             v = try Tensor.concatenate([prefix.values, v], axis: 2)
         }
+        var keyLength: Int?
         if let cache {
-            if let pk = cache.keys, let pv = cache.values {
-                k = try Tensor.concatenate([pk, k], axis: 2)
-                v = try Tensor.concatenate([pv, v], axis: 2)
+            if !Autograd.isEnabled {
+                // Decoding: append in place to storage with room to grow; attention reads its filled rows.
+                try cache.append(k, v)
+                (k, v, keyLength) = (cache.keys!, cache.values!, cache.length)  // append just set them
+            } else {
+                if let pk = cache.keys, let pv = cache.values, cache.length > 0 {
+                    k = try Tensor.concatenate([pk.slice(axis: 2, 0..<cache.length), k], axis: 2)
+                    v = try Tensor.concatenate([pv.slice(axis: 2, 0..<cache.length), v], axis: 2)
+                }
+                cache.set(k, v)
             }
-            cache.keys = k
-            cache.values = v
         }
         let drop = attentionProbabilityDropout(
-            attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * k.shape[2])
+            attentionDropout, probabilities: q.shape[0] * heads * q.shape[2] * (keyLength ?? k.shape[2]))
         let a = try Tensor.attention(
-            query: q, key: k, value: v, causal: true, keyMask: keyMask, dropout: drop, window: slidingWindow
+            query: q, key: k, value: v, causal: true, keyMask: keyMask, dropout: drop, window: slidingWindow,
+            keyLength: keyLength
         ).mergingHeads()
         let afterAttention = try x + adapters.attention(attention.outputProjection(a), residual: x)
         let normed = try postAttentionNorm(afterAttention)
