@@ -165,14 +165,16 @@ struct BenchCommand: ParsableCommand {
             }
             return m
         }
-        if selected("SmolLM2 GGUF Q4_1 prompt 64") {
+        for (route, label) in [(QuantizedRoute.automatic, ""), (.exact, " exact route")]
+        where selected("SmolLM2 GGUF Q4_1 prompt 64\(label)") {
             let model = try load(quantized: true)
+            model.setQuantizedRoute(route)
             let ids = try IntTensor(shape: [1, 64], values: prompt)
             let ms = try median(repeats) {
                 let cache = KVCache(layers: model.layerCount)
                 _ = try Autograd.withoutGradients { try model.model.hiddenStates(ids, attentionMask: nil, positionIDs: nil, cache: cache) }
             }
-            report("SmolLM2 GGUF Q4_1 prompt 64", ms, perSecond: 64 / ms * 1000, unit: "tokens/s")
+            report("SmolLM2 GGUF Q4_1 prompt 64\(label)", ms, perSecond: 64 / ms * 1000, unit: "tokens/s")
         }
         if selected("SmolLM2 GGUF Q4_1 decode 128") {
             let model = try load(quantized: true)
