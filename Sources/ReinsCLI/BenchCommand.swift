@@ -193,8 +193,13 @@ struct BenchCommand: ParsableCommand {
             let decode = ms - 2 * prefill.sorted()[prefill.count / 2]
             report("SmolLM2 GGUF Q4_1 decode 128 after prompt 64", decode, perSecond: 128 / decode * 1000, unit: "tokens/s")
         }
-        for quantized in [true, false] where selected("SmolLM2 GGUF \(quantized ? "Q4_1" : "float32") train step LoRA") {
+        for quantized in [true, false] {
+          for checkpointing in [false, true] {
+            let name =
+                "SmolLM2 GGUF \(quantized ? "Q4_1" : "float32") train step LoRA q,v r8 B4 T256 AdamW\(checkpointing ? " checkpointed" : "")"
+            guard selected(name) else { continue }
             let model = try load(quantized: quantized)
+            model.model.gradientCheckpointing = checkpointing
             model.freeze()
             try model.addLoRA("task", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]))
             let (B, T) = (4, 256)
@@ -206,9 +211,8 @@ struct BenchCommand: ParsableCommand {
                 try model.loss(ids).backward()
                 optimizer.update(parameters)
             }
-            report(
-                "SmolLM2 GGUF \(quantized ? "Q4_1" : "float32") train step LoRA q,v r8 B4 T256 AdamW", ms,
-                perSecond: Double(B * T) / ms * 1000, unit: "tokens/s")
+            report(name, ms, perSecond: Double(B * T) / ms * 1000, unit: "tokens/s")
+          }
         }
     }
 }

@@ -314,6 +314,10 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Bottleneck size of Houlsby, Pfeiffer and parallel adapters.") var bottleneck = 64
     @Option(help: "Virtual tokens of prefix and prompt tuning.") var prefixLength = 16
     @Option(help: "Seed for data order, dropout and new weights.") var seed: UInt64 = 0
+    @Flag(
+        help:
+            "Llama-family models: keep only each layer's input and compute the layer again in backward (one layer's activations in memory instead of all; about a third more time)."
+    ) var gradientCheckpointing = false
     @Option(help: "Output directory.") var output: String
     @Flag(help: "Continue from OUTPUT/checkpoint.") var resume = false
 
@@ -386,6 +390,11 @@ struct TrainCommand: ParsableCommand {
                 )
             }
             try model.addAdapter(name, adapterMethod, labels: count, seed: seed)
+            if self.gradientCheckpointing {
+                guard let llama = (model as? LlamaForCausalLM)?.model ?? (model as? LlamaForSequenceClassification)?.model
+                else { throw ValidationError("--gradient-checkpointing is for Llama-family models") }
+                llama.gradientCheckpointing = true
+            }
         }
         if !labels.isEmpty {
             try AtomicFile.write(

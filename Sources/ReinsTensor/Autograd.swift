@@ -1,3 +1,5 @@
+import Foundation
+
 /// A node of the reverse-mode autograd graph.
 ///
 /// A leaf node belongs to a tensor that requires a gradient (a parameter); its ``grad`` accumulates over backward
@@ -42,6 +44,12 @@ final class GradNode {
 /// Switches for automatic differentiation.
 public enum Autograd {
     @TaskLocal static var isRecording = true
+    /// True during the unrecorded forward pass of a checkpointed block: it runs without a graph but is training, so
+    /// ops that choose their arithmetic by whether they train (quantized products) choose as when recording.
+    @TaskLocal static var isCheckpointForward = false
+
+    /// Whether the current pass trains: recording a graph, or the first pass of a checkpointed block.
+    static var isTraining: Bool { isRecording || isCheckpointForward }
 
     /// Whether operations currently record the graph (false inside ``withoutGradients(_:)``).
     public static var isEnabled: Bool { isRecording }
@@ -133,8 +141,47 @@ extension Tensor {
             n.backward = nil
             if let g = n.grad {
                 fn(g, n.parents.map { $0?.gradientPointer() })
+                // A backward function that runs a pass of its own (a checkpointed block) reports its failure here.
+                if let error = Autograd.takeDeferredError() { throw error }
             }
             n.grad = nil
         }
     }
+
+    /// Gradient checkpointing: `body(x)` runs without recording, and only `x` is kept; backward runs `body` again on
+    /// a leaf copy of `x` with recording and back-propagates the output's gradient through it, which gives the
+    /// parameters used inside their gradients and `x` its own. Memory: one block's activations at a time instead of
+    /// every block's, for one more forward pass of the block. `body` must compute the same function both times (a
+    /// caller with dropout replays the same masks); `parameters` are the trainable tensors it reads, so that the
+    /// block is recorded even when `x` needs no gradient.
+    public static func checkpointed(
+        _ x: Tensor, parameters: [Tensor], _ body: @escaping (Tensor) throws -> Tensor
+    ) throws -> Tensor {
+        guard Autograd.isRecording, x.requiresGradient || parameters.contains(where: \.requiresGradient) else {
+            return try body(x)
+        }
+        let y = try Autograd.$isCheckpointForward.withValue(true) { try Autograd.withoutGradients { try body(x) } }
+        let saved = x.detached(), needsInput = x.requiresGradient
+        return recording(y, inputs: [x] + parameters) { g, grads in
+            do {
+                let leaf = needsInput ? saved.requiringGradient() : saved
+                let again = try body(leaf)
+                try again.backward(gradient: g)
+                if let dx = grads[0], let lg = leaf.gradient {
+                    lg.withUnsafeBufferPointer { src in for i in 0..<src.count { dx[i] += src[i] } }
+                }
+            } catch {
+                Autograd.deferError(error)
+            }
+        }
+    }
+}
+
+extension Autograd {
+    private static let deferred = Locked<[ObjectIdentifier: Error]>([:])
+    private static var threadKey: ObjectIdentifier { ObjectIdentifier(Thread.current) }
+
+    /// Keeps an error a backward function met, for the backward pass that called it to throw.
+    static func deferError(_ error: Error) { deferred.withLock { $0[threadKey] = error } }
+    static func takeDeferredError() -> Error? { deferred.withLock { $0.removeValue(forKey: threadKey) } }
 }

@@ -72,7 +72,7 @@ extension Tensor {
     /// input gradient are computed from panels of the weight dequantized in turn (never the whole float32 matrix), so
     /// neither the logits nor a float32 copy of the weight is held. The weight gets no gradient.
     public static func quantizedLinearCrossEntropy(
-        _ x: Tensor, weight: QuantizedMatrix, targets: IntTensor, ignoreIndex: Int32 = -100, chunkRows: Int = 256
+        _ x: Tensor, weight: QuantizedMatrix, targets: IntTensor, ignoreIndex: Int32 = -100, chunkRows: Int = 128
     ) throws -> Tensor {
         let (N, C) = x.rowsAndWidth
         guard weight.columns == C, targets.count == N else {

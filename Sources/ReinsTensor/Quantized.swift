@@ -83,11 +83,11 @@ public final class QuantizedMatrix: @unchecked Sendable {
 public enum QuantizedRoute: Sendable {
     /// Float32 from the dequantized weight (panels of rows dequantized, then sgemm): the reference.
     case exact
-    /// The faster route for the shape, as measured on SmolLM2-135M Q4_1 (2 cores): integer dot products against
-    /// 8-bit blocks of the input (as llama.cpp computes) for up to ``Tensor/integerRouteMaximumRows`` rows, and up to
-    /// ``Tensor/integerRouteInferenceRows`` when no gradient is recorded (a 64-token prompt: 324 tokens/s against the
-    /// float route's 236); the float route beyond (a 2048-row evaluation batch: 1.5x faster than integer products) and
-    /// while training, so that adapters train against the exact products.
+    /// The faster route for the shape when not training, as measured on SmolLM2-135M Q4_1 (2 cores): integer dot
+    /// products against 8-bit blocks of the input (as llama.cpp computes) up to ``Tensor/integerRouteInferenceRows``
+    /// rows (a 64-token prompt: 324 tokens/s against the float route's 236), the float route beyond (a 2048-row
+    /// evaluation batch: 1.5x faster than integer products). While training, always the float route, so that
+    /// adapters train against the exact products.
     case automatic
 }
 
@@ -95,8 +95,8 @@ extension Tensor {
     /// Rows of the weight dequantized per panel in the float route: a panel of ~1M floats stays in cache-sized reach
     /// and bounds the scratch memory whatever the layer's size.
     static let quantizedPanelElements = 1 << 20
-    /// Up to this many input rows the automatic route uses integer dot products even while training.
-    public static let integerRouteMaximumRows = 8
+    /// Up to this many input rows the float route dequantizes each block as it reads it instead of whole panels.
+    public static let blockwiseFloatMaximumRows = 8
     /// Up to this many input rows the automatic route uses integer dot products when no gradient is recorded.
     public static let integerRouteInferenceRows = 128
 
@@ -117,9 +117,7 @@ extension Tensor {
         let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
         let out = result.storage.pointer
         if N > 0 {
-            if route == .automatic && C % 32 == 0
-                && (N <= integerRouteMaximumRows || (N <= integerRouteInferenceRows && !Autograd.isRecording))
-            {
+            if route == .automatic && C % 32 == 0 && N <= integerRouteInferenceRows && !Autograd.isTraining {
                 let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
                 let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
                 _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
@@ -130,7 +128,7 @@ extension Tensor {
                             Int32(r.lowerBound), Int32(r.upperBound))
                     }
                 }
-            } else if N <= integerRouteMaximumRows {
+            } else if N <= blockwiseFloatMaximumRows {
                 // Exact products for a few rows (decoding with --exact): each block dequantized as it is read.
                 weight.withBytes { w in
                     Parallel.forRanges(OC, minimum: 64) { r, _ in

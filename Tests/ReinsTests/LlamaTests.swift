@@ -208,3 +208,37 @@ struct LlamaAdapterMethodTests {
         }
     }
 }
+
+/// Gradient checkpointing recomputes each layer in backward: the loss and every gradient equal those without it —
+/// with LoRA dropout in training mode too (the recomputation replays the same masks) — on a float and a quantized base.
+struct GradientCheckpointingTests {
+    func lossAndGradients(_ model: LlamaForCausalLM, checkpointing: Bool) throws -> (Float, [String: [Float]]) {
+        model.model.gradientCheckpointing = checkpointing
+        model.zeroGradients()
+        let ids = try IntTensor(shape: [2, 6], values: [5, 17, 42, 3, 8, 60, 11, 9, 4, 77, 12, 30])
+        let loss = try TrainingMode.run(seed: 9) { try model.loss(ids) }
+        try loss.backward()
+        var grads: [String: [Float]] = [:]
+        for (key, p) in model.namedParameters() where p.value.requiresGradient {
+            if let g = p.gradient { grads[key] = g.scalars }
+        }
+        return (try loss.item, grads)
+    }
+
+    @Test(arguments: [false, true])
+    func checkpointedGradientsEqualTheUsualOnes(quantized: Bool) throws {
+        let model: LlamaForCausalLM
+        if quantized {
+            model = try QuantizedBaseTests.quantized("llama-tiny")
+        } else {
+            model = try LlamaTests.causalLM("llama-tiny")
+        }
+        model.freeze()
+        try model.addLoRA("task", LoRAConfig(rank: 2, alpha: 4, targets: ["q_proj", "v_proj", "down_proj"], dropout: 0.2))
+        let (plainLoss, plain) = try lossAndGradients(model, checkpointing: false)
+        let (checkLoss, checked) = try lossAndGradients(model, checkpointing: true)
+        #expect(plainLoss == checkLoss)
+        #expect(!plain.isEmpty && plain.keys.sorted() == checked.keys.sorted())
+        for (key, g) in plain { expectClose(checked[key] ?? [], g, atol: 1e-6, rtol: 1e-5, "\(key)") }
+    }
+}

@@ -16,7 +16,34 @@ public final class TrainingMode: @unchecked Sendable {
     private var counter: UInt64 = 0
     private let lock = NSLock()
 
-    init(seed: UInt64) { self.seed = seed }
+    init(seed: UInt64, counter: UInt64 = 0) {
+        self.seed = seed
+        self.counter = counter
+    }
+
+    private var counterValue: UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return counter
+    }
+
+    /// A way to run a block twice with the same dropout masks (gradient checkpointing recomputes a block in backward):
+    /// each call runs the block from the counter the current pass has reached now, and the first call then moves the
+    /// pass past what it drew. Outside training mode, calls just run the block.
+    static func replayable() -> ((() throws -> Tensor) throws -> Tensor) {
+        guard let live = current else { return { try $0() } }
+        let (seed, start) = (live.seed, live.counterValue)
+        var first = true
+        return { body in
+            let mode = TrainingMode(seed: seed, counter: start)
+            let result = try $current.withValue(mode, operation: body)
+            if first {
+                first = false
+                _ = live.reserve(Int(truncatingIfNeeded: mode.counterValue &- start))
+            }
+            return result
+        }
+    }
 
     /// Runs `body` in training mode with dropout masks drawn from `seed`.
     public static func run<R>(seed: UInt64, _ body: () throws -> R) rethrows -> R {

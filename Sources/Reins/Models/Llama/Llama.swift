@@ -148,6 +148,10 @@ public final class LlamaModel: Module, VirtualTokenHost {
     public let prefixes = PrefixSet()
     /// Prompt tuning: `P` vectors `[P, hidden]` before the token embeddings.
     public let prompts = PromptSet()
+    /// Gradient checkpointing while training (transformers' `gradient_checkpointing_enable()`): each layer keeps only
+    /// its input and is computed again in backward, so activations take one layer's memory instead of every layer's,
+    /// for one more forward pass. Not used with prefix tuning or a KV cache.
+    public var gradientCheckpointing = false
 
     public init(_ config: LlamaConfig, seed: UInt64 = 0) throws {
         try config.validate()
@@ -217,7 +221,15 @@ public final class LlamaModel: Module, VirtualTokenHost {
         let angles = try rotary.angles(positions)
         let prefixes = firstPass ? try prefix?.keysValues(batch: B) : nil
         for (i, layer) in layers.enumerated() {
-            x = try layer(x, angles: angles, keyMask: keyMask, cache: cache?.layers[i], prefix: prefixes?[i])
+            if gradientCheckpointing, Autograd.isEnabled, cache == nil, prefixes == nil {
+                let trainable = layer.parameters.map(\.value).filter(\.requiresGradient)
+                let replay = TrainingMode.replayable(), mask = keyMask
+                x = try Tensor.checkpointed(x, parameters: trainable) { input in
+                    try replay { try layer(input, angles: angles, keyMask: mask) }
+                }
+            } else {
+                x = try layer(x, angles: angles, keyMask: keyMask, cache: cache?.layers[i], prefix: prefixes?[i])
+            }
         }
         return try finalNorm(x)
     }
