@@ -45,7 +45,7 @@ struct ExtractLoRACommand: ParsableCommand {
 struct AdaptersCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "adapters", abstract: "Inspect or merge adapter directories.",
-        subcommands: [Show.self, Merge.self])
+        subcommands: [Show.self, Merge.self, ExportGGUF.self])
 
     struct Show: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -80,6 +80,25 @@ struct AdaptersCommand: ParsableCommand {
                 print("task head(s): \(Array(Set(heads)).sorted().joined(separator: ", "))")
             }
             print("tensors: \(file.entries.count), parameters: \(count), size on disk: \(bytes) bytes")
+        }
+    }
+
+    struct ExportGGUF: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "export-gguf",
+            abstract: "Write a LoRA adapter as a llama.cpp LoRA adapter file (llama-cli --lora, llama_cpp.Llama(lora_path=)).")
+        @Option(help: "The base model (a Llama/Qwen2/Mistral directory or .gguf file).") var model: String
+        @Option(help: "The LoRA adapter directory (PEFT's layout).") var adapter: String
+        @Option(help: "The .gguf file to write.") var output: String
+
+        func run() throws {
+            let dir = URL(fileURLWithPath: model)
+            let loaded = try PretrainedModel.load(directory: dir, quantized: true)
+            try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: loaded.module)
+            try GGUFModel.writeLoRAAdapter(
+                of: loaded.module, config: try Checkpoint.modelConfig(dir),
+                name: URL(fileURLWithPath: adapter).lastPathComponent, to: output)
+            print("wrote \(output)")
         }
     }
 

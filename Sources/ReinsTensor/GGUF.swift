@@ -214,7 +214,9 @@ public struct GGUFFile: @unchecked Sendable {
                     path: path,
                     detail: "tensor '\(info.name)' rows of \(info.dims[0]) elements are not whole \(type) blocks of \(be)")
             }
-            var bytes: Int? = info.dims[0] / be * bb
+            // Checked arithmetic throughout: every dimension is the file's word.
+            let rowBlocks = (info.dims[0] / be).multipliedReportingOverflow(by: bb)
+            var bytes: Int? = rowBlocks.overflow ? nil : rowBlocks.partialValue
             for d in info.dims.dropFirst() {
                 bytes = bytes.flatMap { b in
                     let m = b.multipliedReportingOverflow(by: d)
@@ -439,5 +441,94 @@ private struct ByteReader {
         case 12: return .float64(Double(bitPattern: try integer(UInt64.self)))
         default: throw GGUFError.malformed(path: path, detail: "'\(key)': unknown value type \(type)")
         }
+    }
+}
+
+/// Writes GGUF files (version 3, little-endian, 32-byte alignment): metadata in the order given, then float32 tensors.
+/// The file is written atomically (a temporary file renamed into place).
+public enum GGUFWriter {
+    /// A float32 tensor to write: its GGUF name and its values in PyTorch's shape order (written with the dimensions
+    /// reversed, as GGUF stores them).
+    public struct FloatTensor {
+        public let name: String
+        public let shape: [Int]
+        public let values: [Float]
+        public init(name: String, shape: [Int], values: [Float]) { (self.name, self.shape, self.values) = (name, shape, values) }
+    }
+
+    public static func write(metadata: [(String, GGUFValue)], tensors: [FloatTensor], to path: String) throws {
+        var out = Data()
+        func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        func string(_ s: String) { u64(UInt64(s.utf8.count)); out.append(contentsOf: Array(s.utf8)) }
+        func typeCode(_ v: GGUFValue) -> UInt32 {
+            switch v {
+            case .uint8: return 0
+            case .int8: return 1
+            case .uint16: return 2
+            case .int16: return 3
+            case .uint32: return 4
+            case .int32: return 5
+            case .float32: return 6
+            case .bool: return 7
+            case .string: return 8
+            case .array: return 9
+            case .uint64: return 10
+            case .int64: return 11
+            case .float64: return 12
+            }
+        }
+        func value(_ v: GGUFValue) throws {
+            switch v {
+            case let .uint8(x): out.append(x)
+            case let .int8(x): out.append(UInt8(bitPattern: x))
+            case let .uint16(x): withUnsafeBytes(of: x.littleEndian) { out.append(contentsOf: $0) }
+            case let .int16(x): withUnsafeBytes(of: x.littleEndian) { out.append(contentsOf: $0) }
+            case let .uint32(x): u32(x)
+            case let .int32(x): u32(UInt32(bitPattern: x))
+            case let .float32(x): u32(x.bitPattern)
+            case let .bool(x): out.append(x ? 1 : 0)
+            case let .string(x): string(x)
+            case let .array(items):
+                let first = items.first.map(typeCode) ?? 8
+                guard items.allSatisfy({ typeCode($0) == first }) else {
+                    throw GGUFError.malformed(path: path, detail: "an array to write mixes value types")
+                }
+                u32(first)
+                u64(UInt64(items.count))
+                for item in items { try value(item) }
+            case let .uint64(x): u64(x)
+            case let .int64(x): u64(UInt64(bitPattern: x))
+            case let .float64(x): u64(x.bitPattern)
+            }
+        }
+        for t in tensors where t.values.count != t.shape.reduce(1, *) || t.shape.isEmpty || t.shape.count > 4 {
+            throw GGUFError.malformed(path: path, detail: "tensor '\(t.name)': \(t.values.count) values for shape \(t.shape)")
+        }
+        out.append(contentsOf: Array("GGUF".utf8))
+        u32(3)
+        u64(UInt64(tensors.count))
+        u64(UInt64(metadata.count))
+        for (key, v) in metadata {
+            string(key)
+            u32(typeCode(v))
+            try value(v)
+        }
+        let alignment = 32
+        var offset = 0
+        for t in tensors {
+            string(t.name)
+            u32(UInt32(t.shape.count))
+            for d in t.shape.reversed() { u64(UInt64(d)) }
+            u32(GGMLType.f32.rawValue)
+            u64(UInt64(offset))
+            offset += (t.values.count * 4 + alignment - 1) / alignment * alignment
+        }
+        while out.count % alignment != 0 { out.append(0) }
+        for t in tensors {
+            for v in t.values { u32(v.bitPattern) }
+            while out.count % alignment != 0 { out.append(0) }
+        }
+        try AtomicFile.write(out, to: path)
     }
 }

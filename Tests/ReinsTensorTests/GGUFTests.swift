@@ -87,6 +87,27 @@ struct GGUFTests {
         refused("empty", containing: "not a GGUF file") { $0 = [] }
     }
 
+    /// Found by fuzzing: a first dimension near 2^63 overflowed the byte count of its rows.
+    @Test func hugeDimensionsAreRefusedWithoutATrap() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("reins-gguf-\(UUID()).gguf").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try GGUFWriter.write(metadata: [], tensors: [.init(name: "t", shape: [32], values: [Float](repeating: 1, count: 32))], to: path)
+        #expect(try GGUFFile(path: path).tensor("t").scalars == [Float](repeating: 1, count: 32))
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        // Header 24 bytes, then the tensor's name (8-byte length + "t") and its dimension count: the first dimension
+        // is at 37, its type at 45.
+        for (dim, type) in [(UInt64(1) << 62, UInt32(2)), (UInt64.max, 0), ((UInt64(1) << 62) + 32, 0)] {
+            var b = bytes
+            Self.put64(dim, &b, at: 37)
+            for i in 0..<4 { b[45 + i] = UInt8(truncatingIfNeeded: type >> (8 * UInt32(i))) }
+            try Data(b).write(to: URL(fileURLWithPath: path))
+            #expect(throws: GGUFError.self, "dimension \(dim)") { _ = try GGUFFile(path: path) }
+        }
+        bytes[45] = 99
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        #expect(throws: GGUFError.self) { _ = try GGUFFile(path: path) }
+    }
+
     @Test func everyTruncationIsRefusedWithoutATrap() throws {
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: Self.blocks)))
         // Every cut inside the header and a spread of cuts inside the data (the padding after the last tensor is not

@@ -249,3 +249,47 @@ struct QuantizedBaseTests {
         }
     }
 }
+
+/// LoRA adapters written for llama.cpp: read back, every pair is under llama.cpp's names with its shapes, alpha makes
+/// llama.cpp's alpha / r the adapter's scale, and the query/key B rows are in llama.cpp's rotary order (so that
+/// B·A added to the file's permuted weight equals the permuted update). Checked by hand in llama.cpp too (see
+/// Benchmarks/README.md).
+struct LlamaCppLoRAExportTests {
+    @Test func adapterFileHoldsEveryPairUnderLlamaCppNames() throws {
+        let model = try QuantizedBaseTests.quantized("llama-tiny")
+        try model.addAdapter("lora", .lora(LoRAConfig(rank: 3, alpha: 6, targets: ["q_proj", "v_proj", "down_proj"])), seed: 4)
+        // Non-zero B, so that the row order shows.
+        for (key, p) in model.namedParameters() where key.contains("lora_B") {
+            p.value = try Tensor(shape: p.value.shape, values: randomFloats(p.value.count, seed: UInt64(key.count)))
+        }
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("lora.gguf").path
+        try GGUFModel.writeLoRAAdapter(
+            of: model, config: try Checkpoint.modelConfig(GGUFModelTests.file("llama-tiny")), name: "lora", to: path)
+        let file = try GGUFFile(path: path)
+        #expect(file.metadata["general.type"]?.string == "adapter" && file.metadata["adapter.type"]?.string == "lora")
+        #expect(file.metadata["adapter.lora.alpha"]?.double == 6)
+        #expect(file.tensorNames.count == 2 * 3 * 2)
+        let q = model.model.layers[1].attention.queryProjection.loras["lora"]!
+        let a = try file.tensor("blk.1.attn_q.weight.lora_a"), b = try file.tensor("blk.1.attn_q.weight.lora_b")
+        #expect(a.shape == [3, 96] && b.shape == [96, 3] && a.scalars == q.a.value.scalars)
+        // Stored row h·hs + 2i + j is the adapter's row h·hs + j·hs/2 + i (4 heads of 24).
+        let mine = q.b.value.scalars
+        for h in 0..<4 {
+            for i in 0..<12 {
+                for j in 0..<2 {
+                    let stored = (h * 24 + 2 * i + j) * 3, original = (h * 24 + j * 12 + i) * 3
+                    #expect(Array(b.scalars[stored..<(stored + 3)]) == Array(mine[original..<(original + 3)]))
+                }
+            }
+        }
+        let down = try file.tensor("blk.0.ffn_down.weight.lora_b")
+        #expect(down.scalars == model.model.layers[0].mlp.downProjection.loras["lora"]!.b.value.scalars)
+        // What llama.cpp cannot load is refused by name.
+        try model.addAdapter("dora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["o_proj"], dora: true)), seed: 5)
+        #expect { try GGUFModel.writeLoRAAdapter(of: model, config: ["model_type": "llama"], name: "d", to: path) } throws: {
+            "\($0)".contains("DoRA")
+        }
+    }
+}

@@ -236,3 +236,74 @@ extension Module {
         }
     }
 }
+
+extension GGUFModel {
+    /// Writes the active LoRA adapter of a Llama-family `model` as a llama.cpp LoRA adapter file (`general.type`
+    /// `adapter`, `adapter.type` `lora`, `adapter.lora.alpha`; `<base tensor>.lora_a` `[r, in]` and `.lora_b`
+    /// `[out, r]` under llama.cpp's tensor names, B's query and key rows in llama.cpp's rotary order for the `llama`
+    /// architecture). llama.cpp scales each pair by alpha / r: the file's alpha is the adapter's (scale · r) when every
+    /// layer shares it, else 1 with each B pre-scaled.
+    /// - Throws: ``ModelError/badInput(_:)`` naming what llama.cpp cannot load (DoRA, LoRA on the embedding table or a
+    ///   layer outside the blocks) or a model that is not of the Llama family.
+    public static func writeLoRAAdapter(of model: any Module, config: [String: Any], name: String, to path: String) throws {
+        let modelType = config["model_type"] as? String ?? ""
+        let arch = ["llama": "llama", "mistral": "llama", "qwen2": "qwen2"][modelType]
+        guard let arch else {
+            throw ModelError.badInput("a llama.cpp LoRA adapter is written for Llama, Mistral or Qwen2 models, not '\(modelType)'")
+        }
+        let heads = config["num_attention_heads"] as? Int ?? 0, kvHeads = config["num_key_value_heads"] as? Int ?? heads
+        let layers = config["num_hidden_layers"] as? Int ?? 0
+        var names: [String: String] = [:]
+        for l in 0..<layers {
+            for (hf, gguf) in [("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
+                               ("self_attn.o_proj", "attn_output"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
+                               ("mlp.down_proj", "ffn_down")] {
+                names["model.layers.\(l).\(hf)"] = "blk.\(l).\(gguf).weight"
+            }
+        }
+        names["lm_head"] = "output.weight"
+        var pairs: [(gguf: String, lora: LoRA, rowHeads: Int?)] = []
+        for (key, module) in model.namedModules() {
+            guard let host = module as? any LoRAHost, let active = host.activeLoRA, let lora = host.loras[active] else { continue }
+            guard lora.magnitude == nil else {
+                throw ModelError.badInput("'\(key)' holds a DoRA adapter, which llama.cpp's LoRA format cannot express")
+            }
+            guard module is Linear, let gguf = names[key] else {
+                throw ModelError.badInput("'\(key)' has a LoRA adapter where llama.cpp loads none (it takes the blocks' linear layers and the output layer)")
+            }
+            let permuted = arch == "llama" && (key.hasSuffix("q_proj") || key.hasSuffix("k_proj"))
+            pairs.append((gguf, lora, permuted ? (key.hasSuffix("q_proj") ? heads : kvHeads) : nil))
+        }
+        guard !pairs.isEmpty else { throw ModelError.badInput("the model has no active LoRA adapter to write") }
+        let shared = pairs.allSatisfy { $0.lora.rank == pairs[0].lora.rank && $0.lora.scale == pairs[0].lora.scale }
+        let alpha = shared ? pairs[0].lora.scale * Float(pairs[0].lora.rank) : 1
+        var tensors: [GGUFWriter.FloatTensor] = []
+        for (gguf, lora, rowHeads) in pairs.sorted(by: { $0.gguf < $1.gguf }) {
+            let r = lora.rank, a = lora.a.value, b = lora.b.value
+            let out = b.shape[0]
+            var bValues = b.scalars
+            if !shared { let f = lora.scale * Float(r); bValues = bValues.map { $0 * f } }
+            if let h = rowHeads, h > 0, out % (2 * h) == 0 {
+                // llama.cpp's row order for rotary layers: stored row h·hs + 2i + j is Hugging Face's h·hs + j·hs/2 + i.
+                let hs = out / h, half = hs / 2
+                var permutedRows = bValues
+                for head in 0..<h {
+                    for i in 0..<half {
+                        for j in 0..<2 {
+                            let to = (head * hs + 2 * i + j) * r, from = (head * hs + j * half + i) * r
+                            for c in 0..<r { permutedRows[to + c] = bValues[from + c] }
+                        }
+                    }
+                }
+                bValues = permutedRows
+            }
+            tensors.append(.init(name: gguf + ".lora_a", shape: a.shape, values: a.scalars))
+            tensors.append(.init(name: gguf + ".lora_b", shape: [out, r], values: bValues))
+        }
+        try GGUFWriter.write(
+            metadata: [
+                ("general.architecture", .string(arch)), ("general.type", .string("adapter")),
+                ("general.name", .string(name)), ("adapter.type", .string("lora")), ("adapter.lora.alpha", .float32(alpha)),
+            ], tensors: tensors, to: path)
+    }
+}
