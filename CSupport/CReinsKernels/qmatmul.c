@@ -185,12 +185,6 @@ static inline RK_AVX2Q __m256i nibbles32(const uint8_t *qs) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F)); // elements 0..15 then 16..31
 }
 static inline RK_AVX2Q float half_f16c(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
-static inline RK_AVX2Q __m256 dot_avx2(__m256i u, __m256i s) {
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
-}
-static inline RK_VNNI __m256 dot_vnni(__m256i u, __m256i s) {
-    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s));
-}
 
 static inline RK_AVX2Q float hsum8(__m256 v) { return rk_hsum256(v); }
 
@@ -294,9 +288,9 @@ int rk_qmatmul_q8_ref(float *out, const rk_q8_block *xq, const void *w, int type
 int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, int N, int C, int OC, int row_begin,
                   int row_end) {
     if (row_dot_checks(type, C) != RK_OK) return RK_ERR_ARG;
+#if RK_X86
     size_t row_bytes = (size_t)C / rk_quant_block_elements(type) * rk_quant_block_bytes(type);
     int nb = C / 32;
-#if RK_X86
     int isa = rk_isa_active();
     if (isa >= RK_ISA_AVX2 && (type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q8_0)) {
         pair_fn pair = pair_function(type, isa >= RK_ISA_AVX512 && rk_cpu_has_vnni());
