@@ -104,11 +104,12 @@ struct GGUFModelTests {
         // The quantized base's default route (integer products against 8-bit activations for these 37 rows) stays
         // within a bound of transformers' logits (the figure is in Benchmarks/README.md).
         guard case let .llamaCausalLM(q) = try PretrainedModel.load(directory: url, quantized: true) else { return }
-        let integer = try Autograd.withoutGradients { try q.logits(IntTensor(shape: [1, ids.count], values: ids)) }
+        let integer = try Autograd.withoutGradients { try q.logits(IntTensor(shape: [1, ids.count], values: ids)) }.scalars
+        let expectedHead = head.scalars
         var worst: Float = 0, sum: Double = 0
         for t in 0..<ids.count {
             for j in 0..<width {
-                let d = abs(integer.scalars[t * V + j] - head.scalars[t * width + j])
+                let d = abs(integer[t * V + j] - expectedHead[t * width + j])
                 worst = max(worst, d)
                 sum += Double(d)
             }
@@ -120,9 +121,9 @@ struct GGUFModelTests {
         // PEFT's LoRA adapter (made on the dequantized model) on the quantized base, exact route: PEFT's logits.
         q.setQuantizedRoute(.exact)
         try AdapterFiles.load(directory: Self.directory.appendingPathComponent("smollm2-lora"), into: q)
-        let adaptedLogits = try Autograd.withoutGradients { try q.logits(IntTensor(shape: [1, ids.count], values: ids)) }
+        let adaptedLogits = try Autograd.withoutGradients { try q.logits(IntTensor(shape: [1, ids.count], values: ids)) }.scalars
         let adaptedHead = try io.tensor("adapted_logits_head")
-        let adaptedMine = (0..<ids.count).flatMap { t in adaptedLogits.scalars[(t * V)..<(t * V + width)] }
+        let adaptedMine = (0..<ids.count).flatMap { t in adaptedLogits[(t * V)..<(t * V + width)] }
         expectClose(adaptedMine, adaptedHead.scalars, atol: 2e-3, rtol: 0, "SmolLM2 + PEFT LoRA on the quantized base")
 
         let file = try GGUFFile(path: url.path)
@@ -131,8 +132,8 @@ struct GGUFModelTests {
         for (i, text) in texts.enumerated() {
             #expect(tokenizer.encode(text) == (try io.intTensor("text\(i)").values), "SmolLM2: \(text.debugDescription)")
         }
-        try checkChat(ChatFormat(gguf: file), try Self.chat["smollm2"] as? [String: Any] ?? [:])
         let format = try ChatFormat(gguf: file)
+        try checkChat(format, try Self.chat["smollm2"] as? [String: Any] ?? [:])
         #expect(try format.prompt([.init(role: "user", content: "What is the capital of France?")]) == ids)
     }
 
@@ -272,15 +273,16 @@ struct LlamaCppLoRAExportTests {
         #expect(file.metadata["adapter.lora.alpha"]?.double == 6)
         #expect(file.tensorNames.count == 2 * 3 * 2)
         let q = model.model.layers[1].attention.queryProjection.loras["lora"]!
-        let a = try file.tensor("blk.1.attn_q.weight.lora_a"), b = try file.tensor("blk.1.attn_q.weight.lora_b")
-        #expect(a.shape == [3, 96] && b.shape == [96, 3] && a.scalars == q.a.value.scalars)
+        let a = try file.tensor("blk.1.attn_q.weight.lora_a"), bt = try file.tensor("blk.1.attn_q.weight.lora_b")
+        #expect(a.shape == [3, 96] && bt.shape == [96, 3] && a.scalars == q.a.value.scalars)
+        let b = bt.scalars
         // Stored row h·hs + 2i + j is the adapter's row h·hs + j·hs/2 + i (4 heads of 24).
         let mine = q.b.value.scalars
         for h in 0..<4 {
             for i in 0..<12 {
                 for j in 0..<2 {
                     let stored = (h * 24 + 2 * i + j) * 3, original = (h * 24 + j * 12 + i) * 3
-                    #expect(Array(b.scalars[stored..<(stored + 3)]) == Array(mine[original..<(original + 3)]))
+                    #expect(Array(b[stored..<(stored + 3)]) == Array(mine[original..<(original + 3)]))
                 }
             }
         }
