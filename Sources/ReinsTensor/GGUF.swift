@@ -316,27 +316,16 @@ public struct GGUFFile: @unchecked Sendable {
         return d
     }
     /// A required array of strings.
-    public func strings(_ key: String) throws -> [String] {
-        guard let a = metadata[key]?.array else {
-            throw GGUFError.missingMetadata(path: path, key: key, expected: "an array of strings")
-        }
-        return try a.map { v in
-            guard let s = v.string else {
-                throw GGUFError.missingMetadata(path: path, key: key, expected: "an array of strings")
-            }
-            return s
-        }
-    }
+    public func strings(_ key: String) throws -> [String] { try array(key, "an array of strings") { $0.string } }
     /// A required array of integers.
-    public func ints(_ key: String) throws -> [Int] {
-        guard let a = metadata[key]?.array else {
-            throw GGUFError.missingMetadata(path: path, key: key, expected: "an array of integers")
-        }
+    public func ints(_ key: String) throws -> [Int] { try array(key, "an array of integers") { $0.int } }
+
+    /// A required array whose every element `element` reads, else a named error.
+    private func array<T>(_ key: String, _ expected: String, _ element: (GGUFValue) -> T?) throws -> [T] {
+        guard let a = metadata[key]?.array else { throw GGUFError.missingMetadata(path: path, key: key, expected: expected) }
         return try a.map { v in
-            guard let i = v.int else {
-                throw GGUFError.missingMetadata(path: path, key: key, expected: "an array of integers")
-            }
-            return i
+            guard let e = element(v) else { throw GGUFError.missingMetadata(path: path, key: key, expected: expected) }
+            return e
         }
     }
 }
