@@ -433,8 +433,8 @@ private struct ByteReader {
     }
 }
 
-/// Writes GGUF files (version 3, little-endian, 32-byte alignment): metadata in the order given, then float32 tensors.
-/// The file is written atomically (a temporary file renamed into place).
+/// Writes GGUF files (version 3, little-endian, 32-byte alignment): metadata in the order given, then the tensors in
+/// their types' blocks. The file is written atomically (a temporary file renamed into place).
 public enum GGUFWriter {
     /// A float32 tensor to write: its GGUF name and its values in PyTorch's shape order (written with the dimensions
     /// reversed, as GGUF stores them).
@@ -445,7 +445,31 @@ public enum GGUFWriter {
         public init(name: String, shape: [Int], values: [Float]) { (self.name, self.shape, self.values) = (name, shape, values) }
     }
 
+    /// A tensor already in its type's blocks (``GGMLType/encode(_:)``), shape in PyTorch's order.
+    public struct EncodedTensor {
+        public let name: String
+        public let shape: [Int]
+        public let type: GGMLType
+        public let bytes: Data
+        public init(name: String, shape: [Int], type: GGMLType, bytes: Data) {
+            (self.name, self.shape, self.type, self.bytes) = (name, shape, type, bytes)
+        }
+    }
+
     public static func write(metadata: [(String, GGUFValue)], tensors: [FloatTensor], to path: String) throws {
+        for t in tensors where t.values.count != t.shape.reduce(1, *) || t.shape.isEmpty || t.shape.count > 4 {
+            throw GGUFError.malformed(path: path, detail: "tensor '\(t.name)': \(t.values.count) values for shape \(t.shape)")
+        }
+        try write(
+            metadata: metadata,
+            encoded: tensors.map { t in
+                EncodedTensor(name: t.name, shape: t.shape, type: .f32, bytes: t.values.withUnsafeBytes { Data($0) })
+            }, to: path)
+    }
+
+    /// Writes `encoded` tensors; each one's bytes must be whole rows of its type's blocks for its shape.
+    /// - Throws: ``GGUFError/malformed(path:detail:)`` naming a tensor whose bytes do not fit its shape and type.
+    public static func write(metadata: [(String, GGUFValue)], encoded tensors: [EncodedTensor], to path: String) throws {
         var out = Data()
         func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
@@ -491,8 +515,14 @@ public enum GGUFWriter {
             case let .float64(x): u64(x.bitPattern)
             }
         }
-        for t in tensors where t.values.count != t.shape.reduce(1, *) || t.shape.isEmpty || t.shape.count > 4 {
-            throw GGUFError.malformed(path: path, detail: "tensor '\(t.name)': \(t.values.count) values for shape \(t.shape)")
+        for t in tensors {
+            let be = t.type.blockElements ?? 0, bb = t.type.blockBytes ?? 0
+            let elements = t.shape.reduce(1, *)
+            guard !t.shape.isEmpty, t.shape.count <= 4, be > 0, t.shape.last! % be == 0, elements / be * bb == t.bytes.count
+            else {
+                throw GGUFError.malformed(
+                    path: path, detail: "tensor '\(t.name)': \(t.bytes.count) bytes for \(t.type) of shape \(t.shape)")
+            }
         }
         out.append(contentsOf: Array("GGUF".utf8))
         u32(3)
@@ -509,13 +539,13 @@ public enum GGUFWriter {
             string(t.name)
             u32(UInt32(t.shape.count))
             for d in t.shape.reversed() { u64(UInt64(d)) }
-            u32(GGMLType.f32.rawValue)
+            u32(t.type.rawValue)
             u64(UInt64(offset))
-            offset += (t.values.count * 4 + alignment - 1) / alignment * alignment
+            offset += (t.bytes.count + alignment - 1) / alignment * alignment
         }
         while out.count % alignment != 0 { out.append(0) }
         for t in tensors {
-            for v in t.values { u32(v.bitPattern) }
+            out.append(t.bytes)
             while out.count % alignment != 0 { out.append(0) }
         }
         try AtomicFile.write(out, to: path)

@@ -79,6 +79,50 @@ public final class QuantizedMatrix: @unchecked Sendable {
     public var byteCount: Int { rows * rowBytes }
 }
 
+extension GGMLType {
+    /// The types Reins writes (``encode(_:)``): floats, and the block types llama.cpp's CPU code reads.
+    public static let writable: [GGMLType] = [.f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q6_K]
+
+    /// `values` in this type's blocks, as a GGUF file stores them: F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 byte for
+    /// byte as the `gguf` Python package quantizes; Q4_K and Q6_K by Reins's direct quantizer (each sub-block's range,
+    /// scales rounded to half precision first).
+    /// - Throws: ``TensorError/invalidArgument(operation:detail:)`` for a type not in ``writable`` or a count that is
+    ///   not whole blocks.
+    public func encode(_ values: UnsafeBufferPointer<Float>) throws -> Data {
+        guard GGMLType.writable.contains(self), let be = blockElements, let bb = blockBytes else {
+            throw TensorError.invalidArgument(operation: "GGMLType.encode", detail: "Reins does not write \(self)")
+        }
+        guard values.count % be == 0 else {
+            throw TensorError.invalidArgument(
+                operation: "GGMLType.encode", detail: "\(values.count) values are not whole \(self) blocks of \(be)")
+        }
+        let blocks = values.count / be
+        var out = Data(count: blocks * bb)
+        guard blocks > 0 else { return out }
+        out.withUnsafeMutableBytes { raw in
+            let dst = raw.baseAddress!, src = values.baseAddress!
+            Parallel.forRanges(blocks, minimum: max(1, 8192 / be)) { r, _ in
+                // The type and the count are checked above: the kernel cannot refuse them.
+                _ = rk_quantize_blocks(
+                    dst + r.lowerBound * bb, src + r.lowerBound * be, r.count * be, Int32(rawValue))
+            }
+        }
+        return out
+    }
+}
+
+extension QuantizedMatrix {
+    /// `matrix` (`[rows, columns]`, float32) quantized to `type` (``GGMLType/encode(_:)``).
+    public convenience init(quantizing matrix: Tensor, type: GGMLType) throws {
+        guard matrix.rank == 2, type.isQuantized else {
+            throw TensorError.invalidArgument(
+                operation: "QuantizedMatrix(quantizing:)", detail: "a \(matrix.shape) tensor as \(type) (a matrix, a block type)")
+        }
+        let bytes = try matrix.withUnsafeBufferPointer { try type.encode($0) }
+        try self.init(type: type, rows: matrix.shape[0], columns: matrix.shape[1], data: bytes)
+    }
+}
+
 /// How a product with a quantized weight is computed.
 public enum QuantizedRoute: Sendable {
     /// Float32 from the dequantized weight (panels of rows dequantized, then sgemm): the reference.

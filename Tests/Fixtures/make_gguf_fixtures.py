@@ -23,6 +23,11 @@ Tests/Fixtures/gguf/
                                      maximum), greedy continuation ids, and tokenizer ids of hard texts; with the PEFT
                                      LoRA adapter in smollm2-lora/ (r 4 on q_proj, v_proj, made on the dequantized
                                      model), PEFT's logits and greedy continuation.
+  quantize.safetensors               a float32 matrix (5 x 96: ordinary, tiny, huge, constant and all-zero blocks) and
+                                     its bytes in F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 as `gguf.quants.quantize`
+                                     writes them (the reference for `reins quantize`).
+
+Arguments name the parts to write (blocks, models, smollm2, quantize); none writes them all.
 """
 import json
 import os
@@ -230,8 +235,32 @@ def smollm2_fixture():
     return {"rendered": [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in CONVERSATIONS]}
 
 
+def quantize_fixture():
+    from gguf.quants import quantize
+    r = np.random.default_rng(96)
+    x = (r.standard_normal((5, 96)) * 0.05).astype(np.float32)
+    x[1, :32] *= 1e-4          # scales that round to half-precision subnormals
+    x[2, 32:64] = 3.0          # a constant block
+    x[3, :32] = 0.0            # an all-zero block
+    x[4, 64:] *= 1000.0        # large values
+    x[4, 70] = -x[4, 64:].max() * 1.5  # the largest magnitude negative
+    tensors = {"source": x}
+    for qtype in [Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1]:
+        # bytes as int32 (safetensors readers need no U8 dtype)
+        tensors[qtype.name.lower()] = np.ascontiguousarray(quantize(x, qtype).view(np.uint8).astype(np.int32))
+    save_file(tensors, os.path.join(OUT, "quantize.safetensors"))
+    print("quantize:", {k: v.shape for k, v in tensors.items()})
+
+
 if __name__ == "__main__":
-    blocks_fixture()
+    import sys
+    parts = set(sys.argv[1:]) or {"blocks", "models", "smollm2", "quantize"}
+    if "quantize" in parts:
+        quantize_fixture()
+    if "blocks" in parts:
+        blocks_fixture()
+    if not parts & {"models", "smollm2"}:
+        sys.exit(0)
     chat = {"llama-tiny": model_fixture("llama-tiny", "llama", "smollm", "smollm", qwen=False),
             "qwen2-tiny": model_fixture("qwen2-tiny", "qwen2", "qwen2", "qwen2", qwen=True)}
     real = smollm2_fixture()

@@ -259,6 +259,12 @@ float rk_half_to_float(uint16_t h);
 /// package's dequantization. Returns RK_ERR_ARG for an unknown type or n not a whole number of blocks.
 int rk_dequantize(float *out, const void *src, size_t n, int type);
 int rk_dequantize_ref(float *out, const void *src, size_t n, int type);
+/// IEEE single to half precision, nearest with ties to even (NumPy's float16 conversion), overflow to infinity.
+uint16_t rk_float_to_half(float f);
+/// dst = the n elements of x in blocks of `type` (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: byte for byte as the
+/// `gguf` Python package quantizes; Q4_K, Q6_K: Reins's direct quantizer). RK_ERR_ARG for another type or n not whole
+/// blocks.
+int rk_quantize_blocks(void *dst, const float *x, size_t n, int type);
 
 /// Activations quantized to 8-bit blocks of 32 (for products with quantized weights): the scale d = max|x|/127, the
 /// values round(x/d) to nearest even, the sums of the first and last 16 values, and d times their total (what a
