@@ -104,35 +104,48 @@ struct AdaptersCommand: ParsableCommand {
 
     struct Merge: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Fold a LoRA adapter into its base and write a full model directory.")
+            abstract: "Fold a LoRA adapter into its base and write a full model (a directory, or a .gguf file).")
         @Option(help: "The base model directory.") var model: String
         @Option(help: "The LoRA adapter directory.") var adapter: String
-        @Option(help: "Where to write the merged model (config.json + model.safetensors).") var output: String
+        @Option(help: "Where to write the merged model: a directory (config.json + model.safetensors), or FILE.gguf (float32; `reins quantize --adapter` writes it quantized).")
+        var output: String
 
         func run() throws {
             let dir = URL(fileURLWithPath: model)
             let loaded = try PretrainedModel.load(directory: dir)
-            try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: loaded.module)
-            let layers = loaded.module.namedModules().compactMap { $0.module as? any LoRAHost }.filter {
-                $0.activeLoRA != nil
-            }
-            guard !layers.isEmpty else {
-                throw ValidationError("\(adapter) holds no LoRA weights to merge (prefixes cannot be merged)")
-            }
-            if let tied = loaded.module.tiedOutputEmbedding, layers.contains(where: { $0 === tied }) {
-                throw ValidationError(
-                    "\(adapter) adapts the word embeddings, which the output layer shares: a merged checkpoint would change the output layer too (use the adapter unmerged)"
-                )
-            }
-            for l in layers {
-                try l.merge()
-                let merged = l.weight.value
-                try l.detachLoRA(l.activeLoRA!)  // detaching unmerges: put the merged weight back, without the adapter
-                l.weight.value = merged
-            }
+            let count = try mergeLoRA(from: adapter, into: loaded.module)
             let config = try Checkpoint.modelConfig(dir)
-            try loaded.module.save(to: URL(fileURLWithPath: output), config: config)
-            print("merged \(layers.count) layers into \(output)")
+            if output.hasSuffix(".gguf") {
+                try GGUFModel.write(
+                    loaded.module, config: config, source: dir, type: .f32,
+                    name: dir.deletingPathExtension().lastPathComponent + "+" + URL(fileURLWithPath: adapter).lastPathComponent,
+                    to: output)
+            } else {
+                try loaded.module.save(to: URL(fileURLWithPath: output), config: config)
+            }
+            print("merged \(count) layers into \(output)")
         }
     }
+}
+
+/// Loads the PEFT LoRA adapter at `adapter` into `model` and folds it into the base weights, leaving no adapter
+/// attached; returns how many layers it changed.
+func mergeLoRA(from adapter: String, into model: any Module) throws -> Int {
+    try PEFTAdapter.load(directory: URL(fileURLWithPath: adapter), into: model)
+    let layers = model.namedModules().compactMap { $0.module as? any LoRAHost }.filter { $0.activeLoRA != nil }
+    guard !layers.isEmpty else {
+        throw ValidationError("\(adapter) holds no LoRA weights to merge (prefixes cannot be merged)")
+    }
+    if let tied = model.tiedOutputEmbedding, layers.contains(where: { $0 === tied }) {
+        throw ValidationError(
+            "\(adapter) adapts the word embeddings, which the output layer shares: a merged checkpoint would change the output layer too (use the adapter unmerged)"
+        )
+    }
+    for l in layers {
+        try l.merge()
+        let merged = l.weight.value
+        try l.detachLoRA(l.activeLoRA!)  // detaching unmerges: put the merged weight back, without the adapter
+        l.weight.value = merged
+    }
+    return layers.count
 }

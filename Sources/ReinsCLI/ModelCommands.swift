@@ -417,3 +417,51 @@ func validateSampling(topK: Int?, topP: Float?, temperature: Float?, repetitionP
         throw ValidationError("--repetition-penalty must be positive, got \(repetitionPenalty)")
     }
 }
+
+/// `reins quantize`: a model written as a GGUF file in a block type, for llama.cpp or as a frozen quantized base.
+struct QuantizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "quantize",
+        abstract: "Write a GPT-2, BERT or Llama-family model as a GGUF file with its weight matrices in a block type.",
+        discussion: """
+            Token embeddings and linear layers are written in --type; norms, biases, position and token-type \
+            embeddings stay float32. A matrix whose rows are not whole blocks of a K type falls back to q8_0. Task \
+            heads (a classifier) have no place in GGUF's architectures and are left out: the file is the base, for \
+            `reins train --model FILE.gguf` (adapters over the frozen quantized base) or llama.cpp. With --adapter, \
+            a LoRA adapter is merged into the base first.
+            """)
+
+    @Option(help: "A model directory or .gguf file (read in float32).") var model: String
+    @Option(help: "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k or q6_k.") var type: String
+    @Option(help: "The .gguf file to write.") var output: String
+    @Option(help: "A LoRA adapter directory to merge into the base before writing.") var adapter: String?
+    @Option(help: "general.name in the file (default: the model's directory name).") var name: String?
+
+    func run() throws {
+        guard let ggml = GGMLType.writable.first(where: { "\($0)".lowercased() == type.lowercased() }) else {
+            throw ValidationError(
+                "--type \(type) is not one Reins writes: \(GGMLType.writable.map { "\($0)".lowercased() }.joined(separator: ", "))")
+        }
+        guard output.hasSuffix(".gguf") else { throw ValidationError("--output must name a .gguf file") }
+        let dir = URL(fileURLWithPath: model)
+        let start = DispatchTime.now().uptimeNanoseconds
+        let loaded = try PretrainedModel.load(directory: dir)
+        if let adapter { _ = try mergeLoRA(from: adapter, into: loaded.module) }
+        let written = try GGUFModel.write(
+            loaded.module, config: try Checkpoint.modelConfig(dir), source: dir, type: ggml,
+            name: name ?? dir.deletingPathExtension().lastPathComponent, to: output)
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        print(
+            "wrote \(output): \(written.tensorCount) tensors, \(written.quantizedCount) in \(ggml) blocks, "
+                + String(format: "%.1f MB in %.1f s", Double(written.bytes) / 1e6, seconds))
+        for (tensor, type) in written.fallbacks.sorted(by: { $0.key < $1.key }) {
+            print("  \(tensor): \(type) (its rows are not whole \(ggml) blocks)")
+        }
+        if !written.hasTokenizer {
+            print("no tokenizer files beside the model: the file has no tokenizer (llama.cpp needs one; Reins takes --tokenizer)")
+        }
+        if !written.omitted.isEmpty {
+            print("left out (no place in a GGUF base): \(written.omitted.joined(separator: ", "))")
+        }
+    }
+}

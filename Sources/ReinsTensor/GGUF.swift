@@ -128,6 +128,15 @@ public struct GGUFFile: @unchecked Sendable {
     /// The deepest nesting of arrays accepted (llama.cpp's own files nest at most 2).
     static let maximumArrayDepth = 8
 
+    /// A header of metadata only, no tensors and no file behind it: what a writer is about to write, for the readers
+    /// of metadata (a tokenizer, a config) to check before anything is written.
+    public init(metadata entries: [(String, GGUFValue)], path: String) {
+        (self.path, self.version, self.alignment, self.data) = (path, 3, 32, Data())
+        metadataKeys = entries.map(\.0)
+        metadata = Dictionary(entries, uniquingKeysWith: { _, last in last })
+        (tensorInfos, tensorsByName) = ([], [:])
+    }
+
     public init(path: String) throws {
         self.path = path
         let data: Data

@@ -134,7 +134,7 @@ public enum PretrainedModel {
         var options = row.options
         options.newlyInitialized = newlyInitialized
         if quantized, let archive = checkpoint.ggufArchive {
-            options.quantized = try GGUFModel.installQuantized(archive, into: model.module)
+            options.quantized = try GGUFModel.installQuantized(archive, into: model.module, basePrefix: options.basePrefix)
         }
         try model.module.load(from: checkpoint, options: options)
         return model

@@ -20,7 +20,50 @@ public enum GGUFModel {
     static let families: [String: (modelType: String, architecture: String, permutesQK: Bool)] = [
         "llama": ("llama", "LlamaForCausalLM", true),
         "qwen2": ("qwen2", "Qwen2ForCausalLM", false),
+        "gpt2": ("gpt2", "GPT2LMHeadModel", false),
+        "bert": ("bert", "BertModel", false),
     ]
+
+    /// Every tensor a GGUF file of architecture `arch` may hold, as (model key, GGUF name), for `layers` blocks; the
+    /// keys are the base model's own (GPT-2's and BERT's without their `transformer.` / `bert.` prefix).
+    static func tensorNames(arch: String, layers: Int) -> [(key: String, gguf: String)] {
+        let top: [(String, String)], block: [(String, String)], blockPrefix: String
+        switch arch {
+        case "gpt2":
+            top = [("wte", "token_embd"), ("wpe", "position_embd"), ("ln_f", "output_norm")]
+            blockPrefix = "h"
+            block = [("ln_1", "attn_norm"), ("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"),
+                     ("ln_2", "ffn_norm"), ("mlp.c_fc", "ffn_up"), ("mlp.c_proj", "ffn_down")]
+        case "bert":
+            top = [("embeddings.word_embeddings", "token_embd"), ("embeddings.position_embeddings", "position_embd"),
+                   ("embeddings.token_type_embeddings", "token_types"), ("embeddings.LayerNorm", "token_embd_norm"),
+                   ("pooler.dense", "cls")]
+            blockPrefix = "encoder.layer"
+            block = [("attention.self.query", "attn_q"), ("attention.self.key", "attn_k"), ("attention.self.value", "attn_v"),
+                     ("attention.output.dense", "attn_output"), ("attention.output.LayerNorm", "attn_output_norm"),
+                     ("intermediate.dense", "ffn_up"), ("output.dense", "ffn_down"), ("output.LayerNorm", "layer_output_norm")]
+        default:
+            top = [("model.embed_tokens", "token_embd"), ("model.norm", "output_norm"), ("lm_head", "output")]
+            blockPrefix = "model.layers"
+            block = [("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm"), ("self_attn.q_proj", "attn_q"),
+                     ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
+                     ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down")]
+        }
+        var names: [(String, String)] = []
+        for suffix in ["weight", "bias"] {
+            for (key, gguf) in top { names.append(("\(key).\(suffix)", "\(gguf).\(suffix)")) }
+            for l in 0..<max(0, layers) {
+                for (key, gguf) in block { names.append(("\(blockPrefix).\(l).\(key).\(suffix)", "blk.\(l).\(gguf).\(suffix)")) }
+            }
+        }
+        return names
+    }
+
+    /// GPT-2's `Conv1D` weights are `[in, out]` in its checkpoints and `[out, in]` in GGUF.
+    static func isTransposedInGGUF(arch: String, key: String) -> Bool {
+        arch == "gpt2" && key.hasPrefix("h.") && key.hasSuffix(".weight")
+            && (key.contains(".c_attn.") || key.contains(".c_proj.") || key.contains(".c_fc."))
+    }
 
     /// The Hugging Face `config.json` a GGUF file's metadata describes.
     /// - Throws: ``GGUFError`` for missing metadata, ``ModelError/badConfig(path:detail:)`` naming an architecture or
@@ -31,6 +74,7 @@ public enum GGUFModel {
             throw ModelError.badConfig(path: file.path, detail: "GGUF architecture '\(arch)' is not supported (Reins builds \(families.keys.sorted().joined(separator: ", ")))")
         }
         func key(_ k: String) -> String { "\(arch).\(k)" }
+        if arch == "gpt2" || arch == "bert" { return try encoderOrGPT2Config(of: file, arch: arch) }
         let heads = try file.int(key("attention.head_count"))
         let hidden = try file.int(key("embedding_length"))
         var config: [String: Any] = [
@@ -93,32 +137,63 @@ public enum GGUFModel {
     }
 
     /// GGUF tensor names by the model's keys, for a model of `layers` blocks.
-    static func keyMap(of file: GGUFFile, layers: Int) -> [String: String] {
-        var map: [String: String] = [
-            "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-            "lm_head.weight": "output.weight",
-        ]
-        let parts = [
-            ("input_layernorm", "attn_norm"), ("post_attention_layernorm", "ffn_norm"), ("self_attn.q_proj", "attn_q"),
-            ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
-            ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"),
-        ]
-        for l in 0..<layers {
-            for (hf, gguf) in parts {
-                for suffix in ["weight", "bias"] {
-                    map["model.layers.\(l).\(hf).\(suffix)"] = "blk.\(l).\(gguf).\(suffix)"
-                }
-            }
+    static func keyMap(of file: GGUFFile, arch: String, layers: Int) -> [String: String] {
+        var map: [String: String] = [:]
+        for (key, gguf) in tensorNames(arch: arch, layers: layers) where file.tensorsByName[gguf] != nil { map[key] = gguf }
+        return map
+    }
+
+    /// The config of a GPT-2 or BERT file (`gpt2.*`, `bert.*`): the sizes llama.cpp's converter writes; the vocabulary
+    /// size from the token embedding, BERT's token types from theirs.
+    static func encoderOrGPT2Config(of file: GGUFFile, arch: String) throws -> [String: Any] {
+        func key(_ k: String) -> String { "\(arch).\(k)" }
+        guard let embedding = file.tensorsByName["token_embd.weight"], embedding.dimensions.count == 2 else {
+            throw GGUFError.missingTensor(path: file.path, tensor: "token_embd.weight")
         }
-        return map.filter { file.tensorsByName[$0.value] != nil }
+        let eps = try file.double(key("attention.layer_norm_epsilon"))
+        var config: [String: Any]
+        if arch == "gpt2" {
+            config = [
+                "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": embedding.dimensions[1],
+                "n_embd": try file.int(key("embedding_length")), "n_layer": try file.int(key("block_count")),
+                "n_head": try file.int(key("attention.head_count")), "n_positions": try file.int(key("context_length")),
+                "n_inner": try file.int(key("feed_forward_length")), "layer_norm_epsilon": eps,
+                "activation_function": "gelu_new",
+            ]
+            if file.tensorsByName["output.weight"] != nil {
+                throw ModelError.badConfig(path: file.path, detail: "a GPT-2 with an untied output layer (output.weight) is not supported")
+            }
+        } else {
+            if file.metadata[key("attention.causal")]?.bool == true {
+                throw ModelError.badConfig(path: file.path, detail: "a causal BERT (bert.attention.causal) is not supported")
+            }
+            config = [
+                "model_type": "bert", "architectures": ["BertModel"], "vocab_size": embedding.dimensions[1],
+                "hidden_size": try file.int(key("embedding_length")), "num_hidden_layers": try file.int(key("block_count")),
+                "num_attention_heads": try file.int(key("attention.head_count")),
+                "intermediate_size": try file.int(key("feed_forward_length")),
+                "max_position_embeddings": try file.int(key("context_length")), "layer_norm_eps": eps, "hidden_act": "gelu",
+                "type_vocab_size": file.tensorsByName["token_types.weight"]?.dimensions.last ?? 2,
+            ]
+            if let pad = file.metadata["tokenizer.ggml.padding_token_id"]?.int { config["pad_token_id"] = pad }
+        }
+        for (gguf, hf) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")] {
+            if let id = file.metadata[gguf]?.int { config[hf] = id }
+        }
+        return config
     }
 
     /// Installs every quantized matrix of `archive` in the layer of `model` it belongs to (a linear layer's weight,
     /// an embedding table), frozen and in its blocks; returns their checkpoint keys, for the float load to skip.
-    static func installQuantized(_ archive: GGUFArchive, into model: any Module) throws -> Set<String> {
+    /// A head model's keys (`bert.encoder...`) find the base's tensors of a GGUF file under `basePrefix` stripped.
+    static func installQuantized(_ archive: GGUFArchive, into model: any Module, basePrefix: String = "") throws -> Set<String> {
         var installed: Set<String> = []
+        let prefix = basePrefix.isEmpty ? nil : basePrefix + "."
         for (key, module) in model.namedModules() {
-            let weightKey = key.isEmpty ? "weight" : key + ".weight"
+            var weightKey = key.isEmpty ? "weight" : key + ".weight"
+            if let prefix, weightKey.hasPrefix(prefix), archive.names[weightKey] == nil {
+                weightKey = String(weightKey.dropFirst(prefix.count))
+            }
             if let linear = module as? Linear, let q = try archive.quantizedMatrix(weightKey) {
                 try linear.quantize(q)
                 installed.insert(weightKey)
@@ -135,15 +210,16 @@ public enum GGUFModel {
     /// A GGUF file as a checkpoint: its config and its tensors under the model's keys.
     public static func checkpointParts(_ file: GGUFFile) throws -> (config: [String: Any], archive: any TensorArchive) {
         let config = try config(of: file)
-        let layers = config["num_hidden_layers"] as? Int ?? 0
-        let map = keyMap(of: file, layers: layers)
+        let arch = try file.string("general.architecture")
+        let layers = (config["num_hidden_layers"] ?? config["n_layer"]) as? Int ?? 0
+        let map = keyMap(of: file, arch: arch, layers: layers)
         let mapped = Set(map.values)
         // Every tensor must be one the model uses: an extra one would mean a part Reins does not build.
         if let extra = file.tensorInfos.map(\.name).first(where: { !mapped.contains($0) }) {
             throw ModelError.badConfig(path: file.path, detail: "tensor '\(extra)' has no place in a \(config["model_type"] ?? "") model")
         }
         var heads: [String: Int] = [:]
-        if families[try file.string("general.architecture")]?.permutesQK == true {
+        if families[arch]?.permutesQK == true {
             for l in 0..<layers {
                 for suffix in ["weight", "bias"] {
                     heads["model.layers.\(l).self_attn.q_proj.\(suffix)"] = config["num_attention_heads"] as? Int
@@ -151,7 +227,8 @@ public enum GGUFModel {
                 }
             }
         }
-        return (config, GGUFArchive(file: file, names: map, headsOfPermuted: heads))
+        let transposed = Set(map.keys.filter { isTransposedInGGUF(arch: arch, key: $0) })
+        return (config, GGUFArchive(file: file, names: map, headsOfPermuted: heads, transposed: transposed))
     }
 }
 
@@ -163,10 +240,15 @@ struct GGUFArchive: TensorArchive {
     let names: [String: String]
     /// Head counts of the projections whose rows are permuted (query: attention heads; key: key/value heads).
     let headsOfPermuted: [String: Int]
+    /// Model keys whose matrices the model stores `[in, out]` (GPT-2's `Conv1D`): read transposed.
+    var transposed: Set<String> = []
 
     var path: String { file.path }
     var tensorNames: [String] { Array(names.keys) }
-    func shape(_ name: String) -> [Int]? { names[name].flatMap { file.tensorsByName[$0]?.shape } }
+    func shape(_ name: String) -> [Int]? {
+        guard let shape = names[name].flatMap({ file.tensorsByName[$0]?.shape }) else { return nil }
+        return transposed.contains(name) ? shape.reversed() : shape
+    }
 
     func tensor(_ name: String) throws -> Tensor {
         guard let shape = shape(name) else { throw GGUFError.missingTensor(path: file.path, tensor: name) }
@@ -198,6 +280,10 @@ struct GGUFArchive: TensorArchive {
 
     func read(_ name: String, into buffer: UnsafeMutableBufferPointer<Float>) throws {
         guard let gguf = names[name] else { throw GGUFError.missingTensor(path: file.path, tensor: name) }
+        if transposed.contains(name) {
+            let t = try file.tensor(gguf).transposed()  // [out, in] stored, [in, out] wanted
+            return t.withUnsafeBufferPointer { _ = buffer.initialize(from: $0) }
+        }
         guard let heads = headsOfPermuted[name] else { return try file.read(gguf, into: buffer) }
         let shape = try file.info(gguf).shape
         let rows = shape[0], columns = shape.count > 1 ? shape[1] : 1

@@ -141,7 +141,7 @@ public enum Activation: Sendable, Equatable {
         switch self {
         case let .gelu(form):
             if layer.hasLiveAdapter { return try layer(x).gelu(form) }  // the fused path would bypass the adapter
-            let pre = try Tensor.linear(x, weight: layer.weight.value, weightTransposed: layer.weightTransposed)
+            let pre = try layer.baseProduct(x, bias: nil)
             guard let bias = layer.bias else { return pre.gelu(form) }
             return try Tensor.biasGELU(pre, bias: bias.value, form)
         case .relu:

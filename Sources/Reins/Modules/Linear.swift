@@ -104,14 +104,13 @@ public final class Linear: Module, LoRAHost {
     /// weight).
     public var quantizedRoute: QuantizedRoute = .automatic
 
-    /// Keeps the base weight as `matrix` (`[out, in]` in blocks) instead of float32, frozen: the float32 values are
-    /// released.
-    /// - Throws: ``ModelError/badInput(_:)`` when the matrix does not fit the layer or the layer is stored `[in, out]`.
+    /// Keeps the base weight as `matrix` (`[out, in]` in blocks, whatever layout the float weight has) instead of
+    /// float32, frozen: the float32 values are released.
+    /// - Throws: ``ModelError/badInput(_:)`` when the matrix does not fit the layer.
     public func quantize(_ matrix: QuantizedMatrix) throws {
-        guard !weightTransposed, matrix.rows == outputs, matrix.columns == inputs else {
+        guard matrix.rows == outputs, matrix.columns == inputs else {
             throw ModelError.badInput(
-                "a \(matrix.type) matrix [\(matrix.rows), \(matrix.columns)] does not fit a \(inputs) -> \(outputs) layer\(weightTransposed ? " stored [in, out]" : "")"
-            )
+                "a \(matrix.type) matrix [\(matrix.rows), \(matrix.columns)] does not fit a \(inputs) -> \(outputs) layer")
         }
         guard !isMerged else { throw ModelError.badInput("a layer with a merged adapter cannot be quantized") }
         quantizedWeight = matrix
@@ -124,8 +123,12 @@ public final class Linear: Module, LoRAHost {
         return try Tensor.linear(x, weight: weight.value, bias: bias, weightTransposed: weightTransposed)
     }
 
-    /// The base weight as float32 in its stored layout (dequantized on each call for a quantized layer).
-    func denseWeight() throws -> Tensor { try quantizedWeight?.dequantized() ?? weight.value }
+    /// The base weight as float32 in the layer's layout (`[in, out]` when ``weightTransposed``), dequantized on each
+    /// call for a quantized layer.
+    func denseWeight() throws -> Tensor {
+        guard let q = quantizedWeight else { return weight.value }
+        return weightTransposed ? try q.dequantized().transposed() : try q.dequantized()
+    }
 
     /// `x: [..., in]` to `[..., out]`.
     public func callAsFunction(_ x: Tensor) throws -> Tensor {

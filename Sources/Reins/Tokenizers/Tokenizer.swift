@@ -356,11 +356,13 @@ public enum AnyTokenizer {
     case bpe(BPETokenizer)
 
     /// `vocab.txt` (WordPiece), `vocab.json` with `merges.txt` beside it (BPE), a `tokenizer.json` of either kind, or
-    /// a GGUF model file (its byte-level BPE tokenizer).
+    /// a GGUF model file (its byte-level BPE or WordPiece tokenizer).
     public init(file path: String) throws {
         let url = URL(fileURLWithPath: path)
         if GGUFModel.isGGUF(path) {
-            self = .bpe(try BPETokenizer(gguf: try GGUFFile(path: path)))
+            let file = try GGUFFile(path: path)
+            self = file.metadata["tokenizer.ggml.model"]?.string == "bert"
+                ? .wordPiece(try WordPieceTokenizer(gguf: file)) : .bpe(try BPETokenizer(gguf: file))
             return
         }
         switch url.pathExtension {
