@@ -88,6 +88,7 @@ extension GGUFModel {
                 ("bert.attention.layer_norm_epsilon", .float32(c.layerNormEpsilon)), ("bert.attention.causal", .bool(false)),
                 // llama.cpp's pooling types: 1 mean (sentence-transformers models), 2 the first token (BERT's [CLS]).
                 ("bert.pooling_type", .uint32(meanPooled(source) ? 1 : 2)),
+                ("tokenizer.ggml.token_type_count", .uint32(UInt32(c.typeCount))),
             ]
         case "llama", "mistral", "qwen2":
             let c = try LlamaConfig(json: config, path: source.path)
