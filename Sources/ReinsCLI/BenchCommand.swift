@@ -43,6 +43,25 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         var rng = SeededGenerator(seed: 1)
+        if selected("BERT-base-shaped linear 1024x768x768") {
+            // The product a BERT-base layer's query projection computes on a B8 x T128 batch, three ways: float32
+            // sgemm, a Q8_0 weight by the float route (panels dequantized for sgemm, as training uses), and by the
+            // integer route (8-bit activation blocks, 128 rows per call: the most it takes).
+            let (N, C, OC) = (1024, 768, 768)
+            let x = try Tensor.normal([N, C], std: 1, seed: 2), w = try Tensor.normal([OC, C], std: 0.05, seed: 3)
+            let q = try QuantizedMatrix(quantizing: w, type: .q8_0)
+            let slices = try (0..<(N / 128)).map { i in try Tensor(shape: [128, C], values: Array(x.scalars[(i * 128 * C)..<((i + 1) * 128 * C)])) }
+            let gflop = 2.0 * Double(N * C * OC) / 1e9
+            let runs: [(String, () throws -> Void)] = [
+                ("float32 sgemm", { _ = try Tensor.linear(x, weight: w) }),
+                ("Q8_0 float route", { _ = try Tensor.quantizedLinear(x, weight: q, route: .exact) }),
+                ("Q8_0 integer route", { for s in slices { _ = try Tensor.quantizedLinear(s, weight: q, route: .automatic) } }),
+            ]
+            for (name, body) in runs {
+                let ms = try Autograd.withoutGradients { try median(repeats * 5, body) }
+                report("BERT-base-shaped linear 1024x768x768 \(name)", ms, perSecond: gflop / ms * 1000, unit: "GFLOP/s")
+            }
+        }
         if selected("BERT-base forward") {
             let model = try BertModel(try BertConfig(json: [:]), pooler: true, seed: 1)
             let (B, T) = (8, 128)
@@ -82,13 +101,15 @@ struct BenchCommand: ParsableCommand {
                 "GPT-2-small train step \(method) B4 T64 AdamW", ms, perSecond: Double(B * T) / ms * 1000,
                 unit: "tokens/s")
         }
-        for method in ["full", "LoRA", "BitFit", "Houlsby", "prefix"] where selected("BERT-base train step \(method)") {
+        for method in ["full", "LoRA", "BitFit", "Houlsby", "prefix", "LoRA on a Q8_0 base"]
+        where selected("BERT-base train step \(method)") {
             var json: [String: Any] = [:]
             json["num_labels"] = 3
             let model = try BertForSequenceClassification(try BertConfig(json: json), seed: 4)
             switch method {
-            case "LoRA":
+            case "LoRA", "LoRA on a Q8_0 base":
                 model.freeze()
+                if method != "LoRA" { try model.bert.quantizeWeights(.q8_0) }  // the encoder frozen in 8-bit blocks
                 try model.addLoRA("task", LoRAConfig(rank: 8, alpha: 16, targets: ["query", "value"]))
                 model.unfreeze { $0.hasPrefix("classifier.") }
             case "BitFit":

@@ -31,6 +31,8 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Where adapters, logs, the table and the plot go.") var output = "reins-demo"
     @Option(help: "Seed for data order, dropout and new weights.") var seed: UInt64 = 1
     @Option(help: "The MiniLM directory (default: found in the pip package).") var model: String?
+    @Option(help: "The shared base's weights: f32, or a block type (q8_0, q4_0, ...) to freeze it quantized (QLoRA); full fine-tuning always trains a float32 copy.")
+    var baseType = "f32"
 
     struct Recipe {
         let method: AdapterMethod
@@ -104,6 +106,12 @@ struct DemoCommand: ParsableCommand {
         // One shared base for every adapter; full fine-tuning needs its own copy.
         let base = try BertForSequenceClassification.pretrained(modelDir, labels: labels.count, pooling: .mean)
         let baseCount = base.bert.parameterCount
+        if baseType.lowercased() != "f32" {
+            guard let type = GGMLType.writable.first(where: { "\($0)".lowercased() == baseType.lowercased() && $0.isQuantized })
+            else { throw ValidationError("--base-type \(baseType): f32 or a block type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)") }
+            let layers = try base.bert.quantizeWeights(type)
+            print("Base frozen in \(type) blocks: \(layers.count) layers")
+        }
         print(
             "Base: MiniLM-L6 (\(modelDir.path)), \(fmt(baseCount)) parameters; \(steps) updates of \(batchSize) per method, max length \(maxLength)\n"
         )

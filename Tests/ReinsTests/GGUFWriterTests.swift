@@ -148,6 +148,11 @@ struct GGUFWriterTests {
             #expect(dot / (nx * ny) > 0.999, "cosine \(dot / (nx * ny))")
         }
 
+        // Quantizing the loaded float model in memory gives the file's blocks: the same hidden states.
+        let inMemory = try #require({ if case let .bert(m) = try PretrainedModel.load(directory: dir) { return m } else { return nil } }())
+        #expect(try inMemory.quantizeWeights(.q8_0).count == 38)
+        #expect(try inMemory.embed(texts, tokenizer: original, maxLength: 64) == b)
+
         // LoRA on the quantized base: gradients equal those on the same weights dequantized to float32.
         func gradients(quantized: Bool) throws -> [String: Tensor] {
             guard case let .bertSequenceClassification(m) = try PretrainedModel.load(

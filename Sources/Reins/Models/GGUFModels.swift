@@ -315,6 +315,35 @@ extension Module {
         }
     }
 
+    /// Freezes this model's linear layers and its token embedding tables in `type`'s blocks, in memory, as a base read
+    /// quantized from a GGUF file is held (QLoRA without a file): each weight is quantized (``GGMLType/encode(_:)``)
+    /// and its float32 values released. Layers whose rows are not whole blocks stay float32, as do position and
+    /// token-type embeddings and layers `include` refuses (by key; a task head that will train, say).
+    /// - Returns: the keys of the layers quantized.
+    /// - Throws: ``ModelError/badInput(_:)`` for a type that is not a block type Reins writes, or a layer with a merged
+    ///   adapter.
+    @discardableResult
+    public func quantizeWeights(_ type: GGMLType, include: (String) -> Bool = { _ in true }) throws -> [String] {
+        guard type.isQuantized, GGMLType.writable.contains(type), let block = type.blockElements else {
+            throw ModelError.badInput("\(type) is not a block type Reins quantizes to")
+        }
+        let tokenTables = ["word_embeddings", "wte", "embed_tokens"]
+        var done: [String] = []
+        for (key, module) in namedModules() where include(key) {
+            if let linear = module as? Linear, linear.quantizedWeight == nil, linear.inputs % block == 0 {
+                let w = linear.weightTransposed ? try linear.weight.value.transposed() : linear.weight.value
+                try linear.quantize(try QuantizedMatrix(quantizing: w, type: type))
+                done.append(key)
+            } else if let table = module as? Embedding, table.quantizedTable == nil, table.size % block == 0,
+                tokenTables.contains(where: { key.hasSuffix($0) })
+            {
+                try table.quantize(try QuantizedMatrix(quantizing: table.weight.value, type: type))
+                done.append(key)
+            }
+        }
+        return done
+    }
+
     /// Whether any weight of this model is held in quantized blocks.
     public var holdsQuantizedWeights: Bool {
         namedModules().contains { m in
