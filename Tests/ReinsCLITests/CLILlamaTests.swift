@@ -206,3 +206,41 @@ struct CLIGGUFTests {
         #expect(!c.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(c.stdout)")
     }
 }
+
+/// `reins quantize` and `reins adapters merge --output FILE.gguf` as a user runs them.
+struct CLIQuantizeTests {
+    let cli = CLIMalformedInputTests()
+
+    @Test func quantizeWritesAFileTheToolReadsBack() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let source = CLIGGUFTests.gguf.appendingPathComponent("llama-tiny.gguf").path
+        let out = dir.appendingPathComponent("q8.gguf").path
+        let q = try cli.reins(["quantize", "--model", source, "--type", "q8_0", "--output", out])
+        #expect(q.status == 0, "\(q.stderr)")
+        #expect(q.stdout.contains("15 in Q8_0 blocks"), "\(q.stdout)")
+        let io = CLIGGUFTests.gguf.appendingPathComponent("llama-tiny.safetensors")
+        let logits = dir.appendingPathComponent("logits.safetensors")
+        let l = try cli.reins(["logits", "--model", out, "--inputs", io.path, "--output", logits.path])
+        #expect(l.status == 0, "\(l.stderr)")
+        // Q8_0 from the file's own (mixed 4-8 bit) weights: near transformers' logits of the source file.
+        expectClose(try SafeTensorsFile(path: logits.path).tensor("logits"), try SafeTensorsFile(path: io.path).tensor("logits"),
+                    atol: 0.05, rtol: 0.05, "Q8_0 rewrite")
+        let classifier = Fixtures.model("bert-cls").path, merged = dir.appendingPathComponent("bert.gguf").path
+        let b = try cli.reins(["quantize", "--model", classifier, "--type", "f32", "--output", merged])
+        #expect(b.status == 0 && b.stdout.contains("left out (no place in a GGUF base): classifier.bias, classifier.weight"), "\(b.stdout)")
+    }
+
+    @Test func quantizeRefusesWhatItCannotWriteByName() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let model = Fixtures.model("qwen2-tiny").path
+        let badType = try cli.reins(["quantize", "--model", model, "--type", "q3_k", "--output", dir.appendingPathComponent("x.gguf").path])
+        #expect(badType.status != 0 && badType.stderr.contains("q3_k is not one Reins writes: f32, f16, bf16, q8_0"), "\(badType.stderr)")
+        let notGGUF = try cli.reins(["quantize", "--model", model, "--type", "q8_0", "--output", dir.appendingPathComponent("x.bin").path])
+        #expect(notGGUF.status != 0 && notGGUF.stderr.contains("--output must name a .gguf file"), "\(notGGUF.stderr)")
+        let window = try cli.reins(["quantize", "--model", Fixtures.model("mistral-tiny").path, "--type", "f32", "--output", dir.appendingPathComponent("m.gguf").path])
+        #expect(window.status != 0 && window.stderr.contains("sliding attention window"), "\(window.stderr)")
+        #expect((try FileManager.default.contentsOfDirectory(atPath: dir.path)).isEmpty, "nothing written")
+    }
+}
