@@ -53,3 +53,20 @@ struct MetricsTests {
         }
     }
 }
+
+/// BLEU and chrF on translations of the decoder demo's kind (words and short phrases, accents, several references, and
+/// the demo's own outputs) against sacreBLEU (Tests/Fixtures/make_translation_metric_fixtures.py).
+struct TranslationMetricsTests {
+    @Test func bleuAndChrFMatchSacreBLEU() throws {
+        let url = Fixtures.directory.appendingPathComponent("metrics/translation.json")
+        let cases = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [[String: Any]])
+        #expect(cases.count >= 3)
+        for c in cases {
+            let name = c["name"] as? String ?? "", hyps = c["hypotheses"] as? [String] ?? []
+            let refs = c["references"] as? [[String]] ?? []
+            let bleu = Metrics.bleu(hypotheses: hyps, references: refs), chrf = Metrics.chrF(hypotheses: hyps, references: refs)
+            #expect(abs(bleu - (c["bleu"] as? Double ?? .nan)) < 1e-9, "\(name) BLEU \(bleu)")
+            #expect(abs(chrf - (c["chrf"] as? Double ?? .nan)) < 1e-9, "\(name) chrF \(chrf)")
+        }
+    }
+}

@@ -148,6 +148,70 @@ public enum Metrics {
         return 100 * brevity * exp(logPrecision)
     }
 
+    // MARK: chrF (Popović 2015), as sacrebleu's corpus_chrf with its defaults
+
+    /// Corpus chrF in percent, as sacrebleu's `corpus_chrf` (character n-grams of orders 1...6 over the text with its
+    /// whitespace removed, β = 2, no word n-grams, no lowercasing): per hypothesis, the n-gram statistics of the
+    /// reference with the best chrF; the statistics summed over the corpus; precision and recall averaged over the
+    /// orders both sides have n-grams of, then F-β. `references[k][i]` is reference k for hypothesis i.
+    public static func chrF(hypotheses: [String], references: [[String]], order: Int = 6, beta: Double = 2) -> Double {
+        var totals = [Int](repeating: 0, count: 3 * order)
+        for (i, h) in hypotheses.enumerated() {
+            let hyp = characterNgrams(h, order)
+            var best: [Int] = [], bestScore = -1.0
+            for refs in references where i < refs.count {
+                let ref = characterNgrams(refs[i], order)
+                var stats: [Int] = []
+                for n in 0..<order {
+                    var hypCount = 0, matches = 0
+                    for (g, c) in hyp[n] {
+                        hypCount += c
+                        if let r = ref[n][g] { matches += min(c, r) }
+                    }
+                    // A hypothesis n-gram counts only where the reference has n-grams of that order.
+                    stats += [ref[n].isEmpty ? 0 : hypCount, ref[n].values.reduce(0, +), matches]
+                }
+                let score = chrFScore(stats, order: order, beta: beta)
+                if score > bestScore { (best, bestScore) = (stats, score) }
+            }
+            for (k, v) in best.enumerated() { totals[k] += v }
+        }
+        return chrFScore(totals, order: order, beta: beta)
+    }
+
+    static func chrFScore(_ stats: [Int], order: Int, beta: Double) -> Double {
+        let factor = beta * beta
+        var precision = 0.0, recall = 0.0, effective = 0
+        for n in 0..<order {
+            let (hyp, ref, match) = (stats[3 * n], stats[3 * n + 1], stats[3 * n + 2])
+            guard hyp > 0, ref > 0 else { continue }
+            precision += Double(match) / Double(hyp)
+            recall += Double(match) / Double(ref)
+            effective += 1
+        }
+        guard effective > 0 else { return 0 }
+        (precision, recall) = (precision / Double(effective), recall / Double(effective))
+        guard precision + recall > 0 else { return 0 }
+        return 100 * (1 + factor) * precision * recall / (factor * precision + recall)
+    }
+
+    /// Counts of the character n-grams (n = 1...order; characters are Unicode scalars, as Python's) of `text` with its
+    /// whitespace removed.
+    static func characterNgrams(_ text: String, _ order: Int) -> [[String: Int]] {
+        let scalars = Array(text.unicodeScalars.filter { !$0.properties.isWhitespace })
+        return (1...order).map { n in
+            var counts: [String: Int] = [:]
+            if scalars.count >= n {
+                for i in 0...(scalars.count - n) {
+                    var s = String.UnicodeScalarView()
+                    s.append(contentsOf: scalars[i..<(i + n)])
+                    counts[String(s), default: 0] += 1
+                }
+            }
+            return counts
+        }
+    }
+
     static func ngrams(_ tokens: [Substring], _ n: Int) -> [[Substring]: Int] {
         var counts: [[Substring]: Int] = [:]
         if tokens.count >= n { for i in 0...(tokens.count - n) { counts[Array(tokens[i..<(i + n)]), default: 0] += 1 } }
