@@ -33,7 +33,9 @@ let package = Package(
         .target(name: "Reins", dependencies: ["ReinsTensor"]),
         // The demo's data (WordNet supersenses) and the real models pip packages ship: used by the CLI's demo and the
         // tests, not part of the library a user imports.
-        .target(name: "ReinsDemoData", dependencies: ["Reins", "ReinsTensor"]),
+        // zlib from the system (Debian: zlib1g-dev), for the demo's dictionary (dictd's gzip-compressed .dict.dz).
+        .systemLibrary(name: "CZlib", path: "CSupport/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "ReinsDemoData", dependencies: ["Reins", "ReinsTensor", "CZlib"]),
         .executableTarget(
             name: "ReinsCLI",
             dependencies: ["Reins", "ReinsTensor", "ReinsDemoData", .product(name: "ArgumentParser", package: "swift-argument-parser")]
