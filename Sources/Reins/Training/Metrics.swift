@@ -121,8 +121,8 @@ public enum Metrics {
     // MARK: BLEU (Papineni et al. 2002), as sacrebleu's corpus_bleu with its default 13a tokenizer
 
     /// Corpus BLEU in percent: clipped n-gram precisions (n = 1...4) pooled over the corpus, geometric mean, brevity
-    /// penalty against the closest reference length; no smoothing of a zero count ("exp" smoothing of sacrebleu only
-    /// affects sentence BLEU). `references[k][i]` is reference k for hypothesis i.
+    /// penalty against the closest reference length, and sacrebleu's default "exp" smoothing of an order without a
+    /// match. `references[k][i]` is reference k for hypothesis i.
     public static func bleu(hypotheses: [String], references: [[String]]) -> Double {
         var matches = [Double](repeating: 0, count: 4), totals = [Double](repeating: 0, count: 4)
         var hypLength = 0.0, refLength = 0.0
@@ -142,10 +142,25 @@ public enum Metrics {
                 totals[n - 1] += Double(max(0, hyp.count - n + 1))
             }
         }
-        guard hypLength > 0, !matches.contains(0) else { return 0 }
-        let logPrecision = (0..<4).reduce(0.0) { $0 + log(matches[$1] / totals[$1]) } / 4
-        let brevity = hypLength < refLength ? exp(1 - refLength / hypLength) : 1
-        return 100 * brevity * exp(logPrecision)
+        guard matches.contains(where: { $0 > 0 }) else { return 0 }
+        // sacrebleu's default "exp" smoothing (mteval-v13a's): the k-th order without a match counts as 1 / 2^k of a
+        // match; an order with no n-grams at all (every hypothesis shorter than n) has precision 0, and sacrebleu's
+        // log of 0 is -9999999999, which makes the score 0 to any printed precision.
+        var smooth = 1.0, logSum = 0.0
+        for n in 0..<4 {
+            let precision: Double
+            if totals[n] == 0 {
+                precision = 0
+            } else if matches[n] == 0 {
+                smooth *= 2
+                precision = 100 / (smooth * totals[n])
+            } else {
+                precision = 100 * matches[n] / totals[n]
+            }
+            logSum += precision > 0 ? log(precision) : -9_999_999_999
+        }
+        let brevity = hypLength < refLength ? (hypLength > 0 ? exp(1 - refLength / hypLength) : 0) : 1
+        return brevity * exp(logSum / 4)
     }
 
     // MARK: chrF (Popović 2015), as sacrebleu's corpus_chrf with its defaults

@@ -1,0 +1,258 @@
+import Dispatch
+import Foundation
+import Reins
+import ReinsDemoData
+import ReinsTensor
+
+/// The decoder part of `reins demo`: one frozen, quantized instruction model (SmolLM2-135M-Instruct Q4_1) used as a
+/// generalist (zero-shot and few-shot prompts through its chat template) and as specialists (adapters trained on
+/// English-to-French dictionary pairs), scored on the same held-out items; then a second task's adapter on the same
+/// loaded base, and requests for both tasks answered by switching adapters.
+struct DecoderDemo {
+    var steps: Int
+    var batchSize: Int
+    var heldOutCount: Int
+    var shots: Int
+    var seed: UInt64
+    var output: URL
+    var modelFile: URL
+
+    static let system = "Translate the English word or phrase into French. Reply with the French translation only."
+    static let defineSystem = "Define the English word in a few words. Reply with the definition only."
+
+    /// One translation item: the English, its main French translation (the reference), every accepted translation.
+    struct Item { let english: String; let reference: String; let accepted: [String] }
+
+    /// One row of the table.
+    struct Row {
+        let name: String
+        var trainable = 0, fileBytes = 0
+        var seconds = 0.0, tokensPerSecond = 0.0
+        var outputs: [String] = []
+        var bleu = 0.0, chrF = 0.0, exact = 0.0
+        var history: [StepRecord] = []
+    }
+
+    /// Dictionary pairs a small model can be scored on: lowercase English headwords of at most three words of
+    /// letters, their main translation at most four words; split into train / development / held-out by a fixed hash
+    /// of the headword.
+    static func items() throws -> (train: [Item], dev: [Item], heldOut: [Item]) {
+        var train: [Item] = [], dev: [Item] = [], held: [Item] = []
+        let allowed = CharacterSet.letters.union(CharacterSet(charactersIn: " -'"))
+        for e in try FreeDict.entries() {
+            let english = e.headword
+            guard let first = english.unicodeScalars.first, CharacterSet.lowercaseLetters.contains(first),
+                english.unicodeScalars.allSatisfy(allowed.contains), english.split(separator: " ").count <= 3,
+                let reference = e.senses.first?.first, reference.split(separator: " ").count <= 4,
+                reference.unicodeScalars.allSatisfy(allowed.contains)
+            else { continue }
+            let item = Item(english: english, reference: reference, accepted: e.translations)
+            // FNV-1a of the headword: the same split on every machine.
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325
+            for b in english.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            switch h % 10 {
+            case 0: held.append(item)
+            case 1: dev.append(item)
+            default: train.append(item)
+            }
+        }
+        return (train, dev, held)
+    }
+
+    /// The chat for one item: the instruction, optional solved examples as earlier turns, the English.
+    static func messages(_ english: String, examples: [Item] = [], answer: String? = nil, system: String = system)
+        -> [ChatTemplate.Message]
+    {
+        var m = [ChatTemplate.Message(role: "system", content: system)]
+        for e in examples {
+            m.append(.init(role: "user", content: e.english))
+            m.append(.init(role: "assistant", content: e.reference))
+        }
+        m.append(.init(role: "user", content: english))
+        if let answer { m.append(.init(role: "assistant", content: answer)) }
+        return m
+    }
+
+    /// The model's answers, greedy, batched (left-padded), up to the end of the turn or the first line break.
+    static func answer(_ prompts: [[Int32]], model: LlamaForCausalLM, chat: ChatFormat, maxNewTokens: Int = 16)
+        throws -> [String]
+    {
+        var answers: [String] = []
+        let pad = chat.stopTokens.min() ?? 0
+        for start in stride(from: 0, to: prompts.count, by: 16) {
+            let batch = Array(prompts[start..<min(start + 16, prompts.count)])
+            let out = try Autograd.withoutGradients {
+                try model.generate(
+                    prompts: batch,
+                    options: GenerationOptions(maxNewTokens: maxNewTokens, stopTokens: chat.stopTokens, padID: pad))
+            }
+            for (p, o) in zip(batch, out) {
+                let new = o.dropFirst(p.count).filter { !chat.stopTokens.contains($0) }
+                let text = chat.tokenizer.decode(Array(new))
+                answers.append(
+                    String(text.split(separator: "\n", omittingEmptySubsequences: true).first ?? "")
+                        .trimmingCharacters(in: .whitespaces))
+            }
+        }
+        return answers
+    }
+
+    /// Lower case, no surrounding punctuation or quotes, single spaces: how answers are compared for exact match.
+    static func normalized(_ s: String) -> String {
+        s.lowercased().trimmingCharacters(in: CharacterSet.punctuationCharacters.union(.whitespaces).union(CharacterSet(charactersIn: "\"'«»")))
+            .split(separator: " ").joined(separator: " ")
+    }
+
+    static func score(_ row: inout Row, items: [Item]) {
+        row.bleu = Metrics.bleu(hypotheses: row.outputs, references: [items.map(\.reference)])
+        row.chrF = Metrics.chrF(hypotheses: row.outputs, references: [items.map(\.reference)])
+        row.exact =
+            zip(row.outputs, items).map { o, i in i.accepted.map(normalized).contains(normalized(o)) ? 1.0 : 0.0 }
+            .reduce(0, +) / Double(max(items.count, 1))
+    }
+
+    func run() throws {
+        let started = DispatchTime.now().uptimeNanoseconds
+        try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
+        let (train, _, heldAll) = try Self.items()
+        var g = SeededGenerator(seed: seed)
+        let held = Array(heldAll.shuffled(using: &g).prefix(heldOutCount))
+        print(
+            "FreeDict English-French: \(train.count + heldAll.count) usable pairs; \(train.count) for training, \(held.count) held-out items scored"
+        )
+        guard case let .llamaCausalLM(model) = try PretrainedModel.load(directory: modelFile, quantized: true) else {
+            throw ModelError.badInput("\(modelFile.path) is not a causal language model")
+        }
+        let chat = try ChatFormat(gguf: GGUFFile(path: modelFile.path))
+        print("Base: \(modelFile.lastPathComponent), frozen in its quantized blocks, \(fmt(model.parameterCount)) parameters\n")
+
+        var rows: [Row] = []
+        // The generalist: prompts only.
+        for (name, examples) in [("zero-shot", [Item]()), ("\(shots)-shot", Array(train.shuffled(using: &g).prefix(shots)))] {
+            var row = Row(name: name)
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            row.outputs = try Self.answer(
+                try held.map { try chat.prompt(Self.messages($0.english, examples: examples)) }, model: model, chat: chat)
+            row.seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            Self.score(&row, items: held)
+            print(String(format: "%@: BLEU %.1f chrF %.1f exact %@ (%.0f s to answer)", name, row.bleu, row.chrF, pct(row.exact), row.seconds))
+            rows.append(row)
+        }
+
+        // The specialists: adapters over the same frozen base, the same examples and steps.
+        let sequences = try train.map { try chat.trainingSequence(Self.messages($0.english, answer: $0.reference)) }
+        let methods: [(String, AdapterMethod, Float)] = [
+            ("lora", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"])), 2e-3),
+            ("ia3", .ia3(), 2e-2),
+            ("prefix", .prefix(length: 8), 2e-2),
+        ]
+        for (name, method, learningRate) in methods {
+            var row = Row(name: name)
+            row.trainable = try model.addAdapter(name, method, seed: seed)
+            let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: chat.stopTokens.min() ?? 0)
+            var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: learningRate)
+            options.warmupSteps = steps / 10
+            options.seed = seed
+            options.adapterName = name
+            let trainer = try Trainer(task: task, options: options)
+            let progress = ProgressLine(label: name, total: steps)
+            trainer.onStep = { progress.update($0) }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try trainer.run()
+            row.seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            progress.finish()
+            row.history = trainer.history
+            row.tokensPerSecond = trainer.history.reduce(0.0) { $0 + $1.tokensPerSecond } / Double(max(trainer.history.count, 1))
+            let dir = output.appendingPathComponent("adapters/\(name)")
+            try? FileManager.default.removeItem(at: dir)
+            try model.saveAdapter(name, to: dir)
+            row.fileBytes = directorySize(dir)
+            row.outputs = try Self.answer(try held.map { try chat.prompt(Self.messages($0.english)) }, model: model, chat: chat)
+            Self.score(&row, items: held)
+            print(String(format: "%@: BLEU %.1f chrF %.1f exact %@", name, row.bleu, row.chrF, pct(row.exact)))
+            rows.append(row)
+            model.activateAdapter(nil)
+        }
+
+        // The table, the outputs (for checking the metrics against sacreBLEU), the plot, a side-by-side.
+        var table = "| method | trainable parameters | adapter file | training time | tokens/s | BLEU | chrF | exact match |\n"
+        table += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        for r in rows {
+            let trained = r.trainable > 0
+            table +=
+                "| \(r.name) | \(trained ? fmt(r.trainable) : "0") | \(trained ? bytes(r.fileBytes) : "-") | \(trained ? String(format: "%.0f s", r.seconds) : "-") | \(trained ? String(format: "%.0f", r.tokensPerSecond) : "-") | \(String(format: "%.1f", r.bleu)) | \(String(format: "%.1f", r.chrF)) | \(pct(r.exact)) |\n"
+        }
+        let best = rows.filter { $0.trainable > 0 }.max { $0.bleu < $1.bleu }
+        if let best, let few = rows.first(where: { $0.name.hasSuffix("-shot") && $0.name != "zero-shot" }) {
+            table += String(
+                format: "\nBest adapter (%@) against %@ prompting: BLEU %+.1f, chrF %+.1f, exact match %+.1f points.\n",
+                best.name, few.name, best.bleu - few.bleu, best.chrF - few.chrF, 100 * (best.exact - few.exact))
+        }
+        table += "\n\(held.count) held-out items; \(steps) updates × \(batchSize) examples per adapter, seed \(seed).\n"
+        print("\n" + table)
+        try AtomicFile.write(Data(table.utf8), to: output.appendingPathComponent("results.md").path)
+        let outputs: [String: Any] = [
+            "references": held.map(\.reference), "english": held.map(\.english),
+            "outputs": Dictionary(uniqueKeysWithValues: rows.map { ($0.name, $0.outputs) }),
+        ]
+        try AtomicFile.write(
+            try JSONSerialization.data(withJSONObject: outputs, options: [.prettyPrinted, .sortedKeys]),
+            to: output.appendingPathComponent("outputs.json").path)
+        let svg = SVGPlot.runs(rows.filter { !$0.history.isEmpty }.map { ($0.name, $0.history) }, metric: "loss")
+        try AtomicFile.write(Data(svg.utf8), to: output.appendingPathComponent("training-loss.svg").path)
+        print("Side by side (held-out):")
+        for i in 0..<min(6, held.count) {
+            print("  \(held[i].english) -> \(held[i].reference)")
+            print("    " + rows.map { "\($0.name): \($0.outputs[i])" }.joined(separator: " | "))
+        }
+
+        // A second task on the same loaded base, and requests for both answered by switching adapters.
+        try secondTask(model: model, chat: chat, translations: held)
+        print(String(format: "\nDecoder demo finished in %.0f s.", Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9))
+    }
+
+    /// English word to a short WordNet definition: a LoRA adapter trained on the same loaded base, then a mixed
+    /// batch of held-out requests, each answered with its task's adapter.
+    func secondTask(model: LlamaForCausalLM, chat: ChatFormat, translations: [Item]) throws {
+        let glosses = try WordNet.glosses().filter {
+            !$0.lemma.contains(" ") && $0.definition.split(separator: " ").count <= 8 && $0.partOfSpeech == "n"
+        }
+        var g = SeededGenerator(seed: seed &+ 1)
+        let train = glosses.filter { !WordNet.isDevelopment($0) }.shuffled(using: &g)
+        let held = glosses.filter { WordNet.isDevelopment($0) }.shuffled(using: &g).prefix(4)
+        let sequences = try train.prefix(4000).map {
+            try chat.trainingSequence(Self.messages($0.lemma, answer: $0.definition, system: Self.defineSystem))
+        }
+        _ = try model.addAdapter("define", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"])), seed: seed)
+        let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: chat.stopTokens.min() ?? 0)
+        var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: 2e-3)
+        options.warmupSteps = steps / 10
+        options.seed = seed
+        options.adapterName = "define"
+        let trainer = try Trainer(task: task, options: options)
+        let progress = ProgressLine(label: "define", total: steps)
+        trainer.onStep = { progress.update($0) }
+        try trainer.run()
+        progress.finish()
+        try model.saveAdapter("define", to: output.appendingPathComponent("adapters/define"))
+
+        print("\nMany tasks, one base: held-out requests, each answered by its task's adapter on the one loaded model:")
+        var requests: [(adapter: String, text: String, expected: String)] = []
+        for (t, d) in zip(translations.suffix(4), held) {
+            requests.append(("lora", t.english, t.reference))
+            requests.append(("define", d.lemma, d.definition))
+        }
+        for r in requests {
+            model.activateAdapter(r.adapter)
+            let system = r.adapter == "define" ? Self.defineSystem : Self.system
+            let answer = try Self.answer([try chat.prompt(Self.messages(r.text, system: system))], model: model, chat: chat, maxNewTokens: 24)
+            print("  [\(r.adapter)] \(r.text) -> \(answer[0])   (reference: \(r.expected))")
+        }
+        model.activateAdapter(nil)
+    }
+
+    func directorySize(_ url: URL) -> Int {
+        let files = (try? FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: [.fileSizeKey])) ?? []
+        return files.reduce(0) { $0 + ((try? $1.resourceValues(forKeys: [.fileSizeKey]).fileSize) ?? 0) }
+    }
+}
