@@ -16,9 +16,13 @@ struct DecoderDemo {
     var seed: UInt64
     var output: URL
     var modelFile: URL
+    var methods: [String] = ["lora", "ia3", "prefix"]
+    var secondTask = true
 
-    static let system = "Translate the English word or phrase into French. Reply with the French translation only."
-    static let defineSystem = "Define the English word in a few words. Reply with the definition only."
+    static let system = "Translate to French."
+    static let defineSystem = "Define the word briefly."
+
+    static let everyLinear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
     /// One translation item: the English, its main French translation (the reference), every accepted translation.
     struct Item { let english: String; let reference: String; let accepted: [String] }
@@ -141,12 +145,13 @@ struct DecoderDemo {
 
         // The specialists: adapters over the same frozen base, the same examples and steps.
         let sequences = try train.map { try chat.trainingSequence(Self.messages($0.english, answer: $0.reference)) }
-        let methods: [(String, AdapterMethod, Float)] = [
-            ("lora", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"])), 2e-3),
-            ("ia3", .ia3(), 2e-2),
-            ("prefix", .prefix(length: 8), 2e-2),
+        let recipes: [(String, AdapterMethod, Float)] = [
+            ("lora", .lora(LoRAConfig(rank: 16, alpha: 32, targets: Self.everyLinear)), 1e-3),
+            ("dora", .lora(LoRAConfig(rank: 16, alpha: 32, targets: Self.everyLinear, dora: true)), 1e-3),
+            ("ia3", .ia3(), 3e-2),
+            ("prefix", .prefix(length: 8), 3e-2),
         ]
-        for (name, method, learningRate) in methods {
+        for (name, method, learningRate) in recipes where methods.contains(name) {
             var row = Row(name: name)
             row.trainable = try model.addAdapter(name, method, seed: seed)
             let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: chat.stopTokens.min() ?? 0)
@@ -207,7 +212,7 @@ struct DecoderDemo {
         }
 
         // A second task on the same loaded base, and requests for both answered by switching adapters.
-        try secondTask(model: model, chat: chat, translations: held)
+        if secondTask, rows.contains(where: { $0.name == "lora" }) { try secondTask(model: model, chat: chat, translations: held) }
         print(String(format: "\nDecoder demo finished in %.0f s.", Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9))
     }
 
@@ -223,9 +228,9 @@ struct DecoderDemo {
         let sequences = try train.prefix(4000).map {
             try chat.trainingSequence(Self.messages($0.lemma, answer: $0.definition, system: Self.defineSystem))
         }
-        _ = try model.addAdapter("define", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"])), seed: seed)
+        _ = try model.addAdapter("define", .lora(LoRAConfig(rank: 16, alpha: 32, targets: Self.everyLinear)), seed: seed)
         let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: chat.stopTokens.min() ?? 0)
-        var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: 2e-3)
+        var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: 1e-3)
         options.warmupSteps = steps / 10
         options.seed = seed
         options.adapterName = "define"

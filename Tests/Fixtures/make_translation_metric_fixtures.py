@@ -3,7 +3,7 @@
 
     ~/.reins-reference/bin/python Tests/Fixtures/make_translation_metric_fixtures.py
 
-Pinned: sacrebleu==2.6.0 (corpus_bleu with tokenizer 13a, corpus_chrf with its defaults). Cases: hand-made ones
+Pinned: sacrebleu==2.6.0 (corpus_bleu with tokenizers 13a and char, corpus_chrf with its defaults). Cases: hand-made ones
 (accents, apostrophes, hyphens, empty and repeated outputs, several references), and the outputs the decoder demo
 printed for its held-out items (Tests/Fixtures/metrics/demo-translations.json, copied from a `reins demo decoder`
 run's outputs.json): every method's hypotheses against the same references.
@@ -39,7 +39,8 @@ if os.path.exists(demo):
         cases.append({"name": f"demo {method}", "hypotheses": hyps, "references": [runs["references"]]})
 for c in cases:
     c["bleu"] = sacrebleu.corpus_bleu(c["hypotheses"], c["references"], tokenize="13a").score
+    c["bleu_char"] = sacrebleu.corpus_bleu(c["hypotheses"], c["references"], tokenize="char").score
     c["chrf"] = sacrebleu.corpus_chrf(c["hypotheses"], c["references"]).score
 json.dump(cases, open(os.path.join(HERE, "metrics", "translation.json"), "w"), indent=1, ensure_ascii=False)
 for c in cases:
-    print(c["name"], round(c["bleu"], 4), round(c["chrf"], 4))
+    print(c["name"], round(c["bleu"], 4), round(c["bleu_char"], 4), round(c["chrf"], 4))

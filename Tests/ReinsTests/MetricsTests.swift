@@ -67,6 +67,8 @@ struct TranslationMetricsTests {
             let bleu = Metrics.bleu(hypotheses: hyps, references: refs), chrf = Metrics.chrF(hypotheses: hyps, references: refs)
             #expect(abs(bleu - (c["bleu"] as? Double ?? .nan)) < 1e-9, "\(name) BLEU \(bleu)")
             #expect(abs(chrf - (c["chrf"] as? Double ?? .nan)) < 1e-9, "\(name) chrF \(chrf)")
+            let charBLEU = Metrics.bleu(hypotheses: hyps, references: refs, tokenizer: .character)
+            #expect(abs(charBLEU - (c["bleu_char"] as? Double ?? .nan)) < 1e-9, "\(name) character BLEU \(charBLEU)")
         }
     }
 }

@@ -123,12 +123,28 @@ public enum Metrics {
     /// Corpus BLEU in percent: clipped n-gram precisions (n = 1...4) pooled over the corpus, geometric mean, brevity
     /// penalty against the closest reference length, and sacrebleu's default "exp" smoothing of an order without a
     /// match. `references[k][i]` is reference k for hypothesis i.
-    public static func bleu(hypotheses: [String], references: [[String]]) -> Double {
+    /// How BLEU splits text into tokens, as sacrebleu's tokenizers of these names.
+    public enum BLEUTokenizer: String, Sendable {
+        /// `13a` (mteval-v13a, sacrebleu's default): words, with punctuation split off.
+        case thirteenA = "13a"
+        /// `char`: every character but whitespace is a token (n-grams of characters), which gives one-word outputs
+        /// n-grams to match.
+        case character = "char"
+    }
+
+    public static func bleu(hypotheses: [String], references: [[String]], tokenizer: BLEUTokenizer = .thirteenA) -> Double {
+        let tokenize: (String) -> [Substring] = { text in
+            switch tokenizer {
+            case .thirteenA: return tokenize13a(text)
+            case .character:
+                return text.unicodeScalars.filter { !$0.properties.isWhitespace }.map { Substring(String($0)) }
+            }
+        }
         var matches = [Double](repeating: 0, count: 4), totals = [Double](repeating: 0, count: 4)
         var hypLength = 0.0, refLength = 0.0
         for (i, h) in hypotheses.enumerated() {
-            let hyp = tokenize13a(h)
-            let refs = references.compactMap { i < $0.count ? tokenize13a($0[i]) : nil }
+            let hyp = tokenize(h)
+            let refs = references.compactMap { i < $0.count ? tokenize($0[i]) : nil }
             hypLength += Double(hyp.count)
             // The closest reference length; ties go to the shorter.
             let lengths = refs.map(\.count).sorted()
