@@ -33,7 +33,7 @@ struct DecoderDemo {
         var trainable = 0, fileBytes = 0
         var seconds = 0.0, tokensPerSecond = 0.0
         var outputs: [String] = []
-        var bleu = 0.0, chrF = 0.0, exact = 0.0
+        var bleu = 0.0, charBLEU = 0.0, chrF = 0.0, exact = 0.0
         var history: [StepRecord] = []
     }
 
@@ -109,6 +109,7 @@ struct DecoderDemo {
 
     static func score(_ row: inout Row, items: [Item]) {
         row.bleu = Metrics.bleu(hypotheses: row.outputs, references: [items.map(\.reference)])
+        row.charBLEU = Metrics.bleu(hypotheses: row.outputs, references: [items.map(\.reference)], tokenizer: .character)
         row.chrF = Metrics.chrF(hypotheses: row.outputs, references: [items.map(\.reference)])
         row.exact =
             zip(row.outputs, items).map { o, i in i.accepted.map(normalized).contains(normalized(o)) ? 1.0 : 0.0 }
@@ -139,7 +140,7 @@ struct DecoderDemo {
                 try held.map { try chat.prompt(Self.messages($0.english, examples: examples)) }, model: model, chat: chat)
             row.seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             Self.score(&row, items: held)
-            print(String(format: "%@: BLEU %.1f chrF %.1f exact %@ (%.0f s to answer)", name, row.bleu, row.chrF, pct(row.exact), row.seconds))
+            print(String(format: "%@: BLEU %.1f, character BLEU %.1f, chrF %.1f, exact %@ (%.0f s to answer)", name, row.bleu, row.charBLEU, row.chrF, pct(row.exact), row.seconds))
             rows.append(row)
         }
 
@@ -174,26 +175,27 @@ struct DecoderDemo {
             row.fileBytes = directorySize(dir)
             row.outputs = try Self.answer(try held.map { try chat.prompt(Self.messages($0.english)) }, model: model, chat: chat)
             Self.score(&row, items: held)
-            print(String(format: "%@: BLEU %.1f chrF %.1f exact %@", name, row.bleu, row.chrF, pct(row.exact)))
+            print(String(format: "%@: BLEU %.1f, character BLEU %.1f, chrF %.1f, exact %@", name, row.bleu, row.charBLEU, row.chrF, pct(row.exact)))
             rows.append(row)
             model.activateAdapter(nil)
         }
 
         // The table, the outputs (for checking the metrics against sacreBLEU), the plot, a side-by-side.
-        var table = "| method | trainable parameters | adapter file | training time | tokens/s | BLEU | chrF | exact match |\n"
-        table += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        var table = "| method | trainable parameters | adapter file | training time | tokens/s | BLEU | character BLEU | chrF | exact match |\n"
+        table += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         for r in rows {
             let trained = r.trainable > 0
             table +=
-                "| \(r.name) | \(trained ? fmt(r.trainable) : "0") | \(trained ? bytes(r.fileBytes) : "-") | \(trained ? String(format: "%.0f s", r.seconds) : "-") | \(trained ? String(format: "%.0f", r.tokensPerSecond) : "-") | \(String(format: "%.1f", r.bleu)) | \(String(format: "%.1f", r.chrF)) | \(pct(r.exact)) |\n"
+                "| \(r.name) | \(trained ? fmt(r.trainable) : "0") | \(trained ? bytes(r.fileBytes) : "-") | \(trained ? String(format: "%.0f s", r.seconds) : "-") | \(trained ? String(format: "%.0f", r.tokensPerSecond) : "-") | \(String(format: "%.1f", r.bleu)) | \(String(format: "%.1f", r.charBLEU)) | \(String(format: "%.1f", r.chrF)) | \(pct(r.exact)) |\n"
         }
-        let best = rows.filter { $0.trainable > 0 }.max { $0.bleu < $1.bleu }
+        let best = rows.filter { $0.trainable > 0 }.max { ($0.exact, $0.chrF) < ($1.exact, $1.chrF) }
         if let best, let few = rows.first(where: { $0.name.hasSuffix("-shot") && $0.name != "zero-shot" }) {
             table += String(
-                format: "\nBest adapter (%@) against %@ prompting: BLEU %+.1f, chrF %+.1f, exact match %+.1f points.\n",
-                best.name, few.name, best.bleu - few.bleu, best.chrF - few.chrF, 100 * (best.exact - few.exact))
+                format: "\nBest adapter (%@) against %@ prompting: BLEU %+.1f, character BLEU %+.1f, chrF %+.1f, exact match %+.1f points.\n",
+                best.name, few.name, best.bleu - few.bleu, best.charBLEU - few.charBLEU, best.chrF - few.chrF,
+                100 * (best.exact - few.exact))
         }
-        table += "\n\(held.count) held-out items; \(steps) updates × \(batchSize) examples per adapter, seed \(seed).\n"
+        table += "\n\(held.count) held-out items; \(steps) updates × \(batchSize) examples per adapter, seed \(seed). BLEU and chrF as sacreBLEU computes them (BLEU: tokenizer 13a, and char, since a one-word answer has no word 4-grams: 13a BLEU is near 0 for any concise output); exact match: the answer (lower-cased, without surrounding punctuation) is one of the dictionary's translations.\n"
         print("\n" + table)
         try AtomicFile.write(Data(table.utf8), to: output.appendingPathComponent("results.md").path)
         let outputs: [String: Any] = [

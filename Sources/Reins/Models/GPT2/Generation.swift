@@ -137,9 +137,18 @@ extension CausalLanguageModel {
             )
         }
         let h = try decoderStates(ids, attentionMask: attentionMask, positionIDs: nil, cache: nil)
-        let predicting = try h.slice(axis: 1, (Q > 0 ? Q - 1 : 0)..<(Q + T - 1))
+        var predicting = try h.slice(axis: 1, (Q > 0 ? Q - 1 : 0)..<(Q + T - 1))
         var targets: [Int32] = []
         for b in 0..<B { targets += labels.values[(b * T + (Q > 0 ? 0 : 1))..<((b + 1) * T)] }
+        // Only positions with a label reach the output layer (instruction tuning labels the answers alone): the
+        // same mean over the labelled positions, without the vocabulary-wide product of the others.
+        let kept = targets.indices.filter { targets[$0] != -100 }
+        if !kept.isEmpty && kept.count < targets.count {
+            let C = predicting.shape[2]
+            predicting = try Tensor.embedding(
+                IntTensor(kept.map { Int32($0) }), table: predicting.reshaped([targets.count, C]))
+            targets = kept.map { targets[$0] }
+        }
         // A plain output layer runs fused with the loss, chunk by chunk: the [B, T, V] logits are never held.
         if let (weight, bias) = plainOutputLayer {
             return try Tensor.linearCrossEntropy(predicting, weight: weight, bias: bias, targets: IntTensor(targets))
