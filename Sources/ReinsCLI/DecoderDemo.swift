@@ -24,8 +24,8 @@ struct DecoderDemo {
 
     static let everyLinear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-    /// One translation item: the English, its main French translation (the reference), every accepted translation.
-    struct Item { let english: String; let reference: String; let accepted: [String] }
+    /// The chat for one item: the instruction, optional solved examples as earlier turns, the English.
+    typealias Item = FreeDict.TranslationItem
 
     /// One row of the table.
     struct Row {
@@ -37,33 +37,6 @@ struct DecoderDemo {
         var history: [StepRecord] = []
     }
 
-    /// Dictionary pairs a small model can be scored on: lowercase English headwords of at most three words of
-    /// letters, their main translation at most four words; split into train / development / held-out by a fixed hash
-    /// of the headword.
-    static func items() throws -> (train: [Item], dev: [Item], heldOut: [Item]) {
-        var train: [Item] = [], dev: [Item] = [], held: [Item] = []
-        let allowed = CharacterSet.letters.union(CharacterSet(charactersIn: " -'"))
-        for e in try FreeDict.entries() {
-            let english = e.headword
-            guard let first = english.unicodeScalars.first, CharacterSet.lowercaseLetters.contains(first),
-                english.unicodeScalars.allSatisfy(allowed.contains), english.split(separator: " ").count <= 3,
-                let reference = e.senses.first?.first, reference.split(separator: " ").count <= 4,
-                reference.unicodeScalars.allSatisfy(allowed.contains)
-            else { continue }
-            let item = Item(english: english, reference: reference, accepted: e.translations)
-            // FNV-1a of the headword: the same split on every machine.
-            var h: UInt64 = 0xcbf2_9ce4_8422_2325
-            for b in english.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-            switch h % 10 {
-            case 0: held.append(item)
-            case 1: dev.append(item)
-            default: train.append(item)
-            }
-        }
-        return (train, dev, held)
-    }
-
-    /// The chat for one item: the instruction, optional solved examples as earlier turns, the English.
     static func messages(_ english: String, examples: [Item] = [], answer: String? = nil, system: String = system)
         -> [ChatTemplate.Message]
     {
@@ -119,7 +92,7 @@ struct DecoderDemo {
     func run() throws {
         let started = DispatchTime.now().uptimeNanoseconds
         try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
-        let (train, _, heldAll) = try Self.items()
+        let (train, _, heldAll) = try FreeDict.translationSplit()
         var g = SeededGenerator(seed: seed)
         let held = Array(heldAll.shuffled(using: &g).prefix(heldOutCount))
         print(
@@ -129,7 +102,10 @@ struct DecoderDemo {
             throw ModelError.badInput("\(modelFile.path) is not a causal language model")
         }
         let chat = try ChatFormat(gguf: GGUFFile(path: modelFile.path))
-        print("Base: \(modelFile.lastPathComponent), frozen in its quantized blocks, \(fmt(model.parameterCount)) parameters\n")
+        let quantized = model.namedModules().reduce(0) { n, m in
+            n + ((m.module as? Linear)?.quantizedWeight?.elementCount ?? 0) + ((m.module as? Embedding)?.quantizedTable?.elementCount ?? 0)
+        }
+        print("Base: \(modelFile.lastPathComponent), frozen in its quantized blocks, \(fmt(model.parameterCount + quantized)) parameters\n")
 
         var rows: [Row] = []
         // The generalist: prompts only.
@@ -147,7 +123,7 @@ struct DecoderDemo {
         // The specialists: adapters over the same frozen base, the same examples and steps.
         let sequences = try train.map { try chat.trainingSequence(Self.messages($0.english, answer: $0.reference)) }
         let recipes: [(String, AdapterMethod, Float)] = [
-            ("lora", .lora(LoRAConfig(rank: 16, alpha: 32, targets: Self.everyLinear)), 1e-3),
+            ("lora", .lora(LoRAConfig(rank: 16, alpha: 32, targets: Self.everyLinear)), 2e-3),
             ("dora", .lora(LoRAConfig(rank: 16, alpha: 32, targets: Self.everyLinear, dora: true)), 1e-3),
             ("ia3", .ia3(), 3e-2),
             ("prefix", .prefix(length: 8), 3e-2),
@@ -222,7 +198,7 @@ struct DecoderDemo {
     /// batch of held-out requests, each answered with its task's adapter.
     func secondTask(model: LlamaForCausalLM, chat: ChatFormat, translations: [Item]) throws {
         let glosses = try WordNet.glosses().filter {
-            !$0.lemma.contains(" ") && $0.definition.split(separator: " ").count <= 8 && $0.partOfSpeech == "n"
+            !$0.lemma.contains(" ") && $0.definition.split(separator: " ").count <= 6 && $0.partOfSpeech == "n"
         }
         var g = SeededGenerator(seed: seed &+ 1)
         let train = glosses.filter { !WordNet.isDevelopment($0) }.shuffled(using: &g)
@@ -230,9 +206,11 @@ struct DecoderDemo {
         let sequences = try train.prefix(4000).map {
             try chat.trainingSequence(Self.messages($0.lemma, answer: $0.definition, system: Self.defineSystem))
         }
-        _ = try model.addAdapter("define", .lora(LoRAConfig(rank: 16, alpha: 32, targets: Self.everyLinear)), seed: seed)
+        // A lighter recipe than the translation adapters' (attention only, fewer updates): the point is the switching.
+        _ = try model.addAdapter("define", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"])), seed: seed)
         let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: chat.stopTokens.min() ?? 0)
-        var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: 1e-3)
+        let steps = max(1, self.steps * 3 / 4)
+        var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: 2e-3)
         options.warmupSteps = steps / 10
         options.seed = seed
         options.adapterName = "define"

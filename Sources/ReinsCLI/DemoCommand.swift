@@ -64,7 +64,7 @@ struct DemoCommand: ParsableCommand {
     }
 
     @Option(help: "Decoder part: optimizer updates per adapter.") var decoderSteps = 40
-    @Option(help: "Decoder part: examples per update.") var decoderBatchSize = 8
+    @Option(help: "Decoder part: examples per update.") var decoderBatchSize = 16
     @Option(help: "Decoder part: held-out items scored.") var heldOut = 64
     @Option(help: "Decoder part: solved examples in the few-shot prompt.") var shots = 5
     @Option(help: "Decoder part: comma-separated adapter methods: lora, dora, ia3, prefix.") var decoderMethods = "lora,ia3,prefix"

@@ -35,6 +35,36 @@ public enum FreeDict {
         }
     }
 
+    /// One translation item: the English, its main French translation (the reference), every accepted translation.
+    public struct TranslationItem: Sendable, Equatable {
+        public let english: String, reference: String, accepted: [String]
+    }
+
+    /// The dictionary as a translation task a small model can be scored on: lowercase English headwords of at most
+    /// three words of letters (and `-`, `'`), their main translation at most four such words; split into training,
+    /// development and held-out items (8 : 1 : 1) by a fixed hash of the headword (FNV-1a), the same on every machine.
+    public static func translationSplit(_ entries: [Entry]? = nil) throws -> (train: [TranslationItem], dev: [TranslationItem], heldOut: [TranslationItem]) {
+        var train: [TranslationItem] = [], dev: [TranslationItem] = [], held: [TranslationItem] = []
+        let allowed = CharacterSet.letters.union(CharacterSet(charactersIn: " -'"))
+        for e in try entries ?? FreeDict.entries() {
+            let english = e.headword
+            guard let first = english.unicodeScalars.first, CharacterSet.lowercaseLetters.contains(first),
+                english.unicodeScalars.allSatisfy(allowed.contains), english.split(separator: " ").count <= 3,
+                let reference = e.senses.first?.first, reference.split(separator: " ").count <= 4,
+                reference.unicodeScalars.allSatisfy(allowed.contains)
+            else { continue }
+            let item = TranslationItem(english: english, reference: reference, accepted: e.translations)
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325
+            for b in english.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            switch h % 10 {
+            case 0: held.append(item)
+            case 1: dev.append(item)
+            default: train.append(item)
+            }
+        }
+        return (train, dev, held)
+    }
+
     /// The decompressed size a `.dict.dz` may have (the English-French one is ~0.5 MB): a larger claim is refused.
     static let maximumTextBytes = 64 << 20
 

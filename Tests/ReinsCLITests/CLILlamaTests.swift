@@ -244,3 +244,11 @@ struct CLIQuantizeTests {
         #expect((try FileManager.default.contentsOfDirectory(atPath: dir.path)).isEmpty, "nothing written")
     }
 }
+
+/// `reins demo`'s parts, as a user names them.
+struct CLIDemoPartTests {
+    @Test func anUnknownPartIsRefusedByName() throws {
+        let o = try CLIMalformedInputTests().reins(["demo", "sideways"])
+        #expect(o.status != 0 && o.stderr.contains("part 'sideways': encoder or decoder"), "\(o.stderr)")
+    }
+}

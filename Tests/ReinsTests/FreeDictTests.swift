@@ -18,6 +18,18 @@ struct FreeDictTests {
         #expect(!entries.contains { $0.headword.hasPrefix("00database") })
     }
 
+    @Test func translationSplitIsFixedAndDisjoint() throws {
+        let (train, dev, held) = try FreeDict.translationSplit()
+        #expect(train.count > 4000 && dev.count > 400 && held.count > 400, "\(train.count) / \(dev.count) / \(held.count)")
+        let sets = [train, dev, held].map { Set($0.map(\.english)) }
+        #expect(sets[0].isDisjoint(with: sets[1]) && sets[0].isDisjoint(with: sets[2]) && sets[1].isDisjoint(with: sets[2]))
+        #expect(held.allSatisfy { $0.accepted.contains($0.reference) && $0.english.first!.isLowercase })
+        // The hash decides, not the order: a lone entry lands where it lands in the whole dictionary.
+        let one = held[0]
+        let alone = try FreeDict.translationSplit([.init(headword: one.english, senses: [[one.reference]])])
+        #expect(alone.heldOut.map(\.english) == [one.english] && alone.train.isEmpty)
+    }
+
     @Test func base64Numbers() {
         #expect(FreeDict.base64Number("A") == 0)
         #expect(FreeDict.base64Number("BW") == 64 + 22)
