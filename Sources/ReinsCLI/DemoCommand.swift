@@ -63,6 +63,7 @@ struct DemoCommand: ParsableCommand {
         let history: [StepRecord]
     }
 
+    @Flag(help: "Pad each batch to its longest example instead of batching examples of similar length.") var noBuckets = false
     @Option(help: "Decoder part: optimizer updates per adapter.") var decoderSteps = 40
     @Option(help: "Decoder part: examples per update.") var decoderBatchSize = 16
     @Option(help: "Decoder part: held-out items scored.") var heldOut = 64
@@ -146,6 +147,29 @@ struct DemoCommand: ParsableCommand {
             "Base: MiniLM-L6 (\(modelDir.path)), \(fmt(baseCount)) parameters; \(steps) updates of \(batchSize) per method, max length \(maxLength)\n"
         )
 
+        // What batches of similar length save: padded positions over the run's updates, with and without.
+        let lengths = try train.map { try encode($0.text, nil).ids.count }
+        func paddedPositions(bucketed: Bool) -> Int {
+            var total = 0, epoch = 0, order: [Int] = []
+            for step in 0..<steps {
+                let start = step * batchSize
+                while order.count < start + batchSize {
+                    order += Trainer.epochOrder(
+                        count: lengths.count, seed: seed, epoch: epoch, batchSize: batchSize, lengths: bucketed ? lengths : nil)
+                    epoch += 1
+                }
+                total += order[start..<(start + batchSize)].map { lengths[$0] }.max()! * batchSize
+            }
+            return total
+        }
+        let (plain, bucketed) = (paddedPositions(bucketed: false), paddedPositions(bucketed: true))
+        let real = Double(lengths.reduce(0, +)) / Double(lengths.count) * Double(steps * batchSize)
+        print(
+            String(
+                format: "Batches %@: %.0f positions per update where padding to each batch's longest would give %.0f (%.0f%% fewer; %.0f real tokens)\n",
+                noBuckets ? "padded to their longest (--no-buckets)" : "bucketed by length", Double(noBuckets ? plain : bucketed) / Double(steps),
+                Double(plain) / Double(steps), 100 * (1 - Double(bucketed) / Double(plain)), real / Double(steps)))
+
         var rows: [Row] = []
         for name in chosen {
             let recipe = DemoCommand.recipes[name]!
@@ -160,6 +184,7 @@ struct DemoCommand: ParsableCommand {
             options.warmupSteps = steps / 10
             options.seed = seed
             options.evaluateEvery = evaluateEvery
+            options.bucketByLength = !noBuckets
             options.outputDirectory = out.appendingPathComponent("runs/\(name)")
             options.adapterName = recipe.method == .full ? nil : name
             try? FileManager.default.removeItem(at: options.outputDirectory!)

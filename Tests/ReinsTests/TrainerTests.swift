@@ -85,6 +85,28 @@ struct TrainerTests {
                 && resumed.best?.value.bitPattern == whole.best?.value.bitPattern)
     }
 
+    @Test func bucketedEpochsVisitEveryExampleInBatchesOfSimilarLength() {
+        let count = 1000, size = 8
+        var g = SeededGenerator(seed: 3)
+        let lengths = (0..<count).map { _ in 5 + Int(g.next() % 36) }
+        let plain = Trainer.epochOrder(count: count, seed: 7, epoch: 2, batchSize: size)
+        let bucketed = Trainer.epochOrder(count: count, seed: 7, epoch: 2, batchSize: size, lengths: lengths)
+        #expect(plain.sorted() == Array(0..<count) && bucketed.sorted() == Array(0..<count), "a permutation each")
+        #expect(bucketed == Trainer.epochOrder(count: count, seed: 7, epoch: 2, batchSize: size, lengths: lengths))
+        #expect(bucketed != Trainer.epochOrder(count: count, seed: 7, epoch: 3, batchSize: size, lengths: lengths))
+        func padded(_ order: [Int]) -> Int {
+            stride(from: 0, to: count, by: size).map { s in order[s..<min(s + size, count)].map { lengths[$0] }.max()! * min(size, count - s) }
+                .reduce(0, +)
+        }
+        let real = lengths.reduce(0, +)
+        // Lengths 5...40 at random: padding to the longest of 8 costs ~60% extra; batches of similar length ~1%.
+        #expect(padded(bucketed) < real + real / 20, "bucketed \(padded(bucketed)) for \(real) real tokens")
+        #expect(padded(plain) > real + real / 3, "plain \(padded(plain)) for \(real) real tokens")
+        // Not sorted overall: batches from different pools and lengths interleave.
+        let firstLengths = stride(from: 0, to: 80, by: size).map { lengths[bucketed[$0]] }
+        #expect(firstLengths != firstLengths.sorted())
+    }
+
     @Test func metricsLogReadsBackAsTheHistory() throws {
         let dir = try temporaryDirectory()
         let (trainer, _) = try run(steps: 4, output: dir)

@@ -100,6 +100,8 @@ public final class SequenceClassificationTask: TrainingTask {
 
     public var trainingCount: Int { train.count }
 
+    public func trainingLength(_ index: Int) -> Int? { train.indices.contains(index) ? train[index].ids.count : nil }
+
     public func loss(_ indices: [Int]) throws -> (loss: Tensor, tokens: Int) {
         let rows = indices.map { train[$0] }
         let b = try paddedBatch(rows, padID: padID)

@@ -14,6 +14,13 @@ public protocol TrainingTask: AnyObject {
     func evaluate() throws -> [String: Double]
     /// The metric that decides the best checkpoint, and whether larger is better.
     var primaryMetric: (name: String, higherIsBetter: Bool) { get }
+    /// The length in tokens of training example `index`, for batches of similar lengths
+    /// (``TrainingOptions/bucketByLength``); nil when the task does not know it.
+    func trainingLength(_ index: Int) -> Int?
+}
+
+extension TrainingTask {
+    public func trainingLength(_ index: Int) -> Int? { nil }
 }
 
 /// The optimizer a run uses.
@@ -40,6 +47,10 @@ public struct TrainingOptions: Sendable {
     /// The learning-rate schedule shape; its warm-up and total come from ``warmupSteps`` and ``steps``.
     public var schedule: ScheduleKind = .linear
     public var warmupSteps = 0
+    /// Batches of examples of similar length, so that less of each batch is padding: each epoch's shuffled order is
+    /// cut into pools of 64 batches, each pool sorted by length and cut into batches, and the batches shuffled. Every
+    /// example is still seen once per epoch; batches differ from the unbucketed run's (the run is as reproducible).
+    public var bucketByLength = false
     /// Global-norm gradient clipping (nil: none).
     public var clipNorm: Float? = 1
     /// Seeds data order and dropout: the same seed gives the same run, bit for bit.
@@ -249,14 +260,39 @@ public final class Trainer {
 
     private var epochOrder: (epoch: Int, order: [Int])?
 
-    /// A Fisher–Yates shuffle of the training indices seeded by `(seed, epoch)`.
+    /// A Fisher–Yates shuffle of the training indices seeded by `(seed, epoch)`, bucketed by length when the options
+    /// say so.
     func order(epoch: Int) -> [Int] {
         if let c = epochOrder, c.epoch == epoch { return c.order }
-        var g = SeededGenerator(seed: options.seed &+ UInt64(epoch) &* 0x9E37_79B9)
-        var order = Array(0..<task.trainingCount)
-        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(g.next() % UInt64(i + 1))) }
+        var lengths: [Int]? = nil
+        if options.bucketByLength {
+            let known = (0..<task.trainingCount).map { task.trainingLength($0) }
+            if !known.contains(nil) { lengths = known.map { $0! } }
+        }
+        let order = Trainer.epochOrder(
+            count: task.trainingCount, seed: options.seed, epoch: epoch, batchSize: options.batchSize, lengths: lengths)
         epochOrder = (epoch, order)
         return order
+    }
+
+    /// The order in which a run visits `count` training examples in epoch `epoch`: a Fisher–Yates shuffle seeded by
+    /// `(seed, epoch)`; with `lengths`, then cut into pools of 64 batches, each pool sorted by length (ties by index)
+    /// and cut into batches, and the batches shuffled (``TrainingOptions/bucketByLength``).
+    public static func epochOrder(count: Int, seed: UInt64, epoch: Int, batchSize: Int, lengths: [Int]? = nil) -> [Int] {
+        var g = SeededGenerator(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9)
+        var order = Array(0..<count)
+        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(g.next() % UInt64(i + 1))) }
+        guard let lengths, lengths.count == count, batchSize > 0 else { return order }
+        let pool = batchSize * 64
+        var batches: [[Int]] = []
+        for start in stride(from: 0, to: order.count, by: pool) {
+            let sorted = order[start..<min(start + pool, order.count)].sorted { (lengths[$0], $0) < (lengths[$1], $1) }
+            for b in stride(from: 0, to: sorted.count, by: batchSize) {
+                batches.append(Array(sorted[b..<min(b + batchSize, sorted.count)]))
+            }
+        }
+        for i in stride(from: batches.count - 1, to: 0, by: -1) { batches.swapAt(i, Int(g.next() % UInt64(i + 1))) }
+        return batches.flatMap { $0 }
     }
 
     /// Runs until ``TrainingOptions/steps`` updates are done (or early stopping), evaluating and checkpointing as
