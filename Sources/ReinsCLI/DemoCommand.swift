@@ -22,12 +22,12 @@ struct DemoCommand: ParsableCommand {
 
     @Argument(help: "encoder (MiniLM, WordNet supersenses) or decoder (SmolLM2, English to French); both when omitted.")
     var part: String?
-    @Option(help: "Optimizer updates per method.") var steps = 60
-    @Option(help: "Examples per update.") var batchSize = 32
+    @Option(help: "Optimizer updates per method.") var steps = 200
+    @Option(help: "Examples per update.") var batchSize = 16
     @Option(help: "Training examples (a fixed sample of the training split).") var trainExamples = 8000
     @Option(help: "Development examples (a fixed sample of the development split).") var devExamples = 600
     @Option(help: "Tokens per example, [CLS] and [SEP] included.") var maxLength = 40
-    @Option(help: "Evaluate on the development sample every this many updates.") var evaluateEvery = 20
+    @Option(help: "Evaluate on the development sample every this many updates.") var evaluateEvery = 40
     @Option(help: "Comma-separated methods: full, bitfit, houlsby, pfeiffer, adapterbias, prefix, lora.")
     var methods = "full,bitfit,houlsby,pfeiffer,adapterbias,prefix,lora"
     @Option(help: "Where adapters, logs, the table and the plot go.") var output = "reins-demo"
