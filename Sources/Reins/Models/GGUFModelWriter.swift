@@ -178,24 +178,13 @@ extension GGUFModel {
     }
 
     /// Rows of a query or key projection (weight `[out, in]` or bias `[out]`) from Hugging Face's rotary layout to
-    /// llama.cpp's: stored row h·hs + 2i + j holds Hugging Face's row h·hs + j·hs/2 + i.
+    /// llama.cpp's (``rotaryStoredRows(rows:heads:)``).
     static func rotaryRowsToGGUF(_ t: Tensor, heads: Int, name: String) throws -> Tensor {
         let rows = t.shape[0], columns = t.rank > 1 ? t.shape[1] : 1
-        guard heads > 0, rows % (2 * heads) == 0 else {
+        guard let order = rotaryStoredRows(rows: rows, heads: heads) else {
             throw ModelError.badInput("'\(name)' has \(rows) rows, not whole pairs for \(heads) heads")
         }
-        let hs = rows / heads, half = hs / 2
-        let values = t.scalars
-        var out = values
-        for h in 0..<heads {
-            for i in 0..<half {
-                for j in 0..<2 {
-                    let to = (h * hs + 2 * i + j) * columns, from = (h * hs + j * half + i) * columns
-                    for c in 0..<columns { out[to + c] = values[from + c] }
-                }
-            }
-        }
-        return try Tensor(shape: t.shape, values: out)
+        return try Tensor(shape: t.shape, values: movingRotaryRows(t.scalars, columns: columns, stored: order, toStored: true))
     }
 
     /// Whether a model directory is a sentence-transformers model pooled by the mean of its tokens.

@@ -24,6 +24,30 @@ public enum GGUFModel {
         "bert": ("bert", "BertModel", false),
     ]
 
+    /// llama.cpp's row order for a rotary projection (query or key) of `rows` rows over `heads` heads: the stored row
+    /// of each Hugging Face row (stored row h·hs + 2i + j holds Hugging Face's h·hs + j·hs/2 + i); nil when the rows
+    /// are not whole pairs per head.
+    static func rotaryStoredRows(rows: Int, heads: Int) -> [Int]? {
+        guard heads > 0, rows % (2 * heads) == 0 else { return nil }
+        let hs = rows / heads, half = hs / 2
+        var stored = [Int](repeating: 0, count: rows)
+        for h in 0..<heads {
+            for i in 0..<half { for j in 0..<2 { stored[h * hs + j * half + i] = h * hs + 2 * i + j } }
+        }
+        return stored
+    }
+
+    /// Rows of a row-major `[rows, columns]` array moved by `stored` (``rotaryStoredRows(rows:heads:)``): to
+    /// llama.cpp's order (`toStored`), or back to Hugging Face's.
+    static func movingRotaryRows(_ values: [Float], columns: Int, stored: [Int], toStored: Bool) -> [Float] {
+        var out = values
+        for (hf, s) in stored.enumerated() {
+            let (to, from) = toStored ? (s * columns, hf * columns) : (hf * columns, s * columns)
+            for c in 0..<columns { out[to + c] = values[from + c] }
+        }
+        return out
+    }
+
     /// Every tensor a GGUF file of architecture `arch` may hold, as (model key, GGUF name), for `layers` blocks; the
     /// keys are the base model's own (GPT-2's and BERT's without their `transformer.` / `bert.` prefix).
     static func tensorNames(arch: String, layers: Int) -> [(key: String, gguf: String)] {
@@ -265,15 +289,9 @@ struct GGUFArchive: TensorArchive {
         else { return nil }
         let matrix = try file.quantizedMatrix(gguf)
         guard let heads = headsOfPermuted[name] else { return matrix }
-        let rows = matrix.rows
-        guard heads > 0, rows % (2 * heads) == 0 else {
+        guard let order = GGUFModel.rotaryStoredRows(rows: matrix.rows, heads: heads) else {
             throw GGUFError.malformed(
-                path: file.path, detail: "tensor '\(gguf)' has \(rows) rows, not whole pairs for \(heads) heads")
-        }
-        let headSize = rows / heads, half = headSize / 2
-        var order = [Int](repeating: 0, count: rows)
-        for h in 0..<heads {
-            for i in 0..<half { for j in 0..<2 { order[h * headSize + j * half + i] = h * headSize + 2 * i + j } }
+                path: file.path, detail: "tensor '\(gguf)' has \(matrix.rows) rows, not whole pairs for \(heads) heads")
         }
         return try matrix.reorderingRows(order)
     }
@@ -287,22 +305,14 @@ struct GGUFArchive: TensorArchive {
         guard let heads = headsOfPermuted[name] else { return try file.read(gguf, into: buffer) }
         let shape = try file.info(gguf).shape
         let rows = shape[0], columns = shape.count > 1 ? shape[1] : 1
-        guard heads > 0, rows % (2 * heads) == 0 else {
+        guard let order = GGUFModel.rotaryStoredRows(rows: rows, heads: heads) else {
             throw GGUFError.malformed(
                 path: file.path, detail: "tensor '\(gguf)' has \(rows) rows, not whole pairs for \(heads) heads")
         }
         var stored = [Float](repeating: 0, count: buffer.count)
         try stored.withUnsafeMutableBufferPointer { try file.read(gguf, into: $0) }
-        let headSize = rows / heads, half = headSize / 2
-        // Stored row h·hs + 2i + j holds Hugging Face's row h·hs + j·hs/2 + i.
-        for h in 0..<heads {
-            for i in 0..<half {
-                for j in 0..<2 {
-                    let from = (h * headSize + 2 * i + j) * columns, to = (h * headSize + j * half + i) * columns
-                    for c in 0..<columns { buffer[to + c] = stored[from + c] }
-                }
-            }
-        }
+        let rowsInHFOrder = GGUFModel.movingRotaryRows(stored, columns: columns, stored: order, toStored: false)
+        _ = buffer.initialize(from: rowsInHFOrder)
     }
 }
 
@@ -398,19 +408,8 @@ extension GGUFModel {
             let out = b.shape[0]
             var bValues = b.scalars
             if !shared { let f = lora.scale * Float(r); bValues = bValues.map { $0 * f } }
-            if let h = rowHeads, h > 0, out % (2 * h) == 0 {
-                // llama.cpp's row order for rotary layers: stored row h·hs + 2i + j is Hugging Face's h·hs + j·hs/2 + i.
-                let hs = out / h, half = hs / 2
-                var permutedRows = bValues
-                for head in 0..<h {
-                    for i in 0..<half {
-                        for j in 0..<2 {
-                            let to = (head * hs + 2 * i + j) * r, from = (head * hs + j * half + i) * r
-                            for c in 0..<r { permutedRows[to + c] = bValues[from + c] }
-                        }
-                    }
-                }
-                bValues = permutedRows
+            if let h = rowHeads, let order = rotaryStoredRows(rows: out, heads: h) {
+                bValues = movingRotaryRows(bValues, columns: r, stored: order, toStored: true)
             }
             tensors.append(.init(name: gguf + ".lora_a", shape: a.shape, values: a.scalars))
             tensors.append(.init(name: gguf + ".lora_b", shape: [out, r], values: bValues))
