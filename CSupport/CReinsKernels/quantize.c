@@ -53,9 +53,15 @@ static void q8_0(uint8_t *b, const float *x) {
     for (int j = 0; j < 32; j++) b[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
 }
 // Nibbles: element j in the low half of byte j, element j + 16 in the high half.
-static void q4_0(uint8_t *b, const float *x) {
-    float d = signed_absmax(x, 32) / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
+// The scale of a symmetric block (Q4_0, Q5_0): its largest-magnitude value maps to -half_range; stored as a half at b.
+// Returns 1/d (0 for an all-zero block), computed before d is rounded, as the reference does.
+static float symmetric_header(uint8_t *b, const float *x, float half_range) {
+    float d = signed_absmax(x, 32) / -half_range, id = d != 0 ? 1.0f / d : 0.0f;
     store16(b, rk_float_to_half(d));
+    return id;
+}
+static void q4_0(uint8_t *b, const float *x) {
+    float id = symmetric_header(b, x, 8.0f);
     for (int j = 0; j < 16; j++) {
         int lo = (int)clampf(truncf(x[j] * id + 8.5f), 0, 15), hi = (int)clampf(truncf(x[j + 16] * id + 8.5f), 0, 15);
         b[2 + j] = (uint8_t)(lo | (hi << 4));
@@ -65,12 +71,18 @@ static void range_of(const float *x, int n, float *mn, float *mx) {
     *mn = x[0]; *mx = x[0];
     for (int j = 1; j < n; j++) { *mn = fminf(*mn, x[j]); *mx = fmaxf(*mx, x[j]); }
 }
-static void q4_1(uint8_t *b, const float *x) {
-    float mn, mx;
-    range_of(x, 32, &mn, &mx);
-    float d = (mx - mn) / 15.0f, id = d != 0 ? 1.0f / d : 0.0f;
+// The step and minimum of an affine block (Q4_1, Q5_1) with `steps` steps over its range, stored as halves at b and
+// b + 2. Returns 1/d (0 for a constant block) and the unrounded minimum in *mn.
+static float affine_header(uint8_t *b, const float *x, float steps, float *mn) {
+    float mx;
+    range_of(x, 32, mn, &mx);
+    float d = (mx - *mn) / steps, id = d != 0 ? 1.0f / d : 0.0f;
     store16(b, rk_float_to_half(d));
-    store16(b + 2, rk_float_to_half(mn));
+    store16(b + 2, rk_float_to_half(*mn));
+    return id;
+}
+static void q4_1(uint8_t *b, const float *x) {
+    float mn, id = affine_header(b, x, 15.0f, &mn);
     for (int j = 0; j < 16; j++) {
         int lo = (int)clampf(truncf((x[j] - mn) * id + 0.5f), 0, 15);
         int hi = (int)clampf(truncf((x[j + 16] - mn) * id + 0.5f), 0, 15);
@@ -85,18 +97,13 @@ static void pack5(uint8_t *qh, uint8_t *qs, const int *q) {
     for (int j = 0; j < 16; j++) qs[j] = (uint8_t)((q[j] & 0x0F) | ((q[j + 16] & 0x0F) << 4));
 }
 static void q5_0(uint8_t *b, const float *x) {
-    float d = signed_absmax(x, 32) / -16.0f, id = d != 0 ? 1.0f / d : 0.0f;
-    store16(b, rk_float_to_half(d));
+    float id = symmetric_header(b, x, 16.0f);
     int q[32];
     for (int j = 0; j < 32; j++) q[j] = (int)clampf(truncf(x[j] * id + 16.5f), 0, 31);
     pack5(b + 2, b + 6, q);
 }
 static void q5_1(uint8_t *b, const float *x) {
-    float mn, mx;
-    range_of(x, 32, &mn, &mx);
-    float d = (mx - mn) / 31.0f, id = d != 0 ? 1.0f / d : 0.0f;
-    store16(b, rk_float_to_half(d));
-    store16(b + 2, rk_float_to_half(mn));
+    float mn, id = affine_header(b, x, 31.0f, &mn);
     int q[32];
     for (int j = 0; j < 32; j++) q[j] = (int)clampf(truncf((x[j] - mn) * id + 0.5f), 0, 31);
     pack5(b + 4, b + 8, q);

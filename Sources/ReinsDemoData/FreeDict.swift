@@ -22,18 +22,7 @@ public enum FreeDict {
         URL(fileURLWithPath: ProcessInfo.processInfo.environment["REINS_DICTD_DIR"] ?? "/usr/share/dictd")
     }
 
-    public enum LoadError: Error, CustomStringConvertible, Equatable {
-        case missing(path: String)
-        case malformed(path: String, line: Int, detail: String)
-
-        public var description: String {
-            switch self {
-            case let .missing(path):
-                return "\(path) not found: install it with `apt-get install dict-freedict-eng-fra` (or set REINS_DICTD_DIR)"
-            case let .malformed(path, line, detail): return "\(path):\(line): \(detail)"
-            }
-        }
-    }
+    public typealias LoadError = DemoDataError
 
     /// One translation item: the English, its main French translation (the reference), every accepted translation.
     public struct TranslationItem: Sendable, Equatable {

@@ -41,19 +41,7 @@ public enum WordNet {
         URL(fileURLWithPath: ProcessInfo.processInfo.environment["REINS_WORDNET_DIR"] ?? "/usr/share/wordnet")
     }
 
-    public enum LoadError: Error, CustomStringConvertible, Equatable {
-        case missing(path: String)
-        case malformed(path: String, line: Int, detail: String)
-
-        public var description: String {
-            switch self {
-            case let .missing(path):
-                return
-                    "\(path) not found: install WordNet with `apt-get install wordnet-base` (or set REINS_WORDNET_DIR)"
-            case let .malformed(path, line, detail): return "\(path):\(line): \(detail)"
-            }
-        }
-    }
+    public typealias LoadError = DemoDataError
 
     /// Every gloss of the four data files, in file order.
     /// - Throws: ``LoadError`` naming a missing file, or the file and line of a malformed entry.
