@@ -131,24 +131,11 @@ struct DecoderDemo {
         for (name, method, learningRate) in recipes where methods.contains(name) {
             var row = Row(name: name)
             row.trainable = try model.addAdapter(name, method, seed: seed)
-            let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: chat.stopTokens.min() ?? 0)
-            var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: learningRate)
-            options.warmupSteps = steps / 10
-            options.seed = seed
-            options.adapterName = name
-            let trainer = try Trainer(task: task, options: options)
-            let progress = ProgressLine(label: name, total: steps)
-            trainer.onStep = { progress.update($0) }
             let t0 = DispatchTime.now().uptimeNanoseconds
-            try trainer.run()
+            row.history = try trainAdapter(name, on: sequences, model: model, chat: chat, steps: steps, learningRate: learningRate)
             row.seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            progress.finish()
-            row.history = trainer.history
-            row.tokensPerSecond = trainer.history.reduce(0.0) { $0 + $1.tokensPerSecond } / Double(max(trainer.history.count, 1))
-            let dir = output.appendingPathComponent("adapters/\(name)")
-            try? FileManager.default.removeItem(at: dir)
-            try model.saveAdapter(name, to: dir)
-            row.fileBytes = directorySize(dir)
+            row.tokensPerSecond = row.history.reduce(0.0) { $0 + $1.tokensPerSecond } / Double(max(row.history.count, 1))
+            row.fileBytes = directorySize(output.appendingPathComponent("adapters/\(name)"))
             row.outputs = try Self.answer(try held.map { try chat.prompt(Self.messages($0.english)) }, model: model, chat: chat)
             Self.score(&row, items: held)
             print(String(format: "%@: BLEU %.1f, character BLEU %.1f, chrF %.1f, exact %@", name, row.bleu, row.charBLEU, row.chrF, pct(row.exact)))
@@ -208,18 +195,7 @@ struct DecoderDemo {
         }
         // A lighter recipe than the translation adapters' (attention only, fewer updates): the point is the switching.
         _ = try model.addAdapter("define", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"])), seed: seed)
-        let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: chat.stopTokens.min() ?? 0)
-        let steps = max(1, self.steps * 3 / 4)
-        var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: 2e-3)
-        options.warmupSteps = steps / 10
-        options.seed = seed
-        options.adapterName = "define"
-        let trainer = try Trainer(task: task, options: options)
-        let progress = ProgressLine(label: "define", total: steps)
-        trainer.onStep = { progress.update($0) }
-        try trainer.run()
-        progress.finish()
-        try model.saveAdapter("define", to: output.appendingPathComponent("adapters/define"))
+        _ = try trainAdapter("define", on: sequences, model: model, chat: chat, steps: max(1, steps * 3 / 4), learningRate: 2e-3)
 
         print("\nMany tasks, one base: held-out requests, each answered by its task's adapter on the one loaded model:")
         var requests: [(adapter: String, text: String, expected: String)] = []
@@ -236,8 +212,25 @@ struct DecoderDemo {
         model.activateAdapter(nil)
     }
 
-    func directorySize(_ url: URL) -> Int {
-        let files = (try? FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: [.fileSizeKey])) ?? []
-        return files.reduce(0) { $0 + ((try? $1.resourceValues(forKeys: [.fileSizeKey]).fileSize) ?? 0) }
+    /// Trains the active adapter `name` (AdamW, 10% warm-up, the demo's seed and batch size) with a progress line,
+    /// saves it under `adapters/name`, and returns the run's history.
+    func trainAdapter(
+        _ name: String, on sequences: [TokenSequence], model: LlamaForCausalLM, chat: ChatFormat, steps: Int,
+        learningRate: Float
+    ) throws -> [StepRecord] {
+        let task = try CausalLMTask(model: model, train: sequences, evaluation: [], padID: chat.stopTokens.min() ?? 0)
+        var options = TrainingOptions(steps: steps, batchSize: batchSize, learningRate: learningRate)
+        options.warmupSteps = steps / 10
+        options.seed = seed
+        options.adapterName = name
+        let trainer = try Trainer(task: task, options: options)
+        let progress = ProgressLine(label: name, total: steps)
+        trainer.onStep = { progress.update($0) }
+        try trainer.run()
+        progress.finish()
+        let dir = output.appendingPathComponent("adapters/\(name)")
+        try? FileManager.default.removeItem(at: dir)
+        try model.saveAdapter(name, to: dir)
+        return trainer.history
     }
 }

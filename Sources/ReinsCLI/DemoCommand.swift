@@ -141,8 +141,7 @@ struct DemoCommand: ParsableCommand {
         let base = try BertForSequenceClassification.pretrained(modelDir, labels: labels.count, pooling: .mean)
         let baseCount = base.bert.parameterCount
         if baseType.lowercased() != "f32" {
-            guard let type = GGMLType.writable.first(where: { "\($0)".lowercased() == baseType.lowercased() && $0.isQuantized })
-            else { throw ValidationError("--base-type \(baseType): f32 or a block type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)") }
+            guard let type = GGMLType(writableName: baseType), type.isQuantized else { throw ValidationError("--base-type \(baseType): f32 or a block type (q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)") }
             let layers = try base.bert.quantizeWeights(type)
             print("Base frozen in \(type) blocks: \(layers.count) layers")
         }
@@ -267,11 +266,12 @@ struct DemoCommand: ParsableCommand {
             String(format: "\nDemo finished in %.0f s.", Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9))
     }
 
-    func directorySize(_ url: URL) -> Int {
-        let files =
-            (try? FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: [.fileSizeKey])) ?? []
-        return files.reduce(0) { $0 + ((try? $1.resourceValues(forKeys: [.fileSizeKey]).fileSize) ?? 0) }
-    }
+}
+
+/// The bytes of the files directly in `url` (an adapter directory).
+func directorySize(_ url: URL) -> Int {
+    let files = (try? FileManager.default.contentsOfDirectory(at: url, includingPropertiesForKeys: [.fileSizeKey])) ?? []
+    return files.reduce(0) { $0 + ((try? $1.resourceValues(forKeys: [.fileSizeKey]).fileSize) ?? 0) }
 }
 
 func pct(_ x: Double) -> String { String(format: "%.1f%%", 100 * x) }

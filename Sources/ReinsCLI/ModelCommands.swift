@@ -425,7 +425,8 @@ struct QuantizeCommand: ParsableCommand {
         abstract: "Write a GPT-2, BERT or Llama-family model as a GGUF file with its weight matrices in a block type.",
         discussion: """
             Token embeddings and linear layers are written in --type; norms, biases, position and token-type \
-            embeddings stay float32. A matrix whose rows are not whole blocks of a K type falls back to q8_0. Task \
+            embeddings stay float32. A matrix whose rows are not whole blocks of the type falls back to q8_0 (f16 if not \
+            whole blocks of 32 either). Task \
             heads (a classifier) have no place in GGUF's architectures and are left out: the file is the base, for \
             `reins train --model FILE.gguf` (adapters over the frozen quantized base) or llama.cpp. With --adapter, \
             a LoRA adapter is merged into the base first.
@@ -438,7 +439,7 @@ struct QuantizeCommand: ParsableCommand {
     @Option(help: "general.name in the file (default: the model's directory name).") var name: String?
 
     func run() throws {
-        guard let ggml = GGMLType.writable.first(where: { "\($0)".lowercased() == type.lowercased() }) else {
+        guard let ggml = GGMLType(writableName: type) else {
             throw ValidationError(
                 "--type \(type) is not one Reins writes: \(GGMLType.writable.map { "\($0)".lowercased() }.joined(separator: ", "))")
         }
@@ -452,7 +453,8 @@ struct QuantizeCommand: ParsableCommand {
             name: name ?? dir.deletingPathExtension().lastPathComponent, to: output)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         print(
-            "wrote \(output): \(written.tensorCount) tensors, \(written.quantizedCount) in \(ggml) blocks, "
+            "wrote \(output): \(written.tensorCount) tensors, "
+                + (ggml.isQuantized ? "\(written.quantizedCount) in \(ggml) blocks, " : "")
                 + String(format: "%.1f MB in %.1f s", Double(written.bytes) / 1e6, seconds))
         for (tensor, type) in written.fallbacks.sorted(by: { $0.key < $1.key }) {
             print("  \(tensor): \(type) (its rows are not whole \(ggml) blocks)")

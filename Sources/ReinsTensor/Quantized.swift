@@ -83,6 +83,12 @@ extension GGMLType {
     /// The types Reins writes (``encode(_:)``): floats, and the block types llama.cpp's CPU code reads.
     public static let writable: [GGMLType] = [.f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q6_K]
 
+    /// The writable type named `name` (`q8_0`, `Q4_K`, `f16`, ...: ggml's names, any case), or nil.
+    public init?(writableName name: String) {
+        guard let t = GGMLType.writable.first(where: { "\($0)".lowercased() == name.lowercased() }) else { return nil }
+        self = t
+    }
+
     /// `values` in this type's blocks, as a GGUF file stores them: F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 byte for
     /// byte as the `gguf` Python package quantizes; Q4_K and Q6_K by Reins's direct quantizer (each sub-block's range,
     /// scales rounded to half precision first).

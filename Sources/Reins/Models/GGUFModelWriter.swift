@@ -134,7 +134,8 @@ extension GGUFModel {
         let tokenizer = try tokenizerMetadata(source: source, config: config)
         metadata += tokenizer
 
-        let gguf = Dictionary(tensorNames(arch: arch, layers: layers).map { ($0.key, $0.gguf) }, uniquingKeysWith: { a, _ in a })
+        let table = tensorNames(arch: arch, layers: layers)
+        let gguf = Dictionary(table.map { ($0.key, $0.gguf) }, uniquingKeysWith: { a, _ in a })
         let basePrefix = ["gpt2": "transformer.", "bert": "bert."][arch] ?? ""
         let heads = config["num_attention_heads"] as? Int ?? 0
         let kvHeads = config["num_key_value_heads"] as? Int ?? heads
@@ -149,7 +150,7 @@ extension GGUFModel {
                 guard let name = gguf[bare] else { omitted.append(key); continue }
                 var t = p.value.detached()
                 if isTransposedInGGUF(arch: arch, key: bare) { t = try t.transposed() }
-                if arch == "llama", bare.contains(".self_attn.q_proj.") || bare.contains(".self_attn.k_proj.") {
+                if families[arch]?.permutesQK == true, bare.contains(".self_attn.q_proj.") || bare.contains(".self_attn.k_proj.") {
                     t = try rotaryRowsToGGUF(t, heads: bare.contains(".q_proj.") ? heads : kvHeads, name: key)
                 }
                 var tensorType = GGMLType.f32
@@ -166,9 +167,9 @@ extension GGUFModel {
                 tensors.append(.init(name: name, shape: t.shape, type: tensorType, bytes: bytes))
             }
         }
-        // llama.cpp expects a file's tensors in its own order: embeddings, blocks by index, output; GGUF allows any.
-        let order = Dictionary(tensorNames(arch: arch, layers: layers).enumerated().map { ($0.element.gguf, $0.offset) },
-                               uniquingKeysWith: { a, _ in a })
+        // The architecture table's order (weights, then biases; blocks by index), whatever order the model's
+        // parameters come in: the same file from the same weights.
+        let order = Dictionary(table.enumerated().map { ($0.element.gguf, $0.offset) }, uniquingKeysWith: { a, _ in a })
         tensors.sort { (order[$0.name] ?? 0) < (order[$1.name] ?? 0) }
         try GGUFWriter.write(metadata: metadata, encoded: tensors, to: path)
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
