@@ -109,7 +109,8 @@ struct DecoderDemo {
 
         var rows: [Row] = []
         // The generalist: prompts only.
-        for (name, examples) in [("zero-shot", [Item]()), ("\(shots)-shot", Array(train.shuffled(using: &g).prefix(shots)))] {
+        let solved = Array(train.shuffled(using: &g).prefix(shots))
+        for (name, examples) in [("zero-shot", [Item]()), ("\(shots)-shot", solved)] {
             var row = Row(name: name)
             let t0 = DispatchTime.now().uptimeNanoseconds
             row.outputs = try Self.answer(
@@ -122,15 +123,21 @@ struct DecoderDemo {
 
         // The specialists: adapters over the same frozen base, the same examples and steps.
         let sequences = try train.map { try chat.trainingSequence(Self.messages($0.english, answer: $0.reference)) }
+        // The prefix starts as the few-shot prompt's solved examples (the keys and values the base computes for them):
+        // training begins where prompting ends instead of from noise (Li & Liang's initialization from real words).
+        var turns: [ChatTemplate.Message] = [.init(role: "system", content: Self.system)]
+        for e in solved { turns += [.init(role: "user", content: e.english), .init(role: "assistant", content: e.reference)] }
+        let prefixStart = try chat.prompt(turns, addGenerationPrompt: false).map(Int.init)
         let recipes: [(String, AdapterMethod, Float)] = [
             ("lora", .lora(LoRAConfig(rank: 16, alpha: 32, targets: Self.everyLinear)), 2e-3),
             ("dora", .lora(LoRAConfig(rank: 16, alpha: 32, targets: Self.everyLinear, dora: true)), 1e-3),
             ("ia3", .ia3(), 3e-2),
-            ("prefix", .prefix(length: 8), 3e-2),
+            ("prefix", .prefix(length: prefixStart.count), 1e-2),
         ]
         for (name, method, learningRate) in recipes where methods.contains(name) {
             var row = Row(name: name)
             row.trainable = try model.addAdapter(name, method, seed: seed)
+            if name == "prefix" { try model.initializePrefix(name, fromTokens: prefixStart) }
             let t0 = DispatchTime.now().uptimeNanoseconds
             row.history = try trainAdapter(name, on: sequences, model: model, chat: chat, steps: steps, learningRate: learningRate)
             row.seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9

@@ -27,6 +27,8 @@ struct DemoCommand: ParsableCommand {
     @Option(help: "Training examples (a fixed sample of the training split).") var trainExamples = 8000
     @Option(help: "Development examples (a fixed sample of the development split).") var devExamples = 600
     @Option(help: "Tokens per example, [CLS] and [SEP] included.") var maxLength = 40
+    @Option(help: "Supersenses to label: the this many most frequent (45: all of them); glosses of the others are left out.")
+    var labels = 12
     @Option(help: "Evaluate on the development sample every this many updates.") var evaluateEvery = 40
     @Option(help: "Comma-separated methods: full, bitfit, houlsby, pfeiffer, adapterbias, prefix, lora.")
     var methods = "full,bitfit,houlsby,pfeiffer,adapterbias,prefix,lora"
@@ -43,10 +45,10 @@ struct DemoCommand: ParsableCommand {
 
     static let recipes: [String: Recipe] = [
         "full": Recipe(method: .full, learningRate: 2e-4),
-        "bitfit": Recipe(method: .bitFit, learningRate: 4e-3),
+        "bitfit": Recipe(method: .bitFit, learningRate: 6e-3),
         "houlsby": Recipe(method: .houlsby(bottleneck: 32), learningRate: 2e-3),
         "pfeiffer": Recipe(method: .pfeiffer(bottleneck: 48), learningRate: 2e-3),
-        "adapterbias": Recipe(method: .adapterBias, learningRate: 4e-3),
+        "adapterbias": Recipe(method: .adapterBias, learningRate: 1e-2),
         "prefix": Recipe(method: .prefix(length: 16), learningRate: 1e-2),
         "lora": Recipe(
             method: .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["query", "value"], dropout: 0.1)), learningRate: 2e-3
@@ -76,6 +78,9 @@ struct DemoCommand: ParsableCommand {
         guard steps > 0, batchSize > 0, decoderSteps > 0, decoderBatchSize > 0, heldOut > 0, shots >= 0 else {
             throw ValidationError("--steps, --batch-size, --decoder-steps, --decoder-batch-size and --held-out must be positive (--shots at least 0)")
         }
+        guard (2...WordNet.supersenses.count).contains(labels) else {
+            throw ValidationError("--labels \(labels): between 2 and \(WordNet.supersenses.count)")
+        }
         guard part == nil || part == "encoder" || part == "decoder" else {
             throw ValidationError("part '\(part!)': encoder or decoder (or nothing, for both)")
         }
@@ -95,6 +100,15 @@ struct DemoCommand: ParsableCommand {
         }
     }
 
+    /// Dev accuracy at the end minus at the last evaluation within the first 80% of the updates (nil without one).
+    static func lateGain(_ history: [StepRecord], steps: Int) -> Double? {
+        let evaluated = history.compactMap { r in r.metrics?["accuracy"].map { (r.step, $0) } }
+        guard let last = evaluated.last, last.0 == steps,
+            let earlier = evaluated.last(where: { $0.0 <= steps * 4 / 5 && $0.0 < steps })
+        else { return nil }
+        return last.1 - earlier.1
+    }
+
     func runEncoder() throws {
         let started = DispatchTime.now().uptimeNanoseconds
         let chosen = methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
@@ -111,8 +125,13 @@ struct DemoCommand: ParsableCommand {
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
 
         // Data: a fixed sample of each split.
-        let glosses = try WordNet.glosses()
-        let labels = WordNet.supersenses
+        // The `labels` most frequent supersenses, renumbered from 0 by frequency (ties by number).
+        var glosses = try WordNet.glosses()
+        let frequency = Dictionary(grouping: glosses, by: \.supersense).mapValues(\.count)
+        let kept = frequency.keys.sorted { (frequency[$0]!, $1) > (frequency[$1]!, $0) }.prefix(labels)
+        let number = Dictionary(uniqueKeysWithValues: kept.enumerated().map { ($0.element, $0.offset) })
+        glosses = glosses.compactMap { g in number[g.supersense].map { var r = g; r.supersense = $0; return r } }
+        let labels = kept.map { WordNet.supersenses[$0] }
         var trainPool = glosses.filter { !WordNet.isDevelopment($0) },
             devPool = glosses.filter { WordNet.isDevelopment($0) }
         var g = SeededGenerator(seed: 20_261_127)
@@ -220,16 +239,35 @@ struct DemoCommand: ParsableCommand {
                 ))
         }
 
-        // The table.
+        // The table, with what the last fifth of the updates still added: a curve is flat when that is within two
+        // standard errors of an accuracy measured on the development sample.
         var table =
-            "| method | trainable parameters | % of base | file size | dev accuracy | dev macro-F1 | training time | tokens/s |\n"
-        table += "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+            "| method | trainable parameters | % of base | file size | dev accuracy | dev macro-F1 | last 20% of updates | training time | tokens/s |\n"
+        table += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        var unflat: [String] = []
         for r in rows {
+            let late = Self.lateGain(r.history, steps: steps)
+            let noise = 2 * (r.accuracy * (1 - r.accuracy) / Double(max(dev.count, 1))).squareRoot()
+            if let late, late >= noise { unflat.append(r.name) }
             table +=
-                "| \(r.name) | \(fmt(r.trainable)) | \(String(format: "%.2f%%", 100 * Double(r.trainable) / Double(baseCount))) | \(bytes(r.fileBytes)) | \(pct(r.accuracy)) | \(pct(r.macroF1)) | \(String(format: "%.0f s", r.seconds)) | \(String(format: "%.0f", r.tokensPerSecond)) |\n"
+                "| \(r.name) | \(fmt(r.trainable)) | \(String(format: "%.2f%%", 100 * Double(r.trainable) / Double(baseCount))) | \(bytes(r.fileBytes)) | \(pct(r.accuracy)) | \(pct(r.macroF1)) | \(late.map { String(format: "%+.1f points", 100 * $0) } ?? "-") | \(String(format: "%.0f s", r.seconds)) | \(String(format: "%.0f", r.tokensPerSecond)) |\n"
         }
         table +=
-            "\nChance (majority class on the development sample): \(pct(chance)). \(steps) updates × \(batchSize) examples per method, seed \(seed).\n"
+            "\nChance (majority class on the development sample): \(pct(chance)). \(steps) updates × \(batchSize) examples per method, seed \(seed). \(labels.count) supersenses.\n"
+        if rows.contains(where: { Self.lateGain($0.history, steps: steps) != nil }) {
+            table +=
+                unflat.isEmpty
+                ? "Every curve is flat: its last 20% of updates moved dev accuracy by less than two standard errors of a \(dev.count)-example accuracy.\n"
+                : "Still rising (the last 20% of updates added two standard errors or more): \(unflat.joined(separator: ", ")); --steps gives more updates.\n"
+        }
+        if let full = rows.first(where: { $0.name == "full" }), full.accuracy > 0,
+            let best = rows.filter({ $0.name != "full" }).max(by: { $0.accuracy < $1.accuracy })
+        {
+            table += String(
+                format: "Best adapter (%@): %@ dev accuracy, %.1f%% of full fine-tuning's %@, training %@ of the parameters.\n",
+                best.name, pct(best.accuracy), 100 * best.accuracy / full.accuracy, pct(full.accuracy),
+                String(format: "%.2f%%", 100 * Double(best.trainable) / Double(baseCount)))
+        }
         print("\n" + table)
         try AtomicFile.write(Data(table.utf8), to: out.appendingPathComponent("results.md").path)
 

@@ -251,4 +251,10 @@ struct CLIDemoPartTests {
         let o = try CLIMalformedInputTests().reins(["demo", "sideways"])
         #expect(o.status != 0 && o.stderr.contains("part 'sideways': encoder or decoder"), "\(o.stderr)")
     }
+
+    @Test(arguments: ["1", "46", "0"])
+    func aLabelCountOutsideTheSupersensesIsRefusedByName(count: String) throws {
+        let o = try CLIMalformedInputTests().reins(["demo", "encoder", "--labels", count])
+        #expect(o.status != 0 && o.stderr.contains("--labels \(count): between 2 and 45"), "\(o.stderr)")
+    }
 }

@@ -110,4 +110,37 @@ struct PrefixTuningTests {
             "\($0)".contains("expected [P, 120]")
         }
     }
+
+    /// A prefix started from real tokens' activations (``CausalLanguageModel/initializePrefix(_:fromTokens:)``) makes
+    /// the model compute what the bare base computes with those tokens written first: the same logits at the real
+    /// positions — GPT-2's learned positions, and Llama's rotary ones with grouped-query heads.
+    @Test(arguments: ["gpt2-lm", "llama-tiny"])
+    func prefixInitializedFromTokensActsAsThoseTokens(name: String) throws {
+        let model: any CausalLanguageModel
+        switch try PretrainedModel.load(directory: Fixtures.model(name)) {
+        case let .gpt2LMHead(m): model = m
+        case let .llamaCausalLM(m): model = m
+        default: Issue.record("\(name) is not a causal LM"); return
+        }
+        func logits(_ ids: [Int32]) throws -> Tensor {
+            try model.outputLogits(
+                model.decoderStates(
+                    IntTensor(shape: [1, ids.count], values: ids), attentionMask: nil, positionIDs: nil, cache: nil))
+        }
+        let lead = [3, 11, 7, 19, 2], rest: [Int32] = [5, 17, 29, 8, 1, 23, 9]
+        let written = try logits(lead.map(Int32.init) + rest).slice(axis: 1, lead.count..<(lead.count + rest.count))
+        let trainable = try model.addAdapter("p", .prefix(length: lead.count), seed: 3)
+        let noise = try logits(rest)
+        try model.initializePrefix("p", fromTokens: lead)
+        expectClose(try logits(rest), written, atol: 1e-4, rtol: 1e-4, "\(name): prefix from tokens = tokens written")
+        #expect(
+            zip(noise.scalars, written.scalars).map { abs($0 - $1) }.max()! > 1e-2, "the random prefix was not already equal")
+        // Still exactly the prefix trains; bad requests are named.
+        #expect(model.trainableParameterCount == trainable)
+        #expect { try model.initializePrefix("p", fromTokens: [1, 2]) } throws: { "\($0)".contains("5 virtual tokens") }
+        #expect { try model.initializePrefix("q", fromTokens: lead) } throws: { "\($0)".contains("no prefix adapter named 'q'") }
+        #expect { try model.initializePrefix("p", fromTokens: [1, 2, 3, 4, 1 << 40]) } throws: {
+            "\($0)".contains("outside the vocabulary")
+        }
+    }
 }

@@ -46,21 +46,24 @@ public final class BlockAdapters: Module {
     }
 
     /// The feed-forward output `f` with the parallel insertion points added: `f + α(z)·v + parallel(h)`.
+    /// In a batch routed to many adapters (``Module/withAdapters(perRow:_:)``), each adapter on its own rows.
     func parallel(_ f: Tensor, input h: Tensor, intermediate z: Tensor) throws -> Tensor {
-        var out = f
-        if let b = feedForwardBias.current { out = try out + b.shift(z) }
-        if let p = parallelFeedForward.current { out = try out + p.delta(h) }
-        return out
+        let biased = try feedForwardBias.mixing(f) { b, rows in try f.picking(rows) + b.shift(z.picking(rows)) }
+        return try parallelFeedForward.mixing(biased) { p, rows in try biased.picking(rows) + p.delta(h.picking(rows)) }
     }
 
     /// The attention sublayer's output `h` through the active "after attention" adapter; `residual` is the sublayer's
     /// input and `norm` the block's norm after the residual add (nil in pre-LN blocks).
     func attention(_ h: Tensor, residual: Tensor, norm: LayerNorm? = nil) throws -> Tensor {
-        try afterAttention.current.map { try $0(h, residual: residual, norm: norm) } ?? h
+        try afterAttention.mixing(h) { a, rows in
+            try a(h.picking(rows), residual: residual.picking(rows), norm: norm)
+        }
     }
     /// The same for the feed-forward sublayer and the "after FFN" adapter.
     func feedForward(_ h: Tensor, residual: Tensor, norm: LayerNorm? = nil) throws -> Tensor {
-        try afterFeedForward.current.map { try $0(h, residual: residual, norm: norm) } ?? h
+        try afterFeedForward.mixing(h) { a, rows in
+            try a(h.picking(rows), residual: residual.picking(rows), norm: norm)
+        }
     }
 }
 

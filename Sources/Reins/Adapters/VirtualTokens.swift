@@ -207,3 +207,59 @@ extension Tensor {
         B == 1 ? self : try Tensor.concatenate([Tensor](repeating: self, count: B), axis: 0)
     }
 }
+
+extension CausalLanguageModel {
+    /// Starts the prefix of adapter `name` from the keys and values the bare base computes for `ids`, one id per
+    /// virtual token — Li & Liang's initialization from the activations of real words (arXiv 2101.00190, §7.2). With
+    /// it the model computes what the base computes with `ids` written before every input (real tokens take the
+    /// positions after the prefix), so training starts from a prompt that already works instead of from noise that
+    /// dilutes every attention row. A prefix MLP is folded first.
+    /// - Throws: ``ModelError/badInput(_:)`` when the model has no prefix named `name` or `ids` is not one id per
+    ///   virtual token; ``ModelError`` for ids outside the vocabulary.
+    public func initializePrefix(_ name: String, fromTokens ids: [Int]) throws {
+        guard let prefix = encoderShape?.prefixes.members[name] else {
+            throw ModelError.badInput("the model has no prefix adapter named '\(name)'")
+        }
+        guard ids.count == prefix.length else {
+            throw ModelError.badInput(
+                "the prefix '\(name)' has \(prefix.length) virtual tokens; \(ids.count) ids cannot initialize it (one per virtual token)")
+        }
+        if let bad = ids.first(where: { $0 < 0 || $0 >= vocabularySize }) {
+            throw ModelError.badInput("token id \(bad) is outside the vocabulary (0..<\(vocabularySize))")
+        }
+        let input = try IntTensor(shape: [1, ids.count], values: ids.map { Int32($0) })
+        try prefix.fold()
+        let previous = activeAdapterName
+        activateAdapter(nil)  // the bare base computes the activations
+        defer { activateAdapter(previous) }
+        let cache = KVCache(layers: layerCount, reserve: ids.count)
+        _ = try Autograd.withoutGradients {
+            try decoderStates(input, attentionMask: nil, positionIDs: nil, cache: cache)
+        }
+        let (P, L, width, heads) = (prefix.length, prefix.layers, prefix.hidden, prefix.heads)
+        let hs = width / heads, row = L * 2 * width
+        var values = [Float](repeating: 0, count: P * row)
+        guard cache.layers.count == L else {
+            throw ModelError.badInput("the prefix has \(L) layers, the model's cache \(cache.layers.count)")
+        }
+        for (l, layer) in cache.layers.enumerated() {
+            for (slot, tensor) in [(2 * l, layer.keys), (2 * l + 1, layer.values)] {
+                guard let t = tensor, layer.length == P, t.shape.count == 4, t.shape[0] == 1, t.shape[1] == heads,
+                    t.shape[3] == hs
+                else {
+                    throw ModelError.badInput(
+                        "layer \(l) cached \(tensor?.shape ?? []) for \(P) positions; the prefix needs [1, \(heads), \(P), \(hs)]")
+                }
+                let rows = t.shape[2]
+                t.withUnsafeBufferPointer { src in
+                    for p in 0..<P {
+                        for h in 0..<heads {
+                            for d in 0..<hs { values[p * row + slot * width + h * hs + d] = src[(h * rows + p) * hs + d] }
+                        }
+                    }
+                }
+            }
+        }
+        prefix.embeddings.replaceValue(try Tensor(shape: [P, row], values: values))
+    }
+}

@@ -59,7 +59,18 @@ public final class Embedding: Module, LoRAHost {
         let rows =
             try quantizedTable.map { try Tensor.quantizedEmbedding(ids, table: $0) }
             ?? Tensor.embedding(ids, table: weight.value, paddingIndex: paddingIndex)
-        return try slots.live?.lookup(ids, rows: rows, paddingIndex: paddingIndex) ?? rows
+        guard let routing = AdapterRouting.current else {
+            return try slots.live?.lookup(ids, rows: rows, paddingIndex: paddingIndex) ?? rows
+        }
+        // A routed batch: each group's adapter adds its rows' low-rank part.
+        try routing.check(rows, at: "an embedding table")
+        var out = rows
+        for g in routing.groups {
+            guard let lora = slots.adapters[g.name] else { continue }
+            out = try out.replacingRows(
+                g.rows, with: try lora.lookup(ids.rows(g.rows), rows: rows.rows(g.rows), paddingIndex: paddingIndex))
+        }
+        return out
     }
 
     /// Attaches a LoRA adapter under `name` (replacing one of that name) and makes it active.
@@ -127,6 +138,20 @@ public final class TiedOutput: Module, LoRAHost {
 
     /// `h: [..., hidden]` to `[..., vocabulary]`.
     public func callAsFunction(_ h: Tensor) throws -> Tensor {
+        if let routing = AdapterRouting.current {
+            // A routed batch: the base product once, each group's adapter on its rows.
+            try routing.check(h, at: "the output layer")
+            var out = try table.quantizedTable.map {
+                try Tensor.quantizedLinear(h, weight: $0, bias: bias?.value, route: table.quantizedRoute)
+            } ?? Tensor.linear(h, weight: table.unadaptedWeight, bias: bias?.value)
+            for g in routing.groups {
+                guard let lora = slots.adapters[g.name] else { continue }
+                let x = try h.rows(g.rows)
+                let low = try Tensor.linear(Tensor.linear(x, weight: lora.a.value), weight: lora.b.value)
+                out = try out.replacingRows(g.rows, with: try out.rows(g.rows) + low.scaled(by: lora.scale))
+            }
+            return out
+        }
         if let q = table.quantizedTable {
             let base = try Tensor.quantizedLinear(h, weight: q, bias: bias?.value, route: table.quantizedRoute)
             guard let lora = slots.live else { return base }

@@ -26,6 +26,7 @@ public final class LayerNorm: Module {
     }
 
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        try Tensor.layerNorm(x, weight: weight.value, bias: bias.value, eps: eps)
+        if let routing = AdapterRouting.current, !biases.variants.isEmpty { return try mixedForward(x, routing: routing) }
+        return try Tensor.layerNorm(x, weight: weight.value, bias: bias.value, eps: eps)
     }
 }

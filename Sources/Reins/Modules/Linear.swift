@@ -76,7 +76,14 @@ public final class Linear: Module, LoRAHost {
     }
 
     /// Whether an adapter changes this layer's forward pass (so fused paths that read the weight directly must not be used).
-    var hasLiveAdapter: Bool { !liveAdapters.isEmpty }
+    /// In a batch routed to many adapters: whether any of them is at this layer (its BitFit bias included).
+    var hasLiveAdapter: Bool {
+        guard let routing = AdapterRouting.current else { return !liveAdapters.isEmpty }
+        return routing.groups.contains {
+            slots.adapters[$0.name] != nil || methods.members[$0.name] != nil || ia3Vectors.members[$0.name] != nil
+                || biases?.variants[$0.name] != nil
+        }
+    }
 
     /// Attaches an IA3 vector under `name` and activates it: `[out]` rescales the output, `[in]` (a feed-forward layer)
     /// rescales the input.
@@ -132,6 +139,7 @@ public final class Linear: Module, LoRAHost {
 
     /// `x: [..., in]` to `[..., out]`.
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        if let routing = AdapterRouting.current { return try mixedForward(x, routing: routing) }
         var forward: (Tensor) throws -> Tensor = { [self] in try baseProduct($0, bias: bias?.value) }
         for adapter in liveAdapters {
             let inner = forward

@@ -403,7 +403,7 @@ public final class BertForSequenceClassification: Module {
             : Pooling.mean(
                 bert.hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs),
                 attentionMask: bert.maskWithPrompt(attentionMask, batch: ids.shape[0], length: ids.shape[1]))
-        return try classifier(pooled.trainingDropout(bert.config.classifierDropout))
+        return try heads.apply(pooled.trainingDropout(bert.config.classifierDropout))
     }
 }
 
@@ -435,7 +435,7 @@ public final class BertForTokenClassification: Module {
     ) throws -> Tensor {
         let h = try bert.tokenStates(
             ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, includingPrompt: includingPrompt)
-        return try classifier(h.trainingDropout(bert.config.classifierDropout))
+        return try heads.apply(h.trainingDropout(bert.config.classifierDropout))
     }
 }
 
@@ -468,7 +468,7 @@ public final class BertForQuestionAnswering: Module {
     ) throws -> (start: Tensor, end: Tensor) {
         let h = try bert.tokenStates(
             ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs, includingPrompt: includingPrompt)
-        let both = try outputs(h)
+        let both = try heads.apply(h)
         let (B, T) = (h.shape[0], h.shape[1])
         return (try both.slice(axis: 2, 0..<1).reshaped([B, T]), try both.slice(axis: 2, 1..<2).reshaped([B, T]))
     }

@@ -178,7 +178,7 @@ public final class GPT2Block: Module {
     /// block's output.
     public func callAsFunction(
         _ input: Tensor, keyMask: IntTensor? = nil, cache: KVCache.Layer? = nil,
-        prefix: (keys: Tensor, values: Tensor)? = nil, rows: [Int]? = nil
+        prefix: (keys: Tensor, values: Tensor)? = nil, rows: [Int]? = nil, rowCaches: [KVCache.Layer]? = nil
     ) throws -> Tensor {
         guard input.rank == 3, input.shape[2] == attentionOut.outputs else {
             throw ModelError.badInput(
@@ -191,6 +191,11 @@ public final class GPT2Block: Module {
         // The block is per position after the keys and values: pick the rows asked for.
         let x = try rows.map { try input.positions($0) } ?? input
         let q = try (rows.map { try qkv.positions($0) } ?? qkv).slice(axis: 2, 0..<C).splittingHeads(heads)
+        if let rowCaches {
+            // One new position per row, each against its own cache (rows of a continuous batch).
+            let a = try Tensor.attendingRowCaches(query: q, key: k, value: v, caches: rowCaches, scale: attentionScale)
+            return try feedForward(x, attended: a.mergingHeads())
+        }
         if let prefix, cache?.keys == nil {
             k = try Tensor.concatenate([prefix.keys, k], axis: 2)
             v = try Tensor.concatenate([prefix.values, v], axis: 2)
@@ -221,6 +226,11 @@ public final class GPT2Block: Module {
                 query: q, key: k, value: v, causal: true, keyMask: keyMask, scale: attentionScale, dropout: drop
             ).mergingHeads()
         }
+        return try feedForward(x, attended: a)
+    }
+
+    /// The block after attention: output projection, residual, norm, feed-forward and the adapters around them.
+    func feedForward(_ x: Tensor, attended a: Tensor) throws -> Tensor {
         let h = try x + adapters.attention(attentionOut(a).trainingDropout(dropout), residual: x)
         let normed = try ln2(h)
         let z = try activation.apply(normed, feedForwardIn)
@@ -490,7 +500,8 @@ public final class GPT2ForSequenceClassification: Module {
         // Only the rows read go through the last block (``GPT2Model/hiddenStates(_:at:attentionMask:tokenTypeIDs:)``).
         let last = try lastRealTokens(ids, padTokenID: transformer.config.padTokenID)
         let h = try transformer.hiddenStates(ids, at: last, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
-        return try score(h).reshaped([last.count, score.outputs])
+        let logits = try heads.apply(h)
+        return try logits.reshaped([last.count, logits.shape.last!])
     }
 }
 

@@ -73,7 +73,8 @@ extension Linear {
 
 extension TiedOutput {
     var plainProduct: (weight: Tensor, bias: Tensor?)? {
-        slots.live == nil && table.quantizedTable == nil ? (table.unadaptedWeight, bias?.value) : nil
+        slots.live == nil && table.quantizedTable == nil && AdapterRouting.current == nil
+            ? (table.unadaptedWeight, bias?.value) : nil
     }
 }
 
@@ -112,7 +113,9 @@ extension LlamaForCausalLM: CausalLanguageModel {
     }
     public var quantizedOutputLayer: QuantizedMatrix? {
         if let l = lmHead as? Linear, !l.hasLiveAdapter, l.bias == nil { return l.quantizedWeight }
-        if let t = lmHead as? TiedOutput, t.slots.live == nil, t.bias == nil { return t.table.quantizedTable }
+        if let t = lmHead as? TiedOutput, t.slots.live == nil, t.bias == nil, AdapterRouting.current == nil {
+            return t.table.quantizedTable
+        }
         return nil
     }
 }
@@ -173,20 +176,7 @@ extension CausalLanguageModel {
         guard !prompts.isEmpty, prompts.allSatisfy({ !$0.isEmpty }) else {
             throw ModelError.badInput("every prompt needs at least one token")
         }
-        guard options.temperature > 0 || options.greedy else {
-            throw ModelError.badInput("temperature must be positive when sampling")
-        }
-        guard options.maxNewTokens >= 0 else {
-            throw ModelError.badInput("maxNewTokens must not be negative, got \(options.maxNewTokens)")
-        }
-        guard options.temperature.isFinite else {
-            throw ModelError.badInput("temperature must be finite, got \(options.temperature)")
-        }
-        if let k = options.topK, k < 1 { throw ModelError.badInput("topK must be at least 1, got \(k)") }
-        if let p = options.topP, !(p > 0 && p <= 1) { throw ModelError.badInput("topP must be in (0, 1], got \(p)") }
-        guard options.repetitionPenalty.isFinite, options.repetitionPenalty > 0 else {
-            throw ModelError.badInput("repetitionPenalty must be positive and finite, got \(options.repetitionPenalty)")
-        }
+        try options.validate()
         let B = prompts.count, L = prompts.map(\.count).max()!
         let P = virtualTokenCount
         // Compared by subtraction: maxNewTokens is the caller's and may be as large as Int.max. Without a position

@@ -89,9 +89,10 @@ public final class LlamaDecoderLayer: Module {
     /// `x: [B, T, C]`; `angles` (cos, sin `[B, T, hs/2]`) for the new positions; `keyMask: [B, Tk]` over the prefix,
     /// cached and new positions. `prefix` (keys, values `[B, NKV, P, hs]`, not rotated, as PEFT hands them to the
     /// model) is prepended when nothing is cached yet. With a cache, the new keys and values are appended to it.
+    /// With `rowCaches` (one new position per row, no gradients), each row appends to and attends over its own cache.
     public func callAsFunction(
         _ x: Tensor, angles: (cos: Tensor, sin: Tensor), keyMask: IntTensor? = nil, cache: KVCache.Layer? = nil,
-        prefix: (keys: Tensor, values: Tensor)? = nil
+        prefix: (keys: Tensor, values: Tensor)? = nil, rowCaches: [KVCache.Layer]? = nil
     ) throws -> Tensor {
         guard x.rank == 3, x.shape[2] == attention.queryProjection.inputs else {
             throw ModelError.badInput(
@@ -101,6 +102,10 @@ public final class LlamaDecoderLayer: Module {
         let q = try attention.queryProjection(h).rotated(heads: heads, cos: angles.cos, sin: angles.sin)
         var k = try attention.keyProjection(h).rotated(heads: keyValueHeads, cos: angles.cos, sin: angles.sin)
         var v = try attention.valueProjection(h).splittingHeads(keyValueHeads)
+        if let rowCaches {
+            let a = try Tensor.attendingRowCaches(query: q, key: k, value: v, caches: rowCaches, window: slidingWindow)
+            return try feedForward(x, attended: a.mergingHeads())
+        }
         if let prefix, cache?.keys == nil {
             k = try Tensor.concatenate([prefix.keys, k], axis: 2)
             v = try Tensor.concatenate([prefix.values, v], axis: 2)
@@ -125,6 +130,11 @@ public final class LlamaDecoderLayer: Module {
             query: q, key: k, value: v, causal: true, keyMask: keyMask, dropout: drop, window: slidingWindow,
             keyLength: keyLength
         ).mergingHeads()
+        return try feedForward(x, attended: a)
+    }
+
+    /// The block after attention: output projection, residual, norm, SwiGLU feed-forward and the adapters around them.
+    func feedForward(_ x: Tensor, attended a: Tensor) throws -> Tensor {
         let afterAttention = try x + adapters.attention(attention.outputProjection(a), residual: x)
         let normed = try postAttentionNorm(afterAttention)
         let z = try Tensor.swiGLU(gate: mlp.gateProjection(normed), up: mlp.upProjection(normed))
@@ -307,6 +317,7 @@ public final class LlamaForSequenceClassification: Module {
         let last = try lastRealTokens(ids, padTokenID: model.config.padTokenID)
         let h = try model.hiddenStates(ids, attentionMask: attentionMask)
         let picked = try h.positions(last.map { $0 + model.promptLength })
-        return try score(picked).reshaped([last.count, score.outputs])
+        let logits = try heads.apply(picked)
+        return try logits.reshaped([last.count, logits.shape.last!])
     }
 }

@@ -1,0 +1,226 @@
+import Foundation
+import ReinsTensor
+
+/// Which adapter each row of a batch uses, while a forward pass runs inside ``Module/withAdapters(perRow:_:)``: every
+/// insertion point then applies, to each row, that row's own adapter — on one shared base, in one pass. The base's
+/// products run once over the whole batch; each adapter adds its part over its own rows only (a low-rank product on
+/// the gathered rows of each LoRA, per-row IA3 scales, bottleneck adapters and heads on their rows' groups).
+public struct AdapterRouting: Sendable {
+    @TaskLocal static var current: AdapterRouting?
+
+    /// The adapter of each row (nil: the bare base).
+    public let rows: [String?]
+    /// The distinct adapters, in order of first appearance, with their rows.
+    let groups: [(name: String, rows: [Int])]
+
+    init(_ rows: [String?]) {
+        self.rows = rows
+        var order: [String] = [], members: [String: [Int]] = [:]
+        for (b, name) in rows.enumerated() {
+            guard let name else { continue }
+            if members[name] == nil { order.append(name) }
+            members[name, default: []].append(b)
+        }
+        groups = order.map { ($0, members[$0]!) }
+    }
+
+    /// Throws unless `x` has one row per routed row along axis 0.
+    func check(_ x: Tensor, at site: String) throws {
+        guard x.rank >= 1, x.shape[0] == rows.count else {
+            throw ModelError.badInput(
+                "a batch routed to \(rows.count) rows' adapters reached \(site) with a tensor of shape \(x.shape)")
+        }
+    }
+
+    /// Runs `body` with no routing: an adapter's own computation on its rows' group (its inner layers are plain).
+    static func outside<R>(_ body: () throws -> R) rethrows -> R { try $current.withValue(nil, operation: body) }
+}
+
+extension Module {
+    /// Runs `body`, whose forward passes take batches where row `b` uses the adapter `perRow[b]` (nil: the bare base),
+    /// every adapter at every insertion point applied to its own rows in one pass over the shared base — what a server
+    /// needs to answer requests for many adapters together. Outside `body` the active adapter is as before.
+    ///
+    /// Each row's result equals running that row alone with its adapter active (up to float rounding: the base
+    /// product is shared, the adapters' parts are added per group of rows).
+    /// - Throws: ``ModelError/badInput(_:)`` for a name the model has no adapter of, or while an adapter is merged into
+    ///   the base (a merged weight is one adapter's, not the batch's).
+    public func withAdapters<R>(perRow: [String?], _ body: () throws -> R) throws -> R {
+        let known = Set(adapterNames)
+        if let unknown = perRow.compactMap({ $0 }).first(where: { !known.contains($0) }) {
+            throw ModelError.badInput("no adapter named '\(unknown)' (the model has \(known.sorted()))")
+        }
+        if let merged = namedModules().first(where: { ($0.module as? Linear)?.isMerged == true || ($0.module as? Embedding)?.isMerged == true }) {
+            throw ModelError.badInput(
+                "\(merged.key) has an adapter merged into its weight: unmerge it (unmergeAdapters()) before mixing adapters in a batch")
+        }
+        let previous = activeAdapterName
+        activateAdapter(nil)
+        defer { activateAdapter(previous) }
+        return try AdapterRouting.$current.withValue(AdapterRouting(perRow), operation: body)
+    }
+}
+
+extension Tensor {
+    /// The rows `indices` of axis 0, in that order.
+    func rows(_ indices: [Int]) throws -> Tensor {
+        if indices.count == shape[0], indices.enumerated().allSatisfy({ $0.offset == $0.element }) { return self }
+        return try Tensor.concatenate(indices.map { try slice(axis: 0, $0..<($0 + 1)) }, axis: 0)
+    }
+
+    /// The rows `indices` of axis 0, or every row when nil.
+    func picking(_ indices: [Int]?) throws -> Tensor { try indices.map { try rows($0) } ?? self }
+
+    /// This tensor with its rows `indices` (axis 0) replaced by the rows of `replacement`, in order.
+    func replacingRows(_ indices: [Int], with replacement: Tensor) throws -> Tensor {
+        guard replacement.shape[0] == indices.count, Array(replacement.shape.dropFirst()) == Array(shape.dropFirst())
+        else {
+            throw ModelError.badInput("rows \(replacement.shape) cannot replace \(indices.count) rows of \(shape)")
+        }
+        if indices.count == shape[0], indices.enumerated().allSatisfy({ $0.offset == $0.element }) { return replacement }
+        var source = [Int?](repeating: nil, count: shape[0])
+        for (i, r) in indices.enumerated() { source[r] = i }
+        // Runs of consecutive rows from one tensor are copied as one slice.
+        var pieces: [Tensor] = [], b = 0
+        while b < shape[0] {
+            var end = b + 1
+            if let i = source[b] {
+                while end < shape[0], let j = source[end], j == i + (end - b) { end += 1 }
+                pieces.append(try replacement.slice(axis: 0, i..<(i + end - b)))
+            } else {
+                while end < shape[0], source[end] == nil { end += 1 }
+                pieces.append(try slice(axis: 0, b..<end))
+            }
+            b = end
+        }
+        return pieces.count == 1 ? pieces[0] : try Tensor.concatenate(pieces, axis: 0)
+    }
+}
+
+extension IntTensor {
+    /// The rows `indices` of axis 0, in that order.
+    func rows(_ indices: [Int]) throws -> IntTensor {
+        let width = shape.dropFirst().reduce(1, *)
+        var values: [Int32] = []
+        values.reserveCapacity(indices.count * width)
+        for r in indices { values += self.values[(r * width)..<((r + 1) * width)] }
+        return try IntTensor(shape: [indices.count] + shape.dropFirst(), values: values)
+    }
+}
+
+extension Linear {
+    /// The layer's output for a batch routed to many adapters: the base product once over every row, then each
+    /// group's adapters on its rows (IA3 on the input before the product, BitFit's bias, LoRA's low-rank update or
+    /// DoRA's rescaling, IA3 on the output; another method computes its rows through its own chain).
+    func mixedForward(_ x: Tensor, routing: AdapterRouting) throws -> Tensor {
+        try routing.check(x, at: "a \(inputs) -> \(outputs) linear layer")
+        struct Plan {
+            let rows: [Int]
+            let lora: LoRA?, method: (any LinearAdapterMethod)?, ia3: IA3?, bias: Parameter?
+        }
+        let plans = routing.groups.compactMap { g -> Plan? in
+            let p = Plan(
+                rows: g.rows, lora: slots.adapters[g.name], method: methods.members[g.name],
+                ia3: ia3Vectors.members[g.name], bias: biases?.variants[g.name])
+            return p.lora == nil && p.method == nil && p.ia3 == nil && p.bias == nil ? nil : p
+        }
+        let baseBias = biases?.base.value
+        if plans.isEmpty { return try baseProduct(x, bias: baseBias) }
+        var input = x
+        for p in plans where p.ia3?.scalesInput == true {
+            input = try input.replacingRows(p.rows, with: input.rows(p.rows) * p.ia3!.vector.value)
+        }
+        let product = try baseProduct(input, bias: nil)
+        var y = try baseBias.map { try product + $0 } ?? product
+        for p in plans {
+            let xs = try input.rows(p.rows)
+            let bias = p.bias?.value ?? baseBias
+            var ys: Tensor
+            if let method = p.method {
+                ys = try AdapterRouting.outside {
+                    try method.forward(xs, layer: self) { [self] x in
+                        guard let lora = p.lora else { return try baseProduct(x, bias: bias) }
+                        return try lora.delta(x, base: baseProduct(x, bias: nil), bias: bias, layer: self)
+                    }
+                }
+            } else {
+                let base = try product.rows(p.rows)
+                ys = try p.lora.map { try $0.delta(xs, base: base, bias: bias, layer: self) }
+                    ?? (bias.map { try base + $0 } ?? base)
+            }
+            if let ia3 = p.ia3, !ia3.scalesInput { ys = try ys * ia3.vector.value }
+            y = try y.replacingRows(p.rows, with: ys)
+        }
+        return y
+    }
+}
+
+extension LoRA {
+    /// The adapted output of `x`'s rows given the base product `base = x·Wᵀ` (no bias): `base + b + s·B·A·x`, or DoRA's
+    /// `b + f ⊙ (base + s·B·A·x)`.
+    func delta(_ x: Tensor, base: Tensor, bias: Tensor?, layer: Linear) throws -> Tensor {
+        let input = dropout > 0 && TrainingMode.isActive ? try x.trainingDropout(dropout) : x
+        let low = try Tensor.linear(Tensor.linear(input, weight: a.value), weight: b.value).scaled(by: scale)
+        var out = try base + low
+        if magnitude != nil { out = try out * (magnitude!.value / doraNorm(on: layer)) }
+        return try bias.map { try out + $0 } ?? out
+    }
+}
+
+extension LayerNorm {
+    /// Layer norm of a routed batch: the base bias, and each BitFit adapter's own on its rows.
+    func mixedForward(_ x: Tensor, routing: AdapterRouting) throws -> Tensor {
+        try routing.check(x, at: "a layer norm")
+        var y = try Tensor.layerNorm(x, weight: weight.value, bias: biases.base.value, eps: eps)
+        for g in routing.groups {
+            guard let own = biases.variants[g.name] else { continue }
+            y = try y.replacingRows(g.rows, with: y.rows(g.rows) - biases.base.value + own.value)
+        }
+        return y
+    }
+}
+
+extension AdapterSlot {
+    /// `out` with each routed group's rows replaced by `apply(adapter, rows)` where this slot has the group's adapter;
+    /// `out` itself outside a routed batch, where `apply` gets the active adapter and every row.
+    func mixing(_ out: Tensor, _ apply: (Adapter, [Int]?) throws -> Tensor?) throws -> Tensor {
+        guard let routing = AdapterRouting.current else {
+            return try current.flatMap { try apply($0, nil) } ?? out
+        }
+        try routing.check(out, at: "an adapter slot")
+        var y = out
+        for g in routing.groups {
+            guard let adapter = adapters[g.name] else { continue }
+            if let rows = try AdapterRouting.outside({ try apply(adapter, g.rows) }) {
+                y = try y.replacingRows(g.rows, with: rows)
+            }
+        }
+        return y
+    }
+}
+
+extension Variants where Value == Linear {
+    /// The task head applied to `x: [B, ...]`: the active one, or in a routed batch each row's adapter's (or the
+    /// base's). Heads of different output counts cannot share one batch's tensor: that is a named error.
+    func apply(_ x: Tensor) throws -> Tensor {
+        guard let routing = AdapterRouting.current else { return try current(x) }
+        try routing.check(x, at: "the task head")
+        let routed = Set(routing.groups.flatMap(\.rows))
+        var pieces: [(rows: [Int], out: Tensor)] = []
+        let rest = (0..<routing.rows.count).filter { !routed.contains($0) } + routing.groups.filter { variants[$0.name] == nil }.flatMap(\.rows)
+        try AdapterRouting.outside {
+            if !rest.isEmpty { pieces.append((rest.sorted(), try base(x.rows(rest.sorted())))) }
+            for g in routing.groups { if let head = variants[g.name] { pieces.append((g.rows, try head(x.rows(g.rows)))) } }
+        }
+        let widths = Set(pieces.map { $0.out.shape.last! })
+        guard widths.count == 1, let first = pieces.first else {
+            throw ModelError.badInput(
+                "the batch's adapters have task heads of \(widths.sorted()) outputs, which cannot share one logits tensor: batch rows whose heads have the same number of labels")
+        }
+        var shape = first.out.shape
+        shape[0] = routing.rows.count
+        var y = try Tensor.zeros(shape)
+        for p in pieces { y = try y.replacingRows(p.rows, with: p.out) }
+        return y
+    }
+}
