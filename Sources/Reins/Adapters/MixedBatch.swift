@@ -224,3 +224,97 @@ extension Variants where Value == Linear {
         return y
     }
 }
+
+/// The virtual tokens of a batch routed to many adapters: each row's prefix (`P_b` keys and values per layer) and
+/// prompt vectors (`Q_b`), left-padded to the batch's longest (`P`, `Q`) and masked out, so that every row sees exactly
+/// its own — and its tokens take the positions after them, as they would alone.
+struct RoutedVirtualTokens {
+    let P: Int, Q: Int
+    let prefixes: [Prefix?]
+    let prompts: [Tensor?]
+
+    var rowCount: Int { prefixes.count }
+    func prefixLength(_ b: Int) -> Int { prefixes[b]?.length ?? 0 }
+    func promptLength(_ b: Int) -> Int { prompts[b]?.shape[0] ?? 0 }
+
+    /// `[B, P + Q + T]`: each row's padding slots 0, its prefix and prompt 1, then `mask` (nil: all tokens real).
+    func keyMask(_ mask: IntTensor?, length T: Int) throws -> IntTensor {
+        var values: [Int32] = []
+        for b in 0..<rowCount {
+            let (p, q) = (prefixLength(b), promptLength(b))
+            values += [Int32](repeating: 0, count: P - p) + [Int32](repeating: 1, count: p)
+            values += [Int32](repeating: 0, count: Q - q) + [Int32](repeating: 1, count: q)
+            values += mask.map { Array($0.values[(b * T)..<((b + 1) * T)]) } ?? [Int32](repeating: 1, count: T)
+        }
+        return try IntTensor(shape: [rowCount, P + Q + T], values: values)
+    }
+
+    /// Positions `[B, Q + T]`: the prompt slots (padding at 0), then the tokens' `positions` shifted past each row's
+    /// own prefix and prompt.
+    func positions(_ positions: IntTensor) throws -> IntTensor {
+        let T = positions.shape[1]
+        var values: [Int32] = []
+        for b in 0..<rowCount {
+            let (p, q) = (prefixLength(b), promptLength(b))
+            values += [Int32](repeating: 0, count: Q - q) + (0..<q).map { Int32(p + $0) }
+            values += positions.values[(b * T)..<((b + 1) * T)].map { $0 + Int32(p + q) }
+        }
+        return try IntTensor(shape: [rowCount, Q + T], values: values)
+    }
+
+    /// The prompt slots' inputs `[B, Q, C]` (zeros for padding).
+    func promptInputs(width C: Int) throws -> Tensor {
+        try Tensor.concatenate(
+            (0..<rowCount).map { b in
+                let q = promptLength(b)
+                var parts: [Tensor] = []
+                if Q - q > 0 { parts.append(try Tensor.zeros([1, Q - q, C])) }
+                if let p = prompts[b] { parts.append(try p.reshaped([1, q, C])) }
+                return parts.count == 1 ? parts[0] : try Tensor.concatenate(parts, axis: 1)
+            }, axis: 0)
+    }
+
+    /// Every layer's prefix keys and values `[B, heads, P, hs]` (zeros for padding).
+    func keysValues(layers: Int, heads: Int, headSize: Int) throws -> [(keys: Tensor, values: Tensor)]? {
+        guard P > 0 else { return nil }
+        let own = try prefixes.map { try $0?.keysValues(batch: 1) }
+        /// Row `b`'s keys (`slot` 0) or values (1) of `layer`, left-padded with zeros to `P`.
+        func padded(_ b: Int, _ layer: Int, _ slot: Int) throws -> Tensor {
+            let p = prefixLength(b)
+            let pad = P - p > 0 ? try Tensor.zeros([1, heads, P - p, headSize]) : nil
+            guard let mine = own[b]?[layer] else { return pad! }
+            let part = slot == 0 ? mine.keys : mine.values
+            return try pad.map { try Tensor.concatenate([$0, part], axis: 2) } ?? part
+        }
+        return try (0..<layers).map { l in
+            (
+                try Tensor.concatenate(try (0..<rowCount).map { try padded($0, l, 0) }, axis: 0),
+                try Tensor.concatenate(try (0..<rowCount).map { try padded($0, l, 1) }, axis: 0)
+            )
+        }
+    }
+}
+
+extension VirtualTokenHost {
+    /// In a routed batch where some row's adapter brings a prefix or prompt vectors: each row's, padded; else nil.
+    func routedVirtualTokens(rows B: Int) throws -> RoutedVirtualTokens? {
+        guard let routing = AdapterRouting.current,
+            routing.groups.contains(where: { prefixes.members[$0.name] != nil || prompts.members[$0.name] != nil })
+        else { return nil }
+        guard routing.rows.count == B else {
+            throw ModelError.badInput("a batch routed to \(routing.rows.count) rows' adapters got \(B) rows of ids")
+        }
+        let rowPrefixes = routing.rows.map { $0.flatMap { prefixes.members[$0] } }
+        let rowPrompts = routing.rows.map { $0.flatMap { prompts.members[$0]?.value } }
+        return RoutedVirtualTokens(
+            P: rowPrefixes.map { $0?.length ?? 0 }.max() ?? 0, Q: rowPrompts.map { $0?.shape[0] ?? 0 }.max() ?? 0,
+            prefixes: rowPrefixes, prompts: rowPrompts)
+    }
+
+    /// The prompt vectors' rows before the tokens in the hidden states: the active prompt's, or in a routed batch the
+    /// longest routed prompt's.
+    var leadingPromptRows: Int {
+        guard let routing = AdapterRouting.current else { return promptLength }
+        return routing.groups.compactMap { prompts.members[$0.name]?.value.shape[0] }.max() ?? 0
+    }
+}

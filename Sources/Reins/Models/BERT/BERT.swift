@@ -273,6 +273,10 @@ public final class BertModel: Module, VirtualTokenHost {
             throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
         }
         let (B, T) = (ids.shape[0], ids.shape[1])
+        if try routedVirtualTokens(rows: B) != nil {
+            throw ModelError.badInput(
+                "BERT does not mix prefix or prompt-tuning adapters with others in one batch (the pooled position moves with each row's prompt): run those rows with their adapter active")
+        }
         let P = prefix?.length ?? 0, Q = promptLength
         guard P + Q + T <= config.positions else {
             throw ModelError.sequenceTooLong(length: P + Q + T, maximum: config.positions)

@@ -307,7 +307,7 @@ public final class GPT2Model: Module, VirtualTokenHost {
         }
         return try encode(
             ids, attentionMask: attentionMask, positionIDs: nil, tokenTypeIDs: tokenTypeIDs, cache: nil,
-            rows: positions.map { $0 + promptLength })
+            rows: positions.map { $0 + leadingPromptRows })
     }
 
     private func encode(
@@ -318,6 +318,11 @@ public final class GPT2Model: Module, VirtualTokenHost {
             throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
         }
         let (B, T) = (ids.shape[0], ids.shape[1])
+        if let routed = try routedVirtualTokens(rows: B) {
+            return try routedEncode(
+                ids, attentionMask: attentionMask, positionIDs: positionIDs, tokenTypeIDs: tokenTypeIDs, cache: cache,
+                rows: rows, routed)
+        }
         let P = prefixLength
         // Cached token positions (prefix and prompt enter the cache with the first pass).
         let cached = cache?.length ?? 0
@@ -535,5 +540,42 @@ extension Tensor {
     func positions(_ positions: [Int]) throws -> Tensor {
         try Tensor.concatenate(
             positions.enumerated().map { b, t in try slice(axis: 0, b..<(b + 1)).slice(axis: 1, t..<(t + 1)) }, axis: 0)
+    }
+}
+
+extension GPT2Model {
+    /// The encoder for a batch routed to adapters of which some bring a prefix or prompt vectors: each row's own,
+    /// left-padded to the longest and masked (as ``LlamaModel``'s routed path).
+    fileprivate func routedEncode(
+        _ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, tokenTypeIDs: IntTensor?,
+        cache: KVCache?, rows: [Int]?, _ virtual: RoutedVirtualTokens
+    ) throws -> Tensor {
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        guard cache == nil, tokenTypeIDs == nil else {
+            throw ModelError.badInput(
+                "a batch routed to adapters with virtual tokens runs without a shared KV cache or token types: generate through ContinuousBatch, which gives each row its own cache")
+        }
+        try checkTokens(ids, vocabularySize: config.vocabularySize)
+        if let attentionMask, attentionMask.shape != [B, T] {
+            throw ModelError.badInput("attention mask \(attentionMask.shape) does not match the ids \(ids.shape)")
+        }
+        let tokenPositions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) })
+        guard tokenPositions.shape == ids.shape else {
+            throw ModelError.badInput("position ids \(tokenPositions.shape) do not match input ids \(ids.shape)")
+        }
+        let positions = try virtual.positions(tokenPositions)
+        if let bad = positions.values.first(where: { $0 < 0 || Int($0) >= config.positions }) {
+            throw ModelError.sequenceTooLong(length: Int(bad) + 1, maximum: config.positions)
+        }
+        let keyMask = try virtual.keyMask(attentionMask, length: T)
+        var x = try tokenEmbedding(ids)
+        if virtual.Q > 0 { x = try Tensor.concatenate([virtual.promptInputs(width: config.hidden), x], axis: 1) }
+        x = try (x + positionEmbedding(positions)).trainingDropout(config.embeddingDropout)
+        let prefixes = try virtual.keysValues(layers: blocks.count, heads: config.heads, headSize: config.hidden / config.heads)
+        for (i, block) in blocks.enumerated() {
+            x = try block(x, keyMask: keyMask, prefix: prefixes?[i], rows: i == blocks.count - 1 ? rows : nil)
+        }
+        if let rows, blocks.isEmpty { x = try x.positions(rows) }
+        return try finalNorm(x)
     }
 }

@@ -196,6 +196,9 @@ public final class LlamaModel: Module, VirtualTokenHost {
             throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
         }
         let (B, T) = (ids.shape[0], ids.shape[1])
+        if let routed = try routedVirtualTokens(rows: B) {
+            return try routedHiddenStates(ids, attentionMask: attentionMask, positionIDs: positionIDs, cache: cache, routed)
+        }
         let P = prefixLength
         let cached = cache?.length ?? 0
         let past = cached > 0 ? cached - P - promptLength : 0
@@ -316,8 +319,41 @@ public final class LlamaForSequenceClassification: Module {
     public func logits(_ ids: IntTensor, attentionMask: IntTensor? = nil) throws -> Tensor {
         let last = try lastRealTokens(ids, padTokenID: model.config.padTokenID)
         let h = try model.hiddenStates(ids, attentionMask: attentionMask)
-        let picked = try h.positions(last.map { $0 + model.promptLength })
+        let picked = try h.positions(last.map { $0 + model.leadingPromptRows })
         let logits = try heads.apply(picked)
         return try logits.reshaped([last.count, logits.shape.last!])
+    }
+}
+
+extension LlamaModel {
+    /// ``hiddenStates(_:attentionMask:positionIDs:cache:)`` for a batch routed to adapters of which some bring a prefix
+    /// or prompt vectors: each row's own, left-padded to the longest and masked (`[B, Q + T, C]`, `Q` the longest
+    /// prompt). No shared cache: generation gives each row its own (``ContinuousBatch``).
+    func routedHiddenStates(
+        _ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, cache: KVCache?,
+        _ virtual: RoutedVirtualTokens
+    ) throws -> Tensor {
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        guard cache == nil else {
+            throw ModelError.badInput(
+                "a batch routed to adapters with virtual tokens runs without a shared KV cache: generate through ContinuousBatch, which gives each row its own")
+        }
+        try checkTokens(ids, vocabularySize: config.vocabularySize)
+        if let attentionMask, attentionMask.shape != [B, T] {
+            throw ModelError.badInput("attention mask \(attentionMask.shape) does not match the ids \(ids.shape)")
+        }
+        let tokenPositions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) })
+        guard tokenPositions.shape == ids.shape else {
+            throw ModelError.badInput("position ids \(tokenPositions.shape) do not match input ids \(ids.shape)")
+        }
+        let keyMask = try virtual.keyMask(attentionMask, length: T)
+        var x = try tokenEmbedding(ids)
+        if virtual.Q > 0 { x = try Tensor.concatenate([virtual.promptInputs(width: config.hidden), x], axis: 1) }
+        let angles = try rotary.angles(try virtual.positions(tokenPositions))
+        let prefixes = try virtual.keysValues(layers: layers.count, heads: config.keyValueHeads, headSize: config.headSize)
+        for (i, layer) in layers.enumerated() {
+            x = try layer(x, angles: angles, keyMask: keyMask, prefix: prefixes?[i])
+        }
+        return try finalNorm(x)
     }
 }

@@ -1,0 +1,221 @@
+import Foundation
+import ReinsTestSupport
+import Testing
+
+@testable import Reins
+
+/// Mixed-adapter batches: one forward pass over rows that each use their own adapter (or none) on one shared base
+/// equals, row by row, running each row alone with its adapter active — for every adapter method, on GPT-2, Llama
+/// (grouped-query heads, untied output) and Qwen2 (q/k/v biases, tied output), and BERT's per-adapter heads.
+struct MixedBatchTests {
+    static let llamaLinear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    /// Every method, with the family's layer names.
+    static func methods(_ family: String) -> [(String, AdapterMethod)] {
+        let gpt2 = family == "gpt2-lm"
+        let linear = gpt2 ? ["c_attn", "c_proj", "c_fc"] : llamaLinear
+        var m: [(String, AdapterMethod)] = [
+            ("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: linear))),
+            ("lora-r3", .lora(LoRAConfig(rank: 3, alpha: 3, targets: [linear[0], linear.last!]))),
+            ("dora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: [linear[1], linear.last!], dora: true))),
+            ("lora-embedding-head", .lora(LoRAConfig(rank: 2, alpha: 4, targets: gpt2 ? ["wte", "lm_head"] : ["embed_tokens", "lm_head"]))),
+            ("ia3", .ia3()),
+            ("loha", .loha(LoHaConfig(rank: 2, alpha: 4, targets: [linear[0]]))),
+            ("houlsby", .houlsby(bottleneck: 4)), ("pfeiffer", .pfeiffer(bottleneck: 5)),
+            ("adapterbias", .adapterBias), ("parallel", .parallel(bottleneck: 3)),
+            ("prefix", .prefix(length: 2)), ("prefix-3", .prefix(length: 3)), ("prompt", .promptTuning(length: 3)),
+            ("prompt-1", .promptTuning(length: 1)),
+        ]
+        if family != "llama-tiny" { m.append(("bitfit", .bitFit)) }  // GPT-2's biases; Qwen2's q/k/v biases
+        return m
+    }
+
+    static func causalLM(_ name: String) throws -> any CausalLanguageModel {
+        switch try PretrainedModel.load(directory: Fixtures.model(name)) {
+        case let .gpt2LMHead(m): return m
+        case let .llamaCausalLM(m): return m
+        default: throw ModelError.badInput("\(name) is not a causal LM")
+        }
+    }
+
+    /// Adds every method under its name with values far from its identity start (LoRA's B starts at zero, IA3 at
+    /// ones), so that each adapter really changes its rows.
+    static func adapted(_ name: String) throws -> (any CausalLanguageModel, [String]) {
+        let model = try causalLM(name)
+        var names: [String] = []
+        for (i, (adapter, method)) in methods(name).enumerated() {
+            try model.addAdapter(adapter, method, seed: UInt64(10 + i))
+            for (j, p) in model.parameters(ofAdapter: adapter).enumerated() {
+                let noise = try Tensor.normal(p.value.shape, std: 0.3, seed: UInt64(100 * i + j))
+                p.replaceValue(try p.value.detached() + noise)
+            }
+            names.append(adapter)
+        }
+        model.activateAdapter(nil)
+        return (model, names)
+    }
+
+    static func logits(_ model: any CausalLanguageModel, _ ids: IntTensor, mask: IntTensor? = nil) throws -> Tensor {
+        try model.outputLogits(model.decoderStates(ids, attentionMask: mask, positionIDs: nil, cache: nil))
+    }
+
+    /// Row `b` of `[B, rows, V]`, its last `count` rows.
+    static func lastRows(_ t: Tensor, row b: Int, count: Int) throws -> [Float] {
+        let n = t.shape[1]
+        return try t.slice(axis: 0, b..<(b + 1)).slice(axis: 1, (n - count)..<n).scalars
+    }
+
+    @Test(arguments: ["gpt2-lm", "llama-tiny", "qwen2-tiny"])
+    func everyRowOfAMixedBatchEqualsItsAdapterAlone(family: String) throws {
+        let (model, names) = try Self.adapted(family)
+        // Rows: every adapter, the bare base between them, and one adapter twice (rows of a group not adjacent).
+        let routing: [String?] = [names[0], nil] + names.dropFirst().map { $0 } + [nil, names[0]]
+        let B = routing.count, T = 5
+        let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(3 + ($0 * 7) % 40) })
+        // Right padding in two rows: the mask reaches every routed path.
+        var maskValues = [Int32](repeating: 1, count: B * T)
+        maskValues[T - 1] = 0
+        maskValues[4 * T - 1] = 0
+        let mask = try IntTensor(shape: [B, T], values: maskValues)
+        let mixed = try model.withAdapters(perRow: routing) { try Self.logits(model, ids, mask: mask) }
+        #expect(model.activeAdapterName == nil, "the active adapter is restored")
+        var differing = 0
+        for (b, name) in routing.enumerated() {
+            model.activateAdapter(name)
+            let alone = try Self.logits(model, ids.rows([b]), mask: mask.rows([b]))
+            let tokens = alone.shape[1] - T  // the prompt's rows come first; compare the tokens' and the prompt's
+            let own = try Self.lastRows(alone, row: 0, count: alone.shape[1])
+            expectClose(
+                try Self.lastRows(mixed, row: b, count: T + tokens), own, atol: 2e-5, rtol: 1e-4,
+                "\(family) row \(b) (\(name ?? "base"))")
+            model.activateAdapter(nil)
+            let base = try Self.lastRows(Self.logits(model, ids.rows([b]), mask: mask.rows([b])), row: 0, count: T)
+            if name != nil, zip(base, try Self.lastRows(alone, row: 0, count: T)).contains(where: { abs($0 - $1) > 1e-3 }) {
+                differing += 1
+            }
+        }
+        let adapted = routing.compactMap { $0 }.count
+        #expect(differing == adapted, "every adapter changes its row (\(differing) of \(adapted))")
+    }
+
+    /// Continuous batching: requests for different adapters (virtual-token methods included) join at token boundaries
+    /// and leave when done; each gets exactly the tokens it gets alone — greedy and seeded sampling, its own stop
+    /// tokens and budget.
+    @Test(arguments: ["gpt2-lm", "llama-tiny"])
+    func continuousBatchingGivesEachRequestItsTokensAlone(family: String) throws {
+        let (model, names) = try Self.adapted(family)
+        let pick = ["lora", "prefix", "prompt", "ia3", "houlsby", "dora", "prefix-3", "adapterbias"]
+        var requests: [(prompt: [Int32], adapter: String?, options: GenerationOptions)] = []
+        for (i, adapter) in ([nil] + pick.map { Optional($0) }).enumerated() {
+            #expect(adapter == nil || names.contains(adapter!))
+            let prompt = (0..<(2 + i % 4)).map { Int32(4 + (i * 11 + $0 * 3) % 37) }
+            var options = GenerationOptions(maxNewTokens: 3 + i % 5, greedy: i % 3 != 2, temperature: 0.8, topK: 12, seed: UInt64(i))
+            if i == 4 { options.stopTokens = [] }
+            requests.append((prompt, adapter, options))
+        }
+        // Alone: each request's tokens with its adapter active.
+        var alone: [[Int32]] = []
+        for r in requests {
+            model.activateAdapter(r.adapter)
+            alone.append(Array(try model.generate(prompts: [r.prompt], options: r.options)[0].dropFirst(r.prompt.count)))
+        }
+        model.activateAdapter(nil)
+        // A stop token that request 1 really emits (first at step k > 0) ends it early, in the batch as alone.
+        let k = try #require((1..<alone[1].count).first { !alone[1][..<$0].contains(alone[1][$0]) })
+        requests[1].options.stopTokens = [alone[1][k]]
+        model.activateAdapter(requests[1].adapter)
+        alone[1] = Array(try model.generate(prompts: [requests[1].prompt], options: requests[1].options)[0].dropFirst(requests[1].prompt.count))
+        model.activateAdapter(nil)
+        #expect(alone[1].count == k + 1)
+
+        let batch = try ContinuousBatch(model: model, capacity: 4)
+        var produced: [Int: [Int32]] = [:], finished: [Int: ContinuousBatch.Event.Finish] = [:], idOf: [Int: Int] = [:]
+        var waiting = Array(requests.indices), largest = 0
+        func record(_ e: ContinuousBatch.Event) {
+            produced[e.id, default: []].append(e.token)
+            if let f = e.finish { finished[e.id] = f }
+        }
+        while !waiting.isEmpty || batch.count > 0 {
+            // Join at a token boundary while there is room (the capacity is below the request count).
+            while !batch.isFull, let next = waiting.first {
+                waiting.removeFirst()
+                let r = requests[next]
+                if let e = try batch.add(prompt: r.prompt, adapter: r.adapter, options: r.options) {
+                    idOf[next] = e.id
+                    record(e)
+                }
+            }
+            largest = max(largest, batch.count)
+            for e in try batch.step() { record(e) }
+        }
+        #expect(largest == 4, "the batch ran full")
+        #expect(model.activeAdapterName == nil)
+        for (i, r) in requests.enumerated() {
+            let id = try #require(idOf[i])
+            #expect(produced[id] == alone[i], "\(family) request \(i) (\(r.adapter ?? "base"))")
+            #expect(finished[id] == (i == 1 ? .stop : .length), "request \(i)")
+        }
+    }
+
+    /// Sequence classification with a head per adapter: rows of different adapters read their own heads; heads of
+    /// different label counts cannot share one logits tensor, by name.
+    @Test func bertHeadsPerRow() throws {
+        guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: Fixtures.model("bert-cls"))
+        else { Issue.record("bert-cls did not load as a classifier"); return }
+        let labels = model.heads.base.outputs
+        try model.addAdapter("a", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"])), labels: labels, seed: 1)
+        try model.addAdapter("b", .houlsby(bottleneck: 3), labels: labels, seed: 2)
+        try model.addAdapter("c", .bitFit, labels: labels, seed: 3)
+        try model.addAdapter("wide", .ia3(), labels: labels + 2, seed: 4)
+        for name in ["a", "b", "c", "wide"] {
+            for (j, p) in model.parameters(ofAdapter: name).enumerated() {
+                p.replaceValue(try p.value.detached() + Tensor.normal(p.value.shape, std: 0.3, seed: UInt64(j + 7)))
+            }
+        }
+        let ids = try IntTensor(shape: [4, 6], values: (0..<24).map { Int32(5 + ($0 * 5) % 50) })
+        let routing: [String?] = ["b", nil, "a", "c"]
+        let mixed = try model.withAdapters(perRow: routing) { try model.logits(ids) }
+        for (b, name) in routing.enumerated() {
+            model.activateAdapter(name)
+            expectClose(
+                try mixed.slice(axis: 0, b..<(b + 1)).scalars, try model.logits(ids.rows([b])).scalars, atol: 2e-5,
+                rtol: 1e-4, "BERT row \(b) (\(name ?? "base"))")
+        }
+        #expect { try model.withAdapters(perRow: ["a", "wide", nil, nil]) { try model.logits(ids) } } throws: {
+            "\($0)".contains("cannot share one logits tensor")
+        }
+    }
+
+    @Test func badRoutingIsRefusedByName() throws {
+        let (model, _) = try Self.adapted("llama-tiny")
+        let ids = try IntTensor(shape: [2, 3], values: [3, 4, 5, 6, 7, 8])
+        #expect { try model.withAdapters(perRow: ["lora", "nope"]) { 0 } } throws: {
+            "\($0)".contains("no adapter named 'nope'")
+        }
+        #expect { try model.withAdapters(perRow: ["lora", nil, "ia3"]) { try Self.logits(model, ids) } } throws: {
+            "\($0)".contains("routed to 3 rows")
+        }
+        // A merged adapter is one adapter's weight, not the batch's.
+        model.activateAdapter("lora")
+        try model.mergeAdapter("lora")
+        #expect { try model.withAdapters(perRow: ["lora", nil]) { 0 } } throws: { "\($0)".contains("unmerge it") }
+        try model.unmergeAdapters()
+        // The continuous batch: full, unknown adapter, empty prompt, bad options.
+        let batch = try ContinuousBatch(model: model, capacity: 1)
+        #expect { try batch.add(prompt: [3], adapter: "nope", options: GenerationOptions()) } throws: {
+            "\($0)".contains("no adapter named 'nope'")
+        }
+        #expect { try batch.add(prompt: [], adapter: nil, options: GenerationOptions()) } throws: {
+            "\($0)".contains("at least one token")
+        }
+        #expect { try batch.add(prompt: [3], adapter: nil, options: GenerationOptions(maxNewTokens: -1)) } throws: {
+            "\($0)".contains("must not be negative")
+        }
+        #expect { try batch.add(prompt: [3, 1 << 20], adapter: nil, options: GenerationOptions()) } throws: { _ in true }
+        _ = try batch.add(prompt: [3], adapter: "lora", options: GenerationOptions(maxNewTokens: 5))
+        #expect { try batch.add(prompt: [3], adapter: nil, options: GenerationOptions()) } throws: {
+            "\($0)".contains("the batch is full")
+        }
+        #expect(throws: (any Error).self) { try ContinuousBatch(model: model, capacity: 0) }
+    }
+}
