@@ -8,11 +8,17 @@ let package = Package(
         .library(name: "ReinsTensor", targets: ["ReinsTensor"]),
         .library(name: "Reins", targets: ["Reins"]),
         .executable(name: "reins", targets: ["ReinsCLI"]),
+        // `reins serve`'s HTTP layer (Hummingbird 2, SwiftNIO): a separate product, so that ReinsTensor and Reins stay
+        // free of it.
+        .library(name: "ReinsServer", targets: ["ReinsServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         // `swift package generate-documentation --target Reins` builds the DocC catalog (Sources/Reins/Reins.docc).
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.4.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.5.0"),
     ],
     targets: [
         // OpenBLAS (cblas + LAPACKE) from the system; Debian: libopenblas-dev liblapacke-dev.
@@ -36,9 +42,21 @@ let package = Package(
         // zlib from the system (Debian: zlib1g-dev), for the demo's dictionary (dictd's gzip-compressed .dict.dz).
         .systemLibrary(name: "CZlib", path: "CSupport/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "ReinsDemoData", dependencies: ["Reins", "ReinsTensor", "CZlib"]),
+        // One base, many adapters, behind OpenAI-compatible HTTP endpoints (`reins serve`).
+        .target(
+            name: "ReinsServer",
+            dependencies: [
+                "Reins", "ReinsTensor", .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"), .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "ReinsCLI",
-            dependencies: ["Reins", "ReinsTensor", "ReinsDemoData", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "Reins", "ReinsTensor", "ReinsDemoData", "ReinsServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // One tolerance helper and the fixture locations, shared by the test targets.
         .target(name: "ReinsTestSupport", dependencies: ["ReinsTensor"], path: "Tests/ReinsTestSupport"),
@@ -51,6 +69,8 @@ let package = Package(
         .executableTarget(name: "ReinsFuzz", dependencies: ["ReinsFuzzTargets"], path: "Tests/Fuzz/Harness"),
         // Runs the built `reins` tool as a user would (exit status, signal, message, time) on malformed files and
         // arguments; depending on the tool's target makes `swift test` build it first.
+        // Starts `reins serve`'s application on a loopback port inside the suite and talks to it over HTTP.
+        .testTarget(name: "ReinsServerTests", dependencies: ["ReinsServer", "Reins", "ReinsTestSupport"]),
         .testTarget(name: "ReinsCLITests", dependencies: ["ReinsCLI", "Reins", "ReinsTestSupport", "ReinsDemoData"]),
     ]
 )

@@ -12,7 +12,7 @@ struct ReinsCommand: ParsableCommand {
             EmbedCommand.self,
             LogitsCommand.self, AdaptersCommand.self, ExtractLoRACommand.self, KernelsCommand.self, BenchCommand.self,
             DemoCommand.self, TrainCommand.self, EvalCommand.self, PredictCommand.self, TokenizerCommand.self,
-            PretrainCommand.self, PlotCommand.self, QuantizeCommand.self,
+            PretrainCommand.self, PlotCommand.self, QuantizeCommand.self, ServeCommand.self,
         ]
     )
 

@@ -1,0 +1,318 @@
+import Foundation
+import Reins
+import ReinsTensor
+
+/// What the server serves: one base causal language model with its chat format, and adapters on it. Touched only on
+/// the engine's thread.
+public final class ServedModel {
+    public let model: any CausalLanguageModel
+    public let format: ChatFormat
+    /// The name the base answers to in the API's `model` field.
+    public let baseName: String
+
+    public init(model: any CausalLanguageModel, format: ChatFormat, baseName: String) {
+        (self.model, self.format, self.baseName) = (model, format, baseName)
+    }
+
+    /// Loads every adapter directory under `directory` (each subdirectory holding an adapter, named by the folder).
+    /// - Returns: the names loaded.
+    @discardableResult
+    public func loadAdapters(from directory: URL) throws -> [String] {
+        let entries = try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted()
+        var names: [String] = []
+        for name in entries where !name.hasPrefix(".") {
+            let dir = directory.appendingPathComponent(name)
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: dir.path, isDirectory: &isDirectory), isDirectory.boolValue
+            else { continue }
+            try loadAdapter(name, from: dir)
+            names.append(name)
+        }
+        return names
+    }
+
+    /// Loads one adapter under `name`, for inference (nothing trains; no adapter stays active).
+    public func loadAdapter(_ name: String, from directory: URL) throws {
+        guard !name.isEmpty, name != baseName, name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            throw ServerError.badRequest("adapter name '\(name)': letters, digits, '-', '_' and '.', and not the base's name")
+        }
+        guard !model.adapterNames.contains(name) else { throw ServerError.conflict("an adapter named '\(name)' is already loaded") }
+        do {
+            try AdapterFiles.load(directory: directory, into: model, name: name)
+        } catch {
+            try? model.deleteAdapter(name)
+            throw ServerError.badRequest("adapter '\(name)' from \(directory.path): \(error)")
+        }
+        try model.foldPrefixes()
+        model.activateAdapter(nil)
+        model.freeze()
+    }
+}
+
+/// Errors the API answers with their HTTP status.
+public enum ServerError: Error, CustomStringConvertible, Sendable {
+    case badRequest(String)
+    case notFound(String)
+    case conflict(String)
+    case tooLong(String)
+    case busy(String)
+
+    public var status: Int {
+        switch self {
+        case .badRequest: return 400
+        case .notFound: return 404
+        case .conflict: return 409
+        case .tooLong: return 413
+        case .busy: return 503
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case let .badRequest(m), let .notFound(m), let .conflict(m), let .tooLong(m), let .busy(m): return m
+        }
+    }
+}
+
+/// The compute side of the server: one thread that owns the model and runs a ``ContinuousBatch``. HTTP handlers submit
+/// generation requests (their tokens come back through a stream as they are chosen) and other work (embeddings,
+/// loading and unloading adapters), which runs on the same thread between decoding steps, so nothing touches the model
+/// concurrently. New requests join the running batch at token boundaries; a request whose stream is dropped (a client
+/// that went away) leaves it at the next one.
+public final class Engine: @unchecked Sendable {
+    /// What a generation request's stream carries.
+    public enum Output: Sendable {
+        case token(Int32)
+        case finished(ContinuousBatch.Event.Finish)
+        case failed(String, status: Int)
+    }
+
+    struct Pending {
+        let id: Int
+        let prompt: [Int32]
+        let adapter: String?
+        let options: GenerationOptions
+        let sink: AsyncStream<Output>.Continuation
+    }
+
+    /// Counters for `/metrics` and the load test.
+    public struct Statistics: Sendable {
+        public var queued = 0, running = 0
+        public var generatedTokens = 0, steps = 0, requests = 0
+        /// Tokens per second over the last steps (an exponential average).
+        public var tokensPerSecond = 0.0
+        public var largestBatch = 0
+    }
+
+    private let served: ServedModel
+    private let batch: ContinuousBatch
+    /// The most requests waiting to join the batch; beyond it, new requests are refused (503).
+    public let queueLimit: Int
+    private let condition = NSCondition()
+    private var pending: [Pending] = []
+    private var work: [(ServedModel) -> Void] = []
+    private var cancelled: Set<Int> = []
+    private var runningIDs: [Int: (batchID: Int, sink: AsyncStream<Output>.Continuation, adapter: String?)] = [:]
+    private var stats = Statistics()
+    private var nextID = 0
+    private var stopping = false
+    private var thread: Thread?
+    /// Called on the engine thread after each step with the statistics (the server's metrics).
+    var onStatistics: (@Sendable (Statistics) -> Void)?
+
+    public init(served: ServedModel, batchCapacity: Int = 16, queueLimit: Int = 64) throws {
+        self.served = served
+        batch = try ContinuousBatch(model: served.model, capacity: batchCapacity)
+        self.queueLimit = queueLimit
+    }
+
+    /// Starts the engine's thread.
+    public func start() {
+        let t = Thread { [self] in loop() }
+        t.name = "reins-engine"
+        t.stackSize = 8 << 20
+        thread = t
+        t.start()
+    }
+
+    /// Stops the thread after the current step; requests still running get `.failed`.
+    public func stop() {
+        condition.lock()
+        stopping = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    public var statistics: Statistics { condition.lock(); defer { condition.unlock() }; return stats }
+
+    /// Adapter names that running or waiting requests use.
+    var adaptersInUse: Set<String> {
+        condition.lock()
+        defer { condition.unlock() }
+        return Set(pending.compactMap(\.adapter) + runningIDs.values.compactMap(\.adapter))
+    }
+
+    /// Queues a generation; its tokens arrive on the returned stream, which ends after `.finished` or `.failed`.
+    /// Dropping the stream (the client went away) cancels the request.
+    /// - Throws: ``ServerError/busy(_:)`` when the queue is full.
+    public func generate(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> AsyncStream<Output> {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !stopping else { throw ServerError.busy("the server is shutting down") }
+        guard pending.count < queueLimit else {
+            throw ServerError.busy("the queue is full (\(queueLimit) requests waiting); try again shortly")
+        }
+        let id = nextID
+        nextID += 1
+        let (stream, sink) = AsyncStream<Output>.makeStream(bufferingPolicy: .unbounded)
+        sink.onTermination = { [weak self] reason in
+            if case .cancelled = reason { self?.cancel(id) }
+        }
+        pending.append(Pending(id: id, prompt: prompt, adapter: adapter, options: options, sink: sink))
+        stats.queued = pending.count
+        stats.requests += 1
+        condition.signal()
+        return stream
+    }
+
+    /// Runs `body` on the engine's thread between steps and returns its result.
+    public func run<T: Sendable>(_ body: @escaping (ServedModel) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<T, any Error>) in
+            condition.lock()
+            defer { condition.unlock() }
+            guard !stopping else { return c.resume(throwing: ServerError.busy("the server is shutting down")) }
+            work.append { served in c.resume(with: Result { try body(served) }) }
+            condition.signal()
+        }
+    }
+
+    private func cancel(_ id: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        if let i = pending.firstIndex(where: { $0.id == id }) {
+            pending.remove(at: i)
+            stats.queued = pending.count
+        } else {
+            cancelled.insert(id)
+            condition.signal()
+        }
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while pending.isEmpty && work.isEmpty && cancelled.isEmpty && batch.count == 0 && !stopping {
+                condition.wait()
+            }
+            if stopping {
+                let all = pending.map(\.sink) + runningIDs.values.map(\.sink)
+                pending = []
+                runningIDs = [:]
+                condition.unlock()
+                for s in all {
+                    s.yield(.failed("the server is shutting down", status: 503))
+                    s.finish()
+                }
+                return
+            }
+            let jobs = work
+            work = []
+            var admitted: [Pending] = []
+            while batch.count + admitted.count < batch.capacity, !pending.isEmpty { admitted.append(pending.removeFirst()) }
+            let gone = cancelled
+            cancelled = []
+            stats.queued = pending.count
+            condition.unlock()
+
+            for id in gone { drop(id) }
+            for job in jobs { job(served) }
+            for p in admitted { admit(p) }
+            if batch.count > 0 { decodeStep() }
+        }
+    }
+
+    private func drop(_ id: Int) {
+        condition.lock()
+        let entry = runningIDs.removeValue(forKey: id)
+        condition.unlock()
+        if let entry { batch.cancel(entry.batchID) }
+    }
+
+    private func admit(_ p: Pending) {
+        do {
+            guard let first = try batch.add(prompt: p.prompt, adapter: p.adapter, options: p.options) else {
+                p.sink.yield(.finished(.length))
+                p.sink.finish()
+                return
+            }
+            p.sink.yield(.token(first.token))
+            condition.lock()
+            stats.generatedTokens += 1
+            condition.unlock()
+            if let finish = first.finish {
+                p.sink.yield(.finished(finish))
+                p.sink.finish()
+            } else {
+                condition.lock()
+                runningIDs[p.id] = (first.id, p.sink, p.adapter)
+                condition.unlock()
+            }
+        } catch let error as ModelError {
+            if case .sequenceTooLong = error {
+                p.sink.yield(.failed("\(error)", status: 413))
+            } else {
+                p.sink.yield(.failed("\(error)", status: 400))
+            }
+            p.sink.finish()
+        } catch {
+            p.sink.yield(.failed("\(error)", status: 500))
+            p.sink.finish()
+        }
+    }
+
+    private func decodeStep() {
+        let started = DispatchTime.now().uptimeNanoseconds
+        let size = batch.count
+        let events: [ContinuousBatch.Event]
+        do {
+            events = try batch.step()
+        } catch {
+            // A step that fails fails every request in it (none can continue consistently).
+            condition.lock()
+            let all = runningIDs.values.map(\.sink)
+            runningIDs = [:]
+            condition.unlock()
+            for r in batch.requests { batch.cancel(r.id) }
+            for s in all {
+                s.yield(.failed("\(error)", status: 500))
+                s.finish()
+            }
+            return
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        condition.lock()
+        let byBatchID = Dictionary(uniqueKeysWithValues: runningIDs.map { ($0.value.batchID, $0.key) })
+        var deliveries: [(AsyncStream<Output>.Continuation, ContinuousBatch.Event)] = []
+        for e in events {
+            guard let id = byBatchID[e.id], let entry = runningIDs[id] else { continue }
+            deliveries.append((entry.sink, e))
+            if e.finish != nil { runningIDs[id] = nil }
+        }
+        stats.generatedTokens += events.count
+        stats.steps += 1
+        stats.running = batch.count
+        stats.largestBatch = max(stats.largestBatch, size)
+        let rate = Double(events.count) / max(seconds, 1e-9)
+        stats.tokensPerSecond = stats.tokensPerSecond == 0 ? rate : 0.9 * stats.tokensPerSecond + 0.1 * rate
+        let snapshot = stats
+        condition.unlock()
+        for (sink, e) in deliveries {
+            sink.yield(.token(e.token))
+            if let f = e.finish {
+                sink.yield(.finished(f))
+                sink.finish()
+            }
+        }
+        onStatistics?(snapshot)
+    }
+}

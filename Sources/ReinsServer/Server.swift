@@ -1,0 +1,415 @@
+import Foundation
+import Hummingbird
+import Logging
+import Prometheus
+import Reins
+import ReinsTensor
+
+/// Limits and addresses of `reins serve`.
+public struct ServerOptions: Sendable {
+    public var host = "127.0.0.1"
+    /// 0: any free port (the tests' choice; the bound port is reported when the server runs).
+    public var port = 8080
+    /// Larger request bodies get 413.
+    public var maxBodyBytes = 1 << 20
+    /// The most new tokens one request may ask for (`max_tokens`); more is a 400.
+    public var maxTokens = 1024
+    /// The most prompt tokens one request may bring; more is a 413.
+    public var maxPromptTokens = 4096
+    /// Requests decoded together.
+    public var batchCapacity = 16
+    /// Requests waiting to join the batch; beyond it, 503.
+    public var queueLimit = 64
+    /// A connection idle this long is closed (a client that stalls mid-request).
+    public var idleTimeoutSeconds = 30
+
+    public init() {}
+}
+
+/// `reins serve`: OpenAI-compatible endpoints over one base model and its adapters, on Hummingbird. The API's `model`
+/// field names an adapter (or the base); requests for different adapters are decoded together in one continuous batch.
+public final class ReinsServer: Sendable {
+    public let engine: Engine
+    public let options: ServerOptions
+    let format: ChatFormat
+    let baseName: String
+    let logger: Logger
+    let registry = PrometheusCollectorRegistry()
+    let queueGauge: Gauge, batchGauge: Gauge, rateGauge: Gauge
+    let tokensCounter: Counter, requestsCounter: Counter
+    let hiddenSize: Int
+
+    /// Starts the engine (its thread) for `served`.
+    public init(served: ServedModel, options: ServerOptions, logger: Logger = Logger(label: "reins.serve")) throws {
+        guard (0...65535).contains(options.port), options.maxTokens > 0, options.maxPromptTokens > 0,
+            options.maxBodyBytes > 0, options.batchCapacity > 0, options.queueLimit > 0, options.idleTimeoutSeconds > 0
+        else {
+            throw ServerError.badRequest("server limits must be positive and the port within 0...65535")
+        }
+        engine = try Engine(served: served, batchCapacity: options.batchCapacity, queueLimit: options.queueLimit)
+        self.options = options
+        format = served.format
+        baseName = served.baseName
+        self.logger = logger
+        hiddenSize = 0
+        queueGauge = registry.makeGauge(name: "reins_queue_length", help: "Requests waiting to join the batch")
+        batchGauge = registry.makeGauge(name: "reins_batch_size", help: "Requests decoded in the last step")
+        rateGauge = registry.makeGauge(name: "reins_tokens_per_second", help: "Generated tokens per second (moving average)")
+        tokensCounter = registry.makeCounter(name: "reins_generated_tokens_total", help: "Tokens generated")
+        requestsCounter = registry.makeCounter(name: "reins_requests_total", help: "HTTP requests answered")
+        let (queue, batchSize, rate) = (queueGauge, batchGauge, rateGauge)
+        engine.onStatistics = { s in
+            queue.set(Double(s.queued))
+            batchSize.set(Double(s.running))
+            rate.set(s.tokensPerSecond)
+        }
+        engine.start()
+    }
+
+    /// The Hummingbird application; `onRunning` gets the bound port.
+    public func application(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
+        let router = Router()
+        router.get("/health") { _, _ in "ok" }
+        router.get("/metrics") { [self] _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                body: .init(byteBuffer: ByteBuffer(string: registry.emitToString())))
+        }
+        router.get("/v1/models") { [self] _, _ in try await answer { try await models() } }
+        router.post("/v1/completions") { [self] request, _ in
+            try await answer { try await completions(try await body(request), chat: false) }
+        }
+        router.post("/v1/chat/completions") { [self] request, _ in
+            try await answer { try await completions(try await body(request), chat: true) }
+        }
+        router.post("/v1/embeddings") { [self] request, _ in try await answer { try await embeddings(try await body(request)) } }
+        router.post("/v1/adapters") { [self] request, _ in try await answer { try await loadAdapter(try await body(request)) } }
+        router.delete("/v1/adapters/:name") { [self] _, context in
+            try await answer { try await unloadAdapter(context.parameters.get("name") ?? "") }
+        }
+        return Application(
+            router: router,
+            server: .http1(configuration: .init(idleTimeout: .seconds(Int64(options.idleTimeoutSeconds)))),
+            configuration: .init(address: .hostname(options.host, port: options.port), serverName: "reins"),
+            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
+            logger: logger)
+    }
+
+    // MARK: - Plumbing
+
+    /// The request's body, at most ``ServerOptions/maxBodyBytes``.
+    func body(_ request: Request) async throws -> Data {
+        var request = request
+        do {
+            let buffer = try await request.collectBody(upTo: options.maxBodyBytes)
+            return Data(buffer.readableBytesView)
+        } catch {
+            throw ServerError.tooLong("the request body is larger than \(options.maxBodyBytes) bytes")
+        }
+    }
+
+    /// Runs a handler and turns its errors into OpenAI-style JSON errors with their status.
+    func answer(_ handler: () async throws -> Response) async -> Response {
+        requestsCounter.increment()
+        do {
+            return try await handler()
+        } catch let error as ServerError {
+            logger.info("request refused: \(error.status) \(error)")
+            return Self.error(error.status, "\(error)")
+        } catch let error as DecodingError {
+            return Self.error(400, "malformed request: \(Self.describe(error))")
+        } catch {
+            logger.error("request failed: \(error)")
+            return Self.error(500, "\(error)")
+        }
+    }
+
+    static func error(_ status: Int, _ message: String) -> Response {
+        let type = status == 404 ? "not_found_error" : status >= 500 ? "server_error" : "invalid_request_error"
+        var response = json(["error": ["message": message, "type": type, "code": status]], status: status)
+        if status == 503 { response.headers[.retryAfter] = "1" }
+        return response
+    }
+
+    static func json(_ object: Any, status: Int = 200) -> Response {
+        Response(
+            status: .init(code: status), headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: JSONSerialization.bytes(object))))
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case let .keyNotFound(key, _): return "missing field '\(key.stringValue)'"
+        case let .typeMismatch(_, c), let .valueNotFound(_, c):
+            return "field '\(c.codingPath.map(\.stringValue).joined(separator: "."))': \(c.debugDescription)"
+        case let .dataCorrupted(c):
+            return c.codingPath.isEmpty ? "the body is not valid JSON" : "field '\(c.codingPath.map(\.stringValue).joined(separator: "."))': \(c.debugDescription)"
+        @unknown default: return "\(error)"
+        }
+    }
+
+    /// The adapter a `model` field names: nil for the base, else an adapter the model has (404 otherwise).
+    func adapter(named model: String) async throws -> String? {
+        if model == baseName { return nil }
+        let known = try await engine.run { $0.model.adapterNames }
+        guard known.contains(model) else {
+            throw ServerError.notFound("no model or adapter named '\(model)' (see /v1/models)")
+        }
+        return model
+    }
+
+    // MARK: - Endpoints
+
+    func models() async throws -> Response {
+        let names = try await engine.run { $0.model.adapterNames.sorted() }
+        let created = Int(Date().timeIntervalSince1970)
+        let data = ([baseName] + names).map { name -> [String: Any] in
+            var entry: [String: Any] = ["id": name, "object": "model", "created": created, "owned_by": "reins"]
+            if name != baseName { entry["parent"] = baseName }
+            return entry
+        }
+        return Self.json(["object": "list", "data": data])
+    }
+
+    /// The settings a request asks for, checked.
+    func generationOptions(_ s: OpenAI.Sampling) throws -> GenerationOptions {
+        let maxTokens = s.max_completion_tokens ?? s.max_tokens ?? 16
+        guard (1...options.maxTokens).contains(maxTokens) else {
+            throw ServerError.badRequest("max_tokens must be between 1 and \(options.maxTokens), got \(maxTokens)")
+        }
+        if let n = s.n, n != 1 { throw ServerError.badRequest("n must be 1, got \(n)") }
+        let temperature = s.temperature ?? 1
+        guard temperature.isFinite, (0...2).contains(temperature) else {
+            throw ServerError.badRequest("temperature must be between 0 and 2, got \(temperature)")
+        }
+        if let p = s.top_p, !(p > 0 && p <= 1) { throw ServerError.badRequest("top_p must be in (0, 1], got \(p)") }
+        for (name, v) in [("frequency_penalty", s.frequency_penalty), ("presence_penalty", s.presence_penalty)] {
+            if let v, v != 0 { throw ServerError.badRequest("\(name) is not supported (only 0)") }
+        }
+        let stops = s.stop?.list ?? []
+        guard stops.count <= 4, stops.allSatisfy({ !$0.isEmpty }) else {
+            throw ServerError.badRequest("stop takes at most 4 non-empty strings")
+        }
+        return GenerationOptions(
+            maxNewTokens: maxTokens, greedy: temperature == 0, temperature: Float(max(temperature, 1e-6)),
+            topP: s.top_p.map(Float.init), seed: UInt64(bitPattern: s.seed ?? 0), stopTokens: format.stopTokens)
+    }
+
+    func completions(_ data: Data, chat: Bool) async throws -> Response {
+        let decoder = JSONDecoder()
+        let sampling = try decoder.decode(OpenAI.Sampling.self, from: data)
+        let settings = try generationOptions(sampling)
+        let adapter = try await adapter(named: sampling.model)
+        let prompt: [Int32]
+        if chat {
+            let request = try decoder.decode(OpenAI.ChatRequest.self, from: data)
+            guard !request.messages.isEmpty else { throw ServerError.badRequest("messages must not be empty") }
+            let messages = request.messages.map { ChatTemplate.Message(role: $0.role, content: $0.content?.text ?? "") }
+            do { prompt = try format.prompt(messages) } catch { throw ServerError.badRequest("the chat template: \(error)") }
+        } else {
+            let texts = try decoder.decode(OpenAI.CompletionRequest.self, from: data).prompt.list
+            guard texts.count == 1 else { throw ServerError.badRequest("prompt must be one string (got \(texts.count))") }
+            prompt = format.tokenizer.encode(texts[0])
+        }
+        guard !prompt.isEmpty else { throw ServerError.badRequest("the prompt is empty") }
+        guard prompt.count <= options.maxPromptTokens else {
+            throw ServerError.tooLong("the prompt has \(prompt.count) tokens; the most is \(options.maxPromptTokens)")
+        }
+        let stops = sampling.stop?.list ?? []
+        let stream = try engine.generate(prompt: prompt, adapter: adapter, options: settings)
+        let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+        let created = Int(Date().timeIntervalSince1970)
+        let model = sampling.model
+        let object = chat ? "chat.completion" : "text_completion"
+        let text = TextAssembler(format: format, stops: stops)
+        logger.debug("\(object) \(id): \(prompt.count) prompt tokens, adapter \(adapter ?? "none")")
+
+        if sampling.stream == true {
+            @Sendable func chunk(_ piece: String?, finish: String?, first: Bool = false) -> ByteBuffer {
+                var choice: [String: Any] = ["index": 0, "finish_reason": finish ?? NSNull()]
+                if chat {
+                    var delta: [String: Any] = [:]
+                    if first { delta["role"] = "assistant" }
+                    if let piece { delta["content"] = piece }
+                    choice["delta"] = delta
+                } else {
+                    choice["text"] = piece ?? ""
+                    choice["logprobs"] = NSNull()
+                }
+                let body: [String: Any] = [
+                    "id": id, "object": chat ? "chat.completion.chunk" : "text_completion", "created": created,
+                    "model": model, "choices": [choice],
+                ]
+                return ByteBuffer(string: "data: " + String(decoding: JSONSerialization.bytes(body), as: UTF8.self) + "\n\n")
+            }
+            let counter = tokensCounter
+            return Response(
+                status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                body: .init { writer in
+                    if chat { try await writer.write(chunk(nil, finish: nil, first: true)) }
+                    var finish: String?
+                    for await output in stream {
+                        switch output {
+                        case let .token(t):
+                            counter.increment()
+                            let (piece, stopped) = text.add(t)
+                            if !piece.isEmpty { try await writer.write(chunk(piece, finish: nil)) }
+                            if stopped { finish = "stop" }
+                        case let .finished(f):
+                            finish = finish ?? (f == .stop ? "stop" : "length")
+                        case let .failed(message, _):
+                            let error = ["error": ["message": message, "type": "server_error"]]
+                            try await writer.write(ByteBuffer(string: "data: " + String(decoding: JSONSerialization.bytes(error), as: UTF8.self) + "\n\n"))
+                            finish = "error"
+                        }
+                        if finish != nil { break }
+                    }
+                    // Leaving the loop drops the stream: a request stopped by a stop string leaves the batch.
+                    let rest = text.flush()
+                    if !rest.isEmpty { try await writer.write(chunk(rest, finish: nil)) }
+                    if finish != "error" { try await writer.write(chunk(nil, finish: finish ?? "stop")) }
+                    try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+                    try await writer.finish(nil)
+                })
+        }
+
+        var finish = "length"
+        consume: for await output in stream {
+            switch output {
+            case let .token(t):
+                tokensCounter.increment()
+                if text.add(t).stopped { finish = "stop"; break consume }
+            case let .finished(f):
+                finish = f == .stop ? "stop" : (text.stopped ? "stop" : "length")
+            case let .failed(message, status):
+                throw status == 413 ? ServerError.tooLong(message) : status == 400 ? ServerError.badRequest(message) : ServerError.busy(message)
+            }
+        }
+        _ = text.flush()
+        let usage = ["prompt_tokens": prompt.count, "completion_tokens": text.tokenCount, "total_tokens": prompt.count + text.tokenCount]
+        let choice: [String: Any] =
+            chat
+            ? ["index": 0, "message": ["role": "assistant", "content": text.text], "finish_reason": finish, "logprobs": NSNull()]
+            : ["index": 0, "text": text.text, "finish_reason": finish, "logprobs": NSNull()]
+        return Self.json(["id": id, "object": object, "created": created, "model": model, "choices": [choice], "usage": usage])
+    }
+
+    func embeddings(_ data: Data) async throws -> Response {
+        let request = try JSONDecoder().decode(OpenAI.EmbeddingRequest.self, from: data)
+        if let f = request.encoding_format, f != "float" {
+            throw ServerError.badRequest("encoding_format must be float, got \(f)")
+        }
+        let adapter = try await adapter(named: request.model)
+        let texts = request.input.list
+        guard !texts.isEmpty, texts.count <= 256 else { throw ServerError.badRequest("input takes 1 to 256 strings") }
+        let ids = texts.map { format.tokenizer.encode($0) }
+        if let i = ids.firstIndex(where: \.isEmpty) { throw ServerError.badRequest("input \(i) is empty") }
+        if let long = ids.first(where: { $0.count > options.maxPromptTokens }) {
+            throw ServerError.tooLong("an input has \(long.count) tokens; the most is \(options.maxPromptTokens)")
+        }
+        let vectors = try await engine.run { served in
+            try Autograd.withoutGradients { try Self.meanStates(served.model, ids, adapter: adapter) }
+        }
+        let data = vectors.enumerated().map { ["object": "embedding", "index": $0.offset, "embedding": $0.element] as [String: Any] }
+        let tokens = ids.map(\.count).reduce(0, +)
+        return Self.json([
+            "object": "list", "data": data, "model": request.model,
+            "usage": ["prompt_tokens": tokens, "total_tokens": tokens],
+        ])
+    }
+
+    /// The mean of each text's final hidden states (its tokens only), with `adapter` on every row.
+    static func meanStates(_ model: any CausalLanguageModel, _ ids: [[Int32]], adapter: String?) throws -> [[Float]] {
+        let B = ids.count, T = ids.map(\.count).max() ?? 0
+        var flat: [Int32] = [], mask: [Int32] = []
+        for row in ids {
+            flat += row + [Int32](repeating: 0, count: T - row.count)
+            mask += [Int32](repeating: 1, count: row.count) + [Int32](repeating: 0, count: T - row.count)
+        }
+        let h = try model.withAdapters(perRow: [String?](repeating: adapter, count: B)) {
+            try model.decoderStates(
+                try IntTensor(shape: [B, T], values: flat), attentionMask: try IntTensor(shape: [B, T], values: mask),
+                positionIDs: nil, cache: nil)
+        }
+        let rows = h.shape[1], C = h.shape[2], values = h.scalars
+        return ids.enumerated().map { b, row in
+            // Prompt-tuning rows come first; the tokens are the last T rows.
+            var sum = [Float](repeating: 0, count: C)
+            for t in 0..<row.count {
+                let base = (b * rows + rows - T + t) * C
+                for c in 0..<C { sum[c] += values[base + c] }
+            }
+            return sum.map { $0 / Float(row.count) }
+        }
+    }
+
+    func loadAdapter(_ data: Data) async throws -> Response {
+        let request = try JSONDecoder().decode(OpenAI.AdapterRequest.self, from: data)
+        let url = URL(fileURLWithPath: request.path)
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ServerError.badRequest("no adapter directory at \(request.path)")
+        }
+        try await engine.run { try $0.loadAdapter(request.name, from: url) }
+        logger.info("adapter '\(request.name)' loaded from \(request.path)")
+        return Self.json(["id": request.name, "object": "model", "owned_by": "reins", "parent": baseName], status: 201)
+    }
+
+    func unloadAdapter(_ name: String) async throws -> Response {
+        let engine = self.engine
+        try await engine.run { served in
+            guard served.model.adapterNames.contains(name) else { throw ServerError.notFound("no adapter named '\(name)'") }
+            guard !engine.adaptersInUse.contains(name) else {
+                throw ServerError.conflict("adapter '\(name)' has requests running or waiting; try again when they finish")
+            }
+            try served.model.deleteAdapter(name)
+        }
+        logger.info("adapter '\(name)' unloaded")
+        return Self.json(["id": name, "object": "model", "deleted": true])
+    }
+}
+
+/// The text of a request's new tokens as they come: whole characters only (a character may span tokens), stopped at
+/// the first stop string (which is cut off, as OpenAI does), without the chat's stop tokens.
+final class TextAssembler: @unchecked Sendable {
+    let format: ChatFormat
+    let stops: [String]
+    private(set) var tokens: [Int32] = []
+    private(set) var text = ""
+    private var sent = 0
+    private(set) var stopped = false
+    var tokenCount: Int { tokens.count }
+
+    init(format: ChatFormat, stops: [String]) { (self.format, self.stops) = (format, stops) }
+
+    /// Adds a token; returns the text that is now safe to send and whether a stop string ended the answer.
+    func add(_ token: Int32) -> (String, stopped: Bool) {
+        guard !stopped else { return ("", true) }
+        tokens.append(token)
+        if format.stopTokens.contains(token) { return (take(final: false), false) }
+        text = format.tokenizer.decode(tokens.filter { !format.stopTokens.contains($0) })
+        if let cut = stops.compactMap({ text.range(of: $0)?.lowerBound }).min() {
+            text = String(text[..<cut])
+            stopped = true
+            return (take(final: true), true)
+        }
+        return (take(final: false), false)
+    }
+
+    /// What is left to send at the end.
+    func flush() -> String { take(final: true) }
+
+    /// The unsent text, holding back a partial character and anything a stop string might still begin with.
+    private func take(final: Bool) -> String {
+        var end = text.count
+        if !final {
+            if text.hasSuffix("\u{FFFD}") { end -= 1 }
+            let longest = stops.map { $0.count - 1 }.max() ?? 0
+            end = max(sent, end - longest)
+        }
+        guard end > sent else { return "" }
+        let piece = String(text.dropFirst(sent).prefix(end - sent))
+        sent = end
+        return piece
+    }
+}
