@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.0.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.60.0"),
     ],
     targets: [
         // OpenBLAS (cblas + LAPACKE) from the system; Debian: libopenblas-dev liblapacke-dev.
@@ -48,6 +49,7 @@ let package = Package(
             dependencies: [
                 "Reins", "ReinsTensor", .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
         .executableTarget(
@@ -70,7 +72,10 @@ let package = Package(
         // Runs the built `reins` tool as a user would (exit status, signal, message, time) on malformed files and
         // arguments; depending on the tool's target makes `swift test` build it first.
         // Starts `reins serve`'s application on a loopback port inside the suite and talks to it over HTTP.
-        .testTarget(name: "ReinsServerTests", dependencies: ["ReinsServer", "Reins", "ReinsTestSupport"]),
+        .testTarget(
+            name: "ReinsServerTests",
+            dependencies: ["ReinsServer", "Reins", "ReinsTestSupport", .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "ReinsCLITests", dependencies: ["ReinsCLI", "Reins", "ReinsTestSupport", "ReinsDemoData"]),
     ]
 )

@@ -155,7 +155,9 @@ public final class Engine: @unchecked Sendable {
     /// Queues a generation; its tokens arrive on the returned stream, which ends after `.finished` or `.failed`.
     /// Dropping the stream (the client went away) cancels the request.
     /// - Throws: ``ServerError/busy(_:)`` when the queue is full.
-    public func generate(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> AsyncStream<Output> {
+    public func generate(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> (
+        id: Int, stream: AsyncStream<Output>
+    ) {
         condition.lock()
         defer { condition.unlock() }
         guard !stopping else { throw ServerError.busy("the server is shutting down") }
@@ -172,7 +174,7 @@ public final class Engine: @unchecked Sendable {
         stats.queued = pending.count
         stats.requests += 1
         condition.signal()
-        return stream
+        return (id, stream)
     }
 
     /// Runs `body` on the engine's thread between steps and returns its result.
@@ -186,11 +188,12 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
-    private func cancel(_ id: Int) {
+    /// Ends request `id` (waiting or running) at the next token boundary; nothing when it has finished.
+    public func cancel(_ id: Int) {
         condition.lock()
         defer { condition.unlock() }
         if let i = pending.firstIndex(where: { $0.id == id }) {
-            pending.remove(at: i)
+            pending.remove(at: i).sink.finish()
             stats.queued = pending.count
         } else {
             cancelled.insert(id)
@@ -235,7 +238,15 @@ public final class Engine: @unchecked Sendable {
         condition.lock()
         let entry = runningIDs.removeValue(forKey: id)
         condition.unlock()
-        if let entry { batch.cancel(entry.batchID) }
+        if let entry {
+            batch.cancel(entry.batchID)
+            entry.sink.finish()
+            condition.lock()
+            stats.running = batch.count
+            let snapshot = stats
+            condition.unlock()
+            onStatistics?(snapshot)
+        }
     }
 
     private func admit(_ p: Pending) {

@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import Prometheus
 import Reins
 import ReinsTensor
@@ -24,6 +25,17 @@ public struct ServerOptions: Sendable {
     public var idleTimeoutSeconds = 30
 
     public init() {}
+}
+
+/// A request's context with its connection, so that a request whose client hangs up leaves the batch at once.
+public struct ServeContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: any Channel
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
 }
 
 /// `reins serve`: OpenAI-compatible endpoints over one base model and its adapters, on Hummingbird. The API's `model`
@@ -68,7 +80,7 @@ public final class ReinsServer: Sendable {
 
     /// The Hummingbird application; `onRunning` gets the bound port.
     public func application(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) -> some ApplicationProtocol {
-        let router = Router()
+        let router = Router(context: ServeContext.self)
         router.get("/health") { _, _ in "ok" }
         router.get("/metrics") { [self] _, _ in
             Response(
@@ -76,11 +88,11 @@ public final class ReinsServer: Sendable {
                 body: .init(byteBuffer: ByteBuffer(string: registry.emitToString())))
         }
         router.get("/v1/models") { [self] _, _ in try await answer { try await models() } }
-        router.post("/v1/completions") { [self] request, _ in
-            try await answer { try await completions(try await body(request), chat: false) }
+        router.post("/v1/completions") { [self] request, context in
+            try await answer { try await completions(try await body(request), chat: false, channel: context.channel) }
         }
-        router.post("/v1/chat/completions") { [self] request, _ in
-            try await answer { try await completions(try await body(request), chat: true) }
+        router.post("/v1/chat/completions") { [self] request, context in
+            try await answer { try await completions(try await body(request), chat: true, channel: context.channel) }
         }
         router.post("/v1/embeddings") { [self] request, _ in try await answer { try await embeddings(try await body(request)) } }
         router.post("/v1/adapters") { [self] request, _ in try await answer { try await loadAdapter(try await body(request)) } }
@@ -100,6 +112,10 @@ public final class ReinsServer: Sendable {
     /// The request's body, at most ``ServerOptions/maxBodyBytes``.
     func body(_ request: Request) async throws -> Data {
         var request = request
+        // A declared length over the limit is refused before reading any of it.
+        if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > options.maxBodyBytes {
+            throw ServerError.tooLong("the request body is larger than \(options.maxBodyBytes) bytes")
+        }
         do {
             let buffer = try await request.collectBody(upTo: options.maxBodyBytes)
             return Data(buffer.readableBytesView)
@@ -128,6 +144,8 @@ public final class ReinsServer: Sendable {
         let type = status == 404 ? "not_found_error" : status >= 500 ? "server_error" : "invalid_request_error"
         var response = json(["error": ["message": message, "type": type, "code": status]], status: status)
         if status == 503 { response.headers[.retryAfter] = "1" }
+        // The rest of an oversized body is not read: the connection ends with the answer.
+        if status == 413 { response.headers[.connection] = "close" }
         return response
     }
 
@@ -195,7 +213,7 @@ public final class ReinsServer: Sendable {
             topP: s.top_p.map(Float.init), seed: UInt64(bitPattern: s.seed ?? 0), stopTokens: format.stopTokens)
     }
 
-    func completions(_ data: Data, chat: Bool) async throws -> Response {
+    func completions(_ data: Data, chat: Bool, channel: (any Channel)? = nil) async throws -> Response {
         let decoder = JSONDecoder()
         let sampling = try decoder.decode(OpenAI.Sampling.self, from: data)
         let settings = try generationOptions(sampling)
@@ -216,7 +234,10 @@ public final class ReinsServer: Sendable {
             throw ServerError.tooLong("the prompt has \(prompt.count) tokens; the most is \(options.maxPromptTokens)")
         }
         let stops = sampling.stop?.list ?? []
-        let stream = try engine.generate(prompt: prompt, adapter: adapter, options: settings)
+        let (requestID, stream) = try engine.generate(prompt: prompt, adapter: adapter, options: settings)
+        // A client that hangs up (streaming or not) ends its request at the next token boundary.
+        let engine = self.engine
+        channel?.closeFuture.whenComplete { _ in engine.cancel(requestID) }
         let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
         let created = Int(Date().timeIntervalSince1970)
         let model = sampling.model
@@ -246,6 +267,8 @@ public final class ReinsServer: Sendable {
             return Response(
                 status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
                 body: .init { writer in
+                    // However this ends (a client that hung up makes a write throw), the request leaves the batch.
+                    defer { engine.cancel(requestID) }
                     if chat { try await writer.write(chunk(nil, finish: nil, first: true)) }
                     var finish: String?
                     for await output in stream {

@@ -1,1 +1,295 @@
+import Foundation
+import Logging
+import Reins
+import ReinsServer
+import ReinsTensor
+import ReinsTestSupport
 import Testing
+
+/// `reins serve`'s application started on a loopback port inside the suite, spoken to over HTTP: what each endpoint
+/// answers equals what the library computes for the same adapter; requests for different adapters are batched
+/// together; bad and hostile requests get their error status and the server keeps serving.
+@Suite(.serialized)
+struct ServerTests {
+    /// A small Llama with SmolLM2's tokenizer and chat template (random weights, far from uniform so that greedy
+    /// choices are clear), and adapters of three methods.
+    static func served() throws -> ServedModel {
+        let folder = Fixtures.directory.appendingPathComponent("tokenizers")
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("chat.json"))) as? [String: Any] ?? [:]
+        let smol = (json["templates"] as? [String: Any])?["smollm2"] as? [String: Any] ?? [:]
+        let tokenizer = try BPETokenizer(tokenizerJSON: folder.appendingPathComponent("smollm/tokenizer.json").path)
+        let format = ChatFormat(
+            tokenizer: tokenizer, template: try ChatTemplate(smol["template"] as? String ?? ""),
+            stopTokens: Set([tokenizer.id(of: "<|im_end|>")].compactMap { $0 }))
+        let config = try LlamaConfig(
+            vocabularySize: 49152, hidden: 30, intermediate: 44, layers: 2, heads: 5, keyValueHeads: 1)
+        let model = try LlamaForCausalLM(config, seed: 3)
+        for (i, p) in model.parameters.enumerated() {
+            p.replaceValue(try p.value + Tensor.normal(p.value.shape, std: 0.5, seed: UInt64(1000 + i)))
+        }
+        for (i, (name, method)) in Self.methods.enumerated() {
+            try model.addAdapter(name, method, seed: UInt64(i + 1))
+            for (j, p) in model.parameters(ofAdapter: name).enumerated() {
+                p.replaceValue(try p.value.detached() + Tensor.normal(p.value.shape, std: 0.5, seed: UInt64(50 * i + j)))
+            }
+        }
+        model.activateAdapter(nil)
+        model.freeze()
+        return ServedModel(model: model, format: format, baseName: "tiny")
+    }
+
+    static let methods: [(String, AdapterMethod)] = [
+        ("lora", .lora(LoRAConfig(rank: 4, alpha: 8, targets: ["q_proj", "v_proj", "down_proj"]))),
+        ("ia3", .ia3()), ("prefix", .prefix(length: 3)),
+    ]
+
+    final class Box<T>: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value: T
+        init(_ v: T) { value = v }
+        var get: T { lock.lock(); defer { lock.unlock() }; return value }
+        func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
+    }
+
+    /// A running server on a free port.
+    struct Running {
+        let server: ReinsServer
+        let client: HTTPTestClient
+        let task: Task<Void, any Error>
+        func stop() {
+            task.cancel()
+            server.engine.stop()
+        }
+    }
+
+    static func start(_ configure: (inout ServerOptions) -> Void = { _ in }) async throws -> Running {
+        var options = ServerOptions()
+        options.port = 0
+        configure(&options)
+        var quiet = Logger(label: "reins.serve.test")
+        quiet.logLevel = .critical  // the shutdown at the end of each test logs a cancellation
+        let server = try ReinsServer(served: try served(), options: options, logger: quiet)
+        let port = Box(0)
+        let app = server.application { port.set($0) }
+        let task = Task { try await app.run() }
+        for _ in 0..<200 where port.get == 0 { try await Task.sleep(nanoseconds: 50_000_000) }
+        guard port.get != 0 else { throw HTTPTestClient.Failure(description: "the server did not start") }
+        return Running(server: server, client: HTTPTestClient(port: port.get), task: task)
+    }
+
+    /// Runs blocking socket work on its own thread (never on the cooperative pool the server's handlers need).
+    static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { c in
+            Thread { c.resume(with: Result { try body() }) }.start()
+        }
+    }
+
+    static func messages(_ text: String) -> [[String: String]] {
+        [["role": "system", "content": "Translate to French."], ["role": "user", "content": text]]
+    }
+
+    /// What the library gives for `messages` with `adapter` active: the answer's text (greedy).
+    static func libraryAnswer(_ running: Running, _ text: String, adapter: String?, maxTokens: Int) async throws -> String {
+        try await running.server.engine.run { served in
+            let format = served.format
+            let prompt = try format.prompt(Self.messages(text).map { ChatTemplate.Message(role: $0["role"]!, content: $0["content"]!) })
+            served.model.activateAdapter(adapter)
+            defer { served.model.activateAdapter(nil) }
+            let out = try served.model.generate(
+                prompts: [prompt], options: GenerationOptions(maxNewTokens: maxTokens, stopTokens: format.stopTokens))[0]
+            return format.tokenizer.decode(out.dropFirst(prompt.count).filter { !format.stopTokens.contains($0) })
+        }
+    }
+
+    @Test func endpointsAnswerWhatTheLibraryComputes() async throws {
+        let running = try await Self.start()
+        defer { running.stop() }
+        let client = running.client
+        let models = try await Self.blocking { try client.request("GET", "/v1/models") }
+        #expect(models.status == 200)
+        let ids = (models.json["data"] as? [[String: Any]])?.compactMap { $0["id"] as? String } ?? []
+        #expect(ids == ["tiny", "ia3", "lora", "prefix"])
+
+        for adapter in ["lora", "prefix", "tiny"] {
+            let expected = try await Self.libraryAnswer(running, "white", adapter: adapter == "tiny" ? nil : adapter, maxTokens: 6)
+            let reply = try await Self.blocking {
+                try client.post("/v1/chat/completions", ["model": adapter, "messages": Self.messages("white"), "max_tokens": 6, "temperature": 0])
+            }
+            #expect(reply.status == 200, "\(reply.text)")
+            let choice = (reply.json["choices"] as? [[String: Any]])?.first
+            #expect((choice?["message"] as? [String: Any])?["content"] as? String == expected, "\(adapter)")
+            #expect(reply.json["object"] as? String == "chat.completion")
+            // Streamed: the deltas add up to the same answer, then [DONE].
+            let streamed = try await Self.blocking {
+                try client.post("/v1/chat/completions", ["model": adapter, "messages": Self.messages("white"), "max_tokens": 6, "temperature": 0, "stream": true])
+            }
+            #expect(streamed.headers["content-type"]?.hasPrefix("text/event-stream") == true)
+            let events = streamed.events
+            #expect(events.last == "[DONE]")
+            let text = events.dropLast().compactMap { e -> String? in
+                let o = (try? JSONSerialization.jsonObject(with: Data(e.utf8))) as? [String: Any]
+                return (((o?["choices"] as? [[String: Any]])?.first?["delta"]) as? [String: Any])?["content"] as? String
+            }.joined()
+            #expect(text == expected, "\(adapter) streamed")
+        }
+        // Plain completions and a stop string (cut off, finish_reason stop).
+        let completion = try await Self.blocking {
+            try client.post("/v1/completions", ["model": "ia3", "prompt": "The cat", "max_tokens": 5, "temperature": 0])
+        }
+        #expect(completion.status == 200 && completion.json["object"] as? String == "text_completion", "\(completion.text)")
+        let full = ((completion.json["choices"] as? [[String: Any]])?.first?["text"] as? String) ?? ""
+        if let stop = full.dropFirst(1).first.map(String.init), !stop.trimmingCharacters(in: .whitespaces).isEmpty {
+            let cut = try await Self.blocking {
+                try client.post("/v1/completions", ["model": "ia3", "prompt": "The cat", "max_tokens": 5, "temperature": 0, "stop": [stop]])
+            }
+            let choice = (cut.json["choices"] as? [[String: Any]])?.first
+            #expect(choice?["text"] as? String == String(full[..<full.range(of: stop)!.lowerBound]))
+            #expect(choice?["finish_reason"] as? String == "stop")
+        }
+        // Embeddings: one vector per input, the adapter's own.
+        let embedded = try await Self.blocking {
+            try client.post("/v1/embeddings", ["model": "lora", "input": ["hello there", "a cat"]])
+        }
+        let vectors = (embedded.json["data"] as? [[String: Any]])?.compactMap { $0["embedding"] as? [Double] } ?? []
+        #expect(vectors.count == 2 && vectors.allSatisfy { $0.count == 30 })
+        let base = try await Self.blocking { try client.post("/v1/embeddings", ["model": "tiny", "input": "hello there"]) }
+        let baseVector = (base.json["data"] as? [[String: Any]])?.first?["embedding"] as? [Double] ?? []
+        #expect(baseVector.count == 30 && baseVector != vectors.first, "the adapter changes the embedding")
+        let metrics = try await Self.blocking { try client.request("GET", "/metrics") }
+        #expect(metrics.status == 200 && metrics.text.contains("reins_generated_tokens_total"))
+    }
+
+    /// Eight clients at once, each on an adapter (or the base): every answer equals its adapter's alone, and the engine
+    /// decoded several requests in one step.
+    @Test func concurrentClientsOnDifferentAdaptersAreBatched() async throws {
+        let running = try await Self.start()
+        defer { running.stop() }
+        let client = running.client
+        let adapters = ["lora", "ia3", "prefix", "tiny", "lora", "prefix", "ia3", "tiny"]
+        let words = ["white", "cat", "house", "river", "green", "bread", "moon", "door"]
+        var expected: [String] = []
+        for (a, w) in zip(adapters, words) {
+            expected.append(try await Self.libraryAnswer(running, w, adapter: a == "tiny" ? nil : a, maxTokens: 12))
+        }
+        let answers = try await withThrowingTaskGroup(of: (Int, String).self) { group in
+            for i in adapters.indices {
+                let (a, w) = (adapters[i], words[i])
+                group.addTask {
+                    let reply = try await Self.blocking {
+                        try client.post("/v1/chat/completions", ["model": a, "messages": Self.messages(w), "max_tokens": 12, "temperature": 0])
+                    }
+                    let choice = (reply.json["choices"] as? [[String: Any]])?.first
+                    return (i, ((choice?["message"] as? [String: Any])?["content"] as? String) ?? "status \(reply.status)")
+                }
+            }
+            var out = [String](repeating: "", count: adapters.count)
+            for try await (i, text) in group { out[i] = text }
+            return out
+        }
+        #expect(answers == expected)
+        #expect(running.server.engine.statistics.largestBatch > 1, "requests shared decoding steps")
+    }
+
+    @Test func badAndHostileRequestsGetTheirStatusAndTheServerKeepsServing() async throws {
+        let running = try await Self.start { $0.maxTokens = 64; $0.maxPromptTokens = 50; $0.maxBodyBytes = 64 << 10 }
+        defer { running.stop() }
+        let client = running.client
+        func status(_ path: String, _ body: Data) async throws -> (Int, String) {
+            let r = try await Self.blocking { try client.request("POST", path, body: body) }
+            return (r.status, ((r.json["error"] as? [String: Any])?["message"] as? String) ?? r.text)
+        }
+        func object(_ o: [String: Any]) -> Data { try! JSONSerialization.data(withJSONObject: o) }
+        let chat = "/v1/chat/completions"
+        let cases: [(String, String, Data, Int, String)] = [
+            ("invalid JSON", chat, Data("{\"model\": ".utf8), 400, "not valid JSON"),
+            ("missing messages", chat, object(["model": "lora"]), 400, "messages"),
+            ("wrong type", chat, object(["model": "lora", "messages": "hi"]), 400, "messages"),
+            ("huge max_tokens", chat, object(["model": "lora", "messages": Self.messages("a"), "max_tokens": 1 << 40]), 400, "max_tokens"),
+            ("negative max_tokens", chat, object(["model": "lora", "messages": Self.messages("a"), "max_tokens": -5]), 400, "max_tokens"),
+            ("negative temperature", chat, object(["model": "lora", "messages": Self.messages("a"), "temperature": -1]), 400, "temperature"),
+            ("n of 3", chat, object(["model": "lora", "messages": Self.messages("a"), "n": 3]), 400, "n must be 1"),
+            ("unknown adapter", chat, object(["model": "nope", "messages": Self.messages("a")]), 404, "nope"),
+            ("empty messages", chat, object(["model": "lora", "messages": []]), 400, "empty"),
+            ("long prompt", "/v1/completions", object(["model": "lora", "prompt": String(repeating: "word ", count: 200)]), 413, "tokens"),
+            ("10 MB body", chat, Data(repeating: UInt8(ascii: " "), count: 10 << 20), 413, "larger than"),
+            ("wrong content type of input", "/v1/embeddings", object(["model": "lora", "input": 5]), 400, "input"),
+            ("embedding of nothing", "/v1/embeddings", object(["model": "lora", "input": [String]()]), 400, "input"),
+        ]
+        for (name, path, body, expected, words) in cases {
+            let (code, message) = try await status(path, body)
+            #expect(code == expected, "\(name): \(code) \(message)")
+            #expect(message.contains(words), "\(name): \(message)")
+        }
+        // A client that stalls mid-request holds only its own connection.
+        let stalled = try client.connect()
+        try HTTPTestClient.send(stalled, Data("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"mod".utf8))
+        let answer = try await Self.blocking {
+            try client.post("/v1/chat/completions", ["model": "ia3", "messages": Self.messages("cat"), "max_tokens": 3, "temperature": 0])
+        }
+        #expect(answer.status == 200)
+        close(stalled)
+        // Still serving after all of it.
+        let models = try await Self.blocking { try client.request("GET", "/v1/models") }
+        #expect(models.status == 200)
+    }
+
+    /// A full queue answers 503 with Retry-After; a client that hangs up mid-stream frees its place in the batch.
+    @Test func aFullQueueAnswers503AndAClientThatLeavesFreesItsSlot() async throws {
+        let budget = 20000
+        let running = try await Self.start { $0.batchCapacity = 1; $0.queueLimit = 1; $0.maxTokens = budget }
+        defer { running.stop() }
+        let client = running.client
+        // One streaming request decoding for a long time, then one waiting: the next is refused.
+        let first = try client.connect()
+        let body = try JSONSerialization.data(withJSONObject: [
+            "model": "lora", "prompt": "one two", "max_tokens": budget, "temperature": 0.9, "stream": true,
+        ])
+        try HTTPTestClient.send(first, HTTPTestClient.head("POST", "/v1/completions", length: body.count) + body)
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        #expect(recv(first, &buffer, buffer.count, 0) > 0, "the stream started")
+        let second = Task {
+            try await Self.blocking {
+                try client.post("/v1/completions", ["model": "ia3", "prompt": "x", "max_tokens": 2])
+            }
+        }
+        for _ in 0..<100 where running.server.engine.statistics.queued == 0 { try await Task.sleep(nanoseconds: 20_000_000) }
+        let refused = try await Self.blocking { try client.post("/v1/completions", ["model": "ia3", "prompt": "x", "max_tokens": 2]) }
+        #expect(refused.status == 503 && refused.headers["retry-after"] == "1", "\(refused.status) \(refused.text)")
+        // Hanging up mid-stream: the long request leaves the batch and the waiting one runs.
+        close(first)
+        let waited = try await second.value
+        #expect(waited.status == 200, "\(waited.text)")
+        for _ in 0..<100 where running.server.engine.statistics.running > 0 { try await Task.sleep(nanoseconds: 20_000_000) }
+        #expect(running.server.engine.statistics.running == 0)
+        #expect(running.server.engine.statistics.generatedTokens < budget / 2, "the abandoned request did not run to its budget")
+    }
+
+    /// Adapters load and unload while the server runs.
+    @Test func adaptersLoadAndUnloadAtRunTime() async throws {
+        let running = try await Self.start()
+        defer { running.stop() }
+        let client = running.client
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("reins-serve-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // Save the LoRA adapter from the served model, then load it again under a new name.
+        try await running.server.engine.run { try $0.model.saveAdapter("lora", to: dir) }
+        let loaded = try await Self.blocking { try client.post("/v1/adapters", ["name": "lora2", "path": dir.path]) }
+        #expect(loaded.status == 201, "\(loaded.text)")
+        let again = try await Self.blocking { try client.post("/v1/adapters", ["name": "lora2", "path": dir.path]) }
+        #expect(again.status == 409)
+        let missing = try await Self.blocking { try client.post("/v1/adapters", ["name": "x", "path": "/nonexistent/adapter"]) }
+        #expect(missing.status == 400)
+        func answer(_ model: String) async throws -> (Int, String?) {
+            let r = try await Self.blocking {
+                try client.post("/v1/chat/completions", ["model": model, "messages": Self.messages("white"), "max_tokens": 6, "temperature": 0])
+            }
+            return (r.status, ((r.json["choices"] as? [[String: Any]])?.first?["message"] as? [String: Any])?["content"] as? String)
+        }
+        let (s1, a1) = try await answer("lora"), (s2, a2) = try await answer("lora2")
+        #expect(s1 == 200 && s2 == 200 && a1 == a2, "the reloaded adapter answers as the original")
+        let deleted = try await Self.blocking { try client.request("DELETE", "/v1/adapters/lora2") }
+        #expect(deleted.status == 200)
+        #expect(try await answer("lora2").0 == 404)
+        #expect(try await Self.blocking { try client.request("DELETE", "/v1/adapters/lora2") }.status == 404)
+    }
+}
