@@ -37,7 +37,7 @@ let package = Package(
             linkerSettings: [.linkedLibrary("m")]
         ),
         .target(name: "ReinsTensor", dependencies: ["CReinsKernels", "COpenBLAS"]),
-        .target(name: "Reins", dependencies: ["ReinsTensor"]),
+        .target(name: "Reins", dependencies: ["ReinsTensor", "CReinsKernels"]),
         // The demo's data (WordNet supersenses) and the real models pip packages ship: used by the CLI's demo and the
         // tests, not part of the library a user imports.
         // zlib from the system (Debian: zlib1g-dev), for the demo's dictionary (dictd's gzip-compressed .dict.dz).

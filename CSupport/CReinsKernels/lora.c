@@ -67,3 +67,35 @@ void rk_lora_backward_ref(float *dinp, float *dweight, float *dbias, float *dA, 
             }
         }
 }
+
+void rk_lora_rows(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
+                  const float *const *b, const int *rank, const float *scale, float *work) {
+    for (int row = 0; row < rows; row++) {
+        if (!a[row]) continue;
+        const float *A = a[row], *B = b[row];
+        int r = rank[row];
+        for (int t = 0; t < T; t++) {
+            const float *xr = x + ((size_t)row * T + t) * in;
+            float *yr = y + ((size_t)row * T + t) * out;
+            // Plain loops with eight partial sums (vectorized by the compiler): BLAS calls this small cost more in
+            // dispatch than in arithmetic.
+            for (int j = 0; j < r; j++) {
+                const float *aj = A + (size_t)j * in;
+                float acc[8] = {0};
+                int k = 0;
+                for (; k + 8 <= in; k += 8)
+                    for (int l = 0; l < 8; l++) acc[l] += aj[k + l] * xr[k + l];
+                float s = 0;
+                for (; k < in; k++) s += aj[k] * xr[k];
+                for (int l = 0; l < 8; l++) s += acc[l];
+                work[j] = s * scale[row];
+            }
+            for (int o = 0; o < out; o++) {
+                const float *bo = B + (size_t)o * r;
+                float s = 0;
+                for (int j = 0; j < r; j++) s += bo[j] * work[j];
+                yr[o] += s;
+            }
+        }
+    }
+}

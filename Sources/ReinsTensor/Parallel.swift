@@ -107,20 +107,24 @@ struct UncheckedBox<Value>: @unchecked Sendable {
 /// Persistent worker threads for parallel regions. Decoding runs hundreds of short regions per token (each layer's
 /// products, norms, attention); waking a sleeping thread for each costs tens of microseconds in a VM, more than the
 /// work. A worker here spins on the next region for a while (``spinLimit`` relax instructions, ~50 µs) before it
-/// sleeps, so back-to-back regions start at once. The caller runs chunk 0 itself; worker `i` runs chunk `i + 1`.
+/// sleeps, so back-to-back regions start at once. The caller runs chunk 0, then claims any chunk no worker has taken
+/// yet: on a busy machine (a server's network threads, other processes) a worker that is not running never holds the
+/// caller up — its chunk is simply done by the caller.
 final class SpinPool: @unchecked Sendable {
     static let shared = SpinPool(workers: Parallel.threadCount - 1)
     static let spinLimit = 20_000
 
     private let workers: Int
     private let generation = Atomic<Int>(0)
+    /// Chunks not finished yet in the current region.
     private let pending = Atomic<Int>(0)
+    /// The highest chunk not claimed yet (chunks `1...unclaimed` are free); claiming decrements it.
+    private let unclaimed = Atomic<Int>(0)
     private let sleepers = Atomic<Int>(0)
     private let wake = DispatchSemaphore(value: 0)
     private let busy = Atomic<Bool>(false)
-    // Written by the caller before it publishes a generation (release), read by workers after they see it (acquire).
+    // Written by the caller before it publishes a region (release), read by a worker after it claims a chunk (acquire).
     private var job: ((Int) -> Void)?
-    private var chunks = 0
 
     init(workers: Int) {
         self.workers = max(0, workers)
@@ -139,15 +143,30 @@ final class SpinPool: @unchecked Sendable {
         defer { busy.store(false, ordering: .releasing) }
         withoutActuallyEscaping(body) { work in
             job = work
-            self.chunks = chunks
-            pending.store(chunks - 1, ordering: .relaxed)
+            // `pending` before `unclaimed`: a chunk claimed as soon as it is published is already counted.
+            pending.store(chunks - 1, ordering: .releasing)
+            unclaimed.store(chunks - 1, ordering: .releasing)
             generation.add(1, ordering: .releasing)
             for _ in 0..<sleepers.load(ordering: .acquiring) { wake.signal() }
             work(0)
-            while pending.load(ordering: .acquiring) > 0 { rk_cpu_relax() }
+            while let c = claim() {
+                work(c)
+                pending.subtract(1, ordering: .releasing)
+            }
+            var spins = 0
+            while pending.load(ordering: .acquiring) > 0 {
+                spins += 1
+                if spins < Self.spinLimit { rk_cpu_relax() } else { sched_yield() }
+            }
             job = nil
         }
         return true
+    }
+
+    /// The next chunk nobody has taken, or nil.
+    private func claim() -> Int? {
+        let c = unclaimed.subtract(1, ordering: .acquiringAndReleasing).oldValue
+        return c >= 1 ? c : nil
     }
 
     private func work(index: Int) {
@@ -165,8 +184,7 @@ final class SpinPool: @unchecked Sendable {
                 spins = 0
             }
             seen = generation.load(ordering: .acquiring)
-            let c = index + 1
-            if c < chunks {
+            while let c = claim() {
                 invoke(c)
                 pending.subtract(1, ordering: .releasing)
             }

@@ -1,4 +1,5 @@
 import Foundation
+import ReinsTensor
 import ReinsTestSupport
 import Testing
 
@@ -79,6 +80,11 @@ struct MixedBatchTests {
         let mask = try IntTensor(shape: [B, T], values: maskValues)
         let mixed = try model.withAdapters(perRow: routing) { try Self.logits(model, ids, mask: mask) }
         #expect(model.activeAdapterName == nil, "the active adapter is restored")
+        // Inference (no gradients) gathers every LoRA's update into one kernel call: the same logits.
+        let gathered = try Autograd.withoutGradients {
+            try model.withAdapters(perRow: routing) { try Self.logits(model, ids, mask: mask) }
+        }
+        expectClose(gathered.scalars, mixed.scalars, atol: 1e-5, rtol: 1e-5, "\(family): gathered LoRA rows")
         var differing = 0
         for (b, name) in routing.enumerated() {
             model.activateAdapter(name)

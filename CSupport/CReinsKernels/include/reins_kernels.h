@@ -203,6 +203,11 @@ void rk_swiglu_backward_ref(float *dgate, float *dup, const float *dout, const f
 // LoRA linear (arXiv 2106.09685): out (N,OC) = inp (N,C)·Wᵀ + bias + scale · (inp·Aᵀ)·Bᵀ with A (r,C), B (OC,r).
 // xa (N,r) = inp·Aᵀ is saved for backward. W layout as in rk_linear_forward. scratch holds N*r floats (backward).
 // Backward adds into dinp, dweight, dbias, dA, dB; each may be NULL (a frozen base passes NULL for dW and db).
+// Mixed-adapter batches (inference): for each of `rows` sequences of `T` positions, y[row] += scale[row] * B A x[row]
+// with the row's own low-rank pair (A: [rank, in], B: [out, rank]); a row whose a[row] is NULL is left as it is.
+// `work` holds at least max(rank) floats.
+void rk_lora_rows(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
+                  const float *const *b, const int *rank, const float *scale, float *work);
 void rk_lora_forward(float *out, float *xa, const float *inp, const float *weight, const float *bias,
                      const float *A, const float *Bm, int N, int C, int OC, int r, float scale, int w_transposed);
 void rk_lora_backward(float *dinp, float *dweight, float *dbias, float *dA, float *dB, const float *dout,

@@ -104,6 +104,7 @@ struct LoRASlots {
     /// Registers every adapter's tensors under PEFT's names: `lora_A.<name>.weight`, `lora_B.<name>.weight` and DoRA's
     /// `lora_magnitude_vector.<name>`, or on an embedding table `lora_embedding_A.<name>` and `lora_embedding_B.<name>`.
     func visit(_ visit: inout ParameterVisitor, table: Bool = false) {
+        guard visit.collectsParameters else { return }
         for name in adapters.keys.sorted() {
             let lora = adapters[name]!
             visit.parameter(table ? "lora_embedding_A.\(name)" : "lora_A.\(name).weight", lora.a)

@@ -1,3 +1,4 @@
+import CReinsKernels
 import Foundation
 import ReinsTensor
 
@@ -50,14 +51,26 @@ extension Module {
         if let unknown = perRow.compactMap({ $0 }).first(where: { !known.contains($0) }) {
             throw ModelError.badInput("no adapter named '\(unknown)' (the model has \(known.sorted()))")
         }
-        if let merged = namedModules().first(where: { ($0.module as? Linear)?.isMerged == true || ($0.module as? Embedding)?.isMerged == true }) {
+        if let merged = mergedModuleKey {
             throw ModelError.badInput(
-                "\(merged.key) has an adapter merged into its weight: unmerge it (unmergeAdapters()) before mixing adapters in a batch")
+                "\(merged) has an adapter merged into its weight: unmerge it (unmergeAdapters()) before mixing adapters in a batch")
         }
         let previous = activeAdapterName
         activateAdapter(nil)
         defer { activateAdapter(previous) }
         return try AdapterRouting.$current.withValue(AdapterRouting(perRow), operation: body)
+    }
+
+    /// ``withAdapters(perRow:_:)`` without its checks or activation changes, for a caller that has checked the names,
+    /// knows that no adapter is merged and keeps none active (``ContinuousBatch``, once per decoding step: the checks
+    /// walk the whole model).
+    func routingRows<R>(_ perRow: [String?], _ body: () throws -> R) rethrows -> R {
+        try AdapterRouting.$current.withValue(AdapterRouting(perRow), operation: body)
+    }
+
+    /// The key of a module with an adapter merged into its weight, if any.
+    var mergedModuleKey: String? {
+        namedModules().first { ($0.module as? Linear)?.isMerged == true || ($0.module as? Embedding)?.isMerged == true }?.key
     }
 }
 
@@ -132,11 +145,22 @@ extension Linear {
         }
         let product = try baseProduct(input, bias: nil)
         var y = try baseBias.map { try product + $0 } ?? product
+        // Inference: every plain LoRA's update in one pass over its rows, added in place (a decoding step of many
+        // adapters would otherwise pay two small products' overhead per adapter per layer).
+        let gathered = !Autograd.isEnabled && !TrainingMode.isActive
+        if gathered { try Self.addLoRARows(&y, input: input, plans.compactMap { p in
+            p.method == nil && p.lora?.magnitude == nil ? p.lora.map { ($0, p.rows) } : nil
+        }) }
         for p in plans {
             let xs = try input.rows(p.rows)
             let bias = p.bias?.value ?? baseBias
             var ys: Tensor
-            if let method = p.method {
+            if gathered, p.method == nil, p.lora?.magnitude == nil {
+                // Its LoRA update is in `y` already: only its own bias and IA3 output scale are left.
+                guard p.bias != nil || (p.ia3.map { !$0.scalesInput } ?? false) else { continue }
+                ys = try y.rows(p.rows)
+                if let own = p.bias?.value { ys = try ys - (baseBias ?? own) + own }
+            } else if let method = p.method {
                 ys = try AdapterRouting.outside {
                     try method.forward(xs, layer: self) { [self] x in
                         guard let lora = p.lora else { return try baseProduct(x, bias: bias) }
@@ -153,6 +177,39 @@ extension Linear {
         }
         return y
     }
+}
+
+extension Linear {
+    /// Adds `s·B·A·x` to the rows of `y` (`[B, ..., out]`, fresh) for each LoRA and its rows, in one kernel call.
+    static func addLoRARows(_ y: inout Tensor, input x: Tensor, _ loras: [(LoRA, [Int])]) throws {
+        guard !loras.isEmpty else { return }
+        let B = y.shape[0], T = y.count / max(B * y.shape[y.rank - 1], 1)
+        let (inputs, outputs) = (x.shape[x.rank - 1], y.shape[y.rank - 1])
+        var index = [Int?](repeating: nil, count: B)
+        for (i, (_, rows)) in loras.enumerated() { for r in rows { index[r] = i } }
+        let tensors = loras.flatMap { [$0.0.a.value, $0.0.b.value] }
+        let ranks = index.map { $0.map { Int32(loras[$0].0.rank) } ?? 0 }
+        let scales = index.map { $0.map { loras[$0].0.scale } ?? 0 }
+        var work = [Float](repeating: 0, count: max(1, loras.map(\.0.rank).max() ?? 1))
+        withPointers(tensors[...]) { pointers in
+            let a = index.map { $0.map { pointers[2 * $0] } }
+            let b = index.map { $0.map { pointers[2 * $0 + 1] } }
+            x.withUnsafeBufferPointer { xp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    rk_lora_rows(
+                        yp.baseAddress, xp.baseAddress, Int32(B), Int32(T), Int32(inputs), Int32(outputs), a, b,
+                        ranks, scales, &work)
+                }
+            }
+        }
+    }
+}
+
+/// Runs `body` with the storage of every tensor in `tensors` (each kept alive meanwhile).
+private func withPointers<R>(_ tensors: ArraySlice<Tensor>, _ done: [UnsafePointer<Float>] = [],
+                             _ body: ([UnsafePointer<Float>]) -> R) -> R {
+    guard let first = tensors.first else { return body(done) }
+    return first.withUnsafeBufferPointer { p in withPointers(tensors.dropFirst(), done + [p.baseAddress!], body) }
 }
 
 extension LoRA {

@@ -101,8 +101,9 @@ extension GenerationOptions {
 /// (``Module/withAdapters(perRow:_:)``) and its own cache.
 ///
 /// Each request's tokens equal what ``CausalLanguageModel/generate(prompts:options:onToken:)`` gives for it alone
-/// with its adapter active (float rounding aside: the base product is shared by the batch). Not thread-safe: one
-/// caller (a server's engine loop) drives it.
+/// with its adapter active (float rounding aside: the base product is shared by the batch). While it runs, the batch
+/// owns the model's adapter activation (it leaves none active). Not thread-safe: one caller (a server's engine loop)
+/// drives it.
 public final class ContinuousBatch {
     /// One request's state.
     public struct Request: Sendable {
@@ -151,12 +152,16 @@ public final class ContinuousBatch {
         if let adapter, !model.adapterNames.contains(adapter) {
             throw ModelError.badInput("no adapter named '\(adapter)' (the model has \(model.adapterNames.sorted()))")
         }
+        if let merged = model.mergedModuleKey {
+            throw ModelError.badInput(
+                "\(merged) has an adapter merged into its weight: unmerge it before decoding requests for many adapters")
+        }
         let id = nextID
         nextID += 1
         var request = Request(id: id, adapter: adapter, prompt: prompt, options: options)
-        let previous = model.activeAdapterName
+        // The batch keeps no adapter active between its passes: each row's is routed to it.
         model.activateAdapter(adapter)
-        defer { model.activateAdapter(previous) }
+        defer { model.activateAdapter(nil) }
         let limit = model.positionLimit ?? Int(Int32.max)
         let virtual = model.virtualTokenCount
         guard prompt.count <= limit - virtual else {
@@ -186,7 +191,7 @@ public final class ContinuousBatch {
     public func step() throws -> [Event] {
         guard !running.isEmpty else { return [] }
         let logits = try Autograd.withoutGradients {
-            try model.withAdapters(perRow: running.map(\.request.adapter)) {
+            try model.routingRows(running.map(\.request.adapter)) {
                 try model.rowLogits(running.map(\.next), caches: running.map(\.cache))
             }
         }

@@ -56,6 +56,7 @@ public final class Linear: Module, LoRAHost {
         visit.parameter("weight", weight)
         visit.parameter("bias", bias)
         slots.visit(&visit)
+        guard visit.collectsParameters else { return }
         for name in ia3.keys.sorted() { visit.parameter("ia3_l.\(name)", ia3[name]!.vector) }
         for name in methods.members.keys.sorted() { methods.members[name]!.visitParameters(&visit, name: name) }
     }

@@ -15,10 +15,13 @@ public struct ParameterVisitor {
     private var prefix: [String] = []
     fileprivate var found: [(key: String, parameter: Parameter)] = []
     fileprivate var modules: [(key: String, module: any Module)] = []
+    /// False for a walk that wants the modules only (``Module/namedModules()``): parameters are skipped, and a module
+    /// with many adapters can skip building their keys.
+    public fileprivate(set) var collectsParameters = true
 
     /// Visits one parameter under `name`.
     public mutating func parameter(_ name: String, _ parameter: Parameter?) {
-        guard let parameter else { return }
+        guard collectsParameters, let parameter else { return }
         found.append(((prefix + [name]).joined(separator: "."), parameter))
     }
 
@@ -57,6 +60,7 @@ extension Module {
     /// Every sub-module with its key (`h.0.attn.c_attn`), in registration order.
     public func namedModules() -> [(key: String, module: any Module)] {
         var visitor = ParameterVisitor()
+        visitor.collectsParameters = false
         visitParameters(&visitor)
         return visitor.modules
     }

