@@ -319,8 +319,9 @@ public final class ReinsServer: Sendable {
 
     func embeddings(_ data: Data) async throws -> Response {
         let request = try JSONDecoder().decode(OpenAI.EmbeddingRequest.self, from: data)
-        if let f = request.encoding_format, f != "float" {
-            throw ServerError.badRequest("encoding_format must be float, got \(f)")
+        let base64 = request.encoding_format == "base64"
+        if let f = request.encoding_format, f != "float", !base64 {
+            throw ServerError.badRequest("encoding_format must be float or base64, got \(f)")
         }
         let adapter = try await adapter(named: request.model)
         let texts = request.input.list
@@ -333,7 +334,11 @@ public final class ReinsServer: Sendable {
         let vectors = try await engine.run { served in
             try Autograd.withoutGradients { try Self.meanStates(served.model, ids, adapter: adapter) }
         }
-        let data = vectors.enumerated().map { ["object": "embedding", "index": $0.offset, "embedding": $0.element] as [String: Any] }
+        // base64: the float32 values' little-endian bytes (what the openai client asks for by default).
+        let data = vectors.enumerated().map { i, v -> [String: Any] in
+            let encoded: Any = base64 ? v.withUnsafeBufferPointer { Data(buffer: $0).base64EncodedString() } : v
+            return ["object": "embedding", "index": i, "embedding": encoded]
+        }
         let tokens = ids.map(\.count).reduce(0, +)
         return Self.json([
             "object": "list", "data": data, "model": request.model,

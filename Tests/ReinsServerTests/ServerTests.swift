@@ -155,6 +155,13 @@ struct ServerTests {
         let base = try await Self.blocking { try client.post("/v1/embeddings", ["model": "tiny", "input": "hello there"]) }
         let baseVector = (base.json["data"] as? [[String: Any]])?.first?["embedding"] as? [Double] ?? []
         #expect(baseVector.count == 30 && baseVector != vectors.first, "the adapter changes the embedding")
+        // base64 (the openai client's default): the same float32 values, little-endian.
+        let packed = try await Self.blocking {
+            try client.post("/v1/embeddings", ["model": "tiny", "input": "hello there", "encoding_format": "base64"])
+        }
+        let text = (packed.json["data"] as? [[String: Any]])?.first?["embedding"] as? String ?? ""
+        let floats = (Data(base64Encoded: text) ?? Data()).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        #expect(floats.map(Double.init) == baseVector.map { Double(Float($0)) })
         let metrics = try await Self.blocking { try client.request("GET", "/metrics") }
         #expect(metrics.status == 200 && metrics.text.contains("reins_generated_tokens_total"))
     }
