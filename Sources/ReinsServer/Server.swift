@@ -58,6 +58,9 @@ public final class ReinsServer: Sendable {
         else {
             throw ServerError.badRequest("server limits must be positive and the port within 0...65535")
         }
+        // The server's network threads and its clients share the cores with the engine: a parallel region does not wait
+        // for a worker that is not running.
+        Parallel.sharesCores = true
         engine = try Engine(served: served, batchCapacity: options.batchCapacity, queueLimit: options.queueLimit)
         self.options = options
         format = served.format

@@ -12,6 +12,15 @@ public enum Parallel {
     /// The number of worker threads ReinsTensor uses (the active processor count).
     public static let threadCount = max(1, ProcessInfo.processInfo.activeProcessorCount)
 
+    /// For a process that shares its cores with other busy threads (a server's network threads, its clients): a
+    /// parallel region's caller then runs the chunks no worker has started within ~50 µs itself, instead of waiting
+    /// for a worker that is not running. Off by default: a training or benchmark process owns its cores, and there the
+    /// plain hand-off is faster (measured: the demo's full fine-tuning 91 s against 103 s).
+    public static var sharesCores: Bool {
+        get { SpinPool.shared.stealing.load(ordering: .relaxed) }
+        set { SpinPool.shared.stealing.store(newValue, ordering: .relaxed) }
+    }
+
     /// Runs `body(chunk)` for `chunk` in `0..<chunks`, concurrently when there is more than one chunk.
     ///
     /// OpenBLAS calls inside `body` run single-threaded; the previous OpenBLAS thread count is restored afterwards.
@@ -107,24 +116,24 @@ struct UncheckedBox<Value>: @unchecked Sendable {
 /// Persistent worker threads for parallel regions. Decoding runs hundreds of short regions per token (each layer's
 /// products, norms, attention); waking a sleeping thread for each costs tens of microseconds in a VM, more than the
 /// work. A worker here spins on the next region for a while (``spinLimit`` relax instructions, ~50 µs) before it
-/// sleeps, so back-to-back regions start at once. The caller runs chunk 0, then claims any chunk no worker has taken
-/// yet: on a busy machine (a server's network threads, other processes) a worker that is not running never holds the
-/// caller up — its chunk is simply done by the caller.
+/// sleeps, so back-to-back regions start at once. The caller runs chunk 0 itself; worker `i` runs chunk `i + 1`.
 final class SpinPool: @unchecked Sendable {
     static let shared = SpinPool(workers: Parallel.threadCount - 1)
     static let spinLimit = 20_000
 
     private let workers: Int
     private let generation = Atomic<Int>(0)
-    /// Chunks not finished yet in the current region.
     private let pending = Atomic<Int>(0)
-    /// The highest chunk not claimed yet (chunks `1...unclaimed` are free); claiming decrements it.
-    private let unclaimed = Atomic<Int>(0)
     private let sleepers = Atomic<Int>(0)
     private let wake = DispatchSemaphore(value: 0)
     private let busy = Atomic<Bool>(false)
-    // Written by the caller before it publishes a region (release), read by a worker after it claims a chunk (acquire).
+    /// Whether the caller runs chunks no worker has taken (``Parallel/sharesCores``).
+    let stealing = Atomic<Bool>(false)
+    /// Bit c set: chunk c has been taken, by its worker or by the caller (chunks from 64 on are always their workers').
+    private let takenBits = Atomic<UInt64>(0)
+    // Written by the caller before it publishes a generation (release), read by workers after they see it (acquire).
     private var job: ((Int) -> Void)?
+    private var chunks = 0
 
     init(workers: Int) {
         self.workers = max(0, workers)
@@ -143,30 +152,47 @@ final class SpinPool: @unchecked Sendable {
         defer { busy.store(false, ordering: .releasing) }
         withoutActuallyEscaping(body) { work in
             job = work
-            // `pending` before `unclaimed`: a chunk claimed as soon as it is published is already counted.
-            pending.store(chunks - 1, ordering: .releasing)
-            unclaimed.store(chunks - 1, ordering: .releasing)
+            self.chunks = chunks
+            pending.store(chunks - 1, ordering: .relaxed)
+            // Chunk c (1...chunks-1) is taken by whoever first finds `taken[c]` false: its worker, or the caller
+            // when it steals (``Parallel/sharesCores``).
+            takenBits.store(0, ordering: .relaxed)
             generation.add(1, ordering: .releasing)
             for _ in 0..<sleepers.load(ordering: .acquiring) { wake.signal() }
             work(0)
-            while let c = claim() {
-                work(c)
-                pending.subtract(1, ordering: .releasing)
-            }
-            var spins = 0
-            while pending.load(ordering: .acquiring) > 0 {
-                spins += 1
-                if spins < Self.spinLimit { rk_cpu_relax() } else { sched_yield() }
+            if stealing.load(ordering: .relaxed) {
+                // A chunk not taken ~50 µs after the region started belongs to a worker that is not running: run it.
+                var spins = 0
+                while pending.load(ordering: .acquiring) > 0 {
+                    spins += 1
+                    if spins >= Self.spinLimit, let c = claim() {
+                        work(c)
+                        pending.subtract(1, ordering: .releasing)
+                    } else if spins < 100 * Self.spinLimit {
+                        rk_cpu_relax()
+                    } else {
+                        sched_yield()
+                    }
+                }
+            } else {
+                while pending.load(ordering: .acquiring) > 0 { rk_cpu_relax() }
             }
             job = nil
         }
         return true
     }
 
-    /// The next chunk nobody has taken, or nil.
+    /// Takes chunk `c`; false when someone already has.
+    private func take(_ c: Int) -> Bool {
+        guard c < 64 else { return true }
+        let bit = UInt64(1) << UInt64(c)
+        return takenBits.bitwiseOr(bit, ordering: .acquiringAndReleasing).oldValue & bit == 0
+    }
+
+    /// The first chunk nobody has taken (below 64), or nil.
     private func claim() -> Int? {
-        let c = unclaimed.subtract(1, ordering: .acquiringAndReleasing).oldValue
-        return c >= 1 ? c : nil
+        for c in 1..<min(max(chunks, 1), 64) where take(c) { return c }
+        return nil
     }
 
     private func work(index: Int) {
@@ -184,7 +210,8 @@ final class SpinPool: @unchecked Sendable {
                 spins = 0
             }
             seen = generation.load(ordering: .acquiring)
-            while let c = claim() {
+            let c = index + 1
+            if c < chunks, take(c) {
                 invoke(c)
                 pending.subtract(1, ordering: .releasing)
             }
