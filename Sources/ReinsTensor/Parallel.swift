@@ -129,7 +129,7 @@ final class SpinPool: @unchecked Sendable {
     private let busy = Atomic<Bool>(false)
     /// Whether the caller runs chunks no worker has taken (``Parallel/sharesCores``).
     let stealing = Atomic<Bool>(false)
-    /// Bit c set: chunk c has been taken, by its worker or by the caller (chunks from 64 on are always their workers').
+    /// Bit c set: chunk c has been taken (by its worker or by the caller) or does not exist; chunks from 64 on are always their workers'.
     private let takenBits = Atomic<UInt64>(0)
     // Written by the caller before it publishes a generation (release), read by workers after they see it (acquire).
     private var job: ((Int) -> Void)?
@@ -156,7 +156,9 @@ final class SpinPool: @unchecked Sendable {
             pending.store(chunks - 1, ordering: .relaxed)
             // Chunk c (1...chunks-1) is taken by whoever first finds `taken[c]` false: its worker, or the caller
             // when it steals (``Parallel/sharesCores``).
-            takenBits.store(0, ordering: .relaxed)
+            // Bits of chunks that do not exist start set, so that a worker decides from the bits alone (it never
+            // reads `chunks`, which the caller may be rewriting for the next region when it did not wait for it).
+            takenBits.store(chunks >= 64 ? 1 : ~((UInt64(1) << UInt64(chunks)) - 1) | 1, ordering: .relaxed)
             generation.add(1, ordering: .releasing)
             for _ in 0..<sleepers.load(ordering: .acquiring) { wake.signal() }
             work(0)
@@ -182,9 +184,8 @@ final class SpinPool: @unchecked Sendable {
         return true
     }
 
-    /// Takes chunk `c`; false when someone already has.
+    /// Takes chunk `c` (below 64); false when someone already has, or it does not exist in this region.
     private func take(_ c: Int) -> Bool {
-        guard c < 64 else { return true }
         let bit = UInt64(1) << UInt64(c)
         return takenBits.bitwiseOr(bit, ordering: .acquiringAndReleasing).oldValue & bit == 0
     }
@@ -211,7 +212,7 @@ final class SpinPool: @unchecked Sendable {
             }
             seen = generation.load(ordering: .acquiring)
             let c = index + 1
-            if c < chunks, take(c) {
+            if c < 64 ? take(c) : c < chunks {
                 invoke(c)
                 pending.subtract(1, ordering: .releasing)
             }
