@@ -116,7 +116,6 @@ public final class Engine: @unchecked Sendable {
     private var stats = Statistics()
     private var nextID = 0
     private var stopping = false
-    private var thread: Thread?
     /// Called on the engine thread after each step with the statistics (the server's metrics).
     var onStatistics: (@Sendable (Statistics) -> Void)?
 
@@ -128,10 +127,11 @@ public final class Engine: @unchecked Sendable {
 
     /// Starts the engine's thread.
     public func start() {
-        let t = Thread { [self] in loop() }
+        // Weak: the thread object keeps its closure, so a strong capture would keep the engine (and its model)
+        // alive for ever once the loop has stopped.
+        let t = Thread { [weak self] in self?.loop() }
         t.name = "reins-engine"
         t.stackSize = 8 << 20
-        thread = t
         t.start()
     }
 

@@ -49,7 +49,6 @@ public final class ReinsServer: Sendable {
     let registry = PrometheusCollectorRegistry()
     let queueGauge: Gauge, batchGauge: Gauge, rateGauge: Gauge
     let tokensCounter: Counter, requestsCounter: Counter
-    let hiddenSize: Int
 
     /// Starts the engine (its thread) for `served`.
     public init(served: ServedModel, options: ServerOptions, logger: Logger = Logger(label: "reins.serve")) throws {
@@ -66,7 +65,6 @@ public final class ReinsServer: Sendable {
         format = served.format
         baseName = served.baseName
         self.logger = logger
-        hiddenSize = 0
         queueGauge = registry.makeGauge(name: "reins_queue_length", help: "Requests waiting to join the batch")
         batchGauge = registry.makeGauge(name: "reins_batch_size", help: "Requests decoded in the last step")
         rateGauge = registry.makeGauge(name: "reins_tokens_per_second", help: "Generated tokens per second (moving average)")
