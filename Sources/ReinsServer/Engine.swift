@@ -256,17 +256,14 @@ public final class Engine: @unchecked Sendable {
                 p.sink.finish()
                 return
             }
-            p.sink.yield(.token(first.token))
             condition.lock()
             stats.generatedTokens += 1
+            if first.finish == nil { runningIDs[p.id] = (first.id, p.sink, p.adapter) }
             condition.unlock()
+            p.sink.yield(.token(first.token))
             if let finish = first.finish {
                 p.sink.yield(.finished(finish))
                 p.sink.finish()
-            } else {
-                condition.lock()
-                runningIDs[p.id] = (first.id, p.sink, p.adapter)
-                condition.unlock()
             }
         } catch let error as ModelError {
             if case .sequenceTooLong = error {

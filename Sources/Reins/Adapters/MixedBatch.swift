@@ -152,15 +152,15 @@ extension Linear {
             p.method == nil && p.lora?.magnitude == nil ? p.lora.map { ($0, p.rows) } : nil
         }) }
         for p in plans {
-            let xs = try input.rows(p.rows)
             let bias = p.bias?.value ?? baseBias
             var ys: Tensor
             if gathered, p.method == nil, p.lora?.magnitude == nil {
                 // Its LoRA update is in `y` already: only its own bias and IA3 output scale are left.
                 guard p.bias != nil || (p.ia3.map { !$0.scalesInput } ?? false) else { continue }
                 ys = try y.rows(p.rows)
-                if let own = p.bias?.value { ys = try ys - (baseBias ?? own) + own }
+                if let own = p.bias?.value, let baseBias { ys = try ys - baseBias + own }
             } else if let method = p.method {
+                let xs = try input.rows(p.rows)
                 ys = try AdapterRouting.outside {
                     try method.forward(xs, layer: self) { [self] x in
                         guard let lora = p.lora else { return try baseProduct(x, bias: bias) }
@@ -169,7 +169,7 @@ extension Linear {
                 }
             } else {
                 let base = try product.rows(p.rows)
-                ys = try p.lora.map { try $0.delta(xs, base: base, bias: bias, layer: self) }
+                ys = try p.lora.map { try $0.delta(input.rows(p.rows), base: base, bias: bias, layer: self) }
                     ?? (bias.map { try base + $0 } ?? base)
             }
             if let ia3 = p.ia3, !ia3.scalesInput { ys = try ys * ia3.vector.value }
@@ -262,11 +262,11 @@ extension Variants where Value == Linear {
     func apply(_ x: Tensor) throws -> Tensor {
         guard let routing = AdapterRouting.current else { return try current(x) }
         try routing.check(x, at: "the task head")
-        let routed = Set(routing.groups.flatMap(\.rows))
         var pieces: [(rows: [Int], out: Tensor)] = []
-        let rest = (0..<routing.rows.count).filter { !routed.contains($0) } + routing.groups.filter { variants[$0.name] == nil }.flatMap(\.rows)
+        // Rows whose adapter has no head of its own (or that have no adapter) read the base head.
+        let rest = routing.rows.indices.filter { b in routing.rows[b].flatMap { variants[$0] } == nil }
         try AdapterRouting.outside {
-            if !rest.isEmpty { pieces.append((rest.sorted(), try base(x.rows(rest.sorted())))) }
+            if !rest.isEmpty { pieces.append((rest, try base(x.rows(rest)))) }
             for g in routing.groups { if let head = variants[g.name] { pieces.append((g.rows, try head(x.rows(g.rows)))) } }
         }
         let widths = Set(pieces.map { $0.out.shape.last! })
@@ -293,6 +293,31 @@ struct RoutedVirtualTokens {
     var rowCount: Int { prefixes.count }
     func prefixLength(_ b: Int) -> Int { prefixes[b]?.length ?? 0 }
     func promptLength(_ b: Int) -> Int { prompts[b]?.shape[0] ?? 0 }
+
+    /// The start every routed pass shares, checked: the inputs `[B, Q + T, C]` (each row's prompt slots, then `embed(ids)`),
+    /// every position (``positions(_:)``) and the key mask (``keyMask(_:length:)``).
+    /// - Throws: ``ModelError/badInput(_:)`` for a shared cache (generation gives each row its own, ``ContinuousBatch``),
+    ///   or a mask or position ids that do not match the ids.
+    func start(
+        _ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, cache: KVCache?, width: Int,
+        embed: (IntTensor) throws -> Tensor
+    ) throws -> (x: Tensor, positions: IntTensor, keyMask: IntTensor) {
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        guard cache == nil else {
+            throw ModelError.badInput(
+                "a batch routed to adapters with virtual tokens runs without a shared KV cache: generate through ContinuousBatch, which gives each row its own")
+        }
+        if let attentionMask, attentionMask.shape != [B, T] {
+            throw ModelError.badInput("attention mask \(attentionMask.shape) does not match the ids \(ids.shape)")
+        }
+        let tokenPositions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) })
+        guard tokenPositions.shape == ids.shape else {
+            throw ModelError.badInput("position ids \(tokenPositions.shape) do not match input ids \(ids.shape)")
+        }
+        var x = try embed(ids)
+        if Q > 0 { x = try Tensor.concatenate([promptInputs(width: width), x], axis: 1) }
+        return (x, try positions(tokenPositions), try keyMask(attentionMask, length: T))
+    }
 
     /// `[B, P + Q + T]`: each row's padding slots 0, its prefix and prompt 1, then `mask` (nil: all tokens real).
     func keyMask(_ mask: IntTensor?, length T: Int) throws -> IntTensor {

@@ -550,26 +550,16 @@ extension GPT2Model {
         _ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, tokenTypeIDs: IntTensor?,
         cache: KVCache?, rows: [Int]?, _ virtual: RoutedVirtualTokens
     ) throws -> Tensor {
-        let (B, T) = (ids.shape[0], ids.shape[1])
-        guard cache == nil, tokenTypeIDs == nil else {
-            throw ModelError.badInput(
-                "a batch routed to adapters with virtual tokens runs without a shared KV cache or token types: generate through ContinuousBatch, which gives each row its own cache")
+        guard tokenTypeIDs == nil else {
+            throw ModelError.badInput("a batch routed to adapters with virtual tokens takes no token type ids")
         }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
-        if let attentionMask, attentionMask.shape != [B, T] {
-            throw ModelError.badInput("attention mask \(attentionMask.shape) does not match the ids \(ids.shape)")
-        }
-        let tokenPositions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) })
-        guard tokenPositions.shape == ids.shape else {
-            throw ModelError.badInput("position ids \(tokenPositions.shape) do not match input ids \(ids.shape)")
-        }
-        let positions = try virtual.positions(tokenPositions)
+        var (x, positions, keyMask) = try virtual.start(
+            ids, attentionMask: attentionMask, positionIDs: positionIDs, cache: cache, width: config.hidden,
+            embed: tokenEmbedding.callAsFunction)
         if let bad = positions.values.first(where: { $0 < 0 || Int($0) >= config.positions }) {
             throw ModelError.sequenceTooLong(length: Int(bad) + 1, maximum: config.positions)
         }
-        let keyMask = try virtual.keyMask(attentionMask, length: T)
-        var x = try tokenEmbedding(ids)
-        if virtual.Q > 0 { x = try Tensor.concatenate([virtual.promptInputs(width: config.hidden), x], axis: 1) }
         x = try (x + positionEmbedding(positions)).trainingDropout(config.embeddingDropout)
         let prefixes = try virtual.keysValues(layers: blocks.count, heads: config.heads, headSize: config.hidden / config.heads)
         for (i, block) in blocks.enumerated() {

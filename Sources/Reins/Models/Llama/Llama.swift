@@ -333,23 +333,11 @@ extension LlamaModel {
         _ ids: IntTensor, attentionMask: IntTensor?, positionIDs: IntTensor?, cache: KVCache?,
         _ virtual: RoutedVirtualTokens
     ) throws -> Tensor {
-        let (B, T) = (ids.shape[0], ids.shape[1])
-        guard cache == nil else {
-            throw ModelError.badInput(
-                "a batch routed to adapters with virtual tokens runs without a shared KV cache: generate through ContinuousBatch, which gives each row its own")
-        }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
-        if let attentionMask, attentionMask.shape != [B, T] {
-            throw ModelError.badInput("attention mask \(attentionMask.shape) does not match the ids \(ids.shape)")
-        }
-        let tokenPositions = try positionIDs ?? IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) })
-        guard tokenPositions.shape == ids.shape else {
-            throw ModelError.badInput("position ids \(tokenPositions.shape) do not match input ids \(ids.shape)")
-        }
-        let keyMask = try virtual.keyMask(attentionMask, length: T)
-        var x = try tokenEmbedding(ids)
-        if virtual.Q > 0 { x = try Tensor.concatenate([virtual.promptInputs(width: config.hidden), x], axis: 1) }
-        let angles = try rotary.angles(try virtual.positions(tokenPositions))
+        var (x, positions, keyMask) = try virtual.start(
+            ids, attentionMask: attentionMask, positionIDs: positionIDs, cache: cache, width: config.hidden,
+            embed: tokenEmbedding.callAsFunction)
+        let angles = try rotary.angles(positions)
         let prefixes = try virtual.keysValues(layers: layers.count, heads: config.keyValueHeads, headSize: config.headSize)
         for (i, layer) in layers.enumerated() {
             x = try layer(x, angles: angles, keyMask: keyMask, prefix: prefixes?[i])
