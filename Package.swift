@@ -11,6 +11,9 @@ let package = Package(
         // `reins serve`'s HTTP layer (Hummingbird 2, SwiftNIO): a separate product, so that ReinsTensor and Reins stay
         // free of it.
         .library(name: "ReinsServer", targets: ["ReinsServer"]),
+        // Data-parallel training over MPI (`reins train --distributed` under mpirun): a separate product, so that
+        // ReinsTensor and Reins build without MPI.
+        .library(name: "ReinsDistributed", targets: ["ReinsDistributed"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
@@ -52,10 +55,13 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
+        // MPI from the system, found with pkg-config as Open MPI's `ompi` (Debian: libopenmpi-dev; mpirun: openmpi-bin).
+        .systemLibrary(name: "CMPI", path: "CSupport/CMPI", pkgConfig: "ompi", providers: [.apt(["libopenmpi-dev"])]),
+        .target(name: "ReinsDistributed", dependencies: ["Reins", "ReinsTensor", "CMPI"]),
         .executableTarget(
             name: "ReinsCLI",
             dependencies: [
-                "Reins", "ReinsTensor", "ReinsDemoData", "ReinsServer",
+                "Reins", "ReinsTensor", "ReinsDemoData", "ReinsServer", "ReinsDistributed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

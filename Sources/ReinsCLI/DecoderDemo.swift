@@ -204,17 +204,20 @@ struct DecoderDemo {
         _ = try model.addAdapter("define", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"])), seed: seed)
         _ = try trainAdapter("define", on: sequences, model: model, chat: chat, steps: max(1, steps * 3 / 4), learningRate: 2e-3)
 
-        print("\nMany tasks, one base: held-out requests, each answered by its task's adapter on the one loaded model:")
+        print("\nMany tasks, one base: held-out requests for both tasks in one batch, each row through its task's adapter on the one loaded model:")
         var requests: [(adapter: String, text: String, expected: String)] = []
         for (t, d) in zip(translations.suffix(4), held) {
             requests.append(("lora", t.english, t.reference))
             requests.append(("define", d.lemma, d.definition))
         }
-        for r in requests {
-            model.activateAdapter(r.adapter)
-            let system = r.adapter == "define" ? Self.defineSystem : Self.system
-            let answer = try Self.answer([try chat.prompt(Self.messages(r.text, system: system))], model: model, chat: chat, maxNewTokens: 24)
-            print("  [\(r.adapter)] \(r.text) -> \(answer[0])   (reference: \(r.expected))")
+        let prompts = try requests.map {
+            try chat.prompt(Self.messages($0.text, system: $0.adapter == "define" ? Self.defineSystem : Self.system))
+        }
+        let answers = try model.withAdapters(perRow: requests.map(\.adapter)) {
+            try Self.answer(prompts, model: model, chat: chat, maxNewTokens: 24)
+        }
+        for (r, answer) in zip(requests, answers) {
+            print("  [\(r.adapter)] \(r.text) -> \(answer)   (reference: \(r.expected))")
         }
         model.activateAdapter(nil)
     }

@@ -66,6 +66,10 @@ struct DemoCommand: ParsableCommand {
     }
 
     @Flag(help: "Pad each batch to its longest example instead of batching examples of similar length.") var noBuckets = false
+    @Flag(
+        help:
+            "Encoder part: write its training and development samples to OUTPUT/data/train.jsonl and dev.jsonl (fields text and label, the supersense's name) for `reins train`, and stop."
+    ) var exportData = false
     @Option(help: "Decoder part: optimizer updates per adapter.") var decoderSteps = 40
     @Option(help: "Decoder part: examples per update.") var decoderBatchSize = 16
     @Option(help: "Decoder part: held-out items scored.") var heldOut = 64
@@ -146,6 +150,22 @@ struct DemoCommand: ParsableCommand {
         let majority = counts.max { $0.value < $1.value }!
         let chance = Double(majority.value) / Double(dev.count)
         defer { fflush(nil) }
+        if exportData {
+            let dir = out.appendingPathComponent("data")
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            for (name, rows) in [("train", train), ("dev", dev)] {
+                let lines = try rows.map { r in
+                    String(
+                        decoding: try JSONSerialization.data(
+                            withJSONObject: ["text": r.text, "label": labels[r.label]], options: [.sortedKeys]),
+                        as: UTF8.self)
+                }
+                try AtomicFile.write(
+                    Data((lines.joined(separator: "\n") + "\n").utf8), to: dir.appendingPathComponent("\(name).jsonl").path)
+            }
+            print("Wrote \(train.count) training and \(dev.count) development examples to \(dir.path)")
+            return
+        }
         print(
             "WordNet: \(glosses.count) glosses, \(labels.count) supersenses; training on \(train.count), evaluating on \(dev.count) (majority class \(labels[majority.key]): \(pct(chance)))"
         )

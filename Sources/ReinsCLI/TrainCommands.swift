@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Reins
+import ReinsDistributed
 import ReinsTensor
 
 /// What `train`, `eval` and `predict` share: the base model and the task.
@@ -305,6 +306,10 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Global gradient-norm clipping (0: off).") var clip: Float = 1
     @Option(help: "Evaluate every this many updates.") var evalEvery: Int?
     @Option(help: "Stop after this many evaluations without improvement.") var patience: Int?
+    @Option(help: "Write a resumable checkpoint every this many updates (default: at evaluations and the end).")
+    var checkpointEvery: Int?
+    @Flag(help: "Batch examples of similar length together (less padding; each epoch still sees every example once).")
+    var bucketByLength = false
     @Option(help: "LoRA rank.") var rank = 8
     @Option(help: "LoRA alpha.") var alpha: Float = 16
     @Option(help: "LoRA dropout.") var loraDropout: Float = 0
@@ -320,6 +325,10 @@ struct TrainCommand: ParsableCommand {
     ) var gradientCheckpointing = false
     @Option(help: "Output directory.") var output: String
     @Flag(help: "Continue from OUTPUT/checkpoint.") var resume = false
+    @Flag(
+        help:
+            "Data-parallel training over MPI: run as `mpirun -np N reins train ... --distributed`; each process takes its share of every update's N × batch-size × accumulation examples, gradients are averaged across processes, and process 0 writes the output."
+    ) var distributed = false
 
     func validate() throws {
         for (name, value) in [
@@ -328,7 +337,9 @@ struct TrainCommand: ParsableCommand {
         ] where value <= 0 {
             throw ValidationError("\(name) must be positive, got \(value)")
         }
-        for (name, value) in [("--steps", steps), ("--eval-every", evalEvery), ("--patience", patience)] {
+        for (name, value) in [
+            ("--steps", steps), ("--eval-every", evalEvery), ("--patience", patience), ("--checkpoint-every", checkpointEvery),
+        ] {
             if let value, value <= 0 { throw ValidationError("\(name) must be positive, got \(value)") }
         }
         guard !batchSize.multipliedReportingOverflow(by: accumulation).overflow else {
@@ -373,6 +384,21 @@ struct TrainCommand: ParsableCommand {
     }
 
     func run() throws {
+        guard distributed else { return try train(group: nil) }
+        let group = try MPIGroup.start()
+        do {
+            try train(group: group)
+        } catch {
+            // The other processes would wait for this one in their next collective: end the job.
+            if group.size > 1 { group.abort("\(error)") }
+            throw error
+        }
+        try group.finish()
+    }
+
+    func train(group: MPIGroup?) throws {
+        let writes = (group?.rank ?? 0) == 0
+        let processes = group?.size ?? 1
         let out = URL(fileURLWithPath: output)
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
         let name = method.lowercased()
@@ -396,16 +422,17 @@ struct TrainCommand: ParsableCommand {
                 llama.gradientCheckpointing = true
             }
         }
-        if !labels.isEmpty {
+        if writes, !labels.isEmpty {
             try AtomicFile.write(
                 try JSONSerialization.data(withJSONObject: labels), to: out.appendingPathComponent("labels.json").path)
         }
         // In checked arithmetic: the three numbers are the user's.
-        let (perUpdate, o1) = batchSize.multipliedReportingOverflow(by: accumulation)
+        let (perProcess, o1) = batchSize.multipliedReportingOverflow(by: accumulation)
+        let (perUpdate, o3) = perProcess.multipliedReportingOverflow(by: processes)
         let (examples, o2) = epochs.multipliedReportingOverflow(by: task.trainingCount)
-        guard !o1, !o2 else {
+        guard !o1, !o2, !o3 else {
             throw ValidationError(
-                "--epochs \(epochs), --batch-size \(batchSize) and --accumulation \(accumulation) are too large to count"
+                "--epochs \(epochs), --batch-size \(batchSize), --accumulation \(accumulation) and \(processes) processes are too large to count"
             )
         }
         let updates = steps ?? max(1, examples / perUpdate)
@@ -421,18 +448,26 @@ struct TrainCommand: ParsableCommand {
         options.clipNorm = clip > 0 ? clip : nil
         options.evaluateEvery = evalEvery
         options.earlyStoppingPatience = patience
+        options.checkpointEvery = checkpointEvery
+        options.bucketByLength = bucketByLength
         options.seed = seed
         options.outputDirectory = out
         options.adapterName = adapterMethod == .full ? nil : name
-        let trainer = try Trainer(task: task, options: options)
+        let trainer = try Trainer(task: task, options: options, group: group)
         if resume {
             try trainer.resume(from: out.appendingPathComponent("checkpoint"))
-            print("Resumed at update \(trainer.step) of \(updates)")
-        } else {
+            if writes { print("Resumed at update \(trainer.step) of \(updates)") }
+        } else if writes {
             try? FileManager.default.removeItem(at: out.appendingPathComponent("metrics.jsonl"))
         }
+        // Progress and results from process 0 only.
+        guard writes else { return try trainer.run() }
+        let shape =
+            processes > 1
+            ? "\(perUpdate) (\(processes) processes × \(accumulation) micro-batches × \(batchSize) examples)"
+            : "\(perUpdate)"
         print(
-            "\(name): \(fmt(task.model.trainableParameterCount)) trainable of \(fmt(task.model.parameterCount)) parameters, \(updates) updates of \(batchSize * accumulation)"
+            "\(name): \(fmt(task.model.trainableParameterCount)) trainable of \(fmt(task.model.parameterCount)) parameters, \(updates) updates of \(shape)"
         )
         let progress = ProgressLine(label: name, total: updates)
         trainer.onStep = { progress.update($0) }

@@ -41,8 +41,21 @@ final class GradNode {
     }
 }
 
+/// Told, during a backward pass, of each leaf whose gradient the pass has finished adding to (see
+/// ``Autograd/leafGradients``).
+public final class LeafGradientObserver: @unchecked Sendable {
+    let body: (ObjectIdentifier) -> Void
+    /// `body` receives a leaf's ``Tensor/leafIdentity``, on the thread running the backward pass.
+    public init(_ body: @escaping (ObjectIdentifier) -> Void) { self.body = body }
+}
+
 /// Switches for automatic differentiation.
 public enum Autograd {
+    /// While set, ``Tensor/backward()`` tells it of each leaf as soon as the last node adding to that leaf's gradient
+    /// has run, so that a data-parallel run can start summing those gradients across processes while the rest of the
+    /// pass still runs. Leaves the pass does not reach are not announced.
+    @TaskLocal public static var leafGradients: LeafGradientObserver?
+
     @TaskLocal static var isRecording = true
     /// True during the unrecorded forward pass of a checkpointed block: it runs without a graph but is training, so
     /// ops that choose their arithmetic by whether they train (quantized products) choose as when recording.
@@ -69,6 +82,10 @@ extension Tensor {
     public func requiringGradient() -> Tensor {
         Tensor(shape: shape, storage: storage, node: GradNode(leafShape: shape))
     }
+
+    /// The identity of this tensor's autograd leaf (what ``Autograd/leafGradients`` reports), nil when it is not a
+    /// leaf that requires a gradient.
+    public var leafIdentity: ObjectIdentifier? { node.flatMap { $0.isLeaf ? ObjectIdentifier($0) : nil } }
 
     /// The accumulated gradient of a leaf (`nil` before any backward pass reached it).
     public var gradient: Tensor? { node?.grad }
@@ -136,6 +153,20 @@ extension Tensor {
         } else {
             root.grad = seed.detached()
         }
+        // With an observer, each leaf is announced after the last node that adds to its gradient has run.
+        let observer = Autograd.leafGradients
+        var finishedAt: [[ObjectIdentifier]] = []
+        if let observer {
+            let interior = order.reversed().filter { !$0.isLeaf }
+            var lastUse: [ObjectIdentifier: Int] = [:]
+            for (i, n) in interior.enumerated() {
+                for case let p? in n.parents where p.isLeaf { lastUse[ObjectIdentifier(p)] = i }
+            }
+            finishedAt = Array(repeating: [], count: interior.count)
+            for (leaf, i) in lastUse { finishedAt[i].append(leaf) }
+            if root.isLeaf { observer.body(ObjectIdentifier(root)) }
+        }
+        var index = 0
         for n in order.reversed() where !n.isLeaf {
             guard let fn = n.backward else { throw TensorError.graphReleased }
             n.backward = nil
@@ -145,6 +176,10 @@ extension Tensor {
                 if let error = Autograd.takeDeferredError() { throw error }
             }
             n.grad = nil
+            if let observer {
+                for leaf in finishedAt[index] { observer.body(leaf) }
+            }
+            index += 1
         }
     }
 
@@ -166,7 +201,9 @@ extension Tensor {
             do {
                 let leaf = needsInput ? saved.requiringGradient() : saved
                 let again = try body(leaf)
-                try again.backward(gradient: g)
+                // The parameters' gradients are complete only when the outer pass has run this node: the inner pass
+                // announces nothing.
+                try Autograd.$leafGradients.withValue(nil) { try again.backward(gradient: g) }
                 if let dx = grads[0], let lg = leaf.gradient {
                     lg.withUnsafeBufferPointer { src in for i in 0..<src.count { dx[i] += src[i] } }
                 }

@@ -9,8 +9,16 @@ import Synchronization
 /// Independent pieces (attention heads, row blocks) run on `DispatchQueue.concurrentPerform`. While they run,
 /// OpenBLAS is held to one thread so that our threads and its threads never fan out at the same time.
 public enum Parallel {
-    /// The number of worker threads ReinsTensor uses (the active processor count).
-    public static let threadCount = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// The number of worker threads ReinsTensor uses: the active processor count, or `REINS_THREADS` when that is set
+    /// to a smaller positive number (for example one per process when several ranks of a data-parallel run share a
+    /// machine; OpenBLAS reads its own `OPENBLAS_NUM_THREADS`).
+    public static let threadCount: Int = {
+        let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        guard let asked = ProcessInfo.processInfo.environment["REINS_THREADS"].flatMap({ Int($0) }), asked > 0 else {
+            return cores
+        }
+        return min(asked, cores)
+    }()
 
     /// For a process that shares its cores with other busy threads (a server's network threads, its clients): a
     /// parallel region's caller then runs the chunks no worker has started within ~50 µs itself, instead of waiting
@@ -158,7 +166,9 @@ final class SpinPool: @unchecked Sendable {
             // when it steals (``Parallel/sharesCores``).
             // Bits of chunks that do not exist start set, so that a worker decides from the bits alone (it never
             // reads `chunks`, which the caller may be rewriting for the next region when it did not wait for it).
-            takenBits.store(chunks >= 64 ? 1 : ~((UInt64(1) << UInt64(chunks)) - 1) | 1, ordering: .relaxed)
+            // Stored releasing: a worker still on the previous generation (its chunk was stolen) can take its chunk of
+            // this region from these bits, and its acquiring `take` must then see `job` as written above.
+            takenBits.store(chunks >= 64 ? 1 : ~((UInt64(1) << UInt64(chunks)) - 1) | 1, ordering: .releasing)
             generation.add(1, ordering: .releasing)
             for _ in 0..<sleepers.load(ordering: .acquiring) { wake.signal() }
             work(0)

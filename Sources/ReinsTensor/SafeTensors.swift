@@ -277,13 +277,24 @@ public struct SafeTensorsFile: @unchecked Sendable {
         var out = Data(capacity: 8 + json.count + offset)
         withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
         out.append(json)
+        // The file is little-endian, as are x86-64 and arm64: their bytes go in whole buffers (one element at a
+        // time took ~10 s for a 350 MB training checkpoint).
         for name in floatNames {
             tensors[name]!.withUnsafeBufferPointer { b in  // names are the dictionary's own keys
-                for v in b { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+                #if _endian(little)
+                    out.append(b)
+                #else
+                    for v in b { withUnsafeBytes(of: v.bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+                #endif
             }
         }
         for name in intNames {  // names are the dictionary's own keys
-            for v in integers[name]!.values { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+            let values = integers[name]!.values
+            #if _endian(little)
+                values.withUnsafeBufferPointer { out.append($0) }
+            #else
+                for v in values { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+            #endif
         }
         try AtomicFile.write(out, to: path)
     }

@@ -61,7 +61,7 @@ func paddedBatch(_ rows: [EncodedExample], padID: Int32) throws -> (
 
 /// Sequence classification (single texts or pairs): cross-entropy on the class logits; evaluated by accuracy and
 /// macro-F1.
-public final class SequenceClassificationTask: TrainingTask {
+public final class SequenceClassificationTask: ShardedEvaluation {
     public let classifier: any SequenceClassifier
     public var model: any Module { classifier }
     let train: [EncodedExample]
@@ -123,9 +123,20 @@ public final class SequenceClassificationTask: TrainingTask {
         return predictions
     }
 
-    public func evaluate() throws -> [String: Double] {
+    public func evaluate() throws -> [String: Double] { try evaluateAsOneShard() }
+
+    /// The predicted classes of the slice.
+    public func evaluationPart(shard: Int, of shards: Int) throws -> [Double] {
+        let range = shardRange(count: evaluation.count, batch: 1, shard: shard, of: shards)
+        return try predict(Array(evaluation[range])).map(Double.init)
+    }
+
+    public func metrics(fromParts parts: [[Double]]) throws -> [String: Double] {
         guard !evaluation.isEmpty else { return [:] }
-        let predicted = try predict(evaluation)
+        let predicted = parts.joined().map { Int($0) }
+        guard predicted.count == evaluation.count else {
+            throw ModelError.badInput("\(predicted.count) predictions for \(evaluation.count) evaluation examples")
+        }
         let truth = evaluation.map { Int($0.label) }
         return [
             "accuracy": Metrics.accuracy(predicted: predicted, truth: truth),

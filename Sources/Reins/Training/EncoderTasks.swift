@@ -13,7 +13,7 @@ public struct TaggedWords: Sendable, Equatable {
 /// macro-F1 over tags, and — when the tag names follow the BIO / IOBES scheme (`B-PER`, `I-PER`, `O`, ...) — by
 /// entity-level precision, recall and F1 (seqeval's definitions, ``Metrics/entityScores(predicted:truth:)``), which
 /// then decides the best checkpoint.
-public final class TokenClassificationTask: TrainingTask {
+public final class TokenClassificationTask: ShardedEvaluation {
     public let tagger: BertForTokenClassification
     public var model: any Module { tagger }
     let train: [EncodedTags], evaluation: [EncodedTags]
@@ -103,21 +103,47 @@ public final class TokenClassificationTask: TrainingTask {
         )
     }
 
-    public func evaluate() throws -> [String: Double] {
-        var predicted: [Int] = [], truth: [Int] = []
-        var predictedTags: [[String]] = [], trueTags: [[String]] = []  // per sentence, for entity scores
-        for (_, rows) in evaluation.batches(of: 32) {
+    public func evaluate() throws -> [String: Double] { try evaluateAsOneShard() }
+
+    /// Per sentence of the slice: its word count, the predicted tags, the true tags.
+    public func evaluationPart(shard: Int, of shards: Int) throws -> [Double] {
+        let range = shardRange(count: evaluation.count, batch: 32, shard: shard, of: shards)
+        var part: [Double] = []
+        for (_, rows) in Array(evaluation[range]).batches(of: 32) {
             let b = try batch(rows)
             let logits = try tagger.logits(b.ids, attentionMask: b.mask)
             let best = logits.argmax(), T = b.ids.shape[1]
             for r in rows.indices {
                 let words = (r * T..<(r + 1) * T).filter { b.labels.values[$0] != -100 }
-                predicted += words.map { best[$0] }
-                truth += words.map { Int(b.labels.values[$0]) }
-                if let names = entityTags {
-                    predictedTags.append(words.map { names[best[$0]] })
-                    trueTags.append(words.map { names[Int(b.labels.values[$0])] })
+                part.append(Double(words.count))
+                part += words.map { Double(best[$0]) }
+                part += words.map { Double(b.labels.values[$0]) }
+            }
+        }
+        return part
+    }
+
+    public func metrics(fromParts parts: [[Double]]) throws -> [String: Double] {
+        var predicted: [Int] = [], truth: [Int] = []
+        var predictedTags: [[String]] = [], trueTags: [[String]] = []  // per sentence, for entity scores
+        for part in parts {
+            var k = 0
+            while k < part.count {
+                let n = Int(part[k])
+                guard n >= 0, k + 1 + 2 * n <= part.count else {
+                    throw ModelError.badInput("a token-classification evaluation part is cut short")
                 }
+                let p = part[(k + 1)..<(k + 1 + n)].map { Int($0) }, t = part[(k + 1 + n)..<(k + 1 + 2 * n)].map { Int($0) }
+                predicted += p
+                truth += t
+                if let names = entityTags {
+                    guard (p + t).allSatisfy({ names.indices.contains($0) }) else {
+                        throw ModelError.badInput("a token-classification evaluation part names a tag out of range")
+                    }
+                    predictedTags.append(p.map { names[$0] })
+                    trueTags.append(t.map { names[$0] })
+                }
+                k += 1 + 2 * n
             }
         }
         var metrics = [
@@ -154,7 +180,7 @@ public struct QuestionAnswer: Sendable, Equatable {
 /// The answer's tokens are the context pieces whose characters overlap the answer's, so an answer that starts or ends
 /// inside a piece takes the whole piece (and inside an unknown word, the whole word); an answer cut off by
 /// `maxLength` is an error naming the example.
-public final class QuestionAnsweringTask: TrainingTask {
+public final class QuestionAnsweringTask: ShardedEvaluation {
     public let reader: BertForQuestionAnswering
     public var model: any Module { reader }
     let tokenizer: WordPieceTokenizer, maxLength: Int
@@ -290,9 +316,13 @@ public final class QuestionAnsweringTask: TrainingTask {
         return (try (s + e).scaled(by: 0.5), rows.reduce(0) { $0 + $1.pair.ids.count })
     }
 
-    public func evaluate() throws -> [String: Double] {
+    public func evaluate() throws -> [String: Double] { try evaluateAsOneShard() }
+
+    /// The slice's summed exact match and F1.
+    public func evaluationPart(shard: Int, of shards: Int) throws -> [Double] {
         var em = 0.0, f1 = 0.0
-        for (_, rows) in evaluation.batches(of: 16) {
+        let range = shardRange(count: evaluation.count, batch: 16, shard: shard, of: shards)
+        for (_, rows) in Array(evaluation[range]).batches(of: 16) {
             let b = try batch(rows)
             let (s, e) = try reader.logits(b.ids, attentionMask: b.mask, tokenTypeIDs: b.types)
             let T = s.shape[1], sv = s.scalars, ev = e.scalars
@@ -305,8 +335,15 @@ public final class QuestionAnsweringTask: TrainingTask {
                 f1 += Metrics.tokenF1(prediction: text, answers: [r.answer])
             }
         }
+        return [em, f1]
+    }
+
+    public func metrics(fromParts parts: [[Double]]) throws -> [String: Double] {
+        guard parts.allSatisfy({ $0.count == 2 }) else {
+            throw ModelError.badInput("question-answering evaluation parts must hold 2 numbers each")
+        }
         let n = Double(max(evaluation.count, 1))
-        return ["exact_match": em / n, "f1": f1 / n]
+        return ["exact_match": parts.reduce(0) { $0 + $1[0] } / n, "f1": parts.reduce(0) { $0 + $1[1] } / n]
     }
 
     public var primaryMetric: (name: String, higherIsBetter: Bool) { ("f1", true) }
@@ -316,7 +353,7 @@ public final class QuestionAnsweringTask: TrainingTask {
 /// of those 80% become [MASK], 10% a random token, 10% stay; the loss is on the chosen tokens. The choice for a
 /// training step is seeded by the step's training-mode seed, so a resumed run masks exactly as an uninterrupted one;
 /// evaluation masks with a fixed seed. Evaluated by the loss, its perplexity and the accuracy on the chosen tokens.
-public final class MaskedLMTask: TrainingTask {
+public final class MaskedLMTask: ShardedEvaluation {
     public let masked: BertForMaskedLM
     public var model: any Module { masked }
     let train: [[Int32]], evaluation: [[Int32]]
@@ -378,10 +415,15 @@ public final class MaskedLMTask: TrainingTask {
         )
     }
 
-    public func evaluate() throws -> [String: Double] {
+    public func evaluate() throws -> [String: Double] { try evaluateAsOneShard() }
+
+    /// The slice's summed loss, chosen-token count and correct predictions; each batch masked with the seed of its
+    /// position in the whole evaluation data.
+    public func evaluationPart(shard: Int, of shards: Int) throws -> [Double] {
         var total = 0.0, count = 0, correct = 0
-        for (start, rows) in evaluation.batches(of: 16) {
-            let b = try corrupt(rows, seed: 1234 &+ UInt64(start))
+        let range = shardRange(count: evaluation.count, batch: 16, shard: shard, of: shards)
+        for (start, rows) in Array(evaluation[range]).batches(of: 16) {
+            let b = try corrupt(rows, seed: 1234 &+ UInt64(range.lowerBound + start))
             let logits = try masked.logits(b.ids, attentionMask: b.mask).reshaped([-1, vocabulary])
             total += Double(try Tensor.crossEntropy(logits: logits, targets: b.labels).item) * Double(b.chosen)
             count += b.chosen
@@ -389,10 +431,20 @@ public final class MaskedLMTask: TrainingTask {
                 correct += 1
             }
         }
-        let nll = total / Double(max(count, 1))
+        return [total, Double(count), Double(correct)]
+    }
+
+    public func metrics(fromParts parts: [[Double]]) throws -> [String: Double] {
+        guard parts.allSatisfy({ $0.count == 3 }) else {
+            throw ModelError.badInput("masked-LM evaluation parts must hold 3 numbers each")
+        }
+        let (total, count, correct) = (
+            parts.reduce(0) { $0 + $1[0] }, parts.reduce(0) { $0 + $1[1] }, parts.reduce(0) { $0 + $1[2] }
+        )
+        let nll = total / max(count, 1)
         return [
             "loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll),
-            "accuracy": Double(correct) / Double(max(count, 1)),
+            "accuracy": correct / max(count, 1),
         ]
     }
 

@@ -32,7 +32,7 @@ public struct TokenSequence: Sendable, Equatable {
 
 /// Causal language modelling on a decoder (GPT-2, Llama family): next-token cross-entropy over the non-prompt, non-padding tokens; evaluated by
 /// perplexity.
-public final class CausalLMTask: TrainingTask {
+public final class CausalLMTask: ShardedEvaluation {
     public let languageModel: any CausalLanguageModel
     public var model: any Module { languageModel }
     let train: [TokenSequence], evaluation: [TokenSequence]
@@ -80,10 +80,15 @@ public final class CausalLMTask: TrainingTask {
         )
     }
 
-    public func evaluate() throws -> [String: Double] {
-        guard !evaluation.isEmpty else { return [:] }
+    public func evaluate() throws -> [String: Double] { try evaluateAsOneShard() }
+
+    /// The slice's summed negative log-likelihood and predicted-token count, then (with a decoder) BLEU's statistics
+    /// of the prompted examples' continuations.
+    public func evaluationPart(shard: Int, of shards: Int) throws -> [Double] {
+        let range = shardRange(count: evaluation.count, batch: evaluationBatchSize, shard: shard, of: shards)
+        let slice = Array(evaluation[range])
         var total = 0.0, count = 0
-        for (_, rows) in evaluation.batches(of: evaluationBatchSize) {
+        for (_, rows) in slice.batches(of: evaluationBatchSize) {
             let b = try batch(rows)
             let mask: IntTensor? = b.mask.values.contains(0) ? b.mask : nil
             let loss = try Autograd.withoutGradients {
@@ -92,12 +97,10 @@ public final class CausalLMTask: TrainingTask {
             total += Double(try loss.item) * Double(b.predicted)
             count += b.predicted
         }
-        let nll = total / Double(max(count, 1))
-        var metrics = ["loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll)]
-        let prompted = evaluation.filter { $0.promptLength > 0 }
-        if let decode, !prompted.isEmpty {
+        var part = [total, Double(count)]
+        if let decode {
             var hypotheses: [String] = [], references: [String] = []
-            for e in prompted {
+            for e in slice where e.promptLength > 0 {
                 let prompt = Array(e.ids.prefix(e.promptLength)), reference = Array(e.ids.dropFirst(e.promptLength))
                 let out = try languageModel.generate(
                     prompts: [prompt],
@@ -105,8 +108,21 @@ public final class CausalLMTask: TrainingTask {
                 hypotheses.append(decode(Array(out.dropFirst(prompt.count)).filter { !stopTokens.contains($0) }))
                 references.append(decode(reference.filter { !stopTokens.contains($0) }))
             }
-            metrics["bleu"] = Metrics.bleu(hypotheses: hypotheses, references: [references])
+            part += [Double(hypotheses.count)] + Metrics.bleuStatistics(hypotheses: hypotheses, references: [references])
         }
+        return part
+    }
+
+    public func metrics(fromParts parts: [[Double]]) throws -> [String: Double] {
+        guard !evaluation.isEmpty else { return [:] }
+        let width = parts.first?.count ?? 0
+        guard width == 2 || width == 13, parts.allSatisfy({ $0.count == width }) else {
+            throw ModelError.badInput("evaluation parts of lengths \(parts.map(\.count)) do not fit a language-model task")
+        }
+        let sums = (0..<width).map { i in parts.reduce(0) { $0 + $1[i] } }
+        let nll = sums[0] / max(sums[1], 1)
+        var metrics = ["loss": nll, "perplexity": Metrics.perplexity(meanNegativeLogLikelihood: nll)]
+        if width == 13, sums[2] > 0 { metrics["bleu"] = Metrics.bleu(statistics: Array(sums[3...])) }
         return metrics
     }
 

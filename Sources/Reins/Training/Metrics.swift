@@ -133,6 +133,14 @@ public enum Metrics {
     }
 
     public static func bleu(hypotheses: [String], references: [[String]], tokenizer: BLEUTokenizer = .thirteenA) -> Double {
+        bleu(statistics: bleuStatistics(hypotheses: hypotheses, references: references, tokenizer: tokenizer))
+    }
+
+    /// BLEU's sufficient statistics, which add up over parts of a corpus: matched and total n-grams of orders 1...4,
+    /// then the hypothesis and the closest reference lengths (10 numbers).
+    public static func bleuStatistics(
+        hypotheses: [String], references: [[String]], tokenizer: BLEUTokenizer = .thirteenA
+    ) -> [Double] {
         let tokenize: (String) -> [Substring] = { text in
             switch tokenizer {
             case .thirteenA: return tokenize13a(text)
@@ -158,6 +166,14 @@ public enum Metrics {
                 totals[n - 1] += Double(max(0, hyp.count - n + 1))
             }
         }
+        return matches + totals + [hypLength, refLength]
+    }
+
+    /// Corpus BLEU from ``bleuStatistics(hypotheses:references:tokenizer:)`` (summed over parts of the corpus).
+    public static func bleu(statistics: [Double]) -> Double {
+        guard statistics.count == 10 else { return 0 }
+        let matches = Array(statistics[0..<4]), totals = Array(statistics[4..<8])
+        let (hypLength, refLength) = (statistics[8], statistics[9])
         guard matches.contains(where: { $0 > 0 }) else { return 0 }
         // sacrebleu's default "exp" smoothing (mteval-v13a's): the k-th order without a match counts as 1 / 2^k of a
         // match; an order with no n-grams at all (every hypothesis shorter than n) has precision 0, and sacrebleu's

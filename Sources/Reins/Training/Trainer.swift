@@ -172,6 +172,16 @@ public final class Trainer {
     public var shouldStop: ((StepRecord) -> Bool)?
     private var evaluationsWithoutImprovement = 0
     private let parameters: [(key: String, parameter: Parameter)]
+    /// The processes of a data-parallel run (nil: this process alone).
+    public let group: (any DataParallelGroup)?
+    private let reducer: GradientReducer?
+    /// Whether this process writes the run's files: rank 0 of a data-parallel run, or a run alone.
+    var writes: Bool { (group?.rank ?? 0) == 0 }
+    /// The micro-batch of update `step` that this process computes as its micro-batch `micro`, counted over the
+    /// whole run (all processes).
+    func globalMicroBatch(step: Int, micro: Int) -> Int {
+        (step * options.gradientAccumulation + micro) * (group?.size ?? 1) + (group?.rank ?? 0)
+    }
     /// Called at each write boundary of a checkpoint or best-result save, before the write it names; a test throws
     /// from it to stand for a process killed at that instant.
     var writeBoundary: ((CheckpointWrite) throws -> Void)?
@@ -188,16 +198,26 @@ public final class Trainer {
         case bestSwap
     }
 
-    public init(task: any TrainingTask, options: TrainingOptions) throws {
+    /// - Parameter group: for data-parallel training, this process's place among the processes of the run (each
+    ///   builds its own trainer with the same task, options and seed). Micro-batch `m` of update `s` on rank `r` of
+    ///   `N` takes the examples that a one-process run with `N ×` the gradient accumulation would take for its
+    ///   micro-batch `(s × accumulation + m) × N + r`, so the run updates as that one would: the gradients of the
+    ///   trainable parameters are averaged across the processes (``GradientReducer``), every process takes the same
+    ///   step, evaluation is split between them (``ShardedEvaluation``), and only rank 0 writes files.
+    public init(task: any TrainingTask, options: TrainingOptions, group: (any DataParallelGroup)? = nil) throws {
         guard options.steps > 0, options.batchSize > 0, options.gradientAccumulation > 0 else {
             throw TrainingError.badOptions("steps, batch size and gradient accumulation must be positive")
         }
-        // Every example index the run will form must be countable: steps × accumulation × batch size.
+        if let group, !(group.size > 0 && (0..<group.size).contains(group.rank)) {
+            throw TrainingError.badOptions("rank \(group.rank) of a group of \(group.size) processes")
+        }
+        // Every example index the run will form must be countable: steps × accumulation × ranks × batch size.
         let (perStep, o1) = options.gradientAccumulation.multipliedReportingOverflow(by: options.batchSize)
-        let (_, o2) = perStep.multipliedReportingOverflow(by: options.steps)
-        guard !o1, !o2 else {
+        let (global, o3) = perStep.multipliedReportingOverflow(by: group?.size ?? 1)
+        let (_, o2) = global.multipliedReportingOverflow(by: options.steps)
+        guard !o1, !o2, !o3 else {
             throw TrainingError.badOptions(
-                "\(options.steps) steps × \(options.gradientAccumulation) micro-batches × \(options.batchSize) examples is more examples than can be counted"
+                "\(options.steps) steps × \(options.gradientAccumulation) micro-batches × \(group?.size ?? 1) processes × \(options.batchSize) examples is more examples than can be counted"
             )
         }
         for (name, value) in [
@@ -234,8 +254,11 @@ public final class Trainer {
         guard task.trainingCount > 0 else { throw TrainingError.badOptions("there are no training examples") }
         self.task = task
         self.options = options
-        parameters = task.model.namedParameters().filter { $0.parameter.isTrainable }
-        guard !parameters.isEmpty else { throw TrainingError.badOptions("the model has no trainable parameters") }
+        self.group = group
+        let trainable = task.model.namedParameters().filter { $0.parameter.isTrainable }
+        parameters = trainable
+        guard !trainable.isEmpty else { throw TrainingError.badOptions("the model has no trainable parameters") }
+        reducer = group.flatMap { $0.size > 1 ? GradientReducer(parameters: trainable.map(\.parameter), group: $0) : nil }
         let decayAll = options.decayVectors
         let decays: (Parameter) -> Bool = { decayAll || decaysByDefault($0) }
         switch options.optimizer {
@@ -254,7 +277,7 @@ public final class Trainer {
     /// shuffles.
     func batch(step: Int, micro: Int) -> [Int] {
         let n = task.trainingCount, size = options.batchSize
-        let start = (step * options.gradientAccumulation + micro) * size
+        let start = globalMicroBatch(step: step, micro: micro) * size
         return (start..<(start + size)).map { i in order(epoch: i / n)[i % n] }
     }
 
@@ -301,8 +324,8 @@ public final class Trainer {
     public func run() throws {
         let start = DispatchTime.now().uptimeNanoseconds
         let trainable = parameters.map(\.parameter)
-        let log = options.outputDirectory.map { $0.appendingPathComponent("metrics.jsonl") }
-        if let dir = options.outputDirectory {
+        let log = writes ? options.outputDirectory.map { $0.appendingPathComponent("metrics.jsonl") } : nil
+        if writes, let dir = options.outputDirectory {
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
             try DirectorySwap.recover(dir.appendingPathComponent("best"))
             AtomicFile.removeStaleTemporaries(in: dir)
@@ -316,14 +339,24 @@ public final class Trainer {
             for micro in 0..<options.gradientAccumulation {
                 let indices = batch(step: step, micro: micro)
                 let dropoutSeed =
-                    options.seed &* 0x2545_F491_4F6C_DD1D &+ UInt64(step * options.gradientAccumulation + micro)
+                    options.seed &* 0x2545_F491_4F6C_DD1D &+ UInt64(globalMicroBatch(step: step, micro: micro))
                 try TrainingMode.run(seed: dropoutSeed) {
                     let (loss, n) = try task.loss(indices)
                     total += Double(try loss.item)
                     tokens += n
-                    try loss.backward(
-                        gradient: try Tensor(shape: loss.shape, values: [1 / Float(options.gradientAccumulation)]))
+                    let seed = try Tensor(shape: loss.shape, values: [1 / Float(options.gradientAccumulation)])
+                    let backward = { try loss.backward(gradient: seed) }
+                    // The last pass before the update: its gradients are summed across the processes as they finish.
+                    if let reducer, micro == options.gradientAccumulation - 1 {
+                        try reducer.reduce(during: backward)
+                    } else {
+                        try backward()
+                    }
                 }
+            }
+            if let group, group.size > 1 {
+                let sums = try group.sum([total, Double(tokens)])
+                (total, tokens) = (sums[0] / Double(group.size), Int(sums[1]))
             }
             let loss = total / Double(options.gradientAccumulation)
             guard loss.isFinite else {
@@ -345,14 +378,16 @@ public final class Trainer {
             let evaluateNow = step == options.steps || options.evaluateEvery.map { step % $0 == 0 } ?? false
             var stop = false
             if evaluateNow {
-                let metrics = try Autograd.withoutGradients { try task.evaluate() }
+                let metrics = try Autograd.withoutGradients { try evaluate() }
                 record.metrics = metrics
                 let (name, higher) = task.primaryMetric
                 if let value = metrics[name] {
                     if best == nil || (higher ? value > best!.value : value < best!.value) {
                         best = (value, step)
                         evaluationsWithoutImprovement = 0
-                        if let dir = options.outputDirectory { try saveBest(to: dir.appendingPathComponent("best")) }
+                        if writes, let dir = options.outputDirectory {
+                            try saveBest(to: dir.appendingPathComponent("best"))
+                        }
                     } else {
                         evaluationsWithoutImprovement += 1
                         if let patience = options.earlyStoppingPatience, evaluationsWithoutImprovement >= patience {
@@ -364,13 +399,24 @@ public final class Trainer {
             history.append(record)
             if let log { try Trainer.append(record, to: log) }
             onStep?(record)
-            if let dir = options.outputDirectory,
+            if writes, let dir = options.outputDirectory,
                 evaluateNow || options.checkpointEvery.map({ step % $0 == 0 }) ?? false || stop
             {
                 try saveCheckpoint(to: dir.appendingPathComponent("checkpoint"))
             }
-            if stop || shouldStop?(record) == true { break }
+            var stopAsked = shouldStop?(record) == true
+            // One process asked to stop (a signal): all stop at this update.
+            if let group, group.size > 1 { stopAsked = try group.sum([stopAsked ? 1 : 0])[0] > 0 }
+            if stop || stopAsked { break }
         }
+    }
+
+    /// The task's metrics; in a data-parallel run each process evaluates its slice (``ShardedEvaluation``) and all
+    /// combine the parts.
+    func evaluate() throws -> [String: Double] {
+        guard let group, group.size > 1, let sharded = task as? any ShardedEvaluation else { return try task.evaluate() }
+        let part = try sharded.evaluationPart(shard: group.rank, of: group.size)
+        return try sharded.metrics(fromParts: try group.gather(part))
     }
 
     /// The trained parameters in their best state: the adapter (with its head) or, for full fine-tuning, the model.
@@ -408,7 +454,7 @@ public final class Trainer {
         let saved = SavedState(
             step: step, optimizerStep: state.step, seed: String(options.seed), stateFile: stateFile,
             evaluationsWithoutImprovement: evaluationsWithoutImprovement,
-            best: best.map { .init(value: $0.value, step: $0.step) })
+            best: best.map { .init(value: $0.value, step: $0.step) }, processes: group?.size ?? 1)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeBoundary?(.manifest)
@@ -451,9 +497,11 @@ public final class Trainer {
         struct Best: Codable { let value: Double, step: Int }
         let step: Int, optimizerStep: Int, seed: String?, stateFile: String?, evaluationsWithoutImprovement: Int?,
             best: Best?
+        /// The processes of the data-parallel run that wrote it (absent: one).
+        var processes: Int? = nil
         enum CodingKeys: String, CodingKey {
             case step, optimizerStep = "optimizer_step", seed, stateFile = "state_file"
-            case evaluationsWithoutImprovement = "evaluations_without_improvement", best
+            case evaluationsWithoutImprovement = "evaluations_without_improvement", best, processes
         }
     }
 
@@ -478,6 +526,12 @@ public final class Trainer {
             throw TrainingError.badCheckpoint(
                 path: directory.path,
                 detail: "trainer_state.json and training_state.safetensors disagree or lack the step")
+        }
+        // The data order is cut per process: resuming with another number of processes would take other batches.
+        if (saved.processes ?? 1) != (group?.size ?? 1) {
+            throw TrainingError.badCheckpoint(
+                path: directory.path,
+                detail: "it was written by a run of \(saved.processes ?? 1) processes, this run has \(group?.size ?? 1)")
         }
         if let seed = saved.seed, seed != String(options.seed) {
             throw TrainingError.badCheckpoint(
