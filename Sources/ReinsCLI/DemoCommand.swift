@@ -88,6 +88,12 @@ struct DemoCommand: ParsableCommand {
         guard part == nil || part == "encoder" || part == "decoder" else {
             throw ValidationError("part '\(part!)': encoder or decoder (or nothing, for both)")
         }
+        let started = DispatchTime.now().uptimeNanoseconds
+        defer {
+            if part == nil {
+                print(String(format: "\nreins demo finished in %.0f s (%.1f minutes).", Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9, Double(DispatchTime.now().uptimeNanoseconds - started) / 6e10))
+            }
+        }
         if part != "decoder" { try runEncoder() }
         if part != "encoder" {
             guard let file = decoderModel.map({ URL(fileURLWithPath: $0) }) ?? PipModels.smolLM2() else {

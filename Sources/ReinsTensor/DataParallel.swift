@@ -11,20 +11,16 @@ public protocol DataParallelGroup: AnyObject {
     var rank: Int { get }
     /// The number of processes.
     var size: Int { get }
-    /// Starts summing `buffer` element-wise across the group, in place, without waiting for it to finish; the caller
-    /// must not touch the buffer until ``finishSums()`` returns.
-    func startSum(_ buffer: ReductionBuffer) throws
+    /// Sums `count` floats at `values` element-wise across the group, in place — now or by ``finishSums()`` (a
+    /// transport may return before the sum is done); the caller keeps the memory alive and untouched until then.
+    func startSum(_ values: UnsafeMutablePointer<Float>, count: Int) throws
     /// Waits until every sum started since the last call is complete.
     func finishSums() throws
-    /// Gives the started sums a chance to progress (transports that advance only inside their calls need it).
-    func progress()
     /// Every process's `values`, in rank order (the arrays may differ in length).
     func gather(_ values: [Double]) throws -> [[Double]]
 }
 
 extension DataParallelGroup {
-    public func progress() {}
-
     /// The element-wise sum of every process's `values` (all of one length), on every process.
     public func sum(_ values: [Double]) throws -> [Double] {
         let all = try gather(values)
@@ -37,36 +33,25 @@ extension DataParallelGroup {
     }
 }
 
-/// A buffer of floats at a fixed address, for a sum that runs while the caller computes.
-public final class ReductionBuffer: @unchecked Sendable {
-    public let count: Int
-    public let pointer: UnsafeMutablePointer<Float>
-
-    public init(count: Int) {
-        self.count = count
-        pointer = .allocate(capacity: max(count, 1))
-        pointer.initialize(repeating: 0, count: max(count, 1))
-    }
-
-    deinit { pointer.deallocate() }
-}
-
-/// Sums the gradients of a fixed list of trainable parameters across a ``DataParallelGroup`` and divides them by its
-/// size, in buckets (consecutive parameters, ~4 MB each, last-registered first since backward reaches them first):
-/// a bucket's sum starts as soon as backward has finished every gradient in it and every earlier bucket has started,
-/// so buckets start in the same order on every process and communication overlaps the rest of the pass.
+/// Sums the gradients of a fixed list of trainable parameters across a ``DataParallelGroup``, in place in their
+/// gradient buffers, in buckets (consecutive parameters, ~4 MB each, last-registered first since backward reaches them
+/// first): a bucket's sums start as soon as backward has finished every gradient in it and every earlier bucket has
+/// started, so buckets start in the same order on every process and communication overlaps the rest of the pass.
 ///
-/// Each bucket carries one more float per parameter, 1 when this process has a gradient for it: a parameter no
-/// process reached keeps no gradient (as in a one-process run), one that some process reached gets the sum.
+/// The pass must have been seeded with 1 / (micro-batches × processes) so that the sums are the averages. A parameter
+/// this process did not reach sums zeros; one that no process reached keeps no gradient (as in a one-process run), told
+/// by one more sum of a flag per parameter.
 public final class GradientReducer {
     public let group: any DataParallelGroup
     private let parameters: [Parameter]
     /// Parameter indices of each bucket, in starting order.
     private let buckets: [[Int]]
-    private let buffers: [ReductionBuffer]
     private var bucketOf: [ObjectIdentifier: Int] = [:]
     private var waiting: [Int] = []
     private var started = 0
+    /// Per parameter: 1 when this process's pass reached it (then, summed, how many processes did).
+    private let reached: UnsafeMutablePointer<Float>
+    private var pendingError: Error?
 
     /// - Parameter bucketElements: the gradient elements after which a bucket closes.
     public init(parameters: [Parameter], group: any DataParallelGroup, bucketElements: Int = 1 << 20) {
@@ -83,73 +68,46 @@ public final class GradientReducer {
         }
         if !current.isEmpty { buckets.append(current) }
         self.buckets = buckets
-        buffers = buckets.map { b in ReductionBuffer(count: b.reduce(0) { $0 + parameters[$1].value.count } + b.count) }
+        reached = .allocate(capacity: max(parameters.count, 1))
+        reached.initialize(repeating: 0, count: max(parameters.count, 1))
     }
 
-    /// Runs `body` (the last backward pass before an update) with its finished gradients flowing into the buckets,
-    /// then completes every sum and leaves the averaged gradients in the parameters.
+    deinit { reached.deallocate() }
+
+    /// Runs `body` (the last backward pass before an update) with its finished gradients flowing into the sums, then
+    /// completes them.
     public func reduce(during body: () throws -> Void) throws {
         bucketOf = [:]
         waiting = buckets.map(\.count)
         started = 0
+        pendingError = nil
         for (b, members) in buckets.enumerated() {
             for i in members { if let id = parameters[i].value.leafIdentity { bucketOf[id] = b } }
         }
         let observer = LeafGradientObserver { [unowned self] leaf in
             guard let b = self.bucketOf.removeValue(forKey: leaf) else { return }
             self.waiting[b] -= 1
-            self.startReadyBuckets()
-            self.group.progress()
-        }
-        try Autograd.$leafGradients.withValue(observer) { try body() }
-        // Parameters the pass did not reach: their buckets start now, in order.
-        while started < buckets.count { try startBucket(started) }
-        try group.finishSums()
-        let scale = 1 / Float(group.size)
-        for (b, members) in buckets.enumerated() {
-            let p = buffers[b].pointer
-            var offset = 0
-            let flags = p + (buffers[b].count - members.count)
-            for (k, i) in members.enumerated() {
-                let n = parameters[i].value.count
-                if flags[k] > 0, let leaf = parameters[i].value.node {
-                    let g = leaf.gradientPointer()
-                    for j in 0..<n { g[j] = p[offset + j] * scale }
-                }
-                offset += n
+            while self.started < self.buckets.count && self.waiting[self.started] == 0 && self.pendingError == nil {
+                do { try self.startBucket(self.started) } catch { self.pendingError = error }
             }
         }
-    }
-
-    private var pendingError: Error?
-
-    private func startReadyBuckets() {
-        while started < buckets.count && waiting[started] == 0 && pendingError == nil {
-            do { try startBucket(started) } catch { pendingError = error }
-        }
+        try Autograd.$leafGradients.withValue(observer) { try body() }
+        if let error = pendingError { throw error }
+        // Parameters the pass did not reach: their buckets start now, in order.
+        while started < buckets.count { try startBucket(started) }
+        try group.startSum(reached, count: parameters.count)
+        try group.finishSums()
+        for (i, p) in parameters.enumerated() where reached[i] == 0 { p.zeroGradient() }
     }
 
     private func startBucket(_ b: Int) throws {
-        if let error = pendingError {
-            pendingError = nil
-            throw error
-        }
-        let p = buffers[b].pointer
-        var offset = 0
-        let flags = p + (buffers[b].count - buckets[b].count)
-        for (k, i) in buckets[b].enumerated() {
-            let n = parameters[i].value.count
-            if let g = parameters[i].gradient {
-                g.withUnsafeBufferPointer { src in (p + offset).update(from: src.baseAddress!, count: n) }
-                flags[k] = 1
-            } else {
-                (p + offset).update(repeating: 0, count: n)
-                flags[k] = 0
-            }
-            offset += n
-        }
         started += 1
-        try group.startSum(buffers[b])
+        for i in buckets[b] {
+            guard let leaf = parameters[i].value.node else { continue }
+            reached[i] = leaf.grad == nil ? 0 : 1
+            // A gradient this process did not reach adds zeros (the buffer is made for the sum).
+            try group.startSum(leaf.gradientPointer(), count: parameters[i].value.count)
+        }
     }
 }
 
@@ -164,7 +122,7 @@ public enum ThreadGroup {
         var arrived = 0
         var generation = 0
         var slots: [[Double]]
-        var floatSlots: [[ReductionBuffer]]
+        var floatSlots: [[(pointer: UnsafeMutablePointer<Float>, count: Int)]]
         /// Blocks (with `condition` locked) until every rank has called it.
         func arriveAndWait() {
             let mine = generation
@@ -196,29 +154,28 @@ public enum ThreadGroup {
         public let rank: Int
         public var size: Int { shared.size }
         let shared: Shared
-        private var started: [ReductionBuffer] = []
+        private var started: [(pointer: UnsafeMutablePointer<Float>, count: Int)] = []
 
         init(rank: Int, shared: Shared) { (self.rank, self.shared) = (rank, shared) }
 
-        public func startSum(_ buffer: ReductionBuffer) throws { started.append(buffer) }
+        public func startSum(_ values: UnsafeMutablePointer<Float>, count: Int) throws {
+            started.append((values, count))
+        }
 
         public func finishSums() throws {
             // Every rank's buffers, summed in rank order into every rank's copy.
             let mine = started
             started = []
             let all = rendezvous { s in s.floatSlots[rank] = mine } read: { s in s.floatSlots }
-            guard all.allSatisfy({ $0.count == mine.count }) else {
+            guard all.allSatisfy({ $0.map(\.count) == mine.map(\.count) }) else {
                 throw TensorError.shapeMismatch(operation: "ThreadGroup.finishSums", detail: "ranks started different sums")
             }
             var sums: [[Float]] = []
             for (k, b) in mine.enumerated() {
                 var total = [Float](repeating: 0, count: b.count)
                 for r in 0..<size {
-                    let src = all[r][k]
-                    guard src.count == b.count else {
-                        throw TensorError.shapeMismatch(operation: "ThreadGroup.finishSums", detail: "buffer sizes differ")
-                    }
-                    for j in 0..<b.count { total[j] += src.pointer[j] }
+                    let src = all[r][k].pointer
+                    for j in 0..<b.count { total[j] += src[j] }
                 }
                 sums.append(total)
             }

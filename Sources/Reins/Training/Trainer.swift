@@ -293,7 +293,8 @@ public final class Trainer {
             if !known.contains(nil) { lengths = known.map { $0! } }
         }
         let order = Trainer.epochOrder(
-            count: task.trainingCount, seed: options.seed, epoch: epoch, batchSize: options.batchSize, lengths: lengths)
+            count: task.trainingCount, seed: options.seed, epoch: epoch, batchSize: options.batchSize, lengths: lengths,
+            together: options.gradientAccumulation * (group?.size ?? 1))
         epochOrder = (epoch, order)
         return order
     }
@@ -301,17 +302,26 @@ public final class Trainer {
     /// The order in which a run visits `count` training examples in epoch `epoch`: a Fisher–Yates shuffle seeded by
     /// `(seed, epoch)`; with `lengths`, then cut into pools of 64 batches, each pool sorted by length (ties by index)
     /// and cut into batches, and the batches shuffled (``TrainingOptions/bucketByLength``).
-    public static func epochOrder(count: Int, seed: UInt64, epoch: Int, batchSize: Int, lengths: [Int]? = nil) -> [Int] {
+    ///
+    /// `together` batches taken by one update (its micro-batches on every process) are cut from one sorted stretch and
+    /// stay together when the batches are shuffled: they have similar lengths, so the processes of a data-parallel
+    /// run finish their shares at about the same time instead of waiting for the one given the longest batch.
+    public static func epochOrder(
+        count: Int, seed: UInt64, epoch: Int, batchSize: Int, lengths: [Int]? = nil, together: Int = 1
+    ) -> [Int] {
         var g = SeededGenerator(seed: seed &+ UInt64(epoch) &* 0x9E37_79B9)
         var order = Array(0..<count)
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(g.next() % UInt64(i + 1))) }
         guard let lengths, lengths.count == count, batchSize > 0 else { return order }
-        let pool = batchSize * 64
+        let together = max(1, together)
+        let (group, overflow) = batchSize.multipliedReportingOverflow(by: together)
+        guard !overflow else { return order }
+        let pool = group * max(1, 64 / together)
         var batches: [[Int]] = []
         for start in stride(from: 0, to: order.count, by: pool) {
             let sorted = order[start..<min(start + pool, order.count)].sorted { (lengths[$0], $0) < (lengths[$1], $1) }
-            for b in stride(from: 0, to: sorted.count, by: batchSize) {
-                batches.append(Array(sorted[b..<min(b + batchSize, sorted.count)]))
+            for b in stride(from: 0, to: sorted.count, by: group) {
+                batches.append(Array(sorted[b..<min(b + group, sorted.count)]))
             }
         }
         for i in stride(from: batches.count - 1, to: 0, by: -1) { batches.swapAt(i, Int(g.next() % UInt64(i + 1))) }
@@ -344,7 +354,9 @@ public final class Trainer {
                     let (loss, n) = try task.loss(indices)
                     total += Double(try loss.item)
                     tokens += n
-                    let seed = try Tensor(shape: loss.shape, values: [1 / Float(options.gradientAccumulation)])
+                    // Seeded with 1 / (micro-batches × processes): the sums across processes are then the averages.
+                    let seed = try Tensor(
+                        shape: loss.shape, values: [1 / Float(options.gradientAccumulation * (group?.size ?? 1))])
                     let backward = { try loss.backward(gradient: seed) }
                     // The last pass before the update: its gradients are summed across the processes as they finish.
                     if let reducer, micro == options.gradientAccumulation - 1 {
