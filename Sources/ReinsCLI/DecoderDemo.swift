@@ -200,9 +200,9 @@ struct DecoderDemo {
         let sequences = try train.prefix(4000).map {
             try chat.trainingSequence(Self.messages($0.lemma, answer: $0.definition, system: Self.defineSystem))
         }
-        // A lighter recipe than the translation adapters' (attention only, fewer updates): the point is the switching.
+        // A lighter recipe than the translation adapters' (attention only, half the updates): the point is the switching.
         _ = try model.addAdapter("define", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"])), seed: seed)
-        _ = try trainAdapter("define", on: sequences, model: model, chat: chat, steps: max(1, steps * 3 / 4), learningRate: 2e-3)
+        _ = try trainAdapter("define", on: sequences, model: model, chat: chat, steps: max(1, steps / 2), learningRate: 2e-3)
 
         print("\nMany tasks, one base: held-out requests for both tasks in one batch, each row through its task's adapter on the one loaded model:")
         var requests: [(adapter: String, text: String, expected: String)] = []
