@@ -111,9 +111,6 @@ public final class MPIGroup: DataParallelGroup, @unchecked Sendable {
         return (0..<size).map { r in Array(all[Int(offsets[r])..<(Int(offsets[r]) + Int(counts[r]))]) }
     }
 
-    /// Blocks until every process reaches it.
-    public func barrier() throws { try Self.check("MPI_Barrier", mpi.withLock { _ in MPI_Barrier(world) }) }
-
     /// Ends every process of the job: prints `message` (naming this rank) on standard error and calls `MPI_Abort`.
     public func abort(_ message: String, code: Int32 = 1) -> Never {
         FileHandle.standardError.write(Data("rank \(rank) of \(size): \(message)\n".utf8))

@@ -54,22 +54,10 @@ struct DataParallelTests {
         group: (any DataParallelGroup)?, accumulation: Int, optimizer: OptimizerKind, steps: Int = 4,
         output: URL? = nil, resumeFrom: URL? = nil
     ) throws -> Outcome {
-        let base = try BottleneckAdapterTests().bert()
-        let json: [String: Any] = try Checkpoint.readJSON(
-            Fixtures.model("bert-cls").appendingPathComponent("config.json")
-        )
-        .merging(["hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1]) { _, b in b }
-        let model = try BertForSequenceClassification(try BertConfig(json: json))
-        for ((_, p), (_, q)) in zip(model.namedParameters(), base.namedParameters()) { p.value = q.value.detached() }
+        let model = try TrainerTests.bertWithDropout(0.1)
         _ = try model.addAdapter(
             "task", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"], dropout: 0.1)), labels: 3, seed: 5)
-        let examples = (0..<13).map { LabeledText(text: String($0), label: $0 % 3) }
-        let task = try SequenceClassificationTask(
-            model: model, labels: 3, train: examples, evaluation: Array(examples.prefix(5)), padID: 0
-        ) { text, _ in
-            let i = Int(text)!
-            return ((0..<(4 + i % 5)).map { Int32(2 + (i * 7 + $0 * 3) % 90) }, [Int32](repeating: 0, count: 4 + i % 5))
-        }
+        let task = try TrainerTests.numberTask(model, examples: 13, evaluated: 5)
         var options = TrainingOptions(steps: steps, batchSize: 3, learningRate: 5e-2)
         options.gradientAccumulation = accumulation
         options.optimizer = optimizer

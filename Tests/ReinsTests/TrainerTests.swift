@@ -24,30 +24,43 @@ struct TrainerTests {
         }
     }
 
-    /// A small BERT classification run with dropout on (the fixture config with dropout 0.1), LoRA + head.
-    func run(
-        steps: Int, stopAt: Int? = nil, resumeFrom: URL? = nil, output: URL?, accumulation: Int = 1, batch: Int = 4,
-        dropout: Double = 0.1,
-        prepare: (Trainer) -> Void = { _ in }
-    ) throws -> (Trainer, [Float]) {
+    /// The fixture BERT classifier with its weights, rebuilt with `dropout` on everywhere (the fixture was saved with 0).
+    static func bertWithDropout(_ dropout: Double) throws -> BertForSequenceClassification {
         let model = try BottleneckAdapterTests().bert()
-        // Turn on dropout everywhere (the fixture was saved with 0).
         let json: [String: Any] = try Checkpoint.readJSON(
             Fixtures.model("bert-cls").appendingPathComponent("config.json")
         )
         .merging(["hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout]) { _, b in b }
         let dropped = try BertForSequenceClassification(try BertConfig(json: json))
         for ((_, p), (_, q)) in zip(dropped.namedParameters(), model.namedParameters()) { p.value = q.value.detached() }
-        try dropped.addAdapter(
-            "task", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"], dropout: Float(dropout) * 2)),
-            labels: 3, seed: 5)
-        let examples = (0..<10).map { LabeledText(text: String($0), label: $0 % 3) }
-        let task = try SequenceClassificationTask(
-            model: dropped, labels: 3, train: examples, evaluation: Array(examples.prefix(4)), padID: 0
+        return dropped
+    }
+
+    /// Classifying the numbers 0..<examples (as token sequences of 4-8 ids) by their remainder mod 3; the first
+    /// `evaluated` are the evaluation data.
+    static func numberTask(_ model: BertForSequenceClassification, examples: Int, evaluated: Int) throws
+        -> SequenceClassificationTask
+    {
+        let data = (0..<examples).map { LabeledText(text: String($0), label: $0 % 3) }
+        return try SequenceClassificationTask(
+            model: model, labels: 3, train: data, evaluation: Array(data.prefix(evaluated)), padID: 0
         ) { text, _ in
             let i = Int(text)!
             return ((0..<(4 + i % 5)).map { Int32(2 + (i * 7 + $0 * 3) % 90) }, [Int32](repeating: 0, count: 4 + i % 5))
         }
+    }
+
+    /// A small BERT classification run with dropout on (the fixture config with dropout 0.1), LoRA + head.
+    func run(
+        steps: Int, stopAt: Int? = nil, resumeFrom: URL? = nil, output: URL?, accumulation: Int = 1, batch: Int = 4,
+        dropout: Double = 0.1,
+        prepare: (Trainer) -> Void = { _ in }
+    ) throws -> (Trainer, [Float]) {
+        let dropped = try Self.bertWithDropout(dropout)
+        try dropped.addAdapter(
+            "task", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"], dropout: Float(dropout) * 2)),
+            labels: 3, seed: 5)
+        let task = try Self.numberTask(dropped, examples: 10, evaluated: 4)
         var options = TrainingOptions(steps: steps, batchSize: batch, learningRate: 1e-2)
         options.gradientAccumulation = accumulation
         options.warmupSteps = 2
