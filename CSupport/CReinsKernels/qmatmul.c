@@ -174,8 +174,9 @@ static float row_dot_scalar(const uint8_t *w, const rk_q8_block *x, int nb32, in
 
 #if RK_X86
 // ---- block dot products, AVX2 and AVX-512 VNNI (Q4_0, Q4_1, Q8_0: the types small models ship in) ---------------
-// One weight row against a tile of up to 4 activation rows: each weight block is unpacked once and multiplied with
-// every row of the tile (maddubs + madd on AVX2, one dpbusd with VNNI), its half-precision scales converted once.
+// One activation row: two weight rows at a time (pair_*). Several activation rows (a batch being decoded, a prompt):
+// two weight rows against a tile of up to 4 activation rows (tile_*), so that each weight block is unpacked and its
+// half-precision scales converted once for the whole tile rather than once per row.
 #define RK_AVX2Q __attribute__((target("avx2,fma,f16c")))
 #define RK_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
@@ -257,6 +258,78 @@ static inline RK_VNNI __m256i dot_vnni_i(__m256i u, __m256i s) { return _mm256_d
 PAIR_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i)
 PAIR_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i)
 
+// Two weight rows × R activation rows (R ≤ 4, a constant after inlining): 2R float accumulators, one block at a
+// time. The weight block's integers are loaded once (LOADQ), each activation row's block once for both weight rows;
+// PREP gives the (unsigned, signed) operands of the integer product. A type's per-block constant term is
+// min·(d_x·Σq_x) = min·ds: Q4_1's minimum; Q4_0 is taken as unsigned nibbles with the minimum −8·d (Σ(q−8)x =
+// Σqx − 8Σx), so that it needs no sign juggling; Q8_0 moves the weight's sign onto the activation.
+#define TILE_BODY(DOT, TYPE, BB, R)                                                                                 \
+    __m256 c0[R], c1[R];                                                                                            \
+    float e0[R], e1[R];                                                                                             \
+    for (int r = 0; r < R; r++) { c0[r] = _mm256_setzero_ps(); c1[r] = c0[r]; e0[r] = 0.0f; e1[r] = 0.0f; }         \
+    for (int k = 0; k < nb; k++) {                                                                                  \
+        const uint8_t *p0 = w0 + BB * k, *p1 = w1 + BB * k;                                                         \
+        __m256i q0 = LOADQ_##TYPE(p0), q1 = LOADQ_##TYPE(p1);                                                       \
+        __m256 d0 = _mm256_set1_ps(half_f16c(p0)), d1 = _mm256_set1_ps(half_f16c(p1));                              \
+        float m0 = MIN_##TYPE(p0), m1 = MIN_##TYPE(p1);                                                             \
+        for (int r = 0; r < R; r++) {                                                                               \
+            const rk_q8_block *b = x + (size_t)r * ldx + k;                                                         \
+            __m256i xr = _mm256_loadu_si256((const __m256i *)b->q), u0, s0, u1, s1;                                  \
+            PREP_##TYPE(q0, xr, u0, s0) PREP_##TYPE(q1, xr, u1, s1)                                                 \
+            __m256 xd = _mm256_broadcast_ss(&b->d);                                                                 \
+            c0[r] = _mm256_fmadd_ps(_mm256_mul_ps(d0, xd), _mm256_cvtepi32_ps(DOT(u0, s0)), c0[r]);                 \
+            c1[r] = _mm256_fmadd_ps(_mm256_mul_ps(d1, xd), _mm256_cvtepi32_ps(DOT(u1, s1)), c1[r]);                 \
+            e0[r] += m0 * b->ds;                                                                                    \
+            e1[r] += m1 * b->ds;                                                                                    \
+        }                                                                                                           \
+    }                                                                                                               \
+    for (int r = 0; r < R; r++) {                                                                                   \
+        out[(size_t)r * ldo] = hsum8(c0[r]) + e0[r];                                                                \
+        if (two) out[(size_t)r * ldo + 1] = hsum8(c1[r]) + e1[r];                                                   \
+    }
+
+#define LOADQ_Q4_1(p) nibbles32((p) + 4)
+#define LOADQ_Q4_0(p) nibbles32((p) + 2)
+#define LOADQ_Q8_0(p) _mm256_loadu_si256((const __m256i *)((p) + 2))
+#define MIN_Q4_1(p) half_f16c((p) + 2)
+#define MIN_Q4_0(p) (-8.0f * half_f16c(p))
+#define MIN_Q8_0(p) 0.0f
+#define PREP_Q4_1(q, x, u, s) u = q; s = x;
+#define PREP_Q4_0(q, x, u, s) u = q; s = x;
+#define PREP_Q8_0(q, x, u, s) u = _mm256_sign_epi8(q, q); s = _mm256_sign_epi8(x, q);
+
+// out[r·ldo + {0, 1}] for activation rows x + r·ldx (r < R) against weight rows w0, w1 (`two` = 0: w1 is w0, and
+// only column 0 is written).
+#define TILE_FUNCTION(SUFFIX, ATTR, DOT, TYPE, BB, R)                                                               \
+    static ATTR void tile_##TYPE##_##R##_##SUFFIX(float *out, size_t ldo, const uint8_t *w0, const uint8_t *w1,       \
+                                                  int two, const rk_q8_block *x, size_t ldx, int nb) {              \
+        TILE_BODY(DOT, TYPE, BB, R)                                                                                 \
+    }
+#define TILE_FUNCTIONS(SUFFIX, ATTR, DOT, TYPE, BB)                                                                 \
+    TILE_FUNCTION(SUFFIX, ATTR, DOT, TYPE, BB, 2)                                                                   \
+    TILE_FUNCTION(SUFFIX, ATTR, DOT, TYPE, BB, 3)                                                                   \
+    TILE_FUNCTION(SUFFIX, ATTR, DOT, TYPE, BB, 4)
+TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q4_1, 20)
+TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q4_0, 18)
+TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q8_0, 34)
+TILE_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i, Q4_1, 20)
+TILE_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i, Q4_0, 18)
+TILE_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i, Q8_0, 34)
+
+typedef void (*tile_fn)(float *, size_t, const uint8_t *, const uint8_t *, int, const rk_q8_block *, size_t, int);
+// The tile functions for 2, 3 and 4 rows (index R − 2).
+static void tile_functions(int type, int vnni, tile_fn f[3]) {
+#define RK_SET_TILES(TYPE)                                                                                          \
+    if (vnni) { f[0] = tile_##TYPE##_2_vnni; f[1] = tile_##TYPE##_3_vnni; f[2] = tile_##TYPE##_4_vnni; }            \
+    else { f[0] = tile_##TYPE##_2_avx2; f[1] = tile_##TYPE##_3_avx2; f[2] = tile_##TYPE##_4_avx2; }
+    switch (type) {
+    case RK_GGML_Q4_1: RK_SET_TILES(Q4_1) break;
+    case RK_GGML_Q4_0: RK_SET_TILES(Q4_0) break;
+    default: RK_SET_TILES(Q8_0) break;
+    }
+#undef RK_SET_TILES
+}
+
 typedef void (*pair_fn)(float *, const uint8_t *, const uint8_t *, const rk_q8_block *, int);
 static pair_fn pair_function(int type, int vnni) {
     switch (type) {
@@ -293,13 +366,21 @@ int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, in
     int nb = C / 32;
     int isa = rk_isa_active();
     if (isa >= RK_ISA_AVX2 && (type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q8_0)) {
-        pair_fn pair = pair_function(type, isa >= RK_ISA_AVX512 && rk_cpu_has_vnni());
-        // Rows in pairs (an odd last row is paired with itself); each pair against every activation row while its
-        // two weight rows are in L1.
+        int vnni = isa >= RK_ISA_AVX512 && rk_cpu_has_vnni();
+        pair_fn pair = pair_function(type, vnni);
+        tile_fn tile[3];
+        tile_functions(type, vnni, tile);
+        // Weight rows in pairs (an odd last row is paired with itself); each pair against every activation row while
+        // its two weight rows are in L1: four activation rows at a time, then the 1-3 left.
         for (int o = row_begin; o < row_end; o += 2) {
             int o1 = o + 1 < row_end ? o + 1 : o;
             const uint8_t *w0 = (const uint8_t *)w + o * row_bytes, *w1 = (const uint8_t *)w + o1 * row_bytes;
-            for (int n = 0; n < N; n++) {
+            int n = 0;
+            for (; n + 1 < N; n += 4) {
+                int R = N - n < 4 ? N - n : 4;
+                tile[R - 2](out + RK_IDX(n, o, OC), (size_t)OC, w0, w1, o1 != o, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+            }
+            if (n < N) {
                 float two[2];
                 pair(two, w0, w1, xq + RK_IDX(n, 0, nb), nb);
                 out[RK_IDX(n, o, OC)] = two[0];
@@ -337,4 +418,216 @@ int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, i
         for (int n = 0; n < N; n++) out[RK_IDX(n, o, OC)] = acc[n];
     }
     return RK_OK;
+}
+
+// ---- weights interleaved by 8 rows: the kernel for batches --------------------------------------------------------
+// For a batch (several activation rows) the block-at-a-time kernel above spends most of its instructions per block
+// and per row on float work: converting a block's integer dot to float, scaling and accumulating it, for every weight
+// row. With 8 weight rows interleaved, one 256-bit integer accumulator holds the dot products of 8 weight rows (one
+// per 32-bit lane): each dpbusd multiplies 4 consecutive elements of each of the 8 rows with the same 4 activation
+// bytes (broadcast), and the float work (one conversion, one scale, one multiply-add) is shared by the 8 rows.
+//
+// Layout: rows 8g..8g+7, block k, at ((g·nb + k) · 8 · block_bytes): the 8 half-precision scales d (16 bytes); for
+// Q4_1 the 8 minimums m (16 bytes); then the quants, 32 bytes per step t, byte 4i + j of step t = byte 4t + j of row
+// i's quants (Q4: 4 steps, the low nibbles elements 4t..4t+3 and the high nibbles 16+4t..16+4t+3; Q8_0: 8 steps,
+// elements 4t..4t+3). The same bytes as the row-major blocks, reordered.
+static int pack8_type(int type) { return type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q8_0; }
+
+size_t rk_qpack8_bytes(int type, int OC, int C) {
+    if (!pack8_type(type) || OC <= 0 || C <= 0 || OC % 8 != 0 || C % 32 != 0) return 0;
+    return (size_t)OC * (size_t)(C / 32) * rk_quant_block_bytes(type);
+}
+
+int rk_qpack8(void *dst, const void *w, int type, int OC, int C) {
+    if (rk_qpack8_bytes(type, OC, C) == 0) return RK_ERR_ARG;
+    size_t bb = rk_quant_block_bytes(type), row_bytes = (size_t)(C / 32) * bb;
+    int nb = C / 32, scales = type == RK_GGML_Q4_1 ? 2 : 1, steps = type == RK_GGML_Q8_0 ? 8 : 4;
+    for (int g = 0; g < OC / 8; g++) {
+        for (int k = 0; k < nb; k++) {
+            uint8_t *p = (uint8_t *)dst + ((size_t)g * nb + k) * 8 * bb;
+            for (int i = 0; i < 8; i++) {
+                const uint8_t *b = (const uint8_t *)w + (size_t)(8 * g + i) * row_bytes + (size_t)k * bb;
+                for (int s = 0; s < scales; s++) memcpy(p + 16 * s + 2 * i, b + 2 * s, 2);
+                const uint8_t *q = b + 2 * scales;
+                for (int t = 0; t < steps; t++) memcpy(p + 16 * scales + 32 * t + 4 * i, q + 4 * t, 4);
+            }
+        }
+    }
+    return RK_OK;
+}
+
+// Row i's block (row-major bytes) out of an interleaved group block p.
+static void unpack8_block(uint8_t *b, const uint8_t *p, int type, int i) {
+    int scales = type == RK_GGML_Q4_1 ? 2 : 1, steps = type == RK_GGML_Q8_0 ? 8 : 4;
+    for (int s = 0; s < scales; s++) memcpy(b + 2 * s, p + 16 * s + 2 * i, 2);
+    for (int t = 0; t < steps; t++) memcpy(b + 2 * scales + 4 * t, p + 16 * scales + 32 * t + 4 * i, 4);
+}
+
+int rk_qunpack8_rows(void *dst, const void *wp, int type, int OC, int C, int row_begin, int row_end) {
+    if (rk_qpack8_bytes(type, OC, C) == 0 || row_begin < 0 || row_end > OC || row_begin > row_end) return RK_ERR_ARG;
+    size_t bb = rk_quant_block_bytes(type), row_bytes = (size_t)(C / 32) * bb;
+    int nb = C / 32;
+    for (int o = row_begin; o < row_end; o++)
+        for (int k = 0; k < nb; k++)
+            unpack8_block((uint8_t *)dst + (size_t)(o - row_begin) * row_bytes + (size_t)k * bb,
+                          (const uint8_t *)wp + ((size_t)(o / 8) * nb + k) * 8 * bb, type, o % 8);
+    return RK_OK;
+}
+
+int rk_dequantize_packed8_rows(float *out, const void *wp, int type, int OC, int C, int row_begin, int row_end) {
+    if (rk_qpack8_bytes(type, OC, C) == 0 || row_begin < 0 || row_end > OC || row_begin > row_end) return RK_ERR_ARG;
+    // A row at a time through a stack buffer of up to 64 blocks (the row-major bytes), then rk_dequantize.
+    uint8_t tmp[64 * 34];
+    size_t bb = rk_quant_block_bytes(type);
+    int nb = C / 32;
+    for (int o = row_begin; o < row_end; o++) {
+        for (int k0 = 0; k0 < nb; k0 += 64) {
+            int n = nb - k0 < 64 ? nb - k0 : 64;
+            for (int k = 0; k < n; k++)
+                unpack8_block(tmp + (size_t)k * bb, (const uint8_t *)wp + ((size_t)(o / 8) * nb + k0 + k) * 8 * bb, type, o % 8);
+            rk_dequantize(out + (size_t)(o - row_begin) * C + 32 * (size_t)k0, tmp, (size_t)n * 32, type);
+        }
+    }
+    return RK_OK;
+}
+
+static int packed_scalar(float *out, const rk_q8_block *xq, const uint8_t *wp, int type, int N, int C, int OC,
+                         int group_begin, int group_end) {
+    // Undo the interleaving of one group's block into 8 row-major blocks, then the scalar row product.
+    size_t bb = rk_quant_block_bytes(type);
+    int nb = C / 32;
+    uint8_t block[34];
+    for (int g = group_begin; g < group_end; g++)
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < 8; i++) {
+                float acc = 0.0f;
+                for (int k = 0; k < nb; k++) {
+                    unpack8_block(block, wp + ((size_t)g * nb + k) * 8 * bb, type, i);
+                    acc += row_dot_scalar(block, xq + RK_IDX(n, k, nb), 1, type);
+                }
+                out[RK_IDX(n, 8 * g + i, OC)] = acc;
+            }
+    return RK_OK;
+}
+
+#if RK_X86
+static inline RK_AVX2Q __m256i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+static inline RK_AVX2Q __m256i dotacc_avx2(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+
+// One group of 8 weight rows against R activation rows (R ≤ 4 after inlining), out[r·ldo + 0..7].
+// Q4_0's offset of 8 is taken off in integers (8·Σq_x per block, exact); Q4_1's minimum is a float term m·ds, as in
+// the row-major kernels; Q8_0 moves the weight's sign onto the activation.
+#define PACK8_BODY(DOTACC, TYPE, R)                                                                                 \
+    __m256 acc[R];                                                                                                  \
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                       \
+    const __m256i low4 = _mm256_set1_epi8(0x0F);                                                                    \
+    (void)low4;                                                                                                     \
+    for (int k = 0; k < nb; k++, p += GB_##TYPE) {                                                                  \
+        __m256i is[R];                                                                                              \
+        for (int r = 0; r < R; r++) is[r] = _mm256_setzero_si256();                                                 \
+        STEPS_##TYPE(DOTACC, R)                                                                                     \
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                           \
+        for (int r = 0; r < R; r++) {                                                                               \
+            const rk_q8_block *b = x + (size_t)r * ldx + k;                                                         \
+            FIX_##TYPE(is[r], b)                                                                                    \
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[r]), _mm256_mul_ps(dw, _mm256_broadcast_ss(&b->d)), acc[r]); \
+            MIN_TERM_##TYPE(acc[r], p, b)                                                                           \
+        }                                                                                                           \
+    }                                                                                                               \
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
+
+#define GB_Q4_1 160
+#define GB_Q4_0 144
+#define GB_Q8_0 272
+#define STEPS_Q4(DOTACC, R, QOFF)                                                                                   \
+    for (int t = 0; t < 4; t++) {                                                                                   \
+        __m256i v = _mm256_loadu_si256((const __m256i *)(p + QOFF + 32 * t));                                       \
+        __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);              \
+        for (int r = 0; r < R; r++) {                                                                               \
+            const int8_t *q = x[(size_t)r * ldx + k].q;                                                             \
+            is[r] = DOTACC(is[r], lo, bcast4(q + 4 * t));                                                           \
+            is[r] = DOTACC(is[r], hi, bcast4(q + 16 + 4 * t));                                                      \
+        }                                                                                                           \
+    }
+#define STEPS_Q4_1(DOTACC, R) STEPS_Q4(DOTACC, R, 32)
+#define STEPS_Q4_0(DOTACC, R) STEPS_Q4(DOTACC, R, 16)
+#define STEPS_Q8_0(DOTACC, R)                                                                                       \
+    for (int t = 0; t < 8; t++) {                                                                                   \
+        __m256i v = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t)), u = _mm256_sign_epi8(v, v);             \
+        for (int r = 0; r < R; r++)                                                                                 \
+            is[r] = DOTACC(is[r], u, _mm256_sign_epi8(bcast4(x[(size_t)r * ldx + k].q + 4 * t), v));                \
+    }
+#define FIX_Q4_1(i, b)
+#define FIX_Q4_0(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(8 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
+#define FIX_Q8_0(i, b)
+#define MIN_TERM_Q4_1(a, p, b)                                                                                      \
+    a = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((p) + 16))), _mm256_broadcast_ss(&(b)->ds), a);
+#define MIN_TERM_Q4_0(a, p, b)
+#define MIN_TERM_Q8_0(a, p, b)
+
+#define PACK8_FUNCTION(SUFFIX, ATTR, DOTACC, TYPE, R)                                                               \
+    static ATTR void pack8_##TYPE##_##R##_##SUFFIX(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,   \
+                                                   size_t ldx, int nb) {                                            \
+        PACK8_BODY(DOTACC, TYPE, R)                                                                                 \
+    }
+#define PACK8_FUNCTIONS(SUFFIX, ATTR, DOTACC, TYPE)                                                                 \
+    PACK8_FUNCTION(SUFFIX, ATTR, DOTACC, TYPE, 1)                                                                   \
+    PACK8_FUNCTION(SUFFIX, ATTR, DOTACC, TYPE, 2)                                                                   \
+    PACK8_FUNCTION(SUFFIX, ATTR, DOTACC, TYPE, 3)                                                                   \
+    PACK8_FUNCTION(SUFFIX, ATTR, DOTACC, TYPE, 4)
+PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q4_1)
+PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q4_0)
+PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q8_0)
+PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_1)
+PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_0)
+PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q8_0)
+
+typedef void (*pack8_fn)(float *, size_t, const uint8_t *, const rk_q8_block *, size_t, int);
+static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
+#define RK_SET_PACK8(TYPE, S)                                                                                       \
+    f[0] = pack8_##TYPE##_1_##S; f[1] = pack8_##TYPE##_2_##S; f[2] = pack8_##TYPE##_3_##S; f[3] = pack8_##TYPE##_4_##S;
+    switch (type) {
+    case RK_GGML_Q4_1: if (vnni) { RK_SET_PACK8(Q4_1, vnni) } else { RK_SET_PACK8(Q4_1, avx2) } break;
+    case RK_GGML_Q4_0: if (vnni) { RK_SET_PACK8(Q4_0, vnni) } else { RK_SET_PACK8(Q4_0, avx2) } break;
+    default: if (vnni) { RK_SET_PACK8(Q8_0, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
+    }
+#undef RK_SET_PACK8
+}
+#endif
+
+int rk_qmatmul_q8_packed8_ref(float *out, const rk_q8_block *xq, const void *wp, int type, int N, int C, int OC,
+                              int group_begin, int group_end) {
+    if (rk_qpack8_bytes(type, OC, C) == 0 || group_begin < 0 || group_end > OC / 8) return RK_ERR_ARG;
+    return packed_scalar(out, xq, (const uint8_t *)wp, type, N, C, OC, group_begin, group_end);
+}
+
+int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int type, int N, int C, int OC,
+                          int group_begin, int group_end) {
+    if (rk_qpack8_bytes(type, OC, C) == 0 || group_begin < 0 || group_end > OC / 8) return RK_ERR_ARG;
+#if RK_X86
+    int isa = rk_isa_active();
+    if (isa >= RK_ISA_AVX2) {
+        pack8_fn f[4];
+        pack8_functions(type, isa >= RK_ISA_AVX512 && rk_cpu_has_vnni(), f);
+        int nb = C / 32;
+        size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
+        // Each group's weights (a few KB) against every activation row, four rows at a time.
+        for (int g = group_begin; g < group_end; g++) {
+            const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;
+            for (int n = 0; n < N; n += 4) {
+                int R = N - n < 4 ? N - n : 4;
+                f[R - 1](out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+            }
+        }
+        return RK_OK;
+    }
+#endif
+    return packed_scalar(out, xq, (const uint8_t *)wp, type, N, C, OC, group_begin, group_end);
 }

@@ -214,6 +214,19 @@ struct BenchCommand: ParsableCommand {
             let decode = ms - 2 * prefill.sorted()[prefill.count / 2]
             report("SmolLM2 GGUF Q4_1 decode 128 after prompt 64", decode, perSecond: 128 / decode * 1000, unit: "tokens/s")
         }
+        // Decoding 8 rows at once (what `reins serve` runs under load) against one row: the quantized products'
+        // share grows with the rows, so this is where a kernel tiled over rows shows.
+        for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 decode 64 batch \(rows)") {
+            let model = try load(quantized: true)
+            let prompts = (0..<rows).map { r in prompt.map { Int32(100 + (Int($0) + 31 * r) % 40000) } }
+            let options = GenerationOptions(maxNewTokens: 64, stopTokens: [])
+            let prefillOnly = GenerationOptions(maxNewTokens: 1, stopTokens: [])
+            let whole = try median(repeats) { _ = try model.generate(prompts: prompts, options: options) }
+            let prefill = try median(repeats) { _ = try model.generate(prompts: prompts, options: prefillOnly) }
+            let decode = whole - prefill
+            report("SmolLM2 GGUF Q4_1 prompt 64 batch \(rows) (with 1 new token)", prefill, perSecond: Double(64 * rows) / prefill * 1000, unit: "tokens/s")
+            report("SmolLM2 GGUF Q4_1 decode 64 batch \(rows)", decode / 63, perSecond: Double(63 * rows) / decode * 1000, unit: "tokens/s")
+        }
         for quantized in [true, false] {
           for checkpointing in [false, true] {
             let name =

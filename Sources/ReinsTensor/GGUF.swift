@@ -275,8 +275,10 @@ public struct GGUFFile: @unchecked Sendable {
         guard t.dimensions.count == 2 else {
             throw GGUFError.malformed(path: path, detail: "tensor '\(name)' has shape \(t.shape), not a matrix")
         }
-        return try QuantizedMatrix(
+        let m = try QuantizedMatrix(
             type: t.type, rows: t.dimensions[1], columns: t.dimensions[0], data: data, offset: t.range.lowerBound)
+        m.isFileMapping = true
+        return m
     }
 
     /// Tensor `name` dequantized to float32, in PyTorch's shape order (ggml's dimensions reversed).

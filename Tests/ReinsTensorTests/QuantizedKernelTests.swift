@@ -70,7 +70,8 @@ struct QuantizedKernelTests {
 
     @Test(arguments: QuantizedKernelTests.types)
     func integerDotsMatchTheOracleAndTheFloatProduct(type: GGMLType) throws {
-        let C = type.blockElements! == 256 ? 512 : 96, OC = 37, N = 3
+        // N = 9: the integer kernel takes activation rows four at a time, then the 1-3 left.
+        let C = type.blockElements! == 256 ? 512 : 96, OC = 37, N = 9
         let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue))
         let x = randomFloats(N * C, seed: 11, scale: 1)
         let xq = Self.blocks(x, rows: N, columns: C, reference: true)
@@ -108,21 +109,80 @@ struct QuantizedKernelTests {
             rk_isa_select(isa)
             defer { rk_isa_select(rk_isa_detected()) }
             var f32 = [Float](repeating: .nan, count: N * OC)
-            let s = w.withBytes { rk_qmatvec_f32(&f32, x, $0, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, Int32(OC)) }
-            #expect(s == RK_OK)
+            // It takes at most 8 rows: 5, then the other 4.
+            let s = w.withBytes { p in
+                f32.withUnsafeMutableBufferPointer { out in
+                    x.withUnsafeBufferPointer { xs in
+                        [rk_qmatvec_f32(out.baseAddress!, xs.baseAddress!, p, Int32(type.rawValue), 5, Int32(C), Int32(OC), 0, Int32(OC)),
+                         rk_qmatvec_f32(out.baseAddress! + 5 * OC, xs.baseAddress! + 5 * C, p, Int32(type.rawValue), Int32(N - 5),
+                                        Int32(C), Int32(OC), 0, Int32(OC))]
+                    }
+                }
+            }
+            #expect(s == [RK_OK, RK_OK])
             expectClose(f32, approx, atol: 1e-5, rtol: 1e-5, "\(type) exact route on isa \(isa)")
         }
         for isa in Int32(0)...rk_isa_detected() {
             let active = rk_isa_select(isa)
             defer { rk_isa_select(rk_isa_detected()) }
-            var got = [Float](repeating: .nan, count: N * OC)
-            // Two row ranges, as two threads would split it.
-            w.withBytes { p in
-                _ = rk_qmatmul_q8(&got, xq, p, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, 20)
-                _ = rk_qmatmul_q8(&got, xq, p, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 20, Int32(OC))
+            // Every count of activation rows from 1 to N (every tile size and remainder), the first rows of x.
+            for rows in 1...N {
+                var got = [Float](repeating: .nan, count: rows * OC)
+                // Two weight row ranges, as two threads would split it (20: even, so a pair is never split).
+                w.withBytes { p in
+                    _ = rk_qmatmul_q8(&got, xq, p, Int32(type.rawValue), Int32(rows), Int32(C), Int32(OC), 0, 20)
+                    _ = rk_qmatmul_q8(&got, xq, p, Int32(type.rawValue), Int32(rows), Int32(C), Int32(OC), 20, Int32(OC))
+                }
+                expectClose(got, Array(reference[0..<(rows * OC)]), atol: 1e-5, rtol: 1e-5, "\(type) \(rows) rows on isa \(active)")
             }
-            expectClose(got, reference, atol: 1e-5, rtol: 1e-5, "\(type) on isa \(active)")
         }
+    }
+
+    /// The kernel for batches reads the weight interleaved by 8 rows: its scalar form and its AVX2 / VNNI forms against
+    /// the row-major oracle, for 1 to 9 activation rows (every tile of up to 4 and remainder) and split groups.
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q8_0])
+    func interleavedWeightsGiveTheOraclesProducts(type: GGMLType) throws {
+        let C = 96, OC = 40, N = 9
+        let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue) + 40)
+        let xq = Self.blocks(randomFloats(N * C, seed: 12, scale: 1), rows: N, columns: C, reference: true)
+        var reference = [Float](repeating: .nan, count: N * OC)
+        _ = w.withBytes { rk_qmatmul_q8_ref(&reference, xq, $0, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, Int32(OC)) }
+        let bytes = rk_qpack8_bytes(Int32(type.rawValue), Int32(OC), Int32(C))
+        #expect(bytes == w.byteCount)
+        var packed = [UInt8](repeating: 0, count: bytes)
+        #expect(w.withBytes { rk_qpack8(&packed, $0, Int32(type.rawValue), Int32(OC), Int32(C)) } == RK_OK)
+        let original = w.withBytes { Array(UnsafeRawBufferPointer(start: $0, count: bytes)) }
+        #expect(packed != original, "reordered")
+        var back = [UInt8](repeating: 0, count: bytes)
+        #expect(rk_qunpack8_rows(&back, packed, Int32(type.rawValue), Int32(OC), Int32(C), 0, Int32(OC)) == RK_OK)
+        #expect(back == original, "unpacked: the row-major bytes again")
+        var tail = [UInt8](repeating: 0, count: 3 * w.rowBytes)
+        #expect(rk_qunpack8_rows(&tail, packed, Int32(type.rawValue), Int32(OC), Int32(C), 13, 16) == RK_OK)
+        #expect(tail == Array(original[(13 * w.rowBytes)..<(16 * w.rowBytes)]))
+        #expect(rk_qunpack8_rows(&tail, packed, Int32(type.rawValue), Int32(OC), Int32(C), 39, 41) == RK_ERR_ARG)
+        var scalar = [Float](repeating: .nan, count: N * OC)
+        #expect(rk_qmatmul_q8_packed8_ref(&scalar, xq, packed, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, 5) == RK_OK)
+        expectClose(scalar, reference, atol: 1e-6, rtol: 1e-6, "\(type) scalar, interleaved")
+        for isa in Int32(0)...rk_isa_detected() {
+            let active = rk_isa_select(isa)
+            defer { rk_isa_select(rk_isa_detected()) }
+            for rows in 1...N {
+                var got = [Float](repeating: .nan, count: rows * OC)
+                let t = Int32(type.rawValue)
+                #expect(rk_qmatmul_q8_packed8(&got, xq, packed, t, Int32(rows), Int32(C), Int32(OC), 0, 2) == RK_OK)
+                #expect(rk_qmatmul_q8_packed8(&got, xq, packed, t, Int32(rows), Int32(C), Int32(OC), 2, 5) == RK_OK)
+                expectClose(got, Array(reference[0..<(rows * OC)]), atol: 1e-5, rtol: 1e-5, "\(type) \(rows) rows on isa \(active)")
+            }
+        }
+        // Rows longer than the 64 blocks that dequantizing an interleaved row takes at a time.
+        let wide = try Self.randomMatrix(type, rows: 8, columns: 66 * 32, seed: 3)
+        #expect(try wide.interleavedByRows().dequantized().scalars == wide.dequantized().scalars)
+        // What cannot be interleaved, and groups outside the matrix.
+        #expect(rk_qpack8_bytes(Int32(type.rawValue), 36, Int32(C)) == 0)
+        #expect(rk_qpack8_bytes(Int32(GGMLType.q5_0.rawValue), Int32(OC), Int32(C)) == 0)
+        #expect(rk_qpack8(&packed, packed, Int32(type.rawValue), 36, Int32(C)) == RK_ERR_ARG)
+        var out = [Float](repeating: 0, count: OC)
+        #expect(rk_qmatmul_q8_packed8(&out, xq, packed, Int32(type.rawValue), 1, Int32(C), Int32(OC), 0, 6) == RK_ERR_ARG)
     }
 
     @Test func kernelsRefuseWhatTheyCannotCompute() {
@@ -135,11 +195,18 @@ struct QuantizedKernelTests {
         #expect(rk_dequantize(&out, [UInt8](repeating: 0, count: 64), 4, 99) == RK_ERR_ARG)
     }
 
-    @Test(arguments: [GGMLType.q4_1, .q8_0, .q6_K])
-    func quantizedLinearEqualsTheDequantizedProductWithGradients(type: GGMLType) throws {
-        let C = type.blockElements! == 256 ? 256 : 96, OC = 45
-        let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
-        let dense = try w.dequantized()
+    /// Row-major weights (45 rows), and weights interleaved by 8 rows (136: 17 groups; the exact route puts them back in
+    /// row order 64 rows at a time) — Q6_K cannot be interleaved and stays row-major.
+    @Test(arguments: [GGMLType.q4_1, .q8_0, .q6_K], [false, true])
+    func quantizedLinearEqualsTheDequantizedProductWithGradients(type: GGMLType, interleave: Bool) throws {
+        let C = type.blockElements! == 256 ? 256 : 96, OC = interleave ? 136 : 45
+        let rowMajor = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
+        let w = interleave ? rowMajor.interleavedByRows() : rowMajor
+        #expect(w.isInterleaved == (interleave && type != .q6_K))
+        let dense = try rowMajor.dequantized()
+        #expect(try w.dequantized().scalars == dense.scalars, "the same values in either layout")
+        let order = (0..<OC).map { ($0 * 7) % OC }
+        #expect(try w.reorderingRows(order).dequantized().scalars == rowMajor.reorderingRows(order).dequantized().scalars)
         let bias = try Tensor(shape: [OC], values: randomFloats(OC, seed: 9)).requiringGradient()
         for rows in [3, 13] {  // the integer route for few rows, the float route for more
             let x = try Tensor(shape: [rows, C], values: randomFloats(rows * C, seed: 7)).requiringGradient()
@@ -184,15 +251,18 @@ struct QuantizedKernelTests {
         expectClose(x.gradient!.scalars, numeric, atol: 1e-3, rtol: 1e-3, "dX vs finite differences")
     }
 
-    @Test func embeddingRowsAreTheDequantizedRows() throws {
-        let table = try Self.randomMatrix(.q8_0, rows: 11, columns: 64, seed: 31)
-        let dense = try table.dequantized().scalars
+    @Test(arguments: [11, 24])  // 24 rows: interleaved by 8
+    func embeddingRowsAreTheDequantizedRows(tableRows: Int) throws {
+        let rowMajor = try Self.randomMatrix(.q8_0, rows: tableRows, columns: 64, seed: 31)
+        let table = rowMajor.interleavedByRows()
+        #expect(table.isInterleaved == (tableRows == 24))
+        let dense = try rowMajor.dequantized().scalars
         let ids = try IntTensor(shape: [2, 2], values: [3, 0, 10, 3])
         let rows = try Tensor.quantizedEmbedding(ids, table: table).scalars
         for (i, id) in ids.values.enumerated() {
             #expect(Array(rows[(i * 64)..<((i + 1) * 64)]) == Array(dense[(Int(id) * 64)..<((Int(id) + 1) * 64)]))
         }
-        #expect(throws: TensorError.self) { _ = try Tensor.quantizedEmbedding(IntTensor([11]), table: table) }
+        #expect(throws: TensorError.self) { _ = try Tensor.quantizedEmbedding(IntTensor([Int32(tableRows)]), table: table) }
         #expect(throws: TensorError.self) { _ = try Tensor.quantizedEmbedding(IntTensor([-1]), table: table) }
     }
 }

@@ -290,6 +290,21 @@ int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, in
                   int row_end);
 int rk_qmatmul_q8_ref(float *out, const rk_q8_block *xq, const void *w, int type, int N, int C, int OC,
                       int row_begin, int row_end);
+/// Bytes of W (OC,C) in `type` blocks interleaved by 8 rows for rk_qmatmul_q8_packed8 (the same as row-major), or 0
+/// when it cannot be interleaved: a type other than Q4_0, Q4_1, Q8_0, OC not a multiple of 8 or C of 32.
+size_t rk_qpack8_bytes(int type, int OC, int C);
+/// dst (rk_qpack8_bytes) = W's blocks interleaved by 8 rows. RK_ERR_ARG when rk_qpack8_bytes is 0.
+int rk_qpack8(void *dst, const void *w, int type, int OC, int C);
+/// out (N,OC) columns [8·group_begin, 8·group_end) = xq · Wᵀ, W interleaved by rk_qpack8: the integer route for a
+/// batch of rows. RK_ERR_ARG when W cannot be interleaved or the groups are out of range.
+int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int type, int N, int C, int OC,
+                          int group_begin, int group_end);
+/// dst (row_end − row_begin rows of row-major blocks) = rows [row_begin, row_end) of W interleaved by rk_qpack8.
+int rk_qunpack8_rows(void *dst, const void *wp, int type, int OC, int C, int row_begin, int row_end);
+/// out (row_end − row_begin, C) = rows [row_begin, row_end) of W interleaved by rk_qpack8, dequantized as rk_dequantize.
+int rk_dequantize_packed8_rows(float *out, const void *wp, int type, int OC, int C, int row_begin, int row_end);
+int rk_qmatmul_q8_packed8_ref(float *out, const rk_q8_block *xq, const void *wp, int type, int N, int C, int OC,
+                              int group_begin, int group_end);
 /// out (N,OC) columns [row_begin, row_end) = x (N,C) · Wᵀ in float32, each weight block dequantized (as rk_dequantize)
 /// as it is read: the exact route for up to 8 rows (decoding). RK_ERR_ARG for an unknown type, C not whole blocks or
 /// N > 8.

@@ -38,7 +38,8 @@ public final class Embedding: Module, LoRAHost {
     /// How a tied output layer's products with ``quantizedTable`` are computed.
     public var quantizedRoute: QuantizedRoute = .automatic
 
-    /// Keeps the table as `matrix` (`[count, size]` in blocks) instead of float32, frozen.
+    /// Keeps the table as `matrix` (`[count, size]` in blocks) instead of float32, frozen; interleaved by 8 rows where it
+    /// can be (``QuantizedMatrix/interleavedByRows()``), for a tied output layer's integer products.
     /// - Throws: ``ModelError/badInput(_:)`` when the matrix does not fit.
     public func quantize(_ matrix: QuantizedMatrix) throws {
         guard matrix.rows == count, matrix.columns == size else {
@@ -46,7 +47,7 @@ public final class Embedding: Module, LoRAHost {
                 "a \(matrix.type) matrix [\(matrix.rows), \(matrix.columns)] does not fit a \(count) x \(size) embedding table")
         }
         guard slots.merged == nil else { throw ModelError.badInput("a table with a merged adapter cannot be quantized") }
-        quantizedTable = matrix
+        quantizedTable = matrix.interleavedByRows()
         weight.replaceValue(try Tensor.zeros([0]))
     }
 

@@ -113,7 +113,8 @@ public final class Linear: Module, LoRAHost {
     public var quantizedRoute: QuantizedRoute = .automatic
 
     /// Keeps the base weight as `matrix` (`[out, in]` in blocks, whatever layout the float weight has) instead of
-    /// float32, frozen: the float32 values are released.
+    /// float32, frozen: the float32 values are released. The blocks are kept interleaved by 8 rows where they can be
+    /// (``QuantizedMatrix/interleavedByRows()``), the layout of the fast integer products.
     /// - Throws: ``ModelError/badInput(_:)`` when the matrix does not fit the layer.
     public func quantize(_ matrix: QuantizedMatrix) throws {
         guard matrix.rows == outputs, matrix.columns == inputs else {
@@ -121,7 +122,7 @@ public final class Linear: Module, LoRAHost {
                 "a \(matrix.type) matrix [\(matrix.rows), \(matrix.columns)] does not fit a \(inputs) -> \(outputs) layer")
         }
         guard !isMerged else { throw ModelError.badInput("a layer with a merged adapter cannot be quantized") }
-        quantizedWeight = matrix
+        quantizedWeight = matrix.interleavedByRows()
         weight.replaceValue(try Tensor.zeros([0]))
     }
 
