@@ -68,8 +68,8 @@ void rk_lora_backward_ref(float *dinp, float *dweight, float *dbias, float *dA, 
         }
 }
 
-void rk_lora_rows(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
-                  const float *const *b, const int *rank, const float *scale, float *work) {
+void rk_lora_rows_ref(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
+                      const float *const *b, const int *rank, const float *scale, float *work) {
     for (int row = 0; row < rows; row++) {
         if (!a[row]) continue;
         const float *A = a[row], *B = b[row];
@@ -77,25 +77,66 @@ void rk_lora_rows(float *y, const float *x, int rows, int T, int in, int out, co
         for (int t = 0; t < T; t++) {
             const float *xr = x + ((size_t)row * T + t) * in;
             float *yr = y + ((size_t)row * T + t) * out;
-            // Plain loops with eight partial sums (vectorized by the compiler): BLAS calls this small cost more in
-            // dispatch than in arithmetic.
             for (int j = 0; j < r; j++) {
-                const float *aj = A + (size_t)j * in;
-                float acc[8] = {0};
-                int k = 0;
-                for (; k + 8 <= in; k += 8)
-                    for (int l = 0; l < 8; l++) acc[l] += aj[k + l] * xr[k + l];
                 float s = 0;
-                for (; k < in; k++) s += aj[k] * xr[k];
-                for (int l = 0; l < 8; l++) s += acc[l];
+                for (int k = 0; k < in; k++) s += A[(size_t)j * in + k] * xr[k];
                 work[j] = s * scale[row];
             }
             for (int o = 0; o < out; o++) {
-                const float *bo = B + (size_t)o * r;
                 float s = 0;
-                for (int j = 0; j < r; j++) s += bo[j] * work[j];
+                for (int j = 0; j < r; j++) s += B[(size_t)o * r + j] * work[j];
                 yr[o] += s;
             }
         }
     }
+}
+
+#if RK_X86
+// Each A row's dot with x in two 8-wide accumulators; each output's dot of its B row (rank long) with the rank
+// values 8 at a time, summed across lanes once: plain C leaves that second loop scalar (a float reduction is not
+// reordered without fast-math), and it is most of the work for a wide layer.
+static RK_AVX2 void lora_rows_avx2(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
+                                   const float *const *b, const int *rank, const float *scale, float *work) {
+    for (int row = 0; row < rows; row++) {
+        if (!a[row]) continue;
+        const float *A = a[row], *B = b[row];
+        int r = rank[row];
+        for (int t = 0; t < T; t++) {
+            const float *xr = x + ((size_t)row * T + t) * in;
+            float *yr = y + ((size_t)row * T + t) * out;
+            for (int j = 0; j < r; j++) {
+                const float *aj = A + (size_t)j * in;
+                __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+                int k = 0;
+                for (; k + 16 <= in; k += 16) {
+                    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(aj + k), _mm256_loadu_ps(xr + k), s0);
+                    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(aj + k + 8), _mm256_loadu_ps(xr + k + 8), s1);
+                }
+                float s = rk_hsum256(_mm256_add_ps(s0, s1));
+                for (; k < in; k++) s += aj[k] * xr[k];
+                work[j] = s * scale[row];
+            }
+            for (int o = 0; o < out; o++) {
+                const float *bo = B + (size_t)o * r;
+                int j = 0;
+                float s = 0;
+                if (r >= 8) {
+                    __m256 v = _mm256_setzero_ps();
+                    for (; j + 8 <= r; j += 8) v = _mm256_fmadd_ps(_mm256_loadu_ps(bo + j), _mm256_loadu_ps(work + j), v);
+                    s = rk_hsum256(v);
+                }
+                for (; j < r; j++) s += bo[j] * work[j];
+                yr[o] += s;
+            }
+        }
+    }
+}
+#endif
+
+void rk_lora_rows(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
+                  const float *const *b, const int *rank, const float *scale, float *work) {
+#if RK_X86
+    if (rk_isa_active() >= RK_ISA_AVX2) { lora_rows_avx2(y, x, rows, T, in, out, a, b, rank, scale, work); return; }
+#endif
+    rk_lora_rows_ref(y, x, rows, T, in, out, a, b, rank, scale, work);
 }

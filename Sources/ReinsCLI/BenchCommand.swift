@@ -44,18 +44,19 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         var rng = SeededGenerator(seed: 1)
         if selected("BERT-base-shaped linear 1024x768x768") {
-            // The product a BERT-base layer's query projection computes on a B8 x T128 batch, three ways: float32
+            // The product a BERT-base layer's query projection computes on a B8 x T128 batch, four ways: float32
             // sgemm, a Q8_0 weight by the float route (panels dequantized for sgemm, as training uses), and by the
-            // integer route (8-bit activation blocks, 128 rows per call: the most it takes).
+            // integer route (8-bit activation blocks) with the weight row-major and interleaved by 8 rows.
             let (N, C, OC) = (1024, 768, 768)
             let x = try Tensor.normal([N, C], std: 1, seed: 2), w = try Tensor.normal([OC, C], std: 0.05, seed: 3)
             let q = try QuantizedMatrix(quantizing: w, type: .q8_0)
-            let slices = try (0..<(N / 128)).map { i in try Tensor(shape: [128, C], values: Array(x.scalars[(i * 128 * C)..<((i + 1) * 128 * C)])) }
+            let interleaved = q.interleavedByRows()
             let gflop = 2.0 * Double(N * C * OC) / 1e9
             let runs: [(String, () throws -> Void)] = [
                 ("float32 sgemm", { _ = try Tensor.linear(x, weight: w) }),
                 ("Q8_0 float route", { _ = try Tensor.quantizedLinear(x, weight: q, route: .exact) }),
-                ("Q8_0 integer route", { for s in slices { _ = try Tensor.quantizedLinear(s, weight: q, route: .automatic) } }),
+                ("Q8_0 integer route", { _ = try Tensor.quantizedLinear(x, weight: q, route: .automatic) }),
+                ("Q8_0 integer route interleaved", { _ = try Tensor.quantizedLinear(x, weight: interleaved, route: .automatic) }),
             ]
             for (name, body) in runs {
                 let ms = try Autograd.withoutGradients { try median(repeats * 5, body) }
@@ -226,6 +227,49 @@ struct BenchCommand: ParsableCommand {
             let decode = whole - prefill
             report("SmolLM2 GGUF Q4_1 prompt 64 batch \(rows) (with 1 new token)", prefill, perSecond: Double(64 * rows) / prefill * 1000, unit: "tokens/s")
             report("SmolLM2 GGUF Q4_1 decode 64 batch \(rows)", decode / 63, perSecond: Double(63 * rows) / decode * 1000, unit: "tokens/s")
+        }
+        // The same with a LoRA adapter per row (a server's batch of 8 requests for 8 adapters): PEFT's default targets
+        // (r 8 on q, v) and the demo's (r 16 on every linear layer: 4.9M parameters, 19.5 MB per adapter).
+        for (label, config) in [
+            ("r8 q,v", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])),
+            ("r16 all linear", LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])),
+        ] {
+            for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 decode 64 batch \(rows) LoRA \(label)") {
+                let model = try load(quantized: true)
+                let names = (0..<rows).map { "task\($0)" }
+                for name in names { try model.addLoRA(name, config) }
+                let prompts = (0..<rows).map { r in prompt.map { Int32(100 + (Int($0) + 31 * r) % 40000) } }
+                func generate(_ n: Int) throws {
+                    _ = try model.withAdapters(perRow: names) {
+                        try model.generate(prompts: prompts, options: GenerationOptions(maxNewTokens: n, stopTokens: []))
+                    }
+                }
+                let whole = try median(repeats) { try generate(64) }
+                let prefill = try median(repeats) { try generate(1) }
+                let decode = whole - prefill
+                report("SmolLM2 GGUF Q4_1 decode 64 batch \(rows) LoRA \(label)", decode / 63, perSecond: Double(63 * rows) / decode * 1000, unit: "tokens/s")
+            }
+        }
+        // What `reins serve` runs: a continuous batch of 8 requests for 8 LoRA adapters (r 8 on q, v), each with its own
+        // cache, sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
+        for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v") {
+            let model = try load(quantized: true)
+            let config = LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])
+            for i in 0..<rows { try model.addLoRA("task\(i)", config) }
+            var steps: [Double] = []
+            let ms = try median(repeats) {
+                let batch = try ContinuousBatch(model: model, capacity: rows)
+                for r in 0..<rows {
+                    let options = GenerationOptions(maxNewTokens: 65, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
+                    _ = try batch.add(prompt: Array(prompt.prefix(12 + r)), adapter: "task\(r)", options: options)
+                }
+                let s = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<64 { _ = try batch.step() }
+                steps.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6 / 64)
+            }
+            _ = ms
+            let step = steps.sorted()[steps.count / 2]
+            report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v", step, perSecond: Double(rows) / step * 1000, unit: "tokens/s")
         }
         for quantized in [true, false] {
           for checkpointing in [false, true] {

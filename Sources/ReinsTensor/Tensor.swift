@@ -216,7 +216,9 @@ public struct Tensor: @unchecked Sendable {
     }
 
     /// Refuses `elements` of `bytesPerElement` bytes beyond ``memoryLimitBytes``, naming the size.
-    package static func checkMemory(elements: Int, bytesPerElement: Int, what: String, operation: String) throws {
+    package static func checkMemory(
+        elements: Int, bytesPerElement: Int, what: @autoclosure () -> String, operation: @autoclosure () -> String
+    ) throws {
         let (bytes, overflow) = elements.multipliedReportingOverflow(by: bytesPerElement)
         guard !overflow, bytes <= memoryLimitBytes else {
             let size =
@@ -224,9 +226,9 @@ public struct Tensor: @unchecked Sendable {
                 ? "more than \(Int.max) bytes"
                 : ByteCountFormatter.string(fromByteCount: Int64(bytes), countStyle: .binary)
             throw TensorError.invalidArgument(
-                operation: operation,
+                operation: operation(),
                 detail:
-                    "\(what) needs \(size), more than this machine's \(ByteCountFormatter.string(fromByteCount: Int64(memoryLimitBytes), countStyle: .binary)) of memory"
+                    "\(what()) needs \(size), more than this machine's \(ByteCountFormatter.string(fromByteCount: Int64(memoryLimitBytes), countStyle: .binary)) of memory"
             )
         }
     }

@@ -222,6 +222,10 @@ struct KernelTests {
         AttentionCase(B: 1, NH: 4, T: 5, Tk: 7, hs: 14, causal: false, masked: true, NKV: 2),
         AttentionCase(B: 2, NH: 6, T: 41, Tk: 45, hs: 6, causal: true, masked: true, NKV: 2, window: 9),
         AttentionCase(B: 1, NH: 2, T: 7, Tk: 7, hs: 4, causal: true, masked: false, window: 1),
+        // One-row blocks take their own loops: decoding on a masked cache with grouped heads and a window, a causal
+        // block of 32 rows plus one, and hs 35 (two 16-wide steps and a tail).
+        AttentionCase(B: 2, NH: 9, T: 1, Tk: 23, hs: 35, causal: true, masked: true, NKV: 3, window: 7),
+        AttentionCase(B: 1, NH: 2, T: 33, Tk: 33, hs: 13, causal: true, masked: true),
     ]
 
     @Test(arguments: attentionCases)
@@ -288,6 +292,42 @@ struct KernelTests {
             nil, nil, &dv2r, g, q, k, v, outr, lser, mask, Int32(B), nh, nkv, Int32(T), Int32(Tk), Int32(hs), scale,
             causal, off, w, drop)
         expectClose(dv2, dv2r, atol: 2e-5, rtol: 2e-4, "attention dv alone")
+    }
+
+    /// The mixed-adapter LoRA update (each row its own A, B, rank and scale; a row without an adapter untouched)
+    /// against its scalar reference and against the products written out in Double.
+    @Test(arguments: instructionSets)
+    func loraRowsMatchReference(isa: Int32) {
+        with(isa) {
+            let (rows, T, inp, out) = (4, 3, 37, 29)
+            let ranks: [Int32] = [11, 0, 16, 5]  // row 1 has no adapter
+            let scales: [Float] = [0.5, 0, 2, 1.25]
+            let As = ranks.enumerated().map { randomFloats(Int($0.element) * inp, seed: UInt64(70 + $0.offset)) }
+            let Bs = ranks.enumerated().map { randomFloats(out * Int($0.element), seed: UInt64(80 + $0.offset)) }
+            let x = randomFloats(rows * T * inp, seed: 90), y0 = randomFloats(rows * T * out, seed: 91)
+            var y = y0, yr = y0, work = [Float](repeating: 0, count: 16), workr = work
+            var expected = y0.map(Double.init)
+            for row in 0..<rows where ranks[row] > 0 {
+                let r = Int(ranks[row])
+                for t in 0..<T {
+                    let base = (row * T + t)
+                    let xa = (0..<r).map { j in (0..<inp).reduce(0.0) { $0 + Double(As[row][j * inp + $1]) * Double(x[base * inp + $1]) } }
+                    for o in 0..<out {
+                        expected[base * out + o] += Double(scales[row]) * (0..<r).reduce(0.0) { $0 + Double(Bs[row][o * r + $1]) * xa[$1] }
+                    }
+                }
+            }
+            As.withPointers { a in
+                Bs.withPointers { b in
+                    let ap = (0..<rows).map { ranks[$0] > 0 ? a[$0] : nil }, bp = (0..<rows).map { ranks[$0] > 0 ? b[$0] : nil }
+                    rk_lora_rows(&y, x, Int32(rows), Int32(T), Int32(inp), Int32(out), ap, bp, ranks, scales, &work)
+                    rk_lora_rows_ref(&yr, x, Int32(rows), Int32(T), Int32(inp), Int32(out), ap, bp, ranks, scales, &workr)
+                }
+            }
+            expectClose(y, yr, atol: 1e-5, rtol: 1e-5, "lora rows vs reference")
+            expectClose(yr, expected.map(Float.init), atol: 1e-4, rtol: 1e-4, "lora rows vs Double")
+            #expect(Array(y[(T * out)..<(2 * T * out)]) == Array(y0[(T * out)..<(2 * T * out)]), "the row without an adapter")
+        }
     }
 
     @Test(arguments: instructionSets)
@@ -397,5 +437,18 @@ struct KernelTests {
             }
         }
         #expect(whole == parts)
+    }
+}
+
+extension Array where Element == [Float] {
+    /// Runs `body` with a pointer to each inner array's storage (all kept alive meanwhile).
+    func withPointers<R>(_ body: ([UnsafePointer<Float>?]) -> R) -> R {
+        let buffers = map { inner -> UnsafeMutablePointer<Float> in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(inner.count, 1))
+            p.initialize(from: inner, count: inner.count)
+            return p
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        return body(buffers.map { UnsafePointer($0) })
     }
 }

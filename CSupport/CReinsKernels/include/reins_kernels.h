@@ -208,6 +208,8 @@ void rk_swiglu_backward_ref(float *dgate, float *dup, const float *dout, const f
 // `work` holds at least max(rank) floats.
 void rk_lora_rows(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
                   const float *const *b, const int *rank, const float *scale, float *work);
+void rk_lora_rows_ref(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
+                      const float *const *b, const int *rank, const float *scale, float *work);
 void rk_lora_forward(float *out, float *xa, const float *inp, const float *weight, const float *bias,
                      const float *A, const float *Bm, int N, int C, int OC, int r, float scale, int w_transposed);
 void rk_lora_backward(float *dinp, float *dweight, float *dbias, float *dA, float *dB, const float *dout,

@@ -26,10 +26,10 @@ public struct AdapterRouting: Sendable {
     }
 
     /// Throws unless `x` has one row per routed row along axis 0.
-    func check(_ x: Tensor, at site: String) throws {
+    func check(_ x: Tensor, at site: @autoclosure () -> String) throws {
         guard x.rank >= 1, x.shape[0] == rows.count else {
             throw ModelError.badInput(
-                "a batch routed to \(rows.count) rows' adapters reached \(site) with a tensor of shape \(x.shape)")
+                "a batch routed to \(rows.count) rows' adapters reached \(site()) with a tensor of shape \(x.shape)")
         }
     }
 
@@ -180,36 +180,35 @@ extension Linear {
 }
 
 extension Linear {
-    /// Adds `s·B·A·x` to the rows of `y` (`[B, ..., out]`, fresh) for each LoRA and its rows, in one kernel call.
+    /// Adds `s·B·A·x` to the rows of `y` (`[B, ..., out]`, fresh) for each LoRA and its rows, in one kernel call per
+    /// share of the rows (the rows split among the threads: 8 adapters' updates read 8 adapters' weights).
     static func addLoRARows(_ y: inout Tensor, input x: Tensor, _ loras: [(LoRA, [Int])]) throws {
         guard !loras.isEmpty else { return }
         let B = y.shape[0], T = y.count / max(B * y.shape[y.rank - 1], 1)
         let (inputs, outputs) = (x.shape[x.rank - 1], y.shape[y.rank - 1])
         var index = [Int?](repeating: nil, count: B)
         for (i, (_, rows)) in loras.enumerated() { for r in rows { index[r] = i } }
-        let tensors = loras.flatMap { [$0.0.a.value, $0.0.b.value] }
+        let tensors = loras.map { ($0.0.a.value, $0.0.b.value) }
+        let a = index.map { $0.map { UnsafePointer(tensors[$0].0.storage.pointer) } }
+        let b = index.map { $0.map { UnsafePointer(tensors[$0].1.storage.pointer) } }
         let ranks = index.map { $0.map { Int32(loras[$0].0.rank) } ?? 0 }
         let scales = index.map { $0.map { loras[$0].0.scale } ?? 0 }
-        var work = [Float](repeating: 0, count: max(1, loras.map(\.0.rank).max() ?? 1))
-        withPointers(tensors[...]) { pointers in
-            let a = index.map { $0.map { pointers[2 * $0] } }
-            let b = index.map { $0.map { pointers[2 * $0 + 1] } }
-            x.withUnsafeBufferPointer { xp in
-                y.withUnsafeMutableBufferPointer { yp in
-                    rk_lora_rows(
-                        yp.baseAddress, xp.baseAddress, Int32(B), Int32(T), Int32(inputs), Int32(outputs), a, b,
-                        ranks, scales, &work)
+        let maxRank = max(1, loras.map(\.0.rank).max() ?? 1)
+        let (xp, yp) = (UnsafePointer(x.storage.pointer), y.storage.pointer)
+        withExtendedLifetime((tensors, x, y)) {
+            Parallel.forRanges(B) { r, _ in
+                var work = [Float](repeating: 0, count: maxRank)
+                let (first, n) = (r.lowerBound, r.count)
+                a[first...].withUnsafeBufferPointer { ap in
+                    b[first...].withUnsafeBufferPointer { bp in
+                        rk_lora_rows(
+                            yp + first * T * outputs, xp + first * T * inputs, Int32(n), Int32(T), Int32(inputs),
+                            Int32(outputs), ap.baseAddress, bp.baseAddress, Array(ranks[r]), Array(scales[r]), &work)
+                    }
                 }
             }
         }
     }
-}
-
-/// Runs `body` with the storage of every tensor in `tensors` (each kept alive meanwhile).
-private func withPointers<R>(_ tensors: ArraySlice<Tensor>, _ done: [UnsafePointer<Float>] = [],
-                             _ body: ([UnsafePointer<Float>]) -> R) -> R {
-    guard let first = tensors.first else { return body(done) }
-    return first.withUnsafeBufferPointer { p in withPointers(tensors.dropFirst(), done + [p.baseAddress!], body) }
 }
 
 extension LoRA {

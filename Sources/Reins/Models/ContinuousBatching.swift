@@ -196,18 +196,30 @@ public final class ContinuousBatch {
             }
         }
         let V = model.vocabularySize
-        var events: [Event] = [], keep: [Int] = []
+        // Each row's token drawn on its own thread share (a draw at a temperature exponentiates the whole vocabulary).
+        let requests = running.map(\.request)
+        var rngs = running.map(\.rng)
+        var tokens = [Int32](repeating: 0, count: running.count)
         logits.withUnsafeBufferPointer { all in
-            for b in running.indices {
-                var row = Array(all[(b * V)..<((b + 1) * V)])
-                let r = running[b].request
-                let token = pickToken(&row, history: r.prompt + r.tokens, options: r.options, rng: &running[b].rng)
-                running[b].request.tokens.append(token)
-                running[b].next = token
-                let finish = finishReason(running[b].request, token: token, cache: running[b].cache)
-                events.append(Event(id: r.id, token: token, finish: finish))
-                if finish == nil { keep.append(b) }
+            rngs.withUnsafeMutableBufferPointer { rp in
+                tokens.withUnsafeMutableBufferPointer { tp in
+                    Parallel.forEach(requests.count) { b in
+                        var row = Array(all[(b * V)..<((b + 1) * V)])
+                        let r = requests[b]
+                        tp[b] = pickToken(&row, history: r.prompt + r.tokens, options: r.options, rng: &rp[b])
+                    }
+                }
             }
+        }
+        var events: [Event] = [], keep: [Int] = []
+        for b in running.indices {
+            let token = tokens[b]
+            running[b].rng = rngs[b]
+            running[b].request.tokens.append(token)
+            running[b].next = token
+            let finish = finishReason(running[b].request, token: token, cache: running[b].cache)
+            events.append(Event(id: requests[b].id, token: token, finish: finish))
+            if finish == nil { keep.append(b) }
         }
         running = keep.map { running[$0] }
         return events

@@ -1,3 +1,4 @@
+import CReinsKernels
 import Foundation
 import ReinsTensor
 
@@ -253,24 +254,21 @@ func pickToken(_ logits: inout [Float], history: [Int32], options: GenerationOpt
         return Int32(best)
     }
     for i in logits.indices { logits[i] /= options.temperature }
-    let top = logits.max() ?? 0
     let nucleus = options.topP.map { $0 < 1 } ?? false
     if options.topK.map({ $0 >= logits.count }) ?? true, !nucleus {
         // Plain sampling from the whole distribution: no order is needed, so nothing is sorted (a vocabulary of 50k
-        // tokens sorted per token per request would cost more than the decoding step it follows).
-        var total = 0.0
-        var weights = [Double](repeating: 0, count: logits.count)
-        for i in logits.indices {
-            weights[i] = Foundation.exp(Double(logits[i] - top))
-            total += weights[i]
-        }
-        var u = Double(rng.nextUniform()) * total
-        for i in weights.indices {
-            u -= weights[i]
+        // tokens sorted per token per request would cost more than the decoding step it follows). The probabilities
+        // come from the softmax kernel (vectorized exponentials); the draw walks them in Double.
+        var probabilities = [Float](repeating: 0, count: logits.count)
+        rk_softmax_forward(&probabilities, logits, 1, Int32(logits.count))
+        var u = Double(rng.nextUniform())
+        for i in probabilities.indices {
+            u -= Double(probabilities[i])
             if u < 0 { return Int32(i) }
         }
-        return Int32(weights.lastIndex { $0 > 0 } ?? 0)
+        return Int32(probabilities.lastIndex { $0 > 0 } ?? 0)
     }
+    let top = logits.max() ?? 0
     var order: [Int]
     if let k = options.topK, k < 64 {
         // The k most likely in order, by insertion into a short sorted list (ties: the lower id first).
