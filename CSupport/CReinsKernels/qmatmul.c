@@ -525,14 +525,22 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
 // Q4_0's offset of 8 is taken off in integers (8·Σq_x per block, exact); Q4_1's minimum is a float term m·ds, as in
 // the row-major kernels; Q8_0 moves the weight's sign onto the activation.
 #define PACK8_BODY(DOTACC, TYPE, R)                                                                                 \
+    enum { NA = R == 1 ? 4 : 2 };                                                                                   \
     __m256 acc[R];                                                                                                  \
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                       \
     const __m256i low4 = _mm256_set1_epi8(0x0F);                                                                    \
     (void)low4;                                                                                                     \
     for (int k = 0; k < nb; k++, p += GB_##TYPE) {                                                                  \
-        __m256i is[R];                                                                                              \
-        for (int r = 0; r < R; r++) is[r] = _mm256_setzero_si256();                                                 \
+        /* NA independent integer sums per row (a dpbusd waits ~5 cycles for the one before it on the same sum). */ \
+        __m256i ia[R][NA];                                                                                          \
+        for (int r = 0; r < R; r++)                                                                                 \
+            for (int a = 0; a < NA; a++) ia[r][a] = _mm256_setzero_si256();                                         \
         STEPS_##TYPE(DOTACC, R)                                                                                     \
+        __m256i is[R];                                                                                              \
+        for (int r = 0; r < R; r++) {                                                                               \
+            is[r] = _mm256_add_epi32(ia[r][0], ia[r][1]);                                                           \
+            if (NA == 4) is[r] = _mm256_add_epi32(is[r], _mm256_add_epi32(ia[r][NA - 2], ia[r][NA - 1]));           \
+        }                                                                                                           \
         __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                           \
         for (int r = 0; r < R; r++) {                                                                               \
             const rk_q8_block *b = x + (size_t)r * ldx + k;                                                         \
@@ -547,23 +555,38 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
 #define GB_Q4_0 144
 #define GB_Q8_0 272
 #define STEPS_Q4(DOTACC, R, QOFF)                                                                                   \
+    _Pragma("clang loop unroll(full)")                                                                              \
     for (int t = 0; t < 4; t++) {                                                                                   \
         __m256i v = _mm256_loadu_si256((const __m256i *)(p + QOFF + 32 * t));                                       \
         __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);              \
+        int a0 = NA == 4 ? 2 * (t & 1) : 0;                                                                         \
         for (int r = 0; r < R; r++) {                                                                               \
             const int8_t *q = x[(size_t)r * ldx + k].q;                                                             \
-            is[r] = DOTACC(is[r], lo, bcast4(q + 4 * t));                                                           \
-            is[r] = DOTACC(is[r], hi, bcast4(q + 16 + 4 * t));                                                      \
+            ia[r][a0] = DOTACC(ia[r][a0], lo, bcast4(q + 4 * t));                                                   \
+            ia[r][a0 + 1] = DOTACC(ia[r][a0 + 1], hi, bcast4(q + 16 + 4 * t));                                      \
         }                                                                                                           \
     }
 #define STEPS_Q4_1(DOTACC, R) STEPS_Q4(DOTACC, R, 32)
 #define STEPS_Q4_0(DOTACC, R) STEPS_Q4(DOTACC, R, 16)
 #define STEPS_Q8_0(DOTACC, R)                                                                                       \
+    _Pragma("clang loop unroll(full)")                                                                              \
     for (int t = 0; t < 8; t++) {                                                                                   \
         __m256i v = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t)), u = _mm256_sign_epi8(v, v);             \
         for (int r = 0; r < R; r++)                                                                                 \
-            is[r] = DOTACC(is[r], u, _mm256_sign_epi8(bcast4(x[(size_t)r * ldx + k].q + 4 * t), v));                \
+            ia[r][t % NA] = DOTACC(ia[r][t % NA], u, _mm256_sign_epi8(bcast4(x[(size_t)r * ldx + k].q + 4 * t), v)); \
     }
+// Q8_0 with VNNI: the weight offset by 128 (v XOR 0x80 is v + 128 as an unsigned byte) against the activation as
+// it is — vpdpbusd does not saturate — and 128·Σq_x taken off in integers (exact): no sign juggling per row.
+#define GB_Q8_0X GB_Q8_0
+#define STEPS_Q8_0X(DOTACC, R)                                                                                      \
+    _Pragma("clang loop unroll(full)")                                                                              \
+    for (int t = 0; t < 8; t++) {                                                                                   \
+        __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t)), _mm256_set1_epi8((char)0x80)); \
+        for (int r = 0; r < R; r++)                                                                                 \
+            ia[r][t % NA] = DOTACC(ia[r][t % NA], u, bcast4(x[(size_t)r * ldx + k].q + 4 * t));                     \
+    }
+#define FIX_Q8_0X(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(128 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
+#define MIN_TERM_Q8_0X(a, p, b)
 #define FIX_Q4_1(i, b)
 #define FIX_Q4_0(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(8 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
 #define FIX_Q8_0(i, b)
@@ -587,7 +610,7 @@ PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q4_0)
 PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q8_0)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_1)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_0)
-PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q8_0)
+PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q8_0X)
 
 typedef void (*pack8_fn)(float *, size_t, const uint8_t *, const rk_q8_block *, size_t, int);
 static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
@@ -596,7 +619,7 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
     switch (type) {
     case RK_GGML_Q4_1: if (vnni) { RK_SET_PACK8(Q4_1, vnni) } else { RK_SET_PACK8(Q4_1, avx2) } break;
     case RK_GGML_Q4_0: if (vnni) { RK_SET_PACK8(Q4_0, vnni) } else { RK_SET_PACK8(Q4_0, avx2) } break;
-    default: if (vnni) { RK_SET_PACK8(Q8_0, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
+    default: if (vnni) { RK_SET_PACK8(Q8_0X, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
     }
 #undef RK_SET_PACK8
 }

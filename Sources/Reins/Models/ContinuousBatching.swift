@@ -1,3 +1,4 @@
+import CReinsKernels
 import Foundation
 import ReinsTensor
 
@@ -14,16 +15,41 @@ extension Tensor {
             throw ModelError.badInput(
                 "row caches decode one new position per row without gradients: \(caches.count) caches for queries \(q.shape)")
         }
-        var out: [Tensor] = []
-        out.reserveCapacity(B)
-        for (b, cache) in caches.enumerated() {
-            try cache.append(k.rows([b]), v.rows([b]))
-            out.append(
-                try Tensor.attention(
-                    query: q.rows([b]), key: cache.keys!, value: cache.values!, causal: true, scale: scale,
-                    window: window, keyLength: cache.length))
+        let (NH, hs, NKV) = (q.shape[1], q.shape[3], k.shape[1])
+        guard k.shape[0] == B, v.shape == k.shape, NKV > 0, NH % NKV == 0, k.shape[3] == hs else {
+            throw ModelError.badInput("row caches: queries \(q.shape) with keys \(k.shape) and values \(v.shape)")
         }
-        return try Tensor.concatenate(out, axis: 0)
+        if let window, window < 1 { throw ModelError.badInput("sliding window \(window) is not positive") }
+        for (b, cache) in caches.enumerated() { try cache.append(k.rows([b]), v.rows([b])) }
+        // Every row's heads in one parallel region (a region per row would cost more in hand-offs than the work):
+        // row b's query heads against its own cache, all of it visible.
+        let result = try Tensor.zeros([B, NH, 1, hs])
+        let lse = [Float](repeating: 0, count: B * NH)
+        let longest = caches.map(\.length).max() ?? 0
+        let scratch = [Float](repeating: 0, count: Parallel.threadCount * max(longest, 1))
+        let s = scale ?? 1 / Float(hs).squareRoot()
+        let stores = caches.map { ($0.keys!, $0.values!, $0.length) }
+        let qs = q
+        withExtendedLifetime((stores, qs, result)) {
+            lse.withUnsafeBufferPointer { l in
+                scratch.withUnsafeBufferPointer { sp in
+                    let lp = UnsafeMutablePointer(mutating: l.baseAddress!), scr = UnsafeMutablePointer(mutating: sp.baseAddress!)
+                    Parallel.forRanges(B * NH) { r, chunk in
+                        for bh in r {
+                            let (b, h) = (bh / NH, bh % NH)
+                            let (keys, values, length) = stores[b]
+                            let slide = Int32(min(window ?? 0, length + 2))
+                            rk_attention_forward_rows(
+                                result.storage.pointer + b * NH * hs, lp + b * NH, qs.storage.pointer + b * NH * hs,
+                                keys.storage.pointer, values.storage.pointer, nil, 1, Int32(NH), Int32(NKV), 1, Int32(length),
+                                Int32(keys.shape[2]), Int32(hs), s, 1, Int32(length - 1), slide, nil, Int32(h), Int32(h + 1),
+                                scr + chunk * max(longest, 1))
+                        }
+                    }
+                }
+            }
+        }
+        return result
     }
 }
 
