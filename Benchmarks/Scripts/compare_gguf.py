@@ -101,6 +101,8 @@ def main():
     print("|---|---:|---:|---:|---:|---:|")
     for name in sorted({n for _, n in results}):
         rs, ls = results.get(("Reins", name), []), results.get(("llama.cpp", name), [])
+        if not rs or not ls:  # a Reins-only workload the filter also matched (the exact route)
+            continue
         r = statistics.median(x["per_second"] for x in rs)
         l = statistics.median(x["per_second"] for x in ls)
         rp = statistics.median(x["peak_rss_mb"] for x in rs)

@@ -6,9 +6,10 @@ reins-demo/decoder/adapters); needs safetensors and numpy (the reference venv ha
 
     ~/.reins-reference/bin/python Benchmarks/Scripts/serve_load.py --requests 200
 
-Eight distinct adapters per scenario: the PEFT LoRA trained in PyTorch on SmolLM2 (Tests/Fixtures/gguf/smollm2-lora),
-the demo's LoRA, IA3 and prefix adapters trained by Reins, and copies of them whose tensors are rescaled (distinct
-adapters of the same shapes: what serving costs does not depend on the values).
+Eight distinct adapters per scenario: the PEFT LoRA trained in PyTorch on SmolLM2 (Tests/Fixtures/gguf/smollm2-lora:
+r 4 on q_proj and v_proj, PEFT's default targets), the demo's LoRA (r 16 on every linear layer, 19.5 MB), IA3 and
+prefix adapters trained by Reins, and copies of them whose tensors are rescaled (distinct adapters of the same shapes:
+what serving costs does not depend on the values).
 """
 import argparse
 import concurrent.futures as futures
@@ -48,11 +49,13 @@ def prepare(folder, demo):
     shutil.copytree(peft, os.path.join(folder, "peft-lora"))
     for i, f in enumerate([1.0, 0.5, 0.75, 1.25, 1.5, 0.9, 1.1]):
         rescaled_copy(lora, os.path.join(folder, f"lora-{i}"), f)
+        rescaled_copy(peft, os.path.join(folder, f"peft-lora-{i}"), f)
     for method in ("ia3", "prefix"):
         shutil.copytree(os.path.join(demo, method), os.path.join(folder, method))
         for i, f in enumerate([1.02, 0.98]):
             rescaled_copy(os.path.join(demo, method), os.path.join(folder, f"{method}-{i}"), f)
     return {
+        "PEFT LoRA r4 on q, v (8 adapters)": ["peft-lora"] + [f"peft-lora-{i}" for i in range(7)],
         "LoRA (8 adapters)": ["peft-lora"] + [f"lora-{i}" for i in range(7)],
         "mixed methods (LoRA, IA3, prefix)": ["lora-0", "ia3", "prefix", "peft-lora", "ia3-0", "prefix-0", "lora-1",
                                               "prefix-1"],

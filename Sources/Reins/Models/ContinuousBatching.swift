@@ -24,23 +24,22 @@ extension Tensor {
         // Every row's heads in one parallel region (a region per row would cost more in hand-offs than the work):
         // row b's query heads against its own cache, all of it visible.
         let result = try Tensor.zeros([B, NH, 1, hs])
-        let lse = [Float](repeating: 0, count: B * NH)
+        var lse = [Float](repeating: 0, count: B * NH)
         let longest = caches.map(\.length).max() ?? 0
-        let scratch = [Float](repeating: 0, count: Parallel.threadCount * max(longest, 1))
+        var scratch = [Float](repeating: 0, count: Parallel.threadCount * max(longest, 1))
         let s = scale ?? 1 / Float(hs).squareRoot()
         let stores = caches.map { ($0.keys!, $0.values!, $0.length) }
-        let qs = q
-        withExtendedLifetime((stores, qs, result)) {
-            lse.withUnsafeBufferPointer { l in
-                scratch.withUnsafeBufferPointer { sp in
-                    let lp = UnsafeMutablePointer(mutating: l.baseAddress!), scr = UnsafeMutablePointer(mutating: sp.baseAddress!)
+        withExtendedLifetime((stores, q, result)) {
+            lse.withUnsafeMutableBufferPointer { l in
+                scratch.withUnsafeMutableBufferPointer { sp in
+                    let (lp, scr) = (l.baseAddress!, sp.baseAddress!)
                     Parallel.forRanges(B * NH) { r, chunk in
                         for bh in r {
                             let (b, h) = (bh / NH, bh % NH)
                             let (keys, values, length) = stores[b]
                             let slide = Int32(min(window ?? 0, length + 2))
                             rk_attention_forward_rows(
-                                result.storage.pointer + b * NH * hs, lp + b * NH, qs.storage.pointer + b * NH * hs,
+                                result.storage.pointer + b * NH * hs, lp + b * NH, q.storage.pointer + b * NH * hs,
                                 keys.storage.pointer, values.storage.pointer, nil, 1, Int32(NH), Int32(NKV), 1, Int32(length),
                                 Int32(keys.shape[2]), Int32(hs), s, 1, Int32(length - 1), slide, nil, Int32(h), Int32(h + 1),
                                 scr + chunk * max(longest, 1))
