@@ -47,9 +47,9 @@ public final class QuantizedMatrix: @unchecked Sendable {
     public var canInterleave: Bool { rk_qpack8_bytes(Int32(type.rawValue), Int32(rows), Int32(columns)) > 0 }
 
     /// The same matrix with its blocks interleaved by 8 rows (a copy, the same size; nothing is dequantized), or this
-    /// one when it is interleaved already or cannot be (``canInterleave``). Products with several input rows then
-    /// share each block's float work among 8 weight rows (decoding SmolLM2-135M Q4_1: 1.7x the tokens/s of one row,
-    /// 2.3x for a batch of 8; see Benchmarks/README.md). Frozen quantized layers of a model are kept this way.
+    /// one when it is interleaved already or cannot be (``canInterleave``). The integer products then share each
+    /// block's float work among 8 weight rows (SmolLM2-135M Q4_1 on 2 cores: decoding one row ~1.7x faster, a batch of
+    /// 8 rows ~2.3x; see Benchmarks/README.md). Frozen quantized layers of a model are kept this way.
     public func interleavedByRows() -> QuantizedMatrix {
         guard !isInterleaved, canInterleave else { return self }
         var packed = Data(count: byteCount)
@@ -225,18 +225,17 @@ extension Tensor {
                 _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
                 let t = Int32(weight.type.rawValue)
                 weight.withBytes { w in
-                  if weight.isInterleaved {
-                    Parallel.forRanges(OC / 8, minimum: 8) { r, _ in
-                        _ = rk_qmatmul_q8_packed8(
-                            out, xq, w, t, Int32(N), Int32(C), Int32(OC), Int32(r.lowerBound), Int32(r.upperBound))
+                    if weight.isInterleaved {  // groups of 8 weight rows
+                        Parallel.forRanges(OC / 8, minimum: 8) { r, _ in
+                            _ = rk_qmatmul_q8_packed8(
+                                out, xq, w, t, Int32(N), Int32(C), Int32(OC), Int32(r.lowerBound), Int32(r.upperBound))
+                        }
+                    } else {
+                        Parallel.forRanges(OC, minimum: 64) { r, _ in
+                            _ = rk_qmatmul_q8(
+                                out, xq, w, t, Int32(N), Int32(C), Int32(OC), Int32(r.lowerBound), Int32(r.upperBound))
+                        }
                     }
-                  } else {
-                    Parallel.forRanges(OC, minimum: 64) { r, _ in
-                        _ = rk_qmatmul_q8(
-                            out, xq, w, Int32(weight.type.rawValue), Int32(N), Int32(C), Int32(OC),
-                            Int32(r.lowerBound), Int32(r.upperBound))
-                    }
-                  }
                 }
             } else if N <= blockwiseFloatMaximumRows {
                 // Exact products for a few rows (decoding with --exact): each block dequantized as it is read
