@@ -256,12 +256,14 @@ struct BenchCommand: ParsableCommand {
             let model = try load(quantized: true)
             let config = LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])
             for i in 0..<rows { try model.addLoRA("task\(i)", config) }
-            var steps: [Double] = []
+            var steps: [Double] = [], joins: [Double] = []
             let ms = try median(repeats) {
                 let batch = try ContinuousBatch(model: model, capacity: rows)
                 for r in 0..<rows {
                     let options = GenerationOptions(maxNewTokens: 65, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
+                    let s = DispatchTime.now().uptimeNanoseconds
                     _ = try batch.add(prompt: Array(prompt.prefix(12 + r)), adapter: "task\(r)", options: options)
+                    joins.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
                 }
                 let s = DispatchTime.now().uptimeNanoseconds
                 for _ in 0..<64 { _ = try batch.step() }
@@ -270,6 +272,8 @@ struct BenchCommand: ParsableCommand {
             _ = ms
             let step = steps.sorted()[steps.count / 2]
             report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v", step, perSecond: Double(rows) / step * 1000, unit: "tokens/s")
+            let join = joins.sorted()[joins.count / 2]
+            report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v join (12-19 token prompt)", join, perSecond: 1000 / join, unit: "joins/s")
         }
         for quantized in [true, false] {
           for checkpointing in [false, true] {
