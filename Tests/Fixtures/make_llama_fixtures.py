@@ -12,15 +12,17 @@ parameter, and greedy continuations of a left-padded batch of two prompts (`gene
 row stopped). Sizes are odd on purpose: widths 30 and 36, head sizes 6 (not a power of two), grouped-query attention
 with 6 query heads over 2 key/value heads and 5 over 1, vocabularies 97 and 101. Adapters go to
 Tests/Fixtures/adapters/<name>/ (PEFT's save_pretrained) with io.safetensors: the logits with the adapter, the loss and
-the adapter's gradients under PEFT's keys.
+the adapter's gradients under PEFT's keys. `make_llama_fixtures.py task-heads` writes only the classification and
+question-answering adapters (on the committed llama-tiny) that a causal base serves with their heads set aside.
 """
 import os
+import sys
 
 import torch
 from peft import (IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model)
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+from transformers import (LlamaConfig, LlamaForCausalLM, LlamaForQuestionAnswering, LlamaForSequenceClassification,
+                          LlamaForTokenClassification, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 torch.manual_seed(2411)
@@ -159,7 +161,59 @@ def adapter(name, base, config, pad, nonzero=True):
     save(os.path.join(out, "io.safetensors"), tensors)
 
 
-if __name__ == "__main__":
+def task_adapter(name, head_class, config, base_dir, labels, rename=None, seed=0):
+    """A PEFT adapter with its task head (modules_to_save) on a `head_class` model built from the causal checkpoint in
+    `base_dir` (its decoder weights; the head random). io.safetensors holds a right-padded batch (pad 100, never a real
+    token), its mask and the model's logits (`logits`; for question answering `start_logits` and `end_logits`), which
+    a causal base with the adapter and its head set aside must reproduce."""
+    base = LlamaForCausalLM.from_pretrained(os.path.join(ROOT, "models", base_dir))
+    cfg = base.config
+    cfg.num_labels = labels
+    generator = torch.Generator().manual_seed(seed)
+    model = head_class(cfg)
+    state = {k: v for k, v in base.state_dict().items() if k.startswith("model.")}
+    if rename:
+        state = {rename + k[len("model."):]: v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.split(".")[0] in ("score", "classifier", "qa_outputs") for k in missing), missing
+    peft_model = get_peft_model(model.eval(), config)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3 + (1.0 if "ia3" in n else 0.0))
+    peft_model.eval()
+    out = os.path.join(ROOT, "adapters", name)
+    peft_model.save_pretrained(out)
+    ids = ints([[5, 17, 42, 9, 3, 61], [23, 7, 88, 100, 100, 100], [40, 100, 100, 100, 100, 100]])
+    mask = ints([[1] * 6, [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        result = peft_model(input_ids=ids.long(), attention_mask=mask.long())
+    tensors = {"input_ids": ids, "attention_mask": mask}
+    if hasattr(result, "start_logits"):
+        tensors["start_logits"], tensors["end_logits"] = result.start_logits, result.end_logits
+    else:
+        tensors["logits"] = result.logits
+    save(os.path.join(out, "io.safetensors"), tensors)
+
+
+def task_adapters():
+    """Classification and QA adapters for a causal base serving them with their heads set aside (reins serve)."""
+    task_adapter("llama-seqcls-lora", LlamaForSequenceClassification,
+                 LoraConfig(task_type=TaskType.SEQ_CLS, r=3, lora_alpha=6, target_modules=["q_proj", "v_proj"],
+                            lora_dropout=0.0), "llama-tiny", labels=3, seed=1)
+    task_adapter("llama-seqcls-prefix", LlamaForSequenceClassification,
+                 PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=2), "llama-tiny", labels=4, seed=2)
+    task_adapter("llama-tokcls-ia3", LlamaForTokenClassification, IA3Config(task_type=TaskType.TOKEN_CLS),
+                 "llama-tiny", labels=5, seed=3)
+    task_adapter("llama-qa-lora", LlamaForQuestionAnswering,
+                 LoraConfig(task_type=TaskType.QUESTION_ANS, r=2, lora_alpha=4,
+                            target_modules=["k_proj", "o_proj", "up_proj"], lora_dropout=0.0),
+                 "llama-tiny", labels=2, rename="transformer.", seed=4)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["task-heads"]:
+    task_adapters()
+elif __name__ == "__main__":
     llama = tiny_llama()
     tiny_qwen2()
     tiny_mistral()

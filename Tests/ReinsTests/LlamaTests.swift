@@ -242,3 +242,92 @@ struct GradientCheckpointingTests {
         for (key, g) in plain { expectClose(checked[key] ?? [], g, atol: 1e-6, rtol: 1e-5, "\(key)") }
     }
 }
+
+/// Classification and question-answering adapters served on the causal model of their decoder
+/// (``AdapterFiles/loadSettingHeadAside(directory:into:name:)``): PEFT's `SEQ_CLS` LoRA and prefix tuning, `TOKEN_CLS`
+/// IA3 and `QUESTION_ANS` LoRA (trained on `LlamaForQuestionAnswering`, whose decoder sits under `transformer.`) give
+/// PEFT's logits on the sequences of a right-padded batch, alone and side by side with each other in one model.
+struct AdapterTaskHeadTests {
+    static let adapters: [(name: String, task: AdapterTaskHead.Task, labels: Int)] = [
+        ("llama-seqcls-lora", .sequenceClassification, 3), ("llama-seqcls-prefix", .sequenceClassification, 4),
+        ("llama-tokcls-ia3", .tokenClassification, 5), ("llama-qa-lora", .questionAnswering, 2),
+    ]
+
+    /// The batch's sequences (its real tokens) and PEFT's logits for each: `[labels]` or `[tokens, labels]`.
+    static func expected(_ adapter: String, task: AdapterTaskHead.Task) throws -> ([[Int32]], [Tensor]) {
+        let io = try SafeTensorsFile(
+            path: Fixtures.directory.appendingPathComponent("adapters/\(adapter)/io.safetensors").path)
+        let ids = try io.intTensor("input_ids"), mask = try io.intTensor("attention_mask")
+        let (B, T) = (ids.shape[0], ids.shape[1])
+        let sequences = (0..<B).map { b in (0..<T).filter { mask.values[b * T + $0] == 1 }.map { ids.values[b * T + $0] } }
+        let logits: [Tensor] = try (0..<B).map { b in
+            let n = sequences[b].count
+            switch task {
+            case .sequenceClassification:
+                let l = try io.tensor("logits")
+                return try l.slice(axis: 0, b..<(b + 1)).reshaped([l.shape[1]])
+            case .tokenClassification:
+                let l = try io.tensor("logits")
+                return try l.slice(axis: 0, b..<(b + 1)).slice(axis: 1, 0..<n).reshaped([n, l.shape[2]])
+            case .questionAnswering:
+                let s = try io.tensor("start_logits").slice(axis: 0, b..<(b + 1)).slice(axis: 1, 0..<n)
+                let e = try io.tensor("end_logits").slice(axis: 0, b..<(b + 1)).slice(axis: 1, 0..<n)
+                return try Tensor.concatenate([s.reshaped([n, 1]), e.reshaped([n, 1])], axis: 1)
+            }
+        }
+        return (sequences, logits)
+    }
+
+    @Test func headsSetAsideOnACausalBaseGivePEFTsLogits() throws {
+        let model = try LlamaTests.causalLM("llama-tiny")
+        model.freeze()
+        var heads: [String: AdapterTaskHead] = [:]
+        for a in Self.adapters {
+            let dir = Fixtures.directory.appendingPathComponent("adapters/\(a.name)")
+            let head = try #require(try AdapterFiles.loadSettingHeadAside(directory: dir, into: model, name: a.name))
+            #expect(head.task == a.task && head.layer.outputs == a.labels, "\(a.name)")
+            heads[a.name] = head
+        }
+        model.activateAdapter(nil)
+        try model.foldPrefixes()
+        for a in Self.adapters {
+            let (sequences, want) = try Self.expected(a.name, task: a.task)
+            let got = try heads[a.name]!.logits(model, sequences, adapter: a.name)
+            #expect(got.count == want.count)
+            for (b, (g, w)) in zip(got, want).enumerated() {
+                expectClose(g, w, atol: 2e-4, rtol: 1e-4, "\(a.name) row \(b)")
+            }
+        }
+        // The base with no adapter routed gives other logits (the adapters' layers are not merged into it).
+        let (sequences, want) = try Self.expected("llama-seqcls-lora", task: .sequenceClassification)
+        let bare = try heads["llama-seqcls-lora"]!.logits(model, sequences, adapter: nil)
+        #expect(zip(bare[0].scalars, want[0].scalars).map { abs($0 - $1) }.max() ?? 0 > 1e-3)
+    }
+
+    @Test func headsThatDoNotFitAreNamedErrors() throws {
+        let model = try LlamaTests.causalLM("llama-tiny")
+        let dir = try temporaryDirectory().appendingPathComponent("bad")
+        let source = Fixtures.directory.appendingPathComponent("adapters/llama-seqcls-lora")
+        try FileManager.default.copyItem(at: source, to: dir)
+        // A task type that takes no head.
+        var config = try Checkpoint.readJSON(dir.appendingPathComponent("adapter_config.json"))
+        config["task_type"] = "CAUSAL_LM"
+        try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("adapter_config.json"))
+        #expect(throws: ModelError.self) { try AdapterFiles.loadSettingHeadAside(directory: dir, into: model, name: "x") }
+        #expect(!model.adapterNames.contains("x"), "a refused adapter leaves nothing behind")
+        // Label names that do not match the head.
+        config["task_type"] = "SEQ_CLS"
+        try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("adapter_config.json"))
+        try JSONSerialization.data(withJSONObject: ["a", "b"]).write(to: dir.appendingPathComponent("labels.json"))
+        #expect(throws: ModelError.self) { try AdapterFiles.loadSettingHeadAside(directory: dir, into: model, name: "y") }
+        #expect(!model.adapterNames.contains("y"))
+        try JSONSerialization.data(withJSONObject: ["a", "b", "c"]).write(to: dir.appendingPathComponent("labels.json"))
+        let head = try #require(try AdapterFiles.loadSettingHeadAside(directory: dir, into: model, name: "z"))
+        #expect(head.labels == ["a", "b", "c"])
+        #expect(throws: ModelError.self) { try head.logits(model, [[3, 4], []], adapter: "z") }
+        #expect(throws: ModelError.self) { try head.logits(model, [], adapter: "z") }
+        #expect(throws: (any Error).self) { try head.logits(model, [[3, 1000]], adapter: "z") }
+        // Without the set-aside load, the plain one refuses a head the model has no place for.
+        #expect(throws: ModelError.self) { try AdapterFiles.load(directory: source, into: model, name: "w") }
+    }
+}

@@ -22,6 +22,30 @@ public enum PEFTAdapter {
         try loader(directory, reader, model, name)
     }
 
+    /// Where a PEFT key's module lives in the model: the key without PEFT's `base_model.model.` wrapper, its leading
+    /// part renamed by ``pathRenaming`` when one is set.
+    static func modelPath(_ key: String) -> String {
+        let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key
+        guard let (from, to) = pathRenaming, path.hasPrefix(from) else { return path }
+        return to + path.dropFirst(from.count)
+    }
+
+    /// While set, module paths starting with `from` are read as starting with `to` (Llama's question-answering model
+    /// keeps its decoder under `transformer.`, the causal model under `model.`).
+    @TaskLocal static var pathRenaming: (from: String, to: String)?
+
+    /// The task-head tensors a load set aside (``AdapterFiles/loadSettingHeadAside(directory:into:name:)``).
+    final class HeadsAside: @unchecked Sendable {
+        var entries: [(key: String, plain: String, tensor: Tensor)] = []
+    }
+
+    /// While set, saved task heads (`score`, `classifier`, `qa_outputs`) that the model has no module for go here
+    /// instead of being refused.
+    @TaskLocal static var headsAside: HeadsAside?
+
+    /// The checkpoint keys of the task heads transformers' models use.
+    static let headKeys = ["score", "classifier", "qa_outputs"]
+
     /// Reads one PEFT method's directory into a model under a name.
     typealias Loader = (_ directory: URL, _ config: ConfigReader, _ model: any Module, _ name: String) throws -> Void
 
@@ -82,6 +106,17 @@ public enum PEFTAdapter {
             } else if let e = own.first {
                 throw ModelError.checkpointMismatch(
                     missing: ["\(headed.headKey).weight"], unexpected: [e.key], misshaped: [])
+            }
+        }
+        // A head the model has no module for, set aside for the caller when asked (installed last, so that a bad file
+        // sets nothing aside).
+        if let aside = headsAside {
+            let modules = Set(model.namedModules().map(\.key))
+            let lacking = headKeys.filter { !modules.contains($0) }
+            let set = rest.filter { e in lacking.contains { e.plain.hasPrefix($0 + ".") } }
+            if !set.isEmpty {
+                rest = rest.filter { e in !lacking.contains { e.plain.hasPrefix($0 + ".") } }
+                actions.append { aside.entries = set }
             }
         }
         // Biases (PEFT's bias="all", or BitFit) become the adapter's own bias variants; the base keeps its biases.

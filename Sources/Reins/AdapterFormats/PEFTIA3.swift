@@ -11,7 +11,7 @@ extension PEFTAdapter {
             uniquingKeysWith: { a, _ in a })
         var built: [(Linear, IA3)] = [], heads: [(key: String, plain: String, tensor: Tensor)] = []
         for key in file.tensorNames.sorted() {
-            let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key
+            let path = modelPath(key)
             guard path.hasSuffix(".ia3_l") else {
                 if path.contains("ia3_") {
                     throw ModelError.checkpointMismatch(

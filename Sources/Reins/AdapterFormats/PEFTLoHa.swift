@@ -24,7 +24,7 @@ extension PEFTAdapter {
         let parts = ["hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"]
         var factors: [String: [String: Tensor]] = [:], heads: [(key: String, plain: String, tensor: Tensor)] = []
         for key in file.tensorNames.sorted() {
-            let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst(17)) : key
+            let path = modelPath(key)
             guard let part = parts.first(where: { path.hasSuffix(".\($0)") }) else {
                 if path.contains("hada_") {
                     throw ModelError.checkpointMismatch(

@@ -41,7 +41,7 @@ extension PEFTAdapter {
                 (".lora_embedding_B", false, true),
             ]
         for key in file.tensorNames.sorted() {
-            let path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key
+            let path = modelPath(key)
             if adaptive, path.hasSuffix(".lora_E") {
                 singularValues[String(path.dropLast(".lora_E".count))] = try file.tensor(key)
                 continue

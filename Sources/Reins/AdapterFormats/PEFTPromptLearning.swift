@@ -16,7 +16,7 @@ extension PEFTAdapter {
             (
                 key: key,
                 plain: key.hasPrefix("base_model.model.")
-                    ? String(key.dropFirst(17)) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key,
+                    ? modelPath(key) : key.hasPrefix("base_model.") ? String(key.dropFirst(11)) : key,
                 tensor: try file.tensor(key)
             )
         }
