@@ -13,7 +13,8 @@ struct ServeCommand: ParsableCommand {
         discussion: """
             Endpoints: GET /v1/models (the base and every adapter), POST /v1/completions and /v1/chat/completions (the
             request's "model" names an adapter or the base; "stream": true for server-sent events), POST /v1/embeddings
-            (mean of the final hidden states), POST /v1/adapters {"name", "path"} and DELETE /v1/adapters/NAME to load
+            (mean of the final hidden states), POST /v1/classify (sequence- and token-classification and question-answering
+            adapters: PEFT's SEQ_CLS, TOKEN_CLS and QUESTION_ANS), POST /v1/adapters {"name", "path"} and DELETE /v1/adapters/NAME to load
             and unload adapters at run time, GET /metrics (Prometheus), GET /health. Requests for different adapters are
             decoded together in one continuous batch on the one base.
             """

@@ -9,6 +9,8 @@ public final class ServedModel {
     public let format: ChatFormat
     /// The name the base answers to in the API's `model` field.
     public let baseName: String
+    /// The task heads of the classification and question-answering adapters, by adapter name (`/v1/classify`).
+    public private(set) var heads: [String: AdapterTaskHead] = [:]
 
     public init(model: any CausalLanguageModel, format: ChatFormat, baseName: String) {
         (self.model, self.format, self.baseName) = (model, format, baseName)
@@ -31,14 +33,15 @@ public final class ServedModel {
         return names
     }
 
-    /// Loads one adapter under `name`, for inference (nothing trains; no adapter stays active).
+    /// Loads one adapter under `name`, for inference (nothing trains; no adapter stays active). A classification or
+    /// question-answering adapter's head is kept in ``heads`` (its other layers go into the base as any adapter's).
     public func loadAdapter(_ name: String, from directory: URL) throws {
         guard !name.isEmpty, name != baseName, name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
             throw ServerError.badRequest("adapter name '\(name)': letters, digits, '-', '_' and '.', and not the base's name")
         }
         guard !model.adapterNames.contains(name) else { throw ServerError.conflict("an adapter named '\(name)' is already loaded") }
         do {
-            try AdapterFiles.load(directory: directory, into: model, name: name)
+            heads[name] = try AdapterFiles.loadSettingHeadAside(directory: directory, into: model, name: name)
         } catch {
             try? model.deleteAdapter(name)
             throw ServerError.badRequest("adapter '\(name)' from \(directory.path): \(error)")
@@ -46,6 +49,12 @@ public final class ServedModel {
         try model.foldPrefixes()
         model.activateAdapter(nil)
         model.freeze()
+    }
+
+    /// Removes the adapter `name` and its head, if it has one.
+    public func unloadAdapter(_ name: String) throws {
+        try model.deleteAdapter(name)
+        heads[name] = nil
     }
 }
 

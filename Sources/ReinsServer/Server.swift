@@ -43,7 +43,7 @@ public struct ServeContext: RequestContext {
 public final class ReinsServer: Sendable {
     public let engine: Engine
     public let options: ServerOptions
-    let format: ChatFormat
+    public let format: ChatFormat
     let baseName: String
     let logger: Logger
     let registry = PrometheusCollectorRegistry()
@@ -96,6 +96,7 @@ public final class ReinsServer: Sendable {
             try await answer { try await completions(try await body(request), chat: true, channel: context.channel) }
         }
         router.post("/v1/embeddings") { [self] request, _ in try await answer { try await embeddings(try await body(request)) } }
+        router.post("/v1/classify") { [self] request, _ in try await answer { try await classify(try await body(request)) } }
         router.post("/v1/adapters") { [self] request, _ in try await answer { try await loadAdapter(try await body(request)) } }
         router.delete("/v1/adapters/:name") { [self] _, context in
             try await answer { try await unloadAdapter(context.parameters.get("name") ?? "") }
@@ -167,12 +168,15 @@ public final class ReinsServer: Sendable {
         }
     }
 
-    /// The adapter a `model` field names: nil for the base, else an adapter the model has (404 otherwise).
-    func adapter(named model: String) async throws -> String? {
+    /// The adapter a `model` field names: nil for the base, else an adapter the model has (404 otherwise). For
+    /// `generating`, not a classification or question-answering adapter (400: they answer on `/v1/classify`).
+    func adapter(named model: String, generating: Bool = false) async throws -> String? {
         if model == baseName { return nil }
-        let known = try await engine.run { $0.model.adapterNames }
-        guard known.contains(model) else {
-            throw ServerError.notFound("no model or adapter named '\(model)' (see /v1/models)")
+        let (known, task) = try await engine.run { ($0.model.adapterNames.contains(model), $0.heads[model]?.task) }
+        guard known else { throw ServerError.notFound("no model or adapter named '\(model)' (see /v1/models)") }
+        if generating, let task {
+            throw ServerError.badRequest(
+                "'\(model)' is a \(task.rawValue) adapter: it answers on /v1/classify, not by generating")
         }
         return model
     }
@@ -180,11 +184,15 @@ public final class ReinsServer: Sendable {
     // MARK: - Endpoints
 
     func models() async throws -> Response {
-        let names = try await engine.run { $0.model.adapterNames.sorted() }
+        let (names, tasks) = try await engine.run { served in
+            (served.model.adapterNames.sorted(), served.heads.mapValues { ($0.task.rawValue, $0.labels) })
+        }
         let created = Int(Date().timeIntervalSince1970)
         let data = ([baseName] + names).map { name -> [String: Any] in
             var entry: [String: Any] = ["id": name, "object": "model", "created": created, "owned_by": "reins"]
             if name != baseName { entry["parent"] = baseName }
+            // Classification and question-answering adapters: their task (served by /v1/classify) and labels.
+            if let (task, labels) = tasks[name] { (entry["task"], entry["labels"]) = (task, labels) }
             return entry
         }
         return Self.json(["object": "list", "data": data])
@@ -218,7 +226,7 @@ public final class ReinsServer: Sendable {
         let decoder = JSONDecoder()
         let sampling = try decoder.decode(OpenAI.Sampling.self, from: data)
         let settings = try generationOptions(sampling)
-        let adapter = try await adapter(named: sampling.model)
+        let adapter = try await adapter(named: sampling.model, generating: true)
         let prompt: [Int32]
         if chat {
             let request = try decoder.decode(OpenAI.ChatRequest.self, from: data)
@@ -391,7 +399,7 @@ public final class ReinsServer: Sendable {
             guard !engine.adaptersInUse.contains(name) else {
                 throw ServerError.conflict("adapter '\(name)' has requests running or waiting; try again when they finish")
             }
-            try served.model.deleteAdapter(name)
+            try served.unloadAdapter(name)
         }
         logger.info("adapter '\(name)' unloaded")
         return Self.json(["id": name, "object": "model", "deleted": true])

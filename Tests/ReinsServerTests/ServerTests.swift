@@ -299,4 +299,143 @@ struct ServerTests {
         #expect(try await answer("lora2").0 == 404)
         #expect(try await Self.blocking { try client.request("DELETE", "/v1/adapters/lora2") }.status == 404)
     }
+
+    /// Classification and question-answering adapters beside the generation ones: a PEFT `SEQ_CLS` LoRA saved from a
+    /// Llama sequence classifier on the served decoder's weights answers on /v1/classify what that classifier computes;
+    /// as `TOKEN_CLS` its last token agrees; a `QUESTION_ANS` adapter picks the best-scoring span of the context; wrong
+    /// uses are named 400s.
+    @Test func classificationAndQuestionAnsweringAdapters() async throws {
+        let running = try await Self.start()
+        defer { running.stop() }
+        let client = running.client
+        let dir = try temporaryDirectory()
+        let texts = ["a wonderful film", "the worst day of my life", "ok"]
+        let labels = ["negative", "neutral", "positive"]
+        // The classifier: the served decoder's weights, a LoRA and its own 3-label head; each text's logits alone.
+        let expected: [[Float]] = try await running.server.engine.run { served in
+            guard let base = served.model as? LlamaForCausalLM else { throw ModelError.badInput("not a Llama") }
+            var config = base.model.config
+            config.labelCount = 3
+            let classifier = try LlamaForSequenceClassification(config, seed: 9)
+            let weights = Dictionary(base.namedParameters().map { ($0.key, $0.parameter) }, uniquingKeysWith: { a, _ in a })
+            for (key, p) in classifier.namedParameters() where key.hasPrefix("model.") {
+                p.replaceValue(try #require(weights[key]).value)
+            }
+            try classifier.addAdapter(
+                "sentiment", .lora(LoRAConfig(rank: 3, alpha: 6, targets: ["q_proj", "v_proj"])), labels: 3, seed: 5)
+            for (j, p) in classifier.parameters(ofAdapter: "sentiment").enumerated() {
+                p.replaceValue(try p.value.detached() + Tensor.normal(p.value.shape, std: 0.5, seed: UInt64(700 + j)))
+            }
+            try classifier.saveAdapter("sentiment", to: dir.appendingPathComponent("sentiment"))
+            return try Autograd.withoutGradients {
+                try texts.map { t in
+                    let ids = served.format.tokenizer.encode(t)
+                    return try classifier.logits(try IntTensor(shape: [1, ids.count], values: ids)).scalars
+                }
+            }
+        }
+        let sentiment = dir.appendingPathComponent("sentiment")
+        try JSONSerialization.data(withJSONObject: labels).write(to: sentiment.appendingPathComponent("labels.json"))
+        // The same adapter read as a token classifier, and with a task type that takes no head.
+        func variant(_ name: String, task: String) throws -> URL {
+            let url = dir.appendingPathComponent(name)
+            try FileManager.default.copyItem(at: sentiment, to: url)
+            var config = try Checkpoint.readJSON(url.appendingPathComponent("adapter_config.json"))
+            config["task_type"] = task
+            try JSONSerialization.data(withJSONObject: config).write(to: url.appendingPathComponent("adapter_config.json"))
+            return url
+        }
+        // A question-answering adapter: the LoRA, and a 2-row `qa_outputs` head with a bias.
+        let reader = try variant("reader", task: "QUESTION_ANS")
+        let file = try SafeTensorsFile(path: reader.appendingPathComponent("adapter_model.safetensors").path)
+        var tensors = Dictionary(uniqueKeysWithValues: try file.tensorNames.map { ($0, try file.tensor($0)) })
+        let removed = tensors.removeValue(forKey: "base_model.model.score.weight")
+        let score = try #require(removed)
+        tensors["base_model.model.qa_outputs.weight"] = try score.slice(axis: 0, 0..<2)
+        tensors["base_model.model.qa_outputs.bias"] = try Tensor(shape: [2], values: [0.3, -0.2])
+        try SafeTensorsFile.write(tensors, to: reader.appendingPathComponent("adapter_model.safetensors").path)
+        let adapters = [
+            ("sentiment", sentiment), ("tagger", try variant("tagger", task: "TOKEN_CLS")), ("reader", reader),
+        ]
+        for (name, url) in adapters {
+            let loaded = try await Self.blocking { try client.post("/v1/adapters", ["name": name, "path": url.path]) }
+            #expect(loaded.status == 201, "\(name): \(loaded.text)")
+        }
+        let bad = try variant("bad", task: "CAUSAL_LM").path
+        let refused = try await Self.blocking { try client.post("/v1/adapters", ["name": "bad", "path": bad]) }
+        #expect(refused.status == 400 && refused.text.contains("task_type"), "\(refused.text)")
+
+        let models = try await Self.blocking { try client.request("GET", "/v1/models") }
+        let entries = (models.json["data"] as? [[String: Any]]) ?? []
+        let entry = entries.first { $0["id"] as? String == "sentiment" }
+        #expect(entry?["task"] as? String == "SEQ_CLS" && entry?["labels"] as? [String] == labels)
+        #expect(entries.first { $0["id"] as? String == "reader" }?["task"] as? String == "QUESTION_ANS")
+        #expect(entries.first { $0["id"] as? String == "lora" }?["task"] == nil)
+
+        // Sequence classification: the classifier's logits, its softmax and the label of the largest.
+        let classified = try await Self.blocking { try client.post("/v1/classify", ["model": "sentiment", "input": texts]) }
+        #expect(classified.status == 200, "\(classified.text)")
+        let rows = (classified.json["data"] as? [[String: Any]]) ?? []
+        #expect(rows.count == texts.count)
+        for (i, row) in rows.enumerated() {
+            let logits = (row["logits"] as? [Double])?.map(Float.init) ?? []
+            #expect(logits.count == 3 && zip(logits, expected[i]).allSatisfy { abs($0 - $1) < 1e-4 }, "\(logits) vs \(expected[i])")
+            let best = expected[i].indices.max { expected[i][$0] < expected[i][$1] }!
+            #expect(row["label"] as? String == labels[best])
+            let probs = (row["probs"] as? [Double]) ?? []
+            #expect(abs(probs.reduce(0, +) - 1) < 1e-5 && probs.indices.max { probs[$0] < probs[$1] } == best)
+        }
+        // Token classification: one label per token; the last token's is the sequence classifier's (same head, same
+        // state).
+        let tagged = try await Self.blocking { try client.post("/v1/classify", ["model": "tagger", "input": texts[1]]) }
+        let tokens = ((tagged.json["data"] as? [[String: Any]])?.first?["tokens"] as? [[String: Any]]) ?? []
+        let ids = running.server.format.tokenizer.encode(texts[1])
+        #expect(tokens.count == ids.count, "\(tagged.text)")
+        #expect(tokens.map { $0["token"] as? String ?? "" }.joined() == texts[1])
+        let lastBest = expected[1].indices.max { expected[1][$0] < expected[1][$1] }!
+        #expect(tokens.last?["label"] as? String == labels[lastBest])
+
+        // Question answering: the span of the context with the highest start + end logits (the library's head).
+        let question = "who wrote it", context = "the book was written by a cat in a small house"
+        let answered = try await Self.blocking {
+            try client.post("/v1/classify", ["model": "reader", "input": ["question": question, "context": context], "max_answer_tokens": 4])
+        }
+        #expect(answered.status == 200, "\(answered.text)")
+        let answer = (answered.json["data"] as? [[String: Any]])?.first ?? [:]
+        let (q, c) = (running.server.format.tokenizer.encode(question), running.server.format.tokenizer.encode(context))
+        let spans: [Float] = try await running.server.engine.run { served in
+            try #require(served.heads["reader"]).logits(served.model, [q + c], adapter: "reader")[0].scalars
+        }
+        var best = (0, 0, -Float.infinity)
+        for s in 0..<c.count {
+            for e in s..<min(c.count, s + 4) where spans[2 * (q.count + s)] + spans[2 * (q.count + e) + 1] > best.2 {
+                best = (s, e, spans[2 * (q.count + s)] + spans[2 * (q.count + e) + 1])
+            }
+        }
+        #expect(answer["start_token"] as? Int == best.0 && answer["end_token"] as? Int == best.1, "\(answer)")
+        #expect(answer["answer"] as? String == running.server.format.tokenizer.decode(Array(c[best.0...best.1])))
+
+        // Wrong uses: named 400s (and 404 for a name nobody has); the server keeps serving.
+        let wrong: [([String: Any], String, Int, String)] = [
+            (["model": "sentiment", "messages": Self.messages("a")], "/v1/chat/completions", 400, "/v1/classify"),
+            (["model": "tiny", "input": "x"], "/v1/classify", 400, "no task head"),
+            (["model": "lora", "input": "x"], "/v1/classify", 400, "generation adapter"),
+            (["model": "sentiment", "input": ["question": "a", "context": "b"]], "/v1/classify", 400, "strings"),
+            (["model": "reader", "input": "x"], "/v1/classify", 400, "question"),
+            (["model": "reader", "input": ["question": "a", "context": ""]], "/v1/classify", 400, "context is empty"),
+            (["model": "sentiment", "input": [String]()], "/v1/classify", 400, "input"),
+            (["model": "sentiment", "input": [""]], "/v1/classify", 400, "empty"),
+            (["model": "sentiment", "input": 7], "/v1/classify", 400, "input"),
+            (["model": "nobody", "input": "x"], "/v1/classify", 404, "nobody"),
+        ]
+        for (body, path, status, words) in wrong {
+            let data = try JSONSerialization.data(withJSONObject: body)
+            let r = try await Self.blocking { try client.request("POST", path, body: data) }
+            let message = ((r.json["error"] as? [String: Any])?["message"] as? String) ?? r.text
+            #expect(r.status == status && message.contains(words), "\(body): \(r.status) \(message)")
+        }
+        let deleted = try await Self.blocking { try client.request("DELETE", "/v1/adapters/reader") }
+        #expect(deleted.status == 200)
+        #expect(try await running.server.engine.run { $0.heads["reader"] == nil })
+    }
 }

@@ -24,7 +24,7 @@ public final class AdapterTaskHead {
     /// `[labels, hidden]`, with the bias when the head has one (token classifiers and QA heads do).
     public let layer: Linear
     /// The class names: `labels.json` in the adapter's directory, else `LABEL_i` (transformers' defaults); for
-    /// question answering `start`, `end`.
+    /// question answering `start`, `end` (a labels.json is not read).
     public let labels: [String]
 
     /// A head from its saved tensors (`<key>.weight` `[labels, width]`, optional `<key>.bias`), checked.
@@ -56,7 +56,7 @@ public final class AdapterTaskHead {
             throw ModelError.checkpointMismatch(
                 missing: [], unexpected: [], misshaped: ["\(headKey).weight is \(weight.shape), expected [2, \(width)] for question answering"])
         }
-        if let names = names, names.count != count {
+        if task != .questionAnswering, let names = names, names.count != count {
             throw ModelError.badInput("labels.json names \(names.count) labels; the adapter's head has \(count)")
         }
         layer = try Linear(inputs: width, outputs: count, bias: bias != nil, seed: 0)
