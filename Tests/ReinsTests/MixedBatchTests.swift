@@ -7,7 +7,8 @@ import Testing
 
 /// Mixed-adapter batches: one forward pass over rows that each use their own adapter (or none) on one shared base
 /// equals, row by row, running each row alone with its adapter active — for every adapter method, on GPT-2, Llama
-/// (grouped-query heads, untied output) and Qwen2 (q/k/v biases, tied output), and BERT's per-adapter heads.
+/// (grouped-query heads, untied output) and Qwen2 (q/k/v biases, tied output), and BERT (per-adapter heads, and
+/// prefix and prompt-tuning rows beside others).
 struct MixedBatchTests {
     static let llamaLinear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -189,6 +190,48 @@ struct MixedBatchTests {
         }
         #expect { try model.withAdapters(perRow: ["a", "wide", nil, nil]) { try model.logits(ids) } } throws: {
             "\($0)".contains("cannot share one logits tensor")
+        }
+    }
+
+    /// BERT rows with prefix and prompt-tuning adapters of different lengths, LoRA and none, in one batch with
+    /// padding: each row's pooled classification (its first position — [CLS], or its own prompt's first vector),
+    /// mean-pooled classification, token states and sentence embeddings equal that row alone with its adapter.
+    @Test func bertVirtualTokensPerRow() throws {
+        guard case let .bertSequenceClassification(model) = try PretrainedModel.load(directory: Fixtures.model("bert-cls"))
+        else { Issue.record("bert-cls did not load as a classifier"); return }
+        let labels = model.heads.base.outputs
+        let methods: [(String, AdapterMethod)] = [
+            ("prefix", .prefix(length: 2)), ("prefix-3", .prefix(length: 3)), ("prompt", .promptTuning(length: 3)),
+            ("prompt-1", .promptTuning(length: 1)), ("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["query", "value"]))),
+        ]
+        for (i, (name, method)) in methods.enumerated() {
+            try model.addAdapter(name, method, labels: labels, seed: UInt64(i + 1))
+            for (j, p) in model.parameters(ofAdapter: name).enumerated() {
+                p.replaceValue(try p.value.detached() + Tensor.normal(p.value.shape, std: 0.3, seed: UInt64(40 * i + j)))
+            }
+        }
+        model.activateAdapter(nil)
+        let (B, T) = (6, 5)
+        let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32(5 + ($0 * 7) % 50) })
+        let mask = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { i in i / T == 1 && i % T >= 3 ? 0 : 1 })
+        let routing: [String?] = ["prompt", "prefix-3", nil, "prompt-1", "lora", "prefix"]
+        func each(_ compute: (IntTensor, IntTensor) throws -> Tensor, _ what: String) throws {
+            let mixed = try model.withAdapters(perRow: routing) { try compute(ids, mask) }
+            for (b, name) in routing.enumerated() {
+                model.activateAdapter(name)
+                defer { model.activateAdapter(nil) }
+                let alone = try compute(ids.rows([b]), mask.rows([b]))
+                expectClose(
+                    try mixed.slice(axis: 0, b..<(b + 1)).scalars, alone.scalars, atol: 2e-5, rtol: 1e-4,
+                    "BERT \(what), row \(b) (\(name ?? "base"))")
+            }
+        }
+        try Autograd.withoutGradients {
+            try each({ try model.logits($0, attentionMask: $1) }, "pooled classification")
+            try each({ try model.bert.tokenStates($0, attentionMask: $1) }, "token states")
+            try each({ try model.bert.sentenceEmbeddings($0, attentionMask: $1) }, "sentence embeddings")
+            model.pooling = .mean
+            try each({ try model.logits($0, attentionMask: $1) }, "mean-pooled classification")
         }
     }
 

@@ -273,13 +273,13 @@ public final class BertModel: Module, VirtualTokenHost {
             throw ModelError.badInput("input ids must be [batch, length], got \(ids.shape)")
         }
         let (B, T) = (ids.shape[0], ids.shape[1])
-        if try routedVirtualTokens(rows: B) != nil {
-            throw ModelError.badInput(
-                "BERT does not mix prefix or prompt-tuning adapters with others in one batch (the pooled position moves with each row's prompt): run those rows with their adapter active")
-        }
-        let P = prefix?.length ?? 0, Q = promptLength
-        guard P + Q + T <= config.positions else {
-            throw ModelError.sequenceTooLong(length: P + Q + T, maximum: config.positions)
+        // In a batch routed to adapters of which some bring a prefix or prompt vectors, each row gets its own, padded
+        // on the left to the longest (P, Q) and masked out, so that it sees what it would alone.
+        let routed = try routedVirtualTokens(rows: B)
+        let P = routed?.P ?? prefix?.length ?? 0, Q = routed?.Q ?? promptLength
+        let longest = routed.map { r in (0..<B).map { r.prefixLength($0) + r.promptLength($0) }.max() ?? 0 } ?? P + Q
+        guard longest + T <= config.positions else {
+            throw ModelError.sequenceTooLong(length: longest + T, maximum: config.positions)
         }
         try checkTokens(ids, vocabularySize: config.vocabularySize)
         for (name, t) in [("attention mask", attentionMask), ("token type ids", tokenTypeIDs)] {
@@ -294,25 +294,38 @@ public final class BertModel: Module, VirtualTokenHost {
         }
         var words = try embeddings.word(ids)
         var typeIDs = types
-        if Q > 0, let prompt {
+        if Q > 0 {
             // As PEFT: prompt vectors first, then the tokens; positions and token types run over both.
-            let one = try prompt.value.reshaped([1, Q, config.hidden])
-            words = try Tensor.concatenate([one.repeatedOverBatch(B), words], axis: 1)
+            let vectors =
+                try routed?.promptInputs(width: config.hidden)
+                ?? prompt.map { try $0.value.reshaped([1, Q, config.hidden]).repeatedOverBatch(B) }
+            if let vectors { words = try Tensor.concatenate([vectors, words], axis: 1) }
             var values: [Int32] = []
             for b in 0..<B { values += [Int32](repeating: 0, count: Q) + types.values[(b * T)..<((b + 1) * T)] }
             typeIDs = try IntTensor(shape: [B, Q + T], values: values)
         }
         let W = Q + T
-        let positions = try IntTensor(shape: [B, W], values: (0..<(B * W)).map { Int32(P + $0 % W) })
+        let positions =
+            try routed?.positions(IntTensor(shape: [B, T], values: (0..<(B * T)).map { Int32($0 % T) }))
+            ?? IntTensor(shape: [B, W], values: (0..<(B * W)).map { Int32(P + $0 % W) })
         let e = try words + embeddings.position(positions) + embeddings.tokenType(typeIDs)
         var x = try embeddings.norm(e).trainingDropout(config.hiddenDropout)
-        let withPrompt = try maskWithPrompt(attentionMask, batch: B, length: T)
-        let keyMask = try prefix.map { try $0.extend(withPrompt, batch: B, width: W) } ?? withPrompt
-        let prefixes = try prefix?.keysValues(batch: B)
-        for (i, layer) in layers.enumerated() {
-            x = try layer(
-                x, keyMask: keyMask, prefix: prefixes?[i], leading: firstOnly && i == layers.count - 1 ? 1 : nil)
+        let keyMask: IntTensor?, prefixes: [(keys: Tensor, values: Tensor)]?
+        if let routed {
+            keyMask = try routed.keyMask(attentionMask, length: T)
+            prefixes = try routed.keysValues(layers: layers.count, heads: config.heads, headSize: config.hidden / config.heads)
+        } else {
+            let withPrompt = try maskWithPrompt(attentionMask, batch: B, length: T)
+            keyMask = try prefix.map { try $0.extend(withPrompt, batch: B, width: W) } ?? withPrompt
+            prefixes = try prefix?.keysValues(batch: B)
         }
+        // The first position read (firstOnly): [CLS], or with a prompt its first vector — in a routed batch each row's
+        // own, after its padding.
+        let leading = firstOnly && routed == nil
+        for (i, layer) in layers.enumerated() {
+            x = try layer(x, keyMask: keyMask, prefix: prefixes?[i], leading: leading && i == layers.count - 1 ? 1 : nil)
+        }
+        if firstOnly, let routed { return try x.positions((0..<B).map { Q - routed.promptLength($0) }) }
         return firstOnly && layers.isEmpty ? try x.slice(axis: 1, 0..<1) : x
     }
 
@@ -323,7 +336,7 @@ public final class BertModel: Module, VirtualTokenHost {
         includingPrompt: Bool = false
     ) throws -> Tensor {
         let h = try hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
-        let Q = includingPrompt ? 0 : promptLength
+        let Q = includingPrompt ? 0 : leadingPromptRows
         return Q == 0 ? h : try h.slice(axis: 1, Q..<h.shape[1])
     }
 

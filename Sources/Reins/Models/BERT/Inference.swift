@@ -14,11 +14,16 @@ extension BertModel {
             try hiddenStates(ids, attentionMask: attentionMask, tokenTypeIDs: tokenTypeIDs)
         }
         let (B, T, C) = (h.shape[0], h.shape[1], h.shape[2])
+        // With prompt tuning the states start with the prompt's rows, which count as real (as PEFT's mask has them).
+        let mask = try maskWithPrompt(attentionMask, batch: ids.shape[0], length: ids.shape[1]) ?? attentionMask
+        guard mask.shape == [B, T] else {
+            throw ModelError.badInput("attention mask \(mask.shape) does not match the hidden states [\(B), \(T)]")
+        }
         var out = [Float](repeating: 0, count: B * C)
         h.withUnsafeBufferPointer { x in
             for b in 0..<B {
                 var count: Float = 0
-                for t in 0..<T where attentionMask.values[b * T + t] != 0 {
+                for t in 0..<T where mask.values[b * T + t] != 0 {
                     count += 1
                     for c in 0..<C { out[b * C + c] += x[(b * T + t) * C + c] }
                 }
