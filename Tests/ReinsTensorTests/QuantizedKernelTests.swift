@@ -185,6 +185,34 @@ struct QuantizedKernelTests {
         #expect(rk_qmatmul_q8_packed8(&out, xq, packed, Int32(type.rawValue), 1, Int32(C), Int32(OC), 0, 6) == RK_ERR_ARG)
     }
 
+    /// The largest integer sums a block can make — every 4-bit weight 15 (8-bit: ±127) against activations all
+    /// ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products in 16 bits).
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q8_0])
+    func interleavedKernelsAreExactAtTheLargestSums(type: GGMLType) throws {
+        let C = 64, OC = 8, N = 3
+        let random = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
+        var bytes = random.withBytes { Array(UnsafeRawBufferPointer(start: $0, count: random.byteCount)) }
+        let bb = type.blockBytes!, header = type == .q4_1 ? 4 : 2
+        for k in 0..<(bytes.count / bb) {
+            for i in header..<bb { bytes[k * bb + i] = type == .q8_0 ? (k % 2 == 0 ? 0x7F : 0x81) : 0xFF }
+        }
+        let w = try QuantizedMatrix(type: type, rows: OC, columns: C, data: Data(bytes))
+        let x = (0..<(N * C)).map { i -> Float in i / C == 0 ? 1 : i / C == 1 ? -1 : (i % 2 == 0 ? 1 : -1) }
+        let xq = Self.blocks(x, rows: N, columns: C, reference: true)
+        #expect(xq.allSatisfy { b in withUnsafeBytes(of: b.q) { $0.allSatisfy { Int8(bitPattern: $0).magnitude == 127 } } })
+        var reference = [Float](repeating: .nan, count: N * OC)
+        _ = w.withBytes { rk_qmatmul_q8_ref(&reference, xq, $0, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, Int32(OC)) }
+        var packed = [UInt8](repeating: 0, count: w.byteCount)
+        #expect(w.withBytes { rk_qpack8(&packed, $0, Int32(type.rawValue), Int32(OC), Int32(C)) } == RK_OK)
+        for isa in Int32(0)...rk_isa_detected() {
+            let active = rk_isa_select(isa)
+            defer { rk_isa_select(rk_isa_detected()) }
+            var got = [Float](repeating: .nan, count: N * OC)
+            #expect(rk_qmatmul_q8_packed8(&got, xq, packed, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, 1) == RK_OK)
+            expectClose(got, reference, atol: 1e-5, rtol: 1e-6, "\(type) on isa \(active)")
+        }
+    }
+
     @Test func kernelsRefuseWhatTheyCannotCompute() {
         var out = [Float](repeating: 0, count: 4)
         var blocks = [rk_q8_block](repeating: rk_q8_block(), count: 1)

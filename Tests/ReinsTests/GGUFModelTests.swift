@@ -219,7 +219,8 @@ struct QuantizedBaseTests {
             try model.saveAdapter(name, to: dir.appendingPathComponent(name))
         }
         model.activateAdapter(nil)
-        expectClose(try model.logits(ids, attentionMask: mask).scalars, baseLogits, atol: 1e-6, rtol: 0, "base untouched")
+        // Not bit-equal: the threads may split a reduction differently from one pass to the next (seen: 1.2e-6).
+        expectClose(try model.logits(ids, attentionMask: mask).scalars, baseLogits, atol: 1e-5, rtol: 1e-6, "base untouched")
         let fresh = try Self.quantized(base)
         for (name, _) in methods {
             try fresh.loadAdapter(name, from: dir.appendingPathComponent(name))
