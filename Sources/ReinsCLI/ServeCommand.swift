@@ -32,6 +32,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Requests waiting for a place in the batch; more get 503.") var maxQueue = 64
     @Option(help: "The most new tokens a request may ask for.") var maxTokens = 1024
     @Option(help: "The most prompt tokens a request may bring.") var maxPromptTokens = 4096
+    @Option(help: "The most padded tokens (inputs × the longest) an embeddings or classify request may bring.")
+    var maxBatchTokens = 16384
     @Option(help: "The largest request body, in bytes.") var maxBody = 1 << 20
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
     @Flag(help: "For a GGUF model: compute with the dequantized weights in float32.") var exact = false
@@ -39,7 +41,8 @@ struct ServeCommand: ParsableCommand {
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be within 0...65535, got \(port)") }
         for (flag, v) in [("--max-batch", maxBatch), ("--max-queue", maxQueue), ("--max-tokens", maxTokens),
-                          ("--max-prompt-tokens", maxPromptTokens), ("--max-body", maxBody)] where v <= 0 {
+                          ("--max-prompt-tokens", maxPromptTokens), ("--max-body", maxBody),
+                          ("--max-batch-tokens", maxBatchTokens)] where v <= 0 {
             throw ValidationError("\(flag) must be positive, got \(v)")
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): trace, debug, info, notice, warning, error or critical") }
@@ -62,6 +65,7 @@ struct ServeCommand: ParsableCommand {
         var options = ServerOptions()
         (options.host, options.port, options.batchCapacity, options.queueLimit) = (host, port, maxBatch, maxQueue)
         (options.maxTokens, options.maxPromptTokens, options.maxBodyBytes) = (maxTokens, maxPromptTokens, maxBody)
+        options.maxBatchTokens = maxBatchTokens
         let server = try ReinsServer(served: served, options: options)
         let host = self.host
         let app = server.application { port in

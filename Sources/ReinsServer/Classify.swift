@@ -43,16 +43,9 @@ extension OpenAI {
 }
 
 extension ReinsServer {
-    /// What one classify call computed on the engine's thread: each input's head logits, row-major.
-    struct HeadOutput: Sendable {
-        let task: AdapterTaskHead.Task
-        let labels: [String]
-        /// Per input: `[labels]`, or `[tokens × labels]` for token classification and question answering.
-        let logits: [[Float]]
-    }
-
     /// `POST /v1/classify`: a classification or question-answering adapter's answers for a batch of inputs, computed
-    /// in one pass over the shared base with the adapter routed and its head on the final hidden states.
+    /// in one pass over the shared base (with the other classify requests waiting, whatever their adapters), each row's
+    /// adapter routed and its head on the final hidden states.
     /// - Sequence classification: each input's `label`, `probs` (softmax) and `logits`.
     /// - Token classification: each input's tokens with their `label` and its probability (`score`).
     /// - Question answering: the `answer` span of the context (the question's tokens come first, then the
@@ -87,21 +80,13 @@ extension ReinsServer {
         if let long = sequences.first(where: { $0.count > options.maxPromptTokens }) {
             throw ServerError.tooLong("an input has \(long.count) tokens; the most is \(options.maxPromptTokens)")
         }
-        let asksQuestions = !contextStart.isEmpty, batch = sequences
-        let output = try await engine.run { served -> HeadOutput in
-            guard let head = served.heads[adapter] else {
-                throw ServerError.badRequest(
-                    "'\(adapter)' has no task head (it is a generation adapter): /v1/classify takes classification and question-answering adapters")
-            }
-            guard (head.task == .questionAnswering) == asksQuestions else {
-                throw ServerError.badRequest(
-                    head.task == .questionAnswering
-                        ? "'\(adapter)' answers questions: input takes {\"question\", \"context\"} objects"
-                        : "'\(adapter)' is a \(head.task.rawValue) adapter: input takes strings")
-            }
-            let logits = try head.logits(served.model, batch, adapter: adapter)
-            return HeadOutput(task: head.task, labels: head.labels, logits: logits.map(\.scalars))
+        let padded = sequences.count * (sequences.map(\.count).max() ?? 0)
+        guard padded <= options.maxBatchTokens else {
+            throw ServerError.tooLong(
+                "the inputs make \(padded) padded tokens (inputs × the longest); the most is \(options.maxBatchTokens)")
         }
+        // Answered together with the other classify requests waiting at the engine's next turn.
+        let output = try await engine.classify(sequences, adapter: adapter, questions: !contextStart.isEmpty)
         let L = output.labels.count
         let data: [[String: Any]] = sequences.enumerated().map { i, ids in
             let row = output.logits[i]

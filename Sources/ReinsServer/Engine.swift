@@ -111,6 +111,23 @@ public final class Engine: @unchecked Sendable {
         /// Tokens per second over the last steps (an exponential average).
         public var tokensPerSecond = 0.0
         public var largestBatch = 0
+        /// The most classify requests answered in one pass.
+        public var largestClassificationBatch = 0
+    }
+
+    /// A classify request's answer: its adapter's task and labels, and each input's head logits.
+    public struct Classification: Sendable {
+        public let task: AdapterTaskHead.Task
+        public let labels: [String]
+        /// Per input: `[labels]`, or `[tokens × labels]` row-major (token classification, question answering).
+        public let logits: [[Float]]
+    }
+
+    struct PendingClassification {
+        let sequences: [[Int32]]
+        let adapter: String
+        let questions: Bool
+        let answer: CheckedContinuation<Classification, any Error>
     }
 
     private let served: ServedModel
@@ -120,6 +137,10 @@ public final class Engine: @unchecked Sendable {
     private let condition = NSCondition()
     private var pending: [Pending] = []
     private var work: [(ServedModel) -> Void] = []
+    private var classifications: [PendingClassification] = []
+    /// The most padded tokens (inputs × the longest) one classification pass reads; more waiting requests run in
+    /// further passes.
+    public let classificationTokenBudget: Int
     private var cancelled: Set<Int> = []
     private var runningIDs: [Int: (batchID: Int, sink: AsyncStream<Output>.Continuation, adapter: String?)] = [:]
     private var stats = Statistics()
@@ -128,10 +149,14 @@ public final class Engine: @unchecked Sendable {
     /// Called on the engine thread after each step with the statistics (the server's metrics).
     var onStatistics: (@Sendable (Statistics) -> Void)?
 
-    public init(served: ServedModel, batchCapacity: Int = 16, queueLimit: Int = 64) throws {
+    public init(served: ServedModel, batchCapacity: Int = 16, queueLimit: Int = 64, classificationTokenBudget: Int = 16384)
+        throws
+    {
+        guard classificationTokenBudget > 0 else { throw ServerError.badRequest("the classification token budget must be positive") }
         self.served = served
         batch = try ContinuousBatch(model: served.model, capacity: batchCapacity)
         self.queueLimit = queueLimit
+        self.classificationTokenBudget = classificationTokenBudget
     }
 
     /// Starts the engine's thread.
@@ -197,6 +222,22 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// The head logits of `sequences` under the classification or question-answering adapter `adapter`, computed on the
+    /// engine's thread between decoding steps together with the other classify requests waiting then (one pass over the
+    /// base for all of them, each row with its adapter and head, within ``classificationTokenBudget``).
+    /// - Throws: ``ServerError/badRequest(_:)`` when the adapter has no head, or `questions` (question-answering input)
+    ///   does not match its task.
+    public func classify(_ sequences: [[Int32]], adapter: String, questions: Bool) async throws -> Classification {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Classification, any Error>) in
+            condition.lock()
+            defer { condition.unlock() }
+            guard !stopping else { return c.resume(throwing: ServerError.busy("the server is shutting down")) }
+            classifications.append(
+                PendingClassification(sequences: sequences, adapter: adapter, questions: questions, answer: c))
+            condition.signal()
+        }
+    }
+
     /// Ends request `id` (waiting or running) at the next token boundary; nothing when it has finished.
     public func cancel(_ id: Int) {
         condition.lock()
@@ -213,14 +254,17 @@ public final class Engine: @unchecked Sendable {
     private func loop() {
         while true {
             condition.lock()
-            while pending.isEmpty && work.isEmpty && cancelled.isEmpty && batch.count == 0 && !stopping {
+            while pending.isEmpty && work.isEmpty && classifications.isEmpty && cancelled.isEmpty && batch.count == 0
+                && !stopping
+            {
                 condition.wait()
             }
             if stopping {
                 let all = pending.map(\.sink) + runningIDs.values.map(\.sink)
-                pending = []
-                runningIDs = [:]
+                let asked = classifications
+                (pending, runningIDs, classifications) = ([], [:], [])
                 condition.unlock()
+                for a in asked { a.answer.resume(throwing: ServerError.busy("the server is shutting down")) }
                 for s in all {
                     s.yield(.failed("the server is shutting down", status: 503))
                     s.finish()
@@ -229,6 +273,8 @@ public final class Engine: @unchecked Sendable {
             }
             let jobs = work
             work = []
+            let asked = classifications
+            classifications = []
             var admitted: [Pending] = []
             while batch.count + admitted.count < batch.capacity, !pending.isEmpty { admitted.append(pending.removeFirst()) }
             let gone = cancelled
@@ -238,8 +284,58 @@ public final class Engine: @unchecked Sendable {
 
             for id in gone { drop(id) }
             for job in jobs { job(served) }
+            if !asked.isEmpty { classifyTogether(asked) }
             for p in admitted { admit(p) }
             if batch.count > 0 { decodeStep() }
+        }
+    }
+
+    /// Answers the classify requests waiting at once: passes of as many of them as fit the token budget (each alone
+    /// fits: the server refuses larger ones), every row with its own adapter and head.
+    private func classifyTogether(_ asked: [PendingClassification]) {
+        var ready: [(PendingClassification, AdapterTaskHead)] = []
+        for a in asked {
+            guard let head = served.heads[a.adapter] else {
+                a.answer.resume(throwing: ServerError.badRequest(
+                    "'\(a.adapter)' has no task head (it is a generation adapter): /v1/classify takes classification and question-answering adapters"))
+                continue
+            }
+            guard (head.task == .questionAnswering) == a.questions else {
+                a.answer.resume(throwing: ServerError.badRequest(
+                    head.task == .questionAnswering
+                        ? "'\(a.adapter)' answers questions: input takes {\"question\", \"context\"} objects"
+                        : "'\(a.adapter)' is a \(head.task.rawValue) adapter: input takes strings"))
+                continue
+            }
+            ready.append((a, head))
+        }
+        var start = 0
+        while start < ready.count {
+            var end = start, rows = 0, longest = 0
+            while end < ready.count {
+                let r = rows + ready[end].0.sequences.count
+                let l = max(longest, ready[end].0.sequences.map(\.count).max() ?? 0)
+                if end > start && r * l > classificationTokenBudget { break }
+                (rows, longest, end) = (r, l, end + 1)
+            }
+            let part = ready[start..<end]
+            start = end
+            do {
+                let flat = part.flatMap { p, head in p.sequences.map { (ids: $0, adapter: Optional(p.adapter), head: head) } }
+                let logits = try AdapterTaskHead.logits(served.model, rows: flat)
+                var k = 0
+                for (p, head) in part {
+                    let n = p.sequences.count
+                    p.answer.resume(returning: Classification(
+                        task: head.task, labels: head.labels, logits: logits[k..<(k + n)].map(\.scalars)))
+                    k += n
+                }
+            } catch {
+                for (p, _) in part { p.answer.resume(throwing: error) }
+            }
+            condition.lock()
+            stats.largestClassificationBatch = max(stats.largestClassificationBatch, part.count)
+            condition.unlock()
         }
     }
 

@@ -17,6 +17,9 @@ public struct ServerOptions: Sendable {
     public var maxTokens = 1024
     /// The most prompt tokens one request may bring; more is a 413.
     public var maxPromptTokens = 4096
+    /// The most padded tokens (inputs × the longest input) one embeddings or classify request may bring; more is a
+    /// 413 (one pass holds them all in memory at once).
+    public var maxBatchTokens = 16384
     /// Requests decoded together.
     public var batchCapacity = 16
     /// Requests waiting to join the batch; beyond it, 503.
@@ -53,14 +56,17 @@ public final class ReinsServer: Sendable {
     /// Starts the engine (its thread) for `served`.
     public init(served: ServedModel, options: ServerOptions, logger: Logger = Logger(label: "reins.serve")) throws {
         guard (0...65535).contains(options.port), options.maxTokens > 0, options.maxPromptTokens > 0,
-            options.maxBodyBytes > 0, options.batchCapacity > 0, options.queueLimit > 0, options.idleTimeoutSeconds > 0
+            options.maxBodyBytes > 0, options.batchCapacity > 0, options.queueLimit > 0, options.idleTimeoutSeconds > 0,
+            options.maxBatchTokens > 0
         else {
             throw ServerError.badRequest("server limits must be positive and the port within 0...65535")
         }
         // The server's network threads and its clients share the cores with the engine: a parallel region does not wait
         // for a worker that is not running.
         Parallel.sharesCores = true
-        engine = try Engine(served: served, batchCapacity: options.batchCapacity, queueLimit: options.queueLimit)
+        engine = try Engine(
+            served: served, batchCapacity: options.batchCapacity, queueLimit: options.queueLimit,
+            classificationTokenBudget: options.maxBatchTokens)
         self.options = options
         format = served.format
         baseName = served.baseName
@@ -339,6 +345,11 @@ public final class ReinsServer: Sendable {
         if let i = ids.firstIndex(where: \.isEmpty) { throw ServerError.badRequest("input \(i) is empty") }
         if let long = ids.first(where: { $0.count > options.maxPromptTokens }) {
             throw ServerError.tooLong("an input has \(long.count) tokens; the most is \(options.maxPromptTokens)")
+        }
+        let padded = ids.count * (ids.map(\.count).max() ?? 0)
+        guard padded <= options.maxBatchTokens else {
+            throw ServerError.tooLong(
+                "the inputs make \(padded) padded tokens (inputs × the longest); the most is \(options.maxBatchTokens)")
         }
         let vectors = try await engine.run { served in
             try Autograd.withoutGradients { try Self.meanStates(served.model, ids, adapter: adapter) }

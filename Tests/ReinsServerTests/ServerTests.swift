@@ -415,6 +415,34 @@ struct ServerTests {
         #expect(answer["start_token"] as? Int == best.0 && answer["end_token"] as? Int == best.1, "\(answer)")
         #expect(answer["answer"] as? String == running.server.format.tokenizer.decode(Array(c[best.0...best.1])))
 
+        // Requests for different adapters waiting together (the engine held busy meanwhile) are answered in one pass,
+        // each as it was alone.
+        let blocker = Task { try await running.server.engine.run { _ in Thread.sleep(forTimeInterval: 0.6) } }
+        try await Task.sleep(nanoseconds: 100_000_000)
+        let bodies = try [
+            ["model": "sentiment", "input": texts], ["model": "tagger", "input": texts[1]],
+            ["model": "reader", "input": ["question": question, "context": context], "max_answer_tokens": 4],
+        ].map { try JSONSerialization.data(withJSONObject: $0) }
+        let together = try await withThrowingTaskGroup(of: (Int, HTTPTestClient.Reply).self) { group in
+            for (i, body) in bodies.enumerated() {
+                group.addTask { (i, try await Self.blocking { try client.request("POST", "/v1/classify", body: body) }) }
+            }
+            var replies = [HTTPTestClient.Reply?](repeating: nil, count: bodies.count)
+            for try await (i, reply) in group { replies[i] = reply }
+            return replies.compactMap { $0 }
+        }
+        _ = try await blocker.value
+        #expect(running.server.engine.statistics.largestClassificationBatch >= 2, "answered in one pass")
+        let togetherRows = (together[0].json["data"] as? [[String: Any]]) ?? []
+        for (i, row) in togetherRows.enumerated() {
+            let logits = (row["logits"] as? [Double])?.map(Float.init) ?? []
+            #expect(logits.count == 3 && zip(logits, expected[i]).allSatisfy { abs($0 - $1) < 1e-4 }, "together: \(logits)")
+        }
+        #expect(togetherRows.count == texts.count)
+        let togetherTokens = ((together[1].json["data"] as? [[String: Any]])?.first?["tokens"] as? [[String: Any]]) ?? []
+        #expect(togetherTokens.map { $0["label"] as? String } == tokens.map { $0["label"] as? String })
+        #expect((together[2].json["data"] as? [[String: Any]])?.first?["answer"] as? String == answer["answer"] as? String)
+
         // Wrong uses: named 400s (and 404 for a name nobody has); the server keeps serving.
         let wrong: [([String: Any], String, Int, String)] = [
             (["model": "sentiment", "messages": Self.messages("a")], "/v1/chat/completions", 400, "/v1/classify"),
@@ -426,6 +454,7 @@ struct ServerTests {
             (["model": "sentiment", "input": [String]()], "/v1/classify", 400, "input"),
             (["model": "sentiment", "input": [""]], "/v1/classify", 400, "empty"),
             (["model": "sentiment", "input": 7], "/v1/classify", 400, "input"),
+            (["model": "sentiment", "input": [String](repeating: String(repeating: "word ", count: 80), count: 256)], "/v1/classify", 413, "padded tokens"),
             (["model": "nobody", "input": "x"], "/v1/classify", 404, "nobody"),
         ]
         for (body, path, status, words) in wrong {

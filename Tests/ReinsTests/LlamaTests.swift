@@ -298,6 +298,20 @@ struct AdapterTaskHeadTests {
                 expectClose(g, w, atol: 2e-4, rtol: 1e-4, "\(a.name) row \(b)")
             }
         }
+        // Every adapter's sequences in one pass, interleaved (each row its adapter and head): the same logits.
+        var rows: [(ids: [Int32], adapter: String?, head: AdapterTaskHead)] = [], wanted: [Tensor] = []
+        let expectations = try Self.adapters.map { try Self.expected($0.name, task: $0.task) }
+        for b in 0..<3 {
+            for (a, (sequences, logits)) in zip(Self.adapters, expectations) {
+                rows.append((sequences[b], a.name, heads[a.name]!))
+                wanted.append(logits[b])
+            }
+        }
+        let mixed = try AdapterTaskHead.logits(model, rows: rows)
+        #expect(mixed.count == wanted.count)
+        for (i, (g, w)) in zip(mixed, wanted).enumerated() {
+            expectClose(g, w, atol: 2e-4, rtol: 1e-4, "mixed row \(i) (\(rows[i].adapter ?? "base"))")
+        }
         // The base with no adapter routed gives other logits (the adapters' layers are not merged into it).
         let (sequences, want) = try Self.expected("llama-seqcls-lora", task: .sequenceClassification)
         let bare = try heads["llama-seqcls-lora"]!.logits(model, sequences, adapter: nil)

@@ -72,40 +72,64 @@ public final class AdapterTaskHead {
     /// (token classification; question answering's columns are the start and end logits).
     /// - Throws: ``ModelError/badInput(_:)`` for no or empty sequences; the model's errors for ids out of range.
     public func logits(_ model: any CausalLanguageModel, _ sequences: [[Int32]], adapter: String?) throws -> [Tensor] {
-        guard !sequences.isEmpty, sequences.allSatisfy({ !$0.isEmpty }) else {
-            throw ModelError.badInput("the head reads at least one sequence, and none may be empty")
+        try Self.logits(model, rows: sequences.map { ($0, adapter, self) })
+    }
+
+    /// One pass over rows of many adapters and their heads — requests for different classification and
+    /// question-answering adapters answered together: row `i` reads `rows[i].ids` with `rows[i].adapter` routed
+    /// (``Module/withAdapters(perRow:_:)``) and `rows[i].head` on its final states. Each row's result is what
+    /// ``logits(_:_:adapter:)`` gives it alone (up to float rounding: the base's products are shared).
+    /// - Throws: ``ModelError/badInput(_:)`` for no or empty rows; the model's errors for ids out of range or unknown
+    ///   adapters.
+    public static func logits(
+        _ model: any CausalLanguageModel, rows: [(ids: [Int32], adapter: String?, head: AdapterTaskHead)]
+    ) throws -> [Tensor] {
+        guard !rows.isEmpty, rows.allSatisfy({ !$0.ids.isEmpty }) else {
+            throw ModelError.badInput("a task head reads at least one sequence, and none may be empty")
         }
-        let B = sequences.count, T = sequences.map(\.count).max() ?? 0
+        let B = rows.count, T = rows.map(\.ids.count).max() ?? 0
         let pad = Int32(model.padTokenID ?? 0)
         var ids: [Int32] = [], mask: [Int32] = []
         ids.reserveCapacity(B * T)
         mask.reserveCapacity(B * T)
-        for s in sequences {
-            ids += s + [Int32](repeating: pad, count: T - s.count)
-            mask += [Int32](repeating: 1, count: s.count) + [Int32](repeating: 0, count: T - s.count)
+        for row in rows {
+            ids += row.ids + [Int32](repeating: pad, count: T - row.ids.count)
+            mask += [Int32](repeating: 1, count: row.ids.count) + [Int32](repeating: 0, count: T - row.ids.count)
         }
-        let h = try Autograd.withoutGradients {
-            try model.withAdapters(perRow: [String?](repeating: adapter, count: B)) {
+        return try Autograd.withoutGradients {
+            let h = try model.withAdapters(perRow: rows.map(\.adapter)) {
                 try model.decoderStates(
                     try IntTensor(shape: [B, T], values: ids), attentionMask: try IntTensor(shape: [B, T], values: mask),
                     positionIDs: nil, cache: nil)
             }
-        }
-        // Prompt-tuning rows come first; each sequence's tokens are the T rows after them, padding last.
-        let first = h.shape[1] - T
-        return try Autograd.withoutGradients {
-            switch task {
-            case .sequenceClassification:
-                let last = try h.positions(sequences.map { first + $0.count - 1 })
-                let out = try layer(last)
-                return try (0..<B).map { b in try out.slice(axis: 0, b..<(b + 1)).reshaped([layer.outputs]) }
-            case .tokenClassification, .questionAnswering:
-                let out = try layer(h)
-                return try sequences.enumerated().map { b, s in
-                    try out.slice(axis: 0, b..<(b + 1)).slice(axis: 1, first..<(first + s.count))
-                        .reshaped([s.count, layer.outputs])
+            // Prompt-tuning rows come first; each sequence's tokens are the T rows after them, padding last.
+            let first = h.shape[1] - T
+            var out = [Tensor?](repeating: nil, count: B)
+            // Each head on its own rows.
+            var groups: [ObjectIdentifier: [Int]] = [:], order: [ObjectIdentifier] = []
+            for (b, row) in rows.enumerated() {
+                let key = ObjectIdentifier(row.head)
+                if groups[key] == nil { order.append(key) }
+                groups[key, default: []].append(b)
+            }
+            for key in order {
+                let members = groups[key] ?? []
+                guard let head = members.first.map({ rows[$0].head }) else { continue }
+                let L = head.layer.outputs
+                let states = try h.rows(members)
+                switch head.task {
+                case .sequenceClassification:
+                    let logits = try head.layer(states.positions(members.map { first + rows[$0].ids.count - 1 }))
+                    for (i, b) in members.enumerated() { out[b] = try logits.slice(axis: 0, i..<(i + 1)).reshaped([L]) }
+                case .tokenClassification, .questionAnswering:
+                    let logits = try head.layer(states)
+                    for (i, b) in members.enumerated() {
+                        let n = rows[b].ids.count
+                        out[b] = try logits.slice(axis: 0, i..<(i + 1)).slice(axis: 1, first..<(first + n)).reshaped([n, L])
+                    }
                 }
             }
+            return out.compactMap { $0 }
         }
     }
 }
