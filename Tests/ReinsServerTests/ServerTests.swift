@@ -252,8 +252,14 @@ struct ServerTests {
             "model": "lora", "prompt": "one two", "max_tokens": budget, "temperature": 0.9, "stream": true,
         ])
         try HTTPTestClient.send(first, HTTPTestClient.head("POST", "/v1/completions", length: body.count) + body)
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        #expect(recv(first, &buffer, buffer.count, 0) > 0, "the stream started")
+        // Waiting for the stream's first bytes blocks: on a thread of its own, never on the cooperative pool that the
+        // server's handlers (and, in a parallel test run, other suites) need — blocking one of its two threads there
+        // starved the server under ThreadSanitizer until the read timed out.
+        let started = try await Self.blocking {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            return recv(first, &buffer, buffer.count, 0)
+        }
+        #expect(started > 0, "the stream started")
         let second = Task {
             try await Self.blocking {
                 try client.post("/v1/completions", ["model": "ia3", "prompt": "x", "max_tokens": 2])
