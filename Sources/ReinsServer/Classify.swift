@@ -76,15 +76,7 @@ extension ReinsServer {
                 contextStart.append(question.count)
             }
         }
-        if let i = sequences.firstIndex(where: \.isEmpty) { throw ServerError.badRequest("input \(i) is empty") }
-        if let long = sequences.first(where: { $0.count > options.maxPromptTokens }) {
-            throw ServerError.tooLong("an input has \(long.count) tokens; the most is \(options.maxPromptTokens)")
-        }
-        let padded = sequences.count * (sequences.map(\.count).max() ?? 0)
-        guard padded <= options.maxBatchTokens else {
-            throw ServerError.tooLong(
-                "the inputs make \(padded) padded tokens (inputs × the longest); the most is \(options.maxBatchTokens)")
-        }
+        try checkInputs(sequences)
         // Answered together with the other classify requests waiting at the engine's next turn.
         let output = try await engine.classify(sequences, adapter: adapter, questions: !contextStart.isEmpty)
         let L = output.labels.count

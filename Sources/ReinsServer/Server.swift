@@ -342,15 +342,7 @@ public final class ReinsServer: Sendable {
         let texts = request.input.list
         guard !texts.isEmpty, texts.count <= 256 else { throw ServerError.badRequest("input takes 1 to 256 strings") }
         let ids = texts.map { format.tokenizer.encode($0) }
-        if let i = ids.firstIndex(where: \.isEmpty) { throw ServerError.badRequest("input \(i) is empty") }
-        if let long = ids.first(where: { $0.count > options.maxPromptTokens }) {
-            throw ServerError.tooLong("an input has \(long.count) tokens; the most is \(options.maxPromptTokens)")
-        }
-        let padded = ids.count * (ids.map(\.count).max() ?? 0)
-        guard padded <= options.maxBatchTokens else {
-            throw ServerError.tooLong(
-                "the inputs make \(padded) padded tokens (inputs × the longest); the most is \(options.maxBatchTokens)")
-        }
+        try checkInputs(ids)
         let vectors = try await engine.run { served in
             try Autograd.withoutGradients { try Self.meanStates(served.model, ids, adapter: adapter) }
         }
@@ -364,6 +356,21 @@ public final class ReinsServer: Sendable {
             "object": "list", "data": data, "model": request.model,
             "usage": ["prompt_tokens": tokens, "total_tokens": tokens],
         ])
+    }
+
+    /// Refuses a batch of inputs (embeddings, classify) with an empty one (400), one over ``ServerOptions/maxPromptTokens``
+    /// or more padded tokens than ``ServerOptions/maxBatchTokens`` (413).
+    func checkInputs(_ sequences: [[Int32]]) throws {
+        if let i = sequences.firstIndex(where: \.isEmpty) { throw ServerError.badRequest("input \(i) is empty") }
+        let longest = sequences.map(\.count).max() ?? 0
+        guard longest <= options.maxPromptTokens else {
+            throw ServerError.tooLong("an input has \(longest) tokens; the most is \(options.maxPromptTokens)")
+        }
+        let padded = sequences.count * longest
+        guard padded <= options.maxBatchTokens else {
+            throw ServerError.tooLong(
+                "the inputs make \(padded) padded tokens (inputs × the longest); the most is \(options.maxBatchTokens)")
+        }
     }
 
     /// The mean of each text's final hidden states (its tokens only), with `adapter` on every row.

@@ -88,19 +88,11 @@ public final class AdapterTaskHead {
             throw ModelError.badInput("a task head reads at least one sequence, and none may be empty")
         }
         let B = rows.count, T = rows.map(\.ids.count).max() ?? 0
-        let pad = Int32(model.padTokenID ?? 0)
-        var ids: [Int32] = [], mask: [Int32] = []
-        ids.reserveCapacity(B * T)
-        mask.reserveCapacity(B * T)
-        for row in rows {
-            ids += row.ids + [Int32](repeating: pad, count: T - row.ids.count)
-            mask += [Int32](repeating: 1, count: row.ids.count) + [Int32](repeating: 0, count: T - row.ids.count)
-        }
+        let sequences = rows.map(\.ids)
+        let ids = try rightPadded(sequences, with: Int32(model.padTokenID ?? 0)), mask = try paddingMask(sequences)
         return try Autograd.withoutGradients {
             let h = try model.withAdapters(perRow: rows.map(\.adapter)) {
-                try model.decoderStates(
-                    try IntTensor(shape: [B, T], values: ids), attentionMask: try IntTensor(shape: [B, T], values: mask),
-                    positionIDs: nil, cache: nil)
+                try model.decoderStates(ids, attentionMask: mask, positionIDs: nil, cache: nil)
             }
             // Prompt-tuning rows come first; each sequence's tokens are the T rows after them, padding last.
             let first = h.shape[1] - T
