@@ -32,7 +32,11 @@ public enum Parallel {
     /// Runs `body(chunk)` for `chunk` in `0..<chunks`, concurrently when there is more than one chunk.
     ///
     /// OpenBLAS calls inside `body` run single-threaded; the previous OpenBLAS thread count is restored afterwards.
-    public static func forEach(_ chunks: Int, _ body: (Int) -> Void) {
+    public static func forEach(_ chunks: Int, _ body: (Int) -> Void) { forEach(chunks, eager: false, body) }
+
+    /// `eager`: the chunks are interchangeable (each takes shared work until none is left), so the caller, done with
+    /// its own, runs every chunk no worker has started yet at once: a worker that was asleep is not waited for.
+    static func forEach(_ chunks: Int, eager: Bool, _ body: (Int) -> Void) {
         if chunks <= 1 || threadCount == 1 {
             for c in 0..<chunks { body(c) }
             return
@@ -50,7 +54,7 @@ public enum Parallel {
                 work(c)
                 rk_isa_select(previous)
             }
-            if !SpinPool.shared.run(chunks, run) {
+            if !SpinPool.shared.run(chunks, eager: eager, run) {
                 // Busy (a region inside a region, or regions from several threads at once): Dispatch's pool.
                 let box = UncheckedBox(run)
                 DispatchQueue.concurrentPerform(iterations: chunks) { c in box.value(c) }
@@ -101,6 +105,27 @@ public enum Parallel {
 
     /// ``spanGrain`` in rows of `width` elements (at least one row): the grain for passes cut by rows.
     public static func rowGrain(width: Int) -> Int { max(1, spanGrain / max(width, 1)) }
+
+    /// Runs `body` over `0..<count` in pieces of `piece` items that the threads take one after another as they finish
+    /// the last, instead of one fixed share each: a thread that starts late (a worker just woken, a core the host
+    /// gave to something else for a moment) takes fewer pieces rather than holding up the region. For passes whose
+    /// items cost the same (rows of a matrix product).
+    public static func forPieces(_ count: Int, piece: Int, _ body: (Range<Int>) -> Void) {
+        let piece = max(1, piece)
+        let pieces = (count + piece - 1) / piece
+        guard pieces > 1, threadCount > 1 else {
+            if count > 0 { body(0..<count) }
+            return
+        }
+        let next = Atomic<Int>(0)
+        forEach(min(threadCount, pieces), eager: true) { _ in
+            while true {
+                let p = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                guard p < pieces else { return }
+                body((p * piece)..<min(count, (p + 1) * piece))
+            }
+        }
+    }
 
     /// Splits `0..<count` into at most `threadCount` contiguous ranges of at least `minimum` items and runs
     /// `body(range, chunkIndex)` for each, concurrently.
@@ -154,7 +179,7 @@ final class SpinPool: @unchecked Sendable {
 
     /// Runs `body(c)` for `c` in `0..<chunks` on the caller and the workers; false (nothing run) when the pool is
     /// already running a region or has too few workers.
-    func run(_ chunks: Int, _ body: (Int) -> Void) -> Bool {
+    func run(_ chunks: Int, eager: Bool = false, _ body: (Int) -> Void) -> Bool {
         guard chunks - 1 <= workers, busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged
         else { return false }
         defer { busy.store(false, ordering: .releasing) }
@@ -172,6 +197,14 @@ final class SpinPool: @unchecked Sendable {
             generation.add(1, ordering: .releasing)
             for _ in 0..<sleepers.load(ordering: .acquiring) { wake.signal() }
             work(0)
+            if eager {
+                // Interchangeable chunks: the ones no worker has taken yet are run here now (they find the shared
+                // work done and return at once) rather than waited for.
+                while let c = claim() {
+                    work(c)
+                    pending.subtract(1, ordering: .releasing)
+                }
+            }
             if stealing.load(ordering: .relaxed) {
                 // A chunk not taken ~50 µs after the region started belongs to a worker that is not running: run it.
                 var spins = 0

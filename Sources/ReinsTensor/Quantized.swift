@@ -225,8 +225,11 @@ extension Tensor {
                 _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
                 let t = Int32(weight.type.rawValue)
                 weight.withBytes { w in
-                    if weight.isInterleaved {  // groups of 8 weight rows
-                        Parallel.forRanges(OC / 8, minimum: 8) { r, _ in
+                    if weight.isInterleaved {
+                        // Groups of 8 weight rows, taken a piece at a time by each thread: ~128K multiply-adds per
+                        // piece (a few microseconds: claiming one costs ~0.1), at most 32 groups.
+                        let piece = min(32, max(2, (1 << 17) / max(1, N * C * 8)))
+                        Parallel.forPieces(OC / 8, piece: piece) { r in
                             _ = rk_qmatmul_q8_packed8(
                                 out, xq, w, t, Int32(N), Int32(C), Int32(OC), Int32(r.lowerBound), Int32(r.upperBound))
                         }

@@ -42,6 +42,29 @@ struct KernelTests {
         #expect(rk_isa_active() == best)
     }
 
+    /// Pieces taken one after another by the threads: every item is run exactly once, whatever the count and the
+    /// piece size, with the workers spinning or asleep (the caller then runs the chunks no worker has started) and
+    /// with a region already running on the pool (Dispatch's threads take over).
+    @Test func piecesCoverEveryItemOnce() throws {
+        for (count, piece) in [(0, 4), (1, 1), (7, 3), (13, 1), (100, 7), (1000, 32), (64, 64), (65, 64)] {
+            for pause in [false, true] {
+                if pause { usleep(2000) }  // past the workers' spin: they sleep, the region starts without them
+                let seen = Mutex<[Int]>(Array(repeating: 0, count: count))
+                Parallel.forPieces(count, piece: piece) { r in
+                    #expect(r.count <= piece && !r.isEmpty)
+                    seen.withLock { for i in r { $0[i] += 1 } }
+                }
+                #expect(seen.withLock { $0 } == Array(repeating: 1, count: count), "count \(count), piece \(piece)")
+            }
+        }
+        // Nested in another region: the pool is busy, so the inner one runs on Dispatch's threads.
+        let total = Mutex(0)
+        Parallel.forEach(2) { _ in
+            Parallel.forPieces(50, piece: 3) { r in total.withLock { $0 += r.count } }
+        }
+        #expect(total.withLock { $0 } == 100)
+    }
+
     @Test(arguments: instructionSets)
     func linearMatchesReference(isa: Int32) {
         with(isa) {

@@ -180,8 +180,8 @@ extension Linear {
 }
 
 extension Linear {
-    /// Adds `s·B·A·x` to the rows of `y` (`[B, ..., out]`, fresh) for each LoRA and its rows, in one kernel call per
-    /// share of the rows (the rows split among the threads: 8 adapters' updates read 8 adapters' weights).
+    /// Adds `s·B·A·x` to the rows of `y` (`[B, ..., out]`, fresh) for each LoRA and its rows, a kernel call per batch
+    /// row, the rows shared among the threads (8 adapters' updates read 8 adapters' weights).
     static func addLoRARows(_ y: inout Tensor, input x: Tensor, _ loras: [(LoRA, [Int])]) throws {
         guard !loras.isEmpty else { return }
         let B = y.shape[0], T = y.count / max(B * y.shape[y.rank - 1], 1)
@@ -196,14 +196,22 @@ extension Linear {
         let maxRank = max(1, loras.map(\.0.rank).max() ?? 1)
         let (xp, yp) = (UnsafePointer(x.storage.pointer), y.storage.pointer)
         withExtendedLifetime((tensors, x, y)) {
-            Parallel.forRanges(B) { r, _ in
-                var work = [Float](repeating: 0, count: maxRank)
-                let (first, n) = (r.lowerBound, r.count)
-                a[first...].withUnsafeBufferPointer { ap in
-                    b[first...].withUnsafeBufferPointer { bp in
-                        rk_lora_rows(
-                            yp + first * T * outputs, xp + first * T * inputs, Int32(n), Int32(T), Int32(inputs),
-                            Int32(outputs), ap.baseAddress, bp.baseAddress, Array(ranks[r]), Array(scales[r]), &work)
+            a.withUnsafeBufferPointer { ap in
+                b.withUnsafeBufferPointer { bp in
+                    ranks.withUnsafeBufferPointer { rp in
+                        scales.withUnsafeBufferPointer { sp in
+                            // Rows taken one at a time: their adapters' ranks and widths differ (a batch's rows may
+                            // mix a large LoRA with none), so fixed shares would leave one thread waiting.
+                            Parallel.forPieces(B, piece: 1) { r in
+                                withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
+                                    let first = r.lowerBound
+                                    rk_lora_rows(
+                                        yp + first * T * outputs, xp + first * T * inputs, Int32(r.count), Int32(T),
+                                        Int32(inputs), Int32(outputs), ap.baseAddress! + first, bp.baseAddress! + first,
+                                        rp.baseAddress! + first, sp.baseAddress! + first, work.baseAddress!)
+                                }
+                            }
+                        }
                     }
                 }
             }

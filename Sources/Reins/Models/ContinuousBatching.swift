@@ -20,7 +20,7 @@ extension Tensor {
             throw ModelError.badInput("row caches: queries \(q.shape) with keys \(k.shape) and values \(v.shape)")
         }
         if let window, window < 1 { throw ModelError.badInput("sliding window \(window) is not positive") }
-        for (b, cache) in caches.enumerated() { try cache.append(k.rows([b]), v.rows([b])) }
+        for (b, cache) in caches.enumerated() { try cache.append(k, v, row: b) }
         // Every row's heads in one parallel region (a region per row would cost more in hand-offs than the work):
         // row b's query heads against its own cache, all of it visible.
         let result = try Tensor.zeros([B, NH, 1, hs])
@@ -228,10 +228,13 @@ public final class ContinuousBatch {
         logits.withUnsafeBufferPointer { all in
             rngs.withUnsafeMutableBufferPointer { rp in
                 tokens.withUnsafeMutableBufferPointer { tp in
-                    Parallel.forEach(requests.count) { b in
-                        var row = Array(all[(b * V)..<((b + 1) * V)])
-                        let r = requests[b]
-                        tp[b] = pickToken(&row, history: r.prompt + r.tokens, options: r.options, rng: &rp[b])
+                    // A share of the rows per thread (one chunk per row would leave the pool for Dispatch's threads).
+                    Parallel.forRanges(requests.count) { rows, _ in
+                        for b in rows {
+                            var row = Array(all[(b * V)..<((b + 1) * V)])
+                            let r = requests[b]
+                            tp[b] = pickToken(&row, history: r.prompt + r.tokens, options: r.options, rng: &rp[b])
+                        }
                     }
                 }
             }

@@ -402,35 +402,44 @@ public final class KVCache {
         }
 
         /// Appends `k` and `v` (`[B, NH, T, hs]`) in place, growing the storage (to the reserve, else by doubling)
-        /// when it is full: no copy of the whole cache per token, and no buffer left behind per length.
-        func append(_ k: Tensor, _ v: Tensor) throws {
-            let (B, NH, T, hs) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3])
+        /// when it is full: no copy of the whole cache per token, and no buffer left behind per length. With `row`,
+        /// only that batch row of `k` and `v` is appended, to a cache of one row (a continuous batch's row caches).
+        func append(_ k: Tensor, _ v: Tensor, row: Int? = nil) throws {
+            let (B, NH, T, hs) = (row == nil ? k.shape[0] : 1, k.shape[1], k.shape[2], k.shape[3])
+            if let row, !(0..<k.shape[0]).contains(row) {
+                throw ModelError.badInput("row \(row) of keys \(k.shape) cannot be appended")
+            }
             let rows = keys?.shape[2] ?? 0
             if keys == nil || length + T > rows || keys!.shape[0] != B || keys!.shape[1] != NH || keys!.shape[3] != hs {
                 let capacity = max(length + T, reserve, 2 * rows)
                 var (newKeys, newValues) = (try Tensor.zeros([B, NH, capacity, hs]), try Tensor.zeros([B, NH, capacity, hs]))
                 if let keys, let values, length > 0 {
-                    try copyRows(from: keys, rows: rows, into: &newKeys, capacity: capacity, count: length, at: 0)
-                    try copyRows(from: values, rows: rows, into: &newValues, capacity: capacity, count: length, at: 0)
+                    Self.copyRows(from: keys, rows: rows, into: &newKeys, capacity: capacity, count: length, at: 0)
+                    Self.copyRows(from: values, rows: rows, into: &newValues, capacity: capacity, count: length, at: 0)
                 }
                 (keys, values) = (newKeys, newValues)
             }
             let capacity = keys!.shape[2]
-            try copyRows(from: k, rows: T, into: &keys!, capacity: capacity, count: T, at: length)
-            try copyRows(from: v, rows: T, into: &values!, capacity: capacity, count: T, at: length)
+            Self.copyRows(from: k, rows: T, into: &keys!, capacity: capacity, count: T, at: length, batchRow: row)
+            Self.copyRows(from: v, rows: T, into: &values!, capacity: capacity, count: T, at: length, batchRow: row)
             length += T
         }
 
-        /// Copies the first `count` rows of each head of `source` (`rows` per head) to rows `at...` of `target`.
-        private func copyRows(from source: Tensor, rows: Int, into target: inout Tensor, capacity: Int, count: Int, at: Int) throws {
-            let heads = source.shape[0] * source.shape[1], hs = source.shape[3]
+        /// Copies the first `count` rows of each head of `source` (`rows` per head) to rows `at...` of `target`: each
+        /// head's rows are contiguous on both sides, so one copy per head. With `batchRow`, the heads of that batch row
+        /// of `source` go to a target of one batch row.
+        private static func copyRows(
+            from source: Tensor, rows: Int, into target: inout Tensor, capacity: Int, count: Int, at: Int,
+            batchRow: Int? = nil
+        ) {
+            let NH = source.shape[1], hs = source.shape[3]
+            let heads = batchRow == nil ? source.shape[0] * NH : NH
+            let first = (batchRow ?? 0) * NH
             source.withUnsafeBufferPointer { src in
                 target.withUnsafeMutableBufferPointer { dst in
                     for h in 0..<heads {
-                        for r in 0..<count {
-                            let s = (h * rows + r) * hs, d = (h * capacity + at + r) * hs
-                            for j in 0..<hs { dst[d + j] = src[s + j] }
-                        }
+                        (dst.baseAddress! + (h * capacity + at) * hs).update(
+                            from: src.baseAddress! + (first + h) * rows * hs, count: count * hs)
                     }
                 }
             }
