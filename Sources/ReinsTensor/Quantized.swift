@@ -292,6 +292,44 @@ extension Tensor {
         }
     }
 
+    /// `x·Wᵢᵀ` for several quantized weights that read the same input (a layer's query, key and value projections; its
+    /// gate and up projections), without gradients: the input quantized once and every weight's groups of 8 rows
+    /// shared among the threads in one parallel region. Each result equals ``quantizedLinear(_:weight:bias:route:)``'s
+    /// bit for bit. Nil when that route does not apply (a weight not interleaved, widths that differ or are not a
+    /// multiple of 32, too many rows, gradients recorded): the caller then takes the products one by one.
+    public static func sharedInputQuantizedProducts(_ x: Tensor, weights: [QuantizedMatrix]) throws -> [Tensor]? {
+        let (N, C) = x.rowsAndWidth
+        guard x.rank >= 1, !weights.isEmpty, N > 0, N <= integerRouteInferenceRows, C % 32 == 0, !Autograd.isEnabled,
+            weights.allSatisfy({ $0.isInterleaved && $0.columns == C })
+        else { return nil }
+        let results = try weights.map { try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [$0.rows]) }
+        let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
+        let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
+        _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
+        // The weights' groups numbered one after another; a piece may span two weights.
+        var firstGroup = [0]
+        for w in weights { firstGroup.append(firstGroup.last! + w.rows / 8) }
+        let piece = min(32, max(2, (1 << 17) / max(1, N * C * 8)))
+        func withAllBytes<R>(_ i: Int, _ pointers: [UnsafeRawPointer], _ body: ([UnsafeRawPointer]) -> R) -> R {
+            guard i < weights.count else { return body(pointers) }
+            return weights[i].withBytes { withAllBytes(i + 1, pointers + [$0], body) }
+        }
+        withExtendedLifetime((blocks, results)) {
+            withAllBytes(0, []) { bytes in
+                Parallel.forPieces(firstGroup.last!, piece: piece) { r in
+                    for (i, w) in weights.enumerated() {
+                        let lo = max(r.lowerBound, firstGroup[i]), hi = min(r.upperBound, firstGroup[i + 1])
+                        guard lo < hi else { continue }
+                        _ = rk_qmatmul_q8_packed8(
+                            results[i].storage.pointer, xq, bytes[i], Int32(w.type.rawValue), Int32(N), Int32(C),
+                            Int32(w.rows), Int32(lo - firstGroup[i]), Int32(hi - firstGroup[i]))
+                    }
+                }
+            }
+        }
+        return results
+    }
+
     /// Dequantizes `weight` panel by panel into one scratch buffer and hands each to `body` (rows, panel floats).
     static func forEachPanel(
         of weight: QuantizedMatrix, _ body: (Range<Int>, UnsafeMutablePointer<Float>) -> Void

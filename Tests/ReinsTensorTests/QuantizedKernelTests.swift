@@ -223,6 +223,35 @@ struct QuantizedKernelTests {
         #expect(rk_dequantize(&out, [UInt8](repeating: 0, count: 64), 4, 99) == RK_ERR_ARG)
     }
 
+    /// Products of one input with several interleaved weights in one region (a layer's q, k, v) equal each weight's
+    /// own `quantizedLinear`, bit for bit, for 1 to 9 rows; what that route cannot take is nil, not a wrong answer.
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q8_0])
+    func sharedInputProductsEqualEachProductAlone(type: GGMLType) throws {
+        let C = 96
+        let weights = try [136, 40, 8].enumerated().map { i, rows in
+            try Self.randomMatrix(type, rows: rows, columns: C, seed: 20 + UInt64(i)).interleavedByRows()
+        }
+        for rows in [1, 2, 5, 9] {
+            let x = try Tensor(shape: [rows, 1, C], values: randomFloats(rows * C, seed: UInt64(rows)))
+            let together = try Autograd.withoutGradients { try Tensor.sharedInputQuantizedProducts(x, weights: weights) }
+            let alone = try Autograd.withoutGradients { try weights.map { try Tensor.quantizedLinear(x, weight: $0) } }
+            #expect(together != nil)
+            for (t, a) in zip(together ?? [], alone) {
+                #expect(t.shape == a.shape && t.scalars == a.scalars, "\(type), \(rows) rows")
+            }
+        }
+        let x = try Tensor(shape: [2, C], values: randomFloats(2 * C, seed: 3))
+        let rowMajor = try Self.randomMatrix(type, rows: 16, columns: C, seed: 4)
+        let narrower = try Self.randomMatrix(type, rows: 16, columns: 64, seed: 5).interleavedByRows()
+        let refused = try Autograd.withoutGradients {
+            try [[weights[0], rowMajor], [weights[0], narrower], []].map {
+                try Tensor.sharedInputQuantizedProducts(x, weights: $0) == nil
+            }
+        }
+        #expect(refused == [true, true, true], "a row-major weight, another width, no weight")
+        #expect(try Tensor.sharedInputQuantizedProducts(x, weights: weights) == nil, "gradients recorded")
+    }
+
     /// Row-major weights (45 rows), and weights interleaved by 8 rows (136: 17 groups; the exact route puts them back in
     /// row order 64 rows at a time) — Q6_K cannot be interleaved and stays row-major.
     @Test(arguments: [GGMLType.q4_1, .q8_0, .q6_K], [false, true])

@@ -32,6 +32,57 @@ struct MixedBatchTests {
         return m
     }
 
+    /// A Llama layer's query, key and value products (and its gate and up products) taken together over a quantized
+    /// base — the input quantized once, one parallel region — equal the layers applied one by one, bit for bit: the
+    /// base alone, each method active, and a batch whose rows are routed to all of them (IA3 scaling the up
+    /// projection's input computes its own product there).
+    @Test func sharedInputProductsEqualTheLayersOneByOne() throws {
+        let config = try LlamaConfig(
+            vocabularySize: 40, hidden: 96, intermediate: 160, layers: 1, heads: 4, keyValueHeads: 2, positions: 64,
+            ropeTheta: 10000, tieWordEmbeddings: true)
+        let model = try LlamaForCausalLM(config, seed: 3)
+        _ = try model.quantizeWeights(.q4_1)
+        let methods: [(String, AdapterMethod)] = [
+            ("lora", .lora(LoRAConfig(rank: 3, alpha: 6, targets: Self.llamaLinear))),
+            ("dora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: ["k_proj", "gate_proj"], dora: true))),
+            ("ia3", .ia3(targets: ["k_proj", "up_proj"], feedForward: ["up_proj"])),
+            ("loha", .loha(LoHaConfig(rank: 2, alpha: 4, targets: ["q_proj", "up_proj"]))),
+        ]
+        for (i, (name, method)) in methods.enumerated() {
+            try model.addAdapter(name, method, seed: UInt64(i))
+            for (j, p) in model.parameters(ofAdapter: name).enumerated() {
+                p.replaceValue(try p.value.detached() + Tensor.normal(p.value.shape, std: 0.3, seed: UInt64(10 * i + j)))
+            }
+        }
+        let layer = model.model.layers[0]
+        let groups = [
+            [layer.attention.queryProjection, layer.attention.keyProjection, layer.attention.valueProjection],
+            [layer.mlp.gateProjection, layer.mlp.upProjection],
+        ]
+        let x = try Tensor(shape: [4, 3, 96], values: randomFloats(4 * 3 * 96, seed: 7))
+        func check(_ label: String) throws {
+            for group in groups {
+                let together = try Autograd.withoutGradients { try Linear.products(of: group, x) }
+                let alone = try Autograd.withoutGradients { try group.map { try $0(x) } }
+                #expect(together.count == group.count)
+                for (t, a) in zip(together, alone) { #expect(t.shape == a.shape && t.scalars == a.scalars, "\(label)") }
+            }
+        }
+        model.activateAdapter(nil)
+        try check("base")
+        let base = try Autograd.withoutGradients { try groups.flatMap { try Linear.products(of: $0, x).map(\.scalars) } }
+        for (name, _) in methods {
+            model.activateAdapter(name)
+            try check(name)
+            // Each adapter really changes some product of the groups (else the comparison above shows little).
+            let adapted = try Autograd.withoutGradients { try groups.flatMap { try Linear.products(of: $0, x).map(\.scalars) } }
+            #expect(adapted != base, "\(name) changes nothing")
+        }
+        model.activateAdapter(nil)
+        try model.withAdapters(perRow: ["lora", nil, "ia3", "loha"]) { try check("routed") }
+        try model.withAdapters(perRow: ["dora", "ia3", "ia3", nil]) { try check("routed with DoRA") }
+    }
+
     static func causalLM(_ name: String) throws -> any CausalLanguageModel {
         switch try PretrainedModel.load(directory: Fixtures.model(name)) {
         case let .gpt2LMHead(m): return m

@@ -29,7 +29,9 @@ extension LoRA: LinearAdapter {
             // A quantized base: its own product, plus the low-rank update (dropout on the update's input only).
             let input = dropout > 0 && TrainingMode.isActive ? try x.trainingDropout(dropout) : x
             let low = try Tensor.linear(Tensor.linear(input, weight: a.value), weight: b.value)
-            return try layer.baseProduct(x, bias: layer.bias?.value) + low.scaled(by: scale)
+            // `inner` is the base product with its bias (a LoRA is innermost), computed already when the layer's
+            // product was taken together with its neighbours' (``Linear/products(of:_:)``).
+            return try inner(x) + low.scaled(by: scale)
         }
         return try forward(
             x, weight: layer.weight.value, bias: layer.bias?.value, weightTransposed: layer.weightTransposed)

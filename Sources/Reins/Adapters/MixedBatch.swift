@@ -125,7 +125,9 @@ extension Linear {
     /// The layer's output for a batch routed to many adapters: the base product once over every row, then each
     /// group's adapters on its rows (IA3 on the input before the product, BitFit's bias, LoRA's low-rank update or
     /// DoRA's rescaling, IA3 on the output; another method computes its rows through its own chain).
-    func mixedForward(_ x: Tensor, routing: AdapterRouting) throws -> Tensor {
+    func mixedForward(
+        _ x: Tensor, routing: AdapterRouting, precomputed: (of: Tensor, product: Tensor)? = nil
+    ) throws -> Tensor {
         try routing.check(x, at: "a \(inputs) -> \(outputs) linear layer")
         struct Plan {
             let rows: [Int]
@@ -138,12 +140,12 @@ extension Linear {
             return p.lora == nil && p.method == nil && p.ia3 == nil && p.bias == nil ? nil : p
         }
         let baseBias = biases?.base.value
-        if plans.isEmpty { return try baseProduct(x, bias: baseBias) }
+        if plans.isEmpty { return try baseProduct(x, bias: baseBias, precomputed: precomputed) }
         var input = x
         for p in plans where p.ia3?.scalesInput == true {
             input = try input.replacingRows(p.rows, with: input.rows(p.rows) * p.ia3!.vector.value)
         }
-        let product = try baseProduct(input, bias: nil)
+        let product = try baseProduct(input, bias: nil, precomputed: precomputed)
         var y = try baseBias.map { try product + $0 } ?? product
         // Inference: every plain LoRA's update in one pass over its rows, added in place (a decoding step of many
         // adapters would otherwise pay two small products' overhead per adapter per layer).
@@ -233,7 +235,9 @@ extension LoRA {
 
 extension LayerNorm {
     /// Layer norm of a routed batch: the base bias, and each BitFit adapter's own on its rows.
-    func mixedForward(_ x: Tensor, routing: AdapterRouting) throws -> Tensor {
+    func mixedForward(
+        _ x: Tensor, routing: AdapterRouting, precomputed: (of: Tensor, product: Tensor)? = nil
+    ) throws -> Tensor {
         try routing.check(x, at: "a layer norm")
         var y = try Tensor.layerNorm(x, weight: weight.value, bias: biases.base.value, eps: eps)
         for g in routing.groups {

@@ -126,8 +126,12 @@ public final class Linear: Module, LoRAHost {
         weight.replaceValue(try Tensor.zeros([0]))
     }
 
-    /// The base product `x·Wᵀ (+ bias)`, through the quantized weight when there is one.
-    func baseProduct(_ x: Tensor, bias: Tensor?) throws -> Tensor {
+    /// The base product `x·Wᵀ (+ bias)`, through the quantized weight when there is one. `precomputed`: `x·Wᵀ`
+    /// already computed for the input `of` (``products(of:_:)``), used when `x` is that very input.
+    func baseProduct(_ x: Tensor, bias: Tensor?, precomputed: (of: Tensor, product: Tensor)? = nil) throws -> Tensor {
+        if let p = precomputed, p.of.storage === x.storage, p.of.shape == x.shape {
+            return try bias.map { try p.product + $0 } ?? p.product
+        }
         if let q = quantizedWeight { return try Tensor.quantizedLinear(x, weight: q, bias: bias, route: quantizedRoute) }
         return try Tensor.linear(x, weight: weight.value, bias: bias, weightTransposed: weightTransposed)
     }
@@ -140,9 +144,23 @@ public final class Linear: Module, LoRAHost {
     }
 
     /// `x: [..., in]` to `[..., out]`.
-    public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        if let routing = AdapterRouting.current { return try mixedForward(x, routing: routing) }
-        var forward: (Tensor) throws -> Tensor = { [self] in try baseProduct($0, bias: bias?.value) }
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try forward(x, precomputed: nil) }
+
+    /// Several layers applied to the same input (a Llama layer's query, key and value projections): with quantized
+    /// base weights and no gradients, the base products are computed together (the input quantized once, one
+    /// parallel region); each layer's adapters then apply as in its own forward pass (one that changes the layer's
+    /// input, like IA3 on a feed-forward input, computes its own product). Equal to `layers.map { $0(x) }`.
+    public static func products(of layers: [Linear], _ x: Tensor) throws -> [Tensor] {
+        let weights = layers.compactMap(\.quantizedWeight)
+        guard weights.count == layers.count, layers.count > 1, layers.allSatisfy({ $0.quantizedRoute == .automatic }),
+            let bases = try Tensor.sharedInputQuantizedProducts(x, weights: weights)
+        else { return try layers.map { try $0(x) } }
+        return try zip(layers, bases).map { layer, base in try layer.forward(x, precomputed: (x, base)) }
+    }
+
+    func forward(_ x: Tensor, precomputed: (of: Tensor, product: Tensor)?) throws -> Tensor {
+        if let routing = AdapterRouting.current { return try mixedForward(x, routing: routing, precomputed: precomputed) }
+        var forward: (Tensor) throws -> Tensor = { [self] in try baseProduct($0, bias: bias?.value, precomputed: precomputed) }
         for adapter in liveAdapters {
             let inner = forward
             forward = { [self] in try adapter.forward($0, layer: self, inner: inner) }

@@ -99,9 +99,11 @@ public final class LlamaDecoderLayer: Module {
                 "a Llama layer takes [batch, length, \(attention.queryProjection.inputs)], got \(x.shape)")
         }
         let h = try inputNorm(x)
-        let q = try attention.queryProjection(h).rotated(heads: heads, cos: angles.cos, sin: angles.sin)
-        var k = try attention.keyProjection(h).rotated(heads: keyValueHeads, cos: angles.cos, sin: angles.sin)
-        var v = try attention.valueProjection(h).splittingHeads(keyValueHeads)
+        let qkv = try Linear.products(
+            of: [attention.queryProjection, attention.keyProjection, attention.valueProjection], h)
+        let q = try qkv[0].rotated(heads: heads, cos: angles.cos, sin: angles.sin)
+        var k = try qkv[1].rotated(heads: keyValueHeads, cos: angles.cos, sin: angles.sin)
+        var v = try qkv[2].splittingHeads(keyValueHeads)
         if let rowCaches {
             let a = try Tensor.attendingRowCaches(query: q, key: k, value: v, caches: rowCaches, window: slidingWindow)
             return try feedForward(x, attended: a.mergingHeads())
@@ -137,7 +139,8 @@ public final class LlamaDecoderLayer: Module {
     func feedForward(_ x: Tensor, attended a: Tensor) throws -> Tensor {
         let afterAttention = try x + adapters.attention(attention.outputProjection(a), residual: x)
         let normed = try postAttentionNorm(afterAttention)
-        let z = try Tensor.swiGLU(gate: mlp.gateProjection(normed), up: mlp.upProjection(normed))
+        let gateUp = try Linear.products(of: [mlp.gateProjection, mlp.upProjection], normed)
+        let z = try Tensor.swiGLU(gate: gateUp[0], up: gateUp[1])
         let f = try mlp.downProjection(z)
         return try afterAttention
             + adapters.feedForward(adapters.parallel(f, input: normed, intermediate: z), residual: afterAttention)
