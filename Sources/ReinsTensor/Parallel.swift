@@ -108,8 +108,8 @@ public enum Parallel {
 
     /// Runs `body` over `0..<count` in pieces of `piece` items that the threads take one after another as they finish
     /// the last, instead of one fixed share each: a thread that starts late (a worker just woken, a core the host
-    /// gave to something else for a moment) takes fewer pieces rather than holding up the region. For passes whose
-    /// items cost the same (rows of a matrix product).
+    /// gave to something else for a moment) takes fewer pieces rather than holding up the region, and items of
+    /// unequal cost (batch rows with adapters of different sizes) even out.
     public static func forPieces(_ count: Int, piece: Int, _ body: (Range<Int>) -> Void) {
         let piece = max(1, piece)
         let pieces = (count + piece - 1) / piece

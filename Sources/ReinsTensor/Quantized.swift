@@ -220,20 +220,14 @@ extension Tensor {
         let out = result.storage.pointer
         if N > 0 {
             if route == .automatic && C % 32 == 0 && N <= integerRouteInferenceRows && !Autograd.isTraining {
-                let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
-                let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
-                _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
-                let t = Int32(weight.type.rawValue)
-                weight.withBytes { w in
-                    if weight.isInterleaved {
-                        // Groups of 8 weight rows, taken a piece at a time by each thread: ~128K multiply-adds per
-                        // piece (a few microseconds: claiming one costs ~0.1), at most 32 groups.
-                        let piece = min(32, max(2, (1 << 17) / max(1, N * C * 8)))
-                        Parallel.forPieces(OC / 8, piece: piece) { r in
-                            _ = rk_qmatmul_q8_packed8(
-                                out, xq, w, t, Int32(N), Int32(C), Int32(OC), Int32(r.lowerBound), Int32(r.upperBound))
-                        }
-                    } else {
+                if weight.isInterleaved {
+                    try interleavedIntegerProducts(x, weights: [weight], into: [out])
+                } else {
+                    let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
+                    let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
+                    _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
+                    let t = Int32(weight.type.rawValue)
+                    weight.withBytes { w in
                         Parallel.forRanges(OC, minimum: 64) { r, _ in
                             _ = rk_qmatmul_q8(
                                 out, xq, w, t, Int32(N), Int32(C), Int32(OC), Int32(r.lowerBound), Int32(r.upperBound))
@@ -303,31 +297,41 @@ extension Tensor {
             weights.allSatisfy({ $0.isInterleaved && $0.columns == C })
         else { return nil }
         let results = try weights.map { try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [$0.rows]) }
+        try interleavedIntegerProducts(x, weights: weights, into: results.map(\.storage.pointer))
+        return results
+    }
+
+    /// The integer route for weights interleaved by 8 rows: `x` (`[N, C]` rows, `C` a multiple of 32) quantized to
+    /// 8-bit blocks once, then `outputs[i] = x·Wᵢᵀ` (`[N, rowsᵢ]`) with every weight's groups of 8 rows numbered one
+    /// after another and taken ~128K multiply-adds (at most 32 groups) at a time by whichever thread is free (claiming
+    /// a piece costs ~0.1 µs; a piece may span two weights).
+    static func interleavedIntegerProducts(
+        _ x: Tensor, weights: [QuantizedMatrix], into outputs: [UnsafeMutablePointer<Float>]
+    ) throws {
+        let (N, C) = x.rowsAndWidth
         let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
         let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
         _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
-        // The weights' groups numbered one after another; a piece may span two weights.
         var firstGroup = [0]
         for w in weights { firstGroup.append(firstGroup.last! + w.rows / 8) }
         let piece = min(32, max(2, (1 << 17) / max(1, N * C * 8)))
-        func withAllBytes<R>(_ i: Int, _ pointers: [UnsafeRawPointer], _ body: ([UnsafeRawPointer]) -> R) -> R {
+        func withAllBytes(_ i: Int, _ pointers: [UnsafeRawPointer], _ body: ([UnsafeRawPointer]) -> Void) {
             guard i < weights.count else { return body(pointers) }
-            return weights[i].withBytes { withAllBytes(i + 1, pointers + [$0], body) }
+            weights[i].withBytes { withAllBytes(i + 1, pointers + [$0], body) }
         }
-        withExtendedLifetime((blocks, results)) {
+        withExtendedLifetime(blocks) {
             withAllBytes(0, []) { bytes in
                 Parallel.forPieces(firstGroup.last!, piece: piece) { r in
                     for (i, w) in weights.enumerated() {
                         let lo = max(r.lowerBound, firstGroup[i]), hi = min(r.upperBound, firstGroup[i + 1])
                         guard lo < hi else { continue }
                         _ = rk_qmatmul_q8_packed8(
-                            results[i].storage.pointer, xq, bytes[i], Int32(w.type.rawValue), Int32(N), Int32(C),
-                            Int32(w.rows), Int32(lo - firstGroup[i]), Int32(hi - firstGroup[i]))
+                            outputs[i], xq, bytes[i], Int32(w.type.rawValue), Int32(N), Int32(C), Int32(w.rows),
+                            Int32(lo - firstGroup[i]), Int32(hi - firstGroup[i]))
                     }
                 }
             }
         }
-        return results
     }
 
     /// Dequantizes `weight` panel by panel into one scratch buffer and hands each to `body` (rows, panel floats).
