@@ -256,11 +256,11 @@ struct BenchCommand: ParsableCommand {
             let model = try load(quantized: true)
             let config = LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])
             for i in 0..<rows { try model.addLoRA("task\(i)", config) }
-            var steps: [Double] = [], joins: [Double] = []
+            var steps: [Double] = [], joins: [Double] = [], folded: [Double] = []
             let ms = try median(repeats) {
                 let batch = try ContinuousBatch(model: model, capacity: rows)
                 for r in 0..<rows {
-                    let options = GenerationOptions(maxNewTokens: 65, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
+                    let options = GenerationOptions(maxNewTokens: 66, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
                     let s = DispatchTime.now().uptimeNanoseconds
                     _ = try batch.add(prompt: Array(prompt.prefix(12 + r)), adapter: "task\(r)", options: options)
                     joins.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6)
@@ -268,12 +268,25 @@ struct BenchCommand: ParsableCommand {
                 let s = DispatchTime.now().uptimeNanoseconds
                 for _ in 0..<64 { _ = try batch.step() }
                 steps.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6 / 64)
+                // A request leaves and another joins by folding its prompt into the next step (what the server does).
+                if rows > 1, let leaving = batch.requests.first {
+                    batch.cancel(leaving.id)
+                    let options = GenerationOptions(maxNewTokens: 8, greedy: false, temperature: 0.7, seed: 99, stopTokens: [])
+                    _ = try batch.enqueue(prompt: Array(prompt.prefix(15)), adapter: "task0", options: options)
+                    let f = DispatchTime.now().uptimeNanoseconds
+                    _ = try batch.step()
+                    folded.append(Double(DispatchTime.now().uptimeNanoseconds - f) / 1e6)
+                }
             }
             _ = ms
             let step = steps.sorted()[steps.count / 2]
             report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v", step, perSecond: Double(rows) / step * 1000, unit: "tokens/s")
             let join = joins.sorted()[joins.count / 2]
             report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v join (12-19 token prompt)", join, perSecond: 1000 / join, unit: "joins/s")
+            if !folded.isEmpty {
+                let step = folded.sorted()[folded.count / 2]
+                report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v step with a 15-token prompt folded in", step, perSecond: 1000 / step, unit: "steps/s")
+            }
         }
         for quantized in [true, false] {
           for checkpointing in [false, true] {

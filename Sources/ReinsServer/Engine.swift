@@ -356,20 +356,15 @@ public final class Engine: @unchecked Sendable {
 
     private func admit(_ p: Pending) {
         do {
-            guard let first = try batch.add(prompt: p.prompt, adapter: p.adapter, options: p.options) else {
+            // Its prompt is fed by the next steps beside the running requests; its first token comes from one.
+            guard let id = try batch.enqueue(prompt: p.prompt, adapter: p.adapter, options: p.options) else {
                 p.sink.yield(.finished(.length))
                 p.sink.finish()
                 return
             }
             condition.lock()
-            stats.generatedTokens += 1
-            if first.finish == nil { runningIDs[p.id] = (first.id, p.sink, p.adapter) }
+            runningIDs[p.id] = (id, p.sink, p.adapter)
             condition.unlock()
-            p.sink.yield(.token(first.token))
-            if let finish = first.finish {
-                p.sink.yield(.finished(finish))
-                p.sink.finish()
-            }
         } catch let error as ModelError {
             if case .sequenceTooLong = error {
                 p.sink.yield(.failed("\(error)", status: 413))

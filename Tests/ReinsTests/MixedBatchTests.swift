@@ -158,9 +158,10 @@ struct MixedBatchTests {
 
     /// Continuous batching: requests for different adapters (virtual-token methods included) join at token boundaries
     /// and leave when done; each gets exactly the tokens it gets alone — greedy and seeded sampling, its own stop
-    /// tokens and budget.
-    @Test(arguments: ["gpt2-lm", "llama-tiny"])
-    func continuousBatchingGivesEachRequestItsTokensAlone(family: String) throws {
+    /// tokens and budget. Joining requests are prefilled alone (`add`) or folded into the running steps (`enqueue`,
+    /// with a chunk of 3 prompt tokens a step, so that prompts are fed over several steps and share steps).
+    @Test(arguments: ["gpt2-lm", "llama-tiny"], [false, true])
+    func continuousBatchingGivesEachRequestItsTokensAlone(family: String, folded: Bool) throws {
         let (model, names) = try Self.adapted(family)
         let pick = ["lora", "prefix", "prompt", "ia3", "houlsby", "dora", "prefix-3", "adapterbias"]
         var requests: [(prompt: [Int32], adapter: String?, options: GenerationOptions)] = []
@@ -187,6 +188,7 @@ struct MixedBatchTests {
         #expect(alone[1].count == k + 1)
 
         let batch = try ContinuousBatch(model: model, capacity: 4)
+        batch.prefillChunk = 3
         var produced: [Int: [Int32]] = [:], finished: [Int: ContinuousBatch.Event.Finish] = [:], idOf: [Int: Int] = [:]
         var waiting = Array(requests.indices), largest = 0
         func record(_ e: ContinuousBatch.Event) {
@@ -198,7 +200,9 @@ struct MixedBatchTests {
             while !batch.isFull, let next = waiting.first {
                 waiting.removeFirst()
                 let r = requests[next]
-                if let e = try batch.add(prompt: r.prompt, adapter: r.adapter, options: r.options) {
+                if folded {
+                    idOf[next] = try batch.enqueue(prompt: r.prompt, adapter: r.adapter, options: r.options)
+                } else if let e = try batch.add(prompt: r.prompt, adapter: r.adapter, options: r.options) {
                     idOf[next] = e.id
                     record(e)
                 }
@@ -312,6 +316,24 @@ struct MixedBatchTests {
             "\($0)".contains("must not be negative")
         }
         #expect { try batch.add(prompt: [3, 1 << 20], adapter: nil, options: GenerationOptions()) } throws: { _ in true }
+        #expect { try batch.enqueue(prompt: [3], adapter: "nope", options: GenerationOptions()) } throws: {
+            "\($0)".contains("no adapter named 'nope'")
+        }
+        #expect { try batch.enqueue(prompt: [3, 1 << 20], adapter: nil, options: GenerationOptions()) } throws: {
+            "\($0)".contains("outside the vocabulary")
+        }
+        #expect { try batch.enqueue(prompt: [3], adapter: nil, options: GenerationOptions(temperature: .nan)) } throws: {
+            "\($0)".contains("temperature")
+        }
+        #expect(try batch.enqueue(prompt: [3], adapter: nil, options: GenerationOptions(maxNewTokens: 0)) == nil)
+        // A joining request holds its place; cancelled before its prompt is fed, it leaves without a token.
+        let joiner = try #require(try batch.enqueue(prompt: [3, 4], adapter: "lora", options: GenerationOptions(maxNewTokens: 5)))
+        #expect { try batch.add(prompt: [3], adapter: nil, options: GenerationOptions()) } throws: {
+            "\($0)".contains("the batch is full")
+        }
+        batch.cancel(joiner)
+        #expect(batch.count == 0)
+        #expect(try batch.step().isEmpty)
         _ = try batch.add(prompt: [3], adapter: "lora", options: GenerationOptions(maxNewTokens: 5))
         #expect { try batch.add(prompt: [3], adapter: nil, options: GenerationOptions()) } throws: {
             "\($0)".contains("the batch is full")

@@ -5,7 +5,9 @@ import ReinsTensor
 extension Tensor {
     /// Attention of one new position per row, each row against its own cache — the rows of a continuous batch have
     /// different lengths. `query: [B, NH, 1, hs]`, `key`/`value: [B, NKV, 1, hs]`: each row's key and value are appended
-    /// to `caches[b]` and its query attends to all of that cache (causal: everything cached is earlier).
+    /// to `caches[b]` and its query attends to that cache as it stood after its own append (causal: everything cached
+    /// before is earlier). Rows may share a cache: consecutive positions of one prompt, appended in row order, each
+    /// seeing itself and the positions before it.
     static func attendingRowCaches(
         query q: Tensor, key k: Tensor, value v: Tensor, caches: [KVCache.Layer], scale: Float? = nil,
         window: Int? = nil
@@ -20,15 +22,19 @@ extension Tensor {
             throw ModelError.badInput("row caches: queries \(q.shape) with keys \(k.shape) and values \(v.shape)")
         }
         if let window, window < 1 { throw ModelError.badInput("sliding window \(window) is not positive") }
-        for (b, cache) in caches.enumerated() { try cache.append(k, v, row: b) }
+        var visible = [Int](repeating: 0, count: B)
+        for (b, cache) in caches.enumerated() {
+            try cache.append(k, v, row: b)
+            visible[b] = cache.length
+        }
         // Every row's heads in one parallel region (a region per row would cost more in hand-offs than the work):
         // row b's query heads against its own cache, all of it visible.
         let result = try Tensor.zeros([B, NH, 1, hs])
         var lse = [Float](repeating: 0, count: B * NH)
-        let longest = caches.map(\.length).max() ?? 0
+        let longest = visible.max() ?? 0
         var scratch = [Float](repeating: 0, count: Parallel.threadCount * max(longest, 1))
         let s = scale ?? 1 / Float(hs).squareRoot()
-        let stores = caches.map { ($0.keys!, $0.values!, $0.length) }
+        let stores = caches.indices.map { (caches[$0].keys!, caches[$0].values!, visible[$0]) }
         withExtendedLifetime((stores, q, result)) {
             lse.withUnsafeMutableBufferPointer { l in
                 scratch.withUnsafeMutableBufferPointer { sp in
@@ -82,16 +88,28 @@ extension GPT2Model {
 extension CausalLanguageModel {
     /// Next-token logits `[B, V]` for one new token per row, each row with its own cache and (inside
     /// ``Module/withAdapters(perRow:_:)``) its own adapter; positions continue each row's cache.
-    func rowLogits(_ tokens: [Int32], caches: [KVCache]) throws -> Tensor {
+    ///
+    /// Rows may share a cache: a prompt's tokens in order, one per row, at `positions` (by default each cache's
+    /// length, which suits one row per cache); `keep` picks the rows whose logits are wanted (by default all) — a
+    /// prompt needs only its last.
+    func rowLogits(_ tokens: [Int32], caches: [KVCache], positions given: [Int32]? = nil, keep: [Int]? = nil) throws
+        -> Tensor
+    {
         guard tokens.count == caches.count, !tokens.isEmpty else {
             throw ModelError.badInput("\(tokens.count) tokens for \(caches.count) row caches")
         }
         if let bad = caches.first(where: { $0.layers.count != layerCount }) {
             throw ModelError.badInput("a row cache has \(bad.layers.count) layers, the model \(layerCount)")
         }
+        if let given, given.count != tokens.count {
+            throw ModelError.badInput("\(given.count) positions for \(tokens.count) rows")
+        }
+        if let keep, let bad = keep.first(where: { $0 < 0 || $0 >= tokens.count }) {
+            throw ModelError.badInput("row \(bad) kept of \(tokens.count)")
+        }
         let ids = try IntTensor(shape: [tokens.count, 1], values: tokens)
-        let positions = caches.map { Int32($0.length) }
-        let h: Tensor
+        let positions = given ?? caches.map { Int32($0.length) }
+        var h: Tensor
         if let m = self as? LlamaForCausalLM {
             h = try m.model.rowStates(ids, positions: positions, caches: caches)
         } else if let m = self as? GPT2LMHeadModel {
@@ -99,7 +117,33 @@ extension CausalLanguageModel {
         } else {
             throw ModelError.badInput("\(type(of: self)) cannot decode rows with their own caches")
         }
-        return try outputLogits(h).reshaped([tokens.count, vocabularySize])
+        guard let keep else { return try outputLogits(h).reshaped([tokens.count, vocabularySize]) }
+        h = try h.rows(keep)
+        // The output layer sees the kept rows only: so does the routing (an adapter on the output layer).
+        let routing = AdapterRouting.current.map { r in AdapterRouting(keep.map { r.rows[$0] }) }
+        return try AdapterRouting.$current.withValue(routing) {
+            try outputLogits(h).reshaped([keep.count, vocabularySize])
+        }
+    }
+}
+
+extension CausalLanguageModel {
+    /// The decoder's virtual-token host (GPT-2's or the Llama family's).
+    var decoderHost: (any VirtualTokenHost)? {
+        (self as? LlamaForCausalLM)?.model ?? (self as? GPT2LMHeadModel)?.transformer
+    }
+
+    /// Writes the active adapter's learned prefix (keys and values of every layer) into an empty `cache`, as a first
+    /// pass would, so that the prompt's tokens can follow as rows over it; false (the cache untouched) when the
+    /// active adapter brings prompt vectors, which only a pass of their own can feed.
+    func seedPrefix(_ cache: KVCache) throws -> Bool {
+        guard let host = decoderHost, host.promptLength == 0, cache.length == 0, cache.layers.count == layerCount
+        else { return false }
+        guard let prefix = host.prefix else { return true }
+        let layers = try Autograd.withoutGradients { try prefix.keysValues(batch: 1) }
+        guard layers.count == cache.layers.count else { return false }
+        for (layer, kv) in zip(cache.layers, layers) { try layer.append(kv.keys, kv.values) }
+        return true
     }
 }
 
@@ -120,10 +164,18 @@ extension GenerationOptions {
 }
 
 /// Continuous batching for generation: requests, each with its own adapter, prompt, sampling settings, stop tokens
-/// and token budget, join the running batch and leave it at token boundaries. A request joining is prefilled alone
-/// with its adapter active (its prefix or prompt vectors enter its own KV cache); then every step decodes one token
-/// for every running request in one pass over the shared base, each row with its own adapter
+/// and token budget, join the running batch and leave it at token boundaries. Every step decodes one token for every
+/// running request in one pass over the shared base, each row with its own adapter
 /// (``Module/withAdapters(perRow:_:)``) and its own cache.
+///
+/// A request joins in one of two ways. ``enqueue(prompt:adapter:options:)`` folds its prompt into the next steps: the
+/// prompt's tokens become rows of the step beside the running requests' (each over the request's own new cache, each
+/// seeing the positions before it), up to ``prefillChunk`` prompt tokens a step, so the running requests do not wait
+/// for it and the pass's fixed cost is paid once; its first token comes out of the step that feeds its last prompt
+/// token. A prefix-tuning adapter's learned keys and values are written into the request's cache when it is enqueued
+/// (its prompt's positions follow them); a request whose adapter brings prompt vectors (prompt tuning), which only a
+/// pass of their own can feed, is prefilled alone at the start of the next step. ``add(prompt:adapter:options:)``
+/// prefills at once, alone.
 ///
 /// Each request's tokens equal what ``CausalLanguageModel/generate(prompts:options:onToken:)`` gives for it alone
 /// with its adapter active (float rounding aside: the base product is shared by the batch). While it runs, the batch
@@ -150,9 +202,16 @@ public final class ContinuousBatch {
     }
 
     public let model: any CausalLanguageModel
-    /// The most requests decoded together.
+    /// The most requests decoded together (joining ones included).
     public let capacity: Int
+    /// The most prompt tokens of joining requests a step takes (a long prompt is fed over several steps).
+    public var prefillChunk = 256 {
+        didSet { prefillChunk = max(1, prefillChunk) }
+    }
     private var running: [(request: Request, cache: KVCache, rng: SeededGenerator, next: Int32)] = []
+    /// Requests waiting for (the rest of) their prompt to be fed after `start` cached positions (a prefix's); `alone`
+    /// when their adapter brings prompt vectors.
+    private var joining: [(request: Request, cache: KVCache, rng: SeededGenerator, fed: Int, start: Int, alone: Bool)] = []
     private var nextID = 0
 
     public init(model: any CausalLanguageModel, capacity: Int = 16) throws {
@@ -161,16 +220,16 @@ public final class ContinuousBatch {
         self.capacity = capacity
     }
 
-    /// Requests in the batch.
-    public var count: Int { running.count }
-    public var isFull: Bool { running.count >= capacity }
-    public var requests: [Request] { running.map(\.request) }
+    /// Requests in the batch, joining ones included.
+    public var count: Int { running.count + joining.count }
+    public var isFull: Bool { count >= capacity }
+    /// The requests in the batch: running ones, then joining ones.
+    public var requests: [Request] { running.map(\.request) + joining.map(\.request) }
 
-    /// Prefills `prompt` alone under `adapter` and adds it to the batch; returns its id and first event (its first
-    /// new token — the request may already be finished by it).
-    /// - Throws: ``ModelError/badInput(_:)`` for a full batch, an unknown adapter, an empty prompt, bad options, ids
-    ///   outside the vocabulary, or a prompt plus budget beyond the model's positions.
-    public func add(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> Event? {
+    /// Checks a request and makes its state: nil when it asks for no tokens.
+    private func admit(prompt: [Int32], adapter: String?, options: GenerationOptions, seeding: Bool = false) throws
+        -> (request: Request, cache: KVCache, seeded: Bool)?
+    {
         guard !isFull else { throw ModelError.badInput("the batch is full (\(capacity) requests)") }
         guard !prompt.isEmpty else { throw ModelError.badInput("every prompt needs at least one token") }
         try options.validate()
@@ -181,9 +240,9 @@ public final class ContinuousBatch {
             throw ModelError.badInput(
                 "\(merged) has an adapter merged into its weight: unmerge it before decoding requests for many adapters")
         }
-        let id = nextID
-        nextID += 1
-        var request = Request(id: id, adapter: adapter, prompt: prompt, options: options)
+        if let bad = prompt.first(where: { $0 < 0 || Int($0) >= model.vocabularySize }) {
+            throw ModelError.badInput("token id \(bad) is outside the vocabulary (\(model.vocabularySize) tokens)")
+        }
         // The batch keeps no adapter active between its passes: each row's is routed to it.
         model.activateAdapter(adapter)
         defer { model.activateAdapter(nil) }
@@ -193,43 +252,105 @@ public final class ContinuousBatch {
             throw ModelError.sequenceTooLong(length: prompt.count + virtual, maximum: limit)
         }
         guard options.maxNewTokens > 0 else { return nil }
+        let id = nextID
+        nextID += 1
         let cache = KVCache(layers: model.layerCount, reserve: min(virtual + prompt.count + options.maxNewTokens, 4096))
-        var rng = SeededGenerator(seed: options.seed)
+        let seeded = seeding ? try model.seedPrefix(cache) : false
+        return (Request(id: id, adapter: adapter, prompt: prompt, options: options), cache, seeded)
+    }
+
+    /// Prefills `prompt` alone under `adapter` and adds it to the batch; returns its id and first event (its first
+    /// new token — the request may already be finished by it), nil when it asks for no tokens.
+    /// - Throws: ``ModelError/badInput(_:)`` for a full batch, an unknown adapter, an empty prompt, bad options, ids
+    ///   outside the vocabulary, or a prompt plus budget beyond the model's positions.
+    public func add(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> Event? {
+        guard let (request, cache, _) = try admit(prompt: prompt, adapter: adapter, options: options) else { return nil }
+        return try prefillAlone(request, cache: cache)
+    }
+
+    /// Adds a request whose prompt the next steps feed beside the running requests; returns its id (its first token
+    /// comes from ``step()``), nil when it asks for no tokens. Throws as ``add(prompt:adapter:options:)``.
+    public func enqueue(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> Int? {
+        guard let (request, cache, seeded) = try admit(prompt: prompt, adapter: adapter, options: options, seeding: true)
+        else { return nil }
+        joining.append((request, cache, SeededGenerator(seed: options.seed), 0, cache.length, !seeded))
+        return request.id
+    }
+
+    /// The prompt in one pass with the request's adapter active; its first token; the request runs on unless done.
+    private func prefillAlone(_ r: Request, cache: KVCache) throws -> Event {
+        var request = r
+        model.activateAdapter(request.adapter)
+        defer { model.activateAdapter(nil) }
+        var rng = SeededGenerator(seed: request.options.seed)
         let token: Int32 = try Autograd.withoutGradients {
             let h = try model.decoderStates(
-                try IntTensor(shape: [1, prompt.count], values: prompt), attentionMask: nil, positionIDs: nil,
-                cache: cache)
+                try IntTensor(shape: [1, request.prompt.count], values: request.prompt), attentionMask: nil,
+                positionIDs: nil, cache: cache)
             let last = h.shape[1] - 1
             var row = try model.outputLogits(h.slice(axis: 1, last..<(last + 1))).scalars
-            return pickToken(&row, history: prompt, options: options, rng: &rng)
+            return pickToken(&row, history: request.prompt, options: request.options, rng: &rng)
         }
         request.tokens.append(token)
         let finish = finishReason(request, token: token, cache: cache)
         if finish == nil { running.append((request, cache, rng, token)) }
-        return Event(id: id, token: token, finish: finish)
+        return Event(id: request.id, token: token, finish: finish)
     }
 
-    /// Removes a request (a client that went away); nothing when it is not running.
-    public func cancel(_ id: Int) { running.removeAll { $0.request.id == id } }
+    /// Removes a request (a client that went away), running or joining; nothing when it is in neither.
+    public func cancel(_ id: Int) {
+        running.removeAll { $0.request.id == id }
+        joining.removeAll { $0.request.id == id }
+    }
 
-    /// One token for every running request, in one pass; finished requests leave the batch.
+    /// One token for every running request, in one pass that also feeds joining requests' prompts (up to
+    /// ``prefillChunk`` tokens; a request whose prompt is all fed gets its first token); finished requests leave.
     public func step() throws -> [Event] {
-        guard !running.isEmpty else { return [] }
+        var events: [Event] = []
+        // Virtual-token adapters' requests: prefilled alone first.
+        let alone = joining.filter(\.alone)
+        joining.removeAll { $0.alone }
+        for j in alone { events.append(try prefillAlone(j.request, cache: j.cache)) }
+        // The rows: one per running request, then joining prompts' tokens in order while the chunk allows.
+        var tokens = running.map(\.next), caches = running.map(\.cache), adapters = running.map(\.request.adapter)
+        var positions = running.map { Int32($0.cache.length) }
+        var keep = Array(running.indices)
+        var fed: [(joiner: Int, count: Int)] = []
+        var budget = prefillChunk
+        for (i, j) in joining.enumerated() where budget > 0 {
+            let n = min(j.request.prompt.count - j.fed, budget)
+            for t in j.fed..<(j.fed + n) {
+                tokens.append(j.request.prompt[t])
+                caches.append(j.cache)
+                adapters.append(j.request.adapter)
+                positions.append(Int32(j.start + t))
+            }
+            budget -= n
+            fed.append((i, n))
+            if j.fed + n == j.request.prompt.count { keep.append(tokens.count - 1) }
+        }
+        guard !tokens.isEmpty else { return events }
+        // Rows whose logits are drawn from: running requests, then joining ones whose prompt is now all fed (when
+        // there are none, a pass that only feeds prompts still computes one row's logits and drops them).
+        let drawn = keep.count
         let logits = try Autograd.withoutGradients {
-            try model.routingRows(running.map(\.request.adapter)) {
-                try model.rowLogits(running.map(\.next), caches: running.map(\.cache))
+            try model.routingRows(adapters) {
+                try model.rowLogits(tokens, caches: caches, positions: positions, keep: drawn > 0 ? keep : [tokens.count - 1])
             }
         }
+        for (i, n) in fed { joining[i].fed += n }
+        let completed = fed.map(\.joiner).filter { joining[$0].fed == joining[$0].request.prompt.count }
+        // Who draws each kept row: its request, its history, its generator.
+        let requests = running.map(\.request) + completed.map { joining[$0].request }
+        var rngs = running.map(\.rng) + completed.map { joining[$0].rng }
+        var picked = [Int32](repeating: 0, count: drawn)
         let V = model.vocabularySize
         // Each row's token drawn on its own thread share (a draw at a temperature exponentiates the whole vocabulary).
-        let requests = running.map(\.request)
-        var rngs = running.map(\.rng)
-        var tokens = [Int32](repeating: 0, count: running.count)
         logits.withUnsafeBufferPointer { all in
             rngs.withUnsafeMutableBufferPointer { rp in
-                tokens.withUnsafeMutableBufferPointer { tp in
+                picked.withUnsafeMutableBufferPointer { tp in
                     // A share of the rows per thread (one chunk per row would leave the pool for Dispatch's threads).
-                    Parallel.forRanges(requests.count) { rows, _ in
+                    Parallel.forRanges(drawn) { rows, _ in
                         for b in rows {
                             var row = Array(all[(b * V)..<((b + 1) * V)])
                             let r = requests[b]
@@ -239,17 +360,23 @@ public final class ContinuousBatch {
                 }
             }
         }
-        var events: [Event] = [], keep: [Int] = []
-        for b in running.indices {
-            let token = tokens[b]
-            running[b].rng = rngs[b]
-            running[b].request.tokens.append(token)
-            running[b].next = token
-            let finish = finishReason(running[b].request, token: token, cache: running[b].cache)
-            events.append(Event(id: requests[b].id, token: token, finish: finish))
-            if finish == nil { keep.append(b) }
+        var next: [(request: Request, cache: KVCache, rng: SeededGenerator, next: Int32)] = []
+        for b in 0..<drawn {
+            let token = picked[b]
+            var entry = running.indices.contains(b) ? running[b] : {
+                let j = joining[completed[b - running.count]]
+                return (j.request, j.cache, j.rng, token)
+            }()
+            entry.rng = rngs[b]
+            entry.request.tokens.append(token)
+            entry.next = token
+            let finish = finishReason(entry.request, token: token, cache: entry.cache)
+            events.append(Event(id: entry.request.id, token: token, finish: finish))
+            if finish == nil { next.append(entry) }
         }
-        running = keep.map { running[$0] }
+        running = next
+        let done = Set(completed)
+        joining = joining.indices.filter { !done.contains($0) }.map { joining[$0] }
         return events
     }
 
