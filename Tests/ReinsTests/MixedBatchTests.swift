@@ -219,6 +219,44 @@ struct MixedBatchTests {
         }
     }
 
+    /// A continuous batch's draw reads each row's logits in place (greedy and plain sampling copy nothing): the same
+    /// token, and the generator left in the same state, as the copying draw — for greedy (ties included), sampling at
+    /// several temperatures and seeds, and the settings that fall back to the copy (top-k, top-p, repetition penalty).
+    @Test func inPlaceDrawEqualsTheCopyingOne() throws {
+        let V = 1003
+        var source = SeededGenerator(seed: 5)
+        var logits = (0..<V).map { _ in Float(source.nextUniform()) * 8 - 4 }
+        logits[17] = 5
+        logits[700] = 5  // a tie for the greedy pick: the lower id
+        let history: [Int32] = [3, 17, 700, 999]
+        let settings: [GenerationOptions] = [
+            GenerationOptions(greedy: true), GenerationOptions(greedy: false, temperature: 0.7),
+            GenerationOptions(greedy: false, temperature: 1.3), GenerationOptions(greedy: false, temperature: 0.2),
+            GenerationOptions(greedy: false, temperature: 0.9, topK: 5),
+            GenerationOptions(greedy: false, temperature: 0.9, topP: 0.8),
+            GenerationOptions(greedy: false, temperature: 0.9, repetitionPenalty: 1.3),
+            GenerationOptions(greedy: true, repetitionPenalty: 100),
+        ]
+        var scratch = [Float](repeating: .nan, count: V)
+        var distinct = Set<Int32>()
+        for (i, options) in settings.enumerated() {
+            for seed in 0..<12 {
+                var (a, b) = (SeededGenerator(seed: UInt64(seed)), SeededGenerator(seed: UInt64(seed)))
+                var copy = logits
+                let expected = pickToken(&copy, history: history, options: options, rng: &a)
+                let got = logits.withUnsafeBufferPointer { row in
+                    scratch.withUnsafeMutableBufferPointer {
+                        pickToken(row, scratch: $0, history: { history }, options: options, rng: &b)
+                    }
+                }
+                #expect(got == expected, "setting \(i), seed \(seed)")
+                #expect(a.next() == b.next(), "setting \(i), seed \(seed): the generator's state")
+                distinct.insert(got)
+            }
+        }
+        #expect(distinct.count > 10, "the draws vary (\(distinct.count) distinct tokens)")
+    }
+
     /// Sequence classification with a head per adapter: rows of different adapters read their own heads; heads of
     /// different label counts cannot share one logits tensor, by name.
     @Test func bertHeadsPerRow() throws {

@@ -350,11 +350,15 @@ public final class ContinuousBatch {
             rngs.withUnsafeMutableBufferPointer { rp in
                 picked.withUnsafeMutableBufferPointer { tp in
                     // A share of the rows per thread (one chunk per row would leave the pool for Dispatch's threads).
+                    // One scratch row per share; a row's logits are read where they lie.
                     Parallel.forRanges(drawn) { rows, _ in
-                        for b in rows {
-                            var row = Array(all[(b * V)..<((b + 1) * V)])
-                            let r = requests[b]
-                            tp[b] = pickToken(&row, history: r.prompt + r.tokens, options: r.options, rng: &rp[b])
+                        withUnsafeTemporaryAllocation(of: Float.self, capacity: V) { scratch in
+                            for b in rows {
+                                let r = requests[b]
+                                tp[b] = pickToken(
+                                    UnsafeBufferPointer(rebasing: all[(b * V)..<((b + 1) * V)]), scratch: scratch,
+                                    history: { r.prompt + r.tokens }, options: r.options, rng: &rp[b])
+                            }
                         }
                     }
                 }

@@ -238,6 +238,35 @@ extension CausalLanguageModel {
     }
 }
 
+/// ``pickToken(_:history:options:rng:)`` reading `logits` where they lie: greedy and plain sampling without a
+/// repetition penalty (what servers mostly ask for) copy nothing and take the history only when it is needed; the
+/// draw uses `scratch` (at least the row's length) for the probabilities. The same token as the copying version.
+func pickToken(
+    _ logits: UnsafeBufferPointer<Float>, scratch: UnsafeMutableBufferPointer<Float>, history: () -> [Int32],
+    options: GenerationOptions, rng: inout SeededGenerator
+) -> Int32 {
+    let V = logits.count
+    let whole = options.topK.map { $0 >= V } ?? true, nucleus = options.topP.map { $0 < 1 } ?? false
+    guard options.repetitionPenalty == 1, V > 0, scratch.count >= V, options.greedy || (whole && !nucleus) else {
+        var row = Array(logits)
+        return pickToken(&row, history: history(), options: options, rng: &rng)
+    }
+    if options.greedy {
+        var best = 0
+        for i in 1..<V where logits[i] > logits[best] { best = i }
+        return Int32(best)
+    }
+    let p = scratch.baseAddress!
+    for i in 0..<V { p[i] = logits[i] / options.temperature }
+    rk_softmax_forward(p, p, 1, Int32(V))
+    var u = Double(rng.nextUniform())
+    for i in 0..<V {
+        u -= Double(p[i])
+        if u < 0 { return Int32(i) }
+    }
+    return Int32((0..<V).last { p[$0] > 0 } ?? 0)
+}
+
 /// One next token from one row of logits.
 func pickToken(_ logits: inout [Float], history: [Int32], options: GenerationOptions, rng: inout SeededGenerator)
     -> Int32
