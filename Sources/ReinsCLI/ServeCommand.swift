@@ -37,6 +37,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "The largest request body, in bytes.") var maxBody = 1 << 20
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
     @Flag(help: "For a GGUF model: compute with the dequantized weights in float32.") var exact = false
+    @Option(help: "LoRA weights while decoding: half (copies in IEEE half precision: half the adapter bytes a step reads) or float (float32: each request's tokens those it gets alone).")
+    var loraPrecision = "half"
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be within 0...65535, got \(port)") }
@@ -44,6 +46,9 @@ struct ServeCommand: ParsableCommand {
                           ("--max-prompt-tokens", maxPromptTokens), ("--max-body", maxBody),
                           ("--max-batch-tokens", maxBatchTokens)] where v <= 0 {
             throw ValidationError("\(flag) must be positive, got \(v)")
+        }
+        guard ["half", "float"].contains(loraPrecision) else {
+            throw ValidationError("--lora-precision \(loraPrecision): half or float")
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): trace, debug, info, notice, warning, error or critical") }
     }
@@ -66,6 +71,7 @@ struct ServeCommand: ParsableCommand {
         (options.host, options.port, options.batchCapacity, options.queueLimit) = (host, port, maxBatch, maxQueue)
         (options.maxTokens, options.maxPromptTokens, options.maxBodyBytes) = (maxTokens, maxPromptTokens, maxBody)
         options.maxBatchTokens = maxBatchTokens
+        options.halfPrecisionLoRA = loraPrecision == "half"
         let server = try ReinsServer(served: served, options: options)
         let host = self.host
         let app = server.application { port in

@@ -11,6 +11,8 @@ public final class ServedModel {
     public let baseName: String
     /// The task heads of the classification and question-answering adapters, by adapter name (`/v1/classify`).
     public private(set) var heads: [String: AdapterTaskHead] = [:]
+    /// Half-precision copies of the adapters' LoRA weights, for an engine that decodes with them.
+    public let halfPrecisionLoRA = HalfPrecisionLoRACopies()
 
     public init(model: any CausalLanguageModel, format: ChatFormat, baseName: String) {
         (self.model, self.format, self.baseName) = (model, format, baseName)
@@ -55,6 +57,7 @@ public final class ServedModel {
     public func unloadAdapter(_ name: String) throws {
         try model.deleteAdapter(name)
         heads[name] = nil
+        halfPrecisionLoRA.removeAll()  // the removed adapter's copies go with it (the others are copied again on use)
     }
 }
 
@@ -149,12 +152,15 @@ public final class Engine: @unchecked Sendable {
     /// Called on the engine thread after each step with the statistics (the server's metrics).
     var onStatistics: (@Sendable (Statistics) -> Void)?
 
-    public init(served: ServedModel, batchCapacity: Int = 16, queueLimit: Int = 64, classificationTokenBudget: Int = 16384)
-        throws
-    {
+    /// - Parameter halfPrecisionLoRA: decode with half-precision copies of LoRA weights (``ServedModel/halfPrecisionLoRA``).
+    public init(
+        served: ServedModel, batchCapacity: Int = 16, queueLimit: Int = 64, classificationTokenBudget: Int = 16384,
+        halfPrecisionLoRA: Bool = false
+    ) throws {
         guard classificationTokenBudget > 0 else { throw ServerError.badRequest("the classification token budget must be positive") }
         self.served = served
         batch = try ContinuousBatch(model: served.model, capacity: batchCapacity)
+        batch.halfPrecisionLoRA = halfPrecisionLoRA ? served.halfPrecisionLoRA : nil
         self.queueLimit = queueLimit
         self.classificationTokenBudget = classificationTokenBudget
     }

@@ -26,6 +26,9 @@ public struct ServerOptions: Sendable {
     public var queueLimit = 64
     /// A connection idle this long is closed (a client that stalls mid-request).
     public var idleTimeoutSeconds = 30
+    /// Decoding reads LoRA weights from half-precision copies (half the adapter bytes per step; each LoRA's update
+    /// differs from float32's by the weights' rounding). Off: float32, every request's tokens those it gets alone.
+    public var halfPrecisionLoRA = false
 
     public init() {}
 }
@@ -66,7 +69,7 @@ public final class ReinsServer: Sendable {
         Parallel.sharesCores = true
         engine = try Engine(
             served: served, batchCapacity: options.batchCapacity, queueLimit: options.queueLimit,
-            classificationTokenBudget: options.maxBatchTokens)
+            classificationTokenBudget: options.maxBatchTokens, halfPrecisionLoRA: options.halfPrecisionLoRA)
         self.options = options
         format = served.format
         baseName = served.baseName

@@ -353,6 +353,44 @@ struct KernelTests {
         }
     }
 
+    /// The same update with A and B in half precision, B transposed (a server's copies): against its scalar reference
+    /// and against the products of the half values written out in Double; ranks below, at and above one vector (8),
+    /// output widths that are not multiples of 8 and inputs not of 16.
+    @Test(arguments: instructionSets)
+    func halfPrecisionLoRARowsMatchReference(isa: Int32) {
+        with(isa) {
+            let (rows, T, inp, out) = (5, 2, 45, 23)
+            let ranks: [Int32] = [3, 8, 0, 17, 16]
+            let scales: [Float] = [0.5, 1.5, 0, 2, 0.75]
+            let As = ranks.enumerated().map { randomFloats(Int($0.element) * inp, seed: UInt64(170 + $0.offset)).map(rk_float_to_half) }
+            let Bs = ranks.enumerated().map { randomFloats(out * Int($0.element), seed: UInt64(180 + $0.offset)).map(rk_float_to_half) }
+            let x = randomFloats(rows * T * inp, seed: 190), y0 = randomFloats(rows * T * out, seed: 191)
+            var y = y0, yr = y0, work = [Float](repeating: 0, count: 17), workr = work
+            var expected = y0.map(Double.init)
+            for row in 0..<rows where ranks[row] > 0 {
+                let r = Int(ranks[row])
+                let (a, bt) = (As[row].map { Double(rk_half_to_float($0)) }, Bs[row].map { Double(rk_half_to_float($0)) })
+                for t in 0..<T {
+                    let base = row * T + t
+                    let xa = (0..<r).map { j in (0..<inp).reduce(0.0) { $0 + a[j * inp + $1] * Double(x[base * inp + $1]) } }
+                    for o in 0..<out {
+                        expected[base * out + o] += Double(scales[row]) * (0..<r).reduce(0.0) { $0 + bt[$1 * out + o] * xa[$1] }
+                    }
+                }
+            }
+            As.withPointers { a in
+                Bs.withPointers { b in
+                    let ap = (0..<rows).map { ranks[$0] > 0 ? a[$0] : nil }, bp = (0..<rows).map { ranks[$0] > 0 ? b[$0] : nil }
+                    rk_lora_rows_f16(&y, x, Int32(rows), Int32(T), Int32(inp), Int32(out), ap, bp, ranks, scales, &work)
+                    rk_lora_rows_f16_ref(&yr, x, Int32(rows), Int32(T), Int32(inp), Int32(out), ap, bp, ranks, scales, &workr)
+                }
+            }
+            expectClose(y, yr, atol: 1e-5, rtol: 1e-5, "half lora rows vs reference")
+            expectClose(yr, expected.map(Float.init), atol: 1e-4, rtol: 1e-4, "half lora rows vs Double")
+            #expect(Array(y[(2 * T * out)..<(3 * T * out)]) == Array(y0[(2 * T * out)..<(3 * T * out)]), "the row without an adapter")
+        }
+    }
+
     @Test(arguments: instructionSets)
     func loraMatchesReference(isa: Int32) {
         with(isa) {
@@ -463,11 +501,11 @@ struct KernelTests {
     }
 }
 
-extension Array where Element == [Float] {
+extension Array {
     /// Runs `body` with a pointer to each inner array's storage (all kept alive meanwhile).
-    func withPointers<R>(_ body: ([UnsafePointer<Float>?]) -> R) -> R {
-        let buffers = map { inner -> UnsafeMutablePointer<Float> in
-            let p = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(inner.count, 1))
+    func withPointers<E, R>(_ body: ([UnsafePointer<E>?]) -> R) -> R where Element == [E] {
+        let buffers = map { inner -> UnsafeMutablePointer<E> in
+            let p = UnsafeMutablePointer<E>.allocate(capacity: Swift.max(inner.count, 1))
             p.initialize(from: inner, count: inner.count)
             return p
         }

@@ -1,3 +1,4 @@
+import CReinsKernels
 import Foundation
 import ReinsTensor
 import ReinsTestSupport
@@ -217,6 +218,58 @@ struct MixedBatchTests {
             #expect(produced[id] == alone[i], "\(family) request \(i) (\(r.adapter ?? "base"))")
             #expect(finished[id] == (i == 1 ? .stop : .length), "request \(i)")
         }
+    }
+
+    /// A routed batch reading LoRA weights from half-precision copies equals the float path over weights rounded to
+    /// half precision (so the copies are what is read, and read whole), differs from the unrounded weights by more
+    /// (the rounding shows), leaves rows without a LoRA as they were, and after `removeAll` reads changed weights anew.
+    @Test(arguments: ["gpt2-lm", "llama-tiny"])
+    func halfPrecisionLoRACopiesAreTheRoundedWeights(family: String) throws {
+        let (model, _) = try Self.adapted(family)
+        let routing: [String?] = ["lora", nil, "lora-r3", "lora-embedding-head", "ia3", "lora"]
+        let ids = try IntTensor(shape: [routing.count, 4], values: (0..<(routing.count * 4)).map { Int32(3 + ($0 * 5) % 40) })
+        let copies = HalfPrecisionLoRACopies()
+        func run(_ half: HalfPrecisionLoRACopies?) throws -> [Float] {
+            try Autograd.withoutGradients {
+                try model.withAdapters(perRow: routing) {
+                    try model.routingRows(routing, halfLoRA: half) { try Self.logits(model, ids).scalars }
+                }
+            }
+        }
+        let float = try run(nil), half = try run(copies)
+        #expect(copies.count > 0)
+        // The same weights rounded to half precision, read in float.
+        let loras = ["lora", "lora-r3", "lora-embedding-head"].flatMap { name in
+            model.namedModules().compactMap { ($0.module as? Linear)?.loras[name] }
+        }
+        #expect(!loras.isEmpty)
+        let saved = loras.map { ($0.a.value, $0.b.value) }
+        func rounded(_ t: Tensor) throws -> Tensor {
+            try Tensor(shape: t.shape, values: t.scalars.map { rk_half_to_float(rk_float_to_half($0)) })
+        }
+        for l in loras {
+            l.a.replaceValue(try rounded(l.a.value))
+            l.b.replaceValue(try rounded(l.b.value))
+        }
+        let roundedFloat = try run(nil)
+        let (near, far) = (
+            zip(half, roundedFloat).map { abs($0 - $1) }.max() ?? 0, zip(half, float).map { abs($0 - $1) }.max() ?? 0
+        )
+        expectClose(half, roundedFloat, atol: 2e-5, rtol: 1e-5, "\(family): half copies vs rounded weights")
+        #expect(far > 10 * near, "\(family): the rounding shows (\(far) against \(near))")
+        // Rows 1 and 4 (no LoRA) are unchanged by the copies.
+        let V = model.vocabularySize, per = 4 * V
+        for row in [1, 4] {
+            #expect(Array(half[(row * per)..<((row + 1) * per)]) == Array(float[(row * per)..<((row + 1) * per)]), "row \(row)")
+        }
+        // Changed weights: the old copies still read the old ones until removeAll.
+        for (l, (a, b)) in zip(loras, saved) {
+            l.a.replaceValue(a)
+            l.b.replaceValue(try b.scaled(by: 2))
+        }
+        #expect(try run(copies) == half)
+        copies.removeAll()
+        #expect(try run(copies) != half)
     }
 
     /// A continuous batch's draw reads each row's logits in place (greedy and plain sampling copy nothing): the same

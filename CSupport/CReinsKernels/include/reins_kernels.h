@@ -210,6 +210,12 @@ void rk_lora_rows(float *y, const float *x, int rows, int T, int in, int out, co
                   const float *const *b, const int *rank, const float *scale, float *work);
 void rk_lora_rows_ref(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
                       const float *const *b, const int *rank, const float *scale, float *work);
+// The same with A and B in IEEE half precision and B transposed, bt: [rank, out] (a server's copies of its adapters:
+// half the bytes per step, and 8 outputs per vector).
+void rk_lora_rows_f16(float *y, const float *x, int rows, int T, int in, int out, const uint16_t *const *a,
+                      const uint16_t *const *bt, const int *rank, const float *scale, float *work);
+void rk_lora_rows_f16_ref(float *y, const float *x, int rows, int T, int in, int out, const uint16_t *const *a,
+                          const uint16_t *const *bt, const int *rank, const float *scale, float *work);
 void rk_lora_forward(float *out, float *xa, const float *inp, const float *weight, const float *bias,
                      const float *A, const float *Bm, int N, int C, int OC, int r, float scale, int w_transposed);
 void rk_lora_backward(float *dinp, float *dweight, float *dbias, float *dA, float *dB, const float *dout,

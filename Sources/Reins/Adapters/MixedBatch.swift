@@ -11,11 +11,14 @@ public struct AdapterRouting: Sendable {
 
     /// The adapter of each row (nil: the bare base).
     public let rows: [String?]
+    /// Half-precision copies to read LoRA weights from, if any.
+    let halfLoRA: HalfPrecisionLoRACopies?
     /// The distinct adapters, in order of first appearance, with their rows.
     let groups: [(name: String, rows: [Int])]
 
-    init(_ rows: [String?]) {
+    init(_ rows: [String?], halfLoRA: HalfPrecisionLoRACopies? = nil) {
         self.rows = rows
+        self.halfLoRA = halfLoRA
         var order: [String] = [], members: [String: [Int]] = [:]
         for (b, name) in rows.enumerated() {
             guard let name else { continue }
@@ -64,8 +67,10 @@ extension Module {
     /// ``withAdapters(perRow:_:)`` without its checks or activation changes, for a caller that has checked the names,
     /// knows that no adapter is merged and keeps none active (``ContinuousBatch``, once per decoding step: the checks
     /// walk the whole model).
-    func routingRows<R>(_ perRow: [String?], _ body: () throws -> R) rethrows -> R {
-        try AdapterRouting.$current.withValue(AdapterRouting(perRow), operation: body)
+    func routingRows<R>(_ perRow: [String?], halfLoRA: HalfPrecisionLoRACopies? = nil, _ body: () throws -> R) rethrows
+        -> R
+    {
+        try AdapterRouting.$current.withValue(AdapterRouting(perRow, halfLoRA: halfLoRA), operation: body)
     }
 
     /// The key of a module with an adapter merged into its weight, if any.
@@ -190,33 +195,92 @@ extension Linear {
         let (inputs, outputs) = (x.shape[x.rank - 1], y.shape[y.rank - 1])
         var index = [Int?](repeating: nil, count: B)
         for (i, (_, rows)) in loras.enumerated() { for r in rows { index[r] = i } }
+        // Each row's A and B: the LoRA's own, or (a server's batch) their half-precision copies.
         let tensors = loras.map { ($0.0.a.value, $0.0.b.value) }
-        let a = index.map { $0.map { UnsafePointer(tensors[$0].0.storage.pointer) } }
-        let b = index.map { $0.map { UnsafePointer(tensors[$0].1.storage.pointer) } }
+        let halves = AdapterRouting.current?.halfLoRA.map { copies in loras.map { copies.copy(of: $0.0) } }
+        let weights: [(a: UnsafeRawPointer, b: UnsafeRawPointer)] = loras.indices.map { i in
+            halves.map { (UnsafeRawPointer($0[i].a), UnsafeRawPointer($0[i].b)) }
+                ?? (UnsafeRawPointer(tensors[i].0.storage.pointer), UnsafeRawPointer(tensors[i].1.storage.pointer))
+        }
+        let a = index.map { $0.map { weights[$0].a } }, b = index.map { $0.map { weights[$0].b } }
         let ranks = index.map { $0.map { Int32(loras[$0].0.rank) } ?? 0 }
         let scales = index.map { $0.map { loras[$0].0.scale } ?? 0 }
         let maxRank = max(1, loras.map(\.0.rank).max() ?? 1)
         let (xp, yp) = (UnsafePointer(x.storage.pointer), y.storage.pointer)
-        withExtendedLifetime((tensors, x, y)) {
-            a.withUnsafeBufferPointer { ap in
-                b.withUnsafeBufferPointer { bp in
-                    ranks.withUnsafeBufferPointer { rp in
-                        scales.withUnsafeBufferPointer { sp in
-                            // Rows taken one at a time: their adapters' ranks and widths differ (a batch's rows may
-                            // mix a large LoRA with none), so fixed shares would leave one thread waiting.
-                            Parallel.forPieces(B, piece: 1) { r in
-                                withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
-                                    let first = r.lowerBound
-                                    rk_lora_rows(
-                                        yp + first * T * outputs, xp + first * T * inputs, Int32(r.count), Int32(T),
-                                        Int32(inputs), Int32(outputs), ap.baseAddress! + first, bp.baseAddress! + first,
-                                        rp.baseAddress! + first, sp.baseAddress! + first, work.baseAddress!)
-                                }
-                            }
-                        }
+        withExtendedLifetime((tensors, halves, x, y)) {
+            // Rows taken one at a time: their adapters' ranks and widths differ (a batch's rows may mix a large LoRA
+            // with none), so fixed shares would leave one thread waiting.
+            Parallel.forPieces(B, piece: 1) { r in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
+                    let first = r.lowerBound, n = r.count
+                    let (y, x, w) = (yp + first * T * outputs, xp + first * T * inputs, work.baseAddress!)
+                    if halves != nil {
+                        let ah = a[r].map { $0?.assumingMemoryBound(to: UInt16.self) }
+                        let bh = b[r].map { $0?.assumingMemoryBound(to: UInt16.self) }
+                        rk_lora_rows_f16(
+                            y, x, Int32(n), Int32(T), Int32(inputs), Int32(outputs), ah, bh, Array(ranks[r]),
+                            Array(scales[r]), w)
+                    } else {
+                        let af = a[r].map { $0?.assumingMemoryBound(to: Float.self) }
+                        let bf = b[r].map { $0?.assumingMemoryBound(to: Float.self) }
+                        rk_lora_rows(
+                            y, x, Int32(n), Int32(T), Int32(inputs), Int32(outputs), af, bf, Array(ranks[r]),
+                            Array(scales[r]), w)
                     }
                 }
             }
+        }
+    }
+}
+
+/// Half-precision copies of LoRA weights for serving: a batch routed with them (``ContinuousBatch/halfPrecisionLoRA``)
+/// reads each LoRA's A and B as IEEE halves (nearest, ties to even) — half the bytes a decoding step reads for
+/// adapters, which is what a step with many large LoRAs waits on. A copy is made the first time a batch reads the LoRA
+/// and is of its weights as they were then: after changing a LoRA's weights, ``removeAll()``.
+public final class HalfPrecisionLoRACopies: @unchecked Sendable {
+    final class Copy {
+        let lora: LoRA  // held, so that its identity is not reused while the copy lives
+        /// A `[rank, in]` and B transposed, `[rank, out]` (the kernel's layout).
+        let a: UnsafeMutablePointer<UInt16>, b: UnsafeMutablePointer<UInt16>
+        init(_ lora: LoRA) {
+            self.lora = lora
+            func half(_ t: Tensor, transposed: Bool) -> UnsafeMutablePointer<UInt16> {
+                let p = UnsafeMutablePointer<UInt16>.allocate(capacity: max(t.count, 1))
+                let v = t.storage.pointer
+                let (rows, columns) = (t.shape[0], t.count / max(t.shape[0], 1))
+                for i in 0..<rows {
+                    for j in 0..<columns {
+                        p[transposed ? j * rows + i : i * columns + j] = rk_float_to_half(v[i * columns + j])
+                    }
+                }
+                return p
+            }
+            (a, b) = withExtendedLifetime(lora) {
+                (half(lora.a.value, transposed: false), half(lora.b.value, transposed: true))
+            }
+        }
+        deinit {
+            a.deallocate()
+            b.deallocate()
+        }
+    }
+    private var copies: [ObjectIdentifier: Copy] = [:]
+    private let lock = NSLock()
+
+    public init() {}
+
+    /// LoRAs copied so far.
+    public var count: Int { lock.withLock { copies.count } }
+
+    /// Drops every copy (the next batch copies again what it reads).
+    public func removeAll() { lock.withLock { copies = [:] } }
+
+    func copy(of lora: LoRA) -> Copy {
+        lock.withLock {
+            if let c = copies[ObjectIdentifier(lora)] { return c }
+            let c = Copy(lora)
+            copies[ObjectIdentifier(lora)] = c
+            return c
         }
     }
 }

@@ -120,7 +120,7 @@ extension CausalLanguageModel {
         guard let keep else { return try outputLogits(h).reshaped([tokens.count, vocabularySize]) }
         h = try h.rows(keep)
         // The output layer sees the kept rows only: so does the routing (an adapter on the output layer).
-        let routing = AdapterRouting.current.map { r in AdapterRouting(keep.map { r.rows[$0] }) }
+        let routing = AdapterRouting.current.map { r in AdapterRouting(keep.map { r.rows[$0] }, halfLoRA: r.halfLoRA) }
         return try AdapterRouting.$current.withValue(routing) {
             try outputLogits(h).reshaped([keep.count, vocabularySize])
         }
@@ -208,6 +208,10 @@ public final class ContinuousBatch {
     public var prefillChunk = 256 {
         didSet { prefillChunk = max(1, prefillChunk) }
     }
+    /// Set, the steps read every LoRA's weights from these half-precision copies (half the adapter bytes per step;
+    /// each LoRA's update then differs from float32's by the weights' rounding, ~1e-3 relative). Nil (the default):
+    /// float32, each request's tokens those it gets alone.
+    public var halfPrecisionLoRA: HalfPrecisionLoRACopies?
     private var running: [(request: Request, cache: KVCache, rng: SeededGenerator, next: Int32)] = []
     /// Requests waiting for (the rest of) their prompt to be fed after `start` cached positions (a prefix's); `alone`
     /// when their adapter brings prompt vectors.
@@ -334,7 +338,7 @@ public final class ContinuousBatch {
         // there are none, a pass that only feeds prompts still computes one row's logits and drops them).
         let drawn = keep.count
         let logits = try Autograd.withoutGradients {
-            try model.routingRows(adapters) {
+            try model.routingRows(adapters, halfLoRA: halfPrecisionLoRA) {
                 try model.rowLogits(tokens, caches: caches, positions: positions, keep: drawn > 0 ? keep : [tokens.count - 1])
             }
         }
