@@ -162,8 +162,8 @@ static inline RK_AVX2H __m256 load_half8(const uint16_t *p) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 }
 // As lora_rows_avx2, the weights widened from half precision 8 at a time (F16C) as they are read: half the bytes
-// from memory. B comes transposed ([rank, out]), so 8 outputs at a time take the rank's terms in order in one
-// register, with no sum across lanes per output.
+// from memory. B comes transposed ([rank, out]), so each rank's term is added to 8 outputs at a time with no sum
+// across lanes per output.
 static RK_AVX2H void lora_rows_f16_avx2(float *y, const float *x, int rows, int T, int in, int out,
                                         const uint16_t *const *a, const uint16_t *const *bt, const int *rank,
                                         const float *scale, float *work) {
@@ -186,17 +186,15 @@ static RK_AVX2H void lora_rows_f16_avx2(float *y, const float *x, int rows, int 
                 for (; k < in; k++) s += rk_half_to_float(aj[k]) * xr[k];
                 work[j] = s * scale[row];
             }
-            int o = 0;
-            for (; o + 8 <= out; o += 8) {
-                __m256 acc = _mm256_setzero_ps();
-                for (int j = 0; j < r; j++)
-                    acc = _mm256_fmadd_ps(load_half8(Bt + (size_t)j * out + o), _mm256_set1_ps(work[j]), acc);
-                _mm256_storeu_ps(yr + o, _mm256_add_ps(_mm256_loadu_ps(yr + o), acc));
-            }
-            for (; o < out; o++) {
-                float s = 0;
-                for (int j = 0; j < r; j++) s += rk_half_to_float(Bt[(size_t)j * out + o]) * work[j];
-                yr[o] += s;
+            // Bᵀ read in its memory order, one rank row at a time, each added into the outputs (in L1): one stream
+            // the prefetcher follows, rather than rank streams at once.
+            for (int j = 0; j < r; j++) {
+                const uint16_t *bj = Bt + (size_t)j * out;
+                __m256 w = _mm256_set1_ps(work[j]);
+                int o = 0;
+                for (; o + 8 <= out; o += 8)
+                    _mm256_storeu_ps(yr + o, _mm256_fmadd_ps(load_half8(bj + o), w, _mm256_loadu_ps(yr + o)));
+                for (; o < out; o++) yr[o] += rk_half_to_float(bj[o]) * work[j];
             }
         }
     }

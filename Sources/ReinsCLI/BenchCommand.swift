@@ -250,15 +250,22 @@ struct BenchCommand: ParsableCommand {
                 report("SmolLM2 GGUF Q4_1 decode 64 batch \(rows) LoRA \(label)", decode / 63, perSecond: Double(63 * rows) / decode * 1000, unit: "tokens/s")
             }
         }
-        // What `reins serve` runs: a continuous batch of 8 requests for 8 LoRA adapters (r 8 on q, v), each with its own
-        // cache, sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
-        for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v") {
+        // What `reins serve` runs: a continuous batch of 8 requests for 8 LoRA adapters (r 8 on q, v; or r 16 on every
+        // linear layer, as the demo's, read from half-precision copies as the server does), each with its own cache,
+        // sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
+        let loraKinds: [(label: String, config: LoRAConfig, half: Bool)] = [
+            ("r8 q,v", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]), false),
+            ("r16 all linear, half-precision copies", LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]), true),
+        ]
+        for (label, config, half) in loraKinds {
+        for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA \(label)") {
             let model = try load(quantized: true)
-            let config = LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])
             for i in 0..<rows { try model.addLoRA("task\(i)", config) }
             var steps: [Double] = [], joins: [Double] = [], folded: [Double] = []
+            let copies = half ? HalfPrecisionLoRACopies() : nil
             let ms = try median(repeats) {
                 let batch = try ContinuousBatch(model: model, capacity: rows)
+                batch.halfPrecisionLoRA = copies
                 for r in 0..<rows {
                     let options = GenerationOptions(maxNewTokens: 66, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
                     let s = DispatchTime.now().uptimeNanoseconds
@@ -280,13 +287,14 @@ struct BenchCommand: ParsableCommand {
             }
             _ = ms
             let step = steps.sorted()[steps.count / 2]
-            report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v", step, perSecond: Double(rows) / step * 1000, unit: "tokens/s")
+            report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA \(label)", step, perSecond: Double(rows) / step * 1000, unit: "tokens/s")
             let join = joins.sorted()[joins.count / 2]
-            report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v join (12-19 token prompt)", join, perSecond: 1000 / join, unit: "joins/s")
+            report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA \(label) join (12-19 token prompt)", join, perSecond: 1000 / join, unit: "joins/s")
             if !folded.isEmpty {
                 let step = folded.sorted()[folded.count / 2]
-                report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA r8 q,v step with a 15-token prompt folded in", step, perSecond: 1000 / step, unit: "steps/s")
+                report("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA \(label) step with a 15-token prompt folded in", step, perSecond: 1000 / step, unit: "steps/s")
             }
+        }
         }
         for quantized in [true, false] {
           for checkpointing in [false, true] {
