@@ -311,7 +311,7 @@ public final class ContinuousBatch {
     /// ``prefillChunk`` tokens; a request whose prompt is all fed gets its first token); finished requests leave.
     public func step() throws -> [Event] {
         var events: [Event] = []
-        // Virtual-token adapters' requests: prefilled alone first.
+        // Prompt-tuning requests: prefilled alone first (their prompt vectors need a pass of their own).
         let alone = joining.filter(\.alone)
         joining.removeAll { $0.alone }
         for j in alone { events.append(try prefillAlone(j.request, cache: j.cache)) }
