@@ -202,30 +202,45 @@ extension Linear {
             halves.map { (UnsafeRawPointer($0[i].a), UnsafeRawPointer($0[i].b)) }
                 ?? (UnsafeRawPointer(tensors[i].0.storage.pointer), UnsafeRawPointer(tensors[i].1.storage.pointer))
         }
-        let a = index.map { $0.map { weights[$0].a } }, b = index.map { $0.map { weights[$0].b } }
         let ranks = index.map { $0.map { Int32(loras[$0].0.rank) } ?? 0 }
         let scales = index.map { $0.map { loras[$0].0.scale } ?? 0 }
         let maxRank = max(1, loras.map(\.0.rank).max() ?? 1)
         let (xp, yp) = (UnsafePointer(x.storage.pointer), y.storage.pointer)
+        // Per-row pointer tables for the kernel, made once per call (not per piece).
+        let a = UnsafeMutableBufferPointer<UnsafeRawPointer?>.allocate(capacity: B)
+        let b = UnsafeMutableBufferPointer<UnsafeRawPointer?>.allocate(capacity: B)
+        defer {
+            a.deallocate()
+            b.deallocate()
+        }
+        for row in 0..<B { (a[row], b[row]) = (index[row].map { weights[$0].a }, index[row].map { weights[$0].b }) }
+        let half = halves != nil
         withExtendedLifetime((tensors, halves, x, y)) {
-            // Rows taken one at a time: their adapters' ranks and widths differ (a batch's rows may mix a large LoRA
-            // with none), so fixed shares would leave one thread waiting.
-            Parallel.forPieces(B, piece: 1) { r in
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
-                    let first = r.lowerBound, n = r.count
-                    let (y, x, w) = (yp + first * T * outputs, xp + first * T * inputs, work.baseAddress!)
-                    if halves != nil {
-                        let ah = a[r].map { $0?.assumingMemoryBound(to: UInt16.self) }
-                        let bh = b[r].map { $0?.assumingMemoryBound(to: UInt16.self) }
-                        rk_lora_rows_f16(
-                            y, x, Int32(n), Int32(T), Int32(inputs), Int32(outputs), ah, bh, Array(ranks[r]),
-                            Array(scales[r]), w)
-                    } else {
-                        let af = a[r].map { $0?.assumingMemoryBound(to: Float.self) }
-                        let bf = b[r].map { $0?.assumingMemoryBound(to: Float.self) }
-                        rk_lora_rows(
-                            y, x, Int32(n), Int32(T), Int32(inputs), Int32(outputs), af, bf, Array(ranks[r]),
-                            Array(scales[r]), w)
+            ranks.withUnsafeBufferPointer { rp in
+                scales.withUnsafeBufferPointer { sp in
+                    // Rows taken one at a time: their adapters' ranks and widths differ (a batch's rows may mix a large
+                    // LoRA with none), so fixed shares would leave one thread waiting.
+                    Parallel.forPieces(B, piece: 1) { r in
+                        withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
+                            let (first, n) = (r.lowerBound, Int32(r.count))
+                            let (y, x, w) = (yp + first * T * outputs, xp + first * T * inputs, work.baseAddress!)
+                            let (ra, rb) = (rp.baseAddress! + first, sp.baseAddress! + first)
+                            let (ap, bp) = (a.baseAddress! + first, b.baseAddress! + first)
+                            if half {
+                                ap.withMemoryRebound(to: UnsafePointer<UInt16>?.self, capacity: r.count) { ah in
+                                    bp.withMemoryRebound(to: UnsafePointer<UInt16>?.self, capacity: r.count) { bh in
+                                        rk_lora_rows_f16(
+                                            y, x, n, Int32(T), Int32(inputs), Int32(outputs), ah, bh, ra, rb, w)
+                                    }
+                                }
+                            } else {
+                                ap.withMemoryRebound(to: UnsafePointer<Float>?.self, capacity: r.count) { af in
+                                    bp.withMemoryRebound(to: UnsafePointer<Float>?.self, capacity: r.count) { bf in
+                                        rk_lora_rows(y, x, n, Int32(T), Int32(inputs), Int32(outputs), af, bf, ra, rb, w)
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }
