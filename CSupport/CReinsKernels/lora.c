@@ -109,6 +109,7 @@ static RK_AVX2 void lora_rows_avx2(float *y, const float *x, int rows, int T, in
                 __m256 s0 = _mm256_setzero_ps(), s1 = s0;
                 int k = 0;
                 for (; k + 16 <= in; k += 16) {
+                    _mm_prefetch((const char *)(aj + k) + 1024, _MM_HINT_T0);
                     s0 = _mm256_fmadd_ps(_mm256_loadu_ps(aj + k), _mm256_loadu_ps(xr + k), s0);
                     s1 = _mm256_fmadd_ps(_mm256_loadu_ps(aj + k + 8), _mm256_loadu_ps(xr + k + 8), s1);
                 }
@@ -118,6 +119,7 @@ static RK_AVX2 void lora_rows_avx2(float *y, const float *x, int rows, int T, in
             }
             for (int o = 0; o < out; o++) {
                 const float *bo = B + (size_t)o * r;
+                if ((o * r & 15) == 0) _mm_prefetch((const char *)bo + 1024, _MM_HINT_T0);
                 int j = 0;
                 float s = 0;
                 if (r >= 8) {
@@ -163,7 +165,9 @@ static inline RK_AVX2H __m256 load_half8(const uint16_t *p) {
 }
 // As lora_rows_avx2, the weights widened from half precision 8 at a time (F16C) as they are read: half the bytes
 // from memory. B comes transposed ([rank, out]), so each rank's term is added to 8 outputs at a time with no sum
-// across lanes per output.
+// across lanes per output. Both kernels prefetch 1 KB ahead: each module's weights are a few tens of KB read once per
+// row, too short for the hardware prefetcher to reach memory speed on its own (measured: the demo's LoRA shape, 8
+// rows, 37.6 -> 25.4-29.6 ms a step).
 static RK_AVX2H void lora_rows_f16_avx2(float *y, const float *x, int rows, int T, int in, int out,
                                         const uint16_t *const *a, const uint16_t *const *bt, const int *rank,
                                         const float *scale, float *work) {
@@ -179,6 +183,7 @@ static RK_AVX2H void lora_rows_f16_avx2(float *y, const float *x, int rows, int 
                 __m256 s0 = _mm256_setzero_ps(), s1 = s0;
                 int k = 0;
                 for (; k + 16 <= in; k += 16) {
+                    _mm_prefetch((const char *)(aj + k) + 1024, _MM_HINT_T0);
                     s0 = _mm256_fmadd_ps(load_half8(aj + k), _mm256_loadu_ps(xr + k), s0);
                     s1 = _mm256_fmadd_ps(load_half8(aj + k + 8), _mm256_loadu_ps(xr + k + 8), s1);
                 }
@@ -192,8 +197,10 @@ static RK_AVX2H void lora_rows_f16_avx2(float *y, const float *x, int rows, int 
                 const uint16_t *bj = Bt + (size_t)j * out;
                 __m256 w = _mm256_set1_ps(work[j]);
                 int o = 0;
-                for (; o + 8 <= out; o += 8)
+                for (; o + 8 <= out; o += 8) {
+                    if ((o & 31) == 0) _mm_prefetch((const char *)(bj + o) + 1024, _MM_HINT_T0);
                     _mm256_storeu_ps(yr + o, _mm256_fmadd_ps(load_half8(bj + o), w, _mm256_loadu_ps(yr + o)));
+                }
                 for (; o < out; o++) yr[o] += rk_half_to_float(bj[o]) * work[j];
             }
         }
