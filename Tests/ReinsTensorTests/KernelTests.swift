@@ -1,6 +1,5 @@
 import Foundation
 import Dispatch
-import Synchronization
 import CReinsKernels
 import Testing
 @testable import ReinsTensor
@@ -25,7 +24,7 @@ struct KernelTests {
         with(0) {
             #expect(rk_isa_active() == 0)
             // Another thread keeps the best kernels (tests running meanwhile are not switched under their feet)...
-            let seen = Mutex<Int32>(-1), done = DispatchSemaphore(value: 0)
+            let seen = Locked<Int32>(-1), done = DispatchSemaphore(value: 0)
             let other = Thread {
                 seen.withLock { $0 = rk_isa_active() }; done.signal()
             }
@@ -33,7 +32,7 @@ struct KernelTests {
             done.wait()
             #expect(seen.withLock { $0 } == best)
             // ...while the workers of this thread's parallel regions use its choice.
-            let chunks = Mutex<[Int32]>([])
+            let chunks = Locked<[Int32]>([])
             Parallel.forEach(8) { _ in
                 let isa = rk_isa_active(); chunks.withLock { $0.append(isa) }
             }
@@ -49,7 +48,7 @@ struct KernelTests {
         for (count, piece) in [(0, 4), (1, 1), (7, 3), (13, 1), (100, 7), (1000, 32), (64, 64), (65, 64)] {
             for pause in [false, true] {
                 if pause { usleep(2000) }  // past the workers' spin: they sleep, the region starts without them
-                let seen = Mutex<[Int]>(Array(repeating: 0, count: count))
+                let seen = Locked<[Int]>(Array(repeating: 0, count: count))
                 Parallel.forPieces(count, piece: piece) { r in
                     #expect(r.count <= piece && !r.isEmpty)
                     seen.withLock { for i in r { $0[i] += 1 } }
@@ -58,7 +57,7 @@ struct KernelTests {
             }
         }
         // Nested in another region: the pool is busy, so the inner one runs on Dispatch's threads.
-        let total = Mutex(0)
+        let total = Locked(0)
         Parallel.forEach(2) { _ in
             Parallel.forPieces(50, piece: 3) { r in total.withLock { $0 += r.count } }
         }
