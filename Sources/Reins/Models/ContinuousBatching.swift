@@ -28,7 +28,7 @@ extension Tensor {
             visible[b] = cache.length
         }
         // Every row's heads in one parallel region (a region per row would cost more in hand-offs than the work):
-        // row b's query heads against its own cache, all of it visible.
+        // row b's query heads against its own cache, as far as it stood after row b's append.
         let result = try Tensor.zeros([B, NH, 1, hs])
         var lse = [Float](repeating: 0, count: B * NH)
         let longest = visible.max() ?? 0
