@@ -78,30 +78,72 @@ static void values_one_row(float *o, const float *P, const float *v, int kc, int
     }
 }
 #if RK_X86
+// The dot products of four keys at once (four independent chains), reduced together: hs 64 costs two horizontal
+// sums' shuffles per four keys instead of one per key.
 static RK_AVX2 void scores_one_row_avx2(float *S, const float *q, const float *k, int kc, int hs, float scale) {
-    for (int j = 0; j < kc; j++) {
-        const float *kj = k + (size_t)j * hs;
-        __m256 a = _mm256_setzero_ps(), b = a;
+    int j = 0;
+    for (; j + 4 <= kc; j += 4) {
+        const float *k0 = k + (size_t)j * hs, *k1 = k0 + hs, *k2 = k1 + hs, *k3 = k2 + hs;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int c = 0;
-        for (; c + 16 <= hs; c += 16) {
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(kj + c), a);
-            b = _mm256_fmadd_ps(_mm256_loadu_ps(q + c + 8), _mm256_loadu_ps(kj + c + 8), b);
+        for (; c + 8 <= hs; c += 8) {
+            __m256 qc = _mm256_loadu_ps(q + c);
+            a0 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k0 + c), a0);
+            a1 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k1 + c), a1);
+            a2 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k2 + c), a2);
+            a3 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(k3 + c), a3);
         }
-        float d = rk_hsum256(_mm256_add_ps(a, b));
+        // [a0 a1 a2 a3] summed within each: pairwise adds leave lane i of each half holding key i's partial sums.
+        __m256 h01 = _mm256_hadd_ps(a0, a1), h23 = _mm256_hadd_ps(a2, a3), h = _mm256_hadd_ps(h01, h23);
+        __m128 d = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        float out[4];
+        _mm_storeu_ps(out, d);
+        for (; c < hs; c++) {
+            float qc = q[c];
+            out[0] += qc * k0[c];
+            out[1] += qc * k1[c];
+            out[2] += qc * k2[c];
+            out[3] += qc * k3[c];
+        }
+        for (int i = 0; i < 4; i++) S[j + i] = scale * out[i];
+    }
+    for (; j < kc; j++) {
+        const float *kj = k + (size_t)j * hs;
+        __m256 a = _mm256_setzero_ps();
+        int c = 0;
+        for (; c + 8 <= hs; c += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(kj + c), a);
+        float d = rk_hsum256(a);
         for (; c < hs; c++) d += q[c] * kj[c];
         S[j] = scale * d;
     }
 }
+// The output in registers, 64 columns at a time (8 accumulators), over every key: one load of each value row and no
+// store per key.
 static RK_AVX2 void values_one_row_avx2(float *o, const float *P, const float *v, int kc, int hs) {
-    memset(o, 0, sizeof(float) * (size_t)hs);
-    for (int j = 0; j < kc; j++) {
-        const float *vj = v + (size_t)j * hs;
-        float p = P[j];
-        if (p == 0.0f) continue;
-        __m256 pv = _mm256_set1_ps(p);
-        int c = 0;
-        for (; c + 8 <= hs; c += 8) _mm256_storeu_ps(o + c, _mm256_fmadd_ps(pv, _mm256_loadu_ps(vj + c), _mm256_loadu_ps(o + c)));
-        for (; c < hs; c++) o[c] += p * vj[c];
+    int c0 = 0;
+    for (; c0 + 64 <= hs; c0 += 64) {
+        __m256 a[8];
+        for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+        for (int j = 0; j < kc; j++) {
+            float p = P[j];
+            if (p == 0.0f) continue;
+            const float *vj = v + (size_t)j * hs + c0;
+            __m256 pv = _mm256_set1_ps(p);
+            for (int i = 0; i < 8; i++) a[i] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vj + 8 * i), a[i]);
+        }
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(o + c0 + 8 * i, a[i]);
+    }
+    for (; c0 + 8 <= hs; c0 += 8) {
+        __m256 a = _mm256_setzero_ps();
+        for (int j = 0; j < kc; j++)
+            if (P[j] != 0.0f) a = _mm256_fmadd_ps(_mm256_set1_ps(P[j]), _mm256_loadu_ps(v + (size_t)j * hs + c0), a);
+        _mm256_storeu_ps(o + c0, a);
+    }
+    for (; c0 < hs; c0++) {
+        float a = 0.0f;
+        for (int j = 0; j < kc; j++)
+            if (P[j] != 0.0f) a += P[j] * v[(size_t)j * hs + c0];
+        o[c0] = a;
     }
 }
 #endif

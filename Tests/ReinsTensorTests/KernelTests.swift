@@ -247,6 +247,8 @@ struct KernelTests {
         // One-row blocks take their own loops: decoding on a masked cache with grouped heads and a window, a causal
         // block of 32 rows plus one, and hs 35 (two 16-wide steps and a tail).
         AttentionCase(B: 2, NH: 9, T: 1, Tk: 23, hs: 35, causal: true, masked: true, NKV: 3, window: 7),
+        // hs 70: the values' 64-column block in registers, then a tail; 10 keys: two groups of four and two alone.
+        AttentionCase(B: 1, NH: 3, T: 1, Tk: 10, hs: 70, causal: true, masked: false, NKV: 1),
         AttentionCase(B: 1, NH: 2, T: 33, Tk: 33, hs: 13, causal: true, masked: true),
     ]
 
