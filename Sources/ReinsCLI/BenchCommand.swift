@@ -296,6 +296,39 @@ struct BenchCommand: ParsableCommand {
             }
         }
         }
+        // The load test's mix of methods: 8 rows for 3 LoRAs (r 16 on every linear layer, half-precision copies; one r 8
+        // on q, v), 2 IA3 and 3 prefix-tuning adapters (92 virtual tokens, as the demo's), against one row of each alone.
+        let mix: [(name: String, method: AdapterMethod)] = [
+            ("lora-a", .lora(LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))),
+            ("ia3-a", .ia3()), ("prefix-a", .prefix(length: 92)),
+            ("lora-q", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]))),
+            ("ia3-b", .ia3()), ("prefix-b", .prefix(length: 92)),
+            ("lora-b", .lora(LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))),
+            ("prefix-c", .prefix(length: 92)),
+        ]
+        for rows in [["lora-a"], ["ia3-a"], ["prefix-a"], mix.map(\.name)]
+        where selected("SmolLM2 GGUF Q4_1 continuous batch mixed methods \(rows.count == 1 ? rows[0] : "8 rows")") {
+            let model = try load(quantized: true)
+            for (i, (name, method)) in mix.enumerated() where rows.contains(name) {
+                _ = try model.addAdapter(name, method, seed: UInt64(i))
+            }
+            let copies = HalfPrecisionLoRACopies()
+            var steps: [Double] = []
+            _ = try median(repeats) {
+                let batch = try ContinuousBatch(model: model, capacity: rows.count)
+                batch.halfPrecisionLoRA = copies
+                for (r, name) in rows.enumerated() {
+                    let options = GenerationOptions(maxNewTokens: 34, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
+                    _ = try batch.add(prompt: Array(prompt.prefix(8 + r)), adapter: name, options: options)
+                }
+                let s = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<32 { _ = try batch.step() }
+                steps.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6 / 32)
+            }
+            let step = steps.sorted()[steps.count / 2]
+            report("SmolLM2 GGUF Q4_1 continuous batch mixed methods \(rows.count == 1 ? rows[0] : "8 rows")", step,
+                   perSecond: Double(rows.count) / step * 1000, unit: "tokens/s")
+        }
         for quantized in [true, false] {
           for checkpointing in [false, true] {
             let name =
