@@ -1,5 +1,6 @@
-"""Load test of `reins serve` on loopback: the same requests sent by 8 concurrent clients (each on its own adapter) and
-one at a time; total generated tokens per second, failures, and the ratio.
+"""Load test of `reins serve` on loopback: the same requests (for 8 adapters in turn) sent by 8 concurrent clients and
+one at a time; total generated tokens per second, failures, and the ratio. The clients share one queue of requests
+(each sends the next as soon as its last is answered); `--pinned` keeps each client on one adapter instead.
 
 Run by hand after `swift build -c release --product reins` and `reins demo decoder` (which leaves its adapters in
 reins-demo/decoder/adapters); needs safetensors and numpy (the reference venv has them):
@@ -20,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -68,13 +70,28 @@ def post(url, body, timeout=600):
         return json.loads(r.read())
 
 
-def run(url, jobs, clients, kind):
-    """Sends `jobs` (adapter, word) with `clients` at a time (client i takes jobs i, i + clients, ...): chat requests
-    for a translation (short answers: prompt processing dominates) or completions of a story opening (32 tokens each:
-    decoding dominates)."""
+def run(url, jobs, clients, kind, pinned=False):
+    """Sends `jobs` (adapter, word) with `clients` at a time: chat requests for a translation (short answers: prompt
+    processing dominates) or completions of a story opening (32 tokens each: decoding dominates).
+
+    By default the clients share one queue of jobs (a closed loop: a client sends the next job in the list as soon as
+    its last is answered, so `clients` requests stay in flight to the end). `pinned`: client i takes jobs i,
+    i + clients, ... (with 8 adapters in turn, each client stays on one adapter); a client whose adapter gives shorter
+    answers then runs out first and the end of the run has fewer requests in flight."""
+    lock = threading.Lock()
+    queue = iter(jobs)
+
+    def next_job(i, mine):
+        if pinned:
+            return next(mine, None)
+        with lock:
+            return next(queue, None)
+
     def client(i):
         tokens, failed = 0, 0
-        for adapter, word in jobs[i::clients]:
+        mine = iter(jobs[i::clients])
+        while (job := next_job(i, mine)) is not None:
+            adapter, word = job
             try:
                 if kind == "chat":
                     r = post(url + "/v1/chat/completions", {
@@ -107,6 +124,8 @@ def main():
     p.add_argument("--reins", default=os.path.join(ROOT, ".build/release/reins"))
     p.add_argument("--demo-adapters", default=os.path.join(ROOT, "reins-demo/decoder/adapters"))
     p.add_argument("--model", default=None, help="SmolLM2 GGUF (default: the pip package's)")
+    p.add_argument("--pinned", action="store_true",
+                   help="client i sends jobs i, i + clients, ... (each on one adapter) instead of sharing one queue")
     args = p.parse_args()
     model = args.model
     if model is None:
@@ -126,15 +145,21 @@ def main():
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.1)
         post(url + "/v1/chat/completions", {"model": "peft-lora", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
-        print(f"{args.requests} requests per run, max_tokens 32, temperature 0.7; {args.clients} clients vs one at a time\n")
+        print(f"{args.requests} requests per run, max_tokens 32, temperature 0.7; {args.clients} clients"
+              f" ({'each on one adapter' if args.pinned else 'sharing one queue'}) vs one at a time\n")
         print("| requests | adapters | clients | requests | failed | generated tokens | seconds | tokens/s | ratio |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-        runs = [("completion", n) for n in scenarios] + [("chat", list(scenarios)[-1])]
+        # The control: the base model alone (no adapter), the same requests. Rows without adapters cost what IA3 and
+        # prefix rows cost, so its ratio is what batching alone gives on this machine.
+        base = json.loads(urllib.request.urlopen(url + "/v1/models").read())["data"][0]["id"]
+        mixed = list(scenarios)[-1]
+        scenarios["base model alone, no adapter (control)"] = [base]
+        runs = [("completion", n) for n in scenarios] + [("chat", mixed)]
         for kind, name in runs:
             adapters = scenarios[name]
             jobs = [(adapters[i % len(adapters)], WORDS[(i * 7) % len(WORDS)]) for i in range(args.requests)]
             serial = run(url, jobs, 1, kind)
-            together = run(url, jobs, args.clients, kind)
+            together = run(url, jobs, args.clients, kind, args.pinned)
             label = "story completions" if kind == "completion" else "chat translations"
             for clients, (tokens, failed, seconds) in ((1, serial), (args.clients, together)):
                 ratio = (together[0] / together[2]) / (serial[0] / serial[2])
