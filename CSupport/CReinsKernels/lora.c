@@ -68,33 +68,71 @@ void rk_lora_backward_ref(float *dinp, float *dweight, float *dbias, float *dA, 
         }
 }
 
+// The rows kernels, once per element type of the adapter weights (float32, or half precision with B transposed):
+// for each row with an adapter, work (r) = scale·A·x, then y += B·work. A_AT(j, k) is A's element (j, k) as a float,
+// B_AT(o, j) B's; ELEM is the stored type.
+#define LORA_ROWS_REF_BODY(ELEM, A_AT, B_AT)                                                                        \
+    for (int row = 0; row < rows; row++) {                                                                          \
+        if (!a[row]) continue;                                                                                      \
+        const ELEM *A = a[row], *B = b[row];                                                                        \
+        int r = rank[row];                                                                                          \
+        for (int t = 0; t < T; t++) {                                                                               \
+            const float *xr = x + ((size_t)row * T + t) * in;                                                       \
+            float *yr = y + ((size_t)row * T + t) * out;                                                            \
+            for (int j = 0; j < r; j++) {                                                                           \
+                float s = 0;                                                                                        \
+                for (int k = 0; k < in; k++) s += A_AT(j, k) * xr[k];                                               \
+                work[j] = s * scale[row];                                                                           \
+            }                                                                                                       \
+            for (int o = 0; o < out; o++) {                                                                         \
+                float s = 0;                                                                                        \
+                for (int j = 0; j < r; j++) s += B_AT(o, j) * work[j];                                              \
+                yr[o] += s;                                                                                         \
+            }                                                                                                       \
+        }                                                                                                           \
+    }
+
 void rk_lora_rows_ref(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
                       const float *const *b, const int *rank, const float *scale, float *work) {
-    for (int row = 0; row < rows; row++) {
-        if (!a[row]) continue;
-        const float *A = a[row], *B = b[row];
-        int r = rank[row];
-        for (int t = 0; t < T; t++) {
-            const float *xr = x + ((size_t)row * T + t) * in;
-            float *yr = y + ((size_t)row * T + t) * out;
-            for (int j = 0; j < r; j++) {
-                float s = 0;
-                for (int k = 0; k < in; k++) s += A[(size_t)j * in + k] * xr[k];
-                work[j] = s * scale[row];
-            }
-            for (int o = 0; o < out; o++) {
-                float s = 0;
-                for (int j = 0; j < r; j++) s += B[(size_t)o * r + j] * work[j];
-                yr[o] += s;
-            }
-        }
-    }
+#define A_F32(j, k) A[(size_t)(j) * in + (k)]
+#define B_F32(o, j) B[(size_t)(o) * r + (j)]
+    LORA_ROWS_REF_BODY(float, A_F32, B_F32)
+}
+
+void rk_lora_rows_f16_ref(float *y, const float *x, int rows, int T, int in, int out, const uint16_t *const *a,
+                          const uint16_t *const *b, const int *rank, const float *scale, float *work) {
+#define A_F16(j, k) rk_half_to_float(A[(size_t)(j) * in + (k)])
+#define BT_F16(o, j) rk_half_to_float(B[(size_t)(j) * out + (o)])
+    LORA_ROWS_REF_BODY(uint16_t, A_F16, BT_F16)
 }
 
 #if RK_X86
-// Each A row's dot with x in two 8-wide accumulators; each output's dot of its B row (rank long) with the rank
-// values 8 at a time, summed across lanes once: plain C leaves that second loop scalar (a float reduction is not
-// reordered without fast-math), and it is most of the work for a wide layer.
+#define RK_AVX2H __attribute__((target("avx2,fma,f16c")))
+static inline RK_AVX2 __m256 load_float8(const float *p) { return _mm256_loadu_ps(p); }
+static inline RK_AVX2H __m256 load_half8(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+// work (r) = scale·A·x for one row: each A row's dot with x in two 8-wide accumulators, A widened by LOAD8 and A_AT
+// as it is read. Each module's weights are a few tens of KB read once per row, too short for the hardware prefetcher
+// to reach memory speed on its own: both kernels prefetch 1 KB ahead (measured: the demo's LoRA shape, 8 rows, 37.6
+// -> 25.4-29.6 ms a step).
+#define LORA_RANK_VALUES_AVX2(LOAD8, A_AT)                                                                          \
+    for (int j = 0; j < r; j++) {                                                                                   \
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0;                                                                   \
+        int k = 0;                                                                                                  \
+        for (; k + 16 <= in; k += 16) {                                                                             \
+            _mm_prefetch((const char *)(A + (size_t)j * in + k) + 1024, _MM_HINT_T0);                               \
+            s0 = _mm256_fmadd_ps(LOAD8(A + (size_t)j * in + k), _mm256_loadu_ps(xr + k), s0);                       \
+            s1 = _mm256_fmadd_ps(LOAD8(A + (size_t)j * in + k + 8), _mm256_loadu_ps(xr + k + 8), s1);               \
+        }                                                                                                           \
+        float s = rk_hsum256(_mm256_add_ps(s0, s1));                                                                \
+        for (; k < in; k++) s += A_AT(j, k) * xr[k];                                                                \
+        work[j] = s * scale[row];                                                                                   \
+    }
+
+// float32: each output's dot of its B row (rank long) with the rank values 8 at a time, summed across lanes once
+// (plain C leaves that loop scalar: a float reduction is not reordered without fast-math, and it is most of the work
+// for a wide layer).
 static RK_AVX2 void lora_rows_avx2(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
                                    const float *const *b, const int *rank, const float *scale, float *work) {
     for (int row = 0; row < rows; row++) {
@@ -104,19 +142,7 @@ static RK_AVX2 void lora_rows_avx2(float *y, const float *x, int rows, int T, in
         for (int t = 0; t < T; t++) {
             const float *xr = x + ((size_t)row * T + t) * in;
             float *yr = y + ((size_t)row * T + t) * out;
-            for (int j = 0; j < r; j++) {
-                const float *aj = A + (size_t)j * in;
-                __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-                int k = 0;
-                for (; k + 16 <= in; k += 16) {
-                    _mm_prefetch((const char *)(aj + k) + 1024, _MM_HINT_T0);
-                    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(aj + k), _mm256_loadu_ps(xr + k), s0);
-                    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(aj + k + 8), _mm256_loadu_ps(xr + k + 8), s1);
-                }
-                float s = rk_hsum256(_mm256_add_ps(s0, s1));
-                for (; k < in; k++) s += aj[k] * xr[k];
-                work[j] = s * scale[row];
-            }
+            LORA_RANK_VALUES_AVX2(load_float8, A_F32)
             for (int o = 0; o < out; o++) {
                 const float *bo = B + (size_t)o * r;
                 if ((o * r & 15) == 0) _mm_prefetch((const char *)bo + 1024, _MM_HINT_T0);
@@ -133,41 +159,10 @@ static RK_AVX2 void lora_rows_avx2(float *y, const float *x, int rows, int T, in
         }
     }
 }
-#endif
 
-void rk_lora_rows_f16_ref(float *y, const float *x, int rows, int T, int in, int out, const uint16_t *const *a,
-                          const uint16_t *const *bt, const int *rank, const float *scale, float *work) {
-    for (int row = 0; row < rows; row++) {
-        if (!a[row]) continue;
-        const uint16_t *A = a[row], *Bt = bt[row];
-        int r = rank[row];
-        for (int t = 0; t < T; t++) {
-            const float *xr = x + ((size_t)row * T + t) * in;
-            float *yr = y + ((size_t)row * T + t) * out;
-            for (int j = 0; j < r; j++) {
-                float s = 0;
-                for (int k = 0; k < in; k++) s += rk_half_to_float(A[(size_t)j * in + k]) * xr[k];
-                work[j] = s * scale[row];
-            }
-            for (int o = 0; o < out; o++) {
-                float s = 0;
-                for (int j = 0; j < r; j++) s += rk_half_to_float(Bt[(size_t)j * out + o]) * work[j];
-                yr[o] += s;
-            }
-        }
-    }
-}
-
-#if RK_X86
-#define RK_AVX2H __attribute__((target("avx2,fma,f16c")))
-static inline RK_AVX2H __m256 load_half8(const uint16_t *p) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-}
-// As lora_rows_avx2, the weights widened from half precision 8 at a time (F16C) as they are read: half the bytes
-// from memory. B comes transposed ([rank, out]), so each rank's term is added to 8 outputs at a time with no sum
-// across lanes per output. Both kernels prefetch 1 KB ahead: each module's weights are a few tens of KB read once per
-// row, too short for the hardware prefetcher to reach memory speed on its own (measured: the demo's LoRA shape, 8
-// rows, 37.6 -> 25.4-29.6 ms a step).
+// Half precision, widened 8 at a time (F16C) as read: half the bytes from memory. B comes transposed ([rank, out]),
+// read in its memory order, one rank row at a time added into the outputs (in L1): one stream the prefetcher
+// follows rather than rank streams at once, and no sum across lanes per output.
 static RK_AVX2H void lora_rows_f16_avx2(float *y, const float *x, int rows, int T, int in, int out,
                                         const uint16_t *const *a, const uint16_t *const *bt, const int *rank,
                                         const float *scale, float *work) {
@@ -178,21 +173,7 @@ static RK_AVX2H void lora_rows_f16_avx2(float *y, const float *x, int rows, int 
         for (int t = 0; t < T; t++) {
             const float *xr = x + ((size_t)row * T + t) * in;
             float *yr = y + ((size_t)row * T + t) * out;
-            for (int j = 0; j < r; j++) {
-                const uint16_t *aj = A + (size_t)j * in;
-                __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-                int k = 0;
-                for (; k + 16 <= in; k += 16) {
-                    _mm_prefetch((const char *)(aj + k) + 1024, _MM_HINT_T0);
-                    s0 = _mm256_fmadd_ps(load_half8(aj + k), _mm256_loadu_ps(xr + k), s0);
-                    s1 = _mm256_fmadd_ps(load_half8(aj + k + 8), _mm256_loadu_ps(xr + k + 8), s1);
-                }
-                float s = rk_hsum256(_mm256_add_ps(s0, s1));
-                for (; k < in; k++) s += rk_half_to_float(aj[k]) * xr[k];
-                work[j] = s * scale[row];
-            }
-            // Bᵀ read in its memory order, one rank row at a time, each added into the outputs (in L1): one stream
-            // the prefetcher follows, rather than rank streams at once.
+            LORA_RANK_VALUES_AVX2(load_half8, A_F16)
             for (int j = 0; j < r; j++) {
                 const uint16_t *bj = Bt + (size_t)j * out;
                 __m256 w = _mm256_set1_ps(work[j]);
