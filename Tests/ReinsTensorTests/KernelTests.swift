@@ -318,76 +318,58 @@ struct KernelTests {
         expectClose(dv2, dv2r, atol: 2e-5, rtol: 2e-4, "attention dv alone")
     }
 
-    /// The mixed-adapter LoRA update (each row its own A, B, rank and scale; a row without an adapter untouched)
-    /// against its scalar reference and against the products written out in Double.
-    @Test(arguments: instructionSets)
-    func loraRowsMatchReference(isa: Int32) {
-        with(isa) {
-            let (rows, T, inp, out) = (4, 3, 37, 29)
-            let ranks: [Int32] = [11, 0, 16, 5]  // row 1 has no adapter
-            let scales: [Float] = [0.5, 0, 2, 1.25]
-            let As = ranks.enumerated().map { randomFloats(Int($0.element) * inp, seed: UInt64(70 + $0.offset)) }
-            let Bs = ranks.enumerated().map { randomFloats(out * Int($0.element), seed: UInt64(80 + $0.offset)) }
-            let x = randomFloats(rows * T * inp, seed: 90), y0 = randomFloats(rows * T * out, seed: 91)
-            var y = y0, yr = y0, work = [Float](repeating: 0, count: 16), workr = work
-            var expected = y0.map(Double.init)
-            for row in 0..<rows where ranks[row] > 0 {
-                let r = Int(ranks[row])
-                for t in 0..<T {
-                    let base = (row * T + t)
-                    let xa = (0..<r).map { j in (0..<inp).reduce(0.0) { $0 + Double(As[row][j * inp + $1]) * Double(x[base * inp + $1]) } }
-                    for o in 0..<out {
-                        expected[base * out + o] += Double(scales[row]) * (0..<r).reduce(0.0) { $0 + Double(Bs[row][o * r + $1]) * xa[$1] }
-                    }
-                }
-            }
-            As.withPointers { a in
-                Bs.withPointers { b in
-                    let ap = (0..<rows).map { ranks[$0] > 0 ? a[$0] : nil }, bp = (0..<rows).map { ranks[$0] > 0 ? b[$0] : nil }
-                    rk_lora_rows(&y, x, Int32(rows), Int32(T), Int32(inp), Int32(out), ap, bp, ranks, scales, &work)
-                    rk_lora_rows_ref(&yr, x, Int32(rows), Int32(T), Int32(inp), Int32(out), ap, bp, ranks, scales, &workr)
-                }
-            }
-            expectClose(y, yr, atol: 1e-5, rtol: 1e-5, "lora rows vs reference")
-            expectClose(yr, expected.map(Float.init), atol: 1e-4, rtol: 1e-4, "lora rows vs Double")
-            #expect(Array(y[(T * out)..<(2 * T * out)]) == Array(y0[(T * out)..<(2 * T * out)]), "the row without an adapter")
-        }
-    }
-
-    /// The same update with A and B in half precision, B transposed (a server's copies): against its scalar reference
-    /// and against the products of the half values written out in Double; ranks below, at and above one vector (8),
-    /// output widths that are not multiples of 8 and inputs not of 16.
-    @Test(arguments: instructionSets)
-    func halfPrecisionLoRARowsMatchReference(isa: Int32) {
+    /// The mixed-adapter LoRA update (each row its own A, B, rank and scale; a row without an adapter untouched), with
+    /// float32 weights and with half-precision ones with B transposed (a server's copies): against its scalar
+    /// reference and against the products of the weights' values written out in Double; ranks below, at, twice and
+    /// above one vector (8), output widths that are not multiples of 8 and inputs not of 16.
+    @Test(arguments: instructionSets, [false, true])
+    func loraRowsMatchReference(isa: Int32, half: Bool) {
         with(isa) {
             let (rows, T, inp, out) = (5, 2, 45, 23)
-            let ranks: [Int32] = [3, 8, 0, 17, 16]
+            let ranks: [Int32] = [3, 8, 0, 17, 16]  // row 2 has no adapter
             let scales: [Float] = [0.5, 1.5, 0, 2, 0.75]
-            let As = ranks.enumerated().map { randomFloats(Int($0.element) * inp, seed: UInt64(170 + $0.offset)).map(rk_float_to_half) }
-            let Bs = ranks.enumerated().map { randomFloats(out * Int($0.element), seed: UInt64(180 + $0.offset)).map(rk_float_to_half) }
+            let As = ranks.enumerated().map { randomFloats(Int($0.element) * inp, seed: UInt64(170 + $0.offset)) }
+            let Bs = ranks.enumerated().map { randomFloats(out * Int($0.element), seed: UInt64(180 + $0.offset)) }
+            let (Ah, Bh) = (As.map { $0.map(rk_float_to_half) }, Bs.map { $0.map(rk_float_to_half) })
             let x = randomFloats(rows * T * inp, seed: 190), y0 = randomFloats(rows * T * out, seed: 191)
             var y = y0, yr = y0, work = [Float](repeating: 0, count: 17), workr = work
+            // Double: the values the kernel reads (half-rounded for half), B [out, r] or, in half, [r, out].
+            let value = { (w: [Float], h: [UInt16]) in half ? h.map { Double(rk_half_to_float($0)) } : w.map(Double.init) }
             var expected = y0.map(Double.init)
             for row in 0..<rows where ranks[row] > 0 {
                 let r = Int(ranks[row])
-                let (a, bt) = (As[row].map { Double(rk_half_to_float($0)) }, Bs[row].map { Double(rk_half_to_float($0)) })
+                let (a, b) = (value(As[row], Ah[row]), value(Bs[row], Bh[row]))
                 for t in 0..<T {
                     let base = row * T + t
                     let xa = (0..<r).map { j in (0..<inp).reduce(0.0) { $0 + a[j * inp + $1] * Double(x[base * inp + $1]) } }
                     for o in 0..<out {
-                        expected[base * out + o] += Double(scales[row]) * (0..<r).reduce(0.0) { $0 + bt[$1 * out + o] * xa[$1] }
+                        expected[base * out + o] += Double(scales[row]) * (0..<r).reduce(0.0) {
+                            $0 + (half ? b[$1 * out + o] : b[o * r + $1]) * xa[$1]
+                        }
                     }
                 }
             }
-            As.withPointers { a in
-                Bs.withPointers { b in
-                    let ap = (0..<rows).map { ranks[$0] > 0 ? a[$0] : nil }, bp = (0..<rows).map { ranks[$0] > 0 ? b[$0] : nil }
-                    rk_lora_rows_f16(&y, x, Int32(rows), Int32(T), Int32(inp), Int32(out), ap, bp, ranks, scales, &work)
-                    rk_lora_rows_f16_ref(&yr, x, Int32(rows), Int32(T), Int32(inp), Int32(out), ap, bp, ranks, scales, &workr)
+            let (n, ti, ci, co) = (Int32(rows), Int32(T), Int32(inp), Int32(out))
+            func run<E>(_ A: [[E]], _ B: [[E]], _ body: ([UnsafePointer<E>?], [UnsafePointer<E>?]) -> Void) {
+                A.withPointers { a in
+                    B.withPointers { b in
+                        body((0..<rows).map { ranks[$0] > 0 ? a[$0] : nil }, (0..<rows).map { ranks[$0] > 0 ? b[$0] : nil })
+                    }
                 }
             }
-            expectClose(y, yr, atol: 1e-5, rtol: 1e-5, "half lora rows vs reference")
-            expectClose(yr, expected.map(Float.init), atol: 1e-4, rtol: 1e-4, "half lora rows vs Double")
+            if half {
+                run(Ah, Bh) { ap, bp in
+                    rk_lora_rows_f16(&y, x, n, ti, ci, co, ap, bp, ranks, scales, &work)
+                    rk_lora_rows_f16_ref(&yr, x, n, ti, ci, co, ap, bp, ranks, scales, &workr)
+                }
+            } else {
+                run(As, Bs) { ap, bp in
+                    rk_lora_rows(&y, x, n, ti, ci, co, ap, bp, ranks, scales, &work)
+                    rk_lora_rows_ref(&yr, x, n, ti, ci, co, ap, bp, ranks, scales, &workr)
+                }
+            }
+            expectClose(y, yr, atol: 1e-5, rtol: 1e-5, "lora rows (half \(half)) vs reference")
+            expectClose(yr, expected.map(Float.init), atol: 1e-4, rtol: 1e-4, "lora rows (half \(half)) vs Double")
             #expect(Array(y[(2 * T * out)..<(3 * T * out)]) == Array(y0[(2 * T * out)..<(3 * T * out)]), "the row without an adapter")
         }
     }
