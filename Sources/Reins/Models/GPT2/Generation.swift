@@ -251,12 +251,25 @@ func pickToken(
         var row = Array(logits)
         return pickToken(&row, history: history(), options: options, rng: &rng)
     }
+    return drawWhole(logits, scratch: scratch, options: options, rng: &rng)
+}
+
+/// Greedy, or a draw from the whole distribution at `options.temperature` (no top-k, top-p or penalty left to apply):
+/// no order is needed, so nothing is sorted (a vocabulary of 50k tokens sorted per token per request would cost more
+/// than the decoding step it follows). The probabilities come from the softmax kernel (vectorized exponentials) into
+/// `scratch` (at least the row's length); the draw walks them in Double.
+private func drawWhole(
+    _ logits: UnsafeBufferPointer<Float>, scratch: UnsafeMutableBufferPointer<Float>, options: GenerationOptions,
+    rng: inout SeededGenerator
+) -> Int32 {
+    let V = logits.count
+    guard V > 0 else { return 0 }
     if options.greedy {
         var best = 0
         for i in 1..<V where logits[i] > logits[best] { best = i }
         return Int32(best)
     }
-    let p = scratch.baseAddress!
+    guard let p = scratch.baseAddress, scratch.count >= V else { return 0 }
     for i in 0..<V { p[i] = logits[i] / options.temperature }
     rk_softmax_forward(p, p, 1, Int32(V))
     var u = Double(rng.nextUniform())
@@ -277,26 +290,14 @@ func pickToken(_ logits: inout [Float], history: [Int32], options: GenerationOpt
             logits[Int(id)] = l < 0 ? l * options.repetitionPenalty : l / options.repetitionPenalty
         }
     }
-    if options.greedy {
-        var best = 0
-        for i in 1..<logits.count where logits[i] > logits[best] { best = i }
-        return Int32(best)
+    let nucleus = options.topP.map { $0 < 1 } ?? false
+    if options.greedy || (options.topK.map({ $0 >= logits.count }) ?? true) && !nucleus {
+        var scratch = [Float](repeating: 0, count: options.greedy ? 0 : logits.count)
+        return logits.withUnsafeBufferPointer { l in
+            scratch.withUnsafeMutableBufferPointer { drawWhole(l, scratch: $0, options: options, rng: &rng) }
+        }
     }
     for i in logits.indices { logits[i] /= options.temperature }
-    let nucleus = options.topP.map { $0 < 1 } ?? false
-    if options.topK.map({ $0 >= logits.count }) ?? true, !nucleus {
-        // Plain sampling from the whole distribution: no order is needed, so nothing is sorted (a vocabulary of 50k
-        // tokens sorted per token per request would cost more than the decoding step it follows). The probabilities
-        // come from the softmax kernel (vectorized exponentials); the draw walks them in Double.
-        var probabilities = [Float](repeating: 0, count: logits.count)
-        rk_softmax_forward(&probabilities, logits, 1, Int32(logits.count))
-        var u = Double(rng.nextUniform())
-        for i in probabilities.indices {
-            u -= Double(probabilities[i])
-            if u < 0 { return Int32(i) }
-        }
-        return Int32(probabilities.lastIndex { $0 > 0 } ?? 0)
-    }
     let top = logits.max() ?? 0
     var order: [Int]
     if let k = options.topK, k < 64 {
@@ -325,7 +326,7 @@ func pickToken(_ logits: inout [Float], history: [Int32], options: GenerationOpt
         order = Array(order.prefix(keep))
         probabilities = Array(probabilities.prefix(keep)).map { $0 / mass }
     }
-    var u = Double(rng.nextUniform()), chosen = order.last!
+    var u = Double(rng.nextUniform()), chosen = order.last ?? 0
     for (id, q) in zip(order, probabilities) {
         u -= q
         if u < 0 { chosen = id; break }
