@@ -223,14 +223,13 @@ extension Tensor {
                 if weight.isInterleaved {
                     try interleavedIntegerProducts(x, weights: [weight], into: [out])
                 } else {
-                    let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
-                    let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
-                    _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
                     let t = Int32(weight.type.rawValue)
-                    weight.withBytes { w in
-                        Parallel.forRanges(OC, minimum: 64) { r, _ in
-                            _ = rk_qmatmul_q8(
-                                out, xq, w, t, Int32(N), Int32(C), Int32(OC), Int32(r.lowerBound), Int32(r.upperBound))
+                    try withQuantizedActivations(x) { xq in
+                        weight.withBytes { w in
+                            Parallel.forRanges(OC, minimum: 64) { r, _ in
+                                _ = rk_qmatmul_q8(
+                                    out, xq, w, t, Int32(N), Int32(C), Int32(OC), Int32(r.lowerBound), Int32(r.upperBound))
+                            }
                         }
                     }
                 }
@@ -309,9 +308,6 @@ extension Tensor {
         _ x: Tensor, weights: [QuantizedMatrix], into outputs: [UnsafeMutablePointer<Float>]
     ) throws {
         let (N, C) = x.rowsAndWidth
-        let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
-        let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
-        _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
         var firstGroup = [0]
         for w in weights { firstGroup.append(firstGroup.last! + w.rows / 8) }
         let piece = min(32, max(2, (1 << 17) / max(1, N * C * 8)))
@@ -319,7 +315,7 @@ extension Tensor {
             guard i < weights.count else { return body(pointers) }
             weights[i].withBytes { withAllBytes(i + 1, pointers + [$0], body) }
         }
-        withExtendedLifetime(blocks) {
+        try withQuantizedActivations(x) { xq in
             withAllBytes(0, []) { bytes in
                 Parallel.forPieces(firstGroup.last!, piece: piece) { r in
                     for (i, w) in weights.enumerated() {
@@ -331,6 +327,18 @@ extension Tensor {
                     }
                 }
             }
+        }
+    }
+
+    /// `x` (`[N, C]` rows, `C` a multiple of 32) as 8-bit blocks (one scale per 32 values), for the integer
+    /// products; the blocks live until `body` returns.
+    static func withQuantizedActivations<R>(_ x: Tensor, _ body: (UnsafePointer<rk_q8_block>) throws -> R) throws -> R {
+        let (N, C) = x.rowsAndWidth
+        let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
+        return try withExtendedLifetime(blocks) {
+            let xq = UnsafeMutableRawPointer(blocks.storage.pointer).bindMemory(to: rk_q8_block.self, capacity: N * C / 32)
+            _ = rk_quantize_q8(xq, x.storage.pointer, Int32(N), Int32(C))
+            return try body(xq)
         }
     }
 
