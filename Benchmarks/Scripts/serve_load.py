@@ -1,6 +1,7 @@
 """Load test of `reins serve` on loopback: the same requests (for 8 adapters in turn) sent by 8 concurrent clients and
 one at a time; total generated tokens per second, failures, and the ratio. The clients share one queue of requests
-(each sends the next as soon as its last is answered); `--pinned` keeps each client on one adapter instead.
+(each sends the next as soon as its last is answered); `--pinned` keeps each client on one adapter instead. The
+requests go in two rounds (`--rounds`), each sent one at a time and together, the second round in the other order.
 
 Run by hand after `swift build -c release --product reins` and `reins demo decoder` (which leaves its adapters in
 reins-demo/decoder/adapters); needs safetensors and numpy (the reference venv has them):
@@ -124,6 +125,8 @@ def main():
     p.add_argument("--reins", default=os.path.join(ROOT, ".build/release/reins"))
     p.add_argument("--demo-adapters", default=os.path.join(ROOT, "reins-demo/decoder/adapters"))
     p.add_argument("--model", default=None, help="SmolLM2 GGUF (default: the pip package's)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="the requests in this many parts, each sent one at a time and together in turn")
     p.add_argument("--pinned", action="store_true",
                    help="client i sends jobs i, i + clients, ... (each on one adapter) instead of sharing one queue")
     args = p.parse_args()
@@ -146,7 +149,8 @@ def main():
                 time.sleep(0.1)
         post(url + "/v1/chat/completions", {"model": "peft-lora", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
         print(f"{args.requests} requests per run, max_tokens 32, temperature 0.7; {args.clients} clients"
-              f" ({'each on one adapter' if args.pinned else 'sharing one queue'}) vs one at a time\n")
+              f" ({'each on one adapter' if args.pinned else 'sharing one queue'}) vs one at a time, in {args.rounds} rounds"
+              " (one at a time and together in turn)\n")
         print("| requests | adapters | clients | requests | failed | generated tokens | seconds | tokens/s | ratio |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         # The control: the base model alone (no adapter), the same requests. Rows without adapters cost what IA3 and
@@ -158,8 +162,19 @@ def main():
         for kind, name in runs:
             adapters = scenarios[name]
             jobs = [(adapters[i % len(adapters)], WORDS[(i * 7) % len(WORDS)]) for i in range(args.requests)]
-            serial = run(url, jobs, 1, kind)
-            together = run(url, jobs, args.clients, kind, args.pinned)
+            # In rounds, one at a time and together in turn (ABBA: a round's order is the last one's reversed), so
+            # that the VM's speed drifting during the run (by ~35% within an hour here) weighs on both alike.
+            serial, together = (0, 0, 0.0), (0, 0, 0.0)
+            size = -(-len(jobs) // args.rounds)
+            for r in range(args.rounds):
+                part = jobs[r * size:(r + 1) * size]
+                modes = [(1, False), (args.clients, args.pinned)]
+                for clients, pinned in (modes if r % 2 == 0 else modes[::-1]):
+                    t = run(url, part, clients, kind, pinned)
+                    if clients == 1:
+                        serial = tuple(a + b for a, b in zip(serial, t))
+                    else:
+                        together = tuple(a + b for a, b in zip(together, t))
             label = "story completions" if kind == "completion" else "chat translations"
             for clients, (tokens, failed, seconds) in ((1, serial), (args.clients, together)):
                 ratio = (together[0] / together[2]) / (serial[0] / serial[2])
