@@ -212,10 +212,21 @@ public final class ContinuousBatch {
     /// each LoRA's update then differs from float32's by the weights' rounding, ~1e-3 relative). Nil (the default):
     /// float32, each request's tokens those it gets alone.
     public var halfPrecisionLoRA: HalfPrecisionLoRACopies?
-    private var running: [(request: Request, cache: KVCache, rng: SeededGenerator, next: Int32)] = []
-    /// Requests waiting for (the rest of) their prompt to be fed after `start` cached positions (a prefix's); `alone`
-    /// when their adapter brings prompt vectors.
-    private var joining: [(request: Request, cache: KVCache, rng: SeededGenerator, fed: Int, start: Int, alone: Bool)] = []
+    /// A request in the batch: its cache and generator; while it joins, how much of its prompt is fed, after `start`
+    /// cached positions (a prefix's), and `alone` when its adapter brings prompt vectors (a pass of its own); once it
+    /// runs, `next`, its last token (the next step's input).
+    private struct Slot {
+        var request: Request
+        let cache: KVCache
+        var rng: SeededGenerator
+        var next: Int32 = 0
+        var fed = 0
+        var start = 0
+        var alone = false
+    }
+    private var running: [Slot] = []
+    /// Requests waiting for (the rest of) their prompt to be fed.
+    private var joining: [Slot] = []
     private var nextID = 0
 
     public init(model: any CausalLanguageModel, capacity: Int = 16) throws {
@@ -277,7 +288,8 @@ public final class ContinuousBatch {
     public func enqueue(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> Int? {
         guard let (request, cache, seeded) = try admit(prompt: prompt, adapter: adapter, options: options, seeding: true)
         else { return nil }
-        joining.append((request, cache, SeededGenerator(seed: options.seed), 0, cache.length, !seeded))
+        joining.append(
+            Slot(request: request, cache: cache, rng: SeededGenerator(seed: options.seed), start: cache.length, alone: !seeded))
         return request.id
     }
 
@@ -297,7 +309,7 @@ public final class ContinuousBatch {
         }
         request.tokens.append(token)
         let finish = finishReason(request, token: token, cache: cache)
-        if finish == nil { running.append((request, cache, rng, token)) }
+        if finish == nil { running.append(Slot(request: request, cache: cache, rng: rng, next: token)) }
         return Event(id: request.id, token: token, finish: finish)
     }
 
@@ -368,13 +380,10 @@ public final class ContinuousBatch {
                 }
             }
         }
-        var next: [(request: Request, cache: KVCache, rng: SeededGenerator, next: Int32)] = []
+        var next: [Slot] = []
         for b in 0..<drawn {
             let token = picked[b]
-            var entry = running.indices.contains(b) ? running[b] : {
-                let j = joining[completed[b - running.count]]
-                return (j.request, j.cache, j.rng, token)
-            }()
+            var entry = b < running.count ? running[b] : joining[completed[b - running.count]]
             entry.rng = rngs[b]
             entry.request.tokens.append(token)
             entry.next = token
