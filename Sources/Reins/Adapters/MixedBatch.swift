@@ -409,16 +409,18 @@ struct RoutedVirtualTokens {
         return (x, try positions(tokenPositions), try keyMask(attentionMask, length: T))
     }
 
-    /// `[B, P + Q + T]`: each row's padding slots 0, its prefix and prompt 1, then `mask` (nil: all tokens real).
-    func keyMask(_ mask: IntTensor?, length T: Int) throws -> IntTensor {
+    /// `[B, P + Q + T]`: each row's padding slots 0, its prefix and prompt 1, then `mask` (nil: all tokens real);
+    /// without `prefix`, `[B, Q + T]` (the prompt slots and the tokens: what the callers that add the prefix's own
+    /// columns later need).
+    func keyMask(_ mask: IntTensor?, length T: Int, prefix: Bool = true) throws -> IntTensor {
         var values: [Int32] = []
         for b in 0..<rowCount {
             let (p, q) = (prefixLength(b), promptLength(b))
-            values += [Int32](repeating: 0, count: P - p) + [Int32](repeating: 1, count: p)
+            if prefix { values += [Int32](repeating: 0, count: P - p) + [Int32](repeating: 1, count: p) }
             values += [Int32](repeating: 0, count: Q - q) + [Int32](repeating: 1, count: q)
             values += mask.map { Array($0.values[(b * T)..<((b + 1) * T)]) } ?? [Int32](repeating: 1, count: T)
         }
-        return try IntTensor(shape: [rowCount, P + Q + T], values: values)
+        return try IntTensor(shape: [rowCount, (prefix ? P : 0) + Q + T], values: values)
     }
 
     /// Positions `[B, Q + T]`: the prompt slots (padding at 0), then the tokens' `positions` shifted past each row's

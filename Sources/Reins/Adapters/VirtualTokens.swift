@@ -97,12 +97,7 @@ extension VirtualTokenHost {
     /// real), or `mask` itself without a prompt.
     func maskWithPrompt(_ mask: IntTensor?, batch B: Int, length T: Int) throws -> IntTensor? {
         // A batch routed to adapters with virtual tokens: each row's prompt slots (its padding 0), then `mask`.
-        if let routed = try routedVirtualTokens(rows: B) {
-            let full = try routed.keyMask(mask, length: T), width = routed.P + routed.Q + T
-            guard routed.P > 0 else { return full }
-            let values = (0..<B).flatMap { b in full.values[(b * width + routed.P)..<((b + 1) * width)] }
-            return try IntTensor(shape: [B, routed.Q + T], values: values)
-        }
+        if let routed = try routedVirtualTokens(rows: B) { return try routed.keyMask(mask, length: T, prefix: false) }
         let Q = promptLength
         guard Q > 0 else { return mask }
         var values: [Int32] = []
