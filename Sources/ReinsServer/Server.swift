@@ -379,15 +379,8 @@ public final class ReinsServer: Sendable {
     /// The mean of each text's final hidden states (its tokens only), with `adapter` on every row.
     static func meanStates(_ model: any CausalLanguageModel, _ ids: [[Int32]], adapter: String?) throws -> [[Float]] {
         let B = ids.count, T = ids.map(\.count).max() ?? 0
-        var flat: [Int32] = [], mask: [Int32] = []
-        for row in ids {
-            flat += row + [Int32](repeating: 0, count: T - row.count)
-            mask += [Int32](repeating: 1, count: row.count) + [Int32](repeating: 0, count: T - row.count)
-        }
         let h = try model.withAdapters(perRow: [String?](repeating: adapter, count: B)) {
-            try model.decoderStates(
-                try IntTensor(shape: [B, T], values: flat), attentionMask: try IntTensor(shape: [B, T], values: mask),
-                positionIDs: nil, cache: nil)
+            try model.decoderStates(try rightPadded(ids, with: 0), attentionMask: try paddingMask(ids), positionIDs: nil, cache: nil)
         }
         let rows = h.shape[1], C = h.shape[2], values = h.scalars
         return ids.enumerated().map { b, row in

@@ -33,15 +33,16 @@ extension Array {
     }
 }
 
-/// Rows of different lengths right-padded with `pad` to the longest, as one `[B, T]` tensor (every task's batches).
-func rightPadded(_ rows: [[Int32]], with pad: Int32) throws -> IntTensor {
+/// Rows of different lengths right-padded with `pad` to the longest, as one `[B, T]` tensor (every task's batches,
+/// the server's).
+public func rightPadded(_ rows: [[Int32]], with pad: Int32) throws -> IntTensor {
     let T = rows.map(\.count).max() ?? 0
     return try IntTensor(
         shape: [rows.count, T], values: rows.flatMap { $0 + [Int32](repeating: pad, count: T - $0.count) })
 }
 
 /// The attention mask of ``rightPadded(_:with:)``: 1 on each row's real tokens, 0 on the padding, `[B, T]`.
-func paddingMask(_ rows: [[Int32]]) throws -> IntTensor {
+public func paddingMask(_ rows: [[Int32]]) throws -> IntTensor {
     try rightPadded(rows.map { [Int32](repeating: 1, count: $0.count) }, with: 0)
 }
 
