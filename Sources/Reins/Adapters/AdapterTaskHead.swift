@@ -139,10 +139,12 @@ extension AdapterFiles {
         let configURL = directory.appendingPathComponent("adapter_config.json")
         let config = try Checkpoint.readJSON(configURL)
         let taskType = config["task_type"] as? String
-        let modules = Set(model.namedModules().map(\.key))
-        let renaming: (from: String, to: String)? =
-            taskType == AdapterTaskHead.Task.questionAnswering.rawValue && !modules.contains("transformer")
-                && modules.contains("model") ? ("transformer.", "model.") : nil
+        var renaming: (from: String, to: String)?
+        if taskType == AdapterTaskHead.Task.questionAnswering.rawValue {
+            // Only a question-answering adapter needs the model's top-level names (a walk of every module).
+            let modules = Set(model.namedModules().map(\.key))
+            if !modules.contains("transformer") && modules.contains("model") { renaming = ("transformer.", "model.") }
+        }
         let aside = PEFTAdapter.HeadsAside()
         try PEFTAdapter.$pathRenaming.withValue(renaming) {
             try PEFTAdapter.$headsAside.withValue(aside) { try load(directory: directory, into: model, name: name) }
