@@ -265,14 +265,17 @@ struct ServerTests {
                 try client.post("/v1/completions", ["model": "ia3", "prompt": "x", "max_tokens": 2])
             }
         }
-        for _ in 0..<100 where running.server.engine.statistics.queued == 0 { try await Task.sleep(nanoseconds: 20_000_000) }
+        // Until the second waits in the queue (seconds on a loaded machine: a third sent before it would be queued in
+        // its place and wait behind the long request).
+        for _ in 0..<1500 where running.server.engine.statistics.queued == 0 { try await Task.sleep(nanoseconds: 20_000_000) }
+        try #require(running.server.engine.statistics.queued == 1, "the second request is queued")
         let refused = try await Self.blocking { try client.post("/v1/completions", ["model": "ia3", "prompt": "x", "max_tokens": 2]) }
         #expect(refused.status == 503 && refused.headers["retry-after"] == "1", "\(refused.status) \(refused.text)")
         // Hanging up mid-stream: the long request leaves the batch and the waiting one runs.
         close(first)
         let waited = try await second.value
         #expect(waited.status == 200, "\(waited.text)")
-        for _ in 0..<100 where running.server.engine.statistics.running > 0 { try await Task.sleep(nanoseconds: 20_000_000) }
+        for _ in 0..<1500 where running.server.engine.statistics.running > 0 { try await Task.sleep(nanoseconds: 20_000_000) }
         #expect(running.server.engine.statistics.running == 0)
         #expect(running.server.engine.statistics.generatedTokens < budget / 2, "the abandoned request did not run to its budget")
     }
