@@ -92,17 +92,19 @@ void rk_lora_backward_ref(float *dinp, float *dweight, float *dbias, float *dA, 
         }                                                                                                           \
     }
 
-void rk_lora_rows_ref(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
-                      const float *const *b, const int *rank, const float *scale, float *work) {
+// The element accessors (of A, B, in, r and out in scope), for the references and the AVX2 kernels' tails.
 #define A_F32(j, k) A[(size_t)(j) * in + (k)]
 #define B_F32(o, j) B[(size_t)(o) * r + (j)]
+#define A_F16(j, k) rk_half_to_float(A[(size_t)(j) * in + (k)])
+#define BT_F16(o, j) rk_half_to_float(B[(size_t)(j) * out + (o)])
+
+void rk_lora_rows_ref(float *y, const float *x, int rows, int T, int in, int out, const float *const *a,
+                      const float *const *b, const int *rank, const float *scale, float *work) {
     LORA_ROWS_REF_BODY(float, A_F32, B_F32)
 }
 
 void rk_lora_rows_f16_ref(float *y, const float *x, int rows, int T, int in, int out, const uint16_t *const *a,
                           const uint16_t *const *b, const int *rank, const float *scale, float *work) {
-#define A_F16(j, k) rk_half_to_float(A[(size_t)(j) * in + (k)])
-#define BT_F16(o, j) rk_half_to_float(B[(size_t)(j) * out + (o)])
     LORA_ROWS_REF_BODY(uint16_t, A_F16, BT_F16)
 }
 
