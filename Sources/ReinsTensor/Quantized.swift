@@ -302,15 +302,17 @@ extension Tensor {
 
     /// The integer route for weights interleaved by 8 rows: `x` (`[N, C]` rows, `C` a multiple of 32) quantized to
     /// 8-bit blocks once, then `outputs[i] = x·Wᵢᵀ` (`[N, rowsᵢ]`) with every weight's groups of 8 rows numbered one
-    /// after another and taken ~128K multiply-adds (at most 32 groups) at a time by whichever thread is free (claiming
-    /// a piece costs ~0.1 µs; a piece may span two weights).
+    /// after another and taken ~2M multiply-adds (at most 32 groups) at a time by whichever thread is free (a piece
+    /// may span two weights). Pieces of ~128K (3 groups for 8 rows of 576) made an 8-row decoding step 15-18% slower:
+    /// the two threads' pieces alternated, each writing 24 floats of every row, so neighbouring pieces shared the
+    /// output's cache lines, and thousands of claims a step contended for one counter.
     static func interleavedIntegerProducts(
         _ x: Tensor, weights: [QuantizedMatrix], into outputs: [UnsafeMutablePointer<Float>]
     ) throws {
         let (N, C) = x.rowsAndWidth
         var firstGroup = [0]
         for w in weights { firstGroup.append(firstGroup.last! + w.rows / 8) }
-        let piece = min(32, max(2, (1 << 17) / max(1, N * C * 8)))
+        let piece = min(32, max(2, (1 << 21) / max(1, N * C * 8)))
         func withAllBytes(_ i: Int, _ pointers: [UnsafeRawPointer], _ body: ([UnsafeRawPointer]) -> Void) {
             guard i < weights.count else { return body(pointers) }
             weights[i].withBytes { withAllBytes(i + 1, pointers + [$0], body) }
