@@ -82,7 +82,7 @@ def run(url, jobs, clients, kind, pinned=False):
     lock = threading.Lock()
     queue = iter(jobs)
 
-    def next_job(i, mine):
+    def next_job(mine):
         if pinned:
             return next(mine, None)
         with lock:
@@ -91,7 +91,7 @@ def run(url, jobs, clients, kind, pinned=False):
     def client(i):
         tokens, failed = 0, 0
         mine = iter(jobs[i::clients])
-        while (job := next_job(i, mine)) is not None:
+        while (job := next_job(mine)) is not None:
             adapter, word = job
             try:
                 if kind == "chat":

@@ -228,11 +228,13 @@ struct BenchCommand: ParsableCommand {
             report("SmolLM2 GGUF Q4_1 prompt 64 batch \(rows) (with 1 new token)", prefill, perSecond: Double(64 * rows) / prefill * 1000, unit: "tokens/s")
             report("SmolLM2 GGUF Q4_1 decode 64 batch \(rows)", decode / 63, perSecond: Double(63 * rows) / decode * 1000, unit: "tokens/s")
         }
+        // The demo's LoRA shape: r 16 on every linear layer (4.9M parameters, 19.5 MB per adapter).
+        let allLinear = LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
         // The same with a LoRA adapter per row (a server's batch of 8 requests for 8 adapters): PEFT's default targets
         // (r 8 on q, v) and the demo's (r 16 on every linear layer: 4.9M parameters, 19.5 MB per adapter).
         for (label, config) in [
             ("r8 q,v", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])),
-            ("r16 all linear", LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])),
+            ("r16 all linear", allLinear),
         ] {
             for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 decode 64 batch \(rows) LoRA \(label)") {
                 let model = try load(quantized: true)
@@ -255,7 +257,7 @@ struct BenchCommand: ParsableCommand {
         // sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
         let loraKinds: [(label: String, config: LoRAConfig, half: Bool)] = [
             ("r8 q,v", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]), false),
-            ("r16 all linear, half-precision copies", LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]), true),
+            ("r16 all linear, half-precision copies", allLinear, true),
         ]
         for (label, config, half) in loraKinds {
         for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA \(label)") {
@@ -299,35 +301,35 @@ struct BenchCommand: ParsableCommand {
         // The load test's mix of methods: 8 rows for 3 LoRAs (r 16 on every linear layer, half-precision copies; one r 8
         // on q, v), 2 IA3 and 3 prefix-tuning adapters (92 virtual tokens, as the demo's), against one row of each alone.
         let mix: [(name: String, method: AdapterMethod)] = [
-            ("lora-a", .lora(LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))),
+            ("lora-a", .lora(allLinear)),
             ("ia3-a", .ia3()), ("prefix-a", .prefix(length: 92)),
             ("lora-q", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]))),
             ("ia3-b", .ia3()), ("prefix-b", .prefix(length: 92)),
-            ("lora-b", .lora(LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))),
+            ("lora-b", .lora(allLinear)),
             ("prefix-c", .prefix(length: 92)),
         ]
-        for rows in [["lora-a"], ["ia3-a"], ["prefix-a"], mix.map(\.name)]
-        where selected("SmolLM2 GGUF Q4_1 continuous batch mixed methods \(rows.count == 1 ? rows[0] : "8 rows")") {
+        for rows in [["lora-a"], ["ia3-a"], ["prefix-a"], mix.map(\.name)] {
+            let name = "SmolLM2 GGUF Q4_1 continuous batch mixed methods \(rows.count == 1 ? rows[0] : "8 rows")"
+            guard selected(name) else { continue }
             let model = try load(quantized: true)
-            for (i, (name, method)) in mix.enumerated() where rows.contains(name) {
-                _ = try model.addAdapter(name, method, seed: UInt64(i))
+            for (i, (adapter, method)) in mix.enumerated() where rows.contains(adapter) {
+                _ = try model.addAdapter(adapter, method, seed: UInt64(i))
             }
             let copies = HalfPrecisionLoRACopies()
             var steps: [Double] = []
             _ = try median(repeats) {
                 let batch = try ContinuousBatch(model: model, capacity: rows.count)
                 batch.halfPrecisionLoRA = copies
-                for (r, name) in rows.enumerated() {
+                for (r, adapter) in rows.enumerated() {
                     let options = GenerationOptions(maxNewTokens: 34, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
-                    _ = try batch.add(prompt: Array(prompt.prefix(8 + r)), adapter: name, options: options)
+                    _ = try batch.add(prompt: Array(prompt.prefix(8 + r)), adapter: adapter, options: options)
                 }
                 let s = DispatchTime.now().uptimeNanoseconds
                 for _ in 0..<32 { _ = try batch.step() }
                 steps.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6 / 32)
             }
             let step = steps.sorted()[steps.count / 2]
-            report("SmolLM2 GGUF Q4_1 continuous batch mixed methods \(rows.count == 1 ? rows[0] : "8 rows")", step,
-                   perSecond: Double(rows.count) / step * 1000, unit: "tokens/s")
+            report(name, step, perSecond: Double(rows.count) / step * 1000, unit: "tokens/s")
         }
         for quantized in [true, false] {
           for checkpointing in [false, true] {
