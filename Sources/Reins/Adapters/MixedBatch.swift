@@ -115,6 +115,53 @@ extension Tensor {
     }
 }
 
+/// What ``Tensor/adjustRows(_:)`` does to some rows: `(row − minus + plus) ⊙ times`, each vector (if given) as wide as
+/// the tensor's last axis.
+struct RowAdjustment {
+    var rows: [Int]
+    var minus: Tensor? = nil, plus: Tensor? = nil, times: Tensor? = nil
+}
+
+extension Tensor {
+    /// In place (the storage copied first if shared), for each adjustment, every vector along the last axis within its
+    /// rows of axis 0: `(v − minus + plus) ⊙ times`. No gradient: for inference.
+    /// - Throws: ``ModelError/badInput(_:)`` for a row out of range or a vector of the wrong width.
+    mutating func adjustRows(_ adjustments: [RowAdjustment]) throws {
+        guard !adjustments.isEmpty else { return }
+        guard rank >= 1, shape[0] > 0 else { throw ModelError.badInput("rows adjusted in a tensor of shape \(shape)") }
+        let (B, width) = (shape[0], shape[rank - 1])
+        let perRow = count / B
+        for a in adjustments {
+            if let r = a.rows.first(where: { $0 < 0 || $0 >= B }) {
+                throw ModelError.badInput("row \(r) adjusted in a tensor of \(B) rows")
+            }
+            for v in [a.minus, a.plus, a.times].compactMap({ $0 }) where v.count != width {
+                throw ModelError.badInput("a vector of \(v.count) values adjusts rows \(width) wide")
+            }
+        }
+        withUnsafeMutableBufferPointer { all in
+            for a in adjustments {
+                let zero = [Float](repeating: 0, count: width), one = [Float](repeating: 1, count: width)
+                func read(_ v: Tensor?) -> UnsafePointer<Float>? { v.map { UnsafePointer($0.storage.pointer) } }
+                let (minus, plus, times) = (read(a.minus), read(a.plus), read(a.times))
+                withExtendedLifetime((a, zero, one)) {
+                    zero.withUnsafeBufferPointer { z in
+                        one.withUnsafeBufferPointer { o in
+                            let (m, p, t) = (minus ?? z.baseAddress!, plus ?? z.baseAddress!, times ?? o.baseAddress!)
+                            for r in a.rows {
+                                for start in stride(from: r * perRow, to: (r + 1) * perRow, by: width) {
+                                    let row = all.baseAddress! + start
+                                    for j in 0..<width { row[j] = (row[j] - m[j] + p[j]) * t[j] }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 extension IntTensor {
     /// The rows `indices` of axis 0, in that order.
     func rows(_ indices: [Int]) throws -> IntTensor {
@@ -146,27 +193,36 @@ extension Linear {
         }
         let baseBias = biases?.base.value
         if plans.isEmpty { return try baseProduct(x, bias: baseBias, precomputed: precomputed) }
+        // Inference: the rows' IA3 scales, biases and plain LoRA updates are applied in place, row by row (a decoding
+        // step of many adapters would otherwise gather and scatter rows, or pay two small products, per adapter per
+        // layer); with gradients, each group's rows go through differentiable operations.
+        let gathered = !Autograd.isEnabled && !TrainingMode.isActive
         var input = x
-        for p in plans where p.ia3?.scalesInput == true {
-            input = try input.replacingRows(p.rows, with: input.rows(p.rows) * p.ia3!.vector.value)
+        if gathered {
+            try input.adjustRows(plans.compactMap { p in
+                p.ia3.flatMap { $0.scalesInput ? RowAdjustment(rows: p.rows, times: $0.vector.value) : nil }
+            })
+        } else {
+            for p in plans where p.ia3?.scalesInput == true {
+                input = try input.replacingRows(p.rows, with: input.rows(p.rows) * p.ia3!.vector.value)
+            }
         }
         let product = try baseProduct(input, bias: nil, precomputed: precomputed)
         var y = try baseBias.map { try product + $0 } ?? product
-        // Inference: every plain LoRA's update in one pass over its rows, added in place (a decoding step of many
-        // adapters would otherwise pay two small products' overhead per adapter per layer).
-        let gathered = !Autograd.isEnabled && !TrainingMode.isActive
-        if gathered { try Self.addLoRARows(&y, input: input, plans.compactMap { p in
-            p.method == nil && p.lora?.magnitude == nil ? p.lora.map { ($0, p.rows) } : nil
-        }) }
-        for p in plans {
+        if gathered {
+            let plain = plans.filter { $0.method == nil && $0.lora?.magnitude == nil }
+            try Self.addLoRARows(&y, input: input, plain.compactMap { p in p.lora.map { ($0, p.rows) } })
+            // Their LoRA updates are in `y`: only their own biases and IA3 output scales are left.
+            try y.adjustRows(plain.compactMap { p in
+                let times = p.ia3.flatMap { $0.scalesInput ? nil : $0.vector.value }
+                guard p.bias != nil || times != nil else { return nil }
+                return RowAdjustment(rows: p.rows, minus: p.bias == nil ? nil : baseBias, plus: p.bias?.value, times: times)
+            })
+        }
+        for p in plans where !(gathered && p.method == nil && p.lora?.magnitude == nil) {
             let bias = p.bias?.value ?? baseBias
             var ys: Tensor
-            if gathered, p.method == nil, p.lora?.magnitude == nil {
-                // Its LoRA update is in `y` already: only its own bias and IA3 output scale are left.
-                guard p.bias != nil || (p.ia3.map { !$0.scalesInput } ?? false) else { continue }
-                ys = try y.rows(p.rows)
-                if let own = p.bias?.value, let baseBias { ys = try ys - baseBias + own }
-            } else if let method = p.method {
+            if let method = p.method {
                 let xs = try input.rows(p.rows)
                 ys = try AdapterRouting.outside {
                     try method.forward(xs, layer: self) { [self] x in
