@@ -110,13 +110,17 @@ public enum Parallel {
     /// the last, instead of one fixed share each: a thread that starts late (a worker just woken, a core the host
     /// gave to something else for a moment) takes fewer pieces rather than holding up the region, and items of
     /// unequal cost (batch rows with adapters of different sizes) even out.
+    /// The number of pieces is rounded up to a multiple of the thread count (each piece a little smaller than
+    /// `piece`), so that pieces of equal cost end evenly: 3 pieces on 2 threads would leave one idle for a third.
     public static func forPieces(_ count: Int, piece: Int, _ body: (Range<Int>) -> Void) {
-        let piece = max(1, piece)
-        let pieces = (count + piece - 1) / piece
+        var pieces = (count + max(1, piece) - 1) / max(1, piece)
         guard pieces > 1, threadCount > 1 else {
             if count > 0 { body(0..<count) }
             return
         }
+        pieces = min(count, (pieces + threadCount - 1) / threadCount * threadCount)
+        let piece = (count + pieces - 1) / pieces
+        pieces = (count + piece - 1) / piece
         let next = Atomic<Int>(0)
         forEach(min(threadCount, pieces), eager: true) { _ in
             while true {
