@@ -27,19 +27,20 @@ extension Tensor {
             try cache.append(k, v, row: b)
             visible[b] = cache.length
         }
-        // Every row's heads in one parallel region (a region per row would cost more in hand-offs than the work):
-        // row b's query heads against its own cache, as far as it stood after row b's append.
+        // Every row's heads in one parallel region (a region per row would cost more in hand-offs than the work), in
+        // pieces the threads claim as they finish — rows with long caches (a prefix adapter's virtual tokens) cost
+        // more, and fixed shares would leave a thread waiting: a row's heads per piece, or single heads for few rows.
         let result = try Tensor.zeros([B, NH, 1, hs])
         var lse = [Float](repeating: 0, count: B * NH)
-        let longest = visible.max() ?? 0
-        var scratch = [Float](repeating: 0, count: Parallel.threadCount * max(longest, 1))
+        let longest = max(visible.max() ?? 0, 1)
         let s = scale ?? 1 / Float(hs).squareRoot()
         let stores = caches.indices.map { (caches[$0].keys!, caches[$0].values!, visible[$0]) }
+        let piece = B >= 2 * Parallel.threadCount ? NH : 1
         withExtendedLifetime((stores, q, result)) {
             lse.withUnsafeMutableBufferPointer { l in
-                scratch.withUnsafeMutableBufferPointer { sp in
-                    let (lp, scr) = (l.baseAddress!, sp.baseAddress!)
-                    Parallel.forRanges(B * NH) { r, chunk in
+                let lp = l.baseAddress!
+                Parallel.forPieces(B * NH, piece: piece) { r in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: longest) { scratch in
                         for bh in r {
                             let (b, h) = (bh / NH, bh % NH)
                             let (keys, values, length) = stores[b]
@@ -48,7 +49,7 @@ extension Tensor {
                                 result.storage.pointer + b * NH * hs, lp + b * NH, q.storage.pointer + b * NH * hs,
                                 keys.storage.pointer, values.storage.pointer, nil, 1, Int32(NH), Int32(NKV), 1, Int32(length),
                                 Int32(keys.shape[2]), Int32(hs), s, 1, Int32(length - 1), slide, nil, Int32(h), Int32(h + 1),
-                                scr + chunk * max(longest, 1))
+                                scratch.baseAddress!)
                         }
                     }
                 }
