@@ -249,53 +249,43 @@ extension Linear {
         guard !loras.isEmpty else { return }
         let B = y.shape[0], T = y.count / max(B * y.shape[y.rank - 1], 1)
         let (inputs, outputs) = (x.shape[x.rank - 1], y.shape[y.rank - 1])
-        var index = [Int?](repeating: nil, count: B)
-        for (i, (_, rows)) in loras.enumerated() { for r in rows { index[r] = i } }
-        // Each row's A and B: the LoRA's own, or (a server's batch) their half-precision copies.
-        let tensors = loras.map { ($0.0.a.value, $0.0.b.value) }
+        // Each LoRA's A and B, rank and scale: its own, or (a server's batch) its half-precision copy's — which then
+        // is all a step reads (a decoding step visits hundreds of layers' LoRAs: their own objects stay untouched).
         let halves = AdapterRouting.current?.halfLoRA.map { copies in loras.map { copies.copy(of: $0.0) } }
-        let weights: [(a: UnsafeRawPointer, b: UnsafeRawPointer)] = loras.indices.map { i in
-            halves.map { (UnsafeRawPointer($0[i].a), UnsafeRawPointer($0[i].b)) }
-                ?? (UnsafeRawPointer(tensors[i].0.storage.pointer), UnsafeRawPointer(tensors[i].1.storage.pointer))
+        let tensors = halves == nil ? loras.map { ($0.0.a.value, $0.0.b.value) } : []
+        var active: [Int] = [], a = [UnsafeRawPointer?](repeating: nil, count: B)
+        var b = a, ranks = [Int32](repeating: 0, count: B), scales = [Float](repeating: 0, count: B)
+        var maxRank = 1
+        for (i, (lora, rows)) in loras.enumerated() {
+            let (pa, pb, rank, scale): (UnsafeRawPointer, UnsafeRawPointer, Int32, Float) =
+                if let h = halves?[i] { (UnsafeRawPointer(h.a), UnsafeRawPointer(h.b), h.rank, h.scale) } else {
+                    (UnsafeRawPointer(tensors[i].0.storage.pointer), UnsafeRawPointer(tensors[i].1.storage.pointer),
+                     Int32(lora.rank), lora.scale)
+                }
+            maxRank = max(maxRank, Int(rank))
+            for r in rows {
+                (a[r], b[r], ranks[r], scales[r]) = (pa, pb, rank, scale)
+                active.append(r)
+            }
         }
-        let ranks = index.map { $0.map { Int32(loras[$0].0.rank) } ?? 0 }
-        let scales = index.map { $0.map { loras[$0].0.scale } ?? 0 }
-        let maxRank = max(1, loras.map(\.0.rank).max() ?? 1)
         let (xp, yp) = (UnsafePointer(x.storage.pointer), y.storage.pointer)
-        // Per-row pointer tables for the kernel, made once per call (not per piece).
-        let a = UnsafeMutableBufferPointer<UnsafeRawPointer?>.allocate(capacity: B)
-        let b = UnsafeMutableBufferPointer<UnsafeRawPointer?>.allocate(capacity: B)
-        defer {
-            a.deallocate()
-            b.deallocate()
-        }
-        for row in 0..<B { (a[row], b[row]) = (index[row].map { weights[$0].a }, index[row].map { weights[$0].b }) }
         let half = halves != nil
+        let (rows, ap, bp, rankOf, scaleOf) = (active, a, b, ranks, scales)
         withExtendedLifetime((tensors, halves, x, y)) {
-            ranks.withUnsafeBufferPointer { rp in
-                scales.withUnsafeBufferPointer { sp in
-                    // Rows taken one at a time: their adapters' ranks and widths differ (a batch's rows may mix a large
-                    // LoRA with none), so fixed shares would leave one thread waiting.
-                    Parallel.forPieces(B, piece: 1) { r in
-                        withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
-                            let (first, n) = (r.lowerBound, Int32(r.count))
-                            let (y, x, w) = (yp + first * T * outputs, xp + first * T * inputs, work.baseAddress!)
-                            let (ra, rb) = (rp.baseAddress! + first, sp.baseAddress! + first)
-                            let (ap, bp) = (a.baseAddress! + first, b.baseAddress! + first)
-                            if half {
-                                ap.withMemoryRebound(to: UnsafePointer<UInt16>?.self, capacity: r.count) { ah in
-                                    bp.withMemoryRebound(to: UnsafePointer<UInt16>?.self, capacity: r.count) { bh in
-                                        rk_lora_rows_f16(
-                                            y, x, n, Int32(T), Int32(inputs), Int32(outputs), ah, bh, ra, rb, w)
-                                    }
-                                }
-                            } else {
-                                ap.withMemoryRebound(to: UnsafePointer<Float>?.self, capacity: r.count) { af in
-                                    bp.withMemoryRebound(to: UnsafePointer<Float>?.self, capacity: r.count) { bf in
-                                        rk_lora_rows(y, x, n, Int32(T), Int32(inputs), Int32(outputs), af, bf, ra, rb, w)
-                                    }
-                                }
-                            }
+            // Rows taken one at a time, only those with a LoRA: their adapters' ranks and widths differ (a batch's
+            // rows may mix a large LoRA with none), so fixed shares would leave one thread waiting.
+            Parallel.forPieces(rows.count, piece: 1) { pieces in
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
+                    for i in pieces {
+                        let row = rows[i]
+                        let (y, x, w) = (yp + row * T * outputs, xp + row * T * inputs, work.baseAddress!)
+                        var (ra, sa) = (rankOf[row], scaleOf[row])
+                        if half {
+                            var (ah, bh) = (ap[row]?.assumingMemoryBound(to: UInt16.self), bp[row]?.assumingMemoryBound(to: UInt16.self))
+                            rk_lora_rows_f16(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &ah, &bh, &ra, &sa, w)
+                        } else {
+                            var (af, bf) = (ap[row]?.assumingMemoryBound(to: Float.self), bp[row]?.assumingMemoryBound(to: Float.self))
+                            rk_lora_rows(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &af, &bf, &ra, &sa, w)
                         }
                     }
                 }
@@ -313,8 +303,10 @@ public final class HalfPrecisionLoRACopies: @unchecked Sendable {
         let lora: LoRA  // held, so that its identity is not reused while the copy lives
         /// A `[rank, in]` and B transposed, `[rank, out]` (the kernel's layout).
         let a: UnsafeMutablePointer<UInt16>, b: UnsafeMutablePointer<UInt16>
+        let rank: Int32, scale: Float
         init(_ lora: LoRA) {
             self.lora = lora
+            (rank, scale) = (Int32(lora.rank), lora.scale)
             func half(_ t: Tensor, transposed: Bool) -> UnsafeMutablePointer<UInt16> {
                 let p = UnsafeMutablePointer<UInt16>.allocate(capacity: max(t.count, 1))
                 let v = t.storage.pointer
