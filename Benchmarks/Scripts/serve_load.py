@@ -127,6 +127,8 @@ def main():
     p.add_argument("--model", default=None, help="SmolLM2 GGUF (default: the pip package's)")
     p.add_argument("--rounds", type=int, default=2,
                    help="the requests in this many parts, each sent one at a time and together in turn")
+    p.add_argument("--only", default="",
+                   help="only runs whose scenario or kind (completion, chat) contains this text, e.g. 'mixed'")
     p.add_argument("--pinned", action="store_true",
                    help="client i sends jobs i, i + clients, ... (each on one adapter) instead of sharing one queue")
     args = p.parse_args()
@@ -159,6 +161,7 @@ def main():
         mixed = list(scenarios)[-1]
         scenarios["base model alone, no adapter (control)"] = [base]
         runs = [("completion", n) for n in scenarios] + [("chat", mixed)]
+        runs = [(kind, name) for kind, name in runs if args.only in name or args.only in kind]
         for kind, name in runs:
             adapters = scenarios[name]
             jobs = [(adapters[i % len(adapters)], WORDS[(i * 7) % len(WORDS)]) for i in range(args.requests)]

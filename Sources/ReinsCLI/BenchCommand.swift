@@ -14,6 +14,10 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: "Timed repeats; the median is reported.") var repeats: Int = 5
     @Option(help: "Only workloads whose name contains this text.") var only: String?
+    @Option(help: ArgumentHelp(
+        "The rows of the 'continuous batch mixed methods' workload instead of the load test's mix and one row of each.",
+        discussion: "Adapter names, comma-separated, repeats allowed: lora-a, lora-b (r 16 on every linear layer), lora-q (r 8 on q, v), ia3-a, ia3-b, prefix-a, prefix-b, prefix-c (92 virtual tokens)."))
+    var mixedRows: String?
 
     func median(_ n: Int, _ body: () throws -> Void) rethrows -> Double {
         try body()  // warm-up
@@ -308,8 +312,18 @@ struct BenchCommand: ParsableCommand {
             ("lora-b", .lora(allLinear)),
             ("prefix-c", .prefix(length: 92)),
         ]
-        for rows in [["lora-a"], ["ia3-a"], ["prefix-a"], mix.map(\.name)] {
-            let name = "SmolLM2 GGUF Q4_1 continuous batch mixed methods \(rows.count == 1 ? rows[0] : "8 rows")"
+        var mixedRows = [["lora-a"], ["ia3-a"], ["prefix-a"], mix.map(\.name)]
+        if let given = self.mixedRows {
+            let rows = given.split(separator: ",").map { String($0) }
+            guard !rows.isEmpty else { throw ValidationError("--mixed-rows names no adapter") }
+            if let bad = rows.first(where: { r in !mix.contains { $0.name == r } }) {
+                throw ValidationError("--mixed-rows: no adapter '\(bad)' (there are \(mix.map(\.name).joined(separator: ", ")))")
+            }
+            mixedRows = [rows]
+        }
+        for rows in mixedRows {
+            let name = "SmolLM2 GGUF Q4_1 continuous batch mixed methods "
+                + (self.mixedRows != nil ? rows.joined(separator: ",") : rows.count == 1 ? rows[0] : "8 rows")
             guard selected(name) else { continue }
             let model = try load(quantized: true)
             for (i, (adapter, method)) in mix.enumerated() where rows.contains(adapter) {
