@@ -246,8 +246,7 @@ func pickToken(
     options: GenerationOptions, rng: inout SeededGenerator
 ) -> Int32 {
     let V = logits.count
-    let whole = options.topK.map { $0 >= V } ?? true, nucleus = options.topP.map { $0 < 1 } ?? false
-    guard options.repetitionPenalty == 1, V > 0, scratch.count >= V, options.greedy || (whole && !nucleus) else {
+    guard options.repetitionPenalty == 1, V > 0, scratch.count >= V, options.drawsFromWhole(vocabulary: V) else {
         var row = Array(logits)
         return pickToken(&row, history: history(), options: options, rng: &rng)
     }
@@ -280,6 +279,13 @@ private func drawWhole(
     return Int32((0..<V).last { p[$0] > 0 } ?? 0)
 }
 
+extension GenerationOptions {
+    /// Greedy, or a draw over the whole vocabulary of `V` tokens: no top-k short of it, no nucleus.
+    func drawsFromWhole(vocabulary V: Int) -> Bool {
+        greedy || ((topK.map { $0 >= V } ?? true) && !(topP.map { $0 < 1 } ?? false))
+    }
+}
+
 /// One next token from one row of logits.
 func pickToken(_ logits: inout [Float], history: [Int32], options: GenerationOptions, rng: inout SeededGenerator)
     -> Int32
@@ -290,8 +296,7 @@ func pickToken(_ logits: inout [Float], history: [Int32], options: GenerationOpt
             logits[Int(id)] = l < 0 ? l * options.repetitionPenalty : l / options.repetitionPenalty
         }
     }
-    let nucleus = options.topP.map { $0 < 1 } ?? false
-    if options.greedy || (options.topK.map({ $0 >= logits.count }) ?? true) && !nucleus {
+    if options.drawsFromWhole(vocabulary: logits.count) {
         var scratch = [Float](repeating: 0, count: options.greedy ? 0 : logits.count)
         return logits.withUnsafeBufferPointer { l in
             scratch.withUnsafeMutableBufferPointer { drawWhole(l, scratch: $0, options: options, rng: &rng) }
