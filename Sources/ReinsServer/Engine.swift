@@ -114,6 +114,9 @@ public final class Engine: @unchecked Sendable {
         /// Tokens per second over the last steps (an exponential average).
         public var tokensPerSecond = 0.0
         public var largestBatch = 0
+        /// The last decoding step's rows (running requests' tokens and prompt tokens fed with them; 0 when the statistics
+        /// follow something else) and seconds.
+        public var lastStepRows = 0, lastStepSeconds = 0.0
         /// The most classify requests answered in one pass.
         public var largestClassificationBatch = 0
     }
@@ -354,7 +357,8 @@ public final class Engine: @unchecked Sendable {
             entry.sink.finish()
             condition.lock()
             stats.running = batch.count
-            let snapshot = stats
+            var snapshot = stats
+            snapshot.lastStepRows = 0  // no step: nothing for the per-step metrics
             condition.unlock()
             onStatistics?(snapshot)
         }
@@ -416,6 +420,7 @@ public final class Engine: @unchecked Sendable {
         stats.steps += 1
         stats.running = batch.count
         stats.largestBatch = max(stats.largestBatch, size)
+        (stats.lastStepRows, stats.lastStepSeconds) = (batch.lastStepRows, seconds)
         let rate = Double(events.count) / max(seconds, 1e-9)
         stats.tokensPerSecond = stats.tokensPerSecond == 0 ? rate : 0.9 * stats.tokensPerSecond + 0.1 * rate
         let snapshot = stats

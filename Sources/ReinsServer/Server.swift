@@ -79,11 +79,21 @@ public final class ReinsServer: Sendable {
         rateGauge = registry.makeGauge(name: "reins_tokens_per_second", help: "Generated tokens per second (moving average)")
         tokensCounter = registry.makeCounter(name: "reins_generated_tokens_total", help: "Tokens generated")
         requestsCounter = registry.makeCounter(name: "reins_requests_total", help: "HTTP requests answered")
+        let stepRows = registry.makeValueHistogram(
+            name: "reins_step_rows", buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+            help: "Rows per decoding step: running requests' tokens and prompt tokens fed with them")
+        let stepSeconds = registry.makeDurationHistogram(
+            name: "reins_step_seconds", buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000].map { .milliseconds($0) },
+            help: "Seconds per decoding step")
         let (queue, batchSize, rate) = (queueGauge, batchGauge, rateGauge)
         engine.onStatistics = { s in
             queue.set(Double(s.queued))
             batchSize.set(Double(s.running))
             rate.set(s.tokensPerSecond)
+            if s.lastStepRows > 0 {
+                stepRows.record(Double(s.lastStepRows))
+                stepSeconds.recordNanoseconds(Int64(s.lastStepSeconds * 1e9))
+            }
         }
         engine.start()
     }

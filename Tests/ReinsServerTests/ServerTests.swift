@@ -164,6 +164,12 @@ struct ServerTests {
         #expect(floats.map(Double.init) == baseVector.map { Double(Float($0)) })
         let metrics = try await Self.blocking { try client.request("GET", "/metrics") }
         #expect(metrics.status == 200 && metrics.text.contains("reins_generated_tokens_total"))
+        // The per-step histograms counted the decoding steps the completions above took.
+        func count(_ name: String) -> Double? {
+            metrics.text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        }
+        #expect((count("reins_step_rows_count") ?? 0) > 0)
+        #expect(count("reins_step_rows_count") == count("reins_step_seconds_count"))
     }
 
     /// Eight clients at once, each on an adapter (or the base): every answer equals its adapter's alone, and the engine

@@ -238,6 +238,8 @@ public final class ContinuousBatch {
 
     /// Requests in the batch, joining ones included.
     public var count: Int { running.count + joining.count }
+    /// The rows the last ``step()`` computed: a token of each running request and the prompt tokens fed with them.
+    public private(set) var lastStepRows = 0
     public var isFull: Bool { count >= capacity }
     /// The requests in the batch: running ones, then joining ones.
     public var requests: [Request] { running.map(\.request) + joining.map(\.request) }
@@ -346,6 +348,7 @@ public final class ContinuousBatch {
             fed.append((i, n))
             if j.fed + n == j.request.prompt.count { keep.append(tokens.count - 1) }
         }
+        lastStepRows = tokens.count
         guard !tokens.isEmpty else { return events }
         // Rows whose logits are drawn from: running requests, then joining ones whose prompt is now all fed (when
         // there are none, a pass that only feeds prompts still computes one row's logits and drops them).
