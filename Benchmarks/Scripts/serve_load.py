@@ -71,7 +71,7 @@ def post(url, body, timeout=600):
         return json.loads(r.read())
 
 
-def run(url, jobs, clients, kind, pinned=False):
+def run(url, jobs, clients, kind, pinned=False, ignore_eos=False):
     """Sends `jobs` (adapter, word) with `clients` at a time: chat requests for a translation (short answers: prompt
     processing dominates) or completions of a story opening (32 tokens each: decoding dominates).
 
@@ -96,12 +96,12 @@ def run(url, jobs, clients, kind, pinned=False):
             try:
                 if kind == "chat":
                     r = post(url + "/v1/chat/completions", {
-                        "model": adapter, "max_tokens": 32, "temperature": 0.7, "seed": len(word),
+                        "model": adapter, "max_tokens": 32, "temperature": 0.7, "seed": len(word), "ignore_eos": ignore_eos,
                         "messages": [{"role": "system", "content": "Translate to French."},
                                      {"role": "user", "content": word}]})
                 else:
                     r = post(url + "/v1/completions", {
-                        "model": adapter, "max_tokens": 32, "temperature": 0.7, "seed": len(word),
+                        "model": adapter, "max_tokens": 32, "temperature": 0.7, "seed": len(word), "ignore_eos": ignore_eos,
                         "prompt": f"Once upon a time, a {word}"})
                 tokens += r["usage"]["completion_tokens"]
             except (urllib.error.URLError, KeyError, TimeoutError) as e:
@@ -129,6 +129,8 @@ def main():
                    help="the requests in this many parts, each sent one at a time and together in turn")
     p.add_argument("--only", default="",
                    help="only runs whose scenario or kind (completion, chat) contains this text, e.g. 'mixed'")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="every answer max_tokens long (ignore_eos): the scenarios' costs per token without their answers' lengths")
     p.add_argument("--pinned", action="store_true",
                    help="client i sends jobs i, i + clients, ... (each on one adapter) instead of sharing one queue")
     args = p.parse_args()
@@ -152,7 +154,7 @@ def main():
         post(url + "/v1/chat/completions", {"model": "peft-lora", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
         print(f"{args.requests} requests per run, max_tokens 32, temperature 0.7; {args.clients} clients"
               f" ({'each on one adapter' if args.pinned else 'sharing one queue'}) vs one at a time, in {args.rounds} rounds"
-              " (one at a time and together in turn)\n")
+              " (one at a time and together in turn)" + ("; ignore_eos: every answer max_tokens long" if args.ignore_eos else "") + "\n")
         print("| requests | adapters | clients | requests | failed | generated tokens | seconds | tokens/s | ratio |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         # The control: the base model alone (no adapter), the same requests. Rows without adapters cost what IA3 and
@@ -173,7 +175,7 @@ def main():
                 part = jobs[r * size:(r + 1) * size]
                 modes = [(1, False), (args.clients, args.pinned)]
                 for clients, pinned in (modes if r % 2 == 0 else modes[::-1]):
-                    t = run(url, part, clients, kind, pinned)
+                    t = run(url, part, clients, kind, pinned, args.ignore_eos)
                     if clients == 1:
                         serial = tuple(a + b for a, b in zip(serial, t))
                     else:

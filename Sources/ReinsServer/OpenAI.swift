@@ -60,6 +60,8 @@ enum OpenAI {
         let n: Int?
         let frequency_penalty: Double?
         let presence_penalty: Double?
+        /// vLLM's and llama.cpp's extension for load tests: generate `max_tokens` whatever the model's stop tokens.
+        let ignore_eos: Bool?
     }
 
     struct CompletionRequest: Decodable {

@@ -238,7 +238,8 @@ public final class ReinsServer: Sendable {
         }
         return GenerationOptions(
             maxNewTokens: maxTokens, greedy: temperature == 0, temperature: Float(max(temperature, 1e-6)),
-            topP: s.top_p.map(Float.init), seed: UInt64(bitPattern: s.seed ?? 0), stopTokens: format.stopTokens)
+            topP: s.top_p.map(Float.init), seed: UInt64(bitPattern: s.seed ?? 0),
+            stopTokens: s.ignore_eos == true ? [] : format.stopTokens)
     }
 
     func completions(_ data: Data, chat: Bool, channel: (any Channel)? = nil) async throws -> Response {

@@ -62,13 +62,15 @@ struct ServerTests {
         }
     }
 
-    static func start(_ configure: (inout ServerOptions) -> Void = { _ in }) async throws -> Running {
+    static func start(served given: ServedModel? = nil, _ configure: (inout ServerOptions) -> Void = { _ in }) async throws
+        -> Running
+    {
         var options = ServerOptions()
         options.port = 0
         configure(&options)
         var quiet = Logger(label: "reins.serve.test")
         quiet.logLevel = .critical  // the shutdown at the end of each test logs a cancellation
-        let server = try ReinsServer(served: try served(), options: options, logger: quiet)
+        let server = try ReinsServer(served: try given ?? served(), options: options, logger: quiet)
         let port = Box(0)
         let app = server.application { port.set($0) }
         let task = Task { try await app.run() }
@@ -170,6 +172,32 @@ struct ServerTests {
         }
         #expect((count("reins_step_rows_count") ?? 0) > 0)
         #expect(count("reins_step_rows_count") == count("reins_step_seconds_count"))
+    }
+
+    /// `ignore_eos` (a load test's fixed-length answers): with the stop token set to one the greedy answer reaches
+    /// early, the answer stops there without it and runs to `max_tokens` with it.
+    @Test func ignoreEOSRunsPastTheStopTokens() async throws {
+        let base = try Self.served()
+        let prompt = base.format.tokenizer.encode("Once upon a time")
+        let greedy = Array(try base.model.generate(prompts: [prompt], options: GenerationOptions(maxNewTokens: 6))[0].dropFirst(prompt.count))
+        try #require(greedy.count == 6)
+        var format = base.format
+        format.stopTokens = [greedy[2]]
+        let stopsAfter = greedy.firstIndex(of: greedy[2])! + 1
+        let running = try await Self.start(served: ServedModel(model: base.model, format: format, baseName: "tiny"))
+        defer { running.stop() }
+        let client = running.client
+        for ignore in [false, true] {
+            let reply = try await Self.blocking {
+                try client.post("/v1/completions", [
+                    "model": "tiny", "prompt": "Once upon a time", "max_tokens": 6, "temperature": 0, "ignore_eos": ignore,
+                ])
+            }
+            #expect(reply.status == 200, "\(reply.text)")
+            let choice = (reply.json["choices"] as? [[String: Any]])?.first
+            #expect((reply.json["usage"] as? [String: Any])?["completion_tokens"] as? Int == (ignore ? 6 : stopsAfter))
+            #expect(choice?["finish_reason"] as? String == (ignore ? "length" : "stop"))
+        }
     }
 
     /// Eight clients at once, each on an adapter (or the base): every answer equals its adapter's alone, and the engine
