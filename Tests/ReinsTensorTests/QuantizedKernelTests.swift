@@ -139,10 +139,10 @@ struct QuantizedKernelTests {
     }
 
     /// The kernel for batches reads the weight interleaved by 8 rows: its scalar form and its AVX2 / VNNI forms against
-    /// the row-major oracle, for 1 to 9 activation rows (every tile of up to 4 and remainder) and split groups.
+    /// the row-major oracle, for 1 to 13 activation rows (every tile of 8, of up to 4 and remainder) and split groups.
     @Test(arguments: [GGMLType.q4_0, .q4_1, .q8_0])
     func interleavedWeightsGiveTheOraclesProducts(type: GGMLType) throws {
-        let C = 96, OC = 40, N = 9
+        let C = 96, OC = 40, N = 13
         let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue) + 40)
         let xq = Self.blocks(randomFloats(N * C, seed: 12, scale: 1), rows: N, columns: C, reference: true)
         var reference = [Float](repeating: .nan, count: N * OC)
