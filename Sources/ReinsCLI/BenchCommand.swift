@@ -19,6 +19,12 @@ struct BenchCommand: ParsableCommand {
         discussion: "Adapter names, comma-separated, repeats allowed: lora-a, lora-b (r 16 on every linear layer), lora-q (r 8 on q, v), ia3-a, ia3-b, prefix-a, prefix-b, prefix-c (92 virtual tokens)."))
     var mixedRows: String?
 
+    /// PEFT's default LoRA targets: r 8 on q, v.
+    static let loraQV = LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])
+    /// The demo's LoRA shape: r 16 on every linear layer (4.9M parameters, 19.5 MB per adapter).
+    static let loraAllLinear = LoRAConfig(
+        rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
     func median(_ n: Int, _ body: () throws -> Void) rethrows -> Double {
         try body()  // warm-up
         var t: [Double] = []
@@ -148,7 +154,7 @@ struct BenchCommand: ParsableCommand {
             // SmolLM2-135M's sizes (LlamaConfig's defaults): 30 layers, width 576, 9 query and 3 key/value heads.
             let model = try LlamaForCausalLM(try LlamaConfig(), seed: 6)
             model.freeze()
-            try model.addLoRA("task", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]))
+            try model.addLoRA("task", Self.loraQV)
             let (B, T) = (4, 256)
             let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { _ in Int32(rng.next() % 49152) })
             let optimizer = AdamW(learningRate: 1e-4, weightDecay: 0.01)
@@ -232,13 +238,11 @@ struct BenchCommand: ParsableCommand {
             report("SmolLM2 GGUF Q4_1 prompt 64 batch \(rows) (with 1 new token)", prefill, perSecond: Double(64 * rows) / prefill * 1000, unit: "tokens/s")
             report("SmolLM2 GGUF Q4_1 decode 64 batch \(rows)", decode / 63, perSecond: Double(63 * rows) / decode * 1000, unit: "tokens/s")
         }
-        // The demo's LoRA shape: r 16 on every linear layer (4.9M parameters, 19.5 MB per adapter).
-        let allLinear = LoRAConfig(rank: 16, alpha: 32, targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
         // The same with a LoRA adapter per row (a server's batch of 8 requests for 8 adapters): PEFT's default targets
         // (r 8 on q, v) and the demo's (r 16 on every linear layer: 4.9M parameters, 19.5 MB per adapter).
         for (label, config) in [
-            ("r8 q,v", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])),
-            ("r16 all linear", allLinear),
+            ("r8 q,v", Self.loraQV),
+            ("r16 all linear", Self.loraAllLinear),
         ] {
             for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 decode 64 batch \(rows) LoRA \(label)") {
                 let model = try load(quantized: true)
@@ -260,8 +264,8 @@ struct BenchCommand: ParsableCommand {
         // linear layer, as the demo's, read from half-precision copies as the server does), each with its own cache,
         // sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
         let loraKinds: [(label: String, config: LoRAConfig, half: Bool)] = [
-            ("r8 q,v", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]), false),
-            ("r16 all linear, half-precision copies", allLinear, true),
+            ("r8 q,v", Self.loraQV, false),
+            ("r16 all linear, half-precision copies", Self.loraAllLinear, true),
         ]
         for (label, config, half) in loraKinds {
         for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA \(label)") {
@@ -305,11 +309,11 @@ struct BenchCommand: ParsableCommand {
         // The load test's mix of methods: 8 rows for 3 LoRAs (r 16 on every linear layer, half-precision copies; one r 8
         // on q, v), 2 IA3 and 3 prefix-tuning adapters (92 virtual tokens, as the demo's), against one row of each alone.
         let mix: [(name: String, method: AdapterMethod)] = [
-            ("lora-a", .lora(allLinear)),
+            ("lora-a", .lora(Self.loraAllLinear)),
             ("ia3-a", .ia3()), ("prefix-a", .prefix(length: 92)),
-            ("lora-q", .lora(LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]))),
+            ("lora-q", .lora(Self.loraQV)),
             ("ia3-b", .ia3()), ("prefix-b", .prefix(length: 92)),
-            ("lora-b", .lora(allLinear)),
+            ("lora-b", .lora(Self.loraAllLinear)),
             ("prefix-c", .prefix(length: 92)),
         ]
         var mixedRows = [["lora-a"], ["ia3-a"], ["prefix-a"], mix.map(\.name)]
@@ -353,7 +357,7 @@ struct BenchCommand: ParsableCommand {
             let model = try load(quantized: quantized)
             model.model.gradientCheckpointing = checkpointing
             model.freeze()
-            try model.addLoRA("task", LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"]))
+            try model.addLoRA("task", Self.loraQV)
             let (B, T) = (4, 256)
             let ids = try IntTensor(shape: [B, T], values: (0..<(B * T)).map { _ in Int32(rng.next() % 49152) })
             let optimizer = AdamW(learningRate: 1e-4, weightDecay: 0.01)

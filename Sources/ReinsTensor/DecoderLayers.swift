@@ -99,7 +99,7 @@ extension Tensor {
         let n = count
         let result = Tensor(uninitializedLike: self)
         let g = detached(), u = up?.detached()
-        // Shared from 8K elements: a decoding step's 8 rows of a feed-forward's 1536 (an exponential each) would
+        // Shared from 4K elements: a decoding step's 8 rows of a feed-forward's 1536 (an exponential each) would
         // otherwise leave the other thread waiting 30 times a token.
         Parallel.forRanges(n, minimum: 1 << 12) { r, _ in
             rk_swiglu_forward(

@@ -181,6 +181,8 @@ extension Linear {
         struct Plan {
             let rows: [Int]
             let lora: LoRA?, method: (any LinearAdapterMethod)?, ia3: IA3?, bias: Parameter?
+            /// No other method and no DoRA magnitude: at inference its rows are adjusted in place.
+            var inPlace: Bool { method == nil && lora?.magnitude == nil }
         }
         let plans = routing.groups.compactMap { g -> Plan? in
             let p = Plan(
@@ -207,7 +209,7 @@ extension Linear {
         let product = try baseProduct(input, bias: nil, precomputed: precomputed)
         var y = try baseBias.map { try product + $0 } ?? product
         if gathered {
-            let plain = plans.filter { $0.method == nil && $0.lora?.magnitude == nil }
+            let plain = plans.filter(\.inPlace)
             try Self.addLoRARows(&y, input: input, plain.compactMap { p in p.lora.map { ($0, p.rows) } })
             // Their LoRA updates are in `y`: only their own biases and IA3 output scales are left.
             try y.adjustRows(plain.compactMap { p in
@@ -216,7 +218,7 @@ extension Linear {
                 return RowAdjustment(rows: p.rows, minus: p.bias == nil ? nil : baseBias, plus: p.bias?.value, times: times)
             })
         }
-        for p in plans where !(gathered && p.method == nil && p.lora?.magnitude == nil) {
+        for p in plans where !(gathered && p.inPlace) {
             let bias = p.bias?.value ?? baseBias
             var ys: Tensor
             if let method = p.method {
