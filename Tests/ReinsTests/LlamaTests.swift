@@ -237,7 +237,9 @@ struct GradientCheckpointingTests {
         try model.addLoRA("task", LoRAConfig(rank: 2, alpha: 4, targets: ["q_proj", "v_proj", "down_proj"], dropout: 0.2))
         let (plainLoss, plain) = try lossAndGradients(model, checkpointing: false)
         let (checkLoss, checked) = try lossAndGradients(model, checkpointing: true)
-        #expect(plainLoss == checkLoss)
+        // Equal up to float rounding: the recomputed forward may take BLAS paths of other alignments (under
+        // ThreadSanitizer the losses once differed in their last bit, 6.3081 against 6.3080997).
+        #expect(abs(plainLoss - checkLoss) <= 1e-6 * abs(plainLoss), "\(plainLoss) vs \(checkLoss)")
         #expect(!plain.isEmpty && plain.keys.sorted() == checked.keys.sorted())
         for (key, g) in plain { expectClose(checked[key] ?? [], g, atol: 1e-6, rtol: 1e-5, "\(key)") }
     }
