@@ -46,6 +46,11 @@ static inline void rk_cpu_relax(void) {
 }
 /// A short name for an instruction set ("scalar", "avx2", "avx512").
 const char *rk_isa_name(int isa);
+/// The kernel set OpenBLAS runs (its core name, e.g. "SkylakeX", "Haswell", "Zen").
+const char *rk_blas_core(void);
+/// The core OpenBLAS had fallen back to when Reins raised its kernel set at load time (an OpenBLAS release that did not
+/// know this CPU, see blas_core.c), or "" when it was not raised.
+const char *rk_blas_core_fallback(void);
 
 // Status codes.
 #define RK_OK 0
