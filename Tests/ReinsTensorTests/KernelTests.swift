@@ -41,6 +41,21 @@ struct KernelTests {
         #expect(rk_isa_active() == best)
     }
 
+    /// OpenBLAS runs kernels of the CPU's level: on a CPU with AVX2 (or AVX-512) its core is one with AVX2 kernels,
+    /// even when the OpenBLAS release does not know the CPU's model (0.3.21 fell back to SSE3 "Prescott" on a Xeon of
+    /// model 207, and sgemm ran at a sixth of its speed). A core the user forced through OPENBLAS_CORETYPE is kept.
+    @Test func openBLASRunsKernelsOfThisCPUsLevel() {
+        let core = Kernels.blasCore.lowercased()
+        let userForced = Kernels.blasCoreFallback == nil && ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil
+        #if arch(x86_64)
+            if !userForced && rk_isa_detected() >= Int32(RK_ISA_AVX2.rawValue) {
+                #expect(["haswell", "zen", "excavator", "skylakex", "cooperlake", "sapphirerapids"].contains(core),
+                        "OpenBLAS core \(core)")
+            }
+        #endif
+        if let fallback = Kernels.blasCoreFallback { #expect(fallback.lowercased() != core) }
+    }
+
     /// Pieces taken one after another by the threads: every item is run exactly once, whatever the count and the
     /// piece size, with the workers spinning or asleep (the caller then runs the chunks no worker has started) and
     /// with a region already running on the pool (Dispatch's threads take over).
