@@ -44,14 +44,94 @@ void rk_bias_backward(float *dbias, const float *dout, int N, int C) {
     bias_backward_scalar(dbias, dout, N, C);
 }
 
+// ---- one row: y (OC) = W (OC,C) · x (C) [+ bias] ------------------------------------------------------------------
+// A decoding step's product reads every weight once; it is as fast as the memory streams W. Four weight rows share
+// each load of x; one accumulator per row, summed across lanes at the end of the row.
+static void gemv_rows_scalar(float *y, const float *w, const float *x, const float *bias, int C, int OC) {
+    for (int o = 0; o < OC; o++) {
+        const float *r = w + RK_IDX(o, 0, C);
+        float s = 0.0f;
+        for (int c = 0; c < C; c++) s += r[c] * x[c];
+        y[o] = (bias ? bias[o] : 0.0f) + s;
+    }
+}
+#if RK_X86
+static RK_AVX2 void gemv_rows_avx2(float *y, const float *w, const float *x, const float *bias, int C, int OC) {
+    int o = 0;
+    for (; o + 4 <= OC; o += 4) {
+        const float *r0 = w + RK_IDX(o, 0, C), *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int c = 0;
+        for (; c + 8 <= C; c += 8) {
+            __m256 xv = _mm256_loadu_ps(x + c);
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + c), xv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + c), xv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + c), xv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + c), xv, a3);
+        }
+        float s0 = rk_hsum256(a0), s1 = rk_hsum256(a1), s2 = rk_hsum256(a2), s3 = rk_hsum256(a3);
+        for (; c < C; c++) {
+            s0 += r0[c] * x[c];
+            s1 += r1[c] * x[c];
+            s2 += r2[c] * x[c];
+            s3 += r3[c] * x[c];
+        }
+        float b[4] = {0, 0, 0, 0};
+        if (bias) memcpy(b, bias + o, sizeof b);
+        y[o] = b[0] + s0, y[o + 1] = b[1] + s1, y[o + 2] = b[2] + s2, y[o + 3] = b[3] + s3;
+    }
+    gemv_rows_scalar(y + o, w + RK_IDX(o, 0, C), x, bias ? bias + o : NULL, C, OC - o);
+}
+static RK_AVX512 void gemv_rows_avx512(float *y, const float *w, const float *x, const float *bias, int C, int OC) {
+    int o = 0;
+    const __mmask16 tail = (__mmask16)((1u << (C % 16)) - 1);
+    for (; o + 4 <= OC; o += 4) {
+        const float *r0 = w + RK_IDX(o, 0, C), *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int c = 0;
+        for (; c + 16 <= C; c += 16) {
+            __m512 xv = _mm512_loadu_ps(x + c);
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r0 + c), xv, a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r1 + c), xv, a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(r2 + c), xv, a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(r3 + c), xv, a3);
+        }
+        if (tail) {
+            __m512 xv = _mm512_maskz_loadu_ps(tail, x + c);
+            a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r0 + c), xv, a0);
+            a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r1 + c), xv, a1);
+            a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r2 + c), xv, a2);
+            a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r3 + c), xv, a3);
+        }
+        float b[4] = {0, 0, 0, 0};
+        if (bias) memcpy(b, bias + o, sizeof b);
+        y[o] = b[0] + _mm512_reduce_add_ps(a0), y[o + 1] = b[1] + _mm512_reduce_add_ps(a1);
+        y[o + 2] = b[2] + _mm512_reduce_add_ps(a2), y[o + 3] = b[3] + _mm512_reduce_add_ps(a3);
+    }
+    gemv_rows_scalar(y + o, w + RK_IDX(o, 0, C), x, bias ? bias + o : NULL, C, OC - o);
+}
+#endif
+
+void rk_gemv_rows(float *y, const float *weight, const float *x, const float *bias, int C, int OC) {
+#if RK_X86
+    int isa = rk_isa_active();
+    if (isa >= RK_ISA_AVX512) { gemv_rows_avx512(y, weight, x, bias, C, OC); return; }
+    if (isa >= RK_ISA_AVX2) { gemv_rows_avx2(y, weight, x, bias, C, OC); return; }
+#endif
+    gemv_rows_scalar(y, weight, x, bias, C, OC);
+}
+
 // ---- linear ---------------------------------------------------------------------------------------------------
 // inp is (N,C); weight is (OC,C), or (C,OC) if w_transposed; out is (N,OC).
 void rk_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                        int N, int C, int OC, int w_transposed) {
     if (N == 1) { // one row (a decoding step): a matrix-vector product streams W once, which is all it can cost
+        if (!w_transposed) {
+            rk_gemv_rows(out, weight, inp, bias, C, OC);
+            return;
+        }
         if (bias) memcpy(out, bias, sizeof(float) * (size_t)OC);
-        cblas_sgemv(CblasRowMajor, w_transposed ? CblasTrans : CblasNoTrans, w_transposed ? C : OC, w_transposed ? OC : C,
-                    1.0f, weight, w_transposed ? OC : C, inp, 1, bias ? 1.0f : 0.0f, out, 1);
+        cblas_sgemv(CblasRowMajor, CblasTrans, C, OC, 1.0f, weight, OC, inp, 1, bias ? 1.0f : 0.0f, out, 1);
         return;
     }
     // out = bias + inp · Wᵀ  (W (OC,C): transpose flag;  W (C,OC): plain product). The bias rows are written first

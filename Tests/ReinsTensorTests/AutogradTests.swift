@@ -1,4 +1,5 @@
 import Foundation
+import CReinsKernels
 import Testing
 @testable import ReinsTensor
 import ReinsTestSupport
@@ -115,6 +116,28 @@ struct AutogradTests {
         try y.sum().backward()
         #expect(frozen.gradient == nil && x.gradient == nil)
         expectClose(try #require(bias.gradient), try Tensor.full([4], 3), "bias gradient = rows")
+    }
+
+    /// One row through a weight large enough to be split between threads (a decoding step's product): the same
+    /// outputs as the scalar reference, with and without a bias, for a row count that does not split evenly; and the
+    /// gradients of the usual path.
+    @Test(arguments: [false, true])
+    func oneRowSplitBetweenThreadsMatchesReference(withBias: Bool) throws {
+        let (C, OC) = (301, 389)  // 117 089 weights: above the split's 65 536
+        let x = try Tensor.normal([1, C], seed: 11).requiringGradient()
+        let w = try Tensor.normal([OC, C], seed: 12).requiringGradient()
+        let bias = withBias ? try Tensor.normal([OC], seed: 13) : nil
+        let y = try Tensor.linear(x, weight: w, bias: bias)
+        var reference = [Float](repeating: 0, count: OC)
+        rk_linear_forward_ref(
+            &reference, x.scalars, w.scalars, bias?.scalars, 1, Int32(C), Int32(OC), 0)
+        expectClose(y.scalars, reference, "one row, \(C) -> \(OC)")
+        let g = try Tensor.normal([1, OC], seed: 14)
+        try (y * g).sum().backward()
+        var dx = [Float](repeating: 0, count: C), dw = [Float](repeating: 0, count: OC * C)
+        rk_linear_backward_ref(&dx, &dw, nil, g.scalars, x.scalars, w.scalars, 1, Int32(C), Int32(OC), 0)
+        expectClose(try #require(x.gradient).scalars, dx, "dx")
+        expectClose(try #require(w.gradient).scalars, dw, "dW")
     }
 
     @Test func noGradientModeRecordsNothing() throws {

@@ -82,7 +82,7 @@ struct KernelTests {
     @Test(arguments: instructionSets)
     func linearMatchesReference(isa: Int32) {
         with(isa) {
-            for (N, C, OC) in [(1, 1, 1), (1, 33, 17), (3, 7, 5), (17, 33, 9), (2, 70, 131)] {  // N = 1 takes the sgemv path
+            for (N, C, OC) in [(1, 1, 1), (1, 33, 17), (1, 577, 45), (1, 47, 7), (1, 64, 9), (3, 7, 5), (17, 33, 9), (2, 70, 131)] {  // N = 1: a matrix-vector product
                 for wt: Int32 in [0, 1] {
                     let x = randomFloats(N * C, seed: 1), w = randomFloats(OC * C, seed: 2),
                         b = randomFloats(OC, seed: 3)

@@ -67,6 +67,9 @@ void rk_linear_backward(float *dinp, float *dweight, float *dbias,
                         int N, int C, int OC, int w_transposed);
 void rk_linear_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
                            int N, int C, int OC, int w_transposed);
+/// One row through a (OC,C) weight: y (OC) = W·x [+ bias] (bias may be NULL). rk_linear_forward's N = 1 case for that
+/// layout; callers split OC between threads (each share a run of whole rows).
+void rk_gemv_rows(float *y, const float *weight, const float *x, const float *bias, int C, int OC);
 void rk_linear_backward_ref(float *dinp, float *dweight, float *dbias,
                             const float *dout, const float *inp, const float *weight,
                             int N, int C, int OC, int w_transposed);
