@@ -112,6 +112,83 @@ static RK_AVX512 void gemv_rows_avx512(float *y, const float *w, const float *x,
 }
 #endif
 
+// ---- one row through a (C, ldw) weight's columns: y (n) = x (C) · W[:, 0..n) [+ bias] ----------------------------------
+// GPT-2's Conv1D layout: the output is a weighted sum of weight rows, four rows per pass over y (which stays in L1)
+// while each weight row streams once, contiguously.
+static void gemv_cols_scalar(float *y, const float *w, const float *x, const float *bias, int C, int n, int ldw) {
+    for (int j = 0; j < n; j++) y[j] = bias ? bias[j] : 0.0f;
+    for (int c = 0; c < C; c++) {
+        const float *r = w + RK_IDX(c, 0, ldw);
+        for (int j = 0; j < n; j++) y[j] += x[c] * r[j];
+    }
+}
+#if RK_X86
+static RK_AVX2 void gemv_cols_avx2(float *y, const float *w, const float *x, const float *bias, int C, int n, int ldw) {
+    for (int j = 0; j < n; j++) y[j] = bias ? bias[j] : 0.0f;
+    int c = 0;
+    for (; c + 4 <= C; c += 4) {
+        const float *r0 = w + RK_IDX(c, 0, ldw), *r1 = r0 + ldw, *r2 = r1 + ldw, *r3 = r2 + ldw;
+        __m256 x0 = _mm256_set1_ps(x[c]), x1 = _mm256_set1_ps(x[c + 1]), x2 = _mm256_set1_ps(x[c + 2]),
+               x3 = _mm256_set1_ps(x[c + 3]);
+        int j = 0;
+        for (; j + 8 <= n; j += 8) {
+            __m256 a = _mm256_loadu_ps(y + j);
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + j), x0, a);
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + j), x1, a);
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(r2 + j), x2, a);
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(r3 + j), x3, a);
+            _mm256_storeu_ps(y + j, a);
+        }
+        for (; j < n; j++) y[j] += x[c] * r0[j] + x[c + 1] * r1[j] + x[c + 2] * r2[j] + x[c + 3] * r3[j];
+    }
+    for (; c < C; c++) {
+        const float *r = w + RK_IDX(c, 0, ldw);
+        for (int j = 0; j < n; j++) y[j] += x[c] * r[j];
+    }
+}
+static RK_AVX512 void gemv_cols_avx512(float *y, const float *w, const float *x, const float *bias, int C, int n,
+                                       int ldw) {
+    for (int j = 0; j < n; j++) y[j] = bias ? bias[j] : 0.0f;
+    const __mmask16 tail = (__mmask16)((1u << (n % 16)) - 1);
+    const int whole = n - n % 16;
+    int c = 0;
+    for (; c + 4 <= C; c += 4) {
+        const float *r0 = w + RK_IDX(c, 0, ldw), *r1 = r0 + ldw, *r2 = r1 + ldw, *r3 = r2 + ldw;
+        __m512 x0 = _mm512_set1_ps(x[c]), x1 = _mm512_set1_ps(x[c + 1]), x2 = _mm512_set1_ps(x[c + 2]),
+               x3 = _mm512_set1_ps(x[c + 3]);
+        for (int j = 0; j < whole; j += 16) {
+            __m512 a = _mm512_loadu_ps(y + j);
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(r0 + j), x0, a);
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(r1 + j), x1, a);
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(r2 + j), x2, a);
+            a = _mm512_fmadd_ps(_mm512_loadu_ps(r3 + j), x3, a);
+            _mm512_storeu_ps(y + j, a);
+        }
+        if (tail) {
+            __m512 a = _mm512_maskz_loadu_ps(tail, y + whole);
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r0 + whole), x0, a);
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r1 + whole), x1, a);
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r2 + whole), x2, a);
+            a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, r3 + whole), x3, a);
+            _mm512_mask_storeu_ps(y + whole, tail, a);
+        }
+    }
+    for (; c < C; c++) {
+        const float *r = w + RK_IDX(c, 0, ldw);
+        for (int j = 0; j < n; j++) y[j] += x[c] * r[j];
+    }
+}
+#endif
+
+void rk_gemv_cols(float *y, const float *weight, const float *x, const float *bias, int C, int n, int ldw) {
+#if RK_X86
+    int isa = rk_isa_active();
+    if (isa >= RK_ISA_AVX512) { gemv_cols_avx512(y, weight, x, bias, C, n, ldw); return; }
+    if (isa >= RK_ISA_AVX2) { gemv_cols_avx2(y, weight, x, bias, C, n, ldw); return; }
+#endif
+    gemv_cols_scalar(y, weight, x, bias, C, n, ldw);
+}
+
 void rk_gemv_rows(float *y, const float *weight, const float *x, const float *bias, int C, int OC) {
 #if RK_X86
     int isa = rk_isa_active();
@@ -126,12 +203,8 @@ void rk_gemv_rows(float *y, const float *weight, const float *x, const float *bi
 void rk_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                        int N, int C, int OC, int w_transposed) {
     if (N == 1) { // one row (a decoding step): a matrix-vector product streams W once, which is all it can cost
-        if (!w_transposed) {
-            rk_gemv_rows(out, weight, inp, bias, C, OC);
-            return;
-        }
-        if (bias) memcpy(out, bias, sizeof(float) * (size_t)OC);
-        cblas_sgemv(CblasRowMajor, CblasTrans, C, OC, 1.0f, weight, OC, inp, 1, bias ? 1.0f : 0.0f, out, 1);
+        if (w_transposed) rk_gemv_cols(out, weight, inp, bias, C, OC, OC);
+        else rk_gemv_rows(out, weight, inp, bias, C, OC);
         return;
     }
     // out = bias + inp · Wᵀ  (W (OC,C): transpose flag;  W (C,OC): plain product). The bias rows are written first

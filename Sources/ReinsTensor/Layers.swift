@@ -38,17 +38,22 @@ extension Tensor {
         }
         let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
         let wt: Int32 = weightTransposed ? 1 : 0
-        if N == 1 && !weightTransposed && Parallel.threadCount > 1 && OC * C >= 1 << 16 {
-            // One row (a decoding step): the weight's rows split between our threads, each streaming its share.
+        if N == 1 && Parallel.threadCount > 1 && OC * C >= 1 << 16 {
+            // One row (a decoding step): the outputs split between our threads, each streaming its share of the
+            // weight (whole rows of an [OC, C] weight, a run of columns of a [C, OC] one, in multiples of 16).
             // OpenBLAS's threaded sgemv woke a sleeping thread of its own per product, which on 2 cores took turns
             // with ours (SmolLM2-135M float32 greedy decoding: 20 tokens/s that way, 28-30 split here).
             let out = result.storage.pointer, inp = x.storage.pointer, w = weight.storage.pointer
             let b = bias?.storage.pointer
-            let share = (OC + Parallel.threadCount - 1) / Parallel.threadCount
+            let share = (OC + Parallel.threadCount * 16 - 1) / (Parallel.threadCount * 16) * 16
             Parallel.forEach(Parallel.threadCount) { t in
                 let lo = t * share, hi = min(OC, lo + share)
                 guard lo < hi else { return }
-                rk_gemv_rows(out + lo, w + lo * C, inp, b.map { $0 + lo }, Int32(C), Int32(hi - lo))
+                if weightTransposed {
+                    rk_gemv_cols(out + lo, w + lo, inp, b.map { $0 + lo }, Int32(C), Int32(hi - lo), Int32(OC))
+                } else {
+                    rk_gemv_rows(out + lo, w + lo * C, inp, b.map { $0 + lo }, Int32(C), Int32(hi - lo))
+                }
             }
         } else {
             rk_linear_forward(

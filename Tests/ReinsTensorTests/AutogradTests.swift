@@ -121,21 +121,21 @@ struct AutogradTests {
     /// One row through a weight large enough to be split between threads (a decoding step's product): the same
     /// outputs as the scalar reference, with and without a bias, for a row count that does not split evenly; and the
     /// gradients of the usual path.
-    @Test(arguments: [false, true])
-    func oneRowSplitBetweenThreadsMatchesReference(withBias: Bool) throws {
+    @Test(arguments: [false, true], [false, true])
+    func oneRowSplitBetweenThreadsMatchesReference(withBias: Bool, transposed: Bool) throws {
         let (C, OC) = (301, 389)  // 117 089 weights: above the split's 65 536
         let x = try Tensor.normal([1, C], seed: 11).requiringGradient()
-        let w = try Tensor.normal([OC, C], seed: 12).requiringGradient()
+        let w = try Tensor.normal(transposed ? [C, OC] : [OC, C], seed: 12).requiringGradient()
         let bias = withBias ? try Tensor.normal([OC], seed: 13) : nil
-        let y = try Tensor.linear(x, weight: w, bias: bias)
+        let y = try Tensor.linear(x, weight: w, bias: bias, weightTransposed: transposed)
+        let wt: Int32 = transposed ? 1 : 0
         var reference = [Float](repeating: 0, count: OC)
-        rk_linear_forward_ref(
-            &reference, x.scalars, w.scalars, bias?.scalars, 1, Int32(C), Int32(OC), 0)
-        expectClose(y.scalars, reference, "one row, \(C) -> \(OC)")
+        rk_linear_forward_ref(&reference, x.scalars, w.scalars, bias?.scalars, 1, Int32(C), Int32(OC), wt)
+        expectClose(y.scalars, reference, "one row, \(C) -> \(OC), transposed \(transposed)")
         let g = try Tensor.normal([1, OC], seed: 14)
         try (y * g).sum().backward()
         var dx = [Float](repeating: 0, count: C), dw = [Float](repeating: 0, count: OC * C)
-        rk_linear_backward_ref(&dx, &dw, nil, g.scalars, x.scalars, w.scalars, 1, Int32(C), Int32(OC), 0)
+        rk_linear_backward_ref(&dx, &dw, nil, g.scalars, x.scalars, w.scalars, 1, Int32(C), Int32(OC), wt)
         expectClose(try #require(x.gradient).scalars, dx, "dx")
         expectClose(try #require(w.gradient).scalars, dw, "dW")
     }

@@ -70,6 +70,9 @@ void rk_linear_forward_ref(float *out, const float *inp, const float *weight, co
 /// One row through a (OC,C) weight: y (OC) = W·x [+ bias] (bias may be NULL). rk_linear_forward's N = 1 case for that
 /// layout; callers split OC between threads (each share a run of whole rows).
 void rk_gemv_rows(float *y, const float *weight, const float *x, const float *bias, int C, int OC);
+/// One row through the first n columns of a (C, ldw) weight (GPT-2's Conv1D layout): y (n) = x·W[:, 0..n) [+ bias].
+/// rk_linear_forward's N = 1 case for that layout (ldw = OC); callers split the columns between threads.
+void rk_gemv_cols(float *y, const float *weight, const float *x, const float *bias, int C, int n, int ldw);
 void rk_linear_backward_ref(float *dinp, float *dweight, float *dbias,
                             const float *dout, const float *inp, const float *weight,
                             int N, int C, int OC, int w_transposed);
