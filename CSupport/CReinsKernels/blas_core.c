@@ -2,7 +2,7 @@
 //
 // A DYNAMIC_ARCH OpenBLAS (Debian's, for one) picks its kernels once, when it loads, from the CPU model number. A
 // release older than the CPU does not know the model and may fall back to its oldest x86-64 kernels: OpenBLAS 0.3.21 on
-// an Intel Xeon of model 207 (AVX-512, BF16) chose "Prescott" (SSE3), and its sgemm ran at a third of the speed of its
+// an Intel Xeon of model 207 (AVX-512, BF16) chose "Prescott" (SSE3), and its sgemm ran at a quarter of the speed of its
 // own AVX-512 kernels there. Newer releases fall back by feature instead; this does the same for the older ones.
 //
 // After OpenBLAS's own initialisation (its constructor runs first: the library loads before the code that uses it),

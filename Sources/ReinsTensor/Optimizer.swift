@@ -255,7 +255,7 @@ public enum Kernels {
     public static var blasCore: String { String(cString: rk_blas_core()) }
     /// The core OpenBLAS had fallen back to when Reins raised its kernel set as the library loaded, or nil. An OpenBLAS
     /// release older than the CPU may not know its model and fall back to SSE3 kernels (0.3.21 on a 2023 Xeon:
-    /// `Prescott`, sgemm at a sixth of its AVX-512 speed there); Reins then selects the kernels the CPU's features allow
+    /// `Prescott`, sgemm at a quarter of its AVX-512 speed there); Reins then selects the kernels the CPU's features allow
     /// (`OPENBLAS_CORETYPE`, which a user may set to choose for themselves).
     public static var blasCoreFallback: String? {
         let name = String(cString: rk_blas_core_fallback())

@@ -43,7 +43,7 @@ struct KernelTests {
 
     /// OpenBLAS runs kernels of the CPU's level: on a CPU with AVX2 (or AVX-512) its core is one with AVX2 kernels,
     /// even when the OpenBLAS release does not know the CPU's model (0.3.21 fell back to SSE3 "Prescott" on a Xeon of
-    /// model 207, and sgemm ran at a sixth of its speed). A core the user forced through OPENBLAS_CORETYPE is kept.
+    /// model 207, and sgemm ran at a quarter of its speed). A core the user forced through OPENBLAS_CORETYPE is kept.
     @Test func openBLASRunsKernelsOfThisCPUsLevel() {
         let core = Kernels.blasCore.lowercased()
         let userForced = Kernels.blasCoreFallback == nil && ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] != nil
