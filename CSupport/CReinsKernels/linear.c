@@ -1,4 +1,5 @@
-// linear.c — the dense layer y = x·Wᵀ + b on OpenBLAS sgemm, and the bias gradient it shares with other layers.
+// linear.c — the dense layer y = x·Wᵀ + b (OpenBLAS sgemm for batches, kernels of our own for one row), and the bias
+// gradient it shares with other layers.
 // Not here: threading policy (OpenBLAS threads itself; callers decide how many threads it may use).
 #include "rk_internal.h"
 #include <cblas.h>
@@ -115,16 +116,23 @@ static RK_AVX512 void gemv_rows_avx512(float *y, const float *w, const float *x,
 // ---- one row through a (C, ldw) weight's columns: y (n) = x (C) · W[:, 0..n) [+ bias] ----------------------------------
 // GPT-2's Conv1D layout: the output is a weighted sum of weight rows, four rows per pass over y (which stays in L1)
 // while each weight row streams once, contiguously.
-static void gemv_cols_scalar(float *y, const float *w, const float *x, const float *bias, int C, int n, int ldw) {
+static void gemv_cols_start(float *y, const float *bias, int n) {
     for (int j = 0; j < n; j++) y[j] = bias ? bias[j] : 0.0f;
-    for (int c = 0; c < C; c++) {
+}
+// Adds weight rows c0..<C: all of them in the scalar kernel, the ones left after the last four in the others.
+static void gemv_cols_add_rows(float *y, const float *w, const float *x, int c0, int C, int n, int ldw) {
+    for (int c = c0; c < C; c++) {
         const float *r = w + RK_IDX(c, 0, ldw);
         for (int j = 0; j < n; j++) y[j] += x[c] * r[j];
     }
 }
+static void gemv_cols_scalar(float *y, const float *w, const float *x, const float *bias, int C, int n, int ldw) {
+    gemv_cols_start(y, bias, n);
+    gemv_cols_add_rows(y, w, x, 0, C, n, ldw);
+}
 #if RK_X86
 static RK_AVX2 void gemv_cols_avx2(float *y, const float *w, const float *x, const float *bias, int C, int n, int ldw) {
-    for (int j = 0; j < n; j++) y[j] = bias ? bias[j] : 0.0f;
+    gemv_cols_start(y, bias, n);
     int c = 0;
     for (; c + 4 <= C; c += 4) {
         const float *r0 = w + RK_IDX(c, 0, ldw), *r1 = r0 + ldw, *r2 = r1 + ldw, *r3 = r2 + ldw;
@@ -141,14 +149,11 @@ static RK_AVX2 void gemv_cols_avx2(float *y, const float *w, const float *x, con
         }
         for (; j < n; j++) y[j] += x[c] * r0[j] + x[c + 1] * r1[j] + x[c + 2] * r2[j] + x[c + 3] * r3[j];
     }
-    for (; c < C; c++) {
-        const float *r = w + RK_IDX(c, 0, ldw);
-        for (int j = 0; j < n; j++) y[j] += x[c] * r[j];
-    }
+    gemv_cols_add_rows(y, w, x, c, C, n, ldw);
 }
 static RK_AVX512 void gemv_cols_avx512(float *y, const float *w, const float *x, const float *bias, int C, int n,
                                        int ldw) {
-    for (int j = 0; j < n; j++) y[j] = bias ? bias[j] : 0.0f;
+    gemv_cols_start(y, bias, n);
     const __mmask16 tail = (__mmask16)((1u << (n % 16)) - 1);
     const int whole = n - n % 16;
     int c = 0;
@@ -173,10 +178,7 @@ static RK_AVX512 void gemv_cols_avx512(float *y, const float *w, const float *x,
             _mm512_mask_storeu_ps(y + whole, tail, a);
         }
     }
-    for (; c < C; c++) {
-        const float *r = w + RK_IDX(c, 0, ldw);
-        for (int j = 0; j < n; j++) y[j] += x[c] * r[j];
-    }
+    gemv_cols_add_rows(y, w, x, c, C, n, ldw);
 }
 #endif
 
