@@ -521,6 +521,11 @@ static inline RK_AVX2Q __m256i dotacc_avx2(__m256i acc, __m256i u, __m256i s) {
 }
 static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
+// The same block of the next group of 8 weight rows, asked for while this one is computed: a group is a few KB and
+// the rows' products take long enough per block that the hardware prefetcher alone leaves the kernel waiting on memory.
+// (A prefetch past the last group is a hint, never a fault.)
+#define PREFETCH_NEXT_GROUP(p, nb, GB)                                                                              \
+    for (int line = 0; line < (GB); line += 64) _mm_prefetch((const char *)(p) + (size_t)(nb) * (GB) + line, _MM_HINT_T0);
 // One group of 8 weight rows against R activation rows (R ≤ 4 after inlining), out[r·ldo + 0..7].
 // Q4_0's offset of 8 is taken off in integers (8·Σq_x per block, exact); Q4_1's minimum is a float term m·ds, as in
 // the row-major kernels; Q8_0 moves the weight's sign onto the activation.
@@ -535,6 +540,7 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
         __m256i ia[R][NA];                                                                                          \
         for (int r = 0; r < R; r++)                                                                                 \
             for (int a = 0; a < NA; a++) ia[r][a] = _mm256_setzero_si256();                                         \
+        PREFETCH_NEXT_GROUP(p, nb, GB_##TYPE)                                                                       \
         STEPS_##TYPE(DOTACC, R)                                                                                     \
         __m256i is[R];                                                                                              \
         for (int r = 0; r < R; r++) {                                                                               \
@@ -649,6 +655,7 @@ static RK_AVX2Q void pack8_Q4_1H_8_avx2(float *out, size_t ldo, const uint8_t *p
     for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     for (int k = 0; k < nb; k++, p += GB_Q4_1) {
+        PREFETCH_NEXT_GROUP(p, nb, GB_Q4_1)
         __m256i h[8];
         _Pragma("clang loop unroll(full)")
         for (int t = 0; t < 4; t++) {
@@ -668,6 +675,41 @@ static RK_AVX2Q void pack8_Q4_1H_8_avx2(float *out, size_t ldo, const uint8_t *p
         for (int r = 0; r < 8; r++) {
             const rk_q8_block *b = x + (size_t)r * ldx + k;
             __m256 i = _mm256_cvtepi32_ps(_mm256_madd_epi16(h[r], ones));
+            acc[r] = _mm256_fmadd_ps(i, _mm256_mul_ps(dw, _mm256_broadcast_ss(&b->d)), acc[r]);
+            acc[r] = _mm256_fmadd_ps(mins, _mm256_broadcast_ss(&b->ds), acc[r]);
+        }
+    }
+    for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
+}
+
+// Q4_1 with VNNI, eight activation rows per pass over a group's block: the nibbles are split once for the eight rows,
+// and each row keeps two integer sums (low and high nibbles) so that no vpdpbusd waits on the one before it.
+static RK_VNNI void pack8_Q4_1_8_vnni(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x, size_t ldx,
+                                      int nb) {
+    __m256 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    for (int k = 0; k < nb; k++, p += GB_Q4_1) {
+        __m256i lo_sum[8], hi_sum[8];
+        for (int r = 0; r < 8; r++) lo_sum[r] = hi_sum[r] = _mm256_setzero_si256();
+        PREFETCH_NEXT_GROUP(p, nb, GB_Q4_1)
+        _Pragma("clang loop unroll(full)")
+        for (int t = 0; t < 4; t++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(p + 32 + 32 * t));
+            __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+            _Pragma("clang loop unroll(full)")
+            for (int r = 0; r < 8; r++) {
+                const int8_t *q = x[(size_t)r * ldx + k].q;
+                lo_sum[r] = _mm256_dpbusd_epi32(lo_sum[r], lo, bcast4(q + 4 * t));
+                hi_sum[r] = _mm256_dpbusd_epi32(hi_sum[r], hi, bcast4(q + 16 + 4 * t));
+            }
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        __m256 mins = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+        _Pragma("clang loop unroll(full)")
+        for (int r = 0; r < 8; r++) {
+            const rk_q8_block *b = x + (size_t)r * ldx + k;
+            __m256 i = _mm256_cvtepi32_ps(_mm256_add_epi32(lo_sum[r], hi_sum[r]));
             acc[r] = _mm256_fmadd_ps(i, _mm256_mul_ps(dw, _mm256_broadcast_ss(&b->d)), acc[r]);
             acc[r] = _mm256_fmadd_ps(mins, _mm256_broadcast_ss(&b->ds), acc[r]);
         }
@@ -703,14 +745,15 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
         pack8_fn f[4];
         int vnni = isa >= RK_ISA_AVX512 && rk_cpu_has_vnni();
         pack8_functions(type, vnni, f);
-        int nb = C / 32, eights = type == RK_GGML_Q4_1 && !vnni;
+        int nb = C / 32, eights = type == RK_GGML_Q4_1;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
-        // Each group's weights (a few KB) against every activation row, eight (Q4_1 on AVX2) or four rows at a time.
+        // Each group's weights (a few KB) against every activation row, eight (Q4_1) or four rows at a time.
         for (int g = group_begin; g < group_end; g++) {
             const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;
             int n = 0;
             for (; eights && n + 8 <= N; n += 8)
-                pack8_Q4_1H_8_avx2(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+                (vnni ? pack8_Q4_1_8_vnni : pack8_Q4_1H_8_avx2)(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p,
+                                                                xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
             for (; n < N; n += 4) {
                 int R = N - n < 4 ? N - n : 4;
                 f[R - 1](out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
