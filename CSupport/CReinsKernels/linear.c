@@ -57,6 +57,13 @@ static void gemv_rows_scalar(float *y, const float *w, const float *x, const flo
     }
 }
 #if RK_X86
+// The next four weight rows' line at this column, asked for while these four are summed: one thread streaming a
+// 576 x 1536 float32 weight alone read 10-12 GB/s without it, 13 with it (two threads at once: 23-27 -> 27).
+// (A prefetch past the weight's end is a hint, never a fault.)
+static inline void prefetch_next_rows(const float *p, int C) {
+    const char *n = (const char *)(p + (size_t)4 * C);
+    for (int r = 0; r < 4; r++) _mm_prefetch(n + (size_t)r * C * sizeof(float), _MM_HINT_T0);
+}
 static RK_AVX2 void gemv_rows_avx2(float *y, const float *w, const float *x, const float *bias, int C, int OC) {
     int o = 0;
     for (; o + 4 <= OC; o += 4) {
@@ -64,6 +71,7 @@ static RK_AVX2 void gemv_rows_avx2(float *y, const float *w, const float *x, con
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int c = 0;
         for (; c + 8 <= C; c += 8) {
+            if (c % 16 == 0) prefetch_next_rows(r0 + c, C);
             __m256 xv = _mm256_loadu_ps(x + c);
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0 + c), xv, a0);
             a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1 + c), xv, a1);
@@ -91,6 +99,7 @@ static RK_AVX512 void gemv_rows_avx512(float *y, const float *w, const float *x,
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         int c = 0;
         for (; c + 16 <= C; c += 16) {
+            prefetch_next_rows(r0 + c, C);
             __m512 xv = _mm512_loadu_ps(x + c);
             a0 = _mm512_fmadd_ps(_mm512_loadu_ps(r0 + c), xv, a0);
             a1 = _mm512_fmadd_ps(_mm512_loadu_ps(r1 + c), xv, a1);
