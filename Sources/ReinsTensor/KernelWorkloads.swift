@@ -302,6 +302,55 @@ extension KernelWorkload {
             run: { opt.update([p]) })
     }
 
+    /// The integer products of a quantized base's decoding and serving (`rk_qmatmul_q8_packed8`): `rows` activation
+    /// rows, in 8-bit blocks, against a `[outputs, inputs]` Q4_1 weight interleaved by 8 rows, on one thread. The run
+    /// goes through `copies` distinct copies of the weight in turn (35 MB for 64 at this shape: out of L2, as a
+    /// model's layers are; from memory, or from an L3 that large); the check compares the first against the scalar
+    /// reference.
+    public static func interleavedQ4_1(rows N: Int, inputs C: Int, outputs OC: Int, copies: Int = 64) throws
+        -> KernelWorkload
+    {
+        let type = Int32(GGMLType.q4_1.rawValue)
+        let matrix = try QuantizedMatrix(quantizing: Tensor.normal([OC, C], std: 0.02, seed: 30), type: .q4_1)
+            .interleavedByRows()
+        guard matrix.isInterleaved, N > 0, copies > 0 else {
+            throw TensorError.invalidArgument(
+                operation: "KernelWorkload.interleavedQ4_1", detail: "\(N) rows against [\(OC), \(C)] x \(copies)")
+        }
+        let bytes = matrix.byteCount
+        var weights = [UInt8](repeating: 0, count: bytes * copies)
+        weights.withUnsafeMutableBytes { dst in
+            matrix.withBytes { src in
+                for c in 0..<copies { (dst.baseAddress! + c * bytes).copyMemory(from: src, byteCount: bytes) }
+            }
+        }
+        let x = try Tensor.normal([N, C], seed: 31)
+        var xq = [rk_q8_block](repeating: rk_q8_block(), count: N * C / 32)
+        _ = rk_quantize_q8(&xq, x.storage.pointer, Int32(N), Int32(C))
+        let blocks = xq
+        var out = [Float](repeating: 0, count: N * OC)
+        return KernelWorkload(
+            name: "Q4_1 interleaved \(N)x\(C) -> \(OC), one thread", flops: 2.0 * Double(N * C * OC * copies),
+            tolerance: 1e-4,
+            verify: {
+                var fast = [Float](repeating: 0, count: N * OC), reference = fast
+                weights.withUnsafeBytes { w in
+                    _ = rk_qmatmul_q8_packed8(&fast, blocks, w.baseAddress!, type, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8))
+                    _ = rk_qmatmul_q8_packed8_ref(
+                        &reference, blocks, w.baseAddress!, type, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8))
+                }
+                return maxRelativeDifference(fast, reference, N * OC)
+            },
+            run: {
+                weights.withUnsafeBytes { w in
+                    for c in 0..<copies {
+                        _ = rk_qmatmul_q8_packed8(
+                            &out, blocks, w.baseAddress! + c * bytes, type, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8))
+                    }
+                }
+            })
+    }
+
     public typealias Maker = @Sendable () throws -> KernelWorkload
 
     /// The workloads of the kernel benchmark at GPT-2-small sizes, by name, each built only when asked for (some
@@ -335,6 +384,11 @@ extension KernelWorkload {
         list.append(("linear", { try lora(rows: 256, inputs: 768, outputs: 2304, rank: 0) }))
         list.append(("LoRA", { try lora(rows: 256, inputs: 768, outputs: 2304, rank: 8) }))
         list.append(("AdamW", { try adamw(count: 124_000_000) }))
+        // A quantized base's integer products at SmolLM2-135M's gate/up shape: one row (decoding), 8 (a server's
+        // batch), 64 (a prompt).
+        for rows in [1, 8, 64] {
+            list.append(("Q4_1 interleaved \(rows)x", { try interleavedQ4_1(rows: rows, inputs: 576, outputs: 1536) }))
+        }
         return list
     }()
 }
