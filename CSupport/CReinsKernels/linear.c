@@ -59,10 +59,11 @@ static void gemv_rows_scalar(float *y, const float *w, const float *x, const flo
 #if RK_X86
 // The next four weight rows' line at this column, asked for while these four are summed: one thread streaming 200
 // distinct 576 x 1536 float32 weights (700 MB, from memory) read 12-13.5 GB/s without it, 15 with it.
-// (A prefetch past the weight's end is a hint, never a fault.)
+// (Past the weight's end it is a hint to an address outside it, never a fault; computed as an integer so that the C
+// pointer stays in bounds.)
 static inline void prefetch_next_rows(const float *p, int C) {
-    const char *n = (const char *)(p + (size_t)4 * C);
-    for (int r = 0; r < 4; r++) _mm_prefetch(n + (size_t)r * C * sizeof(float), _MM_HINT_T0);
+    uintptr_t n = (uintptr_t)p + (size_t)4 * C * sizeof(float);
+    for (int r = 0; r < 4; r++) _mm_prefetch((const char *)(n + (size_t)r * C * sizeof(float)), _MM_HINT_T0);
 }
 static RK_AVX2 void gemv_rows_avx2(float *y, const float *w, const float *x, const float *bias, int C, int OC) {
     int o = 0;
