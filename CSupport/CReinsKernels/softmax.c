@@ -3,6 +3,7 @@
 //   cross-entropy per row: loss = lse - x[t] with lse = max + log Σ e^{x - max};
 //                          dx += scale·(e^{x - lse} - onehot(t))   (probabilities recomputed from the saved lse)
 #include "rk_internal.h"
+#include <string.h>
 
 // ---- row primitives: max, Σ e^{x-c} (optionally storing the exponentials), scaling ----------------------------
 static float row_max_scalar(const float *x, int C) {
@@ -85,19 +86,69 @@ static RK_AVX2 void ce_grad_row_avx2(float *dx, const float *x, float lse, float
     }
     for (; j < C; j++) dx[j] += scale * expf(x[j] - lse);
 }
+// dx = scale · e^{x - lse}  (dx may be x: each element is read before it is written)
+static RK_AVX2 void ce_grad_set_row_avx2(float *dx, const float *x, float lse, float scale, int C) {
+    __m256 vl = _mm256_set1_ps(lse), vs = _mm256_set1_ps(scale);
+    int j = 0;
+    for (; j + 8 <= C; j += 8)
+        _mm256_storeu_ps(dx + j, _mm256_mul_ps(vs, rk_exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), vl))));
+    for (; j < C; j++) dx[j] = scale * expf(x[j] - lse);
+}
+
+// AVX-512: the rows of a language model's output layer (tens of thousands of classes) go through these.
+static RK_AVX512 float row_max_avx512(const float *x, int C) {
+    __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+    int j = 0;
+    for (; j + 32 <= C; j += 32) {
+        m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + j));
+        m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + j + 16));
+    }
+    if (j + 16 <= C) { m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + j)); j += 16; }
+    if (j < C) m1 = _mm512_max_ps(m1, _mm512_mask_loadu_ps(m1, (__mmask16)((1u << (C - j)) - 1), x + j));
+    return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+}
+static RK_AVX512 float row_expsum_avx512(float *y, const float *x, float c, int C) {
+    __m512 vc = _mm512_set1_ps(c), a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int j = 0;
+    for (; j + 32 <= C; j += 32) {
+        __m512 e0 = rk_exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j), vc));
+        __m512 e1 = rk_exp512(_mm512_sub_ps(_mm512_loadu_ps(x + j + 16), vc));
+        if (y) { _mm512_storeu_ps(y + j, e0); _mm512_storeu_ps(y + j + 16, e1); }
+        a0 = _mm512_add_ps(a0, e0);
+        a1 = _mm512_add_ps(a1, e1);
+    }
+    for (; j < C; j += 16) {
+        __mmask16 k = C - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - j)) - 1);
+        __m512 e = _mm512_maskz_mov_ps(k, rk_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vc)));
+        if (y) _mm512_mask_storeu_ps(y + j, k, e);
+        a0 = _mm512_add_ps(a0, e);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+static RK_AVX512 void ce_grad_set_row_avx512(float *dx, const float *x, float lse, float scale, int C) {
+    __m512 vl = _mm512_set1_ps(lse), vs = _mm512_set1_ps(scale);
+    for (int j = 0; j < C; j += 16) {
+        __mmask16 k = C - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - j)) - 1);
+        __m512 p = rk_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vl));
+        _mm512_mask_storeu_ps(dx + j, k, _mm512_mul_ps(vs, p));
+    }
+}
 #define SIMD (rk_isa_active() >= RK_ISA_AVX2)
+#define SIMD512 (rk_isa_active() >= RK_ISA_AVX512)
 #else
 #define SIMD 0
 #endif
 
 float rk__row_max(const float *x, int C) {
 #if RK_X86
+    if (SIMD512) return row_max_avx512(x, C);
     if (SIMD) return row_max_avx2(x, C);
 #endif
     return row_max_scalar(x, C);
 }
 float rk__row_expsum(float *y, const float *x, float c, int C) {
 #if RK_X86
+    if (SIMD512) return row_expsum_avx512(y, x, c, C);
     if (SIMD) return row_expsum_avx2(y, x, c, C);
 #endif
     return row_expsum_scalar(y, x, c, C);
@@ -192,6 +243,33 @@ void rk_crossentropy_backward(float *dlogits, const float *logits, const float *
             for (int j = 0; j < V; j++) dx[j] += scale * expf(x[j] - lse[i]);
         dx[targets[i]] -= scale;
     }
+}
+void rk_crossentropy_gradient(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                              float scale, int N, int V, int ignore_index) {
+    for (int i = 0; i < N; i++) {
+        const float *x = logits + RK_IDX(i, 0, V);
+        float *dx = dlogits + RK_IDX(i, 0, V);
+        if (targets[i] == ignore_index) {
+            memset(dx, 0, sizeof(float) * (size_t)V);
+            continue;
+        }
+#if RK_X86
+        if (SIMD512) ce_grad_set_row_avx512(dx, x, lse[i], scale, V);
+        else if (SIMD) ce_grad_set_row_avx2(dx, x, lse[i], scale, V);
+        else
+#endif
+            for (int j = 0; j < V; j++) dx[j] = scale * expf(x[j] - lse[i]);
+        dx[targets[i]] -= scale;
+    }
+}
+void rk_crossentropy_gradient_ref(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                                  float scale, int N, int V, int ignore_index) {
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < V; j++) {
+            float p = expf(logits[RK_IDX(i, j, V)] - lse[i]);
+            dlogits[RK_IDX(i, j, V)] =
+                targets[i] == ignore_index ? 0.0f : scale * (p - (j == targets[i] ? 1.0f : 0.0f));
+        }
 }
 void rk_crossentropy_backward_ref(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
                                   float scale, int N, int V, int ignore_index) {

@@ -178,7 +178,7 @@ struct KernelTests {
     @Test(arguments: instructionSets)
     func softmaxAndCrossEntropyMatchReference(isa: Int32) {
         with(isa) {
-            for (N, C) in [(1, 1), (3, 7), (4, 29), (3, 1003)] {
+            for (N, C) in [(1, 1), (3, 7), (4, 29), (3, 1003), (2, 49)] {
                 let x = randomFloats(N * C, seed: 31, scale: 8), g = randomFloats(N * C, seed: 32)
                 var y = [Float](repeating: 0, count: N * C), yr = y
                 rk_softmax_forward(&y, x, Int32(N), Int32(C))
@@ -199,6 +199,21 @@ struct KernelTests {
                 rk_crossentropy_backward(&dl, x, lser, targets, 0.7, Int32(N), Int32(C), -100)
                 rk_crossentropy_backward_ref(&dlr, x, lser, targets, 0.7, Int32(N), Int32(C), -100)
                 expectClose(dl, dlr, atol: 1e-6, rtol: 1e-5, "cross-entropy backward")
+                // The written (not accumulated) gradient, into another buffer and in place over the logits; ignored
+                // rows come out zero.
+                var set = [Float](repeating: 0.3, count: N * C), setr = set
+                rk_crossentropy_gradient(&set, x, lser, targets, 0.7, Int32(N), Int32(C), -100)
+                rk_crossentropy_gradient_ref(&setr, x, lser, targets, 0.7, Int32(N), Int32(C), -100)
+                expectClose(set, setr, atol: 1e-6, rtol: 1e-5, "cross-entropy gradient")
+                var inPlace = x
+                inPlace.withUnsafeMutableBufferPointer { p in
+                    rk_crossentropy_gradient(
+                        p.baseAddress, p.baseAddress, lser, targets, 0.7, Int32(N), Int32(C), -100)
+                }
+                #expect(inPlace == set, "cross-entropy gradient in place \(N)x\(C)")
+                var accumulated = [Float](repeating: 0, count: N * C)
+                rk_crossentropy_backward_ref(&accumulated, x, lser, targets, 0.7, Int32(N), Int32(C), -100)
+                expectClose(setr, accumulated, atol: 1e-7, rtol: 1e-6, "written = accumulated onto zeros")
             }
             // A target out of range is a status, and names its row.
             var loss = [Float](repeating: 0, count: 3), lse = loss, bad: Int32 = -1

@@ -120,6 +120,13 @@ int rk_crossentropy_forward(float *losses, float *lse, const float *logits, cons
 /// dlogits (N,V) += scale · (softmax(logits) - onehot(target)) for each counted row; scale is dloss / count.
 void rk_crossentropy_backward(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
                               float scale, int N, int V, int ignore_index);
+/// dlogits (N,V) = scale · (softmax(logits) - onehot(target)) for each counted row, 0 for rows whose target is
+/// ignore_index: written, not accumulated, and dlogits may be logits itself (each element is read before it is
+/// written), so a language model's output layer needs one buffer of logits per chunk of rows, not two.
+void rk_crossentropy_gradient(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                              float scale, int N, int V, int ignore_index);
+void rk_crossentropy_gradient_ref(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
+                                  float scale, int N, int V, int ignore_index);
 int rk_crossentropy_forward_ref(float *losses, float *lse, const float *logits, const int32_t *targets,
                                 int N, int V, int ignore_index, int *bad_row);
 void rk_crossentropy_backward_ref(float *dlogits, const float *logits, const float *lse, const int32_t *targets,
