@@ -720,6 +720,40 @@ static RK_VNNI void pack8_Q4_1_8_vnni(float *out, size_t ldo, const uint8_t *p, 
     for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
 }
 
+// Q8_0 with VNNI, eight activation rows per pass over a group's block (a tied output layer in a server's 8-row
+// steps): each weight vector is offset once for the eight rows instead of twice (two passes of four); two integer
+// sums per row, as in the Q4_1 kernel above.
+static RK_VNNI void pack8_Q8_0X_8_vnni(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x, size_t ldx,
+                                       int nb) {
+    __m256 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+    for (int k = 0; k < nb; k++, p += GB_Q8_0) {
+        __m256i even[8], odd[8];
+        for (int r = 0; r < 8; r++) even[r] = odd[r] = _mm256_setzero_si256();
+        PREFETCH_NEXT_GROUP(p, nb, GB_Q8_0)
+        _Pragma("clang loop unroll(full)")
+        for (int t = 0; t < 8; t++) {
+            __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t)), flip);
+            _Pragma("clang loop unroll(full)")
+            for (int r = 0; r < 8; r++) {
+                __m256i q = bcast4(x[(size_t)r * ldx + k].q + 4 * t);
+                if (t & 1) odd[r] = _mm256_dpbusd_epi32(odd[r], u, q);
+                else even[r] = _mm256_dpbusd_epi32(even[r], u, q);
+            }
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        _Pragma("clang loop unroll(full)")
+        for (int r = 0; r < 8; r++) {
+            const rk_q8_block *b = x + (size_t)r * ldx + k;
+            __m256i i = _mm256_add_epi32(even[r], odd[r]);
+            FIX_Q8_0X(i, b)
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dw, _mm256_broadcast_ss(&b->d)), acc[r]);
+        }
+    }
+    for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
+}
+
 typedef void (*pack8_fn)(float *, size_t, const uint8_t *, const rk_q8_block *, size_t, int);
 static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
 #define RK_SET_PACK8(TYPE, S)                                                                                       \
@@ -748,15 +782,18 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
         pack8_fn f[4];
         int vnni = isa >= RK_ISA_AVX512 && rk_cpu_has_vnni();
         pack8_functions(type, vnni, f);
-        int nb = C / 32, eights = type == RK_GGML_Q4_1;
+        int nb = C / 32;
+        pack8_fn eight = type == RK_GGML_Q4_1 ? (vnni ? pack8_Q4_1_8_vnni : pack8_Q4_1H_8_avx2)
+                         : type == RK_GGML_Q8_0 && vnni ? pack8_Q8_0X_8_vnni
+                                                        : NULL;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
-        // Each group's weights (a few KB) against every activation row, eight (Q4_1) or four rows at a time.
+        // Each group's weights (a few KB) against every activation row, eight (Q4_1; Q8_0 with VNNI) or four rows at
+        // a time.
         for (int g = group_begin; g < group_end; g++) {
             const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;
             int n = 0;
-            for (; eights && n + 8 <= N; n += 8)
-                (vnni ? pack8_Q4_1_8_vnni : pack8_Q4_1H_8_avx2)(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p,
-                                                                xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+            for (; eight && n + 8 <= N; n += 8)
+                eight(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
             for (; n < N; n += 4) {
                 int R = N - n < 4 ? N - n : 4;
                 f[R - 1](out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);

@@ -186,10 +186,11 @@ struct QuantizedKernelTests {
     }
 
     /// The largest integer sums a block can make — every 4-bit weight 15 (8-bit: ±127) against activations all
-    /// ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products in 16 bits).
+    /// ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products in 16 bits), in
+    /// the eight-row kernels and the smaller ones (9 rows: one pass of eight and one row).
     @Test(arguments: [GGMLType.q4_0, .q4_1, .q8_0])
     func interleavedKernelsAreExactAtTheLargestSums(type: GGMLType) throws {
-        let C = 64, OC = 8, N = 3
+        let C = 64, OC = 8, N = 9
         let random = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
         var bytes = random.withBytes { Array(UnsafeRawBufferPointer(start: $0, count: random.byteCount)) }
         let bb = type.blockBytes!, header = type == .q4_1 ? 4 : 2
@@ -197,7 +198,10 @@ struct QuantizedKernelTests {
             for i in header..<bb { bytes[k * bb + i] = type == .q8_0 ? (k % 2 == 0 ? 0x7F : 0x81) : 0xFF }
         }
         let w = try QuantizedMatrix(type: type, rows: OC, columns: C, data: Data(bytes))
-        let x = (0..<(N * C)).map { i -> Float in i / C == 0 ? 1 : i / C == 1 ? -1 : (i % 2 == 0 ? 1 : -1) }
+        let x = (0..<(N * C)).map { i -> Float in
+            let row = i / C
+            return row % 3 == 0 ? 1 : row % 3 == 1 ? -1 : (i % 2 == 0 ? 1 : -1)
+        }
         let xq = Self.blocks(x, rows: N, columns: C, reference: true)
         #expect(xq.allSatisfy { b in withUnsafeBytes(of: b.q) { $0.allSatisfy { Int8(bitPattern: $0).magnitude == 127 } } })
         var reference = [Float](repeating: .nan, count: N * OC)
