@@ -74,17 +74,18 @@ public final class ReinsServer: Sendable {
         format = served.format
         baseName = served.baseName
         self.logger = logger
-        queueGauge = registry.makeGauge(name: "reins_queue_length", help: "Requests waiting to join the batch")
-        batchGauge = registry.makeGauge(name: "reins_batch_size", help: "Requests decoded in the last step")
-        rateGauge = registry.makeGauge(name: "reins_tokens_per_second", help: "Generated tokens per second (moving average)")
-        tokensCounter = registry.makeCounter(name: "reins_generated_tokens_total", help: "Tokens generated")
-        requestsCounter = registry.makeCounter(name: "reins_requests_total", help: "HTTP requests answered")
+        queueGauge = registry.makeGauge(descriptor: metric("queue", "length", "Requests waiting to join the batch"))
+        batchGauge = registry.makeGauge(descriptor: metric("batch", "size", "Requests decoded in the last step"))
+        rateGauge = registry.makeGauge(
+            descriptor: metric("tokens", "per_second", "Generated tokens per second (moving average)"))
+        tokensCounter = registry.makeCounter(descriptor: metric("generated_tokens", "total", "Tokens generated"))
+        requestsCounter = registry.makeCounter(descriptor: metric("requests", "total", "HTTP requests answered"))
         let stepRows = registry.makeValueHistogram(
-            name: "reins_step_rows", buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
-            help: "Rows per decoding step: running requests' tokens and prompt tokens fed with them")
+            descriptor: metric("step", "rows", "Rows per decoding step: running requests' tokens and prompt tokens fed with them"),
+            buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256])
         let stepSeconds = registry.makeDurationHistogram(
-            name: "reins_step_seconds", buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000].map { .milliseconds($0) },
-            help: "Seconds per decoding step")
+            descriptor: metric("step", "seconds", "Seconds per decoding step"),
+            buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000].map { .milliseconds($0) })
         let (queue, batchSize, rate) = (queueGauge, batchGauge, rateGauge)
         engine.onStatistics = { s in
             queue.set(Double(s.queued))
@@ -474,4 +475,9 @@ final class TextAssembler: @unchecked Sendable {
         sent = end
         return piece
     }
+}
+
+/// A metric named `reins_<name>_<unit>` on `/metrics`.
+private func metric(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+    MetricNameDescriptor(namespace: "reins", metricName: name, unitName: unit, helpText: help)
 }
