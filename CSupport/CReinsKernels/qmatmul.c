@@ -720,6 +720,58 @@ static RK_VNNI void pack8_Q4_1_8_vnni(float *out, size_t ldo, const uint8_t *p, 
     for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
 }
 
+// Q4_1 with VNNI on 512-bit registers: two groups of 8 weight rows side by side (outputs 8g..8g+15, one 16-wide
+// register per activation row) against eight activation rows. Each activation broadcast and each vpdpbusd then serves
+// sixteen weight rows instead of eight: half the instructions per product of the 8-row kernel above, whose sums fill
+// only 256 bits.
+static inline RK_VNNI __m512i bcast4_512(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+static inline RK_VNNI __m512 halves16(const uint8_t *p, const uint8_t *q) {
+    __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                                        _mm_loadu_si128((const __m128i *)q), 1);
+    return _mm512_cvtph_ps(h);
+}
+static RK_VNNI void pack16_Q4_1_8_vnni(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x, size_t ldx,
+                                       int nb) {
+    const uint8_t *p2 = p + (size_t)nb * GB_Q4_1; // the next group's blocks
+    __m512 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    for (int k = 0; k < nb; k++, p += GB_Q4_1, p2 += GB_Q4_1) {
+        __m512i lo_sum[8], hi_sum[8];
+        for (int r = 0; r < 8; r++) lo_sum[r] = hi_sum[r] = _mm512_setzero_si512();
+        // The pair after this one: two groups on.
+        for (int line = 0; line < GB_Q4_1; line += 64) {
+            _mm_prefetch((const char *)((uintptr_t)p + 2 * (size_t)nb * GB_Q4_1 + line), _MM_HINT_T0);
+            _mm_prefetch((const char *)((uintptr_t)p2 + 2 * (size_t)nb * GB_Q4_1 + line), _MM_HINT_T0);
+        }
+        _Pragma("clang loop unroll(full)")
+        for (int t = 0; t < 4; t++) {
+            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 32 + 32 * t))),
+                                           _mm256_loadu_si256((const __m256i *)(p2 + 32 + 32 * t)), 1);
+            __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+            _Pragma("clang loop unroll(full)")
+            for (int r = 0; r < 8; r++) {
+                const int8_t *q = x[(size_t)r * ldx + k].q;
+                lo_sum[r] = _mm512_dpbusd_epi32(lo_sum[r], lo, bcast4_512(q + 4 * t));
+                hi_sum[r] = _mm512_dpbusd_epi32(hi_sum[r], hi, bcast4_512(q + 16 + 4 * t));
+            }
+        }
+        __m512 dw = halves16(p, p2), mins = halves16(p + 16, p2 + 16);
+        _Pragma("clang loop unroll(full)")
+        for (int r = 0; r < 8; r++) {
+            const rk_q8_block *b = x + (size_t)r * ldx + k;
+            __m512 i = _mm512_cvtepi32_ps(_mm512_add_epi32(lo_sum[r], hi_sum[r]));
+            acc[r] = _mm512_fmadd_ps(i, _mm512_mul_ps(dw, _mm512_set1_ps(b->d)), acc[r]);
+            acc[r] = _mm512_fmadd_ps(mins, _mm512_set1_ps(b->ds), acc[r]);
+        }
+    }
+    for (int r = 0; r < 8; r++) _mm512_storeu_ps(out + (size_t)r * ldo, acc[r]);
+}
+
 // Q8_0 with VNNI, eight activation rows per pass over a group's block (a tied output layer in a server's 8-row
 // steps): each weight vector is offset once for the eight rows instead of twice (two passes of four); two integer
 // sums per row, as in the Q4_1 kernel above.
@@ -789,7 +841,22 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
         // Each group's weights (a few KB) against every activation row, eight (Q4_1; Q8_0 with VNNI) or four rows at
         // a time.
-        for (int g = group_begin; g < group_end; g++) {
+        // Q4_1 with VNNI: eight rows against two groups at a time while there are a pair of groups and eight rows.
+        int g = group_begin;
+        if (vnni && type == RK_GGML_Q4_1 && N >= 8)
+            for (; g + 2 <= group_end; g += 2) {
+                const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;
+                int n = 0;
+                for (; n + 8 <= N; n += 8)
+                    pack16_Q4_1_8_vnni(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+                for (; n < N; n += 4) {
+                    int R = N - n < 4 ? N - n : 4;
+                    for (int h = 0; h < 2; h++)
+                        f[R - 1](out + RK_IDX(n, 8 * (g + h), OC), (size_t)OC, p + h * gb, xq + RK_IDX(n, 0, nb),
+                                 (size_t)nb, nb);
+                }
+            }
+        for (; g < group_end; g++) {
             const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;
             int n = 0;
             for (; eight && n + 8 <= N; n += 8)

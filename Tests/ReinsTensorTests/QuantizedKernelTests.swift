@@ -187,10 +187,11 @@ struct QuantizedKernelTests {
 
     /// The largest integer sums a block can make — every 4-bit weight 15 (8-bit: ±127) against activations all
     /// ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products in 16 bits), in
-    /// the eight-row kernels and the smaller ones (9 rows: one pass of eight and one row).
+    /// the eight-row kernels and the smaller ones (9 rows: one pass of eight and one row; two groups of 8 weight rows,
+    /// which VNNI takes side by side).
     @Test(arguments: [GGMLType.q4_0, .q4_1, .q8_0])
     func interleavedKernelsAreExactAtTheLargestSums(type: GGMLType) throws {
-        let C = 64, OC = 8, N = 9
+        let C = 64, OC = 16, N = 9
         let random = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
         var bytes = random.withBytes { Array(UnsafeRawBufferPointer(start: $0, count: random.byteCount)) }
         let bb = type.blockBytes!, header = type == .q4_1 ? 4 : 2
@@ -212,7 +213,7 @@ struct QuantizedKernelTests {
             let active = rk_isa_select(isa)
             defer { rk_isa_select(rk_isa_detected()) }
             var got = [Float](repeating: .nan, count: N * OC)
-            #expect(rk_qmatmul_q8_packed8(&got, xq, packed, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, 1) == RK_OK)
+            #expect(rk_qmatmul_q8_packed8(&got, xq, packed, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8)) == RK_OK)
             expectClose(got, reference, atol: 1e-5, rtol: 1e-6, "\(type) on isa \(active)")
         }
     }
