@@ -351,6 +351,48 @@ extension KernelWorkload {
             })
     }
 
+    /// The mixed-adapter LoRA update of a server's decoding step in half precision (`rk_lora_rows_f16`): `rows` rows,
+    /// each with an adapter of its own (rank `rank`, B transposed), `copies` sets of such adapters in turn (a step goes
+    /// through a layer's modules one after another, each adapter's weights read once).
+    public static func loraRowsHalf(rows N: Int, inputs C: Int, outputs OC: Int, rank r: Int, copies: Int = 32) throws
+        -> KernelWorkload
+    {
+        guard N > 0, C > 0, OC > 0, r > 0, copies > 0 else {
+            throw TensorError.invalidArgument(
+                operation: "KernelWorkload.loraRowsHalf", detail: "\(N) rows, \(C) -> \(OC), rank \(r) x \(copies)")
+        }
+        let adapters = N * copies
+        let a = try Tensor.normal([adapters, r * C], std: 0.05, seed: 32).scalars.map(rk_float_to_half)
+        let b = try Tensor.normal([adapters, r * OC], std: 0.05, seed: 33).scalars.map(rk_float_to_half)
+        let x = try Tensor.normal([N, C], seed: 34).scalars
+        let ranks = [Int32](repeating: Int32(r), count: N), scales = [Float](repeating: 2, count: N)
+        var y = [Float](repeating: 0, count: N * OC), work = [Float](repeating: 0, count: r)
+        // Row i of copy c reads adapter c·N + i.
+        func update(_ y: inout [Float], copy c: Int, reference: Bool) {
+            a.withUnsafeBufferPointer { pa in
+                b.withUnsafeBufferPointer { pb in
+                    let ap: [UnsafePointer<UInt16>?] = (0..<N).map { pa.baseAddress! + (c * N + $0) * r * C }
+                    let bp: [UnsafePointer<UInt16>?] = (0..<N).map { pb.baseAddress! + (c * N + $0) * r * OC }
+                    if reference {
+                        rk_lora_rows_f16_ref(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, bp, ranks, scales, &work)
+                    } else {
+                        rk_lora_rows_f16(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, bp, ranks, scales, &work)
+                    }
+                }
+            }
+        }
+        return KernelWorkload(
+            name: "LoRA rows f16 \(N)x\(C) -> \(OC) r\(r), one thread",
+            flops: 2.0 * Double(N * r * (C + OC) * copies), tolerance: 1e-4,
+            verify: {
+                var fast = [Float](repeating: 0, count: N * OC), reference = fast
+                update(&fast, copy: copies - 1, reference: false)
+                update(&reference, copy: copies - 1, reference: true)
+                return maxRelativeDifference(fast, reference, N * OC)
+            },
+            run: { for c in 0..<copies { update(&y, copy: c, reference: false) } })
+    }
+
     public typealias Maker = @Sendable () throws -> KernelWorkload
 
     /// The workloads of the kernel benchmark at GPT-2-small sizes, by name, each built only when asked for (some
@@ -389,6 +431,7 @@ extension KernelWorkload {
         for rows in [1, 8, 64] {
             list.append(("Q4_1 interleaved \(rows)x", { try interleavedQ4_1(rows: rows, inputs: 576, outputs: 1536) }))
         }
+        list.append(("LoRA rows half", { try loraRowsHalf(rows: 8, inputs: 576, outputs: 1536, rank: 16) }))
         return list
     }()
 }
