@@ -817,6 +817,18 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
     }
 #undef RK_SET_PACK8
 }
+
+// Rows [n, N) of one group of 8 weight rows: eight activation rows at a time where there is a kernel for it, then
+// four at a time (the last pass takes 1-4).
+static void pack8_rows(float *out, const rk_q8_block *xq, const uint8_t *p, pack8_fn f[4], pack8_fn eight, int g,
+                       int n, int N, int nb, int OC) {
+    for (; eight && n + 8 <= N; n += 8)
+        eight(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+    for (; n < N; n += 4) {
+        int R = N - n < 4 ? N - n : 4;
+        f[R - 1](out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+    }
+}
 #endif
 
 int rk_qmatmul_q8_packed8_ref(float *out, const rk_q8_block *xq, const void *wp, int type, int N, int C, int OC,
@@ -840,32 +852,16 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
                                                         : NULL;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
         // Each group's weights (a few KB) against every activation row, eight (Q4_1; Q8_0 with VNNI) or four rows at
-        // a time.
-        // Q4_1 with VNNI: eight rows against two groups at a time while there are a pair of groups and eight rows.
-        int g = group_begin;
-        if (vnni && type == RK_GGML_Q4_1 && N >= 8)
-            for (; g + 2 <= group_end; g += 2) {
-                const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;
-                int n = 0;
-                for (; n + 8 <= N; n += 8)
-                    pack16_Q4_1_8_vnni(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
-                for (; n < N; n += 4) {
-                    int R = N - n < 4 ? N - n : 4;
-                    for (int h = 0; h < 2; h++)
-                        f[R - 1](out + RK_IDX(n, 8 * (g + h), OC), (size_t)OC, p + h * gb, xq + RK_IDX(n, 0, nb),
-                                 (size_t)nb, nb);
-                }
-            }
-        for (; g < group_end; g++) {
+        // a time. Q4_1 with VNNI: eight rows against two groups at a time while there are a pair of groups and eight
+        // rows; each group of the pair then takes its remaining rows while its weights are still in cache.
+        int g = group_begin, n8 = vnni && type == RK_GGML_Q4_1 ? N - N % 8 : 0;
+        for (; n8 > 0 && g + 2 <= group_end; g += 2) {
             const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;
-            int n = 0;
-            for (; eight && n + 8 <= N; n += 8)
-                eight(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
-            for (; n < N; n += 4) {
-                int R = N - n < 4 ? N - n : 4;
-                f[R - 1](out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
-            }
+            for (int n = 0; n < n8; n += 8)
+                pack16_Q4_1_8_vnni(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+            for (int h = 0; h < 2; h++) pack8_rows(out, xq, p + h * gb, f, eight, g + h, n8, N, nb, OC);
         }
+        for (; g < group_end; g++) pack8_rows(out, xq, (const uint8_t *)wp + (size_t)g * gb, f, eight, g, 0, N, nb, OC);
         return RK_OK;
     }
 #endif
