@@ -220,6 +220,45 @@ struct MixedBatchTests {
         }
     }
 
+    /// A layer keeps its routed groups' adapters between batches routed to the same names (a server's decoding steps);
+    /// an adapter deleted and added anew under its name, on the same layers or on fewer, is seen by the next batch:
+    /// each row still equals its adapter alone, and the replaced adapter's rows change.
+    @Test func routedBatchesSeeAdaptersReplacedUnderTheirNames() throws {
+        let (model, _) = try Self.adapted("llama-tiny")
+        let routing: [String?] = ["lora", nil, "ia3", "lora"]
+        let ids = try IntTensor(shape: [routing.count, 4], values: (0..<(routing.count * 4)).map { Int32(3 + ($0 * 5) % 40) })
+        func routed() throws -> Tensor {
+            try Autograd.withoutGradients { try model.withAdapters(perRow: routing) { try Self.logits(model, ids) } }
+        }
+        func expectEachRowAlone(_ mixed: Tensor, _ what: String) throws {
+            for (b, name) in routing.enumerated() {
+                model.activateAdapter(name)
+                let alone = try Self.logits(model, ids.rows([b]))
+                model.activateAdapter(nil)
+                expectClose(try Self.lastRows(mixed, row: b, count: 4), try Self.lastRows(alone, row: 0, count: 4),
+                            atol: 2e-5, rtol: 1e-4, "\(what): row \(b) (\(name ?? "base"))")
+            }
+        }
+        func replaceLoRA(targets: [String], seed: UInt64) throws {
+            try model.deleteAdapter("lora")
+            try model.addAdapter("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: targets)), seed: seed)
+            for (j, p) in model.parameters(ofAdapter: "lora").enumerated() {
+                p.replaceValue(try p.value.detached() + Tensor.normal(p.value.shape, std: 0.3, seed: seed + UInt64(j)))
+            }
+            model.activateAdapter(nil)
+        }
+        let first = try routed()
+        try expectEachRowAlone(first, "first batch")
+        try replaceLoRA(targets: Self.llamaLinear, seed: 500)
+        let replaced = try routed()
+        try expectEachRowAlone(replaced, "after 'lora' added anew")
+        let moved = zip(try Self.lastRows(first, row: 0, count: 4), try Self.lastRows(replaced, row: 0, count: 4))
+            .map { abs($0 - $1) }.max() ?? 0
+        #expect(moved > 1e-3, "the replaced adapter's rows changed (\(moved))")
+        try replaceLoRA(targets: ["q_proj"], seed: 700)
+        try expectEachRowAlone(try routed(), "after 'lora' added anew on q_proj only")
+    }
+
     /// A routed batch reading LoRA weights from half-precision copies equals the float path over weights rounded to
     /// half precision (so the copies are what is read, and read whole), differs from the unrounded weights by more
     /// (the rounding shows), leaves rows without a LoRA as they were, and after `removeAll` reads changed weights anew.

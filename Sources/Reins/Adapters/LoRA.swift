@@ -19,7 +19,9 @@ public final class LoRA {
     public let usesDoRA: Bool
     /// DoRA's magnitude `m: [out]` (PEFT's `lora_magnitude_vector`); set from the base weight when a new DoRA adapter
     /// is attached, nil for plain LoRA.
-    public internal(set) var magnitude: Parameter?
+    public internal(set) var magnitude: Parameter? {
+        didSet { AdapterChanges.note() }
+    }
 
     /// New weights: A ~ U(-1/√in, 1/√in) as PEFT's default (Kaiming-uniform with a = √5), B = 0.
     public init(

@@ -170,7 +170,80 @@ extension IntTensor {
     }
 }
 
+/// One routed group's adapters at a linear layer.
+struct RoutedLinearAdapters {
+    let lora: LoRA?, method: (any LinearAdapterMethod)?, ia3: IA3?, bias: Parameter?
+    /// No other method and no DoRA magnitude: at inference its rows are adjusted in place.
+    let inPlace: Bool
+}
+
+/// What the LoRA row kernels read of one LoRA: A `[rank, in]`, B (`[out, rank]` in float32, transposed `[rank, out]`
+/// in half precision), its rank and scale.
+struct LoRARowWeights {
+    let a: UnsafeRawPointer, b: UnsafeRawPointer
+    let rank: Int32, scale: Float
+}
+
+/// A linear layer's adapters for a routed batch's groups, looked up by name once and kept while the groups' names and
+/// every adapter set stay the same — as they do over a server's decoding steps, each of which visits every layer
+/// once. Looked up anew at each layer of each step, the dictionaries and adapter objects of eight groups (evicted by
+/// the weights the step streams) cost ~10 µs a layer in cache misses, ~10% of an 8-row step with a LoRA per row.
+final class RoutedAdapterCache {
+    let names: [String]
+    let epoch: Int
+    let groups: [RoutedLinearAdapters?]
+    /// Whether any group has an adapter here.
+    let any: Bool
+    /// The half-precision copies of the groups' LoRAs from `halfSource` (held: their weights are read through
+    /// `halfWeights`), for the copies' `halfGeneration`.
+    private var halfSource: HalfPrecisionLoRACopies?
+    private var halfGeneration = -1
+    private var halfCopies: [HalfPrecisionLoRACopies.Copy?] = []
+    private var halfWeights: [LoRARowWeights?] = []
+
+    init(names: [String], epoch: Int, groups: [RoutedLinearAdapters?]) {
+        (self.names, self.epoch, self.groups) = (names, epoch, groups)
+        any = groups.contains { $0 != nil }
+    }
+
+    func holds(_ routing: AdapterRouting, epoch: Int) -> Bool {
+        guard self.epoch == epoch, names.count == routing.groups.count else { return false }
+        for (name, group) in zip(names, routing.groups) where name != group.name { return false }
+        return true
+    }
+
+    /// Each group's LoRA as the half-precision row kernel reads it from `copies` (nil: no LoRA).
+    func halfWeights(_ copies: HalfPrecisionLoRACopies) -> [LoRARowWeights?] {
+        let generation = copies.generation
+        if halfSource === copies, halfGeneration == generation { return halfWeights }
+        halfCopies = groups.map { g in g?.lora.map { copies.copy(of: $0) } }
+        halfWeights = halfCopies.map { c in
+            c.map { LoRARowWeights(a: UnsafeRawPointer($0.a), b: UnsafeRawPointer($0.b), rank: $0.rank, scale: $0.scale) }
+        }
+        (halfSource, halfGeneration) = (copies, generation)
+        return halfWeights
+    }
+}
+
 extension Linear {
+    /// This layer's adapters for each of `routing`'s groups: from ``routedCache`` while it holds.
+    func routedAdapters(_ routing: AdapterRouting) -> RoutedAdapterCache {
+        let epoch = AdapterChanges.epoch
+        if let cache = routedCache, cache.holds(routing, epoch: epoch) { return cache }
+        let (loras, others, ia3s) = (slots.adapters, methods.members, ia3Vectors.members)
+        let variants = biases?.variants ?? [:]
+        let cache = RoutedAdapterCache(
+            names: routing.groups.map(\.name), epoch: epoch,
+            groups: routing.groups.map { g in
+                let (lora, method, ia3, bias) = (loras[g.name], others[g.name], ia3s[g.name], variants[g.name])
+                guard lora != nil || method != nil || ia3 != nil || bias != nil else { return nil }
+                return RoutedLinearAdapters(
+                    lora: lora, method: method, ia3: ia3, bias: bias, inPlace: method == nil && lora?.magnitude == nil)
+            })
+        routedCache = cache
+        return cache
+    }
+
     /// The layer's output for a batch routed to many adapters: the base product once over every row, then each
     /// group's adapters on its rows (IA3 on the input before the product, BitFit's bias, LoRA's low-rank update or
     /// DoRA's rescaling, IA3 on the output; another method computes its rows through its own chain).
@@ -178,20 +251,10 @@ extension Linear {
         _ x: Tensor, routing: AdapterRouting, precomputed: (of: Tensor, product: Tensor)? = nil
     ) throws -> Tensor {
         try routing.check(x, at: "a \(inputs) -> \(outputs) linear layer")
-        struct Plan {
-            let rows: [Int]
-            let lora: LoRA?, method: (any LinearAdapterMethod)?, ia3: IA3?, bias: Parameter?
-            /// No other method and no DoRA magnitude: at inference its rows are adjusted in place.
-            var inPlace: Bool { method == nil && lora?.magnitude == nil }
-        }
-        let plans = routing.groups.compactMap { g -> Plan? in
-            let p = Plan(
-                rows: g.rows, lora: slots.adapters[g.name], method: methods.members[g.name],
-                ia3: ia3Vectors.members[g.name], bias: biases?.variants[g.name])
-            return p.lora == nil && p.method == nil && p.ia3 == nil && p.bias == nil ? nil : p
-        }
+        let cache = routedAdapters(routing)
         let baseBias = biases?.base.value
-        if plans.isEmpty { return try baseProduct(x, bias: baseBias, precomputed: precomputed) }
+        guard cache.any else { return try baseProduct(x, bias: baseBias, precomputed: precomputed) }
+        let plans = zip(routing.groups, cache.groups).compactMap { g, a in a.map { (rows: g.rows, adapters: $0) } }
         // Inference: the rows' IA3 scales, biases and plain LoRA updates are applied in place, row by row (a decoding
         // step of many adapters would otherwise gather and scatter rows, or pay two small products, per adapter per
         // layer); with gradients, each group's rows go through differentiable operations.
@@ -199,92 +262,94 @@ extension Linear {
         var input = x
         if gathered {
             try input.adjustRows(plans.compactMap { p in
-                p.ia3.flatMap { $0.scalesInput ? RowAdjustment(rows: p.rows, times: $0.vector.value) : nil }
+                p.adapters.ia3.flatMap { $0.scalesInput ? RowAdjustment(rows: p.rows, times: $0.vector.value) : nil }
             })
         } else {
-            for p in plans where p.ia3?.scalesInput == true {
-                input = try input.replacingRows(p.rows, with: input.rows(p.rows) * p.ia3!.vector.value)
+            for p in plans where p.adapters.ia3?.scalesInput == true {
+                input = try input.replacingRows(p.rows, with: input.rows(p.rows) * p.adapters.ia3!.vector.value)
             }
         }
         let product = try baseProduct(input, bias: nil, precomputed: precomputed)
         var y = try baseBias.map { try product + $0 } ?? product
         if gathered {
-            let plain = plans.filter(\.inPlace)
-            try Self.addLoRARows(&y, input: input, plain.compactMap { p in p.lora.map { ($0, p.rows) } })
+            // Plain LoRA updates added to their rows, read from the half-precision copies when the batch has them.
+            var rows: [(Int, LoRARowWeights)] = []
+            var held: [Tensor] = []
+            let half = routing.halfLoRA.map { cache.halfWeights($0) }
+            for (i, g) in routing.groups.enumerated() {
+                guard let a = cache.groups[i], a.inPlace, let lora = a.lora else { continue }
+                let weights: LoRARowWeights
+                if let h = half?[i] {
+                    weights = h
+                } else {
+                    let (ta, tb) = (lora.a.value, lora.b.value)
+                    held += [ta, tb]
+                    weights = LoRARowWeights(
+                        a: UnsafeRawPointer(ta.storage.pointer), b: UnsafeRawPointer(tb.storage.pointer),
+                        rank: Int32(lora.rank), scale: lora.scale)
+                }
+                for r in g.rows { rows.append((r, weights)) }
+            }
+            try withExtendedLifetime(held) { try Self.addLoRARows(&y, input: input, rows, half: half != nil) }
             // Their LoRA updates are in `y`: only their own biases and IA3 output scales are left.
-            try y.adjustRows(plain.compactMap { p in
-                let times = p.ia3.flatMap { $0.scalesInput ? nil : $0.vector.value }
-                guard p.bias != nil || times != nil else { return nil }
-                return RowAdjustment(rows: p.rows, minus: p.bias == nil ? nil : baseBias, plus: p.bias?.value, times: times)
+            try y.adjustRows(plans.compactMap { p in
+                guard p.adapters.inPlace else { return nil }
+                let times = p.adapters.ia3.flatMap { $0.scalesInput ? nil : $0.vector.value }
+                guard p.adapters.bias != nil || times != nil else { return nil }
+                return RowAdjustment(
+                    rows: p.rows, minus: p.adapters.bias == nil ? nil : baseBias, plus: p.adapters.bias?.value,
+                    times: times)
             })
         }
-        for p in plans where !(gathered && p.inPlace) {
-            let bias = p.bias?.value ?? baseBias
+        for p in plans where !(gathered && p.adapters.inPlace) {
+            let bias = p.adapters.bias?.value ?? baseBias
             var ys: Tensor
-            if let method = p.method {
+            if let method = p.adapters.method {
                 let xs = try input.rows(p.rows)
                 ys = try AdapterRouting.outside {
                     try method.forward(xs, layer: self) { [self] x in
-                        guard let lora = p.lora else { return try baseProduct(x, bias: bias) }
+                        guard let lora = p.adapters.lora else { return try baseProduct(x, bias: bias) }
                         return try lora.delta(x, base: baseProduct(x, bias: nil), bias: bias, layer: self)
                     }
                 }
             } else {
                 let base = try product.rows(p.rows)
-                ys = try p.lora.map { try $0.delta(input.rows(p.rows), base: base, bias: bias, layer: self) }
+                ys = try p.adapters.lora.map { try $0.delta(input.rows(p.rows), base: base, bias: bias, layer: self) }
                     ?? (bias.map { try base + $0 } ?? base)
             }
-            if let ia3 = p.ia3, !ia3.scalesInput { ys = try ys * ia3.vector.value }
+            if let ia3 = p.adapters.ia3, !ia3.scalesInput { ys = try ys * ia3.vector.value }
             y = try y.replacingRows(p.rows, with: ys)
         }
         return y
     }
-}
 
-extension Linear {
-    /// Adds `s·B·A·x` to the rows of `y` (`[B, ..., out]`, fresh) for each LoRA and its rows, a kernel call per batch
-    /// row, the rows shared among the threads (8 adapters' updates read 8 adapters' weights).
-    static func addLoRARows(_ y: inout Tensor, input x: Tensor, _ loras: [(LoRA, [Int])]) throws {
-        guard !loras.isEmpty else { return }
+    /// Adds `s·B·A·x` to each listed batch row of `y` (`[B, ..., out]`, fresh) with that row's LoRA weights (float32,
+    /// or the half-precision copies' layout when `half`), a kernel call per row, the rows shared among the threads
+    /// (8 adapters' updates read 8 adapters' weights). The weights must stay alive through the call.
+    static func addLoRARows(_ y: inout Tensor, input x: Tensor, _ rows: [(Int, LoRARowWeights)], half: Bool) throws {
+        guard !rows.isEmpty else { return }
         let B = y.shape[0], T = y.count / max(B * y.shape[y.rank - 1], 1)
         let (inputs, outputs) = (x.shape[x.rank - 1], y.shape[y.rank - 1])
-        // Each LoRA's A and B, rank and scale: its own, or (a server's batch) its half-precision copy's — which then
-        // is all a step reads (a decoding step visits hundreds of layers' LoRAs: their own objects stay untouched).
-        let halves = AdapterRouting.current?.halfLoRA.map { copies in loras.map { copies.copy(of: $0.0) } }
-        let tensors = halves == nil ? loras.map { ($0.0.a.value, $0.0.b.value) } : []
-        var active: [Int] = [], a = [UnsafeRawPointer?](repeating: nil, count: B)
-        var b = a, ranks = [Int32](repeating: 0, count: B), scales = [Float](repeating: 0, count: B)
-        var maxRank = 1
-        for (i, (lora, rows)) in loras.enumerated() {
-            let (pa, pb, rank, scale): (UnsafeRawPointer, UnsafeRawPointer, Int32, Float) =
-                if let h = halves?[i] { (UnsafeRawPointer(h.a), UnsafeRawPointer(h.b), h.rank, h.scale) } else {
-                    (UnsafeRawPointer(tensors[i].0.storage.pointer), UnsafeRawPointer(tensors[i].1.storage.pointer),
-                     Int32(lora.rank), lora.scale)
-                }
-            maxRank = max(maxRank, Int(rank))
-            for r in rows {
-                (a[r], b[r], ranks[r], scales[r]) = (pa, pb, rank, scale)
-                active.append(r)
-            }
+        if let bad = rows.first(where: { $0.0 < 0 || $0.0 >= B }) {
+            throw ModelError.badInput("a LoRA update for row \(bad.0) of a batch of \(B)")
         }
+        let maxRank = max(1, rows.map { Int($0.1.rank) }.max() ?? 1)
         let (xp, yp) = (UnsafePointer(x.storage.pointer), y.storage.pointer)
-        let half = halves != nil
-        let (rows, ap, bp, rankOf, scaleOf) = (active, a, b, ranks, scales)
-        withExtendedLifetime((tensors, halves, x, y)) {
+        withExtendedLifetime((x, y)) {
             // Rows taken one at a time, only those with a LoRA: their adapters' ranks and widths differ (a batch's
             // rows may mix a large LoRA with none), so fixed shares would leave one thread waiting.
             Parallel.forPieces(rows.count, piece: 1) { pieces in
                 withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
                     for i in pieces {
-                        let row = rows[i]
-                        let (y, x, w) = (yp + row * T * outputs, xp + row * T * inputs, work.baseAddress!)
-                        var (ra, sa) = (rankOf[row], scaleOf[row])
+                        let (row, w) = rows[i]
+                        let (y, x, scratch) = (yp + row * T * outputs, xp + row * T * inputs, work.baseAddress!)
+                        var (rank, scale) = (w.rank, w.scale)
                         if half {
-                            var (ah, bh) = (ap[row]?.assumingMemoryBound(to: UInt16.self), bp[row]?.assumingMemoryBound(to: UInt16.self))
-                            rk_lora_rows_f16(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &ah, &bh, &ra, &sa, w)
+                            var (a, b) = (Optional(w.a.assumingMemoryBound(to: UInt16.self)), Optional(w.b.assumingMemoryBound(to: UInt16.self)))
+                            rk_lora_rows_f16(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &b, &rank, &scale, scratch)
                         } else {
-                            var (af, bf) = (ap[row]?.assumingMemoryBound(to: Float.self), bp[row]?.assumingMemoryBound(to: Float.self))
-                            rk_lora_rows(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &af, &bf, &ra, &sa, w)
+                            var (a, b) = (Optional(w.a.assumingMemoryBound(to: Float.self)), Optional(w.b.assumingMemoryBound(to: Float.self)))
+                            rk_lora_rows(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &b, &rank, &scale, scratch)
                         }
                     }
                 }
@@ -327,6 +392,7 @@ public final class HalfPrecisionLoRACopies: @unchecked Sendable {
         }
     }
     private var copies: [ObjectIdentifier: Copy] = [:]
+    private var changes = 0
     private let lock = NSLock()
 
     public init() {}
@@ -335,7 +401,15 @@ public final class HalfPrecisionLoRACopies: @unchecked Sendable {
     public var count: Int { lock.withLock { copies.count } }
 
     /// Drops every copy (the next batch copies again what it reads).
-    public func removeAll() { lock.withLock { copies = [:] } }
+    public func removeAll() {
+        lock.withLock {
+            copies = [:]
+            changes += 1
+        }
+    }
+
+    /// Counts ``removeAll()``s: a layer's cache of copies (``RoutedAdapterCache``) holds while it is unchanged.
+    var generation: Int { lock.withLock { changes } }
 
     func copy(of lora: LoRA) -> Copy {
         lock.withLock {

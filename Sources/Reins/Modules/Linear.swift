@@ -21,6 +21,8 @@ public final class Linear: Module, LoRAHost {
     var slots = LoRASlots()
     /// Attached LoRA adapters by name.
     public var loras: [String: LoRA] { slots.adapters }
+    /// The adapters of the last routed batch's groups here (``routedAdapters(_:)``).
+    var routedCache: RoutedAdapterCache?
     /// The adapter used by the forward pass (`nil`: the base layer alone).
     public var activeLoRA: String? {
         get { slots.active }
@@ -80,10 +82,7 @@ public final class Linear: Module, LoRAHost {
     /// In a batch routed to many adapters: whether any of them is at this layer (its BitFit bias included).
     var hasLiveAdapter: Bool {
         guard let routing = AdapterRouting.current else { return !liveAdapters.isEmpty }
-        return routing.groups.contains {
-            slots.adapters[$0.name] != nil || methods.members[$0.name] != nil || ia3Vectors.members[$0.name] != nil
-                || biases?.variants[$0.name] != nil
-        }
+        return routedAdapters(routing).any
     }
 
     /// Attaches an IA3 vector under `name` and activates it: `[out]` rescales the output, `[in]` (a feed-forward layer)
