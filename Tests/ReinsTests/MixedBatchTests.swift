@@ -240,7 +240,7 @@ struct MixedBatchTests {
             }
         }
         func replaceLoRA(targets: [String], seed: UInt64) throws {
-            try model.deleteAdapter("lora")
+            if model.adapterNames.contains("lora") { try model.deleteAdapter("lora") }
             try model.addAdapter("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: targets)), seed: seed)
             for (j, p) in model.parameters(ofAdapter: "lora").enumerated() {
                 p.replaceValue(try p.value.detached() + Tensor.normal(p.value.shape, std: 0.3, seed: seed + UInt64(j)))
@@ -249,6 +249,12 @@ struct MixedBatchTests {
         }
         let first = try routed()
         try expectEachRowAlone(first, "first batch")
+        // Deleted, the adapter's objects are freed at once (the layers' caches of the batch let them go).
+        final class Weak { weak var lora: LoRA?; init(_ l: LoRA) { lora = l } }
+        let old = model.namedModules().compactMap { ($0.module as? Linear)?.loras["lora"] }.map(Weak.init)
+        #expect(old.count == Self.llamaLinear.count * 2, "a LoRA on every linear layer of both layers")
+        try model.deleteAdapter("lora")
+        #expect(old.allSatisfy { $0.lora == nil }, "the deleted adapter's LoRAs are freed")
         try replaceLoRA(targets: Self.llamaLinear, seed: 500)
         let replaced = try routed()
         try expectEachRowAlone(replaced, "after 'lora' added anew")

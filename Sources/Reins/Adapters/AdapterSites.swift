@@ -188,6 +188,9 @@ extension Module {
     /// Removes the adapter `name` from every site, with its head, biases and prefix.
     public func deleteAdapter(_ name: String) throws {
         for site in adapterSites { try site.removeAdapter(name) }
+        // Linear layers' caches of routed batches may hold its objects and their half-precision copies: its memory
+        // goes now, not at the next routed batch.
+        for case let layer as Linear in namedModules().map(\.module) { layer.routedCache = nil }
     }
 
     /// The names of every adapter on this model, at any site.
