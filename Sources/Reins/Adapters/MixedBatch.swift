@@ -194,6 +194,9 @@ final class RoutedAdapterCache {
     let groups: [RoutedLinearAdapters?]
     /// Whether any group has an adapter here.
     let any: Bool
+    /// Whether every group's adapter here is a plain LoRA (no DoRA magnitude, IA3, bias or other method): at inference
+    /// its rows take the LoRA row kernel and nothing else.
+    let plainLoRA: Bool
     /// The half-precision copies of the groups' LoRAs from `halfSource` (held: their weights are read through
     /// `halfWeights`), for the copies' `halfGeneration`.
     private var halfSource: HalfPrecisionLoRACopies?
@@ -204,6 +207,9 @@ final class RoutedAdapterCache {
     init(names: [String], epoch: Int, groups: [RoutedLinearAdapters?]) {
         (self.names, self.epoch, self.groups) = (names, epoch, groups)
         any = groups.contains { $0 != nil }
+        plainLoRA = groups.allSatisfy { g in
+            g.map { $0.lora != nil && $0.inPlace && $0.ia3 == nil && $0.bias == nil } ?? true
+        }
     }
 
     func holds(_ routing: AdapterRouting, epoch: Int) -> Bool {
@@ -254,11 +260,25 @@ extension Linear {
         let cache = routedAdapters(routing)
         let baseBias = biases?.base.value
         guard cache.any else { return try baseProduct(x, bias: baseBias, precomputed: precomputed) }
+        let gathered = !Autograd.isEnabled && !TrainingMode.isActive
+        if gathered, cache.plainLoRA, let copies = routing.halfLoRA {
+            // A server's decoding step: the base product, then each row's LoRA from its half-precision copy — with
+            // no adapter object touched (each would be a cache miss: the step's weights evict them).
+            let product = try baseProduct(x, bias: nil, precomputed: precomputed)
+            var y = try baseBias.map { try product + $0 } ?? product
+            let half = cache.halfWeights(copies)
+            var rows: [(Int, LoRARowWeights)] = []
+            for (i, g) in routing.groups.enumerated() {
+                guard let weights = half[i] else { continue }
+                for r in g.rows { rows.append((r, weights)) }
+            }
+            try Self.addLoRARows(&y, input: x, rows, half: true)
+            return y
+        }
         let plans = zip(routing.groups, cache.groups).compactMap { g, a in a.map { (rows: g.rows, adapters: $0) } }
         // Inference: the rows' IA3 scales, biases and plain LoRA updates are applied in place, row by row (a decoding
         // step of many adapters would otherwise gather and scatter rows, or pay two small products, per adapter per
         // layer); with gradients, each group's rows go through differentiable operations.
-        let gathered = !Autograd.isEnabled && !TrainingMode.isActive
         var input = x
         if gathered {
             try input.adjustRows(plans.compactMap { p in
