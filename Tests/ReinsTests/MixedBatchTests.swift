@@ -268,10 +268,11 @@ struct MixedBatchTests {
     /// A routed batch reading LoRA weights from half-precision copies equals the float path over weights rounded to
     /// half precision (so the copies are what is read, and read whole), differs from the unrounded weights by more
     /// (the rounding shows), leaves rows without a LoRA as they were, and after `removeAll` reads changed weights anew.
+    /// Only the LoRAs the row kernel reads are copied (a DoRA row is computed in float32, its LoRAs not copied).
     @Test(arguments: ["gpt2-lm", "llama-tiny"])
     func halfPrecisionLoRACopiesAreTheRoundedWeights(family: String) throws {
         let (model, _) = try Self.adapted(family)
-        let routing: [String?] = ["lora", nil, "lora-r3", "lora-embedding-head", "ia3", "lora"]
+        let routing: [String?] = ["lora", nil, "lora-r3", "lora-embedding-head", "ia3", "lora", "dora"]
         let ids = try IntTensor(shape: [routing.count, 4], values: (0..<(routing.count * 4)).map { Int32(3 + ($0 * 5) % 40) })
         let copies = HalfPrecisionLoRACopies()
         func run(_ half: HalfPrecisionLoRACopies?) throws -> [Float] {
@@ -282,12 +283,12 @@ struct MixedBatchTests {
             }
         }
         let float = try run(nil), half = try run(copies)
-        #expect(copies.count > 0)
         // The same weights rounded to half precision, read in float.
         let loras = ["lora", "lora-r3", "lora-embedding-head"].flatMap { name in
             model.namedModules().compactMap { ($0.module as? Linear)?.loras[name] }
         }
         #expect(!loras.isEmpty)
+        #expect(copies.count == loras.count, "the plain LoRAs' copies, none of DoRA's (\(copies.count) of \(loras.count))")
         let saved = loras.map { ($0.a.value, $0.b.value) }
         func rounded(_ t: Tensor) throws -> Tensor {
             try Tensor(shape: t.shape, values: t.scalars.map { rk_half_to_float(rk_float_to_half($0)) })

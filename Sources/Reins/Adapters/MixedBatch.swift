@@ -218,11 +218,12 @@ final class RoutedAdapterCache {
         return true
     }
 
-    /// Each group's LoRA as the half-precision row kernel reads it from `copies` (nil: no LoRA).
+    /// Each group's LoRA as the half-precision row kernel reads it from `copies` (nil: no LoRA, or one computed
+    /// otherwise — DoRA's rescaling, another method's chain —, which is not copied).
     func halfWeights(_ copies: HalfPrecisionLoRACopies) -> [LoRARowWeights?] {
         let generation = copies.generation
         if halfSource === copies, halfGeneration == generation { return halfWeights }
-        halfCopies = groups.map { g in g?.lora.map { copies.copy(of: $0) } }
+        halfCopies = groups.map { g in g.flatMap { $0.inPlace ? $0.lora : nil }.map { copies.copy(of: $0) } }
         halfWeights = halfCopies.map { c in
             c.map { LoRARowWeights(a: UnsafeRawPointer($0.a), b: UnsafeRawPointer($0.b), rank: $0.rank, scale: $0.scale) }
         }
