@@ -362,23 +362,20 @@ extension KernelWorkload {
                 operation: "KernelWorkload.loraRowsHalf", detail: "\(N) rows, \(C) -> \(OC), rank \(r) x \(copies)")
         }
         let adapters = N * copies
-        let a = try Tensor.normal([adapters, r * C], std: 0.05, seed: 32).scalars.map(rk_float_to_half)
-        let b = try Tensor.normal([adapters, r * OC], std: 0.05, seed: 33).scalars.map(rk_float_to_half)
+        let tables = try HalfAdapterTables(
+            a: Tensor.normal([adapters, r * C], std: 0.05, seed: 32).scalars.map(rk_float_to_half),
+            b: Tensor.normal([adapters, r * OC], std: 0.05, seed: 33).scalars.map(rk_float_to_half),
+            rows: N, copies: copies, aStride: r * C, bStride: r * OC)
         let x = try Tensor.normal([N, C], seed: 34).scalars
         let ranks = [Int32](repeating: Int32(r), count: N), scales = [Float](repeating: 2, count: N)
         var y = [Float](repeating: 0, count: N * OC), work = [Float](repeating: 0, count: r)
-        // Row i of copy c reads adapter c·N + i.
+        // Row i of copy c reads adapter c·N + i; the pointer tables are built once, outside the timed loop.
         func update(_ y: inout [Float], copy c: Int, reference: Bool) {
-            a.withUnsafeBufferPointer { pa in
-                b.withUnsafeBufferPointer { pb in
-                    let ap: [UnsafePointer<UInt16>?] = (0..<N).map { pa.baseAddress! + (c * N + $0) * r * C }
-                    let bp: [UnsafePointer<UInt16>?] = (0..<N).map { pb.baseAddress! + (c * N + $0) * r * OC }
-                    if reference {
-                        rk_lora_rows_f16_ref(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, bp, ranks, scales, &work)
-                    } else {
-                        rk_lora_rows_f16(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, bp, ranks, scales, &work)
-                    }
-                }
+            let (ap, bp) = (tables.a[c], tables.b[c])
+            if reference {
+                rk_lora_rows_f16_ref(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, bp, ranks, scales, &work)
+            } else {
+                rk_lora_rows_f16(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, bp, ranks, scales, &work)
             }
         }
         return KernelWorkload(
@@ -434,4 +431,27 @@ extension KernelWorkload {
         list.append(("LoRA rows half", { try loraRowsHalf(rows: 8, inputs: 576, outputs: 1536, rank: 16) }))
         return list
     }()
+}
+
+/// Half-precision adapter weights in memory of their own, with each copy's table of per-row pointers into them (what
+/// `rk_lora_rows_f16` takes), so that a timed loop passes tables instead of building them.
+private final class HalfAdapterTables {
+    private let storage: [UnsafeMutableBufferPointer<UInt16>]
+    let a: [[UnsafePointer<UInt16>?]], b: [[UnsafePointer<UInt16>?]]
+
+    init(a va: [UInt16], b vb: [UInt16], rows N: Int, copies: Int, aStride: Int, bStride: Int) {
+        func place(_ v: [UInt16]) -> UnsafeMutableBufferPointer<UInt16> {
+            let p = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: max(v.count, 1))
+            _ = p.initialize(from: v)
+            return p
+        }
+        let (pa, pb) = (place(va), place(vb))
+        storage = [pa, pb]
+        func tables(_ p: UnsafeMutableBufferPointer<UInt16>, _ stride: Int) -> [[UnsafePointer<UInt16>?]] {
+            (0..<copies).map { c in (0..<N).map { UnsafePointer(p.baseAddress! + (c * N + $0) * stride) } }
+        }
+        (a, b) = (tables(pa, aStride), tables(pb, bStride))
+    }
+
+    deinit { storage.forEach { $0.deallocate() } }
 }

@@ -230,6 +230,34 @@ final class RoutedAdapterCache {
         (halfSource, halfGeneration) = (copies, generation)
         return halfWeights
     }
+
+    /// The rows of `routing`'s groups whose plain LoRA the row kernel adds in place, each with its LoRA's weights: the
+    /// half-precision copies from `copies` when given (no adapter object touched: each would be a cache miss in a
+    /// decoding step, whose weights evict them), the float32 tensors otherwise — returned in `held`, which the caller
+    /// keeps alive through the kernel.
+    func loraRows(_ routing: AdapterRouting, half copies: HalfPrecisionLoRACopies?)
+        -> (rows: [(Int, LoRARowWeights)], held: [Tensor])
+    {
+        var rows: [(Int, LoRARowWeights)] = []
+        var held: [Tensor] = []
+        let half = copies.map { halfWeights($0) }
+        for (i, g) in routing.groups.enumerated() {
+            let weights: LoRARowWeights
+            if let half {
+                guard let h = half[i] else { continue }
+                weights = h
+            } else {
+                guard let a = groups[i], a.inPlace, let lora = a.lora else { continue }
+                let (ta, tb) = (lora.a.value, lora.b.value)
+                held += [ta, tb]
+                weights = LoRARowWeights(
+                    a: UnsafeRawPointer(ta.storage.pointer), b: UnsafeRawPointer(tb.storage.pointer),
+                    rank: Int32(lora.rank), scale: lora.scale)
+            }
+            for r in g.rows { rows.append((r, weights)) }
+        }
+        return (rows, held)
+    }
 }
 
 extension Linear {
@@ -267,13 +295,7 @@ extension Linear {
             // no adapter object touched (each would be a cache miss: the step's weights evict them).
             let product = try baseProduct(x, bias: nil, precomputed: precomputed)
             var y = try baseBias.map { try product + $0 } ?? product
-            let half = cache.halfWeights(copies)
-            var rows: [(Int, LoRARowWeights)] = []
-            for (i, g) in routing.groups.enumerated() {
-                guard let weights = half[i] else { continue }
-                for r in g.rows { rows.append((r, weights)) }
-            }
-            try Self.addLoRARows(&y, input: x, rows, half: true)
+            try Self.addLoRARows(&y, input: x, cache.loraRows(routing, half: copies).rows, half: true)
             return y
         }
         let plans = zip(routing.groups, cache.groups).compactMap { g, a in a.map { (rows: g.rows, adapters: $0) } }
@@ -294,24 +316,8 @@ extension Linear {
         var y = try baseBias.map { try product + $0 } ?? product
         if gathered {
             // Plain LoRA updates added to their rows, read from the half-precision copies when the batch has them.
-            var rows: [(Int, LoRARowWeights)] = []
-            var held: [Tensor] = []
-            let half = routing.halfLoRA.map { cache.halfWeights($0) }
-            for (i, g) in routing.groups.enumerated() {
-                guard let a = cache.groups[i], a.inPlace, let lora = a.lora else { continue }
-                let weights: LoRARowWeights
-                if let h = half?[i] {
-                    weights = h
-                } else {
-                    let (ta, tb) = (lora.a.value, lora.b.value)
-                    held += [ta, tb]
-                    weights = LoRARowWeights(
-                        a: UnsafeRawPointer(ta.storage.pointer), b: UnsafeRawPointer(tb.storage.pointer),
-                        rank: Int32(lora.rank), scale: lora.scale)
-                }
-                for r in g.rows { rows.append((r, weights)) }
-            }
-            try withExtendedLifetime(held) { try Self.addLoRARows(&y, input: input, rows, half: half != nil) }
+            let (rows, held) = cache.loraRows(routing, half: routing.halfLoRA)
+            try withExtendedLifetime(held) { try Self.addLoRARows(&y, input: input, rows, half: routing.halfLoRA != nil) }
             // Their LoRA updates are in `y`: only their own biases and IA3 output scales are left.
             try y.adjustRows(plans.compactMap { p in
                 guard p.adapters.inPlace else { return nil }
