@@ -2,13 +2,14 @@
 //   out (N,OC) = inp (N,C)·Wᵀ + b + s·(inp·Aᵀ)·Bᵀ,  A (r,C), B (OC,r), xa = inp·Aᵀ (N,r) kept for backward
 // backward, with g = s·dout·B (N,r):
 //   dB += s·doutᵀ·xa;  dA += gᵀ·inp;  dinp += dout·W + g·A;  dW += doutᵀ·inp;  db += Σ_rows dout
-// A frozen base passes NULL for dW and db and pays for neither GEMM. Not here: LoRA dropout (a separate op on inp).
+// A frozen base passes NULL for dW and db and pays for neither GEMM; a NULL weight leaves the base's products (the
+// forward one, dinp's dout·W) to the caller. Not here: LoRA dropout (a separate op on inp).
 #include "rk_internal.h"
 #include <cblas.h>
 
 void rk_lora_forward(float *out, float *xa, const float *inp, const float *weight, const float *bias,
                      const float *A, const float *Bm, int N, int C, int OC, int r, float scale, int w_transposed) {
-    rk_linear_forward(out, inp, weight, bias, N, C, OC, w_transposed);
+    if (weight) rk_linear_forward(out, inp, weight, bias, N, C, OC, w_transposed);
     // xa (N,r) = inp · Aᵀ
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, C, 1.0f, inp, C, A, C, 0.0f, xa, r);
     // out += s · xa · Bᵀ
@@ -19,7 +20,7 @@ void rk_lora_forward(float *out, float *xa, const float *inp, const float *weigh
 void rk_lora_backward(float *dinp, float *dweight, float *dbias, float *dA, float *dB, const float *dout,
                       const float *inp, const float *weight, const float *A, const float *Bm, const float *xa,
                       float *scratch, int N, int C, int OC, int r, float scale, int w_transposed) {
-    rk_linear_backward(dinp, dweight, dbias, dout, inp, weight, N, C, OC, w_transposed);
+    rk_linear_backward(weight ? dinp : NULL, dweight, dbias, dout, inp, weight, N, C, OC, w_transposed);
     // dB (OC,r) += s · doutᵀ · xa
     if (dB) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, r, N, scale, dout, OC, xa, r, 1.0f, dB, r);
     if (!dA && !dinp) return;

@@ -122,17 +122,31 @@ extension Tensor {
         let r = loraA.shape[0], wt: Int32 = weightTransposed ? 1 : 0
         let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [OC])
         let xa = TensorStorage(uninitializedCount: N * r)
+        // The base's products on Reins's kernel for many rows (the LoRA op then adds only its update), else in the op.
+        let many = ManyRowProducts.applies(rows: N)
+        if many {
+            ManyRowProducts.linear(
+                result.storage.pointer, x.storage.pointer, weight: weight.storage.pointer, bias: bias?.storage.pointer,
+                N: N, C: C, OC: OC, weightTransposed: weightTransposed)
+        }
         rk_lora_forward(
-            result.storage.pointer, xa.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
-            loraA.storage.pointer, loraB.storage.pointer, Int32(N), Int32(C), Int32(OC), Int32(r), scale, wt)
+            result.storage.pointer, xa.pointer, x.storage.pointer, many ? nil : weight.storage.pointer,
+            bias?.storage.pointer, loraA.storage.pointer, loraB.storage.pointer, Int32(N), Int32(C), Int32(OC),
+            Int32(r), scale, wt)
         let xs = x.detached(), ws = weight.detached(), a = loraA.detached(), b = loraB.detached()
         let hasBias = bias != nil
         let inputs = [x, weight, loraA, loraB] + (bias.map { [$0] } ?? [])
         return recording(result, inputs: inputs) { g, grads in
             let scratch = TensorStorage(uninitializedCount: N * r)
+            let many = ManyRowProducts.applies(rows: N)
+            if many, let dx = grads[0] {
+                ManyRowProducts.inputGradient(
+                    dx, g.storage.pointer, weight: ws.storage.pointer, N: N, C: C, OC: OC,
+                    weightTransposed: weightTransposed)
+            }
             rk_lora_backward(
                 grads[0], grads[1], hasBias ? grads[4] : nil, grads[2], grads[3], g.storage.pointer, xs.storage.pointer,
-                ws.storage.pointer, a.storage.pointer, b.storage.pointer, xa.pointer, scratch.pointer,
+                many ? nil : ws.storage.pointer, a.storage.pointer, b.storage.pointer, xa.pointer, scratch.pointer,
                 Int32(N), Int32(C), Int32(OC), Int32(r), scale, wt)
         }
     }

@@ -55,6 +55,10 @@ extension Tensor {
                     rk_gemv_rows(out + lo, w + lo * C, inp, b.map { $0 + lo }, Int32(C), Int32(hi - lo))
                 }
             }
+        } else if ManyRowProducts.applies(rows: N) {
+            ManyRowProducts.linear(
+                result.storage.pointer, x.storage.pointer, weight: weight.storage.pointer, bias: bias?.storage.pointer,
+                N: N, C: C, OC: OC, weightTransposed: weightTransposed)
         } else {
             rk_linear_forward(
                 result.storage.pointer, x.storage.pointer, weight.storage.pointer, bias?.storage.pointer,
@@ -66,8 +70,15 @@ extension Tensor {
         var inputs = [x, weight]
         if let bias { inputs.append(bias) }
         return recording(result, inputs: inputs) { g, grads in
+            var dx = grads[0]
+            if let d = dx, ManyRowProducts.applies(rows: N) {
+                ManyRowProducts.inputGradient(
+                    d, g.storage.pointer, weight: ws.storage.pointer, N: N, C: C, OC: OC,
+                    weightTransposed: weightTransposed)
+                dx = nil
+            }
             rk_linear_backward(
-                grads[0], grads[1], grads.count > 2 ? grads[2] : nil, g.storage.pointer,
+                dx, grads[1], grads.count > 2 ? grads[2] : nil, g.storage.pointer,
                 xs?.storage.pointer, ws.storage.pointer, Int32(N), Int32(C), Int32(OC), wt)
         }
     }

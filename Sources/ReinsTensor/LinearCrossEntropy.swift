@@ -38,6 +38,12 @@ extension Tensor {
             operation: "linearCrossEntropy",
             logits: { r0, n, out in
                 // logits (n, V) = x[r0..<r0+n] · Wᵀ + b
+                if ManyRowProducts.applies(rows: n) {
+                    ManyRowProducts.linear(
+                        out, px + r0 * C, weight: pw, bias: bias?.storage.pointer, N: n, C: C, OC: V,
+                        weightTransposed: false)
+                    return
+                }
                 if let bias { for i in 0..<n { memcpy(out + i * V, bias.storage.pointer, V * 4) } }
                 cblas_sgemm(
                     CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(V), Int32(C), 1, px + r0 * C, Int32(C),
@@ -45,7 +51,10 @@ extension Tensor {
             },
             gradients: { r0, n, dlogits in
                 // dX rows (n, C) = dlogits · W;  dW (V, C) += dlogitsᵀ · x rows;  db += column sums
-                if let dX {
+                if let dX, ManyRowProducts.applies(rows: n) {
+                    ManyRowProducts.product(
+                        dX.pointer + r0 * C, dlogits, pw, M: n, N: C, K: V, bTransposed: false, accumulate: false)
+                } else if let dX {
                     cblas_sgemm(
                         CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(n), Int32(C), Int32(V), 1, dlogits,
                         Int32(V), pw, Int32(C), 0, dX.pointer + r0 * C, Int32(C))

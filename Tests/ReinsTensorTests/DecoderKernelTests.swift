@@ -217,9 +217,10 @@ struct DecoderKernelTests {
 /// The fused output layer + cross-entropy equals the two ops it replaces: the loss and the gradients of the input,
 /// the weight and the bias, with ignored rows, a last chunk shorter than the others, and no row counted at all.
 struct LinearCrossEntropyTests {
-    @Test(arguments: [1, 4, 64])
-    func equalsLinearThenCrossEntropy(chunkRows: Int) throws {
-        let (N, C, V) = (11, 13, 37)
+    /// 70 rows in one chunk: the products go to the kernel for many rows (on AVX-512), as the step's do.
+    @Test(arguments: [(11, 1), (11, 4), (11, 64), (70, 256)])
+    func equalsLinearThenCrossEntropy(rows N: Int, chunkRows: Int) throws {
+        let (C, V) = (13, 37)
         let x = try Tensor.normal([N, C], seed: 1), w = try Tensor.normal([V, C], std: 0.3, seed: 2)
         let b = try Tensor.normal([V], seed: 3)
         let targets = IntTensor((0..<N).map { $0 % 4 == 3 ? -100 : Int32(($0 * 7) % V) })

@@ -234,6 +234,20 @@ void rk_lora_rows_f16(float *y, const float *x, int rows, int T, int in, int out
                       const uint16_t *const *bt, const int *rank, const float *scale, float *work);
 void rk_lora_rows_f16_ref(float *y, const float *x, int rows, int T, int in, int out, const uint16_t *const *a,
                           const uint16_t *const *bt, const int *rank, const float *scale, float *work);
+// ---- products with many rows (gemm.c) ----
+// C (M,N) = [C +] A (M,K) · op(B), op(B) = B stored (K,N), or Bᵀ with B stored (N,K) when b_transposed; row-major,
+// rows ldc, lda, ldb floats apart. Writes only rows [row_begin, row_end) of the 48-column panels
+// [panel_begin, panel_end) (of rk_gemm_panels_count(N)), so that threads can share a product. `pack` holds 48·K
+// floats (needed when b_transposed or N is not a multiple of 48). AVX-512 kernels; other CPUs get the scalar loop
+// (OpenBLAS is the faster choice there). RK_ERR_ARG for a size, stride or range out of bounds, or a missing `pack`.
+int rk_gemm_panels_count(int N);
+int rk_gemm_panels(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
+                   int b_transposed, int accumulate, int row_begin, int row_end, int panel_begin, int panel_end,
+                   float *pack);
+int rk_gemm_panels_ref(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
+                       int b_transposed, int accumulate, int row_begin, int row_end, int panel_begin, int panel_end);
+// The LoRA layer as one op (lora.c). With weight NULL the base's products are the caller's: forward adds the LoRA
+// update onto `out` as it is (base output and bias already there), backward leaves out dinp's dout·W.
 void rk_lora_forward(float *out, float *xa, const float *inp, const float *weight, const float *bias,
                      const float *A, const float *Bm, int N, int C, int OC, int r, float scale, int w_transposed);
 void rk_lora_backward(float *dinp, float *dweight, float *dbias, float *dA, float *dB, const float *dout,

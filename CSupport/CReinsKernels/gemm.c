@@ -1,0 +1,162 @@
+// gemm.c — C (M,N) = [C +] A (M,K) · op(B) for products with many rows (a training step's frozen layers, a long
+// prompt), op(B) = B stored (K,N), or Bᵀ with B stored (N,K) (PyTorch's [out, in] weight).
+//
+// The output goes in panels of 48 columns; each panel's 8-row tiles keep 8 x 48 sums in 24 AVX-512 registers, each
+// step of the reduction one broadcast of A per row against three vectors of the panel. A is read where it is; the
+// panel of B is read where it is when stored (K,N) and whole, else copied once per call into `pack` (48·K floats:
+// the transposed panel of a (N,K) weight, or the last panel padded with zeros) and reused by every tile. The caller
+// shares (row range, panel range) pieces between its threads; OpenBLAS instead packs both operands in blocks per
+// call, which on the Llama training step's shapes cost more than the products gained.
+#include "rk_internal.h"
+#include <string.h>
+
+#define NR 48
+#define MR 8
+#define KC 768
+
+int rk_gemm_panels_count(int N) { return N <= 0 ? 0 : (N + NR - 1) / NR; }
+
+static int check(int M, int N, int K, int ldc, int lda, int ldb, int bt, int row_begin, int row_end,
+                 int panel_begin, int panel_end) {
+    if (M < 0 || N < 0 || K < 0 || ldc < N || lda < K || ldb < (bt ? K : N) || row_begin < 0 || row_end > M ||
+        row_begin > row_end || panel_begin < 0 || panel_end > rk_gemm_panels_count(N) || panel_begin > panel_end)
+        return RK_ERR_ARG;
+    return RK_OK;
+}
+
+static void panels_scalar(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int N, int K, int bt,
+                          int accumulate, int i0, int i1, int p0, int p1) {
+    int j1 = p1 * NR < N ? p1 * NR : N;
+    for (int i = i0; i < i1; i++)
+        for (int j = p0 * NR; j < j1; j++) {
+            float s = 0.0f;
+            for (int k = 0; k < K; k++) s += A[RK_IDX(i, k, lda)] * (bt ? B[RK_IDX(j, k, ldb)] : B[RK_IDX(k, j, ldb)]);
+            C[RK_IDX(i, j, ldc)] = accumulate ? C[RK_IDX(i, j, ldc)] + s : s;
+        }
+}
+
+int rk_gemm_panels_ref(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
+                       int b_transposed, int accumulate, int row_begin, int row_end, int panel_begin, int panel_end) {
+    if (check(M, N, K, ldc, lda, ldb, b_transposed, row_begin, row_end, panel_begin, panel_end) != RK_OK)
+        return RK_ERR_ARG;
+    panels_scalar(C, ldc, A, lda, B, ldb, N, K, b_transposed, accumulate, row_begin, row_end, panel_begin, panel_end);
+    return RK_OK;
+}
+
+#if RK_X86
+// Eight rows of A (lda apart) against a panel of B (K rows of 48, ldb apart) into C's 8 x 48 tile (ldc apart), the
+// columns beyond the panel's width masked off.
+static RK_AVX512 void tile8(int K, const float *A, size_t lda, const float *B, size_t ldb, float *C, size_t ldc,
+                            int accumulate, __mmask16 m0, __mmask16 m1, __mmask16 m2) {
+    __m512 c[MR][3];
+    for (int i = 0; i < MR; i++) {
+        float *ci = C + i * ldc;
+        c[i][0] = accumulate ? _mm512_maskz_loadu_ps(m0, ci) : _mm512_setzero_ps();
+        c[i][1] = accumulate ? _mm512_maskz_loadu_ps(m1, ci + 16) : _mm512_setzero_ps();
+        c[i][2] = accumulate ? _mm512_maskz_loadu_ps(m2, ci + 32) : _mm512_setzero_ps();
+    }
+    const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda, *a4 = A + 4 * lda, *a5 = A + 5 * lda,
+                *a6 = A + 6 * lda, *a7 = A + 7 * lda;
+    for (int k = 0; k < K; k++) {
+        const float *b = B + (size_t)k * ldb;
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32), x;
+#define RK_GEMM_ROW(i, a)                                                                                          \
+    x = _mm512_set1_ps(a[k]);                                                                                       \
+    c[i][0] = _mm512_fmadd_ps(x, b0, c[i][0]);                                                                      \
+    c[i][1] = _mm512_fmadd_ps(x, b1, c[i][1]);                                                                      \
+    c[i][2] = _mm512_fmadd_ps(x, b2, c[i][2]);
+        RK_GEMM_ROW(0, a0) RK_GEMM_ROW(1, a1) RK_GEMM_ROW(2, a2) RK_GEMM_ROW(3, a3)
+        RK_GEMM_ROW(4, a4) RK_GEMM_ROW(5, a5) RK_GEMM_ROW(6, a6) RK_GEMM_ROW(7, a7)
+#undef RK_GEMM_ROW
+    }
+    for (int i = 0; i < MR; i++) {
+        float *ci = C + i * ldc;
+        _mm512_mask_storeu_ps(ci, m0, c[i][0]);
+        _mm512_mask_storeu_ps(ci + 16, m1, c[i][1]);
+        _mm512_mask_storeu_ps(ci + 32, m2, c[i][2]);
+    }
+}
+
+// Fewer than eight rows: one row at a time.
+static RK_AVX512 void tile_rows(int rows, int K, const float *A, size_t lda, const float *B, size_t ldb, float *C,
+                                size_t ldc, int accumulate, __mmask16 m0, __mmask16 m1, __mmask16 m2) {
+    for (int i = 0; i < rows; i++) {
+        const float *a = A + i * lda;
+        float *ci = C + i * ldc;
+        __m512 c0 = accumulate ? _mm512_maskz_loadu_ps(m0, ci) : _mm512_setzero_ps();
+        __m512 c1 = accumulate ? _mm512_maskz_loadu_ps(m1, ci + 16) : _mm512_setzero_ps();
+        __m512 c2 = accumulate ? _mm512_maskz_loadu_ps(m2, ci + 32) : _mm512_setzero_ps();
+        for (int k = 0; k < K; k++) {
+            const float *b = B + (size_t)k * ldb;
+            __m512 x = _mm512_set1_ps(a[k]);
+            c0 = _mm512_fmadd_ps(x, _mm512_loadu_ps(b), c0);
+            c1 = _mm512_fmadd_ps(x, _mm512_loadu_ps(b + 16), c1);
+            c2 = _mm512_fmadd_ps(x, _mm512_loadu_ps(b + 32), c2);
+        }
+        _mm512_mask_storeu_ps(ci, m0, c0);
+        _mm512_mask_storeu_ps(ci + 16, m1, c1);
+        _mm512_mask_storeu_ps(ci + 32, m2, c2);
+    }
+}
+
+static inline __mmask16 lanes(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+
+static RK_AVX512 void panels_avx512(float *C, int ldc, const float *A, int lda, const float *B, int ldb_, int N, int K,
+                                    int bt, int accumulate, int i0, int i1, int p0, int p1, float *pack) {
+    for (int p = p0; p < p1; p++) {
+        int j0 = p * NR, nc = N - j0 < NR ? N - j0 : NR;
+        const float *panel = B + j0;
+        size_t ldb = (size_t)ldb_;
+        if (bt || nc < NR) {
+            // The panel as K rows of 48, zero beyond its width: B's rows j0.. transposed, or its columns copied.
+            if (bt) {
+                for (int k = 0; k < K; k++) memset(pack + RK_IDX(k, nc, NR), 0, sizeof(float) * (size_t)(NR - nc));
+                for (int j = 0; j < nc; j++) {
+                    const float *w = B + RK_IDX(j0 + j, 0, ldb_);
+                    for (int k = 0; k < K; k++) pack[RK_IDX(k, j, NR)] = w[k];
+                }
+            } else {
+                for (int k = 0; k < K; k++) {
+                    memcpy(pack + RK_IDX(k, 0, NR), B + RK_IDX(k, j0, ldb_), sizeof(float) * (size_t)nc);
+                    memset(pack + RK_IDX(k, nc, NR), 0, sizeof(float) * (size_t)(NR - nc));
+                }
+            }
+            panel = pack;
+            ldb = NR;
+        }
+        __mmask16 m0 = lanes(nc), m1 = lanes(nc - 16), m2 = lanes(nc - 32);
+        // A long reduction (an output layer's input gradient: 49152) goes in blocks of at most KC, so that a tile's
+        // rows of A stay in L1 and the panel's block of B in L2 while every tile reads them.
+        int blocks = (K + KC - 1) / KC, kc = blocks > 0 ? (K + blocks - 1) / blocks : 0;
+        for (int k0 = 0; k0 < K || k0 == 0; k0 += kc) {
+            int kn = K - k0 < kc ? K - k0 : kc, acc = accumulate || k0 > 0;
+            const float *a = A + k0, *b = panel + (size_t)k0 * ldb;
+            int i = i0;
+            for (; i + MR <= i1; i += MR)
+                tile8(kn, a + RK_IDX(i, 0, lda), (size_t)lda, b, ldb, C + RK_IDX(i, j0, ldc), (size_t)ldc, acc, m0, m1,
+                      m2);
+            if (i < i1)
+                tile_rows(i1 - i, kn, a + RK_IDX(i, 0, lda), (size_t)lda, b, ldb, C + RK_IDX(i, j0, ldc), (size_t)ldc,
+                          acc, m0, m1, m2);
+            if (K == 0) break;
+        }
+    }
+}
+#endif
+
+int rk_gemm_panels(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
+                   int b_transposed, int accumulate, int row_begin, int row_end, int panel_begin, int panel_end,
+                   float *pack) {
+    if (check(M, N, K, ldc, lda, ldb, b_transposed, row_begin, row_end, panel_begin, panel_end) != RK_OK)
+        return RK_ERR_ARG;
+#if RK_X86
+    if (rk_isa_active() >= RK_ISA_AVX512) {
+        if (!pack && (b_transposed || N % NR != 0)) return RK_ERR_ARG;
+        panels_avx512(C, ldc, A, lda, B, ldb, N, K, b_transposed, accumulate, row_begin, row_end, panel_begin,
+                      panel_end, pack);
+        return RK_OK;
+    }
+#endif
+    panels_scalar(C, ldc, A, lda, B, ldb, N, K, b_transposed, accumulate, row_begin, row_end, panel_begin, panel_end);
+    return RK_OK;
+}
