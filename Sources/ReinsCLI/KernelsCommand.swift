@@ -29,7 +29,7 @@ struct KernelsCommand: ParsableCommand {
         }
         if !json {
             print(
-                "instruction set: \(Kernels.activeInstructionSet) (detected: \(Kernels.detectedInstructionSet)), threads: \(Parallel.threadCount), OpenBLAS core: \(Kernels.blasCore)\(Kernels.blasCoreFallback.map { " (raised from \($0))" } ?? "")"
+                "instruction set: \(Kernels.activeInstructionSet) (detected: \(Kernels.detectedInstructionSet)), threads: \(Parallel.threadCount), OpenBLAS core: \(Kernels.blasCore)\(Kernels.blasCoreFallback.map { " (raised from \($0))" } ?? ""), products with many rows: \(Kernels.manyRowProducts)"
             )
             print("workload".padding(toLength: 56, withPad: " ", startingAt: 0) + "max |fast - reference|   median ms")
         }

@@ -40,6 +40,24 @@ extension KernelWorkload {
             run: { _ = try Tensor.matmul(x, w, transposeB: true) })
     }
 
+    /// A linear layer through ``Tensor/linear(_:weight:bias:weightTransposed:)`` (weight `[out, in]`): from
+    /// ``ManyRowProducts/minimumRows`` rows on an AVX-512 CPU, Reins's kernel for many rows, else OpenBLAS.
+    public static func linear(rows: Int, inputs: Int, outputs: Int) throws -> KernelWorkload {
+        let x = try Tensor.normal([rows, inputs], seed: 1),
+            w = try Tensor.normal([outputs, inputs], std: 0.02, seed: 2)
+        return KernelWorkload(
+            name: "linear \(rows)x\(inputs) -> \(outputs)", flops: 2.0 * Double(rows * inputs * outputs),
+            tolerance: 1e-4,
+            verify: {
+                let y = try Tensor.linear(x, weight: w)
+                var r = [Float](repeating: 0, count: rows * outputs)
+                rk_linear_forward_ref(
+                    &r, x.storage.pointer, w.storage.pointer, nil, Int32(rows), Int32(inputs), Int32(outputs), 0)
+                return maxRelativeDifference(y.storage.pointer, r, r.count)
+            },
+            run: { _ = try Tensor.linear(x, weight: w) })
+    }
+
     /// Raw `cblas_sgemm` on the same shapes as ``matmul(rows:inputs:outputs:)`` (the ceiling ReinsTensor is held to).
     public static func rawSgemm(rows: Int, inputs: Int, outputs: Int) throws -> KernelWorkload {
         let x = try Tensor.normal([rows, inputs], seed: 1),
@@ -399,6 +417,11 @@ extension KernelWorkload {
         for (i, o) in [(768, 768), (768, 2304), (768, 3072), (3072, 768)] {
             list.append(("matmul 256x\(i) -> \(o)", { try matmul(rows: 256, inputs: i, outputs: o) }))
             list.append(("cblas_sgemm 256x\(i) -> \(o)", { try rawSgemm(rows: 256, inputs: i, outputs: o) }))
+        }
+        // A SmolLM2-135M training step's products (B4 T256: 1024 rows).
+        for (i, o) in [(576, 576), (576, 192), (576, 1536), (1536, 576)] {
+            list.append(("linear 1024x\(i) -> \(o)", { try linear(rows: 1024, inputs: i, outputs: o) }))
+            list.append(("cblas_sgemm 1024x\(i) -> \(o)", { try rawSgemm(rows: 1024, inputs: i, outputs: o) }))
         }
         list.append(
             ("attention fwd B4", { try attention(batch: 4, heads: 12, length: 256, headSize: 64, backward: false) }))

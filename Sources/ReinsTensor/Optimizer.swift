@@ -251,6 +251,12 @@ public enum Kernels {
     public static var activeInstructionSet: String { String(cString: rk_isa_name(rk_isa_active())) }
     /// The best instruction set this CPU offers the kernels.
     public static var detectedInstructionSet: String { String(cString: rk_isa_name(rk_isa_detected())) }
+    /// What computes a linear layer's products with many rows (a training step's, a long prompt's) on the calling
+    /// thread: `Reins (AVX-512) from 64 rows`, or `OpenBLAS` on other CPUs or with `REINS_GEMM=openblas`.
+    public static var manyRowProducts: String {
+        ManyRowProducts.applies(rows: ManyRowProducts.minimumRows)
+            ? "Reins (AVX-512) from \(ManyRowProducts.minimumRows) rows" : "OpenBLAS"
+    }
     /// The kernel set OpenBLAS runs its matrix products with (its core name: `SkylakeX`, `Haswell`, `Zen`, ...).
     public static var blasCore: String { String(cString: rk_blas_core()) }
     /// The core OpenBLAS had fallen back to when Reins raised its kernel set as the library loaded, or nil. An OpenBLAS
