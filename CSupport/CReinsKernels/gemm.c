@@ -99,6 +99,48 @@ static RK_AVX512 void tile_rows(int rows, int K, const float *A, size_t lda, con
     }
 }
 
+// dst[c·ldd + r] = src[r·lds + c] for a 16 x 16 block: pairs of rows interleaved by floats, then by pairs, then the
+// 128-bit lanes gathered in two rounds.
+static RK_AVX512 void transpose16(const float *src, size_t lds, float *dst, size_t ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]), c = _mm512_castps_pd(t[i + 2]),
+                d = _mm512_castps_pd(t[i + 3]);
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for (int i = 0; i < 16; i += 8)
+        for (int m = 0; m < 4; m++) {
+            t[i + m] = _mm512_shuffle_f32x4(r[i + m], r[i + 4 + m], 0x88);
+            t[i + 4 + m] = _mm512_shuffle_f32x4(r[i + m], r[i + 4 + m], 0xdd);
+        }
+    for (int m = 0; m < 8; m++) {
+        r[m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0x88);
+        r[8 + m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0xdd);
+    }
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + i * ldd, r[i]);
+}
+
+// The panel of op(B) = Bᵀ (B's rows j0 .. j0 + nc, each ldb apart) as K rows of 48, zero beyond nc: whole 16 x 16
+// blocks transposed in registers, the rest element by element.
+static RK_AVX512 void pack_transposed(float *pack, const float *B, size_t ldb, int j0, int nc, int K) {
+    for (int k = 0; k < K; k++) memset(pack + RK_IDX(k, nc, NR), 0, sizeof(float) * (size_t)(NR - nc));
+    int jw = nc / 16 * 16, kw = K / 16 * 16;
+    for (int j = 0; j < jw; j += 16)
+        for (int k = 0; k < kw; k += 16) transpose16(B + (size_t)(j0 + j) * ldb + k, ldb, pack + RK_IDX(k, j, NR), NR);
+    for (int j = 0; j < nc; j++) {
+        const float *w = B + (size_t)(j0 + j) * ldb;
+        for (int k = j < jw ? kw : 0; k < K; k++) pack[RK_IDX(k, j, NR)] = w[k];
+    }
+}
+
 static inline __mmask16 lanes(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
 static RK_AVX512 void panels_avx512(float *C, int ldc, const float *A, int lda, const float *B, int ldb_, int N, int K,
@@ -110,11 +152,7 @@ static RK_AVX512 void panels_avx512(float *C, int ldc, const float *A, int lda, 
         if (bt || nc < NR) {
             // The panel as K rows of 48, zero beyond its width: B's rows j0.. transposed, or its columns copied.
             if (bt) {
-                for (int k = 0; k < K; k++) memset(pack + RK_IDX(k, nc, NR), 0, sizeof(float) * (size_t)(NR - nc));
-                for (int j = 0; j < nc; j++) {
-                    const float *w = B + RK_IDX(j0 + j, 0, ldb_);
-                    for (int k = 0; k < K; k++) pack[RK_IDX(k, j, NR)] = w[k];
-                }
+                pack_transposed(pack, B, (size_t)ldb_, j0, nc, K);
             } else {
                 for (int k = 0; k < K; k++) {
                     memcpy(pack + RK_IDX(k, 0, NR), B + RK_IDX(k, j0, ldb_), sizeof(float) * (size_t)nc);

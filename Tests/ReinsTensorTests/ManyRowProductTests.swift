@@ -47,7 +47,7 @@ struct ManyRowProductTests {
         with(isa) {
             // Rows not a multiple of the 8-row tile, widths around the 48-column panel, reductions of 0, 1 and past
             // the kernel's 768-long block.
-            for (M, N, K) in [(1, 1, 1), (7, 5, 3), (13, 47, 29), (9, 49, 70), (37, 97, 1), (70, 150, 33), (16, 96, 0), (11, 50, 1700)] {
+            for (M, N, K) in [(1, 1, 1), (7, 5, 3), (13, 47, 29), (9, 49, 70), (37, 97, 1), (70, 150, 33), (16, 96, 0), (24, 96, 64), (11, 50, 1700)] {
                 for bt: Int32 in [0, 1] {
                     for accumulate: Int32 in [0, 1] {
                         // Rows of C, A and B longer than the matrices (strided views); what lies beyond must stay.
