@@ -195,6 +195,7 @@ int rk_gemm_panels(float *C, int ldc, const float *A, int lda, const float *B, i
         return RK_OK;
     }
 #endif
+    (void)pack; // the scalar loop reads op(B) where it is
     panels_scalar(C, ldc, A, lda, B, ldb, N, K, b_transposed, accumulate, row_begin, row_end, panel_begin, panel_end);
     return RK_OK;
 }
