@@ -25,37 +25,34 @@ func maxRelativeDifference(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
 extension KernelWorkload {
     /// Matmul through ``Tensor/matmul(_:_:transposeA:transposeB:)`` with the weight as `[out, in]` (transpose flag).
     public static func matmul(rows: Int, inputs: Int, outputs: Int) throws -> KernelWorkload {
-        let x = try Tensor.normal([rows, inputs], seed: 1),
-            w = try Tensor.normal([outputs, inputs], std: 0.02, seed: 2)
-        return KernelWorkload(
-            name: "matmul \(rows)x\(inputs) -> \(outputs)", flops: 2.0 * Double(rows * inputs * outputs),
-            tolerance: 1e-4,
-            verify: {
-                let y = try Tensor.matmul(x, w, transposeB: true)
-                var r = [Float](repeating: 0, count: rows * outputs)
-                rk_linear_forward_ref(
-                    &r, x.storage.pointer, w.storage.pointer, nil, Int32(rows), Int32(inputs), Int32(outputs), 0)
-                return maxRelativeDifference(y.storage.pointer, r, r.count)
-            },
-            run: { _ = try Tensor.matmul(x, w, transposeB: true) })
+        try product("matmul", rows: rows, inputs: inputs, outputs: outputs) { x, w in
+            try Tensor.matmul(x, w, transposeB: true)
+        }
     }
 
     /// A linear layer through ``Tensor/linear(_:weight:bias:weightTransposed:)`` (weight `[out, in]`): from
     /// ``ManyRowProducts/minimumRows`` rows on an AVX-512 CPU, Reins's kernel for many rows, else OpenBLAS.
     public static func linear(rows: Int, inputs: Int, outputs: Int) throws -> KernelWorkload {
+        try product("linear", rows: rows, inputs: inputs, outputs: outputs) { x, w in try Tensor.linear(x, weight: w) }
+    }
+
+    /// `x·Wᵀ` through `compute(x, W)` (W `[out, in]`), verified against `rk_linear_forward_ref`.
+    private static func product(
+        _ name: String, rows: Int, inputs: Int, outputs: Int, _ compute: @escaping (Tensor, Tensor) throws -> Tensor
+    ) throws -> KernelWorkload {
         let x = try Tensor.normal([rows, inputs], seed: 1),
             w = try Tensor.normal([outputs, inputs], std: 0.02, seed: 2)
         return KernelWorkload(
-            name: "linear \(rows)x\(inputs) -> \(outputs)", flops: 2.0 * Double(rows * inputs * outputs),
+            name: "\(name) \(rows)x\(inputs) -> \(outputs)", flops: 2.0 * Double(rows * inputs * outputs),
             tolerance: 1e-4,
             verify: {
-                let y = try Tensor.linear(x, weight: w)
+                let y = try compute(x, w)
                 var r = [Float](repeating: 0, count: rows * outputs)
                 rk_linear_forward_ref(
                     &r, x.storage.pointer, w.storage.pointer, nil, Int32(rows), Int32(inputs), Int32(outputs), 0)
                 return maxRelativeDifference(y.storage.pointer, r, r.count)
             },
-            run: { _ = try Tensor.linear(x, weight: w) })
+            run: { _ = try compute(x, w) })
     }
 
     /// Raw `cblas_sgemm` on the same shapes as ``matmul(rows:inputs:outputs:)`` (the ceiling ReinsTensor is held to).
