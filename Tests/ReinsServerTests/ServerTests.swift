@@ -299,10 +299,16 @@ struct ServerTests {
                 try client.post("/v1/completions", ["model": "ia3", "prompt": "x", "max_tokens": 2])
             }
         }
-        // Until the second waits in the queue (seconds on a loaded machine: a third sent before it would be queued in
-        // its place and wait behind the long request).
-        for _ in 0..<1500 where running.server.engine.statistics.queued == 0 { try await Task.sleep(nanoseconds: 20_000_000) }
-        try #require(running.server.engine.statistics.queued == 1, "the second request is queued")
+        // Until the long request runs and the second waits in the queue (seconds on a loaded machine: a third sent
+        // before it would be queued in its place and wait behind the long request). The stream's first bytes are its
+        // head, written before the engine admits the request: a stalled engine still had the first request queued,
+        // the second and third raced for the place it left, and the third won once.
+        func settled() -> Bool {
+            let now = running.server.engine.statistics
+            return now.running == 1 && now.queued == 1
+        }
+        for _ in 0..<1500 where !settled() { try await Task.sleep(nanoseconds: 20_000_000) }
+        try #require(settled(), "the long request runs and the second is queued")
         let refused = try await Self.blocking { try client.post("/v1/completions", ["model": "ia3", "prompt": "x", "max_tokens": 2]) }
         #expect(refused.status == 503 && refused.headers["retry-after"] == "1", "\(refused.status) \(refused.text)")
         // Hanging up mid-stream: the long request leaves the batch and the waiting one runs.
