@@ -62,7 +62,8 @@ public final class MPIGroup: DataParallelGroup, @unchecked Sendable {
         var text = [CChar](repeating: 0, count: Int(rk_mpi_max_error_string()) + 1)
         var length: Int32 = 0
         _ = MPI_Error_string(code, &text, &length)
-        throw MPIError(call: call, code: code, detail: String(cString: text))
+        let bytes = text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        throw MPIError(call: call, code: code, detail: String(decoding: bytes, as: UTF8.self))
     }
 
     public func startSum(_ values: UnsafeMutablePointer<Float>, count: Int) throws {

@@ -31,7 +31,7 @@ struct AdapterSiteTests {
         let model = try BottleneckAdapterTests().gpt2()
         let layer = model.transformer.blocks[0].attentionIn
         let sites = layer.ownAdapterSites
-        let lora = try LoRA(a: try Tensor.normal([2, 30], seed: 1), b: try Tensor.zeros([90, 2]), scale: 1)
+        let lora = LoRA(a: try Tensor.normal([2, 30], seed: 1), b: try Tensor.zeros([90, 2]), scale: 1)
         // The same LoRA offered to every site of the layer: the LoRA site takes it, the others name the mismatch.
         var taken = 0
         for site in sites {
