@@ -1,5 +1,7 @@
 // attention.c — scaled dot-product attention over split heads (Vaswani et al., arXiv 1706.03762), forward and
-// backward, one head (b,h) at a time on OpenBLAS sgemm. Not here: the Q/K/V projections and splitting heads.
+// backward, one head (b,h) at a time: its products on Reins's own AVX-512 kernel (rk__small_product, with K and V
+// transposed once per key/value head for the products that read them as Kᵀ, Vᵀ), else — other instruction sets,
+// REINS_GEMM=openblas — on OpenBLAS sgemm. Not here: the Q/K/V projections and splitting heads.
 //   S = scale·Q·Kᵀ (T,Tk), masked;  P = softmax(S) row-wise;  O = P·V (T,hs);  lse_i = log Σ_j e^{S_ij}
 // Backward recomputes P from lse (nothing of size T·Tk is kept between the passes):
 //   dV += Pᵀ·dO;  dP = dO·Vᵀ;  D_i = dO_i·O_i (= Σ_j P_ij dP_ij);  dS = P ⊙ (dP - D);
@@ -12,6 +14,7 @@
 //   dV += (P ⊙ M')ᵀ·dO;  dS = P ⊙ (dP ⊙ M' - D) with D_i = dO_i·O_i still (= Σ_j P_ij M'_ij dP_ij).
 #include "rk_internal.h"
 #include <cblas.h>
+#include <stdlib.h>
 #include <string.h>
 
 // The number of leading keys query i may see under the causal mask (all Tk without it).
@@ -181,6 +184,9 @@ void rk_attention_forward_rows(float *out, float *lse, const float *q, const flo
                                float scale, int causal, int causal_offset, int window,
                                const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch) {
     (void)B;
+    // Own products: Kᵀ (hs, Tk) of the key/value head last transposed (a group's query heads share it).
+    float *kt = rk__own_products() && T > 1 && Tk > 0 ? malloc(sizeof(float) * (size_t)hs * (size_t)Tk) : NULL;
+    size_t kt_of = SIZE_MAX;
     for (int bh = bh_begin; bh < bh_end; bh++) {
         int b = bh / NH;
         size_t ko = kv_offset(bh, NH, NKV, kv_rows, hs);
@@ -198,7 +204,14 @@ void rk_attention_forward_rows(float *out, float *lse, const float *q, const flo
             }
             // S (rows,kc) = scale · Q_block · K[:kc]ᵀ
             if (rows == 1) scores_one(S, qh + RK_IDX(i0, 0, hs), kh, kc, hs, scale);
-            else
+            else if (kt) {
+                if (kt_of != ko) {
+                    rk__transpose(kt, (size_t)Tk, kh, (size_t)hs, Tk, hs);
+                    kt_of = ko;
+                }
+                rk__small_product(S, (size_t)Tk, qh + RK_IDX(i0, 0, hs), (size_t)hs, 1, kt, (size_t)Tk, rows, kc, hs,
+                                  scale, 0);
+            } else
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, scale, qh + RK_IDX(i0, 0, hs), hs, kh,
                             hs, 0.0f, S, Tk);
             for (int i = 0; i < rows; i++) {
@@ -213,11 +226,15 @@ void rk_attention_forward_rows(float *out, float *lse, const float *q, const flo
             }
             // O_block (rows,hs) = P (rows,kc) · V[:kc]
             if (rows == 1) values_one(oh + RK_IDX(i0, 0, hs), S, vh, kc, hs);
+            else if (kt)
+                rk__small_product(oh + RK_IDX(i0, 0, hs), (size_t)hs, S, (size_t)Tk, 1, vh, (size_t)hs, rows, hs, kc, 1.0f,
+                                  0);
             else
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, kc, 1.0f, S, Tk, vh, hs, 0.0f,
                             oh + RK_IDX(i0, 0, hs), hs);
         }
     }
+    free(kt);
 }
 
 // scratch: 2*T*Tk + T. dk and dv of a key/value head gather its whole group: callers that split heads over threads
@@ -229,10 +246,19 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
     (void)B;
     if (!dq && !dk && !dv) return;
     float *P = scratch, *dS = scratch + (size_t)T * Tk, *D = dS + (size_t)T * Tk;
+    // Own products: Kᵀ and Vᵀ (hs, Tk each) of the key/value head last transposed.
+    float *kt = rk__own_products() && Tk > 0 ? malloc(sizeof(float) * 2 * (size_t)hs * (size_t)Tk) : NULL,
+          *vt = kt ? kt + (size_t)hs * Tk : NULL;
+    size_t kt_of = SIZE_MAX;
     for (int bh = bh_begin; bh < bh_end; bh++) {
         int b = bh / NH;
         size_t qo = RK_IDX(bh, 0, (size_t)T * hs), ko = kv_offset(bh, NH, NKV, Tk, hs);
         const int32_t *km = key_mask ? key_mask + RK_IDX(b, 0, Tk) : NULL;
+        if (kt && kt_of != ko) {
+            rk__transpose(kt, (size_t)Tk, k + ko, (size_t)hs, Tk, hs);
+            rk__transpose(vt, (size_t)Tk, v + ko, (size_t)hs, Tk, hs);
+            kt_of = ko;
+        }
         for (int i0 = 0; i0 < T; i0 += row_block(T, causal)) {
             int rows = T - i0 < row_block(T, causal) ? T - i0 : row_block(T, causal);
             int kc = visible_keys(i0 + rows - 1, Tk, causal, causal_offset);
@@ -240,7 +266,8 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
             float *Pb = P + RK_IDX(i0, 0, Tk), *dSb = dS + RK_IDX(i0, 0, Tk);
             const float *qb = q + qo + RK_IDX(i0, 0, hs), *gb = dout + qo + RK_IDX(i0, 0, hs);
             // P recomputed: e^{scale·q·k - lse} on visible keys, 0 elsewhere (within the block's kc columns).
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, scale, qb, hs, k + ko, hs, 0.0f, Pb, Tk);
+            if (kt) rk__small_product(Pb, (size_t)Tk, qb, (size_t)hs, 1, kt, (size_t)Tk, rows, kc, hs, scale, 0);
+            else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, scale, qb, hs, k + ko, hs, 0.0f, Pb, Tk);
             for (int i = 0; i < rows; i++) {
                 float *p = Pb + RK_IDX(i, 0, Tk), l = lse[RK_IDX(bh, i0 + i, T)];
                 int lim = l == -INFINITY ? 0 : visible_keys(i0 + i, Tk, causal, causal_offset);
@@ -264,11 +291,13 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
                     }
                     Pv = dSb;
                 }
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kc, hs, rows, 1.0f, Pv, Tk, gb, hs, 1.0f, dv + ko, hs);
+                if (kt) rk__small_product(dv + ko, (size_t)hs, Pv, 1, (size_t)Tk, gb, (size_t)hs, kc, hs, rows, 1.0f, 1);
+                else cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kc, hs, rows, 1.0f, Pv, Tk, gb, hs, 1.0f, dv + ko, hs);
             }
             if (!dq && !dk) continue;
             // dP (rows,kc) = dO_block · V[:kc]ᵀ, then dS = P ⊙ (dP - D) in place, D_i = dO_i · O_i
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, 1.0f, gb, hs, v + ko, hs, 0.0f, dSb, Tk);
+            if (kt) rk__small_product(dSb, (size_t)Tk, gb, (size_t)hs, 1, vt, (size_t)Tk, rows, kc, hs, 1.0f, 0);
+            else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, 1.0f, gb, hs, v + ko, hs, 0.0f, dSb, Tk);
             for (int i = 0; i < rows; i++) {
                 const float *o = out + qo + RK_IDX(i0 + i, 0, hs), *g = gb + RK_IDX(i, 0, hs);
                 float d = 0.0f;
@@ -285,13 +314,19 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
                 }
             }
             // dQ_block += scale · dS · K[:kc];  dK[:kc] += scale · dSᵀ · Q_block
-            if (dq)
+            if (dq && kt)
+                rk__small_product(dq + qo + RK_IDX(i0, 0, hs), (size_t)hs, dSb, (size_t)Tk, 1, k + ko, (size_t)hs, rows,
+                                  hs, kc, scale, 1);
+            else if (dq)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, kc, scale, dSb, Tk, k + ko, hs, 1.0f,
                             dq + qo + RK_IDX(i0, 0, hs), hs);
-            if (dk)
+            if (dk && kt)
+                rk__small_product(dk + ko, (size_t)hs, dSb, 1, (size_t)Tk, qb, (size_t)hs, kc, hs, rows, scale, 1);
+            else if (dk)
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kc, hs, rows, scale, dSb, Tk, qb, hs, 1.0f, dk + ko, hs);
         }
     }
+    free(kt);
 }
 
 // ---- reference: one query row at a time, scores recomputed wherever needed -----------------------------------

@@ -9,6 +9,7 @@
 // call: 7% of a SmolLM2-135M LoRA training step, where this kernel copies each [out, in] weight once per product
 // (~1.5% of the step, from the transposition's own speed).
 #include "rk_internal.h"
+#include <stdlib.h>
 #include <string.h>
 
 #define NR 48
@@ -129,17 +130,19 @@ static RK_AVX512 void transpose16(const float *src, size_t lds, float *dst, size
     for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + i * ldd, r[i]);
 }
 
-// The panel of op(B) = Bᵀ (B's rows j0 .. j0 + nc, each ldb apart) as K rows of 48, zero beyond nc: whole 16 x 16
-// blocks transposed in registers, the rest element by element.
+// dst = srcᵀ: whole 16 x 16 blocks transposed in registers, the edges element by element.
+static RK_AVX512 void transpose_avx512(float *dst, size_t ldd, const float *src, size_t lds, int rows, int cols) {
+    int rw = rows / 16 * 16, cw = cols / 16 * 16;
+    for (int r = 0; r < rw; r += 16)
+        for (int c = 0; c < cw; c += 16) transpose16(src + RK_IDX(r, c, lds), lds, dst + RK_IDX(c, r, ldd), ldd);
+    for (int r = 0; r < rows; r++)
+        for (int c = r < rw ? cw : 0; c < cols; c++) dst[RK_IDX(c, r, ldd)] = src[RK_IDX(r, c, lds)];
+}
+
+// The panel of op(B) = Bᵀ (B's rows j0 .. j0 + nc, each ldb apart) as K rows of 48, zero beyond nc.
 static RK_AVX512 void pack_transposed(float *pack, const float *B, size_t ldb, int j0, int nc, int K) {
     for (int k = 0; k < K; k++) memset(pack + RK_IDX(k, nc, NR), 0, sizeof(float) * (size_t)(NR - nc));
-    int jw = nc / 16 * 16, kw = K / 16 * 16;
-    for (int j = 0; j < jw; j += 16)
-        for (int k = 0; k < kw; k += 16) transpose16(B + (size_t)(j0 + j) * ldb + k, ldb, pack + RK_IDX(k, j, NR), NR);
-    for (int j = 0; j < nc; j++) {
-        const float *w = B + (size_t)(j0 + j) * ldb;
-        for (int k = j < jw ? kw : 0; k < K; k++) pack[RK_IDX(k, j, NR)] = w[k];
-    }
+    transpose_avx512(pack, NR, B + (size_t)j0 * ldb, ldb, nc, K);
 }
 
 static inline __mmask16 lanes(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
@@ -182,6 +185,130 @@ static RK_AVX512 void panels_avx512(float *C, int ldc, const float *A, int lda, 
     }
 }
 #endif
+
+#if RK_X86
+// ---- small products (attention's per-head blocks) -----------------------------------------------------------------
+// R rows of A against up to 64 columns of B (NV vectors, the last masked to its width): R x NV sums in registers, each
+// step of the reduction NV vectors of B and one broadcast of A per row. R and NV are constants after inlining (the
+// dispatch below instantiates every pair), so the sums stay in registers; 6 x 4 keeps 24 of the 32.
+static inline __attribute__((always_inline)) RK_AVX512 void small_tile(const int R, const int NV, int K, const float *A,
+                                                                        size_t ars, size_t aks, const float *B,
+                                                                        size_t ldb, float *C, size_t ldc, float alpha,
+                                                                        int accumulate, __mmask16 last) {
+    __m512 c[6][4];
+    for (int i = 0; i < R; i++)
+        for (int v = 0; v < NV; v++) c[i][v] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        const float *b = B + (size_t)k * ldb, *a = A + (size_t)k * aks;
+        __m512 bv[4];
+        for (int v = 0; v < NV; v++)
+            bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
+        for (int i = 0; i < R; i++) {
+            __m512 x = _mm512_set1_ps(a[(size_t)i * ars]);
+            for (int v = 0; v < NV; v++) c[i][v] = _mm512_fmadd_ps(x, bv[v], c[i][v]);
+        }
+    }
+    __m512 al = _mm512_set1_ps(alpha);
+    for (int i = 0; i < R; i++)
+        for (int v = 0; v < NV; v++) {
+            __mmask16 m = v == NV - 1 ? last : (__mmask16)0xFFFF;
+            float *ci = C + (size_t)i * ldc + 16 * v;
+            __m512 r = _mm512_mul_ps(al, c[i][v]);
+            if (accumulate) r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, ci));
+            _mm512_mask_storeu_ps(ci, m, r);
+        }
+}
+
+#define RK_SMALL_TILE(R, NV)                                                                                         \
+    static RK_AVX512 void small_tile_##R##_##NV(int K, const float *A, size_t ars, size_t aks, const float *B,       \
+                                                size_t ldb, float *C, size_t ldc, float alpha, int accumulate,       \
+                                                __mmask16 last) {                                                   \
+        small_tile(R, NV, K, A, ars, aks, B, ldb, C, ldc, alpha, accumulate, last);                                  \
+    }
+#define RK_SMALL_TILES(R) RK_SMALL_TILE(R, 1) RK_SMALL_TILE(R, 2) RK_SMALL_TILE(R, 3) RK_SMALL_TILE(R, 4)
+RK_SMALL_TILES(1)
+RK_SMALL_TILES(2)
+RK_SMALL_TILES(3)
+RK_SMALL_TILES(4)
+RK_SMALL_TILES(5)
+RK_SMALL_TILES(6)
+#undef RK_SMALL_TILES
+#undef RK_SMALL_TILE
+
+typedef void (*small_tile_fn)(int, const float *, size_t, size_t, const float *, size_t, float *, size_t, float, int,
+                              __mmask16);
+#define RK_SMALL_ROW(R) {small_tile_##R##_1, small_tile_##R##_2, small_tile_##R##_3, small_tile_##R##_4}
+static const small_tile_fn small_tiles[6][4] = {RK_SMALL_ROW(1), RK_SMALL_ROW(2), RK_SMALL_ROW(3),
+                                                RK_SMALL_ROW(4), RK_SMALL_ROW(5), RK_SMALL_ROW(6)};
+#undef RK_SMALL_ROW
+
+// Column blocks of 64 outside, tiles of at most 6 rows inside: a block of B (K x 64) is read by every tile while it is
+// in cache. The rows are shared evenly between the tiles (32 rows: 6, 6, 5, 5, 5, 5 rather than five of 6 and one of
+// 2, whose few sums per vector of B loaded leave the tile waiting on loads).
+static RK_AVX512 void small_product_avx512(float *C, size_t ldc, const float *A, size_t ars, size_t aks,
+                                           const float *B, size_t ldb, int M, int N, int K, float alpha,
+                                           int accumulate) {
+    int tiles = (M + 5) / 6, base = M / tiles, larger = M % tiles;
+    for (int n0 = 0; n0 < N; n0 += 64) {
+        int nc = N - n0 < 64 ? N - n0 : 64, nv = (nc + 15) / 16;
+        __mmask16 last = lanes(nc - 16 * (nv - 1));
+        for (int t = 0, i0 = 0; t < tiles; t++) {
+            int r = base + (t < larger);
+            small_tiles[r - 1][nv - 1](K, A + (size_t)i0 * ars, ars, aks, B + n0, ldb, C + (size_t)i0 * ldc + n0, ldc,
+                                       alpha, accumulate, last);
+            i0 += r;
+        }
+    }
+}
+#endif
+
+#if RK_X86
+static int own_products_wanted = -1;
+#endif
+
+int rk__own_products(void) {
+#if RK_X86
+    if (rk_isa_active() < RK_ISA_AVX512) return 0;
+    // Read once (a benign race: every thread computes the same value).
+    int wanted = __atomic_load_n(&own_products_wanted, __ATOMIC_RELAXED);
+    if (wanted < 0) {
+        const char *e = getenv("REINS_GEMM");
+        wanted = !(e && strcmp(e, "openblas") == 0);
+        __atomic_store_n(&own_products_wanted, wanted, __ATOMIC_RELAXED);
+    }
+    return wanted;
+#else
+    return 0;
+#endif
+}
+
+void rk__small_product(float *C, size_t ldc, const float *A, size_t ars, size_t aks, const float *B, size_t ldb, int M,
+                       int N, int K, float alpha, int accumulate) {
+    if (M <= 0 || N <= 0) return;
+#if RK_X86
+    if (rk_isa_active() >= RK_ISA_AVX512) {
+        small_product_avx512(C, ldc, A, ars, aks, B, ldb, M, N, K, alpha, accumulate);
+        return;
+    }
+#endif
+    for (int i = 0; i < M; i++)
+        for (int n = 0; n < N; n++) {
+            float s = 0.0f;
+            for (int k = 0; k < K; k++) s += A[(size_t)i * ars + (size_t)k * aks] * B[RK_IDX(k, n, ldb)];
+            C[RK_IDX(i, n, ldc)] = alpha * s + (accumulate ? C[RK_IDX(i, n, ldc)] : 0.0f);
+        }
+}
+
+void rk__transpose(float *dst, size_t ldd, const float *src, size_t lds, int rows, int cols) {
+#if RK_X86
+    if (rk_isa_active() >= RK_ISA_AVX512) {
+        transpose_avx512(dst, ldd, src, lds, rows, cols);
+        return;
+    }
+#endif
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[RK_IDX(c, r, ldd)] = src[RK_IDX(r, c, lds)];
+}
 
 int rk_gemm_panels(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
                    int b_transposed, int accumulate, int row_begin, int row_end, int panel_begin, int panel_end,

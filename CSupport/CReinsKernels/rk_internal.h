@@ -23,6 +23,16 @@ float rk__row_expsum(float *y, const float *x, float c, int C);
 // Index arithmetic for big tensors stays in size_t.
 #define RK_IDX(a, b, stride) ((size_t)(a) * (size_t)(stride) + (size_t)(b))
 
+// Small products on Reins's own AVX-512 kernel (gemm.c), for attention's per-head blocks. Callable only when
+// rk__own_products() says so (the kernels run AVX-512 and REINS_GEMM=openblas is not set).
+//   C (M,N) = alpha · A·B [+ C]: A's element (i,k) at A[i·ars + k·aks] (so Aᵀ of a row-major matrix is ars = 1,
+//   aks = its row length), B row-major (K,N) ldb apart, C ldc apart; any M, N, K >= 0.
+int rk__own_products(void);
+void rk__small_product(float *C, size_t ldc, const float *A, size_t ars, size_t aks, const float *B, size_t ldb, int M,
+                       int N, int K, float alpha, int accumulate);
+// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols (AVX-512 when own products run, else element by element).
+void rk__transpose(float *dst, size_t ldd, const float *src, size_t lds, int rows, int cols);
+
 #if RK_X86
 // ---- AVX2 -----------------------------------------------------------------------------------------------------
 static inline RK_AVX2 float rk_hsum256(__m256 v) {

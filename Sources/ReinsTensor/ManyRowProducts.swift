@@ -11,7 +11,7 @@ import Synchronization
 ///
 /// Used for the forward product and the input gradient when a product has at least ``minimumRows`` rows and the
 /// kernels run AVX-512; otherwise, and for weight gradients, OpenBLAS. `REINS_GEMM=openblas` keeps every product on
-/// OpenBLAS.
+/// OpenBLAS (attention's per-head products too: `rk__own_products` in the kernels reads the same variable).
 enum ManyRowProducts {
     /// Rows below which OpenBLAS keeps the product (a decoding step, a short prompt).
     static let minimumRows = 64

@@ -280,6 +280,10 @@ struct KernelTests {
         // hs 70: the values' 64-column block in registers, then a tail; 10 keys: two groups of four and two alone.
         AttentionCase(B: 1, NH: 3, T: 1, Tk: 10, hs: 70, causal: true, masked: false, NKV: 1),
         AttentionCase(B: 1, NH: 2, T: 33, Tk: 33, hs: 13, causal: true, masked: true),
+        // Blocks of many rows on the AVX-512 small products: more than 64 keys and hs 70 (two column blocks of the
+        // scores and of the values' products, the second masked), key counts that are not multiples of 16.
+        AttentionCase(B: 1, NH: 3, T: 70, Tk: 75, hs: 70, causal: true, masked: true, NKV: 1),
+        AttentionCase(B: 2, NH: 2, T: 9, Tk: 67, hs: 17, causal: false, masked: true),
     ]
 
     @Test(arguments: attentionCases)
