@@ -188,6 +188,10 @@ static RK_AVX512 void panels_avx512(float *C, int ldc, const float *A, int lda, 
 
 #if RK_X86
 // ---- small products (attention's per-head blocks) -----------------------------------------------------------------
+// Loops over a tile's rows and vectors are unrolled whole, so that its sums stay in registers (GCC, unlike clang,
+// spills them at -O2 unless told).
+#define RK_UNROLL _Pragma("GCC unroll 8")
+
 // R rows of A against up to 64 columns of B (NV vectors, the last masked to its width): R x NV sums in registers, each
 // step of the reduction NV vectors of B and one broadcast of A per row. R and NV are constants after inlining (the
 // dispatch below instantiates every pair), so the sums stay in registers; 6 x 4 keeps 24 of the 32.
@@ -196,21 +200,21 @@ static inline __attribute__((always_inline)) RK_AVX512 void small_tile(const int
                                                                         size_t ldb, float *C, size_t ldc, float alpha,
                                                                         int accumulate, __mmask16 last) {
     __m512 c[6][4];
-    for (int i = 0; i < R; i++)
-        for (int v = 0; v < NV; v++) c[i][v] = _mm512_setzero_ps();
+    RK_UNROLL for (int i = 0; i < R; i++)
+        RK_UNROLL for (int v = 0; v < NV; v++) c[i][v] = _mm512_setzero_ps();
     for (int k = 0; k < K; k++) {
         const float *b = B + (size_t)k * ldb, *a = A + (size_t)k * aks;
         __m512 bv[4];
-        for (int v = 0; v < NV; v++)
+        RK_UNROLL for (int v = 0; v < NV; v++)
             bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(last, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
-        for (int i = 0; i < R; i++) {
+        RK_UNROLL for (int i = 0; i < R; i++) {
             __m512 x = _mm512_set1_ps(a[(size_t)i * ars]);
-            for (int v = 0; v < NV; v++) c[i][v] = _mm512_fmadd_ps(x, bv[v], c[i][v]);
+            RK_UNROLL for (int v = 0; v < NV; v++) c[i][v] = _mm512_fmadd_ps(x, bv[v], c[i][v]);
         }
     }
     __m512 al = _mm512_set1_ps(alpha);
-    for (int i = 0; i < R; i++)
-        for (int v = 0; v < NV; v++) {
+    RK_UNROLL for (int i = 0; i < R; i++)
+        RK_UNROLL for (int v = 0; v < NV; v++) {
             __mmask16 m = v == NV - 1 ? last : (__mmask16)0xFFFF;
             float *ci = C + (size_t)i * ldc + 16 * v;
             __m512 r = _mm512_mul_ps(al, c[i][v]);
