@@ -9,15 +9,7 @@ import ReinsTestSupport
 /// differences of a Double definition written here from the formulas. Serialized: the instruction set is per thread
 /// but the suites share the process.
 @Suite(.serialized)
-struct DecoderKernelTests {
-    static let instructionSets = Array(Int32(0)...rk_isa_detected())
-
-    func with(_ isa: Int32, _ body: () throws -> Void) rethrows {
-        #expect(rk_isa_select(isa) == isa)
-        defer { rk_isa_select(rk_isa_detected()) }
-        try body()
-    }
-
+struct DecoderKernelTests: PerInstructionSet {
     // MARK: definitions in Double
 
     static func rmsNorm(_ x: [Double], _ w: [Double], N: Int, C: Int, eps: Double) -> [Double] {

@@ -8,16 +8,7 @@ import ReinsTestSupport
 /// Every kernel against its scalar `_ref` oracle, on awkward shapes, under each instruction set this CPU has.
 /// Serialized: the instruction set is process-wide state.
 @Suite(.serialized)
-struct KernelTests {
-    static let instructionSets = Array(Int32(0)...rk_isa_detected())
-
-    /// Runs `body` with the kernels forced to `isa`, then restores the best one.
-    func with(_ isa: Int32, _ body: () throws -> Void) rethrows {
-        #expect(rk_isa_select(isa) == isa)
-        defer { rk_isa_select(rk_isa_detected()) }
-        try body()
-    }
-
+struct KernelTests: PerInstructionSet {
     @Test func instructionSetChoiceIsPerThreadAndReachesParallelWorkers() throws {
         let best = rk_isa_detected()
         guard best > 0 else { return }  // only the scalar kernels exist here: nothing to choose between

@@ -9,15 +9,7 @@ import ReinsTestSupport
 /// that route to it from ``ManyRowProducts/minimumRows`` rows on — linear, LoRA linear, the fused output layer —
 /// against definitions in Double. Serialized: the instruction set is per thread but the suites share the process.
 @Suite(.serialized)
-struct ManyRowProductTests {
-    static let instructionSets = Array(Int32(0)...rk_isa_detected())
-
-    func with(_ isa: Int32, _ body: () throws -> Void) rethrows {
-        #expect(rk_isa_select(isa) == isa)
-        defer { rk_isa_select(rk_isa_detected()) }
-        try body()
-    }
-
+struct ManyRowProductTests: PerInstructionSet {
     /// `a (M, K) · op(b)` in Double, op(b) = b `(K, N)` or bᵀ of b `(N, K)`.
     static func product(_ a: [Float], _ b: [Float], M: Int, N: Int, K: Int, bTransposed: Bool) -> [Double] {
         var c = [Double](repeating: 0, count: M * N)
