@@ -26,9 +26,10 @@ enum ManyRowProducts {
 
     /// `c (M, N) = [c +] a (M, K) · op(b)`: op(b) is b stored `(K, N)`, or bᵀ with b stored `(N, K)` when
     /// `bTransposed`. Every matrix contiguous; the sizes are the caller's, already checked.
+    /// With `bias` (N values), each row of c starts from it instead (`accumulate` is then ignored).
     static func product(
         _ c: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
-        M: Int, N: Int, K: Int, bTransposed: Bool, accumulate: Bool
+        M: Int, N: Int, K: Int, bTransposed: Bool, accumulate: Bool, bias: UnsafePointer<Float>? = nil
     ) {
         // A long reduction (an output layer's input gradient, 49152) goes in blocks, each a product of its own over
         // every panel: the rows' block of `a` (at most 4 MB for 256 rows) stays in cache while every panel reads it,
@@ -40,17 +41,20 @@ enum ManyRowProducts {
             let bk = bTransposed ? b + k0 : b + k0 * N
             panels(
                 c, ldc: N, a + k0, lda: K, bk, ldb: bTransposed ? K : N, M: M, N: N, K: k, bTransposed: bTransposed,
-                accumulate: accumulate || k0 > 0)
+                accumulate: accumulate || k0 > 0, bias: k0 == 0 ? bias : nil)
             k0 += k
         } while k0 < K
     }
+
+    /// The columns of one of `rk_gemm_panels`' panels (`NR` in gemm.c).
+    static let panelWidth = 48
 
     /// The reduction's block in ``product(_:_:_:M:N:K:bTransposed:accumulate:)``.
     static let reductionBlock = 4096
 
     static func panels(
         _ c: UnsafeMutablePointer<Float>, ldc: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>,
-        ldb: Int, M: Int, N: Int, K: Int, bTransposed: Bool, accumulate: Bool
+        ldb: Int, M: Int, N: Int, K: Int, bTransposed: Bool, accumulate: Bool, bias: UnsafePointer<Float>? = nil
     ) {
         let panels = Int(rk_gemm_panels_count(Int32(N)))
         guard M > 0, panels > 0 else { return }
@@ -59,19 +63,25 @@ enum ManyRowProducts {
         let rowBlocks = max(1, min(M / minimumRows, (4 * Parallel.threadCount + panels - 1) / panels))
         let pieces = panels * rowBlocks
         func rowStart(_ block: Int) -> Int { block >= rowBlocks ? M : (M * block / rowBlocks) / 8 * 8 }
-        let needsPack = bTransposed || N % 48 != 0
+        let needsPack = bTransposed || N % panelWidth != 0
         let next = Atomic<Int>(0)
         Parallel.forEach(min(Parallel.threadCount, pieces), eager: true) { _ in
-            let pack = needsPack ? UnsafeMutablePointer<Float>.allocate(capacity: 48 * max(K, 1)) : nil
+            let pack = needsPack ? UnsafeMutablePointer<Float>.allocate(capacity: panelWidth * max(K, 1)) : nil
             defer { pack?.deallocate() }
             while true {
                 let p = next.wrappingAdd(1, ordering: .relaxed).oldValue
                 guard p < pieces else { return }
                 let (panel, block) = (p / rowBlocks, p % rowBlocks)
+                let (r0, r1) = (rowStart(block), rowStart(block + 1))
+                if let bias {
+                    // The piece's rows of its panel start from the bias: written by the thread that computes them,
+                    // while they are in its cache, rather than for the whole output on the calling thread first.
+                    let j0 = panel * panelWidth, width = min(panelWidth, N - j0)
+                    for i in r0..<r1 { (c + i * ldc + j0).update(from: bias + j0, count: width) }
+                }
                 _ = rk_gemm_panels(
                     c, Int32(ldc), a, Int32(lda), b, Int32(ldb), Int32(M), Int32(N), Int32(K), bTransposed ? 1 : 0,
-                    accumulate ? 1 : 0, Int32(rowStart(block)), Int32(rowStart(block + 1)), Int32(panel),
-                    Int32(panel + 1), pack)
+                    accumulate || bias != nil ? 1 : 0, Int32(r0), Int32(r1), Int32(panel), Int32(panel + 1), pack)
             }
         }
     }
@@ -82,8 +92,7 @@ enum ManyRowProducts {
         _ out: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
         bias: UnsafePointer<Float>?, N: Int, C: Int, OC: Int, weightTransposed: Bool
     ) {
-        if let bias { for i in 0..<N { (out + i * OC).update(from: bias, count: OC) } }
-        product(out, x, weight, M: N, N: OC, K: C, bTransposed: !weightTransposed, accumulate: bias != nil)
+        product(out, x, weight, M: N, N: OC, K: C, bTransposed: !weightTransposed, accumulate: false, bias: bias)
     }
 
     /// A linear layer's input gradient `dx (N, C) += dout (N, OC) · W`.

@@ -104,8 +104,9 @@ struct ManyRowProductTests: PerInstructionSet {
     }
 
     /// Linear and LoRA linear layers with many rows (the route to the kernel when it runs AVX-512) against their
-    /// definitions: the output, and the input gradient added to what is there.
-    @Test(arguments: [(70, 37, 101), (64, 50, 48), (97, 13, 5)])
+    /// definitions: the output, and the input gradient added to what is there. 130 rows over 100 outputs: three panels
+    /// (the last 4 wide) cut into two row blocks, each piece starting its rows from the bias.
+    @Test(arguments: [(70, 37, 101), (64, 50, 48), (97, 13, 5), (130, 21, 100)])
     func layersWithManyRowsMatchTheirDefinitions(shape: (Int, Int, Int)) throws {
         let (N, C, OC) = shape
         #expect(ManyRowProducts.applies(rows: N) == (rk_isa_active() >= Int32(RK_ISA_AVX512.rawValue) && ManyRowProducts.enabled))
