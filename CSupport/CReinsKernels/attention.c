@@ -209,8 +209,8 @@ void rk_attention_forward_rows(float *out, float *lse, const float *q, const flo
                     rk__transpose(kt, (size_t)Tk, kh, (size_t)hs, Tk, hs);
                     kt_of = ko;
                 }
-                rk__small_product(S, (size_t)Tk, qh + RK_IDX(i0, 0, hs), (size_t)hs, 1, kt, (size_t)Tk, rows, kc, hs,
-                                  scale, 0);
+                rk__small_product(S, (size_t)Tk, qh + RK_IDX(i0, 0, hs), (size_t)hs, 1, kt, (size_t)Tk, rows, kc,
+                                  hs, scale, 0);
             } else
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, scale, qh + RK_IDX(i0, 0, hs), hs, kh,
                             hs, 0.0f, S, Tk);
@@ -227,8 +227,8 @@ void rk_attention_forward_rows(float *out, float *lse, const float *q, const flo
             // O_block (rows,hs) = P (rows,kc) · V[:kc]
             if (rows == 1) values_one(oh + RK_IDX(i0, 0, hs), S, vh, kc, hs);
             else if (kt)
-                rk__small_product(oh + RK_IDX(i0, 0, hs), (size_t)hs, S, (size_t)Tk, 1, vh, (size_t)hs, rows, hs, kc, 1.0f,
-                                  0);
+                rk__small_product(oh + RK_IDX(i0, 0, hs), (size_t)hs, S, (size_t)Tk, 1, vh, (size_t)hs, rows, hs, kc,
+                                  1.0f, 0);
             else
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, kc, 1.0f, S, Tk, vh, hs, 0.0f,
                             oh + RK_IDX(i0, 0, hs), hs);
@@ -246,7 +246,8 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
     (void)B;
     if (!dq && !dk && !dv) return;
     float *P = scratch, *dS = scratch + (size_t)T * Tk, *D = dS + (size_t)T * Tk;
-    // Own products: Kᵀ and Vᵀ (hs, Tk each) of the key/value head last transposed.
+    // Own products: Kᵀ and Vᵀ (hs, Tk each) of the key/value head last transposed (Vᵀ only for dP, when dQ or dK
+    // is wanted).
     float *kt = rk__own_products() && Tk > 0 ? malloc(sizeof(float) * 2 * (size_t)hs * (size_t)Tk) : NULL,
           *vt = kt ? kt + (size_t)hs * Tk : NULL;
     size_t kt_of = SIZE_MAX;
@@ -256,7 +257,7 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
         const int32_t *km = key_mask ? key_mask + RK_IDX(b, 0, Tk) : NULL;
         if (kt && kt_of != ko) {
             rk__transpose(kt, (size_t)Tk, k + ko, (size_t)hs, Tk, hs);
-            rk__transpose(vt, (size_t)Tk, v + ko, (size_t)hs, Tk, hs);
+            if (dq || dk) rk__transpose(vt, (size_t)Tk, v + ko, (size_t)hs, Tk, hs);
             kt_of = ko;
         }
         for (int i0 = 0; i0 < T; i0 += row_block(T, causal)) {
@@ -266,8 +267,11 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
             float *Pb = P + RK_IDX(i0, 0, Tk), *dSb = dS + RK_IDX(i0, 0, Tk);
             const float *qb = q + qo + RK_IDX(i0, 0, hs), *gb = dout + qo + RK_IDX(i0, 0, hs);
             // P recomputed: e^{scale·q·k - lse} on visible keys, 0 elsewhere (within the block's kc columns).
-            if (kt) rk__small_product(Pb, (size_t)Tk, qb, (size_t)hs, 1, kt, (size_t)Tk, rows, kc, hs, scale, 0);
-            else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, scale, qb, hs, k + ko, hs, 0.0f, Pb, Tk);
+            if (kt)
+                rk__small_product(Pb, (size_t)Tk, qb, (size_t)hs, 1, kt, (size_t)Tk, rows, kc, hs, scale, 0);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, scale, qb, hs, k + ko, hs, 0.0f, Pb,
+                            Tk);
             for (int i = 0; i < rows; i++) {
                 float *p = Pb + RK_IDX(i, 0, Tk), l = lse[RK_IDX(bh, i0 + i, T)];
                 int lim = l == -INFINITY ? 0 : visible_keys(i0 + i, Tk, causal, causal_offset);
@@ -291,13 +295,19 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
                     }
                     Pv = dSb;
                 }
-                if (kt) rk__small_product(dv + ko, (size_t)hs, Pv, 1, (size_t)Tk, gb, (size_t)hs, kc, hs, rows, 1.0f, 1);
-                else cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kc, hs, rows, 1.0f, Pv, Tk, gb, hs, 1.0f, dv + ko, hs);
+                if (kt)
+                    rk__small_product(dv + ko, (size_t)hs, Pv, 1, (size_t)Tk, gb, (size_t)hs, kc, hs, rows, 1.0f, 1);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, kc, hs, rows, 1.0f, Pv, Tk, gb, hs, 1.0f,
+                                dv + ko, hs);
             }
             if (!dq && !dk) continue;
             // dP (rows,kc) = dO_block · V[:kc]ᵀ, then dS = P ⊙ (dP - D) in place, D_i = dO_i · O_i
-            if (kt) rk__small_product(dSb, (size_t)Tk, gb, (size_t)hs, 1, vt, (size_t)Tk, rows, kc, hs, 1.0f, 0);
-            else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, 1.0f, gb, hs, v + ko, hs, 0.0f, dSb, Tk);
+            if (kt)
+                rk__small_product(dSb, (size_t)Tk, gb, (size_t)hs, 1, vt, (size_t)Tk, rows, kc, hs, 1.0f, 0);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, kc, hs, 1.0f, gb, hs, v + ko, hs, 0.0f, dSb,
+                            Tk);
             for (int i = 0; i < rows; i++) {
                 const float *o = out + qo + RK_IDX(i0 + i, 0, hs), *g = gb + RK_IDX(i, 0, hs);
                 float d = 0.0f;
