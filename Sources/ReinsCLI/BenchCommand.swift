@@ -18,6 +18,8 @@ struct BenchCommand: ParsableCommand {
         "The rows of the 'continuous batch mixed methods' workload instead of the load test's mix and one row of each.",
         discussion: "Adapter names, comma-separated, repeats allowed: lora-a, lora-b (r 16 on every linear layer), lora-q (r 8 on q, v), ia3-a, ia3-b, prefix-a, prefix-b, prefix-c (92 virtual tokens)."))
     var mixedRows: String?
+    @Option(help: "The LoRA copies' precision in the 'continuous batch mixed methods' workload: half or int8 (as `reins serve --lora-precision`).")
+    var loraPrecision = "half"
 
     /// PEFT's default LoRA targets: r 8 on q, v.
     static let loraQV = LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])
@@ -50,6 +52,12 @@ struct BenchCommand: ParsableCommand {
     }
 
     func selected(_ name: String) -> Bool { only.map { name.contains($0) } ?? true }
+
+    func validate() throws {
+        guard LoRACopies.Precision(rawValue: loraPrecision) != nil else {
+            throw ValidationError("--lora-precision \(loraPrecision): half or int8")
+        }
+    }
 
     func run() throws {
         var rng = SeededGenerator(seed: 1)
@@ -263,19 +271,20 @@ struct BenchCommand: ParsableCommand {
         // What `reins serve` runs: a continuous batch of 8 requests for 8 LoRA adapters (r 8 on q, v; or r 16 on every
         // linear layer, as the demo's, read from half-precision copies as the server does), each with its own cache,
         // sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
-        let loraKinds: [(label: String, config: LoRAConfig, half: Bool)] = [
-            ("r8 q,v", Self.loraQV, false),
-            ("r16 all linear, half-precision copies", Self.loraAllLinear, true),
+        let loraKinds: [(label: String, config: LoRAConfig, precision: LoRACopies.Precision?)] = [
+            ("r8 q,v", Self.loraQV, nil),
+            ("r16 all linear, half-precision copies", Self.loraAllLinear, .half),
+            ("r16 all linear, 8-bit copies", Self.loraAllLinear, .int8),
         ]
-        for (label, config, half) in loraKinds {
+        for (label, config, precision) in loraKinds {
         for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA \(label)") {
             let model = try load(quantized: true)
             for i in 0..<rows { try model.addLoRA("task\(i)", config) }
             var steps: [Double] = [], joins: [Double] = [], folded: [Double] = []
-            let copies = half ? HalfPrecisionLoRACopies() : nil
+            let copies = precision.map { LoRACopies(precision: $0) }
             let ms = try median(repeats) {
                 let batch = try ContinuousBatch(model: model, capacity: rows)
-                batch.halfPrecisionLoRA = copies
+                batch.loraCopies = copies
                 for r in 0..<rows {
                     let options = GenerationOptions(maxNewTokens: 66, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
                     let s = DispatchTime.now().uptimeNanoseconds
@@ -306,8 +315,9 @@ struct BenchCommand: ParsableCommand {
             }
         }
         }
-        // The load test's mix of methods: 8 rows for 3 LoRAs (r 16 on every linear layer, half-precision copies; one r 8
-        // on q, v), 2 IA3 and 3 prefix-tuning adapters (92 virtual tokens, as the demo's), against one row of each alone.
+        // The load test's mix of methods: 8 rows for 3 LoRAs (r 16 on every linear layer, copies in `--lora-precision`;
+        // one r 8 on q, v), 2 IA3 and 3 prefix-tuning adapters (92 virtual tokens, as the demo's), against one row of
+        // each alone.
         let mix: [(name: String, method: AdapterMethod)] = [
             ("lora-a", .lora(Self.loraAllLinear)),
             ("ia3-a", .ia3()), ("prefix-a", .prefix(length: 92)),
@@ -316,6 +326,7 @@ struct BenchCommand: ParsableCommand {
             ("lora-b", .lora(Self.loraAllLinear)),
             ("prefix-c", .prefix(length: 92)),
         ]
+        let mixPrecision = LoRACopies.Precision(rawValue: loraPrecision) ?? .half  // checked in `validate`
         var mixedRows = [["lora-a"], ["ia3-a"], ["prefix-a"], mix.map(\.name)]
         if let given = self.mixedRows {
             let rows = given.split(separator: ",").map { String($0) }
@@ -333,11 +344,11 @@ struct BenchCommand: ParsableCommand {
             for (i, (adapter, method)) in mix.enumerated() where rows.contains(adapter) {
                 _ = try model.addAdapter(adapter, method, seed: UInt64(i))
             }
-            let copies = HalfPrecisionLoRACopies()
+            let copies = LoRACopies(precision: mixPrecision)
             var steps: [Double] = []
             _ = try median(repeats) {
                 let batch = try ContinuousBatch(model: model, capacity: rows.count)
-                batch.halfPrecisionLoRA = copies
+                batch.loraCopies = copies
                 for (r, adapter) in rows.enumerated() {
                     let options = GenerationOptions(maxNewTokens: 34, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
                     _ = try batch.add(prompt: Array(prompt.prefix(8 + r)), adapter: adapter, options: options)

@@ -37,8 +37,8 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "The largest request body, in bytes.") var maxBody = 1 << 20
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
     @Flag(help: "For a GGUF model: compute with the dequantized weights in float32.") var exact = false
-    @Option(help: "LoRA weights while decoding: half (copies in IEEE half precision: half the adapter bytes a step reads) or float (float32: each request's tokens those it gets alone).")
-    var loraPrecision = "half"
+    @Option(help: "LoRA weights while decoding: int8 (8-bit copies with a scale per row: a quarter of the adapter bytes a step reads), half (copies in IEEE half precision: half the bytes), float (float32: each request's tokens those it gets alone), or auto: int8 over a GGUF file's quantized weights (whose own rounding moves the logits ~100x more), half otherwise.")
+    var loraPrecision = "auto"
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be within 0...65535, got \(port)") }
@@ -47,8 +47,8 @@ struct ServeCommand: ParsableCommand {
                           ("--max-batch-tokens", maxBatchTokens)] where v <= 0 {
             throw ValidationError("\(flag) must be positive, got \(v)")
         }
-        guard ["half", "float"].contains(loraPrecision) else {
-            throw ValidationError("--lora-precision \(loraPrecision): half or float")
+        guard ["auto", "float"].contains(loraPrecision) || LoRACopies.Precision(rawValue: loraPrecision) != nil else {
+            throw ValidationError("--lora-precision \(loraPrecision): auto, int8, half or float")
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): trace, debug, info, notice, warning, error or critical") }
     }
@@ -71,7 +71,13 @@ struct ServeCommand: ParsableCommand {
         (options.host, options.port, options.batchCapacity, options.queueLimit) = (host, port, maxBatch, maxQueue)
         (options.maxTokens, options.maxPromptTokens, options.maxBodyBytes) = (maxTokens, maxPromptTokens, maxBody)
         options.maxBatchTokens = maxBatchTokens
-        options.halfPrecisionLoRA = loraPrecision == "half"
+        if loraPrecision == "auto" {
+            // The integer route (quantized weights, activations rounded to 8 bits) is what `--exact` turns off.
+            let integer = !exact && lm.namedModules().contains { ($0.module as? Linear)?.quantizedWeight != nil }
+            options.loraPrecision = integer ? .int8 : .half
+        } else {
+            options.loraPrecision = LoRACopies.Precision(rawValue: loraPrecision)
+        }
         let server = try ReinsServer(served: served, options: options)
         let host = self.host
         let app = server.application { port in

@@ -11,8 +11,9 @@ public final class ServedModel {
     public let baseName: String
     /// The task heads of the classification and question-answering adapters, by adapter name (`/v1/classify`).
     public private(set) var heads: [String: AdapterTaskHead] = [:]
-    /// Half-precision copies of the adapters' LoRA weights, for an engine that decodes with them.
-    public let halfPrecisionLoRA = HalfPrecisionLoRACopies()
+    /// Reduced-precision copies of the adapters' LoRA weights, when an engine decodes with them (its
+    /// `loraPrecision`).
+    public internal(set) var loraCopies: LoRACopies?
 
     public init(model: any CausalLanguageModel, format: ChatFormat, baseName: String) {
         (self.model, self.format, self.baseName) = (model, format, baseName)
@@ -57,7 +58,7 @@ public final class ServedModel {
     public func unloadAdapter(_ name: String) throws {
         try model.deleteAdapter(name)
         heads[name] = nil
-        halfPrecisionLoRA.removeAll()  // the removed adapter's copies go with it (the others are copied again on use)
+        loraCopies?.removeAll()  // the removed adapter's copies go with it (the others are copied again on use)
     }
 }
 
@@ -155,15 +156,17 @@ public final class Engine: @unchecked Sendable {
     /// Called on the engine thread after each step with the statistics (the server's metrics).
     var onStatistics: (@Sendable (Statistics) -> Void)?
 
-    /// - Parameter halfPrecisionLoRA: decode with half-precision copies of LoRA weights (``ServedModel/halfPrecisionLoRA``).
+    /// - Parameter loraPrecision: decode with copies of LoRA weights in this precision (``ServedModel/loraCopies``);
+    ///   nil: float32.
     public init(
         served: ServedModel, batchCapacity: Int = 16, queueLimit: Int = 64, classificationTokenBudget: Int = 16384,
-        halfPrecisionLoRA: Bool = false
+        loraPrecision: LoRACopies.Precision? = nil
     ) throws {
         guard classificationTokenBudget > 0 else { throw ServerError.badRequest("the classification token budget must be positive") }
         self.served = served
         batch = try ContinuousBatch(model: served.model, capacity: batchCapacity)
-        batch.halfPrecisionLoRA = halfPrecisionLoRA ? served.halfPrecisionLoRA : nil
+        served.loraCopies = loraPrecision.map { LoRACopies(precision: $0) }
+        batch.loraCopies = served.loraCopies
         self.queueLimit = queueLimit
         self.classificationTokenBudget = classificationTokenBudget
     }

@@ -26,9 +26,10 @@ public struct ServerOptions: Sendable {
     public var queueLimit = 64
     /// A connection idle this long is closed (a client that stalls mid-request).
     public var idleTimeoutSeconds = 30
-    /// Decoding reads LoRA weights from half-precision copies (half the adapter bytes per step; each LoRA's update
-    /// differs from float32's by the weights' rounding). Off: float32, every request's tokens those it gets alone.
-    public var halfPrecisionLoRA = false
+    /// Decoding reads LoRA weights from copies in this precision (half or a quarter of the adapter bytes per step;
+    /// each LoRA's update differs from float32's by the weights' rounding). Nil: float32, every request's tokens
+    /// those it gets alone.
+    public var loraPrecision: LoRACopies.Precision?
 
     public init() {}
 }
@@ -69,7 +70,7 @@ public final class ReinsServer: Sendable {
         Parallel.sharesCores = true
         engine = try Engine(
             served: served, batchCapacity: options.batchCapacity, queueLimit: options.queueLimit,
-            classificationTokenBudget: options.maxBatchTokens, halfPrecisionLoRA: options.halfPrecisionLoRA)
+            classificationTokenBudget: options.maxBatchTokens, loraPrecision: options.loraPrecision)
         self.options = options
         format = served.format
         baseName = served.baseName

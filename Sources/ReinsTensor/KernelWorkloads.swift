@@ -377,7 +377,7 @@ extension KernelWorkload {
                 operation: "KernelWorkload.loraRowsHalf", detail: "\(N) rows, \(C) -> \(OC), rank \(r) x \(copies)")
         }
         let adapters = N * copies
-        let tables = try HalfAdapterTables(
+        let tables = try AdapterTables<UInt16>(
             a: Tensor.normal([adapters, r * C], std: 0.05, seed: 32).scalars.map(rk_float_to_half),
             b: Tensor.normal([adapters, r * OC], std: 0.05, seed: 33).scalars.map(rk_float_to_half),
             rows: N, copies: copies, aStride: r * C, bStride: r * OC)
@@ -395,6 +395,47 @@ extension KernelWorkload {
         }
         return KernelWorkload(
             name: "LoRA rows f16 \(N)x\(C) -> \(OC) r\(r), one thread",
+            flops: 2.0 * Double(N * r * (C + OC) * copies), tolerance: 1e-4,
+            verify: {
+                var fast = [Float](repeating: 0, count: N * OC), reference = fast
+                update(&fast, copy: copies - 1, reference: false)
+                update(&reference, copy: copies - 1, reference: true)
+                return maxRelativeDifference(fast, reference, N * OC)
+            },
+            run: { for c in 0..<copies { update(&y, copy: c, reference: false) } })
+    }
+
+    /// The same update from 8-bit copies (`rk_lora_rows_q8`: A and Bᵀ in 8-bit integers, a scale per row of each).
+    public static func loraRowsInt8(rows N: Int, inputs C: Int, outputs OC: Int, rank r: Int, copies: Int = 32) throws
+        -> KernelWorkload
+    {
+        guard N > 0, C > 0, OC > 0, r > 0, copies > 0 else {
+            throw TensorError.invalidArgument(
+                operation: "KernelWorkload.loraRowsInt8", detail: "\(N) rows, \(C) -> \(OC), rank \(r) x \(copies)")
+        }
+        let adapters = N * copies
+        var rng = SeededGenerator(seed: 35)
+        let tables = AdapterTables<Int8>(
+            a: (0..<(adapters * r * C)).map { _ in Int8(truncatingIfNeeded: Int(rng.next() % 255) - 127) },
+            b: (0..<(adapters * r * OC)).map { _ in Int8(truncatingIfNeeded: Int(rng.next() % 255) - 127) },
+            rows: N, copies: copies, aStride: r * C, bStride: r * OC)
+        let scaleTables = AdapterTables<Float>(
+            a: (0..<(adapters * r)).map { _ in rng.nextUniform() * 1e-3 },
+            b: (0..<(adapters * r)).map { _ in rng.nextUniform() * 1e-3 },
+            rows: N, copies: copies, aStride: r, bStride: r)
+        let x = try Tensor.normal([N, C], seed: 34).scalars
+        let ranks = [Int32](repeating: Int32(r), count: N), scales = [Float](repeating: 2, count: N)
+        var y = [Float](repeating: 0, count: N * OC), work = [Float](repeating: 0, count: r)
+        func update(_ y: inout [Float], copy c: Int, reference: Bool) {
+            let (ap, bp, sa, sb) = (tables.a[c], tables.b[c], scaleTables.a[c], scaleTables.b[c])
+            if reference {
+                rk_lora_rows_q8_ref(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, sa, bp, sb, ranks, scales, &work)
+            } else {
+                rk_lora_rows_q8(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, sa, bp, sb, ranks, scales, &work)
+            }
+        }
+        return KernelWorkload(
+            name: "LoRA rows int8 \(N)x\(C) -> \(OC) r\(r), one thread",
             flops: 2.0 * Double(N * r * (C + OC) * copies), tolerance: 1e-4,
             verify: {
                 var fast = [Float](repeating: 0, count: N * OC), reference = fast
@@ -449,25 +490,26 @@ extension KernelWorkload {
             list.append(("Q4_1 interleaved \(rows)x", { try interleavedQ4_1(rows: rows, inputs: 576, outputs: 1536) }))
         }
         list.append(("LoRA rows half", { try loraRowsHalf(rows: 8, inputs: 576, outputs: 1536, rank: 16) }))
+        list.append(("LoRA rows int8", { try loraRowsInt8(rows: 8, inputs: 576, outputs: 1536, rank: 16) }))
         return list
     }()
 }
 
 /// Half-precision adapter weights in memory of their own, with each copy's table of per-row pointers into them (what
 /// `rk_lora_rows_f16` takes), so that a timed loop passes tables instead of building them.
-private final class HalfAdapterTables {
-    private let storage: [UnsafeMutableBufferPointer<UInt16>]
-    let a: [[UnsafePointer<UInt16>?]], b: [[UnsafePointer<UInt16>?]]
+private final class AdapterTables<E> {
+    private let storage: [UnsafeMutableBufferPointer<E>]
+    let a: [[UnsafePointer<E>?]], b: [[UnsafePointer<E>?]]
 
-    init(a va: [UInt16], b vb: [UInt16], rows N: Int, copies: Int, aStride: Int, bStride: Int) {
-        func place(_ v: [UInt16]) -> UnsafeMutableBufferPointer<UInt16> {
-            let p = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: max(v.count, 1))
+    init(a va: [E], b vb: [E], rows N: Int, copies: Int, aStride: Int, bStride: Int) {
+        func place(_ v: [E]) -> UnsafeMutableBufferPointer<E> {
+            let p = UnsafeMutableBufferPointer<E>.allocate(capacity: max(v.count, 1))
             _ = p.initialize(from: v)
             return p
         }
         let (pa, pb) = (place(va), place(vb))
         storage = [pa, pb]
-        func tables(_ p: UnsafeMutableBufferPointer<UInt16>, _ stride: Int) -> [[UnsafePointer<UInt16>?]] {
+        func tables(_ p: UnsafeMutableBufferPointer<E>, _ stride: Int) -> [[UnsafePointer<E>?]] {
             (0..<copies).map { c in (0..<N).map { UnsafePointer(p.baseAddress! + (c * N + $0) * stride) } }
         }
         (a, b) = (tables(pa, aStride), tables(pb, bStride))

@@ -321,11 +321,11 @@ struct ServerTests {
     }
 
     /// Adapters load and unload while the server runs.
-    /// Also with LoRA weights read from half-precision copies: the copies are made when decoding reads them and go
-    /// when an adapter is unloaded.
-    @Test(arguments: [false, true])
-    func adaptersLoadAndUnloadAtRunTime(halfPrecisionLoRA: Bool) async throws {
-        let running = try await Self.start { $0.halfPrecisionLoRA = halfPrecisionLoRA }
+    /// Also with LoRA weights read from half-precision or 8-bit copies: the copies are made when decoding reads them
+    /// and go when an adapter is unloaded.
+    @Test(arguments: [nil, .half, .int8] as [LoRACopies.Precision?])
+    func adaptersLoadAndUnloadAtRunTime(loraPrecision: LoRACopies.Precision?) async throws {
+        let running = try await Self.start { $0.loraPrecision = loraPrecision }
         defer { running.stop() }
         let client = running.client
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("reins-serve-\(UUID().uuidString)")
@@ -346,9 +346,9 @@ struct ServerTests {
         }
         let (s1, a1) = try await answer("lora"), (s2, a2) = try await answer("lora2")
         #expect(s1 == 200 && s2 == 200 && a1 == a2, "the reloaded adapter answers as the original")
-        let copies = { try await running.server.engine.run { $0.halfPrecisionLoRA.count } }
+        let copies = { try await running.server.engine.run { $0.loraCopies?.count ?? 0 } }
         // Two adapters' LoRAs, each on q_proj, v_proj and down_proj of the 2 layers.
-        #expect(try await copies() == (halfPrecisionLoRA ? 12 : 0))
+        #expect(try await copies() == (loraPrecision != nil ? 12 : 0))
         let deleted = try await Self.blocking { try client.request("DELETE", "/v1/adapters/lora2") }
         #expect(deleted.status == 200)
         #expect(try await copies() == 0)

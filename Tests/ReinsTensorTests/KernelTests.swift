@@ -344,11 +344,12 @@ struct KernelTests: PerInstructionSet {
     }
 
     /// The mixed-adapter LoRA update (each row its own A, B, rank and scale; a row without an adapter untouched), with
-    /// float32 weights and with half-precision ones with B transposed (a server's copies): against its scalar
-    /// reference and against the products of the weights' values written out in Double; ranks below, at, twice and
-    /// above one vector (8), output widths that are not multiples of 8 and inputs not of 16.
-    @Test(arguments: instructionSets, [false, true])
-    func loraRowsMatchReference(isa: Int32, half: Bool) {
+    /// float32 weights, half-precision ones with B transposed and 8-bit ones with B transposed and a scale per row of A
+    /// and of Bᵀ (a server's copies): against its scalar reference and against the products of the weights' values
+    /// written out in Double; ranks below, at, twice and above one vector (8), output widths that are not multiples of
+    /// 8 and inputs not of 16.
+    @Test(arguments: instructionSets, ["float", "half", "int8"])
+    func loraRowsMatchReference(isa: Int32, precision: String) {
         with(isa) {
             let (rows, T, inp, out) = (5, 2, 45, 23)
             let ranks: [Int32] = [3, 8, 0, 17, 16]  // row 2 has no adapter
@@ -356,20 +357,39 @@ struct KernelTests: PerInstructionSet {
             let As = ranks.enumerated().map { randomFloats(Int($0.element) * inp, seed: UInt64(170 + $0.offset)) }
             let Bs = ranks.enumerated().map { randomFloats(out * Int($0.element), seed: UInt64(180 + $0.offset)) }
             let (Ah, Bh) = (As.map { $0.map(rk_float_to_half) }, Bs.map { $0.map(rk_float_to_half) })
+            // 8-bit: any integers in -127...127 with any positive scales (the kernel applies what it is given); B
+            // transposed. Row 3's A row 0 is all zero with a zero scale.
+            var generator = SeededGenerator(seed: 195)
+            let Aq = ranks.map { r in (0..<(Int(r) * inp)).map { _ in Int8(Int(generator.next() % 255) - 127) } }
+            let Bq = ranks.map { r in (0..<(Int(r) * out)).map { _ in Int8(Int(generator.next() % 255) - 127) } }
+            var As8 = ranks.map { r in (0..<Int(r)).map { _ in Float(generator.nextUniform()) * 0.02 + 1e-3 } }
+            let Bs8 = ranks.map { r in (0..<Int(r)).map { _ in Float(generator.nextUniform()) * 0.02 + 1e-3 } }
+            var Aq3 = Aq
+            for k in 0..<inp { Aq3[3][k] = 0 }
+            As8[3][0] = 0
             let x = randomFloats(rows * T * inp, seed: 190), y0 = randomFloats(rows * T * out, seed: 191)
             var y = y0, yr = y0, work = [Float](repeating: 0, count: 17), workr = work
-            // Double: the values the kernel reads (half-rounded for half), B [out, r] or, in half, [r, out].
-            let value = { (w: [Float], h: [UInt16]) in half ? h.map { Double(rk_half_to_float($0)) } : w.map(Double.init) }
+            // Double: the values the kernel reads (half-rounded for half, integer times its row's scale for int8), B
+            // [out, r] in float32 or, in the copies, [r, out].
+            let value = { (row: Int, isA: Bool) -> [Double] in
+                switch precision {
+                case "half": return (isA ? Ah[row] : Bh[row]).map { Double(rk_half_to_float($0)) }
+                case "int8":
+                    let (q, s, width) = isA ? (Aq3[row], As8[row], inp) : (Bq[row], Bs8[row], out)
+                    return q.indices.map { Double(q[$0]) * Double(s[$0 / width]) }
+                default: return (isA ? As[row] : Bs[row]).map(Double.init)
+                }
+            }
             var expected = y0.map(Double.init)
             for row in 0..<rows where ranks[row] > 0 {
                 let r = Int(ranks[row])
-                let (a, b) = (value(As[row], Ah[row]), value(Bs[row], Bh[row]))
+                let (a, b) = (value(row, true), value(row, false))
                 for t in 0..<T {
                     let base = row * T + t
                     let xa = (0..<r).map { j in (0..<inp).reduce(0.0) { $0 + a[j * inp + $1] * Double(x[base * inp + $1]) } }
                     for o in 0..<out {
                         expected[base * out + o] += Double(scales[row]) * (0..<r).reduce(0.0) {
-                            $0 + (half ? b[$1 * out + o] : b[o * r + $1]) * xa[$1]
+                            $0 + (precision != "float" ? b[$1 * out + o] : b[o * r + $1]) * xa[$1]
                         }
                     }
                 }
@@ -382,19 +402,29 @@ struct KernelTests: PerInstructionSet {
                     }
                 }
             }
-            if half {
+            switch precision {
+            case "half":
                 run(Ah, Bh) { ap, bp in
                     rk_lora_rows_f16(&y, x, n, ti, ci, co, ap, bp, ranks, scales, &work)
                     rk_lora_rows_f16_ref(&yr, x, n, ti, ci, co, ap, bp, ranks, scales, &workr)
                 }
-            } else {
+            case "int8":
+                run(Aq3, Bq) { ap, bp in
+                    As8.withPointers { sa in
+                        Bs8.withPointers { sb in
+                            rk_lora_rows_q8(&y, x, n, ti, ci, co, ap, sa, bp, sb, ranks, scales, &work)
+                            rk_lora_rows_q8_ref(&yr, x, n, ti, ci, co, ap, sa, bp, sb, ranks, scales, &workr)
+                        }
+                    }
+                }
+            default:
                 run(As, Bs) { ap, bp in
                     rk_lora_rows(&y, x, n, ti, ci, co, ap, bp, ranks, scales, &work)
                     rk_lora_rows_ref(&yr, x, n, ti, ci, co, ap, bp, ranks, scales, &workr)
                 }
             }
-            expectClose(y, yr, atol: 1e-5, rtol: 1e-5, "lora rows (half \(half)) vs reference")
-            expectClose(yr, expected.map(Float.init), atol: 1e-4, rtol: 1e-4, "lora rows (half \(half)) vs Double")
+            expectClose(y, yr, atol: 1e-5, rtol: 1e-5, "lora rows (\(precision)) vs reference")
+            expectClose(yr, expected.map(Float.init), atol: 1e-4, rtol: 1e-4, "lora rows (\(precision)) vs Double")
             #expect(Array(y[(2 * T * out)..<(3 * T * out)]) == Array(y0[(2 * T * out)..<(3 * T * out)]), "the row without an adapter")
         }
     }

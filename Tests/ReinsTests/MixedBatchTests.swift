@@ -265,57 +265,106 @@ struct MixedBatchTests {
         try expectEachRowAlone(try routed(), "after 'lora' added anew on q_proj only")
     }
 
-    /// A routed batch reading LoRA weights from half-precision copies equals the float path over weights rounded to
-    /// half precision (so the copies are what is read, and read whole), differs from the unrounded weights by more
-    /// (the rounding shows), leaves rows without a LoRA as they were, and after `removeAll` reads changed weights anew.
-    /// Only the LoRAs the row kernel reads are copied (a DoRA row is computed in float32, its LoRAs not copied).
-    @Test(arguments: ["gpt2-lm", "llama-tiny"])
-    func halfPrecisionLoRACopiesAreTheRoundedWeights(family: String) throws {
+    /// A routed batch reading LoRA weights from copies (half precision; 8-bit integers with a scale per row of A and
+    /// of Bᵀ) equals the float path over the weights rounded as the copies store them (so the copies are what is read,
+    /// and read whole), differs from the unrounded weights by more (the rounding shows), leaves rows without a LoRA as
+    /// they were, and after `removeAll` reads changed weights anew. Only the LoRAs the row kernel reads are copied (a
+    /// DoRA row is computed in float32, its LoRAs not copied).
+    @Test(arguments: ["gpt2-lm", "llama-tiny"], LoRACopies.Precision.allCases)
+    func loraCopiesAreTheRoundedWeights(family: String, precision: LoRACopies.Precision) throws {
         let (model, _) = try Self.adapted(family)
         let routing: [String?] = ["lora", nil, "lora-r3", "lora-embedding-head", "ia3", "lora", "dora"]
         let ids = try IntTensor(shape: [routing.count, 4], values: (0..<(routing.count * 4)).map { Int32(3 + ($0 * 5) % 40) })
-        let copies = HalfPrecisionLoRACopies()
-        func run(_ half: HalfPrecisionLoRACopies?) throws -> [Float] {
+        let copies = LoRACopies(precision: precision)
+        func run(_ copies: LoRACopies?) throws -> [Float] {
             try Autograd.withoutGradients {
                 try model.withAdapters(perRow: routing) {
-                    try model.routingRows(routing, halfLoRA: half) { try Self.logits(model, ids).scalars }
+                    try model.routingRows(routing, loraCopies: copies) { try Self.logits(model, ids).scalars }
                 }
             }
         }
-        let float = try run(nil), half = try run(copies)
-        // The same weights rounded to half precision, read in float.
+        let float = try run(nil), copied = try run(copies)
+        // The same weights rounded as the copies store them, read in float.
         let loras = ["lora", "lora-r3", "lora-embedding-head"].flatMap { name in
             model.namedModules().compactMap { ($0.module as? Linear)?.loras[name] }
         }
         #expect(!loras.isEmpty)
         #expect(copies.count == loras.count, "the plain LoRAs' copies, none of DoRA's (\(copies.count) of \(loras.count))")
         let saved = loras.map { ($0.a.value, $0.b.value) }
-        func rounded(_ t: Tensor) throws -> Tensor {
-            try Tensor(shape: t.shape, values: t.scalars.map { rk_half_to_float(rk_float_to_half($0)) })
+        // Half: each value rounded. 8-bit: A's rows ([rank, in]) and B's columns (Bᵀ's rows), each on a grid of
+        // 255 steps spanning its largest magnitude.
+        func rounded(_ t: Tensor, perColumn: Bool) throws -> Tensor {
+            var v = t.scalars
+            guard precision == .int8 else { return try Tensor(shape: t.shape, values: v.map { rk_half_to_float(rk_float_to_half($0)) }) }
+            let (n, m) = (t.shape[0], t.count / t.shape[0])
+            let lines = perColumn ? (0..<m).map { j in (0..<n).map { $0 * m + j } } : (0..<n).map { i in (0..<m).map { i * m + $0 } }
+            for line in lines {
+                let step = line.map { abs(v[$0]) }.max()! / 127
+                for i in line where step > 0 { v[i] = (v[i] / step).rounded() * step }
+            }
+            return try Tensor(shape: t.shape, values: v)
         }
         for l in loras {
-            l.a.replaceValue(try rounded(l.a.value))
-            l.b.replaceValue(try rounded(l.b.value))
+            l.a.replaceValue(try rounded(l.a.value, perColumn: false))
+            l.b.replaceValue(try rounded(l.b.value, perColumn: true))
         }
         let roundedFloat = try run(nil)
         let (near, far) = (
-            zip(half, roundedFloat).map { abs($0 - $1) }.max() ?? 0, zip(half, float).map { abs($0 - $1) }.max() ?? 0
+            zip(copied, roundedFloat).map { abs($0 - $1) }.max() ?? 0, zip(copied, float).map { abs($0 - $1) }.max() ?? 0
         )
-        expectClose(half, roundedFloat, atol: 2e-5, rtol: 1e-5, "\(family): half copies vs rounded weights")
+        expectClose(copied, roundedFloat, atol: 2e-5, rtol: 1e-5, "\(family): \(precision) copies vs rounded weights")
         #expect(far > 10 * near, "\(family): the rounding shows (\(far) against \(near))")
         // Rows 1 and 4 (no LoRA) are unchanged by the copies.
         let V = model.vocabularySize, per = 4 * V
         for row in [1, 4] {
-            #expect(Array(half[(row * per)..<((row + 1) * per)]) == Array(float[(row * per)..<((row + 1) * per)]), "row \(row)")
+            #expect(Array(copied[(row * per)..<((row + 1) * per)]) == Array(float[(row * per)..<((row + 1) * per)]), "row \(row)")
         }
         // Changed weights: the old copies still read the old ones until removeAll.
         for (l, (a, b)) in zip(loras, saved) {
             l.a.replaceValue(a)
             l.b.replaceValue(b.scaled(by: 2))
         }
-        #expect(try run(copies) == half)
+        #expect(try run(copies) == copied)
         copies.removeAll()
-        #expect(try run(copies) != half)
+        #expect(try run(copies) != copied)
+    }
+
+    /// 8-bit copies of weights that are not ordinary numbers, made without a trap: an infinity in one LoRA's A (its
+    /// row's logits are then not finite, as float32's are: the copy's row reads as NaN), and another LoRA's B of
+    /// subnormal magnitudes, whose step is rounded so coarsely that quotients pass 127 (clamped). The row without an
+    /// adapter stays finite.
+    @Test func int8CopiesOfUnusualWeights() throws {
+        let (model, _) = try Self.adapted("llama-tiny")
+        let loras = model.namedModules().compactMap { ($0.module as? Linear)?.loras["lora"] }
+        let subnormal = model.namedModules().compactMap { ($0.module as? Linear)?.loras["lora-r3"] }
+        #expect(!loras.isEmpty && !subnormal.isEmpty)
+        // The last layer's down_proj: its output reaches the logits through the residual stream and the final norm.
+        let last = loras[loras.count - 1]
+        var a = last.a.value.scalars
+        a[1] = .infinity
+        last.a.replaceValue(try Tensor(shape: last.a.value.shape, values: a))
+        for l in subnormal {  // magnitudes 100...190 units of the smallest subnormal
+            let b = l.b.value
+            l.b.replaceValue(try Tensor(shape: b.shape, values: (0..<b.count).map { Float(bitPattern: UInt32(100 + $0 * 7 % 91)) }))
+        }
+        let routing: [String?] = ["lora", nil, "lora-r3"]
+        let ids = try IntTensor(shape: [3, 4], values: (0..<12).map { Int32(3 + $0 * 5 % 40) })
+        let copies = LoRACopies(precision: .int8)
+        func run(_ copies: LoRACopies?) throws -> [Float] {
+            try Autograd.withoutGradients {
+                try model.withAdapters(perRow: routing) {
+                    try model.routingRows(routing, loraCopies: copies) { try Self.logits(model, ids).scalars }
+                }
+            }
+        }
+        let (float, copied) = (try run(nil), try run(copies))
+        let per = 4 * model.vocabularySize
+        for values in [float, copied] {
+            #expect(values[0..<per].contains { !$0.isFinite }, "the row whose LoRA has an infinity")
+            #expect(!values[per...].contains { !$0.isFinite }, "the other rows")
+        }
+        // Subnormal B: an update far below the rounding of the rest.
+        expectClose(Array(copied[(2 * per)...]), Array(float[(2 * per)...]), atol: 1e-5, rtol: 1e-5, "subnormal LoRA row")
     }
 
     /// A continuous batch's draw reads each row's logits in place (greedy and plain sampling copy nothing): the same

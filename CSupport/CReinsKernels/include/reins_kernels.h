@@ -234,6 +234,14 @@ void rk_lora_rows_f16(float *y, const float *x, int rows, int T, int in, int out
                       const uint16_t *const *bt, const int *rank, const float *scale, float *work);
 void rk_lora_rows_f16_ref(float *y, const float *x, int rows, int T, int in, int out, const uint16_t *const *a,
                           const uint16_t *const *bt, const int *rank, const float *scale, float *work);
+// And with A and Bᵀ in 8-bit integers, each of their rows with a float scale (a_scale[row]: rank values, A's row j is
+// a_scale[row][j]·a[row][j, :]; bt_scale likewise for Bᵀ): a quarter of float32's bytes.
+void rk_lora_rows_q8(float *y, const float *x, int rows, int T, int in, int out, const int8_t *const *a,
+                     const float *const *a_scale, const int8_t *const *bt, const float *const *bt_scale,
+                     const int *rank, const float *scale, float *work);
+void rk_lora_rows_q8_ref(float *y, const float *x, int rows, int T, int in, int out, const int8_t *const *a,
+                         const float *const *a_scale, const int8_t *const *bt, const float *const *bt_scale,
+                         const int *rank, const float *scale, float *work);
 // ---- products with many rows (gemm.c) ----
 // C (M,N) = [C +] A (M,K) · op(B), op(B) = B stored (K,N), or Bᵀ with B stored (N,K) when b_transposed; row-major,
 // rows ldc, lda, ldb floats apart. Writes only rows [row_begin, row_end) of the 48-column panels

@@ -11,14 +11,14 @@ public struct AdapterRouting: Sendable {
 
     /// The adapter of each row (nil: the bare base).
     public let rows: [String?]
-    /// Half-precision copies to read LoRA weights from, if any.
-    let halfLoRA: HalfPrecisionLoRACopies?
+    /// Reduced-precision copies to read LoRA weights from, if any.
+    let loraCopies: LoRACopies?
     /// The distinct adapters, in order of first appearance, with their rows.
     let groups: [(name: String, rows: [Int])]
 
-    init(_ rows: [String?], halfLoRA: HalfPrecisionLoRACopies? = nil) {
+    init(_ rows: [String?], loraCopies: LoRACopies? = nil) {
         self.rows = rows
-        self.halfLoRA = halfLoRA
+        self.loraCopies = loraCopies
         var order: [String] = [], members: [String: [Int]] = [:]
         for (b, name) in rows.enumerated() {
             guard let name else { continue }
@@ -67,10 +67,8 @@ extension Module {
     /// ``withAdapters(perRow:_:)`` without its checks or activation changes, for a caller that has checked the names,
     /// knows that no adapter is merged and keeps none active (``ContinuousBatch``, once per decoding step: the checks
     /// walk the whole model).
-    func routingRows<R>(_ perRow: [String?], halfLoRA: HalfPrecisionLoRACopies? = nil, _ body: () throws -> R) rethrows
-        -> R
-    {
-        try AdapterRouting.$current.withValue(AdapterRouting(perRow, halfLoRA: halfLoRA), operation: body)
+    func routingRows<R>(_ perRow: [String?], loraCopies: LoRACopies? = nil, _ body: () throws -> R) rethrows -> R {
+        try AdapterRouting.$current.withValue(AdapterRouting(perRow, loraCopies: loraCopies), operation: body)
     }
 
     /// The key of a module with an adapter merged into its weight, if any.
@@ -178,10 +176,11 @@ struct RoutedLinearAdapters {
 }
 
 /// What the LoRA row kernels read of one LoRA: A `[rank, in]`, B (`[out, rank]` in float32, transposed `[rank, out]`
-/// in half precision), its rank and scale.
+/// in a copy), its rank and scale; for 8-bit copies, the scales of A's and Bᵀ's rows.
 struct LoRARowWeights {
     let a: UnsafeRawPointer, b: UnsafeRawPointer
     let rank: Int32, scale: Float
+    var aScales: UnsafePointer<Float>? = nil, bScales: UnsafePointer<Float>? = nil
 }
 
 /// A linear layer's adapters for a routed batch's groups, looked up by name once and kept while the groups' names and
@@ -197,12 +196,12 @@ final class RoutedAdapterCache {
     /// Whether every group's adapter here is a plain LoRA (no DoRA magnitude, IA3, bias or other method): at inference
     /// its rows take the LoRA row kernel and nothing else.
     let plainLoRA: Bool
-    /// The half-precision copies of the groups' LoRAs from `halfSource` (held: their weights are read through
-    /// `halfWeights`), for the copies' `halfGeneration`.
-    private var halfSource: HalfPrecisionLoRACopies?
-    private var halfGeneration = -1
-    private var halfCopies: [HalfPrecisionLoRACopies.Copy?] = []
-    private var halfWeights: [LoRARowWeights?] = []
+    /// The copies of the groups' LoRAs from `copySource` (held: their weights are read through `copiedWeights`), for
+    /// the copies' `copyGeneration`.
+    private var copySource: LoRACopies?
+    private var copyGeneration = -1
+    private var copies: [LoRACopies.Copy?] = []
+    private var copiedWeights: [LoRARowWeights?] = []
 
     init(names: [String], epoch: Int, groups: [RoutedLinearAdapters?]) {
         (self.names, self.epoch, self.groups) = (names, epoch, groups)
@@ -218,33 +217,29 @@ final class RoutedAdapterCache {
         return true
     }
 
-    /// Each group's LoRA as the half-precision row kernel reads it from `copies` (nil: no LoRA, or one computed
-    /// otherwise — DoRA's rescaling, another method's chain —, which is not copied).
-    func halfWeights(_ copies: HalfPrecisionLoRACopies) -> [LoRARowWeights?] {
-        let generation = copies.generation
-        if halfSource === copies, halfGeneration == generation { return halfWeights }
-        halfCopies = groups.map { g in g.flatMap { $0.inPlace ? $0.lora : nil }.map { copies.copy(of: $0) } }
-        halfWeights = halfCopies.map { c in
-            c.map { LoRARowWeights(a: UnsafeRawPointer($0.a), b: UnsafeRawPointer($0.b), rank: $0.rank, scale: $0.scale) }
-        }
-        (halfSource, halfGeneration) = (copies, generation)
-        return halfWeights
+    /// Each group's LoRA as the row kernel reads it from `source`'s copies (nil: no LoRA, or one computed otherwise —
+    /// DoRA's rescaling, another method's chain —, which is not copied).
+    func copiedWeights(_ source: LoRACopies) -> [LoRARowWeights?] {
+        let generation = source.generation
+        if copySource === source, copyGeneration == generation { return copiedWeights }
+        copies = groups.map { g in g.flatMap { $0.inPlace ? $0.lora : nil }.map { source.copy(of: $0) } }
+        copiedWeights = copies.map { $0?.weights }
+        (copySource, copyGeneration) = (source, generation)
+        return copiedWeights
     }
 
     /// The rows of `routing`'s groups whose plain LoRA the row kernel adds in place, each with its LoRA's weights: the
-    /// half-precision copies from `copies` when given (no adapter object touched: each would be a cache miss in a
-    /// decoding step, whose weights evict them), the float32 tensors otherwise — returned in `held`, which the caller
-    /// keeps alive through the kernel.
-    func loraRows(_ routing: AdapterRouting, half copies: HalfPrecisionLoRACopies?)
-        -> (rows: [(Int, LoRARowWeights)], held: [Tensor])
-    {
+    /// copies from `copies` when given (no adapter object touched: each would be a cache miss in a decoding step,
+    /// whose weights evict them), the float32 tensors otherwise — returned in `held`, which the caller keeps alive
+    /// through the kernel.
+    func loraRows(_ routing: AdapterRouting, copies: LoRACopies?) -> (rows: [(Int, LoRARowWeights)], held: [Tensor]) {
         var rows: [(Int, LoRARowWeights)] = []
         var held: [Tensor] = []
-        let half = copies.map { halfWeights($0) }
+        let copied = copies.map { copiedWeights($0) }
         for (i, g) in routing.groups.enumerated() {
             let weights: LoRARowWeights
-            if let half {
-                guard let h = half[i] else { continue }
+            if let copied {
+                guard let h = copied[i] else { continue }
                 weights = h
             } else {
                 guard let a = groups[i], a.inPlace, let lora = a.lora else { continue }
@@ -290,12 +285,12 @@ extension Linear {
         let baseBias = biases?.base.value
         guard cache.any else { return try baseProduct(x, bias: baseBias, precomputed: precomputed) }
         let gathered = !Autograd.isEnabled && !TrainingMode.isActive
-        if gathered, cache.plainLoRA, let copies = routing.halfLoRA {
-            // A server's decoding step: the base product, then each row's LoRA from its half-precision copy — with
-            // no adapter object touched (each would be a cache miss: the step's weights evict them).
+        if gathered, cache.plainLoRA, let copies = routing.loraCopies {
+            // A server's decoding step: the base product, then each row's LoRA from its copy — with no adapter object
+            // touched (each would be a cache miss: the step's weights evict them).
             let product = try baseProduct(x, bias: nil, precomputed: precomputed)
             var y = try baseBias.map { try product + $0 } ?? product
-            try Self.addLoRARows(&y, input: x, cache.loraRows(routing, half: copies).rows, half: true)
+            try Self.addLoRARows(&y, input: x, cache.loraRows(routing, copies: copies).rows, precision: copies.precision)
             return y
         }
         let plans = zip(routing.groups, cache.groups).compactMap { g, a in a.map { (rows: g.rows, adapters: $0) } }
@@ -315,9 +310,11 @@ extension Linear {
         let product = try baseProduct(input, bias: nil, precomputed: precomputed)
         var y = try baseBias.map { try product + $0 } ?? product
         if gathered {
-            // Plain LoRA updates added to their rows, read from the half-precision copies when the batch has them.
-            let (rows, held) = cache.loraRows(routing, half: routing.halfLoRA)
-            try withExtendedLifetime(held) { try Self.addLoRARows(&y, input: input, rows, half: routing.halfLoRA != nil) }
+            // Plain LoRA updates added to their rows, read from the batch's copies when it has them.
+            let (rows, held) = cache.loraRows(routing, copies: routing.loraCopies)
+            try withExtendedLifetime(held) {
+                try Self.addLoRARows(&y, input: input, rows, precision: routing.loraCopies?.precision)
+            }
             // Their LoRA updates are in `y`: only their own biases and IA3 output scales are left.
             try y.adjustRows(plans.compactMap { p in
                 guard p.adapters.inPlace else { return nil }
@@ -351,9 +348,11 @@ extension Linear {
     }
 
     /// Adds `s·B·A·x` to each listed batch row of `y` (`[B, ..., out]`, fresh) with that row's LoRA weights (float32,
-    /// or the half-precision copies' layout when `half`), a kernel call per row, the rows shared among the threads
-    /// (8 adapters' updates read 8 adapters' weights). The weights must stay alive through the call.
-    static func addLoRARows(_ y: inout Tensor, input x: Tensor, _ rows: [(Int, LoRARowWeights)], half: Bool) throws {
+    /// or the copies' layout of `precision`), a kernel call per row, the rows shared among the threads (8 adapters'
+    /// updates read 8 adapters' weights). The weights must stay alive through the call.
+    static func addLoRARows(
+        _ y: inout Tensor, input x: Tensor, _ rows: [(Int, LoRARowWeights)], precision: LoRACopies.Precision?
+    ) throws {
         guard !rows.isEmpty else { return }
         let B = y.shape[0], T = y.count / max(B * y.shape[y.rank - 1], 1)
         let (inputs, outputs) = (x.shape[x.rank - 1], y.shape[y.rank - 1])
@@ -371,10 +370,16 @@ extension Linear {
                         let (row, w) = rows[i]
                         let (y, x, scratch) = (yp + row * T * outputs, xp + row * T * inputs, work.baseAddress!)
                         var (rank, scale) = (w.rank, w.scale)
-                        if half {
+                        switch precision {
+                        case .half:
                             var (a, b) = (Optional(w.a.assumingMemoryBound(to: UInt16.self)), Optional(w.b.assumingMemoryBound(to: UInt16.self)))
                             rk_lora_rows_f16(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &b, &rank, &scale, scratch)
-                        } else {
+                        case .int8:
+                            var (a, b) = (Optional(w.a.assumingMemoryBound(to: Int8.self)), Optional(w.b.assumingMemoryBound(to: Int8.self)))
+                            var (sa, sb) = (w.aScales, w.bScales)
+                            rk_lora_rows_q8(
+                                y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &sa, &b, &sb, &rank, &scale, scratch)
+                        case nil:
                             var (a, b) = (Optional(w.a.assumingMemoryBound(to: Float.self)), Optional(w.b.assumingMemoryBound(to: Float.self)))
                             rk_lora_rows(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &b, &rank, &scale, scratch)
                         }
@@ -385,44 +390,89 @@ extension Linear {
     }
 }
 
-/// Half-precision copies of LoRA weights for serving: a batch routed with them (``ContinuousBatch/halfPrecisionLoRA``)
-/// reads each LoRA's A and B as IEEE halves (nearest, ties to even) — half the bytes a decoding step reads for
-/// adapters, which is what a step with many large LoRAs waits on. A copy is made the first time a batch reads the LoRA
-/// and is of its weights as they were then: after changing a LoRA's weights, ``removeAll()``.
-public final class HalfPrecisionLoRACopies: @unchecked Sendable {
+/// Reduced-precision copies of LoRA weights for serving: a batch routed with them (``ContinuousBatch/loraCopies``)
+/// reads each LoRA's A and B from its copy — half the bytes a decoding step reads for adapters in half precision, a
+/// quarter in 8-bit integers — which is what a step with many large LoRAs waits on. A copy is made the first time a
+/// batch reads the LoRA and is of its weights as they were then: after changing a LoRA's weights, ``removeAll()``.
+public final class LoRACopies: @unchecked Sendable {
+    /// How a copy stores the weights.
+    public enum Precision: String, Sendable, CaseIterable {
+        /// IEEE half precision (nearest, ties to even): each weight within 2⁻¹¹ of its value, relatively.
+        case half
+        /// 8-bit integers with a float scale per row of A and of Bᵀ (symmetric: the row's largest magnitude is 127;
+        /// nearest): each weight within 1/254 of its row's largest magnitude.
+        case int8
+    }
+
     final class Copy {
         let lora: LoRA  // held, so that its identity is not reused while the copy lives
-        /// A `[rank, in]` and B transposed, `[rank, out]` (the kernel's layout).
-        let a: UnsafeMutablePointer<UInt16>, b: UnsafeMutablePointer<UInt16>
-        let rank: Int32, scale: Float
-        init(_ lora: LoRA) {
+        /// A `[rank, in]` and B transposed, `[rank, out]` (the kernels' layout), as `precision` stores them; for 8-bit
+        /// integers, each row's scale after its rows (`rank` floats past `rank·in`, past `rank·out`).
+        let a: UnsafeMutableRawPointer, b: UnsafeMutableRawPointer
+        let weights: LoRARowWeights
+
+        init(_ lora: LoRA, precision: Precision) {
             self.lora = lora
-            (rank, scale) = (Int32(lora.rank), lora.scale)
-            func half(_ t: Tensor, transposed: Bool) -> UnsafeMutablePointer<UInt16> {
-                let p = UnsafeMutablePointer<UInt16>.allocate(capacity: max(t.count, 1))
+            let rank = lora.rank
+            // `values` as `rows` rows of `columns`, transposed first when asked, stored as `precision` stores them.
+            func stored(_ t: Tensor, transposed: Bool) -> (UnsafeMutableRawPointer, UnsafePointer<Float>?) {
                 let v = t.storage.pointer
-                let (rows, columns) = (t.shape[0], t.count / max(t.shape[0], 1))
-                for i in 0..<rows {
-                    for j in 0..<columns {
-                        p[transposed ? j * rows + i : i * columns + j] = rk_float_to_half(v[i * columns + j])
+                let (n, m) = (t.shape[0], t.count / max(t.shape[0], 1))
+                let (rows, columns) = transposed ? (m, n) : (n, m)
+                let at = { (i: Int, j: Int) in transposed ? v[j * m + i] : v[i * columns + j] }
+                switch precision {
+                case .half:
+                    let p = UnsafeMutablePointer<UInt16>.allocate(capacity: max(rows * columns, 1))
+                    for i in 0..<rows { for j in 0..<columns { p[i * columns + j] = rk_float_to_half(at(i, j)) } }
+                    return (UnsafeMutableRawPointer(p), nil)
+                case .int8:
+                    let count = rows * columns
+                    let raw = UnsafeMutableRawPointer.allocate(
+                        byteCount: count + MemoryLayout<Float>.stride * (rows + 1), alignment: MemoryLayout<Float>.alignment)
+                    let q = raw.assumingMemoryBound(to: Int8.self)
+                    // The scales start at the first float boundary after the integers.
+                    let offset = (count + MemoryLayout<Float>.stride - 1) / MemoryLayout<Float>.stride
+                    let scales = (raw + offset * MemoryLayout<Float>.stride).bindMemory(to: Float.self, capacity: rows)
+                    for i in 0..<rows {
+                        var (largest, finite) = (Float(0), true)
+                        for j in 0..<columns {
+                            let m = abs(at(i, j))
+                            finite = finite && m.isFinite
+                            largest = max(largest, m)
+                        }
+                        // A row with an infinity or NaN reads as NaN (as its float32 update would be), not as a trap.
+                        let step = finite ? largest / 127 : .nan
+                        scales[i] = step
+                        for j in 0..<columns {
+                            // Clamped: a subnormal step is rounded coarsely, and the quotient may pass 127.
+                            q[i * columns + j] = finite && step > 0 ? Int8(max(-127, min(127, (at(i, j) / step).rounded()))) : 0
+                        }
                     }
+                    return (raw, UnsafePointer(scales))
                 }
-                return p
             }
-            (a, b) = withExtendedLifetime(lora) {
-                (half(lora.a.value, transposed: false), half(lora.b.value, transposed: true))
+            let ((a, aScales), (b, bScales)) = withExtendedLifetime(lora) {
+                (stored(lora.a.value, transposed: false), stored(lora.b.value, transposed: true))
             }
+            (self.a, self.b) = (a, b)
+            weights = LoRARowWeights(
+                a: UnsafeRawPointer(a), b: UnsafeRawPointer(b), rank: Int32(rank), scale: lora.scale,
+                aScales: aScales, bScales: bScales)
         }
         deinit {
             a.deallocate()
             b.deallocate()
         }
     }
+    /// How the copies store the weights.
+    public let precision: Precision
     private var copies: [ObjectIdentifier: Copy] = [:]
     private var changes = 0
     private let lock = NSLock()
 
-    public init() {}
+    public init(precision: Precision = .half) {
+        self.precision = precision
+    }
 
     /// LoRAs copied so far.
     public var count: Int { lock.withLock { copies.count } }
@@ -441,7 +491,7 @@ public final class HalfPrecisionLoRACopies: @unchecked Sendable {
     func copy(of lora: LoRA) -> Copy {
         lock.withLock {
             if let c = copies[ObjectIdentifier(lora)] { return c }
-            let c = Copy(lora)
+            let c = Copy(lora, precision: precision)
             copies[ObjectIdentifier(lora)] = c
             return c
         }

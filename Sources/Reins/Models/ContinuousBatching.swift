@@ -121,7 +121,7 @@ extension CausalLanguageModel {
         guard let keep else { return try outputLogits(h).reshaped([tokens.count, vocabularySize]) }
         h = try h.rows(keep)
         // The output layer sees the kept rows only: so does the routing (an adapter on the output layer).
-        let routing = AdapterRouting.current.map { r in AdapterRouting(keep.map { r.rows[$0] }, halfLoRA: r.halfLoRA) }
+        let routing = AdapterRouting.current.map { r in AdapterRouting(keep.map { r.rows[$0] }, loraCopies: r.loraCopies) }
         return try AdapterRouting.$current.withValue(routing) {
             try outputLogits(h).reshaped([keep.count, vocabularySize])
         }
@@ -209,10 +209,10 @@ public final class ContinuousBatch {
     public var prefillChunk = 256 {
         didSet { prefillChunk = max(1, prefillChunk) }
     }
-    /// Set, the steps read every LoRA's weights from these half-precision copies (half the adapter bytes per step;
-    /// each LoRA's update then differs from float32's by the weights' rounding, ~1e-3 relative). Nil (the default):
-    /// float32, each request's tokens those it gets alone.
-    public var halfPrecisionLoRA: HalfPrecisionLoRACopies?
+    /// Set, the steps read every plain LoRA's weights from these copies (half or a quarter of the adapter bytes per
+    /// step; each LoRA's update then differs from float32's by the weights' rounding: ~1e-3 relative in half
+    /// precision, ~1e-2 in 8-bit integers). Nil (the default): float32, each request's tokens those it gets alone.
+    public var loraCopies: LoRACopies?
     /// A request in the batch: its cache and generator; while it joins, how much of its prompt is fed, after `start`
     /// cached positions (a prefix's), and `alone` when its adapter brings prompt vectors (a pass of its own); once it
     /// runs, `next`, its last token (the next step's input).
@@ -354,7 +354,7 @@ public final class ContinuousBatch {
         // there are none, a pass that only feeds prompts still computes one row's logits and drops them).
         let drawn = keep.count
         let logits = try Autograd.withoutGradients {
-            try model.routingRows(adapters, halfLoRA: halfPrecisionLoRA) {
+            try model.routingRows(adapters, loraCopies: loraCopies) {
                 try model.rowLogits(tokens, caches: caches, positions: positions, keep: drawn > 0 ? keep : [tokens.count - 1])
             }
         }
