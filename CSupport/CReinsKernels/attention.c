@@ -354,6 +354,7 @@ static float ref_lse(const float *qi, const float *kh, const int32_t *km, int i,
     for (int j = 0; j < Tk; j++)
         if (ref_visible(i, j, km, Tk, causal, off, w)) {
             float s = ref_score(qi, kh + RK_IDX(j, 0, hs), hs, scale);
+            if (isnan(s)) return NAN;  // a NaN score makes the row NaN (as the kernels' row maximum does)
             m = s > m ? s : m;
         }
     if (m == -INFINITY) return -INFINITY;

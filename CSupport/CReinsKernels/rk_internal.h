@@ -51,11 +51,12 @@ static inline RK_AVX2 float rk_hmax256(__m256 v) {
 }
 // e^x: x = n·ln2 + r with |r| <= ln2/2 (ln2 split in two parts for accuracy), a degree-6 polynomial for e^r, and
 // 2^n put into the exponent bits. Relative error about 2 ulp on [-87, 88]; below that the result flushes to 0,
-// above it saturates at +inf.
+// above it saturates at +inf; NaN gives NaN (the clamp's operands in this order pass a NaN on: max and min return
+// their second operand when either is NaN).
 static inline RK_AVX2 __m256 rk_exp256(__m256 x) {
     const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447505531f);
     __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -101,7 +102,7 @@ static inline RK_AVX2 __m256 rk_erf256(__m256 x) { return rk_erf_gauss256(x, NUL
 static inline RK_AVX512 __m512 rk_exp512(__m512 x) {
     const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365447505531f);
     __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+    x = _mm512_min_ps(hi, _mm512_max_ps(lo, x));  // NaN passed on, as in rk_exp256
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);

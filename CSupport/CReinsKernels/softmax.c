@@ -6,9 +6,14 @@
 #include <string.h>
 
 // ---- row primitives: max, Σ e^{x-c} (optionally storing the exponentials), scaling ----------------------------
+// The row maxima are NaN when the row has a NaN (a comparison alone would skip it, and a softmax, cross-entropy or
+// attention row of NaN would then read as finite, or as a row with nothing visible).
 static float row_max_scalar(const float *x, int C) {
     float m = -INFINITY;
-    for (int j = 0; j < C; j++) m = x[j] > m ? x[j] : m;
+    for (int j = 0; j < C; j++) {
+        if (isnan(x[j])) return NAN;
+        m = x[j] > m ? x[j] : m;
+    }
     return m;
 }
 static float row_expsum_scalar(float *y, const float *x, float c, int C) {
@@ -22,11 +27,19 @@ static float row_expsum_scalar(float *y, const float *x, float c, int C) {
 }
 #if RK_X86
 static RK_AVX2 float row_max_avx2(const float *x, int C) {
-    __m256 m = _mm256_set1_ps(-INFINITY);
+    __m256 m = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
     int j = 0;
-    for (; j + 8 <= C; j += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + j));
+    for (; j + 8 <= C; j += 8) {
+        __m256 v = _mm256_loadu_ps(x + j);
+        m = _mm256_max_ps(m, v);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    if (_mm256_movemask_ps(nan)) return NAN;
     float r = rk_hmax256(m);
-    for (; j < C; j++) r = x[j] > r ? x[j] : r;
+    for (; j < C; j++) {
+        if (isnan(x[j])) return NAN;
+        r = x[j] > r ? x[j] : r;
+    }
     return r;
 }
 static RK_AVX2 float row_expsum_avx2(float *y, const float *x, float c, int C) {
@@ -98,13 +111,26 @@ static RK_AVX2 void ce_grad_set_row_avx2(float *dx, const float *x, float lse, f
 // AVX-512: the rows of a language model's output layer (tens of thousands of classes) go through these.
 static RK_AVX512 float row_max_avx512(const float *x, int C) {
     __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+    __mmask16 nan = 0;
     int j = 0;
     for (; j + 32 <= C; j += 32) {
-        m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + j));
-        m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + j + 16));
+        __m512 v0 = _mm512_loadu_ps(x + j), v1 = _mm512_loadu_ps(x + j + 16);
+        m0 = _mm512_max_ps(m0, v0);
+        m1 = _mm512_max_ps(m1, v1);
+        nan |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q);
     }
-    if (j + 16 <= C) { m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + j)); j += 16; }
-    if (j < C) m1 = _mm512_max_ps(m1, _mm512_mask_loadu_ps(m1, (__mmask16)((1u << (C - j)) - 1), x + j));
+    if (j + 16 <= C) {
+        __m512 v = _mm512_loadu_ps(x + j);
+        m0 = _mm512_max_ps(m0, v);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        j += 16;
+    }
+    if (j < C) {
+        __m512 v = _mm512_mask_loadu_ps(m1, (__mmask16)((1u << (C - j)) - 1), x + j);
+        m1 = _mm512_max_ps(m1, v);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    }
+    if (nan) return NAN;
     return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
 }
 static RK_AVX512 float row_expsum_avx512(float *y, const float *x, float c, int C) {

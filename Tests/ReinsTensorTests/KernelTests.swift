@@ -287,6 +287,60 @@ struct KernelTests: PerInstructionSet {
         }
     }
 
+    /// A NaN reaches the output, on every instruction set: a softmax row with a NaN is NaN (the other rows as they
+    /// were), so are a cross-entropy row's loss and gradient, SwiGLU and GELU of NaN are NaN, and an attention query row with a NaN gives that
+    /// row's output and log-sum-exp NaN and leaves the other rows finite. (A row maximum taken by comparisons alone
+    /// skips a NaN, and an exponential that clamps its argument first turns it into a bound: a query row of NaN then
+    /// read as a row with no visible key, a zero row.)
+    @Test(arguments: instructionSets)
+    func nanPropagates(isa: Int32) {
+        with(isa) {
+            for C in [5, 37, 70] {
+                var x = randomFloats(3 * C, seed: 61)
+                x[C + C / 2] = .nan
+                var y = [Float](repeating: 0, count: x.count)
+                rk_softmax_forward(&y, x, 3, Int32(C))
+                #expect(y[C..<(2 * C)].allSatisfy { $0.isNaN }, "softmax row with a NaN, C \(C)")
+                #expect(!y[0..<C].contains { !$0.isFinite } && !y[(2 * C)...].contains { !$0.isFinite }, "other rows")
+            }
+            // Cross-entropy: the row's loss, log-sum-exp and whole gradient row NaN (e^(x - NaN) is NaN, not 0).
+            let V = 45
+            var logits = randomFloats(3 * V, seed: 67)
+            logits[V + 7] = .nan
+            let targets: [Int32] = [1, 2, 3]
+            var losses = [Float](repeating: 0, count: 3), rowLSE = losses, bad: Int32 = -1
+            #expect(rk_crossentropy_forward(&losses, &rowLSE, logits, targets, 3, Int32(V), -100, &bad) == 0)
+            #expect(losses[1].isNaN && rowLSE[1].isNaN && losses[0].isFinite && losses[2].isFinite, "cross-entropy")
+            var dlogits = [Float](repeating: 0, count: logits.count)
+            rk_crossentropy_gradient(&dlogits, logits, rowLSE, targets, 0.5, 3, Int32(V), -100)
+            #expect(dlogits[V..<(2 * V)].allSatisfy { $0.isNaN }, "the NaN row's gradient")
+            #expect(!dlogits[0..<V].contains { !$0.isFinite } && !dlogits[(2 * V)...].contains { !$0.isFinite })
+            let n = 37
+            var gate = randomFloats(n, seed: 62), up = randomFloats(n, seed: 63)
+            gate[3] = .nan
+            gate[20] = .nan
+            var out = [Float](repeating: 0, count: n), gelu = out
+            rk_swiglu_forward(&out, gate, up, n)
+            rk_gelu_forward(&gelu, gate, n, 1)
+            for (name, values) in [("SwiGLU", out), ("GELU", gelu)] {
+                #expect(values[3].isNaN && values[20].isNaN, "\(name) of NaN")
+                #expect(values.enumerated().allSatisfy { $0.offset == 3 || $0.offset == 20 || $0.element.isFinite }, "\(name)")
+            }
+            let (B, NH, T, hs) = (1, 2, 9, 17)
+            var q = randomFloats(B * NH * T * hs, seed: 64)
+            let k = randomFloats(q.count, seed: 65), v = randomFloats(q.count, seed: 66)
+            q[(1 * T + 4) * hs + 5] = .nan  // head 1, query row 4
+            var o = [Float](repeating: 0, count: q.count), lse = [Float](repeating: 0, count: B * NH * T)
+            var scratch = [Float](repeating: 0, count: 2 * T * T + T)
+            rk_attention_forward(
+                &o, &lse, q, k, v, nil, Int32(B), Int32(NH), Int32(NH), Int32(T), Int32(T), Int32(hs),
+                1 / Float(hs).squareRoot(), 1, 0, 0, nil, 0, Int32(B * NH), &scratch)
+            let row = (1 * T + 4) * hs
+            #expect(o[row..<(row + hs)].allSatisfy { $0.isNaN } && lse[T + 4].isNaN, "the NaN query's row")
+            #expect(o.enumerated().allSatisfy { ($0.offset >= row && $0.offset < row + hs) || $0.element.isFinite }, "other rows")
+        }
+    }
+
     func checkAttention(_ c: AttentionCase, dropout: rk_attention_dropout?) {
         withUnsafePointer(to: dropout ?? rk_attention_dropout()) { d in checkAttention(c, dropout.map { _ in d }) }
     }
