@@ -133,6 +133,8 @@ def main():
                    help="every answer max_tokens long (ignore_eos): the scenarios' costs per token without their answers' lengths")
     p.add_argument("--pinned", action="store_true",
                    help="client i sends jobs i, i + clients, ... (each on one adapter) instead of sharing one queue")
+    p.add_argument("--lora-precision", default=None,
+                   help="passed to `reins serve --lora-precision` (auto, int8, half, float; default: the server's)")
     args = p.parse_args()
     model = args.model
     if model is None:
@@ -141,8 +143,11 @@ def main():
         model = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     folder = tempfile.mkdtemp(prefix="reins-serve-load-")
     scenarios = prepare(folder, args.demo_adapters)
-    server = subprocess.Popen([args.reins, "serve", "--model", model, "--adapters", folder, "--port", str(args.port),
-                               "--max-batch", str(args.clients), "--log-level", "warning"])
+    command = [args.reins, "serve", "--model", model, "--adapters", folder, "--port", str(args.port),
+               "--max-batch", str(args.clients), "--log-level", "warning"]
+    if args.lora_precision:
+        command += ["--lora-precision", args.lora_precision]
+    server = subprocess.Popen(command)
     url = f"http://127.0.0.1:{args.port}"
     try:
         for _ in range(600):

@@ -49,7 +49,7 @@ enum ManyRowProducts {
     /// The columns of one of `rk_gemm_panels`' panels (`NR` in gemm.c).
     static let panelWidth = 48
 
-    /// The reduction's block in ``product(_:_:_:M:N:K:bTransposed:accumulate:)``.
+    /// The reduction's block in ``product(_:_:_:M:N:K:bTransposed:accumulate:bias:)``.
     static let reductionBlock = 4096
 
     static func panels(
