@@ -428,8 +428,9 @@ public final class LoRACopies: @unchecked Sendable {
                 case .int8:
                     let count = rows * columns
                     let raw = UnsafeMutableRawPointer.allocate(
-                        byteCount: count + MemoryLayout<Float>.stride * (rows + 1), alignment: MemoryLayout<Float>.alignment)
-                    let q = raw.assumingMemoryBound(to: Int8.self)
+                        byteCount: count + MemoryLayout<Float>.stride * (rows + 1),
+                        alignment: MemoryLayout<Float>.alignment)
+                    let q = raw.bindMemory(to: Int8.self, capacity: count)
                     // The scales start at the first float boundary after the integers.
                     let offset = (count + MemoryLayout<Float>.stride - 1) / MemoryLayout<Float>.stride
                     let scales = (raw + offset * MemoryLayout<Float>.stride).bindMemory(to: Float.self, capacity: rows)
@@ -445,7 +446,8 @@ public final class LoRACopies: @unchecked Sendable {
                         scales[i] = step
                         for j in 0..<columns {
                             // Clamped: a subnormal step is rounded coarsely, and the quotient may pass 127.
-                            q[i * columns + j] = finite && step > 0 ? Int8(max(-127, min(127, (at(i, j) / step).rounded()))) : 0
+                            let v = finite && step > 0 ? max(-127, min(127, (at(i, j) / step).rounded())) : 0
+                            q[i * columns + j] = Int8(v)
                         }
                     }
                     return (raw, UnsafePointer(scales))

@@ -211,7 +211,8 @@ public final class ContinuousBatch {
     }
     /// Set, the steps read every plain LoRA's weights from these copies (half or a quarter of the adapter bytes per
     /// step; each LoRA's update then differs from float32's by the weights' rounding: ~1e-3 relative in half
-    /// precision, ~1e-2 in 8-bit integers). Nil (the default): float32, each request's tokens those it gets alone.
+    /// precision, up to ~1e-2 in 8-bit integers). Nil (the default): float32, each request's tokens those it gets
+    /// alone.
     public var loraCopies: LoRACopies?
     /// A request in the batch: its cache and generator; while it joins, how much of its prompt is fed, after `start`
     /// cached positions (a prefix's), and `alone` when its adapter brings prompt vectors (a pass of its own); once it
