@@ -12,13 +12,20 @@
 #include <string.h>
 
 // ---- activations to 8-bit blocks --------------------------------------------------------------------------------
+// A block with a NaN gets the scale NaN, so that every product that reads it is NaN (as the float product would be)
+// rather than finite: fmaxf and the vector max skip a NaN.
 static inline void quantize_block_scalar(rk_q8_block *b, const float *x) {
     float amax = 0.0f;
-    for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
-    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    int nan = 0;
+    for (int j = 0; j < 32; j++) {
+        nan |= isnan(x[j]);
+        amax = fmaxf(amax, fabsf(x[j]));
+    }
+    float d = nan ? NAN : amax / 127.0f, id = !nan && d != 0.0f ? 1.0f / d : 0.0f;
     int s0 = 0, s1 = 0;
     for (int j = 0; j < 32; j++) {
-        int q = (int)nearbyintf(x[j] * id);
+        float v = x[j] * id;  // NaN for a NaN, or for an infinity over an infinite scale: 0, not a conversion of NaN
+        int q = v == v ? (int)nearbyintf(v) : 0;
         b->q[j] = (int8_t)q;
         if (j < 16) s0 += q; else s1 += q;
     }
@@ -46,8 +53,10 @@ static RK_AVX2 void quantize_q8_avx2(rk_q8_block *out, const float *x, int N, in
                    v3 = _mm256_loadu_ps(p + 24);
             __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(signbit, v0), _mm256_andnot_ps(signbit, v1)),
                                      _mm256_max_ps(_mm256_andnot_ps(signbit, v2), _mm256_andnot_ps(signbit, v3)));
+            __m256 nan = _mm256_or_ps(_mm256_cmp_ps(v0, v1, _CMP_UNORD_Q), _mm256_cmp_ps(v2, v3, _CMP_UNORD_Q));
             float amax = rk_hmax256(m);
-            float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            // A NaN: the scale NaN (as in quantize_block_scalar), the integers whatever the conversions give.
+            float d = _mm256_movemask_ps(nan) ? NAN : amax / 127.0f, id = d == d && d != 0.0f ? 1.0f / d : 0.0f;
             __m256 s = _mm256_set1_ps(id);
 #define RK_NEAREST (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
             __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, s), RK_NEAREST));

@@ -153,6 +153,11 @@ extension GGMLType {
             throw TensorError.invalidArgument(
                 operation: "GGMLType.encode", detail: "\(values.count) values are not whole \(self) blocks of \(be)")
         }
+        // A block's scale comes from its largest magnitude: a NaN or an infinity has no 4- or 8-bit value.
+        if let bad = values.firstIndex(where: { !$0.isFinite }) {
+            throw TensorError.invalidArgument(
+                operation: "GGMLType.encode", detail: "value \(bad) is \(values[bad]): only finite values quantize to \(self)")
+        }
         let blocks = values.count / be
         var out = Data(count: blocks * bb)
         guard blocks > 0 else { return out }

@@ -68,6 +68,37 @@ struct QuantizedKernelTests {
         for j in 0..<32 { #expect(Float(q[j]) == (x[j] * (1 / b.d)).rounded(.toNearestOrEven)) }
     }
 
+    /// A NaN among the activations makes its block's scale NaN on every instruction set (a maximum of magnitudes alone
+    /// skips it, and the scalar rounding would convert NaN to an integer), so each product row that reads the block
+    /// is NaN, as the float product's would be; the other blocks and rows are as before. Quantizing weights with a NaN
+    /// or an infinity is refused with an error.
+    @Test(arguments: [GGMLType.q4_1, .q8_0])
+    func aNaNActivationGivesNaNProducts(type: GGMLType) throws {
+        let (C, OC, N) = (96, 16, 9)
+        var x = randomFloats(N * C, seed: 21, scale: 1)
+        x[4 * C + 40] = .nan  // row 4, block 1
+        let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: 22)
+        var packed = [UInt8](repeating: 0, count: w.byteCount)
+        #expect(w.withBytes { rk_qpack8(&packed, $0, Int32(type.rawValue), Int32(OC), Int32(C)) } == RK_OK)
+        for isa in Int32(0)...rk_isa_detected() {
+            let active = rk_isa_select(isa)
+            defer { rk_isa_select(rk_isa_detected()) }
+            let xq = Self.blocks(x, rows: N, columns: C, reference: false)
+            #expect(xq[4 * 3 + 1].d.isNaN, "isa \(active)")
+            #expect(xq.enumerated().allSatisfy { $0.offset == 13 || $0.element.d.isFinite }, "isa \(active)")
+            var out = [Float](repeating: 0, count: N * OC)
+            #expect(rk_qmatmul_q8_packed8(&out, xq, packed, Int32(type.rawValue), Int32(N), Int32(C), Int32(OC), 0, 2) == RK_OK)
+            #expect(out[(4 * OC)..<(5 * OC)].allSatisfy { $0.isNaN }, "\(type), isa \(active): the row with a NaN")
+            #expect(out.enumerated().allSatisfy { $0.offset / OC == 4 || $0.element.isFinite }, "\(type), isa \(active)")
+        }
+        // Weights are another matter: a NaN or an infinity has no quantized value, and quantizing one is refused.
+        for bad in [Float.nan, .infinity] {
+            var weights = randomFloats(2 * C, seed: 23, scale: 1)
+            weights[70] = bad
+            #expect(throws: TensorError.self) { _ = try QuantizedMatrix(quantizing: Tensor(shape: [2, C], values: weights), type: type) }
+        }
+    }
+
     @Test(arguments: QuantizedKernelTests.types)
     func integerDotsMatchTheOracleAndTheFloatProduct(type: GGMLType) throws {
         // N = 9: the integer kernel takes activation rows four at a time, then the 1-3 left.
