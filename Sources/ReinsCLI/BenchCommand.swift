@@ -269,8 +269,8 @@ struct BenchCommand: ParsableCommand {
             }
         }
         // What `reins serve` runs: a continuous batch of 8 requests for 8 LoRA adapters (r 8 on q, v; or r 16 on every
-        // linear layer, as the demo's, read from half-precision copies as the server does), each with its own cache,
-        // sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
+        // linear layer, as the demo's, read from half-precision or 8-bit copies as the server does), each with its own
+        // cache, sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
         let loraKinds: [(label: String, config: LoRAConfig, precision: LoRACopies.Precision?)] = [
             ("r8 q,v", Self.loraQV, nil),
             ("r16 all linear, half-precision copies", Self.loraAllLinear, .half),

@@ -37,7 +37,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "The largest request body, in bytes.") var maxBody = 1 << 20
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
     @Flag(help: "For a GGUF model: compute with the dequantized weights in float32.") var exact = false
-    @Option(help: "LoRA weights while decoding: int8 (8-bit copies with a scale per row: a quarter of the adapter bytes a step reads), half (copies in IEEE half precision: half the bytes), float (float32: each request's tokens those it gets alone), or auto: int8 over a GGUF file's quantized weights (whose own rounding moves the logits ~100x more), half otherwise.")
+    @Option(help: "LoRA weights while decoding: int8 (8-bit copies with a scale per row: a quarter of the adapter bytes a step reads), half (copies in IEEE half precision: half the bytes), float (float32: each request's tokens those it gets alone), or auto: int8 over a GGUF file's quantized weights (whose own rounding moves the logits ~85x more), half otherwise.")
     var loraPrecision = "auto"
 
     func validate() throws {
