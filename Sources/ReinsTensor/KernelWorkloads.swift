@@ -495,8 +495,9 @@ extension KernelWorkload {
     }()
 }
 
-/// Half-precision adapter weights in memory of their own, with each copy's table of per-row pointers into them (what
-/// `rk_lora_rows_f16` takes), so that a timed loop passes tables instead of building them.
+/// Adapter weights (half precision, 8-bit integers or their scales) in memory of their own, with each copy's table of
+/// per-row pointers into them (what `rk_lora_rows_f16` and `rk_lora_rows_q8` take), so that a timed loop passes tables
+/// instead of building them.
 private final class AdapterTables<E> {
     private let storage: [UnsafeMutableBufferPointer<E>]
     let a: [[UnsafePointer<E>?]], b: [[UnsafePointer<E>?]]
