@@ -185,7 +185,7 @@ void rk_attention_forward_rows(float *out, float *lse, const float *q, const flo
                                const rk_attention_dropout *drop, int bh_begin, int bh_end, float *scratch) {
     (void)B;
     // Own products: Kᵀ (hs, Tk) of the key/value head last transposed (a group's query heads share it).
-    float *kt = rk__own_products() && T > 1 && Tk > 0 ? malloc(sizeof(float) * (size_t)hs * (size_t)Tk) : NULL;
+    float *kt = rk_own_products() && T > 1 && Tk > 0 ? malloc(sizeof(float) * (size_t)hs * (size_t)Tk) : NULL;
     size_t kt_of = SIZE_MAX;
     for (int bh = bh_begin; bh < bh_end; bh++) {
         int b = bh / NH;
@@ -248,7 +248,7 @@ void rk_attention_backward(float *dq, float *dk, float *dv, const float *dout, c
     float *P = scratch, *dS = scratch + (size_t)T * Tk, *D = dS + (size_t)T * Tk;
     // Own products: Kᵀ and Vᵀ (hs, Tk each) of the key/value head last transposed (Vᵀ only for dP, when dQ or dK
     // is wanted).
-    float *kt = rk__own_products() && Tk > 0 ? malloc(sizeof(float) * 2 * (size_t)hs * (size_t)Tk) : NULL,
+    float *kt = rk_own_products() && Tk > 0 ? malloc(sizeof(float) * 2 * (size_t)hs * (size_t)Tk) : NULL,
           *vt = kt ? kt + (size_t)hs * Tk : NULL;
     size_t kt_of = SIZE_MAX;
     for (int bh = bh_begin; bh < bh_end; bh++) {

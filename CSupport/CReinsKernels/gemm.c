@@ -270,7 +270,7 @@ static RK_AVX512 void small_product_avx512(float *C, size_t ldc, const float *A,
 static int own_products_wanted = -1;
 #endif
 
-int rk__own_products(void) {
+int rk_own_products(void) {
 #if RK_X86
     if (rk_isa_active() < RK_ISA_AVX512) return 0;
     // Read once (a benign race: every thread computes the same value).

@@ -24,10 +24,9 @@ float rk__row_expsum(float *y, const float *x, float c, int C);
 #define RK_IDX(a, b, stride) ((size_t)(a) * (size_t)(stride) + (size_t)(b))
 
 // Small products on Reins's own AVX-512 kernel (gemm.c), for attention's per-head blocks. Callable only when
-// rk__own_products() says so (the kernels run AVX-512 and REINS_GEMM=openblas is not set).
+// rk_own_products() (reins_kernels.h) says so.
 //   C (M,N) = alpha · A·B [+ C]: A's element (i,k) at A[i·ars + k·aks] (so Aᵀ of a row-major matrix is ars = 1,
 //   aks = its row length), B row-major (K,N) ldb apart, C ldc apart; any M, N, K >= 0.
-int rk__own_products(void);
 void rk__small_product(float *C, size_t ldc, const float *A, size_t ars, size_t aks, const float *B, size_t ldb, int M,
                        int N, int K, float alpha, int accumulate);
 // dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols (AVX-512 when own products run, else element by element).

@@ -11,18 +11,14 @@ import Synchronization
 ///
 /// Used for the forward product and the input gradient when a product has at least ``minimumRows`` rows and the
 /// kernels run AVX-512; otherwise, and for weight gradients, OpenBLAS. `REINS_GEMM=openblas` keeps every product on
-/// OpenBLAS (attention's per-head products too: `rk__own_products` in the kernels reads the same variable).
+/// OpenBLAS (attention's per-head products too: both ask `rk_own_products`).
 enum ManyRowProducts {
     /// Rows below which OpenBLAS keeps the product (a decoding step, a short prompt).
     static let minimumRows = 64
 
-    /// Whether `REINS_GEMM=openblas` was not set.
-    static let enabled = ProcessInfo.processInfo.environment["REINS_GEMM"] != "openblas"
-
-    /// Whether a product with `rows` rows goes to the kernel on the calling thread (its instruction set).
-    static func applies(rows: Int) -> Bool {
-        enabled && rows >= minimumRows && rk_isa_active() >= Int32(RK_ISA_AVX512.rawValue)
-    }
+    /// Whether a product with `rows` rows goes to the kernel on the calling thread (its instruction set, and
+    /// `REINS_GEMM`).
+    static func applies(rows: Int) -> Bool { rows >= minimumRows && rk_own_products() != 0 }
 
     /// `c (M, N) = [c +] a (M, K) · op(b)`: op(b) is b stored `(K, N)`, or bᵀ with b stored `(N, K)` when
     /// `bTransposed`. Every matrix contiguous; the sizes are the caller's, already checked.
