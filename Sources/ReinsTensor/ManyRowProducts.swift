@@ -1,5 +1,4 @@
 import CReinsKernels
-import Foundation
 import Synchronization
 
 /// The dense products of a linear layer with many rows — a training step's, a long prompt's — on Reins's own AVX-512
