@@ -23,6 +23,11 @@ static char memory[256] __attribute__((aligned(64)));
     a " %%ymm8, %%ymm9, %%ymm0\n" b " %%ymm8, %%ymm9, %%ymm1\n" a " %%ymm8, %%ymm9, %%ymm2\n" b                   \
       " %%ymm8, %%ymm9, %%ymm3\n" a " %%ymm8, %%ymm9, %%ymm4\n" b " %%ymm8, %%ymm9, %%ymm5\n" a                    \
       " %%ymm8, %%ymm9, %%ymm6\n" b " %%ymm8, %%ymm9, %%ymm7\n"
+// Eight of one instruction reading memory, `step` bytes apart, each into its own register.
+#define LOADS(ins, step)                                                                                             \
+    ins " (%0), %%ymm0\n" ins " " #step "*1(%0), %%ymm1\n" ins " " #step "*2(%0), %%ymm2\n" ins " " #step          \
+        "*3(%0), %%ymm3\n" ins " " #step "*4(%0), %%ymm4\n" ins " " #step "*5(%0), %%ymm5\n" ins " " #step       \
+        "*6(%0), %%ymm6\n" ins " " #step "*7(%0), %%ymm7\n"
 #define TIME(label, body)                                                                                            \
     do {                                                                                                             \
         double t0 = now();                                                                                           \
@@ -47,16 +52,13 @@ int main(void) {
     TIME("vpmaddubsw + vfmadd231ps", EIGHT("vpmaddubsw", "vfmadd231ps"));
     TIME("vpmaddubsw + vpaddw", EIGHT("vpmaddubsw", "vpaddw"));
     TIME("vpmaddwd + vpaddd", EIGHT("vpmaddwd", "vpaddd"));
-    TIME("vpbroadcastd from memory",
-         "vpbroadcastd (%0), %%ymm0\nvpbroadcastd 4(%0), %%ymm1\nvpbroadcastd 8(%0), %%ymm2\nvpbroadcastd 12(%0), %%ymm3\n"
-         "vpbroadcastd 16(%0), %%ymm4\nvpbroadcastd 20(%0), %%ymm5\nvpbroadcastd 24(%0), %%ymm6\nvpbroadcastd 28(%0), %%ymm7\n");
-    TIME("vpmovsxbw from memory",
-         "vpmovsxbw (%0), %%ymm0\nvpmovsxbw 16(%0), %%ymm1\nvpmovsxbw 32(%0), %%ymm2\nvpmovsxbw 48(%0), %%ymm3\n"
-         "vpmovsxbw 64(%0), %%ymm4\nvpmovsxbw 80(%0), %%ymm5\nvpmovsxbw 96(%0), %%ymm6\nvpmovsxbw 112(%0), %%ymm7\n");
+    TIME("vpbroadcastd from memory", LOADS("vpbroadcastd", 4));
+    TIME("vpmovsxbw from memory", LOADS("vpmovsxbw", 16));
+    // Four broadcasts, each read by a product.
     TIME("vpbroadcastd mem + vpmaddwd",
-         "vpbroadcastd (%0), %%ymm0\nvpbroadcastd 4(%0), %%ymm1\nvpbroadcastd 8(%0), %%ymm2\nvpbroadcastd 12(%0), %%ymm3\n"
-         "vpmaddwd %%ymm8, %%ymm0, %%ymm4\nvpmaddwd %%ymm8, %%ymm1, %%ymm5\nvpmaddwd %%ymm8, %%ymm2, %%ymm6\n"
-         "vpmaddwd %%ymm8, %%ymm3, %%ymm7\n");
+         "vpbroadcastd (%0), %%ymm0\nvpbroadcastd 4(%0), %%ymm1\nvpbroadcastd 8(%0), %%ymm2\n"
+         "vpbroadcastd 12(%0), %%ymm3\nvpmaddwd %%ymm8, %%ymm0, %%ymm4\nvpmaddwd %%ymm8, %%ymm1, %%ymm5\n"
+         "vpmaddwd %%ymm8, %%ymm2, %%ymm6\nvpmaddwd %%ymm8, %%ymm3, %%ymm7\n");
     (void)x;
     return 0;
 }

@@ -36,9 +36,9 @@ int rk_isa_active(void);
 int rk_isa_select(int isa);
 /// Whether the CPU has AVX-512 VNNI (with BW and VL): the AVX-512 level of the quantized products then uses it.
 int rk_cpu_has_vnni(void);
-// 1 when the products with many rows (rk_gemm_panels) and attention's per-head products run on Reins's own kernels
-// on the calling thread: its kernels run AVX-512 and the environment variable REINS_GEMM is not `openblas` (read
-// once); 0 when they go to OpenBLAS.
+/// 1 when the products with many rows (rk_gemm_panels) and attention's per-head products run on Reins's own kernels
+/// on the calling thread: its kernels run AVX-512 and the environment variable REINS_GEMM is not `openblas` (read
+/// once); 0 when they go to OpenBLAS.
 int rk_own_products(void);
 /// A hint to the CPU that the calling thread is spinning on a flag (PAUSE on x86, YIELD on arm64).
 static inline void rk_cpu_relax(void) {
