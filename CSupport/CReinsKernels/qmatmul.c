@@ -194,6 +194,21 @@ static inline RK_AVX2Q __m256i nibbles32(const uint8_t *qs) {
     __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F)); // elements 0..15 then 16..31
 }
+// Q5's fifth bits (bit j of the 32-bit word at p: element j) as 0x10 in byte j, to OR onto nibbles32's bytes.
+static inline RK_AVX2Q __m256i fifth_bits32(const uint8_t *p) {
+    uint32_t qh;
+    memcpy(&qh, p, 4);
+    // Byte j takes the word's byte j/8 (the shuffle stays in each 128-bit half, and every half holds the word)...
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
+                                    _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2,
+                                                     2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    // ...and keeps its bit j % 8.
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10));
+}
+static inline RK_AVX2Q __m256i fives32(const uint8_t *qh, const uint8_t *qs) {
+    return _mm256_or_si256(nibbles32(qs), fifth_bits32(qh));
+}
 static inline RK_AVX2Q float half_f16c(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
 
 static inline RK_AVX2Q float hsum8(__m256 v) { return rk_hsum256(v); }
@@ -246,6 +261,11 @@ static inline RK_AVX2Q float hsum8(__m256 v) { return rk_hsum256(v); }
     u = _mm256_sign_epi8(q_, q_); sx = _mm256_sign_epi8(x, q_); }
 #define UNPACK_Q8_0(p, x, u, sx) { __m256i q_ = _mm256_loadu_si256((const __m256i *)((p) + 2)); \
     u = _mm256_sign_epi8(q_, q_); sx = _mm256_sign_epi8(x, q_); }
+#define UNPACK_Q5_1(p, x, u, sx) u = fives32((p) + 4, (p) + 8); sx = x;
+#define UNPACK_Q5_0(p, x, u, sx) { __m256i q_ = _mm256_sub_epi8(fives32((p) + 2, (p) + 6), _mm256_set1_epi8(16)); \
+    u = _mm256_sign_epi8(q_, q_); sx = _mm256_sign_epi8(x, q_); }
+#define TYPE_HAS_MIN_Q5_1 1
+#define TYPE_HAS_MIN_Q5_0 0
 #define TYPE_HAS_MIN_Q4_1 1
 #define TYPE_HAS_MIN_Q4_0 0
 #define TYPE_HAS_MIN_Q8_0 0
@@ -266,6 +286,13 @@ static inline RK_VNNI __m256i dot_vnni_i(__m256i u, __m256i s) { return _mm256_d
     }
 PAIR_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i)
 PAIR_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i)
+// Q5_0 and Q5_1 (llama.cpp's fallbacks in Q4_K_M / Q5_K_M files for rows that are not whole super-blocks): AVX2 only.
+static RK_AVX2Q void pair_q5_1_avx2(float *out, const uint8_t *w0, const uint8_t *w1, const rk_q8_block *x, int nb) {
+    PAIR_BODY(dot_avx2_i, Q5_1, 24)
+}
+static RK_AVX2Q void pair_q5_0_avx2(float *out, const uint8_t *w0, const uint8_t *w1, const rk_q8_block *x, int nb) {
+    PAIR_BODY(dot_avx2_i, Q5_0, 22)
+}
 
 // Two weight rows × R activation rows (R ≤ 4, a constant after inlining): 2R float accumulators, one block at a
 // time. The weight block's integers are loaded once (LOADQ), each activation row's block once for both weight rows;
@@ -300,6 +327,12 @@ PAIR_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i)
 #define LOADQ_Q4_1(p) nibbles32((p) + 4)
 #define LOADQ_Q4_0(p) nibbles32((p) + 2)
 #define LOADQ_Q8_0(p) _mm256_loadu_si256((const __m256i *)((p) + 2))
+#define LOADQ_Q5_1(p) fives32((p) + 4, (p) + 8)
+#define LOADQ_Q5_0(p) fives32((p) + 2, (p) + 6)
+#define MIN_Q5_1(p) half_f16c((p) + 2)
+#define MIN_Q5_0(p) (-16.0f * half_f16c(p))
+#define PREP_Q5_1(q, x, u, s) u = q; s = x;
+#define PREP_Q5_0(q, x, u, s) u = q; s = x;
 #define MIN_Q4_1(p) half_f16c((p) + 2)
 #define MIN_Q4_0(p) (-8.0f * half_f16c(p))
 #define MIN_Q8_0(p) 0.0f
@@ -321,6 +354,8 @@ PAIR_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i)
 TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q4_1, 20)
 TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q4_0, 18)
 TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q8_0, 34)
+TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q5_1, 24)
+TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q5_0, 22)
 TILE_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i, Q4_1, 20)
 TILE_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i, Q4_0, 18)
 TILE_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i, Q8_0, 34)
@@ -334,6 +369,8 @@ static void tile_functions(int type, int vnni, tile_fn f[3]) {
     switch (type) {
     case RK_GGML_Q4_1: RK_SET_TILES(Q4_1) break;
     case RK_GGML_Q4_0: RK_SET_TILES(Q4_0) break;
+    case RK_GGML_Q5_1: f[0] = tile_Q5_1_2_avx2; f[1] = tile_Q5_1_3_avx2; f[2] = tile_Q5_1_4_avx2; break;
+    case RK_GGML_Q5_0: f[0] = tile_Q5_0_2_avx2; f[1] = tile_Q5_0_3_avx2; f[2] = tile_Q5_0_4_avx2; break;
     default: RK_SET_TILES(Q8_0) break;
     }
 #undef RK_SET_TILES
@@ -345,8 +382,117 @@ static pair_fn pair_function(int type, int vnni) {
     case RK_GGML_Q4_1: return vnni ? pair_q4_1_vnni : pair_q4_1_avx2;
     case RK_GGML_Q4_0: return vnni ? pair_q4_0_vnni : pair_q4_0_avx2;
     case RK_GGML_Q8_0: return vnni ? pair_q8_0_vnni : pair_q8_0_avx2;
+    case RK_GGML_Q5_1: return pair_q5_1_avx2;
+    case RK_GGML_Q5_0: return pair_q5_0_avx2;
     default: return NULL;
     }
+}
+// ---- K-quant super-blocks (Q4_K, Q5_K, Q6_K), AVX2 ---------------------------------------------------------------
+// A super-block of 256 values is eight sub-blocks of 32, one per activation block. Each sub-block is unpacked once per
+// tile to 32 unsigned bytes (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63); its product with an activation row's block is
+// scaled in integers by the sub-block's scale (vpmaddwd against the scale instead of ones: at most 2·63·127·2·128,
+// well inside 32 bits; Q6_K's two scales, one per 16 values, sit in the two 128-bit halves, as vpmaddubsw keeps each
+// half's pairs in its half), converted once and multiplied by d·d_x. The constant terms are scalar: Q4_K's and Q5_K's
+// minimum, −dmin·m·d_x·Σq_x, and Q6_K's offset of 32, −32·d·d_x·(s₀·Σ₀q_x + s₁·Σ₁q_x) over the two halves.
+#define K_BB_Q4_K 144
+#define K_BB_Q5_K 176
+#define K_BB_Q6_K 210
+#define K_UNPACK_Q4_K(w)                                                                                            \
+    for (int j = 0; j < 4; j++) {                                                                                   \
+        __m256i v = _mm256_loadu_si256((const __m256i *)((w) + 16 + 32 * j));                                       \
+        u[2 * j] = _mm256_and_si256(v, low4);                                                                       \
+        u[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);                                            \
+    }                                                                                                               \
+    K_SCALES_MINS(w)
+#define K_UNPACK_Q5_K(w)                                                                                            \
+    {                                                                                                               \
+        __m256i hb = _mm256_loadu_si256((const __m256i *)((w) + 16)), one = _mm256_set1_epi8(1);                     \
+        for (int j = 0; j < 4; j++) {                                                                               \
+            __m256i v = _mm256_loadu_si256((const __m256i *)((w) + 48 + 32 * j));                                   \
+            /* 16-bit shifts, then a mask per byte: bit sb of each byte lands on bit 0 (4 after the left shift). */ \
+            __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one);                                       \
+            __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one);                                   \
+            u[2 * j] = _mm256_or_si256(_mm256_and_si256(v, low4), _mm256_slli_epi16(h0, 4));                        \
+            u[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), _mm256_slli_epi16(h1, 4)); \
+        }                                                                                                           \
+    }                                                                                                               \
+    K_SCALES_MINS(w)
+#define K_SCALES_MINS(w)                                                                                            \
+    d = half_f16c(w);                                                                                               \
+    {                                                                                                               \
+        float dmin = half_f16c((w) + 2);                                                                            \
+        for (int sb = 0; sb < 8; sb++) {                                                                            \
+            int scale, mn;                                                                                          \
+            k_scale_min((w) + 4, sb, &scale, &mn);                                                                  \
+            sc[sb] = _mm256_set1_epi16((short)scale);                                                               \
+            c[sb] = -dmin * (float)mn;                                                                              \
+        }                                                                                                           \
+    }
+#define K_UNPACK_Q6_K(w)                                                                                            \
+    d = half_f16c((w) + 208);                                                                                       \
+    for (int h = 0; h < 2; h++) {                                                                                   \
+        const uint8_t *ql = (w) + 64 * h;                                                                           \
+        __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));   \
+        __m256i hb = _mm256_loadu_si256((const __m256i *)((w) + 128 + 32 * h)), three = _mm256_set1_epi8(3);         \
+        for (int j = 0; j < 4; j++) {                                                                               \
+            __m256i lo = _mm256_and_si256(j < 2 ? _mm256_and_si256(j == 0 ? l0 : l1, low4)                          \
+                                                : _mm256_srli_epi16(j == 2 ? l0 : l1, 4), low4);                    \
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), three);                                     \
+            u[4 * h + j] = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));                                           \
+        }                                                                                                           \
+    }                                                                                                               \
+    for (int sb = 0; sb < 8; sb++) {                                                                                \
+        const int8_t *s6 = (const int8_t *)((w) + 192) + 2 * sb;                                                   \
+        sc[sb] = _mm256_set_m128i(_mm_set1_epi16(s6[1]), _mm_set1_epi16(s6[0]));                                    \
+        s6lo[sb] = s6[0];                                                                                           \
+        s6hi[sb] = s6[1];                                                                                           \
+    }
+#define K_CONST_Q4_K(sb, b) c[sb] * (b)->ds
+#define K_CONST_Q5_K(sb, b) c[sb] * (b)->ds
+#define K_CONST_Q6_K(sb, b) -32.0f * d * (b)->d * (float)(s6lo[sb] * (b)->sum16[0] + s6hi[sb] * (b)->sum16[1])
+
+// One weight row against R activation rows (R ≤ 4), out[r·ldo]; nsb super-blocks.
+#define K_TILE_FUNCTION(TYPE, R)                                                                                    \
+    static RK_AVX2Q void ktile_##TYPE##_##R(float *out, size_t ldo, const uint8_t *w, const rk_q8_block *x,         \
+                                            size_t ldx, int nsb) {                                                  \
+        const __m256i low4 = _mm256_set1_epi8(0x0F);                                                                \
+        __m256 acc[R][2];                                                                                           \
+        float e[R];                                                                                                 \
+        for (int r = 0; r < R; r++) { acc[r][0] = acc[r][1] = _mm256_setzero_ps(); e[r] = 0.0f; }                  \
+        for (int k = 0; k < nsb; k++, w += K_BB_##TYPE) {                                                           \
+            __m256i u[8], sc[8];                                                                                    \
+            float d, c[8];                                                                                          \
+            int s6lo[8], s6hi[8];                                                                                   \
+            (void)c; (void)s6lo; (void)s6hi;                                                                        \
+            K_UNPACK_##TYPE(w)                                                                                      \
+            for (int sb = 0; sb < 8; sb++)                                                                          \
+                for (int r = 0; r < R; r++) {                                                                       \
+                    const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;                                        \
+                    __m256i q = _mm256_loadu_si256((const __m256i *)b->q);                                          \
+                    __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(u[sb], q), sc[sb]);                          \
+                    acc[r][sb & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d * b->d), acc[r][sb & 1]); \
+                    e[r] += K_CONST_##TYPE(sb, b);                                                                  \
+                }                                                                                                   \
+        }                                                                                                           \
+        for (int r = 0; r < R; r++) out[(size_t)r * ldo] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) + e[r];      \
+    }
+#define K_TILE_FUNCTIONS(TYPE)                                                                                      \
+    K_TILE_FUNCTION(TYPE, 1) K_TILE_FUNCTION(TYPE, 2) K_TILE_FUNCTION(TYPE, 3) K_TILE_FUNCTION(TYPE, 4)
+K_TILE_FUNCTIONS(Q4_K)
+K_TILE_FUNCTIONS(Q5_K)
+K_TILE_FUNCTIONS(Q6_K)
+
+typedef void (*ktile_fn)(float *, size_t, const uint8_t *, const rk_q8_block *, size_t, int);
+// The K-quant tile functions for 1-4 rows (index R − 1); 0 for other types.
+static int ktile_functions(int type, ktile_fn f[4]) {
+#define RK_SET_KTILES(TYPE) { f[0] = ktile_##TYPE##_1; f[1] = ktile_##TYPE##_2; f[2] = ktile_##TYPE##_3; f[3] = ktile_##TYPE##_4; }
+    switch (type) {
+    case RK_GGML_Q4_K: RK_SET_KTILES(Q4_K) return 1;
+    case RK_GGML_Q5_K: RK_SET_KTILES(Q5_K) return 1;
+    case RK_GGML_Q6_K: RK_SET_KTILES(Q6_K) return 1;
+    default: return 0;
+    }
+#undef RK_SET_KTILES
 }
 #endif
 
@@ -374,7 +520,8 @@ int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, in
     size_t row_bytes = (size_t)C / rk_quant_block_elements(type) * rk_quant_block_bytes(type);
     int nb = C / 32;
     int isa = rk_isa_active();
-    if (isa >= RK_ISA_AVX2 && (type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q8_0)) {
+    if (isa >= RK_ISA_AVX2 && (type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q5_0 ||
+                               type == RK_GGML_Q5_1 || type == RK_GGML_Q8_0)) {
         int vnni = isa >= RK_ISA_AVX512 && rk_cpu_has_vnni();
         pair_fn pair = pair_function(type, vnni);
         tile_fn tile[3];
@@ -396,6 +543,17 @@ int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, in
                 if (o1 != o) out[RK_IDX(n, o1, OC)] = two[1];
             }
         }
+        return RK_OK;
+    }
+    ktile_fn ktile[4];
+    if (isa >= RK_ISA_AVX2 && ktile_functions(type, ktile)) {
+        // A weight row (a few super-blocks) against every activation row while it is in L1, four rows at a time.
+        for (int o = row_begin; o < row_end; o++)
+            for (int n = 0; n < N; n += 4) {
+                int R = N - n < 4 ? N - n : 4;
+                ktile[R - 1](out + RK_IDX(n, o, OC), (size_t)OC, (const uint8_t *)w + o * row_bytes,
+                             xq + RK_IDX(n, 0, nb), (size_t)nb, nb / 8);
+            }
         return RK_OK;
     }
 #endif
@@ -439,8 +597,18 @@ int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, i
 // Layout: rows 8g..8g+7, block k, at ((g·nb + k) · 8 · block_bytes): the 8 half-precision scales d (16 bytes); for
 // Q4_1 the 8 minimums m (16 bytes); then the quants, 32 bytes per step t, byte 4i + j of step t = byte 4t + j of row
 // i's quants (Q4: 4 steps, the low nibbles elements 4t..4t+3 and the high nibbles 16+4t..16+4t+3; Q8_0: 8 steps,
-// elements 4t..4t+3). The same bytes as the row-major blocks, reordered.
-static int pack8_type(int type) { return type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q8_0; }
+// elements 4t..4t+3). Q5_0 and Q5_1: after the scales, the 8 rows' 32-bit words of fifth bits (32 bytes), then the
+// nibbles as Q4's. The same bytes as the row-major blocks, reordered.
+static int pack8_type(int type) {
+    return type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q5_0 || type == RK_GGML_Q5_1 ||
+           type == RK_GGML_Q8_0;
+}
+// A type's block parts: half-precision scales (1 or 2), bytes of fifth bits (0 or 4) and 32-byte quant steps.
+static void pack8_parts(int type, int *scales, int *high, int *steps) {
+    *scales = type == RK_GGML_Q4_1 || type == RK_GGML_Q5_1 ? 2 : 1;
+    *high = type == RK_GGML_Q5_0 || type == RK_GGML_Q5_1 ? 4 : 0;
+    *steps = type == RK_GGML_Q8_0 ? 8 : 4;
+}
 
 size_t rk_qpack8_bytes(int type, int OC, int C) {
     if (!pack8_type(type) || OC <= 0 || C <= 0 || OC % 8 != 0 || C % 32 != 0) return 0;
@@ -450,15 +618,17 @@ size_t rk_qpack8_bytes(int type, int OC, int C) {
 int rk_qpack8(void *dst, const void *w, int type, int OC, int C) {
     if (rk_qpack8_bytes(type, OC, C) == 0) return RK_ERR_ARG;
     size_t bb = rk_quant_block_bytes(type), row_bytes = (size_t)(C / 32) * bb;
-    int nb = C / 32, scales = type == RK_GGML_Q4_1 ? 2 : 1, steps = type == RK_GGML_Q8_0 ? 8 : 4;
+    int nb = C / 32, scales, high, steps;
+    pack8_parts(type, &scales, &high, &steps);
     for (int g = 0; g < OC / 8; g++) {
         for (int k = 0; k < nb; k++) {
             uint8_t *p = (uint8_t *)dst + ((size_t)g * nb + k) * 8 * bb;
             for (int i = 0; i < 8; i++) {
                 const uint8_t *b = (const uint8_t *)w + (size_t)(8 * g + i) * row_bytes + (size_t)k * bb;
                 for (int s = 0; s < scales; s++) memcpy(p + 16 * s + 2 * i, b + 2 * s, 2);
-                const uint8_t *q = b + 2 * scales;
-                for (int t = 0; t < steps; t++) memcpy(p + 16 * scales + 32 * t + 4 * i, q + 4 * t, 4);
+                if (high) memcpy(p + 16 * scales + 4 * i, b + 2 * scales, 4);
+                const uint8_t *q = b + 2 * scales + high;
+                for (int t = 0; t < steps; t++) memcpy(p + 16 * scales + 8 * high + 32 * t + 4 * i, q + 4 * t, 4);
             }
         }
     }
@@ -467,9 +637,11 @@ int rk_qpack8(void *dst, const void *w, int type, int OC, int C) {
 
 // Row i's block (row-major bytes) out of an interleaved group block p.
 static void unpack8_block(uint8_t *b, const uint8_t *p, int type, int i) {
-    int scales = type == RK_GGML_Q4_1 ? 2 : 1, steps = type == RK_GGML_Q8_0 ? 8 : 4;
+    int scales, high, steps;
+    pack8_parts(type, &scales, &high, &steps);
     for (int s = 0; s < scales; s++) memcpy(b + 2 * s, p + 16 * s + 2 * i, 2);
-    for (int t = 0; t < steps; t++) memcpy(b + 2 * scales + 4 * t, p + 16 * scales + 32 * t + 4 * i, 4);
+    if (high) memcpy(b + 2 * scales, p + 16 * scales + 4 * i, 4);
+    for (int t = 0; t < steps; t++) memcpy(b + 2 * scales + high + 4 * t, p + 16 * scales + 8 * high + 32 * t + 4 * i, 4);
 }
 
 int rk_qunpack8_rows(void *dst, const void *wp, int type, int OC, int C, int row_begin, int row_end) {
@@ -583,6 +755,39 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
             ia[r][a0 + 1] = DOTACC(ia[r][a0 + 1], hi, bcast4(q + 16 + 4 * t));                                      \
         }                                                                                                           \
     }
+// Q5: the nibbles as Q4's, each step's fifth bits from the 8 rows' words (one 32-bit lane per row): the lane shifted
+// so that the step's 4 bits are its lowest, its low byte copied to the lane's 4 bytes, bit j of byte j kept as 0x10.
+static inline RK_AVX2Q __m256i fifth_bits_step(__m256i words, int shift) {
+    __m256i v = _mm256_shuffle_epi8(_mm256_srli_epi32(words, shift),
+                                    _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4,
+                                                     4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12));
+    const __m256i bit = _mm256_set1_epi32(0x08040201);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10));
+}
+#define STEPS_Q5(DOTACC, R, HOFF)                                                                                   \
+    {                                                                                                               \
+        __m256i words = _mm256_loadu_si256((const __m256i *)(p + HOFF));                                            \
+        _Pragma("clang loop unroll(full)")                                                                          \
+        for (int t = 0; t < 4; t++) {                                                                               \
+            __m256i v = _mm256_loadu_si256((const __m256i *)(p + HOFF + 32 + 32 * t));                              \
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low4), fifth_bits_step(words, 4 * t));                 \
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4),                           \
+                                         fifth_bits_step(words, 16 + 4 * t));                                       \
+            for (int r = 0; r < R; r++) {                                                                           \
+                const int8_t *q = x[(size_t)r * ldx + k].q;                                                         \
+                ia[r][0] = DOTACC(ia[r][0], lo, bcast4(q + 4 * t));                                                 \
+                ia[r][1] = DOTACC(ia[r][1], hi, bcast4(q + 16 + 4 * t));                                            \
+            }                                                                                                       \
+        }                                                                                                           \
+    }
+#define GB_Q5_0 176
+#define GB_Q5_1 192
+#define STEPS_Q5_0(DOTACC, R) STEPS_Q5(DOTACC, R, 16)
+#define STEPS_Q5_1(DOTACC, R) STEPS_Q5(DOTACC, R, 32)
+#define FIX_Q5_0(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(16 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
+#define FIX_Q5_1(i, b)
+#define MIN_TERM_Q5_0(a, p, b)
+#define MIN_TERM_Q5_1(a, p, b) MIN_TERM_Q4_1(a, p, b)
 #define STEPS_Q4_1(DOTACC, R) STEPS_Q4(DOTACC, R, 32)
 #define STEPS_Q4_0(DOTACC, R) STEPS_Q4(DOTACC, R, 16)
 // Without VNNI: a 4-bit weight times an 8-bit activation, pairs summed by vpmaddubsw, is at most 2·15·128 = 3840 in
@@ -653,6 +858,8 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
 PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q4_1H)
 PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q4_0H)
 PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q8_0)
+PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q5_0)
+PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q5_1)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_1)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_0)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q8_0X)
@@ -822,6 +1029,8 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
     switch (type) {
     case RK_GGML_Q4_1: if (vnni) { RK_SET_PACK8(Q4_1, vnni) } else { RK_SET_PACK8(Q4_1H, avx2) } break;
     case RK_GGML_Q4_0: if (vnni) { RK_SET_PACK8(Q4_0, vnni) } else { RK_SET_PACK8(Q4_0H, avx2) } break;
+    case RK_GGML_Q5_0: RK_SET_PACK8(Q5_0, avx2) break; // AVX2 on every x86 kernel level
+    case RK_GGML_Q5_1: RK_SET_PACK8(Q5_1, avx2) break;
     default: if (vnni) { RK_SET_PACK8(Q8_0X, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
     }
 #undef RK_SET_PACK8

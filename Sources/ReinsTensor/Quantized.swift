@@ -43,7 +43,7 @@ public final class QuantizedMatrix: @unchecked Sendable {
         (type, rows, columns, rowBytes, data, offset, isInterleaved) = (m.type, m.rows, m.columns, m.rowBytes, bytes, 0, true)
     }
 
-    /// Whether ``interleavedByRows()`` can interleave this matrix: Q4_0, Q4_1 or Q8_0 with rows a multiple of 8.
+    /// Whether ``interleavedByRows()`` can interleave this matrix: Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 with rows a multiple of 8.
     public var canInterleave: Bool { rk_qpack8_bytes(Int32(type.rawValue), Int32(rows), Int32(columns)) > 0 }
 
     /// The same matrix with its blocks interleaved by 8 rows (a copy, the same size; nothing is dequantized), or this
@@ -294,10 +294,11 @@ extension Tensor {
     /// gate and up projections), without gradients: the input quantized once and every weight's groups of 8 rows
     /// shared among the threads in one parallel region. Each result equals ``quantizedLinear(_:weight:bias:route:)``'s
     /// bit for bit. Nil when that route does not apply (a weight not interleaved, widths that differ or are not a
-    /// multiple of 32, too many rows, gradients recorded): the caller then takes the products one by one.
+    /// multiple of 32, too many rows, a training pass — recorded, or the unrecorded first pass of a checkpointed block,
+    /// which must compute what its recomputation in backward does): the caller then takes the products one by one.
     public static func sharedInputQuantizedProducts(_ x: Tensor, weights: [QuantizedMatrix]) throws -> [Tensor]? {
         let (N, C) = x.rowsAndWidth
-        guard x.rank >= 1, !weights.isEmpty, N > 0, N <= integerRouteInferenceRows, C % 32 == 0, !Autograd.isEnabled,
+        guard x.rank >= 1, !weights.isEmpty, N > 0, N <= integerRouteInferenceRows, C % 32 == 0, !Autograd.isTraining,
             weights.allSatisfy({ $0.isInterleaved && $0.columns == C })
         else { return nil }
         let results = try weights.map { try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [$0.rows]) }

@@ -72,7 +72,7 @@ struct QuantizedKernelTests {
     /// skips it, and the scalar rounding would convert NaN to an integer), so each product row that reads the block
     /// is NaN, as the float product's would be; the other blocks and rows are as before. Quantizing weights with a NaN
     /// or an infinity is refused with an error.
-    @Test(arguments: [GGMLType.q4_1, .q8_0])
+    @Test(arguments: [GGMLType.q4_1, .q5_0, .q8_0])
     func aNaNActivationGivesNaNProducts(type: GGMLType) throws {
         let (C, OC, N) = (96, 16, 9)
         var x = randomFloats(N * C, seed: 21, scale: 1)
@@ -171,7 +171,7 @@ struct QuantizedKernelTests {
 
     /// The kernel for batches reads the weight interleaved by 8 rows: its scalar form and its AVX2 / VNNI forms against
     /// the row-major oracle, for 1 to 13 activation rows (every tile of 8, of up to 4 and remainder) and split groups.
-    @Test(arguments: [GGMLType.q4_0, .q4_1, .q8_0])
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0])
     func interleavedWeightsGiveTheOraclesProducts(type: GGMLType) throws {
         let C = 96, OC = 40, N = 13
         let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue) + 40)
@@ -210,7 +210,7 @@ struct QuantizedKernelTests {
         #expect(try wide.interleavedByRows().dequantized().scalars == wide.dequantized().scalars)
         // What cannot be interleaved, and groups outside the matrix.
         #expect(rk_qpack8_bytes(Int32(type.rawValue), 36, Int32(C)) == 0)
-        #expect(rk_qpack8_bytes(Int32(GGMLType.q5_0.rawValue), Int32(OC), Int32(C)) == 0)
+        #expect(rk_qpack8_bytes(Int32(GGMLType.q4_K.rawValue), Int32(OC), 256) == 0)
         #expect(rk_qpack8(&packed, packed, Int32(type.rawValue), 36, Int32(C)) == RK_ERR_ARG)
         var out = [Float](repeating: 0, count: OC)
         #expect(rk_qmatmul_q8_packed8(&out, xq, packed, Int32(type.rawValue), 1, Int32(C), Int32(OC), 0, 6) == RK_ERR_ARG)
