@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""SmolLM2-135M-Instruct as llama.cpp's own quantizer writes it in the K-quant mixes people download (Q4_K_M, Q5_K_M,
+Q6_K), and a by-hand check of Reins on those files against llama.cpp: which block types each file holds, and the
+greedy ids of a chat prompt from `reins generate` and from llama-cpp-python (2 threads each).
+
+    swift build -c release --product reins
+    ~/.llamacpp-venv/bin/python Benchmarks/Scripts/kquant_files.py [--out /tmp]
+
+The files are made from the pip package's Q4_1 file: `reins quantize --type f16` first, then
+`llama_cpp.llama_model_quantize` (llama.cpp's quantizer, its own choice of fallback types for the rows that are not
+whole 256-value super-blocks). Time them with `compare_gguf.py --model FILE`.
+"""
+import argparse
+import collections
+import ctypes
+import json
+import os
+import struct
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from compare_gguf import find_model  # noqa: E402
+
+REINS = os.path.join(ROOT, ".build", "release", "reins")
+CHAT = b"<|im_start|>user\nWrite a short story about a cat who learns to play the piano.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def block_types(path):
+    """The ggml type of every tensor in a GGUF file, counted (read with llama.cpp's gguf-py if present)."""
+    try:
+        import gguf
+    except ImportError:
+        return "(pip install gguf to list the block types)"
+    return dict(collections.Counter(t.tensor_type.name for t in gguf.GGUFReader(path).tensors))
+
+
+def exact_argmax(path, ids, workdir):
+    """The argmax of the last position's logits from the dequantized weights in float32 (`reins logits`, which
+    computes exactly) for the prompt `ids`."""
+    import numpy as np
+    data = np.array([ids], dtype=np.int32).tobytes()
+    header = json.dumps({"input_ids": {"dtype": "I32", "shape": [1, len(ids)], "data_offsets": [0, len(data)]}}).encode()
+    inputs, outputs = os.path.join(workdir, "kquant-in.safetensors"), os.path.join(workdir, "kquant-out.safetensors")
+    with open(inputs, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header + data)
+    subprocess.run([REINS, "logits", "--model", path, "--inputs", inputs, "--output", outputs], check=True,
+                   capture_output=True)
+    raw = open(outputs, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    entry = json.loads(raw[8:8 + n])["logits"]
+    start, end = entry["data_offsets"]
+    logits = np.frombuffer(raw[8 + n + start:8 + n + end], dtype=np.float32).reshape(entry["shape"])
+    return int(logits[0, -1].argmax())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="/tmp")
+    ap.add_argument("--tokens", type=int, default=48)
+    a = ap.parse_args()
+    import llama_cpp
+    import numpy as np
+
+    f16 = os.path.join(a.out, "smollm2-f16.gguf")
+    subprocess.run([REINS, "quantize", "--model", find_model(), "--type", "f16", "--output", f16], check=True,
+                   capture_output=True)
+    for name, ftype in [("Q4_K_M", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M), ("Q5_K_M", llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M),
+                        ("Q6_K", llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K)]:
+        path = os.path.join(a.out, f"smollm2-{name}.gguf")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.nthread = ftype, 2
+        if llama_cpp.llama_model_quantize(f16.encode(), path.encode(), ctypes.byref(params)) != 0:
+            sys.exit(f"llama.cpp could not write {path}")
+        llm = llama_cpp.Llama(model_path=path, n_threads=2, n_ctx=512, n_batch=512, verbose=False, logits_all=True)
+        prompt = llm.tokenize(CHAT, add_bos=False, special=True)
+        llm.eval(prompt)
+        theirs, gaps = [], []
+        for _ in range(a.tokens):
+            scores = np.array(llm.scores[llm.n_tokens - 1])
+            top = np.sort(scores)[-2:]
+            theirs.append(int(scores.argmax()))
+            gaps.append(float(top[1] - top[0]))
+            llm.eval([theirs[-1]])
+        out = subprocess.run([REINS, "generate", "--model", path, "--prompt-ids", ",".join(map(str, prompt)),
+                              "--max-new-tokens", str(a.tokens), "--greedy", "--print-ids"],
+                             check=True, capture_output=True, text=True).stdout
+        ours = json.loads(out.strip().splitlines()[-1])[len(prompt):]
+        same = next((i for i, (x, y) in enumerate(zip(theirs, ours)) if x != y), a.tokens)
+        print(f"{name}: {os.path.getsize(path) / 1e6:.1f} MB, {block_types(path)}")
+        line = f"  greedy ids equal for the first {same} of {a.tokens} tokens"
+        if same < a.tokens:
+            exact = exact_argmax(path, prompt + theirs[:same], a.out)
+            line += (f"; there llama.cpp's top two logits are {gaps[same]:.3f} apart, llama.cpp takes {theirs[same]},"
+                     f" Reins {ours[same]}, the exact float product {exact}")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
