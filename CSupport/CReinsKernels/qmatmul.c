@@ -598,11 +598,16 @@ int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, i
 // Q4_1 the 8 minimums m (16 bytes); then the quants, 32 bytes per step t, byte 4i + j of step t = byte 4t + j of row
 // i's quants (Q4: 4 steps, the low nibbles elements 4t..4t+3 and the high nibbles 16+4t..16+4t+3; Q8_0: 8 steps,
 // elements 4t..4t+3). Q5_0 and Q5_1: after the scales, the 8 rows' 32-bit words of fifth bits (32 bytes), then the
-// nibbles as Q4's. The same bytes as the row-major blocks, reordered.
+// nibbles as Q4's. Q4_K and Q6_K (blocks of 256): the 8 rows' d (16 bytes; Q4_K then dmin, 16 bytes), their scales
+// (Q4_K 12 bytes a row, Q6_K 16), then 32-byte steps of 4 bytes a row: Q4_K's quants for each pair of sub-blocks
+// (byte j of a row's step t: sub-block 2p's element 4t + j in the low nibble, 2p + 1's in the high); Q6_K's low
+// nibbles (ql, 128 bytes a row) and then its two high bits (qh, 64 bytes a row), 4 bytes a row per step.
+// The same bytes as the row-major blocks, reordered.
 static int pack8_type(int type) {
     return type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q5_0 || type == RK_GGML_Q5_1 ||
-           type == RK_GGML_Q8_0;
+           type == RK_GGML_Q8_0 || type == RK_GGML_Q4_K || type == RK_GGML_Q6_K;
 }
+static int pack8_super(int type) { return type == RK_GGML_Q4_K || type == RK_GGML_Q6_K; }
 // A type's block parts: half-precision scales (1 or 2), bytes of fifth bits (0 or 4) and 32-byte quant steps.
 static void pack8_parts(int type, int *scales, int *high, int *steps) {
     *scales = type == RK_GGML_Q4_1 || type == RK_GGML_Q5_1 ? 2 : 1;
@@ -611,43 +616,56 @@ static void pack8_parts(int type, int *scales, int *high, int *steps) {
 }
 
 size_t rk_qpack8_bytes(int type, int OC, int C) {
-    if (!pack8_type(type) || OC <= 0 || C <= 0 || OC % 8 != 0 || C % 32 != 0) return 0;
-    return (size_t)OC * (size_t)(C / 32) * rk_quant_block_bytes(type);
+    int be = (int)rk_quant_block_elements(type);
+    if (!pack8_type(type) || OC <= 0 || C <= 0 || OC % 8 != 0 || C % be != 0) return 0;
+    return (size_t)OC * (size_t)(C / be) * rk_quant_block_bytes(type);
+}
+
+// Row i's block b (row-major bytes) into, or (unpack) out of, the interleaved group block p.
+static void pack8_block(uint8_t *p, uint8_t *b, int type, int i, int unpack) {
+#define RK_MOVE(at_p, at_b, n) (unpack ? memcpy((at_b), (at_p), (n)) : memcpy((at_p), (at_b), (n)))
+    if (type == RK_GGML_Q4_K) {
+        RK_MOVE(p + 2 * i, b, 2);
+        RK_MOVE(p + 16 + 2 * i, b + 2, 2);
+        RK_MOVE(p + 32 + 12 * i, b + 4, 12);
+        for (int j = 0; j < 4; j++)
+            for (int t = 0; t < 8; t++) RK_MOVE(p + 128 + 256 * j + 32 * t + 4 * i, b + 16 + 32 * j + 4 * t, 4);
+    } else if (type == RK_GGML_Q6_K) {
+        RK_MOVE(p + 2 * i, b + 208, 2);
+        RK_MOVE(p + 16 + 16 * i, b + 192, 16);
+        for (int t = 0; t < 48; t++) RK_MOVE(p + 144 + 32 * t + 4 * i, b + 4 * t, 4); // ql, then qh
+    } else {
+        int scales, high, steps;
+        pack8_parts(type, &scales, &high, &steps);
+        for (int s = 0; s < scales; s++) RK_MOVE(p + 16 * s + 2 * i, b + 2 * s, 2);
+        if (high) RK_MOVE(p + 16 * scales + 4 * i, b + 2 * scales, 4);
+        for (int t = 0; t < steps; t++)
+            RK_MOVE(p + 16 * scales + 8 * high + 32 * t + 4 * i, b + 2 * scales + high + 4 * t, 4);
+    }
+#undef RK_MOVE
 }
 
 int rk_qpack8(void *dst, const void *w, int type, int OC, int C) {
     if (rk_qpack8_bytes(type, OC, C) == 0) return RK_ERR_ARG;
-    size_t bb = rk_quant_block_bytes(type), row_bytes = (size_t)(C / 32) * bb;
-    int nb = C / 32, scales, high, steps;
-    pack8_parts(type, &scales, &high, &steps);
-    for (int g = 0; g < OC / 8; g++) {
-        for (int k = 0; k < nb; k++) {
-            uint8_t *p = (uint8_t *)dst + ((size_t)g * nb + k) * 8 * bb;
-            for (int i = 0; i < 8; i++) {
-                const uint8_t *b = (const uint8_t *)w + (size_t)(8 * g + i) * row_bytes + (size_t)k * bb;
-                for (int s = 0; s < scales; s++) memcpy(p + 16 * s + 2 * i, b + 2 * s, 2);
-                if (high) memcpy(p + 16 * scales + 4 * i, b + 2 * scales, 4);
-                const uint8_t *q = b + 2 * scales + high;
-                for (int t = 0; t < steps; t++) memcpy(p + 16 * scales + 8 * high + 32 * t + 4 * i, q + 4 * t, 4);
-            }
-        }
-    }
+    size_t bb = rk_quant_block_bytes(type);
+    int nb = C / (int)rk_quant_block_elements(type);
+    size_t row_bytes = (size_t)nb * bb;
+    for (int g = 0; g < OC / 8; g++)
+        for (int k = 0; k < nb; k++)
+            for (int i = 0; i < 8; i++)
+                pack8_block((uint8_t *)dst + ((size_t)g * nb + k) * 8 * bb,
+                            (uint8_t *)w + (size_t)(8 * g + i) * row_bytes + (size_t)k * bb, type, i, 0);
     return RK_OK;
 }
 
 // Row i's block (row-major bytes) out of an interleaved group block p.
-static void unpack8_block(uint8_t *b, const uint8_t *p, int type, int i) {
-    int scales, high, steps;
-    pack8_parts(type, &scales, &high, &steps);
-    for (int s = 0; s < scales; s++) memcpy(b + 2 * s, p + 16 * s + 2 * i, 2);
-    if (high) memcpy(b + 2 * scales, p + 16 * scales + 4 * i, 4);
-    for (int t = 0; t < steps; t++) memcpy(b + 2 * scales + high + 4 * t, p + 16 * scales + 8 * high + 32 * t + 4 * i, 4);
-}
+static void unpack8_block(uint8_t *b, const uint8_t *p, int type, int i) { pack8_block((uint8_t *)p, b, type, i, 1); }
 
 int rk_qunpack8_rows(void *dst, const void *wp, int type, int OC, int C, int row_begin, int row_end) {
     if (rk_qpack8_bytes(type, OC, C) == 0 || row_begin < 0 || row_end > OC || row_begin > row_end) return RK_ERR_ARG;
-    size_t bb = rk_quant_block_bytes(type), row_bytes = (size_t)(C / 32) * bb;
-    int nb = C / 32;
+    size_t bb = rk_quant_block_bytes(type);
+    int nb = C / (int)rk_quant_block_elements(type);
+    size_t row_bytes = (size_t)nb * bb;
     for (int o = row_begin; o < row_end; o++)
         for (int k = 0; k < nb; k++)
             unpack8_block((uint8_t *)dst + (size_t)(o - row_begin) * row_bytes + (size_t)k * bb,
@@ -657,16 +675,17 @@ int rk_qunpack8_rows(void *dst, const void *wp, int type, int OC, int C, int row
 
 int rk_dequantize_packed8_rows(float *out, const void *wp, int type, int OC, int C, int row_begin, int row_end) {
     if (rk_qpack8_bytes(type, OC, C) == 0 || row_begin < 0 || row_end > OC || row_begin > row_end) return RK_ERR_ARG;
-    // A row at a time through a stack buffer of up to 64 blocks (the row-major bytes), then rk_dequantize.
+    // A row at a time through a stack buffer of 64 blocks of 32 values, or 10 of 256 (the row-major bytes), then
+    // rk_dequantize.
     uint8_t tmp[64 * 34];
-    size_t bb = rk_quant_block_bytes(type);
-    int nb = C / 32;
+    size_t bb = rk_quant_block_bytes(type), be = rk_quant_block_elements(type);
+    int nb = C / (int)be, chunk = (int)(sizeof tmp / bb);
     for (int o = row_begin; o < row_end; o++) {
-        for (int k0 = 0; k0 < nb; k0 += 64) {
-            int n = nb - k0 < 64 ? nb - k0 : 64;
+        for (int k0 = 0; k0 < nb; k0 += chunk) {
+            int n = nb - k0 < chunk ? nb - k0 : chunk;
             for (int k = 0; k < n; k++)
                 unpack8_block(tmp + (size_t)k * bb, (const uint8_t *)wp + ((size_t)(o / 8) * nb + k0 + k) * 8 * bb, type, o % 8);
-            rk_dequantize(out + (size_t)(o - row_begin) * C + 32 * (size_t)k0, tmp, (size_t)n * 32, type);
+            rk_dequantize(out + (size_t)(o - row_begin) * C + be * (size_t)k0, tmp, (size_t)n * be, type);
         }
     }
     return RK_OK;
@@ -676,15 +695,15 @@ static int packed_scalar(float *out, const rk_q8_block *xq, const uint8_t *wp, i
                          int group_begin, int group_end) {
     // Undo the interleaving of one group's block into 8 row-major blocks, then the scalar row product.
     size_t bb = rk_quant_block_bytes(type);
-    int nb = C / 32;
-    uint8_t block[34];
+    int per = (int)rk_quant_block_elements(type) / 32, nb = C / 32 / per; // activation blocks per weight block
+    uint8_t block[256];
     for (int g = group_begin; g < group_end; g++)
         for (int n = 0; n < N; n++)
             for (int i = 0; i < 8; i++) {
                 float acc = 0.0f;
                 for (int k = 0; k < nb; k++) {
                     unpack8_block(block, wp + ((size_t)g * nb + k) * 8 * bb, type, i);
-                    acc += row_dot_scalar(block, xq + RK_IDX(n, k, nb), 1, type);
+                    acc += row_dot_scalar(block, xq + RK_IDX(n, k * per, C / 32), per, type);
                 }
                 out[RK_IDX(n, 8 * g + i, OC)] = acc;
             }
@@ -1022,6 +1041,112 @@ static RK_VNNI void pack8_Q8_0X_8_vnni(float *out, size_t ldo, const uint8_t *p,
     for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
 }
 
+// Q4_K interleaved by 8 rows, R activation rows (R ≤ 4): per super-block the 8 rows' d and dmin, and per sub-block
+// their 6-bit scales and minimums as 8 floats (scale·d, m·dmin); each pair of sub-blocks is 8 steps of 32 bytes,
+// the low nibbles sub-block 2p and the high ones 2p + 1. A step's products are at most 2·15·127 per 16-bit pair, so
+// a sub-block's 8 steps add up exactly in 16 bits (≤ 30480) and widen once.
+static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256 d, __m256 dmin, __m256 *sc, __m256 *mn) {
+    int s[8], m[8];
+    for (int i = 0; i < 8; i++) k_scale_min(scales + 12 * i, sb, &s[i], &m[i]);
+    *sc = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)s)));
+    *mn = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)m)));
+}
+#define PACK8_Q4_K_BODY(R)                                                                                          \
+    __m256 acc[R];                                                                                                  \
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                       \
+    const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);                                       \
+    for (int k = 0; k < nsb; k++, p += 1152) {                                                                      \
+        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                            \
+        __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));                                  \
+        for (int j = 0; j < 4; j++) {                                                                               \
+            __m256 sc0, mn0, sc1, mn1;                                                                              \
+            k_scales_mins8(p + 32, 2 * j, d, dmin, &sc0, &mn0);                                                     \
+            k_scales_mins8(p + 32, 2 * j + 1, d, dmin, &sc1, &mn1);                                                 \
+            __m256i h0[R], h1[R];                                                                                   \
+            _Pragma("clang loop unroll(full)")                                                                      \
+            for (int t = 0; t < 8; t++) {                                                                           \
+                __m256i v = _mm256_loadu_si256((const __m256i *)(p + 128 + 256 * j + 32 * t));                      \
+                __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);      \
+                for (int r = 0; r < R; r++) {                                                                       \
+                    const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + 2 * j;                                     \
+                    __m256i m0 = _mm256_maddubs_epi16(lo, bcast4(b[0].q + 4 * t));                                  \
+                    __m256i m1 = _mm256_maddubs_epi16(hi, bcast4(b[1].q + 4 * t));                                  \
+                    h0[r] = t == 0 ? m0 : _mm256_add_epi16(h0[r], m0);                                              \
+                    h1[r] = t == 0 ? m1 : _mm256_add_epi16(h1[r], m1);                                              \
+                }                                                                                                   \
+            }                                                                                                       \
+            for (int r = 0; r < R; r++) {                                                                           \
+                const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + 2 * j;                                         \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(h0[r], ones)),                        \
+                                         _mm256_mul_ps(sc0, _mm256_broadcast_ss(&b[0].d)), acc[r]);                 \
+                acc[r] = _mm256_fnmadd_ps(mn0, _mm256_broadcast_ss(&b[0].ds), acc[r]);                              \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(h1[r], ones)),                        \
+                                         _mm256_mul_ps(sc1, _mm256_broadcast_ss(&b[1].d)), acc[r]);                 \
+                acc[r] = _mm256_fnmadd_ps(mn1, _mm256_broadcast_ss(&b[1].ds), acc[r]);                              \
+            }                                                                                                       \
+        }                                                                                                           \
+    }                                                                                                               \
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
+
+// Q6_K interleaved by 8 rows: a sub-block's values 0..63 (low nibble | two high bits << 4), offset by 32 in integers
+// (−32·Σq_x per half, the activation block's 16-value sums); its two scales (one per 16 values, 8 rows each) in
+// float. A step's products are at most 2·63·127 per 16-bit pair, so two steps add up in 16 bits before widening.
+#define PACK8_Q6_K_BODY(R)                                                                                          \
+    __m256 acc[R];                                                                                                  \
+    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                       \
+    const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);          \
+    for (int k = 0; k < nsb; k++, p += 1680) {                                                                      \
+        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                            \
+        for (int sb = 0; sb < 8; sb++) {                                                                            \
+            int h = sb >> 2, p4 = sb & 3, s0[8], s1[8];                                                             \
+            for (int i = 0; i < 8; i++) {                                                                           \
+                s0[i] = ((const int8_t *)p)[16 + 16 * i + 2 * sb];                                                  \
+                s1[i] = ((const int8_t *)p)[16 + 16 * i + 2 * sb + 1];                                              \
+            }                                                                                                       \
+            __m256 f0 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)s0)));              \
+            __m256 f1 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)s1)));              \
+            const uint8_t *ql = p + 144 + 32 * (16 * h + 8 * (p4 & 1)), *qh = p + 144 + 32 * (32 + 8 * h);          \
+            __m256i ih[2][R];                                                                                       \
+            _Pragma("clang loop unroll(full)")                                                                      \
+            for (int half = 0; half < 2; half++) {                                                                  \
+                __m256i u[4];                                                                                       \
+                for (int s = 0; s < 4; s++) {                                                                       \
+                    int t = 4 * half + s;                                                                           \
+                    __m256i l = _mm256_loadu_si256((const __m256i *)(ql + 32 * t));                                 \
+                    l = _mm256_and_si256(p4 >> 1 ? _mm256_srli_epi16(l, 4) : l, low4);                              \
+                    __m256i hb = _mm256_and_si256(                                                                  \
+                        _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(qh + 32 * t)), 2 * p4), three);      \
+                    u[s] = _mm256_or_si256(l, _mm256_slli_epi16(hb, 4));                                            \
+                }                                                                                                   \
+                for (int r = 0; r < R; r++) {                                                                       \
+                    const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 16 * half;                                \
+                    __m256i a = _mm256_add_epi16(_mm256_maddubs_epi16(u[0], bcast4(q)),                             \
+                                                 _mm256_maddubs_epi16(u[1], bcast4(q + 4)));                        \
+                    __m256i c = _mm256_add_epi16(_mm256_maddubs_epi16(u[2], bcast4(q + 8)),                         \
+                                                 _mm256_maddubs_epi16(u[3], bcast4(q + 12)));                       \
+                    ih[half][r] = _mm256_add_epi32(_mm256_madd_epi16(a, ones), _mm256_madd_epi16(c, ones));         \
+                }                                                                                                   \
+            }                                                                                                       \
+            for (int r = 0; r < R; r++) {                                                                           \
+                const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;                                            \
+                __m256i i0 = _mm256_sub_epi32(ih[0][r], _mm256_set1_epi32(32 * (int)b->sum16[0]));                  \
+                __m256i i1 = _mm256_sub_epi32(ih[1][r], _mm256_set1_epi32(32 * (int)b->sum16[1]));                  \
+                __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), f0, _mm256_mul_ps(_mm256_cvtepi32_ps(i1), f1));  \
+                acc[r] = _mm256_fmadd_ps(f, _mm256_broadcast_ss(&b->d), acc[r]);                                    \
+            }                                                                                                       \
+        }                                                                                                           \
+    }                                                                                                               \
+    for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
+
+// The super-block kernels' last argument is the count of super-blocks (ldx counts the activation's blocks of 32).
+#define PACK8K_FUNCTION(TYPE, R)                                                                                    \
+    static RK_AVX2Q void pack8_##TYPE##_##R##_avx2(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,  \
+                                                   size_t ldx, int nsb) {                                           \
+        PACK8_##TYPE##_BODY(R)                                                                                      \
+    }
+PACK8K_FUNCTION(Q4_K, 1) PACK8K_FUNCTION(Q4_K, 2) PACK8K_FUNCTION(Q4_K, 3) PACK8K_FUNCTION(Q4_K, 4)
+PACK8K_FUNCTION(Q6_K, 1) PACK8K_FUNCTION(Q6_K, 2) PACK8K_FUNCTION(Q6_K, 3) PACK8K_FUNCTION(Q6_K, 4)
+
 typedef void (*pack8_fn)(float *, size_t, const uint8_t *, const rk_q8_block *, size_t, int);
 static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
 #define RK_SET_PACK8(TYPE, S)                                                                                       \
@@ -1031,6 +1156,8 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
     case RK_GGML_Q4_0: if (vnni) { RK_SET_PACK8(Q4_0, vnni) } else { RK_SET_PACK8(Q4_0H, avx2) } break;
     case RK_GGML_Q5_0: RK_SET_PACK8(Q5_0, avx2) break; // AVX2 on every x86 kernel level
     case RK_GGML_Q5_1: RK_SET_PACK8(Q5_1, avx2) break;
+    case RK_GGML_Q4_K: RK_SET_PACK8(Q4_K, avx2) break;
+    case RK_GGML_Q6_K: RK_SET_PACK8(Q6_K, avx2) break;
     default: if (vnni) { RK_SET_PACK8(Q8_0X, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
     }
 #undef RK_SET_PACK8
@@ -1038,13 +1165,14 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
 
 // Rows [n, N) of one group of 8 weight rows: eight activation rows at a time where there is a kernel for it, then
 // four at a time (the last pass takes 1-4).
+// `ldx`: activation blocks (of 32) per row; `nb`: weight blocks per row (the same but for super-block types).
 static void pack8_rows(float *out, const rk_q8_block *xq, const uint8_t *p, pack8_fn f[4], pack8_fn eight, int g,
-                       int n, int N, int nb, int OC) {
+                       int n, int N, int ldx, int nb, int OC) {
     for (; eight && n + 8 <= N; n += 8)
-        eight(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+        eight(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, ldx), (size_t)ldx, nb);
     for (; n < N; n += 4) {
         int R = N - n < 4 ? N - n : 4;
-        f[R - 1](out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
+        f[R - 1](out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, ldx), (size_t)ldx, nb);
     }
 }
 #endif
@@ -1064,7 +1192,7 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
         pack8_fn f[4];
         int vnni = isa >= RK_ISA_AVX512 && rk_cpu_has_vnni();
         pack8_functions(type, vnni, f);
-        int nb = C / 32;
+        int ldx = C / 32, nb = C / (int)rk_quant_block_elements(type);
         pack8_fn eight = type == RK_GGML_Q4_1 ? (vnni ? pack8_Q4_1_8_vnni : pack8_Q4_1H_8_avx2)
                          : type == RK_GGML_Q8_0 && vnni ? pack8_Q8_0X_8_vnni
                                                         : NULL;
@@ -1077,9 +1205,10 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
             const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;
             for (int n = 0; n < n8; n += 8)
                 pack16_Q4_1_8_vnni(out + RK_IDX(n, 8 * g, OC), (size_t)OC, p, xq + RK_IDX(n, 0, nb), (size_t)nb, nb);
-            for (int h = 0; h < 2; h++) pack8_rows(out, xq, p + h * gb, f, eight, g + h, n8, N, nb, OC);
+            for (int h = 0; h < 2; h++) pack8_rows(out, xq, p + h * gb, f, eight, g + h, n8, N, ldx, nb, OC);
         }
-        for (; g < group_end; g++) pack8_rows(out, xq, (const uint8_t *)wp + (size_t)g * gb, f, eight, g, 0, N, nb, OC);
+        for (; g < group_end; g++)
+            pack8_rows(out, xq, (const uint8_t *)wp + (size_t)g * gb, f, eight, g, 0, N, ldx, nb, OC);
         return RK_OK;
     }
 #endif

@@ -171,9 +171,9 @@ struct QuantizedKernelTests {
 
     /// The kernel for batches reads the weight interleaved by 8 rows: its scalar form and its AVX2 / VNNI forms against
     /// the row-major oracle, for 1 to 13 activation rows (every tile of 8, of up to 4 and remainder) and split groups.
-    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0])
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q6_K])
     func interleavedWeightsGiveTheOraclesProducts(type: GGMLType) throws {
-        let C = 96, OC = 40, N = 13
+        let C = type.blockElements! == 256 ? 512 : 96, OC = 40, N = 13
         let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue) + 40)
         let xq = Self.blocks(randomFloats(N * C, seed: 12, scale: 1), rows: N, columns: C, reference: true)
         var reference = [Float](repeating: .nan, count: N * OC)
@@ -205,12 +205,12 @@ struct QuantizedKernelTests {
                 expectClose(got, Array(reference[0..<(rows * OC)]), atol: 1e-5, rtol: 1e-5, "\(type) \(rows) rows on isa \(active)")
             }
         }
-        // Rows longer than the 64 blocks that dequantizing an interleaved row takes at a time.
-        let wide = try Self.randomMatrix(type, rows: 8, columns: 66 * 32, seed: 3)
+        // Rows longer than the blocks that dequantizing an interleaved row takes at a time (64 of 32 values, 10-15 of 256).
+        let wide = try Self.randomMatrix(type, rows: 8, columns: type.blockElements! == 256 ? 16 * 256 : 66 * 32, seed: 3)
         #expect(try wide.interleavedByRows().dequantized().scalars == wide.dequantized().scalars)
         // What cannot be interleaved, and groups outside the matrix.
         #expect(rk_qpack8_bytes(Int32(type.rawValue), 36, Int32(C)) == 0)
-        #expect(rk_qpack8_bytes(Int32(GGMLType.q4_K.rawValue), Int32(OC), 256) == 0)
+        #expect(rk_qpack8_bytes(Int32(GGMLType.q5_K.rawValue), Int32(OC), 256) == 0)
         #expect(rk_qpack8(&packed, packed, Int32(type.rawValue), 36, Int32(C)) == RK_ERR_ARG)
         var out = [Float](repeating: 0, count: OC)
         #expect(rk_qmatmul_q8_packed8(&out, xq, packed, Int32(type.rawValue), 1, Int32(C), Int32(OC), 0, 6) == RK_ERR_ARG)
@@ -289,13 +289,13 @@ struct QuantizedKernelTests {
     }
 
     /// Row-major weights (45 rows), and weights interleaved by 8 rows (136: 17 groups; the exact route puts them back in
-    /// row order 64 rows at a time) — Q6_K cannot be interleaved and stays row-major.
-    @Test(arguments: [GGMLType.q4_1, .q8_0, .q6_K], [false, true])
+    /// row order 64 rows at a time) — Q5_K cannot be interleaved and stays row-major.
+    @Test(arguments: [GGMLType.q4_1, .q8_0, .q6_K, .q5_K], [false, true])
     func quantizedLinearEqualsTheDequantizedProductWithGradients(type: GGMLType, interleave: Bool) throws {
         let C = type.blockElements! == 256 ? 256 : 96, OC = interleave ? 136 : 45
         let rowMajor = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
         let w = interleave ? rowMajor.interleavedByRows() : rowMajor
-        #expect(w.isInterleaved == (interleave && type != .q6_K))
+        #expect(w.isInterleaved == (interleave && type != .q5_K))
         let dense = try rowMajor.dequantized()
         #expect(try w.dequantized().scalars == dense.scalars, "the same values in either layout")
         let order = (0..<OC).map { ($0 * 7) % OC }
