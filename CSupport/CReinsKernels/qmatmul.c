@@ -598,16 +598,16 @@ int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, i
 // Q4_1 the 8 minimums m (16 bytes); then the quants, 32 bytes per step t, byte 4i + j of step t = byte 4t + j of row
 // i's quants (Q4: 4 steps, the low nibbles elements 4t..4t+3 and the high nibbles 16+4t..16+4t+3; Q8_0: 8 steps,
 // elements 4t..4t+3). Q5_0 and Q5_1: after the scales, the 8 rows' 32-bit words of fifth bits (32 bytes), then the
-// nibbles as Q4's. Q4_K and Q6_K (blocks of 256): the 8 rows' d (16 bytes; Q4_K then dmin, 16 bytes), their scales
-// (Q4_K 12 bytes a row, Q6_K 16), then 32-byte steps of 4 bytes a row: Q4_K's quants for each pair of sub-blocks
-// (byte j of a row's step t: sub-block 2p's element 4t + j in the low nibble, 2p + 1's in the high); Q6_K's low
-// nibbles (ql, 128 bytes a row) and then its two high bits (qh, 64 bytes a row), 4 bytes a row per step.
+// nibbles as Q4's. Q4_K, Q5_K and Q6_K (blocks of 256): the 8 rows' d (16 bytes; Q4_K and Q5_K then dmin, 16 bytes),
+// their scales (Q4_K and Q5_K 12 bytes a row, Q6_K 16), then 32-byte steps of 4 bytes a row: Q5_K's fifth bits (32
+// bytes a row: byte j of step t holds bit s for sub-block s's element 4t + j); Q4_K's and Q5_K's quants for each pair
+// of sub-blocks (byte j of a row's step t: sub-block 2p's element 4t + j in the low nibble, 2p + 1's in the high);
+// Q6_K's low nibbles (ql, 128 bytes a row) and then its two high bits (qh, 64 bytes a row).
 // The same bytes as the row-major blocks, reordered.
 static int pack8_type(int type) {
     return type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q5_0 || type == RK_GGML_Q5_1 ||
-           type == RK_GGML_Q8_0 || type == RK_GGML_Q4_K || type == RK_GGML_Q6_K;
+           type == RK_GGML_Q8_0 || type == RK_GGML_Q4_K || type == RK_GGML_Q5_K || type == RK_GGML_Q6_K;
 }
-static int pack8_super(int type) { return type == RK_GGML_Q4_K || type == RK_GGML_Q6_K; }
 // A type's block parts: half-precision scales (1 or 2), bytes of fifth bits (0 or 4) and 32-byte quant steps.
 static void pack8_parts(int type, int *scales, int *high, int *steps) {
     *scales = type == RK_GGML_Q4_1 || type == RK_GGML_Q5_1 ? 2 : 1;
@@ -624,12 +624,15 @@ size_t rk_qpack8_bytes(int type, int OC, int C) {
 // Row i's block b (row-major bytes) into, or (unpack) out of, the interleaved group block p.
 static void pack8_block(uint8_t *p, uint8_t *b, int type, int i, int unpack) {
 #define RK_MOVE(at_p, at_b, n) (unpack ? memcpy((at_b), (at_p), (n)) : memcpy((at_p), (at_b), (n)))
-    if (type == RK_GGML_Q4_K) {
+    if (type == RK_GGML_Q4_K || type == RK_GGML_Q5_K) {
+        int high = type == RK_GGML_Q5_K ? 256 : 0; // Q5_K's fifth bits: 8 steps before the quants
         RK_MOVE(p + 2 * i, b, 2);
         RK_MOVE(p + 16 + 2 * i, b + 2, 2);
         RK_MOVE(p + 32 + 12 * i, b + 4, 12);
+        for (int t = 0; t < high / 32; t++) RK_MOVE(p + 128 + 32 * t + 4 * i, b + 16 + 4 * t, 4);
         for (int j = 0; j < 4; j++)
-            for (int t = 0; t < 8; t++) RK_MOVE(p + 128 + 256 * j + 32 * t + 4 * i, b + 16 + 32 * j + 4 * t, 4);
+            for (int t = 0; t < 8; t++)
+                RK_MOVE(p + 128 + high + 256 * j + 32 * t + 4 * i, b + 16 + high / 8 + 32 * j + 4 * t, 4);
     } else if (type == RK_GGML_Q6_K) {
         RK_MOVE(p + 2 * i, b + 208, 2);
         RK_MOVE(p + 16 + 16 * i, b + 192, 16);
@@ -1051,37 +1054,50 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
     *sc = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)s)));
     *mn = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)m)));
 }
-#define PACK8_Q4_K_BODY(R)                                                                                          \
+// Q5_K: the same with a fifth bit per value (0..31, so a sub-block's steps add up in 16 bits four at a time).
+#define PACK8_Q4_K_BODY(R) PACK8_K45_BODY(R, 0)
+#define PACK8_Q5_K_BODY(R) PACK8_K45_BODY(R, 1)
+#define PACK8_K45_BODY(R, FIVE)                                                                                     \
     __m256 acc[R];                                                                                                  \
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                       \
-    const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);                                       \
-    for (int k = 0; k < nsb; k++, p += 1152) {                                                                      \
+    const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), one = _mm256_set1_epi8(1);            \
+    (void)one;                                                                                                      \
+    for (int k = 0; k < nsb; k++, p += FIVE ? 1408 : 1152) {                                                        \
         __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                            \
         __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));                                  \
         for (int j = 0; j < 4; j++) {                                                                               \
             __m256 sc0, mn0, sc1, mn1;                                                                              \
             k_scales_mins8(p + 32, 2 * j, d, dmin, &sc0, &mn0);                                                     \
             k_scales_mins8(p + 32, 2 * j + 1, d, dmin, &sc1, &mn1);                                                 \
-            __m256i h0[R], h1[R];                                                                                   \
+            __m256i h0[R], h1[R], i0[R], i1[R];                                                                     \
             _Pragma("clang loop unroll(full)")                                                                      \
             for (int t = 0; t < 8; t++) {                                                                           \
-                __m256i v = _mm256_loadu_si256((const __m256i *)(p + 128 + 256 * j + 32 * t));                      \
+                __m256i v = _mm256_loadu_si256((const __m256i *)(p + 128 + 256 * FIVE + 256 * j + 32 * t));         \
                 __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);      \
+                if (FIVE) {                                                                                         \
+                    __m256i f = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * t));                            \
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(f, 2 * j), one), 4)); \
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(f, 2 * j + 1), one), 4)); \
+                }                                                                                                   \
                 for (int r = 0; r < R; r++) {                                                                       \
                     const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + 2 * j;                                     \
                     __m256i m0 = _mm256_maddubs_epi16(lo, bcast4(b[0].q + 4 * t));                                  \
                     __m256i m1 = _mm256_maddubs_epi16(hi, bcast4(b[1].q + 4 * t));                                  \
-                    h0[r] = t == 0 ? m0 : _mm256_add_epi16(h0[r], m0);                                              \
-                    h1[r] = t == 0 ? m1 : _mm256_add_epi16(h1[r], m1);                                              \
+                    h0[r] = t % (FIVE ? 4 : 8) == 0 ? m0 : _mm256_add_epi16(h0[r], m0);                             \
+                    h1[r] = t % (FIVE ? 4 : 8) == 0 ? m1 : _mm256_add_epi16(h1[r], m1);                             \
+                    if (FIVE && t == 3) {                                                                           \
+                        i0[r] = _mm256_madd_epi16(h0[r], ones);                                                     \
+                        i1[r] = _mm256_madd_epi16(h1[r], ones);                                                     \
+                    }                                                                                               \
                 }                                                                                                   \
             }                                                                                                       \
             for (int r = 0; r < R; r++) {                                                                           \
                 const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + 2 * j;                                         \
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(h0[r], ones)),                        \
-                                         _mm256_mul_ps(sc0, _mm256_broadcast_ss(&b[0].d)), acc[r]);                 \
+                __m256i s0 = _mm256_madd_epi16(h0[r], ones), s1 = _mm256_madd_epi16(h1[r], ones);                   \
+                if (FIVE) { s0 = _mm256_add_epi32(s0, i0[r]); s1 = _mm256_add_epi32(s1, i1[r]); }                   \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(sc0, _mm256_broadcast_ss(&b[0].d)), acc[r]); \
                 acc[r] = _mm256_fnmadd_ps(mn0, _mm256_broadcast_ss(&b[0].ds), acc[r]);                              \
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(h1[r], ones)),                        \
-                                         _mm256_mul_ps(sc1, _mm256_broadcast_ss(&b[1].d)), acc[r]);                 \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(sc1, _mm256_broadcast_ss(&b[1].d)), acc[r]); \
                 acc[r] = _mm256_fnmadd_ps(mn1, _mm256_broadcast_ss(&b[1].ds), acc[r]);                              \
             }                                                                                                       \
         }                                                                                                           \
@@ -1145,6 +1161,7 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
         PACK8_##TYPE##_BODY(R)                                                                                      \
     }
 PACK8K_FUNCTION(Q4_K, 1) PACK8K_FUNCTION(Q4_K, 2) PACK8K_FUNCTION(Q4_K, 3) PACK8K_FUNCTION(Q4_K, 4)
+PACK8K_FUNCTION(Q5_K, 1) PACK8K_FUNCTION(Q5_K, 2) PACK8K_FUNCTION(Q5_K, 3) PACK8K_FUNCTION(Q5_K, 4)
 PACK8K_FUNCTION(Q6_K, 1) PACK8K_FUNCTION(Q6_K, 2) PACK8K_FUNCTION(Q6_K, 3) PACK8K_FUNCTION(Q6_K, 4)
 
 typedef void (*pack8_fn)(float *, size_t, const uint8_t *, const rk_q8_block *, size_t, int);
@@ -1157,6 +1174,7 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
     case RK_GGML_Q5_0: RK_SET_PACK8(Q5_0, avx2) break; // AVX2 on every x86 kernel level
     case RK_GGML_Q5_1: RK_SET_PACK8(Q5_1, avx2) break;
     case RK_GGML_Q4_K: RK_SET_PACK8(Q4_K, avx2) break;
+    case RK_GGML_Q5_K: RK_SET_PACK8(Q5_K, avx2) break;
     case RK_GGML_Q6_K: RK_SET_PACK8(Q6_K, avx2) break;
     default: if (vnni) { RK_SET_PACK8(Q8_0X, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
     }
