@@ -209,6 +209,10 @@ static inline RK_AVX2Q __m256i fifth_bits32(const uint8_t *p) {
 static inline RK_AVX2Q __m256i fives32(const uint8_t *qh, const uint8_t *qs) {
     return _mm256_or_si256(nibbles32(qs), fifth_bits32(qh));
 }
+// Bit `bit` of each byte of v as 0x10 (16-bit shifts, then a mask per byte: the bit lands on bit 0, then on bit 4).
+static inline RK_AVX2Q __m256i bit_as_16(__m256i v, int bit) {
+    return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(v, bit), _mm256_set1_epi8(1)), 4);
+}
 static inline RK_AVX2Q float half_f16c(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
 
 static inline RK_AVX2Q float hsum8(__m256 v) { return rk_hsum256(v); }
@@ -406,14 +410,11 @@ static pair_fn pair_function(int type, int vnni) {
     K_SCALES_MINS(w)
 #define K_UNPACK_Q5_K(w)                                                                                            \
     {                                                                                                               \
-        __m256i hb = _mm256_loadu_si256((const __m256i *)((w) + 16)), one = _mm256_set1_epi8(1);                     \
+        __m256i hb = _mm256_loadu_si256((const __m256i *)((w) + 16));                                               \
         for (int j = 0; j < 4; j++) {                                                                               \
             __m256i v = _mm256_loadu_si256((const __m256i *)((w) + 48 + 32 * j));                                   \
-            /* 16-bit shifts, then a mask per byte: bit sb of each byte lands on bit 0 (4 after the left shift). */ \
-            __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one);                                       \
-            __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one);                                   \
-            u[2 * j] = _mm256_or_si256(_mm256_and_si256(v, low4), _mm256_slli_epi16(h0, 4));                        \
-            u[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), _mm256_slli_epi16(h1, 4)); \
+            u[2 * j] = _mm256_or_si256(_mm256_and_si256(v, low4), bit_as_16(hb, 2 * j));                            \
+            u[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), bit_as_16(hb, 2 * j + 1)); \
         }                                                                                                           \
     }                                                                                                               \
     K_SCALES_MINS(w)
@@ -435,8 +436,7 @@ static pair_fn pair_function(int type, int vnni) {
         __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));   \
         __m256i hb = _mm256_loadu_si256((const __m256i *)((w) + 128 + 32 * h)), three = _mm256_set1_epi8(3);         \
         for (int j = 0; j < 4; j++) {                                                                               \
-            __m256i lo = _mm256_and_si256(j < 2 ? _mm256_and_si256(j == 0 ? l0 : l1, low4)                          \
-                                                : _mm256_srli_epi16(j == 2 ? l0 : l1, 4), low4);                    \
+            __m256i lo = _mm256_and_si256(j < 2 ? (j == 0 ? l0 : l1) : _mm256_srli_epi16(j == 2 ? l0 : l1, 4), low4); \
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), three);                                     \
             u[4 * h + j] = _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4));                                           \
         }                                                                                                           \
@@ -519,11 +519,9 @@ int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, in
 #if RK_X86
     size_t row_bytes = (size_t)C / rk_quant_block_elements(type) * rk_quant_block_bytes(type);
     int nb = C / 32;
-    int isa = rk_isa_active();
-    if (isa >= RK_ISA_AVX2 && (type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q5_0 ||
-                               type == RK_GGML_Q5_1 || type == RK_GGML_Q8_0)) {
-        int vnni = isa >= RK_ISA_AVX512 && rk_cpu_has_vnni();
-        pair_fn pair = pair_function(type, vnni);
+    int isa = rk_isa_active(), vnni = isa >= RK_ISA_AVX512 && rk_cpu_has_vnni();
+    pair_fn pair = isa >= RK_ISA_AVX2 ? pair_function(type, vnni) : NULL; // NULL: not a 32-value block type
+    if (pair) {
         tile_fn tile[3];
         tile_functions(type, vnni, tile);
         // Weight rows in pairs (an odd last row is paired with itself); each pair against every activation row while
@@ -1060,8 +1058,7 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
 #define PACK8_K45_BODY(R, FIVE)                                                                                     \
     __m256 acc[R];                                                                                                  \
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                       \
-    const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), one = _mm256_set1_epi8(1);            \
-    (void)one;                                                                                                      \
+    const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);                                       \
     for (int k = 0; k < nsb; k++, p += FIVE ? 1408 : 1152) {                                                        \
         __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                            \
         __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));                                  \
@@ -1076,8 +1073,8 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
                 __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);      \
                 if (FIVE) {                                                                                         \
                     __m256i f = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * t));                            \
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(f, 2 * j), one), 4)); \
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(f, 2 * j + 1), one), 4)); \
+                    lo = _mm256_or_si256(lo, bit_as_16(f, 2 * j));                                                 \
+                    hi = _mm256_or_si256(hi, bit_as_16(f, 2 * j + 1));                                              \
                 }                                                                                                   \
                 for (int r = 0; r < R; r++) {                                                                       \
                     const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + 2 * j;                                     \
