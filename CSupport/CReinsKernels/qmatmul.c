@@ -209,9 +209,12 @@ static inline RK_AVX2Q __m256i fifth_bits32(const uint8_t *p) {
 static inline RK_AVX2Q __m256i fives32(const uint8_t *qh, const uint8_t *qs) {
     return _mm256_or_si256(nibbles32(qs), fifth_bits32(qh));
 }
-// Bit `bit` of each byte of v as 0x10 (16-bit shifts, then a mask per byte: the bit lands on bit 0, then on bit 4).
+// Bit `bit` (0-7, a constant after inlining) of each byte of v as 0x10: one 16-bit shift that moves it onto bit 4,
+// then a mask per byte. The bits a shift carries across a byte boundary land on bits 0-3 (left shifts of at most 4)
+// or 5-7 (right shifts of at most 3) of the other byte, which the mask drops.
 static inline RK_AVX2Q __m256i bit_as_16(__m256i v, int bit) {
-    return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(v, bit), _mm256_set1_epi8(1)), 4);
+    __m256i at4 = bit < 4 ? _mm256_slli_epi16(v, 4 - bit) : bit > 4 ? _mm256_srli_epi16(v, bit - 4) : v;
+    return _mm256_and_si256(at4, _mm256_set1_epi8(0x10));
 }
 static inline RK_AVX2Q float half_f16c(const uint8_t *p) { return _cvtsh_ss((unsigned short)(p[0] | (p[1] << 8))); }
 
@@ -595,13 +598,15 @@ int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, i
 // Layout: rows 8g..8g+7, block k, at ((g·nb + k) · 8 · block_bytes): the 8 half-precision scales d (16 bytes); for
 // Q4_1 the 8 minimums m (16 bytes); then the quants, 32 bytes per step t, byte 4i + j of step t = byte 4t + j of row
 // i's quants (Q4: 4 steps, the low nibbles elements 4t..4t+3 and the high nibbles 16+4t..16+4t+3; Q8_0: 8 steps,
-// elements 4t..4t+3). Q5_0 and Q5_1: after the scales, the 8 rows' 32-bit words of fifth bits (32 bytes), then the
-// nibbles as Q4's. Q4_K, Q5_K and Q6_K (blocks of 256): the 8 rows' d (16 bytes; Q4_K and Q5_K then dmin, 16 bytes),
-// their scales (Q4_K and Q5_K 12 bytes a row, Q6_K 16), then 32-byte steps of 4 bytes a row: Q5_K's fifth bits (32
-// bytes a row: byte j of step t holds bit s for sub-block s's element 4t + j); Q4_K's and Q5_K's quants for each pair
-// of sub-blocks (byte j of a row's step t: sub-block 2p's element 4t + j in the low nibble, 2p + 1's in the high);
-// Q6_K's low nibbles (ql, 128 bytes a row) and then its two high bits (qh, 64 bytes a row).
-// The same bytes as the row-major blocks, reordered.
+// elements 4t..4t+3). Q5_0 and Q5_1: after the scales, the 8 rows' fifth bits (4 bytes a row, 32 in all, laid out
+// as the steps' bytes: bit 2t of row i's byte j is the fifth bit of element 4t + j, bit 2t + 1 that of 16 + 4t + j),
+// then the nibbles as Q4's. Q4_K, Q5_K and Q6_K (blocks of 256): the 8 rows' d (16 bytes; Q4_K and Q5_K then dmin,
+// 16 bytes), their scales (12 bytes a row for Q4_K and Q5_K, 16 for Q6_K) transposed: byte s of row i at 8s + i,
+// so that one 8-byte load holds a scale byte of all 8 rows; then 32-byte steps of 4 bytes a row: Q5_K's fifth
+// bits (32 bytes a row: byte j of step t holds bit s for sub-block s's element 4t + j); Q4_K's and Q5_K's quants for
+// each pair of sub-blocks (byte j of a row's step t: sub-block 2p's element 4t + j in the low nibble, 2p + 1's in the
+// high); Q6_K's low nibbles (ql, 128 bytes a row) and then its two high bits (qh, 64 bytes a row).
+// The same bytes as the row-major blocks, reordered (Q5_0's and Q5_1's fifth bits also within each row's 4 bytes).
 static int pack8_type(int type) {
     return type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q5_0 || type == RK_GGML_Q5_1 ||
            type == RK_GGML_Q8_0 || type == RK_GGML_Q4_K || type == RK_GGML_Q5_K || type == RK_GGML_Q6_K;
@@ -619,6 +624,21 @@ size_t rk_qpack8_bytes(int type, int OC, int C) {
     return (size_t)OC * (size_t)(C / be) * rk_quant_block_bytes(type);
 }
 
+// A Q5_0 / Q5_1 row's 32-bit word of fifth bits (bit e: element e) to its 4 interleaved bytes (bit 2t + h of byte j:
+// element 16h + 4t + j), or back (unpack).
+static void move_fifth_bits(uint8_t *p, uint8_t *b, int unpack) {
+    uint32_t word = 0;
+    uint8_t bytes[4] = {0, 0, 0, 0};
+    if (unpack) memcpy(bytes, p, 4); else memcpy(&word, b, 4);
+    for (int j = 0; j < 4; j++)
+        for (int bit = 0; bit < 8; bit++) {
+            int e = 16 * (bit & 1) + 4 * (bit >> 1) + j;
+            if (unpack) word |= (uint32_t)((bytes[j] >> bit) & 1) << e;
+            else bytes[j] |= (uint8_t)(((word >> e) & 1) << bit);
+        }
+    if (unpack) memcpy(b, &word, 4); else memcpy(p, bytes, 4);
+}
+
 // Row i's block b (row-major bytes) into, or (unpack) out of, the interleaved group block p.
 static void pack8_block(uint8_t *p, uint8_t *b, int type, int i, int unpack) {
 #define RK_MOVE(at_p, at_b, n) (unpack ? memcpy((at_b), (at_p), (n)) : memcpy((at_p), (at_b), (n)))
@@ -626,20 +646,20 @@ static void pack8_block(uint8_t *p, uint8_t *b, int type, int i, int unpack) {
         int high = type == RK_GGML_Q5_K ? 256 : 0; // Q5_K's fifth bits: 8 steps before the quants
         RK_MOVE(p + 2 * i, b, 2);
         RK_MOVE(p + 16 + 2 * i, b + 2, 2);
-        RK_MOVE(p + 32 + 12 * i, b + 4, 12);
+        for (int s = 0; s < 12; s++) RK_MOVE(p + 32 + 8 * s + i, b + 4 + s, 1); // the scales' bytes transposed
         for (int t = 0; t < high / 32; t++) RK_MOVE(p + 128 + 32 * t + 4 * i, b + 16 + 4 * t, 4);
         for (int j = 0; j < 4; j++)
             for (int t = 0; t < 8; t++)
                 RK_MOVE(p + 128 + high + 256 * j + 32 * t + 4 * i, b + 16 + high / 8 + 32 * j + 4 * t, 4);
     } else if (type == RK_GGML_Q6_K) {
         RK_MOVE(p + 2 * i, b + 208, 2);
-        RK_MOVE(p + 16 + 16 * i, b + 192, 16);
+        for (int s = 0; s < 16; s++) RK_MOVE(p + 16 + 8 * s + i, b + 192 + s, 1);
         for (int t = 0; t < 48; t++) RK_MOVE(p + 144 + 32 * t + 4 * i, b + 4 * t, 4); // ql, then qh
     } else {
         int scales, high, steps;
         pack8_parts(type, &scales, &high, &steps);
         for (int s = 0; s < scales; s++) RK_MOVE(p + 16 * s + 2 * i, b + 2 * s, 2);
-        if (high) RK_MOVE(p + 16 * scales + 4 * i, b + 2 * scales, 4);
+        if (high) move_fifth_bits(p + 16 * scales + 4 * i, b + 2 * scales, unpack);
         for (int t = 0; t < steps; t++)
             RK_MOVE(p + 16 * scales + 8 * high + 32 * t + 4 * i, b + 2 * scales + high + 4 * t, 4);
     }
@@ -775,24 +795,16 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
             ia[r][a0 + 1] = DOTACC(ia[r][a0 + 1], hi, bcast4(q + 16 + 4 * t));                                      \
         }                                                                                                           \
     }
-// Q5: the nibbles as Q4's, each step's fifth bits from the 8 rows' words (one 32-bit lane per row): the lane shifted
-// so that the step's 4 bits are its lowest, its low byte copied to the lane's 4 bytes, bit j of byte j kept as 0x10.
-static inline RK_AVX2Q __m256i fifth_bits_step(__m256i words, int shift) {
-    __m256i v = _mm256_shuffle_epi8(_mm256_srli_epi32(words, shift),
-                                    _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4,
-                                                     4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12));
-    const __m256i bit = _mm256_set1_epi32(0x08040201);
-    return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10));
-}
+// Q5: the nibbles as Q4's, each step's fifth bits from the 8 rows' interleaved bytes (bit 2t, then 2t + 1, of each).
 #define STEPS_Q5(DOTACC, R, HOFF)                                                                                   \
     {                                                                                                               \
-        __m256i words = _mm256_loadu_si256((const __m256i *)(p + HOFF));                                            \
+        __m256i fifth = _mm256_loadu_si256((const __m256i *)(p + HOFF));                                            \
         _Pragma("clang loop unroll(full)")                                                                          \
         for (int t = 0; t < 4; t++) {                                                                               \
             __m256i v = _mm256_loadu_si256((const __m256i *)(p + HOFF + 32 + 32 * t));                              \
-            __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low4), fifth_bits_step(words, 4 * t));                 \
-            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4),                           \
-                                         fifth_bits_step(words, 16 + 4 * t));                                       \
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low4), bit_as_16(fifth, 2 * t));                       \
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);                                          \
+            hi = _mm256_or_si256(hi, bit_as_16(fifth, 2 * t + 1));                                                  \
             for (int r = 0; r < R; r++) {                                                                           \
                 const int8_t *q = x[(size_t)r * ldx + k].q;                                                         \
                 ia[r][0] = DOTACC(ia[r][0], lo, bcast4(q + 4 * t));                                                 \
@@ -920,6 +932,49 @@ static RK_AVX2Q void pack8_Q4_1H_8_avx2(float *out, size_t ldo, const uint8_t *p
     for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
 }
 
+// Q5_0 and Q5_1, eight activation rows per pass over a group's block: the block's eight 5-bit steps are put
+// together once (8 registers) and then serve the rows one after another, instead of once per pass of four rows.
+// A 5-bit weight times an 8-bit activation, pairs summed by vpmaddubsw, is at most 2·31·128 = 7936 in magnitude, so
+// the four products of the low (or high) halves add up exactly in 16 bits (≤ 31744) and each half widens once.
+#define PACK8_Q5_8(TYPE, HOFF)                                                                                      \
+    static RK_AVX2Q void pack8_##TYPE##_8_avx2(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,      \
+                                               size_t ldx, int nb) {                                                \
+        __m256 acc[8];                                                                                              \
+        for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();                                                   \
+        const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);                                   \
+        for (int k = 0; k < nb; k++, p += GB_##TYPE) {                                                              \
+            PREFETCH_NEXT_GROUP(p, nb, GB_##TYPE)                                                                   \
+            __m256i fifth = _mm256_loadu_si256((const __m256i *)(p + HOFF)), lo[4], hi[4];                          \
+            _Pragma("clang loop unroll(full)")                                                                      \
+            for (int t = 0; t < 4; t++) {                                                                           \
+                __m256i v = _mm256_loadu_si256((const __m256i *)(p + HOFF + 32 + 32 * t));                          \
+                lo[t] = _mm256_or_si256(_mm256_and_si256(v, low4), bit_as_16(fifth, 2 * t));                       \
+                hi[t] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);                                            \
+                hi[t] = _mm256_or_si256(hi[t], bit_as_16(fifth, 2 * t + 1));                                        \
+            }                                                                                                       \
+            __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                       \
+            _Pragma("clang loop unroll(full)")                                                                      \
+            for (int r = 0; r < 8; r++) {                                                                           \
+                const rk_q8_block *b = x + (size_t)r * ldx + k;                                                     \
+                __m256i hl = _mm256_maddubs_epi16(lo[0], bcast4(b->q));                                             \
+                __m256i hh = _mm256_maddubs_epi16(hi[0], bcast4(b->q + 16));                                        \
+                _Pragma("clang loop unroll(full)")                                                                  \
+                for (int t = 1; t < 4; t++) {                                                                       \
+                    hl = _mm256_add_epi16(hl, _mm256_maddubs_epi16(lo[t], bcast4(b->q + 4 * t)));                   \
+                    hh = _mm256_add_epi16(hh, _mm256_maddubs_epi16(hi[t], bcast4(b->q + 16 + 4 * t)));              \
+                }                                                                                                   \
+                __m256i is = _mm256_add_epi32(_mm256_madd_epi16(hl, ones), _mm256_madd_epi16(hh, ones));            \
+                FIX_##TYPE(is, b)                                                                                   \
+                __m256 scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&b->d));                                       \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), scale, acc[r]);                                    \
+                MIN_TERM_##TYPE(acc[r], p, b)                                                                       \
+            }                                                                                                       \
+        }                                                                                                           \
+        for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);                                \
+    }
+PACK8_Q5_8(Q5_0, 16)
+PACK8_Q5_8(Q5_1, 32)
+
 // Q4_1 with VNNI, eight activation rows per pass over a group's block: the nibbles are split once for the eight rows,
 // and each row keeps two integer sums (low and high nibbles) so that no vpdpbusd waits on the one before it.
 // Written out rather than PACK8_BODY at R = 8: that body, whose row loops are not unrolled, ran 5-40% slower.
@@ -1046,11 +1101,28 @@ static RK_VNNI void pack8_Q8_0X_8_vnni(float *out, size_t ldo, const uint8_t *p,
 // their 6-bit scales and minimums as 8 floats (scale·d, m·dmin); each pair of sub-blocks is 8 steps of 32 bytes,
 // the low nibbles sub-block 2p and the high ones 2p + 1. A step's products are at most 2·15·127 per 16-bit pair, so
 // a sub-block's 8 steps add up exactly in 16 bits (≤ 30480) and widen once.
+// The 8 rows' scale and minimum of sub-block sb as k_scale_min takes them, 8 rows a byte (the scales transposed).
+static inline RK_AVX2Q __m128i k_scale_bytes(const uint8_t *scales, int s) {
+    return _mm_loadl_epi64((const __m128i *)(scales + 8 * s));
+}
+static inline RK_AVX2Q __m256 k_bytes_times(__m128i bytes, __m256 f) {
+    return _mm256_mul_ps(f, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
+}
 static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256 d, __m256 dmin, __m256 *sc, __m256 *mn) {
-    int s[8], m[8];
-    for (int i = 0; i < 8; i++) k_scale_min(scales + 12 * i, sb, &s[i], &m[i]);
-    *sc = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)s)));
-    *mn = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)m)));
+    const __m128i six = _mm_set1_epi8(63), low4 = _mm_set1_epi8(0x0F), top2 = _mm_set1_epi8(0x30);
+    __m128i s, m;
+    if (sb < 4) {
+        s = _mm_and_si128(k_scale_bytes(scales, sb), six);
+        m = _mm_and_si128(k_scale_bytes(scales, sb + 4), six);
+    } else {
+        // (byte >> 6) << 4 as one 16-bit shift by 2 and a mask: the bits carried in from the next byte land on 6-7.
+        __m128i b = k_scale_bytes(scales, sb + 4);
+        s = _mm_or_si128(_mm_and_si128(b, low4), _mm_and_si128(_mm_srli_epi16(k_scale_bytes(scales, sb - 4), 2), top2));
+        m = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(b, 4), low4),
+                         _mm_and_si128(_mm_srli_epi16(k_scale_bytes(scales, sb), 2), top2));
+    }
+    *sc = k_bytes_times(s, d);
+    *mn = k_bytes_times(m, dmin);
 }
 // Q5_K: the same with a fifth bit per value (0..31, so a sub-block's steps add up in 16 bits four at a time).
 #define PACK8_Q4_K_BODY(R) PACK8_K45_BODY(R, 0)
@@ -1111,13 +1183,9 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
     for (int k = 0; k < nsb; k++, p += 1680) {                                                                      \
         __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                            \
         for (int sb = 0; sb < 8; sb++) {                                                                            \
-            int h = sb >> 2, p4 = sb & 3, s0[8], s1[8];                                                             \
-            for (int i = 0; i < 8; i++) {                                                                           \
-                s0[i] = ((const int8_t *)p)[16 + 16 * i + 2 * sb];                                                  \
-                s1[i] = ((const int8_t *)p)[16 + 16 * i + 2 * sb + 1];                                              \
-            }                                                                                                       \
-            __m256 f0 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)s0)));              \
-            __m256 f1 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)s1)));              \
+            int h = sb >> 2, p4 = sb & 3;                                                                           \
+            __m256 f0 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(k_scale_bytes(p + 16, 2 * sb))));  \
+            __m256 f1 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(k_scale_bytes(p + 16, 2 * sb + 1)))); \
             const uint8_t *ql = p + 144 + 32 * (16 * h + 8 * (p4 & 1)), *qh = p + 144 + 32 * (32 + 8 * h);          \
             __m256i ih[2][R];                                                                                       \
             _Pragma("clang loop unroll(full)")                                                                      \
@@ -1210,11 +1278,13 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
         int ldx = C / 32, nb = C / (int)rk_quant_block_elements(type);
         pack8_fn eight = type == RK_GGML_Q4_1 ? (vnni ? pack8_Q4_1_8_vnni : pack8_Q4_1H_8_avx2)
                          : type == RK_GGML_Q8_0 && vnni ? pack8_Q8_0X_8_vnni
-                                                        : NULL;
+                         : type == RK_GGML_Q5_0 ? pack8_Q5_0_8_avx2
+                         : type == RK_GGML_Q5_1 ? pack8_Q5_1_8_avx2
+                                                : NULL;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
-        // Each group's weights (a few KB) against every activation row, eight (Q4_1; Q8_0 with VNNI) or four rows at
-        // a time. Q4_1 with VNNI: eight rows against two groups at a time while there are a pair of groups and eight
-        // rows; each group of the pair then takes its remaining rows while its weights are still in cache.
+        // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1; Q8_0 with VNNI) or
+        // four rows at a time. Q4_1 with VNNI: eight rows against two groups at a time while there are a pair of groups
+        // and eight rows; each group of the pair then takes its remaining rows while its weights are still in cache.
         int g = group_begin, n8 = vnni && type == RK_GGML_Q4_1 ? N - N % 8 : 0;
         for (; n8 > 0 && g + 2 <= group_end; g += 2) {
             const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;

@@ -318,20 +318,20 @@ extension KernelWorkload {
     }
 
     /// The integer products of a quantized base's decoding and serving (`rk_qmatmul_q8_packed8`): `rows` activation
-    /// rows, in 8-bit blocks, against a `[outputs, inputs]` Q4_1 weight interleaved by 8 rows, on one thread. The run
-    /// goes through `copies` distinct copies of the weight in turn (35 MB for 64 at this shape: out of L2, as a
-    /// model's layers are; from memory, or from an L3 that large); the check compares the first against the scalar
-    /// reference.
-    public static func interleavedQ4_1(rows N: Int, inputs C: Int, outputs OC: Int, copies: Int = 64) throws
-        -> KernelWorkload
+    /// rows, in 8-bit blocks, against a `[outputs, inputs]` weight of block type `type` interleaved by 8 rows, on one
+    /// thread. The run goes through `copies` distinct copies of the weight in turn (35 MB of Q4_1 for 64 at 576 x
+    /// 1536: out of L2, as a model's layers are; from memory, or from an L3 that large); the check compares the first
+    /// against the scalar reference.
+    public static func interleaved(_ type: GGMLType, rows N: Int, inputs C: Int, outputs OC: Int, copies: Int = 64)
+        throws -> KernelWorkload
     {
-        let type = Int32(GGMLType.q4_1.rawValue)
-        let matrix = try QuantizedMatrix(quantizing: Tensor.normal([OC, C], std: 0.02, seed: 30), type: .q4_1)
+        let matrix = try QuantizedMatrix(quantizing: Tensor.normal([OC, C], std: 0.02, seed: 30), type: type)
             .interleavedByRows()
         guard matrix.isInterleaved, N > 0, copies > 0 else {
             throw TensorError.invalidArgument(
-                operation: "KernelWorkload.interleavedQ4_1", detail: "\(N) rows against [\(OC), \(C)] x \(copies)")
+                operation: "KernelWorkload.interleaved", detail: "\(N) rows against \(type) [\(OC), \(C)] x \(copies)")
         }
+        let blockType = Int32(type.rawValue)
         let bytes = matrix.byteCount
         var weights = [UInt8](repeating: 0, count: bytes * copies)
         weights.withUnsafeMutableBytes { dst in
@@ -345,14 +345,14 @@ extension KernelWorkload {
         let blocks = xq
         var out = [Float](repeating: 0, count: N * OC)
         return KernelWorkload(
-            name: "Q4_1 interleaved \(N)x\(C) -> \(OC), one thread", flops: 2.0 * Double(N * C * OC * copies),
+            name: "\(type) interleaved \(N)x\(C) -> \(OC), one thread", flops: 2.0 * Double(N * C * OC * copies),
             tolerance: 1e-4,
             verify: {
                 var fast = [Float](repeating: 0, count: N * OC), reference = fast
                 weights.withUnsafeBytes { w in
-                    _ = rk_qmatmul_q8_packed8(&fast, blocks, w.baseAddress!, type, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8))
+                    _ = rk_qmatmul_q8_packed8(&fast, blocks, w.baseAddress!, blockType, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8))
                     _ = rk_qmatmul_q8_packed8_ref(
-                        &reference, blocks, w.baseAddress!, type, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8))
+                        &reference, blocks, w.baseAddress!, blockType, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8))
                 }
                 return maxRelativeDifference(fast, reference, N * OC)
             },
@@ -360,10 +360,17 @@ extension KernelWorkload {
                 weights.withUnsafeBytes { w in
                     for c in 0..<copies {
                         _ = rk_qmatmul_q8_packed8(
-                            &out, blocks, w.baseAddress! + c * bytes, type, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8))
+                            &out, blocks, w.baseAddress! + c * bytes, blockType, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8))
                     }
                 }
             })
+    }
+
+    /// `interleaved(.q4_1, ...)`.
+    public static func interleavedQ4_1(rows N: Int, inputs C: Int, outputs OC: Int, copies: Int = 64) throws
+        -> KernelWorkload
+    {
+        try interleaved(.q4_1, rows: N, inputs: C, outputs: OC, copies: copies)
     }
 
     /// The mixed-adapter LoRA update of a server's decoding step in half precision (`rk_lora_rows_f16`): `rows` rows,
@@ -484,10 +491,15 @@ extension KernelWorkload {
         list.append(("linear", { try lora(rows: 256, inputs: 768, outputs: 2304, rank: 0) }))
         list.append(("LoRA", { try lora(rows: 256, inputs: 768, outputs: 2304, rank: 8) }))
         list.append(("AdamW", { try adamw(count: 124_000_000) }))
-        // A quantized base's integer products at SmolLM2-135M's gate/up shape: one row (decoding), 8 (a server's
-        // batch), 64 (a prompt).
-        for rows in [1, 8, 64] {
-            list.append(("Q4_1 interleaved \(rows)x", { try interleavedQ4_1(rows: rows, inputs: 576, outputs: 1536) }))
+        // A quantized base's integer products at SmolLM2-135M's gate/up shape (its down shape for the types of
+        // 256-value blocks, which 576 inputs do not hold whole): one row (decoding), 8 (a server's batch), 64 (a prompt).
+        for type in [GGMLType.q4_1, .q5_0, .q8_0, .q4_K, .q6_K] {
+            let (inputs, outputs) = type.blockElements == 256 ? (1536, 576) : (576, 1536)
+            for rows in [1, 8, 64] {
+                list.append(("\(type) interleaved \(rows)x", {
+                    try interleaved(type, rows: rows, inputs: inputs, outputs: outputs)
+                }))
+            }
         }
         list.append(("LoRA rows half", { try loraRowsHalf(rows: 8, inputs: 576, outputs: 1536, rank: 16) }))
         list.append(("LoRA rows int8", { try loraRowsInt8(rows: 8, inputs: 576, outputs: 1536, rank: 16) }))

@@ -216,16 +216,16 @@ struct QuantizedKernelTests {
         #expect(rk_qmatmul_q8_packed8(&out, xq, packed, Int32(type.rawValue), 1, Int32(C), Int32(OC), 0, 6) == RK_ERR_ARG)
     }
 
-    /// The largest integer sums a block can make — every 4-bit weight 15 (8-bit: ±127) against activations all
-    /// ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products in 16 bits), in
-    /// the eight-row kernels and the smaller ones (9 rows: one pass of eight and one row; two groups of 8 weight rows,
-    /// which VNNI takes side by side).
-    @Test(arguments: [GGMLType.q4_0, .q4_1, .q8_0])
+    /// The largest integer sums a block can make — every 4-bit weight 15 (5-bit: 31, 8-bit: ±127) against
+    /// activations all ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products,
+    /// and each half of a 5-bit block's, in 16 bits), in the eight-row kernels and the smaller ones (9 rows: one pass
+    /// of eight and one row; two groups of 8 weight rows, which VNNI takes side by side).
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0])
     func interleavedKernelsAreExactAtTheLargestSums(type: GGMLType) throws {
         let C = 64, OC = 16, N = 9
         let random = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
         var bytes = random.withBytes { Array(UnsafeRawBufferPointer(start: $0, count: random.byteCount)) }
-        let bb = type.blockBytes!, header = type == .q4_1 ? 4 : 2
+        let bb = type.blockBytes!, header = type == .q4_1 || type == .q5_1 ? 4 : 2
         for k in 0..<(bytes.count / bb) {
             for i in header..<bb { bytes[k * bb + i] = type == .q8_0 ? (k % 2 == 0 ? 0x7F : 0x81) : 0xFF }
         }
