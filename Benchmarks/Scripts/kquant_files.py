@@ -9,6 +9,11 @@ greedy ids of a chat prompt from `reins generate` and from llama-cpp-python (2 t
 The files are made from the pip package's Q4_1 file: `reins quantize --type f16` first, then
 `llama_cpp.llama_model_quantize` (llama.cpp's quantizer, its own choice of fallback types for the rows that are not
 whole 256-value super-blocks). Time them with `compare_gguf.py --model FILE`.
+
+With `--wide`, a wider Llama of random weights instead (hidden 1024, FFN 2816, 16 query / 4 key-value heads, 16
+layers, SmolLM2's tokenizer and chat template), whose every matrix is whole super-blocks, so that its mixes hold the
+K types themselves, as larger models' files do: `wide-f16.gguf`, then `wide-Q4_K_M.gguf` and the others. Its greedy
+ids are compared the same way (random weights: the text is noise, the ids still have to agree).
 """
 import argparse
 import collections
@@ -56,20 +61,63 @@ def exact_argmax(path, ids, workdir):
     return int(logits[0, -1].argmax())
 
 
+def make_wide(source, path, hidden=1024, ffn=2816, layers=16, heads=16, kv_heads=4, seed=0):
+    """A random-weight Llama in F16 with the metadata (tokenizer, chat template, RoPE) of the GGUF file `source`."""
+    import gguf
+    import numpy as np
+    reader = gguf.GGUFReader(source)
+    shape = {"llama.embedding_length": hidden, "llama.feed_forward_length": ffn, "llama.block_count": layers,
+             "llama.attention.head_count": heads, "llama.attention.head_count_kv": kv_heads,
+             "llama.rope.dimension_count": hidden // heads, "general.name": "wide random Llama",
+             "general.file_type": 1}
+    writer = gguf.GGUFWriter(path, "llama")
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        main_type = field.types[0]
+        sub_type = field.types[-1] if main_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, shape.get(name, field.contents()), main_type, sub_type=sub_type)
+    vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    rng = np.random.default_rng(seed)
+
+    def normal(*dims):
+        return (rng.standard_normal(dims, dtype=np.float32) * 0.02).astype(np.float16)
+
+    head = hidden // heads
+    writer.add_tensor("token_embd.weight", normal(vocab, hidden))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    for i in range(layers):
+        for part, dims in [("attn_q", (hidden, hidden)), ("attn_k", (kv_heads * head, hidden)),
+                           ("attn_v", (kv_heads * head, hidden)), ("attn_output", (hidden, hidden)),
+                           ("ffn_gate", (ffn, hidden)), ("ffn_up", (ffn, hidden)), ("ffn_down", (hidden, ffn))]:
+            writer.add_tensor(f"blk.{i}.{part}.weight", normal(*dims))
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(hidden, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp")
     ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--wide", action="store_true", help="a wider Llama of random weights (see above)")
     a = ap.parse_args()
     import llama_cpp
     import numpy as np
 
-    f16 = os.path.join(a.out, "smollm2-f16.gguf")
-    subprocess.run([REINS, "quantize", "--model", find_model(), "--type", "f16", "--output", f16], check=True,
-                   capture_output=True)
+    stem = "wide" if a.wide else "smollm2"
+    f16 = os.path.join(a.out, f"{stem}-f16.gguf")
+    if a.wide:
+        make_wide(find_model(), f16)
+    else:
+        subprocess.run([REINS, "quantize", "--model", find_model(), "--type", "f16", "--output", f16], check=True,
+                       capture_output=True)
     for name, ftype in [("Q4_K_M", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M), ("Q5_K_M", llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M),
                         ("Q6_K", llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K)]:
-        path = os.path.join(a.out, f"smollm2-{name}.gguf")
+        path = os.path.join(a.out, f"{stem}-{name}.gguf")
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype, params.nthread = ftype, 2
         if llama_cpp.llama_model_quantize(f16.encode(), path.encode(), ctypes.byref(params)) != 0:
