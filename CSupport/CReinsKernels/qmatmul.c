@@ -1101,13 +1101,15 @@ static RK_VNNI void pack8_Q8_0X_8_vnni(float *out, size_t ldo, const uint8_t *p,
 // their 6-bit scales and minimums as 8 floats (scale·d, m·dmin); each pair of sub-blocks is 8 steps of 32 bytes,
 // the low nibbles sub-block 2p and the high ones 2p + 1. A step's products are at most 2·15·127 per 16-bit pair, so
 // a sub-block's 8 steps add up exactly in 16 bits (≤ 30480) and widen once.
-// The 8 rows' scale and minimum of sub-block sb as k_scale_min takes them, 8 rows a byte (the scales transposed).
+// Scale byte s of the 8 rows, one a byte (the scales are stored transposed).
 static inline RK_AVX2Q __m128i k_scale_bytes(const uint8_t *scales, int s) {
     return _mm_loadl_epi64((const __m128i *)(scales + 8 * s));
 }
+// 8 unsigned bytes times the 8 floats f.
 static inline RK_AVX2Q __m256 k_bytes_times(__m128i bytes, __m256 f) {
     return _mm256_mul_ps(f, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)));
 }
+// The 8 rows' scale and minimum of sub-block sb, decoded as k_scale_min decodes one row's, times d and dmin.
 static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256 d, __m256 dmin, __m256 *sc, __m256 *mn) {
     const __m128i six = _mm_set1_epi8(63), low4 = _mm_set1_epi8(0x0F), top2 = _mm_set1_epi8(0x30);
     __m128i s, m;
