@@ -40,8 +40,19 @@ struct BenchCommand: ParsableCommand {
 
     func report(_ name: String, _ ms: Double, perSecond: Double, unit: String) {
         print(
-            "{\"name\": \"\(name)\", \"median_ms\": \(ms), \"per_second\": \(perSecond), \"unit\": \"\(unit)\", \"peak_rss_mb\": \(peakResidentMegabytes())}"
+            "{\"name\": \"\(name)\", \"median_ms\": \(ms), \"per_second\": \(perSecond), \"unit\": \"\(unit)\", \"peak_rss_mb\": \(peakResidentMegabytes())\(ggufFileField(name))}"
         )
+    }
+
+    /// The "SmolLM2 GGUF Q4_1" workloads keep their names (scripts select them by name) when `REINS_SMOLLM2_GGUF`
+    /// points them at another file; their lines then name the file they ran on.
+    func ggufFileField(_ name: String) -> String {
+        guard name.hasPrefix("SmolLM2 GGUF"), let file = ProcessInfo.processInfo.environment["REINS_SMOLLM2_GGUF"] else {
+            return ""
+        }
+        let base = URL(fileURLWithPath: file).lastPathComponent.replacingOccurrences(of: "\\", with: "\\\\")
+            .replacingOccurrences(of: "\"", with: "\\\"")
+        return ", \"file\": \"\(base)\""
     }
 
     /// The process's peak resident memory so far (run one workload per process to attribute it).

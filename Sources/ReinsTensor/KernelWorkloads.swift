@@ -1,5 +1,6 @@
 import CReinsKernels
 import COpenBLAS
+import Foundation
 
 /// One kernel workload at GPT-2-small sizes, used by `reins kernels` and the Benchmarks package: it first verifies the
 /// fast path against the scalar reference kernel on the same inputs, then runs the timed part.
@@ -321,11 +322,13 @@ extension KernelWorkload {
     /// rows, in 8-bit blocks, against a `[outputs, inputs]` weight of block type `type` interleaved by 8 rows, on one
     /// thread. The run goes through `copies` distinct copies of the weight in turn (35 MB of Q4_1 for 64 at 576 x
     /// 1536: out of L2, as a model's layers are; from memory, or from an L3 that large); the check compares the first
-    /// against the scalar reference.
+    /// against the scalar reference. Q5_K, which Reins does not write, is the Q4_K quantization with fifth bits drawn
+    /// at random.
     public static func interleaved(_ type: GGMLType, rows N: Int, inputs C: Int, outputs OC: Int, copies: Int = 64)
         throws -> KernelWorkload
     {
-        let matrix = try QuantizedMatrix(quantizing: Tensor.normal([OC, C], std: 0.02, seed: 30), type: type)
+        let weight = try Tensor.normal([OC, C], std: 0.02, seed: 30)
+        let matrix = try (type == .q5_K ? q5KWithRandomFifthBits(weight) : QuantizedMatrix(quantizing: weight, type: type))
             .interleavedByRows()
         guard matrix.isInterleaved, N > 0, copies > 0 else {
             throw TensorError.invalidArgument(
@@ -364,6 +367,23 @@ extension KernelWorkload {
                     }
                 }
             })
+    }
+
+    /// `weight` as Q5_K blocks: each Q4_K block (d, dmin, 12 scale bytes, 128 bytes of nibbles) with 32 bytes of
+    /// fifth bits put in before its nibbles, as Q5_K lays them out.
+    static func q5KWithRandomFifthBits(_ weight: Tensor) throws -> QuantizedMatrix {
+        let q4 = try QuantizedMatrix(quantizing: weight, type: .q4_K)
+        var rng = SeededGenerator(seed: 32)
+        var out = Data()
+        q4.withBytes { src in
+            let blocks = UnsafeRawBufferPointer(start: src, count: q4.byteCount)
+            for k in stride(from: 0, to: blocks.count, by: 144) {
+                out.append(contentsOf: blocks[k..<(k + 16)])
+                out.append(contentsOf: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
+                out.append(contentsOf: blocks[(k + 16)..<(k + 144)])
+            }
+        }
+        return try QuantizedMatrix(type: .q5_K, rows: q4.rows, columns: q4.columns, data: out)
     }
 
     /// `interleaved(.q4_1, ...)`.
@@ -493,7 +513,7 @@ extension KernelWorkload {
         list.append(("AdamW", { try adamw(count: 124_000_000) }))
         // A quantized base's integer products at SmolLM2-135M's gate/up shape (its down shape for the types of
         // 256-value blocks, which 576 inputs do not hold whole): one row (decoding), 8 (a server's batch), 64 (a prompt).
-        for type in [GGMLType.q4_1, .q5_0, .q8_0, .q4_K, .q6_K] {
+        for type in [GGMLType.q4_1, .q5_0, .q8_0, .q4_K, .q5_K, .q6_K] {
             let (inputs, outputs) = type.blockElements == 256 ? (1536, 576) : (576, 1536)
             for rows in [1, 8, 64] {
                 list.append(("\(type) interleaved \(rows)x", {

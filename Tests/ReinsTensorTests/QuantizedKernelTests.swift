@@ -220,12 +220,15 @@ struct QuantizedKernelTests {
     /// activations all ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products,
     /// and each half of a 5-bit block's, in 16 bits), in the eight-row kernels and the smaller ones (9 rows: one pass
     /// of eight and one row; two groups of 8 weight rows, which VNNI takes side by side).
-    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0])
-    func interleavedKernelsAreExactAtTheLargestSums(type: GGMLType) throws {
+    /// Each type with its bits per value: a block is its half-precision scale (and minimum) followed by the values'
+    /// bits, every one of which is set here.
+    @Test(arguments: [(GGMLType.q4_0, 4), (.q4_1, 4), (.q5_0, 5), (.q5_1, 5), (.q8_0, 8)])
+    func interleavedKernelsAreExactAtTheLargestSums(type: GGMLType, bits: Int) throws {
         let C = 64, OC = 16, N = 9
         let random = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
         var bytes = random.withBytes { Array(UnsafeRawBufferPointer(start: $0, count: random.byteCount)) }
-        let bb = type.blockBytes!, header = type == .q4_1 || type == .q5_1 ? 4 : 2
+        let bb = try #require(type.blockBytes), header = try bb - #require(type.blockElements) * bits / 8
+        #expect(header == 2 || header == 4, "\(type): a header of \(header) bytes is not one or two half floats")
         for k in 0..<(bytes.count / bb) {
             for i in header..<bb { bytes[k * bb + i] = type == .q8_0 ? (k % 2 == 0 ? 0x7F : 0x81) : 0xFF }
         }
