@@ -449,6 +449,7 @@ static pair_fn pair_function(int type, int vnni) {
         const uint8_t *ql = (w) + 64 * h;                                                                           \
         __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));   \
         __m256i hb = _mm256_loadu_si256((const __m256i *)((w) + 128 + 32 * h)), three = _mm256_set1_epi8(3);         \
+        const __m256i low4 = _mm256_set1_epi8(0x0F);                                                                \
         for (int j = 0; j < 4; j++) {                                                                               \
             __m256i lo = _mm256_and_si256(j < 2 ? (j == 0 ? l0 : l1) : _mm256_srli_epi16(j == 2 ? l0 : l1, 4), low4); \
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), three);                                     \
@@ -469,7 +470,6 @@ static pair_fn pair_function(int type, int vnni) {
 #define K_TILE_FUNCTION(TYPE, R)                                                                                    \
     static RK_AVX2Q void ktile_##TYPE##_##R(float *out, size_t ldo, const uint8_t *w, const rk_q8_block *x,         \
                                             size_t ldx, int nsb) {                                                  \
-        const __m256i low4 = _mm256_set1_epi8(0x0F);                                                                \
         __m256 acc[R][2];                                                                                           \
         float e[R];                                                                                                 \
         for (int r = 0; r < R; r++) { acc[r][0] = acc[r][1] = _mm256_setzero_ps(); e[r] = 0.0f; }                  \
