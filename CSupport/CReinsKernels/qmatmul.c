@@ -1193,7 +1193,8 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
 
 // Q6_K interleaved by 8 rows: a sub-block's values 0..63 (low nibble | two high bits << 4), offset by 32 in integers
 // (−32·Σq_x per half, the activation block's 16-value sums); its two scales (one per 16 values, 8 rows each) in
-// float. A step's products are at most 2·63·127 per 16-bit pair, so two steps add up in 16 bits before widening.
+// float, each half's sum added on its own (as the eight-row kernel below must, so that both give the same bits).
+// A step's products are at most 2·63·127 per 16-bit pair, so two steps add up in 16 bits before widening.
 #define PACK8_Q6_K_BODY(R)                                                                                          \
     __m256 acc[R];                                                                                                  \
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                       \
@@ -1231,12 +1232,110 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
                 const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;                                            \
                 __m256i i0 = _mm256_sub_epi32(ih[0][r], _mm256_set1_epi32(32 * (int)b->sum16[0]));                  \
                 __m256i i1 = _mm256_sub_epi32(ih[1][r], _mm256_set1_epi32(32 * (int)b->sum16[1]));                  \
-                __m256 f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), f0, _mm256_mul_ps(_mm256_cvtepi32_ps(i1), f1));  \
-                acc[r] = _mm256_fmadd_ps(f, _mm256_broadcast_ss(&b->d), acc[r]);                                    \
+                __m256 dx = _mm256_broadcast_ss(&b->d);                                                             \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i0), _mm256_mul_ps(f0, dx), acc[r]);                    \
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), _mm256_mul_ps(f1, dx), acc[r]);                    \
             }                                                                                                       \
         }                                                                                                           \
     }                                                                                                               \
     for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
+
+// Eight activation rows per pass over a group's super-block (a prompt's rows, a server's batch): each 32-byte step is
+// unpacked once for the eight rows, and each sub-block's scales and minimums decoded once, where two passes of four
+// did both twice. The sub-blocks are taken one at a time (the low nibbles of a step are sub-block 2j, the high ones
+// 2j + 1), so that a row keeps one 16-bit sum: Q4_K's eight steps add up exactly (≤ 8·2·15·127 = 30480), Q5_K's
+// four at a time (≤ 4·2·31·127 = 31496), and Q6_K's two (≤ 2·2·63·127 = 32004).
+// Sub-block sb's fifth bits of a Q5_K step (bit sb of each byte) on bit 4: sb is not a constant here.
+static inline RK_AVX2Q __m256i fifth_bit_at(__m256i bits, __m128i sb) {
+    return _mm256_and_si256(_mm256_slli_epi16(_mm256_srl_epi16(bits, sb), 4), _mm256_set1_epi8(0x10));
+}
+#define PACK8_K45_8(TYPE, FIVE)                                                                                     \
+    static RK_AVX2Q void pack8_##TYPE##_8_avx2(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,      \
+                                               size_t ldx, int nsb) {                                               \
+        __m256 acc[8];                                                                                              \
+        for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();                                                   \
+        const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);                                   \
+        for (int k = 0; k < nsb; k++, p += FIVE ? 1408 : 1152) {                                                    \
+            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                        \
+            __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));                              \
+            for (int sb = 0; sb < 8; sb++) {                                                                        \
+                __m256 sc, mn;                                                                                      \
+                k_scales_mins8(p + 32, sb, d, dmin, &sc, &mn);                                                      \
+                const __m128i nibble = _mm_cvtsi32_si128(4 * (sb & 1)), bit = _mm_cvtsi32_si128(sb);                \
+                const uint8_t *steps = p + 128 + 256 * FIVE + 256 * (sb >> 1);                                      \
+                __m256i h[8], w[8];                                                                                 \
+                (void)w;                                                                                            \
+                _Pragma("clang loop unroll(full)")                                                                  \
+                for (int t = 0; t < 8; t++) {                                                                       \
+                    __m256i u = _mm256_loadu_si256((const __m256i *)(steps + 32 * t));                              \
+                    u = _mm256_and_si256(_mm256_srl_epi16(u, nibble), low4);                                        \
+                    if (FIVE)                                                                                       \
+                        u = _mm256_or_si256(u, fifth_bit_at(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * t)), bit)); \
+                    _Pragma("clang loop unroll(full)")                                                              \
+                    for (int r = 0; r < 8; r++) {                                                                   \
+                        __m256i m = _mm256_maddubs_epi16(u, bcast4(x[(size_t)r * ldx + 8 * k + sb].q + 4 * t));     \
+                        h[r] = t % (FIVE ? 4 : 8) == 0 ? m : _mm256_add_epi16(h[r], m);                             \
+                        if (FIVE && t == 3) w[r] = _mm256_madd_epi16(h[r], ones);                                   \
+                    }                                                                                               \
+                }                                                                                                   \
+                _Pragma("clang loop unroll(full)")                                                                  \
+                for (int r = 0; r < 8; r++) {                                                                       \
+                    const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;                                        \
+                    __m256i s = _mm256_madd_epi16(h[r], ones);                                                      \
+                    if (FIVE) s = _mm256_add_epi32(s, w[r]);                                                        \
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(sc, _mm256_broadcast_ss(&b->d)), acc[r]); \
+                    acc[r] = _mm256_fnmadd_ps(mn, _mm256_broadcast_ss(&b->ds), acc[r]);                             \
+                }                                                                                                   \
+            }                                                                                                       \
+        }                                                                                                           \
+        for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);                                \
+    }
+PACK8_K45_8(Q4_K, 0)
+PACK8_K45_8(Q5_K, 1)
+
+static RK_AVX2Q void pack8_Q6_K_8_avx2(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x, size_t ldx,
+                                       int nsb) {
+    __m256 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    for (int k = 0; k < nsb; k++, p += 1680) {
+        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        for (int sb = 0; sb < 8; sb++) {
+            int h = sb >> 2, p4 = sb & 3;
+            const __m128i nibble = _mm_cvtsi32_si128(4 * (p4 >> 1)), high = _mm_cvtsi32_si128(2 * p4);
+            const uint8_t *ql = p + 144 + 32 * (16 * h + 8 * (p4 & 1)), *qh = p + 144 + 32 * (32 + 8 * h);
+            _Pragma("clang loop unroll(full)")
+            for (int half = 0; half < 2; half++) {
+                __m256 f = k_signed_bytes_times(k_scale_bytes(p + 16, 2 * sb + half), d);
+                __m256i s[8];
+                _Pragma("clang loop unroll(full)")
+                for (int pair = 0; pair < 2; pair++) {
+                    __m256i u[2];
+                    for (int e = 0; e < 2; e++) {
+                        int t = 4 * half + 2 * pair + e;
+                        __m256i l = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(ql + 32 * t)), nibble), low4);
+                        __m256i hb = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(qh + 32 * t)), high), three);
+                        u[e] = _mm256_or_si256(l, _mm256_slli_epi16(hb, 4));
+                    }
+                    _Pragma("clang loop unroll(full)")
+                    for (int r = 0; r < 8; r++) {
+                        const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 16 * half + 8 * pair;
+                        __m256i a = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u[0], bcast4(q)),
+                                                                       _mm256_maddubs_epi16(u[1], bcast4(q + 4))), ones);
+                        s[r] = pair == 0 ? a : _mm256_add_epi32(s[r], a);
+                    }
+                }
+                _Pragma("clang loop unroll(full)")
+                for (int r = 0; r < 8; r++) {
+                    const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;
+                    __m256i i = _mm256_sub_epi32(s[r], _mm256_set1_epi32(32 * (int)b->sum16[half]));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(f, _mm256_broadcast_ss(&b->d)), acc[r]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
+}
 
 // The super-block kernels' last argument is the count of super-blocks (ldx counts the activation's blocks of 32).
 #define PACK8K_FUNCTION(TYPE, R)                                                                                    \
@@ -1299,9 +1398,12 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
                          : type == RK_GGML_Q8_0 && vnni ? pack8_Q8_0X_8_vnni
                          : type == RK_GGML_Q5_0 ? pack8_Q5_0_8_avx2
                          : type == RK_GGML_Q5_1 ? pack8_Q5_1_8_avx2
+                         : type == RK_GGML_Q4_K ? pack8_Q4_K_8_avx2
+                         : type == RK_GGML_Q5_K ? pack8_Q5_K_8_avx2
+                         : type == RK_GGML_Q6_K ? pack8_Q6_K_8_avx2
                                                 : NULL;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
-        // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1; Q8_0 with VNNI) or
+        // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1, the K types; Q8_0 with VNNI) or
         // four rows at a time. Q4_1 with VNNI: eight rows against two groups at a time while there are a pair of groups
         // and eight rows; each group of the pair then takes its remaining rows while its weights are still in cache.
         int g = group_begin, n8 = vnni && type == RK_GGML_Q4_1 ? N - N % 8 : 0;

@@ -216,21 +216,47 @@ struct QuantizedKernelTests {
         #expect(rk_qmatmul_q8_packed8(&out, xq, packed, Int32(type.rawValue), 1, Int32(C), Int32(OC), 0, 6) == RK_ERR_ARG)
     }
 
-    /// The largest integer sums a block can make — every 4-bit weight 15 (5-bit: 31, 8-bit: ±127) against
+    /// A batch's rows get the bits passes of four rows give them: the eight-row kernels add each row's products in
+    /// the order the four-row ones do, so a request's logits do not depend on how many others share its batch.
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K])
+    func eightRowPassesGiveTheBitsOfPassesOfFour(type: GGMLType) throws {
+        let C = type.blockElements! == 256 ? 512 : 96, OC = 24, N = 8, t = Int32(type.rawValue)
+        let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue) + 60)
+        let xq = Self.blocks(randomFloats(N * C, seed: 13, scale: 1), rows: N, columns: C, reference: true)
+        var packed = [UInt8](repeating: 0, count: w.byteCount)
+        #expect(w.withBytes { rk_qpack8(&packed, $0, t, Int32(OC), Int32(C)) } == RK_OK)
+        for isa in Int32(0)...rk_isa_detected() {
+            let active = rk_isa_select(isa)
+            defer { rk_isa_select(rk_isa_detected()) }
+            var eight = [Float](repeating: .nan, count: N * OC)
+            #expect(rk_qmatmul_q8_packed8(&eight, xq, packed, t, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8)) == RK_OK)
+            var fours: [Float] = []
+            for first in [0, 4] {
+                var four = [Float](repeating: .nan, count: 4 * OC)
+                let rows = Array(xq[(first * C / 32)..<((first + 4) * C / 32)])
+                #expect(rk_qmatmul_q8_packed8(&four, rows, packed, t, 4, Int32(C), Int32(OC), 0, Int32(OC / 8)) == RK_OK)
+                fours += four
+            }
+            #expect(eight == fours, "\(type) on isa \(active)")
+        }
+    }
+
+    /// The largest integer sums a block can make — every 4-bit weight 15 (5-bit: 31, 6-bit: 63, 8-bit: ±127) against
     /// activations all ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products,
-    /// and each half of a 5-bit block's, in 16 bits), in the eight-row kernels and the smaller ones (9 rows: one pass
-    /// of eight and one row; two groups of 8 weight rows, which VNNI takes side by side).
-    /// Each type with its bits per value: a block is its half-precision scale (and minimum) followed by the values'
-    /// bits, every one of which is set here.
-    @Test(arguments: [(GGMLType.q4_0, 4), (.q4_1, 4), (.q5_0, 5), (.q5_1, 5), (.q8_0, 8)])
+    /// each half of a 5-bit block's, a K sub-block's eight, four or two steps, in 16 bits), in the eight-row kernels and
+    /// the smaller ones (9 rows: one pass of eight and one row; two groups of 8 weight rows, which VNNI takes side by
+    /// side). Each type comes with its bits per value: a block is its scales followed by the values' bits (Q6_K: the
+    /// values first), every one of which is set here.
+    @Test(arguments: [(GGMLType.q4_0, 4), (.q4_1, 4), (.q5_0, 5), (.q5_1, 5), (.q8_0, 8), (.q4_K, 4), (.q5_K, 5), (.q6_K, 6)])
     func interleavedKernelsAreExactAtTheLargestSums(type: GGMLType, bits: Int) throws {
-        let C = 64, OC = 16, N = 9
+        let be = try #require(type.blockElements), bb = try #require(type.blockBytes)
+        let C = 256, OC = 16, N = 9
         let random = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
         var bytes = random.withBytes { Array(UnsafeRawBufferPointer(start: $0, count: random.byteCount)) }
-        let bb = try #require(type.blockBytes), header = try bb - #require(type.blockElements) * bits / 8
-        #expect(header == 2 || header == 4, "\(type): a header of \(header) bytes is not one or two half floats")
+        let valueBytes = be * bits / 8, values = type == .q6_K ? 0..<valueBytes : (bb - valueBytes)..<bb
+        #expect([2, 4, 16, 18].contains(bb - valueBytes), "\(type): \(bb - valueBytes) bytes of scales")
         for k in 0..<(bytes.count / bb) {
-            for i in header..<bb { bytes[k * bb + i] = type == .q8_0 ? (k % 2 == 0 ? 0x7F : 0x81) : 0xFF }
+            for i in values { bytes[k * bb + i] = type == .q8_0 ? (k % 2 == 0 ? 0x7F : 0x81) : 0xFF }
         }
         let w = try QuantizedMatrix(type: type, rows: OC, columns: C, data: Data(bytes))
         let x = (0..<(N * C)).map { i -> Float in
