@@ -1191,6 +1191,15 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
     }                                                                                                               \
     for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
 
+// A step of Q6_K values 0..63 (8 rows' 4 values each): the low (nibble = 0) or high (4) nibbles at ql, and the two
+// bits at `high` (0, 2, 4 or 6) of each byte at qh on bits 4-5.
+static inline RK_AVX2Q __m256i q6_step(const uint8_t *ql, const uint8_t *qh, __m128i nibble, __m128i high) {
+    __m256i l = _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)ql), nibble);
+    __m256i h = _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)qh), high);
+    l = _mm256_and_si256(l, _mm256_set1_epi8(0x0F));
+    h = _mm256_and_si256(h, _mm256_set1_epi8(3));
+    return _mm256_or_si256(l, _mm256_slli_epi16(h, 4));
+}
 // Q6_K interleaved by 8 rows: a sub-block's values 0..63 (low nibble | two high bits << 4), offset by 32 in integers
 // (−32·Σq_x per half, the activation block's 16-value sums); its two scales (one per 16 values, 8 rows each) in
 // float, each half's sum added on its own (as the eight-row kernel below must, so that both give the same bits).
@@ -1198,12 +1207,13 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
 #define PACK8_Q6_K_BODY(R)                                                                                          \
     __m256 acc[R];                                                                                                  \
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                       \
-    const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);          \
+    const __m256i ones = _mm256_set1_epi16(1);                                                                      \
     for (int k = 0; k < nsb; k++, p += 1680) {                                                                      \
         if (R < 4) PREFETCH_NEXT_GROUP(p, nsb, 1680)                                                                \
         __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                            \
         for (int sb = 0; sb < 8; sb++) {                                                                            \
             int h = sb >> 2, p4 = sb & 3;                                                                           \
+            const __m128i nibble = _mm_cvtsi32_si128(4 * (p4 >> 1)), high = _mm_cvtsi32_si128(2 * p4);              \
             __m256 f0 = k_signed_bytes_times(k_scale_bytes(p + 16, 2 * sb), d);                                    \
             __m256 f1 = k_signed_bytes_times(k_scale_bytes(p + 16, 2 * sb + 1), d);                                \
             const uint8_t *ql = p + 144 + 32 * (16 * h + 8 * (p4 & 1)), *qh = p + 144 + 32 * (32 + 8 * h);          \
@@ -1211,14 +1221,8 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
             _Pragma("clang loop unroll(full)")                                                                      \
             for (int half = 0; half < 2; half++) {                                                                  \
                 __m256i u[4];                                                                                       \
-                for (int s = 0; s < 4; s++) {                                                                       \
-                    int t = 4 * half + s;                                                                           \
-                    __m256i l = _mm256_loadu_si256((const __m256i *)(ql + 32 * t));                                 \
-                    l = _mm256_and_si256(p4 >> 1 ? _mm256_srli_epi16(l, 4) : l, low4);                              \
-                    __m256i hb = _mm256_and_si256(                                                                  \
-                        _mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)(qh + 32 * t)), 2 * p4), three);      \
-                    u[s] = _mm256_or_si256(l, _mm256_slli_epi16(hb, 4));                                            \
-                }                                                                                                   \
+                for (int s = 0; s < 4; s++)                                                                         \
+                    u[s] = q6_step(ql + 32 * (4 * half + s), qh + 32 * (4 * half + s), nibble, high);               \
                 for (int r = 0; r < R; r++) {                                                                       \
                     const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 16 * half;                                \
                     __m256i a = _mm256_add_epi16(_mm256_maddubs_epi16(u[0], bcast4(q)),                             \
@@ -1273,7 +1277,8 @@ static inline RK_AVX2Q __m256i fifth_bit_at(__m256i bits, __m128i sb) {
                     __m256i u = _mm256_loadu_si256((const __m256i *)(steps + 32 * t));                              \
                     u = _mm256_and_si256(_mm256_srl_epi16(u, nibble), low4);                                        \
                     if (FIVE)                                                                                       \
-                        u = _mm256_or_si256(u, fifth_bit_at(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * t)), bit)); \
+                        u = _mm256_or_si256(                                                                        \
+                            u, fifth_bit_at(_mm256_loadu_si256((const __m256i *)(p + 128 + 32 * t)), bit));         \
                     _Pragma("clang loop unroll(full)")                                                              \
                     for (int r = 0; r < 8; r++) {                                                                   \
                         __m256i m = _mm256_maddubs_epi16(u, bcast4(x[(size_t)r * ldx + 8 * k + sb].q + 4 * t));     \
@@ -1286,7 +1291,8 @@ static inline RK_AVX2Q __m256i fifth_bit_at(__m256i bits, __m128i sb) {
                     const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;                                        \
                     __m256i s = _mm256_madd_epi16(h[r], ones);                                                      \
                     if (FIVE) s = _mm256_add_epi32(s, w[r]);                                                        \
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(sc, _mm256_broadcast_ss(&b->d)), acc[r]); \
+                    __m256 scale = _mm256_mul_ps(sc, _mm256_broadcast_ss(&b->d));                                   \
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[r]);                                 \
                     acc[r] = _mm256_fnmadd_ps(mn, _mm256_broadcast_ss(&b->ds), acc[r]);                             \
                 }                                                                                                   \
             }                                                                                                       \
@@ -1300,7 +1306,7 @@ static RK_AVX2Q void pack8_Q6_K_8_avx2(float *out, size_t ldo, const uint8_t *p,
                                        int nsb) {
     __m256 acc[8];
     for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
-    const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3), ones = _mm256_set1_epi16(1);
+    const __m256i ones = _mm256_set1_epi16(1);
     for (int k = 0; k < nsb; k++, p += 1680) {
         PREFETCH_NEXT_GROUP(p, nsb, 1680)
         __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
@@ -1314,18 +1320,14 @@ static RK_AVX2Q void pack8_Q6_K_8_avx2(float *out, size_t ldo, const uint8_t *p,
                 __m256i s[8];
                 _Pragma("clang loop unroll(full)")
                 for (int pair = 0; pair < 2; pair++) {
-                    __m256i u[2];
-                    for (int e = 0; e < 2; e++) {
-                        int t = 4 * half + 2 * pair + e;
-                        __m256i l = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(ql + 32 * t)), nibble), low4);
-                        __m256i hb = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(qh + 32 * t)), high), three);
-                        u[e] = _mm256_or_si256(l, _mm256_slli_epi16(hb, 4));
-                    }
+                    int t = 4 * half + 2 * pair;
+                    __m256i u0 = q6_step(ql + 32 * t, qh + 32 * t, nibble, high);
+                    __m256i u1 = q6_step(ql + 32 * (t + 1), qh + 32 * (t + 1), nibble, high);
                     _Pragma("clang loop unroll(full)")
                     for (int r = 0; r < 8; r++) {
                         const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 16 * half + 8 * pair;
-                        __m256i a = _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u[0], bcast4(q)),
-                                                                       _mm256_maddubs_epi16(u[1], bcast4(q + 4))), ones);
+                        __m256i m0 = _mm256_maddubs_epi16(u0, bcast4(q)), m1 = _mm256_maddubs_epi16(u1, bcast4(q + 4));
+                        __m256i a = _mm256_madd_epi16(_mm256_add_epi16(m0, m1), ones);
                         s[r] = pair == 0 ? a : _mm256_add_epi32(s[r], a);
                     }
                 }
@@ -1333,7 +1335,8 @@ static RK_AVX2Q void pack8_Q6_K_8_avx2(float *out, size_t ldo, const uint8_t *p,
                 for (int r = 0; r < 8; r++) {
                     const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;
                     __m256i i = _mm256_sub_epi32(s[r], _mm256_set1_epi32(32 * (int)b->sum16[half]));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(f, _mm256_broadcast_ss(&b->d)), acc[r]);
+                    __m256 scale = _mm256_mul_ps(f, _mm256_broadcast_ss(&b->d));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), scale, acc[r]);
                 }
             }
         }
@@ -1407,9 +1410,10 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
                          : type == RK_GGML_Q6_K ? pack8_Q6_K_8_avx2
                                                 : NULL;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
-        // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1, the K types; Q8_0 with VNNI) or
-        // four rows at a time. Q4_1 with VNNI: eight rows against two groups at a time while there are a pair of groups
-        // and eight rows; each group of the pair then takes its remaining rows while its weights are still in cache.
+        // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1, the K types; Q8_0
+        // with VNNI) or four rows at a time. Q4_1 with VNNI: eight rows against two groups at a time while there are
+        // a pair of groups and eight rows; each group of the pair then takes its remaining rows while its weights are
+        // still in cache.
         int g = group_begin, n8 = vnni && type == RK_GGML_Q4_1 ? N - N % 8 : 0;
         for (; n8 > 0 && g + 2 <= group_end; g += 2) {
             const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;
