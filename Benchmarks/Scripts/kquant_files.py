@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """SmolLM2-135M-Instruct as llama.cpp's own quantizer writes it in the K-quant mixes people download (Q4_K_M, Q5_K_M,
-Q6_K), and a by-hand check of Reins on those files against llama.cpp: which block types each file holds, and the
+Q6_K; with `--types`, any of llama.cpp's file types, e.g. Q3_K_M,Q2_K,IQ4_XS,IQ4_NL), and a by-hand check of Reins on those files against llama.cpp: which block types each file holds, and the
 greedy ids of a chat prompt from `reins generate` and from llama-cpp-python (2 threads each).
 
     swift build -c release --product reins
-    ~/.llamacpp-venv/bin/python Benchmarks/Scripts/kquant_files.py [--out /tmp]
+    ~/.llamacpp-venv/bin/python Benchmarks/Scripts/kquant_files.py [--out /tmp] [--wide] [--types Q3_K_M,IQ4_XS]
 
 The files are made from the pip package's Q4_1 file: `reins quantize --type f16` first, then
 `llama_cpp.llama_model_quantize` (llama.cpp's quantizer, its own choice of fallback types for the rows that are not
@@ -42,9 +42,9 @@ def block_types(path):
     return dict(collections.Counter(t.tensor_type.name for t in gguf.GGUFReader(path).tensors))
 
 
-def exact_argmax(path, ids, workdir):
-    """The argmax of the last position's logits from the dequantized weights in float32 (`reins logits`, which
-    computes exactly) for the prompt `ids`."""
+def exact_logits(path, ids, workdir):
+    """The last position's logits from the dequantized weights in float32 (`reins logits`, which computes exactly)
+    for the prompt `ids`."""
     import numpy as np
     data = np.array([ids], dtype=np.int32).tobytes()
     header = json.dumps({"input_ids": {"dtype": "I32", "shape": [1, len(ids)], "data_offsets": [0, len(data)]}}).encode()
@@ -58,7 +58,7 @@ def exact_argmax(path, ids, workdir):
     entry = json.loads(raw[8:8 + n])["logits"]
     start, end = entry["data_offsets"]
     logits = np.frombuffer(raw[8 + n + start:8 + n + end], dtype=np.float32).reshape(entry["shape"])
-    return int(logits[0, -1].argmax())
+    return logits[0, -1]
 
 
 def make_wide(source, path, hidden=1024, ffn=2816, layers=16, heads=16, kv_heads=4, seed=0):
@@ -104,6 +104,8 @@ def main():
     ap.add_argument("--out", default="/tmp")
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--wide", action="store_true", help="a wider Llama of random weights (see above)")
+    ap.add_argument("--types", default="Q4_K_M,Q5_K_M,Q6_K",
+                    help="llama.cpp file types, comma-separated (the names after LLAMA_FTYPE_MOSTLY_)")
     a = ap.parse_args()
     import llama_cpp
     import numpy as np
@@ -111,12 +113,15 @@ def main():
     stem = "wide" if a.wide else "smollm2"
     f16 = os.path.join(a.out, f"{stem}-f16.gguf")
     if a.wide:
-        make_wide(find_model(), f16)
+        if not os.path.exists(f16):
+            make_wide(find_model(), f16)
     else:
         subprocess.run([REINS, "quantize", "--model", find_model(), "--type", "f16", "--output", f16], check=True,
                        capture_output=True)
-    for name, ftype in [("Q4_K_M", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M), ("Q5_K_M", llama_cpp.LLAMA_FTYPE_MOSTLY_Q5_K_M),
-                        ("Q6_K", llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K)]:
+    for name in a.types.split(","):
+        ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}", None)
+        if ftype is None:
+            sys.exit(f"llama.cpp has no file type {name}")
         path = os.path.join(a.out, f"{stem}-{name}.gguf")
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype, params.nthread = ftype, 2
@@ -125,6 +130,8 @@ def main():
         llm = llama_cpp.Llama(model_path=path, n_threads=2, n_ctx=512, n_batch=512, verbose=False, logits_all=True)
         prompt = llm.tokenize(CHAT, add_bos=False, special=True)
         llm.eval(prompt)
+        first = np.array(llm.scores[llm.n_tokens - 1])
+        exact = exact_logits(path, prompt, a.out)
         theirs, gaps = [], []
         for _ in range(a.tokens):
             scores = np.array(llm.scores[llm.n_tokens - 1])
@@ -138,9 +145,11 @@ def main():
         ours = json.loads(out.strip().splitlines()[-1])[len(prompt):]
         same = next((i for i, (x, y) in enumerate(zip(theirs, ours)) if x != y), a.tokens)
         print(f"{name}: {os.path.getsize(path) / 1e6:.1f} MB, {block_types(path)}")
+        print(f"  the prompt's last logits: max |Reins exact - llama.cpp| {np.abs(exact - first).max():.4f}"
+              f" (their standard deviation {first.std():.3f})")
         line = f"  greedy ids equal for the first {same} of {a.tokens} tokens"
         if same < a.tokens:
-            exact = exact_argmax(path, prompt + theirs[:same], a.out)
+            exact = int(exact_logits(path, prompt + theirs[:same], a.out).argmax())
             line += (f"; there llama.cpp's top two logits are {gaps[same]:.3f} apart, llama.cpp takes {theirs[same]},"
                      f" Reins {ours[same]}, the exact float product {exact}")
         print(line)

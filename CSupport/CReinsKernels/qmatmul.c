@@ -110,7 +110,8 @@ static inline void k_scale_min(const uint8_t *s, int j, int *sc, int *mn) {
 static float row_dot_scalar(const uint8_t *w, const rk_q8_block *x, int nb32, int type) {
     float acc = 0.0f;
     switch (type) {
-    case RK_GGML_Q4_0: case RK_GGML_Q4_1: case RK_GGML_Q5_0: case RK_GGML_Q5_1: case RK_GGML_Q8_0: {
+    case RK_GGML_Q4_0: case RK_GGML_Q4_1: case RK_GGML_Q5_0: case RK_GGML_Q5_1: case RK_GGML_Q8_0:
+    case RK_GGML_IQ4_NL: {
         size_t bb = rk_quant_block_bytes(type);
         for (int k = 0; k < nb32; k++, w += bb) {
             const rk_q8_block *b = x + k;
@@ -118,6 +119,9 @@ static float row_dot_scalar(const uint8_t *w, const rk_q8_block *x, int nb32, in
             float d = half_at(w), m = 0.0f;
             if (type == RK_GGML_Q8_0) {
                 for (int j = 0; j < 32; j++) s += (int)((const int8_t *)(w + 2))[j] * b->q[j];
+            } else if (type == RK_GGML_IQ4_NL) {
+                for (int j = 0; j < 16; j++)
+                    s += rk__iq4_values[w[2 + j] & 0x0F] * b->q[j] + rk__iq4_values[w[2 + j] >> 4] * b->q[j + 16];
             } else if (type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1) {
                 const uint8_t *qs = w + (type == RK_GGML_Q4_0 ? 2 : 4);
                 for (int j = 0; j < 16; j++) s += (qs[j] & 0x0F) * b->q[j] + (qs[j] >> 4) * b->q[j + 16];
@@ -177,6 +181,48 @@ static float row_dot_scalar(const uint8_t *w, const rk_q8_block *x, int nb32, in
         }
         return acc;
     }
+    case RK_GGML_Q2_K: case RK_GGML_Q3_K: {
+        // Two scales per activation block (one per 16 elements); Q2_K's minimums multiply the halves' sums.
+        size_t bb = rk_quant_block_bytes(type);
+        for (int k = 0; k < nb32 / 8; k++, w += bb) {
+            const uint8_t *qs = type == RK_GGML_Q2_K ? w + 16 : w + 32;
+            for (int sb = 0; sb < 8; sb++) {
+                const rk_q8_block *b = x + 8 * k + sb;
+                int s[2] = {0, 0};
+                for (int l = 0; l < 32; l++) {
+                    int i = 32 * sb + l, q = (qs[32 * (i >> 7) + l] >> (2 * (sb & 3))) & 3;
+                    if (type == RK_GGML_Q3_K) q -= ((w[l] >> sb) & 1) ? 0 : 4;
+                    s[l >> 4] += q * b->q[l];
+                }
+                if (type == RK_GGML_Q3_K) {
+                    float d = half_at(w + 108);
+                    acc += d * b->d * ((float)rk__q3_k_scale(w + 96, 2 * sb) * (float)s[0] +
+                                       (float)rk__q3_k_scale(w + 96, 2 * sb + 1) * (float)s[1]);
+                } else {
+                    int s0 = w[2 * sb], s1 = w[2 * sb + 1];
+                    float d = half_at(w + 80), dmin = half_at(w + 82);
+                    acc += d * b->d * (float)((s0 & 0x0F) * s[0] + (s1 & 0x0F) * s[1]) -
+                           dmin * b->d * (float)((s0 >> 4) * b->sum16[0] + (s1 >> 4) * b->sum16[1]);
+                }
+            }
+        }
+        return acc;
+    }
+    case RK_GGML_IQ4_XS: {
+        for (int k = 0; k < nb32 / 8; k++, w += 136) {
+            float d = half_at(w);
+            int high = w[2] | (w[3] << 8);
+            for (int sb = 0; sb < 8; sb++) {
+                const rk_q8_block *b = x + 8 * k + sb;
+                const uint8_t *qs = w + 8 + 16 * sb;
+                int ls = ((w[4 + sb / 2] >> (4 * (sb & 1))) & 0x0F) | (((high >> (2 * sb)) & 3) << 4), s = 0;
+                for (int j = 0; j < 16; j++)
+                    s += rk__iq4_values[qs[j] & 0x0F] * b->q[j] + rk__iq4_values[qs[j] >> 4] * b->q[j + 16];
+                acc += d * b->d * (float)((ls - 32) * s);
+            }
+        }
+        return acc;
+    }
     default: return 0.0f;
     }
 }
@@ -209,12 +255,19 @@ static inline RK_AVX2Q __m256i fifth_bits32(const uint8_t *p) {
 static inline RK_AVX2Q __m256i fives32(const uint8_t *qh, const uint8_t *qs) {
     return _mm256_or_si256(nibbles32(qs), fifth_bits32(qh));
 }
-// Bit `bit` (0-7, a constant after inlining) of each byte of v as 0x10: one 16-bit shift that moves it onto bit 4,
-// then a mask per byte. The bits a shift carries across a byte boundary land on bits 0-3 (left shifts of at most 4)
-// or 5-7 (right shifts of at most 3) of the other byte, which the mask drops.
-static inline RK_AVX2Q __m256i bit_as_16(__m256i v, int bit) {
-    __m256i at4 = bit < 4 ? _mm256_slli_epi16(v, 4 - bit) : bit > 4 ? _mm256_srli_epi16(v, bit - 4) : v;
-    return _mm256_and_si256(at4, _mm256_set1_epi8(0x10));
+// Bit `bit` of each byte of v moved onto bit `to` (both 0-7, constants after inlining), the byte's other bits clear:
+// one 16-bit shift, then a mask per byte. The bits a shift carries across a byte boundary land on bits 0 .. to-bit-1
+// (a left shift) or 8-(bit-to) .. 7 (a right shift) of the other byte, never on bit `to`, and the mask drops them.
+static inline RK_AVX2Q __m256i bit_moved(__m256i v, int bit, int to) {
+    __m256i at = bit < to ? _mm256_slli_epi16(v, to - bit) : bit > to ? _mm256_srli_epi16(v, bit - to) : v;
+    return _mm256_and_si256(at, _mm256_set1_epi8((char)(1 << to)));
+}
+// Bit `bit` of each byte of v as 0x10 (a fifth bit).
+static inline RK_AVX2Q __m256i bit_as_16(__m256i v, int bit) { return bit_moved(v, bit, 4); }
+// Bytes 0..15 as the IQ4 grid's values (signed).
+static inline RK_AVX2Q __m256i iq4_grid(__m256i idx) {
+    __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)rk__iq4_values));
+    return _mm256_shuffle_epi8(grid, idx);
 }
 // A step's 32 bytes as their low and their high nibbles, each 32 bytes 0..15.
 static inline RK_AVX2Q void nibbles_step(__m256i v, __m256i *lo, __m256i *hi) {
@@ -281,6 +334,8 @@ static inline RK_AVX2Q float hsum8(__m256 v) { return rk_hsum256(v); }
     u = _mm256_sign_epi8(q_, q_); sx = _mm256_sign_epi8(x, q_); }
 #define UNPACK_Q8_0(p, x, u, sx) { __m256i q_ = _mm256_loadu_si256((const __m256i *)((p) + 2)); \
     u = _mm256_sign_epi8(q_, q_); sx = _mm256_sign_epi8(x, q_); }
+#define UNPACK_IQ4_NL(p, x, u, sx) { __m256i q_ = iq4_grid(nibbles32((p) + 2)); \
+    u = _mm256_sign_epi8(q_, q_); sx = _mm256_sign_epi8(x, q_); }
 #define UNPACK_Q5_1(p, x, u, sx) u = fives32((p) + 4, (p) + 8); sx = x;
 #define UNPACK_Q5_0(p, x, u, sx) { __m256i q_ = _mm256_sub_epi8(fives32((p) + 2, (p) + 6), _mm256_set1_epi8(16)); \
     u = _mm256_sign_epi8(q_, q_); sx = _mm256_sign_epi8(x, q_); }
@@ -289,6 +344,7 @@ static inline RK_AVX2Q float hsum8(__m256 v) { return rk_hsum256(v); }
 #define TYPE_HAS_MIN_Q4_1 1
 #define TYPE_HAS_MIN_Q4_0 0
 #define TYPE_HAS_MIN_Q8_0 0
+#define TYPE_HAS_MIN_IQ4_NL 0
 static inline RK_AVX2Q __m256i dot_avx2_i(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
@@ -312,6 +368,11 @@ static RK_AVX2Q void pair_q5_1_avx2(float *out, const uint8_t *w0, const uint8_t
 }
 static RK_AVX2Q void pair_q5_0_avx2(float *out, const uint8_t *w0, const uint8_t *w1, const rk_q8_block *x, int nb) {
     PAIR_BODY(dot_avx2_i, Q5_0, 22)
+}
+// IQ4_NL (the fallback in llama.cpp's Q2_K, Q3_K and IQ4_XS files for rows that are not whole super-blocks): each
+// block's indices looked up in the grid (one vpshufb), then as Q8_0. AVX2 only.
+static RK_AVX2Q void pair_iq4_nl_avx2(float *out, const uint8_t *w0, const uint8_t *w1, const rk_q8_block *x, int nb) {
+    PAIR_BODY(dot_avx2_i, IQ4_NL, 18)
 }
 
 // Two weight rows × R activation rows (R ≤ 4, a constant after inlining): 2R float accumulators, one block at a
@@ -359,6 +420,9 @@ static RK_AVX2Q void pair_q5_0_avx2(float *out, const uint8_t *w0, const uint8_t
 #define PREP_Q4_1(q, x, u, s) u = q; s = x;
 #define PREP_Q4_0(q, x, u, s) u = q; s = x;
 #define PREP_Q8_0(q, x, u, s) u = _mm256_sign_epi8(q, q); s = _mm256_sign_epi8(x, q);
+#define LOADQ_IQ4_NL(p) iq4_grid(nibbles32((p) + 2))
+#define MIN_IQ4_NL(p) 0.0f
+#define PREP_IQ4_NL(q, x, u, s) PREP_Q8_0(q, x, u, s)
 
 // out[r·ldo + {0, 1}] for activation rows x + r·ldx (r < R) against weight rows w0, w1 (`two` = 0: w1 is w0, and
 // only column 0 is written).
@@ -376,6 +440,7 @@ TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q4_0, 18)
 TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q8_0, 34)
 TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q5_1, 24)
 TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, Q5_0, 22)
+TILE_FUNCTIONS(avx2, RK_AVX2Q, dot_avx2_i, IQ4_NL, 18)
 TILE_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i, Q4_1, 20)
 TILE_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i, Q4_0, 18)
 TILE_FUNCTIONS(vnni, RK_VNNI, dot_vnni_i, Q8_0, 34)
@@ -391,6 +456,7 @@ static void tile_functions(int type, int vnni, tile_fn f[3]) {
     case RK_GGML_Q4_0: RK_SET_TILES(Q4_0) break;
     case RK_GGML_Q5_1: f[0] = tile_Q5_1_2_avx2; f[1] = tile_Q5_1_3_avx2; f[2] = tile_Q5_1_4_avx2; break;
     case RK_GGML_Q5_0: f[0] = tile_Q5_0_2_avx2; f[1] = tile_Q5_0_3_avx2; f[2] = tile_Q5_0_4_avx2; break;
+    case RK_GGML_IQ4_NL: f[0] = tile_IQ4_NL_2_avx2; f[1] = tile_IQ4_NL_3_avx2; f[2] = tile_IQ4_NL_4_avx2; break;
     default: RK_SET_TILES(Q8_0) break;
     }
 #undef RK_SET_TILES
@@ -404,10 +470,11 @@ static pair_fn pair_function(int type, int vnni) {
     case RK_GGML_Q8_0: return vnni ? pair_q8_0_vnni : pair_q8_0_avx2;
     case RK_GGML_Q5_1: return pair_q5_1_avx2;
     case RK_GGML_Q5_0: return pair_q5_0_avx2;
+    case RK_GGML_IQ4_NL: return pair_iq4_nl_avx2;
     default: return NULL;
     }
 }
-// ---- K-quant super-blocks (Q4_K, Q5_K, Q6_K), AVX2 ---------------------------------------------------------------
+// ---- super-blocks of 256 (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS), AVX2 ----------------------------------------------
 // A super-block of 256 values is eight sub-blocks of 32, one per activation block. Each sub-block is unpacked once per
 // tile to 32 unsigned bytes (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63); its product with an activation row's block is
 // scaled in integers by the sub-block's scale (vpmaddwd against the scale instead of ones: at most 2·63·127·2·128,
@@ -459,12 +526,68 @@ static pair_fn pair_function(int type, int vnni) {
     for (int sb = 0; sb < 8; sb++) {                                                                                \
         const int8_t *s6 = (const int8_t *)((w) + 192) + 2 * sb;                                                   \
         sc[sb] = _mm256_set_m128i(_mm_set1_epi16(s6[1]), _mm_set1_epi16(s6[0]));                                    \
-        s6lo[sb] = s6[0];                                                                                           \
-        s6hi[sb] = s6[1];                                                                                           \
+        klo[sb] = s6[0];                                                                                            \
+        khi[sb] = s6[1];                                                                                            \
     }
 #define K_CONST_Q4_K(sb, b) c[sb] * (b)->ds
 #define K_CONST_Q5_K(sb, b) c[sb] * (b)->ds
-#define K_CONST_Q6_K(sb, b) -32.0f * d * (b)->d * (float)(s6lo[sb] * (b)->sum16[0] + s6hi[sb] * (b)->sum16[1])
+#define K_CONST_Q6_K(sb, b) -32.0f * d * (b)->d * (float)(klo[sb] * (b)->sum16[0] + khi[sb] * (b)->sum16[1])
+// Q2_K and Q3_K: element 128h + 32s + l in bits 2s, 2s + 1 of byte 32h + l, so sub-block 4h + s is one shift of half
+// h's 32 bytes; a scale per 16 elements (Q3_K's signed, Q2_K's with a minimum beside it). Q3_K's values are taken as
+// q + 4 (0..7: the low bits with the high bit on bit 2) and 4·Σq_x taken off per 16.
+#define K_BB_Q2_K 84
+#define K_BB_Q3_K 110
+#define K_BB_IQ4_XS 136
+#define K_LOW_BITS(q2, sb) _mm256_and_si256(_mm256_srli_epi16((q2)[(sb) >> 2], 2 * ((sb) & 3)), _mm256_set1_epi8(3))
+#define K_UNPACK_Q2_K(w)                                                                                            \
+    d = half_f16c((w) + 80);                                                                                        \
+    dm = half_f16c((w) + 82);                                                                                       \
+    {                                                                                                               \
+        __m256i q2[2] = {_mm256_loadu_si256((const __m256i *)((w) + 16)),                                           \
+                         _mm256_loadu_si256((const __m256i *)((w) + 48))};                                          \
+        for (int sb = 0; sb < 8; sb++) {                                                                            \
+            u[sb] = K_LOW_BITS(q2, sb);                                                                             \
+            int s0 = (w)[2 * sb], s1 = (w)[2 * sb + 1];                                                             \
+            sc[sb] = _mm256_set_m128i(_mm_set1_epi16((short)(s1 & 0x0F)), _mm_set1_epi16((short)(s0 & 0x0F)));     \
+            klo[sb] = s0 >> 4;                                                                                      \
+            khi[sb] = s1 >> 4;                                                                                      \
+        }                                                                                                           \
+    }
+#define K_CONST_Q2_K(sb, b) -dm * (b)->d * (float)(klo[sb] * (b)->sum16[0] + khi[sb] * (b)->sum16[1])
+#define K_UNPACK_Q3_K(w)                                                                                            \
+    d = half_f16c((w) + 108);                                                                                       \
+    {                                                                                                               \
+        __m256i q2[2] = {_mm256_loadu_si256((const __m256i *)((w) + 32)),                                           \
+                         _mm256_loadu_si256((const __m256i *)((w) + 64))};                                          \
+        __m256i hm = _mm256_loadu_si256((const __m256i *)(w));                                                      \
+        for (int sb = 0; sb < 8; sb++) {                                                                            \
+            u[sb] = _mm256_or_si256(K_LOW_BITS(q2, sb), bit_moved(hm, sb, 2));                                      \
+            klo[sb] = rk__q3_k_scale((w) + 96, 2 * sb);                                                             \
+            khi[sb] = rk__q3_k_scale((w) + 96, 2 * sb + 1);                                                         \
+            sc[sb] = _mm256_set_m128i(_mm_set1_epi16((short)khi[sb]), _mm_set1_epi16((short)klo[sb]));              \
+        }                                                                                                           \
+    }
+#define K_CONST_Q3_K(sb, b) -4.0f * d * (b)->d * (float)(klo[sb] * (b)->sum16[0] + khi[sb] * (b)->sum16[1])
+// IQ4_XS: each sub-block of 32 is IQ4_NL's 16 bytes with a 6-bit scale (offset 32). The grid's values are signed, so
+// the weight is kept as its magnitude and each activation row takes its signs (K_PREP), as Q8_0 does.
+#define K_UNPACK_IQ4_XS(w)                                                                                          \
+    d = half_f16c(w);                                                                                               \
+    {                                                                                                               \
+        int high = (w)[2] | ((w)[3] << 8);                                                                          \
+        for (int sb = 0; sb < 8; sb++) {                                                                            \
+            sg[sb] = iq4_grid(nibbles32((w) + 8 + 16 * sb));                                                        \
+            u[sb] = _mm256_sign_epi8(sg[sb], sg[sb]);                                                               \
+            int ls = (((w)[4 + sb / 2] >> (4 * (sb & 1))) & 0x0F) | (((high >> (2 * sb)) & 3) << 4);                \
+            sc[sb] = _mm256_set1_epi16((short)(ls - 32));                                                           \
+        }                                                                                                           \
+    }
+#define K_CONST_IQ4_XS(sb, b) 0.0f
+#define K_PREP_IQ4_XS(sb, q) _mm256_sign_epi8(q, sg[sb])
+#define K_PREP_Q2_K(sb, q) q
+#define K_PREP_Q3_K(sb, q) q
+#define K_PREP_Q4_K(sb, q) q
+#define K_PREP_Q5_K(sb, q) q
+#define K_PREP_Q6_K(sb, q) q
 
 // One weight row against R activation rows (R ≤ 4), out[r·ldo]; nsb super-blocks.
 #define K_TILE_FUNCTION(TYPE, R)                                                                                    \
@@ -474,15 +597,15 @@ static pair_fn pair_function(int type, int vnni) {
         float e[R];                                                                                                 \
         for (int r = 0; r < R; r++) { acc[r][0] = acc[r][1] = _mm256_setzero_ps(); e[r] = 0.0f; }                  \
         for (int k = 0; k < nsb; k++, w += K_BB_##TYPE) {                                                           \
-            __m256i u[8], sc[8];                                                                                    \
-            float d, c[8];                                                                                          \
-            int s6lo[8], s6hi[8];                                                                                   \
-            (void)c; (void)s6lo; (void)s6hi;                                                                        \
+            __m256i u[8], sc[8], sg[8];                                                                             \
+            float d, dm, c[8];                                                                                      \
+            int klo[8], khi[8];                                                                                     \
+            (void)c; (void)klo; (void)khi; (void)dm; (void)sg;                                                      \
             K_UNPACK_##TYPE(w)                                                                                      \
             for (int sb = 0; sb < 8; sb++)                                                                          \
                 for (int r = 0; r < R; r++) {                                                                       \
                     const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;                                        \
-                    __m256i q = _mm256_loadu_si256((const __m256i *)b->q);                                          \
+                    __m256i q = K_PREP_##TYPE(sb, _mm256_loadu_si256((const __m256i *)b->q));                       \
                     __m256i i = _mm256_madd_epi16(_mm256_maddubs_epi16(u[sb], q), sc[sb]);                          \
                     acc[r][sb & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d * b->d), acc[r][sb & 1]); \
                     e[r] += K_CONST_##TYPE(sb, b);                                                                  \
@@ -495,6 +618,9 @@ static pair_fn pair_function(int type, int vnni) {
 K_TILE_FUNCTIONS(Q4_K)
 K_TILE_FUNCTIONS(Q5_K)
 K_TILE_FUNCTIONS(Q6_K)
+K_TILE_FUNCTIONS(Q2_K)
+K_TILE_FUNCTIONS(Q3_K)
+K_TILE_FUNCTIONS(IQ4_XS)
 
 typedef void (*ktile_fn)(float *, size_t, const uint8_t *, const rk_q8_block *, size_t, int);
 // The K-quant tile functions for 1-4 rows (index R − 1); 0 for other types.
@@ -504,6 +630,9 @@ static int ktile_functions(int type, ktile_fn f[4]) {
     case RK_GGML_Q4_K: RK_SET_KTILES(Q4_K) return 1;
     case RK_GGML_Q5_K: RK_SET_KTILES(Q5_K) return 1;
     case RK_GGML_Q6_K: RK_SET_KTILES(Q6_K) return 1;
+    case RK_GGML_Q2_K: RK_SET_KTILES(Q2_K) return 1;
+    case RK_GGML_Q3_K: RK_SET_KTILES(Q3_K) return 1;
+    case RK_GGML_IQ4_XS: RK_SET_KTILES(IQ4_XS) return 1;
     default: return 0;
     }
 #undef RK_SET_KTILES

@@ -1,7 +1,7 @@
 // quant.c — llama.cpp's (GGUF's) block formats: element counts, byte sizes and dequantization to float32.
 //
-// A quantized row is a run of blocks; each block holds 32 (Q4_0 .. Q8_0) or 256 (the K types) elements as small
-// integers with one or two half-precision scales. Dequantization follows the formats' definitions value for value,
+// A quantized row is a run of blocks; each block holds 32 (Q4_0 .. Q8_0, IQ4_NL) or 256 (the K types, IQ4_XS)
+// elements as small integers (IQ4's: indices into a fixed grid of 16 values) with one or two half-precision scales. Dequantization follows the formats' definitions value for value,
 // in float32 with one rounding per operation, as the `gguf` Python package computes them (d·q, then + m or - m·dmin as
 // a separate step), so the results are bit-identical to it. Contraction into fused multiply-adds would change the
 // last bit and is switched off for this file.
@@ -14,7 +14,9 @@ size_t rk_quant_block_elements(int type) {
     switch (type) {
     case RK_GGML_F32: case RK_GGML_F16: case RK_GGML_BF16: return 1;
     case RK_GGML_Q4_0: case RK_GGML_Q4_1: case RK_GGML_Q5_0: case RK_GGML_Q5_1: case RK_GGML_Q8_0: return 32;
-    case RK_GGML_Q4_K: case RK_GGML_Q5_K: case RK_GGML_Q6_K: return 256;
+    case RK_GGML_IQ4_NL: return 32;
+    case RK_GGML_Q2_K: case RK_GGML_Q3_K: case RK_GGML_Q4_K: case RK_GGML_Q5_K: case RK_GGML_Q6_K:
+    case RK_GGML_IQ4_XS: return 256;
     default: return 0;
     }
 }
@@ -28,9 +30,13 @@ size_t rk_quant_block_bytes(int type) {
     case RK_GGML_Q5_0: return 22;
     case RK_GGML_Q5_1: return 24;
     case RK_GGML_Q8_0: return 34;
+    case RK_GGML_IQ4_NL: return 18;
+    case RK_GGML_Q2_K: return 84;
+    case RK_GGML_Q3_K: return 110;
     case RK_GGML_Q4_K: return 144;
     case RK_GGML_Q5_K: return 176;
     case RK_GGML_Q6_K: return 210;
+    case RK_GGML_IQ4_XS: return 136;
     default: return 0;
     }
 }
@@ -172,6 +178,55 @@ static void deq_q6_k(float *y, const uint8_t *b) {
     }
 }
 
+// Q2_K: 16 bytes of scales (low nibble: the scale of 16 elements, high nibble: their minimum), 64 bytes of 2-bit
+// values, d, dmin. Element i = 128h + 32s + l takes bits 2s, 2s+1 of byte 32h + l; value (d·scale)·q - (dmin·min).
+static void deq_q2_k(float *y, const uint8_t *b) {
+    const uint8_t *sc = b, *qs = b + 16;
+    float d = half_at(b + 80), dmin = half_at(b + 82);
+    for (int i = 0; i < 256; i++) {
+        int q = (qs[32 * (i >> 7) + (i & 31)] >> (2 * ((i >> 5) & 3))) & 3;
+        float dl = d * (float)(sc[i >> 4] & 0x0F), ml = dmin * (float)(sc[i >> 4] >> 4);
+        float a = dl * (float)q;
+        y[i] = a - ml;
+    }
+}
+// Q3_K: 32 bytes of high bits, 64 bytes of 2-bit values (laid out as Q2_K's), 12 bytes of scales, d. Element
+// i = 32j + l: bit j of byte l is its high bit, and a clear high bit takes 4 off; value (d·scale)·q, q in -4..3.
+static void deq_q3_k(float *y, const uint8_t *b) {
+    const uint8_t *hm = b, *qs = b + 32, *sc = b + 96;
+    float d = half_at(b + 108);
+    for (int i = 0; i < 256; i++) {
+        int low = (qs[32 * (i >> 7) + (i & 31)] >> (2 * ((i >> 5) & 3))) & 3;
+        int q = low - (((hm[i & 31] >> (i >> 5)) & 1) ? 0 : 4);
+        float dl = d * (float)rk__q3_k_scale(sc, i >> 4);
+        y[i] = dl * (float)q;
+    }
+}
+const int8_t rk__iq4_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+// IQ4_NL: d, then 16 bytes of 4-bit indices into the grid (element j in the low nibble of byte j, 16 + j in the high).
+static void deq_iq4_nl(float *y, const uint8_t *b) {
+    float d = half_at(b);
+    for (int j = 0; j < 16; j++) {
+        y[j] = d * (float)rk__iq4_values[b[2 + j] & 0x0F];
+        y[j + 16] = d * (float)rk__iq4_values[b[2 + j] >> 4];
+    }
+}
+// IQ4_XS: d, the top two bits of the eight 6-bit sub-block scales (a 16-bit word, two bits each), their low four bits
+// (4 bytes, two nibbles each), then each sub-block of 32 as IQ4_NL's 16 bytes; value (d·(scale − 32))·grid[q].
+static void deq_iq4_xs(float *y, const uint8_t *b) {
+    float d = half_at(b);
+    int high = load16(b + 2);
+    for (int s = 0; s < 8; s++) {
+        int ls = ((b[4 + s / 2] >> (4 * (s & 1))) & 0x0F) | (((high >> (2 * s)) & 3) << 4);
+        float dl = d * (float)(ls - 32);
+        const uint8_t *qs = b + 8 + 16 * s;
+        for (int j = 0; j < 16; j++) {
+            y[32 * s + j] = dl * (float)rk__iq4_values[qs[j] & 0x0F];
+            y[32 * s + j + 16] = dl * (float)rk__iq4_values[qs[j] >> 4];
+        }
+    }
+}
+
 int rk_dequantize_ref(float *out, const void *src, size_t n, int type) {
     size_t be = rk_quant_block_elements(type), bb = rk_quant_block_bytes(type);
     if (be == 0 || n % be != 0) return RK_ERR_ARG;
@@ -190,6 +245,10 @@ int rk_dequantize_ref(float *out, const void *src, size_t n, int type) {
         case RK_GGML_Q4_K: deq_q4_k(out, p); break;
         case RK_GGML_Q5_K: deq_q5_k(out, p); break;
         case RK_GGML_Q6_K: deq_q6_k(out, p); break;
+        case RK_GGML_Q2_K: deq_q2_k(out, p); break;
+        case RK_GGML_Q3_K: deq_q3_k(out, p); break;
+        case RK_GGML_IQ4_NL: deq_iq4_nl(out, p); break;
+        case RK_GGML_IQ4_XS: deq_iq4_xs(out, p); break;
         default: return RK_ERR_ARG;
         }
     }

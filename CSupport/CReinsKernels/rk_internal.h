@@ -20,6 +20,15 @@
 float rk__row_max(const float *x, int C);
 float rk__row_expsum(float *y, const float *x, float c, int C);
 
+// The 16 values a 4-bit index of IQ4_NL and IQ4_XS stands for (llama.cpp's non-linear grid), defined in quant.c.
+extern const int8_t rk__iq4_values[16];
+// The 6-bit scale k (0..15) of a Q3_K block, from its 12 packed bytes: the low four bits are nibble k / 8 of byte
+// k % 8, the top two bits pair k / 4 of byte 8 + k % 4; stored with an offset of 32.
+static inline int rk__q3_k_scale(const uint8_t *s, int k) {
+    int low = (s[k & 7] >> (4 * (k >> 3))) & 0x0F, high = (s[8 + (k & 3)] >> (2 * (k >> 2))) & 3;
+    return (low | (high << 4)) - 32;
+}
+
 // Index arithmetic for big tensors stays in size_t.
 #define RK_IDX(a, b, stride) ((size_t)(a) * (size_t)(stride) + (size_t)(b))
 

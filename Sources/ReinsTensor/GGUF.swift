@@ -22,7 +22,7 @@ public enum GGUFError: Error, Equatable, CustomStringConvertible {
         case let .malformed(path, detail): return "\(path): malformed GGUF file: \(detail)"
         case let .unsupportedType(path, tensor, type):
             return
-                "\(path): tensor '\(tensor)' has ggml type \(GGMLType(rawValue: type).map { "\($0)" } ?? String(type)), which Reins does not read (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)"
+                "\(path): tensor '\(tensor)' has ggml type \(GGMLType(rawValue: type).map { "\($0)" } ?? String(type)), which Reins does not read (it reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS)"
         case let .missingTensor(path, tensor): return "\(path): no tensor named '\(tensor)'"
         case let .missingMetadata(path, key, expected): return "\(path): metadata '\(key)' is missing or not \(expected)"
         }

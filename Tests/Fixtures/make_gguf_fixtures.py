@@ -7,8 +7,10 @@ Pinned reference stack (Tests/Fixtures/reference-venv.sh): torch==2.15.0 transfo
 
 Tests/Fixtures/gguf/
   blocks.gguf + blocks.safetensors   every tensor type Reins reads (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
-                                     Q5_K, Q6_K) as random blocks with valid half-precision scales (one subnormal, some
-                                     negative), and each dequantized by the `gguf` package: bit-exact references.
+                                     Q5_K, Q6_K; then Q2_K, Q3_K, IQ4_NL, IQ4_XS, drawn from a generator of their own
+                                     so that the earlier tensors keep their bytes) as random blocks with valid
+                                     half-precision scales (one subnormal, some negative), and each dequantized by the
+                                     `gguf` package: bit-exact references.
   llama-tiny.gguf + .safetensors     a 2-layer Llama (hidden 96, 4 query heads of 24 over 2 key/value heads, FFN 256,
                                      tied output) in mixed quantized types, with the smollm-style tokenizer and the
                                      SmolLM2 chat template in its metadata; transformers' logits for a left-padded
@@ -46,10 +48,11 @@ rng = np.random.default_rng(2412)
 
 # Where each type keeps its half-precision scales (byte offsets within a block), and their magnitudes here.
 SCALES = {Q.Q4_0: ([0], 0.01), Q.Q4_1: ([0, 2], 0.01), Q.Q5_0: ([0], 0.005), Q.Q5_1: ([0, 2], 0.005),
-          Q.Q8_0: ([0], 0.0006), Q.Q4_K: ([0, 2], 0.0002), Q.Q5_K: ([0, 2], 0.0001), Q.Q6_K: ([208], 0.00002)}
+          Q.Q8_0: ([0], 0.0006), Q.Q4_K: ([0, 2], 0.0002), Q.Q5_K: ([0, 2], 0.0001), Q.Q6_K: ([208], 0.00002),
+          Q.Q2_K: ([80, 82], 0.002), Q.Q3_K: ([108], 0.0008), Q.IQ4_NL: ([0], 0.0008), Q.IQ4_XS: ([0], 0.00003)}
 
 
-def random_blocks(qtype, rows, cols, subnormal=False):
+def random_blocks(qtype, rows, cols, subnormal=False, rng=rng):
     """Random blocks of qtype for a [rows, cols] tensor: uint8 [rows, bytes per row]."""
     block, size = GGML_QUANT_SIZES[qtype]
     assert cols % block == 0
@@ -79,6 +82,13 @@ def blocks_fixture():
     for qtype in [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K]:
         block = GGML_QUANT_SIZES[qtype][0]
         raw = random_blocks(qtype, 3, 2 * block, subnormal=True)
+        name = qtype.name.lower()
+        w.add_tensor(name, raw, raw_dtype=qtype)
+        expected[name] = dequantize(raw, qtype)
+    later = np.random.default_rng(1012)
+    for qtype in [Q.Q2_K, Q.Q3_K, Q.IQ4_NL, Q.IQ4_XS]:
+        block = GGML_QUANT_SIZES[qtype][0]
+        raw = random_blocks(qtype, 3, 2 * block, subnormal=True, rng=later)
         name = qtype.name.lower()
         w.add_tensor(name, raw, raw_dtype=qtype)
         expected[name] = dequantize(raw, qtype)

@@ -14,7 +14,8 @@ struct GGUFTests {
     @Test func everyTypeDequantizesBitExactlyAsTheGGUFPackage() throws {
         let file = try GGUFFile(path: Self.blocks)
         let expected = try SafeTensorsFile(path: Fixtures.directory.appendingPathComponent("gguf/blocks.safetensors").path)
-        let names = ["f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"]
+        let names = ["f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k", "q2_k", "q3_k",
+                     "iq4_nl", "iq4_xs"]
         #expect(Set(file.tensorNames) == Set(names))
         for name in names {
             let t = try file.tensor(name), e = try expected.tensor(name)
@@ -87,7 +88,8 @@ struct GGUFTests {
         refused("empty", containing: "not a GGUF file") { $0 = [] }
     }
 
-    /// Found by fuzzing: a first dimension near 2^63 overflowed the byte count of its rows.
+    /// Found by fuzzing: a first dimension near 2^63 overflowed the byte count of its rows. Unknown type numbers, and
+    /// types ggml has but Reins does not read, are refused by name.
     @Test func hugeDimensionsAreRefusedWithoutATrap() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("reins-gguf-\(UUID()).gguf").path
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -106,6 +108,15 @@ struct GGUFTests {
         bytes[45] = 99
         try Data(bytes).write(to: URL(fileURLWithPath: path))
         #expect(throws: GGUFError.self) { _ = try GGUFFile(path: path) }
+        // A type ggml has and Reins does not read is named in the error.
+        bytes[45] = 16
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        do {
+            _ = try GGUFFile(path: path)
+            Issue.record("an IQ2_XXS tensor was opened")
+        } catch {
+            #expect("\(error)".contains("IQ2_XXS") && "\(error)".contains("IQ4_XS"), "\(error)")
+        }
     }
 
     @Test func everyTruncationIsRefusedWithoutATrap() throws {

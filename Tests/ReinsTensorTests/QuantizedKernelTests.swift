@@ -9,7 +9,7 @@ import ReinsTestSupport
 /// product with the dequantized weight (values and input gradients), and the input gradient against finite differences.
 @Suite(.serialized)
 struct QuantizedKernelTests {
-    static let types: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
+    static let types: [GGMLType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K, .q2_K, .q3_K, .iq4_NL, .iq4_XS]
 
     /// Random blocks of `type` for a `[rows, columns]` matrix, with valid half-precision scales of a size that gives
     /// weights of about ±0.1.
@@ -25,6 +25,10 @@ struct QuantizedKernelTests {
             case .q5_0: ([0], 0.005)
             case .q8_0: ([0], 0.0008)
             case .q4_K, .q5_K: ([0, 2], 0.0002)
+            case .q2_K: ([80, 82], 0.002)
+            case .q3_K: ([108], 0.0008)
+            case .iq4_NL: ([0], 0.0008)
+            case .iq4_XS: ([0], 0.00003)
             default: ([208], 0.00003)
             }
         for k in 0..<blocks {

@@ -304,7 +304,8 @@ double rk_sum_squares_ref(const float *x, size_t n);
 // GGUF / llama.cpp tensor types (ggml's numbering) and their block formats.
 typedef enum {
     RK_GGML_F32 = 0, RK_GGML_F16 = 1, RK_GGML_Q4_0 = 2, RK_GGML_Q4_1 = 3, RK_GGML_Q5_0 = 6, RK_GGML_Q5_1 = 7,
-    RK_GGML_Q8_0 = 8, RK_GGML_Q4_K = 12, RK_GGML_Q5_K = 13, RK_GGML_Q6_K = 14, RK_GGML_BF16 = 30,
+    RK_GGML_Q8_0 = 8, RK_GGML_Q2_K = 10, RK_GGML_Q3_K = 11, RK_GGML_Q4_K = 12, RK_GGML_Q5_K = 13, RK_GGML_Q6_K = 14,
+    RK_GGML_IQ4_NL = 20, RK_GGML_IQ4_XS = 23, RK_GGML_BF16 = 30,
 } rk_ggml_type;
 /// Elements per block of a type (1 for F32/F16/BF16), or 0 for a type these kernels do not read.
 size_t rk_quant_block_elements(int type);
@@ -335,8 +336,9 @@ typedef struct {
 /// out (N × C/32 blocks) = x (N,C) in 8-bit blocks. C must be a multiple of 32 (RK_ERR_ARG otherwise).
 int rk_quantize_q8(rk_q8_block *out, const float *x, int N, int C);
 void rk_quantize_q8_ref(rk_q8_block *out, const float *x, int N, int C);
-/// out (N,OC) columns [row_begin, row_end) = xq · Wᵀ, W (OC,C) in blocks of `type` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
-/// Q5_K, Q6_K), xq from rk_quantize_q8 over the same C; integer dot products per block, float scales per block.
+/// out (N,OC) columns [row_begin, row_end) = xq · Wᵀ, W (OC,C) in blocks of `type` (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K,
+/// Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS), xq from rk_quantize_q8 over the same C; integer dot products per block,
+/// float scales per block.
 /// Returns RK_ERR_ARG for another type or C not whole blocks.
 int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, int N, int C, int OC, int row_begin,
                   int row_end);
