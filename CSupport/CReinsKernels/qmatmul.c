@@ -532,28 +532,70 @@ static pair_fn pair_function(int type, int vnni) {
 #define K_CONST_Q4_K(sb, b) c[sb] * (b)->ds
 #define K_CONST_Q5_K(sb, b) c[sb] * (b)->ds
 #define K_CONST_Q6_K(sb, b) -32.0f * d * (b)->d * (float)(klo[sb] * (b)->sum16[0] + khi[sb] * (b)->sum16[1])
+// Q2_K, Q3_K and IQ4_XS: the sub-blocks' scales, decoded with vector operations (one scalar decode per scale cost
+// more than the products of a row). k_scales16 turns 16 signed 8-bit scales, one per 16 values, into each sub-block's
+// vpmaddwd operand: scale 2·sb on the low 128 bits, 2·sb + 1 on the high (vpmaddubsw keeps each half's pairs in its
+// half). The 32-bit word sb of the widened scales holds the pair; a permute puts it in every word, a shuffle spreads
+// its two halves over the two 128-bit halves.
+static inline RK_AVX2Q void k_scales16(__m128i s8, __m256i out[8]) {
+    __m256i s16 = _mm256_cvtepi8_epi16(s8);
+    const __m256i pick = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                          2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    for (int sb = 0; sb < 8; sb++)
+        out[sb] = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(sb)), pick);
+}
+// Q3_K's 16 scales from its 12 packed bytes (the layout of rk__q3_k_scale), four at a time in 32-bit words: scales
+// 4i..4i+3 take their low nibbles from the low (i < 2) or high (i >= 2) nibbles of word i % 2, and their top two bits
+// from bit pair i of each byte of word 2.
+static inline RK_AVX2Q __m128i q3_k_scales(const uint8_t *s) {
+    uint32_t a0, a1, t;
+    memcpy(&a0, s, 4);
+    memcpy(&a1, s + 4, 4);
+    memcpy(&t, s + 8, 4);
+    const uint32_t low4 = 0x0F0F0F0Fu, low2 = 0x03030303u;
+    __m128i v = _mm_setr_epi32((int)((a0 & low4) | ((t & low2) << 4)), (int)((a1 & low4) | (((t >> 2) & low2) << 4)),
+                               (int)(((a0 >> 4) & low4) | (((t >> 4) & low2) << 4)),
+                               (int)(((a1 >> 4) & low4) | (((t >> 6) & low2) << 4)));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
+}
 // Q2_K and Q3_K: element 128h + 32s + l in bits 2s, 2s + 1 of byte 32h + l, so sub-block 4h + s is one shift of half
-// h's 32 bytes; a scale per 16 elements (Q3_K's signed, Q2_K's with a minimum beside it). Q3_K's values are taken as
-// q + 4 (0..7: the low bits with the high bit on bit 2) and 4·Σq_x taken off per 16.
+// h's 32 bytes. Q3_K's values q (-4..3: the low bits, with 4 taken off where the high bit is clear) are signed, so, as
+// IQ4_XS's below, the weight is kept as its magnitude and each activation row takes its signs (K_PREP). Q2_K's values
+// are 0..3 with a minimum per 16 elements, −dmin·m·d_x·Σq_x over each half: once per activation row and super-block
+// (K_SUPER) for its 8 blocks at once, their halves' sums and scales gathered from the 8 activation blocks.
 #define K_BB_Q2_K 84
 #define K_BB_Q3_K 110
 #define K_BB_IQ4_XS 136
 #define K_LOW_BITS(q2, sb) _mm256_and_si256(_mm256_srli_epi16((q2)[(sb) >> 2], 2 * ((sb) & 3)), _mm256_set1_epi8(3))
 #define K_UNPACK_Q2_K(w)                                                                                            \
     d = half_f16c((w) + 80);                                                                                        \
-    dm = half_f16c((w) + 82);                                                                                       \
     {                                                                                                               \
+        float dmin = half_f16c((w) + 82);                                                                           \
         __m256i q2[2] = {_mm256_loadu_si256((const __m256i *)((w) + 16)),                                           \
                          _mm256_loadu_si256((const __m256i *)((w) + 48))};                                          \
-        for (int sb = 0; sb < 8; sb++) {                                                                            \
-            u[sb] = K_LOW_BITS(q2, sb);                                                                             \
-            int s0 = (w)[2 * sb], s1 = (w)[2 * sb + 1];                                                             \
-            sc[sb] = _mm256_set_m128i(_mm_set1_epi16((short)(s1 & 0x0F)), _mm_set1_epi16((short)(s0 & 0x0F)));     \
-            klo[sb] = s0 >> 4;                                                                                      \
-            khi[sb] = s1 >> 4;                                                                                      \
-        }                                                                                                           \
+        for (int sb = 0; sb < 8; sb++) u[sb] = K_LOW_BITS(q2, sb);                                                  \
+        __m128i s8 = _mm_loadu_si128((const __m128i *)(w));                                                         \
+        k_scales16(_mm_and_si128(s8, _mm_set1_epi8(0x0F)), sc);                                                     \
+        kmin = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s8, 4), _mm_set1_epi8(0x0F)));                     \
+        kneg = _mm256_set1_ps(-dmin);                                                                               \
     }
-#define K_CONST_Q2_K(sb, b) -dm * (b)->d * (float)(klo[sb] * (b)->sum16[0] + khi[sb] * (b)->sum16[1])
+#define K_CONST_Q2_K(sb, b) 0.0f
+// Word sb of kmin holds the minimums of sub-block sb's halves, the 16-bit pair m₀, m₁ that vpmaddwd multiplies with
+// its block's Σ₀q_x, Σ₁q_x (sum16, one 32-bit word in rk_q8_block).
+#define K_SUPER_Q2_K(r, xb)                                                                                         \
+    {                                                                                                               \
+        const int bs = (int)sizeof(rk_q8_block);                                                                    \
+        const __m256i at = _mm256_setr_epi32(0, bs, 2 * bs, 3 * bs, 4 * bs, 5 * bs, 6 * bs, 7 * bs);                \
+        __m256i sums = _mm256_i32gather_epi32((const int *)(const void *)(xb)->sum16, at, 1);                       \
+        __m256 dx = _mm256_i32gather_ps(&(xb)->d, at, 1);                                                           \
+        __m256 m = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(sums, kmin)), dx);                            \
+        acc[r][0] = _mm256_fmadd_ps(m, kneg, acc[r][0]);                                                            \
+    }
+#define K_SUPER_Q3_K(r, xb) {}
+#define K_SUPER_Q4_K(r, xb) {}
+#define K_SUPER_Q5_K(r, xb) {}
+#define K_SUPER_Q6_K(r, xb) {}
+#define K_SUPER_IQ4_XS(r, xb) {}
 #define K_UNPACK_Q3_K(w)                                                                                            \
     d = half_f16c((w) + 108);                                                                                       \
     {                                                                                                               \
@@ -561,30 +603,31 @@ static pair_fn pair_function(int type, int vnni) {
                          _mm256_loadu_si256((const __m256i *)((w) + 64))};                                          \
         __m256i hm = _mm256_loadu_si256((const __m256i *)(w));                                                      \
         for (int sb = 0; sb < 8; sb++) {                                                                            \
-            u[sb] = _mm256_or_si256(K_LOW_BITS(q2, sb), bit_moved(hm, sb, 2));                                      \
-            klo[sb] = rk__q3_k_scale((w) + 96, 2 * sb);                                                             \
-            khi[sb] = rk__q3_k_scale((w) + 96, 2 * sb + 1);                                                         \
-            sc[sb] = _mm256_set_m128i(_mm_set1_epi16((short)khi[sb]), _mm_set1_epi16((short)klo[sb]));              \
+            __m256i q = _mm256_or_si256(K_LOW_BITS(q2, sb), bit_moved(hm, sb, 2)); /* q + 4 */                      \
+            sg[sb] = _mm256_sub_epi8(q, _mm256_set1_epi8(4));                                                       \
+            u[sb] = _mm256_sign_epi8(sg[sb], sg[sb]);                                                               \
         }                                                                                                           \
+        k_scales16(q3_k_scales((w) + 96), sc);                                                                      \
     }
-#define K_CONST_Q3_K(sb, b) -4.0f * d * (b)->d * (float)(klo[sb] * (b)->sum16[0] + khi[sb] * (b)->sum16[1])
-// IQ4_XS: each sub-block of 32 is IQ4_NL's 16 bytes with a 6-bit scale (offset 32). The grid's values are signed, so
-// the weight is kept as its magnitude and each activation row takes its signs (K_PREP), as Q8_0 does.
+#define K_CONST_Q3_K(sb, b) 0.0f
+// IQ4_XS: each sub-block of 32 is IQ4_NL's 16 bytes with a 6-bit scale (offset 32), the same for its two halves.
 #define K_UNPACK_IQ4_XS(w)                                                                                          \
     d = half_f16c(w);                                                                                               \
     {                                                                                                               \
         int high = (w)[2] | ((w)[3] << 8);                                                                          \
+        int8_t ls[8];                                                                                               \
         for (int sb = 0; sb < 8; sb++) {                                                                            \
             sg[sb] = iq4_grid(nibbles32((w) + 8 + 16 * sb));                                                        \
             u[sb] = _mm256_sign_epi8(sg[sb], sg[sb]);                                                               \
-            int ls = (((w)[4 + sb / 2] >> (4 * (sb & 1))) & 0x0F) | (((high >> (2 * sb)) & 3) << 4);                \
-            sc[sb] = _mm256_set1_epi16((short)(ls - 32));                                                           \
+            ls[sb] = (int8_t)(((((w)[4 + sb / 2] >> (4 * (sb & 1))) & 0x0F) | (((high >> (2 * sb)) & 3) << 4)) - 32); \
         }                                                                                                           \
+        __m128i l8 = _mm_loadl_epi64((const __m128i *)ls);                                                          \
+        k_scales16(_mm_unpacklo_epi8(l8, l8), sc);                                                                  \
     }
 #define K_CONST_IQ4_XS(sb, b) 0.0f
 #define K_PREP_IQ4_XS(sb, q) _mm256_sign_epi8(q, sg[sb])
 #define K_PREP_Q2_K(sb, q) q
-#define K_PREP_Q3_K(sb, q) q
+#define K_PREP_Q3_K(sb, q) _mm256_sign_epi8(q, sg[sb])
 #define K_PREP_Q4_K(sb, q) q
 #define K_PREP_Q5_K(sb, q) q
 #define K_PREP_Q6_K(sb, q) q
@@ -597,10 +640,11 @@ static pair_fn pair_function(int type, int vnni) {
         float e[R];                                                                                                 \
         for (int r = 0; r < R; r++) { acc[r][0] = acc[r][1] = _mm256_setzero_ps(); e[r] = 0.0f; }                  \
         for (int k = 0; k < nsb; k++, w += K_BB_##TYPE) {                                                           \
-            __m256i u[8], sc[8], sg[8];                                                                             \
-            float d, dm, c[8];                                                                                      \
+            __m256i u[8], sc[8], sg[8], kmin;                                                                       \
+            __m256 kneg;                                                                                            \
+            float d, c[8];                                                                                          \
             int klo[8], khi[8];                                                                                     \
-            (void)c; (void)klo; (void)khi; (void)dm; (void)sg;                                                      \
+            (void)c; (void)klo; (void)khi; (void)sg; (void)kmin; (void)kneg;                                        \
             K_UNPACK_##TYPE(w)                                                                                      \
             for (int sb = 0; sb < 8; sb++)                                                                          \
                 for (int r = 0; r < R; r++) {                                                                       \
@@ -610,6 +654,7 @@ static pair_fn pair_function(int type, int vnni) {
                     acc[r][sb & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_set1_ps(d * b->d), acc[r][sb & 1]); \
                     e[r] += K_CONST_##TYPE(sb, b);                                                                  \
                 }                                                                                                   \
+            for (int r = 0; r < R; r++) K_SUPER_##TYPE(r, x + (size_t)r * ldx + 8 * k)                              \
         }                                                                                                           \
         for (int r = 0; r < R; r++) out[(size_t)r * ldo] = hsum8(_mm256_add_ps(acc[r][0], acc[r][1])) + e[r];      \
     }
