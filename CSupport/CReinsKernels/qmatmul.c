@@ -794,7 +794,8 @@ int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, i
 // The same bytes as the row-major blocks, reordered (Q5_0's and Q5_1's fifth bits also within each row's 4 bytes).
 static int pack8_type(int type) {
     return type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q5_0 || type == RK_GGML_Q5_1 ||
-           type == RK_GGML_Q8_0 || type == RK_GGML_Q4_K || type == RK_GGML_Q5_K || type == RK_GGML_Q6_K;
+           type == RK_GGML_Q8_0 || type == RK_GGML_Q4_K || type == RK_GGML_Q5_K || type == RK_GGML_Q6_K ||
+           type == RK_GGML_IQ4_NL;
 }
 // A type's block parts: half-precision scales (1 or 2), bytes of fifth bits (0 or 4) and 32-byte quant steps.
 static void pack8_parts(int type, int *scales, int *high, int *steps) {
@@ -1051,6 +1052,26 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
         for (int r = 0; r < R; r++)                                                                                 \
             ia[r][t % NA] = DOTACC(ia[r][t % NA], u, bcast4(x[(size_t)r * ldx + k].q + 4 * t));                     \
     }
+// IQ4_NL: Q4_0's layout (one scale, four steps of nibbles); each step's nibbles looked up in the grid, then as Q8_0
+// (the weight's sign moved onto the activation). AVX2 on every x86 kernel level.
+#define GB_IQ4_NL GB_Q4_0
+#define STEPS_IQ4_NL(DOTACC, R)                                                                                     \
+    _Pragma("clang loop unroll(full)")                                                                              \
+    for (int t = 0; t < 4; t++) {                                                                                   \
+        __m256i lo, hi;                                                                                            \
+        nibbles_step(_mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t)), &lo, &hi);                           \
+        lo = iq4_grid(lo);                                                                                          \
+        hi = iq4_grid(hi);                                                                                          \
+        __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);                                     \
+        int a0 = NA == 4 ? 2 * (t & 1) : 0;                                                                         \
+        for (int r = 0; r < R; r++) {                                                                               \
+            const int8_t *q = x[(size_t)r * ldx + k].q;                                                             \
+            ia[r][a0] = DOTACC(ia[r][a0], ulo, _mm256_sign_epi8(bcast4(q + 4 * t), lo));                            \
+            ia[r][a0 + 1] = DOTACC(ia[r][a0 + 1], uhi, _mm256_sign_epi8(bcast4(q + 16 + 4 * t), hi));               \
+        }                                                                                                           \
+    }
+#define FIX_IQ4_NL(i, b)
+#define MIN_TERM_IQ4_NL(a, p, b)
 #define FIX_Q8_0X(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(128 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
 #define MIN_TERM_Q8_0X(a, p, b)
 #define FIX_Q4_1(i, b)
@@ -1076,6 +1097,7 @@ PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q4_0H)
 PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q8_0)
 PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q5_0)
 PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, Q5_1)
+PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, IQ4_NL)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_1)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_0)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q8_0X)
@@ -1540,6 +1562,7 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
     case RK_GGML_Q4_K: RK_SET_PACK8(Q4_K, avx2) break;
     case RK_GGML_Q5_K: RK_SET_PACK8(Q5_K, avx2) break;
     case RK_GGML_Q6_K: RK_SET_PACK8(Q6_K, avx2) break;
+    case RK_GGML_IQ4_NL: RK_SET_PACK8(IQ4_NL, avx2) break;
     default: if (vnni) { RK_SET_PACK8(Q8_0X, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
     }
 #undef RK_SET_PACK8
