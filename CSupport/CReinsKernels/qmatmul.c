@@ -476,11 +476,13 @@ static pair_fn pair_function(int type, int vnni) {
 }
 // ---- super-blocks of 256 (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS), AVX2 ----------------------------------------------
 // A super-block of 256 values is eight sub-blocks of 32, one per activation block. Each sub-block is unpacked once per
-// tile to 32 unsigned bytes (Q4_K 0..15, Q5_K 0..31, Q6_K 0..63); its product with an activation row's block is
-// scaled in integers by the sub-block's scale (vpmaddwd against the scale instead of ones: at most 2·63·127·2·128,
-// well inside 32 bits; Q6_K's two scales, one per 16 values, sit in the two 128-bit halves, as vpmaddubsw keeps each
-// half's pairs in its half), converted once and multiplied by d·d_x. The constant terms are scalar: Q4_K's and Q5_K's
-// minimum, −dmin·m·d_x·Σq_x, and Q6_K's offset of 32, −32·d·d_x·(s₀·Σ₀q_x + s₁·Σ₁q_x) over the two halves.
+// tile to 32 unsigned bytes (Q2_K 0..3, Q4_K 0..15, Q5_K 0..31, Q6_K 0..63; Q3_K's and IQ4_XS's signed values as their
+// magnitudes, the signs put on the activations); its product with an activation row's block is scaled in integers by
+// the sub-block's scale (vpmaddwd against the scale instead of ones: at most 2·127·127·32 for IQ4_XS, well inside 32
+// bits; the types with a scale per 16 values — Q2_K, Q3_K, Q6_K — have the two in the two 128-bit halves, as
+// vpmaddubsw keeps each half's pairs in its half), converted once and multiplied by d·d_x. The constant terms: Q4_K's
+// and Q5_K's minimum, −dmin·m·d_x·Σq_x, and Q6_K's offset of 32, −32·d·d_x·(s₀·Σ₀q_x + s₁·Σ₁q_x) over the two halves,
+// are scalar per sub-block (K_CONST); Q2_K's minimums are taken per super-block (K_SUPER, below).
 #define K_BB_Q4_K 144
 #define K_BB_Q5_K 176
 #define K_BB_Q6_K 210

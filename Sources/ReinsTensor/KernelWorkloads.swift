@@ -373,14 +373,20 @@ extension KernelWorkload {
     /// fifth bits put in before its nibbles, as Q5_K lays them out.
     static func q5KWithRandomFifthBits(_ weight: Tensor) throws -> QuantizedMatrix {
         let q4 = try QuantizedMatrix(quantizing: weight, type: .q4_K)
+        guard let blockBytes = GGMLType.q4_K.blockBytes, let values = GGMLType.q4_K.blockElements else {
+            throw TensorError.invalidArgument(operation: "KernelWorkload.q5K", detail: "Q4_K has no block layout")
+        }
+        // A Q4_K block is its header (d, dmin, 12 bytes of scales) and 4 bits per value; Q5_K puts one bit per value
+        // between the two.
+        let header = blockBytes - values / 2, fifthBits = values / 8
         var rng = SeededGenerator(seed: 32)
         var out = Data()
         q4.withBytes { src in
             let blocks = UnsafeRawBufferPointer(start: src, count: q4.byteCount)
-            for k in stride(from: 0, to: blocks.count, by: 144) {
-                out.append(contentsOf: blocks[k..<(k + 16)])
-                out.append(contentsOf: (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) })
-                out.append(contentsOf: blocks[(k + 16)..<(k + 144)])
+            for k in stride(from: 0, to: blocks.count, by: blockBytes) {
+                out.append(contentsOf: blocks[k..<(k + header)])
+                out.append(contentsOf: (0..<fifthBits).map { _ in UInt8.random(in: 0...255, using: &rng) })
+                out.append(contentsOf: blocks[(k + header)..<(k + blockBytes)])
             }
         }
         return try QuantizedMatrix(type: .q5_K, rows: q4.rows, columns: q4.columns, data: out)
