@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """SmolLM2-135M-Instruct as llama.cpp's own quantizer writes it in the K-quant mixes people download (Q4_K_M, Q5_K_M,
-Q6_K; with `--types`, any of llama.cpp's file types, e.g. Q3_K_M,Q2_K,IQ4_XS,IQ4_NL), and a by-hand check of Reins on those files against llama.cpp: which block types each file holds, and the
-greedy ids of a chat prompt from `reins generate` and from llama-cpp-python (2 threads each).
+Q6_K; with `--types`, any of llama.cpp's file types, e.g. Q3_K_M,Q2_K,IQ4_XS,IQ4_NL), and a by-hand check of Reins on
+those files against llama.cpp: which block types each file holds, the largest difference between Reins's exact
+logits and llama.cpp's at the prompt's last position, and the greedy ids of a chat prompt from `reins generate` and
+from llama-cpp-python (2 threads each).
 
     swift build -c release --product reins
     ~/.llamacpp-venv/bin/python Benchmarks/Scripts/kquant_files.py [--out /tmp] [--wide] [--types Q3_K_M,IQ4_XS]

@@ -186,21 +186,20 @@ static float row_dot_scalar(const uint8_t *w, const rk_q8_block *x, int nb32, in
         size_t bb = rk_quant_block_bytes(type);
         for (int k = 0; k < nb32 / 8; k++, w += bb) {
             const uint8_t *qs = type == RK_GGML_Q2_K ? w + 16 : w + 32;
+            float d = half_at(type == RK_GGML_Q2_K ? w + 80 : w + 108), dmin = half_at(w + 82); // dmin: Q2_K only
             for (int sb = 0; sb < 8; sb++) {
                 const rk_q8_block *b = x + 8 * k + sb;
                 int s[2] = {0, 0};
                 for (int l = 0; l < 32; l++) {
-                    int i = 32 * sb + l, q = (qs[32 * (i >> 7) + l] >> (2 * (sb & 3))) & 3;
+                    int q = rk__k_two_bits(qs, 32 * sb + l);
                     if (type == RK_GGML_Q3_K) q -= ((w[l] >> sb) & 1) ? 0 : 4;
                     s[l >> 4] += q * b->q[l];
                 }
                 if (type == RK_GGML_Q3_K) {
-                    float d = half_at(w + 108);
                     acc += d * b->d * ((float)rk__q3_k_scale(w + 96, 2 * sb) * (float)s[0] +
                                        (float)rk__q3_k_scale(w + 96, 2 * sb + 1) * (float)s[1]);
                 } else {
                     int s0 = w[2 * sb], s1 = w[2 * sb + 1];
-                    float d = half_at(w + 80), dmin = half_at(w + 82);
                     acc += d * b->d * (float)((s0 & 0x0F) * s[0] + (s1 & 0x0F) * s[1]) -
                            dmin * b->d * (float)((s0 >> 4) * b->sum16[0] + (s1 >> 4) * b->sum16[1]);
                 }
@@ -211,14 +210,13 @@ static float row_dot_scalar(const uint8_t *w, const rk_q8_block *x, int nb32, in
     case RK_GGML_IQ4_XS: {
         for (int k = 0; k < nb32 / 8; k++, w += 136) {
             float d = half_at(w);
-            int high = w[2] | (w[3] << 8);
             for (int sb = 0; sb < 8; sb++) {
                 const rk_q8_block *b = x + 8 * k + sb;
                 const uint8_t *qs = w + 8 + 16 * sb;
-                int ls = ((w[4 + sb / 2] >> (4 * (sb & 1))) & 0x0F) | (((high >> (2 * sb)) & 3) << 4), s = 0;
+                int s = 0;
                 for (int j = 0; j < 16; j++)
                     s += rk__iq4_values[qs[j] & 0x0F] * b->q[j] + rk__iq4_values[qs[j] >> 4] * b->q[j + 16];
-                acc += d * b->d * (float)((ls - 32) * s);
+                acc += d * b->d * (float)(rk__iq4_xs_scale(w, sb) * s);
             }
         }
         return acc;
@@ -616,12 +614,11 @@ static inline RK_AVX2Q __m128i q3_k_scales(const uint8_t *s) {
 #define K_UNPACK_IQ4_XS(w)                                                                                          \
     d = half_f16c(w);                                                                                               \
     {                                                                                                               \
-        int high = (w)[2] | ((w)[3] << 8);                                                                          \
         int8_t ls[8];                                                                                               \
         for (int sb = 0; sb < 8; sb++) {                                                                            \
             sg[sb] = iq4_grid(nibbles32((w) + 8 + 16 * sb));                                                        \
             u[sb] = _mm256_sign_epi8(sg[sb], sg[sb]);                                                               \
-            ls[sb] = (int8_t)(((((w)[4 + sb / 2] >> (4 * (sb & 1))) & 0x0F) | (((high >> (2 * sb)) & 3) << 4)) - 32); \
+            ls[sb] = (int8_t)rk__iq4_xs_scale(w, sb);                                                               \
         }                                                                                                           \
         __m128i l8 = _mm_loadl_epi64((const __m128i *)ls);                                                          \
         k_scales16(_mm_unpacklo_epi8(l8, l8), sc);                                                                  \

@@ -1,10 +1,11 @@
 // quant.c — llama.cpp's (GGUF's) block formats: element counts, byte sizes and dequantization to float32.
 //
 // A quantized row is a run of blocks; each block holds 32 (Q4_0 .. Q8_0, IQ4_NL) or 256 (the K types, IQ4_XS)
-// elements as small integers (IQ4's: indices into a fixed grid of 16 values) with one or two half-precision scales. Dequantization follows the formats' definitions value for value,
-// in float32 with one rounding per operation, as the `gguf` Python package computes them (d·q, then + m or - m·dmin as
-// a separate step), so the results are bit-identical to it. Contraction into fused multiply-adds would change the
-// last bit and is switched off for this file.
+// elements as small integers (IQ4's: indices into a fixed grid of 16 values) with one or two half-precision scales.
+// Dequantization follows the formats' definitions value for value, in float32 with one rounding per operation, as the
+// `gguf` Python package computes them (d·q, then + m or - m·dmin as a separate step), so the results are
+// bit-identical to it. Contraction into fused multiply-adds would change the last bit and is switched off for this
+// file.
 #include "rk_internal.h"
 #include <string.h>
 
@@ -184,7 +185,7 @@ static void deq_q2_k(float *y, const uint8_t *b) {
     const uint8_t *sc = b, *qs = b + 16;
     float d = half_at(b + 80), dmin = half_at(b + 82);
     for (int i = 0; i < 256; i++) {
-        int q = (qs[32 * (i >> 7) + (i & 31)] >> (2 * ((i >> 5) & 3))) & 3;
+        int q = rk__k_two_bits(qs, i);
         float dl = d * (float)(sc[i >> 4] & 0x0F), ml = dmin * (float)(sc[i >> 4] >> 4);
         float a = dl * (float)q;
         y[i] = a - ml;
@@ -196,8 +197,7 @@ static void deq_q3_k(float *y, const uint8_t *b) {
     const uint8_t *hm = b, *qs = b + 32, *sc = b + 96;
     float d = half_at(b + 108);
     for (int i = 0; i < 256; i++) {
-        int low = (qs[32 * (i >> 7) + (i & 31)] >> (2 * ((i >> 5) & 3))) & 3;
-        int q = low - (((hm[i & 31] >> (i >> 5)) & 1) ? 0 : 4);
+        int q = rk__k_two_bits(qs, i) - (((hm[i & 31] >> (i >> 5)) & 1) ? 0 : 4);
         float dl = d * (float)rk__q3_k_scale(sc, i >> 4);
         y[i] = dl * (float)q;
     }
@@ -215,10 +215,8 @@ static void deq_iq4_nl(float *y, const uint8_t *b) {
 // (4 bytes, two nibbles each), then each sub-block of 32 as IQ4_NL's 16 bytes; value (d·(scale − 32))·grid[q].
 static void deq_iq4_xs(float *y, const uint8_t *b) {
     float d = half_at(b);
-    int high = load16(b + 2);
     for (int s = 0; s < 8; s++) {
-        int ls = ((b[4 + s / 2] >> (4 * (s & 1))) & 0x0F) | (((high >> (2 * s)) & 3) << 4);
-        float dl = d * (float)(ls - 32);
+        float dl = d * (float)rk__iq4_xs_scale(b, s);
         const uint8_t *qs = b + 8 + 16 * s;
         for (int j = 0; j < 16; j++) {
             y[32 * s + j] = dl * (float)rk__iq4_values[qs[j] & 0x0F];

@@ -28,6 +28,17 @@ static inline int rk__q3_k_scale(const uint8_t *s, int k) {
     int low = (s[k & 7] >> (4 * (k >> 3))) & 0x0F, high = (s[8 + (k & 3)] >> (2 * (k >> 2))) & 3;
     return (low | (high << 4)) - 32;
 }
+// Value i (0..255) of Q2_K's and Q3_K's 64 bytes of 2-bit values: element 128h + 32s + l is bits 2s, 2s + 1 of byte
+// 32h + l.
+static inline int rk__k_two_bits(const uint8_t *qs, int i) {
+    return (qs[32 * (i >> 7) + (i & 31)] >> (2 * ((i >> 5) & 3))) & 3;
+}
+// The 6-bit scale of sub-block s (0..7) of an IQ4_XS block b, its offset of 32 taken off: the low four bits are nibble
+// s % 2 of byte 4 + s / 2, the top two bits pair s of the 16-bit word at byte 2.
+static inline int rk__iq4_xs_scale(const uint8_t *b, int s) {
+    int high = b[2] | (b[3] << 8);
+    return (((b[4 + s / 2] >> (4 * (s & 1))) & 0x0F) | (((high >> (2 * s)) & 3) << 4)) - 32;
+}
 
 // Index arithmetic for big tensors stays in size_t.
 #define RK_IDX(a, b, stride) ((size_t)(a) * (size_t)(stride) + (size_t)(b))
