@@ -267,6 +267,10 @@ static inline RK_AVX2Q __m256i iq4_grid(__m256i idx) {
     __m256i grid = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)rk__iq4_values));
     return _mm256_shuffle_epi8(grid, idx);
 }
+// Bytes 0..15 as the IQ4 grid's values plus 128 (unsigned: 1..241), for vpdpbusd.
+static inline RK_AVX2Q __m256i iq4_grid_offset(__m256i idx) {
+    return _mm256_xor_si256(iq4_grid(idx), _mm256_set1_epi8((char)0x80));
+}
 // A step's 32 bytes as their low and their high nibbles, each 32 bytes 0..15.
 static inline RK_AVX2Q void nibbles_step(__m256i v, __m256i *lo, __m256i *hi) {
     const __m256i low4 = _mm256_set1_epi8(0x0F);
@@ -789,12 +793,14 @@ int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, i
 // so that one 8-byte load holds a scale byte of all 8 rows; then 32-byte steps of 4 bytes a row: Q5_K's fifth
 // bits (32 bytes a row: byte j of step t holds bit s for sub-block s's element 4t + j); Q4_K's and Q5_K's quants for
 // each pair of sub-blocks (byte j of a row's step t: sub-block 2p's element 4t + j in the low nibble, 2p + 1's in the
-// high); Q6_K's low nibbles (ql, 128 bytes a row) and then its two high bits (qh, 64 bytes a row).
+// high); Q6_K's low nibbles (ql, 128 bytes a row) and then its two high bits (qh, 64 bytes a row). IQ4_XS (256): the
+// 8 rows' d (16 bytes), their 6 scale bytes (scales_h, scales_l) transposed as Q4_K's, then each sub-block's 16
+// bytes a row as IQ4_NL's four steps (32 steps in all).
 // The same bytes as the row-major blocks, reordered (Q5_0's and Q5_1's fifth bits also within each row's 4 bytes).
 static int pack8_type(int type) {
     return type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q5_0 || type == RK_GGML_Q5_1 ||
            type == RK_GGML_Q8_0 || type == RK_GGML_Q4_K || type == RK_GGML_Q5_K || type == RK_GGML_Q6_K ||
-           type == RK_GGML_IQ4_NL;
+           type == RK_GGML_IQ4_NL || type == RK_GGML_IQ4_XS;
 }
 // A type's block parts: half-precision scales (1 or 2), bytes of fifth bits (0 or 4) and 32-byte quant steps.
 static void pack8_parts(int type, int *scales, int *high, int *steps) {
@@ -836,6 +842,10 @@ static void pack8_block(uint8_t *p, uint8_t *b, int type, int i, int unpack) {
         for (int j = 0; j < 4; j++)
             for (int t = 0; t < 8; t++)
                 RK_MOVE(p + 128 + high + 256 * j + 32 * t + 4 * i, b + 16 + high / 8 + 32 * j + 4 * t, 4);
+    } else if (type == RK_GGML_IQ4_XS) {
+        RK_MOVE(p + 2 * i, b, 2);
+        for (int s = 0; s < 6; s++) RK_MOVE(p + 16 + 8 * s + i, b + 2 + s, 1);
+        for (int t = 0; t < 32; t++) RK_MOVE(p + 64 + 32 * t + 4 * i, b + 8 + 4 * t, 4);
     } else if (type == RK_GGML_Q6_K) {
         RK_MOVE(p + 2 * i, b + 208, 2);
         for (int s = 0; s < 16; s++) RK_MOVE(p + 16 + 8 * s + i, b + 192 + s, 1);
@@ -1071,6 +1081,25 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
     }
 #define FIX_IQ4_NL(i, b)
 #define MIN_TERM_IQ4_NL(a, p, b)
+// IQ4_NL with VNNI: as Q8_0's, the grid looked up offset by 128 (unsigned) against the activation as it is, and
+// 128·Σq_x taken off in integers.
+#define GB_IQ4_NLX GB_Q4_0
+#define STEPS_IQ4_NLX(DOTACC, R)                                                                                    \
+    _Pragma("clang loop unroll(full)")                                                                              \
+    for (int t = 0; t < 4; t++) {                                                                                   \
+        __m256i lo, hi;                                                                                            \
+        nibbles_step(_mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t)), &lo, &hi);                           \
+        lo = iq4_grid_offset(lo);                                                                                   \
+        hi = iq4_grid_offset(hi);                                                                                   \
+        int a0 = NA == 4 ? 2 * (t & 1) : 0;                                                                         \
+        for (int r = 0; r < R; r++) {                                                                               \
+            const int8_t *q = x[(size_t)r * ldx + k].q;                                                             \
+            ia[r][a0] = DOTACC(ia[r][a0], lo, bcast4(q + 4 * t));                                                   \
+            ia[r][a0 + 1] = DOTACC(ia[r][a0 + 1], hi, bcast4(q + 16 + 4 * t));                                      \
+        }                                                                                                           \
+    }
+#define FIX_IQ4_NLX(i, b) FIX_Q8_0X(i, b)
+#define MIN_TERM_IQ4_NLX(a, p, b)
 #define FIX_Q8_0X(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(128 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
 #define MIN_TERM_Q8_0X(a, p, b)
 #define FIX_Q4_1(i, b)
@@ -1100,6 +1129,7 @@ PACK8_FUNCTIONS(avx2, RK_AVX2Q, dotacc_avx2, IQ4_NL)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_1)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q4_0)
 PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, Q8_0X)
+PACK8_FUNCTIONS(vnni, RK_VNNI, dotacc_vnni, IQ4_NLX)
 
 // Q4_1 without VNNI, eight activation rows per pass over a group's block: the weights' nibbles are split once for
 // the eight rows instead of twice (two passes of four), and each row's products add up in one 16-bit sum per block
@@ -1539,6 +1569,80 @@ static RK_AVX2Q void pack8_Q6_K_8_avx2(float *out, size_t ldo, const uint8_t *p,
     for (int r = 0; r < 8; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);
 }
 
+// IQ4_XS interleaved by 8 rows: per super-block the 8 rows' d, per sub-block their 6-bit scales as 8 floats
+// (scale·d), and the sub-block's four steps of nibbles looked up in the grid as IQ4_NL's are. Without VNNI each step
+// is multiplied as Q8_0's signed bytes (the weight's sign moved onto the activation; a pair's products, at most
+// 2·127·127, widen to 32 bits at once), one integer sum per row; with VNNI the grid is looked up offset by 128
+// (unsigned, as vpdpbusd takes it) against the activation as it is, 128·Σq_x taken off in integers (exact), and two
+// sums per row so that a row's vpdpbusd do not all wait on one another.
+// The 8 rows' scales of sub-block sb (scales_h: bits 2s, 2s + 1 of a row's bytes 0-1; scales_l: nibble s of bytes
+// 2-5), offset by 32, times d. The 16-bit shifts carry the next byte's bits only onto bits the masks clear.
+static inline RK_AVX2Q __m256 iq4_xs_scales8(const uint8_t *scales, int sb, __m256 d) {
+    __m128i l = _mm_and_si128(_mm_srli_epi16(k_scale_bytes(scales, 2 + sb / 2), 4 * (sb & 1)), _mm_set1_epi8(0x0F));
+    __m128i h = _mm_and_si128(_mm_srli_epi16(k_scale_bytes(scales, sb / 4), 2 * (sb & 3)), _mm_set1_epi8(3));
+    return k_signed_bytes_times(_mm_sub_epi8(_mm_or_si128(l, _mm_slli_epi16(h, 4)), _mm_set1_epi8(32)), d);
+}
+#define GB_IQ4_XS 1088
+#define IQ4_XS_STEP_avx2(R)                                                                                         \
+    lo = iq4_grid(lo);                                                                                              \
+    hi = iq4_grid(hi);                                                                                              \
+    {                                                                                                               \
+        __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);                                     \
+        _Pragma("clang loop unroll(full)")                                                                          \
+        for (int r = 0; r < R; r++) {                                                                               \
+            const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 4 * t;                                            \
+            s[r][0] = dotacc_avx2(s[r][0], ulo, _mm256_sign_epi8(bcast4(q), lo));                                   \
+            s[r][0] = dotacc_avx2(s[r][0], uhi, _mm256_sign_epi8(bcast4(q + 16), hi));                              \
+        }                                                                                                           \
+    }
+#define IQ4_XS_STEP_vnni(R)                                                                                         \
+    lo = iq4_grid_offset(lo);                                                                                       \
+    hi = iq4_grid_offset(hi);                                                                                       \
+    _Pragma("clang loop unroll(full)")                                                                              \
+    for (int r = 0; r < R; r++) {                                                                                   \
+        const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 4 * t;                                                \
+        s[r][0] = dotacc_vnni(s[r][0], lo, bcast4(q));                                                              \
+        s[r][1] = dotacc_vnni(s[r][1], hi, bcast4(q + 16));                                                         \
+    }
+#define IQ4_XS_SUM_avx2(r, b) s[r][0]
+#define IQ4_XS_SUM_vnni(r, b)                                                                                       \
+    _mm256_sub_epi32(_mm256_add_epi32(s[r][0], s[r][1]),                                                            \
+                     _mm256_set1_epi32(128 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])))
+#define PACK8_IQ4_XS_FUNCTION(SUFFIX, ATTR, R)                                                                      \
+    static ATTR void pack8_IQ4_XS_##R##_##SUFFIX(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,    \
+                                                 size_t ldx, int nsb) {                                             \
+        __m256 acc[R];                                                                                              \
+        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                   \
+        for (int k = 0; k < nsb; k++, p += GB_IQ4_XS) {                                                             \
+            if (R < 4 || R == 8) PREFETCH_NEXT_GROUP(p, nsb, GB_IQ4_XS)                                             \
+            __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                        \
+            for (int sb = 0; sb < 8; sb++) {                                                                        \
+                __m256 f = iq4_xs_scales8(p + 16, sb, d);                                                           \
+                __m256i s[R][2];                                                                                    \
+                for (int r = 0; r < R; r++) s[r][0] = s[r][1] = _mm256_setzero_si256();                             \
+                _Pragma("clang loop unroll(full)")                                                                  \
+                for (int t = 0; t < 4; t++) {                                                                       \
+                    __m256i lo, hi;                                                                                 \
+                    nibbles_step(_mm256_loadu_si256((const __m256i *)(p + 64 + 128 * sb + 32 * t)), &lo, &hi);      \
+                    IQ4_XS_STEP_##SUFFIX(R)                                                                         \
+                }                                                                                                   \
+                _Pragma("clang loop unroll(full)")                                                                  \
+                for (int r = 0; r < R; r++) {                                                                       \
+                    const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;                                        \
+                    __m256 scale = _mm256_mul_ps(f, _mm256_broadcast_ss(&b->d));                                    \
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(IQ4_XS_SUM_##SUFFIX(r, b)), scale, acc[r]);          \
+                }                                                                                                   \
+            }                                                                                                       \
+        }                                                                                                           \
+        for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);                                \
+    }
+#define PACK8_IQ4_XS_FUNCTIONS(SUFFIX, ATTR)                                                                        \
+    PACK8_IQ4_XS_FUNCTION(SUFFIX, ATTR, 1) PACK8_IQ4_XS_FUNCTION(SUFFIX, ATTR, 2)                                   \
+    PACK8_IQ4_XS_FUNCTION(SUFFIX, ATTR, 3) PACK8_IQ4_XS_FUNCTION(SUFFIX, ATTR, 4)                                   \
+    PACK8_IQ4_XS_FUNCTION(SUFFIX, ATTR, 8)
+PACK8_IQ4_XS_FUNCTIONS(avx2, RK_AVX2Q)
+PACK8_IQ4_XS_FUNCTIONS(vnni, RK_VNNI)
+
 // The super-block kernels' last argument is the count of super-blocks (ldx counts the activation's blocks of 32).
 #define PACK8K_FUNCTION(TYPE, R)                                                                                    \
     static RK_AVX2Q void pack8_##TYPE##_##R##_avx2(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,  \
@@ -1561,7 +1665,8 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
     case RK_GGML_Q4_K: RK_SET_PACK8(Q4_K, avx2) break;
     case RK_GGML_Q5_K: RK_SET_PACK8(Q5_K, avx2) break;
     case RK_GGML_Q6_K: RK_SET_PACK8(Q6_K, avx2) break;
-    case RK_GGML_IQ4_NL: RK_SET_PACK8(IQ4_NL, avx2) break;
+    case RK_GGML_IQ4_NL: if (vnni) { RK_SET_PACK8(IQ4_NLX, vnni) } else { RK_SET_PACK8(IQ4_NL, avx2) } break;
+    case RK_GGML_IQ4_XS: if (vnni) { RK_SET_PACK8(IQ4_XS, vnni) } else { RK_SET_PACK8(IQ4_XS, avx2) } break;
     default: if (vnni) { RK_SET_PACK8(Q8_0X, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
     }
 #undef RK_SET_PACK8
@@ -1604,6 +1709,7 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
                          : type == RK_GGML_Q4_K ? pack8_Q4_K_8_avx2
                          : type == RK_GGML_Q5_K ? pack8_Q5_K_8_avx2
                          : type == RK_GGML_Q6_K ? pack8_Q6_K_8_avx2
+                         : type == RK_GGML_IQ4_XS ? (vnni ? pack8_IQ4_XS_8_vnni : pack8_IQ4_XS_8_avx2)
                                                 : NULL;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
         // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1, the K types; Q8_0
