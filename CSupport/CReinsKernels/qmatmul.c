@@ -795,12 +795,14 @@ int rk_qmatvec_f32(float *out, const float *x, const void *w, int type, int N, i
 // each pair of sub-blocks (byte j of a row's step t: sub-block 2p's element 4t + j in the low nibble, 2p + 1's in the
 // high); Q6_K's low nibbles (ql, 128 bytes a row) and then its two high bits (qh, 64 bytes a row). IQ4_XS (256): the
 // 8 rows' d (16 bytes), their 6 scale bytes (scales_h, scales_l) transposed as Q4_K's, then each sub-block's 16
-// bytes a row as IQ4_NL's four steps (32 steps in all).
+// bytes a row as IQ4_NL's four steps (32 steps in all). Q2_K: the 8 rows' d, dmin (16 bytes each), their 16 scale
+// bytes transposed, then 16 steps of the 2-bit values (4 bytes a row: step 8h + t holds byte 32h + 4t + j of a row).
+// Q3_K: d, the 12 scale bytes transposed, 8 steps of the high bits' mask, 16 steps of the low two bits, as Q2_K's.
 // The same bytes as the row-major blocks, reordered (Q5_0's and Q5_1's fifth bits also within each row's 4 bytes).
 static int pack8_type(int type) {
     return type == RK_GGML_Q4_0 || type == RK_GGML_Q4_1 || type == RK_GGML_Q5_0 || type == RK_GGML_Q5_1 ||
            type == RK_GGML_Q8_0 || type == RK_GGML_Q4_K || type == RK_GGML_Q5_K || type == RK_GGML_Q6_K ||
-           type == RK_GGML_IQ4_NL || type == RK_GGML_IQ4_XS;
+           type == RK_GGML_IQ4_NL || type == RK_GGML_IQ4_XS || type == RK_GGML_Q2_K || type == RK_GGML_Q3_K;
 }
 // A type's block parts: half-precision scales (1 or 2), bytes of fifth bits (0 or 4) and 32-byte quant steps.
 static void pack8_parts(int type, int *scales, int *high, int *steps) {
@@ -842,6 +844,16 @@ static void pack8_block(uint8_t *p, uint8_t *b, int type, int i, int unpack) {
         for (int j = 0; j < 4; j++)
             for (int t = 0; t < 8; t++)
                 RK_MOVE(p + 128 + high + 256 * j + 32 * t + 4 * i, b + 16 + high / 8 + 32 * j + 4 * t, 4);
+    } else if (type == RK_GGML_Q2_K) {
+        RK_MOVE(p + 2 * i, b + 80, 2);
+        RK_MOVE(p + 16 + 2 * i, b + 82, 2);
+        for (int s = 0; s < 16; s++) RK_MOVE(p + 32 + 8 * s + i, b + s, 1);
+        for (int t = 0; t < 16; t++) RK_MOVE(p + 160 + 32 * t + 4 * i, b + 16 + 4 * t, 4);
+    } else if (type == RK_GGML_Q3_K) {
+        RK_MOVE(p + 2 * i, b + 108, 2);
+        for (int s = 0; s < 12; s++) RK_MOVE(p + 16 + 8 * s + i, b + 96 + s, 1);
+        for (int t = 0; t < 8; t++) RK_MOVE(p + 112 + 32 * t + 4 * i, b + 4 * t, 4);    // the high bits' mask
+        for (int t = 0; t < 16; t++) RK_MOVE(p + 368 + 32 * t + 4 * i, b + 32 + 4 * t, 4); // the low two bits
     } else if (type == RK_GGML_IQ4_XS) {
         RK_MOVE(p + 2 * i, b, 2);
         for (int s = 0; s < 6; s++) RK_MOVE(p + 16 + 8 * s + i, b + 2 + s, 1);
@@ -1643,6 +1655,110 @@ static inline RK_AVX2Q __m256 iq4_xs_scales8(const uint8_t *scales, int sb, __m2
 PACK8_IQ4_XS_FUNCTIONS(avx2, RK_AVX2Q)
 PACK8_IQ4_XS_FUNCTIONS(vnni, RK_VNNI)
 
+// Q2_K and Q3_K interleaved by 8 rows: a sub-block sb = 4h + s of a row is bits 2s, 2s + 1 of its 32 bytes of
+// half h (Q3_K's high bit: bit sb of its 32 mask bytes), so each step of 4 bytes a row serves the four sub-blocks of
+// a half (Q3_K's mask steps all eight). Per 16 values a row sums its 2-bit (Q3_K: 3-bit, the value + 4) products in
+// 16 bits (at most 4·2·7·127 = 7112) and vpmaddwd multiplies them by the 8 rows' scales (two 16-bit lanes a row),
+// so that a sub-block is one integer per row and activation row. The constant per half — Q2_K's minimums, Q3_K's
+// offset of 4 times its scales — is one vpmaddwd of the rows' two minimums (scales) against the activation block's
+// two 16-value sums (sum16, one 32-bit word). Then one conversion each: Q3_K d·d_x·(Σ − 4·c), Q2_K
+// d·d_x·Σ − dmin·d_x·c.
+#define GB_Q2_K 672
+#define GB_Q3_K 880
+// Bytes a, b of the 8 rows (8 bytes each) as 16 lanes a₀, b₀, a₁, b₁, ... (signed bytes widened).
+static inline RK_AVX2Q __m256i k_pairs16(__m128i a, __m128i b) { return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)); }
+// Q3_K's scale j (0..15) of the 8 rows, offset taken off (the layout of rk__q3_k_scale, transposed bytes).
+static inline RK_AVX2Q __m128i q3_k_scales8(const uint8_t *scales, int j) {
+    __m128i lo = _mm_and_si128(_mm_srli_epi16(k_scale_bytes(scales, j & 7), 4 * (j >> 3)), _mm_set1_epi8(0x0F));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(k_scale_bytes(scales, 8 + (j & 3)), 2 * (j >> 2)), _mm_set1_epi8(3));
+    return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+}
+// Per sub-block: the scales of its two halves (sc[0], sc[1]: each row's in its two lanes) and the pairs the constant
+// term multiplies (cp: Q2_K's two minimums, Q3_K's two scales).
+#define K23_SCALES_Q2_K(sb)                                                                                         \
+    {                                                                                                               \
+        __m128i b0 = k_scale_bytes(p + 32, 2 * (sb)), b1 = k_scale_bytes(p + 32, 2 * (sb) + 1);                    \
+        const __m128i low4 = _mm_set1_epi8(0x0F);                                                                   \
+        __m128i s0 = _mm_and_si128(b0, low4), s1 = _mm_and_si128(b1, low4);                                         \
+        sc[0] = k_pairs16(s0, s0);                                                                                  \
+        sc[1] = k_pairs16(s1, s1);                                                                                  \
+        cp = k_pairs16(_mm_and_si128(_mm_srli_epi16(b0, 4), low4), _mm_and_si128(_mm_srli_epi16(b1, 4), low4));     \
+    }
+#define K23_SCALES_Q3_K(sb)                                                                                         \
+    {                                                                                                               \
+        __m128i s0 = q3_k_scales8(p + 16, 2 * (sb)), s1 = q3_k_scales8(p + 16, 2 * (sb) + 1);                       \
+        sc[0] = k_pairs16(s0, s0);                                                                                  \
+        sc[1] = k_pairs16(s1, s1);                                                                                  \
+        cp = k_pairs16(s0, s1);                                                                                     \
+    }
+// Step t (0..7) of sub-block sb's values: 32 bytes, 4 a row.
+static inline RK_AVX2Q __m256i k_two_bits_step(const uint8_t *step, int s) {
+    return _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)step), 2 * s), _mm256_set1_epi8(3));
+}
+#define K23_STEP_Q2_K(sb, t) k_two_bits_step(p + 160 + 32 * (8 * ((sb) >> 2) + (t)), (sb) & 3)
+#define K23_STEP_Q3_K(sb, t)                                                                                        \
+    _mm256_or_si256(k_two_bits_step(p + 368 + 32 * (8 * ((sb) >> 2) + (t)), (sb) & 3),                            \
+                    bit_moved(_mm256_loadu_si256((const __m256i *)(p + 112 + 32 * (t))), sb, 2))
+// Four steps' products with an activation row's 16 values at q, added in 16 bits.
+static inline RK_AVX2Q __m256i k_four_steps(const __m256i u[4], const int8_t *q) {
+    __m256i a = _mm256_add_epi16(_mm256_maddubs_epi16(u[0], bcast4(q)), _mm256_maddubs_epi16(u[1], bcast4(q + 4)));
+    __m256i b = _mm256_add_epi16(_mm256_maddubs_epi16(u[2], bcast4(q + 8)), _mm256_maddubs_epi16(u[3], bcast4(q + 12)));
+    return _mm256_add_epi16(a, b);
+}
+#define K23_FINISH_Q2_K(a, i, c, b)                                                                                 \
+    {                                                                                                               \
+        __m256 dx = _mm256_broadcast_ss(&(b)->d);                                                                   \
+        a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(d, dx), a);                                        \
+        a = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(c), _mm256_mul_ps(dmin, dx), a);                                    \
+    }
+#define K23_FINISH_Q3_K(a, i, c, b)                                                                                 \
+    a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(i, _mm256_slli_epi32(c, 2))),                          \
+                        _mm256_mul_ps(d, _mm256_broadcast_ss(&(b)->d)), a);
+#define K23_D_Q2_K                                                                                                  \
+    __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                                \
+    __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+#define K23_D_Q3_K __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#define PACK8_K23_FUNCTION(TYPE, R)                                                                                 \
+    static RK_AVX2Q void pack8_##TYPE##_##R##_avx2(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,  \
+                                                   size_t ldx, int nsb) {                                           \
+        __m256 acc[R];                                                                                              \
+        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                   \
+        for (int k = 0; k < nsb; k++, p += GB_##TYPE) {                                                             \
+            if (R < 4 || R == 8) PREFETCH_NEXT_GROUP(p, nsb, GB_##TYPE)                                             \
+            K23_D_##TYPE                                                                                            \
+            for (int sb = 0; sb < 8; sb++) {                                                                        \
+                __m256i sc[2], cp, i[R];                                                                            \
+                K23_SCALES_##TYPE(sb)                                                                               \
+                _Pragma("clang loop unroll(full)")                                                                  \
+                for (int half = 0; half < 2; half++) {                                                              \
+                    __m256i u[4];                                                                                   \
+                    _Pragma("clang loop unroll(full)")                                                              \
+                    for (int t = 0; t < 4; t++) u[t] = K23_STEP_##TYPE(sb, 4 * half + t);                           \
+                    _Pragma("clang loop unroll(full)")                                                              \
+                    for (int r = 0; r < R; r++) {                                                                   \
+                        const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 16 * half;                            \
+                        __m256i m = _mm256_madd_epi16(k_four_steps(u, q), sc[half]);                                \
+                        i[r] = half == 0 ? m : _mm256_add_epi32(i[r], m);                                           \
+                    }                                                                                               \
+                }                                                                                                   \
+                _Pragma("clang loop unroll(full)")                                                                  \
+                for (int r = 0; r < R; r++) {                                                                       \
+                    const rk_q8_block *b = x + (size_t)r * ldx + 8 * k + sb;                                        \
+                    int32_t sums;                                                                                   \
+                    memcpy(&sums, b->sum16, 4);                                                                     \
+                    __m256i c = _mm256_madd_epi16(cp, _mm256_set1_epi32(sums));                                     \
+                    K23_FINISH_##TYPE(acc[r], i[r], c, b)                                                           \
+                }                                                                                                   \
+            }                                                                                                       \
+        }                                                                                                           \
+        for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);                                \
+    }
+#define PACK8_K23_FUNCTIONS(TYPE)                                                                                   \
+    PACK8_K23_FUNCTION(TYPE, 1) PACK8_K23_FUNCTION(TYPE, 2) PACK8_K23_FUNCTION(TYPE, 3)                             \
+    PACK8_K23_FUNCTION(TYPE, 4) PACK8_K23_FUNCTION(TYPE, 8)
+PACK8_K23_FUNCTIONS(Q2_K)
+PACK8_K23_FUNCTIONS(Q3_K)
+
 // The super-block kernels' last argument is the count of super-blocks (ldx counts the activation's blocks of 32).
 #define PACK8K_FUNCTION(TYPE, R)                                                                                    \
     static RK_AVX2Q void pack8_##TYPE##_##R##_avx2(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,  \
@@ -1667,6 +1783,8 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
     case RK_GGML_Q6_K: RK_SET_PACK8(Q6_K, avx2) break;
     case RK_GGML_IQ4_NL: if (vnni) { RK_SET_PACK8(IQ4_NLX, vnni) } else { RK_SET_PACK8(IQ4_NL, avx2) } break;
     case RK_GGML_IQ4_XS: if (vnni) { RK_SET_PACK8(IQ4_XS, vnni) } else { RK_SET_PACK8(IQ4_XS, avx2) } break;
+    case RK_GGML_Q2_K: RK_SET_PACK8(Q2_K, avx2) break;
+    case RK_GGML_Q3_K: RK_SET_PACK8(Q3_K, avx2) break;
     default: if (vnni) { RK_SET_PACK8(Q8_0X, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
     }
 #undef RK_SET_PACK8
@@ -1710,6 +1828,8 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
                          : type == RK_GGML_Q5_K ? pack8_Q5_K_8_avx2
                          : type == RK_GGML_Q6_K ? pack8_Q6_K_8_avx2
                          : type == RK_GGML_IQ4_XS ? (vnni ? pack8_IQ4_XS_8_vnni : pack8_IQ4_XS_8_avx2)
+                         : type == RK_GGML_Q2_K ? pack8_Q2_K_8_avx2
+                         : type == RK_GGML_Q3_K ? pack8_Q3_K_8_avx2
                                                 : NULL;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
         // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1, the K types; Q8_0

@@ -329,7 +329,7 @@ extension KernelWorkload {
     {
         let weight = try Tensor.normal([OC, C], std: 0.02, seed: 30)
         let matrix = try (type == .q5_K ? q5KWithRandomFifthBits(weight)
-            : type == .iq4_NL || type == .iq4_XS ? randomGridBlocks(type, rows: OC, columns: C)
+            : [.iq4_NL, .iq4_XS, .q2_K, .q3_K].contains(type) ? randomBlocks(type, rows: OC, columns: C)
             : QuantizedMatrix(quantizing: weight, type: type)).interleavedByRows()
         guard matrix.isInterleaved, N > 0, copies > 0 else {
             throw TensorError.invalidArgument(
@@ -393,20 +393,25 @@ extension KernelWorkload {
         return try QuantizedMatrix(type: .q5_K, rows: q4.rows, columns: q4.columns, data: out)
     }
 
-    /// IQ4_NL or IQ4_XS blocks of random bytes (grid indices and, for IQ4_XS, sub-block scales) with d = 2⁻¹⁰ each:
-    /// Reins does not quantize to these types, it reads them.
-    static func randomGridBlocks(_ type: GGMLType, rows: Int, columns: Int) throws -> QuantizedMatrix {
-        guard type == .iq4_NL || type == .iq4_XS, let blockBytes = type.blockBytes, let values = type.blockElements,
-            columns % values == 0
-        else {
+    /// IQ4_NL, IQ4_XS, Q2_K or Q3_K blocks of random bytes (values, sub-block scales and minimums) with every
+    /// half-precision scale (d, Q2_K's dmin) 2⁻¹⁰: Reins does not quantize to these types, it reads them.
+    static func randomBlocks(_ type: GGMLType, rows: Int, columns: Int) throws -> QuantizedMatrix {
+        let halves: [Int]? = switch type {
+            case .iq4_NL, .iq4_XS: [0]
+            case .q2_K: [80, 82]
+            case .q3_K: [108]
+            default: nil
+        }
+        guard let halves, let blockBytes = type.blockBytes, let values = type.blockElements, columns % values == 0 else {
             throw TensorError.invalidArgument(
-                operation: "KernelWorkload.randomGridBlocks", detail: "\(type) [\(rows), \(columns)]")
+                operation: "KernelWorkload.randomBlocks", detail: "\(type) [\(rows), \(columns)]")
         }
         var rng = SeededGenerator(seed: 33)
         var out = Data()
         for _ in 0..<(rows * columns / values) {
-            out.append(contentsOf: [0x00, 0x14])  // d, half precision 2⁻¹⁰, little-endian
-            out.append(contentsOf: (2..<blockBytes).map { _ in UInt8.random(in: 0...255, using: &rng) })
+            var block = (0..<blockBytes).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            for at in halves { (block[at], block[at + 1]) = (0x00, 0x14) }  // 2⁻¹⁰ in half precision, little-endian
+            out.append(contentsOf: block)
         }
         return try QuantizedMatrix(type: type, rows: rows, columns: columns, data: out)
     }
@@ -538,7 +543,7 @@ extension KernelWorkload {
         list.append(("AdamW", { try adamw(count: 124_000_000) }))
         // A quantized base's integer products at SmolLM2-135M's gate/up shape (its down shape for the types of
         // 256-value blocks, which 576 inputs do not hold whole): one row (decoding), 8 (a server's batch), 64 (a prompt).
-        for type in [GGMLType.q4_1, .q5_0, .q8_0, .iq4_NL, .q4_K, .q5_K, .q6_K, .iq4_XS] {
+        for type in [GGMLType.q4_1, .q5_0, .q8_0, .iq4_NL, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_XS] {
             let (inputs, outputs) = type.blockElements == 256 ? (1536, 576) : (576, 1536)
             for rows in [1, 8, 64] {
                 list.append(("\(type) interleaved \(rows)x", {

@@ -175,7 +175,7 @@ struct QuantizedKernelTests {
 
     /// The kernel for batches reads the weight interleaved by 8 rows: its scalar form and its AVX2 / VNNI forms against
     /// the row-major oracle, for 1 to 13 activation rows (every tile of 8, of up to 4 and remainder) and split groups.
-    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS])
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS, .q2_K, .q3_K])
     func interleavedWeightsGiveTheOraclesProducts(type: GGMLType) throws {
         let C = type.blockElements! == 256 ? 512 : 96, OC = 40, N = 13
         let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue) + 40)
@@ -222,7 +222,7 @@ struct QuantizedKernelTests {
 
     /// A batch's rows get the bits passes of four rows give them: the eight-row kernels add each row's products in
     /// the order the four-row ones do, so a request's logits do not depend on how many others share its batch.
-    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS])
+    @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS, .q2_K, .q3_K])
     func eightRowPassesGiveTheBitsOfPassesOfFour(type: GGMLType) throws {
         let C = type.blockElements! == 256 ? 512 : 96, OC = 24, N = 8, t = Int32(type.rawValue)
         let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue) + 60)
@@ -249,21 +249,25 @@ struct QuantizedKernelTests {
     /// activations all ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products,
     /// each half of a 5-bit block's, a K sub-block's eight, four or two steps, in 16 bits), in the eight-row kernels and
     /// the smaller ones (9 rows: one pass of eight and one row; two groups of 8 weight rows, which VNNI takes side by
-    /// side). Each type comes with its bits per value: a block is its scales followed by the values' bits (Q6_K: the
-    /// values first), every one of which is set here (IQ4_NL and IQ4_XS: all set or all clear, the grid's ends 113 and
-    /// −127).
-    @Test(arguments: [(GGMLType.q4_0, 4), (.q4_1, 4), (.q5_0, 5), (.q5_1, 5), (.q8_0, 8), (.q4_K, 4), (.q5_K, 5), (.q6_K, 6), (.iq4_NL, 4), (.iq4_XS, 4)])
+    /// side). Each type comes with its bits per value: a block is its scales followed by the values' bits (Q6_K
+    /// and Q3_K: the values first; Q2_K: between its scales and d), every one of which is set here (IQ4_NL, IQ4_XS and
+    /// Q3_K: all set or all clear, the grid's ends 113 and −127, Q3_K's 3 and −4).
+    @Test(arguments: [
+        (GGMLType.q4_0, 4), (.q4_1, 4), (.q5_0, 5), (.q5_1, 5), (.q8_0, 8), (.q4_K, 4), (.q5_K, 5), (.q6_K, 6),
+        (.iq4_NL, 4), (.iq4_XS, 4), (.q2_K, 2), (.q3_K, 3),
+    ])
     func interleavedKernelsAreExactAtTheLargestSums(type: GGMLType, bits: Int) throws {
         let be = try #require(type.blockElements), bb = try #require(type.blockBytes)
         let C = 256, OC = 16, N = 9
         let random = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
         var bytes = random.withBytes { Array(UnsafeRawBufferPointer(start: $0, count: random.byteCount)) }
-        let valueBytes = be * bits / 8, values = type == .q6_K ? 0..<valueBytes : (bb - valueBytes)..<bb
-        #expect([2, 4, 8, 16, 18].contains(bb - valueBytes), "\(type): \(bb - valueBytes) bytes of scales")
+        let valueBytes = be * bits / 8
+        let values = type == .q6_K || type == .q3_K ? 0..<valueBytes : type == .q2_K ? 16..<80 : (bb - valueBytes)..<bb
+        #expect([2, 4, 8, 14, 16, 18, 20].contains(bb - valueBytes), "\(type): \(bb - valueBytes) bytes of scales")
         for k in 0..<(bytes.count / bb) {
             for i in values {
                 bytes[k * bb + i] = type == .q8_0 ? (k % 2 == 0 ? 0x7F : 0x81)
-                    : type == .iq4_NL || type == .iq4_XS ? (k % 2 == 0 ? 0xFF : 0) : 0xFF
+                    : [.iq4_NL, .iq4_XS, .q3_K].contains(type) ? (k % 2 == 0 ? 0xFF : 0) : 0xFF
             }
         }
         let w = try QuantizedMatrix(type: type, rows: OC, columns: C, data: Data(bytes))
