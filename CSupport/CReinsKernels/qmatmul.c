@@ -1667,11 +1667,18 @@ PACK8_IQ4_XS_FUNCTIONS(vnni, RK_VNNI)
 #define GB_Q3_K 880
 // Bytes a, b of the 8 rows (8 bytes each) as 16 lanes a₀, b₀, a₁, b₁, ... (signed bytes widened).
 static inline RK_AVX2Q __m256i k_pairs16(__m128i a, __m128i b) { return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)); }
-// Q3_K's scale j (0..15) of the 8 rows, offset taken off (the layout of rk__q3_k_scale, transposed bytes).
-static inline RK_AVX2Q __m128i q3_k_scales8(const uint8_t *scales, int j) {
-    __m128i lo = _mm_and_si128(_mm_srli_epi16(k_scale_bytes(scales, j & 7), 4 * (j >> 3)), _mm_set1_epi8(0x0F));
-    __m128i hi = _mm_and_si128(_mm_srli_epi16(k_scale_bytes(scales, 8 + (j & 3)), 2 * (j >> 2)), _mm_set1_epi8(3));
-    return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+// Q3_K's 16 scales of the 8 rows, offset taken off, decoded once per super-block into out (byte 8j + i: row i's scale
+// j): the transposed bytes 0-3 hold scales 0-3's low nibbles and 8-11's high ones, bytes 4-7 those of 4-7 and
+// 12-15, bytes 8-11 the top two bits of scales j, j + 4, j + 8, j + 12 at bit pairs 0-3 (rk__q3_k_scale's layout).
+static inline RK_AVX2Q void q3_k_scales_all(const uint8_t *scales, int8_t out[128]) {
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)scales), l1 = _mm256_loadu_si256((const __m256i *)(scales + 32));
+    const __m256i h = _mm256_loadu_si256((const __m256i *)(scales + 64));
+    for (int q = 0; q < 4; q++) { // scales 4q .. 4q + 3
+        __m256i lo = _mm256_and_si256(_mm256_srli_epi16(q & 1 ? l1 : l0, q >= 2 ? 4 : 0), _mm256_set1_epi8(0x0F));
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(h, 2 * q), _mm256_set1_epi8(3));
+        __m256i v = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+        _mm256_storeu_si256((__m256i *)(out + 32 * q), v);
+    }
 }
 // Per sub-block: the scales of its two halves (sc[0], sc[1]: each row's in its two lanes) and the pairs the constant
 // term multiplies (cp: Q2_K's two minimums, Q3_K's two scales).
@@ -1686,7 +1693,8 @@ static inline RK_AVX2Q __m128i q3_k_scales8(const uint8_t *scales, int j) {
     }
 #define K23_SCALES_Q3_K(sb)                                                                                         \
     {                                                                                                               \
-        __m128i s0 = q3_k_scales8(p + 16, 2 * (sb)), s1 = q3_k_scales8(p + 16, 2 * (sb) + 1);                       \
+        __m128i s0 = _mm_loadl_epi64((const __m128i *)(s3 + 16 * (sb))),                                           \
+                s1 = _mm_loadl_epi64((const __m128i *)(s3 + 16 * (sb) + 8));                                        \
         sc[0] = k_pairs16(s0, s0);                                                                                  \
         sc[1] = k_pairs16(s1, s1);                                                                                  \
         cp = k_pairs16(s0, s1);                                                                                     \
@@ -1717,7 +1725,10 @@ static inline RK_AVX2Q __m256i k_four_steps(const __m256i u[4], const int8_t *q)
 #define K23_D_Q2_K                                                                                                  \
     __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                                \
     __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
-#define K23_D_Q3_K __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#define K23_D_Q3_K                                                                                                  \
+    __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                                \
+    int8_t s3[128];                                                                                                 \
+    q3_k_scales_all(p + 16, s3);
 #define PACK8_K23_FUNCTION(TYPE, R)                                                                                 \
     static RK_AVX2Q void pack8_##TYPE##_##R##_avx2(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,  \
                                                    size_t ldx, int nsb) {                                           \
