@@ -2,8 +2,9 @@
 // on a VM whose speed moves from minute to minute, pairs from separate processes do not settle a 10% change. Not
 // part of the package; by hand, `bash Benchmarks/Scripts/qmatmul_ab.sh REV TYPE ROWS` (REV: the git revision to
 // compare the working tree's qmatmul.c with; TYPE: the ggml type number, 12 Q4_K, 13 Q5_K, 14 Q6_K, 3 Q4_1...;
-// ROWS: activation rows per call). Each timing is 64 copies of a 1536 -> 576 weight (576 -> 1536 for blocks of 32),
-// one thread, best of 5; seven alternations.
+// ROWS: activation rows per call; ISA, optional: 1 to run both on the AVX2 kernels, 2 AVX-512 and VNNI where the CPU
+// has them, the default). Each timing is 64 copies of a 1536 -> 576 weight (576 -> 1536 for blocks of 32), one
+// thread, best of 5; seven alternations.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,13 +23,14 @@ static double now_ms(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) { fprintf(stderr, "usage: %s TYPE ROWS\n", argv[0]); return 2; }
+    if (argc != 3 && argc != 4) { fprintf(stderr, "usage: %s TYPE ROWS [ISA]\n", argv[0]); return 2; }
     int type = atoi(argv[1]), N = atoi(argv[2]), copies = 64;
+    if (argc == 4) printf("instruction set %s\n", rk_isa_name(rk_isa_select(atoi(argv[3]))));
     int be = (int)rk_quant_block_elements(type), bb = (int)rk_quant_block_bytes(type);
     int C = be == 256 ? 1536 : 576, OC = be == 256 ? 576 : 1536;
     size_t bytes = rk_qpack8_bytes(type, OC, C);
     if (bytes == 0 || N < 1) { fprintf(stderr, "type %d cannot be interleaved\n", type); return 2; }
-    // Random blocks whose half-precision scales are small and positive (d first; Q6_K's d last).
+    // Random blocks whose half-precision scales are small and positive (d first; Q6_K's, Q2_K's and Q3_K's last).
     uint8_t *rows = malloc(bytes), *w = malloc(bytes * copies);
     srand(1);
     for (size_t i = 0; i < bytes; i++) rows[i] = (uint8_t)rand();
@@ -36,7 +38,12 @@ int main(int argc, char **argv) {
         uint16_t h = (uint16_t)(0x1400 | (rand() & 0x3FF));
         uint8_t *d = rows + k * bb + (type == 14 ? 208 : 0);
         d[0] = h & 0xFF, d[1] = h >> 8;
-        if (be == 256 && type != 14) rows[k * bb + 2] = h & 0xFF, rows[k * bb + 3] = h >> 8;
+        if (type == 12 || type == 13) rows[k * bb + 2] = h & 0xFF, rows[k * bb + 3] = h >> 8; // Q4_K's, Q5_K's dmin
+        if (type == 10 || type == 11) { // Q2_K's d and dmin, Q3_K's d: at the block's end
+            uint8_t *e = rows + k * bb + (type == 10 ? 80 : 108);
+            e[0] = h & 0xFF, e[1] = h >> 8;
+            if (type == 10) e[2] = h & 0xFF, e[3] = h >> 8;
+        }
     }
     rk_qpack8(w, rows, type, OC, C);
     for (int c = 1; c < copies; c++) memcpy(w + c * bytes, w, bytes);
