@@ -1945,8 +1945,8 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
                          : type == RK_GGML_Q3_K ? pack8_Q3_K_8_avx2
                                                 : NULL;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
-        // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1, the K types; Q8_0
-        // with VNNI) or four rows at a time. Q4_1 with VNNI: eight rows against two groups at a time while there are
+        // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1, the K types, IQ4_XS;
+        // Q8_0 with VNNI) or four rows at a time. Q4_1 with VNNI: eight rows against two groups at a time while there are
         // a pair of groups and eight rows; each group of the pair then takes its remaining rows while its weights are
         // still in cache.
         int g = group_begin, n8 = vnni && type == RK_GGML_Q4_1 ? N - N % 8 : 0;
