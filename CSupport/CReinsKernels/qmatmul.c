@@ -1376,10 +1376,6 @@ static inline RK_AVX2Q void k_scales_mins8(const uint8_t *scales, int sb, __m256
     *sc = k_bytes_times(s, d);
     *mn = k_bytes_times(m, dmin);
 }
-// Q5_K: the same with a fifth bit per value (0..31, so a sub-block's steps add up in 16 bits four at a time).
-// Passes of fewer than 4 rows (decoding) ask for the next group's super-block while computing this one, as
-// PREFETCH_NEXT_GROUP says: one row 13-35% faster across Q4_K, Q5_K and Q6_K. Passes of 4 do not: a prompt's rows
-// read a group once per four rows, and prefetching on every pass made Q6_K at 64 rows 10% slower.
 // A pair of sub-blocks' integer sums s0, s1 for one activation row (b: its two blocks) scaled, and their minimums
 // taken off.
 static inline RK_AVX2Q __m256 k45_pair(__m256 acc, __m256i s0, __m256i s1, __m256 sc0, __m256 mn0, __m256 sc1,
@@ -1389,6 +1385,10 @@ static inline RK_AVX2Q __m256 k45_pair(__m256 acc, __m256i s0, __m256i s1, __m25
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(sc1, _mm256_broadcast_ss(&b[1].d)), acc);
     return _mm256_fnmadd_ps(mn1, _mm256_broadcast_ss(&b[1].ds), acc);
 }
+// Q5_K: the same with a fifth bit per value (0..31, so a sub-block's steps add up in 16 bits four at a time).
+// Passes of fewer than 4 rows (decoding) ask for the next group's super-block while computing this one, as
+// PREFETCH_NEXT_GROUP says: one row 13-35% faster across Q4_K, Q5_K and Q6_K. Passes of 4 do not: a prompt's rows
+// read a group once per four rows, and prefetching on every pass made Q6_K at 64 rows 10% slower.
 #define PACK8_Q4_K_BODY(R) PACK8_K45_BODY(R, 0)
 #define PACK8_Q5_K_BODY(R) PACK8_K45_BODY(R, 1)
 #define PACK8_K45_BODY(R, FIVE)                                                                                     \

@@ -43,7 +43,7 @@ public final class QuantizedMatrix: @unchecked Sendable {
         (type, rows, columns, rowBytes, data, offset, isInterleaved) = (m.type, m.rows, m.columns, m.rowBytes, bytes, 0, true)
     }
 
-    /// Whether ``interleavedByRows()`` can interleave this matrix: a block type (Q4_0 ... Q8_0, Q4_K, Q5_K, Q6_K,
+    /// Whether ``interleavedByRows()`` can interleave this matrix: a block type (Q4_0 ... Q8_0, Q2_K ... Q6_K,
     /// IQ4_NL, IQ4_XS) with rows a multiple of 8.
     public var canInterleave: Bool { rk_qpack8_bytes(Int32(type.rawValue), Int32(rows), Int32(columns)) > 0 }
 

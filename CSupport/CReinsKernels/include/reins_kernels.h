@@ -345,8 +345,8 @@ int rk_qmatmul_q8(float *out, const rk_q8_block *xq, const void *w, int type, in
 int rk_qmatmul_q8_ref(float *out, const rk_q8_block *xq, const void *w, int type, int N, int C, int OC,
                       int row_begin, int row_end);
 /// Bytes of W (OC,C) in `type` blocks interleaved by 8 rows for rk_qmatmul_q8_packed8 (the same as row-major), or 0
-/// when it cannot be interleaved: a type other than Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL and
-/// IQ4_XS, OC not a multiple of 8 or C not whole blocks.
+/// when it cannot be interleaved: a type other than Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+/// IQ4_NL and IQ4_XS, OC not a multiple of 8 or C not whole blocks.
 size_t rk_qpack8_bytes(int type, int OC, int C);
 /// dst (rk_qpack8_bytes) = W's blocks interleaved by 8 rows. RK_ERR_ARG when rk_qpack8_bytes is 0.
 int rk_qpack8(void *dst, const void *w, int type, int OC, int C);
