@@ -1,11 +1,10 @@
 // The interleaved integer products (rk_qmatmul_q8_packed8) of two versions of qmatmul.c in one process, alternated:
 // on a VM whose speed moves from minute to minute, pairs from separate processes do not settle a 10% change. Not
-// part of the package; by hand, `bash Benchmarks/Scripts/qmatmul_ab.sh REV TYPE ROWS` (REV: the git revision to
-// compare the working tree's qmatmul.c with; TYPE: the ggml type number, 3 Q4_1, 10 Q2_K, 11 Q3_K, 12 Q4_K, 13 Q5_K, 14 Q6_K, 20 IQ4_NL,
-// 23 IQ4_XS...;
-// ROWS: activation rows per call; ISA, optional: 1 to run both on the AVX2 kernels, 2 AVX-512 and VNNI where the CPU
-// has them, the default). Each timing is 64 copies of a 1536 -> 576 weight (576 -> 1536 for blocks of 32), one
-// thread, best of 5; seven alternations.
+// part of the package; by hand, `bash Benchmarks/Scripts/qmatmul_ab.sh REV TYPE ROWS [ISA]` (REV: the git revision
+// to compare the working tree's qmatmul.c with; TYPE: the ggml type number, 3 Q4_1, 10 Q2_K, 11 Q3_K, 12 Q4_K, 13
+// Q5_K, 14 Q6_K, 20 IQ4_NL, 23 IQ4_XS...; ROWS: activation rows per call; ISA, optional: 1 to run both on the AVX2
+// kernels, 2 AVX-512 and VNNI where the CPU has them, the default). Each timing is 64 copies of a 1536 -> 576 weight
+// (576 -> 1536 for blocks of 32), one thread, best of 5; seven alternations.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds qmatmul_ab.c against the working tree's CReinsKernels and REV's qmatmul.c (its exported names prefixed with
-# before_) and runs it: `bash Benchmarks/Scripts/qmatmul_ab.sh REV TYPE ROWS`. By hand; needs clang and OpenBLAS.
+# before_) and runs it: `bash Benchmarks/Scripts/qmatmul_ab.sh REV TYPE ROWS [ISA]`. By hand; needs clang and OpenBLAS.
 set -euo pipefail
 rev=$1; shift
 root=$(cd "$(dirname "$0")/../.." && pwd)
