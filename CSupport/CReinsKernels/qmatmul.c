@@ -1764,8 +1764,9 @@ PACK8_IQ4_XS_FUNCTIONS(vnni, RK_VNNI)
 // Bytes a, b of the 8 rows (8 bytes each) as 16 lanes a₀, b₀, a₁, b₁, ... (signed bytes widened).
 static inline RK_AVX2Q __m256i k_pairs16(__m128i a, __m128i b) { return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b)); }
 // Q3_K's 16 scales of the 8 rows, offset taken off, decoded once per super-block into out (byte 8j + i: row i's scale
-// j): the transposed bytes 0-3 hold scales 0-3's low nibbles and 8-11's high ones, bytes 4-7 those of 4-7 and
-// 12-15, bytes 8-11 the top two bits of scales j, j + 4, j + 8, j + 12 at bit pairs 0-3 (rk__q3_k_scale's layout).
+// j). Of the transposed bytes, 0-3 hold the low four bits of scales 0-3 (low nibbles) and 8-11 (high nibbles), 4-7
+// those of scales 4-7 and 12-15, and 8-11 the top two bits of scales j, j + 4, j + 8, j + 12 at bit pairs 0-3
+// (rk__q3_k_scale's layout).
 static inline RK_AVX2Q void q3_k_scales_all(const uint8_t *scales, int8_t out[128]) {
     const __m256i l0 = _mm256_loadu_si256((const __m256i *)scales), l1 = _mm256_loadu_si256((const __m256i *)(scales + 32));
     const __m256i h = _mm256_loadu_si256((const __m256i *)(scales + 64));
