@@ -1777,8 +1777,8 @@ static inline RK_AVX2Q void q3_k_scales_all(const uint8_t *scales, int8_t out[12
         _mm256_storeu_si256((__m256i *)(out + 32 * q), v);
     }
 }
-// Per sub-block: the scales of its two halves (sc[0], sc[1]: each row's in its two lanes) and the pairs the constant
-// term multiplies (cp: Q2_K's two minimums, Q3_K's two scales).
+// Per sub-block: the scales of its two halves (sc[0], sc[1]: each row's in its two 16-bit lanes; sc32: in its 32-bit
+// lane, for VNNI) and the pairs the constant term multiplies (cp: Q2_K's two minimums, Q3_K's two scales).
 #define K23_SCALES_Q2_K(sb)                                                                                         \
     {                                                                                                               \
         __m128i b0 = k_scale_bytes(p + 32, 2 * (sb)), b1 = k_scale_bytes(p + 32, 2 * (sb) + 1);                    \
@@ -1786,6 +1786,8 @@ static inline RK_AVX2Q void q3_k_scales_all(const uint8_t *scales, int8_t out[12
         __m128i s0 = _mm_and_si128(b0, low4), s1 = _mm_and_si128(b1, low4);                                         \
         sc[0] = k_pairs16(s0, s0);                                                                                  \
         sc[1] = k_pairs16(s1, s1);                                                                                  \
+        sc32[0] = _mm256_cvtepi8_epi32(s0);                                                                         \
+        sc32[1] = _mm256_cvtepi8_epi32(s1);                                                                         \
         cp = k_pairs16(_mm_and_si128(_mm_srli_epi16(b0, 4), low4), _mm_and_si128(_mm_srli_epi16(b1, 4), low4));     \
     }
 #define K23_SCALES_Q3_K(sb)                                                                                         \
@@ -1794,6 +1796,8 @@ static inline RK_AVX2Q void q3_k_scales_all(const uint8_t *scales, int8_t out[12
                 s1 = _mm_loadl_epi64((const __m128i *)(s3 + 16 * (sb) + 8));                                        \
         sc[0] = k_pairs16(s0, s0);                                                                                  \
         sc[1] = k_pairs16(s1, s1);                                                                                  \
+        sc32[0] = _mm256_cvtepi8_epi32(s0);                                                                         \
+        sc32[1] = _mm256_cvtepi8_epi32(s1);                                                                         \
         cp = k_pairs16(s0, s1);                                                                                     \
     }
 // Step t (0..7) of sub-block sb's values: 32 bytes, 4 a row.
@@ -1810,6 +1814,16 @@ static inline RK_AVX2Q __m256i k_four_steps(const __m256i u[4], const int8_t *q)
     __m256i b = _mm256_add_epi16(_mm256_maddubs_epi16(u[2], bcast4(q + 8)), _mm256_maddubs_epi16(u[3], bcast4(q + 12)));
     return _mm256_add_epi16(a, b);
 }
+// With VNNI, vpdpbusd adds a row's four products in its 32-bit lane, and one vpmulld scales a half's sum.
+static inline RK_VNNI __m256i k_four_steps_vnni(const __m256i u[4], const int8_t *q) {
+    __m256i a = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u[0], bcast4(q));
+    __m256i b = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u[2], bcast4(q + 8));
+    a = _mm256_dpbusd_epi32(a, u[1], bcast4(q + 4));
+    b = _mm256_dpbusd_epi32(b, u[3], bcast4(q + 12));
+    return _mm256_add_epi32(a, b);
+}
+#define K23_HALF_avx2(u, q, half) _mm256_madd_epi16(k_four_steps(u, q), sc[half])
+#define K23_HALF_vnni(u, q, half) _mm256_mullo_epi32(k_four_steps_vnni(u, q), sc32[half])
 #define K23_FINISH_Q2_K(a, i, c, b)                                                                                 \
     {                                                                                                               \
         __m256 dx = _mm256_broadcast_ss(&(b)->d);                                                                   \
@@ -1826,8 +1840,8 @@ static inline RK_AVX2Q __m256i k_four_steps(const __m256i u[4], const int8_t *q)
     __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                                \
     int8_t s3[128];                                                                                                 \
     q3_k_scales_all(p + 16, s3);
-#define PACK8_K23_FUNCTION(TYPE, R)                                                                                 \
-    static RK_AVX2Q void pack8_##TYPE##_##R##_avx2(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,  \
+#define PACK8_K23_FUNCTION(TYPE, SUFFIX, ATTR, R)                                                                   \
+    static ATTR void pack8_##TYPE##_##R##_##SUFFIX(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,  \
                                                    size_t ldx, int nsb) {                                           \
         __m256 acc[R];                                                                                              \
         for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();                                                   \
@@ -1835,7 +1849,7 @@ static inline RK_AVX2Q __m256i k_four_steps(const __m256i u[4], const int8_t *q)
             if (R < 4 || R == 8) PREFETCH_NEXT_GROUP(p, nsb, GB_##TYPE)                                             \
             K23_D_##TYPE                                                                                            \
             for (int sb = 0; sb < 8; sb++) {                                                                        \
-                __m256i sc[2], cp, i[R];                                                                            \
+                __m256i sc[2], sc32[2], cp, i[R];                                                                   \
                 K23_SCALES_##TYPE(sb)                                                                               \
                 _Pragma("clang loop unroll(full)")                                                                  \
                 for (int half = 0; half < 2; half++) {                                                              \
@@ -1845,7 +1859,7 @@ static inline RK_AVX2Q __m256i k_four_steps(const __m256i u[4], const int8_t *q)
                     _Pragma("clang loop unroll(full)")                                                              \
                     for (int r = 0; r < R; r++) {                                                                   \
                         const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 16 * half;                            \
-                        __m256i m = _mm256_madd_epi16(k_four_steps(u, q), sc[half]);                                \
+                        __m256i m = K23_HALF_##SUFFIX(u, q, half);                                                  \
                         i[r] = half == 0 ? m : _mm256_add_epi32(i[r], m);                                           \
                     }                                                                                               \
                 }                                                                                                   \
@@ -1861,11 +1875,14 @@ static inline RK_AVX2Q __m256i k_four_steps(const __m256i u[4], const int8_t *q)
         }                                                                                                           \
         for (int r = 0; r < R; r++) _mm256_storeu_ps(out + (size_t)r * ldo, acc[r]);                                \
     }
-#define PACK8_K23_FUNCTIONS(TYPE)                                                                                   \
-    PACK8_K23_FUNCTION(TYPE, 1) PACK8_K23_FUNCTION(TYPE, 2) PACK8_K23_FUNCTION(TYPE, 3)                             \
-    PACK8_K23_FUNCTION(TYPE, 4) PACK8_K23_FUNCTION(TYPE, 8)
-PACK8_K23_FUNCTIONS(Q2_K)
-PACK8_K23_FUNCTIONS(Q3_K)
+#define PACK8_K23_FUNCTIONS(TYPE, SUFFIX, ATTR)                                                                     \
+    PACK8_K23_FUNCTION(TYPE, SUFFIX, ATTR, 1) PACK8_K23_FUNCTION(TYPE, SUFFIX, ATTR, 2)                             \
+    PACK8_K23_FUNCTION(TYPE, SUFFIX, ATTR, 3) PACK8_K23_FUNCTION(TYPE, SUFFIX, ATTR, 4)                             \
+    PACK8_K23_FUNCTION(TYPE, SUFFIX, ATTR, 8)
+PACK8_K23_FUNCTIONS(Q2_K, avx2, RK_AVX2Q)
+PACK8_K23_FUNCTIONS(Q3_K, avx2, RK_AVX2Q)
+PACK8_K23_FUNCTIONS(Q2_K, vnni, RK_VNNI)
+PACK8_K23_FUNCTIONS(Q3_K, vnni, RK_VNNI)
 
 // The super-block kernels' last argument is the count of super-blocks (ldx counts the activation's blocks of 32).
 #define PACK8K_FUNCTION(TYPE, R)                                                                                    \
@@ -1897,8 +1914,8 @@ static void pack8_functions(int type, int vnni, pack8_fn f[4]) {
         break;
     case RK_GGML_IQ4_NL: if (vnni) { RK_SET_PACK8(IQ4_NLX, vnni) } else { RK_SET_PACK8(IQ4_NL, avx2) } break;
     case RK_GGML_IQ4_XS: if (vnni) { RK_SET_PACK8(IQ4_XS, vnni) } else { RK_SET_PACK8(IQ4_XS, avx2) } break;
-    case RK_GGML_Q2_K: RK_SET_PACK8(Q2_K, avx2) break;
-    case RK_GGML_Q3_K: RK_SET_PACK8(Q3_K, avx2) break;
+    case RK_GGML_Q2_K: if (vnni) { RK_SET_PACK8(Q2_K, vnni) } else { RK_SET_PACK8(Q2_K, avx2) } break;
+    case RK_GGML_Q3_K: if (vnni) { RK_SET_PACK8(Q3_K, vnni) } else { RK_SET_PACK8(Q3_K, avx2) } break;
     default: if (vnni) { RK_SET_PACK8(Q8_0X, vnni) } else { RK_SET_PACK8(Q8_0, avx2) } break;
     }
 #undef RK_SET_PACK8
@@ -1942,8 +1959,8 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
                          : type == RK_GGML_Q5_K ? (vnni ? pack8_Q5_K_8_vnni : pack8_Q5_K_8_avx2)
                          : type == RK_GGML_Q6_K ? (vnni ? pack8_Q6_K_8_vnni : pack8_Q6_K_8_avx2)
                          : type == RK_GGML_IQ4_XS ? (vnni ? pack8_IQ4_XS_8_vnni : pack8_IQ4_XS_8_avx2)
-                         : type == RK_GGML_Q2_K ? pack8_Q2_K_8_avx2
-                         : type == RK_GGML_Q3_K ? pack8_Q3_K_8_avx2
+                         : type == RK_GGML_Q2_K ? (vnni ? pack8_Q2_K_8_vnni : pack8_Q2_K_8_avx2)
+                         : type == RK_GGML_Q3_K ? (vnni ? pack8_Q3_K_8_vnni : pack8_Q3_K_8_avx2)
                                                 : NULL;
         size_t gb = (size_t)nb * 8 * rk_quant_block_bytes(type);
         // Each group's weights (a few KB) against every activation row, eight (Q4_1, Q5_0, Q5_1, the K types, IQ4_XS;
