@@ -1073,43 +1073,40 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
         for (int r = 0; r < R; r++)                                                                                 \
             ia[r][t % NA] = DOTACC(ia[r][t % NA], u, bcast4(x[(size_t)r * ldx + k].q + 4 * t));                     \
     }
-// IQ4_NL: Q4_0's layout (one scale, four steps of nibbles); each step's nibbles looked up in the grid, then as Q8_0
-// (the weight's sign moved onto the activation). AVX2 on every x86 kernel level.
-#define GB_IQ4_NL GB_Q4_0
-#define STEPS_IQ4_NL(DOTACC, R)                                                                                     \
+// IQ4 (NL and XS): a step's nibbles looked up in the grid, in the form each instruction set multiplies. AVX2, as
+// Q8_0: the weight's magnitude against the activation with the weight's sign (IQ4_WEIGHTS_avx2 leaves the signed
+// values in lo, hi for IQ4_ACT). VNNI: the grid offset by 128 (unsigned, as vpdpbusd takes it) against the activation
+// as it is, 128·Σq_x taken off in integers afterwards.
+#define IQ4_WEIGHTS_avx2(lo, hi, ulo, uhi)                                                                          \
+    lo = iq4_grid(lo);                                                                                              \
+    hi = iq4_grid(hi);                                                                                              \
+    ulo = _mm256_sign_epi8(lo, lo);                                                                                 \
+    uhi = _mm256_sign_epi8(hi, hi);
+#define IQ4_WEIGHTS_vnni(lo, hi, ulo, uhi)                                                                          \
+    ulo = iq4_grid_offset(lo);                                                                                      \
+    uhi = iq4_grid_offset(hi);
+#define IQ4_ACT_avx2(a, g) _mm256_sign_epi8(a, g)
+#define IQ4_ACT_vnni(a, g) (a)
+// IQ4_NL: Q4_0's layout (one scale, four steps of nibbles). AVX2 on every x86 kernel level (IQ4_NL), VNNI (IQ4_NLX).
+#define STEPS_IQ4(DOTACC, R, ISA)                                                                                   \
     _Pragma("clang loop unroll(full)")                                                                              \
     for (int t = 0; t < 4; t++) {                                                                                   \
-        __m256i lo, hi;                                                                                            \
+        __m256i lo, hi, ulo, uhi;                                                                                   \
         nibbles_step(_mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t)), &lo, &hi);                           \
-        lo = iq4_grid(lo);                                                                                          \
-        hi = iq4_grid(hi);                                                                                          \
-        __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);                                     \
+        IQ4_WEIGHTS_##ISA(lo, hi, ulo, uhi)                                                                         \
         int a0 = NA == 4 ? 2 * (t & 1) : 0;                                                                         \
         for (int r = 0; r < R; r++) {                                                                               \
             const int8_t *q = x[(size_t)r * ldx + k].q;                                                             \
-            ia[r][a0] = DOTACC(ia[r][a0], ulo, _mm256_sign_epi8(bcast4(q + 4 * t), lo));                            \
-            ia[r][a0 + 1] = DOTACC(ia[r][a0 + 1], uhi, _mm256_sign_epi8(bcast4(q + 16 + 4 * t), hi));               \
+            ia[r][a0] = DOTACC(ia[r][a0], ulo, IQ4_ACT_##ISA(bcast4(q + 4 * t), lo));                               \
+            ia[r][a0 + 1] = DOTACC(ia[r][a0 + 1], uhi, IQ4_ACT_##ISA(bcast4(q + 16 + 4 * t), hi));                  \
         }                                                                                                           \
     }
+#define GB_IQ4_NL GB_Q4_0
+#define STEPS_IQ4_NL(DOTACC, R) STEPS_IQ4(DOTACC, R, avx2)
 #define FIX_IQ4_NL(i, b)
 #define MIN_TERM_IQ4_NL(a, p, b)
-// IQ4_NL with VNNI: as Q8_0's, the grid looked up offset by 128 (unsigned) against the activation as it is, and
-// 128·Σq_x taken off in integers.
 #define GB_IQ4_NLX GB_Q4_0
-#define STEPS_IQ4_NLX(DOTACC, R)                                                                                    \
-    _Pragma("clang loop unroll(full)")                                                                              \
-    for (int t = 0; t < 4; t++) {                                                                                   \
-        __m256i lo, hi;                                                                                            \
-        nibbles_step(_mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t)), &lo, &hi);                           \
-        lo = iq4_grid_offset(lo);                                                                                   \
-        hi = iq4_grid_offset(hi);                                                                                   \
-        int a0 = NA == 4 ? 2 * (t & 1) : 0;                                                                         \
-        for (int r = 0; r < R; r++) {                                                                               \
-            const int8_t *q = x[(size_t)r * ldx + k].q;                                                             \
-            ia[r][a0] = DOTACC(ia[r][a0], lo, bcast4(q + 4 * t));                                                   \
-            ia[r][a0 + 1] = DOTACC(ia[r][a0 + 1], hi, bcast4(q + 16 + 4 * t));                                      \
-        }                                                                                                           \
-    }
+#define STEPS_IQ4_NLX(DOTACC, R) STEPS_IQ4(DOTACC, R, vnni)
 #define FIX_IQ4_NLX(i, b) FIX_Q8_0X(i, b)
 #define MIN_TERM_IQ4_NLX(a, p, b)
 #define FIX_Q8_0X(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(128 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
@@ -1678,11 +1675,8 @@ static RK_AVX2Q void pack8_Q6_K_8_avx2(float *out, size_t ldo, const uint8_t *p,
 }
 
 // IQ4_XS interleaved by 8 rows: per super-block the 8 rows' d, per sub-block their 6-bit scales as 8 floats
-// (scale·d), and the sub-block's four steps of nibbles looked up in the grid as IQ4_NL's are. Without VNNI each step
-// is multiplied as Q8_0's signed bytes (the weight's sign moved onto the activation; a pair's products, at most
-// 2·127·127, widen to 32 bits at once), one integer sum per row; with VNNI the grid is looked up offset by 128
-// (unsigned, as vpdpbusd takes it) against the activation as it is, 128·Σq_x taken off in integers (exact), and two
-// sums per row so that a row's vpdpbusd do not all wait on one another.
+// (scale·d), and the sub-block's four steps of nibbles looked up in the grid as IQ4_NL's are (IQ4_WEIGHTS, IQ4_ACT);
+// with VNNI two sums per row, so that a row's vpdpbusd do not all wait on one another.
 // The 8 rows' scales of sub-block sb (scales_h: bits 2s, 2s + 1 of a row's bytes 0-1; scales_l: nibble s of bytes
 // 2-5), offset by 32, times d. The 16-bit shifts carry the next byte's bits only onto bits the masks clear.
 static inline RK_AVX2Q __m256 iq4_xs_scales8(const uint8_t *scales, int sb, __m256 d) {
@@ -1691,26 +1685,19 @@ static inline RK_AVX2Q __m256 iq4_xs_scales8(const uint8_t *scales, int sb, __m2
     return k_signed_bytes_times(_mm_sub_epi8(_mm_or_si128(l, _mm_slli_epi16(h, 4)), _mm_set1_epi8(32)), d);
 }
 #define GB_IQ4_XS 1088
-#define IQ4_XS_STEP_avx2(R)                                                                                         \
-    lo = iq4_grid(lo);                                                                                              \
-    hi = iq4_grid(hi);                                                                                              \
+// Without VNNI one integer sum per row (a pair's products widen to 32 bits at once), with VNNI two (IQ4_XS_NS).
+#define IQ4_XS_NS_avx2 1
+#define IQ4_XS_NS_vnni 2
+#define IQ4_XS_STEP(SUFFIX, R)                                                                                      \
     {                                                                                                               \
-        __m256i ulo = _mm256_sign_epi8(lo, lo), uhi = _mm256_sign_epi8(hi, hi);                                     \
+        __m256i ulo, uhi;                                                                                           \
+        IQ4_WEIGHTS_##SUFFIX(lo, hi, ulo, uhi)                                                                      \
         _Pragma("clang loop unroll(full)")                                                                          \
         for (int r = 0; r < R; r++) {                                                                               \
             const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 4 * t;                                            \
-            s[r][0] = dotacc_avx2(s[r][0], ulo, _mm256_sign_epi8(bcast4(q), lo));                                   \
-            s[r][0] = dotacc_avx2(s[r][0], uhi, _mm256_sign_epi8(bcast4(q + 16), hi));                              \
+            s[r][0] = dotacc_##SUFFIX(s[r][0], ulo, IQ4_ACT_##SUFFIX(bcast4(q), lo));                               \
+            s[r][NS - 1] = dotacc_##SUFFIX(s[r][NS - 1], uhi, IQ4_ACT_##SUFFIX(bcast4(q + 16), hi));                 \
         }                                                                                                           \
-    }
-#define IQ4_XS_STEP_vnni(R)                                                                                         \
-    lo = iq4_grid_offset(lo);                                                                                       \
-    hi = iq4_grid_offset(hi);                                                                                       \
-    _Pragma("clang loop unroll(full)")                                                                              \
-    for (int r = 0; r < R; r++) {                                                                                   \
-        const int8_t *q = x[(size_t)r * ldx + 8 * k + sb].q + 4 * t;                                                \
-        s[r][0] = dotacc_vnni(s[r][0], lo, bcast4(q));                                                              \
-        s[r][1] = dotacc_vnni(s[r][1], hi, bcast4(q + 16));                                                         \
     }
 #define IQ4_XS_SUM_avx2(r, b) s[r][0]
 #define IQ4_XS_SUM_vnni(r, b)                                                                                       \
@@ -1726,13 +1713,15 @@ static inline RK_AVX2Q __m256 iq4_xs_scales8(const uint8_t *scales, int sb, __m2
             __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));                                        \
             for (int sb = 0; sb < 8; sb++) {                                                                        \
                 __m256 f = iq4_xs_scales8(p + 16, sb, d);                                                           \
-                __m256i s[R][2];                                                                                    \
-                for (int r = 0; r < R; r++) s[r][0] = s[r][1] = _mm256_setzero_si256();                             \
+                enum { NS = IQ4_XS_NS_##SUFFIX };                                                                   \
+                __m256i s[R][NS];                                                                                   \
+                for (int r = 0; r < R; r++)                                                                         \
+                    for (int a = 0; a < NS; a++) s[r][a] = _mm256_setzero_si256();                                  \
                 _Pragma("clang loop unroll(full)")                                                                  \
                 for (int t = 0; t < 4; t++) {                                                                       \
                     __m256i lo, hi;                                                                                 \
                     nibbles_step(_mm256_loadu_si256((const __m256i *)(p + 64 + 128 * sb + 32 * t)), &lo, &hi);      \
-                    IQ4_XS_STEP_##SUFFIX(R)                                                                         \
+                    IQ4_XS_STEP(SUFFIX, R)                                                                          \
                 }                                                                                                   \
                 _Pragma("clang loop unroll(full)")                                                                  \
                 for (int r = 0; r < R; r++) {                                                                       \
@@ -1777,27 +1766,26 @@ static inline RK_AVX2Q void q3_k_scales_all(const uint8_t *scales, int8_t out[12
         _mm256_storeu_si256((__m256i *)(out + 32 * q), v);
     }
 }
-// Per sub-block: the scales of its two halves (sc[0], sc[1]: each row's in its two 16-bit lanes; sc32: in its 32-bit
-// lane, for VNNI) and the pairs the constant term multiplies (cp: Q2_K's two minimums, Q3_K's two scales).
-#define K23_SCALES_Q2_K(sb)                                                                                         \
+// Per sub-block: the scales of its two halves (sc[0], sc[1]: each row's in its two 16-bit lanes for vpmaddwd, or with
+// VNNI in its 32-bit lane for vpmulld) and the pairs the constant term multiplies (cp: Q2_K's two minimums, Q3_K's
+// two scales).
+#define K23_SCALE_avx2(s) k_pairs16(s, s)
+#define K23_SCALE_vnni(s) _mm256_cvtepi8_epi32(s)
+#define K23_SCALES_Q2_K(sb, SUFFIX)                                                                                 \
     {                                                                                                               \
         __m128i b0 = k_scale_bytes(p + 32, 2 * (sb)), b1 = k_scale_bytes(p + 32, 2 * (sb) + 1);                    \
         const __m128i low4 = _mm_set1_epi8(0x0F);                                                                   \
         __m128i s0 = _mm_and_si128(b0, low4), s1 = _mm_and_si128(b1, low4);                                         \
-        sc[0] = k_pairs16(s0, s0);                                                                                  \
-        sc[1] = k_pairs16(s1, s1);                                                                                  \
-        sc32[0] = _mm256_cvtepi8_epi32(s0);                                                                         \
-        sc32[1] = _mm256_cvtepi8_epi32(s1);                                                                         \
+        sc[0] = K23_SCALE_##SUFFIX(s0);                                                                             \
+        sc[1] = K23_SCALE_##SUFFIX(s1);                                                                             \
         cp = k_pairs16(_mm_and_si128(_mm_srli_epi16(b0, 4), low4), _mm_and_si128(_mm_srli_epi16(b1, 4), low4));     \
     }
-#define K23_SCALES_Q3_K(sb)                                                                                         \
+#define K23_SCALES_Q3_K(sb, SUFFIX)                                                                                 \
     {                                                                                                               \
         __m128i s0 = _mm_loadl_epi64((const __m128i *)(s3 + 16 * (sb))),                                           \
                 s1 = _mm_loadl_epi64((const __m128i *)(s3 + 16 * (sb) + 8));                                        \
-        sc[0] = k_pairs16(s0, s0);                                                                                  \
-        sc[1] = k_pairs16(s1, s1);                                                                                  \
-        sc32[0] = _mm256_cvtepi8_epi32(s0);                                                                         \
-        sc32[1] = _mm256_cvtepi8_epi32(s1);                                                                         \
+        sc[0] = K23_SCALE_##SUFFIX(s0);                                                                             \
+        sc[1] = K23_SCALE_##SUFFIX(s1);                                                                             \
         cp = k_pairs16(s0, s1);                                                                                     \
     }
 // Step t (0..7) of sub-block sb's values: 32 bytes, 4 a row.
@@ -1823,7 +1811,7 @@ static inline RK_VNNI __m256i k_four_steps_vnni(const __m256i u[4], const int8_t
     return _mm256_add_epi32(a, b);
 }
 #define K23_HALF_avx2(u, q, half) _mm256_madd_epi16(k_four_steps(u, q), sc[half])
-#define K23_HALF_vnni(u, q, half) _mm256_mullo_epi32(k_four_steps_vnni(u, q), sc32[half])
+#define K23_HALF_vnni(u, q, half) _mm256_mullo_epi32(k_four_steps_vnni(u, q), sc[half])
 #define K23_FINISH_Q2_K(a, i, c, b)                                                                                 \
     {                                                                                                               \
         __m256 dx = _mm256_broadcast_ss(&(b)->d);                                                                   \
@@ -1849,8 +1837,8 @@ static inline RK_VNNI __m256i k_four_steps_vnni(const __m256i u[4], const int8_t
             if (R < 4 || R == 8) PREFETCH_NEXT_GROUP(p, nsb, GB_##TYPE)                                             \
             K23_D_##TYPE                                                                                            \
             for (int sb = 0; sb < 8; sb++) {                                                                        \
-                __m256i sc[2], sc32[2], cp, i[R];                                                                   \
-                K23_SCALES_##TYPE(sb)                                                                               \
+                __m256i sc[2], cp, i[R];                                                                            \
+                K23_SCALES_##TYPE(sb, SUFFIX)                                                                       \
                 _Pragma("clang loop unroll(full)")                                                                  \
                 for (int half = 0; half < 2; half++) {                                                              \
                     __m256i u[4];                                                                                   \
