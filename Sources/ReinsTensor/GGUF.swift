@@ -58,6 +58,18 @@ public enum GGMLType: UInt32, Sendable, CustomStringConvertible {
     }
     /// True for the block-quantized types (every readable type but F32, F16 and BF16).
     public var isQuantized: Bool { (blockElements ?? 1) > 1 }
+    /// Where a block's half-precision scales sit (bytes from its start: d, then Q4_1's, Q5_1's m or the K types'
+    /// dmin), or nil for a type that is not block-quantized or that Reins does not read.
+    public var halfScaleOffsets: [Int]? {
+        switch self {
+        case .q4_0, .q5_0, .q8_0, .iq4_NL, .iq4_XS: [0]
+        case .q4_1, .q5_1, .q4_K, .q5_K: [0, 2]
+        case .q2_K: [80, 82]
+        case .q3_K: [108]
+        case .q6_K: [208]
+        default: nil
+        }
+    }
 }
 
 /// One metadata value of a GGUF file.

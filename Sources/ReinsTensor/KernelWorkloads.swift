@@ -393,16 +393,13 @@ extension KernelWorkload {
         return try QuantizedMatrix(type: .q5_K, rows: q4.rows, columns: q4.columns, data: out)
     }
 
-    /// IQ4_NL, IQ4_XS, Q2_K or Q3_K blocks of random bytes (values, sub-block scales and minimums) with every
-    /// half-precision scale (d, Q2_K's dmin) 2⁻¹⁰: Reins does not quantize to these types, it reads them.
+    /// Blocks of random bytes (values, sub-block scales and minimums) with every half-precision scale
+    /// (``GGMLType/halfScaleOffsets``) 2⁻¹⁰: for the types Reins reads but does not quantize to (IQ4_NL, IQ4_XS,
+    /// Q2_K, Q3_K).
     static func randomBlocks(_ type: GGMLType, rows: Int, columns: Int) throws -> QuantizedMatrix {
-        let halves: [Int]? = switch type {
-            case .iq4_NL, .iq4_XS: [0]
-            case .q2_K: [80, 82]
-            case .q3_K: [108]
-            default: nil
-        }
-        guard let halves, let blockBytes = type.blockBytes, let values = type.blockElements, columns % values == 0 else {
+        guard let halves = type.halfScaleOffsets, let blockBytes = type.blockBytes, let values = type.blockElements,
+            columns % values == 0
+        else {
             throw TensorError.invalidArgument(
                 operation: "KernelWorkload.randomBlocks", detail: "\(type) [\(rows), \(columns)]")
         }

@@ -18,18 +18,16 @@ struct QuantizedKernelTests {
         let blocks = rows * columns / be
         var g = SeededGenerator(seed: seed)
         var bytes = (0..<(blocks * bb)).map { _ in UInt8(truncatingIfNeeded: g.next()) }
-        let (offsets, scale): ([Int], Float) =
+        let offsets = try #require(type.halfScaleOffsets)
+        let scale: Float =
             switch type {
-            case .q4_0: ([0], 0.01)
-            case .q4_1, .q5_1: ([0, 2], 0.006)
-            case .q5_0: ([0], 0.005)
-            case .q8_0: ([0], 0.0008)
-            case .q4_K, .q5_K: ([0, 2], 0.0002)
-            case .q2_K: ([80, 82], 0.002)
-            case .q3_K: ([108], 0.0008)
-            case .iq4_NL: ([0], 0.0008)
-            case .iq4_XS: ([0], 0.00003)
-            default: ([208], 0.00003)
+            case .q4_0: 0.01
+            case .q4_1, .q5_1: 0.006
+            case .q5_0: 0.005
+            case .q8_0, .q3_K, .iq4_NL: 0.0008
+            case .q4_K, .q5_K: 0.0002
+            case .q2_K: 0.002
+            default: 0.00003  // Q6_K, IQ4_XS
             }
         for k in 0..<blocks {
             for o in offsets {
