@@ -71,6 +71,13 @@ def post(url, body, timeout=600):
         return json.loads(r.read())
 
 
+def engine_seconds(url):
+    """The server's time inside decoding steps so far (its /metrics), and the steps' count."""
+    text = urllib.request.urlopen(url + "/metrics").read().decode()
+    values = dict(line.split()[:2] for line in text.splitlines() if line.startswith("reins_step_seconds_"))
+    return float(values["reins_step_seconds_sum"]), int(float(values["reins_step_seconds_count"]))
+
+
 def run(url, jobs, clients, kind, pinned=False, ignore_eos=False):
     """Sends `jobs` (adapter, word) with `clients` at a time: chat requests for a translation (short answers: prompt
     processing dominates) or completions of a story opening (32 tokens each: decoding dominates).
@@ -109,12 +116,16 @@ def run(url, jobs, clients, kind, pinned=False, ignore_eos=False):
                 failed += 1
         return tokens, failed
 
+    busy, steps = engine_seconds(url)
+    cpu = time.process_time()
     start = time.perf_counter()
     with futures.ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(client, range(clients)))
     seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    busy, steps = (a - b for a, b in zip(engine_seconds(url), (busy, steps)))
     tokens = sum(t for t, _ in results)
-    return tokens, sum(f for _, f in results), seconds
+    return tokens, sum(f for _, f in results), seconds, busy, steps, cpu
 
 
 def main():
@@ -169,12 +180,13 @@ def main():
         scenarios["base model alone, no adapter (control)"] = [base]
         runs = [("completion", n) for n in scenarios] + [("chat", mixed)]
         runs = [(kind, name) for kind, name in runs if args.only in name or args.only in kind]
+        timing = []
         for kind, name in runs:
             adapters = scenarios[name]
             jobs = [(adapters[i % len(adapters)], WORDS[(i * 7) % len(WORDS)]) for i in range(args.requests)]
             # In rounds, one at a time and together in turn (ABBA: a round's order is the last one's reversed), so
             # that the VM's speed drifting during the run (by ~35% within an hour here) weighs on both alike.
-            serial, together = (0, 0, 0.0), (0, 0, 0.0)
+            serial, together = (0, 0, 0.0, 0.0, 0, 0.0), (0, 0, 0.0, 0.0, 0, 0.0)
             size = -(-len(jobs) // args.rounds)
             for r in range(args.rounds):
                 part = jobs[r * size:(r + 1) * size]
@@ -186,10 +198,16 @@ def main():
                     else:
                         together = tuple(a + b for a, b in zip(together, t))
             label = "story completions" if kind == "completion" else "chat translations"
-            for clients, (tokens, failed, seconds) in ((1, serial), (args.clients, together)):
+            for clients, (tokens, failed, seconds, busy, steps, cpu) in ((1, serial), (args.clients, together)):
                 ratio = (together[0] / together[2]) / (serial[0] / serial[2])
                 print(f"| {label} | {name} | {clients} | {len(jobs)} | {failed} | {tokens} | {seconds:.1f} |"
                       f" {tokens / seconds:.1f} | {'%.2fx' % ratio if clients > 1 else '1.00x'} |", flush=True)
+                # Where the time went: the server's decoding steps (their count and time), and the clients' own CPU
+                # time (they share the server's cores).
+                timing.append(f"| {name} | {clients} | {steps} | {busy:.1f} s ({100 * busy / seconds:.0f}%) |"
+                              f" {1000 * busy / max(steps, 1):.2f} | {cpu:.1f} s |")
+        print("\n| scenario | clients | decoding steps | time in steps (share of the run) | ms a step |"
+              " clients' CPU time |\n|---|---:|---:|---:|---:|---:|\n" + "\n".join(timing))
         metrics = urllib.request.urlopen(url + "/metrics").read().decode()
         print("\n" + "\n".join(l for l in metrics.splitlines() if l.startswith("reins_")))
     finally:
