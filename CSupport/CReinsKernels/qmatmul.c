@@ -628,6 +628,14 @@ static inline RK_AVX2Q __m128i q3_k_scales(const uint8_t *s) {
         k_scales16(_mm_unpacklo_epi8(l8, l8), sc);                                                                  \
     }
 #define K_CONST_IQ4_XS(sb, b) 0.0f
+// What each type's unpacking keeps besides the values (u), their scales (sc) and d: Q4_K's and Q5_K's minimum terms
+// (c), Q6_K's two scales per sub-block (klo, khi), Q2_K's minimums (kmin, kneg), Q3_K's and IQ4_XS's signed values.
+#define K_STATE_Q4_K float c[8];
+#define K_STATE_Q5_K float c[8];
+#define K_STATE_Q6_K int klo[8], khi[8];
+#define K_STATE_Q2_K __m256i kmin; __m256 kneg;
+#define K_STATE_Q3_K __m256i sg[8];
+#define K_STATE_IQ4_XS __m256i sg[8];
 #define K_PREP_IQ4_XS(sb, q) _mm256_sign_epi8(q, sg[sb])
 #define K_PREP_Q2_K(sb, q) q
 #define K_PREP_Q3_K(sb, q) _mm256_sign_epi8(q, sg[sb])
@@ -643,11 +651,9 @@ static inline RK_AVX2Q __m128i q3_k_scales(const uint8_t *s) {
         float e[R];                                                                                                 \
         for (int r = 0; r < R; r++) { acc[r][0] = acc[r][1] = _mm256_setzero_ps(); e[r] = 0.0f; }                  \
         for (int k = 0; k < nsb; k++, w += K_BB_##TYPE) {                                                           \
-            __m256i u[8], sc[8], sg[8], kmin;                                                                       \
-            __m256 kneg;                                                                                            \
-            float d, c[8];                                                                                          \
-            int klo[8], khi[8];                                                                                     \
-            (void)c; (void)klo; (void)khi; (void)sg; (void)kmin; (void)kneg;                                        \
+            __m256i u[8], sc[8];                                                                                    \
+            float d;                                                                                                \
+            K_STATE_##TYPE                                                                                          \
             K_UNPACK_##TYPE(w)                                                                                      \
             for (int sb = 0; sb < 8; sb++)                                                                          \
                 for (int r = 0; r < R; r++) {                                                                       \
