@@ -16,11 +16,10 @@ import ctypes
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
-from compare_gguf import ROOT, find_model
+from compare_gguf import ROOT, find_model, run
 
 PROMPT = [(1 + 7 * i) % 4000 + 100 for i in range(64)]
 STEPS = 63
@@ -86,11 +85,6 @@ def llama_cpp_worker(model_path, rows, repeats):
     decode_ms = median(whole) - median(prompts)
     print(json.dumps({"name": f"decode 64 batch {rows}", "median_ms": decode_ms / STEPS,
                       "per_second": STEPS * rows / decode_ms * 1000, "unit": "tokens/s"}))
-
-
-def run(cmd, env=None):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
 
 def main():
