@@ -172,10 +172,11 @@ struct QuantizedKernelTests {
     }
 
     /// The kernel for batches reads the weight interleaved by 8 rows: its scalar form and its AVX2 / VNNI forms against
-    /// the row-major oracle, for 1 to 13 activation rows (every tile of 8, of up to 4 and remainder) and split groups.
+    /// the row-major oracle, for 1 to 19 activation rows (every tile of 8, of up to 4 and remainder; with VNNI, Q4_1's
+    /// pairs of groups from 8 rows and Q8_0's from 16) and split groups.
     @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS, .q2_K, .q3_K])
     func interleavedWeightsGiveTheOraclesProducts(type: GGMLType) throws {
-        let C = type.blockElements! == 256 ? 512 : 96, OC = 40, N = 13
+        let C = type.blockElements! == 256 ? 512 : 96, OC = 40, N = 19
         let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue) + 40)
         let xq = Self.blocks(randomFloats(N * C, seed: 12, scale: 1), rows: N, columns: C, reference: true)
         var reference = [Float](repeating: .nan, count: N * OC)
@@ -222,32 +223,35 @@ struct QuantizedKernelTests {
     /// the order the four-row ones do, so a request's logits do not depend on how many others share its batch.
     @Test(arguments: [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS, .q2_K, .q3_K])
     func eightRowPassesGiveTheBitsOfPassesOfFour(type: GGMLType) throws {
-        let C = type.blockElements! == 256 ? 512 : 96, OC = 24, N = 8, t = Int32(type.rawValue)
+        let C = type.blockElements! == 256 ? 512 : 96, OC = 24, t = Int32(type.rawValue)
         let w = try Self.randomMatrix(type, rows: OC, columns: C, seed: UInt64(type.rawValue) + 60)
-        let xq = Self.blocks(randomFloats(N * C, seed: 13, scale: 1), rows: N, columns: C, reference: true)
+        // 8 rows: the eight-row kernels; 16: with VNNI, Q8_0's pairs of groups too (Q4_1's take 8 rows).
+        let xq = Self.blocks(randomFloats(16 * C, seed: 13, scale: 1), rows: 16, columns: C, reference: true)
         var packed = [UInt8](repeating: 0, count: w.byteCount)
         #expect(w.withBytes { rk_qpack8(&packed, $0, t, Int32(OC), Int32(C)) } == RK_OK)
         for isa in Int32(0)...rk_isa_detected() {
             let active = rk_isa_select(isa)
             defer { rk_isa_select(rk_isa_detected()) }
-            var eight = [Float](repeating: .nan, count: N * OC)
-            #expect(rk_qmatmul_q8_packed8(&eight, xq, packed, t, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8)) == RK_OK)
-            var fours: [Float] = []
-            for first in [0, 4] {
-                var four = [Float](repeating: .nan, count: 4 * OC)
-                let rows = Array(xq[(first * C / 32)..<((first + 4) * C / 32)])
-                #expect(rk_qmatmul_q8_packed8(&four, rows, packed, t, 4, Int32(C), Int32(OC), 0, Int32(OC / 8)) == RK_OK)
-                fours += four
+            for N in [8, 16] {
+                var eight = [Float](repeating: .nan, count: N * OC)
+                #expect(rk_qmatmul_q8_packed8(&eight, xq, packed, t, Int32(N), Int32(C), Int32(OC), 0, Int32(OC / 8)) == RK_OK)
+                var fours: [Float] = []
+                for first in stride(from: 0, to: N, by: 4) {
+                    var four = [Float](repeating: .nan, count: 4 * OC)
+                    let rows = Array(xq[(first * C / 32)..<((first + 4) * C / 32)])
+                    #expect(rk_qmatmul_q8_packed8(&four, rows, packed, t, 4, Int32(C), Int32(OC), 0, Int32(OC / 8)) == RK_OK)
+                    fours += four
+                }
+                #expect(eight == fours, "\(type), \(N) rows on isa \(active)")
             }
-            #expect(eight == fours, "\(type) on isa \(active)")
         }
     }
 
     /// The largest integer sums a block can make — every 4-bit weight 15 (5-bit: 31, 6-bit: 63, 8-bit: ±127) against
     /// activations all ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products,
     /// each half of a 5-bit block's, a K sub-block's eight, four or two steps, in 16 bits), in the eight-row kernels and
-    /// the smaller ones (9 rows: one pass of eight and one row; two groups of 8 weight rows, which VNNI takes side by
-    /// side). Each type comes with its bits per value: a block is its scales followed by the values' bits (Q6_K
+    /// the smaller ones (17 rows: two passes of eight and one row; two groups of 8 weight rows, which VNNI takes side by
+    /// side for Q4_1 and, from 16 rows, Q8_0). Each type comes with its bits per value: a block is its scales followed by the values' bits (Q6_K
     /// and Q3_K: the values first; Q2_K: between its scales and d), every one of which is set here (IQ4_NL, IQ4_XS and
     /// Q3_K: all set or all clear, the grid's ends 113 and −127, Q3_K's 3 and −4).
     @Test(arguments: [
@@ -256,7 +260,7 @@ struct QuantizedKernelTests {
     ])
     func interleavedKernelsAreExactAtTheLargestSums(type: GGMLType, bits: Int) throws {
         let be = try #require(type.blockElements), bb = try #require(type.blockBytes)
-        let C = 256, OC = 16, N = 9
+        let C = 256, OC = 16, N = 17
         let random = try Self.randomMatrix(type, rows: OC, columns: C, seed: 5)
         var bytes = random.withBytes { Array(UnsafeRawBufferPointer(start: $0, count: random.byteCount)) }
         let valueBytes = be * bits / 8
