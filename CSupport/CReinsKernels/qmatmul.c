@@ -1274,6 +1274,13 @@ static inline RK_VNNI __m512 halves16(const uint8_t *p, const uint8_t *q) {
                                         _mm_loadu_si128((const __m128i *)q), 1);
     return _mm512_cvtph_ps(h);
 }
+// The two blocks of the pair of groups after this one (two groups on), for kernels that take groups in pairs.
+static inline void prefetch_next_pair(const uint8_t *p, const uint8_t *p2, int nb, int gb) {
+    for (int line = 0; line < gb; line += 64) {
+        _mm_prefetch((const char *)((uintptr_t)p + 2 * (size_t)nb * (size_t)gb + (size_t)line), _MM_HINT_T0);
+        _mm_prefetch((const char *)((uintptr_t)p2 + 2 * (size_t)nb * (size_t)gb + (size_t)line), _MM_HINT_T0);
+    }
+}
 static RK_VNNI void pack16_Q4_1_8_vnni(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x, size_t ldx,
                                        int nb) {
     const uint8_t *p2 = p + (size_t)nb * GB_Q4_1; // the next group's blocks
@@ -1283,11 +1290,7 @@ static RK_VNNI void pack16_Q4_1_8_vnni(float *out, size_t ldo, const uint8_t *p,
     for (int k = 0; k < nb; k++, p += GB_Q4_1, p2 += GB_Q4_1) {
         __m512i lo_sum[8], hi_sum[8];
         for (int r = 0; r < 8; r++) lo_sum[r] = hi_sum[r] = _mm512_setzero_si512();
-        // The pair after this one: two groups on.
-        for (int line = 0; line < GB_Q4_1; line += 64) {
-            _mm_prefetch((const char *)((uintptr_t)p + 2 * (size_t)nb * GB_Q4_1 + line), _MM_HINT_T0);
-            _mm_prefetch((const char *)((uintptr_t)p2 + 2 * (size_t)nb * GB_Q4_1 + line), _MM_HINT_T0);
-        }
+        prefetch_next_pair(p, p2, nb, GB_Q4_1);
         _Pragma("clang loop unroll(full)")
         for (int t = 0; t < 4; t++) {
             __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 32 + 32 * t))),
@@ -1357,10 +1360,7 @@ static RK_VNNI void pack16_Q8_0X_8_vnni(float *out, size_t ldo, const uint8_t *p
     for (int k = 0; k < nb; k++, p += GB_Q8_0, p2 += GB_Q8_0) {
         __m512i even[8], odd[8];
         for (int r = 0; r < 8; r++) even[r] = odd[r] = _mm512_setzero_si512();
-        for (int line = 0; line < GB_Q8_0; line += 64) {
-            _mm_prefetch((const char *)((uintptr_t)p + 2 * (size_t)nb * GB_Q8_0 + line), _MM_HINT_T0);
-            _mm_prefetch((const char *)((uintptr_t)p2 + 2 * (size_t)nb * GB_Q8_0 + line), _MM_HINT_T0);
-        }
+        prefetch_next_pair(p, p2, nb, GB_Q8_0);
         _Pragma("clang loop unroll(full)")
         for (int t = 0; t < 8; t++) {
             __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t))),
