@@ -56,7 +56,8 @@ extension ReinsServer {
             throw ServerError.badRequest(
                 "the base '\(baseName)' has no task head: name a classification or question-answering adapter (see /v1/models)")
         }
-        guard let adapter = try await adapter(named: request.model) else { throw ServerError.badRequest("no adapter") }
+        // The engine checks the adapter in the pass that answers (no turn of its own before it).
+        let adapter = request.model
         guard (1...256).contains(request.input.count) else { throw ServerError.badRequest("input takes 1 to 256 items") }
         let maxAnswer = request.max_answer_tokens ?? 30
         guard (1...options.maxPromptTokens).contains(maxAnswer) else {

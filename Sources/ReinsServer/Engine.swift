@@ -66,6 +66,10 @@ public final class ServedModel {
 public enum ServerError: Error, CustomStringConvertible, Sendable {
     case badRequest(String)
     case notFound(String)
+    /// A request naming neither the base nor a loaded adapter.
+    static func unknownModel(_ name: String) -> ServerError {
+        .notFound("no model or adapter named '\(name)' (see /v1/models)")
+    }
     case conflict(String)
     case tooLong(String)
     case busy(String)
@@ -234,6 +238,13 @@ public final class Engine: @unchecked Sendable {
         }
     }
 
+    /// Classify requests waiting for the engine's next pass between decoding steps.
+    public var waitingClassifications: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return classifications.count
+    }
+
     /// The head logits of `sequences` under the classification or question-answering adapter `adapter`, computed on the
     /// engine's thread between decoding steps together with the other classify requests waiting then (one pass over the
     /// base for all of them, each row with its adapter and head, within ``classificationTokenBudget``).
@@ -307,6 +318,10 @@ public final class Engine: @unchecked Sendable {
     private func classifyTogether(_ asked: [PendingClassification]) {
         var ready: [(PendingClassification, AdapterTaskHead)] = []
         for a in asked {
+            guard served.model.adapterNames.contains(a.adapter) else {
+                a.answer.resume(throwing: ServerError.unknownModel(a.adapter))
+                continue
+            }
             guard let head = served.heads[a.adapter] else {
                 a.answer.resume(throwing: ServerError.badRequest(
                     "'\(a.adapter)' has no task head (it is a generation adapter): /v1/classify takes classification and question-answering adapters"))

@@ -194,7 +194,7 @@ public final class ReinsServer: Sendable {
     func adapter(named model: String, generating: Bool = false) async throws -> String? {
         if model == baseName { return nil }
         let (known, task) = try await engine.run { ($0.model.adapterNames.contains(model), $0.heads[model]?.task) }
-        guard known else { throw ServerError.notFound("no model or adapter named '\(model)' (see /v1/models)") }
+        guard known else { throw ServerError.unknownModel(model) }
         if generating, let task {
             throw ServerError.badRequest(
                 "'\(model)' is a \(task.rawValue) adapter: it answers on /v1/classify, not by generating")

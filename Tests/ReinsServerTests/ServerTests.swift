@@ -471,10 +471,18 @@ struct ServerTests {
         #expect(answer["start_token"] as? Int == best.0 && answer["end_token"] as? Int == best.1, "\(answer)")
         #expect(answer["answer"] as? String == running.server.format.tokenizer.decode(Array(c[best.0...best.1])))
 
-        // Requests for different adapters waiting together (the engine held busy meanwhile) are answered in one pass,
-        // each as it was alone.
-        let blocker = Task { try await running.server.engine.run { _ in Thread.sleep(forTimeInterval: 0.6) } }
-        try await Task.sleep(nanoseconds: 100_000_000)
+        // Requests for different adapters waiting together (the engine held busy until all three wait, however long
+        // a loaded machine takes to deliver them) are answered in one pass, each as it was alone.
+        let engine = running.server.engine
+        let holding = DispatchSemaphore(value: 0)
+        let blocker = Task {
+            try await engine.run { _ in
+                holding.signal()
+                let deadline = Date().addingTimeInterval(60)
+                while engine.waitingClassifications < 3, Date() < deadline { Thread.sleep(forTimeInterval: 0.01) }
+            }
+        }
+        try await Self.blocking { holding.wait() }  // the engine's thread is in the blocker: nothing is taken before it ends
         let bodies = try [
             ["model": "sentiment", "input": texts], ["model": "tagger", "input": texts[1]],
             ["model": "reader", "input": ["question": question, "context": context], "max_answer_tokens": 4],
