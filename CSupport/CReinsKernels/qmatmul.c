@@ -1274,6 +1274,11 @@ static inline RK_VNNI __m512 halves16(const uint8_t *p, const uint8_t *q) {
                                         _mm_loadu_si128((const __m128i *)q), 1);
     return _mm512_cvtph_ps(h);
 }
+// 32 bytes of each group of a pair, side by side in one register.
+static inline RK_VNNI __m512i pair_step(const uint8_t *a, const uint8_t *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                              _mm256_loadu_si256((const __m256i *)b), 1);
+}
 // The two blocks of the pair of groups after this one (two groups on), for kernels that take groups in pairs.
 static inline void prefetch_next_pair(const uint8_t *p, const uint8_t *p2, int nb, int gb) {
     for (int line = 0; line < gb; line += 64) {
@@ -1293,8 +1298,7 @@ static RK_VNNI void pack16_Q4_1_8_vnni(float *out, size_t ldo, const uint8_t *p,
         prefetch_next_pair(p, p2, nb, GB_Q4_1);
         _Pragma("clang loop unroll(full)")
         for (int t = 0; t < 4; t++) {
-            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 32 + 32 * t))),
-                                           _mm256_loadu_si256((const __m256i *)(p2 + 32 + 32 * t)), 1);
+            __m512i v = pair_step(p + 32 + 32 * t, p2 + 32 + 32 * t);
             __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
             _Pragma("clang loop unroll(full)")
             for (int r = 0; r < 8; r++) {
@@ -1363,8 +1367,7 @@ static RK_VNNI void pack16_Q8_0X_8_vnni(float *out, size_t ldo, const uint8_t *p
         prefetch_next_pair(p, p2, nb, GB_Q8_0);
         _Pragma("clang loop unroll(full)")
         for (int t = 0; t < 8; t++) {
-            __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p + 16 + 32 * t))),
-                                           _mm256_loadu_si256((const __m256i *)(p2 + 16 + 32 * t)), 1);
+            __m512i v = pair_step(p + 16 + 32 * t, p2 + 16 + 32 * t);
             __m512i u = _mm512_xor_si512(v, flip);
             _Pragma("clang loop unroll(full)")
             for (int r = 0; r < 8; r++) {
