@@ -157,6 +157,44 @@ struct MixedBatchTests {
         #expect(differing == adapted, "every adapter changes its row (\(differing) of \(adapted))")
     }
 
+    /// Decoding rows over their own caches (a continuous batch's steps) gives each position the logits of the whole
+    /// sequence's pass: rows of different lengths stepped together (one parallel region per layer does each row's
+    /// rotation, cache writes and attention), a single row, and a prompt's positions as rows of one shared cache —
+    /// with grouped-query heads of size 6, Qwen2's biases and Mistral's sliding window of 3.
+    @Test(arguments: ["gpt2-lm", "llama-tiny", "qwen2-tiny", "mistral-tiny"])
+    func rowCacheDecodingEqualsTheWholeSequencePass(family: String) throws {
+        let model = try Self.causalLM(family)
+        let V = model.vocabularySize
+        let sequences: [[Int32]] = (0..<6).map { (s: Int) -> [Int32] in
+            let length = 4 + s % 3 + s
+            return (0..<length).map { (t: Int) -> Int32 in Int32(3 + (s * 13 + t * 7) % 40) }
+        }
+        let whole = try sequences.map { try Self.logits(model, IntTensor(shape: [1, $0.count], values: $0)).scalars }
+        try Autograd.withoutGradients {
+            // Every sequence a row with its own cache, each step one token of every sequence still going (6 rows down
+            // to 1 as the short ones end).
+            let caches = sequences.map { _ in KVCache(layers: model.layerCount) }
+            for t in 0..<sequences.map(\.count).max()! {
+                let going = sequences.indices.filter { t < sequences[$0].count }
+                let logits = try model.rowLogits(going.map { sequences[$0][t] }, caches: going.map { caches[$0] })
+                for (row, s) in going.enumerated() {
+                    expectClose(
+                        Array(logits.scalars[(row * V)..<((row + 1) * V)]), Array(whole[s][(t * V)..<((t + 1) * V)]),
+                        atol: 1e-5, rtol: 1e-4, "\(family): sequence \(s) at \(t), \(going.count) rows")
+                }
+            }
+            // A prompt's positions as rows of one cache, after two positions decoded one at a time.
+            let s = sequences[5], cache = KVCache(layers: model.layerCount)
+            for t in 0..<2 { _ = try model.rowLogits([s[t]], caches: [cache]) }
+            let rest = Array(s[2...])
+            let logits = try model.rowLogits(
+                rest, caches: rest.map { _ in cache }, positions: rest.indices.map { Int32($0 + 2) })
+            expectClose(
+                logits.scalars, Array(whole[5][(2 * V)...]), atol: 1e-5, rtol: 1e-4, "\(family): one shared cache")
+            #expect(cache.length == s.count)
+        }
+    }
+
     /// Continuous batching: requests for different adapters (virtual-token methods included) join at token boundaries
     /// and leave when done; each gets exactly the tokens it gets alone — greedy and seeded sampling, its own stop
     /// tokens and budget. Joining requests are prefilled alone (`add`) or folded into the running steps (`enqueue`,

@@ -4,53 +4,111 @@ import ReinsTensor
 
 extension Tensor {
     /// Attention of one new position per row, each row against its own cache — the rows of a continuous batch have
-    /// different lengths. `query: [B, NH, 1, hs]`, `key`/`value: [B, NKV, 1, hs]`: each row's key and value are appended
-    /// to `caches[b]` and its query attends to that cache as it stood after its own append (causal: everything cached
-    /// before is earlier). Rows may share a cache: consecutive positions of one prompt, appended in row order, each
-    /// seeing itself and the positions before it.
+    /// different lengths — from the layer's projections of the new positions, heads side by side: `query:
+    /// [B, 1, NH·hs]`, `key` and `value: [B, 1, NKV·hs]`, and for a rotary model `angles` (cos, sin `[B, 1, hs/2]`),
+    /// by which queries and keys are rotated. Each row's key and value go into `caches[b]` at its next position, and
+    /// its query attends to that cache as it then stands (causal: everything cached before is earlier). Rows may share
+    /// a cache: consecutive positions of one prompt, in row order, each seeing itself and the positions before it.
+    /// Returns `[B, 1, NH·hs]`, the heads side by side.
+    ///
+    /// One parallel region does it all when there are rows enough and no shared cache: each row's rotation, its key
+    /// and value written straight into its cache, and its heads' attention, with no tensor in between.
     static func attendingRowCaches(
-        query q: Tensor, key k: Tensor, value v: Tensor, caches: [KVCache.Layer], scale: Float? = nil,
-        window: Int? = nil
+        query q: Tensor, key k: Tensor, value v: Tensor, heads NH: Int, keyValueHeads NKV: Int,
+        angles: (cos: Tensor, sin: Tensor)?, caches: [KVCache.Layer], scale: Float? = nil, window: Int? = nil
     ) throws -> Tensor {
-        let B = q.shape[0]
-        guard caches.count == B, q.shape[2] == 1, k.shape[2] == 1, !Autograd.isEnabled else {
+        let B = caches.count
+        guard !Autograd.isEnabled, NH > 0, NKV > 0, NH % NKV == 0, q.rank == 3, q.shape[0] == B, q.shape[1] == 1,
+            q.shape[2] % NH == 0, q.shape[2] > 0
+        else {
             throw ModelError.badInput(
-                "row caches decode one new position per row without gradients: \(caches.count) caches for queries \(q.shape)")
+                "row caches decode one new position per row without gradients: \(B) caches for queries \(q.shape)"
+                    + " of \(NH) heads over \(NKV) key/value heads")
         }
-        let (NH, hs, NKV) = (q.shape[1], q.shape[3], k.shape[1])
-        guard k.shape[0] == B, v.shape == k.shape, NKV > 0, NH % NKV == 0, k.shape[3] == hs else {
+        let hs = q.shape[2] / NH
+        guard k.shape == [B, 1, NKV * hs], v.shape == k.shape else {
             throw ModelError.badInput("row caches: queries \(q.shape) with keys \(k.shape) and values \(v.shape)")
         }
-        if let window, window < 1 { throw ModelError.badInput("sliding window \(window) is not positive") }
-        var visible = [Int](repeating: 0, count: B)
-        for (b, cache) in caches.enumerated() {
-            try cache.append(k, v, row: b)
-            visible[b] = cache.length
+        if let angles, hs % 2 != 0 || angles.cos.shape != [B, 1, hs / 2] || angles.sin.shape != angles.cos.shape {
+            throw ModelError.badInput(
+                "row caches: rotary angles \(angles.cos.shape), \(angles.sin.shape) for \(B) rows of head size \(hs)")
         }
-        // Every row's heads in one parallel region (a region per row would cost more in hand-offs than the work), in
-        // pieces the threads claim as they finish — rows with long caches (a prefix adapter's virtual tokens) cost
-        // more, and fixed shares would leave a thread waiting: a row's heads per piece, or single heads for few rows.
-        let result = try Tensor.zeros([B, NH, 1, hs])
+        if let window, window < 1 { throw ModelError.badInput("sliding window \(window) is not positive") }
+        // Each row's position, claimed in row order (rows sharing a cache take consecutive ones); the stores are read
+        // after every claim, since a claim may move its cache to larger storage.
+        var slots = [Int](repeating: 0, count: B)
+        for b in 0..<B { slots[b] = try caches[b].claimPosition(heads: NKV, headSize: hs) }
+        let stores = caches.map { ($0.keys!, $0.values!) }
+        let shared = Set(caches.map(ObjectIdentifier.init)).count < B
+        let result = try Tensor.zeros([B, 1, NH * hs])
+        // Rotated queries need a buffer of their own; without rotation the projections are read where they are.
+        let rotated = try angles.map { _ in try Tensor.zeros([B, NH, hs]) }
+        let queries = rotated?.storage.pointer ?? q.storage.pointer
         var lse = [Float](repeating: 0, count: B * NH)
-        let longest = max(visible.max() ?? 0, 1)
+        let longest = (slots.max() ?? 0) + 1
         let s = scale ?? 1 / Float(hs).squareRoot()
-        let stores = caches.indices.map { (caches[$0].keys!, caches[$0].values!, visible[$0]) }
-        let piece = B >= 2 * Parallel.threadCount ? NH : 1
-        withExtendedLifetime((stores, q, result)) {
+        let angle = angles.map { ($0.cos.detached(), $0.sin.detached()) }
+        let half = hs / 2
+        // Row b's query rotated, and its key (rotated) and value written at its position in its cache.
+        func write(_ b: Int) {
+            let (keys, values) = stores[b]
+            let capacity = keys.shape[2]
+            let (qp, kp, vp) = (q.storage.pointer + b * NH * hs, k.storage.pointer + b * NKV * hs, v.storage.pointer + b * NKV * hs)
+            for h in 0..<NKV {
+                let at = (h * capacity + slots[b]) * hs
+                if let (c, sn) = angle {
+                    rk_rope_forward(
+                        keys.storage.pointer + at, kp + h * hs, c.storage.pointer + b * half, sn.storage.pointer + b * half,
+                        1, 1, 1, Int32(hs))
+                } else {
+                    (keys.storage.pointer + at).update(from: kp + h * hs, count: hs)
+                }
+                (values.storage.pointer + at).update(from: vp + h * hs, count: hs)
+            }
+            if let (c, sn) = angle {
+                for h in 0..<NH {
+                    rk_rope_forward(
+                        queries + (b * NH + h) * hs, qp + h * hs, c.storage.pointer + b * half,
+                        sn.storage.pointer + b * half, 1, 1, 1, Int32(hs))
+                }
+            }
+        }
+        withExtendedLifetime((stores, q, k, v, result, rotated, angle)) {
             lse.withUnsafeMutableBufferPointer { l in
                 let lp = l.baseAddress!
-                Parallel.forPieces(B * NH, piece: piece) { r in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: longest) { scratch in
-                        for bh in r {
-                            let (b, h) = (bh / NH, bh % NH)
-                            let (keys, values, length) = stores[b]
-                            let slide = Int32(min(window ?? 0, length + 2))
-                            rk_attention_forward_rows(
-                                result.storage.pointer + b * NH * hs, lp + b * NH, q.storage.pointer + b * NH * hs,
-                                keys.storage.pointer, values.storage.pointer, nil, 1, Int32(NH), Int32(NKV), 1, Int32(length),
-                                Int32(keys.shape[2]), Int32(hs), s, 1, Int32(length - 1), slide, nil, Int32(h), Int32(h + 1),
-                                scratch.baseAddress!)
+                // Head h of row b against the first `slots[b] + 1` positions of its cache.
+                func attend(_ b: Int, _ h: Int, _ scratch: UnsafeMutablePointer<Float>) {
+                    let (keys, values) = stores[b]
+                    let length = slots[b] + 1
+                    let slide = Int32(min(window ?? 0, length + 2))
+                    rk_attention_forward_rows(
+                        result.storage.pointer + b * NH * hs, lp + b * NH, queries + b * NH * hs,
+                        keys.storage.pointer, values.storage.pointer, nil, 1, Int32(NH), Int32(NKV), 1, Int32(length),
+                        Int32(keys.shape[2]), Int32(hs), s, 1, Int32(length - 1), slide, nil, Int32(h), Int32(h + 1),
+                        scratch)
+                }
+                if !shared, B >= 2 * Parallel.threadCount {
+                    // A row per piece, claimed as the threads finish (rows with long caches — a prefix adapter's
+                    // virtual tokens — cost more): its writes, then its heads.
+                    Parallel.forPieces(B, piece: 1) { rows in
+                        withUnsafeTemporaryAllocation(of: Float.self, capacity: longest) { scratch in
+                            for b in rows {
+                                write(b)
+                                for h in 0..<NH { attend(b, h, scratch.baseAddress!) }
+                            }
                         }
+                    }
+                    return
+                }
+                // Few rows, or rows that read each other's positions: every write first, then single heads per piece.
+                if B >= 2 * Parallel.threadCount {
+                    Parallel.forPieces(B, piece: 1) { rows in for b in rows { write(b) } }
+                } else {
+                    for b in 0..<B { write(b) }
+                }
+                Parallel.forPieces(B * NH, piece: 1) { r in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: longest) { scratch in
+                        for bh in r { attend(bh / NH, bh % NH, scratch.baseAddress!) }
                     }
                 }
             }

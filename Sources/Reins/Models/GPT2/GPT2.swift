@@ -186,16 +186,19 @@ public final class GPT2Block: Module {
         }
         let C = input.shape[2]
         let qkv = try attentionIn(ln1(input))
-        var k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
-        var v = try qkv.slice(axis: 2, (2 * C)..<(3 * C)).splittingHeads(heads)
         // The block is per position after the keys and values: pick the rows asked for.
         let x = try rows.map { try input.positions($0) } ?? input
-        let q = try (rows.map { try qkv.positions($0) } ?? qkv).slice(axis: 2, 0..<C).splittingHeads(heads)
         if let rowCaches {
             // One new position per row, each against its own cache (rows of a continuous batch).
-            let a = try Tensor.attendingRowCaches(query: q, key: k, value: v, caches: rowCaches, scale: attentionScale)
-            return try feedForward(x, attended: a.mergingHeads())
+            let a = try Tensor.attendingRowCaches(
+                query: qkv.slice(axis: 2, 0..<C), key: qkv.slice(axis: 2, C..<(2 * C)),
+                value: qkv.slice(axis: 2, (2 * C)..<(3 * C)), heads: heads, keyValueHeads: heads, angles: nil,
+                caches: rowCaches, scale: attentionScale)
+            return try feedForward(x, attended: a)
         }
+        var k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
+        var v = try qkv.slice(axis: 2, (2 * C)..<(3 * C)).splittingHeads(heads)
+        let q = try (rows.map { try qkv.positions($0) } ?? qkv).slice(axis: 2, 0..<C).splittingHeads(heads)
         if let prefix, cache?.keys == nil {
             k = try Tensor.concatenate([prefix.keys, k], axis: 2)
             v = try Tensor.concatenate([prefix.values, v], axis: 2)
@@ -402,44 +405,52 @@ public final class KVCache {
         }
 
         /// Appends `k` and `v` (`[B, NH, T, hs]`) in place, growing the storage (to the reserve, else by doubling)
-        /// when it is full: no copy of the whole cache per token, and no buffer left behind per length. With `row`,
-        /// only that batch row of `k` and `v` is appended, to a cache of one row (a continuous batch's row caches).
-        func append(_ k: Tensor, _ v: Tensor, row: Int? = nil) throws {
-            let (B, NH, T, hs) = (row == nil ? k.shape[0] : 1, k.shape[1], k.shape[2], k.shape[3])
-            if let row, !(0..<k.shape[0]).contains(row) {
-                throw ModelError.badInput("row \(row) of keys \(k.shape) cannot be appended")
-            }
-            let rows = keys?.shape[2] ?? 0
-            if keys == nil || length + T > rows || keys!.shape[0] != B || keys!.shape[1] != NH || keys!.shape[3] != hs {
-                let capacity = max(length + T, reserve, 2 * rows)
-                var (newKeys, newValues) = (try Tensor.zeros([B, NH, capacity, hs]), try Tensor.zeros([B, NH, capacity, hs]))
-                if let keys, let values, length > 0 {
-                    Self.copyRows(from: keys, rows: rows, into: &newKeys, capacity: capacity, count: length, at: 0)
-                    Self.copyRows(from: values, rows: rows, into: &newValues, capacity: capacity, count: length, at: 0)
-                }
-                (keys, values) = (newKeys, newValues)
-            }
+        /// when it is full: no copy of the whole cache per token, and no buffer left behind per length.
+        func append(_ k: Tensor, _ v: Tensor) throws {
+            let (B, NH, T, hs) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3])
+            try makeRoom(batch: B, heads: NH, headSize: hs, adding: T)
             let capacity = keys!.shape[2]
-            Self.copyRows(from: k, rows: T, into: &keys!, capacity: capacity, count: T, at: length, batchRow: row)
-            Self.copyRows(from: v, rows: T, into: &values!, capacity: capacity, count: T, at: length, batchRow: row)
+            Self.copyRows(from: k, rows: T, into: &keys!, capacity: capacity, count: T, at: length)
+            Self.copyRows(from: v, rows: T, into: &values!, capacity: capacity, count: T, at: length)
             length += T
         }
 
+        /// Makes room for one more position in a cache of one batch row (a continuous batch's row cache) of `heads`
+        /// heads of `headSize`, growing the storage as ``append(_:_:)`` does, and returns its index. The caller writes
+        /// that position's keys and values (at `index` of each head's rows in ``keys`` and ``values``) before anything
+        /// reads them.
+        func claimPosition(heads NH: Int, headSize hs: Int) throws -> Int {
+            try makeRoom(batch: 1, heads: NH, headSize: hs, adding: 1)
+            length += 1
+            return length - 1
+        }
+
+        /// Storage of `[batch, heads, capacity, headSize]` with room for `adding` more positions: the cached ones
+        /// copied into a larger store (the reserve, else twice the rows) when they do not fit, or when the shape
+        /// changed.
+        private func makeRoom(batch B: Int, heads NH: Int, headSize hs: Int, adding T: Int) throws {
+            let rows = keys?.shape[2] ?? 0
+            if let keys, length + T <= rows, keys.shape[0] == B, keys.shape[1] == NH, keys.shape[3] == hs { return }
+            let capacity = max(length + T, reserve, 2 * rows)
+            var (newKeys, newValues) = (try Tensor.zeros([B, NH, capacity, hs]), try Tensor.zeros([B, NH, capacity, hs]))
+            if let keys, let values, length > 0 {
+                Self.copyRows(from: keys, rows: rows, into: &newKeys, capacity: capacity, count: length, at: 0)
+                Self.copyRows(from: values, rows: rows, into: &newValues, capacity: capacity, count: length, at: 0)
+            }
+            (keys, values) = (newKeys, newValues)
+        }
+
         /// Copies the first `count` rows of each head of `source` (`rows` per head) to rows `at...` of `target`: each
-        /// head's rows are contiguous on both sides, so one copy per head. With `batchRow`, the heads of that batch row
-        /// of `source` go to a target of one batch row.
+        /// head's rows are contiguous on both sides, so one copy per head.
         private static func copyRows(
-            from source: Tensor, rows: Int, into target: inout Tensor, capacity: Int, count: Int, at: Int,
-            batchRow: Int? = nil
+            from source: Tensor, rows: Int, into target: inout Tensor, capacity: Int, count: Int, at: Int
         ) {
-            let NH = source.shape[1], hs = source.shape[3]
-            let heads = batchRow == nil ? source.shape[0] * NH : NH
-            let first = (batchRow ?? 0) * NH
+            let hs = source.shape[3], heads = source.shape[0] * source.shape[1]
             source.withUnsafeBufferPointer { src in
                 target.withUnsafeMutableBufferPointer { dst in
                     for h in 0..<heads {
                         (dst.baseAddress! + (h * capacity + at) * hs).update(
-                            from: src.baseAddress! + (first + h) * rows * hs, count: count * hs)
+                            from: src.baseAddress! + h * rows * hs, count: count * hs)
                     }
                 }
             }

@@ -101,13 +101,15 @@ public final class LlamaDecoderLayer: Module {
         let h = try inputNorm(x)
         let qkv = try Linear.products(
             of: [attention.queryProjection, attention.keyProjection, attention.valueProjection], h)
+        if let rowCaches {
+            let a = try Tensor.attendingRowCaches(
+                query: qkv[0], key: qkv[1], value: qkv[2], heads: heads, keyValueHeads: keyValueHeads, angles: angles,
+                caches: rowCaches, window: slidingWindow)
+            return try feedForward(x, attended: a)
+        }
         let q = try qkv[0].rotated(heads: heads, cos: angles.cos, sin: angles.sin)
         var k = try qkv[1].rotated(heads: keyValueHeads, cos: angles.cos, sin: angles.sin)
         var v = try qkv[2].splittingHeads(keyValueHeads)
-        if let rowCaches {
-            let a = try Tensor.attendingRowCaches(query: q, key: k, value: v, caches: rowCaches, window: slidingWindow)
-            return try feedForward(x, attended: a.mergingHeads())
-        }
         if let prefix, cache?.keys == nil {
             k = try Tensor.concatenate([prefix.keys, k], axis: 2)
             v = try Tensor.concatenate([prefix.values, v], axis: 2)
