@@ -183,6 +183,13 @@ struct MixedBatchTests {
                         atol: 1e-5, rtol: 1e-4, "\(family): sequence \(s) at \(t), \(going.count) rows")
                 }
             }
+            // Keys someone holds are not written under them: the next position goes to a copy (sequence 1's 6
+            // positions leave its storage room for 8).
+            let held = try #require(caches[1].layers[0].keys), snapshot = held.scalars
+            #expect(held.shape[2] > sequences[1].count)
+            _ = try model.rowLogits([5], caches: [caches[1]])
+            #expect(held.scalars == snapshot, "\(family): held keys unchanged")
+            #expect(caches[1].length == sequences[1].count + 1)
             // A prompt's positions as rows of one cache, after two positions decoded one at a time.
             let s = sequences[5], cache = KVCache(layers: model.layerCount)
             for t in 0..<2 { _ = try model.rowLogits([s[t]], caches: [cache]) }

@@ -38,8 +38,17 @@ extension Tensor {
         // after every claim, since a claim may move its cache to larger storage.
         var slots = [Int](repeating: 0, count: B)
         for b in 0..<B { slots[b] = try caches[b].claimPosition(heads: NKV, headSize: hs) }
-        let stores = caches.map { ($0.keys!, $0.values!) }
-        let shared = Set(caches.map(ObjectIdentifier.init)).count < B
+        let stores = try caches.map { c in
+            guard let keys = c.keys, let values = c.values else {
+                throw ModelError.badInput("a row cache without storage")
+            }
+            return (keys, values)
+        }
+        // Whether two rows share a cache (pairs compared for a decoding step's few rows, a set for a prompt's many).
+        let shared =
+            B <= 16
+            ? caches.indices.contains { b in caches[..<b].contains { $0 === caches[b] } }
+            : Set(caches.map(ObjectIdentifier.init)).count < B
         let result = try Tensor.zeros([B, 1, NH * hs])
         // Rotated queries need a buffer of their own; without rotation the projections are read where they are.
         let rotated = try angles.map { _ in try Tensor.zeros([B, NH, hs]) }
@@ -53,13 +62,14 @@ extension Tensor {
         func write(_ b: Int) {
             let (keys, values) = stores[b]
             let capacity = keys.shape[2]
-            let (qp, kp, vp) = (q.storage.pointer + b * NH * hs, k.storage.pointer + b * NKV * hs, v.storage.pointer + b * NKV * hs)
+            let qp = q.storage.pointer + b * NH * hs
+            let (kp, vp) = (k.storage.pointer + b * NKV * hs, v.storage.pointer + b * NKV * hs)
             for h in 0..<NKV {
                 let at = (h * capacity + slots[b]) * hs
                 if let (c, sn) = angle {
                     rk_rope_forward(
-                        keys.storage.pointer + at, kp + h * hs, c.storage.pointer + b * half, sn.storage.pointer + b * half,
-                        1, 1, 1, Int32(hs))
+                        keys.storage.pointer + at, kp + h * hs, c.storage.pointer + b * half,
+                        sn.storage.pointer + b * half, 1, 1, 1, Int32(hs))
                 } else {
                     (keys.storage.pointer + at).update(from: kp + h * hs, count: hs)
                 }

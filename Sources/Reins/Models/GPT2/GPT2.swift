@@ -421,6 +421,9 @@ public final class KVCache {
         /// reads them.
         func claimPosition(heads NH: Int, headSize hs: Int) throws -> Int {
             try makeRoom(batch: 1, heads: NH, headSize: hs, adding: 1)
+            // The caller writes in place: storage that someone else still holds is copied first, as on any write.
+            keys?.withUnsafeMutableBufferPointer { _ in }
+            values?.withUnsafeMutableBufferPointer { _ in }
             length += 1
             return length - 1
         }
@@ -432,7 +435,7 @@ public final class KVCache {
             let rows = keys?.shape[2] ?? 0
             if let keys, length + T <= rows, keys.shape[0] == B, keys.shape[1] == NH, keys.shape[3] == hs { return }
             let capacity = max(length + T, reserve, 2 * rows)
-            var (newKeys, newValues) = (try Tensor.zeros([B, NH, capacity, hs]), try Tensor.zeros([B, NH, capacity, hs]))
+            var newKeys = try Tensor.zeros([B, NH, capacity, hs]), newValues = try Tensor.zeros([B, NH, capacity, hs])
             if let keys, let values, length > 0 {
                 Self.copyRows(from: keys, rows: rows, into: &newKeys, capacity: capacity, count: length, at: 0)
                 Self.copyRows(from: values, rows: rows, into: &newValues, capacity: capacity, count: length, at: 0)
