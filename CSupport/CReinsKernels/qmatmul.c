@@ -1027,7 +1027,9 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
 #define GB_Q5_1 192
 #define STEPS_Q5_0(DOTACC, R) STEPS_Q5(DOTACC, R, 16)
 #define STEPS_Q5_1(DOTACC, R) STEPS_Q5(DOTACC, R, 32)
-#define FIX_Q5_0(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(16 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
+// c·Σq_x of an activation block: what a weight offset by c adds to the block's integer sum, taken off exactly.
+static inline int block_offset(const rk_q8_block *b, int c) { return c * ((int)b->sum16[0] + (int)b->sum16[1]); }
+#define FIX_Q5_0(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(block_offset(b, 16)));
 #define FIX_Q5_1(i, b)
 #define MIN_TERM_Q5_0(a, p, b)
 #define MIN_TERM_Q5_1(a, p, b) MIN_TERM_Q4_1(a, p, b)
@@ -1115,10 +1117,10 @@ static inline RK_VNNI __m256i dotacc_vnni(__m256i acc, __m256i u, __m256i s) { r
 #define STEPS_IQ4_NLX(DOTACC, R) STEPS_IQ4(DOTACC, R, vnni)
 #define FIX_IQ4_NLX(i, b) FIX_Q8_0X(i, b)
 #define MIN_TERM_IQ4_NLX(a, p, b)
-#define FIX_Q8_0X(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(128 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
+#define FIX_Q8_0X(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(block_offset(b, 128)));
 #define MIN_TERM_Q8_0X(a, p, b)
 #define FIX_Q4_1(i, b)
-#define FIX_Q4_0(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(8 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])));
+#define FIX_Q4_0(i, b) i = _mm256_sub_epi32(i, _mm256_set1_epi32(block_offset(b, 8)));
 #define FIX_Q8_0(i, b)
 #define MIN_TERM_Q4_1(a, p, b)                                                                                      \
     a = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((p) + 16))), _mm256_broadcast_ss(&(b)->ds), a);
@@ -1381,7 +1383,7 @@ static RK_VNNI void pack16_Q8_0X_8_vnni(float *out, size_t ldo, const uint8_t *p
         for (int r = 0; r < 8; r++) {
             const rk_q8_block *b = x + (size_t)r * ldx + k;
             __m512i i = _mm512_sub_epi32(_mm512_add_epi32(even[r], odd[r]),
-                                         _mm512_set1_epi32(128 * ((int)b->sum16[0] + (int)b->sum16[1])));
+                                         _mm512_set1_epi32(block_offset(b, 128)));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dw, _mm512_set1_ps(b->d)), acc[r]);
         }
     }
@@ -1750,7 +1752,7 @@ static inline RK_AVX2Q __m256 iq4_xs_scales8(const uint8_t *scales, int sb, __m2
 #define IQ4_XS_SUM_avx2(r, b) s[r][0]
 #define IQ4_XS_SUM_vnni(r, b)                                                                                       \
     _mm256_sub_epi32(_mm256_add_epi32(s[r][0], s[r][1]),                                                            \
-                     _mm256_set1_epi32(128 * ((int)(b)->sum16[0] + (int)(b)->sum16[1])))
+                     _mm256_set1_epi32(block_offset(b, 128)))
 #define PACK8_IQ4_XS_FUNCTION(SUFFIX, ATTR, R)                                                                      \
     static ATTR void pack8_IQ4_XS_##R##_##SUFFIX(float *out, size_t ldo, const uint8_t *p, const rk_q8_block *x,    \
                                                  size_t ldx, int nsb) {                                             \

@@ -66,13 +66,14 @@ public final class ServedModel {
 public enum ServerError: Error, CustomStringConvertible, Sendable {
     case badRequest(String)
     case notFound(String)
+    case conflict(String)
+    case tooLong(String)
+    case busy(String)
+
     /// A request naming neither the base nor a loaded adapter.
     static func unknownModel(_ name: String) -> ServerError {
         .notFound("no model or adapter named '\(name)' (see /v1/models)")
     }
-    case conflict(String)
-    case tooLong(String)
-    case busy(String)
 
     public var status: Int {
         switch self {
