@@ -87,6 +87,21 @@ struct LlamaTests {
             expectClose(try Tensor.concatenate(steps, axis: 1), full, atol: 1e-5, rtol: 1e-4, "cached vs full")
         }
     }
+
+    /// A cache filled by a batch of 2 is refused by name for a batch of 1 (it would have been copied into storage of
+    /// the other shape), and the cache is left as it was.
+    @Test func aCacheOfAnotherBatchIsRefused() throws {
+        let model = try Self.causalLM("llama-tiny")
+        try Autograd.withoutGradients {
+            let cache = KVCache(layers: model.layerCount)
+            _ = try model.logits(IntTensor(shape: [2, 3], values: [5, 17, 42, 3, 8, 60]), cache: cache)
+            #expect(cache.length == 3)
+            #expect { try model.logits(IntTensor(shape: [1, 1], values: [9]), cache: cache) } throws: {
+                "\($0)".contains("cannot take keys")
+            }
+            #expect(cache.length == 3)
+        }
+    }
 }
 
 /// PEFT adapters on a Llama (make_llama_fixtures.py): LoRA on every linear layer (PEFT's q_proj ... down_proj names),

@@ -191,9 +191,9 @@ public final class GPT2Block: Module {
         if let rowCaches {
             // One new position per row, each against its own cache (rows of a continuous batch).
             let a = try Tensor.attendingRowCaches(
-                query: qkv.slice(axis: 2, 0..<C), key: qkv.slice(axis: 2, C..<(2 * C)),
-                value: qkv.slice(axis: 2, (2 * C)..<(3 * C)), heads: heads, keyValueHeads: heads, angles: nil,
-                caches: rowCaches, scale: attentionScale)
+                query: (rows.map { try qkv.positions($0) } ?? qkv).slice(axis: 2, 0..<C),
+                key: qkv.slice(axis: 2, C..<(2 * C)), value: qkv.slice(axis: 2, (2 * C)..<(3 * C)), heads: heads,
+                keyValueHeads: heads, angles: nil, caches: rowCaches, scale: attentionScale)
             return try feedForward(x, attended: a)
         }
         var k = try qkv.slice(axis: 2, C..<(2 * C)).splittingHeads(heads)
@@ -433,7 +433,12 @@ public final class KVCache {
         /// changed.
         private func makeRoom(batch B: Int, heads NH: Int, headSize hs: Int, adding T: Int) throws {
             let rows = keys?.shape[2] ?? 0
-            if let keys, length + T <= rows, keys.shape[0] == B, keys.shape[1] == NH, keys.shape[3] == hs { return }
+            let sameShape = keys.map { $0.shape[0] == B && $0.shape[1] == NH && $0.shape[3] == hs } ?? false
+            if let keys, !sameShape, length > 0 {
+                throw ModelError.badInput(
+                    "a cache of \(length) positions shaped \(keys.shape) cannot take keys of [\(B), \(NH), _, \(hs)]")
+            }
+            if sameShape, length + T <= rows { return }
             let capacity = max(length + T, reserve, 2 * rows)
             var newKeys = try Tensor.zeros([B, NH, capacity, hs]), newValues = try Tensor.zeros([B, NH, capacity, hs])
             if let keys, let values, length > 0 {
