@@ -2005,13 +2005,12 @@ int rk_qmatmul_q8_packed8(float *out, const rk_q8_block *xq, const void *wp, int
         // Q8_0 with VNNI) or four rows at a time. Q4_1 and Q8_0 with VNNI: eight rows against two groups at a time while
         // there are a pair of groups and eight rows; each group of the pair then takes its remaining rows while its
         // weights are still in cache.
-        pack8_fn sixteen = !vnni ? NULL
-                           : type == RK_GGML_Q4_1 ? pack16_Q4_1_8_vnni
-                           : type == RK_GGML_Q8_0 ? pack16_Q8_0X_8_vnni
-                                                  : NULL;
         // Q8_0's pair of groups only from 16 rows: at 8 rows, where its weights stream from memory, the pair ran 13%
         // slower than one group at a time (`reins kernels --only "Q8_0 interleaved"`), at 64 rows 24% faster.
-        if (type == RK_GGML_Q8_0 && N < 16) sixteen = NULL;
+        pack8_fn sixteen = !vnni ? NULL
+                           : type == RK_GGML_Q4_1 ? pack16_Q4_1_8_vnni
+                           : type == RK_GGML_Q8_0 && N >= 16 ? pack16_Q8_0X_8_vnni
+                                                             : NULL;
         int g = group_begin, n8 = sixteen ? N - N % 8 : 0;
         for (; n8 > 0 && g + 2 <= group_end; g += 2) {
             const uint8_t *p = (const uint8_t *)wp + (size_t)g * gb;

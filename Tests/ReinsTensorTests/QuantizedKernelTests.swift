@@ -251,9 +251,9 @@ struct QuantizedKernelTests {
     /// activations all ±127 — come out exact on every instruction set (the AVX2 kernels sum a 4-bit block's products,
     /// each half of a 5-bit block's, a K sub-block's eight, four or two steps, in 16 bits), in the eight-row kernels and
     /// the smaller ones (17 rows: two passes of eight and one row; two groups of 8 weight rows, which VNNI takes side by
-    /// side for Q4_1 and, from 16 rows, Q8_0). Each type comes with its bits per value: a block is its scales followed by the values' bits (Q6_K
-    /// and Q3_K: the values first; Q2_K: between its scales and d), every one of which is set here (IQ4_NL, IQ4_XS and
-    /// Q3_K: all set or all clear, the grid's ends 113 and −127, Q3_K's 3 and −4).
+    /// side for Q4_1 and, from 16 rows, Q8_0). Each type comes with its bits per value: a block is its scales followed
+    /// by the values' bits (Q6_K and Q3_K: the values first; Q2_K: between its scales and d), every one of which is set
+    /// here (IQ4_NL, IQ4_XS and Q3_K: all set or all clear, the grid's ends 113 and −127, Q3_K's 3 and −4).
     @Test(arguments: [
         (GGMLType.q4_0, 4), (.q4_1, 4), (.q5_0, 5), (.q5_1, 5), (.q8_0, 8), (.q4_K, 4), (.q5_K, 5), (.q6_K, 6),
         (.iq4_NL, 4), (.iq4_XS, 4), (.q2_K, 2), (.q3_K, 3),
