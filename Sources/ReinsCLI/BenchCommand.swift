@@ -16,9 +16,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Only workloads whose name contains this text.") var only: String?
     @Option(help: ArgumentHelp(
         "The rows of the 'continuous batch mixed methods' workload instead of the load test's mix and one row of each.",
-        discussion: "Adapter names, comma-separated, repeats allowed: lora-a, lora-b (r 16 on every linear layer), lora-q (r 8 on q, v), ia3-a, ia3-b, prefix-a, prefix-b, prefix-c (92 virtual tokens)."))
+        discussion: "Adapter names, comma-separated, repeats allowed: base (no adapter), lora-a, lora-b (r 16 on every linear layer), lora-q (r 8 on q, v), ia3-a, ia3-b, prefix-a, prefix-b, prefix-c (92 virtual tokens)."))
     var mixedRows: String?
-    @Option(help: "The LoRA copies' precision in the 'continuous batch mixed methods' workload: half or int8 (as `reins serve --lora-precision`).")
+    @Option(help: "The LoRA copies' precision in the 'continuous batch mixed methods' workload: half, int8 or int4 (as `reins serve --lora-precision`).")
     var loraPrecision = "half"
 
     /// PEFT's default LoRA targets: r 8 on q, v.
@@ -66,7 +66,7 @@ struct BenchCommand: ParsableCommand {
 
     func validate() throws {
         guard LoRACopies.Precision(rawValue: loraPrecision) != nil else {
-            throw ValidationError("--lora-precision \(loraPrecision): half or int8")
+            throw ValidationError("--lora-precision \(loraPrecision): half, int8 or int4")
         }
     }
 
@@ -280,12 +280,13 @@ struct BenchCommand: ParsableCommand {
             }
         }
         // What `reins serve` runs: a continuous batch of 8 requests for 8 LoRA adapters (r 8 on q, v; or r 16 on every
-        // linear layer, as the demo's, read from half-precision or 8-bit copies as the server does), each with its own
+        // linear layer, as the demo's, read from half-precision, 8-bit or 4-bit copies as the server does), each with its own
         // cache, sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
         let loraKinds: [(label: String, config: LoRAConfig, precision: LoRACopies.Precision?)] = [
             ("r8 q,v", Self.loraQV, nil),
             ("r16 all linear, half-precision copies", Self.loraAllLinear, .half),
             ("r16 all linear, 8-bit copies", Self.loraAllLinear, .int8),
+            ("r16 all linear, 4-bit copies", Self.loraAllLinear, .int4),
         ]
         for (label, config, precision) in loraKinds {
         for rows in [1, 8] where selected("SmolLM2 GGUF Q4_1 continuous batch \(rows) LoRA \(label)") {
@@ -342,8 +343,8 @@ struct BenchCommand: ParsableCommand {
         if let given = self.mixedRows {
             let rows = given.split(separator: ",").map { String($0) }
             guard !rows.isEmpty else { throw ValidationError("--mixed-rows names no adapter") }
-            if let bad = rows.first(where: { r in !mix.contains { $0.name == r } }) {
-                throw ValidationError("--mixed-rows: no adapter '\(bad)' (there are \(mix.map(\.name).joined(separator: ", ")))")
+            if let bad = rows.first(where: { r in r != "base" && !mix.contains { $0.name == r } }) {
+                throw ValidationError("--mixed-rows: no adapter '\(bad)' (there are base, \(mix.map(\.name).joined(separator: ", ")))")
             }
             mixedRows = [rows]
         }
@@ -362,7 +363,8 @@ struct BenchCommand: ParsableCommand {
                 batch.loraCopies = copies
                 for (r, adapter) in rows.enumerated() {
                     let options = GenerationOptions(maxNewTokens: 34, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
-                    _ = try batch.add(prompt: Array(prompt.prefix(8 + r)), adapter: adapter, options: options)
+                    _ = try batch.add(
+                        prompt: Array(prompt.prefix(8 + r)), adapter: adapter == "base" ? nil : adapter, options: options)
                 }
                 let s = DispatchTime.now().uptimeNanoseconds
                 for _ in 0..<32 { _ = try batch.step() }

@@ -37,7 +37,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "The largest request body, in bytes.") var maxBody = 1 << 20
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel = "info"
     @Flag(help: "For a GGUF model: compute with the dequantized weights in float32.") var exact = false
-    @Option(help: "LoRA weights while decoding: int8 (8-bit copies with a scale per row: a quarter of the adapter bytes a step reads), half (copies in IEEE half precision: half the bytes), float (float32: each request's tokens those it gets alone), or auto: int8 over a GGUF file's quantized weights (whose own rounding moves the logits ~85x more), half otherwise.")
+    @Option(help: "LoRA weights while decoding: int4 (4-bit copies with a scale per group of 32: a sixth of the adapter bytes a step reads), int8 (8-bit copies with a scale per row: a quarter), half (copies in IEEE half precision: half the bytes), float (float32: each request's tokens those it gets alone), or auto: int8 over a GGUF file's quantized weights (whose own rounding moves the logits ~85x more), half otherwise.")
     var loraPrecision = "auto"
 
     func validate() throws {
@@ -48,7 +48,7 @@ struct ServeCommand: ParsableCommand {
             throw ValidationError("\(flag) must be positive, got \(v)")
         }
         guard ["auto", "float"].contains(loraPrecision) || LoRACopies.Precision(rawValue: loraPrecision) != nil else {
-            throw ValidationError("--lora-precision \(loraPrecision): auto, int8, half or float")
+            throw ValidationError("--lora-precision \(loraPrecision): auto, int4, int8, half or float")
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level \(logLevel): trace, debug, info, notice, warning, error or critical") }
     }

@@ -463,33 +463,62 @@ extension KernelWorkload {
     public static func loraRowsInt8(rows N: Int, inputs C: Int, outputs OC: Int, rank r: Int, copies: Int = 32) throws
         -> KernelWorkload
     {
+        try loraRowsInteger(bits: 8, rows: N, inputs: C, outputs: OC, rank: r, copies: copies)
+    }
+
+    /// The same update from 4-bit copies (`rk_lora_rows_q4`: A and Bᵀ in 4-bit integers, a scale per group of 32).
+    public static func loraRowsInt4(rows N: Int, inputs C: Int, outputs OC: Int, rank r: Int, copies: Int = 32) throws
+        -> KernelWorkload
+    {
+        try loraRowsInteger(bits: 4, rows: N, inputs: C, outputs: OC, rank: r, copies: copies)
+    }
+
+    /// `rk_lora_rows_q8` (`bits` 8) or `rk_lora_rows_q4` (4) over `copies` sets of random integers and scales.
+    private static func loraRowsInteger(bits: Int, rows N: Int, inputs C: Int, outputs OC: Int, rank r: Int, copies: Int)
+        throws -> KernelWorkload
+    {
         guard N > 0, C > 0, OC > 0, r > 0, copies > 0 else {
             throw TensorError.invalidArgument(
-                operation: "KernelWorkload.loraRowsInt8", detail: "\(N) rows, \(C) -> \(OC), rank \(r) x \(copies)")
+                operation: "KernelWorkload.loraRowsInt\(bits)", detail: "\(N) rows, \(C) -> \(OC), rank \(r) x \(copies)")
         }
         let adapters = N * copies
+        // Per rank row: 8 bits, `width` bytes and one scale; 4 bits, 16 bytes (32 values) and one scale per group.
+        let bytes = { (width: Int) in bits == 8 ? width : (width + 31) / 32 * 16 }
+        let scalesPerRow = { (width: Int) in bits == 8 ? 1 : (width + 31) / 32 }
         var rng = SeededGenerator(seed: 35)
-        let tables = AdapterTables<Int8>(
-            a: (0..<(adapters * r * C)).map { _ in Int8(truncatingIfNeeded: Int(rng.next() % 255) - 127) },
-            b: (0..<(adapters * r * OC)).map { _ in Int8(truncatingIfNeeded: Int(rng.next() % 255) - 127) },
-            rows: N, copies: copies, aStride: r * C, bStride: r * OC)
+        // Integers as stored: 8 bits, -127...127; 4 bits, two nibbles of 1...15 (-7...7 plus 8).
+        let random = { (rng: inout SeededGenerator) -> UInt8 in
+            bits == 8
+                ? UInt8(bitPattern: Int8(Int(rng.next() % 255) - 127))
+                : UInt8(rng.next() % 15 + 1) | UInt8(rng.next() % 15 + 1) << 4
+        }
+        let tables = AdapterTables<UInt8>(
+            a: (0..<(adapters * r * bytes(C))).map { _ in random(&rng) },
+            b: (0..<(adapters * r * bytes(OC))).map { _ in random(&rng) },
+            rows: N, copies: copies, aStride: r * bytes(C), bStride: r * bytes(OC))
         let scaleTables = AdapterTables<Float>(
-            a: (0..<(adapters * r)).map { _ in rng.nextUniform() * 1e-3 },
-            b: (0..<(adapters * r)).map { _ in rng.nextUniform() * 1e-3 },
-            rows: N, copies: copies, aStride: r, bStride: r)
+            a: (0..<(adapters * r * scalesPerRow(C))).map { _ in rng.nextUniform() * 1e-3 },
+            b: (0..<(adapters * r * scalesPerRow(OC))).map { _ in rng.nextUniform() * 1e-3 },
+            rows: N, copies: copies, aStride: r * scalesPerRow(C), bStride: r * scalesPerRow(OC))
         let x = try Tensor.normal([N, C], seed: 34).scalars
         let ranks = [Int32](repeating: Int32(r), count: N), scales = [Float](repeating: 2, count: N)
         var y = [Float](repeating: 0, count: N * OC), work = [Float](repeating: 0, count: r)
         func update(_ y: inout [Float], copy c: Int, reference: Bool) {
             let (ap, bp, sa, sb) = (tables.a[c], tables.b[c], scaleTables.a[c], scaleTables.b[c])
-            if reference {
-                rk_lora_rows_q8_ref(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, sa, bp, sb, ranks, scales, &work)
+            let (n, t, i, o) = (Int32(N), Int32(1), Int32(C), Int32(OC))
+            if bits == 4 {
+                let f = reference ? rk_lora_rows_q4_ref : rk_lora_rows_q4
+                f(&y, x, n, t, i, o, ap, sa, bp, sb, ranks, scales, &work)
             } else {
-                rk_lora_rows_q8(&y, x, Int32(N), 1, Int32(C), Int32(OC), ap, sa, bp, sb, ranks, scales, &work)
+                // The bytes read as the signed integers they are.
+                let (sap, sbp) = (ap.map { $0.map { UnsafeRawPointer($0).assumingMemoryBound(to: Int8.self) } },
+                                  bp.map { $0.map { UnsafeRawPointer($0).assumingMemoryBound(to: Int8.self) } })
+                let f = reference ? rk_lora_rows_q8_ref : rk_lora_rows_q8
+                f(&y, x, n, t, i, o, sap, sa, sbp, sb, ranks, scales, &work)
             }
         }
         return KernelWorkload(
-            name: "LoRA rows int8 \(N)x\(C) -> \(OC) r\(r), one thread",
+            name: "LoRA rows int\(bits) \(N)x\(C) -> \(OC) r\(r), one thread",
             flops: 2.0 * Double(N * r * (C + OC) * copies), tolerance: 1e-4,
             verify: {
                 var fast = [Float](repeating: 0, count: N * OC), reference = fast
@@ -550,13 +579,14 @@ extension KernelWorkload {
         }
         list.append(("LoRA rows half", { try loraRowsHalf(rows: 8, inputs: 576, outputs: 1536, rank: 16) }))
         list.append(("LoRA rows int8", { try loraRowsInt8(rows: 8, inputs: 576, outputs: 1536, rank: 16) }))
+        list.append(("LoRA rows int4", { try loraRowsInt4(rows: 8, inputs: 576, outputs: 1536, rank: 16) }))
         return list
     }()
 }
 
 /// Adapter weights (half precision, 8-bit integers or their scales) in memory of their own, with each copy's table of
-/// per-row pointers into them (what `rk_lora_rows_f16` and `rk_lora_rows_q8` take), so that a timed loop passes tables
-/// instead of building them.
+/// per-row pointers into them (what `rk_lora_rows_f16`, `rk_lora_rows_q8` and `rk_lora_rows_q4` take), so that a
+/// timed loop passes tables instead of building them.
 private final class AdapterTables<E> {
     private let storage: [UnsafeMutableBufferPointer<E>]
     let a: [[UnsafePointer<E>?]], b: [[UnsafePointer<E>?]]

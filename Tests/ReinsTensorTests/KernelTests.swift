@@ -398,14 +398,15 @@ struct KernelTests: PerInstructionSet {
     }
 
     /// The mixed-adapter LoRA update (each row its own A, B, rank and scale; a row without an adapter untouched), with
-    /// float32 weights, half-precision ones with B transposed and 8-bit ones with B transposed and a scale per row of A
-    /// and of Bᵀ (a server's copies): against its scalar reference and against the products of the weights' values
-    /// written out in Double; ranks below, at, twice and above one vector (8), output widths that are not multiples of
-    /// 8 and inputs not of 16.
-    @Test(arguments: instructionSets, ["float", "half", "int8"])
+    /// float32 weights, half-precision ones with B transposed, 8-bit ones with B transposed and a scale per row of A
+    /// and of Bᵀ, and 4-bit ones in groups of 32 with a scale per group (a server's copies): against its scalar
+    /// reference and against the products of the weights' values written out in Double; ranks below, at, twice and
+    /// above one vector (8), output widths that are not multiples of 8 and inputs not of 16; for 4 bits, A's rows of
+    /// three whole groups (an odd count) and a partial one, Bᵀ's of whole groups.
+    @Test(arguments: instructionSets, ["float", "half", "int8", "int4"])
     func loraRowsMatchReference(isa: Int32, precision: String) {
         with(isa) {
-            let (rows, T, inp, out) = (5, 2, 45, 23)
+            let (rows, T, inp, out) = precision == "int4" ? (5, 2, 109, 64) : (5, 2, 45, 23)
             let ranks: [Int32] = [3, 8, 0, 17, 16]  // row 2 has no adapter
             let scales: [Float] = [0.5, 1.5, 0, 2, 0.75]
             let As = ranks.enumerated().map { randomFloats(Int($0.element) * inp, seed: UInt64(170 + $0.offset)) }
@@ -421,6 +422,27 @@ struct KernelTests: PerInstructionSet {
             var Aq3 = Aq
             for k in 0..<inp { Aq3[3][k] = 0 }
             As8[3][0] = 0
+            // 4-bit: nibbles of 0...15 (-8...7), a scale per group of 32 (4 groups of A's rows, the last of 13; 2 of
+            // Bᵀ's), and the value each stands for, row-major.
+            let (gin, gout) = ((inp + 31) / 32, (out + 31) / 32)
+            let nibbles = { (r: Int32, width: Int) in (0..<(Int(r) * width)).map { _ in Int(generator.next() % 16) } }
+            let (An, Bn) = (ranks.map { nibbles($0, inp) }, ranks.map { nibbles($0, out) })
+            let As4 = ranks.map { r in (0..<(Int(r) * gin)).map { _ in Float(generator.nextUniform()) * 0.1 + 1e-3 } }
+            let Bs4 = ranks.map { r in (0..<(Int(r) * gout)).map { _ in Float(generator.nextUniform()) * 0.1 + 1e-3 } }
+            // Packed: groups of 16 bytes, element i of a group in byte i % 16's low (i < 16) or high nibble; A's
+            // groups row by row, Bᵀ's group by group (rank row j's group g at g·rank + j), as are their scales.
+            func group(_ j: Int, _ g: Int, _ groups: Int, _ rank: Int, isA: Bool) -> Int { isA ? j * groups + g : g * rank + j }
+            func packed(_ n: [Int], _ width: Int, _ groups: Int, isA: Bool) -> [UInt8] {
+                let rank = n.count / width
+                var bytes = [UInt8](repeating: 0x88, count: rank * groups * 16)
+                for (e, v) in n.enumerated() {
+                    let (j, k) = (e / width, e % width)
+                    let byte = group(j, k / 32, groups, rank, isA: isA) * 16 + k % 16
+                    bytes[byte] = k % 32 < 16 ? (bytes[byte] & 0xF0) | UInt8(v) : (bytes[byte] & 0x0F) | UInt8(v) << 4
+                }
+                return bytes
+            }
+            let (Ap, Bp) = (An.map { packed($0, inp, gin, isA: true) }, Bn.map { packed($0, out, gout, isA: false) })
             let x = randomFloats(rows * T * inp, seed: 190), y0 = randomFloats(rows * T * out, seed: 191)
             var y = y0, yr = y0, work = [Float](repeating: 0, count: 17), workr = work
             // Double: the values the kernel reads (half-rounded for half, integer times its row's scale for int8), B
@@ -431,6 +453,10 @@ struct KernelTests: PerInstructionSet {
                 case "int8":
                     let (q, s, width) = isA ? (Aq3[row], As8[row], inp) : (Bq[row], Bs8[row], out)
                     return q.indices.map { Double(q[$0]) * Double(s[$0 / width]) }
+                case "int4":
+                    let (n, s, width, groups) = isA ? (An[row], As4[row], inp, gin) : (Bn[row], Bs4[row], out, gout)
+                    let at = { (e: Int) in group(e / width, e % width / 32, groups, n.count / width, isA: isA) }
+                    return n.indices.map { Double(n[$0] - 8) * Double(s[at($0)]) }
                 default: return (isA ? As[row] : Bs[row]).map(Double.init)
                 }
             }
@@ -468,6 +494,15 @@ struct KernelTests: PerInstructionSet {
                         Bs8.withPointers { sb in
                             rk_lora_rows_q8(&y, x, n, ti, ci, co, ap, sa, bp, sb, ranks, scales, &work)
                             rk_lora_rows_q8_ref(&yr, x, n, ti, ci, co, ap, sa, bp, sb, ranks, scales, &workr)
+                        }
+                    }
+                }
+            case "int4":
+                run(Ap, Bp) { ap, bp in
+                    As4.withPointers { sa in
+                        Bs4.withPointers { sb in
+                            rk_lora_rows_q4(&y, x, n, ti, ci, co, ap, sa, bp, sb, ranks, scales, &work)
+                            rk_lora_rows_q4_ref(&yr, x, n, ti, ci, co, ap, sa, bp, sb, ranks, scales, &workr)
                         }
                     }
                 }

@@ -311,7 +311,7 @@ struct MixedBatchTests {
     }
 
     /// A routed batch reading LoRA weights from copies (half precision; 8-bit integers with a scale per row of A and
-    /// of Bᵀ) equals the float path over the weights rounded as the copies store them (so the copies are what is read,
+    /// of Bᵀ; 4-bit ones with a scale per group of 32 along those rows) equals the float path over the weights rounded as the copies store them (so the copies are what is read,
     /// and read whole), differs from the unrounded weights by more (the rounding shows), leaves rows without a LoRA as
     /// they were, and after `removeAll` reads changed weights anew. Only the LoRAs the row kernel reads are copied (a
     /// DoRA row is computed in float32, its LoRAs not copied).
@@ -337,15 +337,19 @@ struct MixedBatchTests {
         #expect(copies.count == loras.count, "the plain LoRAs' copies, none of DoRA's (\(copies.count) of \(loras.count))")
         let saved = loras.map { ($0.a.value, $0.b.value) }
         // Half: each value rounded. 8-bit: A's rows ([rank, in]) and B's columns (Bᵀ's rows), each on a grid of
-        // 255 steps spanning its largest magnitude.
+        // 255 steps spanning its largest magnitude. 4-bit: each run of 32 along those rows on a grid of 15 steps.
         func rounded(_ t: Tensor, perColumn: Bool) throws -> Tensor {
             var v = t.scalars
-            guard precision == .int8 else { return try Tensor(shape: t.shape, values: v.map { rk_half_to_float(rk_float_to_half($0)) }) }
+            guard precision != .half else { return try Tensor(shape: t.shape, values: v.map { rk_half_to_float(rk_float_to_half($0)) }) }
             let (n, m) = (t.shape[0], t.count / t.shape[0])
             let lines = perColumn ? (0..<m).map { j in (0..<n).map { $0 * m + j } } : (0..<n).map { i in (0..<m).map { i * m + $0 } }
+            let (width, levels): (Int, Float) = precision == .int4 ? (32, 7) : (Int.max, 127)
             for line in lines {
-                let step = line.map { abs(v[$0]) }.max()! / 127
-                for i in line where step > 0 { v[i] = (v[i] / step).rounded() * step }
+                for start in stride(from: 0, to: line.count, by: min(width, line.count)) {
+                    let group = line[start..<min(line.count, start + width)]
+                    let step = group.map { abs(v[$0]) }.max()! / levels
+                    for i in group where step > 0 { v[i] = (v[i] / step).rounded() * step }
+                }
             }
             return try Tensor(shape: t.shape, values: v)
         }
@@ -374,11 +378,12 @@ struct MixedBatchTests {
         #expect(try run(copies) != copied)
     }
 
-    /// 8-bit copies of weights that are not ordinary numbers, made without a trap: an infinity in one LoRA's A (its
-    /// row's logits are then not finite, as float32's are: the copy's row reads as NaN), and another LoRA's B of
-    /// subnormal magnitudes, whose step is rounded so coarsely that quotients pass 127 (clamped). The row without an
-    /// adapter stays finite.
-    @Test func int8CopiesOfUnusualWeights() throws {
+    /// 8-bit and 4-bit copies of weights that are not ordinary numbers, made without a trap: an infinity in one
+    /// LoRA's A (its row's logits are then not finite, as float32's are: the copy's row reads as NaN), and another
+    /// LoRA's B of subnormal magnitudes, whose step is rounded so coarsely that quotients pass 127 or 7 (clamped). The
+    /// row without an adapter stays finite.
+    @Test(arguments: [LoRACopies.Precision.int8, .int4])
+    func integerCopiesOfUnusualWeights(precision: LoRACopies.Precision) throws {
         let (model, _) = try Self.adapted("llama-tiny")
         let loras = model.namedModules().compactMap { ($0.module as? Linear)?.loras["lora"] }
         let subnormal = model.namedModules().compactMap { ($0.module as? Linear)?.loras["lora-r3"] }
@@ -394,7 +399,7 @@ struct MixedBatchTests {
         }
         let routing: [String?] = ["lora", nil, "lora-r3"]
         let ids = try IntTensor(shape: [3, 4], values: (0..<12).map { Int32(3 + $0 * 5 % 40) })
-        let copies = LoRACopies(precision: .int8)
+        let copies = LoRACopies(precision: precision)
         func run(_ copies: LoRACopies?) throws -> [Float] {
             try Autograd.withoutGradients {
                 try model.withAdapters(perRow: routing) {

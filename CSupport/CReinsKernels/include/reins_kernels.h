@@ -246,6 +246,18 @@ void rk_lora_rows_q8(float *y, const float *x, int rows, int T, int in, int out,
 void rk_lora_rows_q8_ref(float *y, const float *x, int rows, int T, int in, int out, const int8_t *const *a,
                          const float *const *a_scale, const int8_t *const *bt, const float *const *bt_scale,
                          const int *rank, const float *scale, float *work);
+// And with A and Bᵀ in 4-bit integers in groups of 32 along each row, each group with a float scale: a row of width
+// n is ceil(n/32) groups of 16 bytes, byte i of a group holding its element i in the low nibble and element i + 16 in
+// the high one, each nibble the integer plus 8 (-7...7 as stored; a partial last group padded with 8s). A's groups go
+// row by row (row j's group g is group j·ceil(in/32) + g, its scale a_scale[row][j·ceil(in/32) + g]), Bᵀ's group by
+// group (rank row j's group g is group g·rank + j, its scale bt_scale[row][g·rank + j]): a group of 32 outputs reads
+// one run of bytes.
+void rk_lora_rows_q4(float *y, const float *x, int rows, int T, int in, int out, const uint8_t *const *a,
+                     const float *const *a_scale, const uint8_t *const *bt, const float *const *bt_scale,
+                     const int *rank, const float *scale, float *work);
+void rk_lora_rows_q4_ref(float *y, const float *x, int rows, int T, int in, int out, const uint8_t *const *a,
+                         const float *const *a_scale, const uint8_t *const *bt, const float *const *bt_scale,
+                         const int *rank, const float *scale, float *work);
 // ---- products with many rows (gemm.c) ----
 // C (M,N) = [C +] A (M,K) · op(B), op(B) = B stored (K,N), or Bᵀ with B stored (N,K) when b_transposed; row-major,
 // rows ldc, lda, ldb floats apart. Writes only rows [row_begin, row_end) of the 48-column panels

@@ -379,6 +379,11 @@ extension Linear {
                             var (sa, sb) = (w.aScales, w.bScales)
                             rk_lora_rows_q8(
                                 y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &sa, &b, &sb, &rank, &scale, scratch)
+                        case .int4:
+                            var (a, b) = (Optional(w.a.assumingMemoryBound(to: UInt8.self)), Optional(w.b.assumingMemoryBound(to: UInt8.self)))
+                            var (sa, sb) = (w.aScales, w.bScales)
+                            rk_lora_rows_q4(
+                                y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &sa, &b, &sb, &rank, &scale, scratch)
                         case nil:
                             var (a, b) = (Optional(w.a.assumingMemoryBound(to: Float.self)), Optional(w.b.assumingMemoryBound(to: Float.self)))
                             rk_lora_rows(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &b, &rank, &scale, scratch)
@@ -392,7 +397,7 @@ extension Linear {
 
 /// Reduced-precision copies of LoRA weights for serving: a batch routed with them (``ContinuousBatch/loraCopies``)
 /// reads each LoRA's A and B from its copy — half the bytes a decoding step reads for adapters in half precision, a
-/// quarter in 8-bit integers — which is what a step with many large LoRAs waits on. A copy is made the first time a
+/// quarter in 8-bit integers, a sixth in 4-bit groups — which is what a step with many large LoRAs waits on. A copy is made the first time a
 /// batch reads the LoRA and is of its weights as they were then: after changing a LoRA's weights, ``removeAll()``.
 public final class LoRACopies: @unchecked Sendable {
     /// How a copy stores the weights.
@@ -402,12 +407,18 @@ public final class LoRACopies: @unchecked Sendable {
         /// 8-bit integers with a float scale per row of A and of Bᵀ (symmetric: the row's largest magnitude is 127;
         /// nearest): each weight within 1/254 of its row's largest magnitude.
         case int8
+        /// 4-bit integers in groups of 32 along each row of A and of Bᵀ, a float scale per group (symmetric: the
+        /// group's largest magnitude is 7; nearest): each weight within 1/14 of its group's largest magnitude, as
+        /// coarse as a 4-bit base's own weights (about 5/8 of the 8-bit copies' bytes).
+        case int4
     }
 
     final class Copy {
         let lora: LoRA  // held, so that its identity is not reused while the copy lives
         /// A `[rank, in]` and B transposed, `[rank, out]` (the kernels' layout), as `precision` stores them; for 8-bit
-        /// integers, each row's scale after its rows (`rank` floats past `rank·in`, past `rank·out`).
+        /// integers, each row's scale after its rows (`rank` floats past `rank·in`, past `rank·out`); for 4-bit ones,
+        /// groups of 32 (16 bytes each: A's row by row, Bᵀ's group by group, `rk_lora_rows_q4`'s layout), then each
+        /// group's scale in the same order.
         let a: UnsafeMutableRawPointer, b: UnsafeMutableRawPointer
         let weights: LoRARowWeights
 
@@ -419,11 +430,11 @@ public final class LoRACopies: @unchecked Sendable {
                 let v = t.storage.pointer
                 let (n, m) = (t.shape[0], t.count / max(t.shape[0], 1))
                 let (rows, columns) = transposed ? (m, n) : (n, m)
-                let at = { (i: Int, j: Int) in transposed ? v[j * m + i] : v[i * columns + j] }
+                let value = { (i: Int, j: Int) in transposed ? v[j * m + i] : v[i * columns + j] }
                 switch precision {
                 case .half:
                     let p = UnsafeMutablePointer<UInt16>.allocate(capacity: max(rows * columns, 1))
-                    for i in 0..<rows { for j in 0..<columns { p[i * columns + j] = rk_float_to_half(at(i, j)) } }
+                    for i in 0..<rows { for j in 0..<columns { p[i * columns + j] = rk_float_to_half(value(i, j)) } }
                     return (UnsafeMutableRawPointer(p), nil)
                 case .int8:
                     let count = rows * columns
@@ -434,23 +445,48 @@ public final class LoRACopies: @unchecked Sendable {
                     // The scales start at the first float boundary after the integers.
                     let offset = (count + MemoryLayout<Float>.stride - 1) / MemoryLayout<Float>.stride
                     let scales = (raw + offset * MemoryLayout<Float>.stride).bindMemory(to: Float.self, capacity: rows)
+                    for i in 0..<rows { scales[i] = onGrid(i, 0..<columns, levels: 127) { q[i * columns + $0] = Int8($1) } }
+                    return (raw, UnsafePointer(scales))
+                case .int4:
+                    let groups = (columns + 31) / 32
+                    let bytes = rows * groups * 16
+                    let raw = UnsafeMutableRawPointer.allocate(
+                        byteCount: bytes + MemoryLayout<Float>.stride * (rows * groups + 1),
+                        alignment: MemoryLayout<Float>.alignment)
+                    let q = raw.bindMemory(to: UInt8.self, capacity: bytes)
+                    q.initialize(repeating: 0x88, count: bytes)  // a partial group's padding reads as zeros
+                    let offset = (bytes + MemoryLayout<Float>.stride - 1) / MemoryLayout<Float>.stride
+                    let scales = (raw + offset * MemoryLayout<Float>.stride).bindMemory(
+                        to: Float.self, capacity: rows * groups)
+                    // A's groups row by row; Bᵀ's group by group (all rank rows' group g, then g + 1: the kernel
+                    // adds a group of outputs from one run of bytes).
+                    let index = { (i: Int, g: Int) in transposed ? g * rows + i : i * groups + g }
                     for i in 0..<rows {
-                        var (largest, finite) = (Float(0), true)
-                        for j in 0..<columns {
-                            let m = abs(at(i, j))
-                            finite = finite && m.isFinite
-                            largest = max(largest, m)
-                        }
-                        // A row with an infinity or NaN reads as NaN (as its float32 update would be), not as a trap.
-                        let step = finite ? largest / 127 : .nan
-                        scales[i] = step
-                        for j in 0..<columns {
-                            // Clamped: a subnormal step is rounded coarsely, and the quotient may pass 127.
-                            let v = finite && step > 0 ? max(-127, min(127, (at(i, j) / step).rounded())) : 0
-                            q[i * columns + j] = Int8(v)
+                        for g in 0..<groups {
+                            scales[index(i, g)] = onGrid(i, (g * 32)..<min(columns, g * 32 + 32), levels: 7) { j, v in
+                                let (byte, code) = (index(i, g) * 16 + j % 16, UInt8(v + 8))
+                                q[byte] = j % 32 < 16 ? (q[byte] & 0xF0) | code : (q[byte] & 0x0F) | code << 4
+                            }
                         }
                     }
                     return (raw, UnsafePointer(scales))
+                }
+                // Row i's values in `span` on a symmetric grid of `levels` steps each way spanning their largest
+                // magnitude (nearest), each integer given to `put` with its column; returns the step. A span with an
+                // infinity or NaN reads as NaN (as its float32 update would be), not as a trap; quotients are
+                // clamped (a subnormal step is rounded coarsely, and a quotient may pass `levels`).
+                func onGrid(_ i: Int, _ span: Range<Int>, levels: Float, _ put: (Int, Int) -> Void) -> Float {
+                    var (largest, finite) = (Float(0), true)
+                    for j in span {
+                        let m = abs(value(i, j))
+                        finite = finite && m.isFinite
+                        largest = max(largest, m)
+                    }
+                    let step = finite ? largest / levels : .nan
+                    for j in span {
+                        put(j, Int(finite && step > 0 ? max(-levels, min(levels, (value(i, j) / step).rounded())) : 0))
+                    }
+                    return step
                 }
             }
             let ((a, aScales), (b, bScales)) = withExtendedLifetime(lora) {
