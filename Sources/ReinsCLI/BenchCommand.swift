@@ -280,8 +280,8 @@ struct BenchCommand: ParsableCommand {
             }
         }
         // What `reins serve` runs: a continuous batch of 8 requests for 8 LoRA adapters (r 8 on q, v; or r 16 on every
-        // linear layer, as the demo's, read from half-precision, 8-bit or 4-bit copies as the server does), each with its own
-        // cache, sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
+        // linear layer, as the demo's, read from half-precision, 8-bit or 4-bit copies as the server does), each with
+        // its own cache, sampled at temperature 0.7; one decoding step's time with all 8 running, and with 1.
         let loraKinds: [(label: String, config: LoRAConfig, precision: LoRACopies.Precision?)] = [
             ("r8 q,v", Self.loraQV, nil),
             ("r16 all linear, half-precision copies", Self.loraAllLinear, .half),
@@ -363,8 +363,8 @@ struct BenchCommand: ParsableCommand {
                 batch.loraCopies = copies
                 for (r, adapter) in rows.enumerated() {
                     let options = GenerationOptions(maxNewTokens: 34, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
-                    _ = try batch.add(
-                        prompt: Array(prompt.prefix(8 + r)), adapter: adapter == "base" ? nil : adapter, options: options)
+                    let name = adapter == "base" ? nil : adapter
+                    _ = try batch.add(prompt: Array(prompt.prefix(8 + r)), adapter: name, options: options)
                 }
                 let s = DispatchTime.now().uptimeNanoseconds
                 for _ in 0..<32 { _ = try batch.step() }

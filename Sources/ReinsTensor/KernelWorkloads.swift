@@ -474,12 +474,13 @@ extension KernelWorkload {
     }
 
     /// `rk_lora_rows_q8` (`bits` 8) or `rk_lora_rows_q4` (4) over `copies` sets of random integers and scales.
-    private static func loraRowsInteger(bits: Int, rows N: Int, inputs C: Int, outputs OC: Int, rank r: Int, copies: Int)
-        throws -> KernelWorkload
-    {
+    private static func loraRowsInteger(
+        bits: Int, rows N: Int, inputs C: Int, outputs OC: Int, rank r: Int, copies: Int
+    ) throws -> KernelWorkload {
         guard N > 0, C > 0, OC > 0, r > 0, copies > 0 else {
             throw TensorError.invalidArgument(
-                operation: "KernelWorkload.loraRowsInt\(bits)", detail: "\(N) rows, \(C) -> \(OC), rank \(r) x \(copies)")
+                operation: "KernelWorkload.loraRowsInt\(bits)",
+                detail: "\(N) rows, \(C) -> \(OC), rank \(r) x \(copies)")
         }
         let adapters = N * copies
         // Per rank row: 8 bits, `width` bytes and one scale; 4 bits, 16 bytes (32 values) and one scale per group.

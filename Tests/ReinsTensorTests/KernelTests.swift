@@ -431,7 +431,9 @@ struct KernelTests: PerInstructionSet {
             let Bs4 = ranks.map { r in (0..<(Int(r) * gout)).map { _ in Float(generator.nextUniform()) * 0.1 + 1e-3 } }
             // Packed: groups of 16 bytes, element i of a group in byte i % 16's low (i < 16) or high nibble; A's
             // groups row by row, Bᵀ's group by group (rank row j's group g at g·rank + j), as are their scales.
-            func group(_ j: Int, _ g: Int, _ groups: Int, _ rank: Int, isA: Bool) -> Int { isA ? j * groups + g : g * rank + j }
+            func group(_ j: Int, _ g: Int, _ groups: Int, _ rank: Int, isA: Bool) -> Int {
+                isA ? j * groups + g : g * rank + j
+            }
             func packed(_ n: [Int], _ width: Int, _ groups: Int, isA: Bool) -> [UInt8] {
                 let rank = n.count / width
                 var bytes = [UInt8](repeating: 0x88, count: rank * groups * 16)

@@ -311,9 +311,10 @@ struct MixedBatchTests {
     }
 
     /// A routed batch reading LoRA weights from copies (half precision; 8-bit integers with a scale per row of A and
-    /// of Bᵀ; 4-bit ones with a scale per group of 32 along those rows) equals the float path over the weights rounded as the copies store them (so the copies are what is read,
-    /// and read whole), differs from the unrounded weights by more (the rounding shows), leaves rows without a LoRA as
-    /// they were, and after `removeAll` reads changed weights anew. Only the LoRAs the row kernel reads are copied (a
+    /// of Bᵀ; 4-bit ones with a scale per group of 32 along those rows) equals the float path over the weights rounded
+    /// as the copies store them (so the copies are what is read, and read whole), differs from the unrounded weights
+    /// by more (the rounding shows), leaves rows without a LoRA as they were, and after `removeAll` reads changed
+    /// weights anew. Only the LoRAs the row kernel reads are copied (a
     /// DoRA row is computed in float32, its LoRAs not copied).
     @Test(arguments: ["gpt2-lm", "llama-tiny"], LoRACopies.Precision.allCases)
     func loraCopiesAreTheRoundedWeights(family: String, precision: LoRACopies.Precision) throws {
@@ -340,7 +341,9 @@ struct MixedBatchTests {
         // 255 steps spanning its largest magnitude. 4-bit: each run of 32 along those rows on a grid of 15 steps.
         func rounded(_ t: Tensor, perColumn: Bool) throws -> Tensor {
             var v = t.scalars
-            guard precision != .half else { return try Tensor(shape: t.shape, values: v.map { rk_half_to_float(rk_float_to_half($0)) }) }
+            guard precision != .half else {
+                return try Tensor(shape: t.shape, values: v.map { rk_half_to_float(rk_float_to_half($0)) })
+            }
             let (n, m) = (t.shape[0], t.count / t.shape[0])
             let lines = perColumn ? (0..<m).map { j in (0..<n).map { $0 * m + j } } : (0..<n).map { i in (0..<m).map { i * m + $0 } }
             let (width, levels): (Int, Float) = precision == .int4 ? (32, 7) : (Int.max, 127)

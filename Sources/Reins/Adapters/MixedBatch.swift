@@ -380,10 +380,11 @@ extension Linear {
                             rk_lora_rows_q8(
                                 y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &sa, &b, &sb, &rank, &scale, scratch)
                         case .int4:
-                            var (a, b) = (Optional(w.a.assumingMemoryBound(to: UInt8.self)), Optional(w.b.assumingMemoryBound(to: UInt8.self)))
+                            var a = Optional(w.a.assumingMemoryBound(to: UInt8.self))
+                            var b = Optional(w.b.assumingMemoryBound(to: UInt8.self))
                             var (sa, sb) = (w.aScales, w.bScales)
-                            rk_lora_rows_q4(
-                                y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &sa, &b, &sb, &rank, &scale, scratch)
+                            let (t, i, o) = (Int32(T), Int32(inputs), Int32(outputs))
+                            rk_lora_rows_q4(y, x, 1, t, i, o, &a, &sa, &b, &sb, &rank, &scale, scratch)
                         case nil:
                             var (a, b) = (Optional(w.a.assumingMemoryBound(to: Float.self)), Optional(w.b.assumingMemoryBound(to: Float.self)))
                             rk_lora_rows(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &b, &rank, &scale, scratch)
@@ -397,8 +398,8 @@ extension Linear {
 
 /// Reduced-precision copies of LoRA weights for serving: a batch routed with them (``ContinuousBatch/loraCopies``)
 /// reads each LoRA's A and B from its copy — half the bytes a decoding step reads for adapters in half precision, a
-/// quarter in 8-bit integers, a sixth in 4-bit groups — which is what a step with many large LoRAs waits on. A copy is made the first time a
-/// batch reads the LoRA and is of its weights as they were then: after changing a LoRA's weights, ``removeAll()``.
+/// quarter in 8-bit integers, a sixth in 4-bit groups. A copy is made the first time a batch reads the LoRA and is of
+/// its weights as they were then: after changing a LoRA's weights, ``removeAll()``.
 public final class LoRACopies: @unchecked Sendable {
     /// How a copy stores the weights.
     public enum Precision: String, Sendable, CaseIterable {
@@ -445,7 +446,9 @@ public final class LoRACopies: @unchecked Sendable {
                     // The scales start at the first float boundary after the integers.
                     let offset = (count + MemoryLayout<Float>.stride - 1) / MemoryLayout<Float>.stride
                     let scales = (raw + offset * MemoryLayout<Float>.stride).bindMemory(to: Float.self, capacity: rows)
-                    for i in 0..<rows { scales[i] = onGrid(i, 0..<columns, levels: 127) { q[i * columns + $0] = Int8($1) } }
+                    for i in 0..<rows {
+                        scales[i] = onGrid(i, 0..<columns, levels: 127) { q[i * columns + $0] = Int8($1) }
+                    }
                     return (raw, UnsafePointer(scales))
                 case .int4:
                     let groups = (columns + 31) / 32
