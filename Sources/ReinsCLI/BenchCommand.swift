@@ -16,7 +16,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Only workloads whose name contains this text.") var only: String?
     @Option(help: ArgumentHelp(
         "The rows of the 'continuous batch mixed methods' workload instead of the load test's mix and one row of each.",
-        discussion: "Adapter names, comma-separated, repeats allowed: base (no adapter), lora-a, lora-b (r 16 on every linear layer), lora-q (r 8 on q, v), ia3-a, ia3-b, prefix-a, prefix-b, prefix-c (92 virtual tokens)."))
+        discussion: "Adapter names, comma-separated, repeats allowed: base (no adapter), lora-a, lora-b, ..., lora-h (r 16 on every linear layer), lora-q (r 8 on q, v), ia3-a, ia3-b, prefix-a, prefix-b, prefix-c (92 virtual tokens)."))
     var mixedRows: String?
     @Option(help: "The LoRA copies' precision in the 'continuous batch mixed methods' workload: half, int8 or int4 (as `reins serve --lora-precision`).")
     var loraPrecision = "half"
@@ -340,11 +340,14 @@ struct BenchCommand: ParsableCommand {
         ]
         let mixPrecision = LoRACopies.Precision(rawValue: loraPrecision) ?? .half  // checked in `validate`
         var mixedRows = [["lora-a"], ["ia3-a"], ["prefix-a"], mix.map(\.name)]
+        // Six more LoRAs of the demo's shape, for `--mixed-rows` only: eight rows of eight distinct ones.
+        let adapters = mix + "cdefgh".map { (name: "lora-\($0)", method: AdapterMethod.lora(Self.loraAllLinear)) }
         if let given = self.mixedRows {
             let rows = given.split(separator: ",").map { String($0) }
             guard !rows.isEmpty else { throw ValidationError("--mixed-rows names no adapter") }
-            if let bad = rows.first(where: { r in r != "base" && !mix.contains { $0.name == r } }) {
-                throw ValidationError("--mixed-rows: no adapter '\(bad)' (there are base, \(mix.map(\.name).joined(separator: ", ")))")
+            if let bad = rows.first(where: { r in r != "base" && !adapters.contains { $0.name == r } }) {
+                let names = adapters.map(\.name).joined(separator: ", ")
+                throw ValidationError("--mixed-rows: no adapter '\(bad)' (there are base, \(names))")
             }
             mixedRows = [rows]
         }
@@ -353,7 +356,7 @@ struct BenchCommand: ParsableCommand {
                 + (self.mixedRows != nil ? rows.joined(separator: ",") : rows.count == 1 ? rows[0] : "8 rows")
             guard selected(name) else { continue }
             let model = try load(quantized: true)
-            for (i, (adapter, method)) in mix.enumerated() where rows.contains(adapter) {
+            for (i, (adapter, method)) in adapters.enumerated() where rows.contains(adapter) {
                 _ = try model.addAdapter(adapter, method, seed: UInt64(i))
             }
             let copies = LoRACopies(precision: mixPrecision)
