@@ -53,10 +53,11 @@ public final class QuantizedMatrix: @unchecked Sendable {
     /// 8 rows ~2.3x; see Benchmarks/README.md). Frozen quantized layers of a model are kept this way.
     public func interleavedByRows() -> QuantizedMatrix {
         guard !isInterleaved, canInterleave else { return self }
-        var packed = Data(count: byteCount)
-        packed.withUnsafeMutableBytes { out in
-            withBytes { _ = rk_qpack8(out.baseAddress!, $0, Int32(type.rawValue), Int32(rows), Int32(columns)) }
-        }
+        // In blocks of 2 MB pages (``PageBlocks``): a one-row decoding step streams every weight once.
+        let (out, block) = PageBlocks.weights.take(byteCount)
+        withBytes { _ = rk_qpack8(out, $0, Int32(type.rawValue), Int32(rows), Int32(columns)) }
+        let packed = Data(
+            bytesNoCopy: out, count: byteCount, deallocator: .custom { _, _ in withExtendedLifetime(block) {} })
         if isFileMapping { withBytes { releasePages(of: $0, count: byteCount) } }
         return QuantizedMatrix(interleaving: self, bytes: packed)
     }

@@ -381,21 +381,6 @@ struct MixedBatchTests {
         #expect(try run(copies) != copied)
     }
 
-    /// The copies' memory blocks: whole 2 MB pages, at least 8 MB, 2 MB-aligned; pieces handed out in order at
-    /// 64-byte boundaries until the block is full; a copy larger than a block gets a block of its own.
-    @Test func copyBlocksHandOutAlignedPiecesInOrder() throws {
-        let block = LoRACopies.Block(first: 100)
-        #expect(block.capacity == 8 << 20 && Int(bitPattern: block.base) % (2 << 20) == 0)
-        let second = try #require(block.take(10))
-        #expect(second == block.base + 128)
-        #expect(try #require(block.take(64)) == block.base + 192)
-        #expect(block.take(block.capacity - 256 + 1) == nil, "one byte more than is left")
-        #expect(try #require(block.take(block.capacity - 256)) == block.base + 256, "exactly what is left")
-        #expect(block.take(1) == nil)
-        let large = LoRACopies.Block(first: (9 << 20) + 1)
-        #expect(large.capacity == 10 << 20 && Int(bitPattern: large.base) % (2 << 20) == 0)
-    }
-
     /// 8-bit and 4-bit copies of weights that are not ordinary numbers, made without a trap: an infinity in one
     /// LoRA's A (its row's logits are then not finite, as float32's are: the copy's row reads as NaN), and another
     /// LoRA's B of subnormal magnitudes, whose step is rounded so coarsely that quotients pass 127 or 7 (clamped). The

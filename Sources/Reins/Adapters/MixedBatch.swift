@@ -414,49 +414,10 @@ public final class LoRACopies: @unchecked Sendable {
         case int4
     }
 
-    /// Memory for copies, handed out in order from blocks of whole 2 MB pages (huge pages where the system grants
-    /// them): a step reads every row's copy of every layer, a few KB to a few tens of KB each, with its own weights
-    /// evicting them in between; in 4 KB pages each such read also walks the page tables anew. Measured (a C harness,
-    /// 8 rows' 4-bit copies of the demo's LoRA shape over 30 layers, 96 MB streamed between layers): 3.07-3.37 ms a
-    /// step from separate allocations, 2.74-2.85 from blocks in 2 MB pages. A block is freed when the last copy in it
-    /// goes.
-    final class Block {
-        static let size = 8 << 20, page = 2 << 20
-        let base: UnsafeMutableRawPointer
-        let capacity: Int
-        var used = 0
-
-        /// A block whose first `bytes` are taken (at `base`).
-        init(first bytes: Int) {
-            capacity = (max(bytes, Self.size) + Self.page - 1) / Self.page * Self.page
-            used = bytes
-            var raw: UnsafeMutableRawPointer?
-            if posix_memalign(&raw, Self.page, capacity) == 0, let raw {
-                base = raw
-                #if os(Linux)
-                    _ = madvise(raw, capacity, MADV_HUGEPAGE)
-                #endif
-            } else {
-                // No aligned block: an ordinary allocation (which stops the process, as any, when memory is out).
-                base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
-            }
-        }
-
-        /// `bytes` from this block (64-byte aligned), or nil when it has no room.
-        func take(_ bytes: Int) -> UnsafeMutableRawPointer? {
-            let start = (used + 63) / 64 * 64
-            guard start + bytes <= capacity else { return nil }
-            used = start + bytes
-            return base + start
-        }
-
-        deinit { free(base) }
-    }
-
     final class Copy {
         let lora: LoRA  // held, so that its identity is not reused while the copy lives
         /// The blocks that hold `a` and `b`.
-        private let blocks: [Block]
+        private let blocks: [PageBlocks.Block]
         /// A `[rank, in]` and B transposed, `[rank, out]` (the kernels' layout), as `precision` stores them; for 8-bit
         /// integers, each row's scale after its rows (`rank` floats past `rank·in`, past `rank·out`); for 4-bit ones,
         /// groups of 32 (16 bytes each: A's row by row, Bᵀ's group by group, `rk_lora_rows_q4`'s layout), then each
@@ -465,10 +426,10 @@ public final class LoRACopies: @unchecked Sendable {
         let weights: LoRARowWeights
 
         /// `take(bytes)` gives memory that lives as long as the block it returns.
-        init(_ lora: LoRA, precision: Precision, take: (Int) -> (UnsafeMutableRawPointer, Block)) {
+        init(_ lora: LoRA, precision: Precision, take: (Int) -> (UnsafeMutableRawPointer, PageBlocks.Block)) {
             self.lora = lora
             let rank = lora.rank
-            var blocks: [Block] = []
+            var blocks: [PageBlocks.Block] = []
             func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
                 let (p, block) = take(max(bytes, 1))
                 if !blocks.contains(where: { $0 === block }) { blocks.append(block) }
@@ -548,8 +509,11 @@ public final class LoRACopies: @unchecked Sendable {
     /// How the copies store the weights.
     public let precision: Precision
     private var copies: [ObjectIdentifier: Copy] = [:]
-    /// The block new copies go into (held by its copies too).
-    private var block: Block?
+    /// Memory for the copies, in blocks of 2 MB pages (``PageBlocks``): a step reads each row's copy of each layer, a
+    /// few KB to a few tens of KB each, with its weights evicting them in between. Measured (a C harness, 8 rows'
+    /// 4-bit copies of the demo's LoRA shape over 30 layers, 96 MB streamed between layers): 3.07-3.37 ms of kernel a
+    /// step from separate allocations, 2.74-2.85 from such blocks.
+    private let blocks = PageBlocks(blockSize: 8 << 20)
     private var changes = 0
     private let lock = NSLock()
 
@@ -564,7 +528,7 @@ public final class LoRACopies: @unchecked Sendable {
     public func removeAll() {
         lock.withLock {
             copies = [:]
-            block = nil
+            blocks.startAfresh()
             changes += 1
         }
     }
@@ -575,12 +539,7 @@ public final class LoRACopies: @unchecked Sendable {
     func copy(of lora: LoRA) -> Copy {
         lock.withLock {
             if let c = copies[ObjectIdentifier(lora)] { return c }
-            let c = Copy(lora, precision: precision) { bytes in
-                if let block, let p = block.take(bytes) { return (p, block) }
-                let fresh = Block(first: bytes)
-                block = fresh
-                return (fresh.base, fresh)
-            }
+            let c = Copy(lora, precision: precision, take: blocks.take)
             copies[ObjectIdentifier(lora)] = c
             return c
         }
