@@ -44,7 +44,8 @@ public final class PageBlocks: @unchecked Sendable {
 
     /// The smallest block.
     public let blockSize: Int
-    private var current: Block?
+    /// The block the next piece comes from, while a piece taken from it lives (the allocator keeps no block alive).
+    private weak var current: Block?
     private let lock = NSLock()
 
     /// Blocks of at least `blockSize` bytes (rounded up to whole 2 MB pages).

@@ -22,6 +22,11 @@ struct PageBlocksTests {
         #expect(blocks.take(1).1 === own, "the newest block serves the next piece")
         blocks.startAfresh()
         #expect(blocks.take(1).1 !== own)
+        // The allocator itself holds no block: one whose pieces are all released is freed.
+        let allocator = PageBlocks(blockSize: 1)
+        weak var released: PageBlocks.Block?
+        released = allocator.take(8).1
+        withExtendedLifetime(allocator) { #expect(released == nil) }
         // Every byte of a piece is writable (AddressSanitizer sees an overrun of the block).
         let (p, holder) = blocks.take(4096)
         withExtendedLifetime(holder) { p.initializeMemory(as: UInt8.self, repeating: 7, count: 4096) }
