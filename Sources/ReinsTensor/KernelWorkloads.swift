@@ -504,18 +504,20 @@ extension KernelWorkload {
         let x = try Tensor.normal([N, C], seed: 34).scalars
         let ranks = [Int32](repeating: Int32(r), count: N), scales = [Float](repeating: 2, count: N)
         var y = [Float](repeating: 0, count: N * OC), work = [Float](repeating: 0, count: r)
+        // For 8 bits, the bytes read as the signed integers they are: tables typed once, outside the timed loop.
+        let signed = { (t: [[UnsafePointer<UInt8>?]]) in
+            t.map { $0.map { $0.map { UnsafeRawPointer($0).assumingMemoryBound(to: Int8.self) } } }
+        }
+        let (signedA, signedB) = bits == 8 ? (signed(tables.a), signed(tables.b)) : ([], [])
         func update(_ y: inout [Float], copy c: Int, reference: Bool) {
-            let (ap, bp, sa, sb) = (tables.a[c], tables.b[c], scaleTables.a[c], scaleTables.b[c])
+            let (sa, sb) = (scaleTables.a[c], scaleTables.b[c])
             let (n, t, i, o) = (Int32(N), Int32(1), Int32(C), Int32(OC))
             if bits == 4 {
                 let f = reference ? rk_lora_rows_q4_ref : rk_lora_rows_q4
-                f(&y, x, n, t, i, o, ap, sa, bp, sb, ranks, scales, &work)
+                f(&y, x, n, t, i, o, tables.a[c], sa, tables.b[c], sb, ranks, scales, &work)
             } else {
-                // The bytes read as the signed integers they are.
-                let (sap, sbp) = (ap.map { $0.map { UnsafeRawPointer($0).assumingMemoryBound(to: Int8.self) } },
-                                  bp.map { $0.map { UnsafeRawPointer($0).assumingMemoryBound(to: Int8.self) } })
                 let f = reference ? rk_lora_rows_q8_ref : rk_lora_rows_q8
-                f(&y, x, n, t, i, o, sap, sa, sbp, sb, ranks, scales, &work)
+                f(&y, x, n, t, i, o, signedA[c], sa, signedB[c], sb, ranks, scales, &work)
             }
         }
         return KernelWorkload(

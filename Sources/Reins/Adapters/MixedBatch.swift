@@ -509,10 +509,9 @@ public final class LoRACopies: @unchecked Sendable {
     /// How the copies store the weights.
     public let precision: Precision
     private var copies: [ObjectIdentifier: Copy] = [:]
-    /// Memory for the copies, in blocks of 2 MB pages (``PageBlocks``): a step reads each row's copy of each layer, a
-    /// few KB to a few tens of KB each, with its weights evicting them in between. Measured (a C harness, 8 rows'
-    /// 4-bit copies of the demo's LoRA shape over 30 layers, 96 MB streamed between layers): 3.07-3.37 ms of kernel a
-    /// step from separate allocations, 2.74-2.85 from such blocks.
+    /// Memory for the copies, in blocks of 2 MB pages (``PageBlocks`` says why). For the copies (a C harness, 8 rows'
+    /// 4-bit copies of the demo's LoRA shape over 30 layers): 3.07-3.37 ms of kernel a step from separate
+    /// allocations, 2.74-2.85 from such blocks.
     private let blocks = PageBlocks(blockSize: 8 << 20)
     private var changes = 0
     private let lock = NSLock()
