@@ -220,6 +220,61 @@ static inline RK_AVX2 __m256 load_i8x8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 #define A_I8(j, k) ((float)A[(size_t)(j) * in + (k)])
+// Two rows of the same rank (at most LORA_PAIR_RANK) in step: their A rows against their inputs in one loop, their Bᵀ
+// rows into their outputs in another, so that each adapter's few tens of KB stream from memory alongside the other's
+// (two streams in flight instead of one; each row's weights are read once per step, cold).
+#define LORA_PAIR_RANK 64
+static RK_AVX2 void lora_pair_q8_avx2(float *y, const float *x, int row, int T, int in, int out,
+                                      const int8_t *const *a, const float *const *a_scale, const int8_t *const *bt,
+                                      const float *const *bt_scale, int r, const float *scale) {
+    const int8_t *A0 = a[row], *A1 = a[row + 1], *B0 = bt[row], *B1 = bt[row + 1];
+    const float *as0 = a_scale[row], *as1 = a_scale[row + 1], *bs0 = bt_scale[row], *bs1 = bt_scale[row + 1];
+    float w0[LORA_PAIR_RANK], w1[LORA_PAIR_RANK];
+    for (int t = 0; t < T; t++) {
+        const float *x0 = x + ((size_t)row * T + t) * in, *x1 = x + ((size_t)(row + 1) * T + t) * in;
+        float *y0 = y + ((size_t)row * T + t) * out, *y1 = y + ((size_t)(row + 1) * T + t) * out;
+        for (int j = 0; j < r; j++) {
+            const int8_t *a0 = A0 + (size_t)j * in, *a1 = A1 + (size_t)j * in;
+            __m256 s0 = _mm256_setzero_ps(), s1 = s0, u0 = s0, u1 = s0;
+            int k = 0;
+            for (; k + 16 <= in; k += 16) {
+                if ((k & 63) == 0) {
+                    _mm_prefetch((const char *)(a0 + k) + 1024, _MM_HINT_T0);
+                    _mm_prefetch((const char *)(a1 + k) + 1024, _MM_HINT_T0);
+                }
+                s0 = _mm256_fmadd_ps(load_i8x8(a0 + k), _mm256_loadu_ps(x0 + k), s0);
+                s1 = _mm256_fmadd_ps(load_i8x8(a0 + k + 8), _mm256_loadu_ps(x0 + k + 8), s1);
+                u0 = _mm256_fmadd_ps(load_i8x8(a1 + k), _mm256_loadu_ps(x1 + k), u0);
+                u1 = _mm256_fmadd_ps(load_i8x8(a1 + k + 8), _mm256_loadu_ps(x1 + k + 8), u1);
+            }
+            float s = rk_hsum256(_mm256_add_ps(s0, s1)), u = rk_hsum256(_mm256_add_ps(u0, u1));
+            for (; k < in; k++) {
+                s += (float)a0[k] * x0[k];
+                u += (float)a1[k] * x1[k];
+            }
+            // As the one-row loop: the rank value times the row's scale, then the two weight scales.
+            w0[j] = s * scale[row] * as0[j] * bs0[j];
+            w1[j] = u * scale[row + 1] * as1[j] * bs1[j];
+        }
+        for (int j = 0; j < r; j++) {
+            const int8_t *b0 = B0 + (size_t)j * out, *b1 = B1 + (size_t)j * out;
+            __m256 v0 = _mm256_set1_ps(w0[j]), v1 = _mm256_set1_ps(w1[j]);
+            int o = 0;
+            for (; o + 8 <= out; o += 8) {
+                if ((o & 63) == 0) {
+                    _mm_prefetch((const char *)(b0 + o) + 1024, _MM_HINT_T0);
+                    _mm_prefetch((const char *)(b1 + o) + 1024, _MM_HINT_T0);
+                }
+                _mm256_storeu_ps(y0 + o, _mm256_fmadd_ps(load_i8x8(b0 + o), v0, _mm256_loadu_ps(y0 + o)));
+                _mm256_storeu_ps(y1 + o, _mm256_fmadd_ps(load_i8x8(b1 + o), v1, _mm256_loadu_ps(y1 + o)));
+            }
+            for (; o < out; o++) {
+                y0[o] += (float)b0[o] * w0[j];
+                y1[o] += (float)b1[o] * w1[j];
+            }
+        }
+    }
+}
 static RK_AVX2 void lora_rows_q8_avx2(float *y, const float *x, int rows, int T, int in, int out,
                                       const int8_t *const *a, const float *const *a_scale, const int8_t *const *bt,
                                       const float *const *bt_scale, const int *rank, const float *scale, float *work) {
@@ -228,6 +283,11 @@ static RK_AVX2 void lora_rows_q8_avx2(float *y, const float *x, int rows, int T,
         const int8_t *A = a[row], *Bt = bt[row];
         const float *as = a_scale[row], *bs = bt_scale[row];
         int r = rank[row];
+        if (row + 1 < rows && a[row + 1] && rank[row + 1] == r && r <= LORA_PAIR_RANK) {
+            lora_pair_q8_avx2(y, x, row, T, in, out, a, a_scale, bt, bt_scale, r, scale);
+            row++;
+            continue;
+        }
         for (int t = 0; t < T; t++) {
             const float *xr = x + ((size_t)row * T + t) * in;
             float *yr = y + ((size_t)row * T + t) * out;

@@ -348,8 +348,9 @@ extension Linear {
     }
 
     /// Adds `s·B·A·x` to each listed batch row of `y` (`[B, ..., out]`, fresh) with that row's LoRA weights (float32,
-    /// or the copies' layout of `precision`), a kernel call per row, the rows shared among the threads (8 adapters'
-    /// updates read 8 adapters' weights). The weights must stay alive through the call.
+    /// or the copies' layout of `precision`), a kernel call per row — per two rows next to each other in the batch for
+    /// 8-bit copies, which the kernel reads in step —, the calls shared among the threads (8 adapters' updates read 8
+    /// adapters' weights). The weights must stay alive through the call.
     static func addLoRARows(
         _ y: inout Tensor, input x: Tensor, _ rows: [(Int, LoRARowWeights)], precision: LoRACopies.Precision?
     ) throws {
@@ -360,34 +361,58 @@ extension Linear {
             throw ModelError.badInput("a LoRA update for row \(bad.0) of a batch of \(B)")
         }
         let maxRank = max(1, rows.map { Int($0.1.rank) }.max() ?? 1)
+        // The kernels' per-row arrays, entry k for `rows[k]` (a call for entries k..<k+n reads them from entry k).
+        let n = rows.count
+        let a = UnsafeMutablePointer<UnsafeRawPointer?>.allocate(capacity: 2 * n)
+        let aScales = UnsafeMutablePointer<UnsafePointer<Float>?>.allocate(capacity: 2 * n)
+        let ranks = UnsafeMutablePointer<Int32>.allocate(capacity: n)
+        let scales = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        defer { (a.deallocate(), aScales.deallocate(), ranks.deallocate(), scales.deallocate()) }
+        let (b, bScales) = (a + n, aScales + n)
+        for (k, (_, w)) in rows.enumerated() {
+            (a[k], b[k], aScales[k], bScales[k]) = (w.a, w.b, w.aScales, w.bScales)
+            (ranks[k], scales[k]) = (w.rank, w.scale)
+        }
+        // Rows taken one at a time, only those with a LoRA: their adapters' ranks and widths differ (a batch's rows
+        // may mix a large LoRA with none), so fixed shares would leave one thread waiting. With 8-bit copies, two rows
+        // next to each other in the batch go in one call, read in step (measured: the kernel's CPU time in an 8-row
+        // step with 8 demo LoRAs 4.97 -> 4.04 ms).
+        var calls: [Range<Int>] = []
+        var k = 0
+        while k < n {
+            let pair = precision == .int8 && k + 1 < n && rows[k + 1].0 == rows[k].0 + 1
+            calls.append(k..<(k + (pair ? 2 : 1)))
+            k = calls[calls.count - 1].upperBound
+        }
         let (xp, yp) = (UnsafePointer(x.storage.pointer), y.storage.pointer)
+        func table<E>(_ p: UnsafeMutablePointer<UnsafeRawPointer?>, _: E.Type) -> UnsafePointer<UnsafePointer<E>?> {
+            UnsafeRawPointer(p).assumingMemoryBound(to: UnsafePointer<E>?.self)
+        }
         withExtendedLifetime((x, y)) {
-            // Rows taken one at a time, only those with a LoRA: their adapters' ranks and widths differ (a batch's
-            // rows may mix a large LoRA with none), so fixed shares would leave one thread waiting.
-            Parallel.forPieces(rows.count, piece: 1) { pieces in
+            Parallel.forPieces(calls.count, piece: 1) { pieces in
                 withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
-                    for i in pieces {
-                        let (row, w) = rows[i]
+                    for p in pieces {
+                        let (k, count, row) = (calls[p].lowerBound, Int32(calls[p].count), rows[calls[p].lowerBound].0)
                         let (y, x, scratch) = (yp + row * T * outputs, xp + row * T * inputs, work.baseAddress!)
-                        var (rank, scale) = (w.rank, w.scale)
+                        let (t, i, o) = (Int32(T), Int32(inputs), Int32(outputs))
+                        let (rank, scale, sa, sb) = (ranks + k, scales + k, aScales + k, bScales + k)
                         switch precision {
                         case .half:
-                            var (a, b) = (Optional(w.a.assumingMemoryBound(to: UInt16.self)), Optional(w.b.assumingMemoryBound(to: UInt16.self)))
-                            rk_lora_rows_f16(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &b, &rank, &scale, scratch)
+                            rk_lora_rows_f16(
+                                y, x, count, t, i, o, table(a + k, UInt16.self), table(b + k, UInt16.self), rank,
+                                scale, scratch)
                         case .int8:
-                            var (a, b) = (Optional(w.a.assumingMemoryBound(to: Int8.self)), Optional(w.b.assumingMemoryBound(to: Int8.self)))
-                            var (sa, sb) = (w.aScales, w.bScales)
                             rk_lora_rows_q8(
-                                y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &sa, &b, &sb, &rank, &scale, scratch)
+                                y, x, count, t, i, o, table(a + k, Int8.self), sa, table(b + k, Int8.self), sb, rank,
+                                scale, scratch)
                         case .int4:
-                            var a = Optional(w.a.assumingMemoryBound(to: UInt8.self))
-                            var b = Optional(w.b.assumingMemoryBound(to: UInt8.self))
-                            var (sa, sb) = (w.aScales, w.bScales)
-                            let (t, i, o) = (Int32(T), Int32(inputs), Int32(outputs))
-                            rk_lora_rows_q4(y, x, 1, t, i, o, &a, &sa, &b, &sb, &rank, &scale, scratch)
+                            rk_lora_rows_q4(
+                                y, x, count, t, i, o, table(a + k, UInt8.self), sa, table(b + k, UInt8.self), sb, rank,
+                                scale, scratch)
                         case nil:
-                            var (a, b) = (Optional(w.a.assumingMemoryBound(to: Float.self)), Optional(w.b.assumingMemoryBound(to: Float.self)))
-                            rk_lora_rows(y, x, 1, Int32(T), Int32(inputs), Int32(outputs), &a, &b, &rank, &scale, scratch)
+                            rk_lora_rows(
+                                y, x, count, t, i, o, table(a + k, Float.self), table(b + k, Float.self), rank, scale,
+                                scratch)
                         }
                     }
                 }
