@@ -292,6 +292,40 @@ extension Tensor {
         }
     }
 
+    /// `x·Wᵀ` through an interleaved quantized weight on the integer route, with some rows of `x` (along axis 0, each
+    /// with every vector within it) multiplied by a vector first — IA3 on a layer's input in a batch of many adapters
+    /// — as they are quantized, so that no scaled copy of `x` is made. Equal, bit for bit, to
+    /// ``quantizedLinear(_:weight:bias:route:)`` of the scaled copy. Nil when that route does not apply (a weight not
+    /// interleaved, a width not a multiple of 32, too many rows, a training pass).
+    /// - Throws: ``TensorError`` for a row out of range or a vector of the wrong width.
+    public static func integerProduct(
+        _ x: Tensor, weight: QuantizedMatrix, scalingRows scaling: [(rows: [Int], by: Tensor)]
+    ) throws -> Tensor? {
+        let (N, C) = x.rowsAndWidth
+        guard x.rank >= 2, N > 0, N <= integerRouteInferenceRows, C % 32 == 0, !Autograd.isTraining,
+            weight.isInterleaved, weight.columns == C
+        else { return nil }
+        let B = x.shape[0], vectors = N / B
+        var perVector = [UnsafePointer<Float>?](repeating: nil, count: N)
+        for (rows, by) in scaling {
+            guard by.count == C else {
+                throw TensorError.shapeMismatch(
+                    operation: "integerProduct", detail: "a scale of \(by.count) values for rows \(C) wide")
+            }
+            for r in rows {
+                guard r >= 0, r < B else {
+                    throw TensorError.invalidArgument(operation: "integerProduct", detail: "row \(r) of \(B)")
+                }
+                for v in (r * vectors)..<((r + 1) * vectors) { perVector[v] = UnsafePointer(by.storage.pointer) }
+            }
+        }
+        let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [weight.rows])
+        try withExtendedLifetime(scaling.map(\.by)) {
+            try interleavedIntegerProducts(x, weights: [weight], into: [result.storage.pointer], scales: perVector)
+        }
+        return result
+    }
+
     /// `x·Wᵢᵀ` for several quantized weights that read the same input (a layer's query, key and value projections; its
     /// gate and up projections), without gradients: the input quantized once and every weight's groups of 8 rows
     /// shared among the threads in one parallel region. Each result equals ``quantizedLinear(_:weight:bias:route:)``'s
@@ -314,8 +348,10 @@ extension Tensor {
     /// may span two weights). Pieces of ~128K (3 groups for 8 rows of 576) made an 8-row decoding step 15-18% slower:
     /// the two threads' pieces alternated, each writing 24 floats of every row, so neighbouring pieces shared the
     /// output's cache lines, and thousands of claims a step contended for one counter.
+    /// `scales`: empty, or for each of `x`'s vectors one to multiply it by first (or nil).
     static func interleavedIntegerProducts(
-        _ x: Tensor, weights: [QuantizedMatrix], into outputs: [UnsafeMutablePointer<Float>]
+        _ x: Tensor, weights: [QuantizedMatrix], into outputs: [UnsafeMutablePointer<Float>],
+        scales: [UnsafePointer<Float>?] = []
     ) throws {
         let (N, C) = x.rowsAndWidth
         var firstGroup = [0]
@@ -325,7 +361,7 @@ extension Tensor {
             guard i < weights.count else { return body(pointers) }
             weights[i].withBytes { withAllBytes(i + 1, pointers + [$0], body) }
         }
-        try withQuantizedActivations(x) { xq in
+        try withQuantizedActivations(x, scales: scales) { xq in
             withAllBytes(0, []) { bytes in
                 Parallel.forPieces(firstGroup.last!, piece: piece) { r in
                     for (i, w) in weights.enumerated() {
@@ -342,7 +378,10 @@ extension Tensor {
 
     /// `x` (`[N, C]` rows, `C` a multiple of 32) as 8-bit blocks (one scale per 32 values), for the integer
     /// products; the blocks live until `body` returns.
-    static func withQuantizedActivations<R>(_ x: Tensor, _ body: (UnsafePointer<rk_q8_block>) throws -> R) throws -> R {
+    /// `scales`: empty, or for each row a vector to multiply it by before it is quantized (or nil).
+    static func withQuantizedActivations<R>(
+        _ x: Tensor, scales: [UnsafePointer<Float>?] = [], _ body: (UnsafePointer<rk_q8_block>) throws -> R
+    ) throws -> R {
         let (N, C) = x.rowsAndWidth
         let blocks = try Tensor(uninitializedShape: [N * (C / 32) * MemoryLayout<rk_q8_block>.stride / 4])
         return try withExtendedLifetime(blocks) {
@@ -352,8 +391,21 @@ extension Tensor {
             // decoding step's serial time, 120 quantizations).
             let xp = UnsafePointer(x.storage.pointer)
             Parallel.forRanges(N, minimum: max(1, 2048 / max(C, 1))) { rows, _ in
-                _ = rk_quantize_q8(
-                    xq + rows.lowerBound * (C / 32), xp + rows.lowerBound * C, Int32(rows.count), Int32(C))
+                guard !scales.isEmpty else {
+                    _ = rk_quantize_q8(
+                        xq + rows.lowerBound * (C / 32), xp + rows.lowerBound * C, Int32(rows.count), Int32(C))
+                    return
+                }
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: C) { scaled in
+                    for r in rows {
+                        var source = xp + r * C
+                        if let s = scales[r] {
+                            for j in 0..<C { scaled[j] = source[j] * s[j] }
+                            source = UnsafePointer(scaled.baseAddress!)
+                        }
+                        _ = rk_quantize_q8(xq + r * (C / 32), source, 1, Int32(C))
+                    }
+                }
             }
             return try body(xq)
         }

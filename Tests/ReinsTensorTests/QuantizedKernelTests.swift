@@ -331,6 +331,41 @@ struct QuantizedKernelTests {
         #expect(try Tensor.sharedInputQuantizedProducts(x, weights: weights) == nil, "gradients recorded")
     }
 
+    /// A product with some rows of the input scaled as they are quantized (IA3 on a layer's input in a batch of many
+    /// adapters) equals `quantizedLinear` of the scaled copy, bit for bit: rows of 3 positions, two rows scaled by
+    /// different vectors, one not; a bad row or vector is a named error; what the route cannot take is nil.
+    @Test(arguments: [GGMLType.q4_1, .q8_0])
+    func rowsScaledAsTheyAreQuantized(type: GGMLType) throws {
+        let (B, T, C) = (4, 3, 96)
+        let weight = try Self.randomMatrix(type, rows: 40, columns: C, seed: 31).interleavedByRows()
+        let x = try Tensor(shape: [B, T, C], values: randomFloats(B * T * C, seed: 32))
+        let (s0, s2) = (try Tensor(shape: [C], values: randomFloats(C, seed: 33)),
+                        try Tensor(shape: [C], values: randomFloats(C, seed: 34)))
+        var scaled = x.scalars
+        for (row, s) in [(0, s0), (3, s0), (2, s2)] {
+            for t in 0..<T { for c in 0..<C { scaled[(row * T + t) * C + c] *= s.scalars[c] } }
+        }
+        let copy = try Tensor(shape: [B, T, C], values: scaled)
+        let (folded, plain) = try Autograd.withoutGradients {
+            (try Tensor.integerProduct(x, weight: weight, scalingRows: [(rows: [0, 3], by: s0), (rows: [2], by: s2)]),
+             try Tensor.quantizedLinear(copy, weight: weight))
+        }
+        #expect(folded?.shape == plain.shape && folded?.scalars == plain.scalars, "\(type)")
+        #expect(try Autograd.withoutGradients { try Tensor.integerProduct(x, weight: weight, scalingRows: []) }?.scalars
+            == Autograd.withoutGradients { try Tensor.quantizedLinear(x, weight: weight) }.scalars, "no row scaled")
+        #expect(throws: TensorError.self, "row 4 of 4") {
+            try Autograd.withoutGradients { try Tensor.integerProduct(x, weight: weight, scalingRows: [([4], s0)]) }
+        }
+        #expect(throws: TensorError.self, "a vector of 95") {
+            try Autograd.withoutGradients {
+                try Tensor.integerProduct(x, weight: weight, scalingRows: [([1], try Tensor.zeros([C - 1]))])
+            }
+        }
+        let rowMajor = try Self.randomMatrix(type, rows: 40, columns: C, seed: 35)
+        #expect(try Autograd.withoutGradients { try Tensor.integerProduct(x, weight: rowMajor, scalingRows: []) } == nil)
+        #expect(try Tensor.integerProduct(x, weight: weight, scalingRows: []) == nil, "gradients recorded")
+    }
+
     /// Row-major weights (45 rows), and weights interleaved by 8 rows (136: 17 groups; the exact route puts them back in
     /// row order 64 rows at a time).
     @Test(arguments: [GGMLType.q4_1, .q8_0, .q6_K], [false, true])

@@ -36,7 +36,8 @@ struct MixedBatchTests {
     /// A Llama layer's query, key and value products (and its gate and up products) taken together over a quantized
     /// base — the input quantized once, one parallel region — equal the layers applied one by one, bit for bit: the
     /// base alone, each method active, and a batch whose rows are routed to all of them (IA3 scaling the up
-    /// projection's input computes its own product there).
+    /// projection's input computes its own product there from a scaled copy of the input; one by one, the up
+    /// projection scales those rows as it quantizes the input, `Tensor.integerProduct`: the two meet bit for bit).
     @Test func sharedInputProductsEqualTheLayersOneByOne() throws {
         let config = try LlamaConfig(
             vocabularySize: 40, hidden: 96, intermediate: 160, layers: 1, heads: 4, keyValueHeads: 2, positions: 64,
