@@ -305,7 +305,7 @@ extension Linear {
             }
             // On a quantized layer whose input-scaling IA3 rows have no other update, the rows are scaled as the
             // input is quantized for the product: no copy of the whole input, which the layer's caller still holds
-            // (measured, the load test's mix in process: the calling thread alone 3.9 -> 1.5 ms a step).
+            // (SmolLM2's down projection, 8 rows: 49 KB a layer copied on the calling thread while the other waits).
             let alone = plans.allSatisfy { p in
                 p.adapters.ia3?.scalesInput != true || (p.adapters.inPlace && p.adapters.lora == nil)
             }
