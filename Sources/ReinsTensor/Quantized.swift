@@ -296,7 +296,7 @@ extension Tensor {
     /// with every vector within it) multiplied by a vector first — IA3 on a layer's input in a batch of many adapters
     /// — as they are quantized, so that no scaled copy of `x` is made. Equal, bit for bit, to
     /// ``quantizedLinear(_:weight:bias:route:)`` of the scaled copy. Nil when that route does not apply (a weight not
-    /// interleaved, a width not a multiple of 32, too many rows, a training pass).
+    /// interleaved, a width not a multiple of 32, an input of one axis, too many rows, a training pass).
     /// - Throws: ``TensorError`` for a row out of range or a vector of the wrong width.
     public static func integerProduct(
         _ x: Tensor, weight: QuantizedMatrix, scalingRows scaling: [(rows: [Int], by: Tensor)]
@@ -321,7 +321,8 @@ extension Tensor {
         }
         let result = try Tensor(uninitializedShape: Array(x.shape.dropLast()) + [weight.rows])
         try withExtendedLifetime(scaling.map(\.by)) {
-            try interleavedIntegerProducts(x, weights: [weight], into: [result.storage.pointer], scales: perVector)
+            try interleavedIntegerProducts(
+                x, weights: [weight], into: [result.storage.pointer], scales: scaling.isEmpty ? [] : perVector)
         }
         return result
     }

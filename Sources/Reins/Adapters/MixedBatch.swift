@@ -312,7 +312,9 @@ extension Linear {
             if !scalings.isEmpty, alone, precomputed == nil, quantizedRoute == .automatic, let q = quantizedWeight {
                 scaledProduct = try Tensor.integerProduct(x, weight: q, scalingRows: scalings)
             }
-            if scaledProduct == nil { try input.adjustRows(scalings.map { RowAdjustment(rows: $0.rows, times: $0.by) }) }
+            if scaledProduct == nil {
+                try input.adjustRows(scalings.map { RowAdjustment(rows: $0.rows, times: $0.by) })
+            }
         } else {
             for p in plans where p.adapters.ia3?.scalesInput == true {
                 input = try input.replacingRows(p.rows, with: input.rows(p.rows) * p.adapters.ia3!.vector.value)
