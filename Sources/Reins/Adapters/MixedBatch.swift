@@ -374,58 +374,64 @@ extension Linear {
             throw ModelError.badInput("a LoRA update for row \(bad.0) of a batch of \(B)")
         }
         let maxRank = max(1, rows.map { Int($0.1.rank) }.max() ?? 1)
-        // The kernels' per-row arrays, entry k for `rows[k]` (a call for entries k..<k+n reads them from entry k).
-        let n = rows.count
-        let a = UnsafeMutablePointer<UnsafeRawPointer?>.allocate(capacity: 2 * n)
-        let aScales = UnsafeMutablePointer<UnsafePointer<Float>?>.allocate(capacity: 2 * n)
-        let ranks = UnsafeMutablePointer<Int32>.allocate(capacity: n)
-        let scales = UnsafeMutablePointer<Float>.allocate(capacity: n)
-        defer { (a.deallocate(), aScales.deallocate(), ranks.deallocate(), scales.deallocate()) }
-        let (b, bScales) = (a + n, aScales + n)
-        for (k, (_, w)) in rows.enumerated() {
-            (a[k], b[k], aScales[k], bScales[k]) = (w.a, w.b, w.aScales, w.bScales)
-            (ranks[k], scales[k]) = (w.rank, w.scale)
-        }
-        // Rows taken one at a time, only those with a LoRA: their adapters' ranks and widths differ (a batch's rows
-        // may mix a large LoRA with none), so fixed shares would leave one thread waiting. With 8-bit copies, two rows
-        // next to each other in the batch go in one call, read in step (measured: the kernel's CPU time in an 8-row
-        // step with 8 demo LoRAs 4.97 -> 4.04 ms).
-        var calls: [Range<Int>] = []
-        var k = 0
-        while k < n {
-            let pair = precision == .int8 && k + 1 < n && rows[k + 1].0 == rows[k].0 + 1
-            calls.append(k..<(k + (pair ? 2 : 1)))
-            k = calls[calls.count - 1].upperBound
-        }
-        let (xp, yp) = (UnsafePointer(x.storage.pointer), y.storage.pointer)
-        func table<E>(_ p: UnsafeMutablePointer<UnsafeRawPointer?>, _: E.Type) -> UnsafePointer<UnsafePointer<E>?> {
-            UnsafeRawPointer(p).assumingMemoryBound(to: UnsafePointer<E>?.self)
-        }
-        withExtendedLifetime((x, y)) {
-            Parallel.forPieces(calls.count, piece: 1) { pieces in
-                withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
-                    for p in pieces {
-                        let (k, count, row) = (calls[p].lowerBound, Int32(calls[p].count), rows[calls[p].lowerBound].0)
-                        let (y, x, scratch) = (yp + row * T * outputs, xp + row * T * inputs, work.baseAddress!)
-                        let (t, i, o) = (Int32(T), Int32(inputs), Int32(outputs))
-                        let (rank, scale, sa, sb) = (ranks + k, scales + k, aScales + k, bScales + k)
-                        switch precision {
-                        case .half:
-                            rk_lora_rows_f16(
-                                y, x, count, t, i, o, table(a + k, UInt16.self), table(b + k, UInt16.self), rank,
-                                scale, scratch)
-                        case .int8:
-                            rk_lora_rows_q8(
-                                y, x, count, t, i, o, table(a + k, Int8.self), sa, table(b + k, Int8.self), sb, rank,
-                                scale, scratch)
-                        case .int4:
-                            rk_lora_rows_q4(
-                                y, x, count, t, i, o, table(a + k, UInt8.self), sa, table(b + k, UInt8.self), sb, rank,
-                                scale, scratch)
-                        case nil:
-                            rk_lora_rows(
-                                y, x, count, t, i, o, table(a + k, Float.self), table(b + k, Float.self), rank, scale,
-                                scratch)
+        // The kernels' per-row arrays, entry k for `rows[k]` (a call for entries k..<k+n reads them from entry k),
+        // and each call's first entry, in one scratch (a step makes this call ~200 times).
+        let n = rows.count, word = MemoryLayout<Int>.stride
+        withUnsafeTemporaryAllocation(byteCount: n * (5 * word + 8), alignment: word) { arrays in
+            let base = arrays.baseAddress!
+            let a = base.bindMemory(to: UnsafeRawPointer?.self, capacity: 2 * n)
+            let aScales = (base + 2 * n * word).bindMemory(to: UnsafePointer<Float>?.self, capacity: 2 * n)
+            let starts = (base + 4 * n * word).bindMemory(to: Int.self, capacity: n)
+            let ranks = (base + 5 * n * word).bindMemory(to: Int32.self, capacity: n)
+            let scales = (base + 5 * n * word + 4 * n).bindMemory(to: Float.self, capacity: n)
+            let (b, bScales) = (a + n, aScales + n)
+            for (k, (_, w)) in rows.enumerated() {
+                (a[k], b[k], aScales[k], bScales[k]) = (w.a, w.b, w.aScales, w.bScales)
+                (ranks[k], scales[k]) = (w.rank, w.scale)
+            }
+            // Rows taken one at a time, only those with a LoRA: their adapters' ranks and widths differ (a batch's
+            // rows may mix a large LoRA with none), so fixed shares would leave one thread waiting. With 8-bit copies,
+            // two rows next to each other in the batch go in one call, read in step (measured: the kernel's CPU time
+            // in an 8-row step with 8 demo LoRAs 4.97 -> 4.04 ms).
+            var calls = 0, k = 0
+            while k < n {
+                starts[calls] = k
+                calls += 1
+                k += precision == .int8 && k + 1 < n && rows[k + 1].0 == rows[k].0 + 1 ? 2 : 1
+            }
+            let (xp, yp) = (UnsafePointer(x.storage.pointer), y.storage.pointer)
+            func table<E>(_ k: Int, _ p: UnsafeMutablePointer<UnsafeRawPointer?>, _: E.Type)
+                -> UnsafePointer<UnsafePointer<E>?>
+            {
+                UnsafeRawPointer(p + k).assumingMemoryBound(to: UnsafePointer<E>?.self)
+            }
+            withExtendedLifetime((x, y)) {
+                Parallel.forPieces(calls, piece: 1) { pieces in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: maxRank) { work in
+                        for p in pieces {
+                            let (k, end) = (starts[p], p + 1 < calls ? starts[p + 1] : n)
+                            let (count, row) = (Int32(end - k), rows[k].0)
+                            let (y, x, scratch) = (yp + row * T * outputs, xp + row * T * inputs, work.baseAddress!)
+                            let (t, i, o) = (Int32(T), Int32(inputs), Int32(outputs))
+                            let (rank, scale, sa, sb) = (ranks + k, scales + k, aScales + k, bScales + k)
+                            switch precision {
+                            case .half:
+                                rk_lora_rows_f16(
+                                    y, x, count, t, i, o, table(k, a, UInt16.self), table(k, b, UInt16.self), rank,
+                                    scale, scratch)
+                            case .int8:
+                                rk_lora_rows_q8(
+                                    y, x, count, t, i, o, table(k, a, Int8.self), sa, table(k, b, Int8.self), sb,
+                                    rank, scale, scratch)
+                            case .int4:
+                                rk_lora_rows_q4(
+                                    y, x, count, t, i, o, table(k, a, UInt8.self), sa, table(k, b, UInt8.self), sb,
+                                    rank, scale, scratch)
+                            case nil:
+                                rk_lora_rows(
+                                    y, x, count, t, i, o, table(k, a, Float.self), table(k, b, Float.self), rank,
+                                    scale, scratch)
+                            }
                         }
                     }
                 }
