@@ -146,6 +146,8 @@ def main():
                    help="client i sends jobs i, i + clients, ... (each on one adapter) instead of sharing one queue")
     p.add_argument("--lora-precision", default=None,
                    help="passed to `reins serve --lora-precision` (auto, int8, half, float; default: the server's)")
+    p.add_argument("--prompt-cache-mb", default=None,
+                   help="passed to `reins serve --prompt-cache-mb` (0 turns the prompt cache off; default: the server's)")
     args = p.parse_args()
     model = args.model
     if model is None:
@@ -158,6 +160,8 @@ def main():
                "--max-batch", str(args.clients), "--log-level", "warning"]
     if args.lora_precision:
         command += ["--lora-precision", args.lora_precision]
+    if args.prompt_cache_mb is not None:
+        command += ["--prompt-cache-mb", args.prompt_cache_mb]
     server = subprocess.Popen(command)
     url = f"http://127.0.0.1:{args.port}"
     try:

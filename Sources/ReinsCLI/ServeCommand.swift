@@ -39,6 +39,8 @@ struct ServeCommand: ParsableCommand {
     @Flag(help: "For a GGUF model: compute with the dequantized weights in float32.") var exact = false
     @Option(help: "LoRA weights while decoding: int4 (4-bit copies with a scale per group of 32: a sixth of the adapter bytes a step reads), int8 (8-bit copies with a scale per row: a quarter), half (copies in IEEE half precision: half the bytes), float (float32: each request's tokens those it gets alone), or auto: int8 over a GGUF file's quantized weights (whose own rounding moves the logits ~85x more), half otherwise.")
     var loraPrecision = "auto"
+    @Option(help: "Megabytes of prompts' keys and values kept (all adapters together), so that a request whose prompt starts as an earlier one's (a shared system prompt, chat template or few-shot examples) does not compute that start again; 0 keeps none.")
+    var promptCacheMb = 256
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be within 0...65535, got \(port)") }
@@ -46,6 +48,9 @@ struct ServeCommand: ParsableCommand {
                           ("--max-prompt-tokens", maxPromptTokens), ("--max-body", maxBody),
                           ("--max-batch-tokens", maxBatchTokens)] where v <= 0 {
             throw ValidationError("\(flag) must be positive, got \(v)")
+        }
+        guard (0...(1 << 20)).contains(promptCacheMb) else {
+            throw ValidationError("--prompt-cache-mb must be within 0...\(1 << 20), got \(promptCacheMb)")
         }
         guard ["auto", "float"].contains(loraPrecision) || LoRACopies.Precision(rawValue: loraPrecision) != nil else {
             throw ValidationError("--lora-precision \(loraPrecision): auto, int4, int8, half or float")
@@ -71,6 +76,7 @@ struct ServeCommand: ParsableCommand {
         (options.host, options.port, options.batchCapacity, options.queueLimit) = (host, port, maxBatch, maxQueue)
         (options.maxTokens, options.maxPromptTokens, options.maxBodyBytes) = (maxTokens, maxPromptTokens, maxBody)
         options.maxBatchTokens = maxBatchTokens
+        options.promptCacheBytes = promptCacheMb << 20
         if loraPrecision == "auto" {
             // The integer route (quantized weights, activations rounded to 8 bits) is what `--exact` turns off.
             let integer = !exact && lm.namedModules().contains { ($0.module as? Linear)?.quantizedWeight != nil }

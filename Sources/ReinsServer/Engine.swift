@@ -100,6 +100,8 @@ public enum ServerError: Error, CustomStringConvertible, Sendable {
 public final class Engine: @unchecked Sendable {
     /// What a generation request's stream carries.
     public enum Output: Sendable {
+        /// Sent first: the prompt's first tokens taken from the prompt cache (0 when none were).
+        case cachedPromptTokens(Int)
         case token(Int32)
         case finished(ContinuousBatch.Event.Finish)
         case failed(String, status: Int)
@@ -125,6 +127,8 @@ public final class Engine: @unchecked Sendable {
         public var lastStepRows = 0, lastStepSeconds = 0.0
         /// The most classify requests answered in one pass.
         public var largestClassificationBatch = 0
+        /// Prompt tokens taken from the prompt cache so far, and the bytes it keeps.
+        public var reusedPromptTokens = 0, promptCacheBytes = 0
     }
 
     /// A classify request's answer: its adapter's task and labels, and each input's head logits.
@@ -161,17 +165,21 @@ public final class Engine: @unchecked Sendable {
     /// Called on the engine thread after each step with the statistics (the server's metrics).
     var onStatistics: (@Sendable (Statistics) -> Void)?
 
-    /// - Parameter loraPrecision: decode with copies of LoRA weights in this precision (``ServedModel/loraCopies``);
-    ///   nil: float32.
+    /// - Parameters:
+    ///   - loraPrecision: decode with copies of LoRA weights in this precision (``ServedModel/loraCopies``); nil:
+    ///     float32.
+    ///   - promptCacheBytes: keep this many bytes of prompts' keys and values (``ContinuousBatch/promptCache``); 0:
+    ///     none.
     public init(
         served: ServedModel, batchCapacity: Int = 16, queueLimit: Int = 64, classificationTokenBudget: Int = 16384,
-        loraPrecision: LoRACopies.Precision? = nil
+        loraPrecision: LoRACopies.Precision? = nil, promptCacheBytes: Int = 0
     ) throws {
         guard classificationTokenBudget > 0 else { throw ServerError.badRequest("the classification token budget must be positive") }
         self.served = served
         batch = try ContinuousBatch(model: served.model, capacity: batchCapacity)
         served.loraCopies = loraPrecision.map { LoRACopies(precision: $0) }
         batch.loraCopies = served.loraCopies
+        batch.promptCache = promptCacheBytes > 0 ? try PromptCache(capacity: promptCacheBytes) : nil
         self.queueLimit = queueLimit
         self.classificationTokenBudget = classificationTokenBudget
     }
@@ -391,6 +399,7 @@ public final class Engine: @unchecked Sendable {
                 p.sink.finish()
                 return
             }
+            p.sink.yield(.cachedPromptTokens(batch.request(id)?.cachedTokens ?? 0))
             condition.lock()
             runningIDs[p.id] = (id, p.sink, p.adapter)
             condition.unlock()
@@ -440,6 +449,8 @@ public final class Engine: @unchecked Sendable {
         stats.running = batch.count
         stats.largestBatch = max(stats.largestBatch, size)
         (stats.lastStepRows, stats.lastStepSeconds) = (batch.lastStepRows, seconds)
+        stats.reusedPromptTokens = batch.promptCache?.reusedTokens ?? 0
+        stats.promptCacheBytes = batch.promptCache?.bytes ?? 0
         let rate = Double(events.count) / max(seconds, 1e-9)
         stats.tokensPerSecond = stats.tokensPerSecond == 0 ? rate : 0.9 * stats.tokensPerSecond + 0.1 * rate
         let snapshot = stats

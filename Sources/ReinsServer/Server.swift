@@ -30,6 +30,9 @@ public struct ServerOptions: Sendable {
     /// each LoRA's update differs from float32's by the weights' rounding). Nil: float32, every request's tokens
     /// those it gets alone.
     public var loraPrecision: LoRACopies.Precision?
+    /// Bytes of prompts' keys and values kept so that a prompt starting as an earlier one's, for the same adapter,
+    /// takes that start from them (``PromptCache``); 0 keeps none.
+    public var promptCacheBytes = 256 << 20
 
     public init() {}
 }
@@ -61,7 +64,7 @@ public final class ReinsServer: Sendable {
     public init(served: ServedModel, options: ServerOptions, logger: Logger = Logger(label: "reins.serve")) throws {
         guard (0...65535).contains(options.port), options.maxTokens > 0, options.maxPromptTokens > 0,
             options.maxBodyBytes > 0, options.batchCapacity > 0, options.queueLimit > 0, options.idleTimeoutSeconds > 0,
-            options.maxBatchTokens > 0
+            options.maxBatchTokens > 0, options.promptCacheBytes >= 0
         else {
             throw ServerError.badRequest("server limits must be positive and the port within 0...65535")
         }
@@ -70,7 +73,8 @@ public final class ReinsServer: Sendable {
         Parallel.sharesCores = true
         engine = try Engine(
             served: served, batchCapacity: options.batchCapacity, queueLimit: options.queueLimit,
-            classificationTokenBudget: options.maxBatchTokens, loraPrecision: options.loraPrecision)
+            classificationTokenBudget: options.maxBatchTokens, loraPrecision: options.loraPrecision,
+            promptCacheBytes: options.promptCacheBytes)
         self.options = options
         format = served.format
         baseName = served.baseName
@@ -81,6 +85,10 @@ public final class ReinsServer: Sendable {
             descriptor: metric("tokens", "per_second", "Generated tokens per second (moving average)"))
         tokensCounter = registry.makeCounter(descriptor: metric("generated_tokens", "total", "Tokens generated"))
         requestsCounter = registry.makeCounter(descriptor: metric("requests", "total", "HTTP requests answered"))
+        let cachedTokens = registry.makeGauge(
+            descriptor: metric("prompt_cache", "reused_tokens", "Prompt tokens taken from the prompt cache so far"))
+        let cachedBytes = registry.makeGauge(
+            descriptor: metric("prompt_cache", "bytes", "Bytes of prompts' keys and values kept"))
         let stepRows = registry.makeValueHistogram(
             descriptor: metric("step", "rows", "Rows per decoding step: running requests' tokens and prompt tokens fed with them"),
             buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256])
@@ -92,6 +100,8 @@ public final class ReinsServer: Sendable {
             queue.set(Double(s.queued))
             batchSize.set(Double(s.running))
             rate.set(s.tokensPerSecond)
+            cachedTokens.set(Double(s.reusedPromptTokens))
+            cachedBytes.set(Double(s.promptCacheBytes))
             if s.lastStepRows > 0 {
                 stepRows.record(Double(s.lastStepRows))
                 stepSeconds.recordNanoseconds(Int64(s.lastStepSeconds * 1e9))
@@ -304,6 +314,8 @@ public final class ReinsServer: Sendable {
                     var finish: String?
                     for await output in stream {
                         switch output {
+                        case .cachedPromptTokens:
+                            continue
                         case let .token(t):
                             counter.increment()
                             let (piece, stopped) = text.add(t)
@@ -328,8 +340,11 @@ public final class ReinsServer: Sendable {
         }
 
         var finish = "length"
+        var cached = 0
         consume: for await output in stream {
             switch output {
+            case let .cachedPromptTokens(n):
+                cached = n
             case let .token(t):
                 tokensCounter.increment()
                 if text.add(t).stopped { finish = "stop"; break consume }
@@ -340,7 +355,10 @@ public final class ReinsServer: Sendable {
             }
         }
         _ = text.flush()
-        let usage = ["prompt_tokens": prompt.count, "completion_tokens": text.tokenCount, "total_tokens": prompt.count + text.tokenCount]
+        let usage: [String: Any] = [
+            "prompt_tokens": prompt.count, "completion_tokens": text.tokenCount,
+            "total_tokens": prompt.count + text.tokenCount, "prompt_tokens_details": ["cached_tokens": cached],
+        ]
         let choice: [String: Any] =
             chat
             ? ["index": 0, "message": ["role": "assistant", "content": text.text], "finish_reason": finish, "logprobs": NSNull()]

@@ -175,7 +175,8 @@ struct ServerTests {
     }
 
     /// `ignore_eos` (a load test's fixed-length answers): with the stop token set to one the greedy answer reaches
-    /// early, the answer stops there without it and runs to `max_tokens` with it.
+    /// early, the answer stops there without it and runs to `max_tokens` with it. The second request, the same
+    /// prompt, takes all but its last token from the prompt cache (`usage.prompt_tokens_details.cached_tokens`).
     @Test func ignoreEOSRunsPastTheStopTokens() async throws {
         let base = try Self.served()
         let prompt = base.format.tokenizer.encode("Once upon a time")
@@ -187,6 +188,7 @@ struct ServerTests {
         let running = try await Self.start(served: ServedModel(model: base.model, format: format, baseName: "tiny"))
         defer { running.stop() }
         let client = running.client
+        var cached: [Int?] = [], promptTokens: [Int?] = []
         for ignore in [false, true] {
             let reply = try await Self.blocking {
                 try client.post("/v1/completions", [
@@ -195,9 +197,14 @@ struct ServerTests {
             }
             #expect(reply.status == 200, "\(reply.text)")
             let choice = (reply.json["choices"] as? [[String: Any]])?.first
-            #expect((reply.json["usage"] as? [String: Any])?["completion_tokens"] as? Int == (ignore ? 6 : stopsAfter))
+            let usage = reply.json["usage"] as? [String: Any]
+            #expect(usage?["completion_tokens"] as? Int == (ignore ? 6 : stopsAfter))
             #expect(choice?["finish_reason"] as? String == (ignore ? "length" : "stop"))
+            cached.append((usage?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int)
+            promptTokens.append(usage?["prompt_tokens"] as? Int)
         }
+        #expect(promptTokens == [prompt.count, prompt.count])
+        #expect(cached == [0, prompt.count - 1], "the repeated prompt's start from the prompt cache")
     }
 
     /// Eight clients at once, each on an adapter (or the base): every answer equals its adapter's alone, and the engine

@@ -266,6 +266,119 @@ struct MixedBatchTests {
         }
     }
 
+    /// A kept prompt's positions are what computing them gives: a prompt that shares its start with a kept one, under
+    /// the same adapter (the base, LoRA, DoRA, IA3, a bottleneck adapter, a prefix of three positions), takes that
+    /// start from the prompt cache and computes the rest over it, and the rest's logits equal the whole prompt's pass.
+    /// The start taken is never the whole prompt: its last token is computed, for its logits.
+    @Test(arguments: ["gpt2-lm", "llama-tiny"])
+    func promptCachePositionsContinueAsTheWholePass(family: String) throws {
+        let (model, _) = try Self.adapted(family)
+        let V = model.vocabularySize
+        let kept: [Int32] = [5, 9, 14, 3, 22, 7, 30]
+        let asked: [Int32] = Array(kept[..<4]) + [11, 6, 19]
+        for adapter in [nil, "lora", "dora", "ia3", "houlsby", "prefix-3"] as [String?] {
+            let what = "\(family), \(adapter ?? "base")"
+            model.activateAdapter(adapter)
+            let whole = try Self.logits(model, IntTensor(shape: [1, asked.count], values: asked)).scalars
+            model.activateAdapter(nil)
+            let cache = try PromptCache(capacity: 1 << 20)
+            let owner = PromptCache.Owner(
+                model: model, adapter: adapter,
+                weights: adapter.map { model.parameters(ofAdapter: $0).map(\.value.storage) } ?? [], precision: nil)
+            // A row cache as a continuous batch starts one: the adapter's learned positions first, if it has any.
+            func seeded() throws -> KVCache {
+                let c = KVCache(layers: model.layerCount)
+                model.activateAdapter(adapter)
+                defer { model.activateAdapter(nil) }
+                #expect(try model.seedPrefix(c))
+                return c
+            }
+            func feed(_ tokens: ArraySlice<Int32>, _ c: KVCache, after start: Int) throws -> [Float] {
+                try Autograd.withoutGradients {
+                    try model.routingRows(tokens.map { _ in adapter }) {
+                        try model.rowLogits(
+                            Array(tokens), caches: tokens.map { _ in c },
+                            positions: tokens.indices.map { Int32(start + $0) }
+                        ).scalars
+                    }
+                }
+            }
+            let first = try seeded()
+            let start = first.length
+            #expect(start == (adapter == "prefix-3" ? 3 : 0), "\(what): learned positions")
+            _ = try feed(kept[...], first, after: start)
+            try cache.keep(kept, owner: owner, from: first, start: start)
+            let second = try seeded()
+            let n = try cache.restore(asked, owner: owner, into: second)
+            #expect(n == 4 && second.length == start + 4, "\(what): the shared start taken")
+            expectClose(
+                try feed(asked[n...], second, after: start), Array(whole[(n * V)...]), atol: 1e-5, rtol: 1e-4,
+                "\(what): the rest over the kept start")
+            #expect(try cache.restore(kept, owner: owner, into: try seeded()) == kept.count - 1, "\(what): all but one")
+            #expect(cache.hits == 2 && cache.reusedTokens == 4 + kept.count - 1)
+        }
+    }
+
+    /// A continuous batch with a prompt cache: requests whose prompts share a start with an earlier request's, under
+    /// the same adapter, take it from the cache and get the tokens they get alone (greedy and sampled); another
+    /// adapter's, a prompt-tuning adapter's (its prompt vectors need a pass of their own) and an adapter's replaced
+    /// under its name take nothing, and the replaced one's prompts go. A capacity of one prompt keeps the latest; a
+    /// larger prompt is not kept; a negative capacity is a named error.
+    @Test func continuousBatchTakesSharedPromptStartsFromTheCache() throws {
+        let (model, _) = try Self.adapted("llama-tiny")
+        let system: [Int32] = [4, 17, 9, 23, 12, 8]
+        let jobs: [(tail: [Int32], adapter: String?, greedy: Bool, cached: Int)] = [
+            ([30, 5], "lora", true, 0), ([31], "lora", false, 6), ([30, 5], "lora", true, 7), ([30], nil, true, 0),
+            ([30, 2], nil, false, 7), ([33], "prefix", true, 0), ([34], "prefix", false, 6), ([30], "prompt", true, 0),
+            ([30], "prompt", true, 0), ([31], "ia3", true, 0), ([31], "lora", true, 6),
+        ]
+        let batch = try ContinuousBatch(model: model, capacity: 3)
+        let cache = try PromptCache(capacity: 1 << 22)
+        batch.promptCache = cache
+        func run(_ prompt: [Int32], _ adapter: String?, greedy: Bool) throws -> (tokens: [Int32], alone: [Int32], cached: Int) {
+            let options = GenerationOptions(maxNewTokens: 5, greedy: greedy, temperature: 0.9, seed: UInt64(prompt.count))
+            model.activateAdapter(adapter)
+            let alone = Array(try model.generate(prompts: [prompt], options: options)[0].dropFirst(prompt.count))
+            model.activateAdapter(nil)
+            let id = try #require(try batch.enqueue(prompt: prompt, adapter: adapter, options: options))
+            let cached = try #require(batch.request(id)).cachedTokens
+            var tokens: [Int32] = []
+            while batch.count > 0 { tokens += try batch.step().filter { $0.id == id }.map(\.token) }
+            return (tokens, alone, cached)
+        }
+        for (i, job) in jobs.enumerated() {
+            let r = try run(system + job.tail, job.adapter, greedy: job.greedy)
+            #expect(r.cached == job.cached, "job \(i) (\(job.adapter ?? "base")): cached prompt tokens")
+            #expect(r.tokens == r.alone, "job \(i) (\(job.adapter ?? "base")): its tokens alone")
+        }
+        #expect(cache.hits == jobs.filter { $0.cached > 0 }.count)
+        // 'lora' replaced under its name: its kept prompts (two) never match again and go at the next lookup.
+        let before = cache.count
+        try model.deleteAdapter("lora")
+        try model.addAdapter("lora", .lora(LoRAConfig(rank: 2, alpha: 4, targets: Self.llamaLinear)), seed: 77)
+        for (j, p) in model.parameters(ofAdapter: "lora").enumerated() {
+            p.replaceValue(try p.value.detached() + Tensor.normal(p.value.shape, std: 0.3, seed: 900 + UInt64(j)))
+        }
+        model.activateAdapter(nil)
+        let replaced = try run(system + [31], "lora", greedy: true)
+        #expect(replaced.cached == 0, "the replaced adapter takes nothing")
+        #expect(replaced.tokens == replaced.alone, "the replaced adapter's tokens alone")
+        #expect(cache.count == before - 2 + 1, "the old adapter's prompts went, the new one's is kept")
+
+        // A capacity of exactly one 8-token prompt's positions.
+        let config = try #require(model as? LlamaForCausalLM).model.config
+        let perPosition = model.layerCount * 2 * config.keyValueHeads * config.headSize * MemoryLayout<Float>.stride
+        let small = try PromptCache(capacity: 8 * perPosition)
+        batch.promptCache = small
+        _ = try run(system + [30, 5], nil, greedy: true)
+        _ = try run([7, 7] + system, nil, greedy: true)
+        #expect(small.count == 1 && small.bytes == 8 * perPosition, "the latest prompt only")
+        #expect(try run(system + [30, 5], nil, greedy: true).cached == 0, "the first prompt went")
+        #expect(try run(system + [30, 5, 2], nil, greedy: true).cached == 8, "the kept 8-token prompt taken")
+        #expect(small.count == 1 && small.bytes == 8 * perPosition, "a 9-token prompt is not kept")
+        #expect(throws: ModelError.self) { try PromptCache(capacity: -1) }
+    }
+
     /// A layer keeps its routed groups' adapters between batches routed to the same names (a server's decoding steps);
     /// an adapter deleted and added anew under its name, on the same layers or on fewer, is seen by the next batch:
     /// each row still equals its adapter alone, and the replaced adapter's rows change.

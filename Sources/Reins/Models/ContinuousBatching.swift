@@ -259,6 +259,8 @@ public final class ContinuousBatch {
         public let options: GenerationOptions
         /// The new tokens so far.
         public internal(set) var tokens: [Int32] = []
+        /// The prompt's first tokens whose keys and values came from the ``ContinuousBatch/promptCache`` (0 without).
+        public internal(set) var cachedTokens = 0
     }
 
     /// What one request did in a step.
@@ -282,9 +284,15 @@ public final class ContinuousBatch {
     /// precision, up to ~1e-2 in 8-bit integers). Nil (the default): float32, each request's tokens those it gets
     /// alone.
     public var loraCopies: LoRACopies?
+    /// Set, a request joining with ``enqueue(prompt:adapter:options:)`` takes the keys and values of the longest start
+    /// of its prompt that an earlier request of its adapter fed (all but its last token), and its prompt is kept there
+    /// once fed (``PromptCache``). Its tokens are those it gets without the cache, float rounding aside (the kept
+    /// positions were computed in other steps' batches). Nil (the default): every prompt is computed whole.
+    public var promptCache: PromptCache?
     /// A request in the batch: its cache and generator; while it joins, how much of its prompt is fed, after `start`
     /// cached positions (a prefix's), and `alone` when its adapter brings prompt vectors (a pass of its own); once it
-    /// runs, `next`, its last token (the next step's input).
+    /// runs, `next`, its last token (the next step's input); `owner`, what its prompt's positions are kept under in
+    /// the prompt cache.
     private struct Slot {
         var request: Request
         let cache: KVCache
@@ -293,6 +301,7 @@ public final class ContinuousBatch {
         var fed = 0
         var start = 0
         var alone = false
+        var owner: PromptCache.Owner? = nil
     }
     private var running: [Slot] = []
     /// Requests waiting for (the rest of) their prompt to be fed.
@@ -360,8 +369,18 @@ public final class ContinuousBatch {
     public func enqueue(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> Int? {
         guard let (request, cache, seeded) = try admit(prompt: prompt, adapter: adapter, options: options, seeding: true)
         else { return nil }
-        joining.append(
-            Slot(request: request, cache: cache, rng: SeededGenerator(seed: options.seed), start: cache.length, alone: !seeded))
+        var slot = Slot(
+            request: request, cache: cache, rng: SeededGenerator(seed: options.seed), start: cache.length, alone: !seeded)
+        if seeded, let promptCache {
+            let owner = PromptCache.Owner(
+                model: model, adapter: adapter,
+                weights: adapter.map { model.parameters(ofAdapter: $0).map(\.value.storage) } ?? [],
+                precision: loraCopies?.precision)
+            slot.fed = try promptCache.restore(prompt, owner: owner, into: cache)
+            slot.request.cachedTokens = slot.fed
+            slot.owner = owner
+        }
+        joining.append(slot)
         return request.id
     }
 
@@ -383,6 +402,11 @@ public final class ContinuousBatch {
         let finish = finishReason(request, token: token, cache: cache)
         if finish == nil { running.append(Slot(request: request, cache: cache, rng: rng, next: token)) }
         return Event(id: request.id, token: token, finish: finish)
+    }
+
+    /// The request `id` while it is in the batch (running or joining).
+    public func request(_ id: Int) -> Request? {
+        (joining.last { $0.request.id == id } ?? running.first { $0.request.id == id })?.request
     }
 
     /// Removes a request (a client that went away), running or joining; nothing when it is in neither.
@@ -429,6 +453,12 @@ public final class ContinuousBatch {
         }
         for (i, n) in fed { joining[i].fed += n }
         let completed = fed.map(\.joiner).filter { joining[$0].fed == joining[$0].request.prompt.count }
+        if let promptCache {
+            for i in completed {
+                guard let owner = joining[i].owner else { continue }
+                try promptCache.keep(joining[i].request.prompt, owner: owner, from: joining[i].cache, start: joining[i].start)
+            }
+        }
         // Who draws each kept row: its request, its history, its generator.
         let requests = running.map(\.request) + completed.map { joining[$0].request }
         var rngs = running.map(\.rng) + completed.map { joining[$0].rng }

@@ -406,13 +406,29 @@ public final class KVCache {
 
         /// Appends `k` and `v` (`[B, NH, T, hs]`) in place, growing the storage (to the reserve, else by doubling)
         /// when it is full: no copy of the whole cache per token, and no buffer left behind per length.
-        func append(_ k: Tensor, _ v: Tensor) throws {
+        /// `count` appends only the first `count` positions of `k` and `v` (at most their `T`).
+        func append(_ k: Tensor, _ v: Tensor, count: Int? = nil) throws {
             let (B, NH, T, hs) = (k.shape[0], k.shape[1], k.shape[2], k.shape[3])
-            try makeRoom(batch: B, heads: NH, headSize: hs, adding: T)
+            let n = min(count ?? T, T)
+            try makeRoom(batch: B, heads: NH, headSize: hs, adding: n)
             let capacity = keys!.shape[2]
-            Self.copyRows(from: k, rows: T, into: &keys!, capacity: capacity, count: T, at: length)
-            Self.copyRows(from: v, rows: T, into: &values!, capacity: capacity, count: T, at: length)
-            length += T
+            Self.copyRows(from: k, rows: T, into: &keys!, capacity: capacity, count: n, at: length)
+            Self.copyRows(from: v, rows: T, into: &values!, capacity: capacity, count: n, at: length)
+            length += n
+        }
+
+        /// Copies of the cached positions `range` (within ``length``), keys and values `[B, NH, range.count, hs]`.
+        func positions(_ range: Range<Int>) throws -> (keys: Tensor, values: Tensor) {
+            guard let keys, let values, range.lowerBound >= 0, range.upperBound <= length else {
+                throw ModelError.badInput("positions \(range) of a cache of \(length)")
+            }
+            let (B, NH, rows, hs) = (keys.shape[0], keys.shape[1], keys.shape[2], keys.shape[3])
+            var k = try Tensor.zeros([B, NH, range.count, hs]), v = try Tensor.zeros([B, NH, range.count, hs])
+            Self.copyRows(from: keys, rows: rows, into: &k, capacity: range.count, count: range.count, at: 0,
+                          first: range.lowerBound)
+            Self.copyRows(from: values, rows: rows, into: &v, capacity: range.count, count: range.count, at: 0,
+                          first: range.lowerBound)
+            return (k, v)
         }
 
         /// Makes room for one more position in a cache of one batch row (a continuous batch's row cache) of `heads`
@@ -448,17 +464,18 @@ public final class KVCache {
             (keys, values) = (newKeys, newValues)
         }
 
-        /// Copies the first `count` rows of each head of `source` (`rows` per head) to rows `at...` of `target`: each
-        /// head's rows are contiguous on both sides, so one copy per head.
+        /// Copies `count` rows of each head of `source` (`rows` per head), from its row `first`, to rows `at...` of
+        /// `target`: each head's rows are contiguous on both sides, so one copy per head.
         private static func copyRows(
-            from source: Tensor, rows: Int, into target: inout Tensor, capacity: Int, count: Int, at: Int
+            from source: Tensor, rows: Int, into target: inout Tensor, capacity: Int, count: Int, at: Int,
+            first: Int = 0
         ) {
             let hs = source.shape[3], heads = source.shape[0] * source.shape[1]
             source.withUnsafeBufferPointer { src in
                 target.withUnsafeMutableBufferPointer { dst in
                     for h in 0..<heads {
                         (dst.baseAddress! + (h * capacity + at) * hs).update(
-                            from: src.baseAddress! + h * rows * hs, count: count * hs)
+                            from: src.baseAddress! + (h * rows + first) * hs, count: count * hs)
                     }
                 }
             }
