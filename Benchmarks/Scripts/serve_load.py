@@ -139,7 +139,8 @@ def main():
     p.add_argument("--rounds", type=int, default=2,
                    help="the requests in this many parts, each sent one at a time and together in turn")
     p.add_argument("--only", default="",
-                   help="only runs whose scenario or kind (completion, chat) contains this text, e.g. 'mixed'")
+                   help="only runs whose scenario or kind (completion, chat) contains this text, e.g. 'mixed'"
+                        " (several, comma-separated: each of them, e.g. 'mixed,completion')")
     p.add_argument("--ignore-eos", action="store_true",
                    help="every answer max_tokens long (ignore_eos): the scenarios' costs per token without their answers' lengths")
     p.add_argument("--pinned", action="store_true",
@@ -183,7 +184,8 @@ def main():
         mixed = list(scenarios)[-1]
         scenarios["base model alone, no adapter (control)"] = [base]
         runs = [("completion", n) for n in scenarios] + [("chat", mixed)]
-        runs = [(kind, name) for kind, name in runs if args.only in name or args.only in kind]
+        runs = [(kind, name) for kind, name in runs
+                if all(term in name or term in kind for term in args.only.split(","))]
         timing = []
         for kind, name in runs:
             adapters = scenarios[name]

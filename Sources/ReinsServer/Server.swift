@@ -203,7 +203,7 @@ public final class ReinsServer: Sendable {
     /// `generating`, not a classification or question-answering adapter (400: they answer on `/v1/classify`).
     func adapter(named model: String, generating: Bool = false) async throws -> String? {
         if model == baseName { return nil }
-        let (known, task) = try await engine.run { ($0.model.adapterNames.contains(model), $0.heads[model]?.task) }
+        let (known, task) = try await engine.run { ($0.model.hasAdapter(model), $0.heads[model]?.task) }
         guard known else { throw ServerError.unknownModel(model) }
         if generating, let task {
             throw ServerError.badRequest(

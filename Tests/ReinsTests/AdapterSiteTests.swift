@@ -42,4 +42,22 @@ struct AdapterSiteTests {
         #expect(taken == 1 && layer.loras["x"] != nil)
         #expect(model.adapterNames == ["x"])
     }
+
+    /// The cheaper walks a server makes for every request see what the full ones see: the modules without their keys
+    /// are `namedModules()`'s, in order, and each site (and the model) holds exactly the names it lists — every
+    /// method's adapter on GPT-2 and Llama, and names it does not have.
+    @Test(arguments: ["gpt2-lm", "llama-tiny"])
+    func keylessWalksAndHoldsAgreeWithTheListings(family: String) throws {
+        let (model, names) = try MixedBatchTests.adapted(family)
+        #expect(
+            model.descendantModules().map { ObjectIdentifier($0) } == model.namedModules().map { ObjectIdentifier($0.module) })
+        let sites = model.adapterSites
+        for name in names + ["absent", ""] {
+            #expect(model.hasAdapter(name) == model.adapterNames.contains(name), "\(family): \(name)")
+            for site in sites {
+                #expect(site.holds(name) == site.adapterNames.contains(name), "\(family): \(name) at \(type(of: site))")
+            }
+        }
+        #expect(names.count > 10 && names.allSatisfy { model.hasAdapter($0) })
+    }
 }

@@ -10,6 +10,8 @@ import ReinsTensor
 public protocol AdapterSite {
     /// The names of the adapters at this site.
     var adapterNames: [String] { get }
+    /// Whether this site holds an adapter named `name` (``adapterNames`` contains it, without listing them).
+    func holds(_ name: String) -> Bool
     /// The adapter this site applies, if any.
     var activeAdapter: String? { get }
     /// Applies the adapter `name` if this site has one of that name, else none (the base alone).
@@ -32,6 +34,8 @@ public protocol AdapterSite {
 }
 
 extension AdapterSite {
+    public func holds(_ name: String) -> Bool { adapterNames.contains(name) }
+
     /// Adapters that change activations, not weights, are not folded into the base.
     public func merge(_ name: String) throws {
         guard adapterNames.contains(name) else { return }
@@ -63,6 +67,7 @@ func adapterParameters(_ value: Any?) -> [Parameter] {
 
 extension NamedSet: AdapterSite {
     public var adapterNames: [String] { members.keys.sorted() }
+    public func holds(_ name: String) -> Bool { members[name] != nil }
     public var activeAdapter: String? { active }
     public func removeAdapter(_ name: String) { remove(name) }
     public func parameters(of name: String) -> [Parameter] { adapterParameters(members[name]) }
@@ -73,6 +78,7 @@ extension NamedSet: AdapterSite {
 
 extension Variants: AdapterSite {
     public var adapterNames: [String] { named.adapterNames }
+    public func holds(_ name: String) -> Bool { named.holds(name) }
     public var activeAdapter: String? { active }
     public func removeAdapter(_ name: String) { remove(name) }
     public func parameters(of name: String) -> [Parameter] { adapterParameters(variants[name]) }
@@ -83,6 +89,7 @@ extension Variants: AdapterSite {
 
 extension AdapterSlot: AdapterSite {
     public var adapterNames: [String] { adapters.keys.sorted() }
+    public func holds(_ name: String) -> Bool { adapters[name] != nil }
     public var activeAdapter: String? { active }
     public func activate(_ name: String?) { named.activate(name) }
     public func removeAdapter(_ name: String) { remove(name) }
@@ -96,6 +103,7 @@ extension AdapterSlot: AdapterSite {
 struct LoRASite: AdapterSite {
     let host: any LoRAHost
     var adapterNames: [String] { host.loras.keys.sorted() }
+    func holds(_ name: String) -> Bool { host.loras[name] != nil }
     var activeAdapter: String? { host.activeLoRA }
     func activate(_ name: String?) { host.activeLoRA = name.flatMap { host.loras[$0] != nil ? $0 : nil } }
     func removeAdapter(_ name: String) throws { try host.detachLoRA(name) }
@@ -119,6 +127,7 @@ struct LoRASite: AdapterSite {
 struct IA3Site: AdapterSite {
     let layer: Linear
     var adapterNames: [String] { layer.ia3.keys.sorted() }
+    func holds(_ name: String) -> Bool { layer.ia3[name] != nil }
     var activeAdapter: String? { layer.activeIA3 }
     func activate(_ name: String?) { layer.ia3Vectors.activate(name) }
     func removeAdapter(_ name: String) { layer.detachIA3(name) }
@@ -144,6 +153,7 @@ extension Linear: AdapterSiteOwner {
 struct LinearMethodSite: AdapterSite {
     let layer: Linear
     var adapterNames: [String] { layer.methods.adapterNames }
+    func holds(_ name: String) -> Bool { layer.methods.holds(name) }
     var activeAdapter: String? { layer.methods.active }
     func activate(_ name: String?) { layer.methods.activate(name) }
     func removeAdapter(_ name: String) { layer.methods.remove(name) }
@@ -175,7 +185,7 @@ extension GPT2ForSequenceClassification: AdapterSiteOwner { public var ownAdapte
 extension Module {
     /// Every adapter site in the model: this module's own, then each sub-module's in registration order.
     public var adapterSites: [any AdapterSite] {
-        ([self as any Module] + namedModules().map(\.module)).flatMap {
+        ([self as any Module] + descendantModules()).flatMap {
             ($0 as? any AdapterSiteOwner)?.ownAdapterSites ?? []
         }
     }
@@ -215,10 +225,10 @@ extension Module {
     public func unmergeAdapters() throws { for site in adapterSites { try site.unmerge() } }
 
     /// Every parameter the adapter `name` holds, at every site (its head and BitFit biases included), each once.
-    public func parameters(ofAdapter name: String) -> [Parameter] {
-        var seen = Set<ObjectIdentifier>()
-        return adapterSites.flatMap { $0.parameters(of: name) }.filter { seen.insert(ObjectIdentifier($0)).inserted }
-    }
+    public func parameters(ofAdapter name: String) -> [Parameter] { adapterSites.parameters(of: name) }
+
+    /// Whether any site holds an adapter named `name` (``adapterNames`` contains it, without listing them).
+    public func hasAdapter(_ name: String) -> Bool { adapterSites.contains { $0.holds(name) } }
 
     /// Runs `body` on the bare base: no adapter applied at any site and no LoRA merged into a weight; then puts every
     /// site and merge back as it was.
@@ -234,5 +244,13 @@ extension Module {
             for host in merged { try? host.merge() }
         }
         return try body()
+    }
+}
+
+extension Array where Element == any AdapterSite {
+    /// Every parameter the adapter `name` holds at these sites, each once.
+    func parameters(of name: String) -> [Parameter] {
+        var seen = Set<ObjectIdentifier>()
+        return flatMap { $0.parameters(of: name) }.filter { seen.insert(ObjectIdentifier($0)).inserted }
     }
 }

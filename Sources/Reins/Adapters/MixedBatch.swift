@@ -73,7 +73,7 @@ extension Module {
 
     /// The key of a module with an adapter merged into its weight, if any.
     var mergedModuleKey: String? {
-        namedModules().first { ($0.module as? Linear)?.isMerged == true || ($0.module as? Embedding)?.isMerged == true }?.key
+        namedModules().first { ($0.module as? any LoRAHost)?.isMerged == true }?.key
     }
 }
 

@@ -322,26 +322,29 @@ public final class ContinuousBatch {
     /// The requests in the batch: running ones, then joining ones.
     public var requests: [Request] { running.map(\.request) + joining.map(\.request) }
 
-    /// Checks a request and makes its state: nil when it asks for no tokens.
+    /// Checks a request and makes its state: nil when it asks for no tokens. Also returns the model's adapter sites
+    /// (one walk of the model per request: a server admits many).
     private func admit(prompt: [Int32], adapter: String?, options: GenerationOptions, seeding: Bool = false) throws
-        -> (request: Request, cache: KVCache, seeded: Bool)?
+        -> (request: Request, cache: KVCache, seeded: Bool, sites: [any AdapterSite])?
     {
         guard !isFull else { throw ModelError.badInput("the batch is full (\(capacity) requests)") }
         guard !prompt.isEmpty else { throw ModelError.badInput("every prompt needs at least one token") }
         try options.validate()
-        if let adapter, !model.adapterNames.contains(adapter) {
+        let sites = model.adapterSites
+        if let adapter, !sites.contains(where: { $0.holds(adapter) }) {
             throw ModelError.badInput("no adapter named '\(adapter)' (the model has \(model.adapterNames.sorted()))")
         }
-        if let merged = model.mergedModuleKey {
+        if sites.contains(where: { ($0 as? LoRASite)?.host.isMerged == true }) {
             throw ModelError.badInput(
-                "\(merged) has an adapter merged into its weight: unmerge it before decoding requests for many adapters")
+                "\(model.mergedModuleKey ?? "a layer") has an adapter merged into its weight: unmerge it before decoding"
+                    + " requests for many adapters")
         }
         if let bad = prompt.first(where: { $0 < 0 || Int($0) >= model.vocabularySize }) {
             throw ModelError.badInput("token id \(bad) is outside the vocabulary (\(model.vocabularySize) tokens)")
         }
         // The batch keeps no adapter active between its passes: each row's is routed to it.
-        model.activateAdapter(adapter)
-        defer { model.activateAdapter(nil) }
+        for site in sites { site.activate(adapter) }
+        defer { for site in sites { site.activate(nil) } }
         let limit = model.positionLimit ?? Int(Int32.max)
         let virtual = model.virtualTokenCount
         guard prompt.count <= limit - virtual else {
@@ -352,7 +355,7 @@ public final class ContinuousBatch {
         nextID += 1
         let cache = KVCache(layers: model.layerCount, reserve: min(virtual + prompt.count + options.maxNewTokens, 4096))
         let seeded = seeding ? try model.seedPrefix(cache) : false
-        return (Request(id: id, adapter: adapter, prompt: prompt, options: options), cache, seeded)
+        return (Request(id: id, adapter: adapter, prompt: prompt, options: options), cache, seeded, sites)
     }
 
     /// Prefills `prompt` alone under `adapter` and adds it to the batch; returns its id and first event (its first
@@ -360,21 +363,24 @@ public final class ContinuousBatch {
     /// - Throws: ``ModelError/badInput(_:)`` for a full batch, an unknown adapter, an empty prompt, bad options, ids
     ///   outside the vocabulary, or a prompt plus budget beyond the model's positions.
     public func add(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> Event? {
-        guard let (request, cache, _) = try admit(prompt: prompt, adapter: adapter, options: options) else { return nil }
+        guard let (request, cache, _, _) = try admit(prompt: prompt, adapter: adapter, options: options) else {
+            return nil
+        }
         return try prefillAlone(request, cache: cache)
     }
 
     /// Adds a request whose prompt the next steps feed beside the running requests; returns its id (its first token
     /// comes from ``step()``), nil when it asks for no tokens. Throws as ``add(prompt:adapter:options:)``.
     public func enqueue(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> Int? {
-        guard let (request, cache, seeded) = try admit(prompt: prompt, adapter: adapter, options: options, seeding: true)
+        guard let (request, cache, seeded, sites) = try admit(
+            prompt: prompt, adapter: adapter, options: options, seeding: true)
         else { return nil }
         var slot = Slot(
             request: request, cache: cache, rng: SeededGenerator(seed: options.seed), start: cache.length, alone: !seeded)
         if seeded, let promptCache {
             let owner = PromptCache.Owner(
                 model: model, adapter: adapter,
-                weights: adapter.map { model.parameters(ofAdapter: $0).map(\.value.storage) } ?? [],
+                weights: adapter.map { sites.parameters(of: $0).map(\.value.storage) } ?? [],
                 precision: loraCopies?.precision)
             slot.fed = try promptCache.restore(prompt, owner: owner, into: cache)
             slot.request.cachedTokens = slot.fed
