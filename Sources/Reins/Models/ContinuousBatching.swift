@@ -460,9 +460,10 @@ public final class ContinuousBatch {
         for (i, n) in fed { joining[i].fed += n }
         let completed = fed.map(\.joiner).filter { joining[$0].fed == joining[$0].request.prompt.count }
         if let promptCache {
+            // A prompt that cannot be kept (no memory for its copy) is only not kept: the step goes on.
             for i in completed {
                 guard let owner = joining[i].owner else { continue }
-                try promptCache.keep(joining[i].request.prompt, owner: owner, from: joining[i].cache, start: joining[i].start)
+                try? promptCache.keep(joining[i].request.prompt, owner: owner, from: joining[i].cache, start: joining[i].start)
             }
         }
         // Who draws each kept row: its request, its history, its generator.
