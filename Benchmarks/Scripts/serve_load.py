@@ -148,7 +148,8 @@ def main():
     p.add_argument("--lora-precision", default=None,
                    help="passed to `reins serve --lora-precision` (auto, int8, half, float; default: the server's)")
     p.add_argument("--prompt-cache-mb", default=None,
-                   help="passed to `reins serve --prompt-cache-mb` (0 turns the prompt cache off; default: the server's)")
+                   help="passed to `reins serve --prompt-cache-mb` (0 turns the prompt cache off;"
+                        " default: the server's)")
     args = p.parse_args()
     model = args.model
     if model is None:

@@ -113,6 +113,17 @@ public final class Engine: @unchecked Sendable {
         let adapter: String?
         let options: GenerationOptions
         let sink: AsyncStream<Output>.Continuation
+        let perToken: Bool
+    }
+
+    /// A request in the batch: its id there, its stream, its adapter, and — when its reader wants its tokens at the
+    /// end only — the tokens held back so far.
+    struct Running {
+        let batchID: Int
+        let sink: AsyncStream<Output>.Continuation
+        let adapter: String?
+        let perToken: Bool
+        var held: [Int32] = []
     }
 
     /// Counters for `/metrics` and the load test.
@@ -158,7 +169,7 @@ public final class Engine: @unchecked Sendable {
     /// further passes.
     public let classificationTokenBudget: Int
     private var cancelled: Set<Int> = []
-    private var runningIDs: [Int: (batchID: Int, sink: AsyncStream<Output>.Continuation, adapter: String?)] = [:]
+    private var runningIDs: [Int: Running] = [:]
     private var stats = Statistics()
     private var nextID = 0
     private var stopping = false
@@ -169,7 +180,7 @@ public final class Engine: @unchecked Sendable {
     ///   - loraPrecision: decode with copies of LoRA weights in this precision (``ServedModel/loraCopies``); nil:
     ///     float32.
     ///   - promptCacheBytes: keep this many bytes of prompts' keys and values (``ContinuousBatch/promptCache``); 0:
-    ///     none.
+    ///     none; a negative count is a named error.
     public init(
         served: ServedModel, batchCapacity: Int = 16, queueLimit: Int = 64, classificationTokenBudget: Int = 16384,
         loraPrecision: LoRACopies.Precision? = nil, promptCacheBytes: Int = 0
@@ -179,7 +190,7 @@ public final class Engine: @unchecked Sendable {
         batch = try ContinuousBatch(model: served.model, capacity: batchCapacity)
         served.loraCopies = loraPrecision.map { LoRACopies(precision: $0) }
         batch.loraCopies = served.loraCopies
-        batch.promptCache = promptCacheBytes > 0 ? try PromptCache(capacity: promptCacheBytes) : nil
+        batch.promptCache = promptCacheBytes == 0 ? nil : try PromptCache(capacity: promptCacheBytes)  // < 0 throws
         self.queueLimit = queueLimit
         self.classificationTokenBudget = classificationTokenBudget
     }
@@ -212,11 +223,13 @@ public final class Engine: @unchecked Sendable {
     }
 
     /// Queues a generation; its tokens arrive on the returned stream, which ends after `.finished` or `.failed`.
-    /// Dropping the stream (the client went away) cancels the request.
+    /// Dropping the stream (the client went away) cancels the request. `perToken` false: the tokens arrive together
+    /// when the request finishes (a reader that needs only the whole answer: one wake-up of its task per request
+    /// instead of one per token, on cores the decoding steps use).
     /// - Throws: ``ServerError/busy(_:)`` when the queue is full.
-    public func generate(prompt: [Int32], adapter: String?, options: GenerationOptions) throws -> (
-        id: Int, stream: AsyncStream<Output>
-    ) {
+    public func generate(prompt: [Int32], adapter: String?, options: GenerationOptions, perToken: Bool = true) throws
+        -> (id: Int, stream: AsyncStream<Output>)
+    {
         condition.lock()
         defer { condition.unlock() }
         guard !stopping else { throw ServerError.busy("the server is shutting down") }
@@ -229,7 +242,7 @@ public final class Engine: @unchecked Sendable {
         sink.onTermination = { [weak self] reason in
             if case .cancelled = reason { self?.cancel(id) }
         }
-        pending.append(Pending(id: id, prompt: prompt, adapter: adapter, options: options, sink: sink))
+        pending.append(Pending(id: id, prompt: prompt, adapter: adapter, options: options, sink: sink, perToken: perToken))
         stats.queued = pending.count
         stats.requests += 1
         condition.signal()
@@ -401,7 +414,7 @@ public final class Engine: @unchecked Sendable {
             }
             p.sink.yield(.cachedPromptTokens(batch.request(id)?.cachedTokens ?? 0))
             condition.lock()
-            runningIDs[p.id] = (id, p.sink, p.adapter)
+            runningIDs[p.id] = Running(batchID: id, sink: p.sink, adapter: p.adapter, perToken: p.perToken)
             condition.unlock()
         } catch let error as ModelError {
             if case .sequenceTooLong = error {
@@ -438,10 +451,14 @@ public final class Engine: @unchecked Sendable {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         condition.lock()
         let byBatchID = Dictionary(uniqueKeysWithValues: runningIDs.map { ($0.value.batchID, $0.key) })
-        var deliveries: [(AsyncStream<Output>.Continuation, ContinuousBatch.Event)] = []
+        var deliveries: [(sink: AsyncStream<Output>.Continuation, held: [Int32], event: ContinuousBatch.Event)] = []
         for e in events {
             guard let id = byBatchID[e.id], let entry = runningIDs[id] else { continue }
-            deliveries.append((entry.sink, e))
+            if entry.perToken || e.finish != nil {
+                deliveries.append((entry.sink, entry.held, e))
+            } else {
+                runningIDs[id]?.held.append(e.token)
+            }
             if e.finish != nil { runningIDs[id] = nil }
         }
         stats.generatedTokens += events.count
@@ -455,7 +472,8 @@ public final class Engine: @unchecked Sendable {
         stats.tokensPerSecond = stats.tokensPerSecond == 0 ? rate : 0.9 * stats.tokensPerSecond + 0.1 * rate
         let snapshot = stats
         condition.unlock()
-        for (sink, e) in deliveries {
+        for (sink, held, e) in deliveries {
+            for t in held { sink.yield(.token(t)) }
             sink.yield(.token(e.token))
             if let f = e.finish {
                 sink.yield(.finished(f))

@@ -275,7 +275,9 @@ public final class ReinsServer: Sendable {
             throw ServerError.tooLong("the prompt has \(prompt.count) tokens; the most is \(options.maxPromptTokens)")
         }
         let stops = sampling.stop?.list ?? []
-        let (requestID, stream) = try engine.generate(prompt: prompt, adapter: adapter, options: settings)
+        // A whole answer without stop strings needs its tokens at the end only; a stream or a stop string, one by one.
+        let (requestID, stream) = try engine.generate(
+            prompt: prompt, adapter: adapter, options: settings, perToken: sampling.stream == true || !stops.isEmpty)
         // A client that hangs up (streaming or not) ends its request at the next token boundary.
         let engine = self.engine
         channel?.closeFuture.whenComplete { _ in engine.cancel(requestID) }

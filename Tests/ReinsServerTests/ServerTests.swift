@@ -207,6 +207,35 @@ struct ServerTests {
         #expect(cached == [0, prompt.count - 1], "the repeated prompt's start from the prompt cache")
     }
 
+    /// A reader that wants the whole answer (`perToken: false`: a request neither streamed nor cut by stop strings)
+    /// gets what a reader taking the tokens one by one gets: the same tokens in order, then `.finished`; first, how
+    /// many prompt tokens came from the prompt cache (the second request: all but its prompt's last).
+    @Test func tokensHeldToTheEndEqualTheOnesSentOneByOne() async throws {
+        let engine = try Engine(served: try Self.served(), promptCacheBytes: 1 << 20)
+        engine.start()
+        defer { engine.stop() }
+        let prompt: [Int32] = [5, 9, 14, 3, 22]
+        func outputs(perToken: Bool) async throws -> [String] {
+            let (_, stream) = try engine.generate(
+                prompt: prompt, adapter: "lora", options: GenerationOptions(maxNewTokens: 7), perToken: perToken)
+            var seen: [String] = []
+            for await output in stream {
+                switch output {
+                case let .cachedPromptTokens(n): seen.append("cached \(n)")
+                case let .token(t): seen.append("token \(t)")
+                case let .finished(f): seen.append("finished \(f)")
+                case let .failed(message, _): seen.append("failed \(message)")
+                }
+            }
+            return seen
+        }
+        let one = try await outputs(perToken: true), held = try await outputs(perToken: false)
+        #expect(one.count == 9 && one.first == "cached 0" && one.last == "finished length", "\(one)")
+        #expect(held.dropFirst() == one.dropFirst(), "the same tokens, then the finish")
+        #expect(held.first == "cached \(prompt.count - 1)")
+        #expect(throws: ModelError.self) { try Engine(served: try Self.served(), promptCacheBytes: -1) }
+    }
+
     /// Eight clients at once, each on an adapter (or the base): every answer equals its adapter's alone, and the engine
     /// decoded several requests in one step.
     @Test func concurrentClientsOnDifferentAdaptersAreBatched() async throws {

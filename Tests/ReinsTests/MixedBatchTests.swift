@@ -335,8 +335,11 @@ struct MixedBatchTests {
         let batch = try ContinuousBatch(model: model, capacity: 3)
         let cache = try PromptCache(capacity: 1 << 22)
         batch.promptCache = cache
-        func run(_ prompt: [Int32], _ adapter: String?, greedy: Bool) throws -> (tokens: [Int32], alone: [Int32], cached: Int) {
-            let options = GenerationOptions(maxNewTokens: 5, greedy: greedy, temperature: 0.9, seed: UInt64(prompt.count))
+        func run(_ prompt: [Int32], _ adapter: String?, greedy: Bool) throws
+            -> (tokens: [Int32], alone: [Int32], cached: Int)
+        {
+            let options = GenerationOptions(
+                maxNewTokens: 5, greedy: greedy, temperature: 0.9, seed: UInt64(prompt.count))
             model.activateAdapter(adapter)
             let alone = Array(try model.generate(prompts: [prompt], options: options)[0].dropFirst(prompt.count))
             model.activateAdapter(nil)

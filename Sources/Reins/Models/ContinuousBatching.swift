@@ -336,8 +336,8 @@ public final class ContinuousBatch {
         }
         if sites.contains(where: { ($0 as? LoRASite)?.host.isMerged == true }) {
             throw ModelError.badInput(
-                "\(model.mergedModuleKey ?? "a layer") has an adapter merged into its weight: unmerge it before decoding"
-                    + " requests for many adapters")
+                "\(model.mergedModuleKey ?? "a layer") has an adapter merged into its weight: unmerge it before"
+                    + " decoding requests for many adapters")
         }
         if let bad = prompt.first(where: { $0 < 0 || Int($0) >= model.vocabularySize }) {
             throw ModelError.badInput("token id \(bad) is outside the vocabulary (\(model.vocabularySize) tokens)")
@@ -376,7 +376,8 @@ public final class ContinuousBatch {
             prompt: prompt, adapter: adapter, options: options, seeding: true)
         else { return nil }
         var slot = Slot(
-            request: request, cache: cache, rng: SeededGenerator(seed: options.seed), start: cache.length, alone: !seeded)
+            request: request, cache: cache, rng: SeededGenerator(seed: options.seed), start: cache.length,
+            alone: !seeded)
         if seeded, let promptCache {
             let owner = PromptCache.Owner(
                 model: model, adapter: adapter,
@@ -463,7 +464,8 @@ public final class ContinuousBatch {
             // A prompt that cannot be kept (no memory for its copy) is only not kept: the step goes on.
             for i in completed {
                 guard let owner = joining[i].owner else { continue }
-                try? promptCache.keep(joining[i].request.prompt, owner: owner, from: joining[i].cache, start: joining[i].start)
+                let j = joining[i]
+                try? promptCache.keep(j.request.prompt, owner: owner, from: j.cache, start: j.start)
             }
         }
         // Who draws each kept row: its request, its history, its generator.

@@ -81,7 +81,9 @@ public final class PromptCache {
     /// - Parameter capacity: the most bytes of keys and values to keep (0 keeps nothing).
     /// - Throws: ``ModelError/badInput(_:)`` for a negative capacity.
     public init(capacity: Int) throws {
-        guard capacity >= 0 else { throw ModelError.badInput("a prompt cache's capacity must not be negative, got \(capacity)") }
+        guard capacity >= 0 else {
+            throw ModelError.badInput("a prompt cache's capacity must not be negative, got \(capacity)")
+        }
         self.capacity = capacity
     }
 
@@ -133,7 +135,7 @@ public final class PromptCache {
     /// not kept.
     func keep(_ prompt: [Int32], owner: Owner, from cache: KVCache, start: Int) throws {
         clock += 1
-        guard let record = record(owner, making: true) else { return }
+        guard capacity > 0, let record = record(owner, making: true) else { return }
         if let i = record.entries.firstIndex(where: { $0.tokens.starts(with: prompt) }) {
             record.entries[i].used = clock
             return
@@ -151,13 +153,9 @@ public final class PromptCache {
         bytes += size
         // The least recently used prompts go, whoever's (a removed adapter's are never used again).
         while bytes > capacity {
-            var oldest: (record: Kept, index: Int)?
-            for r in kept {
-                for (i, e) in r.entries.enumerated() where e.used < (oldest.map { $0.record.entries[$0.index].used } ?? .max) {
-                    oldest = (r, i)
-                }
-            }
-            guard let (r, i) = oldest else { break }
+            let all = kept.flatMap { r in r.entries.indices.map { (record: r, index: $0) } }
+            guard let (r, i) = all.min(by: { $0.record.entries[$0.index].used < $1.record.entries[$1.index].used })
+            else { break }
             bytes -= r.entries[i].bytes
             r.entries.remove(at: i)
         }
