@@ -294,6 +294,7 @@ struct BenchCommand: ParsableCommand {
             for i in 0..<rows { try model.addLoRA("task\(i)", config) }
             var steps: [Double] = [], joins: [Double] = [], folded: [Double] = []
             let copies = precision.map { LoRACopies(precision: $0) }
+            for i in 0..<rows { copies?.prepare(adapter: "task\(i)", in: model) }  // as `reins serve` does
             let ms = try median(repeats) {
                 let batch = try ContinuousBatch(model: model, capacity: rows)
                 batch.loraCopies = copies
@@ -360,6 +361,8 @@ struct BenchCommand: ParsableCommand {
                 _ = try model.addAdapter(adapter, method, seed: UInt64(i))
             }
             let copies = LoRACopies(precision: mixPrecision)
+            // As `reins serve` does: each adapter's copies made at once, together (since stop 50; before, as read).
+            for adapter in adapters.map(\.name) where rows.contains(adapter) { copies.prepare(adapter: adapter, in: model) }
             var steps: [Double] = []
             _ = try median(repeats) {
                 let batch = try ContinuousBatch(model: model, capacity: rows.count)

@@ -52,13 +52,21 @@ public final class ServedModel {
         try model.foldPrefixes()
         model.activateAdapter(nil)
         model.freeze()
+        loraCopies?.prepare(adapter: name, in: model)
+    }
+
+    /// Makes the LoRA copies of every adapter now, adapter by adapter (``LoRACopies/prepare(adapter:in:)``).
+    func prepareCopies() {
+        guard let loraCopies else { return }
+        for name in model.adapterNames { loraCopies.prepare(adapter: name, in: model) }
     }
 
     /// Removes the adapter `name` and its head, if it has one.
     public func unloadAdapter(_ name: String) throws {
         try model.deleteAdapter(name)
         heads[name] = nil
-        loraCopies?.removeAll()  // the removed adapter's copies go with it (the others are copied again on use)
+        loraCopies?.removeAll()  // the removed adapter's copies go with it; the others' are made again, together
+        prepareCopies()
     }
 }
 
@@ -189,6 +197,7 @@ public final class Engine: @unchecked Sendable {
         self.served = served
         batch = try ContinuousBatch(model: served.model, capacity: batchCapacity)
         served.loraCopies = loraPrecision.map { LoRACopies(precision: $0) }
+        served.prepareCopies()
         batch.loraCopies = served.loraCopies
         batch.promptCache = promptCacheBytes == 0 ? nil : try PromptCache(capacity: promptCacheBytes)  // < 0 throws
         self.queueLimit = queueLimit

@@ -498,6 +498,32 @@ struct MixedBatchTests {
         #expect(try run(copies) != copied)
     }
 
+    /// Copies made at once for an adapter (`prepare`, as a server does when it loads one) are those a batch makes as
+    /// it reads the LoRAs: one per plain LoRA of the adapter (none of DoRA's, none for a name the model lacks), and
+    /// the routed logits equal bit for bit.
+    @Test(arguments: [LoRACopies.Precision.int8, .int4, .half])
+    func preparedCopiesEqualTheOnesMadeAsRead(precision: LoRACopies.Precision) throws {
+        let (model, _) = try Self.adapted("llama-tiny")
+        let routing: [String?] = ["lora", nil, "lora-r3", "dora", "lora"]
+        let ids = try IntTensor(shape: [routing.count, 4], values: (0..<(routing.count * 4)).map { Int32(3 + ($0 * 5) % 40) })
+        func run(_ copies: LoRACopies) throws -> [Float] {
+            try Autograd.withoutGradients {
+                try model.withAdapters(perRow: routing) {
+                    try model.routingRows(routing, loraCopies: copies) { try Self.logits(model, ids).scalars }
+                }
+            }
+        }
+        let prepared = LoRACopies(precision: precision)
+        for name in ["lora", "lora-r3", "dora", "absent"] { prepared.prepare(adapter: name, in: model) }
+        let plain = ["lora", "lora-r3"].flatMap { name in
+            model.namedModules().compactMap { ($0.module as? Linear)?.loras[name] }
+        }
+        #expect(prepared.count == plain.count, "one copy per plain LoRA (\(prepared.count) of \(plain.count))")
+        let asRead = LoRACopies(precision: precision)
+        #expect(try run(prepared) == run(asRead))
+        #expect(prepared.count == asRead.count, "reading made no further copy")
+    }
+
     /// 8-bit and 4-bit copies of weights that are not ordinary numbers, made without a trap: an infinity in one
     /// LoRA's A (its row's logits are then not finite, as float32's are: the copy's row reads as NaN), and another
     /// LoRA's B of subnormal magnitudes, whose step is rounded so coarsely that quotients pass 127 or 7 (clamped). The

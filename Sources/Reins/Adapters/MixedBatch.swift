@@ -579,6 +579,17 @@ public final class LoRACopies: @unchecked Sendable {
     /// Counts ``removeAll()``s: a layer's cache of copies (``RoutedAdapterCache``) holds while it is unchanged.
     var generation: Int { lock.withLock { changes } }
 
+    /// Copies every plain LoRA of the adapter `name` in `model` now, in the model's module order, rather than as
+    /// steps first read them: one adapter's copies then lie together in memory in the order a step reads them (the
+    /// eight demo LoRAs' eight-row step in process: 8.17 / 8.30 / 8.67 ms copied as read, 8.04 / 7.89 / 7.93 ms
+    /// prepared, alternated), and no step stalls copying an adapter's weights. A server prepares each adapter as it
+    /// loads it.
+    public func prepare(adapter name: String, in model: any Module) {
+        for case let layer as Linear in model.descendantModules() {
+            if let lora = layer.loras[name], lora.magnitude == nil { _ = copy(of: lora) }
+        }
+    }
+
     func copy(of lora: LoRA) -> Copy {
         lock.withLock {
             if let c = copies[ObjectIdentifier(lora)] { return c }
