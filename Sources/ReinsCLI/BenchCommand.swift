@@ -362,7 +362,9 @@ struct BenchCommand: ParsableCommand {
             }
             let copies = LoRACopies(precision: mixPrecision)
             // As `reins serve` does: each adapter's copies made at once, together (since stop 50; before, as read).
-            for adapter in adapters.map(\.name) where rows.contains(adapter) { copies.prepare(adapter: adapter, in: model) }
+            for adapter in adapters.map(\.name) where rows.contains(adapter) {
+                copies.prepare(adapter: adapter, in: model)
+            }
             var steps: [Double] = []
             _ = try median(repeats) {
                 let batch = try ContinuousBatch(model: model, capacity: rows.count)

@@ -251,7 +251,8 @@ public final class Engine: @unchecked Sendable {
         sink.onTermination = { [weak self] reason in
             if case .cancelled = reason { self?.cancel(id) }
         }
-        pending.append(Pending(id: id, prompt: prompt, adapter: adapter, options: options, sink: sink, perToken: perToken))
+        pending.append(
+            Pending(id: id, prompt: prompt, adapter: adapter, options: options, sink: sink, perToken: perToken))
         stats.queued = pending.count
         stats.requests += 1
         condition.signal()

@@ -505,7 +505,8 @@ struct MixedBatchTests {
     func preparedCopiesEqualTheOnesMadeAsRead(precision: LoRACopies.Precision) throws {
         let (model, _) = try Self.adapted("llama-tiny")
         let routing: [String?] = ["lora", nil, "lora-r3", "dora", "lora"]
-        let ids = try IntTensor(shape: [routing.count, 4], values: (0..<(routing.count * 4)).map { Int32(3 + ($0 * 5) % 40) })
+        let ids = try IntTensor(
+            shape: [routing.count, 4], values: (0..<(routing.count * 4)).map { Int32(3 + ($0 * 5) % 40) })
         func run(_ copies: LoRACopies) throws -> [Float] {
             try Autograd.withoutGradients {
                 try model.withAdapters(perRow: routing) {
