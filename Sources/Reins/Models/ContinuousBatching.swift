@@ -397,13 +397,19 @@ public final class ContinuousBatch {
         model.activateAdapter(request.adapter)
         defer { model.activateAdapter(nil) }
         var rng = SeededGenerator(seed: request.options.seed)
-        let token: Int32 = try Autograd.withoutGradients {
-            let h = try model.decoderStates(
-                try IntTensor(shape: [1, request.prompt.count], values: request.prompt), attentionMask: nil,
-                positionIDs: nil, cache: cache)
-            let last = h.shape[1] - 1
-            var row = try model.outputLogits(h.slice(axis: 1, last..<(last + 1))).scalars
-            return pickToken(&row, history: request.prompt, options: request.options, rng: &rng)
+        // OpenBLAS held to one thread: a prompt's float products big enough for its threads (a LoRA's on a 1536-wide
+        // layer) would wake them, and they then spin, yielding, for ~0.1 s: through the next dozen steps they take
+        // turns on the cores with the steps' own threads (measured in the 8-LoRA-row bench, which adds its requests
+        // this way: the calling thread preempted ~1000 times a second; none when held).
+        let token: Int32 = try Parallel.withSingleThreadedBLAS {
+            try Autograd.withoutGradients {
+                let h = try model.decoderStates(
+                    try IntTensor(shape: [1, request.prompt.count], values: request.prompt), attentionMask: nil,
+                    positionIDs: nil, cache: cache)
+                let last = h.shape[1] - 1
+                var row = try model.outputLogits(h.slice(axis: 1, last..<(last + 1))).scalars
+                return pickToken(&row, history: request.prompt, options: request.options, rng: &rng)
+            }
         }
         request.tokens.append(token)
         let finish = finishReason(request, token: token, cache: cache)
