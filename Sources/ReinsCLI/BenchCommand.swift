@@ -198,6 +198,17 @@ struct BenchCommand: ParsableCommand {
             report("SmolLM2-135M greedy generation prompt 64 + 128 new", ms, perSecond: 128 / ms * 1000, unit: "tokens/s")
         }
         try ggufWorkloads(&rng)
+        if selected("parallel region hand-off") {
+            // A decoding step runs some 500 parallel regions, each handed from the calling thread to the workers and
+            // back. One region with no work says what that hand-off costs, which is how far apart the cores are: in
+            // this project's VM the two vCPUs were 60 ns apart for a round trip, or 330 ns as the host moved them (an
+            // eight-LoRA-row step 8 ms, or 11.6).
+            let regions = 10_000
+            let ms = median(repeats) { for _ in 0..<regions { Parallel.forEach(Parallel.threadCount) { _ in } } }
+            report(
+                "parallel region hand-off (\(regions) empty regions)", ms, perSecond: Double(regions) / ms * 1000,
+                unit: "regions/s")
+        }
         if selected("MiniLM load"), let dir = PipModels.miniLM() {
             let ms = try median(repeats) { _ = try PretrainedModel.load(directory: dir) }
             report("MiniLM-L6 load", ms, perSecond: 1000 / ms, unit: "loads/s")
