@@ -468,9 +468,8 @@ public final class ContinuousBatch {
         let completed = fed.map(\.joiner).filter { joining[$0].fed == joining[$0].request.prompt.count }
         if let promptCache {
             // A prompt that cannot be kept (no memory for its copy) is only not kept: the step goes on.
-            for i in completed {
-                guard let owner = joining[i].owner else { continue }
-                let j = joining[i]
+            for j in completed.map({ joining[$0] }) {
+                guard let owner = j.owner else { continue }
                 try? promptCache.keep(j.request.prompt, owner: owner, from: j.cache, start: j.start)
             }
         }
