@@ -150,6 +150,8 @@ def main():
     p.add_argument("--prompt-cache-mb", default=None,
                    help="passed to `reins serve --prompt-cache-mb` (0 turns the prompt cache off;"
                         " default: the server's)")
+    p.add_argument("--lane-rows", default=None,
+                   help="passed to `reins serve --lane-rows` (0: every step one pass; default: the server's)")
     args = p.parse_args()
     model = args.model
     if model is None:
@@ -164,6 +166,8 @@ def main():
         command += ["--lora-precision", args.lora_precision]
     if args.prompt_cache_mb is not None:
         command += ["--prompt-cache-mb", args.prompt_cache_mb]
+    if args.lane_rows is not None:
+        command += ["--lane-rows", args.lane_rows]
     server = subprocess.Popen(command)
     url = f"http://127.0.0.1:{args.port}"
     try:

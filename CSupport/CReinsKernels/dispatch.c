@@ -38,6 +38,17 @@ int rk_isa_select(int isa) {
     return isa;
 }
 
+// How many serial sections the calling thread is inside: while it is in one, its parallel regions run inline.
+static _Thread_local int serial_depth = 0;
+
+int rk_thread_serial(void) { return serial_depth; }
+
+void rk_thread_serial_enter(void) { serial_depth += 1; }
+
+void rk_thread_serial_leave(void) {
+    if (serial_depth > 0) serial_depth -= 1;
+}
+
 const char *rk_isa_name(int isa) {
     switch (isa) {
     case RK_ISA_AVX512: return "avx512";

@@ -20,6 +20,15 @@ struct BenchCommand: ParsableCommand {
     var mixedRows: String?
     @Option(help: "The LoRA copies' precision in the 'continuous batch mixed methods' workload: half, int8 or int4 (as `reins serve --lora-precision`).")
     var loraPrecision = "half"
+    @Option(help: ArgumentHelp(
+        "Rows per thread from which the 'continuous batch mixed methods' steps run as lanes"
+            + " (0: never; as `reins serve --lane-rows`).",
+        discussion: "Several, comma-separated (e.g. 0,4): the repeats alternate between them and each gets its own"
+            + " line."))
+    var laneRows = String(ContinuousBatch.defaultLaneRows)
+
+    /// `--lane-rows`, parsed.
+    var laneRowsList: [Int] { laneRows.split(separator: ",").compactMap { Int($0) } }
 
     /// PEFT's default LoRA targets: r 8 on q, v.
     static let loraQV = LoRAConfig(rank: 8, alpha: 16, targets: ["q_proj", "v_proj"])
@@ -67,6 +76,10 @@ struct BenchCommand: ParsableCommand {
     func validate() throws {
         guard LoRACopies.Precision(rawValue: loraPrecision) != nil else {
             throw ValidationError("--lora-precision \(loraPrecision): half, int8 or int4")
+        }
+        let lanes = laneRows.split(separator: ",", omittingEmptySubsequences: false)
+        guard !lanes.isEmpty, lanes.allSatisfy({ Int($0).map { $0 >= 0 } ?? false }) else {
+            throw ValidationError("--lane-rows \(laneRows): rows per thread (0 or more), comma-separated")
         }
     }
 
@@ -376,21 +389,31 @@ struct BenchCommand: ParsableCommand {
             for adapter in adapters.map(\.name) where rows.contains(adapter) {
                 copies.prepare(adapter: adapter, in: model)
             }
-            var steps: [Double] = []
+            // With several lane settings, each repeat times every one in turn: the host's changes over a run (this
+            // project's VMs move their cores apart and back within minutes) then fall on each setting alike.
+            let settings = laneRowsList
+            var steps = [[Double]](repeating: [], count: settings.count)
             _ = try median(repeats) {
-                let batch = try ContinuousBatch(model: model, capacity: rows.count)
-                batch.loraCopies = copies
-                for (r, adapter) in rows.enumerated() {
-                    let options = GenerationOptions(maxNewTokens: 34, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
-                    let name = adapter == "base" ? nil : adapter
-                    _ = try batch.add(prompt: Array(prompt.prefix(8 + r)), adapter: name, options: options)
+                for (k, lanes) in settings.enumerated() {
+                    let batch = try ContinuousBatch(model: model, capacity: rows.count)
+                    batch.loraCopies = copies
+                    batch.laneRows = lanes
+                    for (r, adapter) in rows.enumerated() {
+                        let options = GenerationOptions(
+                            maxNewTokens: 34, greedy: false, temperature: 0.7, seed: UInt64(r), stopTokens: [])
+                        let name = adapter == "base" ? nil : adapter
+                        _ = try batch.add(prompt: Array(prompt.prefix(8 + r)), adapter: name, options: options)
+                    }
+                    let s = DispatchTime.now().uptimeNanoseconds
+                    for _ in 0..<32 { _ = try batch.step() }
+                    steps[k].append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6 / 32)
                 }
-                let s = DispatchTime.now().uptimeNanoseconds
-                for _ in 0..<32 { _ = try batch.step() }
-                steps.append(Double(DispatchTime.now().uptimeNanoseconds - s) / 1e6 / 32)
             }
-            let step = steps.sorted()[steps.count / 2]
-            report(name, step, perSecond: Double(rows.count) / step * 1000, unit: "tokens/s")
+            for (k, lanes) in settings.enumerated() {
+                let step = steps[k].sorted()[steps[k].count / 2]
+                let label = settings.count > 1 ? name + " lane rows \(lanes)" : name
+                report(label, step, perSecond: Double(rows.count) / step * 1000, unit: "tokens/s")
+            }
         }
         for quantized in [true, false] {
           for checkpointing in [false, true] {

@@ -41,6 +41,10 @@ struct ServeCommand: ParsableCommand {
     var loraPrecision = "auto"
     @Option(help: "Megabytes of prompts' keys and values kept (all adapters together), so that a request whose prompt starts as an earlier one's (a shared system prompt, chat template or few-shot examples) does not compute that start again; 0 keeps none.")
     var promptCacheMb = 256
+    @Option(help: ArgumentHelp(
+        "Rows per thread from which a decoding step runs as one lane per thread, each a whole pass over the base for"
+            + " its own rows on its own core (rather than every product shared out over the cores); 0: never."))
+    var laneRows = ContinuousBatch.defaultLaneRows
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be within 0...65535, got \(port)") }
@@ -49,6 +53,7 @@ struct ServeCommand: ParsableCommand {
                           ("--max-batch-tokens", maxBatchTokens)] where v <= 0 {
             throw ValidationError("\(flag) must be positive, got \(v)")
         }
+        guard laneRows >= 0 else { throw ValidationError("--lane-rows must not be negative, got \(laneRows)") }
         guard (0...(1 << 20)).contains(promptCacheMb) else {
             throw ValidationError("--prompt-cache-mb must be within 0...\(1 << 20), got \(promptCacheMb)")
         }
@@ -77,6 +82,7 @@ struct ServeCommand: ParsableCommand {
         (options.maxTokens, options.maxPromptTokens, options.maxBodyBytes) = (maxTokens, maxPromptTokens, maxBody)
         options.maxBatchTokens = maxBatchTokens
         options.promptCacheBytes = promptCacheMb << 20
+        options.laneRows = laneRows
         if loraPrecision == "auto" {
             // The integer route (quantized weights, activations rounded to 8 bits) is what `--exact` turns off.
             let integer = !exact && lm.namedModules().contains { ($0.module as? Linear)?.quantizedWeight != nil }

@@ -189,9 +189,11 @@ public final class Engine: @unchecked Sendable {
     ///     float32.
     ///   - promptCacheBytes: keep this many bytes of prompts' keys and values (``ContinuousBatch/promptCache``); 0:
     ///     none; a negative count is a named error.
+    ///   - laneRows: rows per thread from which a step runs in lanes (``ContinuousBatch/laneRows``); 0: never.
     public init(
         served: ServedModel, batchCapacity: Int = 16, queueLimit: Int = 64, classificationTokenBudget: Int = 16384,
-        loraPrecision: LoRACopies.Precision? = nil, promptCacheBytes: Int = 0
+        loraPrecision: LoRACopies.Precision? = nil, promptCacheBytes: Int = 0,
+        laneRows: Int = ContinuousBatch.defaultLaneRows
     ) throws {
         guard classificationTokenBudget > 0 else { throw ServerError.badRequest("the classification token budget must be positive") }
         self.served = served
@@ -200,6 +202,8 @@ public final class Engine: @unchecked Sendable {
         served.prepareCopies()
         batch.loraCopies = served.loraCopies
         batch.promptCache = promptCacheBytes == 0 ? nil : try PromptCache(capacity: promptCacheBytes)  // < 0 throws
+        guard laneRows >= 0 else { throw ServerError.badRequest("lane rows must not be negative, got \(laneRows)") }
+        batch.laneRows = laneRows
         self.queueLimit = queueLimit
         self.classificationTokenBudget = classificationTokenBudget
     }

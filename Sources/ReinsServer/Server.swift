@@ -33,6 +33,9 @@ public struct ServerOptions: Sendable {
     /// Bytes of prompts' keys and values kept so that a prompt starting as an earlier one's, for the same adapter,
     /// takes that start from them (``PromptCache``); 0 keeps none.
     public var promptCacheBytes = 256 << 20
+    /// Rows per thread from which a decoding step runs as one lane per thread (``ContinuousBatch/laneRows``); 0:
+    /// never.
+    public var laneRows = ContinuousBatch.defaultLaneRows
 
     public init() {}
 }
@@ -64,7 +67,7 @@ public final class ReinsServer: Sendable {
     public init(served: ServedModel, options: ServerOptions, logger: Logger = Logger(label: "reins.serve")) throws {
         guard (0...65535).contains(options.port), options.maxTokens > 0, options.maxPromptTokens > 0,
             options.maxBodyBytes > 0, options.batchCapacity > 0, options.queueLimit > 0, options.idleTimeoutSeconds > 0,
-            options.maxBatchTokens > 0, options.promptCacheBytes >= 0
+            options.maxBatchTokens > 0, options.promptCacheBytes >= 0, options.laneRows >= 0
         else {
             throw ServerError.badRequest("server limits must be positive and the port within 0...65535")
         }
@@ -74,7 +77,7 @@ public final class ReinsServer: Sendable {
         engine = try Engine(
             served: served, batchCapacity: options.batchCapacity, queueLimit: options.queueLimit,
             classificationTokenBudget: options.maxBatchTokens, loraPrecision: options.loraPrecision,
-            promptCacheBytes: options.promptCacheBytes)
+            promptCacheBytes: options.promptCacheBytes, laneRows: options.laneRows)
         self.options = options
         format = served.format
         baseName = served.baseName

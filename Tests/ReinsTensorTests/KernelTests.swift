@@ -70,6 +70,57 @@ struct KernelTests: PerInstructionSet {
         #expect(total.withLock { $0 } == 100)
     }
 
+    /// Lanes: every lane runs once, each on one thread, and every region a lane starts runs on that lane's thread
+    /// alone (its pieces all covered); out of the lanes, regions are shared out again. More lanes than threads run in
+    /// turn. Each lane's slot of a `PerLane` is its own.
+    @Test func lanesRunTheirRegionsOnTheirOwnThread() throws {
+        for lanes in [1, 2, Parallel.threadCount + 1] {
+            let seen = Locked<[Int: (thread: ObjectIdentifier, inner: Set<ObjectIdentifier>, items: Int)]>([:])
+            let slots = PerLane<NSNumber>()
+            Parallel.lanes(lanes) { lane in
+                #expect(Parallel.isSerial)
+                slots[lane] = NSNumber(value: lane)
+                let me = ObjectIdentifier(Thread.current)
+                let inner = Locked<(Set<ObjectIdentifier>, Int)>(([], 0))
+                Parallel.forPieces(40, piece: 3) { r in
+                    inner.withLock {
+                        _ = $0.0.insert(ObjectIdentifier(Thread.current))
+                        $0.1 += r.count
+                    }
+                }
+                Parallel.forEach(5) { _ in inner.withLock { _ = $0.0.insert(ObjectIdentifier(Thread.current)) } }
+                let (threads, items) = inner.withLock { $0 }
+                seen.withLock { $0[lane] = (me, threads, items) }
+            }
+            let runs = seen.withLock { $0 }
+            #expect(runs.keys.sorted() == Array(0..<lanes), "\(lanes) lanes")
+            for (lane, run) in runs {
+                #expect(run.inner == [run.thread] && run.items == 40, "lane \(lane) of \(lanes)")
+                #expect(slots[lane]?.intValue == (lane < slots.count ? lane : nil))
+            }
+            #expect(!Parallel.isSerial)
+        }
+        #expect(PerLane<NSNumber>().count == Parallel.threadCount)
+        let slots = PerLane<NSNumber>()
+        slots[-1] = 1
+        slots[slots.count] = 1
+        #expect(slots[-1] == nil && slots[slots.count] == nil)
+        slots[0] = 7
+        slots.clear()
+        #expect(slots[0] == nil)
+        // Out of lanes again, a region's pieces reach the workers (when there are any).
+        if Parallel.threadCount > 1 {
+            let threads = Locked<Set<ObjectIdentifier>>([])
+            for _ in 0..<50 {
+                Parallel.forEach(Parallel.threadCount) { _ in
+                    usleep(200)
+                    threads.withLock { _ = $0.insert(ObjectIdentifier(Thread.current)) }
+                }
+            }
+            #expect(threads.withLock { $0.count } > 1)
+        }
+    }
+
     @Test(arguments: instructionSets)
     func linearMatchesReference(isa: Int32) {
         with(isa) {

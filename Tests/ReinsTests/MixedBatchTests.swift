@@ -206,9 +206,11 @@ struct MixedBatchTests {
     /// Continuous batching: requests for different adapters (virtual-token methods included) join at token boundaries
     /// and leave when done; each gets exactly the tokens it gets alone — greedy and seeded sampling, its own stop
     /// tokens and budget. Joining requests are prefilled alone (`add`) or folded into the running steps (`enqueue`,
-    /// with a chunk of 3 prompt tokens a step, so that prompts are fed over several steps and share steps).
-    @Test(arguments: ["gpt2-lm", "llama-tiny"], [false, true])
-    func continuousBatchingGivesEachRequestItsTokensAlone(family: String, folded: Bool) throws {
+    /// with a chunk of 3 prompt tokens a step, so that prompts are fed over several steps and share steps). In lanes
+    /// (a step's rows cut between requests into two passes side by side), the same.
+    @Test(arguments: ["gpt2-lm", "llama-tiny"], [(false, false), (true, false), (false, true), (true, true)])
+    func continuousBatchingGivesEachRequestItsTokensAlone(family: String, setting: (folded: Bool, lanes: Bool)) throws {
+        let folded = setting.folded
         let (model, names) = try Self.adapted(family)
         let pick = ["lora", "prefix", "prompt", "ia3", "houlsby", "dora", "prefix-3", "adapterbias"]
         var requests: [(prompt: [Int32], adapter: String?, options: GenerationOptions)] = []
@@ -236,8 +238,10 @@ struct MixedBatchTests {
 
         let batch = try ContinuousBatch(model: model, capacity: 4)
         batch.prefillChunk = 3
+        // Lanes from two rows a lane, two lanes whatever the machine's cores (more lanes than threads run in turn).
+        (batch.laneRows, batch.laneThreads) = setting.lanes ? (1, 2) : (0, 2)
         var produced: [Int: [Int32]] = [:], finished: [Int: ContinuousBatch.Event.Finish] = [:], idOf: [Int: Int] = [:]
-        var waiting = Array(requests.indices), largest = 0
+        var waiting = Array(requests.indices), largest = 0, laned = 0
         func record(_ e: ContinuousBatch.Event) {
             produced[e.id, default: []].append(e.token)
             if let f = e.finish { finished[e.id] = f }
@@ -256,8 +260,10 @@ struct MixedBatchTests {
             }
             largest = max(largest, batch.count)
             for e in try batch.step() { record(e) }
+            if batch.lastStepLanes > 1 { laned += 1 }
         }
         #expect(largest == 4, "the batch ran full")
+        #expect(setting.lanes ? laned > 3 : laned == 0, "\(laned) steps in lanes")
         #expect(model.activeAdapterName == nil)
         for (i, r) in requests.enumerated() {
             let id = try #require(idOf[i])
@@ -671,6 +677,31 @@ struct MixedBatchTests {
             model.pooling = .mean
             try each({ try model.logits($0, attentionMask: $1) }, "mean-pooled classification")
         }
+    }
+
+    /// Where a step's rows are cut into lanes: between requests (a prompt's rows stay together), nearest an even
+    /// share; no cut when one lane would get more than two rows past its share, or no request boundary exists.
+    @Test func laneCutsFallBetweenRequests() throws {
+        func caches(_ rows: [Int]) -> [KVCache] {
+            let made = (0..<((rows.max() ?? 0) + 1)).map { _ in KVCache(layers: 1) }
+            return rows.map { made[$0] }
+        }
+        #expect(ContinuousBatch.laneBounds(caches([0, 1, 2, 3, 4, 5]), lanes: 2) == [0, 3, 6])
+        #expect(ContinuousBatch.laneBounds(caches([0, 1, 2, 3, 4, 5]), lanes: 3) == [0, 2, 4, 6])
+        #expect(ContinuousBatch.laneBounds(caches([0, 1, 2, 3, 4, 5, 6]), lanes: 2) == [0, 3, 7])
+        // A prompt of five rows after three running requests: cut before it (5 rows against a share of 4).
+        #expect(ContinuousBatch.laneBounds(caches([0, 1, 2, 3, 3, 3, 3, 3]), lanes: 2) == [0, 3, 8])
+        // A prompt of nine rows beside one request; one prompt alone: no cut.
+        #expect(ContinuousBatch.laneBounds(caches([0] + Array(repeating: 1, count: 9)), lanes: 2) == nil)
+        #expect(ContinuousBatch.laneBounds(caches([0, 0, 0, 0]), lanes: 2) == nil)
+        // More lanes than requests.
+        #expect(ContinuousBatch.laneBounds(caches([0, 1]), lanes: 3) == nil)
+        let batch = try ContinuousBatch(model: try Self.causalLM("llama-tiny"), capacity: 8)
+        batch.laneThreads = 2
+        batch.laneRows = -1
+        #expect(batch.laneRows == 0 && batch.laneCount(rows: 8) == 1)
+        batch.laneRows = 3
+        #expect(batch.laneCount(rows: 5) == 1 && batch.laneCount(rows: 6) == 2)
     }
 
     @Test func badRoutingIsRefusedByName() throws {

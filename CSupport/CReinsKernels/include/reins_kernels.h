@@ -34,6 +34,11 @@ int rk_isa_active(void);
 /// Select an instruction set no better than the detected one for the calling thread (tests and benchmarks; ReinsTensor's
 /// parallel regions carry it to their workers); returns the one now active. Other threads are unaffected.
 int rk_isa_select(int isa);
+/// Nonzero while the calling thread is inside a serial section (rk_thread_serial_enter, not yet left): ReinsTensor
+/// then runs its parallel regions on that thread alone (a thread that is itself one of several lanes of work).
+int rk_thread_serial(void);
+void rk_thread_serial_enter(void);
+void rk_thread_serial_leave(void);
 /// Whether the CPU has AVX-512 VNNI (with BW and VL): the AVX-512 level of the quantized products then uses it.
 int rk_cpu_has_vnni(void);
 /// 1 when the products with many rows (rk_gemm_panels) and attention's per-head products run on Reins's own kernels

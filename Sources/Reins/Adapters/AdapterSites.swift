@@ -200,7 +200,7 @@ extension Module {
         for site in adapterSites { try site.removeAdapter(name) }
         // Linear layers' caches of routed batches may hold its objects and their half-precision copies: its memory
         // goes now, not at the next routed batch.
-        for case let layer as Linear in namedModules().map(\.module) { layer.routedCache = nil }
+        for case let layer as Linear in namedModules().map(\.module) { layer.routedCaches.clear() }
     }
 
     /// The names of every adapter on this model, at any site.

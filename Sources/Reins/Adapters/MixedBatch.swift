@@ -15,10 +15,14 @@ public struct AdapterRouting: Sendable {
     let loraCopies: LoRACopies?
     /// The distinct adapters, in order of first appearance, with their rows.
     let groups: [(name: String, rows: [Int])]
+    /// Which of ``Parallel/lanes(_:_:)``'s lanes runs this batch (0 outside lanes): each lane keeps its own adapter
+    /// lookups at every layer (``RoutedAdapterCache``), for its own rows' adapters.
+    let lane: Int
 
-    init(_ rows: [String?], loraCopies: LoRACopies? = nil) {
+    init(_ rows: [String?], loraCopies: LoRACopies? = nil, lane: Int = 0) {
         self.rows = rows
         self.loraCopies = loraCopies
+        self.lane = lane
         var order: [String] = [], members: [String: [Int]] = [:]
         for (b, name) in rows.enumerated() {
             guard let name else { continue }
@@ -67,8 +71,12 @@ extension Module {
     /// ``withAdapters(perRow:_:)`` without its checks or activation changes, for a caller that has checked the names,
     /// knows that no adapter is merged and keeps none active (``ContinuousBatch``, once per decoding step: the checks
     /// walk the whole model).
-    func routingRows<R>(_ perRow: [String?], loraCopies: LoRACopies? = nil, _ body: () throws -> R) rethrows -> R {
-        try AdapterRouting.$current.withValue(AdapterRouting(perRow, loraCopies: loraCopies), operation: body)
+    /// `lane`: the lane of ``Parallel/lanes(_:_:)`` the rows run on, when several batches run side by side.
+    func routingRows<R>(_ perRow: [String?], loraCopies: LoRACopies? = nil, lane: Int = 0, _ body: () throws -> R)
+        rethrows -> R
+    {
+        try AdapterRouting.$current.withValue(
+            AdapterRouting(perRow, loraCopies: loraCopies, lane: lane), operation: body)
     }
 
     /// The key of a module with an adapter merged into its weight, if any.
@@ -256,10 +264,10 @@ final class RoutedAdapterCache {
 }
 
 extension Linear {
-    /// This layer's adapters for each of `routing`'s groups: from ``routedCache`` while it holds.
+    /// This layer's adapters for each of `routing`'s groups: from its lane's ``routedCaches`` while it holds.
     func routedAdapters(_ routing: AdapterRouting) -> RoutedAdapterCache {
         let epoch = AdapterChanges.epoch
-        if let cache = routedCache, cache.holds(routing, epoch: epoch) { return cache }
+        if let cache = routedCaches[routing.lane], cache.holds(routing, epoch: epoch) { return cache }
         let (loras, others, ia3s) = (slots.adapters, methods.members, ia3Vectors.members)
         let variants = biases?.variants ?? [:]
         let cache = RoutedAdapterCache(
@@ -270,7 +278,7 @@ extension Linear {
                 return RoutedLinearAdapters(
                     lora: lora, method: method, ia3: ia3, bias: bias, inPlace: method == nil && lora?.magnitude == nil)
             })
-        routedCache = cache
+        routedCaches[routing.lane] = cache
         return cache
     }
 

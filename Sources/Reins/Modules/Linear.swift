@@ -21,8 +21,9 @@ public final class Linear: Module, LoRAHost {
     var slots = LoRASlots()
     /// Attached LoRA adapters by name.
     public var loras: [String: LoRA] { slots.adapters }
-    /// The adapters of the last routed batch's groups here (``routedAdapters(_:)``).
-    var routedCache: RoutedAdapterCache?
+    /// The adapters of the last routed batch's groups here (``routedAdapters(_:)``), one per lane of batches that run
+    /// side by side.
+    let routedCaches = PerLane<RoutedAdapterCache>()
     /// The adapter used by the forward pass (`nil`: the base layer alone).
     public var activeLoRA: String? {
         get { slots.active }
