@@ -383,6 +383,10 @@ public final class Engine: @unchecked Sendable {
             }
             let part = ready[start..<end]
             start = end
+            // Counted before any answer goes out: a client that has its answer sees the pass in the statistics.
+            condition.lock()
+            stats.largestClassificationBatch = max(stats.largestClassificationBatch, part.count)
+            condition.unlock()
             do {
                 let flat = part.flatMap { p, head in p.sequences.map { (ids: $0, adapter: Optional(p.adapter), head: head) } }
                 let logits = try AdapterTaskHead.logits(served.model, rows: flat)
@@ -396,9 +400,6 @@ public final class Engine: @unchecked Sendable {
             } catch {
                 for (p, _) in part { p.answer.resume(throwing: error) }
             }
-            condition.lock()
-            stats.largestClassificationBatch = max(stats.largestClassificationBatch, part.count)
-            condition.unlock()
         }
     }
 

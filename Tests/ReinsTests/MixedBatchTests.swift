@@ -385,6 +385,15 @@ struct MixedBatchTests {
         #expect(try run(system + [30, 5], nil, greedy: true).cached == 0, "the first prompt went")
         #expect(try run(system + [30, 5, 2], nil, greedy: true).cached == 8, "the kept 8-token prompt taken")
         #expect(small.count == 1 && small.bytes == 8 * perPosition, "a 9-token prompt is not kept")
+        // Room for two: the least recently used goes, not the first kept (taken since, it is used again).
+        let two = try PromptCache(capacity: 16 * perPosition)
+        batch.promptCache = two
+        let (a, b, c) = (system + [30, 5], [7, 7] + system, [9, 9] + system)
+        for (prompt, cached) in [(a, 0), (b, 0), (a, 7), (c, 0), (a, 7), (b, 0)] {
+            #expect(try run(prompt, nil, greedy: true).cached == cached, "\(prompt)")
+            #expect(two.bytes <= 16 * perPosition)
+        }
+        #expect(two.count == 2)
         #expect(throws: ModelError.self) { try PromptCache(capacity: -1) }
     }
 

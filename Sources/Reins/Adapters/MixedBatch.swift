@@ -276,10 +276,26 @@ extension Linear {
                 let (lora, method, ia3, bias) = (loras[g.name], others[g.name], ia3s[g.name], variants[g.name])
                 guard lora != nil || method != nil || ia3 != nil || bias != nil else { return nil }
                 return RoutedLinearAdapters(
-                    lora: lora, method: method, ia3: ia3, bias: bias, inPlace: method == nil && lora?.magnitude == nil)
+                    lora: lora, method: method, ia3: ia3, bias: bias,
+                    inPlace: Self.rowsAdjustInPlace(lora: lora, method: method))
             })
         routedCaches[routing.lane] = cache
         return cache
+    }
+
+    /// Whether, at inference, a routed group's rows with `lora` and `method` here are adjusted in place (no other
+    /// method and no DoRA magnitude): its plain LoRA, if any, then goes through the row kernel.
+    static func rowsAdjustInPlace(lora: LoRA?, method: (any LinearAdapterMethod)?) -> Bool {
+        method == nil && lora?.magnitude == nil
+    }
+
+    /// The LoRA `name` here when the row kernel adds it (a plain LoRA and no other method of that name): the one a
+    /// routed batch reads from ``LoRACopies``.
+    func rowKernelLoRA(_ name: String) -> LoRA? {
+        guard let lora = loras[name], Self.rowsAdjustInPlace(lora: lora, method: methods.members[name]) else {
+            return nil
+        }
+        return lora
     }
 
     /// The layer's output for a batch routed to many adapters: the base product once over every row, then each
@@ -594,7 +610,7 @@ public final class LoRACopies: @unchecked Sendable {
     /// loads it.
     public func prepare(adapter name: String, in model: any Module) {
         for case let layer as Linear in model.descendantModules() {
-            if let lora = layer.loras[name], lora.magnitude == nil { _ = copy(of: lora) }
+            if let lora = layer.rowKernelLoRA(name) { _ = copy(of: lora) }
         }
     }
 

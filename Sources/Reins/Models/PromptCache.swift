@@ -151,13 +151,19 @@ public final class PromptCache {
         record.entries.removeAll { prompt.starts(with: $0.tokens) }
         record.entries.append(Entry(tokens: prompt, layers: layers, bytes: size, used: clock))
         bytes += size
-        // The least recently used prompts go, whoever's (a removed adapter's are never used again).
-        while bytes > capacity {
-            let all = kept.flatMap { r in r.entries.indices.map { (record: r, index: $0) } }
-            guard let (r, i) = all.min(by: { $0.record.entries[$0.index].used < $1.record.entries[$1.index].used })
-            else { break }
-            bytes -= r.entries[i].bytes
-            r.entries.remove(at: i)
+        // The least recently used prompts go, whoever's (a removed adapter's are never used again): every kept
+        // prompt ordered once, oldest first. A record's prompts differ (none starts another), so tokens name them.
+        if bytes > capacity {
+            let order = kept.flatMap { r in r.entries.map { (record: r, entry: $0) } }
+                .sorted { $0.entry.used < $1.entry.used }
+            var gone: [ObjectIdentifier: Set<[Int32]>] = [:]
+            for (r, entry) in order where bytes > capacity {
+                bytes -= entry.bytes
+                gone[ObjectIdentifier(r), default: []].insert(entry.tokens)
+            }
+            for r in kept {
+                if let tokens = gone[ObjectIdentifier(r)] { r.entries.removeAll { tokens.contains($0.tokens) } }
+            }
         }
         kept.removeAll { $0.entries.isEmpty && $0 !== record }
     }

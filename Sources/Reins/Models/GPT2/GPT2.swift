@@ -423,7 +423,9 @@ public final class KVCache {
                 throw ModelError.badInput("positions \(range) of a cache of \(length)")
             }
             let (B, NH, rows, hs) = (keys.shape[0], keys.shape[1], keys.shape[2], keys.shape[3])
-            var k = try Tensor.zeros([B, NH, range.count, hs]), v = try Tensor.zeros([B, NH, range.count, hs])
+            // Every element is written below: no zero fill first.
+            var k = try Tensor.uninitialized([B, NH, range.count, hs])
+            var v = try Tensor.uninitialized([B, NH, range.count, hs])
             Self.copyRows(from: keys, rows: rows, into: &k, capacity: range.count, count: range.count, at: 0,
                           first: range.lowerBound)
             Self.copyRows(from: values, rows: rows, into: &v, capacity: range.count, count: range.count, at: 0,
