@@ -144,6 +144,8 @@ public final class Engine: @unchecked Sendable {
         /// The last decoding step's rows (running requests' tokens and prompt tokens fed with them; 0 when the statistics
         /// follow something else) and seconds.
         public var lastStepRows = 0, lastStepSeconds = 0.0
+        /// Decoding steps run in lanes, one whole pass per core (``ContinuousBatch/laneRows``).
+        public var laneSteps = 0
         /// The most classify requests answered in one pass.
         public var largestClassificationBatch = 0
         /// Prompt tokens taken from the prompt cache so far, and the bytes it keeps.
@@ -478,6 +480,7 @@ public final class Engine: @unchecked Sendable {
         }
         stats.generatedTokens += events.count
         stats.steps += 1
+        if batch.lastStepLanes > 1 { stats.laneSteps += 1 }
         stats.running = batch.count
         stats.largestBatch = max(stats.largestBatch, size)
         (stats.lastStepRows, stats.lastStepSeconds) = (batch.lastStepRows, seconds)
@@ -487,6 +490,8 @@ public final class Engine: @unchecked Sendable {
         stats.tokensPerSecond = stats.tokensPerSecond == 0 ? rate : 0.9 * stats.tokensPerSecond + 0.1 * rate
         let snapshot = stats
         condition.unlock()
+        // The metrics first: a client that has its last token sees its step counted.
+        onStatistics?(snapshot)
         for (sink, held, e) in deliveries {
             for t in held { sink.yield(.token(t)) }
             sink.yield(.token(e.token))
@@ -495,6 +500,5 @@ public final class Engine: @unchecked Sendable {
                 sink.finish()
             }
         }
-        onStatistics?(snapshot)
     }
 }

@@ -95,6 +95,8 @@ public final class ReinsServer: Sendable {
         let stepRows = registry.makeValueHistogram(
             descriptor: metric("step", "rows", "Rows per decoding step: running requests' tokens and prompt tokens fed with them"),
             buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256])
+        let laneSteps = registry.makeGauge(
+            descriptor: metric("lane_steps", "total", "Decoding steps run in lanes (one whole pass per core) so far"))
         let stepSeconds = registry.makeDurationHistogram(
             descriptor: metric("step", "seconds", "Seconds per decoding step"),
             buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000].map { .milliseconds($0) })
@@ -105,6 +107,7 @@ public final class ReinsServer: Sendable {
             rate.set(s.tokensPerSecond)
             cachedTokens.set(Double(s.reusedPromptTokens))
             cachedBytes.set(Double(s.promptCacheBytes))
+            laneSteps.set(Double(s.laneSteps))
             if s.lastStepRows > 0 {
                 stepRows.record(Double(s.lastStepRows))
                 stepSeconds.recordNanoseconds(Int64(s.lastStepSeconds * 1e9))

@@ -237,9 +237,10 @@ struct ServerTests {
     }
 
     /// Eight clients at once, each on an adapter (or the base): every answer equals its adapter's alone, and the engine
-    /// decoded several requests in one step.
-    @Test func concurrentClientsOnDifferentAdaptersAreBatched() async throws {
-        let running = try await Self.start()
+    /// decoded several requests in one step — in one pass, or in lanes from one row per core (counted in `/metrics`).
+    @Test(arguments: [0, 1])
+    func concurrentClientsOnDifferentAdaptersAreBatched(laneRows: Int) async throws {
+        let running = try await Self.start { $0.laneRows = laneRows }
         defer { running.stop() }
         let client = running.client
         let adapters = ["lora", "ia3", "prefix", "tiny", "lora", "prefix", "ia3", "tiny"]
@@ -264,7 +265,13 @@ struct ServerTests {
             return out
         }
         #expect(answers == expected)
-        #expect(running.server.engine.statistics.largestBatch > 1, "requests shared decoding steps")
+        let statistics = running.server.engine.statistics
+        #expect(statistics.largestBatch > 1, "requests shared decoding steps")
+        // Lanes need a second core (CI's machines have two).
+        #expect(laneRows > 0 && Parallel.threadCount > 1 ? statistics.laneSteps > 0 : statistics.laneSteps == 0)
+        let metrics = try await Self.blocking { try client.request("GET", "/metrics") }
+        let line = metrics.text.split(separator: "\n").first { $0.hasPrefix("reins_lane_steps_total ") }
+        #expect(line.flatMap { Double($0.split(separator: " ")[1]) } == Double(statistics.laneSteps))
     }
 
     @Test func badAndHostileRequestsGetTheirStatusAndTheServerKeepsServing() async throws {
