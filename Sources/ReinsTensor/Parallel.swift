@@ -78,7 +78,8 @@ public enum Parallel {
     /// Runs `body(lane)` for `lane` in `0..<lanes`, one lane per thread, each lane's own parallel regions on its
     /// thread alone (``serially(_:)``): independent pieces of work (a batch's rows cut in groups) that then never wait
     /// for each other's cores — a region's hand-off between two cores costs 0.4-1.6 µs in this project's VMs, and
-    /// each region's outputs cross between the cores' caches. At most ``threadCount`` lanes run at once.
+    /// each region's outputs cross between the cores' caches. More lanes than ``threadCount`` (or lanes started while
+    /// the pool runs another region) run on Dispatch's threads instead, as any such region does.
     public static func lanes(_ lanes: Int, _ body: (Int) -> Void) {
         // A lane is a whole share of the work: a worker slow to start is waited for rather than its lane run after
         // the caller's own.
