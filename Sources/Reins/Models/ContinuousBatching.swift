@@ -166,7 +166,12 @@ extension CausalLanguageModel {
     {
         let h = try keptRowStates(tokens, caches: caches, positions: given, keep: keep)
         guard let keep else { return try outputLogits(h).reshaped([tokens.count, vocabularySize]) }
-        // The output layer sees the kept rows only: so does the routing (an adapter on the output layer).
+        return try keptLogits(h, keep: keep)
+    }
+
+    /// The logits `[K, V]` of the kept rows' final states `h` (``keptRowStates(_:caches:positions:keep:)``), the
+    /// routing of every row (if any) narrowed to the kept ones: the output layer sees those only (an adapter on it).
+    func keptLogits(_ h: Tensor, keep: [Int]) throws -> Tensor {
         let routing = AdapterRouting.current.map { r in
             AdapterRouting(keep.map { r.rows[$0] }, loraCopies: r.loraCopies, lane: r.lane)
         }
@@ -599,9 +604,7 @@ public final class ContinuousBatch {
         if let error = failures.compactMap({ $0 }).first { throw error }
         let h = try Tensor.concatenate(states.compactMap { $0 }, axis: 0)
         return try Autograd.withoutGradients {
-            try model.routingRows(keep.map { adapters[$0] }, loraCopies: loraCopies) {
-                try model.outputLogits(h).reshaped([keep.count, model.vocabularySize])
-            }
+            try model.routingRows(adapters, loraCopies: loraCopies) { try model.keptLogits(h, keep: keep) }
         }
     }
 
